@@ -1,0 +1,169 @@
+"""`python -m etl <command>`: the command line named in the platform contract.
+
+Each command parses its arguments and calls one function of the stage module; errors that users can act on
+(bad input, unreachable services) end with a one-line message and exit code 2, never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import date, datetime, timezone
+
+from etl.errors import PipelineError
+
+
+def _products(value: str) -> list[str]:
+    products = [p.strip().upper() for p in value.split(",") if p.strip()]
+    if not products:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of products, e.g. BTC-USD,ETH-USD")
+    return products
+
+
+def _iso(value: str) -> datetime:
+    try:
+        if value.isdigit():
+            return datetime.fromtimestamp(int(value), tz=timezone.utc)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 time (e.g. 2026-01-31T00:00:00Z)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m etl", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+
+    p = sub.add_parser("simulator", help="serve the Coinbase Exchange public API offline (seeded prices, faults)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default: SIMULATOR_PORT or 8765")
+    p.add_argument("--seed", type=int, default=None, help="default: SIMULATOR_SEED or 42")
+    p.add_argument("--products", type=_products, default=None, help="comma list (default: the whole universe)")
+    p.add_argument("--replay", metavar="DIR", default=None, help="serve recorded candle CSVs from DIR")
+    p.add_argument("--fail-rate", type=float, default=0.0, help="fraction of requests answered with a random 5xx")
+    p.add_argument("--rate-limit", type=float, default=10.0, metavar="RPS", help="token bucket refill, requests/s")
+    p.add_argument("--burst", type=int, default=15, help="token bucket size")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="added latency per request")
+    p.add_argument("--malformed-rate", type=float, default=0.0, help="fraction of bodies truncated/malformed")
+    p.add_argument("--late-corrections", action="store_true", help="revise recent candles on a later fetch")
+
+    p = sub.add_parser("ingest", help="fetch candles into bronze (incremental from the watermark by default)")
+    p.add_argument("--products", type=_products, default=None, help="comma list (default: PIPELINE_PRODUCTS)")
+    p.add_argument("--start", type=_iso, default=None, help="ISO 8601 start (default: watermark - overlap)")
+    p.add_argument("--end", type=_iso, default=None, help="ISO 8601 end, exclusive (default: now)")
+    p.add_argument("--granularity", type=int, default=None, help="seconds: 60, 300, 900, 3600, 21600, 86400")
+    p.add_argument("--source", choices=["simulator", "coinbase"], default=None, help="default: PIPELINE_SOURCE")
+
+    p = sub.add_parser("silver", help="bronze candles -> silver 5-minute and daily bars")
+    p.add_argument("--full-refresh", action="store_true", help="rebuild every partition, not only touched ones")
+
+    p = sub.add_parser("risk", help="portfolio valuation, PnL, VaR/ES, drawdown, anomalies, backtests")
+    p.add_argument("--as-of", type=_date, default=None, help="YYYY-MM-DD (default: the last complete UTC day)")
+
+    sub.add_parser("factors", help="factor returns and rolling factor exposures")
+
+    p = sub.add_parser("load", help="outputs -> Postgres raw schema, then dbt build")
+    p.add_argument("--no-dbt", action="store_true", help="load raw only")
+
+    p = sub.add_parser("report", help="SQL reports (CSV, Markdown) and the HTML risk report")
+    p.add_argument("--as-of", type=_date, default=None, help="YYYY-MM-DD (default: latest in gold)")
+
+    p = sub.add_parser("run", help="the whole chain once: ingest, silver, risk, factors, load, report")
+    p.add_argument("--as-of", type=_date, default=None, help="YYYY-MM-DD (default: the last complete UTC day)")
+
+    p = sub.add_parser("db", help="the warehouse: url|start|stop|status")
+    p.add_argument("action", choices=["url", "start", "stop", "status"])
+    return parser
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from etl.settings import get_settings
+
+    settings = get_settings()
+    cmd = args.command
+    if cmd == "db":
+        from etl import db
+
+        if args.action == "url":
+            print(db.database_url(settings))
+        elif args.action == "start":
+            print(db.status(settings) if settings.database_url else f"embedded: running, {db.start_embedded(settings)}")
+        elif args.action == "stop":
+            print("stopped" if db.stop_embedded(settings) else "embedded Postgres was not running")
+        else:
+            print(db.status(settings))
+        return 0
+    if cmd == "simulator":
+        from etl.simulator import SimulatorConfig, serve
+
+        config = SimulatorConfig(
+            host=args.host, port=args.port if args.port is not None else settings.simulator_port,
+            seed=args.seed if args.seed is not None else settings.simulator_seed,
+            products=tuple(args.products) if args.products else None, replay_dir=args.replay,
+            fail_rate=args.fail_rate, rate_limit_rps=args.rate_limit, burst=args.burst,
+            latency_ms=args.latency_ms, malformed_rate=args.malformed_rate, late_corrections=args.late_corrections,
+        ).with_env_overrides()
+        serve(config)
+        return 0
+    if cmd == "ingest":
+        from etl.bronze import ingest
+
+        summary = ingest(products=args.products, start=args.start, end=args.end, granularity=args.granularity,
+                         source=args.source, settings=settings, progress=True)
+        print(summary)
+        return 0
+    if cmd == "silver":
+        from etl.silver import build
+
+        print(build(full_refresh=args.full_refresh, settings=settings))
+        return 0
+    if cmd == "risk":
+        from etl.risk import run
+
+        print(run(as_of=args.as_of, settings=settings))
+        return 0
+    if cmd == "factors":
+        from etl.factors import run
+
+        print(run(settings=settings))
+        return 0
+    if cmd == "load":
+        from etl.warehouse import load
+
+        print(load(settings=settings, run_dbt=not args.no_dbt))
+        return 0
+    if cmd == "report":
+        from etl.report import run
+
+        print(run(as_of=args.as_of, settings=settings))
+        return 0
+    if cmd == "run":
+        from etl.pipeline import run_all
+
+        print(run_all(as_of=args.as_of, settings=settings))
+        return 0
+    raise AssertionError(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return dispatch(args)
+    except KeyboardInterrupt:
+        return 130
+    except (PipelineError, ValueError, OSError) as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

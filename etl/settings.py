@@ -1,0 +1,138 @@
+"""Settings: the only module that reads the environment.
+
+Every knob of the pipeline lives here with its default. `.env.example` and the README list the same names.
+Call `get_settings()` each time you need them (it is cheap) so tests can change the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+COINBASE_URL = "https://api.exchange.coinbase.com"
+DEFAULT_PRODUCTS = (
+    "BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "ADA-USD", "DOGE-USD",
+    "AVAX-USD", "LINK-USD", "DOT-USD", "LTC-USD", "UNI-USD", "ATOM-USD",
+)
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _float(name: str, default: float) -> float:
+    raw = _env(name, str(default))
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"setting {name}={raw!r} is not a number") from None
+
+
+def _int(name: str, default: int) -> int:
+    raw = _env(name, str(default))
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"setting {name}={raw!r} is not a whole number") from None
+
+
+def _products(raw: str) -> tuple[str, ...]:
+    return tuple(p.strip().upper() for p in raw.split(",") if p.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    # where things live
+    state_dir: Path                      # git-ignored local state: embedded Postgres, Airflow home, logs
+    data_dir: str                        # root of bronze/silver/outputs: a local path or a URI (s3://, gs://, file://)
+    database_url: str | None             # None = the embedded Postgres under state_dir
+    reference_dir: Path                  # instrument master, portfolios, positions (CSV)
+    # market data source
+    source: str                          # "simulator" | "coinbase"
+    coinbase_api_url: str                # base URL of the Exchange API or of the simulator
+    products: tuple[str, ...]
+    granularity: int                     # seconds per candle for intraday ingestion
+    simulator_port: int
+    simulator_seed: int
+    # ingestion
+    rate_limit_rps: float                # our own pacing, shared by all requests of a run
+    rate_limit_burst: int
+    max_workers: int                     # concurrent requests (pacing still applies)
+    http_timeout_connect_s: float
+    http_timeout_read_s: float
+    max_attempts: int                    # per request, including the first
+    history_days: int                    # first run with no watermark: how far back to backfill 1-minute candles
+    daily_history_days: int              # daily candles for risk history
+    overlap_minutes: int                 # incremental runs re-fetch this much before the watermark (late corrections)
+    # risk
+    annualization_days: int
+    var_lookback_days: int
+    ewma_lambda: float
+    mc_scenarios: int
+    mc_seed: int
+    mc_distribution: str                 # "normal" | "t"
+    mc_t_dof: float
+    anomaly_window: int
+    anomaly_threshold: float
+    backtest_days: int
+    # factor model
+    factor_window: int
+    factor_min_obs: int
+    factor_frequency_s: int              # 60 (1-minute candles) or 300 (5-minute bars)
+    # alerts
+    alert_webhook_url: str | None
+    alert_email_to: str | None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_local_data(self) -> bool:
+        return "://" not in self.data_dir or self.data_dir.startswith("file://")
+
+
+def get_settings() -> Settings:
+    state_dir = Path(_env("PIPELINE_STATE_DIR", str(PROJECT_ROOT / ".state"))).resolve()
+    source = _env("PIPELINE_SOURCE", "simulator").lower()
+    if source not in ("simulator", "coinbase"):
+        raise ValueError(f"PIPELINE_SOURCE={source!r}: expected 'simulator' or 'coinbase'")
+    port = _int("SIMULATOR_PORT", 8765)
+    default_url = f"http://127.0.0.1:{port}" if source == "simulator" else COINBASE_URL
+    return Settings(
+        state_dir=state_dir,
+        data_dir=_env("PIPELINE_DATA_DIR", str(state_dir / "data")),
+        database_url=os.environ.get("PIPELINE_DATABASE_URL", "").strip() or None,
+        reference_dir=Path(_env("PIPELINE_REFERENCE_DIR", str(PROJECT_ROOT / "etl" / "reference_data"))),
+        source=source,
+        coinbase_api_url=_env("COINBASE_API_URL", default_url).rstrip("/"),
+        products=_products(_env("PIPELINE_PRODUCTS", ",".join(DEFAULT_PRODUCTS))),
+        granularity=_int("PIPELINE_GRANULARITY", 60),
+        simulator_port=port,
+        simulator_seed=_int("SIMULATOR_SEED", 42),
+        rate_limit_rps=_float("PIPELINE_RATE_LIMIT_RPS", 10.0),
+        rate_limit_burst=_int("PIPELINE_RATE_LIMIT_BURST", 15),
+        max_workers=_int("PIPELINE_MAX_WORKERS", 8),
+        http_timeout_connect_s=_float("PIPELINE_HTTP_CONNECT_TIMEOUT_S", 5.0),
+        http_timeout_read_s=_float("PIPELINE_HTTP_READ_TIMEOUT_S", 30.0),
+        max_attempts=_int("PIPELINE_MAX_ATTEMPTS", 8),
+        history_days=_int("PIPELINE_HISTORY_DAYS", 2),
+        daily_history_days=_int("PIPELINE_DAILY_HISTORY_DAYS", 400),
+        overlap_minutes=_int("PIPELINE_OVERLAP_MINUTES", 15),
+        annualization_days=_int("RISK_ANNUALIZATION_DAYS", 365),
+        var_lookback_days=_int("RISK_VAR_LOOKBACK_DAYS", 250),
+        ewma_lambda=_float("RISK_EWMA_LAMBDA", 0.94),
+        mc_scenarios=_int("RISK_MC_SCENARIOS", 10_000),
+        mc_seed=_int("RISK_MC_SEED", 7),
+        mc_distribution=_env("RISK_MC_DISTRIBUTION", "t").lower(),
+        mc_t_dof=_float("RISK_MC_T_DOF", 5.0),
+        anomaly_window=_int("RISK_ANOMALY_WINDOW", 60),
+        anomaly_threshold=_float("RISK_ANOMALY_THRESHOLD", 3.5),
+        backtest_days=_int("RISK_BACKTEST_DAYS", 250),
+        factor_window=_int("FACTOR_WINDOW", 1440),
+        factor_min_obs=_int("FACTOR_MIN_OBS", 60),
+        factor_frequency_s=_int("FACTOR_FREQUENCY_S", 60),
+        alert_webhook_url=os.environ.get("ALERT_WEBHOOK_URL", "").strip() or None,
+        alert_email_to=os.environ.get("ALERT_EMAIL_TO", "").strip() or None,
+    )
