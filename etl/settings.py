@@ -58,6 +58,13 @@ class Settings:
     granularity: int                     # seconds per candle for intraday ingestion
     simulator_port: int
     simulator_seed: int
+    # simulator faults (flags of `python -m etl simulator` override these)
+    simulator_fail_rate: float
+    simulator_rate_limit_rps: float
+    simulator_burst: int
+    simulator_latency_ms: float
+    simulator_malformed_rate: float
+    simulator_late_corrections: bool
     # ingestion
     rate_limit_rps: float                # our own pacing, shared by all requests of a run
     rate_limit_burst: int
@@ -111,6 +118,12 @@ def get_settings() -> Settings:
         granularity=_int("PIPELINE_GRANULARITY", 60),
         simulator_port=port,
         simulator_seed=_int("SIMULATOR_SEED", 42),
+        simulator_fail_rate=_float("SIMULATOR_FAIL_RATE", 0.0),
+        simulator_rate_limit_rps=_float("SIMULATOR_RATE_LIMIT_RPS", 10.0),
+        simulator_burst=_int("SIMULATOR_BURST", 15),
+        simulator_latency_ms=_float("SIMULATOR_LATENCY_MS", 0.0),
+        simulator_malformed_rate=_float("SIMULATOR_MALFORMED_RATE", 0.0),
+        simulator_late_corrections=_env("SIMULATOR_LATE_CORRECTIONS", "0").lower() in ("1", "true", "yes"),
         rate_limit_rps=_float("PIPELINE_RATE_LIMIT_RPS", 10.0),
         rate_limit_burst=_int("PIPELINE_RATE_LIMIT_BURST", 15),
         max_workers=_int("PIPELINE_MAX_WORKERS", 8),

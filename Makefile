@@ -1,0 +1,66 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is optional.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3 || echo python3)
+VENV := .venv
+BIN := $(VENV)/bin
+REQ_HASH := $(shell (cat requirements.txt; $(PYTHON) --version 2>&1) | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(REQ_HASH)
+
+.PHONY: help venv demo test test-fast bench bench-quick airflow docs lint db-stop clean-state browser
+
+help:
+	@echo "make demo        run the whole pipeline end to end through Airflow (embedded Postgres + simulator)"
+	@echo "make test        run the test suite (real Postgres, real HTTP simulator, Airflow, dbt)"
+	@echo "make test-fast   the suite without the slow end-to-end tests"
+	@echo "make bench       run the benchmarks, write bench/results.json (bench-quick: small sizes)"
+	@echo "make airflow     airflow standalone with this project's DAGs (UI on http://localhost:8080)"
+	@echo "make docs        build and serve the dbt docs site"
+	@echo "make lint        ruff"
+
+# The venv is rebuilt only when requirements.txt (or the interpreter) changes: the stamp is keyed on their hash.
+venv: $(STAMP)
+$(STAMP): requirements.txt
+	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v[:2] == (3, 11) else "error: Python 3.11 is required, found %d.%d at %s: install python3.11 or run make PYTHON=/path/to/python3.11" % (v[0], v[1], sys.executable))'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+demo: venv
+	$(BIN)/python -m etl.demo
+
+test: venv browser
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: venv
+	PIPELINE_SKIP_SLOW=1 $(BIN)/python -m pytest -q -ra
+
+bench: venv
+	$(BIN)/python bench/run.py
+
+bench-quick: venv
+	$(BIN)/python bench/run.py --quick
+
+airflow: venv
+	$(BIN)/python -m etl.demo --airflow
+
+docs: venv
+	$(BIN)/python -m etl docs --serve
+
+lint: venv
+	$(BIN)/ruff check .
+
+db-stop: venv
+	$(BIN)/python -m etl db stop
+
+# Headless Chromium for the browser checks of the report and the dbt docs: installed from Debian when we may
+# (root with apt-get); otherwise the browser tests skip with a message saying so.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { echo "installing Debian chromium for the browser checks..."; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "chromium could not be installed: browser checks will be skipped"; }; } || \
+	  echo "chromium not found and cannot be installed here: browser checks will be skipped"
+
+clean-state: db-stop
+	rm -rf .state

@@ -1,0 +1,72 @@
+"""Reference data: instrument master and exchanges (this module), portfolios and positions (risk issue).
+
+Files are CSV under `settings.reference_dir` (samples ship in etl/reference_data/; point PIPELINE_REFERENCE_DIR at
+real files). Loading validates every row and raises one ValidationError naming file, line and rule; nothing is
+partially loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from etl.errors import ValidationError
+from etl.settings import Settings, get_settings
+
+INSTRUMENT_COLUMNS = ["product_id", "base_currency", "quote_currency", "exchange_id", "asset_class", "display_name"]
+EXCHANGE_COLUMNS = ["exchange_id", "name", "api_base_url", "timezone"]
+
+
+def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+    if not path.exists():
+        raise ValidationError(f"{path}: reference file not found (set PIPELINE_REFERENCE_DIR to its folder)")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValidationError(f"{path}: missing column(s) {missing}; expected header {required}")
+    df.columns = [c.strip() for c in df.columns]
+    return df.apply(lambda s: s.str.strip())
+
+
+def _line(i: int) -> int:
+    return i + 2  # header is line 1; data row i (0-based) is line i + 2
+
+
+def load_exchanges(settings: Settings | None = None) -> pd.DataFrame:
+    settings = settings or get_settings()
+    path = settings.reference_dir / "exchanges.csv"
+    df = _read_csv(path, EXCHANGE_COLUMNS)
+    dup = df["exchange_id"].duplicated()
+    if dup.any():
+        i = int(dup.to_numpy().argmax())
+        raise ValidationError(f"{path}:{_line(i)}: duplicate exchange_id {df['exchange_id'].iat[i]!r}")
+    return df[EXCHANGE_COLUMNS]
+
+
+def load_instruments(settings: Settings | None = None) -> pd.DataFrame:
+    """The instrument master: one row per product, with its base and quote currency."""
+    settings = settings or get_settings()
+    path = settings.reference_dir / "instruments.csv"
+    df = _read_csv(path, INSTRUMENT_COLUMNS)
+    exchanges = set(load_exchanges(settings)["exchange_id"])
+    for i, row in enumerate(df.itertuples(index=False)):  # reference files are small: per-row checks read best
+        where = f"{path}:{_line(i)}"
+        if not row.product_id or row.product_id != f"{row.base_currency}-{row.quote_currency}":
+            raise ValidationError(f"{where}: product_id {row.product_id!r} must be BASE-QUOTE "
+                                  f"({row.base_currency}-{row.quote_currency})")
+        if row.exchange_id not in exchanges:
+            raise ValidationError(f"{where}: unknown exchange_id {row.exchange_id!r} (known: {sorted(exchanges)})")
+    dup = df["product_id"].duplicated()
+    if dup.any():
+        i = int(dup.to_numpy().argmax())
+        raise ValidationError(f"{path}:{_line(i)}: duplicate product_id {df['product_id'].iat[i]!r}")
+    return df[INSTRUMENT_COLUMNS]
+
+
+def quote_currency(product_id: str, settings: Settings | None = None) -> str:
+    inst = load_instruments(settings).set_index("product_id")
+    if product_id not in inst.index:
+        raise ValidationError(f"product {product_id!r} is not in the instrument master "
+                              f"({settings.reference_dir if settings else 'etl/reference_data'}/instruments.csv)")
+    return str(inst.at[product_id, "quote_currency"])

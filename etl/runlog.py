@@ -1,0 +1,89 @@
+"""Pipeline run log: one row per task run (run id, DAG, task, status, rows in/out, timing, message).
+
+Rows are small Parquet files under `{data}/runlog/date=YYYY-MM-DD/` (append-only, one file per record) so that
+tasks on different workers never contend for a file; the warehouse loads them into `raw.pipeline_runs`, which dbt
+models as `gold.fact_pipeline_runs`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Iterator
+
+import pandas as pd
+import pyarrow as pa
+
+from etl.settings import Settings
+from etl.storage import get_store, partition_path
+
+log = logging.getLogger(__name__)
+
+RUNLOG_DIR = "runlog"
+SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("dag_id", pa.string()), ("task_id", pa.string()), ("status", pa.string()),
+    ("rows_in", pa.int64()), ("rows_out", pa.int64()), ("started_at", pa.timestamp("us", tz="UTC")),
+    ("duration_s", pa.float64()), ("message", pa.string()), ("try_number", pa.int64()),
+    ("record_id", pa.string()),
+])
+STATUSES = ("success", "failed", "up_for_retry", "skipped")
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    dag_id: str
+    task_id: str
+    status: str = "success"
+    rows_in: int = 0
+    rows_out: int = 0
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    duration_s: float = 0.0
+    message: str = ""
+    try_number: int = 1
+    record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+def record(rec: RunRecord, settings: Settings | None = None) -> str:
+    """Append one run-log row; returns the file written."""
+    if rec.status not in STATUSES:
+        raise ValueError(f"run-log status {rec.status!r} is not one of {STATUSES}")
+    rec.message = (rec.message or "")[:2000]
+    table = pa.Table.from_pylist([asdict(rec)], schema=SCHEMA)
+    day = rec.started_at.astimezone(timezone.utc).date().isoformat()
+    rel = partition_path(RUNLOG_DIR, date=day) + f"/{rec.record_id}.parquet"
+    return get_store(settings).write_parquet(rel, table)
+
+
+@contextmanager
+def task_run(run_id: str, dag_id: str, task_id: str, settings: Settings | None = None,
+             try_number: int = 1) -> Iterator[RunRecord]:
+    """Time a block of work and record it; the block fills rows_in/rows_out/message on the yielded record.
+
+    A failure is recorded with the error message and re-raised.
+    """
+    rec = RunRecord(run_id=run_id, dag_id=dag_id, task_id=task_id, try_number=try_number)
+    t0 = time.perf_counter()
+    try:
+        yield rec
+    except BaseException as exc:
+        rec.status = "failed"
+        rec.message = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        rec.duration_s = round(time.perf_counter() - t0, 6)
+        try:
+            record(rec, settings)
+        except Exception:  # the log must never hide the task's own error
+            log.exception("could not write the run-log row for %s.%s", dag_id, task_id)
+
+
+def read_all(settings: Settings | None = None) -> pd.DataFrame:
+    table = get_store(settings).read_table(RUNLOG_DIR)
+    if table is None:
+        return pd.DataFrame(columns=SCHEMA.names)
+    return table.select(SCHEMA.names).to_pandas()
