@@ -1,0 +1,349 @@
+"""Client for the Coinbase Exchange public market-data API (or the offline simulator that serves the same contract).
+
+Three pieces, each small enough to test on its own:
+- `TokenBucket`: one pacer shared by every concurrent request of a run, so we stay under the API's limit instead
+  of bouncing off 429s.
+- `ExchangeClient`: GET with connect/read timeouts and bounded retries (tenacity) on 429, 5xx, connection errors,
+  timeouts and malformed bodies; other 4xx are bugs and raise at once with the API's message.
+- `plan_windows`: splits [start, end) into pages of at most 300 buckets with no gap and no overlap at page edges.
+
+See ../shared/COINBASE.md for the contract this is built against and docs/bronze.md for the choices made here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from etl.errors import ConfigError, SourceError
+from etl.settings import COINBASE_URL, Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+VALID_GRANULARITIES = (60, 300, 900, 3600, 21600, 86400)
+MAX_BUCKETS = 300  # the API rejects a candles request spanning more than 300 buckets
+
+# Pacing headroom: settings.rate_limit_rps / rate_limit_burst describe the API's own token bucket. Requests reach
+# the server with a few ms of jitter, so pacing at exactly its limit can land two requests in one refill slot.
+# One token under the burst absorbs up to 1/rate seconds of jitter; 97% of the rate covers clock drift.
+PACING_RATE_FRACTION = 0.97
+PACING_BURST_MARGIN = 1
+# Backoff between attempts: initial * 2**n plus up to `initial` of random jitter, capped (seconds).
+# New settings candidates (PIPELINE_BACKOFF_INITIAL_S / PIPELINE_BACKOFF_MAX_S): module constants for now.
+BACKOFF_INITIAL_S = 0.2
+BACKOFF_MAX_S = 20.0
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _iso(ts: datetime) -> str:
+    return _utc(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def api_url(source: str | None = None, settings: Settings | None = None) -> str:
+    """Base URL for a source: "coinbase" is the real Exchange API, "simulator" is settings.coinbase_api_url."""
+    settings = settings or get_settings()
+    source = (source or settings.source).lower()
+    if source == "coinbase":
+        # The configured URL wins when the settings themselves select coinbase (e.g. a proxy in front of it).
+        return settings.coinbase_api_url if settings.source == "coinbase" else COINBASE_URL
+    if source == "simulator":
+        return settings.coinbase_api_url
+    raise ConfigError(f"unknown source {source!r}: expected 'simulator' or 'coinbase' (--source / PIPELINE_SOURCE)")
+
+
+# ---- pacing ----------------------------------------------------------------------------------------------------
+class TokenBucket:
+    """Thread-safe token bucket: `acquire()` blocks until the caller may send one request.
+
+    Each caller reserves a token at once (the balance may go negative) and sleeps off its share of the deficit
+    outside the lock, so waiting callers are served in arrival order at exactly `rate` per second.
+    """
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if rate <= 0 or burst < 1:
+            raise ConfigError(f"token bucket needs rate > 0 and burst >= 1 (got rate={rate}, burst={burst}); "
+                              "check PIPELINE_RATE_LIMIT_RPS / PIPELINE_RATE_LIMIT_BURST")
+        self.rate, self.burst = float(rate), int(burst)
+        self._clock, self._sleep = clock, sleep
+        self._tokens = float(burst)
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    def acquire(self) -> float:
+        """Take one token, sleeping until it is due; returns the seconds waited."""
+        with self._lock:
+            self._refill()
+            self._tokens -= 1.0
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+    def drain(self) -> None:
+        """The server said 429: spend any saved-up burst so every worker slows to the steady rate."""
+        with self._lock:
+            self._refill()
+            self._tokens = min(self._tokens, 0.0)
+
+
+def pacer_for(settings: Settings) -> TokenBucket:
+    return TokenBucket(settings.rate_limit_rps * PACING_RATE_FRACTION,
+                       max(1, settings.rate_limit_burst - PACING_BURST_MARGIN))
+
+
+# ---- HTTP client -----------------------------------------------------------------------------------------------
+class TransientError(Exception):
+    """A failure worth retrying (429, 5xx, connection error, timeout, malformed body)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _ClientError(Exception):
+    """A 4xx other than 429: our request is wrong, retrying will not help."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.message = status, message
+
+
+class ApiRefusedError(SourceError):
+    """The API answered 4xx (not 429): `status` and the API's `message` are kept for callers."""
+
+    def __init__(self, text: str, status: int, message: str) -> None:
+        super().__init__(text)
+        self.status, self.message = status, message
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0   # HTTP requests sent, retries included
+    retries: int = 0    # requests beyond the first attempt
+    http_429: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def _api_message(resp: requests.Response) -> str:
+    try:
+        body = resp.json()
+        if isinstance(body, dict) and "message" in body:
+            return str(body["message"])
+    except ValueError:
+        pass
+    return resp.text[:200] or resp.reason or ""
+
+
+def _wait(retry_state: RetryCallState) -> float:
+    """Honour Retry-After when the server sent one, else exponential backoff with jitter."""
+    exc = retry_state.outcome.exception() if retry_state.outcome else None
+    if isinstance(exc, TransientError) and exc.retry_after is not None:
+        return min(exc.retry_after, BACKOFF_MAX_S)
+    return _BACKOFF(retry_state)
+
+
+_BACKOFF = wait_exponential_jitter(initial=BACKOFF_INITIAL_S, max=BACKOFF_MAX_S, jitter=BACKOFF_INITIAL_S)
+
+
+@dataclass(frozen=True)
+class CandlePage:
+    """One candles response: rows exactly as parsed from the JSON body, and when it arrived."""
+
+    product_id: str
+    start: datetime          # the page's half-open window [start, end)
+    end: datetime
+    granularity: int
+    rows: list
+    received_at: datetime
+
+
+class ExchangeClient:
+    """GETs against the Exchange public API, paced by one shared TokenBucket and retried with backoff."""
+
+    def __init__(self, base_url: str, settings: Settings | None = None, pacer: TokenBucket | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.base_url = base_url.rstrip("/")
+        self.pacer = pacer or pacer_for(self.settings)
+        self.stats = ClientStats()
+        self.timeout = (self.settings.http_timeout_connect_s, self.settings.http_timeout_read_s)
+        self.max_attempts = max(1, self.settings.max_attempts)
+        self._local = threading.local()  # one requests.Session per worker thread (connection reuse)
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.headers["User-Agent"] = "market-risk-etl/1.0"
+        return session
+
+    def _attempt(self, path: str, params: dict | None, expect: type) -> Any:
+        self.pacer.acquire()
+        self.stats.add(requests=1)
+        url = f"{self.base_url}{path}"
+        try:
+            resp = self._session().get(url, params=params, timeout=self.timeout)
+            text = resp.text
+        except requests.Timeout as exc:
+            raise TransientError(f"timeout ({type(exc).__name__})") from exc
+        except requests.RequestException as exc:  # connection refused/reset, truncated chunked body, ...
+            raise TransientError(f"connection error ({type(exc).__name__}: {exc})") from exc
+        if resp.status_code == 429:
+            self.stats.add(http_429=1)
+            self.pacer.drain()
+            raise TransientError(f"HTTP 429 {_api_message(resp)}", _retry_after(resp.headers.get("Retry-After")))
+        if resp.status_code >= 500:
+            raise TransientError(f"HTTP {resp.status_code} {_api_message(resp)}",
+                                 _retry_after(resp.headers.get("Retry-After")))
+        if resp.status_code >= 400:
+            raise _ClientError(resp.status_code, _api_message(resp))
+        try:
+            body = json.loads(text)
+        except ValueError as exc:
+            raise TransientError(f"malformed body ({len(text)} bytes, not JSON: {exc})") from exc
+        if not isinstance(body, expect):
+            raise TransientError(f"malformed body (expected a JSON {expect.__name__}, got {type(body).__name__})")
+        return body
+
+    def get(self, path: str, params: dict | None = None, *, expect: type = dict, what: str = "") -> Any:
+        """GET `path` with pacing and retries; `what` names the product/window in errors."""
+        def before_sleep(state: RetryCallState) -> None:
+            self.stats.add(retries=1)
+            exc = state.outcome.exception() if state.outcome else None
+            log.debug("retry %d for %s %s: %s", state.attempt_number, path, what, exc)
+
+        retrying = Retrying(stop=stop_after_attempt(self.max_attempts), wait=_wait, reraise=True,
+                            retry=retry_if_exception_type(TransientError), before_sleep=before_sleep)
+        try:
+            return retrying(self._attempt, path, params, expect)
+        except TransientError as exc:
+            raise SourceError(f"{what or path}: gave up after {self.max_attempts} attempts against {self.base_url}; "
+                              f"last error: {exc}. Check the API status or raise PIPELINE_MAX_ATTEMPTS") from exc
+        except _ClientError as exc:
+            raise ApiRefusedError(f"{what or path}: the API refused the request (HTTP {exc.status}: {exc.message}) "
+                                  f"at {self.base_url}{path} {params or ''}", exc.status, exc.message) from exc
+
+    # ---- endpoints -----------------------------------------------------------------------------------------
+    def product(self, product_id: str) -> dict:
+        return self.get(f"/products/{product_id}", what=f"product {product_id}")
+
+    def products(self) -> list[dict]:
+        return self.get("/products", expect=list, what="product list")
+
+    def candles(self, product_id: str, start: datetime, end: datetime, granularity: int) -> CandlePage:
+        """One page [start, end) of at most 300 buckets; `end` goes to the API inclusive (end - granularity)."""
+        params = {"granularity": granularity, "start": _iso(start),
+                  "end": _iso(end - timedelta(seconds=granularity))}
+        what = f"candles {product_id} [{_iso(start)}, {_iso(end)}) granularity {granularity}s"
+        rows = self.get(f"/products/{product_id}/candles", params, expect=list, what=what)
+        return CandlePage(product_id, start, end, granularity, rows, datetime.now(UTC))
+
+
+# ---- products --------------------------------------------------------------------------------------------------
+def check_products(client: ExchangeClient, products: list[str]) -> list[dict]:
+    """Look each product up; unknown, delisted or trading-disabled products raise SourceError before any fetch."""
+    found = []
+    for product_id in products:
+        try:
+            info = client.product(product_id)
+        except ApiRefusedError as exc:
+            if exc.status != 404:
+                raise
+            ids = [p.get("id", "") for p in client.products() if isinstance(p, dict)]
+            close = difflib.get_close_matches(product_id, ids, n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}?" if close else f"{len(ids)} products are listed at /products"
+            raise SourceError(f"unknown product {product_id!r} at {client.base_url}: {hint} "
+                              "Fix --products / PIPELINE_PRODUCTS") from None
+        status = str(info.get("status", "online")).lower()
+        if status == "delisted":
+            raise SourceError(f"product {product_id!r} is delisted at {client.base_url} "
+                              f"({info.get('status_message') or 'no candles are served'}); remove it from --products")
+        if info.get("trading_disabled"):
+            raise SourceError(f"product {product_id!r} has trading disabled at {client.base_url} (status {status}); "
+                              "remove it from --products")
+        found.append(info)
+    return found
+
+
+def validate_products(products: list[str], settings: Settings | None = None) -> list[dict]:
+    """Product objects from /products/{id} for each product; raises SourceError for unknown/delisted/disabled."""
+    settings = settings or get_settings()
+    return check_products(ExchangeClient(api_url(None, settings), settings), list(products))
+
+
+# ---- window planner --------------------------------------------------------------------------------------------
+def floor_time(ts: datetime, granularity: int) -> datetime:
+    epoch = int(_utc(ts).timestamp())
+    return datetime.fromtimestamp(epoch - epoch % granularity, tz=UTC)
+
+
+def ceil_time(ts: datetime, granularity: int) -> datetime:
+    floored = floor_time(ts, granularity)
+    return floored if floored == _utc(ts) else floored + timedelta(seconds=granularity)
+
+
+def check_granularity(granularity: int) -> int:
+    if granularity not in VALID_GRANULARITIES:
+        raise ConfigError(f"granularity {granularity!r} is not supported by the API: use one of "
+                          f"{', '.join(map(str, VALID_GRANULARITIES))} seconds (--granularity)")
+    return int(granularity)
+
+
+def plan_windows(start: datetime, end: datetime, granularity: int,
+                 max_buckets: int = MAX_BUCKETS) -> list[tuple[datetime, datetime]]:
+    """Half-open pages [s, e) that tile the buckets starting in [start, end), each at most `max_buckets` long.
+
+    Pages sit on the granularity grid (epoch multiples), so page k ends exactly where page k+1 starts: no bucket
+    is fetched twice or skipped. The API's `end` is inclusive, so a page is requested as [s, e - granularity].
+    """
+    if granularity <= 0 or max_buckets < 1:
+        raise ConfigError(f"plan_windows needs granularity > 0 and max_buckets >= 1 "
+                          f"(got {granularity}, {max_buckets})")
+    first, stop = ceil_time(start, granularity), ceil_time(end, granularity)
+    step = timedelta(seconds=granularity * max_buckets)
+    windows = []
+    s = first
+    while s < stop:
+        e = min(s + step, stop)
+        windows.append((s, e))
+        s = e
+    return windows

@@ -1,0 +1,351 @@
+"""etl.bronze: validation at the door, storage, incremental runs, bad input and faults against the real simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from etl.bronze import (
+    CANDLE_SCHEMA,
+    dedup_latest,
+    ingest,
+    read_bronze,
+    read_quarantine,
+    validate_rows,
+    watermark,
+)
+from etl.errors import ConfigError, SourceError
+from etl.settings import PROJECT_ROOT, get_settings
+from etl.storage import get_store
+
+SEED = 42
+# 23:00 -> 01:00 crosses midnight: two date partitions per product
+START = datetime(2026, 1, 5, 23, 0, tzinfo=UTC)
+END = datetime(2026, 1, 6, 1, 0, tzinfo=UTC)
+OHLCV = ["open", "high", "low", "close", "volume"]
+
+
+def _settings(tmp_path: Path, sim, name: str = "data", **overrides):
+    base = dict(data_dir=str(tmp_path / name), coinbase_api_url=sim.url, source="simulator",
+                rate_limit_rps=1000.0, rate_limit_burst=1000, max_attempts=8, max_workers=4)
+    base.update(overrides)
+    return replace(get_settings(), **base)
+
+
+def _model(products, start=START, end=END, granularity=60) -> pd.DataFrame:
+    from etl.simulator import candles
+
+    frames = []
+    for p in products:
+        f = candles(SEED, p, int(start.timestamp()), int(end.timestamp()), granularity)
+        f.insert(0, "product_id", p)
+        frames.append(f)
+    out = pd.concat(frames, ignore_index=True)
+    out["bucket_start"] = pd.to_datetime(out.pop("time"), unit="s", utc=True)
+    return out[["product_id", "bucket_start", *OHLCV]].sort_values(["product_id", "bucket_start"],
+                                                                      ignore_index=True)
+
+
+def _latest(settings, granularity=60) -> pd.DataFrame:
+    df = read_bronze(granularity=granularity, settings=settings, dedup=True)
+    df["bucket_start"] = df["bucket_start"].astype("datetime64[ns, UTC]")
+    df["product_id"] = df["product_id"].astype(object)
+    return df[["product_id", "bucket_start", *OHLCV]].sort_values(["product_id", "bucket_start"], ignore_index=True)
+
+
+def _same(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
+    exp = expected.copy()
+    exp["bucket_start"] = exp["bucket_start"].astype("datetime64[ns, UTC]")
+    exp["product_id"] = exp["product_id"].astype(object)
+    pd.testing.assert_frame_equal(actual, exp, check_dtype=False)
+
+
+def _visible_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts))
+
+
+# ---- validation at the door (no server) ------------------------------------------------------------------------
+def test_validate_rows_keeps_good_rows_and_gives_every_bad_row_a_reason():
+    s, e = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+    t = int(s.timestamp())
+    rows = [
+        [t + 60, 1, 2, 1.5, 1.6, 10], [t, 1.0, 2.0, 1.5, 1.6, 10.5],       # good, newest first
+        [t + 30, 1, 2, 1.5, 1.6, 1],                                         # off grid
+        [t + 120, "1", 2, 1.5, 1.6, 1],                                      # numeric string
+        [t + 180, 1, 2],                                                     # arity
+        "garbage",                                                           # not a row at all
+        [t + 240, 1, 2, 1.5, float("inf"), 1],                               # non-finite
+        [t + 240, 3, 2, 1.5, 1.6, 1],                                        # low > high
+        [t + 600, 1, 2, 1.5, 1.6, 1],                                        # outside the page: filtered
+        [t - 60, 1, 2, 1.5, 1.6, 1],                                         # before the page: filtered
+    ]
+    good, bad = validate_rows(rows, 60, s, e)
+    assert good["bucket_start"].tolist() == [t, t + 60]
+    assert good[["low", "high", "open", "close", "volume"]].to_numpy().tolist() == [
+        [1.0, 2.0, 1.5, 1.6, 10.5], [1.0, 2.0, 1.5, 1.6, 10.0]]
+    assert json.loads(good["raw"].iloc[0]) == [t, 1.0, 2.0, 1.5, 1.6, 10.5]
+    assert bad["reason"].tolist() == [
+        "bucket start off the 60s grid", "non-numeric value",
+        "wrong arity: expected [time, low, high, open, close, volume]",
+        "wrong arity: expected [time, low, high, open, close, volume]",
+        "non-finite value (NaN or infinity)", "inconsistent prices (need 0 < low <= open, close <= high)"]
+    assert json.loads(bad["raw"].iloc[1]) == [t + 120, "1", 2, 1.5, 1.6, 1]
+
+
+def test_dedup_latest_keeps_latest_ingestion_then_batch_id():
+    ts = pd.Timestamp("2026-01-01", tz="UTC")
+    df = pd.DataFrame({
+        "product_id": ["A", "A", "A", "B"], "granularity": [60, 60, 60, 60], "bucket_start": [ts] * 4,
+        "close": [1.0, 2.0, 3.0, 9.0], "batch_id": ["b1", "b3", "b2", "b1"],
+        "ingested_at": [ts, ts + pd.Timedelta("1s"), ts + pd.Timedelta("1s"), ts],
+    })
+    out = dedup_latest(df)
+    assert out[["product_id", "close"]].values.tolist() == [["A", 2.0], ["B", 9.0]]
+
+
+# ---- bad input: clear error, nothing written -------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(start=END, end=START), "is not before end"),
+    (dict(start=datetime(2099, 1, 1, tzinfo=UTC), end=datetime(2099, 1, 2, tzinfo=UTC)), "is in the future"),
+    (dict(start=START, end=END, granularity=120), "granularity 120 is not supported"),
+    (dict(products=["BTC-USDX"], start=START, end=END), "unknown product 'BTC-USDX'.*did you mean BTC-USD"),
+    (dict(products=["LUNA-USD"], start=START, end=END), "'LUNA-USD' is delisted"),
+    (dict(products=["XYZ-USD"], start=START, end=END), "'XYZ-USD' has trading disabled"),
+])
+def test_bad_input_raises_and_writes_nothing(tmp_path, simulator, kwargs, message):
+    settings = _settings(tmp_path, simulator)
+    kwargs.setdefault("products", ["BTC-USD"])
+    with pytest.raises((ConfigError, SourceError), match=message):
+        ingest(settings=settings, **kwargs)
+    root = Path(settings.data_dir)
+    assert not root.exists() or not any(root.rglob("*"))
+
+
+# ---- a clean run -----------------------------------------------------------------------------------------------
+def test_ingest_writes_partitions_manifest_and_exact_candles(tmp_path, simulator):
+    settings = _settings(tmp_path, simulator)
+    products = ["BTC-USD", "ETH-USD"]
+    summary = ingest(products, START, END, settings=settings, batch_id="b-clean")
+    model = _model(products)
+    assert summary.candles == len(model) and summary.quarantined == 0
+    assert summary.requests == 2 + 2 and summary.retries == 0 and summary.http_429 == 0  # 2 lookups + 2 pages
+    assert sorted(summary.partitions) == [(p, d) for p in products for d in (date(2026, 1, 5), date(2026, 1, 6))]
+    assert summary.files[0] == "bronze/candles/product_id=BTC-USD/date=2026-01-05/b-clean.parquet"
+    assert summary.window == (START, END)
+    assert f"candles {len(model)}, quarantined 0" in str(summary)
+
+    # schema of every file is the contract; product_id/date come from the path
+    for rel in summary.files:
+        schema = pq.read_schema(Path(settings.data_dir) / rel)
+        assert schema.equals(CANDLE_SCHEMA, check_metadata=False), rel
+    raw = read_bronze(settings=settings)
+    assert set(raw["batch_id"]) == {"b-clean"} and set(raw["source"]) == {"simulator"}
+    assert (raw["bucket_start"] >= raw["request_start"]).all() and (raw["bucket_start"] < raw["request_end"]).all()
+    first = raw.iloc[0]
+    assert json.loads(first["raw"])[1:] == [first["low"], first["high"], first["open"], first["close"],
+                                            first["volume"]]
+    _same(_latest(settings), model)
+
+    manifest = get_store(settings).read_json("bronze/_manifests/b-clean.json")
+    assert manifest["files"] == summary.files and manifest["products"] == products
+    assert manifest["granularity"] == 60 and manifest["quarantined"] == 0 and manifest["requests"] == 4
+    assert manifest["window"] == [START.isoformat(), END.isoformat()]
+    assert sum(p["rows"] for p in manifest["partitions"]) == len(model)
+    assert watermark("BTC-USD", 60, settings) == model[model.product_id == "BTC-USD"].bucket_start.max()
+    assert watermark("BTC-USD", 300, settings) is None
+
+
+def test_retrying_a_finished_batch_adds_nothing(tmp_path, simulator):
+    settings = _settings(tmp_path, simulator)
+    first = ingest(["BTC-USD"], START, END, settings=settings, batch_id="b-once")
+    files = _visible_files(Path(settings.data_dir))
+    again = ingest(["BTC-USD"], START, END, settings=settings, batch_id="b-once")
+    assert again.files == first.files and again.candles == first.candles
+    assert _visible_files(Path(settings.data_dir)) == files
+    # a new batch over the same range appends files but no new distinct candles
+    ingest(["BTC-USD"], START, END, settings=settings)
+    raw = read_bronze(settings=settings)
+    assert raw["batch_id"].nunique() == 2
+    assert len(raw.drop_duplicates(["bucket_start", *OHLCV])) == first.candles
+
+
+def test_incremental_run_continues_from_watermark_minus_overlap(tmp_path, simulator):
+    settings = _settings(tmp_path, simulator, history_days=1, overlap_minutes=15)
+    now1 = datetime(2026, 1, 6, 0, 0, 30, tzinfo=UTC)
+    first = ingest(["SOL-USD"], settings=settings, now=now1)   # first run: history_days back from now floored
+    assert first.window == (datetime(2026, 1, 5, tzinfo=UTC), datetime(2026, 1, 6, tzinfo=UTC))
+    mark = watermark("SOL-USD", 60, settings)
+    now2 = datetime(2026, 1, 6, 1, 0, 0, tzinfo=UTC)
+    second = ingest(["SOL-USD"], settings=settings, now=now2)
+    assert second.window == (mark - timedelta(minutes=15), now2)
+    assert second.pages == 1
+    _same(_latest(settings), _model(["SOL-USD"], datetime(2026, 1, 5, tzinfo=UTC), now2))
+    # up to date: nothing to fetch, still a manifest for the audit trail
+    third = ingest(["SOL-USD"], settings=settings, now=now2, end=mark - timedelta(hours=2))
+    assert third.window is None and third.candles == 0 and third.requests == 1
+
+
+def test_window_without_candles_writes_only_the_manifest(tmp_path, simulator):
+    settings = _settings(tmp_path, simulator)
+    before_listing = datetime(2014, 6, 1, tzinfo=UTC)  # the simulator's products list on 2015-01-01
+    summary = ingest(["BTC-USD"], before_listing, before_listing + timedelta(hours=6), settings=settings)
+    assert summary.pages == 2 and summary.candles == 0 and summary.files == [] and summary.partitions == []
+    assert [p.name for p in _visible_files(Path(settings.data_dir))] == []
+    assert get_store(settings).read_json(summary.manifest)["files"] == []
+    assert watermark("BTC-USD", 60, settings) is None
+
+
+def test_daily_candles_coexist_with_minute_candles(tmp_path, simulator):
+    settings = _settings(tmp_path, simulator)
+    ingest(["BTC-USD"], START, END, settings=settings)
+    d0, d1 = datetime(2025, 12, 1, tzinfo=UTC), datetime(2026, 1, 6, tzinfo=UTC)
+    daily = ingest(["BTC-USD"], d0, d1, granularity=86400, settings=settings)
+    assert daily.candles == 36 and len(daily.partitions) == 36
+    _same(_latest(settings, 86400), _model(["BTC-USD"], d0, d1, 86400))
+    _same(_latest(settings, 60), _model(["BTC-USD"]))
+    assert watermark("BTC-USD", 86400, settings) == datetime(2026, 1, 5, tzinfo=UTC)
+
+
+# ---- faults: the run finishes and bronze matches a fault-free run ---------------------------------------------
+WIDE = (START - timedelta(days=1), END)   # ~10 pages per product: enough requests for every fault to show up
+ROW_FAULTS = {"wrong arity: expected [time, low, high, open, close, volume]", "non-numeric value"}
+
+
+@pytest.fixture
+def clean_run(tmp_path, simulator):
+    """Bronze after a fault-free run of BTC-USD and ETH-USD over WIDE (the reference)."""
+    settings = _settings(tmp_path, simulator, name="clean")
+    ingest(["BTC-USD", "ETH-USD"], *WIDE, settings=settings)
+    return _latest(settings)
+
+
+@pytest.mark.parametrize("faults, overrides, served", [
+    (dict(rate_limit_rps=10.0, burst=4), dict(rate_limit_rps=40.0, rate_limit_burst=12, max_attempts=10),
+     "served_429"),
+    (dict(fail_rate=0.3), {}, "served_5xx"),
+    (dict(malformed_rate=0.25), {}, "malformed"),
+    (dict(latency_ms=150.0), {}, "served_200"),
+], ids=["429-storm", "5xx", "malformed", "latency"])
+def test_faulty_run_matches_fault_free_run(tmp_path, make_simulator, clean_run, faults, overrides, served):
+    config = dict(seed=SEED, rate_limit_rps=1000.0, burst=1000)
+    config.update(faults)
+    sim = make_simulator(**config)
+    settings = _settings(tmp_path, sim, name="faulty", **overrides)
+    split = WIDE[0] + timedelta(hours=17, minutes=7)  # two batches with odd page edges
+    first = ingest(["BTC-USD", "ETH-USD"], WIDE[0], split, settings=settings)
+    second = ingest(["BTC-USD", "ETH-USD"], split, WIDE[1], settings=settings)
+    assert sim.stats[served] > 0  # the fault really happened
+    if served == "served_429":
+        assert first.http_429 + second.http_429 == sim.stats["served_429"]
+    if served in ("served_429", "served_5xx", "malformed"):
+        assert first.retries + second.retries > 0
+    _same(_latest(settings), clean_run)
+    quarantined = read_quarantine(settings)
+    assert len(quarantined) == first.quarantined + second.quarantined
+    if served == "malformed":  # bad rows were quarantined with their reason, and the page fetched again
+        assert len(quarantined) > 0 and set(quarantined["reason"]) <= ROW_FAULTS
+    else:
+        assert quarantined.empty
+
+
+def test_pacing_at_the_servers_limit_gets_no_429(tmp_path, make_simulator):
+    # our settings name the server's own limit; the client keeps enough headroom that jitter never trips it
+    sim = make_simulator(seed=SEED, rate_limit_rps=10.0, burst=3)
+    settings = _settings(tmp_path, sim, rate_limit_rps=10.0, rate_limit_burst=3, max_workers=4)
+    summary = ingest(["BTC-USD", "ETH-USD"], START, START + timedelta(minutes=7 * 300), settings=settings)
+    assert summary.pages == 14 and summary.requests == 16
+    assert summary.http_429 == 0 and sim.stats["served_429"] == 0 and sim.stats["served_200"] == 16
+
+
+def test_late_correction_is_picked_up_by_the_overlap(tmp_path, make_simulator):
+    from etl.simulator import LATE_CORRECTION_MINUTES
+    from etl.source import ExchangeClient
+
+    now = datetime(2026, 1, 6, 1, 0, tzinfo=UTC)
+    sim = make_simulator(seed=SEED, rate_limit_rps=1000.0, burst=1000, late_corrections=True,
+                         now=lambda: now.timestamp())
+    settings = _settings(tmp_path, sim, overlap_minutes=30)
+    ingest(["BTC-USD"], START, settings=settings, now=now)
+    assert sim.stats["late_corrected"] == 0
+    second = ingest(["BTC-USD"], settings=settings, now=now)   # incremental: re-fetches the last 30 minutes
+    assert second.window == (now - timedelta(minutes=31), now)
+    assert sim.stats["late_corrected"] > 0
+
+    # expected: the model for settled candles, and what the API serves now for the recently corrected ones
+    recent = now - timedelta(minutes=LATE_CORRECTION_MINUTES)
+    page = ExchangeClient(sim.url, settings).candles("BTC-USD", recent, now, 60)
+    served = pd.DataFrame(page.rows, columns=["time", "low", "high", "open", "close", "volume"])
+    served["bucket_start"] = pd.to_datetime(served.pop("time"), unit="s", utc=True)
+    served.insert(0, "product_id", "BTC-USD")
+    model = _model(["BTC-USD"], START, now)
+    expected = pd.concat([model[model.bucket_start < recent], served[model.columns]])
+    expected = expected.sort_values("bucket_start", ignore_index=True)
+    latest = _latest(settings)
+    _same(latest, expected)
+    corrected = latest[latest.bucket_start >= recent]
+    assert not np.allclose(corrected["volume"], model[model.bucket_start >= recent]["volume"])
+    # both versions stay in bronze for audit
+    raw = read_bronze(settings=settings)
+    assert (raw.groupby("bucket_start")["volume"].nunique() == 2).sum() == len(corrected)
+
+
+# ---- crash safety ----------------------------------------------------------------------------------------------
+_CHILD = """
+import logging, sys
+from datetime import datetime, timezone
+from etl.bronze import ingest
+ingest(["BTC-USD", "ETH-USD", "SOL-USD"], datetime(2026, 1, 1, tzinfo=timezone.utc),
+       datetime(2026, 1, 4, tzinfo=timezone.utc))
+"""
+
+
+def test_killed_run_leaves_no_partial_file_and_rerun_completes(tmp_path, make_simulator):
+    sim = make_simulator(seed=SEED, rate_limit_rps=1000.0, burst=1000)
+    root = tmp_path / "data"
+    env = dict(os.environ, PIPELINE_DATA_DIR=str(root), COINBASE_API_URL=sim.url, PIPELINE_SOURCE="simulator",
+               PIPELINE_RATE_LIMIT_RPS="12", PIPELINE_RATE_LIMIT_BURST="2", PIPELINE_MAX_WORKERS="3",
+               PYTHONPATH=str(PROJECT_ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD], env=env, cwd=str(PROJECT_ROOT),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    candles_dir = root / "bronze" / "candles"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if candles_dir.exists() and len(_visible_files(candles_dir)) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the child finished before it could be killed: {proc.stderr.read()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    settings = replace(get_settings(), data_dir=str(root), coinbase_api_url=sim.url, rate_limit_rps=1000.0,
+                       rate_limit_burst=1000)
+    visible = _visible_files(root)
+    assert visible and all(p.suffix == ".parquet" for p in visible)
+    for p in visible:  # every visible file is a complete Parquet file
+        assert pq.read_table(p).num_rows > 0
+    assert not (root / "bronze" / "_manifests").exists() or not any((root / "bronze" / "_manifests").iterdir())
+    assert watermark("BTC-USD", 60, settings) is None  # the killed batch is not committed
+
+    products = ["BTC-USD", "ETH-USD", "SOL-USD"]
+    s, e = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 4, tzinfo=UTC)
+    ingest(products, s, e, settings=settings)
+    latest = _latest(settings)
+    _same(latest, _model(products, s, e))
+    raw = read_bronze(settings=settings)
+    distinct = raw.drop_duplicates(["product_id", "bucket_start", *OHLCV])
+    assert len(distinct) == len(latest)  # no second version of any candle
+    assert read_quarantine(settings).empty

@@ -1,0 +1,222 @@
+"""etl.source: window planner, token bucket, Retry-After, and the client against the simulator's real HTTP server."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from etl.errors import ConfigError, SourceError
+from etl.source import (
+    VALID_GRANULARITIES,
+    ExchangeClient,
+    TokenBucket,
+    _retry_after,
+    api_url,
+    check_granularity,
+    plan_windows,
+    validate_products,
+)
+
+T0 = datetime(2026, 1, 5, tzinfo=UTC)
+
+
+# ---- planner ---------------------------------------------------------------------------------------------------
+def test_plan_windows_pages_of_300_without_gap_or_overlap():
+    windows = plan_windows(T0, T0 + timedelta(minutes=1000), 60)
+    assert windows == [
+        (T0, T0 + timedelta(minutes=300)),
+        (T0 + timedelta(minutes=300), T0 + timedelta(minutes=600)),
+        (T0 + timedelta(minutes=600), T0 + timedelta(minutes=900)),
+        (T0 + timedelta(minutes=900), T0 + timedelta(minutes=1000)),
+    ]
+
+
+def test_plan_windows_exact_multiple_and_single_bucket():
+    assert plan_windows(T0, T0 + timedelta(minutes=600), 60) == [
+        (T0, T0 + timedelta(minutes=300)), (T0 + timedelta(minutes=300), T0 + timedelta(minutes=600))]
+    assert plan_windows(T0, T0 + timedelta(minutes=1), 60) == [(T0, T0 + timedelta(minutes=1))]
+    assert plan_windows(T0, T0, 60) == []
+
+
+def test_plan_windows_aligns_to_grid_on_bucket_starts():
+    # buckets whose start lies in [start, end): 00:00:30 -> first bucket 00:01; end 00:05:10 -> last bucket 00:05
+    windows = plan_windows(T0 + timedelta(seconds=30), T0 + timedelta(minutes=5, seconds=10), 60)
+    assert windows == [(T0 + timedelta(minutes=1), T0 + timedelta(minutes=6))]
+
+
+def test_plan_windows_daily():
+    windows = plan_windows(T0, T0 + timedelta(days=400), 86400)
+    assert [len(range(int(s.timestamp()), int(e.timestamp()), 86400)) for s, e in windows] == [300, 100]
+
+
+@settings(max_examples=200, deadline=None)
+@given(offset=st.integers(0, 10**6), length=st.integers(0, 5 * 10**5),
+       granularity=st.sampled_from(VALID_GRANULARITIES), max_buckets=st.integers(1, 300))
+def test_plan_windows_tiles_every_bucket_exactly_once(offset, length, granularity, max_buckets):
+    start = T0 + timedelta(seconds=offset)
+    end = start + timedelta(seconds=length)
+    windows = plan_windows(start, end, granularity, max_buckets)
+    expected = [t for t in range(int(start.timestamp()), int(end.timestamp())) if t % granularity == 0] \
+        if length < 20_000 else None
+    covered = []
+    for i, (s, e) in enumerate(windows):
+        assert s < e
+        assert int(s.timestamp()) % granularity == 0 and int(e.timestamp()) % granularity == 0
+        n = (e - s).total_seconds() / granularity
+        assert 1 <= n <= max_buckets
+        if i:
+            assert windows[i - 1][1] == s  # page edges meet: no gap, no overlap
+        covered.extend(range(int(s.timestamp()), int(e.timestamp()), granularity))
+    if expected is not None:
+        assert covered == expected
+    if windows:
+        assert windows[0][0] >= start and windows[0][0] - start < timedelta(seconds=granularity)
+        assert windows[-1][1] >= end and windows[-1][1] - end < timedelta(seconds=granularity)
+
+
+def test_check_granularity_rejects_unsupported_values():
+    assert check_granularity(300) == 300
+    with pytest.raises(ConfigError, match="granularity 120 is not supported.*60, 300, 900, 3600, 21600, 86400"):
+        check_granularity(120)
+
+
+# ---- pacing ----------------------------------------------------------------------------------------------------
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_token_bucket_allows_burst_then_paces_at_rate():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=10, burst=15, clock=clock, sleep=clock.sleep)
+    waits = [bucket.acquire() for _ in range(15)]
+    assert waits == [0.0] * 15 and clock.now == 0.0
+    for _ in range(30):
+        bucket.acquire()
+    assert clock.now == pytest.approx(3.0)  # 30 more requests at 10/s
+
+
+def test_token_bucket_never_exceeds_rate_plus_burst_in_any_interval():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=5, burst=3, clock=clock, sleep=clock.sleep)
+    sent = []
+    for i in range(200):
+        if i % 7 == 0:
+            clock.now += 0.9  # idle gaps refill the bucket, never above the burst
+        bucket.acquire()
+        sent.append(clock.now)
+    for i in range(len(sent)):
+        for j in range(i, min(len(sent), i + 40)):
+            assert j - i + 1 <= 3 + 5 * (sent[j] - sent[i]) + 1e-9
+
+
+def test_token_bucket_drain_spends_saved_burst():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=10, burst=15, clock=clock, sleep=clock.sleep)
+    bucket.drain()
+    assert bucket.acquire() == pytest.approx(0.1)
+
+
+def test_token_bucket_rejects_nonsense():
+    with pytest.raises(ConfigError, match="rate > 0"):
+        TokenBucket(rate=0, burst=1)
+
+
+def test_retry_after_parsing():
+    assert _retry_after(None) is None
+    assert _retry_after("2") == 2.0
+    assert _retry_after("garbage") is None
+    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: retry now
+
+
+def test_api_url_by_source(monkeypatch):
+    from etl.settings import COINBASE_URL, get_settings
+
+    monkeypatch.setenv("PIPELINE_SOURCE", "simulator")
+    monkeypatch.setenv("COINBASE_API_URL", "http://127.0.0.1:9999")
+    s = get_settings()
+    assert api_url(None, s) == "http://127.0.0.1:9999"
+    assert api_url("coinbase", s) == COINBASE_URL
+    with pytest.raises(ConfigError, match="unknown source 'kraken'"):
+        api_url("kraken", s)
+
+
+# ---- client against the simulator's HTTP server ----------------------------------------------------------------
+def _settings(**env):
+    from dataclasses import replace
+
+    from etl.settings import get_settings
+
+    return replace(get_settings(), **env)
+
+
+def test_validate_products_returns_product_objects(simulator):
+    found = validate_products(["BTC-USD", "ETH-USD"], _settings(coinbase_api_url=simulator.url))
+    assert [p["id"] for p in found] == ["BTC-USD", "ETH-USD"]
+    assert found[0]["quote_currency"] == "USD"
+
+
+def test_unknown_product_names_close_matches(simulator):
+    with pytest.raises(SourceError, match=r"unknown product 'BTC-USDD'.*did you mean BTC-USD"):
+        validate_products(["BTC-USDD"], _settings(coinbase_api_url=simulator.url))
+
+
+def test_client_error_is_not_retried(simulator):
+    client = ExchangeClient(simulator.url, _settings(coinbase_api_url=simulator.url))
+    with pytest.raises(SourceError, match="HTTP 400.*Unsupported granularity"):
+        client.candles("BTC-USD", T0, T0 + timedelta(minutes=2), 120)
+    assert client.stats.requests == 1 and client.stats.retries == 0
+
+
+def test_candles_page_has_at_most_300_rows_inside_the_window(simulator):
+    client = ExchangeClient(simulator.url, _settings(coinbase_api_url=simulator.url))
+    page = client.candles("BTC-USD", T0, T0 + timedelta(minutes=300), 60)
+    times = [row[0] for row in page.rows]
+    assert 0 < len(times) <= 300
+    assert min(times) >= T0.timestamp() and max(times) < (T0 + timedelta(minutes=300)).timestamp()
+
+
+def test_connection_refused_exhausts_bounded_attempts():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = ExchangeClient(f"http://127.0.0.1:{port}", _settings(max_attempts=2, rate_limit_rps=1000.0,
+                                                                    rate_limit_burst=1000))
+    with pytest.raises(SourceError, match=r"candles BTC-USD \[2026-01-05T00:00:00Z.*gave up after 2 attempts"
+                                          r".*connection error"):
+        client.candles("BTC-USD", T0, T0 + timedelta(minutes=5), 60)
+    assert client.stats.requests == 2 and client.stats.retries == 1
+
+
+def _state_after(exc: Exception, attempt: int):
+    from tenacity import RetryCallState, Retrying
+
+    state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = attempt
+    try:
+        raise exc
+    except Exception:
+        state.set_exception(sys.exc_info())
+    return state
+
+
+def test_wait_honours_retry_after_else_exponential_backoff_with_jitter():
+    from etl.source import BACKOFF_INITIAL_S, TransientError, _wait
+
+    assert _wait(_state_after(TransientError("HTTP 429", retry_after=1.5), 1)) == 1.5
+    for attempt in (1, 2, 3, 4):
+        waited = _wait(_state_after(TransientError("HTTP 503"), attempt))
+        floor = BACKOFF_INITIAL_S * 2 ** (attempt - 1)
+        assert floor <= waited <= floor + BACKOFF_INITIAL_S
