@@ -1,0 +1,91 @@
+"""The factor stage's edges: prices in from silver, output tables out through the Store (one file per day)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from etl.errors import ConfigError
+from etl.settings import Settings
+from etl.storage import Store, partition_path
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = "outputs"
+TS = pa.timestamp("us", tz="UTC")
+# table -> (column that names its date=D partition, Arrow schema in column order)
+SCHEMAS: dict[str, tuple[str, pa.Schema]] = {
+    "factor_returns": ("bucket_start", pa.schema([
+        ("factor_name", pa.string()), ("bucket_start", TS), ("factor_return", pa.float64())])),
+    "factor_membership": ("holding_start", pa.schema([
+        ("holding_start", TS), ("holding_end", TS), ("formation_start", TS), ("formation_end", TS),
+        ("factor_group", pa.string()), ("bucket", pa.string()), ("factor_name", pa.string()),
+        ("product_id", pa.string()), ("signal", pa.float64()), ("rank", pa.int64()), ("n_ranked", pa.int64()),
+        ("weight", pa.float64())])),
+    "factor_exposures_full": ("bucket_start", pa.schema([
+        ("product_id", pa.string()), ("factor_name", pa.string()), ("bucket_start", TS), ("beta", pa.float64()),
+        ("alpha", pa.float64()), ("r_squared", pa.float64()), ("r_squared_adj", pa.float64()),
+        ("n_obs", pa.int64()), ("rank_deficient", pa.bool_()), ("window", pa.int64())])),
+    "factor_exposures": ("bucket_start", pa.schema([
+        ("product_id", pa.string()), ("factor_name", pa.string()), ("bucket_start", TS), ("beta", pa.float64()),
+        ("alpha", pa.float64()), ("r_squared", pa.float64()), ("r_squared_adj", pa.float64()),
+        ("n_obs", pa.int64()), ("rank_deficient", pa.bool_()), ("window", pa.int64()),
+        ("as_of_date", pa.date32())])),
+}
+
+
+def read_prices(settings: Settings, products: list[str], start: datetime, end: datetime) -> pd.DataFrame:
+    """Silver candles (frequency 60 s) or 5-minute bars (300 s) with bucket_start in [start, end)."""
+    from etl import silver
+
+    last = pd.Timestamp(end) - pd.Timedelta(microseconds=1)  # silver's bounds are inclusive
+    if settings.factor_frequency_s == 60:
+        frame = silver.read_candles(products, start, last.to_pydatetime(), granularity=60, settings=settings)
+    elif settings.factor_frequency_s == 300:
+        frame = silver.read_bars("5m", products, start, last.to_pydatetime(), settings=settings)
+    else:
+        raise ConfigError(f"FACTOR_FREQUENCY_S={settings.factor_frequency_s}: expected 60 (1-minute candles) or "
+                          "300 (5-minute bars)")
+    frame = frame[(frame["bucket_start"] >= pd.Timestamp(start)) & (frame["bucket_start"] < pd.Timestamp(end))]
+    return frame[["product_id", "bucket_start", "close", "volume"]]
+
+
+def write_outputs(store: Store, tables: dict[str, pd.DataFrame]) -> tuple[dict[str, int], list[str]]:
+    """Write each table as outputs/<table>/date=D/part-0.parquet, one file per UTC day of its time column.
+
+    A day's file is replaced whole, so a rerun over the same days is idempotent. Returns the rows written per table
+    and the days written.
+    """
+    rows: dict[str, int] = {}
+    days: set[str] = set()
+    for name, frame in tables.items():
+        time_col, schema = SCHEMAS[name]
+        day = pd.DatetimeIndex(frame[time_col]).as_unit("ns").asi8 // (86_400 * 10**9)
+        order = np.argsort(day, kind="stable")
+        day = day[order]
+        arrow = to_arrow(frame.iloc[order] if not np.array_equal(order, np.arange(len(order))) else frame, schema)
+        cuts = np.r_[0, np.flatnonzero(np.diff(day)) + 1, len(day)]
+        for lo, hi in zip(cuts[:-1], cuts[1:], strict=False):
+            if hi <= lo:
+                continue
+            date = pd.Timestamp(int(day[lo]), unit="D").strftime("%Y-%m-%d")
+            store.write_parquet(partition_path(OUTPUTS, name, date=date) + "/part-0.parquet", arrow.slice(lo, hi - lo))
+            days.add(date)
+        rows[name] = len(frame)
+        log.info("factors: %s %d rows in %d day partitions", name, len(frame), len(cuts) - 2 if len(day) else 0)
+    return rows, sorted(days)
+
+
+def to_arrow(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """The frame's columns in schema order and types (categoricals become plain strings)."""
+    arrays = []
+    for field in schema:
+        array = pa.array(frame[field.name], from_pandas=True)
+        if pa.types.is_dictionary(array.type):
+            array = array.dictionary_decode()
+        arrays.append(array.cast(field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)

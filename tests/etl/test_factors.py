@@ -1,0 +1,250 @@
+"""Factor model: universe returns, tercile buckets on a hand-built universe, no look-ahead, collinearity, and the
+whole stage from simulator candles through bronze and silver to the output files."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from etl.errors import DataNotFoundError
+from etl.factors import FactorConfig, run
+from etl.factors.buckets import terciles
+from etl.factors.model import FACTOR_NAMES, compute, exposures, factor_returns, membership_frame
+from etl.factors.returns import Universe, universe_returns
+from etl.factors.rolling_ols import rolling_ols
+from etl.settings import get_settings
+from etl.simulator import candles as simulated_candles
+
+T0 = pd.Timestamp("2026-03-02", tz="UTC")
+SMALL = FactorConfig(frequency_s=60, window=240, min_obs=30, formation_minutes=120, holding_minutes=60,
+                     momentum_minutes=(30, 60, 120))
+
+
+def candle_frame(products: list[str], start: pd.Timestamp, end: pd.Timestamp, seed: int = 42) -> pd.DataFrame:
+    frames = []
+    for product in products:
+        c = simulated_candles(seed, product, int(start.timestamp()), int(end.timestamp()), 60)
+        frames.append(pd.DataFrame({"product_id": product, "bucket_start": pd.to_datetime(c["time"], unit="s", utc=True),
+                                    "close": c["close"], "volume": c["volume"]}))
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---- universe returns --------------------------------------------------------------------------------------------
+def test_missing_buckets_give_nan_returns_not_zero_or_forward_filled():
+    times = pd.date_range(T0, periods=6, freq="60s")
+    bars = pd.DataFrame({
+        "product_id": ["A"] * 6 + ["B"] * 5,
+        "bucket_start": list(times) + list(times.delete(3)),
+        "close": [10, 11, 12, 13, 14, 15] + [100, 110, 121, 99, 90],   # B has no candle at row 3
+        "volume": [1.0] * 6 + [2.0] * 5,
+    })
+    u = universe_returns(bars, 60, T0, T0 + pd.Timedelta(minutes=6))
+    assert u.products == ["A", "B"]
+    np.testing.assert_allclose(u.returns[:, 0], [np.nan, 0.1, 1 / 11, 1 / 12, 1 / 13, 1 / 14])
+    np.testing.assert_allclose(u.returns[:, 1], [np.nan, 0.1, 0.1, np.nan, np.nan, 90 / 99 - 1])
+    np.testing.assert_allclose(u.traded_value[:, 1], [200, 220, 242, np.nan, 198, 180])
+
+
+# ---- buckets ---------------------------------------------------------------------------------------------------
+def test_terciles_rank_ascending_break_ties_by_product_order_and_skip_unranked():
+    rank, bucket, n = terciles(np.array([[3.0, 1.0, np.nan, 2.0, 5.0, 4.0, 0.0],
+                                         [1.0, 1.0, 1.0, np.nan, np.nan, np.nan, np.nan],
+                                         [1.0, 2.0, np.nan, np.nan, np.nan, np.nan, np.nan]]))
+    assert n.tolist() == [6, 3, 2]
+    assert rank[0].tolist() == [3, 1, -1, 2, 5, 4, 0]
+    assert bucket[0].tolist() == [1, 0, -1, 1, 2, 2, 0]
+    assert bucket[1].tolist() == [0, 1, 2, -1, -1, -1, -1]
+    assert bucket[2].tolist() == [-1] * 7   # fewer than three ranked products: no buckets
+
+
+def hand_built_universe() -> Universe:
+    """Six products; formation rows 0..3 make each style order different, rows 4..7 are the holding period.
+
+    r_i(t) = b_i f(t) + d_i: beta to the market is b_i / mean(b) (increasing A..F); momentum over lookbacks 2 and
+    4 is 0.03 b_i + 6 d_i (decreasing A..F); traded values put C, A lowest and F, D highest.
+    """
+    products = list("ABCDEF")
+    b = np.array([0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
+    d = np.array([0.05, 0.04, 0.03, 0.02, 0.01, 0.0])
+    f = np.array([0.01, -0.02, 0.015, 0.005])
+    returns = np.full((8, 6), np.nan)
+    returns[:4] = f[:, None] * b + d
+    returns[4:] = np.arange(1, 25).reshape(4, 6) / 1000.0
+    returns[6, 5] = np.nan                               # F has no return at row 6
+    traded_value = np.tile([2.0, 4.0, 1.0, 6.0, 3.0, 5.0], (8, 1))
+    times = pd.date_range(T0, periods=8, freq="60s")
+    return Universe(times=times, products=products, close=np.full((8, 6), np.nan), returns=returns,
+                    traded_value=traded_value)
+
+
+def test_buckets_on_a_hand_built_universe():
+    config = FactorConfig(frequency_s=60, window=4, min_obs=3, formation_minutes=4, holding_minutes=4,
+                          momentum_minutes=(2, 4))
+    u = hand_built_universe()
+    returns, membership = factor_returns(u, config)
+
+    assert (membership.bucket[:, 0] == -1).all()        # the first period has no formation window before it
+    groups = membership_frame(replace_result(u, config, returns, membership)).groupby(["factor_group", "bucket"])
+    members = {key: "".join(sorted(frame["product_id"])) for key, frame in groups}
+    assert members == {
+        ("liquidity", "low"): "AC", ("liquidity", "mid"): "BE", ("liquidity", "high"): "DF",
+        ("volatility", "low"): "AB", ("volatility", "mid"): "CD", ("volatility", "high"): "EF",
+        ("momentum", "low"): "EF", ("momentum", "mid"): "CD", ("momentum", "high"): "AB",
+    }
+    frame = membership_frame(replace_result(u, config, returns, membership))
+    assert (frame["formation_start"] == T0).all() and (frame["holding_start"] == T0 + pd.Timedelta(minutes=4)).all()
+    assert set(frame["factor_name"]) == {f"{g}_{b}" for g in ("liquidity", "volatility", "momentum")
+                                         for b in ("low", "mid", "high")}
+
+    col = {name: returns[:, i] for i, name in enumerate(FACTOR_NAMES)}
+    r = u.returns
+    assert np.isnan(col["liquidity_low"][:4]).all() and np.isfinite(col["market"][1:4]).all()
+    assert col["market"][5] == pytest.approx(r[5].mean())
+    assert col["liquidity_low"][5] == pytest.approx((r[5, 0] + r[5, 2]) / 2)
+    assert col["volatility_high"][6] == pytest.approx(r[6, 4])        # F is missing at row 6: E alone
+    assert col["momentum_hml"][5] == pytest.approx(r[5, :2].mean() - r[5, 4:].mean())
+    tv = np.array([2.0, 4.0, 1.0, 6.0, 3.0, 5.0])
+    assert col["market_vw"][5] == pytest.approx((r[5] * tv).sum() / tv.sum())
+
+
+def replace_result(u, config, returns, membership):
+    """A FactorResult without exposures, for the membership frame."""
+    from etl.factors.model import FactorResult
+
+    return FactorResult(universe=u, config=config, factor_names=FACTOR_NAMES, factor_returns=returns,
+                        membership=membership, exposures=None)
+
+
+# ---- no look-ahead and collinearity --------------------------------------------------------------------------
+def test_shuffling_future_data_does_not_change_the_past():
+    products = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "ADA-USD", "DOGE-USD"]
+    start, end = T0, T0 + pd.Timedelta(days=1)
+    bars = candle_frame(products, start, end)
+    cut = T0 + pd.Timedelta(hours=15, minutes=17)
+    shuffled = bars.copy()
+    rng = np.random.default_rng(0)
+    for product in products:  # permute each product's own future candles in time
+        future = (bars["product_id"] == product) & (bars["bucket_start"] >= cut)
+        values = bars.loc[future, ["close", "volume"]].to_numpy()
+        shuffled.loc[future, ["close", "volume"]] = values[rng.permutation(len(values))]
+
+    a = compute(universe_returns(bars, 60, start, end), SMALL)
+    b = compute(universe_returns(shuffled, 60, start, end), SMALL)
+    past = np.asarray(a.universe.times < cut)
+    assert not np.allclose(a.factor_returns[~past], b.factor_returns[~past], equal_nan=True)  # the future did change
+    np.testing.assert_array_equal(a.factor_returns[past], b.factor_returns[past])
+    first_future_period = -(-int(past.sum()) // SMALL.holding)
+    np.testing.assert_array_equal(a.membership.bucket[:, :first_future_period], b.membership.bucket[:, :first_future_period])
+    for name in ("beta", "alpha", "r_squared", "r_squared_adj"):  # bit-equal, not merely close
+        np.testing.assert_array_equal(getattr(a.exposures, name)[past], getattr(b.exposures, name)[past],
+                                      err_msg=name)
+    np.testing.assert_array_equal(a.exposures.n_obs[past], b.exposures.n_obs[past])
+    assert np.isfinite(a.exposures.beta[past][-1]).all()
+
+
+def test_market_plus_every_bucket_is_rank_deficient_but_market_plus_spreads_is_not():
+    rng = np.random.default_rng(1)
+    n, products = 2000, list("ABCDEF")
+    returns = rng.standard_t(4, (n, 6)) * 1e-3 + rng.standard_t(4, (n, 1)) * 1e-3   # no gaps: buckets are full
+    u = Universe(times=pd.date_range(T0, periods=n, freq="60s"), products=products, close=np.full((n, 6), np.nan),
+                 returns=returns, traded_value=np.abs(rng.normal(size=(n, 6))))
+    config = replace(SMALL, window=240)
+    factors, _ = factor_returns(u, config)
+    naive = replace(config, regression_factors=("market", "liquidity_low", "liquidity_mid", "liquidity_high"))
+    naive_fit = exposures(u, factors, naive)
+    chosen_fit = exposures(u, factors, config)
+
+    formed = np.isfinite(factors[:, FACTOR_NAMES.index("liquidity_low")])
+    full_windows = np.convolve(formed, np.ones(config.window), "full")[:n] == config.window
+    assert naive_fit.rank_deficient[full_windows].all()                 # market = mean of the three buckets
+    assert np.isfinite(naive_fit.beta[full_windows]).all()              # ... and still no exception, no NaN
+    assert not chosen_fit.rank_deficient.any()
+    assert np.isfinite(chosen_fit.beta[full_windows]).all()
+    # the fallback still gives the least-squares fit: R-squared equals that of the equivalent full-rank model
+    check = rolling_ols(returns[:, 0], factors[:, [FACTOR_NAMES.index(c) for c in
+                                                  ("liquidity_low", "liquidity_mid", "liquidity_high")]],
+                        config.window, config.min_obs, expanding=True)
+    np.testing.assert_allclose(naive_fit.r_squared[full_windows, 0], check.r_squared[full_windows], atol=1e-9)
+
+
+# ---- the stage end to end --------------------------------------------------------------------------------------
+PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD"]
+END = datetime(2026, 3, 3, 6, 0, tzinfo=UTC)
+
+
+def read_output(data_dir, table: str) -> pd.DataFrame:
+    files = sorted((data_dir / "outputs" / table).glob("date=*/part-0.parquet"))
+    return pd.concat([pq.read_table(f).to_pandas().assign(date=f.parent.name[5:]) for f in files], ignore_index=True)
+
+
+def test_run_from_simulator_candles_writes_daily_partitions(simulator, data_dir, monkeypatch):
+    from etl.bronze import ingest
+    from etl.silver import build, read_candles
+
+    monkeypatch.setenv("PIPELINE_PRODUCTS", ",".join(PRODUCTS))
+    monkeypatch.setenv("PIPELINE_HISTORY_DAYS", "1")
+    settings = get_settings()
+    read_start = datetime(2026, 3, 1, 18, 0, tzinfo=UTC)   # output day start minus formation and window
+    ingest(products=PRODUCTS, start=read_start, end=END, granularity=60, settings=settings)
+
+    summary = run(settings, end=END, config=SMALL)
+    assert summary.start == datetime(2026, 3, 2, tzinfo=UTC) and summary.dates == ["2026-03-02", "2026-03-03"]
+    assert 0.9 * 4 * 36 * 60 < summary.rows_in <= 4 * 36 * 60           # 36 hours of minutes, warm-up included
+    assert "factors 2026-03-02 00:00 .. 2026-03-03 06:00 UTC, 4 products" in str(summary)
+
+    returns = read_output(data_dir, "factor_returns")
+    assert list(returns.columns[:3]) == ["factor_name", "bucket_start", "factor_return"]
+    assert returns["bucket_start"].min() >= pd.Timestamp("2026-03-02", tz="UTC")
+    assert returns["bucket_start"].max() == pd.Timestamp("2026-03-03 05:59", tz="UTC")
+    assert (returns["date"] == returns["bucket_start"].dt.strftime("%Y-%m-%d")).all()
+    assert set(returns["factor_name"]) == set(FACTOR_NAMES)
+    assert not returns.duplicated(["factor_name", "bucket_start"]).any()
+
+    # the market factor is the plain average of the products' 1-minute returns
+    candles = read_candles(PRODUCTS, datetime(2026, 3, 2, 11, 59, tzinfo=UTC), datetime(2026, 3, 2, 12, 0, tzinfo=UTC),
+                           settings=settings).pivot(index="bucket_start", columns="product_id", values="close")
+    expected = (candles.iloc[1] / candles.iloc[0] - 1).mean()
+    noon = returns[(returns["factor_name"] == "market") & (returns["bucket_start"] == candles.index[1])]
+    assert noon["factor_return"].item() == pytest.approx(expected, rel=1e-12)
+
+    membership = read_output(data_dir, "factor_membership")
+    assert len(membership) == 30 * 3 * 4                               # 30 hourly periods x 3 groups x 4 products
+    per_period = membership.groupby(["holding_start", "factor_group"])["bucket"].agg(lambda b: "".join(sorted(b)))
+    assert set(per_period) == {"highlowlowmid"}                      # 4 products: 2 low, 1 mid, 1 high
+    assert (membership["formation_end"] == membership["holding_start"]).all()
+
+    full = read_output(data_dir, "factor_exposures_full")
+    snapshot = read_output(data_dir, "factor_exposures")
+    assert {"product_id", "factor_name", "bucket_start", "beta", "r_squared", "r_squared_adj", "n_obs"} <= set(snapshot)
+    assert len(snapshot) == 4 * 4 and set(snapshot["as_of_date"].astype(str)) == {"2026-03-02"}  # 03-03 incomplete
+    assert (snapshot["bucket_start"] == pd.Timestamp("2026-03-02 23:59", tz="UTC")).all()
+    assert (snapshot["n_obs"] > SMALL.min_obs).all() and snapshot["beta"].notna().all()
+    at_close = full[full["bucket_start"] == pd.Timestamp("2026-03-02 23:59", tz="UTC")]
+    merged = snapshot.merge(at_close, on=["product_id", "factor_name", "bucket_start"], suffixes=("", "_full"))
+    assert len(merged) == 16 and (merged["beta"] == merged["beta_full"]).all()
+    market_beta = snapshot.loc[snapshot["factor_name"] == "market", "beta"]
+    assert market_beta.between(0.2, 3.0).all()                         # simulated coins all load on the market
+
+    before = {t: read_output(data_dir, t) for t in ("factor_returns", "factor_exposures")}
+    again = run(settings, end=END, config=SMALL)                       # idempotent rerun
+    assert again.rows == summary.rows
+    for table, frame in before.items():
+        pd.testing.assert_frame_equal(read_output(data_dir, table), frame)
+
+    # 5-minute bars from silver instead of 1-minute candles
+    build(settings=settings)
+    monkeypatch.setenv("FACTOR_FREQUENCY_S", "300")
+    five = run(get_settings(), end=END, config=replace(SMALL, frequency_s=300, window=48, min_obs=12))
+    assert five.frequency_s == 300 and five.rows["factor_returns"] > 0
+    bars = read_output(data_dir, "factor_returns")
+    assert (bars["bucket_start"].dt.minute % 5 == 0).all()
+
+
+def test_run_without_prices_says_what_to_do(data_dir):
+    with pytest.raises(DataNotFoundError, match="python -m etl ingest"):
+        run(get_settings(), end=END, config=SMALL)
