@@ -40,6 +40,14 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"setting {name}={raw!r} is not a whole number") from None
 
 
+def _int_list(name: str, default: str) -> tuple[int, ...]:
+    raw = _env(name, default)
+    try:
+        return tuple(int(x) for x in raw.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"setting {name}={raw!r} is not a comma list of whole numbers") from None
+
+
 def _products(raw: str) -> tuple[str, ...]:
     return tuple(p.strip().upper() for p in raw.split(",") if p.strip())
 
@@ -72,6 +80,8 @@ class Settings:
     http_timeout_connect_s: float
     http_timeout_read_s: float
     max_attempts: int                    # per request, including the first
+    backoff_initial_s: float             # first retry wait (exponential with jitter from there)
+    backoff_max_s: float                 # longest wait between two attempts
     history_days: int                    # first run with no watermark: how far back to backfill 1-minute candles
     daily_history_days: int              # daily candles for risk history
     overlap_minutes: int                 # incremental runs re-fetch this much before the watermark (late corrections)
@@ -90,6 +100,9 @@ class Settings:
     factor_window: int
     factor_min_obs: int
     factor_frequency_s: int              # 60 (1-minute candles) or 300 (5-minute bars)
+    factor_formation_minutes: int        # buckets are formed on this window...
+    factor_holding_minutes: int          # ...and held for the following one (no look-ahead)
+    factor_momentum_minutes: tuple[int, ...]  # trailing horizons summed for the momentum signal
     # alerts
     alert_webhook_url: str | None
     alert_email_to: str | None
@@ -130,6 +143,8 @@ def get_settings() -> Settings:
         http_timeout_connect_s=_float("PIPELINE_HTTP_CONNECT_TIMEOUT_S", 5.0),
         http_timeout_read_s=_float("PIPELINE_HTTP_READ_TIMEOUT_S", 30.0),
         max_attempts=_int("PIPELINE_MAX_ATTEMPTS", 8),
+        backoff_initial_s=_float("PIPELINE_BACKOFF_INITIAL_S", 0.2),
+        backoff_max_s=_float("PIPELINE_BACKOFF_MAX_S", 20.0),
         history_days=_int("PIPELINE_HISTORY_DAYS", 2),
         daily_history_days=_int("PIPELINE_DAILY_HISTORY_DAYS", 400),
         overlap_minutes=_int("PIPELINE_OVERLAP_MINUTES", 15),
@@ -146,6 +161,9 @@ def get_settings() -> Settings:
         factor_window=_int("FACTOR_WINDOW", 1440),
         factor_min_obs=_int("FACTOR_MIN_OBS", 60),
         factor_frequency_s=_int("FACTOR_FREQUENCY_S", 60),
+        factor_formation_minutes=_int("FACTOR_FORMATION_MINUTES", 1440),
+        factor_holding_minutes=_int("FACTOR_HOLDING_MINUTES", 1440),
+        factor_momentum_minutes=_int_list("FACTOR_MOMENTUM_MINUTES", "60,120,180,360,720"),
         alert_webhook_url=os.environ.get("ALERT_WEBHOOK_URL", "").strip() or None,
         alert_email_to=os.environ.get("ALERT_EMAIL_TO", "").strip() or None,
     )

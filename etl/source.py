@@ -40,9 +40,6 @@ MAX_BUCKETS = 300  # the API rejects a candles request spanning more than 300 bu
 PACING_RATE_FRACTION = 0.97
 PACING_BURST_MARGIN = 1
 # Backoff between attempts: initial * 2**n plus up to `initial` of random jitter, capped (seconds).
-# New settings candidates (PIPELINE_BACKOFF_INITIAL_S / PIPELINE_BACKOFF_MAX_S): module constants for now.
-BACKOFF_INITIAL_S = 0.2
-BACKOFF_MAX_S = 20.0
 
 
 def _utc(ts: datetime) -> datetime:
@@ -174,15 +171,18 @@ def _api_message(resp: requests.Response) -> str:
     return resp.text[:200] or resp.reason or ""
 
 
-def _wait(retry_state: RetryCallState) -> float:
+def backoff_for(settings: Settings) -> Callable[[RetryCallState], float]:
     """Honour Retry-After when the server sent one, else exponential backoff with jitter."""
-    exc = retry_state.outcome.exception() if retry_state.outcome else None
-    if isinstance(exc, TransientError) and exc.retry_after is not None:
-        return min(exc.retry_after, BACKOFF_MAX_S)
-    return _BACKOFF(retry_state)
+    initial, longest = settings.backoff_initial_s, settings.backoff_max_s
+    exponential = wait_exponential_jitter(initial=initial, max=longest, jitter=initial)
 
+    def wait(retry_state: RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, TransientError) and exc.retry_after is not None:
+            return min(exc.retry_after, longest)
+        return exponential(retry_state)
 
-_BACKOFF = wait_exponential_jitter(initial=BACKOFF_INITIAL_S, max=BACKOFF_MAX_S, jitter=BACKOFF_INITIAL_S)
+    return wait
 
 
 @dataclass(frozen=True)
@@ -207,6 +207,7 @@ class ExchangeClient:
         self.stats = ClientStats()
         self.timeout = (self.settings.http_timeout_connect_s, self.settings.http_timeout_read_s)
         self.max_attempts = max(1, self.settings.max_attempts)
+        self._wait = backoff_for(self.settings)
         self._local = threading.local()  # one requests.Session per worker thread (connection reuse)
 
     def _session(self) -> requests.Session:
@@ -251,7 +252,7 @@ class ExchangeClient:
             exc = state.outcome.exception() if state.outcome else None
             log.debug("retry %d for %s %s: %s", state.attempt_number, path, what, exc)
 
-        retrying = Retrying(stop=stop_after_attempt(self.max_attempts), wait=_wait, reraise=True,
+        retrying = Retrying(stop=stop_after_attempt(self.max_attempts), wait=self._wait, reraise=True,
                             retry=retry_if_exception_type(TransientError), before_sleep=before_sleep)
         try:
             return retrying(self._attempt, path, params, expect)

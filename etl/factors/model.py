@@ -25,8 +25,7 @@ from etl.factors.returns import Universe
 from etl.factors.rolling_ols import rolling_ols
 from etl.settings import Settings
 
-# Proposed settings (etl/settings.py is lead-owned): FACTOR_FORMATION_MINUTES, FACTOR_HOLDING_MINUTES,
-# FACTOR_MOMENTUM_MINUTES. Buckets are formed on the previous UTC day and held for the next one, so membership has
+# Defaults of the settings FACTOR_FORMATION_MINUTES, FACTOR_HOLDING_MINUTES, FACTOR_MOMENTUM_MINUTES. Buckets are formed on the previous UTC day and held for the next one, so membership has
 # one row per day x factor x product (the warehouse key); the formation day covers the longest momentum lookback.
 FORMATION_MINUTES = 1440
 HOLDING_MINUTES = 1440
@@ -51,7 +50,9 @@ class FactorConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> FactorConfig:
         return cls(frequency_s=settings.factor_frequency_s, window=settings.factor_window,
-                   min_obs=settings.factor_min_obs)
+                   min_obs=settings.factor_min_obs, formation_minutes=settings.factor_formation_minutes,
+                   holding_minutes=settings.factor_holding_minutes,
+                   momentum_minutes=settings.factor_momentum_minutes)
 
     def rows(self, minutes: int) -> int:
         return max(1, minutes * 60 // self.frequency_s)

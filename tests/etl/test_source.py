@@ -213,10 +213,13 @@ def _state_after(exc: Exception, attempt: int):
 
 
 def test_wait_honours_retry_after_else_exponential_backoff_with_jitter():
-    from etl.source import BACKOFF_INITIAL_S, TransientError, _wait
+    from etl.settings import get_settings
+    from etl.source import TransientError, backoff_for
 
-    assert _wait(_state_after(TransientError("HTTP 429", retry_after=1.5), 1)) == 1.5
+    settings = get_settings()
+    wait, initial = backoff_for(settings), settings.backoff_initial_s
+    assert wait(_state_after(TransientError("HTTP 429", retry_after=1.5), 1)) == 1.5
     for attempt in (1, 2, 3, 4):
-        waited = _wait(_state_after(TransientError("HTTP 503"), attempt))
-        floor = BACKOFF_INITIAL_S * 2 ** (attempt - 1)
-        assert floor <= waited <= floor + BACKOFF_INITIAL_S
+        waited = wait(_state_after(TransientError("HTTP 503"), attempt))
+        floor = initial * 2 ** (attempt - 1)
+        assert floor <= waited <= floor + initial
