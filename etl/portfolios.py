@@ -1,0 +1,134 @@
+"""Portfolios and position snapshots (reference data for the risk engine), validated on load.
+
+Files are CSV under `settings.reference_dir`: `portfolios.csv` and `positions.csv` (samples ship in
+etl/reference_data/). Every row is checked; all problems found are reported in one ValidationError whose lines read
+"<file>:<line>: <rule>: ..." and nothing is loaded when any rule fails.
+
+Positions are snapshots: the holdings of a portfolio on day D are the rows of its latest snapshot with
+as_of_date <= D (carry forward). A product absent from a later snapshot has been closed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from etl.errors import ValidationError
+from etl.reference import load_instruments
+from etl.settings import Settings, get_settings
+
+PORTFOLIO_COLUMNS = ["portfolio_id", "name", "base_currency", "var_limit", "concentration_limit", "drawdown_limit"]
+# optional column: which risk_metrics column the var_limit is compared with (default below)
+VAR_LIMIT_METRICS = ("var_95_hist", "var_99_hist", "var_95_param", "var_99_param", "var_95_mc", "var_99_mc")
+DEFAULT_VAR_LIMIT_METRIC = "var_99_hist"
+POSITION_COLUMNS = ["portfolio_id", "product_id", "as_of_date", "quantity", "avg_cost"]
+MAX_REPORTED = 20  # problems listed in one error message
+
+
+def _read(path: Path, required: list[str]) -> pd.DataFrame:
+    if not path.exists():
+        raise ValidationError(f"{path}: reference file not found (set PIPELINE_REFERENCE_DIR to its folder)")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValidationError(f"{path}:1: header: missing column(s) {missing}; expected at least {required}")
+    return df.apply(lambda s: s.str.strip())
+
+
+def _lines(mask: pd.Series) -> np.ndarray:
+    return np.flatnonzero(mask.to_numpy()) + 2  # header is line 1
+
+
+class _Problems:
+    """Collects '<file>:<line>: <rule>: detail' messages and raises them together."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: list[tuple[int, str]] = []
+
+    def add(self, mask: pd.Series, rule: str, detail) -> None:
+        for i in np.flatnonzero(mask.to_numpy()):
+            self.items.append((int(i) + 2, f"{rule}: {detail(int(i))}"))
+
+    def raise_if_any(self, what: str) -> None:
+        if not self.items:
+            return
+        self.items.sort()
+        shown = [f"{self.path}:{line}: {msg}" for line, msg in self.items[:MAX_REPORTED]]
+        more = len(self.items) - len(shown)
+        tail = f"\n... and {more} more" if more else ""
+        raise ValidationError(f"{len(self.items)} invalid row(s) in {what}; nothing loaded. Fix the file:\n"
+                              + "\n".join(shown) + tail)
+
+
+def _number(df: pd.DataFrame, col: str, problems: _Problems) -> pd.Series:
+    values = pd.to_numeric(df[col], errors="coerce")
+    bad = values.isna() | ~np.isfinite(values.fillna(0.0))
+    problems.add(bad, "non-numeric", lambda i: f"{col}={df[col].iat[i]!r} is not a finite number")
+    return values.astype("float64")
+
+
+def load_portfolios(settings: Settings | None = None) -> pd.DataFrame:
+    """Portfolios with limits: portfolio_id, name, base_currency, var_limit (amount in base currency, compared with
+    `var_limit_metric`), concentration_limit (fraction of gross exposure), drawdown_limit (positive fraction: breach
+    when |max_drawdown| exceeds it), var_limit_metric."""
+    settings = settings or get_settings()
+    path = settings.reference_dir / "portfolios.csv"
+    df = _read(path, PORTFOLIO_COLUMNS)
+    if "var_limit_metric" not in df.columns:
+        df["var_limit_metric"] = DEFAULT_VAR_LIMIT_METRIC
+    df["var_limit_metric"] = df["var_limit_metric"].replace("", DEFAULT_VAR_LIMIT_METRIC)
+    problems = _Problems(path)
+    problems.add(df["portfolio_id"] == "", "missing portfolio_id", lambda i: "portfolio_id is empty")
+    problems.add(df["portfolio_id"].duplicated() & (df["portfolio_id"] != ""), "duplicate portfolio_id",
+                 lambda i: f"{df['portfolio_id'].iat[i]!r} appears earlier in the file")
+    # a base currency needs a <CCY>-USD product to convert into (USD itself needs none)
+    instruments = load_instruments(settings)
+    convertible = {"USD"} | set(instruments.loc[instruments["quote_currency"] == "USD", "base_currency"])
+    problems.add(~df["base_currency"].isin(convertible), "unknown base_currency",
+                 lambda i: f"{df['base_currency'].iat[i]!r}; expected one of {sorted(convertible)}")
+    problems.add(~df["var_limit_metric"].isin(VAR_LIMIT_METRICS), "unknown var_limit_metric",
+                 lambda i: f"{df['var_limit_metric'].iat[i]!r}; expected one of {list(VAR_LIMIT_METRICS)}")
+    out = df[["portfolio_id", "name", "base_currency"]].copy()
+    for col in ("var_limit", "concentration_limit", "drawdown_limit"):
+        out[col] = _number(df, col, problems)
+    problems.add(out["var_limit"] <= 0, "var_limit <= 0", lambda i: f"var_limit={df['var_limit'].iat[i]}")
+    for col in ("concentration_limit", "drawdown_limit"):
+        bad = (out[col] <= 0) | (out[col] > 1)
+        problems.add(bad, f"{col} outside (0, 1]", lambda i, c=col: f"{c}={df[c].iat[i]} must be a fraction")
+    problems.raise_if_any("portfolios")
+    out["var_limit_metric"] = df["var_limit_metric"]
+    return out.reset_index(drop=True)
+
+
+def load_positions(settings: Settings | None = None) -> pd.DataFrame:
+    """Position snapshots: portfolio_id, product_id, as_of_date (datetime64 at midnight, a UTC day), quantity
+    (signed: negative = short), avg_cost (> 0, in the product's quote currency). Sorted by portfolio, date, product."""
+    settings = settings or get_settings()
+    path = settings.reference_dir / "positions.csv"
+    df = _read(path, POSITION_COLUMNS)
+    problems = _Problems(path)
+    products = set(load_instruments(settings)["product_id"])
+    portfolios = set(load_portfolios(settings)["portfolio_id"])
+    problems.add(~df["portfolio_id"].isin(portfolios), "unknown portfolio",
+                 lambda i: f"{df['portfolio_id'].iat[i]!r} is not in portfolios.csv")
+    problems.add(~df["product_id"].isin(products), "unknown product",
+                 lambda i: f"{df['product_id'].iat[i]!r} is not in the instrument master (instruments.csv)")
+    dates = pd.to_datetime(df["as_of_date"], format="%Y-%m-%d", errors="coerce")
+    problems.add(dates.isna(), "unparsable date", lambda i: f"as_of_date={df['as_of_date'].iat[i]!r}; use YYYY-MM-DD")
+    quantity = _number(df, "quantity", problems)
+    avg_cost = _number(df, "avg_cost", problems)
+    problems.add(quantity == 0, "quantity = 0", lambda i: "a zero position is not a holding; omit the row")
+    problems.add(avg_cost <= 0, "avg_cost <= 0", lambda i: f"avg_cost={df['avg_cost'].iat[i]} must be positive")
+    dup = df.assign(_d=dates).duplicated(["portfolio_id", "product_id", "_d"]) & dates.notna()
+    problems.add(dup, "duplicate key", lambda i: f"({df['portfolio_id'].iat[i]}, {df['product_id'].iat[i]}, "
+                                                 f"{df['as_of_date'].iat[i]}) appears earlier in the file")
+    problems.raise_if_any("positions")
+    out = pd.DataFrame({
+        "portfolio_id": df["portfolio_id"], "product_id": df["product_id"],
+        "as_of_date": dates.astype("datetime64[ns]"), "quantity": quantity, "avg_cost": avg_cost,
+    })
+    return out.sort_values(["portfolio_id", "as_of_date", "product_id"], ignore_index=True)

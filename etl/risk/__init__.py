@@ -1,0 +1,9 @@
+"""Risk engine: valuation, PnL, exposure and concentration, volatility, VaR/ES, drawdown, anomalies, VaR backtests.
+
+Pure maths (arrays in, arrays out): `returns`, `valuation`, `var`, `drawdown`, `anomalies`, `backtest`; tables from
+prices and the book: `engine`; the only I/O: `runner` (`run`). Conventions: docs/risk_conventions.md.
+"""
+
+from etl.risk.runner import RiskSummary, run
+
+__all__ = ["RiskSummary", "run"]

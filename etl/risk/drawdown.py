@@ -1,0 +1,56 @@
+"""Drawdowns from daily simple returns (pure numpy; time down axis 0, one column per portfolio or asset).
+
+Wealth starts at 1 on the day before the first return (so a first-day loss counts, as in empyrical's
+drawdown_series); drawdown = wealth / running peak - 1 (<= 0); max drawdown = its minimum (a negative fraction).
+Indices refer to the wealth series: 0 = the start, i = after the i-th return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def wealth_index(returns: np.ndarray) -> np.ndarray:
+    """(T, K) returns (NaN = flat day) -> (T+1, K) wealth starting at 1."""
+    r = np.asarray(returns, dtype="float64")
+    w = np.empty((r.shape[0] + 1,) + r.shape[1:])
+    w[0] = 1.0
+    np.add(r, 1.0, out=w[1:])
+    missing = np.isnan(r)
+    if missing.any():
+        w[1:][missing] = 1.0                                          # a missing return is a flat day
+    np.cumprod(w[1:], axis=0, out=w[1:])
+    return w
+
+
+def drawdown_series(returns: np.ndarray) -> np.ndarray:
+    """(T, K) returns -> (T+1, K) drawdowns (<= 0)."""
+    w = wealth_index(returns)
+    return w / np.maximum.accumulate(w, axis=0) - 1.0
+
+
+@dataclass(frozen=True)
+class MaxDrawdown:
+    max_drawdown: np.ndarray   # (K,) negative fraction (0 = never below a previous peak)
+    peak: np.ndarray           # (K,) wealth index of the peak before the trough
+    trough: np.ndarray         # (K,) wealth index of the trough
+    recovery: np.ndarray       # (K,) first index after the trough back at the peak level; -1 = not recovered
+
+
+def max_drawdown(returns: np.ndarray) -> MaxDrawdown:
+    """Maximum drawdown with peak, trough and recovery indices, for every column at once."""
+    w = wealth_index(returns)
+    running = np.maximum.accumulate(w, axis=0)
+    dd = w / running - 1.0
+    trough = dd.argmin(axis=0)                                        # first index of the deepest point
+    cols = np.arange(w.shape[1])
+    rows = np.arange(w.shape[0])[:, None]
+    level = running[trough, cols]                                     # the peak level before the trough
+    peak = (running >= level[None, :]).argmax(axis=0)                 # first day wealth reached that level
+    back = (rows > trough[None, :]) & (w >= level[None, :])
+    recovery = np.where(back.any(axis=0), back.argmax(axis=0), -1)
+    mdd = dd[trough, cols]
+    recovery = np.where(mdd < 0, recovery, -1)
+    return MaxDrawdown(mdd, peak, trough, recovery)

@@ -1,0 +1,406 @@
+"""Assemble the risk tables from prices and the book (pandas in, pandas out; the maths is in the sibling modules).
+
+`compute_tables` takes daily closes (one column per product, one row per calendar day), the book and the
+parameters, and returns every output table as a DataFrame. No storage here: `etl.risk.runner` reads and writes.
+Portfolios are processed in groups by base currency (a handful): within a group all prices and returns are in that
+currency, so VaR, PnL and the backtest agree with each other exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
+
+from etl.errors import DataNotFoundError
+from etl.risk import anomalies, backtest, drawdown, returns, valuation, var
+
+log = logging.getLogger(__name__)
+
+CONFIDENCES = (0.95, 0.99)
+METHODS = ("hist", "param", "mc")
+MIN_VAR_OBS = 20          # fewest daily returns a VaR forecast may rest on (backtest days before that are skipped)
+VOL_WINDOWS = (20, 30)
+
+
+@dataclass(frozen=True)
+class RiskParams:
+    annualization_days: int = 365
+    var_lookback_days: int = 250
+    ewma_lambda: float = 0.94
+    mc_scenarios: int = 10_000
+    mc_seed: int = 7
+    mc_distribution: str = "t"
+    mc_t_dof: float = 5.0
+    anomaly_window: int = 60
+    anomaly_threshold: float = 3.5
+    backtest_days: int = 250
+
+    @classmethod
+    def from_settings(cls, s) -> RiskParams:
+        return cls(s.annualization_days, s.var_lookback_days, s.ewma_lambda, s.mc_scenarios, s.mc_seed,
+                   s.mc_distribution, s.mc_t_dof, s.anomaly_window, s.anomaly_threshold, s.backtest_days)
+
+
+# ---- inputs ---------------------------------------------------------------------------------------------------
+def close_matrix(bars: pd.DataFrame, products: list[str], as_of: pd.Timestamp) -> pd.DataFrame:
+    """Daily closes (calendar days x products) up to as_of, forward-filled over missing days (a day without a bar
+    keeps the previous close) and starting on the first day every product has a close."""
+    missing = sorted(set(products) - set(bars["product_id"]))
+    if missing:
+        raise DataNotFoundError(f"no daily bars for {missing} up to {as_of.date()}: ingest daily candles "
+                                f"(python -m etl ingest --granularity 86400) and run python -m etl silver")
+    wide = bars.pivot_table(index="price_date", columns="product_id", values="close", aggfunc="last")
+    wide = wide.reindex(columns=products)
+    days = pd.date_range(wide.index.min(), as_of, freq="D")
+    wide = wide.reindex(days).ffill()
+    start = wide.notna().all(axis=1)
+    if not start.any():
+        raise DataNotFoundError(f"no day up to {as_of.date()} has a close for all of {products}")
+    last_bar = bars.groupby("product_id")["price_date"].max().reindex(products)
+    if (last_bar < as_of).all():
+        raise DataNotFoundError(f"no daily bar on {as_of.date()} for any of {products} (latest "
+                                f"{last_bar.max().date()}): ingest that day or pick an earlier --as-of")
+    stale = wide.index[-1] - last_bar
+    for product, lag in stale[stale > pd.Timedelta(0)].items():
+        log.warning("%s has no daily bar on %s: using its last close from %s days earlier",
+                    product, as_of.date(), lag.days)
+    return wide.loc[start.idxmax():]
+
+
+def usd_rates(closes: pd.DataFrame, currencies: set[str]) -> dict[str, np.ndarray]:
+    """Value of one unit of each currency in USD per day: 1 for USD, else the close of <CCY>-USD."""
+    out = {"USD": np.ones(len(closes))}
+    for ccy in sorted(currencies - {"USD"}):
+        product = f"{ccy}-USD"
+        if product not in closes.columns:
+            raise DataNotFoundError(f"cannot convert {ccy} to USD: no daily closes of {product}")
+        out[ccy] = closes[product].to_numpy()
+    return out
+
+
+def snapshot_arrays(positions: pd.DataFrame, portfolio_ids: list[str], products: list[str],
+                    days: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray]:
+    """Carried-forward quantity and avg_cost arrays (T, P, A) from the position snapshots."""
+    snap_days = np.sort(positions["as_of_date"].unique())
+    k = np.searchsorted(snap_days, positions["as_of_date"].to_numpy())
+    p = pd.Index(portfolio_ids).get_indexer(positions["portfolio_id"])
+    a = pd.Index(products).get_indexer(positions["product_id"])
+    shape = (len(snap_days), len(portfolio_ids), len(products))
+    qty, cost = np.zeros(shape), np.zeros(shape)
+    has = np.zeros(shape[:2], dtype=bool)
+    qty[k, p, a] = positions["quantity"].to_numpy()
+    cost[k, p, a] = positions["avg_cost"].to_numpy()
+    has[k, p] = True
+    day_values = days.to_numpy().astype(snap_days.dtype)
+    return (valuation.carry_forward(snap_days, has, qty, day_values),
+            valuation.carry_forward(snap_days, has, cost, day_values))
+
+
+# ---- the computation ------------------------------------------------------------------------------------------
+def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: pd.DataFrame,
+                   positions: pd.DataFrame, params: RiskParams,
+                   bars_5m: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """Every risk output table for the last day of `closes` (the as-of date).
+
+    closes: calendar days x products (quote currency), no NaN (see close_matrix); must include <CCY>-USD for every
+    non-USD quote or base currency. quote_ccy: product -> quote currency. bars_5m: optional silver 5-minute bars
+    (product_id, bucket_start, close) for intraday anomalies.
+    """
+    days = closes.index
+    as_of = days[-1]
+    t_all = len(days)
+    held = sorted(positions["product_id"].unique())
+    pids = list(portfolios["portfolio_id"])
+    base_of = dict(zip(portfolios["portfolio_id"], portfolios["base_currency"], strict=True))
+    rates = usd_rates(closes, {quote_ccy[p] for p in held} | set(base_of.values()))
+    close = closes[held].to_numpy()
+    quote_usd = np.column_stack([rates[quote_ccy[p]] for p in held])      # (T, A)
+    qty, cost = snapshot_arrays(positions, pids, held, days)
+    n_ret = min(params.var_lookback_days, t_all - 1)
+    if n_ret < MIN_VAR_OBS:
+        raise DataNotFoundError(f"only {t_all} days of closes up to {as_of.date()} for {held}: VaR needs at least "
+                                f"{MIN_VAR_OBS + 1}; ingest more daily history (PIPELINE_DAILY_HISTORY_DAYS)")
+    hist_start = max(0, t_all - params.backtest_days)                      # history tables cover this window
+    z, scale = var.mc_draws(params.mc_scenarios, len(held), params.mc_seed, params.mc_distribution, params.mc_t_dof)
+
+    parts: dict[str, list[pd.DataFrame]] = {}
+    for base in sorted(set(base_of.values())):
+        idx = [i for i, pid in enumerate(pids) if base_of[pid] == base]
+        fx = quote_usd / rates[base][:, None]                              # quote -> base, (T, A)
+        group = _group_tables(days, close, fx, qty[:, idx], cost[:, idx], [pids[i] for i in idx], held, base,
+                              z, scale, n_ret, hist_start, params)
+        group["positions_valued"]["quote_currency"] = group["positions_valued"]["product_id"].map(quote_ccy)
+        for name, df in group.items():
+            parts.setdefault(name, []).append(df)
+    tables = {name: pd.concat(dfs, ignore_index=True) for name, dfs in parts.items()}
+    tables["var_backtest_summary"] = backtest_summary(tables["var_backtest"], as_of)
+    tables["limit_breaches"] = limit_breaches(tables["risk_metrics"], portfolios)
+
+    asset = asset_tables(closes, rates, quote_ccy, n_ret, hist_start, params)
+    for name, df in asset.items():
+        tables[name] = pd.concat([tables[name], df], ignore_index=True) if name in tables else df
+    tables["anomalies"] = intraday_anomalies(bars_5m, as_of, params)
+    return tables
+
+
+def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret, hist_start,
+                  params: RiskParams) -> dict[str, pd.DataFrame]:
+    """All portfolio tables for portfolios sharing one base currency."""
+    as_of = days[-1]
+    price = close * fx                                                     # (T, A) base currency
+    val = valuation.value_positions(qty, cost, close, fx[:, None, :])
+    mv = val.market_value                                                  # (T, P, A)
+    expo = valuation.exposures(mv)
+    pnl = valuation.daily_pnl(qty, price[:, None, :])
+    month = (days.year * 12 + days.month).to_numpy()
+    mtd = valuation.month_to_date(pnl, month)
+    port_ret = np.nan_to_num(valuation.portfolio_returns(pnl, expo["gross_exposure"]))  # empty book: flat
+    asset_ret = returns.simple_returns(price)                              # (T-1, A): row j = day j+1
+
+    # ---- as-of metrics ----
+    window = asset_ret[-n_ret:]
+    exposure = np.ascontiguousarray(mv[-1].T)                              # (A, P)
+    metrics = {}
+    for c, (v, e) in var.var_es_from_losses(var.historical_losses(window, exposure), CONFIDENCES).items():
+        metrics[_name("var", c, "hist")], metrics[_name("es", c, "hist")] = v, e
+    sigma = var.portfolio_sigma(var.covariance(window), exposure)
+    for c in CONFIDENCES:
+        metrics[_name("var", c, "param")], metrics[_name("es", c, "param")] = var.parametric_var_es(sigma, c)
+    mc = var.var_es_from_losses(var.mc_losses(z, scale, var.covariance(window), exposure), CONFIDENCES)
+    for c, (v, e) in mc.items():
+        metrics[_name("var", c, "mc")], metrics[_name("es", c, "mc")] = v, e
+    pr_window = port_ret[-n_ret:]
+    mdd = drawdown.max_drawdown(pr_window)
+    gross_now = expo["gross_exposure"][-1]
+    risk = pd.DataFrame({"portfolio_id": pids, "as_of_date": as_of, "base_currency": base,
+                         "market_value": expo["net_exposure"][-1], "gross_exposure": gross_now,
+                         "net_exposure": expo["net_exposure"][-1], "concentration_pct": expo["concentration_pct"][-1],
+                         **metrics})
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for col in list(metrics):
+            risk[f"{col}_pct"] = np.where(gross_now > 0, metrics[col] / np.where(gross_now > 0, gross_now, 1), np.nan)
+    for w in VOL_WINDOWS:
+        risk[f"vol_{w}d"] = returns.window_vol(port_ret[1:], w, params.annualization_days)
+    risk["vol_ewma"] = returns.ewma_vol(pr_window, params.ewma_lambda, params.annualization_days)
+    risk["max_drawdown"] = mdd.max_drawdown
+    risk["lookback_days"] = n_ret
+    risk["daily_pnl"] = pnl[-1]
+    risk["mtd_pnl"] = mtd[-1]
+    risk["mc_scenarios"] = len(scale)
+    risk["mc_distribution"] = params.mc_distribution
+
+    dd_days = days[-n_ret - 1:]
+    drawdowns = _drawdown_rows(mdd, pids, "portfolio", dd_days, as_of)
+
+    # ---- history: valuation and PnL over the backtest window ----
+    hist_days = days[hist_start:]
+    p = len(pids)
+    h = len(hist_days)
+    held_any = expo["gross_exposure"][hist_start:] > 0                     # (H, P)
+    dd_hist = drawdown.drawdown_series(port_ret[hist_start + 1:])          # (H, P): index 0 = first history day
+    frame = {"portfolio_id": np.tile(pids, h), "as_of_date": np.repeat(hist_days, p), "base_currency": base}
+    valuation_df = pd.DataFrame({
+        **frame,
+        "market_value": expo["net_exposure"][hist_start:].ravel(),
+        "unrealized_pnl": val.unrealized_pnl[hist_start:].sum(axis=-1).ravel(),
+        **{k: v[hist_start:].ravel() for k, v in expo.items()},
+        "drawdown": dd_hist.ravel(),
+    })[held_any.ravel()]
+    pnl_df = pd.DataFrame({**frame, "daily_pnl": pnl[hist_start:].ravel(), "mtd_pnl": mtd[hist_start:].ravel(),
+                           "daily_return": port_ret[hist_start:].ravel()})[held_any.ravel()]
+
+    # ---- positions valued on the as-of day ----
+    pi, ai = np.nonzero(qty[-1])
+    positions_df = pd.DataFrame({
+        "portfolio_id": np.asarray(pids)[pi], "product_id": np.asarray(held)[ai], "as_of_date": as_of,
+        "quantity": qty[-1][pi, ai], "avg_cost": cost[-1][pi, ai], "close": close[-1][ai],
+        "market_value": mv[-1][pi, ai], "unrealized_pnl": val.unrealized_pnl[-1][pi, ai],
+        "fx_rate": fx[-1][ai], "base_currency": base,
+    })
+    with np.errstate(invalid="ignore", divide="ignore"):
+        positions_df["weight"] = positions_df["market_value"] / gross_now[pi]
+
+    return {"risk_metrics": risk, "portfolio_valuation": valuation_df, "pnl_daily": pnl_df,
+            "positions_valued": positions_df, "drawdowns": drawdowns,
+            "var_backtest": _backtest_rows(days, asset_ret, mv, pnl, pids, base, z, scale, params)}
+
+
+def _name(kind: str, confidence: float, method: str) -> str:
+    return f"{kind}_{round(confidence * 100)}_{method}"
+
+
+def _backtest_rows(days, asset_ret, mv, pnl, pids, base, z, scale, params: RiskParams) -> pd.DataFrame:
+    """Rolling out-of-sample backtest: the VaR forecast made at the close of day f (holdings and the last N
+    returns up to f) against the PnL realised on day f+1. Rows are keyed by the realised day (as_of_date)."""
+    t_all = len(days)
+    n = params.var_lookback_days
+    first_f = max(MIN_VAR_OBS, t_all - 1 - params.backtest_days)
+    f = np.arange(first_f, t_all - 1)                                      # forecast days
+    if len(f) == 0:
+        return pd.DataFrame()
+    padded = np.vstack([np.full((n - 1, asset_ret.shape[1]), np.nan), asset_ret])
+    windows = np.swapaxes(sliding_window_view(padded, n, axis=0), 1, 2)   # (T-1, N, A): ends at return row j
+    win = windows[f - 1]                                                   # returns of days f-N+1 .. f
+    expo = np.ascontiguousarray(np.swapaxes(mv[f], 1, 2))                  # (F, A, P)
+    forecasts: dict[tuple[str, float], np.ndarray] = {}
+    for c, (v, _) in var.var_es_from_losses(var.historical_losses(win, expo), CONFIDENCES, axis=1).items():
+        forecasts[("hist", c)] = v
+    cov = var.covariance(win)
+    sigma = var.portfolio_sigma(cov, expo)
+    for c in CONFIDENCES:
+        forecasts[("param", c)] = var.parametric_var_es(sigma, c)[0]
+    for c, (v, _) in var.mc_var_es_batched(z, scale, cov, expo, CONFIDENCES).items():
+        forecasts[("mc", c)] = v
+    realized = pnl[f + 1]                                                  # (F, P)
+    held = np.abs(mv[f]).sum(axis=-1) > 0                                  # (F, P): a book to forecast
+    p = len(pids)
+    rows = []
+    for (method, c), fc in forecasts.items():
+        rows.append(pd.DataFrame({
+            "portfolio_id": np.tile(pids, len(f)), "as_of_date": np.repeat(days[f + 1], p),
+            "forecast_date": np.repeat(days[f], p), "method": method, "confidence": c,
+            "var_forecast": fc.ravel(), "realized_pnl": realized.ravel(),
+            "is_exception": backtest.exceptions(fc, realized).ravel(), "base_currency": base,
+        })[held.ravel()])
+    return pd.concat(rows, ignore_index=True)
+
+
+def backtest_summary(bt: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """One row per portfolio x method x confidence: exceptions, Kupiec, Christoffersen, conditional coverage and
+    the Basel traffic light over the backtest window."""
+    if bt.empty:
+        return pd.DataFrame()
+    bt = bt.sort_values(["portfolio_id", "method", "confidence", "as_of_date"])
+    keys = ["portfolio_id", "method", "confidence"]
+    g = bt.groupby(keys, sort=False)
+    out = g.agg(n_days=("is_exception", "size"), exceptions=("is_exception", "sum"),
+                window_start=("as_of_date", "min"), window_end=("as_of_date", "max")).reset_index()
+    # Christoffersen: transition counts of consecutive days within each series, all series at once
+    hits = bt["is_exception"].to_numpy()
+    series = g.ngroup().to_numpy()
+    same = np.r_[False, series[1:] == series[:-1]]                        # consecutive days of one series
+    prev, cur = hits[:-1][same[1:]], hits[1:][same[1:]]
+    sid = series[1:][same[1:]]
+    counts = np.zeros((len(out), 4))
+    np.add.at(counts, (sid, 2 * prev.astype(int) + cur.astype(int)), 1)   # n00, n01, n10, n11
+    lr_ind, p_ind = backtest.christoffersen_counts(*counts.T)
+    conf = out["confidence"].to_numpy()
+    lr_pof, p_pof = backtest.kupiec(out["n_days"], out["exceptions"], conf)
+    lr_cc, p_cc = backtest.conditional_coverage(lr_pof, lr_ind)
+    out["expected_exceptions"] = out["n_days"] * (1 - conf)
+    out["kupiec_lr"], out["kupiec_p"] = lr_pof, p_pof
+    out["christoffersen_ind_lr"], out["christoffersen_ind_p"] = lr_ind, p_ind
+    out["cc_lr"], out["cc_p"] = lr_cc, p_cc
+    out["traffic_light"] = backtest.traffic_light(out["exceptions"], out["n_days"], conf)
+    out.insert(1, "as_of_date", as_of)
+    return out
+
+
+def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame:
+    """Every limit a portfolio breaches on the as-of day: var (the metric named by var_limit_metric, base-currency
+    amount), concentration (largest asset share of gross exposure) and drawdown (|max_drawdown| over the lookback
+    versus a positive fraction)."""
+    m = risk.merge(portfolios[["portfolio_id", "var_limit", "concentration_limit", "drawdown_limit",
+                               "var_limit_metric"]], on="portfolio_id")
+    metric_cols = sorted(set(m["var_limit_metric"]))
+    pick = pd.Index(metric_cols).get_indexer(m["var_limit_metric"])
+    var_value = pd.Series(m[metric_cols].to_numpy(dtype="float64")[np.arange(len(m)), pick] if len(m) else [],
+                          dtype="float64")
+    checks = [
+        ("var", m["var_limit_metric"], var_value, m["var_limit"]),
+        ("concentration", "concentration_pct", m["concentration_pct"], m["concentration_limit"]),
+        ("drawdown", "abs_max_drawdown", -m["max_drawdown"], m["drawdown_limit"]),
+    ]
+    rows = []
+    for limit_type, metric, value, limit in checks:
+        df = pd.DataFrame({"portfolio_id": m["portfolio_id"], "as_of_date": m["as_of_date"],
+                           "limit_type": limit_type, "metric": metric, "value": value.to_numpy(),
+                           "limit_value": limit.to_numpy(), "base_currency": m["base_currency"]})
+        rows.append(df[df["value"] > df["limit_value"]])
+    out = pd.concat(rows, ignore_index=True)
+    out["utilisation"] = out["value"] / out["limit_value"]
+    return out
+
+
+def _drawdown_rows(mdd: drawdown.MaxDrawdown, ids, entity_type: str, dd_days: pd.DatetimeIndex,
+                   as_of) -> pd.DataFrame:
+    has = mdd.max_drawdown < 0
+    date_of = np.asarray(dd_days)
+    return pd.DataFrame({
+        "entity_type": entity_type, "entity_id": list(ids), "as_of_date": as_of,
+        "max_drawdown": mdd.max_drawdown,
+        "peak_date": pd.Series(np.where(has, date_of[mdd.peak], np.datetime64("NaT"))),
+        "trough_date": pd.Series(np.where(has, date_of[mdd.trough], np.datetime64("NaT"))),
+        "recovery_date": pd.Series(np.where(has & (mdd.recovery >= 0), date_of[np.maximum(mdd.recovery, 0)],
+                                            np.datetime64("NaT"))),
+        "window_start": dd_days[0], "window_end": dd_days[-1],
+    })
+
+
+def asset_tables(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: dict[str, str], n_ret: int,
+                 hist_start: int, params: RiskParams) -> dict[str, pd.DataFrame]:
+    """Per product (in its own quote currency): asset_risk, drawdowns, daily anomalies; correlations of USD returns."""
+    products = list(closes.columns)
+    days = closes.index
+    as_of = days[-1]
+    px = closes.to_numpy()
+    r = returns.simple_returns(px)
+    window = r[-n_ret:]
+    worst = window.argmin(axis=0)
+    mdd = drawdown.max_drawdown(window)
+    asset = pd.DataFrame({
+        "product_id": products, "as_of_date": as_of, "quote_currency": [quote_ccy.get(p, "") for p in products],
+        "close": px[-1], "daily_return": r[-1], "log_return": returns.log_returns(px[-2:])[0],
+        **{f"vol_{w}d": returns.window_vol(r, w, params.annualization_days) for w in VOL_WINDOWS},
+        "vol_ewma": returns.ewma_vol(window, params.ewma_lambda, params.annualization_days),
+        "max_drawdown": mdd.max_drawdown,
+        "worst_daily_return": window[worst, np.arange(len(products))],
+        "worst_daily_return_date": days[-n_ret:][worst],
+        "lookback_days": n_ret,
+    })
+    usd = px * np.column_stack([rates.get(quote_ccy.get(p, "USD"), np.ones(len(days))) for p in products])
+    corr = np.corrcoef(returns.simple_returns(usd)[-n_ret:], rowvar=False)
+    i, j = np.triu_indices(len(products), k=1)
+    correlations = pd.DataFrame({"product_id_a": np.asarray(products)[i], "product_id_b": np.asarray(products)[j],
+                                 "as_of_date": as_of, "correlation": corr[i, j], "n_obs": n_ret,
+                                 "return_currency": "USD"})
+    z, how = anomalies.robust_z(r, params.anomaly_window)
+    flagged = np.abs(np.nan_to_num(z)) > params.anomaly_threshold
+    flagged[: max(hist_start - 1, 0)] = False                             # only the recent (history) window
+    ti, ai = np.nonzero(flagged)
+    daily_anoms = pd.DataFrame({"product_id": np.asarray(products)[ai], "price_date": days[ti + 1],
+                                "as_of_date": as_of, "return_value": r[ti, ai], "robust_z": z[ti, ai],
+                                "scale_method": how[ti, ai], "window": params.anomaly_window,
+                                "threshold": params.anomaly_threshold})
+    return {"asset_risk": asset, "correlations": correlations, "anomalies_daily": daily_anoms,
+            "drawdowns": _drawdown_rows(mdd, products, "asset", days[-n_ret - 1:], as_of)}
+
+
+def intraday_anomalies(bars_5m: pd.DataFrame | None, as_of: pd.Timestamp, params: RiskParams) -> pd.DataFrame:
+    """Robust z-scores of 5-minute close-to-close returns; rows flagged on the as-of day. Each product's return is
+    taken between its consecutive bars (a gap spans the missing buckets); the window is the previous
+    `anomaly_window` buckets of the grid (missing ones skipped)."""
+    cols = ["product_id", "bucket_start", "as_of_date", "return_value", "robust_z", "scale_method", "close",
+            "window", "threshold"]
+    if bars_5m is None or bars_5m.empty:
+        return pd.DataFrame({c: [] for c in cols})
+    bars = bars_5m.sort_values(["product_id", "bucket_start"])
+    ret = bars.groupby("product_id")["close"].pct_change()
+    wide = bars.assign(ret=ret).pivot_table(index="bucket_start", columns="product_id", values="ret",
+                                            aggfunc="last", dropna=False)
+    wide_close = bars.pivot_table(index="bucket_start", columns="product_id", values="close", aggfunc="last")
+    wide_close = wide_close.reindex(index=wide.index, columns=wide.columns)
+    z, how = anomalies.robust_z(wide.to_numpy(), params.anomaly_window)
+    bucket_day = wide.index.tz_convert("UTC").normalize().tz_localize(None) if wide.index.tz is not None \
+        else wide.index.normalize()
+    on_day = np.asarray(bucket_day == as_of)[:, None]
+    flagged = (np.abs(np.nan_to_num(z)) > params.anomaly_threshold) & on_day
+    ti, ai = np.nonzero(flagged)
+    return pd.DataFrame({"product_id": wide.columns.to_numpy()[ai], "bucket_start": wide.index[ti],
+                         "as_of_date": as_of, "return_value": wide.to_numpy()[ti, ai], "robust_z": z[ti, ai],
+                         "scale_method": how[ti, ai], "close": wide_close.to_numpy()[ti, ai],
+                         "window": params.anomaly_window, "threshold": params.anomaly_threshold})

@@ -1,0 +1,135 @@
+"""The risk engine's only I/O: read silver bars and the reference data, write the output tables.
+
+Outputs go through the Store: `outputs/<table>/as_of_date=<D>/part-0.parquet`, one file per table per run,
+replaced atomically on a rerun. History tables (portfolio_valuation, pnl_daily, var_backtest, anomalies_daily)
+hold many days in the as-of partition; every row carries its own key columns (read the files one by one, or
+without hive partitioning, since the row column as_of_date differs from the partition value there).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import pandas as pd
+import pyarrow as pa
+
+from etl.errors import DataNotFoundError
+from etl.portfolios import load_portfolios, load_positions
+from etl.reference import load_instruments
+from etl.risk.engine import RiskParams, close_matrix, compute_tables
+from etl.settings import Settings, get_settings
+from etl.storage import get_store, partition_path
+
+log = logging.getLogger(__name__)
+
+OUTPUT_DIR = "outputs"
+TABLES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics", "asset_risk", "anomalies",
+          "anomalies_daily", "var_backtest", "var_backtest_summary", "drawdowns", "correlations", "limit_breaches")
+DATE_COLUMNS = ("as_of_date", "forecast_date", "price_date", "peak_date", "trough_date", "recovery_date",
+                "window_start", "window_end", "worst_daily_return_date")
+
+
+@dataclass
+class RiskSummary:
+    as_of: date
+    portfolios: int
+    positions: int                      # position rows valued on the as-of day
+    products: list[str]
+    lookback_days: int
+    rows: dict[str, int] = field(default_factory=dict)
+    breaches: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rows_in(self) -> int:
+        return self.positions
+
+    @property
+    def rows_out(self) -> int:
+        return sum(self.rows.values())
+
+    def __str__(self) -> str:
+        tables = ", ".join(f"{k}={v}" for k, v in self.rows.items())
+        return (f"risk as of {self.as_of}: {self.portfolios} portfolios, {self.positions} positions, "
+                f"{len(self.products)} products, lookback {self.lookback_days} days, {self.breaches} limit "
+                f"breach(es), {self.seconds:.1f}s; rows: {tables}")
+
+
+def run(as_of: date | None = None, settings: Settings | None = None) -> RiskSummary:
+    """Compute and write every risk table for `as_of` (None = the last complete UTC day with daily bars for all
+    the book's products)."""
+    t0 = time.perf_counter()
+    settings = settings or get_settings()
+    params = RiskParams.from_settings(settings)
+    instruments = load_instruments(settings)
+    portfolios = load_portfolios(settings)
+    positions = load_positions(settings)
+    quote_ccy = dict(zip(instruments["product_id"], instruments["quote_currency"], strict=True))
+    held = sorted(positions["product_id"].unique())
+    needed = set(held)
+    for ccy in {quote_ccy[p] for p in held} | set(portfolios["base_currency"]):
+        if ccy != "USD":
+            needed.add(f"{ccy}-USD")
+    products = sorted(needed)
+
+    # default as-of: read every daily bar up to yesterday (small: one row per product per day) and take the last
+    # day all products have; an explicit as-of reads only the history window
+    end = as_of or (datetime.now(UTC).date() - timedelta(days=1))
+    start = None if as_of is None else end - timedelta(days=settings.daily_history_days + 5)
+    bars = _read_bars("1d", products, start, end, settings)
+    if bars.empty:
+        raise DataNotFoundError(f"no daily bars for {products} between {start or 'the start'} and {end}: run "
+                                f"python -m etl ingest --granularity 86400 and python -m etl silver first")
+    bars["price_date"] = pd.to_datetime(bars["price_date"]).astype("datetime64[ns]")
+    if as_of is None:
+        last = bars.groupby("product_id")["price_date"].max().reindex(products)
+        if last.isna().any():
+            raise DataNotFoundError(f"no daily bars for {sorted(last[last.isna()].index)} up to {end}")
+        as_of = last.min().date()
+        log.info("as-of date defaulted to %s (the last complete UTC day with bars for all products)", as_of)
+    as_of_ts = pd.Timestamp(as_of)
+    bars = bars[bars["price_date"] > as_of_ts - pd.Timedelta(days=settings.daily_history_days + 5)]
+    positions = positions[positions["as_of_date"] <= as_of_ts]
+    if positions.empty:
+        raise DataNotFoundError(f"no position snapshot dated on or before {as_of} in "
+                                f"{settings.reference_dir / 'positions.csv'}")
+    closes = close_matrix(bars[bars["price_date"] <= as_of_ts], products, as_of_ts)
+    bars_5m = _read_bars("5m", products, as_of - timedelta(days=1), as_of, settings)
+    tables = compute_tables(closes, quote_ccy, portfolios, positions, params, bars_5m)
+
+    store = get_store(settings)
+    rows = {}
+    for name in TABLES:
+        df = tables.get(name, pd.DataFrame())
+        store.write_parquet(partition_path(OUTPUT_DIR, name, as_of_date=as_of.isoformat()) + "/part-0.parquet",
+                            _to_arrow(df))
+        rows[name] = len(df)
+    summary = RiskSummary(as_of=as_of, portfolios=len(portfolios), positions=len(tables["positions_valued"]),
+                          products=products, lookback_days=int(tables["risk_metrics"]["lookback_days"].iloc[0]),
+                          rows=rows, breaches=len(tables["limit_breaches"]), seconds=time.perf_counter() - t0)
+    log.info("%s", summary)
+    return summary
+
+
+def _read_bars(kind: str, products: list[str], start: date | None, end: date, settings: Settings) -> pd.DataFrame:
+    from etl.silver import read_bars
+
+    return read_bars(kind, products=products, start=start, end=end, settings=settings)
+
+
+def _to_arrow(df: pd.DataFrame) -> pa.Table:
+    """Dates as date32, timestamps as UTC microseconds, text as string (stable types for the warehouse)."""
+    df = df.copy()
+    for col in df.columns:
+        if col in DATE_COLUMNS:
+            df[col] = pd.to_datetime(df[col]).dt.date
+        elif isinstance(df[col].dtype, pd.DatetimeTZDtype):
+            df[col] = df[col].dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+        elif df[col].dtype == object:
+            df[col] = df[col].astype("str")
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    fields = [pa.field(f.name, pa.date32()) if f.name in DATE_COLUMNS else f for f in table.schema]
+    return table.cast(pa.schema(fields))

@@ -1,0 +1,106 @@
+"""Portfolios and positions: the sample book loads, and every validation rule names file, line and rule."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from etl.errors import ValidationError
+from etl.portfolios import load_portfolios, load_positions
+from etl.settings import PROJECT_ROOT, get_settings
+
+SAMPLE = PROJECT_ROOT / "etl" / "reference_data"
+
+
+@pytest.fixture
+def ref_dir(tmp_path) -> Path:
+    for name in ("instruments.csv", "exchanges.csv", "portfolios.csv", "positions.csv"):
+        shutil.copy(SAMPLE / name, tmp_path / name)
+    return tmp_path
+
+
+def _settings(ref_dir: Path):
+    return replace(get_settings(), reference_dir=ref_dir)
+
+
+def test_sample_book_has_the_shapes_the_risk_issue_asks_for():
+    portfolios = load_portfolios()
+    positions = load_positions()
+    assert len(portfolios) >= 20
+    assert portfolios["portfolio_id"].is_unique
+    assert set(portfolios["base_currency"]) == {"USD", "BTC"}
+    assert list(portfolios.columns[:6]) == ["portfolio_id", "name", "base_currency", "var_limit",
+                                            "concentration_limit", "drawdown_limit"]
+    assert (positions["quantity"] < 0).any(), "some hedged (short) positions"
+    assert "ETH-BTC" in set(positions["product_id"])
+    assert len(set(positions["product_id"])) == 13
+    assert set(positions["as_of_date"].dt.strftime("%Y-%m-%d")) == {"2024-06-01", "2025-06-01"}
+    assert positions["as_of_date"].dtype == "datetime64[ns]"
+    assert set(positions["portfolio_id"]) == set(portfolios["portfolio_id"])
+
+
+def _expect_error(ref_dir: Path, file: str, line: int, row: str, rule: str, loader=load_positions):
+    path = ref_dir / file
+    lines = path.read_text().splitlines()
+    lines.insert(line - 1, row)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValidationError) as err:
+        loader(_settings(ref_dir))
+    assert f"{path}:{line}: {rule}" in str(err.value)
+    assert "nothing loaded" in str(err.value)
+
+
+@pytest.mark.parametrize("row, rule", [
+    ("P001,FOO-USD,2024-06-01,1,10", "unknown product"),
+    ("P001,SOL-USD,2024-06-01,0,10", "quantity = 0"),
+    ("P001,SOL-USD,2024-06-01,5,0", "avg_cost <= 0"),
+    ("P001,SOL-USD,2024-06-01,5,-3", "avg_cost <= 0"),
+    ("P001,BTC-USD,2024-06-01,5,100", "duplicate key"),
+    ("P001,SOL-USD,2024-13-01,5,100", "unparsable date"),
+    ("P001,SOL-USD,01/06/2024,5,100", "unparsable date"),
+    ("P999,SOL-USD,2024-06-01,5,100", "unknown portfolio"),
+    ("P001,SOL-USD,2024-06-01,five,100", "non-numeric"),
+])
+def test_position_rules(ref_dir, row, rule):
+    # line 3 comes after P001's BTC-USD 2024-06-01 row (line 2), so the duplicate is the later line
+    _expect_error(ref_dir, "positions.csv", 3, row, rule)
+
+
+def test_every_problem_is_listed_with_its_line(ref_dir):
+    path = ref_dir / "positions.csv"
+    path.write_text(path.read_text() + "P001,FOO-USD,2024-06-01,1,10\nP002,SOL-USD,2024-06-01,0,10\n")
+    n = len(path.read_text().splitlines())
+    with pytest.raises(ValidationError) as err:
+        load_positions(_settings(ref_dir))
+    msg = str(err.value)
+    assert msg.startswith("2 invalid row(s) in positions")
+    assert f"{path}:{n - 1}: unknown product: 'FOO-USD'" in msg
+    assert f"{path}:{n}: quantity = 0" in msg
+
+
+@pytest.mark.parametrize("row, rule", [
+    ("P001,Again,USD,1000,0.5,0.5,", "duplicate portfolio_id"),
+    ("P100,Yen book,JPY,1000,0.5,0.5,", "unknown base_currency"),
+    ("P100,Bad limit,USD,abc,0.5,0.5,", "non-numeric"),
+    ("P100,Bad limit,USD,-5,0.5,0.5,", "var_limit <= 0"),
+    ("P100,Bad limit,USD,1000,1.5,0.5,", "concentration_limit outside (0, 1]"),
+    ("P100,Bad metric,USD,1000,0.5,0.5,var_97_hist", "unknown var_limit_metric"),
+])
+def test_portfolio_rules(ref_dir, row, rule):
+    lines = (ref_dir / "portfolios.csv").read_text().splitlines()
+    _expect_error(ref_dir, "portfolios.csv", len(lines) + 1, row, rule, loader=load_portfolios)
+
+
+def test_missing_column_and_missing_file(ref_dir):
+    path = ref_dir / "positions.csv"
+    df = pd.read_csv(path).drop(columns=["avg_cost"])
+    df.to_csv(path, index=False)
+    with pytest.raises(ValidationError, match=r"positions.csv:1: header: missing column\(s\) \['avg_cost'\]"):
+        load_positions(_settings(ref_dir))
+    path.unlink()
+    with pytest.raises(ValidationError, match="reference file not found"):
+        load_positions(_settings(ref_dir))

@@ -1,0 +1,223 @@
+"""The risk engine end to end: silver-shaped Parquet in a temporary data root -> every output table, checked
+against independent pandas/numpy computations on the same prices."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from etl.errors import DataNotFoundError
+from etl.portfolios import load_portfolios, load_positions
+from etl.reference import load_instruments
+from etl.risk import run
+from etl.risk.engine import RiskParams, compute_tables
+from etl.settings import PROJECT_ROOT, get_settings
+from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
+
+AS_OF = date(2026, 3, 31)
+DAYS = pd.date_range("2025-12-01", AS_OF, freq="D")
+START = {"BTC-USD": 60000.0, "ETH-USD": 3000.0, "ETH-BTC": 0.05}
+VOL = {"BTC-USD": 0.025, "ETH-USD": 0.035, "ETH-BTC": 0.02}
+QUOTE = {"BTC-USD": "USD", "ETH-USD": "USD", "ETH-BTC": "BTC"}
+
+
+def _closes() -> pd.DataFrame:
+    rng = np.random.default_rng(5)
+    cols = sorted(START)
+    r = rng.standard_normal((len(DAYS), len(cols))) * np.array([VOL[c] for c in cols])
+    return pd.DataFrame(np.array([START[c] for c in cols]) * np.exp(np.cumsum(r, axis=0)), index=DAYS, columns=cols)
+
+
+def _write_silver(root, closes: pd.DataFrame, spike_at: pd.Timestamp) -> None:
+    for product in closes.columns:
+        c = closes[product].to_numpy()
+        n = len(c)
+        cols = {"price_date": pa.array(closes.index.date, pa.date32()), "open": c, "high": c * 1.01, "low": c * 0.99,
+                "close": c, "volume": np.full(n, 10.0), "vwap": c, "n_candles": np.full(n, 1440),
+                "is_complete": np.ones(n, bool), "quote_currency": [QUOTE[product]] * n,
+                "first_candle_at": pa.array([None] * n, pa.timestamp("us", tz="UTC")),
+                "last_candle_at": pa.array([None] * n, pa.timestamp("us", tz="UTC")),
+                "source_granularity": np.full(n, 86400)}
+        table = pa.table(cols).cast(BARS_1D_SCHEMA)
+        for year in sorted(set(closes.index.year)):
+            folder = root / "silver" / "bars_1d" / f"product_id={product}" / f"year={year}"
+            folder.mkdir(parents=True)
+            keep = pa.array(closes.index.year == year)
+            pq.write_table(table.filter(keep), folder / "part-0.parquet")
+        # 5-minute bars for the last two days: a gentle random walk, and one spike in BTC-USD on the as-of day
+        buckets = pd.date_range(pd.Timestamp(AS_OF) - pd.Timedelta(days=1), periods=2 * 288, freq="5min", tz="UTC")
+        rng = np.random.default_rng(len(product))
+        r = rng.standard_normal(len(buckets)) * 0.001
+        if product == "BTC-USD":
+            r[buckets == spike_at] = 0.03
+        px = c[-1] * np.exp(np.cumsum(r))
+        m = len(buckets)
+        bars = pa.table({"bucket_start": pa.array(buckets), "open": px, "high": px, "low": px, "close": px,
+                         "volume": np.ones(m), "vwap": px, "n_candles": np.full(m, 5), "is_complete": np.ones(m, bool),
+                         "quote_currency": [QUOTE[product]] * m, "first_candle_at": pa.array(buckets),
+                         "last_candle_at": pa.array(buckets), "source_granularity": np.full(m, 60)})
+        bars = bars.cast(BARS_5M_SCHEMA)
+        for day in sorted(set(buckets.date)):
+            folder = root / "silver" / "bars_5m" / f"product_id={product}" / f"date={day}"
+            folder.mkdir(parents=True)
+            pq.write_table(bars.filter(pa.array(buckets.date == day)), folder / "part-0.parquet")
+
+
+@pytest.fixture
+def risk_env(data_dir, tmp_path, monkeypatch):
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for name in ("instruments.csv", "exchanges.csv"):
+        shutil.copy(PROJECT_ROOT / "etl" / "reference_data" / name, ref / name)
+    (ref / "portfolios.csv").write_text(
+        "portfolio_id,name,base_currency,var_limit,concentration_limit,drawdown_limit\n"
+        "U1,Long BTC short ETH,USD,1000,0.9,0.9\n"
+        "U2,ETH-BTC rebalanced,USD,1000000,0.5,0.9\n"
+        "B1,ETH in BTC terms,BTC,100,0.9,0.01\n")
+    (ref / "positions.csv").write_text(
+        "portfolio_id,product_id,as_of_date,quantity,avg_cost\n"
+        "U1,BTC-USD,2025-06-01,2,50000\nU1,ETH-USD,2025-06-01,-30,2500\n"
+        "U2,ETH-BTC,2025-06-01,100,0.04\nU2,ETH-BTC,2026-03-10,150,0.045\nU2,BTC-USD,2026-03-10,0.5,60000\n"
+        "B1,ETH-USD,2025-06-01,20,2800\n")
+    for key, value in {"PIPELINE_REFERENCE_DIR": str(ref), "RISK_MC_SCENARIOS": "2000", "RISK_BACKTEST_DAYS": "60",
+                       "RISK_VAR_LOOKBACK_DAYS": "60", "PIPELINE_DAILY_HISTORY_DAYS": "150"}.items():
+        monkeypatch.setenv(key, value)
+    closes = _closes()
+    spike = pd.Timestamp(AS_OF, tz="UTC") + pd.Timedelta(hours=13, minutes=5)
+    _write_silver(data_dir, closes, spike)
+    return {"data": data_dir, "closes": closes, "spike": spike}
+
+
+def _read(data_dir, table: str) -> pd.DataFrame:
+    return pq.read_table(data_dir / "outputs" / table / f"as_of_date={AS_OF}" / "part-0.parquet").to_pandas()
+
+
+def test_run_writes_every_table_and_the_numbers_agree(risk_env):
+    data, closes = risk_env["data"], risk_env["closes"]
+    summary = run(as_of=None, settings=get_settings())                      # as-of defaults to the last bar day
+    assert summary.as_of == AS_OF
+    assert summary.products == ["BTC-USD", "ETH-BTC", "ETH-USD"]
+    assert "risk as of 2026-03-31: 3 portfolios" in str(summary)
+    for table, n in summary.rows.items():
+        assert len(_read(data, table)) == n
+    btc, eth, ethbtc = closes["BTC-USD"], closes["ETH-USD"], closes["ETH-BTC"]
+    d, d1 = pd.Timestamp(AS_OF), pd.Timestamp(AS_OF) - pd.Timedelta(days=1)
+
+    pos = _read(data, "positions_valued").set_index(["portfolio_id", "product_id"])
+    assert pos.loc[("U2", "ETH-BTC"), "quantity"] == 150                      # the 2026-03-10 snapshot carried on
+    assert pos.loc[("U2", "ETH-BTC"), "market_value"] == pytest.approx(150 * ethbtc[d] * btc[d], rel=1e-12)
+    assert pos.loc[("U2", "ETH-BTC"), "unrealized_pnl"] == pytest.approx(150 * (ethbtc[d] - 0.045) * btc[d],
+                                                                         rel=1e-12)
+    assert pos.loc[("B1", "ETH-USD"), "market_value"] == pytest.approx(20 * eth[d] / btc[d], rel=1e-12)
+    assert pos.loc[("U1", "ETH-USD"), "market_value"] == pytest.approx(-30 * eth[d], rel=1e-12)
+
+    pnl = _read(data, "pnl_daily").set_index(["portfolio_id", "as_of_date"])
+    u1 = (2 * btc.diff() - 30 * eth.diff())
+    assert pnl.loc[("U1", AS_OF), "daily_pnl"] == pytest.approx(u1[d], rel=1e-12)
+    assert pnl.loc[("U1", AS_OF), "mtd_pnl"] == pytest.approx(u1["2026-03-01":"2026-03-31"].sum(), rel=1e-9)
+    u2_day = date(2026, 3, 10)                                  # rebalance day: yesterday's holdings earn the PnL
+    u2 = 100 * (ethbtc * btc).diff()
+    assert pnl.loc[("U2", u2_day), "daily_pnl"] == pytest.approx(u2[pd.Timestamp(u2_day)], rel=1e-12)
+    val = _read(data, "portfolio_valuation")
+    assert val["as_of_date"].nunique() == 60 and val["as_of_date"].max() == AS_OF
+
+    # historical VaR: today's U1 book revalued over the last 60 daily returns
+    rets = closes[["BTC-USD", "ETH-USD"]].pct_change().iloc[-60:]
+    losses = -(rets["BTC-USD"] * 2 * btc[d] - rets["ETH-USD"] * 30 * eth[d])
+    risk = _read(data, "risk_metrics").set_index("portfolio_id")
+    assert risk.loc["U1", "var_95_hist"] == pytest.approx(np.quantile(losses, 0.95), rel=1e-12)
+    assert risk.loc["U1", "es_99_hist"] == pytest.approx(losses[losses >= np.quantile(losses, 0.99)].mean(),
+                                                         rel=1e-12)
+    assert risk.loc["U1", "var_95_hist_pct"] == pytest.approx(
+        risk.loc["U1", "var_95_hist"] / (2 * btc[d] + 30 * eth[d]), rel=1e-12)
+    assert risk.loc["U1", "lookback_days"] == 60
+    # B1 holds ETH measured in BTC: its VaR uses ETH-USD / BTC-USD returns, in BTC
+    eth_in_btc = (eth / btc).pct_change().iloc[-60:]
+    b1_losses = -(eth_in_btc * 20 * eth[d] / btc[d])
+    assert risk.loc["B1", "var_99_hist"] == pytest.approx(np.quantile(b1_losses, 0.99), rel=1e-12)
+
+    # backtest: the forecast made at the close of D-1 against the PnL of D
+    bt = _read(data, "var_backtest")
+    row = bt[(bt.portfolio_id == "U1") & (bt.method == "hist") & (bt.confidence == 0.99)
+             & (bt.as_of_date == AS_OF)].iloc[0]
+    prev_rets = closes[["BTC-USD", "ETH-USD"]].pct_change().loc[:d1].iloc[-60:]
+    prev_losses = -(prev_rets["BTC-USD"] * 2 * btc[d1] - prev_rets["ETH-USD"] * 30 * eth[d1])
+    assert row["var_forecast"] == pytest.approx(np.quantile(prev_losses, 0.99), rel=1e-12)
+    assert row["realized_pnl"] == pytest.approx(u1[d], rel=1e-12)
+    assert row["forecast_date"] == d1.date()
+    assert row["is_exception"] == (-u1[d] > row["var_forecast"])
+    assert set(bt["method"]) == {"hist", "param", "mc"} and set(bt["confidence"]) == {0.95, 0.99}
+    summ = _read(data, "var_backtest_summary")
+    assert len(summ) == 3 * 3 * 2
+    u1_hist = bt[(bt.portfolio_id == "U1") & (bt.method == "hist") & (bt.confidence == 0.99)]
+    s = summ[(summ.portfolio_id == "U1") & (summ.method == "hist") & (summ.confidence == 0.99)].iloc[0]
+    assert s["exceptions"] == u1_hist["is_exception"].sum() and s["n_days"] == 60
+
+    breaches = _read(data, "limit_breaches")
+    assert {("U1", "var"), ("U2", "concentration"), ("B1", "drawdown")} <= set(
+        zip(breaches["portfolio_id"], breaches["limit_type"], strict=True))
+
+    anomalies = _read(data, "anomalies")
+    hit = anomalies[(anomalies.product_id == "BTC-USD")]
+    assert risk_env["spike"] in set(hit["bucket_start"])
+    assert (hit["robust_z"].abs() > 3.5).all()
+    corr = _read(data, "correlations")
+    assert len(corr) == 3
+    dd = _read(data, "drawdowns")
+    assert set(dd["entity_type"]) == {"portfolio", "asset"}
+    assert (dd["max_drawdown"] <= 0).all()
+
+    again = run(as_of=AS_OF, settings=get_settings())                         # rerun replaces, never appends
+    assert again.rows == summary.rows
+
+
+def test_missing_bars_for_a_held_product(risk_env):
+    shutil.rmtree(risk_env["data"] / "silver" / "bars_1d" / "product_id=ETH-BTC")
+    with pytest.raises(DataNotFoundError, match=r"no daily bars for \['ETH-BTC'\]"):
+        run(as_of=AS_OF, settings=get_settings())
+
+
+def test_sample_book_breaches_each_limit_type_on_simulated_prices():
+    """The shipped book on prices with the simulator's volatilities (BTC ~45%, ETH ~70%, alts higher)."""
+    instruments = load_instruments()
+    products = list(instruments["product_id"])
+    annual = {"BTC-USD": 0.45, "ETH-USD": 0.7, "ETH-BTC": 0.4}
+    vol = np.array([annual.get(p, 0.95) for p in products]) / np.sqrt(365)
+    rng = np.random.default_rng(42)
+    days = pd.date_range("2025-10-01", "2026-11-20", freq="D")
+    market = rng.standard_normal((len(days), 1)) * 0.02
+    r = 0.6 * market + rng.standard_normal((len(days), len(products))) * vol
+    start = {"BTC-USD": 90000, "ETH-USD": 3000, "SOL-USD": 150, "XRP-USD": 2.2, "ADA-USD": 0.65, "DOGE-USD": 0.18,
+             "AVAX-USD": 30, "LINK-USD": 16, "DOT-USD": 6, "LTC-USD": 95, "UNI-USD": 9, "ATOM-USD": 6, "ETH-BTC": 0.034}
+    closes = pd.DataFrame(np.exp(np.cumsum(r, axis=0)) * np.array([start[p] for p in products]), index=days,
+                          columns=products)
+    tables = compute_tables(closes, dict(zip(products, instruments["quote_currency"], strict=True)),
+                            load_portfolios(), load_positions(), RiskParams(mc_scenarios=1000, backtest_days=30))
+    breaches = tables["limit_breaches"]
+    assert set(breaches["limit_type"]) == {"var", "concentration", "drawdown"}
+    assert 3 <= breaches["portfolio_id"].nunique() <= 8                       # a few, not the whole book
+    risk = tables["risk_metrics"]
+    assert len(risk) == 22 and risk[["var_99_hist", "var_99_param", "var_99_mc"]].gt(0).all().all()
+    assert (risk["es_99_hist"] >= risk["var_99_hist"]).all()
+
+
+def test_close_matrix_fills_gaps_and_refuses_an_as_of_without_bars():
+    from etl.risk.engine import close_matrix
+
+    bars = pd.DataFrame({"product_id": ["A", "A", "A", "B", "B"],
+                         "price_date": pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-04",
+                                                       "2026-01-02", "2026-01-04"]),
+                         "close": [1.0, 2.0, 4.0, 10.0, 40.0]})
+    closes = close_matrix(bars, ["A", "B"], pd.Timestamp("2026-01-04"))
+    assert list(closes.index.strftime("%d")) == ["02", "03", "04"]          # from the first day both have a close
+    assert closes.loc["2026-01-03"].tolist() == [2.0, 10.0]                   # a missing day keeps the last close
+    with pytest.raises(DataNotFoundError, match="no daily bar on 2026-01-06 for any of"):
+        close_matrix(bars, ["A", "B"], pd.Timestamp("2026-01-06"))
+    with pytest.raises(DataNotFoundError, match=r"no daily bars for \['C'\]"):
+        close_matrix(bars, ["A", "C"], pd.Timestamp("2026-01-04"))
