@@ -1,0 +1,71 @@
+"""`python -m etl report`: the end-of-day reports, read from the `gold` schema as the `reporting` role.
+
+Writes, under `reports_dir(settings)/<as_of>/` (a local folder: `{PIPELINE_DATA_DIR}/reports/` when the data dir
+is local, `{PIPELINE_STATE_DIR}/reports/` when it is an object store URI):
+  report.html        the self-contained HTML risk report (charts inline, opens offline)
+  data/<name>.csv    the gold rows behind the HTML report's charts and tables
+  sql/<name>.csv     one CSV per `sql/**/*.sql` report
+  sql_reports.md     the SQL reports as Markdown tables
+Alerts for limit breaches are a separate step: `etl.report.alerts.send_alerts`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import date
+from pathlib import Path
+
+from etl.settings import PROJECT_ROOT, Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["reports_dir", "run"]
+
+
+def reports_dir(settings: Settings | None = None) -> Path:
+    settings = settings or get_settings()
+    if settings.is_local_data:
+        return Path(settings.data_dir.removeprefix("file://")) / "reports"
+    return settings.state_dir / "reports"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def run(as_of: date | None = None, settings: Settings | None = None, sql_dir: Path | None = None) -> Path:
+    """Write the SQL reports and the HTML report for `as_of` (default: latest as_of_date in gold.fact_risk_metrics).
+
+    `sql_dir` (default: the project's `sql/`) holds the SQL report files. Returns the path of report.html.
+    """
+    # imported here: `etl.report.alerts` (and DAG parsing) should not pay for matplotlib
+    from etl.report import html as html_report
+    from etl.report.data import load
+    from etl.report.gold import GoldReader, reporting_url
+    from etl.report.sql_reports import run_sql_reports
+
+    settings = settings or get_settings()
+    sql_dir = sql_dir or PROJECT_ROOT / "sql"
+    with GoldReader(reporting_url(settings)) as reader:
+        as_of = as_of or reader.latest_as_of()
+        out_dir = reports_dir(settings) / as_of.isoformat()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        sql_results = run_sql_reports(reader, as_of, out_dir, sql_dir)
+        data = load(reader, as_of)
+
+    data_dir = out_dir / "data"
+    data_dir.mkdir(exist_ok=True)
+    for name, frame in data.frames.items():
+        if frame is not None:
+            frame.to_csv(data_dir / f"{name}.csv", index=False)
+    failed = [f"SQL report {r.name} failed: {r.error}" for r in sql_results if r.error]
+    links = {"SQL reports (Markdown)": "sql_reports.md", "data CSVs": "data/"}
+    page = html_report.render(data, links=links, extra_notes=failed)
+    path = out_dir / "report.html"
+    _write_atomic(path, page)
+    log.info("report for %s: %s (%d SQL reports, %d failed; %d data notes)", as_of, path, len(sql_results),
+             len(failed), len(data.notes))
+    return path

@@ -1,0 +1,216 @@
+"""Risk-limit alerts: each new breach in `gold.fact_limit_breaches` goes once to every configured channel.
+
+Channels:
+  log      a WARNING line (logger `etl.report.alerts`): always
+  file     one JSON line per alert appended to `{data}/alerts/alerts.jsonl`: always
+  webhook  POST of a Slack-compatible `{"text": ...}` to ALERT_WEBHOOK_URL: when set
+  email    one message per breach to ALERT_EMAIL_TO through the SMTP server of Airflow's `[smtp]` settings
+           (AIRFLOW__SMTP__SMTP_HOST, _PORT, _USER, _PASSWORD, _STARTTLS, _SSL, _MAIL_FROM): when set
+
+Dedup ledger: `{data}/alerts/ledger/as_of_date=D/<portfolio_id>__<limit_type>.json`, keyed by
+(portfolio_id, as_of_date, limit_type), records which channels already carried the breach. A channel that fails
+is retried on the next run (the others are not re-sent) and the run raises AlertDeliveryError after trying them
+all, so an Airflow retry finishes the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import re
+import smtplib
+import uuid
+from datetime import UTC, date, datetime
+from email.message import EmailMessage
+
+import pandas as pd
+
+from etl.errors import ConfigError, PipelineError
+from etl.report.gold import GoldReader, reporting_url
+from etl.settings import Settings, get_settings
+from etl.storage import Store, get_store
+
+log = logging.getLogger(__name__)
+
+ALERTS_DIR = "alerts"
+ALERTS_FILE = "alerts/alerts.jsonl"
+LEDGER_DIR = "alerts/ledger"
+WEBHOOK_TIMEOUT_S = 10.0
+SMTP_TIMEOUT_S = 30.0
+
+
+class AlertDeliveryError(PipelineError):
+    """A configured channel (webhook, email) could not be reached; the breach is retried on the next run."""
+
+
+def _key_name(portfolio_id: str, limit_type: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{portfolio_id}__{limit_type}")
+    return safe.lstrip("._") or "breach"
+
+
+def ledger_path(portfolio_id: str, as_of_date: date, limit_type: str) -> str:
+    return posixpath.join(LEDGER_DIR, f"as_of_date={as_of_date.isoformat()}",
+                          f"{_key_name(portfolio_id, limit_type)}.json")
+
+
+def _fmt(limit_type: str, v: float, currency: str | None = None) -> str:
+    if limit_type in ("concentration", "drawdown") and abs(v) <= 5:
+        return f"{v:.1%}"
+    return f"{v:,.2f} {currency}" if currency else f"{v:,.2f}"
+
+
+def message(breach: dict) -> str:
+    t, ccy = breach["limit_type"], breach.get("base_currency")
+    metric = f" ({breach['metric']})" if breach.get("metric") else ""
+    return (f"Risk limit breach: portfolio {breach['portfolio_id']} {t} limit on {breach['as_of_date']}: "
+            f"{_fmt(t, breach['value'], ccy)}{metric} vs limit {_fmt(t, breach['limit_value'], ccy)}")
+
+
+def read_breaches(as_of: date | None, settings: Settings) -> tuple[date | None, list[dict]]:
+    """Breaches of the as-of day from gold (default day: the latest in gold.fact_risk_metrics)."""
+    with GoldReader(reporting_url(settings)) as reader:
+        as_of = as_of or reader.latest_as_of()
+        df = reader.frame("fact_limit_breaches", """
+            select * from gold.fact_limit_breaches where as_of_date = %(as_of)s
+            order by portfolio_id, limit_type""", {"as_of": as_of})
+    if df is None:
+        log.warning("alerts: gold.fact_limit_breaches is not available; no alerts for %s", as_of)
+        return as_of, []
+    df["value"] = df["value"].astype(float)
+    df["limit_value"] = df["limit_value"].astype(float)
+    df["as_of_date"] = pd.to_datetime(df["as_of_date"]).dt.date
+    if "metric" not in df:
+        df["metric"] = None
+    df = df.astype(object).where(df.notna(), None)  # JSON-friendly: None, not NaN
+    return as_of, df.to_dict("records")
+
+
+# ---- channels --------------------------------------------------------------------------------------------------
+def _append_lines(store: Store, rel: str, lines: list[str]) -> None:
+    """Append to a text file atomically (read, add, write under a temp name, rename): works on object stores too."""
+    old = b""
+    if store.exists(rel):
+        with store.fs.open_input_stream(store.path(rel)) as f:
+            old = f.read()
+    final = store.path(rel)
+    folder, name = posixpath.split(final)
+    store.fs.create_dir(folder, recursive=True)
+    tmp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}-{name}")
+    with store.fs.open_output_stream(tmp) as out:
+        out.write(old + "".join(line + "\n" for line in lines).encode())
+    store.fs.move(tmp, final)
+
+
+def send_webhook(url: str, text: str) -> None:
+    import requests
+
+    try:
+        resp = requests.post(url, json={"text": text}, timeout=WEBHOOK_TIMEOUT_S)
+    except requests.RequestException as exc:
+        raise AlertDeliveryError(f"alert webhook {url} unreachable: {exc}") from exc
+    if resp.status_code >= 300:
+        raise AlertDeliveryError(f"alert webhook {url} answered HTTP {resp.status_code}: {resp.text[:200]}")
+
+
+def smtp_settings() -> dict:
+    """Airflow's `[smtp]` section (airflow.cfg or AIRFLOW__SMTP__* variables), read through Airflow's config."""
+    from airflow.configuration import conf
+
+    return {
+        "host": conf.get("smtp", "smtp_host"),
+        "port": conf.getint("smtp", "smtp_port"),
+        "user": conf.get("smtp", "smtp_user", fallback=None),
+        "password": conf.get("smtp", "smtp_password", fallback=None),
+        "starttls": conf.getboolean("smtp", "smtp_starttls"),
+        "ssl": conf.getboolean("smtp", "smtp_ssl"),
+        "mail_from": conf.get("smtp", "smtp_mail_from", fallback=None) or "airflow@localhost",
+        "timeout": conf.getint("smtp", "smtp_timeout", fallback=int(SMTP_TIMEOUT_S)),
+    }
+
+
+def send_email(to: str, subject: str, body: str, smtp: dict) -> None:
+    msg = EmailMessage()
+    msg["From"] = smtp["mail_from"]
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg.set_content(body)
+    where = f"{smtp['host']}:{smtp['port']}"
+    try:
+        cls = smtplib.SMTP_SSL if smtp["ssl"] else smtplib.SMTP
+        with cls(smtp["host"], smtp["port"], timeout=smtp["timeout"]) as server:
+            if smtp["starttls"] and not smtp["ssl"]:
+                server.starttls()
+            if smtp["user"] and smtp["password"]:
+                server.login(smtp["user"], smtp["password"])
+            server.send_message(msg, to_addrs=[a.strip() for a in to.split(",") if a.strip()])
+    except (OSError, smtplib.SMTPException) as exc:
+        raise AlertDeliveryError(f"alert e-mail via SMTP {where} failed: {exc} (check Airflow's [smtp] settings, "
+                                 "e.g. AIRFLOW__SMTP__SMTP_HOST/PORT/STARTTLS)") from exc
+
+
+# ---- the step --------------------------------------------------------------------------------------------------
+def configured_channels(settings: Settings) -> list[str]:
+    channels = ["log", "file"]
+    if settings.alert_webhook_url:
+        channels.append("webhook")
+    if settings.alert_email_to:
+        channels.append("email")
+    return channels
+
+
+def send_alerts(as_of: date | None = None, settings: Settings | None = None) -> int:
+    """Send every not-yet-alerted breach of the as-of day to each configured channel; return how many breaches
+    were alerted for the first time (0 when all were alerted before).
+    """
+    settings = settings or get_settings()
+    _check_settings(settings)
+    as_of, breaches = read_breaches(as_of, settings)
+    store = get_store(settings)
+    channels = configured_channels(settings)
+    smtp = None
+    new, errors, jsonl = 0, [], []
+    for breach in breaches:
+        rel = ledger_path(str(breach["portfolio_id"]), breach["as_of_date"], str(breach["limit_type"]))
+        entry = store.read_json(rel) if store.exists(rel) else {"breach": breach, "sent": {}}
+        todo = [c for c in channels if c not in entry["sent"]]
+        if not todo:
+            continue
+        if "log" in todo:
+            new += 1
+        text = message(breach)
+        now = datetime.now(UTC).isoformat()
+        for channel in todo:
+            try:
+                if channel == "log":
+                    log.warning("ALERT %s", text)
+                elif channel == "file":
+                    jsonl.append(json.dumps({**breach, "message": text, "alerted_at": now}, default=str,
+                                            sort_keys=True))
+                elif channel == "webhook":
+                    send_webhook(settings.alert_webhook_url, text)
+                elif channel == "email":
+                    if smtp is None:
+                        smtp = smtp_settings()
+                    subject = (f"[risk] {breach['limit_type']} limit breach: {breach['portfolio_id']} "
+                               f"on {breach['as_of_date']}")
+                    send_email(settings.alert_email_to, subject, text, smtp)
+            except AlertDeliveryError as exc:
+                log.error("alert channel %s failed for %s: %s", channel, rel, exc)
+                errors.append(str(exc))
+                continue
+            entry["sent"][channel] = now
+        if jsonl:  # the alert file before the ledger: a crash in between re-sends rather than loses an alert
+            _append_lines(store, ALERTS_FILE, jsonl)
+            jsonl = []
+        store.write_json(rel, entry)
+    log.info("alerts for %s: %d breaches, %d newly alerted, channels %s", as_of, len(breaches), new, channels)
+    if errors:
+        raise AlertDeliveryError(f"{len(errors)} alert deliveries failed for {as_of} (they are retried on the next "
+                                 f"run): {errors[0]}")
+    return new
+
+
+def _check_settings(settings: Settings) -> None:
+    if settings.alert_email_to and "@" not in settings.alert_email_to:
+        raise ConfigError(f"ALERT_EMAIL_TO={settings.alert_email_to!r} is not an e-mail address")

@@ -1,0 +1,77 @@
+"""What the HTML report shows, read from gold in one go (small frames: one as-of date plus recent history)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+
+import pandas as pd
+
+from etl.report.gold import GoldReader
+
+HISTORY_DAYS = 365          # value/PnL/drawdown charts
+BACKTEST_DAYS = 250         # VaR vs realised PnL (the Basel window)
+CORRELATION_DAYS = 90       # daily returns behind the correlation heatmap
+RECENT_RUNS = 10            # pipeline health: this many latest runs
+
+QUERIES: dict[str, tuple[str, str]] = {
+    # name: (gold table, SQL)
+    "portfolios": ("dim_portfolio", "select * from gold.dim_portfolio order by portfolio_id"),
+    "valuation": ("fact_portfolio_valuation", f"""
+        select * from gold.fact_portfolio_valuation
+        where as_of_date <= %(as_of)s and as_of_date > %(as_of)s::date - {HISTORY_DAYS}
+        order by portfolio_id, as_of_date"""),
+    "pnl": ("fact_pnl_daily", f"""
+        select * from gold.fact_pnl_daily
+        where as_of_date <= %(as_of)s and as_of_date > %(as_of)s::date - {HISTORY_DAYS}
+        order by portfolio_id, as_of_date"""),
+    "risk": ("fact_risk_metrics", """
+        select * from gold.fact_risk_metrics where as_of_date = %(as_of)s order by portfolio_id"""),
+    "backtest": ("fact_var_backtest", f"""
+        select * from gold.fact_var_backtest
+        where as_of_date <= %(as_of)s and as_of_date > %(as_of)s::date - {BACKTEST_DAYS}
+        order by portfolio_id, method, confidence, as_of_date"""),
+    "positions": ("fact_positions", """
+        select * from gold.fact_positions where as_of_date = %(as_of)s order by portfolio_id, product_id"""),
+    "asset_risk": ("fact_asset_risk", """
+        select * from gold.fact_asset_risk where as_of_date = %(as_of)s order by product_id"""),
+    "prices": ("fact_price_daily", f"""
+        select product_id, price_date, close from gold.fact_price_daily
+        where price_date <= %(as_of)s and price_date > %(as_of)s::date - {CORRELATION_DAYS + 1}
+        order by product_id, price_date"""),
+    "factor_exposures": ("fact_factor_exposures", """
+        select distinct on (product_id, factor_name) *
+        from gold.fact_factor_exposures
+        where bucket_start < %(as_of)s::date + 1 and bucket_start >= %(as_of)s::date - 7
+        order by product_id, factor_name, bucket_start desc"""),
+    "anomalies": ("fact_anomalies", """
+        select * from gold.fact_anomalies
+        where bucket_start >= %(as_of)s::date and bucket_start < %(as_of)s::date + 1
+        order by bucket_start, product_id"""),
+    "breaches": ("fact_limit_breaches", """
+        select * from gold.fact_limit_breaches where as_of_date = %(as_of)s order by portfolio_id, limit_type"""),
+    "runs": ("fact_pipeline_runs", f"""
+        with recent as (
+            select run_id, max(started_at) as last_at from gold.fact_pipeline_runs
+            group by run_id order by last_at desc limit {RECENT_RUNS}
+        )
+        select r.* from gold.fact_pipeline_runs as r
+        inner join recent using (run_id)
+        order by r.started_at"""),
+}
+
+
+@dataclass
+class ReportData:
+    as_of: date
+    frames: dict[str, pd.DataFrame | None]
+    notes: list[str] = field(default_factory=list)
+
+    def get(self, name: str) -> pd.DataFrame | None:
+        """The frame, or None when its gold table is missing."""
+        return self.frames.get(name)
+
+
+def load(reader: GoldReader, as_of: date) -> ReportData:
+    frames = {name: reader.frame(table, sql, {"as_of": as_of}) for name, (table, sql) in QUERIES.items()}
+    return ReportData(as_of=as_of, frames=frames, notes=list(reader.notes))

@@ -1,0 +1,642 @@
+"""The HTML risk report: one self-contained file (inline CSS and SVG charts, no scripts, no external requests).
+
+Layout (ids are stable: tests and bookmarks rely on them):
+  h2#summary            book value, daily/MTD PnL, VaR/ES totals, breaches, pipeline status
+  h2#portfolios         one h3#portfolio-<id> per portfolio: limits and breaches, risk table, value/PnL,
+                        underwater drawdown, VaR vs realised PnL with the traffic-light zone, exposure by asset
+  h2#market             h3#market-volatility, #market-correlation, #market-factor-exposures, #market-anomalies
+  h2#pipeline-health    h3#pipeline-durations, #pipeline-rows, #pipeline-failures
+  h2#data-notes         gold tables that were missing or empty
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable
+from datetime import UTC, date, datetime
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binom
+
+from etl.report import charts
+from etl.report.data import CORRELATION_DAYS, ReportData
+
+log = logging.getLogger(__name__)
+
+LIMIT_TYPES = ("var", "concentration", "drawdown")
+METHODS = (("hist", "Historical"), ("param", "Parametric"), ("mc", "Monte Carlo"))
+# Basel traffic light generalised to any window: green while the exception count is below the 95% quantile of
+# Binomial(n, 1 - confidence), red from the 99.99% quantile (n=250 at 99%: green 0-4, yellow 5-9, red 10+).
+GREEN_CDF, RED_CDF = 0.95, 0.9999
+
+CSS = """
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2733;background:#f4f6f8;
+ line-height:1.45}
+main{max-width:1200px;margin:0 auto;padding:0 1rem 3rem}
+header.top{background:#1f4e79;color:#fff;padding:1rem}
+header.top .inner{max-width:1200px;margin:0 auto}
+header.top h1{margin:0 0 .3rem;font-size:1.6rem}
+header.top a{color:#dfe9f5}
+nav a{margin-right:1rem}
+nav.portfolio-index a{margin-right:.25rem}
+h2{border-bottom:2px solid #1f4e79;padding-bottom:.2rem;margin-top:2.2rem}
+h3{margin-top:1.8rem;color:#1f4e79}
+h4{margin:1.2rem 0 .4rem}
+section.portfolio{background:#fff;border-radius:6px;padding:.2rem 1rem 1rem;margin:1rem 0;
+ box-shadow:0 1px 3px rgba(0,0,0,.08)}
+.kpis{display:grid;grid-template-columns:repeat(auto-fit,minmax(170px,1fr));gap:.7rem;margin:1rem 0}
+.kpi{background:#fff;border-radius:6px;padding:.6rem .8rem;box-shadow:0 1px 3px rgba(0,0,0,.08)}
+.kpi .label{font-size:.8rem;color:#5b6b7b;text-transform:uppercase;letter-spacing:.03em}
+.kpi .value{font-size:1.15rem;font-weight:600;font-variant-numeric:tabular-nums;overflow-wrap:anywhere}
+.table-wrap{overflow-x:auto;margin:.5rem 0}
+table{border-collapse:collapse;background:#fff;font-size:.88rem;min-width:50%}
+th,td{padding:.3rem .6rem;border-bottom:1px solid #e1e6eb;text-align:left;white-space:nowrap}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+thead th{background:#eef2f6;position:sticky;top:0}
+figure.chart{margin:.8rem 0;background:#fff;padding:.4rem;border-radius:6px}
+figure.chart svg{width:100%;height:auto;display:block}
+figure.chart.narrow svg{max-width:720px;margin:0 auto}
+figcaption{font-size:.8rem;color:#5b6b7b;padding:.2rem .4rem}
+.pos{color:#2e7d32}.neg{color:#c62828}
+.badge{display:inline-block;padding:.05rem .5rem;border-radius:999px;font-weight:600;font-size:.85rem}
+.zone-green{background:#c8e6c9;color:#1b5e20}.zone-yellow{background:#fff3c4;color:#7a5a00}
+.zone-red{background:#ffcdd2;color:#b71c1c}
+.ok{background:#c8e6c9;color:#1b5e20}.bad{background:#ffcdd2;color:#b71c1c}.unknown{background:#e0e0e0}
+.empty{color:#5b6b7b;font-style:italic}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5rem .8rem;margin:.5rem 0}
+@media (max-width:700px){header.top h1{font-size:1.25rem}.kpi .value{font-size:1.05rem}}
+"""
+
+
+# ---- formatting ------------------------------------------------------------------------------------------------
+def _isnum(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and not pd.isna(v)
+
+
+def money(v, currency: str | None = None, signed: bool = False) -> str:
+    if not _isnum(v):
+        return "–"
+    text = f"{float(v):+,.2f}" if signed else f"{float(v):,.2f}"
+    return f"{text} {currency}" if currency else text
+
+
+def pct(v, decimals: int = 1) -> str:
+    return f"{float(v):.{decimals}%}" if _isnum(v) else "–"
+
+
+def number(v) -> str:
+    if not _isnum(v):
+        return "–"
+    v = float(v)
+    if v.is_integer() and abs(v) < 1e15:
+        return f"{int(v):,}"
+    return f"{v:,.2f}" if abs(v) >= 100 else f"{v:.4g}"
+
+
+def seconds(v) -> str:
+    return f"{float(v):,.1f}" if _isnum(v) else "–"
+
+
+def utc_minute(v) -> str:
+    return pd.Timestamp(v).tz_convert("UTC").strftime("%Y-%m-%d %H:%M") if _isnum(v) else "–"
+
+
+def limit_value(limit_type: str, v) -> str:
+    """Limits and breach values in their natural unit: VaR in money, concentration and drawdown as a percentage."""
+    if not _isnum(v):
+        return "–"
+    return pct(v) if limit_type in ("concentration", "drawdown") and abs(float(v)) <= 5 else number(v)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
+
+
+def e(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _sign_class(v) -> str:
+    return "" if not _isnum(v) else ("pos" if float(v) >= 0 else "neg")
+
+
+Column = tuple[str, str, Callable | None]  # (column, header, formatter -> str); numeric when a formatter is given
+
+
+def table(df: pd.DataFrame, columns: Iterable[Column], table_id: str | None = None, signed: Iterable[str] = ()) -> str:
+    columns = [c for c in columns if c[0] in df.columns]
+    signed = set(signed)
+    head = "".join(f'<th class="num">{e(h)}</th>' if f else f"<th>{e(h)}</th>" for _, h, f in columns)
+    body = []
+    for row in df.itertuples(index=False):
+        cells = []
+        for col, _, f in columns:
+            v = getattr(row, col)
+            if f is None:
+                cells.append(f"<td>{e('' if not _isnum(v) else v)}</td>")
+            else:
+                cls = f"num {_sign_class(v)}" if col in signed else "num"
+                cells.append(f'<td class="{cls.strip()}">{e(f(v))}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    tid = f' id="{e(table_id)}"' if table_id else ""
+    return (f'<div class="table-wrap"><table{tid}><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def figure(svg: str, fig_id: str, caption: str, narrow: bool = False) -> str:
+    cls = "chart narrow" if narrow else "chart"
+    return f'<figure class="{cls}" id="{e(fig_id)}">{svg}<figcaption>{e(caption)}</figcaption></figure>'
+
+
+def empty(message: str) -> str:
+    return f'<p class="empty">{e(message)}</p>'
+
+
+def missing(table_name: str) -> str:
+    return f'<p class="note">gold.{e(table_name)} is not available in the warehouse: this part is left out.</p>'
+
+
+# ---- analysis helpers (small, pure) ----------------------------------------------------------------------------
+def traffic_light(n_obs: int, exceptions: int, confidence: float) -> str:
+    """'green' | 'yellow' | 'red' for `exceptions` VaR breaches in `n_obs` days at `confidence`."""
+    if n_obs <= 0:
+        return "n/a"
+    cdf = float(binom.cdf(exceptions, n_obs, 1.0 - confidence))
+    if cdf < GREEN_CDF:
+        return "green"
+    return "yellow" if cdf < RED_CDF else "red"
+
+
+def normalise_confidence(series: pd.Series) -> pd.Series:
+    c = series.astype(float)
+    return c.where(c <= 1, c / 100.0)
+
+
+def pick_method(backtest: pd.DataFrame) -> str:
+    """The VaR method to chart: historical when present (the one limits are usually set on), else the first."""
+    methods = sorted(backtest["method"].astype(str).unique())
+    for preferred in ("hist", "historical", "historic"):
+        if preferred in methods:
+            return preferred
+    return methods[0]
+
+
+def backtest_summary(bt: pd.DataFrame) -> pd.DataFrame:
+    """Per method x confidence: observations, exceptions, expected exceptions, traffic-light zone."""
+    g = bt.assign(exc=bt["is_exception"].astype(bool)).groupby(["method", "confidence"], as_index=False)
+    out = g.agg(n_obs=("exc", "size"), exceptions=("exc", "sum"))
+    out["expected"] = out["n_obs"] * (1.0 - out["confidence"])
+    out["zone"] = [traffic_light(int(n), int(k), float(c))
+                   for n, k, c in zip(out["n_obs"], out["exceptions"], out["confidence"], strict=True)]
+    return out
+
+
+def latest_task_status(runs: pd.DataFrame) -> pd.DataFrame:
+    """The last record of each task in each run (a task retried into success counts as success), with `task`:
+    the task id without the map index of mapped tasks (`fetch_candles[3]` -> `fetch_candles`)."""
+    r = runs.assign(started_at=pd.to_datetime(runs["started_at"], utc=True),
+                    task=runs["task_id"].astype(str).str.replace(r"\[\d+\]$", "", regex=True),
+                    failed=runs["status"].astype(str) == "failed")
+    return r.sort_values("started_at").groupby(["run_id", "task_id"], as_index=False).tail(1)
+
+
+def per_task(last: pd.DataFrame) -> pd.DataFrame:
+    """Mapped task instances folded into one row per run and task: instances, failures, rows, seconds (summed)."""
+    return (last.groupby(["run_id", "task"], as_index=False, sort=False)
+            .agg(started_at=("started_at", "min"), dag_id=("dag_id", "first"), instances=("task_id", "size"),
+                 failed=("failed", "sum"), rows_in=("rows_in", "sum"), rows_out=("rows_out", "sum"),
+                 duration_s=("duration_s", "sum")))
+
+
+def correlation_matrix(prices: pd.DataFrame, min_obs: int = 10) -> pd.DataFrame:
+    wide = prices.pivot_table(index="price_date", columns="product_id", values="close", aggfunc="last").sort_index()
+    returns = np.log(wide.astype(float)).diff().iloc[1:]
+    return returns.corr(min_periods=min_obs).dropna(how="all").dropna(axis=1, how="all")
+
+
+# ---- sections --------------------------------------------------------------------------------------------------
+def _portfolio_list(data: ReportData) -> pd.DataFrame:
+    """dim_portfolio, plus any portfolio that has numbers but no dimension row (shown with defaults)."""
+    dims = data.get("portfolios")
+    cols = ["portfolio_id", "name", "base_currency", "var_limit", "concentration_limit", "drawdown_limit"]
+    dims = pd.DataFrame(columns=cols) if dims is None else dims.copy()
+    seen = set(dims["portfolio_id"].astype(str))
+    extra = set()
+    for name in ("valuation", "risk", "positions"):
+        df = data.get(name)
+        if df is not None and not df.empty:
+            extra |= set(df["portfolio_id"].astype(str)) - seen
+    if extra:
+        dims = pd.concat([dims, pd.DataFrame({"portfolio_id": sorted(extra)})], ignore_index=True)
+    dims["portfolio_id"] = dims["portfolio_id"].astype(str)
+    dims["name"] = dims["name"].where(dims["name"].notna(), dims["portfolio_id"]) if "name" in dims else dims[
+        "portfolio_id"]
+    if "base_currency" not in dims:
+        dims["base_currency"] = None
+    dims["base_currency"] = dims["base_currency"].where(dims["base_currency"].notna(), "USD")
+    return dims.sort_values("portfolio_id").reset_index(drop=True)
+
+
+def _on_day(df: pd.DataFrame | None, as_of: date) -> pd.DataFrame | None:
+    if df is None:
+        return None
+    return df[pd.to_datetime(df["as_of_date"]).dt.date == as_of]
+
+
+def summary_frame(data: ReportData, portfolios: pd.DataFrame) -> pd.DataFrame:
+    """One row per portfolio with the headline numbers of the as-of day."""
+    out = portfolios[["portfolio_id", "name", "base_currency"]].copy()
+    val = _on_day(data.get("valuation"), data.as_of)
+    pnl = _on_day(data.get("pnl"), data.as_of)
+    risk = data.get("risk")
+    breaches = data.get("breaches")
+    if val is not None:
+        out = out.merge(val[["portfolio_id", "market_value"]].astype({"portfolio_id": str}), how="left")
+    if pnl is not None:
+        out = out.merge(pnl[["portfolio_id", "daily_pnl", "mtd_pnl"]].astype({"portfolio_id": str}), how="left")
+    if risk is not None:
+        keep = [c for c in ("var_95_hist", "var_99_hist", "es_95_hist", "es_99_hist") if c in risk]
+        out = out.merge(risk[["portfolio_id", *keep]].astype({"portfolio_id": str}), how="left")
+    if breaches is not None:
+        counts = breaches.astype({"portfolio_id": str}).groupby("portfolio_id").size().rename("breaches")
+        out = out.merge(counts, how="left", left_on="portfolio_id", right_index=True)
+        out["breaches"] = out["breaches"].fillna(0).astype(int)
+    return out
+
+
+def pipeline_status(data: ReportData) -> tuple[str, str]:
+    """(css class, text) for the latest pipeline run."""
+    runs = data.get("runs")
+    if runs is None:
+        return "unknown", "unknown (no run log in gold)"
+    if runs.empty:
+        return "unknown", "no runs recorded"
+    last = latest_task_status(runs)
+    run_id = last.sort_values("started_at")["run_id"].iloc[-1]
+    tasks = last[last["run_id"] == run_id]
+    failed = int((tasks["status"].astype(str) == "failed").sum())
+    if failed:
+        return "bad", f"FAILED: {failed} of {len(tasks)} tasks in the latest run"
+    return "ok", f"OK: {len(tasks)}/{len(tasks)} tasks in the latest run"
+
+
+def _kpi(label: str, value: str, kpi_id: str, cls: str = "") -> str:
+    return (f'<div class="kpi" id="kpi-{kpi_id}"><div class="label">{e(label)}</div>'
+            f'<div class="value {cls}">{e(value)}</div></div>')
+
+
+def section_summary(data: ReportData, portfolios: pd.DataFrame, summary: pd.DataFrame) -> str:
+    parts = ['<section id="section-summary"><h2 id="summary">Summary</h2>']
+    kpis = []
+    # the currency most portfolios report in first
+    currencies = summary["base_currency"].value_counts().sort_index().sort_values(ascending=False, kind="stable")
+    for ccy in currencies.index:
+        g = summary[summary["base_currency"] == ccy]
+        suffix = "" if summary["base_currency"].nunique() == 1 else f" ({ccy})"
+        k = slug(ccy)
+        if "market_value" in g:
+            kpis.append(_kpi(f"Book value{suffix}", money(g["market_value"].sum(min_count=1), ccy), f"book-{k}"))
+        if "daily_pnl" in g:
+            v = g["daily_pnl"].sum(min_count=1)
+            kpis.append(_kpi(f"Daily PnL{suffix}", money(v, ccy, signed=True), f"daily-pnl-{k}", _sign_class(v)))
+            v = g["mtd_pnl"].sum(min_count=1)
+            kpis.append(_kpi(f"MTD PnL{suffix}", money(v, ccy, signed=True), f"mtd-pnl-{k}", _sign_class(v)))
+        for col, label in (("var_95_hist", "VaR 95% (hist, sum)"), ("var_99_hist", "VaR 99% (hist, sum)"),
+                           ("es_95_hist", "ES 95% (hist, sum)"), ("es_99_hist", "ES 99% (hist, sum)")):
+            if col in g:
+                kpis.append(_kpi(f"{label}{suffix}", money(g[col].sum(min_count=1), ccy), f"{slug(col)}-{k}"))
+    breaches = data.get("breaches")
+    if breaches is None:
+        kpis.append(_kpi("Limit breaches", "unknown", "breaches", "unknown"))
+    else:
+        kpis.append(_kpi("Limit breaches", str(len(breaches)), "breaches", "neg" if len(breaches) else "pos"))
+    cls, text = pipeline_status(data)
+    kpis.append(_kpi("Pipeline", text, "pipeline", "neg" if cls == "bad" else ""))
+    parts.append(f'<div class="kpis">{"".join(kpis)}</div>')
+    if summary.empty:
+        parts.append(empty(f"no portfolios in gold for {data.as_of}"))
+    else:
+        parts.append(table(summary, [
+            ("portfolio_id", "Portfolio", None), ("name", "Name", None), ("base_currency", "Ccy", None),
+            ("market_value", "Market value", money), ("daily_pnl", "Daily PnL", lambda v: money(v, signed=True)),
+            ("mtd_pnl", "MTD PnL", lambda v: money(v, signed=True)), ("var_95_hist", "VaR 95%", money),
+            ("var_99_hist", "VaR 99%", money), ("es_95_hist", "ES 95%", money), ("es_99_hist", "ES 99%", money),
+            ("breaches", "Breaches", number),
+        ], table_id="summary-table", signed=("daily_pnl", "mtd_pnl")))
+        parts.append("<p>VaR and ES: 1-day horizon, historical method, positive loss amounts in the portfolio's "
+                     "currency; totals add standalone figures (no diversification).</p>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _portfolio_breaches(data: ReportData, pid: str) -> str:
+    breaches = data.get("breaches")
+    if breaches is None:
+        return missing("fact_limit_breaches")
+    mine = breaches[breaches["portfolio_id"].astype(str) == pid]
+    if mine.empty:
+        return empty(f"no limit breaches on {data.as_of}")
+    mine = mine.assign(value_fmt=[limit_value(t, v) for t, v in zip(mine["limit_type"], mine["value"], strict=True)],
+                       limit_fmt=[limit_value(t, v)
+                                  for t, v in zip(mine["limit_type"], mine["limit_value"], strict=True)])
+    return table(mine, [("limit_type", "Limit", None), ("metric", "Metric", None), ("value_fmt", "Value", None),
+                        ("limit_fmt", "Limit value", None)], table_id=f"breaches-{slug(pid)}")
+
+
+def _risk_table(risk_row: pd.Series, ccy: str, pid: str) -> str:
+    rows = []
+    for key, label in METHODS:
+        vals = {m: risk_row.get(f"{m}_{key}") for m in ("var_95", "var_99", "es_95", "es_99")}
+        if any(_isnum(v) for v in vals.values()):
+            rows.append({"method": label, **vals})
+    if not rows:
+        return empty("no VaR/ES figures for this day")
+    df = pd.DataFrame(rows)
+    out = table(df, [("method", "Method", None), ("var_95", f"VaR 95% ({ccy})", money),
+                     ("var_99", f"VaR 99% ({ccy})", money), ("es_95", f"ES 95% ({ccy})", money),
+                     ("es_99", f"ES 99% ({ccy})", money)], table_id=f"risk-{slug(pid)}")
+    extras = [f"{label}: {fmt(risk_row.get(col))}" for col, label, fmt in (
+        ("vol_20d", "vol 20d", pct), ("vol_30d", "vol 30d", pct), ("vol_ewma", "vol EWMA", pct),
+        ("max_drawdown", "max drawdown", pct), ("lookback_days", "lookback days", number)) if col in risk_row]
+    return out + (f"<p>{e('; '.join(extras))} (volatilities annualised)</p>" if extras else "")
+
+
+def section_portfolio(data: ReportData, p: pd.Series) -> str:
+    pid, ccy, name = str(p["portfolio_id"]), str(p["base_currency"]), str(p["name"])
+    sid = slug(pid)
+    limits = {t: p.get(f"{t}_limit") for t in LIMIT_TYPES}
+    parts = [f'<section class="portfolio" id="section-portfolio-{sid}">',
+             f'<h3 id="portfolio-{sid}">{e(name)} <small>({e(pid)}, {e(ccy)})</small></h3>',
+             "<p>Limits: " + e("; ".join(f"{t} {money(v, ccy) if t == 'var' else limit_value(t, v)}"
+                                         for t, v in limits.items())) + "</p>",
+             f'<h4 id="portfolio-{sid}-breaches">Limit breaches on {data.as_of}</h4>',
+             _portfolio_breaches(data, pid)]
+
+    risk = data.get("risk")
+    parts.append(f'<h4 id="portfolio-{sid}-risk">VaR and ES</h4>')
+    if risk is None:
+        parts.append(missing("fact_risk_metrics"))
+    else:
+        mine = risk[risk["portfolio_id"].astype(str) == pid]
+        parts.append(_risk_table(mine.iloc[0], ccy, pid) if not mine.empty
+                     else empty(f"no risk metrics on {data.as_of}"))
+
+    val, pnl = data.get("valuation"), data.get("pnl")
+    parts.append(f'<h4 id="portfolio-{sid}-value">Value and PnL</h4>')
+    my_val = None if val is None else val[val["portfolio_id"].astype(str) == pid]
+    my_pnl = None if pnl is None else pnl[pnl["portfolio_id"].astype(str) == pid]
+    if val is None:
+        parts.append(missing("fact_portfolio_valuation"))
+    elif my_val.empty:
+        parts.append(empty("no valuation history"))
+    else:
+        parts.append(figure(charts.value_and_pnl(my_val, my_pnl, ccy, f"{name}: market value and daily PnL ({ccy})"),
+                            f"chart-value-{sid}", f"Market value and daily PnL up to {data.as_of}, in {ccy}."))
+        parts.append(f'<h4 id="portfolio-{sid}-drawdown">Drawdown (underwater)</h4>')
+        dd_limit = float(limits["drawdown"]) if _isnum(limits["drawdown"]) else None
+        parts.append(figure(charts.underwater(my_val, f"{name}: drawdown from running peak", dd_limit),
+                            f"chart-drawdown-{sid}", "Market value relative to its running peak (0% = at a high)."))
+
+    parts.append(f'<h4 id="portfolio-{sid}-backtest">VaR vs realised PnL</h4>')
+    bt = data.get("backtest")
+    if bt is None:
+        parts.append(missing("fact_var_backtest"))
+    else:
+        mine = bt[bt["portfolio_id"].astype(str) == pid]
+        if mine.empty:
+            parts.append(empty("no VaR backtest rows"))
+        else:
+            mine = mine.assign(confidence=normalise_confidence(mine["confidence"]))
+            method = pick_method(mine)
+            chosen = mine[mine["method"].astype(str) == method]
+            summ = backtest_summary(mine)
+            z = summ[(summ["method"] == method) & np.isclose(summ["confidence"], 0.99)]
+            zone = z["zone"].iat[0] if not z.empty else "n/a"
+            n_days = int(z["n_obs"].iat[0]) if not z.empty else 0
+            parts.append(f'<p>Traffic light ({e(method)} VaR 99%, last {n_days} days): '
+                         f'<span class="badge zone-{e(zone)}" id="zone-{sid}">{e(zone.upper())}</span></p>')
+            parts.append(figure(charts.var_vs_pnl(chosen, ccy, f"{name}: {method} VaR vs realised daily PnL ({ccy})"),
+                                f"chart-var-{sid}", "Bars: realised PnL; lines: minus the VaR forecast; "
+                                                    "crosses: exceptions (loss beyond VaR)."))
+            parts.append(table(summ, [("method", "Method", None), ("confidence", "Confidence", lambda v: pct(v, 0)),
+                                      ("n_obs", "Days", number), ("exceptions", "Exceptions", number),
+                                      ("expected", "Expected", lambda v: f"{v:.1f}"), ("zone", "Zone", None)],
+                               table_id=f"backtest-{sid}"))
+
+    parts.append(f'<h4 id="portfolio-{sid}-exposure">Exposure and concentration by asset</h4>')
+    pos = data.get("positions")
+    if pos is None:
+        parts.append(missing("fact_positions"))
+    else:
+        mine = pos[pos["portfolio_id"].astype(str) == pid]
+        if mine.empty:
+            parts.append(empty(f"no positions on {data.as_of}"))
+        else:
+            conc = float(limits["concentration"]) if _isnum(limits["concentration"]) else None
+            parts.append(figure(charts.exposure_by_asset(mine, ccy, f"{name}: exposure by asset ({ccy})", conc),
+                                f"chart-exposure-{sid}", f"Market value per asset on {data.as_of}."))
+            gross = mine["market_value"].astype(float).abs().sum()
+            mine = mine.assign(share=mine["market_value"].astype(float).abs() / gross if gross else np.nan)
+            parts.append(table(mine.sort_values("share", ascending=False), [
+                ("product_id", "Asset", None), ("quantity", "Quantity", number), ("avg_cost", "Avg cost", money),
+                ("close", "Close", money), ("market_value", f"Market value ({ccy})", money),
+                ("unrealized_pnl", f"Unrealised PnL ({ccy})", lambda v: money(v, signed=True)),
+                ("share", "Share of gross", pct)], table_id=f"positions-{sid}", signed=("unrealized_pnl",)))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def section_market(data: ReportData) -> str:
+    parts = ['<section id="section-market"><h2 id="market">Market</h2>',
+             '<h3 id="market-volatility">Volatility ranking</h3>']
+    ar = data.get("asset_risk")
+    if ar is None:
+        parts.append(missing("fact_asset_risk"))
+    elif ar.empty:
+        parts.append(empty(f"no asset risk rows on {data.as_of}"))
+    else:
+        col = next((c for c in ("vol_30d", "vol_20d", "vol_ewma") if c in ar and ar[c].notna().any()), None)
+        if col is None:
+            parts.append(empty("no volatility figures"))
+        else:
+            parts.append(figure(charts.volatility_ranking(ar, col, f"Annualised volatility ({col}) on {data.as_of}"),
+                                "chart-volatility", "Assets ranked by annualised volatility."))
+            parts.append(table(ar.sort_values(col, ascending=False), [
+                ("product_id", "Asset", None), ("vol_20d", "Vol 20d", pct), ("vol_30d", "Vol 30d", pct),
+                ("vol_ewma", "Vol EWMA", pct), ("max_drawdown", "Max drawdown", pct),
+                ("worst_daily_return", "Worst daily return", pct)], table_id="volatility-table"))
+
+    parts.append('<h3 id="market-correlation">Correlation of daily returns</h3>')
+    prices = data.get("prices")
+    if prices is None:
+        parts.append(missing("fact_price_daily"))
+    else:
+        corr = correlation_matrix(prices) if not prices.empty else pd.DataFrame()
+        if corr.shape[0] < 2:
+            parts.append(empty(f"not enough daily prices in the last {CORRELATION_DAYS} days for a correlation"))
+        else:
+            parts.append(figure(charts.heatmap(corr, f"Correlation of daily log returns, last {CORRELATION_DAYS} "
+                                                     "days", "correlation", vmin=-1, vmax=1),
+                                "chart-correlation", "Pearson correlation of daily log returns.", narrow=True))
+
+    parts.append('<h3 id="market-factor-exposures">Factor exposures</h3>')
+    fx = data.get("factor_exposures")
+    if fx is None:
+        parts.append(missing("fact_factor_exposures"))
+    elif fx.empty:
+        parts.append(empty(f"no factor exposures up to {data.as_of}"))
+    else:
+        betas = fx.pivot_table(index="product_id", columns="factor_name", values="beta", aggfunc="last")
+        last_at = pd.to_datetime(fx["bucket_start"], utc=True).max()
+        parts.append(figure(charts.heatmap(betas, f"Factor betas (latest snapshot up to {data.as_of})", "beta"),
+                            "chart-factor-exposures", f"Latest rolling betas per asset and factor (as of {last_at})."))
+
+    parts.append('<h3 id="market-anomalies">Anomalies</h3>')
+    an = data.get("anomalies")
+    if an is None:
+        parts.append(missing("fact_anomalies"))
+    elif an.empty:
+        parts.append(empty("no anomalies on this day"))
+    else:
+        parts.append(figure(charts.anomalies_timeline(an, f"Return anomalies on {data.as_of} ({len(an)} flagged)",
+                                                      data.as_of),
+                            "chart-anomalies", "Flagged bars by time and asset."))
+        top = an.assign(absz=an["robust_z"].astype(float).abs()).sort_values("absz", ascending=False).head(25)
+        parts.append(table(top, [("product_id", "Asset", None), ("bucket_start", "Bucket start (UTC)", utc_minute),
+                                 ("return_value", "Return", lambda v: pct(v, 2)),
+                                 ("robust_z", "Robust z", lambda v: f"{float(v):+.1f}")], table_id="anomalies-table"))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def section_pipeline(data: ReportData) -> str:
+    parts = ['<section id="section-pipeline"><h2 id="pipeline-health">Pipeline health</h2>']
+    runs = data.get("runs")
+    if runs is None:
+        parts.append(missing("fact_pipeline_runs"))
+        return "\n".join([*parts, "</section>"])
+    if runs.empty:
+        parts.append(empty("no pipeline runs recorded"))
+        return "\n".join([*parts, "</section>"])
+    last = latest_task_status(runs)
+    tasks = per_task(last)
+    starts = tasks.groupby("run_id")["started_at"].min().sort_values()
+    dags = tasks.groupby("run_id")["dag_id"].first()
+    labels = {r: f"{dags[r]} {t:%m-%d %H:%M}" for r, t in starts.items()}
+    order = tasks.groupby("task")["started_at"].min().sort_values().index  # tasks in pipeline order
+    grid = tasks.assign(run=tasks["run_id"].map(labels))
+    durations = grid.pivot_table(index="task", columns="run", values="duration_s", aggfunc="sum")
+    failed = grid.pivot_table(index="task", columns="run", values="failed", aggfunc="sum") > 0
+    columns = [labels[r] for r in starts.index]
+    durations = durations.reindex(index=order, columns=columns)
+    failed = failed.reindex(index=order, columns=columns)
+    parts.append('<h3 id="pipeline-durations">Task durations over recent runs</h3>')
+    parts.append(figure(charts.task_durations(durations, failed, f"Task seconds, last {len(columns)} runs"),
+                        "chart-durations", "Seconds per task (mapped instances summed) and run (DAG, start time "
+                                           "UTC); red outline: the task failed in that run."))
+
+    per_run = (tasks.groupby("run_id", as_index=False)
+               .agg(started_at=("started_at", "min"), dag_id=("dag_id", "first"), tasks=("task", "size"),
+                    failed=("failed", "sum"), rows_in=("rows_in", "sum"), rows_out=("rows_out", "sum"),
+                    duration_s=("duration_s", "sum"))
+               .sort_values("started_at", ascending=False))
+    newest = per_run["run_id"].iloc[0]
+    per_run["started_at"] = per_run["started_at"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    parts.append('<h3 id="pipeline-rows">Rows processed</h3>')
+    parts.append(table(per_run, [("run_id", "Run", None), ("dag_id", "DAG", None),
+                                 ("started_at", "Started (UTC)", None), ("tasks", "Tasks", number),
+                                 ("failed", "Failed", number), ("rows_in", "Rows in", number),
+                                 ("rows_out", "Rows out", number), ("duration_s", "Task seconds", seconds)],
+                       table_id="runs-table"))
+    latest = tasks[tasks["run_id"] == newest].sort_values("started_at")
+    latest = latest.assign(status=np.where(latest["failed"] > 0, "failed", "success"))
+    parts.append(f"<p>Tasks of the latest run {e(newest)}:</p>")
+    parts.append(table(latest, [("task", "Task", None), ("instances", "Instances", number),
+                                ("status", "Status", None), ("rows_in", "Rows in", number),
+                                ("rows_out", "Rows out", number), ("duration_s", "Seconds", seconds)],
+                       table_id="latest-run-table"))
+    parts.append('<h3 id="pipeline-failures">Failures</h3>')
+    failures = runs[runs["status"].astype(str) == "failed"].copy()
+    if failures.empty:
+        parts.append(empty("no failed task attempts in the recent runs"))
+    else:
+        failures["started_at"] = pd.to_datetime(failures["started_at"], utc=True).dt.strftime("%Y-%m-%d %H:%M:%S")
+        parts.append(table(failures.sort_values("started_at", ascending=False),
+                           [("run_id", "Run", None), ("task_id", "Task", None),
+                            ("started_at", "Started (UTC)", None), ("message", "Message", None)],
+                           table_id="failures-table"))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def section_notes(data: ReportData, extra: Iterable[str] = ()) -> str:
+    notes = [*data.notes, *extra]
+    body = "".join(f'<p class="note">{e(n)}</p>' for n in notes) if notes else empty("all gold tables were read")
+    return f'<section id="section-notes"><h2 id="data-notes">Data notes</h2>{body}</section>'
+
+
+def _guarded(build: Callable[[], str], fallback_heading: str, what: str, notes: list[str]) -> str:
+    """One section's HTML; if it fails on unexpected data, its heading and a note instead of no report at all."""
+    try:
+        return build()
+    except Exception as exc:  # a broken chart must not cost the risk manager the whole morning report
+        log.exception("report: the %s section failed", what)
+        note = f"the {what} section could not be drawn: {type(exc).__name__}: {exc}"
+        notes.append(note)
+        return f'{fallback_heading}<p class="note">{e(note)}</p>'
+
+
+def render(data: ReportData, links: dict[str, str] | None = None, extra_notes: Iterable[str] = (),
+           generated_at: datetime | None = None) -> str:
+    """The whole page. `links` (label -> relative href) appear in the header, e.g. the CSVs next to the file."""
+    generated_at = generated_at or datetime.now(UTC)
+    portfolios = _portfolio_list(data)
+    summary = summary_frame(data, portfolios)
+    nav = "".join(f'<a href="#{a}">{e(t)}</a>' for a, t in (
+        ("summary", "Summary"), ("portfolios", "Portfolios"), ("market", "Market"),
+        ("pipeline-health", "Pipeline health"), ("data-notes", "Data notes")))
+    link_html = " · ".join(f'<a href="{e(href)}">{e(label)}</a>' for label, href in (links or {}).items())
+    failures: list[str] = []
+    summary_html = _guarded(lambda: section_summary(data, portfolios, summary),
+                            '<h2 id="summary">Summary</h2>', "summary", failures)
+    portfolio_sections = "\n".join(
+        _guarded(lambda p=p: section_portfolio(data, p),
+                 f'<h3 id="portfolio-{slug(p["portfolio_id"])}">{e(p["portfolio_id"])}</h3>',
+                 f"portfolio {p['portfolio_id']}", failures)
+        for _, p in portfolios.iterrows())
+    market_html = _guarded(lambda: section_market(data), '<h2 id="market">Market</h2>', "market", failures)
+    pipeline_html = _guarded(lambda: section_pipeline(data), '<h2 id="pipeline-health">Pipeline health</h2>',
+                             "pipeline health", failures)
+    portfolio_index = " · ".join(f'<a href="#portfolio-{slug(p)}">{e(p)}</a>' for p in portfolios["portfolio_id"])
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Risk report {data.as_of}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<header class="top"><div class="inner">
+<h1 id="title">Risk report as of {data.as_of}</h1>
+<div>Generated {generated_at:%Y-%m-%d %H:%M} UTC from the gold schema. {link_html}</div>
+<nav>{nav}</nav>
+</div></header>
+<main>
+{summary_html}
+<section id="section-portfolios"><h2 id="portfolios">Portfolios</h2>
+<nav class="portfolio-index">{portfolio_index}</nav>
+{portfolio_sections or empty("no portfolios in gold")}
+</section>
+{market_html}
+{pipeline_html}
+{section_notes(data, [*extra_notes, *failures])}
+</main>
+</body>
+</html>
+"""

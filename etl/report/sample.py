@@ -1,0 +1,239 @@
+"""A small, deterministic gold schema for the report's tests and for previewing the report layout.
+
+`sample_frames(as_of)` builds the gold tables (contract columns) for two portfolios and three assets over a few
+weeks; `create_gold(url, frames)` writes them into a database that has NO gold schema yet (it refuses to touch
+a real warehouse) and grants the `reporting` role read access, as the warehouse setup does.
+
+Preview: `python -m etl.report.sample postgresql://.../scratch_db` then `PIPELINE_DATABASE_URL=... python -m etl
+report`.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, time, timedelta
+
+import numpy as np
+import pandas as pd
+
+from etl.errors import ConfigError
+
+PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
+START_PRICES = (60_000.0, 3_000.0, 150.0)
+PORTFOLIOS = pd.DataFrame({
+    "portfolio_id": ["P-CORE", "P-ALT"],
+    "name": ["Core crypto", "Alt basket"],
+    "base_currency": ["USD", "USD"],
+    "var_limit": [3_500.0, 2_500.0],
+    "concentration_limit": [0.60, 0.50],
+    "drawdown_limit": [0.25, 0.20],
+})
+HOLDINGS = {  # portfolio -> product -> (quantity, avg_cost)
+    "P-CORE": {"BTC-USD": (1.0, 55_000.0), "ETH-USD": (10.0, 2_800.0), "SOL-USD": (-50.0, 160.0)},
+    "P-ALT": {"ETH-USD": (5.0, 3_100.0), "SOL-USD": (200.0, 120.0)},
+}
+TASKS = ("fetch_candles", "build_bars_5m", "compute_risk", "load_warehouse")
+
+
+def _prices(as_of: date, days: int) -> pd.DataFrame:
+    rng = np.random.default_rng(11)
+    dates = [as_of - timedelta(days=days - 1 - i) for i in range(days)]
+    rows = []
+    for product, p0 in zip(PRODUCTS, START_PRICES, strict=True):
+        closes = p0 * np.exp(np.cumsum(rng.normal(0, 0.03, days)))
+        opens = np.concatenate([[p0], closes[:-1]])
+        rows.append(pd.DataFrame({
+            "product_id": product, "price_date": dates, "open": opens,
+            "high": np.maximum(opens, closes) * 1.01, "low": np.minimum(opens, closes) * 0.99, "close": closes,
+            "volume": rng.uniform(100, 1000, days), "vwap": (opens + closes) / 2,
+        }))
+    return pd.concat(rows, ignore_index=True)
+
+
+def sample_frames(as_of: date = date(2026, 1, 31), days: int = 45) -> dict[str, pd.DataFrame]:
+    """Gold tables keyed by table name; numbers are consistent (valuation = sum of positions, PnL = value change)."""
+    prices = _prices(as_of, days)
+    close = prices.pivot(index="price_date", columns="product_id", values="close")
+    positions, valuation = [], []
+    for pid, holdings in HOLDINGS.items():
+        for product, (qty, cost) in holdings.items():
+            mv = qty * close[product]
+            positions.append(pd.DataFrame({
+                "portfolio_id": pid, "product_id": product, "as_of_date": close.index, "quantity": qty,
+                "avg_cost": cost, "close": close[product].to_numpy(), "market_value": mv.to_numpy(),
+                "unrealized_pnl": (qty * (close[product] - cost)).to_numpy()}))
+    positions = pd.concat(positions, ignore_index=True)
+    g = positions.assign(abs_mv=positions["market_value"].abs(),
+                         long=positions["market_value"].clip(lower=0),
+                         short=positions["market_value"].clip(upper=0))
+    agg = g.groupby(["portfolio_id", "as_of_date"], as_index=False).agg(
+        market_value=("market_value", "sum"), unrealized_pnl=("unrealized_pnl", "sum"),
+        gross_exposure=("abs_mv", "sum"), long_exposure=("long", "sum"), short_exposure=("short", "sum"),
+        max_abs=("abs_mv", "max"))
+    agg["net_exposure"] = agg["market_value"]
+    agg["concentration_pct"] = agg["max_abs"] / agg["gross_exposure"]
+    valuation = agg.drop(columns="max_abs")
+
+    pnl = valuation[["portfolio_id", "as_of_date", "market_value"]].copy()
+    pnl["daily_pnl"] = pnl.groupby("portfolio_id")["market_value"].diff().fillna(0.0)
+    month = pd.to_datetime(pnl["as_of_date"]).dt.to_period("M")
+    pnl["mtd_pnl"] = pnl.groupby([pnl["portfolio_id"], month])["daily_pnl"].cumsum()
+    pnl = pnl.drop(columns="market_value")
+
+    sd = pnl.groupby("portfolio_id")["daily_pnl"].std()
+    risk_rows, backtest = [], []
+    for pid, s in sd.items():
+        row = {"portfolio_id": pid, "as_of_date": as_of}
+        for method, k in (("hist", 1.0), ("param", 1.05), ("mc", 1.02)):
+            row |= {f"var_95_{method}": 1.645 * s * k, f"var_99_{method}": 2.326 * s * k,
+                    f"es_95_{method}": 2.063 * s * k, f"es_99_{method}": 2.665 * s * k}
+        row |= {"vol_20d": 0.55, "vol_30d": 0.6, "vol_ewma": 0.58, "max_drawdown": -0.18, "lookback_days": days}
+        risk_rows.append(row)
+        mine = pnl[pnl["portfolio_id"] == pid]
+        for method in ("hist", "param"):
+            for conf, z in ((0.95, 1.645), (0.99, 2.326)):
+                var = z * s * 0.8  # a little low on purpose: some exceptions to mark
+                backtest.append(pd.DataFrame({
+                    "portfolio_id": pid, "as_of_date": mine["as_of_date"].to_numpy(), "method": method,
+                    "confidence": conf, "var_forecast": var, "realized_pnl": mine["daily_pnl"].to_numpy(),
+                    "is_exception": (-mine["daily_pnl"] > var).to_numpy()}))
+    risk = pd.DataFrame(risk_rows)
+    backtest = pd.concat(backtest, ignore_index=True)
+
+    asset_risk = pd.DataFrame({"product_id": list(PRODUCTS), "as_of_date": as_of, "vol_20d": [0.45, 0.62, 0.91],
+                               "vol_30d": [0.48, 0.65, 0.95], "vol_ewma": [0.47, 0.6, 0.88],
+                               "max_drawdown": [-0.12, -0.2, -0.35], "worst_daily_return": [-0.05, -0.07, -0.11]})
+    snap = datetime.combine(as_of, time(23, 59), tzinfo=UTC)
+    factor_exposures = pd.DataFrame({
+        "product_id": np.repeat(PRODUCTS, 2), "factor_name": ["market", "size"] * 3, "bucket_start": snap,
+        "beta": [1.0, 0.1, 1.2, -0.3, 1.5, 0.8], "r_squared": [0.9, 0.9, 0.7, 0.7, 0.5, 0.5],
+        "r_squared_adj": [0.89, 0.89, 0.69, 0.69, 0.49, 0.49], "n_obs": 1440})
+    factor_returns = pd.DataFrame({"factor_name": ["market", "size"], "bucket_start": snap,
+                                   "factor_return": [0.001, -0.0004]})
+    day0 = datetime.combine(as_of, time(0, 0), tzinfo=UTC)
+    anomalies = pd.DataFrame({"product_id": ["SOL-USD", "ETH-USD"],
+                              "bucket_start": [day0 + timedelta(hours=3, minutes=5), day0 + timedelta(hours=14)],
+                              "return_value": [0.052, -0.038], "robust_z": [6.3, -4.1]})
+    runs = []
+    for i in range(3):
+        t0 = datetime.combine(as_of, time(1, 0), tzinfo=UTC) - timedelta(days=2 - i)
+        for j, task in enumerate(TASKS):
+            runs.append({"run_id": f"run-{i + 1}", "dag_id": "eod_risk", "task_id": task, "status": "success",
+                         "rows_in": 1000 * (j + 1), "rows_out": 900 * (j + 1),
+                         "started_at": t0 + timedelta(minutes=j), "duration_s": 10.0 + 5 * j + i,
+                         "message": ""})
+    runs.insert(1, {"run_id": "run-1", "dag_id": "eod_risk", "task_id": "build_bars_5m", "status": "failed",
+                    "rows_in": 0, "rows_out": 0,
+                    "started_at": datetime.combine(as_of, time(0, 59), tzinfo=UTC) - timedelta(days=2),
+                    "duration_s": 3.5, "message": "SourceError: simulator returned 503 five times"})
+    pipeline_runs = pd.DataFrame(runs)
+
+    p = PORTFOLIOS.set_index("portfolio_id")
+    last_val = valuation[valuation["as_of_date"] == as_of].set_index("portfolio_id")
+    risk_i = risk.set_index("portfolio_id")
+    breaches = pd.DataFrame({
+        "portfolio_id": ["P-CORE", "P-ALT"], "as_of_date": as_of, "limit_type": ["var", "concentration"],
+        "value": [risk_i.at["P-CORE", "var_99_hist"], last_val.at["P-ALT", "concentration_pct"]],
+        "limit_value": [p.at["P-CORE", "var_limit"], p.at["P-ALT", "concentration_limit"]],
+        "metric": ["var_99_hist", "concentration_pct"]})
+
+    symbols = pd.DataFrame({"product_id": list(PRODUCTS), "base_currency": [x.split("-")[0] for x in PRODUCTS],
+                            "quote_currency": "USD", "exchange_id": "coinbase", "asset_class": "crypto"})
+    return {
+        "dim_portfolio": PORTFOLIOS.copy(), "dim_symbol": symbols,
+        "dim_exchange": pd.DataFrame({"exchange_id": ["coinbase"], "name": ["Coinbase Exchange"]}),
+        "fact_price_daily": prices, "fact_positions": positions, "fact_portfolio_valuation": valuation,
+        "fact_pnl_daily": pnl, "fact_risk_metrics": risk, "fact_var_backtest": backtest,
+        "fact_asset_risk": asset_risk, "fact_factor_exposures": factor_exposures,
+        "fact_factor_returns": factor_returns, "fact_anomalies": anomalies, "fact_pipeline_runs": pipeline_runs,
+        "fact_limit_breaches": breaches,
+    }
+
+
+def _pg_type(s: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(s):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(s):
+        return "bigint"
+    if pd.api.types.is_float_dtype(s):
+        return "double precision"
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        return "timestamptz"
+    first = s.dropna().iloc[0] if s.notna().any() else None
+    if isinstance(first, datetime):
+        return "timestamptz"
+    if isinstance(first, date):
+        return "date"
+    return "text"
+
+
+def ensure_reporting_role(conn) -> None:
+    """Create the cluster-wide `reporting` role if missing (tolerates a concurrent creation)."""
+    with conn.cursor() as cur:
+        cur.execute("""
+            do $$ begin
+                create role reporting login;
+            exception when duplicate_object or unique_violation then null;
+            end $$""")
+
+
+def create_gold(url: str, frames: dict[str, pd.DataFrame], skip: tuple[str, ...] = ()) -> None:
+    """Create schema gold with these tables (minus `skip`) in the database at `url`; grant SELECT to reporting."""
+    import psycopg2
+    from psycopg2.extras import execute_values
+
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select 1 from information_schema.schemata where schema_name = 'gold'")
+            if cur.fetchone():
+                raise ConfigError(f"schema gold already exists in {url.split('?')[0]}: the sample is only "
+                                  "written into an empty scratch database")
+        ensure_reporting_role(conn)
+        conn.autocommit = False
+        with conn.cursor() as cur:
+            cur.execute("create schema gold")
+            for name, df in frames.items():
+                if name in skip:
+                    continue
+                cols = ", ".join(f'"{c}" {_pg_type(df[c])}' for c in df.columns)
+                cur.execute(f"create table gold.{name} ({cols})")
+                rows = [tuple(None if pd.isna(v) else (v.item() if isinstance(v, np.generic) else v) for v in r)
+                        for r in df.astype(object).itertuples(index=False)]
+                execute_values(cur, f"insert into gold.{name} values %s", rows)
+            cur.execute("grant usage on schema gold to reporting")
+            cur.execute("grant select on all tables in schema gold to reporting")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+@contextmanager
+def scratch_database(server_url: str, prefix: str = "report") -> Iterator[str]:
+    """A new, empty database on the server of `server_url` (dropped on exit); yields its URL."""
+    import psycopg2
+
+    from etl import db
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(server_url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'create database "{name}"')
+        yield db.with_database(server_url, name)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'drop database if exists "{name}" with (force)')
+        admin.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m etl.report.sample POSTGRES_URL_OF_A_SCRATCH_DATABASE")
+    create_gold(sys.argv[1], sample_frames())
+    print(f"sample gold written to {sys.argv[1].split('?')[0]}")

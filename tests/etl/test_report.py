@@ -1,0 +1,230 @@
+"""The report against the real Postgres: a small sample gold schema read as the `reporting` role."""
+
+from __future__ import annotations
+
+import csv
+import re
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from etl.errors import DataNotFoundError
+from etl.report import html as report_html
+from etl.report import reports_dir, run
+from etl.report.sample import create_gold, sample_frames, scratch_database
+from etl.settings import get_settings
+
+AS_OF = date(2026, 1, 31)
+H2 = ("summary", "portfolios", "market", "pipeline-health", "data-notes")
+H3 = ("portfolio-p-core", "portfolio-p-alt", "market-volatility", "market-correlation", "market-factor-exposures",
+      "market-anomalies", "pipeline-durations", "pipeline-rows", "pipeline-failures")
+
+
+@pytest.fixture(scope="module")
+def gold_url(pg_url):
+    # a database of our own on the test server: the session database may get the warehouse's real gold schema
+    with scratch_database(pg_url, "report") as url:
+        create_gold(url, sample_frames(AS_OF))
+        yield url
+
+
+@pytest.fixture
+def env(gold_url, data_dir, monkeypatch):
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", gold_url)
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return sample_frames(AS_OF)
+
+
+def _write_sql_dir(d):
+    (d / "risk").mkdir(parents=True)
+    (d / "daily_pnl.sql").write_text(
+        "-- Daily and month-to-date PnL per portfolio.\n"
+        "select portfolio_id, daily_pnl, mtd_pnl from gold.fact_pnl_daily\n"
+        "where as_of_date = %(as_of)s order by portfolio_id\n")
+    (d / "risk" / "who.sql").write_text(  # a literal % without the placeholder must stay a literal
+        "select current_user as who, count(*) as n from gold.dim_portfolio where portfolio_id like 'P-%'\n")
+    (d / "broken.sql").write_text("select * from gold.no_such_table\n")
+    (d / "report_html").mkdir()
+    (d / "report_html" / "private.sql").write_text("select 1 as private\n")
+    return d
+
+
+@pytest.fixture
+def sql_dir(tmp_path):
+    return _write_sql_dir(tmp_path / "sql")
+
+
+@pytest.fixture(scope="module")
+def report(gold_url, tmp_path_factory):
+    """One report run shared by the read-only assertions below (rendering charts is the slow part)."""
+    root = tmp_path_factory.mktemp("report")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PIPELINE_DATABASE_URL", gold_url)
+        mp.setenv("PIPELINE_DATA_DIR", str(root / "data"))
+        path = run(sql_dir=_write_sql_dir(root / "sql"))  # no as_of: the latest day in gold
+        return path, root / "data", reports_dir(get_settings())
+
+
+def _ids(page: str, tag: str) -> set[str]:
+    return set(re.findall(rf'<{tag} id="([^"]+)"', page))
+
+
+def test_html_report_shows_every_section_with_numbers_from_gold(report, frames):
+    path, data_root, reports = report
+    assert path == data_root / "reports" / "2026-01-31" / "report.html"  # as_of defaulted to the latest day
+    assert path.parent == reports / "2026-01-31"
+    page = path.read_text()
+
+    assert set(H2) <= _ids(page, "h2")
+    assert set(H3) <= _ids(page, "h3")
+    # 4 charts per portfolio + volatility, correlation, factor betas, anomalies + task durations
+    assert page.count("<svg") == 13
+    for chart in ("chart-value-p-core", "chart-drawdown-p-alt", "chart-var-p-core", "chart-exposure-p-alt",
+                  "chart-volatility", "chart-correlation", "chart-factor-exposures", "chart-anomalies",
+                  "chart-durations"):
+        assert f'id="{chart}"' in page
+    # self-contained: no scripts, no external resources
+    assert "<script" not in page
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+
+    # summary numbers = sums of the gold rows of the day
+    val = frames["fact_portfolio_valuation"]
+    book = val.loc[val["as_of_date"] == AS_OF, "market_value"].sum()
+    assert f'<div class="value ">{book:,.2f} USD</div>' in page
+    pnl = frames["fact_pnl_daily"]
+    day = pnl[pnl["as_of_date"] == AS_OF]
+    assert f"{day['daily_pnl'].sum():+,.2f} USD" in page
+    assert f"{day['mtd_pnl'].sum():+,.2f} USD" in page
+    risk = frames["fact_risk_metrics"]
+    assert f"{risk['var_99_hist'].sum():,.2f} USD" in page
+    core = risk.set_index("portfolio_id").loc["P-CORE"]
+    assert f"{core['var_99_mc']:,.2f}" in page and f"{core['es_99_param']:,.2f}" in page
+    kpi = re.search(r'id="kpi-breaches".*?class="value [^"]*">(\d+)<', page).group(1)
+    assert kpi == "2"
+    assert "FAILED" not in page and "OK: 4/4 tasks in the latest run" in page
+
+    # per portfolio: breaches, positions, traffic light computed from the backtest rows
+    assert re.search(r'id="breaches-p-alt".*?concentration.*?63\.9%.*?50\.0%', page, re.S)
+    assert re.search(r'id="positions-p-core".*?SOL-USD.*?-50', page, re.S)
+    bt = frames["fact_var_backtest"]
+    core_99 = bt[(bt["portfolio_id"] == "P-CORE") & (bt["method"] == "hist") & np.isclose(bt["confidence"], 0.99)]
+    zone = report_html.traffic_light(len(core_99), int(core_99["is_exception"].sum()), 0.99)
+    assert f'<span class="badge zone-{zone}" id="zone-p-core">{zone.upper()}</span>' in page
+
+    # market and pipeline tables
+    assert re.search(r'id="volatility-table".*?SOL-USD.*?91\.0%.*?95\.0%', page, re.S)
+    assert re.search(r'id="anomalies-table".*?SOL-USD.*?2026-01-31 03:05.*?\+6\.3.*?ETH-USD.*?-4\.1', page, re.S)
+    assert re.search(r'id="failures-table".*?build_bars_5m.*?simulator returned 503', page, re.S)
+    assert "SQL report broken failed" in page  # a failing SQL report is a note, not a crash
+
+    # the CSVs behind the page
+    data_csv = pd.read_csv(path.parent / "data" / "positions.csv")
+    assert len(data_csv) == 5 and set(data_csv["portfolio_id"]) == {"P-CORE", "P-ALT"}
+
+
+def test_sql_reports_write_csv_and_markdown_as_reporting_role(report, frames):
+    out = report[0].parent
+    with open(out / "sql" / "daily_pnl.csv") as f:
+        rows = list(csv.DictReader(f))
+    pnl = frames["fact_pnl_daily"]
+    expected = pnl[pnl["as_of_date"] == AS_OF].sort_values("portfolio_id")
+    assert [r["portfolio_id"] for r in rows] == ["P-ALT", "P-CORE"]
+    assert [float(r["mtd_pnl"]) for r in rows] == pytest.approx(expected["mtd_pnl"].tolist())
+    with open(out / "sql" / "risk__who.csv") as f:
+        assert list(csv.DictReader(f)) == [{"who": "reporting", "n": "2"}]
+    assert not (out / "sql" / "broken.csv").exists()
+    assert not (out / "sql" / "report_html__private.csv").exists()
+
+    md = (out / "sql_reports.md").read_text()
+    assert md.startswith("# SQL reports as of 2026-01-31")
+    assert "## daily_pnl\n\nDaily and month-to-date PnL per portfolio." in md
+    assert "| portfolio_id | daily_pnl | mtd_pnl |" in md and "| P-ALT |" in md
+    assert re.search(r"## broken\n.*\*\*Failed:\*\* `UndefinedTable: relation \"gold.no_such_table\" does not exist",
+                     md, re.S)
+    assert "| reporting | 2 |" in md
+
+
+def test_empty_day_says_so_instead_of_failing(env, sql_dir):
+    page = run(date(2026, 1, 30), sql_dir=sql_dir).read_text()
+    assert "no anomalies on this day" in page
+    assert "no limit breaches on 2026-01-30" in page
+    assert "no risk metrics on 2026-01-30" in page
+    assert set(H2) <= _ids(page, "h2")
+
+
+def test_missing_breach_table_is_a_note(pg_url, data_dir, monkeypatch, sql_dir):
+    with scratch_database(pg_url, "report_nobreach") as url:
+        create_gold(url, sample_frames(AS_OF), skip=("fact_limit_breaches", "fact_anomalies"))
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        page = run(AS_OF, sql_dir=sql_dir).read_text()
+    assert re.search(r'<p class="note">gold\.fact_limit_breaches could not be read \(relation '
+                     r'&quot;gold\.fact_limit_breaches&quot; does not exist\)', page)
+    assert "gold.fact_anomalies is not available in the warehouse" in page
+    assert re.search(r'id="kpi-breaches".*?class="value unknown">unknown<', page)
+    assert set(H3) <= _ids(page, "h3")  # every other section still there
+
+
+def test_no_gold_data_is_a_clear_error(pg_url, data_dir, monkeypatch, sql_dir):
+    with scratch_database(pg_url, "report_empty") as url:
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        with pytest.raises(DataNotFoundError, match=r"gold\.fact_risk_metrics has no rows: run `python -m etl risk`"):
+            run(sql_dir=sql_dir)
+
+
+def test_reports_connect_as_reporting_and_cannot_write(env):
+    import psycopg2
+
+    from etl.report.gold import GoldReader, reporting_url
+
+    with GoldReader(reporting_url(get_settings())) as reader:
+        assert reader.query("select current_user as u")["u"].tolist() == ["reporting"]
+        with pytest.raises(psycopg2.Error, match="read-only|permission denied"):
+            reader.query("insert into gold.dim_exchange values ('x', 'y') returning 1")
+
+
+def test_traffic_light_matches_basel_zones_for_250_days():
+    zones = [report_html.traffic_light(250, k, 0.99) for k in range(12)]
+    assert zones == ["green"] * 5 + ["yellow"] * 5 + ["red"] * 2
+
+
+def test_drawdown_curve_is_value_over_running_peak():
+    from etl.report.charts import drawdown_curve
+
+    val = pd.DataFrame({"as_of_date": pd.date_range("2026-01-01", periods=5), "market_value": [100, 120, 90, 130,
+                                                                                               117]})
+    assert drawdown_curve(val).to_numpy() == pytest.approx([0, 0, -0.25, 0, -0.1])
+
+
+def test_mapped_tasks_fold_into_one_row_and_retries_count_as_their_last_attempt():
+    t = pd.Timestamp("2026-01-31 01:00", tz="UTC")
+    runs = pd.DataFrame({
+        "run_id": ["r1"] * 4, "dag_id": ["d"] * 4,
+        "task_id": ["fetch_candles[0]", "fetch_candles[1]", "fetch_candles[1]", "compute_risk"],
+        "status": ["success", "failed", "success", "success"], "rows_in": [10, 0, 20, 30],
+        "rows_out": [1, 0, 2, 3], "started_at": [t, t, t + pd.Timedelta(minutes=1), t + pd.Timedelta(minutes=2)],
+        "duration_s": [1.0, 9.0, 2.0, 4.0], "message": [""] * 4})
+    folded = report_html.per_task(report_html.latest_task_status(runs)).set_index("task")
+    assert folded.loc["fetch_candles", ["instances", "failed", "rows_in", "duration_s"]].tolist() == [2, 0, 30, 3.0]
+    assert folded.loc["compute_risk", "instances"] == 1
+
+
+def test_a_section_that_breaks_on_bad_data_becomes_a_note(frames):
+    from etl.report.data import ReportData
+
+    names = {"portfolios": "dim_portfolio", "valuation": "fact_portfolio_valuation", "pnl": "fact_pnl_daily",
+             "risk": "fact_risk_metrics", "positions": "fact_positions", "breaches": "fact_limit_breaches"}
+    data = {k: frames[v].copy() for k, v in names.items()}
+    data["risk"] = data["risk"][data["risk"]["as_of_date"] == AS_OF]
+    pos = data["positions"]
+    data["positions"] = pos[pos["as_of_date"] == AS_OF].astype({"market_value": object})
+    data["positions"].loc[data["positions"]["portfolio_id"] == "P-ALT", "market_value"] = "not a number"
+    page = report_html.render(ReportData(as_of=AS_OF, frames=data))
+    assert "the portfolio P-ALT section could not be drawn: ValueError" in page
+    assert 'id="portfolio-p-alt"' in page and 'id="chart-exposure-p-core"' in page
+    assert 'id="market"' in page and "gold.fact_asset_risk is not available" in page
