@@ -1,0 +1,299 @@
+"""`build()`: bronze candles -> silver 5-minute and daily bars, recomputing only what new bronze batches touched.
+
+A bronze batch is visible to silver once its manifest `{data}/bronze/_manifests/<batch_id>.json` exists (bronze
+writes it after the data files). Silver keeps the ids of the batches it has processed in
+`{data}/silver/_state/processed_batches.json`; a run takes the manifests not listed there, collects the
+(product, date) partitions their files landed in, and recomputes each of those partitions from *all* its bronze
+files. Every output file is a pure function of its bronze partition(s), so a full refresh writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from etl.errors import ValidationError
+from etl.reference import load_instruments
+from etl.settings import Settings, get_settings
+from etl.silver import quality
+from etl.silver.bars import (
+    BAR_1D_GRANULARITIES,
+    BAR_5M_GRANULARITIES,
+    BARS_1D_SCHEMA,
+    BARS_5M_SCHEMA,
+    TS,
+    US,
+    aggregate,
+    latest_per_key,
+)
+from etl.storage import HIVE, Store, get_store, partition_path
+
+log = logging.getLogger(__name__)
+
+BRONZE_DIR = "bronze/candles"
+MANIFEST_DIR = "bronze/_manifests"
+BARS_5M_DIR = "silver/bars_5m"
+BARS_1D_DIR = "silver/bars_1d"
+QUARANTINE_DIR = "silver/quarantine"
+STATE_FILE = "silver/_state/processed_batches.json"
+QUALITY_DIR = "silver/_quality"
+PART = "part-0.parquet"
+DAY_US = 86_400 * US
+
+BRONZE_COLUMNS = ["product_id", "bucket_start", "open", "high", "low", "close", "volume", "granularity",
+                  "ingested_at", "batch_id", "raw"]
+QUARANTINE_SCHEMA = pa.schema([
+    ("bucket_start", TS), ("granularity", pa.int64()), ("open", pa.float64()), ("high", pa.float64()),
+    ("low", pa.float64()), ("close", pa.float64()), ("volume", pa.float64()), ("ingested_at", TS),
+    ("batch_id", pa.string()), ("raw", pa.string()), ("rule", pa.string()), ("failed_rules", pa.string()),
+])
+_PARTITION = re.compile(r"product_id=([^/]+)/date=(\d{4}-\d{2}-\d{2})/")
+
+
+@dataclass
+class SilverSummary:
+    rows_in: int = 0                      # bronze rows read (all versions, before dedup)
+    rows_out: int = 0                     # 5-minute bars written
+    bars_1d: int = 0                      # daily bars (re)computed
+    duplicates: int = 0                   # superseded bronze versions dropped by the dedup
+    quarantined: int = 0                  # rows quarantined, all rules together
+    quarantined_by_rule: dict[str, int] = field(default_factory=lambda: dict.fromkeys(quality.RULES, 0))
+    gaps: int = 0                         # incomplete_bars + missing_buckets
+    incomplete_bars: int = 0              # 5-minute bars with fewer candles than the bar holds
+    missing_buckets: int = 0              # empty 5-minute buckets between a partition's first and last bar
+    partitions: int = 0                   # (product, date) partitions rebuilt
+    batches: int = 0                      # bronze batches taken in
+    full_refresh: bool = False
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        rules = ", ".join(f"{r}={n}" for r, n in self.quarantined_by_rule.items() if n) or "none"
+        return "\n".join([
+            f"silver {'full refresh' if self.full_refresh else 'incremental'}: {self.batches} bronze batch(es) taken in, "
+            f"{self.partitions} partition(s) rebuilt in {self.seconds:.2f}s",
+            f"  rows in      {self.rows_in:>10,}  (duplicates dropped {self.duplicates:,})",
+            f"  bars out     {self.rows_out:>10,}  5-minute, {self.bars_1d:,} daily",
+            f"  quarantined  {self.quarantined:>10,}  ({rules})",
+            f"  gaps         {self.gaps:>10,}  ({self.incomplete_bars:,} incomplete bars, "
+            f"{self.missing_buckets:,} empty buckets)",
+        ])
+
+
+def build(full_refresh: bool = False, settings: Settings | None = None, now: datetime | None = None) -> SilverSummary:
+    """Bring silver up to date with bronze; `full_refresh` recomputes every partition (same bytes as incremental).
+
+    `now` is the reference time of the `not_in_future` rule (default: the current time).
+    """
+    started = time.perf_counter()
+    settings = settings or get_settings()
+    store = get_store(settings)
+    now = now or datetime.now(UTC)
+    now = now if now.tzinfo else now.replace(tzinfo=UTC)  # naive means UTC, like everywhere in the platform
+    summary = SilverSummary(full_refresh=full_refresh)
+
+    manifests = _manifests(store)
+    done = set() if full_refresh else set(_load_state(store))
+    new = {b: rel for b, rel in manifests.items() if b not in done}
+    if full_refresh:
+        files = _group_by_partition(store.list_files(BRONZE_DIR, ".parquet"))
+    else:
+        touched = {p for rel in new.values() for p in _manifest_partitions(store, rel)}
+        files = {p: store.list_files(partition_path(BRONZE_DIR, product_id=p[0], date=p[1]), ".parquet")
+                 for p in sorted(touched)}
+        files = {p: f for p, f in files.items() if f}
+    summary.batches = len(new)
+    currencies = _quote_currencies({p for p, _ in files}, settings)
+
+    written: set[str] = set()
+    chunks: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for product, day in sorted(files):
+        chunks[(product, int(day[:4]))].append(day)
+    for (product, year), days in sorted(chunks.items()):
+        paths = [f for d in days for f in files[(product, d)]]
+        written |= _rebuild(store, product, year, days, paths, currencies[product], now, full_refresh, summary)
+    if full_refresh:
+        _delete_stale(store, written)
+    _save_state(store, sorted(done | set(manifests)))
+
+    summary.quarantined = sum(summary.quarantined_by_rule.values())
+    summary.gaps = summary.incomplete_bars + summary.missing_buckets
+    summary.seconds = round(time.perf_counter() - started, 3)
+    finished = datetime.now(UTC)
+    store.write_json(f"{QUALITY_DIR}/{finished:%Y%m%dT%H%M%S%fZ}.json",
+                     {"run_at": finished.isoformat(), "now": now.isoformat(), **asdict(summary)})
+    log.info("silver: %s", str(summary).replace("\n", " |"))
+    return summary
+
+
+# ---- one (product, year) chunk ---------------------------------------------------------------------------------
+def _rebuild(store: Store, product: str, year: int, days: list[str], paths: list[str], quote: str,
+             now: datetime, full_refresh: bool, summary: SilverSummary) -> set[str]:
+    """Recompute the 5-minute bars, quarantine and daily bars of `days` of one product; returns files written."""
+    candles = read_bronze(store, paths)
+    summary.rows_in += candles.num_rows
+    unique = latest_per_key(candles)
+    summary.duplicates += candles.num_rows - unique.num_rows
+    good, bad = quality.split(unique, now)
+    bad = bad.sort_by([("bucket_start", "ascending"), ("granularity", "ascending")])
+    for rule, n in quality.count_by_rule(bad).items():
+        summary.quarantined_by_rule[rule] += n
+
+    bars_5m = aggregate(good, 300, BAR_5M_GRANULARITIES)
+    bars_1d = aggregate(good, 86_400, BAR_1D_GRANULARITIES)
+    written: set[str] = set()
+    day_numbers = [(date.fromisoformat(d) - date(1970, 1, 1)).days for d in days]
+    written |= _write_by_day(store, BARS_5M_DIR, product, days, day_numbers, _bars_5m_table(bars_5m, quote),
+                             timestamps=bars_5m["bar_start"].to_numpy(), summary=summary)
+    bad_ts = bad["bucket_start"].cast(TS).cast(pa.int64()).to_numpy() if bad.num_rows else np.zeros(0, np.int64)
+    written |= _write_by_day(store, QUARANTINE_DIR, product, days, day_numbers, _quarantine_table(bad),
+                             timestamps=bad_ts)
+    summary.partitions += len(days)
+    summary.bars_1d += bars_1d.num_rows
+    written.add(_write_daily(store, product, year, day_numbers, _bars_1d_table(bars_1d, quote), full_refresh))
+    return written
+
+
+def read_bronze(store: Store, paths: list[str]) -> pa.Table:
+    dataset = ds.dataset([store.path(p) for p in paths], filesystem=store.fs, format="parquet",
+                         partitioning=HIVE, partition_base_dir=store.path(BRONZE_DIR))
+    names = set(dataset.schema.names)
+    table = dataset.to_table(columns=[c for c in BRONZE_COLUMNS if c in names])
+    if "raw" not in names:
+        table = table.append_column("raw", pa.nulls(table.num_rows, pa.string()))
+    if "ingested_at" not in names:
+        table = table.append_column("ingested_at", pa.nulls(table.num_rows, TS))
+    return table.select(BRONZE_COLUMNS).cast(pa.schema([
+        ("product_id", pa.string()), ("bucket_start", TS), ("open", pa.float64()), ("high", pa.float64()),
+        ("low", pa.float64()), ("close", pa.float64()), ("volume", pa.float64()), ("granularity", pa.int64()),
+        ("ingested_at", TS), ("batch_id", pa.string()), ("raw", pa.string()),
+    ])).combine_chunks()  # one chunk: numpy views of the columns are then free
+
+
+def _bars_5m_table(bars: pa.Table, quote: str) -> pa.Table:
+    return _finish(bars, "bucket_start", bars["bar_start"].cast(TS), quote, BARS_5M_SCHEMA)
+
+
+def _bars_1d_table(bars: pa.Table, quote: str) -> pa.Table:
+    days = pa.array(np.floor_divide(bars["bar_start"].to_numpy(), DAY_US).astype(np.int32), pa.int32())
+    return _finish(bars, "price_date", days.cast(pa.date32()), quote, BARS_1D_SCHEMA)
+
+
+def _finish(bars: pa.Table, time_name: str, time_col, quote: str, schema: pa.Schema) -> pa.Table:
+    table = bars.drop_columns(["product_id", "bar_start"]).append_column(time_name, time_col) \
+        .append_column("quote_currency", pa.array([quote] * bars.num_rows, pa.string()))
+    return table.select(schema.names).cast(schema)
+
+
+def _quarantine_table(bad: pa.Table) -> pa.Table:
+    return bad.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
+
+
+def _write_by_day(store: Store, root: str, product: str, days: list[str], day_numbers: list[int],
+                  table: pa.Table, timestamps: np.ndarray, summary: SilverSummary | None = None) -> set[str]:
+    """Write one part-0.parquet per day (rows sorted by time); a day with no rows loses its old file."""
+    row_day = np.floor_divide(timestamps, DAY_US)
+    written = set()
+    for day, number in zip(days, day_numbers, strict=True):
+        lo, hi = np.searchsorted(row_day, [number, number + 1])
+        rel = f"{partition_path(root, product_id=product, date=day)}/{PART}"
+        if hi == lo:
+            store.delete(rel)
+            continue
+        part = table.slice(lo, hi - lo)
+        store.write_parquet(rel, part)
+        written.add(rel)
+        if summary is not None:
+            summary.rows_out += part.num_rows
+            summary.incomplete_bars += int((~part["is_complete"].to_numpy(zero_copy_only=False)).sum())
+            starts = timestamps[lo:hi]
+            summary.missing_buckets += int(((starts[-1] - starts[0]) // (300 * US)) + 1 - len(starts))
+    return written
+
+
+def _write_daily(store: Store, product: str, year: int, day_numbers: list[int], table: pa.Table,
+                 full_refresh: bool) -> str:
+    """Replace the recomputed days inside the product's year file, keeping the other days as they were."""
+    rel = f"{partition_path(BARS_1D_DIR, product_id=product, year=year)}/{PART}"
+    if not full_refresh and store.exists(rel):
+        with store.fs.open_input_file(store.path(rel)) as f:
+            old = pq.ParquetFile(f).read().cast(BARS_1D_SCHEMA)
+        days = old["price_date"].cast(pa.int32()).to_numpy()
+        keep = ~np.isin(days, day_numbers)
+        table = pa.concat_tables([old.filter(pa.array(keep)), table])
+        table = table.take(pc.sort_indices(table, [("price_date", "ascending")]))
+    if table.num_rows == 0:
+        store.delete(rel)
+    else:
+        store.write_parquet(rel, table.replace_schema_metadata(None))
+    return rel
+
+
+def _delete_stale(store: Store, written: set[str]) -> None:
+    for root in (BARS_5M_DIR, BARS_1D_DIR, QUARANTINE_DIR):
+        for rel in store.list_files(root, ".parquet"):
+            if rel not in written:
+                log.info("silver full refresh: removing %s (no bronze behind it any more)", rel)
+                store.delete(rel)
+
+
+# ---- bronze manifests and silver state -------------------------------------------------------------------------
+def _manifests(store: Store) -> dict[str, str]:
+    """batch_id -> manifest path, for every finished bronze batch (hidden folder, so listed directly)."""
+    base = store.path(MANIFEST_DIR)
+    if store.fs.get_file_info(base).type != pafs.FileType.Directory:
+        return {}
+    infos = store.fs.get_file_info(pafs.FileSelector(base))
+    return {posixpath.basename(i.path)[:-5]: f"{MANIFEST_DIR}/{posixpath.basename(i.path)}"
+            for i in infos if i.type == pafs.FileType.File and i.path.endswith(".json")
+            and not posixpath.basename(i.path).startswith((".", "_"))}
+
+
+def _manifest_partitions(store: Store, rel: str) -> set[tuple[str, str]]:
+    try:
+        manifest = store.read_json(rel)
+        found = {m.groups() for f in manifest.get("files", []) if (m := _PARTITION.search(f))}
+        found |= {(p["product_id"], str(p["date"])) for p in manifest.get("partitions", [])}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValidationError(f"{store.path(rel)}: unreadable bronze manifest ({exc}); fix or remove it, then "
+                              f"rerun `python -m etl silver --full-refresh`") from None
+    return found
+
+
+def _group_by_partition(paths: list[str]) -> dict[tuple[str, str], list[str]]:
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for rel in paths:
+        if m := _PARTITION.search(rel):
+            groups[m.groups()].append(rel)
+    return dict(groups)
+
+
+def _load_state(store: Store) -> list[str]:
+    return store.read_json(STATE_FILE)["batches"] if store.exists(STATE_FILE) else []
+
+
+def _save_state(store: Store, batches: list[str]) -> None:
+    store.write_json(STATE_FILE, {"batches": batches})
+
+
+def _quote_currencies(products: set[str], settings: Settings) -> dict[str, str]:
+    master = load_instruments(settings)
+    quotes = dict(zip(master["product_id"], master["quote_currency"], strict=True))
+    unknown = sorted(products - set(quotes))
+    if unknown:
+        raise ValidationError(
+            f"bronze holds product(s) {unknown} that are not in the instrument master "
+            f"{settings.reference_dir / 'instruments.csv'}: add a row (product_id,base_currency,quote_currency,"
+            f"exchange_id,asset_class,display_name) for each, then rerun `python -m etl silver`")
+    return quotes

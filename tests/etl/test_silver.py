@@ -1,0 +1,429 @@
+"""Silver: bars equal brute-force aggregations, late data, reruns, full refresh == incremental, quality, real data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from etl.errors import ValidationError
+from etl.silver import bars as bars_module
+from etl.silver import build, read_bars, read_candles
+from etl.silver.bars import aggregate, latest_per_key
+from etl.silver.quality import split as split_quality
+from etl.silver.stream import stream_bars
+from etl.storage import Store
+
+REAL_FILE = Path(__file__).resolve().parents[3] / "shared/data/coinbase/BTC-USD_300s_2025-07-01_2026-01-22.csv"
+FUTURE = datetime(2030, 1, 1, tzinfo=UTC)  # `now` for builds whose data must not trip not_in_future
+T0 = datetime(2026, 1, 5, tzinfo=UTC)
+
+
+# ---- helpers: bronze written the way etl/bronze.py writes it (columns and paths of CONTRACT.md) ------------------
+def write_batch(data_dir: Path, candles: pd.DataFrame, batch_id: str, ingested_at: datetime) -> list[str]:
+    """One bronze batch: a Parquet file per (product, date) partition, then its manifest."""
+    store = Store.from_uri(str(data_dir))
+    candles = candles.copy()
+    candles["bucket_start"] = pd.to_datetime(candles["bucket_start"], utc=True)
+    if "granularity" not in candles:
+        candles["granularity"] = 60
+    files, partitions = [], []
+    for (product, day), part in candles.groupby(["product_id", candles["bucket_start"].dt.strftime("%Y-%m-%d")]):
+        n = len(part)
+        table = pa.table({
+            "bucket_start": pa.array(part["bucket_start"], pa.timestamp("us", tz="UTC")),
+            **{c: pa.array(part[c].to_numpy(dtype=float)) for c in ("open", "high", "low", "close", "volume")},
+            "granularity": pa.array(part["granularity"].to_numpy(dtype=np.int64)),
+            "raw": pa.array(["[]"] * n), "batch_id": pa.array([batch_id] * n),
+            "ingested_at": pa.array([ingested_at] * n, pa.timestamp("us", tz="UTC")),
+            "source": pa.array(["test"] * n),
+        })
+        rel = f"bronze/candles/product_id={product}/date={day}/{batch_id}.parquet"
+        store.write_parquet(rel, table)
+        files.append(rel)
+        partitions.append({"product_id": product, "date": day, "rows": n})
+    store.write_json(f"bronze/_manifests/{batch_id}.json", {
+        "batch_id": batch_id, "created_at": ingested_at.isoformat(), "files": files, "partitions": partitions})
+    return files
+
+
+def minute_candles(product: str, start: datetime, minutes: int, seed: int = 0, step: int = 60) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 1e-3, minutes)))
+    open_ = np.concatenate([[close[0]], close[:-1]])
+    spread = np.abs(rng.normal(0, 5e-4, minutes)) * close
+    return pd.DataFrame({
+        "product_id": product,
+        "bucket_start": [start + timedelta(seconds=step * i) for i in range(minutes)],
+        "open": open_, "high": np.maximum(open_, close) + spread, "low": np.minimum(open_, close) - spread,
+        "close": close, "volume": rng.uniform(0.1, 5, minutes), "granularity": step,
+    })
+
+
+def silver_files(data_dir: Path) -> dict[str, bytes]:
+    root = data_dir / "silver"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet"))
+            if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)}
+
+
+# ---- the maths: every bar equals a brute-force aggregation of its candles ----------------------------------------
+def brute_force(rows: list[dict], bar_seconds: int, granularities: tuple[int, ...]) -> dict:
+    latest: dict = {}
+    for r in rows:  # dedup: latest ingestion, then greatest batch id
+        key = (r["product_id"], r["granularity"], r["ts"])
+        if key not in latest or (r["ingested"], r["batch"]) > (latest[key]["ingested"], latest[key]["batch"]):
+            latest[key] = r
+    bars = defaultdict(list)
+    for r in latest.values():
+        if r["granularity"] in granularities:
+            bars[(r["product_id"], r["ts"] // bar_seconds * bar_seconds)].append(r)
+    out = {}
+    for key, members in bars.items():
+        finest = min(m["granularity"] for m in members)
+        members = sorted((m for m in members if m["granularity"] == finest), key=lambda m: m["ts"])
+        volume = sum(m["volume"] for m in members)
+        typical = [(m["high"] + m["low"] + m["close"]) / 3 for m in members]
+        vwap = (sum(m["volume"] * t for m, t in zip(members, typical, strict=True)) / volume if volume > 0
+                else sum(typical) / len(typical))
+        out[key] = {"open": members[0]["open"], "high": max(m["high"] for m in members),
+                    "low": min(m["low"] for m in members), "close": members[-1]["close"], "volume": volume,
+                    "vwap": vwap, "n_candles": len(members), "is_complete": len(members) * finest == bar_seconds,
+                    "first": members[0]["ts"], "last": members[-1]["ts"], "granularity": finest}
+    return out
+
+
+candle_rows = st.lists(st.fixed_dictionaries({
+    "product_id": st.sampled_from(["BTC-USD", "ETH-USD"]),
+    "granularity": st.sampled_from([60, 60, 60, 300, 86400]),
+    "slot": st.integers(0, 40),                 # minutes after 23:40, so bars cross midnight
+    "ingested": st.integers(0, 3), "batch": st.sampled_from(["b1", "b2"]),
+    "open": st.floats(1, 1e5), "high": st.floats(1, 1e5), "low": st.floats(1, 1e5), "close": st.floats(1, 1e5),
+    "volume": st.sampled_from([0.0, 0.5, 1.25, 3.0, 1e-8, 250.0]),
+}), min_size=1, max_size=60)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(candle_rows)
+def test_every_bar_equals_brute_force_aggregation(rows):
+    base = int(datetime(2026, 1, 1, 23, 40, tzinfo=UTC).timestamp())
+    for r in rows:  # align each candle to its granularity, as the exchange does
+        r["ts"] = (base + 60 * r["slot"]) // r["granularity"] * r["granularity"]
+    table = pa.table({
+        "product_id": [r["product_id"] for r in rows],
+        "bucket_start": pa.array([r["ts"] * 1_000_000 for r in rows], pa.int64()).cast(pa.timestamp("us", "UTC")),
+        **{m: [float(r[m]) for r in rows] for m in ("open", "high", "low", "close", "volume")},
+        "granularity": pa.array([r["granularity"] for r in rows], pa.int64()),
+        "ingested_at": pa.array([r["ingested"] for r in rows], pa.int64()).cast(pa.timestamp("us", "UTC")),
+        "batch_id": [r["batch"] for r in rows],
+    })
+    unique = latest_per_key(table)
+    for bar_seconds, grans in ((300, (60, 300)), (86400, (60, 300, 900, 3600, 21600, 86400))):
+        expected = brute_force(rows, bar_seconds, grans)
+        got = aggregate(unique, bar_seconds, grans).to_pylist()
+        assert len(got) == len(expected)
+        keys = [(b["product_id"], b["bar_start"] // 1_000_000) for b in got]
+        assert keys == sorted(expected)  # sorted by product, then time
+        for key, bar in zip(keys, got, strict=True):
+            want = expected[key]
+            for m in ("open", "high", "low", "close", "n_candles", "is_complete"):
+                assert bar[m] == want[m], (key, m)
+            assert bar["volume"] == pytest.approx(want["volume"], rel=1e-12)
+            assert bar["vwap"] == pytest.approx(want["vwap"], rel=1e-9)
+            assert bar["source_granularity"] == want["granularity"]
+            assert int(bar["first_candle_at"].timestamp()) == want["first"]
+            assert int(bar["last_candle_at"].timestamp()) == want["last"]
+        # chunked streaming gives the very same bits wherever the chunks end (full refresh == incremental)
+        default = bars_module.CHUNK_ROWS
+        try:
+            for chunk_rows in (1, 3, 7):
+                bars_module.CHUNK_ROWS = chunk_rows
+                assert aggregate(latest_per_key(table), bar_seconds, grans).to_pylist() == got
+        finally:
+            bars_module.CHUNK_ROWS = default
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 400), chunk_rows=st.integers(1, 97), bad_every=st.integers(0, 9),
+       granularity=st.sampled_from([60, 300]), seed=st.integers(0, 2**16))
+def test_streaming_pass_gives_the_bits_of_the_general_path(n, chunk_rows, bad_every, granularity, seed):
+    rng = np.random.default_rng(seed)
+    ts = np.sort(rng.choice(np.arange(2000), size=n, replace=False)) * granularity * 1_000_000
+    products = np.sort(rng.choice(["BTC-USD", "ETH-BTC", "ETH-USD"], size=n))
+    close = rng.uniform(1, 2, n)
+    low = close - rng.uniform(0, 0.5, n)
+    if bad_every:
+        low[::bad_every] = 5.0  # low above open/close: quarantined rows inside the stream
+    table = pa.table({
+        "product_id": products, "bucket_start": pa.array(ts).cast(pa.timestamp("us", "UTC")),
+        "granularity": np.full(n, granularity), "open": close, "high": close + 0.1, "low": low,
+        "close": close, "volume": rng.uniform(0, 3, n),
+        "ingested_at": pa.array(np.zeros(n, np.int64)).cast(pa.timestamp("us", "UTC")), "batch_id": ["b"] * n,
+    })
+    table = table.sort_by([("product_id", "ascending"), ("bucket_start", "ascending")])
+    good, bad = split_quality(latest_per_key(table), FUTURE)
+    streamed = stream_bars(table.to_batches(max_chunksize=chunk_rows), FUTURE)
+    assert streamed is not None
+    assert streamed[0].to_pylist() == aggregate(good, 300, (60, 300)).to_pylist()
+    assert (streamed[1].num_rows if streamed[1] is not None else 0) == bad.num_rows
+    # unclean input is refused, never folded: duplicates, disorder, mixed granularities
+    if n > 1:
+        assert stream_bars(pa.concat_tables([table, table.slice(n - 1)]).to_batches(chunk_rows), FUTURE) is None
+        assert stream_bars(table.take(np.arange(n)[::-1]).to_batches(chunk_rows), FUTURE) is None
+        mixed = table.set_column(2, "granularity", pa.array(np.where(np.arange(n) == n - 1, 86400, granularity)))
+        assert stream_bars(mixed.to_batches(chunk_rows), FUTURE) is None
+
+
+# ---- incremental build --------------------------------------------------------------------------------------------
+def test_build_writes_partitioned_bars_with_contract_columns(data_dir):
+    candles = minute_candles("BTC-USD", T0, 2 * 1440)
+    candles = candles.drop(index=[7, 8]).reset_index(drop=True)  # a gap: bucket 00:05 has 3 of 5 candles
+    write_batch(data_dir, candles, "b1", T0 + timedelta(days=2))
+    summary = build(now=FUTURE)
+
+    assert summary.rows_in == 2 * 1440 - 2 and summary.rows_out == 2 * 288 and summary.partitions == 2
+    assert summary.incomplete_bars == 1 and summary.gaps == 1 and summary.quarantined == 0
+    files = silver_files(data_dir)
+    assert set(files) == {"bars_5m/product_id=BTC-USD/date=2026-01-05/part-0.parquet",
+                          "bars_5m/product_id=BTC-USD/date=2026-01-06/part-0.parquet",
+                          "bars_1d/product_id=BTC-USD/year=2026/part-0.parquet"}
+    bars = read_bars("5m", ["BTC-USD"])
+    assert list(bars.columns[:13]) == ["product_id", "bucket_start", "open", "high", "low", "close", "volume",
+                                       "vwap", "n_candles", "is_complete", "quote_currency", "first_candle_at",
+                                       "last_candle_at"]
+    assert str(bars["bucket_start"].dtype) == "datetime64[us, UTC]"
+    gap = bars.iloc[1]
+    assert gap["n_candles"] == 3 and not gap["is_complete"] and gap["quote_currency"] == "USD"
+    assert gap["first_candle_at"] == pd.Timestamp("2026-01-05 00:05", tz="UTC")
+    assert gap["last_candle_at"] == pd.Timestamp("2026-01-05 00:09", tz="UTC")
+    daily = read_bars("1d")
+    assert list(daily["price_date"]) == [pd.Timestamp("2026-01-05"), pd.Timestamp("2026-01-06")]
+    day1 = candles[candles["bucket_start"] < T0 + timedelta(days=1)]
+    assert daily["open"].iat[0] == day1["open"].iat[0] and daily["close"].iat[0] == day1["close"].iat[-1]
+    assert daily["high"].iat[0] == day1["high"].max() and daily["low"].iat[0] == day1["low"].min()
+    assert daily["volume"].iat[0] == pytest.approx(day1["volume"].sum(), rel=1e-12)
+    assert list(daily["n_candles"]) == [1438, 1440] and list(daily["is_complete"]) == [False, True]
+    run_log = list((data_dir / "silver/_quality").glob("*.json"))
+    assert len(run_log) == 1 and json.loads(run_log[0].read_text())["rows_out"] == 576
+
+
+def test_late_correction_changes_exactly_its_bar(data_dir):
+    write_batch(data_dir, minute_candles("BTC-USD", T0, 2 * 1440), "b1", T0 + timedelta(days=2))
+    build(now=FUTURE)
+    before_files, before_5m, before_1d = silver_files(data_dir), read_bars("5m"), read_bars("1d")
+
+    corrected = minute_candles("BTC-USD", T0, 2 * 1440).iloc[[1440 + 603]]  # day 2, 10:03
+    corrected = corrected.assign(close=corrected["close"] * 1.01, high=corrected["high"] * 1.02, volume=9.0)
+    write_batch(data_dir, corrected, "b2", T0 + timedelta(days=3))
+    summary = build(now=FUTURE)
+
+    assert summary.batches == 1 and summary.partitions == 1 and summary.rows_in == 1441 and summary.duplicates == 1
+    after_files, after_5m, after_1d = silver_files(data_dir), read_bars("5m"), read_bars("1d")
+    changed = {f for f in after_files if after_files[f] != before_files.get(f)}
+    assert changed == {"bars_5m/product_id=BTC-USD/date=2026-01-06/part-0.parquet",
+                       "bars_1d/product_id=BTC-USD/year=2026/part-0.parquet"}
+    diff = (after_5m.drop(columns="vwap") != before_5m.drop(columns="vwap")).any(axis=1)
+    assert list(after_5m.loc[diff, "bucket_start"]) == [pd.Timestamp("2026-01-06 10:00", tz="UTC")]
+    bar = after_5m.loc[diff].iloc[0]
+    assert bar["high"] == corrected["high"].iat[0] and bar["n_candles"] == 5
+    assert (after_1d["price_date"] != before_1d["price_date"]).sum() == 0
+    assert after_1d["volume"].iat[0] == before_1d["volume"].iat[0]          # the other day untouched
+    assert after_1d["volume"].iat[1] > before_1d["volume"].iat[1]
+
+
+def test_rerun_is_idempotent(data_dir):
+    write_batch(data_dir, minute_candles("ETH-USD", T0, 600), "b1", T0 + timedelta(days=1))
+    build(now=FUTURE)
+    first = silver_files(data_dir)
+    again = build(now=FUTURE)
+    assert again.batches == 0 and again.partitions == 0 and again.rows_in == 0
+    assert silver_files(data_dir) == first
+    refresh = build(full_refresh=True, now=FUTURE)
+    assert refresh.partitions == 1 and refresh.rows_out == 120
+    assert silver_files(data_dir) == first
+    assert len(read_bars("5m")) == 120  # no duplicates after three runs
+
+
+def test_full_refresh_gives_the_same_bytes_as_incremental(tmp_path, monkeypatch):
+    incremental, full = tmp_path / "inc", tmp_path / "full"
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(incremental))
+    batches = [
+        (pd.concat([minute_candles("BTC-USD", T0, 1500), minute_candles("ETH-BTC", T0, 300, seed=1)]), "b1"),
+        (minute_candles("BTC-USD", T0 + timedelta(minutes=1490), 400, seed=2), "b2"),  # overlap: revisions
+        (minute_candles("BTC-USD", T0 - timedelta(days=40), 3, seed=3, step=86400), "b3"),  # daily history
+        (minute_candles("ETH-BTC", T0 + timedelta(minutes=5), 3, seed=4).assign(low=-1.0), "b4"),  # quarantined
+    ]
+    for i, (candles, batch) in enumerate(batches):
+        write_batch(incremental, candles, batch, T0 + timedelta(days=2, hours=i))
+        build(now=FUTURE)
+    shutil.copytree(incremental / "bronze", full / "bronze")
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(full))
+    summary = build(full_refresh=True, now=FUTURE)
+
+    assert summary.quarantined_by_rule["price_positive"] == 3
+    inc_files, full_files = silver_files(incremental), silver_files(full)
+    assert sorted(inc_files) == [
+        "bars_1d/product_id=BTC-USD/year=2025/part-0.parquet", "bars_1d/product_id=BTC-USD/year=2026/part-0.parquet",
+        "bars_1d/product_id=ETH-BTC/year=2026/part-0.parquet",
+        "bars_5m/product_id=BTC-USD/date=2026-01-05/part-0.parquet",
+        "bars_5m/product_id=BTC-USD/date=2026-01-06/part-0.parquet",
+        "bars_5m/product_id=ETH-BTC/date=2026-01-05/part-0.parquet",
+        "quarantine/product_id=ETH-BTC/date=2026-01-05/part-0.parquet",
+    ]
+    assert inc_files.keys() == full_files.keys()
+    assert all(inc_files[f] == full_files[f] for f in inc_files)
+
+
+def test_quality_rules_quarantine_with_their_names(data_dir):
+    candles = minute_candles("BTC-USD", T0, 10)
+    broken = {0: ("price_positive", {"open": -1.0}), 1: ("low_le_open", {"low": 1e9, "high": 2e9}),
+              2: ("low_le_close", {"close": 1.0, "open": 1e9, "high": 2e9}),
+              3: ("high_ge_open", {"open": 1e9}), 4: ("high_ge_close", {"close": 1e9}),
+              5: ("volume_non_negative", {"volume": -3.0}), 6: ("finite_values", {"close": np.nan})}
+    for i, (_, values) in broken.items():
+        for col, v in values.items():
+            candles.loc[i, col] = v
+    future = minute_candles("BTC-USD", T0 + timedelta(hours=2), 1).assign(bucket_start=[T0 + timedelta(hours=2)])
+    write_batch(data_dir, pd.concat([candles, future]), "b1", T0)
+    summary = build(now=T0 + timedelta(hours=1))
+
+    expected = {rule: 1 for rule, _ in broken.values()} | {"not_in_future": 1}
+    assert {r: n for r, n in summary.quarantined_by_rule.items() if n} == expected
+    quarantine = pq.read_table(data_dir / "silver/quarantine/product_id=BTC-USD/date=2026-01-05/part-0.parquet")
+    assert quarantine.column("rule").to_pylist() == [broken[i][0] for i in range(7)] + ["not_in_future"]
+    assert quarantine.column("batch_id").to_pylist() == ["b1"] * 8
+    assert "low_le_close" in quarantine.column("failed_rules")[2].as_py()
+    bars = read_bars("5m")  # bucket 00:00 lost all five candles (absent), bucket 00:05 kept three
+    assert list(bars["bucket_start"]) == [pd.Timestamp(T0 + timedelta(minutes=5))]
+    assert list(bars["n_candles"]) == [3] and not bars["is_complete"].iat[0]
+    clean = read_candles(now=T0 + timedelta(hours=1))
+    assert len(clean) == 3 and not clean["close"].isna().any()
+
+
+def test_unknown_product_names_the_product_and_the_master_file(data_dir):
+    write_batch(data_dir, minute_candles("FOO-USD", T0, 5), "b1", T0)
+    with pytest.raises(ValidationError, match=r"FOO-USD.*instruments\.csv"):
+        build(now=FUTURE)
+
+
+def test_read_candles_deduplicates_and_filters(data_dir):
+    candles = minute_candles("BTC-USD", T0, 20)
+    write_batch(data_dir, candles, "b1", T0)
+    write_batch(data_dir, candles.iloc[[4]].assign(close=123.0, high=999.0), "b2", T0 + timedelta(minutes=5))
+    got = read_candles(["BTC-USD"], start=T0 + timedelta(minutes=2), end=T0 + timedelta(minutes=6))
+    assert list(got.columns) == ["product_id", "bucket_start", "open", "high", "low", "close", "volume"]
+    assert len(got) == 5 and got["close"].iat[2] == 123.0
+    assert read_candles(["ETH-USD"]).empty
+    assert read_bars("5m", ["BTC-USD"]).empty  # nothing built yet
+
+
+# ---- the real-data check --------------------------------------------------------------------------------------------
+def test_real_btc_5m_candles_give_the_daily_bars_of_an_independent_aggregation(data_dir):
+    raw = pd.read_csv(REAL_FILE)
+    candles = raw.assign(product_id="BTC-USD", bucket_start=pd.to_datetime(raw["timestamp"], utc=True),
+                         granularity=300)
+    write_batch(data_dir, candles, "real", datetime(2026, 1, 23, tzinfo=UTC))
+    summary = build(now=datetime(2026, 1, 23, tzinfo=UTC))
+    assert summary.quarantined == 0 and summary.rows_in == len(raw)
+
+    expected = duckdb.sql(f"""
+        select cast(timestamp as date) as day, first(open order by timestamp) as open, max(high) as high,
+               min(low) as low, last(close order by timestamp) as close, sum(volume) as volume,
+               sum(volume * (high + low + close) / 3) / sum(volume) as vwap, count(*) as n
+        from read_csv('{REAL_FILE}', timestampformat='%Y-%m-%d %H:%M:%S') group by all order by day
+    """).df()
+    daily = read_bars("1d", ["BTC-USD"])
+    assert len(daily) == len(expected) == 206
+    assert list(daily["price_date"].dt.date) == list(pd.to_datetime(expected["day"]).dt.date)
+    for col in ("open", "high", "low", "close"):
+        np.testing.assert_array_equal(daily[col].to_numpy(), expected[col].to_numpy())
+    np.testing.assert_allclose(daily["volume"], expected["volume"], rtol=1e-12)
+    np.testing.assert_allclose(daily["vwap"], expected["vwap"], rtol=1e-12)
+    np.testing.assert_array_equal(daily["n_candles"], expected["n"])
+    assert (daily["source_granularity"] == 300).all()
+    gap_day = daily.set_index(daily["price_date"].dt.date).loc[date(2025, 10, 25)]
+    assert gap_day["n_candles"] == 288 - 70 and not gap_day["is_complete"]
+    assert daily["is_complete"].sum() == (expected["n"] == 288).sum()
+
+    bars = read_bars("5m", start=date(2025, 7, 1), end=date(2025, 7, 1))  # 300s candles pass through as bars
+    assert len(bars) == 288 and bars["is_complete"].all() and (bars["n_candles"] == 1).all()
+    np.testing.assert_array_equal(bars["close"].to_numpy(), raw["close"].to_numpy()[:288])
+
+
+# ---- end to end through the real simulator (HTTP) and the real bronze module ------------------------------------------
+def test_5m_bars_from_ingested_1m_candles_equal_the_exchange_own_5m_candles(data_dir, simulator):
+    from etl.bronze import ingest
+    from etl.simulator import candles as model_candles
+
+    start, end = datetime(2026, 1, 5, 22, tzinfo=UTC), datetime(2026, 1, 6, 2, tzinfo=UTC)  # crosses midnight
+    ingest(products=["ETH-USD"], start=start, end=end, granularity=60, source="simulator")
+    summary = build(now=FUTURE)
+    assert summary.batches == 1 and summary.partitions == 2 and summary.quarantined == 0
+
+    own = model_candles(simulator.config.seed, "ETH-USD", int(start.timestamp()), int(end.timestamp()), 300)
+    bars = read_bars("5m", ["ETH-USD"])
+    assert len(bars) == len(own) == 48
+    np.testing.assert_array_equal(bars["bucket_start"].astype("int64") // 10**6, own["time"].to_numpy())
+    for col in ("open", "high", "low", "close"):
+        np.testing.assert_array_equal(bars[col].to_numpy(), own[col].to_numpy())
+    np.testing.assert_allclose(bars["volume"].to_numpy(), own["volume"].to_numpy(), rtol=1e-9)
+
+
+def test_real_file_replayed_through_bronze_gives_the_same_daily_bars(data_dir, make_simulator, monkeypatch, tmp_path):
+    from etl.bronze import ingest
+
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    shutil.copy(REAL_FILE, replay / REAL_FILE.name)
+    sim = make_simulator(replay_dir=str(replay), rate_limit_rps=0, burst=1000)
+    monkeypatch.setenv("COINBASE_API_URL", sim.url)
+    ingest(products=["BTC-USD"], start=datetime(2025, 12, 1, tzinfo=UTC), end=datetime(2026, 1, 1, tzinfo=UTC),
+           granularity=300, source="simulator")
+    build(now=FUTURE)
+
+    raw = pd.read_csv(REAL_FILE, parse_dates=["timestamp"])
+    december = raw[(raw["timestamp"] >= "2025-12-01") & (raw["timestamp"] < "2026-01-01")]
+    expected = december.groupby(december["timestamp"].dt.date).agg(
+        open=("open", "first"), high=("high", "max"), low=("low", "min"), close=("close", "last"),
+        volume=("volume", "sum"), n=("open", "size"))
+    daily = read_bars("1d", ["BTC-USD"])
+    assert list(daily["price_date"].dt.date) == list(expected.index)
+    for col in ("open", "high", "low", "close"):
+        np.testing.assert_array_equal(daily[col].to_numpy(), expected[col].to_numpy())
+    np.testing.assert_allclose(daily["volume"].to_numpy(), expected["volume"].to_numpy(), rtol=1e-12)
+    np.testing.assert_array_equal(daily["n_candles"].to_numpy(), expected["n"].to_numpy())
+
+
+def test_simulator_late_corrections_change_exactly_the_revised_bars(data_dir, make_simulator, monkeypatch):
+    from etl.bronze import ingest
+
+    now = datetime(2026, 1, 7, 12, 0, tzinfo=UTC)
+    sim = make_simulator(rate_limit_rps=0, burst=1000, late_corrections=True, now=lambda: now.timestamp())
+    monkeypatch.setenv("COINBASE_API_URL", sim.url)
+    ingest(products=["SOL-USD"], start=now - timedelta(hours=1), end=now, granularity=60, source="simulator", now=now)
+    build(now=now)
+    before = read_bars("5m", ["SOL-USD"])
+    ingest(products=["SOL-USD"], start=now - timedelta(minutes=15), end=now, granularity=60, source="simulator",
+           now=now)  # the overlap re-fetch: the last 10 minutes come back revised
+    summary = build(now=now)
+    after = read_bars("5m", ["SOL-USD"])
+
+    assert sim.stats["late_corrected"] > 0 and summary.duplicates == 15
+    changed = after.loc[(after["close"] != before["close"]) | (after["volume"] != before["volume"]), "bucket_start"]
+    assert list(changed) == [pd.Timestamp("2026-01-07 11:50", tz="UTC"), pd.Timestamp("2026-01-07 11:55", tz="UTC")]
+    candles = read_candles(["SOL-USD"], now=now)  # the latest version of every candle
+    expected = candles.groupby(candles["bucket_start"].dt.floor("5min")).agg(
+        close=("close", "last"), volume=("volume", "sum"), high=("high", "max"))
+    np.testing.assert_array_equal(after["close"].to_numpy(), expected["close"].to_numpy())
+    np.testing.assert_array_equal(after["high"].to_numpy(), expected["high"].to_numpy())
+    np.testing.assert_allclose(after["volume"].to_numpy(), expected["volume"].to_numpy(), rtol=1e-12)
