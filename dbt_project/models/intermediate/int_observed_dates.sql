@@ -1,0 +1,102 @@
+-- Every UTC day that appears in the market data or the risk outputs (input of the dim_date spine).
+with bars_1d as (
+
+    select * from {{ ref('stg_silver__bars_1d') }}
+
+),
+
+bars_5m as (
+
+    select * from {{ ref('stg_silver__bars_5m') }}
+
+),
+
+positions_valued as (
+
+    select * from {{ ref('stg_risk__positions_valued') }}
+
+),
+
+portfolio_valuation as (
+
+    select * from {{ ref('stg_risk__portfolio_valuation') }}
+
+),
+
+pnl_daily as (
+
+    select * from {{ ref('stg_risk__pnl_daily') }}
+
+),
+
+risk_metrics as (
+
+    select * from {{ ref('stg_risk__risk_metrics') }}
+
+),
+
+asset_risk as (
+
+    select * from {{ ref('stg_risk__asset_risk') }}
+
+),
+
+var_backtest as (
+
+    select * from {{ ref('stg_risk__var_backtest') }}
+
+),
+
+limit_breaches as (
+
+    select * from {{ ref('stg_risk__limit_breaches') }}
+
+),
+
+var_backtest_summary as (
+
+    select * from {{ ref('stg_risk__var_backtest_summary') }}
+
+),
+
+correlations as (
+
+    select * from {{ ref('stg_risk__correlations') }}
+
+),
+
+unioned as (
+
+    select price_date as observed_date from bars_1d
+    union
+    select cast(bucket_start at time zone 'UTC' as date) from bars_5m
+    union
+    select as_of_date from positions_valued
+    union
+    select as_of_date from portfolio_valuation
+    union
+    select as_of_date from pnl_daily
+    union
+    select as_of_date from risk_metrics
+    union
+    select as_of_date from asset_risk
+    union
+    select as_of_date from var_backtest
+    union
+    select as_of_date from limit_breaches
+    union
+    select as_of_date from var_backtest_summary
+    union
+    select as_of_date from correlations
+
+),
+
+final as (
+
+    select observed_date
+    from unioned
+    where observed_date is not null
+
+)
+
+select * from final

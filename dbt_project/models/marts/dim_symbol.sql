@@ -1,0 +1,21 @@
+-- One row per product (the instrument master).
+with instruments as (
+
+    select * from {{ ref('stg_reference__instruments') }}
+
+),
+
+final as (
+
+    select
+        product_id,
+        base_currency,
+        quote_currency,
+        exchange_id,
+        asset_class,
+        coalesce(display_name, product_id) as display_name
+    from instruments
+
+)
+
+select * from final

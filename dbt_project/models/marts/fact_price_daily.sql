@@ -1,0 +1,36 @@
+-- One row per product per UTC day, with the close-to-close return versus the product's previous daily bar.
+with bars_1d as (
+
+    select * from {{ ref('stg_silver__bars_1d') }}
+
+),
+
+with_returns as (
+
+    select
+        *,
+        lag(close) over (partition by product_id order by price_date) as previous_close
+    from bars_1d
+
+),
+
+final as (
+
+    select
+        product_id,
+        price_date,
+        open,
+        high,
+        low,
+        close,
+        volume,
+        vwap,
+        n_candles,
+        is_complete,
+        quote_currency,
+        close / nullif(previous_close, 0) - 1 as daily_return
+    from with_returns
+
+)
+
+select * from final

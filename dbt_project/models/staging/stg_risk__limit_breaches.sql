@@ -1,0 +1,22 @@
+with source as (
+
+    select * from {{ source('risk', 'limit_breaches') }}
+
+),
+
+renamed as (
+
+    select
+        portfolio_id,
+        as_of_date,
+        limit_type,
+        metric,
+        value,
+        limit_value,
+        base_currency,
+        loaded_at
+    from source
+
+)
+
+select * from renamed

@@ -1,0 +1,24 @@
+with source as (
+
+    select * from {{ source('risk', 'var_backtest') }}
+
+),
+
+renamed as (
+
+    select
+        portfolio_id,
+        as_of_date,
+        method,
+        confidence,
+        var_forecast,
+        realized_pnl,
+        is_exception,
+        forecast_date,
+        base_currency,
+        loaded_at
+    from source
+
+)
+
+select * from renamed

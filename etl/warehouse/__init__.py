@@ -1,0 +1,71 @@
+"""The gold warehouse: COPY-upsert loads into Postgres `raw`, then dbt builds `staging` views and `gold` marts.
+
+Public API (see docs/warehouse.md):
+    load(settings=None, run_dbt=True) -> LoadSummary    # setup, load new raw data in one transaction, dbt build
+    setup(settings=None)                                 # schemas raw/staging/gold, roles, grants, raw tables
+    run_dbt(command="build", settings=None, select=None) # the dbt CLI on dbt_project/
+    reporting_url(settings=None) -> str                  # libpq URL logging in as the read-only `reporting` role
+    docs(settings=None, serve=False, port=8081) -> Path  # dbt docs generate --static [+ serve]
+    copy_upsert(conn, table, df, key) -> int             # the COPY-based upsert primitive
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote, urlparse
+
+from etl import db
+from etl.settings import Settings, get_settings
+from etl.storage import get_store
+from etl.warehouse import roles
+from etl.warehouse.dbt import docs, run_dbt
+from etl.warehouse.loader import LoadSummary, WarehouseError, copy_upsert, load_raw
+from etl.warehouse.schema import raw_ddl
+
+__all__ = ["LoadSummary", "WarehouseError", "copy_upsert", "docs", "load", "reporting_url", "run_dbt", "setup"]
+
+log = logging.getLogger(__name__)
+
+
+def _reporting_password(settings: Settings) -> str | None:
+    # PIPELINE_REPORTING_PASSWORD -> Settings.reporting_password (requested from the lead); None = no password
+    return getattr(settings, "reporting_password", None)
+
+
+def setup(settings: Settings | None = None) -> None:
+    """Create schemas, roles, grants and the raw tables; safe to run any number of times."""
+    settings = settings or get_settings()
+    with db.connect(settings) as conn:
+        with conn.cursor() as cur:
+            cur.execute("select pg_advisory_xact_lock(hashtext('etl.warehouse.setup'))")
+        present = roles.ensure_roles(conn, _reporting_password(settings))
+        with conn.cursor() as cur:
+            for stmt in raw_ddl():
+                cur.execute(stmt)
+        roles.grant(conn, present)  # after the DDL: grants cover the raw tables just created
+
+
+def load(settings: Settings | None = None, run_dbt: bool = True) -> LoadSummary:
+    """Load new silver/outputs/reference/run-log data into `raw` (one transaction), then `dbt build`."""
+    settings = settings or get_settings()
+    setup(settings)
+    with db.connect(settings) as conn:
+        summary = load_raw(conn, get_store(settings), settings)
+    log.info("%s", summary)
+    if run_dbt:
+        _run_dbt("build", settings)
+        summary.dbt = "build ok"
+    return summary
+
+
+_run_dbt = run_dbt  # `load`'s parameter shadows the function name inside it
+
+
+def reporting_url(settings: Settings | None = None) -> str:
+    """The warehouse URL with the `reporting` role as user (its password from the settings, if any)."""
+    settings = settings or get_settings()
+    u = urlparse(db.database_url(settings))
+    password = _reporting_password(settings)
+    user = roles.READER + (f":{quote(password, safe='')}" if password else "")
+    host = u.netloc.rsplit("@", 1)[-1]
+    return u._replace(netloc=f"{user}@{host}").geturl()

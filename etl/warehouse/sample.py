@@ -1,0 +1,235 @@
+"""A small, internally consistent data set in the storage layout, for the warehouse tests and benchmark.
+
+Writes silver bars (5-minute and daily), every risk/factor output table with its contract columns (plus the
+extras the risk engine writes), a run log, and reference CSVs (portfolios, positions, instruments, exchanges).
+The numbers obey the rules the gold tests check (OHLC consistency, exposures = sum of position values,
+VaR 99 >= VaR 95, ES >= VaR), so `dbt build` passes on it unless a test breaks them on purpose.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from etl import runlog
+from etl.settings import PROJECT_ROOT, Settings
+from etl.storage import get_store, partition_path
+
+PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
+START_PRICES = {"BTC-USD": 90_000.0, "ETH-USD": 3_000.0, "SOL-USD": 150.0}
+PORTFOLIOS = pd.DataFrame({
+    "portfolio_id": ["P001", "P002"], "name": ["BTC Core", "Long/short majors"], "base_currency": ["USD", "USD"],
+    "var_limit": [5_000.0, 1_000.0], "concentration_limit": [0.9, 0.5], "drawdown_limit": [0.5, 0.5],
+})
+POSITIONS = pd.DataFrame({  # snapshot dated before the sample window: held throughout
+    "portfolio_id": ["P001", "P002", "P002", "P002"], "product_id": ["BTC-USD", "BTC-USD", "ETH-USD", "SOL-USD"],
+    "as_of_date": ["2025-12-01"] * 4, "quantity": [1.5, 0.5, -10.0, 100.0],
+    "avg_cost": [80_000.0, 85_000.0, 3_200.0, 140.0],
+})
+METHODS = ("hist", "param", "mc")
+
+
+def write_reference(folder: Path) -> Path:
+    """Reference CSVs for the sample: the project's instruments/exchanges plus the sample portfolios."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("instruments.csv", "exchanges.csv"):
+        shutil.copy(PROJECT_ROOT / "etl" / "reference_data" / name, folder / name)
+    PORTFOLIOS.to_csv(folder / "portfolios.csv", index=False)
+    POSITIONS.to_csv(folder / "positions.csv", index=False)
+    return folder
+
+
+def bars_5m(first_day: date, days: int, products=PRODUCTS, seed: int = 1) -> pd.DataFrame:
+    """Random-walk 5-minute OHLCV bars (UTC), consistent: low <= open, close <= high."""
+    rng = np.random.default_rng(seed)
+    n = days * 288
+    start = pd.Timestamp(first_day, tz="UTC")
+    buckets = pd.date_range(start, periods=n, freq="5min")
+    frames = []
+    for product in products:
+        close = START_PRICES.get(product, 100.0) * np.exp(np.cumsum(rng.normal(0, 0.002, n)))
+        open_ = np.r_[close[0], close[:-1]]
+        spread = np.abs(rng.normal(0, 0.001, n))
+        high = np.maximum(open_, close) * (1 + spread)
+        low = np.minimum(open_, close) * (1 - spread)
+        volume = rng.uniform(1, 50, n)
+        frames.append(pd.DataFrame({
+            "product_id": product, "bucket_start": buckets, "open": open_, "high": high, "low": low, "close": close,
+            "volume": volume, "vwap": (open_ + close + high + low) / 4, "n_candles": np.int64(5), "is_complete": True,
+            "quote_currency": "USD", "first_candle_at": buckets, "last_candle_at": buckets + pd.Timedelta("4min"),
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def daily_from_5m(b5: pd.DataFrame) -> pd.DataFrame:
+    day = b5["bucket_start"].dt.tz_convert("UTC").dt.tz_localize(None).dt.normalize()
+    g = b5.assign(price_date=day, pv=b5["vwap"] * b5["volume"]).groupby(["product_id", "price_date"], sort=True)
+    out = g.agg(open=("open", "first"), high=("high", "max"), low=("low", "min"), close=("close", "last"),
+                volume=("volume", "sum"), pv=("pv", "sum"), n_candles=("n_candles", "sum")).reset_index()
+    out["vwap"] = out.pop("pv") / out["volume"]
+    out["is_complete"] = True
+    out["quote_currency"] = "USD"
+    return out
+
+
+def risk_outputs(daily: pd.DataFrame, b5: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Risk output tables for every day of `daily`, consistent with POSITIONS valued at the daily closes."""
+    pos = POSITIONS.drop(columns="as_of_date").merge(daily[["product_id", "price_date", "close"]], on="product_id")
+    pos = pos.rename(columns={"price_date": "day"}).sort_values(["portfolio_id", "day", "product_id"])
+    pos["market_value"] = pos["quantity"] * pos["close"]
+    pos["unrealized_pnl"] = pos["quantity"] * (pos["close"] - pos["avg_cost"])
+    gross = pos.assign(a=pos["market_value"].abs()).groupby(["portfolio_id", "day"])["a"].transform("sum")
+    pos["weight"] = pos["market_value"] / gross
+    pos["fx_rate"], pos["base_currency"] = 1.0, "USD"
+    positions = pos.rename(columns={"day": "as_of_date"})[
+        ["portfolio_id", "product_id", "as_of_date", "quantity", "avg_cost", "close", "market_value",
+         "unrealized_pnl", "weight", "fx_rate", "base_currency"]]
+
+    mv = pos["market_value"]
+    val = pos.assign(gross=mv.abs(), long=mv.clip(lower=0), short=(-mv).clip(lower=0)).groupby(
+        ["portfolio_id", "day"]).agg(market_value=("market_value", "sum"), unrealized_pnl=("unrealized_pnl", "sum"),
+                                     gross_exposure=("gross", "sum"), long_exposure=("long", "sum"),
+                                     short_exposure=("short", "sum"), largest=("gross", "max")).reset_index()
+    val["net_exposure"] = val["market_value"]
+    val["concentration_pct"] = val.pop("largest") / val["gross_exposure"]
+    val["base_currency"] = "USD"
+    valuation = val.rename(columns={"day": "as_of_date"})
+
+    # PnL of day t: holdings revalued from the previous close (quantities are constant here)
+    prev = pos.groupby(["portfolio_id", "product_id"])["close"].shift()
+    pnl = pos.assign(p=pos["quantity"] * (pos["close"] - prev)).groupby(["portfolio_id", "day"])["p"].sum(
+        min_count=1).reset_index(name="daily_pnl")
+    month = pnl["day"].dt.to_period("M")
+    pnl["mtd_pnl"] = pnl.assign(m=month, z=pnl["daily_pnl"].fillna(0)).groupby(["portfolio_id", "m"])["z"].cumsum()
+    pnl["base_currency"] = "USD"
+    pnl_daily = pnl.rename(columns={"day": "as_of_date"})
+
+    risk = valuation[["portfolio_id", "as_of_date", "gross_exposure", "base_currency"]].copy()
+    g = risk["gross_exposure"].to_numpy()
+    for i, method in enumerate(METHODS):
+        bump = 1 + 0.05 * i
+        risk[f"var_95_{method}"], risk[f"var_99_{method}"] = 0.030 * g * bump, 0.045 * g * bump
+        risk[f"es_95_{method}"], risk[f"es_99_{method}"] = 0.040 * g * bump, 0.055 * g * bump
+    risk["vol_20d"], risk["vol_30d"], risk["vol_ewma"] = 0.55, 0.6, 0.5
+    risk["max_drawdown"], risk["lookback_days"] = -0.12, 250
+    risk["mc_scenarios"], risk["mc_distribution"] = 10_000, "t"
+
+    asset = daily[["product_id", "price_date", "close"]].rename(columns={"price_date": "as_of_date"})
+    asset["daily_return"] = asset.groupby("product_id")["close"].pct_change()
+    asset["vol_20d"], asset["vol_30d"], asset["vol_ewma"] = 0.7, 0.72, 0.65
+    asset["max_drawdown"], asset["worst_daily_return"], asset["lookback_days"] = -0.2, -0.08, 250
+    asset["quote_currency"] = "USD"
+
+    rets = b5.assign(r=b5.groupby("product_id")["close"].pct_change()).dropna(subset=["r"])
+    top = rets.assign(size=rets["r"].abs()).sort_values("size").groupby("product_id").tail(2)  # 2 largest moves
+    anomalies = pd.DataFrame({
+        "product_id": top["product_id"], "bucket_start": top["bucket_start"],
+        "as_of_date": top["bucket_start"].dt.tz_convert("UTC").dt.tz_localize(None).dt.normalize(),
+        "return_value": top["r"], "robust_z": np.sign(top["r"]) * 4.2, "scale_method": "mad",
+        "close": top["close"], "threshold": 3.5,
+    })
+
+    bt = []
+    for method in METHODS:
+        for conf, col in ((0.95, f"var_95_{method}"), (0.99, f"var_99_{method}")):
+            fc = risk[["portfolio_id", "as_of_date", col]].rename(columns={col: "var_forecast"})
+            fc = fc.merge(pnl_daily[["portfolio_id", "as_of_date", "daily_pnl"]], on=["portfolio_id", "as_of_date"])
+            fc = fc.dropna(subset=["daily_pnl"]).rename(columns={"daily_pnl": "realized_pnl"})
+            fc["method"], fc["confidence"] = method, conf
+            fc["is_exception"] = fc["realized_pnl"] < -fc["var_forecast"]
+            fc["forecast_date"] = fc["as_of_date"] - pd.Timedelta(days=1)
+            fc["base_currency"] = "USD"
+            bt.append(fc)
+    var_backtest = pd.concat(bt, ignore_index=True)
+
+    conc = valuation.merge(PORTFOLIOS, on="portfolio_id")
+    conc = conc[conc["concentration_pct"] > conc["concentration_limit"]]
+    limit_breaches = pd.DataFrame({
+        "portfolio_id": conc["portfolio_id"], "as_of_date": conc["as_of_date"], "limit_type": "concentration",
+        "metric": "concentration_pct", "value": conc["concentration_pct"], "limit_value": conc["concentration_limit"],
+        "base_currency": "USD",
+    })
+    summaries = []  # one per daily run: the backtest window up to that day
+    for day in sorted(var_backtest["as_of_date"].unique()):
+        grouped = var_backtest[var_backtest["as_of_date"] <= day].groupby(["portfolio_id", "method", "confidence"])
+        summaries.append(grouped.agg(n_days=("is_exception", "size"), exceptions=("is_exception", "sum"),
+                                     window_start=("as_of_date", "min"), window_end=("as_of_date", "max"))
+                         .reset_index().assign(as_of_date=day))
+    summary = pd.concat(summaries, ignore_index=True)
+    summary["expected_exceptions"] = summary["n_days"] * (1 - summary["confidence"])
+    summary["kupiec_p"], summary["cc_p"] = 0.5, 0.4
+    summary["traffic_light"] = np.where(summary["exceptions"] > 1, "yellow", "green")
+
+    wide = daily.pivot(index="price_date", columns="product_id", values="close").pct_change()
+    corr = wide.corr()
+    pairs = [(a, b) for a in corr.index for b in corr.columns if a < b]
+    correlations = pd.DataFrame({"product_id_a": [a for a, _ in pairs], "product_id_b": [b for _, b in pairs],
+                                 "as_of_date": wide.index[-1], "correlation": [corr.at[a, b] for a, b in pairs],
+                                 "n_obs": len(wide) - 1, "return_currency": "USD"})
+    return {"positions_valued": positions, "portfolio_valuation": valuation, "pnl_daily": pnl_daily,
+            "risk_metrics": risk, "asset_risk": asset, "anomalies": anomalies, "var_backtest": var_backtest,
+            "limit_breaches": limit_breaches, "var_backtest_summary": summary, "correlations": correlations}
+
+
+def factor_outputs(b5: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    wide = b5.pivot(index="bucket_start", columns="product_id", values="close").pct_change().iloc[1:]
+    market = wide.mean(axis=1)
+    factor_returns = pd.concat([
+        pd.DataFrame({"factor_name": "market", "bucket_start": wide.index, "factor_return": market.to_numpy()}),
+        pd.DataFrame({"factor_name": "btc_spread", "bucket_start": wide.index,
+                      "factor_return": (wide["BTC-USD"] - market).to_numpy()}),
+    ], ignore_index=True)
+    last = wide.groupby(wide.index.normalize()).tail(1).index   # the day's last timestamp
+    rows = []
+    for factor in ("market", "btc_spread"):
+        for product in wide.columns:
+            rows.append(pd.DataFrame({"product_id": product, "factor_name": factor, "bucket_start": last,
+                                      "beta": 1.0 if factor == "market" else 0.1, "r_squared": 0.6,
+                                      "r_squared_adj": 0.59, "n_obs": np.int64(287)}))
+    days = sorted(set(wide.index.normalize().date))
+    membership = pd.DataFrame([(d, "market", p, 1 / len(wide.columns)) for d in days for p in wide.columns],
+                              columns=["date", "factor_name", "product_id", "weight"])
+    return {"factor_returns": factor_returns, "factor_exposures": pd.concat(rows, ignore_index=True),
+            "factor_membership": membership}
+
+
+def write_sample(settings: Settings, first_day: date = date(2026, 1, 1), days: int = 4) -> dict[str, int]:
+    """Write the whole sample under the settings' data dir; returns rows written per table."""
+    store = get_store(settings)
+    b5 = bars_5m(first_day, days)
+    daily = daily_from_5m(b5)
+    counts: dict[str, int] = {"bars_5m": len(b5), "bars_1d": len(daily)}
+    b5_day = b5["bucket_start"].dt.strftime("%Y-%m-%d")
+    for (product, day), part in b5.groupby(["product_id", b5_day]):
+        rel = partition_path("silver", "bars_5m", product_id=product, date=day) + "/part-0.parquet"
+        store.write_parquet(rel, pa.Table.from_pandas(part.drop(columns="product_id"), preserve_index=False))
+    for product, part in daily.groupby("product_id"):
+        rel = partition_path("silver", "bars_1d", product_id=product, year=first_day.year) + "/part-0.parquet"
+        store.write_parquet(rel, pa.Table.from_pandas(part.drop(columns="product_id"), preserve_index=False))
+    tables = {**risk_outputs(daily, b5), **factor_outputs(b5)}
+    for name, df in tables.items():
+        counts[name] = len(df)
+        if name.startswith("factor_"):
+            key = df["date"] if "date" in df else df["bucket_start"].dt.strftime("%Y-%m-%d")
+            part_name = "date"
+        else:  # as the risk engine does: the as-of partition holds its day (history tables could hold more)
+            key = (df["as_of_date"] if "as_of_date" in df else df["bucket_start"]).astype(str).str[:10]
+            part_name = "as_of_date"
+        for value, part in df.groupby(key.astype(str)):
+            rel = partition_path("outputs", name, **{part_name: value}) + "/part-0.parquet"
+            store.write_parquet(rel, pa.Table.from_pandas(part, preserve_index=False))
+    started = datetime.combine(first_day + timedelta(days=days - 1), datetime.min.time(), tzinfo=UTC)
+    for i, (task, status) in enumerate([("fetch_candles", "success"), ("build_bars", "success"),
+                                        ("compute_risk", "failed"), ("compute_risk", "success")]):
+        runlog.record(runlog.RunRecord(run_id="sample-run", dag_id="market_risk", task_id=task, status=status,
+                                       rows_in=100 * (i + 1), rows_out=90 * (i + 1),
+                                       started_at=started + timedelta(minutes=i), duration_s=1.5 + i,
+                                       message="boom" if status == "failed" else "ok", try_number=1 + (i == 3)),
+                      settings)
+    counts["pipeline_runs"] = 4
+    return counts

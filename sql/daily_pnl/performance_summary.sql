@@ -1,0 +1,56 @@
+-- Performance summary per portfolio up to the as-of day: total and month-to-date PnL, best and worst day, share
+-- of positive days, mean and volatility of daily PnL, annualised Sharpe-like ratio of daily returns, max drawdown.
+with params as (
+    select coalesce(%(as_of)s::date, (select max(as_of_date) from gold.fact_pnl_daily)) as as_of
+),
+
+history as (
+    select pnl.*
+    from gold.fact_pnl_daily as pnl
+    inner join params
+        on pnl.as_of_date <= params.as_of
+),
+
+stats as (
+    select
+        portfolio_id,
+        min(as_of_date) as first_day,
+        max(as_of_date) as last_day,
+        count(daily_pnl) as n_days,
+        sum(daily_pnl) as total_pnl,
+        max(daily_pnl) as best_day_pnl,
+        min(daily_pnl) as worst_day_pnl,
+        avg(case when daily_pnl > 0 then 1.0 when daily_pnl <= 0 then 0.0 end)::double precision as positive_day_share,
+        avg(daily_pnl) as mean_daily_pnl,
+        stddev_samp(daily_pnl) as stdev_daily_pnl,
+        avg(daily_return) / nullif(stddev_samp(daily_return), 0) * sqrt(365) as sharpe_annualised
+    from history
+    group by portfolio_id
+)
+
+select
+    stats.portfolio_id,
+    portfolio.name as portfolio_name,
+    portfolio.base_currency,
+    stats.first_day,
+    stats.last_day,
+    stats.n_days,
+    stats.total_pnl,
+    latest.mtd_pnl,
+    stats.best_day_pnl,
+    stats.worst_day_pnl,
+    stats.positive_day_share,
+    stats.mean_daily_pnl,
+    stats.stdev_daily_pnl,
+    stats.sharpe_annualised,
+    risk.max_drawdown
+from stats
+inner join gold.dim_portfolio as portfolio
+    on stats.portfolio_id = portfolio.portfolio_id
+left join gold.fact_pnl_daily as latest
+    on stats.portfolio_id = latest.portfolio_id
+    and stats.last_day = latest.as_of_date
+left join gold.fact_risk_metrics as risk
+    on stats.portfolio_id = risk.portfolio_id
+    and stats.last_day = risk.as_of_date
+order by stats.total_pnl desc nulls last

@@ -1,0 +1,46 @@
+-- Top 5 gaining and top 5 losing positions of the as-of day across all portfolios: each position's PnL of the
+-- day (market value x the product's daily return / (1 + return), i.e. quantity x the close-to-close move).
+with params as (
+    select coalesce(%(as_of)s::date, (select max(as_of_date) from gold.fact_positions)) as as_of
+),
+
+contributions as (
+    select
+        positions.as_of_date,
+        positions.portfolio_id,
+        positions.product_id,
+        positions.quantity,
+        positions.market_value,
+        prices.daily_return,
+        positions.market_value * prices.daily_return / (1 + prices.daily_return) as position_pnl
+    from gold.fact_positions as positions
+    inner join params
+        on positions.as_of_date = params.as_of
+    inner join gold.fact_price_daily as prices
+        on positions.product_id = prices.product_id
+        and positions.as_of_date = prices.price_date
+    where prices.daily_return is not null
+),
+
+ranked as (
+    select
+        *,
+        row_number() over (order by position_pnl desc) as gain_rank,
+        row_number() over (order by position_pnl asc) as loss_rank
+    from contributions
+)
+
+select
+    case when gain_rank <= 5 and position_pnl > 0 then 'gainer' else 'loser' end as mover,
+    case when gain_rank <= 5 and position_pnl > 0 then gain_rank else loss_rank end as mover_rank,
+    as_of_date,
+    portfolio_id,
+    product_id,
+    quantity,
+    market_value,
+    daily_return,
+    position_pnl
+from ranked
+where (gain_rank <= 5 and position_pnl > 0)
+    or (loss_rank <= 5 and position_pnl < 0)
+order by mover, mover_rank

@@ -1,0 +1,41 @@
+-- Worst daily (close-to-close) return of each asset up to the as-of day, the day it happened, and the latest close.
+with params as (
+    select coalesce(%(as_of)s::date, (select max(price_date) from gold.fact_price_daily)) as as_of
+),
+
+history as (
+    select daily.*
+    from gold.fact_price_daily as daily
+    inner join params
+        on daily.price_date <= params.as_of
+),
+
+worst as (
+    select distinct on (product_id)
+        product_id,
+        price_date as worst_day,
+        daily_return as worst_daily_return
+    from history
+    where daily_return is not null
+    order by product_id, daily_return asc
+),
+
+latest as (
+    select distinct on (product_id)
+        product_id,
+        price_date as last_day,
+        close as last_close
+    from history
+    order by product_id, price_date desc
+)
+
+select
+    worst.product_id,
+    worst.worst_day,
+    worst.worst_daily_return,
+    latest.last_day,
+    latest.last_close
+from worst
+inner join latest
+    on worst.product_id = latest.product_id
+order by worst.worst_daily_return asc

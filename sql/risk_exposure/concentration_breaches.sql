@@ -1,0 +1,36 @@
+-- Portfolios whose largest single-asset share of gross exposure exceeds their concentration limit on the as-of
+-- day, with the asset responsible.
+with params as (
+    select coalesce(%(as_of)s::date, (select max(as_of_date) from gold.fact_portfolio_valuation)) as as_of
+),
+
+largest_position as (
+    select distinct on (positions.portfolio_id)
+        positions.portfolio_id,
+        positions.product_id,
+        positions.market_value
+    from gold.fact_positions as positions
+    inner join params
+        on positions.as_of_date = params.as_of
+    order by positions.portfolio_id, abs(positions.market_value) desc
+)
+
+select
+    valuation.as_of_date,
+    valuation.portfolio_id,
+    portfolio.name as portfolio_name,
+    valuation.concentration_pct,
+    portfolio.concentration_limit,
+    valuation.concentration_pct - portfolio.concentration_limit as excess,
+    largest_position.product_id as largest_product_id,
+    largest_position.market_value as largest_market_value,
+    valuation.gross_exposure
+from gold.fact_portfolio_valuation as valuation
+inner join params
+    on valuation.as_of_date = params.as_of
+inner join gold.dim_portfolio as portfolio
+    on valuation.portfolio_id = portfolio.portfolio_id
+left join largest_position
+    on valuation.portfolio_id = largest_position.portfolio_id
+where valuation.concentration_pct > portfolio.concentration_limit
+order by excess desc

@@ -1,0 +1,21 @@
+-- Every risk limit breached on the as-of day (VaR, concentration, drawdown) with the observed value, the limit
+-- and its utilisation.
+with params as (
+    select coalesce(%(as_of)s::date, (select max(as_of_date) from gold.fact_limit_breaches)) as as_of
+)
+
+select
+    breaches.as_of_date,
+    breaches.portfolio_id,
+    portfolio.name as portfolio_name,
+    breaches.limit_type,
+    breaches.metric,
+    breaches.value,
+    breaches.limit_value,
+    breaches.utilisation
+from gold.fact_limit_breaches as breaches
+inner join params
+    on breaches.as_of_date = params.as_of
+inner join gold.dim_portfolio as portfolio
+    on breaches.portfolio_id = portfolio.portfolio_id
+order by breaches.utilisation desc nulls last, breaches.portfolio_id

@@ -1,0 +1,21 @@
+-- VaR backtest per portfolio, method and confidence over the days up to the as-of day: days tested, exceptions
+-- (loss beyond the forecast), observed versus expected exception rate.
+with params as (
+    select coalesce(%(as_of)s::date, (select max(as_of_date) from gold.fact_var_backtest)) as as_of
+)
+
+select
+    backtest.portfolio_id,
+    backtest.method,
+    backtest.confidence,
+    min(backtest.as_of_date) as first_day,
+    max(backtest.as_of_date) as last_day,
+    count(*) as n_days,
+    count(*) filter (where backtest.is_exception) as exceptions,
+    avg(case when backtest.is_exception then 1.0 else 0.0 end)::double precision as exception_rate,
+    round((1 - backtest.confidence)::numeric, 4)::double precision as expected_rate
+from gold.fact_var_backtest as backtest
+inner join params
+    on backtest.as_of_date <= params.as_of
+group by backtest.portfolio_id, backtest.method, backtest.confidence
+order by backtest.portfolio_id, backtest.method, backtest.confidence

@@ -1,0 +1,31 @@
+-- VaR model validation on the as-of day: per portfolio, method and confidence, the exceptions over the backtest
+-- window against the expected count, the Kupiec and conditional-coverage p-values and the Basel traffic light
+-- (red first).
+with params as (
+    select coalesce(%(as_of)s::date, (select max(as_of_date) from gold.fact_var_backtest_summary)) as as_of
+)
+
+select
+    summary.as_of_date,
+    summary.portfolio_id,
+    portfolio.name as portfolio_name,
+    summary.method,
+    summary.confidence,
+    summary.window_start,
+    summary.window_end,
+    summary.n_days,
+    summary.exceptions,
+    summary.expected_exceptions,
+    summary.kupiec_p,
+    summary.cc_p,
+    summary.traffic_light
+from gold.fact_var_backtest_summary as summary
+inner join params
+    on summary.as_of_date = params.as_of
+inner join gold.dim_portfolio as portfolio
+    on summary.portfolio_id = portfolio.portfolio_id
+order by
+    case summary.traffic_light when 'red' then 0 when 'yellow' then 1 else 2 end,
+    summary.portfolio_id,
+    summary.method,
+    summary.confidence

@@ -1,0 +1,194 @@
+"""The warehouse loader against the real Postgres: COPY upsert, incremental file state, atomicity, roles."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+
+import pandas as pd
+import psycopg2
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from etl import db
+from etl.errors import ValidationError
+from etl.settings import PROJECT_ROOT, get_settings
+from etl.storage import get_store
+from etl.warehouse import WarehouseError, copy_upsert, load, reporting_url, sample, setup
+from etl.warehouse.schema import TABLES
+
+DAYS = 2
+
+
+@pytest.fixture
+def warehouse(pg_url, data_dir, tmp_path, monkeypatch):
+    """A clean warehouse database, a data dir holding the sample data set, the sample reference files."""
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", pg_url)
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("PIPELINE_REFERENCE_DIR", str(sample.write_reference(tmp_path / "reference")))
+    with db.connect(url=pg_url) as conn, conn.cursor() as cur:
+        cur.execute("drop schema if exists raw, staging, gold cascade")
+    counts = sample.write_sample(get_settings(), first_day=date(2026, 1, 1), days=DAYS)
+    return counts
+
+
+def query(sql: str, params=None, url: str | None = None) -> list[tuple]:
+    with db.connect(url=url) as conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()
+
+
+def test_copy_upsert_inserts_replaces_by_key_and_keeps_last_duplicate(pg_url):
+    with db.connect(url=pg_url) as conn, conn.cursor() as cur:
+        cur.execute("drop table if exists public.upsert_t")
+        cur.execute("create table public.upsert_t (k text, t timestamptz, v double precision, s text, "
+                    "primary key (k, t))")
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    first = pd.DataFrame({"k": ["a", "b"], "t": [t0, t0], "v": [1.5, 2.0], "s": ["x,\"y", None]})
+    second = pd.DataFrame({"k": ["b", "b", "c"], "t": [t0, t0, t0], "v": [3.0, 4.0, float("inf")], "s": ["", "z", "c"]})
+    with db.connect(url=pg_url) as conn:
+        conn.cursor().execute("set time zone 'Asia/Tokyo'")  # timestamps stay UTC whatever the session's zone
+        assert copy_upsert(conn, "public.upsert_t", first, ["k", "t"]) == 2
+        assert copy_upsert(conn, "public.upsert_t", second, ["k", "t"]) == 2  # b once (last wins), c
+    rows = query("select k, t, v, s from public.upsert_t order by k", url=pg_url)
+    assert rows == [("a", t0, 1.5, 'x,"y'), ("b", t0, 4.0, "z"), ("c", t0, float("inf"), "c")]
+
+
+def test_load_copies_every_table_and_a_rerun_changes_nothing(warehouse):
+    summary = load(run_dbt=False)
+    for table in ("bars_5m", "bars_1d", "positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics",
+                  "asset_risk", "anomalies", "var_backtest", "limit_breaches", "factor_returns",
+                  "factor_exposures", "factor_membership", "pipeline_runs"):
+        assert summary.rows[table] == warehouse[table], table
+        assert query(f"select count(*) from raw.{table}")[0][0] == warehouse[table], table
+    assert summary.rows["portfolios"] == 2 and summary.rows["positions"] == 4
+    assert summary.files["bars_5m"] == 3 * DAYS  # one file per product per day
+    # silver's product_id comes from the partition path; values and types survive the COPY
+    bars = sample.bars_5m(date(2026, 1, 1), DAYS)
+    first = bars[bars["product_id"] == "ETH-USD"].iloc[0]
+    got = query("select bucket_start, open, close, n_candles, is_complete from raw.bars_5m "
+                "where product_id = 'ETH-USD' order by bucket_start limit 1")[0]
+    assert got == (first["bucket_start"].to_pydatetime(), first["open"], first["close"], 5, True)
+    assert "rows from" in str(summary) and "bars_5m=" in str(summary)
+
+    before = query("select count(*), max(loaded_at) from raw.bars_5m")
+    again = load(run_dbt=False)
+    assert again.total_rows == 0 and sum(again.files.values()) == 0
+    assert "nothing new" in str(again)
+    assert query("select count(*), max(loaded_at) from raw.bars_5m") == before
+
+
+def test_a_rewritten_partition_replaces_its_rows_only(warehouse):
+    load(run_dbt=False)
+    store = get_store()
+    rel = "silver/bars_5m/product_id=BTC-USD/date=2026-01-02/part-0.parquet"
+    table = pq.read_table(store.path(rel))
+    store.write_parquet(rel, table.set_column(table.column_names.index("close"), "close",
+                                              pa.array([1.0] * table.num_rows)))
+    summary = load(run_dbt=False)
+    assert summary.rows == {**{t.name: 0 for t in TABLES}, "bars_5m": 288}
+    assert query("select count(*), min(close), max(close) from raw.bars_5m where product_id = 'BTC-USD' "
+                 "and bucket_start >= '2026-01-02'") == [(288, 1.0, 1.0)]
+    assert query("select count(*) from raw.bars_5m")[0][0] == warehouse["bars_5m"]
+
+
+def test_a_failure_midway_rolls_back_every_table(warehouse):
+    load(run_dbt=False)
+    before = query("select sum(close) from raw.bars_5m")[0][0]
+    state_before = query("select count(*) from raw._load_state")[0][0]
+    store = get_store()
+    # new bars for BTC (loaded first), then a pnl file whose daily_pnl cannot be read as a number
+    rel = "silver/bars_5m/product_id=BTC-USD/date=2026-01-01/part-0.parquet"
+    table = pq.read_table(store.path(rel))
+    store.write_parquet(rel, table.set_column(table.column_names.index("close"), "close",
+                                              pa.array([2.0] * table.num_rows)))
+    bad = pa.table({"portfolio_id": ["P001"], "as_of_date": [date(2026, 1, 9)], "daily_pnl": ["oops"],
+                    "mtd_pnl": [1.0]})
+    store.write_parquet("outputs/pnl_daily/as_of_date=2026-01-09/part-0.parquet", bad)
+    with pytest.raises(ValidationError, match=r"pnl_daily/as_of_date=2026-01-09.*daily_pnl"):
+        load(run_dbt=False)
+    assert query("select sum(close) from raw.bars_5m")[0][0] == before
+    assert query("select count(*) from raw._load_state")[0][0] == state_before
+
+    # a row Postgres rejects (NULL key) after the bars were upserted: rolled back too, the error names the table
+    store.write_parquet("outputs/pnl_daily/as_of_date=2026-01-09/part-0.parquet",
+                        bad.set_column(0, "portfolio_id", pa.array([None], pa.string()))
+                        .set_column(2, "daily_pnl", pa.array([1.0])))
+    with pytest.raises(WarehouseError, match=r"raw\.pnl_daily.*rolled back"):
+        load(run_dbt=False)
+    assert query("select sum(close) from raw.bars_5m")[0][0] == before
+
+    store.delete("outputs/pnl_daily/as_of_date=2026-01-09")
+    assert load(run_dbt=False).rows["bars_5m"] == 288  # the retried files load once the bad one is gone
+    assert query("select max(close) from raw.bars_5m where product_id = 'BTC-USD' "
+                 "and bucket_start < '2026-01-02'")[0][0] == 2.0
+
+
+def test_a_missing_declared_column_is_a_clear_error(warehouse):
+    table = pa.table({"factor_name": ["market"], "bucket_start": [datetime(2026, 1, 5, tzinfo=UTC)]})
+    get_store().write_parquet("outputs/factor_returns/date=2026-01-05/part-0.parquet", table)
+    with pytest.raises(ValidationError, match=r"factor_returns/date=2026-01-05.*missing column\(s\) \['factor_return'\]"):
+        load(run_dbt=False)
+
+
+def test_reporting_role_reads_gold_only(warehouse, pg_url):
+    setup()
+    setup()  # idempotent
+    load(run_dbt=False)
+    with db.connect(url=pg_url) as conn, conn.cursor() as cur:
+        cur.execute("create table gold.t_probe as select 1 as x")  # as if dbt had built it
+    url = reporting_url()
+    assert "reporting" in url and pg_url.split("?")[0].rsplit("/", 1)[1] in url
+    assert query("select current_user, x from gold.t_probe", url=url) == [("reporting", 1)]
+    for sql in ("select count(*) from raw.bars_5m", "select count(*) from raw._load_state"):
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            query(sql, url=url)
+    with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):  # sessions are read-only by default...
+        query("insert into gold.t_probe values (2)", url=url)
+    for sql in ("insert into gold.t_probe values (2)", "update gold.t_probe set x = 3", "delete from gold.t_probe",
+                "create table gold.t_new (x int)", "create view staging.v as select 1",
+                "insert into raw.pipeline_runs (record_id) values ('x')"):
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):  # ...and no write is granted anyway
+            query(f"set transaction read write; {sql}", url=url)
+    assert query("select count(*) from gold.t_probe") == [(1,)]
+
+
+KILLED_LOAD = """
+import sys, time
+import etl.warehouse.loader as loader
+
+real = loader.copy_upsert
+
+def slow_upsert(conn, table, df, key):
+    written = real(conn, table, df, key)
+    if table == "raw.bars_5m":
+        print("upserted", written, flush=True)
+        time.sleep(120)  # killed here, inside the open transaction
+    return written
+
+loader.copy_upsert = slow_upsert
+from etl.warehouse import load
+load(run_dbt=False)
+"""
+
+
+def test_a_load_killed_mid_transaction_leaves_the_previous_rows(warehouse):
+    load(run_dbt=False)
+    before = query("select count(*), sum(close), max(loaded_at) from raw.bars_5m")
+    store = get_store()
+    rel = "silver/bars_5m/product_id=SOL-USD/date=2026-01-02/part-0.parquet"
+    table = pq.read_table(store.path(rel))
+    store.write_parquet(rel, table.set_column(table.column_names.index("close"), "close",
+                                              pa.array([7.0] * table.num_rows)))
+    child = subprocess.Popen([sys.executable, "-c", KILLED_LOAD], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().split() == ["upserted", "288"]
+    finally:
+        child.kill()  # SIGKILL: no rollback from the client; Postgres aborts the transaction
+        child.wait(timeout=30)
+    assert query("select count(*), sum(close), max(loaded_at) from raw.bars_5m") == before
+    assert load(run_dbt=False).rows["bars_5m"] == 288  # the next run loads the file the killed run did not commit
+    assert query("select max(close) from raw.bars_5m where product_id = 'SOL-USD' "
+                 "and bucket_start >= '2026-01-02'")[0][0] == 7.0

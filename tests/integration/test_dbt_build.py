@@ -1,0 +1,156 @@
+"""load() + dbt build on a small realistic data set in the real Postgres: gold values, dbt tests catching bad
+raw rows, the incremental bars model, the reporting role, every SQL report and the docs site."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import psycopg2
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from etl import db
+from etl.settings import PROJECT_ROOT, get_settings
+from etl.storage import get_store
+from etl.warehouse import WarehouseError, docs, load, reporting_url, run_dbt, sample
+
+pytestmark = pytest.mark.slow
+
+DAYS = 4
+FIRST_DAY = date(2026, 1, 1)
+SQL_DIR = PROJECT_ROOT / "sql"
+REPORTS = sorted(p for d in ("daily_pnl", "risk_exposure", "market", "pipeline_health")
+                 for p in (SQL_DIR / d).glob("*.sql"))
+
+
+@pytest.fixture(scope="module")
+def gold(pg_url, tmp_path_factory):
+    """The sample data set loaded and built once for the module (dbt build is the slow part)."""
+    root = tmp_path_factory.mktemp("warehouse")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PIPELINE_DATABASE_URL", pg_url)
+        mp.setenv("PIPELINE_DATA_DIR", str(root / "data"))
+        mp.setenv("PIPELINE_STATE_DIR", str(root / "state"))
+        mp.setenv("PIPELINE_REFERENCE_DIR", str(sample.write_reference(root / "reference")))
+        with db.connect(url=pg_url) as conn, conn.cursor() as cur:
+            cur.execute("drop schema if exists raw, staging, gold cascade")
+        counts = sample.write_sample(get_settings(), first_day=FIRST_DAY, days=DAYS)
+        summary = load()
+        yield {"counts": counts, "summary": summary, "url": pg_url}
+
+
+def query(sql: str, params=None, url: str | None = None) -> list[tuple]:
+    with db.connect(url=url) as conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()
+
+
+def test_gold_star_schema_holds_the_loaded_data(gold):
+    assert gold["summary"].dbt == "build ok"
+    counts = {t: query(f"select count(*) from gold.{t}")[0][0] for t in (
+        "fact_price_bars", "fact_price_daily", "fact_positions", "fact_portfolio_valuation", "fact_pnl_daily",
+        "fact_risk_metrics", "fact_var_backtest", "fact_factor_returns", "fact_factor_exposures",
+        "fact_anomalies", "fact_limit_breaches", "fact_pipeline_runs", "dim_date", "dim_portfolio")}
+    assert counts == {
+        "fact_price_bars": 3 * 288 * DAYS, "fact_price_daily": 3 * DAYS, "fact_positions": 4 * DAYS,
+        "fact_portfolio_valuation": 2 * DAYS, "fact_pnl_daily": 2 * DAYS, "fact_risk_metrics": 2 * DAYS,
+        "fact_var_backtest": gold["counts"]["var_backtest"], "fact_factor_returns": gold["counts"]["factor_returns"],
+        "fact_factor_exposures": 2 * 3 * DAYS, "fact_anomalies": 6, "fact_limit_breaches": gold["counts"]["limit_breaches"],
+        "fact_pipeline_runs": 4, "dim_date": DAYS, "dim_portfolio": 2,
+    }
+    # the daily bar is the day's 5-minute bars aggregated; valuation = quantity x close
+    (o, h, lo, c, v), = query("select open, high, low, close, volume from gold.fact_price_daily "
+                             "where product_id = 'BTC-USD' and price_date = '2026-01-02'")
+    (bo, bh, bl, bc, bv), = query(
+        "select (array_agg(open order by bucket_start))[1], max(high), min(low), "
+        "(array_agg(close order by bucket_start desc))[1], sum(volume) from gold.fact_price_bars "
+        "where product_id = 'BTC-USD' and bar_date = '2026-01-02'")
+    assert (o, h, lo, c) == (bo, bh, bl, bc) and v == pytest.approx(bv)
+    (mv,), = query("select market_value from gold.fact_portfolio_valuation "
+                   "where portfolio_id = 'P001' and as_of_date = '2026-01-02'")
+    assert mv == pytest.approx(1.5 * c)
+    daily_return = query("select daily_return from gold.fact_price_daily where product_id = 'BTC-USD' "
+                         "order by price_date")
+    assert daily_return[0] == (None,) and daily_return[2][0] == pytest.approx(
+        query("select close from gold.fact_price_daily where product_id = 'BTC-USD' and price_date = '2026-01-03'"
+              )[0][0] / c - 1)
+    assert query("select count(*) filter (where is_failure) from gold.fact_pipeline_runs") == [(1,)]
+    assert query("select portfolio_id, n_positions from gold.dim_portfolio order by 1") == [("P001", 1), ("P002", 3)]
+
+
+def test_a_rerun_loads_nothing_and_the_incremental_bars_pick_up_a_rewritten_partition(gold):
+    assert load(run_dbt=False).total_rows == 0
+    store = get_store()
+    rel = "silver/bars_5m/product_id=ETH-USD/date=2026-01-03/part-0.parquet"
+    table = pq.read_table(store.path(rel))
+    bumped = {c: pa.array([3333.0] * table.num_rows) for c in ("open", "high", "low", "close", "vwap")}
+    for name, values in bumped.items():
+        table = table.set_column(table.column_names.index(name), name, values)
+    store.write_parquet(rel, table)
+    assert load(run_dbt=False).rows["bars_5m"] == 288
+    run_dbt("build", select="fact_price_bars")
+    assert query("select count(*) from gold.fact_price_bars")[0][0] == 3 * 288 * DAYS
+    assert query("select count(*), min(close), max(close) from gold.fact_price_bars "
+                 "where product_id = 'ETH-USD' and bar_date = '2026-01-03'") == [(288, 3333.0, 3333.0)]
+
+
+def test_a_negative_price_or_a_zero_quantity_in_raw_fails_the_named_tests(gold):
+    restore = [
+        "update raw.bars_1d set close = -close where product_id = 'BTC-USD' and price_date = '2026-01-02'",
+        "update raw.positions_valued set quantity = 0 where portfolio_id = 'P002' and product_id = 'SOL-USD' "
+        "and as_of_date = '2026-01-03' returning avg_cost",
+    ]
+    with db.connect() as conn, conn.cursor() as cur:
+        for sql in restore:
+            cur.execute(sql)
+            assert cur.rowcount == 1
+    try:
+        with pytest.raises(WarehouseError) as err:
+            run_dbt("build", select="fact_price_daily fact_positions")
+        message = str(err.value)
+        assert "test.crypto_warehouse.positive_fact_price_daily_close" in message
+        assert "test.crypto_warehouse.non_zero_fact_positions_quantity" in message
+        assert "ohlc_consistent_fact_price_daily" in message  # a negative close also breaks low <= close
+        assert "unique_combination_fact_price_daily" not in message
+    finally:
+        with db.connect() as conn, conn.cursor() as cur:
+            cur.execute("update raw.bars_1d set close = -close where product_id = 'BTC-USD' "
+                        "and price_date = '2026-01-02'")
+            cur.execute("update raw.positions_valued set quantity = 100 where portfolio_id = 'P002' "
+                        "and product_id = 'SOL-USD' and as_of_date = '2026-01-03'")
+        run_dbt("build", select="fact_price_daily fact_positions")
+
+
+def test_reporting_role_reads_gold_and_nothing_else(gold):
+    url = reporting_url()
+    assert query("select count(*) from gold.fact_price_daily", url=url) == [(3 * DAYS,)]
+    for sql in ("select * from raw.bars_5m limit 1", "select * from staging.stg_silver__bars_5m limit 1",
+                "set transaction read write; delete from gold.fact_price_daily",
+                "set transaction read write; insert into raw.bars_1d (product_id, price_date) values ('X', now())"):
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            query(sql, url=url)
+
+
+@pytest.mark.parametrize("path", REPORTS, ids=lambda p: str(p.relative_to(SQL_DIR)))
+def test_every_sql_report_runs_as_reporting(gold, path: Path):
+    sql = path.read_text()
+    assert "gold." in sql and "raw." not in sql and "staging." not in sql
+    latest = query(sql, {"as_of": None}, url=reporting_url())
+    dated = query(sql, {"as_of": date(2026, 1, 3)}, url=reporting_url())
+    assert latest and dated  # the sample has rows for every report
+
+
+def test_a_report_value_matches_gold(gold):
+    sql = (SQL_DIR / "daily_pnl" / "daily_and_mtd.sql").read_text()
+    rows = {r[1]: r for r in query(sql, {"as_of": date(2026, 1, 3)}, url=reporting_url())}
+    expected = dict(query("select portfolio_id, mtd_pnl from gold.fact_pnl_daily where as_of_date = '2026-01-03'"))
+    assert {pid: r[5] for pid, r in rows.items()} == expected
+
+
+def test_docs_site_is_generated(gold):
+    path = docs()
+    assert path.name == "static_index.html" and path.exists()
+    html = path.read_text()
+    assert "fact_price_bars" in html and "source.crypto_warehouse.silver.bars_5m" in html
