@@ -58,6 +58,8 @@ class Settings:
     state_dir: Path                      # git-ignored local state: embedded Postgres, Airflow home, logs
     data_dir: str                        # root of bronze/silver/outputs: a local path or a URI (s3://, gs://, file://)
     database_url: str | None             # None = the embedded Postgres under state_dir
+    reporting_password: str | None       # password of the read-only `reporting` role (None: local trust auth)
+    dbt_target: str                      # dbt profile target: dev (embedded) or prod (any server)
     reference_dir: Path                  # instrument master, portfolios, positions (CSV)
     # market data source
     source: str                          # "simulator" | "coinbase"
@@ -124,6 +126,8 @@ def get_settings() -> Settings:
         state_dir=state_dir,
         data_dir=_env("PIPELINE_DATA_DIR", str(state_dir / "data")),
         database_url=os.environ.get("PIPELINE_DATABASE_URL", "").strip() or None,
+        reporting_password=os.environ.get("PIPELINE_REPORTING_PASSWORD", "") or None,
+        dbt_target=_env("PIPELINE_DBT_TARGET", "dev"),
         reference_dir=Path(_env("PIPELINE_REFERENCE_DIR", str(PROJECT_ROOT / "etl" / "reference_data"))),
         source=source,
         coinbase_api_url=_env("COINBASE_API_URL", default_url).rstrip("/"),

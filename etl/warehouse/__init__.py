@@ -28,8 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def _reporting_password(settings: Settings) -> str | None:
-    # PIPELINE_REPORTING_PASSWORD -> Settings.reporting_password (requested from the lead); None = no password
-    return getattr(settings, "reporting_password", None)
+    return settings.reporting_password  # None = no password (the embedded server trusts its local socket)
 
 
 def setup(settings: Settings | None = None) -> None:

@@ -45,6 +45,7 @@ def dbt_env(settings: Settings, url: str | None = None) -> dict[str, str]:
         "PIPELINE_DB_USER": params["user"],
         "PIPELINE_DB_PASSWORD": params["password"],
         "PIPELINE_DB_NAME": params["dbname"],
+        "PIPELINE_DBT_TARGET": settings.dbt_target,
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",  # no internet; never phone home
         "DBT_TARGET_PATH": str(target_dir(settings)),
         "DBT_LOG_PATH": str(settings.state_dir / "dbt" / "logs"),
