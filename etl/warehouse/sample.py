@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from etl import runlog
+from etl.risk import drawdown
 from etl.settings import PROJECT_ROOT, Settings
 from etl.storage import get_store, partition_path
 
@@ -171,9 +172,51 @@ def risk_outputs(daily: pd.DataFrame, b5: pd.DataFrame) -> dict[str, pd.DataFram
     correlations = pd.DataFrame({"product_id_a": [a for a, _ in pairs], "product_id_b": [b for _, b in pairs],
                                  "as_of_date": wide.index[-1], "correlation": [corr.at[a, b] for a, b in pairs],
                                  "n_obs": len(wide) - 1, "return_currency": "USD"})
+    # portfolio return of day t = PnL(t) / gross exposure(t-1), as the risk engine defines it
+    prev_gross = valuation.groupby("portfolio_id")["gross_exposure"].shift()
+    port_ret = (pnl_daily.set_index(["portfolio_id", "as_of_date"])["daily_pnl"]
+                / prev_gross.set_axis(pd.MultiIndex.from_frame(valuation[["portfolio_id", "as_of_date"]])))
+    drawdowns = pd.concat([_drawdown_rows(port_ret.unstack("portfolio_id"), "portfolio"),
+                           _drawdown_rows(wide, "asset")], ignore_index=True)
     return {"positions_valued": positions, "portfolio_valuation": valuation, "pnl_daily": pnl_daily,
             "risk_metrics": risk, "asset_risk": asset, "anomalies": anomalies, "var_backtest": var_backtest,
-            "limit_breaches": limit_breaches, "var_backtest_summary": summary, "correlations": correlations}
+            "limit_breaches": limit_breaches, "var_backtest_summary": summary, "correlations": correlations,
+            "drawdowns": drawdowns, "anomalies_daily": daily_anomalies(wide)}
+
+
+def _drawdown_rows(returns: pd.DataFrame, entity_type: str) -> pd.DataFrame:
+    """drawdowns as the risk engine writes them, one as-of day per day after the first: the window starts on the
+    first day (wealth 1) and takes every return up to the as-of day. `returns`: days x entities, first row NaN."""
+    days = returns.index
+    frames = []
+    for i in range(1, len(days)):
+        mdd = drawdown.max_drawdown(returns.iloc[1:i + 1].to_numpy())
+        window = np.asarray(days[:i + 1])
+        has = mdd.max_drawdown < 0
+        frames.append(pd.DataFrame({
+            "entity_type": entity_type, "entity_id": list(returns.columns), "as_of_date": days[i],
+            "max_drawdown": mdd.max_drawdown,
+            "peak_date": np.where(has, window[mdd.peak], np.datetime64("NaT")),
+            "trough_date": np.where(has, window[mdd.trough], np.datetime64("NaT")),
+            "recovery_date": np.where(has & (mdd.recovery >= 0), window[np.maximum(mdd.recovery, 0)],
+                                      np.datetime64("NaT")),
+            "window_start": days[0], "window_end": days[i],
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def daily_anomalies(returns: pd.DataFrame) -> pd.DataFrame:
+    """anomalies_daily as the risk engine writes them: each as-of day's file repeats every flagged day up to it.
+    The flagged day of a product is its largest absolute daily return; SOL-USD's is scored against a flat window
+    (scale_method none, robust_z = +-inf) so the infinite z-score path is exercised too."""
+    long = returns.stack().dropna().rename("return_value").reset_index()       # price_date, product_id, return
+    flagged = long.loc[long["return_value"].abs().groupby(long["product_id"]).idxmax()].reset_index(drop=True)
+    flat = flagged["product_id"] == "SOL-USD"
+    flagged["robust_z"] = np.sign(flagged["return_value"]) * np.where(flat, np.inf, 4.2)
+    flagged["scale_method"] = np.where(flat, "none", "mad")
+    flagged["window"], flagged["threshold"] = 60, 3.5
+    runs = [flagged[flagged["price_date"] <= day].assign(as_of_date=day) for day in returns.index[1:]]
+    return pd.concat(runs, ignore_index=True)
 
 
 def factor_outputs(b5: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -150,6 +150,19 @@ TABLES: tuple[RawTable, ...] = (
                                                                           Column("correlation", "double precision"))
              + _opt("n_obs", "bigint") + _opt("return_currency", "text"),
              key=("product_id_a", "product_id_b", "as_of_date"), source_dir="outputs/correlations"),
+    # drawdowns: portfolios (entity_type 'portfolio') and products ('asset') in one table, keyed by both;
+    # the dates are NULL when max_drawdown = 0 (never below a peak) or, for recovery_date, when not recovered yet
+    RawTable("drawdowns", _cols("entity_type entity_id", "text") + (Column("as_of_date", "date"),
+                                                                    Column("max_drawdown", "double precision"))
+             + _cols("peak_date trough_date recovery_date", "date") + _opt("window_start window_end", "date"),
+             key=("entity_type", "entity_id", "as_of_date"), source_dir="outputs/drawdowns"),
+    # daily-return anomalies: each as-of file holds the flagged days of the whole history window, so a day is in
+    # many files; the key is the flagged day (the last file in path order, i.e. the latest as-of run, wins).
+    # The engine's `window` column is not loaded (a reserved word in SQL; it is the anomaly_window setting).
+    RawTable("anomalies_daily", (Column("product_id", "text"), Column("price_date", "date"))
+             + _cols("return_value robust_z", "double precision") + (Column("as_of_date", "date"),)
+             + _opt("threshold", "double precision") + _opt("scale_method", "text"),
+             key=("product_id", "price_date"), source_dir="outputs/anomalies_daily"),
     # factor outputs: outputs/factor_*/date=D/part-0.parquet
     RawTable("factor_returns", (Column("factor_name", "text"), Column("bucket_start", "timestamptz"),
                                 Column("factor_return", "double precision")),

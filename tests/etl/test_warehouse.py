@@ -192,3 +192,59 @@ def test_a_load_killed_mid_transaction_leaves_the_previous_rows(warehouse):
     assert load(run_dbt=False).rows["bars_5m"] == 288  # the next run loads the file the killed run did not commit
     assert query("select max(close) from raw.bars_5m where product_id = 'SOL-USD' "
                  "and bucket_start >= '2026-01-02'")[0][0] == 7.0
+
+
+def test_drawdowns_and_daily_anomalies_load_by_key_and_the_latest_run_wins(warehouse):
+    summary = load(run_dbt=False)
+    daily = sample.daily_from_5m(sample.bars_5m(date(2026, 1, 1), DAYS))
+    ret = daily.pivot(index="price_date", columns="product_id", values="close").pct_change().iloc[1]  # day 2
+    # drawdowns: 2 portfolios + 3 assets for the one as-of day with a return; a rise is no drawdown (NULL dates)
+    assert summary.rows["drawdowns"] == warehouse["drawdowns"] == 5
+    got = {r[0]: r[1:] for r in query(
+        "select entity_id, max_drawdown, peak_date, trough_date, recovery_date, window_start, window_end "
+        "from raw.drawdowns where entity_type = 'asset' and as_of_date = '2026-01-02'")}
+    for product, r in ret.items():
+        if r < 0:
+            assert got[product] == (pytest.approx(r), date(2026, 1, 1), date(2026, 1, 2), None,
+                                    date(2026, 1, 1), date(2026, 1, 2)), product
+        else:
+            assert got[product] == (0.0, None, None, None, date(2026, 1, 1), date(2026, 1, 2)), product
+    assert query("select max_drawdown from raw.drawdowns where entity_type = 'portfolio' and entity_id = 'P001'") == [
+        (pytest.approx(min(ret["BTC-USD"], 0.0)),)]  # P001 holds only BTC: its return is BTC's
+
+    # anomalies_daily: each product's day-2 return flagged; SOL's infinite z-score survives the COPY
+    assert summary.rows["anomalies_daily"] == 3
+    rows = query("select product_id, price_date, return_value, robust_z, scale_method, as_of_date "
+                 "from raw.anomalies_daily order by product_id")
+    assert [(p, d, v) for p, d, v, *_ in rows] == [(p, date(2026, 1, 2), pytest.approx(ret[p])) for p in sample.PRODUCTS]
+    sol = rows[2]
+    assert sol[3] == (float("inf") if ret["SOL-USD"] > 0 else float("-inf")) and sol[4] == "none"
+    assert {r[5] for r in rows} == {date(2026, 1, 2)}
+
+    # a later as-of run flags ETH's day again with another score: the same key, so its row is replaced
+    eth = pa.table({"product_id": ["ETH-USD"], "price_date": [date(2026, 1, 2)], "return_value": [ret["ETH-USD"]],
+                    "robust_z": [-9.5], "scale_method": ["mad"], "window": [60], "threshold": [3.5]})
+    get_store().write_parquet("outputs/anomalies_daily/as_of_date=2026-01-03/part-0.parquet", eth)
+    assert load(run_dbt=False).rows["anomalies_daily"] == 1
+    assert query("select count(*) from raw.anomalies_daily") == [(3,)]
+    assert query("select robust_z, as_of_date from raw.anomalies_daily where product_id = 'ETH-USD'") == [
+        (-9.5, date(2026, 1, 3))]  # as_of_date filled from the partition path
+
+
+def test_an_empty_output_file_loads_nothing_and_a_drawdown_without_trough_is_an_error(warehouse):
+    load(run_dbt=False)
+    store = get_store()
+    # pandas writes the columns of an empty frame as float64 (the risk engine on a day without anomalies)
+    empty = pa.table({c: pa.array([], pa.float64()) for c in ("product_id", "bucket_start", "return_value",
+                                                                "robust_z")})
+    store.write_parquet("outputs/anomalies/as_of_date=2026-01-05/part-0.parquet", empty)
+    summary = load(run_dbt=False)
+    assert summary.files["anomalies"] == 1 and summary.rows["anomalies"] == 0
+    assert query("select count(*) from raw._load_state where path like '%anomalies/as_of_date=2026-01-05%'") == [
+        (1,)]
+
+    bad = pa.table({"entity_type": ["asset"], "entity_id": ["BTC-USD"], "as_of_date": [date(2026, 1, 5)],
+                    "max_drawdown": [-0.1], "peak_date": [date(2026, 1, 1)], "recovery_date": [None]})
+    store.write_parquet("outputs/drawdowns/as_of_date=2026-01-05/part-0.parquet", bad)
+    with pytest.raises(ValidationError, match=r"drawdowns/as_of_date=2026-01-05.*missing column\(s\) \['trough_date'\]"):
+        load(run_dbt=False)

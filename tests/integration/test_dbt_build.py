@@ -52,13 +52,15 @@ def test_gold_star_schema_holds_the_loaded_data(gold):
     counts = {t: query(f"select count(*) from gold.{t}")[0][0] for t in (
         "fact_price_bars", "fact_price_daily", "fact_positions", "fact_portfolio_valuation", "fact_pnl_daily",
         "fact_risk_metrics", "fact_var_backtest", "fact_factor_returns", "fact_factor_exposures",
-        "fact_anomalies", "fact_limit_breaches", "fact_pipeline_runs", "dim_date", "dim_portfolio")}
+        "fact_anomalies", "fact_limit_breaches", "fact_pipeline_runs", "fact_drawdowns", "fact_anomalies_daily",
+        "dim_date", "dim_portfolio")}
     assert counts == {
         "fact_price_bars": 3 * 288 * DAYS, "fact_price_daily": 3 * DAYS, "fact_positions": 4 * DAYS,
         "fact_portfolio_valuation": 2 * DAYS, "fact_pnl_daily": 2 * DAYS, "fact_risk_metrics": 2 * DAYS,
         "fact_var_backtest": gold["counts"]["var_backtest"], "fact_factor_returns": gold["counts"]["factor_returns"],
         "fact_factor_exposures": 2 * 3 * DAYS, "fact_anomalies": 6, "fact_limit_breaches": gold["counts"]["limit_breaches"],
-        "fact_pipeline_runs": 4, "dim_date": DAYS, "dim_portfolio": 2,
+        "fact_pipeline_runs": 4, "fact_drawdowns": (2 + 3) * (DAYS - 1), "fact_anomalies_daily": 3,
+        "dim_date": DAYS, "dim_portfolio": 2,
     }
     # the daily bar is the day's 5-minute bars aggregated; valuation = quantity x close
     (o, h, lo, c, v), = query("select open, high, low, close, volume from gold.fact_price_daily "
@@ -80,6 +82,51 @@ def test_gold_star_schema_holds_the_loaded_data(gold):
     assert query("select portfolio_id, n_positions from gold.dim_portfolio order by 1") == [("P001", 1), ("P002", 3)]
 
 
+def test_drawdowns_follow_the_closes_and_daily_anomalies_keep_the_latest_run(gold):
+    closes = query("select price_date, close from gold.fact_price_daily where product_id = 'BTC-USD' "
+                   "order by price_date")
+    days = [d for d, _ in closes]
+    for i in range(1, DAYS):  # as of each day: wealth from the first day's close, worst fall from a running peak
+        wealth = [c / closes[0][1] for _, c in closes[:i + 1]]
+        peaks = [max(wealth[:j + 1]) for j in range(len(wealth))]
+        dd = [w / p - 1 for w, p in zip(wealth, peaks, strict=True)]
+        trough = dd.index(min(dd))
+        peak = wealth.index(peaks[trough])
+        back = [j for j in range(trough + 1, len(wealth)) if wealth[j] >= peaks[trough]]
+        if min(dd) < 0:
+            recovery = days[back[0]] if back else None
+            expected = (pytest.approx(min(dd)), days[peak], days[trough], recovery, recovery is not None,
+                        (days[trough] - days[peak]).days)
+        else:
+            expected = (0.0, None, None, None, None, None)
+        got = query("select entity_id, product_id, portfolio_id, max_drawdown, peak_date, trough_date, recovery_date, "
+                    "is_recovered, drawdown_days from gold.fact_drawdowns where as_of_date = %s "
+                    "and entity_id in ('BTC-USD', 'P001') order by entity_type", (days[i],))
+        assert [r[3:] for r in got] == [expected, expected], days[i]  # P001 holds only BTC: the same drawdown
+        assert [r[:3] for r in got] == [("BTC-USD", "BTC-USD", None), ("P001", None, "P001")]
+
+    # each product's largest daily move, flagged by every later run: one row per product, the latest run's
+    anomalies = query("select product_id, price_date, return_value, robust_z, direction, scale_method, "
+                      "flagged_as_of_date from gold.fact_anomalies_daily order by product_id")
+    for product, price_date, value, z, direction, how, flagged_as_of in anomalies:
+        moves = query("select price_date, daily_return from gold.fact_price_daily where product_id = %s "
+                      "and daily_return is not null order by abs(daily_return) desc limit 1", (product,))
+        assert (price_date, value) == (moves[0][0], pytest.approx(moves[0][1])), product
+        assert direction == ("up" if value > 0 else "down") and flagged_as_of == date(2026, 1, DAYS)
+        assert (abs(z), how) == ((float("inf"), "none") if product == "SOL-USD" else (4.2, "mad"))
+    assert [a[0] for a in anomalies] == ["BTC-USD", "ETH-USD", "SOL-USD"]
+
+
+def test_the_drawdown_report_ranks_portfolios_worst_first(gold):
+    sql = (SQL_DIR / "risk_exposure" / "drawdowns.sql").read_text()
+    rows = query(sql, {"as_of": date(2026, 1, 3)}, url=reporting_url())
+    expected = query("select portfolio_id, max_drawdown from gold.fact_drawdowns where entity_type = 'portfolio' "
+                     "and as_of_date = '2026-01-03' order by max_drawdown, portfolio_id")
+    assert [(r[1], r[4]) for r in rows] == expected and len(rows) == 2
+    assert [r[6] for r in rows] == [pytest.approx(-mdd / 0.5) for _, mdd in expected]  # drawdown_limit 0.5
+    assert query(sql, {"as_of": None}, url=reporting_url())[0][0] == date(2026, 1, DAYS)
+
+
 def test_a_rerun_loads_nothing_and_the_incremental_bars_pick_up_a_rewritten_partition(gold):
     assert load(run_dbt=False).total_rows == 0
     store = get_store()
@@ -96,11 +143,16 @@ def test_a_rerun_loads_nothing_and_the_incremental_bars_pick_up_a_rewritten_part
                  "where product_id = 'ETH-USD' and bar_date = '2026-01-03'") == [(288, 3333.0, 3333.0)]
 
 
-def test_a_negative_price_or_a_zero_quantity_in_raw_fails_the_named_tests(gold):
+def test_a_negative_price_a_zero_quantity_or_a_bad_drawdown_in_raw_fails_the_named_tests(gold):
+    drawdown_key = "entity_type = 'portfolio' and entity_id = 'P002' and as_of_date = '2026-01-03'"
+    (mdd, peak), = query(f"select max_drawdown, peak_date from raw.drawdowns where {drawdown_key}")
+    assert peak is not None
     restore = [
         "update raw.bars_1d set close = -close where product_id = 'BTC-USD' and price_date = '2026-01-02'",
         "update raw.positions_valued set quantity = 0 where portfolio_id = 'P002' and product_id = 'SOL-USD' "
         "and as_of_date = '2026-01-03' returning avg_cost",
+        # a positive drawdown whose peak comes after its trough
+        f"update raw.drawdowns set max_drawdown = 0.25, peak_date = trough_date + 1 where {drawdown_key}",
     ]
     with db.connect() as conn, conn.cursor() as cur:
         for sql in restore:
@@ -108,19 +160,24 @@ def test_a_negative_price_or_a_zero_quantity_in_raw_fails_the_named_tests(gold):
             assert cur.rowcount == 1
     try:
         with pytest.raises(WarehouseError) as err:
-            run_dbt("build", select="fact_price_daily fact_positions")
+            run_dbt("build", select="fact_price_daily fact_positions fact_drawdowns")
         message = str(err.value)
         assert "test.crypto_warehouse.positive_fact_price_daily_close" in message
         assert "test.crypto_warehouse.non_zero_fact_positions_quantity" in message
         assert "ohlc_consistent_fact_price_daily" in message  # a negative close also breaks low <= close
+        assert "in_range_fact_drawdowns_max_drawdown__0___1" in message
+        assert "ordered_fact_drawdowns_window_start__peak_date__trough_date__recovery_date" in message
         assert "unique_combination_fact_price_daily" not in message
+        assert "unique_combination_fact_drawdowns" not in message
     finally:
         with db.connect() as conn, conn.cursor() as cur:
             cur.execute("update raw.bars_1d set close = -close where product_id = 'BTC-USD' "
                         "and price_date = '2026-01-02'")
             cur.execute("update raw.positions_valued set quantity = 100 where portfolio_id = 'P002' "
                         "and product_id = 'SOL-USD' and as_of_date = '2026-01-03'")
-        run_dbt("build", select="fact_price_daily fact_positions")
+            cur.execute(f"update raw.drawdowns set max_drawdown = %s, peak_date = %s where {drawdown_key}",
+                        (mdd, peak))
+        run_dbt("build", select="fact_price_daily fact_positions fact_drawdowns")
 
 
 def test_reporting_role_reads_gold_and_nothing_else(gold):

@@ -65,6 +65,18 @@ correlations as (
 
 ),
 
+drawdowns as (
+
+    select * from {{ ref('stg_risk__drawdowns') }}
+
+),
+
+anomalies_daily as (
+
+    select * from {{ ref('stg_risk__anomalies_daily') }}
+
+),
+
 unioned as (
 
     select price_date as observed_date from bars_1d
@@ -88,6 +100,17 @@ unioned as (
     select as_of_date from var_backtest_summary
     union
     select as_of_date from correlations
+    union
+    -- a drawdown's peak/trough/recovery days lie in its window (window_start, optional, .. as_of_date)
+    select window_start from drawdowns
+    union
+    select peak_date from drawdowns
+    union
+    select as_of_date from drawdowns
+    union
+    select price_date from anomalies_daily
+    union
+    select as_of_date from anomalies_daily
 
 ),
 

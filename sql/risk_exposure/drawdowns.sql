@@ -1,0 +1,32 @@
+-- Maximum drawdown of every portfolio over the risk lookback on the as-of day, worst first: peak, trough and
+-- recovery days, the drawdown limit and how much of it the drawdown uses (breach above 1).
+with params as (
+    select coalesce(
+        %(as_of)s::date,
+        (select max(as_of_date) from gold.fact_drawdowns where entity_type = 'portfolio')
+    ) as as_of
+)
+
+select
+    drawdowns.as_of_date,
+    drawdowns.portfolio_id,
+    portfolio.name as portfolio_name,
+    portfolio.base_currency,
+    drawdowns.max_drawdown,
+    portfolio.drawdown_limit,
+    -drawdowns.max_drawdown / nullif(portfolio.drawdown_limit, 0) as limit_utilisation,
+    drawdowns.peak_date,
+    drawdowns.trough_date,
+    drawdowns.drawdown_days,
+    drawdowns.recovery_date,
+    drawdowns.recovery_days,
+    drawdowns.is_recovered,
+    drawdowns.window_start,
+    drawdowns.window_end
+from gold.fact_drawdowns as drawdowns
+inner join params
+    on drawdowns.as_of_date = params.as_of
+inner join gold.dim_portfolio as portfolio
+    on drawdowns.portfolio_id = portfolio.portfolio_id
+where drawdowns.entity_type = 'portfolio'
+order by drawdowns.max_drawdown, drawdowns.portfolio_id
