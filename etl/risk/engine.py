@@ -386,8 +386,10 @@ def intraday_anomalies(bars_5m: pd.DataFrame | None, as_of: pd.Timestamp, params
     `anomaly_window` buckets of the grid (missing ones skipped)."""
     cols = ["product_id", "bucket_start", "as_of_date", "return_value", "robust_z", "scale_method", "close",
             "window", "threshold"]
-    if bars_5m is None or bars_5m.empty:
-        return pd.DataFrame({c: [] for c in cols})
+    if bars_5m is None or bars_5m.empty:  # typed like the non-empty result so the file's schema never changes
+        return pd.DataFrame({c: [] for c in cols}).astype({
+            "product_id": "str", "bucket_start": "datetime64[us, UTC]", "as_of_date": "datetime64[ns]",
+            "scale_method": "str", "window": "int64"})
     bars = bars_5m.sort_values(["product_id", "bucket_start"])
     ret = bars.groupby("product_id")["close"].pct_change()
     wide = bars.assign(ret=ret).pivot_table(index="bucket_start", columns="product_id", values="ret",
