@@ -394,6 +394,8 @@ def intraday_anomalies(bars_5m: pd.DataFrame | None, as_of: pd.Timestamp, params
     ret = bars.groupby("product_id")["close"].pct_change()
     wide = bars.assign(ret=ret).pivot_table(index="bucket_start", columns="product_id", values="ret",
                                             aggfunc="last", dropna=False)
+    # the full 5-minute grid: a bucket no product has (an outage) still takes its place in the window
+    wide = wide.reindex(pd.date_range(wide.index.min(), wide.index.max(), freq="5min"))
     wide_close = bars.pivot_table(index="bucket_start", columns="product_id", values="close", aggfunc="last")
     wide_close = wide_close.reindex(index=wide.index, columns=wide.columns)
     z, how = anomalies.robust_z(wide.to_numpy(), params.anomaly_window)

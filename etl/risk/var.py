@@ -111,10 +111,12 @@ def parametric_var_es(sigma: np.ndarray, confidence: float) -> tuple[np.ndarray,
 
 
 def cov_sqrt(cov: np.ndarray) -> np.ndarray:
-    """L with L L' = C for a positive semi-definite C (eigen-decomposition, so singular C, e.g. a zero-variance
-    asset, is fine where Cholesky would fail). (..., A, A) -> (..., A, A)."""
+    """The symmetric square root L = V sqrt(W) V' (L L' = C) of a positive semi-definite C. From the
+    eigen-decomposition, so a singular C (e.g. a zero-variance asset) is fine where Cholesky would fail; the
+    trailing V' makes L unique, so the scenarios do not depend on the signs or rotation LAPACK picks for the
+    eigenvectors (V sqrt(W) alone jumps under a 1e-18 change of C). (..., A, A) -> (..., A, A)."""
     w, v = np.linalg.eigh(cov)
-    return v * np.sqrt(np.clip(w, 0.0, None))[..., None, :]
+    return (v * np.sqrt(np.clip(w, 0.0, None))[..., None, :]) @ np.swapaxes(v, -1, -2)
 
 
 def mc_draws(n_scenarios: int, n_assets: int, seed: int, distribution: str = "t",

@@ -11,12 +11,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from scipy import linalg, special, stats
 
 from etl.errors import DataNotFoundError
 from etl.portfolios import load_portfolios, load_positions
 from etl.reference import load_instruments
 from etl.risk import run
-from etl.risk.engine import RiskParams, compute_tables
+from etl.risk.engine import RiskParams, compute_tables, intraday_anomalies
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
 
@@ -221,3 +222,128 @@ def test_close_matrix_fills_gaps_and_refuses_an_as_of_without_bars():
         close_matrix(bars, ["A", "B"], pd.Timestamp("2026-01-06"))
     with pytest.raises(DataNotFoundError, match=r"no daily bars for \['C'\]"):
         close_matrix(bars, ["A", "C"], pd.Timestamp("2026-01-04"))
+
+
+def test_intraday_window_is_the_previous_buckets_of_the_grid():
+    """A 25-bucket outage of every product just before a spike: the spike's window is the previous 60 buckets of
+    the 5-minute grid (35 of them with returns), not the previous 60 rows that happen to exist."""
+    grid = pd.date_range(pd.Timestamp(AS_OF) - pd.Timedelta(hours=6), pd.Timestamp(AS_OF) + pd.Timedelta(hours=2),
+                         freq="5min", tz="UTC", inclusive="left")
+    spike = pd.Timestamp(AS_OF, tz="UTC") + pd.Timedelta(hours=1)
+    outage = (grid >= spike - pd.Timedelta(minutes=125)) & (grid < spike)
+    rng = np.random.default_rng(9)
+    frames = []
+    for product in ("BTC-USD", "ETH-USD"):
+        r = rng.standard_normal(len(grid)) * 0.001
+        r[grid == spike] = 0.05
+        frames.append(pd.DataFrame({"product_id": product, "bucket_start": grid, "close": 100 * np.exp(np.cumsum(r))})
+                      [~outage])
+    bars = pd.concat(frames, ignore_index=True)
+    out = intraday_anomalies(bars, pd.Timestamp(AS_OF), RiskParams())
+    row = out[(out["product_id"] == "BTC-USD") & (out["bucket_start"] == spike)].iloc[0]
+    btc = bars[bars["product_id"] == "BTC-USD"].set_index("bucket_start")["close"]
+    ret = btc.pct_change()
+    window = ret[(ret.index >= spike - pd.Timedelta(minutes=300)) & (ret.index < spike)].dropna()
+    assert len(window) == 35                                                 # 60 grid buckets, 25 missing
+    med = window.median()
+    mad = stats.median_abs_deviation(window.to_numpy(), scale=1.0)
+    assert row["robust_z"] == pytest.approx(0.6745 * (ret[spike] - med) / mad, rel=1e-12)
+
+
+# ---- compute_tables against independent pandas/scipy computations (no I/O) -----------------------------------
+BOOK = pd.DataFrame({"portfolio_id": ["U1", "U1", "B1"], "product_id": ["BTC-USD", "ETH-USD", "ETH-BTC"],
+                     "as_of_date": pd.to_datetime(["2025-12-01"] * 3), "quantity": [2.0, -30.0, 40.0],
+                     "avg_cost": [50000.0, 2500.0, 0.04]})
+PORTFOLIOS = pd.DataFrame({"portfolio_id": ["U1", "B1"], "name": ["u", "b"], "base_currency": ["USD", "BTC"],
+                           "var_limit": [1e12, 1e12], "concentration_limit": [1.0, 1.0],
+                           "drawdown_limit": [1.0, 1.0], "var_limit_metric": ["var_99_hist"] * 2})
+SMALL_PARAMS = RiskParams(var_lookback_days=60, backtest_days=40, mc_scenarios=3000)
+
+
+def _u1_pnl_and_returns(closes: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """U1 holds 2 BTC and -30 ETH throughout: PnL and the return on the previous day's gross exposure."""
+    pnl = 2 * closes["BTC-USD"].diff() - 30 * closes["ETH-USD"].diff()
+    gross = 2 * closes["BTC-USD"] + 30 * closes["ETH-USD"]
+    return pnl, pnl / gross.shift(1)
+
+
+def test_compute_tables_vol_var_and_backtest_against_independent_oracles():
+    closes = _closes()
+    tables = compute_tables(closes, QUOTE, PORTFOLIOS, BOOK, SMALL_PARAMS)
+    risk = tables["risk_metrics"].set_index("portfolio_id")
+    d = closes.index[-1]
+    pnl, ret = _u1_pnl_and_returns(closes)
+
+    # volatility: pandas rolling std (ddof=1) x sqrt(365); EWMA by the direct recursion S = lam S + r^2, W = lam W + 1
+    for w in (20, 30):
+        assert risk.loc["U1", f"vol_{w}d"] == pytest.approx(ret.rolling(w).std().iloc[-1] * np.sqrt(365), rel=1e-12)
+    s = n = 0.0
+    for r in ret.iloc[-60:]:
+        s, n = 0.94 * s + r * r, 0.94 * n + 1.0
+    assert risk.loc["U1", "vol_ewma"] == pytest.approx(np.sqrt(s / n * 365), rel=1e-12)
+    asset = tables["asset_risk"].set_index("product_id")
+    eth_btc = closes["ETH-BTC"].pct_change()
+    assert asset.loc["ETH-BTC", "vol_30d"] == pytest.approx(eth_btc.rolling(30).std().iloc[-1] * np.sqrt(365),
+                                                            rel=1e-12)
+
+    # delta-normal: hand-built covariance of the last 60 returns, scipy's normal quantile and density
+    rets = closes[["BTC-USD", "ETH-USD"]].pct_change().iloc[-60:]
+    e = np.array([2 * closes.loc[d, "BTC-USD"], -30 * closes.loc[d, "ETH-USD"]])
+    dev = rets - rets.mean()
+    cov = dev.T.to_numpy() @ dev.to_numpy() / (len(rets) - 1)
+    sigma = np.sqrt(e @ cov @ e)
+    for c in (0.95, 0.99):
+        k = round(100 * c)
+        assert risk.loc["U1", f"var_{k}_param"] == pytest.approx(stats.norm.ppf(c) * sigma, rel=1e-12)
+        assert risk.loc["U1", f"es_{k}_param"] == pytest.approx(sigma * stats.norm.pdf(stats.norm.ppf(c)) / (1 - c),
+                                                                rel=1e-12)
+    # Monte Carlo: the same seeded draws (rows: scenarios, columns: held products in sorted order) through scipy's
+    # matrix square root
+    rng = np.random.default_rng(SMALL_PARAMS.mc_seed)
+    z = rng.standard_normal((SMALL_PARAMS.mc_scenarios, 3))
+    scale = np.sqrt(3.0 / rng.chisquare(5.0, SMALL_PARAMS.mc_scenarios))
+    all_rets = closes[["BTC-USD", "ETH-BTC", "ETH-USD"]].assign(**{"ETH-BTC": closes["ETH-BTC"] * closes["BTC-USD"]})
+    full_cov = np.cov(all_rets.pct_change().iloc[-60:].to_numpy(), rowvar=False)
+    mc_losses = -(scale[:, None] * (z @ linalg.sqrtm(full_cov).real)) @ np.array([e[0], 0.0, e[1]])
+    assert risk.loc["U1", "var_99_mc"] == pytest.approx(np.quantile(mc_losses, 0.99), rel=1e-9)
+    tail = mc_losses[mc_losses >= np.quantile(mc_losses, 0.99)]
+    assert risk.loc["U1", "es_99_mc"] == pytest.approx(tail.mean(), rel=1e-9)
+
+    # backtest statistics from the rows by hand: Kupiec, and Christoffersen from pandas-shifted transition counts
+    bt = tables["var_backtest"]
+    rows = bt[(bt.portfolio_id == "U1") & (bt.method == "hist") & (bt.confidence == 0.95)].sort_values("as_of_date")
+    hits = rows["is_exception"].to_numpy()
+    n, x = len(hits), hits.sum()
+    summ = tables["var_backtest_summary"].set_index(["portfolio_id", "method", "confidence"]).loc[("U1", "hist", 0.95)]
+    ph = x / n
+    kupiec = -2 * ((n - x) * np.log(0.95) + x * np.log(0.05) - (n - x) * np.log(1 - ph) - x * np.log(ph))
+    assert n == 40 and 0 < x < n and summ["kupiec_lr"] == pytest.approx(kupiec, rel=1e-9)
+    prev, cur = pd.Series(hits).shift(1).iloc[1:].astype(bool), pd.Series(hits).iloc[1:]
+    n00, n01 = int((~prev & ~cur).sum()), int((~prev & cur).sum())
+    n10, n11 = int((prev & ~cur).sum()), int((prev & cur).sum())
+    pi0, pi = n01 / (n00 + n01), (n01 + n11) / (n - 1)
+    pi1 = n11 / (n10 + n11) if n10 + n11 else 0.0
+    unrestricted = special.xlogy(n00, 1 - pi0) + special.xlogy(n01, pi0) + special.xlogy(n10, 1 - pi1) \
+        + special.xlogy(n11, pi1)
+    ind = -2 * ((n00 + n10) * np.log(1 - pi) + (n01 + n11) * np.log(pi) - unrestricted)
+    assert summ["christoffersen_ind_lr"] == pytest.approx(ind, rel=1e-9, abs=1e-12)
+    assert summ["cc_p"] == pytest.approx(stats.chi2.sf(kupiec + ind, 2), rel=1e-9)
+
+
+def test_backtest_forecasts_do_not_look_ahead():
+    """Changing the last close changes today's VaR but no forecast made before today; the forecast made yesterday
+    is compared with today's PnL."""
+    closes = _closes()
+    base = compute_tables(closes, QUOTE, PORTFOLIOS, BOOK, SMALL_PARAMS)
+    bumped = closes.copy()
+    bumped.iloc[-1] *= [1.2, 0.7, 1.3]
+    moved = compute_tables(bumped, QUOTE, PORTFOLIOS, BOOK, SMALL_PARAMS)
+    a, b = base["var_backtest"], moved["var_backtest"]
+    assert a["forecast_date"].max() == closes.index[-2] and (a["as_of_date"] - a["forecast_date"]).eq(
+        pd.Timedelta(days=1)).all()
+    np.testing.assert_array_equal(a["var_forecast"].to_numpy(), b["var_forecast"].to_numpy())
+    last = a["as_of_date"] == closes.index[-1]
+    assert (a.loc[last, "realized_pnl"] != b.loc[last, "realized_pnl"]).all()
+    np.testing.assert_array_equal(a.loc[~last, "realized_pnl"].to_numpy(), b.loc[~last, "realized_pnl"].to_numpy())
+    for col in ("var_99_hist", "var_99_param", "var_99_mc"):
+        assert (base["risk_metrics"][col] != moved["risk_metrics"][col]).all()

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import quantstats as qs
-from scipy import stats
+from scipy import linalg, stats
 
 from etl.risk import anomalies, backtest, drawdown, returns, valuation, var
 
@@ -167,6 +167,29 @@ def test_cov_sqrt_handles_a_zero_variance_asset():
     np.testing.assert_allclose(L @ L.T, cov, atol=1e-15)
 
 
+def test_mc_var_is_continuous_in_the_covariance():
+    """Two assets with equal variance: any rotation of the eigenvectors is an eigen-decomposition, and a 1e-18
+    correlation turns numpy's choice by 45 degrees. The scenarios must not depend on that choice: the square root
+    is the unique symmetric one, so the same covariance up to rounding gives the same MC VaR."""
+    cov = np.diag([4e-4, 4e-4])
+    nudged = cov + np.array([[0.0, 1e-18], [1e-18, 0.0]])
+    exposure = np.array([[1000.0], [0.0]])
+    z, s = var.mc_draws(5000, 2, seed=7)
+    a = var.var_es_from_losses(var.mc_losses(z, s, cov, exposure), 0.99)[0.99]
+    b = var.var_es_from_losses(var.mc_losses(z, s, nudged, exposure), 0.99)[0.99]
+    np.testing.assert_allclose(b, a, rtol=1e-9)
+
+
+def test_cov_sqrt_is_the_symmetric_square_root(rets):
+    """Oracle: scipy.linalg.sqrtm; batched roots equal one-at-a-time roots."""
+    cov = np.cov(rets, rowvar=False)
+    root = var.cov_sqrt(cov)
+    np.testing.assert_allclose(root, linalg.sqrtm(cov).real, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(root, root.T, rtol=0, atol=1e-15)
+    stack = np.stack([cov, 2 * cov])
+    np.testing.assert_allclose(var.cov_sqrt(stack)[1], linalg.sqrtm(2 * cov).real, rtol=0, atol=1e-12)
+
+
 # ---- drawdown --------------------------------------------------------------------------------------------------
 def test_max_drawdown_matches_empyrical_and_quantstats(rets):
     mdd = drawdown.max_drawdown(rets)
@@ -275,3 +298,71 @@ def test_var_es_with_ties_against_a_sort(n):
         np.testing.assert_array_equal(v, np.quantile(losses, c, axis=0))
         brute = np.array([col[col >= q].mean() for col, q in zip(losses.T, v, strict=True)])
         np.testing.assert_allclose(es, brute, rtol=1e-12)
+
+
+# ---- hand-worked cases ------------------------------------------------------------------------------------------
+def test_historical_var_es_hand_worked():
+    losses = np.arange(1.0, 21.0)[::-1].copy()          # 20 scenario losses 20, 19, ..., 1
+    # 95%: virtual index 19 x 0.95 = 18.05 -> 19 + 0.05 x (20 - 19) = 19.05; only the loss 20 is >= VaR
+    # 90%: index 17.1 -> 18.1; losses 19 and 20 -> ES 19.5.  50%: index 9.5 -> 10.5; ES = mean(11..20) = 15.5
+    out = var.var_es_from_losses(losses, (0.95, 0.9, 0.5))
+    assert out[0.95][0] == pytest.approx(19.05, abs=TOL) and out[0.95][1] == pytest.approx(20.0, abs=TOL)
+    assert out[0.9][0] == pytest.approx(18.1, abs=TOL) and out[0.9][1] == pytest.approx(19.5, abs=TOL)
+    assert out[0.5][0] == pytest.approx(10.5, abs=TOL) and out[0.5][1] == pytest.approx(15.5, abs=TOL)
+    # a loss exactly at VaR belongs to the tail: 21 losses 0..20 at 95% -> index 19 exactly -> VaR 19, ES 19.5
+    v, es = var.var_es_from_losses(np.arange(0.0, 21.0), 0.95)[0.95]
+    assert v == 19.0 and es == 19.5
+
+
+def test_parametric_var_with_a_hand_computed_covariance():
+    r = np.array([[0.01, 0.02], [-0.02, 0.00], [0.03, -0.01], [0.00, 0.03]])
+    # means 0.005, 0.01; sum of squared deviations 0.0013 and 0.001, cross -0.0003; divided by n - 1 = 3
+    cov = np.array([[0.0013, -0.0003], [-0.0003, 0.001]]) / 3
+    np.testing.assert_allclose(var.covariance(r), cov, rtol=1e-12, atol=0)
+    exposure = np.array([[1000.0], [2000.0]])
+    sigma2 = (1000**2 * 0.0013 + 2000**2 * 0.001 - 2 * 1000 * 2000 * 0.0003) / 3   # = 1366.666...
+    sigma = var.portfolio_sigma(var.covariance(r), exposure)[0]
+    assert sigma == pytest.approx(np.sqrt(sigma2), rel=1e-12)
+    for c in (0.95, 0.99):
+        v, es = var.parametric_var_es(np.array([sigma]), c)
+        assert v[0] == pytest.approx(stats.norm.ppf(c, scale=np.sqrt(sigma2)), rel=1e-12)
+        # ES = E[L | L >= VaR] of N(0, sigma^2), by numerical integration
+        assert es[0] == pytest.approx(stats.norm(scale=np.sqrt(sigma2)).expect(lambda x: x, lb=v[0]) / (1 - c),
+                                      rel=1e-8)
+
+
+def test_ewma_vol_matches_the_direct_recursion(rets):
+    """RiskMetrics with normalised weights: S_t = lam S_{t-1} + r_t^2, W_t = lam W_{t-1} + 1, sigma^2 = S / W."""
+    s = w = np.zeros(rets.shape[1])
+    for row in rets:
+        s, w = 0.94 * s + row**2, 0.94 * w + 1.0
+    np.testing.assert_allclose(returns.ewma_vol(rets, 0.94, 365), np.sqrt(s / w * 365), rtol=1e-12, atol=0)
+    one = returns.ewma_vol(np.array([[0.02]]), 0.94, 365)                      # one return: sigma = |r|
+    assert one[0] == pytest.approx(0.02 * np.sqrt(365), rel=1e-12)
+
+
+@pytest.mark.parametrize("window", [20, 30])
+def test_window_vol_matches_pandas_rolling_std(rets, window):
+    oracle = pd.DataFrame(rets).rolling(window).std().iloc[-1].to_numpy() * np.sqrt(365)
+    np.testing.assert_allclose(returns.window_vol(rets, window, 365), oracle, rtol=1e-12, atol=0)
+
+
+def test_backtest_statistics_edge_cases():
+    # all exceptions: LR_pof = -2 n ln p (the unrestricted likelihood is 1); one state only: LR_ind = 0
+    lr, p = backtest.kupiec(10, 10, 0.99)
+    assert lr == pytest.approx(-2 * 10 * np.log(0.01), rel=1e-12) and p == pytest.approx(stats.chi2.sf(lr, 1))
+    lr_ind, p_ind = backtest.christoffersen(np.ones(10, dtype=bool))
+    assert lr_ind[0] == 0.0 and p_ind[0] == 1.0
+    # no exceptions: LR_pof = -2 n ln(1 - p), LR_ind = 0
+    assert backtest.kupiec(250, 0, 0.99)[0] == pytest.approx(-2 * 250 * np.log(0.99), rel=1e-12)
+    assert backtest.christoffersen(np.zeros(250, dtype=bool))[0][0] == 0.0
+    # no consecutive exceptions: n11 = 0, pi1 = 0 and 0 ln 0 = 0 (by hand: n00 = n01 = n10 = 3)
+    hits = np.array([0, 1, 0, 0, 1, 0, 1, 0, 0, 0], dtype=bool)
+    assert [int(v[0]) for v in backtest.transition_counts(hits)] == [3, 3, 3, 0]
+    restricted = 6 * np.log(2 / 3) + 3 * np.log(1 / 3)                         # pi = 3 / 9
+    unrestricted = 3 * np.log(0.5) + 3 * np.log(0.5) + 3 * np.log(1.0)        # pi0 = 1/2, pi1 = 0
+    lr_ind, p_ind = backtest.christoffersen(hits)
+    assert lr_ind[0] == pytest.approx(-2 * (restricted - unrestricted), rel=1e-12)
+    assert lr_ind[0] == pytest.approx(3.139489, abs=1e-6) and p_ind[0] == pytest.approx(stats.chi2.sf(lr_ind[0], 1))
+    # no days: undefined
+    assert np.isnan(backtest.kupiec(0, 0, 0.99)[0])
