@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 from tqdm import tqdm
 
 from etl.errors import ConfigError
@@ -43,6 +42,7 @@ from etl.source import (
     check_products,
     floor_time,
     plan_windows,
+    to_utc,
 )
 from etl.storage import Store, get_store, partition_path
 
@@ -169,6 +169,32 @@ def _page_tables(page: CandlePage, batch_id: str, source: str) -> _PageResult:
     return _PageResult(page.product_id, candles, quarantined, outside)
 
 
+def fetch_page(client: ExchangeClient, product: str, start: datetime, end: datetime, granularity: int,
+               batch_id: str, source: str) -> _PageResult:
+    """One page [start, end), fetched again (up to INVALID_REFETCHES times) while a response has invalid rows.
+
+    The bad rows of every response are quarantined. A glitch hits different rows in different responses, so each
+    bucket keeps its valid row from the latest response that had one: a row broken only in the last response is
+    not lost.
+    """
+    attempts: list[_PageResult] = []
+    for attempt in range(INVALID_REFETCHES + 1):
+        result = _page_tables(client.candles(product, start, end, granularity), batch_id, source)
+        attempts.append(result)
+        if result.quarantined.num_rows == 0:
+            break
+        if attempt < INVALID_REFETCHES:
+            client.stats.add(retries=1)
+            log.info("%s [%s, %s): %d invalid rows, fetching the page again", product, start, end,
+                     result.quarantined.num_rows)
+    if len(attempts) == 1:
+        return result
+    newest_first = pa.concat_tables([a.candles for a in reversed(attempts)])
+    _, first = np.unique(newest_first["bucket_start"].cast(pa.int64()).to_numpy(), return_index=True)
+    return _PageResult(product, newest_first.take(pa.array(first)),  # np.unique sorts by bucket_start
+                       pa.concat_tables([a.quarantined for a in attempts]), result.outside)
+
+
 # ---- summary ---------------------------------------------------------------------------------------------------
 @dataclass
 class IngestSummary:
@@ -204,15 +230,6 @@ class IngestSummary:
 
 
 # ---- watermark and reading -------------------------------------------------------------------------------------
-def _subdirs(store: Store, rel: str, prefix: str) -> list[str]:
-    base = store.path(rel)
-    if store.fs.get_file_info(base).type != pafs.FileType.Directory:
-        return []
-    infos = store.fs.get_file_info(pafs.FileSelector(base, recursive=False))
-    return sorted(i.base_name[len(prefix):] for i in infos
-                  if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix))
-
-
 def _committed(store: Store, batch_ids: set[str]) -> set[str]:
     return {b for b in batch_ids if store.exists(f"{MANIFEST_DIR}/{b}.json")}
 
@@ -221,7 +238,7 @@ def watermark(product: str, granularity: int, settings: Settings | None = None) 
     """Newest bucket_start of `product` at `granularity` among finished (manifested) batches; None if none."""
     store = get_store(settings)
     base = partition_path(CANDLES_DIR, product_id=product.upper())
-    for day in reversed(_subdirs(store, base, "date=")):
+    for day in reversed(store.list_dirs(base, "date=")):
         table = store.read_table(f"{base}/date={day}", columns=["bucket_start", "granularity", "batch_id"])
         if table is None:
             continue
@@ -266,17 +283,15 @@ def read_bronze(products: list[str] | None = None, granularity: int | None = Non
 def read_quarantine(settings: Settings | None = None) -> pd.DataFrame:
     """Every quarantined row with its reason (product_id from the partition path)."""
     table = get_store(settings).read_table(QUARANTINE_DIR)
-    return QUARANTINE_SCHEMA.empty_table().to_pandas() if table is None else table.to_pandas()
+    if table is None:  # the same columns as when there are rows: product_id comes from the partition path
+        return QUARANTINE_SCHEMA.append(pa.field("product_id", pa.string())).empty_table().to_pandas()
+    return table.to_pandas()
 
 
 # ---- ingest ----------------------------------------------------------------------------------------------------
 def new_batch_id(now: datetime | None = None) -> str:
     """Sortable by creation time, unique across hosts: 20260131T120000Z-1a2b3c4d."""
     return f"{(now or datetime.now(UTC)):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-
-
-def _utc(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def _days(start: datetime, end: datetime, granularity: int) -> list[int]:
@@ -312,8 +327,8 @@ def _resolve_window(start: datetime | None, end: datetime | None, granularity: i
                     now: datetime) -> tuple[datetime | None, datetime]:
     """Check the requested range; `end` is exclusive and clamped to the newest complete bucket."""
     newest = floor_time(now, granularity)  # buckets starting before this are complete
-    start = _utc(start) if start else None
-    end = _utc(end) if end else None
+    start = to_utc(start) if start else None
+    end = to_utc(end) if end else None
     if start and end and start >= end:
         raise ConfigError(f"start {start:%Y-%m-%dT%H:%M:%SZ} is not before end {end:%Y-%m-%dT%H:%M:%SZ}: "
                           "pass --start earlier than --end")
@@ -349,7 +364,7 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
     if batch_id and store.exists(f"{MANIFEST_DIR}/{batch_id}.json"):
         log.info("batch %s already finished: nothing to do", batch_id)
         return _summary_from_manifest(store.read_json(f"{MANIFEST_DIR}/{batch_id}.json"))
-    now = _utc(now) if now else datetime.now(UTC)
+    now = to_utc(now) if now else datetime.now(UTC)
     start, end = _resolve_window(start, end, granularity, now)
 
     client = ExchangeClient(url, settings)
@@ -383,25 +398,11 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
         top = pc.max(table["bucket_start"]).as_py()
         newest[product] = max(newest.get(product, top), top)
 
-    def fetch(product: str, s: datetime, e: datetime) -> _PageResult:
-        rejected = []
-        for attempt in range(INVALID_REFETCHES + 1):
-            result = _page_tables(client.candles(product, s, e, granularity), batch_id, source)
-            if result.quarantined.num_rows == 0:
-                break
-            rejected.append(result.quarantined)
-            if attempt < INVALID_REFETCHES:
-                client.stats.add(retries=1)
-                log.info("%s [%s, %s): %d invalid rows, fetching the page again", product, s, e,
-                         result.quarantined.num_rows)
-        if rejected:
-            result.quarantined = pa.concat_tables(rejected)
-        return result
-
     outside = 0
     pool = ThreadPoolExecutor(max_workers=max(1, settings.max_workers), thread_name_prefix="ingest")
     try:
-        futures = {pool.submit(fetch, p, s, e): (p, s, e) for p, s, e in tasks}
+        futures = {pool.submit(fetch_page, client, p, s, e, granularity, batch_id, source): (p, s, e)
+                   for p, s, e in tasks}
         with tqdm(total=len(tasks), unit="page", desc=f"ingest {granularity}s", disable=not progress) as bar:
             for fut in as_completed(futures):
                 product, s, e = futures.pop(fut)  # drop the reference: memory stays bounded

@@ -42,12 +42,13 @@ PACING_BURST_MARGIN = 1
 # Backoff between attempts: initial * 2**n plus up to `initial` of random jitter, capped (seconds).
 
 
-def _utc(ts: datetime) -> datetime:
+def to_utc(ts: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is taken as UTC (never as the machine's local time)."""
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def _iso(ts: datetime) -> str:
-    return _utc(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return to_utc(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def api_url(source: str | None = None, settings: Settings | None = None) -> str:
@@ -313,13 +314,13 @@ def validate_products(products: list[str], settings: Settings | None = None) -> 
 
 # ---- window planner --------------------------------------------------------------------------------------------
 def floor_time(ts: datetime, granularity: int) -> datetime:
-    epoch = int(_utc(ts).timestamp())
+    epoch = int(to_utc(ts).timestamp())
     return datetime.fromtimestamp(epoch - epoch % granularity, tz=UTC)
 
 
 def ceil_time(ts: datetime, granularity: int) -> datetime:
     floored = floor_time(ts, granularity)
-    return floored if floored == _utc(ts) else floored + timedelta(seconds=granularity)
+    return floored if floored == to_utc(ts) else floored + timedelta(seconds=granularity)
 
 
 def check_granularity(granularity: int) -> int:

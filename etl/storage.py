@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import posixpath
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -31,7 +32,7 @@ class Store:
     root: str
 
     @classmethod
-    def from_uri(cls, uri: str) -> "Store":
+    def from_uri(cls, uri: str) -> Store:
         if "://" in uri:
             fs, root = pafs.FileSystem.from_uri(uri)
         else:
@@ -77,12 +78,24 @@ class Store:
         with self.fs.open_input_stream(self.path(rel_path)) as f:
             return json.loads(f.read().decode())
 
-    def list_files(self, rel_dir: str, suffix: str = "") -> list[str]:
-        """Visible files under rel_dir (recursively), as paths relative to the root, sorted."""
+    def read_parquet(self, rel_path: str, columns: list[str] | None = None) -> pa.Table:
+        """One Parquet file (no partition columns added)."""
+        return pq.read_table(self.path(rel_path), columns=columns, filesystem=self.fs)
+
+    def _entries(self, rel_dir: str, recursive: bool) -> list[pafs.FileInfo]:
         base = self.path(rel_dir)
         if self.fs.get_file_info(base).type != pafs.FileType.Directory:
             return []
-        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        return self.fs.get_file_info(pafs.FileSelector(base, recursive=recursive))
+
+    def list_dirs(self, rel_dir: str, prefix: str = "") -> list[str]:
+        """Names of the visible folders directly under rel_dir that start with `prefix` (prefix removed), sorted."""
+        names = (i.base_name for i in self._entries(rel_dir, recursive=False) if i.type == pafs.FileType.Directory)
+        return sorted(n[len(prefix):] for n in names if n.startswith(prefix) and not _hidden(n))
+
+    def list_files(self, rel_dir: str, suffix: str = "") -> list[str]:
+        """Visible files under rel_dir (recursively), as paths relative to the root, sorted."""
+        infos = self._entries(rel_dir, recursive=True)
         out = []
         for info in infos:
             rel = posixpath.relpath(info.path, self.root)

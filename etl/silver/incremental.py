@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
+from etl.bronze import CANDLES_DIR, MANIFEST_DIR
 from etl.errors import ValidationError
 from etl.reference import load_instruments
 from etl.settings import Settings, get_settings
@@ -38,12 +38,12 @@ from etl.silver.bars import (
     aggregate,
     latest_per_key,
 )
+from etl.source import to_utc
 from etl.storage import HIVE, Store, get_store, partition_path
 
 log = logging.getLogger(__name__)
 
-BRONZE_DIR = "bronze/candles"
-MANIFEST_DIR = "bronze/_manifests"
+BRONZE_DIR = CANDLES_DIR
 BARS_5M_DIR = "silver/bars_5m"
 BARS_1D_DIR = "silver/bars_1d"
 QUARANTINE_DIR = "silver/quarantine"
@@ -99,19 +99,18 @@ def build(full_refresh: bool = False, settings: Settings | None = None, now: dat
     started = time.perf_counter()
     settings = settings or get_settings()
     store = get_store(settings)
-    now = now or datetime.now(UTC)
-    now = now if now.tzinfo else now.replace(tzinfo=UTC)  # naive means UTC, like everywhere in the platform
+    now = to_utc(now) if now else datetime.now(UTC)  # naive means UTC, like everywhere in the platform
     summary = SilverSummary(full_refresh=full_refresh)
 
     manifests = _manifests(store)
     done = set() if full_refresh else set(_load_state(store))
     new = {b: rel for b, rel in manifests.items() if b not in done}
     if full_refresh:
-        files = _group_by_partition(store.list_files(BRONZE_DIR, ".parquet"))
+        files = _group_by_partition(_committed(store.list_files(BRONZE_DIR, ".parquet"), manifests))
     else:
         touched = {p for rel in new.values() for p in _manifest_partitions(store, rel)}
-        files = {p: store.list_files(partition_path(BRONZE_DIR, product_id=p[0], date=p[1]), ".parquet")
-                 for p in sorted(touched)}
+        files = {p: _committed(store.list_files(partition_path(BRONZE_DIR, product_id=p[0], date=p[1]), ".parquet"),
+                               manifests) for p in sorted(touched)}
         files = {p: f for p, f in files.items() if f}
     summary.batches = len(new)
     currencies = _quote_currencies({p for p, _ in files}, settings)
@@ -227,8 +226,7 @@ def _write_daily(store: Store, product: str, year: int, day_numbers: list[int], 
     """Replace the recomputed days inside the product's year file, keeping the other days as they were."""
     rel = f"{partition_path(BARS_1D_DIR, product_id=product, year=year)}/{PART}"
     if not full_refresh and store.exists(rel):
-        with store.fs.open_input_file(store.path(rel)) as f:
-            old = pq.ParquetFile(f).read().cast(BARS_1D_SCHEMA)
+        old = store.read_parquet(rel).cast(BARS_1D_SCHEMA)
         days = old["price_date"].cast(pa.int32()).to_numpy()
         keep = ~np.isin(days, day_numbers)
         table = pa.concat_tables([old.filter(pa.array(keep)), table])
@@ -269,6 +267,12 @@ def _manifest_partitions(store: Store, rel: str) -> set[tuple[str, str]]:
         raise ValidationError(f"{store.path(rel)}: unreadable bronze manifest ({exc}); fix or remove it, then "
                               f"rerun `python -m etl silver --full-refresh`") from None
     return found
+
+
+def _committed(paths: list[str], manifests: dict[str, str]) -> list[str]:
+    """The bronze files of finished batches (`<batch_id>.parquet` with a manifest): a batch still being written,
+    or one whose writer died, is not taken half-way, and incremental and full-refresh runs read the same files."""
+    return [p for p in paths if posixpath.basename(p)[: -len(".parquet")] in manifests]
 
 
 def _group_by_partition(paths: list[str]) -> dict[tuple[str, str], list[str]]:

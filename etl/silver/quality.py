@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from etl.silver.bars import US, chunks, timestamps_us
+from etl.source import to_utc
 
 # Checked in this order; a row's `rule` is the first it breaks (so NaN prices count as finite_values, not as
 # price_positive) and `failed_rules` lists them all.
@@ -29,7 +30,7 @@ def rule_failures(candles: pa.Table | pa.RecordBatch, now: datetime) -> dict[str
             "high_ge_open": ~(h >= o),
             "high_ge_close": ~(h >= c),
             "volume_non_negative": ~(v >= 0),
-            "not_in_future": timestamps_us(candles["bucket_start"]) > int(now.timestamp() * US),
+            "not_in_future": timestamps_us(candles["bucket_start"]) > int(to_utc(now).timestamp() * US),
         }
 
 

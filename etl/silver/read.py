@@ -6,14 +6,12 @@ a naive datetime is taken as UTC. Partition folders outside the bounds are never
 
 from __future__ import annotations
 
-import posixpath
 from datetime import UTC, date, datetime
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 
 from etl.settings import Settings, get_settings
 from etl.silver import quality
@@ -87,22 +85,14 @@ def _between(lo: str | None, hi: str | None):
     return lambda value: (lo is None or value >= lo) and (hi is None or value <= hi)
 
 
-def _subdirs(store: Store, rel: str) -> list[str]:
-    base = store.path(rel)
-    if store.fs.get_file_info(base).type != pafs.FileType.Directory:
-        return []
-    return sorted(posixpath.basename(i.path) for i in store.fs.get_file_info(pafs.FileSelector(base))
-                  if i.type == pafs.FileType.Directory and not posixpath.basename(i.path).startswith((".", "_")))
-
-
 def _partition_files(store: Store, root: str, products: list[str] | None, key: str, keep) -> list[str]:
     """Visible Parquet files under root/product_id=P/key=V/ for the products asked and the values `keep` accepts."""
     wanted = None if products is None else {f"product_id={p}" for p in products}
     files: list[str] = []
-    for product_dir in _subdirs(store, root):
+    for product_dir in store.list_dirs(root):
         if wanted is not None and product_dir not in wanted:
             continue
-        for part in _subdirs(store, f"{root}/{product_dir}"):
+        for part in store.list_dirs(f"{root}/{product_dir}"):
             name, _, value = part.partition("=")
             if name == key and keep(value):
                 files += store.list_files(f"{root}/{product_dir}/{part}", ".parquet")

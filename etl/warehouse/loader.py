@@ -26,12 +26,11 @@ import psycopg2
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from etl.errors import PipelineError, ValidationError
 from etl.settings import Settings
 from etl.storage import Store
-from etl.warehouse.schema import BY_NAME, LOAD_STATE, TABLES, RawTable
+from etl.warehouse.schema import BY_NAME, LOAD_STATE, SOURCE_FILE, TABLES, RawTable
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +179,11 @@ def _fingerprints(store: Store, rel_dir: str) -> dict[str, str]:
 
 def _read_file(store: Store, spec: RawTable, rel: str) -> pa.Table:
     try:
-        raw = pq.read_table(store.path(rel), filesystem=store.fs)
+        raw = store.read_parquet(rel)
     except (OSError, pa.ArrowInvalid) as exc:
         raise ValidationError(f"{store.path(rel)}: unreadable Parquet for {spec.qualified}: {exc}") from exc
-    return conform(raw, spec, store.path(rel), _partition_values(rel))
+    table = conform(raw, spec, store.path(rel), _partition_values(rel))
+    return table.append_column(SOURCE_FILE, pa.array([rel] * table.num_rows, pa.string()))
 
 
 # ---- reference data ----------------------------------------------------------------------------------------
@@ -227,6 +227,18 @@ def _record_state(conn, spec: RawTable, entries: dict[str, str], row_counts: lis
     copy_upsert(conn, LOAD_STATE, state, ["path"])
 
 
+def _forget_files(conn, spec: RawTable, rewritten: list[str], gone: list[str]) -> None:
+    """Delete the rows loaded from files that changed or disappeared, so raw mirrors the files (a rewritten
+    partition with fewer rows, or a day silver removed, leaves no stale rows behind); gone files leave the state."""
+    if not rewritten and not gone:
+        return
+    with conn.cursor() as cur:
+        cur.execute(f"delete from {spec.qualified} where {SOURCE_FILE} = any(%s)", (rewritten + gone,))
+        if gone:
+            cur.execute(f"delete from {LOAD_STATE} where path = any(%s)", (gone,))
+            log.info("raw.%s: %d file(s) no longer in the Store, their rows removed", spec.name, len(gone))
+
+
 def load_raw(conn, store: Store, settings: Settings) -> LoadSummary:
     """Load every raw table's new data inside `conn`'s transaction (the caller commits)."""
     with conn.cursor() as cur:
@@ -237,13 +249,17 @@ def load_raw(conn, store: Store, settings: Settings) -> LoadSummary:
     for spec in TABLES:
         try:
             _load_table(conn, store, settings, spec, seen, reference, summary)
-        except psycopg2.Error as exc:
-            raise WarehouseError(
-                f"{spec.qualified}: Postgres rejected the new rows ({type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[0]}); the whole load was rolled back and the previous rows are "
-                f"kept. Fix the producer's files (see raw._load_state for what is loaded) and rerun the load."
-            ) from exc
+        except psycopg2.Error as exc:  # e.g. recording the load state; the rows' own errors name their files
+            raise _rejected(spec, [f"the files of {spec.source_dir or 'reference data'}"], exc) from exc
     return summary
+
+
+def _rejected(spec: RawTable, sources: list[str], exc: psycopg2.Error) -> WarehouseError:
+    shown = ", ".join(sources[:5]) + (f" and {len(sources) - 5} more" if len(sources) > 5 else "")
+    return WarehouseError(
+        f"{spec.qualified}: Postgres rejected the new rows from {shown} ({type(exc).__name__}: "
+        f"{str(exc).strip().splitlines()[0]}); the whole load was rolled back and the previous rows are "
+        f"kept. Fix the producer's files (see raw._load_state for what is loaded) and rerun the load.")
 
 
 def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: dict[str, str],
@@ -255,14 +271,24 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
         new = {f"reference:{spec.name}": _content_hash(data)}
         if seen.get(f"reference:{spec.name}") == new[f"reference:{spec.name}"]:
             new = {}
-        rows = replace_all(conn, spec.qualified, data, list(spec.key)) if new else 0
+        try:
+            rows = replace_all(conn, spec.qualified, data, list(spec.key)) if new else 0
+        except psycopg2.Error as exc:
+            raise _rejected(spec, [f"reference data {spec.name}"], exc) from exc
         counts = [data.num_rows]
     else:
         current = _fingerprints(store, spec.source_dir)
         new = {path: fp for path, fp in sorted(current.items()) if seen.get(path) != fp}
+        # files deleted since the last load (only when the folder is there: a wrong data dir must not empty raw)
+        gone = [p for p in seen if p.startswith(f"{spec.source_dir}/") and p not in current] \
+            if store.exists(spec.source_dir) else []
         parts = [_read_file(store, spec, rel) for rel in new]
         counts = [p.num_rows for p in parts]
-        rows = copy_upsert(conn, spec.qualified, pa.concat_tables(parts), list(spec.key)) if parts else 0
+        try:
+            _forget_files(conn, spec, [p for p in new if p in seen], gone)
+            rows = copy_upsert(conn, spec.qualified, pa.concat_tables(parts), list(spec.key)) if parts else 0
+        except psycopg2.Error as exc:
+            raise _rejected(spec, [store.path(p) for p in new], exc) from exc
     _record_state(conn, spec, new, counts)
     summary.rows[spec.name] = rows
     summary.files[spec.name] = len(new)

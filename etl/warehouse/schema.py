@@ -17,6 +17,7 @@ import pyarrow as pa
 
 RAW = "raw"
 LOAD_STATE = f"{RAW}._load_state"
+SOURCE_FILE = "source_file"  # column of every file-loaded raw table: the Store path its row was loaded from
 
 # Postgres type -> the Arrow type a column is cast to before COPY (so bad values fail with the file named).
 ARROW_TYPES: dict[str, pa.DataType] = {
@@ -66,6 +67,10 @@ class RawTable:
             f"  loaded_at timestamptz not null default now(),\n  primary key ({', '.join(self.key)})\n)"
         ]
         stmts += [f"alter table {self.qualified} add column if not exists {c.name} {c.pg_type}" for c in self.columns]
+        if self.source_dir is not None:
+            # the Store file each row came from: a rewritten or deleted file takes its old rows with it
+            stmts += [f"alter table {self.qualified} add column if not exists {SOURCE_FILE} text",
+                      f"create index if not exists {self.name}_{SOURCE_FILE}_idx on {self.qualified} ({SOURCE_FILE})"]
         return stmts
 
 

@@ -19,7 +19,9 @@ import pytest
 
 from etl.bronze import (
     CANDLE_SCHEMA,
+    INVALID_REFETCHES,
     dedup_latest,
+    fetch_page,
     ingest,
     read_bronze,
     read_quarantine,
@@ -28,6 +30,7 @@ from etl.bronze import (
 )
 from etl.errors import ConfigError, SourceError
 from etl.settings import PROJECT_ROOT, get_settings
+from etl.source import ExchangeClient
 from etl.storage import get_store
 
 SEED = 42
@@ -349,3 +352,32 @@ def test_killed_run_leaves_no_partial_file_and_rerun_completes(tmp_path, make_si
     distinct = raw.drop_duplicates(["product_id", "bucket_start", *OHLCV])
     assert len(distinct) == len(latest)  # no second version of any candle
     assert read_quarantine(settings).empty
+
+
+def test_a_row_malformed_in_the_last_refetch_is_taken_from_an_earlier_response(tmp_path, make_simulator):
+    # every response breaks one random row (or is truncated): no single response of a page is clean, but each
+    # bucket is valid in some response, so the page must still land whole
+    sim = make_simulator(seed=SEED, rate_limit_rps=1000.0, burst=1000, malformed_rate=1.0)
+    settings = _settings(tmp_path, sim, max_attempts=40, backoff_initial_s=0.001, backoff_max_s=0.005)
+    client = ExchangeClient(sim.url, settings)
+    start = START
+    end = START + timedelta(minutes=300)
+    page = fetch_page(client, "BTC-USD", start, end, 60, "b1", "simulator")
+    got = page.candles.to_pandas()
+    assert list(got["bucket_start"]) == list(_model(["BTC-USD"], start, end)["bucket_start"])
+    assert np.allclose(got[OHLCV].to_numpy(), _model(["BTC-USD"], start, end)[OHLCV].to_numpy())
+    assert page.quarantined.num_rows == INVALID_REFETCHES + 1  # every bad row of every response kept with a reason
+
+
+def test_empty_readers_have_the_columns_and_dtypes_of_full_ones(tmp_path, make_simulator):
+    # nine responses in ten are broken (one bad row or a truncated body): bad rows land in quarantine
+    sim = make_simulator(seed=SEED, rate_limit_rps=1000.0, burst=1000, malformed_rate=0.9)
+    settings = _settings(tmp_path, sim, max_workers=1, max_attempts=60, backoff_initial_s=0.001,
+                         backoff_max_s=0.005)
+    empty_candles, empty_quarantine = read_bronze(settings=settings), read_quarantine(settings=settings)
+    assert empty_candles.empty and empty_quarantine.empty
+    ingest(["BTC-USD"], START, START + timedelta(minutes=30), settings=settings)
+    candles, quarantine = read_bronze(settings=settings), read_quarantine(settings=settings)
+    assert len(candles) == 30 and len(quarantine) > 0
+    assert empty_candles.dtypes.to_dict() == candles.dtypes.to_dict()
+    assert empty_quarantine.dtypes.to_dict() == quarantine.dtypes.to_dict()

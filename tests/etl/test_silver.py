@@ -427,3 +427,43 @@ def test_simulator_late_corrections_change_exactly_the_revised_bars(data_dir, ma
     np.testing.assert_array_equal(after["close"].to_numpy(), expected["close"].to_numpy())
     np.testing.assert_array_equal(after["high"].to_numpy(), expected["high"].to_numpy())
     np.testing.assert_allclose(after["volume"].to_numpy(), expected["volume"].to_numpy(), rtol=1e-12)
+
+
+def test_a_bronze_batch_without_manifest_is_not_taken_in_and_full_refresh_agrees(tmp_path, monkeypatch):
+    incremental, full = tmp_path / "inc", tmp_path / "full"
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(incremental))
+    write_batch(incremental, minute_candles("BTC-USD", T0, 1440), "b1", T0 + timedelta(days=1))
+    build(now=FUTURE)
+    before = silver_files(incremental)
+    # b2 is still being written (or its writer died): its files are there, its manifest is not
+    revised = minute_candles("BTC-USD", T0, 2 * 1440, seed=9)
+    write_batch(incremental, revised, "b2", T0 + timedelta(days=2))
+    (incremental / "bronze/_manifests/b2.json").unlink()
+    write_batch(incremental, minute_candles("ETH-USD", T0, 10), "b3", T0 + timedelta(days=2))
+    build(now=FUTURE)
+    inc_files = silver_files(incremental)
+    assert {f: b for f, b in inc_files.items() if "BTC-USD" in f} == before  # b2 not taken half-way
+    shutil.copytree(incremental / "bronze", full / "bronze")
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(full))
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(full) == inc_files
+
+
+@pytest.fixture
+def tokyo_local_time(monkeypatch):
+    """The process's local zone is UTC+9: a naive datetime read as local time would be 9 hours off."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_naive_now_is_utc_in_read_candles_and_build(data_dir, tokyo_local_time):
+    write_batch(data_dir, minute_candles("BTC-USD", T0, 10), "b1", T0)
+    naive_now = (T0 + timedelta(hours=1)).replace(tzinfo=None)  # 01:00 UTC, after every candle
+    assert len(read_candles(now=naive_now)) == 10
+    summary = build(now=naive_now)
+    assert summary.quarantined == 0 and summary.rows_out == 2

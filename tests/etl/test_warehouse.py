@@ -116,7 +116,8 @@ def test_a_failure_midway_rolls_back_every_table(warehouse):
     store.write_parquet("outputs/pnl_daily/as_of_date=2026-01-09/part-0.parquet",
                         bad.set_column(0, "portfolio_id", pa.array([None], pa.string()))
                         .set_column(2, "daily_pnl", pa.array([1.0])))
-    with pytest.raises(WarehouseError, match=r"raw\.pnl_daily.*rolled back"):
+    with pytest.raises(WarehouseError, match=r"raw\.pnl_daily.*outputs/pnl_daily/as_of_date=2026-01-09/part-0\.parquet"
+                                             r".*rolled back"):
         load(run_dbt=False)
     assert query("select sum(close) from raw.bars_5m")[0][0] == before
 
@@ -248,3 +249,23 @@ def test_an_empty_output_file_loads_nothing_and_a_drawdown_without_trough_is_an_
     store.write_parquet("outputs/drawdowns/as_of_date=2026-01-05/part-0.parquet", bad)
     with pytest.raises(ValidationError, match=r"drawdowns/as_of_date=2026-01-05.*missing column\(s\) \['trough_date'\]"):
         load(run_dbt=False)
+
+
+def test_a_partition_rewritten_with_fewer_rows_or_deleted_loses_its_stale_rows(warehouse):
+    load(run_dbt=False)
+    store = get_store()
+    day2 = "silver/bars_5m/product_id=BTC-USD/date=2026-01-02/part-0.parquet"
+    day1 = "silver/bars_5m/product_id=ETH-USD/date=2026-01-01/part-0.parquet"
+    # silver rebuilt BTC's day 2 without its last bar (e.g. a bad late correction was quarantined) ...
+    table = pq.read_table(store.path(day2))
+    store.write_parquet(day2, table.slice(0, table.num_rows - 1))
+    # ... and removed ETH's day 1 altogether (every candle of the day quarantined)
+    store.delete(day1)
+    load(run_dbt=False)
+    assert query("select count(*) from raw.bars_5m where product_id = 'BTC-USD' "
+                 "and bucket_start >= '2026-01-02'")[0][0] == 287
+    assert query("select count(*) from raw.bars_5m where product_id = 'ETH-USD' "
+                 "and bucket_start < '2026-01-02'")[0][0] == 0
+    assert query("select count(*) from raw.bars_5m")[0][0] == warehouse["bars_5m"] - 289
+    assert query("select count(*) from raw._load_state where path = %s", (day1,))[0][0] == 0
+    assert load(run_dbt=False).total_rows == 0  # and the next run has nothing to do
