@@ -1,0 +1,169 @@
+"""Scheduling overhead: DAG file parse time, and the end-of-day DAG's wall time split into task time vs Airflow.
+
+- `airflow_parse_<dag_id>`: `python dags/<dag_id>.py` in a fresh interpreter (cold, the style guide's measure).
+  Baseline: a fresh interpreter that only imports `airflow.sdk` (the floor every DAG file pays).
+  Target: under 2 s. `warm_parse_s`: the same file parsed in a process that already imported the SDK (what a
+  running DAG processor pays per parse).
+- `airflow_eod_dags_test` (full mode only: it needs a few minutes): `airflow dags test risk_end_of_day` on demo
+  data (intraday run first), on a fresh database and a temporary data root. Baseline: the same task functions
+  called in-process in the same order, on the same data, right after. `task_s` is the sum of the run-log
+  durations of the Airflow run; `overhead_s` = wall - task_s. Target: Airflow overhead at most the work
+  itself plus 60 s (ratio baseline/ours >= 0.2 on the demo data).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DAG_IDS = ("market_data_intraday", "risk_end_of_day", "market_data_backfill")
+
+
+def _cold(code_or_file: list[str], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, *code_or_file], cwd=ROOT, check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+WARM = """
+import json, runpy, sys, time
+sys.path.insert(0, "dags")
+import airflow.sdk  # noqa: F401  (already loaded in a DAG processor)
+out = {}
+for dag_id in sys.argv[1:]:
+    times = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        runpy.run_path(f"dags/{dag_id}.py")
+        times.append(time.perf_counter() - t0)
+    out[dag_id] = sorted(times)[len(times) // 2]
+print(json.dumps(out))
+"""
+
+
+def warm_parse(repeats: int) -> dict[str, float]:
+    """Per-file parse time in a process that already imported the SDK (what a running DAG processor pays)."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", WARM.replace("REPEATS", str(repeats)), *DAG_IDS], cwd=ROOT,
+                          check=True, capture_output=True, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def parse_times(repeats: int) -> dict:
+    env_home = tempfile.mkdtemp(prefix="bench_airflow_home_")
+    os.environ.setdefault("AIRFLOW_HOME", env_home)
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    floor = _cold(["-c", "import airflow.sdk"], repeats)
+    warm = warm_parse(max(3, repeats))
+    out = {}
+    for dag_id in DAG_IDS:
+        ours = _cold([f"dags/{dag_id}.py"], repeats)
+        out[f"airflow_parse_{dag_id}"] = {
+            "ours_s": round(ours, 3), "baseline": "fresh python importing only airflow.sdk",
+            "baseline_s": round(floor, 3), "ratio": round(floor / ours, 3),
+            "ratio_means": "baseline_s / ours_s (1.0 = the DAG file adds nothing to the SDK import)",
+            "target": "ours_s < 2.0", "meets_target": ours < 2.0, "repeats": repeats,
+            "warm_parse_s": round(warm[dag_id], 4),
+        }
+    return out
+
+
+def eod_overhead() -> dict:
+    """One intraday + end-of-day `dags test` on a fresh database, then the same EOD work in-process."""
+    import psycopg2
+
+    from etl import db, demo, pipeline, runlog
+    from etl.settings import get_settings
+    from etl.simulator import Simulator, SimulatorConfig
+
+    products = ["BTC-USD", "ETH-USD"]
+    base = Path(tempfile.mkdtemp(prefix="bench_airflow_"))
+    server = db.database_url(get_settings())
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(server)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'create database "{name}"')
+    url = db.with_database(server, name)
+    sim = Simulator(SimulatorConfig(port=0, rate_limit_rps=1000.0, burst=1000)).start()
+    demo.small_reference(ROOT / "etl" / "reference_data", base / "reference", products)
+    overrides = {
+        "PIPELINE_STATE_DIR": str(base / "state"), "PIPELINE_DATA_DIR": str(base / "data"),
+        "PIPELINE_DATABASE_URL": url, "PIPELINE_REFERENCE_DIR": str(base / "reference"),
+        "PIPELINE_PRODUCTS": ",".join(products), "PIPELINE_HISTORY_DAYS": "1",
+        "PIPELINE_DAILY_HISTORY_DAYS": "120", "COINBASE_API_URL": sim.url, "PIPELINE_SOURCE": "simulator",
+        "PIPELINE_API_POOL_SLOTS": "1", "PIPELINE_EOD_DEADLINE_HOURS": "0",
+    }
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
+    try:
+        settings = get_settings()
+        env = demo.airflow_env(settings, home=base / "airflow", database_url=url)
+        demo.prepare_home(env)
+        when = datetime(2026, 3, 2, 0, 10, tzinfo=UTC)
+        proc = demo.dags_test(env, "market_data_intraday", when.replace(minute=0))
+        if proc.returncode:
+            raise RuntimeError(f"intraday dags test failed: {proc.stderr[-2000:]}")
+        t0 = time.perf_counter()
+        proc = demo.dags_test(env, "risk_end_of_day", when)
+        wall = time.perf_counter() - t0
+        if proc.returncode:
+            raise RuntimeError(f"end-of-day dags test failed: {proc.stderr[-2000:]}")
+        log = runlog.read_all(settings)
+        task_s = float(log.loc[log["dag_id"] == "risk_end_of_day", "duration_s"].sum())
+
+        # the same work, in-process, same order, same data
+        as_of = pipeline.eod_as_of("2026-03-01T00:10:00+00:00")
+        t0 = time.perf_counter()
+        book = pipeline.validate_products(include_book=True, settings=settings)
+        for product in book:
+            pipeline.ingest_daily_history(product, as_of, settings=settings)
+        pipeline.build_silver(settings=settings)
+        pipeline.compute_risk(as_of, settings=settings)
+        pipeline.compute_factors(when, settings=settings)
+        pipeline.load_warehouse(settings=settings)
+        pipeline.build_dbt(settings=settings)
+        pipeline.export_report(as_of, settings=settings)
+        pipeline.send_alerts(as_of, settings=settings)
+        inproc = time.perf_counter() - t0
+    finally:
+        sim.stop()
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        with admin.cursor() as cur:
+            cur.execute(f'drop database if exists "{name}" with (force)')
+        admin.close()
+    ratio = inproc / wall
+    return {"airflow_eod_dags_test": {
+        "ours_s": round(wall, 2), "baseline": "the same EOD task functions in-process (no Airflow), same data",
+        "baseline_s": round(inproc, 2), "ratio": round(ratio, 3),
+        "ratio_means": "baseline_s / ours_s (share of the Airflow run's wall time that is the work itself)",
+        "target": "ratio >= 0.2", "meets_target": ratio >= 0.2,
+        "task_s": round(task_s, 2), "overhead_s": round(wall - task_s, 2),
+    }}
+
+
+def run(quick: bool) -> dict:
+    results = parse_times(repeats=2 if quick else 5)
+    if not quick:
+        results.update(eod_overhead())
+    return results
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

@@ -1,0 +1,72 @@
+"""market_data_backfill: manual backfill of any products and window; the trigger form is the backfill tool."""
+
+from __future__ import annotations
+
+from airflow.sdk import dag, get_current_context, task
+from pipeline_common import (
+    API_POOL,
+    API_POOL_SLOTS,
+    BACKFILL_PARAMS,
+    BRONZE_CANDLES,
+    DEFAULT_ARGS,
+    SILVER_BARS,
+    START_DATE,
+)
+
+DOC = """
+### Backfill
+Manual only. Fill in the trigger form (products, start, end, granularity, full refresh): the params are typed
+and described, and `validate_params` checks the products against the instrument master and the window before
+any API call, failing with a message that names the bad field. Then one `fetch_candles` per product (pool
+`coinbase_api`) and `build_silver` (touched partitions, or everything with *full refresh*).
+"""
+
+
+@dag(
+    dag_id="market_data_backfill",
+    schedule=None,
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=2,
+    default_args=DEFAULT_ARGS,
+    params=BACKFILL_PARAMS,
+    tags=["market-data", "backfill", "manual"],
+    doc_md=DOC,
+)
+def market_data_backfill():
+    def ref():
+        from etl.pipeline import TaskRef
+
+        return TaskRef.from_context(get_current_context())
+
+    @task
+    def validate_params(params=None) -> list[dict]:
+        """One fetch job per product, after checking the whole form."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from etl import pipeline
+        from etl.errors import ValidationError
+
+        try:
+            request = pipeline.validate_backfill(dict(params or {}), ref=ref())
+        except ValidationError as exc:  # bad input does not get better on retry: fail now, with the message
+            raise AirflowFailException(str(exc)) from exc
+        return [{"product": p, "start": request["start"], "end": request["end"],
+                 "granularity": request["granularity"]} for p in request["products"]]
+
+    @task(pool=API_POOL, outlets=[BRONZE_CANDLES])
+    def fetch_candles(job: dict) -> dict:
+        from etl import pipeline
+
+        return pipeline.fetch_candles(job["product"], job["start"], job["end"], job["granularity"],
+                                      pool_slots=API_POOL_SLOTS, ref=ref())
+
+    @task(outlets=[SILVER_BARS])
+    def build_silver(fetched: list[dict], params=None) -> dict:
+        from etl import pipeline
+
+        return pipeline.build_silver(full_refresh=bool((params or {}).get("full_refresh")), ref=ref())
+
+    build_silver(fetch_candles.expand(job=validate_params()))
+
+market_data_backfill()

@@ -1,0 +1,56 @@
+"""market_data_intraday: every 5 minutes, 1-minute candles -> bronze -> touched silver partitions."""
+
+from __future__ import annotations
+
+from airflow.sdk import CronDataIntervalTimetable, dag, get_current_context, task
+from pipeline_common import API_POOL, API_POOL_SLOTS, BRONZE_CANDLES, DEFAULT_ARGS, SILVER_BARS, START_DATE
+
+DOC = """
+### Intraday market data
+Every 5 minutes: validate the product universe (instrument master + the exchange's `/products`), fetch
+1-minute candles per product (**dynamic task mapping**, all API calls in the `coinbase_api` pool sized to the
+exchange's rate limit), write bronze, rebuild the touched silver partitions and publish the `silver/bars` Asset.
+
+**Window** = the run's data interval, extended back by `PIPELINE_OVERLAP_MINUTES` so late corrections are picked
+up; the first ever run backfills `PIPELINE_HISTORY_DAYS`. No `now()`: a rerun refetches the same window.
+Each task writes one row to the run log (`gold.fact_pipeline_runs`). Logic lives in `etl/pipeline.py`.
+"""
+
+
+@dag(
+    dag_id="market_data_intraday",
+    schedule=CronDataIntervalTimetable("*/5 * * * *", timezone="UTC"),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["market-data", "intraday"],
+    doc_md=DOC,
+)
+def market_data_intraday():
+    @task(pool=API_POOL)
+    def validate_products() -> list[str]:
+        from etl import pipeline
+
+        return pipeline.validate_products(pool_slots=API_POOL_SLOTS,
+                                          ref=pipeline.TaskRef.from_context(get_current_context()))
+
+    @task(pool=API_POOL, outlets=[BRONZE_CANDLES])
+    def fetch_candles(product: str) -> dict:
+        from etl import pipeline
+
+        context = get_current_context()
+        start, end = pipeline.run_interval(context, pipeline.INTRADAY_EVERY)
+        return pipeline.fetch_intraday(product, start, end, pool_slots=API_POOL_SLOTS,
+                                       ref=pipeline.TaskRef.from_context(context))
+
+    @task(outlets=[SILVER_BARS])
+    def build_silver(fetched: list[dict]) -> dict:
+        from etl import pipeline
+
+        return pipeline.build_silver(ref=pipeline.TaskRef.from_context(get_current_context()))
+
+    build_silver(fetch_candles.expand(product=validate_products()))
+
+
+market_data_intraday()

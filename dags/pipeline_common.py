@@ -1,0 +1,132 @@
+"""What the three DAGs share: default_args, the failure callback, pools, Assets, backfill Params, the deadline.
+
+Kept free of heavy imports (no pandas/pyarrow/psycopg at module level): every DAG file imports this at parse
+time, and `python dags/<file>.py` must stay well under 2 s. The `etl` package is imported inside callbacks only.
+
+Knobs read here (module-level for now; candidates for etl/settings.py):
+  PIPELINE_TASK_RETRIES (2), PIPELINE_RETRY_DELAY_S (30), PIPELINE_MAX_RETRY_DELAY_S (600),
+  PIPELINE_TASK_TIMEOUT_MIN (30), PIPELINE_EOD_DEADLINE_HOURS (6), PIPELINE_API_POOL_SLOTS (2).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Asset, Param
+
+log = logging.getLogger(__name__)
+
+# Airflow components started outside the repo (scheduler, workers, triggerer) still find the `etl` package.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.append(str(PROJECT_ROOT))
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"setting {name}={raw!r} is not a whole number") from None
+
+
+# ---- knobs (TODO(lead): move into etl/settings.py; kept here so DAG parsing needs no etl import) -------------
+TASK_RETRIES = max(2, _env_int("PIPELINE_TASK_RETRIES", 2))          # style guide: retries >= 2
+RETRY_DELAY = timedelta(seconds=_env_int("PIPELINE_RETRY_DELAY_S", 30))
+MAX_RETRY_DELAY = timedelta(seconds=_env_int("PIPELINE_MAX_RETRY_DELAY_S", 600))
+TASK_TIMEOUT = timedelta(minutes=_env_int("PIPELINE_TASK_TIMEOUT_MIN", 30))
+# After the data interval's end; 0 = no deadline. `airflow dags test` in 3.3.2 crashes at the end of a
+# successful run of a DAG with a deadline (it looks the serialized alert up as an id): the demo and the
+# end-to-end test set 0; the scheduler path (standalone, docker-compose) keeps the alert.
+EOD_DEADLINE = timedelta(hours=_env_int("PIPELINE_EOD_DEADLINE_HOURS", 6))
+# Concurrent API tasks. Each API task paces itself at rate_limit_rps / API_POOL_SLOTS, so the pool as a whole
+# never exceeds the exchange's public limit (10 req/s) whatever the executor runs in parallel.
+API_POOL_SLOTS = max(1, _env_int("PIPELINE_API_POOL_SLOTS", 2))
+
+START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
+
+# ---- pools --------------------------------------------------------------------------------------------------
+API_POOL = "coinbase_api"
+POOLS: dict[str, tuple[int, str]] = {
+    API_POOL: (API_POOL_SLOTS, "market-data API calls; each task paces at rate_limit_rps / slots"),
+}
+
+# ---- assets (hand data between DAGs without sensors) --------------------------------------------------------
+BRONZE_CANDLES = Asset("pipeline://bronze/candles", extra={"layer": "bronze"})
+SILVER_BARS = Asset("pipeline://silver/bars", extra={"layer": "silver", "tables": ["bars_5m", "bars_1d"]})
+RISK_OUTPUTS = Asset("pipeline://outputs/risk", extra={"layer": "outputs"})
+WAREHOUSE_GOLD = Asset("pipeline://warehouse/gold", extra={"layer": "gold"})
+
+# ---- backfill params (the web UI's trigger form) ------------------------------------------------------------
+GRANULARITIES = [60, 300, 900, 3600, 21600, 86400]
+_PRODUCT = r"[A-Za-z0-9]+-[A-Za-z0-9]+"
+BACKFILL_PARAMS: dict[str, Param] = {
+    "products": Param(
+        "BTC-USD,ETH-USD", type="string", minLength=3, pattern=rf"^\s*{_PRODUCT}(\s*,\s*{_PRODUCT})*\s*$",
+        title="Products", description="Comma-separated product ids from the instrument master, e.g. BTC-USD,ETH-USD.",
+    ),
+    "start": Param(
+        "2026-01-01T00:00:00+00:00", type="string", format="date-time", title="Start (UTC)",
+        description="First bucket to fetch, ISO 8601 (inclusive).",
+    ),
+    "end": Param(
+        "2026-01-02T00:00:00+00:00", type="string", format="date-time", title="End (UTC)",
+        description="End of the window, ISO 8601 (exclusive); must be after start.",
+    ),
+    "granularity": Param(
+        60, type="integer", enum=GRANULARITIES, title="Granularity (seconds)",
+        description="Candle size: 60 (intraday bars), 86400 (daily risk history), or 300/900/3600/21600.",
+    ),
+    "full_refresh": Param(
+        False, type="boolean", title="Full refresh",
+        description="Rebuild every silver partition instead of only the partitions this backfill touched.",
+    ),
+}
+
+
+# ---- task conventions ----------------------------------------------------------------------------------------
+def record_failure(context: Any) -> None:
+    """on_failure_callback: the task failed for good (retries exhausted), record a `failed` run-log row.
+
+    Attempts that will be retried are recorded as `up_for_retry` by etl.pipeline itself; this callback also
+    covers failures that never reach the task function (timeouts, killed workers).
+    """
+    try:
+        from etl.pipeline import TaskRef, record_failed
+
+        exc = context.get("exception")
+        record_failed(TaskRef.from_context(context), exc)
+    except Exception:  # a callback must never mask the task's own failure
+        log.exception("could not record the failure in the run log")
+
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "market-risk",
+    "retries": TASK_RETRIES,
+    "retry_delay": RETRY_DELAY,
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": MAX_RETRY_DELAY,
+    "execution_timeout": TASK_TIMEOUT,
+    "on_failure_callback": record_failure,
+}
+
+
+def eod_deadline():
+    """A DeadlineAlert EOD_DEADLINE after the end of the daily data interval (logical date + 1 day); None if 0."""
+    from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
+
+    if not EOD_DEADLINE:
+        return None
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
+        interval=timedelta(days=1) + EOD_DEADLINE,
+        # by import path: runs in the triggerer, where the dags folder is not importable but `etl` is
+        callback=AsyncCallback("etl.pipeline.deadline_missed",
+                               kwargs={"hours_after_interval_end": EOD_DEADLINE.total_seconds() / 3600}),
+        name="eod_not_finished",
+    )

@@ -1,0 +1,560 @@
+"""`make demo` / `make airflow`: the pipeline end to end through Airflow, on this machine, with nothing installed.
+
+`python -m etl.demo` prepares a SQLite Airflow home under `{state_dir}/airflow` (migrated once, pools and
+connections set), starts the embedded Postgres and the exchange simulator (reusing one already answering on
+SIMULATOR_PORT), runs `airflow dags test market_data_intraday` then `airflow dags test risk_end_of_day`, and
+prints where the results are. `python -m etl.demo --airflow` runs `airflow standalone` with the same
+configuration instead and prints the login.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from etl.errors import ConfigError, PipelineError
+from etl.settings import PROJECT_ROOT, Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DAGS_DIR = PROJECT_ROOT / "dags"
+PLUGINS_DIR = PROJECT_ROOT / "plugins"
+INTRADAY = "market_data_intraday"
+EOD = "risk_end_of_day"
+API_PORT = 8080
+
+
+# ---- the Airflow home ---------------------------------------------------------------------------------------
+def airflow_home(settings: Settings) -> Path:
+    return settings.state_dir / "airflow"
+
+
+def airflow_env(settings: Settings, home: Path | None = None, base: dict[str, str] | None = None,
+                database_url: str | None = None, parallelism: int = 4) -> dict[str, str]:
+    """The environment every Airflow command of this project runs with (config by env: no airflow.cfg edits)."""
+    home = home or airflow_home(settings)
+    env = dict(os.environ if base is None else base)
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_DIR),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": env.get("AIRFLOW__CORE__EXECUTOR", "LocalExecutor"),
+        "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(parallelism),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+                                                       f"sqlite:///{home / 'airflow.db'}"),
+        "AIRFLOW__API__PORT": str(API_PORT),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": env.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
+        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p),
+        # `airflow standalone` starts its components as `airflow ...`: the venv's bin must come first
+        "PATH": os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p),
+        "PIPELINE_STATE_DIR": str(settings.state_dir),
+        "PIPELINE_DATA_DIR": settings.data_dir,
+        "COINBASE_API_URL": settings.coinbase_api_url,
+        "PIPELINE_SOURCE": settings.source,
+    })
+    url = database_url or settings.database_url
+    if url:
+        env["PIPELINE_DATABASE_URL"] = url
+        env["AIRFLOW_CONN_PIPELINE_WAREHOUSE"] = _postgres_connection(url)
+    env["AIRFLOW_CONN_COINBASE_API"] = json.dumps({"conn_type": "http", "host": settings.coinbase_api_url})
+    return env
+
+
+def _postgres_connection(url: str) -> str:
+    from etl.db import connection_params
+
+    p = connection_params(url)
+    return json.dumps({"conn_type": "postgres", "host": p["host"], "port": int(p["port"]), "login": p["user"],
+                       "password": p["password"], "schema": p["dbname"]})
+
+
+def airflow(env: dict[str, str], *args: str, check: bool = True, capture: bool = False,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run one `airflow ...` command of the venv's Airflow with `env`."""
+    cmd = [sys.executable, "-m", "airflow", *args]
+    proc = subprocess.run(cmd, env=env, cwd=PROJECT_ROOT, capture_output=capture, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        tail = "\n".join(((proc.stdout or "") + (proc.stderr or "")).strip().splitlines()[-20:])
+        raise PipelineError(f"`airflow {' '.join(args)}` failed (exit {proc.returncode})"
+                            + (f":\n{tail}" if tail else f"; see the logs under {env['AIRFLOW_HOME']}/logs"))
+    return proc
+
+
+def pools() -> dict[str, tuple[int, str]]:
+    """The pools the DAGs use (defined in dags/pipeline_common.py, the one place DAGs share)."""
+    if str(DAGS_DIR) not in sys.path:
+        sys.path.insert(0, str(DAGS_DIR))
+    import pipeline_common
+
+    return dict(pipeline_common.POOLS)
+
+
+def prepare_home(env: dict[str, str]) -> Path:
+    """Migrate the metadata DB once (a stamp keyed on the Airflow version) and (re)create the pools."""
+    from importlib.metadata import version
+
+    home = Path(env["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    stamp = home / f".migrated-{version('apache-airflow')}"
+    if not stamp.exists():
+        log.info("migrating the Airflow metadata database in %s (once)", home)
+        airflow(env, "db", "migrate", capture=True)
+        stamp.touch()
+    os.environ.setdefault("AIRFLOW_HOME", str(home))  # importing the DAGs' shared module reads Airflow config
+    pool_file = home / "pools.json"
+    pool_file.write_text(json.dumps({name: {"slots": slots, "description": desc, "include_deferred": False}
+                                     for name, (slots, desc) in pools().items()}, indent=2))
+    airflow(env, "pools", "import", str(pool_file), capture=True)
+    return home
+
+
+def dags_test(env: dict[str, str], dag_id: str, logical_date: datetime, capture: bool = True,
+              timeout: float | None = None, log_file: Path | None = None) -> subprocess.CompletedProcess:
+    """`airflow dags test <dag_id> <logical_date>`: one run, tasks in this process tree, no scheduler.
+
+    `log_file`: stream the output there (follow it with `tail -f`) instead of capturing it.
+    """
+    args = ("dags", "test", dag_id, logical_date.strftime("%Y-%m-%dT%H:%M:%S+00:00"))
+    if log_file is None:
+        return airflow(env, *args, check=False, capture=capture, timeout=timeout)
+    with open(log_file, "w") as out:
+        return subprocess.run([sys.executable, "-m", "airflow", *args], env=env, cwd=PROJECT_ROOT, stdout=out,
+                              stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+def small_reference(src: Path, dst: Path, products: list[str]) -> list[str]:
+    """Copy the reference CSVs to `dst`, keeping only the USD portfolios that hold nothing but `products`.
+
+    For small end-to-end runs (tests, benchmarks): the risk run needs prices for every position held.
+    Returns the portfolio ids kept.
+    """
+    import csv
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("instruments.csv", "exchanges.csv"):
+        (dst / name).write_text((src / name).read_text())
+    with open(src / "positions.csv", newline="") as f:
+        positions = list(csv.DictReader(f))
+    with open(src / "portfolios.csv", newline="") as f:
+        portfolios = list(csv.DictReader(f))
+    others = {p["portfolio_id"] for p in positions if p["product_id"] not in products}
+    keep = ({p["portfolio_id"] for p in portfolios if p["base_currency"] == "USD"} - others
+            ) & {p["portfolio_id"] for p in positions}
+    if not keep:
+        raise ConfigError(f"no USD portfolio in {src} holds only {products}")
+    for name, rows in (("portfolios.csv", portfolios), ("positions.csv", positions)):
+        with open(dst / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(r for r in rows if r["portfolio_id"] in keep)
+    return sorted(keep)
+
+
+# ---- the simulator ------------------------------------------------------------------------------------------
+@dataclass
+class SimulatorProcess:
+    url: str
+    proc: subprocess.Popen | None  # None: someone else's simulator, reused and left running
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _answers(url: str) -> bool:
+    import requests
+
+    try:
+        r = requests.get(f"{url}/products", timeout=2)
+        return r.status_code == 200 and isinstance(r.json(), list)
+    except (requests.RequestException, ValueError):
+        return False
+
+
+def _port_busy(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def ensure_simulator(settings: Settings, wait_s: float = 30.0) -> SimulatorProcess:
+    """Reuse a simulator answering on SIMULATOR_PORT, else start `python -m etl simulator` in the background."""
+    port = settings.simulator_port
+    url = f"http://127.0.0.1:{port}"
+    if _answers(url):
+        log.info("reusing the simulator already running at %s", url)
+        return SimulatorProcess(url, None)
+    if _port_busy(port):
+        raise ConfigError(f"port {port} is in use by something that is not the simulator: "
+                          f"set SIMULATOR_PORT to a free port")
+    log_path = settings.state_dir / "simulator.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "etl", "simulator", "--port", str(port)], cwd=PROJECT_ROOT,
+                                stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ConfigError(f"the simulator exited with code {proc.returncode}: see {log_path}")
+        if _answers(url):
+            return SimulatorProcess(url, proc)
+        time.sleep(0.3)
+    proc.kill()
+    raise ConfigError(f"the simulator did not answer on {url} within {wait_s:.0f}s: see {log_path}")
+
+
+# ---- what the demo prints -----------------------------------------------------------------------------------
+def gold_counts(url: str) -> dict[str, int]:
+    """Row counts of every table in schema gold."""
+    from etl import db
+
+    counts: dict[str, int] = {}
+    with db.connect(url=url) as conn, conn.cursor() as cur:
+        cur.execute("select table_name from information_schema.tables where table_schema = 'gold' "
+                    "and table_type = 'BASE TABLE' order by table_name")
+        for (name,) in cur.fetchall():
+            cur.execute(f'select count(*) from gold."{name}"')
+            counts[name] = int(cur.fetchone()[0])
+    return counts
+
+
+def runs_summary(settings: Settings, run_ids: set[str]) -> list[str]:
+    from etl import runlog
+
+    df = runlog.read_all(settings)
+    df = df[df["run_id"].isin(run_ids)].sort_values("started_at")
+    return [f"  {r.dag_id:<22} {r.task_id:<26} {r.status:<13} {r.duration_s:7.2f}s  in={r.rows_in} out={r.rows_out}"
+            for r in df.itertuples()]
+
+
+def report_path(settings: Settings, run_ids: set[str]) -> str | None:
+    from etl import runlog
+
+    df = runlog.read_all(settings)
+    df = df[df["run_id"].isin(run_ids) & (df["task_id"] == "export_report") & (df["status"] == "success")]
+    for message in df["message"]:
+        if "report=" in message:
+            return message.split("report=", 1)[1].strip()
+    return None
+
+
+def demo_dates(now: datetime) -> tuple[datetime, datetime]:
+    """Logical dates for `airflow dags test`, which treats the date as the end of the run's data interval.
+
+    Intraday: the latest complete 5-minute interval. End of day: today 00:10 UTC, i.e. the interval that
+    covers yesterday, so risk is computed as of yesterday (the last complete UTC day).
+    """
+    intraday = now.replace(second=0, microsecond=0) - timedelta(minutes=now.minute % 5)
+    eod = now.replace(hour=0, minute=10, second=0, microsecond=0)
+    if eod > now:  # between 00:00 and 00:10 the run for yesterday is not due yet
+        eod -= timedelta(days=1)
+    return intraday, eod
+
+
+def run_demo(settings: Settings) -> int:
+    from etl import db
+    from etl.storage import get_store
+
+    t0 = time.perf_counter()
+    print("starting the embedded Postgres and the exchange simulator...", flush=True)
+    url = db.database_url(settings)
+    sim = ensure_simulator(settings)
+    try:
+        env = airflow_env(settings, database_url=settings.database_url)
+        env.setdefault("PIPELINE_API_POOL_SLOTS", "1")  # `dags test` runs one task at a time: full rate each
+        env["PIPELINE_EOD_DEADLINE_HOURS"] = "0"  # `dags test` of 3.3.2 cannot finish a DAG with a deadline
+        env["COINBASE_API_URL"] = sim.url
+        print(f"preparing the Airflow home {env['AIRFLOW_HOME']}...", flush=True)
+        prepare_home(env)
+        intraday_date, eod_date = demo_dates(datetime.now(UTC))
+        run_ids: set[str] = set()
+        for dag_id, when in ((INTRADAY, intraday_date), (EOD, eod_date)):
+            log_file = Path(env["AIRFLOW_HOME"]) / f"demo-{dag_id}.log"
+            print(f"airflow dags test {dag_id} {when:%Y-%m-%dT%H:%M}Z ... (follow: tail -f {log_file})", flush=True)
+            t = time.perf_counter()
+            proc = dags_test(env, dag_id, when, log_file=log_file)
+            run_ids |= _run_ids_since(settings, dag_id, t0)
+            if proc.returncode != 0:
+                print(f"error: {dag_id} failed (exit {proc.returncode}); log: {log_file}", file=sys.stderr)
+                print("\n".join(runs_summary(settings, run_ids)), file=sys.stderr)
+                return 1
+            print(f"  ok in {time.perf_counter() - t:.0f}s (log: {log_file})", flush=True)
+        store = get_store(settings)
+        print("\n== tasks (run log)")
+        print("\n".join(runs_summary(settings, run_ids)))
+        print(f"\n== warehouse: {db.redact(url)}")
+        print(f"   psql: {db.psql_path()} '{url}'")
+        for table, n in gold_counts(url).items():
+            print(f"   gold.{table:<28} {n:>9,} rows")
+        report = report_path(settings, run_ids)
+        print(f"\n== report: {report or 'not produced (etl.report not available yet)'}")
+        print(f"== bronze: {store.path('bronze')}")
+        print(f"== silver: {store.path('silver')}")
+        print(f"== outputs: {store.path('outputs')}")
+        print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s")
+        return 0
+    finally:
+        sim.stop()
+
+
+def _run_ids_since(settings: Settings, dag_id: str, t0: float) -> set[str]:
+    from etl import runlog
+
+    df = runlog.read_all(settings)
+    since = datetime.now(UTC) - timedelta(seconds=time.perf_counter() - t0 + 5)
+    df = df[(df["dag_id"] == dag_id) & (df["started_at"] >= since)]
+    return set(df["run_id"])
+
+
+def run_standalone(settings: Settings) -> int:
+    from etl import db
+
+    db.database_url(settings)
+    sim = ensure_simulator(settings)
+    env = airflow_env(settings)
+    env["COINBASE_API_URL"] = sim.url
+    home = prepare_home(env)
+    passwords = home / "simple_auth_manager_passwords.json.generated"
+    print(f"starting airflow standalone (AIRFLOW_HOME={home}); the UI will be at http://localhost:{API_PORT}",
+          flush=True)
+    proc = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=env, cwd=PROJECT_ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not passwords.exists() and proc.poll() is None:
+            time.sleep(1)
+        if passwords.exists():
+            creds = json.loads(passwords.read_text())
+            login = ", ".join(f"{user} / {pw}" for user, pw in creds.items())
+            print(f"\n== Airflow UI: http://localhost:{API_PORT}  login: {login}  (from {passwords})", flush=True)
+        print(f"== simulator: {sim.url}   warehouse: {db.redact(db.database_url(settings))}", flush=True)
+        print("== DAGs are paused at creation: unpause market_data_intraday to go live; Ctrl-C stops everything",
+              flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return 0
+    finally:
+        sim.stop()
+
+
+# ---- scale-out check: CeleryExecutor with local workers (opt-in, needs Debian's redis-server) --------------
+# The Celery provider and its dependencies, installed beside the venv (not into it) so nobody else pays for them.
+CELERY_PACKAGES = (
+    # celery 5.7 dropped celery.backends.database.retry, which provider 3.26.0 imports: stay on 5.5
+    "apache-airflow-providers-celery==3.26.0", "celery==5.5.3", "kombu==5.5.4", "billiard==4.2.4", "vine==5.1.0",
+    "amqp==5.4.2", "click-didyoumean==0.3.1", "click-repl==0.4.1", "click-plugins==1.1.1.2", "redis==8.1.0",
+    "prompt_toolkit==3.0.53", "wcwidth==0.9.4", "tzlocal==5.4.5",
+)
+CELERY_API_PORT = 8081
+
+
+def celery_site(settings: Settings) -> Path:
+    target = settings.state_dir / "celery-site"
+    import hashlib
+
+    stamp = target / f".installed-{hashlib.sha256(' '.join(CELERY_PACKAGES).encode()).hexdigest()[:12]}"
+    if not stamp.exists():
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        print(f"installing the Celery provider into {target} (once)...", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                        "--no-deps", "--target", str(target), *CELERY_PACKAGES], check=True)
+        stamp.touch()
+    return target
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _metadata_db(url: str, name: str) -> str:
+    """A fresh database for Airflow's metadata on the warehouse server (Celery needs a server DB, not SQLite):
+    each check starts from an empty Airflow, so earlier runs cannot queue in front of its run."""
+    from etl import db
+
+    with db.connect(url=url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(f'drop database if exists "{name}" with (force)')
+        cur.execute(f'create database "{name}"')
+    return db.with_database(url, name).replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
+def run_celery(settings: Settings, workers: int = 2, timeout_s: float = 900) -> int:
+    """Run one intraday DAG run through the scheduler with the CeleryExecutor and `workers` local workers.
+
+    Starts Redis (Debian's redis-server) on a free port, an api-server (the workers' execution API), a
+    scheduler, a dag-processor and the workers, each with its own log under {state_dir}/airflow-celery/; then
+    triggers market_data_intraday, waits for it, and prints which worker ran which task.
+    """
+    import shutil
+    import uuid
+
+    from etl import db
+
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        raise ConfigError("redis-server not found: install it (Debian: apt-get install redis-server) and rerun")
+    url = db.database_url(settings)
+    site = celery_site(settings)
+    meta = _metadata_db(url, "airflow_celery")
+    home = settings.state_dir / "airflow-celery"
+    home.mkdir(parents=True, exist_ok=True)
+    for stamp in home.glob(".migrated-*"):  # the metadata DB is new: migrate again
+        stamp.unlink()
+    redis_port = _free_port()
+    env = airflow_env(settings, home=home, database_url=settings.database_url)
+    secret = uuid.uuid4().hex
+    env.update({
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta,
+        "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + meta,
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+        "AIRFLOW__API__PORT": str(CELERY_API_PORT),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{CELERY_API_PORT}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secret,
+        "AIRFLOW__API__SECRET_KEY": secret,
+        "PYTHONPATH": os.pathsep.join([str(site), env["PYTHONPATH"]]),
+    })
+    procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(name: str, cmd: list[str]) -> None:
+        out = open(home / f"{name}.log", "w")  # closed when the process ends
+        procs.append((name, subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                             start_new_session=True)))
+
+    sim = ensure_simulator(settings)
+    env["COINBASE_API_URL"] = sim.url
+    try:
+        start("redis", [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                        "--appendonly", "no"])
+        prepare_home(env)
+        af = [sys.executable, "-m", "airflow"]
+        start("api-server", [*af, "api-server"])
+        start("scheduler", [*af, "scheduler"])
+        start("dag-processor", [*af, "dag-processor"])
+        for i in range(1, workers + 1):
+            start(f"worker{i}", [*af, "celery", "worker", "--celery-hostname", f"worker{i}@%h"])
+        deadline = time.monotonic() + timeout_s
+        while _paused(meta, INTRADAY) is None:  # wait for the dag-processor to serialize the DAG
+            if time.monotonic() > deadline:
+                raise PipelineError(f"the DAG was never parsed: see {home}/dag-processor.log")
+            time.sleep(3)
+        airflow(env, "dags", "unpause", INTRADAY, capture=True)
+        if _paused(meta, INTRADAY):
+            raise PipelineError(f"could not unpause {INTRADAY}")
+        run_id = f"celery_check__{uuid.uuid4().hex[:8]}"
+        airflow(env, "dags", "trigger", INTRADAY, "--run-id", run_id, capture=True)
+        print(f"triggered {INTRADAY} run {run_id} on the CeleryExecutor with {workers} workers", flush=True)
+        state = _wait_for_run(meta, INTRADAY, run_id, deadline)
+        ran = _worker_tasks(home, workers, run_id)
+        print(f"run {run_id}: {state}")
+        for name, tasks in ran.items():
+            print(f"  {name}: {len(tasks)} task(s): {', '.join(tasks)}")
+        return 0 if state == "success" and sum(1 for t in ran.values() if t) >= min(2, workers) else 1
+    finally:
+        for _name, p in reversed(procs):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for _name, p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        sim.stop()
+
+
+def _paused(meta: str, dag_id: str) -> bool | None:
+    """Whether the DAG is paused in the metadata DB; None while it has not been parsed yet."""
+    import psycopg2
+
+    with psycopg2.connect(meta.replace("postgresql+psycopg2://", "postgresql://", 1)) as conn, conn.cursor() as cur:
+        try:
+            cur.execute("select is_paused from dag where dag_id = %s", (dag_id,))
+        except psycopg2.errors.UndefinedTable:
+            return None
+        row = cur.fetchone()
+    return None if row is None else bool(row[0])
+
+
+def _wait_for_run(meta: str, dag_id: str, run_id: str, deadline: float) -> str:
+    import psycopg2
+
+    dsn = meta.replace("postgresql+psycopg2://", "postgresql://", 1)
+    while time.monotonic() < deadline:
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute("select state from dag_run where dag_id = %s and run_id = %s", (dag_id, run_id))
+            row = cur.fetchone()
+        if row and row[0] in ("success", "failed"):
+            return row[0]
+        time.sleep(3)
+    return "timed out"
+
+
+def _worker_tasks(home: Path, workers: int, run_id: str) -> dict[str, list[str]]:
+    """Tasks of `run_id` each Celery worker executed, from its log ("Executing workload ... log_path=...")."""
+    import re
+
+    pattern = re.compile(rf"run_id={re.escape(run_id)}/task_id=(\w+)(?:/map_index=(\d+))?/")
+    out = {}
+    for i in range(1, workers + 1):
+        text = (home / f"worker{i}.log").read_text(errors="replace")
+        found = []
+        for line in text.splitlines():
+            m = pattern.search(line) if "Executing workload" in line else None
+            if m:
+                found.append(m.group(1) + (f"[{m.group(2)}]" if m.group(2) else ""))
+        out[f"worker{i}"] = found
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m etl.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--airflow", action="store_true", help="run `airflow standalone` (web UI) instead")
+    parser.add_argument("--celery", action="store_true",
+                        help="scale-out check: one intraday run on the CeleryExecutor with two local workers "
+                             "(needs redis-server)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = get_settings()
+        if args.celery:
+            return run_celery(settings)
+        return run_standalone(settings) if args.airflow else run_demo(settings)
+    except KeyboardInterrupt:
+        return 130
+    except (PipelineError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""DAG integrity: the three DAGs import cleanly and follow the conventions of the style guide.
+
+Structure only (no wall-clock asserts: parse time is measured in bench/bench_airflow.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from datetime import UTC, timedelta
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DAGS = ROOT / "dags"
+DAG_IDS = {"market_data_intraday", "risk_end_of_day", "market_data_backfill"}
+
+
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    mp.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))
+    mp.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(DAGS))
+    # Airflow's bundle DagBag puts the dags folder on sys.path (shared module imports); the plain DagBag does not.
+    mp.syspath_prepend(str(DAGS))
+    from airflow.dag_processing.dagbag import DagBag
+
+    yield DagBag(dag_folder=str(DAGS))
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def common():
+    sys.path.insert(0, str(DAGS))
+    import pipeline_common
+
+    return pipeline_common
+
+
+def test_all_dags_import_without_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dags) == DAG_IDS
+
+
+def test_file_name_is_dag_id(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        assert Path(dag.fileloc).stem == dag_id
+
+
+def test_dag_level_conventions(dagbag):
+    for dag in dagbag.dags.values():
+        assert dag.start_date.tzinfo is not None and dag.start_date.utcoffset() == timedelta(0), dag.dag_id
+        assert dag.catchup is False, dag.dag_id
+        assert dag.tags, dag.dag_id
+        assert dag.doc_md and len(dag.doc_md) > 100, dag.dag_id
+
+
+def test_default_args_and_every_task_follow_the_style_guide(dagbag, common):
+    for dag in dagbag.dags.values():
+        args = dag.default_args
+        assert args["retries"] >= 2
+        assert args["retry_exponential_backoff"] == 2.0
+        assert isinstance(args["max_retry_delay"], timedelta)
+        assert isinstance(args["execution_timeout"], timedelta)
+        assert args["on_failure_callback"] is common.record_failure
+        for task in dag.tasks:
+            where = f"{dag.dag_id}.{task.task_id}"
+            assert task.retries >= 2, where
+            assert task.retry_exponential_backoff == 2.0, where
+            assert task.max_retry_delay == common.MAX_RETRY_DELAY, where
+            assert task.execution_timeout == common.TASK_TIMEOUT, where
+            callbacks = task.on_failure_callback
+            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            assert common.record_failure in callbacks, where
+
+
+def test_task_ids_are_verb_noun(dagbag):
+    for dag in dagbag.dags.values():
+        for task in dag.tasks:
+            verb, _, noun = task.task_id.partition("_")
+            assert noun and verb.isalpha() and task.task_id.islower(), task.task_id
+
+
+def test_api_tasks_use_the_rate_limited_pool_and_every_pool_is_defined(dagbag, common):
+    defined = set(common.POOLS) | {"default_pool"}
+    api_tasks = {"fetch_candles", "ingest_daily_history", "validate_products"}  # every task that calls the API
+    seen = set()
+    for dag in dagbag.dags.values():
+        for task in dag.tasks:
+            assert task.pool in defined, f"{dag.dag_id}.{task.task_id} uses undefined pool {task.pool}"
+            if task.task_id in api_tasks:
+                assert task.pool == common.API_POOL, task.task_id
+                seen.add(task.task_id)
+            else:
+                assert task.pool == "default_pool", task.task_id
+    assert seen == api_tasks
+    slots, description = common.POOLS[common.API_POOL]
+    assert slots >= 1 and "rate" in description
+
+
+def test_demo_creates_every_pool(common):
+    from etl import demo
+
+    assert demo.pools() == common.POOLS
+
+
+def test_intraday_shape(dagbag):
+    dag = dagbag.dags["market_data_intraday"]
+    assert dag.max_active_runs == 1
+    assert (dag.timetable.expression, str(dag.timetable.timezone)) == ("*/5 * * * *", "UTC")
+    assert {t.task_id for t in dag.tasks} == {"validate_products", "fetch_candles", "build_silver"}
+    fetch = dag.get_task("fetch_candles")
+    assert type(fetch).__name__ == "DecoratedMappedOperator"  # dynamic task mapping, one per product
+    assert dag.get_task("build_silver").upstream_task_ids == {"fetch_candles"}
+    assert [a.uri for a in dag.get_task("build_silver").outlets] == ["pipeline://silver/bars"]
+
+
+def test_end_of_day_shape_and_deadline(dagbag, common):
+    dag = dagbag.dags["risk_end_of_day"]
+    assert (dag.timetable.expression, str(dag.timetable.timezone)) == ("10 0 * * *", "UTC")
+    assert dag.max_active_runs == 1
+    assert {t.task_id for t in dag.tasks} == {
+        "validate_products", "ingest_daily_history", "build_silver", "compute_risk", "compute_factors",
+        "load_warehouse", "build_dbt", "export_report", "send_alerts",
+    }
+    assert dag.get_task("load_warehouse").upstream_task_ids == {"compute_risk", "compute_factors"}
+    assert dag.get_task("compute_risk").upstream_task_ids == {"build_silver"}
+    assert dag.get_task("build_dbt").upstream_task_ids == {"load_warehouse"}
+    assert dag.get_task("export_report").upstream_task_ids == {"build_dbt"}
+    (alert,) = dag.deadline
+    assert alert.interval == timedelta(days=1) + common.EOD_DEADLINE
+    assert type(alert.reference).__name__ == "DagRunLogicalDateDeadline"
+    assert alert.callback.path == "etl.pipeline.deadline_missed"  # importable in the triggerer
+    from etl.pipeline import deadline_missed  # noqa: F401  (the path resolves)
+
+
+def test_backfill_params_are_typed_described_and_validated(dagbag):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag.dags["market_data_backfill"]
+    assert dag.schedule is None and not dag.timetable.can_be_scheduled
+    params = dag.params
+    assert set(params.keys()) == {"products", "start", "end", "granularity", "full_refresh"}
+    types = {name: params.get_param(name).schema["type"] for name in params.keys()}
+    assert types == {"products": "string", "start": "string", "end": "string", "granularity": "integer",
+                     "full_refresh": "boolean"}
+    for name in params.keys():
+        assert len(params.get_param(name).description) > 20, name
+    with pytest.raises(ParamValidationError, match="61 is not one of"):
+        params.get_param("granularity").resolve(61)
+    with pytest.raises(ParamValidationError, match="does not match"):
+        params.get_param("products").resolve("BTC USD;;")
+    with pytest.raises(ParamValidationError, match="is not of type 'boolean'"):
+        params.get_param("full_refresh").resolve("yes")
+    assert params.get_param("products").resolve("BTC-USD, eth-usd") == "BTC-USD, eth-usd"
+
+
+def test_no_sla_and_no_heavy_imports_at_module_level():
+    heavy = {"pandas", "pyarrow", "psycopg2", "numpy", "sqlalchemy", "requests", "etl"}
+    for path in DAGS.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword):
+                assert node.arg != "sla", f"{path.name}: sla= is gone in Airflow 3 (use DeadlineAlert)"
+        for node in tree.body:  # module level only: imports inside tasks are the point
+            if isinstance(node, ast.Import):
+                names = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                names = {(node.module or "").split(".")[0]}
+            else:
+                continue
+            assert not names & heavy, f"{path.name} imports {names & heavy} at module level"
+
+
+def test_parsing_a_dag_file_loads_no_heavy_module():
+    code = ("import sys, runpy; sys.path.insert(0, 'dags');"
+            "[runpy.run_path(f'dags/{n}.py') for n in ('market_data_intraday', 'risk_end_of_day', "
+            "'market_data_backfill')];"
+            "print(','.join(sorted(m for m in ('pandas', 'pyarrow', 'psycopg2', 'numpy', 'etl.bronze', 'etl.runlog')"
+            " if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_ruff_airflow_rules_clean():
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "AIR", "dags"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_start_date_is_utc(common):
+    assert common.START_DATE.tzinfo == UTC

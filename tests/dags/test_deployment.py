@@ -1,0 +1,155 @@
+"""docker-compose.yml and the Dockerfile, checked statically (no Docker engine here).
+
+The file parses; it has every service the deployment needs; every pipeline setting it passes is one that
+etl/settings.py (or dags/pipeline_common.py) reads; data and commands are consistent with the code.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                    "airflow-triggerer", "airflow-worker"}
+SETTING_PREFIXES = ("PIPELINE_", "COINBASE_", "SIMULATOR_", "RISK_", "FACTOR_", "ALERT_")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def known_settings() -> set[str]:
+    """Environment names read by etl/settings.py and dags/pipeline_common.py."""
+    names = set()
+    for path in (ROOT / "etl" / "settings.py", ROOT / "dags" / "pipeline_common.py"):
+        names |= set(re.findall(r"""(?:_env|_int|_float|_env_int|environ\.get)\(\s*["']([A-Z0-9_]+)["']""",
+                                path.read_text()))
+    return names
+
+
+def test_compose_has_every_service(compose):
+    services = set(compose["services"])
+    assert AIRFLOW_SERVICES | {"postgres", "redis", "simulator"} <= services
+    assert compose["services"]["simulator"]["profiles"] == ["simulator"]  # optional
+    assert {"pipeline-data", "postgres-data"} <= set(compose["volumes"])
+
+
+def test_every_pipeline_setting_in_compose_is_read_by_the_code(compose):
+    known = known_settings()
+    assert {"PIPELINE_DATA_DIR", "PIPELINE_DATABASE_URL", "PIPELINE_SOURCE", "COINBASE_API_URL"} <= known
+    for name in AIRFLOW_SERVICES | {"simulator"}:
+        env = compose["services"][name]["environment"]
+        ours = {k for k in env if k.startswith(SETTING_PREFIXES)}
+        assert ours - known == set(), f"{name} sets unknown settings {ours - known}"
+        # the contract's deployment settings are all given
+        assert {"PIPELINE_DATA_DIR", "PIPELINE_DATABASE_URL", "PIPELINE_SOURCE", "COINBASE_API_URL",
+                "PIPELINE_PRODUCTS"} <= ours, name
+
+
+def test_all_airflow_services_share_the_data_volume_and_celery_config(compose):
+    for name in AIRFLOW_SERVICES:
+        svc = compose["services"][name]
+        env = svc["environment"]
+        data_dir = env["PIPELINE_DATA_DIR"]
+        mount = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", data_dir)
+        assert any(v.startswith("pipeline-data:") and v.split(":")[1] == mount for v in svc["volumes"]), name
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:")
+        assert "@postgres:5432/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        assert "@postgres:5432/warehouse" in env["PIPELINE_DATABASE_URL"]
+        assert env["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/pipeline/dags"
+        assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+
+
+def test_worker_scales(compose):
+    worker = compose["services"]["airflow-worker"]
+    assert "container_name" not in worker and "ports" not in worker  # --scale airflow-worker=N works
+    assert worker["command"] == ["airflow", "celery", "worker"]
+
+
+def test_commands_are_real_airflow_and_cli_commands(compose):
+    from etl.cli import build_parser
+
+    expected = {"airflow-apiserver": ["airflow", "api-server"], "airflow-scheduler": ["airflow", "scheduler"],
+                "airflow-dag-processor": ["airflow", "dag-processor"], "airflow-triggerer": ["airflow", "triggerer"]}
+    for name, command in expected.items():
+        assert compose["services"][name]["command"] == command
+    init = " ".join(compose["services"]["airflow-init"]["command"])
+    assert "airflow db migrate" in init and "airflow pools set coinbase_api" in init
+    sim = compose["services"]["simulator"]["command"]
+    assert sim[:3] == ["python", "-m", "etl"]
+    args = build_parser().parse_args(sim[3:])  # the simulator flags are the CLI's own
+    assert (args.command, args.host, args.port) == ("simulator", "0.0.0.0", 8765)
+    assert compose["services"]["simulator"]["environment"]["COINBASE_API_URL"].endswith("http://simulator:8765}")
+
+
+def test_pool_in_compose_matches_the_dags(compose):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "dags"))
+    import pipeline_common
+
+    init = " ".join(compose["services"]["airflow-init"]["command"])
+    assert f"pools set {pipeline_common.API_POOL} " in init
+    assert "PIPELINE_API_POOL_SLOTS" in init
+
+
+def test_dockerfile_ships_the_code_where_compose_expects_it():
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.startswith("#") and "FROM apache/airflow:3.3.2" in text
+    for folder in ("etl", "dags", "plugins", "dbt_project"):
+        assert f"COPY --chown=airflow:0 {folder} /opt/pipeline/{folder}" in text
+    assert "requirements.txt" in text
+    cmd = [line for line in text.splitlines() if line.startswith("RUN pip install")][0]
+    assert "apache-airflow==3.3.2" in shlex.split(cmd)[-3]
+
+
+# ---- the local Airflow configuration of `make demo` / `make airflow` (etl/demo.py) ---------------------------
+def test_demo_airflow_env_points_airflow_at_this_repo(tmp_path):
+    from etl import demo
+    from etl.settings import get_settings
+
+    env = demo.airflow_env(get_settings(), home=tmp_path / "af", base={"PATH": "/usr/bin"},
+                           database_url="postgresql://u:p@/db?host=/sock")
+    assert env["AIRFLOW_HOME"] == str(tmp_path / "af")
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(ROOT / "dags")
+    assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == str(ROOT / "plugins")
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{tmp_path / 'af' / 'airflow.db'}"
+    assert 2 <= int(env["AIRFLOW__CORE__PARALLELISM"]) <= 4  # sized for 2 cores
+    assert env["PYTHONPATH"].split(":")[0] == str(ROOT)
+    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)  # standalone spawns `airflow ...`
+    import json
+
+    conn = json.loads(env["AIRFLOW_CONN_PIPELINE_WAREHOUSE"])
+    assert (conn["conn_type"], conn["host"], conn["login"], conn["schema"]) == ("postgres", "/sock", "u", "db")
+
+
+def test_demo_dates_are_the_last_complete_intervals():
+    from datetime import UTC, datetime
+
+    from etl import demo
+
+    intraday, eod = demo.demo_dates(datetime(2026, 3, 2, 12, 7, 30, tzinfo=UTC))
+    assert intraday == datetime(2026, 3, 2, 12, 5, tzinfo=UTC)   # `dags test` date = interval end
+    assert eod == datetime(2026, 3, 2, 0, 10, tzinfo=UTC)        # interval [03-01 00:10, 03-02 00:10)
+    assert demo.demo_dates(datetime(2026, 3, 2, 0, 5, tzinfo=UTC))[1] == datetime(2026, 3, 1, 0, 10, tzinfo=UTC)
+
+
+def test_small_reference_keeps_only_portfolios_fully_priced_by_the_products(tmp_path):
+    import csv
+
+    from etl import demo
+
+    kept = demo.small_reference(ROOT / "etl" / "reference_data", tmp_path, ["BTC-USD", "ETH-USD"])
+    with open(tmp_path / "positions.csv", newline="") as f:
+        positions = list(csv.DictReader(f))
+    assert kept and {p["portfolio_id"] for p in positions} == set(kept)
+    assert {p["product_id"] for p in positions} <= {"BTC-USD", "ETH-USD"}
