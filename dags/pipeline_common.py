@@ -2,16 +2,13 @@
 
 Kept free of heavy imports (no pandas/pyarrow/psycopg at module level): every DAG file imports this at parse
 time, and `python dags/<file>.py` must stay well under 2 s. The `etl` package is imported inside callbacks only.
-
-Knobs read here (module-level for now; candidates for etl/settings.py):
-  PIPELINE_TASK_RETRIES (2), PIPELINE_RETRY_DELAY_S (30), PIPELINE_MAX_RETRY_DELAY_S (600),
-  PIPELINE_TASK_TIMEOUT_MIN (30), PIPELINE_EOD_DEADLINE_HOURS (6), PIPELINE_API_POOL_SLOTS (2).
+Task defaults come from etl.settings (PIPELINE_TASK_RETRIES, PIPELINE_RETRY_DELAY_S, PIPELINE_MAX_RETRY_DELAY_S,
+PIPELINE_TASK_TIMEOUT_MIN, PIPELINE_EOD_DEADLINE_HOURS, PIPELINE_API_POOL_SLOTS): a light import, no I/O.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,27 +23,20 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.append(str(PROJECT_ROOT))
 
+from etl.settings import get_settings  # noqa: E402  (needs the path above; stdlib-only import)
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"setting {name}={raw!r} is not a whole number") from None
-
-
-# ---- knobs (TODO(lead): move into etl/settings.py; kept here so DAG parsing needs no etl import) -------------
-TASK_RETRIES = max(2, _env_int("PIPELINE_TASK_RETRIES", 2))          # style guide: retries >= 2
-RETRY_DELAY = timedelta(seconds=_env_int("PIPELINE_RETRY_DELAY_S", 30))
-MAX_RETRY_DELAY = timedelta(seconds=_env_int("PIPELINE_MAX_RETRY_DELAY_S", 600))
-TASK_TIMEOUT = timedelta(minutes=_env_int("PIPELINE_TASK_TIMEOUT_MIN", 30))
+_settings = get_settings()
+TASK_RETRIES = _settings.task_retries                     # style guide: retries >= 2
+RETRY_DELAY = timedelta(seconds=_settings.retry_delay_s)
+MAX_RETRY_DELAY = timedelta(seconds=_settings.max_retry_delay_s)
+TASK_TIMEOUT = timedelta(minutes=_settings.task_timeout_min)
 # After the data interval's end; 0 = no deadline. `airflow dags test` in 3.3.2 crashes at the end of a
 # successful run of a DAG with a deadline (it looks the serialized alert up as an id): the demo and the
 # end-to-end test set 0; the scheduler path (standalone, docker-compose) keeps the alert.
-EOD_DEADLINE = timedelta(hours=_env_int("PIPELINE_EOD_DEADLINE_HOURS", 6))
+EOD_DEADLINE = timedelta(hours=_settings.eod_deadline_hours)
 # Concurrent API tasks. Each API task paces itself at rate_limit_rps / API_POOL_SLOTS, so the pool as a whole
 # never exceeds the exchange's public limit (10 req/s) whatever the executor runs in parallel.
-API_POOL_SLOTS = max(1, _env_int("PIPELINE_API_POOL_SLOTS", 2))
+API_POOL_SLOTS = _settings.api_pool_slots
 
 START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -16,8 +16,6 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -26,7 +24,7 @@ from etl.errors import ValidationError
 from etl.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from etl.runlog import RunRecord
+    pass
 
 # Light at import on purpose (stage modules, pandas and pyarrow load inside the functions): Airflow imports this
 # module while parsing the end-of-day DAG, to check the deadline callback's import path.
@@ -77,8 +75,7 @@ class TaskRef:
         return self.in_airflow and self.try_number <= self.max_tries
 
 
-@contextmanager
-def _logged(ref: TaskRef, settings: Settings, retryable: bool = True) -> Iterator[RunRecord]:
+def _logged(ref: TaskRef, settings: Settings, retryable: bool = True):
     """Time the block and record one run-log row: success, up_for_retry, or failed (outside Airflow).
 
     In Airflow the last failed attempt is recorded by the on_failure_callback (`record_failed`), which also
@@ -87,31 +84,13 @@ def _logged(ref: TaskRef, settings: Settings, retryable: bool = True) -> Iterato
     """
     from etl import runlog
 
-    rec = runlog.RunRecord(run_id=ref.run_id, dag_id=ref.dag_id, task_id=ref.task_id, try_number=ref.try_number)
-    t0 = time.perf_counter()
-    try:
-        yield rec
-    except BaseException as exc:
-        rec.duration_s = round(time.perf_counter() - t0, 6)
-        rec.message = f"{type(exc).__name__}: {exc}"
-        if ref.will_retry and retryable:
-            rec.status = "up_for_retry"
-            _safe_record(rec, settings)
-        elif not ref.in_airflow:
-            rec.status = "failed"
-            _safe_record(rec, settings)
-        raise
-    rec.duration_s = round(time.perf_counter() - t0, 6)
-    _safe_record(rec, settings)
-
-
-def _safe_record(rec: RunRecord, settings: Settings) -> None:
-    from etl import runlog
-
-    try:
-        runlog.record(rec, settings)
-    except Exception:  # the log must never hide the task's own result or error
-        log.exception("could not write the run-log row for %s.%s", rec.dag_id, rec.task_id)
+    if ref.will_retry and retryable:
+        failure_status = "up_for_retry"
+    elif not ref.in_airflow:
+        failure_status = "failed"
+    else:
+        failure_status = None
+    return runlog.task_run(ref.run_id, ref.dag_id, ref.task_id, settings, ref.try_number, failure_status)
 
 
 def record_failed(ref: TaskRef, exc: BaseException | None, settings: Settings | None = None,
@@ -126,7 +105,7 @@ def record_failed(ref: TaskRef, exc: BaseException | None, settings: Settings | 
     if started_at is not None:
         rec.started_at = started_at
         rec.duration_s = max(0.0, (datetime.now(UTC) - started_at).total_seconds())
-    _safe_record(rec, settings)
+    runlog.record_safely(rec, settings)
 
 
 async def deadline_missed(context: dict | None = None, hours_after_interval_end: float | None = None,

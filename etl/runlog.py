@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Iterator
+from datetime import UTC, datetime
 
 import pandas as pd
 import pyarrow as pa
@@ -41,7 +41,7 @@ class RunRecord:
     status: str = "success"
     rows_in: int = 0
     rows_out: int = 0
-    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     duration_s: float = 0.0
     message: str = ""
     try_number: int = 1
@@ -54,32 +54,40 @@ def record(rec: RunRecord, settings: Settings | None = None) -> str:
         raise ValueError(f"run-log status {rec.status!r} is not one of {STATUSES}")
     rec.message = (rec.message or "")[:2000]
     table = pa.Table.from_pylist([asdict(rec)], schema=SCHEMA)
-    day = rec.started_at.astimezone(timezone.utc).date().isoformat()
+    day = rec.started_at.astimezone(UTC).date().isoformat()
     rel = partition_path(RUNLOG_DIR, date=day) + f"/{rec.record_id}.parquet"
     return get_store(settings).write_parquet(rel, table)
 
 
 @contextmanager
-def task_run(run_id: str, dag_id: str, task_id: str, settings: Settings | None = None,
-             try_number: int = 1) -> Iterator[RunRecord]:
+def task_run(run_id: str, dag_id: str, task_id: str, settings: Settings | None = None, try_number: int = 1,
+             failure_status: str | None = "failed") -> Iterator[RunRecord]:
     """Time a block of work and record it; the block fills rows_in/rows_out/message on the yielded record.
 
-    A failure is recorded with the error message and re-raised.
+    On an exception the row is recorded with `failure_status` ("up_for_retry" when Airflow will try again; None
+    when someone else records the final failure, e.g. Airflow's on_failure_callback) and the error re-raised.
     """
     rec = RunRecord(run_id=run_id, dag_id=dag_id, task_id=task_id, try_number=try_number)
     t0 = time.perf_counter()
     try:
         yield rec
     except BaseException as exc:
-        rec.status = "failed"
+        rec.status = failure_status or "failed"
         rec.message = f"{type(exc).__name__}: {exc}"
+        if failure_status is not None:
+            rec.duration_s = round(time.perf_counter() - t0, 6)
+            record_safely(rec, settings)
         raise
-    finally:
-        rec.duration_s = round(time.perf_counter() - t0, 6)
-        try:
-            record(rec, settings)
-        except Exception:  # the log must never hide the task's own error
-            log.exception("could not write the run-log row for %s.%s", dag_id, task_id)
+    rec.duration_s = round(time.perf_counter() - t0, 6)
+    record_safely(rec, settings)
+
+
+def record_safely(rec: RunRecord, settings: Settings | None = None) -> None:
+    """Record, logging instead of raising: the log must never hide the task's own result or error."""
+    try:
+        record(rec, settings)
+    except Exception:
+        log.exception("could not write the run-log row for %s.%s", rec.dag_id, rec.task_id)
 
 
 def read_all(settings: Settings | None = None) -> pd.DataFrame:

@@ -105,6 +105,13 @@ class Settings:
     factor_formation_minutes: int        # buckets are formed on this window...
     factor_holding_minutes: int          # ...and held for the following one (no look-ahead)
     factor_momentum_minutes: tuple[int, ...]  # trailing horizons summed for the momentum signal
+    # orchestration (Airflow task defaults)
+    task_retries: int                    # at least 2 (style guide)
+    retry_delay_s: int                   # first retry delay; doubles each attempt up to max_retry_delay_s
+    max_retry_delay_s: int
+    task_timeout_min: int                # execution_timeout of every task
+    eod_deadline_hours: int              # DeadlineAlert this long after the daily interval's end; 0 = none
+    api_pool_slots: int                  # concurrent API tasks; each paces at rate_limit_rps / slots
     # alerts
     alert_webhook_url: str | None
     alert_email_to: str | None
@@ -168,6 +175,12 @@ def get_settings() -> Settings:
         factor_formation_minutes=_int("FACTOR_FORMATION_MINUTES", 1440),
         factor_holding_minutes=_int("FACTOR_HOLDING_MINUTES", 1440),
         factor_momentum_minutes=_int_list("FACTOR_MOMENTUM_MINUTES", "60,120,180,360,720"),
+        task_retries=max(2, _int("PIPELINE_TASK_RETRIES", 2)),
+        retry_delay_s=_int("PIPELINE_RETRY_DELAY_S", 30),
+        max_retry_delay_s=_int("PIPELINE_MAX_RETRY_DELAY_S", 600),
+        task_timeout_min=_int("PIPELINE_TASK_TIMEOUT_MIN", 30),
+        eod_deadline_hours=_int("PIPELINE_EOD_DEADLINE_HOURS", 6),
+        api_pool_slots=max(1, _int("PIPELINE_API_POOL_SLOTS", 2)),
         alert_webhook_url=os.environ.get("ALERT_WEBHOOK_URL", "").strip() or None,
         alert_email_to=os.environ.get("ALERT_EMAIL_TO", "").strip() or None,
     )
