@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 REQ_HASH := $(shell (cat requirements.txt; $(PYTHON) --version 2>&1) | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 
-.PHONY: help venv demo test test-fast bench bench-quick airflow docs lint db-stop clean-state browser
+.PHONY: help venv demo test test-fast bench bench-quick airflow airflow-check celery docs lint db-stop clean-state browser
 
 help:
 	@echo "make demo        run the whole pipeline end to end through Airflow (embedded Postgres + simulator)"
@@ -14,6 +14,8 @@ help:
 	@echo "make test-fast   the suite without the slow end-to-end tests"
 	@echo "make bench       run the benchmarks, write bench/results.json (bench-quick: small sizes)"
 	@echo "make airflow     airflow standalone with this project's DAGs (UI on http://localhost:8080)"
+	@echo "make airflow-check  screenshot the running Airflow UI's DAG list in headless Chromium"
+	@echo "make celery      the intraday DAG on CeleryExecutor with two local workers (needs redis-server)"
 	@echo "make docs        build and serve the dbt docs site"
 	@echo "make lint        ruff"
 
@@ -43,6 +45,12 @@ bench-quick: venv
 
 airflow: venv
 	$(BIN)/python -m etl.demo --airflow
+
+airflow-check: venv browser
+	$(BIN)/python -m etl.report.browser_check http://localhost:8080/dags --out .state/test-artifacts/browser --settle 3
+
+celery: venv
+	$(BIN)/python -m etl.demo --celery
 
 docs: venv
 	$(BIN)/python -m etl docs --serve
