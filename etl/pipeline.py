@@ -150,18 +150,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _int_field(summary: Any, *names: str) -> int:
-    for name in names:
-        value = summary.get(name) if isinstance(summary, dict) else getattr(summary, name, None)
-        if isinstance(value, (int, float)):
-            return int(value)
-        if isinstance(value, dict):  # e.g. rows per table
-            return int(sum(v for v in value.values() if isinstance(v, (int, float))))
-        if isinstance(value, (list, tuple)):
-            return len(value)
-    return 0
-
-
 # ---- windows (pure: no now()) -------------------------------------------------------------------------------
 def _utc(value: datetime | str) -> datetime:
     if isinstance(value, str):
@@ -256,6 +244,7 @@ def validate_products(products: list[str] | str | None = None, *, include_book: 
     fails the task with a message naming it: the run must not silently shrink its universe.
     """
     from etl.reference import load_instruments
+    from etl.source import validate_products as validate_products_at_source
 
     settings = settings or get_settings()
     ref = _ref(ref, "validate_products")
@@ -270,20 +259,11 @@ def validate_products(products: list[str] | str | None = None, *, include_book: 
             raise ValidationError(f"product(s) {missing} are not in the instrument master "
                                   f"({settings.reference_dir}/instruments.csv): add them there or remove them "
                                   "from PIPELINE_PRODUCTS")
-        checked = _source_validate()(wanted, _paced(settings, pool_slots))  # one API call per product
-        ids = [str(p.get("id") or p.get("product_id")) if isinstance(p, dict) else str(p) for p in checked]
+        checked = validate_products_at_source(wanted, _paced(settings, pool_slots))  # one API call per product
+        ids = [p["id"] for p in checked]
         rec.rows_out = len(ids)
         rec.message = ",".join(ids)
     return ids
-
-
-def _source_validate():
-    from etl import bronze
-
-    fn = getattr(bronze, "validate_products", None)
-    if fn is None:
-        from etl.source import validate_products as fn
-    return fn
 
 
 def fetch_candles(product: str, start: datetime | str | None, end: datetime | str | None,
@@ -304,11 +284,10 @@ def fetch_candles(product: str, start: datetime | str | None, end: datetime | st
         summary = bronze.ingest(products=[product], start=_utc(start) if start else None,
                                 end=_utc(end) if end else None, granularity=granularity, settings=paced,
                                 batch_id=f"{_slug(ref.run_id)}-{_slug(ref.task_id)}-{product}-{granularity}")
-        rec.rows_in = _int_field(summary, "candles")
-        rec.rows_out = rec.rows_in - _int_field(summary, "quarantined")
-        rec.message = (f"{product} g={granularity} [{start}, {end}) requests={_int_field(summary, 'requests')} "
-                       f"retries={_int_field(summary, 'retries')} http_429={_int_field(summary, 'http_429')} "
-                       f"quarantined={_int_field(summary, 'quarantined')}")
+        rec.rows_in = summary.candles
+        rec.rows_out = summary.candles - summary.quarantined
+        rec.message = (f"{product} g={granularity} [{start}, {end}) requests={summary.requests} "
+                       f"retries={summary.retries} http_429={summary.http_429} quarantined={summary.quarantined}")
     out = _as_dict(summary)
     # XCom stays small: counts instead of one path per partition (400 for a daily history)
     out["files"] = len(out.get("files") or [])
@@ -345,8 +324,8 @@ def build_silver(full_refresh: bool = False, *, ref: TaskRef | None = None,
     ref = _ref(ref, "build_silver")
     with _logged(ref, settings) as rec:
         summary = silver.build(full_refresh=full_refresh, settings=settings)
-        rec.rows_in = _int_field(summary, "rows_in")
-        rec.rows_out = _int_field(summary, "rows_out")
+        rec.rows_in = summary.rows_in
+        rec.rows_out = summary.rows_out
         rec.message = f"full_refresh={full_refresh} {summary}"[:500]
     return _as_dict(summary)
 
@@ -361,8 +340,8 @@ def compute_risk(as_of: date | str | None = None, *, ref: TaskRef | None = None,
     day = date.fromisoformat(as_of) if isinstance(as_of, str) else as_of
     with _logged(ref, settings) as rec:
         summary = risk.run(as_of=day, settings=settings)
-        rec.rows_in = _int_field(summary, "rows_in", "positions")
-        rec.rows_out = _int_field(summary, "rows_out", "rows", "tables")
+        rec.rows_in = summary.rows_in
+        rec.rows_out = summary.rows_out
         rec.message = f"as_of={day} {summary}"[:500]
     return _as_dict(summary)
 
@@ -376,8 +355,8 @@ def compute_factors(end: datetime | str | None = None, *, ref: TaskRef | None = 
     ref = _ref(ref, "compute_factors")
     with _logged(ref, settings) as rec:
         summary = factors.run(settings=settings, end=_utc(end) if end else None)
-        rec.rows_in = _int_field(summary, "rows_in", "n_obs")
-        rec.rows_out = _int_field(summary, "rows_out", "rows", "tables")
+        rec.rows_in = summary.rows_in
+        rec.rows_out = sum(summary.rows.values())
         rec.message = f"end={end} {summary}"[:500]
     return _as_dict(summary)
 
@@ -390,8 +369,8 @@ def load_warehouse(*, ref: TaskRef | None = None, settings: Settings | None = No
     ref = _ref(ref, "load_warehouse")
     with _logged(ref, settings) as rec:
         summary = warehouse.load(settings=settings, run_dbt=False)
-        rec.rows_in = _int_field(summary, "files")
-        rec.rows_out = _int_field(summary, "rows")
+        rec.rows_in = sum(summary.files.values())
+        rec.rows_out = summary.total_rows
         rec.message = str(summary)[:500]
     return _as_dict(summary)
 
@@ -403,25 +382,20 @@ def build_dbt(command: str = "build", *, ref: TaskRef | None = None, settings: S
     settings = settings or get_settings()
     ref = _ref(ref, "build_dbt")
     with _logged(ref, settings) as rec:
-        result = warehouse.run_dbt(command, settings=settings)
-        rec.rows_out = _int_field(result, "models", "nodes", "rows_out")
-        rec.message = f"dbt {command}: {result}"[:500]
-    return _as_dict(result)
+        warehouse.run_dbt(command, settings=settings)
+        rec.message = f"dbt {command}: ok"
+    return {"command": command}
 
 
 def export_report(as_of: date | str | None = None, *, ref: TaskRef | None = None,
                   settings: Settings | None = None) -> str | None:
-    """The HTML risk report (and CSVs) for the as-of day; returns its path (None until etl.report exists)."""
+    """The HTML risk report (and CSVs) for the as-of day; returns its path."""
     settings = settings or get_settings()
     ref = _ref(ref, "export_report")
     day = date.fromisoformat(as_of) if isinstance(as_of, str) else as_of
     with _logged(ref, settings) as rec:
-        try:
-            from etl import report
-        except ImportError:
-            rec.status = "skipped"
-            rec.message = "etl.report is not available yet: no report written"
-            return None
+        from etl import report
+
         path = report.run(as_of=day, settings=settings)
         rec.rows_out = 1
         rec.message = f"as_of={day} report={path}"
@@ -435,12 +409,8 @@ def send_alerts(as_of: date | str | None = None, *, ref: TaskRef | None = None,
     ref = _ref(ref, "send_alerts")
     day = date.fromisoformat(as_of) if isinstance(as_of, str) else as_of
     with _logged(ref, settings) as rec:
-        try:
-            from etl.report.alerts import send_alerts as _send
-        except ImportError:
-            rec.status = "skipped"
-            rec.message = "etl.report.alerts is not available yet: no alerts sent"
-            return 0
+        from etl.report.alerts import send_alerts as _send
+
         sent = int(_send(day, settings))
         rec.rows_out = sent
         rec.message = f"as_of={day} alerts={sent}"
