@@ -13,13 +13,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -83,8 +83,6 @@ def parse_times(repeats: int) -> dict:
 
 def eod_overhead() -> dict:
     """One intraday + end-of-day `dags test` on a fresh database, then the same EOD work in-process."""
-    import psycopg2
-
     from etl import db, demo, pipeline, runlog
     from etl.settings import get_settings
     from etl.simulator import Simulator, SimulatorConfig
@@ -92,12 +90,8 @@ def eod_overhead() -> dict:
     products = ["BTC-USD", "ETH-USD"]
     base = Path(tempfile.mkdtemp(prefix="bench_airflow_"))
     server = db.database_url(get_settings())
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(server)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'create database "{name}"')
-    url = db.with_database(server, name)
+    scratch = contextlib.ExitStack()
+    url = scratch.enter_context(db.scratch_database(server, "bench"))
     sim = Simulator(SimulatorConfig(port=0, rate_limit_rps=1000.0, burst=1000)).start()
     demo.small_reference(ROOT / "etl" / "reference_data", base / "reference", products)
     overrides = {
@@ -143,9 +137,7 @@ def eod_overhead() -> dict:
         sim.stop()
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        with admin.cursor() as cur:
-            cur.execute(f'drop database if exists "{name}" with (force)')
-        admin.close()
+        scratch.close()
     ratio = inproc / wall
     return {"airflow_eod_dags_test": {
         "ours_s": round(wall, 2), "baseline": "the same EOD task functions in-process (no Airflow), same data",

@@ -100,7 +100,7 @@ def risk_end_of_day():
         return pipeline.build_dbt(ref=ref())
 
     @task
-    def export_report() -> str | None:
+    def export_report() -> str:
         from etl import pipeline
 
         return pipeline.export_report(pipeline.eod_as_of(interval()[0]), ref=ref())

@@ -12,10 +12,11 @@ import sys
 from datetime import UTC, date, datetime
 
 from etl.errors import PipelineError
+from etl.settings import parse_products
 
 
 def _products(value: str) -> list[str]:
-    products = [p.strip().upper() for p in value.split(",") if p.strip()]
+    products = parse_products(value)
     if not products:
         raise argparse.ArgumentTypeError("expected a comma-separated list of products, e.g. BTC-USD,ETH-USD")
     return products

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -123,6 +124,24 @@ def connection_params(url: str) -> dict[str, str]:
 def with_database(url: str, dbname: str) -> str:
     u = urlparse(url)
     return u._replace(path="/" + dbname).geturl()
+
+
+@contextmanager
+def scratch_database(server_url: str, prefix: str = "scratch") -> Iterator[str]:
+    """A new, empty database on the server of `server_url` (dropped on exit); yields its URL."""
+    import psycopg2
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(server_url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'create database "{name}"')
+        yield with_database(server_url, name)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'drop database if exists "{name}" with (force)')
+        admin.close()
 
 
 def redact(url: str) -> str:

@@ -306,7 +306,7 @@ def run_demo(settings: Settings) -> int:
         for table, n in gold_counts(url).items():
             print(f"   gold.{table:<28} {n:>9,} rows")
         report = report_path(settings, run_ids)
-        print(f"\n== report: {report or 'not produced (etl.report not available yet)'}")
+        print(f"\n== report: {report or 'not produced (no successful export_report in these runs)'}")
         print(f"== bronze: {store.path('bronze')}")
         print(f"== silver: {store.path('silver')}")
         print(f"== outputs: {store.path('outputs')}")

@@ -18,13 +18,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from etl.errors import ValidationError
-from etl.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    pass
+from etl.settings import Settings, get_settings, parse_products
 
 # Light at import on purpose (stage modules, pandas and pyarrow load inside the functions): Airflow imports this
 # module while parsing the end-of-day DAG, to check the deadline callback's import path.
@@ -213,6 +210,11 @@ def eod_as_of(interval_start: datetime | str) -> date:
     return _utc(interval_start).date()
 
 
+def _as_date(as_of: date | str | None) -> date | None:
+    """An as-of day given as a date or an ISO string (XCom and Airflow templates hand strings)."""
+    return date.fromisoformat(as_of) if isinstance(as_of, str) else as_of
+
+
 def has_history(product: str, granularity: int, settings: Settings) -> bool:
     """Whether bronze already holds finished batches of this product and granularity (else: first run)."""
     from etl.bronze import watermark
@@ -224,14 +226,11 @@ def has_history(product: str, granularity: int, settings: Settings) -> bool:
 def book_products(settings: Settings) -> list[str]:
     """Products the risk run needs beyond the universe: every product held, plus `<CCY>-USD` for each non-USD
     quote or base currency (conversions), e.g. ETH-BTC held -> ETH-BTC and BTC-USD."""
-    from etl.portfolios import load_portfolios, load_positions
+    from etl import portfolios
     from etl.reference import load_instruments
 
-    instruments = load_instruments(settings).set_index("product_id")
-    held = sorted(set(load_positions(settings)["product_id"]))
-    currencies = {instruments.at[p, "quote_currency"] for p in held if p in instruments.index}
-    currencies |= set(load_portfolios(settings)["base_currency"])
-    return list(dict.fromkeys(held + sorted(f"{c}-USD" for c in currencies if c != "USD")))
+    return portfolios.book_products(load_instruments(settings), portfolios.load_portfolios(settings),
+                                    portfolios.load_positions(settings))
 
 
 def validate_products(products: list[str] | str | None = None, *, include_book: bool = False,
@@ -248,7 +247,7 @@ def validate_products(products: list[str] | str | None = None, *, include_book: 
 
     settings = settings or get_settings()
     ref = _ref(ref, "validate_products")
-    wanted = _product_list(products) if products else list(settings.products)
+    wanted = parse_products(products) if products else list(settings.products)
     with _logged(ref, settings) as rec:
         if include_book:
             wanted = list(dict.fromkeys(wanted + book_products(settings)))
@@ -309,7 +308,7 @@ def ingest_daily_history(product: str, as_of: date | str, *, pool_slots: int = 1
                          settings: Settings | None = None) -> dict:
     """Daily candles (granularity 86400) for `daily_history_days` up to the as-of day: the risk history."""
     settings = settings or get_settings()
-    day = date.fromisoformat(as_of) if isinstance(as_of, str) else as_of
+    day = _as_date(as_of)
     start, end = daily_window(day, settings)
     return fetch_candles(product, start, end, DAILY, pool_slots=pool_slots,
                          ref=_ref(ref, "ingest_daily_history"), settings=settings)
@@ -337,7 +336,7 @@ def compute_risk(as_of: date | str | None = None, *, ref: TaskRef | None = None,
 
     settings = settings or get_settings()
     ref = _ref(ref, "compute_risk")
-    day = date.fromisoformat(as_of) if isinstance(as_of, str) else as_of
+    day = _as_date(as_of)
     with _logged(ref, settings) as rec:
         summary = risk.run(as_of=day, settings=settings)
         rec.rows_in = summary.rows_in
@@ -388,11 +387,11 @@ def build_dbt(command: str = "build", *, ref: TaskRef | None = None, settings: S
 
 
 def export_report(as_of: date | str | None = None, *, ref: TaskRef | None = None,
-                  settings: Settings | None = None) -> str | None:
+                  settings: Settings | None = None) -> str:
     """The HTML risk report (and CSVs) for the as-of day; returns its path."""
     settings = settings or get_settings()
     ref = _ref(ref, "export_report")
-    day = date.fromisoformat(as_of) if isinstance(as_of, str) else as_of
+    day = _as_date(as_of)
     with _logged(ref, settings) as rec:
         from etl import report
 
@@ -407,7 +406,7 @@ def send_alerts(as_of: date | str | None = None, *, ref: TaskRef | None = None,
     """Limit-breach alerts for the as-of day (webhook/e-mail per settings); returns how many were sent."""
     settings = settings or get_settings()
     ref = _ref(ref, "send_alerts")
-    day = date.fromisoformat(as_of) if isinstance(as_of, str) else as_of
+    day = _as_date(as_of)
     with _logged(ref, settings) as rec:
         from etl.report.alerts import send_alerts as _send
 
@@ -418,20 +417,18 @@ def send_alerts(as_of: date | str | None = None, *, ref: TaskRef | None = None,
 
 
 # ---- backfill -----------------------------------------------------------------------------------------------
-GRANULARITIES = (60, 300, 900, 3600, 21600, 86400)
-
-
 def validate_backfill(params: dict, *, ref: TaskRef | None = None, settings: Settings | None = None) -> dict:
     """Check the backfill form (products in the instrument master, start < end, granularity); normalise it.
 
     Raises ValidationError naming the field, the bad value and what to enter instead.
     """
     from etl.reference import load_instruments
+    from etl.source import VALID_GRANULARITIES
 
     settings = settings or get_settings()
     ref = _ref(ref, "validate_params")
     with _logged(ref, settings, retryable=False) as rec:  # the DAG fails bad input at once (no retry)
-        products = _product_list(params.get("products") or "")
+        products = parse_products(params.get("products") or "")
         if not products:
             raise ValidationError("backfill param 'products' is empty: enter a comma list such as BTC-USD,ETH-USD")
         known = set(load_instruments(settings)["product_id"])
@@ -448,9 +445,9 @@ def validate_backfill(params: dict, *, ref: TaskRef | None = None, settings: Set
             granularity = int(granularity)
         except (TypeError, ValueError):
             granularity = -1
-        if granularity not in GRANULARITIES:
+        if granularity not in VALID_GRANULARITIES:
             raise ValidationError(f"backfill param 'granularity'={params.get('granularity')!r}: "
-                                  f"expected one of {list(GRANULARITIES)} seconds")
+                                  f"expected one of {list(VALID_GRANULARITIES)} seconds")
         full_refresh = params.get("full_refresh", False)
         if not isinstance(full_refresh, bool):
             raise ValidationError(f"backfill param 'full_refresh'={full_refresh!r}: expected true or false")
@@ -468,11 +465,6 @@ def _param_time(params: dict, name: str) -> datetime:
     except ValueError:
         raise ValidationError(f"backfill param {name!r}={raw!r} is not an ISO 8601 time "
                               "(e.g. 2026-01-31T00:00:00+00:00)") from None
-
-
-def _product_list(products: list[str] | str) -> list[str]:
-    items = products.split(",") if isinstance(products, str) else products
-    return [p.strip().upper() for p in items if p and p.strip()]
 
 
 def _paced(settings: Settings, pool_slots: int) -> Settings:
@@ -533,7 +525,7 @@ def run_all(as_of: date | None = None, settings: Settings | None = None) -> str:
     build_dbt(ref=ref("build_dbt"), settings=settings)
     lines.append("dbt build: ok")
     path = export_report(as_of, ref=ref("export_report"), settings=settings)
-    lines.append(f"report: {path or 'not available yet'}")
+    lines.append(f"report: {path}")
     lines.append(f"alerts sent: {send_alerts(as_of, ref=ref('send_alerts'), settings=settings)}")
     lines.append(f"done in {time.perf_counter() - t0:.1f}s")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from etl.errors import ValidationError
-from etl.reference import load_instruments
+from etl.reference import load_instruments, read_reference_csv
 from etl.settings import Settings, get_settings
 
 PORTFOLIO_COLUMNS = ["portfolio_id", "name", "base_currency", "var_limit", "concentration_limit", "drawdown_limit"]
@@ -25,21 +25,6 @@ VAR_LIMIT_METRICS = ("var_95_hist", "var_99_hist", "var_95_param", "var_99_param
 DEFAULT_VAR_LIMIT_METRIC = "var_99_hist"
 POSITION_COLUMNS = ["portfolio_id", "product_id", "as_of_date", "quantity", "avg_cost"]
 MAX_REPORTED = 20  # problems listed in one error message
-
-
-def _read(path: Path, required: list[str]) -> pd.DataFrame:
-    if not path.exists():
-        raise ValidationError(f"{path}: reference file not found (set PIPELINE_REFERENCE_DIR to its folder)")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    df.columns = [c.strip() for c in df.columns]
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ValidationError(f"{path}:1: header: missing column(s) {missing}; expected at least {required}")
-    return df.apply(lambda s: s.str.strip())
-
-
-def _lines(mask: pd.Series) -> np.ndarray:
-    return np.flatnonzero(mask.to_numpy()) + 2  # header is line 1
 
 
 class _Problems:
@@ -77,7 +62,7 @@ def load_portfolios(settings: Settings | None = None) -> pd.DataFrame:
     when |max_drawdown| exceeds it), var_limit_metric."""
     settings = settings or get_settings()
     path = settings.reference_dir / "portfolios.csv"
-    df = _read(path, PORTFOLIO_COLUMNS)
+    df = read_reference_csv(path, PORTFOLIO_COLUMNS)
     if "var_limit_metric" not in df.columns:
         df["var_limit_metric"] = DEFAULT_VAR_LIMIT_METRIC
     df["var_limit_metric"] = df["var_limit_metric"].replace("", DEFAULT_VAR_LIMIT_METRIC)
@@ -109,7 +94,7 @@ def load_positions(settings: Settings | None = None) -> pd.DataFrame:
     (signed: negative = short), avg_cost (> 0, in the product's quote currency). Sorted by portfolio, date, product."""
     settings = settings or get_settings()
     path = settings.reference_dir / "positions.csv"
-    df = _read(path, POSITION_COLUMNS)
+    df = read_reference_csv(path, POSITION_COLUMNS)
     problems = _Problems(path)
     products = set(load_instruments(settings)["product_id"])
     portfolios = set(load_portfolios(settings)["portfolio_id"])
@@ -132,3 +117,12 @@ def load_positions(settings: Settings | None = None) -> pd.DataFrame:
         "as_of_date": dates.astype("datetime64[ns]"), "quantity": quantity, "avg_cost": avg_cost,
     })
     return out.sort_values(["portfolio_id", "as_of_date", "product_id"], ignore_index=True)
+
+
+def book_products(instruments: pd.DataFrame, portfolios: pd.DataFrame, positions: pd.DataFrame) -> list[str]:
+    """The products a risk run needs a price for: every product held (sorted), then `<CCY>-USD` for each non-USD
+    quote or base currency (conversions), e.g. ETH-BTC held -> ETH-BTC and BTC-USD."""
+    quote = dict(zip(instruments["product_id"], instruments["quote_currency"], strict=True))
+    held = sorted(set(positions["product_id"]))
+    currencies = {quote[p] for p in held if p in quote} | set(portfolios["base_currency"])
+    return list(dict.fromkeys(held + sorted(f"{c}-USD" for c in currencies if c != "USD")))

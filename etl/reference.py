@@ -1,4 +1,4 @@
-"""Reference data: instrument master and exchanges (this module), portfolios and positions (risk issue).
+"""Reference data: instrument master and exchanges (this module); portfolios and positions: etl/portfolios.py.
 
 Files are CSV under `settings.reference_dir` (samples ship in etl/reference_data/; point PIPELINE_REFERENCE_DIR at
 real files). Loading validates every row and raises one ValidationError naming file, line and rule; nothing is
@@ -18,14 +18,15 @@ INSTRUMENT_COLUMNS = ["product_id", "base_currency", "quote_currency", "exchange
 EXCHANGE_COLUMNS = ["exchange_id", "name", "api_base_url", "timezone"]
 
 
-def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+def read_reference_csv(path: Path, required: list[str]) -> pd.DataFrame:
+    """A reference CSV as strings, header names and cells stripped; raises if the file or a column is missing."""
     if not path.exists():
         raise ValidationError(f"{path}: reference file not found (set PIPELINE_REFERENCE_DIR to its folder)")
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df.columns = [c.strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise ValidationError(f"{path}: missing column(s) {missing}; expected header {required}")
-    df.columns = [c.strip() for c in df.columns]
+        raise ValidationError(f"{path}:1: header: missing column(s) {missing}; expected at least {required}")
     return df.apply(lambda s: s.str.strip())
 
 
@@ -36,7 +37,7 @@ def _line(i: int) -> int:
 def load_exchanges(settings: Settings | None = None) -> pd.DataFrame:
     settings = settings or get_settings()
     path = settings.reference_dir / "exchanges.csv"
-    df = _read_csv(path, EXCHANGE_COLUMNS)
+    df = read_reference_csv(path, EXCHANGE_COLUMNS)
     dup = df["exchange_id"].duplicated()
     if dup.any():
         i = int(dup.to_numpy().argmax())
@@ -48,7 +49,7 @@ def load_instruments(settings: Settings | None = None) -> pd.DataFrame:
     """The instrument master: one row per product, with its base and quote currency."""
     settings = settings or get_settings()
     path = settings.reference_dir / "instruments.csv"
-    df = _read_csv(path, INSTRUMENT_COLUMNS)
+    df = read_reference_csv(path, INSTRUMENT_COLUMNS)
     exchanges = set(load_exchanges(settings)["exchange_id"])
     for i, row in enumerate(df.itertuples(index=False)):  # reference files are small: per-row checks read best
         where = f"{path}:{_line(i)}"

@@ -7,6 +7,7 @@ Call `get_settings()` each time you need them (it is cheap) so tests can change 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,8 +49,10 @@ def _int_list(name: str, default: str) -> tuple[int, ...]:
         raise ValueError(f"setting {name}={raw!r} is not a comma list of whole numbers") from None
 
 
-def _products(raw: str) -> tuple[str, ...]:
-    return tuple(p.strip().upper() for p in raw.split(",") if p.strip())
+def parse_products(products: str | Iterable[str]) -> list[str]:
+    """Product ids from a comma list (or a list of ids): stripped, upper-cased, empty items dropped, order kept."""
+    items = products.split(",") if isinstance(products, str) else products
+    return [p.strip().upper() for p in items if p and p.strip()]
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ def get_settings() -> Settings:
         reference_dir=Path(_env("PIPELINE_REFERENCE_DIR", str(PROJECT_ROOT / "etl" / "reference_data"))),
         source=source,
         coinbase_api_url=_env("COINBASE_API_URL", default_url).rstrip("/"),
-        products=_products(_env("PIPELINE_PRODUCTS", ",".join(DEFAULT_PRODUCTS))),
+        products=tuple(parse_products(_env("PIPELINE_PRODUCTS", ",".join(DEFAULT_PRODUCTS)))),
         granularity=_int("PIPELINE_GRANULARITY", 60),
         simulator_port=port,
         simulator_seed=_int("SIMULATOR_SEED", 42),

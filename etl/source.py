@@ -7,7 +7,7 @@ Three pieces, each small enough to test on its own:
   timeouts and malformed bodies; other 4xx are bugs and raise at once with the API's message.
 - `plan_windows`: splits [start, end) into pages of at most 300 buckets with no gap and no overlap at page edges.
 
-See ../shared/COINBASE.md for the contract this is built against and docs/bronze.md for the choices made here.
+See docs/coinbase_api.md for the contract this is built against and docs/bronze.md for the choices made here.
 """
 
 from __future__ import annotations

@@ -103,19 +103,15 @@ class Store:
                 out.append(rel)
         return sorted(out)
 
-    def dataset(self, rel_dir: str | Iterable[str]) -> ds.Dataset | None:
-        """A hive-partitioned Parquet dataset (None when there is nothing there yet)."""
-        if isinstance(rel_dir, str):
-            files = self.list_files(rel_dir, ".parquet")
-            base = self.path(rel_dir)
-        else:
-            files = sorted(rel_dir)
-            base = None
+    def dataset(self, rel_dir: str, files: Iterable[str] | None = None) -> ds.Dataset | None:
+        """A hive-partitioned Parquet dataset of the files under rel_dir, or of only `files` (paths relative to the
+        root, inside rel_dir, in the order given); None when there is no file."""
+        files = self.list_files(rel_dir, ".parquet") if files is None else list(files)
         if not files:
             return None
         return ds.dataset(
             [self.path(f) for f in files], filesystem=self.fs, format="parquet",
-            partitioning=HIVE, partition_base_dir=base,
+            partitioning=HIVE, partition_base_dir=self.path(rel_dir),
         )
 
     def read_table(self, rel_dir: str, columns: list[str] | None = None, filter=None) -> pa.Table | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 
 import pytest
@@ -14,24 +13,11 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 @pytest.fixture(scope="session")
 def pg_url() -> str:
     """A fresh database on the real server (embedded by default, PIPELINE_DATABASE_URL if set), dropped at the end."""
-    import psycopg2
-
     from etl import db
     from etl.settings import get_settings
 
-    server_url = db.database_url(get_settings())
-    name = f"test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(server_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'create database "{name}"')
-    url = db.with_database(server_url, name)
-    try:
+    with db.scratch_database(db.database_url(get_settings()), "test") as url:
         yield url
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'drop database if exists "{name}" with (force)')
-        admin.close()
 
 
 @pytest.fixture

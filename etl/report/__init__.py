@@ -44,8 +44,9 @@ def run(as_of: date | None = None, settings: Settings | None = None, sql_dir: Pa
     # imported here: `etl.report.alerts` (and DAG parsing) should not pay for matplotlib
     from etl.report import html as html_report
     from etl.report.data import load
-    from etl.report.gold import GoldReader, reporting_url
+    from etl.report.gold import GoldReader
     from etl.report.sql_reports import run_sql_reports
+    from etl.warehouse import reporting_url
 
     settings = settings or get_settings()
     sql_dir = sql_dir or PROJECT_ROOT / "sql"

@@ -27,9 +27,10 @@ from email.message import EmailMessage
 import pandas as pd
 
 from etl.errors import ConfigError, PipelineError
-from etl.report.gold import GoldReader, reporting_url
+from etl.report.gold import GoldReader
 from etl.settings import Settings, get_settings
 from etl.storage import Store, get_store
+from etl.warehouse import reporting_url
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Read-only access to the `gold` schema as the `reporting` role.
 
 Every report query goes through `GoldReader`: one connection, one short transaction per query, numbers as floats.
-A missing gold table (a mart not built yet, e.g. `fact_limit_breaches` landing late) becomes a note in the report
+A missing gold table (e.g. a warehouse whose first `dbt build` has not run yet) becomes a note in the report
 instead of a crash: `GoldReader.frame` returns None and records what was missing in `notes`.
 """
 
@@ -11,37 +11,16 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
-from urllib.parse import quote
 
 import pandas as pd
 
 from etl import db
 from etl.errors import DataNotFoundError
-from etl.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 REPORTING_ROLE = "reporting"
 STATEMENT_TIMEOUT_MS = 120_000  # one report query must not hold the warehouse for longer than this
-
-
-def reporting_url(settings: Settings | None = None) -> str:
-    """The libpq URL of the `reporting` role (SELECT on gold only).
-
-    Uses `etl.warehouse.reporting_url` when the warehouse module provides it; otherwise the writer's URL with the
-    user swapped for `reporting` (no password: the embedded server trusts local sockets).
-    """
-    settings = settings or get_settings()
-    try:
-        from etl.warehouse import reporting_url as warehouse_reporting_url
-    except (ImportError, AttributeError):
-        warehouse_reporting_url = None
-    if warehouse_reporting_url is not None:
-        return warehouse_reporting_url(settings)
-    p = db.connection_params(db.database_url(settings))
-    if p["host"].startswith("/"):  # Unix socket: host goes in the query string
-        return f"postgresql://{REPORTING_ROLE}@/{quote(p['dbname'])}?host={quote(p['host'])}&port={p['port']}"
-    return f"postgresql://{REPORTING_ROLE}@{p['host']}:{p['port']}/{quote(p['dbname'])}"
 
 
 def _float_numeric(conn) -> None:

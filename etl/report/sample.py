@@ -11,9 +11,6 @@ report`.
 from __future__ import annotations
 
 import sys
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
@@ -210,26 +207,6 @@ def create_gold(url: str, frames: dict[str, pd.DataFrame], skip: tuple[str, ...]
         conn.commit()
     finally:
         conn.close()
-
-
-@contextmanager
-def scratch_database(server_url: str, prefix: str = "report") -> Iterator[str]:
-    """A new, empty database on the server of `server_url` (dropped on exit); yields its URL."""
-    import psycopg2
-
-    from etl import db
-
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(server_url)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'create database "{name}"')
-        yield db.with_database(server_url, name)
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'drop database if exists "{name}" with (force)')
-        admin.close()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from etl.errors import DataNotFoundError
-from etl.portfolios import load_portfolios, load_positions
+from etl.portfolios import book_products, load_portfolios, load_positions
 from etl.reference import load_instruments
 from etl.risk.engine import RiskParams, close_matrix, compute_tables
 from etl.settings import Settings, get_settings
@@ -68,12 +68,7 @@ def run(as_of: date | None = None, settings: Settings | None = None) -> RiskSumm
     portfolios = load_portfolios(settings)
     positions = load_positions(settings)
     quote_ccy = dict(zip(instruments["product_id"], instruments["quote_currency"], strict=True))
-    held = sorted(positions["product_id"].unique())
-    needed = set(held)
-    for ccy in {quote_ccy[p] for p in held} | set(portfolios["base_currency"]):
-        if ccy != "USD":
-            needed.add(f"{ccy}-USD")
-    products = sorted(needed)
+    products = sorted(book_products(instruments, portfolios, positions))
 
     # default as-of: read every daily bar up to yesterday (small: one row per product per day) and take the last
     # day all products have; an explicit as-of reads only the history window

@@ -20,7 +20,6 @@ from datetime import UTC, date, datetime
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from etl.bronze import CANDLES_DIR, MANIFEST_DIR
@@ -39,7 +38,7 @@ from etl.silver.bars import (
     latest_per_key,
 )
 from etl.source import to_utc
-from etl.storage import HIVE, Store, get_store, partition_path
+from etl.storage import Store, get_store, partition_path
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +164,7 @@ def _rebuild(store: Store, product: str, year: int, days: list[str], paths: list
 
 
 def read_bronze(store: Store, paths: list[str]) -> pa.Table:
-    dataset = ds.dataset([store.path(p) for p in paths], filesystem=store.fs, format="parquet",
-                         partitioning=HIVE, partition_base_dir=store.path(BRONZE_DIR))
+    dataset = store.dataset(BRONZE_DIR, paths)
     names = set(dataset.schema.names)
     table = dataset.to_table(columns=[c for c in BRONZE_COLUMNS if c in names])
     if "raw" not in names:

@@ -17,7 +17,7 @@ from etl.settings import Settings, get_settings
 from etl.silver import quality
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA, TS, latest_per_key
 from etl.silver.incremental import BARS_1D_DIR, BARS_5M_DIR, BRONZE_DIR, read_bronze
-from etl.storage import HIVE, Store, get_store
+from etl.storage import Store, get_store
 
 KINDS = {"5m": (BARS_5M_DIR, "bucket_start", "date"), "1d": (BARS_1D_DIR, "price_date", "year")}
 CANDLE_COLUMNS = ["product_id", "bucket_start", "open", "high", "low", "close", "volume"]
@@ -103,9 +103,7 @@ def _read_partitions(store: Store, root: str, products, key: str, keep, conditio
     files = _partition_files(store, root, products, key, keep)
     if not files:
         return None
-    dataset = ds.dataset([store.path(f) for f in files], filesystem=store.fs, format="parquet",
-                         partitioning=HIVE, partition_base_dir=store.path(root))
-    table = dataset.to_table(filter=condition)
+    table = store.dataset(root, files).to_table(filter=condition)
     return table.set_column(table.schema.get_field_index("product_id"), "product_id",
                             table["product_id"].cast(pa.string()))
 

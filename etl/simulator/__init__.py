@@ -1,4 +1,4 @@
-"""Offline stand-in for Coinbase Exchange's public REST API (contract: /work/shared/COINBASE.md).
+"""Offline stand-in for Coinbase Exchange's public REST API (contract: docs/coinbase_api.md).
 
 - `candles(seed, product, start, end, granularity)`: the pure price model (no HTTP), for expected values.
 - `Simulator(SimulatorConfig(...)).start()`: an in-process HTTP server for tests; `serve(config)` blocks (CLI).

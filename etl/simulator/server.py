@@ -1,4 +1,4 @@
-"""The HTTP server: Coinbase Exchange's public REST contract (/work/shared/COINBASE.md) over the price model or a
+"""The HTTP server: Coinbase Exchange's public REST contract (docs/coinbase_api.md) over the price model or a
 replay, with injectable faults (5xx, 429 token bucket, latency, malformed bodies, late corrections).
 
 Threaded (one thread per connection, keep-alive) so added latency never serialises other clients. Fault

@@ -2,7 +2,7 @@
 
 Prices are anchored at REFERENCE_DATE (`start_price` is the price then) and random-walk both ways from it, so
 today's prices look like today's market whatever year the simulator runs in. Vols, betas and volumes follow the
-calibration in docs/simulator.md (real Coinbase BTC/ETH/SOL candles in /work/shared/data/coinbase/).
+calibration in docs/simulator.md (real Coinbase BTC/ETH/SOL 5-minute candles; provenance in docs/coinbase_api.md).
 """
 
 from __future__ import annotations

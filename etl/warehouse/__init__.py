@@ -27,17 +27,13 @@ __all__ = ["LoadSummary", "WarehouseError", "copy_upsert", "docs", "load", "repo
 log = logging.getLogger(__name__)
 
 
-def _reporting_password(settings: Settings) -> str | None:
-    return settings.reporting_password  # None = no password (the embedded server trusts its local socket)
-
-
 def setup(settings: Settings | None = None) -> None:
     """Create schemas, roles, grants and the raw tables; safe to run any number of times."""
     settings = settings or get_settings()
     with db.connect(settings) as conn:
         with conn.cursor() as cur:
             cur.execute("select pg_advisory_xact_lock(hashtext('etl.warehouse.setup'))")
-        present = roles.ensure_roles(conn, _reporting_password(settings))
+        present = roles.ensure_roles(conn, settings.reporting_password)
         with conn.cursor() as cur:
             for stmt in raw_ddl():
                 cur.execute(stmt)
@@ -64,7 +60,7 @@ def reporting_url(settings: Settings | None = None) -> str:
     """The warehouse URL with the `reporting` role as user (its password from the settings, if any)."""
     settings = settings or get_settings()
     u = urlparse(db.database_url(settings))
-    password = _reporting_password(settings)
+    password = settings.reporting_password  # None: no password (the embedded server trusts its local socket)
     user = roles.READER + (f":{quote(password, safe='')}" if password else "")
     host = u.netloc.rsplit("@", 1)[-1]
     return u._replace(netloc=f"{user}@{host}").geturl()

@@ -30,7 +30,7 @@ import pyarrow.csv as pacsv
 from etl.errors import PipelineError, ValidationError
 from etl.settings import Settings
 from etl.storage import Store
-from etl.warehouse.schema import BY_NAME, LOAD_STATE, SOURCE_FILE, TABLES, RawTable
+from etl.warehouse.schema import LOAD_STATE, SOURCE_FILE, TABLES, RawTable
 
 log = logging.getLogger(__name__)
 
@@ -188,20 +188,14 @@ def _read_file(store: Store, spec: RawTable, rel: str) -> pa.Table:
 
 # ---- reference data ----------------------------------------------------------------------------------------
 def _reference_loaders() -> dict[str, Callable[[Settings], pd.DataFrame]]:
-    from etl import reference
+    from etl import portfolios, reference
 
-    loaders: dict[str, Callable[[Settings], pd.DataFrame]] = {
+    return {
         "exchanges": reference.load_exchanges,
         "instruments": reference.load_instruments,
+        "portfolios": portfolios.load_portfolios,
+        "positions": portfolios.load_positions,
     }
-    try:
-        from etl import portfolios
-    except ImportError:
-        log.warning("etl.portfolios is not available yet: raw.portfolios and raw.positions are not loaded")
-    else:
-        loaders["portfolios"] = portfolios.load_portfolios
-        loaders["positions"] = portfolios.load_positions
-    return loaders
 
 
 def _content_hash(table: pa.Table) -> str:
@@ -294,10 +288,3 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
     summary.files[spec.name] = len(new)
     if new:
         log.info("raw.%s: %d rows from %d new file(s)", spec.name, rows, len(new))
-
-
-def raw_table(name: str) -> RawTable:
-    try:
-        return BY_NAME[name]
-    except KeyError:
-        raise WarehouseError(f"unknown raw table {name!r}; known: {sorted(BY_NAME)}") from None

@@ -13,8 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from etl.db import scratch_database
 from etl.report import alerts
-from etl.report.sample import create_gold, sample_frames, scratch_database
+from etl.report.sample import create_gold, sample_frames
 from etl.settings import get_settings
 
 AS_OF = date(2026, 1, 31)

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from etl.db import scratch_database
 from etl.errors import DataNotFoundError
 from etl.report import html as report_html
 from etl.report import reports_dir, run
-from etl.report.sample import create_gold, sample_frames, scratch_database
+from etl.report.sample import create_gold, sample_frames
 from etl.settings import get_settings
 
 AS_OF = date(2026, 1, 31)
@@ -180,7 +181,8 @@ def test_no_gold_data_is_a_clear_error(pg_url, data_dir, monkeypatch, sql_dir):
 def test_reports_connect_as_reporting_and_cannot_write(env):
     import psycopg2
 
-    from etl.report.gold import GoldReader, reporting_url
+    from etl.report.gold import GoldReader
+    from etl.warehouse import reporting_url
 
     with GoldReader(reporting_url(get_settings())) as reader:
         assert reader.query("select current_user as u")["u"].tolist() == ["reporting"]

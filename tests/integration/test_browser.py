@@ -54,8 +54,9 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def report_html(pg_url, tmp_path_factory) -> Path:
+    from etl.db import scratch_database
     from etl.report import run
-    from etl.report.sample import create_gold, sample_frames, scratch_database
+    from etl.report.sample import create_gold, sample_frames
 
     with scratch_database(pg_url, "browser") as url, pytest.MonkeyPatch.context() as mp:
         create_gold(url, sample_frames(AS_OF))
@@ -122,11 +123,8 @@ class QuietHandler(SimpleHTTPRequestHandler):
 
 
 def test_dbt_docs_site_renders(browser, pg_url, artifacts, tmp_path, monkeypatch, http_dir):
-    try:
-        from etl.warehouse import docs
-    except ImportError as exc:
-        pytest.skip(f"etl.warehouse.docs is not available yet: {exc}")
     from etl.settings import get_settings
+    from etl.warehouse import docs
 
     monkeypatch.setenv("PIPELINE_DATABASE_URL", pg_url)
     monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))  # dbt target/ of our own
