@@ -5,6 +5,9 @@ Two entries, measured in the same run on the same windows:
   = after the opening burst, from the ingested_at stamps of the pages in bronze. Target >= 0.9, zero 429s.
 - ingest_vs_sequential: a naive loop (one request after the other, no pacing, one Parquet at the end) over the
   same windows; ratio = baseline_s / ours_s.
+- ingest_vs_rate_limit: against a server that allows only 4 requests/s (`--rate-limit 4`, burst 15) while the
+  client assumes the default 10/s: sustained accepted pages/s over 4, after the opening burst. The adaptive pacer
+  (AIMD on 429s) must find the real limit: target >= 0.85 with 429s under 10% of requests.
 Products with no missing minutes (BTC, ETH, SOL) so that every page holds 300 candles.
 """
 
@@ -46,6 +49,49 @@ def _naive(url: str, products: list[str], windows: list[tuple[datetime, datetime
     table = pd.concat(frames, ignore_index=True)
     table.to_parquet(out / "naive.parquet")
     return len(table)
+
+
+def _sustained_pages(settings, products: list[str], batch_id: str, skip: int) -> tuple[float, int]:
+    """Pages/s after the first `skip` pages, from the pages' own arrival stamps in bronze; and the page count."""
+    raw = read_bronze(products, 60, settings)
+    at = (raw[raw["batch_id"] == batch_id].groupby(["product_id", "request_start"])["ingested_at"].max()
+          .sort_values())
+    span = (at.iloc[-1] - at.iloc[skip - 1]).total_seconds()
+    return (len(at) - skip) / span, len(at)
+
+
+def _under_rate_limit(quick: bool) -> dict:
+    limit, products = 4.0, ["BTC-USD", "ETH-USD"]
+    pages_per_product = 40 if quick else 120
+    end = START + timedelta(minutes=300 * pages_per_product)
+    sim = Simulator(SimulatorConfig(port=0, seed=42, rate_limit_rps=limit, burst=15)).start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-ingest-limit-") as tmp:
+            defaults = get_settings()  # the client assumes the default 10 requests/s, burst 15
+            settings = replace(defaults, data_dir=str(Path(tmp) / "data"), coinbase_api_url=sim.url,
+                               source="simulator")
+            ingest(products, START, START + timedelta(minutes=1), settings=settings)  # warm the price model
+            time.sleep(15 / limit)  # a full server bucket, as for a first run
+            sim.reset_stats()
+            t0 = time.perf_counter()
+            summary = ingest(products, START, end, settings=settings)
+            ours_s = time.perf_counter() - t0
+            stats = sim.stats
+            sustained, pages = _sustained_pages(settings, products, summary.batch_id, 15)
+    finally:
+        sim.stop()
+    share_429 = stats["served_429"] / stats["requests"]
+    ratio = sustained / limit
+    return {
+        "ours_s": round(ours_s, 3),
+        "baseline": f"the server's real limit: {limit:g} requests/s (client configured for "
+                    f"{defaults.rate_limit_rps:g}/s)",
+        "baseline_s": round(pages / limit, 3), "ratio": round(ratio, 3),
+        "ratio_means": "sustained accepted pages/s (after the opening burst) / 4", "target": ">= 0.85, 429s < 10%",
+        "meets_target": bool(ratio >= 0.85 and share_429 < 0.10),
+        "pages": pages, "requests": stats["requests"], "http_429": stats["served_429"],
+        "http_429_share": round(share_429, 4), "sustained_pages_per_s": round(sustained, 3),
+    }
 
 
 def run(quick: bool) -> dict:
@@ -102,6 +148,7 @@ def run(quick: bool) -> dict:
             "target": ">= 1.0", "meets_target": bool(naive_s / ours_s >= 1.0), "baseline_http_429": naive_429,
             **common,
         },
+        "ingest_vs_rate_limit": _under_rate_limit(quick),
     }
 
 

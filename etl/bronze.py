@@ -11,6 +11,12 @@ A run (a *batch*) does, in order:
    manifest did not finish: its files are valid data (readers may see them), but the watermark ignores them, so
    the next incremental run re-fetches that range.
 
+Resume: before fetching, a batch writes its plan to `bronze/_pending/<batch_id>.json` (and spools quarantined
+rows under `bronze/_pending/<batch_id>/`). A rerun with the same source, granularity and products takes over an
+abandoned pending batch: it keeps that batch id, reuses every partition file whose pages it would fetch again
+(same pages: the file is complete for them), deletes the batch's other files, and fetches only the rest. Older
+abandoned batches of the same key are deleted. The pending record goes once the manifest is written.
+
 Bronze is append-only: readers deduplicate on (product_id, granularity, bucket_start), keeping the latest
 ingested_at (then batch_id) - see `dedup_latest`.
 """
@@ -19,6 +25,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import posixpath
+import socket
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -30,6 +39,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from tqdm import tqdm
 
 from etl.errors import ConfigError
@@ -51,6 +61,11 @@ log = logging.getLogger(__name__)
 CANDLES_DIR = "bronze/candles"
 QUARANTINE_DIR = "bronze/quarantine"
 MANIFEST_DIR = "bronze/_manifests"
+PENDING_DIR = "bronze/_pending"   # <batch_id>.json: the plan of a batch being written; <batch_id>/: its spool
+# A pending batch is abandoned (its rerun takes it over) when its process is gone (same host) or its heartbeat is
+# older than this (another host). Heartbeats are written at most every PENDING_HEARTBEAT_S while fetching.
+PENDING_STALE_S = 900
+PENDING_HEARTBEAT_S = 30
 KEY = ["product_id", "granularity", "bucket_start"]
 TS = pa.timestamp("us", tz="UTC")
 
@@ -213,6 +228,7 @@ class IngestSummary:
     source: str = ""
     pages: int = 0
     manifest: str = ""
+    reused: int = 0                                # partition files taken over from an abandoned run of the batch
 
     def __str__(self) -> str:
         if self.window:
@@ -222,7 +238,8 @@ class IngestSummary:
         rate = self.candles / self.seconds if self.seconds > 0 else 0.0
         return "\n".join([
             f"ingest {self.batch_id}: {', '.join(self.products)} at {self.granularity}s from {self.source}, {span}",
-            f"  requests {self.requests} ({self.pages} pages), retries {self.retries}, HTTP 429 {self.http_429}",
+            f"  requests {self.requests} ({self.pages} pages), retries {self.retries}, HTTP 429 {self.http_429}"
+            + (f", {self.reused} partition files reused from an interrupted run" if self.reused else ""),
             f"  candles {self.candles}, quarantined {self.quarantined}, "
             f"{len(self.files)} files in {len(self.partitions)} partitions",
             f"  {self.seconds:.1f} s ({rate:,.0f} candles/s)",
@@ -286,6 +303,136 @@ def read_quarantine(settings: Settings | None = None) -> pd.DataFrame:
     if table is None:  # the same columns as when there are rows: product_id comes from the partition path
         return QUARANTINE_SCHEMA.append(pa.field("product_id", pa.string())).empty_table().to_pandas()
     return table.to_pandas()
+
+
+
+# ---- resume: pending batches -----------------------------------------------------------------------------------
+def _pending_key(record: dict) -> tuple:
+    return record.get("api_url"), record.get("granularity"), tuple(record.get("products") or ())
+
+
+def _pending_records(store: Store) -> list[dict]:
+    """Every readable pending record, newest batch first (the folder is hidden, so it is listed directly)."""
+    base = store.path(PENDING_DIR)
+    if store.fs.get_file_info(base).type != pafs.FileType.Directory:
+        return []
+    out = []
+    for info in store.fs.get_file_info(pafs.FileSelector(base)):
+        name = info.base_name
+        if info.type != pafs.FileType.File or not name.endswith(".json") or name.startswith("."):
+            continue
+        try:
+            record = store.read_json(f"{PENDING_DIR}/{name}")
+        except (OSError, ValueError):
+            log.warning("unreadable pending record %s: ignored", info.path)
+            continue
+        if isinstance(record, dict) and record.get("batch_id") == name[:-5]:
+            out.append(record)
+    return sorted(out, key=lambda r: r["batch_id"], reverse=True)
+
+
+def _abandoned(record: dict, now: float) -> bool:
+    """Its writer is gone: a dead process on this host, or no heartbeat for PENDING_STALE_S."""
+    if record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int):
+        if record["pid"] == os.getpid():
+            return True  # an earlier attempt in this very process (an in-process retry)
+        try:
+            os.kill(record["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+    return now - float(record.get("heartbeat", 0)) > PENDING_STALE_S
+
+
+def _page_days(pages: list[tuple[int, int]], granularity: int) -> dict[int, set[tuple[int, int]]]:
+    """day -> the pages (epoch start, end) that touch it."""
+    out: dict[int, set[tuple[int, int]]] = defaultdict(set)
+    for s, e in pages:
+        for day in range(s // 86400, (e - granularity) // 86400 + 1):
+            out[day].add((s, e))
+    return out
+
+
+def _batch_files(store: Store, record: dict) -> dict[tuple[str, int], str]:
+    """(product, day) -> the batch's partition file, for each partition its plan touches that holds one.
+    Temp files the batch left behind (a kill mid-write) are deleted on the way."""
+    found = {}
+    batch_id, granularity = record["batch_id"], int(record["granularity"])
+    for product, pages in (record.get("pages") or {}).items():
+        for day in _page_days([tuple(p) for p in pages], granularity):
+            folder = partition_path(CANDLES_DIR, product_id=product, date=_day_to_date(day).isoformat())
+            base = store.path(folder)
+            if store.fs.get_file_info(base).type != pafs.FileType.Directory:
+                continue
+            for info in store.fs.get_file_info(pafs.FileSelector(base)):
+                if info.base_name == f"{batch_id}.parquet":
+                    found[(product, day)] = f"{folder}/{info.base_name}"
+                elif info.base_name.startswith(".tmp-") and info.base_name.endswith(f"-{batch_id}.parquet"):
+                    store.fs.delete_file(info.path)
+    return found
+
+
+def _spooled(store: Store, spool: str) -> dict[str, list[str]]:
+    """product -> the quarantine spool files of a pending batch."""
+    out: dict[str, list[str]] = defaultdict(list)
+    base = store.path(spool)
+    if store.fs.get_file_info(base).type != pafs.FileType.Directory:
+        return out
+    for info in store.fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+        if info.type == pafs.FileType.File and info.base_name.endswith(".parquet") and not info.base_name.startswith("."):
+            rel = posixpath.relpath(info.path, store.root)
+            out[rel.split("/")[-2]].append(rel)
+    return {p: sorted(r) for p, r in out.items()}
+
+
+def _discard_pending(store: Store, record: dict) -> None:
+    """Delete an abandoned batch: its partition files, its spool, then its record."""
+    files = _batch_files(store, record)
+    for rel in files.values():
+        store.delete(rel)
+    store.delete(f"{PENDING_DIR}/{record['batch_id']}")
+    store.delete(f"{PENDING_DIR}/{record['batch_id']}.json")
+    log.info("abandoned batch %s deleted: %d orphan files", record["batch_id"], len(files))
+
+
+def _take_over(store: Store, record: dict, batch_id: str | None, now: float) -> tuple[str, dict, list[dict]]:
+    """Pick this run's batch id and the partition files it reuses from an abandoned run.
+
+    The base is the pending batch of the id asked for, else the newest abandoned one of the same key (API URL,
+    granularity, products). Its partition file for a product-day is reused when the new plan has exactly the
+    pages touching that day that the old plan had (the file was written once all of them were in); its other
+    files are deleted. Returns (batch_id, reused {(product, day): rel}, the other abandoned records of the key).
+    A finished batch's leftover record (a kill between manifest and cleanup) is only removed.
+    """
+    key = _pending_key(record)
+    base, same = None, []
+    for old in _pending_records(store):
+        if store.exists(f"{MANIFEST_DIR}/{old['batch_id']}.json"):
+            store.delete(f"{PENDING_DIR}/{old['batch_id']}.json")
+            continue
+        if old["batch_id"] == batch_id:
+            if not _abandoned(old, now):
+                raise ConfigError(f"batch {batch_id} is being written by pid {old.get('pid')} on "
+                                  f"{old.get('host')}; wait for it or pass another batch id")
+            base = old
+        elif _pending_key(old) == key and _abandoned(old, now):
+            same.append(old)
+    if base is None and batch_id is None and same:
+        base = same.pop(0)
+    if base is None:
+        return batch_id or new_batch_id(), {}, same
+    granularity = int(record["granularity"])
+    reused = {}
+    for (product, day), rel in _batch_files(store, base).items():
+        new_pages = _page_days([tuple(p) for p in record["pages"].get(product, [])], granularity).get(day)
+        old_pages = _page_days([tuple(p) for p in base["pages"].get(product, [])], int(base["granularity"]))[day]
+        if int(base["granularity"]) == granularity and old_pages == new_pages:
+            reused[(product, day)] = rel
+        else:
+            store.delete(rel)  # not complete for this plan: fetched again
+    log.info("taking over abandoned batch %s: %d partition files reused", base["batch_id"], len(reused))
+    return base["batch_id"], reused, same
 
 
 # ---- ingest ----------------------------------------------------------------------------------------------------
@@ -369,18 +516,45 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
 
     client = ExchangeClient(url, settings)
     check_products(client, products)  # unknown / delisted -> SourceError, before anything is written
-    batch_id = batch_id or new_batch_id()
     plans = _plan(products, start, end, granularity, settings)
-    tasks = [(p, s, e) for p in products for s, e in plans[p]]
-    summary = IngestSummary(batch_id, products, granularity, None, source=source, pages=len(tasks))
-    if tasks:
-        summary.window = (min(s for _, s, _ in tasks), max(e for _, _, e in tasks))
+    record = {"api_url": url, "source": source, "granularity": granularity, "products": products,
+              "pages": {p: [[int(s.timestamp()), int(e.timestamp())] for s, e in w] for p, w in plans.items()},
+              "host": socket.gethostname(), "pid": os.getpid()}
+    batch_id, reused, stale = _take_over(store, record, batch_id, time.time())
+    for old in stale:
+        _discard_pending(store, old)
+    record["batch_id"] = batch_id
+    pending_rel, spool = f"{PENDING_DIR}/{batch_id}.json", f"{PENDING_DIR}/{batch_id}"
+    beat = [0.0]
 
-    pending = Counter((p, d) for p, s, e in tasks for d in _days(s, e, granularity))
+    def heartbeat(force: bool = False) -> None:
+        if force or time.time() - beat[0] >= PENDING_HEARTBEAT_S:
+            beat[0] = record["heartbeat"] = time.time()
+            store.write_json(pending_rel, record)
+
+    heartbeat(force=True)  # the plan is on disk before any data file: a rerun can take the batch over
+    planned = [(p, s, e) for p in products for s, e in plans[p]]
+    tasks = [(p, s, e) for p, s, e in planned if not all((p, d) in reused for d in _days(s, e, granularity))]
+    summary = IngestSummary(batch_id, products, granularity, None, source=source, pages=len(planned),
+                            reused=len(reused))
+    if planned:
+        summary.window = (min(s for _, s, _ in planned), max(e for _, _, e in planned))
+
+    pending = Counter((p, d) for p, s, e in tasks for d in _days(s, e, granularity) if (p, d) not in reused)
     buffers: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
-    quarantine: dict[str, list[pa.Table]] = defaultdict(list)
     newest: dict[str, datetime] = {}
     rows_written: list[dict] = []
+
+    def written(product: str, day: int, rel: str, table: pa.Table) -> None:
+        summary.files.append(rel)
+        summary.partitions.append((product, _day_to_date(day)))
+        rows_written.append({"product_id": product, "date": _day_to_date(day).isoformat(), "rows": table.num_rows})
+        summary.candles += table.num_rows
+        top = pc.max(table["bucket_start"]).as_py()
+        newest[product] = max(newest.get(product, top), top)
+
+    for (product, day), rel in sorted(reused.items()):
+        written(product, day, rel, store.read_parquet(rel, columns=["bucket_start"]))
 
     def flush(product: str, day: int) -> None:
         parts = buffers.pop((product, day), [])
@@ -391,12 +565,8 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
         on = _day_to_date(day)
         rel = f"{partition_path(CANDLES_DIR, product_id=product, date=on.isoformat())}/{batch_id}.parquet"
         store.write_parquet(rel, table)
-        summary.files.append(rel)
-        summary.partitions.append((product, on))
-        rows_written.append({"product_id": product, "date": on.isoformat(), "rows": table.num_rows})
-        summary.candles += table.num_rows
-        top = pc.max(table["bucket_start"]).as_py()
-        newest[product] = max(newest.get(product, top), top)
+        written(product, day, rel, table)
+        heartbeat()
 
     outside = 0
     pool = ThreadPoolExecutor(max_workers=max(1, settings.max_workers), thread_name_prefix="ingest")
@@ -408,10 +578,12 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
                 product, s, e = futures.pop(fut)  # drop the reference: memory stays bounded
                 result = fut.result()  # a page that exhausted its retries raises SourceError here
                 outside += result.outside
-                if result.quarantined.num_rows:
-                    quarantine[product].append(result.quarantined)
+                if result.quarantined.num_rows:  # spooled at once: a rerun that reuses the page keeps them
+                    store.write_parquet(f"{spool}/{product}/{uuid.uuid4().hex}.parquet", result.quarantined)
                 days = result.candles["_day"]
                 for day in _days(s, e, granularity):
+                    if (product, day) in reused:
+                        continue
                     part = result.candles.filter(pc.equal(days, day))
                     if part.num_rows:
                         buffers[(product, day)].append(part)
@@ -421,8 +593,8 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
                 bar.update(1)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
-        log.error("batch %s stopped; %d files written stay visible but uncommitted (no manifest)", batch_id,
-                  len(summary.files))
+        log.error("batch %s stopped; %d files written stay uncommitted (no manifest) until a rerun takes the "
+                  "batch over", batch_id, len(summary.files))
         raise
     pool.shutdown(wait=True)
     summary.files.sort()
@@ -430,8 +602,8 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
     rows_written.sort(key=lambda r: (r["product_id"], r["date"]))
 
     quarantine_files = []
-    for product, parts in quarantine.items():
-        table = pa.concat_tables(parts)
+    for product, parts in sorted(_spooled(store, spool).items()):
+        table = pa.concat_tables([store.read_parquet(rel) for rel in parts])
         summary.quarantined += table.num_rows
         rel = f"{partition_path(QUARANTINE_DIR, product_id=product)}/{batch_id}.parquet"
         store.write_parquet(rel, table)
@@ -451,11 +623,13 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
         "files": summary.files, "partitions": rows_written, "quarantine_files": quarantine_files,
         "quarantined": summary.quarantined, "candles": summary.candles, "pages": len(tasks),
         "outside_page_rows": outside, "requests": summary.requests, "retries": summary.retries,
-        "http_429": summary.http_429, "seconds": round(summary.seconds, 3),
+        "http_429": summary.http_429, "seconds": round(summary.seconds, 3), "reused_files": summary.reused,
         "max_bucket_start": {p: t.isoformat() for p, t in newest.items()},
     }
     summary.manifest = f"{MANIFEST_DIR}/{batch_id}.json"
     store.write_json(summary.manifest, manifest)  # last: the batch is committed once this exists
+    store.delete(spool)
+    store.delete(pending_rel)
     log.info("batch %s committed: %d candles, %d quarantined, %d requests (%d retries, %d HTTP 429), %.1f s",
              batch_id, summary.candles, summary.quarantined, summary.requests, summary.retries, summary.http_429,
              summary.seconds)
@@ -471,4 +645,5 @@ def _summary_from_manifest(m: dict) -> IngestSummary:
         files=list(m.get("files", [])),
         partitions=[(p["product_id"], date.fromisoformat(p["date"])) for p in m.get("partitions", [])],
         source=m.get("source", ""), pages=m.get("pages", 0), manifest=f"{MANIFEST_DIR}/{m['batch_id']}.json",
+        reused=m.get("reused_files", 0),
     )

@@ -87,6 +87,7 @@ class Settings:
     max_attempts: int                    # per request, including the first
     backoff_initial_s: float             # first retry wait (exponential with jitter from there)
     backoff_max_s: float                 # longest wait between two attempts
+    throttle_max_wait_s: float           # a request refused with 429 (not an attempt) gives up after this long
     history_days: int                    # first run with no watermark: how far back to backfill 1-minute candles
     daily_history_days: int              # daily candles for risk history
     overlap_minutes: int                 # incremental runs re-fetch this much before the watermark (late corrections)
@@ -159,6 +160,7 @@ def get_settings() -> Settings:
         max_attempts=_int("PIPELINE_MAX_ATTEMPTS", 8),
         backoff_initial_s=_float("PIPELINE_BACKOFF_INITIAL_S", 0.2),
         backoff_max_s=_float("PIPELINE_BACKOFF_MAX_S", 20.0),
+        throttle_max_wait_s=_float("PIPELINE_THROTTLE_MAX_WAIT_S", 300.0),
         history_days=_int("PIPELINE_HISTORY_DAYS", 2),
         daily_history_days=_int("PIPELINE_DAILY_HISTORY_DAYS", 400),
         overlap_minutes=_int("PIPELINE_OVERLAP_MINUTES", 15),

@@ -2,9 +2,10 @@
 
 Three pieces, each small enough to test on its own:
 - `TokenBucket`: one pacer shared by every concurrent request of a run, so we stay under the API's limit instead
-  of bouncing off 429s.
-- `ExchangeClient`: GET with connect/read timeouts and bounded retries (tenacity) on 429, 5xx, connection errors,
-  timeouts and malformed bodies; other 4xx are bugs and raise at once with the API's message.
+  of bouncing off 429s; it adapts to the limit the server really enforces (AIMD on 429s).
+- `ExchangeClient`: GET with connect/read timeouts and bounded retries (tenacity) on 5xx, connection errors,
+  timeouts and malformed bodies; a 429 slows the pacer and is sent again without using an attempt (bounded by a
+  total wait instead); other 4xx are bugs and raise at once with the API's message.
 - `plan_windows`: splits [start, end) into pages of at most 300 buckets with no gap and no overlap at page edges.
 
 See docs/coinbase_api.md for the contract this is built against and docs/bronze.md for the choices made here.
@@ -64,11 +65,23 @@ def api_url(source: str | None = None, settings: Settings | None = None) -> str:
 
 
 # ---- pacing ----------------------------------------------------------------------------------------------------
+# Adaptive pacing (AIMD, as TCP's congestion control): a 429 is the server stating its rate. The first 429 of each
+# slowdown cuts our rate by AIMD_DECREASE; every accepted request adds AIMD_INCREASE / rate, i.e. the rate grows by
+# AIMD_INCREASE requests/s per second of traffic, back up to the configured ceiling. The rate then saws between
+# AIMD_DECREASE x and 1 x the server's real limit: ~0.93 x on average, with one or two 429s per cycle.
+AIMD_DECREASE = 0.85
+AIMD_INCREASE = 0.08      # requests/s gained per second of accepted traffic
+MIN_RATE = 0.1            # requests/s: the pace never falls below this however many 429s arrive
+
+
 class TokenBucket:
-    """Thread-safe token bucket: `acquire()` blocks until the caller may send one request.
+    """Thread-safe, adaptive token bucket: `acquire()` blocks until the caller may send one request.
 
     Each caller reserves a token at once (the balance may go negative) and sleeps off its share of the deficit
-    outside the lock, so waiting callers are served in arrival order at exactly `rate` per second.
+    outside the lock, so waiting callers are served in arrival order at `rate` per second. `throttled()` (a 429)
+    cuts the rate multiplicatively, at most once per slowdown: a 429 on a request whose slot was planned before
+    the last cut says nothing new. Callers asleep on a slot planned at the old rate queue again when they wake.
+    `accepted()` raises the rate additively up to the ceiling it was built with.
     """
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic,
@@ -76,7 +89,10 @@ class TokenBucket:
         if rate <= 0 or burst < 1:
             raise ConfigError(f"token bucket needs rate > 0 and burst >= 1 (got rate={rate}, burst={burst}); "
                               "check PIPELINE_RATE_LIMIT_RPS / PIPELINE_RATE_LIMIT_BURST")
-        self.rate, self.burst = float(rate), int(burst)
+        self.ceiling = self.rate = float(rate)
+        self.burst = int(burst)
+        self.floor = min(self.ceiling, MIN_RATE)
+        self.cuts = 0                    # rate cuts so far: a slot remembers the count it was planned under
         self._clock, self._sleep = clock, sleep
         self._tokens = float(burst)
         self._last = clock()
@@ -87,21 +103,49 @@ class TokenBucket:
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
 
+    def slot(self) -> tuple[float, int]:
+        """Take one token, sleeping until it is due; returns (seconds waited, rate cuts when it was planned)."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                self._refill()
+                self._tokens -= 1.0
+                wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+                cuts = self.cuts
+            if wait <= 0:
+                return waited, cuts
+            self._sleep(wait)
+            waited += wait
+            with self._lock:
+                if self.cuts == cuts:
+                    return waited, cuts
+            # the rate was cut while we slept: this slot was planned at the old pace, queue again
+
     def acquire(self) -> float:
         """Take one token, sleeping until it is due; returns the seconds waited."""
-        with self._lock:
-            self._refill()
-            self._tokens -= 1.0
-            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
-        if wait > 0:
-            self._sleep(wait)
-        return wait
+        return self.slot()[0]
 
-    def drain(self) -> None:
-        """The server said 429: spend any saved-up burst so every worker slows to the steady rate."""
+    def accepted(self) -> None:
+        """The server took a request at the current pace: additive increase."""
+        with self._lock:
+            self.rate = min(self.ceiling, self.rate + AIMD_INCREASE / self.rate)
+
+    def throttled(self, planned_cuts: int, retry_after: float | None = None) -> None:
+        """The server answered 429 to a request whose slot was planned under `planned_cuts` cuts.
+
+        Multiplicative decrease (once per slowdown), no saved-up burst any more, and when the server sent
+        Retry-After nobody sends again before it has passed.
+        """
         with self._lock:
             self._refill()
+            if planned_cuts == self.cuts:
+                self.rate = max(self.floor, self.rate * AIMD_DECREASE)
+                self.burst = 1      # the server's bucket is smaller than we assumed: no bursts from now on
+                self.cuts += 1
+                self._tokens = 0.0  # reservations planned at the old rate are void (their callers queue again)
             self._tokens = min(self._tokens, 0.0)
+            if retry_after:
+                self._tokens = min(self._tokens, -retry_after * self.rate)
 
 
 def pacer_for(settings: Settings) -> TokenBucket:
@@ -111,11 +155,15 @@ def pacer_for(settings: Settings) -> TokenBucket:
 
 # ---- HTTP client -----------------------------------------------------------------------------------------------
 class TransientError(Exception):
-    """A failure worth retrying (429, 5xx, connection error, timeout, malformed body)."""
+    """A failure worth retrying (5xx, connection error, timeout, malformed body)."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class _Throttled(Exception):
+    """429s for longer than the throttle budget (settings.throttle_max_wait_s)."""
 
 
 class _ClientError(Exception):
@@ -137,7 +185,7 @@ class ApiRefusedError(SourceError):
 @dataclass
 class ClientStats:
     requests: int = 0   # HTTP requests sent, retries included
-    retries: int = 0    # requests beyond the first attempt
+    retries: int = 0    # requests beyond the first attempt (429 re-sends included)
     http_429: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -207,7 +255,8 @@ class ExchangeClient:
         self.pacer = pacer or pacer_for(self.settings)
         self.stats = ClientStats()
         self.timeout = (self.settings.http_timeout_connect_s, self.settings.http_timeout_read_s)
-        self.max_attempts = max(1, self.settings.max_attempts)
+        self.max_attempts = max(1, self.settings.max_attempts)  # 429s do not count: see _send
+        self.throttle_max_wait_s = self.settings.throttle_max_wait_s
         self._wait = backoff_for(self.settings)
         self._local = threading.local()  # one requests.Session per worker thread (connection reuse)
 
@@ -218,21 +267,34 @@ class ExchangeClient:
             session.headers["User-Agent"] = "market-risk-etl/1.0"
         return session
 
+    def _send(self, path: str, params: dict | None) -> requests.Response:
+        """One paced GET; a 429 is the server's rate, not a failure: slow down and send again (no attempt used),
+        until the request has been refused for longer than settings.throttle_max_wait_s."""
+        first_429 = None
+        while True:
+            _, cuts = self.pacer.slot()
+            self.stats.add(requests=1)
+            try:
+                resp = self._session().get(f"{self.base_url}{path}", params=params, timeout=self.timeout)
+                resp.content  # noqa: B018 - read the body here, where a broken stream is a transient error
+            except requests.Timeout as exc:
+                raise TransientError(f"timeout ({type(exc).__name__})") from exc
+            except requests.RequestException as exc:  # connection refused/reset, truncated chunked body, ...
+                raise TransientError(f"connection error ({type(exc).__name__}: {exc})") from exc
+            if resp.status_code != 429:
+                self.pacer.accepted()
+                return resp
+            self.stats.add(http_429=1, retries=1)
+            self.pacer.throttled(cuts, _retry_after(resp.headers.get("Retry-After")))
+            now = time.monotonic()
+            first_429 = first_429 or now
+            if now - first_429 > self.throttle_max_wait_s:
+                raise _Throttled(f"HTTP 429 {_api_message(resp)} for {now - first_429:.0f} s "
+                                 f"(pace now {self.pacer.rate:.2f} requests/s)")
+
     def _attempt(self, path: str, params: dict | None, expect: type) -> Any:
-        self.pacer.acquire()
-        self.stats.add(requests=1)
-        url = f"{self.base_url}{path}"
-        try:
-            resp = self._session().get(url, params=params, timeout=self.timeout)
-            text = resp.text
-        except requests.Timeout as exc:
-            raise TransientError(f"timeout ({type(exc).__name__})") from exc
-        except requests.RequestException as exc:  # connection refused/reset, truncated chunked body, ...
-            raise TransientError(f"connection error ({type(exc).__name__}: {exc})") from exc
-        if resp.status_code == 429:
-            self.stats.add(http_429=1)
-            self.pacer.drain()
-            raise TransientError(f"HTTP 429 {_api_message(resp)}", _retry_after(resp.headers.get("Retry-After")))
+        resp = self._send(path, params)
+        text = resp.text
         if resp.status_code >= 500:
             raise TransientError(f"HTTP {resp.status_code} {_api_message(resp)}",
                                  _retry_after(resp.headers.get("Retry-After")))
@@ -260,6 +322,9 @@ class ExchangeClient:
         except TransientError as exc:
             raise SourceError(f"{what or path}: gave up after {self.max_attempts} attempts against {self.base_url}; "
                               f"last error: {exc}. Check the API status or raise PIPELINE_MAX_ATTEMPTS") from exc
+        except _Throttled as exc:
+            raise SourceError(f"{what or path}: the API kept refusing at {self.base_url}: {exc}. Lower "
+                              "PIPELINE_RATE_LIMIT_RPS or raise PIPELINE_THROTTLE_MAX_WAIT_S") from exc
         except _ClientError as exc:
             raise ApiRefusedError(f"{what or path}: the API refused the request (HTTP {exc.status}: {exc.message}) "
                                   f"at {self.base_url}{path} {params or ''}", exc.status, exc.message) from exc

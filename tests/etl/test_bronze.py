@@ -345,13 +345,119 @@ def test_killed_run_leaves_no_partial_file_and_rerun_completes(tmp_path, make_si
 
     products = ["BTC-USD", "ETH-USD", "SOL-USD"]
     s, e = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 4, tzinfo=UTC)
-    ingest(products, s, e, settings=settings)
+    rerun = ingest(products, s, e, settings=settings)
     latest = _latest(settings)
     _same(latest, _model(products, s, e))
     raw = read_bronze(settings=settings)
     distinct = raw.drop_duplicates(["product_id", "bucket_start", *OHLCV])
     assert len(distinct) == len(latest)  # no second version of any candle
     assert read_quarantine(settings).empty
+    # resumed, not refetched: the killed batch's complete partition files were taken over, not fetched again
+    assert rerun.reused >= len(visible) - 1 and rerun.requests < rerun.pages + len(products)
+    _assert_no_orphans(root)
+
+
+def _assert_no_orphans(root: Path) -> None:
+    """Every bronze file belongs to a committed batch and no pending record or temp file is left."""
+    manifests = [json.loads(p.read_text()) for p in (root / "bronze" / "_manifests").glob("*.json")]
+    listed = {f for m in manifests for f in m["files"] + m["quarantine_files"]}
+    on_disk = {str(p.relative_to(root)) for p in (root / "bronze").rglob("*.parquet")}
+    assert on_disk == listed
+    pending = root / "bronze" / "_pending"
+    assert not pending.exists() or not any(pending.iterdir())
+
+
+def test_failed_run_is_resumed_and_leaves_no_orphans(tmp_path, make_simulator):
+    """Issue 12 item 5: pages fetched by a run that failed (the API went away) are reused by the rerun."""
+    from etl.simulator import Simulator, SimulatorConfig
+
+    sim = make_simulator(seed=SEED, rate_limit_rps=20.0, burst=1)
+    port = int(sim.url.rsplit(":", 1)[1])
+    settings = _settings(tmp_path, sim, rate_limit_rps=20.0, rate_limit_burst=1, max_workers=1, max_attempts=2,
+                         backoff_initial_s=0.01, backoff_max_s=0.02)
+    products, s, e = ["BTC-USD", "ETH-USD"], datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 3, tzinfo=UTC)
+    candles_dir = tmp_path / "data" / "bronze" / "candles"
+    import threading
+
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            ingest(products, s, e, settings=settings)
+        except SourceError as exc:
+            failure.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    while worker.is_alive() and not (candles_dir.exists() and len(_visible_files(candles_dir)) >= 2):
+        time.sleep(0.02)
+    sim.stop()  # the API goes away mid-run: the batch fails with its first partitions written
+    worker.join(timeout=60)
+    assert failure and "gave up after 2 attempts" in str(failure[0])
+    kept = _visible_files(candles_dir)
+    assert len(kept) >= 2
+
+    back = Simulator(SimulatorConfig(port=port, seed=SEED, rate_limit_rps=1000.0, burst=1000)).start()
+    try:
+        rerun = ingest(products, s, e, settings=settings)
+        assert rerun.reused >= 2 and rerun.reused >= len(kept) - 1
+        assert back.stats["by_endpoint"]["candles"] < rerun.pages  # the reused days were not fetched again
+    finally:
+        back.stop()
+    _same(_latest(settings), _model(products, s, e))
+    _assert_no_orphans(tmp_path / "data")
+
+
+def test_abandoned_batch_with_another_plan_is_cleaned_up(tmp_path, simulator):
+    """Orphans of a failed batch whose pages differ from the rerun's are deleted, not left beside the new ones."""
+    from etl.bronze import PENDING_DIR
+
+    settings = _settings(tmp_path, simulator)
+    first = ingest(["BTC-USD"], START, END, settings=settings)
+    store = get_store(settings)
+    # turn the finished batch into an abandoned one (a dead pid on this host): files but no manifest
+    store.delete(first.manifest)
+    store.write_json(f"{PENDING_DIR}/{first.batch_id}.json", {
+        "batch_id": first.batch_id, "api_url": simulator.url, "source": "simulator", "granularity": 60,
+        "products": ["BTC-USD"], "pages": {"BTC-USD": [[int(START.timestamp()), int(END.timestamp())]]},
+        "host": __import__("socket").gethostname(), "pid": 2**22 + 12345, "heartbeat": time.time()})
+    later = ingest(["BTC-USD"], START + timedelta(minutes=30), END, settings=settings)
+    assert later.reused == 0 and later.batch_id == first.batch_id  # taken over: same id, pages differ: refetched
+    _assert_no_orphans(tmp_path / "data")
+    _same(_latest(settings), _model(["BTC-USD"], START + timedelta(minutes=30), END))
+
+
+def test_live_pending_batch_is_left_alone(tmp_path, simulator):
+    from etl.bronze import PENDING_DIR
+
+    settings = _settings(tmp_path, simulator)
+    store = get_store(settings)
+    record = {"batch_id": "20260101T000000Z-live0000", "api_url": simulator.url, "source": "simulator",
+              "granularity": 60, "products": ["BTC-USD"], "pages": {"BTC-USD": [[0, 60]]},
+              "host": __import__("socket").gethostname(), "pid": os.getppid(), "heartbeat": time.time()}
+    store.write_json(f"{PENDING_DIR}/{record['batch_id']}.json", record)
+    summary = ingest(["BTC-USD"], START, END, settings=settings)
+    assert summary.batch_id != record["batch_id"]
+    assert store.exists(f"{PENDING_DIR}/{record['batch_id']}.json")  # a running writer is never taken over
+
+
+def test_429_storm_with_faults_converges_in_one_run(tmp_path, make_simulator, simulator):
+    """Issue 12 item 5: --rate-limit 2 --burst 1 --fail-rate 0.3 --malformed-rate 0.1 passes in ONE run with the
+    default client settings (10 requests/s assumed); 429s do not use up attempts, the pace adapts to 2/s."""
+    products, s, e = ["BTC-USD", "ETH-USD"], datetime(2026, 1, 4, tzinfo=UTC), datetime(2026, 1, 6, tzinfo=UTC)
+    clean = _settings(tmp_path, simulator, name="clean")
+    ingest(products, s, e, settings=clean)
+    sim = make_simulator(seed=SEED, rate_limit_rps=2.0, burst=1, fail_rate=0.3, malformed_rate=0.1)
+    defaults = get_settings()
+    stormy = _settings(tmp_path, sim, name="stormy", rate_limit_rps=defaults.rate_limit_rps,
+                       rate_limit_burst=defaults.rate_limit_burst, max_workers=defaults.max_workers,
+                       max_attempts=defaults.max_attempts)
+    summary = ingest(products, s, e, settings=stormy)
+    assert sim.stats["served_429"] > 0 and sim.stats["served_5xx"] > 0 and sim.stats["malformed"] > 0
+    assert summary.http_429 == sim.stats["served_429"]
+    assert summary.http_429 < 0.5 * summary.requests  # the pace came down to the server's: not a 429 per success
+    pd.testing.assert_frame_equal(_latest(stormy), _latest(clean))
+    _assert_no_orphans(tmp_path / "stormy")
 
 
 def test_a_row_malformed_in_the_last_refetch_is_taken_from_an_earlier_response(tmp_path, make_simulator):

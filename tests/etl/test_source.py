@@ -120,11 +120,61 @@ def test_token_bucket_never_exceeds_rate_plus_burst_in_any_interval():
             assert j - i + 1 <= 3 + 5 * (sent[j] - sent[i]) + 1e-9
 
 
-def test_token_bucket_drain_spends_saved_burst():
+def test_token_bucket_429_spends_saved_burst_and_cuts_the_rate():
+    from etl.source import AIMD_DECREASE
+
     clock = FakeClock()
     bucket = TokenBucket(rate=10, burst=15, clock=clock, sleep=clock.sleep)
-    bucket.drain()
-    assert bucket.acquire() == pytest.approx(0.1)
+    _, cuts = bucket.slot()
+    bucket.throttled(cuts)
+    assert bucket.rate == pytest.approx(10 * AIMD_DECREASE) and bucket.burst == 1
+    assert bucket.acquire() == pytest.approx(1 / (10 * AIMD_DECREASE))
+
+
+def test_token_bucket_cuts_once_per_slowdown():
+    """429s on slots planned before the last cut say nothing new: one cut, not one per request in flight."""
+    from etl.source import AIMD_DECREASE
+
+    bucket = TokenBucket(rate=10, burst=15, clock=FakeClock(), sleep=lambda s: None)
+    planned = [bucket.slot()[1] for _ in range(8)]  # eight requests in flight, all planned before any 429
+    for cuts in planned:
+        bucket.throttled(cuts)
+    assert bucket.cuts == 1 and bucket.rate == pytest.approx(10 * AIMD_DECREASE)
+    bucket.throttled(bucket.slot()[1])  # a request planned after the cut is refused too: slow down again
+    assert bucket.cuts == 2 and bucket.rate == pytest.approx(10 * AIMD_DECREASE**2)
+
+
+def test_token_bucket_honours_retry_after():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=10, burst=15, clock=clock, sleep=clock.sleep)
+    bucket.throttled(bucket.slot()[1], retry_after=2.0)
+    assert bucket.acquire() >= 2.0
+
+
+def test_token_bucket_aimd_converges_near_the_servers_real_limit():
+    """Against a server bucket of 4 requests/s (burst 1) the adaptive pacer sends >= 85% of 4/s once it has
+    learnt the limit (from a ceiling of 10/s), with under 10% of requests refused."""
+    from etl.source import AIMD_INCREASE  # noqa: F401 - the constant this test tunes against
+
+    clock = FakeClock()
+    bucket = TokenBucket(rate=10, burst=14, clock=clock, sleep=clock.sleep)
+    limit, server_tokens, server_last = 4.0, 1.0, 0.0
+    accepted, refused = [], 0
+    for _ in range(2000):
+        _, cuts = bucket.slot()
+        now = clock.now
+        server_tokens = min(1.0, server_tokens + (now - server_last) * limit)
+        server_last = now
+        if server_tokens >= 1.0:
+            server_tokens -= 1.0
+            bucket.accepted()
+            accepted.append(now)
+        else:
+            refused += 1
+            bucket.throttled(cuts)
+    steady = [t for t in accepted if t >= 60.0]
+    assert len(steady) / (steady[-1] - 60.0) >= 0.85 * limit
+    assert refused / (len(accepted) + refused) < 0.10
 
 
 def test_token_bucket_rejects_nonsense():
