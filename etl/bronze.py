@@ -412,7 +412,9 @@ def _take_over(store: Store, record: dict, batch_id: str | None, now: float) -> 
             store.delete(f"{PENDING_DIR}/{old['batch_id']}.json")
             continue
         if old["batch_id"] == batch_id:
-            if not _abandoned(old, now):
+            # the orchestrator retries a task only once its attempt ended: another host's record of this id is
+            # a dead attempt; on this host a live pid means a concurrent run of the same id
+            if old.get("host") == socket.gethostname() and not _abandoned(old, now):
                 raise ConfigError(f"batch {batch_id} is being written by pid {old.get('pid')} on "
                                   f"{old.get('host')}; wait for it or pass another batch id")
             base = old
@@ -504,7 +506,7 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
     store = get_store(settings)
     source = (source or settings.source).lower()
     url = api_url(source, settings)
-    granularity = check_granularity(int(granularity or settings.granularity))
+    granularity = check_granularity(settings.granularity if granularity is None else granularity)
     products = list(dict.fromkeys(p.strip().upper() for p in (products or settings.products) if p.strip()))
     if not products:
         raise ConfigError("no products to ingest: pass --products or set PIPELINE_PRODUCTS")

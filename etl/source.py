@@ -389,7 +389,8 @@ def ceil_time(ts: datetime, granularity: int) -> datetime:
 
 
 def check_granularity(granularity: int) -> int:
-    if granularity not in VALID_GRANULARITIES:
+    """The granularity if the API accepts it, else ConfigError naming the allowed values (0 included: no default)."""
+    if isinstance(granularity, bool) or granularity not in VALID_GRANULARITIES:
         raise ConfigError(f"granularity {granularity!r} is not supported by the API: use one of "
                           f"{', '.join(map(str, VALID_GRANULARITIES))} seconds (--granularity)")
     return int(granularity)

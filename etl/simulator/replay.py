@@ -3,8 +3,9 @@ and at coarser valid ones by aggregation.
 
 A CSV has a header naming `timestamp` (naive UTC 'YYYY-MM-DD HH:MM:SS', ISO 8601 or epoch seconds) and open, high,
 low, close, volume in any order. Files of one product and granularity are merged; on overlapping timestamps the
-file later in name order wins. A bad row stops the load with a ValidationError naming file, line and rule: a
-simulator that silently served a subset of the recording would hide the problem from every test using it.
+file later in name order wins (within one file a repeated timestamp is an error). A bad row (non-finite values
+included) stops the load with a ValidationError `file:line: rule`: a simulator that silently served a subset of
+the recording would hide the problem from every test using it.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _parse_times(column: pd.Series, path: str) -> np.ndarray:
                   .astype("int64").to_numpy())
     if bad.any():
         line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-        raise ValidationError(f"{path} line {line}: timestamp {column.iloc[line - 2]!r} is not naive UTC "
+        raise ValidationError(f"{path}:{line}: timestamp {column.iloc[line - 2]!r} is not naive UTC "
                               "'YYYY-MM-DD HH:MM:SS', ISO 8601 or epoch seconds; fix or remove the row")
     return parsed
 
@@ -65,18 +66,22 @@ def read_recording(store: Store, path: str, granularity: int) -> tuple[np.ndarra
                               "open, high, low, close, volume (any order)")
     times = _parse_times(frame["timestamp"], path)
     values = frame[list(VALUE_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    first = pd.Series(times).duplicated(keep="first").to_numpy()
     rules = {
-        "a value is not a number": np.isnan(values).any(axis=1),
+        "a value is not a finite number (empty, text, NaN or inf)": ~np.isfinite(values).all(axis=1),
         "low > high or open/close outside [low, high]": (
             (values[:, 0] > values[:, 1]) | (values[:, 2:4] < values[:, [0]]).any(axis=1)
             | (values[:, 2:4] > values[:, [1]]).any(axis=1)),
         "negative volume": values[:, 4] < 0,
         f"timestamp not a multiple of {granularity}s": times % granularity != 0,
+        "timestamp repeated within the file": first,
     }
     for rule, bad in rules.items():
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise ValidationError(f"{path} line {row + 2}: {rule} ({frame.iloc[row].to_dict()}); fix or remove "
+            if bad is first:
+                rule += f" (first at line {int(np.flatnonzero(times == times[row])[0]) + 2})"
+            raise ValidationError(f"{path}:{row + 2}: {rule} ({frame.iloc[row].to_dict()}); fix or remove "
                                   "the row")
     return times, values
 

@@ -487,3 +487,19 @@ def test_empty_readers_have_the_columns_and_dtypes_of_full_ones(tmp_path, make_s
     assert len(candles) == 30 and len(quarantine) > 0
     assert empty_candles.dtypes.to_dict() == candles.dtypes.to_dict()
     assert empty_quarantine.dtypes.to_dict() == quarantine.dtypes.to_dict()
+
+
+@pytest.mark.parametrize("granularity", ["0", "120", "-60"])
+def test_ingest_granularity_not_accepted_by_coinbase_exits_2(tmp_path, granularity):
+    """Issue 12 item 7: `ingest --granularity 0` (or any value Coinbase refuses) exits 2 naming the allowed values,
+    and writes nothing (no silent fallback to 60)."""
+    env = dict(os.environ, PIPELINE_DATA_DIR=str(tmp_path / "data"), PIPELINE_SOURCE="simulator",
+               COINBASE_API_URL="http://127.0.0.1:9", PYTHONPATH=str(PROJECT_ROOT))
+    result = subprocess.run([sys.executable, "-m", "etl", "ingest", "--products", "BTC-USD",
+                             f"--granularity={granularity}"], env=env, cwd=str(PROJECT_ROOT),
+                            capture_output=True, text=True, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert f"granularity {int(granularity)} is not supported" in lines[0]
+    assert "60, 300, 900, 3600, 21600, 86400" in lines[0]
+    assert not (tmp_path / "data").exists()

@@ -423,12 +423,35 @@ def test_replay_reads_epoch_and_iso_timestamps_and_rejects_bad_rows(tmp_path, ma
     assert fetch(sim, "ABC-USD", 1767225600, 1767225600, 300) == [[1767225600, 9.5, 11.0, 10.0, 10.65, 6.5]]
     (tmp_path / "ABC-USD_60s_bad.csv").write_text("timestamp,open,high,low,close,volume\n"
                                                   "2026-01-01 00:03:00,10.7,10.8,10.9,10.65,3.0\n")
-    with pytest.raises(ValidationError, match=r"ABC-USD_60s_bad.csv line 2: low > high"):
+    with pytest.raises(ValidationError, match=r"ABC-USD_60s_bad.csv:2: low > high"):
         Simulator(SimulatorConfig(replay_dir=str(tmp_path), port=0))
     with pytest.raises(ConfigError, match="is not a directory"):
         Simulator(SimulatorConfig(replay_dir=str(tmp_path / "ABC-USD_60s_iso.csv"), port=0))
     with pytest.raises(ConfigError, match="no replay files"):
         Simulator(SimulatorConfig(replay_dir=str(tmp_path.parent), port=0))
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("2026-01-01 00:00:00,10,11,9,10.5,1\n2026-01-01 00:01:00,10,inf,9,10.5,1\n",
+     r"ABC-USD_60s_x.csv:3: a value is not a finite number"),
+    ("2026-01-01 00:00:00,10,11,9,10.5,nan\n", r"ABC-USD_60s_x.csv:2: a value is not a finite number"),
+    ("2026-01-01 00:00:00,10,11,9,10.5,1\n2026-01-01 00:01:00,10,11,9,10.5,1\n"
+     "2026-01-01 00:00:00,10,11,9,10.6,2\n",
+     r"ABC-USD_60s_x.csv:4: timestamp repeated within the file \(first at line 2\)"),
+], ids=["inf", "nan", "duplicate-timestamp"])
+def test_replay_rejects_non_finite_values_and_duplicate_timestamps(tmp_path, rows, message):
+    """Issue 12 item 7: replay CSVs with inf/NaN or a repeated timestamp fail with file:line."""
+    (tmp_path / "ABC-USD_60s_x.csv").write_text("timestamp,open,high,low,close,volume\n" + rows)
+    with pytest.raises(ValidationError, match=message):
+        Simulator(SimulatorConfig(replay_dir=str(tmp_path), port=0))
+
+
+def test_cli_replay_with_inf_exits_2_naming_file_and_line(tmp_path):
+    (tmp_path / "ABC-USD_60s_x.csv").write_text("timestamp,open,high,low,close,volume\n"
+                                                "2026-01-01 00:00:00,10,Infinity,9,10.5,1\n")
+    result = run_cli("--replay", str(tmp_path), "--port", "0")
+    assert result.returncode == 2 and "ABC-USD_60s_x.csv:2: a value is not a finite number" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # ---- command line -------------------------------------------------------------------------------------------
