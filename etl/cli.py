@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--malformed-rate", type=float, default=None, help="fraction of bodies truncated/malformed")
     p.add_argument("--late-corrections", action="store_true", default=None,
                    help="revise recent candles on a later fetch")
+    p.add_argument("--universe", type=int, default=None, metavar="N",
+                   help="add N synthetic products SYN001-USD.. (default: SIMULATOR_UNIVERSE or 0)")
 
     p = sub.add_parser("ingest", help="fetch candles into bronze (incremental from the watermark by default)")
     p.add_argument("--products", type=_products, default=None, help="comma list (default: PIPELINE_PRODUCTS)")
@@ -123,6 +125,7 @@ def dispatch(args: argparse.Namespace) -> int:
             latency_ms=pick(args.latency_ms, settings.simulator_latency_ms),
             malformed_rate=pick(args.malformed_rate, settings.simulator_malformed_rate),
             late_corrections=pick(args.late_corrections, settings.simulator_late_corrections),
+            universe=pick(args.universe, settings.simulator_universe),
         )
         serve(config)
         return 0

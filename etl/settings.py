@@ -78,6 +78,7 @@ class Settings:
     simulator_latency_ms: float
     simulator_malformed_rate: float
     simulator_late_corrections: bool
+    simulator_universe: int              # extra synthetic products (`--universe N`)
     # ingestion
     rate_limit_rps: float                # our own pacing, shared by all requests of a run
     rate_limit_burst: int
@@ -152,6 +153,7 @@ def get_settings() -> Settings:
         simulator_latency_ms=_float("SIMULATOR_LATENCY_MS", 0.0),
         simulator_malformed_rate=_float("SIMULATOR_MALFORMED_RATE", 0.0),
         simulator_late_corrections=_env("SIMULATOR_LATE_CORRECTIONS", "0").lower() in ("1", "true", "yes"),
+        simulator_universe=_int("SIMULATOR_UNIVERSE", 0),
         rate_limit_rps=_float("PIPELINE_RATE_LIMIT_RPS", 10.0),
         rate_limit_burst=_int("PIPELINE_RATE_LIMIT_BURST", 15),
         max_workers=_int("PIPELINE_MAX_WORKERS", 8),

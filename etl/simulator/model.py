@@ -22,7 +22,17 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from etl.simulator.universe import EPOCH_DATE, LAST_DATE, MARKET_VOL, REFERENCE_DATE, UNIVERSE, ProductSpec
+from etl.simulator.universe import (
+    EPOCH_DATE,
+    LAST_DATE,
+    MARKET_VOL,
+    REFERENCE_DATE,
+    SYNTHETIC,
+    UNIVERSE,
+    ProductSpec,
+    product_spec,
+    synthetic_products,
+)
 
 GRANULARITIES = (60, 300, 900, 3600, 21600, 86400)
 DAY_S = 86_400
@@ -99,7 +109,7 @@ def _market_days(seed: int) -> tuple[np.ndarray, np.ndarray]:
 @lru_cache(maxsize=64)
 def _anchors(seed: int, product: str) -> np.ndarray:
     """Log price at 00:00 UTC of every model day (N_DAYS + 1 values: the last is the end of LAST_DATE)."""
-    spec = UNIVERSE[product]
+    spec = product_spec(product)
     if spec.derived_from:
         num, den = spec.derived_from
         return _anchors(seed, num) - _anchors(seed, den)
@@ -125,7 +135,7 @@ def _shocks(rng: np.random.Generator, jump_prob: float) -> np.ndarray:
 @lru_cache(maxsize=256)
 def _log_path(seed: int, product: str, day: int) -> tuple[np.ndarray, np.ndarray]:
     """Log prices at the 1,441 minute boundaries of model day `day`, and each minute's local sigma."""
-    spec = UNIVERSE[product]
+    spec = product_spec(product)
     anchors = _anchors(seed, product)
     regime = _market_days(seed)[1][day]
     sigma = spec.annual_vol * regime * _VOL_SHAPE * _MINUTE_SCALE
@@ -147,7 +157,7 @@ def _log_path(seed: int, product: str, day: int) -> tuple[np.ndarray, np.ndarray
 @lru_cache(maxsize=512)
 def _minute_day(seed: int, product: str, day: int) -> Candles:
     """The 1-minute candles of model day `day` (absent minutes dropped)."""
-    spec = UNIVERSE[product]
+    spec = product_spec(product)
     log_price, sigma = _log_path(seed, product, day)
     rng = _rng(seed, product, day, 2)
     log_open, log_close = log_price[:-1], log_price[1:]
@@ -203,20 +213,28 @@ def _day_candles(seed: int, product: str, day: int, granularity: int) -> Candles
 
 
 def check_request(product: str, granularity: int) -> ProductSpec:
-    if product not in UNIVERSE:
-        raise UnsupportedRequest(f"unknown product {product!r}; known: {', '.join(sorted(UNIVERSE))}")
+    if product not in UNIVERSE and product not in SYNTHETIC:
+        raise UnsupportedRequest(f"unknown product {product!r}; known: {', '.join(sorted(UNIVERSE))} "
+                                 "(and SYN###-USD with --universe N)")
     if granularity not in GRANULARITIES:
         raise UnsupportedRequest(f"granularity {granularity} is not one of {GRANULARITIES}")
-    return UNIVERSE[product]
+    return product_spec(product)
+
+
+def _listed_days(spec: ProductSpec) -> tuple[int, int]:
+    """Model day indexes [first, last] with candles: the product's listing, within the model's span."""
+    first = (spec.listed_on - EPOCH_DATE).days if spec.listed_on else 0
+    last = (spec.delisted_on - EPOCH_DATE).days - 1 if spec.delisted_on else N_DAYS - 1
+    return max(first, 0), min(last, N_DAYS - 1)
 
 
 def candle_arrays(seed: int, product: str, start: int, end: int, granularity: int) -> Candles:
     """Candles whose bucket start t (a multiple of granularity) has start <= t < end, ascending, as arrays."""
-    check_request(product, granularity)
+    listed, delisted = _listed_days(check_request(product, granularity))
     first = -(-int(start) // granularity) * granularity
     end = int(math.ceil(end))
-    d0 = max(first // DAY_S - EPOCH_DAY, 0)
-    d1 = min((end - 1) // DAY_S - EPOCH_DAY, N_DAYS - 1)
+    d0 = max(first // DAY_S - EPOCH_DAY, listed)   # nothing before the listing ...
+    d1 = min((end - 1) // DAY_S - EPOCH_DAY, delisted)  # ... or after the delisting
     if end <= first or d1 < d0:
         return _empty()
     pieces = [_day_candles(seed, product, d, granularity) for d in range(d0, d1 + 1)]
@@ -239,11 +257,13 @@ def candles(seed: int, product: str, start: int, end: int, granularity: int) -> 
 
 
 class SyntheticSource:
-    """The model behind the HTTP server: the universe (or a subset) at one seed."""
+    """The model behind the HTTP server: the universe (plus `universe` synthetic products) or a subset, at one
+    seed."""
 
-    def __init__(self, seed: int, products: tuple[str, ...] | None = None):
+    def __init__(self, seed: int, products: tuple[str, ...] | None = None, universe: int = 0):
         self.seed = seed
-        self.products = {p: UNIVERSE[p] for p in (products or UNIVERSE)}
+        everything = {**UNIVERSE, **synthetic_products(universe)}
+        self.products = {p: everything.get(p) or product_spec(p) for p in (products or everything)}
 
     def base_granularity(self, product: str, granularity: int) -> int:
         return 60

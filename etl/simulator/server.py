@@ -28,7 +28,7 @@ import numpy as np
 from etl.errors import ConfigError
 from etl.simulator.model import GRANULARITIES, SyntheticSource, UnsupportedRequest, aggregate
 from etl.simulator.replay import ReplaySource
-from etl.simulator.universe import UNIVERSE
+from etl.simulator.universe import UNIVERSE, synthetic_products
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class SimulatorConfig:
     port: int = 8765                 # 0 = pick a free port
     seed: int = 42
     products: tuple[str, ...] | None = None  # None = whole universe (or every replayed product)
+    universe: int = 0                # extra synthetic products SYN001-USD.. (`--universe N`, SIMULATOR_UNIVERSE)
     replay_dir: str | None = None
     fail_rate: float = 0.0           # fraction of requests answered with a random 5xx (JSON body)
     rate_limit_rps: float = 10.0     # token bucket per client IP (<= 0 disables it)
@@ -119,7 +120,7 @@ class _App:
         if config.replay_dir:
             self.source = ReplaySource(config.replay_dir, config.products)
         else:
-            self.source = SyntheticSource(config.seed, config.products)
+            self.source = SyntheticSource(config.seed, config.products, config.universe)
         self.buckets = TokenBucket(config.rate_limit_rps, config.burst)
         self.faults = random.Random(config.seed)
         self.lock = threading.Lock()
@@ -375,8 +376,12 @@ def _validate(config: SimulatorConfig) -> None:
         raise ConfigError(f"simulator burst={config.burst}: expected >= 1 (or disable with rate_limit_rps=0)")
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"simulator port {config.port}: expected 0..65535 (0 picks a free port)")
+    if config.universe < 0 or (config.universe and config.replay_dir):
+        raise ConfigError(f"simulator universe={config.universe}: expected N >= 0 extra synthetic products, "
+                          "and no --universe with --replay (a replay serves its recorded products)")
     if config.products and not config.replay_dir:
-        unknown = [p for p in config.products if p not in UNIVERSE]
+        known = {**UNIVERSE, **synthetic_products(config.universe)}
+        unknown = [p for p in config.products if p not in known]
         if unknown:
             raise ConfigError(f"unknown product(s) {', '.join(unknown)} in --products; known: "
                               f"{', '.join(sorted(UNIVERSE))}")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
+
+import numpy as np
 
 REFERENCE_DATE = date(2026, 1, 1)  # day whose opening price is `start_price`
 EPOCH_DATE = date(2015, 1, 1)      # first day with candles (earlier windows are empty: "not listed yet")
@@ -34,6 +36,8 @@ class ProductSpec:
     status_message: str = ""
     trading_disabled: bool = False
     derived_from: tuple[str, str] | None = None  # cross pair priced as first / second (e.g. ETH-USD / BTC-USD)
+    listed_on: date | None = None    # first day with candles (None: EPOCH_DATE)
+    delisted_on: date | None = None  # first day without candles (None: still trading)
 
     @property
     def idio_vol(self) -> float:
@@ -113,3 +117,62 @@ def _cross(pid: str, num: ProductSpec, den: ProductSpec, volume: float, missing:
 
 UNIVERSE: dict[str, ProductSpec] = {p.id: p for p in _PRODUCTS}
 UNIVERSE["ETH-BTC"] = _cross("ETH-BTC", UNIVERSE["ETH-USD"], UNIVERSE["BTC-USD"], 3.0e7, 0.01)
+
+
+# ---- the whole universe: synthetic products (`--universe N`) ----------------------------------------------------
+# Coinbase lists about 250 USD products. Their spread, drawn deterministically per index (product i is the same
+# whatever N, so `--universe 10` is a prefix of `--universe 250`), calibrated on the hand-set universe above:
+# log10 USD volume/day ~ N(6.2, 1.0) clipped to [3.5, 8.7] (a few majors, a long illiquid tail); smaller products
+# are more volatile and load more on the market (vol 0.55 + 0.12 per decade below 10^8.5, beta 0.9 + 0.08 per
+# decade, with noise); missing-minute probability 0.08 per decade below 10^8.8 (0 for the majors, ~20% at 10^6.3
+# like ATOM, ~40% at 10^4). Every 7th product (i % 7 == 3) was listed mid-history (between 2023-04 and 2025-12),
+# every 25th (i % 25 == 12) is delisted (candles refused, like LUNA-USD; the model stops at `delisted_on`), and
+# every 5th (i % 5 == 4) is forced into the illiquid tail (10^3.5..10^5 USD/day).
+UNIVERSE_SEED = 20260101
+SYNTHETIC: dict[str, ProductSpec] = {}  # registered by synthetic_products(); the price model looks them up here
+
+
+def _synthetic(i: int) -> ProductSpec:
+    rng = np.random.default_rng([UNIVERSE_SEED, i])
+    log_volume = float(np.clip(rng.normal(6.2, 1.0), 3.5, 8.7))
+    if i % 5 == 4:
+        log_volume = float(rng.uniform(3.5, 5.0))
+    decades = 8.5 - log_volume
+    vol = float(np.clip(0.55 + 0.12 * decades + rng.normal(0, 0.12), 0.4, 2.0))
+    beta = float(np.clip(0.9 + 0.08 * decades + rng.normal(0, 0.2), 0.3, 1.8))
+    beta = min(beta, 0.95 * vol / MARKET_VOL)  # the market cannot explain more than the product's whole variance
+    missing = float(np.clip(0.08 * (8.8 - log_volume), 0.0, 0.6))
+    price = float(10 ** rng.uniform(-4, 3))
+    q_dec = min(10, max(2, 4 - math.floor(math.log10(price))))  # ~5 significant digits
+    b_dec = min(8, max(0, 2 + math.floor(math.log10(price))))
+    listed = delisted = None
+    if i % 7 == 3:
+        listed = date(2023, 4, 1) + timedelta(days=int(rng.integers(0, 1000)))
+    if i % 25 == 12:
+        delisted = date(2024, 1, 1) + timedelta(days=int(rng.integers(0, 700)))
+        listed = min(listed, delisted - timedelta(days=30)) if listed else None
+    width = 3 if i < 1000 else len(str(i))
+    base = f"SYN{i:0{width}d}"
+    return ProductSpec(f"{base}-USD", base, "USD", round(price, q_dec), round(vol, 3), round(beta, 3),
+                       float(f"{10 ** log_volume:.3g}"), round(missing, 3), f"{10.0 ** -q_dec:.{q_dec}f}",
+                       f"{10.0 ** -b_dec:.{b_dec}f}" if b_dec else "1",
+                       status="delisted" if delisted else "online",
+                       status_message="delisted" if delisted else "", trading_disabled=bool(delisted),
+                       listed_on=listed, delisted_on=delisted)
+
+
+def synthetic_products(n: int) -> dict[str, ProductSpec]:
+    """The first `n` synthetic products (registered for the price model), by id."""
+    if n < 0:
+        raise ValueError(f"universe size {n}: expected >= 0 extra products")
+    specs = {spec.id: spec for spec in map(_synthetic, range(1, n + 1))}
+    SYNTHETIC.update(specs)
+    return specs
+
+
+def product_spec(product: str) -> ProductSpec:
+    """A product of the universe, synthetic ones included; KeyError if unknown."""
+    spec = UNIVERSE.get(product) or SYNTHETIC.get(product)
+    if spec is None:
+        raise KeyError(product)
+    return spec

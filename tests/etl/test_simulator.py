@@ -482,3 +482,83 @@ def test_a_forming_bucket_without_a_trade_yet_has_no_candle(make_simulator):
     rows = fetch(sim, "ATOM-USD", bucket - 3000, bucket + 3000, 300)
     assert rows[0][0] < bucket  # the completed bucket will exist, the forming one has no trade yet
     assert not candles(42, "ATOM-USD", bucket, bucket + 300, 300).empty
+
+
+# ---- the whole universe (issue 14) ------------------------------------------------------------------------------
+def test_universe_products_are_calibrated_and_stable():
+    from etl.simulator.universe import MARKET_VOL, synthetic_products
+
+    specs = synthetic_products(250)
+    assert len(specs) == 250 and not set(specs) & set(UNIVERSE)
+    assert list(synthetic_products(10)) == list(specs)[:10]  # product i does not depend on N
+    vols = np.array([s.annual_vol for s in specs.values()])
+    betas = np.array([s.beta for s in specs.values()])
+    volumes = np.log10([s.daily_volume_usd for s in specs.values()])
+    missing = np.array([s.missing_prob for s in specs.values()])
+    assert 0.4 <= vols.min() and vols.max() <= 2.0 and 0.7 < np.median(vols) < 1.1
+    assert 0.3 <= betas.min() and betas.max() <= 1.8 and bool((betas * MARKET_VOL < vols).all())
+    assert volumes.max() - volumes.min() > 4  # majors to a long illiquid tail
+    assert np.corrcoef(volumes, vols)[0, 1] < -0.3  # small products are the volatile ones
+    assert np.corrcoef(volumes, missing)[0, 1] < -0.9 and (missing >= 0.3).sum() >= 25  # illiquid miss minutes
+    listed = [s for s in specs.values() if s.listed_on]
+    delisted = [s for s in specs.values() if s.status == "delisted"]
+    assert 20 <= len(listed) <= 60 and 3 <= len(delisted) <= 15  # some listed mid-history, a few delisted
+    assert all(s.delisted_on and s.trading_disabled for s in delisted)
+
+
+def test_universe_candles_respect_listing_delisting_and_missing_minutes():
+    from etl.simulator.universe import synthetic_products
+
+    specs = synthetic_products(30)
+    late = next(s for s in specs.values() if s.listed_on and not s.delisted_on)
+    listed = int(datetime(late.listed_on.year, late.listed_on.month, late.listed_on.day, tzinfo=UTC).timestamp())
+    daily = candles(42, late.id, listed - 10 * 86_400, listed + 10 * 86_400, 86_400)
+    assert daily["time"].min() == listed and len(daily) == 10  # nothing before the listing day
+    gone = next(s for s in specs.values() if s.delisted_on)
+    stop = int(datetime(gone.delisted_on.year, gone.delisted_on.month, gone.delisted_on.day, tzinfo=UTC).timestamp())
+    assert candles(42, gone.id, stop - 5 * 86_400, stop + 5 * 86_400, 86_400)["time"].max() == stop - 86_400
+    thin = max(specs.values(), key=lambda s: s.missing_prob if not (s.listed_on or s.delisted_on) else 0)
+    minutes = candles(42, thin.id, T0, T0 + 2 * 86_400, 60)
+    assert abs(1 - len(minutes) / 2880 - thin.missing_prob) < 0.05
+    # realised vol of three years of daily closes near the target, like the hand-set products
+    steady = [s for s in specs.values() if not (s.listed_on or s.delisted_on)][:3]
+    for spec in steady:
+        closes = candles(42, spec.id, T0 - 3 * 365 * 86_400, T0, 86_400)["close"].to_numpy()
+        realised = np.diff(np.log(closes)).std(ddof=1) * np.sqrt(365)
+        assert 0.75 < realised / spec.annual_vol < 1.25, (spec.id, realised, spec.annual_vol)
+
+
+def test_universe_is_served_in_the_same_contract(make_simulator):
+    sim = make_simulator(rate_limit_rps=0, now=lambda: NOW, universe=30)
+    listed = {p["id"]: p for p in get(sim, "/products").json()}
+    assert len(listed) == len(UNIVERSE) + 30 and "SYN030-USD" in listed and "SYN031-USD" not in listed
+    assert all(set(p) >= PRODUCT_FIELDS for p in listed.values())
+    assert listed["SYN012-USD"]["status"] == "delisted"
+    refused = get(sim, "/products/SYN012-USD/candles", granularity=60, start=T0, end=T0 + 600)
+    assert refused.status_code == 400 and refused.json()["message"] == "Not allowed for delisted products"
+    assert fetch(sim, "SYN001-USD", T0, T0 + 3600, 60) == model_rows("SYN001-USD", T0, T0 + 3600, 60)
+    from etl.simulator.universe import synthetic_products
+
+    late = synthetic_products(30)["SYN010-USD"]
+    day = int(datetime(late.listed_on.year, late.listed_on.month, late.listed_on.day, tzinfo=UTC).timestamp())
+    assert fetch(sim, "SYN010-USD", day - 300 * 60, day - 60, 60) == []  # not listed yet: no candles
+    assert len(fetch(sim, "SYN010-USD", day, day + 299 * 60, 60)) > 0
+    default = make_simulator(rate_limit_rps=0, now=lambda: NOW)  # without --universe: only the hand-set products
+    assert len(get(default, "/products").json()) == len(UNIVERSE)
+
+
+def test_universe_setting_and_flag():
+    import os
+
+    from etl.cli import build_parser
+    from etl.settings import get_settings
+
+    assert build_parser().parse_args(["simulator", "--universe", "250"]).universe == 250
+    old = os.environ.get("SIMULATOR_UNIVERSE")
+    os.environ["SIMULATOR_UNIVERSE"] = "12"
+    try:
+        assert get_settings().simulator_universe == 12
+    finally:
+        os.environ.pop("SIMULATOR_UNIVERSE") if old is None else os.environ.__setitem__("SIMULATOR_UNIVERSE", old)
+    with pytest.raises(ConfigError, match="universe=-1"):
+        Simulator(SimulatorConfig(port=0, universe=-1))
