@@ -273,3 +273,16 @@ def test_wait_honours_retry_after_else_exponential_backoff_with_jitter():
         waited = wait(_state_after(TransientError("HTTP 503"), attempt))
         floor = initial * 2 ** (attempt - 1)
         assert floor <= waited <= floor + initial
+
+
+def test_429s_do_not_use_attempts_and_give_up_after_the_throttle_wait(make_simulator):
+    """A server that keeps refusing: 429s are sent again beyond PIPELINE_MAX_ATTEMPTS, and the request fails only
+    once it has been refused for PIPELINE_THROTTLE_MAX_WAIT_S, naming both settings."""
+    sim = make_simulator(rate_limit_rps=0.01, burst=1)  # one request, then the next token in 100 s
+    client = ExchangeClient(sim.url, _settings(max_attempts=2, throttle_max_wait_s=1.0, rate_limit_rps=50.0,
+                                               rate_limit_burst=2))
+    client.candles("BTC-USD", T0, T0 + timedelta(minutes=5), 60)
+    with pytest.raises(SourceError, match=r"kept refusing.*HTTP 429.*PIPELINE_THROTTLE_MAX_WAIT_S"):
+        client.candles("BTC-USD", T0, T0 + timedelta(minutes=5), 60)
+    assert client.stats.http_429 == sim.stats["served_429"] > client.max_attempts
+    assert client.pacer.rate < 50.0 * 0.97  # the pace came down
