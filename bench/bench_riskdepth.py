@@ -7,9 +7,10 @@ Entries:
   checked equal first. Target >= 20x.
 - riskdepth_garch_vs_arch_loop: GARCH(1,1)-t volatilities for 250 assets x 1,000 days: `filtered.fit_garch_t`
   (arch fits with the exact Jacobian of arch's linear constraints, warm-started from a pooled start, which skips
-  arch's starting-value grid search, over 2 processes; our vectorised filter) versus a plain loop of
-  arch_model(...).fit() + forecast(horizon=1) per asset. The forecasts are compared (warm and cold starts reach
-  the same optimum to the optimiser's tolerance); the serial time (1 process) is reported too.
+  arch's starting-value grid search, in one process; our vectorised filter) versus a plain loop of
+  arch_model(...).fit() + forecast(horizon=1) per asset, interleaved by blocks of assets. The forecasts are
+  compared (warm and cold starts reach the same optimum to the optimiser's tolerance); the time over 2 worker
+  processes is reported too (on the shared 2-core machine it rarely helps).
 - riskdepth_eod_stage_sample_book / riskdepth_eod_stage_universe: wall time of `compute_tables` (everything
   the EOD risk stage computes, all five methods, backtest with ES tests, firm, contributions, stress) on the
   shipped book (22 portfolios, 13 products, 400 days) and on a 250-product book (50 portfolios).
@@ -173,16 +174,26 @@ def measure(quick: bool = False) -> dict:
     g_assets, g_days = (40, 500) if quick else (250, 1000)
     gr = _garch_returns(g_days, g_assets)
     filtered.fit_garch_t(gr[:, :4], warm_start=False)                # import arch, warm caches
-    ours_s, fit = _best(lambda x: filtered.fit_garch_t(x, workers=2, warm_start=True), gr, repeat=1)
-    serial_s, _ = _best(lambda x: filtered.fit_garch_t(x, workers=1, warm_start=True), gr, repeat=1)
-    base_s, base_fc = _best(_garch_loop, gr, repeat=1)
-    diff = float(np.max(np.abs(fit.sigma[-1] / base_fc - 1)))
+    # interleaved blocks of assets (ours, then the loop, on the same block), so a change in the shared machine's
+    # load hits both sides alike; ours is the product's entry point in one process
+    ours_s = base_s = 0.0
+    sig_ours, base_fc = [], []
+    for block in np.array_split(np.arange(g_assets), 5):
+        t, fit = _best(lambda x: filtered.fit_garch_t(x, workers=1, warm_start=True), gr[:, block], repeat=1)
+        ours_s += t
+        sig_ours.append(fit.sigma[-1])
+        t, fc = _best(_garch_loop, gr[:, block], repeat=1)
+        base_s += t
+        base_fc.append(fc)
+    parallel_s, fit = _best(lambda x: filtered.fit_garch_t(x, workers=2, warm_start=True), gr, repeat=1)
+    diff = float(np.max(np.abs(np.concatenate(sig_ours) / np.concatenate(base_fc) - 1)))
     out["riskdepth_garch_vs_arch_loop"] = {
         "ours_s": ours_s, "baseline": f"loop of arch_model(...).fit() + forecast per asset ({g_assets} assets x "
                                       f"{g_days} days, GARCH(1,1) Student-t)",
         "baseline_s": base_s, "ratio": base_s / ours_s, "ratio_means": "baseline_s / ours_s",
-        "target": ">= 1.5x", "meets_target": base_s / ours_s >= 1.5, "ours_serial_s": serial_s,
-        "how": "exact Jacobian of arch's linear constraints + warm start from a pooled fit + 2 worker processes",
+        "target": ">= 1.5x", "meets_target": base_s / ours_s >= 1.5, "ours_2_workers_s": parallel_s,
+        "how": "exact Jacobian of arch's linear constraints + warm start from a pooled fit (per block of assets), "
+               "1 process; ours_2_workers_s: the same over 2 worker processes",
         "max_rel_diff_forecast_vol": diff, "converged": int(fit.converged.sum())}
 
     from etl.portfolios import load_portfolios, load_positions
@@ -200,7 +211,7 @@ def measure(quick: bool = False) -> dict:
         "target": f"< {EOD_TARGET_S:g} s", "meets_target": eod_s < EOD_TARGET_S,
         "rows": {k: len(v) for k, v in tables.items() if k in ("firm_risk", "risk_contributions", "stress_results",
                                                                  "var_model_comparison")}}
-    n_prod, n_pf = (40, 20) if quick else (250, 50)
+    n_prod, n_pf = (40, 20) if quick else (250, 50)        # the simulator's 250-product universe size
     book = _book(n_prod, n_pf, 400)
     uni_s, _ = _best(_eod, *book, 2, repeat=1)
     out["riskdepth_eod_stage_universe"] = {
