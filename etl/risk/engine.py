@@ -54,6 +54,7 @@ class RiskParams:
     anomaly_threshold: float = 3.5
     backtest_days: int = 250
     garch_workers: int = 1                 # processes for the GARCH fits (1 = in this process)
+    garch_refit_days: int = 50             # backtest: GARCH refitted on the data known every this many days
     es_simulations: int = 1000             # Acerbi-Szekely Z2: paths simulated under each model
     es_bootstrap: int = 1000               # McNeil-Frey: bootstrap resamples
     es_seed: int = 11
@@ -63,7 +64,8 @@ class RiskParams:
     def from_settings(cls, s) -> RiskParams:
         return cls(s.annualization_days, s.var_lookback_days, s.ewma_lambda, s.mc_scenarios, s.mc_seed,
                    s.mc_distribution, s.mc_t_dof, s.anomaly_window, s.anomaly_threshold, s.backtest_days,
-                   s.garch_workers, s.es_simulations, s.es_bootstrap, s.es_seed, s.stress_scenarios_file)
+                   s.garch_workers, s.garch_refit_days, s.es_simulations, s.es_bootstrap, s.es_seed,
+                   s.stress_scenarios_file)
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------------
@@ -196,15 +198,24 @@ def _usd_moves(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: di
 
 def _filtered_sigmas(asset_ret: np.ndarray, currency: str, params: RiskParams,
                      cache: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """{method: one-step-ahead volatilities (T, A)} of the asset returns in one currency (fitted once each).
-    GARCH is fitted twice: `garch_t_backtest` on the returns known at the first backtest forecast (so the
-    backtest is out of sample), `garch_t` on all returns (today's forecast), warm-started from the first."""
+    """{method: one-step-ahead volatilities (T, A)} of the asset returns in one currency (computed once each).
+    `garch_t_backtest` is out of sample: GARCH is refitted every `garch_refit_days` over the backtest window on
+    the returns known then (each fit warm-started from the previous one), and its volatilities for the days up to
+    the next refit come from that fit. `garch_t` (today's forecast) is the last fit, on all returns."""
     if currency not in cache:
-        first_f = max(MIN_VAR_OBS, asset_ret.shape[0] - params.backtest_days)
-        early = filtered.fit_garch_t(asset_ret, workers=params.garch_workers, fit_rows=first_f)
-        full = filtered.fit_garch_t(asset_ret, workers=params.garch_workers, start=early.params)
+        t = asset_ret.shape[0]
+        first_f = max(MIN_VAR_OBS, t - params.backtest_days)
+        refits = list(range(first_f, t, max(1, params.garch_refit_days))) + [t]
+        backtest_sigma = np.zeros((t + 1, asset_ret.shape[1]))
+        fit = None
+        for k, k_next in zip(refits[:-1], refits[1:], strict=True):
+            fit = filtered.fit_garch_t(asset_ret, workers=params.garch_workers, fit_rows=k,
+                                       start=None if fit is None else fit.params)
+            lo = 0 if k == first_f else k                                  # the first fit also scales older rows
+            backtest_sigma[lo:k_next + 1] = fit.sigma[lo:k_next + 1]
+        full = filtered.fit_garch_t(asset_ret, workers=params.garch_workers, start=None if fit is None else fit.params)
         cache[currency] = {"fhs_ewma": filtered.ewma_sigma(asset_ret, params.ewma_lambda), "garch_t": full.sigma,
-                           "garch_t_backtest": early.sigma}
+                           "garch_t_backtest": backtest_sigma}
     return cache[currency]
 
 
