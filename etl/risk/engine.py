@@ -151,6 +151,7 @@ def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: 
     hist_start = max(0, t_all - params.backtest_days)                      # history tables cover this window
     z, scale = var.mc_draws(params.mc_scenarios, len(held), params.mc_seed, params.mc_distribution, params.mc_t_dof)
     usd_move_of = _usd_moves(closes, rates, quote_ccy, n_ret)
+    scenarios = stress.within(scenarios, days, warn=True)
     sigmas: dict[str, dict[str, np.ndarray]] = {}                          # filtered volatilities per currency
 
     parts: dict[str, list[pd.DataFrame]] = {}

@@ -102,6 +102,18 @@ def load_scenarios(path: Path | None) -> Scenarios:
                      pd.DataFrame(shocks, columns=["scenario_id", "product_id", "shock", "description"]))
 
 
+def within(scenarios: Scenarios, days: pd.DatetimeIndex, warn: bool = False) -> Scenarios:
+    """The scenarios whose named window lies inside the price history (a day before its start is needed too);
+    with warn, each one left out is logged."""
+    keep = (scenarios.named["start_date"] > days[0]) & (scenarios.named["end_date"] <= days[-1]) \
+        if len(scenarios.named) and len(days) else pd.Series(False, index=scenarios.named.index)
+    if warn:
+        for sc in scenarios.named[~keep].itertuples(index=False):
+            log.warning("stress scenario %s (%s..%s) is not inside the price history %s..%s: skipped",
+                        sc.scenario_id, sc.start_date.date(), sc.end_date.date(), days[0].date(), days[-1].date())
+    return Scenarios(scenarios.named[keep], scenarios.shocks)
+
+
 # ---- maths ----------------------------------------------------------------------------------------------------
 def window_returns(price: np.ndarray, k: int) -> np.ndarray:
     """Compound k-day returns of every window: (T, A) prices -> (T-k, A); row j ends on day j+k."""
@@ -157,12 +169,8 @@ def stress_rows(days: pd.DatetimeIndex, price: np.ndarray, exposure: np.ndarray,
             pnl, j = worst_window(price, exposure, k)
             add(f"worst_{k}d", "historical", pnl, days[j - k + 1], days[j],
                 f"worst {k}-day window of the price history for this book")
-    for sc in scenarios.named.itertuples(index=False):
+    for sc in within(scenarios, days).named.itertuples(index=False):
         i0, i1 = days.searchsorted(sc.start_date), days.searchsorted(sc.end_date)
-        if i0 < 1 or i1 >= len(days) or days[i1] != sc.end_date:
-            log.warning("stress scenario %s (%s..%s) is not inside the price history %s..%s: skipped",
-                        sc.scenario_id, sc.start_date.date(), sc.end_date.date(), days[1].date(), as_of.date())
-            continue
         r = price[i1] / price[i0 - 1] - 1.0
         add(sc.scenario_id, "historical", r @ exposure, np.repeat(sc.start_date, p), np.repeat(sc.end_date, p),
             sc.description)
