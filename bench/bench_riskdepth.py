@@ -14,7 +14,7 @@ Entries:
 - riskdepth_eod_stage_sample_book / riskdepth_eod_stage_universe: wall time of `compute_tables` (everything
   the EOD risk stage computes, all five methods, backtest with ES tests, firm, contributions, stress) on the
   shipped book (22 portfolios, 13 products, 400 days) and on a 250-product book (50 portfolios).
-Quick mode: 200 x 20 contributions, 40 assets x 500 days GARCH, the universe entry with 40 products.
+Quick mode: 200 x 20 contributions, 20 assets x 300 days GARCH, 150 days of prices, a 30-product book.
 """
 
 from __future__ import annotations
@@ -119,13 +119,13 @@ def _book(n_products: int, n_portfolios: int, n_days: int, seed: int = 3):
     return closes, dict.fromkeys(products, "USD"), portfolios, positions
 
 
-def _sample_book_closes():
-    """The shipped book's products on simulated prices (400 days, the demo's daily history)."""
+def _sample_book_closes(n_days: int = 400):
+    """The shipped book's products on simulated prices (400 days: the demo's daily history)."""
     from etl.reference import load_instruments
 
     products = list(load_instruments()["product_id"])
     rng = np.random.default_rng(42)
-    days = pd.date_range(end="2026-11-30", periods=400, freq="D")
+    days = pd.date_range(end="2026-11-30", periods=n_days, freq="D")
     r = 0.6 * rng.standard_normal((len(days), 1)) * 0.02 + rng.standard_normal((len(days), len(products))) * 0.04
     return pd.DataFrame(np.exp(np.cumsum(r, axis=0)) * 100, index=days, columns=products)
 
@@ -171,7 +171,7 @@ def measure(quick: bool = False) -> dict:
         "baseline_s": base_s, "ratio": base_s / ours_s, "ratio_means": "baseline_s / ours_s",
         "target": f">= {CONTRIB_TARGET:g}x", "meets_target": base_s / ours_s >= CONTRIB_TARGET}}
 
-    g_assets, g_days = (40, 500) if quick else (250, 1000)
+    g_assets, g_days = (20, 300) if quick else (250, 1000)
     gr = _garch_returns(g_days, g_assets)
     filtered.fit_garch_t(gr[:, :4], warm_start=False)                # import arch, warm caches
     # interleaved blocks of assets (ours, then the loop, on the same block), so a change in the shared machine's
@@ -201,22 +201,23 @@ def measure(quick: bool = False) -> dict:
 
     inst = load_instruments()
     quote = dict(zip(inst["product_id"], inst["quote_currency"], strict=True))
-    closes = _sample_book_closes()
+    n_days = 150 if quick else 400
+    closes = _sample_book_closes(n_days)
     _eod(closes.iloc[-80:], quote, load_portfolios(), load_positions(), 1)   # imports
     eod_s, tables = _best(_eod, closes, quote, load_portfolios(), load_positions(), 1, repeat=1)
     out["riskdepth_eod_stage_sample_book"] = {
-        "ours_s": eod_s, "baseline": "none: absolute wall time of compute_tables, all 5 methods, shipped book "
-                                     "(22 portfolios, 13 products, 400 days)",
+        "ours_s": eod_s, "baseline": f"none: absolute wall time of compute_tables, all 5 methods, shipped book "
+                                     f"(22 portfolios, 13 products, {n_days} days)",
         "baseline_s": None, "ratio": None, "ratio_means": "absolute seconds",
         "target": f"< {EOD_TARGET_S:g} s", "meets_target": eod_s < EOD_TARGET_S,
         "rows": {k: len(v) for k, v in tables.items() if k in ("firm_risk", "risk_contributions", "stress_results",
                                                                  "var_model_comparison")}}
-    n_prod, n_pf = (40, 20) if quick else (250, 50)        # the simulator's 250-product universe size
-    book = _book(n_prod, n_pf, 400)
+    n_prod, n_pf = (30, 10) if quick else (250, 50)        # the simulator's 250-product universe size
+    book = _book(n_prod, n_pf, n_days)
     uni_s, _ = _best(_eod, *book, 2, repeat=1)
     out["riskdepth_eod_stage_universe"] = {
         "ours_s": uni_s, "baseline": f"none: absolute wall time of compute_tables, all 5 methods, {n_pf} "
-                                     f"portfolios x {n_prod} products x 400 days, GARCH on 2 workers",
+                                     f"portfolios x {n_prod} products x {n_days} days, GARCH on 2 workers",
         "baseline_s": None, "ratio": None, "ratio_means": "absolute seconds",
         "target": f"< {EOD_TARGET_S * 2:g} s", "meets_target": uni_s < EOD_TARGET_S * 2}
     return out
