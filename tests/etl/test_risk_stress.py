@@ -31,12 +31,14 @@ def result(tmp_path_factory):
     return closes, compute_tables(closes, QUOTE, PORTFOLIOS, BOOK, params)["stress_results"]
 
 
+HOLDINGS = {pid: list(zip(g["product_id"], g["quantity"], strict=True)) for pid, g in BOOK.groupby("portfolio_id")}
+BASE = dict(zip(PORTFOLIOS["portfolio_id"], PORTFOLIOS["base_currency"], strict=True))
+
+
 def _book_value(closes: pd.DataFrame, portfolio: str, prices: dict[str, float]) -> float:
     """Value of a portfolio's positions at the given USD prices, in its base currency (hand revaluation)."""
-    base = PORTFOLIOS.set_index("portfolio_id").at[portfolio, "base_currency"]
-    rows = BOOK[BOOK.portfolio_id == portfolio]
-    usd = sum(q * prices[p] for p, q in zip(rows["product_id"], rows["quantity"], strict=True))
-    return usd / (1.0 if base == "USD" else prices["BTC-USD"])
+    usd = sum(q * prices[p] for p, q in HOLDINGS[portfolio])
+    return usd / (1.0 if BASE[portfolio] == "USD" else prices["BTC-USD"])
 
 
 def _usd_prices(closes: pd.DataFrame, day) -> dict[str, float]:
@@ -46,14 +48,15 @@ def _usd_prices(closes: pd.DataFrame, day) -> dict[str, float]:
 
 def test_historical_windows_equal_hand_revaluation(result):
     closes, res = result
-    today = _usd_prices(closes, closes.index[-1])
+    usd = {d: _usd_prices(closes, d) for d in closes.index}
+    today = usd[closes.index[-1]]
     s = res.set_index(["portfolio_id", "scenario_id"])
     for pid in PORTFOLIOS["portfolio_id"]:
         value = _book_value(closes, pid, today)
 
         def shocked(first, last, pid=pid, value=value):
             """Today's book revalued with every USD price (BTC's too) moved as over [first - 1 day, last]."""
-            a, b = _usd_prices(closes, first - pd.Timedelta(days=1)), _usd_prices(closes, last)
+            a, b = usd[first - pd.Timedelta(days=1)], usd[last]
             return _book_value(closes, pid, {p: today[p] * b[p] / a[p] for p in today}) - value
 
         week = s.loc[(pid, "crash_week")]
