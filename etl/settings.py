@@ -121,6 +121,13 @@ class Settings:
     alert_webhook_url: str | None
     alert_email_to: str | None
     extra: dict = field(default_factory=dict)
+    # risk depth: filtered VaR, ES backtests, stress tests (docs/risk_conventions.md)
+    garch_workers: int = 1               # processes for the per-asset GARCH fits
+    garch_refit_days: int = 50           # the backtest refits GARCH on the data known every this many days
+    es_simulations: int = 1000           # Acerbi-Szekely Z2 p-value: paths simulated under each model
+    es_bootstrap: int = 1000             # McNeil-Frey exceedance-residual test: bootstrap resamples
+    es_seed: int = 11
+    stress_scenarios_file: str | None = None   # stress scenario config (CSV); None = only the worst windows
 
     @property
     def is_local_data(self) -> bool:
@@ -190,4 +197,11 @@ def get_settings() -> Settings:
         api_pool_slots=max(1, _int("PIPELINE_API_POOL_SLOTS", 2)),
         alert_webhook_url=os.environ.get("ALERT_WEBHOOK_URL", "").strip() or None,
         alert_email_to=os.environ.get("ALERT_EMAIL_TO", "").strip() or None,
+        garch_workers=max(1, _int("RISK_GARCH_WORKERS", 1)),
+        garch_refit_days=max(1, _int("RISK_GARCH_REFIT_DAYS", 50)),
+        es_simulations=max(1, _int("RISK_ES_SIMULATIONS", 1000)),
+        es_bootstrap=max(1, _int("RISK_ES_BOOTSTRAP", 1000)),
+        es_seed=_int("RISK_ES_SEED", 11),
+        stress_scenarios_file=_env("RISK_STRESS_SCENARIOS", str(PROJECT_ROOT / "etl" / "reference_data"
+                                                                / "stress_scenarios.csv")),
     )

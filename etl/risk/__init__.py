@@ -1,7 +1,9 @@
 """Risk engine: valuation, PnL, exposure and concentration, volatility, VaR/ES, drawdown, anomalies, VaR backtests.
 
-Pure maths (arrays in, arrays out): `returns`, `valuation`, `var`, `drawdown`, `anomalies`, `backtest`; tables from
-prices and the book: `engine`; the only I/O: `runner` (`run`). Conventions: docs/risk_conventions.md.
+Pure maths (arrays in, arrays out): `returns`, `valuation`, `var`, `drawdown`, `anomalies`, `backtest`,
+`contributions` (Euler), `filtered` (EWMA/GARCH-t FHS), `es_backtest` (Z2, McNeil-Frey), `stress`; tables from
+prices and the book: `engine` (and `firm`, the whole book in USD); the only I/O: `runner` (`run`).
+Conventions: docs/risk_conventions.md.
 """
 
 from etl.risk.runner import RiskSummary, run

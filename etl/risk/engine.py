@@ -16,12 +16,27 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
 from etl.errors import DataNotFoundError
-from etl.risk import anomalies, backtest, drawdown, returns, valuation, var
+from etl.risk import (
+    anomalies,
+    backtest,
+    contributions,
+    drawdown,
+    es_backtest,
+    filtered,
+    firm,
+    returns,
+    stress,
+    valuation,
+    var,
+)
 
 log = logging.getLogger(__name__)
 
 CONFIDENCES = (0.95, 0.99)
-METHODS = ("hist", "param", "mc")
+METHODS = ("hist", "param", "mc", "fhs_ewma", "garch_t")
+FILTERED = ("fhs_ewma", "garch_t")     # volatility-filtered historical simulation (etl.risk.filtered)
+BACKTEST_CONFIDENCES = (0.95, 0.975, 0.99)   # 97.5%: the Basel ES level
+TEST_SIZE = 0.05                       # a backtest fails when its p-value is below this
 MIN_VAR_OBS = 20          # fewest daily returns a VaR forecast may rest on (backtest days before that are skipped)
 VOL_WINDOWS = (20, 30)
 
@@ -38,11 +53,19 @@ class RiskParams:
     anomaly_window: int = 60
     anomaly_threshold: float = 3.5
     backtest_days: int = 250
+    garch_workers: int = 1                 # processes for the GARCH fits (1 = in this process)
+    garch_refit_days: int = 50             # backtest: GARCH refitted on the data known every this many days
+    es_simulations: int = 1000             # Acerbi-Szekely Z2: paths simulated under each model
+    es_bootstrap: int = 1000               # McNeil-Frey: bootstrap resamples
+    es_seed: int = 11
+    stress_file: str | None = None         # stress scenario config (None: only the worst historical windows)
 
     @classmethod
     def from_settings(cls, s) -> RiskParams:
         return cls(s.annualization_days, s.var_lookback_days, s.ewma_lambda, s.mc_scenarios, s.mc_seed,
-                   s.mc_distribution, s.mc_t_dof, s.anomaly_window, s.anomaly_threshold, s.backtest_days)
+                   s.mc_distribution, s.mc_t_dof, s.anomaly_window, s.anomaly_threshold, s.backtest_days,
+                   s.garch_workers, s.garch_refit_days, s.es_simulations, s.es_bootstrap, s.es_seed,
+                   s.stress_scenarios_file)
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------------
@@ -110,6 +133,7 @@ def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: 
     non-USD quote or base currency. quote_ccy: product -> quote currency. bars_5m: optional silver 5-minute bars
     (product_id, bucket_start, close) for intraday anomalies.
     """
+    scenarios = stress.load_scenarios(params.stress_file)          # a bad file fails before any work
     days = closes.index
     as_of = days[-1]
     t_all = len(days)
@@ -126,18 +150,30 @@ def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: 
                                 f"{MIN_VAR_OBS + 1}; ingest more daily history (PIPELINE_DAILY_HISTORY_DAYS)")
     hist_start = max(0, t_all - params.backtest_days)                      # history tables cover this window
     z, scale = var.mc_draws(params.mc_scenarios, len(held), params.mc_seed, params.mc_distribution, params.mc_t_dof)
+    usd_move_of = _usd_moves(closes, rates, quote_ccy, n_ret)
+    scenarios = stress.within(scenarios, days, warn=True)
+    sigmas: dict[str, dict[str, np.ndarray]] = {}                          # filtered volatilities per currency
 
     parts: dict[str, list[pd.DataFrame]] = {}
     for base in sorted(set(base_of.values())):
         idx = [i for i, pid in enumerate(pids) if base_of[pid] == base]
         fx = quote_usd / rates[base][:, None]                              # quote -> base, (T, A)
         group = _group_tables(days, close, fx, qty[:, idx], cost[:, idx], [pids[i] for i in idx], held, base,
-                              z, scale, n_ret, hist_start, params)
+                              z, scale, n_ret, hist_start, params, sigmas, scenarios, usd_move_of)
         group["positions_valued"]["quote_currency"] = group["positions_valued"]["product_id"].map(quote_ccy)
         for name, df in group.items():
             parts.setdefault(name, []).append(df)
     tables = {name: pd.concat(dfs, ignore_index=True) for name, dfs in parts.items()}
     tables["var_backtest_summary"] = backtest_summary(tables["var_backtest"], as_of)
+    tables["var_model_comparison"] = model_comparison(tables["var_backtest_summary"], tables.pop("es_backtest"))
+    usd_price = close * quote_usd
+    firm_t = firm.firm_tables(days, usd_price, valuation.value_positions(qty, cost, close, quote_usd[:, None, :])
+                              .market_value[-1], pids, held, z, scale, n_ret,
+                              {m: s for m, s in _filtered_sigmas(returns.simple_returns(usd_price), "USD",
+                                                                 params, sigmas).items() if m in FILTERED},
+                              scenarios, usd_move_of)
+    for name, df in firm_t.items():
+        tables[name] = pd.concat([tables[name], df], ignore_index=True) if name in tables else df
     tables["limit_breaches"] = limit_breaches(tables["risk_metrics"], portfolios)
 
     asset = asset_tables(closes, rates, quote_ccy, n_ret, hist_start, params)
@@ -147,8 +183,45 @@ def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: 
     return tables
 
 
+def _usd_moves(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: dict[str, str], n_ret: int):
+    """shocks {product: USD move} -> {product: USD move} for every product, unshocked ones through their beta to
+    the anchor (BTC-USD) over the VaR lookback of USD returns (etl.risk.stress)."""
+    products = list(closes.columns)
+    usd = closes.to_numpy() * np.column_stack([rates.get(quote_ccy.get(p, "USD"), np.ones(len(closes)))
+                                               for p in products])
+    r = returns.simple_returns(usd)[-n_ret:]
+    beta = stress.betas(r, products.index(stress.ANCHOR)) if stress.ANCHOR in products else np.zeros(len(products))
+
+    def moves(shocks: dict[str, float]) -> dict[str, float]:
+        return dict(zip(products, stress.hypothetical_moves(shocks, products, beta), strict=True))
+    return moves
+
+
+def _filtered_sigmas(asset_ret: np.ndarray, currency: str, params: RiskParams,
+                     cache: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """{method: one-step-ahead volatilities (T, A)} of the asset returns in one currency (computed once each).
+    `garch_t_backtest` is out of sample: GARCH is refitted every `garch_refit_days` over the backtest window on
+    the returns known then (each fit warm-started from the previous one), and its volatilities for the days up to
+    the next refit come from that fit. `garch_t` (today's forecast) is the last fit, on all returns."""
+    if currency not in cache:
+        t = asset_ret.shape[0]
+        first_f = max(MIN_VAR_OBS, t - params.backtest_days)
+        refits = list(range(first_f, t, max(1, params.garch_refit_days))) + [t]
+        backtest_sigma = np.zeros((t + 1, asset_ret.shape[1]))
+        fit = None
+        for k, k_next in zip(refits[:-1], refits[1:], strict=True):
+            fit = filtered.fit_garch_t(asset_ret, workers=params.garch_workers, fit_rows=k,
+                                       start=None if fit is None else fit.params)
+            lo = 0 if k == first_f else k                                  # the first fit also scales older rows
+            backtest_sigma[lo:k_next + 1] = fit.sigma[lo:k_next + 1]
+        full = filtered.fit_garch_t(asset_ret, workers=params.garch_workers, start=None if fit is None else fit.params)
+        cache[currency] = {"fhs_ewma": filtered.ewma_sigma(asset_ret, params.ewma_lambda), "garch_t": full.sigma,
+                           "garch_t_backtest": backtest_sigma}
+    return cache[currency]
+
+
 def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret, hist_start,
-                  params: RiskParams) -> dict[str, pd.DataFrame]:
+                  params: RiskParams, sigmas=None, scenarios=None, usd_move_of=None) -> dict[str, pd.DataFrame]:
     """All portfolio tables for portfolios sharing one base currency."""
     as_of = days[-1]
     price = close * fx                                                     # (T, A) base currency
@@ -173,6 +246,12 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
     mc = var.var_es_from_losses(var.mc_losses(z, scale, var.covariance(window), exposure), CONFIDENCES)
     for c, (v, e) in mc.items():
         metrics[_name("var", c, "mc")], metrics[_name("es", c, "mc")] = v, e
+    sig = _filtered_sigmas(asset_ret, base, params, {} if sigmas is None else sigmas)
+    for method in FILTERED:
+        u = filtered.standardised(asset_ret, sig[method])
+        fhs = filtered.fhs_window(u[-n_ret:], sig[method][-1])
+        for c, (v, e) in var.var_es_from_losses(var.historical_losses(fhs, exposure), CONFIDENCES).items():
+            metrics[_name("var", c, method)], metrics[_name("es", c, method)] = v, e
     pr_window = port_ret[-n_ret:]
     mdd = drawdown.max_drawdown(pr_window)
     gross_now = expo["gross_exposure"][-1]
@@ -224,49 +303,115 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
     with np.errstate(invalid="ignore", divide="ignore"):
         positions_df["weight"] = positions_df["market_value"] / gross_now[pi]
 
+    bt_rows, es_rows = _backtest_rows(days, asset_ret, mv, pnl, pids, base, z, scale, params, sig)
     return {"risk_metrics": risk, "portfolio_valuation": valuation_df, "pnl_daily": pnl_df,
-            "positions_valued": positions_df, "drawdowns": drawdowns,
-            "var_backtest": _backtest_rows(days, asset_ret, mv, pnl, pids, base, z, scale, params)}
+            "positions_valued": positions_df, "drawdowns": drawdowns, "var_backtest": bt_rows, "es_backtest": es_rows,
+            "risk_contributions": contribution_rows(window, exposure, pids, held, as_of, base),
+            "stress_results": stress.stress_rows(days, price, exposure, gross_now, pids, held, base,
+                                                 scenarios or stress.Scenarios.empty(),
+                                                 usd_move_of or (lambda shocks: dict.fromkeys(held, 0.0)))}
+
+
+def contribution_rows(window: np.ndarray, exposure: np.ndarray, ids, held, as_of, currency: str,
+                      scope: str = "portfolio") -> pd.DataFrame:
+    """Euler components of each held position (exposure (A, P) != 0) in its portfolio's VaR/ES (etl.risk.contributions)."""
+    cov = var.covariance(window)
+    cols = {}
+    for c in CONFIDENCES:
+        cols[_name("component_var", c, "param")], cols[_name("marginal_var", c, "param")] = \
+            contributions.parametric(cov, exposure, c)
+    for c, comp in contributions.historical_es(window, exposure, CONFIDENCES).items():
+        cols[_name("component_es", c, "hist")] = comp
+    ai, pi = np.nonzero(exposure)
+    return pd.DataFrame({"portfolio_id": np.asarray(ids)[pi], "product_id": np.asarray(held)[ai],
+                         "as_of_date": as_of, "scope": scope, "exposure": exposure[ai, pi],
+                         **{k: v[ai, pi] for k, v in cols.items()}, "currency": currency})
 
 
 def _name(kind: str, confidence: float, method: str) -> str:
     return f"{kind}_{round(confidence * 100)}_{method}"
 
 
-def _backtest_rows(days, asset_ret, mv, pnl, pids, base, z, scale, params: RiskParams) -> pd.DataFrame:
-    """Rolling out-of-sample backtest: the VaR forecast made at the close of day f (holdings and the last N
-    returns up to f) against the PnL realised on day f+1. Rows are keyed by the realised day (as_of_date)."""
+def _backtest_rows(days, asset_ret, mv, pnl, pids, base, z, scale, params: RiskParams,
+                   sig: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rolling out-of-sample backtest: the VaR/ES forecast made at the close of day f (holdings and the last N
+    returns up to f; for the filtered methods the residuals up to f rescaled to the volatility forecast for f+1)
+    against the PnL realised on day f+1. Rows are keyed by the realised day (as_of_date). Also returns the ES
+    backtests (Z2, exceedance residuals) of every portfolio x method x confidence."""
     t_all = len(days)
     n = params.var_lookback_days
     first_f = max(MIN_VAR_OBS, t_all - 1 - params.backtest_days)
     f = np.arange(first_f, t_all - 1)                                      # forecast days
     if len(f) == 0:
-        return pd.DataFrame()
-    padded = np.vstack([np.full((n - 1, asset_ret.shape[1]), np.nan), asset_ret])
-    windows = np.swapaxes(sliding_window_view(padded, n, axis=0), 1, 2)   # (T-1, N, A): ends at return row j
-    win = windows[f - 1]                                                   # returns of days f-N+1 .. f
+        return pd.DataFrame(), pd.DataFrame()
+
+    def windows_of(x: np.ndarray) -> np.ndarray:                          # (F, N, A): returns of days f-N+1 .. f
+        padded = np.vstack([np.full((n - 1, x.shape[1]), np.nan), x])
+        return np.swapaxes(sliding_window_view(padded, n, axis=0), 1, 2)[f - 1]
+
+    win = windows_of(asset_ret)
     expo = np.ascontiguousarray(np.swapaxes(mv[f], 1, 2))                  # (F, A, P)
-    forecasts: dict[tuple[str, float], np.ndarray] = {}
-    for c, (v, _) in var.var_es_from_losses(var.historical_losses(win, expo), CONFIDENCES, axis=1).items():
-        forecasts[("hist", c)] = v
+    forecasts: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
+    scenario_losses = {"hist": var.historical_losses(win, expo)}         # (F, N, P)
+    for method in FILTERED:
+        s = sig.get(f"{method}_backtest", sig[method])                    # volatilities from data up to f only
+        u = filtered.standardised(asset_ret, s)
+        scenario_losses[method] = var.historical_losses(filtered.fhs_window(windows_of(u), s[f]), expo)
+    loss_sd = {}
+    for method, losses in scenario_losses.items():
+        for c, ve in var.var_es_from_losses(losses, BACKTEST_CONFIDENCES, axis=1).items():
+            forecasts[(method, c)] = ve
+        loss_sd[method] = np.nanstd(losses, axis=1, ddof=1)
     cov = var.covariance(win)
     sigma = var.portfolio_sigma(cov, expo)
-    for c in CONFIDENCES:
-        forecasts[("param", c)] = var.parametric_var_es(sigma, c)[0]
-    for c, (v, _) in var.mc_var_es_batched(z, scale, cov, expo, CONFIDENCES).items():
-        forecasts[("mc", c)] = v
+    for c in BACKTEST_CONFIDENCES:
+        forecasts[("param", c)] = var.parametric_var_es(sigma, c)
+    for c, ve in var.mc_var_es_batched(z, scale, cov, expo, BACKTEST_CONFIDENCES).items():
+        forecasts[("mc", c)] = ve
+    loss_sd["param"] = loss_sd["mc"] = sigma
     realized = pnl[f + 1]                                                  # (F, P)
     held = np.abs(mv[f]).sum(axis=-1) > 0                                  # (F, P): a book to forecast
     p = len(pids)
-    rows = []
-    for (method, c), fc in forecasts.items():
-        rows.append(pd.DataFrame({
-            "portfolio_id": np.tile(pids, len(f)), "as_of_date": np.repeat(days[f + 1], p),
-            "forecast_date": np.repeat(days[f], p), "method": method, "confidence": c,
-            "var_forecast": fc.ravel(), "realized_pnl": realized.ravel(),
-            "is_exception": backtest.exceptions(fc, realized).ravel(), "base_currency": base,
-        })[held.ravel()])
-    return pd.concat(rows, ignore_index=True)
+    rows, tests = [], []
+    rng = np.random.default_rng(params.es_seed)
+    for method in METHODS:
+        simulated = _simulate_losses(method, scenario_losses.get(method), sigma, params, rng)   # (M, F, P)
+        for c in BACKTEST_CONFIDENCES:
+            fc, es = forecasts[(method, c)]
+            rows.append(pd.DataFrame({
+                "portfolio_id": np.tile(pids, len(f)), "as_of_date": np.repeat(days[f + 1], p),
+                "forecast_date": np.repeat(days[f], p), "method": method, "confidence": c,
+                "var_forecast": fc.ravel(), "realized_pnl": realized.ravel(),
+                "is_exception": backtest.exceptions(fc, realized).ravel(), "es_forecast": es.ravel(),
+                "loss_sd": loss_sd[method].ravel(), "base_currency": base,
+            })[held.ravel()])
+            valid = held & np.isfinite(fc) & np.isfinite(es)
+            z2, z2_p = es_backtest.z2_test(-realized, fc, es, 1 - c, simulated, valid)
+            er = es_backtest.exceedance_residual_test(-realized, fc, es, loss_sd[method], params.es_bootstrap,
+                                                      params.es_seed, valid)
+            tests.append(pd.DataFrame({"portfolio_id": pids, "method": method, "confidence": c, "z2": z2,
+                                       "z2_p": z2_p, "exceedance_residual_n": er["n"],
+                                       "exceedance_residual_mean": er["mean"], "exceedance_residual_t": er["t"],
+                                       "exceedance_residual_p": er["p"]}))
+    return pd.concat(rows, ignore_index=True), pd.concat(tests, ignore_index=True)
+
+
+def _simulate_losses(method: str, scenario_losses: np.ndarray | None, sigma: np.ndarray, params: RiskParams,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Loss paths (M, F, P) drawn from each day's predictive distribution of a method, for the Z2 p-value:
+    historical and filtered methods draw one of the day's valid scenarios (the oldest rows of a short window
+    are NaN padding); parametric draws sigma x N(0, 1); Monte Carlo sigma x its standardised innovation (normal,
+    or Student-t scaled to unit variance), the distribution its scenarios sample."""
+    m = params.es_simulations
+    if scenario_losses is not None:
+        f_len, n, p = scenario_losses.shape
+        n_valid = (~np.isnan(scenario_losses[..., 0])).sum(axis=1)       # (F,)
+        idx = n - n_valid[None, :] + np.floor(rng.random((m, f_len)) * n_valid[None, :]).astype(np.int64)
+        return scenario_losses[np.arange(f_len)[None, :], np.minimum(idx, n - 1)]
+    shocks = rng.standard_normal((m,) + sigma.shape)
+    if method == "mc" and params.mc_distribution == "t":
+        shocks *= np.sqrt((params.mc_t_dof - 2.0) / rng.chisquare(params.mc_t_dof, (m,) + sigma.shape))
+    return shocks * sigma[None]
 
 
 def backtest_summary(bt: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -298,6 +443,29 @@ def backtest_summary(bt: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     out["traffic_light"] = backtest.traffic_light(out["exceptions"], out["n_days"], conf)
     out.insert(1, "as_of_date", as_of)
     return out
+
+
+def model_comparison(summary: pd.DataFrame, es_tests: pd.DataFrame) -> pd.DataFrame:
+    """One row per portfolio x method x confidence: the VaR backtests (Kupiec, Christoffersen independence,
+    traffic light) and the ES backtests (Z2 p-value as es_test_p, McNeil-Frey exceedance residuals), each
+    pass_* True when its p-value is at least TEST_SIZE (the light: not red; exceedance residuals with fewer than
+    2 exceedances: nothing to reject, a pass); `passes` = all of them."""
+    if summary.empty:
+        return pd.DataFrame()
+    out = summary.merge(es_tests, on=["portfolio_id", "method", "confidence"], how="left", validate="1:1")
+    out["christoffersen_p"] = out["christoffersen_ind_p"]
+    out["es_test_p"] = out["z2_p"]
+    out["pass_kupiec"] = out["kupiec_p"] >= TEST_SIZE
+    out["pass_christoffersen"] = out["christoffersen_p"] >= TEST_SIZE
+    out["pass_traffic_light"] = out["traffic_light"] != "red"
+    out["pass_z2"] = out["z2_p"] >= TEST_SIZE
+    out["pass_exceedance_residual"] = ~(out["exceedance_residual_p"] < TEST_SIZE)
+    tests = ["pass_kupiec", "pass_christoffersen", "pass_traffic_light", "pass_z2", "pass_exceedance_residual"]
+    out["passes"] = out[tests].all(axis=1)
+    return out[["portfolio_id", "as_of_date", "method", "confidence", "n_days", "exceptions", "expected_exceptions",
+                "kupiec_p", "christoffersen_p", "cc_p", "traffic_light", "es_test_p", "z2", "z2_p",
+                "exceedance_residual_n", "exceedance_residual_mean", "exceedance_residual_t",
+                "exceedance_residual_p", *tests, "passes", "window_start", "window_end"]]
 
 
 def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame:

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 OUTPUT_DIR = "outputs"
 TABLES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics", "asset_risk", "anomalies",
-          "anomalies_daily", "var_backtest", "var_backtest_summary", "drawdowns", "correlations", "limit_breaches")
+          "anomalies_daily", "var_backtest", "var_backtest_summary", "drawdowns", "correlations", "limit_breaches",
+          "firm_risk", "risk_contributions", "stress_results", "var_model_comparison")
 DATE_COLUMNS = ("as_of_date", "forecast_date", "price_date", "peak_date", "trough_date", "recovery_date",
                 "window_start", "window_end", "worst_daily_return_date")
 

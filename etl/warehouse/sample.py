@@ -181,7 +181,47 @@ def risk_outputs(daily: pd.DataFrame, b5: pd.DataFrame) -> dict[str, pd.DataFram
     return {"positions_valued": positions, "portfolio_valuation": valuation, "pnl_daily": pnl_daily,
             "risk_metrics": risk, "asset_risk": asset, "anomalies": anomalies, "var_backtest": var_backtest,
             "limit_breaches": limit_breaches, "var_backtest_summary": summary, "correlations": correlations,
-            "drawdowns": drawdowns, "anomalies_daily": daily_anomalies(wide)}
+            "drawdowns": drawdowns, "anomalies_daily": daily_anomalies(wide),
+            **risk_depth_outputs(positions, risk, summary)}
+
+
+def risk_depth_outputs(positions: pd.DataFrame, risk: pd.DataFrame, summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """firm_risk, risk_contributions, stress_results, var_model_comparison consistent with the risk rows: each
+    position carries its share of gross exposure of every portfolio (firm) figure, so the contributions reconcile;
+    the firm figures are 0.8 x the sum of the portfolios' (a diversification benefit of 20%)."""
+    figures = ["var_95_param", "var_99_param", "es_95_hist", "es_99_hist", "var_95_hist", "var_99_hist"]
+    firm = risk.groupby("as_of_date")[figures].sum().reset_index()
+    firm["sum_standalone_var_99_hist"] = firm["var_99_hist"]
+    firm[figures] *= 0.8
+    firm["diversification_benefit"] = firm["sum_standalone_var_99_hist"] - firm["var_99_hist"]
+    firm["currency"] = "USD"
+    pos = positions[["portfolio_id", "product_id", "as_of_date", "market_value"]].copy()
+    size = pos["market_value"].abs()
+    parts = []
+    for scope, keys, totals in (("portfolio", ["portfolio_id", "as_of_date"], risk), ("firm", ["as_of_date"], firm)):
+        share = size / size.groupby([pos[k] for k in keys]).transform("sum")
+        merged = pos.assign(share=share).merge(totals[keys + figures], on=keys)
+        part = merged[["portfolio_id", "product_id", "as_of_date"]].assign(scope=scope, exposure=merged["market_value"])
+        for kind, src in (("component_var_95_param", "var_95_param"), ("component_var_99_param", "var_99_param"),
+                          ("component_es_95_hist", "es_95_hist"), ("component_es_99_hist", "es_99_hist")):
+            part[kind] = merged["share"] * merged[src]
+        part["marginal_var_99_param"] = part["component_var_99_param"] / part["exposure"]
+        parts.append(part)
+    contributions = pd.concat(parts, ignore_index=True)
+    gross = risk[["portfolio_id", "as_of_date", "gross_exposure"]]
+    stress_rows = []
+    for sid, kind, move in (("worst_1d", "historical", -0.12), ("btc_minus_30", "hypothetical", -0.3)):
+        stress_rows.append(gross.assign(scope="portfolio", scenario_id=sid, scenario_type=kind,
+                                        pnl=move * gross["gross_exposure"], pnl_pct=move))
+        g = gross.groupby("as_of_date")["gross_exposure"].sum().reset_index()
+        stress_rows.append(g.assign(portfolio_id="FIRM", scope="firm", scenario_id=sid, scenario_type=kind,
+                                    pnl=move * g["gross_exposure"], pnl_pct=move))
+    stress = pd.concat(stress_rows, ignore_index=True).drop(columns="gross_exposure")
+    comparison = summary[["portfolio_id", "as_of_date", "method", "confidence", "n_days", "exceptions", "kupiec_p",
+                          "traffic_light"]].assign(christoffersen_p=0.6, es_test_p=0.3)
+    comparison["passes"] = comparison["traffic_light"] != "red"
+    return {"firm_risk": firm, "risk_contributions": contributions, "stress_results": stress,
+            "var_model_comparison": comparison}
 
 
 def _drawdown_rows(returns: pd.DataFrame, entity_type: str) -> pd.DataFrame:

@@ -82,6 +82,7 @@ def _opt(spec: str, pg_type: str) -> tuple[Column, ...]:
     return tuple(Column(name, pg_type, required=False) for name in spec.split())
 
 
+FILTERED_METHODS = ("fhs_ewma", "garch_t")   # volatility-filtered VaR methods (etl.risk.filtered)
 OHLCV = _cols("open high low close volume vwap", "double precision")
 BAR_EXTRAS = (
     Column("n_candles", "bigint"), Column("is_complete", "boolean"), Column("quote_currency", "text"),
@@ -126,7 +127,9 @@ TABLES: tuple[RawTable, ...] = (
                      "double precision")
              + (Column("lookback_days", "bigint"),)
              + _opt("gross_exposure", "double precision") + _opt("mc_scenarios", "bigint")
-             + _opt("base_currency mc_distribution", "text"),
+             + _opt("base_currency mc_distribution", "text")
+             + _opt(" ".join(f"{k}_{c}_{m}" for m in FILTERED_METHODS for c in (95, 99) for k in ("var", "es")),
+                    "double precision"),
              key=("portfolio_id", "as_of_date"), source_dir="outputs/risk_metrics"),
     RawTable("asset_risk", (Column("product_id", "text"), Column("as_of_date", "date"))
              + _cols("vol_20d vol_30d vol_ewma max_drawdown worst_daily_return", "double precision")
@@ -139,7 +142,8 @@ TABLES: tuple[RawTable, ...] = (
              key=("product_id", "bucket_start"), source_dir="outputs/anomalies"),
     RawTable("var_backtest", (Column("portfolio_id", "text"), Column("as_of_date", "date"), Column("method", "text"))
              + _cols("confidence var_forecast realized_pnl", "double precision") + (Column("is_exception", "boolean"),)
-             + _opt("forecast_date", "date") + _opt("base_currency", "text"),
+             + _opt("forecast_date", "date") + _opt("base_currency", "text")
+             + _opt("es_forecast loss_sd", "double precision"),
              key=("portfolio_id", "as_of_date", "method", "confidence"), source_dir="outputs/var_backtest"),
     RawTable("limit_breaches", (Column("portfolio_id", "text"), Column("as_of_date", "date"))
              + _cols("limit_type metric", "text") + _cols("value limit_value", "double precision")
@@ -168,6 +172,38 @@ TABLES: tuple[RawTable, ...] = (
              + _cols("return_value robust_z", "double precision") + (Column("as_of_date", "date"),)
              + _opt("threshold", "double precision") + _opt("scale_method", "text"),
              key=("product_id", "price_date"), source_dir="outputs/anomalies_daily"),
+    # risk depth (etl.risk.firm, contributions, stress, es_backtest): firm rows carry scope 'firm'
+    RawTable("firm_risk", (Column("as_of_date", "date"),)
+             + _cols("var_95_hist var_99_hist es_95_hist es_99_hist sum_standalone_var_99_hist "
+                     "diversification_benefit", "double precision")
+             + _opt(" ".join([f"{k}_{c}_{m}" for m in ("param", "mc", *FILTERED_METHODS) for c in (95, 99)
+                              for k in ("var", "es")]
+                             + [f"{k}_{c}_{m}" for m in ("hist", "param", "mc", *FILTERED_METHODS) for c in (95, 99)
+                                for k in ("sum_standalone_var", "diversification_benefit")
+                                if (k, c, m) != ("sum_standalone_var", 99, "hist")]
+                             + ["market_value", "gross_exposure"]), "double precision")
+             + _opt("n_portfolios n_positions lookback_days", "bigint") + _opt("currency", "text"),
+             key=("as_of_date",), source_dir="outputs/firm_risk"),
+    RawTable("risk_contributions", _cols("scope portfolio_id product_id", "text") + (Column("as_of_date", "date"),)
+             + _cols("component_var_95_param component_var_99_param component_es_95_hist component_es_99_hist "
+                     "marginal_var_99_param", "double precision")
+             + _opt("marginal_var_95_param exposure", "double precision") + _opt("currency", "text"),
+             key=("scope", "portfolio_id", "product_id", "as_of_date"), source_dir="outputs/risk_contributions"),
+    RawTable("stress_results", _cols("scope portfolio_id", "text") + (Column("as_of_date", "date"),)
+             + _cols("scenario_id scenario_type", "text") + _cols("pnl", "double precision")
+             + (Column("pnl_pct", "double precision", required=False),)
+             + _opt("window_start window_end", "date") + _opt("description base_currency", "text"),
+             key=("scope", "portfolio_id", "scenario_id", "as_of_date"), source_dir="outputs/stress_results"),
+    RawTable("var_model_comparison", (Column("portfolio_id", "text"), Column("as_of_date", "date"),
+                                      Column("method", "text"), Column("confidence", "double precision"),
+                                      Column("exceptions", "bigint"))
+             + _cols("kupiec_p christoffersen_p es_test_p", "double precision") + (Column("passes", "boolean"),)
+             + _opt("n_days exceedance_residual_n", "bigint") + _opt("traffic_light", "text")
+             + _opt("expected_exceptions cc_p z2 z2_p exceedance_residual_mean exceedance_residual_t "
+                    "exceedance_residual_p", "double precision")
+             + _opt("pass_kupiec pass_christoffersen pass_traffic_light pass_z2 pass_exceedance_residual", "boolean")
+             + _opt("window_start window_end", "date"),
+             key=("portfolio_id", "as_of_date", "method", "confidence"), source_dir="outputs/var_model_comparison"),
     # factor outputs: outputs/factor_*/date=D/part-0.parquet
     RawTable("factor_returns", (Column("factor_name", "text"), Column("bucket_start", "timestamptz"),
                                 Column("factor_return", "double precision")),

@@ -153,9 +153,10 @@ def test_run_writes_every_table_and_the_numbers_agree(risk_env):
     assert row["realized_pnl"] == pytest.approx(u1[d], rel=1e-12)
     assert row["forecast_date"] == d1.date()
     assert row["is_exception"] == (-u1[d] > row["var_forecast"])
-    assert set(bt["method"]) == {"hist", "param", "mc"} and set(bt["confidence"]) == {0.95, 0.99}
+    assert set(bt["method"]) == {"hist", "param", "mc", "fhs_ewma", "garch_t"}
+    assert set(bt["confidence"]) == {0.95, 0.975, 0.99}
     summ = _read(data, "var_backtest_summary")
-    assert len(summ) == 3 * 3 * 2
+    assert len(summ) == 3 * 5 * 3
     u1_hist = bt[(bt.portfolio_id == "U1") & (bt.method == "hist") & (bt.confidence == 0.99)]
     s = summ[(summ.portfolio_id == "U1") & (summ.method == "hist") & (summ.confidence == 0.99)].iloc[0]
     assert s["exceptions"] == u1_hist["is_exception"].sum() and s["n_days"] == 60

@@ -180,6 +180,38 @@ def test_a_negative_price_a_zero_quantity_or_a_bad_drawdown_in_raw_fails_the_nam
         run_dbt("build", select="fact_price_daily fact_positions fact_drawdowns")
 
 
+def test_risk_depth_tables_reconcile_and_a_broken_contribution_fails_the_custom_test(gold):
+    counts = {t: query(f"select count(*) from gold.{t}")[0][0] for t in (
+        "fact_firm_risk", "fact_risk_contributions", "fact_stress_results", "fact_var_model_comparison")}
+    assert counts == {"fact_firm_risk": DAYS, "fact_risk_contributions": 2 * 4 * DAYS,
+                      "fact_stress_results": 2 * (2 + 1) * DAYS,
+                      "fact_var_model_comparison": gold["counts"]["var_model_comparison"]}
+    # the components of a portfolio sum to its VaR (portfolio scope) and of the whole book to the firm's
+    rows = query("select c.portfolio_id, c.as_of_date, sum(c.component_var_99_param), min(m.var_99_param) "
+                 "from gold.fact_risk_contributions c join gold.fact_risk_metrics m using (portfolio_id, as_of_date) "
+                 "where c.scope = 'portfolio' group by 1, 2")
+    assert len(rows) == 2 * DAYS and all(abs(a - b) < 1e-6 * b for *_, a, b in rows)
+    (div, firm, total), = query("select diversification_benefit, var_99_hist, sum_standalone_var_99_hist "
+                                "from gold.fact_firm_risk where as_of_date = '2026-01-03'")
+    assert div == pytest.approx(total - firm) and firm > 0
+    key = "scope = 'firm' and portfolio_id = 'P002' and product_id = 'ETH-USD' and as_of_date = '2026-01-03'"
+    with db.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"update raw.risk_contributions set component_var_99_param = component_var_99_param + 100 "
+                    f"where {key}")
+        assert cur.rowcount == 1
+    try:
+        with pytest.raises(WarehouseError) as err:
+            run_dbt("build", select="fact_risk_contributions")
+        message = str(err.value)
+        assert "contributions_reconcile_fact_risk_contributions_component_var_99_param" in message
+        assert "component_var_95_param" not in message
+    finally:
+        with db.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"update raw.risk_contributions set component_var_99_param = component_var_99_param - 100 "
+                        f"where {key}")
+        run_dbt("build", select="fact_risk_contributions")
+
+
 def test_reporting_role_reads_gold_and_nothing_else(gold):
     url = reporting_url()
     assert query("select count(*) from gold.fact_price_daily", url=url) == [(3 * DAYS,)]

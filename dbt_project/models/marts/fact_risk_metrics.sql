@@ -30,7 +30,15 @@ final as (
         gross_exposure,
         mc_scenarios,
         mc_distribution,
-        base_currency
+        base_currency,
+        var_95_fhs_ewma,
+        es_95_fhs_ewma,
+        var_99_fhs_ewma,
+        es_99_fhs_ewma,
+        var_95_garch_t,
+        es_95_garch_t,
+        var_99_garch_t,
+        es_99_garch_t
     from risk_metrics
 
 )

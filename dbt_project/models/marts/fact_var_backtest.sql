@@ -16,7 +16,9 @@ final as (
         realized_pnl,
         is_exception,
         forecast_date,
-        base_currency
+        base_currency,
+        es_forecast,
+        loss_sd
     from var_backtest
 
 )

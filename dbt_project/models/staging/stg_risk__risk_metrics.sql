@@ -30,6 +30,14 @@ renamed as (
         mc_scenarios,
         base_currency,
         mc_distribution,
+        var_95_fhs_ewma,
+        es_95_fhs_ewma,
+        var_99_fhs_ewma,
+        es_99_fhs_ewma,
+        var_95_garch_t,
+        es_95_garch_t,
+        var_99_garch_t,
+        es_99_garch_t,
         loaded_at
     from source
 

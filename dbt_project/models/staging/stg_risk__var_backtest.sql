@@ -16,6 +16,8 @@ renamed as (
         is_exception,
         forecast_date,
         base_currency,
+        es_forecast,
+        loss_sd,
         loaded_at
     from source
 

@@ -1,0 +1,124 @@
+"""Stress tests (etl.risk.stress): scenario PnL against hand revaluation, and the scenario file's errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from etl.errors import ValidationError
+from etl.risk import stress
+from etl.risk.engine import RiskParams, compute_tables
+from etl.settings import PROJECT_ROOT
+from tests.etl.test_risk_contributions import BOOK, PORTFOLIOS, QUOTE, _closes
+
+HEADER = "scenario_id,scenario_type,start_date,end_date,product_id,shock,description\n"
+FILE = HEADER + (
+    "crash_week,historical,2026-02-02,2026-02-08,,,a week in the data\n"
+    "before_data,historical,2020-01-01,2020-01-07,,,not in the data: skipped\n"
+    "btc_down,hypothetical,,,BTC-USD,-0.30,BTC -30%\n"
+    "eth_only,hypothetical,,,ETH-USD,-0.40,ETH -40% alone\n"
+)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    path = tmp_path_factory.mktemp("stress") / "scenarios.csv"
+    path.write_text(FILE)
+    params = RiskParams(var_lookback_days=60, backtest_days=20, mc_scenarios=500, es_simulations=20,
+                        es_bootstrap=20, stress_file=str(path))
+    closes = _closes()
+    return closes, compute_tables(closes, QUOTE, PORTFOLIOS, BOOK, params)["stress_results"]
+
+
+HOLDINGS = {pid: list(zip(g["product_id"], g["quantity"], strict=True)) for pid, g in BOOK.groupby("portfolio_id")}
+BASE = dict(zip(PORTFOLIOS["portfolio_id"], PORTFOLIOS["base_currency"], strict=True))
+
+
+def _book_value(closes: pd.DataFrame, portfolio: str, prices: dict[str, float]) -> float:
+    """Value of a portfolio's positions at the given USD prices, in its base currency (hand revaluation)."""
+    usd = sum(q * prices[p] for p, q in HOLDINGS[portfolio])
+    return usd / (1.0 if BASE[portfolio] == "USD" else prices["BTC-USD"])
+
+
+def _usd_prices(closes: pd.DataFrame, day) -> dict[str, float]:
+    row = closes.loc[day]
+    return {"BTC-USD": row["BTC-USD"], "ETH-USD": row["ETH-USD"], "ETH-BTC": row["ETH-BTC"] * row["BTC-USD"]}
+
+
+def test_historical_windows_equal_hand_revaluation(result):
+    closes, res = result
+    usd = {d: _usd_prices(closes, d) for d in closes.index}
+    today = usd[closes.index[-1]]
+    s = res.set_index(["portfolio_id", "scenario_id"])
+    for pid in PORTFOLIOS["portfolio_id"]:
+        value = _book_value(closes, pid, today)
+
+        def shocked(first, last, pid=pid, value=value):
+            """Today's book revalued with every USD price (BTC's too) moved as over [first - 1 day, last]."""
+            a, b = usd[first - pd.Timedelta(days=1)], usd[last]
+            return _book_value(closes, pid, {p: today[p] * b[p] / a[p] for p in today}) - value
+
+        week = s.loc[(pid, "crash_week")]
+        assert week["pnl"] == pytest.approx(shocked(pd.Timestamp("2026-02-02"), pd.Timestamp("2026-02-08")),
+                                            rel=1e-9)
+        worst = min(shocked(d, d) for d in closes.index[1:])
+        assert s.loc[(pid, "worst_1d"), "pnl"] == pytest.approx(worst, rel=1e-9)
+        worst5 = min(shocked(d - pd.Timedelta(days=4), d) for d in closes.index[5:])
+        assert s.loc[(pid, "worst_5d"), "pnl"] == pytest.approx(worst5, rel=1e-9)
+        w = s.loc[(pid, "worst_5d")]
+        assert (w["window_end"] - w["window_start"]).days == 4
+    assert "before_data" not in set(res["scenario_id"])
+    assert set(res["scope"]) == {"portfolio", "firm"} and (res.loc[res.scope == "firm", "portfolio_id"] == "FIRM").all()
+
+
+def test_hypothetical_shocks_propagate_through_betas_to_btc(result):
+    closes, res = result
+    today = _usd_prices(closes, closes.index[-1])
+    usd = pd.DataFrame([_usd_prices(closes, d) for d in closes.index], index=closes.index).pct_change().iloc[-60:]
+    beta = {p: np.polyfit(usd["BTC-USD"], usd[p], 1)[0] for p in usd}
+    assert beta["BTC-USD"] == pytest.approx(1.0)
+    s = res.set_index(["portfolio_id", "scenario_id"])
+    for pid in PORTFOLIOS["portfolio_id"]:
+        value = _book_value(closes, pid, today)
+        moved = {p: today[p] * (1 - 0.30 * beta[p]) for p in today}
+        assert s.loc[(pid, "btc_down"), "pnl"] == pytest.approx(_book_value(closes, pid, moved) - value, rel=1e-9)
+        only_eth = {**today, "ETH-USD": today["ETH-USD"] * 0.6}    # no BTC shock: nothing else moves
+        assert s.loc[(pid, "eth_only"), "pnl"] == pytest.approx(_book_value(closes, pid, only_eth) - value,
+                                                                rel=1e-9)
+        gross = sum(abs(q * today[p]) for p, q in zip(BOOK.loc[BOOK.portfolio_id == pid, "product_id"],
+                                                      BOOK.loc[BOOK.portfolio_id == pid, "quantity"], strict=True))
+        base = PORTFOLIOS.set_index("portfolio_id").at[pid, "base_currency"]
+        gross /= 1.0 if base == "USD" else today["BTC-USD"]
+        assert s.loc[(pid, "btc_down"), "pnl_pct"] == pytest.approx(s.loc[(pid, "btc_down"), "pnl"] / gross, rel=1e-9)
+    firm = s.loc[("FIRM", "btc_down"), "pnl"]
+    moved_usd = sum(q * today[p] * (-0.30 * beta[p]) for p, q in zip(BOOK["product_id"], BOOK["quantity"], strict=True))
+    assert firm == pytest.approx(moved_usd, rel=1e-9)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("x,historical,2026-01-05,2026-01-01,,,", r":2: historical scenario 'x' needs start_date <= end_date"),
+    ("x,historical,yesterday,2026-01-01,,,", r":2: start_date 'yesterday'"),
+    ("x,hypothetical,,,BTC-USD,-30%,", r":2: shock '-30%' is not a number"),
+    ("x,hypothetical,,,BTC-USD,-1.5,", r":2: shock '-1.5' must be a finite fraction > -1"),
+    ("x,hypothetical,,,,-0.1,", r":2: hypothetical scenario 'x': product_id is empty"),
+    ("x,crash,,,,,", r":2: scenario_type 'crash'"),
+    ("worst_1d,hypothetical,,,BTC-USD,-0.1,", r":2: scenario_id 'worst_1d'"),
+])
+def test_a_bad_scenario_row_names_the_file_and_line(tmp_path, line, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(HEADER + line + "\n")
+    with pytest.raises(ValidationError, match=str(path).replace(".", r"\.") + message.replace("(", r"\(")):
+        stress.load_scenarios(path)
+
+
+def test_a_duplicate_shock_or_a_missing_column_is_an_error_and_the_shipped_file_loads(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text(HEADER + "x,hypothetical,,,BTC-USD,-0.1,\nx,hypothetical,,,BTC-USD,-0.2,\n")
+    with pytest.raises(ValidationError, match=r"dup\.csv:3: scenario 'x' shocks BTC-USD twice"):
+        stress.load_scenarios(path)
+    path.write_text("scenario_id,shock\nx,0.1\n")
+    with pytest.raises(ValidationError, match=r"dup\.csv:1: header: missing column"):
+        stress.load_scenarios(path)
+    shipped = stress.load_scenarios(PROJECT_ROOT / "etl" / "reference_data" / "stress_scenarios.csv")
+    assert len(shipped.named) >= 1 and "btc_minus_30" in set(shipped.shocks["scenario_id"])
