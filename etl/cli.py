@@ -39,6 +39,16 @@ def _date(value: str) -> date:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
 
 
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m etl", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -87,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("docs", help="generate the dbt docs site (and serve it with --serve)")
     p.add_argument("--serve", action="store_true", help="serve on a local port until interrupted")
     p.add_argument("--port", type=int, default=8081)
+
+    p = sub.add_parser("stream", help="WebSocket trades and tickers -> bronze until interrupted or --seconds")
+    p.add_argument("--products", type=_products, default=None, help="comma list (default: PIPELINE_PRODUCTS)")
+    p.add_argument("--seconds", type=_positive, default=None, help="stop after N seconds (default: run until stopped)")
+    p.add_argument("--source", choices=["simulator", "coinbase"], default=None, help="default: PIPELINE_SOURCE")
+
+    p = sub.add_parser("insights", help="live view of one product: mid, spread, averages, 60 s mid forecast")
+    p.add_argument("--product-id", type=str.upper, required=True, help="e.g. BTC-USD")
+    p.add_argument("--seconds", type=_positive, default=None, help="quit after N seconds (default: Ctrl-C)")
+    p.add_argument("--source", choices=["simulator", "coinbase"], default=None, help="default: PIPELINE_SOURCE")
 
     p = sub.add_parser("db", help="the warehouse: url|start|stop|status")
     p.add_argument("action", choices=["url", "start", "stop", "status"])
@@ -165,6 +185,17 @@ def dispatch(args: argparse.Namespace) -> int:
         from etl.warehouse import docs
 
         print(docs(settings=settings, serve=args.serve, port=args.port))
+        return 0
+    if cmd == "stream":
+        from etl.stream.collector import collect
+
+        collect(args.products or list(settings.products), seconds=args.seconds, source=args.source,
+                settings=settings)
+        return 0
+    if cmd == "insights":
+        from etl.stream.insights import run_insights
+
+        run_insights(args.product_id, seconds=args.seconds, source=args.source, settings=settings)
         return 0
     if cmd == "run":
         from etl.pipeline import run_all

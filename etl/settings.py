@@ -14,6 +14,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 COINBASE_URL = "https://api.exchange.coinbase.com"
+COINBASE_WS_URL = "wss://advanced-trade-ws.coinbase.com"
 DEFAULT_PRODUCTS = (
     "BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "ADA-USD", "DOGE-USD",
     "AVAX-USD", "LINK-USD", "DOT-USD", "LTC-USD", "UNI-USD", "ATOM-USD",
@@ -120,6 +121,12 @@ class Settings:
     # alerts
     alert_webhook_url: str | None
     alert_email_to: str | None
+    # live market data (`python -m etl stream` / `insights`, docs/streaming.md)
+    coinbase_ws_url: str = COINBASE_WS_URL  # the Advanced Trade WebSocket feed or the simulator's
+    simulator_ws_port: int = 8766            # the simulator's WebSocket port (default: SIMULATOR_PORT + 1)
+    stream_commit_s: float = 2.0             # bronze micro-batch interval: at most this much is lost on a crash
+    stream_stall_s: float = 5.0              # no message (not even a heartbeat) this long -> reconnect
+    bars_source: str = "candles"             # 5-minute bars for the risk chain: "candles" or "trades"
     extra: dict = field(default_factory=dict)
     # risk depth: filtered VaR, ES backtests, stress tests (docs/risk_conventions.md)
     garch_workers: int = 1               # processes for the per-asset GARCH fits
@@ -204,4 +211,20 @@ def get_settings() -> Settings:
         es_seed=_int("RISK_ES_SEED", 11),
         stress_scenarios_file=_env("RISK_STRESS_SCENARIOS", str(PROJECT_ROOT / "etl" / "reference_data"
                                                                 / "stress_scenarios.csv")),
+        **_stream_settings(source, port),
     )
+
+
+def _stream_settings(source: str, port: int) -> dict:
+    ws_port = _int("SIMULATOR_WS_PORT", port + 1)
+    default_ws = f"ws://127.0.0.1:{ws_port}" if source == "simulator" else COINBASE_WS_URL
+    bars_source = _env("PIPELINE_BARS_SOURCE", "candles").lower()
+    if bars_source not in ("candles", "trades"):
+        raise ValueError(f"PIPELINE_BARS_SOURCE={bars_source!r}: expected 'candles' or 'trades'")
+    return {
+        "coinbase_ws_url": _env("COINBASE_WS_URL", default_ws).rstrip("/"),
+        "simulator_ws_port": ws_port,
+        "stream_commit_s": _float("PIPELINE_STREAM_COMMIT_S", 2.0),
+        "stream_stall_s": _float("PIPELINE_STREAM_STALL_S", 5.0),
+        "bars_source": bars_source,
+    }

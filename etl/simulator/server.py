@@ -29,6 +29,7 @@ from etl.errors import ConfigError
 from etl.simulator.model import GRANULARITIES, SyntheticSource, UnsupportedRequest, aggregate
 from etl.simulator.replay import ReplaySource
 from etl.simulator.universe import UNIVERSE, synthetic_products
+from etl.simulator.ws import FeedServer
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,17 @@ class SimulatorConfig:
     malformed_rate: float = 0.0      # fraction of 200 bodies made unparseable or with bad rows
     late_corrections: bool = False   # recent candles come back revised from their 2nd fetch on
     now: Callable[[], float] | None = None  # clock override (epoch seconds); None = time.time
+    # WebSocket feed (etl/simulator/ws.py): its own port, None = the REST port + 1 (0 when the REST port is 0)
+    ws_port: int | None = None
+    ws_speed: float = 1.0            # feed seconds per real second (trades arrive this much faster)
+    ws_start: float | None = None    # feed clock at start (epoch s); None = now
+    ws_tick_ms: float = 250.0        # market_trades batching interval
+    ws_drop_rate: float = 0.0        # fraction of messages skipped (their sequence_num is used: a gap)
+    ws_duplicate_rate: float = 0.0   # fraction of messages sent twice
+    ws_disconnect_every: float = 0.0  # drop each connection abruptly after this many seconds (0 = never)
+    ws_stall_every: float = 0.0      # go silent (no heartbeats either) every this many seconds ...
+    ws_stall_s: float = 0.0          # ... for this long
+    ws_max_queue: int = 0            # unsent messages before a slow consumer is disconnected (0 = unbounded)
 
 
 class _Reply(Exception):
@@ -396,11 +408,22 @@ class Simulator:
         self._app = _App(config)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._feed: FeedServer | None = None
 
     @property
     def url(self) -> str:
         host, port = (self._server.server_address[:2] if self._server else (self.config.host, self.config.port))
         return f"http://{host}:{port}"
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket feed's URL (started with the HTTP server)."""
+        return self._feed.url if self._feed else ""
+
+    @property
+    def ws_stats(self) -> dict:
+        """Feed counters: connections, sent, dropped, duplicated, disconnects, stalls, slow_consumers, trades."""
+        return self._feed.snapshot() if self._feed else {}
 
     @property
     def stats(self) -> dict:
@@ -423,6 +446,12 @@ class Simulator:
             raise ConfigError(f"cannot listen on {self.config.host}:{self.config.port}: {exc}; pass --host/--port "
                               "for a local address") from None
         self._server.app = self._app  # type: ignore[attr-defined]
+        if self._feed is None:
+            ws_port = self.config.ws_port
+            if ws_port is None:
+                ws_port = self.config.port + 1 if self.config.port else 0
+            self._feed = FeedServer(self._app, self.config.host, ws_port)
+            self._feed.start()
 
     def start(self) -> Simulator:
         """Serve in a background thread; returns self."""
@@ -439,6 +468,9 @@ class Simulator:
         self._server.serve_forever(poll_interval=0.2)
 
     def stop(self) -> None:
+        if self._feed is not None:
+            self._feed.stop()
+            self._feed = None
         if self._server is None:
             return
         if self._thread is not None:
@@ -468,8 +500,8 @@ def serve(config: SimulatorConfig) -> None:
     sim.bind()
     source = f"replay of {config.replay_dir}" if config.replay_dir else f"seed {config.seed}"
     products = sim._app.source.products
-    print(f"Coinbase Exchange simulator at {sim.url} ({source}, {len(products)} products: "
-          f"{', '.join(products)}); Ctrl-C to stop", flush=True)
+    print(f"Coinbase Exchange simulator at {sim.url}, WebSocket feed at {sim.ws_url} ({source}, "
+          f"{len(products)} products: {', '.join(products)}); Ctrl-C to stop", flush=True)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
     try:

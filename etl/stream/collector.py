@@ -1,0 +1,219 @@
+"""`python -m etl stream`: Coinbase's live trades and tickers into bronze, as atomic Parquet micro-batches.
+
+The collector is a long-lived service (not an Airflow task). One asyncio loop runs two tasks:
+- the `Feed` (etl/stream/feed.py) receives messages, reconnecting as needed; each message is split into rows of
+  the open `MicroBatch` at once (trades per trade, tickers per ticker, each field as received plus the envelope),
+  feed gaps become rows too, and text that cannot be read is kept as a reject row: nothing received is dropped,
+- the committer swaps the open batch for a new one every `stream_commit_s` seconds and hands the full one to the
+  sink in a worker thread (so receiving never waits on the disk); the sink writes each file atomically.
+SIGTERM or SIGINT (or `--seconds`) stops the feed, commits the open batch and prints the summary; a SIGKILL
+loses only the rows of the batch still open (at most one commit interval), and no partial file is ever visible.
+Downstream deduplicates trades by (product_id, trade_id): a reconnect's snapshot and duplicated messages repeat
+trades on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import signal
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from etl.settings import Settings, get_settings, parse_products
+from etl.stream.feed import Feed, Gap, ws_url
+from etl.stream.sinks import TICKER_FIELDS, TRADE_FIELDS, BronzeSink, MicroBatch, Sink
+
+log = logging.getLogger(__name__)
+
+_PRODUCT = re.compile(r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}$")
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}")
+_TRADE_KNOWN = frozenset((*TRADE_FIELDS, "product_id"))
+_TICKER_KNOWN = frozenset((*TICKER_FIELDS, "product_id"))
+
+
+@dataclass
+class StreamSummary:
+    url: str
+    products: list[str]
+    seconds: float = 0.0
+    connections: int = 0
+    messages: int = 0
+    trades: int = 0
+    tickers: int = 0
+    heartbeats: int = 0
+    rejects: int = 0
+    gaps: Counter = field(default_factory=Counter)   # kind -> count
+    missing: int = 0                                  # messages lost according to sequence_num
+    batches: int = 0
+    files: int = 0
+    committed: Counter = field(default_factory=Counter)  # table -> rows committed
+
+    def __str__(self) -> str:
+        gaps = ", ".join(f"{k} {v}" for k, v in sorted(self.gaps.items())) or "none"
+        rate = self.messages / self.seconds if self.seconds else 0.0
+        return "\n".join([
+            f"stream {self.url}: {', '.join(self.products)} for {self.seconds:.1f}s, {self.connections} connection(s)",
+            f"  messages {self.messages:,} ({rate:,.0f}/s): trades {self.trades:,}, tickers {self.tickers:,}, "
+            f"heartbeats {self.heartbeats:,}, rejected {self.rejects:,}",
+            f"  gaps: {gaps}; messages missing by sequence_num {self.missing:,}",
+            f"  committed {self.batches} batch(es), {self.files} file(s): trades {self.committed['trades']:,}, "
+            f"tickers {self.committed['ticker']:,}, gaps {self.committed['gaps']:,}",
+        ])
+
+
+def _text(value) -> str | None:
+    """A field as received, as text (strings unchanged; numbers and objects as their JSON)."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _day(text, received_at: float) -> str:
+    if isinstance(text, str) and _DAY.match(text):
+        return text[:10]
+    return datetime.fromtimestamp(received_at, tz=UTC).strftime("%Y-%m-%d")
+
+
+class Collector:
+    """Messages -> rows of the open micro-batch; `commit()` hands the batch to the sink."""
+
+    def __init__(self, sink: Sink, summary: StreamSummary):
+        self.sink, self.summary = sink, summary
+        self.session = uuid.uuid4().hex[:8]
+        self.counter = 0
+        self.batch = self._new_batch()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-commit")
+
+    def _new_batch(self) -> MicroBatch:
+        self.counter += 1
+        return MicroBatch(f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{self.session}-{self.counter:06d}")
+
+    # ---- rows ----------------------------------------------------------------------------------------------
+    def on_message(self, received_at: float, conn_id: str, msg: dict) -> None:
+        s = self.summary
+        s.messages += 1
+        channel = msg.get("channel")
+        if channel == "heartbeats":
+            s.heartbeats += 1
+            return
+        if channel not in ("market_trades", "ticker", "ticker_batch"):
+            return  # subscriptions confirmations, errors: logged by the feed
+        seq = msg.get("sequence_num")
+        envelope = (_text(channel), _text(msg.get("timestamp")), _text(msg.get("client_id")),
+                    seq if isinstance(seq, int) else None, conn_id, received_at)
+        trades = channel == "market_trades"
+        known = _TRADE_KNOWN if trades else _TICKER_KNOWN
+        fields = TRADE_FIELDS if trades else TICKER_FIELDS
+        for event in msg.get("events") or []:
+            if not isinstance(event, dict):
+                self.on_reject(received_at, conn_id, json.dumps(msg), "event is not an object")
+                continue
+            event_type = _text(event.get("type"))
+            for item in event.get("trades" if trades else "tickers") or []:
+                product = item.get("product_id") if isinstance(item, dict) else None
+                if not isinstance(product, str) or not _PRODUCT.match(product):
+                    self.on_reject(received_at, conn_id, json.dumps(item), "missing or malformed product_id")
+                    continue
+                extra = {k: v for k, v in item.items() if k not in known}
+                row = (*(_text(item.get(f)) for f in fields), event_type, *envelope,
+                       json.dumps(extra) if extra else None)
+                if trades:
+                    self.batch.add_trade(product, _day(item.get("time"), received_at), row)
+                    s.trades += 1
+                else:
+                    self.batch.add_ticker(product, _day(msg.get("timestamp"), received_at), row)
+                    s.tickers += 1
+
+    def on_gap(self, gap: Gap) -> None:
+        self.summary.gaps[gap.kind] += 1
+        self.summary.missing += gap.missing if gap.kind == "sequence" else 0
+        if gap.kind in ("sequence", "heartbeat"):
+            log.info("stream: %s gap on %s: expected %s, got %s (%d missing)", gap.kind, gap.connection_id,
+                     gap.expected, gap.received, gap.missing)
+        self.batch.add_gap(_day(None, gap.detected_at), (gap.kind, gap.connection_id, gap.channel, gap.expected,
+                                                         gap.received, gap.missing, gap.detected_at, gap.detail))
+
+    def on_reject(self, received_at: float, conn_id: str, raw: str, reason: str) -> None:
+        self.summary.rejects += 1
+        self.batch.add_reject(_day(None, received_at), (raw, reason, conn_id, received_at))
+
+    # ---- commits -------------------------------------------------------------------------------------------
+    async def commit(self) -> None:
+        batch, self.batch = self.batch, self._new_batch()
+        if batch.empty:
+            return
+        paths = await asyncio.get_running_loop().run_in_executor(self.pool, self.sink.write, batch)
+        self.summary.batches += 1
+        self.summary.files += len(paths)
+        self.summary.committed.update(batch.counts())
+
+    async def commit_every(self, seconds: float, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=seconds)
+            except TimeoutError:
+                pass
+            await self.commit()
+
+
+def collect(products, seconds: float | None = None, source: str | None = None, settings: Settings | None = None,
+            sink: Sink | None = None, url: str | None = None, validate: bool = True) -> StreamSummary:
+    """Collect until SIGTERM/SIGINT or `seconds`; returns what was received and committed.
+
+    Products are checked against the REST API of the same source first (unknown -> SourceError, nothing
+    written) unless `validate` is False.
+    """
+    settings = settings or get_settings()
+    products = parse_products(products)
+    if validate:
+        from etl.source import ExchangeClient, api_url, check_products
+
+        check_products(ExchangeClient(api_url(source, settings), settings), products)
+    url = url or ws_url(source, settings)
+    if sink is None:
+        from etl.storage import get_store
+
+        sink = BronzeSink(get_store(settings))
+    summary = StreamSummary(url=url, products=products)
+    try:
+        asyncio.run(_collect(products, seconds, settings, sink, summary))
+    finally:
+        sink.close()
+    print(summary, flush=True)
+    return summary
+
+
+async def _collect(products: list[str], seconds: float | None, settings: Settings, sink: Sink,
+                   summary: StreamSummary) -> None:
+    started = time.monotonic()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            pass
+    collector = Collector(sink, summary)
+    feed = Feed(summary.url, products, collector.on_message, collector.on_gap, collector.on_reject,
+                stall_s=settings.stream_stall_s, backoff_initial_s=settings.backoff_initial_s,
+                backoff_max_s=settings.backoff_max_s)
+    if seconds is not None:
+        loop.call_later(seconds, stop.set)
+    committer = asyncio.create_task(collector.commit_every(settings.stream_commit_s, stop))
+    try:
+        await feed.run(stop)
+    finally:
+        stop.set()
+        await committer
+        await collector.commit()  # the open batch: a clean stop loses nothing received
+        collector.pool.shutdown(wait=True)
+        summary.connections = feed.connections
+        summary.seconds = time.monotonic() - started
+        log.info("stream: %s", str(summary).replace("\n", " |"))

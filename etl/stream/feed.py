@@ -1,0 +1,185 @@
+"""The WebSocket client both live commands share: connect, subscribe, reconnect, and notice what went missing.
+
+`Feed.run()` loops until `stop` is set:
+1. connect to the Advanced Trade market-data feed (or the simulator), send one `subscribe` per channel for all
+   products (Coinbase wants one channel per message; `heartbeats` keeps quiet channels open),
+2. hand every message to `on_message(received_at, connection_id, message)`; text that is not a JSON object goes to
+   `on_reject` (kept, never dropped),
+3. check `sequence_num` (per connection, from 0, +1 per message) and the heartbeat counter (+1 per heartbeat):
+   a jump is a `sequence`/`heartbeat` gap, a repeat or step back a `duplicate`; a gap is data (`on_gap`), not an
+   error, and the message is still delivered,
+4. a connection that closes, fails, or stays silent for `stall_s` (a `stall`) is recorded as a gap and reopened
+   after an exponential backoff with jitter (reset once a connection delivers), with the same subscriptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from etl.errors import ConfigError
+from etl.settings import COINBASE_WS_URL, Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("heartbeats", "market_trades", "ticker")
+
+
+def ws_url(source: str | None = None, settings: Settings | None = None) -> str:
+    """Feed URL for a source: "coinbase" is Advanced Trade's, "simulator" is settings.coinbase_ws_url."""
+    settings = settings or get_settings()
+    source = (source or settings.source).lower()
+    if source == "coinbase":
+        return settings.coinbase_ws_url if settings.source == "coinbase" else COINBASE_WS_URL
+    if source == "simulator":
+        return settings.coinbase_ws_url
+    raise ConfigError(f"unknown source {source!r}: expected 'simulator' or 'coinbase' (--source / PIPELINE_SOURCE)")
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Something the feed did not deliver as promised (written to bronze/stream_gaps)."""
+
+    kind: str                 # sequence | heartbeat | duplicate | disconnect | stall
+    connection_id: str
+    channel: str
+    expected: int | None      # the sequence number / counter expected next
+    received: int | None      # the one that arrived
+    missing: int              # messages (or heartbeats) lost; 0 for duplicates, disconnects, stalls
+    detected_at: float        # epoch seconds
+    detail: str = ""
+
+
+class Feed:
+    """One logical subscription kept alive across connections (see the module docstring)."""
+
+    def __init__(self, url: str, products: list[str], on_message: Callable[[float, str, dict], None],
+                 on_gap: Callable[[Gap], None], on_reject: Callable[[float, str, str, str], None] | None = None,
+                 channels: tuple[str, ...] = CHANNELS, stall_s: float = 5.0, backoff_initial_s: float = 0.2,
+                 backoff_max_s: float = 20.0):
+        self.url, self.products, self.channels = url, list(products), tuple(channels)
+        self.on_message, self.on_gap, self.on_reject = on_message, on_gap, on_reject
+        self.stall_s, self.backoff_initial_s, self.backoff_max_s = stall_s, backoff_initial_s, backoff_max_s
+        self.connections = 0
+        self.messages = 0
+        self._ws = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+        failures = 0
+        while not stop.is_set():
+            conn_id = uuid.uuid4().hex[:12]
+            delivered = False
+            try:
+                async with connect(self.url, compression=None, max_size=None, open_timeout=10,
+                                   ping_interval=20, ping_timeout=20, close_timeout=2) as ws:
+                    self._ws = ws
+                    self.connections += 1
+                    for channel in self.channels:
+                        await ws.send(json.dumps({"type": "subscribe", "product_ids": self.products,
+                                                  "channel": channel}))
+                    log.info("stream: connected to %s (connection %s), subscribed to %s for %s", self.url, conn_id,
+                             ", ".join(self.channels), ", ".join(self.products))
+                    delivered, why = await self._receive(ws, conn_id, stop)
+                if why and not stop.is_set():
+                    self.on_gap(Gap("disconnect", conn_id, "", None, None, 0, time.time(), why[:300]))
+                    log.warning("stream: connection %s to %s ended (%s)", conn_id, self.url, why)
+            except InvalidURI as exc:
+                raise ConfigError(f"bad WebSocket URL {self.url!r}: {exc}; fix COINBASE_WS_URL") from None
+            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
+                if not stop.is_set():
+                    self.on_gap(Gap("disconnect", conn_id, "", None, None, 0, time.time(),
+                                    f"{type(exc).__name__}: {exc}"[:300]))
+                    log.warning("stream: connection %s to %s lost (%s)", conn_id, self.url, exc)
+            finally:
+                self._ws = None
+            if stop.is_set():
+                break
+            failures = 0 if delivered else failures + 1
+            delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** failures) * random.uniform(0.5, 1.0)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    async def _receive(self, ws, conn_id: str, stop: asyncio.Event) -> tuple[bool, str]:
+        """Read one connection until it ends, stalls or `stop` is set: (delivered any message, why it ended
+        unless it stalled - a stall is recorded as such)."""
+        from websockets.exceptions import ConnectionClosed
+
+        state = {"last": time.monotonic(), "stalled": False}
+
+        async def watchdog():
+            while True:
+                await asyncio.sleep(min(1.0, self.stall_s / 4))
+                if stop.is_set():
+                    await ws.close(1000, "client stopping")
+                    return
+                if time.monotonic() - state["last"] > self.stall_s:
+                    state["stalled"] = True
+                    self.on_gap(Gap("stall", conn_id, "", None, None, 0, time.time(),
+                                    f"no message for {self.stall_s:g}s: reconnecting"))
+                    log.warning("stream: connection %s silent for %.1fs, reconnecting", conn_id, self.stall_s)
+                    ws.transport.abort()
+                    return
+
+        guard = asyncio.create_task(watchdog())
+        expected = 0
+        heartbeat: int | None = None
+        delivered = False
+        why = ""
+        try:
+            async for raw in ws:
+                received_at = time.time()
+                state["last"] = time.monotonic()
+                try:
+                    msg = json.loads(raw)
+                    if not isinstance(msg, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as exc:
+                    if self.on_reject:
+                        self.on_reject(received_at, conn_id, raw if isinstance(raw, str) else raw.decode(
+                            errors="replace"), f"unparseable message: {exc}")
+                    continue
+                delivered = True
+                self.messages += 1
+                channel = msg.get("channel", "")
+                seq = msg.get("sequence_num")
+                if isinstance(seq, int):
+                    if seq > expected:
+                        self.on_gap(Gap("sequence", conn_id, channel, expected, seq, seq - expected, received_at))
+                    elif seq < expected:
+                        self.on_gap(Gap("duplicate", conn_id, channel, expected, seq, 0, received_at))
+                    expected = max(expected, seq + 1)
+                if channel == "heartbeats":
+                    heartbeat = self._heartbeat(msg, heartbeat, conn_id, received_at)
+                elif msg.get("type") == "error":
+                    log.warning("stream: the feed reported an error: %s", msg.get("message"))
+                self.on_message(received_at, conn_id, msg)
+            why = f"closed by the server: code {ws.close_code} {ws.close_reason or ''}".strip()
+        except ConnectionClosed as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        finally:
+            guard.cancel()
+        return delivered, "" if state["stalled"] else why
+
+    def _heartbeat(self, msg: dict, last: int | None, conn_id: str, received_at: float) -> int | None:
+        for event in msg.get("events") or []:
+            counter = event.get("heartbeat_counter") if isinstance(event, dict) else None
+            try:
+                counter = int(counter)
+            except (TypeError, ValueError):
+                continue
+            if last is not None and counter > last + 1:
+                self.on_gap(Gap("heartbeat", conn_id, "heartbeats", last + 1, counter, counter - last - 1,
+                                received_at))
+            last = counter if last is None else max(last, counter)
+        return last

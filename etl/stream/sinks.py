@@ -1,0 +1,154 @@
+"""Where micro-batches go: the `Sink` interface and its embedded implementation, `BronzeSink`.
+
+A `MicroBatch` is what the collector received during one commit interval, already split by destination:
+trades and tickers per (product_id, UTC date), feed gaps and rejected messages per date, each as columns of
+values exactly as received plus `sequence_num`, `received_at`, `batch_id`, `connection_id`.
+`Sink.write(batch)` returns once the batch is durable (or raises); the collector calls it from one worker thread,
+one batch at a time. A message-bus producer is one more implementation: `write` produces every row to its topic
+(key = product_id, so one product stays ordered in one partition) and returns after the producer's flush; bronze
+is then written by a consumer of that topic (docs/streaming.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from etl.storage import Store, partition_path
+
+log = logging.getLogger(__name__)
+
+TRADES_DIR = "bronze/trades"
+TICKER_DIR = "bronze/ticker"
+GAPS_DIR = "bronze/stream_gaps"
+REJECTS_DIR = "bronze/stream_rejects"
+TS = pa.timestamp("us", tz="UTC")
+
+TRADE_FIELDS = ("trade_id", "price", "size", "side", "time")
+TICKER_FIELDS = ("type", "price", "volume_24_h", "low_24_h", "high_24_h", "low_52_w", "high_52_w",
+                 "price_percent_chg_24_h", "best_bid", "best_bid_quantity", "best_ask", "best_ask_quantity")
+# every message carries these; `extra` holds any field of the element not listed (JSON), null when none
+ENVELOPE = (("event_type", pa.string()), ("channel", pa.string()), ("timestamp", pa.string()),
+            ("client_id", pa.string()), ("sequence_num", pa.int64()), ("connection_id", pa.string()),
+            ("received_at", TS), ("batch_id", pa.string()), ("extra", pa.string()))
+
+
+def _schema(fields: tuple[str, ...]) -> pa.Schema:
+    return pa.schema([*((f, pa.string()) for f in fields), *ENVELOPE])
+
+
+TRADES_SCHEMA = _schema(TRADE_FIELDS)
+TICKER_SCHEMA = _schema(TICKER_FIELDS)
+GAPS_SCHEMA = pa.schema([("kind", pa.string()), ("connection_id", pa.string()), ("channel", pa.string()),
+                         ("expected", pa.int64()), ("received", pa.int64()), ("missing", pa.int64()),
+                         ("detected_at", TS), ("detail", pa.string()), ("batch_id", pa.string())])
+REJECTS_SCHEMA = pa.schema([("raw", pa.string()), ("reason", pa.string()), ("connection_id", pa.string()),
+                            ("received_at", TS), ("batch_id", pa.string())])
+
+
+class Columns:
+    """Column lists of one output table, filled row by row (values as received; received_at epoch seconds)."""
+
+    __slots__ = ("names", "data")
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = names
+        self.data: list[list] = [[] for _ in names]
+
+    def __len__(self) -> int:
+        return len(self.data[0])
+
+    def append(self, row: tuple) -> None:
+        for column, value in zip(self.data, row, strict=True):
+            column.append(value)
+
+    def table(self, schema: pa.Schema, batch_id: str) -> pa.Table:
+        arrays = []
+        for f in schema:
+            if f.name == "batch_id":
+                arrays.append(pa.array([batch_id] * len(self), pa.string()))
+            elif f.type == TS:
+                seconds = np.asarray(self.data[self.names.index(f.name)], dtype=np.float64)
+                arrays.append(pa.array(np.round(seconds * 1e6).astype(np.int64), pa.int64()).cast(TS))
+            else:
+                arrays.append(pa.array(self.data[self.names.index(f.name)], f.type))
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _names(schema: pa.Schema) -> tuple[str, ...]:
+    return tuple(n for n in schema.names if n != "batch_id")
+
+
+@dataclass
+class MicroBatch:
+    batch_id: str
+    trades: dict[tuple[str, str], Columns] = field(default_factory=dict)   # (product_id, date) -> rows
+    ticker: dict[tuple[str, str], Columns] = field(default_factory=dict)
+    gaps: dict[str, Columns] = field(default_factory=dict)                 # date -> rows
+    rejects: dict[str, Columns] = field(default_factory=dict)
+
+    def add_trade(self, product: str, day: str, row: tuple) -> None:
+        self._rows(self.trades, (product, day), TRADES_SCHEMA).append(row)
+
+    def add_ticker(self, product: str, day: str, row: tuple) -> None:
+        self._rows(self.ticker, (product, day), TICKER_SCHEMA).append(row)
+
+    def add_gap(self, day: str, row: tuple) -> None:
+        self._rows(self.gaps, day, GAPS_SCHEMA).append(row)
+
+    def add_reject(self, day: str, row: tuple) -> None:
+        self._rows(self.rejects, day, REJECTS_SCHEMA).append(row)
+
+    @staticmethod
+    def _rows(target: dict, key, schema: pa.Schema) -> Columns:
+        rows = target.get(key)
+        if rows is None:
+            rows = target[key] = Columns(_names(schema))
+        return rows
+
+    @property
+    def empty(self) -> bool:
+        return not (self.trades or self.ticker or self.gaps or self.rejects)
+
+    def counts(self) -> dict[str, int]:
+        return {name: sum(len(c) for c in getattr(self, name).values())
+                for name in ("trades", "ticker", "gaps", "rejects")}
+
+
+class Sink(Protocol):
+    """Destination of micro-batches (see the module docstring)."""
+
+    def write(self, batch: MicroBatch) -> list[str]:
+        """Make `batch` durable; return what was written (paths, topic offsets...)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class BronzeSink:
+    """The embedded sink: one Parquet file per (table, partition) per batch, each written atomically (hidden
+    temporary name, then rename), so readers only ever see whole files. A crash loses the batch being collected
+    (at most one commit interval) and never leaves a partial file visible."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def write(self, batch: MicroBatch) -> list[str]:
+        written = []
+        for root, parts, schema in ((TRADES_DIR, batch.trades, TRADES_SCHEMA),
+                                    (TICKER_DIR, batch.ticker, TICKER_SCHEMA)):
+            for (product, day), rows in sorted(parts.items()):
+                rel = f"{partition_path(root, product_id=product, date=day)}/{batch.batch_id}.parquet"
+                written.append(self.store.write_parquet(rel, rows.table(schema, batch.batch_id)))
+        for root, parts, schema in ((GAPS_DIR, batch.gaps, GAPS_SCHEMA), (REJECTS_DIR, batch.rejects, REJECTS_SCHEMA)):
+            for day, rows in sorted(parts.items()):
+                rel = f"{partition_path(root, date=day)}/{batch.batch_id}.parquet"
+                written.append(self.store.write_parquet(rel, rows.table(schema, batch.batch_id)))
+        return written
+
+    def close(self) -> None:
+        pass
