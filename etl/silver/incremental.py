@@ -39,6 +39,7 @@ from etl.silver.bars import (
 )
 from etl.source import to_utc
 from etl.storage import Store, get_store, partition_path
+from etl.stream.sinks import TRADES_DIR
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class SilverSummary:
     batches: int = 0                      # bronze batches taken in
     full_refresh: bool = False
     seconds: float = 0.0
+    trade_bars: str = ""                  # the trade-bar build and its reconciliation, when trades were streamed
 
     def __str__(self) -> str:
         rules = ", ".join(f"{r}={n}" for r, n in self.quarantined_by_rule.items() if n) or "none"
@@ -87,6 +89,7 @@ class SilverSummary:
             f"  quarantined  {self.quarantined:>10,}  ({rules})",
             f"  gaps         {self.gaps:>10,}  ({self.incomplete_bars:,} incomplete bars, "
             f"{self.missing_buckets:,} empty buckets)",
+            *([self.trade_bars] if self.trade_bars else []),
         ])
 
 
@@ -124,6 +127,10 @@ def build(full_refresh: bool = False, settings: Settings | None = None, now: dat
     if full_refresh:
         _delete_stale(store, written)
     _save_state(store, sorted(done | set(manifests)))
+    if store.exists(TRADES_DIR):  # live trades from `python -m etl stream`: 5-minute bars from trades too
+        from etl.silver.trade_bars import build_trade_bars
+
+        summary.trade_bars = str(build_trade_bars(settings, full_refresh))
 
     summary.quarantined = sum(summary.quarantined_by_rule.values())
     summary.gaps = summary.incomplete_bars + summary.missing_buckets

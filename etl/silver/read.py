@@ -35,7 +35,10 @@ def read_bars(kind: str, products: list[str] | None = None, start=None, end=None
     if kind not in KINDS:
         raise ValueError(f"read_bars kind {kind!r}: expected '5m' or '1d'")
     root, time_col, part_key = KINDS[kind]
-    store = get_store(settings or get_settings())
+    settings = settings or get_settings()
+    if kind == "5m" and settings.bars_source == "trades":  # PIPELINE_BARS_SOURCE: bars from streamed trades
+        from etl.silver.trade_bars import TRADE_BARS_DIR as root
+    store = get_store(settings)
     if kind == "5m":
         lo, hi = _timestamp(start, end_of_day=False), _timestamp(end, end_of_day=True)
         keep = _between(lo and lo.date().isoformat(), hi and hi.date().isoformat())

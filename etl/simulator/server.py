@@ -426,6 +426,11 @@ class Simulator:
         return self._feed.snapshot() if self._feed else {}
 
     @property
+    def ws_faults(self) -> list[tuple[str, int]]:
+        """(kind, sequence_num) of every dropped or duplicated message, in order (the first 10,000)."""
+        return list(self._feed.fault_log) if self._feed else []
+
+    @property
     def stats(self) -> dict:
         """A snapshot of the counters (requests, served_200, served_4xx, served_429, served_5xx, malformed, ...)."""
         return self._app.snapshot()

@@ -58,6 +58,19 @@ class _Connection:
     queue: list[str] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     last_trade: dict[str, float] = field(default_factory=dict)
+    seed: str = ""
+    closing: bool = False
+    rngs: dict[str, random.Random] = field(default_factory=dict)
+
+    def roll(self, channel: str, rate: float) -> bool:
+        """A fault draw from the connection's own stream per channel: the k-th heartbeat of the n-th
+        connection is dropped or not whatever the other channels do (reproducible faults)."""
+        if rate <= 0:
+            return False
+        rng = self.rngs.get(channel)
+        if rng is None:
+            rng = self.rngs[channel] = random.Random(f"{self.seed}:{channel}")
+        return rng.random() < rate
 
 
 class FeedServer:
@@ -74,6 +87,7 @@ class FeedServer:
         self.feed0 = self.config.ws_start if self.config.ws_start is not None else app.clock()
         self.stats = {"connections": 0, "sent": 0, "dropped": 0, "duplicated": 0, "disconnects": 0,
                       "stalls": 0, "slow_consumers": 0, "trades": 0}
+        self.fault_log: list[tuple[str, int]] = []  # ("dropped" | "duplicated", sequence_num), first 10,000
         self.lock = threading.Lock()
 
     # ---- clock ---------------------------------------------------------------------------------------------
@@ -110,6 +124,10 @@ class FeedServer:
         async def _close():
             self.server.close()
             await self.server.wait_closed()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:  # connection handlers still sleeping: end them inside the loop, not at collection
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         try:
             asyncio.run_coroutine_threadsafe(_close(), self.loop).result(timeout=10)
@@ -128,15 +146,19 @@ class FeedServer:
         with self.lock:
             self.stats[key] += n
 
-    def _roll(self, rate: float) -> bool:
-        return rate > 0 and self.faults.random() < rate
+    def _fault(self, kind: str, seq: int) -> None:
+        with self.lock:
+            self.stats[kind] += 1
+            if len(self.fault_log) < 10_000:
+                self.fault_log.append((kind, seq))
 
     # ---- one connection ------------------------------------------------------------------------------------
     async def _handle(self, ws) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        self._count("connections")
-        conn = _Connection()
+        with self.lock:
+            self.stats["connections"] += 1
+            conn = _Connection(seed=f"{self.config.seed}:{self.stats['connections']}")
         tasks = [asyncio.create_task(self._reader(ws, conn)), asyncio.create_task(self._producer(ws, conn))]
         try:
             await self._writer(ws, conn)
@@ -159,20 +181,23 @@ class FeedServer:
     def _emit(self, ws, conn: _Connection, channel: str, events: list, now: float | None = None) -> None:
         """Number the message, apply drop/duplicate faults, queue it; a backlog over ws_max_queue ends the
         connection as Coinbase ends slow consumers."""
+        if conn.closing:
+            return
         seq = conn.seq
         conn.seq += 1
-        if self._roll(self.config.ws_drop_rate):
-            self._count("dropped")
+        if conn.roll(channel, self.config.ws_drop_rate):
+            self._fault("dropped", seq)
             return
         text = json.dumps({"channel": channel, "client_id": "", "timestamp": iso(now or time.time()),
                            "sequence_num": seq, "events": events}, separators=(",", ":"))
         conn.queue.append(text)
-        if self._roll(self.config.ws_duplicate_rate):
+        if conn.roll(channel + ":dup", self.config.ws_duplicate_rate):
             conn.queue.append(text)
-            self._count("duplicated")
+            self._fault("duplicated", seq)
         conn.wake.set()
         if self.config.ws_max_queue and len(conn.queue) > self.config.ws_max_queue:
             self._count("slow_consumers")
+            conn.closing = True
             conn.queue.clear()
             asyncio.ensure_future(ws.close(1008, "slow consumer: messages are not read fast enough"))
 

@@ -160,6 +160,8 @@ class Collector:
                 await asyncio.wait_for(stop.wait(), timeout=seconds)
             except TimeoutError:
                 pass
+            if stop.is_set():
+                return  # the final commit comes after the feed has stopped, with everything received
             await self.commit()
 
 

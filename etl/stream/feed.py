@@ -119,7 +119,10 @@ class Feed:
 
         async def watchdog():
             while True:
-                await asyncio.sleep(min(1.0, self.stall_s / 4))
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=min(1.0, self.stall_s / 4))
+                except TimeoutError:
+                    pass
                 if stop.is_set():
                     await ws.close(1000, "client stopping")
                     return

@@ -1,0 +1,199 @@
+"""Silver trade bars: 5-minute bars from the streamed trades, with a true VWAP and trade counts, reconciled
+against the candle bars of the same buckets.
+
+`build_trade_bars()` takes the bronze trade files (`bronze/trades/product_id=X/date=D/*.parquet`) it has not seen
+(state in `silver/_state/trade_files.json`), and recomputes each touched (product, date) partition from all its
+files:
+1. deduplicate by (product_id, trade_id), keeping the first received (reconnect snapshots and duplicated
+   messages repeat trades),
+2. parse price and size; size is counted in integer units of 1e-8 (sizes carry at most 8 decimals), so volumes
+   add up exactly; rows whose price, size or time cannot be read are counted and left out,
+3. order by (time, trade_id) and fold per 5-minute bucket: open = first price, high/low = max/min, close = last,
+   volume = sum(size), vwap = sum(price * size) / sum(size), n_trades, n_candles = minutes with a trade,
+   is_complete = all five minutes traded and a later trade exists (the bar is closed),
+4. write `silver/trade_bars_5m/product_id=X/date=D/part-0.parquet` (atomic) with the columns of the candle bars
+   (`first_candle_at`/`last_candle_at` hold the first/last trade time, `source_granularity` 0 = trades) plus
+   `n_trades`.
+`reconcile()` compares complete trade bars with complete candle bars of the same buckets: OHLC equal, volume
+equal (to 1e-9 relative), and reports the VWAP difference (trade VWAP minus the candle bars' typical-price VWAP) in
+basis points. On the simulator OHLC and volume are equal by construction (etl/simulator/trades.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from etl.settings import Settings, get_settings
+from etl.silver.bars import BARS_5M_SCHEMA
+from etl.storage import Store, get_store, partition_path
+from etl.stream.sinks import TRADES_DIR
+
+log = logging.getLogger(__name__)
+
+TRADE_BARS_DIR = "silver/trade_bars_5m"
+CANDLE_BARS_DIR = "silver/bars_5m"
+STATE_FILE = "silver/_state/trade_files.json"
+RECONCILIATION_FILE = "silver/_quality/trade_bars_reconciliation.json"
+PART = "part-0.parquet"
+UNITS = 100_000_000
+BAR_US = 300 * 1_000_000
+TRADE_BARS_SCHEMA = BARS_5M_SCHEMA.append(pa.field("n_trades", pa.int64()))
+_PARTITION = re.compile(r"product_id=([^/]+)/date=(\d{4}-\d{2}-\d{2})/")
+
+
+@dataclass
+class TradeBarsSummary:
+    files: int = 0                 # new bronze trade files taken in
+    partitions: int = 0            # (product, date) partitions rebuilt
+    trades_in: int = 0             # rows read (duplicates included)
+    duplicates: int = 0            # repeated (product_id, trade_id) dropped
+    invalid: int = 0               # rows whose price, size or time could not be read
+    bars: int = 0
+    reconciliation: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        r = self.reconciliation
+        line = (f"  reconciled {r.get('compared', 0)} complete bar(s) with the candle bars: "
+                f"OHLC mismatches {r.get('ohlc_mismatches', 0)}, volume mismatches {r.get('volume_mismatches', 0)}, "
+                f"VWAP difference mean {r.get('vwap_diff_bps_mean', 0.0):+.2f} bp, "
+                f"max |.| {r.get('vwap_diff_bps_max_abs', 0.0):.2f} bp") if r else "  nothing to reconcile"
+        return (f"trade bars: {self.files} new bronze file(s), {self.partitions} partition(s), {self.trades_in:,} "
+                f"trades in ({self.duplicates:,} duplicates, {self.invalid:,} invalid), {self.bars:,} bars\n{line}")
+
+
+def trade_bars(trades: pd.DataFrame) -> pd.DataFrame:
+    """5-minute bars of one product's deduplicated, valid trades (columns ts_us int64, trade_id, price, units).
+
+    Returns bucket_start_us, open, high, low, close, volume, vwap, n_trades, n_candles, first_us, last_us,
+    one row per bucket with a trade, ascending.
+    """
+    t = trades.sort_values(["ts_us", "trade_id"], kind="stable")
+    ts, price, units = t["ts_us"].to_numpy(), t["price"].to_numpy(), t["units"].to_numpy()
+    bar = ts // BAR_US
+    if not len(bar):
+        return pd.DataFrame(columns=["bucket_start_us", "open", "high", "low", "close", "volume", "vwap",
+                                     "n_trades", "n_candles", "first_us", "last_us"])
+    starts = np.flatnonzero(np.concatenate([[True], bar[1:] != bar[:-1]]))
+    ends = np.append(starts[1:], len(bar)) - 1
+    volume_units = np.add.reduceat(units, starts)
+    minute = ts // 60_000_000
+    new_minute = np.concatenate([[True], (minute[1:] != minute[:-1]) | (bar[1:] != bar[:-1])])
+    return pd.DataFrame({
+        "bucket_start_us": bar[starts] * BAR_US, "open": price[starts], "high": np.maximum.reduceat(price, starts),
+        "low": np.minimum.reduceat(price, starts), "close": price[ends], "volume": volume_units / UNITS,
+        "vwap": np.add.reduceat(price * units, starts) / volume_units,
+        "n_trades": ends - starts + 1, "n_candles": np.add.reduceat(new_minute.astype(np.int64), starts),
+        "first_us": ts[starts], "last_us": ts[ends],
+    })
+
+
+def read_trades(store: Store, files: list[str]) -> tuple[pd.DataFrame, int, int, int]:
+    """Valid, deduplicated trades of `files`: (product_id, trade_id, ts_us, price, units), rows in, duplicates,
+    invalid."""
+    dataset = store.dataset(TRADES_DIR, files)
+    df = dataset.to_table(columns=["product_id", "trade_id", "price", "size", "time", "received_at"]).to_pandas()
+    rows_in = len(df)
+    df["product_id"] = df["product_id"].astype(str)
+    df = df.sort_values("received_at", kind="stable").drop_duplicates(["product_id", "trade_id"])
+    duplicates = rows_in - len(df)
+    price = pd.to_numeric(df["price"], errors="coerce")
+    size = pd.to_numeric(df["size"], errors="coerce")
+    ts = pd.to_datetime(df["time"], utc=True, errors="coerce", format="ISO8601")
+    ok = price.gt(0) & size.gt(0) & ts.notna() & df["trade_id"].notna()
+    out = pd.DataFrame({"product_id": df["product_id"][ok], "trade_id": df["trade_id"][ok],
+                        "ts_us": ts[ok].astype("datetime64[us, UTC]").astype("int64"),
+                        "price": price[ok].astype(float), "units": np.rint(size[ok] * UNITS).astype(np.int64)})
+    return out, rows_in, duplicates, int((~ok).sum())
+
+
+def build_trade_bars(settings: Settings | None = None, full_refresh: bool = False) -> TradeBarsSummary:
+    """Bring silver trade bars up to date with bronze trades, then reconcile them with the candle bars."""
+    settings = settings or get_settings()
+    store = get_store(settings)
+    summary = TradeBarsSummary()
+    files = store.list_files(TRADES_DIR, ".parquet")
+    seen = set() if full_refresh or not store.exists(STATE_FILE) else set(store.read_json(STATE_FILE)["files"])
+    new = [f for f in files if f not in seen]
+    touched = sorted({m.groups() for f in new if (m := _PARTITION.search(f))})
+    summary.files = len(new)
+    quotes = _quotes(settings, {p for p, _ in touched})
+    for product, day in touched:
+        prefix = partition_path(TRADES_DIR, product_id=product, date=day) + "/"
+        trades, rows_in, dups, invalid = read_trades(store, [f for f in files if f.startswith(prefix)])
+        summary.trades_in += rows_in
+        summary.duplicates += dups
+        summary.invalid += invalid
+        bars = trade_bars(trades)
+        rel = posixpath.join(partition_path(TRADE_BARS_DIR, product_id=product, date=day), PART)
+        store.write_parquet(rel, _table(bars, quotes.get(product, "")))
+        summary.partitions += 1
+        summary.bars += len(bars)
+    store.write_json(STATE_FILE, {"files": sorted(seen | set(new))})
+    if touched:
+        summary.reconciliation = reconcile(store, touched)
+        store.write_json(RECONCILIATION_FILE, asdict(summary))
+    log.info("silver: %s", str(summary).replace("\n", " |"))
+    return summary
+
+
+def _table(bars: pd.DataFrame, quote: str) -> pa.Table:
+    n = len(bars)
+    bar_end = bars["bucket_start_us"].to_numpy() + BAR_US
+    closed = bar_end <= (bars["last_us"].max() if n else 0)  # a later trade exists
+    ts = pa.timestamp("us", tz="UTC")
+
+    def stamp(col):
+        return pa.array(bars[col].to_numpy(dtype=np.int64), pa.int64()).cast(ts)
+
+    return pa.table({
+        "bucket_start": stamp("bucket_start_us"),
+        **{c: pa.array(bars[c].to_numpy(dtype=np.float64), pa.float64())
+           for c in ("open", "high", "low", "close", "volume", "vwap")},
+        "n_candles": pa.array(bars["n_candles"].to_numpy(dtype=np.int64)),
+        "is_complete": pa.array(closed & (bars["n_candles"].to_numpy() == 5)),
+        "quote_currency": pa.array([quote] * n, pa.string()),
+        "first_candle_at": stamp("first_us"), "last_candle_at": stamp("last_us"),
+        "source_granularity": pa.array(np.zeros(n, dtype=np.int64)),
+        "n_trades": pa.array(bars["n_trades"].to_numpy(dtype=np.int64)),
+    }).cast(TRADE_BARS_SCHEMA)
+
+
+def reconcile(store: Store, partitions: list[tuple[str, str]]) -> dict:
+    """Complete trade bars vs complete candle bars of the same (product, bucket): counts and VWAP difference."""
+    pairs = []
+    for product, day in partitions:
+        paths = [posixpath.join(partition_path(root, product_id=product, date=day), PART)
+                 for root in (TRADE_BARS_DIR, CANDLE_BARS_DIR)]
+        if not all(store.exists(p) for p in paths):
+            continue
+        trade, candle = (store.read_parquet(p).to_pandas() for p in paths)
+        merged = trade[trade["is_complete"]].merge(candle[candle["is_complete"]], on="bucket_start",
+                                                   suffixes=("_t", "_c"))
+        merged["product_id"] = product
+        pairs.append(merged)
+    if not pairs or not sum(len(p) for p in pairs):
+        return {"compared": 0}
+    m = pd.concat(pairs, ignore_index=True)
+    ohlc = np.zeros(len(m), dtype=bool)
+    for c in ("open", "high", "low", "close"):
+        ohlc |= m[f"{c}_t"].to_numpy() != m[f"{c}_c"].to_numpy()
+    volume = ~np.isclose(m["volume_t"], m["volume_c"], rtol=1e-9, atol=0)
+    diff_bps = (m["vwap_t"] / m["vwap_c"] - 1).to_numpy() * 1e4
+    return {"compared": int(len(m)), "ohlc_mismatches": int(ohlc.sum()), "volume_mismatches": int(volume.sum()),
+            "vwap_diff_bps_mean": float(diff_bps.mean()), "vwap_diff_bps_max_abs": float(np.abs(diff_bps).max()),
+            "products": sorted(m["product_id"].unique().tolist())}
+
+
+def _quotes(settings: Settings, products: set[str]) -> dict[str, str]:
+    from etl.reference import load_instruments
+
+    master = load_instruments(settings)
+    quotes = dict(zip(master["product_id"], master["quote_currency"], strict=True))
+    return {p: quotes.get(p, p.split("-")[-1]) for p in products}
