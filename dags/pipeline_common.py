@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Asset, Param
+from airflow.sdk import Asset, AssetWatcher, Param
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,18 @@ BRONZE_CANDLES = Asset("pipeline://bronze/candles", extra={"layer": "bronze"})
 SILVER_BARS = Asset("pipeline://silver/bars", extra={"layer": "silver", "tables": ["bars_5m", "bars_1d"]})
 RISK_OUTPUTS = Asset("pipeline://outputs/risk", extra={"layer": "outputs"})
 WAREHOUSE_GOLD = Asset("pipeline://warehouse/gold", extra={"layer": "gold"})
+
+
+def _fresh_trades_watchers() -> list[AssetWatcher]:
+    from etl.stream.watch import FreshTradesTrigger  # light: Airflow's trigger base only, no pandas/pyarrow
+
+    return [AssetWatcher(name="fresh_trades", trigger=FreshTradesTrigger(poll_s=30.0))]
+
+
+# Fresh live trades: `python -m etl stream` is a service, not a task, so a watcher (the triggerer polls bronze for
+# newly committed micro-batches) emits the events; `schedule=[BRONZE_TRADES]` reacts to them (docs/streaming.md).
+BRONZE_TRADES = Asset("pipeline://bronze/trades", extra={"layer": "bronze", "tables": ["trades", "ticker"]},
+                      watchers=_fresh_trades_watchers())
 
 # ---- backfill params (the web UI's trigger form) ------------------------------------------------------------
 GRANULARITIES = [60, 300, 900, 3600, 21600, 86400]

@@ -69,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="revise recent candles on a later fetch")
     p.add_argument("--universe", type=int, default=None, metavar="N",
                    help="add N synthetic products SYN001-USD.. (default: SIMULATOR_UNIVERSE or 0)")
+    ws = p.add_argument_group("WebSocket feed (docs/streaming.md)")
+    ws.add_argument("--ws-port", type=int, default=None, help="default: SIMULATOR_WS_PORT or --port + 1")
+    ws.add_argument("--ws-speed", type=float, default=1.0, help="feed seconds per real second (default 1)")
+    ws.add_argument("--ws-drop-rate", type=float, default=0.0, help="fraction of messages skipped (sequence gaps)")
+    ws.add_argument("--ws-duplicate-rate", type=float, default=0.0, help="fraction of messages sent twice")
+    ws.add_argument("--ws-disconnect-every", type=float, default=0.0, metavar="S",
+                    help="drop every connection after S seconds")
+    ws.add_argument("--ws-stall-every", type=float, default=0.0, metavar="S", help="go silent every S seconds ...")
+    ws.add_argument("--ws-stall-s", type=float, default=0.0, metavar="S", help="... for S seconds (no heartbeats)")
+    ws.add_argument("--ws-max-queue", type=int, default=0, metavar="N",
+                    help="disconnect a slow consumer with more than N unsent messages (0: never)")
 
     p = sub.add_parser("ingest", help="fetch candles into bronze (incremental from the watermark by default)")
     p.add_argument("--products", type=_products, default=None, help="comma list (default: PIPELINE_PRODUCTS)")
@@ -146,6 +157,10 @@ def dispatch(args: argparse.Namespace) -> int:
             malformed_rate=pick(args.malformed_rate, settings.simulator_malformed_rate),
             late_corrections=pick(args.late_corrections, settings.simulator_late_corrections),
             universe=pick(args.universe, settings.simulator_universe),
+            ws_port=pick(args.ws_port, settings.simulator_ws_port if args.port is None else None),
+            ws_speed=args.ws_speed, ws_drop_rate=args.ws_drop_rate, ws_duplicate_rate=args.ws_duplicate_rate,
+            ws_disconnect_every=args.ws_disconnect_every, ws_stall_every=args.ws_stall_every,
+            ws_stall_s=args.ws_stall_s, ws_max_queue=args.ws_max_queue,
         )
         serve(config)
         return 0

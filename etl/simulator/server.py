@@ -378,7 +378,9 @@ class _Server(ThreadingHTTPServer):
 
 
 def _validate(config: SimulatorConfig) -> None:
-    for name in ("fail_rate", "malformed_rate"):
+    if config.ws_speed <= 0 or config.ws_tick_ms <= 0:
+        raise ConfigError(f"simulator ws_speed={config.ws_speed}, ws_tick_ms={config.ws_tick_ms}: expected > 0")
+    for name in ("fail_rate", "malformed_rate", "ws_drop_rate", "ws_duplicate_rate"):
         value = getattr(config, name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"simulator {name}={value}: expected a fraction between 0 and 1")

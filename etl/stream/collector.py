@@ -155,9 +155,11 @@ class Collector:
         self.summary.committed.update(batch.counts())
 
     async def commit_every(self, seconds: float, stop: asyncio.Event) -> None:
+        due = time.monotonic()
         while not stop.is_set():
+            due = max(due + seconds, time.monotonic())  # a fixed grid: a slow write does not push later commits
             try:
-                await asyncio.wait_for(stop.wait(), timeout=seconds)
+                await asyncio.wait_for(stop.wait(), timeout=due - time.monotonic())
             except TimeoutError:
                 pass
             if stop.is_set():

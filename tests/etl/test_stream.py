@@ -291,3 +291,33 @@ def test_insights_shows_mid_spread_and_averages(live):
     assert mid == pytest.approx(state.samples[-1][1], abs=0.006)  # the mid sampled at the last refresh
     assert state.bid < state.mid < state.ask
     assert len(state.samples) >= 2 and state.messages > 0
+
+
+def test_fresh_trades_watcher_fires_on_a_new_commit(data_dir):
+    from etl.storage import Store
+    from etl.stream.sinks import BronzeSink, MicroBatch
+    from etl.stream.watch import FreshTradesTrigger
+
+    def commit(batch_id: str) -> None:
+        batch = MicroBatch(batch_id)
+        now = time.time()
+        day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+        batch.add_trade("BTC-USD", day, ("1", "100.0", "0.5", "BUY", f"{day}T00:00:00Z", "update", "market_trades",
+                                         f"{day}T00:00:00Z", "", 1, "c1", now, None))
+        BronzeSink(Store.from_uri(str(data_dir))).write(batch)
+
+    commit("20260101T000000000000Z-aaaa-000001")
+    trigger = FreshTradesTrigger(poll_s=0.05, data_dir=str(data_dir))
+    assert trigger.serialize() == ("etl.stream.watch.FreshTradesTrigger", {"poll_s": 0.05, "data_dir": str(data_dir)})
+
+    async def first_event():
+        events = trigger.run()
+        pending = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(0.3)
+        assert not pending.done()  # nothing new yet
+        commit("20260101T000001000000Z-aaaa-000002")
+        return (await asyncio.wait_for(pending, timeout=10)).payload
+
+    payload = asyncio.run(first_event())
+    assert payload["newest_batch_id"] == "20260101T000001000000Z-aaaa-000002"
+    assert payload["previous_batch_id"] == "20260101T000000000000Z-aaaa-000001" and payload["files"] == 2
