@@ -337,6 +337,7 @@ def run_standalone(settings: Settings) -> int:
     print(f"starting airflow standalone (AIRFLOW_HOME={home}); the UI will be at http://localhost:{API_PORT}",
           flush=True)
     proc = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=env, cwd=PROJECT_ROOT)
+    stream = start_collector(settings, env)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not passwords.exists() and proc.poll() is None:
@@ -357,7 +358,18 @@ def run_standalone(settings: Settings) -> int:
             proc.kill()
         return 0
     finally:
+        stream.terminate()  # SIGTERM: the collector commits its open batch
+        stream.wait(timeout=30)
         sim.stop()
+
+
+def start_collector(settings: Settings, env: dict[str, str]) -> subprocess.Popen:
+    """`python -m etl stream` beside the scheduler (live trades into bronze), logging to {state_dir}/stream.log."""
+    env = {**env, "COINBASE_WS_URL": settings.coinbase_ws_url}
+    out = open(settings.state_dir / "stream.log", "ab")  # closed when the process ends
+    print(f"== live collector: python -m etl stream -> {settings.coinbase_ws_url} (log: {out.name})", flush=True)
+    return subprocess.Popen([sys.executable, "-m", "etl", "stream"], env=env, cwd=PROJECT_ROOT, stdout=out,
+                            stderr=subprocess.STDOUT)
 
 
 # ---- scale-out check: CeleryExecutor with local workers (opt-in, needs Debian's redis-server) --------------
