@@ -54,6 +54,8 @@ class StreamSummary:
     batches: int = 0
     files: int = 0
     committed: Counter = field(default_factory=Counter)  # table -> rows committed
+    first_received_at: float = 0.0                    # epoch seconds of the first and last message
+    last_received_at: float = 0.0
 
     def __str__(self) -> str:
         gaps = ", ".join(f"{k} {v}" for k, v in sorted(self.gaps.items())) or "none"
@@ -99,6 +101,9 @@ class Collector:
     def on_message(self, received_at: float, conn_id: str, msg: dict) -> None:
         s = self.summary
         s.messages += 1
+        s.last_received_at = received_at
+        if not s.first_received_at:
+            s.first_received_at = received_at
         channel = msg.get("channel")
         if channel == "heartbeats":
             s.heartbeats += 1
