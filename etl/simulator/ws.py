@@ -154,21 +154,27 @@ class FeedServer:
 
     # ---- one connection ------------------------------------------------------------------------------------
     async def _handle(self, ws) -> None:
-        from websockets.exceptions import ConnectionClosed
-
         with self.lock:
             self.stats["connections"] += 1
             conn = _Connection(seed=f"{self.config.seed}:{self.stats['connections']}")
-        tasks = [asyncio.create_task(self._reader(ws, conn)), asyncio.create_task(self._producer(ws, conn))]
-        try:
-            await self._writer(ws, conn)
-        except ConnectionClosed:
-            pass
+        tasks = [asyncio.create_task(self._reader(ws, conn)), asyncio.create_task(self._producer(ws, conn)),
+                 asyncio.create_task(self._writer(ws, conn)), asyncio.create_task(ws.wait_closed())]
+        try:  # until the writer fails or the connection is gone (a closing one may have nothing left to send)
+            await asyncio.wait(tasks[2:], return_when=asyncio.FIRST_COMPLETED)
         finally:
             for t in tasks:
                 t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _writer(self, ws, conn: _Connection) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await self._send_loop(ws, conn)
+        except ConnectionClosed:
+            pass
+
+    async def _send_loop(self, ws, conn: _Connection) -> None:
         while True:
             await conn.wake.wait()
             conn.wake.clear()

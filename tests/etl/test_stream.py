@@ -31,9 +31,9 @@ SPEED = 60.0   # feed seconds per real second: a minute of trades a second
 def live(make_simulator, data_dir, monkeypatch):
     """Start a simulator whose feed replays the recent past SPEED times faster, wired in through the environment."""
 
-    def _make(**faults):
+    def _make(speed: float = SPEED, **faults):
         start = (time.time() - 1800) // 300 * 300   # a bar boundary half an hour ago: every candle is served
-        sim = make_simulator(rate_limit_rps=1000.0, burst=1000, products=("BTC-USD", "ETH-USD"), ws_speed=SPEED,
+        sim = make_simulator(rate_limit_rps=1000.0, burst=1000, products=("BTC-USD", "ETH-USD"), ws_speed=speed,
                              ws_start=start, **faults)
         monkeypatch.setenv("COINBASE_API_URL", sim.url)
         monkeypatch.setenv("COINBASE_WS_URL", sim.ws_url)
@@ -138,28 +138,40 @@ def test_stall_without_heartbeats_reconnects(live, data_dir, monkeypatch):
     from etl.stream.collector import collect
 
     monkeypatch.setenv("PIPELINE_STREAM_STALL_S", "1")
-    live(ws_stall_every=1.0, ws_stall_s=2.5)
+    live(speed=20.0, ws_stall_every=1.0, ws_stall_s=2.5)
     summary = collect(["BTC-USD"], seconds=4)
     assert summary.gaps["stall"] >= 1 and summary.connections >= 2
+    # detected after 1 s and reconnected: the fresh subscription's snapshot (50 trades, ~75 s of feed time) covers
+    # the ~25 feed seconds the stalled connection held back
     trades = bronze(data_dir, "trades")
     assert set(trades["trade_id"]) == expected_trades("BTC-USD", *trade_span(trades))
 
 
 def test_slow_consumer_is_disconnected(live):
+    import socket
+
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
-    sim = live(ws_max_queue=5, ws_tick_ms=1)
+    sim = live(speed=600.0, ws_max_queue=5, ws_tick_ms=1)
+    host, port = sim.ws_url.removeprefix("ws://").split(":")
 
     async def lazy_client():
-        async with connect(sim.ws_url, max_queue=1, compression=None) as ws:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server's backlog builds
+        sock.connect((host, int(port)))
+        async with connect(sim.ws_url, sock=sock, max_queue=1, compression=None) as ws:
             for channel in ("market_trades", "ticker", "heartbeats"):
                 await ws.send(json.dumps({"type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"],
                                           "channel": channel}))
-            await asyncio.sleep(3)  # read nothing: the server's backlog grows
+            deadline = time.monotonic() + 30
+            while not sim.ws_stats["slow_consumers"]:  # read nothing meanwhile
+                assert time.monotonic() < deadline, "the server never found the consumer slow"
+                await asyncio.sleep(0.1)
             with pytest.raises(ConnectionClosed) as closed:
-                while True:
-                    await ws.recv()
+                async with asyncio.timeout(30):
+                    while True:
+                        await ws.recv()
             return closed.value
 
     closed = asyncio.run(lazy_client())
