@@ -1,0 +1,22 @@
+"""The risk cockpit as an Airflow 3 plugin: a FastAPI app on the API server at /risk, "Risk" in the UI's
+navigation, and a "Risk report" link on every DAG run (the report that run wrote).
+
+The app itself is plugins/risk_cockpit/app.py (pages and JSON; every route behind Airflow's authentication);
+its data comes from etl/report/cockpit.py. See docs/cockpit.md.
+"""
+
+from __future__ import annotations
+
+from airflow.plugins_manager import AirflowPlugin
+from risk_cockpit.app import app
+
+
+class RiskCockpitPlugin(AirflowPlugin):
+    name = "risk_cockpit"
+    fastapi_apps = [{"app": app, "url_prefix": "/risk", "name": "Risk cockpit"}]
+    external_views = [
+        {"name": "Risk", "href": "/risk/", "destination": "nav", "url_route": "risk",
+         "icon": "/risk/static/icon.svg"},
+        {"name": "Risk report", "href": "/risk/run/{DAG_ID}/{RUN_ID}", "destination": "dag_run",
+         "url_route": "risk-report"},
+    ]
