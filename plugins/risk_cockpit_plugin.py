@@ -16,7 +16,7 @@ class RiskCockpitPlugin(AirflowPlugin):
     fastapi_apps = [{"app": app, "url_prefix": "/risk", "name": "Risk cockpit"}]
     external_views = [
         {"name": "Risk", "href": "/risk/", "destination": "nav", "url_route": "risk",
-         "icon": "/risk/static/icon.svg"},
+         "nav_top_level": True, "icon": "/risk/static/icon.svg"},
         {"name": "Risk report", "href": "/risk/run/{DAG_ID}/{RUN_ID}", "destination": "dag_run",
          "url_route": "risk-report"},
     ]

@@ -387,10 +387,11 @@ def pipeline(reader: GoldReader) -> dict:
         where started_at > (select max(started_at) from gold.fact_pipeline_runs) - interval '{DURATION_DAYS} days'
         group by 1, 2 order by dag_id, min(started_at)""")
     last_status = reader.query("""
-        with last_run as (
-            select distinct on (dag_id) dag_id, run_id, started_at from gold.fact_pipeline_runs
-            order by dag_id, started_at desc
+        with runs as (
+            select dag_id, run_id, min(started_at) as started_at, max(started_at) as last_at
+            from gold.fact_pipeline_runs group by dag_id, run_id
         ),
+        last_run as (select distinct on (dag_id) dag_id, run_id, started_at from runs order by dag_id, last_at desc),
         last_attempt as (  -- a task retried into success counts as success
             select distinct on (r.run_id, r.task_id) r.dag_id, r.run_id, r.status
             from gold.fact_pipeline_runs as r join last_run using (run_id)

@@ -36,6 +36,7 @@ class ApiServer:
     password: str
     home: Path
     log: Path
+    jwt_secret: str
 
     def token(self) -> str:
         import requests
@@ -121,7 +122,7 @@ def api_server(database_url: str, state_dir: Path, data_dir: str | None = None,
             if time.monotonic() > deadline:
                 raise PipelineError(f"airflow api-server did not answer on {url} in {wait_s:.0f}s: see {log}")
             time.sleep(0.5)
-        yield ApiServer(url=url, username=USER, password=PASSWORD, home=home, log=log)
+        yield ApiServer(url=url, username=USER, password=PASSWORD, home=home, log=log, jwt_secret=secret)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

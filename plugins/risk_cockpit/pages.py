@@ -91,6 +91,8 @@ def chart(chart_id: str, title: str, config: dict, charts: list[dict], height: i
           refresh: str | None = None) -> str:
     """A canvas and its Chart.js config (added to `charts`, which the page embeds as JSON)."""
     config.setdefault("options", {}).update({"responsive": True, "maintainAspectRatio": False, "animation": False})
+    if config["options"].get("indexAxis") == "y":  # one bar per row: label every one
+        config["options"].setdefault("scales", {}).setdefault("y", {})["ticks"] = {"autoSkip": False}
     config["options"].setdefault("plugins", {})["title"] = {"display": True, "text": title}
     charts.append({"id": chart_id, "config": config, "refresh": refresh})
     return f'<figure class="chart"><div style="height:{height}px"><canvas id="{e(chart_id)}"></canvas></div></figure>'
@@ -297,9 +299,11 @@ def portfolio(d: dict, ids: list[str]) -> str:
         "labels": dates, "datasets": [
             {"type": "line", "label": "market value", "data": [r["market_value"] for r in h],
              "borderColor": COLORS[0], "yAxisID": "y1", "pointRadius": 0},
-            {"label": "daily PnL", "data": [r["daily_pnl"] for r in h],
+            {"label": "daily PnL", "data": [r["daily_pnl"] for r in h], "yAxisID": "y",
              "backgroundColor": [GAIN if (r["daily_pnl"] or 0) >= 0 else LOSS for r in h]}]},
-        "options": {"scales": {"y1": {"position": "right", "grid": {"drawOnChartArea": False}}}}}, charts))
+        "options": {"scales": {"y": {"title": {"display": True, "text": "daily PnL"}},
+                               "y1": {"position": "right", "grid": {"drawOnChartArea": False},
+                                      "title": {"display": True, "text": "market value"}}}}}, charts))
     body.append(chart("chart-drawdown", "Drawdown from running peak (underwater) and recovery", {
         "type": "line", "data": {"labels": dates, "datasets": [
             {"label": "drawdown", "data": [r["drawdown"] for r in h], "borderColor": LOSS, "fill": "origin",
