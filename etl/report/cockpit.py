@@ -215,6 +215,8 @@ def summary(reader: GoldReader, as_of: date | None = None) -> dict:
     day = portfolio_day(reader, as_of)
     status, missing = completeness(day)
     found, notes = breaches(reader, as_of)
+    if "fact_limit_breaches" not in tables(reader):  # unknown breaches are not "no breaches": fail closed
+        status, missing = "incomplete", [*missing, "gold.fact_limit_breaches is missing"]
     cols = ["portfolio_id", "market_value", "daily_pnl", "var_95_hist", "var_99_hist"]
     return {"as_of": as_of.isoformat(), "status": status, "missing": missing, "breaches": found,
             "portfolios": records(day[cols]), "notes": notes}
