@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 BASE = "/risk"
 PAGE_SIZE = 50
+BREACH_ROWS = 50  # the Firm page lists the worst 50 breaches; the JSON has them all
 REFRESH_S = 300  # the Firm page's intraday chart refreshes itself every 5 minutes
 COLORS = ("#1f4e79", "#ef8f00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#5d4037", "#455a64", "#ad1457",
           "#9e9d24")
@@ -70,6 +71,8 @@ def table(rows: list[dict], cols: Iterable[tuple], table_id: str, empty: str = "
             v = r.get(key)
             if callable(f):
                 cells.append(f"<td>{f(r)}</td>")
+            elif f == "ts":  # ISO timestamps as UTC minutes
+                cells.append(f'<td data-key="{e(key)}">{e(str(v)[:16].replace("T", " ") if v else "–")}</td>')
             elif f in FORMATS:
                 sign = (" pos" if v >= 0 else " neg") if f == "signed" and _ok(v) else ""
                 data = f' data-value="{e(repr(float(v)))}"' if _ok(v) else ""
@@ -183,9 +186,13 @@ def breaches_html(d: dict, charts: list[dict] | None = None) -> str:
             ("value", "Value", lambda r: _cell(r["value"], breach_value(r["value"], r["unit"], r["currency"]))),
             ("limit_value", "Limit value",
              lambda r: _cell(r["limit_value"], breach_value(r["limit_value"], r["unit"], r["currency"]))),
-            ("utilisation", "Utilisation", "pct"), ("since", "Since", None)]
+            ("utilisation", "Utilisation", "pct"), ("since", "Since", "ts")]
+    shown = d["breaches"][:BREACH_ROWS]
     out = [f'<h2 id="breaches">Limit breaches ({len(d["breaches"])})</h2>',
-           table(d["breaches"], cols, "breaches-table", "no limit breached on this day")]
+           table(shown, cols, "breaches-table", "no limit breached on this day")]
+    if len(d["breaches"]) > len(shown):
+        out.append(f'<p id="breaches-more">{len(d["breaches"]) - len(shown)} more (lower utilisation): '
+                   f'<a href="{BASE}/api/summary?as_of={e(as_of)}">all breaches as JSON</a></p>')
     if charts is not None and d["breaches"]:
         top = d["breaches"][:20]
         out.append(chart("chart-breaches", "Utilisation of the breached limits (100% = at the limit)", {
@@ -433,7 +440,7 @@ def market(d: dict) -> str:
     else:
         body.append('<p class="empty">not enough daily prices for a correlation</p>')
     body.append('<h2 id="anomalies">Anomalies</h2>')
-    body.append(table(an, [("product_id", "Product", None), ("bucket_start", "Bucket (UTC)", None),
+    body.append(table(an, [("product_id", "Product", None), ("bucket_start", "Bucket (UTC)", "ts"),
                            ("return_value", "Return", "pct2"), ("robust_z", "Robust z", "z")], "anomalies-table",
                       "no anomalies on this day"))
     body.append('<h2 id="factors">Factor exposures (latest betas)</h2>')
@@ -447,7 +454,7 @@ def pipeline(d: dict) -> str:
     charts: list[dict] = []
     body = ["<h1>Pipeline health</h1>", '<h2 id="last-status">Last status per DAG</h2>',
             table(d["last_status"], [("dag_id", "DAG", None), ("run_id", "Last run", None),
-                                     ("started_at", "Started (UTC)", None), ("status", "Status", None),
+                                     ("started_at", "Started (UTC)", "ts"), ("status", "Status", None),
                                      ("tasks", "Tasks", "num"), ("failed_tasks", "Failed", "num")],
                   "status-table", "no runs recorded"), '<div class="grid2">']
     runs = list(reversed(d["runs"]))
@@ -472,12 +479,12 @@ def pipeline(d: dict) -> str:
                             ("mean_s", "Mean s", "s"), ("p95_s", "p95 s", "s")], "durations-table"))
     body.append('<h2 id="runs">Runs</h2>')
     body.append(table(d["runs"], [("run_id", "Run", None), ("dag_id", "DAG", None),
-                                  ("started_at", "Started (UTC)", None), ("task_attempts", "Attempts", "num"),
+                                  ("started_at", "Started (UTC)", "ts"), ("task_attempts", "Attempts", "num"),
                                   ("failed", "Failed", "num"), ("rows_in", "Rows in", "num"),
                                   ("rows_out", "Rows out", "num"), ("task_seconds", "Task seconds", "s")],
                       "runs-table"))
     body.append('<h2 id="audit">Audit (latest task attempts)</h2>')
-    body.append(table(d["audit"], [("started_at", "Started (UTC)", None), ("dag_id", "DAG", None),
+    body.append(table(d["audit"], [("started_at", "Started (UTC)", "ts"), ("dag_id", "DAG", None),
                                    ("run_id", "Run", None), ("task_id", "Task", None), ("status", "Status", None),
                                    ("rows_in", "Rows in", "num"), ("rows_out", "Rows out", "num"),
                                    ("duration_s", "Seconds", "s"), ("message", "Message", None)], "audit-table"))

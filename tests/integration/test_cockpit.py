@@ -188,3 +188,20 @@ def test_market_and_pipeline_pages(reader, gold):
     (mean, p95), = _sql(gold[0], "select avg(duration_s), percentile_cont(0.95) within group (order by duration_s)"
                                  " from gold.fact_pipeline_runs where task_id = 'build_bars_5m'")
     assert (bars["mean_s"], bars["p95_s"]) == (pytest.approx(mean), pytest.approx(p95))
+
+
+def test_intraday_pnl_and_exposure_are_book_sums_per_bucket(gold, reader):
+    _sql(gold[0], """create table gold.fact_intraday_risk (portfolio_id text, bucket_start timestamptz,
+                     market_value float8, intraday_pnl float8, gross_exposure float8);
+                     insert into gold.fact_intraday_risk values
+                       ('P0001', '2026-02-01 09:00+00', 100, 1.5, 120), ('P0002', '2026-02-01 09:00+00', 50, -0.5, 60),
+                       ('P0001', '2026-02-01 09:05+00', 101, 2.5, 121),
+                       ('P0001', '2026-01-31 23:55+00', 99, 9.0, 119);
+                     grant select on gold.fact_intraday_risk to reporting""")
+    try:
+        intra = cockpit.intraday(reader, AS_OF)
+        assert intra["available"] and intra["day"] == "2026-02-01"  # the latest day with intraday rows
+        assert [(r["bucket_start"][11:16], r["intraday_pnl"], r["gross_exposure"]) for r in intra["rows"]] == [
+            ("09:00", 1.0, 180.0), ("09:05", 2.5, 121.0)]
+    finally:
+        _sql(gold[0], "drop table gold.fact_intraday_risk")

@@ -52,9 +52,10 @@ def cockpit(pg_url, tmp_path_factory):
         create_gold(url, sample_book(AS_OF, N))
         mp.setenv("PIPELINE_DATABASE_URL", url)
         mp.setenv("PIPELINE_DATA_DIR", str(data))
+        mp.setattr("etl.report.html.DETAIL_PAGES", 2)  # the per-run link needs report.html, not 22 chart pages
         report = run(AS_OF, sql_dir=tmp_path_factory.mktemp("no-sql"))
         _sql(url, "insert into gold.fact_pipeline_runs (run_id, dag_id, task_id, status, started_at, message) "
-                  "values (%s, 'risk_end_of_day', 'export_report', 'success', now(), %s)",
+                  "values (%s, 'risk_end_of_day', 'export_report', 'success', '2026-02-01 00:12+00', %s)",
              (RUN_ID, f"report={report}"))
         docs = state / "dbt" / "target" / "static_index.html"
         docs.parent.mkdir(parents=True)
