@@ -33,12 +33,12 @@ def _baseline_sql() -> dict[str, list[tuple[str, dict]]]:
     from etl.report import cockpit as c
 
     p = {"as_of": AS_OF, "portfolio_id": "P0001"}
-    day = (c.PORTFOLIO_DAY_SQL, p)
+    day = (c.PORTFOLIO_DAY_SQL, {**p, "portfolio_id": None})
     breaches = (c.BREACHES_SQL.format(scope=""), p)
     return {
         "summary": [day, breaches],
         "firm": [day, breaches],
-        "portfolio": [day, ("""select v.as_of_date, v.market_value, d.daily_pnl from gold.fact_portfolio_valuation v
+        "portfolio": [(c.PORTFOLIO_DAY_SQL, p), ("""select v.as_of_date, v.market_value, d.daily_pnl from gold.fact_portfolio_valuation v
                               left join gold.fact_pnl_daily d using (portfolio_id, as_of_date)
                               where v.portfolio_id = %(portfolio_id)s and v.as_of_date <= %(as_of)s""", p),
                       ("""select * from gold.fact_var_backtest where portfolio_id = %(portfolio_id)s

@@ -81,12 +81,14 @@ PORTFOLIO_DAY_SQL = """
     left join gold.fact_portfolio_valuation as v on v.portfolio_id = p.portfolio_id and v.as_of_date = %(as_of)s
     left join gold.fact_pnl_daily as d on d.portfolio_id = p.portfolio_id and d.as_of_date = %(as_of)s
     left join gold.fact_risk_metrics as r on r.portfolio_id = p.portfolio_id and r.as_of_date = %(as_of)s
+    where %(portfolio_id)s::text is null or p.portfolio_id = %(portfolio_id)s
     order by p.portfolio_id"""
 
 
-def portfolio_day(reader: GoldReader, as_of: date) -> pd.DataFrame:
-    """One row per portfolio of dim_portfolio with its valuation, PnL and risk of the day (NULL when missing)."""
-    return reader.query(PORTFOLIO_DAY_SQL, {"as_of": as_of})
+def portfolio_day(reader: GoldReader, as_of: date, portfolio_id: str | None = None) -> pd.DataFrame:
+    """One row per portfolio of dim_portfolio (or just `portfolio_id`) with its valuation, PnL and risk of the
+    day (NULL when missing)."""
+    return reader.query(PORTFOLIO_DAY_SQL, {"as_of": as_of, "portfolio_id": portfolio_id})
 
 
 def completeness(day: pd.DataFrame) -> tuple[str, list[str]]:
@@ -268,8 +270,7 @@ def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) 
     dim = reader.query("select * from gold.dim_portfolio where portfolio_id = %(portfolio_id)s", p)
     if dim.empty:
         return None
-    day = portfolio_day(reader, as_of)
-    me = day[day["portfolio_id"] == portfolio_id]
+    me = portfolio_day(reader, as_of, portfolio_id)
     hist = reader.query(f"""
         select v.as_of_date, v.market_value, d.daily_pnl
         from gold.fact_portfolio_valuation as v
