@@ -14,6 +14,7 @@ help:
 	@echo "make test-fast   the suite without the slow end-to-end tests"
 	@echo "make bench       run the benchmarks, write bench/results.json (bench-quick: small sizes)"
 	@echo "make airflow     airflow standalone with this project's DAGs (UI on http://localhost:8080)"
+	@echo "                 and the risk cockpit plugin (\"Risk\" in the navigation, /risk/)"
 	@echo "make airflow-check  screenshot the running Airflow UI's DAG list in headless Chromium"
 	@echo "make celery      the intraday DAG on CeleryExecutor with two local workers (needs redis-server)"
 	@echo "make docs        build and serve the dbt docs site"

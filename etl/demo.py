@@ -346,6 +346,8 @@ def run_standalone(settings: Settings) -> int:
             creds = json.loads(passwords.read_text())
             login = ", ".join(f"{user} / {pw}" for user, pw in creds.items())
             print(f"\n== Airflow UI: http://localhost:{API_PORT}  login: {login}  (from {passwords})", flush=True)
+        print(f"== Risk cockpit: http://localhost:{API_PORT}/risk/ (\"Risk\" in the UI's navigation; "
+              f"JSON: /risk/api/summary)", flush=True)
         print(f"== simulator: {sim.url}   warehouse: {db.redact(db.database_url(settings))}", flush=True)
         print("== DAGs are paused at creation: unpause market_data_intraday to go live; Ctrl-C stops everything",
               flush=True)

@@ -2,7 +2,9 @@
 
 Writes, under `reports_dir(settings)/<as_of>/` (a local folder: `{PIPELINE_DATA_DIR}/reports/` when the data dir
 is local, `{PIPELINE_STATE_DIR}/reports/` when it is an object store URI):
-  report.html        the self-contained HTML risk report (charts inline, opens offline)
+  report.html        the self-contained HTML risk report (charts inline, opens offline): first screen,
+                     bounded portfolio table, market, pipeline
+  portfolios.html    every portfolio; portfolio-<id>.html: the detail pages (charts) of the top portfolios
   data/<name>.csv    the gold rows behind the HTML report's charts and tables
   sql/<name>.csv     one CSV per `sql/**/*.sql` report
   sql_reports.md     the SQL reports as Markdown tables
@@ -64,9 +66,15 @@ def run(as_of: date | None = None, settings: Settings | None = None, sql_dir: Pa
             frame.to_csv(data_dir / f"{name}.csv", index=False)
     failed = [f"SQL report {r.name} failed: {r.error}" for r in sql_results if r.error]
     links = {"SQL reports (Markdown)": "sql_reports.md", "data CSVs": "data/"}
-    page = html_report.render(data, links=links, extra_notes=failed)
+    files = html_report.pages(data, links=links, extra_notes=failed)
+    for stale in out_dir.glob("portfolio-*.html"):  # a portfolio no longer detailed: no stale page left behind
+        if stale.name not in files:
+            stale.unlink()
+    for name, text in files.items():  # report.html last: its links resolve as soon as it is replaced
+        if name != "report.html":
+            _write_atomic(out_dir / name, text)
     path = out_dir / "report.html"
-    _write_atomic(path, page)
+    _write_atomic(path, files["report.html"])
     log.info("report for %s: %s (%d SQL reports, %d failed; %d data notes)", as_of, path, len(sql_results),
              len(failed), len(data.notes))
     return path

@@ -66,6 +66,9 @@ class ReportData:
     as_of: date
     frames: dict[str, pd.DataFrame | None]
     notes: list[str] = field(default_factory=list)
+    # the first screen, computed as the cockpit computes it (etl.report.cockpit): status ('complete' |
+    # 'incomplete'), missing, breaches (worst utilisation first, with since/scope/unit), firm_risk
+    first_screen: dict = field(default_factory=dict)
 
     def get(self, name: str) -> pd.DataFrame | None:
         """The frame, or None when its gold table is missing."""
@@ -74,4 +77,26 @@ class ReportData:
 
 def load(reader: GoldReader, as_of: date) -> ReportData:
     frames = {name: reader.frame(table, sql, {"as_of": as_of}) for name, (table, sql) in QUERIES.items()}
-    return ReportData(as_of=as_of, frames=frames, notes=list(reader.notes))
+    screen = first_screen(reader, as_of)
+    return ReportData(as_of=as_of, frames=frames, notes=[*reader.notes, *screen.get("notes", [])],
+                      first_screen=screen)
+
+
+def first_screen(reader: GoldReader, as_of: date) -> dict:
+    """Status, breaches and firm VaR of the day from the cockpit's queries (so report and cockpit agree);
+    `{"error": ...}` when the gold tables they need are missing (the report then says so)."""
+    import psycopg2
+
+    from etl.report import cockpit
+
+    try:
+        status, missing = cockpit.completeness(cockpit.portfolio_day(reader, as_of))
+        found, notes = cockpit.breaches(reader, as_of)
+        if "fact_limit_breaches" not in cockpit.tables(reader):  # unknown, not zero
+            found, status, missing = None, "incomplete", [*missing, "gold.fact_limit_breaches is missing"]
+        return {"status": status, "missing": missing, "breaches": found, "notes": notes,
+                "firm_risk": cockpit.firm_risk(reader, as_of)}
+    except psycopg2.Error as exc:
+        first = str(exc).strip().splitlines()[0]
+        return {"status": "incomplete", "missing": [first], "breaches": None, "notes": [],
+                "firm_risk": {"available": False, "note": cockpit.FIRM_NOT_COMPUTED}, "error": first}

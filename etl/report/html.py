@@ -32,6 +32,9 @@ METHODS = (("hist", "Historical"), ("param", "Parametric"), ("mc", "Monte Carlo"
 # Basel traffic light generalised to any window: green while the exception count is below the 95% quantile of
 # Binomial(n, 1 - confidence), red from the 99.99% quantile (n=250 at 99%: green 0-4, yellow 5-9, red 10+).
 GREEN_CDF, RED_CDF = 0.95, 0.9999
+FIRST_SCREEN_BREACHES = 10  # the worst breaches on the first screen; all of them in data/breaches.csv
+PORTFOLIO_ROWS = 50         # rows of the report's portfolio table; every portfolio is in portfolios.html
+DETAIL_PAGES = 50           # portfolios with a detail page (breached first, then largest VaR 99%)
 
 CSS = """
 *{box-sizing:border-box}
@@ -69,6 +72,12 @@ figcaption{font-size:.8rem;color:#5b6b7b;padding:.2rem .4rem}
 .ok{background:#c8e6c9;color:#1b5e20}.bad{background:#ffcdd2;color:#b71c1c}.unknown{background:#e0e0e0}
 .empty{color:#5b6b7b;font-style:italic}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5rem .8rem;margin:.5rem 0}
+.status{padding:.4rem .8rem;border-radius:4px;margin:.6rem 0 0;font-weight:600}
+.status.complete{background:#c8e6c9;color:#1b5e20}.status.incomplete{background:#ffcdd2;color:#b71c1c}
+.first-screen{display:grid;grid-template-columns:minmax(0,3fr) minmax(0,2fr);gap:1rem}
+.first-screen h3{margin-top:.4rem}.kpi .value.small{font-size:.9rem}
+#section-summary h2{margin-top:.8rem}header.top{padding:.6rem 1rem}
+@media (max-width:900px){.first-screen{grid-template-columns:1fr}}
 @media (max-width:700px){header.top h1{font-size:1.25rem}.kpi .value{font-size:1.05rem}}
 """
 
@@ -128,16 +137,20 @@ def _sign_class(v) -> str:
 Column = tuple[str, str, Callable | None]  # (column, header, formatter -> str); numeric when a formatter is given
 
 
-def table(df: pd.DataFrame, columns: Iterable[Column], table_id: str | None = None, signed: Iterable[str] = ()) -> str:
+def table(df: pd.DataFrame, columns: Iterable[Column], table_id: str | None = None, signed: Iterable[str] = (),
+          raw: Iterable[str] = ()) -> str:
+    """`raw`: columns whose cells are trusted HTML built by this module (links), written unescaped."""
     columns = [c for c in columns if c[0] in df.columns]
-    signed = set(signed)
+    signed, raw = set(signed), set(raw)
     head = "".join(f'<th class="num">{e(h)}</th>' if f else f"<th>{e(h)}</th>" for _, h, f in columns)
     body = []
     for row in df.itertuples(index=False):
         cells = []
         for col, _, f in columns:
             v = getattr(row, col)
-            if f is None:
+            if col in raw:
+                cells.append(f"<td>{v}</td>")
+            elif f is None:
                 cells.append(f"<td>{e('' if not _isnum(v) else v)}</td>")
             else:
                 cls = f"num {_sign_class(v)}" if col in signed else "num"
@@ -250,7 +263,8 @@ def _on_day(df: pd.DataFrame | None, as_of: date) -> pd.DataFrame | None:
 
 def summary_frame(data: ReportData, portfolios: pd.DataFrame) -> pd.DataFrame:
     """One row per portfolio with the headline numbers of the as-of day."""
-    out = portfolios[["portfolio_id", "name", "base_currency"]].copy()
+    out = portfolios[[c for c in ("portfolio_id", "name", "base_currency", "drawdown_limit")
+                      if c in portfolios]].copy()
     val = _on_day(data.get("valuation"), data.as_of)
     pnl = _on_day(data.get("pnl"), data.as_of)
     risk = data.get("risk")
@@ -260,7 +274,7 @@ def summary_frame(data: ReportData, portfolios: pd.DataFrame) -> pd.DataFrame:
     if pnl is not None:
         out = out.merge(pnl[["portfolio_id", "daily_pnl", "mtd_pnl"]].astype({"portfolio_id": str}), how="left")
     if risk is not None:
-        keep = [c for c in ("var_95_hist", "var_99_hist", "es_95_hist", "es_99_hist") if c in risk]
+        keep = [c for c in ("var_95_hist", "var_99_hist", "es_95_hist", "es_99_hist", "max_drawdown") if c in risk]
         out = out.merge(risk[["portfolio_id", *keep]].astype({"portfolio_id": str}), how="left")
     if breaches is not None:
         counts = breaches.astype({"portfolio_id": str}).groupby("portfolio_id").size().rename("breaches")
@@ -290,10 +304,46 @@ def _kpi(label: str, value: str, kpi_id: str, cls: str = "") -> str:
             f'<div class="value {cls}">{e(value)}</div></div>')
 
 
-def section_summary(data: ReportData, portfolios: pd.DataFrame, summary: pd.DataFrame) -> str:
-    parts = ['<section id="section-summary"><h2 id="summary">Summary</h2>']
+def status_banner(data: ReportData) -> str:
+    """The as-of status line: complete, or INCOMPLETE naming what is missing (never a green page over gaps)."""
+    fs = data.first_screen
+    if not fs:
+        return ""
+    if fs.get("status") == "complete":
+        return f'<div class="status complete" id="as-of-status">{data.as_of}: complete</div>'
+    what = "; ".join(fs.get("missing") or []) or "inputs missing"
+    return f'<div class="status incomplete" id="as-of-status">{data.as_of}: INCOMPLETE: {e(what)}</div>'
+
+
+def _breach_rows(data: ReportData) -> pd.DataFrame | None:
+    """The day's breaches worst first: the cockpit's list (with since/scope), else gold's rows as they are."""
+    found = data.first_screen.get("breaches")
+    if found is not None:
+        return pd.DataFrame(found, columns=["portfolio_id", "limit_type", "metric", "value", "limit_value",
+                                            "utilisation", "since", "scope", "unit", "currency"])
+    b = data.get("breaches")
+    if b is None:
+        return None
+    b = b.assign(utilisation=b["value"].astype(float) / b["limit_value"].astype(float), since=None, scope="eod",
+                 unit=[("fraction" if t in ("concentration", "drawdown") else "currency") for t in b["limit_type"]],
+                 currency=b["base_currency"] if "base_currency" in b else "USD")
+    return b.sort_values("utilisation", ascending=False)
+
+
+def _in_unit(v, unit: str, currency: str) -> str:
+    return pct(v) if unit == "fraction" else money(v, currency)
+
+
+def first_screen(data: ReportData, summary: pd.DataFrame) -> str:
+    """KPIs (firm VaR, not the sum; PnL; breach count; pipeline), the worst breaches with utilisation and
+    units, and the worst drawdowns: everything a risk manager needs before scrolling."""
     kpis = []
-    # the currency most portfolios report in first
+    fr = data.first_screen.get("firm_risk") or {}
+    if fr.get("available"):
+        for col, label in (("var_99_hist", "Firm VaR 99% (diversified)"), ("es_99_hist", "Firm ES 99%")):
+            kpis.append(_kpi(label, money(fr.get(col), "USD"), f"firm-{slug(col)}"))
+    else:
+        kpis.append(_kpi("Firm VaR 99%", "firm VaR not yet computed", "firm-var", "unknown small"))
     currencies = summary["base_currency"].value_counts().sort_index().sort_values(ascending=False, kind="stable")
     for ccy in currencies.index:
         g = summary[summary["base_currency"] == ccy]
@@ -306,32 +356,88 @@ def section_summary(data: ReportData, portfolios: pd.DataFrame, summary: pd.Data
             kpis.append(_kpi(f"Daily PnL{suffix}", money(v, ccy, signed=True), f"daily-pnl-{k}", _sign_class(v)))
             v = g["mtd_pnl"].sum(min_count=1)
             kpis.append(_kpi(f"MTD PnL{suffix}", money(v, ccy, signed=True), f"mtd-pnl-{k}", _sign_class(v)))
-        for col, label in (("var_95_hist", "VaR 95% (hist, sum)"), ("var_99_hist", "VaR 99% (hist, sum)"),
-                           ("es_95_hist", "ES 95% (hist, sum)"), ("es_99_hist", "ES 99% (hist, sum)")):
-            if col in g:
-                kpis.append(_kpi(f"{label}{suffix}", money(g[col].sum(min_count=1), ccy), f"{slug(col)}-{k}"))
-    breaches = data.get("breaches")
-    if breaches is None:
+    rows = _breach_rows(data)
+    if rows is None:
         kpis.append(_kpi("Limit breaches", "unknown", "breaches", "unknown"))
     else:
-        kpis.append(_kpi("Limit breaches", str(len(breaches)), "breaches", "neg" if len(breaches) else "pos"))
+        kpis.append(_kpi("Limit breaches", str(len(rows)), "breaches", "neg" if len(rows) else "pos"))
     cls, text = pipeline_status(data)
     kpis.append(_kpi("Pipeline", text, "pipeline", "neg" if cls == "bad" else ""))
-    parts.append(f'<div class="kpis">{"".join(kpis)}</div>')
-    if summary.empty:
-        parts.append(empty(f"no portfolios in gold for {data.as_of}"))
+    parts = [f'<div class="kpis">{"".join(kpis)}</div>', '<div class="first-screen">', "<div>",
+             f'<h3 id="summary-breaches">Limit breaches{"" if rows is None else f" ({len(rows)})"}</h3>']
+    if rows is None:
+        parts.append(missing("fact_limit_breaches"))
+    elif rows.empty:
+        parts.append(empty(f"no limit breaches on {data.as_of}"))
     else:
-        parts.append(table(summary, [
-            ("portfolio_id", "Portfolio", None), ("name", "Name", None), ("base_currency", "Ccy", None),
+        top = rows.head(FIRST_SCREEN_BREACHES)
+        top = top.assign(
+            value_fmt=[_in_unit(v, u, c) for v, u, c in zip(top["value"], top["unit"], top["currency"], strict=True)],
+            limit_fmt=[_in_unit(v, u, c) for v, u, c in zip(top["limit_value"], top["unit"], top["currency"],
+                                                              strict=True)],
+            when=["intraday" if s == "intraday" else "EOD" for s in top["scope"]],
+            since_fmt=[str(v)[:16].replace("T", " ") if _isnum(v) else "–" for v in top["since"]])
+        parts.append(table(top, [("portfolio_id", "Portfolio", None), ("limit_type", "Limit", None),
+                                 ("value_fmt", "Value", None), ("limit_fmt", "Limit value", None),
+                                 ("utilisation", "Utilisation", pct), ("since_fmt", "Since", None),
+                                 ("when", "When", None)], table_id="summary-breaches-table"))
+        if len(rows) > len(top):
+            parts.append(f"<p>{len(rows) - len(top)} more in data/breaches.csv and the risk cockpit.</p>")
+    parts.append('</div><div><h3 id="summary-drawdowns">Worst drawdowns</h3>')
+    dd = summary.dropna(subset=["max_drawdown"]) if "max_drawdown" in summary else summary.iloc[:0]
+    if dd.empty:
+        parts.append(empty("no drawdown figures for this day"))
+    else:
+        parts.append(table(dd.sort_values("max_drawdown").head(5),
+                           [("portfolio_id", "Portfolio", None), ("max_drawdown", "Max drawdown", pct),
+                            ("drawdown_limit", "Limit", pct)], table_id="summary-drawdowns-table"))
+    parts.append("</div></div>")
+    return "\n".join(parts)
+
+
+def section_summary(data: ReportData, portfolios: pd.DataFrame, summary: pd.DataFrame) -> str:
+    parts = ['<section id="section-summary"><h2 id="summary">Summary</h2>', first_screen(data, summary)]
+    parts.append("<p>VaR and ES: 1-day horizon, historical method, positive loss amounts in the portfolio's "
+                 "currency. The firm figure is the whole book as one portfolio (diversified), never the sum of "
+                 "the portfolios' standalone VaRs.</p></section>")
+    return "\n".join(parts)
+
+
+def _detail_order(summary: pd.DataFrame) -> pd.DataFrame:
+    """Portfolios with breaches first, then the largest VaR 99%: the order of the table and of detail pages."""
+    key = summary.assign(_b=summary["breaches"] if "breaches" in summary else 0,
+                         _v=summary["var_99_hist"] if "var_99_hist" in summary else 0)
+    return key.sort_values(["_b", "_v", "portfolio_id"], ascending=[False, False, True]).drop(columns=["_b", "_v"])
+
+
+def detail_file(pid: str) -> str:
+    return f"portfolio-{slug(pid)}.html"
+
+
+def section_portfolios(summary: pd.DataFrame, detailed: set[str]) -> str:
+    """A bounded table (PORTFOLIO_ROWS, breached first) linking each portfolio's detail page; every portfolio
+    is in portfolios.html. The report's size does not grow with the book beyond these bounds."""
+    ordered = _detail_order(summary)
+    shown = ordered.head(PORTFOLIO_ROWS).assign(
+        detail=lambda d: [f'<a href="{detail_file(p)}">detail</a>' if p in detailed else "cockpit"
+                          for p in d["portfolio_id"]])
+    parts = ['<section id="section-portfolios"><h2 id="portfolios">Portfolios</h2>',
+             f"<p>{len(summary)} portfolios; {len(shown)} shown here (breached first, then largest VaR 99%); "
+             f'all in <a href="portfolios.html" id="all-portfolios">portfolios.html</a>. Each detail page holds '
+             "limits, VaR/ES by method, value and PnL, drawdown, VaR backtest and exposures.</p>",
+             _portfolio_table(shown, "summary-table"), "</section>"]
+    return "\n".join(parts)
+
+
+def _portfolio_table(df: pd.DataFrame, table_id: str, link: bool = True) -> str:
+    cols = [("portfolio_id", "Portfolio", None), ("name", "Name", None), ("base_currency", "Ccy", None),
             ("market_value", "Market value", money), ("daily_pnl", "Daily PnL", lambda v: money(v, signed=True)),
             ("mtd_pnl", "MTD PnL", lambda v: money(v, signed=True)), ("var_95_hist", "VaR 95%", money),
             ("var_99_hist", "VaR 99%", money), ("es_95_hist", "ES 95%", money), ("es_99_hist", "ES 99%", money),
-            ("breaches", "Breaches", number),
-        ], table_id="summary-table", signed=("daily_pnl", "mtd_pnl")))
-        parts.append("<p>VaR and ES: 1-day horizon, historical method, positive loss amounts in the portfolio's "
-                     "currency; totals add standalone figures (no diversification).</p>")
-    parts.append("</section>")
-    return "\n".join(parts)
+            ("max_drawdown", "Max drawdown", pct), ("breaches", "Breaches", number)]
+    if link:
+        cols.append(("detail", "Detail", None))
+    return table(df, cols, table_id=table_id, signed=("daily_pnl", "mtd_pnl"), raw=("detail",))
 
 
 def _portfolio_breaches(data: ReportData, pid: str) -> str:
@@ -591,9 +697,41 @@ def _guarded(build: Callable[[], str], fallback_heading: str, what: str, notes: 
         return f'{fallback_heading}<p class="note">{e(note)}</p>'
 
 
+def _page(title: str, header: str, body: str) -> str:
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{e(title)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<header class="top"><div class="inner">
+{header}
+</div></header>
+<main>
+{body}
+</main>
+</body>
+</html>
+"""
+
+
 def render(data: ReportData, links: dict[str, str] | None = None, extra_notes: Iterable[str] = (),
            generated_at: datetime | None = None) -> str:
-    """The whole page. `links` (label -> relative href) appear in the header, e.g. the CSVs next to the file."""
+    """report.html alone (see `pages` for the portfolio pages beside it)."""
+    return pages(data, links, extra_notes, generated_at)["report.html"]
+
+
+def pages(data: ReportData, links: dict[str, str] | None = None, extra_notes: Iterable[str] = (),
+          generated_at: datetime | None = None) -> dict[str, str]:
+    """report.html, portfolios.html (every portfolio) and one portfolio-<id>.html per detailed portfolio.
+
+    report.html is bounded whatever the book's size: the first screen, PORTFOLIO_ROWS table rows, market and
+    pipeline sections; per-portfolio charts live on the DETAIL_PAGES detail pages (relative links, offline).
+    `links` (label -> relative href) appear in the header, e.g. the CSVs next to the file.
+    """
     generated_at = generated_at or datetime.now(UTC)
     portfolios = _portfolio_list(data)
     summary = summary_frame(data, portfolios)
@@ -602,41 +740,39 @@ def render(data: ReportData, links: dict[str, str] | None = None, extra_notes: I
         ("pipeline-health", "Pipeline health"), ("data-notes", "Data notes")))
     link_html = " · ".join(f'<a href="{e(href)}">{e(label)}</a>' for label, href in (links or {}).items())
     failures: list[str] = []
+    detailed = _detail_order(summary)["portfolio_id"].head(DETAIL_PAGES).tolist() if not summary.empty else []
+    out: dict[str, str] = {}
+    back = f'<a href="report.html">Risk report as of {data.as_of}</a> · <a href="portfolios.html">all portfolios</a>'
+    for _, p in portfolios[portfolios["portfolio_id"].isin(detailed)].iterrows():
+        body = _guarded(lambda p=p: section_portfolio(data, p),
+                        f'<h3 id="portfolio-{slug(p["portfolio_id"])}">{e(p["portfolio_id"])}</h3>',
+                        f"portfolio {p['portfolio_id']}", failures)
+        out[detail_file(p["portfolio_id"])] = _page(f"{p['portfolio_id']}: risk as of {data.as_of}",
+                                                    f"<h1>{e(p['portfolio_id'])} as of {data.as_of}</h1>{back}",
+                                                    body)
+    everything = _detail_order(summary).assign(
+        detail=lambda d: [f'<a href="{detail_file(p)}">detail</a>' if p in set(detailed) else ""
+                          for p in d["portfolio_id"]])
+    out["portfolios.html"] = _page(f"Portfolios as of {data.as_of}", f"<h1>All portfolios as of {data.as_of}</h1>"
+                                   f'<a href="report.html">Risk report</a>',
+                                   _portfolio_table(everything, "all-portfolios-table"))
     summary_html = _guarded(lambda: section_summary(data, portfolios, summary),
                             '<h2 id="summary">Summary</h2>', "summary", failures)
-    portfolio_sections = "\n".join(
-        _guarded(lambda p=p: section_portfolio(data, p),
-                 f'<h3 id="portfolio-{slug(p["portfolio_id"])}">{e(p["portfolio_id"])}</h3>',
-                 f"portfolio {p['portfolio_id']}", failures)
-        for _, p in portfolios.iterrows())
+    portfolios_html = _guarded(lambda: section_portfolios(summary, set(detailed)), '<h2 id="portfolios">Portfolios'
+                               "</h2>", "portfolios", failures)
     market_html = _guarded(lambda: section_market(data), '<h2 id="market">Market</h2>', "market", failures)
     pipeline_html = _guarded(lambda: section_pipeline(data), '<h2 id="pipeline-health">Pipeline health</h2>',
                              "pipeline health", failures)
-    portfolio_index = " · ".join(f'<a href="#portfolio-{slug(p)}">{e(p)}</a>' for p in portfolios["portfolio_id"])
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Risk report {data.as_of}</title>
-<style>{CSS}</style>
-</head>
-<body>
-<header class="top"><div class="inner">
-<h1 id="title">Risk report as of {data.as_of}</h1>
-<div>Generated {generated_at:%Y-%m-%d %H:%M} UTC from the gold schema. {link_html}</div>
-<nav>{nav}</nav>
-</div></header>
-<main>
+    header = (f'<h1 id="title">Risk report as of {data.as_of}</h1>\n'
+              f"<div>Generated {generated_at:%Y-%m-%d %H:%M} UTC from the gold schema. {link_html}</div>\n"
+              f"<nav>{nav}</nav>")
+    body = f"""<!-- ==== status banner: the as-of completeness status (keep this block first) ==== -->
+<section id="status-banner">{status_banner(data)}</section>
+<!-- ==== end of status banner ==== -->
 {summary_html}
-<section id="section-portfolios"><h2 id="portfolios">Portfolios</h2>
-<nav class="portfolio-index">{portfolio_index}</nav>
-{portfolio_sections or empty("no portfolios in gold")}
-</section>
+{portfolios_html}
 {market_html}
 {pipeline_html}
-{section_notes(data, [*extra_notes, *failures])}
-</main>
-</body>
-</html>
-"""
+{section_notes(data, [*extra_notes, *failures])}"""
+    out["report.html"] = _page(f"Risk report {data.as_of}", header, body)
+    return out

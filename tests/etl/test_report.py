@@ -19,7 +19,7 @@ from etl.settings import get_settings
 
 AS_OF = date(2026, 1, 31)
 H2 = ("summary", "portfolios", "market", "pipeline-health", "data-notes")
-H3 = ("portfolio-p-core", "portfolio-p-alt", "market-volatility", "market-correlation", "market-factor-exposures",
+H3 = ("summary-breaches", "summary-drawdowns", "market-volatility", "market-correlation", "market-factor-exposures",
       "market-anomalies", "pipeline-durations", "pipeline-rows", "pipeline-failures")
 
 
@@ -82,17 +82,28 @@ def test_html_report_shows_every_section_with_numbers_from_gold(report, frames):
     assert path.parent == reports / "2026-01-31"
     page = path.read_text()
 
+    core_page = (path.parent / "portfolio-p-core.html").read_text()
+    alt_page = (path.parent / "portfolio-p-alt.html").read_text()
     assert set(H2) <= _ids(page, "h2")
     assert set(H3) <= _ids(page, "h3")
-    # 4 charts per portfolio + volatility, correlation, factor betas, anomalies + task durations
-    assert page.count("<svg") == 13
-    for chart in ("chart-value-p-core", "chart-drawdown-p-alt", "chart-var-p-core", "chart-exposure-p-alt",
-                  "chart-volatility", "chart-correlation", "chart-factor-exposures", "chart-anomalies",
+    assert "portfolio-p-core" in _ids(core_page, "h3") and "portfolio-p-alt" in _ids(alt_page, "h3")
+    # report.html: volatility, correlation, factor betas, anomalies, task durations; 4 charts per detail page
+    assert page.count("<svg") == 5 and core_page.count("<svg") == alt_page.count("<svg") == 4
+    for chart in ("chart-volatility", "chart-correlation", "chart-factor-exposures", "chart-anomalies",
                   "chart-durations"):
         assert f'id="{chart}"' in page
+    for chart in ("chart-value-p-core", "chart-var-p-core"):
+        assert f'id="{chart}"' in core_page
+    for chart in ("chart-drawdown-p-alt", "chart-exposure-p-alt"):
+        assert f'id="{chart}"' in alt_page
+    assert 'href="portfolio-p-core.html"' in page and 'href="portfolio-p-alt.html"' in page
     # self-contained: no scripts, no external resources
-    assert "<script" not in page
-    assert not re.search(r'(src|href)="(https?:)?//', page)
+    for html in (page, core_page, alt_page):
+        assert "<script" not in html
+        assert not re.search(r'(src|href)="(https?:)?//', html)
+    # the first screen: status, then the summary
+    assert page.index('id="status-banner"') < page.index('id="summary"')
+    assert '<div class="status complete" id="as-of-status">2026-01-31: complete</div>' in page
 
     # summary numbers = sums of the gold rows of the day
     val = frames["fact_portfolio_valuation"]
@@ -103,20 +114,27 @@ def test_html_report_shows_every_section_with_numbers_from_gold(report, frames):
     assert f"{day['daily_pnl'].sum():+,.2f} USD" in page
     assert f"{day['mtd_pnl'].sum():+,.2f} USD" in page
     risk = frames["fact_risk_metrics"]
-    assert f"{risk['var_99_hist'].sum():,.2f} USD" in page
+    # firm VaR is gold.fact_firm_risk's (not built here), never the sum of standalone VaRs
+    assert f"{risk['var_99_hist'].sum():,.2f}" not in page
+    assert re.search(r'id="kpi-firm-var".*?firm VaR not yet computed', page)
     core = risk.set_index("portfolio_id").loc["P-CORE"]
-    assert f"{core['var_99_mc']:,.2f}" in page and f"{core['es_99_param']:,.2f}" in page
+    assert f"{core['var_99_mc']:,.2f}" in core_page and f"{core['es_99_param']:,.2f}" in core_page
     kpi = re.search(r'id="kpi-breaches".*?class="value [^"]*">(\d+)<', page).group(1)
     assert kpi == "2"
     assert "FAILED" not in page and "OK: 4/4 tasks in the latest run" in page
+    # breaches worst utilisation first, in their units: VaR in USD, concentration as a percentage
+    b = frames["fact_limit_breaches"].set_index("portfolio_id")
+    assert re.search(rf'id="summary-breaches-table".*?P-ALT.*?concentration.*?63\.9%.*?50\.0%.*?127\.8%.*?'
+                     rf'P-CORE.*?var.*?{b.at["P-CORE", "value"]:,.2f} USD.*?3,500.00 USD', page, re.S)
+    assert re.search(r'id="summary-drawdowns-table".*?P-ALT.*?-18\.0%.*?20\.0%', page, re.S)
 
     # per portfolio: breaches, positions, traffic light computed from the backtest rows
-    assert re.search(r'id="breaches-p-alt".*?concentration.*?63\.9%.*?50\.0%', page, re.S)
-    assert re.search(r'id="positions-p-core".*?SOL-USD.*?-50', page, re.S)
+    assert re.search(r'id="breaches-p-alt".*?concentration.*?63\.9%.*?50\.0%', alt_page, re.S)
+    assert re.search(r'id="positions-p-core".*?SOL-USD.*?-50', core_page, re.S)
     bt = frames["fact_var_backtest"]
     core_99 = bt[(bt["portfolio_id"] == "P-CORE") & (bt["method"] == "hist") & np.isclose(bt["confidence"], 0.99)]
     zone = report_html.traffic_light(len(core_99), int(core_99["is_exception"].sum()), 0.99)
-    assert f'<span class="badge zone-{zone}" id="zone-p-core">{zone.upper()}</span>' in page
+    assert f'<span class="badge zone-{zone}" id="zone-p-core">{zone.upper()}</span>' in core_page
 
     # market and pipeline tables
     assert re.search(r'id="volatility-table".*?SOL-USD.*?91\.0%.*?95\.0%', page, re.S)
@@ -152,11 +170,13 @@ def test_sql_reports_write_csv_and_markdown_as_reporting_role(report, frames):
 
 
 def test_empty_day_says_so_instead_of_failing(env, sql_dir):
-    page = run(date(2026, 1, 30), sql_dir=sql_dir).read_text()
+    path = run(date(2026, 1, 30), sql_dir=sql_dir)
+    page = path.read_text()
     assert "no anomalies on this day" in page
     assert "no limit breaches on 2026-01-30" in page
-    assert "no risk metrics on 2026-01-30" in page
+    assert "no risk metrics on 2026-01-30" in (path.parent / "portfolio-p-core.html").read_text()
     assert set(H2) <= _ids(page, "h2")
+    assert "2026-01-30: INCOMPLETE: gold.fact_risk_metrics: no row for P-ALT, P-CORE" in page
 
 
 def test_missing_breach_table_is_a_note(pg_url, data_dir, monkeypatch, sql_dir):
@@ -226,7 +246,9 @@ def test_a_section_that_breaks_on_bad_data_becomes_a_note(frames):
     pos = data["positions"]
     data["positions"] = pos[pos["as_of_date"] == AS_OF].astype({"market_value": object})
     data["positions"].loc[data["positions"]["portfolio_id"] == "P-ALT", "market_value"] = "not a number"
-    page = report_html.render(ReportData(as_of=AS_OF, frames=data))
+    files = report_html.pages(ReportData(as_of=AS_OF, frames=data))
+    page = files["report.html"]
     assert "the portfolio P-ALT section could not be drawn: ValueError" in page
-    assert 'id="portfolio-p-alt"' in page and 'id="chart-exposure-p-core"' in page
+    assert 'id="portfolio-p-alt"' in files["portfolio-p-alt.html"]
+    assert 'id="chart-exposure-p-core"' in files["portfolio-p-core.html"]
     assert 'id="market"' in page and "gold.fact_asset_risk is not available" in page

@@ -1,0 +1,459 @@
+"""The risk cockpit's data: one JSON-ready dict per page, read from gold as the `reporting` role.
+
+Every query is parameterised (`%(as_of)s`, `%(portfolio_id)s`); nothing from a request is pasted into SQL. The
+Airflow plugin (`plugins/risk_cockpit/`) renders these dicts as pages and serves them as JSON; the HTML report
+uses `summary`, `breaches` and `firm_risk` for its first screen, so both say the same thing.
+
+Pages: `summary` (the contract JSON of `/risk/api/summary`), `firm`, `portfolio`, `market`, `pipeline`.
+Tables that another piece of work adds later (`fact_firm_risk`, intraday breaches, `fact_intraday_risk`,
+`fact_risk_contributions`) are optional: when absent the page says so instead of inventing a number.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from etl.report.gold import GoldReader
+
+HISTORY_DAYS = 365
+BACKTEST_DAYS = 250
+CORRELATION_DAYS = 90
+DURATION_DAYS = 30          # pipeline: task durations over this many days
+AUDIT_ROWS = 50
+ANOMALY_Z = 3.5             # etl.risk.engine's default |robust z| threshold
+LIMIT_UNITS = {"var": "currency", "concentration": "fraction", "drawdown": "fraction"}
+FIRM_NOT_COMPUTED = "firm VaR not yet computed"
+INTRADAY_BREACH_TABLES = ("fact_intraday_breaches", "fact_intraday_limit_breaches")
+
+
+# ---- plumbing ----------------------------------------------------------------------------------------------------
+def jsonable(v: Any) -> Any:
+    """numpy/pandas scalars, dates and NaN -> plain JSON values (NaN -> None)."""
+    if isinstance(v, dict):
+        return {k: jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float):
+        return None if math.isnan(v) or math.isinf(v) else v
+    if isinstance(v, pd.Timestamp):
+        return None if pd.isna(v) else v.isoformat()
+    if isinstance(v, (datetime, date)):
+        return v.isoformat()
+    if v is None or v is pd.NaT or (not isinstance(v, (str, bool, int)) and pd.isna(v)):
+        return None
+    return v
+
+
+def records(df: pd.DataFrame | None) -> list[dict]:
+    return [] if df is None else [jsonable(r) for r in df.to_dict("records")]
+
+
+def tables(reader: GoldReader) -> set[str]:
+    """Names of the relations in schema gold (for the optional tables)."""
+    df = reader.query("select table_name from information_schema.tables where table_schema = 'gold'")
+    return set(df["table_name"])
+
+
+def columns(reader: GoldReader, table: str) -> set[str]:
+    df = reader.query("select column_name from information_schema.columns where table_schema = 'gold' "
+                      "and table_name = %(t)s", {"t": table})
+    return set(df["column_name"])
+
+
+def latest_as_of(reader: GoldReader) -> date:
+    return reader.latest_as_of()
+
+
+# ---- the figures every page shares --------------------------------------------------------------------------------
+PORTFOLIO_DAY_SQL = """
+    select p.portfolio_id, p.name, p.base_currency, p.var_limit, p.concentration_limit, p.drawdown_limit,
+           v.market_value, v.gross_exposure, v.net_exposure, v.concentration_pct,
+           d.daily_pnl, d.mtd_pnl,
+           r.var_95_hist, r.var_99_hist, r.es_95_hist, r.es_99_hist, r.vol_30d, r.max_drawdown
+    from gold.dim_portfolio as p
+    left join gold.fact_portfolio_valuation as v on v.portfolio_id = p.portfolio_id and v.as_of_date = %(as_of)s
+    left join gold.fact_pnl_daily as d on d.portfolio_id = p.portfolio_id and d.as_of_date = %(as_of)s
+    left join gold.fact_risk_metrics as r on r.portfolio_id = p.portfolio_id and r.as_of_date = %(as_of)s
+    where %(portfolio_id)s::text is null or p.portfolio_id = %(portfolio_id)s
+    order by p.portfolio_id"""
+
+
+def portfolio_day(reader: GoldReader, as_of: date, portfolio_id: str | None = None) -> pd.DataFrame:
+    """One row per portfolio of dim_portfolio (or just `portfolio_id`) with its valuation, PnL and risk of the
+    day (NULL when missing)."""
+    return reader.query(PORTFOLIO_DAY_SQL, {"as_of": as_of, "portfolio_id": portfolio_id})
+
+
+def completeness(day: pd.DataFrame) -> tuple[str, list[str]]:
+    """'complete' when every portfolio has its valuation, PnL and VaR for the day; else 'incomplete' and what
+    is missing (one line per gold table, naming up to five portfolios)."""
+    if day.empty:
+        return "incomplete", ["gold.dim_portfolio has no portfolios"]
+    missing = []
+    for col, table in (("market_value", "fact_portfolio_valuation"), ("daily_pnl", "fact_pnl_daily"),
+                       ("var_99_hist", "fact_risk_metrics")):
+        ids = day.loc[day[col].isna(), "portfolio_id"].astype(str).tolist()
+        if ids:
+            more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""
+            missing.append(f"gold.{table}: no row for {', '.join(ids[:5])}{more}")
+    return ("incomplete" if missing else "complete"), missing
+
+
+BREACHES_SQL = """
+    with days as (
+        select distinct portfolio_id, limit_type, as_of_date from gold.fact_limit_breaches
+        where as_of_date <= %(as_of)s and as_of_date > %(as_of)s::date - 400
+    ),
+    streaks as (  -- consecutive breach days share as_of_date - row_number
+        select portfolio_id, limit_type, as_of_date,
+               as_of_date - (row_number() over (partition by portfolio_id, limit_type order by as_of_date))::int
+                   as streak
+        from days
+    ),
+    since as (
+        select portfolio_id, limit_type, min(as_of_date) as since
+        from streaks group by portfolio_id, limit_type, streak
+        having max(as_of_date) = %(as_of)s
+    )
+    select b.portfolio_id, b.limit_type, b.metric, b.value, b.limit_value,
+           b.value / nullif(b.limit_value, 0) as utilisation, s.since, p.base_currency
+    from gold.fact_limit_breaches as b
+    left join since as s using (portfolio_id, limit_type)
+    left join gold.dim_portfolio as p using (portfolio_id)
+    where b.as_of_date = %(as_of)s {scope}
+    order by utilisation desc nulls last, b.portfolio_id, b.limit_type"""
+
+
+def breaches(reader: GoldReader, as_of: date) -> tuple[list[dict], list[str]]:
+    """The day's limit breaches, worst utilisation first: end of day from gold.fact_limit_breaches, intraday
+    from an intraday breach table (or a `scope` column) when the intraday work has added one.
+
+    Each: portfolio_id, limit_type, metric, value, limit_value, utilisation (value / limit), since (first day of
+    the unbroken run of daily breaches, or the first intraday bucket), scope ('eod' | 'intraday'), unit
+    ('currency' = the portfolio's base currency, 'fraction' = shown as a percentage), currency.
+    Returns (breaches, notes).
+    """
+    names = tables(reader)
+    notes: list[str] = []
+    out: list[dict] = []
+    if "fact_limit_breaches" not in names:
+        return [], ["gold.fact_limit_breaches is missing: limit breaches unknown"]
+    has_scope = "scope" in columns(reader, "fact_limit_breaches")
+    df = reader.query(BREACHES_SQL.format(scope="and coalesce(b.scope, 'eod') = 'eod'" if has_scope else ""),
+                      {"as_of": as_of})
+    out += [_breach(r, "eod") for r in df.to_dict("records")]
+    intraday = next((t for t in INTRADAY_BREACH_TABLES if t in names), None)
+    if has_scope:
+        df = reader.query("""
+            select b.portfolio_id, b.limit_type, b.metric, b.value, b.limit_value,
+                   b.value / nullif(b.limit_value, 0) as utilisation, b.as_of_date as since, p.base_currency
+            from gold.fact_limit_breaches as b left join gold.dim_portfolio as p using (portfolio_id)
+            where b.as_of_date = %(as_of)s and b.scope = 'intraday'""", {"as_of": as_of})
+        out += [_breach(r, "intraday") for r in df.to_dict("records")]
+    elif intraday is not None:
+        out += _intraday_breaches(reader, intraday, as_of)
+    else:
+        notes.append("intraday limit breaches are not in gold yet: end-of-day breaches only")
+    out.sort(key=lambda b: -(b["utilisation"] if b["utilisation"] is not None else -math.inf))
+    return out, notes
+
+
+def _breach(r: dict, scope: str) -> dict:
+    unit = LIMIT_UNITS.get(str(r["limit_type"]), "currency")
+    return jsonable({"portfolio_id": r["portfolio_id"], "limit_type": r["limit_type"], "metric": r.get("metric"),
+                     "value": r["value"], "limit_value": r["limit_value"], "utilisation": r["utilisation"],
+                     "since": r.get("since"), "scope": scope, "unit": unit,
+                     "currency": r.get("base_currency") or "USD"})
+
+
+def _intraday_breaches(reader: GoldReader, table: str, as_of: date) -> list[dict]:
+    """The latest state of each intraday breach of the day: rows keyed portfolio x limit type x bucket, read
+    generically (`bucket_start` or `breached_at` for the time; rows with a `cleared_at` are over)."""
+    cols = columns(reader, table)
+    when = next((c for c in ("bucket_start", "breached_at", "detected_at") if c in cols), None)
+    if when is None or not {"portfolio_id", "limit_type", "value", "limit_value"} <= cols:
+        return []
+    cleared = "and b.cleared_at is null" if "cleared_at" in cols else ""
+    metric = "b.metric" if "metric" in cols else "null"
+    df = reader.query(f"""
+        with day as (
+            select * from gold.{table} as b
+            where b.{when} >= %(as_of)s::date and b.{when} < %(as_of)s::date + 1 {cleared}
+        ),
+        first as (select portfolio_id, limit_type, min({when}) as since from day group by 1, 2)
+        select distinct on (b.portfolio_id, b.limit_type)
+               b.portfolio_id, b.limit_type, {metric} as metric, b.value, b.limit_value,
+               b.value / nullif(b.limit_value, 0) as utilisation, f.since, p.base_currency
+        from day as b join first as f using (portfolio_id, limit_type)
+        left join gold.dim_portfolio as p using (portfolio_id)
+        order by b.portfolio_id, b.limit_type, b.{when} desc""", {"as_of": as_of})
+    return [_breach(r, "intraday") for r in df.to_dict("records")]
+
+
+def firm_risk(reader: GoldReader, as_of: date) -> dict:
+    """The diversified firm VaR/ES of the day from gold.fact_firm_risk, or `{"note": FIRM_NOT_COMPUTED}`.
+
+    Never the sum of standalone VaRs: that overstates the firm's risk by the diversification benefit.
+    """
+    if "fact_firm_risk" not in tables(reader):
+        return {"available": False, "note": f"{FIRM_NOT_COMPUTED} (gold.fact_firm_risk is not built)"}
+    df = reader.query("select * from gold.fact_firm_risk where as_of_date = %(as_of)s", {"as_of": as_of})
+    if df.empty:
+        return {"available": False, "note": f"{FIRM_NOT_COMPUTED} for {as_of}"}
+    return {"available": True, **jsonable(df.iloc[0].to_dict())}
+
+
+# ---- pages -------------------------------------------------------------------------------------------------------
+def summary(reader: GoldReader, as_of: date | None = None) -> dict:
+    """`GET /risk/api/summary` (../shared/CONTRACT.md): as_of, status, breaches, portfolios."""
+    as_of = as_of or latest_as_of(reader)
+    day = portfolio_day(reader, as_of)
+    status, missing = completeness(day)
+    found, notes = breaches(reader, as_of)
+    if "fact_limit_breaches" not in tables(reader):  # unknown breaches are not "no breaches": fail closed
+        status, missing = "incomplete", [*missing, "gold.fact_limit_breaches is missing"]
+    cols = ["portfolio_id", "market_value", "daily_pnl", "var_95_hist", "var_99_hist"]
+    return {"as_of": as_of.isoformat(), "status": status, "missing": missing, "breaches": found,
+            "portfolios": records(day[cols]), "notes": notes}
+
+
+def firm(reader: GoldReader, as_of: date | None = None) -> dict:
+    """Breaches first, firm VaR/ES, PnL today and MTD, worst drawdowns, the day's intraday PnL and exposure."""
+    as_of = as_of or latest_as_of(reader)
+    day = portfolio_day(reader, as_of)
+    status, missing = completeness(day)
+    found, notes = breaches(reader, as_of)
+    totals = (day.groupby("base_currency", dropna=False)
+              .agg(portfolios=("portfolio_id", "size"), market_value=("market_value", "sum"),
+                   daily_pnl=("daily_pnl", "sum"), mtd_pnl=("mtd_pnl", "sum"),
+                   gross_exposure=("gross_exposure", "sum"))
+              .reset_index().rename(columns={"base_currency": "currency"}))
+    worst = day.dropna(subset=["max_drawdown"]).sort_values("max_drawdown").head(5)
+    return {"page": "firm", "as_of": as_of.isoformat(), "status": status, "missing": missing,
+            "breaches": found, "notes": notes, "firm_risk": firm_risk(reader, as_of), "totals": records(totals),
+            "worst_drawdowns": records(worst[["portfolio_id", "name", "max_drawdown", "drawdown_limit"]]),
+            "intraday": intraday(reader, as_of),
+            "portfolios": records(day.drop(columns=["concentration_limit"]))}
+
+
+def intraday(reader: GoldReader, as_of: date) -> dict:
+    """Book-wide intraday PnL and gross exposure per 5-minute bucket of the latest day with intraday rows
+    (today while the intraday DAG runs), from gold.fact_intraday_risk."""
+    if "fact_intraday_risk" not in tables(reader):
+        return {"available": False, "note": "gold.fact_intraday_risk is not built yet: no intraday chart"}
+    df = reader.query("""
+        with last_day as (select max(bucket_start)::date as d from gold.fact_intraday_risk)
+        select bucket_start, sum(intraday_pnl) as intraday_pnl, sum(gross_exposure) as gross_exposure,
+               sum(market_value) as market_value
+        from gold.fact_intraday_risk, last_day
+        where bucket_start >= last_day.d and bucket_start < last_day.d + 1
+        group by bucket_start order by bucket_start""")
+    if df.empty:
+        return {"available": False, "note": "gold.fact_intraday_risk has no rows yet"}
+    return {"available": True, "day": pd.Timestamp(df["bucket_start"].iloc[0]).date().isoformat(),
+            "rows": records(df)}
+
+
+def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) -> dict | None:
+    """One portfolio: value and PnL, VaR trend with realised PnL and exceptions, backtest table, exposures and
+    concentration, contributions (when built), drawdown curve, return distribution with the anomaly threshold.
+    None when the portfolio is not in gold.dim_portfolio."""
+    as_of = as_of or latest_as_of(reader)
+    p = {"as_of": as_of, "portfolio_id": portfolio_id}
+    dim = reader.query("select * from gold.dim_portfolio where portfolio_id = %(portfolio_id)s", p)
+    if dim.empty:
+        return None
+    me = portfolio_day(reader, as_of, portfolio_id)
+    hist = reader.query(f"""
+        select v.as_of_date, v.market_value, d.daily_pnl
+        from gold.fact_portfolio_valuation as v
+        left join gold.fact_pnl_daily as d using (portfolio_id, as_of_date)
+        where v.portfolio_id = %(portfolio_id)s and v.as_of_date <= %(as_of)s
+          and v.as_of_date > %(as_of)s::date - {HISTORY_DAYS}
+        order by v.as_of_date""", p)
+    value = hist["market_value"].astype(float)
+    peak = value.cummax()
+    hist["drawdown"] = np.where(peak > 0, value / peak - 1.0, np.nan)
+    hist["return"] = hist["daily_pnl"].astype(float) / value.shift(1)
+    bt = reader.query(f"""
+        select as_of_date, method, confidence, var_forecast, realized_pnl, is_exception
+        from gold.fact_var_backtest
+        where portfolio_id = %(portfolio_id)s and as_of_date <= %(as_of)s
+          and as_of_date > %(as_of)s::date - {BACKTEST_DAYS}
+        order by method, confidence, as_of_date""", p)
+    bt["confidence"] = bt["confidence"].astype(float).where(bt["confidence"].astype(float) <= 1,
+                                                            bt["confidence"].astype(float) / 100)
+    summary_bt = backtest_table(bt)
+    positions = reader.query("""
+        select product_id, quantity, avg_cost, close, market_value, unrealized_pnl,
+               abs(market_value) / nullif(sum(abs(market_value)) over (), 0) as share_of_gross
+        from gold.fact_positions where portfolio_id = %(portfolio_id)s and as_of_date = %(as_of)s
+        order by abs(market_value) desc""", p)
+    contrib = None
+    if "fact_risk_contributions" in tables(reader):
+        contrib = records(reader.query("""
+            select product_id, component_var_99_param, component_es_99_hist, marginal_var_99_param
+            from gold.fact_risk_contributions where portfolio_id = %(portfolio_id)s and as_of_date = %(as_of)s
+            order by component_var_99_param desc nulls last""", p))
+    return {"page": "portfolio", "as_of": as_of.isoformat(), "portfolio": records(dim)[0],
+            "day": records(me)[0] if not me.empty else None, "history": records(hist),
+            "backtest": records(bt), "backtest_summary": records(summary_bt), "positions": records(positions),
+            "contributions": contrib, "returns": return_distribution(hist["return"])}
+
+
+def backtest_table(bt: pd.DataFrame) -> pd.DataFrame:
+    """Per method x confidence: days, exceptions, expected exceptions (n x (1 - confidence))."""
+    if bt.empty:
+        return pd.DataFrame(columns=["method", "confidence", "days", "exceptions", "expected"])
+    g = bt.assign(exc=bt["is_exception"].astype(bool)).groupby(["method", "confidence"], as_index=False)
+    out = g.agg(days=("exc", "size"), exceptions=("exc", "sum"))
+    out["expected"] = out["days"] * (1.0 - out["confidence"])
+    return out
+
+
+def return_distribution(returns: pd.Series, bins: int = 30) -> dict:
+    """Histogram of daily returns and the anomaly band: median +- ANOMALY_Z x 1.4826 x MAD (the robust z the
+    risk engine flags beyond); the returns outside it are listed."""
+    r = returns.astype(float).dropna()
+    if len(r) < 2:
+        return {"bins": [], "counts": [], "low": None, "high": None, "outliers": 0}
+    med = float(r.median())
+    mad = float((r - med).abs().median()) * 1.4826
+    low, high = med - ANOMALY_Z * mad, med + ANOMALY_Z * mad
+    counts, edges = np.histogram(r, bins=bins)
+    return jsonable({"bins": [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)],
+                     "counts": counts.tolist(), "low": low, "high": high,
+                     "outliers": int(((r < low) | (r > high)).sum()) if mad > 0 else 0})
+
+
+def market(reader: GoldReader, as_of: date | None = None) -> dict:
+    """Latest prices, 30-day vol ranking, correlations of daily log returns, anomalies of the day, factor betas."""
+    as_of = as_of or latest_as_of(reader)
+    p = {"as_of": as_of}
+    prices = reader.query(f"""
+        select product_id, price_date, close from gold.fact_price_daily
+        where price_date <= %(as_of)s and price_date > %(as_of)s::date - {CORRELATION_DAYS + 1}
+        order by product_id, price_date""", p)
+    latest = (prices.sort_values("price_date").groupby("product_id").tail(2)
+              .groupby("product_id").agg(price_date=("price_date", "last"), close=("close", "last"),
+                                         prev=("close", "first")).reset_index())
+    latest["change_1d"] = latest["close"] / latest["prev"] - 1.0
+    vols = reader.query("""
+        select product_id, vol_20d, vol_30d, vol_ewma, max_drawdown, worst_daily_return
+        from gold.fact_asset_risk where as_of_date = %(as_of)s order by vol_30d desc nulls last""", p)
+    corr = pd.DataFrame()
+    if not prices.empty:
+        wide = prices.pivot_table(index="price_date", columns="product_id", values="close").sort_index()
+        corr = np.log(wide.astype(float)).diff().iloc[1:].corr(min_periods=10)
+        corr = corr.dropna(how="all").dropna(axis=1, how="all")
+    anomalies = reader.query("""
+        select product_id, bucket_start, return_value, robust_z from gold.fact_anomalies
+        where bucket_start >= %(as_of)s::date and bucket_start < %(as_of)s::date + 1
+        order by abs(robust_z) desc""", p)
+    factors = reader.query("""
+        select distinct on (product_id, factor_name) product_id, factor_name, beta, r_squared, bucket_start
+        from gold.fact_factor_exposures
+        where bucket_start < %(as_of)s::date + 1 and bucket_start >= %(as_of)s::date - 7
+        order by product_id, factor_name, bucket_start desc""", p)
+    history = prices.pivot_table(index="price_date", columns="product_id", values="close").sort_index()
+    return {"page": "market", "as_of": as_of.isoformat(),
+            "prices": records(latest.drop(columns="prev").sort_values("product_id")),
+            "price_history": {"dates": [d.isoformat() for d in history.index],
+                              "rebased": {str(c): jsonable((100 * history[c] / history[c].dropna().iloc[0]).tolist())
+                                          for c in history.columns if history[c].notna().any()}},
+            "volatility": records(vols),
+            "correlation": {"products": [str(c) for c in corr.columns],
+                            "matrix": jsonable(corr.to_numpy().tolist())},
+            "anomalies": records(anomalies), "factors": records(factors)}
+
+
+def pipeline(reader: GoldReader) -> dict:
+    """Rows processed per run, task durations over time (mean and p95 per task), last status per DAG, audit."""
+    per_run = reader.query("""
+        select run_id, dag_id, min(started_at) as started_at, count(*) as task_attempts,
+               sum(rows_in) as rows_in, sum(rows_out) as rows_out, sum(duration_s) as task_seconds,
+               count(*) filter (where status = 'failed') as failed
+        from gold.fact_pipeline_runs
+        group by run_id, dag_id order by started_at desc limit 100""")
+    durations = reader.query(f"""
+        select regexp_replace(task_id, '\\[\\d+\\]$', '') as task, dag_id, count(*) as attempts,
+               avg(duration_s) as mean_s,
+               percentile_cont(0.95) within group (order by duration_s) as p95_s
+        from gold.fact_pipeline_runs
+        where started_at > (select max(started_at) from gold.fact_pipeline_runs) - interval '{DURATION_DAYS} days'
+        group by 1, 2 order by dag_id, min(started_at)""")
+    last_status = reader.query("""
+        with runs as (
+            select dag_id, run_id, min(started_at) as started_at, max(started_at) as last_at
+            from gold.fact_pipeline_runs group by dag_id, run_id
+        ),
+        last_run as (select distinct on (dag_id) dag_id, run_id, started_at from runs order by dag_id, last_at desc),
+        last_attempt as (  -- a task retried into success counts as success
+            select distinct on (r.run_id, r.task_id) r.dag_id, r.run_id, r.status
+            from gold.fact_pipeline_runs as r join last_run using (run_id)
+            order by r.run_id, r.task_id, r.started_at desc
+        )
+        select l.dag_id, l.run_id, lr.started_at,
+               case when bool_or(status = 'failed') then 'failed' else 'success' end as status,
+               count(*) as tasks, count(*) filter (where status = 'failed') as failed_tasks
+        from last_attempt as l join last_run as lr using (dag_id, run_id)
+        group by l.dag_id, l.run_id, lr.started_at order by l.dag_id""")
+    audit = reader.query(f"""
+        select run_id, dag_id, task_id, status, rows_in, rows_out, started_at, duration_s, message
+        from gold.fact_pipeline_runs order by started_at desc limit {AUDIT_ROWS}""")
+    return {"page": "pipeline", "runs": records(per_run), "durations": records(durations),
+            "last_status": records(last_status), "audit": records(audit)}
+
+
+def report_for_run(reader: GoldReader, run_id: str) -> str | None:
+    """The report path recorded by a run's successful export_report task (its message holds `report=<path>`)."""
+    df = reader.query("""
+        select message from gold.fact_pipeline_runs
+        where run_id = %(run_id)s and task_id = 'export_report' and status = 'success'
+        order by started_at desc limit 1""", {"run_id": run_id})
+    if df.empty or "report=" not in str(df["message"].iat[0]):
+        return None
+    return str(df["message"].iat[0]).split("report=", 1)[1].strip()
+
+
+# ---- a bigger book for measurements ------------------------------------------------------------------------------
+def sample_book(as_of: date, n_portfolios: int, days: int = 120) -> dict[str, pd.DataFrame]:
+    """`etl.report.sample.sample_frames` with its two portfolios cloned into `n_portfolios` (sizes scaled so the
+    numbers differ), for size and speed measurements at 22 and 1,000 portfolios."""
+    from etl.report.sample import sample_frames
+
+    base = sample_frames(as_of, days)
+    per_portfolio = ("dim_portfolio", "fact_positions", "fact_portfolio_valuation", "fact_pnl_daily",
+                     "fact_risk_metrics", "fact_var_backtest", "fact_limit_breaches")
+    money_cols = {"market_value", "unrealized_pnl", "gross_exposure", "net_exposure", "long_exposure",
+                  "short_exposure", "daily_pnl", "mtd_pnl", "var_forecast", "realized_pnl", "var_limit",
+                  "quantity"} | {c for c in base["fact_risk_metrics"] if c.startswith(("var_", "es_"))}
+    out = {k: v for k, v in base.items() if k not in per_portfolio}
+    sources = base["dim_portfolio"]["portfolio_id"].tolist()
+    for name in per_portfolio:
+        parts = []
+        for i in range(n_portfolios):
+            src = sources[i % len(sources)]
+            scale = 1.0 + 0.5 * (i // len(sources))
+            df = base[name][base[name]["portfolio_id"] == src].copy()
+            df["portfolio_id"] = f"P{i + 1:04d}"
+            if name == "fact_limit_breaches":  # a VaR breach scales with the book, a fraction does not
+                df.loc[df["limit_type"] == "var", ["value", "limit_value"]] *= scale
+            else:
+                for c in money_cols & set(df.columns):
+                    df[c] = df[c] * scale
+            if name == "dim_portfolio":
+                df["name"] = f"Book {i + 1}"
+            parts.append(df)
+        out[name] = pd.concat(parts, ignore_index=True)
+    b = out["fact_limit_breaches"]
+    b["utilisation"] = b["value"] / b["limit_value"]
+    b["base_currency"] = "USD"
+    return out

@@ -1,0 +1,511 @@
+"""HTML of the cockpit pages, rendered from the page dicts of `etl.report.cockpit` (the same the JSON serves).
+
+Numbers are written into the page by the server (each numeric cell carries its exact value in `data-value`),
+charts are Chart.js configurations in a `<script type="application/json" id="chart-data">` block that
+static/cockpit.js turns into canvases. No CDN: Chart.js is vendored under static/.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Iterable
+from urllib.parse import quote
+
+BASE = "/risk"
+PAGE_SIZE = 50
+BREACH_ROWS = 50  # the Firm page lists the worst 50 breaches; the JSON has them all
+REFRESH_S = 300  # the Firm page's intraday chart refreshes itself every 5 minutes
+COLORS = ("#1f4e79", "#ef8f00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#5d4037", "#455a64", "#ad1457",
+          "#9e9d24")
+GAIN, LOSS = "#2e7d32", "#c62828"
+
+
+def e(v) -> str:
+    return html.escape("" if v is None else str(v), quote=True)
+
+
+# ---- formatting ------------------------------------------------------------------------------------------------
+def _ok(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def money(v, ccy: str | None = None, signed: bool = False) -> str:
+    if not _ok(v):
+        return "–"
+    text = f"{v:+,.2f}" if signed else f"{v:,.2f}"
+    return f"{text} {ccy}" if ccy else text
+
+
+def pct(v, decimals: int = 1) -> str:
+    return f"{v:.{decimals}%}" if _ok(v) else "–"
+
+
+def num(v) -> str:
+    if not _ok(v):
+        return "–"
+    return f"{int(v):,}" if float(v).is_integer() else (f"{v:,.2f}" if abs(v) >= 100 else f"{v:.4g}")
+
+
+def breach_value(v, unit: str, ccy: str) -> str:
+    """A limit or a breaching value in its unit: money in the base currency, fractions as percentages."""
+    return pct(v) if unit == "fraction" else money(v, ccy)
+
+
+FORMATS = {"money": money, "signed": lambda v: money(v, signed=True), "pct": pct, "pct2": lambda v: pct(v, 2),
+           "num": num, "z": lambda v: f"{v:+.1f}" if _ok(v) else "–",
+           "s": lambda v: f"{v:,.1f}" if _ok(v) else "–"}
+
+
+def table(rows: list[dict], cols: Iterable[tuple], table_id: str, empty: str = "nothing to show") -> str:
+    """cols: (key, header, format) with format None (text), a FORMATS key, or a callable(row) -> html."""
+    cols = list(cols)
+    if not rows:
+        return f'<p class="empty" id="{e(table_id)}-empty">{e(empty)}</p>'
+    head = "".join(f'<th class="{"num" if f in FORMATS else ""}">{e(h)}</th>' for _, h, f in cols)
+    body = []
+    for r in rows:
+        cells = []
+        for key, _, f in cols:
+            v = r.get(key)
+            if callable(f):
+                cells.append(f"<td>{f(r)}</td>")
+            elif f == "ts":  # ISO timestamps as UTC minutes
+                cells.append(f'<td data-key="{e(key)}">{e(str(v)[:16].replace("T", " ") if v else "–")}</td>')
+            elif f in FORMATS:
+                sign = (" pos" if v >= 0 else " neg") if f == "signed" and _ok(v) else ""
+                data = f' data-value="{e(repr(float(v)))}"' if _ok(v) else ""
+                cells.append(f'<td class="num{sign}" data-key="{e(key)}"{data}>{e(FORMATS[f](v))}</td>')
+            else:
+                cells.append(f'<td data-key="{e(key)}">{e(v)}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<div class="table-wrap"><table id="{e(table_id)}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def kpi(label: str, value: str, kpi_id: str, raw=None, cls: str = "") -> str:
+    data = f' data-value="{e(repr(float(raw)))}"' if _ok(raw) else ""
+    return (f'<div class="kpi" id="kpi-{e(kpi_id)}"><div class="label">{e(label)}</div>'
+            f'<div class="value {cls}"{data}>{e(value)}</div></div>')
+
+
+def chart(chart_id: str, title: str, config: dict, charts: list[dict], height: int = 260,
+          refresh: str | None = None) -> str:
+    """A canvas and its Chart.js config (added to `charts`, which the page embeds as JSON)."""
+    config.setdefault("options", {}).update({"responsive": True, "maintainAspectRatio": False, "animation": False})
+    if config["options"].get("indexAxis") == "y":  # one bar per row: label every one
+        config["options"].setdefault("scales", {}).setdefault("y", {})["ticks"] = {"autoSkip": False}
+    config["options"].setdefault("plugins", {})["title"] = {"display": True, "text": title}
+    charts.append({"id": chart_id, "config": config, "refresh": refresh})
+    return f'<figure class="chart"><div style="height:{height}px"><canvas id="{e(chart_id)}"></canvas></div></figure>'
+
+
+def _link(path: str, text: str, as_of: str | None = None) -> str:
+    q = f"?as_of={e(as_of)}" if as_of else ""
+    return f'<a href="{BASE}{path}{q}">{e(text)}</a>'
+
+
+def portfolio_link(r: dict, as_of: str | None = None) -> str:
+    pid = str(r["portfolio_id"])
+    return _link(f"/portfolio/{quote(pid, safe='')}", pid, as_of)
+
+
+# ---- the frame -------------------------------------------------------------------------------------------------
+CSS = """
+*{box-sizing:border-box}body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
+color:#1d2733;background:#f4f6f8;line-height:1.4;font-size:14px}
+header{background:#1f4e79;color:#fff;padding:.5rem 1rem;display:flex;flex-wrap:wrap;gap:1rem;align-items:center}
+header a{color:#dfe9f5;text-decoration:none;padding:.2rem .5rem;border-radius:4px}
+header a.active{background:#fff;color:#1f4e79;font-weight:600}
+header form{margin-left:auto}main{max-width:1300px;margin:0 auto;padding:.5rem 1rem 2rem}
+h1{font-size:1.3rem;margin:.6rem 0}h2{font-size:1.05rem;margin:1.2rem 0 .4rem;color:#1f4e79}
+.status{padding:.4rem .8rem;border-radius:4px;margin:.4rem 0;font-weight:600}
+.status.complete{background:#c8e6c9;color:#1b5e20}.status.incomplete{background:#ffcdd2;color:#b71c1c}
+.kpis{display:grid;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));gap:.5rem;margin:.5rem 0}
+.kpi{background:#fff;border-radius:6px;padding:.4rem .7rem;box-shadow:0 1px 3px rgba(0,0,0,.08)}
+.kpi .label{font-size:.75rem;color:#5b6b7b;text-transform:uppercase}.kpi .value{font-size:1.1rem;font-weight:600}
+.table-wrap{overflow-x:auto;margin:.3rem 0}table{border-collapse:collapse;background:#fff;font-size:.85rem}
+th,td{padding:.25rem .55rem;border-bottom:1px solid #e1e6eb;text-align:left;white-space:nowrap}
+th.num,td.num{text-align:right;font-variant-numeric:tabular-nums}thead th{background:#eef2f6}
+.pos{color:#2e7d32}.neg{color:#c62828}.empty{color:#5b6b7b;font-style:italic}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.35rem .7rem;margin:.4rem 0}
+figure.chart{background:#fff;border-radius:6px;margin:.5rem 0;padding:.4rem}
+.grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:.6rem}
+.pager a{margin-right:.5rem}.scope-intraday{color:#6a1b9a;font-weight:600}
+"""
+
+PAGES = (("/", "firm", "Firm"), ("/portfolio", "portfolio", "Portfolio"), ("/market", "market", "Market"),
+         ("/pipeline", "pipeline", "Pipeline"))
+
+
+def layout(title: str, active: str, body: str, charts: list[dict] | None = None, as_of: str | None = None,
+           refresh_url: str | None = None) -> str:
+    nav = "".join(f'<a href="{BASE}{path}{"?as_of=" + e(as_of) if as_of and key != "pipeline" else ""}" '
+                  f'id="nav-{key}" class="{"active" if key == active else ""}">{label}</a>'
+                  for path, key, label in PAGES)
+    nav += (f'<a href="{BASE}/docs" id="nav-docs" target="_blank">dbt docs</a>'
+            f'<a href="{BASE}/report{"/" + e(as_of) if as_of else ""}" id="nav-report" target="_blank">'
+            f'HTML report</a>')
+    picker = (f'<form method="get"><label>as of <input type="date" name="as_of" value="{e(as_of)}"></label> '
+              f'<button>go</button></form>' if as_of else "")
+    data = json.dumps(charts or []).replace("</", "<\\/")
+    refresh = f' data-refresh-url="{e(refresh_url)}" data-refresh-s="{REFRESH_S}"' if refresh_url else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{e(title)}</title><style>{CSS}</style></head>
+<body data-page="{e(active)}"{refresh}>
+<header><strong>Risk cockpit</strong>{nav}{picker}</header>
+<main>{body}</main>
+<script type="application/json" id="chart-data">{data}</script>
+<script src="{BASE}/static/chart.umd.min.js"></script>
+<script src="{BASE}/static/cockpit.js"></script>
+</body></html>"""
+
+
+def status_banner(d: dict) -> str:
+    """The as-of status: complete, or INCOMPLETE with what is missing (fail closed: never a green page over
+    missing data)."""
+    if d.get("status") == "complete":
+        return f'<div class="status complete" id="status">{e(d["as_of"])}: complete</div>'
+    missing = "; ".join(d.get("missing") or [])
+    return f'<div class="status incomplete" id="status">{e(d["as_of"])}: INCOMPLETE: {e(missing)}</div>'
+
+
+def notes(items: Iterable[str]) -> str:
+    return "".join(f'<p class="note">{e(n)}</p>' for n in items if n)
+
+
+# ---- Firm --------------------------------------------------------------------------------------------------------
+def breaches_html(d: dict, charts: list[dict] | None = None) -> str:
+    as_of = d["as_of"]
+    cols = [("scope", "When", lambda r: f'<span class="scope-{e(r["scope"])}">'
+                                         f'{"intraday" if r["scope"] == "intraday" else "EOD"}</span>'),
+            ("portfolio_id", "Portfolio", lambda r: portfolio_link(r, as_of)), ("limit_type", "Limit", None),
+            ("metric", "Metric", None),
+            ("value", "Value", lambda r: _cell(r["value"], breach_value(r["value"], r["unit"], r["currency"]))),
+            ("limit_value", "Limit value",
+             lambda r: _cell(r["limit_value"], breach_value(r["limit_value"], r["unit"], r["currency"]))),
+            ("utilisation", "Utilisation", "pct"), ("since", "Since", "ts")]
+    shown = d["breaches"][:BREACH_ROWS]
+    out = [f'<h2 id="breaches">Limit breaches ({len(d["breaches"])})</h2>',
+           table(shown, cols, "breaches-table", "no limit breached on this day")]
+    if len(d["breaches"]) > len(shown):
+        out.append(f'<p id="breaches-more">{len(d["breaches"]) - len(shown)} more (lower utilisation): '
+                   f'<a href="{BASE}/api/summary?as_of={e(as_of)}">all breaches as JSON</a></p>')
+    if charts is not None and d["breaches"]:
+        top = d["breaches"][:20]
+        out.append(chart("chart-breaches", "Utilisation of the breached limits (100% = at the limit)", {
+            "type": "bar", "data": {"labels": [f'{b["portfolio_id"]} {b["limit_type"]}' for b in top],
+                                    "datasets": [{"label": "utilisation", "data": [b["utilisation"] for b in top],
+                                                  "backgroundColor": LOSS}]},
+            "options": {"indexAxis": "y", "scales": {"x": {"ticks": {"format": {"style": "percent"}}}}}},
+            charts, height=60 + 22 * len(top)))
+    return "\n".join(out)
+
+
+def _cell(raw, text: str) -> str:
+    data = f' data-value="{e(repr(float(raw)))}"' if _ok(raw) else ""
+    return f'<span class="num"{data}>{e(text)}</span>'
+
+
+def firm_risk_html(fr: dict) -> str:
+    if not fr.get("available"):
+        return f'<p class="note" id="firm-var-note">{e(fr["note"])}</p>'
+    k = [kpi("Firm VaR 95% (hist)", money(fr.get("var_95_hist")), "firm-var-95", fr.get("var_95_hist")),
+         kpi("Firm VaR 99% (hist)", money(fr.get("var_99_hist")), "firm-var-99", fr.get("var_99_hist")),
+         kpi("Firm ES 99% (hist)", money(fr.get("es_99_hist")), "firm-es-99", fr.get("es_99_hist"))]
+    if _ok(fr.get("sum_standalone_var_99_hist")):
+        k.append(kpi("Sum of standalone VaR 99%", money(fr["sum_standalone_var_99_hist"]), "sum-standalone",
+                     fr["sum_standalone_var_99_hist"]))
+    if _ok(fr.get("diversification_benefit")):
+        k.append(kpi("Diversification benefit", money(fr["diversification_benefit"]), "diversification",
+                     fr["diversification_benefit"]))
+    return f'<div class="kpis" id="firm-risk">{"".join(k)}</div>'
+
+
+def firm(d: dict, page: int = 1) -> str:
+    charts: list[dict] = []
+    as_of = d["as_of"]
+    body = [f"<h1>Firm risk as of {e(as_of)}</h1>", status_banner(d), breaches_html(d, charts)]
+    body.append('<h2 id="firm-var">Firm VaR and ES (diversified, USD)</h2>')
+    body.append(firm_risk_html(d["firm_risk"]))
+    body.append('<h2 id="pnl">PnL and book value</h2><div class="kpis">')
+    for t in d["totals"]:
+        ccy = t["currency"] or "USD"
+        body.append(kpi(f"Book value ({ccy})", money(t["market_value"], ccy), f"book-{ccy}", t["market_value"]))
+        for key, label in (("daily_pnl", "PnL today"), ("mtd_pnl", "PnL MTD")):
+            v = t[key]
+            body.append(kpi(f"{label} ({ccy})", money(v, ccy, signed=True), f"{key.replace('_', '-')}-{ccy}", v,
+                            "pos" if _ok(v) and v >= 0 else "neg"))
+    body.append("</div>")
+    body.append('<h2 id="drawdowns">Worst drawdowns</h2>')
+    body.append(table(d["worst_drawdowns"], [("portfolio_id", "Portfolio", lambda r: portfolio_link(r, as_of)),
+                                             ("name", "Name", None), ("max_drawdown", "Max drawdown", "pct"),
+                                             ("drawdown_limit", "Drawdown limit", "pct")], "drawdowns-table"))
+    body.append('<h2 id="intraday">Intraday PnL and exposure</h2>')
+    intra = d["intraday"]
+    if intra.get("available"):
+        body.append(chart("chart-intraday", f"Book intraday PnL and gross exposure, {intra['day']} (UTC)",
+                          intraday_config(intra), charts, refresh="intraday"))
+    else:
+        body.append(f'<p class="note" id="intraday-note">{e(intra["note"])}</p>')
+    body.append(notes(d.get("notes", [])))
+    rows = sorted(d["portfolios"], key=lambda r: -(r["var_99_hist"] if _ok(r["var_99_hist"]) else -1))
+    pages = max(1, math.ceil(len(rows) / PAGE_SIZE))
+    page = min(page, pages)
+    shown = rows[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+    body.append(f'<h2 id="portfolios">Portfolios ({len(rows)}, largest VaR 99% first)</h2>')
+    body.append(table(shown, [("portfolio_id", "Portfolio", lambda r: portfolio_link(r, as_of)),
+                              ("name", "Name", None), ("base_currency", "Ccy", None),
+                              ("market_value", "Market value", "money"), ("daily_pnl", "PnL today", "signed"),
+                              ("mtd_pnl", "PnL MTD", "signed"), ("var_95_hist", "VaR 95%", "money"),
+                              ("var_99_hist", "VaR 99%", "money"), ("es_99_hist", "ES 99%", "money"),
+                              ("var_limit", "VaR limit", "money"), ("concentration_pct", "Concentration", "pct"),
+                              ("max_drawdown", "Max drawdown", "pct")], "portfolios-table"))
+    if pages > 1:
+        links = " ".join(f'<a href="{BASE}/?as_of={e(as_of)}&amp;page={p}">{p}</a>' if p != page
+                         else f"<strong>{p}</strong>" for p in range(1, pages + 1))
+        body.append(f'<nav class="pager" id="pager">page {links}</nav>')
+    return layout(f"Risk cockpit: firm {as_of}", "firm", "\n".join(body), charts, as_of,
+                  refresh_url=f"{BASE}/api/firm?as_of={as_of}")
+
+
+def intraday_config(intra: dict) -> dict:
+    rows = intra["rows"]
+    return {"type": "line", "data": {
+        "labels": [str(r["bucket_start"])[11:16] for r in rows],
+        "datasets": [{"label": "intraday PnL", "data": [r["intraday_pnl"] for r in rows], "borderColor": COLORS[0],
+                      "yAxisID": "y", "pointRadius": 0},
+                     {"label": "gross exposure", "data": [r["gross_exposure"] for r in rows],
+                      "borderColor": COLORS[1], "yAxisID": "y1", "pointRadius": 0}]},
+        "options": {"scales": {"y": {"title": {"display": True, "text": "PnL"}},
+                               "y1": {"position": "right", "grid": {"drawOnChartArea": False},
+                                      "title": {"display": True, "text": "gross exposure"}}}}}
+
+
+# ---- Portfolio ---------------------------------------------------------------------------------------------------
+def portfolio(d: dict, ids: list[str]) -> str:
+    charts: list[dict] = []
+    as_of, p, day = d["as_of"], d["portfolio"], d["day"] or {}
+    pid, ccy = str(p["portfolio_id"]), p.get("base_currency") or "USD"
+    options = "".join(f'<option value="{e(i)}"{" selected" if i == pid else ""}>{e(i)}</option>' for i in ids)
+    body = [f'<h1>Portfolio {e(pid)} <small>{e(p.get("name"))}, {e(ccy)}, as of {e(as_of)}</small></h1>',
+            f'<label>portfolio <select id="portfolio-select" data-nav="{BASE}/portfolio/" '
+            f'data-as-of="{e(as_of)}">{options}</select></label>', '<div class="kpis">']
+    for key, label, f in (("market_value", "Market value", "money"), ("daily_pnl", "PnL today", "signed"),
+                          ("mtd_pnl", "PnL MTD", "signed"), ("var_95_hist", "VaR 95% (hist)", "money"),
+                          ("var_99_hist", "VaR 99% (hist)", "money"), ("es_99_hist", "ES 99% (hist)", "money"),
+                          ("vol_30d", "Vol 30d (ann.)", "pct"), ("max_drawdown", "Max drawdown", "pct"),
+                          ("concentration_pct", "Concentration", "pct")):
+        body.append(kpi(label, FORMATS[f](day.get(key)), key.replace("_", "-"), day.get(key)))
+    body.append("</div><div class=\"grid2\">")
+    h = d["history"]
+    dates = [r["as_of_date"] for r in h]
+    body.append(chart("chart-value", f"Market value and daily PnL ({ccy})", {"type": "bar", "data": {
+        "labels": dates, "datasets": [
+            {"type": "line", "label": "market value", "data": [r["market_value"] for r in h],
+             "borderColor": COLORS[0], "yAxisID": "y1", "pointRadius": 0},
+            {"label": "daily PnL", "data": [r["daily_pnl"] for r in h], "yAxisID": "y",
+             "backgroundColor": [GAIN if (r["daily_pnl"] or 0) >= 0 else LOSS for r in h]}]},
+        "options": {"scales": {"y": {"title": {"display": True, "text": "daily PnL"}},
+                               "y1": {"position": "right", "grid": {"drawOnChartArea": False},
+                                      "title": {"display": True, "text": "market value"}}}}}, charts))
+    body.append(chart("chart-drawdown", "Drawdown from running peak (underwater) and recovery", {
+        "type": "line", "data": {"labels": dates, "datasets": [
+            {"label": "drawdown", "data": [r["drawdown"] for r in h], "borderColor": LOSS, "fill": "origin",
+             "backgroundColor": "rgba(198,40,40,.25)", "pointRadius": 0}]},
+        "options": {"scales": {"y": {"max": 0, "ticks": {"format": {"style": "percent"}}}}}}, charts))
+    bt = [r for r in d["backtest"] if r["method"] == "hist"] or d["backtest"]
+    if bt:
+        method = bt[0]["method"]
+        days = sorted({r["as_of_date"] for r in bt})
+        realised = {r["as_of_date"]: r["realized_pnl"] for r in bt}
+        sets = [{"label": "realised PnL", "data": [realised[x] for x in days], "backgroundColor": "#90a4ae"}]
+        for conf, color in ((0.95, COLORS[1]), (0.99, COLORS[3])):
+            mine = {r["as_of_date"]: r for r in bt if abs(r["confidence"] - conf) < 1e-9}
+            if not mine:
+                continue
+            sets.append({"type": "line", "label": f"-VaR {conf:.0%}", "borderColor": color, "pointRadius": 0,
+                         "data": [-mine[x]["var_forecast"] if x in mine else None for x in days]})
+            sets.append({"type": "line", "label": f"exception vs VaR {conf:.0%}", "showLine": False,
+                         "pointStyle": "crossRot", "pointRadius": 6, "borderColor": color,
+                         "data": [mine[x]["realized_pnl"] if x in mine and mine[x]["is_exception"] else None
+                                  for x in days]})
+        body.append(chart("chart-var", f"{method} VaR vs realised PnL, exceptions marked ({ccy})",
+                          {"type": "bar", "data": {"labels": days, "datasets": sets}}, charts))
+    else:
+        body.append('<p class="empty">no VaR backtest rows</p>')
+    rd = d["returns"]
+    if rd["bins"]:
+        colors = [LOSS if (rd["low"] is not None and (b < rd["low"] or b > rd["high"])) else COLORS[0]
+                  for b in rd["bins"]]
+        body.append(chart("chart-returns", f"Daily return distribution; anomaly band {pct(rd['low'], 2)} .. "
+                                           f"{pct(rd['high'], 2)} (|robust z| > 3.5 in red)", {
+            "type": "bar", "data": {"labels": [f"{b:.2%}" for b in rd["bins"]],
+                                    "datasets": [{"label": "days", "data": rd["counts"], "backgroundColor": colors}]}},
+            charts))
+    pos = d["positions"]
+    if pos:
+        body.append(chart("chart-exposure", f"Exposure by asset ({ccy}); concentration limit "
+                                            f"{pct(p.get('concentration_limit'))} of gross", {
+            "type": "bar", "data": {"labels": [r["product_id"] for r in pos], "datasets": [
+                {"label": "market value", "data": [r["market_value"] for r in pos],
+                 "backgroundColor": [COLORS[0] if r["market_value"] >= 0 else LOSS for r in pos]}]},
+            "options": {"indexAxis": "y"}}, charts, height=80 + 24 * len(pos)))
+    if d["contributions"]:
+        c = d["contributions"]
+        body.append(chart("chart-contributions", f"Component VaR 99% (parametric) by asset ({ccy})", {
+            "type": "bar", "data": {"labels": [r["product_id"] for r in c], "datasets": [
+                {"label": "component VaR 99%", "data": [r["component_var_99_param"] for r in c],
+                 "backgroundColor": COLORS[3]}]}, "options": {"indexAxis": "y"}}, charts, height=80 + 24 * len(c)))
+    body.append("</div>")
+    body.append('<h2 id="backtest">VaR backtest</h2>')
+    body.append(table(d["backtest_summary"], [("method", "Method", None), ("confidence", "Confidence", "pct"),
+                                              ("days", "Days", "num"), ("exceptions", "Exceptions", "num"),
+                                              ("expected", "Expected", "num")], "backtest-table"))
+    body.append('<h2 id="positions">Exposures and concentration</h2>')
+    body.append(table(pos, [("product_id", "Asset", None), ("quantity", "Quantity", "num"),
+                            ("close", "Close", "money"), ("market_value", f"Market value ({ccy})", "money"),
+                            ("unrealized_pnl", f"Unrealised PnL ({ccy})", "signed"),
+                            ("share_of_gross", "Share of gross", "pct")], "positions-table"))
+    body.append('<h2 id="contributions">Risk contributions</h2>')
+    if d["contributions"] is None:
+        body.append('<p class="note">gold.fact_risk_contributions is not built yet</p>')
+    else:
+        body.append(table(d["contributions"], [("product_id", "Asset", None),
+                                               ("component_var_99_param", "Component VaR 99% (param)", "money"),
+                                               ("component_es_99_hist", "Component ES 99% (hist)", "money"),
+                                               ("marginal_var_99_param", "Marginal VaR 99%", "num")],
+                          "contributions-table"))
+    return layout(f"Risk cockpit: {pid} {as_of}", "portfolio", "\n".join(body), charts, as_of)
+
+
+# ---- Market ------------------------------------------------------------------------------------------------------
+def _corr_color(v) -> str:
+    if not _ok(v):
+        return "#fff"
+    a = min(abs(v), 1.0)
+    return f"rgba(198,40,40,{a:.2f})" if v >= 0 else f"rgba(31,78,121,{a:.2f})"
+
+
+def market(d: dict) -> str:
+    charts: list[dict] = []
+    as_of = d["as_of"]
+    body = [f"<h1>Market as of {e(as_of)}</h1>", '<div class="grid2">']
+    ph = d["price_history"]
+    if ph["dates"]:
+        body.append(chart("chart-prices", "Prices rebased to 100 at the start of the window", {
+            "type": "line", "data": {"labels": ph["dates"], "datasets": [
+                {"label": p, "data": s, "borderColor": COLORS[i % len(COLORS)], "pointRadius": 0}
+                for i, (p, s) in enumerate(ph["rebased"].items())]}}, charts))
+    vols = [v for v in d["volatility"] if _ok(v.get("vol_30d"))]
+    if vols:
+        body.append(chart("chart-vol", "30-day annualised volatility ranking", {
+            "type": "bar", "data": {"labels": [v["product_id"] for v in vols], "datasets": [
+                {"label": "vol 30d", "data": [v["vol_30d"] for v in vols], "backgroundColor": COLORS[0]}]},
+            "options": {"indexAxis": "y", "scales": {"x": {"ticks": {"format": {"style": "percent"}}}}}},
+            charts, height=80 + 22 * len(vols)))
+    an = d["anomalies"]
+    if an:
+        products = sorted({a["product_id"] for a in an})
+        body.append(chart("chart-anomalies", "Return anomalies of the day (robust z)", {
+            "type": "scatter", "data": {"datasets": [
+                {"label": p, "backgroundColor": COLORS[i % len(COLORS)],
+                 "data": [{"x": int(a["bucket_start"][11:13]) + int(a["bucket_start"][14:16]) / 60,
+                           "y": a["robust_z"]} for a in an if a["product_id"] == p]}
+                for i, p in enumerate(products)]},
+            "options": {"scales": {"x": {"min": 0, "max": 24, "title": {"display": True, "text": "hour (UTC)"}},
+                                   "y": {"title": {"display": True, "text": "robust z"}}}}}, charts))
+    body.append("</div>")
+    body.append('<h2 id="prices">Latest prices</h2>')
+    body.append(table(d["prices"], [("product_id", "Product", None), ("price_date", "Day", None),
+                                    ("close", "Close", "money"), ("change_1d", "1-day change", "pct2")],
+                      "prices-table"))
+    body.append('<h2 id="volatility">Volatility ranking</h2>')
+    body.append(table(d["volatility"], [("product_id", "Product", None), ("vol_30d", "Vol 30d", "pct"),
+                                        ("vol_20d", "Vol 20d", "pct"), ("vol_ewma", "Vol EWMA", "pct"),
+                                        ("max_drawdown", "Max drawdown", "pct"),
+                                        ("worst_daily_return", "Worst day", "pct")], "volatility-table"))
+    body.append('<h2 id="correlation">Correlation of daily log returns (90 days)</h2>')
+    c = d["correlation"]
+    if c["products"]:
+        head = "".join(f"<th>{e(p)}</th>" for p in c["products"])
+        rows = "".join(f"<tr><th>{e(p)}</th>" + "".join(
+            f'<td class="num" style="background:{_corr_color(v)}" '
+            f'data-value="{e(repr(v)) if _ok(v) else ""}">{v:.2f}</td>' if _ok(v) else "<td>–</td>" for v in row)
+            + "</tr>" for p, row in zip(c["products"], c["matrix"], strict=True))
+        body.append(f'<div class="table-wrap"><table id="correlation-table"><thead><tr><th></th>{head}</tr>'
+                    f"</thead><tbody>{rows}</tbody></table></div>")
+    else:
+        body.append('<p class="empty">not enough daily prices for a correlation</p>')
+    body.append('<h2 id="anomalies">Anomalies</h2>')
+    body.append(table(an, [("product_id", "Product", None), ("bucket_start", "Bucket (UTC)", "ts"),
+                           ("return_value", "Return", "pct2"), ("robust_z", "Robust z", "z")], "anomalies-table",
+                      "no anomalies on this day"))
+    body.append('<h2 id="factors">Factor exposures (latest betas)</h2>')
+    body.append(table(d["factors"], [("product_id", "Product", None), ("factor_name", "Factor", None),
+                                     ("beta", "Beta", "num"), ("r_squared", "R²", "num")], "factors-table"))
+    return layout(f"Risk cockpit: market {as_of}", "market", "\n".join(body), charts, as_of)
+
+
+# ---- Pipeline ----------------------------------------------------------------------------------------------------
+def pipeline(d: dict) -> str:
+    charts: list[dict] = []
+    body = ["<h1>Pipeline health</h1>", '<h2 id="last-status">Last status per DAG</h2>',
+            table(d["last_status"], [("dag_id", "DAG", None), ("run_id", "Last run", None),
+                                     ("started_at", "Started (UTC)", "ts"), ("status", "Status", None),
+                                     ("tasks", "Tasks", "num"), ("failed_tasks", "Failed", "num")],
+                  "status-table", "no runs recorded"), '<div class="grid2">']
+    runs = list(reversed(d["runs"]))
+    if runs:
+        labels = [f'{r["dag_id"]} {str(r["started_at"])[5:16]}' for r in runs]
+        body.append(chart("chart-rows", "Rows processed per run (out)", {"type": "bar", "data": {
+            "labels": labels, "datasets": [{"label": "rows out", "data": [r["rows_out"] for r in runs],
+                                            "backgroundColor": COLORS[0]}]}}, charts))
+        body.append(chart("chart-run-seconds", "Task seconds per run over time", {"type": "line", "data": {
+            "labels": labels, "datasets": [{"label": "task seconds", "data": [r["task_seconds"] for r in runs],
+                                            "borderColor": COLORS[1]}]}}, charts))
+    dur = d["durations"]
+    if dur:
+        body.append(chart("chart-durations", "Task duration: mean and p95 (seconds, last 30 days)", {
+            "type": "bar", "data": {"labels": [f'{r["dag_id"]}.{r["task"]}' for r in dur], "datasets": [
+                {"label": "mean", "data": [r["mean_s"] for r in dur], "backgroundColor": COLORS[0]},
+                {"label": "p95", "data": [r["p95_s"] for r in dur], "backgroundColor": COLORS[1]}]},
+            "options": {"indexAxis": "y"}}, charts, height=80 + 26 * len(dur)))
+    body.append("</div>")
+    body.append('<h2 id="durations">Task durations</h2>')
+    body.append(table(dur, [("dag_id", "DAG", None), ("task", "Task", None), ("attempts", "Attempts", "num"),
+                            ("mean_s", "Mean s", "s"), ("p95_s", "p95 s", "s")], "durations-table"))
+    body.append('<h2 id="runs">Runs</h2>')
+    body.append(table(d["runs"], [("run_id", "Run", None), ("dag_id", "DAG", None),
+                                  ("started_at", "Started (UTC)", "ts"), ("task_attempts", "Attempts", "num"),
+                                  ("failed", "Failed", "num"), ("rows_in", "Rows in", "num"),
+                                  ("rows_out", "Rows out", "num"), ("task_seconds", "Task seconds", "s")],
+                      "runs-table"))
+    body.append('<h2 id="audit">Audit (latest task attempts)</h2>')
+    body.append(table(d["audit"], [("started_at", "Started (UTC)", "ts"), ("dag_id", "DAG", None),
+                                   ("run_id", "Run", None), ("task_id", "Task", None), ("status", "Status", None),
+                                   ("rows_in", "Rows in", "num"), ("rows_out", "Rows out", "num"),
+                                   ("duration_s", "Seconds", "s"), ("message", "Message", None)], "audit-table"))
+    return layout("Risk cockpit: pipeline", "pipeline", "\n".join(body), charts)
+
+
+# ---- refusals and gaps -------------------------------------------------------------------------------------------
+def refused(status: int, detail: str) -> str:
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Not logged in</title></head>'
+            f'<body><h1 id="refused">{status}: {e(detail)}</h1><p>The risk cockpit is for logged-in Airflow users: '
+            f'<a href="/">log in to Airflow</a> and open Risk from the navigation.</p></body></html>')
+
+
+def no_run_report(dag_id: str, run_id: str) -> str:
+    body = (f"<h1>No report for this run</h1><p>Run {e(run_id)} of {e(dag_id)} recorded no successful "
+            f"export_report task in gold.fact_pipeline_runs (only risk_end_of_day runs write a report, and "
+            f"the run log reaches gold at the next load).</p><p>{_link('/report', 'The latest report')}</p>")
+    return layout("Risk cockpit: no report", "", body)
+
+
+def no_docs(path) -> str:
+    body = (f"<h1>dbt docs not generated yet</h1><p>{e(path)} does not exist: run <code>make docs</code> "
+            f"(or <code>python -m etl docs</code>) and reload.</p>")
+    return layout("Risk cockpit: dbt docs", "", body)

@@ -1,0 +1,207 @@
+"""The cockpit's page data (etl.report.cockpit) against gold queried independently, on a real Postgres.
+
+The HTTP and browser checks through a real Airflow API server are in test_cockpit_airflow.py (slow).
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import psycopg2
+import pytest
+
+from etl.report import cockpit
+from etl.report.gold import GoldReader
+from etl.report.sample import create_gold
+
+AS_OF = date(2026, 1, 31)
+N = 22
+
+
+def _reporting(url: str) -> str:
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    return u._replace(netloc="reporting@" + u.netloc.rsplit("@", 1)[-1]).geturl()
+
+
+@pytest.fixture(scope="module")
+def gold(pg_url):
+    """A scratch warehouse with the sample book cloned to 22 portfolios; yields (owner URL, reporting URL)."""
+    from etl.db import scratch_database
+
+    with scratch_database(pg_url, "cockpit") as url:
+        create_gold(url, cockpit.sample_book(AS_OF, N))
+        yield url, _reporting(url)
+
+
+@pytest.fixture
+def reader(gold):
+    with GoldReader(gold[1]) as r:
+        yield r
+
+
+def _sql(url: str, sql: str, params=None) -> list[tuple]:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+        rows = cur.fetchall() if cur.description else []
+    conn.close()
+    return rows
+
+
+def test_summary_is_the_contract_json_with_golds_numbers(reader, gold):
+    s = cockpit.summary(reader)
+    assert s["as_of"] == "2026-01-31" and s["status"] == "complete"
+    assert {"as_of", "status", "breaches", "portfolios"} <= set(s)
+    expected = _sql(gold[0], """
+        select p.portfolio_id, v.market_value, d.daily_pnl, r.var_95_hist, r.var_99_hist
+        from gold.dim_portfolio p
+        join gold.fact_portfolio_valuation v on v.portfolio_id = p.portfolio_id and v.as_of_date = %s
+        join gold.fact_pnl_daily d on d.portfolio_id = p.portfolio_id and d.as_of_date = %s
+        join gold.fact_risk_metrics r on r.portfolio_id = p.portfolio_id and r.as_of_date = %s
+        order by 1""", (AS_OF, AS_OF, AS_OF))
+    assert len(expected) == N
+    got = [tuple(p[k] for k in ("portfolio_id", "market_value", "daily_pnl", "var_95_hist", "var_99_hist"))
+           for p in s["portfolios"]]
+    assert got == [tuple(r) for r in expected]  # exactly, not approximately: the same numbers as gold
+    breaches = _sql(gold[0], "select portfolio_id, limit_type, value, limit_value from gold.fact_limit_breaches "
+                             "where as_of_date = %s", (AS_OF,))
+    assert len(s["breaches"]) == len(breaches) > 0
+    assert {(b["portfolio_id"], b["limit_type"], b["value"], b["limit_value"]) for b in s["breaches"]} == set(breaches)
+    for b in s["breaches"]:
+        assert b["utilisation"] == pytest.approx(b["value"] / b["limit_value"], rel=1e-12)
+        assert b["scope"] == "eod" and b["unit"] == {"var": "currency", "concentration": "fraction"}[b["limit_type"]]
+    utils = [b["utilisation"] for b in s["breaches"]]
+    assert utils == sorted(utils, reverse=True)  # worst first
+
+
+def test_an_unknown_day_is_incomplete_and_says_what_is_missing(reader):
+    s = cockpit.summary(reader, AS_OF + timedelta(days=1))
+    assert s["status"] == "incomplete"
+    assert s["missing"][0].startswith("gold.fact_portfolio_valuation: no row for P0001, P0002, P0003, P0004, "
+                                      "P0005 and 17 more")
+    assert all(p["var_99_hist"] is None for p in s["portfolios"])
+
+
+def test_firm_var_is_never_the_sum_of_standalone_vars(gold, reader):
+    f = cockpit.firm(reader)
+    assert f["firm_risk"] == {"available": False,
+                              "note": "firm VaR not yet computed (gold.fact_firm_risk is not built)"}
+    _sql(gold[0], """create table gold.fact_firm_risk as select %s::date as as_of_date, 1000.0::float8 as
+                     var_95_hist, 1500.0::float8 as var_99_hist, 1200.0::float8 as es_95_hist,
+                     1800.0::float8 as es_99_hist, 2500.0::float8 as sum_standalone_var_99_hist,
+                     1000.0::float8 as diversification_benefit;
+                     grant select on gold.fact_firm_risk to reporting""", (AS_OF,))
+    try:
+        fr = cockpit.firm(reader)["firm_risk"]
+        assert fr["available"] and fr["var_99_hist"] == 1500.0 and fr["diversification_benefit"] == 1000.0
+        assert cockpit.firm_risk(reader, AS_OF - timedelta(days=1)) == {
+            "available": False, "note": "firm VaR not yet computed for 2026-01-30"}
+    finally:
+        _sql(gold[0], "drop table gold.fact_firm_risk")
+
+
+def test_firm_page_totals_and_worst_drawdowns(reader, gold):
+    f = cockpit.firm(reader)
+    (mv, pnl, mtd), = _sql(gold[0], "select sum(v.market_value), sum(d.daily_pnl), sum(d.mtd_pnl) "
+                                    "from gold.fact_portfolio_valuation v join gold.fact_pnl_daily d "
+                                    "using (portfolio_id, as_of_date) where as_of_date = %s", (AS_OF,))
+    (t,) = f["totals"]
+    assert (t["currency"], t["portfolios"]) == ("USD", N)
+    assert t["market_value"] == pytest.approx(mv) and t["daily_pnl"] == pytest.approx(pnl)
+    assert t["mtd_pnl"] == pytest.approx(mtd)
+    worst = _sql(gold[0], "select min(max_drawdown) from gold.fact_risk_metrics where as_of_date = %s", (AS_OF,))
+    assert f["worst_drawdowns"][0]["max_drawdown"] == worst[0][0] and len(f["worst_drawdowns"]) == 5
+    assert f["intraday"]["available"] is False
+    assert "intraday limit breaches are not in gold yet: end-of-day breaches only" in f["notes"]
+
+
+def test_breach_since_is_the_first_day_of_the_unbroken_run(gold, reader):
+    """P0001's VaR limit also breached on the two days before (and once, a week earlier, after a gap)."""
+    _sql(gold[0], """insert into gold.fact_limit_breaches
+                     select portfolio_id, d::date, limit_type, value, limit_value, metric, utilisation, base_currency
+                     from gold.fact_limit_breaches, unnest(array[%s, %s, %s]::date[]) as d
+                     where portfolio_id = 'P0001' and as_of_date = %s""",
+         (AS_OF - timedelta(days=1), AS_OF - timedelta(days=2), AS_OF - timedelta(days=7), AS_OF))
+    try:
+        found, _ = cockpit.breaches(reader, AS_OF)
+        mine = next(b for b in found if b["portfolio_id"] == "P0001" and b["limit_type"] == "var")
+        assert mine["since"] == "2026-01-29"
+        other = next(b for b in found if b["portfolio_id"] == "P0003")
+        assert other["since"] == "2026-01-31"
+    finally:
+        _sql(gold[0], "delete from gold.fact_limit_breaches where as_of_date < %s", (AS_OF,))
+
+
+def test_intraday_breaches_are_read_when_the_table_exists(gold, reader):
+    _sql(gold[0], """create table gold.fact_intraday_breaches (portfolio_id text, bucket_start timestamptz,
+                     limit_type text, metric text, value float8, limit_value float8);
+                     insert into gold.fact_intraday_breaches values
+                       ('P0002', %(d)s::date + interval '9 hours', 'var', 'var_99', 2600, 2500),
+                       ('P0002', %(d)s::date + interval '10 hours', 'var', 'var_99', 3000, 2500);
+                     grant select on gold.fact_intraday_breaches to reporting""", {"d": AS_OF})
+    try:
+        found, notes = cockpit.breaches(reader, AS_OF)
+        intra = [b for b in found if b["scope"] == "intraday"]
+        assert len(intra) == 1 and notes == []
+        b = intra[0]
+        assert (b["value"], b["limit_value"], b["utilisation"]) == (3000, 2500, 1.2)  # the latest bucket
+        assert b["since"].startswith("2026-01-31T09:00")                              # since the first one
+    finally:
+        _sql(gold[0], "drop table gold.fact_intraday_breaches")
+
+
+def test_portfolio_page_numbers_and_parameterised_ids(reader, gold):
+    p = cockpit.portfolio(reader, "P0002")
+    pos = _sql(gold[0], "select product_id, market_value from gold.fact_positions where portfolio_id = 'P0002' "
+                        "and as_of_date = %s order by abs(market_value) desc", (AS_OF,))
+    assert [(r["product_id"], r["market_value"]) for r in p["positions"]] == pos
+    assert sum(r["share_of_gross"] for r in p["positions"]) == pytest.approx(1.0)
+    hist = _sql(gold[0], "select count(*), min(market_value) from gold.fact_portfolio_valuation "
+                         "where portfolio_id = 'P0002'")
+    assert len(p["history"]) == hist[0][0]
+    assert min(r["drawdown"] for r in p["history"]) <= 0 and max(r["drawdown"] for r in p["history"]) == 0
+    exc = _sql(gold[0], "select method, confidence, count(*), sum(is_exception::int) from gold.fact_var_backtest "
+                        "where portfolio_id = 'P0002' group by 1, 2 order by 1, 2")
+    assert [(r["method"], r["confidence"], r["days"], r["exceptions"]) for r in p["backtest_summary"]] == exc
+    rd = p["returns"]
+    assert sum(rd["counts"]) == hist[0][0] - 1 and rd["low"] < 0 < rd["high"]
+    assert cockpit.portfolio(reader, "P0002' or '1'='1") is None  # a parameter, never SQL
+
+
+def test_market_and_pipeline_pages(reader, gold):
+    m = cockpit.market(reader)
+    vol = _sql(gold[0], "select product_id, vol_30d from gold.fact_asset_risk where as_of_date = %s "
+                        "order by vol_30d desc", (AS_OF,))
+    assert [(v["product_id"], v["vol_30d"]) for v in m["volatility"]] == vol
+    c = m["correlation"]
+    assert c["products"] == ["BTC-USD", "ETH-USD", "SOL-USD"]
+    assert [c["matrix"][i][i] for i in range(3)] == pytest.approx([1.0, 1.0, 1.0])
+    assert [a["product_id"] for a in m["anomalies"]] == ["SOL-USD", "ETH-USD"]  # |z| 6.3 then 4.1
+    pl = cockpit.pipeline(reader)
+    (n_runs,), = _sql(gold[0], "select count(distinct run_id) from gold.fact_pipeline_runs")
+    assert len(pl["runs"]) == n_runs
+    # run-1's build_bars_5m failed then succeeded: the last status per DAG is the latest run, all tasks ok
+    assert pl["last_status"] == [{"dag_id": "eod_risk", "run_id": "run-3", "started_at": pl["runs"][0]["started_at"],
+                                  "status": "success", "tasks": 4, "failed_tasks": 0}]
+    bars = next(r for r in pl["durations"] if r["task"] == "build_bars_5m")
+    (mean, p95), = _sql(gold[0], "select avg(duration_s), percentile_cont(0.95) within group (order by duration_s)"
+                                 " from gold.fact_pipeline_runs where task_id = 'build_bars_5m'")
+    assert (bars["mean_s"], bars["p95_s"]) == (pytest.approx(mean), pytest.approx(p95))
+
+
+def test_intraday_pnl_and_exposure_are_book_sums_per_bucket(gold, reader):
+    _sql(gold[0], """create table gold.fact_intraday_risk (portfolio_id text, bucket_start timestamptz,
+                     market_value float8, intraday_pnl float8, gross_exposure float8);
+                     insert into gold.fact_intraday_risk values
+                       ('P0001', '2026-02-01 09:00+00', 100, 1.5, 120), ('P0002', '2026-02-01 09:00+00', 50, -0.5, 60),
+                       ('P0001', '2026-02-01 09:05+00', 101, 2.5, 121),
+                       ('P0001', '2026-01-31 23:55+00', 99, 9.0, 119);
+                     grant select on gold.fact_intraday_risk to reporting""")
+    try:
+        intra = cockpit.intraday(reader, AS_OF)
+        assert intra["available"] and intra["day"] == "2026-02-01"  # the latest day with intraday rows
+        assert [(r["bucket_start"][11:16], r["intraday_pnl"], r["gross_exposure"]) for r in intra["rows"]] == [
+            ("09:00", 1.0, 180.0), ("09:05", 2.5, 121.0)]
+    finally:
+        _sql(gold[0], "drop table gold.fact_intraday_risk")
