@@ -64,7 +64,8 @@ def _fmt(limit_type: str, v: float, currency: str | None = None) -> str:
 def message(breach: dict) -> str:
     t, ccy = breach["limit_type"], breach.get("base_currency")
     metric = f" ({breach['metric']})" if breach.get("metric") else ""
-    return (f"Risk limit breach: portfolio {breach['portfolio_id']} {t} limit on {breach['as_of_date']}: "
+    when = f"at {breach['bucket_start']} (intraday)" if breach.get("bucket_start") else f"on {breach['as_of_date']}"
+    return (f"Risk limit breach: portfolio {breach['portfolio_id']} {t} limit {when}: "
             f"{_fmt(t, breach['value'], ccy)}{metric} vs limit {_fmt(t, breach['limit_value'], ccy)}")
 
 
@@ -170,41 +171,13 @@ def send_alerts(as_of: date | None = None, settings: Settings | None = None) -> 
     store = get_store(settings)
     channels = configured_channels(settings)
     smtp = None
-    new, errors, jsonl = 0, [], []
+    new, errors = 0, []
     for breach in breaches:
         rel = ledger_path(str(breach["portfolio_id"]), breach["as_of_date"], str(breach["limit_type"]))
-        entry = store.read_json(rel) if store.exists(rel) else {"breach": breach, "sent": {}}
-        todo = [c for c in channels if c not in entry["sent"]]
-        if not todo:
-            continue
-        if "log" in todo:
-            new += 1
-        text = message(breach)
-        now = datetime.now(UTC).isoformat()
-        for channel in todo:
-            try:
-                if channel == "log":
-                    log.warning("ALERT %s", text)
-                elif channel == "file":
-                    jsonl.append(json.dumps({**breach, "message": text, "alerted_at": now}, default=str,
-                                            sort_keys=True))
-                elif channel == "webhook":
-                    send_webhook(settings.alert_webhook_url, text)
-                elif channel == "email":
-                    if smtp is None:
-                        smtp = smtp_settings()
-                    subject = (f"[risk] {breach['limit_type']} limit breach: {breach['portfolio_id']} "
-                               f"on {breach['as_of_date']}")
-                    send_email(settings.alert_email_to, subject, text, smtp)
-            except AlertDeliveryError as exc:
-                log.error("alert channel %s failed for %s: %s", channel, rel, exc)
-                errors.append(str(exc))
-                continue
-            entry["sent"][channel] = now
-        if jsonl:  # the alert file before the ledger: a crash in between re-sends rather than loses an alert
-            _append_lines(store, ALERTS_FILE, jsonl)
-            jsonl = []
-        store.write_json(rel, entry)
+        subject = f"[risk] {breach['limit_type']} limit breach: {breach['portfolio_id']} on {breach['as_of_date']}"
+        first, errs, smtp = deliver(store, rel, breach, message(breach), subject, channels, settings, smtp)
+        new += first
+        errors += errs
     log.info("alerts for %s: %d breaches, %d newly alerted, channels %s", as_of, len(breaches), new, channels)
     if errors:
         raise AlertDeliveryError(f"{len(errors)} alert deliveries failed for {as_of} (they are retried on the next "
@@ -215,3 +188,59 @@ def send_alerts(as_of: date | None = None, settings: Settings | None = None) -> 
 def _check_settings(settings: Settings) -> None:
     if settings.alert_email_to and "@" not in settings.alert_email_to:
         raise ConfigError(f"ALERT_EMAIL_TO={settings.alert_email_to!r} is not an e-mail address")
+
+
+def deliver(store: Store, rel: str, breach: dict, text: str, subject: str, channels: list[str],
+            settings: Settings, smtp: dict | None = None) -> tuple[bool, list[str], dict | None]:
+    """Send one breach to each channel its ledger entry `rel` has not carried yet, then update the entry.
+    Returns (alerted for the first time, delivery errors, the SMTP settings read so far)."""
+    entry = store.read_json(rel) if store.exists(rel) else {"breach": breach, "sent": {}}
+    todo = [c for c in channels if c not in entry["sent"]]
+    if not todo:
+        return False, [], smtp
+    errors, jsonl = [], []
+    now = datetime.now(UTC).isoformat()
+    for channel in todo:
+        try:
+            if channel == "log":
+                log.warning("ALERT %s", text)
+            elif channel == "file":
+                jsonl.append(json.dumps({**breach, "message": text, "alerted_at": now}, default=str, sort_keys=True))
+            elif channel == "webhook":
+                send_webhook(settings.alert_webhook_url, text)
+            elif channel == "email":
+                if smtp is None:
+                    smtp = smtp_settings()
+                send_email(settings.alert_email_to, subject, text, smtp)
+        except AlertDeliveryError as exc:
+            log.error("alert channel %s failed for %s: %s", channel, rel, exc)
+            errors.append(str(exc))
+            continue
+        entry["sent"][channel] = now
+    if jsonl:  # the alert file before the ledger: a crash in between re-sends rather than loses an alert
+        _append_lines(store, ALERTS_FILE, jsonl)
+    store.write_json(rel, entry)
+    return "log" in todo, errors, smtp
+
+
+def record_cleared(store: Store, rel: str, cleared: dict) -> bool:
+    """Record that an alerted breach is back under its limit: `cleared_at` in its ledger entry (each episode
+    kept under `episodes`), a `cleared` line in the alert file and the log. No-op when never alerted or when this
+    clearing is recorded already (a rerun); returns whether it was recorded now."""
+    if not store.exists(rel):
+        return False
+    entry = store.read_json(rel)
+    episode = {"breached_at": str(cleared.get("breached_at")), "cleared_at": str(cleared.get("bucket_start"))}
+    if episode in entry.get("episodes", []):
+        return False
+    entry.setdefault("episodes", []).append(episode)
+    entry["cleared_at"] = episode["cleared_at"]
+    text = (f"Risk limit cleared: portfolio {cleared['portfolio_id']} {cleared['limit_type']} limit back under "
+            f"{_fmt(cleared['limit_type'], cleared['limit_value'], cleared.get('base_currency'))} at "
+            f"{episode['cleared_at']} (in breach since {episode['breached_at']})")
+    log.info("ALERT CLEARED %s", text)
+    _append_lines(store, ALERTS_FILE, [json.dumps({**cleared, "event": "cleared", "message": text,
+                                                   "recorded_at": datetime.now(UTC).isoformat()},
+                                                  default=str, sort_keys=True)])
+    store.write_json(rel, entry)
+    return True

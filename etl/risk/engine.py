@@ -24,6 +24,7 @@ from etl.risk import (
     es_backtest,
     filtered,
     firm,
+    intraday,
     returns,
     stress,
     valuation,
@@ -309,7 +310,9 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
             "risk_contributions": contribution_rows(window, exposure, pids, held, as_of, base),
             "stress_results": stress.stress_rows(days, price, exposure, gross_now, pids, held, base,
                                                  scenarios or stress.Scenarios.empty(),
-                                                 usd_move_of or (lambda shocks: dict.fromkeys(held, 0.0)))}
+                                                 usd_move_of or (lambda shocks: dict.fromkeys(held, 0.0))),
+            # what the intraday revaluation re-uses: this scenario set, its covariance, each book's drawdown
+            **intraday.scenario_tables(as_of, days[-n_ret:], window, held, base, pids, pr_window, params)}
 
 
 def contribution_rows(window: np.ndarray, exposure: np.ndarray, ids, held, as_of, currency: str,

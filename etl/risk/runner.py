@@ -20,6 +20,7 @@ from etl.errors import DataNotFoundError
 from etl.portfolios import book_products, load_portfolios, load_positions
 from etl.reference import load_instruments
 from etl.risk.engine import RiskParams, close_matrix, compute_tables
+from etl.risk.intraday import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
 from etl.storage import get_store, partition_path
 
@@ -29,6 +30,7 @@ OUTPUT_DIR = "outputs"
 TABLES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics", "asset_risk", "anomalies",
           "anomalies_daily", "var_backtest", "var_backtest_summary", "drawdowns", "correlations", "limit_breaches",
           "firm_risk", "risk_contributions", "stress_results", "var_model_comparison")
+TABLES += SCENARIO_TABLES  # the intraday revaluation's inputs (etl.risk.intraday)
 DATE_COLUMNS = ("as_of_date", "forecast_date", "price_date", "peak_date", "trough_date", "recovery_date",
                 "window_start", "window_end", "worst_daily_return_date")
 

@@ -1,0 +1,469 @@
+"""Intraday risk: every portfolio revalued on the latest 5-minute bars, with PnL, exposure, VaR/ES and limits.
+
+A revaluation, not a new risk run. The end-of-day run persists what it needs (`scenario_tables`, written with
+the other risk outputs): per base currency the historical scenario set (the last N daily asset returns in that
+currency, (N, A)), their sample covariance (A, A), and each portfolio's drawdown from its peak at the close.
+Each intraday run (one 5-minute bucket b of UTC day D) then:
+
+1. holdings: each portfolio's latest snapshot dated <= D (today's book) and <= D-1 (yesterday's, for the PnL),
+   carried forward as in the end-of-day run;
+2. prices: each product's close of its latest 5-minute bar with bucket_start <= b (reaching back to D-1); a
+   product without one keeps the previous daily close. A price from a bar before b is stale, its age b - bar;
+   conversions to the base currency use the same-bucket `<CCY>-USD` closes (fx = quote_usd / base_usd);
+3. value and exposures: mv = quantity x close x fx (today's holdings), gross/net/long/short/concentration as EOD;
+4. PnL since the previous UTC close: yesterday's holdings revalued, sum_a q[D-1] (price_b - price[D-1]), with
+   price[D-1] the daily close x daily fx, exactly EOD's daily PnL formula (so the day's last bucket, whose bar
+   closes at the daily close, gives that day's EOD daily_pnl when nothing traded);
+5. VaR/ES 95/99: today's exposures on the last EOD run's scenario set: historical (VaR = linear quantile of the
+   N scenario losses, ES = mean of the losses >= VaR), parametric (z sigma with the stored covariance) and Monte
+   Carlo (the EOD run's seeded draws on the stored covariance), the same functions and arrays as EOD, so equal
+   prices give bit-equal figures;
+6. drawdown from peak: the EOD wealth relative to its peak (1 + drawdown at the close) carried through today's
+   buckets with the return on yesterday's gross exposure, r_b = pnl_b / gross[D-1]; drawdown = w_b / peak - 1
+   with the peak the larger of the EOD peak and today's running maximum;
+7. limits: the portfolio's VaR metric, concentration and drawdown-from-peak against its limits; a breach row per
+   limit in breach, a `cleared` row at the first bucket back under a limit that was in breach at the previous
+   run's bucket.
+
+Outputs (one file per bucket, rewritten by a rerun of the interval): outputs/intraday_risk/as_of_date=D/
+bucket=HHMM/part-0.parquet and outputs/intraday_limit_breaches/... Conventions: docs/risk_conventions.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+from etl.risk import drawdown, valuation, var
+
+log = logging.getLogger(__name__)
+
+SCENARIO_TABLES = ("scenario_returns", "scenario_covariance", "scenario_portfolios")
+RISK_TABLE, BREACH_TABLE = "intraday_risk", "intraday_limit_breaches"
+BUCKET = pd.Timedelta(minutes=5)
+CONFIDENCES = (0.95, 0.99)  # as the end-of-day engine
+METHODS = ("hist", "param", "mc")
+
+
+# ---- what the end-of-day run persists -------------------------------------------------------------------------
+def scenario_tables(as_of, scenario_days: pd.DatetimeIndex, window: np.ndarray, products: list[str], base: str,
+                    pids: list[str], portfolio_returns: np.ndarray, params) -> dict[str, pd.DataFrame]:
+    """The EOD inputs of the intraday revaluation for one base currency. window (N, A): the historical
+    scenarios (asset returns in `base`, row i = the return of scenario_days[i]); portfolio_returns (N, P): the
+    lookback window's portfolio returns, whose last drawdown from peak the intraday drawdown continues."""
+    n, a = window.shape
+    prods = np.asarray(products)
+    cov = var.covariance(window)
+    i, j = np.divmod(np.arange(a * a), a)
+    return {
+        "scenario_returns": pd.DataFrame({
+            "base_currency": base, "as_of_date": as_of, "scenario_date": np.repeat(scenario_days.to_numpy(), a),
+            "asset_index": np.tile(np.arange(a), n), "product_id": np.tile(prods, n), "asset_return": window.ravel()}),
+        "scenario_covariance": pd.DataFrame({
+            "base_currency": base, "as_of_date": as_of, "product_id_a": prods[i], "product_id_b": prods[j],
+            "covariance": cov.ravel()}),
+        "scenario_portfolios": pd.DataFrame({
+            "portfolio_id": pids, "base_currency": base, "as_of_date": as_of,
+            "drawdown": drawdown.drawdown_series(portfolio_returns)[-1], "lookback_days": n,
+            "mc_scenarios": params.mc_scenarios, "mc_seed": params.mc_seed,
+            "mc_distribution": params.mc_distribution, "mc_t_dof": params.mc_t_dof}),
+    }
+
+
+@dataclass
+class ScenarioSet:
+    """The last EOD run's scenario set, as the engine held it (arrays in the engine's product order)."""
+
+    as_of: date
+    products: list[str]
+    windows: dict[str, np.ndarray]          # base currency -> (N, A) asset returns
+    covariances: dict[str, np.ndarray]      # base currency -> (A, A)
+    drawdown: pd.Series                     # portfolio_id -> drawdown from peak at the EOD close (<= 0)
+    mc: tuple[int, int, str, float]         # scenarios, seed, distribution, t dof of the EOD Monte Carlo
+
+    @classmethod
+    def from_tables(cls, returns: pd.DataFrame, covariance: pd.DataFrame, portfolios: pd.DataFrame) -> ScenarioSet:
+        as_of = pd.Timestamp(returns["as_of_date"].iloc[0]).date()
+        order = returns.drop_duplicates("asset_index").sort_values("asset_index")
+        products = list(order["product_id"])
+        windows, covs = {}, {}
+        for base, df in returns.groupby("base_currency"):
+            wide = df.pivot(index="scenario_date", columns="asset_index", values="asset_return")
+            windows[base] = np.ascontiguousarray(wide.sort_index().to_numpy()[:, np.argsort(wide.columns)])
+        for base, df in covariance.groupby("base_currency"):
+            wide = df.pivot(index="product_id_a", columns="product_id_b", values="covariance")
+            covs[base] = np.ascontiguousarray(wide.loc[products, products].to_numpy())
+        first = portfolios.iloc[0]
+        mc = (int(first["mc_scenarios"]), int(first["mc_seed"]), str(first["mc_distribution"]),
+              float(first["mc_t_dof"]))
+        return cls(as_of, products, windows, covs, portfolios.set_index("portfolio_id")["drawdown"], mc)
+
+
+# ---- prices at a bucket --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prices:
+    """Closes (B, K) of K products on today's bucket grid up to b, their age in seconds (NaN = no price at all),
+    and the previous daily close (K,) with its date."""
+
+    close: np.ndarray
+    age_s: np.ndarray
+    prev_close: np.ndarray
+    prev_date: np.ndarray
+    columns: dict[str, int]
+
+
+def price_grid(bucket: pd.Timestamp, products: list[str], bars_5m: pd.DataFrame, bars_1d: pd.DataFrame) -> Prices:
+    """Last known close at each bucket of day D up to `bucket` (5-minute bars back to D-1 00:00, else the
+    previous daily close, dated its day's last bucket), and the previous daily close (carried forward <= D-1)."""
+    day = bucket.normalize()
+    grid = pd.date_range(day, bucket, freq=BUCKET).as_unit("ns")
+    full = pd.date_range(day - pd.Timedelta(days=1), bucket, freq=BUCKET).as_unit("ns")
+    prev_day = (day - pd.Timedelta(days=1)).tz_localize(None)
+    b5 = bars_5m[bars_5m["product_id"].isin(products) & (bars_5m["bucket_start"] >= full[0])
+                 & (bars_5m["bucket_start"] <= bucket)]
+    wide = b5.pivot_table(index="bucket_start", columns="product_id", values="close", aggfunc="last")
+    wide = wide.reindex(index=full, columns=products)
+    seen = pd.DataFrame(np.where(wide.notna(), full.asi8[:, None], np.nan), index=full, columns=products)
+    close = wide.ffill().loc[grid].to_numpy()
+    bar_ns = seen.ffill().loc[grid].to_numpy()
+    d1 = bars_1d[bars_1d["product_id"].isin(products) & (bars_1d["price_date"] <= prev_day)]
+    last = d1.sort_values("price_date").groupby("product_id").last().reindex(products)
+    prev_close = last["close"].to_numpy(dtype="float64")
+    prev_date = last["price_date"].to_numpy(dtype="datetime64[ns]")
+    # no 5-minute bar since D-1: the previous daily close, as of its day's last bucket
+    fallback_ns = (prev_date + np.timedelta64(1, "D") - np.timedelta64(5, "m")).astype("datetime64[ns]")
+    fallback_ns = np.where(np.isnat(fallback_ns), np.nan, fallback_ns.astype("int64").astype("float64"))
+    missing = np.isnan(close)
+    close = np.where(missing, prev_close[None, :], close)
+    bar_ns = np.where(missing, fallback_ns[None, :], bar_ns)
+    age_s = (grid.asi8[:, None] - bar_ns) / 1e9
+    return Prices(close, age_s, prev_close, prev_date, {p: k for k, p in enumerate(products)})
+
+
+def _usd(prices: Prices, ccy: str, what: str) -> np.ndarray:
+    """One unit of `ccy` in USD on the grid ("close", "age_s") or at the previous close ("prev_close")."""
+    arr = getattr(prices, what)
+    if ccy == "USD":
+        return np.zeros_like(arr[..., 0]) if what == "age_s" else np.ones_like(arr[..., 0])
+    k = prices.columns.get(f"{ccy}-USD")
+    return arr[..., k] if k is not None else np.full_like(arr[..., 0], np.nan)
+
+
+# ---- the revaluation -------------------------------------------------------------------------------------------
+def compute(bucket: pd.Timestamp, portfolios: pd.DataFrame, positions: pd.DataFrame, quote_ccy: dict[str, str],
+            bars_5m: pd.DataFrame, bars_1d: pd.DataFrame, scenarios: ScenarioSet | None,
+            previous_breaches: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """The intraday_risk rows (one per portfolio holding anything) and the limit rows of bucket `bucket`."""
+    from etl.risk.engine import snapshot_arrays
+
+    bucket = pd.Timestamp(bucket).tz_convert("UTC") if pd.Timestamp(bucket).tzinfo else pd.Timestamp(bucket, tz="UTC")
+    day = bucket.normalize().tz_localize(None)
+    prev_day = day - pd.Timedelta(days=1)
+    positions = positions[positions["as_of_date"] <= day]
+    pids = list(portfolios["portfolio_id"])
+    base_of = dict(zip(portfolios["portfolio_id"], portfolios["base_currency"], strict=True))
+    scen_products = scenarios.products if scenarios is not None else []
+    axis = scen_products + sorted(set(positions["product_id"]) - set(scen_products))
+    currencies = {quote_ccy[p] for p in axis} | set(base_of.values())
+    priced = list(dict.fromkeys(axis + sorted(f"{c}-USD" for c in currencies if c != "USD")))
+    prices = price_grid(bucket, priced, bars_5m, bars_1d)
+    cols = [prices.columns[p] for p in axis]
+    close, age = prices.close[:, cols], prices.age_s[-1, cols]                # (B, A), (A,)
+    prev_close = prices.prev_close[cols]
+    if positions.empty:
+        qty = np.zeros((2, len(pids), len(axis)))
+    else:
+        qty, _ = snapshot_arrays(positions, pids, axis, pd.DatetimeIndex([prev_day, day]))
+    quote_usd = np.column_stack([_usd(prices, quote_ccy[p], "close") for p in axis]) if axis else close
+    quote_usd_prev = np.array([_usd(prices, quote_ccy[p], "prev_close") for p in axis])
+    quote_age = np.array([_usd(prices, quote_ccy[p], "age_s")[-1] for p in axis])
+
+    rows = []
+    for base in sorted(set(base_of.values())):
+        idx = [i for i, pid in enumerate(pids) if base_of[pid] == base]
+        fx = quote_usd / _usd(prices, base, "close")[:, None]                  # quote -> base, (B, A)
+        fx_prev = quote_usd_prev / _usd(prices, base, "prev_close")
+        age_all = np.fmax(np.fmax(age, quote_age), _usd(prices, base, "age_s")[-1])  # a stale rate stales the value
+        group = _revalue_group(close, fx, prev_close, fx_prev, qty[1, idx], qty[0, idx],
+                               scenarios, base, len(scen_products))
+        group["portfolio_id"] = [pids[i] for i in idx]
+        group["base_currency"] = base
+        dd0 = scenarios.drawdown.reindex(group["portfolio_id"]).to_numpy() if scenarios is not None else None
+        group["drawdown"] = _drawdown_now(group.pop("pnl_path"), group.pop("gross_prev"), dd0)
+        held = qty[1, idx] != 0                                                # (P, A)
+        stale = held & ~(age_all <= 0)[None, :]                                # NaN age (no price) is stale
+        group["stale_products"] = stale.sum(axis=1)
+        group["stale_product_ids"] = [",".join(np.asarray(axis)[s]) for s in stale]
+        group["max_price_age_s"] = np.where(held.any(axis=1), np.where(held, np.nan_to_num(age_all, nan=np.inf),
+                                                                       0.0).max(axis=1), 0.0)
+        group["max_price_age_s"] = np.where(np.isinf(group["max_price_age_s"]), np.nan, group["max_price_age_s"])
+        keep = held.any(axis=1) | (qty[0, idx] != 0).any(axis=1)
+        rows.append(pd.DataFrame(group)[keep])
+    risk = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    risk.insert(1, "bucket_start", bucket)
+    risk["as_of_date"] = day
+    risk["prev_close_date"] = prev_day
+    risk["scenario_as_of_date"] = pd.Timestamp(scenarios.as_of) if scenarios is not None else pd.NaT
+    risk["is_scenario_stale"] = scenarios is None or pd.Timestamp(scenarios.as_of) < prev_day
+    lead = ["portfolio_id", "bucket_start", "market_value", "intraday_pnl", "gross_exposure", "net_exposure",
+            "concentration_pct", "var_95", "var_99", "es_95", "es_99", "stale_products"]
+    risk = risk[lead + [c for c in risk.columns if c not in lead]]
+    return {RISK_TABLE: risk, BREACH_TABLE: limit_rows(risk, portfolios, previous_breaches)}
+
+
+def _revalue_group(close, fx, prev_close, fx_prev, qty_now, qty_prev, scenarios: ScenarioSet | None, base: str,
+                   n_scen: int) -> dict[str, np.ndarray]:
+    """Value, exposures, PnL and VaR/ES of one base currency's portfolios at the last bucket (the end-of-day
+    engine's formulas on the same array layout). close, fx (B, A); prev_close, fx_prev (A,); qty (P, A)."""
+    mv = qty_now * close[-1][None, :] * fx[-1][None, :]                       # (P, A), as value_positions
+    out: dict[str, np.ndarray] = {"market_value": mv.sum(axis=-1)}
+    expo = valuation.exposures(mv)
+    out.update(expo)
+    price, price_prev = close * fx, prev_close * fx_prev
+    out["intraday_pnl"] = (qty_prev * (price[-1] - price_prev)[None, :]).sum(axis=-1)   # as valuation.daily_pnl
+    # the path through today's earlier buckets only feeds the running peak of the drawdown
+    path = price[:-1] @ qty_prev.T - (qty_prev @ price_prev)[None, :]           # (B-1, P)
+    out["pnl_path"] = np.vstack([path, out["intraday_pnl"][None, :]])
+    out["gross_prev"] = np.abs(qty_prev * price_prev[None, :]).sum(axis=-1)
+    p = mv.shape[0]
+    nan = np.full(p, np.nan)
+    figures = {f"{k}_{round(c * 100)}_{m}": nan for k in ("var", "es") for c in CONFIDENCES for m in METHODS}
+    if scenarios is not None and base in scenarios.windows:
+        window, cov = scenarios.windows[base], scenarios.covariances[base]
+        exposure = np.ascontiguousarray(mv[:, :n_scen].T)                      # (A, P) as the engine
+        outside = (qty_now[:, n_scen:] != 0).any(axis=1)                       # holds a product with no scenario
+        for c, (v, e) in var.var_es_from_losses(var.historical_losses(window, exposure), CONFIDENCES).items():
+            figures[f"var_{round(c * 100)}_hist"], figures[f"es_{round(c * 100)}_hist"] = v, e
+        sigma = var.portfolio_sigma(cov, exposure)
+        for c in CONFIDENCES:
+            figures[f"var_{round(c * 100)}_param"], figures[f"es_{round(c * 100)}_param"] = \
+                var.parametric_var_es(sigma, c)
+        n_mc, seed, dist, dof = scenarios.mc
+        z, scale = var.mc_draws(n_mc, n_scen, seed, dist, dof)
+        for c, (v, e) in var.var_es_from_losses(var.mc_losses(z, scale, cov, exposure), CONFIDENCES).items():
+            figures[f"var_{round(c * 100)}_mc"], figures[f"es_{round(c * 100)}_mc"] = v, e
+        figures = {k: np.where(outside, np.nan, v) for k, v in figures.items()}
+    for c in CONFIDENCES:                                                      # the contract's names: historical
+        out[f"var_{round(c * 100)}"] = figures.pop(f"var_{round(c * 100)}_hist")
+        out[f"es_{round(c * 100)}"] = figures.pop(f"es_{round(c * 100)}_hist")
+    out.update(figures)
+    return out
+
+
+def _drawdown_now(pnl_path: np.ndarray, gross_prev: np.ndarray, eod_drawdown: np.ndarray | None) -> np.ndarray:
+    """Drawdown from peak at the last bucket. pnl_path (B, P) since the previous close; wealth in units of the
+    EOD peak: w_b = (1 + dd_close) (1 + pnl_b / gross_prev); peak = max(1, running max of w)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(gross_prev > 0, pnl_path / np.where(gross_prev > 0, gross_prev, 1.0), 0.0)
+    start = 1.0 + (np.nan_to_num(eod_drawdown) if eod_drawdown is not None else 0.0)
+    w = start * (1.0 + r)
+    peak = np.maximum(1.0, np.maximum.accumulate(w, axis=0))
+    return w[-1] / peak[-1] - 1.0
+
+
+# ---- limits ----------------------------------------------------------------------------------------------------
+BREACH_COLUMNS = ["portfolio_id", "bucket_start", "limit_type", "metric", "value", "limit_value", "utilisation",
+                  "status", "breached_at", "as_of_date", "base_currency"]
+
+
+def _var_column(metric: str) -> str:
+    """The intraday column a portfolio's var_limit_metric (e.g. var_99_hist) is checked on; hist -> var_99."""
+    kind, level, method = (metric.split("_") + ["hist"])[:3]
+    col = f"{kind}_{level}" if method == "hist" else f"{kind}_{level}_{method}"
+    return col if method in METHODS else f"{kind}_{level}"
+
+
+def limit_rows(risk: pd.DataFrame, portfolios: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
+    """Limits checked at the bucket: a `breach` row per limit over its limit (`breached_at` = the first bucket
+    of the episode, carried from the previous run's open breach), a `cleared` row per limit that was in breach
+    at the previous run and is not now."""
+    m = risk.merge(portfolios[["portfolio_id", "var_limit", "concentration_limit", "drawdown_limit",
+                               "var_limit_metric"]], on="portfolio_id")
+    var_value = np.array([m[_var_column(metric)].iat[i] for i, metric in enumerate(m["var_limit_metric"])],
+                         dtype="float64")
+    checks = [("var", m["var_limit_metric"], var_value, m["var_limit"]),
+              ("concentration", "concentration_pct", m["concentration_pct"].to_numpy(), m["concentration_limit"]),
+              ("drawdown", "abs_drawdown_from_peak", -m["drawdown"].to_numpy(), m["drawdown_limit"])]
+    frames = [pd.DataFrame({"portfolio_id": m["portfolio_id"], "bucket_start": m["bucket_start"], "limit_type": t,
+                            "metric": metric, "value": value, "limit_value": limit.to_numpy(),
+                            "as_of_date": m["as_of_date"], "base_currency": m["base_currency"]})
+              for t, metric, value, limit in checks]
+    checked = pd.concat(frames, ignore_index=True)
+    checked["utilisation"] = checked["value"] / checked["limit_value"]
+    in_breach = checked["value"] > checked["limit_value"]
+    open_ = (previous[previous["status"] == "breach"] if previous is not None and len(previous)
+             else pd.DataFrame(columns=["portfolio_id", "limit_type", "breached_at"]))
+    since = open_.set_index(["portfolio_id", "limit_type"])["breached_at"]
+    key = pd.MultiIndex.from_frame(checked[["portfolio_id", "limit_type"]])
+    was_open = key.isin(since.index)
+    checked["breached_at"] = pd.Series(since.reindex(key).to_numpy(), dtype="datetime64[us, UTC]")
+    checked["breached_at"] = checked["breached_at"].where(was_open, checked["bucket_start"])
+    checked["status"] = np.where(in_breach, "breach", "cleared")
+    out = checked[in_breach | (was_open & ~in_breach)]
+    # a limit open before whose portfolio has no row now (book emptied) clears as well
+    gone = open_[~pd.MultiIndex.from_frame(open_[["portfolio_id", "limit_type"]]).isin(key)] if len(open_) else open_
+    if len(gone) and len(risk):
+        gone = gone.assign(bucket_start=risk["bucket_start"].iat[0], status="cleared",
+                           as_of_date=risk["as_of_date"].iat[0], value=np.nan, utilisation=np.nan)
+        out = pd.concat([out, gone[BREACH_COLUMNS]], ignore_index=True)
+    return out[BREACH_COLUMNS].sort_values(["portfolio_id", "limit_type"], ignore_index=True)
+
+
+# ---- I/O -------------------------------------------------------------------------------------------------------
+@dataclass
+class IntradaySummary:
+    bucket_start: str
+    portfolios: int
+    stale_products: int
+    breaches: int
+    new_breaches: int
+    cleared: int
+    scenario_as_of: str | None
+    rows: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def rows_out(self) -> int:
+        return sum(self.rows.values())
+
+    def __str__(self) -> str:
+        return (f"intraday risk at {self.bucket_start}: {self.portfolios} portfolios, {self.stale_products} stale "
+                f"price(s), {self.breaches} limit breach(es) ({self.new_breaches} new, {self.cleared} cleared), "
+                f"scenarios as of {self.scenario_as_of or 'none (VaR NULL)'}, {self.seconds:.2f}s")
+
+
+def bucket_of(interval_start: datetime | str) -> pd.Timestamp:
+    """The bucket an intraday run values: its data interval's start, on the 5-minute grid."""
+    return pd.Timestamp(interval_start).tz_convert("UTC").floor(BUCKET) if pd.Timestamp(interval_start).tzinfo \
+        else pd.Timestamp(interval_start, tz="UTC").floor(BUCKET)
+
+
+def output_path(table: str, bucket: pd.Timestamp) -> str:
+    from etl.risk.runner import OUTPUT_DIR
+    from etl.storage import partition_path
+
+    return partition_path(OUTPUT_DIR, table, as_of_date=bucket.date().isoformat(),
+                          bucket=bucket.strftime("%H%M")) + "/part-0.parquet"
+
+
+def load_scenarios(store, before: date) -> ScenarioSet | None:
+    """The scenario set of the latest EOD run dated <= `before` (None when there is none yet)."""
+    from etl.risk.runner import OUTPUT_DIR
+
+    days = [d for d in store.list_dirs(f"{OUTPUT_DIR}/scenario_portfolios", "as_of_date=") if d <= before.isoformat()]
+    for d in reversed(days):
+        paths = [f"{OUTPUT_DIR}/{t}/as_of_date={d}/part-0.parquet" for t in SCENARIO_TABLES]
+        if all(store.exists(p) for p in paths):
+            tables = [store.read_parquet(p).to_pandas() for p in paths]
+            if all(len(t) for t in tables):
+                return ScenarioSet.from_tables(*tables)
+        log.warning("scenario set as of %s is incomplete; trying an earlier EOD run", d)
+    return None
+
+
+def previous_breaches(store, bucket: pd.Timestamp) -> pd.DataFrame | None:
+    """The limit rows of the latest earlier run (today, else yesterday): the breaches open before this bucket."""
+    from etl.risk.runner import OUTPUT_DIR
+
+    root = f"{OUTPUT_DIR}/{BREACH_TABLE}"
+    for day in (bucket.date(), bucket.date() - timedelta(days=1)):
+        buckets = store.list_dirs(f"{root}/as_of_date={day.isoformat()}", "bucket=")
+        if day == bucket.date():
+            buckets = [b for b in buckets if b < bucket.strftime("%H%M")]
+        if buckets:
+            df = store.read_parquet(f"{root}/as_of_date={day.isoformat()}/bucket={buckets[-1]}/part-0.parquet")
+            return df.to_pandas()
+    return None
+
+
+def run(interval_start: datetime | str, settings=None) -> IntradaySummary:
+    """Revalue every portfolio at the bucket starting at `interval_start` and write its two output files."""
+    from etl.portfolios import book_products, load_portfolios, load_positions
+    from etl.reference import load_instruments
+    from etl.risk.runner import _read_bars, _to_arrow
+    from etl.settings import get_settings
+    from etl.storage import get_store
+
+    t0 = time.perf_counter()
+    settings = settings or get_settings()
+    bucket = bucket_of(interval_start)
+    day = bucket.date()
+    instruments = load_instruments(settings)
+    portfolios = load_portfolios(settings)
+    positions = load_positions(settings)
+    quote_ccy = dict(zip(instruments["product_id"], instruments["quote_currency"], strict=True))
+    store = get_store(settings)
+    scenarios = load_scenarios(store, day - timedelta(days=1))
+    products = sorted(set(book_products(instruments, portfolios, positions)) | set(scenarios.products if scenarios
+                                                                                    else []))
+    products = list(dict.fromkeys(products + [f"{c}-USD" for c in sorted({quote_ccy[p] for p in products}) if
+                                              c != "USD"]))
+    bars_5m = _read_bars("5m", products, day - timedelta(days=1), day, settings)
+    bars_1d = _read_bars("1d", products, day - timedelta(days=settings.daily_history_days), day - timedelta(days=1),
+                         settings)
+    bars_1d["price_date"] = pd.to_datetime(bars_1d["price_date"]).astype("datetime64[ns]")
+    if scenarios is None:
+        log.warning("no end-of-day scenario set dated on or before %s: intraday VaR/ES are NULL until "
+                    "risk_end_of_day has run", day - timedelta(days=1))
+    tables = compute(bucket, portfolios, positions, quote_ccy, bars_5m, bars_1d, scenarios,
+                     previous_breaches(store, bucket))
+    for name, df in tables.items():
+        store.write_parquet(output_path(name, bucket), _to_arrow(df))
+    risk, breaches = tables[RISK_TABLE], tables[BREACH_TABLE]
+    status = breaches["status"]
+    summary = IntradaySummary(
+        bucket_start=bucket.isoformat(), portfolios=len(risk), stale_products=int(risk["stale_products"].sum()),
+        breaches=int((status == "breach").sum()),
+        new_breaches=int(((status == "breach") & (breaches["breached_at"] == breaches["bucket_start"])).sum()),
+        cleared=int((status == "cleared").sum()), scenario_as_of=str(scenarios.as_of) if scenarios else None,
+        rows={name: len(df) for name, df in tables.items()}, seconds=time.perf_counter() - t0)
+    log.info("%s", summary)
+    return summary
+
+
+def send_alerts(interval_start: datetime | str, settings=None) -> int:
+    """Alert each breach of the bucket once per portfolio, limit and UTC day on every configured channel (the
+    alert ledger keyed `intraday_<limit_type>`), and record each clearing in the ledger and the alert file.
+    Returns how many breaches were alerted for the first time."""
+    from etl.report import alerts
+    from etl.settings import get_settings
+    from etl.storage import get_store
+
+    settings = settings or get_settings()
+    bucket = bucket_of(interval_start)
+    store = get_store(settings)
+    rel = output_path(BREACH_TABLE, bucket)
+    if not store.exists(rel):
+        from etl.errors import DataNotFoundError
+
+        raise DataNotFoundError(f"no intraday limit checks for {bucket.isoformat()} ({store.path(rel)}): run the "
+                                "intraday risk task for this interval first")
+    rows = store.read_parquet(rel).to_pandas()
+    rows = rows.astype(object).where(rows.notna(), None).to_dict("records")
+    channels = alerts.configured_channels(settings)
+    new, errors, smtp = 0, [], None
+    when = bucket.strftime("%Y-%m-%d %H:%M UTC")
+    for row in rows:
+        breach = {**row, "bucket_start": when, "breached_at": str(row["breached_at"]), "scope": "intraday",
+                  "as_of_date": bucket.date()}
+        ledger = alerts.ledger_path(str(row["portfolio_id"]), bucket.date(), f"intraday_{row['limit_type']}")
+        if row["status"] == "cleared":
+            alerts.record_cleared(store, ledger, breach)
+            continue
+        subject = f"[risk] intraday {row['limit_type']} limit breach: {row['portfolio_id']} at {when}"
+        first, errs, smtp = alerts.deliver(store, ledger, breach, alerts.message(breach), subject, channels,
+                                           settings, smtp)
+        new += first
+        errors += errs
+    log.info("intraday alerts at %s: %d limit row(s), %d newly alerted, channels %s", when, len(rows), new, channels)
+    if errors:
+        raise alerts.AlertDeliveryError(f"{len(errors)} intraday alert deliveries failed at {when} (retried on the "
+                                        f"next attempt): {errors[0]}")
+    return new
+
+

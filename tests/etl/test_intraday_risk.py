@@ -1,0 +1,269 @@
+"""Intraday risk: hand-worked books per bucket, consistency with the end-of-day run, limits and alerts, stale
+prices, and the light warehouse path into gold. Silver-shaped Parquet in a temporary data root; the EOD run is
+the real engine (etl.risk.run), the intraday run the real task (etl.risk.intraday.run)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from etl.risk import intraday
+from etl.risk import run as eod_run
+from etl.settings import PROJECT_ROOT, get_settings
+from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
+
+D1 = date(2026, 3, 30)                    # the last EOD run's as-of (the previous UTC close)
+D = date(2026, 3, 31)                     # today
+DAYS = pd.date_range("2026-01-01", D1, freq="D")
+START = {"BTC-USD": 60000.0, "ETH-USD": 3000.0, "ETH-BTC": 0.05}
+QUOTE = {"BTC-USD": "USD", "ETH-USD": "USD", "ETH-BTC": "BTC"}
+PORTFOLIOS = ("portfolio_id,name,base_currency,var_limit,concentration_limit,drawdown_limit,var_limit_metric\n"
+              "L,Long BTC,USD,{var_limit},1,0.9,\n"
+              "S,Short ETH,USD,1e9,1,0.9,var_95_param\n"
+              "B,ETH in BTC terms,BTC,1e9,1,0.9,var_99_mc\n"
+              "X,ETH-BTC cross,USD,1e9,1,0.9,\n")
+POSITIONS = ("portfolio_id,product_id,as_of_date,quantity,avg_cost\n"
+             "L,BTC-USD,2026-01-01,2,50000\nS,ETH-USD,2026-01-01,-30,2500\nB,ETH-USD,2026-01-01,20,2800\n"
+             "X,ETH-BTC,2026-01-01,100,0.04\n")
+
+
+def _daily_closes() -> pd.DataFrame:
+    rng = np.random.default_rng(11)
+    cols = sorted(START)
+    r = rng.standard_normal((len(DAYS), len(cols))) * 0.03
+    return pd.DataFrame(np.array([START[c] for c in cols]) * np.exp(np.cumsum(r, axis=0)), index=DAYS,
+                        columns=cols)
+
+
+def write_daily(root, closes: pd.DataFrame) -> None:
+    for product in closes.columns:
+        c = closes[product].to_numpy()
+        n = len(c)
+        table = pa.table({
+            "price_date": pa.array(closes.index.date, pa.date32()), "open": c, "high": c, "low": c, "close": c,
+            "volume": np.ones(n), "vwap": c, "n_candles": np.full(n, 288), "is_complete": np.ones(n, bool),
+            "quote_currency": [QUOTE[product]] * n,
+            "first_candle_at": pa.array([None] * n, pa.timestamp("us", tz="UTC")),
+            "last_candle_at": pa.array([None] * n, pa.timestamp("us", tz="UTC")),
+            "source_granularity": np.full(n, 300)}).cast(BARS_1D_SCHEMA)
+        folder = root / "silver" / "bars_1d" / f"product_id={product}" / "year=2026"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, folder / "part-0.parquet")
+
+
+def write_5m(root, product: str, day: date, closes: np.ndarray) -> None:
+    """Today's 5-minute bars of one product: closes[i] is bucket i of the day (00:00 + 5 min x i)."""
+    buckets = pd.date_range(pd.Timestamp(day, tz="UTC"), periods=len(closes), freq="5min")
+    m = len(closes)
+    table = pa.table({
+        "bucket_start": pa.array(buckets), "open": closes, "high": closes, "low": closes, "close": closes,
+        "volume": np.ones(m), "vwap": closes, "n_candles": np.full(m, 5), "is_complete": np.ones(m, bool),
+        "quote_currency": [QUOTE[product]] * m, "first_candle_at": pa.array(buckets),
+        "last_candle_at": pa.array(buckets), "source_granularity": np.full(m, 60)}).cast(BARS_5M_SCHEMA)
+    folder = root / "silver" / "bars_5m" / f"product_id={product}" / f"date={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / "part-0.parquet")
+
+
+def at(hh: int, mm: int, day: date = D) -> pd.Timestamp:
+    return pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=hh, minutes=mm)
+
+
+def index(hh: int, mm: int) -> int:
+    return (hh * 60 + mm) // 5
+
+
+@pytest.fixture
+def book(data_dir, tmp_path, monkeypatch):
+    """Daily history to D-1, the EOD run as of D-1 (its scenario set), and a reference book of four portfolios."""
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for name in ("instruments.csv", "exchanges.csv"):
+        shutil.copy(PROJECT_ROOT / "etl" / "reference_data" / name, ref / name)
+    (ref / "portfolios.csv").write_text(PORTFOLIOS.format(var_limit="1e9"))
+    (ref / "positions.csv").write_text(POSITIONS)
+    for key, value in {"PIPELINE_REFERENCE_DIR": str(ref), "RISK_MC_SCENARIOS": "2000", "RISK_BACKTEST_DAYS": "30",
+                       "RISK_VAR_LOOKBACK_DAYS": "60", "PIPELINE_DAILY_HISTORY_DAYS": "120"}.items():
+        monkeypatch.setenv(key, value)
+    closes = _daily_closes()
+    write_daily(data_dir, closes)
+    eod_run(as_of=D1, settings=get_settings())
+    return {"data": data_dir, "ref": ref, "closes": closes, "last": closes.loc[pd.Timestamp(D1)]}
+
+
+def eod(data, table: str, day: date = D1) -> pd.DataFrame:
+    return pq.read_table(data / "outputs" / table / f"as_of_date={day}" / "part-0.parquet").to_pandas()
+
+
+def intraday_rows(data, bucket: pd.Timestamp, table: str = intraday.RISK_TABLE) -> pd.DataFrame:
+    path = data / "outputs" / table / f"as_of_date={bucket.date()}" / f"bucket={bucket:%H%M}" / "part-0.parquet"
+    return pq.read_table(path).to_pandas().set_index("portfolio_id")
+
+
+def flat_day(data, last: pd.Series, moves: dict[str, dict[int, float]] | None = None) -> dict[str, np.ndarray]:
+    """Today's bars at the previous close, times the factor moves[product][i] from bucket i on."""
+    out = {}
+    for product in START:
+        px = np.full(288, last[product])
+        for i, factor in sorted((moves or {}).get(product, {}).items()):
+            px[i:] = last[product] * factor
+        write_5m(data, product, D, px)
+        out[product] = px
+    return out
+
+
+def test_hand_worked_books_value_pnl_and_exposure_at_a_bucket(book):
+    data, last = book["data"], book["last"]
+    px = flat_day(data, last, {"BTC-USD": {index(9, 0): 1.04}, "ETH-USD": {index(10, 0): 0.95},
+                               "ETH-BTC": {index(10, 5): 1.02}})
+    b = at(10, 5)
+    summary = intraday.run(b.to_pydatetime())
+    assert summary.portfolios == 4 and summary.stale_products == 0 and summary.scenario_as_of == str(D1)
+    got = intraday_rows(data, b)
+    i = index(10, 5)
+    btc, eth, ethbtc = px["BTC-USD"][i], px["ETH-USD"][i], px["ETH-BTC"][i]
+    btc0, eth0, ethbtc0 = last["BTC-USD"], last["ETH-USD"], last["ETH-BTC"]
+    expected = {  # market value, intraday PnL, gross, net, long, short (base currency)
+        "L": (2 * btc, 2 * (btc - btc0), 2 * btc, 2 * btc, 2 * btc, 0.0),
+        "S": (-30 * eth, -30 * (eth - eth0), 30 * eth, -30 * eth, 0.0, 30 * eth),
+        "B": (20 * eth / btc, 20 * (eth / btc - eth0 / btc0), 20 * eth / btc, 20 * eth / btc, 20 * eth / btc, 0.0),
+        "X": (100 * ethbtc * btc, 100 * (ethbtc * btc - ethbtc0 * btc0), 100 * ethbtc * btc, 100 * ethbtc * btc,
+              100 * ethbtc * btc, 0.0),
+    }
+    for pid, values in expected.items():
+        row = got.loc[pid]
+        assert tuple(row[["market_value", "intraday_pnl", "gross_exposure", "net_exposure", "long_exposure",
+                          "short_exposure"]]) == pytest.approx(values, rel=1e-12, abs=1e-9), pid
+        assert row["concentration_pct"] == 1.0 and row["stale_products"] == 0
+        assert row["bucket_start"] == b and row["var_99"] >= row["var_95"] > 0 and row["es_99"] >= row["var_99"]
+    assert got.loc["B", "base_currency"] == "BTC"
+
+    # historical VaR by hand: today's L exposure on the EOD scenario set (the last 60 daily BTC returns)
+    rets = book["closes"]["BTC-USD"].pct_change().iloc[-60:]
+    losses = -(rets * 2 * btc)
+    assert got.loc["L", "var_95"] == pytest.approx(np.quantile(losses, 0.95), rel=1e-12)
+    assert got.loc["L", "es_99"] == pytest.approx(losses[losses >= np.quantile(losses, 0.99)].mean(), rel=1e-12)
+    # drawdown from peak: BTC at +4% from 09:00 is L's peak today; B (ETH/BTC) fell from its previous peak
+    assert got.loc["L", "drawdown"] == pytest.approx(min(0.0, (1 + eod(data, "scenario_portfolios").set_index(
+        "portfolio_id").loc["L", "drawdown"]) * 1.04 - 1), rel=1e-12)
+
+
+def test_prices_at_the_last_close_give_the_eod_var_and_es_exactly(book):
+    data, last = book["data"], book["last"]
+    flat_day(data, last)
+    b = at(10, 5)
+    intraday.run(b.to_pydatetime())
+    got = intraday_rows(data, b)
+    risk = eod(data, "risk_metrics").set_index("portfolio_id")
+    for pid in "LSBX":
+        for c in ("95", "99"):
+            assert got.loc[pid, f"var_{c}"] == risk.loc[pid, f"var_{c}_hist"], pid
+            assert got.loc[pid, f"es_{c}"] == risk.loc[pid, f"es_{c}_hist"], pid
+            for method in ("param", "mc"):
+                for kind in ("var", "es"):
+                    assert got.loc[pid, f"{kind}_{c}_{method}"] == risk.loc[pid, f"{kind}_{c}_{method}"], (pid, method)
+        assert got.loc[pid, "market_value"] == risk.loc[pid, "market_value"] and got.loc[pid, "intraday_pnl"] == 0
+
+
+def test_the_last_bucket_of_the_day_equals_the_eod_daily_pnl(book):
+    data, closes = book["data"], book["closes"]
+    rng = np.random.default_rng(3)
+    path = {p: closes[p].iat[-1] * np.exp(np.cumsum(rng.standard_normal(288) * 0.002)) for p in START}
+    for product, px in path.items():
+        write_5m(data, product, D, px)
+    # the day's daily bar closes at its last 5-minute bar (silver aggregates the same candles)
+    day_close = pd.DataFrame({p: [path[p][-1]] for p in START}, index=pd.DatetimeIndex([pd.Timestamp(D)]))
+    write_daily(data, pd.concat([closes, day_close]))
+    eod_run(as_of=D, settings=get_settings())
+    b = at(23, 55)
+    intraday.run(b.to_pydatetime())
+    got = intraday_rows(data, b)
+    pnl = eod(data, "pnl_daily", D)
+    pnl = pnl[pnl["as_of_date"] == D].set_index("portfolio_id")
+    for pid in "LSBX":
+        assert got.loc[pid, "intraday_pnl"] == pytest.approx(pnl.loc[pid, "daily_pnl"], rel=1e-13, abs=1e-9), pid
+        assert got.loc[pid, "scenario_as_of_date"] == pd.Timestamp(D1)  # today's EOD run is not "the last" yet
+
+
+def test_a_product_without_bars_today_is_stale_not_zero(book):
+    data, last = book["data"], book["last"]
+    flat_day(data, last, {"BTC-USD": {index(8, 0): 1.01}})
+    shutil.rmtree(data / "silver" / "bars_5m" / "product_id=ETH-BTC")
+    b = at(10, 5)
+    intraday.run(b.to_pydatetime())
+    got = intraday_rows(data, b)
+    x = got.loc["X"]
+    btc = last["BTC-USD"] * 1.01
+    assert x["stale_products"] == 1 and x["stale_product_ids"] == "ETH-BTC"
+    assert x["market_value"] == pytest.approx(100 * last["ETH-BTC"] * btc, rel=1e-12)    # last price, not zero
+    assert x["max_price_age_s"] == (b - at(23, 55, D1)).total_seconds()                    # the daily close's age
+    assert np.isfinite(x["var_99"]) and got.loc["L", "stale_products"] == 0
+    # a product whose last bar is earlier today: its last close, aged from that bar
+    write_5m(data, "ETH-USD", D, np.full(index(9, 30) + 1, last["ETH-USD"] * 1.1))
+    intraday.run(b.to_pydatetime())
+    got = intraday_rows(data, b)
+    assert got.loc["S", "market_value"] == pytest.approx(-30 * last["ETH-USD"] * 1.1, rel=1e-12)
+    assert got.loc["S", "max_price_age_s"] == 35 * 60 and got.loc["S", "stale_products"] == 1
+    assert got.loc["B", "stale_products"] == 1                                              # ETH-USD in BTC
+
+
+def run_buckets(buckets):
+    out = []
+    for b in buckets:
+        intraday.run(b.to_pydatetime())
+        out.append(intraday.send_alerts(b.to_pydatetime()))
+    return out
+
+
+def test_a_breach_at_1005_alerts_once_and_clears(book):
+    data, last, ref = book["data"], book["last"], book["ref"]
+    var_99 = eod(data, "risk_metrics").set_index("portfolio_id").loc["L", "var_99_hist"]
+    (ref / "portfolios.csv").write_text(PORTFOLIOS.format(var_limit=var_99 * 1.1))
+    flat_day(data, last, {"BTC-USD": {index(10, 5): 1.2, index(10, 15): 1.0}})   # back at the close at 10:15
+    buckets = [at(10, 0), at(10, 5), at(10, 10), at(10, 15)]
+    assert run_buckets(buckets) == [0, 1, 0, 0]
+    assert run_buckets([at(10, 5)]) == [0]                                         # a rerun: no second alert
+    rows = {b: intraday_rows(data, b, intraday.BREACH_TABLE) for b in buckets}
+    assert rows[at(10, 0)].empty
+    for b in (at(10, 5), at(10, 10)):
+        r = rows[b].loc["L"]
+        assert (r["limit_type"], r["status"], r["breached_at"]) == ("var", "breach", at(10, 5))
+        assert r["value"] == pytest.approx(var_99 * 1.2, rel=1e-9) and r["utilisation"] > 1
+    cleared = rows[at(10, 15)].loc["L"]
+    assert (cleared["status"], cleared["breached_at"]) == ("cleared", at(10, 5)) and cleared["utilisation"] < 1
+    lines = [json.loads(x) for x in (data / "alerts" / "alerts.jsonl").read_text().splitlines()]
+    assert [(x.get("event", "breach"), x["portfolio_id"], x["limit_type"]) for x in lines] == [
+        ("breach", "L", "var"), ("cleared", "L", "var")]
+    assert "at 2026-03-31 10:05 UTC (intraday)" in lines[0]["message"]
+    ledger = json.loads((data / "alerts" / "ledger" / f"as_of_date={D}" / "L__intraday_var.json").read_text())
+    assert ledger["cleared_at"] == "2026-03-31 10:15 UTC" and set(ledger["sent"]) == {"log", "file"}
+    # breaking it again the same day is recorded, not re-alerted (once per breach per day)
+    flat_day(data, last, {"BTC-USD": {index(10, 5): 1.2, index(10, 15): 1.0, index(10, 20): 1.3}})
+    assert run_buckets([at(10, 20)]) == [0]
+    assert intraday_rows(data, at(10, 20), intraday.BREACH_TABLE).loc["L", "breached_at"] == at(10, 20)
+
+
+def test_no_scenario_set_yet_leaves_var_null_but_values_the_book(data_dir, tmp_path, monkeypatch):
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for name in ("instruments.csv", "exchanges.csv"):
+        shutil.copy(PROJECT_ROOT / "etl" / "reference_data" / name, ref / name)
+    (ref / "portfolios.csv").write_text(PORTFOLIOS.format(var_limit="1"))
+    (ref / "positions.csv").write_text(POSITIONS)
+    monkeypatch.setenv("PIPELINE_REFERENCE_DIR", str(ref))
+    closes = _daily_closes()
+    write_daily(data_dir, closes)
+    flat_day(data_dir, closes.iloc[-1])
+    summary = intraday.run(at(10, 5).to_pydatetime())
+    got = intraday_rows(data_dir, at(10, 5))
+    assert summary.scenario_as_of is None and got["var_99"].isna().all() and got["is_scenario_stale"].all()
+    assert got.loc["L", "market_value"] == pytest.approx(2 * closes["BTC-USD"].iat[-1], rel=1e-12)
+    assert intraday_rows(data_dir, at(10, 5), intraday.BREACH_TABLE).empty   # an unknown VaR breaches nothing
+
