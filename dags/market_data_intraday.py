@@ -1,9 +1,17 @@
-"""market_data_intraday: every 5 minutes, 1-minute candles -> bronze -> touched silver partitions."""
+"""market_data_intraday: every 5 minutes, 1-minute candles -> bronze -> touched silver partitions -> intraday risk."""
 
 from __future__ import annotations
 
 from airflow.sdk import CronDataIntervalTimetable, dag, get_current_context, task
-from pipeline_common import API_POOL, API_POOL_SLOTS, BRONZE_CANDLES, DEFAULT_ARGS, SILVER_BARS, START_DATE
+from pipeline_common import (
+    API_POOL,
+    API_POOL_SLOTS,
+    BRONZE_CANDLES,
+    DEFAULT_ARGS,
+    SILVER_BARS,
+    START_DATE,
+    WAREHOUSE_GOLD,
+)
 
 DOC = """
 ### Intraday market data
@@ -13,6 +21,11 @@ exchange's rate limit), write bronze, rebuild the touched silver partitions and 
 
 **Window** = the run's data interval, extended back by `PIPELINE_OVERLAP_MINUTES` so late corrections are picked
 up; the first ever run backfills `PIPELINE_HISTORY_DAYS`. No `now()`: a rerun refetches the same window.
+Then `compute_intraday_risk` revalues every portfolio at the interval's 5-minute bucket (value, PnL since the
+previous UTC close, exposures, VaR/ES on the last end-of-day scenario set, stale prices, intraday limits),
+`load_intraday_warehouse` loads only the intraday tables and builds their dbt models (`gold.fact_intraday_risk`,
+`gold.fact_intraday_limit_breaches`), and `send_intraday_alerts` alerts each new breach once per day.
+
 Each task writes one row to the run log (`gold.fact_pipeline_runs`). Logic lives in `etl/pipeline.py`.
 """
 
@@ -32,7 +45,8 @@ def market_data_intraday():
     def validate_products() -> list[str]:
         from etl import pipeline
 
-        return pipeline.validate_products(pool_slots=API_POOL_SLOTS,
+        # the universe plus every product the portfolios hold: the intraday revaluation needs their bars
+        return pipeline.validate_products(pool_slots=API_POOL_SLOTS, include_book=True,
                                           ref=pipeline.TaskRef.from_context(get_current_context()))
 
     @task(pool=API_POOL, outlets=[BRONZE_CANDLES])
@@ -50,7 +64,31 @@ def market_data_intraday():
 
         return pipeline.build_silver(ref=pipeline.TaskRef.from_context(get_current_context()))
 
-    build_silver(fetch_candles.expand(product=validate_products()))
+    @task
+    def compute_intraday_risk() -> dict:
+        from etl import pipeline
+
+        context = get_current_context()
+        start, _ = pipeline.run_interval(context, pipeline.INTRADAY_EVERY)
+        return pipeline.compute_intraday_risk(start, ref=pipeline.TaskRef.from_context(context))
+
+    @task(outlets=[WAREHOUSE_GOLD])
+    def load_intraday_warehouse() -> dict:
+        from etl import pipeline
+
+        return pipeline.load_intraday_warehouse(ref=pipeline.TaskRef.from_context(get_current_context()))
+
+    @task
+    def send_intraday_alerts() -> int:
+        from etl import pipeline
+
+        context = get_current_context()
+        start, _ = pipeline.run_interval(context, pipeline.INTRADAY_EVERY)
+        return pipeline.send_intraday_alerts(start, ref=pipeline.TaskRef.from_context(context))
+
+    silver = build_silver(fetch_candles.expand(product=validate_products()))
+    risk = compute_intraday_risk()
+    silver >> risk >> [load_intraday_warehouse(), send_intraday_alerts()]
 
 
 market_data_intraday()

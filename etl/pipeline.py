@@ -416,6 +416,51 @@ def send_alerts(as_of: date | str | None = None, *, ref: TaskRef | None = None,
     return sent
 
 
+# ---- intraday risk (market_data_intraday, after build_silver) -----------------------------------------------
+def compute_intraday_risk(interval_start: datetime | str, *, ref: TaskRef | None = None,
+                          settings: Settings | None = None) -> dict:
+    """Revalue every portfolio at the run's 5-minute bucket (its data interval start): value, PnL since the
+    previous close, exposures, VaR/ES on the last EOD scenario set, stale prices, limit checks."""
+    from etl.risk import intraday
+
+    settings = settings or get_settings()
+    ref = _ref(ref, "compute_intraday_risk")
+    with _logged(ref, settings) as rec:
+        summary = intraday.run(interval_start, settings=settings)
+        rec.rows_in = summary.portfolios
+        rec.rows_out = summary.rows_out
+        rec.message = str(summary)[:500]
+    return _as_dict(summary)
+
+
+def load_intraday_warehouse(*, ref: TaskRef | None = None, settings: Settings | None = None) -> dict:
+    """The light path: reference data and the intraday outputs -> raw, then dbt build of the intraday models."""
+    from etl.warehouse.loader import load_intraday
+
+    settings = settings or get_settings()
+    ref = _ref(ref, "load_intraday_warehouse")
+    with _logged(ref, settings) as rec:
+        summary = load_intraday(settings=settings)
+        rec.rows_in = sum(summary.files.values())
+        rec.rows_out = summary.total_rows
+        rec.message = str(summary)[:500]
+    return _as_dict(summary)
+
+
+def send_intraday_alerts(interval_start: datetime | str, *, ref: TaskRef | None = None,
+                         settings: Settings | None = None) -> int:
+    """Alert the bucket's new intraday breaches (once per portfolio, limit and day) and record clearings."""
+    from etl.risk import intraday
+
+    settings = settings or get_settings()
+    ref = _ref(ref, "send_intraday_alerts")
+    with _logged(ref, settings) as rec:
+        sent = int(intraday.send_alerts(interval_start, settings=settings))
+        rec.rows_out = sent
+        rec.message = f"bucket={interval_start} alerts={sent}"
+    return sent
+
+
 # ---- backfill -----------------------------------------------------------------------------------------------
 def validate_backfill(params: dict, *, ref: TaskRef | None = None, settings: Settings | None = None) -> dict:
     """Check the backfill form (products in the instrument master, start < end, granularity); normalise it.

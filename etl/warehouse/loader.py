@@ -233,14 +233,17 @@ def _forget_files(conn, spec: RawTable, rewritten: list[str], gone: list[str]) -
             log.info("raw.%s: %d file(s) no longer in the Store, their rows removed", spec.name, len(gone))
 
 
-def load_raw(conn, store: Store, settings: Settings) -> LoadSummary:
-    """Load every raw table's new data inside `conn`'s transaction (the caller commits)."""
+def load_raw(conn, store: Store, settings: Settings, only: set[str] | None = None) -> LoadSummary:
+    """Load every raw table's new data (or only the tables named in `only`) inside `conn`'s transaction (the
+    caller commits)."""
     with conn.cursor() as cur:
         cur.execute("select pg_advisory_xact_lock(%s)", (LOAD_LOCK_ID,))
     seen = _loaded_state(conn)
     summary = LoadSummary()
     reference = _reference_loaders()
     for spec in TABLES:
+        if only is not None and spec.name not in only:
+            continue
         try:
             _load_table(conn, store, settings, spec, seen, reference, summary)
         except psycopg2.Error as exc:  # e.g. recording the load state; the rows' own errors name their files
@@ -288,3 +291,28 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
     summary.files[spec.name] = len(new)
     if new:
         log.info("raw.%s: %d rows from %d new file(s)", spec.name, rows, len(new))
+
+
+# ---- the light intraday path -------------------------------------------------------------------------------
+INTRADAY_RAW = ("exchanges", "instruments", "portfolios", "positions", "intraday_risk", "intraday_limit_breaches")
+INTRADAY_DBT_SELECT = "+fact_intraday_risk +fact_intraday_limit_breaches +dim_portfolio"
+
+
+def load_intraday(settings: Settings | None = None, run_dbt: bool = True) -> LoadSummary:
+    """Every 5 minutes: only the reference data and the intraday outputs into raw (one transaction, as `load`),
+    then `dbt build` of only their models and tests (INTRADAY_DBT_SELECT), not the whole warehouse."""
+    from etl import db
+    from etl.settings import get_settings
+    from etl.storage import get_store
+    from etl.warehouse import run_dbt as dbt, setup
+
+    settings = settings or get_settings()
+    setup(settings)
+    with db.connect(settings) as conn:
+        summary = load_raw(conn, get_store(settings), settings, only=set(INTRADAY_RAW))
+    log.info("intraday %s", summary)
+    if run_dbt:
+        # cautious: only the tests whose every parent is selected (not the other facts' tests on dim_portfolio)
+        dbt("build", settings=settings, select=INTRADAY_DBT_SELECT, extra_args=["--indirect-selection", "cautious"])
+        summary.dbt = "build (intraday models) ok"
+    return summary

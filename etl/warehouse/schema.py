@@ -224,6 +224,24 @@ TABLES: tuple[RawTable, ...] = (
              key=("record_id",), source_dir="runlog"),
 )
 
+# intraday risk (etl.risk.intraday): outputs/intraday_*/as_of_date=D/bucket=HHMM/part-0.parquet, one file per run;
+# the light intraday load (loader.load_intraday) takes only these and the reference data
+INTRADAY_TABLES: tuple[RawTable, ...] = (
+    RawTable("intraday_risk", (Column("portfolio_id", "text"), Column("bucket_start", "timestamptz"))
+             + _cols("market_value intraday_pnl gross_exposure net_exposure concentration_pct var_95 var_99 es_95 "
+                     "es_99", "double precision") + (Column("stale_products", "bigint"),)
+             + _opt("long_exposure short_exposure drawdown max_price_age_s var_95_param var_99_param es_95_param "
+                    "es_99_param var_95_mc var_99_mc es_95_mc es_99_mc", "double precision")
+             + _opt("as_of_date prev_close_date scenario_as_of_date", "date") + _opt("is_scenario_stale", "boolean")
+             + _opt("base_currency stale_product_ids", "text"),
+             key=("portfolio_id", "bucket_start"), source_dir="outputs/intraday_risk"),
+    RawTable("intraday_limit_breaches", (Column("portfolio_id", "text"), Column("bucket_start", "timestamptz"))
+             + _cols("limit_type metric status", "text") + _cols("value limit_value utilisation", "double precision")
+             + (Column("breached_at", "timestamptz"),) + _opt("as_of_date", "date") + _opt("base_currency", "text"),
+             key=("portfolio_id", "bucket_start", "limit_type"), source_dir="outputs/intraday_limit_breaches"),
+)
+TABLES += INTRADAY_TABLES
+
 BY_NAME: dict[str, RawTable] = {t.name: t for t in TABLES}
 
 LOAD_STATE_DDL = f"""

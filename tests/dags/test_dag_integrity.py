@@ -111,7 +111,12 @@ def test_intraday_shape(dagbag):
     dag = dagbag.dags["market_data_intraday"]
     assert dag.max_active_runs == 1
     assert (dag.timetable.expression, str(dag.timetable.timezone)) == ("*/5 * * * *", "UTC")
-    assert {t.task_id for t in dag.tasks} == {"validate_products", "fetch_candles", "build_silver"}
+    assert {t.task_id for t in dag.tasks} == {"validate_products", "fetch_candles", "build_silver",
+                                              "compute_intraday_risk", "load_intraday_warehouse",
+                                              "send_intraday_alerts"}
+    assert dag.get_task("compute_intraday_risk").upstream_task_ids == {"build_silver"}
+    for task_id in ("load_intraday_warehouse", "send_intraday_alerts"):
+        assert dag.get_task(task_id).upstream_task_ids == {"compute_intraday_risk"}
     fetch = dag.get_task("fetch_candles")
     assert type(fetch).__name__ == "DecoratedMappedOperator"  # dynamic task mapping, one per product
     assert dag.get_task("build_silver").upstream_task_ids == {"fetch_candles"}

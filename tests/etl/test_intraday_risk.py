@@ -267,3 +267,47 @@ def test_no_scenario_set_yet_leaves_var_null_but_values_the_book(data_dir, tmp_p
     assert got.loc["L", "market_value"] == pytest.approx(2 * closes["BTC-USD"].iat[-1], rel=1e-12)
     assert intraday_rows(data_dir, at(10, 5), intraday.BREACH_TABLE).empty   # an unknown VaR breaches nothing
 
+
+
+@pytest.mark.slow
+def test_the_light_load_keeps_the_breach_in_gold_and_a_rerun_rewrites_the_same_rows(book, pg_url, tmp_path,
+                                                                                      monkeypatch):
+    from etl import db
+    from etl.warehouse.loader import load_intraday
+
+    data, last, ref = book["data"], book["last"], book["ref"]
+    var_99 = eod(data, "risk_metrics").set_index("portfolio_id").loc["L", "var_99_hist"]
+    (ref / "portfolios.csv").write_text(PORTFOLIOS.format(var_limit=var_99 * 1.1))
+    flat_day(data, last, {"BTC-USD": {index(10, 5): 1.2, index(10, 15): 1.0}})
+    shutil.rmtree(data / "silver" / "bars_5m" / "product_id=ETH-BTC")             # X is valued on a stale price
+    with db.scratch_database(pg_url, "intraday") as url:
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+
+        def query(sql):
+            with db.connect(url=url) as conn, conn.cursor() as cur:
+                cur.execute(sql)
+                return cur.fetchall()
+
+        run_buckets([at(10, 0), at(10, 5), at(10, 10), at(10, 15)])
+        summary = load_intraday()
+        assert summary.rows["intraday_risk"] == 16 and summary.dbt.startswith("build")
+        assert query("select status, bucket_start at time zone 'UTC', breached_at at time zone 'UTC', is_cleared "
+                     "from gold.fact_intraday_limit_breaches where portfolio_id = 'L' order by bucket_start") == [
+            ("breach", at(10, 5).tz_localize(None), at(10, 5).tz_localize(None), False),
+            ("breach", at(10, 10).tz_localize(None), at(10, 5).tz_localize(None), False),
+            ("cleared", at(10, 15).tz_localize(None), at(10, 5).tz_localize(None), True)]
+        before = query("select * from gold.fact_intraday_risk order by portfolio_id, bucket_start")
+        assert len(before) == 16 and {r[0] for r in before} == set("LSBX")
+        x = query("select stale_products, has_stale_prices, market_value > 0 from gold.fact_intraday_risk "
+                  "where portfolio_id = 'X' and bucket_start = '2026-03-31 10:05+00'")
+        assert x == [(1, True, True)]
+        intraday.run(at(10, 5).to_pydatetime())                                     # a rerun of one interval
+        assert load_intraday().rows["intraday_risk"] == 4
+        after = query("select * from gold.fact_intraday_risk order by portfolio_id, bucket_start")
+        strip = [r[:-1] for r in after]                                             # all but loaded_at
+        assert strip == [r[:-1] for r in before]
+        assert "fact_intraday_risk" in {r[0] for r in query(
+            "select table_name from information_schema.tables where table_schema = 'gold'")}
+        assert query("select count(*) from information_schema.tables where table_schema = 'gold' "
+                     "and table_name = 'fact_risk_metrics'") == [(0,)]                # not the whole warehouse
