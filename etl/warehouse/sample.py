@@ -315,4 +315,36 @@ def write_sample(settings: Settings, first_day: date = date(2026, 1, 1), days: i
                                        message="boom" if status == "failed" else "ok", try_number=1 + (i == 3)),
                       settings)
     counts["pipeline_runs"] = 4
+    counts.update(write_intraday(store, b5, daily, first_day + timedelta(days=days - 1)))
+    return counts
+
+
+INTRADAY_BUCKETS = 12  # the last hour of the sample's last day
+
+
+def write_intraday(store, b5: pd.DataFrame, daily: pd.DataFrame, day: date) -> dict[str, int]:
+    """Intraday outputs of the last day's last hour, from the real revaluation (etl.risk.intraday.compute) on
+    the sample bars with the daily returns up to the previous day as scenario set (P002 breaches its VaR limit)."""
+    from etl.risk import intraday, var
+    from etl.risk.runner import _to_arrow
+
+    closes = daily.pivot(index="price_date", columns="product_id", values="close")
+    window = np.ascontiguousarray(closes.loc[:pd.Timestamp(day) - pd.Timedelta(days=1)].pct_change().iloc[1:]
+                                  .to_numpy())
+    scenarios = intraday.ScenarioSet(day - timedelta(days=1), list(closes.columns), {"USD": window},
+                                     {"USD": var.covariance(window)}, pd.Series(0.0, index=PORTFOLIOS["portfolio_id"]),
+                                     (500, 7, "t", 5.0))
+    positions = POSITIONS.assign(as_of_date=pd.to_datetime(POSITIONS["as_of_date"]).astype("datetime64[ns]"))
+    portfolios = PORTFOLIOS.assign(var_limit_metric="var_99_hist")
+    bars_1d = daily.assign(price_date=daily["price_date"].astype("datetime64[ns]"))
+    counts = {intraday.RISK_TABLE: 0, intraday.BREACH_TABLE: 0}
+    previous = None
+    last = pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1) - intraday.BUCKET
+    for bucket in pd.date_range(end=last, periods=INTRADAY_BUCKETS, freq=intraday.BUCKET):
+        tables = intraday.compute(bucket, portfolios, positions, {p: "USD" for p in PRODUCTS}, b5, bars_1d,
+                                  scenarios, previous)
+        for name, df in tables.items():
+            store.write_parquet(intraday.output_path(name, bucket), _to_arrow(df))
+            counts[name] += len(df)
+        previous = tables[intraday.BREACH_TABLE]
     return counts

@@ -53,7 +53,7 @@ def test_gold_star_schema_holds_the_loaded_data(gold):
         "fact_price_bars", "fact_price_daily", "fact_positions", "fact_portfolio_valuation", "fact_pnl_daily",
         "fact_risk_metrics", "fact_var_backtest", "fact_factor_returns", "fact_factor_exposures",
         "fact_anomalies", "fact_limit_breaches", "fact_pipeline_runs", "fact_drawdowns", "fact_anomalies_daily",
-        "dim_date", "dim_portfolio")}
+        "dim_date", "dim_portfolio", "fact_intraday_risk", "fact_intraday_limit_breaches")}
     assert counts == {
         "fact_price_bars": 3 * 288 * DAYS, "fact_price_daily": 3 * DAYS, "fact_positions": 4 * DAYS,
         "fact_portfolio_valuation": 2 * DAYS, "fact_pnl_daily": 2 * DAYS, "fact_risk_metrics": 2 * DAYS,
@@ -61,6 +61,8 @@ def test_gold_star_schema_holds_the_loaded_data(gold):
         "fact_factor_exposures": 2 * 3 * DAYS, "fact_anomalies": 6, "fact_limit_breaches": gold["counts"]["limit_breaches"],
         "fact_pipeline_runs": 4, "fact_drawdowns": (2 + 3) * (DAYS - 1), "fact_anomalies_daily": 3,
         "dim_date": DAYS, "dim_portfolio": 2,
+        "fact_intraday_risk": 2 * sample.INTRADAY_BUCKETS,
+        "fact_intraday_limit_breaches": gold["counts"]["intraday_limit_breaches"],
     }
     # the daily bar is the day's 5-minute bars aggregated; valuation = quantity x close
     (o, h, lo, c, v), = query("select open, high, low, close, volume from gold.fact_price_daily "
@@ -146,6 +148,8 @@ def test_a_rerun_loads_nothing_and_the_incremental_bars_pick_up_a_rewritten_part
 def test_a_negative_price_a_zero_quantity_or_a_bad_drawdown_in_raw_fails_the_named_tests(gold):
     drawdown_key = "entity_type = 'portfolio' and entity_id = 'P002' and as_of_date = '2026-01-03'"
     (mdd, peak), = query(f"select max_drawdown, peak_date from raw.drawdowns where {drawdown_key}")
+    intraday_key = "portfolio_id = 'P002' and bucket_start = '2026-01-04 23:55+00'"
+    (var_99, gross), = query(f"select var_99, gross_exposure from raw.intraday_risk where {intraday_key}")
     assert peak is not None
     restore = [
         "update raw.bars_1d set close = -close where product_id = 'BTC-USD' and price_date = '2026-01-02'",
@@ -153,6 +157,10 @@ def test_a_negative_price_a_zero_quantity_or_a_bad_drawdown_in_raw_fails_the_nam
         "and as_of_date = '2026-01-03' returning avg_cost",
         # a positive drawdown whose peak comes after its trough
         f"update raw.drawdowns set max_drawdown = 0.25, peak_date = trough_date + 1 where {drawdown_key}",
+        # an intraday row whose VaR 99 is below its VaR 95 and whose gross is not long + short (incremental:
+        # a changed raw row is picked up by its loaded_at)
+        f"update raw.intraday_risk set var_99 = var_95 / 2, gross_exposure = gross_exposure + 1, loaded_at = now() "
+        f"where {intraday_key}",
     ]
     with db.connect() as conn, conn.cursor() as cur:
         for sql in restore:
@@ -160,8 +168,10 @@ def test_a_negative_price_a_zero_quantity_or_a_bad_drawdown_in_raw_fails_the_nam
             assert cur.rowcount == 1
     try:
         with pytest.raises(WarehouseError) as err:
-            run_dbt("build", select="fact_price_daily fact_positions fact_drawdowns")
+            run_dbt("build", select="fact_price_daily fact_positions fact_drawdowns fact_intraday_risk")
         message = str(err.value)
+        assert "at_least_fact_intraday_risk_var_99__var_95" in message
+        assert "reconciles_to_sum_fact_intraday_risk_gross_exposure" in message
         assert "test.crypto_warehouse.positive_fact_price_daily_close" in message
         assert "test.crypto_warehouse.non_zero_fact_positions_quantity" in message
         assert "ohlc_consistent_fact_price_daily" in message  # a negative close also breaks low <= close
@@ -177,7 +187,9 @@ def test_a_negative_price_a_zero_quantity_or_a_bad_drawdown_in_raw_fails_the_nam
                         "and product_id = 'SOL-USD' and as_of_date = '2026-01-03'")
             cur.execute(f"update raw.drawdowns set max_drawdown = %s, peak_date = %s where {drawdown_key}",
                         (mdd, peak))
-        run_dbt("build", select="fact_price_daily fact_positions fact_drawdowns")
+            cur.execute(f"update raw.intraday_risk set var_99 = %s, gross_exposure = %s, loaded_at = now() "
+                        f"where {intraday_key}", (var_99, gross))
+        run_dbt("build", select="fact_price_daily fact_positions fact_drawdowns fact_intraday_risk")
 
 
 def test_risk_depth_tables_reconcile_and_a_broken_contribution_fails_the_custom_test(gold):
