@@ -287,7 +287,9 @@ def run_demo(settings: Settings) -> int:
         prepare_home(env)
         intraday_date, eod_date = demo_dates(datetime.now(UTC))
         run_ids: set[str] = set()
-        for dag_id, when in ((INTRADAY, intraday_date), (EOD, eod_date)):
+        # intraday before and after end of day: the second run revalues the book on the EOD scenario set
+        runs = ((INTRADAY, intraday_date - timedelta(minutes=5)), (EOD, eod_date), (INTRADAY, intraday_date))
+        for dag_id, when in runs:
             log_file = Path(env["AIRFLOW_HOME"]) / f"demo-{dag_id}.log"
             print(f"airflow dags test {dag_id} {when:%Y-%m-%dT%H:%M}Z ... (follow: tail -f {log_file})", flush=True)
             t = time.perf_counter()

@@ -233,7 +233,7 @@ def _revalue_group(close, fx, prev_close, fx_prev, qty_now, qty_prev, scenarios:
     p = mv.shape[0]
     nan = np.full(p, np.nan)
     figures = {f"{k}_{round(c * 100)}_{m}": nan for k in ("var", "es") for c in CONFIDENCES for m in METHODS}
-    if scenarios is not None and base in scenarios.windows:
+    if scenarios is not None and len(scenarios.windows.get(base, ())):
         window, cov = scenarios.windows[base], scenarios.covariances[base]
         exposure = np.ascontiguousarray(mv[:, :n_scen].T)                      # (A, P) as the engine
         outside = (qty_now[:, n_scen:] != 0).any(axis=1)                       # holds a product with no scenario
@@ -267,8 +267,10 @@ def _drawdown_now(pnl_path: np.ndarray, gross_prev: np.ndarray, eod_drawdown: np
 
 
 # ---- limits ----------------------------------------------------------------------------------------------------
-BREACH_COLUMNS = ["portfolio_id", "bucket_start", "limit_type", "metric", "value", "limit_value", "utilisation",
-                  "status", "breached_at", "as_of_date", "base_currency"]
+BREACH_DTYPES = {"portfolio_id": "str", "bucket_start": "datetime64[us, UTC]", "limit_type": "str", "metric": "str",
+                 "value": "float64", "limit_value": "float64", "utilisation": "float64", "status": "str",
+                 "breached_at": "datetime64[us, UTC]", "as_of_date": "datetime64[ns]", "base_currency": "str"}
+BREACH_COLUMNS = list(BREACH_DTYPES)
 
 
 def _var_column(metric: str) -> str:
@@ -281,36 +283,47 @@ def _var_column(metric: str) -> str:
 def limit_rows(risk: pd.DataFrame, portfolios: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
     """Limits checked at the bucket: a `breach` row per limit over its limit (`breached_at` = the first bucket
     of the episode, carried from the previous run's open breach), a `cleared` row per limit that was in breach
-    at the previous run and is not now."""
-    m = risk.merge(portfolios[["portfolio_id", "var_limit", "concentration_limit", "drawdown_limit",
-                               "var_limit_metric"]], on="portfolio_id")
-    var_value = np.array([m[_var_column(metric)].iat[i] for i, metric in enumerate(m["var_limit_metric"])],
-                         dtype="float64")
-    checks = [("var", m["var_limit_metric"], var_value, m["var_limit"]),
-              ("concentration", "concentration_pct", m["concentration_pct"].to_numpy(), m["concentration_limit"]),
-              ("drawdown", "abs_drawdown_from_peak", -m["drawdown"].to_numpy(), m["drawdown_limit"])]
-    frames = [pd.DataFrame({"portfolio_id": m["portfolio_id"], "bucket_start": m["bucket_start"], "limit_type": t,
-                            "metric": metric, "value": value, "limit_value": limit.to_numpy(),
-                            "as_of_date": m["as_of_date"], "base_currency": m["base_currency"]})
-              for t, metric, value, limit in checks]
-    checked = pd.concat(frames, ignore_index=True)
-    checked["utilisation"] = checked["value"] / checked["limit_value"]
-    in_breach = checked["value"] > checked["limit_value"]
-    open_ = (previous[previous["status"] == "breach"] if previous is not None and len(previous)
-             else pd.DataFrame(columns=["portfolio_id", "limit_type", "breached_at"]))
-    since = open_.set_index(["portfolio_id", "limit_type"])["breached_at"]
-    key = pd.MultiIndex.from_frame(checked[["portfolio_id", "limit_type"]])
-    was_open = key.isin(since.index)
-    checked["breached_at"] = pd.Series(since.reindex(key).to_numpy(), dtype="datetime64[us, UTC]")
-    checked["breached_at"] = checked["breached_at"].where(was_open, checked["bucket_start"])
-    checked["status"] = np.where(in_breach, "breach", "cleared")
-    out = checked[in_breach | (was_open & ~in_breach)]
-    # a limit open before whose portfolio has no row now (book emptied) clears as well
-    gone = open_[~pd.MultiIndex.from_frame(open_[["portfolio_id", "limit_type"]]).isin(key)] if len(open_) else open_
-    if len(gone) and len(risk):
-        gone = gone.assign(bucket_start=risk["bucket_start"].iat[0], status="cleared",
-                           as_of_date=risk["as_of_date"].iat[0], value=np.nan, utilisation=np.nan)
-        out = pd.concat([out, gone[BREACH_COLUMNS]], ignore_index=True)
+    at the previous run and is not now (also when the portfolio no longer has a row)."""
+    pids = risk["portfolio_id"].to_numpy(dtype=object)
+    lim = portfolios.set_index("portfolio_id").reindex(pids)
+    var_cols = [_var_column(metric) for metric in lim["var_limit_metric"]]
+    names = sorted(set(var_cols))
+    var_value = risk[names].to_numpy(dtype="float64")[np.arange(len(risk)), pd.Index(names).get_indexer(var_cols)] \
+        if len(risk) else np.array([], dtype="float64")
+    checks = [("var", np.asarray(lim["var_limit_metric"], dtype=object), var_value, lim["var_limit"]),
+              ("concentration", "concentration_pct", risk["concentration_pct"].to_numpy(), lim["concentration_limit"]),
+              ("drawdown", "abs_drawdown_from_peak", -risk["drawdown"].to_numpy(), lim["drawdown_limit"])]
+    opened = (previous[previous["status"] == "breach"] if previous is not None and len(previous)
+              else pd.DataFrame(columns=BREACH_COLUMNS))
+    since = dict(zip(zip(opened["portfolio_id"], opened["limit_type"], strict=True), opened["breached_at"],
+                     strict=True))
+    bucket = risk["bucket_start"].iat[0] if len(risk) else None
+    frames, checked = [], set()
+    for limit_type, metric, value, limit in checks:
+        limit = limit.to_numpy(dtype="float64")
+        was = np.array([(p, limit_type) in since for p in pids], dtype=bool) if since else np.zeros(len(pids), bool)
+        hit = value > limit
+        keep = hit | was
+        checked |= {(p, limit_type) for p in pids}
+        if not keep.any():
+            continue
+        k = np.flatnonzero(keep)
+        frames.append(pd.DataFrame({
+            "portfolio_id": pids[k], "bucket_start": bucket, "limit_type": limit_type,
+            "metric": metric[k] if isinstance(metric, np.ndarray) else metric, "value": value[k],
+            "limit_value": limit[k], "utilisation": value[k] / limit[k],
+            "status": np.where(hit[k], "breach", "cleared"),
+            "breached_at": [since.get((p, limit_type), bucket) for p in pids[k]],
+            "as_of_date": risk["as_of_date"].iat[0], "base_currency": risk["base_currency"].to_numpy()[k]}))
+    gone = opened[[(p, t) not in checked for p, t in zip(opened["portfolio_id"], opened["limit_type"],
+                                                        strict=True)]]
+    if len(gone) and bucket is not None:  # the book emptied while in breach: it clears
+        frames.append(gone.assign(bucket_start=bucket, status="cleared", as_of_date=risk["as_of_date"].iat[0],
+                                  value=np.nan, utilisation=np.nan)[BREACH_COLUMNS])
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in BREACH_DTYPES.items()})
+    out = pd.concat(frames, ignore_index=True)
+    out["breached_at"] = pd.to_datetime(out["breached_at"], utc=True)
     return out[BREACH_COLUMNS].sort_values(["portfolio_id", "limit_type"], ignore_index=True)
 
 

@@ -304,7 +304,8 @@ def load_intraday(settings: Settings | None = None, run_dbt: bool = True) -> Loa
     from etl import db
     from etl.settings import get_settings
     from etl.storage import get_store
-    from etl.warehouse import run_dbt as dbt, setup
+    from etl.warehouse import run_dbt as dbt
+    from etl.warehouse import setup
 
     settings = settings or get_settings()
     setup(settings)

@@ -332,8 +332,8 @@ def write_intraday(store, b5: pd.DataFrame, daily: pd.DataFrame, day: date) -> d
     window = np.ascontiguousarray(closes.loc[:pd.Timestamp(day) - pd.Timedelta(days=1)].pct_change().iloc[1:]
                                   .to_numpy())
     scenarios = intraday.ScenarioSet(day - timedelta(days=1), list(closes.columns), {"USD": window},
-                                     {"USD": var.covariance(window)}, pd.Series(0.0, index=PORTFOLIOS["portfolio_id"]),
-                                     (500, 7, "t", 5.0))
+                                     {"USD": var.covariance(window) if len(window) > 1 else window}, pd.Series(0.0, index=PORTFOLIOS["portfolio_id"]),
+                                     (500, 7, "t", 5.0)) if len(window) > 1 else None
     positions = POSITIONS.assign(as_of_date=pd.to_datetime(POSITIONS["as_of_date"]).astype("datetime64[ns]"))
     portfolios = PORTFOLIOS.assign(var_limit_metric="var_99_hist")
     bars_1d = daily.assign(price_date=daily["price_date"].astype("datetime64[ns]"))

@@ -13,6 +13,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -21,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PRODUCTS = ["BTC-USD", "ETH-USD"]
 INTRADAY_DATE = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)   # interval [03-01 23:55, 03-02 00:00)
 EOD_DATE = datetime(2026, 3, 2, 0, 10, tzinfo=UTC)       # interval [03-01 00:10, 03-02 00:10): as of 2026-03-01
-INTRADAY_TASKS = {"validate_products", "fetch_candles", "build_silver"}
+INTRADAY_TASKS = {"validate_products", "fetch_candles", "build_silver", "compute_intraday_risk",
+                  "load_intraday_warehouse", "send_intraday_alerts"}
+NEXT_INTRADAY_DATE = datetime(2026, 3, 2, 0, 5, tzinfo=UTC)  # after the EOD run: bucket 03-02 00:00
 EOD_TASKS = {"validate_products", "ingest_daily_history", "build_silver", "compute_risk", "compute_factors",
              "load_warehouse", "build_dbt", "export_report", "send_alerts"}
 
@@ -134,7 +137,15 @@ def test_intraday_then_end_of_day_fill_gold_and_the_run_log(airflow_stack, pg_ur
 
     loaded = db.run_psql("select count(*) from gold.fact_pipeline_runs where dag_id = 'market_data_intraday'",
                          url=pg_url)
-    assert int(loaded.strip()) == 2 + len(PRODUCTS)  # the intraday run's rows reached the warehouse
+    assert int(loaded.strip()) == len(INTRADAY_TASKS) - 1 + len(PRODUCTS)  # the intraday rows reached it
+
+    # the next intraday run revalues the book on the EOD run's scenario set: gold.fact_intraday_risk filled
+    proc, output = _dags_test(env, "market_data_intraday", NEXT_INTRADAY_DATE)
+    assert proc.returncode == 0, output[-4000:]
+    rows = db.run_psql("select count(*), count(var_99), min(scenario_as_of_date), bool_and(var_99 >= var_95) "
+                       "from gold.fact_intraday_risk where bucket_start = '2026-03-02 00:00+00'", url=pg_url)
+    n_portfolios = len(pd.read_csv(airflow_stack["base"] / "reference" / "portfolios.csv"))
+    assert rows.strip().split("|") == [str(n_portfolios), str(n_portfolios), "2026-03-01", "t"]
 
 
 def test_failing_source_retries_then_fails_and_is_in_the_run_log(airflow_stack):
