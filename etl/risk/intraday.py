@@ -161,7 +161,7 @@ def compute(bucket: pd.Timestamp, portfolios: pd.DataFrame, positions: pd.DataFr
     """The intraday_risk rows (one per portfolio holding anything) and the limit rows of bucket `bucket`."""
     from etl.risk.engine import snapshot_arrays
 
-    bucket = pd.Timestamp(bucket).tz_convert("UTC") if pd.Timestamp(bucket).tzinfo else pd.Timestamp(bucket, tz="UTC")
+    bucket = bucket_of(bucket)
     day = bucket.normalize().tz_localize(None)
     prev_day = day - pd.Timedelta(days=1)
     positions = positions[positions["as_of_date"] <= day]
@@ -199,9 +199,7 @@ def compute(bucket: pd.Timestamp, portfolios: pd.DataFrame, positions: pd.DataFr
         stale = held & ~(age_all <= 0)[None, :]                                # NaN age (no price) is stale
         group["stale_products"] = stale.sum(axis=1)
         group["stale_product_ids"] = [",".join(np.asarray(axis)[s]) for s in stale]
-        group["max_price_age_s"] = np.where(held.any(axis=1), np.where(held, np.nan_to_num(age_all, nan=np.inf),
-                                                                       0.0).max(axis=1), 0.0)
-        group["max_price_age_s"] = np.where(np.isinf(group["max_price_age_s"]), np.nan, group["max_price_age_s"])
+        group["max_price_age_s"] = np.where(held, age_all[None, :], 0.0).max(axis=1)   # NaN: a held product unpriced
         keep = held.any(axis=1) | (qty[0, idx] != 0).any(axis=1)
         rows.append(pd.DataFrame(group)[keep])
     risk = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
@@ -220,16 +218,17 @@ def _revalue_group(close, fx, prev_close, fx_prev, qty_now, qty_prev, scenarios:
                    n_scen: int) -> dict[str, np.ndarray]:
     """Value, exposures, PnL and VaR/ES of one base currency's portfolios at the last bucket (the end-of-day
     engine's formulas on the same array layout). close, fx (B, A); prev_close, fx_prev (A,); qty (P, A)."""
-    mv = qty_now * close[-1][None, :] * fx[-1][None, :]                       # (P, A), as value_positions
+    # as value_positions; a product not held contributes 0 even when it has no price
+    mv = np.where(qty_now != 0, qty_now * close[-1][None, :] * fx[-1][None, :], 0.0)  # (P, A)
     out: dict[str, np.ndarray] = {"market_value": mv.sum(axis=-1)}
     expo = valuation.exposures(mv)
     out.update(expo)
     price, price_prev = close * fx, prev_close * fx_prev
-    out["intraday_pnl"] = (qty_prev * (price[-1] - price_prev)[None, :]).sum(axis=-1)   # as valuation.daily_pnl
+    out["intraday_pnl"] = np.where(qty_prev != 0, qty_prev * (price[-1] - price_prev)[None, :], 0.0).sum(axis=-1)
     # the path through today's earlier buckets only feeds the running peak of the drawdown
-    path = price[:-1] @ qty_prev.T - (qty_prev @ price_prev)[None, :]           # (B-1, P)
+    path = np.nan_to_num(price[:-1]) @ qty_prev.T - (qty_prev @ np.nan_to_num(price_prev))[None, :]  # (B-1, P)
     out["pnl_path"] = np.vstack([path, out["intraday_pnl"][None, :]])
-    out["gross_prev"] = np.abs(qty_prev * price_prev[None, :]).sum(axis=-1)
+    out["gross_prev"] = np.abs(np.where(qty_prev != 0, qty_prev * price_prev[None, :], 0.0)).sum(axis=-1)
     p = mv.shape[0]
     nan = np.full(p, np.nan)
     figures = {f"{k}_{round(c * 100)}_{m}": nan for k in ("var", "es") for c in CONFIDENCES for m in METHODS}
@@ -412,10 +411,9 @@ def run(interval_start: datetime | str, settings=None) -> IntradaySummary:
     quote_ccy = dict(zip(instruments["product_id"], instruments["quote_currency"], strict=True))
     store = get_store(settings)
     scenarios = load_scenarios(store, day - timedelta(days=1))
-    products = sorted(set(book_products(instruments, portfolios, positions)) | set(scenarios.products if scenarios
-                                                                                    else []))
-    products = list(dict.fromkeys(products + [f"{c}-USD" for c in sorted({quote_ccy[p] for p in products}) if
-                                              c != "USD"]))
+    # what the book holds and its conversions, plus the scenario set's products (held until today's snapshot)
+    products = list(dict.fromkeys(book_products(instruments, portfolios, positions)
+                                  + (scenarios.products if scenarios else [])))
     bars_5m = _read_bars("5m", products, day - timedelta(days=1), day, settings)
     bars_1d = _read_bars("1d", products, day - timedelta(days=settings.daily_history_days), day - timedelta(days=1),
                          settings)
