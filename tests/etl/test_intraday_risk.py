@@ -23,7 +23,7 @@ D1 = date(2026, 3, 30)                    # the last EOD run's as-of (the previo
 D = date(2026, 3, 31)                     # today
 DAYS = pd.date_range("2026-01-01", D1, freq="D")
 START = {"BTC-USD": 60000.0, "ETH-USD": 3000.0, "ETH-BTC": 0.05}
-QUOTE = {"BTC-USD": "USD", "ETH-USD": "USD", "ETH-BTC": "BTC"}
+QUOTE = {"BTC-USD": "USD", "ETH-USD": "USD", "ETH-BTC": "BTC", "SOL-USD": "USD"}
 PORTFOLIOS = ("portfolio_id,name,base_currency,var_limit,concentration_limit,drawdown_limit,var_limit_metric\n"
               "L,Long BTC,USD,{var_limit},1,0.9,\n"
               "S,Short ETH,USD,1e9,1,0.9,var_95_param\n"
@@ -212,6 +212,20 @@ def test_a_product_without_bars_today_is_stale_not_zero(book):
     assert got.loc["S", "market_value"] == pytest.approx(-30 * last["ETH-USD"] * 1.1, rel=1e-12)
     assert got.loc["S", "max_price_age_s"] == 35 * 60 and got.loc["S", "stale_products"] == 1
     assert got.loc["B", "stale_products"] == 1                                              # ETH-USD in BTC
+
+
+def test_a_product_bought_today_outside_the_scenario_set_leaves_only_that_book_without_var(book):
+    data, last, ref = book["data"], book["last"], book["ref"]
+    flat_day(data, last)
+    write_5m(data, "SOL-USD", D, np.full(288, 150.0))
+    (ref / "positions.csv").write_text(POSITIONS + f"S,SOL-USD,{D},10,140\nS,ETH-USD,{D},-30,2500\n")
+    intraday.run(at(10, 5).to_pydatetime())
+    got = intraday_rows(data, at(10, 5))
+    assert np.isnan(got.loc["S", "var_99"]) and np.isnan(got.loc["S", "var_95_param"])
+    assert got.loc["S", "market_value"] == pytest.approx(-30 * last["ETH-USD"] + 10 * 150.0, rel=1e-12)
+    assert got.loc["S", "intraday_pnl"] == 0                       # yesterday's book (no SOL) did not move
+    risk = eod(data, "risk_metrics").set_index("portfolio_id")
+    assert got.loc["L", "var_99"] == risk.loc["L", "var_99_hist"]  # the others keep their exact figures
 
 
 def run_buckets(buckets):
