@@ -188,7 +188,7 @@ def compute(bucket: pd.Timestamp, portfolios: pd.DataFrame, positions: pd.DataFr
         idx = [i for i, pid in enumerate(pids) if base_of[pid] == base]
         fx = quote_usd / _usd(prices, base, "close")[:, None]                  # quote -> base, (B, A)
         fx_prev = quote_usd_prev / _usd(prices, base, "prev_close")
-        age_all = np.fmax(np.fmax(age, quote_age), _usd(prices, base, "age_s")[-1])  # a stale rate stales the value
+        age_all = np.maximum(np.maximum(age, quote_age), _usd(prices, base, "age_s")[-1])  # NaN (no price) stays
         group = _revalue_group(close, fx, prev_close, fx_prev, qty[1, idx], qty[0, idx],
                                scenarios, base, len(scen_products))
         group["portfolio_id"] = [pids[i] for i in idx]
