@@ -2,8 +2,8 @@
 
 Pure maths (arrays in, arrays out): `returns`, `valuation`, `var`, `drawdown`, `anomalies`, `backtest`,
 `contributions` (Euler), `filtered` (EWMA/GARCH-t FHS), `es_backtest` (Z2, McNeil-Frey), `stress`; tables from
-prices and the book: `engine` (and `firm`, the whole book in USD); the only I/O: `runner` (`run`).
-Conventions: docs/risk_conventions.md.
+prices and the book: `engine` (and `firm`, the whole book in USD); the only I/O: `runner` (`run`); the 5-minute
+revaluation on the last EOD run's scenario set: `intraday` (its own I/O). Conventions: docs/risk_conventions.md.
 """
 
 from etl.risk.runner import RiskSummary, run
