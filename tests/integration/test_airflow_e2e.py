@@ -32,11 +32,13 @@ EOD_TASKS = {"validate_products", "ingest_daily_history", "build_silver", "compu
 @pytest.fixture(scope="module")
 def airflow_stack(tmp_path_factory, pg_url):
     """A migrated SQLite Airflow home, a reduced reference dir, and a simulator (all real), for this module."""
-    from etl import demo
+    from etl import db, demo
     from etl.settings import get_settings
     from etl.simulator import Simulator, SimulatorConfig
 
     base = tmp_path_factory.mktemp("e2e")
+    with db.connect(url=pg_url) as conn, conn.cursor() as cur:  # gold from an earlier module (incremental facts)
+        cur.execute("drop schema if exists raw, staging, gold cascade")
     demo.small_reference(ROOT / "etl" / "reference_data", base / "reference", PRODUCTS)
     sim = Simulator(SimulatorConfig(port=0, rate_limit_rps=1000.0, burst=1000)).start()
     broken = Simulator(SimulatorConfig(port=0, fail_rate=1.0, rate_limit_rps=1000.0, burst=1000)).start()
