@@ -231,5 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PipelineError, ValueError, OSError) as exc:
         if args.verbose:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        from etl.runlog import redact_text
+
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)  # 3: IncompleteInputError (report refused on missing inputs)

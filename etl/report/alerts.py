@@ -26,7 +26,7 @@ from email.message import EmailMessage
 
 import pandas as pd
 
-from etl.errors import ConfigError, PipelineError
+from etl.errors import ConfigError, IncompleteInputError, PipelineError
 from etl.report.gold import GoldReader
 from etl.settings import Settings, get_settings
 from etl.storage import Store, get_store
@@ -70,21 +70,28 @@ def message(breach: dict) -> str:
 
 def read_breaches(as_of: date | None, settings: Settings) -> tuple[date | None, list[dict]]:
     """Breaches of the as-of day from gold (default day: the latest in gold.fact_risk_metrics)."""
+    return _read_breaches(as_of, settings)[:2]
+
+
+def _read_breaches(as_of: date | None, settings: Settings):
+    from etl.report import completeness
+
     with GoldReader(reporting_url(settings)) as reader:
         as_of = as_of or reader.latest_as_of()
+        status = completeness.check(reader, as_of, settings)
         df = reader.frame("fact_limit_breaches", """
             select * from gold.fact_limit_breaches where as_of_date = %(as_of)s
             order by portfolio_id, limit_type""", {"as_of": as_of})
     if df is None:
         log.warning("alerts: gold.fact_limit_breaches is not available; no alerts for %s", as_of)
-        return as_of, []
+        return as_of, [], status
     df["value"] = df["value"].astype(float)
     df["limit_value"] = df["limit_value"].astype(float)
     df["as_of_date"] = pd.to_datetime(df["as_of_date"]).dt.date
     if "metric" not in df:
         df["metric"] = None
     df = df.astype(object).where(df.notna(), None)  # JSON-friendly: None, not NaN
-    return as_of, df.to_dict("records")
+    return as_of, df.to_dict("records"), status
 
 
 # ---- channels --------------------------------------------------------------------------------------------------
@@ -166,7 +173,7 @@ def send_alerts(as_of: date | None = None, settings: Settings | None = None) -> 
     """
     settings = settings or get_settings()
     _check_settings(settings)
-    as_of, breaches = read_breaches(as_of, settings)
+    as_of, breaches, status = _read_breaches(as_of, settings)
     store = get_store(settings)
     channels = configured_channels(settings)
     smtp = None
@@ -206,6 +213,8 @@ def send_alerts(as_of: date | None = None, settings: Settings | None = None) -> 
             jsonl = []
         store.write_json(rel, entry)
     log.info("alerts for %s: %d breaches, %d newly alerted, channels %s", as_of, len(breaches), new, channels)
+    if not status.complete:  # the breaches gold has were sent; the day itself is not all-clear
+        raise IncompleteInputError(f"alerts for {as_of}: {status}")
     if errors:
         raise AlertDeliveryError(f"{len(errors)} alert deliveries failed for {as_of} (they are retried on the next "
                                  f"run): {errors[0]}")

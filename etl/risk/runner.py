@@ -1,7 +1,8 @@
 """The risk engine's only I/O: read silver bars and the reference data, write the output tables.
 
-Outputs go through the Store: `outputs/<table>/as_of_date=<D>/part-0.parquet`, one file per table per run,
-replaced atomically on a rerun. History tables (portfolio_valuation, pnl_daily, var_backtest, anomalies_daily)
+Outputs go through the Store and the commit protocol (etl/commits.py): `outputs/<table>/as_of_date=<D>/<run_id>.parquet`,
+one file per table per run, all committed at once by the manifest `outputs/_commits/risk/as_of_date=<D>.json`
+(a killed run commits nothing; a rerun replaces the day whole). Every risk_metrics row carries `risk_run_id`. History tables (portfolio_valuation, pnl_daily, var_backtest, anomalies_daily)
 hold many days in the as-of partition; every row carries its own key columns (read the files one by one, or
 without hive partitioning, since the row column as_of_date differs from the partition value there).
 """
@@ -16,16 +17,16 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import pyarrow as pa
 
+from etl import commits
 from etl.errors import DataNotFoundError
 from etl.portfolios import book_products, load_portfolios, load_positions
 from etl.reference import load_instruments
 from etl.risk.engine import RiskParams, close_matrix, compute_tables
 from etl.settings import Settings, get_settings
-from etl.storage import get_store, partition_path
+from etl.storage import get_store
 
 log = logging.getLogger(__name__)
 
-OUTPUT_DIR = "outputs"
 TABLES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics", "asset_risk", "anomalies",
           "anomalies_daily", "var_backtest", "var_backtest_summary", "drawdowns", "correlations", "limit_breaches",
           "firm_risk", "risk_contributions", "stress_results", "var_model_comparison")
@@ -96,13 +97,13 @@ def run(as_of: date | None = None, settings: Settings | None = None) -> RiskSumm
     bars_5m = _read_bars("5m", products, as_of - timedelta(days=1), as_of, settings)
     tables = compute_tables(closes, quote_ccy, portfolios, positions, params, bars_5m)
 
-    store = get_store(settings)
-    rows = {}
-    for name in TABLES:
-        df = tables.get(name, pd.DataFrame())
-        store.write_parquet(partition_path(OUTPUT_DIR, name, as_of_date=as_of.isoformat()) + "/part-0.parquet",
-                            _to_arrow(df))
-        rows[name] = len(df)
+    run_id = commits.new_run_id()
+    tables["risk_metrics"]["risk_run_id"] = run_id
+    partition = f"as_of_date={as_of.isoformat()}"
+    parts = {(name, partition): _to_arrow(tables.get(name, pd.DataFrame())) for name in TABLES}
+    commits.publish(get_store(settings), commits.risk_manifest(as_of), "risk", parts, run_id=run_id,
+                    meta={"as_of": as_of.isoformat(), "portfolios": sorted(map(str, portfolios["portfolio_id"]))})
+    rows = {name: part.num_rows for (name, _), part in parts.items()}
     summary = RiskSummary(as_of=as_of, portfolios=len(portfolios), positions=len(tables["positions_valued"]),
                           products=products, lookback_days=int(tables["risk_metrics"]["lookback_days"].iloc[0]),
                           rows=rows, breaches=len(tables["limit_breaches"]), seconds=time.perf_counter() - t0)

@@ -2,7 +2,8 @@
 
 Algorithm (one transaction, serialised by an advisory lock):
 1. For each raw table, list its Store folder and compare every file's size:mtime with `raw._load_state`;
-   reference data is fingerprinted by a content hash instead.
+   reference data is fingerprinted by a content hash instead. Risk and factor outputs count only when a commit
+   manifest names them (etl/commits.py): files of a run that never committed are not loaded.
 2. Read only the new or changed files, keep the declared columns (partition values from the path fill in columns
    a file does not carry, e.g. silver's product_id), cast them to the declared types, and keep the last row per key.
 3. `copy_upsert`: COPY into a temporary table, delete the target rows with those keys, insert; record the files
@@ -26,7 +27,9 @@ import psycopg2
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 
+from etl import commits
 from etl.errors import PipelineError, ValidationError
 from etl.settings import Settings
 from etl.storage import Store
@@ -233,16 +236,28 @@ def _forget_files(conn, spec: RawTable, rewritten: list[str], gone: list[str]) -
             log.info("raw.%s: %d file(s) no longer in the Store, their rows removed", spec.name, len(gone))
 
 
+def _committed_outputs(store: Store) -> set[str]:
+    """The output files some commit manifest names; a manifest naming a file that is gone fails the load."""
+    committed = commits.committed_files(store)
+    if committed:
+        infos = store.fs.get_file_info([store.path(p) for p in sorted(committed)])
+        if gone := [i.path for i in infos if i.type == pafs.FileType.NotFound]:
+            raise ValidationError(f"{len(gone)} committed output file(s) are missing, e.g. {gone[0]}: rerun the "
+                                  "stage that committed it (python -m etl risk --as-of D, or python -m etl factors)")
+    return committed
+
+
 def load_raw(conn, store: Store, settings: Settings) -> LoadSummary:
     """Load every raw table's new data inside `conn`'s transaction (the caller commits)."""
     with conn.cursor() as cur:
         cur.execute("select pg_advisory_xact_lock(%s)", (LOAD_LOCK_ID,))
+    committed = _committed_outputs(store)  # read once: one consistent view of what is committed
     seen = _loaded_state(conn)
     summary = LoadSummary()
     reference = _reference_loaders()
     for spec in TABLES:
         try:
-            _load_table(conn, store, settings, spec, seen, reference, summary)
+            _load_table(conn, store, settings, spec, seen, reference, summary, committed)
         except psycopg2.Error as exc:  # e.g. recording the load state; the rows' own errors name their files
             raise _rejected(spec, [f"the files of {spec.source_dir or 'reference data'}"], exc) from exc
     return summary
@@ -257,7 +272,8 @@ def _rejected(spec: RawTable, sources: list[str], exc: psycopg2.Error) -> Wareho
 
 
 def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: dict[str, str],
-                reference: dict[str, Callable[[Settings], pd.DataFrame]], summary: LoadSummary) -> None:
+                reference: dict[str, Callable[[Settings], pd.DataFrame]], summary: LoadSummary,
+                committed: set[str]) -> None:
     if spec.source_dir is None:
         if spec.name not in reference:
             return
@@ -272,6 +288,8 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
         counts = [data.num_rows]
     else:
         current = _fingerprints(store, spec.source_dir)
+        if spec.source_dir.startswith(f"{commits.OUTPUTS}/"):
+            current = {p: fp for p, fp in current.items() if p in committed}
         new = {path: fp for path, fp in sorted(current.items()) if seen.get(path) != fp}
         # files deleted since the last load (only when the folder is there: a wrong data dir must not empty raw)
         gone = [p for p in seen if p.startswith(f"{spec.source_dir}/") and p not in current] \

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from etl.db import scratch_database
+from etl.errors import IncompleteInputError
 from etl.report import alerts
 from etl.report.sample import create_gold, sample_frames
 from etl.settings import get_settings
@@ -190,14 +191,17 @@ def test_default_channels_are_log_and_file_only(env, data_dir):
     assert alerts.configured_channels(get_settings()) == ["log", "file"]
     assert alerts.send_alerts(AS_OF) == 2
     assert len(_jsonl(data_dir)) == 2
-    assert alerts.send_alerts(date(2026, 1, 30)) == 0   # no breaches recorded that day
+    # no risk rows that day: not "0 breaches, all clear" but a refusal naming what is missing (exit 3)
+    with pytest.raises(IncompleteInputError, match="fact_risk_metrics has no row for 2026-01-30"):
+        alerts.send_alerts(date(2026, 1, 30))
 
 
-def test_missing_breach_table_sends_nothing(pg_url, data_dir, monkeypatch):
+def test_missing_breach_table_sends_nothing_and_is_incomplete(pg_url, data_dir, monkeypatch):
     with scratch_database(pg_url, "alerts_nobreach") as url:
         create_gold(url, sample_frames(AS_OF), skip=("fact_limit_breaches",))
         monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
-        assert alerts.send_alerts(AS_OF) == 0
+        with pytest.raises(IncompleteInputError, match="fact_limit_breaches cannot be read"):
+            alerts.send_alerts(AS_OF)
     assert _jsonl(data_dir) == []
 
 

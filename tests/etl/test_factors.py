@@ -178,7 +178,7 @@ END = datetime(2026, 3, 3, 6, 0, tzinfo=UTC)
 
 
 def read_output(data_dir, table: str) -> pd.DataFrame:
-    files = sorted((data_dir / "outputs" / table).glob("date=*/part-0.parquet"))
+    files = sorted((data_dir / "outputs" / table).glob("date=*/*.parquet"))  # one committed file per day
     return pd.concat([pq.read_table(f).to_pandas().assign(date=f.parent.name[5:]) for f in files], ignore_index=True)
 
 

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import linalg, special, stats
 
+from etl.commits import read_manifest, risk_manifest
 from etl.errors import DataNotFoundError
 from etl.portfolios import load_portfolios, load_positions
 from etl.reference import load_instruments
@@ -20,6 +21,7 @@ from etl.risk import run
 from etl.risk.engine import RiskParams, compute_tables, intraday_anomalies
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
+from etl.storage import Store
 
 AS_OF = date(2026, 3, 31)
 DAYS = pd.date_range("2025-12-01", AS_OF, freq="D")
@@ -96,7 +98,9 @@ def risk_env(data_dir, tmp_path, monkeypatch):
 
 
 def _read(data_dir, table: str) -> pd.DataFrame:
-    return pq.read_table(data_dir / "outputs" / table / f"as_of_date={AS_OF}" / "part-0.parquet").to_pandas()
+    """The committed file of `table` for AS_OF (the risk run's manifest names it)."""
+    manifest = read_manifest(Store.from_uri(str(data_dir)), risk_manifest(AS_OF))
+    return pq.read_table(data_dir / manifest["files"][f"{table}/as_of_date={AS_OF}"]["path"]).to_pandas()
 
 
 def test_run_writes_every_table_and_the_numbers_agree(risk_env):
