@@ -64,6 +64,10 @@ def _fmt(limit_type: str, v: float, currency: str | None = None) -> str:
 def message(breach: dict) -> str:
     t, ccy = breach["limit_type"], breach.get("base_currency")
     metric = f" ({breach['metric']})" if breach.get("metric") else ""
+    if breach.get("breach_kind") == "uncomputable" or breach.get("value") is None:
+        return (f"Risk limit UNCOMPUTABLE: portfolio {breach['portfolio_id']} {t} limit on {breach['as_of_date']}: "
+                f"the metric{metric} is not a finite number, so the limit {_fmt(t, breach['limit_value'], ccy)} "
+                "cannot be shown to hold; treat it as breached and check the inputs")
     return (f"Risk limit breach: portfolio {breach['portfolio_id']} {t} limit on {breach['as_of_date']}: "
             f"{_fmt(t, breach['value'], ccy)}{metric} vs limit {_fmt(t, breach['limit_value'], ccy)}")
 
@@ -85,7 +89,7 @@ def _read_breaches(as_of: date | None, settings: Settings):
     if df is None:
         log.warning("alerts: gold.fact_limit_breaches is not available; no alerts for %s", as_of)
         return as_of, [], status
-    df["value"] = df["value"].astype(float)
+    df["value"] = df["value"].astype(float)  # NULL (uncomputable) -> NaN -> None below
     df["limit_value"] = df["limit_value"].astype(float)
     df["as_of_date"] = pd.to_datetime(df["as_of_date"]).dt.date
     if "metric" not in df:

@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from etl import commits
-from etl.errors import DataNotFoundError
+from etl.errors import DataNotFoundError, ValidationError
 from etl.portfolios import book_products, load_portfolios, load_positions
 from etl.reference import load_instruments
 from etl.risk.engine import RiskParams, close_matrix, compute_tables
@@ -97,6 +98,7 @@ def run(as_of: date | None = None, settings: Settings | None = None) -> RiskSumm
     bars_5m = _read_bars("5m", products, as_of - timedelta(days=1), as_of, settings)
     tables = compute_tables(closes, quote_ccy, portfolios, positions, params, bars_5m)
 
+    _check_finite_values(tables["positions_valued"], settings)
     run_id = commits.new_run_id()
     tables["risk_metrics"]["risk_run_id"] = run_id
     partition = f"as_of_date={as_of.isoformat()}"
@@ -109,6 +111,31 @@ def run(as_of: date | None = None, settings: Settings | None = None) -> RiskSumm
                           rows=rows, breaches=len(tables["limit_breaches"]), seconds=time.perf_counter() - t0)
     log.info("%s", summary)
     return summary
+
+
+def _check_finite_values(positions: pd.DataFrame, settings: Settings) -> None:
+    """A position whose market value overflows (e.g. quantity 1e308) is bad input, not a number: refuse the run
+    (nothing is committed) naming the positions file row, rather than let inf/NaN hide a limit."""
+    bad = positions[~np.isfinite(positions["market_value"].to_numpy(dtype="float64"))]
+    if bad.empty:
+        return
+    row = bad.iloc[0]
+    path = settings.reference_dir / "positions.csv"
+    line = _position_line(path, row)
+    raise ValidationError(f"{path}:{line}: non-finite value: market value of {row['portfolio_id']} "
+                          f"{row['product_id']} (quantity {row['quantity']:g}) overflows on {pd.Timestamp(row['as_of_date']):%Y-%m-%d}; "
+                          f"{len(bad)} position(s) affected. Fix the quantity; nothing was written")
+
+
+def _position_line(path, row) -> str:
+    """The file line of the snapshot row carried to the as-of day for (portfolio, product); '?' if not found."""
+    from etl.reference import read_reference_csv
+
+    df = read_reference_csv(path, ["portfolio_id", "product_id", "as_of_date"])
+    dates = pd.to_datetime(df["as_of_date"], errors="coerce")
+    hit = ((df["portfolio_id"] == str(row["portfolio_id"])) & (df["product_id"] == str(row["product_id"]))
+           & (dates <= pd.Timestamp(row["as_of_date"])))
+    return str(int(dates[hit].idxmax()) + 2) if hit.any() else "?"
 
 
 def _read_bars(kind: str, products: list[str], start: date | None, end: date, settings: Settings) -> pd.DataFrame:

@@ -148,7 +148,8 @@ TABLES: tuple[RawTable, ...] = (
              key=("portfolio_id", "as_of_date", "method", "confidence"), source_dir="outputs/var_backtest"),
     RawTable("limit_breaches", (Column("portfolio_id", "text"), Column("as_of_date", "date"))
              + _cols("limit_type metric", "text") + _cols("value limit_value", "double precision")
-             + _opt("base_currency", "text"),
+             + _opt("base_currency", "text")
+             + _opt("breach_kind", "text"),  # exceeded | uncomputable (value NULL: the metric was NaN/inf)
              key=("portfolio_id", "as_of_date", "limit_type", "metric"), source_dir="outputs/limit_breaches"),
     RawTable("var_backtest_summary", (Column("portfolio_id", "text"), Column("as_of_date", "date"),
                                       Column("method", "text"), Column("confidence", "double precision"))
