@@ -117,12 +117,16 @@ def _append_lines(store: Store, rel: str, lines: list[str]) -> None:
 def send_webhook(url: str, text: str) -> None:
     import requests
 
+    from etl.runlog import redact_text
+
+    shown = redact_text(url)  # the webhook's path is its secret: never in an error, a log line or the run log
     try:
         resp = requests.post(url, json={"text": text}, timeout=WEBHOOK_TIMEOUT_S)
     except requests.RequestException as exc:
-        raise AlertDeliveryError(f"alert webhook {url} unreachable: {exc}") from exc
+        raise AlertDeliveryError(f"alert webhook {shown} unreachable: {redact_text(str(exc))}") from None
     if resp.status_code >= 300:
-        raise AlertDeliveryError(f"alert webhook {url} answered HTTP {resp.status_code}: {resp.text[:200]}")
+        raise AlertDeliveryError(f"alert webhook {shown} answered HTTP {resp.status_code}: "
+                                 f"{redact_text(resp.text[:200])}")
 
 
 def smtp_settings() -> dict:

@@ -14,11 +14,15 @@ Algorithm (one transaction, serialised by an advisory lock):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import posixpath
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 
-from etl import commits
+from etl import commits, db
 from etl.errors import PipelineError, ValidationError
 from etl.settings import Settings
 from etl.storage import Store
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 
 COPY_CHUNK_ROWS = 500_000      # CSV is serialised and streamed in chunks to bound memory
 LOAD_LOCK_ID = 0x7761726568    # pg_advisory_xact_lock key: one load at a time per database
+WAREHOUSE_LOCK_ID = 0x77617265  # session advisory lock: load + dbt build + publish, one at a time per database
 
 
 class WarehouseError(PipelineError):
@@ -58,6 +63,61 @@ class LoadSummary:
     def __str__(self) -> str:
         loaded = ", ".join(f"{t}={n}" for t, n in self.rows.items() if n) or "nothing new"
         return f"warehouse load: {self.total_rows} rows from {sum(self.files.values())} files ({loaded}); dbt {self.dbt}"
+
+
+# ---- one load or build per warehouse ---------------------------------------------------------------------------
+_lock_depth = 0  # this process already holds the lock (load() calls the dbt build inside its own hold)
+
+
+@contextmanager
+def warehouse_lock(settings: Settings) -> Iterator[None]:
+    """Hold the warehouse lock (a Postgres session advisory lock on a connection of its own) for the block.
+
+    One load + dbt build per warehouse at a time: another holder is waited for up to
+    `settings.warehouse_lock_timeout_s`, then this fails naming it. The server releases the lock when the
+    holder's session ends, so a killed process never leaves it behind. Re-entrant within one process.
+    """
+    global _lock_depth
+    if _lock_depth:
+        _lock_depth += 1
+        try:
+            yield
+        finally:
+            _lock_depth -= 1
+        return
+    url = db.database_url(settings)
+    conn = db.open_connection(url, application_name=f"etl warehouse lock pid {os.getpid()}")
+    conn.autocommit = True
+    try:
+        deadline = time.monotonic() + settings.warehouse_lock_timeout_s
+        with conn.cursor() as cur:
+            while True:
+                cur.execute("select pg_try_advisory_lock(%s)", (WAREHOUSE_LOCK_ID,))
+                if cur.fetchone()[0]:
+                    break
+                if time.monotonic() >= deadline:
+                    raise WarehouseError(
+                        f"another load or dbt build holds the warehouse lock on {db.redact(url)} ({_holder(cur)}); "
+                        f"waited {settings.warehouse_lock_timeout_s:g}s (PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S). Let it "
+                        "finish, then rerun `python -m etl load`")
+                time.sleep(0.2)
+        _lock_depth = 1
+        try:
+            yield
+        finally:
+            _lock_depth = 0
+            with contextlib.suppress(psycopg2.Error), conn.cursor() as cur:
+                cur.execute("select pg_advisory_unlock(%s)", (WAREHOUSE_LOCK_ID,))
+    finally:
+        conn.close()
+
+
+def _holder(cur) -> str:
+    cur.execute("select a.pid, a.application_name, a.backend_start from pg_locks l join pg_stat_activity a "
+                "using (pid) where l.locktype = 'advisory' and l.objid = %s and l.granted limit 1",
+                (WAREHOUSE_LOCK_ID & 0xFFFFFFFF,))
+    row = cur.fetchone()
+    return f"server pid {row[0]}, {row[1] or 'no application name'}, since {row[2]:%H:%M:%S}" if row else "holder gone"
 
 
 # ---- the COPY upsert primitive --------------------------------------------------------------------------------
