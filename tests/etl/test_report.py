@@ -260,3 +260,11 @@ def test_a_section_that_breaks_on_bad_data_becomes_a_note(frames):
     assert 'id="portfolio-p-alt"' in files["portfolio-p-alt.html"]
     assert 'id="chart-exposure-p-core"' in files["portfolio-p-core.html"]
     assert 'id="market"' in page and "gold.fact_asset_risk is not available" in page
+
+
+def test_report_files_are_readable_by_their_owner_only(report):
+    _, _, reports = report
+    modes = {p.relative_to(reports).as_posix(): p.stat().st_mode & 0o777 for p in [reports, *reports.rglob("*")]}
+    assert any(name.endswith("report.html") for name in modes) and any(n.endswith(".csv") for n in modes)
+    assert {m for n, m in modes.items() if (reports / n).is_dir()} == {0o700}
+    assert {m for n, m in modes.items() if (reports / n).is_file()} == {0o600}

@@ -275,3 +275,45 @@ def test_a_partition_rewritten_with_fewer_rows_or_deleted_loses_its_stale_rows(w
     assert query("select count(*) from raw.bars_5m")[0][0] == warehouse["bars_5m"] - 289
     assert query("select count(*) from raw._load_state where path = %s", (day1,))[0][0] == 0
     assert load(run_dbt=False).total_rows == 0  # and the next run has nothing to do
+
+
+def _cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    import os
+
+    return subprocess.Popen([sys.executable, "-m", "etl", *args], cwd=PROJECT_ROOT, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_load_against_a_dead_database_url_is_one_line_exit_2(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _cli("load", env={"PIPELINE_DATABASE_URL": f"postgresql://etl:hunter2@127.0.0.1:{port}/warehouse",
+                             "PIPELINE_STATE_DIR": str(tmp_path / "state"), "PIPELINE_DATA_DIR": str(tmp_path)})
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "hunter2" not in err
+    assert err.startswith(f"error: cannot connect to the warehouse at postgresql://etl:***@127.0.0.1:{port}/warehouse")
+    assert "PIPELINE_DATABASE_URL" in err
+
+
+def test_two_loads_at_once_wait_for_the_lock_or_fail_naming_it(warehouse, pg_url):
+    """The warehouse lock (held here as a running load would hold it): a load with a short wait fails with a clear
+    message and changes nothing; a load that may wait runs once the holder is done."""
+    from etl.warehouse.loader import warehouse_lock
+
+    with warehouse_lock(get_settings()):
+        impatient = _cli("load", "--no-dbt", env={"PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S": "1"})
+        patient = _cli("load", "--no-dbt", env={"PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S": "120"})
+        out, err = impatient.communicate(timeout=60)
+        assert impatient.returncode == 2
+        assert "another load or dbt build holds the warehouse lock" in err and "etl warehouse lock pid" in err
+        assert "waited 1s (PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S)" in err and err.count("\n") == 1
+        with pytest.raises(subprocess.TimeoutExpired):
+            patient.wait(timeout=2)                                         # still waiting for us
+        assert query("select to_regclass('raw.bars_5m')") == [(None,)]      # nothing loaded meanwhile
+    out, err = patient.communicate(timeout=120)
+    assert patient.returncode == 0, err
+    assert query("select count(*) from raw.bars_5m")[0][0] == warehouse["bars_5m"]
