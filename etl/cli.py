@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("risk", help="portfolio valuation, PnL, VaR/ES, drawdown, anomalies, backtests")
     p.add_argument("--as-of", type=_date, default=None, help="YYYY-MM-DD (default: the last complete UTC day)")
 
-    sub.add_parser("factors", help="factor returns and rolling factor exposures")
+    p = sub.add_parser("factors", help="factor returns and rolling factor exposures")
+    p.add_argument("--end", type=_iso, default=None, help="ISO 8601 end, exclusive (default: now)")
 
     p = sub.add_parser("load", help="outputs -> Postgres raw schema, then dbt build")
     p.add_argument("--no-dbt", action="store_true", help="load raw only")
@@ -184,7 +185,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if cmd == "factors":
         from etl.factors import run
 
-        print(run(settings=settings))
+        print(run(settings=settings, end=args.end))
         return 0
     if cmd == "load":
         from etl.warehouse import load
@@ -231,5 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PipelineError, ValueError, OSError) as exc:
         if args.verbose:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        from etl.runlog import redact_text
+
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)  # 3: IncompleteInputError (report refused on missing inputs)

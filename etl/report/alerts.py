@@ -26,7 +26,7 @@ from email.message import EmailMessage
 
 import pandas as pd
 
-from etl.errors import ConfigError, PipelineError
+from etl.errors import ConfigError, IncompleteInputError, PipelineError
 from etl.report.gold import GoldReader
 from etl.settings import Settings, get_settings
 from etl.storage import Store, get_store
@@ -65,27 +65,38 @@ def message(breach: dict) -> str:
     t, ccy = breach["limit_type"], breach.get("base_currency")
     metric = f" ({breach['metric']})" if breach.get("metric") else ""
     when = f"at {breach['bucket_start']} (intraday)" if breach.get("bucket_start") else f"on {breach['as_of_date']}"
+    if breach.get("breach_kind") == "uncomputable" or breach.get("value") is None:
+        return (f"Risk limit UNCOMPUTABLE: portfolio {breach['portfolio_id']} {t} limit {when}: "
+                f"the metric{metric} is not a finite number, so the limit {_fmt(t, breach['limit_value'], ccy)} "
+                "cannot be shown to hold; treat it as breached and check the inputs")
     return (f"Risk limit breach: portfolio {breach['portfolio_id']} {t} limit {when}: "
             f"{_fmt(t, breach['value'], ccy)}{metric} vs limit {_fmt(t, breach['limit_value'], ccy)}")
 
 
 def read_breaches(as_of: date | None, settings: Settings) -> tuple[date | None, list[dict]]:
     """Breaches of the as-of day from gold (default day: the latest in gold.fact_risk_metrics)."""
+    return _read_breaches(as_of, settings)[:2]
+
+
+def _read_breaches(as_of: date | None, settings: Settings):
+    from etl.report import completeness
+
     with GoldReader(reporting_url(settings)) as reader:
         as_of = as_of or reader.latest_as_of()
+        status = completeness.check(reader, as_of, settings)
         df = reader.frame("fact_limit_breaches", """
             select * from gold.fact_limit_breaches where as_of_date = %(as_of)s
             order by portfolio_id, limit_type""", {"as_of": as_of})
     if df is None:
         log.warning("alerts: gold.fact_limit_breaches is not available; no alerts for %s", as_of)
-        return as_of, []
-    df["value"] = df["value"].astype(float)
+        return as_of, [], status
+    df["value"] = df["value"].astype(float)  # NULL (uncomputable) -> NaN -> None below
     df["limit_value"] = df["limit_value"].astype(float)
     df["as_of_date"] = pd.to_datetime(df["as_of_date"]).dt.date
     if "metric" not in df:
         df["metric"] = None
     df = df.astype(object).where(df.notna(), None)  # JSON-friendly: None, not NaN
-    return as_of, df.to_dict("records")
+    return as_of, df.to_dict("records"), status
 
 
 # ---- channels --------------------------------------------------------------------------------------------------
@@ -107,12 +118,16 @@ def _append_lines(store: Store, rel: str, lines: list[str]) -> None:
 def send_webhook(url: str, text: str) -> None:
     import requests
 
+    from etl.runlog import redact_text
+
+    shown = redact_text(url)  # the webhook's path is its secret: never in an error, a log line or the run log
     try:
         resp = requests.post(url, json={"text": text}, timeout=WEBHOOK_TIMEOUT_S)
     except requests.RequestException as exc:
-        raise AlertDeliveryError(f"alert webhook {url} unreachable: {exc}") from exc
+        raise AlertDeliveryError(f"alert webhook {shown} unreachable: {redact_text(str(exc))}") from None
     if resp.status_code >= 300:
-        raise AlertDeliveryError(f"alert webhook {url} answered HTTP {resp.status_code}: {resp.text[:200]}")
+        raise AlertDeliveryError(f"alert webhook {shown} answered HTTP {resp.status_code}: "
+                                 f"{redact_text(resp.text[:200])}")
 
 
 def smtp_settings() -> dict:
@@ -167,7 +182,7 @@ def send_alerts(as_of: date | None = None, settings: Settings | None = None) -> 
     """
     settings = settings or get_settings()
     _check_settings(settings)
-    as_of, breaches = read_breaches(as_of, settings)
+    as_of, breaches, status = _read_breaches(as_of, settings)
     store = get_store(settings)
     channels = configured_channels(settings)
     smtp = None
@@ -179,6 +194,8 @@ def send_alerts(as_of: date | None = None, settings: Settings | None = None) -> 
         new += first
         errors += errs
     log.info("alerts for %s: %d breaches, %d newly alerted, channels %s", as_of, len(breaches), new, channels)
+    if not status.complete:  # the breaches gold has were sent; the day itself is not all-clear
+        raise IncompleteInputError(f"alerts for {as_of}: {status}")
     if errors:
         raise AlertDeliveryError(f"{len(errors)} alert deliveries failed for {as_of} (they are retried on the next "
                                  f"run): {errors[0]}")

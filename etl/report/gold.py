@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from etl import db
-from etl.errors import DataNotFoundError
+from etl.errors import DataNotFoundError, IncompleteInputError
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,6 @@ class GoldReader:
     def latest_as_of(self) -> date:
         df = self.frame("fact_risk_metrics", "select max(as_of_date) as as_of from gold.fact_risk_metrics")
         if df is None or df.empty or pd.isna(df["as_of"].iat[0]):
-            raise DataNotFoundError("gold.fact_risk_metrics has no rows: run `python -m etl risk` and "
+            raise IncompleteInputError("gold.fact_risk_metrics has no rows: run `python -m etl risk` and "
                                     "`python -m etl load` first, or pass --as-of")
         return df["as_of"].iat[0]

@@ -474,7 +474,11 @@ def model_comparison(summary: pd.DataFrame, es_tests: pd.DataFrame) -> pd.DataFr
 def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame:
     """Every limit a portfolio breaches on the as-of day: var (the metric named by var_limit_metric, base-currency
     amount), concentration (largest asset share of gross exposure) and drawdown (|max_drawdown| over the lookback
-    versus a positive fraction)."""
+    versus a positive fraction).
+
+    `breach_kind` is "exceeded" (value > limit) or "uncomputable": the metric is NaN or infinite, so the limit
+    cannot be shown to hold and counts as breached (value NaN: unknown), never as passed.
+    """
     m = risk.merge(portfolios[["portfolio_id", "var_limit", "concentration_limit", "drawdown_limit",
                                "var_limit_metric"]], on="portfolio_id")
     metric_cols = sorted(set(m["var_limit_metric"]))
@@ -491,7 +495,10 @@ def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame
         df = pd.DataFrame({"portfolio_id": m["portfolio_id"], "as_of_date": m["as_of_date"],
                            "limit_type": limit_type, "metric": metric, "value": value.to_numpy(),
                            "limit_value": limit.to_numpy(), "base_currency": m["base_currency"]})
-        rows.append(df[df["value"] > df["limit_value"]])
+        finite = np.isfinite(df["value"].to_numpy(dtype="float64"))
+        df["breach_kind"] = np.where(finite, "exceeded", "uncomputable")
+        df.loc[~finite, "value"] = np.nan
+        rows.append(df[~finite | (df["value"] > df["limit_value"])])
     out = pd.concat(rows, ignore_index=True)
     out["utilisation"] = out["value"] / out["limit_value"]
     return out

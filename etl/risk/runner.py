@@ -1,7 +1,8 @@
 """The risk engine's only I/O: read silver bars and the reference data, write the output tables.
 
-Outputs go through the Store: `outputs/<table>/as_of_date=<D>/part-0.parquet`, one file per table per run,
-replaced atomically on a rerun. History tables (portfolio_valuation, pnl_daily, var_backtest, anomalies_daily)
+Outputs go through the Store and the commit protocol (etl/commits.py): `outputs/<table>/as_of_date=<D>/<run_id>.parquet`,
+one file per table per run, all committed at once by the manifest `outputs/_commits/risk/as_of_date=<D>.json`
+(a killed run commits nothing; a rerun replaces the day whole). Every risk_metrics row carries `risk_run_id`. History tables (portfolio_valuation, pnl_daily, var_backtest, anomalies_daily)
 hold many days in the as-of partition; every row carries its own key columns (read the files one by one, or
 without hive partitioning, since the row column as_of_date differs from the partition value there).
 """
@@ -13,20 +14,21 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from etl.errors import DataNotFoundError
+from etl import commits
+from etl.errors import DataNotFoundError, ValidationError
 from etl.portfolios import book_products, load_portfolios, load_positions
 from etl.reference import load_instruments
 from etl.risk.engine import RiskParams, close_matrix, compute_tables
 from etl.risk.intraday import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
-from etl.storage import get_store, partition_path
+from etl.storage import get_store
 
 log = logging.getLogger(__name__)
 
-OUTPUT_DIR = "outputs"
 TABLES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics", "asset_risk", "anomalies",
           "anomalies_daily", "var_backtest", "var_backtest_summary", "drawdowns", "correlations", "limit_breaches",
           "firm_risk", "risk_contributions", "stress_results", "var_model_comparison")
@@ -98,18 +100,44 @@ def run(as_of: date | None = None, settings: Settings | None = None) -> RiskSumm
     bars_5m = _read_bars("5m", products, as_of - timedelta(days=1), as_of, settings)
     tables = compute_tables(closes, quote_ccy, portfolios, positions, params, bars_5m)
 
-    store = get_store(settings)
-    rows = {}
-    for name in TABLES:
-        df = tables.get(name, pd.DataFrame())
-        store.write_parquet(partition_path(OUTPUT_DIR, name, as_of_date=as_of.isoformat()) + "/part-0.parquet",
-                            _to_arrow(df))
-        rows[name] = len(df)
+    _check_finite_values(tables["positions_valued"], settings)
+    run_id = commits.new_run_id()
+    tables["risk_metrics"]["risk_run_id"] = run_id
+    partition = f"as_of_date={as_of.isoformat()}"
+    parts = {(name, partition): _to_arrow(tables.get(name, pd.DataFrame())) for name in TABLES}
+    commits.publish(get_store(settings), commits.risk_manifest(as_of), "risk", parts, run_id=run_id,
+                    meta={"as_of": as_of.isoformat(), "portfolios": sorted(map(str, portfolios["portfolio_id"]))})
+    rows = {name: part.num_rows for (name, _), part in parts.items()}
     summary = RiskSummary(as_of=as_of, portfolios=len(portfolios), positions=len(tables["positions_valued"]),
                           products=products, lookback_days=int(tables["risk_metrics"]["lookback_days"].iloc[0]),
                           rows=rows, breaches=len(tables["limit_breaches"]), seconds=time.perf_counter() - t0)
     log.info("%s", summary)
     return summary
+
+
+def _check_finite_values(positions: pd.DataFrame, settings: Settings) -> None:
+    """A position whose market value overflows (e.g. quantity 1e308) is bad input, not a number: refuse the run
+    (nothing is committed) naming the positions file row, rather than let inf/NaN hide a limit."""
+    bad = positions[~np.isfinite(positions["market_value"].to_numpy(dtype="float64"))]
+    if bad.empty:
+        return
+    row = bad.iloc[0]
+    path = settings.reference_dir / "positions.csv"
+    line = _position_line(path, row)
+    raise ValidationError(f"{path}:{line}: non-finite value: market value of {row['portfolio_id']} "
+                          f"{row['product_id']} (quantity {row['quantity']:g}) overflows on {pd.Timestamp(row['as_of_date']):%Y-%m-%d}; "
+                          f"{len(bad)} position(s) affected. Fix the quantity; nothing was written")
+
+
+def _position_line(path, row) -> str:
+    """The file line of the snapshot row carried to the as-of day for (portfolio, product); '?' if not found."""
+    from etl.reference import read_reference_csv
+
+    df = read_reference_csv(path, ["portfolio_id", "product_id", "as_of_date"])
+    dates = pd.to_datetime(df["as_of_date"], errors="coerce")
+    hit = ((df["portfolio_id"] == str(row["portfolio_id"])) & (df["product_id"] == str(row["product_id"]))
+           & (dates <= pd.Timestamp(row["as_of_date"])))
+    return str(int(dates[hit].idxmax()) + 2) if hit.any() else "?"
 
 
 def _read_bars(kind: str, products: list[str], start: date | None, end: date, settings: Settings) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 Public API (see docs/warehouse.md):
     load(settings=None, run_dbt=True) -> LoadSummary    # setup, load new raw data in one transaction, dbt build
+                                                         # (write-audit-publish), all under the warehouse lock
     setup(settings=None)                                 # schemas raw/staging/gold, roles, grants, raw tables
     run_dbt(command="build", settings=None, select=None) # the dbt CLI on dbt_project/
     reporting_url(settings=None) -> str                  # libpq URL logging in as the read-only `reporting` role
@@ -19,7 +20,7 @@ from etl.settings import Settings, get_settings
 from etl.storage import get_store
 from etl.warehouse import roles
 from etl.warehouse.dbt import docs, run_dbt
-from etl.warehouse.loader import LoadSummary, WarehouseError, copy_upsert, load_raw
+from etl.warehouse.loader import LoadSummary, WarehouseError, copy_upsert, load_raw, warehouse_lock
 from etl.warehouse.schema import raw_ddl
 
 __all__ = ["LoadSummary", "WarehouseError", "copy_upsert", "docs", "load", "reporting_url", "run_dbt", "setup"]
@@ -43,13 +44,14 @@ def setup(settings: Settings | None = None) -> None:
 def load(settings: Settings | None = None, run_dbt: bool = True) -> LoadSummary:
     """Load new silver/outputs/reference/run-log data into `raw` (one transaction), then `dbt build`."""
     settings = settings or get_settings()
-    setup(settings)
-    with db.connect(settings) as conn:
-        summary = load_raw(conn, get_store(settings), settings)
-    log.info("%s", summary)
-    if run_dbt:
-        _run_dbt("build", settings)
-        summary.dbt = "build ok"
+    with warehouse_lock(settings):  # one load + build per warehouse; a second waits, then fails naming this one
+        setup(settings)
+        with db.connect(settings) as conn:
+            summary = load_raw(conn, get_store(settings), settings)
+        log.info("%s", summary)
+        if run_dbt:
+            _run_dbt("build", settings)
+            summary.dbt = "build ok"
     return summary
 
 

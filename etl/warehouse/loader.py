@@ -2,7 +2,8 @@
 
 Algorithm (one transaction, serialised by an advisory lock):
 1. For each raw table, list its Store folder and compare every file's size:mtime with `raw._load_state`;
-   reference data is fingerprinted by a content hash instead.
+   reference data is fingerprinted by a content hash instead. Risk and factor outputs count only when a commit
+   manifest names them (etl/commits.py): files of a run that never committed are not loaded.
 2. Read only the new or changed files, keep the declared columns (partition values from the path fill in columns
    a file does not carry, e.g. silver's product_id), cast them to the declared types, and keep the last row per key.
 3. `copy_upsert`: COPY into a temporary table, delete the target rows with those keys, insert; record the files
@@ -13,11 +14,15 @@ Algorithm (one transaction, serialised by an advisory lock):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import posixpath
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +31,9 @@ import psycopg2
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 
+from etl import commits, db
 from etl.errors import PipelineError, ValidationError
 from etl.settings import Settings
 from etl.storage import Store
@@ -36,6 +43,7 @@ log = logging.getLogger(__name__)
 
 COPY_CHUNK_ROWS = 500_000      # CSV is serialised and streamed in chunks to bound memory
 LOAD_LOCK_ID = 0x7761726568    # pg_advisory_xact_lock key: one load at a time per database
+WAREHOUSE_LOCK_ID = 0x77617265  # session advisory lock: load + dbt build + publish, one at a time per database
 
 
 class WarehouseError(PipelineError):
@@ -55,6 +63,61 @@ class LoadSummary:
     def __str__(self) -> str:
         loaded = ", ".join(f"{t}={n}" for t, n in self.rows.items() if n) or "nothing new"
         return f"warehouse load: {self.total_rows} rows from {sum(self.files.values())} files ({loaded}); dbt {self.dbt}"
+
+
+# ---- one load or build per warehouse ---------------------------------------------------------------------------
+_lock_depth = 0  # this process already holds the lock (load() calls the dbt build inside its own hold)
+
+
+@contextmanager
+def warehouse_lock(settings: Settings) -> Iterator[None]:
+    """Hold the warehouse lock (a Postgres session advisory lock on a connection of its own) for the block.
+
+    One load + dbt build per warehouse at a time: another holder is waited for up to
+    `settings.warehouse_lock_timeout_s`, then this fails naming it. The server releases the lock when the
+    holder's session ends, so a killed process never leaves it behind. Re-entrant within one process.
+    """
+    global _lock_depth
+    if _lock_depth:
+        _lock_depth += 1
+        try:
+            yield
+        finally:
+            _lock_depth -= 1
+        return
+    url = db.database_url(settings)
+    conn = db.open_connection(url, application_name=f"etl warehouse lock pid {os.getpid()}")
+    conn.autocommit = True
+    try:
+        deadline = time.monotonic() + settings.warehouse_lock_timeout_s
+        with conn.cursor() as cur:
+            while True:
+                cur.execute("select pg_try_advisory_lock(%s)", (WAREHOUSE_LOCK_ID,))
+                if cur.fetchone()[0]:
+                    break
+                if time.monotonic() >= deadline:
+                    raise WarehouseError(
+                        f"another load or dbt build holds the warehouse lock on {db.redact(url)} ({_holder(cur)}); "
+                        f"waited {settings.warehouse_lock_timeout_s:g}s (PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S). Let it "
+                        "finish, then rerun `python -m etl load`")
+                time.sleep(0.2)
+        _lock_depth = 1
+        try:
+            yield
+        finally:
+            _lock_depth = 0
+            with contextlib.suppress(psycopg2.Error), conn.cursor() as cur:
+                cur.execute("select pg_advisory_unlock(%s)", (WAREHOUSE_LOCK_ID,))
+    finally:
+        conn.close()
+
+
+def _holder(cur) -> str:
+    cur.execute("select a.pid, a.application_name, a.backend_start from pg_locks l join pg_stat_activity a "
+                "using (pid) where l.locktype = 'advisory' and l.objid = %s and l.granted limit 1",
+                (WAREHOUSE_LOCK_ID & 0xFFFFFFFF,))
+    row = cur.fetchone()
+    return f"server pid {row[0]}, {row[1] or 'no application name'}, since {row[2]:%H:%M:%S}" if row else "holder gone"
 
 
 # ---- the COPY upsert primitive --------------------------------------------------------------------------------
@@ -233,11 +296,23 @@ def _forget_files(conn, spec: RawTable, rewritten: list[str], gone: list[str]) -
             log.info("raw.%s: %d file(s) no longer in the Store, their rows removed", spec.name, len(gone))
 
 
+def _committed_outputs(store: Store) -> set[str]:
+    """The output files some commit manifest names; a manifest naming a file that is gone fails the load."""
+    committed = commits.committed_files(store)
+    if committed:
+        infos = store.fs.get_file_info([store.path(p) for p in sorted(committed)])
+        if gone := [i.path for i in infos if i.type == pafs.FileType.NotFound]:
+            raise ValidationError(f"{len(gone)} committed output file(s) are missing, e.g. {gone[0]}: rerun the "
+                                  "stage that committed it (python -m etl risk --as-of D, or python -m etl factors)")
+    return committed
+
+
 def load_raw(conn, store: Store, settings: Settings, only: set[str] | None = None) -> LoadSummary:
     """Load every raw table's new data (or only the tables named in `only`) inside `conn`'s transaction (the
     caller commits)."""
     with conn.cursor() as cur:
         cur.execute("select pg_advisory_xact_lock(%s)", (LOAD_LOCK_ID,))
+    committed = _committed_outputs(store)  # read once: one consistent view of what is committed
     seen = _loaded_state(conn)
     summary = LoadSummary()
     reference = _reference_loaders()
@@ -245,7 +320,7 @@ def load_raw(conn, store: Store, settings: Settings, only: set[str] | None = Non
         if only is not None and spec.name not in only:
             continue
         try:
-            _load_table(conn, store, settings, spec, seen, reference, summary)
+            _load_table(conn, store, settings, spec, seen, reference, summary, committed)
         except psycopg2.Error as exc:  # e.g. recording the load state; the rows' own errors name their files
             raise _rejected(spec, [f"the files of {spec.source_dir or 'reference data'}"], exc) from exc
     return summary
@@ -260,7 +335,8 @@ def _rejected(spec: RawTable, sources: list[str], exc: psycopg2.Error) -> Wareho
 
 
 def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: dict[str, str],
-                reference: dict[str, Callable[[Settings], pd.DataFrame]], summary: LoadSummary) -> None:
+                reference: dict[str, Callable[[Settings], pd.DataFrame]], summary: LoadSummary,
+                committed: set[str]) -> None:
     if spec.source_dir is None:
         if spec.name not in reference:
             return
@@ -275,6 +351,8 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
         counts = [data.num_rows]
     else:
         current = _fingerprints(store, spec.source_dir)
+        if spec.source_dir.startswith(f"{commits.OUTPUTS}/"):
+            current = {p: fp for p, fp in current.items() if p in committed}
         new = {path: fp for path, fp in sorted(current.items()) if seen.get(path) != fp}
         # files deleted since the last load (only when the folder is there: a wrong data dir must not empty raw)
         gone = [p for p in seen if p.startswith(f"{spec.source_dir}/") and p not in current] \

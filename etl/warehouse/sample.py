@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from etl import runlog
+from etl import commits, runlog
 from etl.risk import drawdown
 from etl.settings import PROJECT_ROOT, Settings
 from etl.storage import get_store, partition_path
@@ -295,17 +295,28 @@ def write_sample(settings: Settings, first_day: date = date(2026, 1, 1), days: i
         rel = partition_path("silver", "bars_1d", product_id=product, year=first_day.year) + "/part-0.parquet"
         store.write_parquet(rel, pa.Table.from_pandas(part.drop(columns="product_id"), preserve_index=False))
     tables = {**risk_outputs(daily, b5), **factor_outputs(b5)}
+    factor_parts: dict[tuple[str, str], pa.Table] = {}
+    risk_parts: dict[str, dict[tuple[str, str], pa.Table]] = {}
     for name, df in tables.items():
         counts[name] = len(df)
         if name.startswith("factor_"):
             key = df["date"] if "date" in df else df["bucket_start"].dt.strftime("%Y-%m-%d")
-            part_name = "date"
         else:  # as the risk engine does: the as-of partition holds its day (history tables could hold more)
             key = (df["as_of_date"] if "as_of_date" in df else df["bucket_start"]).astype(str).str[:10]
-            part_name = "as_of_date"
         for value, part in df.groupby(key.astype(str)):
-            rel = partition_path("outputs", name, **{part_name: value}) + "/part-0.parquet"
-            store.write_parquet(rel, pa.Table.from_pandas(part, preserve_index=False))
+            if name.startswith("factor_"):
+                factor_parts[(name, f"date={value}")] = pa.Table.from_pandas(part, preserve_index=False)
+            else:
+                risk_parts.setdefault(value, {})[(name, f"as_of_date={value}")] = part
+    # committed as the stages commit them (etl/commits.py): one manifest per risk as-of day, one for factors
+    for day, parts in sorted(risk_parts.items()):
+        run_id = commits.new_run_id()
+        if ("risk_metrics", f"as_of_date={day}") in parts:
+            parts[("risk_metrics", f"as_of_date={day}")] = parts[("risk_metrics", f"as_of_date={day}")].assign(
+                risk_run_id=run_id)
+        commits.publish(store, commits.risk_manifest(date.fromisoformat(day)), "risk",
+                        {k: pa.Table.from_pandas(v, preserve_index=False) for k, v in parts.items()}, run_id=run_id)
+    commits.publish(store, "factors", "factors", factor_parts, merge=True)
     started = datetime.combine(first_day + timedelta(days=days - 1), datetime.min.time(), tzinfo=UTC)
     for i, (task, status) in enumerate([("fetch_candles", "success"), ("build_bars", "success"),
                                         ("compute_risk", "failed"), ("compute_risk", "success")]):

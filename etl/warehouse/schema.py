@@ -107,7 +107,7 @@ TABLES: tuple[RawTable, ...] = (
     RawTable("positions", _cols("portfolio_id product_id", "text") + (Column("as_of_date", "date"),)
              + _cols("quantity avg_cost", "double precision"),
              key=("portfolio_id", "product_id", "as_of_date"), replace_all=True),
-    # risk outputs: outputs/<table>/as_of_date=D/part-0.parquet
+    # risk outputs: outputs/<table>/as_of_date=D/<run_id>.parquet, committed by outputs/_commits/risk/...
     RawTable("positions_valued", _cols("portfolio_id product_id", "text") + (Column("as_of_date", "date"),)
              + _cols("quantity avg_cost close market_value unrealized_pnl", "double precision")
              + _opt("weight fx_rate", "double precision") + _opt("base_currency", "text"),
@@ -129,7 +129,8 @@ TABLES: tuple[RawTable, ...] = (
              + _opt("gross_exposure", "double precision") + _opt("mc_scenarios", "bigint")
              + _opt("base_currency mc_distribution", "text")
              + _opt(" ".join(f"{k}_{c}_{m}" for m in FILTERED_METHODS for c in (95, 99) for k in ("var", "es")),
-                    "double precision"),
+                    "double precision")
+             + _opt("risk_run_id", "text"),  # the committed risk run (etl/commits.py): report freshness check
              key=("portfolio_id", "as_of_date"), source_dir="outputs/risk_metrics"),
     RawTable("asset_risk", (Column("product_id", "text"), Column("as_of_date", "date"))
              + _cols("vol_20d vol_30d vol_ewma max_drawdown worst_daily_return", "double precision")
@@ -147,7 +148,8 @@ TABLES: tuple[RawTable, ...] = (
              key=("portfolio_id", "as_of_date", "method", "confidence"), source_dir="outputs/var_backtest"),
     RawTable("limit_breaches", (Column("portfolio_id", "text"), Column("as_of_date", "date"))
              + _cols("limit_type metric", "text") + _cols("value limit_value", "double precision")
-             + _opt("base_currency", "text"),
+             + _opt("base_currency", "text")
+             + _opt("breach_kind", "text"),  # exceeded | uncomputable (value NULL: the metric was NaN/inf)
              key=("portfolio_id", "as_of_date", "limit_type", "metric"), source_dir="outputs/limit_breaches"),
     RawTable("var_backtest_summary", (Column("portfolio_id", "text"), Column("as_of_date", "date"),
                                       Column("method", "text"), Column("confidence", "double precision"))

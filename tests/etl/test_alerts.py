@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from etl.db import scratch_database
+from etl.errors import IncompleteInputError
 from etl.report import alerts
 from etl.report.sample import create_gold, sample_frames
 from etl.settings import get_settings
@@ -190,14 +191,17 @@ def test_default_channels_are_log_and_file_only(env, data_dir):
     assert alerts.configured_channels(get_settings()) == ["log", "file"]
     assert alerts.send_alerts(AS_OF) == 2
     assert len(_jsonl(data_dir)) == 2
-    assert alerts.send_alerts(date(2026, 1, 30)) == 0   # no breaches recorded that day
+    # no risk rows that day: not "0 breaches, all clear" but a refusal naming what is missing (exit 3)
+    with pytest.raises(IncompleteInputError, match="fact_risk_metrics has no row for 2026-01-30"):
+        alerts.send_alerts(date(2026, 1, 30))
 
 
-def test_missing_breach_table_sends_nothing(pg_url, data_dir, monkeypatch):
+def test_missing_breach_table_sends_nothing_and_is_incomplete(pg_url, data_dir, monkeypatch):
     with scratch_database(pg_url, "alerts_nobreach") as url:
         create_gold(url, sample_frames(AS_OF), skip=("fact_limit_breaches",))
         monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
-        assert alerts.send_alerts(AS_OF) == 0
+        with pytest.raises(IncompleteInputError, match="fact_limit_breaches cannot be read"):
+            alerts.send_alerts(AS_OF)
     assert _jsonl(data_dir) == []
 
 
@@ -214,3 +218,26 @@ def test_unreachable_smtp_names_the_setting(env, data_dir, monkeypatch):
     with pytest.raises(alerts.AlertDeliveryError, match=f"SMTP 127.0.0.1:{port}.*AIRFLOW__SMTP__SMTP_HOST"):
         alerts.send_alerts(AS_OF)
     assert len(_jsonl(data_dir)) == 2   # log and file still delivered
+
+
+def test_secrets_redacted_in_run_log(env, data_dir):
+    """A failed webhook delivery: neither the error, the log nor the run-log row (-> gold.fact_pipeline_runs, read
+    by the reporting role, the HTML and SQL reports) carries the webhook's secret path."""
+    import socket
+
+    from etl import pipeline, runlog
+
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env.setenv("ALERT_WEBHOOK_URL", f"http://127.0.0.1:{port}/services/T0AB/B0CD/s3cr3tT0ken")
+    with pytest.raises(alerts.AlertDeliveryError) as err:
+        pipeline.send_alerts(AS_OF, settings=get_settings())
+    assert "s3cr3tT0ken" not in str(err.value) and f"127.0.0.1:{port}/***" in str(err.value)
+    rows = runlog.read_all(get_settings())
+    assert rows["status"].tolist() == ["failed"]
+    message = rows["message"].iat[0]
+    assert "AlertDeliveryError" in message and "127.0.0.1" in message
+    assert "s3cr3tT0ken" not in message and "B0CD" not in message
+    assert runlog.redact_text("postgresql://etl:hunter2@db:5432/warehouse password=x2 token: abc Bearer abcdefgh12") \
+        == "postgresql://etl:***@db:5432/warehouse password=*** token: *** Bearer ***"

@@ -11,6 +11,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from etl import cli
+from etl.commits import read_manifest
 from etl.errors import DataNotFoundError
 from etl.factors import FactorConfig, run
 from etl.factors.buckets import terciles
@@ -19,6 +21,7 @@ from etl.factors.returns import Universe, universe_returns
 from etl.factors.rolling_ols import rolling_ols
 from etl.settings import get_settings
 from etl.simulator import candles as simulated_candles
+from etl.storage import get_store
 
 T0 = pd.Timestamp("2026-03-02", tz="UTC")
 SMALL = FactorConfig(frequency_s=60, window=240, min_obs=30, formation_minutes=120, holding_minutes=60,
@@ -178,7 +181,7 @@ END = datetime(2026, 3, 3, 6, 0, tzinfo=UTC)
 
 
 def read_output(data_dir, table: str) -> pd.DataFrame:
-    files = sorted((data_dir / "outputs" / table).glob("date=*/part-0.parquet"))
+    files = sorted((data_dir / "outputs" / table).glob("date=*/*.parquet"))  # one committed file per day
     return pd.concat([pq.read_table(f).to_pandas().assign(date=f.parent.name[5:]) for f in files], ignore_index=True)
 
 
@@ -236,6 +239,19 @@ def test_run_from_simulator_candles_writes_daily_partitions(simulator, data_dir,
     for table, frame in before.items():
         pd.testing.assert_frame_equal(read_output(data_dir, table), frame)
 
+    # the same run from the command line: `factors --end ISO` (historical data), the same committed outputs
+    for name, value in {"FACTOR_WINDOW": SMALL.window, "FACTOR_MIN_OBS": SMALL.min_obs,
+                        "FACTOR_FORMATION_MINUTES": SMALL.formation_minutes,
+                        "FACTOR_HOLDING_MINUTES": SMALL.holding_minutes,
+                        "FACTOR_MOMENTUM_MINUTES": ",".join(map(str, SMALL.momentum_minutes))}.items():
+        monkeypatch.setenv(name, str(value))
+    assert cli.main(["factors", "--end", "2026-03-03T06:00:00Z"]) == 0
+    manifest = read_manifest(get_store(get_settings()), "factors")
+    assert manifest["run_id"] != "" and all(e["path"].endswith(f"/{manifest['run_id']}.parquet")
+                                            for e in manifest["files"].values())
+    for table, frame in before.items():
+        pd.testing.assert_frame_equal(read_output(data_dir, table), frame)
+
     # 5-minute bars from silver instead of 1-minute candles
     build(settings=settings)
     monkeypatch.setenv("FACTOR_FREQUENCY_S", "300")
@@ -248,6 +264,13 @@ def test_run_from_simulator_candles_writes_daily_partitions(simulator, data_dir,
 def test_run_without_prices_says_what_to_do(data_dir):
     with pytest.raises(DataNotFoundError, match="python -m etl ingest"):
         run(get_settings(), end=END, config=SMALL)
+
+
+def test_factors_end_from_the_cli_sets_the_window(data_dir, capsys):
+    assert cli.main(["factors", "--end", "2026-03-03T06:00:00Z"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: factors: no 60s prices") and "and 2026-03-03 06:00:00+00:00" in err
+    assert "\n" not in err
 
 
 def test_exposures_equal_statsmodels_on_the_model_factors():

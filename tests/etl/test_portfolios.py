@@ -104,3 +104,13 @@ def test_missing_column_and_missing_file(ref_dir):
     path.unlink()
     with pytest.raises(ValidationError, match="reference file not found"):
         load_positions(_settings(ref_dir))
+
+
+@pytest.mark.parametrize(("row", "what"), [("P001,BTC-USD,2026-01-01,1,50000,extra", "6 fields, the header has 5"),
+                                           ("P001,BTC-USD,2026-01-01", "3 fields, the header has 5")])
+def test_reference_csv_with_an_extra_or_missing_field_names_file_and_line(ref_dir, row, what):
+    lines = (ref_dir / "positions.csv").read_text().splitlines()
+    lines.insert(2, row)                                                   # becomes line 3
+    (ref_dir / "positions.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValidationError, match=rf"positions\.csv:3: {what}"):
+        load_positions(_settings(ref_dir))

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from etl.db import scratch_database
-from etl.errors import DataNotFoundError
+from etl.errors import DataNotFoundError, IncompleteInputError
 from etl.report import html as report_html
 from etl.report import reports_dir, run
 from etl.report.sample import create_gold, sample_frames
@@ -169,9 +169,14 @@ def test_sql_reports_write_csv_and_markdown_as_reporting_role(report, frames):
     assert "| reporting | 2 |" in md
 
 
-def test_empty_day_says_so_instead_of_failing(env, sql_dir):
-    path = run(date(2026, 1, 30), sql_dir=sql_dir)
+def test_report_on_a_day_without_risk_rows_is_incomplete_exit_3_with_a_red_banner(env, sql_dir):
+    with pytest.raises(IncompleteInputError, match=r"gold\.fact_risk_metrics has no row for 2026-01-30 for "
+                                                   r"portfolio\(s\) P-ALT, P-CORE"):
+        run(date(2026, 1, 30), sql_dir=sql_dir)
+    path = reports_dir(get_settings()) / "2026-01-30" / "report.html"
     page = path.read_text()
+    assert page.index('<div id="incomplete"') < page.index("<h1")  # at the top, in red
+    assert re.search(r'id="incomplete"[^>]*background:#b00020.*?INCOMPLETE.*?fact_risk_metrics has no row', page, re.S)
     assert "no anomalies on this day" in page
     assert "no limit breaches on 2026-01-30" in page
     assert "no risk metrics on 2026-01-30" in (path.parent / "portfolio-p-core.html").read_text()
@@ -179,15 +184,18 @@ def test_empty_day_says_so_instead_of_failing(env, sql_dir):
     assert "2026-01-30: INCOMPLETE: gold.fact_risk_metrics: no row for P-ALT, P-CORE" in page
 
 
-def test_missing_breach_table_is_a_note(pg_url, data_dir, monkeypatch, sql_dir):
+def test_missing_breach_table_is_a_note_and_the_day_incomplete(pg_url, data_dir, monkeypatch, sql_dir):
     with scratch_database(pg_url, "report_nobreach") as url:
         create_gold(url, sample_frames(AS_OF), skip=("fact_limit_breaches", "fact_anomalies"))
         monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
-        page = run(AS_OF, sql_dir=sql_dir).read_text()
+        with pytest.raises(IncompleteInputError, match="gold.fact_limit_breaches cannot be read"):
+            run(AS_OF, sql_dir=sql_dir)
+    page = (reports_dir(get_settings()) / AS_OF.isoformat() / "report.html").read_text()
     assert re.search(r'<p class="note">gold\.fact_limit_breaches could not be read \(relation '
                      r'&quot;gold\.fact_limit_breaches&quot; does not exist\)', page)
     assert "gold.fact_anomalies is not available in the warehouse" in page
     assert re.search(r'id="kpi-breaches".*?class="value unknown">unknown<', page)
+    assert 'id="incomplete"' in page
     assert set(H3) <= _ids(page, "h3")  # every other section still there
 
 
@@ -252,3 +260,11 @@ def test_a_section_that_breaks_on_bad_data_becomes_a_note(frames):
     assert 'id="portfolio-p-alt"' in files["portfolio-p-alt.html"]
     assert 'id="chart-exposure-p-core"' in files["portfolio-p-core.html"]
     assert 'id="market"' in page and "gold.fact_asset_risk is not available" in page
+
+
+def test_report_files_are_readable_by_their_owner_only(report):
+    _, _, reports = report
+    modes = {p.relative_to(reports).as_posix(): p.stat().st_mode & 0o777 for p in [reports, *reports.rglob("*")]}
+    assert any(name.endswith("report.html") for name in modes) and any(n.endswith(".csv") for n in modes)
+    assert {m for n, m in modes.items() if (reports / n).is_dir()} == {0o700}
+    assert {m for n, m in modes.items() if (reports / n).is_file()} == {0o600}

@@ -13,13 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import linalg, special, stats
 
-from etl.errors import DataNotFoundError
+from etl.commits import read_manifest, risk_manifest
+from etl.errors import DataNotFoundError, ValidationError
 from etl.portfolios import load_portfolios, load_positions
 from etl.reference import load_instruments
 from etl.risk import run
 from etl.risk.engine import RiskParams, compute_tables, intraday_anomalies
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
+from etl.storage import Store
 
 AS_OF = date(2026, 3, 31)
 DAYS = pd.date_range("2025-12-01", AS_OF, freq="D")
@@ -96,7 +98,9 @@ def risk_env(data_dir, tmp_path, monkeypatch):
 
 
 def _read(data_dir, table: str) -> pd.DataFrame:
-    return pq.read_table(data_dir / "outputs" / table / f"as_of_date={AS_OF}" / "part-0.parquet").to_pandas()
+    """The committed file of `table` for AS_OF (the risk run's manifest names it)."""
+    manifest = read_manifest(Store.from_uri(str(data_dir)), risk_manifest(AS_OF))
+    return pq.read_table(data_dir / manifest["files"][f"{table}/as_of_date={AS_OF}"]["path"]).to_pandas()
 
 
 def test_run_writes_every_table_and_the_numbers_agree(risk_env):
@@ -348,3 +352,41 @@ def test_backtest_forecasts_do_not_look_ahead():
     np.testing.assert_array_equal(a.loc[~last, "realized_pnl"].to_numpy(), b.loc[~last, "realized_pnl"].to_numpy())
     for col in ("var_99_hist", "var_99_param", "var_99_mc"):
         assert (base["risk_metrics"][col] != moved["risk_metrics"][col]).all()
+
+
+def test_nan_metric_is_uncomputable_breach():
+    """A NaN or infinite metric breaches its limit as 'uncomputable' (value unknown), never passes silently."""
+    from etl.report.alerts import message
+    from etl.risk.engine import limit_breaches
+
+    risk = pd.DataFrame({
+        "portfolio_id": ["NAN", "INF", "OVER", "OK"], "as_of_date": [pd.Timestamp(AS_OF)] * 4,
+        "base_currency": ["USD"] * 4, "var_99_hist": [np.nan, 10.0, 500.0, 10.0],
+        "concentration_pct": [0.1, np.inf, 0.1, 0.1], "max_drawdown": [-0.1, -0.1, -0.1, -0.1]})
+    portfolios = pd.DataFrame({"portfolio_id": ["NAN", "INF", "OVER", "OK"], "var_limit": [100.0] * 4,
+                               "concentration_limit": [0.5] * 4, "drawdown_limit": [0.5] * 4,
+                               "var_limit_metric": ["var_99_hist"] * 4})
+    out = limit_breaches(risk, portfolios).sort_values(["portfolio_id", "limit_type"])
+    got = [(r.portfolio_id, r.limit_type, r.breach_kind, None if np.isnan(r.value) else r.value)
+           for r in out.itertuples()]
+    assert got == [("INF", "concentration", "uncomputable", None), ("NAN", "var", "uncomputable", None),
+                   ("OVER", "var", "exceeded", 500.0)]
+    text = message({**out.iloc[1].to_dict(), "value": None, "as_of_date": AS_OF})
+    assert "UNCOMPUTABLE" in text and "NAN var limit" in text
+
+
+def test_overflowing_position_is_rejected_with_file_and_line(risk_env):
+    ref = get_settings().reference_dir
+    with open(ref / "positions.csv", "a") as f:
+        f.write("U1,ETH-USD,2026-03-20,1e308,2500\n")                          # line 8: 1e308 * 2500 = inf
+    with pytest.raises(ValidationError, match=r"positions\.csv:8: non-finite value: quantity \* avg_cost"):
+        load_positions(get_settings())
+
+
+def test_market_value_overflow_refuses_the_risk_run_and_commits_nothing(risk_env):
+    ref = get_settings().reference_dir
+    with open(ref / "positions.csv", "a") as f:
+        f.write("U1,BTC-USD,2026-03-20,1e304,1\n")                      # a finite cost basis, an infinite value
+    with pytest.raises(ValidationError, match=r"positions\.csv:8: non-finite value: market value of U1 BTC-USD"):
+        run(as_of=AS_OF, settings=get_settings())
+    assert read_manifest(Store.from_uri(str(risk_env["data"])), risk_manifest(AS_OF)) is None

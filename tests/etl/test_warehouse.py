@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from etl import db
+from etl.commits import manifest_path, publish
 from etl.errors import ValidationError
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.storage import get_store
@@ -32,6 +33,11 @@ def warehouse(pg_url, data_dir, tmp_path, monkeypatch):
         cur.execute("drop schema if exists raw, staging, gold cascade")
     counts = sample.write_sample(get_settings(), first_day=date(2026, 1, 1), days=DAYS)
     return counts
+
+
+def _commit(store, table: str, partition: str, rows: pa.Table) -> None:
+    """Write and commit one output file as the risk/factor stages do (etl/commits.py)."""
+    publish(store, f"test/{table}/{partition}", "test", {(table, partition): rows})
 
 
 def query(sql: str, params=None, url: str | None = None) -> list[tuple]:
@@ -106,22 +112,22 @@ def test_a_failure_midway_rolls_back_every_table(warehouse):
                                               pa.array([2.0] * table.num_rows)))
     bad = pa.table({"portfolio_id": ["P001"], "as_of_date": [date(2026, 1, 9)], "daily_pnl": ["oops"],
                     "mtd_pnl": [1.0]})
-    store.write_parquet("outputs/pnl_daily/as_of_date=2026-01-09/part-0.parquet", bad)
+    _commit(store, "pnl_daily", "as_of_date=2026-01-09", bad)
     with pytest.raises(ValidationError, match=r"pnl_daily/as_of_date=2026-01-09.*daily_pnl"):
         load(run_dbt=False)
     assert query("select sum(close) from raw.bars_5m")[0][0] == before
     assert query("select count(*) from raw._load_state")[0][0] == state_before
 
     # a row Postgres rejects (NULL key) after the bars were upserted: rolled back too, the error names the table
-    store.write_parquet("outputs/pnl_daily/as_of_date=2026-01-09/part-0.parquet",
-                        bad.set_column(0, "portfolio_id", pa.array([None], pa.string()))
+    _commit(store, "pnl_daily", "as_of_date=2026-01-09", bad.set_column(0, "portfolio_id", pa.array([None], pa.string()))
                         .set_column(2, "daily_pnl", pa.array([1.0])))
-    with pytest.raises(WarehouseError, match=r"raw\.pnl_daily.*outputs/pnl_daily/as_of_date=2026-01-09/part-0\.parquet"
+    with pytest.raises(WarehouseError, match=r"raw\.pnl_daily.*outputs/pnl_daily/as_of_date=2026-01-09/[0-9a-fT-]+\.parquet"
                                              r".*rolled back"):
         load(run_dbt=False)
     assert query("select sum(close) from raw.bars_5m")[0][0] == before
 
     store.delete("outputs/pnl_daily/as_of_date=2026-01-09")
+    store.delete(manifest_path("test/pnl_daily/as_of_date=2026-01-09"))
     assert load(run_dbt=False).rows["bars_5m"] == 288  # the retried files load once the bad one is gone
     assert query("select max(close) from raw.bars_5m where product_id = 'BTC-USD' "
                  "and bucket_start < '2026-01-02'")[0][0] == 2.0
@@ -129,7 +135,7 @@ def test_a_failure_midway_rolls_back_every_table(warehouse):
 
 def test_a_missing_declared_column_is_a_clear_error(warehouse):
     table = pa.table({"factor_name": ["market"], "bucket_start": [datetime(2026, 1, 5, tzinfo=UTC)]})
-    get_store().write_parquet("outputs/factor_returns/date=2026-01-05/part-0.parquet", table)
+    _commit(get_store(), "factor_returns", "date=2026-01-05", table)
     with pytest.raises(ValidationError, match=r"factor_returns/date=2026-01-05.*missing column\(s\) \['factor_return'\]"):
         load(run_dbt=False)
 
@@ -225,7 +231,7 @@ def test_drawdowns_and_daily_anomalies_load_by_key_and_the_latest_run_wins(wareh
     # a later as-of run flags ETH's day again with another score: the same key, so its row is replaced
     eth = pa.table({"product_id": ["ETH-USD"], "price_date": [date(2026, 1, 2)], "return_value": [ret["ETH-USD"]],
                     "robust_z": [-9.5], "scale_method": ["mad"], "window": [60], "threshold": [3.5]})
-    get_store().write_parquet("outputs/anomalies_daily/as_of_date=2026-01-03/part-0.parquet", eth)
+    _commit(get_store(), "anomalies_daily", "as_of_date=2026-01-03", eth)
     assert load(run_dbt=False).rows["anomalies_daily"] == 1
     assert query("select count(*) from raw.anomalies_daily") == [(3,)]
     assert query("select robust_z, as_of_date from raw.anomalies_daily where product_id = 'ETH-USD'") == [
@@ -238,7 +244,7 @@ def test_an_empty_output_file_loads_nothing_and_a_drawdown_without_trough_is_an_
     # pandas writes the columns of an empty frame as float64 (the risk engine on a day without anomalies)
     empty = pa.table({c: pa.array([], pa.float64()) for c in ("product_id", "bucket_start", "return_value",
                                                                 "robust_z")})
-    store.write_parquet("outputs/anomalies/as_of_date=2026-01-05/part-0.parquet", empty)
+    _commit(store, "anomalies", "as_of_date=2026-01-05", empty)
     summary = load(run_dbt=False)
     assert summary.files["anomalies"] == 1 and summary.rows["anomalies"] == 0
     assert query("select count(*) from raw._load_state where path like '%anomalies/as_of_date=2026-01-05%'") == [
@@ -246,7 +252,7 @@ def test_an_empty_output_file_loads_nothing_and_a_drawdown_without_trough_is_an_
 
     bad = pa.table({"entity_type": ["asset"], "entity_id": ["BTC-USD"], "as_of_date": [date(2026, 1, 5)],
                     "max_drawdown": [-0.1], "peak_date": [date(2026, 1, 1)], "recovery_date": [None]})
-    store.write_parquet("outputs/drawdowns/as_of_date=2026-01-05/part-0.parquet", bad)
+    _commit(store, "drawdowns", "as_of_date=2026-01-05", bad)
     with pytest.raises(ValidationError, match=r"drawdowns/as_of_date=2026-01-05.*missing column\(s\) \['trough_date'\]"):
         load(run_dbt=False)
 
@@ -269,3 +275,45 @@ def test_a_partition_rewritten_with_fewer_rows_or_deleted_loses_its_stale_rows(w
     assert query("select count(*) from raw.bars_5m")[0][0] == warehouse["bars_5m"] - 289
     assert query("select count(*) from raw._load_state where path = %s", (day1,))[0][0] == 0
     assert load(run_dbt=False).total_rows == 0  # and the next run has nothing to do
+
+
+def _cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    import os
+
+    return subprocess.Popen([sys.executable, "-m", "etl", *args], cwd=PROJECT_ROOT, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_load_against_a_dead_database_url_is_one_line_exit_2(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _cli("load", env={"PIPELINE_DATABASE_URL": f"postgresql://etl:hunter2@127.0.0.1:{port}/warehouse",
+                             "PIPELINE_STATE_DIR": str(tmp_path / "state"), "PIPELINE_DATA_DIR": str(tmp_path)})
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "hunter2" not in err
+    assert err.startswith(f"error: cannot connect to the warehouse at postgresql://etl:***@127.0.0.1:{port}/warehouse")
+    assert "PIPELINE_DATABASE_URL" in err
+
+
+def test_two_loads_at_once_wait_for_the_lock_or_fail_naming_it(warehouse, pg_url):
+    """The warehouse lock (held here as a running load would hold it): a load with a short wait fails with a clear
+    message and changes nothing; a load that may wait runs once the holder is done."""
+    from etl.warehouse.loader import warehouse_lock
+
+    with warehouse_lock(get_settings()):
+        impatient = _cli("load", "--no-dbt", env={"PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S": "1"})
+        patient = _cli("load", "--no-dbt", env={"PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S": "120"})
+        out, err = impatient.communicate(timeout=60)
+        assert impatient.returncode == 2
+        assert "another load or dbt build holds the warehouse lock" in err and "etl warehouse lock pid" in err
+        assert "waited 1s (PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S)" in err and err.count("\n") == 1
+        with pytest.raises(subprocess.TimeoutExpired):
+            patient.wait(timeout=2)                                         # still waiting for us
+        assert query("select to_regclass('raw.bars_5m')") == [(None,)]      # nothing loaded meanwhile
+    out, err = patient.communicate(timeout=120)
+    assert patient.returncode == 0, err
+    assert query("select count(*) from raw.bars_5m")[0][0] == warehouse["bars_5m"]

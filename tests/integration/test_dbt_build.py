@@ -224,6 +224,36 @@ def test_risk_depth_tables_reconcile_and_a_broken_contribution_fails_the_custom_
         run_dbt("build", select="fact_risk_contributions")
 
 
+def test_failed_dbt_build_keeps_previous_gold(gold):
+    """Write-audit-publish: a build whose tests fail (an overflowing position breaks reconciles_to_sum) publishes
+    nothing, not even the models built before the failing test; a passing build then swaps in whole, and the
+    reporting role still reads the new gold (grants survive the swap)."""
+    breaches = "select portfolio_id, as_of_date, limit_type, value, limit_value from gold.fact_limit_breaches order by 1, 2, 3"
+    before = query(breaches)
+    valuation = query("select sum(market_value) from gold.fact_portfolio_valuation")
+    assert before, "the sample has breaches"
+    day = "portfolio_id = 'P002' and product_id = 'SOL-USD' and as_of_date = '2026-01-03'"
+    with db.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"update raw.positions_valued set market_value = 'Infinity' where {day}")  # 1e308 * close
+        cur.execute("update raw.limit_breaches set limit_value = limit_value * 2")  # would change gold if published
+    try:
+        with pytest.raises(WarehouseError) as err:
+            run_dbt("build")
+        assert "reconciles_to_sum_fact_portfolio_valuation" in str(err.value)
+        assert "Gold was not published" in str(err.value)
+        assert query(breaches) == before and query(breaches, url=reporting_url()) == before
+        assert query("select sum(market_value) from gold.fact_portfolio_valuation") == valuation
+    finally:
+        with db.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"update raw.positions_valued set market_value = quantity * close where {day}")
+            cur.execute("update raw.limit_breaches set limit_value = limit_value / 2")
+    oid = query("select 'gold.fact_limit_breaches'::regclass::oid")
+    run_dbt("build")                                               # the passing build swaps a new gold in whole
+    assert query("select 'gold.fact_limit_breaches'::regclass::oid") != oid
+    assert query(breaches, url=reporting_url()) == before           # grants survive the swap
+    assert query("select count(*) from pg_namespace where nspname like 'gold\\_\\_%'") == [(0,)]
+
+
 def test_reporting_role_reads_gold_and_nothing_else(gold):
     url = reporting_url()
     assert query("select count(*) from gold.fact_price_daily", url=url) == [(3 * DAYS,)]

@@ -1,4 +1,5 @@
--- One row per portfolio per day per limit type per metric that breached its limit.
+-- One row per portfolio per day per limit type per metric that breached its limit: exceeded it, or could not be
+-- computed (breach_kind 'uncomputable', value NULL: a NaN/inf metric never passes a limit).
 with limit_breaches as (
 
     select * from {{ ref('stg_risk__limit_breaches') }}
@@ -15,7 +16,8 @@ final as (
         value,
         limit_value,
         value / nullif(limit_value, 0) as utilisation,
-        base_currency
+        base_currency,
+        breach_kind
     from limit_breaches
 
 )

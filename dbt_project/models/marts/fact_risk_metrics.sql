@@ -38,7 +38,8 @@ final as (
         var_95_garch_t,
         es_95_garch_t,
         var_99_garch_t,
-        es_99_garch_t
+        es_99_garch_t,
+        risk_run_id
     from risk_metrics
 
 )

@@ -14,6 +14,7 @@ renamed as (
         value,
         limit_value,
         base_currency,
+        coalesce(breach_kind, 'exceeded') as breach_kind,
         loaded_at
     from source
 

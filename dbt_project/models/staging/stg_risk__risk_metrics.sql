@@ -38,6 +38,7 @@ renamed as (
         es_95_garch_t,
         var_99_garch_t,
         es_99_garch_t,
+        risk_run_id,
         loaded_at
     from source
 

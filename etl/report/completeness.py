@@ -1,0 +1,102 @@
+"""Is the as-of day complete and fresh in gold? `report` and alerts ask before they say anything is fine.
+
+Checks, for the as-of day D (each failure is one line naming the table or file and what to run):
+1. gold.dim_portfolio has portfolios (plus those the committed risk run valued);
+2. gold.fact_portfolio_valuation, fact_pnl_daily and fact_risk_metrics have a row for D for every portfolio;
+3. gold.fact_limit_breaches can be read (no table = breaches unknown, never "0 breaches");
+4. fresh: when the data store holds the risk commit for D (outputs/_commits/risk/as_of_date=D.json), gold's
+   fact_risk_metrics rows for D carry that commit's run id (else a newer risk run is not loaded/built yet).
+An incomplete day makes `report` exit 3 (IncompleteInputError) after writing its HTML with a red INCOMPLETE banner.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass, field
+from datetime import date
+
+from etl import commits
+from etl.errors import PipelineError
+from etl.report.gold import GoldReader
+from etl.settings import Settings
+from etl.storage import get_store
+
+log = logging.getLogger(__name__)
+
+PER_PORTFOLIO = ("fact_portfolio_valuation", "fact_pnl_daily", "fact_risk_metrics")
+
+
+@dataclass
+class Completeness:
+    as_of: date
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        if self.complete:
+            return f"inputs for {self.as_of} complete"
+        return f"inputs for {self.as_of} INCOMPLETE: " + "; ".join(self.problems)
+
+
+def _ids(reader: GoldReader, table: str, sql: str, as_of: date) -> set[str] | None:
+    df = reader.frame(table, sql, {"as_of": as_of})
+    return None if df is None else {str(v) for v in df.iloc[:, 0].dropna()}
+
+
+def check(reader: GoldReader, as_of: date, settings: Settings) -> Completeness:
+    """Every input `report` and alerts need for `as_of`, present and fresh (see the module docstring)."""
+    out = Completeness(as_of)
+    try:
+        manifest = commits.read_manifest(get_store(settings), commits.risk_manifest(as_of))
+    except (PipelineError, OSError) as exc:
+        manifest = None
+        out.problems.append(str(exc))
+    portfolios = _ids(reader, "dim_portfolio", "select portfolio_id from gold.dim_portfolio", as_of)
+    if portfolios is None:
+        out.problems.append("gold.dim_portfolio cannot be read: run `python -m etl load`")
+        portfolios = set()
+    portfolios |= set((manifest or {}).get("portfolios", []))
+    if not portfolios:
+        out.problems.append("gold.dim_portfolio has no portfolios: run `python -m etl load`")
+    for table in PER_PORTFOLIO:
+        have = _ids(reader, table, f"select distinct portfolio_id from gold.{table} where as_of_date = %(as_of)s",
+                    as_of)
+        if have is None:
+            out.problems.append(f"gold.{table} cannot be read")
+        elif missing := sorted(portfolios - have):
+            out.problems.append(f"gold.{table} has no row for {as_of} for portfolio(s) {', '.join(missing)}: run "
+                                f"`python -m etl risk --as-of {as_of}` then `python -m etl load`")
+    if _ids(reader, "fact_limit_breaches", "select portfolio_id from gold.fact_limit_breaches limit 1", as_of) is None:
+        out.problems.append("gold.fact_limit_breaches cannot be read: limit breaches are unknown")
+    if manifest is not None:
+        runs = _ids(reader, "fact_risk_metrics", "select distinct risk_run_id from gold.fact_risk_metrics "
+                    "where as_of_date = %(as_of)s", as_of)
+        if runs is not None and runs and runs != {manifest["run_id"]}:
+            out.problems.append(f"gold.fact_risk_metrics for {as_of} is stale: it holds risk run(s) "
+                                f"{', '.join(sorted(runs))} but run {manifest['run_id']} is committed "
+                                f"({commits.manifest_path(commits.risk_manifest(as_of))}): run `python -m etl load`")
+        elif runs is None:
+            out.problems.append("gold.fact_risk_metrics has no risk_run_id column: run `python -m etl load`")
+    if out.problems:
+        log.error("%s", out)
+    return out
+
+
+def banner(result: Completeness) -> str:
+    """The red INCOMPLETE banner put at the top of the HTML report ('' when complete)."""
+    if result.complete:
+        return ""
+    items = "".join(f"<li>{html.escape(p)}</li>" for p in result.problems)
+    return ('<div id="incomplete" role="alert" style="background:#b00020;color:#fff;padding:12px 20px;'
+            'font:600 15px/1.4 system-ui,sans-serif">'
+            f'<strong style="font-size:20px">INCOMPLETE</strong> &mdash; inputs for {result.as_of} are missing or '
+            f'stale; no figure below may be read as complete (a missing row is not a zero):<ul>{items}</ul></div>')
+
+
+def with_banner(page: str, result: Completeness) -> str:
+    """`page` with the banner right after <body> (the HTML renderer itself is unchanged)."""
+    return page.replace("<body>", "<body>\n" + banner(result), 1) if not result.complete else page
