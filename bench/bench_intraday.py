@@ -114,6 +114,7 @@ def dag_time() -> dict:
     from etl import db, demo, pipeline, runlog
     from etl.settings import get_settings
     from etl.simulator import Simulator, SimulatorConfig
+    from etl.storage import get_store
 
     base = Path(tempfile.mkdtemp(prefix="bench_intraday_"))
     server = db.database_url(get_settings())
@@ -149,8 +150,8 @@ def dag_time() -> dict:
         last_run = log.sort_values("started_at")["run_id"].iloc[-1]
         tasks = log[log["run_id"] == last_run].groupby(log["task_id"].str.replace(r"\[\d+\]", "", regex=True))
         per_task = tasks["duration_s"].sum().round(2).to_dict()
-        rows = pd.read_parquet(base / "data" / "outputs" / "intraday_risk" / "as_of_date=2026-03-02" /
-                               "bucket=1000" / "part-0.parquet")
+        rows = pd.read_parquet(base / "data" / intraday.committed_path(
+            get_store(settings), intraday.RISK_TABLE, pd.Timestamp("2026-03-02 10:00", tz="UTC")))
     finally:
         sim.stop()
         for k, v in saved.items():

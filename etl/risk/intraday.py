@@ -25,8 +25,9 @@ Each intraday run (one 5-minute bucket b of UTC day D) then:
    limit in breach, a `cleared` row at the first bucket back under a limit that was in breach at the previous
    run's bucket.
 
-Outputs (one file per bucket, rewritten by a rerun of the interval): outputs/intraday_risk/as_of_date=D/
-bucket=HHMM/part-0.parquet and outputs/intraday_limit_breaches/... Conventions: docs/risk_conventions.md.
+Outputs (one file per table per bucket): outputs/intraday_risk/as_of_date=D/bucket=HHMM/<run_id>.parquet and
+outputs/intraday_limit_breaches/..., committed together by the day's manifest outputs/_commits/intraday/
+as_of_date=D.json (etl.commits); a rerun of the interval replaces both. Conventions: docs/risk_conventions.md.
 """
 
 from __future__ import annotations
@@ -355,23 +356,45 @@ def bucket_of(interval_start: datetime | str) -> pd.Timestamp:
         else pd.Timestamp(interval_start, tz="UTC").floor(BUCKET)
 
 
-def output_path(table: str, bucket: pd.Timestamp) -> str:
-    from etl.risk.runner import OUTPUT_DIR
-    from etl.storage import partition_path
-
-    return partition_path(OUTPUT_DIR, table, as_of_date=bucket.date().isoformat(),
-                          bucket=bucket.strftime("%H%M")) + "/part-0.parquet"
+def intraday_manifest(day: date) -> str:
+    """The commit manifest of one UTC day's intraday outputs (etl.commits): each run adds its bucket's two files."""
+    return f"intraday/as_of_date={day.isoformat()}"
 
 
-def load_scenarios(store, before: date) -> ScenarioSet | None:
-    """The scenario set of the latest EOD run dated <= `before` (None when there is none yet)."""
-    from etl.risk.runner import OUTPUT_DIR
+def bucket_partition(bucket: pd.Timestamp) -> str:
+    return f"as_of_date={bucket.date().isoformat()}/bucket={bucket.strftime('%H%M')}"
 
-    days = [d for d in store.list_dirs(f"{OUTPUT_DIR}/scenario_portfolios", "as_of_date=") if d <= before.isoformat()]
-    for d in reversed(days):
-        paths = [f"{OUTPUT_DIR}/{t}/as_of_date={d}/part-0.parquet" for t in SCENARIO_TABLES]
-        if all(store.exists(p) for p in paths):
-            tables = [store.read_parquet(p).to_pandas() for p in paths]
+
+def committed_path(store, table: str, bucket: pd.Timestamp) -> str | None:
+    """The committed file of `table` for `bucket`, or None when that bucket's run has not committed."""
+    from etl import commits
+
+    manifest = commits.read_manifest(store, intraday_manifest(bucket.date())) or {"files": {}}
+    entry = manifest["files"].get(f"{table}/{bucket_partition(bucket)}")
+    return entry["path"] if entry else None
+
+
+def write_outputs(store, bucket: pd.Timestamp, tables: dict[str, pd.DataFrame]) -> None:
+    """Commit the bucket's risk and breach rows together (one manifest write): a rerun replaces both."""
+    from etl import commits
+    from etl.risk.runner import _to_arrow
+
+    parts = {(name, bucket_partition(bucket)): _to_arrow(df) for name, df in tables.items()}
+    commits.publish(store, intraday_manifest(bucket.date()), "intraday", parts, merge=True)
+
+
+def load_scenarios(store, before: date, max_days_back: int = 31) -> ScenarioSet | None:
+    """The scenario set of the latest committed EOD run dated <= `before` (None when there is none yet)."""
+    from etl import commits
+
+    for back in range(max_days_back + 1):
+        d = before - timedelta(days=back)
+        manifest = commits.read_manifest(store, commits.risk_manifest(d))
+        if manifest is None:
+            continue
+        entries = [manifest["files"].get(f"{t}/as_of_date={d.isoformat()}") for t in SCENARIO_TABLES]
+        if all(entries):
+            tables = [store.read_parquet(e["path"]).to_pandas() for e in entries]
             if all(len(t) for t in tables):
                 return ScenarioSet.from_tables(*tables)
         log.warning("scenario set as of %s is incomplete; trying an earlier EOD run", d)
@@ -379,17 +402,18 @@ def load_scenarios(store, before: date) -> ScenarioSet | None:
 
 
 def previous_breaches(store, bucket: pd.Timestamp) -> pd.DataFrame | None:
-    """The limit rows of the latest earlier run (today, else yesterday): the breaches open before this bucket."""
-    from etl.risk.runner import OUTPUT_DIR
+    """The limit rows of the latest earlier committed run (today, else yesterday): the breaches open before this
+    bucket."""
+    from etl import commits
 
-    root = f"{OUTPUT_DIR}/{BREACH_TABLE}"
     for day in (bucket.date(), bucket.date() - timedelta(days=1)):
-        buckets = store.list_dirs(f"{root}/as_of_date={day.isoformat()}", "bucket=")
+        manifest = commits.read_manifest(store, intraday_manifest(day)) or {"files": {}}
+        prefix = f"{BREACH_TABLE}/as_of_date={day.isoformat()}/bucket="
+        keys = sorted(k for k in manifest["files"] if k.startswith(prefix))
         if day == bucket.date():
-            buckets = [b for b in buckets if b < bucket.strftime("%H%M")]
-        if buckets:
-            df = store.read_parquet(f"{root}/as_of_date={day.isoformat()}/bucket={buckets[-1]}/part-0.parquet")
-            return df.to_pandas()
+            keys = [k for k in keys if k[len(prefix):] < bucket.strftime("%H%M")]
+        if keys:
+            return store.read_parquet(manifest["files"][keys[-1]]["path"]).to_pandas()
     return None
 
 
@@ -397,7 +421,7 @@ def run(interval_start: datetime | str, settings=None) -> IntradaySummary:
     """Revalue every portfolio at the bucket starting at `interval_start` and write its two output files."""
     from etl.portfolios import book_products, load_portfolios, load_positions
     from etl.reference import load_instruments
-    from etl.risk.runner import _read_bars, _to_arrow
+    from etl.risk.runner import _read_bars
     from etl.settings import get_settings
     from etl.storage import get_store
 
@@ -423,8 +447,7 @@ def run(interval_start: datetime | str, settings=None) -> IntradaySummary:
                     "risk_end_of_day has run", day - timedelta(days=1))
     tables = compute(bucket, portfolios, positions, quote_ccy, bars_5m, bars_1d, scenarios,
                      previous_breaches(store, bucket))
-    for name, df in tables.items():
-        store.write_parquet(output_path(name, bucket), _to_arrow(df))
+    write_outputs(store, bucket, tables)
     risk, breaches = tables[RISK_TABLE], tables[BREACH_TABLE]
     status = breaches["status"]
     summary = IntradaySummary(
@@ -448,12 +471,12 @@ def send_alerts(interval_start: datetime | str, settings=None) -> int:
     settings = settings or get_settings()
     bucket = bucket_of(interval_start)
     store = get_store(settings)
-    rel = output_path(BREACH_TABLE, bucket)
-    if not store.exists(rel):
+    rel = committed_path(store, BREACH_TABLE, bucket)
+    if rel is None:
         from etl.errors import DataNotFoundError
 
-        raise DataNotFoundError(f"no intraday limit checks for {bucket.isoformat()} ({store.path(rel)}): run the "
-                                "intraday risk task for this interval first")
+        raise DataNotFoundError(f"no committed intraday limit checks for {bucket.isoformat()}: run the intraday risk "
+                                "task for this interval first")
     rows = store.read_parquet(rel).to_pandas()
     rows = rows.astype(object).where(rows.notna(), None).to_dict("records")
     channels = alerts.configured_channels(settings)

@@ -179,6 +179,9 @@ def build_gold(command: str = "build", settings: Settings | None = None, select:
             cur.execute(f"drop schema if exists {SHADOW} cascade")
             cur.execute(f"create schema {SHADOW}")
             incremental = set(_incremental_models())
+            if select:  # a selected build (the intraday path) clones only the incremental models it names: copying
+                # every incremental table (fact_price_bars holds all history) every 5 minutes would grow with time
+                incremental &= {tok.lstrip("+@").rstrip("+") for tok in shlex.split(select)}
             placeholders = []
             for name, kind in sorted(_relations(cur, GOLD).items()):
                 if name in incremental and kind == "r":

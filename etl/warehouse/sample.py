@@ -337,7 +337,6 @@ def write_intraday(store, b5: pd.DataFrame, daily: pd.DataFrame, day: date) -> d
     """Intraday outputs of the last day's last hour, from the real revaluation (etl.risk.intraday.compute) on
     the sample bars with the daily returns up to the previous day as scenario set (P002 breaches its VaR limit)."""
     from etl.risk import intraday, var
-    from etl.risk.runner import _to_arrow
 
     closes = daily.pivot(index="price_date", columns="product_id", values="close")
     window = np.ascontiguousarray(closes.loc[:pd.Timestamp(day) - pd.Timedelta(days=1)].pct_change().iloc[1:]
@@ -354,8 +353,8 @@ def write_intraday(store, b5: pd.DataFrame, daily: pd.DataFrame, day: date) -> d
     for bucket in pd.date_range(end=last, periods=INTRADAY_BUCKETS, freq=intraday.BUCKET):
         tables = intraday.compute(bucket, portfolios, positions, {p: "USD" for p in PRODUCTS}, b5, bars_1d,
                                   scenarios, previous)
+        intraday.write_outputs(store, bucket, tables)
         for name, df in tables.items():
-            store.write_parquet(intraday.output_path(name, bucket), _to_arrow(df))
             counts[name] += len(df)
         previous = tables[intraday.BREACH_TABLE]
     return counts

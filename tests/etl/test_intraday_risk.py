@@ -14,10 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from etl import commits
 from etl.risk import intraday
 from etl.risk import run as eod_run
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
+from etl.storage import get_store
 
 D1 = date(2026, 3, 30)                    # the last EOD run's as-of (the previous UTC close)
 D = date(2026, 3, 31)                     # today
@@ -99,12 +101,13 @@ def book(data_dir, tmp_path, monkeypatch):
 
 
 def eod(data, table: str, day: date = D1) -> pd.DataFrame:
-    return pq.read_table(data / "outputs" / table / f"as_of_date={day}" / "part-0.parquet").to_pandas()
+    manifest = commits.read_manifest(get_store(get_settings()), commits.risk_manifest(day))
+    return pq.read_table(data / manifest["files"][f"{table}/as_of_date={day}"]["path"]).to_pandas()
 
 
 def intraday_rows(data, bucket: pd.Timestamp, table: str = intraday.RISK_TABLE) -> pd.DataFrame:
-    path = data / "outputs" / table / f"as_of_date={bucket.date()}" / f"bucket={bucket:%H%M}" / "part-0.parquet"
-    return pq.read_table(path).to_pandas().set_index("portfolio_id")
+    rel = intraday.committed_path(get_store(get_settings()), table, bucket)
+    return pq.read_table(data / rel).to_pandas().set_index("portfolio_id")
 
 
 def flat_day(data, last: pd.Series, moves: dict[str, dict[int, float]] | None = None) -> dict[str, np.ndarray]:
