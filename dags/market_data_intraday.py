@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from airflow.sdk import CronDataIntervalTimetable, dag, get_current_context, task
-from pipeline_common import API_POOL, API_POOL_SLOTS, BRONZE_CANDLES, DEFAULT_ARGS, SILVER_BARS, START_DATE
+from pipeline_common import (
+    API_POOL,
+    API_POOL_SLOTS,
+    BRONZE_CANDLES,
+    DEFAULT_ARGS,
+    SILVER_BARS,
+    SILVER_POOL,
+    START_DATE,
+)
 
 DOC = """
 ### Intraday market data
@@ -44,7 +52,7 @@ def market_data_intraday():
         return pipeline.fetch_intraday(product, start, end, pool_slots=API_POOL_SLOTS,
                                        ref=pipeline.TaskRef.from_context(context))
 
-    @task(outlets=[SILVER_BARS])
+    @task(pool=SILVER_POOL, outlets=[SILVER_BARS])
     def build_silver(fetched: list[dict]) -> dict:
         from etl import pipeline
 

@@ -135,6 +135,10 @@ class Settings:
     es_bootstrap: int = 1000             # McNeil-Frey exceedance-residual test: bootstrap resamples
     es_seed: int = 11
     stress_scenarios_file: str | None = None   # stress scenario config (CSV); None = only the worst windows
+    # long-running operation (docs/bronze.md "Compaction", docs/silver.md "One writer")
+    daily_overlap_days: int = 3          # end of day re-fetches this many daily candles before the newest it has
+    compact_retention_hours: float = 24  # superseded bronze files stay readable this long after a compaction
+    lock_timeout_s: float = 3600         # how long silver / compaction wait for the writer lock
 
     @property
     def is_local_data(self) -> bool:
@@ -212,6 +216,9 @@ def get_settings() -> Settings:
         stress_scenarios_file=_env("RISK_STRESS_SCENARIOS", str(PROJECT_ROOT / "etl" / "reference_data"
                                                                 / "stress_scenarios.csv")),
         **_stream_settings(source, port),
+        daily_overlap_days=max(1, _int("PIPELINE_DAILY_OVERLAP_DAYS", 3)),
+        compact_retention_hours=max(0.0, _float("PIPELINE_COMPACT_RETENTION_HOURS", 24.0)),
+        lock_timeout_s=max(0.0, _float("PIPELINE_LOCK_TIMEOUT_S", 3600.0)),
     )
 
 
