@@ -2,16 +2,20 @@
 
 Drives the real task functions of `etl.pipeline` (the ones the DAGs call) through a simulated schedule against the
 exchange simulator, with explicit data intervals instead of sleeping:
-- full: 3 days of 5-minute intraday runs (`fetch_intraday` per universe product + `build_silver`: 864 runs), then
-  60 consecutive end-of-day runs for the sample book (`ingest_daily_history` per book product, `build_silver`,
-  `compact_bronze`, `compute_risk`), the first 3 interleaved with the intraday days as in production;
+- full: 3 days of 5-minute intraday runs over each day's last 4 hours (`fetch_intraday` per universe product +
+  `build_silver`: 144 runs; the open day's last hours are its most expensive runs, when it holds the most
+  files), then 60 consecutive end-of-day runs for the sample book (`ingest_daily_history` per book product,
+  `build_silver`, `compact_bronze`, `compute_risk`, 400 days of daily history), the first 3 interleaved with the
+  intraday days as in production. (Whole 288-run days are `FULL["intraday_minutes"] = 1440`: about an hour more
+  on a quiet 2-core machine.)
 - quick: 2 days of which the last 30 minutes have intraday runs (12 runs), and 8 end-of-day runs, 30 days of history.
 Superseded bronze files are deleted at once (PIPELINE_COMPACT_RETENTION_HOURS=0: the soak is sequential, nobody
 reads in flight). Each run records its seconds per stage, bronze file count and bytes, manifests and the silver
 state size: `bench/soak_runs[_quick].csv`, charted in `bench/soak_cost[_quick].png`.
 
-Entries (ratios of the same run, so machine speed cancels):
-- soak_eod_last_vs_5th: the last end-of-day run's seconds / the 5th's (median of 3 runs around each), <= 1.2;
+Entries (ratios of the same run, so machine speed cancels; on CPU seconds of the process, all threads, because on a
+shared machine wall time follows the neighbours' load - the wall-time ratio is reported beside it):
+- soak_eod_last_vs_5th: the last end-of-day run's CPU seconds / the 5th's (median of 3 runs around each), <= 1.2;
 - soak_intraday_day_end: the last intraday runs of the last day / of the first day (median of 3), <= 1.2;
 - soak_bronze_files_per_product_day: the most data files in any closed product-day partition, <= 3
   (one compacted file per granularity, plus at most one late batch between two compactions);
@@ -37,7 +41,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 START = date(2026, 5, 1)
-FULL = {"intraday_days": 3, "intraday_minutes": 1440, "eod_runs": 60, "daily_history_days": 400}
+FULL = {"intraday_days": 3, "intraday_minutes": 240, "eod_runs": 60, "daily_history_days": 400}
 QUICK = {"intraday_days": 2, "intraday_minutes": 30, "eod_runs": 8, "daily_history_days": 30}
 FILE_BOUND = 3
 
@@ -70,10 +74,16 @@ def _measure(data: Path) -> dict:
             "state_bytes": state.stat().st_size if state.exists() else 0}
 
 
-def _timed(fn, *args, **kwargs) -> float:
-    t0 = time.perf_counter()
+def _timed(fn, *args, **kwargs) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads: the in-process simulator included)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn(*args, **kwargs)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _sum(pairs) -> tuple[float, float]:
+    pairs = list(pairs)
+    return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
 
 
 def _schedule(sizes: dict, settings, book: list[str], data: Path) -> list[dict]:
@@ -81,9 +91,11 @@ def _schedule(sizes: dict, settings, book: list[str], data: Path) -> list[dict]:
 
     rows: list[dict] = []
 
-    def record(kind: str, at: datetime, **stages: float) -> None:
-        rows.append({"run": len(rows) + 1, "kind": kind, "at": at.isoformat(), **stages,
-                     "total_s": sum(stages.values()), **_measure(data)})
+    def record(kind: str, at: datetime, **stages: tuple[float, float]) -> None:
+        rows.append({"run": len(rows) + 1, "kind": kind, "at": at.isoformat(),
+                     **{k: v[0] for k, v in stages.items()}, "total_s": sum(v[0] for v in stages.values()),
+                     **{k.replace("_s", "_cpu_s"): v[1] for k, v in stages.items()},
+                     "total_cpu_s": sum(v[1] for v in stages.values()), **_measure(data)})
 
     for i in range(sizes["eod_runs"]):
         day = START + timedelta(days=i)
@@ -92,11 +104,11 @@ def _schedule(sizes: dict, settings, book: list[str], data: Path) -> list[dict]:
             first = midnight + timedelta(days=1) - timedelta(minutes=sizes["intraday_minutes"])
             for k in range(sizes["intraday_minutes"] // 5):
                 start = first + timedelta(minutes=5 * k)
-                ingest = sum(_timed(pipeline.fetch_intraday, p, start, start + timedelta(minutes=5),
-                                    settings=settings) for p in settings.products)
+                ingest = _sum(_timed(pipeline.fetch_intraday, p, start, start + timedelta(minutes=5),
+                                     settings=settings) for p in settings.products)
                 silver = _timed(pipeline.build_silver, settings=settings)
                 record("intraday", start + timedelta(minutes=5), ingest_s=ingest, silver_s=silver)
-        ingest = sum(_timed(pipeline.ingest_daily_history, p, day, settings=settings) for p in book)
+        ingest = _sum(_timed(pipeline.ingest_daily_history, p, day, settings=settings) for p in book)
         silver = _timed(pipeline.build_silver, settings=settings)
         compact = _timed(pipeline.compact_bronze, day, settings=settings)
         risk = _timed(pipeline.compute_risk, day, settings=settings)
@@ -160,16 +172,16 @@ def _chart(rows: list[dict], path: Path) -> None:
         runs = [r for r in rows if r["kind"] == kind]
         xs = range(1, len(runs) + 1)
         for stage in stages:
-            ax.plot(xs, [r[stage] for r in runs], label=stage[:-2], lw=1)
+            ax.plot(xs, [float(r[stage.replace("_s", "_cpu_s")]) for r in runs], label=stage[:-2], lw=1)
         ax.set_xlabel(f"{kind} run")
-        ax.set_ylabel("seconds")
+        ax.set_ylabel("CPU seconds")
         ax.set_yscale("log")
         twin = ax.twinx()
-        twin.plot(xs, [r["bronze_files"] for r in runs], color="grey", ls="--", lw=1, label="bronze files")
+        twin.plot(xs, [int(r["bronze_files"]) for r in runs], color="grey", ls="--", lw=1, label="bronze files")
         twin.set_ylabel("bronze files")
         ax.legend(loc="upper left", fontsize=8)
         twin.legend(loc="upper right", fontsize=8)
-    axes[0].set_title("Cost per run (end of day above, intraday below), accelerated schedule")
+    axes[0].set_title("CPU cost per run (end of day above, intraday below), accelerated schedule")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -211,8 +223,9 @@ def run(quick: bool) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
     with open(HERE / f"soak_runs{suffix}.csv", "w", newline="") as f:
-        fields = ["run", "kind", "at", "ingest_s", "silver_s", "compact_s", "risk_s", "total_s", "bronze_files",
-                  "bronze_bytes", "manifests", "partitions", "state_bytes"]
+        fields = ["run", "kind", "at", "ingest_s", "silver_s", "compact_s", "risk_s", "total_s", "ingest_cpu_s",
+                  "silver_cpu_s", "compact_cpu_s", "risk_cpu_s", "total_cpu_s", "bronze_files", "bronze_bytes",
+                  "manifests", "partitions", "state_bytes"]
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in rows:
@@ -221,10 +234,11 @@ def run(quick: bool) -> dict:
 
     eod = [r for r in rows if r["kind"] == "eod"]
     intraday = [r for r in rows if r["kind"] == "intraday"]
-    fifth, last_eod = _median([r["total_s"] for r in eod[3:6]]), _median([r["total_s"] for r in eod[-3:]])
+    fifth, last_eod = _median([r["total_cpu_s"] for r in eod[3:6]]), _median([r["total_cpu_s"] for r in eod[-3:]])
+    wall = _median([r["total_s"] for r in eod[-3:]]) / _median([r["total_s"] for r in eod[3:6]])
     per_day = sizes["intraday_minutes"] // 5
-    day1_end = _median([r["total_s"] for r in intraday[per_day - 3:per_day]])
-    dayn_end = _median([r["total_s"] for r in intraday[-3:]])
+    day1_end = _median([r["total_cpu_s"] for r in intraday[per_day - 3:per_day]])
+    dayn_end = _median([r["total_cpu_s"] for r in intraday[-3:]])
     per_part = [r["state_bytes"] / max(1, r["partitions"]) for r in (eod[4], eod[-1])]
     gold_equal = gold_ours == gold_rebuilt
     schedule = (f"{len(intraday)} intraday + {len(eod)} end-of-day runs, {len(book)} book products, "
@@ -233,12 +247,14 @@ def run(quick: bool) -> dict:
         "soak_eod_last_vs_5th": {
             "ours_s": round(last_eod, 3), "baseline": f"the 5th end-of-day run ({schedule})",
             "baseline_s": round(fifth, 3), "ratio": round(last_eod / fifth, 3),
-            "ratio_means": "ours_s / baseline_s: last / 5th end-of-day run, median of 3 each (lower is better)",
-            "target": "<= 1.2", "meets_target": last_eod <= 1.2 * fifth},
+            "ratio_means": "ours_s / baseline_s: CPU seconds of the last / the 5th end-of-day run, median of 3 each "
+                           "(lower is better; CPU, not wall time, because the machine is shared)",
+            "target": "<= 1.2", "meets_target": last_eod <= 1.2 * fifth, "wall_ratio": round(wall, 3)},
         "soak_intraday_day_end": {
             "ours_s": round(dayn_end, 3), "baseline": f"the last intraday runs of day 1 ({schedule})",
             "baseline_s": round(day1_end, 3), "ratio": round(dayn_end / day1_end, 3),
-            "ratio_means": "ours_s / baseline_s: last intraday runs of the last day / of the first (median of 3)",
+            "ratio_means": "ours_s / baseline_s: CPU seconds of the last intraday runs of the last day / of the first "
+                           "(median of 3)",
             "target": "<= 1.2", "meets_target": dayn_end <= 1.2 * day1_end},
         "soak_bronze_files_per_product_day": {
             "ours_s": None, "value": files_max, "baseline": "bound: one compacted file per granularity + 1",
