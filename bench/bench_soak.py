@@ -8,7 +8,7 @@ exchange simulator, with explicit data intervals instead of sleeping:
   `build_silver`, `compact_bronze`, `compute_risk`, 400 days of daily history), the first 3 interleaved with the
   intraday days as in production. (Whole 288-run days are `FULL["intraday_minutes"] = 1440`: about an hour more
   on a quiet 2-core machine.)
-- quick: 2 days of which the last 30 minutes have intraday runs (12 runs), and 8 end-of-day runs, 30 days of history.
+- quick: 3 days of which the last 30 minutes have intraday runs (18 runs), and 8 end-of-day runs, 30 days of history.
 Superseded bronze files are deleted at once (PIPELINE_COMPACT_RETENTION_HOURS=0: the soak is sequential, nobody
 reads in flight). Each run records its seconds per stage, bronze file count and bytes, manifests and the silver
 state size: `bench/soak_runs[_quick].csv`, charted in `bench/soak_cost[_quick].png`.
@@ -16,7 +16,8 @@ state size: `bench/soak_runs[_quick].csv`, charted in `bench/soak_cost[_quick].p
 Entries (ratios of the same run, so machine speed cancels; on CPU seconds of the process, all threads, because on a
 shared machine wall time follows the neighbours' load - the wall-time ratio is reported beside it):
 - soak_eod_last_vs_5th: the last end-of-day run's CPU seconds / the 5th's (median of 3 runs around each), <= 1.2;
-- soak_intraday_day_end: the last intraday runs of the last day / of the first day (median of 3), <= 1.2;
+- soak_intraday_day_end: the last intraday runs of the last day / of the 2nd day (median of 3), <= 1.2 (day 1 runs
+  before the first end of day has backfilled 400 days of daily candles into the same product folders);
 - soak_bronze_files_per_product_day: the most data files in any closed product-day partition, <= 3
   (one compacted file per granularity, plus at most one late batch between two compactions);
 - soak_state_per_partition: silver state bytes per partition at the end / at the 5th end-of-day run, <= 1.2
@@ -42,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 START = date(2026, 5, 1)
 FULL = {"intraday_days": 3, "intraday_minutes": 240, "eod_runs": 60, "daily_history_days": 400}
-QUICK = {"intraday_days": 2, "intraday_minutes": 30, "eod_runs": 8, "daily_history_days": 30}
+QUICK = {"intraday_days": 3, "intraday_minutes": 30, "eod_runs": 8, "daily_history_days": 30}
 FILE_BOUND = 3
 
 
@@ -237,7 +238,8 @@ def run(quick: bool) -> dict:
     fifth, last_eod = _median([r["total_cpu_s"] for r in eod[3:6]]), _median([r["total_cpu_s"] for r in eod[-3:]])
     wall = _median([r["total_s"] for r in eod[-3:]]) / _median([r["total_s"] for r in eod[3:6]])
     per_day = sizes["intraday_minutes"] // 5
-    day1_end = _median([r["total_cpu_s"] for r in intraday[per_day - 3:per_day]])
+    # day 2, not day 1: day 1 runs before the first end of day backfills the daily history into the same folders
+    day1_end = _median([r["total_cpu_s"] for r in intraday[2 * per_day - 3:2 * per_day]])
     dayn_end = _median([r["total_cpu_s"] for r in intraday[-3:]])
     per_part = [r["state_bytes"] / max(1, r["partitions"]) for r in (eod[4], eod[-1])]
     gold_equal = gold_ours == gold_rebuilt
@@ -251,9 +253,9 @@ def run(quick: bool) -> dict:
                            "(lower is better; CPU, not wall time, because the machine is shared)",
             "target": "<= 1.2", "meets_target": last_eod <= 1.2 * fifth, "wall_ratio": round(wall, 3)},
         "soak_intraday_day_end": {
-            "ours_s": round(dayn_end, 3), "baseline": f"the last intraday runs of day 1 ({schedule})",
+            "ours_s": round(dayn_end, 3), "baseline": f"the last intraday runs of day 2 ({schedule})",
             "baseline_s": round(day1_end, 3), "ratio": round(dayn_end / day1_end, 3),
-            "ratio_means": "ours_s / baseline_s: CPU seconds of the last intraday runs of the last day / of the first "
+            "ratio_means": "ours_s / baseline_s: CPU seconds of the last intraday runs of the last day / of day 2 "
                            "(median of 3)",
             "target": "<= 1.2", "meets_target": dayn_end <= 1.2 * day1_end},
         "soak_bronze_files_per_product_day": {

@@ -204,6 +204,9 @@ def _compact_partition(store: Store, part: Partition, committed: set[str], now: 
                        summary: CompactSummary) -> None:
     from etl.silver.bars import latest_per_key
 
+    if _plainly_compact(part, committed):  # decided from the listing: no marker read, so a run costs O(changes)
+        summary.already_compact += 1
+        return
     current = current_files(store, part, committed)
     names = [posixpath.basename(f) for f in current]
     grans = [int(_COMPACTED.match(n).group(2)) for n in names if _COMPACTED.match(n)]
@@ -238,6 +241,16 @@ def _compact_partition(store: Store, part: Partition, committed: set[str], now: 
         "generation": generation, "files": files, "replaces": replaces, "created_at": now.isoformat(),
         "rows_in": rows.num_rows, "rows_out": latest.num_rows})
     summary.compacted += 1
+
+
+def _plainly_compact(part: Partition, committed: set[str]) -> bool:
+    """One marker, no committed batch file, and one compacted file per granularity, all of that marker's
+    generation: the current version is those files (nothing else could be), so there is nothing to do."""
+    if len(part.markers) != 1 or any(n[: -len(".parquet")] in committed for n in part.batch_files):
+        return False
+    gen = part.newest_marker[2:8]
+    grans = [m.group(2) for n in part.compacted if (m := _COMPACTED.match(n)) and m.group(1) == gen]
+    return len(grans) == len(part.compacted) > 0 and len(set(grans)) == len(grans)
 
 
 def _sweep(store: Store, parts: dict[tuple[str, str], Partition], retention: timedelta, now: datetime,
