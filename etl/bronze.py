@@ -54,7 +54,7 @@ from etl.source import (
     plan_windows,
     to_utc,
 )
-from etl.storage import get_store, partition_path
+from etl.storage import Store, get_store, partition_path
 
 log = logging.getLogger(__name__)
 
