@@ -13,6 +13,7 @@ help:
 	@echo "make test        run the test suite (real Postgres, real HTTP simulator, Airflow, dbt)"
 	@echo "make test-fast   the suite without the slow end-to-end tests"
 	@echo "make bench       run the benchmarks, write bench/results.json (bench-quick: small sizes)"
+	@echo "make soak        months of pipeline runs in accelerated time; cost per run must stay flat (soak-quick: < 2 min)"
 	@echo "make airflow     airflow standalone with this project's DAGs (UI on http://localhost:8080)"
 	@echo "                 and the risk cockpit plugin (\"Risk\" in the navigation, /risk/)"
 	@echo "make airflow-check  screenshot the running Airflow UI's DAG list in headless Chromium"
@@ -73,3 +74,11 @@ browser:
 
 clean-state: db-stop
 	rm -rf .state
+
+# Soak: months of operation in accelerated time against the simulator (bench/bench_soak.py); soak-quick < 2 min.
+.PHONY: soak soak-quick
+soak: venv
+	$(BIN)/python bench/run.py soak
+
+soak-quick: venv
+	$(BIN)/python bench/run.py --quick soak

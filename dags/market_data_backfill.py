@@ -10,6 +10,7 @@ from pipeline_common import (
     BRONZE_CANDLES,
     DEFAULT_ARGS,
     SILVER_BARS,
+    SILVER_POOL,
     START_DATE,
 )
 
@@ -61,7 +62,7 @@ def market_data_backfill():
         return pipeline.fetch_candles(job["product"], job["start"], job["end"], job["granularity"],
                                       pool_slots=API_POOL_SLOTS, ref=ref())
 
-    @task(outlets=[SILVER_BARS])
+    @task(pool=SILVER_POOL, outlets=[SILVER_BARS])
     def build_silver(fetched: list[dict], params=None) -> dict:
         from etl import pipeline
 

@@ -9,6 +9,7 @@ from pipeline_common import (
     BRONZE_CANDLES,
     DEFAULT_ARGS,
     SILVER_BARS,
+    SILVER_POOL,
     START_DATE,
     WAREHOUSE_GOLD,
 )
@@ -58,7 +59,7 @@ def market_data_intraday():
         return pipeline.fetch_intraday(product, start, end, pool_slots=API_POOL_SLOTS,
                                        ref=pipeline.TaskRef.from_context(context))
 
-    @task(outlets=[SILVER_BARS])
+    @task(pool=SILVER_POOL, outlets=[SILVER_BARS])
     def build_silver(fetched: list[dict]) -> dict:
         from etl import pipeline
 

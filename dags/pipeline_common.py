@@ -42,8 +42,12 @@ START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
 
 # ---- pools --------------------------------------------------------------------------------------------------
 API_POOL = "coinbase_api"
+# One silver writer at a time across all DAGs (build_silver, compact_bronze); the task itself also takes the
+# data root's silver lock (etl.storage.exclusive), which covers the CLI and other Airflow deployments.
+SILVER_POOL = "silver_writer"
 POOLS: dict[str, tuple[int, str]] = {
     API_POOL: (API_POOL_SLOTS, "market-data API calls; each task paces at rate_limit_rps / slots"),
+    SILVER_POOL: (1, "one silver writer at a time: build_silver and compact_bronze"),
 }
 
 # ---- assets (hand data between DAGs without sensors) --------------------------------------------------------

@@ -10,6 +10,7 @@ from pipeline_common import (
     DEFAULT_ARGS,
     RISK_OUTPUTS,
     SILVER_BARS,
+    SILVER_POOL,
     START_DATE,
     WAREHOUSE_GOLD,
     eod_deadline,
@@ -20,8 +21,10 @@ DOC = """
 Runs daily 10 minutes after the UTC close for the day that just ended (the data interval's start date):
 
 1. `validate_products` (the universe plus every product the portfolios hold), then `ingest_daily_history`
-   per product (daily candles, `PIPELINE_DAILY_HISTORY_DAYS`), both in the `coinbase_api` pool, and
-   `build_silver`;
+   per product (the daily candles it lacks plus `PIPELINE_DAILY_OVERLAP_DAYS`; the first run backfills
+   `PIPELINE_DAILY_HISTORY_DAYS`), both in the `coinbase_api` pool, and `build_silver`; then `compact_bronze`
+   (closed days' bronze partitions into one file per product-day and granularity), both in the 1-slot
+   `silver_writer` pool;
 2. `compute_risk` (valuation, PnL, VaR/ES three ways, drawdown, anomalies, VaR backtest, limit breaches) and
    `compute_factors` (factor returns and exposures);
 3. `load_warehouse` (Postgres `raw`, upsert by key) then `build_dbt` (`dbt build` through the dbt CLI, see
@@ -69,11 +72,17 @@ def risk_end_of_day():
         return pipeline.ingest_daily_history(product, pipeline.eod_as_of(interval()[0]),
                                              pool_slots=API_POOL_SLOTS, ref=ref())
 
-    @task(outlets=[SILVER_BARS])
+    @task(pool=SILVER_POOL, outlets=[SILVER_BARS])
     def build_silver(ingested: list[dict]) -> dict:
         from etl import pipeline
 
         return pipeline.build_silver(ref=ref())
+
+    @task(pool=SILVER_POOL)
+    def compact_bronze() -> dict:
+        from etl import pipeline
+
+        return pipeline.compact_bronze(pipeline.eod_as_of(interval()[0]), ref=ref())
 
     @task(outlets=[RISK_OUTPUTS])
     def compute_risk() -> dict:
@@ -114,6 +123,7 @@ def risk_end_of_day():
     silver = build_silver(ingest_daily_history.expand(product=validate_products()))
     outputs = [compute_risk(), compute_factors()]
     silver >> outputs
+    silver >> compact_bronze()
     dbt = build_dbt()
     outputs >> load_warehouse() >> dbt
     dbt >> [export_report(), send_alerts()]

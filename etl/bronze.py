@@ -247,23 +247,21 @@ class IngestSummary:
 
 
 # ---- watermark and reading -------------------------------------------------------------------------------------
-def _committed(store: Store, batch_ids: set[str]) -> set[str]:
-    return {b for b in batch_ids if store.exists(f"{MANIFEST_DIR}/{b}.json")}
-
-
 def watermark(product: str, granularity: int, settings: Settings | None = None) -> datetime | None:
-    """Newest bucket_start of `product` at `granularity` among finished (manifested) batches; None if none."""
+    """Newest bucket_start of `product` at `granularity` in the current version of bronze (finished batches and
+    compacted files, etl.compaction); None if none."""
+    from etl import compaction
+
     store = get_store(settings)
     base = partition_path(CANDLES_DIR, product_id=product.upper())
-    for day in reversed(store.list_dirs(base, "date=")):
-        table = store.read_table(f"{base}/date={day}", columns=["bucket_start", "granularity", "batch_id"])
-        if table is None:
+    committed = compaction.committed_batches(store)
+    parts = compaction.scan(store, base)
+    for key in sorted(parts, reverse=True):
+        files = compaction.current_files(store, parts[key], committed)
+        if not files:
             continue
+        table = store.dataset(CANDLES_DIR, files).to_table(columns=["bucket_start", "granularity"])
         table = table.filter(pc.equal(table["granularity"], granularity))
-        if table.num_rows == 0:
-            continue
-        done = _committed(store, set(pc.unique(table["batch_id"]).to_pylist()))
-        table = table.filter(pc.is_in(table["batch_id"], pa.array(sorted(done), type=pa.string())))
         if table.num_rows:
             return pc.max(table["bucket_start"]).as_py()
     return None
@@ -278,7 +276,7 @@ def dedup_latest(df: pd.DataFrame) -> pd.DataFrame:
 
 def read_bronze(products: list[str] | None = None, granularity: int | None = None,
                 settings: Settings | None = None, dedup: bool = False) -> pd.DataFrame:
-    """Raw bronze rows (every visible file) with product_id and date from the partition path.
+    """Raw bronze rows (each partition's current version, etl.compaction) with product_id and date from the path.
 
     `dedup=True` keeps only the latest row per (product_id, granularity, bucket_start).
     """
@@ -289,7 +287,14 @@ def read_bronze(products: list[str] | None = None, granularity: int | None = Non
     if granularity is not None:
         g = pc.field("granularity") == granularity
         flt = g if flt is None else flt & g
-    table = store.read_table(CANDLES_DIR, filter=flt)
+    from etl import compaction
+
+    committed = compaction.committed_batches(store)
+    wanted = {p.upper() for p in products} if products else None
+    files = [f for (product, _), part in sorted(compaction.scan(store).items()) if wanted is None or product in wanted
+             for f in compaction.current_files(store, part, committed)]
+    dataset = store.dataset(CANDLES_DIR, files)
+    table = dataset.to_table(filter=flt) if dataset is not None else None
     if table is None:
         empty = CANDLE_SCHEMA.append(pa.field("product_id", pa.string())).append(pa.field("date", pa.string()))
         return empty.empty_table().to_pandas()

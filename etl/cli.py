@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("silver", help="bronze candles -> silver 5-minute and daily bars")
     p.add_argument("--full-refresh", action="store_true", help="rebuild every partition, not only touched ones")
 
+    p = sub.add_parser("compact", help="compact closed bronze partitions (idempotent, crash-safe)")
+    p.add_argument("--before", type=_date, default=None, help="YYYY-MM-DD: days before it (default: today, UTC)")
+
     p = sub.add_parser("risk", help="portfolio valuation, PnL, VaR/ES, drawdown, anomalies, backtests")
     p.add_argument("--as-of", type=_date, default=None, help="YYYY-MM-DD (default: the last complete UTC day)")
 
@@ -176,6 +179,11 @@ def dispatch(args: argparse.Namespace) -> int:
         from etl.silver import build
 
         print(build(full_refresh=args.full_refresh, settings=settings))
+        return 0
+    if cmd == "compact":
+        from etl.compaction import compact
+
+        print(compact(before=args.before, settings=settings))
         return 0
     if cmd == "risk":
         from etl.risk import run

@@ -205,6 +205,20 @@ def daily_window(as_of: date, settings: Settings) -> tuple[datetime, datetime]:
     return end - timedelta(days=settings.daily_history_days), end
 
 
+def daily_history_start(product: str, as_of: date, settings: Settings) -> datetime:
+    """Where an end-of-day fetch of daily candles starts: the window start on a first run (backfill), else the
+    newest daily candle bronze holds minus `daily_overlap_days` (recent days are revised), never before the
+    window start and always at least the overlap before the window end, so a rerun of an old day still fetches."""
+    from etl.bronze import watermark
+
+    window_start, end = daily_window(as_of, settings)
+    mark = watermark(product, DAILY, settings)
+    if mark is None or mark < window_start:
+        return window_start
+    newest = min(mark + timedelta(days=1), end)
+    return max(window_start, newest - timedelta(days=settings.daily_overlap_days))
+
+
 def eod_as_of(interval_start: datetime | str) -> date:
     """The business day an end-of-day run values: the day its data interval starts."""
     return _utc(interval_start).date()
@@ -306,10 +320,12 @@ def fetch_intraday(product: str, interval_start: datetime | str, interval_end: d
 
 def ingest_daily_history(product: str, as_of: date | str, *, pool_slots: int = 1, ref: TaskRef | None = None,
                          settings: Settings | None = None) -> dict:
-    """Daily candles (granularity 86400) for `daily_history_days` up to the as-of day: the risk history."""
+    """Daily candles (granularity 86400) up to the as-of day, the risk history: only those bronze lacks plus
+    `daily_overlap_days` (the first run backfills `daily_history_days`, see `daily_history_start`)."""
     settings = settings or get_settings()
     day = _as_date(as_of)
-    start, end = daily_window(day, settings)
+    _, end = daily_window(day, settings)
+    start = daily_history_start(product, day, settings)
     return fetch_candles(product, start, end, DAILY, pool_slots=pool_slots,
                          ref=_ref(ref, "ingest_daily_history"), settings=settings)
 
@@ -326,6 +342,21 @@ def build_silver(full_refresh: bool = False, *, ref: TaskRef | None = None,
         rec.rows_in = summary.rows_in
         rec.rows_out = summary.rows_out
         rec.message = f"full_refresh={full_refresh} {summary}"[:500]
+    return _as_dict(summary)
+
+
+def compact_bronze(as_of: date | str | None = None, *, ref: TaskRef | None = None,
+                   settings: Settings | None = None) -> dict:
+    """Compact bronze partitions of the days up to the as-of day (closed days; default: before today, UTC)."""
+    from etl import compaction
+
+    settings = settings or get_settings()
+    ref = _ref(ref, "compact_bronze")
+    day = _as_date(as_of)
+    with _logged(ref, settings) as rec:
+        summary = compaction.compact(before=day + timedelta(days=1) if day else None, settings=settings)
+        rec.rows_in, rec.rows_out = summary.rows_in, summary.rows_out
+        rec.message = str(summary)[:500]
     return _as_dict(summary)
 
 
@@ -564,6 +595,7 @@ def run_all(as_of: date | None = None, settings: Settings | None = None) -> str:
                                settings=settings) for p in products]
     lines.append(f"1-minute candles: {sum(d.get('candles', 0) for d in intraday)}")
     lines.append(f"silver: {_brief(build_silver(ref=ref('build_silver'), settings=settings))}")
+    lines.append(f"compact: {_brief(compact_bronze(as_of, ref=ref('compact_bronze'), settings=settings))}")
     lines.append(f"risk: {_brief(compute_risk(as_of, ref=ref('compute_risk'), settings=settings))}")
     lines.append(f"factors: {_brief(compute_factors(end, ref=ref('compute_factors'), settings=settings))}")
     lines.append(f"warehouse: {_brief(load_warehouse(ref=ref('load_warehouse'), settings=settings))}")

@@ -137,6 +137,10 @@ class Settings:
     stress_scenarios_file: str | None = None   # stress scenario config (CSV); None = only the worst windows
     # warehouse: a second load/dbt build waits this long for the running one, then fails naming it
     warehouse_lock_timeout_s: float = 600.0
+    # long-running operation (docs/bronze.md "Compaction", docs/silver.md "One writer")
+    daily_overlap_days: int = 3          # end of day re-fetches this many daily candles before the newest it has
+    compact_retention_hours: float = 24  # superseded bronze files stay readable this long after a compaction
+    lock_timeout_s: float = 3600         # how long silver / compaction wait for the writer lock
 
     @property
     def is_local_data(self) -> bool:
@@ -215,6 +219,9 @@ def get_settings() -> Settings:
                                                                 / "stress_scenarios.csv")),
         **_stream_settings(source, port),
         warehouse_lock_timeout_s=_float("PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S", 600.0),
+        daily_overlap_days=max(1, _int("PIPELINE_DAILY_OVERLAP_DAYS", 3)),
+        compact_retention_hours=max(0.0, _float("PIPELINE_COMPACT_RETENTION_HOURS", 24.0)),
+        lock_timeout_s=max(0.0, _float("PIPELINE_LOCK_TIMEOUT_S", 3600.0)),
     )
 
 

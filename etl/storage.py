@@ -1,17 +1,31 @@
 """Storage addressed by URI: a local path by default, any pyarrow filesystem (s3://, gs://, ...) for scale-out.
 
 All layers (bronze, silver, outputs, run log) go through these helpers so that a multi-host deployment only
-changes `PIPELINE_DATA_DIR`. Writes are atomic: a file is written under a hidden temporary name (readers skip
-names starting with "." or "_") and then renamed over its final name, so a crash never exposes half a file.
+changes `PIPELINE_DATA_DIR`. Every single-file write is atomic, by the means each backend has:
+- a local path: written under a hidden temporary name (readers skip names starting with "." or "_") and then
+  renamed over its final name (a POSIX rename is atomic), so a crash never exposes half a file;
+- an object store (s3://, gs://, ...): one PUT of the final key (a multipart upload is published only when it
+  completes), because object stores have no rename (pyarrow's "move" there is copy + delete, not atomic).
+A multi-file change is committed by writing ONE small file last (a manifest, a marker, a pointer) with these
+writes; readers decide what is current from that file only. See docs/commit_protocol.md.
+
+`exclusive(...)` is the one-writer-at-a-time lock of a stage (silver, compaction): an OS file lock for a local
+path, a Postgres advisory lock for an object store; both die with their process.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import posixpath
+import socket
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -19,8 +33,10 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from etl.errors import PipelineError
 from etl.settings import Settings, get_settings
 
+log = logging.getLogger(__name__)
 HIVE = ds.partitioning(flavor="hive")
 
 
@@ -42,25 +58,47 @@ class Store:
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
     # ---- writing -------------------------------------------------------------------------------------------
-    def write_parquet(self, rel_path: str, table: pa.Table) -> str:
-        """Write `table` to `rel_path` atomically (temp name, then rename over the final name)."""
+    def _target(self, rel_path: str) -> tuple[str, str]:
+        """(final path, path to write to): a hidden temporary name beside it on a local disk, else the key itself."""
         final = self.path(rel_path)
         folder, name = posixpath.split(final)
+        if not self.is_local:
+            return final, final  # one PUT: the object appears whole when the upload completes, or not at all
         self.fs.create_dir(folder, recursive=True)
-        tmp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}-{name}")
+        return final, posixpath.join(folder, f".tmp-{uuid.uuid4().hex}-{name}")
+
+    def _publish(self, tmp: str, final: str) -> None:
+        if tmp != final:
+            self.fs.move(tmp, final)
+
+    def write_parquet(self, rel_path: str, table: pa.Table) -> str:
+        """Write `table` to `rel_path` atomically (see the module docstring)."""
+        final, tmp = self._target(rel_path)
         pq.write_table(table, tmp, filesystem=self.fs, compression="zstd")
-        self.fs.move(tmp, final)
+        self._publish(tmp, final)
+        return final
+
+    def write_bytes(self, rel_path: str, data: bytes) -> str:
+        """Write `data` to `rel_path` atomically (see the module docstring)."""
+        final, tmp = self._target(rel_path)
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(data)
+        self._publish(tmp, final)
         return final
 
     def write_json(self, rel_path: str, obj: Any) -> str:
-        final = self.path(rel_path)
-        folder, name = posixpath.split(final)
-        self.fs.create_dir(folder, recursive=True)
-        tmp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}-{name}")
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(json.dumps(obj, indent=2, default=str, sort_keys=True).encode())
-        self.fs.move(tmp, final)
+        return self.write_bytes(rel_path, json.dumps(obj, indent=2, default=str, sort_keys=True).encode())
+
+    def copy(self, src_rel: str, dst_rel: str) -> str:
+        """Copy one file (a server-side copy on object stores; local: copy to a temp name, then rename)."""
+        final, tmp = self._target(dst_rel)
+        self.fs.copy_file(self.path(src_rel), tmp)
+        self._publish(tmp, final)
         return final
 
     def delete(self, rel_path: str) -> None:
@@ -81,6 +119,15 @@ class Store:
     def read_parquet(self, rel_path: str, columns: list[str] | None = None) -> pa.Table:
         """One Parquet file (no partition columns added)."""
         return pq.read_table(self.path(rel_path), columns=columns, filesystem=self.fs)
+
+    def entries(self, rel_dir: str) -> list[tuple[str, int]]:
+        """(path relative to the root, size) of every file under rel_dir, recursively, hidden names included
+        (markers, manifests) but not the temporary files of writes in flight; sorted."""
+        out = []
+        for info in self._entries(rel_dir, recursive=True):
+            if info.type == pafs.FileType.File and not info.base_name.startswith(".tmp-"):
+                out.append((posixpath.relpath(info.path, self.root), info.size or 0))
+        return sorted(out)
 
     def _entries(self, rel_dir: str, recursive: bool) -> list[pafs.FileInfo]:
         base = self.path(rel_dir)
@@ -132,3 +179,101 @@ def partition_path(*parts: str, **keys: Any) -> str:
 
 def get_store(settings: Settings | None = None) -> Store:
     return Store.from_uri((settings or get_settings()).data_dir)
+
+
+# ---- one writer at a time --------------------------------------------------------------------------------------
+class LockTimeout(PipelineError):
+    """Another process holds the lock for longer than we may wait."""
+
+
+LOCK_DIR = "_locks"
+
+
+@contextmanager
+def exclusive(name: str, settings: Settings | None = None, timeout_s: float | None = None,
+              poll_s: float = 0.2) -> Iterator[None]:
+    """Hold the data root's lock `name` for the block; wait up to `timeout_s` (settings.lock_timeout_s) for it.
+
+    Local path: `fcntl.flock` on `{data}/_locks/<name>.lock`, which the kernel drops when the process dies
+    (SIGKILL included), so a crash never leaves it held. Object store: a Postgres session advisory lock on the
+    warehouse database, keyed by (data root, name): objects stores have no lock primitive that dies with its
+    holder, while a Postgres session ends with its connection. Raises LockTimeout naming the holder.
+    """
+    settings = settings or get_settings()
+    store = get_store(settings)
+    timeout_s = settings.lock_timeout_s if timeout_s is None else timeout_s
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(UTC).isoformat()}
+    lock = _file_lock if store.is_local else _advisory_lock
+    with lock(store, name, settings, timeout_s, poll_s, holder):
+        yield
+
+
+@contextmanager
+def _file_lock(store: Store, name: str, settings: Settings, timeout_s: float, poll_s: float,
+               holder: dict) -> Iterator[None]:
+    import fcntl
+
+    path = store.path(LOCK_DIR, f"{name}.lock")
+    os.makedirs(posixpath.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline, waited = time.monotonic() + timeout_s, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    log.info("waiting for the %s lock (%s): held by %s", name, path, _holder(path))
+                    waited = True
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(f"{path}: the {name} lock is held by {_holder(path)}; waited {timeout_s:.0f} s "
+                                      f"(PIPELINE_LOCK_TIMEOUT_S): let that run finish, then retry") from None
+                time.sleep(poll_s)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _holder(path: str) -> str:
+    try:
+        with open(path) as f:
+            h = json.loads(f.read() or "{}")
+        return f"pid {h['pid']} on {h['host']} since {h['since']}"
+    except (OSError, ValueError, KeyError):
+        return "another process"
+
+
+@contextmanager
+def _advisory_lock(store: Store, name: str, settings: Settings, timeout_s: float, poll_s: float,
+                   holder: dict) -> Iterator[None]:
+    import hashlib
+
+    import psycopg2
+
+    from etl import db
+
+    key = int.from_bytes(hashlib.blake2b(f"{store.root}:{name}".encode(), digest_size=8).digest(), "big",
+                         signed=True)
+    conn = psycopg2.connect(db.database_url(settings), application_name=f"pipeline-lock {name} pid {os.getpid()}")
+    conn.autocommit = True
+    try:
+        deadline = time.monotonic() + timeout_s
+        with conn.cursor() as cur:
+            while True:
+                cur.execute("select pg_try_advisory_lock(%s)", (key,))
+                if cur.fetchone()[0]:
+                    break
+                if time.monotonic() >= deadline:
+                    cur.execute("select a.application_name, a.backend_start from pg_locks l join pg_stat_activity a "
+                                "using (pid) where l.locktype = 'advisory' and l.granted limit 1")
+                    row = cur.fetchone()
+                    raise LockTimeout(f"{store.path()}: the {name} lock is held by "
+                                      f"{row[0] if row else 'another session'}; waited {timeout_s:.0f} s "
+                                      "(PIPELINE_LOCK_TIMEOUT_S): let that run finish, then retry")
+                time.sleep(poll_s)
+        yield
+    finally:
+        conn.close()  # ends the session, which releases its advisory locks

@@ -1,17 +1,23 @@
 """`build()`: bronze candles -> silver 5-minute and daily bars, recomputing only what new bronze batches touched.
 
-A bronze batch is visible to silver once its manifest `{data}/bronze/_manifests/<batch_id>.json` exists (bronze
-writes it after the data files). Silver keeps the ids of the batches it has processed in
-`{data}/silver/_state/processed_batches.json`; a run takes the manifests not listed there, collects the
-(product, date) partitions their files landed in, and recomputes each of those partitions from *all* its bronze
-files. Every output file is a pure function of its bronze partition(s), so a full refresh writes the same bytes.
+Silver reads each bronze partition's *current version* (etl.compaction: the newest compaction marker's files plus
+the committed batch files it does not replace; a batch is committed once its manifest exists). The state
+`{data}/silver/_state/partitions.json` records, per (product, date), the version silver last read (marker name and
+batch ids, exactly the files it read); a run lists bronze once, and rebuilds the partitions whose version differs.
+The state holds one small entry per partition: it does not grow per run (a compacted day is one marker name).
+
+One writer at a time: the whole read-decide-write runs under the data root's `silver` lock (etl.storage.exclusive),
+which compaction takes too. Every output file is a pure function of its bronze partition(s), so a full refresh
+writes the same bytes as incremental runs.
+
+Unreadable inputs: a bronze file that does not read whole is moved to `bronze/quarantined_files/` with its reason
+and the partition is built from the rest; a corrupt state file or daily file stops the run (ValidationError,
+exit 2) saying which file and to run `--full-refresh`.
 """
 
 from __future__ import annotations
 
 import logging
-import posixpath
-import re
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -20,9 +26,9 @@ from datetime import UTC, date, datetime
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 
-from etl.bronze import CANDLES_DIR, MANIFEST_DIR
+from etl import compaction
+from etl.bronze import CANDLES_DIR
 from etl.errors import ValidationError
 from etl.reference import load_instruments
 from etl.settings import Settings, get_settings
@@ -38,7 +44,7 @@ from etl.silver.bars import (
     latest_per_key,
 )
 from etl.source import to_utc
-from etl.storage import Store, get_store, partition_path
+from etl.storage import Store, exclusive, get_store, partition_path
 from etl.stream.sinks import TRADES_DIR
 
 log = logging.getLogger(__name__)
@@ -47,7 +53,8 @@ BRONZE_DIR = CANDLES_DIR
 BARS_5M_DIR = "silver/bars_5m"
 BARS_1D_DIR = "silver/bars_1d"
 QUARANTINE_DIR = "silver/quarantine"
-STATE_FILE = "silver/_state/processed_batches.json"
+STATE_FILE = "silver/_state/partitions.json"
+OLD_STATE_FILE = "silver/_state/processed_batches.json"  # before partition versions: replaced on the next run
 QUALITY_DIR = "silver/_quality"
 PART = "part-0.parquet"
 DAY_US = 86_400 * US
@@ -59,7 +66,6 @@ QUARANTINE_SCHEMA = pa.schema([
     ("low", pa.float64()), ("close", pa.float64()), ("volume", pa.float64()), ("ingested_at", TS),
     ("batch_id", pa.string()), ("raw", pa.string()), ("rule", pa.string()), ("failed_rules", pa.string()),
 ])
-_PARTITION = re.compile(r"product_id=([^/]+)/date=(\d{4}-\d{2}-\d{2})/")
 
 
 @dataclass
@@ -74,7 +80,8 @@ class SilverSummary:
     incomplete_bars: int = 0              # 5-minute bars with fewer candles than the bar holds
     missing_buckets: int = 0              # empty 5-minute buckets between a partition's first and last bar
     partitions: int = 0                   # (product, date) partitions rebuilt
-    batches: int = 0                      # bronze batches taken in
+    batches: int = 0                      # bronze batches taken in (new to silver in the partitions rebuilt)
+    bad_files: list[str] = field(default_factory=list)  # unreadable bronze files moved to quarantine
     full_refresh: bool = False
     seconds: float = 0.0
     trade_bars: str = ""                  # the trade-bar build and its reconciliation, when trades were streamed
@@ -96,37 +103,47 @@ class SilverSummary:
 def build(full_refresh: bool = False, settings: Settings | None = None, now: datetime | None = None) -> SilverSummary:
     """Bring silver up to date with bronze; `full_refresh` recomputes every partition (same bytes as incremental).
 
-    `now` is the reference time of the `not_in_future` rule (default: the current time).
+    `now` is the reference time of the `not_in_future` rule (default: the current time). Waits for the silver
+    lock (settings.lock_timeout_s) while another build or a compaction holds it.
     """
-    started = time.perf_counter()
     settings = settings or get_settings()
+    with exclusive(compaction.SILVER_LOCK, settings):
+        return _build(full_refresh, settings, now)
+
+
+def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> SilverSummary:
+    started = time.perf_counter()
     store = get_store(settings)
     now = to_utc(now) if now else datetime.now(UTC)  # naive means UTC, like everywhere in the platform
     summary = SilverSummary(full_refresh=full_refresh)
 
-    manifests = _manifests(store)
-    done = set() if full_refresh else set(_load_state(store))
-    new = {b: rel for b, rel in manifests.items() if b not in done}
-    if full_refresh:
-        files = _group_by_partition(_committed(store.list_files(BRONZE_DIR, ".parquet"), manifests))
-    else:
-        touched = {p for rel in new.values() for p in _manifest_partitions(store, rel)}
-        files = {p: _committed(store.list_files(partition_path(BRONZE_DIR, product_id=p[0], date=p[1]), ".parquet"),
-                               manifests) for p in sorted(touched)}
-        files = {p: f for p, f in files.items() if f}
-    summary.batches = len(new)
+    state = {} if full_refresh else _load_state(store)
+    committed = compaction.committed_batches(store)
+    parts = compaction.scan(store, BRONZE_DIR)
+    todo = {k: p for k, p in parts.items() if state.get(_key(k)) != compaction.version(p, committed)}
+    log.info("silver %s: %d of %d bronze partitions to rebuild", "full refresh" if full_refresh else "incremental",
+             len(todo), len(parts))
+    files = {k: compaction.current_files(store, p, committed) for k, p in sorted(todo.items())}
     currencies = _quote_currencies({p for p, _ in files}, settings)
 
     written: set[str] = set()
     chunks: dict[tuple[str, int], list[str]] = defaultdict(list)
     for product, day in sorted(files):
         chunks[(product, int(day[:4]))].append(day)
+    read: dict[tuple[str, str], dict] = {}
     for (product, year), days in sorted(chunks.items()):
-        paths = [f for d in days for f in files[(product, d)]]
-        written |= _rebuild(store, product, year, days, paths, currencies[product], now, full_refresh, summary)
+        candles = _read_readable(store, [f for d in days for f in files[(product, d)]], parts, summary)
+        written |= _rebuild(store, product, year, days, candles, currencies[product], now, full_refresh, summary)
+        for day in days:
+            read[(product, day)] = compaction.version(parts[(product, day)], committed)
     if full_refresh:
         _delete_stale(store, written)
-    _save_state(store, sorted(done | set(manifests)))
+    new_batches = {b for k, v in read.items() for b in v["batches"]} - \
+        {b for k in read for b in (state.get(_key(k)) or {}).get("batches", [])}
+    summary.batches = len(new_batches)
+    # what this build read, per partition; partitions that have no bronze any more drop out
+    kept = {_key(k) for k in parts}
+    _save_state(store, {k: v for k, v in state.items() if k in kept} | {_key(k): v for k, v in read.items()})
     if store.exists(TRADES_DIR):  # live trades from `python -m etl stream`: 5-minute bars from trades too
         from etl.silver.trade_bars import build_trade_bars
 
@@ -142,11 +159,38 @@ def build(full_refresh: bool = False, settings: Settings | None = None, now: dat
     return summary
 
 
+def _key(partition: tuple[str, str]) -> str:
+    return f"{partition[0]}/{partition[1]}"
+
+
+def _read_readable(store: Store, paths: list[str], parts: dict, summary: SilverSummary) -> pa.Table:
+    """The rows of `paths`; files that do not read whole are quarantined and left out (and out of the version)."""
+    if not paths:
+        return _BRONZE_SCHEMA.empty_table()
+    try:
+        return read_bronze(store, paths)
+    except (pa.ArrowException, OSError, ValueError):
+        pass
+    good = []
+    for rel in paths:
+        reason = compaction.readable(store, rel)
+        if reason is None:
+            good.append(rel)
+            continue
+        summary.bad_files.append(compaction.quarantine_file(store, rel, reason))
+        folder, name = rel.rsplit("/", 1)
+        for part in parts.values():
+            if part.rel_dir == folder:
+                part.batch_files.pop(name, None)
+                part.compacted.pop(name, None)
+    return read_bronze(store, good) if good else _BRONZE_SCHEMA.empty_table()
+
+
 # ---- one (product, year) chunk ---------------------------------------------------------------------------------
-def _rebuild(store: Store, product: str, year: int, days: list[str], paths: list[str], quote: str,
+def _rebuild(store: Store, product: str, year: int, days: list[str], candles: pa.Table, quote: str,
              now: datetime, full_refresh: bool, summary: SilverSummary) -> set[str]:
-    """Recompute the 5-minute bars, quarantine and daily bars of `days` of one product; returns files written."""
-    candles = read_bronze(store, paths)
+    """Recompute the 5-minute bars, quarantine and daily bars of `days` of one product from all their candles
+    (every current bronze row of those days); returns the files written."""
     summary.rows_in += candles.num_rows
     unique = latest_per_key(candles)
     summary.duplicates += candles.num_rows - unique.num_rows
@@ -170,6 +214,13 @@ def _rebuild(store: Store, product: str, year: int, days: list[str], paths: list
     return written
 
 
+_BRONZE_SCHEMA = pa.schema([
+    ("product_id", pa.string()), ("bucket_start", TS), ("open", pa.float64()), ("high", pa.float64()),
+    ("low", pa.float64()), ("close", pa.float64()), ("volume", pa.float64()), ("granularity", pa.int64()),
+    ("ingested_at", TS), ("batch_id", pa.string()), ("raw", pa.string()),
+])
+
+
 def read_bronze(store: Store, paths: list[str]) -> pa.Table:
     dataset = store.dataset(BRONZE_DIR, paths)
     names = set(dataset.schema.names)
@@ -178,11 +229,7 @@ def read_bronze(store: Store, paths: list[str]) -> pa.Table:
         table = table.append_column("raw", pa.nulls(table.num_rows, pa.string()))
     if "ingested_at" not in names:
         table = table.append_column("ingested_at", pa.nulls(table.num_rows, TS))
-    return table.select(BRONZE_COLUMNS).cast(pa.schema([
-        ("product_id", pa.string()), ("bucket_start", TS), ("open", pa.float64()), ("high", pa.float64()),
-        ("low", pa.float64()), ("close", pa.float64()), ("volume", pa.float64()), ("granularity", pa.int64()),
-        ("ingested_at", TS), ("batch_id", pa.string()), ("raw", pa.string()),
-    ])).combine_chunks()  # one chunk: numpy views of the columns are then free
+    return table.select(BRONZE_COLUMNS).cast(_BRONZE_SCHEMA).combine_chunks()  # one chunk: free numpy views
 
 
 def _bars_5m_table(bars: pa.Table, quote: str) -> pa.Table:
@@ -231,7 +278,12 @@ def _write_daily(store: Store, product: str, year: int, day_numbers: list[int], 
     """Replace the recomputed days inside the product's year file, keeping the other days as they were."""
     rel = f"{partition_path(BARS_1D_DIR, product_id=product, year=year)}/{PART}"
     if not full_refresh and store.exists(rel):
-        old = store.read_parquet(rel).cast(BARS_1D_SCHEMA)
+        try:
+            old = store.read_parquet(rel).cast(BARS_1D_SCHEMA)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise ValidationError(f"{store.path(rel)}: unreadable silver daily file ({type(exc).__name__}: {exc}); "
+                                  "an incremental run only replaces some of its days: run `python -m etl silver "
+                                  "--full-refresh` to rebuild it from bronze") from None
         days = old["price_date"].cast(pa.int32()).to_numpy()
         keep = ~np.isin(days, day_numbers)
         table = pa.concat_tables([old.filter(pa.array(keep)), table])
@@ -251,49 +303,29 @@ def _delete_stale(store: Store, written: set[str]) -> None:
                 store.delete(rel)
 
 
-# ---- bronze manifests and silver state -------------------------------------------------------------------------
-def _manifests(store: Store) -> dict[str, str]:
-    """batch_id -> manifest path, for every finished bronze batch (hidden folder, so listed directly)."""
-    base = store.path(MANIFEST_DIR)
-    if store.fs.get_file_info(base).type != pafs.FileType.Directory:
+# ---- silver state ----------------------------------------------------------------------------------------------
+def _load_state(store: Store) -> dict[str, dict]:
+    """partition "PRODUCT/DATE" -> the version last read ({"marker": name, "batches": [ids]}); {} on a first run."""
+    if not store.exists(STATE_FILE):
         return {}
-    infos = store.fs.get_file_info(pafs.FileSelector(base))
-    return {posixpath.basename(i.path)[:-5]: f"{MANIFEST_DIR}/{posixpath.basename(i.path)}"
-            for i in infos if i.type == pafs.FileType.File and i.path.endswith(".json")
-            and not posixpath.basename(i.path).startswith((".", "_"))}
-
-
-def _manifest_partitions(store: Store, rel: str) -> set[tuple[str, str]]:
+    fix = "delete it and run `python -m etl silver --full-refresh` (rebuilds every partition and the state)"
     try:
-        manifest = store.read_json(rel)
-        found = {m.groups() for f in manifest.get("files", []) if (m := _PARTITION.search(f))}
-        found |= {(p["product_id"], str(p["date"])) for p in manifest.get("partitions", [])}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ValidationError(f"{store.path(rel)}: unreadable bronze manifest ({exc}); fix or remove it, then "
-                              f"rerun `python -m etl silver --full-refresh`") from None
-    return found
+        raw = store.read_json(STATE_FILE)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"{store.path(STATE_FILE)}: not valid JSON ({exc}); {fix}") from None
+    parts = raw.get("partitions") if isinstance(raw, dict) else None
+    if not isinstance(parts, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("marker"), str) and isinstance(v.get("batches"), list)
+            for v in parts.values()):
+        raise ValidationError(f"{store.path(STATE_FILE)}: expected {{\"partitions\": {{\"PRODUCT/DATE\": "
+                              f"{{\"marker\": ..., \"batches\": [...]}}}}}} (key missing or mistyped); {fix}")
+    return parts
 
 
-def _committed(paths: list[str], manifests: dict[str, str]) -> list[str]:
-    """The bronze files of finished batches (`<batch_id>.parquet` with a manifest): a batch still being written,
-    or one whose writer died, is not taken half-way, and incremental and full-refresh runs read the same files."""
-    return [p for p in paths if posixpath.basename(p)[: -len(".parquet")] in manifests]
-
-
-def _group_by_partition(paths: list[str]) -> dict[tuple[str, str], list[str]]:
-    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for rel in paths:
-        if m := _PARTITION.search(rel):
-            groups[m.groups()].append(rel)
-    return dict(groups)
-
-
-def _load_state(store: Store) -> list[str]:
-    return store.read_json(STATE_FILE)["batches"] if store.exists(STATE_FILE) else []
-
-
-def _save_state(store: Store, batches: list[str]) -> None:
-    store.write_json(STATE_FILE, {"batches": batches})
+def _save_state(store: Store, partitions: dict[str, dict]) -> None:
+    store.write_json(STATE_FILE, {"partitions": dict(sorted(partitions.items()))})
+    if store.exists(OLD_STATE_FILE):
+        store.delete(OLD_STATE_FILE)
 
 
 def _quote_currencies(products: set[str], settings: Settings) -> dict[str, str]:

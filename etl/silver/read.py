@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from etl import compaction
 from etl.settings import Settings, get_settings
 from etl.silver import quality
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA, TS, latest_per_key
@@ -66,8 +67,8 @@ def read_candles(products: list[str] | None = None, start=None, end=None, granul
     """
     store = get_store(settings or get_settings())
     lo, hi = _timestamp(start, end_of_day=False), _timestamp(end, end_of_day=True)
-    files = _partition_files(store, BRONZE_DIR, products, "date",
-                             _between(lo and lo.date().isoformat(), hi and hi.date().isoformat()))
+    files = _current_bronze_files(store, products, _between(lo and lo.date().isoformat(),
+                                                            hi and hi.date().isoformat()))
     if not files:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _CANDLE_DTYPES.items()})
     candles = read_bronze(store, files)
@@ -100,6 +101,15 @@ def _partition_files(store: Store, root: str, products: list[str] | None, key: s
             if name == key and keep(value):
                 files += store.list_files(f"{root}/{product_dir}/{part}", ".parquet")
     return files
+
+
+def _current_bronze_files(store: Store, products: list[str] | None, keep) -> list[str]:
+    """The current version's files (etl.compaction) of the bronze partitions asked for."""
+    committed = compaction.committed_batches(store)
+    wanted = None if products is None else set(products)
+    return [f for (product, day), part in sorted(compaction.scan(store, BRONZE_DIR).items())
+            if (wanted is None or product in wanted) and keep(day)
+            for f in compaction.current_files(store, part, committed)]
 
 
 def _read_partitions(store: Store, root: str, products, key: str, keep, condition) -> pa.Table | None:

@@ -87,6 +87,7 @@ def test_task_ids_are_verb_noun(dagbag):
 def test_api_tasks_use_the_rate_limited_pool_and_every_pool_is_defined(dagbag, common):
     defined = set(common.POOLS) | {"default_pool"}
     api_tasks = {"fetch_candles", "ingest_daily_history", "validate_products"}  # every task that calls the API
+    silver_writers = {"build_silver", "compact_bronze"}
     seen = set()
     for dag in dagbag.dags.values():
         for task in dag.tasks:
@@ -94,11 +95,14 @@ def test_api_tasks_use_the_rate_limited_pool_and_every_pool_is_defined(dagbag, c
             if task.task_id in api_tasks:
                 assert task.pool == common.API_POOL, task.task_id
                 seen.add(task.task_id)
+            elif task.task_id in silver_writers:  # one silver writer at a time across DAGs (issue 12 item 2)
+                assert task.pool == common.SILVER_POOL, task.task_id
             else:
                 assert task.pool == "default_pool", task.task_id
     assert seen == api_tasks
     slots, description = common.POOLS[common.API_POOL]
     assert slots >= 1 and "rate" in description
+    assert common.POOLS[common.SILVER_POOL][0] == 1
 
 
 def test_demo_creates_every_pool(common):
@@ -129,8 +133,9 @@ def test_end_of_day_shape_and_deadline(dagbag, common):
     assert dag.max_active_runs == 1
     assert {t.task_id for t in dag.tasks} == {
         "validate_products", "ingest_daily_history", "build_silver", "compute_risk", "compute_factors",
-        "load_warehouse", "build_dbt", "export_report", "send_alerts",
+        "load_warehouse", "build_dbt", "export_report", "send_alerts", "compact_bronze",
     }
+    assert dag.get_task("compact_bronze").upstream_task_ids == {"build_silver"}
     assert dag.get_task("load_warehouse").upstream_task_ids == {"compute_risk", "compute_factors"}
     assert dag.get_task("compute_risk").upstream_task_ids == {"build_silver"}
     assert dag.get_task("build_dbt").upstream_task_ids == {"load_warehouse"}

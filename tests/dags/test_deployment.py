@@ -98,6 +98,7 @@ def test_pool_in_compose_matches_the_dags(compose):
 
     init = " ".join(compose["services"]["airflow-init"]["command"])
     assert f"pools set {pipeline_common.API_POOL} " in init
+    assert f"pools set {pipeline_common.SILVER_POOL} 1 " in init
     assert "PIPELINE_API_POOL_SLOTS" in init
 
 

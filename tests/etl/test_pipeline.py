@@ -218,6 +218,6 @@ def test_run_all_chains_every_stage_into_the_warehouse(pg_url, data_dir, simulat
     base = {t.split("[")[0] for t in log["task_id"]}
     assert base == {"validate_products", "validate_book_products", "ingest_daily_history", "fetch_candles",
                     "build_silver", "compute_risk", "compute_factors", "load_warehouse", "build_dbt",
-                    "export_report", "send_alerts"}
+                    "export_report", "send_alerts", "compact_bronze"}
     n = int(db.run_psql("select count(*) from gold.fact_risk_metrics where as_of_date = '2026-03-01'", url=pg_url))
     assert n == len(kept)  # one risk row per portfolio of the book, as of the requested day

@@ -1,0 +1,151 @@
+"""Bronze compaction and incremental daily history (issue 14): exact rows, atomic, idempotent, crash-safe."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from etl import compaction, pipeline
+from etl.bronze import read_bronze, watermark
+from etl.cli import main
+from etl.settings import get_settings
+from etl.silver import build
+from etl.storage import Store
+from tests.etl.test_silver import FUTURE, T0, minute_candles, silver_files, write_batch
+
+DAY = "bronze/candles/product_id=BTC-USD/date=2026-01-05"
+
+
+def _history(data_dir):
+    """Three committed batches revising each other on 2026-01-05 (1-minute and daily candles), a batch of the
+    next day, and an uncommitted batch file (its writer died before the manifest)."""
+    write_batch(data_dir, minute_candles("BTC-USD", T0, 1440), "b1", T0 + timedelta(days=1))
+    write_batch(data_dir, minute_candles("BTC-USD", T0 + timedelta(hours=20), 300, seed=1), "b2",
+                T0 + timedelta(days=1, hours=1))
+    daily = minute_candles("BTC-USD", T0, 1, seed=2, step=86400)
+    write_batch(data_dir, daily, "b3", T0 + timedelta(days=1, hours=2))
+    write_batch(data_dir, minute_candles("BTC-USD", T0 + timedelta(days=1), 60, seed=3), "b4",
+                T0 + timedelta(days=2))
+    write_batch(data_dir, minute_candles("BTC-USD", T0 + timedelta(hours=5), 60, seed=4), "orphan",
+                T0 + timedelta(days=3))
+    (data_dir / "bronze/_manifests/orphan.json").unlink()
+
+
+def _deduped(settings) -> pd.DataFrame:
+    df = read_bronze(settings=settings, dedup=True)
+    return df.drop(columns=["date"]).sort_values(["granularity", "bucket_start"]).reset_index(drop=True)
+
+
+def test_compaction_keeps_exactly_the_rows_a_reader_dedupes_to(data_dir, monkeypatch):
+    monkeypatch.setenv("PIPELINE_COMPACT_RETENTION_HOURS", "0")
+    _history(data_dir)
+    settings = get_settings()
+    before_rows = _deduped(settings)
+    build(now=FUTURE)
+    before_silver = silver_files(data_dir)
+
+    summary = compaction.compact(before=date(2026, 1, 6))
+    assert (summary.compacted, summary.partitions_seen) == (1, 1)
+    assert summary.rows_in == 1440 + 240 + 1 and summary.rows_out == 1440 + 1
+    names = sorted(p.name for p in (data_dir / DAY).iterdir())
+    # one file per granularity, the marker, and the uncommitted file (ingest's to resume or clean up)
+    assert names == ["_v000001.json", "compacted-v000001-g60.parquet", "compacted-v000001-g86400.parquet",
+                     "orphan.parquet"]
+    marker = json.loads((data_dir / DAY / "_v000001.json").read_text())
+    assert marker["replaces"] == ["b1.parquet", "b2.parquet", "b3.parquet"]
+    assert not (data_dir / "bronze/_manifests/b1.json").exists()            # no file of b1 is left
+    assert (data_dir / "bronze/_manifests/b2.json").exists()                # b2 still has 2026-01-06
+    pd.testing.assert_frame_equal(_deduped(settings), before_rows)          # the very rows, column by column
+    assert watermark("BTC-USD", 60, settings) == T0 + timedelta(days=1, minutes=59)
+
+    assert build(now=FUTURE).partitions == 1                               # the compacted day, once
+    assert silver_files(data_dir) == before_silver                          # same bars, same bytes
+    assert build(full_refresh=True, now=FUTURE).rows_in == 1441 + 60 + 60    # current versions only
+
+    again = compaction.compact(before=date(2026, 1, 6))                    # idempotent
+    assert (again.compacted, again.already_compact, again.files_deleted) == (0, 1, 0)
+    assert sorted(p.name for p in (data_dir / DAY).iterdir()) == names
+
+
+def test_superseded_files_stay_readable_during_retention_and_readers_never_count_them(data_dir):
+    _history(data_dir)
+    settings = get_settings()
+    expected = _deduped(settings)
+    compaction.compact(before=date(2026, 1, 6))  # default retention: 24 h
+    assert {"b1.parquet", "b2.parquet", "b3.parquet"} <= {p.name for p in (data_dir / DAY).iterdir()}
+    raw = read_bronze(settings=settings)
+    assert len(raw[raw["date"] == "2026-01-05"]) == 1441  # the compacted version only, not both
+    pd.testing.assert_frame_equal(_deduped(settings), expected)
+    later = compaction.compact(before=date(2026, 1, 6), now=datetime.now(UTC) + timedelta(hours=25))
+    assert later.files_deleted == 3 and later.compacted == 0
+
+
+def test_a_crash_before_the_marker_leaves_the_old_version_and_the_rerun_finishes(data_dir, monkeypatch):
+    _history(data_dir)
+    settings = get_settings()
+    expected = _deduped(settings)
+    build(now=FUTURE)
+    write_json = Store.write_json
+
+    def crash_at_marker(self, rel, obj):
+        if "/_v" in rel:
+            raise KeyboardInterrupt("killed mid-commit")
+        return write_json(self, rel, obj)
+
+    monkeypatch.setattr(Store, "write_json", crash_at_marker)
+    with pytest.raises(KeyboardInterrupt):
+        compaction.compact(before=date(2026, 1, 6))
+    monkeypatch.setattr(Store, "write_json", write_json)
+    assert (data_dir / DAY / "compacted-v000001-g60.parquet").exists()     # written, never committed
+    pd.testing.assert_frame_equal(_deduped(settings), expected)            # readers: the old version
+    assert build(now=FUTURE).partitions == 0                               # silver sees no change
+
+    monkeypatch.setenv("PIPELINE_COMPACT_RETENTION_HOURS", "0")
+    assert compaction.compact(before=date(2026, 1, 6)).compacted == 1
+    pd.testing.assert_frame_equal(_deduped(settings), expected)
+
+
+def test_late_data_after_compaction_is_read_then_compacted_into_the_next_version(data_dir, monkeypatch):
+    monkeypatch.setenv("PIPELINE_COMPACT_RETENTION_HOURS", "0")
+    _history(data_dir)
+    settings = get_settings()
+    compaction.compact(before=date(2026, 1, 6))
+    build(now=FUTURE)
+    late = minute_candles("BTC-USD", T0 + timedelta(hours=23), 60, seed=9)
+    write_batch(data_dir, late, "b5", T0 + timedelta(days=4))
+    expected = _deduped(settings)
+    assert build(now=FUTURE).batches == 1
+    rebuilt = silver_files(data_dir)
+    assert compaction.compact(before=date(2026, 1, 6)).compacted == 1
+    names = sorted(p.name for p in (data_dir / DAY).iterdir())
+    assert names == ["_v000002.json", "compacted-v000002-g60.parquet", "compacted-v000002-g86400.parquet",
+                     "orphan.parquet"]
+    pd.testing.assert_frame_equal(_deduped(settings), expected)
+    build(now=FUTURE)
+    assert silver_files(data_dir) == rebuilt
+
+
+def test_compact_cli(data_dir, capsys):
+    _history(data_dir)
+    assert main(["compact", "--before", "2026-01-07"]) == 0
+    assert "2 partition(s) compacted" in capsys.readouterr().out
+    assert main(["compact", "--before", "2026-01-07"]) == 0
+    assert "0 partition(s) compacted" in capsys.readouterr().out
+
+
+def test_end_of_day_fetches_only_the_daily_candles_it_lacks_plus_the_overlap(data_dir, simulator, monkeypatch):
+    monkeypatch.setenv("PIPELINE_DAILY_HISTORY_DAYS", "30")
+    monkeypatch.setenv("PIPELINE_DAILY_OVERLAP_DAYS", "3")
+    settings = get_settings()
+    first = pipeline.ingest_daily_history("BTC-USD", date(2026, 3, 1), settings=settings)
+    assert first["candles"] == 30                                          # the first run backfills
+    second = pipeline.ingest_daily_history("BTC-USD", date(2026, 3, 2), settings=settings)
+    assert second["candles"] == 4                                          # 3 overlap days + the new one
+    assert pipeline.daily_history_start("BTC-USD", date(2026, 3, 2), settings) == datetime(2026, 2, 28, tzinfo=UTC)
+    rerun = pipeline.ingest_daily_history("BTC-USD", date(2026, 2, 10), settings=settings)  # an old as-of day
+    assert rerun["candles"] == 3
+    daily = read_bronze(granularity=86400, settings=settings, dedup=True)
+    assert len(daily) == 31 and daily["bucket_start"].max() == pd.Timestamp("2026-03-02", tz="UTC")

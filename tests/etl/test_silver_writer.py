@@ -1,0 +1,158 @@
+"""Silver fail-closed (issue 12 items 2 and 7): one writer at a time, state records what was read, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+
+import pytest
+
+from etl.cli import main
+from etl.errors import ValidationError
+from etl.silver import build, read_bars
+from etl.storage import LockTimeout, exclusive
+from tests.etl.test_silver import FUTURE, T0, minute_candles, silver_files, write_batch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "etl", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _wait_for_line(proc: subprocess.Popen, needle: str, limit: int = 500) -> list[str]:
+    lines = []
+    for _ in range(limit):
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"{needle!r} never logged; got {lines}")
+
+
+# ---- item 2: one writer ---------------------------------------------------------------------------------------
+def test_silver_single_writer_full_refresh_paused_mid_way_loses_no_bars(data_dir, simulator, tmp_path):
+    """Issue 12 item 2 replayed with real processes: a full refresh is stopped (SIGSTOP) after it has listed bronze,
+    a new day is ingested, an incremental build is started, then the full refresh resumes (SIGCONT). The
+    incremental build must wait for the writer lock and take in the new day: no bars lost, same files as a clean
+    rebuild of the same bronze."""
+    day1, day2 = datetime(2026, 1, 5), datetime(2026, 1, 6)
+    assert main(["ingest", "--products", "BTC-USD", "--start", f"{day1:%Y-%m-%dT%H:%M}",
+                 "--end", f"{day1 + timedelta(hours=3):%Y-%m-%dT%H:%M}"]) == 0
+    assert main(["silver"]) == 0
+
+    full = _cli("silver", "--full-refresh")
+    _wait_for_line(full, "bronze partitions to rebuild")
+    full.send_signal(signal.SIGSTOP)
+    try:
+        ingest = subprocess.run([sys.executable, "-m", "etl", "ingest", "--products", "BTC-USD", "--start",
+                                 f"{day2:%Y-%m-%dT%H:%M}", "--end", f"{day2 + timedelta(hours=1):%Y-%m-%dT%H:%M}"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert ingest.returncode == 0, ingest.stderr
+        incremental = _cli("silver")
+        _wait_for_line(incremental, "waiting for the silver lock")
+        time.sleep(0.5)
+        assert incremental.poll() is None  # blocked behind the paused full refresh
+    finally:
+        full.send_signal(signal.SIGCONT)
+    assert full.wait(120) == 0, full.stderr.read()
+    out, err = incremental.communicate(timeout=120)
+    assert incremental.returncode == 0, err
+    assert "1 bronze batch(es) taken in" in out
+
+    bars = read_bars("5m", ["BTC-USD"], start=day2.date(), end=day2.date())
+    assert len(bars) == 12 and bars["n_candles"].sum() == 60  # the new day's 60 candles are all in silver
+    assert build().partitions == 0  # and recorded as read: nothing left to do
+
+    clean = tmp_path / "clean"
+    shutil.copytree(data_dir / "bronze", clean / "bronze")
+    os.environ["PIPELINE_DATA_DIR"] = str(clean)
+    build(full_refresh=True)
+    os.environ["PIPELINE_DATA_DIR"] = str(data_dir)
+    assert silver_files(data_dir) == silver_files(clean)
+
+
+def test_silver_lock_is_released_when_its_holder_is_killed(data_dir):
+    holder = subprocess.Popen([sys.executable, "-c", "from etl.storage import exclusive\nimport time\n"
+                               "with exclusive('silver'):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockTimeout, match=rf"held by pid {holder.pid} on .*PIPELINE_LOCK_TIMEOUT_S"):
+            with exclusive("silver", timeout_s=0.5):
+                pass
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        started = time.monotonic()
+        with exclusive("silver", timeout_s=5):
+            assert time.monotonic() - started < 1.0
+    finally:
+        holder.kill()
+
+
+def test_silver_state_records_only_the_batches_it_read(data_dir):
+    """A batch whose manifest lands after silver listed bronze is not recorded: the next run takes it in."""
+    write_batch(data_dir, minute_candles("BTC-USD", T0, 60), "b1", T0 + timedelta(days=1))
+    late = minute_candles("BTC-USD", T0 + timedelta(hours=1), 60, seed=1)
+    files = write_batch(data_dir, late, "b2", T0 + timedelta(days=1, hours=1))
+    manifest = data_dir / "bronze/_manifests/b2.json"
+    kept = manifest.read_text()
+    manifest.unlink()  # b2's file is there, its commit is not (yet)
+    assert build(now=FUTURE).rows_in == 60
+    state = json.loads((data_dir / "silver/_state/partitions.json").read_text())
+    assert state["partitions"]["BTC-USD/2026-01-05"] == {"marker": "", "batches": ["b1"]}
+    manifest.write_text(kept)
+    again = build(now=FUTURE)
+    assert again.batches == 1 and again.rows_in == 120 and len(read_bars("5m")) == 24
+    assert files
+
+
+# ---- item 7: error gaps -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("content, what", [("{not json", "not valid JSON"),
+                                           ('{"batches": ["b1"]}', "key missing or mistyped")])
+def test_silver_corrupt_state_exits_2_naming_the_file_and_the_fix(data_dir, capsys, content, what):
+    write_batch(data_dir, minute_candles("BTC-USD", T0, 60), "b1", T0 + timedelta(days=1))
+    state = data_dir / "silver/_state/partitions.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(content)
+    assert main(["silver"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(state) in err and what in err and "--full-refresh" in err
+    assert not (data_dir / "silver/bars_5m").exists()  # nothing written
+    assert main(["silver", "--full-refresh"]) == 0 and json.loads(state.read_text())["partitions"]
+
+
+def test_silver_truncated_bronze_file_is_quarantined_with_its_reason_and_silver_goes_on(data_dir):
+    write_batch(data_dir, minute_candles("BTC-USD", T0, 2 * 1440), "b1", T0 + timedelta(days=2))
+    bad = write_batch(data_dir, minute_candles("BTC-USD", T0, 60, seed=3), "b2", T0 + timedelta(days=3))[0]
+    path = data_dir / bad
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
+
+    summary = build(now=FUTURE)
+    moved = data_dir / "bronze/quarantined_files" / bad[len("bronze/"):]
+    assert summary.bad_files == [str(moved.relative_to(data_dir))] and not path.exists() and moved.exists()
+    reason = json.loads((moved.parent / (moved.name + ".reason.json")).read_text())
+    assert reason["file"] == bad and "parquet" in reason["reason"].lower()
+    assert summary.rows_in == 2 * 1440 and len(read_bars("5m")) == 2 * 288  # b1's rows, both days
+    assert build(now=FUTURE).partitions == 0  # the next run is not blocked either
+
+
+def test_silver_incremental_cannot_repair_a_bad_daily_file_and_says_full_refresh(data_dir):
+    write_batch(data_dir, minute_candles("BTC-USD", T0, 60), "b1", T0 + timedelta(days=1))
+    build(now=FUTURE)
+    daily = data_dir / "silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet"
+    daily.write_bytes(b"PAR1 garbage")
+    write_batch(data_dir, minute_candles("BTC-USD", T0 + timedelta(days=1), 60), "b2", T0 + timedelta(days=2))
+    with pytest.raises(ValidationError, match=r"part-0.parquet: unreadable silver daily file .*--full-refresh"):
+        build(now=FUTURE)
+    assert build(full_refresh=True, now=FUTURE).bars_1d == 2
+    assert len(read_bars("1d")) == 2
