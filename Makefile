@@ -5,6 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 REQ_HASH := $(shell (cat requirements.txt; $(PYTHON) --version 2>&1) | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
+# Settings from a .env file at the project root (NAME=value lines, see .env.example): etl/settings.py reads it for
+# every command; here only what make itself needs. A variable set in the environment (or on the command line) wins.
+PIPELINE_ENV_FILE ?= $(CURDIR)/.env
+export PIPELINE_ENV_FILE
+env_or_file = $(or $($(1)),$(shell sed -n 's/^[[:space:]]*\(export[[:space:]]\+\)\?$(1)=//p' $(PIPELINE_ENV_FILE) 2>/dev/null | tail -n 1 | sed "s/^[\"']//; s/[\"']$$//"),$(2))
+AIRFLOW_PORT := $(call env_or_file,PIPELINE_AIRFLOW_PORT,8080)
+DOCS_PORT := $(call env_or_file,PIPELINE_DOCS_PORT,8090)
 
 .PHONY: help venv demo test test-fast bench bench-quick airflow airflow-check celery docs lint db-stop clean-state browser
 
@@ -14,11 +21,11 @@ help:
 	@echo "make test-fast   the suite without the slow end-to-end tests"
 	@echo "make bench       run the benchmarks, write bench/results.json (bench-quick: small sizes)"
 	@echo "make soak        months of pipeline runs in accelerated time; cost per run must stay flat (soak-quick: < 2 min)"
-	@echo "make airflow     airflow standalone with this project's DAGs (UI on http://localhost:8080)"
+	@echo "make airflow     airflow standalone with this project's DAGs (UI on http://localhost:$(AIRFLOW_PORT)); Ctrl-C stops it all"
 	@echo "                 and the risk cockpit plugin (\"Risk\" in the navigation, /risk/)"
 	@echo "make airflow-check  screenshot the running Airflow UI's DAG list in headless Chromium"
 	@echo "make celery      the intraday DAG on CeleryExecutor with two local workers (needs redis-server)"
-	@echo "make docs        build and serve the dbt docs site"
+	@echo "make docs        build and serve the dbt docs site (http://localhost:$(DOCS_PORT))"
 	@echo "make lint        ruff"
 
 # The venv is rebuilt only when requirements.txt (or the interpreter) changes: the stamp is keyed on their hash.
@@ -49,7 +56,7 @@ airflow: venv
 	$(BIN)/python -m etl.demo --airflow
 
 airflow-check: venv browser
-	$(BIN)/python -m etl.report.browser_check http://localhost:8080/dags --out .state/test-artifacts/browser --settle 3
+	$(BIN)/python -m etl.report.browser_check http://localhost:$(AIRFLOW_PORT)/dags --out .state/test-artifacts/browser --settle 3
 
 celery: venv
 	$(BIN)/python -m etl.demo --celery

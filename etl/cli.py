@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("docs", help="generate the dbt docs site (and serve it with --serve)")
     p.add_argument("--serve", action="store_true", help="serve on a local port until interrupted")
-    p.add_argument("--port", type=int, default=8081)
+    p.add_argument("--port", type=int, default=None,
+                   help="port of the docs site (default: PIPELINE_DOCS_PORT or 8090)")
 
     p = sub.add_parser("stream", help="WebSocket trades and tickers -> bronze until interrupted or --seconds")
     p.add_argument("--products", type=_products, default=None, help="comma list (default: PIPELINE_PRODUCTS)")
@@ -208,7 +209,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if cmd == "docs":
         from etl.warehouse import docs
 
-        print(docs(settings=settings, serve=args.serve, port=args.port))
+        print(docs(settings=settings, serve=args.serve, port=args.port or settings.docs_port))
         return 0
     if cmd == "stream":
         from etl.stream.collector import collect

@@ -4,7 +4,8 @@
 connections set), starts the embedded Postgres and the exchange simulator (reusing one already answering on
 SIMULATOR_PORT), runs `airflow dags test market_data_intraday` then `airflow dags test risk_end_of_day`, and
 prints where the results are. `python -m etl.demo --airflow` runs `airflow standalone` with the same
-configuration instead and prints the login.
+configuration instead and prints the login; Ctrl-C (SIGINT) or SIGTERM stops every process it started (see
+`stop_session`), and a start first ends the leftovers of a previous runner that was killed outright.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ DAGS_DIR = PROJECT_ROOT / "dags"
 PLUGINS_DIR = PROJECT_ROOT / "plugins"
 INTRADAY = "market_data_intraday"
 EOD = "risk_end_of_day"
-API_PORT = 8080
+# LocalExecutor task processes at once: sized for a 2-core machine (each task is CPU-bound pandas/numpy work;
+# the scheduler, api-server, dag-processor and triggerer share the same cores)
+LOCAL_PARALLELISM = 2
 
 
 # ---- the Airflow home ---------------------------------------------------------------------------------------
@@ -39,7 +42,7 @@ def airflow_home(settings: Settings) -> Path:
 
 
 def airflow_env(settings: Settings, home: Path | None = None, base: dict[str, str] | None = None,
-                database_url: str | None = None, parallelism: int = 4) -> dict[str, str]:
+                database_url: str | None = None, parallelism: int = LOCAL_PARALLELISM) -> dict[str, str]:
     """The environment every Airflow command of this project runs with (config by env: no airflow.cfg edits)."""
     home = home or airflow_home(settings)
     env = dict(os.environ if base is None else base)
@@ -54,7 +57,9 @@ def airflow_env(settings: Settings, home: Path | None = None, base: dict[str, st
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
                                                        f"sqlite:///{home / 'airflow.db'}"),
-        "AIRFLOW__API__PORT": str(API_PORT),
+        "AIRFLOW__API__PORT": str(settings.airflow_port),
+        # task processes reach the api-server's execution API here (Airflow's default assumes port 8080)
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{settings.airflow_port}/execution/",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": env.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
@@ -172,7 +177,8 @@ class SimulatorProcess:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            # SIGTERM, not SIGINT: a process started from a background shell job inherits SIGINT ignored
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -327,44 +333,193 @@ def _run_ids_since(settings: Settings, dag_id: str, t0: float) -> set[str]:
     return set(df["run_id"])
 
 
+# ---- `make airflow`: airflow standalone, and stopping everything it started ---------------------------------
+STOP_GRACE_S = 10.0  # SIGINT to standalone, then this long for its components to exit, then SIGTERM/SIGKILL
+
+
+class _Stop(Exception):
+    """Raised in the runner by SIGINT or SIGTERM: stop Airflow and exit."""
+
+
+def _raise_stop(signum, frame) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, session id, start time in clock ticks) of a process from /proc/PID/stat; None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # fields after "(comm)": state is field 3 of the man page
+    return fields[0], int(fields[3]), int(fields[19])
+
+
+def session_pids(sid: int) -> set[int]:
+    """Live processes (not zombies) of session `sid`. Every process `airflow standalone` starts stays in its
+    session: components are its children, LocalExecutor workers and task processes theirs (tasks only change
+    their process group, not their session), so the session is the set of processes to stop."""
+    pids = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[1] == sid and stat[0] not in ("Z", "X"):
+                pids.add(int(entry.name))
+    return pids
+
+
+def _signal_all(pids: set[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def stop_session(sid: int, leader: subprocess.Popen | None = None, grace_s: float = STOP_GRACE_S) -> tuple[int, int]:
+    """Stop every process of session `sid`; return (processes stopped, of which killed with SIGKILL).
+
+    SIGINT to the session leader `airflow standalone` (its own shutdown: SIGTERM to each component, then it waits
+    for them) and up to `grace_s` for it to exit; then SIGTERM to whatever is left and 3 s; then SIGKILL. `leader`: the leader as our child, reaped at the end so it does not linger as a zombie.
+    """
+    seen: set[int] = set()
+
+    def alive() -> set[int]:
+        if leader is not None:
+            leader.poll()  # reap the leader as soon as it exits
+        pids = session_pids(sid)
+        seen.update(pids)
+        return pids
+
+    def wait_empty(seconds: float, leader_only: bool = False) -> set[int]:
+        deadline = time.monotonic() + seconds
+        while (left := alive()) and time.monotonic() < deadline and not (leader_only and sid not in left):
+            time.sleep(0.2)
+        return left
+
+    left = alive()
+    if sid in left:
+        _signal_all({sid}, signal.SIGINT)
+        left = wait_empty(grace_s, leader_only=True)  # what outlives the leader has nobody left to stop it
+    if left:
+        _signal_all(left, signal.SIGTERM)
+        left = wait_empty(3.0)
+    killed = len(left)
+    if left:
+        _signal_all(left, signal.SIGKILL)
+        wait_empty(2.0)
+    if leader is not None:
+        try:
+            leader.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+    return len(seen), killed
+
+
+def _pid_file(home: Path) -> Path:
+    return home / "standalone.session"
+
+
+def stop_leftovers(home: Path) -> int:
+    """Stop the processes of an earlier runner's Airflow session that was never stopped (runner killed with
+    SIGKILL, terminal closed); returns how many. Only processes whose command line names airflow are counted, so a
+    recycled session id is left alone."""
+    pid_file = _pid_file(home)
+    try:
+        sid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    ours = {pid for pid in session_pids(sid) if b"airflow" in _cmdline(pid)}
+    stopped = 0
+    if ours:
+        print(f"stopping {len(ours)} Airflow process(es) left by an earlier `make airflow` (session {sid})...",
+              flush=True)
+        stopped, _ = stop_session(sid)
+    pid_file.unlink(missing_ok=True)
+    return stopped
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def run_standalone(settings: Settings) -> int:
+    """`make airflow`: `airflow standalone` in a session of its own, until Ctrl-C or SIGTERM; then stop it all.
+
+    The runner alone receives the terminal's Ctrl-C (standalone runs in a new session, so its components do not
+    get the SIGINT half-way through their own shutdown and print tracebacks); both SIGINT and SIGTERM end the
+    runner through `stop_session`, which reports what it stopped.
+    """
     from etl import db
 
     db.database_url(settings)
+    home = airflow_home(settings)
+    home.mkdir(parents=True, exist_ok=True)
+    stop_leftovers(home)
+    port = settings.airflow_port
+    if _port_busy(port):
+        raise ConfigError(f"port {port} is already in use: stop what listens there, or set PIPELINE_AIRFLOW_PORT "
+                          f"(environment or .env) to a free port")
     sim = ensure_simulator(settings)
     env = airflow_env(settings)
     env["COINBASE_API_URL"] = sim.url
-    home = prepare_home(env)
-    passwords = home / "simple_auth_manager_passwords.json.generated"
-    print(f"starting airflow standalone (AIRFLOW_HOME={home}); the UI will be at http://localhost:{API_PORT}",
-          flush=True)
-    proc = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=env, cwd=PROJECT_ROOT)
-    stream = start_collector(settings, env)
+    proc: subprocess.Popen | None = None
+    stream: subprocess.Popen | None = None
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        home = prepare_home(env)
+        passwords = home / "simple_auth_manager_passwords.json.generated"
+        print(f"starting airflow standalone (AIRFLOW_HOME={home}); the UI will be at http://localhost:{port}",
+              flush=True)
+        proc = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=env, cwd=PROJECT_ROOT,
+                                start_new_session=True)
+        _pid_file(home).write_text(f"{proc.pid}\n")
+        stream = start_collector(settings, env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not passwords.exists() and proc.poll() is None:
             time.sleep(1)
         if passwords.exists():
             creds = json.loads(passwords.read_text())
             login = ", ".join(f"{user} / {pw}" for user, pw in creds.items())
-            print(f"\n== Airflow UI: http://localhost:{API_PORT}  login: {login}  (from {passwords})", flush=True)
-        print(f"== Risk cockpit: http://localhost:{API_PORT}/risk/ (\"Risk\" in the UI's navigation; "
+            print(f"\n== Airflow UI: http://localhost:{port}  login: {login}  (from {passwords})", flush=True)
+        print(f"== Risk cockpit: http://localhost:{port}/risk/ (\"Risk\" in the UI's navigation; "
               f"JSON: /risk/api/summary)", flush=True)
         print(f"== simulator: {sim.url}   warehouse: {db.redact(db.database_url(settings))}", flush=True)
         print("== DAGs are paused at creation: unpause market_data_intraday to go live; Ctrl-C stops everything",
               flush=True)
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        code = proc.wait()
+        print(f"airflow standalone exited with code {code}", file=sys.stderr)
+        return code or 1
+    except _Stop:
         return 0
     finally:
-        stream.terminate()  # SIGTERM: the collector commits its open batch
-        stream.wait(timeout=30)
-        sim.stop()
+        for sig in previous:  # a second Ctrl-C must not interrupt the shutdown half-way
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            if stream is not None:
+                stream.terminate()  # SIGTERM: the collector commits its open batch (while Airflow stops)
+            if proc is not None:
+                print(f"\nstopping Airflow (scheduler, api-server, dag-processor, triggerer, task processes; "
+                      f"at most {STOP_GRACE_S + 5:.0f}s)...", flush=True)
+                t = time.perf_counter()
+                stopped, killed = stop_session(proc.pid, leader=proc)
+                _pid_file(home).unlink(missing_ok=True)
+                how = f", {killed} of them killed after the grace period" if killed else ""
+                print(f"Airflow stopped: {stopped} process(es) ended in {time.perf_counter() - t:.1f}s{how}",
+                      flush=True)
+            if stream is not None:
+                try:
+                    stream.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    stream.kill()
+                    stream.wait()
+            sim.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def start_collector(settings: Settings, env: dict[str, str]) -> subprocess.Popen:

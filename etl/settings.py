@@ -2,6 +2,12 @@
 
 Every knob of the pipeline lives here with its default. `.env.example` and the README list the same names.
 Call `get_settings()` each time you need them (it is cheap) so tests can change the environment.
+
+A `.env` file at the project root (or the file named by PIPELINE_ENV_FILE) supplies values too: a name set in
+the environment wins over the file (even when set empty), the file wins over the default. The file holds
+`NAME=value` lines: `#` comments and blank lines are skipped, an optional `export ` prefix is allowed, a value
+may be quoted ('...' or "..."), and ` #` starts a comment after an unquoted value (docker compose reads the same
+file).
 """
 
 from __future__ import annotations
@@ -21,8 +27,59 @@ DEFAULT_PRODUCTS = (
 )
 
 
+def env_file() -> Path:
+    """The `.env` file the settings read: PIPELINE_ENV_FILE (environment only), else `.env` at the project root."""
+    return Path(os.environ.get("PIPELINE_ENV_FILE", "").strip() or PROJECT_ROOT / ".env")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`NAME=value` pairs of a .env file (the format in the module docstring); {} when there is no file."""
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, IsADirectoryError):
+        return {}
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        name, value = (part.strip() for part in line.split("=", 1))
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[name] = value
+    return values
+
+
+_file_cache: dict[tuple, dict[str, str]] = {}
+
+
+def _file_values() -> dict[str, str]:
+    """read_env_file(env_file()), re-read only when the file changes (get_settings() is called often)."""
+    path = env_file()
+    try:
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+    except OSError:
+        return {}
+    if key not in _file_cache:
+        _file_cache.clear()
+        _file_cache[key] = read_env_file(path)
+    return _file_cache[key]
+
+
+def _lookup(name: str) -> str | None:
+    """The raw value of a setting: the environment first, then the .env file; None when neither sets it."""
+    if name in os.environ:
+        return os.environ[name]
+    return _file_values().get(name)
+
+
 def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
+    value = (_lookup(name) or "").strip()
     return value or default
 
 
@@ -118,6 +175,9 @@ class Settings:
     task_timeout_min: int                # execution_timeout of every task
     eod_deadline_hours: int              # DeadlineAlert this long after the daily interval's end; 0 = none
     api_pool_slots: int                  # concurrent API tasks; each paces at rate_limit_rps / slots
+    # local web UIs
+    airflow_port: int                    # `make airflow`: the Airflow UI and its execution API
+    docs_port: int                       # `make docs`: the dbt docs site (8081 is the Celery check's API server)
     # alerts
     alert_webhook_url: str | None
     alert_email_to: str | None
@@ -157,8 +217,8 @@ def get_settings() -> Settings:
     return Settings(
         state_dir=state_dir,
         data_dir=_env("PIPELINE_DATA_DIR", str(state_dir / "data")),
-        database_url=os.environ.get("PIPELINE_DATABASE_URL", "").strip() or None,
-        reporting_password=os.environ.get("PIPELINE_REPORTING_PASSWORD", "") or None,
+        database_url=_env("PIPELINE_DATABASE_URL", "") or None,
+        reporting_password=_lookup("PIPELINE_REPORTING_PASSWORD") or None,
         dbt_target=_env("PIPELINE_DBT_TARGET", "dev"),
         reference_dir=Path(_env("PIPELINE_REFERENCE_DIR", str(PROJECT_ROOT / "etl" / "reference_data"))),
         source=source,
@@ -208,8 +268,10 @@ def get_settings() -> Settings:
         task_timeout_min=_int("PIPELINE_TASK_TIMEOUT_MIN", 30),
         eod_deadline_hours=_int("PIPELINE_EOD_DEADLINE_HOURS", 6),
         api_pool_slots=max(1, _int("PIPELINE_API_POOL_SLOTS", 2)),
-        alert_webhook_url=os.environ.get("ALERT_WEBHOOK_URL", "").strip() or None,
-        alert_email_to=os.environ.get("ALERT_EMAIL_TO", "").strip() or None,
+        airflow_port=_int("PIPELINE_AIRFLOW_PORT", 8080),
+        docs_port=_int("PIPELINE_DOCS_PORT", 8090),
+        alert_webhook_url=_env("ALERT_WEBHOOK_URL", "") or None,
+        alert_email_to=_env("ALERT_EMAIL_TO", "") or None,
         garch_workers=max(1, _int("RISK_GARCH_WORKERS", 1)),
         garch_refit_days=max(1, _int("RISK_GARCH_REFIT_DAYS", 50)),
         es_simulations=max(1, _int("RISK_ES_SIMULATIONS", 1000)),
