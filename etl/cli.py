@@ -49,6 +49,14 @@ def _positive(value: str) -> float:
     return number
 
 
+DB_HELP = """the warehouse (PIPELINE_DATABASE_URL, or the embedded PostgreSQL under PIPELINE_STATE_DIR/pgdata)
+
+  url      print the connection URL, one line psql accepts: psql "$(python -m etl db url --role reporting)"
+  start    start the embedded server if it is not running (it keeps running between commands)
+  stop     stop the embedded server
+  status   external or embedded, running or stopped, and where"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m etl", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -124,8 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=_positive, default=None, help="quit after N seconds (default: Ctrl-C)")
     p.add_argument("--source", choices=["simulator", "coinbase"], default=None, help="default: PIPELINE_SOURCE")
 
-    p = sub.add_parser("db", help="the warehouse: url|start|stop|status")
-    p.add_argument("action", choices=["url", "start", "stop", "status"])
+    p = sub.add_parser("db", help="the warehouse: url|start|stop|status", description=DB_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["url", "start", "stop", "status"], help="see the list above")
+    p.add_argument("--role", choices=["owner", "reporting"], default="owner",
+                   help="url: whose login (default owner: the pipeline's own user; reporting: the read-only role "
+                        "the SQL reports and BI tools use)")
     return parser
 
 
@@ -138,7 +150,16 @@ def dispatch(args: argparse.Namespace) -> int:
         from etl import db
 
         if args.action == "url":
-            print(db.database_url(settings))
+            if args.role == "reporting":
+                from etl.warehouse import reporting_url
+
+                url = reporting_url(settings)
+                if not db.role_exists(settings, "reporting"):
+                    print("note: the reporting role does not exist yet: `python -m etl load` (or make demo) "
+                          "creates it", file=sys.stderr)
+                print(url)
+            else:
+                print(db.database_url(settings))
         elif args.action == "start":
             print(db.status(settings) if settings.database_url else f"embedded: running, {db.start_embedded(settings)}")
         elif args.action == "stop":

@@ -106,6 +106,13 @@ def database_url(settings: Settings | None = None, start: bool = True) -> str:
     return info.get_uri()
 
 
+def role_exists(settings: Settings | None, role: str) -> bool:
+    """Whether a login role exists on the warehouse server (checked as the pipeline's own user)."""
+    with connect(settings) as conn, conn.cursor() as cur:
+        cur.execute("select 1 from pg_roles where rolname = %s", (role,))
+        return cur.fetchone() is not None
+
+
 def connection_params(url: str) -> dict[str, str]:
     """Split a libpq URL into host/port/user/password/dbname (dbt profiles and Airflow connections need parts).
 

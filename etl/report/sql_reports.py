@@ -2,8 +2,13 @@
 
 Each report becomes `<out_dir>/sql/<name>.csv` (all rows) and a section of `<out_dir>/sql_reports.md`
 (first rows as a Markdown table). `<name>` is the file's path under `sql/` with "/" replaced by "__" and no
-suffix. A file may use the `%(as_of)s` placeholder (a date). A report that fails (a gold table not built yet, a
-SQL error) is listed with its error in the Markdown and does not stop the others.
+suffix. A report that fails (a gold table not built yet, a SQL error) is listed with its error in the Markdown
+and does not stop the others.
+
+The as-of day is written in psql's variable syntax, `:'as_of'` (a quoted literal: `nullif(:'as_of', '')::date`),
+so every file also runs as is in psql: `psql "$(python -m etl db url --role reporting)" -v as_of=2026-01-31 -f
+sql/daily_pnl/daily_and_mtd.sql` (`-v as_of=` for the latest day). `bind` turns the same text into a psycopg2
+query with the day as a bound parameter.
 """
 
 from __future__ import annotations
@@ -62,10 +67,14 @@ def _description(sql: str) -> str:
     return " ".join(lines)
 
 
-def _params(sql: str, as_of: date) -> dict | None:
-    # Without parameters psycopg2 leaves '%' alone (e.g. `like 'BTC%'`); with them '%' must be doubled, so only
-    # files that use the placeholder get parameters.
-    return {"as_of": as_of} if "%(as_of)s" in sql else None
+AS_OF = ":'as_of'"  # psql: `-v as_of=YYYY-MM-DD` interpolates the value as a quoted literal
+
+
+def bind(sql: str, as_of: date | None) -> tuple[str, dict]:
+    """A report file's SQL and parameters for psycopg2: `:'as_of'` becomes a bound parameter (the ISO day, or
+    NULL for "latest", like psql's `-v as_of=`); every other '%' is doubled, so `like 'BTC%'` stays a literal."""
+    return (sql.replace("%", "%%").replace(AS_OF, "%(as_of)s"),
+            {"as_of": as_of.isoformat() if as_of is not None else None})
 
 
 def run_sql_reports(reader: GoldReader, as_of: date, out_dir: Path, sql_dir: Path = SQL_DIR) -> list[SqlReport]:
@@ -78,7 +87,7 @@ def run_sql_reports(reader: GoldReader, as_of: date, out_dir: Path, sql_dir: Pat
         sql = path.read_text()
         rep = SqlReport(name=report_name(path, sql_dir), path=path, description=_description(sql))
         try:
-            df = reader.query(sql, _params(sql, as_of))
+            df = reader.query(*bind(sql, as_of))
         except Exception as exc:  # any SQL error is this report's failure only
             rep.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
             log.warning("SQL report %s failed: %s", path, rep.error)

@@ -1,7 +1,7 @@
 -- Daily and month-to-date PnL per portfolio on the as-of day, with market value, gross exposure and the day's
 -- return on the previous day's gross exposure (base currency of each portfolio).
 with params as (
-    select coalesce(%(as_of)s::date, (select max(as_of_date) from gold.fact_pnl_daily)) as as_of
+    select coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_pnl_daily)) as as_of
 )
 
 select

@@ -1,7 +1,7 @@
 -- Performance summary per portfolio up to the as-of day: total and month-to-date PnL, best and worst day, share
 -- of positive days, mean and volatility of daily PnL, annualised Sharpe-like ratio of daily returns, max drawdown.
 with params as (
-    select coalesce(%(as_of)s::date, (select max(as_of_date) from gold.fact_pnl_daily)) as as_of
+    select coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_pnl_daily)) as as_of
 ),
 
 history as (

@@ -1,7 +1,7 @@
 -- Top 5 gaining and top 5 losing positions of the as-of day across all portfolios: each position's PnL of the
 -- day (market value x the product's daily return / (1 + return), i.e. quantity x the close-to-close move).
 with params as (
-    select coalesce(%(as_of)s::date, (select max(as_of_date) from gold.fact_positions)) as as_of
+    select coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_positions)) as as_of
 ),
 
 contributions as (

@@ -1,6 +1,6 @@
 -- Return anomalies flagged on the as-of day (robust z-score beyond the threshold), largest first.
 with params as (
-    select coalesce(%(as_of)s::date, (select max(bar_date) from gold.fact_anomalies)) as as_of
+    select coalesce(nullif(:'as_of', '')::date, (select max(bar_date) from gold.fact_anomalies)) as as_of
 )
 
 select

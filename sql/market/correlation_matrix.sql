@@ -1,7 +1,7 @@
 -- Correlation matrix of daily returns over the 90 days up to the as-of day, in long form (one row per pair of
 -- assets, both orders and the diagonal, so it pivots into the full matrix).
 with params as (
-    select coalesce(%(as_of)s::date, (select max(price_date) from gold.fact_price_daily)) as as_of
+    select coalesce(nullif(:'as_of', '')::date, (select max(price_date) from gold.fact_price_daily)) as as_of
 ),
 
 returns as (

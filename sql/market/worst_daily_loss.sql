@@ -1,6 +1,6 @@
 -- Worst daily (close-to-close) return of each asset up to the as-of day, the day it happened, and the latest close.
 with params as (
-    select coalesce(%(as_of)s::date, (select max(price_date) from gold.fact_price_daily)) as as_of
+    select coalesce(nullif(:'as_of', '')::date, (select max(price_date) from gold.fact_price_daily)) as as_of
 ),
 
 history as (

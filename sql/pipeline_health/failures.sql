@@ -1,6 +1,6 @@
 -- Failed task attempts from 7 days before the as-of day on, newest first, with their error message.
 with params as (
-    select coalesce(%(as_of)s::date, (select max(run_date) from gold.fact_pipeline_runs)) as as_of
+    select coalesce(nullif(:'as_of', '')::date, (select max(run_date) from gold.fact_pipeline_runs)) as as_of
 )
 
 select

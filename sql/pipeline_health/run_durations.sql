@@ -1,7 +1,7 @@
 -- Task durations per DAG and task over the runs started from 7 days before the as-of day on: runs, mean, p95
 -- and max duration in seconds, and the latest status.
 with params as (
-    select coalesce(%(as_of)s::date, (select max(run_date) from gold.fact_pipeline_runs)) as as_of
+    select coalesce(nullif(:'as_of', '')::date, (select max(run_date) from gold.fact_pipeline_runs)) as as_of
 ),
 
 recent as (

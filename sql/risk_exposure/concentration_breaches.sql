@@ -1,7 +1,7 @@
 -- Portfolios whose largest single-asset share of gross exposure exceeds their concentration limit on the as-of
 -- day, with the asset responsible.
 with params as (
-    select coalesce(%(as_of)s::date, (select max(as_of_date) from gold.fact_portfolio_valuation)) as as_of
+    select coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_portfolio_valuation)) as as_of
 ),
 
 largest_position as (

@@ -2,7 +2,7 @@
 -- recovery days, the drawdown limit and how much of it the drawdown uses (breach above 1).
 with params as (
     select coalesce(
-        %(as_of)s::date,
+        nullif(:'as_of', '')::date,
         (select max(as_of_date) from gold.fact_drawdowns where entity_type = 'portfolio')
     ) as as_of
 )

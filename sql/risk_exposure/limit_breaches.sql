@@ -1,7 +1,7 @@
 -- Every risk limit breached on the as-of day (VaR, concentration, drawdown) with the observed value, the limit
 -- and its utilisation.
 with params as (
-    select coalesce(%(as_of)s::date, (select max(as_of_date) from gold.fact_limit_breaches)) as as_of
+    select coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_limit_breaches)) as as_of
 )
 
 select

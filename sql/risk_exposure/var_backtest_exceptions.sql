@@ -1,7 +1,7 @@
 -- VaR backtest per portfolio, method and confidence over the days up to the as-of day: days tested, exceptions
 -- (loss beyond the forecast), observed versus expected exception rate.
 with params as (
-    select coalesce(%(as_of)s::date, (select max(as_of_date) from gold.fact_var_backtest)) as as_of
+    select coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_var_backtest)) as as_of
 )
 
 select

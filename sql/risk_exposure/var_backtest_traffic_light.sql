@@ -2,7 +2,7 @@
 -- window against the expected count, the Kupiec and conditional-coverage p-values and the Basel traffic light
 -- (red first).
 with params as (
-    select coalesce(%(as_of)s::date, (select max(as_of_date) from gold.fact_var_backtest_summary)) as as_of
+    select coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_var_backtest_summary)) as as_of
 )
 
 select

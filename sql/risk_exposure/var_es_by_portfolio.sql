@@ -1,7 +1,7 @@
 -- 1-day VaR and ES (95/99, historical, parametric, Monte Carlo) per portfolio on the as-of day, with the VaR
 -- limit, the metric it applies to and its utilisation (> 1 = breached).
 with params as (
-    select coalesce(%(as_of)s::date, (select max(as_of_date) from gold.fact_risk_metrics)) as as_of
+    select coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_risk_metrics)) as as_of
 ),
 
 latest as (

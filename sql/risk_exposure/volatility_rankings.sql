@@ -1,7 +1,7 @@
 -- Assets ranked by annualised 30-day volatility on the as-of day, with 20-day and EWMA volatility, max drawdown
 -- and worst daily return over the lookback.
 with params as (
-    select coalesce(%(as_of)s::date, (select max(as_of_date) from gold.fact_asset_risk)) as as_of
+    select coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_asset_risk)) as as_of
 )
 
 select

@@ -47,8 +47,8 @@ def _write_sql_dir(d):
     (d / "daily_pnl.sql").write_text(
         "-- Daily and month-to-date PnL per portfolio.\n"
         "select portfolio_id, daily_pnl, mtd_pnl from gold.fact_pnl_daily\n"
-        "where as_of_date = %(as_of)s order by portfolio_id\n")
-    (d / "risk" / "who.sql").write_text(  # a literal % without the placeholder must stay a literal
+        "where as_of_date = :'as_of' order by portfolio_id\n")
+    (d / "risk" / "who.sql").write_text(  # a literal % must stay a literal
         "select current_user as who, count(*) as n from gold.dim_portfolio where portfolio_id like 'P-%'\n")
     (d / "broken.sql").write_text("select * from gold.no_such_table\n")
     (d / "report_html").mkdir()

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from etl import db
+from etl.report.sql_reports import bind
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.storage import get_store
 from etl.warehouse import WarehouseError, docs, load, reporting_url, run_dbt, sample
@@ -121,12 +122,12 @@ def test_drawdowns_follow_the_closes_and_daily_anomalies_keep_the_latest_run(gol
 
 def test_the_drawdown_report_ranks_portfolios_worst_first(gold):
     sql = (SQL_DIR / "risk_exposure" / "drawdowns.sql").read_text()
-    rows = query(sql, {"as_of": date(2026, 1, 3)}, url=reporting_url())
+    rows = query(*bind(sql, date(2026, 1, 3)), url=reporting_url())
     expected = query("select portfolio_id, max_drawdown from gold.fact_drawdowns where entity_type = 'portfolio' "
                      "and as_of_date = '2026-01-03' order by max_drawdown, portfolio_id")
     assert [(r[1], r[4]) for r in rows] == expected and len(rows) == 2
     assert [r[6] for r in rows] == [pytest.approx(-mdd / 0.5) for _, mdd in expected]  # drawdown_limit 0.5
-    assert query(sql, {"as_of": None}, url=reporting_url())[0][0] == date(2026, 1, DAYS)
+    assert query(*bind(sql, None), url=reporting_url())[0][0] == date(2026, 1, DAYS)
 
 
 def test_a_rerun_loads_nothing_and_the_incremental_bars_pick_up_a_rewritten_partition(gold):
@@ -268,14 +269,14 @@ def test_reporting_role_reads_gold_and_nothing_else(gold):
 def test_every_sql_report_runs_as_reporting(gold, path: Path):
     sql = path.read_text()
     assert "gold." in sql and "raw." not in sql and "staging." not in sql
-    latest = query(sql, {"as_of": None}, url=reporting_url())
-    dated = query(sql, {"as_of": date(2026, 1, 3)}, url=reporting_url())
+    latest = query(*bind(sql, None), url=reporting_url())
+    dated = query(*bind(sql, date(2026, 1, 3)), url=reporting_url())
     assert latest and dated  # the sample has rows for every report
 
 
 def test_a_report_value_matches_gold(gold):
     sql = (SQL_DIR / "daily_pnl" / "daily_and_mtd.sql").read_text()
-    rows = {r[1]: r for r in query(sql, {"as_of": date(2026, 1, 3)}, url=reporting_url())}
+    rows = {r[1]: r for r in query(*bind(sql, date(2026, 1, 3)), url=reporting_url())}
     expected = dict(query("select portfolio_id, mtd_pnl from gold.fact_pnl_daily where as_of_date = '2026-01-03'"))
     assert {pid: r[5] for pid, r in rows.items()} == expected
 
