@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from etl.errors import ValidationError
-from etl.reference import load_instruments, read_reference_csv
+from etl.reference import fail, load_instruments, read_reference_csv
 from etl.settings import Settings, get_settings
 
 PORTFOLIO_COLUMNS = ["portfolio_id", "name", "base_currency", "var_limit", "concentration_limit", "drawdown_limit"]
@@ -24,7 +23,6 @@ PORTFOLIO_COLUMNS = ["portfolio_id", "name", "base_currency", "var_limit", "conc
 VAR_LIMIT_METRICS = ("var_95_hist", "var_99_hist", "var_95_param", "var_99_param", "var_95_mc", "var_99_mc")
 DEFAULT_VAR_LIMIT_METRIC = "var_99_hist"
 POSITION_COLUMNS = ["portfolio_id", "product_id", "as_of_date", "quantity", "avg_cost"]
-MAX_REPORTED = 20  # problems listed in one error message
 
 
 class _Problems:
@@ -42,11 +40,7 @@ class _Problems:
         if not self.items:
             return
         self.items.sort()
-        shown = [f"{self.path}:{line}: {msg}" for line, msg in self.items[:MAX_REPORTED]]
-        more = len(self.items) - len(shown)
-        tail = f"\n... and {more} more" if more else ""
-        raise ValidationError(f"{len(self.items)} invalid row(s) in {what}; nothing loaded. Fix the file:\n"
-                              + "\n".join(shown) + tail)
+        fail([f"{self.path}:{line}: {msg}" for line, msg in self.items], what)  # records them under collecting()
 
 
 def _number(df: pd.DataFrame, col: str, problems: _Problems) -> pd.Series:

@@ -2,12 +2,17 @@
 
 Files are CSV under `settings.reference_dir` (samples ship in etl/reference_data/; point PIPELINE_REFERENCE_DIR at
 real files). Loading validates every row and raises one ValidationError naming file, line and rule; nothing is
-partially loaded.
+partially loaded. `validate_reference(DIR)` (`python -m etl reference validate [DIR]`) runs the same loaders in
+collecting mode: every problem of every file, as `file:line: rule ...` lines, nothing raised or loaded.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +22,36 @@ from etl.settings import Settings, get_settings
 
 INSTRUMENT_COLUMNS = ["product_id", "base_currency", "quote_currency", "exchange_id", "asset_class", "display_name"]
 EXCHANGE_COLUMNS = ["exchange_id", "name", "api_base_url", "timezone"]
+MAX_REPORTED = 20  # problems listed in one error message
+
+
+# Under `collecting()`, row problems are recorded here instead of raised, and the loaders go on with the rows
+# they have, so one pass finds every bad row of every file (a missing file or column still raises).
+_collected: ContextVar[list[str] | None] = ContextVar("reference_problems", default=None)
+
+
+@contextmanager
+def collecting() -> Iterator[list[str]]:
+    """Collect row problems (`file:line: rule ...`) of the loaders run inside instead of raising them."""
+    token = _collected.set([])
+    try:
+        yield _collected.get()
+    finally:
+        _collected.reset(token)
+
+
+def fail(problems: list[str], what: str) -> None:
+    """Raise one ValidationError for these `file:line: rule` lines; under `collecting()`, record them instead."""
+    if not problems:
+        return
+    collected = _collected.get()
+    if collected is not None:
+        collected.extend(problems)
+        return
+    shown = problems[:MAX_REPORTED]
+    more = f"\n... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+    raise ValidationError(f"{len(problems)} invalid row(s) in {what}; nothing loaded. Fix the file:\n"
+                          + "\n".join(shown) + more)
 
 
 def read_reference_csv(path: Path, required: list[str]) -> pd.DataFrame:
@@ -60,9 +95,8 @@ def load_exchanges(settings: Settings | None = None) -> pd.DataFrame:
     path = settings.reference_dir / "exchanges.csv"
     df = read_reference_csv(path, EXCHANGE_COLUMNS)
     dup = df["exchange_id"].duplicated()
-    if dup.any():
-        i = int(dup.to_numpy().argmax())
-        raise ValidationError(f"{path}:{_line(i)}: duplicate exchange_id {df['exchange_id'].iat[i]!r}")
+    fail([f"{path}:{_line(int(i))}: duplicate exchange_id {df['exchange_id'].iat[int(i)]!r}"
+          for i in dup.to_numpy().nonzero()[0]], "exchanges")
     return df[EXCHANGE_COLUMNS]
 
 
@@ -72,17 +106,18 @@ def load_instruments(settings: Settings | None = None) -> pd.DataFrame:
     path = settings.reference_dir / "instruments.csv"
     df = read_reference_csv(path, INSTRUMENT_COLUMNS)
     exchanges = set(load_exchanges(settings)["exchange_id"])
+    problems = []
+    dup = df["product_id"].duplicated().to_numpy()
     for i, row in enumerate(df.itertuples(index=False)):  # reference files are small: per-row checks read best
         where = f"{path}:{_line(i)}"
         if not row.product_id or row.product_id != f"{row.base_currency}-{row.quote_currency}":
-            raise ValidationError(f"{where}: product_id {row.product_id!r} must be BASE-QUOTE "
-                                  f"({row.base_currency}-{row.quote_currency})")
+            problems.append(f"{where}: product_id {row.product_id!r} must be BASE-QUOTE "
+                            f"({row.base_currency}-{row.quote_currency})")
         if row.exchange_id not in exchanges:
-            raise ValidationError(f"{where}: unknown exchange_id {row.exchange_id!r} (known: {sorted(exchanges)})")
-    dup = df["product_id"].duplicated()
-    if dup.any():
-        i = int(dup.to_numpy().argmax())
-        raise ValidationError(f"{path}:{_line(i)}: duplicate product_id {df['product_id'].iat[i]!r}")
+            problems.append(f"{where}: unknown exchange_id {row.exchange_id!r} (known: {sorted(exchanges)})")
+        if dup[i]:
+            problems.append(f"{where}: duplicate product_id {row.product_id!r}")
+    fail(problems, "instruments")
     return df[INSTRUMENT_COLUMNS]
 
 
@@ -92,3 +127,28 @@ def quote_currency(product_id: str, settings: Settings | None = None) -> str:
         raise ValidationError(f"product {product_id!r} is not in the instrument master "
                               f"({settings.reference_dir if settings else 'etl/reference_data'}/instruments.csv)")
     return str(inst.at[product_id, "quote_currency"])
+
+
+def validate_reference(directory: Path | str | None = None, settings: Settings | None = None) -> list[str]:
+    """Every problem of the reference files in `directory` (default: settings.reference_dir), as
+    `file:line: rule ...` lines in file order; [] when all four files load. Reads only: nothing is loaded anywhere.
+
+    Runs the loaders themselves (instruments, exchanges, portfolios, positions: one set of rules) under
+    `collecting()`; a file that cannot be read at all (missing, no header, missing columns) is one problem and
+    the files that depend on it are checked as far as they can be.
+    """
+    from etl import portfolios
+
+    settings = settings or get_settings()
+    if directory is not None:
+        settings = dataclasses.replace(settings, reference_dir=Path(directory))
+    found: list[str] = []
+    with collecting() as collected:
+        for loader in (load_exchanges, load_instruments, portfolios.load_portfolios, portfolios.load_positions):
+            try:
+                loader(settings)
+            except ValidationError as exc:  # the file (or one it depends on) cannot be read at all
+                found.extend(str(exc).splitlines())
+            found.extend(collected)
+            collected.clear()
+    return list(dict.fromkeys(found))  # loaders re-run the loaders they depend on: each problem once

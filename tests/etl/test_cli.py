@@ -87,3 +87,64 @@ def test_every_report_file_uses_only_the_psql_variable():
         assert ":'as_of'" not in bound and params == {"as_of": None}
     assert bind("where d = nullif(:'as_of', '')::date and p like 'BTC%'", AS_OF) == (
         "where d = nullif(%(as_of)s, '')::date and p like 'BTC%%'", {"as_of": "2026-01-31"})
+
+
+# ---- reference validate ------------------------------------------------------------------------------------------
+def _reference_copy(tmp_path: Path) -> Path:
+    import shutil
+
+    folder = tmp_path / "reference"
+    shutil.copytree(PROJECT_ROOT / "etl" / "reference_data", folder)
+    return folder
+
+
+def _replace_line(path: Path, line: int, text: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[line - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+OFFLINE = {"PIPELINE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}  # validate must not need a warehouse
+
+
+def test_reference_validate_lists_every_bad_row_and_loads_nothing(tmp_path):
+    folder = _reference_copy(tmp_path)
+    _replace_line(folder / "instruments.csv", 3, "ETH-USD,ETH,USD,kraken,crypto_major,Ether / US Dollar")
+    _replace_line(folder / "portfolios.csv", 3, "P002,ETH Heavy,USD,lots,0.6,0.9,")
+    _replace_line(folder / "portfolios.csv", 5, "P004,Layer1 Basket,USD,400000,1.5,0.9,")
+    with open(folder / "portfolios.csv", "a") as f:  # line 24
+        f.write("P001,BTC Core again,USD,400000,0.6,0.9,\n")
+    _replace_line(folder / "positions.csv", 2, "P999,BTC-USD,2024-06-01,11.1111,76500")
+    _replace_line(folder / "positions.csv", 3, "P002,BTC-USD,2024-13-01,2.22222,76500")
+    _replace_line(folder / "positions.csv", 5, "P002,LINK-USD,2024-06-01,0,13.6")
+    data = tmp_path / "data"
+    proc = cli("reference", "validate", str(folder), env={**OFFLINE, "PIPELINE_DATA_DIR": str(data)})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stdout.splitlines()
+    expected = [
+        [f"{folder}/instruments.csv:3", "unknown exchange_id 'kraken' (known: ['coinbase'])"],
+        [f"{folder}/portfolios.csv:3", "non-numeric"],
+        [f"{folder}/portfolios.csv:5", "concentration_limit outside (0, 1]"],
+        [f"{folder}/portfolios.csv:24", "duplicate portfolio_id"],
+        [f"{folder}/positions.csv:2", "unknown portfolio"],
+        [f"{folder}/positions.csv:3", "unparsable date"],
+        [f"{folder}/positions.csv:5", "quantity = 0"],
+    ]
+    assert len(lines) == len(expected), proc.stdout
+    for line, (place, rule) in zip(lines, expected, strict=True):
+        assert line.startswith(f"{place}: {rule}"), line
+    assert proc.stderr.strip() == f"error: 7 problem(s) in {folder}; nothing was loaded"
+    assert not data.exists()  # nothing written anywhere (and no warehouse reachable: none needed)
+
+
+def test_reference_validate_accepts_good_files_and_names_a_missing_one(tmp_path):
+    folder = _reference_copy(tmp_path)
+    ok = cli("reference", "validate", str(folder), env=OFFLINE)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith(f"ok: {folder}: 13 instruments, 1 exchanges, 22 portfolios")
+    (folder / "positions.csv").unlink()
+    missing = cli("reference", "validate", str(folder), env=OFFLINE)
+    assert missing.returncode == 2
+    assert missing.stdout.splitlines() == [f"{folder}/positions.csv: reference file not found "
+                                           "(set PIPELINE_REFERENCE_DIR to its folder)"]
+    assert cli("reference", "validate", str(tmp_path / "nope"), env=OFFLINE).returncode == 2
