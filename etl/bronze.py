@@ -31,6 +31,7 @@ import socket
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -498,13 +499,15 @@ def _resolve_window(start: datetime | None, end: datetime | None, granularity: i
 
 def ingest(products: list[str] | None = None, start: datetime | None = None, end: datetime | None = None,
            granularity: int | None = None, source: str | None = None, settings: Settings | None = None,
-           progress: bool = False, now: datetime | None = None, batch_id: str | None = None) -> IngestSummary:
+           progress: bool = False, now: datetime | None = None, batch_id: str | None = None,
+           on_page: Callable[[int, int, int], None] | None = None) -> IngestSummary:
     """Fetch candles for `products` into bronze; see the module docstring and docs/bronze.md.
 
     start/end: [start, end) on bucket starts; start=None continues from each product's watermark minus
     settings.overlap_minutes (first run: settings.history_days back, daily_history_days for 86400 s candles).
     end=None means `now` floored to the granularity: only complete candles land. Passing the batch_id of a
     finished batch returns its recorded summary without fetching again (idempotent task retries).
+    `on_page(pages_done, pages_total, candles)` is called after each page (task logs report progress with it).
     """
     t0 = time.perf_counter()
     settings = settings or get_settings()
@@ -598,6 +601,8 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
                     if pending[(product, day)] == 0:
                         flush(product, day)
                 bar.update(1)
+                if on_page is not None:
+                    on_page(len(tasks) - len(futures), len(tasks), result.candles.num_rows)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         log.error("batch %s stopped; %d files written stay uncommitted (no manifest) until a rerun takes the "

@@ -236,6 +236,42 @@ def has_history(product: str, granularity: int, settings: Settings) -> bool:
     return watermark(product, granularity, settings) is not None
 
 
+# ---- progress in task logs ----------------------------------------------------------------------------------
+class FetchProgress:
+    """`on_page` callback of bronze.ingest that logs progress at a steady cadence (Airflow shows task logs, not the
+    CLI's progress bar): the first page, then at most one line every `interval_s`, and the last page, e.g.
+    `fetch BTC-USD g=60: 120/480 pages (25%), 36,000 candles, 9.8 pages/s, ETA 37s`.
+    Rate = pages done / seconds since the first call's start; ETA = pages left / rate."""
+
+    def __init__(self, label: str, interval_s: float, clock=time.monotonic) -> None:
+        self.label, self.interval_s, self.clock = label, interval_s, clock
+        self.started = clock()
+        self.last_logged: float | None = None
+        self.candles = 0
+
+    def __call__(self, done: int, total: int, candles: int) -> None:
+        self.candles += candles
+        now = self.clock()
+        due = self.last_logged is None or now - self.last_logged >= self.interval_s
+        if not (due or done >= total):
+            return
+        self.last_logged = now
+        elapsed = max(now - self.started, 1e-9)
+        rate = done / elapsed
+        eta = (total - done) / rate if rate > 0 else float("inf")
+        log.info("fetch %s: %d/%d pages (%.0f%%), %s candles, %.1f pages/s, %s", self.label, done, total,
+                 100.0 * done / max(total, 1), f"{self.candles:,}", rate,
+                 "done" if done >= total else f"ETA {_duration(eta)}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "unknown"
+    seconds = round(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
+
+
 # ---- tasks --------------------------------------------------------------------------------------------------
 def book_products(settings: Settings) -> list[str]:
     """Products the risk run needs beyond the universe: every product held, plus `<CCY>-USD` for each non-USD
@@ -296,7 +332,8 @@ def fetch_candles(product: str, start: datetime | str | None, end: datetime | st
     with _logged(ref, settings) as rec:
         summary = bronze.ingest(products=[product], start=_utc(start) if start else None,
                                 end=_utc(end) if end else None, granularity=granularity, settings=paced,
-                                batch_id=f"{_slug(ref.run_id)}-{_slug(ref.task_id)}-{product}-{granularity}")
+                                batch_id=f"{_slug(ref.run_id)}-{_slug(ref.task_id)}-{product}-{granularity}",
+                                on_page=FetchProgress(f"{product} g={granularity}", settings.progress_interval_s))
         rec.rows_in = summary.candles
         rec.rows_out = summary.candles - summary.quarantined
         rec.message = (f"{product} g={granularity} [{start}, {end}) requests={summary.requests} "

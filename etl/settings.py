@@ -150,6 +150,7 @@ class Settings:
     history_days: int                    # first run with no watermark: how far back to backfill 1-minute candles
     daily_history_days: int              # daily candles for risk history
     overlap_minutes: int                 # incremental runs re-fetch this much before the watermark (late corrections)
+    progress_interval_s: float           # task logs: one progress line of a fetch every this many seconds
     # risk
     annualization_days: int
     var_lookback_days: int
@@ -246,6 +247,7 @@ def get_settings() -> Settings:
         history_days=_int("PIPELINE_HISTORY_DAYS", 2),
         daily_history_days=_int("PIPELINE_DAILY_HISTORY_DAYS", 400),
         overlap_minutes=_int("PIPELINE_OVERLAP_MINUTES", 15),
+        progress_interval_s=_float("PIPELINE_PROGRESS_INTERVAL_S", 10.0),
         annualization_days=_int("RISK_ANNUALIZATION_DAYS", 365),
         var_lookback_days=_int("RISK_VAR_LOOKBACK_DAYS", 250),
         ewma_lambda=_float("RISK_EWMA_LAMBDA", 0.94),
