@@ -123,14 +123,20 @@ DEFAULT_ARGS: dict[str, Any] = {
 
 
 def eod_deadline():
-    """A DeadlineAlert EOD_DEADLINE after the end of the daily data interval (logical date + 1 day); None if 0."""
+    """A DeadlineAlert EOD_DEADLINE after the run was queued; None if 0.
+
+    A scheduled run is queued at the end of its daily interval, so on time this is "EOD_DEADLINE after the
+    interval's end". Counting from the queue time rather than the logical date keeps a run created late (the
+    catch-up run Airflow creates when the DAG is first unpaused, a manual trigger of an old interval) from being
+    "Missed" the moment it exists.
+    """
     from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
 
     if not EOD_DEADLINE:
         return None
     return DeadlineAlert(
-        reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
-        interval=timedelta(days=1) + EOD_DEADLINE,
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=EOD_DEADLINE,
         # by import path: runs in the triggerer, where the dags folder is not importable but `etl` is
         callback=AsyncCallback("etl.pipeline.deadline_missed",
                                kwargs={"hours_after_interval_end": EOD_DEADLINE.total_seconds() / 3600}),

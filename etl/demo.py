@@ -129,16 +129,66 @@ def prepare_home(env: dict[str, str]) -> Path:
 
 def dags_test(env: dict[str, str], dag_id: str, logical_date: datetime, capture: bool = True,
               timeout: float | None = None, log_file: Path | None = None) -> subprocess.CompletedProcess:
-    """`airflow dags test <dag_id> <logical_date>`: one run, tasks in this process tree, no scheduler.
+    """`airflow dags test <dag_id> <logical_date>`: one run, tasks in this process tree, no scheduler; then
+    `settle_test_run` so the run reads like the scheduled run of its interval.
 
     `log_file`: stream the output there (follow it with `tail -f`) instead of capturing it.
     """
     args = ("dags", "test", dag_id, logical_date.strftime("%Y-%m-%dT%H:%M:%S+00:00"))
-    if log_file is None:
-        return airflow(env, *args, check=False, capture=capture, timeout=timeout)
-    with open(log_file, "w") as out:
-        return subprocess.run([sys.executable, "-m", "airflow", *args], env=env, cwd=PROJECT_ROOT, stdout=out,
-                              stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    try:
+        if log_file is None:
+            return airflow(env, *args, check=False, capture=capture, timeout=timeout)
+        with open(log_file, "w") as out:
+            return subprocess.run([sys.executable, "-m", "airflow", *args], env=env, cwd=PROJECT_ROOT, stdout=out,
+                                  stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    finally:
+        settle_test_run(env, dag_id)
+
+
+def settle_test_run(env: dict[str, str], dag_id: str) -> None:
+    """Fix two fields of the latest run of `dag_id` in Airflow's metadata DB, as `airflow dags test` leaves them:
+
+    - `start_date` := its first task's start. `dags test` sets it to the logical date, so a 5-minute end-of-day
+      run showed a 22 h duration and dwarfed every real run in the duration chart.
+    - `logical_date` := its data interval's start, the logical date the scheduler gives the scheduled run of
+      that interval. `dags test` uses the interval's end, which is the logical date of the *next* scheduled run:
+      the scheduler would then skip that run ("run already exists"), and unpausing the DAG would create a
+      catch-up run for the interval the demo has just computed. With the interval start, the scheduler's own
+      rule (no new run for a logical date that has one) counts this interval as done: the first unpause waits
+      for the next interval. An earlier `dags test` run of the same interval gives its logical date up (to NULL,
+      as for a run triggered without one: `dags test` itself replaces its earlier run of a date); a scheduled
+      run of the interval keeps it, and this run is then left with the interval's end.
+    """
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    try:
+        with engine.begin() as conn:
+            row = conn.execute(text("select id from dag_run where dag_id = :dag order by id desc limit 1"),
+                               {"dag": dag_id}).first()
+            if row is None:
+                return
+            conn.execute(text("""
+                update dag_run set start_date = (
+                    select min(ti.start_date) from task_instance ti
+                    where ti.dag_id = dag_run.dag_id and ti.run_id = dag_run.run_id)
+                where id = :id and exists (
+                    select 1 from task_instance ti
+                    where ti.dag_id = dag_run.dag_id and ti.run_id = dag_run.run_id and ti.start_date is not null)
+                """), {"id": row.id})
+            conn.execute(text("""
+                update dag_run set logical_date = null
+                where dag_id = :dag and id != :id and run_type = 'manual'
+                  and logical_date = (select data_interval_start from dag_run where id = :id)
+                """), {"dag": dag_id, "id": row.id})
+            conn.execute(text("""
+                update dag_run set logical_date = data_interval_start
+                where id = :id and data_interval_start is not null and not exists (
+                    select 1 from dag_run other
+                    where other.dag_id = dag_run.dag_id and other.logical_date = dag_run.data_interval_start)
+                """), {"id": row.id})
+    finally:
+        engine.dispose()
 
 
 def small_reference(src: Path, dst: Path, products: list[str]) -> list[str]:
@@ -263,6 +313,32 @@ def report_path(settings: Settings, run_ids: set[str]) -> str | None:
     return None
 
 
+def next_steps(settings: Settings, report: str | None, as_of, owner_url: str, reporting_url: str,
+               alerts: str) -> list[str]:
+    """The closing lines of `make demo`: where to look and what to run next, with this configuration's ports."""
+    from etl import db
+
+    psql = db.psql_path()
+    sql = f"-v as_of={as_of.isoformat()} -f sql/risk_exposure/var_es_by_portfolio.sql"
+    lines = []
+    if report:
+        lines.append(f"   open the report in a browser:  file://{report}")
+        lines.append(f"   SQL reports of that run:       {Path(report).parent}/sql_reports.md and sql/*.csv")
+    lines += [
+        f"   Airflow UI with these runs:    make airflow   -> http://localhost:{settings.airflow_port} "
+        "(DAGs start paused; Ctrl-C stops it all)",
+        f"   warehouse docs (dbt):          make docs      -> http://localhost:{settings.docs_port}",
+        f"   a SQL report in psql:          {psql} '{reporting_url}' {sql}",
+        f"   psql, read-only reporting:     {psql} '{reporting_url}'   (= psql \"$(python -m etl db url --role "
+        "reporting)\")",
+        f"   psql, owner (read-write):      {psql} '{owner_url}'",
+        f"   limit-breach alerts:           {alerts}   (one JSON line per alert)",
+        "   your own portfolios:           docs/own_portfolios.md, then python -m etl reference validate DIR",
+        "   real Coinbase data:            README.md, section Real Coinbase",
+    ]
+    return lines
+
+
 def demo_dates(now: datetime) -> tuple[datetime, datetime]:
     """Logical dates for `airflow dags test`, which treats the date as the end of the run's data interval.
 
@@ -307,10 +383,9 @@ def run_demo(settings: Settings) -> int:
                 return 1
             print(f"  ok in {time.perf_counter() - t:.0f}s (log: {log_file})", flush=True)
         store = get_store(settings)
-        print("\n== tasks (run log)")
+        print("\n== task runs (run log: one row per task instance; a mapped task has one per product)")
         print("\n".join(runs_summary(settings, run_ids)))
         print(f"\n== warehouse: {db.redact(url)}")
-        print(f"   psql: {db.psql_path()} '{url}'")
         for table, n in gold_counts(url).items():
             print(f"   gold.{table:<28} {n:>9,} rows")
         report = report_path(settings, run_ids)
@@ -318,6 +393,13 @@ def run_demo(settings: Settings) -> int:
         print(f"== bronze: {store.path('bronze')}")
         print(f"== silver: {store.path('silver')}")
         print(f"== outputs: {store.path('outputs')}")
+        from etl.pipeline import eod_as_of
+        from etl.report.alerts import ALERTS_FILE
+        from etl.warehouse import reporting_url
+
+        print("\n== what next")
+        print("\n".join(next_steps(settings, report, eod_as_of(eod_date - timedelta(days=1)), url,
+                                   reporting_url(settings), store.path(ALERTS_FILE))))
         print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s")
         return 0
     finally:

@@ -115,6 +115,8 @@ def test_intraday_then_end_of_day_fill_gold_and_the_run_log(airflow_stack, pg_ur
     proc, output = _dags_test(env, "risk_end_of_day", EOD_DATE)
     assert proc.returncode == 0, output[-4000:]
 
+    _assert_runs_read_like_scheduled_runs(env)
+
     log = _runlog(data)
     assert set(log["status"]) == {"success"}, log[log["status"] != "success"][["task_id", "message"]]
     for dag_id, tasks in (("market_data_intraday", INTRADAY_TASKS), ("risk_end_of_day", EOD_TASKS)):
@@ -148,6 +150,29 @@ def test_intraday_then_end_of_day_fill_gold_and_the_run_log(airflow_stack, pg_ur
                        "from gold.fact_intraday_risk where bucket_start = '2026-03-02 00:00+00'", url=pg_url)
     n_portfolios = len(pd.read_csv(airflow_stack["base"] / "reference" / "portfolios.csv"))
     assert rows.strip().split("|") == [str(n_portfolios), str(n_portfolios), "2026-03-01", "t"]
+
+
+def _assert_runs_read_like_scheduled_runs(env):
+    """etl.demo.settle_test_run: each `dags test` run starts with its first task (a real duration, not one back-dated
+    to the logical date) and has its interval's start as logical date, as the scheduled run of that interval."""
+    from datetime import timedelta
+
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    with engine.connect() as conn:
+        for dag_id, when, every in (("market_data_intraday", INTRADAY_DATE, timedelta(minutes=5)),
+                                    ("risk_end_of_day", EOD_DATE, timedelta(days=1))):
+            run = conn.execute(text(
+                "select logical_date, data_interval_start, data_interval_end, start_date, end_date, "
+                "(select min(ti.start_date) from task_instance ti where ti.dag_id = r.dag_id and ti.run_id = r.run_id)"
+                " as first_task from dag_run r where dag_id = :dag order by id desc limit 1"), {"dag": dag_id}).one()
+            parse = [datetime.fromisoformat(str(v)).replace(tzinfo=UTC) for v in run]
+            logical, start, end, started, ended, first_task = parse
+            assert (start, end) == (when - every, when), dag_id
+            assert logical == start, dag_id
+            assert started == first_task and timedelta(0) < ended - started < timedelta(minutes=15), dag_id
+    engine.dispose()
 
 
 def test_failing_source_retries_then_fails_and_is_in_the_run_log(airflow_stack):
