@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
     p = sub.add_parser("simulator", help="serve the Coinbase Exchange public API offline (seeded prices, faults)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for other hosts)")
     p.add_argument("--port", type=int, default=None, help="default: SIMULATOR_PORT or 8765")
     p.add_argument("--seed", type=int, default=None, help="default: SIMULATOR_SEED or 42")
     p.add_argument("--products", type=_products, default=None, help="comma list (default: the whole universe)")

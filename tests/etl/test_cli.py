@@ -148,3 +148,22 @@ def test_reference_validate_accepts_good_files_and_names_a_missing_one(tmp_path)
     assert missing.stdout.splitlines() == [f"{folder}/positions.csv: reference file not found "
                                            "(set PIPELINE_REFERENCE_DIR to its folder)"]
     assert cli("reference", "validate", str(tmp_path / "nope"), env=OFFLINE).returncode == 2
+
+
+# ---- help texts --------------------------------------------------------------------------------------------------
+def test_help_says_what_the_tool_and_each_option_does():
+    from etl.cli import build_parser
+
+    parser = build_parser()
+    top = parser.format_help()
+    assert "Market risk for crypto portfolios" in top and "platform contract" not in top
+    assert ".env" in top
+    subparsers = parser._subparsers._group_actions[0].choices
+    for name, sub in subparsers.items():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"`{name} {'/'.join(action.option_strings) or action.dest}` has no help"
+    assert "PIPELINE_DOCS_PORT or 8090" in subparsers["docs"].format_help()
+    db_help = subparsers["db"].format_help()
+    for action in ("url", "start", "stop", "status", "--role"):
+        assert action in db_help
