@@ -416,7 +416,7 @@ def _run_ids_since(settings: Settings, dag_id: str, t0: float) -> set[str]:
 
 
 # ---- `make airflow`: airflow standalone, and stopping everything it started ---------------------------------
-STOP_GRACE_S = 10.0  # SIGINT to standalone, then this long for its components to exit, then SIGTERM/SIGKILL
+STOP_GRACE_S = 10.0  # SIGINT to standalone and SIGTERM to the rest, then this long to exit, then SIGKILL
 
 
 class _Stop(Exception):
@@ -461,8 +461,10 @@ def _signal_all(pids: set[int], sig: signal.Signals) -> None:
 def stop_session(sid: int, leader: subprocess.Popen | None = None, grace_s: float = STOP_GRACE_S) -> tuple[int, int]:
     """Stop every process of session `sid`; return (processes stopped, of which killed with SIGKILL).
 
-    SIGINT to the session leader `airflow standalone` (its own shutdown: SIGTERM to each component, then it waits
-    for them) and up to `grace_s` for it to exit; then SIGTERM to whatever is left and 3 s; then SIGKILL. `leader`: the leader as our child, reaped at the end so it does not linger as a zombie.
+    SIGINT to the session leader `airflow standalone` (its own shutdown: it stops its components and waits for
+    them) and SIGTERM to every other member at once (components, LocalExecutor workers, task processes: each
+    shuts down on SIGTERM), up to `grace_s` for the session to empty, then SIGKILL to what is left (named in the
+    log). `leader`: the leader as our child, reaped at the end so it does not linger as a zombie.
     """
     seen: set[int] = set()
 
@@ -473,21 +475,19 @@ def stop_session(sid: int, leader: subprocess.Popen | None = None, grace_s: floa
         seen.update(pids)
         return pids
 
-    def wait_empty(seconds: float, leader_only: bool = False) -> set[int]:
+    def wait_empty(seconds: float) -> set[int]:
         deadline = time.monotonic() + seconds
-        while (left := alive()) and time.monotonic() < deadline and not (leader_only and sid not in left):
+        while (left := alive()) and time.monotonic() < deadline:
             time.sleep(0.2)
         return left
 
     left = alive()
-    if sid in left:
-        _signal_all({sid}, signal.SIGINT)
-        left = wait_empty(grace_s, leader_only=True)  # what outlives the leader has nobody left to stop it
+    _signal_all(left & {sid}, signal.SIGINT)
+    _signal_all(left - {sid}, signal.SIGTERM)
+    left = wait_empty(grace_s)
     if left:
-        _signal_all(left, signal.SIGTERM)
-        left = wait_empty(3.0)
-    killed = len(left)
-    if left:
+        log.warning("killing what did not stop within %.0fs: %s", grace_s,
+                    "; ".join(f"{pid} {_command(pid)[:60]}" for pid in sorted(left)))
         _signal_all(left, signal.SIGKILL)
         wait_empty(2.0)
     if leader is not None:
@@ -495,7 +495,7 @@ def stop_session(sid: int, leader: subprocess.Popen | None = None, grace_s: floa
             leader.wait(timeout=2)
         except subprocess.TimeoutExpired:
             pass
-    return len(seen), killed
+    return len(seen), len(left)
 
 
 def _pid_file(home: Path) -> Path:
@@ -526,6 +526,10 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def _command(pid: int) -> str:
+    return _cmdline(pid).replace(b"\0", b" ").decode(errors="replace").strip()
 
 
 def run_standalone(settings: Settings) -> int:
@@ -585,7 +589,7 @@ def run_standalone(settings: Settings) -> int:
                 stream.terminate()  # SIGTERM: the collector commits its open batch (while Airflow stops)
             if proc is not None:
                 print(f"\nstopping Airflow (scheduler, api-server, dag-processor, triggerer, task processes; "
-                      f"at most {STOP_GRACE_S + 5:.0f}s)...", flush=True)
+                      f"at most {STOP_GRACE_S + 2:.0f}s)...", flush=True)
                 t = time.perf_counter()
                 stopped, killed = stop_session(proc.pid, leader=proc)
                 _pid_file(home).unlink(missing_ok=True)

@@ -55,8 +55,7 @@ def _survivors(snapshot: dict[int, int]) -> list[str]:
     for pid, started in snapshot.items():
         stat = demo._proc_stat(pid)
         if stat is not None and stat[2] == started and stat[0] not in ("Z", "X"):
-            command = demo._cmdline(pid).replace(b"\0", b" ").decode(errors="replace")
-            left.append(f"{pid}: {command[:120]}")
+            left.append(f"{pid}: {demo._command(pid)[:120]}")
     return left
 
 
