@@ -278,6 +278,14 @@ def ensure_simulator(settings: Settings, wait_s: float = 30.0) -> SimulatorProce
     raise ConfigError(f"the simulator did not answer on {url} within {wait_s:.0f}s: see {log_path}")
 
 
+def market_source(settings: Settings) -> SimulatorProcess:
+    """Where the DAGs fetch from: the simulator (reused or started) when PIPELINE_SOURCE=simulator; with
+    PIPELINE_SOURCE=coinbase the configured Exchange API (COINBASE_API_URL, default the real one), nothing started."""
+    if settings.source == "simulator":
+        return ensure_simulator(settings)
+    return SimulatorProcess(settings.coinbase_api_url, None)
+
+
 # ---- what the demo prints -----------------------------------------------------------------------------------
 def gold_counts(url: str) -> dict[str, int]:
     """Row counts of every table in schema gold."""
@@ -357,9 +365,10 @@ def run_demo(settings: Settings) -> int:
     from etl.storage import get_store
 
     t0 = time.perf_counter()
-    print("starting the embedded Postgres and the exchange simulator...", flush=True)
+    print(f"starting the embedded Postgres{' and the exchange simulator' if settings.source == 'simulator' else ''}"
+          "...", flush=True)
     url = db.database_url(settings)
-    sim = ensure_simulator(settings)
+    sim = market_source(settings)
     try:
         env = airflow_env(settings, database_url=settings.database_url)
         env.setdefault("PIPELINE_API_POOL_SLOTS", "1")  # `dags test` runs one task at a time: full rate each
@@ -549,7 +558,7 @@ def run_standalone(settings: Settings) -> int:
     if _port_busy(port):
         raise ConfigError(f"port {port} is already in use: stop what listens there, or set PIPELINE_AIRFLOW_PORT "
                           f"(environment or .env) to a free port")
-    sim = ensure_simulator(settings)
+    sim = market_source(settings)
     env = airflow_env(settings)
     env["COINBASE_API_URL"] = sim.url
     proc: subprocess.Popen | None = None
@@ -573,7 +582,8 @@ def run_standalone(settings: Settings) -> int:
             print(f"\n== Airflow UI: http://localhost:{port}  login: {login}  (from {passwords})", flush=True)
         print(f"== Risk cockpit: http://localhost:{port}/risk/ (\"Risk\" in the UI's navigation; "
               f"JSON: /risk/api/summary)", flush=True)
-        print(f"== simulator: {sim.url}   warehouse: {db.redact(db.database_url(settings))}", flush=True)
+        print(f"== market data ({settings.source}): {sim.url}   warehouse: {db.redact(db.database_url(settings))}",
+              flush=True)
         print("== DAGs are paused at creation: unpause market_data_intraday to go live; Ctrl-C stops everything",
               flush=True)
         code = proc.wait()

@@ -207,3 +207,15 @@ def test_the_demo_ends_with_what_to_do_next(monkeypatch, tmp_path):
     assert "/d/alerts/alerts.jsonl" in text and "reference validate" in text
     assert (PROJECT_ROOT / "sql" / "risk_exposure" / "var_es_by_portfolio.sql").exists()
     assert "file://" not in "\n".join(demo.next_steps(get_settings(), None, date(2026, 3, 1), "o", "r", "a"))
+
+
+def test_with_coinbase_as_source_the_demo_starts_no_simulator_and_uses_the_exchange(monkeypatch, tmp_path):
+    from etl.settings import COINBASE_URL, get_settings
+
+    monkeypatch.setenv("PIPELINE_ENV_FILE", str(tmp_path / "none.env"))
+    monkeypatch.setenv("PIPELINE_SOURCE", "coinbase")
+    monkeypatch.delenv("COINBASE_API_URL", raising=False)
+    source = demo.market_source(get_settings())
+    assert (source.url, source.proc) == (COINBASE_URL, None)
+    env = demo.airflow_env(get_settings(), home=tmp_path / "af")
+    assert env["COINBASE_API_URL"] == COINBASE_URL and env["PIPELINE_SOURCE"] == "coinbase"
