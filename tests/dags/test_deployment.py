@@ -29,7 +29,7 @@ def known_settings() -> set[str]:
     """Environment names read by etl/settings.py and dags/pipeline_common.py."""
     names = set()
     for path in (ROOT / "etl" / "settings.py", ROOT / "dags" / "pipeline_common.py"):
-        names |= set(re.findall(r"""(?:_env|_int|_float|_env_int|environ\.get)\(\s*["']([A-Z0-9_]+)["']""",
+        names |= set(re.findall(r"""(?:_env|_int|_float|_env_int|_lookup|environ\.get)\(\s*["']([A-Z0-9_]+)["']""",
                                 path.read_text()))
     return names
 
