@@ -25,7 +25,7 @@ EOD_DATE = datetime(2026, 3, 2, 0, 10, tzinfo=UTC)       # interval [03-01 00:10
 INTRADAY_TASKS = {"validate_products", "fetch_candles", "build_silver", "compute_intraday_risk",
                   "load_intraday_warehouse", "send_intraday_alerts"}
 NEXT_INTRADAY_DATE = datetime(2026, 3, 2, 0, 5, tzinfo=UTC)  # after the EOD run: bucket 03-02 00:00
-EOD_TASKS = {"validate_products", "ingest_daily_history", "build_silver", "compute_risk", "compute_factors",
+EOD_TASKS = {"validate_products", "ingest_daily_history", "build_silver", "compact_bronze", "compute_risk", "compute_factors",
              "load_warehouse", "build_dbt", "export_report", "send_alerts"}
 
 
