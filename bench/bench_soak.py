@@ -30,14 +30,14 @@ shared machine wall time follows the neighbours' load - the wall-time ratio is r
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import statistics
 import tempfile
 import time
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+
+from bench_warehouse import environment as _env  # one helper for a scoped environment
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -45,20 +45,6 @@ START = date(2026, 5, 1)
 FULL = {"intraday_days": 3, "intraday_minutes": 240, "eod_runs": 60, "daily_history_days": 400}
 QUICK = {"intraday_days": 3, "intraday_minutes": 30, "eod_runs": 8, "daily_history_days": 30}
 FILE_BOUND = 3
-
-
-@contextmanager
-def _env(**values: str):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _measure(data: Path) -> dict:
