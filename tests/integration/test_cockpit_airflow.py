@@ -19,14 +19,13 @@ import psycopg2
 import pytest
 import requests
 
-from etl.settings import PROJECT_ROOT
-
 pytestmark = pytest.mark.slow
 
 AS_OF = date(2026, 1, 31)
 N = 22
 RUN_ID = "scheduled__2026-02-01T00:10:00+00:00"
 CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = "cockpit"
 
 
 def _sql(url: str, sql: str, params=None) -> list[tuple]:
@@ -148,14 +147,6 @@ def test_plugin_is_registered_with_nav_entry_and_per_run_link(cockpit, token):
 
 
 # ---- in the browser ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def artifacts() -> Path:
-    root = Path(os.environ.get("PIPELINE_TEST_ARTIFACTS", PROJECT_ROOT / ".state" / "test-artifacts"))
-    out = root / "cockpit"
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 @pytest.fixture(scope="module")
 def chromium():
     if not os.path.exists(CHROMIUM):
