@@ -23,6 +23,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench_warehouse import environment  # one helper for a scoped environment
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DAG_IDS = ("market_data_intraday", "risk_end_of_day", "market_data_backfill")
@@ -93,6 +95,7 @@ def eod_overhead() -> dict:
     scratch = contextlib.ExitStack()
     url = scratch.enter_context(db.scratch_database(server, "bench"))
     sim = Simulator(SimulatorConfig(port=0, rate_limit_rps=1000.0, burst=1000)).start()
+    scratch.callback(sim.stop)
     demo.small_reference(ROOT / "etl" / "reference_data", base / "reference", products)
     overrides = {
         "PIPELINE_STATE_DIR": str(base / "state"), "PIPELINE_DATA_DIR": str(base / "data"),
@@ -101,9 +104,7 @@ def eod_overhead() -> dict:
         "PIPELINE_DAILY_HISTORY_DAYS": "120", "COINBASE_API_URL": sim.url, "PIPELINE_SOURCE": "simulator",
         "PIPELINE_API_POOL_SLOTS": "1", "PIPELINE_EOD_DEADLINE_HOURS": "0",
     }
-    saved = {k: os.environ.get(k) for k in overrides}
-    os.environ.update(overrides)
-    try:
+    with scratch, environment(**overrides):  # the database dropped, the simulator stopped at the end
         settings = get_settings()
         env = demo.airflow_env(settings, home=base / "airflow", database_url=url)
         demo.prepare_home(env)
@@ -133,11 +134,6 @@ def eod_overhead() -> dict:
         pipeline.export_report(as_of, settings=settings)
         pipeline.send_alerts(as_of, settings=settings)
         inproc = time.perf_counter() - t0
-    finally:
-        sim.stop()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        scratch.close()
     ratio = inproc / wall
     return {"airflow_eod_dags_test": {
         "ours_s": round(wall, 2), "baseline": "the same EOD task functions in-process (no Airflow), same data",

@@ -24,6 +24,7 @@ from scipy.stats import binom
 
 from etl.report import charts
 from etl.report.data import CORRELATION_DAYS, ReportData
+from etl.report.formatting import Formats
 
 log = logging.getLogger(__name__)
 
@@ -87,24 +88,8 @@ def _isnum(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v)) and not pd.isna(v)
 
 
-def money(v, currency: str | None = None, signed: bool = False) -> str:
-    if not _isnum(v):
-        return "–"
-    text = f"{float(v):+,.2f}" if signed else f"{float(v):,.2f}"
-    return f"{text} {currency}" if currency else text
-
-
-def pct(v, decimals: int = 1) -> str:
-    return f"{float(v):.{decimals}%}" if _isnum(v) else "–"
-
-
-def number(v) -> str:
-    if not _isnum(v):
-        return "–"
-    v = float(v)
-    if v.is_integer() and abs(v) < 1e15:
-        return f"{int(v):,}"
-    return f"{v:,.2f}" if abs(v) >= 100 else f"{v:.4g}"
+_FORMATS = Formats(_isnum)
+money, pct, number = _FORMATS.money, _FORMATS.pct, _FORMATS.number
 
 
 def seconds(v) -> str:
@@ -473,6 +458,21 @@ def _risk_table(risk_row: pd.Series, ccy: str, pid: str) -> str:
     return out + (f"<p>{e('; '.join(extras))} (volatilities annualised)</p>" if extras else "")
 
 
+def _portfolio_rows(data: ReportData, key: str, table_name: str, pid: str, none_text: str,
+                    parts: list[str]) -> pd.DataFrame | None:
+    """The portfolio's rows of `data[key]`; None, with the note why appended to `parts`, when the table is missing
+    or has none."""
+    frame = data.get(key)
+    if frame is None:
+        parts.append(missing(table_name))
+        return None
+    mine = frame[frame["portfolio_id"].astype(str) == pid]
+    if mine.empty:
+        parts.append(empty(none_text))
+        return None
+    return mine
+
+
 def section_portfolio(data: ReportData, p: pd.Series) -> str:
     pid, ccy, name = str(p["portfolio_id"]), str(p["base_currency"]), str(p["name"])
     sid = slug(pid)
@@ -484,14 +484,10 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
              f'<h4 id="portfolio-{sid}-breaches">Limit breaches on {data.as_of}</h4>',
              _portfolio_breaches(data, pid)]
 
-    risk = data.get("risk")
     parts.append(f'<h4 id="portfolio-{sid}-risk">VaR and ES</h4>')
-    if risk is None:
-        parts.append(missing("fact_risk_metrics"))
-    else:
-        mine = risk[risk["portfolio_id"].astype(str) == pid]
-        parts.append(_risk_table(mine.iloc[0], ccy, pid) if not mine.empty
-                     else empty(f"no risk metrics on {data.as_of}"))
+    mine = _portfolio_rows(data, "risk", "fact_risk_metrics", pid, f"no risk metrics on {data.as_of}", parts)
+    if mine is not None:
+        parts.append(_risk_table(mine.iloc[0], ccy, pid))
 
     val, pnl = data.get("valuation"), data.get("pnl")
     parts.append(f'<h4 id="portfolio-{sid}-value">Value and PnL</h4>')
@@ -510,50 +506,38 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
                             f"chart-drawdown-{sid}", "Market value relative to its running peak (0% = at a high)."))
 
     parts.append(f'<h4 id="portfolio-{sid}-backtest">VaR vs realised PnL</h4>')
-    bt = data.get("backtest")
-    if bt is None:
-        parts.append(missing("fact_var_backtest"))
-    else:
-        mine = bt[bt["portfolio_id"].astype(str) == pid]
-        if mine.empty:
-            parts.append(empty("no VaR backtest rows"))
-        else:
-            mine = mine.assign(confidence=normalise_confidence(mine["confidence"]))
-            method = pick_method(mine)
-            chosen = mine[mine["method"].astype(str) == method]
-            summ = backtest_summary(mine)
-            z = summ[(summ["method"] == method) & np.isclose(summ["confidence"], 0.99)]
-            zone = z["zone"].iat[0] if not z.empty else "n/a"
-            n_days = int(z["n_obs"].iat[0]) if not z.empty else 0
-            parts.append(f'<p>Traffic light ({e(method)} VaR 99%, last {n_days} days): '
-                         f'<span class="badge zone-{e(zone)}" id="zone-{sid}">{e(zone.upper())}</span></p>')
-            parts.append(figure(charts.var_vs_pnl(chosen, ccy, f"{name}: {method} VaR vs realised daily PnL ({ccy})"),
-                                f"chart-var-{sid}", "Bars: realised PnL; lines: minus the VaR forecast; "
-                                                    "crosses: exceptions (loss beyond VaR)."))
-            parts.append(table(summ, [("method", "Method", None), ("confidence", "Confidence", lambda v: pct(v, 0)),
-                                      ("n_obs", "Days", number), ("exceptions", "Exceptions", number),
-                                      ("expected", "Expected", lambda v: f"{v:.1f}"), ("zone", "Zone", None)],
-                               table_id=f"backtest-{sid}"))
+    mine = _portfolio_rows(data, "backtest", "fact_var_backtest", pid, "no VaR backtest rows", parts)
+    if mine is not None:
+        mine = mine.assign(confidence=normalise_confidence(mine["confidence"]))
+        method = pick_method(mine)
+        chosen = mine[mine["method"].astype(str) == method]
+        summ = backtest_summary(mine)
+        z = summ[(summ["method"] == method) & np.isclose(summ["confidence"], 0.99)]
+        zone = z["zone"].iat[0] if not z.empty else "n/a"
+        n_days = int(z["n_obs"].iat[0]) if not z.empty else 0
+        parts.append(f'<p>Traffic light ({e(method)} VaR 99%, last {n_days} days): '
+                     f'<span class="badge zone-{e(zone)}" id="zone-{sid}">{e(zone.upper())}</span></p>')
+        parts.append(figure(charts.var_vs_pnl(chosen, ccy, f"{name}: {method} VaR vs realised daily PnL ({ccy})"),
+                            f"chart-var-{sid}", "Bars: realised PnL; lines: minus the VaR forecast; "
+                                                "crosses: exceptions (loss beyond VaR)."))
+        parts.append(table(summ, [("method", "Method", None), ("confidence", "Confidence", lambda v: pct(v, 0)),
+                                  ("n_obs", "Days", number), ("exceptions", "Exceptions", number),
+                                  ("expected", "Expected", lambda v: f"{v:.1f}"), ("zone", "Zone", None)],
+                           table_id=f"backtest-{sid}"))
 
     parts.append(f'<h4 id="portfolio-{sid}-exposure">Exposure and concentration by asset</h4>')
-    pos = data.get("positions")
-    if pos is None:
-        parts.append(missing("fact_positions"))
-    else:
-        mine = pos[pos["portfolio_id"].astype(str) == pid]
-        if mine.empty:
-            parts.append(empty(f"no positions on {data.as_of}"))
-        else:
-            conc = float(limits["concentration"]) if _isnum(limits["concentration"]) else None
-            parts.append(figure(charts.exposure_by_asset(mine, ccy, f"{name}: exposure by asset ({ccy})", conc),
-                                f"chart-exposure-{sid}", f"Market value per asset on {data.as_of}."))
-            gross = mine["market_value"].astype(float).abs().sum()
-            mine = mine.assign(share=mine["market_value"].astype(float).abs() / gross if gross else np.nan)
-            parts.append(table(mine.sort_values("share", ascending=False), [
-                ("product_id", "Asset", None), ("quantity", "Quantity", number), ("avg_cost", "Avg cost", money),
-                ("close", "Close", money), ("market_value", f"Market value ({ccy})", money),
-                ("unrealized_pnl", f"Unrealised PnL ({ccy})", lambda v: money(v, signed=True)),
-                ("share", "Share of gross", pct)], table_id=f"positions-{sid}", signed=("unrealized_pnl",)))
+    mine = _portfolio_rows(data, "positions", "fact_positions", pid, f"no positions on {data.as_of}", parts)
+    if mine is not None:
+        conc = float(limits["concentration"]) if _isnum(limits["concentration"]) else None
+        parts.append(figure(charts.exposure_by_asset(mine, ccy, f"{name}: exposure by asset ({ccy})", conc),
+                            f"chart-exposure-{sid}", f"Market value per asset on {data.as_of}."))
+        gross = mine["market_value"].astype(float).abs().sum()
+        mine = mine.assign(share=mine["market_value"].astype(float).abs() / gross if gross else np.nan)
+        parts.append(table(mine.sort_values("share", ascending=False), [
+            ("product_id", "Asset", None), ("quantity", "Quantity", number), ("avg_cost", "Avg cost", money),
+            ("close", "Close", money), ("market_value", f"Market value ({ccy})", money),
+            ("unrealized_pnl", f"Unrealised PnL ({ccy})", lambda v: money(v, signed=True)),
+            ("share", "Share of gross", pct)], table_id=f"positions-{sid}", signed=("unrealized_pnl",)))
     parts.append("</section>")
     return "\n".join(parts)
 

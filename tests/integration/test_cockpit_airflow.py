@@ -15,9 +15,10 @@ import time
 from datetime import date
 from pathlib import Path
 
-import psycopg2
 import pytest
 import requests
+
+from tests.integration.test_cockpit import _sql  # one statement on its own connection
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +27,6 @@ N = 22
 RUN_ID = "scheduled__2026-02-01T00:10:00+00:00"
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = "cockpit"
-
-
-def _sql(url: str, sql: str, params=None) -> list[tuple]:
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute(sql, params)
-        rows = cur.fetchall() if cur.description else []
-    conn.close()
-    return rows
 
 
 @pytest.fixture(scope="module")
