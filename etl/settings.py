@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from etl.errors import ConfigError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 COINBASE_URL = "https://api.exchange.coinbase.com"
@@ -206,6 +208,17 @@ class Settings:
     @property
     def is_local_data(self) -> bool:
         return "://" not in self.data_dir or self.data_dir.startswith("file://")
+
+    def source_urls(self, source: str | None = None) -> tuple[str, str]:
+        """(REST base URL, WebSocket feed URL) of a market-data source (default: the configured one). "simulator"
+        is the configured pair; "coinbase" is the public Exchange and Advanced Trade pair, or the configured one
+        when the settings themselves select coinbase (e.g. a proxy in front of it)."""
+        source = (source or self.source).lower()
+        if source == "simulator" or (source == "coinbase" and self.source == "coinbase"):
+            return self.coinbase_api_url, self.coinbase_ws_url
+        if source == "coinbase":
+            return COINBASE_URL, COINBASE_WS_URL
+        raise ConfigError(f"unknown source {source!r}: expected 'simulator' or 'coinbase' (--source / PIPELINE_SOURCE)")
 
 
 def get_settings() -> Settings:

@@ -209,3 +209,17 @@ def test_parse_products():
     assert parse_products("btc-usd, ETH-USD ,,sol-usd") == ["BTC-USD", "ETH-USD", "SOL-USD"]
     assert parse_products(["eth-btc", " ", ""]) == ["ETH-BTC"]
     assert parse_products(" , ") == []
+
+
+def test_source_urls_pick_the_rest_and_websocket_pair_of_a_source(clean_env):
+    from etl.errors import ConfigError
+
+    clean_env.setenv("COINBASE_API_URL", "http://127.0.0.1:9999")
+    s = get_settings()  # the simulator is configured
+    assert s.source_urls() == s.source_urls("simulator") == ("http://127.0.0.1:9999", "ws://127.0.0.1:8766")
+    assert s.source_urls("Coinbase") == (COINBASE_URL, COINBASE_WS_URL)  # --source coinbase: the public API
+    clean_env.setenv("PIPELINE_SOURCE", "coinbase")
+    clean_env.setenv("COINBASE_WS_URL", "wss://proxy.internal/ws")
+    assert get_settings().source_urls("coinbase") == ("http://127.0.0.1:9999", "wss://proxy.internal/ws")  # a proxy
+    with pytest.raises(ConfigError, match="unknown source 'kraken': expected 'simulator' or 'coinbase'"):
+        s.source_urls("kraken")
