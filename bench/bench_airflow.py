@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -83,28 +84,36 @@ def parse_times(repeats: int) -> dict:
     return out
 
 
-def eod_overhead() -> dict:
-    """One intraday + end-of-day `dags test` on a fresh database, then the same EOD work in-process."""
-    from etl import db, demo, pipeline, runlog
+@contextlib.contextmanager
+def dags_test_world(base: Path, **overrides: str) -> Iterator[str]:
+    """A scratch database and a fault-free simulator for `airflow dags test` runs, wired in through the environment
+    with state and data under `base`, one API slot, no deadline, and `overrides`; yields the database URL. The
+    database is dropped, the simulator stopped and the environment restored at the end."""
+    from etl import db
     from etl.settings import get_settings
     from etl.simulator import Simulator, SimulatorConfig
 
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(db.scratch_database(db.database_url(get_settings()), "bench"))
+        sim = Simulator(SimulatorConfig(port=0, rate_limit_rps=1000.0, burst=1000)).start()
+        stack.callback(sim.stop)
+        stack.enter_context(environment(
+            PIPELINE_STATE_DIR=str(base / "state"), PIPELINE_DATA_DIR=str(base / "data"), PIPELINE_DATABASE_URL=url,
+            PIPELINE_HISTORY_DAYS="1", PIPELINE_DAILY_HISTORY_DAYS="120", COINBASE_API_URL=sim.url,
+            PIPELINE_SOURCE="simulator", PIPELINE_API_POOL_SLOTS="1", PIPELINE_EOD_DEADLINE_HOURS="0", **overrides))
+        yield url
+
+
+def eod_overhead() -> dict:
+    """One intraday + end-of-day `dags test` on a fresh database, then the same EOD work in-process."""
+    from etl import demo, pipeline, runlog
+    from etl.settings import get_settings
+
     products = ["BTC-USD", "ETH-USD"]
     base = Path(tempfile.mkdtemp(prefix="bench_airflow_"))
-    server = db.database_url(get_settings())
-    scratch = contextlib.ExitStack()
-    url = scratch.enter_context(db.scratch_database(server, "bench"))
-    sim = Simulator(SimulatorConfig(port=0, rate_limit_rps=1000.0, burst=1000)).start()
-    scratch.callback(sim.stop)
     demo.small_reference(ROOT / "etl" / "reference_data", base / "reference", products)
-    overrides = {
-        "PIPELINE_STATE_DIR": str(base / "state"), "PIPELINE_DATA_DIR": str(base / "data"),
-        "PIPELINE_DATABASE_URL": url, "PIPELINE_REFERENCE_DIR": str(base / "reference"),
-        "PIPELINE_PRODUCTS": ",".join(products), "PIPELINE_HISTORY_DAYS": "1",
-        "PIPELINE_DAILY_HISTORY_DAYS": "120", "COINBASE_API_URL": sim.url, "PIPELINE_SOURCE": "simulator",
-        "PIPELINE_API_POOL_SLOTS": "1", "PIPELINE_EOD_DEADLINE_HOURS": "0",
-    }
-    with scratch, environment(**overrides):  # the database dropped, the simulator stopped at the end
+    with dags_test_world(base, PIPELINE_REFERENCE_DIR=str(base / "reference"),
+                         PIPELINE_PRODUCTS=",".join(products)) as url:
         settings = get_settings()
         env = demo.airflow_env(settings, home=base / "airflow", database_url=url)
         demo.prepare_home(env)

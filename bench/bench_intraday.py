@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import tempfile
 import time
@@ -26,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bench_airflow import dags_test_world  # one set-up for `airflow dags test` runs
 from bench_factors import best_of  # one helper for best-of-N timing
-from bench_warehouse import environment  # one helper for a scoped environment
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -103,24 +102,12 @@ def revaluation(quick: bool) -> dict:
 
 def dag_time() -> dict:
     """`airflow dags test market_data_intraday` for the sample book; the second interval's run is measured."""
-    from etl import db, demo, pipeline, runlog
+    from etl import demo, pipeline, runlog
     from etl.settings import get_settings
-    from etl.simulator import Simulator, SimulatorConfig
     from etl.storage import get_store
 
     base = Path(tempfile.mkdtemp(prefix="bench_intraday_"))
-    server = db.database_url(get_settings())
-    scratch = contextlib.ExitStack()
-    url = scratch.enter_context(db.scratch_database(server, "bench"))
-    sim = Simulator(SimulatorConfig(port=0, rate_limit_rps=1000.0, burst=1000)).start()
-    scratch.callback(sim.stop)
-    overrides = {
-        "PIPELINE_STATE_DIR": str(base / "state"), "PIPELINE_DATA_DIR": str(base / "data"),
-        "PIPELINE_DATABASE_URL": url, "PIPELINE_REFERENCE_DIR": str(ROOT / "etl" / "reference_data"),
-        "PIPELINE_HISTORY_DAYS": "1", "PIPELINE_DAILY_HISTORY_DAYS": "120", "COINBASE_API_URL": sim.url,
-        "PIPELINE_SOURCE": "simulator", "PIPELINE_API_POOL_SLOTS": "1", "PIPELINE_EOD_DEADLINE_HOURS": "0",
-    }
-    with scratch, environment(**overrides):  # the database dropped, the simulator stopped at the end
+    with dags_test_world(base, PIPELINE_REFERENCE_DIR=str(ROOT / "etl" / "reference_data")) as url:
         settings = get_settings()
         as_of = date(2026, 3, 1)
         for product in pipeline.validate_products(include_book=True, settings=settings):

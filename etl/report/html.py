@@ -458,19 +458,20 @@ def _risk_table(risk_row: pd.Series, ccy: str, pid: str) -> str:
     return out + (f"<p>{e('; '.join(extras))} (volatilities annualised)</p>" if extras else "")
 
 
-def _portfolio_rows(data: ReportData, key: str, table_name: str, pid: str, none_text: str,
-                    parts: list[str]) -> pd.DataFrame | None:
-    """The portfolio's rows of `data[key]`; None, with the note why appended to `parts`, when the table is missing
-    or has none."""
+def _rows(data: ReportData, key: str, table_name: str, none_text: str, parts: list[str],
+          portfolio_id: str | None = None) -> pd.DataFrame | None:
+    """The rows of `data[key]` (of one portfolio if given); None, with the note why appended to `parts`, when the
+    table is missing or has none."""
     frame = data.get(key)
     if frame is None:
         parts.append(missing(table_name))
         return None
-    mine = frame[frame["portfolio_id"].astype(str) == pid]
-    if mine.empty:
+    if portfolio_id is not None:
+        frame = frame[frame["portfolio_id"].astype(str) == portfolio_id]
+    if frame.empty:
         parts.append(empty(none_text))
         return None
-    return mine
+    return frame
 
 
 def section_portfolio(data: ReportData, p: pd.Series) -> str:
@@ -485,7 +486,7 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
              _portfolio_breaches(data, pid)]
 
     parts.append(f'<h4 id="portfolio-{sid}-risk">VaR and ES</h4>')
-    mine = _portfolio_rows(data, "risk", "fact_risk_metrics", pid, f"no risk metrics on {data.as_of}", parts)
+    mine = _rows(data, "risk", "fact_risk_metrics", f"no risk metrics on {data.as_of}", parts, pid)
     if mine is not None:
         parts.append(_risk_table(mine.iloc[0], ccy, pid))
 
@@ -506,7 +507,7 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
                             f"chart-drawdown-{sid}", "Market value relative to its running peak (0% = at a high)."))
 
     parts.append(f'<h4 id="portfolio-{sid}-backtest">VaR vs realised PnL</h4>')
-    mine = _portfolio_rows(data, "backtest", "fact_var_backtest", pid, "no VaR backtest rows", parts)
+    mine = _rows(data, "backtest", "fact_var_backtest", "no VaR backtest rows", parts, pid)
     if mine is not None:
         mine = mine.assign(confidence=normalise_confidence(mine["confidence"]))
         method = pick_method(mine)
@@ -526,7 +527,7 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
                            table_id=f"backtest-{sid}"))
 
     parts.append(f'<h4 id="portfolio-{sid}-exposure">Exposure and concentration by asset</h4>')
-    mine = _portfolio_rows(data, "positions", "fact_positions", pid, f"no positions on {data.as_of}", parts)
+    mine = _rows(data, "positions", "fact_positions", f"no positions on {data.as_of}", parts, pid)
     if mine is not None:
         conc = float(limits["concentration"]) if _isnum(limits["concentration"]) else None
         parts.append(figure(charts.exposure_by_asset(mine, ccy, f"{name}: exposure by asset ({ccy})", conc),
@@ -545,12 +546,8 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
 def section_market(data: ReportData) -> str:
     parts = ['<section id="section-market"><h2 id="market">Market</h2>',
              '<h3 id="market-volatility">Volatility ranking</h3>']
-    ar = data.get("asset_risk")
-    if ar is None:
-        parts.append(missing("fact_asset_risk"))
-    elif ar.empty:
-        parts.append(empty(f"no asset risk rows on {data.as_of}"))
-    else:
+    ar = _rows(data, "asset_risk", "fact_asset_risk", f"no asset risk rows on {data.as_of}", parts)
+    if ar is not None:
         col = next((c for c in ("vol_30d", "vol_20d", "vol_ewma") if c in ar and ar[c].notna().any()), None)
         if col is None:
             parts.append(empty("no volatility figures"))
@@ -576,24 +573,16 @@ def section_market(data: ReportData) -> str:
                                 "chart-correlation", "Pearson correlation of daily log returns.", narrow=True))
 
     parts.append('<h3 id="market-factor-exposures">Factor exposures</h3>')
-    fx = data.get("factor_exposures")
-    if fx is None:
-        parts.append(missing("fact_factor_exposures"))
-    elif fx.empty:
-        parts.append(empty(f"no factor exposures up to {data.as_of}"))
-    else:
+    fx = _rows(data, "factor_exposures", "fact_factor_exposures", f"no factor exposures up to {data.as_of}", parts)
+    if fx is not None:
         betas = fx.pivot_table(index="product_id", columns="factor_name", values="beta", aggfunc="last")
         last_at = pd.to_datetime(fx["bucket_start"], utc=True).max()
         parts.append(figure(charts.heatmap(betas, f"Factor betas (latest snapshot up to {data.as_of})", "beta"),
                             "chart-factor-exposures", f"Latest rolling betas per asset and factor (as of {last_at})."))
 
     parts.append('<h3 id="market-anomalies">Anomalies</h3>')
-    an = data.get("anomalies")
-    if an is None:
-        parts.append(missing("fact_anomalies"))
-    elif an.empty:
-        parts.append(empty("no anomalies on this day"))
-    else:
+    an = _rows(data, "anomalies", "fact_anomalies", "no anomalies on this day", parts)
+    if an is not None:
         parts.append(figure(charts.anomalies_timeline(an, f"Return anomalies on {data.as_of} ({len(an)} flagged)",
                                                       data.as_of),
                             "chart-anomalies", "Flagged bars by time and asset."))
