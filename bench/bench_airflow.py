@@ -104,6 +104,18 @@ def dags_test_world(base: Path, **overrides: str) -> Iterator[str]:
         yield url
 
 
+def timed_dags_test(env: dict[str, str], dag_id: str, when: datetime) -> float:
+    """Wall seconds of one `airflow dags test`; raises with the end of its stderr when it failed."""
+    from etl import demo
+
+    t0 = time.perf_counter()
+    proc = demo.dags_test(env, dag_id, when)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{dag_id} dags test failed: {proc.stderr[-2000:]}")
+    return wall
+
+
 def eod_overhead() -> dict:
     """One intraday + end-of-day `dags test` on a fresh database, then the same EOD work in-process."""
     from etl import demo, pipeline, runlog
@@ -118,14 +130,8 @@ def eod_overhead() -> dict:
         env = demo.airflow_env(settings, home=base / "airflow", database_url=url)
         demo.prepare_home(env)
         when = datetime(2026, 3, 2, 0, 10, tzinfo=UTC)
-        proc = demo.dags_test(env, "market_data_intraday", when.replace(minute=0))
-        if proc.returncode:
-            raise RuntimeError(f"intraday dags test failed: {proc.stderr[-2000:]}")
-        t0 = time.perf_counter()
-        proc = demo.dags_test(env, "risk_end_of_day", when)
-        wall = time.perf_counter() - t0
-        if proc.returncode:
-            raise RuntimeError(f"end-of-day dags test failed: {proc.stderr[-2000:]}")
+        timed_dags_test(env, "market_data_intraday", when.replace(minute=0))
+        wall = timed_dags_test(env, "risk_end_of_day", when)
         log = runlog.read_all(settings)
         task_s = float(log.loc[log["dag_id"] == "risk_end_of_day", "duration_s"].sum())
 
