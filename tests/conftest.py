@@ -65,7 +65,7 @@ def simulator(make_simulator, monkeypatch):
     return sim
 
 
-def free_port() -> int:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -74,7 +74,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3-compatible server as its own process; yields its endpoint URL."""
-    port = free_port()
+    port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
