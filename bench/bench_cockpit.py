@@ -13,13 +13,14 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
+
+from bench_warehouse import environment  # one helper for a scoped environment
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -113,18 +114,10 @@ def _report(url: str, n: int) -> tuple[float, int, int]:
     from etl.report import run
 
     data = tempfile.mkdtemp(prefix="bench-report-")
-    saved = {k: os.environ.get(k) for k in ("PIPELINE_DATABASE_URL", "PIPELINE_DATA_DIR")}
-    os.environ.update({"PIPELINE_DATABASE_URL": url, "PIPELINE_DATA_DIR": data})
-    try:
+    with environment(PIPELINE_DATABASE_URL=url, PIPELINE_DATA_DIR=data):
         t0 = time.perf_counter()
         path = run(AS_OF, sql_dir=Path(tempfile.mkdtemp(prefix="no-sql-")))
         wall = time.perf_counter() - t0
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return wall, path.stat().st_size, sum(f.stat().st_size for f in path.parent.glob("*.html"))
 
 

@@ -28,14 +28,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from etl.factors.io import write_outputs  # noqa: E402
-from etl.factors.model import (  # noqa: E402
-    FactorConfig,
-    compute,
-    daily_snapshot,
-    exposures_frame,
-    factor_returns_frame,
-    membership_frame,
-)
+from etl.factors.model import FactorConfig, compute, output_tables  # noqa: E402
 from etl.factors.returns import universe_returns  # noqa: E402
 from etl.factors.rolling_ols import rolling_ols  # noqa: E402
 from etl.settings import DEFAULT_PRODUCTS  # noqa: E402
@@ -127,12 +120,7 @@ def bench_stage(days: int) -> dict:
     out_start = start + pd.Timedelta(days=1)
 
     def stage():
-        universe = universe_returns(candles, 60, start, end)
-        result = compute(universe, config)
-        full = exposures_frame(result, start=out_start)
-        return {"factor_returns": factor_returns_frame(result, start=out_start),
-                "factor_membership": membership_frame(result, start=out_start),
-                "factor_exposures_full": full, "factor_exposures": daily_snapshot(result, start=out_start)}
+        return output_tables(compute(universe_returns(candles, 60, start, end), config), start=out_start)
 
     compute_s, tables = best_of(stage, 1)
     with tempfile.TemporaryDirectory() as tmp:

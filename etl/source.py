@@ -28,7 +28,7 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from etl.errors import ConfigError, SourceError
-from etl.settings import COINBASE_URL, Settings, get_settings
+from etl.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,7 @@ def _iso(ts: datetime) -> str:
 
 def api_url(source: str | None = None, settings: Settings | None = None) -> str:
     """Base URL for a source: "coinbase" is the real Exchange API, "simulator" is settings.coinbase_api_url."""
-    settings = settings or get_settings()
-    source = (source or settings.source).lower()
-    if source == "coinbase":
-        # The configured URL wins when the settings themselves select coinbase (e.g. a proxy in front of it).
-        return settings.coinbase_api_url if settings.source == "coinbase" else COINBASE_URL
-    if source == "simulator":
-        return settings.coinbase_api_url
-    raise ConfigError(f"unknown source {source!r}: expected 'simulator' or 'coinbase' (--source / PIPELINE_SOURCE)")
+    return (settings or get_settings()).source_urls(source)[0]
 
 
 # ---- pacing ----------------------------------------------------------------------------------------------------

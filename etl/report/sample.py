@@ -18,6 +18,7 @@ import pandas as pd
 
 from etl.errors import ConfigError
 
+AS_OF = date(2026, 1, 31)  # the sample's last day, the default as-of of its reports
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
 START_PRICES = (60_000.0, 3_000.0, 150.0)
 PORTFOLIOS = pd.DataFrame({
@@ -50,7 +51,7 @@ def _prices(as_of: date, days: int) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
-def sample_frames(as_of: date = date(2026, 1, 31), days: int = 45) -> dict[str, pd.DataFrame]:
+def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame]:
     """Gold tables keyed by table name; numbers are consistent (valuation = sum of positions, PnL = value change)."""
     prices = _prices(as_of, days)
     close = prices.pivot(index="price_date", columns="product_id", values="close")
