@@ -40,7 +40,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 demo: venv
-	$(BIN)/python -m etl.demo
+	$(BIN)/python -m etl.local.demo
 
 test: venv browser
 	$(BIN)/python -m pytest -q -ra
@@ -55,13 +55,13 @@ bench-quick: venv
 	$(BIN)/python bench/run.py --quick
 
 airflow: venv
-	$(BIN)/python -m etl.demo --airflow
+	$(BIN)/python -m etl.local.standalone
 
 airflow-check: venv browser
-	$(BIN)/python -m etl.report.browser_check http://localhost:$(AIRFLOW_PORT)/dags --out .state/test-artifacts/browser --settle 3
+	$(BIN)/python -m tests.support.browser_check http://localhost:$(AIRFLOW_PORT)/dags --out .state/test-artifacts/browser --settle 3
 
 celery: venv
-	$(BIN)/python -m etl.demo --celery
+	$(BIN)/python -m etl.local.celery
 
 docs: venv
 	$(BIN)/python -m etl docs --serve

@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 DAG_IDS = ("market_data_intraday", "risk_end_of_day", "market_data_backfill")
 
 
@@ -83,9 +82,11 @@ def parse_times(repeats: int) -> dict:
 
 def eod_overhead() -> dict:
     """One intraday + end-of-day `dags test` on a fresh database, then the same EOD work in-process."""
-    from etl import db, demo, pipeline, runlog
+    from etl import db, pipeline, runlog
+    from etl.local import airflow_home
     from etl.settings import get_settings
     from etl.simulator import Simulator, SimulatorConfig
+    from tests.support.reference import small_reference
 
     products = ["BTC-USD", "ETH-USD"]
     base = Path(tempfile.mkdtemp(prefix="bench_airflow_"))
@@ -93,7 +94,7 @@ def eod_overhead() -> dict:
     scratch = contextlib.ExitStack()
     url = scratch.enter_context(db.scratch_database(server, "bench"))
     sim = Simulator(SimulatorConfig(port=0, rate_limit_rps=1000.0, burst=1000)).start()
-    demo.small_reference(ROOT / "etl" / "reference_data", base / "reference", products)
+    small_reference(ROOT / "etl" / "reference_data", base / "reference", products)
     overrides = {
         "PIPELINE_STATE_DIR": str(base / "state"), "PIPELINE_DATA_DIR": str(base / "data"),
         "PIPELINE_DATABASE_URL": url, "PIPELINE_REFERENCE_DIR": str(base / "reference"),
@@ -105,14 +106,14 @@ def eod_overhead() -> dict:
     os.environ.update(overrides)
     try:
         settings = get_settings()
-        env = demo.airflow_env(settings, home=base / "airflow", database_url=url)
-        demo.prepare_home(env)
+        env = airflow_home.airflow_env(settings, home=base / "airflow", database_url=url)
+        airflow_home.prepare_home(env)
         when = datetime(2026, 3, 2, 0, 10, tzinfo=UTC)
-        proc = demo.dags_test(env, "market_data_intraday", when.replace(minute=0))
+        proc = airflow_home.dags_test(env, "market_data_intraday", when.replace(minute=0))
         if proc.returncode:
             raise RuntimeError(f"intraday dags test failed: {proc.stderr[-2000:]}")
         t0 = time.perf_counter()
-        proc = demo.dags_test(env, "risk_end_of_day", when)
+        proc = airflow_home.dags_test(env, "risk_end_of_day", when)
         wall = time.perf_counter() - t0
         if proc.returncode:
             raise RuntimeError(f"end-of-day dags test failed: {proc.stderr[-2000:]}")

@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from etl.risk import intraday
+from etl.risk.engine import RiskParams, compute_tables
 
-from etl.risk import intraday  # noqa: E402
-from etl.risk.engine import RiskParams, compute_tables  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TARGET_RATIO = 20.0
 DAG_TARGET = 0.2
@@ -111,7 +110,8 @@ def revaluation(quick: bool) -> dict:
 
 def dag_time() -> dict:
     """`airflow dags test market_data_intraday` for the sample book; the second interval's run is measured."""
-    from etl import db, demo, pipeline, runlog
+    from etl import db, pipeline, runlog
+    from etl.local import airflow_home
     from etl.settings import get_settings
     from etl.simulator import Simulator, SimulatorConfig
     from etl.storage import get_store
@@ -136,12 +136,12 @@ def dag_time() -> dict:
             pipeline.ingest_daily_history(product, as_of, settings=settings)
         pipeline.build_silver(settings=settings)
         pipeline.compute_risk(as_of, settings=settings)                      # the EOD scenario set
-        env = demo.airflow_env(settings, home=base / "airflow", database_url=url)
-        demo.prepare_home(env)
+        env = airflow_home.airflow_env(settings, home=base / "airflow", database_url=url)
+        airflow_home.prepare_home(env)
         first = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)                    # `dags test` date = interval end
         for when in (first, first + timedelta(minutes=5)):
             t0 = time.perf_counter()
-            proc = demo.dags_test(env, "market_data_intraday", when)
+            proc = airflow_home.dags_test(env, "market_data_intraday", when)
             wall = time.perf_counter() - t0
             if proc.returncode:
                 raise RuntimeError(f"intraday dags test failed: {proc.stderr[-2000:]}")

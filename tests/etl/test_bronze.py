@@ -20,11 +20,8 @@ import pytest
 from etl.bronze import (
     CANDLE_SCHEMA,
     INVALID_REFETCHES,
-    dedup_latest,
     fetch_page,
     ingest,
-    read_bronze,
-    read_quarantine,
     validate_rows,
     watermark,
 )
@@ -32,6 +29,7 @@ from etl.errors import ConfigError, SourceError
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.source import ExchangeClient
 from etl.storage import get_store
+from tests.support.bronze import dedup_latest, read_bronze, read_quarantine
 
 SEED = 42
 # 23:00 -> 01:00 crosses midnight: two date partitions per product

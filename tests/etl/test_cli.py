@@ -28,7 +28,7 @@ def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = PROJECT_ROOT)
 # ---- SQL reports in psql, as `reporting` ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gold_url(pg_url):
-    from etl.report.sample import create_gold, sample_frames
+    from tests.support.report_sample import create_gold, sample_frames
 
     with db.scratch_database(pg_url, "cli_psql") as url:
         create_gold(url, sample_frames(AS_OF))

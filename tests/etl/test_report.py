@@ -14,8 +14,8 @@ from etl.db import scratch_database
 from etl.errors import DataNotFoundError, IncompleteInputError
 from etl.report import html as report_html
 from etl.report import reports_dir, run
-from etl.report.sample import create_gold, sample_frames
 from etl.settings import get_settings
+from tests.support.report_sample import create_gold, sample_frames
 
 AS_OF = date(2026, 1, 31)
 H2 = ("summary", "portfolios", "market", "pipeline-health", "data-notes")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from etl.report.browser_check import Chromium, find_chromium
 from etl.settings import PROJECT_ROOT
+from tests.support.browser_check import Chromium, find_chromium
 
 pytestmark = [
     pytest.mark.slow,
@@ -56,7 +56,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 def report_html(pg_url, tmp_path_factory) -> Path:
     from etl.db import scratch_database
     from etl.report import run
-    from etl.report.sample import create_gold, sample_frames
+    from tests.support.report_sample import create_gold, sample_frames
 
     with scratch_database(pg_url, "browser") as url, pytest.MonkeyPatch.context() as mp:
         create_gold(url, sample_frames(AS_OF))

@@ -17,10 +17,11 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
-from etl import db, demo, pipeline
+from etl import db, pipeline
 from etl.settings import get_settings
 from etl.silver import read_bars
 from etl.storage import get_store
+from tests.support.reference import small_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTS = ["BTC-USD", "ETH-USD"]
@@ -63,7 +64,7 @@ def s3_env(s3_server, simulator, pg_url, tmp_path, monkeypatch):
                         "PIPELINE_PRODUCTS": ",".join(PRODUCTS), "PIPELINE_HISTORY_DAYS": "1",
                         "PIPELINE_DAILY_HISTORY_DAYS": "30", "PIPELINE_COMPACT_RETENTION_HOURS": "0"}.items():
         monkeypatch.setenv(name, value)
-    demo.small_reference(ROOT / "etl" / "reference_data", tmp_path / "reference", PRODUCTS)
+    small_reference(ROOT / "etl" / "reference_data", tmp_path / "reference", PRODUCTS)
     monkeypatch.setenv("PIPELINE_REFERENCE_DIR", str(tmp_path / "reference"))
     bucket = f"pipeline-{os.urandom(4).hex()}"
     pafs.S3FileSystem(endpoint_override=s3_server, access_key="testing", secret_key="testing",
