@@ -104,6 +104,7 @@ def test_dockerfile_ships_the_code_where_compose_expects_it():
     assert text.startswith("#") and "FROM apache/airflow:3.3.2" in text
     for folder in ("etl", "dags", "plugins", "dbt_project"):
         assert f"COPY --chown=airflow:0 {folder} /opt/pipeline/{folder}" in text
+    assert "RUN pip install --no-cache-dir --no-deps -e /opt/pipeline" in text  # `etl` importable, no PYTHONPATH
     assert "requirements.txt" in text
     cmd = [line for line in text.splitlines() if line.startswith("RUN pip install")][0]
     assert "apache-airflow==3.3.2" in shlex.split(cmd)[-3]
