@@ -27,7 +27,6 @@ from pathlib import Path
 from bench_warehouse import environment  # one helper for a scoped environment
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 DAG_IDS = ("market_data_intraday", "risk_end_of_day", "market_data_backfill")
 
 
@@ -106,10 +105,10 @@ def dags_test_world(base: Path, **overrides: str) -> Iterator[str]:
 
 def timed_dags_test(env: dict[str, str], dag_id: str, when: datetime) -> float:
     """Wall seconds of one `airflow dags test`; raises with the end of its stderr when it failed."""
-    from etl import demo
+    from etl.local import airflow_home
 
     t0 = time.perf_counter()
-    proc = demo.dags_test(env, dag_id, when)
+    proc = airflow_home.dags_test(env, dag_id, when)
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(f"{dag_id} dags test failed: {proc.stderr[-2000:]}")
@@ -118,17 +117,19 @@ def timed_dags_test(env: dict[str, str], dag_id: str, when: datetime) -> float:
 
 def eod_overhead() -> dict:
     """One intraday + end-of-day `dags test` on a fresh database, then the same EOD work in-process."""
-    from etl import demo, pipeline, runlog
+    from etl import pipeline, runlog
+    from etl.local import airflow_home
     from etl.settings import get_settings
+    from tests.support.reference import small_reference
 
     products = ["BTC-USD", "ETH-USD"]
     base = Path(tempfile.mkdtemp(prefix="bench_airflow_"))
-    demo.small_reference(ROOT / "etl" / "reference_data", base / "reference", products)
+    small_reference(ROOT / "etl" / "reference_data", base / "reference", products)
     with dags_test_world(base, PIPELINE_REFERENCE_DIR=str(base / "reference"),
                          PIPELINE_PRODUCTS=",".join(products)) as url:
         settings = get_settings()
-        env = demo.airflow_env(settings, home=base / "airflow", database_url=url)
-        demo.prepare_home(env)
+        env = airflow_home.airflow_env(settings, home=base / "airflow", database_url=url)
+        airflow_home.prepare_home(env)
         when = datetime(2026, 3, 2, 0, 10, tzinfo=UTC)
         timed_dags_test(env, "market_data_intraday", when.replace(minute=0))
         wall = timed_dags_test(env, "risk_end_of_day", when)

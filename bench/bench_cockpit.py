@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 import time
 from datetime import date
@@ -23,7 +22,6 @@ from pathlib import Path
 from bench_warehouse import environment  # one helper for a scoped environment
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 AS_OF = date(2026, 1, 31)
 PAGES = {"firm": "/risk/", "portfolio": "/risk/portfolio/P0001", "market": "/risk/market",
          "pipeline": "/risk/pipeline", "summary": "/risk/api/summary"}
@@ -70,7 +68,7 @@ def _pages(url: str, reporting: str, n: int, repeats: int) -> dict:
     import psycopg2
     import requests
 
-    from etl.report.cockpit_server import api_server
+    from tests.support.cockpit_server import api_server
 
     out = {}
     state = Path(tempfile.mkdtemp(prefix="bench-cockpit-"))
@@ -123,9 +121,8 @@ def _report(url: str, n: int) -> tuple[float, int, int]:
 
 def run(quick: bool) -> dict:
     from etl import db
-    from etl.report.cockpit import sample_book
-    from etl.report.sample import create_gold
     from etl.settings import get_settings
+    from tests.support.report_sample import create_gold, sample_book
 
     server = db.database_url(get_settings())
     sizes = (22,) if quick else (22, 1000)

@@ -20,19 +20,16 @@ import tempfile
 import time
 import tracemalloc
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from etl.factors.io import write_outputs  # noqa: E402
-from etl.factors.model import FactorConfig, compute, output_tables  # noqa: E402
-from etl.factors.returns import universe_returns  # noqa: E402
-from etl.factors.rolling_ols import rolling_ols  # noqa: E402
-from etl.settings import DEFAULT_PRODUCTS  # noqa: E402
-from etl.storage import Store  # noqa: E402
+from etl.factors.io import write_outputs
+from etl.factors.model import FactorConfig, compute, output_tables
+from etl.factors.returns import universe_returns
+from etl.factors.rolling_ols import rolling_ols
+from etl.settings import DEFAULT_PRODUCTS
+from etl.storage import Store
 
 WINDOW = 1_440
 K = 10

@@ -27,11 +27,10 @@ import pandas as pd
 from bench_airflow import dags_test_world, timed_dags_test  # one set-up and timing of `airflow dags test` runs
 from bench_factors import best_of  # one helper for best-of-N timing
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from etl.risk import intraday
+from etl.risk.engine import RiskParams, compute_tables
 
-from etl.risk import intraday  # noqa: E402
-from etl.risk.engine import RiskParams, compute_tables  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TARGET_RATIO = 20.0
 DAG_TARGET = 0.2
@@ -101,7 +100,8 @@ def revaluation(quick: bool) -> dict:
 
 def dag_time() -> dict:
     """`airflow dags test market_data_intraday` for the sample book; the second interval's run is measured."""
-    from etl import demo, pipeline, runlog
+    from etl import pipeline, runlog
+    from etl.local import airflow_home
     from etl.settings import get_settings
     from etl.storage import get_store
 
@@ -113,8 +113,8 @@ def dag_time() -> dict:
             pipeline.ingest_daily_history(product, as_of, settings=settings)
         pipeline.build_silver(settings=settings)
         pipeline.compute_risk(as_of, settings=settings)                      # the EOD scenario set
-        env = demo.airflow_env(settings, home=base / "airflow", database_url=url)
-        demo.prepare_home(env)
+        env = airflow_home.airflow_env(settings, home=base / "airflow", database_url=url)
+        airflow_home.prepare_home(env)
         first = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)                    # `dags test` date = interval end
         for when in (first, first + timedelta(minutes=5)):
             wall = timed_dags_test(env, "market_data_intraday", when)

@@ -175,7 +175,8 @@ def _chart(rows: list[dict], path: Path) -> None:
 
 
 def run(quick: bool) -> dict:
-    from etl import db, demo, pipeline  # noqa: F401  (imports before timing)
+    from etl import db, pipeline  # noqa: F401  (imports before timing)
+    from etl.local import airflow_home  # noqa: F401
     from etl.settings import get_settings
     from etl.simulator import Simulator, SimulatorConfig
 

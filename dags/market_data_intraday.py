@@ -10,9 +10,10 @@ from pipeline_common import (
     DEFAULT_ARGS,
     SILVER_BARS,
     SILVER_POOL,
-    START_DATE,
     WAREHOUSE_GOLD,
 )
+
+from etl.orchestration import spec
 
 DOC = """
 ### Intraday market data
@@ -32,9 +33,9 @@ Each task writes one row to the run log (`gold.fact_pipeline_runs`). Logic lives
 
 
 @dag(
-    dag_id="market_data_intraday",
-    schedule=CronDataIntervalTimetable("*/5 * * * *", timezone="UTC"),
-    start_date=START_DATE,
+    dag_id=spec.INTRADAY_DAG,
+    schedule=CronDataIntervalTimetable(spec.INTRADAY_CRON, timezone="UTC"),
+    start_date=spec.START_DATE,
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -55,7 +56,7 @@ def market_data_intraday():
         from etl import pipeline
 
         context = get_current_context()
-        start, end = pipeline.run_interval(context, pipeline.INTRADAY_EVERY)
+        start, end = pipeline.run_interval(context, spec.INTRADAY_EVERY)
         return pipeline.fetch_intraday(product, start, end, pool_slots=API_POOL_SLOTS,
                                        ref=pipeline.TaskRef.from_context(context))
 
@@ -70,7 +71,7 @@ def market_data_intraday():
         from etl import pipeline
 
         context = get_current_context()
-        start, _ = pipeline.run_interval(context, pipeline.INTRADAY_EVERY)
+        start, _ = pipeline.run_interval(context, spec.INTRADAY_EVERY)
         return pipeline.compute_intraday_risk(start, ref=pipeline.TaskRef.from_context(context))
 
     @task(outlets=[WAREHOUSE_GOLD])
@@ -84,7 +85,7 @@ def market_data_intraday():
         from etl import pipeline
 
         context = get_current_context()
-        start, _ = pipeline.run_interval(context, pipeline.INTRADAY_EVERY)
+        start, _ = pipeline.run_interval(context, spec.INTRADAY_EVERY)
         return pipeline.send_intraday_alerts(start, ref=pipeline.TaskRef.from_context(context))
 
     silver = build_silver(fetch_candles.expand(product=validate_products()))

@@ -11,10 +11,11 @@ from pipeline_common import (
     RISK_OUTPUTS,
     SILVER_BARS,
     SILVER_POOL,
-    START_DATE,
     WAREHOUSE_GOLD,
     eod_deadline,
 )
+
+from etl.orchestration import spec
 
 DOC = """
 ### End of day risk
@@ -37,9 +38,9 @@ Each task writes one run-log row (`gold.fact_pipeline_runs`). Logic lives in `et
 
 
 @dag(
-    dag_id="risk_end_of_day",
-    schedule=CronDataIntervalTimetable("10 0 * * *", timezone="UTC"),
-    start_date=START_DATE,
+    dag_id=spec.EOD_DAG,
+    schedule=CronDataIntervalTimetable(spec.EOD_CRON, timezone="UTC"),
+    start_date=spec.START_DATE,
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -57,7 +58,7 @@ def risk_end_of_day():
         """(start, end) of the run's daily interval; manual runs without a logical date get the last one."""
         from etl import pipeline
 
-        return pipeline.run_interval(get_current_context(), pipeline.EOD_EVERY, pipeline.EOD_OFFSET)
+        return pipeline.run_interval(get_current_context(), spec.EOD_EVERY, spec.EOD_OFFSET)
 
     @task(pool=API_POOL)
     def validate_products() -> list[str]:

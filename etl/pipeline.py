@@ -21,17 +21,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from etl.errors import ValidationError
+from etl.orchestration.spec import DAILY, EOD_DAG
 from etl.settings import Settings, get_settings, parse_products
 
 # Light at import on purpose (stage modules, pandas and pyarrow load inside the functions): Airflow imports this
 # module while parsing the end-of-day DAG, to check the deadline callback's import path.
 
 log = logging.getLogger(__name__)
-
-DAILY = 86400
-INTRADAY_DAG = "market_data_intraday"
-EOD_DAG = "risk_end_of_day"
-BACKFILL_DAG = "market_data_backfill"
 
 
 # ---- which task run is this ---------------------------------------------------------------------------------
@@ -152,10 +148,6 @@ def _utc(value: datetime | str) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-INTRADAY_EVERY = timedelta(minutes=5)                              # market_data_intraday: */5 * * * *
-EOD_EVERY, EOD_OFFSET = timedelta(days=1), timedelta(minutes=10)    # risk_end_of_day: 10 0 * * *
 
 
 def run_interval(context: Any, every: timedelta, offset: timedelta = timedelta(0)) -> tuple[datetime, datetime]:

@@ -28,11 +28,12 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from etl.errors import ConfigError, SourceError
+from etl.orchestration.spec import GRANULARITIES
 from etl.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-VALID_GRANULARITIES = (60, 300, 900, 3600, 21600, 86400)
+VALID_GRANULARITIES = GRANULARITIES  # the candle sizes the exchange serves (etl.orchestration.spec)
 MAX_BUCKETS = 300  # the API rejects a candles request spanning more than 300 buckets
 
 # Pacing headroom: settings.rate_limit_rps / rate_limit_burst describe the API's own token bucket. Requests reach

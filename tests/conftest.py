@@ -108,10 +108,10 @@ def s3_bucket(s3_server, monkeypatch) -> str:
 
 @pytest.fixture(scope="module")
 def sample_gold_url(pg_url, request):
-    """The report's sample gold schema (etl/report/sample.py, as of its AS_OF) in a database of the test module's
+    """The report's sample gold schema (tests/support/report_sample.py, as of its AS_OF) in a database of the test module's
     own on the test server: the session database may get the warehouse's real gold schema."""
     from etl import db
-    from etl.report.sample import create_gold, sample_frames
+    from tests.support.report_sample import create_gold, sample_frames
 
     with db.scratch_database(pg_url, request.module.__name__.rpartition(".")[2]) as url:
         create_gold(url, sample_frames())

@@ -16,8 +16,8 @@ import pytest
 from etl.db import scratch_database
 from etl.errors import IncompleteInputError
 from etl.report import alerts
-from etl.report.sample import AS_OF, create_gold, sample_frames
 from etl.settings import get_settings
+from tests.support.report_sample import AS_OF, create_gold, sample_frames
 
 
 @pytest.fixture

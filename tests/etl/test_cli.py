@@ -17,8 +17,8 @@ import pytest
 
 from etl import db
 from etl.cli import build_parser, main
-from etl.report.sample import AS_OF
 from etl.settings import PROJECT_ROOT
+from tests.support.report_sample import AS_OF
 
 SQL_DIR = PROJECT_ROOT / "sql"
 DEAD_URL = "postgresql://etl:hunter2@127.0.0.1:1/none"  # nobody listens on port 1

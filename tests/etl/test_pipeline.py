@@ -11,6 +11,7 @@ import pytest
 
 from etl import pipeline, runlog
 from etl.errors import SourceError, ValidationError
+from etl.orchestration import spec
 from etl.settings import get_settings
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -173,7 +174,7 @@ def test_book_products_add_what_the_portfolios_hold_and_their_conversions(settin
 
 def test_run_interval_uses_the_data_interval_when_there_is_one():
     ctx = {"data_interval_start": T0 - timedelta(minutes=5), "data_interval_end": T0}
-    assert pipeline.run_interval(ctx, pipeline.INTRADAY_EVERY) == (T0 - timedelta(minutes=5), T0)
+    assert pipeline.run_interval(ctx, spec.INTRADAY_EVERY) == (T0 - timedelta(minutes=5), T0)
 
 
 def test_manual_runs_without_logical_date_get_the_last_complete_interval():
@@ -182,16 +183,16 @@ def test_manual_runs_without_logical_date_get_the_last_complete_interval():
     # Airflow 3: a run triggered without a logical date has no data interval, only run_after
     ctx = {"data_interval_start": None, "data_interval_end": None,
            "dag_run": SimpleNamespace(run_after=datetime(2026, 3, 2, 12, 7, 31, tzinfo=UTC))}
-    assert pipeline.run_interval(ctx, pipeline.INTRADAY_EVERY) == (
+    assert pipeline.run_interval(ctx, spec.INTRADAY_EVERY) == (
         datetime(2026, 3, 2, 12, 0, tzinfo=UTC), datetime(2026, 3, 2, 12, 5, tzinfo=UTC))
-    start, end = pipeline.run_interval(ctx, pipeline.EOD_EVERY, pipeline.EOD_OFFSET)
+    start, end = pipeline.run_interval(ctx, spec.EOD_EVERY, spec.EOD_OFFSET)
     assert (start, end) == (datetime(2026, 3, 1, 0, 10, tzinfo=UTC), datetime(2026, 3, 2, 0, 10, tzinfo=UTC))
     assert pipeline.eod_as_of(start) == date(2026, 3, 1)
     early = {"dag_run": SimpleNamespace(run_after=datetime(2026, 3, 2, 0, 5, tzinfo=UTC))}
-    assert pipeline.run_interval(early, pipeline.EOD_EVERY, pipeline.EOD_OFFSET)[0] == datetime(
+    assert pipeline.run_interval(early, spec.EOD_EVERY, spec.EOD_OFFSET)[0] == datetime(
         2026, 2, 28, 0, 10, tzinfo=UTC)
     with pytest.raises(ValidationError, match="neither a data interval"):
-        pipeline.run_interval({}, pipeline.INTRADAY_EVERY)
+        pipeline.run_interval({}, spec.INTRADAY_EVERY)
 
 
 @pytest.mark.slow
@@ -199,10 +200,11 @@ def test_run_all_chains_every_stage_into_the_warehouse(pg_url, data_dir, simulat
     """`python -m etl run` in-process: real simulator, real Postgres (fresh database), real dbt."""
     from pathlib import Path
 
-    from etl import db, demo
+    from etl import db
+    from tests.support.reference import small_reference
 
     ref_dir = tmp_path / "reference"
-    kept = demo.small_reference(Path(__file__).resolve().parents[2] / "etl" / "reference_data", ref_dir,
+    kept = small_reference(Path(__file__).resolve().parents[2] / "etl" / "reference_data", ref_dir,
                                 ["BTC-USD", "ETH-USD"])
     for name, value in {"PIPELINE_DATABASE_URL": pg_url, "PIPELINE_REFERENCE_DIR": str(ref_dir),
                         "PIPELINE_STATE_DIR": str(tmp_path / "state"), "PIPELINE_PRODUCTS": "BTC-USD,ETH-USD",

@@ -14,8 +14,8 @@ from etl.db import scratch_database
 from etl.errors import DataNotFoundError, IncompleteInputError
 from etl.report import html as report_html
 from etl.report import reports_dir, run
-from etl.report.sample import AS_OF, create_gold, sample_frames
 from etl.settings import get_settings
+from tests.support.report_sample import AS_OF, create_gold, sample_frames
 
 H2 = ("summary", "portfolios", "market", "pipeline-health", "data-notes")
 H3 = ("summary-breaches", "summary-drawdowns", "market-volatility", "market-correlation", "market-factor-exposures",

@@ -17,8 +17,9 @@ from etl.commits import manifest_path, publish
 from etl.errors import ValidationError
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.storage import get_store
-from etl.warehouse import WarehouseError, copy_upsert, load, reporting_url, sample, setup
+from etl.warehouse import WarehouseError, copy_upsert, load, reporting_url, setup
 from etl.warehouse.schema import TABLES
+from tests.support import warehouse_sample as sample
 
 DAYS = 2
 

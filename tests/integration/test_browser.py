@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from etl.report.browser_check import Chromium, find_chromium
-from etl.report.sample import AS_OF
+from tests.support.browser_check import Chromium, find_chromium
+from tests.support.report_sample import AS_OF
 
 pytestmark = [
     pytest.mark.slow,

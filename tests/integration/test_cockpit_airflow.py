@@ -34,9 +34,8 @@ def cockpit(pg_url, tmp_path_factory):
     """Gold for 22 portfolios, that day's HTML report, one run-log row pointing at it, and an API server."""
     from etl.db import scratch_database
     from etl.report import run
-    from etl.report.cockpit import sample_book
-    from etl.report.cockpit_server import api_server
-    from etl.report.sample import create_gold
+    from tests.support.cockpit_server import api_server
+    from tests.support.report_sample import create_gold, sample_book
 
     data = tmp_path_factory.mktemp("cockpit-data")
     state = tmp_path_factory.mktemp("cockpit-state")

@@ -15,7 +15,8 @@ from etl import db
 from etl.report.sql_reports import bind
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.storage import get_store
-from etl.warehouse import WarehouseError, docs, load, reporting_url, run_dbt, sample
+from etl.warehouse import WarehouseError, docs, load, reporting_url, run_dbt
+from tests.support import warehouse_sample as sample
 
 pytestmark = pytest.mark.slow
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from etl import db, demo, pipeline
+from etl import db, pipeline
 from etl.settings import get_settings
 from etl.silver import read_bars
 from etl.storage import get_store
+from tests.support.reference import small_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTS = ["BTC-USD", "ETH-USD"]
@@ -32,7 +33,7 @@ def s3_env(s3_bucket, simulator, pg_url, tmp_path, monkeypatch):
                         "PIPELINE_PRODUCTS": ",".join(PRODUCTS), "PIPELINE_HISTORY_DAYS": "1",
                         "PIPELINE_DAILY_HISTORY_DAYS": "30", "PIPELINE_COMPACT_RETENTION_HOURS": "0"}.items():
         monkeypatch.setenv(name, value)
-    demo.small_reference(ROOT / "etl" / "reference_data", tmp_path / "reference", PRODUCTS)
+    small_reference(ROOT / "etl" / "reference_data", tmp_path / "reference", PRODUCTS)
     monkeypatch.setenv("PIPELINE_REFERENCE_DIR", str(tmp_path / "reference"))
     return s3_bucket
 
