@@ -18,20 +18,9 @@ with intraday_limit_breaches as (
 final as (
 
     select
-        portfolio_id,
-        bucket_start,
-        as_of_date,
-        limit_type,
-        metric,
-        value,
-        limit_value,
-        utilisation,
-        status,
+        *,
         status = 'cleared' as is_cleared,
-        breached_at,
-        case when status = 'cleared' then bucket_start end as cleared_at,
-        base_currency,
-        loaded_at
+        case when status = 'cleared' then bucket_start end as cleared_at
     from intraday_limit_breaches
     {% if is_incremental() %}
     where loaded_at > (select coalesce(max(loaded_at), '-infinity'::timestamptz) from {{ this }})
@@ -39,4 +28,5 @@ final as (
 
 )
 
-select * from final
+select {{ contract_columns() }}
+from final

@@ -18,21 +18,8 @@ with bars_5m as (
 final as (
 
     select
-        product_id,
-        bucket_start,
-        cast(bucket_start at time zone 'UTC' as date) as bar_date,
-        open,
-        high,
-        low,
-        close,
-        volume,
-        vwap,
-        n_candles,
-        is_complete,
-        quote_currency,
-        first_candle_at,
-        last_candle_at,
-        loaded_at
+        *,
+        cast(bucket_start at time zone 'UTC' as date) as bar_date
     from bars_5m
     {% if is_incremental() %}
     where loaded_at > (select coalesce(max(loaded_at), '-infinity'::timestamptz) from {{ this }})
@@ -40,4 +27,5 @@ final as (
 
 )
 
-select * from final
+select {{ contract_columns() }}
+from final
