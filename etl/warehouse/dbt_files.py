@@ -91,7 +91,11 @@ def gold_columns(name: str) -> list[tuple[str, str, dict]]:
 def marts_models() -> dict:
     models = []
     for name, spec in GOLD.items():
-        model = {"name": name, "description": spec["description"], "config": {"contract": {"enforced": True}}}
+        config: dict = {"contract": {"enforced": True}}
+        if "incremental" in spec:
+            config |= {"materialized": "incremental", "unique_key": spec["incremental"],
+                       "incremental_strategy": "delete+insert", "on_schema_change": "append_new_columns"}
+        model = {"name": name, "description": spec["description"], "config": config}
         if spec.get("data_tests"):
             model["data_tests"] = spec["data_tests"]
         model["columns"] = [_column(c, t, s) for c, t, s in gold_columns(name)]

@@ -17,8 +17,7 @@ from etl.commits import manifest_path, publish
 from etl.errors import ValidationError
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.storage import get_store
-from etl.warehouse import WarehouseError, copy_upsert, load, reporting_url, sample, setup
-from etl.warehouse import schema
+from etl.warehouse import WarehouseError, copy_upsert, load, reporting_url, sample, schema, setup
 from etl.warehouse.schema import TABLES
 
 DAYS = 2
@@ -335,7 +334,7 @@ def test_every_gold_column_has_a_type_and_a_description_and_the_marts_enforce_th
     marts = yaml.safe_load(dbt_files.render()[dbt_files.MODELS / "marts" / "_marts__models.yml"])["models"]
     assert [m["name"] for m in marts] == list(schema.GOLD)
     for model in marts:
-        assert model["config"] == {"contract": {"enforced": True}}, model["name"]
+        assert model["config"]["contract"] == {"enforced": True}, model["name"]
         assert all(c["data_type"] and c["description"] for c in model["columns"]), model["name"]
     risk = next(m for m in marts if m["name"] == "fact_risk_metrics")
     vol = next(c for c in risk["columns"] if c["name"] == "vol_ewma")

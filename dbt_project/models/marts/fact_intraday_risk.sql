@@ -1,14 +1,5 @@
 -- One row per portfolio per 5-minute bucket: the intraday revaluation. Incremental (delete+insert on the key):
 -- each intraday run merges the raw rows loaded since the last build, so a rerun of an interval replaces its rows.
-{{
-    config(
-        materialized='incremental',
-        unique_key=['portfolio_id', 'bucket_start'],
-        incremental_strategy='delete+insert',
-        on_schema_change='append_new_columns',
-    )
-}}
-
 with intraday_risk as (
 
     select * from {{ ref('stg_risk__intraday_risk') }}
@@ -22,9 +13,7 @@ final as (
         drawdown as drawdown_from_peak,
         stale_products > 0 as has_stale_prices
     from intraday_risk
-    {% if is_incremental() %}
-    where loaded_at > (select coalesce(max(loaded_at), '-infinity'::timestamptz) from {{ this }})
-    {% endif %}
+    {{ loaded_since_last_build() }}
 
 )
 
