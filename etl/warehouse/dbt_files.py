@@ -66,8 +66,8 @@ def staging_models() -> dict:
 
 
 def gold_columns(name: str) -> list[tuple[str, str, dict]]:
-    """(column, Postgres type, its gold spec) of a mart in table order: the raw table's columns (and loaded_at)
-    less `exclude`, then the mart's own columns (those with a `type`)."""
+    """(column, Postgres type, its gold spec) of a mart in table order: the raw table's columns less `exclude`,
+    the mart's own columns (those with a `type`), then loaded_at unless excluded."""
     spec = GOLD[name]
     own = spec.get("columns", {})
     cols: list[tuple[str, str, dict]] = []
@@ -75,9 +75,7 @@ def gold_columns(name: str) -> list[tuple[str, str, dict]]:
         raw = next(t for t in TABLES if t.name == spec["from"])
         excluded = set(spec.get("exclude", []))
         cols += [(c.name, c.pg_type, own.get(c.name, {})) for c in raw.columns if c.name not in excluded]
-        if LOADED_AT[0] not in excluded:
-            cols.append((*LOADED_AT, own.get(LOADED_AT[0], {})))
-    known = {c for c, _, _ in cols}
+    known = {c for c, _, _ in cols} | {LOADED_AT[0]}
     for col, col_spec in own.items():
         if col in known:
             continue
@@ -85,6 +83,8 @@ def gold_columns(name: str) -> list[tuple[str, str, dict]]:
             raise KeyError(f"gold.{name}.{col} in {DECLARATION}: not a column of raw.{spec.get('from')}: give it "
                            "a type (the mart computes it) or fix the name")
         cols.append((col, col_spec["type"], col_spec))
+    if "from" in spec and LOADED_AT[0] not in spec.get("exclude", []):
+        cols.append((*LOADED_AT, own.get(LOADED_AT[0], {})))  # last, as in every incremental mart
     return cols
 
 
