@@ -467,3 +467,47 @@ def test_a_naive_now_is_utc_in_read_candles_and_build(data_dir, tokyo_local_time
     assert len(read_candles(now=naive_now)) == 10
     summary = build(now=naive_now)
     assert summary.quarantined == 0 and summary.rows_out == 2
+
+
+# ---- the rebuild route against the incremental route and the output of the code before it ------------------------
+def silver_digest(data_dir: Path) -> str:
+    """sha256 over every silver file's path and values (Arrow IPC of its table), in path order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for rel in silver_files(data_dir):
+        table = pq.read_table(data_dir / "silver" / rel).replace_schema_metadata(None)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        digest.update(rel.encode() + sink.getvalue().to_pybytes())
+    return digest.hexdigest()
+
+
+# The digest of the silver that the code before the one-pass rebuild (commit 32d556a) wrote from this bronze.
+BEFORE_DIGEST = "74ed74bd064537655cfd7ddf94e6b222262983e62b3a9e9c422e235f0a0b3262"
+
+
+def test_rebuild_and_incremental_routes_write_the_values_the_previous_code_wrote(tmp_path, monkeypatch):
+    incremental, full = tmp_path / "inc", tmp_path / "full"
+    new_year = datetime(2025, 12, 31, 22, tzinfo=UTC)
+    batches = [  # several products, a year boundary, revisions, 5-minute and daily candles, quarantined rows
+        pd.concat([minute_candles("BTC-USD", new_year, 300, seed=1), minute_candles("ETH-BTC", new_year, 290, seed=2),
+                   minute_candles("ETH-USD", new_year + timedelta(minutes=3), 200, seed=3).drop(index=[5, 6, 90])]),
+        minute_candles("BTC-USD", new_year + timedelta(minutes=250), 100, seed=4),
+        pd.concat([minute_candles("BTC-USD", new_year - timedelta(days=30), 40, seed=5, step=86400),
+                   minute_candles("ETH-USD", new_year + timedelta(hours=5), 24, seed=6, step=300)]),
+        minute_candles("ETH-BTC", new_year + timedelta(minutes=100), 12, seed=7).assign(low=-1.0),
+        minute_candles("ETH-USD", new_year + timedelta(minutes=40), 30, seed=8).assign(volume=0.0),
+    ]
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(incremental))
+    for i, candles in enumerate(batches):
+        write_batch(incremental, candles, f"b{i}", new_year + timedelta(days=2, hours=i))
+        build(now=FUTURE)
+    shutil.copytree(incremental / "bronze", full / "bronze")
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(full))
+    summary = build(full_refresh=True, now=FUTURE)
+
+    assert summary.quarantined == 12 and summary.duplicates == 50 + 12 + 30
+    assert silver_files(full) == silver_files(incremental)
+    assert silver_digest(full) == BEFORE_DIGEST
