@@ -21,8 +21,6 @@ from etl.errors import ValidationError
 from etl.silver import bars as bars_module
 from etl.silver import build, read_bars, read_candles
 from etl.silver.bars import aggregate, latest_per_key
-from etl.silver.quality import split as split_quality
-from etl.silver.stream import stream_bars
 from etl.storage import Store
 
 REAL_FILE = Path(__file__).resolve().parents[3] / "shared/data/coinbase/BTC-USD_300s_2025-07-01_2026-01-22.csv"
@@ -151,37 +149,6 @@ def test_every_bar_equals_brute_force_aggregation(rows):
                 assert aggregate(latest_per_key(table), bar_seconds, grans).to_pylist() == got
         finally:
             bars_module.CHUNK_ROWS = default
-
-
-@settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 400), chunk_rows=st.integers(1, 97), bad_every=st.integers(0, 9),
-       granularity=st.sampled_from([60, 300]), seed=st.integers(0, 2**16))
-def test_streaming_pass_gives_the_bits_of_the_general_path(n, chunk_rows, bad_every, granularity, seed):
-    rng = np.random.default_rng(seed)
-    ts = np.sort(rng.choice(np.arange(2000), size=n, replace=False)) * granularity * 1_000_000
-    products = np.sort(rng.choice(["BTC-USD", "ETH-BTC", "ETH-USD"], size=n))
-    close = rng.uniform(1, 2, n)
-    low = close - rng.uniform(0, 0.5, n)
-    if bad_every:
-        low[::bad_every] = 5.0  # low above open/close: quarantined rows inside the stream
-    table = pa.table({
-        "product_id": products, "bucket_start": pa.array(ts).cast(pa.timestamp("us", "UTC")),
-        "granularity": np.full(n, granularity), "open": close, "high": close + 0.1, "low": low,
-        "close": close, "volume": rng.uniform(0, 3, n),
-        "ingested_at": pa.array(np.zeros(n, np.int64)).cast(pa.timestamp("us", "UTC")), "batch_id": ["b"] * n,
-    })
-    table = table.sort_by([("product_id", "ascending"), ("bucket_start", "ascending")])
-    good, bad = split_quality(latest_per_key(table), FUTURE)
-    streamed = stream_bars(table.to_batches(max_chunksize=chunk_rows), FUTURE)
-    assert streamed is not None
-    assert streamed[0].to_pylist() == aggregate(good, 300, (60, 300)).to_pylist()
-    assert (streamed[1].num_rows if streamed[1] is not None else 0) == bad.num_rows
-    # unclean input is refused, never folded: duplicates, disorder, mixed granularities
-    if n > 1:
-        assert stream_bars(pa.concat_tables([table, table.slice(n - 1)]).to_batches(chunk_rows), FUTURE) is None
-        assert stream_bars(table.take(np.arange(n)[::-1]).to_batches(chunk_rows), FUTURE) is None
-        mixed = table.set_column(2, "granularity", pa.array(np.where(np.arange(n) == n - 1, 86400, granularity)))
-        assert stream_bars(mixed.to_batches(chunk_rows), FUTURE) is None
 
 
 # ---- incremental build --------------------------------------------------------------------------------------------
