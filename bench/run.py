@@ -40,7 +40,9 @@ def main() -> int:
         results.update(entries)
         print(f"   {time.perf_counter() - t0:.1f}s", flush=True)
     out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print_machines(results)
     print_table(results)
+    print_verdicts(results)
     print(f"\nwritten: {out}")
     return 0
 
@@ -53,6 +55,29 @@ def print_table(results: dict) -> None:
             return f"{x:.3f}" if isinstance(x, (int, float)) and x is not None else str(x)
         print(f"{name:<38} {f(e.get('ours_s')):>9} {f(e.get('baseline_s')):>11} {f(e.get('ratio')):>8} "
               f"{str(e.get('target')):>10}  {'yes' if e.get('meets_target') else 'NO ':>3}  {e.get('baseline')}")
+
+
+def print_machines(results: dict) -> None:
+    """Each distinct `machine` (cores, load average at start) once, naming the benchmarks measured on it."""
+    seen: dict[str, list[str]] = {}
+    for name, e in sorted(results.items()):
+        if isinstance(e.get("machine"), dict):
+            seen.setdefault(json.dumps(e["machine"], sort_keys=True), []).append(name)
+    for machine, names in seen.items():
+        m = json.loads(machine)
+        parts = ", ".join(f"{k}: {v}" for k, v in m.items())
+        print(f"\nmachine ({parts}): {', '.join(names)}")
+
+
+def print_verdicts(results: dict) -> None:
+    """One line per benchmark that has a target: its ratio against the target, and what it was measured on."""
+    def r(x):
+        return f"{x:.3g}" if isinstance(x, float) else str(x)
+    lines = [f"{name}: {r(e.get('ratio'))} ({e.get('ratio_means')}; target {e['target']}) "
+             f"{'ok' if e.get('meets_target') else 'MISSED'} — input: {e.get('input', 'not stated')}"
+             for name, e in sorted(results.items()) if e.get("target") is not None]
+    if lines:
+        print("\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":
