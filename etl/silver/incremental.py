@@ -5,6 +5,9 @@ the committed batch files it does not replace; a batch is committed once its man
 `{data}/silver/_state/partitions.json` records, per (product, date), the version silver last read (marker name and
 batch ids, exactly the files it read); a run lists bronze once, and rebuilds the partitions whose version differs.
 The state holds one small entry per partition: it does not grow per run (a compacted day is one marker name).
+Before reading, an incremental run folds each partition to rebuild whose current version holds two or more files
+into one file per granularity (etl.compaction.fold): the open day's intraday batches do not pile up, so the cost
+of a run stays flat through the day. A full refresh only reads bronze.
 
 One writer at a time: the whole read-decide-write runs under the data root's `silver` lock (etl.storage.exclusive),
 which compaction takes too. Every output file is a pure function of its bronze partition(s), so a full refresh
@@ -122,6 +125,12 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
     committed = compaction.committed_batches(store)
     parts = compaction.scan(store, BRONZE_DIR)
     todo = {k: p for k, p in parts.items() if state.get(_key(k)) != compaction.version(p, committed)}
+    listed = {k: compaction.version(p, committed)["batches"] for k, p in todo.items()}  # batches before the fold
+    if not full_refresh:  # today's partition gains a batch per intraday run: fold it so a run reads O(1) files
+        folded = compaction.fold(store, parts, todo, committed, settings)
+        todo = {k: parts[k] for k in todo}
+        summary.rows_in = summary.duplicates = folded.rows_in - folded.rows_out  # versions the fold dropped
+        summary.bad_files += folded.bad_files
     log.info("silver %s: %d of %d bronze partitions to rebuild", "full refresh" if full_refresh else "incremental",
              len(todo), len(parts))
     files = {k: compaction.current_files(store, p, committed) for k, p in sorted(todo.items())}
@@ -150,7 +159,7 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
             read[(product, day)] = compaction.version(parts[(product, day)], committed)
     if full_refresh:
         _delete_stale(store, written)
-    new_batches = {b for k, v in read.items() for b in v["batches"]} - \
+    new_batches = {b for v in listed.values() for b in v} - \
         {b for k in read for b in (state.get(_key(k)) or {}).get("batches", [])}
     summary.batches = len(new_batches)
     # what this build read, per partition; partitions that have no bronze any more drop out

@@ -45,7 +45,7 @@ def test_compaction_keeps_exactly_the_rows_a_reader_dedupes_to(data_dir, monkeyp
     _history(data_dir)
     settings = get_settings()
     before_rows = _deduped(settings)
-    build(now=FUTURE)
+    build(full_refresh=True, now=FUTURE)  # a full refresh reads bronze as it is (an incremental run folds it)
     before_silver = silver_files(data_dir)
 
     summary = compaction.compact(before=date(2026, 1, 6))
@@ -88,7 +88,7 @@ def test_a_crash_before_the_marker_leaves_the_old_version_and_the_rerun_finishes
     _history(data_dir)
     settings = get_settings()
     expected = _deduped(settings)
-    build(now=FUTURE)
+    build(full_refresh=True, now=FUTURE)
     write_json = Store.write_json
 
     def crash_at_marker(self, rel, obj):
@@ -109,7 +109,7 @@ def test_a_crash_before_the_marker_leaves_the_old_version_and_the_rerun_finishes
     pd.testing.assert_frame_equal(_deduped(settings), expected)
 
 
-def test_late_data_after_compaction_is_read_then_compacted_into_the_next_version(data_dir, monkeypatch):
+def test_late_data_after_compaction_is_folded_into_the_next_version_by_the_next_silver_run(data_dir, monkeypatch):
     monkeypatch.setenv("PIPELINE_COMPACT_RETENTION_HOURS", "0")
     _history(data_dir)
     settings = get_settings()
@@ -119,14 +119,33 @@ def test_late_data_after_compaction_is_read_then_compacted_into_the_next_version
     write_batch(data_dir, late, "b5", T0 + timedelta(days=4))
     expected = _deduped(settings)
     assert build(now=FUTURE).batches == 1
-    rebuilt = silver_files(data_dir)
-    assert compaction.compact(before=date(2026, 1, 6)).compacted == 1
     names = sorted(p.name for p in (data_dir / DAY).iterdir())
     assert names == ["_v000002.json", "compacted-v000002-g60.parquet", "compacted-v000002-g86400.parquet",
                      "orphan.parquet"]
+    assert not (data_dir / "bronze/_manifests/b5.json").exists()            # no file of b5 is left
     pd.testing.assert_frame_equal(_deduped(settings), expected)
-    build(now=FUTURE)
+    rebuilt = silver_files(data_dir)
+    assert compaction.compact(before=date(2026, 1, 6)).compacted == 0     # nothing left to compact
+    build(full_refresh=True, now=FUTURE)
     assert silver_files(data_dir) == rebuilt
+
+
+def test_the_open_day_stays_one_file_per_granularity_however_many_batches_arrive(data_dir, monkeypatch):
+    monkeypatch.setenv("PIPELINE_COMPACT_RETENTION_HOURS", "0")
+    day = "bronze/candles/product_id=BTC-USD/date=2026-01-05"
+    for k in range(6):  # an intraday run every 5 minutes, each refetching the last 10 minutes (overlap)
+        start = T0 + timedelta(minutes=max(0, 5 * k - 5))
+        write_batch(data_dir, minute_candles("BTC-USD", start, 10, seed=k), f"run{k}", T0 + timedelta(hours=1 + k))
+        summary = build(now=FUTURE)
+        assert summary.partitions == 1
+        assert sorted(p.name for p in (data_dir / day).iterdir()) == (
+            ["run0.parquet"] if k == 0 else [f"_v{k:06d}.json", f"compacted-v{k:06d}-g60.parquet"])
+    folded = _deduped(get_settings())
+    assert len(folded) == 30 and list(folded["batch_id"].tail(10)) == ["run5"] * 10  # latest ingestion wins
+    assert list((data_dir / "bronze/_manifests").iterdir()) == []           # every batch's file is folded in
+    incremental = silver_files(data_dir)
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == incremental
 
 
 def test_compact_cli(data_dir, capsys):
