@@ -110,14 +110,14 @@ def _reporting(url: str) -> str:
 
 def _report(url: str, n: int) -> tuple[float, int, int]:
     """Wall time of `report` for the book, the size of report.html, and of all its HTML files."""
-    from etl.report import run
+    from etl.report import run_report
 
     data = tempfile.mkdtemp(prefix="bench-report-")
     saved = {k: os.environ.get(k) for k in ("PIPELINE_DATABASE_URL", "PIPELINE_DATA_DIR")}
     os.environ.update({"PIPELINE_DATABASE_URL": url, "PIPELINE_DATA_DIR": data})
     try:
         t0 = time.perf_counter()
-        path = run(AS_OF, sql_dir=Path(tempfile.mkdtemp(prefix="no-sql-")))
+        path = run_report(AS_OF, sql_dir=Path(tempfile.mkdtemp(prefix="no-sql-")))
         wall = time.perf_counter() - t0
     finally:
         for k, v in saved.items():

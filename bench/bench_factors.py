@@ -27,8 +27,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from etl.factors.io import write_outputs  # noqa: E402
-from etl.factors.model import (  # noqa: E402
+from etl.factors.factor_model import (  # noqa: E402
     FactorConfig,
     compute,
     daily_snapshot,
@@ -36,8 +35,9 @@ from etl.factors.model import (  # noqa: E402
     factor_returns_frame,
     membership_frame,
 )
-from etl.factors.returns import universe_returns  # noqa: E402
+from etl.factors.io import write_outputs  # noqa: E402
 from etl.factors.rolling_ols import rolling_ols  # noqa: E402
+from etl.factors.universe_returns import universe_returns  # noqa: E402
 from etl.settings import DEFAULT_PRODUCTS  # noqa: E402
 from etl.storage import Store  # noqa: E402
 

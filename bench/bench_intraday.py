@@ -111,7 +111,8 @@ def revaluation(quick: bool) -> dict:
 
 def dag_time() -> dict:
     """`airflow dags test market_data_intraday` for the sample book; the second interval's run is measured."""
-    from etl import db, demo, pipeline, runlog
+    from etl import db, demo, runlog
+    from etl.orchestration import tasks
     from etl.settings import get_settings
     from etl.simulator import Simulator, SimulatorConfig
     from etl.storage import get_store
@@ -132,10 +133,10 @@ def dag_time() -> dict:
     try:
         settings = get_settings()
         as_of = date(2026, 3, 1)
-        for product in pipeline.validate_products(include_book=True, settings=settings):
-            pipeline.ingest_daily_history(product, as_of, settings=settings)
-        pipeline.build_silver(settings=settings)
-        pipeline.compute_risk(as_of, settings=settings)                      # the EOD scenario set
+        for product in tasks.validate_products(include_book=True, settings=settings):
+            tasks.ingest_daily_history(product, as_of, settings=settings)
+        tasks.build_silver(settings=settings)
+        tasks.compute_risk(as_of, settings=settings)                      # the EOD scenario set
         env = demo.airflow_env(settings, home=base / "airflow", database_url=url)
         demo.prepare_home(env)
         first = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)                    # `dags test` date = interval end

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from etl import db  # noqa: E402
 from etl.settings import get_settings  # noqa: E402
-from etl.warehouse import copy_upsert, load, run_dbt, sample  # noqa: E402
+from etl.warehouse import copy_upsert, load_warehouse, run_dbt, sample  # noqa: E402
 from etl.warehouse.schema import BY_NAME  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def time_dbt_build(url: str, days: int) -> float:
             PIPELINE_REFERENCE_DIR=str(sample.write_reference(Path(tmp) / "reference"))):
         settings = get_settings()
         sample.write_sample(settings, first_day=date(2026, 1, 1), days=days)
-        load(settings, run_dbt=False)
+        load_warehouse(settings, run_dbt=False)
         t0 = time.perf_counter()
         run_dbt("build", settings)
         return time.perf_counter() - t0

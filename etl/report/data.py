@@ -75,7 +75,7 @@ class ReportData:
         return self.frames.get(name)
 
 
-def load(reader: GoldReader, as_of: date) -> ReportData:
+def load_report_data(reader: GoldReader, as_of: date) -> ReportData:
     frames = {name: reader.frame(table, sql, {"as_of": as_of}) for name, (table, sql) in QUERIES.items()}
     screen = first_screen(reader, as_of)
     return ReportData(as_of=as_of, frames=frames, notes=[*reader.notes, *screen.get("notes", [])],

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from etl.errors import ConfigError
-from etl.simulator.model import GRANULARITIES, SyntheticSource, UnsupportedRequest, aggregate
+from etl.simulator.price_model import GRANULARITIES, SyntheticSource, UnsupportedRequest, aggregate
 from etl.simulator.replay import ReplaySource
 from etl.simulator.universe import UNIVERSE, synthetic_products
 from etl.simulator.ws import FeedServer

@@ -55,14 +55,14 @@ def _png_size(path: Path) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def report_html(pg_url, tmp_path_factory) -> Path:
     from etl.db import scratch_database
-    from etl.report import run
+    from etl.report import run_report
     from etl.report.sample import create_gold, sample_frames
 
     with scratch_database(pg_url, "browser") as url, pytest.MonkeyPatch.context() as mp:
         create_gold(url, sample_frames(AS_OF))
         mp.setenv("PIPELINE_DATABASE_URL", url)
         mp.setenv("PIPELINE_DATA_DIR", str(tmp_path_factory.mktemp("browser-data")))
-        return run(AS_OF, sql_dir=tmp_path_factory.mktemp("no-sql"))
+        return run_report(AS_OF, sql_dir=tmp_path_factory.mktemp("no-sql"))
 
 
 def test_report_renders_with_headings_and_charts(browser, report_html, artifacts):

@@ -1,0 +1,1 @@
+"""Orchestration: what the DAGs run and how, without Airflow."""
