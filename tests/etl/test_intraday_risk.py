@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from etl import commits
-from etl.risk import intraday
-from etl.risk import run_risk
+from etl.risk import intraday, run_risk
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
 from etl.storage import get_store
