@@ -18,9 +18,11 @@ COPY --chown=airflow:0 dags /opt/pipeline/dags
 COPY --chown=airflow:0 plugins /opt/pipeline/plugins
 COPY --chown=airflow:0 dbt_project /opt/pipeline/dbt_project
 COPY --chown=airflow:0 sql /opt/pipeline/sql
+COPY --chown=airflow:0 pyproject.toml /opt/pipeline/pyproject.toml
+# the project itself, editable (as `make venv` installs it): `etl` imports everywhere, its paths stay /opt/pipeline
+RUN pip install --no-cache-dir --no-deps -e /opt/pipeline
 
-ENV PYTHONPATH=/opt/pipeline \
-    PIPELINE_DATA_DIR=/data \
+ENV PIPELINE_DATA_DIR=/data \
     PIPELINE_STATE_DIR=/state \
     AIRFLOW__CORE__DAGS_FOLDER=/opt/pipeline/dags \
     AIRFLOW__CORE__PLUGINS_FOLDER=/opt/pipeline/plugins \

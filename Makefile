@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3 || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
-REQ_HASH := $(shell (cat requirements.txt; $(PYTHON) --version 2>&1) | sha256sum | cut -c1-16)
+REQ_HASH := $(shell (cat requirements.txt pyproject.toml; $(PYTHON) --version 2>&1) | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 # Settings from a .env file at the project root (NAME=value lines, see .env.example): etl/settings.py reads it for
 # every command; here only what make itself needs. A variable set in the environment (or on the command line) wins.
@@ -28,17 +28,19 @@ help:
 	@echo "make docs        build and serve the dbt docs site (http://localhost:$(DOCS_PORT))"
 	@echo "make lint        ruff"
 
-# The venv is rebuilt only when requirements.txt (or the interpreter) changes: the stamp is keyed on their hash.
+# The venv is rebuilt only when requirements.txt, pyproject.toml (or the interpreter) change: the stamp is keyed on
+# their hash. The project itself is installed editable (pyproject.toml), so `etl` imports without sys.path edits.
 venv: $(STAMP)
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v[:2] == (3, 11) else "error: Python 3.11 is required, found %d.%d at %s: install python3.11 or run make PYTHON=/path/to/python3.11" % (v[0], v[1], sys.executable))'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
 demo: venv
-	$(BIN)/python -m etl.demo
+	$(BIN)/python -m etl.local.demo
 
 test: venv browser
 	$(BIN)/python -m pytest -q -ra
@@ -53,13 +55,13 @@ bench-quick: venv
 	$(BIN)/python bench/run.py --quick
 
 airflow: venv
-	$(BIN)/python -m etl.demo --airflow
+	$(BIN)/python -m etl.local.standalone
 
 airflow-check: venv browser
-	$(BIN)/python -m etl.report.browser_check http://localhost:$(AIRFLOW_PORT)/dags --out .state/test-artifacts/browser --settle 3
+	$(BIN)/python -m tests.support.browser_check http://localhost:$(AIRFLOW_PORT)/dags --out .state/test-artifacts/browser --settle 3
 
 celery: venv
-	$(BIN)/python -m etl.demo --celery
+	$(BIN)/python -m etl.local.celery
 
 docs: venv
 	$(BIN)/python -m etl docs --serve

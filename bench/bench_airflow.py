@@ -20,11 +20,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench_warehouse import environment  # one helper for a scoped environment
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 DAG_IDS = ("market_data_intraday", "risk_end_of_day", "market_data_backfill")
 
 
@@ -81,42 +83,57 @@ def parse_times(repeats: int) -> dict:
     return out
 
 
-def eod_overhead() -> dict:
-    """One intraday + end-of-day `dags test` on a fresh database, then the same EOD work in-process."""
-    from etl import db, demo, runlog
-    from etl.orchestration import tasks
+@contextlib.contextmanager
+def dags_test_world(base: Path, **overrides: str) -> Iterator[str]:
+    """A scratch database and a fault-free simulator for `airflow dags test` runs, wired in through the environment
+    with state and data under `base`, one API slot, no deadline, and `overrides`; yields the database URL. The
+    database is dropped, the simulator stopped and the environment restored at the end."""
+    from etl import db
     from etl.settings import get_settings
     from etl.simulator import Simulator, SimulatorConfig
 
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(db.scratch_database(db.database_url(get_settings()), "bench"))
+        sim = Simulator(SimulatorConfig(port=0, rate_limit_rps=1000.0, burst=1000)).start()
+        stack.callback(sim.stop)
+        stack.enter_context(environment(
+            PIPELINE_STATE_DIR=str(base / "state"), PIPELINE_DATA_DIR=str(base / "data"), PIPELINE_DATABASE_URL=url,
+            PIPELINE_HISTORY_DAYS="1", PIPELINE_DAILY_HISTORY_DAYS="120", COINBASE_API_URL=sim.url,
+            PIPELINE_SOURCE="simulator", PIPELINE_API_POOL_SLOTS="1", PIPELINE_EOD_DEADLINE_HOURS="0", **overrides))
+        yield url
+
+
+def timed_dags_test(env: dict[str, str], dag_id: str, when: datetime) -> float:
+    """Wall seconds of one `airflow dags test`; raises with the end of its stderr when it failed."""
+    from etl.local import airflow_home
+
+    t0 = time.perf_counter()
+    proc = airflow_home.dags_test(env, dag_id, when)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{dag_id} dags test failed: {proc.stderr[-2000:]}")
+    return wall
+
+
+def eod_overhead() -> dict:
+    """One intraday + end-of-day `dags test` on a fresh database, then the same EOD work in-process."""
+    from etl import runlog
+    from etl.local import airflow_home
+    from etl.orchestration import tasks
+    from etl.settings import get_settings
+    from tests.support.reference import small_reference
+
     products = ["BTC-USD", "ETH-USD"]
     base = Path(tempfile.mkdtemp(prefix="bench_airflow_"))
-    server = db.database_url(get_settings())
-    scratch = contextlib.ExitStack()
-    url = scratch.enter_context(db.scratch_database(server, "bench"))
-    sim = Simulator(SimulatorConfig(port=0, rate_limit_rps=1000.0, burst=1000)).start()
-    demo.small_reference(ROOT / "etl" / "reference_data", base / "reference", products)
-    overrides = {
-        "PIPELINE_STATE_DIR": str(base / "state"), "PIPELINE_DATA_DIR": str(base / "data"),
-        "PIPELINE_DATABASE_URL": url, "PIPELINE_REFERENCE_DIR": str(base / "reference"),
-        "PIPELINE_PRODUCTS": ",".join(products), "PIPELINE_HISTORY_DAYS": "1",
-        "PIPELINE_DAILY_HISTORY_DAYS": "120", "COINBASE_API_URL": sim.url, "PIPELINE_SOURCE": "simulator",
-        "PIPELINE_API_POOL_SLOTS": "1", "PIPELINE_EOD_DEADLINE_HOURS": "0",
-    }
-    saved = {k: os.environ.get(k) for k in overrides}
-    os.environ.update(overrides)
-    try:
+    small_reference(ROOT / "etl" / "reference_data", base / "reference", products)
+    with dags_test_world(base, PIPELINE_REFERENCE_DIR=str(base / "reference"),
+                         PIPELINE_PRODUCTS=",".join(products)) as url:
         settings = get_settings()
-        env = demo.airflow_env(settings, home=base / "airflow", database_url=url)
-        demo.prepare_home(env)
+        env = airflow_home.airflow_env(settings, home=base / "airflow", database_url=url)
+        airflow_home.prepare_home(env)
         when = datetime(2026, 3, 2, 0, 10, tzinfo=UTC)
-        proc = demo.dags_test(env, "market_data_intraday", when.replace(minute=0))
-        if proc.returncode:
-            raise RuntimeError(f"intraday dags test failed: {proc.stderr[-2000:]}")
-        t0 = time.perf_counter()
-        proc = demo.dags_test(env, "risk_end_of_day", when)
-        wall = time.perf_counter() - t0
-        if proc.returncode:
-            raise RuntimeError(f"end-of-day dags test failed: {proc.stderr[-2000:]}")
+        timed_dags_test(env, "market_data_intraday", when.replace(minute=0))
+        wall = timed_dags_test(env, "risk_end_of_day", when)
         log = runlog.read_all(settings)
         task_s = float(log.loc[log["dag_id"] == "risk_end_of_day", "duration_s"].sum())
 
@@ -134,11 +151,6 @@ def eod_overhead() -> dict:
         tasks.export_report(as_of, settings=settings)
         tasks.send_alerts(as_of, settings=settings)
         inproc = time.perf_counter() - t0
-    finally:
-        sim.stop()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        scratch.close()
     ratio = inproc / wall
     return {"airflow_eod_dags_test": {
         "ours_s": round(wall, 2), "baseline": "the same EOD task functions in-process (no Airflow), same data",

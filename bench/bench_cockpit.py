@@ -13,16 +13,15 @@
 
 from __future__ import annotations
 
-import os
 import statistics
-import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
+from bench_warehouse import environment  # one helper for a scoped environment
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 AS_OF = date(2026, 1, 31)
 PAGES = {"firm": "/risk/", "portfolio": "/risk/portfolio/P0001", "market": "/risk/market",
          "pipeline": "/risk/pipeline", "summary": "/risk/api/summary"}
@@ -69,7 +68,7 @@ def _pages(url: str, reporting: str, n: int, repeats: int) -> dict:
     import psycopg2
     import requests
 
-    from etl.report.cockpit_server import api_server
+    from tests.support.cockpit_server import api_server
 
     out = {}
     state = Path(tempfile.mkdtemp(prefix="bench-cockpit-"))
@@ -113,26 +112,17 @@ def _report(url: str, n: int) -> tuple[float, int, int]:
     from etl.report import run_report
 
     data = tempfile.mkdtemp(prefix="bench-report-")
-    saved = {k: os.environ.get(k) for k in ("PIPELINE_DATABASE_URL", "PIPELINE_DATA_DIR")}
-    os.environ.update({"PIPELINE_DATABASE_URL": url, "PIPELINE_DATA_DIR": data})
-    try:
+    with environment(PIPELINE_DATABASE_URL=url, PIPELINE_DATA_DIR=data):
         t0 = time.perf_counter()
         path = run_report(AS_OF, sql_dir=Path(tempfile.mkdtemp(prefix="no-sql-")))
         wall = time.perf_counter() - t0
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return wall, path.stat().st_size, sum(f.stat().st_size for f in path.parent.glob("*.html"))
 
 
 def run(quick: bool) -> dict:
     from etl import db
-    from etl.report.cockpit import sample_book
-    from etl.report.sample import create_gold
     from etl.settings import get_settings
+    from tests.support.report_sample import create_gold, sample_book
 
     server = db.database_url(get_settings())
     sizes = (22,) if quick else (22, 1000)

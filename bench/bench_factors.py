@@ -20,26 +20,16 @@ import tempfile
 import time
 import tracemalloc
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from etl.factors.factor_model import (  # noqa: E402
-    FactorConfig,
-    compute,
-    daily_snapshot,
-    exposures_frame,
-    factor_returns_frame,
-    membership_frame,
-)
-from etl.factors.io import write_outputs  # noqa: E402
-from etl.factors.rolling_ols import rolling_ols  # noqa: E402
-from etl.factors.universe_returns import universe_returns  # noqa: E402
-from etl.settings import DEFAULT_PRODUCTS  # noqa: E402
-from etl.storage import Store  # noqa: E402
+from etl.factors.factor_model import FactorConfig, compute, output_tables
+from etl.factors.io import write_outputs
+from etl.factors.rolling_ols import rolling_ols
+from etl.factors.universe_returns import universe_returns
+from etl.settings import DEFAULT_PRODUCTS
+from etl.storage import Store
 
 WINDOW = 1_440
 K = 10
@@ -127,12 +117,7 @@ def bench_stage(days: int) -> dict:
     out_start = start + pd.Timedelta(days=1)
 
     def stage():
-        universe = universe_returns(candles, 60, start, end)
-        result = compute(universe, config)
-        full = exposures_frame(result, start=out_start)
-        return {"factor_returns": factor_returns_frame(result, start=out_start),
-                "factor_membership": membership_frame(result, start=out_start),
-                "factor_exposures_full": full, "factor_exposures": daily_snapshot(result, start=out_start)}
+        return output_tables(compute(universe_returns(candles, 60, start, end), config), start=out_start)
 
     compute_s, tables = best_of(stage, 1)
     with tempfile.TemporaryDirectory() as tmp:

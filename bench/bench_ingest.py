@@ -23,12 +23,11 @@ from pathlib import Path
 import pandas as pd
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from etl.bronze import ingest, read_bronze  # noqa: E402
-from etl.settings import get_settings  # noqa: E402
-from etl.simulator import Simulator, SimulatorConfig  # noqa: E402
-from etl.source import plan_windows  # noqa: E402
+from etl.bronze import ingest
+from etl.settings import get_settings
+from etl.simulator import Simulator, SimulatorConfig
+from etl.source import plan_windows
+from tests.support.bronze import read_bronze
 
 CEILING = 10 * 300          # candles/s: 10 requests/s x 300 candles per request
 LATENCY_MS = 100.0

@@ -17,22 +17,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 import tempfile
-import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bench_airflow import dags_test_world, timed_dags_test  # one set-up and timing of `airflow dags test` runs
+from bench_factors import best_of  # one helper for best-of-N timing
+
+from etl.risk import intraday
+from etl.risk.engine import RiskParams, compute_tables
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from etl.risk import intraday  # noqa: E402
-from etl.risk.engine import RiskParams, compute_tables  # noqa: E402
 
 TARGET_RATIO = 20.0
 DAG_TARGET = 0.2
@@ -70,15 +68,6 @@ def book(n_port: int, n_assets: int, n_days: int, seed: int = 0):
             "quote": dict.fromkeys(products, "USD"), "bucket": buckets[-1]}
 
 
-def _best(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
 def revaluation(quick: bool) -> dict:
     n_port, n_assets, n_days = (200, 20, 200) if quick else (1000, 50, 400)
     params = RiskParams(mc_scenarios=2000, var_lookback_days=120, backtest_days=120) if quick else RiskParams()
@@ -93,8 +82,8 @@ def revaluation(quick: bool) -> dict:
     def baseline():
         return compute_tables(b["closes_today"], b["quote"], b["portfolios"], b["positions"], params)
 
-    ours_s, tables = _best(ours, 5)
-    base_s, full = _best(baseline, 2 if quick else 1)
+    ours_s, tables = best_of(ours, 5)
+    base_s, full = best_of(baseline, 2 if quick else 1)
     # the same book at the same prices: market values agree (the revaluation is not a different number)
     got = tables[intraday.RISK_TABLE].set_index("portfolio_id")["market_value"]
     want = full["risk_metrics"].set_index("portfolio_id")["market_value"].reindex(got.index)
@@ -111,41 +100,25 @@ def revaluation(quick: bool) -> dict:
 
 def dag_time() -> dict:
     """`airflow dags test market_data_intraday` for the sample book; the second interval's run is measured."""
-    from etl import db, demo, runlog
+    from etl import runlog
+    from etl.local import airflow_home
     from etl.orchestration import tasks
     from etl.settings import get_settings
-    from etl.simulator import Simulator, SimulatorConfig
     from etl.storage import get_store
 
     base = Path(tempfile.mkdtemp(prefix="bench_intraday_"))
-    server = db.database_url(get_settings())
-    scratch = contextlib.ExitStack()
-    url = scratch.enter_context(db.scratch_database(server, "bench"))
-    sim = Simulator(SimulatorConfig(port=0, rate_limit_rps=1000.0, burst=1000)).start()
-    overrides = {
-        "PIPELINE_STATE_DIR": str(base / "state"), "PIPELINE_DATA_DIR": str(base / "data"),
-        "PIPELINE_DATABASE_URL": url, "PIPELINE_REFERENCE_DIR": str(ROOT / "etl" / "reference_data"),
-        "PIPELINE_HISTORY_DAYS": "1", "PIPELINE_DAILY_HISTORY_DAYS": "120", "COINBASE_API_URL": sim.url,
-        "PIPELINE_SOURCE": "simulator", "PIPELINE_API_POOL_SLOTS": "1", "PIPELINE_EOD_DEADLINE_HOURS": "0",
-    }
-    saved = {k: os.environ.get(k) for k in overrides}
-    os.environ.update(overrides)
-    try:
+    with dags_test_world(base, PIPELINE_REFERENCE_DIR=str(ROOT / "etl" / "reference_data")) as url:
         settings = get_settings()
         as_of = date(2026, 3, 1)
         for product in tasks.validate_products(include_book=True, settings=settings):
             tasks.ingest_daily_history(product, as_of, settings=settings)
         tasks.build_silver(settings=settings)
         tasks.compute_risk(as_of, settings=settings)                      # the EOD scenario set
-        env = demo.airflow_env(settings, home=base / "airflow", database_url=url)
-        demo.prepare_home(env)
+        env = airflow_home.airflow_env(settings, home=base / "airflow", database_url=url)
+        airflow_home.prepare_home(env)
         first = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)                    # `dags test` date = interval end
         for when in (first, first + timedelta(minutes=5)):
-            t0 = time.perf_counter()
-            proc = demo.dags_test(env, "market_data_intraday", when)
-            wall = time.perf_counter() - t0
-            if proc.returncode:
-                raise RuntimeError(f"intraday dags test failed: {proc.stderr[-2000:]}")
+            wall = timed_dags_test(env, "market_data_intraday", when)
         log = runlog.read_all(settings)
         log = log[(log["dag_id"] == "market_data_intraday") & (log["started_at"] == log["started_at"])]
         last_run = log.sort_values("started_at")["run_id"].iloc[-1]
@@ -153,11 +126,6 @@ def dag_time() -> dict:
         per_task = tasks["duration_s"].sum().round(2).to_dict()
         rows = pd.read_parquet(base / "data" / intraday.committed_path(
             get_store(settings), intraday.RISK_TABLE, pd.Timestamp("2026-03-02 10:00", tz="UTC")))
-    finally:
-        sim.stop()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        scratch.close()
     ratio = wall / INTERVAL_S
     return {"intraday_dag_dags_test": {
         "ours_s": round(wall, 2), "baseline": "the intraday schedule interval (300 s)", "baseline_s": INTERVAL_S,

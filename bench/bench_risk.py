@@ -23,9 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from etl.risk import anomalies, drawdown, risk_returns, valuation, var  # noqa: E402
+from etl.risk import anomalies, drawdown, risk_returns, valuation, var
 
 TARGET_RATIO = 20.0
 ABS_TARGET_S = 30.0

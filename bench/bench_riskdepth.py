@@ -28,9 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from etl.risk import contributions, filtered, var  # noqa: E402
+from etl.risk import contributions, filtered, var
 
 CONFS = (0.95, 0.99)
 CONTRIB_TARGET = 20.0

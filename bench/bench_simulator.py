@@ -6,24 +6,14 @@ new connection per request (what a client without keep-alive pays) for the HTTP 
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import requests
+from bench_factors import best_of  # one helper for best-of-N timing
 
 from etl.simulator import Simulator, SimulatorConfig, candle_arrays, candles, model
 
 T0 = 1_767_225_600  # 2026-01-01 00:00 UTC
-
-
-def _best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return min(times)
 
 
 def _clear_caches() -> None:
@@ -49,7 +39,7 @@ def bench_page(repeat: int) -> dict:
         grouped.agg(low=("low", "min"), high=("high", "max"), open=("open", "first"), close=("close", "last"),
                     volume=("volume", "sum"))
 
-    ours_s, base_s = _best(ours, repeat), _best(baseline, repeat)
+    ours_s, base_s = best_of(ours, repeat)[0], best_of(baseline, repeat)[0]
     return {"simulator_page_300x5m_warm": _entry(ours_s, "pandas groupby of the same cached 1-minute candles",
                                                  base_s, "< 0.01 s", ours_s < 0.01)}
 
@@ -68,7 +58,7 @@ def bench_daily(days: int) -> dict:
         frame.index = pd.to_datetime(frame["time"], unit="s")
         frame.resample("1D").agg({"low": "min", "high": "max", "open": "first", "close": "last", "volume": "sum"})
 
-    ours_s, base_s = _best(ours, 2), _best(baseline, 2)
+    ours_s, base_s = best_of(ours, 2)[0], best_of(baseline, 2)[0]
     return {"simulator_daily_candles_cold": _entry(ours_s, f"{days} days: same minutes concatenated, pandas "
                                                    "resample('1D')", base_s, "< 1 s for 400 days",
                                                    ours_s < days / 400)}
@@ -92,8 +82,8 @@ def bench_http(requests_n: int) -> dict:
             for p in params:
                 assert requests.get(url, params=p, headers={"Connection": "close"}, timeout=10).status_code == 200
 
-        ours_s = _best(ours, 1) / requests_n
-        base_s = _best(baseline, 1) / requests_n
+        ours_s = best_of(ours, 1)[0] / requests_n
+        base_s = best_of(baseline, 1)[0] / requests_n
     return {"simulator_http_candles_request": _entry(ours_s, "a new TCP connection per request", base_s,
                                                      "> 100 requests/s (< 0.01 s)", ours_s < 0.01)}
 

@@ -176,7 +176,8 @@ def _chart(rows: list[dict], path: Path) -> None:
 
 
 def run(quick: bool) -> dict:
-    from etl import db, demo  # noqa: F401  (imports before timing)
+    from etl import db  # noqa: F401  (imports before timing)
+    from etl.local import airflow_home  # noqa: F401
     from etl.orchestration import tasks
     from etl.settings import get_settings
     from etl.simulator import Simulator, SimulatorConfig

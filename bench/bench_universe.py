@@ -27,11 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from etl.simulator import UNIVERSE, Simulator, SimulatorConfig  # noqa: E402
-from etl.simulator.universe import product_spec, synthetic_products  # noqa: E402
-from etl.source import MAX_BUCKETS  # noqa: E402
+from etl.simulator import UNIVERSE, Simulator, SimulatorConfig
+from etl.simulator.universe import product_spec, synthetic_products
+from etl.source import MAX_BUCKETS
 
 ROOT = Path(__file__).resolve().parent.parent
 API_RPS = 10.0               # Coinbase's public limit

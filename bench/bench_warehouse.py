@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from etl import db  # noqa: E402
-from etl.settings import get_settings  # noqa: E402
-from etl.warehouse import copy_upsert, load_warehouse, run_dbt, sample  # noqa: E402
-from etl.warehouse.schema import BY_NAME  # noqa: E402
+from etl import db
+from etl.settings import get_settings
+from etl.warehouse import copy_upsert, load_warehouse, run_dbt
+from etl.warehouse.schema import BY_NAME
+from tests.support import warehouse_sample as sample
 
 log = logging.getLogger(__name__)
 TARGET_RATIO = 3.0

@@ -9,14 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # Run only when named (`make soak` / `make soak-quick`): the soak alone takes longer than the whole bench-quick budget.
 ON_REQUEST = {"bench_soak"}
-sys.path.insert(0, str(HERE.parent))
 
 
 def main() -> int:

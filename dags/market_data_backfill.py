@@ -11,10 +11,9 @@ from pipeline_common import (
     DEFAULT_ARGS,
     SILVER_BARS,
     SILVER_POOL,
-    START_DATE,
 )
 
-from etl.orchestration import tasks  # light (no pandas): after pipeline_common, which puts the project on sys.path
+from etl.orchestration import spec, tasks  # light (no pandas)
 from etl.orchestration.airflow_adapter import current_ref
 
 DOC = """
@@ -27,9 +26,9 @@ any API call, failing with a message that names the bad field. Then one `fetch_c
 
 
 @dag(
-    dag_id="market_data_backfill",
+    dag_id=spec.BACKFILL_DAG,
     schedule=None,
-    start_date=START_DATE,
+    start_date=spec.START_DATE,
     catchup=False,
     max_active_runs=2,
     default_args=DEFAULT_ARGS,

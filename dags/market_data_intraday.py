@@ -10,12 +10,11 @@ from pipeline_common import (
     DEFAULT_ARGS,
     SILVER_BARS,
     SILVER_POOL,
-    START_DATE,
     WAREHOUSE_GOLD,
 )
 
-from etl.orchestration import tasks  # light (no pandas): after pipeline_common, which puts the project on sys.path
-from etl.orchestration.airflow_adapter import INTRADAY_EVERY, current_interval, current_ref
+from etl.orchestration import spec, tasks  # light (no pandas)
+from etl.orchestration.airflow_adapter import current_interval, current_ref
 
 DOC = """
 ### Intraday market data
@@ -35,9 +34,9 @@ Each task writes one row to the run log (`gold.fact_pipeline_runs`). Logic lives
 
 
 @dag(
-    dag_id="market_data_intraday",
-    schedule=CronDataIntervalTimetable("*/5 * * * *", timezone="UTC"),
-    start_date=START_DATE,
+    dag_id=spec.INTRADAY_DAG,
+    schedule=CronDataIntervalTimetable(spec.INTRADAY_CRON, timezone="UTC"),
+    start_date=spec.START_DATE,
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -52,7 +51,7 @@ def market_data_intraday():
 
     @task(pool=API_POOL, outlets=[BRONZE_CANDLES])
     def fetch_candles(product: str) -> dict:
-        start, end = current_interval(INTRADAY_EVERY)
+        start, end = current_interval(spec.INTRADAY_EVERY)
         return tasks.fetch_intraday(product, start, end, pool_slots=API_POOL_SLOTS, ref=current_ref())
 
     @task(pool=SILVER_POOL, outlets=[SILVER_BARS])
@@ -61,7 +60,7 @@ def market_data_intraday():
 
     @task
     def compute_intraday_risk() -> dict:
-        return tasks.compute_intraday_risk(current_interval(INTRADAY_EVERY)[0], ref=current_ref())
+        return tasks.compute_intraday_risk(current_interval(spec.INTRADAY_EVERY)[0], ref=current_ref())
 
     @task(outlets=[WAREHOUSE_GOLD])
     def load_intraday_warehouse() -> dict:
@@ -69,7 +68,7 @@ def market_data_intraday():
 
     @task
     def send_intraday_alerts() -> int:
-        return tasks.send_intraday_alerts(current_interval(INTRADAY_EVERY)[0], ref=current_ref())
+        return tasks.send_intraday_alerts(current_interval(spec.INTRADAY_EVERY)[0], ref=current_ref())
 
     silver = build_silver(fetch_candles.expand(product=validate_products()))
     risk = compute_intraday_risk()

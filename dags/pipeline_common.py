@@ -1,5 +1,8 @@
 """What the three DAGs share: default_args, the failure callback, pools, Assets, backfill Params, the deadline.
 
+The names and values that `etl` shares too (dag ids, schedules, pool names and sizes, granularities, Asset URIs)
+live in etl.orchestration.spec; this module builds the Airflow objects from them.
+
 Kept free of heavy imports (no pandas/pyarrow/psycopg at module level): every DAG file imports this at parse
 time, and `python dags/<file>.py` must stay well under 2 s. The `etl` package is imported inside callbacks only.
 Task defaults come from etl.settings (PIPELINE_TASK_RETRIES, PIPELINE_RETRY_DELAY_S, PIPELINE_MAX_RETRY_DELAY_S,
@@ -9,21 +12,15 @@ PIPELINE_TASK_TIMEOUT_MIN, PIPELINE_EOD_DEADLINE_HOURS, PIPELINE_API_POOL_SLOTS)
 from __future__ import annotations
 
 import logging
-import sys
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Asset, AssetWatcher, Param
 
+from etl.orchestration import spec
+from etl.settings import get_settings
+
 log = logging.getLogger(__name__)
-
-# Airflow components started outside the repo (scheduler, workers, triggerer) still find the `etl` package.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-if str(PROJECT_ROOT) not in sys.path:
-    sys.path.append(str(PROJECT_ROOT))
-
-from etl.settings import get_settings  # noqa: E402  (needs the path above; stdlib-only import)
 
 _settings = get_settings()
 TASK_RETRIES = _settings.task_retries                     # style guide: retries >= 2
@@ -38,23 +35,15 @@ EOD_DEADLINE = timedelta(hours=_settings.eod_deadline_hours)
 # never exceeds the exchange's public limit (10 req/s) whatever the executor runs in parallel.
 API_POOL_SLOTS = _settings.api_pool_slots
 
-START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
+# ---- pools (names and sizes: etl.orchestration.spec) --------------------------------------------------------
+API_POOL, SILVER_POOL = spec.API_POOL, spec.SILVER_POOL
+POOLS: dict[str, tuple[int, str]] = spec.pools(API_POOL_SLOTS)
 
-# ---- pools --------------------------------------------------------------------------------------------------
-API_POOL = "coinbase_api"
-# One silver writer at a time across all DAGs (build_silver, compact_bronze); the task itself also takes the
-# data root's silver lock (etl.storage.exclusive), which covers the CLI and other Airflow deployments.
-SILVER_POOL = "silver_writer"
-POOLS: dict[str, tuple[int, str]] = {
-    API_POOL: (API_POOL_SLOTS, "market-data API calls; each task paces at rate_limit_rps / slots"),
-    SILVER_POOL: (1, "one silver writer at a time: build_silver and compact_bronze"),
-}
-
-# ---- assets (hand data between DAGs without sensors) --------------------------------------------------------
-BRONZE_CANDLES = Asset("pipeline://bronze/candles", extra={"layer": "bronze"})
-SILVER_BARS = Asset("pipeline://silver/bars", extra={"layer": "silver", "tables": ["bars_5m", "bars_1d"]})
-RISK_OUTPUTS = Asset("pipeline://outputs/risk", extra={"layer": "outputs"})
-WAREHOUSE_GOLD = Asset("pipeline://warehouse/gold", extra={"layer": "gold"})
+# ---- assets (hand data between DAGs without sensors; URIs: etl.orchestration.spec) --------------------------
+BRONZE_CANDLES = Asset(spec.BRONZE_CANDLES_URI, extra={"layer": "bronze"})
+SILVER_BARS = Asset(spec.SILVER_BARS_URI, extra={"layer": "silver", "tables": ["bars_5m", "bars_1d"]})
+RISK_OUTPUTS = Asset(spec.RISK_OUTPUTS_URI, extra={"layer": "outputs"})
+WAREHOUSE_GOLD = Asset(spec.WAREHOUSE_GOLD_URI, extra={"layer": "gold"})
 
 
 def _fresh_trades_watchers() -> list[AssetWatcher]:
@@ -65,11 +54,10 @@ def _fresh_trades_watchers() -> list[AssetWatcher]:
 
 # Fresh live trades: `python -m etl stream` is a service, not a task, so a watcher (the triggerer polls bronze for
 # newly committed micro-batches) emits the events; `schedule=[BRONZE_TRADES]` reacts to them (docs/streaming.md).
-BRONZE_TRADES = Asset("pipeline://bronze/trades", extra={"layer": "bronze", "tables": ["trades", "ticker"]},
+BRONZE_TRADES = Asset(spec.BRONZE_TRADES_URI, extra={"layer": "bronze", "tables": ["trades", "ticker"]},
                       watchers=_fresh_trades_watchers())
 
 # ---- backfill params (the web UI's trigger form) ------------------------------------------------------------
-GRANULARITIES = [60, 300, 900, 3600, 21600, 86400]
 _PRODUCT = r"[A-Za-z0-9]+-[A-Za-z0-9]+"
 BACKFILL_PARAMS: dict[str, Param] = {
     "products": Param(
@@ -85,7 +73,7 @@ BACKFILL_PARAMS: dict[str, Param] = {
         description="End of the window, ISO 8601 (exclusive); must be after start.",
     ),
     "granularity": Param(
-        60, type="integer", enum=GRANULARITIES, title="Granularity (seconds)",
+        60, type="integer", enum=list(spec.GRANULARITIES), title="Granularity (seconds)",
         description="Candle size: 60 (intraday bars), 86400 (daily risk history), or 300/900/3600/21600.",
     ),
     "full_refresh": Param(

@@ -13,13 +13,12 @@ from pipeline_common import (
     RISK_OUTPUTS,
     SILVER_BARS,
     SILVER_POOL,
-    START_DATE,
     WAREHOUSE_GOLD,
     eod_deadline,
 )
 
-from etl.orchestration import tasks  # light (no pandas): after pipeline_common, which puts the project on sys.path
-from etl.orchestration.airflow_adapter import EOD_EVERY, EOD_OFFSET, current_interval, current_ref
+from etl.orchestration import spec, tasks  # light (no pandas)
+from etl.orchestration.airflow_adapter import current_interval, current_ref
 from etl.orchestration.intervals import eod_as_of
 
 DOC = """
@@ -43,9 +42,9 @@ Each task writes one run-log row (`gold.fact_pipeline_runs`). Logic lives in `et
 
 
 @dag(
-    dag_id="risk_end_of_day",
-    schedule=CronDataIntervalTimetable("10 0 * * *", timezone="UTC"),
-    start_date=START_DATE,
+    dag_id=spec.EOD_DAG,
+    schedule=CronDataIntervalTimetable(spec.EOD_CRON, timezone="UTC"),
+    start_date=spec.START_DATE,
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -56,7 +55,7 @@ Each task writes one run-log row (`gold.fact_pipeline_runs`). Logic lives in `et
 def risk_end_of_day():
     def as_of() -> date:
         """The business day this run values (manual runs without a logical date get the last interval's)."""
-        return eod_as_of(current_interval(EOD_EVERY, EOD_OFFSET)[0])
+        return eod_as_of(current_interval(spec.EOD_EVERY, spec.EOD_OFFSET)[0])
 
     @task(pool=API_POOL)
     def validate_products() -> list[str]:
@@ -80,7 +79,7 @@ def risk_end_of_day():
 
     @task(outlets=[RISK_OUTPUTS])
     def compute_factors() -> dict:
-        return tasks.compute_factors(current_interval(EOD_EVERY, EOD_OFFSET)[1], ref=current_ref())
+        return tasks.compute_factors(current_interval(spec.EOD_EVERY, spec.EOD_OFFSET)[1], ref=current_ref())
 
     @task
     def load_warehouse() -> dict:

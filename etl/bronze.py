@@ -18,7 +18,7 @@ abandoned pending batch: it keeps that batch id, reuses every partition file who
 abandoned batches of the same key are deleted. The pending record goes once the manifest is written.
 
 Bronze is append-only: readers deduplicate on (product_id, granularity, bucket_start), keeping the latest
-ingested_at (then batch_id) - see `dedup_latest`.
+ingested_at (then batch_id) - see `etl.silver.bars.latest_per_key`.
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ PENDING_DIR = "bronze/_pending"   # <batch_id>.json: the plan of a batch being w
 # older than this (another host). Heartbeats are written at most every PENDING_HEARTBEAT_S while fetching.
 PENDING_STALE_S = 900
 PENDING_HEARTBEAT_S = 30
-KEY = ["product_id", "granularity", "bucket_start"]
 TS = pa.timestamp("us", tz="UTC")
 
 CANDLE_SCHEMA = pa.schema([
@@ -248,7 +247,7 @@ class IngestSummary:
         ])
 
 
-# ---- watermark and reading -------------------------------------------------------------------------------------
+# ---- watermark ------------------------------------------------------------------------------------------------
 def watermark(product: str, granularity: int, settings: Settings | None = None) -> datetime | None:
     """Newest bucket_start of `product` at `granularity` in the current version of bronze (finished batches and
     compacted files, etl.compaction); None if none."""
@@ -267,51 +266,6 @@ def watermark(product: str, granularity: int, settings: Settings | None = None) 
         if table.num_rows:
             return pc.max(table["bucket_start"]).as_py()
     return None
-
-
-def dedup_latest(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (product_id, granularity, bucket_start), sorted by it: the latest ingested_at, then the highest
-    batch_id - the rows silver keeps (`etl.silver.bars.latest_per_key`, the one implementation of the rule)."""
-    from etl.silver.bars import latest_per_key  # here: etl.silver imports bronze
-
-    return latest_per_key(pa.Table.from_pandas(df, preserve_index=False)).to_pandas()
-
-
-def read_bronze(products: list[str] | None = None, granularity: int | None = None,
-                settings: Settings | None = None, dedup: bool = False) -> pd.DataFrame:
-    """Raw bronze rows (each partition's current version, etl.compaction) with product_id and date from the path.
-
-    `dedup=True` keeps only the latest row per (product_id, granularity, bucket_start).
-    """
-    store = get_store(settings)
-    flt = None
-    if products:
-        flt = pc.field("product_id").isin([p.upper() for p in products])
-    if granularity is not None:
-        g = pc.field("granularity") == granularity
-        flt = g if flt is None else flt & g
-    from etl import compaction
-
-    committed = compaction.committed_batches(store)
-    wanted = {p.upper() for p in products} if products else None
-    files = [f for (product, _), part in sorted(compaction.scan(store).items()) if wanted is None or product in wanted
-             for f in compaction.current_files(store, part, committed)]
-    dataset = store.dataset(CANDLES_DIR, files)
-    table = dataset.to_table(filter=flt) if dataset is not None else None
-    if table is None:
-        empty = CANDLE_SCHEMA.append(pa.field("product_id", pa.string())).append(pa.field("date", pa.string()))
-        return empty.empty_table().to_pandas()
-    df = table.to_pandas()
-    return dedup_latest(df) if dedup else df.sort_values(["product_id", "bucket_start"]).reset_index(drop=True)
-
-
-def read_quarantine(settings: Settings | None = None) -> pd.DataFrame:
-    """Every quarantined row with its reason (product_id from the partition path)."""
-    table = get_store(settings).read_table(QUARANTINE_DIR)
-    if table is None:  # the same columns as when there are rows: product_id comes from the partition path
-        return QUARANTINE_SCHEMA.append(pa.field("product_id", pa.string())).empty_table().to_pandas()
-    return table.to_pandas()
-
 
 
 # ---- resume: pending batches -----------------------------------------------------------------------------------

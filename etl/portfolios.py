@@ -19,8 +19,7 @@ from etl.reference import fail, load_instruments, read_reference_csv
 from etl.settings import Settings, get_settings
 
 PORTFOLIO_COLUMNS = ["portfolio_id", "name", "base_currency", "var_limit", "concentration_limit", "drawdown_limit"]
-# optional column: which risk_metrics column the var_limit is compared with (default below)
-VAR_LIMIT_METRICS = ("var_95_hist", "var_99_hist", "var_95_param", "var_99_param", "var_95_mc", "var_99_mc")
+# optional column: which risk_metrics column the var_limit is compared with (any VaR the engine computes, default below)
 DEFAULT_VAR_LIMIT_METRIC = "var_99_hist"
 POSITION_COLUMNS = ["portfolio_id", "product_id", "as_of_date", "quantity", "avg_cost"]
 
@@ -69,8 +68,10 @@ def load_portfolios(settings: Settings | None = None) -> pd.DataFrame:
     convertible = {"USD"} | set(instruments.loc[instruments["quote_currency"] == "USD", "base_currency"])
     problems.add(~df["base_currency"].isin(convertible), "unknown base_currency",
                  lambda i: f"{df['base_currency'].iat[i]!r}; expected one of {sorted(convertible)}")
-    problems.add(~df["var_limit_metric"].isin(VAR_LIMIT_METRICS), "unknown var_limit_metric",
-                 lambda i: f"{df['var_limit_metric'].iat[i]!r}; expected one of {list(VAR_LIMIT_METRICS)}")
+    from etl.risk.engine import METHODS  # here, not at the top: etl.risk imports this module
+    var_metrics = [f"var_{level}_{method}" for method in METHODS for level in (95, 99)]
+    problems.add(~df["var_limit_metric"].isin(var_metrics), "unknown var_limit_metric",
+                 lambda i: f"{df['var_limit_metric'].iat[i]!r}; expected one of {var_metrics}")
     out = df[["portfolio_id", "name", "base_currency"]].copy()
     for col in ("var_limit", "concentration_limit", "drawdown_limit"):
         out[col] = _number(df, col, problems)

@@ -13,11 +13,15 @@ file).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+from etl.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 COINBASE_URL = "https://api.exchange.coinbase.com"
 COINBASE_WS_URL = "wss://advanced-trade-ws.coinbase.com"
@@ -83,28 +87,25 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
-def _float(name: str, default: float) -> float:
-    raw = _env(name, str(default))
+def _parsed(name: str, default: str, parse: Callable[[str], T], expected: str) -> T:
+    raw = _env(name, default)
     try:
-        return float(raw)
+        return parse(raw)
     except ValueError:
-        raise ValueError(f"setting {name}={raw!r} is not a number") from None
+        raise ValueError(f"setting {name}={raw!r} is not {expected}") from None
+
+
+def _float(name: str, default: float) -> float:
+    return _parsed(name, str(default), float, "a number")
 
 
 def _int(name: str, default: int) -> int:
-    raw = _env(name, str(default))
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"setting {name}={raw!r} is not a whole number") from None
+    return _parsed(name, str(default), int, "a whole number")
 
 
 def _int_list(name: str, default: str) -> tuple[int, ...]:
-    raw = _env(name, default)
-    try:
-        return tuple(int(x) for x in raw.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"setting {name}={raw!r} is not a comma list of whole numbers") from None
+    return _parsed(name, default, lambda raw: tuple(int(x) for x in raw.split(",") if x.strip()),
+                   "a comma list of whole numbers")
 
 
 def parse_products(products: str | Iterable[str]) -> list[str]:
@@ -206,6 +207,17 @@ class Settings:
     @property
     def is_local_data(self) -> bool:
         return "://" not in self.data_dir or self.data_dir.startswith("file://")
+
+    def source_urls(self, source: str | None = None) -> tuple[str, str]:
+        """(REST base URL, WebSocket feed URL) of a market-data source (default: the configured one). "simulator"
+        is the configured pair; "coinbase" is the public Exchange and Advanced Trade pair, or the configured one
+        when the settings themselves select coinbase (e.g. a proxy in front of it)."""
+        source = (source or self.source).lower()
+        if source == "simulator" or (source == "coinbase" and self.source == "coinbase"):
+            return self.coinbase_api_url, self.coinbase_ws_url
+        if source == "coinbase":
+            return COINBASE_URL, COINBASE_WS_URL
+        raise ConfigError(f"unknown source {source!r}: expected 'simulator' or 'coinbase' (--source / PIPELINE_SOURCE)")
 
 
 def get_settings() -> Settings:

@@ -28,11 +28,12 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from etl.errors import ConfigError, SourceError
-from etl.settings import COINBASE_URL, Settings, get_settings
+from etl.orchestration.spec import GRANULARITIES
+from etl.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-VALID_GRANULARITIES = (60, 300, 900, 3600, 21600, 86400)
+VALID_GRANULARITIES = GRANULARITIES  # the candle sizes the exchange serves (etl.orchestration.spec)
 MAX_BUCKETS = 300  # the API rejects a candles request spanning more than 300 buckets
 
 # Pacing headroom: settings.rate_limit_rps / rate_limit_burst describe the API's own token bucket. Requests reach
@@ -54,14 +55,7 @@ def _iso(ts: datetime) -> str:
 
 def api_url(source: str | None = None, settings: Settings | None = None) -> str:
     """Base URL for a source: "coinbase" is the real Exchange API, "simulator" is settings.coinbase_api_url."""
-    settings = settings or get_settings()
-    source = (source or settings.source).lower()
-    if source == "coinbase":
-        # The configured URL wins when the settings themselves select coinbase (e.g. a proxy in front of it).
-        return settings.coinbase_api_url if settings.source == "coinbase" else COINBASE_URL
-    if source == "simulator":
-        return settings.coinbase_api_url
-    raise ConfigError(f"unknown source {source!r}: expected 'simulator' or 'coinbase' (--source / PIPELINE_SOURCE)")
+    return (settings or get_settings()).source_urls(source)[0]
 
 
 # ---- pacing ----------------------------------------------------------------------------------------------------

@@ -15,14 +15,7 @@ import pandas as pd
 
 from etl.errors import DataNotFoundError
 from etl.factors import io
-from etl.factors.factor_model import (
-    FactorConfig,
-    compute,
-    daily_snapshot,
-    exposures_frame,
-    factor_returns_frame,
-    membership_frame,
-)
+from etl.factors.factor_model import FactorConfig, compute, output_tables
 from etl.factors.rolling_ols import RollingOLSResult, rolling_ols
 from etl.factors.universe_returns import universe_returns
 from etl.settings import Settings, get_settings
@@ -85,14 +78,7 @@ def run_factors(settings: Settings | None = None, end: datetime | None = None, *
 
     universe = universe_returns(prices, config.frequency_s, read_start, end_ts, products=present)
     result = compute(universe, config)
-    full = exposures_frame(result, start=out_start)
-    tables = {
-        "factor_returns": factor_returns_frame(result, start=out_start),
-        "factor_membership": membership_frame(result, start=out_start),
-        "factor_exposures_full": full,
-        "factor_exposures": daily_snapshot(result, start=out_start),
-    }
-    rows, dates = io.write_outputs(get_store(settings), tables)
+    rows, dates = io.write_outputs(get_store(settings), output_tables(result, start=out_start))
     in_range = universe.times >= out_start
     return FactorSummary(
         start=out_start.to_pydatetime(), end=end_ts.to_pydatetime(), frequency_s=config.frequency_s,

@@ -243,6 +243,16 @@ def daily_snapshot(result: FactorResult, start: pd.Timestamp | None = None) -> p
     return frame.assign(as_of_date=as_of)
 
 
+def output_tables(result: FactorResult, start: pd.Timestamp | None = None) -> dict[str, pd.DataFrame]:
+    """The stage's output tables (etl/factors/io.py writes them), from `start` on."""
+    return {
+        "factor_returns": factor_returns_frame(result, start=start),
+        "factor_membership": membership_frame(result, start=start),
+        "factor_exposures_full": exposures_frame(result, start=start),
+        "factor_exposures": daily_snapshot(result, start=start),
+    }
+
+
 def _from(times: pd.DatetimeIndex, start: pd.Timestamp | None) -> np.ndarray:
     return np.ones(len(times), dtype=bool) if start is None else np.asarray(times >= start)
 

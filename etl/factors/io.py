@@ -13,6 +13,7 @@ from etl import commits
 from etl.errors import ConfigError
 from etl.settings import Settings
 from etl.storage import Store
+from etl.warehouse.schema import check_output
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def write_outputs(store: Store, tables: dict[str, pd.DataFrame]) -> tuple[dict[s
         order = np.argsort(day, kind="stable")
         day = day[order]
         arrow = to_arrow(frame.iloc[order] if not np.array_equal(order, np.arange(len(order))) else frame, schema)
+        check_output(name, arrow.column_names, partition=["date"])
         cuts = np.r_[0, np.flatnonzero(np.diff(day)) + 1, len(day)]
         for lo, hi in zip(cuts[:-1], cuts[1:], strict=False):
             if hi <= lo:

@@ -20,13 +20,10 @@ from typing import Any
 
 from etl.errors import ValidationError
 from etl.orchestration.intervals import last_interval, utc
+from etl.orchestration.spec import EOD_DAG
 from etl.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-EOD_DAG = "risk_end_of_day"
-INTRADAY_EVERY = timedelta(minutes=5)                              # market_data_intraday: */5 * * * *
-EOD_EVERY, EOD_OFFSET = timedelta(days=1), timedelta(minutes=10)    # risk_end_of_day: 10 0 * * *
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 from etl.errors import ValidationError
+from etl.orchestration.spec import DAILY
 from etl.settings import Settings
-
-DAILY = 86400  # granularity of the daily candles (seconds)
 
 
 def utc(value: datetime | str) -> datetime:

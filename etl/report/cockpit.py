@@ -412,39 +412,3 @@ def report_for_run(reader: GoldReader, run_id: str) -> str | None:
     if df.empty or "report=" not in str(df["message"].iat[0]):
         return None
     return str(df["message"].iat[0]).split("report=", 1)[1].strip()
-
-
-# ---- a bigger book for measurements ------------------------------------------------------------------------------
-def sample_book(as_of: date, n_portfolios: int, days: int = 120) -> dict[str, pd.DataFrame]:
-    """`etl.report.sample.sample_frames` with its two portfolios cloned into `n_portfolios` (sizes scaled so the
-    numbers differ), for size and speed measurements at 22 and 1,000 portfolios."""
-    from etl.report.sample import sample_frames
-
-    base = sample_frames(as_of, days)
-    per_portfolio = ("dim_portfolio", "fact_positions", "fact_portfolio_valuation", "fact_pnl_daily",
-                     "fact_risk_metrics", "fact_var_backtest", "fact_limit_breaches")
-    money_cols = {"market_value", "unrealized_pnl", "gross_exposure", "net_exposure", "long_exposure",
-                  "short_exposure", "daily_pnl", "mtd_pnl", "var_forecast", "realized_pnl", "var_limit",
-                  "quantity"} | {c for c in base["fact_risk_metrics"] if c.startswith(("var_", "es_"))}
-    out = {k: v for k, v in base.items() if k not in per_portfolio}
-    sources = base["dim_portfolio"]["portfolio_id"].tolist()
-    for name in per_portfolio:
-        parts = []
-        for i in range(n_portfolios):
-            src = sources[i % len(sources)]
-            scale = 1.0 + 0.5 * (i // len(sources))
-            df = base[name][base[name]["portfolio_id"] == src].copy()
-            df["portfolio_id"] = f"P{i + 1:04d}"
-            if name == "fact_limit_breaches":  # a VaR breach scales with the book, a fraction does not
-                df.loc[df["limit_type"] == "var", ["value", "limit_value"]] *= scale
-            else:
-                for c in money_cols & set(df.columns):
-                    df[c] = df[c] * scale
-            if name == "dim_portfolio":
-                df["name"] = f"Book {i + 1}"
-            parts.append(df)
-        out[name] = pd.concat(parts, ignore_index=True)
-    b = out["fact_limit_breaches"]
-    b["utilisation"] = b["value"] / b["limit_value"]
-    b["base_currency"] = "USD"
-    return out

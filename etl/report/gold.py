@@ -47,7 +47,7 @@ class GoldReader:
             self._conn = psycopg2.connect(self.url, options=options, application_name="etl-report")
         except psycopg2.OperationalError as exc:
             raise DataNotFoundError(f"cannot connect to the warehouse as {REPORTING_ROLE!r} ({db.redact(self.url)}): "
-                                    f"{str(exc).strip()}; run `python -m etl load` (it creates the role)") from exc
+                                    f"{' '.join(str(exc).split())}; run `python -m etl load` (it creates the role)") from exc
         _float_numeric(self._conn)
         return self
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from etl.report import charts
 from etl.report.data import CORRELATION_DAYS, ReportData, backtest_summary
+from etl.report.formatting import Formats
 from etl.risk.backtest import traffic_light
 
 log = logging.getLogger(__name__)
@@ -84,24 +85,8 @@ def _isnum(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v)) and not pd.isna(v)
 
 
-def money(v, currency: str | None = None, signed: bool = False) -> str:
-    if not _isnum(v):
-        return "–"
-    text = f"{float(v):+,.2f}" if signed else f"{float(v):,.2f}"
-    return f"{text} {currency}" if currency else text
-
-
-def pct(v, decimals: int = 1) -> str:
-    return f"{float(v):.{decimals}%}" if _isnum(v) else "–"
-
-
-def number(v) -> str:
-    if not _isnum(v):
-        return "–"
-    v = float(v)
-    if v.is_integer() and abs(v) < 1e15:
-        return f"{int(v):,}"
-    return f"{v:,.2f}" if abs(v) >= 100 else f"{v:.4g}"
+_FORMATS = Formats(_isnum)
+money, pct, number = _FORMATS.money, _FORMATS.pct, _FORMATS.number
 
 
 def seconds(v) -> str:
@@ -458,6 +443,22 @@ def _risk_table(risk_row: pd.Series, ccy: str, pid: str) -> str:
     return out + (f"<p>{e('; '.join(extras))} (volatilities annualised)</p>" if extras else "")
 
 
+def _rows(data: ReportData, key: str, table_name: str, none_text: str, parts: list[str],
+          portfolio_id: str | None = None) -> pd.DataFrame | None:
+    """The rows of `data[key]` (of one portfolio if given); None, with the note why appended to `parts`, when the
+    table is missing or has none."""
+    frame = data.get(key)
+    if frame is None:
+        parts.append(missing(table_name))
+        return None
+    if portfolio_id is not None:
+        frame = frame[frame["portfolio_id"].astype(str) == portfolio_id]
+    if frame.empty:
+        parts.append(empty(none_text))
+        return None
+    return frame
+
+
 def section_portfolio(data: ReportData, p: pd.Series) -> str:
     pid, ccy, name = str(p["portfolio_id"]), str(p["base_currency"]), str(p["name"])
     sid = slug(pid)
@@ -469,14 +470,10 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
              f'<h4 id="portfolio-{sid}-breaches">Limit breaches on {data.as_of}</h4>',
              _portfolio_breaches(data, pid)]
 
-    risk = data.get("risk")
     parts.append(f'<h4 id="portfolio-{sid}-risk">VaR and ES</h4>')
-    if risk is None:
-        parts.append(missing("fact_risk_metrics"))
-    else:
-        mine = risk[risk["portfolio_id"].astype(str) == pid]
-        parts.append(_risk_table(mine.iloc[0], ccy, pid) if not mine.empty
-                     else empty(f"no risk metrics on {data.as_of}"))
+    mine = _rows(data, "risk", "fact_risk_metrics", f"no risk metrics on {data.as_of}", parts, pid)
+    if mine is not None:
+        parts.append(_risk_table(mine.iloc[0], ccy, pid))
 
     val, pnl = data.get("valuation"), data.get("pnl")
     parts.append(f'<h4 id="portfolio-{sid}-value">Value and PnL</h4>')
@@ -495,50 +492,38 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
                             f"chart-drawdown-{sid}", "Market value relative to its running peak (0% = at a high)."))
 
     parts.append(f'<h4 id="portfolio-{sid}-backtest">VaR vs realised PnL</h4>')
-    bt = data.get("backtest")
-    if bt is None:
-        parts.append(missing("fact_var_backtest"))
-    else:
-        mine = bt[bt["portfolio_id"].astype(str) == pid]
-        if mine.empty:
-            parts.append(empty("no VaR backtest rows"))
-        else:
-            mine = mine.assign(confidence=normalise_confidence(mine["confidence"]))
-            method = pick_method(mine)
-            chosen = mine[mine["method"].astype(str) == method]
-            summ = backtest_zones(mine)
-            z = summ[(summ["method"] == method) & np.isclose(summ["confidence"], 0.99)]
-            zone = z["zone"].iat[0] if not z.empty else "n/a"
-            n_days = int(z["n_obs"].iat[0]) if not z.empty else 0
-            parts.append(f'<p>Traffic light ({e(method)} VaR 99%, last {n_days} days): '
-                         f'<span class="badge zone-{e(zone)}" id="zone-{sid}">{e(zone.upper())}</span></p>')
-            parts.append(figure(charts.var_vs_pnl(chosen, ccy, f"{name}: {method} VaR vs realised daily PnL ({ccy})"),
-                                f"chart-var-{sid}", "Bars: realised PnL; lines: minus the VaR forecast; "
-                                                    "crosses: exceptions (loss beyond VaR)."))
-            parts.append(table(summ, [("method", "Method", None), ("confidence", "Confidence", lambda v: pct(v, 0)),
-                                      ("n_obs", "Days", number), ("exceptions", "Exceptions", number),
-                                      ("expected", "Expected", lambda v: f"{v:.1f}"), ("zone", "Zone", None)],
-                               table_id=f"backtest-{sid}"))
+    mine = _rows(data, "backtest", "fact_var_backtest", "no VaR backtest rows", parts, pid)
+    if mine is not None:
+        mine = mine.assign(confidence=normalise_confidence(mine["confidence"]))
+        method = pick_method(mine)
+        chosen = mine[mine["method"].astype(str) == method]
+        summ = backtest_zones(mine)
+        z = summ[(summ["method"] == method) & np.isclose(summ["confidence"], 0.99)]
+        zone = z["zone"].iat[0] if not z.empty else "n/a"
+        n_days = int(z["n_obs"].iat[0]) if not z.empty else 0
+        parts.append(f'<p>Traffic light ({e(method)} VaR 99%, last {n_days} days): '
+                     f'<span class="badge zone-{e(zone)}" id="zone-{sid}">{e(zone.upper())}</span></p>')
+        parts.append(figure(charts.var_vs_pnl(chosen, ccy, f"{name}: {method} VaR vs realised daily PnL ({ccy})"),
+                            f"chart-var-{sid}", "Bars: realised PnL; lines: minus the VaR forecast; "
+                                                "crosses: exceptions (loss beyond VaR)."))
+        parts.append(table(summ, [("method", "Method", None), ("confidence", "Confidence", lambda v: pct(v, 0)),
+                                  ("n_obs", "Days", number), ("exceptions", "Exceptions", number),
+                                  ("expected", "Expected", lambda v: f"{v:.1f}"), ("zone", "Zone", None)],
+                           table_id=f"backtest-{sid}"))
 
     parts.append(f'<h4 id="portfolio-{sid}-exposure">Exposure and concentration by asset</h4>')
-    pos = data.get("positions")
-    if pos is None:
-        parts.append(missing("fact_positions"))
-    else:
-        mine = pos[pos["portfolio_id"].astype(str) == pid]
-        if mine.empty:
-            parts.append(empty(f"no positions on {data.as_of}"))
-        else:
-            conc = float(limits["concentration"]) if _isnum(limits["concentration"]) else None
-            parts.append(figure(charts.exposure_by_asset(mine, ccy, f"{name}: exposure by asset ({ccy})", conc),
-                                f"chart-exposure-{sid}", f"Market value per asset on {data.as_of}."))
-            gross = mine["market_value"].astype(float).abs().sum()
-            mine = mine.assign(share=mine["market_value"].astype(float).abs() / gross if gross else np.nan)
-            parts.append(table(mine.sort_values("share", ascending=False), [
-                ("product_id", "Asset", None), ("quantity", "Quantity", number), ("avg_cost", "Avg cost", money),
-                ("close", "Close", money), ("market_value", f"Market value ({ccy})", money),
-                ("unrealized_pnl", f"Unrealised PnL ({ccy})", lambda v: money(v, signed=True)),
-                ("share", "Share of gross", pct)], table_id=f"positions-{sid}", signed=("unrealized_pnl",)))
+    mine = _rows(data, "positions", "fact_positions", f"no positions on {data.as_of}", parts, pid)
+    if mine is not None:
+        conc = float(limits["concentration"]) if _isnum(limits["concentration"]) else None
+        parts.append(figure(charts.exposure_by_asset(mine, ccy, f"{name}: exposure by asset ({ccy})", conc),
+                            f"chart-exposure-{sid}", f"Market value per asset on {data.as_of}."))
+        gross = mine["market_value"].astype(float).abs().sum()
+        mine = mine.assign(share=mine["market_value"].astype(float).abs() / gross if gross else np.nan)
+        parts.append(table(mine.sort_values("share", ascending=False), [
+            ("product_id", "Asset", None), ("quantity", "Quantity", number), ("avg_cost", "Avg cost", money),
+            ("close", "Close", money), ("market_value", f"Market value ({ccy})", money),
+            ("unrealized_pnl", f"Unrealised PnL ({ccy})", lambda v: money(v, signed=True)),
+            ("share", "Share of gross", pct)], table_id=f"positions-{sid}", signed=("unrealized_pnl",)))
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -546,12 +531,8 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
 def section_market(data: ReportData) -> str:
     parts = ['<section id="section-market"><h2 id="market">Market</h2>',
              '<h3 id="market-volatility">Volatility ranking</h3>']
-    ar = data.get("asset_risk")
-    if ar is None:
-        parts.append(missing("fact_asset_risk"))
-    elif ar.empty:
-        parts.append(empty(f"no asset risk rows on {data.as_of}"))
-    else:
+    ar = _rows(data, "asset_risk", "fact_asset_risk", f"no asset risk rows on {data.as_of}", parts)
+    if ar is not None:
         col = next((c for c in ("vol_30d", "vol_20d", "vol_ewma") if c in ar and ar[c].notna().any()), None)
         if col is None:
             parts.append(empty("no volatility figures"))
@@ -577,24 +558,16 @@ def section_market(data: ReportData) -> str:
                                 "chart-correlation", "Pearson correlation of daily log returns.", narrow=True))
 
     parts.append('<h3 id="market-factor-exposures">Factor exposures</h3>')
-    fx = data.get("factor_exposures")
-    if fx is None:
-        parts.append(missing("fact_factor_exposures"))
-    elif fx.empty:
-        parts.append(empty(f"no factor exposures up to {data.as_of}"))
-    else:
+    fx = _rows(data, "factor_exposures", "fact_factor_exposures", f"no factor exposures up to {data.as_of}", parts)
+    if fx is not None:
         betas = fx.pivot_table(index="product_id", columns="factor_name", values="beta", aggfunc="last")
         last_at = pd.to_datetime(fx["bucket_start"], utc=True).max()
         parts.append(figure(charts.heatmap(betas, f"Factor betas (latest snapshot up to {data.as_of})", "beta"),
                             "chart-factor-exposures", f"Latest rolling betas per asset and factor (as of {last_at})."))
 
     parts.append('<h3 id="market-anomalies">Anomalies</h3>')
-    an = data.get("anomalies")
-    if an is None:
-        parts.append(missing("fact_anomalies"))
-    elif an.empty:
-        parts.append(empty("no anomalies on this day"))
-    else:
+    an = _rows(data, "anomalies", "fact_anomalies", "no anomalies on this day", parts)
+    if an is not None:
         parts.append(figure(charts.anomalies_timeline(an, f"Return anomalies on {data.as_of} ({len(an)} flagged)",
                                                       data.as_of),
                             "chart-anomalies", "Flagged bars by time and asset."))

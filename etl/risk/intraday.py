@@ -378,8 +378,11 @@ def write_outputs(store, bucket: pd.Timestamp, tables: dict[str, pd.DataFrame]) 
     """Commit the bucket's risk and breach rows together (one manifest write): a rerun replaces both."""
     from etl import commits
     from etl.risk.runner import _to_arrow
+    from etl.warehouse.schema import check_output
 
     parts = {(name, bucket_partition(bucket)): _to_arrow(df) for name, df in tables.items()}
+    for (name, _), part in parts.items():
+        check_output(name, part.column_names)
     commits.publish(store, intraday_manifest(bucket.date()), "intraday", parts, merge=True)
 
 

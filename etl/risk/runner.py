@@ -26,6 +26,7 @@ from etl.risk.engine import RiskParams, close_matrix, compute_tables
 from etl.risk.intraday import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
+from etl.warehouse.schema import check_output
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None) -> Ris
     tables["risk_metrics"]["risk_run_id"] = run_id
     partition = f"as_of_date={as_of.isoformat()}"
     parts = {(name, partition): _to_arrow(tables.get(name, pd.DataFrame())) for name in TABLES}
+    for (name, _), part in parts.items():
+        check_output(name, part.column_names)  # every column declared in etl/warehouse/tables.yml, and no other
     commits.publish(get_store(settings), commits.risk_manifest(as_of), "risk", parts, run_id=run_id,
                     meta={"as_of": as_of.isoformat(), "portfolios": sorted(map(str, portfolios["portfolio_id"]))})
     rows = {name: part.num_rows for (name, _), part in parts.items()}

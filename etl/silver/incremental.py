@@ -59,8 +59,9 @@ QUALITY_DIR = "silver/_quality"
 PART = "part-0.parquet"
 DAY_US = 86_400 * US
 
+# What silver reads of bronze: never `raw` (the bulk of a bronze file), which only quarantined rows need.
 BRONZE_COLUMNS = ["product_id", "bucket_start", "open", "high", "low", "close", "volume", "granularity",
-                  "ingested_at", "batch_id", "raw"]
+                  "ingested_at", "batch_id"]
 QUARANTINE_SCHEMA = pa.schema([
     ("bucket_start", TS), ("granularity", pa.int64()), ("open", pa.float64()), ("high", pa.float64()),
     ("low", pa.float64()), ("close", pa.float64()), ("volume", pa.float64()), ("ingested_at", TS),
@@ -126,14 +127,25 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
     files = {k: compaction.current_files(store, p, committed) for k, p in sorted(todo.items())}
     currencies = _quote_currencies({p for p, _ in files}, settings)
 
-    written: set[str] = set()
     chunks: dict[tuple[str, int], list[str]] = defaultdict(list)
     for product, day in sorted(files):
         chunks[(product, int(day[:4]))].append(day)
+
+    def rebuild(chunk: tuple[tuple[str, int], list[str]]) -> tuple[SilverSummary, set[str]]:
+        (product, year), days = chunk
+        counts = SilverSummary()  # one per chunk: threads never share a counter
+        candles, paths = _read_readable(store, [f for d in days for f in files[(product, d)]], parts, counts)
+        return counts, _rebuild(store, product, year, days, candles, paths, currencies[product], now,
+                                full_refresh, counts)
+
+    written: set[str] = set()
     read: dict[tuple[str, str], dict] = {}
-    for (product, year), days in sorted(chunks.items()):
-        candles = _read_readable(store, [f for d in days for f in files[(product, d)]], parts, summary)
-        written |= _rebuild(store, product, year, days, candles, currencies[product], now, full_refresh, summary)
+    # one chunk at a time: rebuilding two in threads crashed pyarrow (SIGSEGV, bad_alloc) 1 run in 2 at 4 M candles
+    for chunk in sorted(chunks.items()):
+        (product, _), days = chunk
+        counts, chunk_files = rebuild(chunk)
+        _add(summary, counts)
+        written |= chunk_files
         for day in days:
             read[(product, day)] = compaction.version(parts[(product, day)], committed)
     if full_refresh:
@@ -159,16 +171,25 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
     return summary
 
 
+def _add(summary: SilverSummary, counts: SilverSummary) -> None:
+    for name in ("rows_in", "rows_out", "bars_1d", "duplicates", "incomplete_bars", "missing_buckets", "partitions"):
+        setattr(summary, name, getattr(summary, name) + getattr(counts, name))
+    for rule, n in counts.quarantined_by_rule.items():
+        summary.quarantined_by_rule[rule] += n
+    summary.bad_files += counts.bad_files
+
+
 def _key(partition: tuple[str, str]) -> str:
     return f"{partition[0]}/{partition[1]}"
 
 
-def _read_readable(store: Store, paths: list[str], parts: dict, summary: SilverSummary) -> pa.Table:
-    """The rows of `paths`; files that do not read whole are quarantined and left out (and out of the version)."""
+def _read_readable(store: Store, paths: list[str], parts: dict, summary: SilverSummary) -> tuple[pa.Table, list[str]]:
+    """(read_bronze of `paths`, the paths read): files that do not read whole are quarantined and left out (and
+    out of the version)."""
     if not paths:
-        return _BRONZE_SCHEMA.empty_table()
+        return _BRONZE_SCHEMA.empty_table(), []
     try:
-        return read_bronze(store, paths)
+        return read_bronze(store, paths), paths
     except (pa.ArrowException, OSError, ValueError):
         pass
     good = []
@@ -183,19 +204,20 @@ def _read_readable(store: Store, paths: list[str], parts: dict, summary: SilverS
             if part.rel_dir == folder:
                 part.batch_files.pop(name, None)
                 part.compacted.pop(name, None)
-    return read_bronze(store, good) if good else _BRONZE_SCHEMA.empty_table()
+    return (read_bronze(store, good), good) if good else (_BRONZE_SCHEMA.empty_table(), [])
 
 
 # ---- one (product, year) chunk ---------------------------------------------------------------------------------
-def _rebuild(store: Store, product: str, year: int, days: list[str], candles: pa.Table, quote: str,
-             now: datetime, full_refresh: bool, summary: SilverSummary) -> set[str]:
+def _rebuild(store: Store, product: str, year: int, days: list[str], candles: pa.Table, paths: list[str],
+             quote: str, now: datetime, full_refresh: bool, summary: SilverSummary) -> set[str]:
     """Recompute the 5-minute bars, quarantine and daily bars of `days` of one product from all their candles
-    (every current bronze row of those days); returns the files written."""
+    (read_bronze of `paths`: every current bronze row of those days); returns the files written."""
     summary.rows_in += candles.num_rows
     unique = latest_per_key(candles)
     summary.duplicates += candles.num_rows - unique.num_rows
     good, bad = quality.split(unique, now)
     bad = bad.sort_by([("bucket_start", "ascending"), ("granularity", "ascending")])
+    bad = bad.append_column("raw", bronze_raw(store, paths, bad["_row"]))
     for rule, n in quality.count_by_rule(bad).items():
         summary.quarantined_by_rule[rule] += n
 
@@ -217,19 +239,29 @@ def _rebuild(store: Store, product: str, year: int, days: list[str], candles: pa
 _BRONZE_SCHEMA = pa.schema([
     ("product_id", pa.string()), ("bucket_start", TS), ("open", pa.float64()), ("high", pa.float64()),
     ("low", pa.float64()), ("close", pa.float64()), ("volume", pa.float64()), ("granularity", pa.int64()),
-    ("ingested_at", TS), ("batch_id", pa.string()), ("raw", pa.string()),
+    ("ingested_at", TS), ("batch_id", pa.string()), ("_row", pa.int64()),
 ])
 
 
 def read_bronze(store: Store, paths: list[str]) -> pa.Table:
+    """BRONZE_COLUMNS of the files `paths`, in that order, plus `_row`: each row's position in the read."""
     dataset = store.dataset(BRONZE_DIR, paths)
     names = set(dataset.schema.names)
     table = dataset.to_table(columns=[c for c in BRONZE_COLUMNS if c in names])
-    if "raw" not in names:
-        table = table.append_column("raw", pa.nulls(table.num_rows, pa.string()))
     if "ingested_at" not in names:
         table = table.append_column("ingested_at", pa.nulls(table.num_rows, TS))
-    return table.select(BRONZE_COLUMNS).cast(_BRONZE_SCHEMA).combine_chunks()  # one chunk: free numpy views
+    table = table.append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    return table.select(_BRONZE_SCHEMA.names).cast(_BRONZE_SCHEMA).combine_chunks()  # one chunk: free numpy views
+
+
+def bronze_raw(store: Store, paths: list[str], rows: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The `raw` text of the rows at positions `rows` of read_bronze(store, paths) (null where files have none)."""
+    if len(rows) == 0:
+        return pa.chunked_array([], pa.string())
+    dataset = store.dataset(BRONZE_DIR, paths)
+    if "raw" not in dataset.schema.names:
+        return pa.chunked_array([pa.nulls(len(rows), pa.string())])
+    return dataset.to_table(columns=["raw"])["raw"].cast(pa.string()).take(rows)
 
 
 def _bars_5m_table(bars: pa.Table, quote: str) -> pa.Table:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from etl.errors import ConfigError
-from etl.settings import COINBASE_WS_URL, Settings, get_settings
+from etl.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,7 @@ CHANNELS = ("heartbeats", "market_trades", "ticker")
 
 def ws_url(source: str | None = None, settings: Settings | None = None) -> str:
     """Feed URL for a source: "coinbase" is Advanced Trade's, "simulator" is settings.coinbase_ws_url."""
-    settings = settings or get_settings()
-    source = (source or settings.source).lower()
-    if source == "coinbase":
-        return settings.coinbase_ws_url if settings.source == "coinbase" else COINBASE_WS_URL
-    if source == "simulator":
-        return settings.coinbase_ws_url
-    raise ConfigError(f"unknown source {source!r}: expected 'simulator' or 'coinbase' (--source / PIPELINE_SOURCE)")
+    return (settings or get_settings()).source_urls(source)[1]
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ import math
 from collections.abc import Iterable
 from urllib.parse import quote
 
+from etl.report.formatting import Formats
+
 BASE = "/risk"
 PAGE_SIZE = 50
 BREACH_ROWS = 50  # the Firm page lists the worst 50 breaches; the JSON has them all
@@ -31,21 +33,8 @@ def _ok(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def money(v, ccy: str | None = None, signed: bool = False) -> str:
-    if not _ok(v):
-        return "–"
-    text = f"{v:+,.2f}" if signed else f"{v:,.2f}"
-    return f"{text} {ccy}" if ccy else text
-
-
-def pct(v, decimals: int = 1) -> str:
-    return f"{v:.{decimals}%}" if _ok(v) else "–"
-
-
-def num(v) -> str:
-    if not _ok(v):
-        return "–"
-    return f"{int(v):,}" if float(v).is_integer() else (f"{v:,.2f}" if abs(v) >= 100 else f"{v:.4g}")
+_FORMATS = Formats(_ok)
+money, pct, num = _FORMATS.money, _FORMATS.pct, _FORMATS.number
 
 
 def breach_value(v, unit: str, ccy: str) -> str:

@@ -1,14 +1,9 @@
 -- Performance summary per portfolio up to the as-of day: total and month-to-date PnL, best and worst day, share
 -- of positive days, mean and volatility of daily PnL, annualised Sharpe-like ratio of daily returns, max drawdown.
-with params as (
-    select coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_pnl_daily)) as as_of
-),
-
-history as (
+with history as (
     select pnl.*
     from gold.fact_pnl_daily as pnl
-    inner join params
-        on pnl.as_of_date <= params.as_of
+    where pnl.as_of_date <= coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_pnl_daily))
 ),
 
 stats as (

@@ -1,10 +1,6 @@
 -- Top 5 gaining and top 5 losing positions of the as-of day across all portfolios: each position's PnL of the
 -- day (market value x the product's daily return / (1 + return), i.e. quantity x the close-to-close move).
-with params as (
-    select coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_positions)) as as_of
-),
-
-contributions as (
+with contributions as (
     select
         positions.as_of_date,
         positions.portfolio_id,
@@ -14,12 +10,11 @@ contributions as (
         prices.daily_return,
         positions.market_value * prices.daily_return / (1 + prices.daily_return) as position_pnl
     from gold.fact_positions as positions
-    inner join params
-        on positions.as_of_date = params.as_of
     inner join gold.fact_price_daily as prices
         on positions.product_id = prices.product_id
         and positions.as_of_date = prices.price_date
-    where prices.daily_return is not null
+    where positions.as_of_date = coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_positions))
+        and prices.daily_return is not null
 ),
 
 ranked as (

@@ -1,8 +1,4 @@
 -- Return anomalies flagged on the as-of day (robust z-score beyond the threshold), largest first.
-with params as (
-    select coalesce(nullif(:'as_of', '')::date, (select max(bar_date) from gold.fact_anomalies)) as as_of
-)
-
 select
     anomalies.bar_date,
     anomalies.bucket_start,
@@ -12,6 +8,5 @@ select
     anomalies.threshold,
     anomalies.close
 from gold.fact_anomalies as anomalies
-inner join params
-    on anomalies.bar_date = params.as_of
+where anomalies.bar_date = coalesce(nullif(:'as_of', '')::date, (select max(bar_date) from gold.fact_anomalies))
 order by abs(anomalies.robust_z) desc, anomalies.product_id

@@ -1,13 +1,8 @@
 -- Worst daily (close-to-close) return of each asset up to the as-of day, the day it happened, and the latest close.
-with params as (
-    select coalesce(nullif(:'as_of', '')::date, (select max(price_date) from gold.fact_price_daily)) as as_of
-),
-
-history as (
+with history as (
     select daily.*
     from gold.fact_price_daily as daily
-    inner join params
-        on daily.price_date <= params.as_of
+    where daily.price_date <= coalesce(nullif(:'as_of', '')::date, (select max(price_date) from gold.fact_price_daily))
 ),
 
 worst as (

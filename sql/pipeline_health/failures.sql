@@ -1,8 +1,4 @@
 -- Failed task attempts from 7 days before the as-of day on, newest first, with their error message.
-with params as (
-    select coalesce(nullif(:'as_of', '')::date, (select max(run_date) from gold.fact_pipeline_runs)) as as_of
-)
-
 select
     runs.started_at,
     runs.run_id,
@@ -12,7 +8,6 @@ select
     runs.duration_s,
     runs.message
 from gold.fact_pipeline_runs as runs
-inner join params
-    on runs.run_date >= params.as_of - 7
-where runs.is_failure
+where runs.run_date >= coalesce(nullif(:'as_of', '')::date, (select max(run_date) from gold.fact_pipeline_runs)) - 7
+    and runs.is_failure
 order by runs.started_at desc

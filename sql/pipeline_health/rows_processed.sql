@@ -1,8 +1,4 @@
 -- Rows read and written per day, DAG and task (successful attempts) from 7 days before the as-of day on.
-with params as (
-    select coalesce(nullif(:'as_of', '')::date, (select max(run_date) from gold.fact_pipeline_runs)) as as_of
-)
-
 select
     runs.run_date,
     runs.dag_id,
@@ -11,8 +7,7 @@ select
     sum(runs.rows_in)::bigint as rows_in,
     sum(runs.rows_out)::bigint as rows_out
 from gold.fact_pipeline_runs as runs
-inner join params
-    on runs.run_date >= params.as_of - 7
-where runs.status = 'success'
+where runs.run_date >= coalesce(nullif(:'as_of', '')::date, (select max(run_date) from gold.fact_pipeline_runs)) - 7
+    and runs.status = 'success'
 group by runs.run_date, runs.dag_id, runs.task_id
 order by runs.run_date desc, runs.dag_id, runs.task_id

@@ -1,14 +1,9 @@
 -- Task durations per DAG and task over the runs started from 7 days before the as-of day on: runs, mean, p95
 -- and max duration in seconds, and the latest status.
-with params as (
-    select coalesce(nullif(:'as_of', '')::date, (select max(run_date) from gold.fact_pipeline_runs)) as as_of
-),
-
-recent as (
+with recent as (
     select runs.*
     from gold.fact_pipeline_runs as runs
-    inner join params
-        on runs.run_date >= params.as_of - 7
+    where runs.run_date >= coalesce(nullif(:'as_of', '')::date, (select max(run_date) from gold.fact_pipeline_runs)) - 7
 ),
 
 latest as (

@@ -1,12 +1,5 @@
 -- Maximum drawdown of every portfolio over the risk lookback on the as-of day, worst first: peak, trough and
 -- recovery days, the drawdown limit and how much of it the drawdown uses (breach above 1).
-with params as (
-    select coalesce(
-        nullif(:'as_of', '')::date,
-        (select max(as_of_date) from gold.fact_drawdowns where entity_type = 'portfolio')
-    ) as as_of
-)
-
 select
     drawdowns.as_of_date,
     drawdowns.portfolio_id,
@@ -24,9 +17,11 @@ select
     drawdowns.window_start,
     drawdowns.window_end
 from gold.fact_drawdowns as drawdowns
-inner join params
-    on drawdowns.as_of_date = params.as_of
 inner join gold.dim_portfolio as portfolio
     on drawdowns.portfolio_id = portfolio.portfolio_id
 where drawdowns.entity_type = 'portfolio'
+    and drawdowns.as_of_date = coalesce(
+        nullif(:'as_of', '')::date,
+        (select max(as_of_date) from gold.fact_drawdowns where entity_type = 'portfolio')
+    )
 order by drawdowns.max_drawdown, drawdowns.portfolio_id

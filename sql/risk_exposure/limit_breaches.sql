@@ -1,9 +1,5 @@
 -- Every risk limit breached on the as-of day (VaR, concentration, drawdown) with the observed value, the limit
 -- and its utilisation.
-with params as (
-    select coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_limit_breaches)) as as_of
-)
-
 select
     breaches.as_of_date,
     breaches.portfolio_id,
@@ -14,8 +10,7 @@ select
     breaches.limit_value,
     breaches.utilisation
 from gold.fact_limit_breaches as breaches
-inner join params
-    on breaches.as_of_date = params.as_of
 inner join gold.dim_portfolio as portfolio
     on breaches.portfolio_id = portfolio.portfolio_id
+where breaches.as_of_date = coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_limit_breaches))
 order by breaches.utilisation desc nulls last, breaches.portfolio_id

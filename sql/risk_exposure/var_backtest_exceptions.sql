@@ -1,9 +1,5 @@
 -- VaR backtest per portfolio, method and confidence over the days up to the as-of day: days tested, exceptions
 -- (loss beyond the forecast), observed versus expected exception rate.
-with params as (
-    select coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_var_backtest)) as as_of
-)
-
 select
     backtest.portfolio_id,
     backtest.method,
@@ -15,7 +11,6 @@ select
     avg(case when backtest.is_exception then 1.0 else 0.0 end)::double precision as exception_rate,
     round((1 - backtest.confidence)::numeric, 4)::double precision as expected_rate
 from gold.fact_var_backtest as backtest
-inner join params
-    on backtest.as_of_date <= params.as_of
+where backtest.as_of_date <= coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_var_backtest))
 group by backtest.portfolio_id, backtest.method, backtest.confidence
 order by backtest.portfolio_id, backtest.method, backtest.confidence

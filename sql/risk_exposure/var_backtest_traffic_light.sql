@@ -1,10 +1,6 @@
 -- VaR model validation on the as-of day: per portfolio, method and confidence, the exceptions over the backtest
 -- window against the expected count, the Kupiec and conditional-coverage p-values and the Basel traffic light
 -- (red first).
-with params as (
-    select coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_var_backtest_summary)) as as_of
-)
-
 select
     summary.as_of_date,
     summary.portfolio_id,
@@ -20,10 +16,11 @@ select
     summary.cc_p,
     summary.traffic_light
 from gold.fact_var_backtest_summary as summary
-inner join params
-    on summary.as_of_date = params.as_of
 inner join gold.dim_portfolio as portfolio
     on summary.portfolio_id = portfolio.portfolio_id
+where summary.as_of_date = coalesce(
+    nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_var_backtest_summary)
+)
 order by
     case summary.traffic_light when 'red' then 0 when 'yellow' then 1 else 2 end,
     summary.portfolio_id,

@@ -1,16 +1,5 @@
 -- 1-day VaR and ES (95/99, historical, parametric, Monte Carlo) per portfolio on the as-of day, with the VaR
 -- limit, the metric it applies to and its utilisation (> 1 = breached).
-with params as (
-    select coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_risk_metrics)) as as_of
-),
-
-latest as (
-    select risk.*
-    from gold.fact_risk_metrics as risk
-    inner join params
-        on risk.as_of_date = params.as_of
-)
-
 select
     latest.as_of_date,
     latest.portfolio_id,
@@ -38,7 +27,8 @@ select
         when 'var_95_mc' then latest.var_95_mc
         when 'var_99_mc' then latest.var_99_mc
     end / nullif(portfolio.var_limit, 0) as var_limit_utilisation
-from latest
+from gold.fact_risk_metrics as latest
 inner join gold.dim_portfolio as portfolio
     on latest.portfolio_id = portfolio.portfolio_id
+where latest.as_of_date = coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_risk_metrics))
 order by latest.var_99_hist desc nulls last

@@ -1,9 +1,5 @@
 -- Assets ranked by annualised 30-day volatility on the as-of day, with 20-day and EWMA volatility, max drawdown
 -- and worst daily return over the lookback.
-with params as (
-    select coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_asset_risk)) as as_of
-)
-
 select
     rank() over (order by risk.vol_30d desc nulls last) as vol_rank,
     risk.as_of_date,
@@ -15,8 +11,7 @@ select
     risk.max_drawdown,
     risk.worst_daily_return
 from gold.fact_asset_risk as risk
-inner join params
-    on risk.as_of_date = params.as_of
 inner join gold.dim_symbol as symbol
     on risk.product_id = symbol.product_id
+where risk.as_of_date = coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_asset_risk))
 order by vol_rank, risk.product_id

@@ -33,11 +33,9 @@ def dagbag(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def common():
-    sys.path.insert(0, str(DAGS))
-    import pipeline_common
-
-    return pipeline_common
+def common(dagbag):
+    """dags/pipeline_common.py as the DAG files imported it (from the dags folder, as Airflow puts it on the path)."""
+    return sys.modules["pipeline_common"]
 
 
 def test_all_dags_import_without_errors(dagbag):
@@ -106,9 +104,9 @@ def test_api_tasks_use_the_rate_limited_pool_and_every_pool_is_defined(dagbag, c
 
 
 def test_demo_creates_every_pool(common):
-    from etl import demo
+    from etl.local import airflow_home
 
-    assert demo.pools() == common.POOLS
+    assert airflow_home.pools() == common.POOLS
 
 
 def test_intraday_shape(dagbag):
@@ -205,5 +203,7 @@ def test_ruff_airflow_rules_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_start_date_is_utc(common):
-    assert common.START_DATE.tzinfo == UTC
+def test_start_date_is_utc():
+    from etl.orchestration import spec
+
+    assert spec.START_DATE.tzinfo == UTC

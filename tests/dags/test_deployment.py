@@ -91,14 +91,11 @@ def test_commands_are_real_airflow_and_cli_commands(compose):
 
 
 def test_pool_in_compose_matches_the_dags(compose):
-    import sys
-
-    sys.path.insert(0, str(ROOT / "dags"))
-    import pipeline_common
+    from etl.orchestration import spec
 
     init = " ".join(compose["services"]["airflow-init"]["command"])
-    assert f"pools set {pipeline_common.API_POOL} " in init
-    assert f"pools set {pipeline_common.SILVER_POOL} 1 " in init
+    assert f"pools set {spec.API_POOL} " in init
+    assert f"pools set {spec.SILVER_POOL} {spec.SILVER_POOL_SLOTS} " in init
     assert "PIPELINE_API_POOL_SLOTS" in init
 
 
@@ -107,25 +104,26 @@ def test_dockerfile_ships_the_code_where_compose_expects_it():
     assert text.startswith("#") and "FROM apache/airflow:3.3.2" in text
     for folder in ("etl", "dags", "plugins", "dbt_project"):
         assert f"COPY --chown=airflow:0 {folder} /opt/pipeline/{folder}" in text
+    assert "RUN pip install --no-cache-dir --no-deps -e /opt/pipeline" in text  # `etl` importable, no PYTHONPATH
     assert "requirements.txt" in text
     cmd = [line for line in text.splitlines() if line.startswith("RUN pip install")][0]
     assert "apache-airflow==3.3.2" in shlex.split(cmd)[-3]
 
 
-# ---- the local Airflow configuration of `make demo` / `make airflow` (etl/demo.py) ---------------------------
+# ---- the local Airflow configuration of `make demo` / `make airflow` (etl/local/airflow_home.py) ------------
 def test_demo_airflow_env_points_airflow_at_this_repo(tmp_path):
-    from etl import demo
+    from etl.local import airflow_home
     from etl.settings import get_settings
 
-    env = demo.airflow_env(get_settings(), home=tmp_path / "af", base={"PATH": "/usr/bin"},
-                           database_url="postgresql://u:p@/db?host=/sock")
+    env = airflow_home.airflow_env(get_settings(), home=tmp_path / "af", base={"PATH": "/usr/bin"},
+                                   database_url="postgresql://u:p@/db?host=/sock")
     assert env["AIRFLOW_HOME"] == str(tmp_path / "af")
     assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(ROOT / "dags")
     assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == str(ROOT / "plugins")
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{tmp_path / 'af' / 'airflow.db'}"
     assert 2 <= int(env["AIRFLOW__CORE__PARALLELISM"]) <= 4  # sized for 2 cores
-    assert env["PYTHONPATH"].split(":")[0] == str(ROOT)
+    assert "PYTHONPATH" not in env  # the venv has the project installed (pyproject.toml): nothing edits the path
     assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)  # standalone spawns `airflow ...`
     import json
 
@@ -136,7 +134,7 @@ def test_demo_airflow_env_points_airflow_at_this_repo(tmp_path):
 def test_demo_dates_are_the_last_complete_intervals():
     from datetime import UTC, datetime
 
-    from etl import demo
+    from etl.local import demo
 
     intraday, eod = demo.demo_dates(datetime(2026, 3, 2, 12, 7, 30, tzinfo=UTC))
     assert intraday == datetime(2026, 3, 2, 12, 5, tzinfo=UTC)   # `dags test` date = interval end
@@ -147,9 +145,9 @@ def test_demo_dates_are_the_last_complete_intervals():
 def test_small_reference_keeps_only_portfolios_fully_priced_by_the_products(tmp_path):
     import csv
 
-    from etl import demo
+    from tests.support.reference import small_reference
 
-    kept = demo.small_reference(ROOT / "etl" / "reference_data", tmp_path, ["BTC-USD", "ETH-USD"])
+    kept = small_reference(ROOT / "etl" / "reference_data", tmp_path, ["BTC-USD", "ETH-USD"])
     with open(tmp_path / "positions.csv", newline="") as f:
         positions = list(csv.DictReader(f))
     assert kept and {p["portfolio_id"] for p in positions} == set(kept)

@@ -16,22 +16,13 @@ import pytest
 from etl.db import scratch_database
 from etl.errors import IncompleteInputError
 from etl.report import alerts
-from etl.report.sample import create_gold, sample_frames
 from etl.settings import get_settings
-
-AS_OF = date(2026, 1, 31)
-
-
-@pytest.fixture(scope="module")
-def gold_url(pg_url):
-    with scratch_database(pg_url, "alerts") as url:
-        create_gold(url, sample_frames(AS_OF))
-        yield url
+from tests.support.report_sample import AS_OF, create_gold, sample_frames
 
 
 @pytest.fixture
-def env(gold_url, data_dir, monkeypatch):
-    monkeypatch.setenv("PIPELINE_DATABASE_URL", gold_url)
+def env(sample_gold_url, data_dir, monkeypatch):
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", sample_gold_url)
     monkeypatch.delenv("ALERT_WEBHOOK_URL", raising=False)
     monkeypatch.delenv("ALERT_EMAIL_TO", raising=False)
     return monkeypatch

@@ -20,11 +20,8 @@ import pytest
 from etl.bronze import (
     CANDLE_SCHEMA,
     INVALID_REFETCHES,
-    dedup_latest,
     fetch_page,
     ingest,
-    read_bronze,
-    read_quarantine,
     validate_rows,
     watermark,
 )
@@ -32,6 +29,7 @@ from etl.errors import ConfigError, SourceError
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.source import ExchangeClient
 from etl.storage import get_store
+from tests.support.bronze import dedup_latest, read_bronze, read_quarantine
 
 SEED = 42
 # 23:00 -> 01:00 crosses midnight: two date partitions per product
@@ -320,8 +318,7 @@ def test_killed_run_leaves_no_partial_file_and_rerun_completes(tmp_path, make_si
     sim = make_simulator(seed=SEED, rate_limit_rps=1000.0, burst=1000)
     root = tmp_path / "data"
     env = dict(os.environ, PIPELINE_DATA_DIR=str(root), COINBASE_API_URL=sim.url, PIPELINE_SOURCE="simulator",
-               PIPELINE_RATE_LIMIT_RPS="12", PIPELINE_RATE_LIMIT_BURST="2", PIPELINE_MAX_WORKERS="3",
-               PYTHONPATH=str(PROJECT_ROOT))
+               PIPELINE_RATE_LIMIT_RPS="12", PIPELINE_RATE_LIMIT_BURST="2", PIPELINE_MAX_WORKERS="3")
     proc = subprocess.Popen([sys.executable, "-c", _CHILD], env=env, cwd=str(PROJECT_ROOT),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     candles_dir = root / "bronze" / "candles"
@@ -495,7 +492,7 @@ def test_ingest_granularity_not_accepted_by_coinbase_exits_2(tmp_path, granulari
     """Issue 12 item 7: `ingest --granularity 0` (or any value Coinbase refuses) exits 2 naming the allowed values,
     and writes nothing (no silent fallback to 60)."""
     env = dict(os.environ, PIPELINE_DATA_DIR=str(tmp_path / "data"), PIPELINE_SOURCE="simulator",
-               COINBASE_API_URL="http://127.0.0.1:9", PYTHONPATH=str(PROJECT_ROOT))
+               COINBASE_API_URL="http://127.0.0.1:9")
     result = subprocess.run([sys.executable, "-m", "etl", "ingest", "--products", "BTC-USD",
                              f"--granularity={granularity}"], env=env, cwd=str(PROJECT_ROOT),
                             capture_output=True, text=True, timeout=60)
@@ -526,8 +523,7 @@ def test_chaos_sigkill_ingest_at_seeded_points_then_rerun_equals_clean_run(tmp_p
     for n, (k, jitter) in enumerate(schedule):
         root = tmp_path / f"chaos{n}"
         env = dict(os.environ, PIPELINE_DATA_DIR=str(root), COINBASE_API_URL=sim.url, PIPELINE_SOURCE="simulator",
-                   PIPELINE_RATE_LIMIT_RPS="8", PIPELINE_RATE_LIMIT_BURST="2", PIPELINE_MAX_WORKERS="3",
-                   PYTHONPATH=str(PROJECT_ROOT))
+                   PIPELINE_RATE_LIMIT_RPS="8", PIPELINE_RATE_LIMIT_BURST="2", PIPELINE_MAX_WORKERS="3")
         proc = subprocess.Popen(args, env=env, cwd=str(PROJECT_ROOT), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         pending, candles_dir = root / "bronze" / "_pending", root / "bronze" / "candles"

@@ -1,5 +1,7 @@
-"""The command line as a user runs it (`python -m etl ...` in a subprocess): help texts, `db url --role`, a SQL
-report file through the real `psql` as the reporting role, `.env` precedence, `reference validate`."""
+"""The command line as a user runs it (`python -m etl ...`, in a subprocess or through `main`): the exit codes of
+the contract (0 done, 2 bad input or usage with one line saying what and where, 3 report refused), the help of
+every command, `db url --role`, a SQL report file through the real `psql` as the reporting role, `reference
+validate`."""
 
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from etl import db
+from etl.cli import build_parser, main
 from etl.settings import PROJECT_ROOT
+from tests.support.report_sample import AS_OF
 
 SQL_DIR = PROJECT_ROOT / "sql"
-AS_OF = date(2026, 1, 31)
+DEAD_URL = "postgresql://etl:hunter2@127.0.0.1:1/none"  # nobody listens on port 1
 
 
 def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
@@ -25,26 +29,78 @@ def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = PROJECT_ROOT)
                           env={**os.environ, **(env or {})}, timeout=120)
 
 
+# ---- exit codes and the one-line error ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("argv", "error"), [
+    ([], "python -m etl: error: the following arguments are required: <command>"),
+    (["ingest", "--start", "yesterday"],
+     "python -m etl ingest: error: argument --start: 'yesterday' is not an ISO 8601 time (e.g. 2026-01-31T00:00:00Z)"),
+    (["ingest", "--products", " , "],
+     "python -m etl ingest: error: argument --products: expected a comma-separated list of products, e.g. "
+     "BTC-USD,ETH-USD"),
+    (["risk", "--as-of", "2026-02-30"], "python -m etl risk: error: argument --as-of: '2026-02-30' is not a date "
+                                        "(YYYY-MM-DD)"),
+    (["stream", "--seconds", "-1"], "python -m etl stream: error: argument --seconds: '-1' is not a positive number "
+                                    "of seconds"),
+    (["insights"], "python -m etl insights: error: the following arguments are required: --product-id"),
+    (["db", "drop"], "python -m etl db: error: argument action: invalid choice: 'drop' (choose from "),
+    (["nosuch"], "python -m etl: error: argument <command>: invalid choice: 'nosuch'"),
+])
+def test_bad_usage_exits_2_with_the_argument_and_the_problem(argv, error, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m etl")
+    assert err.strip().splitlines()[-1].startswith(error)
+
+
+def test_a_bad_setting_exits_2_naming_the_setting_and_its_value(monkeypatch, capsys):
+    monkeypatch.setenv("PIPELINE_SOURCE", "ftp")
+    assert main(["db", "url"]) == 2
+    assert capsys.readouterr().err == "error: PIPELINE_SOURCE='ftp': expected 'simulator' or 'coinbase'\n"
+    with pytest.raises(ValueError, match="PIPELINE_SOURCE='ftp'"):  # -v: the traceback, for a bug report
+        main(["-v", "db", "url"])
+
+
+def test_an_unreachable_warehouse_exits_2_on_one_line_without_the_password(data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", DEAD_URL)
+    assert main(["load", "--no-dbt"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot connect to the warehouse at postgresql://etl:***@127.0.0.1:1/none: ")
+    assert "PIPELINE_DATABASE_URL" in err and err.count("\n") == 1 and "hunter2" not in err
+    assert main(["report"]) == 2  # the reporting login: the same one line
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot connect to the warehouse as 'reporting' (postgresql://reporting@127.0.0.1:1/"
+                          "none): ")
+    assert "python -m etl load" in err and err.count("\n") == 1
+
+
+def test_report_refused_exits_3_naming_the_missing_input(pg_url, data_dir, monkeypatch, capsys):
+    """No gold at all: refused, never a green report (a missing day of a built gold: tests/etl/test_report.py,
+    through the CLI in tests/integration/test_chaos.py)."""
+    with db.scratch_database(pg_url, "cli_nogold") as url:
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        assert main(["report"]) == 3
+    assert capsys.readouterr().err == ("error: gold.fact_risk_metrics has no rows: run `python -m etl risk` and "
+                                       "`python -m etl load` first, or pass --as-of\n")
+
+
+def test_db_url_exits_0_with_one_line_psql_accepts():
+    proc = cli("db", "url", env={"PIPELINE_DATABASE_URL": "postgresql://etl@db.example:5432/warehouse"})
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "postgresql://etl@db.example:5432/warehouse\n", "")
+
+
 # ---- SQL reports in psql, as `reporting` ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def gold_url(pg_url):
-    from etl.report.sample import create_gold, sample_frames
-
-    with db.scratch_database(pg_url, "cli_psql") as url:
-        create_gold(url, sample_frames(AS_OF))
-        yield url
-
-
 def _psql(url: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([db.psql_path(), url, "-X", "--csv", "-v", "ON_ERROR_STOP=1", *args],
                           capture_output=True, text=True, timeout=60)
 
 
-def test_a_report_file_runs_in_psql_as_reporting_like_in_the_runner(gold_url):
+def test_a_report_file_runs_in_psql_as_reporting_like_in_the_runner(sample_gold_url):
     from etl.report.gold import GoldReader
     from etl.report.sql_reports import bind
 
-    proc = cli("db", "url", "--role", "reporting", env={"PIPELINE_DATABASE_URL": gold_url})
+    proc = cli("db", "url", "--role", "reporting", env={"PIPELINE_DATABASE_URL": sample_gold_url})
     assert proc.returncode == 0, proc.stderr
     url = proc.stdout.strip()
     assert "\n" not in url and url.startswith("postgresql://reporting@")
@@ -90,14 +146,6 @@ def test_every_report_file_uses_only_the_psql_variable():
 
 
 # ---- reference validate ------------------------------------------------------------------------------------------
-def _reference_copy(tmp_path: Path) -> Path:
-    import shutil
-
-    folder = tmp_path / "reference"
-    shutil.copytree(PROJECT_ROOT / "etl" / "reference_data", folder)
-    return folder
-
-
 def _replace_line(path: Path, line: int, text: str) -> None:
     lines = path.read_text().splitlines()
     lines[line - 1] = text
@@ -107,8 +155,8 @@ def _replace_line(path: Path, line: int, text: str) -> None:
 OFFLINE = {"PIPELINE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}  # validate must not need a warehouse
 
 
-def test_reference_validate_lists_every_bad_row_and_loads_nothing(tmp_path):
-    folder = _reference_copy(tmp_path)
+def test_reference_validate_lists_every_bad_row_and_loads_nothing(reference_copy, tmp_path):
+    folder = reference_copy
     _replace_line(folder / "instruments.csv", 3, "ETH-USD,ETH,USD,kraken,crypto_major,Ether / US Dollar")
     _replace_line(folder / "portfolios.csv", 3, "P002,ETH Heavy,USD,lots,0.6,0.9,")
     _replace_line(folder / "portfolios.csv", 5, "P004,Layer1 Basket,USD,400000,1.5,0.9,")
@@ -137,8 +185,8 @@ def test_reference_validate_lists_every_bad_row_and_loads_nothing(tmp_path):
     assert not data.exists()  # nothing written anywhere (and no warehouse reachable: none needed)
 
 
-def test_reference_validate_accepts_good_files_and_names_a_missing_one(tmp_path):
-    folder = _reference_copy(tmp_path)
+def test_reference_validate_accepts_good_files_and_names_a_missing_one(reference_copy, tmp_path):
+    folder = reference_copy
     ok = cli("reference", "validate", str(folder), env=OFFLINE)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.startswith(f"ok: {folder}: 13 instruments, 1 exchanges, 22 portfolios")
@@ -152,8 +200,6 @@ def test_reference_validate_accepts_good_files_and_names_a_missing_one(tmp_path)
 
 # ---- help texts --------------------------------------------------------------------------------------------------
 def test_help_says_what_the_tool_and_each_option_does():
-    from etl.cli import build_parser
-
     parser = build_parser()
     top = parser.format_help()
     assert "Market risk for crypto portfolios" in top and "platform contract" not in top
@@ -167,3 +213,42 @@ def test_help_says_what_the_tool_and_each_option_does():
     db_help = subparsers["db"].format_help()
     for action in ("url", "start", "stop", "status", "--role"):
         assert action in db_help
+
+
+# the contract's commands and the options it names (../shared/CONTRACT.md)
+CONTRACT_OPTIONS = {
+    "simulator": ["--host", "--port", "--seed", "--products", "--replay", "--fail-rate", "--rate-limit", "--burst",
+                  "--latency-ms", "--malformed-rate", "--late-corrections", "--universe"],
+    "ingest": ["--products", "--start", "--end", "--granularity", "--source"],
+    "silver": ["--full-refresh"],
+    "risk": ["--as-of"],
+    "load": ["--no-dbt"],
+    "report": ["--as-of"],
+    "run": [],
+    "db": ["url", "start", "stop", "status", "--role"],
+    "factors": ["--end"],
+    "compact": ["--before"],
+    "stream": ["--products", "--seconds", "--source"],
+    "insights": ["--product-id", "--seconds"],
+    "reference": ["validate", "DIR"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(CONTRACT_OPTIONS))
+def test_every_contract_command_has_help_naming_its_options(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: python -m etl {command} ")
+    for option in CONTRACT_OPTIONS[command]:
+        assert option in text, f"`{command} --help` does not mention {option}"
+
+
+def test_top_level_help_in_a_real_process_lists_every_command():
+    proc = cli("--help")
+    assert proc.returncode == 0 and proc.stderr == ""
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(CONTRACT_OPTIONS) <= set(commands)
+    for name in commands:
+        assert f"    {name} " in proc.stdout, name

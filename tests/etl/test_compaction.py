@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 
 from etl import compaction
-from etl.bronze import read_bronze, watermark
+from etl.bronze import watermark
 from etl.cli import main
 from etl.orchestration import intervals, tasks
 from etl.settings import get_settings
 from etl.silver import build
 from etl.storage import Store
 from tests.etl.test_silver import FUTURE, T0, minute_candles, silver_files, write_batch
+from tests.support.bronze import read_bronze
 
 DAY = "bronze/candles/product_id=BTC-USD/date=2026-01-05"
 

@@ -1,6 +1,6 @@
-"""`make airflow` (etl/demo.py run_standalone): Ctrl-C and SIGTERM stop every process it started.
+"""`make airflow` (etl/local/standalone.py run_standalone): Ctrl-C and SIGTERM stop every process it started.
 
-The real runner (`python -m etl.demo --airflow`: airflow standalone with scheduler, api-server, dag-processor,
+The real runner (`python -m etl.local.standalone`: airflow standalone with scheduler, api-server, dag-processor,
 triggerer and LocalExecutor workers) starts on free ports with its own state dir; the test snapshots every
 process descending from it, signals it as a terminal or a service manager would, and checks that none survives.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from etl import demo
+from etl.local import airflow_home, demo, simulator_process, standalone
 from etl.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
@@ -42,7 +42,7 @@ def _descendants(root: int) -> dict[int, int]:
     out, todo = {}, [root]
     while todo:
         pid = todo.pop()
-        stat = demo._proc_stat(pid)
+        stat = standalone._proc_stat(pid)
         if stat is not None and stat[0] not in ("Z", "X"):
             out[pid] = stat[2]
         todo.extend(children.get(pid, []))
@@ -53,16 +53,16 @@ def _survivors(snapshot: dict[int, int]) -> list[str]:
     """Processes of the snapshot still alive (same pid and start time: not a recycled pid), with their command."""
     left = []
     for pid, started in snapshot.items():
-        stat = demo._proc_stat(pid)
+        stat = standalone._proc_stat(pid)
         if stat is not None and stat[2] == started and stat[0] not in ("Z", "X"):
-            left.append(f"{pid}: {demo._command(pid)[:120]}")
+            left.append(f"{pid}: {standalone._command(pid)[:120]}")
     return left
 
 
 def _start(env: dict[str, str], log: Path) -> subprocess.Popen:
     out = open(log, "w")  # noqa: SIM115  (the runner owns it until it exits)
     # a session of its own, like a terminal's foreground job: its process group is the runner's pid
-    return subprocess.Popen([sys.executable, "-m", "etl.demo", "--airflow"], env=env, cwd=PROJECT_ROOT,
+    return subprocess.Popen([sys.executable, "-m", "etl.local.standalone"], env=env, cwd=PROJECT_ROOT,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -72,7 +72,7 @@ def _wait_ready(proc: subprocess.Popen, log: Path, timeout_s: float = 240) -> di
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the runner exited early ({proc.returncode}):\n{log.read_text()[-3000:]}"
         tree = _descendants(proc.pid)
-        workers = [p for p in tree if b"LocalExecutor" in demo._cmdline(p)]
+        workers = [p for p in tree if b"LocalExecutor" in standalone._cmdline(p)]
         if "Ctrl-C stops everything" in log.read_text() and len(workers) >= 1:
             return tree
         time.sleep(1)
@@ -90,10 +90,10 @@ def test_ctrl_c_and_sigterm_stop_every_process_make_airflow_started(tmp_path, pg
         proc = _start(env, log)
         try:
             tree = _wait_ready(proc, log)
-            names = b" ".join(demo._cmdline(p) for p in tree)
+            names = b" ".join(standalone._cmdline(p) for p in tree)
             for component in (b"scheduler", b"dag-processor", b"triggerer", b"api_server", b"LocalExecutor"):
                 assert component in names, f"{component!r} not started: the snapshot would prove nothing"
-            sessions = {demo._proc_stat(p)[1] for p in tree} - {None}
+            sessions = {standalone._proc_stat(p)[1] for p in tree} - {None}
             t = time.monotonic()
             if attempt == 0:
                 os.killpg(proc.pid, signal.SIGINT)
@@ -107,7 +107,7 @@ def test_ctrl_c_and_sigterm_stop_every_process_make_airflow_started(tmp_path, pg
         text = log.read_text()
         assert code == 0, f"{how}: exit {code}\n{text[-3000:]}"
         assert _survivors(tree) == [], f"{how}: processes left running"
-        assert all(demo.session_pids(sid) == set() for sid in sessions), f"{how}: a session still has members"
+        assert all(standalone.session_pids(sid) == set() for sid in sessions), f"{how}: a session still has members"
         assert "Airflow stopped:" in text and "Traceback" not in text, text[-3000:]
         assert took < 30, f"{how}: stopping took {took:.0f}s"
         # the second start found nothing to clean up: the first stop left no leftovers and no session file
@@ -124,19 +124,19 @@ def test_a_start_stops_the_leftovers_of_a_killed_runner(tmp_path):
     leader = subprocess.Popen([sys.executable, "-c", code, "airflow", "standalone"], start_new_session=True)
     try:
         deadline = time.monotonic() + 10
-        while len(demo.session_pids(leader.pid)) < 2 and time.monotonic() < deadline:
+        while len(standalone.session_pids(leader.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
-        members = demo.session_pids(leader.pid)
+        members = standalone.session_pids(leader.pid)
         assert len(members) == 2
         (home / "standalone.session").write_text(f"{leader.pid}\n")
         # the child's command line does not name airflow, the leader's does: the session is recognised as ours
-        stopped = demo.stop_leftovers(home)
+        stopped = standalone.stop_leftovers(home)
         leader.wait(timeout=5)
     finally:
         if leader.poll() is None:
             leader.kill()
     assert stopped == 2
-    assert demo.session_pids(leader.pid) == set()
+    assert standalone.session_pids(leader.pid) == set()
     assert not (home / "standalone.session").exists()
 
 
@@ -146,14 +146,14 @@ def test_leftovers_of_a_recycled_session_id_are_left_alone(tmp_path):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     try:
         (home / "standalone.session").write_text(f"{other.pid}\n")
-        assert demo.stop_leftovers(home) == 0
+        assert standalone.stop_leftovers(home) == 0
         assert other.poll() is None
     finally:
         other.kill()
         other.wait()
 
 
-# ---- `make demo` runs and the scheduler (etl/demo.py settle_test_run) ------------------------------------------
+# ---- `make demo` runs and the scheduler (etl/local/airflow_home.py settle_test_run) ---------------------------
 def test_a_first_unpause_of_end_of_day_finds_the_demo_run_and_waits_for_the_next_interval(tmp_path, monkeypatch):
     """The run the scheduler creates when risk_end_of_day is first unpaused (catchup=False: the latest complete
     interval, computed by Airflow's own timetable now) is the interval `make demo` ran, with the logical date the
@@ -215,7 +215,7 @@ def test_with_coinbase_as_source_the_demo_starts_no_simulator_and_uses_the_excha
     monkeypatch.setenv("PIPELINE_ENV_FILE", str(tmp_path / "none.env"))
     monkeypatch.setenv("PIPELINE_SOURCE", "coinbase")
     monkeypatch.delenv("COINBASE_API_URL", raising=False)
-    source = demo.market_source(get_settings())
+    source = simulator_process.market_source(get_settings())
     assert (source.url, source.proc) == (COINBASE_URL, None)
-    env = demo.airflow_env(get_settings(), home=tmp_path / "af")
+    env = airflow_home.airflow_env(get_settings(), home=tmp_path / "af")
     assert env["COINBASE_API_URL"] == COINBASE_URL and env["PIPELINE_SOURCE"] == "coinbase"

@@ -16,7 +16,7 @@ import pytest
 
 from etl import commits
 from etl.risk import intraday, run_risk
-from etl.settings import PROJECT_ROOT, get_settings
+from etl.settings import get_settings
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
 from etl.storage import get_store
 
@@ -82,15 +82,10 @@ def index(hh: int, mm: int) -> int:
 
 
 @pytest.fixture
-def book(data_dir, tmp_path, monkeypatch):
+def book(data_dir, book_reference, monkeypatch):
     """Daily history to D-1, the EOD run as of D-1 (its scenario set), and a reference book of four portfolios."""
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    for name in ("instruments.csv", "exchanges.csv"):
-        shutil.copy(PROJECT_ROOT / "etl" / "reference_data" / name, ref / name)
-    (ref / "portfolios.csv").write_text(PORTFOLIOS.format(var_limit="1e9"))
-    (ref / "positions.csv").write_text(POSITIONS)
-    for key, value in {"PIPELINE_REFERENCE_DIR": str(ref), "RISK_MC_SCENARIOS": "2000", "RISK_BACKTEST_DAYS": "30",
+    ref = book_reference(PORTFOLIOS.format(var_limit="1e9"), POSITIONS)
+    for key, value in {"RISK_MC_SCENARIOS": "2000", "RISK_BACKTEST_DAYS": "30",
                        "RISK_VAR_LOOKBACK_DAYS": "60", "PIPELINE_DAILY_HISTORY_DAYS": "120"}.items():
         monkeypatch.setenv(key, value)
     closes = _daily_closes()
@@ -266,14 +261,8 @@ def test_a_breach_at_1005_alerts_once_and_clears(book):
     assert intraday_rows(data, at(10, 20), intraday.BREACH_TABLE).loc["L", "breached_at"] == at(10, 20)
 
 
-def test_no_scenario_set_yet_leaves_var_null_but_values_the_book(data_dir, tmp_path, monkeypatch):
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    for name in ("instruments.csv", "exchanges.csv"):
-        shutil.copy(PROJECT_ROOT / "etl" / "reference_data" / name, ref / name)
-    (ref / "portfolios.csv").write_text(PORTFOLIOS.format(var_limit="1"))
-    (ref / "positions.csv").write_text(POSITIONS)
-    monkeypatch.setenv("PIPELINE_REFERENCE_DIR", str(ref))
+def test_no_scenario_set_yet_leaves_var_null_but_values_the_book(data_dir, book_reference):
+    book_reference(PORTFOLIOS.format(var_limit="1"), POSITIONS)
     closes = _daily_closes()
     write_daily(data_dir, closes)
     flat_day(data_dir, closes.iloc[-1])

@@ -114,3 +114,11 @@ def test_reference_csv_with_an_extra_or_missing_field_names_file_and_line(ref_di
     (ref_dir / "positions.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValidationError, match=rf"positions\.csv:3: {what}"):
         load_positions(_settings(ref_dir))
+
+
+@pytest.mark.parametrize("metric", ["var_99_fhs_ewma", "var_95_garch_t", "var_99_mc"])
+def test_a_var_limit_may_name_any_var_method_the_engine_computes(ref_dir, metric):
+    path = ref_dir / "portfolios.csv"
+    path.write_text(path.read_text().rstrip("\n") + f"\nP100,Filtered book,USD,1000,0.5,0.5,{metric}\n")
+    portfolios = load_portfolios(_settings(ref_dir))
+    assert portfolios.set_index("portfolio_id").at["P100", "var_limit_metric"] == metric

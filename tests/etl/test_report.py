@@ -14,27 +14,18 @@ from etl.db import scratch_database
 from etl.errors import DataNotFoundError, IncompleteInputError
 from etl.report import html as report_html
 from etl.report import reports_dir, run_report
-from etl.report.sample import create_gold, sample_frames
 from etl.risk.backtest import traffic_light
 from etl.settings import get_settings
+from tests.support.report_sample import AS_OF, create_gold, sample_frames
 
-AS_OF = date(2026, 1, 31)
 H2 = ("summary", "portfolios", "market", "pipeline-health", "data-notes")
 H3 = ("summary-breaches", "summary-drawdowns", "market-volatility", "market-correlation", "market-factor-exposures",
       "market-anomalies", "pipeline-durations", "pipeline-rows", "pipeline-failures")
 
 
-@pytest.fixture(scope="module")
-def gold_url(pg_url):
-    # a database of our own on the test server: the session database may get the warehouse's real gold schema
-    with scratch_database(pg_url, "report") as url:
-        create_gold(url, sample_frames(AS_OF))
-        yield url
-
-
 @pytest.fixture
-def env(gold_url, data_dir, monkeypatch):
-    monkeypatch.setenv("PIPELINE_DATABASE_URL", gold_url)
+def env(sample_gold_url, data_dir, monkeypatch):
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", sample_gold_url)
     return data_dir
 
 
@@ -63,11 +54,11 @@ def sql_dir(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def report(gold_url, tmp_path_factory):
+def report(sample_gold_url, tmp_path_factory):
     """One report run shared by the read-only assertions below (rendering charts is the slow part)."""
     root = tmp_path_factory.mktemp("report")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIPELINE_DATABASE_URL", gold_url)
+        mp.setenv("PIPELINE_DATABASE_URL", sample_gold_url)
         mp.setenv("PIPELINE_DATA_DIR", str(root / "data"))
         path = run_report(sql_dir=_write_sql_dir(root / "sql"))  # no as_of: the latest day in gold
         return path, root / "data", reports_dir(get_settings())

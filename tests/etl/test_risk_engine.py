@@ -19,7 +19,7 @@ from etl.portfolios import load_portfolios, load_positions
 from etl.reference import load_instruments
 from etl.risk import run_risk
 from etl.risk.engine import RiskParams, compute_tables, intraday_anomalies
-from etl.settings import PROJECT_ROOT, get_settings
+from etl.settings import get_settings
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
 from etl.storage import Store
 
@@ -73,22 +73,17 @@ def _write_silver(root, closes: pd.DataFrame, spike_at: pd.Timestamp) -> None:
 
 
 @pytest.fixture
-def risk_env(data_dir, tmp_path, monkeypatch):
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    for name in ("instruments.csv", "exchanges.csv"):
-        shutil.copy(PROJECT_ROOT / "etl" / "reference_data" / name, ref / name)
-    (ref / "portfolios.csv").write_text(
+def risk_env(data_dir, book_reference, monkeypatch):
+    book_reference(
         "portfolio_id,name,base_currency,var_limit,concentration_limit,drawdown_limit\n"
         "U1,Long BTC short ETH,USD,1000,0.9,0.9\n"
         "U2,ETH-BTC rebalanced,USD,1000000,0.5,0.9\n"
-        "B1,ETH in BTC terms,BTC,100,0.9,0.01\n")
-    (ref / "positions.csv").write_text(
+        "B1,ETH in BTC terms,BTC,100,0.9,0.01\n",
         "portfolio_id,product_id,as_of_date,quantity,avg_cost\n"
         "U1,BTC-USD,2025-06-01,2,50000\nU1,ETH-USD,2025-06-01,-30,2500\n"
         "U2,ETH-BTC,2025-06-01,100,0.04\nU2,ETH-BTC,2026-03-10,150,0.045\nU2,BTC-USD,2026-03-10,0.5,60000\n"
         "B1,ETH-USD,2025-06-01,20,2800\n")
-    for key, value in {"PIPELINE_REFERENCE_DIR": str(ref), "RISK_MC_SCENARIOS": "2000", "RISK_BACKTEST_DAYS": "60",
+    for key, value in {"RISK_MC_SCENARIOS": "2000", "RISK_BACKTEST_DAYS": "60",
                        "RISK_VAR_LOOKBACK_DAYS": "60", "PIPELINE_DAILY_HISTORY_DAYS": "150"}.items():
         monkeypatch.setenv(key, value)
     closes = _closes()

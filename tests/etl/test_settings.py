@@ -1,16 +1,25 @@
 """etl/settings.py: defaults, the `.env` file and its precedence (environment > .env > default), as the CLI and
-the Makefile see them."""
+the Makefile see them; defaults derived from other settings, parsing, floors and the errors of bad values."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from etl import settings as settings_module
-from etl.settings import DEFAULT_PRODUCTS, PROJECT_ROOT, get_settings, read_env_file
+from etl.settings import (
+    COINBASE_URL,
+    COINBASE_WS_URL,
+    DEFAULT_PRODUCTS,
+    PROJECT_ROOT,
+    get_settings,
+    parse_products,
+    read_env_file,
+)
 
 DOTENV = """\
 # a comment, then a blank line
@@ -123,3 +132,94 @@ def test_the_makefile_reads_the_env_file_and_the_environment_wins(dotenv):
     out = subprocess.run(["make", "-s", "-n", "airflow-check", f"PIPELINE_ENV_FILE={dotenv}"], env=env,
                          capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60)
     assert "http://localhost:9191/dags" in out.stdout
+
+
+# ---- values, defaults that depend on other settings, and the rules -----------------------------------------------
+@pytest.fixture
+def clean_env(tmp_path, monkeypatch):
+    """No .env file and none of the settings below set: the defaults."""
+    monkeypatch.setenv("PIPELINE_ENV_FILE", str(tmp_path / "none.env"))
+    for name in ("PIPELINE_SOURCE", "SIMULATOR_PORT", "SIMULATOR_WS_PORT", "COINBASE_API_URL", "COINBASE_WS_URL",
+                 "PIPELINE_DATA_DIR", "PIPELINE_STATE_DIR", "PIPELINE_DATABASE_URL", "PIPELINE_REFERENCE_DIR",
+                 "PIPELINE_PRODUCTS", "PIPELINE_TASK_RETRIES", "PIPELINE_API_POOL_SLOTS", "PIPELINE_BARS_SOURCE",
+                 "FACTOR_MOMENTUM_MINUTES", "SIMULATOR_LATE_CORRECTIONS", "PIPELINE_REPORTING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_local_defaults_live_under_the_project(clean_env):
+    s = get_settings()
+    assert s.state_dir == PROJECT_ROOT / ".state" and s.data_dir == str(PROJECT_ROOT / ".state" / "data")
+    assert s.database_url is None and s.reporting_password is None and s.is_local_data
+    assert s.reference_dir == PROJECT_ROOT / "etl" / "reference_data"
+    assert (s.source, s.coinbase_api_url, s.coinbase_ws_url) == ("simulator", "http://127.0.0.1:8765",
+                                                                 "ws://127.0.0.1:8766")
+    clean_env.setenv("PIPELINE_STATE_DIR", "relative/state")
+    assert get_settings().data_dir == str(Path("relative/state").resolve() / "data")
+
+
+def test_the_source_picks_the_urls_and_the_simulator_port_its_websocket(clean_env):
+    clean_env.setenv("SIMULATOR_PORT", "9000")
+    s = get_settings()
+    assert (s.coinbase_api_url, s.coinbase_ws_url, s.simulator_ws_port) == ("http://127.0.0.1:9000",
+                                                                            "ws://127.0.0.1:9001", 9001)
+    clean_env.setenv("PIPELINE_SOURCE", " Coinbase ")
+    s = get_settings()
+    assert (s.source, s.coinbase_api_url, s.coinbase_ws_url) == ("coinbase", COINBASE_URL, COINBASE_WS_URL)
+    clean_env.setenv("COINBASE_API_URL", "http://sim.internal:8765/")  # a trailing slash is dropped
+    assert get_settings().coinbase_api_url == "http://sim.internal:8765"
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("PIPELINE_SOURCE", "ftp", "PIPELINE_SOURCE='ftp': expected 'simulator' or 'coinbase'"),
+    ("PIPELINE_BARS_SOURCE", "ticks", "PIPELINE_BARS_SOURCE='ticks': expected 'candles' or 'trades'"),
+    ("RISK_EWMA_LAMBDA", "high", "setting RISK_EWMA_LAMBDA='high' is not a number"),
+    ("PIPELINE_HISTORY_DAYS", "2.5", "setting PIPELINE_HISTORY_DAYS='2.5' is not a whole number"),
+    ("FACTOR_MOMENTUM_MINUTES", "60,two", "setting FACTOR_MOMENTUM_MINUTES='60,two' is not a comma list of whole "
+                                          "numbers"),
+])
+def test_a_bad_value_names_the_setting_and_what_it_expects(clean_env, name, value, message):
+    clean_env.setenv(name, value)
+    with pytest.raises(ValueError) as err:
+        get_settings()
+    assert str(err.value) == message
+
+
+def test_values_are_parsed_and_floors_applied(clean_env):
+    for name, value in {"PIPELINE_PRODUCTS": " btc-usd, ,eth-btc ,", "FACTOR_MOMENTUM_MINUTES": "30, 60,",
+                        "SIMULATOR_LATE_CORRECTIONS": "yes", "PIPELINE_TASK_RETRIES": "0",
+                        "PIPELINE_API_POOL_SLOTS": "0", "PIPELINE_BARS_SOURCE": "TRADES",
+                        "PIPELINE_REPORTING_PASSWORD": "s3cret", "PIPELINE_DATABASE_URL": "  "}.items():
+        clean_env.setenv(name, value)
+    s = get_settings()
+    assert s.products == ("BTC-USD", "ETH-BTC") and s.factor_momentum_minutes == (30, 60)
+    assert s.simulator_late_corrections and s.bars_source == "trades" and s.reporting_password == "s3cret"
+    assert (s.task_retries, s.api_pool_slots) == (2, 1)  # at least 2 retries (style guide), at least one API slot
+    assert s.database_url is None  # blank: the embedded Postgres
+
+
+@pytest.mark.parametrize(("uri", "local"), [("/data", True), ("file:///data", True), ("s3://bucket/data", False),
+                                                 ("gs://bucket/data", False)])
+def test_is_local_data(clean_env, uri, local):
+    clean_env.setenv("PIPELINE_DATA_DIR", uri)
+    assert get_settings().is_local_data is local
+
+
+def test_parse_products():
+    assert parse_products("btc-usd, ETH-USD ,,sol-usd") == ["BTC-USD", "ETH-USD", "SOL-USD"]
+    assert parse_products(["eth-btc", " ", ""]) == ["ETH-BTC"]
+    assert parse_products(" , ") == []
+
+
+def test_source_urls_pick_the_rest_and_websocket_pair_of_a_source(clean_env):
+    from etl.errors import ConfigError
+
+    clean_env.setenv("COINBASE_API_URL", "http://127.0.0.1:9999")
+    s = get_settings()  # the simulator is configured
+    assert s.source_urls() == s.source_urls("simulator") == ("http://127.0.0.1:9999", "ws://127.0.0.1:8766")
+    assert s.source_urls("Coinbase") == (COINBASE_URL, COINBASE_WS_URL)  # --source coinbase: the public API
+    clean_env.setenv("PIPELINE_SOURCE", "coinbase")
+    clean_env.setenv("COINBASE_WS_URL", "wss://proxy.internal/ws")
+    assert get_settings().source_urls("coinbase") == ("http://127.0.0.1:9999", "wss://proxy.internal/ws")  # a proxy
+    with pytest.raises(ConfigError, match="unknown source 'kraken': expected 'simulator' or 'coinbase'"):
+        s.source_urls("kraken")

@@ -21,8 +21,6 @@ from etl.errors import ValidationError
 from etl.silver import bars as bars_module
 from etl.silver import build, read_bars, read_candles
 from etl.silver.bars import aggregate, latest_per_key
-from etl.silver.quality import split as split_quality
-from etl.silver.stream import stream_bars
 from etl.storage import Store
 
 REAL_FILE = Path(__file__).resolve().parents[3] / "shared/data/coinbase/BTC-USD_300s_2025-07-01_2026-01-22.csv"
@@ -151,37 +149,6 @@ def test_every_bar_equals_brute_force_aggregation(rows):
                 assert aggregate(latest_per_key(table), bar_seconds, grans).to_pylist() == got
         finally:
             bars_module.CHUNK_ROWS = default
-
-
-@settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 400), chunk_rows=st.integers(1, 97), bad_every=st.integers(0, 9),
-       granularity=st.sampled_from([60, 300]), seed=st.integers(0, 2**16))
-def test_streaming_pass_gives_the_bits_of_the_general_path(n, chunk_rows, bad_every, granularity, seed):
-    rng = np.random.default_rng(seed)
-    ts = np.sort(rng.choice(np.arange(2000), size=n, replace=False)) * granularity * 1_000_000
-    products = np.sort(rng.choice(["BTC-USD", "ETH-BTC", "ETH-USD"], size=n))
-    close = rng.uniform(1, 2, n)
-    low = close - rng.uniform(0, 0.5, n)
-    if bad_every:
-        low[::bad_every] = 5.0  # low above open/close: quarantined rows inside the stream
-    table = pa.table({
-        "product_id": products, "bucket_start": pa.array(ts).cast(pa.timestamp("us", "UTC")),
-        "granularity": np.full(n, granularity), "open": close, "high": close + 0.1, "low": low,
-        "close": close, "volume": rng.uniform(0, 3, n),
-        "ingested_at": pa.array(np.zeros(n, np.int64)).cast(pa.timestamp("us", "UTC")), "batch_id": ["b"] * n,
-    })
-    table = table.sort_by([("product_id", "ascending"), ("bucket_start", "ascending")])
-    good, bad = split_quality(latest_per_key(table), FUTURE)
-    streamed = stream_bars(table.to_batches(max_chunksize=chunk_rows), FUTURE)
-    assert streamed is not None
-    assert streamed[0].to_pylist() == aggregate(good, 300, (60, 300)).to_pylist()
-    assert (streamed[1].num_rows if streamed[1] is not None else 0) == bad.num_rows
-    # unclean input is refused, never folded: duplicates, disorder, mixed granularities
-    if n > 1:
-        assert stream_bars(pa.concat_tables([table, table.slice(n - 1)]).to_batches(chunk_rows), FUTURE) is None
-        assert stream_bars(table.take(np.arange(n)[::-1]).to_batches(chunk_rows), FUTURE) is None
-        mixed = table.set_column(2, "granularity", pa.array(np.where(np.arange(n) == n - 1, 86400, granularity)))
-        assert stream_bars(mixed.to_batches(chunk_rows), FUTURE) is None
 
 
 # ---- incremental build --------------------------------------------------------------------------------------------
@@ -467,3 +434,47 @@ def test_a_naive_now_is_utc_in_read_candles_and_build(data_dir, tokyo_local_time
     assert len(read_candles(now=naive_now)) == 10
     summary = build(now=naive_now)
     assert summary.quarantined == 0 and summary.rows_out == 2
+
+
+# ---- the rebuild route against the incremental route and the output of the code before it ------------------------
+def silver_digest(data_dir: Path) -> str:
+    """sha256 over every silver file's path and values (Arrow IPC of its table), in path order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for rel in silver_files(data_dir):
+        table = pq.read_table(data_dir / "silver" / rel).replace_schema_metadata(None)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        digest.update(rel.encode() + sink.getvalue().to_pybytes())
+    return digest.hexdigest()
+
+
+# The digest of the silver that the code before the one-pass rebuild (commit 32d556a) wrote from this bronze.
+BEFORE_DIGEST = "74ed74bd064537655cfd7ddf94e6b222262983e62b3a9e9c422e235f0a0b3262"
+
+
+def test_rebuild_and_incremental_routes_write_the_values_the_previous_code_wrote(tmp_path, monkeypatch):
+    incremental, full = tmp_path / "inc", tmp_path / "full"
+    new_year = datetime(2025, 12, 31, 22, tzinfo=UTC)
+    batches = [  # several products, a year boundary, revisions, 5-minute and daily candles, quarantined rows
+        pd.concat([minute_candles("BTC-USD", new_year, 300, seed=1), minute_candles("ETH-BTC", new_year, 290, seed=2),
+                   minute_candles("ETH-USD", new_year + timedelta(minutes=3), 200, seed=3).drop(index=[5, 6, 90])]),
+        minute_candles("BTC-USD", new_year + timedelta(minutes=250), 100, seed=4),
+        pd.concat([minute_candles("BTC-USD", new_year - timedelta(days=30), 40, seed=5, step=86400),
+                   minute_candles("ETH-USD", new_year + timedelta(hours=5), 24, seed=6, step=300)]),
+        minute_candles("ETH-BTC", new_year + timedelta(minutes=100), 12, seed=7).assign(low=-1.0),
+        minute_candles("ETH-USD", new_year + timedelta(minutes=40), 30, seed=8).assign(volume=0.0),
+    ]
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(incremental))
+    for i, candles in enumerate(batches):
+        write_batch(incremental, candles, f"b{i}", new_year + timedelta(days=2, hours=i))
+        build(now=FUTURE)
+    shutil.copytree(incremental / "bronze", full / "bronze")
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(full))
+    summary = build(full_refresh=True, now=FUTURE)
+
+    assert summary.quarantined == 12 and summary.duplicates == 50 + 12 + 30
+    assert silver_files(full) == silver_files(incremental)
+    assert silver_digest(full) == BEFORE_DIGEST

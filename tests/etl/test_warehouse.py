@@ -17,8 +17,9 @@ from etl.commits import manifest_path, publish
 from etl.errors import ValidationError
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.storage import get_store
-from etl.warehouse import WarehouseError, copy_upsert, load_warehouse, reporting_url, sample, setup
+from etl.warehouse import WarehouseError, copy_upsert, load_warehouse, reporting_url, schema, setup
 from etl.warehouse.schema import TABLES
+from tests.support import warehouse_sample as sample
 
 DAYS = 2
 
@@ -317,3 +318,38 @@ def test_two_loads_at_once_wait_for_the_lock_or_fail_naming_it(warehouse, pg_url
     out, err = patient.communicate(timeout=120)
     assert patient.returncode == 0, err
     assert query("select count(*) from raw.bars_5m")[0][0] == warehouse["bars_5m"]
+
+
+def test_the_generated_dbt_files_match_the_declaration():
+    from etl.warehouse import dbt_files
+
+    stale = [str(p.relative_to(PROJECT_ROOT)) for p in dbt_files.stale()]
+    assert stale == [], f"{stale} are out of date: run `python -m etl.warehouse.dbt_files` and commit them"
+
+
+def test_every_gold_column_has_a_type_and_a_description_and_the_marts_enforce_their_contract():
+    import yaml
+
+    from etl.warehouse import dbt_files
+
+    marts = yaml.safe_load(dbt_files.render()[dbt_files.MODELS / "marts" / "_marts__models.yml"])["models"]
+    assert [m["name"] for m in marts] == list(schema.GOLD)
+    for model in marts:
+        assert model["config"]["contract"] == {"enforced": True}, model["name"]
+        assert all(c["data_type"] and c["description"] for c in model["columns"]), model["name"]
+    risk = next(m for m in marts if m["name"] == "fact_risk_metrics")
+    vol = next(c for c in risk["columns"] if c["name"] == "vol_ewma")
+    assert vol["data_type"] == "double precision" and "annualised" in vol["description"].lower()
+
+
+def test_a_stage_output_with_an_undeclared_or_a_missing_column_fails_naming_table_and_column():
+    declared = schema.BY_NAME["asset_risk"].column_names
+    schema.check_output("asset_risk", declared + ["log_return"])  # declared as not loaded: fine
+    with pytest.raises(ValidationError, match=r"output asset_risk: column\(s\) \['vol_60d'\] are not declared"):
+        schema.check_output("asset_risk", [*declared, "vol_60d"])
+    with pytest.raises(ValidationError, match=r"output asset_risk: declared column\(s\) \['vol_ewma'\] are not"):
+        schema.check_output("asset_risk", [c for c in declared if c != "vol_ewma"])
+    with pytest.raises(ValidationError, match="output table 'asset_risks' is not declared"):
+        schema.check_output("asset_risks", declared)
+    schema.check_output("factor_membership", [c for c in schema.BY_NAME["factor_membership"].column_names
+                                              if c != "date"], partition=["date"])

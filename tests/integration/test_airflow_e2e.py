@@ -32,14 +32,16 @@ EOD_TASKS = {"validate_products", "ingest_daily_history", "build_silver", "compa
 @pytest.fixture(scope="module")
 def airflow_stack(tmp_path_factory, pg_url):
     """A migrated SQLite Airflow home, a reduced reference dir, and a simulator (all real), for this module."""
-    from etl import db, demo
+    from etl import db
+    from etl.local import airflow_home
     from etl.settings import get_settings
     from etl.simulator import Simulator, SimulatorConfig
+    from tests.support.reference import small_reference
 
     base = tmp_path_factory.mktemp("e2e")
     with db.connect(url=pg_url) as conn, conn.cursor() as cur:  # gold from an earlier module (incremental facts)
         cur.execute("drop schema if exists raw, staging, gold cascade")
-    demo.small_reference(ROOT / "etl" / "reference_data", base / "reference", PRODUCTS)
+    small_reference(ROOT / "etl" / "reference_data", base / "reference", PRODUCTS)
     sim = Simulator(SimulatorConfig(port=0, rate_limit_rps=1000.0, burst=1000)).start()
     broken = Simulator(SimulatorConfig(port=0, fail_rate=1.0, rate_limit_rps=1000.0, burst=1000)).start()
     overrides = {
@@ -68,9 +70,9 @@ def airflow_stack(tmp_path_factory, pg_url):
             os.environ["PIPELINE_DATA_DIR"] = str(data_dir)
             os.environ["COINBASE_API_URL"] = url
             settings = get_settings()
-            return demo.airflow_env(settings, home=base / "airflow", database_url=pg_url)
+            return airflow_home.airflow_env(settings, home=base / "airflow", database_url=pg_url)
 
-        demo.prepare_home(env_for(base / "data", sim.url))
+        airflow_home.prepare_home(env_for(base / "data", sim.url))
         yield {"env_for": env_for, "base": base, "sim": sim, "broken": broken}
     finally:
         sim.stop()
@@ -97,15 +99,15 @@ def _base_task(task_id: str) -> str:
 
 
 def _dags_test(env, dag_id, when):
-    from etl import demo
+    from etl.local import airflow_home
 
-    proc = demo.dags_test(env, dag_id, when, timeout=420)
+    proc = airflow_home.dags_test(env, dag_id, when, timeout=420)
     output = (proc.stdout or "") + (proc.stderr or "")
     return proc, output
 
 
 def test_intraday_then_end_of_day_fill_gold_and_the_run_log(airflow_stack, pg_url):
-    from etl import demo
+    from etl.local import demo
 
     data = airflow_stack["base"] / "data"
     env = airflow_stack["env_for"](data, airflow_stack["sim"].url)
@@ -153,7 +155,7 @@ def test_intraday_then_end_of_day_fill_gold_and_the_run_log(airflow_stack, pg_ur
 
 
 def _assert_runs_read_like_scheduled_runs(env):
-    """etl.demo.settle_test_run: each `dags test` run starts with its first task (a real duration, not one back-dated
+    """etl.local.airflow_home.settle_test_run: each `dags test` run starts with its first task (a real duration, not one back-dated
     to the logical date) and has its interval's start as logical date, as the scheduled run of that interval."""
     from datetime import timedelta
 

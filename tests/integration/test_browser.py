@@ -6,38 +6,28 @@ Skipped with a message when Debian's chromium is not installed (`make test` inst
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import threading
-from datetime import date
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from etl.report.browser_check import Chromium, find_chromium
-from etl.settings import PROJECT_ROOT
+from tests.support.browser_check import Chromium, find_chromium
+from tests.support.report_sample import AS_OF
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(find_chromium() is None, reason="chromium not installed: apt-get install chromium"),
 ]
 
-AS_OF = date(2026, 1, 31)
+ARTIFACTS = "browser"
 REPORT_H2 = {"summary", "portfolios", "market", "pipeline-health", "data-notes"}
 REPORT_H3 = {"summary-breaches", "summary-drawdowns", "market-volatility", "market-correlation",
              "market-factor-exposures", "market-anomalies", "pipeline-durations", "pipeline-rows",
              "pipeline-failures"}
-
-
-@pytest.fixture(scope="module")
-def artifacts() -> Path:
-    root = Path(os.environ.get("PIPELINE_TEST_ARTIFACTS", PROJECT_ROOT / ".state" / "test-artifacts"))
-    out = root / "browser"
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +43,11 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def report_html(pg_url, tmp_path_factory) -> Path:
-    from etl.db import scratch_database
+def report_html(sample_gold_url, tmp_path_factory) -> Path:
     from etl.report import run_report
-    from etl.report.sample import create_gold, sample_frames
 
-    with scratch_database(pg_url, "browser") as url, pytest.MonkeyPatch.context() as mp:
-        create_gold(url, sample_frames(AS_OF))
-        mp.setenv("PIPELINE_DATABASE_URL", url)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PIPELINE_DATABASE_URL", sample_gold_url)
         mp.setenv("PIPELINE_DATA_DIR", str(tmp_path_factory.mktemp("browser-data")))
         return run_report(AS_OF, sql_dir=tmp_path_factory.mktemp("no-sql"))
 

@@ -26,7 +26,7 @@ import pytest
 from etl import commits, db
 from etl.settings import PROJECT_ROOT
 from etl.storage import Store, partition_path
-from etl.warehouse import sample
+from tests.support import warehouse_sample as sample
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 
 from etl.report import cockpit
 from etl.report.gold import GoldReader
-from etl.report.sample import create_gold
+from tests.support.report_sample import create_gold, sample_book
 
 AS_OF = date(2026, 1, 31)
 N = 22
@@ -31,7 +31,7 @@ def gold(pg_url):
     from etl.db import scratch_database
 
     with scratch_database(pg_url, "cockpit") as url:
-        create_gold(url, cockpit.sample_book(AS_OF, N))
+        create_gold(url, sample_book(AS_OF, N))
         yield url, _reporting(url)
 
 

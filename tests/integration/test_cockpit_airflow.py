@@ -15,11 +15,10 @@ import time
 from datetime import date
 from pathlib import Path
 
-import psycopg2
 import pytest
 import requests
 
-from etl.settings import PROJECT_ROOT
+from tests.integration.test_cockpit import _sql  # one statement on its own connection
 
 pytestmark = pytest.mark.slow
 
@@ -27,14 +26,7 @@ AS_OF = date(2026, 1, 31)
 N = 22
 RUN_ID = "scheduled__2026-02-01T00:10:00+00:00"
 CHROMIUM = "/usr/bin/chromium"
-
-
-def _sql(url: str, sql: str, params=None) -> list[tuple]:
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute(sql, params)
-        rows = cur.fetchall() if cur.description else []
-    conn.close()
-    return rows
+ARTIFACTS = "cockpit"
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +34,8 @@ def cockpit(pg_url, tmp_path_factory):
     """Gold for 22 portfolios, that day's HTML report, one run-log row pointing at it, and an API server."""
     from etl.db import scratch_database
     from etl.report import run_report
-    from etl.report.cockpit import sample_book
-    from etl.report.cockpit_server import api_server
-    from etl.report.sample import create_gold
+    from tests.support.cockpit_server import api_server
+    from tests.support.report_sample import create_gold, sample_book
 
     data = tmp_path_factory.mktemp("cockpit-data")
     state = tmp_path_factory.mktemp("cockpit-state")
@@ -148,14 +139,6 @@ def test_plugin_is_registered_with_nav_entry_and_per_run_link(cockpit, token):
 
 
 # ---- in the browser ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def artifacts() -> Path:
-    root = Path(os.environ.get("PIPELINE_TEST_ARTIFACTS", PROJECT_ROOT / ".state" / "test-artifacts"))
-    out = root / "cockpit"
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 @pytest.fixture(scope="module")
 def chromium():
     if not os.path.exists(CHROMIUM):

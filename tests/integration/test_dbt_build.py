@@ -15,7 +15,9 @@ from etl import db
 from etl.report.sql_reports import bind
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.storage import get_store
-from etl.warehouse import WarehouseError, docs, load_warehouse, reporting_url, run_dbt, sample
+from etl.warehouse import WarehouseError, docs, load_warehouse, reporting_url, run_dbt
+from etl.warehouse.schema import GOLD
+from tests.support import warehouse_sample as sample
 
 pytestmark = pytest.mark.slow
 
@@ -48,14 +50,20 @@ def query(sql: str, params=None, url: str | None = None) -> list[tuple]:
         return cur.fetchall()
 
 
+def build_fails(changes: list[str], select: str) -> str:
+    """Apply `changes` to raw (each statement changes one row), `dbt build --select` them; the build's error."""
+    with db.connect() as conn, conn.cursor() as cur:
+        for sql in changes:
+            cur.execute(sql)
+            assert cur.rowcount == 1
+    with pytest.raises(WarehouseError) as err:
+        run_dbt("build", select=select)
+    return str(err.value)
+
+
 def test_gold_star_schema_holds_the_loaded_data(gold):
     assert gold["summary"].dbt == "build ok"
-    counts = {t: query(f"select count(*) from gold.{t}")[0][0] for t in (
-        "fact_price_bars", "fact_price_daily", "fact_positions", "fact_portfolio_valuation", "fact_pnl_daily",
-        "fact_risk_metrics", "fact_var_backtest", "fact_factor_returns", "fact_factor_exposures",
-        "fact_anomalies", "fact_limit_breaches", "fact_pipeline_runs", "fact_drawdowns", "fact_anomalies_daily",
-        "dim_date", "dim_portfolio", "fact_intraday_risk", "fact_intraday_limit_breaches")}
-    assert counts == {
+    expected = {
         "fact_price_bars": 3 * 288 * DAYS, "fact_price_daily": 3 * DAYS, "fact_positions": 4 * DAYS,
         "fact_portfolio_valuation": 2 * DAYS, "fact_pnl_daily": 2 * DAYS, "fact_risk_metrics": 2 * DAYS,
         "fact_var_backtest": gold["counts"]["var_backtest"], "fact_factor_returns": gold["counts"]["factor_returns"],
@@ -65,6 +73,9 @@ def test_gold_star_schema_holds_the_loaded_data(gold):
         "fact_intraday_risk": 2 * sample.INTRADAY_BUCKETS,
         "fact_intraday_limit_breaches": gold["counts"]["intraday_limit_breaches"],
     }
+    built = {r[0] for r in query("select table_name from information_schema.tables where table_schema = 'gold'")}
+    assert built == set(GOLD)  # every declared mart is built, and nothing else
+    assert {t: query(f"select count(*) from gold.{t}")[0][0] for t in expected} == expected
     # the daily bar is the day's 5-minute bars aggregated; valuation = quantity x close
     (o, h, lo, c, v), = query("select open, high, low, close, volume from gold.fact_price_daily "
                              "where product_id = 'BTC-USD' and price_date = '2026-01-02'")
@@ -163,14 +174,8 @@ def test_a_negative_price_a_zero_quantity_or_a_bad_drawdown_in_raw_fails_the_nam
         f"update raw.intraday_risk set var_99 = var_95 / 2, gross_exposure = gross_exposure + 1, loaded_at = now() "
         f"where {intraday_key}",
     ]
-    with db.connect() as conn, conn.cursor() as cur:
-        for sql in restore:
-            cur.execute(sql)
-            assert cur.rowcount == 1
     try:
-        with pytest.raises(WarehouseError) as err:
-            run_dbt("build", select="fact_price_daily fact_positions fact_drawdowns fact_intraday_risk")
-        message = str(err.value)
+        message = build_fails(restore, "fact_price_daily fact_positions fact_drawdowns fact_intraday_risk")
         assert "at_least_fact_intraday_risk_var_99__var_95" in message
         assert "reconciles_to_sum_fact_intraday_risk_gross_exposure" in message
         assert "test.crypto_warehouse.positive_fact_price_daily_close" in message
@@ -208,14 +213,9 @@ def test_risk_depth_tables_reconcile_and_a_broken_contribution_fails_the_custom_
                                 "from gold.fact_firm_risk where as_of_date = '2026-01-03'")
     assert div == pytest.approx(total - firm) and firm > 0
     key = "scope = 'firm' and portfolio_id = 'P002' and product_id = 'ETH-USD' and as_of_date = '2026-01-03'"
-    with db.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"update raw.risk_contributions set component_var_99_param = component_var_99_param + 100 "
-                    f"where {key}")
-        assert cur.rowcount == 1
     try:
-        with pytest.raises(WarehouseError) as err:
-            run_dbt("build", select="fact_risk_contributions")
-        message = str(err.value)
+        message = build_fails([f"update raw.risk_contributions set component_var_99_param = component_var_99_param "
+                               f"+ 100 where {key}"], "fact_risk_contributions")
         assert "contributions_reconcile_fact_risk_contributions_component_var_99_param" in message
         assert "component_var_95_param" not in message
     finally:

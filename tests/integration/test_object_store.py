@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,62 +13,30 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.fs as pafs
 import pytest
 
-from etl import db, demo
+from etl import db
 from etl.orchestration import tasks
 from etl.settings import get_settings
 from etl.silver import read_bars
 from etl.storage import get_store
+from tests.support.reference import small_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTS = ["BTC-USD", "ETH-USD"]
 AS_OF = date(2026, 3, 1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """moto's S3-compatible server as its own process; yields its endpoint URL."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("moto server did not start")
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
-
-
 @pytest.fixture
-def s3_env(s3_server, simulator, pg_url, tmp_path, monkeypatch):
-    """Credentials and endpoint through the standard AWS variables, a fresh bucket, a small book."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_server,
-                        "PIPELINE_DATABASE_URL": pg_url, "PIPELINE_STATE_DIR": str(tmp_path / "state"),
+def s3_env(s3_bucket, simulator, pg_url, tmp_path, monkeypatch):
+    """A fresh bucket (its credentials and endpoint in the standard AWS variables) and a small book."""
+    for name, value in {"PIPELINE_DATABASE_URL": pg_url, "PIPELINE_STATE_DIR": str(tmp_path / "state"),
                         "PIPELINE_PRODUCTS": ",".join(PRODUCTS), "PIPELINE_HISTORY_DAYS": "1",
                         "PIPELINE_DAILY_HISTORY_DAYS": "30", "PIPELINE_COMPACT_RETENTION_HOURS": "0"}.items():
         monkeypatch.setenv(name, value)
-    demo.small_reference(ROOT / "etl" / "reference_data", tmp_path / "reference", PRODUCTS)
+    small_reference(ROOT / "etl" / "reference_data", tmp_path / "reference", PRODUCTS)
     monkeypatch.setenv("PIPELINE_REFERENCE_DIR", str(tmp_path / "reference"))
-    bucket = f"pipeline-{os.urandom(4).hex()}"
-    pafs.S3FileSystem(endpoint_override=s3_server, access_key="testing", secret_key="testing",
-                      region="us-east-1", allow_bucket_creation=True).create_dir(bucket)
-    return f"s3://{bucket}"
+    return s3_bucket
 
 
 def _chain(data_dir: str, monkeypatch) -> dict:

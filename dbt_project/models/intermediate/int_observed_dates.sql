@@ -1,13 +1,14 @@
+-- Generated from etl/warehouse/tables.yml (the `calendar` columns of each raw table) by `python -m etl.warehouse.dbt_files`.
 -- Every UTC day that appears in the market data or the risk outputs (input of the dim_date spine).
-with bars_1d as (
+with bars_5m as (
 
-    select * from {{ ref('stg_silver__bars_1d') }}
+    select * from {{ ref('stg_silver__bars_5m') }}
 
 ),
 
-bars_5m as (
+bars_1d as (
 
-    select * from {{ ref('stg_silver__bars_5m') }}
+    select * from {{ ref('stg_silver__bars_1d') }}
 
 ),
 
@@ -79,38 +80,37 @@ anomalies_daily as (
 
 unioned as (
 
+    select cast(bucket_start at time zone 'UTC' as date) as observed_date from bars_5m
+    union
     select price_date as observed_date from bars_1d
     union
-    select cast(bucket_start at time zone 'UTC' as date) from bars_5m
+    select as_of_date as observed_date from positions_valued
     union
-    select as_of_date from positions_valued
+    select as_of_date as observed_date from portfolio_valuation
     union
-    select as_of_date from portfolio_valuation
+    select as_of_date as observed_date from pnl_daily
     union
-    select as_of_date from pnl_daily
+    select as_of_date as observed_date from risk_metrics
     union
-    select as_of_date from risk_metrics
+    select as_of_date as observed_date from asset_risk
     union
-    select as_of_date from asset_risk
+    select as_of_date as observed_date from var_backtest
     union
-    select as_of_date from var_backtest
+    select as_of_date as observed_date from limit_breaches
     union
-    select as_of_date from limit_breaches
+    select as_of_date as observed_date from var_backtest_summary
     union
-    select as_of_date from var_backtest_summary
+    select as_of_date as observed_date from correlations
     union
-    select as_of_date from correlations
+    select window_start as observed_date from drawdowns
     union
-    -- a drawdown's peak/trough/recovery days lie in its window (window_start, optional, .. as_of_date)
-    select window_start from drawdowns
+    select peak_date as observed_date from drawdowns
     union
-    select peak_date from drawdowns
+    select as_of_date as observed_date from drawdowns
     union
-    select as_of_date from drawdowns
+    select price_date as observed_date from anomalies_daily
     union
-    select price_date from anomalies_daily
-    union
-    select as_of_date from anomalies_daily
+    select as_of_date as observed_date from anomalies_daily
 
 ),
 

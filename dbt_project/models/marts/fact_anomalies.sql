@@ -8,16 +8,11 @@ with anomalies as (
 final as (
 
     select
-        product_id,
-        bucket_start,
-        cast(bucket_start at time zone 'UTC' as date) as bar_date,
-        return_value,
-        robust_z,
-        close,
-        threshold,
-        scale_method
+        *,
+        cast(bucket_start at time zone 'UTC' as date) as bar_date
     from anomalies
 
 )
 
-select * from final
+select {{ contract_columns() }}
+from final

@@ -9,16 +9,12 @@ with anomalies_daily as (
 final as (
 
     select
-        product_id,
-        price_date,
-        return_value,
-        robust_z,
+        *,
         case when robust_z > 0 then 'up' else 'down' end as direction,
-        threshold,
-        scale_method,
         as_of_date as flagged_as_of_date
     from anomalies_daily
 
 )
 
-select * from final
+select {{ contract_columns() }}
+from final

@@ -10,23 +10,16 @@ with drawdowns as (
 final as (
 
     select
-        entity_type,
-        entity_id,
+        *,
         case when entity_type = 'portfolio' then entity_id end as portfolio_id,
         case when entity_type = 'asset' then entity_id end as product_id,
-        as_of_date,
-        max_drawdown,
-        peak_date,
-        trough_date,
-        recovery_date,
         -- NULL when there was no drawdown: "recovered" only means something after a fall
         case when max_drawdown < 0 then recovery_date is not null end as is_recovered,
         trough_date - peak_date as drawdown_days,
-        recovery_date - trough_date as recovery_days,
-        window_start,
-        window_end
+        recovery_date - trough_date as recovery_days
     from drawdowns
 
 )
 
-select * from final
+select {{ contract_columns() }}
+from final

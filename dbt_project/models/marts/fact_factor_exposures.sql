@@ -3,22 +3,7 @@ with factor_exposures as (
 
     select * from {{ ref('stg_factors__factor_exposures') }}
 
-),
-
-final as (
-
-    select
-        product_id,
-        factor_name,
-        bucket_start,
-        beta,
-        r_squared,
-        r_squared_adj,
-        n_obs,
-        alpha,
-        rank_deficient
-    from factor_exposures
-
 )
 
-select * from final
+select {{ contract_columns() }}
+from factor_exposures

@@ -1,14 +1,5 @@
 -- One row per portfolio per 5-minute bucket per limit type in breach, plus the bucket where a breach cleared.
 -- Incremental (delete+insert on the key), as fact_intraday_risk.
-{{
-    config(
-        materialized='incremental',
-        unique_key=['portfolio_id', 'bucket_start', 'limit_type'],
-        incremental_strategy='delete+insert',
-        on_schema_change='append_new_columns',
-    )
-}}
-
 with intraday_limit_breaches as (
 
     select * from {{ ref('stg_risk__intraday_limit_breaches') }}
@@ -18,25 +9,13 @@ with intraday_limit_breaches as (
 final as (
 
     select
-        portfolio_id,
-        bucket_start,
-        as_of_date,
-        limit_type,
-        metric,
-        value,
-        limit_value,
-        utilisation,
-        status,
+        *,
         status = 'cleared' as is_cleared,
-        breached_at,
-        case when status = 'cleared' then bucket_start end as cleared_at,
-        base_currency,
-        loaded_at
+        case when status = 'cleared' then bucket_start end as cleared_at
     from intraday_limit_breaches
-    {% if is_incremental() %}
-    where loaded_at > (select coalesce(max(loaded_at), '-infinity'::timestamptz) from {{ this }})
-    {% endif %}
+    {{ loaded_since_last_build() }}
 
 )
 
-select * from final
+select {{ contract_columns() }}
+from final

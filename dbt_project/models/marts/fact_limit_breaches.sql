@@ -9,17 +9,11 @@ with limit_breaches as (
 final as (
 
     select
-        portfolio_id,
-        as_of_date,
-        limit_type,
-        metric,
-        value,
-        limit_value,
-        value / nullif(limit_value, 0) as utilisation,
-        base_currency,
-        breach_kind
+        *,
+        value / nullif(limit_value, 0) as utilisation
     from limit_breaches
 
 )
 
-select * from final
+select {{ contract_columns() }}
+from final

@@ -8,19 +8,15 @@ with pnl_daily as (
 final as (
 
     select
-        portfolio_id,
-        as_of_date,
-        daily_pnl,
-        mtd_pnl,
+        *,
         sum(coalesce(daily_pnl, 0)) over (
             partition by portfolio_id
             order by as_of_date
             rows between unbounded preceding and current row
-        ) as cumulative_pnl,
-        daily_return,
-        base_currency
+        ) as cumulative_pnl
     from pnl_daily
 
 )
 
-select * from final
+select {{ contract_columns() }}
+from final

@@ -1,14 +1,5 @@
 -- One row per product per 5-minute bucket. Incremental: each run merges the raw rows loaded since the last run
 -- (delete+insert on the key), so a re-aggregated silver partition replaces its bars.
-{{
-    config(
-        materialized='incremental',
-        unique_key=['product_id', 'bucket_start'],
-        incremental_strategy='delete+insert',
-        on_schema_change='append_new_columns',
-    )
-}}
-
 with bars_5m as (
 
     select * from {{ ref('stg_silver__bars_5m') }}
@@ -18,26 +9,12 @@ with bars_5m as (
 final as (
 
     select
-        product_id,
-        bucket_start,
-        cast(bucket_start at time zone 'UTC' as date) as bar_date,
-        open,
-        high,
-        low,
-        close,
-        volume,
-        vwap,
-        n_candles,
-        is_complete,
-        quote_currency,
-        first_candle_at,
-        last_candle_at,
-        loaded_at
+        *,
+        cast(bucket_start at time zone 'UTC' as date) as bar_date
     from bars_5m
-    {% if is_incremental() %}
-    where loaded_at > (select coalesce(max(loaded_at), '-infinity'::timestamptz) from {{ this }})
-    {% endif %}
+    {{ loaded_since_last_build() }}
 
 )
 
-select * from final
+select {{ contract_columns() }}
+from final

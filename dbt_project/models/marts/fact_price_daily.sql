@@ -17,20 +17,11 @@ with_returns as (
 final as (
 
     select
-        product_id,
-        price_date,
-        open,
-        high,
-        low,
-        close,
-        volume,
-        vwap,
-        n_candles,
-        is_complete,
-        quote_currency,
+        *,
         close / nullif(previous_close, 0) - 1 as daily_return
     from with_returns
 
 )
 
-select * from final
+select {{ contract_columns() }}
+from final

@@ -3,24 +3,7 @@ with stress_results as (
 
     select * from {{ ref('stg_risk__stress_results') }}
 
-),
-
-final as (
-
-    select
-        scope,
-        portfolio_id,
-        as_of_date,
-        scenario_id,
-        scenario_type,
-        pnl,
-        pnl_pct,
-        window_start,
-        window_end,
-        description,
-        base_currency
-    from stress_results
-
 )
 
-select * from final
+select {{ contract_columns() }}
+from stress_results

@@ -3,29 +3,7 @@ with var_backtest_summary as (
 
     select * from {{ ref('stg_risk__var_backtest_summary') }}
 
-),
-
-final as (
-
-    select
-        portfolio_id,
-        as_of_date,
-        method,
-        confidence,
-        window_start,
-        window_end,
-        n_days,
-        exceptions,
-        expected_exceptions,
-        kupiec_lr,
-        kupiec_p,
-        christoffersen_ind_lr,
-        christoffersen_ind_p,
-        cc_lr,
-        cc_p,
-        traffic_light
-    from var_backtest_summary
-
 )
 
-select * from final
+select {{ contract_columns() }}
+from var_backtest_summary

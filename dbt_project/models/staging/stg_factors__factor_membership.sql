@@ -1,24 +1,2 @@
-with source as (
-
-    select * from {{ source('factors', 'factor_membership') }}
-
-),
-
-renamed as (
-
-    select
-        date as membership_date,
-        factor_name,
-        product_id,
-        weight,
-        signal,
-        factor_group,
-        bucket,
-        holding_start,
-        holding_end,
-        loaded_at
-    from source
-
-)
-
-select * from renamed
+-- raw.factor_membership as declared in etl/warehouse/tables.yml; `date` is named membership_date here.
+{{ staged('factors', 'factor_membership', {'date': 'date as membership_date'}) }}

@@ -1,18 +1,2 @@
-with source as (
-
-    select * from {{ source('factors', 'factor_returns') }}
-
-),
-
-renamed as (
-
-    select
-        factor_name,
-        bucket_start,
-        factor_return,
-        loaded_at
-    from source
-
-)
-
-select * from renamed
+-- raw.factor_returns as declared in etl/warehouse/tables.yml (types are set by the raw DDL).
+{{ staged('factors', 'factor_returns') }}

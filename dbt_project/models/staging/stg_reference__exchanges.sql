@@ -1,19 +1,2 @@
-with source as (
-
-    select * from {{ source('reference', 'exchanges') }}
-
-),
-
-renamed as (
-
-    select
-        exchange_id,
-        name,
-        api_base_url,
-        timezone,
-        loaded_at
-    from source
-
-)
-
-select * from renamed
+-- raw.exchanges as declared in etl/warehouse/tables.yml (types are set by the raw DDL).
+{{ staged('reference', 'exchanges') }}

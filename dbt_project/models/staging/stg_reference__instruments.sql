@@ -1,21 +1,2 @@
-with source as (
-
-    select * from {{ source('reference', 'instruments') }}
-
-),
-
-renamed as (
-
-    select
-        product_id,
-        base_currency,
-        quote_currency,
-        exchange_id,
-        asset_class,
-        display_name,
-        loaded_at
-    from source
-
-)
-
-select * from renamed
+-- raw.instruments as declared in etl/warehouse/tables.yml (types are set by the raw DDL).
+{{ staged('reference', 'instruments') }}

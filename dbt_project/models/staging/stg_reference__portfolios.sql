@@ -1,22 +1,2 @@
-with source as (
-
-    select * from {{ source('reference', 'portfolios') }}
-
-),
-
-renamed as (
-
-    select
-        portfolio_id,
-        name,
-        base_currency,
-        var_limit,
-        concentration_limit,
-        drawdown_limit,
-        var_limit_metric,
-        loaded_at
-    from source
-
-)
-
-select * from renamed
+-- raw.portfolios as declared in etl/warehouse/tables.yml (types are set by the raw DDL).
+{{ staged('reference', 'portfolios') }}

@@ -1,20 +1,2 @@
-with source as (
-
-    select * from {{ source('reference', 'positions') }}
-
-),
-
-renamed as (
-
-    select
-        portfolio_id,
-        product_id,
-        as_of_date,
-        quantity,
-        avg_cost,
-        loaded_at
-    from source
-
-)
-
-select * from renamed
+-- raw.positions as declared in etl/warehouse/tables.yml (types are set by the raw DDL).
+{{ staged('reference', 'positions') }}

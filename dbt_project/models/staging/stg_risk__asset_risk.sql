@@ -1,27 +1,2 @@
-with source as (
-
-    select * from {{ source('risk', 'asset_risk') }}
-
-),
-
-renamed as (
-
-    select
-        product_id,
-        as_of_date,
-        vol_20d,
-        vol_30d,
-        vol_ewma,
-        max_drawdown,
-        worst_daily_return,
-        close,
-        daily_return,
-        worst_daily_return_date,
-        lookback_days,
-        quote_currency,
-        loaded_at
-    from source
-
-)
-
-select * from renamed
+-- raw.asset_risk as declared in etl/warehouse/tables.yml (types are set by the raw DDL).
+{{ staged('risk', 'asset_risk') }}

@@ -1,21 +1,2 @@
-with source as (
-
-    select * from {{ source('risk', 'pnl_daily') }}
-
-),
-
-renamed as (
-
-    select
-        portfolio_id,
-        as_of_date,
-        daily_pnl,
-        mtd_pnl,
-        daily_return,
-        base_currency,
-        loaded_at
-    from source
-
-)
-
-select * from renamed
+-- raw.pnl_daily as declared in etl/warehouse/tables.yml (types are set by the raw DDL).
+{{ staged('risk', 'pnl_daily') }}

@@ -1,26 +1,2 @@
-with source as (
-
-    select * from {{ source('risk', 'portfolio_valuation') }}
-
-),
-
-renamed as (
-
-    select
-        portfolio_id,
-        as_of_date,
-        market_value,
-        unrealized_pnl,
-        gross_exposure,
-        net_exposure,
-        long_exposure,
-        short_exposure,
-        concentration_pct,
-        drawdown,
-        base_currency,
-        loaded_at
-    from source
-
-)
-
-select * from renamed
+-- raw.portfolio_valuation as declared in etl/warehouse/tables.yml (types are set by the raw DDL).
+{{ staged('risk', 'portfolio_valuation') }}

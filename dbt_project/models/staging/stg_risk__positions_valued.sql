@@ -1,26 +1,2 @@
-with source as (
-
-    select * from {{ source('risk', 'positions_valued') }}
-
-),
-
-renamed as (
-
-    select
-        portfolio_id,
-        product_id,
-        as_of_date,
-        quantity,
-        avg_cost,
-        close,
-        market_value,
-        unrealized_pnl,
-        weight,
-        fx_rate,
-        base_currency,
-        loaded_at
-    from source
-
-)
-
-select * from renamed
+-- raw.positions_valued as declared in etl/warehouse/tables.yml (types are set by the raw DDL).
+{{ staged('risk', 'positions_valued') }}

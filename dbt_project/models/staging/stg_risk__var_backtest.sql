@@ -1,26 +1,2 @@
-with source as (
-
-    select * from {{ source('risk', 'var_backtest') }}
-
-),
-
-renamed as (
-
-    select
-        portfolio_id,
-        as_of_date,
-        method,
-        confidence,
-        var_forecast,
-        realized_pnl,
-        is_exception,
-        forecast_date,
-        base_currency,
-        es_forecast,
-        loss_sd,
-        loaded_at
-    from source
-
-)
-
-select * from renamed
+-- raw.var_backtest as declared in etl/warehouse/tables.yml (types are set by the raw DDL).
+{{ staged('risk', 'var_backtest') }}

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from etl.errors import ValidationError
-from etl.orchestration import airflow_adapter
+from etl.orchestration import airflow_adapter, spec
 from etl.orchestration.intervals import eod_as_of
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -34,7 +34,7 @@ def test_importing_the_module_stays_light():
 
 def test_run_interval_uses_the_data_interval_when_there_is_one():
     ctx = {"data_interval_start": T0 - timedelta(minutes=5), "data_interval_end": T0}
-    assert airflow_adapter.run_interval(ctx, airflow_adapter.INTRADAY_EVERY) == (T0 - timedelta(minutes=5), T0)
+    assert airflow_adapter.run_interval(ctx, spec.INTRADAY_EVERY) == (T0 - timedelta(minutes=5), T0)
 
 
 def test_manual_runs_without_logical_date_get_the_last_complete_interval():
@@ -43,13 +43,13 @@ def test_manual_runs_without_logical_date_get_the_last_complete_interval():
     # Airflow 3: a run triggered without a logical date has no data interval, only run_after
     ctx = {"data_interval_start": None, "data_interval_end": None,
            "dag_run": SimpleNamespace(run_after=datetime(2026, 3, 2, 12, 7, 31, tzinfo=UTC))}
-    assert airflow_adapter.run_interval(ctx, airflow_adapter.INTRADAY_EVERY) == (
+    assert airflow_adapter.run_interval(ctx, spec.INTRADAY_EVERY) == (
         datetime(2026, 3, 2, 12, 0, tzinfo=UTC), datetime(2026, 3, 2, 12, 5, tzinfo=UTC))
-    start, end = airflow_adapter.run_interval(ctx, airflow_adapter.EOD_EVERY, airflow_adapter.EOD_OFFSET)
+    start, end = airflow_adapter.run_interval(ctx, spec.EOD_EVERY, spec.EOD_OFFSET)
     assert (start, end) == (datetime(2026, 3, 1, 0, 10, tzinfo=UTC), datetime(2026, 3, 2, 0, 10, tzinfo=UTC))
     assert eod_as_of(start) == date(2026, 3, 1)
     early = {"dag_run": SimpleNamespace(run_after=datetime(2026, 3, 2, 0, 5, tzinfo=UTC))}
-    assert airflow_adapter.run_interval(early, airflow_adapter.EOD_EVERY, airflow_adapter.EOD_OFFSET)[0] == datetime(
+    assert airflow_adapter.run_interval(early, spec.EOD_EVERY, spec.EOD_OFFSET)[0] == datetime(
         2026, 2, 28, 0, 10, tzinfo=UTC)
     with pytest.raises(ValidationError, match="neither a data interval"):
-        airflow_adapter.run_interval({}, airflow_adapter.INTRADAY_EVERY)
+        airflow_adapter.run_interval({}, spec.INTRADAY_EVERY)

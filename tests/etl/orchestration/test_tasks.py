@@ -134,10 +134,11 @@ def test_run_all_chains_every_stage_into_the_warehouse(pg_url, data_dir, simulat
     """`python -m etl run` in-process: real simulator, real Postgres (fresh database), real dbt."""
     from pathlib import Path
 
-    from etl import db, demo
+    from etl import db
+    from tests.support.reference import small_reference
 
     ref_dir = tmp_path / "reference"
-    kept = demo.small_reference(Path(__file__).resolve().parents[3] / "etl" / "reference_data", ref_dir,
+    kept = small_reference(Path(__file__).resolve().parents[3] / "etl" / "reference_data", ref_dir,
                                 ["BTC-USD", "ETH-USD"])
     for name, value in {"PIPELINE_DATABASE_URL": pg_url, "PIPELINE_REFERENCE_DIR": str(ref_dir),
                         "PIPELINE_STATE_DIR": str(tmp_path / "state"), "PIPELINE_PRODUCTS": "BTC-USD,ETH-USD",

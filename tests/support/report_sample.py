@@ -4,7 +4,7 @@
 weeks; `create_gold(url, frames)` writes them into a database that has NO gold schema yet (it refuses to touch
 a real warehouse) and grants the `reporting` role read access, as the warehouse setup does.
 
-Preview: `python -m etl.report.sample postgresql://.../scratch_db` then `PIPELINE_DATABASE_URL=... python -m etl
+Preview: `python -m tests.support.report_sample postgresql://.../scratch_db` then `PIPELINE_DATABASE_URL=... python -m etl
 report`.
 """
 
@@ -18,6 +18,7 @@ import pandas as pd
 
 from etl.errors import ConfigError
 
+AS_OF = date(2026, 1, 31)  # the sample's last day, the default as-of of its reports
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
 START_PRICES = (60_000.0, 3_000.0, 150.0)
 PORTFOLIOS = pd.DataFrame({
@@ -50,7 +51,7 @@ def _prices(as_of: date, days: int) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
-def sample_frames(as_of: date = date(2026, 1, 31), days: int = 45) -> dict[str, pd.DataFrame]:
+def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame]:
     """Gold tables keyed by table name; numbers are consistent (valuation = sum of positions, PnL = value change)."""
     prices = _prices(as_of, days)
     close = prices.pivot(index="price_date", columns="product_id", values="close")
@@ -201,8 +202,42 @@ def create_gold(url: str, frames: dict[str, pd.DataFrame], skip: tuple[str, ...]
         conn.close()
 
 
+# ---- a bigger book for measurements ------------------------------------------------------------------------------
+def sample_book(as_of: date, n_portfolios: int, days: int = 120) -> dict[str, pd.DataFrame]:
+    """`sample_frames` with its two portfolios cloned into `n_portfolios` (sizes scaled so the
+    numbers differ), for size and speed measurements at 22 and 1,000 portfolios."""
+    base = sample_frames(as_of, days)
+    per_portfolio = ("dim_portfolio", "fact_positions", "fact_portfolio_valuation", "fact_pnl_daily",
+                     "fact_risk_metrics", "fact_var_backtest", "fact_limit_breaches")
+    money_cols = {"market_value", "unrealized_pnl", "gross_exposure", "net_exposure", "long_exposure",
+                  "short_exposure", "daily_pnl", "mtd_pnl", "var_forecast", "realized_pnl", "var_limit",
+                  "quantity"} | {c for c in base["fact_risk_metrics"] if c.startswith(("var_", "es_"))}
+    out = {k: v for k, v in base.items() if k not in per_portfolio}
+    sources = base["dim_portfolio"]["portfolio_id"].tolist()
+    for name in per_portfolio:
+        parts = []
+        for i in range(n_portfolios):
+            src = sources[i % len(sources)]
+            scale = 1.0 + 0.5 * (i // len(sources))
+            df = base[name][base[name]["portfolio_id"] == src].copy()
+            df["portfolio_id"] = f"P{i + 1:04d}"
+            if name == "fact_limit_breaches":  # a VaR breach scales with the book, a fraction does not
+                df.loc[df["limit_type"] == "var", ["value", "limit_value"]] *= scale
+            else:
+                for c in money_cols & set(df.columns):
+                    df[c] = df[c] * scale
+            if name == "dim_portfolio":
+                df["name"] = f"Book {i + 1}"
+            parts.append(df)
+        out[name] = pd.concat(parts, ignore_index=True)
+    b = out["fact_limit_breaches"]
+    b["utilisation"] = b["value"] / b["limit_value"]
+    b["base_currency"] = "USD"
+    return out
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m etl.report.sample POSTGRES_URL_OF_A_SCRATCH_DATABASE")
+        sys.exit("usage: python -m tests.support.report_sample POSTGRES_URL_OF_A_SCRATCH_DATABASE")
     create_gold(sys.argv[1], sample_frames())
     print(f"sample gold written to {sys.argv[1].split('?')[0]}")

@@ -1,6 +1,6 @@
 """What a person sees: load pages in headless Chromium, screenshot them, list headings, charts and console errors.
 
-    python -m etl.report.browser_check URL_OR_FILE... [--out DIR] [--settle SECONDS]
+    python -m tests.support.browser_check URL_OR_FILE... [--out DIR] [--settle SECONDS]
 
 exits 1 when a page fails to load or logs console errors. It drives Debian's `chromium` through the DevTools
 protocol over `--remote-debugging-pipe` (JSON messages on file descriptors 3 and 4), so it needs nothing beyond
@@ -280,7 +280,7 @@ def to_url(target: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m etl.report.browser_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.support.browser_check", description=__doc__.splitlines()[0])
     parser.add_argument("targets", nargs="+", metavar="URL_OR_FILE")
     parser.add_argument("--out", type=Path, default=Path("browser-check"), help="screenshot folder")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to wait after load for JS rendering")

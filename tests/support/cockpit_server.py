@@ -1,8 +1,8 @@
 """An Airflow API server with the risk cockpit plugin, on a free port, for tests and benchmarks.
 
 `api_server(database_url, state_dir)` starts `airflow api-server` with this project's Airflow configuration
-(etl.demo.airflow_env: plugins_folder = plugins/), a SQLite metadata DB copied from a template migrated once
-per Airflow version, and one simple-auth-manager user whose password we chose. It yields an `ApiServer` with
+(etl.local.airflow_home.airflow_env: plugins_folder = plugins/), a SQLite metadata DB copied from a template
+migrated once per Airflow version, and one simple-auth-manager user whose password we chose. It yields an `ApiServer` with
 the base URL, the login and `token()` (a JWT from POST /auth/token, as any API client gets one).
 """
 
@@ -82,7 +82,7 @@ def api_server(database_url: str, state_dir: Path, data_dir: str | None = None,
     on exit. `state_dir` holds the Airflow home (and dbt's target/ for the docs link)."""
     import requests
 
-    from etl.demo import airflow_env
+    from etl.local.airflow_home import airflow_env
 
     settings = get_settings()
     home = Path(tempfile.mkdtemp(prefix="airflow-cockpit-", dir=state_dir))

@@ -1,0 +1,34 @@
+"""How numbers read in the HTML report and in the cockpit pages: money, percentages and counts, one rule each.
+
+A missing value reads "–". What counts as missing is the caller's: pandas cells (None, NaN, NA) in the report
+(etl/report/html.py), anything but a finite int or float in the cockpit's JSON-shaped page data
+(plugins/risk_cockpit/pages.py). Pure Python: the cockpit pages import it without pandas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Formats:
+    is_value: Callable[[object], bool]  # False: the value is missing and reads "–"
+
+    def money(self, v, currency: str | None = None, signed: bool = False) -> str:
+        if not self.is_value(v):
+            return "–"
+        text = f"{float(v):+,.2f}" if signed else f"{float(v):,.2f}"
+        return f"{text} {currency}" if currency else text
+
+    def pct(self, v, decimals: int = 1) -> str:
+        return f"{float(v):.{decimals}%}" if self.is_value(v) else "–"
+
+    def number(self, v) -> str:
+        """Whole numbers with thousands separators, others to 2 decimals from 100 up, else 4 significant digits."""
+        if not self.is_value(v):
+            return "–"
+        v = float(v)
+        if v.is_integer() and abs(v) < 1e15:
+            return f"{int(v):,}"
+        return f"{v:,.2f}" if abs(v) >= 100 else f"{v:.4g}"

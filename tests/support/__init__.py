@@ -1,0 +1,1 @@
+"""Test support: sample data, browser checks, a cockpit API server and test-only readers (never imported by `etl`)."""

@@ -1,0 +1,59 @@
+"""Test-only readers of bronze: every raw row, the latest row per key, the quarantine, as DataFrames.
+
+The pipeline itself reads bronze through etl.silver (incremental, Arrow); these answer tests' and benchmarks'
+questions about what a batch wrote.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from etl import compaction
+from etl.bronze import CANDLE_SCHEMA, CANDLES_DIR, QUARANTINE_DIR, QUARANTINE_SCHEMA
+from etl.settings import Settings
+from etl.silver.bars import latest_per_key
+from etl.storage import get_store
+
+KEY = ["product_id", "granularity", "bucket_start"]
+
+
+def dedup_latest(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (product_id, granularity, bucket_start), sorted by it: the latest ingested_at, then the highest
+    batch_id - the rows silver keeps (`etl.silver.bars.latest_per_key`, the one implementation of the rule)."""
+    return latest_per_key(pa.Table.from_pandas(df, preserve_index=False)).to_pandas()
+
+
+def read_bronze(products: list[str] | None = None, granularity: int | None = None,
+                settings: Settings | None = None, dedup: bool = False) -> pd.DataFrame:
+    """Raw bronze rows (each partition's current version, etl.compaction) with product_id and date from the path.
+
+    `dedup=True` keeps only the latest row per (product_id, granularity, bucket_start).
+    """
+    store = get_store(settings)
+    flt = None
+    if products:
+        flt = pc.field("product_id").isin([p.upper() for p in products])
+    if granularity is not None:
+        g = pc.field("granularity") == granularity
+        flt = g if flt is None else flt & g
+    committed = compaction.committed_batches(store)
+    wanted = {p.upper() for p in products} if products else None
+    files = [f for (product, _), part in sorted(compaction.scan(store).items()) if wanted is None or product in wanted
+             for f in compaction.current_files(store, part, committed)]
+    dataset = store.dataset(CANDLES_DIR, files)
+    table = dataset.to_table(filter=flt) if dataset is not None else None
+    if table is None:
+        empty = CANDLE_SCHEMA.append(pa.field("product_id", pa.string())).append(pa.field("date", pa.string()))
+        return empty.empty_table().to_pandas()
+    df = table.to_pandas()
+    return dedup_latest(df) if dedup else df.sort_values(["product_id", "bucket_start"]).reset_index(drop=True)
+
+
+def read_quarantine(settings: Settings | None = None) -> pd.DataFrame:
+    """Every quarantined row with its reason (product_id from the partition path)."""
+    table = get_store(settings).read_table(QUARANTINE_DIR)
+    if table is None:  # the same columns as when there are rows: product_id comes from the partition path
+        return QUARANTINE_SCHEMA.append(pa.field("product_id", pa.string())).empty_table().to_pandas()
+    return table.to_pandas()
