@@ -117,8 +117,9 @@ def timed_dags_test(env: dict[str, str], dag_id: str, when: datetime) -> float:
 
 def eod_overhead() -> dict:
     """One intraday + end-of-day `dags test` on a fresh database, then the same EOD work in-process."""
-    from etl import pipeline, runlog
+    from etl import runlog
     from etl.local import airflow_home
+    from etl.orchestration import tasks
     from etl.settings import get_settings
     from tests.support.reference import small_reference
 
@@ -137,18 +138,18 @@ def eod_overhead() -> dict:
         task_s = float(log.loc[log["dag_id"] == "risk_end_of_day", "duration_s"].sum())
 
         # the same work, in-process, same order, same data
-        as_of = pipeline.eod_as_of("2026-03-01T00:10:00+00:00")
+        as_of = tasks.eod_as_of("2026-03-01T00:10:00+00:00")
         t0 = time.perf_counter()
-        book = pipeline.validate_products(include_book=True, settings=settings)
+        book = tasks.validate_products(include_book=True, settings=settings)
         for product in book:
-            pipeline.ingest_daily_history(product, as_of, settings=settings)
-        pipeline.build_silver(settings=settings)
-        pipeline.compute_risk(as_of, settings=settings)
-        pipeline.compute_factors(when, settings=settings)
-        pipeline.load_warehouse(settings=settings)
-        pipeline.build_dbt(settings=settings)
-        pipeline.export_report(as_of, settings=settings)
-        pipeline.send_alerts(as_of, settings=settings)
+            tasks.ingest_daily_history(product, as_of, settings=settings)
+        tasks.build_silver(settings=settings)
+        tasks.compute_risk(as_of, settings=settings)
+        tasks.compute_factors(when, settings=settings)
+        tasks.load_warehouse(settings=settings)
+        tasks.build_dbt(settings=settings)
+        tasks.export_report(as_of, settings=settings)
+        tasks.send_alerts(as_of, settings=settings)
         inproc = time.perf_counter() - t0
     ratio = inproc / wall
     return {"airflow_eod_dags_test": {

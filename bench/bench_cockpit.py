@@ -109,12 +109,12 @@ def _reporting(url: str) -> str:
 
 def _report(url: str, n: int) -> tuple[float, int, int]:
     """Wall time of `report` for the book, the size of report.html, and of all its HTML files."""
-    from etl.report import run
+    from etl.report import run_report
 
     data = tempfile.mkdtemp(prefix="bench-report-")
     with environment(PIPELINE_DATABASE_URL=url, PIPELINE_DATA_DIR=data):
         t0 = time.perf_counter()
-        path = run(AS_OF, sql_dir=Path(tempfile.mkdtemp(prefix="no-sql-")))
+        path = run_report(AS_OF, sql_dir=Path(tempfile.mkdtemp(prefix="no-sql-")))
         wall = time.perf_counter() - t0
     return wall, path.stat().st_size, sum(f.stat().st_size for f in path.parent.glob("*.html"))
 

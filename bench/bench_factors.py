@@ -24,10 +24,10 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from etl.factors.factor_model import FactorConfig, compute, output_tables
 from etl.factors.io import write_outputs
-from etl.factors.model import FactorConfig, compute, output_tables
-from etl.factors.returns import universe_returns
 from etl.factors.rolling_ols import rolling_ols
+from etl.factors.universe_returns import universe_returns
 from etl.settings import DEFAULT_PRODUCTS
 from etl.storage import Store
 

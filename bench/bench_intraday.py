@@ -100,8 +100,9 @@ def revaluation(quick: bool) -> dict:
 
 def dag_time() -> dict:
     """`airflow dags test market_data_intraday` for the sample book; the second interval's run is measured."""
-    from etl import pipeline, runlog
+    from etl import runlog
     from etl.local import airflow_home
+    from etl.orchestration import tasks
     from etl.settings import get_settings
     from etl.storage import get_store
 
@@ -109,10 +110,10 @@ def dag_time() -> dict:
     with dags_test_world(base, PIPELINE_REFERENCE_DIR=str(ROOT / "etl" / "reference_data")) as url:
         settings = get_settings()
         as_of = date(2026, 3, 1)
-        for product in pipeline.validate_products(include_book=True, settings=settings):
-            pipeline.ingest_daily_history(product, as_of, settings=settings)
-        pipeline.build_silver(settings=settings)
-        pipeline.compute_risk(as_of, settings=settings)                      # the EOD scenario set
+        for product in tasks.validate_products(include_book=True, settings=settings):
+            tasks.ingest_daily_history(product, as_of, settings=settings)
+        tasks.build_silver(settings=settings)
+        tasks.compute_risk(as_of, settings=settings)                      # the EOD scenario set
         env = airflow_home.airflow_env(settings, home=base / "airflow", database_url=url)
         airflow_home.prepare_home(env)
         first = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)                    # `dags test` date = interval end

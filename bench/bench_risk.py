@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from etl.risk import anomalies, drawdown, returns, valuation, var
+from etl.risk import anomalies, drawdown, risk_returns, valuation, var
 
 TARGET_RATIO = 20.0
 ABS_TARGET_S = 30.0
@@ -44,8 +44,8 @@ def _covered_ours(rets_window, port_rets, exposure):
     out = {}
     for c, (v, e) in var.var_es_from_losses(var.historical_losses(rets_window, exposure), CONFS).items():
         out[f"var_{c}"], out[f"es_{c}"] = v, e
-    out["vol_20"] = returns.window_vol(port_rets, 20, 365)
-    out["vol_30"] = returns.window_vol(port_rets, 30, 365)
+    out["vol_20"] = risk_returns.window_vol(port_rets, 20, 365)
+    out["vol_30"] = risk_returns.window_vol(port_rets, 30, 365)
     out["mdd"] = drawdown.max_drawdown(port_rets[-len(rets_window):]).max_drawdown   # over the lookback
     return out
 
@@ -70,7 +70,7 @@ def _covered_baseline(rets_window, port_rets, exposure):
 
 
 def _all_ours(prices, qty, lookback, scenarios, seed):
-    rets = returns.simple_returns(prices)                       # (T, A)
+    rets = risk_returns.simple_returns(prices)                       # (T, A)
     mv = qty * prices[-1]                                       # (P, A) today's book
     expo = valuation.exposures(mv)
     exposure = np.ascontiguousarray(mv.T)
@@ -82,8 +82,8 @@ def _all_ours(prices, qty, lookback, scenarios, seed):
         out[f"var_param_{c}"], out[f"es_param_{c}"] = var.parametric_var_es(sigma, c)
     z, s = var.mc_draws(scenarios, rets.shape[1], seed, "t", 5.0)
     out["mc"] = var.var_es_from_losses(var.mc_losses(z, s, cov, exposure), CONFS)
-    out["ewma"] = returns.ewma_vol(window @ (mv / expo["gross_exposure"][:, None]).T, 0.94, 365)
-    out["asset_vol"] = returns.window_vol(rets, 20), returns.window_vol(rets, 30), returns.ewma_vol(window)
+    out["ewma"] = risk_returns.ewma_vol(window @ (mv / expo["gross_exposure"][:, None]).T, 0.94, 365)
+    out["asset_vol"] = risk_returns.window_vol(rets, 20), risk_returns.window_vol(rets, 30), risk_returns.ewma_vol(window)
     out["asset_dd"] = drawdown.max_drawdown(window)
     out["corr"] = np.corrcoef(window, rowvar=False)
     out["anomalies"] = anomalies.robust_z(rets, 60)
@@ -115,7 +115,7 @@ def run(quick: bool = False) -> dict:
 def measure(quick: bool = False) -> dict:
     n_port, n_assets, n_days, scenarios = (200, 20, 365, 2000) if quick else (1000, 50, 730, 10_000)
     prices, qty = _data(n_port, n_assets, n_days)
-    rets = returns.simple_returns(prices)
+    rets = risk_returns.simple_returns(prices)
     mv = qty * prices[-1]
     gross = np.abs(mv).sum(axis=1)
     port_rets = rets @ (mv / gross[:, None]).T                  # (T, P) returns of today's book

@@ -1,6 +1,6 @@
 """Soak: months of operation in accelerated time; per-run cost must stay flat (issue 14).
 
-Drives the real task functions of `etl.pipeline` (the ones the DAGs call) through a simulated schedule against the
+Drives the real task functions of `etl.orchestration.tasks` (the ones the DAGs call) through a simulated schedule against the
 exchange simulator, with explicit data intervals instead of sleeping:
 - full: 3 days of 5-minute intraday runs over each day's last 4 hours (`fetch_intraday` per universe product +
   `build_silver`: 144 runs; the open day's last hours are its most expensive runs, when it holds the most
@@ -79,7 +79,7 @@ def _sum(pairs) -> tuple[float, float]:
 
 
 def _schedule(sizes: dict, settings, book: list[str], data: Path) -> list[dict]:
-    from etl import pipeline
+    from etl.orchestration import tasks
 
     rows: list[dict] = []
 
@@ -96,14 +96,14 @@ def _schedule(sizes: dict, settings, book: list[str], data: Path) -> list[dict]:
             first = midnight + timedelta(days=1) - timedelta(minutes=sizes["intraday_minutes"])
             for k in range(sizes["intraday_minutes"] // 5):
                 start = first + timedelta(minutes=5 * k)
-                ingest = _sum(_timed(pipeline.fetch_intraday, p, start, start + timedelta(minutes=5),
+                ingest = _sum(_timed(tasks.fetch_intraday, p, start, start + timedelta(minutes=5),
                                      settings=settings) for p in settings.products)
-                silver = _timed(pipeline.build_silver, settings=settings)
+                silver = _timed(tasks.build_silver, settings=settings)
                 record("intraday", start + timedelta(minutes=5), ingest_s=ingest, silver_s=silver)
-        ingest = _sum(_timed(pipeline.ingest_daily_history, p, day, settings=settings) for p in book)
-        silver = _timed(pipeline.build_silver, settings=settings)
-        compact = _timed(pipeline.compact_bronze, day, settings=settings)
-        risk = _timed(pipeline.compute_risk, day, settings=settings)
+        ingest = _sum(_timed(tasks.ingest_daily_history, p, day, settings=settings) for p in book)
+        silver = _timed(tasks.build_silver, settings=settings)
+        compact = _timed(tasks.compact_bronze, day, settings=settings)
+        risk = _timed(tasks.compute_risk, day, settings=settings)
         record("eod", midnight + timedelta(days=1, minutes=10), ingest_s=ingest, silver_s=silver,
                compact_s=compact, risk_s=risk)
     return rows
@@ -125,13 +125,14 @@ GOLD_CHECKS = {
 
 def _gold(data: Path, server_url: str, last: date) -> dict[str, str]:
     """Load `data` into a fresh database, dbt build, and fingerprint the gold tables checked."""
-    from etl import db, pipeline
+    from etl import db
+    from etl.orchestration import tasks
     from etl.settings import get_settings
 
     with db.scratch_database(server_url, "soak") as url, _env(PIPELINE_DATA_DIR=str(data), PIPELINE_DATABASE_URL=url):
         s = get_settings()
-        pipeline.load_warehouse(settings=s)
-        pipeline.build_dbt(settings=s)
+        tasks.load_warehouse(settings=s)
+        tasks.build_dbt(settings=s)
         out = {}
         for table, cols in GOLD_CHECKS.items():
             where = f"where as_of_date = '{last}'" if "as_of_date" in cols else ""
@@ -172,8 +173,9 @@ def _chart(rows: list[dict], path: Path) -> None:
 
 
 def run(quick: bool) -> dict:
-    from etl import db, pipeline  # noqa: F401  (imports before timing)
+    from etl import db  # noqa: F401  (imports before timing)
     from etl.local import airflow_home  # noqa: F401
+    from etl.orchestration import tasks
     from etl.settings import get_settings
     from etl.simulator import Simulator, SimulatorConfig
 
@@ -191,15 +193,15 @@ def run(quick: bool) -> dict:
         server = db.database_url(get_settings())
         with _env(**env, PIPELINE_DATABASE_URL=server):
             settings = get_settings()
-            book = pipeline.validate_products(include_book=True, settings=settings)
+            book = tasks.validate_products(include_book=True, settings=settings)
             rows = _schedule(sizes, settings, book, data)
             last = START + timedelta(days=sizes["eod_runs"] - 1)
 
             shutil.copytree(data / "bronze", rebuilt / "bronze")
             with _env(PIPELINE_DATA_DIR=str(rebuilt)):
                 one_shot = get_settings()
-                pipeline.build_silver(full_refresh=True, settings=one_shot)
-                pipeline.compute_risk(last, settings=one_shot)
+                tasks.build_silver(full_refresh=True, settings=one_shot)
+                tasks.compute_risk(last, settings=one_shot)
             silver_equal = _silver_bytes(data) == _silver_bytes(rebuilt)
             gold_ours, gold_rebuilt = _gold(data, server, last), _gold(rebuilt, server, last)
     finally:

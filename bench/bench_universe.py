@@ -5,7 +5,7 @@ portfolios over the products listed for the whole history (instruments, portfoli
 the product's own entry point in its own process (`python -m etl ...`), so its peak memory (max RSS) is its own:
 1. ingest_daily: `ingest --granularity 86400` over the risk history, every product,
 2. ingest_day: `ingest --granularity 60` of one UTC day (the intraday candles of the day), every product,
-3. silver, 4. risk --as-of, 5. factors up to the end of the day (`etl.factors.run(end=...)`).
+3. silver, 4. risk --as-of, 5. factors up to the end of the day (`etl.factors.run_factors(end=...)`).
 Ingest runs against an unthrottled simulator; the physical limit is the same day at the API ceiling: the pages of
 a 250-product day of 1-minute candles (5 per product) plus the daily history pages, at 10 requests/s.
 
@@ -41,8 +41,8 @@ from datetime import datetime
 spec = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 if spec.get("factors_end"):  # `factors --end` is not in the CLI yet (issue 12 item 7): its entry point directly
-    from etl.factors import run
-    run(end=datetime.fromisoformat(spec["factors_end"]))
+    from etl.factors import run_factors
+    run_factors(end=datetime.fromisoformat(spec["factors_end"]))
 else:
     from etl.cli import main
     if main(spec["args"]) != 0:

@@ -7,7 +7,7 @@ silver writes them), 12 products; 2,000,000 bars (quick: 100,000). Made once per
 (`etl-bench-warehouse/`), with the same rows as one CSV for the baseline (the columns the loader sends, including
 `source_file`; timestamps as UTC wall times, which both sides read in a UTC session).
 
-Each run gets a fresh scratch database (made and dropped untimed). Ours: `etl.warehouse.load(settings,
+Each run gets a fresh scratch database (made and dropped untimed). Ours: `etl.warehouse.load_warehouse(settings,
 run_dbt=False)`, what `python -m etl load --no-dbt` calls (setup of schemas/roles/raw tables, listing the Store,
 reading every Parquet file, the COPY, load state, one commit). Baseline: the raw table created from its own DDL
 (`etl.warehouse.schema.BY_NAME["bars_5m"]`: same primary key, same source_file index), then `psql -c "\\copy ...
@@ -48,7 +48,7 @@ RUNS = 3
 TARGET_RATIO = 1.5
 DBT_BUDGET_S = 60.0
 CACHE = Path(tempfile.gettempdir()) / "etl-bench-warehouse"
-OURS_COMMAND = "python -m etl load --no-dbt  (timed in-process: etl.warehouse.load(settings, run_dbt=False))"
+OURS_COMMAND = "python -m etl load --no-dbt  (timed in-process: etl.warehouse.load_warehouse(settings, run_dbt=False))"
 BASELINE_COMMAND = "psql URL -c \"\\copy raw.bars_5m (COLUMNS, source_file) from 'bars.csv' with (format csv)\""
 SPEC = BY_NAME["bars_5m"]
 
@@ -146,13 +146,13 @@ def _count(url: str) -> int:
 
 
 def time_ours(server: str, root: Path) -> float:
-    from etl.warehouse import load
+    from etl.warehouse import load_warehouse
 
     with db.scratch_database(server, "bench_whl") as url, tempfile.TemporaryDirectory() as state, environment(
             PIPELINE_DATABASE_URL=url, PIPELINE_DATA_DIR=str(root / "data"), PIPELINE_STATE_DIR=state):
         settings = get_settings()
         t0 = time.perf_counter()
-        summary = load(settings, run_dbt=False)
+        summary = load_warehouse(settings, run_dbt=False)
         seconds = time.perf_counter() - t0
         n = _count(url)
     assert summary.rows.get("bars_5m") == n, (summary.rows, n)
@@ -218,7 +218,7 @@ def _sql_span(settings) -> tuple[float, int]:
 
 
 def dbt_entry(server: str) -> dict:
-    from etl.warehouse import load, run_dbt
+    from etl.warehouse import load_warehouse, run_dbt
     from tests.support import warehouse_sample as sample
 
     load_avg = os.getloadavg()
@@ -228,7 +228,7 @@ def dbt_entry(server: str) -> dict:
             PIPELINE_REFERENCE_DIR=str(sample.write_reference(Path(tmp) / "reference"))):
         settings = get_settings()
         sample.write_sample(settings, first_day=date(2026, 1, 1), days=7)
-        load(settings, run_dbt=False)
+        load_warehouse(settings, run_dbt=False)
         for _ in ("cold parse", "partial parse"):
             t0 = time.perf_counter()
             run_dbt("build", settings)

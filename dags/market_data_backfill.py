@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, task
 from pipeline_common import (
     API_POOL,
     API_POOL_SLOTS,
@@ -13,7 +13,8 @@ from pipeline_common import (
     SILVER_POOL,
 )
 
-from etl.orchestration import spec
+from etl.orchestration import spec, tasks  # light (no pandas)
+from etl.orchestration.airflow_adapter import current_ref
 
 DOC = """
 ### Backfill
@@ -36,21 +37,15 @@ any API call, failing with a message that names the bad field. Then one `fetch_c
     doc_md=DOC,
 )
 def market_data_backfill():
-    def ref():
-        from etl.pipeline import TaskRef
-
-        return TaskRef.from_context(get_current_context())
-
     @task
     def validate_params(params=None) -> list[dict]:
         """One fetch job per product, after checking the whole form."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from etl import pipeline
         from etl.errors import ValidationError
 
         try:
-            request = pipeline.validate_backfill(dict(params or {}), ref=ref())
+            request = tasks.validate_backfill(dict(params or {}), ref=current_ref())
         except ValidationError as exc:  # bad input does not get better on retry: fail now, with the message
             raise AirflowFailException(str(exc)) from exc
         return [{"product": p, "start": request["start"], "end": request["end"],
@@ -58,16 +53,12 @@ def market_data_backfill():
 
     @task(pool=API_POOL, outlets=[BRONZE_CANDLES])
     def fetch_candles(job: dict) -> dict:
-        from etl import pipeline
-
-        return pipeline.fetch_candles(job["product"], job["start"], job["end"], job["granularity"],
-                                      pool_slots=API_POOL_SLOTS, ref=ref())
+        return tasks.fetch_candles(job["product"], job["start"], job["end"], job["granularity"],
+                                   pool_slots=API_POOL_SLOTS, ref=current_ref())
 
     @task(pool=SILVER_POOL, outlets=[SILVER_BARS])
     def build_silver(fetched: list[dict], params=None) -> dict:
-        from etl import pipeline
-
-        return pipeline.build_silver(full_refresh=bool((params or {}).get("full_refresh")), ref=ref())
+        return tasks.build_silver(full_refresh=bool((params or {}).get("full_refresh")), ref=current_ref())
 
     build_silver(fetch_candles.expand(job=validate_params()))
 

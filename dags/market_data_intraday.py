@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airflow.sdk import CronDataIntervalTimetable, dag, get_current_context, task
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 from pipeline_common import (
     API_POOL,
     API_POOL_SLOTS,
@@ -13,7 +13,8 @@ from pipeline_common import (
     WAREHOUSE_GOLD,
 )
 
-from etl.orchestration import spec
+from etl.orchestration import spec, tasks  # light (no pandas)
+from etl.orchestration.airflow_adapter import current_interval, current_ref
 
 DOC = """
 ### Intraday market data
@@ -28,7 +29,7 @@ previous UTC close, exposures, VaR/ES on the last end-of-day scenario set, stale
 `load_intraday_warehouse` loads only the intraday tables and builds their dbt models (`gold.fact_intraday_risk`,
 `gold.fact_intraday_limit_breaches`), and `send_intraday_alerts` alerts each new breach once per day.
 
-Each task writes one row to the run log (`gold.fact_pipeline_runs`). Logic lives in `etl/pipeline.py`.
+Each task writes one row to the run log (`gold.fact_pipeline_runs`). Logic lives in `etl/orchestration/tasks.py`.
 """
 
 
@@ -45,48 +46,29 @@ Each task writes one row to the run log (`gold.fact_pipeline_runs`). Logic lives
 def market_data_intraday():
     @task(pool=API_POOL)
     def validate_products() -> list[str]:
-        from etl import pipeline
-
         # the universe plus every product the portfolios hold: the intraday revaluation needs their bars
-        return pipeline.validate_products(pool_slots=API_POOL_SLOTS, include_book=True,
-                                          ref=pipeline.TaskRef.from_context(get_current_context()))
+        return tasks.validate_products(pool_slots=API_POOL_SLOTS, include_book=True, ref=current_ref())
 
     @task(pool=API_POOL, outlets=[BRONZE_CANDLES])
     def fetch_candles(product: str) -> dict:
-        from etl import pipeline
-
-        context = get_current_context()
-        start, end = pipeline.run_interval(context, spec.INTRADAY_EVERY)
-        return pipeline.fetch_intraday(product, start, end, pool_slots=API_POOL_SLOTS,
-                                       ref=pipeline.TaskRef.from_context(context))
+        start, end = current_interval(spec.INTRADAY_EVERY)
+        return tasks.fetch_intraday(product, start, end, pool_slots=API_POOL_SLOTS, ref=current_ref())
 
     @task(pool=SILVER_POOL, outlets=[SILVER_BARS])
     def build_silver(fetched: list[dict]) -> dict:
-        from etl import pipeline
-
-        return pipeline.build_silver(ref=pipeline.TaskRef.from_context(get_current_context()))
+        return tasks.build_silver(ref=current_ref())
 
     @task
     def compute_intraday_risk() -> dict:
-        from etl import pipeline
-
-        context = get_current_context()
-        start, _ = pipeline.run_interval(context, spec.INTRADAY_EVERY)
-        return pipeline.compute_intraday_risk(start, ref=pipeline.TaskRef.from_context(context))
+        return tasks.compute_intraday_risk(current_interval(spec.INTRADAY_EVERY)[0], ref=current_ref())
 
     @task(outlets=[WAREHOUSE_GOLD])
     def load_intraday_warehouse() -> dict:
-        from etl import pipeline
-
-        return pipeline.load_intraday_warehouse(ref=pipeline.TaskRef.from_context(get_current_context()))
+        return tasks.load_intraday_warehouse(ref=current_ref())
 
     @task
     def send_intraday_alerts() -> int:
-        from etl import pipeline
-
-        context = get_current_context()
-        start, _ = pipeline.run_interval(context, spec.INTRADAY_EVERY)
-        return pipeline.send_intraday_alerts(start, ref=pipeline.TaskRef.from_context(context))
+        return tasks.send_intraday_alerts(current_interval(spec.INTRADAY_EVERY)[0], ref=current_ref())
 
     silver = build_silver(fetch_candles.expand(product=validate_products()))
     risk = compute_intraday_risk()

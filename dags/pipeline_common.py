@@ -87,11 +87,11 @@ BACKFILL_PARAMS: dict[str, Param] = {
 def record_failure(context: Any) -> None:
     """on_failure_callback: the task failed for good (retries exhausted), record a `failed` run-log row.
 
-    Attempts that will be retried are recorded as `up_for_retry` by etl.pipeline itself; this callback also
+    Attempts that will be retried are recorded as `up_for_retry` by the task functions themselves (etl.orchestration); this callback also
     covers failures that never reach the task function (timeouts, killed workers).
     """
     try:
-        from etl.pipeline import TaskRef, record_failed
+        from etl.orchestration.airflow_adapter import TaskRef, record_failed
 
         exc = context.get("exception")
         record_failed(TaskRef.from_context(context), exc)
@@ -126,7 +126,7 @@ def eod_deadline():
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=EOD_DEADLINE,
         # by import path: runs in the triggerer, where the dags folder is not importable but `etl` is
-        callback=AsyncCallback("etl.pipeline.deadline_missed",
+        callback=AsyncCallback("etl.orchestration.airflow_adapter.deadline_missed",
                                kwargs={"hours_after_interval_end": EOD_DEADLINE.total_seconds() / 3600}),
         name="eod_not_finished",
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from airflow.sdk import CronDataIntervalTimetable, dag, get_current_context, task
+from datetime import date
+
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 from pipeline_common import (
     API_POOL,
     API_POOL_SLOTS,
@@ -15,7 +17,9 @@ from pipeline_common import (
     eod_deadline,
 )
 
-from etl.orchestration import spec
+from etl.orchestration import spec, tasks  # light (no pandas)
+from etl.orchestration.airflow_adapter import current_interval, current_ref
+from etl.orchestration.intervals import eod_as_of
 
 DOC = """
 ### End of day risk
@@ -33,7 +37,7 @@ Runs daily 10 minutes after the UTC close for the day that just ended (the data 
 4. `export_report` (HTML + CSV) and `send_alerts`.
 
 A **DeadlineAlert** fires when the run has not finished `PIPELINE_EOD_DEADLINE_HOURS` after the interval end.
-Each task writes one run-log row (`gold.fact_pipeline_runs`). Logic lives in `etl/pipeline.py`.
+Each task writes one run-log row (`gold.fact_pipeline_runs`). Logic lives in `etl/orchestration/tasks.py`.
 """
 
 
@@ -49,77 +53,49 @@ Each task writes one run-log row (`gold.fact_pipeline_runs`). Logic lives in `et
     doc_md=DOC,
 )
 def risk_end_of_day():
-    def ref():
-        from etl.pipeline import TaskRef
-
-        return TaskRef.from_context(get_current_context())
-
-    def interval():
-        """(start, end) of the run's daily interval; manual runs without a logical date get the last one."""
-        from etl import pipeline
-
-        return pipeline.run_interval(get_current_context(), spec.EOD_EVERY, spec.EOD_OFFSET)
+    def as_of() -> date:
+        """The business day this run values (manual runs without a logical date get the last interval's)."""
+        return eod_as_of(current_interval(spec.EOD_EVERY, spec.EOD_OFFSET)[0])
 
     @task(pool=API_POOL)
     def validate_products() -> list[str]:
-        from etl import pipeline
-
-        return pipeline.validate_products(pool_slots=API_POOL_SLOTS, include_book=True, ref=ref())
+        return tasks.validate_products(pool_slots=API_POOL_SLOTS, include_book=True, ref=current_ref())
 
     @task(pool=API_POOL, outlets=[BRONZE_CANDLES])
     def ingest_daily_history(product: str) -> dict:
-        from etl import pipeline
-
-        return pipeline.ingest_daily_history(product, pipeline.eod_as_of(interval()[0]),
-                                             pool_slots=API_POOL_SLOTS, ref=ref())
+        return tasks.ingest_daily_history(product, as_of(), pool_slots=API_POOL_SLOTS, ref=current_ref())
 
     @task(pool=SILVER_POOL, outlets=[SILVER_BARS])
     def build_silver(ingested: list[dict]) -> dict:
-        from etl import pipeline
-
-        return pipeline.build_silver(ref=ref())
+        return tasks.build_silver(ref=current_ref())
 
     @task(pool=SILVER_POOL)
     def compact_bronze() -> dict:
-        from etl import pipeline
-
-        return pipeline.compact_bronze(pipeline.eod_as_of(interval()[0]), ref=ref())
+        return tasks.compact_bronze(as_of(), ref=current_ref())
 
     @task(outlets=[RISK_OUTPUTS])
     def compute_risk() -> dict:
-        from etl import pipeline
-
-        return pipeline.compute_risk(pipeline.eod_as_of(interval()[0]), ref=ref())
+        return tasks.compute_risk(as_of(), ref=current_ref())
 
     @task(outlets=[RISK_OUTPUTS])
     def compute_factors() -> dict:
-        from etl import pipeline
-
-        return pipeline.compute_factors(interval()[1], ref=ref())
+        return tasks.compute_factors(current_interval(spec.EOD_EVERY, spec.EOD_OFFSET)[1], ref=current_ref())
 
     @task
     def load_warehouse() -> dict:
-        from etl import pipeline
-
-        return pipeline.load_warehouse(ref=ref())
+        return tasks.load_warehouse(ref=current_ref())
 
     @task(outlets=[WAREHOUSE_GOLD])
     def build_dbt() -> dict:
-        from etl import pipeline
-
-        return pipeline.build_dbt(ref=ref())
+        return tasks.build_dbt(ref=current_ref())
 
     @task
     def export_report() -> str:
-        from etl import pipeline
-
-        return pipeline.export_report(pipeline.eod_as_of(interval()[0]), ref=ref())
+        return tasks.export_report(as_of(), ref=current_ref())
 
     @task
     def send_alerts() -> int:
-        from etl import pipeline
-
-        return pipeline.send_alerts(pipeline.eod_as_of(interval()[0]), ref=ref())
+        return tasks.send_alerts(as_of(), ref=current_ref())
 
     silver = build_silver(ingest_daily_history.expand(product=validate_products()))
     outputs = [compute_risk(), compute_factors()]

@@ -44,6 +44,7 @@ import pyarrow.fs as pafs
 from tqdm import tqdm
 
 from etl.errors import ConfigError
+from etl.orchestration.intervals import fetch_start
 from etl.settings import Settings, get_settings
 from etl.source import (
     CandlePage,
@@ -415,10 +416,6 @@ def _day_to_date(day: int) -> date:
     return date(1970, 1, 1) + timedelta(days=day)
 
 
-def _history(settings: Settings, granularity: int) -> timedelta:
-    return timedelta(days=settings.daily_history_days if granularity >= 86400 else settings.history_days)
-
-
 def _plan(products: list[str], start: datetime | None, end: datetime, granularity: int,
           settings: Settings) -> dict[str, list[tuple[datetime, datetime]]]:
     plans = {}
@@ -426,8 +423,7 @@ def _plan(products: list[str], start: datetime | None, end: datetime, granularit
         p_start = start
         if p_start is None:
             mark = watermark(product, granularity, settings)
-            p_start = (mark - timedelta(minutes=settings.overlap_minutes)) if mark else end - _history(settings,
-                                                                                                       granularity)
+            p_start = fetch_start(mark, end, granularity, settings)
             log.info("%s %ss: watermark %s -> start %s", product, granularity, mark, p_start)
         plans[product] = plan_windows(p_start, end, granularity)
     return plans

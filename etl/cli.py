@@ -7,9 +7,12 @@ Each command parses its arguments and calls one function of the stage module; er
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, date, datetime
+from typing import Any
 
 from etl.errors import PipelineError
 from etl.settings import parse_products
@@ -156,6 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _call(target: str, **kwargs: Any) -> Any:
+    """Import `module:function` and call it: stage modules load only for their command (`--help` stays fast)."""
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)(**kwargs)
+
+
+# The commands that run one stage entry point and print its summary.
+STAGE_COMMANDS: dict[str, Callable[[argparse.Namespace, Any], Any]] = {
+    "ingest": lambda a, s: _call("etl.bronze:ingest", products=a.products, start=a.start, end=a.end,
+                                 granularity=a.granularity, source=a.source, settings=s, progress=True),
+    "silver": lambda a, s: _call("etl.silver:build", full_refresh=a.full_refresh, settings=s),
+    "compact": lambda a, s: _call("etl.compaction:compact", before=a.before, settings=s),
+    "risk": lambda a, s: _call("etl.risk:run_risk", as_of=a.as_of, settings=s),
+    "factors": lambda a, s: _call("etl.factors:run_factors", settings=s, end=a.end),
+    "load": lambda a, s: _call("etl.warehouse:load_warehouse", settings=s, run_dbt=not a.no_dbt),
+    "report": lambda a, s: _call("etl.report:run_report", as_of=a.as_of, settings=s),
+    "docs": lambda a, s: _call("etl.warehouse:docs", settings=s, serve=a.serve, port=a.port or s.docs_port),
+    "run": lambda a, s: _call("etl.orchestration.tasks:run_all", as_of=a.as_of, settings=s),
+}
+
+
 def dispatch(args: argparse.Namespace) -> int:
     from etl.settings import get_settings
 
@@ -207,47 +231,8 @@ def dispatch(args: argparse.Namespace) -> int:
         )
         serve(config)
         return 0
-    if cmd == "ingest":
-        from etl.bronze import ingest
-
-        summary = ingest(products=args.products, start=args.start, end=args.end, granularity=args.granularity,
-                         source=args.source, settings=settings, progress=True)
-        print(summary)
-        return 0
-    if cmd == "silver":
-        from etl.silver import build
-
-        print(build(full_refresh=args.full_refresh, settings=settings))
-        return 0
-    if cmd == "compact":
-        from etl.compaction import compact
-
-        print(compact(before=args.before, settings=settings))
-        return 0
-    if cmd == "risk":
-        from etl.risk import run
-
-        print(run(as_of=args.as_of, settings=settings))
-        return 0
-    if cmd == "factors":
-        from etl.factors import run
-
-        print(run(settings=settings, end=args.end))
-        return 0
-    if cmd == "load":
-        from etl.warehouse import load
-
-        print(load(settings=settings, run_dbt=not args.no_dbt))
-        return 0
-    if cmd == "report":
-        from etl.report import run
-
-        print(run(as_of=args.as_of, settings=settings))
-        return 0
-    if cmd == "docs":
-        from etl.warehouse import docs
-
-        print(docs(settings=settings, serve=args.serve, port=args.port or settings.docs_port))
+    if cmd in STAGE_COMMANDS:
+        print(STAGE_COMMANDS[cmd](args, settings))
         return 0
     if cmd == "stream":
         from etl.stream.collector import collect
@@ -259,11 +244,6 @@ def dispatch(args: argparse.Namespace) -> int:
         from etl.stream.insights import run_insights
 
         run_insights(args.product_id, seconds=args.seconds, source=args.source, settings=settings)
-        return 0
-    if cmd == "run":
-        from etl.pipeline import run_all
-
-        print(run_all(as_of=args.as_of, settings=settings))
         return 0
     raise AssertionError(cmd)
 

@@ -1,8 +1,8 @@
 """Client for the Coinbase Exchange public market-data API (or the offline simulator that serves the same contract).
 
 Three pieces, each small enough to test on its own:
-- `TokenBucket`: one pacer shared by every concurrent request of a run, so we stay under the API's limit instead
-  of bouncing off 429s; it adapts to the limit the server really enforces (AIMD on 429s).
+- `RequestPacer` (a token bucket): one pacer shared by every concurrent request of a run, so we stay under the
+  API's limit instead of bouncing off 429s; it adapts to the limit the server really enforces (AIMD on 429s).
 - `ExchangeClient`: GET with connect/read timeouts and bounded retries (tenacity) on 5xx, connection errors,
   timeouts and malformed bodies; a 429 slows the pacer and is sent again without using an attempt (bounded by a
   total wait instead); other 4xx are bugs and raise at once with the API's message.
@@ -68,7 +68,7 @@ AIMD_INCREASE = 0.08      # requests/s gained per second of accepted traffic
 MIN_RATE = 0.1            # requests/s: the pace never falls below this however many 429s arrive
 
 
-class TokenBucket:
+class RequestPacer:
     """Thread-safe, adaptive token bucket: `acquire()` blocks until the caller may send one request.
 
     Each caller reserves a token at once (the balance may go negative) and sleeps off its share of the deficit
@@ -142,8 +142,8 @@ class TokenBucket:
                 self._tokens = min(self._tokens, -retry_after * self.rate)
 
 
-def pacer_for(settings: Settings) -> TokenBucket:
-    return TokenBucket(settings.rate_limit_rps * PACING_RATE_FRACTION,
+def pacer_for(settings: Settings) -> RequestPacer:
+    return RequestPacer(settings.rate_limit_rps * PACING_RATE_FRACTION,
                        max(1, settings.rate_limit_burst - PACING_BURST_MARGIN))
 
 
@@ -241,9 +241,9 @@ class CandlePage:
 
 
 class ExchangeClient:
-    """GETs against the Exchange public API, paced by one shared TokenBucket and retried with backoff."""
+    """GETs against the Exchange public API, paced by one shared RequestPacer and retried with backoff."""
 
-    def __init__(self, base_url: str, settings: Settings | None = None, pacer: TokenBucket | None = None) -> None:
+    def __init__(self, base_url: str, settings: Settings | None = None, pacer: RequestPacer | None = None) -> None:
         self.settings = settings or get_settings()
         self.base_url = base_url.rstrip("/")
         self.pacer = pacer or pacer_for(self.settings)

@@ -1,7 +1,7 @@
 """Factor risk model: market, liquidity, volatility and momentum factors with fast rolling exposures.
 
-Modules: `returns` (universe returns on a common grid), `buckets` (tercile membership with formation windows),
-`model` (factor returns, exposures, output frames), `rolling_ols` (the vectorised windowed OLS), `io` (silver in,
+Modules: `universe_returns` (returns on a common grid), `buckets` (tercile membership with formation windows),
+`factor_model` (factor returns, exposures, output frames), `rolling_ols` (the vectorised windowed OLS), `io` (silver in,
 outputs out). docs/factor_model.md has the definitions and the output tables.
 """
 
@@ -15,13 +15,13 @@ import pandas as pd
 
 from etl.errors import DataNotFoundError
 from etl.factors import io
-from etl.factors.model import FactorConfig, compute, output_tables
-from etl.factors.returns import universe_returns
+from etl.factors.factor_model import FactorConfig, compute, output_tables
 from etl.factors.rolling_ols import RollingOLSResult, rolling_ols
+from etl.factors.universe_returns import universe_returns
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
 
-__all__ = ["FactorConfig", "FactorSummary", "RollingOLSResult", "output_window", "rolling_ols", "run"]
+__all__ = ["FactorConfig", "FactorSummary", "RollingOLSResult", "output_window", "rolling_ols", "run_factors"]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def output_window(settings: Settings, config: FactorConfig, end: datetime | None
     return read_start, out_start, end_ts
 
 
-def run(settings: Settings | None = None, end: datetime | None = None, *,
+def run_factors(settings: Settings | None = None, end: datetime | None = None, *,
         config: FactorConfig | None = None) -> FactorSummary:
     """Factor returns, membership and exposures for the configured products up to `end` (default: now).
 

@@ -135,7 +135,7 @@ def run_demo(settings: Settings) -> int:
         print(f"== bronze: {store.path('bronze')}")
         print(f"== silver: {store.path('silver')}")
         print(f"== outputs: {store.path('outputs')}")
-        from etl.pipeline import eod_as_of
+        from etl.orchestration.intervals import eod_as_of
         from etl.report.alerts import ALERTS_FILE
         from etl.warehouse import reporting_url
 

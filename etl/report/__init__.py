@@ -28,7 +28,7 @@ from etl.settings import PROJECT_ROOT, Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["reports_dir", "run"]
+__all__ = ["reports_dir", "run_report"]
 
 
 def reports_dir(settings: Settings | None = None) -> Path:
@@ -58,7 +58,7 @@ def private_files(*dirs: Path) -> Iterator[None]:
         os.umask(old)
 
 
-def run(as_of: date | None = None, settings: Settings | None = None, sql_dir: Path | None = None) -> Path:
+def run_report(as_of: date | None = None, settings: Settings | None = None, sql_dir: Path | None = None) -> Path:
     """Write the SQL reports and the HTML report for `as_of` (default: latest as_of_date in gold.fact_risk_metrics).
 
     `sql_dir` (default: the project's `sql/`) holds the SQL report files. Returns the path of report.html.
@@ -66,7 +66,7 @@ def run(as_of: date | None = None, settings: Settings | None = None, sql_dir: Pa
     # imported here: `etl.report.alerts` (and DAG parsing) should not pay for matplotlib
     from etl.report import completeness
     from etl.report import html as html_report
-    from etl.report.data import load
+    from etl.report.data import load_report_data
     from etl.report.gold import GoldReader
     from etl.report.sql_reports import run_sql_reports
     from etl.warehouse import reporting_url
@@ -79,7 +79,7 @@ def run(as_of: date | None = None, settings: Settings | None = None, sql_dir: Pa
         out_dir = reports_dir(settings) / as_of.isoformat()
         with private_files(reports_dir(settings), out_dir, out_dir / "sql"):
             sql_results = run_sql_reports(reader, as_of, out_dir, sql_dir)
-        data = load(reader, as_of)
+        data = load_report_data(reader, as_of)
 
     with private_files(out_dir / "data"):
         for name, frame in data.frames.items():

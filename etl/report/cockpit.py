@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from etl.report.data import backtest_summary
 from etl.report.gold import GoldReader
 
 HISTORY_DAYS = 365
@@ -290,7 +291,7 @@ def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) 
         order by method, confidence, as_of_date""", p)
     bt["confidence"] = bt["confidence"].astype(float).where(bt["confidence"].astype(float) <= 1,
                                                             bt["confidence"].astype(float) / 100)
-    summary_bt = backtest_table(bt)
+    summary_bt = backtest_summary(bt).rename(columns={"n_obs": "days"})
     positions = reader.query("""
         select product_id, quantity, avg_cost, close, market_value, unrealized_pnl,
                abs(market_value) / nullif(sum(abs(market_value)) over (), 0) as share_of_gross
@@ -306,16 +307,6 @@ def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) 
             "day": records(me)[0] if not me.empty else None, "history": records(hist),
             "backtest": records(bt), "backtest_summary": records(summary_bt), "positions": records(positions),
             "contributions": contrib, "returns": return_distribution(hist["return"])}
-
-
-def backtest_table(bt: pd.DataFrame) -> pd.DataFrame:
-    """Per method x confidence: days, exceptions, expected exceptions (n x (1 - confidence))."""
-    if bt.empty:
-        return pd.DataFrame(columns=["method", "confidence", "days", "exceptions", "expected"])
-    g = bt.assign(exc=bt["is_exception"].astype(bool)).groupby(["method", "confidence"], as_index=False)
-    out = g.agg(days=("exc", "size"), exceptions=("exc", "sum"))
-    out["expected"] = out["days"] * (1.0 - out["confidence"])
-    return out
 
 
 def return_distribution(returns: pd.Series, bins: int = 30) -> dict:

@@ -75,7 +75,7 @@ class ReportData:
         return self.frames.get(name)
 
 
-def load(reader: GoldReader, as_of: date) -> ReportData:
+def load_report_data(reader: GoldReader, as_of: date) -> ReportData:
     frames = {name: reader.frame(table, sql, {"as_of": as_of}) for name, (table, sql) in QUERIES.items()}
     screen = first_screen(reader, as_of)
     return ReportData(as_of=as_of, frames=frames, notes=[*reader.notes, *screen.get("notes", [])],
@@ -100,3 +100,14 @@ def first_screen(reader: GoldReader, as_of: date) -> dict:
         first = str(exc).strip().splitlines()[0]
         return {"status": "incomplete", "missing": [first], "breaches": None, "notes": [],
                 "firm_risk": {"available": False, "note": cockpit.FIRM_NOT_COMPUTED}, "error": first}
+
+
+def backtest_summary(bt: pd.DataFrame) -> pd.DataFrame:
+    """Per method x confidence of fact_var_backtest rows: days observed (`n_obs`), exceptions, expected exceptions
+    (n_obs x (1 - confidence)). The report adds the traffic-light zone; the cockpit shows it as is."""
+    if bt.empty:
+        return pd.DataFrame(columns=["method", "confidence", "n_obs", "exceptions", "expected"])
+    g = bt.assign(exc=bt["is_exception"].astype(bool)).groupby(["method", "confidence"], as_index=False)
+    out = g.agg(n_obs=("exc", "size"), exceptions=("exc", "sum"))
+    out["expected"] = out["n_obs"] * (1.0 - out["confidence"])
+    return out

@@ -20,19 +20,16 @@ from datetime import UTC, date, datetime
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binom
 
 from etl.report import charts
-from etl.report.data import CORRELATION_DAYS, ReportData
+from etl.report.data import CORRELATION_DAYS, ReportData, backtest_summary
 from etl.report.formatting import Formats
+from etl.risk.backtest import traffic_light
 
 log = logging.getLogger(__name__)
 
 LIMIT_TYPES = ("var", "concentration", "drawdown")
 METHODS = (("hist", "Historical"), ("param", "Parametric"), ("mc", "Monte Carlo"))
-# Basel traffic light generalised to any window: green while the exception count is below the 95% quantile of
-# Binomial(n, 1 - confidence), red from the 99.99% quantile (n=250 at 99%: green 0-4, yellow 5-9, red 10+).
-GREEN_CDF, RED_CDF = 0.95, 0.9999
 FIRST_SCREEN_BREACHES = 10  # the worst breaches on the first screen; all of them in data/breaches.csv
 PORTFOLIO_ROWS = 50         # rows of the report's portfolio table; every portfolio is in portfolios.html
 DETAIL_PAGES = 50           # portfolios with a detail page (breached first, then largest VaR 99%)
@@ -160,16 +157,6 @@ def missing(table_name: str) -> str:
 
 
 # ---- analysis helpers (small, pure) ----------------------------------------------------------------------------
-def traffic_light(n_obs: int, exceptions: int, confidence: float) -> str:
-    """'green' | 'yellow' | 'red' for `exceptions` VaR breaches in `n_obs` days at `confidence`."""
-    if n_obs <= 0:
-        return "n/a"
-    cdf = float(binom.cdf(exceptions, n_obs, 1.0 - confidence))
-    if cdf < GREEN_CDF:
-        return "green"
-    return "yellow" if cdf < RED_CDF else "red"
-
-
 def normalise_confidence(series: pd.Series) -> pd.Series:
     c = series.astype(float)
     return c.where(c <= 1, c / 100.0)
@@ -184,13 +171,11 @@ def pick_method(backtest: pd.DataFrame) -> str:
     return methods[0]
 
 
-def backtest_summary(bt: pd.DataFrame) -> pd.DataFrame:
-    """Per method x confidence: observations, exceptions, expected exceptions, traffic-light zone."""
-    g = bt.assign(exc=bt["is_exception"].astype(bool)).groupby(["method", "confidence"], as_index=False)
-    out = g.agg(n_obs=("exc", "size"), exceptions=("exc", "sum"))
-    out["expected"] = out["n_obs"] * (1.0 - out["confidence"])
-    out["zone"] = [traffic_light(int(n), int(k), float(c))
-                   for n, k, c in zip(out["n_obs"], out["exceptions"], out["confidence"], strict=True)]
+def backtest_zones(bt: pd.DataFrame) -> pd.DataFrame:
+    """`backtest_summary` plus the Basel traffic-light zone of each method x confidence (the risk engine's rule)."""
+    out = backtest_summary(bt)
+    out["zone"] = traffic_light(out["exceptions"].to_numpy(), out["n_obs"].to_numpy(),
+                                out["confidence"].to_numpy(dtype=float))
     return out
 
 
@@ -512,7 +497,7 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
         mine = mine.assign(confidence=normalise_confidence(mine["confidence"]))
         method = pick_method(mine)
         chosen = mine[mine["method"].astype(str) == method]
-        summ = backtest_summary(mine)
+        summ = backtest_zones(mine)
         z = summ[(summ["method"] == method) & np.isclose(summ["confidence"], 0.99)]
         zone = z["zone"].iat[0] if not z.empty else "n/a"
         n_days = int(z["n_obs"].iat[0]) if not z.empty else 0

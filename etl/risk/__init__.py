@@ -1,11 +1,11 @@
 """Risk engine: valuation, PnL, exposure and concentration, volatility, VaR/ES, drawdown, anomalies, VaR backtests.
 
-Pure maths (arrays in, arrays out): `returns`, `valuation`, `var`, `drawdown`, `anomalies`, `backtest`,
+Pure maths (arrays in, arrays out): `risk_returns`, `valuation`, `var`, `drawdown`, `anomalies`, `backtest`,
 `contributions` (Euler), `filtered` (EWMA/GARCH-t FHS), `es_backtest` (Z2, McNeil-Frey), `stress`; tables from
-prices and the book: `engine` (and `firm`, the whole book in USD); the only I/O: `runner` (`run`); the 5-minute
+prices and the book: `engine` (and `firm`, the whole book in USD); the only I/O: `runner` (`run_risk`); the 5-minute
 revaluation on the last EOD run's scenario set: `intraday` (its own I/O). Conventions: docs/risk_conventions.md.
 """
 
-from etl.risk.runner import RiskSummary, run
+from etl.risk.runner import RiskSummary, run_risk
 
-__all__ = ["RiskSummary", "run"]
+__all__ = ["RiskSummary", "run_risk"]

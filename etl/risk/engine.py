@@ -25,7 +25,7 @@ from etl.risk import (
     filtered,
     firm,
     intraday,
-    returns,
+    risk_returns,
     stress,
     valuation,
     var,
@@ -170,7 +170,7 @@ def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: 
     usd_price = close * quote_usd
     firm_t = firm.firm_tables(days, usd_price, valuation.value_positions(qty, cost, close, quote_usd[:, None, :])
                               .market_value[-1], pids, held, z, scale, n_ret,
-                              {m: s for m, s in _filtered_sigmas(returns.simple_returns(usd_price), "USD",
+                              {m: s for m, s in _filtered_sigmas(risk_returns.simple_returns(usd_price), "USD",
                                                                  params, sigmas).items() if m in FILTERED},
                               scenarios, usd_move_of)
     for name, df in firm_t.items():
@@ -190,7 +190,7 @@ def _usd_moves(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: di
     products = list(closes.columns)
     usd = closes.to_numpy() * np.column_stack([rates.get(quote_ccy.get(p, "USD"), np.ones(len(closes)))
                                                for p in products])
-    r = returns.simple_returns(usd)[-n_ret:]
+    r = risk_returns.simple_returns(usd)[-n_ret:]
     beta = stress.betas(r, products.index(stress.ANCHOR)) if stress.ANCHOR in products else np.zeros(len(products))
 
     def moves(shocks: dict[str, float]) -> dict[str, float]:
@@ -233,7 +233,7 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
     month = (days.year * 12 + days.month).to_numpy()
     mtd = valuation.month_to_date(pnl, month)
     port_ret = np.nan_to_num(valuation.portfolio_returns(pnl, expo["gross_exposure"]))  # empty book: flat
-    asset_ret = returns.simple_returns(price)                              # (T-1, A): row j = day j+1
+    asset_ret = risk_returns.simple_returns(price)                              # (T-1, A): row j = day j+1
 
     # ---- as-of metrics ----
     window = asset_ret[-n_ret:]
@@ -264,8 +264,8 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
         for col in list(metrics):
             risk[f"{col}_pct"] = np.where(gross_now > 0, metrics[col] / np.where(gross_now > 0, gross_now, 1), np.nan)
     for w in VOL_WINDOWS:
-        risk[f"vol_{w}d"] = returns.window_vol(port_ret[1:], w, params.annualization_days)
-    risk["vol_ewma"] = returns.ewma_vol(pr_window, params.ewma_lambda, params.annualization_days)
+        risk[f"vol_{w}d"] = risk_returns.window_vol(port_ret[1:], w, params.annualization_days)
+    risk["vol_ewma"] = risk_returns.ewma_vol(pr_window, params.ewma_lambda, params.annualization_days)
     risk["max_drawdown"] = mdd.max_drawdown
     risk["lookback_days"] = n_ret
     risk["daily_pnl"] = pnl[-1]
@@ -526,22 +526,22 @@ def asset_tables(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: 
     days = closes.index
     as_of = days[-1]
     px = closes.to_numpy()
-    r = returns.simple_returns(px)
+    r = risk_returns.simple_returns(px)
     window = r[-n_ret:]
     worst = window.argmin(axis=0)
     mdd = drawdown.max_drawdown(window)
     asset = pd.DataFrame({
         "product_id": products, "as_of_date": as_of, "quote_currency": [quote_ccy.get(p, "") for p in products],
-        "close": px[-1], "daily_return": r[-1], "log_return": returns.log_returns(px[-2:])[0],
-        **{f"vol_{w}d": returns.window_vol(r, w, params.annualization_days) for w in VOL_WINDOWS},
-        "vol_ewma": returns.ewma_vol(window, params.ewma_lambda, params.annualization_days),
+        "close": px[-1], "daily_return": r[-1], "log_return": risk_returns.log_returns(px[-2:])[0],
+        **{f"vol_{w}d": risk_returns.window_vol(r, w, params.annualization_days) for w in VOL_WINDOWS},
+        "vol_ewma": risk_returns.ewma_vol(window, params.ewma_lambda, params.annualization_days),
         "max_drawdown": mdd.max_drawdown,
         "worst_daily_return": window[worst, np.arange(len(products))],
         "worst_daily_return_date": days[-n_ret:][worst],
         "lookback_days": n_ret,
     })
     usd = px * np.column_stack([rates.get(quote_ccy.get(p, "USD"), np.ones(len(days))) for p in products])
-    corr = np.corrcoef(returns.simple_returns(usd)[-n_ret:], rowvar=False)
+    corr = np.corrcoef(risk_returns.simple_returns(usd)[-n_ret:], rowvar=False)
     i, j = np.triu_indices(len(products), k=1)
     correlations = pd.DataFrame({"product_id_a": np.asarray(products)[i], "product_id_b": np.asarray(products)[j],
                                  "as_of_date": as_of, "correlation": corr[i, j], "n_obs": n_ret,

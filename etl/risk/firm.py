@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from etl.risk import contributions, filtered, returns, stress, var
+from etl.risk import contributions, filtered, risk_returns, stress, var
 
 CONFIDENCES = (0.95, 0.99)
 FIRM_ID = "FIRM"
@@ -50,7 +50,7 @@ def firm_tables(days: pd.DatetimeIndex, usd_price: np.ndarray, mv_usd: np.ndarra
     """firm_risk (one row), the firm-scope risk_contributions and stress_results rows. usd_price (T, A);
     mv_usd (P, A) today's USD market values; sig {method: (T, A)} filtered USD volatilities."""
     as_of = days[-1]
-    asset_ret = returns.simple_returns(usd_price)
+    asset_ret = risk_returns.simple_returns(usd_price)
     window = asset_ret[-n_ret:]
     fhs = {m: filtered.fhs_window(filtered.standardised(asset_ret, s)[-n_ret:], s[-1]) for m, s in sig.items()}
     e_firm = mv_usd.sum(axis=0)                                          # (A,)

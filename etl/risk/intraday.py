@@ -420,7 +420,7 @@ def previous_breaches(store, bucket: pd.Timestamp) -> pd.DataFrame | None:
     return None
 
 
-def run(interval_start: datetime | str, settings=None) -> IntradaySummary:
+def run_intraday_risk(interval_start: datetime | str, settings=None) -> IntradaySummary:
     """Revalue every portfolio at the bucket starting at `interval_start` and write its two output files."""
     from etl.portfolios import book_products, load_portfolios, load_positions
     from etl.reference import load_instruments

@@ -64,7 +64,7 @@ class RiskSummary:
                 f"breach(es), {self.seconds:.1f}s; rows: {tables}")
 
 
-def run(as_of: date | None = None, settings: Settings | None = None) -> RiskSummary:
+def run_risk(as_of: date | None = None, settings: Settings | None = None) -> RiskSummary:
     """Compute and write every risk table for `as_of` (None = the last complete UTC day with daily bars for all
     the book's products)."""
     t0 = time.perf_counter()

@@ -6,7 +6,7 @@
 See docs/simulator.md for the model, its calibration, the faults and how to run it.
 """
 
-from etl.simulator.model import GRANULARITIES, aggregate, candle_arrays, candles
+from etl.simulator.price_model import GRANULARITIES, aggregate, candle_arrays, candles
 from etl.simulator.server import LATE_CORRECTION_MINUTES, Simulator, SimulatorConfig, serve
 from etl.simulator.universe import UNIVERSE, ProductSpec, synthetic_products
 

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from etl.errors import ConfigError, ValidationError
-from etl.simulator.model import GRANULARITIES, Candles, UnsupportedRequest, aggregate
+from etl.simulator.price_model import GRANULARITIES, Candles, UnsupportedRequest, aggregate
 from etl.simulator.universe import UNIVERSE, ProductSpec
 from etl.storage import Store
 

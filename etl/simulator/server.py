@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from etl.errors import ConfigError
-from etl.simulator.model import GRANULARITIES, SyntheticSource, UnsupportedRequest, aggregate
+from etl.simulator.price_model import GRANULARITIES, SyntheticSource, UnsupportedRequest, aggregate
 from etl.simulator.replay import ReplaySource
 from etl.simulator.universe import UNIVERSE, synthetic_products
 from etl.simulator.ws import FeedServer
@@ -87,8 +87,9 @@ class _Reply(Exception):
         self.message = message
 
 
-class TokenBucket:
-    """Per-key token buckets: `rate` tokens a second up to `burst`; a request takes one or is refused."""
+class ServerRateLimit:
+    """The simulator's rate limit, one token bucket per client key: `rate` tokens a second up to `burst`; a
+    request takes one or is refused (429)."""
 
     def __init__(self, rate: float, burst: int):
         self.rate, self.burst = rate, burst
@@ -133,7 +134,7 @@ class _App:
             self.source = ReplaySource(config.replay_dir, config.products)
         else:
             self.source = SyntheticSource(config.seed, config.products, config.universe)
-        self.buckets = TokenBucket(config.rate_limit_rps, config.burst)
+        self.buckets = ServerRateLimit(config.rate_limit_rps, config.burst)
         self.faults = random.Random(config.seed)
         self.lock = threading.Lock()
         self.served_recent: set[tuple[str, int, int]] = set()  # (product, granularity, bucket) for late corrections

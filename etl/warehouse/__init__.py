@@ -1,8 +1,8 @@
 """The gold warehouse: COPY-upsert loads into Postgres `raw`, then dbt builds `staging` views and `gold` marts.
 
 Public API (see docs/warehouse.md):
-    load(settings=None, run_dbt=True) -> LoadSummary    # setup, load new raw data in one transaction, dbt build
-                                                         # (write-audit-publish), all under the warehouse lock
+    load_warehouse(settings=None, run_dbt=True) -> LoadSummary  # setup, load new raw data in one transaction,
+                                                         # dbt build (write-audit-publish), all under the warehouse lock
     setup(settings=None)                                 # schemas raw/staging/gold, roles, grants, raw tables
     run_dbt(command="build", settings=None, select=None) # the dbt CLI on dbt_project/
     reporting_url(settings=None) -> str                  # libpq URL logging in as the read-only `reporting` role
@@ -23,7 +23,7 @@ from etl.warehouse.dbt import docs, run_dbt
 from etl.warehouse.loader import LoadSummary, WarehouseError, copy_upsert, load_raw, warehouse_lock
 from etl.warehouse.schema import raw_ddl
 
-__all__ = ["LoadSummary", "WarehouseError", "copy_upsert", "docs", "load", "reporting_url", "run_dbt", "setup"]
+__all__ = ["LoadSummary", "WarehouseError", "copy_upsert", "docs", "load_warehouse", "reporting_url", "run_dbt", "setup"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def setup(settings: Settings | None = None) -> None:
         roles.grant(conn, present)  # after the DDL: grants cover the raw tables just created
 
 
-def load(settings: Settings | None = None, run_dbt: bool = True) -> LoadSummary:
+def load_warehouse(settings: Settings | None = None, run_dbt: bool = True) -> LoadSummary:
     """Load new silver/outputs/reference/run-log data into `raw` (one transaction), then `dbt build`."""
     settings = settings or get_settings()
     with warehouse_lock(settings):  # one load + build per warehouse; a second waits, then fails naming this one
@@ -55,7 +55,7 @@ def load(settings: Settings | None = None, run_dbt: bool = True) -> LoadSummary:
     return summary
 
 
-_run_dbt = run_dbt  # `load`'s parameter shadows the function name inside it
+_run_dbt = run_dbt  # `load_warehouse`'s parameter shadows the function name inside it
 
 
 def reporting_url(settings: Settings | None = None) -> str:

@@ -21,8 +21,9 @@ WRITER = "pipeline_writer"
 SCHEMAS = ("raw", "staging", "gold")
 
 
-def _create_role(cur, role: str, options: str) -> None:
-    # roles are cluster-wide: several databases (tests) may race to create them, which is fine
+def create_role(cur, role: str, options: str) -> None:
+    """Create `role` with `options` unless it exists. Roles are cluster-wide: several databases (tests) may race
+    to create them, which is fine."""
     cur.execute(f"""
         do $$ begin
           if not exists (select from pg_roles where rolname = '{role}') then
@@ -46,8 +47,8 @@ def ensure_roles(conn, reporting_password: str | None = None) -> set[str]:
         cur.execute("select current_user, rolsuper or rolcreaterole from pg_roles where rolname = current_user")
         user, may_create = cur.fetchone()
         if may_create:
-            _create_role(cur, WRITER, "nologin")
-            _create_role(cur, READER, "login")
+            create_role(cur, WRITER, "nologin")
+            create_role(cur, READER, "login")
         cur.execute("select rolname, rolconfig from pg_roles where rolname in (%s, %s)", (READER, WRITER))
         existing = {name: set(config or []) for name, config in cur.fetchall()}
         missing = {READER, WRITER} - set(existing)

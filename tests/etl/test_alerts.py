@@ -216,14 +216,15 @@ def test_secrets_redacted_in_run_log(env, data_dir):
     by the reporting role, the HTML and SQL reports) carries the webhook's secret path."""
     import socket
 
-    from etl import pipeline, runlog
+    from etl import runlog
+    from etl.orchestration import tasks
 
     with socket.socket() as s:  # a port with nobody listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env.setenv("ALERT_WEBHOOK_URL", f"http://127.0.0.1:{port}/services/T0AB/B0CD/s3cr3tT0ken")
     with pytest.raises(alerts.AlertDeliveryError) as err:
-        pipeline.send_alerts(AS_OF, settings=get_settings())
+        tasks.send_alerts(AS_OF, settings=get_settings())
     assert "s3cr3tT0ken" not in str(err.value) and f"127.0.0.1:{port}/***" in str(err.value)
     rows = runlog.read_all(get_settings())
     assert rows["status"].tolist() == ["failed"]

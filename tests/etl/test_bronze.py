@@ -110,7 +110,8 @@ def test_dedup_latest_keeps_latest_ingestion_then_batch_id():
     ts = pd.Timestamp("2026-01-01", tz="UTC")
     df = pd.DataFrame({
         "product_id": ["A", "A", "A", "B"], "granularity": [60, 60, 60, 60], "bucket_start": [ts] * 4,
-        "close": [1.0, 2.0, 3.0, 9.0], "batch_id": ["b1", "b3", "b2", "b1"],
+        "open": 1.0, "high": 9.0, "low": 1.0, "close": [1.0, 2.0, 3.0, 9.0], "volume": 1.0,
+        "batch_id": ["b1", "b3", "b2", "b1"],
         "ingested_at": [ts, ts + pd.Timedelta("1s"), ts + pd.Timedelta("1s"), ts],
     })
     out = dedup_latest(df)

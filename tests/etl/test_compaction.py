@@ -8,9 +8,10 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import pytest
 
-from etl import compaction, pipeline
+from etl import compaction
 from etl.bronze import watermark
 from etl.cli import main
+from etl.orchestration import intervals, tasks
 from etl.settings import get_settings
 from etl.silver import build
 from etl.storage import Store
@@ -160,12 +161,13 @@ def test_end_of_day_fetches_only_the_daily_candles_it_lacks_plus_the_overlap(dat
     monkeypatch.setenv("PIPELINE_DAILY_HISTORY_DAYS", "30")
     monkeypatch.setenv("PIPELINE_DAILY_OVERLAP_DAYS", "3")
     settings = get_settings()
-    first = pipeline.ingest_daily_history("BTC-USD", date(2026, 3, 1), settings=settings)
+    first = tasks.ingest_daily_history("BTC-USD", date(2026, 3, 1), settings=settings)
     assert first["candles"] == 30                                          # the first run backfills
-    second = pipeline.ingest_daily_history("BTC-USD", date(2026, 3, 2), settings=settings)
+    second = tasks.ingest_daily_history("BTC-USD", date(2026, 3, 2), settings=settings)
     assert second["candles"] == 4                                          # 3 overlap days + the new one
-    assert pipeline.daily_history_start("BTC-USD", date(2026, 3, 2), settings) == datetime(2026, 2, 28, tzinfo=UTC)
-    rerun = pipeline.ingest_daily_history("BTC-USD", date(2026, 2, 10), settings=settings)  # an old as-of day
+    mark = watermark("BTC-USD", 86400, settings)
+    assert intervals.daily_history_start(mark, date(2026, 3, 2), settings) == datetime(2026, 2, 28, tzinfo=UTC)
+    rerun = tasks.ingest_daily_history("BTC-USD", date(2026, 2, 10), settings=settings)  # an old as-of day
     assert rerun["candles"] == 3
     daily = read_bronze(granularity=86400, settings=settings, dedup=True)
     assert len(daily) == 31 and daily["bucket_start"].max() == pd.Timestamp("2026-03-02", tz="UTC")

@@ -14,11 +14,11 @@ import pytest
 from etl import cli
 from etl.commits import read_manifest
 from etl.errors import DataNotFoundError
-from etl.factors import FactorConfig, run
+from etl.factors import FactorConfig, run_factors
 from etl.factors.buckets import terciles
-from etl.factors.model import FACTOR_NAMES, compute, exposures, factor_returns, membership_frame
-from etl.factors.returns import Universe, universe_returns
+from etl.factors.factor_model import FACTOR_NAMES, compute, exposures, factor_returns, membership_frame
 from etl.factors.rolling_ols import rolling_ols
+from etl.factors.universe_returns import Universe, universe_returns
 from etl.settings import get_settings
 from etl.simulator import candles as simulated_candles
 from etl.storage import get_store
@@ -117,7 +117,7 @@ def test_buckets_on_a_hand_built_universe():
 
 def replace_result(u, config, returns, membership):
     """A FactorResult without exposures, for the membership frame."""
-    from etl.factors.model import FactorResult
+    from etl.factors.factor_model import FactorResult
 
     return FactorResult(universe=u, config=config, factor_names=FACTOR_NAMES, factor_returns=returns,
                         membership=membership, exposures=None)
@@ -195,7 +195,7 @@ def test_run_from_simulator_candles_writes_daily_partitions(simulator, data_dir,
     read_start = datetime(2026, 3, 1, 18, 0, tzinfo=UTC)   # output day start minus formation and window
     ingest(products=PRODUCTS, start=read_start, end=END, granularity=60, settings=settings)
 
-    summary = run(settings, end=END, config=SMALL)
+    summary = run_factors(settings, end=END, config=SMALL)
     assert summary.start == datetime(2026, 3, 2, tzinfo=UTC) and summary.dates == ["2026-03-02", "2026-03-03"]
     assert 0.9 * 4 * 36 * 60 < summary.rows_in <= 4 * 36 * 60           # 36 hours of minutes, warm-up included
     assert "factors 2026-03-02 00:00 .. 2026-03-03 06:00 UTC, 4 products" in str(summary)
@@ -234,7 +234,7 @@ def test_run_from_simulator_candles_writes_daily_partitions(simulator, data_dir,
     assert market_beta.between(0.2, 3.0).all()                         # simulated coins all load on the market
 
     before = {t: read_output(data_dir, t) for t in ("factor_returns", "factor_exposures")}
-    again = run(settings, end=END, config=SMALL)                       # idempotent rerun
+    again = run_factors(settings, end=END, config=SMALL)                       # idempotent rerun
     assert again.rows == summary.rows
     for table, frame in before.items():
         pd.testing.assert_frame_equal(read_output(data_dir, table), frame)
@@ -255,7 +255,7 @@ def test_run_from_simulator_candles_writes_daily_partitions(simulator, data_dir,
     # 5-minute bars from silver instead of 1-minute candles
     build(settings=settings)
     monkeypatch.setenv("FACTOR_FREQUENCY_S", "300")
-    five = run(get_settings(), end=END, config=replace(SMALL, frequency_s=300, window=48, min_obs=12))
+    five = run_factors(get_settings(), end=END, config=replace(SMALL, frequency_s=300, window=48, min_obs=12))
     assert five.frequency_s == 300 and five.rows["factor_returns"] > 0
     bars = read_output(data_dir, "factor_returns")
     assert (bars["bucket_start"].dt.minute % 5 == 0).all()
@@ -263,7 +263,7 @@ def test_run_from_simulator_candles_writes_daily_partitions(simulator, data_dir,
 
 def test_run_without_prices_says_what_to_do(data_dir):
     with pytest.raises(DataNotFoundError, match="python -m etl ingest"):
-        run(get_settings(), end=END, config=SMALL)
+        run_factors(get_settings(), end=END, config=SMALL)
 
 
 def test_factors_end_from_the_cli_sets_the_window(data_dir, capsys):

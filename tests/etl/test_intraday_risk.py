@@ -1,6 +1,6 @@
 """Intraday risk: hand-worked books per bucket, consistency with the end-of-day run, limits and alerts, stale
 prices, and the light warehouse path into gold. Silver-shaped Parquet in a temporary data root; the EOD run is
-the real engine (etl.risk.run), the intraday run the real task (etl.risk.intraday.run)."""
+the real engine (etl.risk.run_risk), the intraday run the real task (etl.risk.intraday.run_intraday_risk)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from etl import commits
-from etl.risk import intraday
-from etl.risk import run as eod_run
+from etl.risk import intraday, run_risk
 from etl.settings import get_settings
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
 from etl.storage import get_store
@@ -91,7 +90,7 @@ def book(data_dir, book_reference, monkeypatch):
         monkeypatch.setenv(key, value)
     closes = _daily_closes()
     write_daily(data_dir, closes)
-    eod_run(as_of=D1, settings=get_settings())
+    run_risk(as_of=D1, settings=get_settings())
     return {"data": data_dir, "ref": ref, "closes": closes, "last": closes.loc[pd.Timestamp(D1)]}
 
 
@@ -122,7 +121,7 @@ def test_hand_worked_books_value_pnl_and_exposure_at_a_bucket(book):
     px = flat_day(data, last, {"BTC-USD": {index(9, 0): 1.04}, "ETH-USD": {index(10, 0): 0.95},
                                "ETH-BTC": {index(10, 5): 1.02}})
     b = at(10, 5)
-    summary = intraday.run(b.to_pydatetime())
+    summary = intraday.run_intraday_risk(b.to_pydatetime())
     assert summary.portfolios == 4 and summary.stale_products == 0 and summary.scenario_as_of == str(D1)
     got = intraday_rows(data, b)
     i = index(10, 5)
@@ -157,7 +156,7 @@ def test_prices_at_the_last_close_give_the_eod_var_and_es_exactly(book):
     data, last = book["data"], book["last"]
     flat_day(data, last)
     b = at(10, 5)
-    intraday.run(b.to_pydatetime())
+    intraday.run_intraday_risk(b.to_pydatetime())
     got = intraday_rows(data, b)
     risk = eod(data, "risk_metrics").set_index("portfolio_id")
     for pid in "LSBX":
@@ -179,9 +178,9 @@ def test_the_last_bucket_of_the_day_equals_the_eod_daily_pnl(book):
     # the day's daily bar closes at its last 5-minute bar (silver aggregates the same candles)
     day_close = pd.DataFrame({p: [path[p][-1]] for p in START}, index=pd.DatetimeIndex([pd.Timestamp(D)]))
     write_daily(data, pd.concat([closes, day_close]))
-    eod_run(as_of=D, settings=get_settings())
+    run_risk(as_of=D, settings=get_settings())
     b = at(23, 55)
-    intraday.run(b.to_pydatetime())
+    intraday.run_intraday_risk(b.to_pydatetime())
     got = intraday_rows(data, b)
     pnl = eod(data, "pnl_daily", D)
     pnl = pnl[pnl["as_of_date"] == D].set_index("portfolio_id")
@@ -195,7 +194,7 @@ def test_a_product_without_bars_today_is_stale_not_zero(book):
     flat_day(data, last, {"BTC-USD": {index(8, 0): 1.01}})
     shutil.rmtree(data / "silver" / "bars_5m" / "product_id=ETH-BTC")
     b = at(10, 5)
-    intraday.run(b.to_pydatetime())
+    intraday.run_intraday_risk(b.to_pydatetime())
     got = intraday_rows(data, b)
     x = got.loc["X"]
     btc = last["BTC-USD"] * 1.01
@@ -205,7 +204,7 @@ def test_a_product_without_bars_today_is_stale_not_zero(book):
     assert np.isfinite(x["var_99"]) and got.loc["L", "stale_products"] == 0
     # a product whose last bar is earlier today: its last close, aged from that bar
     write_5m(data, "ETH-USD", D, np.full(index(9, 30) + 1, last["ETH-USD"] * 1.1))
-    intraday.run(b.to_pydatetime())
+    intraday.run_intraday_risk(b.to_pydatetime())
     got = intraday_rows(data, b)
     assert got.loc["S", "market_value"] == pytest.approx(-30 * last["ETH-USD"] * 1.1, rel=1e-12)
     assert got.loc["S", "max_price_age_s"] == 35 * 60 and got.loc["S", "stale_products"] == 1
@@ -217,7 +216,7 @@ def test_a_product_bought_today_outside_the_scenario_set_leaves_only_that_book_w
     flat_day(data, last)
     write_5m(data, "SOL-USD", D, np.full(288, 150.0))
     (ref / "positions.csv").write_text(POSITIONS + f"S,SOL-USD,{D},10,140\nS,ETH-USD,{D},-30,2500\n")
-    intraday.run(at(10, 5).to_pydatetime())
+    intraday.run_intraday_risk(at(10, 5).to_pydatetime())
     got = intraday_rows(data, at(10, 5))
     assert np.isnan(got.loc["S", "var_99"]) and np.isnan(got.loc["S", "var_95_param"])
     assert got.loc["S", "market_value"] == pytest.approx(-30 * last["ETH-USD"] + 10 * 150.0, rel=1e-12)
@@ -229,7 +228,7 @@ def test_a_product_bought_today_outside_the_scenario_set_leaves_only_that_book_w
 def run_buckets(buckets):
     out = []
     for b in buckets:
-        intraday.run(b.to_pydatetime())
+        intraday.run_intraday_risk(b.to_pydatetime())
         out.append(intraday.send_alerts(b.to_pydatetime()))
     return out
 
@@ -267,7 +266,7 @@ def test_no_scenario_set_yet_leaves_var_null_but_values_the_book(data_dir, book_
     closes = _daily_closes()
     write_daily(data_dir, closes)
     flat_day(data_dir, closes.iloc[-1])
-    summary = intraday.run(at(10, 5).to_pydatetime())
+    summary = intraday.run_intraday_risk(at(10, 5).to_pydatetime())
     got = intraday_rows(data_dir, at(10, 5))
     assert summary.scenario_as_of is None and got["var_99"].isna().all() and got["is_scenario_stale"].all()
     assert got.loc["L", "market_value"] == pytest.approx(2 * closes["BTC-USD"].iat[-1], rel=1e-12)
@@ -308,7 +307,7 @@ def test_the_light_load_keeps_the_breach_in_gold_and_a_rerun_rewrites_the_same_r
         x = query("select stale_products, has_stale_prices, market_value > 0 from gold.fact_intraday_risk "
                   "where portfolio_id = 'X' and bucket_start = '2026-03-31 10:05+00'")
         assert x == [(1, True, True)]
-        intraday.run(at(10, 5).to_pydatetime())                                     # a rerun of one interval
+        intraday.run_intraday_risk(at(10, 5).to_pydatetime())                                     # a rerun of one interval
         assert load_intraday().rows["intraday_risk"] == 4
         after = query("select * from gold.fact_intraday_risk order by portfolio_id, bucket_start")
         strip = [r[:-1] for r in after]                                             # all but loaded_at

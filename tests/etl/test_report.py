@@ -13,7 +13,8 @@ import pytest
 from etl.db import scratch_database
 from etl.errors import DataNotFoundError, IncompleteInputError
 from etl.report import html as report_html
-from etl.report import reports_dir, run
+from etl.report import reports_dir, run_report
+from etl.risk.backtest import traffic_light
 from etl.settings import get_settings
 from tests.support.report_sample import AS_OF, create_gold, sample_frames
 
@@ -59,7 +60,7 @@ def report(sample_gold_url, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PIPELINE_DATABASE_URL", sample_gold_url)
         mp.setenv("PIPELINE_DATA_DIR", str(root / "data"))
-        path = run(sql_dir=_write_sql_dir(root / "sql"))  # no as_of: the latest day in gold
+        path = run_report(sql_dir=_write_sql_dir(root / "sql"))  # no as_of: the latest day in gold
         return path, root / "data", reports_dir(get_settings())
 
 
@@ -124,7 +125,7 @@ def test_html_report_shows_every_section_with_numbers_from_gold(report, frames):
     assert re.search(r'id="positions-p-core".*?SOL-USD.*?-50', core_page, re.S)
     bt = frames["fact_var_backtest"]
     core_99 = bt[(bt["portfolio_id"] == "P-CORE") & (bt["method"] == "hist") & np.isclose(bt["confidence"], 0.99)]
-    zone = report_html.traffic_light(len(core_99), int(core_99["is_exception"].sum()), 0.99)
+    zone = traffic_light(int(core_99["is_exception"].sum()), len(core_99), 0.99).item()  # the risk engine's rule
     assert f'<span class="badge zone-{zone}" id="zone-p-core">{zone.upper()}</span>' in core_page
 
     # market and pipeline tables
@@ -163,7 +164,7 @@ def test_sql_reports_write_csv_and_markdown_as_reporting_role(report, frames):
 def test_report_on_a_day_without_risk_rows_is_incomplete_exit_3_with_a_red_banner(env, sql_dir):
     with pytest.raises(IncompleteInputError, match=r"gold\.fact_risk_metrics has no row for 2026-01-30 for "
                                                    r"portfolio\(s\) P-ALT, P-CORE"):
-        run(date(2026, 1, 30), sql_dir=sql_dir)
+        run_report(date(2026, 1, 30), sql_dir=sql_dir)
     path = reports_dir(get_settings()) / "2026-01-30" / "report.html"
     page = path.read_text()
     assert page.index('<div id="incomplete"') < page.index("<h1")  # at the top, in red
@@ -180,7 +181,7 @@ def test_missing_breach_table_is_a_note_and_the_day_incomplete(pg_url, data_dir,
         create_gold(url, sample_frames(AS_OF), skip=("fact_limit_breaches", "fact_anomalies"))
         monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
         with pytest.raises(IncompleteInputError, match="gold.fact_limit_breaches cannot be read"):
-            run(AS_OF, sql_dir=sql_dir)
+            run_report(AS_OF, sql_dir=sql_dir)
     page = (reports_dir(get_settings()) / AS_OF.isoformat() / "report.html").read_text()
     assert re.search(r'<p class="note">gold\.fact_limit_breaches could not be read \(relation '
                      r'&quot;gold\.fact_limit_breaches&quot; does not exist\)', page)
@@ -194,7 +195,7 @@ def test_no_gold_data_is_a_clear_error(pg_url, data_dir, monkeypatch, sql_dir):
     with scratch_database(pg_url, "report_empty") as url:
         monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
         with pytest.raises(DataNotFoundError, match=r"gold\.fact_risk_metrics has no rows: run `python -m etl risk`"):
-            run(sql_dir=sql_dir)
+            run_report(sql_dir=sql_dir)
 
 
 def test_reports_connect_as_reporting_and_cannot_write(env):
@@ -207,11 +208,6 @@ def test_reports_connect_as_reporting_and_cannot_write(env):
         assert reader.query("select current_user as u")["u"].tolist() == ["reporting"]
         with pytest.raises(psycopg2.Error, match="read-only|permission denied"):
             reader.query("insert into gold.dim_exchange values ('x', 'y') returning 1")
-
-
-def test_traffic_light_matches_basel_zones_for_250_days():
-    zones = [report_html.traffic_light(250, k, 0.99) for k in range(12)]
-    assert zones == ["green"] * 5 + ["yellow"] * 5 + ["red"] * 2
 
 
 def test_drawdown_curve_is_value_over_running_peak():

@@ -17,7 +17,7 @@ from etl.commits import read_manifest, risk_manifest
 from etl.errors import DataNotFoundError, ValidationError
 from etl.portfolios import load_portfolios, load_positions
 from etl.reference import load_instruments
-from etl.risk import run
+from etl.risk import run_risk
 from etl.risk.engine import RiskParams, compute_tables, intraday_anomalies
 from etl.settings import get_settings
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
@@ -100,7 +100,7 @@ def _read(data_dir, table: str) -> pd.DataFrame:
 
 def test_run_writes_every_table_and_the_numbers_agree(risk_env):
     data, closes = risk_env["data"], risk_env["closes"]
-    summary = run(as_of=None, settings=get_settings())                      # as-of defaults to the last bar day
+    summary = run_risk(as_of=None, settings=get_settings())                      # as-of defaults to the last bar day
     assert summary.as_of == AS_OF
     assert summary.products == ["BTC-USD", "ETH-BTC", "ETH-USD"]
     assert "risk as of 2026-03-31: 3 portfolios" in str(summary)
@@ -174,14 +174,14 @@ def test_run_writes_every_table_and_the_numbers_agree(risk_env):
     assert set(dd["entity_type"]) == {"portfolio", "asset"}
     assert (dd["max_drawdown"] <= 0).all()
 
-    again = run(as_of=AS_OF, settings=get_settings())                         # rerun replaces, never appends
+    again = run_risk(as_of=AS_OF, settings=get_settings())                         # rerun replaces, never appends
     assert again.rows == summary.rows
 
 
 def test_missing_bars_for_a_held_product(risk_env):
     shutil.rmtree(risk_env["data"] / "silver" / "bars_1d" / "product_id=ETH-BTC")
     with pytest.raises(DataNotFoundError, match=r"no daily bars for \['ETH-BTC'\]"):
-        run(as_of=AS_OF, settings=get_settings())
+        run_risk(as_of=AS_OF, settings=get_settings())
 
 
 def test_sample_book_breaches_each_limit_type_on_simulated_prices():
@@ -383,5 +383,5 @@ def test_market_value_overflow_refuses_the_risk_run_and_commits_nothing(risk_env
     with open(ref / "positions.csv", "a") as f:
         f.write("U1,BTC-USD,2026-03-20,1e304,1\n")                      # a finite cost basis, an infinite value
     with pytest.raises(ValidationError, match=r"positions\.csv:8: non-finite value: market value of U1 BTC-USD"):
-        run(as_of=AS_OF, settings=get_settings())
+        run_risk(as_of=AS_OF, settings=get_settings())
     assert read_manifest(Store.from_uri(str(risk_env["data"])), risk_manifest(AS_OF)) is None

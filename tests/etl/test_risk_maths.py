@@ -13,7 +13,7 @@ import pytest
 import quantstats as qs
 from scipy import linalg, stats
 
-from etl.risk import anomalies, backtest, drawdown, returns, valuation, var
+from etl.risk import anomalies, backtest, drawdown, risk_returns, valuation, var
 
 TOL = 1e-9
 
@@ -69,21 +69,21 @@ def test_carry_forward_latest_snapshot_per_portfolio():
 # ---- returns and volatility ----------------------------------------------------------------------------------
 def test_returns():
     p = np.array([[100.0], [110.0], [99.0]])
-    assert returns.simple_returns(p)[:, 0] == pytest.approx([0.1, -0.1], abs=TOL)
-    assert returns.log_returns(p)[:, 0] == pytest.approx([np.log(1.1), np.log(0.9)], abs=TOL)
+    assert risk_returns.simple_returns(p)[:, 0] == pytest.approx([0.1, -0.1], abs=TOL)
+    assert risk_returns.log_returns(p)[:, 0] == pytest.approx([np.log(1.1), np.log(0.9)], abs=TOL)
 
 
 @pytest.mark.parametrize("window", [20, 30])
 def test_window_vol_matches_quantstats(rets, window):
-    ours = returns.window_vol(rets, window, 365)
+    ours = risk_returns.window_vol(rets, window, 365)
     for k in range(rets.shape[1]):
         oracle = qs.stats.volatility(pd.Series(rets[-window:, k]), periods=365, prepare_returns=False)
         assert ours[k] == pytest.approx(oracle, abs=TOL)
-    assert np.isnan(returns.window_vol(rets[:5], window)).all()
+    assert np.isnan(risk_returns.window_vol(rets[:5], window)).all()
 
 
 def test_ewma_vol_matches_pandas(rets):
-    ours = returns.ewma_vol(rets, 0.94, 365)
+    ours = risk_returns.ewma_vol(rets, 0.94, 365)
     oracle = np.sqrt(pd.DataFrame(rets**2).ewm(alpha=0.06, adjust=True).mean().iloc[-1].to_numpy() * 365)
     np.testing.assert_allclose(ours, oracle, rtol=TOL, atol=0)
 
@@ -336,15 +336,15 @@ def test_ewma_vol_matches_the_direct_recursion(rets):
     s = w = np.zeros(rets.shape[1])
     for row in rets:
         s, w = 0.94 * s + row**2, 0.94 * w + 1.0
-    np.testing.assert_allclose(returns.ewma_vol(rets, 0.94, 365), np.sqrt(s / w * 365), rtol=1e-12, atol=0)
-    one = returns.ewma_vol(np.array([[0.02]]), 0.94, 365)                      # one return: sigma = |r|
+    np.testing.assert_allclose(risk_returns.ewma_vol(rets, 0.94, 365), np.sqrt(s / w * 365), rtol=1e-12, atol=0)
+    one = risk_returns.ewma_vol(np.array([[0.02]]), 0.94, 365)                      # one return: sigma = |r|
     assert one[0] == pytest.approx(0.02 * np.sqrt(365), rel=1e-12)
 
 
 @pytest.mark.parametrize("window", [20, 30])
 def test_window_vol_matches_pandas_rolling_std(rets, window):
     oracle = pd.DataFrame(rets).rolling(window).std().iloc[-1].to_numpy() * np.sqrt(365)
-    np.testing.assert_allclose(returns.window_vol(rets, window, 365), oracle, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(risk_returns.window_vol(rets, window, 365), oracle, rtol=1e-12, atol=0)
 
 
 def test_backtest_statistics_edge_cases():

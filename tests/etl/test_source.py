@@ -13,7 +13,7 @@ from etl.errors import ConfigError, SourceError
 from etl.source import (
     VALID_GRANULARITIES,
     ExchangeClient,
-    TokenBucket,
+    RequestPacer,
     _retry_after,
     api_url,
     check_granularity,
@@ -98,7 +98,7 @@ class FakeClock:
 
 def test_token_bucket_allows_burst_then_paces_at_rate():
     clock = FakeClock()
-    bucket = TokenBucket(rate=10, burst=15, clock=clock, sleep=clock.sleep)
+    bucket = RequestPacer(rate=10, burst=15, clock=clock, sleep=clock.sleep)
     waits = [bucket.acquire() for _ in range(15)]
     assert waits == [0.0] * 15 and clock.now == 0.0
     for _ in range(30):
@@ -108,7 +108,7 @@ def test_token_bucket_allows_burst_then_paces_at_rate():
 
 def test_token_bucket_never_exceeds_rate_plus_burst_in_any_interval():
     clock = FakeClock()
-    bucket = TokenBucket(rate=5, burst=3, clock=clock, sleep=clock.sleep)
+    bucket = RequestPacer(rate=5, burst=3, clock=clock, sleep=clock.sleep)
     sent = []
     for i in range(200):
         if i % 7 == 0:
@@ -124,7 +124,7 @@ def test_token_bucket_429_spends_saved_burst_and_cuts_the_rate():
     from etl.source import AIMD_DECREASE
 
     clock = FakeClock()
-    bucket = TokenBucket(rate=10, burst=15, clock=clock, sleep=clock.sleep)
+    bucket = RequestPacer(rate=10, burst=15, clock=clock, sleep=clock.sleep)
     _, cuts = bucket.slot()
     bucket.throttled(cuts)
     assert bucket.rate == pytest.approx(10 * AIMD_DECREASE) and bucket.burst == 1
@@ -135,7 +135,7 @@ def test_token_bucket_cuts_once_per_slowdown():
     """429s on slots planned before the last cut say nothing new: one cut, not one per request in flight."""
     from etl.source import AIMD_DECREASE
 
-    bucket = TokenBucket(rate=10, burst=15, clock=FakeClock(), sleep=lambda s: None)
+    bucket = RequestPacer(rate=10, burst=15, clock=FakeClock(), sleep=lambda s: None)
     planned = [bucket.slot()[1] for _ in range(8)]  # eight requests in flight, all planned before any 429
     for cuts in planned:
         bucket.throttled(cuts)
@@ -146,7 +146,7 @@ def test_token_bucket_cuts_once_per_slowdown():
 
 def test_token_bucket_honours_retry_after():
     clock = FakeClock()
-    bucket = TokenBucket(rate=10, burst=15, clock=clock, sleep=clock.sleep)
+    bucket = RequestPacer(rate=10, burst=15, clock=clock, sleep=clock.sleep)
     bucket.throttled(bucket.slot()[1], retry_after=2.0)
     assert bucket.acquire() >= 2.0
 
@@ -157,7 +157,7 @@ def test_token_bucket_aimd_converges_near_the_servers_real_limit():
     from etl.source import AIMD_INCREASE  # noqa: F401 - the constant this test tunes against
 
     clock = FakeClock()
-    bucket = TokenBucket(rate=10, burst=14, clock=clock, sleep=clock.sleep)
+    bucket = RequestPacer(rate=10, burst=14, clock=clock, sleep=clock.sleep)
     limit, server_tokens, server_last = 4.0, 1.0, 0.0
     accepted, refused = [], 0
     for _ in range(2000):
@@ -179,7 +179,7 @@ def test_token_bucket_aimd_converges_near_the_servers_real_limit():
 
 def test_token_bucket_rejects_nonsense():
     with pytest.raises(ConfigError, match="rate > 0"):
-        TokenBucket(rate=0, burst=1)
+        RequestPacer(rate=0, burst=1)
 
 
 def test_retry_after_parsing():

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from etl.settings import PROJECT_ROOT
-from etl.simulator.model import SyntheticSource
+from etl.simulator.price_model import SyntheticSource
 from etl.simulator.trades import aggregate_trades, trades_between
 
 SPEED = 60.0   # feed seconds per real second: a minute of trades a second

@@ -17,7 +17,7 @@ from etl.commits import manifest_path, publish
 from etl.errors import ValidationError
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.storage import get_store
-from etl.warehouse import WarehouseError, copy_upsert, load, reporting_url, schema, setup
+from etl.warehouse import WarehouseError, copy_upsert, load_warehouse, reporting_url, schema, setup
 from etl.warehouse.schema import TABLES
 from tests.support import warehouse_sample as sample
 
@@ -64,7 +64,7 @@ def test_copy_upsert_inserts_replaces_by_key_and_keeps_last_duplicate(pg_url):
 
 
 def test_load_copies_every_table_and_a_rerun_changes_nothing(warehouse):
-    summary = load(run_dbt=False)
+    summary = load_warehouse(run_dbt=False)
     for table in ("bars_5m", "bars_1d", "positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics",
                   "asset_risk", "anomalies", "var_backtest", "limit_breaches", "factor_returns",
                   "factor_exposures", "factor_membership", "pipeline_runs"):
@@ -81,20 +81,20 @@ def test_load_copies_every_table_and_a_rerun_changes_nothing(warehouse):
     assert "rows from" in str(summary) and "bars_5m=" in str(summary)
 
     before = query("select count(*), max(loaded_at) from raw.bars_5m")
-    again = load(run_dbt=False)
+    again = load_warehouse(run_dbt=False)
     assert again.total_rows == 0 and sum(again.files.values()) == 0
     assert "nothing new" in str(again)
     assert query("select count(*), max(loaded_at) from raw.bars_5m") == before
 
 
 def test_a_rewritten_partition_replaces_its_rows_only(warehouse):
-    load(run_dbt=False)
+    load_warehouse(run_dbt=False)
     store = get_store()
     rel = "silver/bars_5m/product_id=BTC-USD/date=2026-01-02/part-0.parquet"
     table = pq.read_table(store.path(rel))
     store.write_parquet(rel, table.set_column(table.column_names.index("close"), "close",
                                               pa.array([1.0] * table.num_rows)))
-    summary = load(run_dbt=False)
+    summary = load_warehouse(run_dbt=False)
     assert summary.rows == {**{t.name: 0 for t in TABLES}, "bars_5m": 288}
     assert query("select count(*), min(close), max(close) from raw.bars_5m where product_id = 'BTC-USD' "
                  "and bucket_start >= '2026-01-02'") == [(288, 1.0, 1.0)]
@@ -102,7 +102,7 @@ def test_a_rewritten_partition_replaces_its_rows_only(warehouse):
 
 
 def test_a_failure_midway_rolls_back_every_table(warehouse):
-    load(run_dbt=False)
+    load_warehouse(run_dbt=False)
     before = query("select sum(close) from raw.bars_5m")[0][0]
     state_before = query("select count(*) from raw._load_state")[0][0]
     store = get_store()
@@ -115,7 +115,7 @@ def test_a_failure_midway_rolls_back_every_table(warehouse):
                     "mtd_pnl": [1.0]})
     _commit(store, "pnl_daily", "as_of_date=2026-01-09", bad)
     with pytest.raises(ValidationError, match=r"pnl_daily/as_of_date=2026-01-09.*daily_pnl"):
-        load(run_dbt=False)
+        load_warehouse(run_dbt=False)
     assert query("select sum(close) from raw.bars_5m")[0][0] == before
     assert query("select count(*) from raw._load_state")[0][0] == state_before
 
@@ -124,12 +124,12 @@ def test_a_failure_midway_rolls_back_every_table(warehouse):
                         .set_column(2, "daily_pnl", pa.array([1.0])))
     with pytest.raises(WarehouseError, match=r"raw\.pnl_daily.*outputs/pnl_daily/as_of_date=2026-01-09/[0-9a-fT-]+\.parquet"
                                              r".*rolled back"):
-        load(run_dbt=False)
+        load_warehouse(run_dbt=False)
     assert query("select sum(close) from raw.bars_5m")[0][0] == before
 
     store.delete("outputs/pnl_daily/as_of_date=2026-01-09")
     store.delete(manifest_path("test/pnl_daily/as_of_date=2026-01-09"))
-    assert load(run_dbt=False).rows["bars_5m"] == 288  # the retried files load once the bad one is gone
+    assert load_warehouse(run_dbt=False).rows["bars_5m"] == 288  # the retried files load once the bad one is gone
     assert query("select max(close) from raw.bars_5m where product_id = 'BTC-USD' "
                  "and bucket_start < '2026-01-02'")[0][0] == 2.0
 
@@ -138,13 +138,13 @@ def test_a_missing_declared_column_is_a_clear_error(warehouse):
     table = pa.table({"factor_name": ["market"], "bucket_start": [datetime(2026, 1, 5, tzinfo=UTC)]})
     _commit(get_store(), "factor_returns", "date=2026-01-05", table)
     with pytest.raises(ValidationError, match=r"factor_returns/date=2026-01-05.*missing column\(s\) \['factor_return'\]"):
-        load(run_dbt=False)
+        load_warehouse(run_dbt=False)
 
 
 def test_reporting_role_reads_gold_only(warehouse, pg_url):
     setup()
     setup()  # idempotent
-    load(run_dbt=False)
+    load_warehouse(run_dbt=False)
     with db.connect(url=pg_url) as conn, conn.cursor() as cur:
         cur.execute("create table gold.t_probe as select 1 as x")  # as if dbt had built it
     url = reporting_url()
@@ -177,13 +177,13 @@ def slow_upsert(conn, table, df, key):
     return written
 
 loader.copy_upsert = slow_upsert
-from etl.warehouse import load
-load(run_dbt=False)
+from etl.warehouse import load_warehouse
+load_warehouse(run_dbt=False)
 """
 
 
 def test_a_load_killed_mid_transaction_leaves_the_previous_rows(warehouse):
-    load(run_dbt=False)
+    load_warehouse(run_dbt=False)
     before = query("select count(*), sum(close), max(loaded_at) from raw.bars_5m")
     store = get_store()
     rel = "silver/bars_5m/product_id=SOL-USD/date=2026-01-02/part-0.parquet"
@@ -197,13 +197,13 @@ def test_a_load_killed_mid_transaction_leaves_the_previous_rows(warehouse):
         child.kill()  # SIGKILL: no rollback from the client; Postgres aborts the transaction
         child.wait(timeout=30)
     assert query("select count(*), sum(close), max(loaded_at) from raw.bars_5m") == before
-    assert load(run_dbt=False).rows["bars_5m"] == 288  # the next run loads the file the killed run did not commit
+    assert load_warehouse(run_dbt=False).rows["bars_5m"] == 288  # the next run loads the file the killed run did not commit
     assert query("select max(close) from raw.bars_5m where product_id = 'SOL-USD' "
                  "and bucket_start >= '2026-01-02'")[0][0] == 7.0
 
 
 def test_drawdowns_and_daily_anomalies_load_by_key_and_the_latest_run_wins(warehouse):
-    summary = load(run_dbt=False)
+    summary = load_warehouse(run_dbt=False)
     daily = sample.daily_from_5m(sample.bars_5m(date(2026, 1, 1), DAYS))
     ret = daily.pivot(index="price_date", columns="product_id", values="close").pct_change().iloc[1]  # day 2
     # drawdowns: 2 portfolios + 3 assets for the one as-of day with a return; a rise is no drawdown (NULL dates)
@@ -233,20 +233,20 @@ def test_drawdowns_and_daily_anomalies_load_by_key_and_the_latest_run_wins(wareh
     eth = pa.table({"product_id": ["ETH-USD"], "price_date": [date(2026, 1, 2)], "return_value": [ret["ETH-USD"]],
                     "robust_z": [-9.5], "scale_method": ["mad"], "window": [60], "threshold": [3.5]})
     _commit(get_store(), "anomalies_daily", "as_of_date=2026-01-03", eth)
-    assert load(run_dbt=False).rows["anomalies_daily"] == 1
+    assert load_warehouse(run_dbt=False).rows["anomalies_daily"] == 1
     assert query("select count(*) from raw.anomalies_daily") == [(3,)]
     assert query("select robust_z, as_of_date from raw.anomalies_daily where product_id = 'ETH-USD'") == [
         (-9.5, date(2026, 1, 3))]  # as_of_date filled from the partition path
 
 
 def test_an_empty_output_file_loads_nothing_and_a_drawdown_without_trough_is_an_error(warehouse):
-    load(run_dbt=False)
+    load_warehouse(run_dbt=False)
     store = get_store()
     # pandas writes the columns of an empty frame as float64 (the risk engine on a day without anomalies)
     empty = pa.table({c: pa.array([], pa.float64()) for c in ("product_id", "bucket_start", "return_value",
                                                                 "robust_z")})
     _commit(store, "anomalies", "as_of_date=2026-01-05", empty)
-    summary = load(run_dbt=False)
+    summary = load_warehouse(run_dbt=False)
     assert summary.files["anomalies"] == 1 and summary.rows["anomalies"] == 0
     assert query("select count(*) from raw._load_state where path like '%anomalies/as_of_date=2026-01-05%'") == [
         (1,)]
@@ -255,11 +255,11 @@ def test_an_empty_output_file_loads_nothing_and_a_drawdown_without_trough_is_an_
                     "max_drawdown": [-0.1], "peak_date": [date(2026, 1, 1)], "recovery_date": [None]})
     _commit(store, "drawdowns", "as_of_date=2026-01-05", bad)
     with pytest.raises(ValidationError, match=r"drawdowns/as_of_date=2026-01-05.*missing column\(s\) \['trough_date'\]"):
-        load(run_dbt=False)
+        load_warehouse(run_dbt=False)
 
 
 def test_a_partition_rewritten_with_fewer_rows_or_deleted_loses_its_stale_rows(warehouse):
-    load(run_dbt=False)
+    load_warehouse(run_dbt=False)
     store = get_store()
     day2 = "silver/bars_5m/product_id=BTC-USD/date=2026-01-02/part-0.parquet"
     day1 = "silver/bars_5m/product_id=ETH-USD/date=2026-01-01/part-0.parquet"
@@ -268,14 +268,14 @@ def test_a_partition_rewritten_with_fewer_rows_or_deleted_loses_its_stale_rows(w
     store.write_parquet(day2, table.slice(0, table.num_rows - 1))
     # ... and removed ETH's day 1 altogether (every candle of the day quarantined)
     store.delete(day1)
-    load(run_dbt=False)
+    load_warehouse(run_dbt=False)
     assert query("select count(*) from raw.bars_5m where product_id = 'BTC-USD' "
                  "and bucket_start >= '2026-01-02'")[0][0] == 287
     assert query("select count(*) from raw.bars_5m where product_id = 'ETH-USD' "
                  "and bucket_start < '2026-01-02'")[0][0] == 0
     assert query("select count(*) from raw.bars_5m")[0][0] == warehouse["bars_5m"] - 289
     assert query("select count(*) from raw._load_state where path = %s", (day1,))[0][0] == 0
-    assert load(run_dbt=False).total_rows == 0  # and the next run has nothing to do
+    assert load_warehouse(run_dbt=False).total_rows == 0  # and the next run has nothing to do
 
 
 def _cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:

@@ -44,12 +44,12 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def report_html(sample_gold_url, tmp_path_factory) -> Path:
-    from etl.report import run
+    from etl.report import run_report
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PIPELINE_DATABASE_URL", sample_gold_url)
         mp.setenv("PIPELINE_DATA_DIR", str(tmp_path_factory.mktemp("browser-data")))
-        return run(AS_OF, sql_dir=tmp_path_factory.mktemp("no-sql"))
+        return run_report(AS_OF, sql_dir=tmp_path_factory.mktemp("no-sql"))
 
 
 def test_report_renders_with_headings_and_charts(browser, report_html, artifacts):

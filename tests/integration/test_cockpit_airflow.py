@@ -33,7 +33,7 @@ ARTIFACTS = "cockpit"
 def cockpit(pg_url, tmp_path_factory):
     """Gold for 22 portfolios, that day's HTML report, one run-log row pointing at it, and an API server."""
     from etl.db import scratch_database
-    from etl.report import run
+    from etl.report import run_report
     from tests.support.cockpit_server import api_server
     from tests.support.report_sample import create_gold, sample_book
 
@@ -44,7 +44,7 @@ def cockpit(pg_url, tmp_path_factory):
         mp.setenv("PIPELINE_DATABASE_URL", url)
         mp.setenv("PIPELINE_DATA_DIR", str(data))
         mp.setattr("etl.report.html.DETAIL_PAGES", 2)  # the per-run link needs report.html, not 22 chart pages
-        report = run(AS_OF, sql_dir=tmp_path_factory.mktemp("no-sql"))
+        report = run_report(AS_OF, sql_dir=tmp_path_factory.mktemp("no-sql"))
         _sql(url, "insert into gold.fact_pipeline_runs (run_id, dag_id, task_id, status, started_at, message) "
                   "values (%s, 'risk_end_of_day', 'export_report', 'success', '2026-02-01 00:12+00', %s)",
              (RUN_ID, f"report={report}"))

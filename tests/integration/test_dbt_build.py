@@ -1,4 +1,4 @@
-"""load() + dbt build on a small realistic data set in the real Postgres: gold values, dbt tests catching bad
+"""load_warehouse() + dbt build on a small realistic data set in the real Postgres: gold values, dbt tests catching bad
 raw rows, the incremental bars model, the reporting role, every SQL report and the docs site."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from etl import db
 from etl.report.sql_reports import bind
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.storage import get_store
-from etl.warehouse import WarehouseError, docs, load, reporting_url, run_dbt
+from etl.warehouse import WarehouseError, docs, load_warehouse, reporting_url, run_dbt
 from etl.warehouse.schema import GOLD
 from tests.support import warehouse_sample as sample
 
@@ -40,7 +40,7 @@ def gold(pg_url, tmp_path_factory):
         with db.connect(url=pg_url) as conn, conn.cursor() as cur:
             cur.execute("drop schema if exists raw, staging, gold cascade")
         counts = sample.write_sample(get_settings(), first_day=FIRST_DAY, days=DAYS)
-        summary = load()
+        summary = load_warehouse()
         yield {"counts": counts, "summary": summary, "url": pg_url}
 
 
@@ -142,7 +142,7 @@ def test_the_drawdown_report_ranks_portfolios_worst_first(gold):
 
 
 def test_a_rerun_loads_nothing_and_the_incremental_bars_pick_up_a_rewritten_partition(gold):
-    assert load(run_dbt=False).total_rows == 0
+    assert load_warehouse(run_dbt=False).total_rows == 0
     store = get_store()
     rel = "silver/bars_5m/product_id=ETH-USD/date=2026-01-03/part-0.parquet"
     table = pq.read_table(store.path(rel))
@@ -150,7 +150,7 @@ def test_a_rerun_loads_nothing_and_the_incremental_bars_pick_up_a_rewritten_part
     for name, values in bumped.items():
         table = table.set_column(table.column_names.index(name), name, values)
     store.write_parquet(rel, table)
-    assert load(run_dbt=False).rows["bars_5m"] == 288
+    assert load_warehouse(run_dbt=False).rows["bars_5m"] == 288
     run_dbt("build", select="fact_price_bars")
     assert query("select count(*) from gold.fact_price_bars")[0][0] == 3 * 288 * DAYS
     assert query("select count(*), min(close), max(close) from gold.fact_price_bars "

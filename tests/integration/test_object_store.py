@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from etl import db, pipeline
+from etl import db
+from etl.orchestration import tasks
 from etl.settings import get_settings
 from etl.silver import read_bars
 from etl.storage import get_store
@@ -42,15 +43,15 @@ def _chain(data_dir: str, monkeypatch) -> dict:
     monkeypatch.setenv("PIPELINE_DATA_DIR", data_dir)
     s = get_settings()
     for product in PRODUCTS:
-        pipeline.ingest_daily_history(product, AS_OF, settings=s)
-        pipeline.fetch_candles(product, datetime(2026, 3, 1, 18, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC), 60,
+        tasks.ingest_daily_history(product, AS_OF, settings=s)
+        tasks.fetch_candles(product, datetime(2026, 3, 1, 18, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC), 60,
                                settings=s)
-    pipeline.build_silver(settings=s)
-    compacted = pipeline.compact_bronze(AS_OF, settings=s)
-    risk = pipeline.compute_risk(AS_OF, settings=s)
+    tasks.build_silver(settings=s)
+    compacted = tasks.compact_bronze(AS_OF, settings=s)
+    risk = tasks.compute_risk(AS_OF, settings=s)
     with db.scratch_database(s.database_url, "s3chain") as url:
         monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
-        loaded = pipeline.load_warehouse(settings=get_settings())
+        loaded = tasks.load_warehouse(settings=get_settings())
         counts = {t: int(db.run_psql(f"select count(*) from raw.{t}", url=url)) for t, n in loaded["rows"].items()}
     monkeypatch.setenv("PIPELINE_DATABASE_URL", s.database_url)
     return {"bars_5m": read_bars("5m", settings=s), "bars_1d": read_bars("1d", settings=s), "risk": risk,
@@ -77,9 +78,9 @@ def test_object_store_whole_chain_equals_the_local_chain(s3_env, tmp_path, monke
 def test_object_store_ingest_killed_mid_commit_leaves_the_previous_state(s3_env, make_simulator, monkeypatch):
     monkeypatch.setenv("PIPELINE_DATA_DIR", f"{s3_env}/crash")
     s = get_settings()
-    pipeline.fetch_candles("BTC-USD", datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 1, 6, tzinfo=UTC), 60,
+    tasks.fetch_candles("BTC-USD", datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 1, 6, tzinfo=UTC), 60,
                            settings=s)
-    pipeline.build_silver(settings=s)
+    tasks.build_silver(settings=s)
     before = read_bars("5m", settings=s)
     slow = make_simulator(rate_limit_rps=1000.0, burst=1000, latency_ms=150)
     env = {**os.environ, "COINBASE_API_URL": slow.url, "PIPELINE_MAX_WORKERS": "1"}
@@ -94,11 +95,11 @@ def test_object_store_ingest_killed_mid_commit_leaves_the_previous_state(s3_env,
     proc.wait(10)
     assert any("date=2026-03-02" in r for r, _ in store.entries("bronze/candles"))
     assert len(store.entries("bronze/_manifests")) == 1  # the killed batch never committed
-    assert pipeline.build_silver(settings=s)["partitions"] == 1  # its day: no committed bronze -> no bars
+    assert tasks.build_silver(settings=s)["partitions"] == 1  # its day: no committed bronze -> no bars
     pd.testing.assert_frame_equal(read_bars("5m", settings=s), before)
 
-    pipeline.fetch_candles("BTC-USD", datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 3, 4, tzinfo=UTC), 60,
+    tasks.fetch_candles("BTC-USD", datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 3, 4, tzinfo=UTC), 60,
                            settings=s)
-    pipeline.build_silver(settings=s)
+    tasks.build_silver(settings=s)
     after = read_bars("5m", settings=s)
     assert len(after) == len(before) + 2 * 288

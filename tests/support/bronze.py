@@ -13,16 +13,16 @@ import pyarrow.compute as pc
 from etl import compaction
 from etl.bronze import CANDLE_SCHEMA, CANDLES_DIR, QUARANTINE_DIR, QUARANTINE_SCHEMA
 from etl.settings import Settings
+from etl.silver.bars import latest_per_key
 from etl.storage import get_store
 
 KEY = ["product_id", "granularity", "bucket_start"]
 
 
 def dedup_latest(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (product_id, granularity, bucket_start): the latest ingested_at, then the highest batch_id."""
-    ordered = df.sort_values(["ingested_at", "batch_id"], kind="stable")
-    latest = ordered.drop_duplicates(KEY, keep="last")
-    return latest.sort_values(["product_id", "granularity", "bucket_start"]).reset_index(drop=True)
+    """One row per (product_id, granularity, bucket_start), sorted by it: the latest ingested_at, then the highest
+    batch_id - the rows silver keeps (`etl.silver.bars.latest_per_key`, the one implementation of the rule)."""
+    return latest_per_key(pa.Table.from_pandas(df, preserve_index=False)).to_pandas()
 
 
 def read_bronze(products: list[str] | None = None, granularity: int | None = None,

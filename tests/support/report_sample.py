@@ -168,20 +168,12 @@ def _pg_type(s: pd.Series) -> str:
     return "text"
 
 
-def ensure_reporting_role(conn) -> None:
-    """Create the cluster-wide `reporting` role if missing (tolerates a concurrent creation)."""
-    with conn.cursor() as cur:
-        cur.execute("""
-            do $$ begin
-                create role reporting login;
-            exception when duplicate_object or unique_violation then null;
-            end $$""")
-
-
 def create_gold(url: str, frames: dict[str, pd.DataFrame], skip: tuple[str, ...] = ()) -> None:
     """Create schema gold with these tables (minus `skip`) in the database at `url`; grant SELECT to reporting."""
     import psycopg2
     from psycopg2.extras import execute_values
+
+    from etl.warehouse import roles
 
     conn = psycopg2.connect(url)
     conn.autocommit = True
@@ -191,7 +183,7 @@ def create_gold(url: str, frames: dict[str, pd.DataFrame], skip: tuple[str, ...]
             if cur.fetchone():
                 raise ConfigError(f"schema gold already exists in {url.split('?')[0]}: the sample is only "
                                   "written into an empty scratch database")
-        ensure_reporting_role(conn)
+            roles.create_role(cur, roles.READER, "login")  # the warehouse's reporting role
         conn.autocommit = False
         with conn.cursor() as cur:
             cur.execute("create schema gold")

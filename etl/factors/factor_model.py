@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from etl.factors.buckets import BUCKETS, GROUPS, Membership, form_buckets
-from etl.factors.returns import Universe
 from etl.factors.rolling_ols import rolling_ols
+from etl.factors.universe_returns import Universe
 from etl.settings import Settings
 
 # Defaults of the settings FACTOR_FORMATION_MINUTES, FACTOR_HOLDING_MINUTES, FACTOR_MOMENTUM_MINUTES. Buckets are formed on the previous UTC day and held for the next one, so membership has

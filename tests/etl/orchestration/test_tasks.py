@@ -1,4 +1,4 @@
-"""etl.pipeline without Airflow: windows, backfill validation, run-log rows (success, retry, failure).
+"""etl.orchestration.tasks without Airflow: backfill validation, run-log rows (success, retry, failure).
 
 Against the real simulator HTTP server and a temporary data root; no mocks.
 """
@@ -9,9 +9,10 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from etl import pipeline, runlog
+from etl import runlog
 from etl.errors import SourceError, ValidationError
-from etl.orchestration import spec
+from etl.orchestration import tasks
+from etl.orchestration.airflow_adapter import TaskRef, record_failed
 from etl.settings import get_settings
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -30,41 +31,16 @@ def rows(settings) -> list[dict]:
     return df[["dag_id", "task_id", "status", "rows_in", "rows_out", "try_number", "message"]].to_dict("records")
 
 
-# ---- pure window logic --------------------------------------------------------------------------------------
-def test_intraday_window_is_the_interval_plus_overlap(settings):
-    start, end = pipeline.intraday_window(T0 - timedelta(minutes=5), T0, settings)
-    assert (start, end) == (T0 - timedelta(minutes=20), T0)
-
-
-def test_first_intraday_run_reaches_back_history_days(settings):
-    start, end = pipeline.intraday_window("2026-03-02T11:55:00Z", "2026-03-02T12:00:00Z", settings,
-                                          has_history=False)
-    assert (start, end) == (T0 - timedelta(days=1), T0)
-
-
-def test_empty_interval_is_refused(settings):
-    with pytest.raises(ValidationError, match="is empty"):
-        pipeline.intraday_window(T0, T0, settings)
-
-
-def test_daily_window_and_eod_as_of(settings, monkeypatch):
-    monkeypatch.setenv("PIPELINE_DAILY_HISTORY_DAYS", "30")
-    start, end = pipeline.daily_window(date(2026, 3, 1), get_settings())
-    assert end == datetime(2026, 3, 2, tzinfo=UTC)
-    assert start == datetime(2026, 1, 31, tzinfo=UTC)
-    assert pipeline.eod_as_of("2026-03-01T00:10:00+00:00") == date(2026, 3, 1)
-
-
 def test_paced_settings_split_the_rate_limit_across_pool_slots(settings):
-    paced = pipeline._paced(settings, 4)
+    paced = tasks._paced(settings, 4)
     assert paced.rate_limit_rps == pytest.approx(settings.rate_limit_rps / 4)
     assert paced.rate_limit_burst == max(1, settings.rate_limit_burst // 4)
-    assert pipeline._paced(settings, 1) is settings
+    assert tasks._paced(settings, 1) is settings
 
 
 # ---- run log ------------------------------------------------------------------------------------------------
 def test_fetch_candles_writes_bronze_and_one_success_row(settings):
-    out = pipeline.fetch_candles("BTC-USD", T0 - timedelta(hours=1), T0, 60, settings=settings)
+    out = tasks.fetch_candles("BTC-USD", T0 - timedelta(hours=1), T0, 60, settings=settings)
     assert out["product"] == "BTC-USD"
     assert out["candles"] == 60 and out["quarantined"] == 0
     assert out["files"] == out["partitions"] == 1  # counts, not paths: the XCom stays small
@@ -75,17 +51,17 @@ def test_fetch_candles_writes_bronze_and_one_success_row(settings):
 
 
 def test_fetch_intraday_backfills_history_first_then_only_the_interval(settings):
-    first = pipeline.fetch_intraday("ETH-USD", T0 - timedelta(minutes=5), T0, settings=settings)
+    first = tasks.fetch_intraday("ETH-USD", T0 - timedelta(minutes=5), T0, settings=settings)
     assert first["candles"] == 24 * 60  # history_days=1 of 1-minute candles
-    second = pipeline.fetch_intraday("ETH-USD", T0, T0 + timedelta(minutes=5), settings=settings)
+    second = tasks.fetch_intraday("ETH-USD", T0, T0 + timedelta(minutes=5), settings=settings)
     assert second["candles"] == 5 + 15  # the interval plus the 15-minute overlap
     assert second["window"][0].startswith("2026-03-02 11:45")
 
 
 def test_validate_products_checks_master_and_source(settings):
-    assert pipeline.validate_products(settings=settings) == ["BTC-USD", "ETH-USD"]
+    assert tasks.validate_products(settings=settings) == ["BTC-USD", "ETH-USD"]
     with pytest.raises(ValidationError, match=r"\['FOO-USD'\] are not in the instrument master"):
-        pipeline.validate_products("BTC-USD,FOO-USD", settings=settings)
+        tasks.validate_products("BTC-USD,FOO-USD", settings=settings)
     statuses = [r["status"] for r in rows(settings)]
     assert statuses == ["success", "failed"]
 
@@ -95,16 +71,16 @@ def test_a_failing_attempt_is_up_for_retry_in_airflow_and_failed_outside(setting
     monkeypatch.setenv("COINBASE_API_URL", broken.url)
     monkeypatch.setenv("PIPELINE_MAX_ATTEMPTS", "2")
     s = get_settings()
-    ref = pipeline.TaskRef(run_id="r1", dag_id="market_data_intraday", task_id="fetch_candles[0]",
-                           try_number=1, max_tries=2, in_airflow=True)
+    ref = TaskRef(run_id="r1", dag_id="market_data_intraday", task_id="fetch_candles[0]",
+                  try_number=1, max_tries=2, in_airflow=True)
     with pytest.raises(SourceError):
-        pipeline.fetch_candles("BTC-USD", T0 - timedelta(hours=1), T0, 60, ref=ref, settings=s)
-    last = pipeline.TaskRef(**{**ref.__dict__, "try_number": 3})
+        tasks.fetch_candles("BTC-USD", T0 - timedelta(hours=1), T0, 60, ref=ref, settings=s)
+    last = TaskRef(**{**ref.__dict__, "try_number": 3})
     with pytest.raises(SourceError):  # last attempt: left to the on_failure_callback (record_failed)
-        pipeline.fetch_candles("BTC-USD", T0 - timedelta(hours=1), T0, 60, ref=last, settings=s)
-    pipeline.record_failed(last, RuntimeError("boom"), s)
+        tasks.fetch_candles("BTC-USD", T0 - timedelta(hours=1), T0, 60, ref=last, settings=s)
+    record_failed(last, RuntimeError("boom"), s)
     with pytest.raises(SourceError):  # outside Airflow the function records the failure itself
-        pipeline.fetch_candles("BTC-USD", T0 - timedelta(hours=1), T0, 60, settings=s)
+        tasks.fetch_candles("BTC-USD", T0 - timedelta(hours=1), T0, 60, settings=s)
     got = [(r["dag_id"], r["task_id"], r["status"], r["try_number"]) for r in rows(s)]
     assert got == [
         ("market_data_intraday", "fetch_candles[0]", "up_for_retry", 1),
@@ -115,20 +91,13 @@ def test_a_failing_attempt_is_up_for_retry_in_airflow_and_failed_outside(setting
     assert "SourceError" in messages[0] and messages[1] == "RuntimeError: boom"
 
 
-def test_will_retry_follows_airflow_max_tries():
-    ref = pipeline.TaskRef("r", "d", "t", try_number=2, max_tries=2, in_airflow=True)
-    assert ref.will_retry
-    assert not pipeline.TaskRef("r", "d", "t", try_number=3, max_tries=2, in_airflow=True).will_retry
-    assert not pipeline.TaskRef.manual("t").will_retry
-
-
 # ---- backfill form ------------------------------------------------------------------------------------------
 GOOD = {"products": "btc-usd, ETH-USD", "start": "2026-03-01T00:00:00Z", "end": "2026-03-02T00:00:00+00:00",
         "granularity": 300, "full_refresh": True}
 
 
 def test_validate_backfill_normalises_a_good_form(settings):
-    out = pipeline.validate_backfill(GOOD, settings=settings)
+    out = tasks.validate_backfill(GOOD, settings=settings)
     assert out == {"products": ["BTC-USD", "ETH-USD"], "start": "2026-03-01T00:00:00+00:00",
                    "end": "2026-03-02T00:00:00+00:00", "granularity": 300, "full_refresh": True}
 
@@ -143,56 +112,21 @@ def test_validate_backfill_normalises_a_good_form(settings):
 ])
 def test_validate_backfill_names_the_bad_field(settings, change, message):
     with pytest.raises(ValidationError, match=message):
-        pipeline.validate_backfill({**GOOD, **change}, settings=settings)
+        tasks.validate_backfill({**GOOD, **change}, settings=settings)
 
 
 def test_bad_backfill_input_in_airflow_leaves_the_failure_to_the_callback(settings):
-    ref = pipeline.TaskRef("r2", "market_data_backfill", "validate_params", try_number=1, max_tries=2,
-                           in_airflow=True)
+    ref = TaskRef("r2", "market_data_backfill", "validate_params", try_number=1, max_tries=2, in_airflow=True)
     with pytest.raises(ValidationError):
-        pipeline.validate_backfill({**GOOD, "granularity": 7}, ref=ref, settings=settings)
+        tasks.validate_backfill({**GOOD, "granularity": 7}, ref=ref, settings=settings)
     assert rows(settings) == []  # not "up_for_retry": the DAG fails bad input at once, the callback records it
 
 
-def test_importing_the_module_stays_light():
-    """Airflow imports etl.pipeline while parsing risk_end_of_day (the deadline callback's path)."""
-    import subprocess
-    import sys
-
-    code = ("import sys, etl.pipeline; "
-            "print(','.join(m for m in ('pandas', 'pyarrow', 'numpy', 'etl.runlog') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
-
-
 def test_book_products_add_what_the_portfolios_hold_and_their_conversions(settings):
-    book = pipeline.book_products(settings)
+    book = tasks.book_products(settings)
     assert len(book) == len(set(book))
     assert {"ETH-BTC", "BTC-USD", "ETH-USD"} <= set(book)  # ETH-BTC is held: it needs BTC-USD to convert
-    assert pipeline.validate_products(include_book=True, settings=settings)[:2] == ["BTC-USD", "ETH-USD"]
-
-
-def test_run_interval_uses_the_data_interval_when_there_is_one():
-    ctx = {"data_interval_start": T0 - timedelta(minutes=5), "data_interval_end": T0}
-    assert pipeline.run_interval(ctx, spec.INTRADAY_EVERY) == (T0 - timedelta(minutes=5), T0)
-
-
-def test_manual_runs_without_logical_date_get_the_last_complete_interval():
-    from types import SimpleNamespace
-
-    # Airflow 3: a run triggered without a logical date has no data interval, only run_after
-    ctx = {"data_interval_start": None, "data_interval_end": None,
-           "dag_run": SimpleNamespace(run_after=datetime(2026, 3, 2, 12, 7, 31, tzinfo=UTC))}
-    assert pipeline.run_interval(ctx, spec.INTRADAY_EVERY) == (
-        datetime(2026, 3, 2, 12, 0, tzinfo=UTC), datetime(2026, 3, 2, 12, 5, tzinfo=UTC))
-    start, end = pipeline.run_interval(ctx, spec.EOD_EVERY, spec.EOD_OFFSET)
-    assert (start, end) == (datetime(2026, 3, 1, 0, 10, tzinfo=UTC), datetime(2026, 3, 2, 0, 10, tzinfo=UTC))
-    assert pipeline.eod_as_of(start) == date(2026, 3, 1)
-    early = {"dag_run": SimpleNamespace(run_after=datetime(2026, 3, 2, 0, 5, tzinfo=UTC))}
-    assert pipeline.run_interval(early, spec.EOD_EVERY, spec.EOD_OFFSET)[0] == datetime(
-        2026, 2, 28, 0, 10, tzinfo=UTC)
-    with pytest.raises(ValidationError, match="neither a data interval"):
-        pipeline.run_interval({}, spec.INTRADAY_EVERY)
+    assert tasks.validate_products(include_book=True, settings=settings)[:2] == ["BTC-USD", "ETH-USD"]
 
 
 @pytest.mark.slow
@@ -204,14 +138,14 @@ def test_run_all_chains_every_stage_into_the_warehouse(pg_url, data_dir, simulat
     from tests.support.reference import small_reference
 
     ref_dir = tmp_path / "reference"
-    kept = small_reference(Path(__file__).resolve().parents[2] / "etl" / "reference_data", ref_dir,
+    kept = small_reference(Path(__file__).resolve().parents[3] / "etl" / "reference_data", ref_dir,
                                 ["BTC-USD", "ETH-USD"])
     for name, value in {"PIPELINE_DATABASE_URL": pg_url, "PIPELINE_REFERENCE_DIR": str(ref_dir),
                         "PIPELINE_STATE_DIR": str(tmp_path / "state"), "PIPELINE_PRODUCTS": "BTC-USD,ETH-USD",
                         "PIPELINE_HISTORY_DAYS": "1", "PIPELINE_DAILY_HISTORY_DAYS": "60"}.items():
         monkeypatch.setenv(name, value)
     s = get_settings()
-    summary = pipeline.run_all(as_of=date(2026, 3, 1), settings=s)
+    summary = tasks.run_all(as_of=date(2026, 3, 1), settings=s)
     assert "as_of=2026-03-01" in summary and "daily candles: 120" in summary
     assert "1-minute candles: 2880" in summary  # first run: history_days of 1-minute candles per product
     log = runlog.read_all(s)

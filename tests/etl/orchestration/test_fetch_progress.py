@@ -1,4 +1,4 @@
-"""Progress of long fetches in task logs (etl.pipeline.FetchProgress, bronze.ingest's `on_page` hook)."""
+"""Progress of long fetches in task logs (etl.orchestration.tasks.FetchProgress, bronze.ingest's `on_page` hook)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import logging
 import re
 from datetime import UTC, datetime, timedelta
 
-from etl import pipeline
+from etl.orchestration import tasks
 
 LINE = re.compile(r"fetch (?P<label>\S+ g=\d+): (?P<done>\d+)/(?P<total>\d+) pages \((?P<pct>\d+)%\), "
                   r"(?P<candles>[\d,]+) candles, (?P<rate>[\d.]+) pages/s, (?P<tail>done|ETA \S+)$")
 
 
 def _progress_lines(caplog) -> list[re.Match]:
-    return [m for r in caplog.records if r.name == "etl.pipeline" and (m := LINE.match(r.getMessage()))]
+    return [m for r in caplog.records if r.name == "etl.orchestration.tasks" and (m := LINE.match(r.getMessage()))]
 
 
 def test_a_real_backfill_task_logs_progress_at_a_steady_cadence(make_simulator, data_dir, monkeypatch, caplog):
@@ -24,8 +24,8 @@ def test_a_real_backfill_task_logs_progress_at_a_steady_cadence(make_simulator, 
     monkeypatch.setenv("PIPELINE_PROGRESS_INTERVAL_S", "0.15")
     end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
     start = end - timedelta(days=3)  # 3 x 1440 one-minute candles = 15 pages of 300
-    with caplog.at_level(logging.INFO, logger="etl.pipeline"):
-        out = pipeline.fetch_candles("BTC-USD", start, end, 60)
+    with caplog.at_level(logging.INFO, logger="etl.orchestration.tasks"):
+        out = tasks.fetch_candles("BTC-USD", start, end, 60)
     lines = _progress_lines(caplog)
     assert out["pages"] == 15 and out["candles"] == 3 * 1440
     assert 3 <= len(lines) < 15, [m.group(0) for m in lines]  # a steady cadence, not one line per page
@@ -39,8 +39,8 @@ def test_a_real_backfill_task_logs_progress_at_a_steady_cadence(make_simulator, 
 
 def test_cadence_rate_and_eta_on_a_known_clock(caplog):
     t = [0.0]
-    progress = pipeline.FetchProgress("ETH-USD g=60", interval_s=10.0, clock=lambda: t[0])
-    with caplog.at_level(logging.INFO, logger="etl.pipeline"):
+    progress = tasks.FetchProgress("ETH-USD g=60", interval_s=10.0, clock=lambda: t[0])
+    with caplog.at_level(logging.INFO, logger="etl.orchestration.tasks"):
         for page in range(1, 101):  # one page a second, 300 candles each
             t[0] = float(page)
             progress(page, 100, 300)

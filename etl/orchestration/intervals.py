@@ -1,0 +1,84 @@
+"""Window and interval arithmetic of the runs (pure: no now(), no I/O).
+
+The one place that decides which time range a fetch covers: the data interval (or bronze's watermark) extended
+back by the overlap margin, or the whole history on a first run (`fetch_start`, used by `bronze` and the
+intraday task); the daily risk history's window (`daily_window`, `daily_history_start`); the day an end-of-day
+run values (`eod_as_of`); and the last complete interval of a schedule (`last_interval`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from etl.errors import ValidationError
+from etl.orchestration.spec import DAILY
+from etl.settings import Settings
+
+
+def utc(value: datetime | str) -> datetime:
+    """A datetime or ISO string (a trailing Z allowed) as an aware UTC datetime; naive means UTC."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def as_date(as_of: date | str | None) -> date | None:
+    """An as-of day given as a date or an ISO string (XCom and Airflow templates hand strings)."""
+    return date.fromisoformat(as_of) if isinstance(as_of, str) else as_of
+
+
+def last_interval(moment: datetime, every: timedelta, offset: timedelta = timedelta(0)) -> tuple[datetime, datetime]:
+    """The last complete [start, end) of a fixed schedule (`every`, epoch-aligned plus `offset`) ending at or
+    before `moment`."""
+    epoch = datetime(1970, 1, 1, tzinfo=UTC) + offset
+    end = epoch + ((utc(moment) - epoch) // every) * every
+    return end - every, end
+
+
+def history(granularity: int, settings: Settings) -> timedelta:
+    """How far back a first fetch reaches: `daily_history_days` for daily candles, else `history_days`."""
+    return timedelta(days=settings.daily_history_days if granularity >= DAILY else settings.history_days)
+
+
+def fetch_start(since: datetime | None, end: datetime, granularity: int, settings: Settings) -> datetime:
+    """Where a fetch ending at `end` starts: `since` (a data interval's start, or the newest bucket bronze holds)
+    back by `overlap_minutes`, so late corrections are fetched again; with nothing yet (`since` None: the first
+    run) the whole `history` back from `end`."""
+    if since is None:
+        return end - history(granularity, settings)
+    return since - timedelta(minutes=settings.overlap_minutes)
+
+
+def intraday_window(interval_start: datetime | str, interval_end: datetime | str, settings: Settings,
+                    has_history: bool = True) -> tuple[datetime, datetime]:
+    """The fetch window of an intraday run: its data interval, extended back by the overlap margin.
+
+    With no history yet (first ever run) the window reaches back the history from the interval end.
+    """
+    start, end = utc(interval_start), utc(interval_end)
+    if end <= start:
+        raise ValidationError(f"data interval [{start.isoformat()}, {end.isoformat()}) is empty")
+    return fetch_start(start if has_history else None, end, settings.granularity, settings), end
+
+
+def daily_window(as_of: date, settings: Settings) -> tuple[datetime, datetime]:
+    """Daily candles for the risk history: `daily_history_days` days ending with the as-of day (inclusive)."""
+    end = datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC) + timedelta(days=1)
+    return end - timedelta(days=settings.daily_history_days), end
+
+
+def daily_history_start(watermark: datetime | None, as_of: date, settings: Settings) -> datetime:
+    """Where an end-of-day fetch of daily candles starts, given the newest daily candle bronze holds
+    (`watermark`, None on a first run): the window start on a first run (backfill), else the watermark minus
+    `daily_overlap_days` (recent days are revised), never before the window start and always at least the
+    overlap before the window end, so a rerun of an old day still fetches."""
+    window_start, end = daily_window(as_of, settings)
+    if watermark is None or watermark < window_start:
+        return window_start
+    newest = min(watermark + timedelta(days=1), end)
+    return max(window_start, newest - timedelta(days=settings.daily_overlap_days))
+
+
+def eod_as_of(interval_start: datetime | str) -> date:
+    """The business day an end-of-day run values: the day its data interval starts."""
+    return utc(interval_start).date()
