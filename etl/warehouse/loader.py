@@ -25,9 +25,7 @@ import os
 import posixpath
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -336,28 +334,6 @@ def _read_file(store: Store, spec: RawTable, rel: str) -> pa.Table:
     return table.append_column(SOURCE_FILE, pa.array([rel] * table.num_rows, pa.string()))
 
 
-READ_AHEAD = 16  # files read ahead of the COPY, in order, by reader threads (pyarrow reads release the GIL)
-
-
-def _read_ahead(store: Store, spec: RawTable, files: list[str]) -> Iterator[pa.Table]:
-    """The files' conformed tables in order, read by two threads up to READ_AHEAD files ahead of the consumer, so
-    Parquet decoding overlaps the CSV encoding and the server's ingest. A read error is raised at its file's turn."""
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="load-read") as pool:
-        pending: deque = deque()
-        queued = iter(files)
-        for rel in itertools.islice(queued, READ_AHEAD):
-            pending.append(pool.submit(_read_file, store, spec, rel))
-        try:
-            while pending:
-                part = pending.popleft().result()
-                for rel in itertools.islice(queued, 1):
-                    pending.append(pool.submit(_read_file, store, spec, rel))
-                yield part
-        finally:  # the COPY stopped early (an error): drop what was queued rather than read it
-            for future in pending:
-                future.cancel()
-
-
 # ---- reference data ----------------------------------------------------------------------------------------
 def _reference_loaders() -> dict[str, Callable[[Settings], pd.DataFrame]]:
     from etl import portfolios, reference
@@ -469,7 +445,8 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
         counts: list[int] = []
 
         def read_new() -> Iterator[pa.Table]:  # read as the COPY goes: the server ingests while the next file is read
-            for part in _read_ahead(store, spec, list(new)):
+            for rel in new:
+                part = _read_file(store, spec, rel)
                 counts.append(part.num_rows)
                 yield part
 
