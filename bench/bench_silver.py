@@ -99,7 +99,6 @@ def run(quick: bool) -> dict:
     sizes = {"quick": QUICK_DAYS} if quick else SIZES
     results = {}
     for label, days in sizes.items():
-        load = os.getloadavg()
         data, info = bronze(days)
         best = measure(data, RUNS)
         o, d = best["ours"], best["duckdb"]
@@ -117,7 +116,6 @@ def run(quick: bool) -> dict:
             "input": f"{info['candles']:,} 1-minute candles, {info['products']} products x {info['days']} days, "
                      f"{info['files']:,} bronze files (ingest layout, 2 batches)",
             "command": OURS_COMMAND, "baseline_command": BASELINE_COMMAND,
-            "machine": {"cores": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load]},
             "runs": f"best of {RUNS}, interleaved; each a fresh process on an empty silver folder",
             "ours_peak_gib": round(o["peak_gib"], 3), "baseline_peak_gib": round(d["peak_gib"], 3),
             "memory_ratio": round(memory, 3), "outputs_agree": agree,
