@@ -11,7 +11,8 @@ import pandas as pd
 import requests
 from bench_factors import best_of  # one helper for best-of-N timing
 
-from etl.simulator import Simulator, SimulatorConfig, candle_arrays, candles, model
+from etl.simulator import Simulator, SimulatorConfig, candle_arrays, candles
+from etl.simulator import price_model as model
 
 T0 = 1_767_225_600  # 2026-01-01 00:00 UTC
 
