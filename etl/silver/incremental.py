@@ -25,6 +25,7 @@ import multiprocessing
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 
@@ -149,8 +150,8 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
     # chunks in worker processes (each writes its own files; this process alone commits the state below, so a
     # failed worker leaves the previous state); threads in one process crashed pyarrow (SIGSEGV, bad_alloc)
     workers = min(settings.silver_workers, len(jobs)) if sum(len(job[4]) for job in jobs) >= POOL_MIN_FILES else 1
-    with _pool(workers) as pool:
-        for job, (counts, chunk_files, paths) in zip(jobs, pool.map(_rebuild_chunk, jobs), strict=True):
+    with _pool(workers) as map_chunks:
+        for job, (counts, chunk_files, paths) in zip(jobs, map_chunks(_rebuild_chunk, jobs), strict=True):
             _, product, _, days, wanted = job[:5]
             _drop_unreadable(parts, set(wanted) - set(paths))
             _add(summary, counts)
@@ -195,23 +196,18 @@ def _key(partition: tuple[str, str]) -> str:
 POOL_MIN_FILES = 200  # bronze files below which starting worker processes (~1 s each) costs more than it saves
 
 
+@contextmanager
 def _pool(workers: int):
-    """A spawn-started process pool (no fork of a process holding pyarrow's threads), or in-process for 1 worker."""
+    """`map` over a spawn-started process pool (no fork of a process holding pyarrow's threads), or the builtin for
+    1 worker; on a failure the chunks not started yet are cancelled."""
     if workers <= 1:
-        return _InProcess()
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-
-
-class _InProcess:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    @staticmethod
-    def map(fn, items):
-        return map(fn, items)
+        yield map
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool.map
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _rebuild_chunk(job: tuple) -> tuple[SilverSummary, set[str], list[str]]:
