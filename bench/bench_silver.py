@@ -9,17 +9,19 @@ once per size and kept under the system temp folder (`etl-bench-silver/`), as it
 Each side runs as its own command in a fresh subprocess, from bronze Parquet on disk to silver files on disk, on
 an empty silver folder (removed before each run, untimed): ours is the CLI itself (lock, state, quarantine and
 quality files included); the baseline is `python bench/silver_duckdb.py DATA OUT`. Time = the command's wall
-time, peak memory = its ru_maxrss (os.wait4). Best of RUNS, the two sides interleaved so both see the same load.
+time, peak memory = the peak sum of the resident sets of its whole process tree (see _timed). Best of RUNS, the two sides interleaved so both see the same load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +30,7 @@ ROOT = HERE.parent
 SIZES = {"4m": 243, "20m": 1123}  # days of 1-minute candles for the 13 products
 QUICK_DAYS = 10
 RUNS = 3
+SAMPLE_S = 0.02  # memory sampling interval of the process tree
 CACHE = Path(tempfile.gettempdir()) / "etl-bench-silver"
 OURS_COMMAND = "python -m etl silver --full-refresh"
 BASELINE_COMMAND = "python bench/silver_duckdb.py DATA OUT"
@@ -49,16 +52,43 @@ def bronze(days: int) -> tuple[Path, dict]:
 
 
 def _timed(command: list[str], env: dict) -> tuple[float, float]:
-    """(wall seconds, peak resident GiB) of one command run to completion."""
+    """(wall seconds, peak resident GiB) of one command run to completion.
+
+    Peak = the largest sum of the resident sets of the command and all its descendants alive at one moment,
+    sampled every SAMPLE_S, and never less than the largest single process's ru_maxrss (os.wait4 reports the max
+    over the process and its waited-for children, not a sum of concurrent usage: it would flatter a process pool).
+    """
+    import psutil
+
     t0 = time.perf_counter()
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        root = psutil.Process(proc.pid)
+        while not done.is_set():
+            total = 0
+            try:
+                for p in [root, *root.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        total += p.memory_info().rss
+            except psutil.Error:
+                return
+            peak[0] = max(peak[0], total)
+            done.wait(SAMPLE_S)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
     if status != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({status}): {proc.stderr.read().decode()[-2000:]}")
     proc.stderr.close()
     proc.returncode = 0
-    return seconds, usage.ru_maxrss / 2**20  # KiB on Linux
+    return seconds, max(peak[0] / 2**30, usage.ru_maxrss / 2**20)  # ru_maxrss: KiB on Linux
 
 
 def measure(data: Path, runs: int) -> dict[str, dict]:
