@@ -20,8 +20,12 @@ exit 2) saying which file and to run `--full-refresh`.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
+import signal
+import sys
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -203,11 +207,20 @@ def _pool(workers: int):
     if workers <= 1:
         yield map
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent, initargs=(os.getpid(),))
     try:
         yield pool.map
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker is killed when its build dies (Linux PR_SET_PDEATHSIG): a SIGKILLed build must not leave writers
+    running behind a released silver lock."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the build died before the call
+            os._exit(1)
 
 
 def _rebuild_chunk(job: tuple) -> tuple[SilverSummary, set[str], list[str]]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -531,3 +534,23 @@ def test_a_failed_worker_leaves_the_previous_complete_state(data_dir, monkeypatc
     assert summary.partitions == 5
     assert "ETH-USD/2026-01-03" in json.loads(state.read_text())["partitions"]
     assert len(read_bars("5m").query("product_id == 'ETH-USD'")) == 30 + 6
+
+
+def test_worker_processes_die_with_a_killed_build():
+    import psutil
+
+    # two workers busy on a chunk each, then the build is SIGKILLed: no writer may outlive it (and its lock)
+    script = "import time\nfrom etl.silver.incremental import _pool\nwith _pool(2) as m:\n    list(m(time.sleep, [60, 60]))"
+    build_proc = subprocess.Popen([sys.executable, "-c", script])
+    workers: list[psutil.Process] = []
+    for _ in range(600):
+        workers = [p for p in psutil.Process(build_proc.pid).children(recursive=True)
+                   if "spawn_main" in " ".join(p.cmdline())]
+        if len(workers) == 2:
+            break
+        time.sleep(0.05)
+    assert len(workers) == 2, "the pool never started its two workers"
+    build_proc.kill()
+    build_proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert alive == []
