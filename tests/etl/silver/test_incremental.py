@@ -26,7 +26,7 @@ from etl.silver import build, read_bars, read_candles
 from etl.silver.bars import aggregate, latest_per_key
 from etl.storage import Store
 
-REAL_FILE = Path(__file__).resolve().parents[3] / "shared/data/coinbase/BTC-USD_300s_2025-07-01_2026-01-22.csv"
+REAL_FILE = Path(__file__).resolve().parents[4] / "shared/data/coinbase/BTC-USD_300s_2025-07-01_2026-01-22.csv"
 FUTURE = datetime(2030, 1, 1, tzinfo=UTC)  # `now` for builds whose data must not trip not_in_future
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
 
