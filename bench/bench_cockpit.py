@@ -96,7 +96,10 @@ def _pages(url: str, reporting: str, n: int, repeats: int) -> dict:
                                                       "reporting, execute, fetchall)",
                 "baseline_s": round(base, 4), "ratio": round(base / ours, 3),
                 "ratio_means": "baseline_s / ours_s (share of the page time that is fetching its rows)",
-                "target": "ours_s < 1.0", "meets_target": ours < 1.0, "portfolios": n, "repeats": repeats}
+                "target": "ours_s < 1.0", "meets_target": ours < 1.0, "portfolios": n, "repeats": repeats,
+                "input": f"sample book cloned to {n} portfolios, as of {AS_OF}, median of {repeats} requests",
+                "command": f"GET {path} from airflow api-server (bearer token)",
+                "baseline_command": "psycopg2.connect(reporting URL), cursor.execute(the page's SQL), fetchall()"}
     return out
 
 
@@ -144,5 +147,7 @@ def run(quick: bool) -> dict:
                 "ratio_means": "(size / size at 22) / (portfolios / 22): below 1 = sub-linear growth",
                 "target": "size_bytes < 1.5 MB and ratio < 1 (1.0 at 22 by definition)",
                 "meets_target": size < 1.5e6 and (n == base_n or growth < 1.0), "size_bytes": size,
-                "all_html_bytes": total, "portfolios": n}
+                "all_html_bytes": total, "portfolios": n, "input": f"sample book cloned to {n} portfolios, as of {AS_OF}",
+                "command": f"python -m etl report --as-of {AS_OF} (in-process: etl.report.run_report)",
+                "baseline_command": f"python -m etl report --as-of {AS_OF} on the 22-portfolio book"}
     return results

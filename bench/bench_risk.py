@@ -137,11 +137,18 @@ def measure(quick: bool = False) -> dict:
             "baseline_s": base_s, "ratio": base_s / ours_s, "ratio_means": "baseline_s / ours_s",
             "target": f">= {TARGET_RATIO:g}x", "meets_target": base_s / ours_s >= TARGET_RATIO,
             "ours_cpu_s": ours_cpu, "baseline_cpu_s": base_cpu,   # process CPU time of the same runs
+            "input": f"{size}, 250-day window, 95/99%", "command": "etl.risk batched over all portfolios: "
+            "var.historical_losses + var_es_from_losses, risk_returns.window_vol, drawdown.max_drawdown",
+            "baseline_command": "per portfolio: empyrical.value_at_risk / conditional_value_at_risk / max_drawdown, "
+                                "quantstats.stats.volatility(periods=365)",
         },
         "risk_all_metrics": {
             "ours_s": all_s, "baseline": f"none: absolute time, all metrics, MC {scenarios} scenarios ({size})",
             "baseline_s": None, "ratio": None, "ratio_means": "absolute seconds",
             "target": f"< {ABS_TARGET_S:g} s", "meets_target": all_s < ABS_TARGET_S,
+            "input": f"{size}, {scenarios:,} Monte Carlo scenarios", "command": "etl.risk batched: exposures, "
+            "historical/parametric/Monte Carlo VaR and ES, volatilities, EWMA, drawdowns, correlations, anomalies",
+            "baseline_command": "none: absolute time",
         },
     }
 

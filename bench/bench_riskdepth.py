@@ -33,6 +33,7 @@ from etl.risk import contributions, filtered, var
 CONFS = (0.95, 0.99)
 CONTRIB_TARGET = 20.0
 EOD_TARGET_S = 60.0
+EOD_COMMAND = "etl.risk.engine.compute_tables(...) (what python -m etl risk computes), all 5 methods"
 
 
 def _best(fn, *args, repeat: int = 3):
@@ -167,7 +168,10 @@ def measure(quick: bool = False) -> dict:
         "ours_s": ours_s, "baseline": f"per-portfolio numpy loop, same formulas ({n_port} portfolios x {n_assets} "
                                       f"assets x 250 scenarios, 95/99%)",
         "baseline_s": base_s, "ratio": base_s / ours_s, "ratio_means": "baseline_s / ours_s",
-        "target": f">= {CONTRIB_TARGET:g}x", "meets_target": base_s / ours_s >= CONTRIB_TARGET}}
+        "target": f">= {CONTRIB_TARGET:g}x", "meets_target": base_s / ours_s >= CONTRIB_TARGET,
+        "input": f"{n_port} portfolios x {n_assets} assets x 250 scenarios, 95/99%",
+        "command": "etl.risk.contributions.parametric(cov, e, c) per confidence + historical_es(r, e, (0.95, 0.99))",
+        "baseline_command": "per portfolio: cov @ x, np.quantile of the losses, boolean tail mask (same formulas)"}}
 
     g_assets, g_days = (20, 300) if quick else (250, 1000)
     gr = _garch_returns(g_days, g_assets)
@@ -192,7 +196,11 @@ def measure(quick: bool = False) -> dict:
         "target": ">= 1.5x", "meets_target": base_s / ours_s >= 1.5, "ours_2_workers_s": parallel_s,
         "how": "exact Jacobian of arch's linear constraints + warm start from a pooled fit (per block of assets), "
                "1 process; ours_2_workers_s: the same over 2 worker processes",
-        "max_rel_diff_forecast_vol": diff, "converged": int(fit.converged.sum())}
+        "max_rel_diff_forecast_vol": diff, "converged": int(fit.converged.sum()),
+        "input": f"{g_assets} assets x {g_days} days of GARCH(1,1)-t returns, 5 interleaved blocks",
+        "command": "etl.risk.filtered.fit_garch_t(returns, workers=1, warm_start=True)",
+        "baseline_command": "per asset: arch_model(r, mean='Zero', vol='GARCH', p=1, q=1, dist='t').fit() + "
+                            "forecast(horizon=1)"}
 
     from etl.portfolios import load_portfolios, load_positions
     from etl.reference import load_instruments
@@ -209,7 +217,9 @@ def measure(quick: bool = False) -> dict:
         "baseline_s": None, "ratio": None, "ratio_means": "absolute seconds",
         "target": f"< {EOD_TARGET_S:g} s", "meets_target": eod_s < EOD_TARGET_S,
         "rows": {k: len(v) for k, v in tables.items() if k in ("firm_risk", "risk_contributions", "stress_results",
-                                                                 "var_model_comparison")}}
+                                                                 "var_model_comparison")},
+        "input": f"shipped book: {len(load_portfolios())} portfolios, {closes.shape[1]} products, {n_days} days",
+        "command": EOD_COMMAND + ", GARCH on 1 worker", "baseline_command": "none: absolute time"}
     n_prod, n_pf = (30, 10) if quick else (250, 50)        # the simulator's 250-product universe size
     book = _book(n_prod, n_pf, n_days)
     uni_s, _ = _best(_eod, *book, 2, repeat=1)
@@ -217,7 +227,9 @@ def measure(quick: bool = False) -> dict:
         "ours_s": uni_s, "baseline": f"none: absolute wall time of compute_tables, all 5 methods, {n_pf} "
                                      f"portfolios x {n_prod} products x {n_days} days, GARCH on 2 workers",
         "baseline_s": None, "ratio": None, "ratio_means": "absolute seconds",
-        "target": f"< {EOD_TARGET_S * 2:g} s", "meets_target": uni_s < EOD_TARGET_S * 2}
+        "target": f"< {EOD_TARGET_S * 2:g} s", "meets_target": uni_s < EOD_TARGET_S * 2,
+        "input": f"{n_pf} portfolios x {n_prod} products x {n_days} days",
+        "command": EOD_COMMAND + ", GARCH on 2 workers", "baseline_command": "none: absolute time"}
     return out
 
 

@@ -148,6 +148,12 @@ def run(quick: bool) -> dict:
                       f"{compute[bottleneck]['peak_mb']:.0f} MB)",
         "stages": {k: {"seconds": round(v["seconds"], 2), "peak_mb": round(v["peak_mb"], 1)}
                    for k, v in stages.items()},
+        "input": f"{len(all_products)} products, {n_portfolios} portfolios ({positions:,} positions), "
+                 f"{history_days} days of daily history + one day of 1-minute candles",
+        "command": f"python -m etl silver; python -m etl risk --as-of {AS_OF}; etl.factors.run_factors(end=...) "
+                   "(each in its own process)",
+        "baseline_command": f"none: the day's {day_pages + daily_pages} pages at {API_RPS:g} requests/s "
+                            "(Coinbase's public limit)", "baseline_is_limit": True,
     }}
 
 

@@ -1,7 +1,11 @@
 """Run every benchmark (`bench/bench_*.py`, each exposing `run(quick: bool) -> dict`) and write results.json.
 
-Each entry follows the platform contract: ours_s, baseline, baseline_s, ratio, ratio_means, target, meets_target.
-Baselines run in the same process, on the same data, in the same run: ratios are what we report.
+Each entry follows the platform contract: ours_s, baseline, baseline_s, ratio, ratio_means, target, meets_target;
+and states what it measured: `input` (its size), `command` (what of ours is timed), `baseline_command` (what the
+baseline runs; "none: ..." for an absolute target). A module that leaves one out fails the run (`check_entries`).
+`baseline_is_limit: true` marks a baseline that is a physical limit (an API ceiling, `psql \\copy`). `machine` is
+stamped here, once per module, just before it runs (`machine()`). Baselines run in the same process, on the same
+data, in the same run: ratios are what we report.
 """
 
 from __future__ import annotations
@@ -9,12 +13,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import platform
 import time
 from pathlib import Path
+
+import psutil
 
 HERE = Path(__file__).resolve().parent
 # Run only when named (`make soak` / `make soak-quick`): the soak alone takes longer than the whole bench-quick budget.
 ON_REQUEST = {"bench_soak"}
+REQUIRED = ("input", "command", "baseline_command")
+BUSY_CORES = 0.5  # other processes using more than half a core on average: the figures are noisy
 
 
 def main() -> int:
@@ -32,11 +42,14 @@ def main() -> int:
     if args.names and out.exists():
         results = json.loads(out.read_text())
     for name in modules:
+        conditions = machine()
         t0 = time.perf_counter()
         print(f"== {name} ({'quick' if args.quick else 'full'})", flush=True)
         entries = importlib.import_module(name).run(quick=args.quick)
+        check_entries(name, entries)
         for entry in entries.values():
             entry.setdefault("quick", args.quick)
+            entry["machine"] = conditions
         results.update(entries)
         print(f"   {time.perf_counter() - t0:.1f}s", flush=True)
     out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
@@ -45,6 +58,43 @@ def main() -> int:
     print_verdicts(results)
     print(f"\nwritten: {out}")
     return 0
+
+
+def check_entries(module: str, entries: dict) -> None:
+    """Fail when an entry does not say what it measured: its input size, our command, the baseline's command."""
+    for name, entry in entries.items():
+        missing = [k for k in REQUIRED if not entry.get(k)]
+        if missing:
+            raise SystemExit(f"bench/{module}.py: entry {name!r} lacks {', '.join(missing)} "
+                             f"(every entry states {', '.join(REQUIRED)})")
+
+
+def machine(sample_s: float = 0.5) -> dict:
+    """The conditions a benchmark starts under. Load average counts our own previous benchmark too, so `busy` is
+    judged on the CPU the other processes (not this one and its children) use over `sample_s`."""
+    me = psutil.Process()
+    ours = {me.pid, *(c.pid for c in me.children(recursive=True))}
+    others = [p for p in psutil.process_iter(["name"]) if p.pid not in ours]
+    for p in others:
+        try:
+            p.cpu_percent(None)
+        except psutil.Error:
+            pass
+    time.sleep(sample_s)
+    used = []
+    for p in others:
+        try:
+            used.append((p.cpu_percent(None) / 100, p.info["name"]))
+        except psutil.Error:
+            pass
+    used.sort(reverse=True)
+    other_cores = sum(c for c, _ in used)
+    memory = psutil.virtual_memory()
+    return {"cores": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            "memory_gib": round(memory.total / 2**30, 1), "memory_available_gib": round(memory.available / 2**30, 1),
+            "python": platform.python_version(), "other_processes_cores": round(other_cores, 2),
+            "busiest_others": [f"{n} {c:.2f}" for c, n in used[:3] if c >= 0.05],
+            "busy": other_cores > BUSY_CORES}
 
 
 def print_table(results: dict) -> None:
@@ -69,13 +119,22 @@ def print_machines(results: dict) -> None:
         print(f"\nmachine ({parts}): {', '.join(names)}")
 
 
-def print_verdicts(results: dict) -> None:
-    """One line per benchmark that has a target: its ratio against the target, and what it was measured on."""
+def verdict(name: str, e: dict) -> str:
+    """One line: the ratio (or the absolute time), what it means, the target, ok/MISSED, the input."""
     def r(x):
         return f"{x:.3g}" if isinstance(x, float) else str(x)
-    lines = [f"{name}: {r(e.get('ratio'))} ({e.get('ratio_means')}; target {e['target']}) "
-             f"{'ok' if e.get('meets_target') else 'MISSED'} — input: {e.get('input', 'not stated')}"
-             for name, e in sorted(results.items()) if e.get("target") is not None]
+    if e.get("ratio") is None:
+        figure = f"{r(e['ours_s'])} s" if e.get("ours_s") is not None else "no figure"
+        figure += f" ({e.get('ratio_means')})"
+    else:
+        figure = f"{r(e['ratio'])}x{' of its limit' if e.get('baseline_is_limit') else ''} ({e.get('ratio_means')})"
+    return (f"{name}: {figure}; target {e.get('target')}: {'ok' if e.get('meets_target') else 'MISSED'}"
+            f" - input: {e.get('input', 'not stated')}")
+
+
+def print_verdicts(results: dict) -> None:
+    """One line per benchmark that has a target."""
+    lines = [verdict(name, e) for name, e in sorted(results.items()) if e.get("target") is not None]
     if lines:
         print("\n" + "\n".join(lines))
 

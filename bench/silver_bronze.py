@@ -21,9 +21,9 @@ from etl.settings import DEFAULT_PRODUCTS
 from etl.source import CandlePage
 from etl.storage import Store, partition_path
 
-START = datetime(2025, 1, 1, tzinfo=UTC)
+END = datetime(2026, 1, 1, tzinfo=UTC)  # every size ends here, in the past: silver drops future candles
 MISSING = 0.05
-BACKFILL, OVERLAP = "20250101T000000Z-backfill", "20250101T010000Z-overlap"  # as etl.bronze.new_batch_id
+BACKFILL, OVERLAP = "20260101T000000Z-backfill", "20260101T010000Z-overlap"  # as etl.bronze.new_batch_id
 
 
 def _day_rows(rng: np.random.Generator, level: float, day: datetime) -> tuple[list, float]:
@@ -63,13 +63,14 @@ def make_bronze(data_dir: Path, days: int, products: tuple[str, ...] = DEFAULT_P
     """Write bronze for `products` x `days` of 1-minute candles under data_dir; returns its size."""
     store = Store.from_uri(str(data_dir))
     rng = np.random.default_rng(seed)
-    end = START + timedelta(days=days)
+    end = END
+    start = END - timedelta(days=days)
     batches = {BACKFILL: ([], []), OVERLAP: ([], [])}
     for i, product in enumerate(products):  # one product at a time: memory stays bounded at 20 M candles
         level = 10.0 ** (1 + i % 4)
         backfill, overlap = [], []
         for d in range(days):
-            day = START + timedelta(days=d)
+            day = start + timedelta(days=d)
             rows, level = _day_rows(rng, level, day)
             backfill.append(CandlePage(product, day, day + timedelta(days=1), 60, rows, end))
             if d >= days - 2:  # the incremental batch's overlap: the same minutes, closes revised a little

@@ -203,6 +203,7 @@ class Settings:
     daily_overlap_days: int = 3          # end of day re-fetches this many daily candles before the newest it has
     compact_retention_hours: float = 24  # superseded bronze files stay readable this long after a compaction
     lock_timeout_s: float = 3600         # how long silver / compaction wait for the writer lock
+    silver_workers: int = 1              # processes rebuilding silver's (product, year) chunks
 
     @property
     def is_local_data(self) -> bool:
@@ -298,6 +299,7 @@ def get_settings() -> Settings:
         daily_overlap_days=max(1, _int("PIPELINE_DAILY_OVERLAP_DAYS", 3)),
         compact_retention_hours=max(0.0, _float("PIPELINE_COMPACT_RETENTION_HOURS", 24.0)),
         lock_timeout_s=max(0.0, _float("PIPELINE_LOCK_TIMEOUT_S", 3600.0)),
+        silver_workers=max(1, _int("PIPELINE_SILVER_WORKERS", os.cpu_count() or 1)),
     )
 
 

@@ -13,30 +13,22 @@ from etl import commits
 from etl.errors import ConfigError
 from etl.settings import Settings
 from etl.storage import Store
-from etl.warehouse.schema import check_output
+from etl.warehouse.schema import arrow_schema, check_output
 
 log = logging.getLogger(__name__)
 
 COMMIT_NAME = "factors"
-TS = pa.timestamp("us", tz="UTC")
-# table -> (column that names its date=D partition, Arrow schema in column order)
+_EXPOSURES = ["product_id", "factor_name", "bucket_start", "beta", "alpha", "r_squared", "r_squared_adj", "n_obs",
+              "rank_deficient", "window"]
+# table -> (column that names its date=D partition, Arrow schema: the columns in the order written, each typed by
+# its declaration in etl/warehouse/tables.yml)
 SCHEMAS: dict[str, tuple[str, pa.Schema]] = {
-    "factor_returns": ("bucket_start", pa.schema([
-        ("factor_name", pa.string()), ("bucket_start", TS), ("factor_return", pa.float64())])),
-    "factor_membership": ("holding_start", pa.schema([
-        ("holding_start", TS), ("holding_end", TS), ("formation_start", TS), ("formation_end", TS),
-        ("factor_group", pa.string()), ("bucket", pa.string()), ("factor_name", pa.string()),
-        ("product_id", pa.string()), ("signal", pa.float64()), ("rank", pa.int64()), ("n_ranked", pa.int64()),
-        ("weight", pa.float64())])),
-    "factor_exposures_full": ("bucket_start", pa.schema([
-        ("product_id", pa.string()), ("factor_name", pa.string()), ("bucket_start", TS), ("beta", pa.float64()),
-        ("alpha", pa.float64()), ("r_squared", pa.float64()), ("r_squared_adj", pa.float64()),
-        ("n_obs", pa.int64()), ("rank_deficient", pa.bool_()), ("window", pa.int64())])),
-    "factor_exposures": ("bucket_start", pa.schema([
-        ("product_id", pa.string()), ("factor_name", pa.string()), ("bucket_start", TS), ("beta", pa.float64()),
-        ("alpha", pa.float64()), ("r_squared", pa.float64()), ("r_squared_adj", pa.float64()),
-        ("n_obs", pa.int64()), ("rank_deficient", pa.bool_()), ("window", pa.int64()),
-        ("as_of_date", pa.date32())])),
+    "factor_returns": ("bucket_start", arrow_schema("factor_returns", ["factor_name", "bucket_start", "factor_return"])),
+    "factor_membership": ("holding_start", arrow_schema("factor_membership", [
+        "holding_start", "holding_end", "formation_start", "formation_end", "factor_group", "bucket", "factor_name",
+        "product_id", "signal", "rank", "n_ranked", "weight"])),
+    "factor_exposures_full": ("bucket_start", arrow_schema("factor_exposures_full", _EXPOSURES)),
+    "factor_exposures": ("bucket_start", arrow_schema("factor_exposures", [*_EXPOSURES, "as_of_date"])),
 }
 
 

@@ -26,7 +26,7 @@ from etl.risk.engine import RiskParams, close_matrix, compute_tables
 from etl.risk.intraday import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
-from etl.warehouse.schema import check_output
+from etl.warehouse.schema import DATE_COLUMNS, check_output
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,6 @@ TABLES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics"
           "anomalies_daily", "var_backtest", "var_backtest_summary", "drawdowns", "correlations", "limit_breaches",
           "firm_risk", "risk_contributions", "stress_results", "var_model_comparison")
 TABLES += SCENARIO_TABLES  # the intraday revaluation's inputs (etl.risk.intraday)
-DATE_COLUMNS = ("as_of_date", "forecast_date", "price_date", "peak_date", "trough_date", "recovery_date",
-                "window_start", "window_end", "worst_daily_return_date")
 
 
 @dataclass
@@ -150,7 +148,7 @@ def _read_bars(kind: str, products: list[str], start: date | None, end: date, se
 
 
 def _to_arrow(df: pd.DataFrame) -> pa.Table:
-    """Dates as date32, timestamps as UTC microseconds, text as string (stable types for the warehouse)."""
+    """Dates (the columns declared `date`) as date32, timestamps as UTC microseconds, text as string (stable types for the warehouse)."""
     df = df.copy()
     for col in df.columns:
         if col in DATE_COLUMNS:

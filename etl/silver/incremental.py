@@ -20,9 +20,16 @@ exit 2) saying which file and to run `--full-refresh`.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
+import os
+import signal
+import sys
 import time
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 
@@ -140,23 +147,21 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
     for product, day in sorted(files):
         chunks[(product, int(day[:4]))].append(day)
 
-    def rebuild(chunk: tuple[tuple[str, int], list[str]]) -> tuple[SilverSummary, set[str]]:
-        (product, year), days = chunk
-        counts = SilverSummary()  # one per chunk: threads never share a counter
-        candles, paths = _read_readable(store, [f for d in days for f in files[(product, d)]], parts, counts)
-        return counts, _rebuild(store, product, year, days, candles, paths, currencies[product], now,
-                                full_refresh, counts)
-
     written: set[str] = set()
     read: dict[tuple[str, str], dict] = {}
-    # one chunk at a time: rebuilding two in threads crashed pyarrow (SIGSEGV, bad_alloc) 1 run in 2 at 4 M candles
-    for chunk in sorted(chunks.items()):
-        (product, _), days = chunk
-        counts, chunk_files = rebuild(chunk)
-        _add(summary, counts)
-        written |= chunk_files
-        for day in days:
-            read[(product, day)] = compaction.version(parts[(product, day)], committed)
+    jobs = [(store, product, year, days, [f for d in days for f in files[(product, d)]], currencies[product], now,
+             full_refresh) for (product, year), days in sorted(chunks.items())]
+    # chunks in worker processes (each writes its own files; this process alone commits the state below, so a
+    # failed worker leaves the previous state); threads in one process crashed pyarrow (SIGSEGV, bad_alloc)
+    workers = min(settings.silver_workers, len(jobs)) if sum(len(job[4]) for job in jobs) >= POOL_MIN_FILES else 1
+    with _pool(workers) as map_chunks:
+        for job, (counts, chunk_files, paths) in zip(jobs, map_chunks(_rebuild_chunk, jobs), strict=True):
+            _, product, _, days, wanted = job[:5]
+            _drop_unreadable(parts, set(wanted) - set(paths))
+            _add(summary, counts)
+            written |= chunk_files
+            for day in days:
+                read[(product, day)] = compaction.version(parts[(product, day)], committed)
     if full_refresh:
         _delete_stale(store, written)
     new_batches = {b for v in listed.values() for b in v} - \
@@ -192,9 +197,52 @@ def _key(partition: tuple[str, str]) -> str:
     return f"{partition[0]}/{partition[1]}"
 
 
-def _read_readable(store: Store, paths: list[str], parts: dict, summary: SilverSummary) -> tuple[pa.Table, list[str]]:
-    """(read_bronze of `paths`, the paths read): files that do not read whole are quarantined and left out (and
-    out of the version)."""
+POOL_MIN_FILES = 200  # bronze files below which starting worker processes (~1 s each) costs more than it saves
+
+
+@contextmanager
+def _pool(workers: int):
+    """`map` over a spawn-started process pool (no fork of a process holding pyarrow's threads), or the builtin for
+    1 worker; on a failure the chunks not started yet are cancelled."""
+    if workers <= 1:
+        yield map
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent, initargs=(os.getpid(),))
+    try:
+        yield pool.map
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker is killed when its build dies (Linux PR_SET_PDEATHSIG): a SIGKILLed build must not leave writers
+    running behind a released silver lock."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the build died before the call
+            os._exit(1)
+
+
+def _rebuild_chunk(job: tuple) -> tuple[SilverSummary, set[str], list[str]]:
+    """One (product, year) chunk, in a worker: (its counts, the files written, the bronze paths that read)."""
+    store, product, year, days, paths, quote, now, full_refresh = job
+    counts = SilverSummary()
+    candles, paths = _read_readable(store, paths, counts)
+    return counts, _rebuild(store, product, year, days, candles, paths, quote, now, full_refresh, counts), paths
+
+
+def _drop_unreadable(parts: dict, rels: set[str]) -> None:
+    """Leave the quarantined bronze files out of their partitions' versions."""
+    for rel in rels:
+        folder, name = rel.rsplit("/", 1)
+        for part in parts.values():
+            if part.rel_dir == folder:
+                part.batch_files.pop(name, None)
+                part.compacted.pop(name, None)
+
+
+def _read_readable(store: Store, paths: list[str], summary: SilverSummary) -> tuple[pa.Table, list[str]]:
+    """(read_bronze of `paths`, the paths read): files that do not read whole are quarantined and left out."""
     if not paths:
         return _BRONZE_SCHEMA.empty_table(), []
     try:
@@ -206,13 +254,8 @@ def _read_readable(store: Store, paths: list[str], parts: dict, summary: SilverS
         reason = compaction.readable(store, rel)
         if reason is None:
             good.append(rel)
-            continue
-        summary.bad_files.append(compaction.quarantine_file(store, rel, reason))
-        folder, name = rel.rsplit("/", 1)
-        for part in parts.values():
-            if part.rel_dir == folder:
-                part.batch_files.pop(name, None)
-                part.compacted.pop(name, None)
+        else:
+            summary.bad_files.append(compaction.quarantine_file(store, rel, reason))
     return (read_bronze(store, good), good) if good else (_BRONZE_SCHEMA.empty_table(), [])
 
 

@@ -10,7 +10,7 @@ Forecast at t: mid[t] + x[t] . b.
 Errors: every forecast is scored when its horizon passes (absolute and squared error); the last price (forecast
 mid[t+h] = mid[t]) is scored alongside as the benchmark. On a linear mid path the model learns the slope and its
 error goes to ~0; on a random walk no linear model of past changes beats the last price (increments are
-independent), so its error stays at or slightly above the last price's (tests/etl/test_stream_forecast.py).
+independent), so its error stays at or slightly above the last price's (tests/etl/stream/test_forecast.py).
 """
 
 from __future__ import annotations

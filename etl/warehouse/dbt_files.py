@@ -8,7 +8,7 @@
 - `models/intermediate/int_observed_dates.sql`: the days of every raw column named in a `calendar` list (the
   input of the dim_date spine).
 
-`python -m etl.warehouse.dbt_files` rewrites them; tests/etl/test_warehouse.py fails while one is out of date.
+`python -m etl.warehouse.dbt_files` rewrites them; tests/etl/warehouse/test_loader.py fails while one is out of date.
 """
 
 from __future__ import annotations

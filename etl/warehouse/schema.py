@@ -129,9 +129,19 @@ def check_output(table: str, columns: Iterable[str], partition: Iterable[str] = 
                               f"{DECLARATION}); write them or remove them from the declaration")
 
 
-def arrow_schema(table: str) -> pa.Schema:
-    """The Arrow schema of a declared table's loaded columns, in declaration order."""
-    return pa.schema([(c.name, c.arrow_type) for c in BY_NAME[table].columns])
+def arrow_schema(table: str, columns: Iterable[str] | None = None) -> pa.Schema:
+    """The Arrow schema of a declared table's loaded columns, in declaration order; or of `columns`, in that order
+    (a stage's file may also carry not_loaded columns and partition columns: each is typed by its name's
+    declaration in any table, see `COLUMN_TYPES`)."""
+    if columns is None:
+        return pa.schema([(c.name, c.arrow_type) for c in BY_NAME[table].columns])
+    return pa.schema([(name, ARROW_TYPES[COLUMN_TYPES[name]]) for name in columns])
+
+
+# column name -> its Postgres type: a name means one thing in every table (one description per name), so one type
+COLUMN_TYPES: dict[str, str] = {c.name: c.pg_type for t in TABLES for c in t.columns}
+COLUMN_TYPES.update(DECLARED["store_types"])
+DATE_COLUMNS: frozenset[str] = frozenset(n for n, t in COLUMN_TYPES.items() if t == "date")
 
 
 LOAD_STATE_DDL = f"""

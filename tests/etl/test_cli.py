@@ -76,7 +76,7 @@ def test_an_unreachable_warehouse_exits_2_on_one_line_without_the_password(data_
 
 
 def test_report_refused_exits_3_naming_the_missing_input(pg_url, data_dir, monkeypatch, capsys):
-    """No gold at all: refused, never a green report (a missing day of a built gold: tests/etl/test_report.py,
+    """No gold at all: refused, never a green report (a missing day of a built gold: tests/etl/report/test_html.py,
     through the CLI in tests/integration/test_chaos.py)."""
     with db.scratch_database(pg_url, "cli_nogold") as url:
         monkeypatch.setenv("PIPELINE_DATABASE_URL", url)

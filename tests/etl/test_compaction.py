@@ -15,7 +15,7 @@ from etl.orchestration import intervals, tasks
 from etl.settings import get_settings
 from etl.silver import build
 from etl.storage import Store
-from tests.etl.test_silver import FUTURE, T0, minute_candles, silver_files, write_batch
+from tests.etl.silver.test_incremental import FUTURE, T0, minute_candles, silver_files, write_batch
 from tests.support.bronze import read_bronze
 
 DAY = "bronze/candles/product_id=BTC-USD/date=2026-01-05"

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from etl import commits, db
 from etl.settings import PROJECT_ROOT
-from etl.storage import Store, partition_path
+from etl.storage import Store
 from tests.support import warehouse_sample as sample
 
 pytestmark = pytest.mark.slow
@@ -49,13 +48,7 @@ def _world(root: Path) -> None:
     store = Store.from_uri(str(root / "data"))
     b5 = sample.bars_5m(FIRST, DAYS, products=PRODUCTS)
     daily = sample.daily_from_5m(b5)
-    day = b5["bucket_start"].dt.strftime("%Y-%m-%d")
-    for (product, d), part in b5.groupby(["product_id", day]):
-        rel = partition_path("silver", "bars_5m", product_id=product, date=d) + "/part-0.parquet"
-        store.write_parquet(rel, pa.Table.from_pandas(part.drop(columns="product_id"), preserve_index=False))
-    for product, part in daily.groupby("product_id"):
-        rel = partition_path("silver", "bars_1d", product_id=product, year=FIRST.year) + "/part-0.parquet"
-        store.write_parquet(rel, pa.Table.from_pandas(part.drop(columns="product_id"), preserve_index=False))
+    sample.write_silver(store, b5, daily, FIRST.year)
     sample.write_reference(root / "ref")
 
 

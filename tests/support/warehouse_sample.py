@@ -19,7 +19,8 @@ import pyarrow as pa
 from etl import commits, runlog
 from etl.risk import drawdown
 from etl.settings import PROJECT_ROOT, Settings
-from etl.storage import get_store, partition_path
+from etl.storage import Store, get_store, partition_path
+from etl.warehouse import schema
 
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
 START_PRICES = {"BTC-USD": 90_000.0, "ETH-USD": 3_000.0, "SOL-USD": 150.0}
@@ -281,20 +282,40 @@ def factor_outputs(b5: pd.DataFrame) -> dict[str, pd.DataFrame]:
             "factor_membership": membership}
 
 
+def declared(name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """The sample frame of output `name` with the columns of its declaration (etl/warehouse/tables.yml), in
+    declaration order then its not_loaded ones: a declared column the sample gives no value is NULL of its declared
+    type, so a new column needs only its declaration (plus a value here if a test needs one)."""
+    spec = schema.BY_NAME.get(name)
+    if spec is None:
+        return df
+    out = df.copy()
+    for col in spec.columns:
+        if col.name not in out:
+            out[col.name] = pd.Series([None] * len(out), dtype=pd.ArrowDtype(col.arrow_type), index=out.index)
+    order = [c for c in spec.column_names if c in out] + [c for c in out if c not in spec.column_names]
+    return out[order]
+
+
+def write_silver(store: Store, b5: pd.DataFrame, daily: pd.DataFrame, year: int) -> None:
+    """The 5-minute bars as silver bars_5m (one file per product per day) and the daily bars as bars_1d."""
+    b5_day = b5["bucket_start"].dt.strftime("%Y-%m-%d")
+    for (product, day), part in b5.groupby(["product_id", b5_day]):
+        rel = partition_path("silver", "bars_5m", product_id=product, date=day) + "/part-0.parquet"
+        store.write_parquet(rel, pa.Table.from_pandas(part.drop(columns="product_id"), preserve_index=False))
+    for product, part in daily.groupby("product_id"):
+        rel = partition_path("silver", "bars_1d", product_id=product, year=year) + "/part-0.parquet"
+        store.write_parquet(rel, pa.Table.from_pandas(part.drop(columns="product_id"), preserve_index=False))
+
+
 def write_sample(settings: Settings, first_day: date = date(2026, 1, 1), days: int = 4) -> dict[str, int]:
     """Write the whole sample under the settings' data dir; returns rows written per table."""
     store = get_store(settings)
     b5 = bars_5m(first_day, days)
     daily = daily_from_5m(b5)
     counts: dict[str, int] = {"bars_5m": len(b5), "bars_1d": len(daily)}
-    b5_day = b5["bucket_start"].dt.strftime("%Y-%m-%d")
-    for (product, day), part in b5.groupby(["product_id", b5_day]):
-        rel = partition_path("silver", "bars_5m", product_id=product, date=day) + "/part-0.parquet"
-        store.write_parquet(rel, pa.Table.from_pandas(part.drop(columns="product_id"), preserve_index=False))
-    for product, part in daily.groupby("product_id"):
-        rel = partition_path("silver", "bars_1d", product_id=product, year=first_day.year) + "/part-0.parquet"
-        store.write_parquet(rel, pa.Table.from_pandas(part.drop(columns="product_id"), preserve_index=False))
-    tables = {**risk_outputs(daily, b5), **factor_outputs(b5)}
+    write_silver(store, b5, daily, first_day.year)
+    tables = {name: declared(name, df) for name, df in {**risk_outputs(daily, b5), **factor_outputs(b5)}.items()}
     factor_parts: dict[tuple[str, str], pa.Table] = {}
     risk_parts: dict[str, dict[tuple[str, str], pa.Table]] = {}
     for name, df in tables.items():

@@ -15,15 +15,14 @@ import pytest
 
 from etl.cli import main
 from etl.errors import ValidationError
+from etl.settings import PROJECT_ROOT
 from etl.silver import build, read_bars
 from etl.storage import LockTimeout, exclusive
-from tests.etl.test_silver import FUTURE, T0, minute_candles, silver_files, write_batch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.etl.silver.test_incremental import FUTURE, T0, minute_candles, silver_files, write_batch
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "etl", *args], cwd=ROOT, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "etl", *args], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -56,7 +55,7 @@ def test_silver_single_writer_full_refresh_paused_mid_way_loses_no_bars(data_dir
     try:
         ingest = subprocess.run([sys.executable, "-m", "etl", "ingest", "--products", "BTC-USD", "--start",
                                  f"{day2:%Y-%m-%dT%H:%M}", "--end", f"{day2 + timedelta(hours=1):%Y-%m-%dT%H:%M}"],
-                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+                                cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
         assert ingest.returncode == 0, ingest.stderr
         incremental = _cli("silver")
         _wait_for_line(incremental, "waiting for the silver lock")
@@ -84,7 +83,7 @@ def test_silver_single_writer_full_refresh_paused_mid_way_loses_no_bars(data_dir
 def test_silver_lock_is_released_when_its_holder_is_killed(data_dir):
     holder = subprocess.Popen([sys.executable, "-c", "from etl.storage import exclusive\nimport time\n"
                                "with exclusive('silver'):\n    print('held', flush=True)\n    time.sleep(60)"],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                              cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(LockTimeout, match=rf"held by pid {holder.pid} on .*PIPELINE_LOCK_TIMEOUT_S"):
@@ -189,11 +188,11 @@ def test_chaos_sigkill_silver_at_seeded_points_then_rerun_equals_clean_run(data_
         shutil.copytree(data_dir / "bronze", root / "bronze")
         env = dict(os.environ, PIPELINE_DATA_DIR=str(root))
         if mode == "full":  # a complete silver first, then a full refresh of it is killed
-            assert subprocess.run([sys.executable, "-m", "etl", "silver"], cwd=ROOT, env=env,
+            assert subprocess.run([sys.executable, "-m", "etl", "silver"], cwd=PROJECT_ROOT, env=env,
                                   capture_output=True, timeout=300).returncode == 0
         started = time.time()
         proc = subprocess.Popen([sys.executable, "-m", "etl", "silver", *(["--full-refresh"] if mode == "full" else [])],
-                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:  # until k partition files of this run are written
             if sum(p.stat().st_mtime >= started for p in (root / "silver").rglob("*.parquet")) >= k:
@@ -206,7 +205,7 @@ def test_chaos_sigkill_silver_at_seeded_points_then_rerun_equals_clean_run(data_
         proc.wait(timeout=30)
         for rel in silver_files(root):  # whatever is visible is a whole Parquet file
             pq.read_metadata(root / "silver" / rel)
-        rerun = subprocess.run([sys.executable, "-m", "etl", "silver"], cwd=ROOT, env=env, capture_output=True,
+        rerun = subprocess.run([sys.executable, "-m", "etl", "silver"], cwd=PROJECT_ROOT, env=env, capture_output=True,
                                text=True, timeout=300)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert silver_files(root) == expected, f"kill point {n} ({mode}, after {k} files)"

@@ -28,7 +28,7 @@ from etl.simulator import (
 )
 from etl.simulator.server import MSG_TOO_MANY
 
-REAL_DATA = Path(__file__).resolve().parents[3] / "shared/data/coinbase"  # beside the checkout, as in CI
+REAL_DATA = Path(__file__).resolve().parents[4] / "shared/data/coinbase"  # beside the checkout, as in CI
 T0 = int(datetime(2026, 1, 5, tzinfo=UTC).timestamp())  # a Monday, 00:00 UTC
 NOW = T0 + 3 * 86_400 + 12 * 3600 + 7 * 60 + 30         # the fixed clock: 2026-01-08 12:07:30
 PRODUCT_FIELDS = {"id", "base_currency", "quote_currency", "quote_increment", "base_increment", "display_name",

@@ -186,7 +186,7 @@ def test_the_last_bucket_of_the_day_equals_the_eod_daily_pnl(book):
     pnl = pnl[pnl["as_of_date"] == D].set_index("portfolio_id")
     for pid in "LSBX":
         assert got.loc[pid, "intraday_pnl"] == pytest.approx(pnl.loc[pid, "daily_pnl"], rel=1e-13, abs=1e-9), pid
-        assert got.loc[pid, "scenario_as_of_date"] == pd.Timestamp(D1)  # today's EOD run is not "the last" yet
+        assert got.loc[pid, "scenario_as_of_date"] == D1  # (a declared date column)  today's EOD run is not "the last" yet
 
 
 def test_a_product_without_bars_today_is_stale_not_zero(book):

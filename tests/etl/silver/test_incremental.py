@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -23,7 +26,7 @@ from etl.silver import build, read_bars, read_candles
 from etl.silver.bars import aggregate, latest_per_key
 from etl.storage import Store
 
-REAL_FILE = Path(__file__).resolve().parents[3] / "shared/data/coinbase/BTC-USD_300s_2025-07-01_2026-01-22.csv"
+REAL_FILE = Path(__file__).resolve().parents[4] / "shared/data/coinbase/BTC-USD_300s_2025-07-01_2026-01-22.csv"
 FUTURE = datetime(2030, 1, 1, tzinfo=UTC)  # `now` for builds whose data must not trip not_in_future
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
 
@@ -71,8 +74,8 @@ def minute_candles(product: str, start: datetime, minutes: int, seed: int = 0, s
 
 def silver_files(data_dir: Path) -> dict[str, bytes]:
     root = data_dir / "silver"
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet"))
-            if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet")) if p.is_file()
+            and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)}
 
 
 # ---- the maths: every bar equals a brute-force aggregation of its candles ----------------------------------------
@@ -478,3 +481,76 @@ def test_rebuild_and_incremental_routes_write_the_values_the_previous_code_wrote
     assert summary.quarantined == 12 and summary.duplicates == 50 + 12 + 30
     assert silver_files(full) == silver_files(incremental)
     assert silver_digest(full) == BEFORE_DIGEST
+
+
+# ---- worker processes: the same files as one process, and a failed worker commits nothing ------------------------
+def two_products_over_new_year() -> pd.DataFrame:
+    new_year = datetime(2025, 12, 31, 23, tzinfo=UTC)  # 4 (product, year) chunks
+    return pd.concat([minute_candles("BTC-USD", new_year, 180, seed=1), minute_candles("ETH-USD", new_year, 150, seed=2)])
+
+
+def test_two_worker_processes_write_the_files_one_process_writes(tmp_path, monkeypatch):
+    from etl.silver import incremental
+
+    monkeypatch.setattr(incremental, "POOL_MIN_FILES", 0)  # a pool even for this small bronze
+    one, two = tmp_path / "one", tmp_path / "two"
+    write_batch(one, two_products_over_new_year(), "b1", T0)
+    write_batch(one, minute_candles("BTC-USD", datetime(2026, 1, 1, tzinfo=UTC), 20, seed=3), "b2",
+                T0 + timedelta(hours=1))  # revisions: the later batch wins
+    shutil.copytree(one / "bronze", two / "bronze")
+    summaries = {}
+    for root, workers in ((one, "1"), (two, "2")):
+        monkeypatch.setenv("PIPELINE_DATA_DIR", str(root))
+        monkeypatch.setenv("PIPELINE_SILVER_WORKERS", workers)
+        summaries[workers] = build(full_refresh=True, now=FUTURE)
+
+    assert summaries["2"].partitions == 4 and summaries["2"].duplicates == 20 and summaries["2"].rows_out == 66
+    for name in ("rows_in", "rows_out", "bars_1d", "duplicates", "partitions", "incomplete_bars"):
+        assert getattr(summaries["1"], name) == getattr(summaries["2"], name), name
+    assert silver_files(one) == silver_files(two)
+    assert (one / "silver/_state/partitions.json").read_text() == (two / "silver/_state/partitions.json").read_text()
+
+
+def test_a_failed_worker_leaves_the_previous_complete_state(data_dir, monkeypatch):
+    from etl.silver import incremental
+
+    monkeypatch.setattr(incremental, "POOL_MIN_FILES", 0)
+    monkeypatch.setenv("PIPELINE_SILVER_WORKERS", "2")
+    write_batch(data_dir, two_products_over_new_year(), "b1", T0)
+    build(full_refresh=True, now=FUTURE)
+    state = data_dir / "silver/_state/partitions.json"
+    before_files, before_state = silver_files(data_dir), state.read_text()
+    write_batch(data_dir, minute_candles("ETH-USD", datetime(2026, 1, 3, tzinfo=UTC), 30, seed=4), "b2", T0)
+    blocked = data_dir / "silver/bars_5m/product_id=ETH-USD/date=2026-01-03/part-0.parquet"
+    blocked.mkdir(parents=True)  # a directory where the worker must write the new day's file: its write fails
+
+    with pytest.raises(OSError):
+        build(full_refresh=True, now=FUTURE)
+    assert state.read_text() == before_state  # the commit never happened
+    assert silver_files(data_dir) == before_files  # every file of the previous build, with its data
+
+    blocked.rmdir()
+    summary = build(full_refresh=True, now=FUTURE)
+    assert summary.partitions == 5
+    assert "ETH-USD/2026-01-03" in json.loads(state.read_text())["partitions"]
+    assert len(read_bars("5m").query("product_id == 'ETH-USD'")) == 30 + 6
+
+
+def test_worker_processes_die_with_a_killed_build():
+    import psutil
+
+    # two workers busy on a chunk each, then the build is SIGKILLed: no writer may outlive it (and its lock)
+    script = "import time\nfrom etl.silver.incremental import _pool\nwith _pool(2) as m:\n    list(m(time.sleep, [60, 60]))"
+    build_proc = subprocess.Popen([sys.executable, "-c", script])
+    workers: list[psutil.Process] = []
+    for _ in range(600):
+        workers = [p for p in psutil.Process(build_proc.pid).children(recursive=True)
+                   if "spawn_main" in " ".join(p.cmdline())]
+        if len(workers) == 2:
+            break
+        time.sleep(0.05)
+    assert len(workers) == 2, "the pool never started its two workers"
+    build_proc.kill()
+    build_proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert alive == []

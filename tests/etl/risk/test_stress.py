@@ -10,7 +10,7 @@ from etl.errors import ValidationError
 from etl.risk import stress
 from etl.risk.engine import RiskParams, compute_tables
 from etl.settings import PROJECT_ROOT
-from tests.etl.test_risk_contributions import BOOK, PORTFOLIOS, QUOTE, _closes
+from tests.etl.risk.test_contributions import BOOK, PORTFOLIOS, QUOTE, _closes
 
 HEADER = "scenario_id,scenario_type,start_date,end_date,product_id,shock,description\n"
 FILE = HEADER + (

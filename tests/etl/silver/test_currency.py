@@ -10,7 +10,7 @@ import pytest
 
 from etl.errors import DataNotFoundError
 from etl.silver import build, convert, read_bars
-from tests.etl.test_silver import FUTURE, minute_candles, write_batch  # the shared bronze writer
+from tests.etl.silver.test_incremental import FUTURE, minute_candles, write_batch  # the shared bronze writer
 
 DAY0 = datetime(2026, 1, 10, tzinfo=UTC)
 

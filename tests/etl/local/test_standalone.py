@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from etl.local import airflow_home, demo, simulator_process, standalone
+from etl.local import standalone
 from etl.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
@@ -151,71 +151,3 @@ def test_leftovers_of_a_recycled_session_id_are_left_alone(tmp_path):
     finally:
         other.kill()
         other.wait()
-
-
-# ---- `make demo` runs and the scheduler (etl/local/airflow_home.py settle_test_run) ---------------------------
-def test_a_first_unpause_of_end_of_day_finds_the_demo_run_and_waits_for_the_next_interval(tmp_path, monkeypatch):
-    """The run the scheduler creates when risk_end_of_day is first unpaused (catchup=False: the latest complete
-    interval, computed by Airflow's own timetable now) is the interval `make demo` ran, with the logical date the
-    demo run is given (the interval start); the scheduler creates no run for a logical date that has one."""
-    from datetime import UTC, datetime, timedelta
-
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
-    monkeypatch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "dags"))
-    from airflow.dag_processing.dagbag import DagBag
-    from airflow.serialization.encoders import coerce_to_core_timetable
-    from airflow.timetables.base import TimeRestriction
-
-    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "risk_end_of_day.py")).dags["risk_end_of_day"]
-    assert dag.catchup is False
-    timetable = coerce_to_core_timetable(dag.timetable)
-    now = datetime.now(UTC)
-    first = timetable.next_dagrun_info(last_automated_data_interval=None,
-                                       restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=False))
-    _, demo_eod = demo.demo_dates(now)
-    if first.data_interval.end != demo_eod:  # the clock crossed 00:10 UTC between the two calls
-        pytest.skip("ran across the daily boundary")
-    # `dags test` with the demo's date: Airflow infers the same interval, and settle_test_run sets its start
-    manual = timetable.infer_manual_data_interval(run_after=demo_eod)
-    assert (manual.start, manual.end) == (first.data_interval.start, first.data_interval.end)
-    assert first.logical_date == first.data_interval.start == demo_eod - timedelta(days=1)
-    # after that interval the next run is tonight's: the one after demo_eod, due one day later
-    after = timetable.next_dagrun_info(last_automated_data_interval=first.data_interval,
-                                       restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=False))
-    assert after.logical_date == demo_eod and after.run_after == demo_eod + timedelta(days=1) > now
-
-
-def test_the_demo_ends_with_what_to_do_next(monkeypatch, tmp_path):
-    from datetime import date
-
-    from etl import db
-    from etl.settings import get_settings
-
-    monkeypatch.setenv("PIPELINE_ENV_FILE", str(tmp_path / "none.env"))
-    monkeypatch.setenv("PIPELINE_AIRFLOW_PORT", "18080")
-    monkeypatch.setenv("PIPELINE_DOCS_PORT", "18090")
-    lines = demo.next_steps(get_settings(), "/r/2026-03-01/report.html", date(2026, 3, 1), "postgresql://postgres@/db",
-                            "postgresql://reporting@/db", "/d/alerts/alerts.jsonl")
-    text = "\n".join(lines)
-    psql = db.psql_path()
-    assert "file:///r/2026-03-01/report.html" in text and "/r/2026-03-01/sql_reports.md" in text
-    assert "make airflow   -> http://localhost:18080" in text and "make docs      -> http://localhost:18090" in text
-    assert (f"{psql} 'postgresql://reporting@/db' -v as_of=2026-03-01 -f sql/risk_exposure/var_es_by_portfolio.sql"
-            in text)
-    assert f"{psql} 'postgresql://reporting@/db'   (= psql \"$(python -m etl db url --role reporting)\")" in text
-    assert "/d/alerts/alerts.jsonl" in text and "reference validate" in text
-    assert (PROJECT_ROOT / "sql" / "risk_exposure" / "var_es_by_portfolio.sql").exists()
-    assert "file://" not in "\n".join(demo.next_steps(get_settings(), None, date(2026, 3, 1), "o", "r", "a"))
-
-
-def test_with_coinbase_as_source_the_demo_starts_no_simulator_and_uses_the_exchange(monkeypatch, tmp_path):
-    from etl.settings import COINBASE_URL, get_settings
-
-    monkeypatch.setenv("PIPELINE_ENV_FILE", str(tmp_path / "none.env"))
-    monkeypatch.setenv("PIPELINE_SOURCE", "coinbase")
-    monkeypatch.delenv("COINBASE_API_URL", raising=False)
-    source = simulator_process.market_source(get_settings())
-    assert (source.url, source.proc) == (COINBASE_URL, None)
-    env = airflow_home.airflow_env(get_settings(), home=tmp_path / "af")
-    assert env["COINBASE_API_URL"] == COINBASE_URL and env["PIPELINE_SOURCE"] == "coinbase"

@@ -9,7 +9,7 @@ from scipy import stats
 
 from etl.risk import es_backtest
 from etl.risk.engine import BACKTEST_CONFIDENCES, METHODS, RiskParams, compute_tables
-from tests.etl.test_risk_contributions import BOOK, PORTFOLIOS, QUOTE, _closes
+from tests.etl.risk.test_contributions import BOOK, PORTFOLIOS, QUOTE, _closes
 
 
 def test_z2_of_a_hand_built_series():

@@ -1,0 +1,36 @@
+"""etl.risk.drawdown: maximum drawdown against empyrical and quantstats, and its dates by hand."""
+
+from __future__ import annotations
+
+import empyrical
+import numpy as np
+import pandas as pd
+import pytest
+import quantstats as qs
+
+from etl.risk import drawdown
+
+TOL = 1e-9
+
+
+def test_max_drawdown_matches_empyrical_and_quantstats(rets):
+    mdd = drawdown.max_drawdown(rets)
+    for k in range(rets.shape[1]):
+        assert mdd.max_drawdown[k] == pytest.approx(empyrical.max_drawdown(rets[:, k]), abs=TOL)
+        prices = pd.Series(100 * np.cumprod(1 + rets[:, k]), index=pd.date_range("2025-01-02", periods=len(rets)))
+        assert mdd.max_drawdown[k] == pytest.approx(qs.stats.max_drawdown(prices), abs=1e-6)  # quantstats rounds
+    dd = drawdown.drawdown_series(rets)
+    np.testing.assert_allclose(dd.min(axis=0), mdd.max_drawdown, atol=TOL)
+
+
+def test_drawdown_dates_by_hand():
+    r = np.array([[0.10], [-0.5], [0.2], [0.5], [0.4], [-0.1]])              # wealth 1, 1.1, .55, .66, .99, 1.386
+    mdd = drawdown.max_drawdown(r)
+    assert mdd.max_drawdown[0] == pytest.approx(-0.5, abs=TOL)
+    assert (mdd.peak[0], mdd.trough[0], mdd.recovery[0]) == (1, 2, 5)
+    never = drawdown.max_drawdown(np.array([[0.1], [-0.2], [0.05]]))
+    assert (never.peak[0], never.trough[0], never.recovery[0]) == (1, 2, -1)
+    up = drawdown.max_drawdown(np.array([[0.1], [0.2]]))
+    assert up.max_drawdown[0] == 0.0 and up.recovery[0] == -1
+    first_day_loss = drawdown.max_drawdown(np.array([[-0.1], [0.05]]))       # counted from the start
+    assert first_day_loss.max_drawdown[0] == pytest.approx(-0.1, abs=TOL)
