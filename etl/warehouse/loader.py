@@ -172,6 +172,8 @@ class _CsvStream:
         batch: list[pa.Table] = []
         for part in self._parts:
             self.consumed.append(part)
+            if part.num_rows == 0:  # pyarrow's write_csv writes NUL bytes for a table whose first chunk is empty
+                continue
             batch.append(part)
             if sum(p.num_rows for p in batch) >= COPY_CHUNK_ROWS:
                 yield _csv(batch)
