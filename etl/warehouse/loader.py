@@ -5,9 +5,12 @@ Algorithm (one transaction, serialised by an advisory lock):
    reference data is fingerprinted by a content hash instead. Risk and factor outputs count only when a commit
    manifest names them (etl/commits.py): files of a run that never committed are not loaded.
 2. Read only the new or changed files, keep the declared columns (partition values from the path fill in columns
-   a file does not carry, e.g. silver's product_id), cast them to the declared types, and keep the last row per key.
-3. `copy_upsert`: COPY into a temporary table, delete the target rows with those keys, insert; record the files
-   in `raw._load_state`.
+   a file does not carry, e.g. silver's product_id), cast them to the declared types. Rows of a changed file are
+   deleted first (by `source_file`), so a rewritten partition replaces its rows.
+3. `copy_upsert`, fed the files as they are read: one COPY straight into the keyed table (new files of the
+   append-mostly tables hold new keys); if Postgres refuses it for a key already there or repeated, that COPY is
+   rolled back to a savepoint and the rows are upserted through a temporary table (last row per key wins).
+   Record the files in `raw._load_state`.
 4. Commit once at the end: a failure anywhere rolls back every table and the load state, so the previous rows
    stay and the next run retries the same files. A rerun with no new files changes nothing.
 """
@@ -16,12 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import posixpath
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -41,7 +45,8 @@ from etl.warehouse.schema import LOAD_STATE, SOURCE_FILE, TABLES, RawTable
 
 log = logging.getLogger(__name__)
 
-COPY_CHUNK_ROWS = 500_000      # CSV is serialised and streamed in chunks to bound memory
+COPY_CHUNK_ROWS = 50_000       # rows serialised to CSV at a time: the server ingests one while the next is read
+COPY_READ_BYTES = 1 << 20      # psycopg2 asks the stream for this much at a time (its default is 8 KiB)
 LOAD_LOCK_ID = 0x7761726568    # pg_advisory_xact_lock key: one load at a time per database
 WAREHOUSE_LOCK_ID = 0x77617265  # session advisory lock: load + dbt build + publish, one at a time per database
 
@@ -138,55 +143,136 @@ def last_per_key(table: pa.Table, key: list[str]) -> pa.Table:
     return table.take(pc.take(keep, pc.sort_indices(keep)))  # original row order
 
 
-def _csv_chunks(table: pa.Table):
-    options = pacsv.WriteOptions(include_header=False)
-    for start in range(0, max(table.num_rows, 1), COPY_CHUNK_ROWS):
-        buf = pa.BufferOutputStream()
-        pacsv.write_csv(table.slice(start, COPY_CHUNK_ROWS), buf, options)
-        yield pa.BufferReader(buf.getvalue())
+def _naive_utc(table: pa.Table) -> pa.Table:
+    """tz-aware timestamps as their UTC wall times: Arrow writes those to CSV ~40x faster, and the COPY reads them
+    back in a session time zone of UTC (`_utc_session`)."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_timestamp(f.type) and f.type.tz is not None:
+            table = table.set_column(i, f.name, pc.cast(table[f.name], pa.timestamp(f.type.unit)))
+    return table
 
 
-def copy_upsert(conn, table: str, df: pd.DataFrame | pa.Table, key: list[str]) -> int:
-    """Upsert `df` into `table` by `key` inside the caller's transaction; returns the rows written.
+class _CsvStream:
+    """A file-like that psycopg2's COPY reads: CSV of the tables of `parts`, serialised as the server asks for
+    more, so the producer (the loader reads Parquet files) runs while the server ingests the rows already sent.
 
-    COPY (CSV) into a temporary copy of the table, delete the target rows whose key is in the batch, insert the
-    batch. Duplicate keys in the batch keep the last row. Nothing commits here: the caller owns the transaction.
+    `columns` are the first table's (read at once); `consumed` keeps the tables sent, for a retry through the
+    staged upsert; `error` keeps the producer's own exception, which psycopg2 reports only as QueryCanceled."""
+
+    def __init__(self, parts: Iterable[pa.Table]):
+        self._parts = iter(parts)
+        first = next(self._parts, None)
+        self.columns = first.column_names if first is not None else []
+        self._parts = itertools.chain([first] if first is not None else [], self._parts)
+        self.consumed: list[pa.Table] = []
+        self.error: BaseException | None = None
+        self._chunks = self._serialise()
+
+    def _serialise(self) -> Iterator[bytes]:
+        batch: list[pa.Table] = []
+        for part in self._parts:
+            self.consumed.append(part)
+            if part.num_rows == 0:  # pyarrow's write_csv writes NUL bytes for a table whose first chunk is empty
+                continue
+            batch.append(part)
+            if sum(p.num_rows for p in batch) >= COPY_CHUNK_ROWS:
+                yield _csv(batch)
+                batch = []
+        if batch:
+            yield _csv(batch)
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return next(self._chunks, b"")
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def rest(self) -> list[pa.Table]:
+        """Every table of `parts`: the ones sent, then the ones the COPY did not get to."""
+        return self.consumed + list(self._parts)
+
+
+def _csv(batch: list[pa.Table]) -> bytes:
+    buf = pa.BufferOutputStream()
+    pacsv.write_csv(_naive_utc(pa.concat_tables(batch)), buf, pacsv.WriteOptions(include_header=False))
+    return buf.getvalue().to_pybytes()
+
+
+def _copy(cur, table: str, stream: _CsvStream) -> int:
+    try:
+        cur.copy_expert(f"copy {table} ({', '.join(stream.columns)}) from stdin with (format csv)", stream,
+                        size=COPY_READ_BYTES)
+    except psycopg2.errors.QueryCanceled:
+        if stream.error is not None:  # the producer failed (e.g. an unreadable file): its error, not psycopg2's
+            raise stream.error from None
+        raise
+    return cur.rowcount
+
+
+@contextmanager
+def _utc_session(cur) -> Iterator[None]:
+    """The session time zone is UTC inside the block (CSV timestamps are UTC wall times), then restored."""
+    cur.execute("select current_setting('TimeZone')")
+    zone = cur.fetchone()[0]
+    cur.execute("set local time zone 'UTC'")
+    yield
+    cur.execute("select set_config('TimeZone', %s, true)", (zone,))
+
+
+def _has_unique_key(cur, table: str, key: list[str]) -> bool:
+    """Whether `table` has a unique index on exactly the `key` columns (every raw table: its primary key)."""
+    cur.execute("select 1 from pg_index i where i.indrelid = %s::regclass and i.indisunique and i.indpred is null "
+                "and (select array_agg(a.attname::text order by a.attname) from pg_attribute a "
+                "where a.attrelid = i.indrelid and a.attnum = any(i.indkey)) = %s",
+                (table, sorted(key)))
+    return cur.fetchone() is not None
+
+
+def copy_upsert(conn, table: str, data: pd.DataFrame | pa.Table | Iterable[pa.Table], key: list[str]) -> int:
+    """Upsert `data` into `table` by `key` inside the caller's transaction; returns the rows written.
+
+    `data` is a DataFrame, an Arrow table, or an iterable of Arrow tables of the same columns, consumed as the
+    COPY goes (the loader passes a generator reading Store files: they are read while the server ingests).
+    Duplicate keys keep the last row. Nothing commits here: the caller owns the transaction.
+
+    When `table` has a unique index on `key` (every raw table: its primary key), the rows are first COPYed
+    straight into it under a savepoint: new files of the append-mostly tables (bars, daily outputs) hold new keys,
+    so that one keyed COPY is the whole load. A key already in the table, or twice in the batch, makes Postgres
+    refuse that COPY: the savepoint is rolled back and the rows take the staged upsert (`_staged_upsert`).
     """
-    data = last_per_key(_as_arrow(df), list(key))
+    key = list(key)
+    stream = _CsvStream([_as_arrow(data)] if isinstance(data, pa.Table | pd.DataFrame) else data)
+    if not stream.columns:
+        return 0
+    with conn.cursor() as cur, _utc_session(cur):
+        if _has_unique_key(cur, table, key):
+            cur.execute("savepoint copy_upsert")
+            try:
+                written = _copy(cur, table, stream)
+                cur.execute("release savepoint copy_upsert")
+                return written
+            except psycopg2.errors.UniqueViolation:
+                cur.execute("rollback to savepoint copy_upsert")
+        return _staged_upsert(cur, table, last_per_key(pa.concat_tables(stream.rest()), key), key)
+
+
+def _staged_upsert(cur, table: str, data: pa.Table, key: list[str]) -> int:
+    """COPY into a temporary copy of the table, delete the target rows whose key is in the batch, insert the batch
+    (`data` holds each key once)."""
     if data.num_rows == 0:
         return 0
     stage = f"_stage_{uuid.uuid4().hex[:12]}"
-    with conn.cursor() as cur:
-        cur.execute(f"create temp table {stage} (like {table} including defaults) on commit drop")
-        # Arrow writes tz-aware timestamps to CSV ~40x slower than naive ones: send UTC wall times to a
-        # `timestamp` stage column and convert with `at time zone 'UTC'` on insert (no session time zone involved).
-        utc_cols = _timestamptz_columns(cur, table, data)
-        for name in utc_cols:
-            data = data.set_column(data.column_names.index(name), name, pc.cast(data[name], pa.timestamp("us")))
-            cur.execute(f"alter table {stage} alter column {name} type timestamp")
-        cols = ", ".join(data.column_names)
-        for chunk in _csv_chunks(data):
-            cur.copy_expert(f"copy {stage} ({cols}) from stdin with (format csv)", chunk)
-        cur.execute(f"analyze {stage}")
-
-        def staged(col: str, alias: str = "") -> str:
-            return f"{alias}{col} at time zone 'UTC'" if col in utc_cols else f"{alias}{col}"
-
-        match = " and ".join(f"t.{k} = {staged(k, 's.')}" for k in key)
-        cur.execute(f"delete from {table} t using {stage} s where {match}")
-        values = ", ".join(staged(c) for c in data.column_names)
-        cur.execute(f"insert into {table} ({cols}) select {values} from {stage}")
-        written = cur.rowcount
-        cur.execute(f"drop table {stage}")
+    cur.execute(f"create temp table {stage} (like {table} including defaults) on commit drop")
+    _copy(cur, stage, _CsvStream([data]))
+    cur.execute(f"analyze {stage}")
+    match = " and ".join(f"t.{k} = s.{k}" for k in key)
+    cur.execute(f"delete from {table} t using {stage} s where {match}")
+    cols = ", ".join(data.column_names)
+    cur.execute(f"insert into {table} ({cols}) select {cols} from {stage}")
+    written = cur.rowcount
+    cur.execute(f"drop table {stage}")
     return written
-
-
-def _timestamptz_columns(cur, table: str, data: pa.Table) -> list[str]:
-    """Columns of `data` that hold Arrow timestamps and land in `timestamptz` columns of `table`."""
-    cur.execute("select attname from pg_attribute where attrelid = %s::regclass and attnum > 0 "
-                "and not attisdropped and atttypid = 'timestamptz'::regtype", (table,))
-    target = {row[0] for row in cur.fetchall()}
-    return [n for n in data.column_names if n in target and pa.types.is_timestamp(data[n].type)]
 
 
 def replace_all(conn, table: str, df: pd.DataFrame | pa.Table, key: list[str]) -> int:
@@ -205,8 +291,8 @@ def _partition_values(rel_path: str) -> dict[str, str]:
 def conform(table: pa.Table, spec: RawTable, where: str, extra: dict[str, str] | None = None) -> pa.Table:
     """Select the declared columns of `spec`, filled from `extra` (partition values) when absent, cast to type."""
     extra = extra or {}
-    missing = [c.name for c in spec.columns if c.required and c.name not in table.column_names
-               and c.name not in extra]
+    present = set(table.column_names)
+    missing = [c.name for c in spec.columns if c.required and c.name not in present and c.name not in extra]
     if missing:
         raise ValidationError(
             f"{where}: missing column(s) {missing} for {spec.qualified}; expected {spec.column_names} "
@@ -217,18 +303,19 @@ def conform(table: pa.Table, spec: RawTable, where: str, extra: dict[str, str] |
         return pa.table({c.name: pa.array([], c.arrow_type) for c in spec.columns})
     arrays = []
     for col in spec.columns:
-        if col.name in table.column_names:
+        if col.name in present:
             arr = table[col.name]
         elif col.name in extra:
             arr = pa.array([extra[col.name]] * table.num_rows, pa.string())
         else:
             arr = pa.nulls(table.num_rows, col.arrow_type)
         try:
-            arr = pc.cast(arr, col.arrow_type, safe=not pa.types.is_timestamp(col.arrow_type))
+            if arr.type != col.arrow_type:
+                arr = pc.cast(arr, col.arrow_type, safe=not pa.types.is_timestamp(col.arrow_type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise ValidationError(f"{where}: column {col.name!r} ({arr.type}) cannot be read as {col.pg_type} "
                                   f"for {spec.qualified}: {exc}. Fix the producer's output.") from exc
-        if pa.types.is_floating(col.arrow_type):
+        if pa.types.is_floating(col.arrow_type) and pc.any(pc.is_nan(arr)).as_py():
             arr = pc.if_else(pc.is_nan(arr), pa.scalar(None, col.arrow_type), arr)  # NaN = unknown: NULL in SQL
         arrays.append(arr)
     return pa.table(arrays, names=spec.column_names)
@@ -357,11 +444,17 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
         # files deleted since the last load (only when the folder is there: a wrong data dir must not empty raw)
         gone = [p for p in seen if p.startswith(f"{spec.source_dir}/") and p not in current] \
             if store.exists(spec.source_dir) else []
-        parts = [_read_file(store, spec, rel) for rel in new]
-        counts = [p.num_rows for p in parts]
+        counts: list[int] = []
+
+        def read_new() -> Iterator[pa.Table]:  # read as the COPY goes: the server ingests while the next file is read
+            for rel in new:
+                part = _read_file(store, spec, rel)
+                counts.append(part.num_rows)
+                yield part
+
         try:
             _forget_files(conn, spec, [p for p in new if p in seen], gone)
-            rows = copy_upsert(conn, spec.qualified, pa.concat_tables(parts), list(spec.key)) if parts else 0
+            rows = copy_upsert(conn, spec.qualified, read_new(), list(spec.key)) if new else 0
         except psycopg2.Error as exc:
             raise _rejected(spec, [store.path(p) for p in new], exc) from exc
     _record_state(conn, spec, new, counts)

@@ -63,6 +63,29 @@ def test_copy_upsert_inserts_replaces_by_key_and_keeps_last_duplicate(pg_url):
     assert rows == [("a", t0, 1.5, 'x,"y'), ("b", t0, 4.0, "z"), ("c", t0, float("inf"), "c")]
 
 
+def test_copy_upsert_of_streamed_files_round_trips_every_value_an_empty_first_file_included(pg_url):
+    with db.connect(url=pg_url) as conn, conn.cursor() as cur:
+        cur.execute("drop table if exists public.stream_t")
+        cur.execute("create table public.stream_t (k text primary key, s text, v double precision, d date, "
+                    "t timestamptz, b boolean)")
+    t0 = datetime(2026, 3, 31, 10, 5, tzinfo=UTC)
+    columns = {"k": pa.string(), "s": pa.string(), "v": pa.float64(), "d": pa.date32(),
+               "t": pa.timestamp("us", tz="UTC"), "b": pa.bool_()}
+    values = {"k": ["a", "b", "c", "d"], "s": [None, "", 'com,ma "quoted"\nnew\\line', "naïve ₿ 日本"],
+              "v": [float("nan"), float("-inf"), 0.1, None], "d": [date(2026, 3, 31), None, date(1999, 12, 31), None],
+              "t": [t0, None, t0, t0], "b": [True, False, None, True]}
+    empty = pa.table({c: pa.array([], type) for c, type in columns.items()})
+    files = [empty, pa.table({c: pa.array(v[:1], columns[c]) for c, v in values.items()}), empty,
+             pa.table({c: pa.array(v[1:], columns[c]) for c, v in values.items()})]
+    with db.connect(url=pg_url) as conn:  # a file with no rows first: the NUL-byte CSV it once made is not sent
+        assert copy_upsert(conn, "public.stream_t", iter(files), ["k"]) == 4
+    rows = query("select k, s, v, d, t, b from public.stream_t order by k", url=pg_url)
+    assert [r[:2] for r in rows] == list(zip(values["k"], values["s"], strict=True))  # null stays null, '' stays ''
+    assert str(rows[0][2]) == "nan" and rows[1][2] == float("-inf") and rows[2][2] == 0.1 and rows[3][2] is None
+    assert [r[3] for r in rows] == values["d"] and [r[4] for r in rows] == values["t"]
+    assert [r[5] for r in rows] == values["b"]
+
+
 def test_load_copies_every_table_and_a_rerun_changes_nothing(warehouse):
     summary = load_warehouse(run_dbt=False)
     for table in ("bars_5m", "bars_1d", "positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics",
