@@ -107,7 +107,7 @@ def write_csv(data: Path, out: Path) -> int:
     import pyarrow.csv as pacsv
 
     from etl.storage import Store
-    from etl.warehouse.loader import _naive_utc, _read_file
+    from etl.warehouse.loader import _read_file
 
     store = Store.from_uri(str(data))
     rows = 0
@@ -118,6 +118,15 @@ def write_csv(data: Path, out: Path) -> int:
             w.write_table(table)
             rows += table.num_rows
     return rows
+
+
+def _naive_utc(table: pa.Table) -> pa.Table:
+    """tz-aware timestamps as their UTC wall times (Arrow writes those to CSV ~40x faster; psql reads them with
+    PGTZ=UTC)."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_timestamp(f.type) and f.type.tz is not None:
+            table = table.set_column(i, f.name, table[f.name].cast(pa.timestamp(f.type.unit)))
+    return table
 
 
 def bars_input(n_rows: int) -> tuple[Path, dict]:

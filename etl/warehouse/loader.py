@@ -23,6 +23,8 @@ import itertools
 import logging
 import os
 import posixpath
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -41,11 +43,13 @@ from etl import commits, db
 from etl.errors import PipelineError, ValidationError
 from etl.settings import Settings
 from etl.storage import Store
-from etl.warehouse.schema import LOAD_STATE, SOURCE_FILE, TABLES, RawTable
+from etl.warehouse import copy_binary
+from etl.warehouse.schema import ARROW_TYPES, LOAD_STATE, SOURCE_FILE, TABLES, RawTable
 
 log = logging.getLogger(__name__)
 
-COPY_CHUNK_ROWS = 50_000       # rows serialised to CSV at a time: the server ingests one while the next is read
+COPY_CHUNK_ROWS = 50_000       # rows encoded at a time: the server ingests one chunk while the next is made
+COPY_READ_AHEAD = 4            # chunks the producer may have ready (~10 MB each at most)
 COPY_READ_BYTES = 1 << 20      # psycopg2 asks the stream for this much at a time (its default is 8 KiB)
 LOAD_LOCK_ID = 0x7761726568    # pg_advisory_xact_lock key: one load at a time per database
 WAREHOUSE_LOCK_ID = 0x77617265  # session advisory lock: load + dbt build + publish, one at a time per database
@@ -143,81 +147,118 @@ def last_per_key(table: pa.Table, key: list[str]) -> pa.Table:
     return table.take(pc.take(keep, pc.sort_indices(keep)))  # original row order
 
 
-def _naive_utc(table: pa.Table) -> pa.Table:
-    """tz-aware timestamps as their UTC wall times: Arrow writes those to CSV ~40x faster, and the COPY reads them
-    back in a session time zone of UTC (`_utc_session`)."""
-    for i, f in enumerate(table.schema):
-        if pa.types.is_timestamp(f.type) and f.type.tz is not None:
-            table = table.set_column(i, f.name, pc.cast(table[f.name], pa.timestamp(f.type.unit)))
-    return table
+class _CopyStream:
+    """A file-like that psycopg2's COPY reads: binary COPY (etl/warehouse/copy_binary.py) of the tables of
+    `parts`, cast to the target's column types and encoded by a producer thread while the server ingests the rows
+    already sent (reading Parquet and encoding release the GIL, and so does psycopg2's send).
 
+    `columns` are the first table's (read at once); `consumed` keeps the tables taken from `parts`, for a retry
+    through the staged upsert; `error` keeps the producer's own exception, which psycopg2 reports only as
+    QueryCanceled. `close()` stops the producer; every exit from a COPY calls it."""
 
-class _CsvStream:
-    """A file-like that psycopg2's COPY reads: CSV of the tables of `parts`, serialised as the server asks for
-    more, so the producer (the loader reads Parquet files) runs while the server ingests the rows already sent.
-
-    `columns` are the first table's (read at once); `consumed` keeps the tables sent, for a retry through the
-    staged upsert; `error` keeps the producer's own exception, which psycopg2 reports only as QueryCanceled."""
-
-    def __init__(self, parts: Iterable[pa.Table]):
+    def __init__(self, parts: Iterable[pa.Table], types: dict[str, pa.DataType]):
         self._parts = iter(parts)
         first = next(self._parts, None)
         self.columns = first.column_names if first is not None else []
         self._parts = itertools.chain([first] if first is not None else [], self._parts)
+        if missing := [c for c in self.columns if c not in types]:
+            raise WarehouseError(f"columns {missing} are not in the target table (it has {sorted(types)})")
+        self._schema = pa.schema([(c, types[c]) for c in self.columns])
         self.consumed: list[pa.Table] = []
         self.error: BaseException | None = None
-        self._chunks = self._serialise()
+        self._queue: queue.Queue = queue.Queue(maxsize=COPY_READ_AHEAD)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def _serialise(self) -> Iterator[bytes]:
-        batch: list[pa.Table] = []
-        for part in self._parts:
-            self.consumed.append(part)
-            if part.num_rows == 0:  # pyarrow's write_csv writes NUL bytes for a table whose first chunk is empty
-                continue
-            batch.append(part)
-            if sum(p.num_rows for p in batch) >= COPY_CHUNK_ROWS:
-                yield _csv(batch)
-                batch = []
-        if batch:
-            yield _csv(batch)
+    def _produce(self) -> None:
+        try:
+            self._put(copy_binary.HEADER)
+            batch: list[pa.Table] = []
+            for part in self._parts:
+                self.consumed.append(part)
+                batch.append(part)
+                if sum(p.num_rows for p in batch) >= COPY_CHUNK_ROWS:
+                    self._send(batch)
+                    batch = []
+            self._send(batch)
+            self._put(copy_binary.TRAILER)
+            self._put(b"")
+        except _Stopped:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the COPY's thread, which raises it
+            self.error = exc
+            with contextlib.suppress(_Stopped):
+                self._put(None)
+
+    def _send(self, batch: list[pa.Table]) -> None:
+        table = _cast(pa.concat_tables(batch), self._schema) if batch else None
+        for lo in range(0, table.num_rows if table else 0, COPY_CHUNK_ROWS):  # int32 offsets: bounded chunks
+            self._put(copy_binary.encode(table.slice(lo, COPY_CHUNK_ROWS)))
+
+    def _put(self, item: bytes | None) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(item, timeout=0.1)
+                return
+        raise _Stopped
 
     def read(self, size: int = -1) -> bytes:
-        try:
-            return next(self._chunks, b"")
-        except BaseException as exc:
-            self.error = exc
-            raise
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._produce, name="copy-producer", daemon=True)
+            self._thread.start()
+        item = self._queue.get()
+        if item is None:
+            raise WarehouseError("the COPY's producer failed")  # psycopg2 cancels the COPY; _copy raises its error
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
     def rest(self) -> list[pa.Table]:
-        """Every table of `parts`: the ones sent, then the ones the COPY did not get to."""
+        """Every table of `parts`: the ones the producer took, then the ones it did not get to."""
+        self.close()
         return self.consumed + list(self._parts)
 
 
-def _csv(batch: list[pa.Table]) -> bytes:
-    buf = pa.BufferOutputStream()
-    pacsv.write_csv(_naive_utc(pa.concat_tables(batch)), buf, pacsv.WriteOptions(include_header=False))
-    return buf.getvalue().to_pybytes()
+class _Stopped(Exception):
+    """The COPY ended before the producer did (refused, or failed): the producer stops."""
 
 
-def _copy(cur, table: str, stream: _CsvStream) -> int:
+def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` in the target's column types (binary COPY does not convert); timestamps may lose sub-microseconds."""
+    if table.schema.remove_metadata().equals(schema):
+        return table
+    arrays = []
+    for f in schema:
+        arr = table[f.name]
+        try:
+            arrays.append(arr if arr.type == f.type else pc.cast(arr, f.type, safe=not pa.types.is_timestamp(f.type)))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValidationError(f"column {f.name!r} ({arr.type}) cannot be sent as {f.type}: {exc}") from exc
+    return pa.table(arrays, schema=schema)
+
+
+def _copy(cur, table: str, stream: _CopyStream) -> int:
     try:
-        cur.copy_expert(f"copy {table} ({', '.join(stream.columns)}) from stdin with (format csv)", stream,
+        cur.copy_expert(f"copy {table} ({', '.join(stream.columns)}) from stdin with (format binary)", stream,
                         size=COPY_READ_BYTES)
     except psycopg2.errors.QueryCanceled:
         if stream.error is not None:  # the producer failed (e.g. an unreadable file): its error, not psycopg2's
             raise stream.error from None
         raise
+    finally:
+        stream.close()
     return cur.rowcount
 
 
-@contextmanager
-def _utc_session(cur) -> Iterator[None]:
-    """The session time zone is UTC inside the block (CSV timestamps are UTC wall times), then restored."""
-    cur.execute("select current_setting('TimeZone')")
-    zone = cur.fetchone()[0]
-    cur.execute("set local time zone 'UTC'")
-    yield
-    cur.execute("select set_config('TimeZone', %s, true)", (zone,))
+def _column_types(cur, table: str) -> dict[str, pa.DataType]:
+    """The Arrow type of each column of `table`, from the catalog (the declared types of schema.ARROW_TYPES)."""
+    cur.execute("select attname, format_type(atttypid, atttypmod) from pg_attribute "
+                "where attrelid = %s::regclass and attnum > 0 and not attisdropped", (table,))
+    names = {"timestamp with time zone": "timestamptz"}
+    return {name: ARROW_TYPES[names.get(t, t)] for name, t in cur.fetchall() if names.get(t, t) in ARROW_TYPES}
 
 
 def _has_unique_key(cur, table: str, key: list[str]) -> bool:
@@ -242,10 +283,11 @@ def copy_upsert(conn, table: str, data: pd.DataFrame | pa.Table | Iterable[pa.Ta
     refuse that COPY: the savepoint is rolled back and the rows take the staged upsert (`_staged_upsert`).
     """
     key = list(key)
-    stream = _CsvStream([_as_arrow(data)] if isinstance(data, pa.Table | pd.DataFrame) else data)
-    if not stream.columns:
-        return 0
-    with conn.cursor() as cur, _utc_session(cur):
+    with conn.cursor() as cur:
+        types = _column_types(cur, table)
+        stream = _CopyStream([_as_arrow(data)] if isinstance(data, pa.Table | pd.DataFrame) else data, types)
+        if not stream.columns:
+            return 0
         if _has_unique_key(cur, table, key):
             cur.execute("savepoint copy_upsert")
             try:
@@ -254,17 +296,17 @@ def copy_upsert(conn, table: str, data: pd.DataFrame | pa.Table | Iterable[pa.Ta
                 return written
             except psycopg2.errors.UniqueViolation:
                 cur.execute("rollback to savepoint copy_upsert")
-        return _staged_upsert(cur, table, last_per_key(pa.concat_tables(stream.rest()), key), key)
+        return _staged_upsert(cur, table, last_per_key(pa.concat_tables(stream.rest()), key), key, types)
 
 
-def _staged_upsert(cur, table: str, data: pa.Table, key: list[str]) -> int:
+def _staged_upsert(cur, table: str, data: pa.Table, key: list[str], types: dict[str, pa.DataType]) -> int:
     """COPY into a temporary copy of the table, delete the target rows whose key is in the batch, insert the batch
     (`data` holds each key once)."""
     if data.num_rows == 0:
         return 0
     stage = f"_stage_{uuid.uuid4().hex[:12]}"
     cur.execute(f"create temp table {stage} (like {table} including defaults) on commit drop")
-    _copy(cur, stage, _CsvStream([data]))
+    _copy(cur, stage, _CopyStream([data], types))
     cur.execute(f"analyze {stage}")
     match = " and ".join(f"t.{k} = s.{k}" for k in key)
     cur.execute(f"delete from {table} t using {stage} s where {match}")
@@ -329,7 +371,7 @@ def _fingerprints(store: Store, rel_dir: str) -> dict[str, str]:
 
 def _read_file(store: Store, spec: RawTable, rel: str) -> pa.Table:
     try:
-        raw = store.read_parquet(rel)
+        raw = store.read_parquet(rel, use_threads=False)  # one core decodes; the other is the server's
     except (OSError, pa.ArrowInvalid) as exc:
         raise ValidationError(f"{store.path(rel)}: unreadable Parquet for {spec.qualified}: {exc}") from exc
     table = conform(raw, spec, store.path(rel), _partition_values(rel))
