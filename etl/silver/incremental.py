@@ -143,25 +143,32 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
     files = {k: compaction.current_files(store, p, committed) for k, p in sorted(todo.items())}
     currencies = _quote_currencies({p for p, _ in files}, settings)
 
-    chunks: dict[tuple[str, int], list[str]] = defaultdict(list)
+    chunks: dict[tuple[str, str], list[str]] = defaultdict(list)  # (product, month): a worker's memory is a month
     for product, day in sorted(files):
-        chunks[(product, int(day[:4]))].append(day)
+        chunks[(product, day[:7])].append(day)
 
     written: set[str] = set()
     read: dict[tuple[str, str], dict] = {}
-    jobs = [(store, product, year, days, [f for d in days for f in files[(product, d)]], currencies[product], now,
-             full_refresh) for (product, year), days in sorted(chunks.items())]
-    # chunks in worker processes (each writes its own files; this process alone commits the state below, so a
-    # failed worker leaves the previous state); threads in one process crashed pyarrow (SIGSEGV, bad_alloc)
-    workers = min(settings.silver_workers, len(jobs)) if sum(len(job[4]) for job in jobs) >= POOL_MIN_FILES else 1
+    daily: dict[tuple[str, int], list] = defaultdict(list)  # (product, year) -> its chunks' (days, daily bars)
+    jobs = [(store, product, days, [f for d in days for f in files[(product, d)]], currencies[product], now)
+            for (product, _), days in sorted(chunks.items())]
+    # chunks in worker processes (each writes its own days' files; this process alone writes the daily year files
+    # and commits the state below, so a failed worker leaves the previous state); threads in one process crashed
+    # pyarrow (SIGSEGV, bad_alloc)
+    workers = min(settings.silver_workers, len(jobs)) if sum(len(job[3]) for job in jobs) >= POOL_MIN_FILES else 1
     with _pool(workers) as map_chunks:
-        for job, (counts, chunk_files, paths) in zip(jobs, map_chunks(_rebuild_chunk, jobs), strict=True):
-            _, product, _, days, wanted = job[:5]
+        for job, (counts, chunk_files, paths, bars_1d) in zip(jobs, map_chunks(_rebuild_chunk, jobs), strict=True):
+            _, product, days, wanted = job[:4]
             _drop_unreadable(parts, set(wanted) - set(paths))
             _add(summary, counts)
             written |= chunk_files
+            daily[(product, int(days[0][:4]))].append((days, bars_1d))
             for day in days:
                 read[(product, day)] = compaction.version(parts[(product, day)], committed)
+    for (product, year), months in sorted(daily.items()):
+        day_numbers = [_day_number(d) for days, _ in months for d in days]
+        bars_1d = pa.concat_tables([t for _, t in months]).combine_chunks()
+        written.add(_write_daily(store, product, year, day_numbers, bars_1d, full_refresh))
     if full_refresh:
         _delete_stale(store, written)
     new_batches = {b for v in listed.values() for b in v} - \
@@ -223,12 +230,14 @@ def _die_with_parent(parent: int) -> None:
             os._exit(1)
 
 
-def _rebuild_chunk(job: tuple) -> tuple[SilverSummary, set[str], list[str]]:
-    """One (product, year) chunk, in a worker: (its counts, the files written, the bronze paths that read)."""
-    store, product, year, days, paths, quote, now, full_refresh = job
+def _rebuild_chunk(job: tuple) -> tuple[SilverSummary, set[str], list[str], pa.Table]:
+    """One (product, month) chunk, in a worker: (its counts, the files written, the bronze paths that read, its
+    daily bars)."""
+    store, product, days, paths, quote, now = job
     counts = SilverSummary()
     candles, paths = _read_readable(store, paths, counts)
-    return counts, _rebuild(store, product, year, days, candles, paths, quote, now, full_refresh, counts), paths
+    written, bars_1d = _rebuild(store, product, days, candles, paths, quote, now, counts)
+    return counts, written, paths, bars_1d
 
 
 def _drop_unreadable(parts: dict, rels: set[str]) -> None:
@@ -259,11 +268,12 @@ def _read_readable(store: Store, paths: list[str], summary: SilverSummary) -> tu
     return (read_bronze(store, good), good) if good else (_BRONZE_SCHEMA.empty_table(), [])
 
 
-# ---- one (product, year) chunk ---------------------------------------------------------------------------------
-def _rebuild(store: Store, product: str, year: int, days: list[str], candles: pa.Table, paths: list[str],
-             quote: str, now: datetime, full_refresh: bool, summary: SilverSummary) -> set[str]:
+# ---- one (product, month) chunk --------------------------------------------------------------------------------
+def _rebuild(store: Store, product: str, days: list[str], candles: pa.Table, paths: list[str], quote: str,
+             now: datetime, summary: SilverSummary) -> tuple[set[str], pa.Table]:
     """Recompute the 5-minute bars, quarantine and daily bars of `days` of one product from all their candles
-    (read_bronze of `paths`: every current bronze row of those days); returns the files written."""
+    (read_bronze of `paths`: every current bronze row of those days); writes the days' 5-minute and quarantine
+    files and returns them with the daily bars (the caller writes those into the product's year file)."""
     summary.rows_in += candles.num_rows
     unique = latest_per_key(candles)
     summary.duplicates += candles.num_rows - unique.num_rows
@@ -276,7 +286,7 @@ def _rebuild(store: Store, product: str, year: int, days: list[str], candles: pa
     bars_5m = aggregate(good, 300, BAR_5M_GRANULARITIES)
     bars_1d = aggregate(good, 86_400, BAR_1D_GRANULARITIES)
     written: set[str] = set()
-    day_numbers = [(date.fromisoformat(d) - date(1970, 1, 1)).days for d in days]
+    day_numbers = [_day_number(d) for d in days]
     written |= _write_by_day(store, BARS_5M_DIR, product, days, day_numbers, _bars_5m_table(bars_5m, quote),
                              timestamps=bars_5m["bar_start"].to_numpy(), summary=summary)
     bad_ts = bad["bucket_start"].cast(TS).cast(pa.int64()).to_numpy() if bad.num_rows else np.zeros(0, np.int64)
@@ -284,8 +294,11 @@ def _rebuild(store: Store, product: str, year: int, days: list[str], candles: pa
                              timestamps=bad_ts)
     summary.partitions += len(days)
     summary.bars_1d += bars_1d.num_rows
-    written.add(_write_daily(store, product, year, day_numbers, _bars_1d_table(bars_1d, quote), full_refresh))
-    return written
+    return written, _bars_1d_table(bars_1d, quote)
+
+
+def _day_number(day: str) -> int:
+    return (date.fromisoformat(day) - date(1970, 1, 1)).days
 
 
 _BRONZE_SCHEMA = pa.schema([

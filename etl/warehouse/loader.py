@@ -7,7 +7,8 @@ Algorithm (one transaction, serialised by an advisory lock):
 2. Read only the new or changed files, keep the declared columns (partition values from the path fill in columns
    a file does not carry, e.g. silver's product_id), cast them to the declared types. Rows of a changed file are
    deleted first (by `source_file`), so a rewritten partition replaces its rows.
-3. `copy_upsert`, fed the files as they are read: one COPY straight into the keyed table (new files of the
+3. `copy_upsert`, fed the files as they are read (binary COPY format, encoded by a producer thread while the
+   server ingests): one COPY straight into the keyed table (new files of the
    append-mostly tables hold new keys); if Postgres refuses it for a key already there or repeated, that COPY is
    rolled back to a savepoint and the rows are upserted through a temporary table (last row per key wins).
    Record the files in `raw._load_state`.
@@ -156,13 +157,16 @@ class _CopyStream:
     through the staged upsert; `error` keeps the producer's own exception, which psycopg2 reports only as
     QueryCanceled. `close()` stops the producer; every exit from a COPY calls it."""
 
-    def __init__(self, parts: Iterable[pa.Table], types: dict[str, pa.DataType]):
+    def __init__(self, parts: Iterable[pa.Table], types: dict[str, pa.DataType | str]):
         self._parts = iter(parts)
         first = next(self._parts, None)
         self.columns = first.column_names if first is not None else []
         self._parts = itertools.chain([first] if first is not None else [], self._parts)
         if missing := [c for c in self.columns if c not in types]:
             raise WarehouseError(f"columns {missing} are not in the target table (it has {sorted(types)})")
+        if unsent := {c: types[c] for c in self.columns if isinstance(types[c], str)}:
+            raise WarehouseError(f"columns {unsent} have types the loader does not send (it sends "
+                                 f"{sorted(ARROW_TYPES)}): declare them with one of those in tables.yml")
         self._schema = pa.schema([(c, types[c]) for c in self.columns])
         self.consumed: list[pa.Table] = []
         self.error: BaseException | None = None
@@ -253,12 +257,13 @@ def _copy(cur, table: str, stream: _CopyStream) -> int:
     return cur.rowcount
 
 
-def _column_types(cur, table: str) -> dict[str, pa.DataType]:
-    """The Arrow type of each column of `table`, from the catalog (the declared types of schema.ARROW_TYPES)."""
+def _column_types(cur, table: str) -> dict[str, pa.DataType | str]:
+    """The Arrow type of each column of `table`, from the catalog (schema.ARROW_TYPES; the Postgres type's name
+    where it has none)."""
     cur.execute("select attname, format_type(atttypid, atttypmod) from pg_attribute "
                 "where attrelid = %s::regclass and attnum > 0 and not attisdropped", (table,))
     names = {"timestamp with time zone": "timestamptz"}
-    return {name: ARROW_TYPES[names.get(t, t)] for name, t in cur.fetchall() if names.get(t, t) in ARROW_TYPES}
+    return {name: ARROW_TYPES.get(names.get(t, t), t) for name, t in cur.fetchall()}
 
 
 def _has_unique_key(cur, table: str, key: list[str]) -> bool:
