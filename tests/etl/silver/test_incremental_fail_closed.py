@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -158,6 +160,15 @@ def test_silver_incremental_cannot_repair_a_bad_daily_file_and_says_full_refresh
 
 
 # ---- chaos: SIGKILL a real silver build at seeded points, rerun, compare with a clean build ---------------------
+def _written_since(folder: Path, started: float) -> int:
+    """Visible Parquet files written since `started` (a temporary file may be renamed between listing and stat)."""
+    n = 0
+    for p in folder.rglob("*.parquet"):
+        with contextlib.suppress(FileNotFoundError):
+            n += not p.name.startswith(".") and p.stat().st_mtime >= started
+    return n
+
+
 @pytest.mark.slow
 def test_chaos_sigkill_silver_at_seeded_points_then_rerun_equals_clean_run(data_dir, simulator, tmp_path):
     """Chaos (issue 12): `python -m etl silver` is SIGKILLed after a seeded number of its partition files (a first
@@ -195,7 +206,7 @@ def test_chaos_sigkill_silver_at_seeded_points_then_rerun_equals_clean_run(data_
                                 cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:  # until k partition files of this run are written
-            if sum(p.stat().st_mtime >= started for p in (root / "silver").rglob("*.parquet")) >= k:
+            if _written_since(root / "silver", started) >= k:
                 break
             time.sleep(0.005)
         time.sleep(jitter)
