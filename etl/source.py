@@ -30,6 +30,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from etl.errors import ConfigError, SourceError
 from etl.orchestration.spec import GRANULARITIES
 from etl.settings import Settings, get_settings
+from etl.utc import to_utc
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,6 @@ MAX_BUCKETS = 300  # the API rejects a candles request spanning more than 300 bu
 PACING_RATE_FRACTION = 0.97
 PACING_BURST_MARGIN = 1
 # Backoff between attempts: initial * 2**n plus up to `initial` of random jitter, capped (seconds).
-
-
-def to_utc(ts: datetime) -> datetime:
-    """An aware UTC datetime; a naive one is taken as UTC (never as the machine's local time)."""
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def _iso(ts: datetime) -> str:

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +46,8 @@ class Store:
 
     fs: pafs.FileSystem
     root: str
+    # local folders this process made or found (a silver build writes thousands of files into new folders)
+    _folders: set[str] = field(default_factory=set, compare=False, hash=False, repr=False)
 
     @classmethod
     def from_uri(cls, uri: str) -> Store:
@@ -66,17 +68,20 @@ class Store:
     def _write(self, rel_path: str, write: Callable[[str], None]) -> str:
         """Write through `write(path)` atomically (see the module docstring): on a local disk to a hidden temporary
         name beside the target, renamed over it; on an object store to the key itself (one PUT: the object appears
-        whole when the upload completes, or not at all). A missing folder is made when the write finds it missing:
-        one mkdir per new folder, not a walk up the path per file."""
+        whole when the upload completes, or not at all). The folder is made once per process (then remembered),
+        and again if the write finds it removed since."""
         final = self.path(rel_path)
         if not self.is_local:
             write(final)
             return final
         folder, name = posixpath.split(final)
         tmp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}-{name}")
+        if folder not in self._folders:
+            self.fs.create_dir(folder, recursive=True)
+            self._folders.add(folder)
         try:
             write(tmp)
-        except FileNotFoundError:
+        except FileNotFoundError:  # removed since (a full refresh, retention, another process)
             self.fs.create_dir(folder, recursive=True)
             write(tmp)
         self.fs.move(tmp, final)
@@ -101,8 +106,6 @@ class Store:
 
     def copy(self, src_rel: str, dst_rel: str) -> str:
         """Copy one file (a server-side copy on object stores; local: copy to a temp name, then rename)."""
-        if self.is_local:  # made first: a missing source raises FileNotFoundError too, and must keep its meaning
-            self.fs.create_dir(posixpath.dirname(self.path(dst_rel)), recursive=True)
         return self._write(dst_rel, lambda path: self.fs.copy_file(self.path(src_rel), path))
 
     def delete(self, rel_path: str) -> None:

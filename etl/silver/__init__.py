@@ -4,8 +4,16 @@ Modules: `bars` (dedup and aggregation maths), `quality` (named rules), `increme
 bookkeeping), `read` (`read_bars`, `read_candles`), `currency` (`convert`). docs/silver.md has the schemas.
 """
 
-from etl.silver.currency import convert
-from etl.silver.incremental import SilverSummary, build
-from etl.silver.read import read_bars, read_candles
+import importlib
 
-__all__ = ["SilverSummary", "build", "convert", "read_bars", "read_candles"]
+# Imported on first use (PEP 562): the build's worker processes import only `incremental` and its kernels, not
+# pandas through `currency` and `read` (about 1 s and 50 MB per worker).
+_EXPORTS = {"convert": "currency", "SilverSummary": "incremental", "build": "incremental", "read_bars": "read",
+            "read_candles": "read"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -38,9 +38,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl import compaction
-from etl.bronze import CANDLES_DIR
+from etl.compaction import CANDLES_DIR
 from etl.errors import ValidationError
-from etl.reference import load_instruments
 from etl.settings import Settings, get_settings
 from etl.silver import quality
 from etl.silver.bars import (
@@ -53,7 +52,7 @@ from etl.silver.bars import (
     aggregate,
     latest_per_key,
 )
-from etl.source import to_utc
+from etl.utc import to_utc
 from etl.storage import Store, exclusive, get_store, partition_path
 from etl.stream.sinks import TRADES_DIR
 
@@ -426,6 +425,8 @@ def _save_state(store: Store, partitions: dict[str, dict]) -> None:
 
 
 def _quote_currencies(products: set[str], settings: Settings) -> dict[str, str]:
+    from etl.reference import load_instruments  # pandas: the build's process only, not its workers
+
     master = load_instruments(settings)
     quotes = dict(zip(master["product_id"], master["quote_currency"], strict=True))
     unknown = sorted(products - set(quotes))

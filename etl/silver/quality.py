@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from etl.silver.bars import US, chunks, timestamps_us
-from etl.source import to_utc
+from etl.utc import to_utc
 
 # Checked in this order; a row's `rule` is the first it breaks (so NaN prices count as finite_values, not as
 # price_positive) and `failed_rules` lists them all.
