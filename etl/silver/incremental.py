@@ -52,9 +52,9 @@ from etl.silver.bars import (
     aggregate,
     latest_per_key,
 )
-from etl.utc import to_utc
 from etl.storage import Store, exclusive, get_store, partition_path
 from etl.stream.sinks import TRADES_DIR
+from etl.utc import to_utc
 
 log = logging.getLogger(__name__)
 
