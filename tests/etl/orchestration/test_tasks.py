@@ -131,11 +131,15 @@ def test_book_products_add_what_the_portfolios_hold_and_their_conversions(settin
 
 @pytest.mark.slow
 def test_run_all_chains_every_stage_into_the_warehouse(pg_url, data_dir, simulator, tmp_path, monkeypatch):
-    """`python -m etl run` in-process: real simulator, real Postgres (fresh database), real dbt."""
+    """`python -m etl run` in-process: real simulator, real Postgres (a warehouse emptied first: the database is
+    the session's, and another test's intraday rows would name portfolios this book does not hold), real dbt."""
     from pathlib import Path
 
     from etl import db
     from tests.support.reference import small_reference
+
+    with db.connect(url=pg_url) as conn, conn.cursor() as cur:
+        cur.execute("drop schema if exists raw, staging, gold cascade")
 
     ref_dir = tmp_path / "reference"
     kept = small_reference(Path(__file__).resolve().parents[3] / "etl" / "reference_data", ref_dir,
