@@ -122,6 +122,7 @@ def eod_overhead() -> dict:
     from etl import runlog
     from etl.local import airflow_home
     from etl.orchestration import tasks
+    from etl.orchestration.intervals import eod_as_of
     from etl.settings import get_settings
     from tests.support.reference import small_reference
 
@@ -140,7 +141,7 @@ def eod_overhead() -> dict:
         task_s = float(log.loc[log["dag_id"] == "risk_end_of_day", "duration_s"].sum())
 
         # the same work, in-process, same order, same data
-        as_of = tasks.eod_as_of("2026-03-01T00:10:00+00:00")
+        as_of = eod_as_of("2026-03-01T00:10:00+00:00")
         t0 = time.perf_counter()
         book = tasks.validate_products(include_book=True, settings=settings)
         for product in book:
