@@ -105,6 +105,7 @@ def measure(data: Path, runs: int) -> dict[str, dict]:
     for _ in range(runs):
         for name, command in sides.items():
             shutil.rmtree(data / "silver" if name == "ours" else out, ignore_errors=True)
+            os.sync()  # untimed: the previous run's files reach the disk before this one starts, not during it
             seconds, pss, rss = _timed(command, env)
             if name not in best or seconds < best[name]["seconds"]:
                 best[name] = {"seconds": seconds, "peak_gib": pss, "peak_rss_gib": rss}
