@@ -62,7 +62,7 @@ def _sustained_pages(settings, products: list[str], batch_id: str, skip: int) ->
 
 def _under_rate_limit(quick: bool) -> dict:
     limit, products = 4.0, ["BTC-USD", "ETH-USD"]
-    pages_per_product = 40 if quick else 120
+    pages_per_product = 20 if quick else 120
     end = START + timedelta(minutes=300 * pages_per_product)
     sim = Simulator(SimulatorConfig(port=0, seed=42, rate_limit_rps=limit, burst=15)).start()
     try:
@@ -100,7 +100,7 @@ def _under_rate_limit(quick: bool) -> dict:
 
 def run(quick: bool) -> dict:
     products = ["BTC-USD", "ETH-USD"] if quick else ["BTC-USD", "ETH-USD", "SOL-USD"]
-    pages_per_product = 30 if quick else 100
+    pages_per_product = 25 if quick else 100
     end = START + timedelta(minutes=300 * pages_per_product)
     windows = plan_windows(START, end, 60)
     sim = Simulator(SimulatorConfig(port=0, seed=42, latency_ms=LATENCY_MS, rate_limit_rps=10.0, burst=15)).start()
