@@ -7,7 +7,7 @@
   same book with today's prices appended as the last close (a full EOD risk run: the same VaR/ES plus what EOD
   recomputes around it), default parameters (250-day lookback and backtest, 10,000 Monte Carlo scenarios).
   Both in memory, best of several runs (the baseline once in full mode). Target: ratio >= 20.
-  Quick: 100 portfolios x 20 assets, 2,000 scenarios, 120-day lookback and backtest.
+  Quick: 50 portfolios x 20 assets, 2,000 scenarios, 120-day lookback and backtest.
 - `intraday_dag_dags_test` (full mode only, it needs a minute or two): `airflow dags test market_data_intraday`
   for the shipped sample book (all its portfolios and products) against the simulator on a fresh database, after
   an EOD risk run in-process (the scenario set) and a first intraday run (the 1-minute history backfill). Ours:
@@ -69,7 +69,7 @@ def book(n_port: int, n_assets: int, n_days: int, seed: int = 0):
 
 
 def revaluation(quick: bool) -> dict:
-    n_port, n_assets, n_days = (100, 20, 200) if quick else (1000, 50, 400)
+    n_port, n_assets, n_days = (50, 20, 200) if quick else (1000, 50, 400)
     params = RiskParams(mc_scenarios=2000, var_lookback_days=120, backtest_days=120) if quick else RiskParams()
     b = book(n_port, n_assets, n_days)
     eod = compute_tables(b["closes"], b["quote"], b["portfolios"], b["positions"], params)   # yesterday's run

@@ -42,7 +42,7 @@ def main() -> int:
     if args.names and out.exists():
         results = json.loads(out.read_text())
     for name in modules:
-        conditions = machine()
+        conditions = machine(0.25 if args.quick else 0.5)
         t0 = time.perf_counter()
         print(f"== {name} ({'quick' if args.quick else 'full'})", flush=True)
         entries = importlib.import_module(name).run(quick=args.quick)
