@@ -174,14 +174,13 @@ def time_ours(server: str, root: Path, key_taken: bool = False) -> float:
     """The load on a fresh database. `key_taken`: raw.bars_5m already holds the first bar's key (from another
     file), so Postgres refuses the keyed COPY and every row takes the staged upsert: that route's cost."""
     from etl.warehouse import load_warehouse, setup
-    from etl.warehouse.loader import copy_upsert
 
     with db.scratch_database(server, "bench_whl") as url, tempfile.TemporaryDirectory() as state, environment(
             PIPELINE_DATABASE_URL=url, PIPELINE_DATA_DIR=str(root / "data"), PIPELINE_STATE_DIR=state):
         settings = get_settings()
         if key_taken:  # untimed: the schemas and one row whose key the first file repeats
             from etl.storage import Store
-            from etl.warehouse.loader import _read_file
+            from etl.warehouse.loader import _read_file, copy_upsert
 
             store = Store.from_uri(str(root / "data"))
             first = _read_file(store, SPEC, store.list_files(SPEC.source_dir, ".parquet")[0]).slice(0, 1)
