@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from etl import commits
+from etl import commits, runlog
+from etl.orchestration.tasks import compute_intraday_risk
 from etl.risk import intraday, run_risk
 from etl.settings import get_settings
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
@@ -267,7 +268,7 @@ def test_no_scenario_set_yet_leaves_var_null_values_the_book_and_breaches_as_unc
     closes = _daily_closes()
     write_daily(data_dir, closes)
     flat_day(data_dir, closes.iloc[-1])
-    summary = intraday.run_intraday_risk(at(10, 5).to_pydatetime())
+    summary = intraday.IntradaySummary(**compute_intraday_risk(at(10, 5).to_pydatetime()))   # the DAG's task
     got = intraday_rows(data_dir, at(10, 5))
     assert summary.scenario_as_of is None and got["var_99"].isna().all() and got["is_scenario_stale"].all()
     assert got.loc["L", "market_value"] == pytest.approx(2 * closes["BTC-USD"].iat[-1], rel=1e-12)
@@ -281,6 +282,7 @@ def test_no_scenario_set_yet_leaves_var_null_values_the_book_and_breaches_as_unc
     assert (f"scenario set MISSING: no committed end-of-day scenario set (risk outputs scenario_returns, "
             f"scenario_covariance, scenario_portfolios) dated 2026-02-27..{D1}") in str(summary)
     assert f"run `python -m etl risk --as-of {D1}`" in str(summary)
+    assert runlog.read_all(get_settings())["message"].tolist() == [str(summary)]
     assert intraday.send_alerts(at(10, 5).to_pydatetime()) == 4
     lines = [json.loads(x) for x in (data_dir / "alerts" / "alerts.jsonl").read_text().splitlines()]
     assert all(x["message"].startswith("Risk limit UNCOMPUTABLE: portfolio ") for x in lines) and len(lines) == 4
@@ -330,7 +332,6 @@ def test_a_future_bucket_is_refused_and_nothing_is_committed(book):
 def test_the_intraday_command_runs_the_dags_risk_task_for_a_bucket(book, capsys):
     """`python -m etl intraday --bucket ISO`: the compute_intraday_risk task (run-log row and all), a future bucket
     exit 2 with one line."""
-    from etl import runlog
     from etl.cli import main
 
     flat_day(book["data"], book["last"])
