@@ -28,6 +28,7 @@ Then `compute_intraday_risk` revalues every portfolio at the interval's 5-minute
 previous UTC close, exposures, VaR/ES on the last end-of-day scenario set, stale prices, intraday limits),
 `load_intraday_warehouse` loads only the intraday tables and builds their dbt models (`gold.fact_intraday_risk`,
 `gold.fact_intraday_limit_breaches`), and `send_intraday_alerts` alerts each new breach once per day.
+`python -m etl intraday --bucket ISO` runs the same risk task for one bucket (recompute after an outage).
 
 Each task writes one row to the run log (`gold.fact_pipeline_runs`). Logic lives in `etl/orchestration/tasks.py`.
 """

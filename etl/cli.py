@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("risk", help="portfolio valuation, PnL, VaR/ES, drawdown, anomalies, backtests")
     p.add_argument("--as-of", type=_date, default=None, help="YYYY-MM-DD (default: the last complete UTC day)")
 
+    p = sub.add_parser("intraday", help="intraday risk of one 5-minute bucket, as the intraday DAG's risk task runs it")
+    p.add_argument("--bucket", type=_iso, default=None,
+                   help="ISO 8601 start of the bucket (default: the latest closed one; a later one is refused)")
+
     p = sub.add_parser("factors", help="factor returns and rolling factor exposures")
     p.add_argument("--end", type=_iso, default=None, help="ISO 8601 end, exclusive (default: now)")
 
@@ -233,6 +237,13 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0
     if cmd in STAGE_COMMANDS:
         print(STAGE_COMMANDS[cmd](args, settings))
+        return 0
+    if cmd == "intraday":
+        from etl.orchestration.tasks import compute_intraday_risk
+        from etl.risk.intraday import IntradaySummary, latest_closed_bucket
+
+        bucket = args.bucket or latest_closed_bucket(datetime.now(UTC))
+        print(IntradaySummary(**compute_intraday_risk(bucket, settings=settings)))
         return 0
     if cmd == "stream":
         from etl.stream.collector import collect

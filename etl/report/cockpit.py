@@ -259,7 +259,28 @@ def intraday(reader: GoldReader, as_of: date) -> dict:
     if df.empty:
         return {"available": False, "note": "gold.fact_intraday_risk has no rows yet"}
     return {"available": True, "day": pd.Timestamp(df["bucket_start"].iloc[0]).date().isoformat(),
-            "rows": records(df)}
+            "rows": records(df), "scenario_note": _scenario_note(reader)}
+
+
+def _scenario_note(reader: GoldReader) -> str | None:
+    """Which end-of-day scenario set the latest bucket's intraday VaR lacks (missing or stale), else None."""
+    if "scenario_as_of_date" not in columns(reader, "fact_intraday_risk"):
+        return None
+    r = reader.query("""
+        select bucket_start, max(scenario_as_of_date) as scenario_as_of_date
+        from gold.fact_intraday_risk
+        where bucket_start = (select max(bucket_start) from gold.fact_intraday_risk)
+        group by 1""").iloc[0]
+    bucket = pd.to_datetime(r["bucket_start"], utc=True)
+    expected = (bucket.normalize() - pd.Timedelta(days=1)).date()
+    when = bucket.strftime("%Y-%m-%d %H:%M UTC")
+    if pd.isna(r["scenario_as_of_date"]):
+        return (f"Intraday VaR/ES at {when} are uncomputable: the end-of-day scenario set as of {expected} is "
+                "missing (VaR limits count as breached); run the end-of-day risk for that day")
+    if pd.Timestamp(r["scenario_as_of_date"]).date() < expected:
+        return (f"Intraday VaR/ES at {when} use the stale end-of-day scenario set as of "
+                f"{pd.Timestamp(r['scenario_as_of_date']).date()}; the one as of {expected} is missing")
+    return None
 
 
 def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) -> dict | None:

@@ -23,7 +23,10 @@ Each intraday run (one 5-minute bucket b of UTC day D) then:
    with the peak the larger of the EOD peak and today's running maximum;
 7. limits: the portfolio's VaR metric, concentration and drawdown-from-peak against its limits; a breach row per
    limit in breach, a `cleared` row at the first bucket back under a limit that was in breach at the previous
-   run's bucket.
+   run's bucket. As at end of day, a NaN/inf metric (no scenario set, an unpriced holding) is a breach of kind
+   `uncomputable`, never a pass or a clearing; only a book holding nothing has nothing to check.
+
+A bucket later than now (plus FUTURE_TOLERANCE) is refused: it would commit a revaluation on prices not yet seen.
 
 Outputs (one file per table per bucket): outputs/intraday_risk/as_of_date=D/bucket=HHMM/<run_id>.parquet and
 outputs/intraday_limit_breaches/..., committed together by the day's manifest outputs/_commits/intraday/
@@ -35,7 +38,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -47,6 +50,8 @@ log = logging.getLogger(__name__)
 SCENARIO_TABLES = ("scenario_returns", "scenario_covariance", "scenario_portfolios")
 RISK_TABLE, BREACH_TABLE = "intraday_risk", "intraday_limit_breaches"
 BUCKET = pd.Timedelta(minutes=5)
+FUTURE_TOLERANCE = pd.Timedelta(minutes=1)  # clock skew between the scheduler and the worker
+SCENARIO_MAX_DAYS_BACK = 31
 CONFIDENCES = (0.95, 0.99)  # as the end-of-day engine
 METHODS = ("hist", "param", "mc")
 
@@ -269,7 +274,8 @@ def _drawdown_now(pnl_path: np.ndarray, gross_prev: np.ndarray, eod_drawdown: np
 # ---- limits ----------------------------------------------------------------------------------------------------
 BREACH_DTYPES = {"portfolio_id": "str", "bucket_start": "datetime64[us, UTC]", "limit_type": "str", "metric": "str",
                  "value": "float64", "limit_value": "float64", "utilisation": "float64", "status": "str",
-                 "breached_at": "datetime64[us, UTC]", "as_of_date": "datetime64[ns]", "base_currency": "str"}
+                 "breached_at": "datetime64[us, UTC]", "as_of_date": "datetime64[ns]", "base_currency": "str",
+                 "breach_kind": "str"}
 BREACH_COLUMNS = list(BREACH_DTYPES)
 
 
@@ -283,7 +289,11 @@ def _var_column(metric: str) -> str:
 def limit_rows(risk: pd.DataFrame, portfolios: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
     """Limits checked at the bucket: a `breach` row per limit over its limit (`breached_at` = the first bucket
     of the episode, carried from the previous run's open breach), a `cleared` row per limit that was in breach
-    at the previous run and is not now (also when the portfolio no longer has a row)."""
+    at the previous run and is not now (also when the portfolio no longer has a row).
+
+    `breach_kind` as at end of day (etl.risk.engine.limit_breaches): "exceeded", or "uncomputable" when the metric
+    is NaN/inf (value NaN) so the limit cannot be shown to hold; NULL on `cleared` rows. A book holding nothing
+    (gross exposure 0) has no concentration and nothing at risk: its NaN metrics breach nothing."""
     pids = risk["portfolio_id"].to_numpy(dtype=object)
     lim = portfolios.set_index("portfolio_id").reindex(pids)
     var_cols = [_var_column(metric) for metric in lim["var_limit_metric"]]
@@ -298,11 +308,13 @@ def limit_rows(risk: pd.DataFrame, portfolios: pd.DataFrame, previous: pd.DataFr
     since = dict(zip(zip(opened["portfolio_id"], opened["limit_type"], strict=True), opened["breached_at"],
                      strict=True))
     bucket = risk["bucket_start"].iat[0] if len(risk) else None
+    holds = risk["gross_exposure"].to_numpy(dtype="float64") != 0      # NaN (an unpriced holding) holds
     frames, checked = [], set()
     for limit_type, metric, value, limit in checks:
         limit = limit.to_numpy(dtype="float64")
         was = np.array([(p, limit_type) in since for p in pids], dtype=bool) if since else np.zeros(len(pids), bool)
-        hit = value > limit
+        finite = np.isfinite(value)
+        hit = (~finite & holds) | (value > limit)
         keep = hit | was
         checked |= {(p, limit_type) for p in pids}
         if not keep.any():
@@ -310,16 +322,18 @@ def limit_rows(risk: pd.DataFrame, portfolios: pd.DataFrame, previous: pd.DataFr
         k = np.flatnonzero(keep)
         frames.append(pd.DataFrame({
             "portfolio_id": pids[k], "bucket_start": bucket, "limit_type": limit_type,
-            "metric": metric[k] if isinstance(metric, np.ndarray) else metric, "value": value[k],
-            "limit_value": limit[k], "utilisation": value[k] / limit[k],
+            "metric": metric[k] if isinstance(metric, np.ndarray) else metric,
+            "value": np.where(finite[k], value[k], np.nan), "limit_value": limit[k],
+            "utilisation": np.where(finite[k], value[k], np.nan) / limit[k],
             "status": np.where(hit[k], "breach", "cleared"),
+            "breach_kind": np.where(hit[k], np.where(finite[k], "exceeded", "uncomputable"), None),
             "breached_at": [since.get((p, limit_type), bucket) for p in pids[k]],
             "as_of_date": risk["as_of_date"].iat[0], "base_currency": risk["base_currency"].to_numpy()[k]}))
     gone = opened[[(p, t) not in checked for p, t in zip(opened["portfolio_id"], opened["limit_type"],
                                                         strict=True)]]
     if len(gone) and bucket is not None:  # the book emptied while in breach: it clears
         frames.append(gone.assign(bucket_start=bucket, status="cleared", as_of_date=risk["as_of_date"].iat[0],
-                                  value=np.nan, utilisation=np.nan)[BREACH_COLUMNS])
+                                  value=np.nan, utilisation=np.nan, breach_kind=None)[BREACH_COLUMNS])
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in BREACH_DTYPES.items()})
     out = pd.concat(frames, ignore_index=True)
@@ -337,6 +351,8 @@ class IntradaySummary:
     new_breaches: int
     cleared: int
     scenario_as_of: str | None
+    scenario_note: str = ""
+    uncomputable: int = 0
     rows: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -346,14 +362,41 @@ class IntradaySummary:
 
     def __str__(self) -> str:
         return (f"intraday risk at {self.bucket_start}: {self.portfolios} portfolios, {self.stale_products} stale "
-                f"price(s), {self.breaches} limit breach(es) ({self.new_breaches} new, {self.cleared} cleared), "
-                f"scenarios as of {self.scenario_as_of or 'none (VaR NULL)'}, {self.seconds:.2f}s")
+                f"price(s), {self.breaches} limit breach(es) ({self.new_breaches} new, {self.cleared} cleared, "
+                f"{self.uncomputable} uncomputable), {self.scenario_note}, {self.seconds:.2f}s")
 
 
 def bucket_of(interval_start: datetime | str) -> pd.Timestamp:
     """The bucket an intraday run values: its data interval's start, on the 5-minute grid."""
     return pd.Timestamp(interval_start).tz_convert("UTC").floor(BUCKET) if pd.Timestamp(interval_start).tzinfo \
         else pd.Timestamp(interval_start, tz="UTC").floor(BUCKET)
+
+
+def latest_closed_bucket(now: datetime) -> pd.Timestamp:
+    """The last 5-minute bucket that has ended at `now` (what the intraday DAG's latest run values)."""
+    return bucket_of(now) - BUCKET
+
+
+def check_bucket(bucket: pd.Timestamp, now: datetime) -> None:
+    """Refuse a bucket that starts later than now (plus FUTURE_TOLERANCE): its prices do not exist yet."""
+    from etl.errors import ValidationError
+
+    now = pd.Timestamp(now).tz_convert("UTC")
+    if bucket > now + FUTURE_TOLERANCE:
+        raise ValidationError(f"intraday bucket {bucket.isoformat()} is in the future (now {now.isoformat()}): "
+                              f"nothing computed; the latest closed bucket is {latest_closed_bucket(now).isoformat()}")
+
+
+def scenario_note(scenarios: ScenarioSet | None, day: date) -> str:
+    """The scenario set a run used, or which one is missing (run log, summary and log line)."""
+    expected = day - timedelta(days=1)
+    if scenarios is None:
+        return (f"scenario set MISSING: no committed end-of-day scenario set (risk outputs {', '.join(SCENARIO_TABLES)}) "
+                f"dated {expected - timedelta(days=SCENARIO_MAX_DAYS_BACK)}..{expected}, VaR/ES uncomputable: run "
+                f"`python -m etl risk --as-of {expected}`")
+    if scenarios.as_of < expected:
+        return f"scenario set STALE: as of {scenarios.as_of}, expected {expected}"
+    return f"scenarios as of {scenarios.as_of}"
 
 
 def intraday_manifest(day: date) -> str:
@@ -386,7 +429,7 @@ def write_outputs(store, bucket: pd.Timestamp, tables: dict[str, pd.DataFrame]) 
     commits.publish(store, intraday_manifest(bucket.date()), "intraday", parts, merge=True)
 
 
-def load_scenarios(store, before: date, max_days_back: int = 31) -> ScenarioSet | None:
+def load_scenarios(store, before: date, max_days_back: int = SCENARIO_MAX_DAYS_BACK) -> ScenarioSet | None:
     """The scenario set of the latest committed EOD run dated <= `before` (None when there is none yet)."""
     from etl import commits
 
@@ -420,8 +463,9 @@ def previous_breaches(store, bucket: pd.Timestamp) -> pd.DataFrame | None:
     return None
 
 
-def run_intraday_risk(interval_start: datetime | str, settings=None) -> IntradaySummary:
-    """Revalue every portfolio at the bucket starting at `interval_start` and write its two output files."""
+def run_intraday_risk(interval_start: datetime | str, settings=None, now: datetime | None = None) -> IntradaySummary:
+    """Revalue every portfolio at the bucket starting at `interval_start` and write its two output files.
+    A bucket later than `now` (default: the clock) is refused (ValidationError), nothing written."""
     from etl.portfolios import book_products, load_portfolios, load_positions
     from etl.reference import load_instruments
     from etl.risk.runner import _read_bars
@@ -431,6 +475,7 @@ def run_intraday_risk(interval_start: datetime | str, settings=None) -> Intraday
     t0 = time.perf_counter()
     settings = settings or get_settings()
     bucket = bucket_of(interval_start)
+    check_bucket(bucket, now or datetime.now(UTC))
     day = bucket.date()
     instruments = load_instruments(settings)
     portfolios = load_portfolios(settings)
@@ -445,9 +490,9 @@ def run_intraday_risk(interval_start: datetime | str, settings=None) -> Intraday
     bars_1d = _read_bars("1d", products, day - timedelta(days=settings.daily_history_days), day - timedelta(days=1),
                          settings)
     bars_1d["price_date"] = pd.to_datetime(bars_1d["price_date"]).astype("datetime64[ns]")
-    if scenarios is None:
-        log.warning("no end-of-day scenario set dated on or before %s: intraday VaR/ES are NULL until "
-                    "risk_end_of_day has run", day - timedelta(days=1))
+    note = scenario_note(scenarios, day)
+    if scenarios is None or scenarios.as_of < day - timedelta(days=1):
+        log.warning("intraday risk at %s: %s", bucket.isoformat(), note)
     tables = compute(bucket, portfolios, positions, quote_ccy, bars_5m, bars_1d, scenarios,
                      previous_breaches(store, bucket))
     write_outputs(store, bucket, tables)
@@ -458,6 +503,7 @@ def run_intraday_risk(interval_start: datetime | str, settings=None) -> Intraday
         breaches=int((status == "breach").sum()),
         new_breaches=int(((status == "breach") & (breaches["breached_at"] == breaches["bucket_start"])).sum()),
         cleared=int((status == "cleared").sum()), scenario_as_of=str(scenarios.as_of) if scenarios else None,
+        scenario_note=note, uncomputable=int((breaches["breach_kind"] == "uncomputable").sum()),
         rows={name: len(df) for name, df in tables.items()}, seconds=time.perf_counter() - t0)
     log.info("%s", summary)
     return summary

@@ -25,6 +25,7 @@ import logging
 import posixpath
 import re
 from dataclasses import asdict, dataclass, field
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,7 @@ from etl.settings import Settings, get_settings
 from etl.silver.bars import BARS_5M_SCHEMA
 from etl.storage import Store, get_store, partition_path
 from etl.stream.sinks import TRADES_DIR
+from etl.stream.validate import PRODUCT
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ PART = "part-0.parquet"
 UNITS = 100_000_000
 BAR_US = 300 * 1_000_000
 TRADE_BARS_SCHEMA = BARS_5M_SCHEMA.append(pa.field("n_trades", pa.int64()))
-_PARTITION = re.compile(r"product_id=([^/]+)/date=(\d{4}-\d{2}-\d{2})/")
+_PARTITION = re.compile(rf"product_id=({PRODUCT.pattern})/date=(\d{{4}}-\d{{2}}-\d{{2}})/")
 
 
 @dataclass
@@ -121,7 +123,12 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     files = store.list_files(TRADES_DIR, ".parquet")
     seen = set() if full_refresh or not store.exists(STATE_FILE) else set(store.read_json(STATE_FILE)["files"])
     new = [f for f in files if f not in seen]
-    touched = sorted({m.groups() for f in new if (m := _PARTITION.search(f))})
+    partitions = {f: m.groups() for f in new if (m := _PARTITION.search(f)) and _is_date(m.group(2))}
+    if len(partitions) < len(new):  # written before the collector validated its fields: never a silver partition
+        log.warning("silver: %d bronze trade file(s) outside a valid product_id=/date= partition skipped, e.g. %r: "
+                    "move them out of %s", len(new) - len(partitions), sorted(set(new) - set(partitions))[0],
+                    TRADES_DIR)
+    touched = sorted(set(partitions.values()))
     summary.files = len(new)
     quotes = _quotes(settings, {p for p, _ in touched})
     for product, day in touched:
@@ -141,6 +148,14 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
         store.write_json(RECONCILIATION_FILE, asdict(summary))
     log.info("silver: %s", str(summary).replace("\n", " |"))
     return summary
+
+
+def _is_date(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _table(bars: pd.DataFrame, quote: str) -> pa.Table:

@@ -3,7 +3,8 @@
 The collector is a long-lived service (not an Airflow task). One asyncio loop runs two tasks:
 - the `Feed` (etl/stream/feed.py) receives messages, reconnecting as needed; each message is split into rows of
   the open `MicroBatch` at once (trades per trade, tickers per ticker, each field as received plus the envelope),
-  feed gaps become rows too, and text that cannot be read is kept as a reject row: nothing received is dropped,
+  feed gaps become rows too, and text that cannot be read or breaks a field rule (etl/stream/validate.py) is
+  kept as a reject row with its reason, never as a partition: nothing received is dropped,
 - the committer swaps the open batch for a new one every `stream_commit_s` seconds and hands the full one to the
   sink in a worker thread (so receiving never waits on the disk); the sink writes each file atomically.
 SIGTERM or SIGINT (or `--seconds`) stops the feed, commits the open batch and prints the summary; a SIGKILL
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import signal
 import time
 import uuid
@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from etl.settings import Settings, get_settings, parse_products
+from etl.stream import validate
 from etl.stream.feed import Feed, Gap, ws_url
 from etl.stream.sinks import TICKER_FIELDS, TRADE_FIELDS, BronzeSink, MicroBatch, Sink
 
 log = logging.getLogger(__name__)
 
-_PRODUCT = re.compile(r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}$")
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}")
 _TRADE_KNOWN = frozenset((*TRADE_FIELDS, "product_id"))
 _TICKER_KNOWN = frozenset((*TICKER_FIELDS, "product_id"))
 
@@ -77,10 +76,8 @@ def _text(value) -> str | None:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _day(text, received_at: float) -> str:
-    if isinstance(text, str) and _DAY.match(text):
-        return text[:10]
-    return datetime.fromtimestamp(received_at, tz=UTC).strftime("%Y-%m-%d")
+def _day(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d")
 
 
 class Collector:
@@ -92,6 +89,7 @@ class Collector:
         self.counter = 0
         self.batch = self._new_batch()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-commit")
+        self._window: tuple[int, tuple[str, str]] = (-1, ("", ""))   # (second, validate.window of it)
 
     def _new_batch(self) -> MicroBatch:
         self.counter += 1
@@ -110,31 +108,45 @@ class Collector:
             return
         if channel not in ("market_trades", "ticker", "ticker_batch"):
             return  # subscriptions confirmations, errors: logged by the feed
+        bounds = self._bounds(received_at)
+        problem = validate.envelope_problem(msg, bounds)
+        if problem:
+            self.on_reject(received_at, conn_id, json.dumps(msg), problem)
+            return
         seq = msg.get("sequence_num")
-        envelope = (_text(channel), _text(msg.get("timestamp")), _text(msg.get("client_id")),
+        envelope = (_text(channel), msg["timestamp"], _text(msg.get("client_id")),
                     seq if isinstance(seq, int) else None, conn_id, received_at)
         trades = channel == "market_trades"
+        key = "trades" if trades else "tickers"
         known = _TRADE_KNOWN if trades else _TICKER_KNOWN
         fields = TRADE_FIELDS if trades else TICKER_FIELDS
         for event in msg.get("events") or []:
-            if not isinstance(event, dict):
-                self.on_reject(received_at, conn_id, json.dumps(msg), "event is not an object")
+            problem = validate.event_problem(event, key)
+            if problem:
+                self.on_reject(received_at, conn_id, json.dumps(event), problem)
                 continue
-            event_type = _text(event.get("type"))
-            for item in event.get("trades" if trades else "tickers") or []:
-                product = item.get("product_id") if isinstance(item, dict) else None
-                if not isinstance(product, str) or not _PRODUCT.match(product):
-                    self.on_reject(received_at, conn_id, json.dumps(item), "missing or malformed product_id")
+            event_type = event["type"]
+            for item in event.get(key) or []:
+                problem = validate.trade_problem(item, bounds) if trades else validate.ticker_problem(item)
+                if problem:
+                    self.on_reject(received_at, conn_id, json.dumps(item), problem)
                     continue
                 extra = {k: v for k, v in item.items() if k not in known}
                 row = (*(_text(item.get(f)) for f in fields), event_type, *envelope,
                        json.dumps(extra) if extra else None)
-                if trades:
-                    self.batch.add_trade(product, _day(item.get("time"), received_at), row)
+                if trades:  # partitions from validated fields only: the product and the trade's own UTC date
+                    self.batch.add_trade(item["product_id"], item["time"][:10], row)
                     s.trades += 1
                 else:
-                    self.batch.add_ticker(product, _day(msg.get("timestamp"), received_at), row)
+                    self.batch.add_ticker(item["product_id"], msg["timestamp"][:10], row)
                     s.tickers += 1
+
+    def _bounds(self, received_at: float) -> tuple[str, str]:
+        """validate.window at the second of `received_at` (computed once a second)."""
+        second = int(received_at)
+        if self._window[0] != second:
+            self._window = (second, validate.window(second))
+        return self._window[1]
 
     def on_gap(self, gap: Gap) -> None:
         self.summary.gaps[gap.kind] += 1
@@ -142,12 +154,12 @@ class Collector:
         if gap.kind in ("sequence", "heartbeat"):
             log.info("stream: %s gap on %s: expected %s, got %s (%d missing)", gap.kind, gap.connection_id,
                      gap.expected, gap.received, gap.missing)
-        self.batch.add_gap(_day(None, gap.detected_at), (gap.kind, gap.connection_id, gap.channel, gap.expected,
+        self.batch.add_gap(_day(gap.detected_at), (gap.kind, gap.connection_id, gap.channel, gap.expected,
                                                          gap.received, gap.missing, gap.detected_at, gap.detail))
 
     def on_reject(self, received_at: float, conn_id: str, raw: str, reason: str) -> None:
         self.summary.rejects += 1
-        self.batch.add_reject(_day(None, received_at), (raw, reason, conn_id, received_at))
+        self.batch.add_reject(_day(received_at), (raw, reason, conn_id, received_at))
 
     # ---- commits -------------------------------------------------------------------------------------------
     async def commit(self) -> None:
@@ -212,7 +224,7 @@ async def _collect(products: list[str], seconds: float | None, settings: Setting
     collector = Collector(sink, summary)
     feed = Feed(summary.url, products, collector.on_message, collector.on_gap, collector.on_reject,
                 stall_s=settings.stream_stall_s, backoff_initial_s=settings.backoff_initial_s,
-                backoff_max_s=settings.backoff_max_s)
+                backoff_max_s=settings.backoff_max_s, max_message_bytes=settings.stream_max_message_bytes)
     if seconds is not None:
         loop.call_later(seconds, stop.set)
     committer = asyncio.create_task(collector.commit_every(settings.stream_commit_s, stop))

@@ -9,7 +9,10 @@
    a jump is a `sequence`/`heartbeat` gap, a repeat or step back a `duplicate`; a gap is data (`on_gap`), not an
    error, and the message is still delivered,
 4. a connection that closes, fails, or stays silent for `stall_s` (a `stall`) is recorded as a gap and reopened
-   after an exponential backoff with jitter (reset once a connection delivers), with the same subscriptions.
+   after an exponential backoff with jitter (reset once a connection delivers), with the same subscriptions;
+5. a message larger than `max_message_bytes` is never read whole: the client closes the connection (code 1009,
+   as soon as the frame header announces the size), the message is counted as a reject (its reason, no text),
+   and the connection reopens as in 4.
 """
 
 from __future__ import annotations
@@ -56,10 +59,11 @@ class Feed:
     def __init__(self, url: str, products: list[str], on_message: Callable[[float, str, dict], None],
                  on_gap: Callable[[Gap], None], on_reject: Callable[[float, str, str, str], None] | None = None,
                  channels: tuple[str, ...] = CHANNELS, stall_s: float = 5.0, backoff_initial_s: float = 0.2,
-                 backoff_max_s: float = 20.0):
+                 backoff_max_s: float = 20.0, max_message_bytes: int = 1 << 20):
         self.url, self.products, self.channels = url, list(products), tuple(channels)
         self.on_message, self.on_gap, self.on_reject = on_message, on_gap, on_reject
         self.stall_s, self.backoff_initial_s, self.backoff_max_s = stall_s, backoff_initial_s, backoff_max_s
+        self.max_message_bytes = max_message_bytes
         self.connections = 0
         self.messages = 0
         self._ws = None
@@ -73,7 +77,7 @@ class Feed:
             conn_id = uuid.uuid4().hex[:12]
             delivered = False
             try:
-                async with connect(self.url, compression=None, max_size=None, open_timeout=10,
+                async with connect(self.url, compression=None, max_size=self.max_message_bytes, open_timeout=10,
                                    ping_interval=20, ping_timeout=20, close_timeout=2) as ws:
                     self._ws = ws
                     self.connections += 1
@@ -89,6 +93,7 @@ class Feed:
             except InvalidURI as exc:
                 raise ConfigError(f"bad WebSocket URL {self.url!r}: {exc}; fix COINBASE_WS_URL") from None
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
+                self._count_refused(exc, conn_id)
                 if not stop.is_set():
                     self.on_gap(Gap("disconnect", conn_id, "", None, None, 0, time.time(),
                                     f"{type(exc).__name__}: {exc}"[:300]))
@@ -164,9 +169,17 @@ class Feed:
             why = f"closed by the server: code {ws.close_code} {ws.close_reason or ''}".strip()
         except ConnectionClosed as exc:
             why = f"{type(exc).__name__}: {exc}"
+            self._count_refused(exc, conn_id)
         finally:
             guard.cancel()
         return delivered, "" if state["stalled"] else why
+
+    def _count_refused(self, exc: BaseException, conn_id: str) -> None:
+        """A connection we closed with 1009 (message too big): the refused message is a reject (no text)."""
+        sent = getattr(exc, "sent", None)
+        if sent is not None and sent.code == 1009 and self.on_reject:
+            self.on_reject(time.time(), conn_id, "", f"message over {self.max_message_bytes:,} bytes "
+                           "(PIPELINE_STREAM_MAX_MESSAGE_BYTES): not read, connection closed (1009) and reopened")
 
     def _heartbeat(self, msg: dict, last: int | None, conn_id: str, received_at: float) -> int | None:
         for event in msg.get("events") or []:

@@ -138,7 +138,7 @@ async def _run(state: LiveState, url: str, seconds: float | None, settings: Sett
         loop.call_later(seconds, stop.set)
     feed = Feed(url, [state.product], state.on_message, state.on_gap, channels=("heartbeats", "ticker"),
                 stall_s=settings.stream_stall_s, backoff_initial_s=settings.backoff_initial_s,
-                backoff_max_s=settings.backoff_max_s)
+                backoff_max_s=settings.backoff_max_s, max_message_bytes=settings.stream_max_message_bytes)
     task = asyncio.create_task(feed.run(stop))
     tty = hasattr(out, "isatty") and out.isatty()
     drawn = 0

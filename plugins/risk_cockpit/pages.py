@@ -237,6 +237,8 @@ def firm(d: dict, page: int = 1) -> str:
     if intra.get("available"):
         body.append(chart("chart-intraday", f"Book intraday PnL and gross exposure, {intra['day']} (UTC)",
                           intraday_config(intra), charts, refresh="intraday"))
+        if intra.get("scenario_note"):
+            body.append(f'<p class="note" id="intraday-scenarios">{e(intra["scenario_note"])}</p>')
     else:
         body.append(f'<p class="note" id="intraday-note">{e(intra["note"])}</p>')
     body.append(notes(d.get("notes", [])))

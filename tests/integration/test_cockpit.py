@@ -192,16 +192,28 @@ def test_market_and_pipeline_pages(reader, gold):
 
 def test_intraday_pnl_and_exposure_are_book_sums_per_bucket(gold, reader):
     _sql(gold[0], """create table gold.fact_intraday_risk (portfolio_id text, bucket_start timestamptz,
-                     market_value float8, intraday_pnl float8, gross_exposure float8);
+                     market_value float8, intraday_pnl float8, gross_exposure float8, scenario_as_of_date date);
                      insert into gold.fact_intraday_risk values
-                       ('P0001', '2026-02-01 09:00+00', 100, 1.5, 120), ('P0002', '2026-02-01 09:00+00', 50, -0.5, 60),
-                       ('P0001', '2026-02-01 09:05+00', 101, 2.5, 121),
-                       ('P0001', '2026-01-31 23:55+00', 99, 9.0, 119);
+                       ('P0001', '2026-02-01 09:00+00', 100, 1.5, 120, '2026-01-31'),
+                       ('P0002', '2026-02-01 09:00+00', 50, -0.5, 60, '2026-01-31'),
+                       ('P0001', '2026-02-01 09:05+00', 101, 2.5, 121, '2026-01-31'),
+                       ('P0001', '2026-01-31 23:55+00', 99, 9.0, 119, '2026-01-30');
                      grant select on gold.fact_intraday_risk to reporting""")
     try:
         intra = cockpit.intraday(reader, AS_OF)
         assert intra["available"] and intra["day"] == "2026-02-01"  # the latest day with intraday rows
         assert [(r["bucket_start"][11:16], r["intraday_pnl"], r["gross_exposure"]) for r in intra["rows"]] == [
             ("09:00", 1.0, 180.0), ("09:05", 2.5, 121.0)]
+        assert intra["scenario_note"] is None                      # the previous close's scenario set
+        # the latest bucket without a scenario set: the cockpit names the missing one
+        _sql(gold[0], "update gold.fact_intraday_risk set scenario_as_of_date = null "
+                      "where bucket_start = '2026-02-01 09:05+00'")
+        assert cockpit.intraday(reader, AS_OF)["scenario_note"] == (
+            "Intraday VaR/ES at 2026-02-01 09:05 UTC are uncomputable: the end-of-day scenario set as of 2026-01-31 "
+            "is missing (VaR limits count as breached); run the end-of-day risk for that day")
+        _sql(gold[0], "update gold.fact_intraday_risk set scenario_as_of_date = '2026-01-20' "
+                      "where bucket_start = '2026-02-01 09:05+00'")
+        assert "stale end-of-day scenario set as of 2026-01-20; the one as of 2026-01-31 is missing" in \
+            cockpit.intraday(reader, AS_OF)["scenario_note"]
     finally:
         _sql(gold[0], "drop table gold.fact_intraday_risk")

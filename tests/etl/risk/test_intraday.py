@@ -5,6 +5,7 @@ the real engine (etl.risk.run_risk), the intraday run the real task (etl.risk.in
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from datetime import date
 
@@ -14,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from etl import commits
+from etl import commits, runlog
+from etl.orchestration.tasks import compute_intraday_risk
 from etl.risk import intraday, run_risk
 from etl.settings import get_settings
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
@@ -261,16 +263,88 @@ def test_a_breach_at_1005_alerts_once_and_clears(book):
     assert intraday_rows(data, at(10, 20), intraday.BREACH_TABLE).loc["L", "breached_at"] == at(10, 20)
 
 
-def test_no_scenario_set_yet_leaves_var_null_but_values_the_book(data_dir, book_reference):
+def test_no_scenario_set_yet_leaves_var_null_values_the_book_and_breaches_as_uncomputable(data_dir, book_reference):
     book_reference(PORTFOLIOS.format(var_limit="1"), POSITIONS)
     closes = _daily_closes()
     write_daily(data_dir, closes)
     flat_day(data_dir, closes.iloc[-1])
-    summary = intraday.run_intraday_risk(at(10, 5).to_pydatetime())
+    summary = intraday.IntradaySummary(**compute_intraday_risk(at(10, 5).to_pydatetime()))   # the DAG's task
     got = intraday_rows(data_dir, at(10, 5))
     assert summary.scenario_as_of is None and got["var_99"].isna().all() and got["is_scenario_stale"].all()
     assert got.loc["L", "market_value"] == pytest.approx(2 * closes["BTC-USD"].iat[-1], rel=1e-12)
-    assert intraday_rows(data_dir, at(10, 5), intraday.BREACH_TABLE).empty   # an unknown VaR breaches nothing
+    # an unknown VaR cannot be shown to hold its limit: every book's VaR limit is an uncomputable breach
+    breaches = intraday_rows(data_dir, at(10, 5), intraday.BREACH_TABLE)
+    assert sorted(breaches.index) == list("BLSX")
+    assert (breaches["limit_type"] == "var").all() and (breaches["status"] == "breach").all()
+    assert (breaches["breach_kind"] == "uncomputable").all() and breaches["value"].isna().all()
+    assert summary.uncomputable == 4
+    # the missing scenario set is named in the summary (the run-log message) and the alerts say UNCOMPUTABLE
+    assert (f"scenario set MISSING: no committed end-of-day scenario set (risk outputs scenario_returns, "
+            f"scenario_covariance, scenario_portfolios) dated 2026-02-27..{D1}") in str(summary)
+    assert f"run `python -m etl risk --as-of {D1}`" in str(summary)
+    assert runlog.read_all(get_settings())["message"].tolist() == [str(summary)]
+    assert intraday.send_alerts(at(10, 5).to_pydatetime()) == 4
+    lines = [json.loads(x) for x in (data_dir / "alerts" / "alerts.jsonl").read_text().splitlines()]
+    assert all(x["message"].startswith("Risk limit UNCOMPUTABLE: portfolio ") for x in lines) and len(lines) == 4
+
+
+def test_a_breach_whose_var_becomes_uncomputable_stays_in_breach_and_never_clears(book):
+    """The issue's case: a VaR breach open at 10:05, then the scenario set is gone (older than 31 days) at
+    10:10: the VaR is NaN, the breach continues as `uncomputable` (same episode), no `cleared` row, no clearing
+    alert."""
+    data, last, ref = book["data"], book["last"], book["ref"]
+    var_99 = eod(data, "risk_metrics").set_index("portfolio_id").loc["L", "var_99_hist"]
+    (ref / "portfolios.csv").write_text(PORTFOLIOS.format(var_limit=var_99 * 1.1))
+    flat_day(data, last, {"BTC-USD": {index(10, 5): 1.2}})
+    assert run_buckets([at(10, 5)]) == [1]
+    (data / commits.manifest_path(commits.risk_manifest(D1))).unlink()   # no scenario set within 31 days now
+    assert run_buckets([at(10, 10)]) == [3]      # B, S, X newly uncomputable; L's breach was alerted already
+    r = intraday_rows(data, at(10, 10), intraday.BREACH_TABLE).loc["L"]
+    assert (r["limit_type"], r["status"], r["breach_kind"], r["breached_at"]) == (
+        "var", "breach", "uncomputable", at(10, 5))
+    assert np.isnan(r["value"]) and np.isnan(r["utilisation"])
+    lines = [json.loads(x) for x in (data / "alerts" / "alerts.jsonl").read_text().splitlines()]
+    assert [x.get("event", "breach") for x in lines if x["portfolio_id"] == "L"] == ["breach"]   # no clearing
+    # a clean run of the same bucket (scenario set restored) keeps it an `exceeded` breach: only the kind differs
+    run_risk(as_of=D1, settings=get_settings())
+    intraday.run_intraday_risk(at(10, 10).to_pydatetime())
+    clean = intraday_rows(data, at(10, 10), intraday.BREACH_TABLE).loc["L"]
+    assert (clean["status"], clean["breach_kind"]) == ("breach", "exceeded")
+    assert clean["value"] == pytest.approx(var_99 * 1.2, rel=1e-9)
+
+
+def test_a_future_bucket_is_refused_and_nothing_is_committed(book):
+    from etl.errors import ValidationError
+
+    now = pd.Timestamp("2026-04-01 12:00:30", tz="UTC")
+    store = get_store(get_settings())
+    for late in (pd.Timestamp("2026-07-01 12:00", tz="UTC"), pd.Timestamp("2026-04-01 12:05", tz="UTC")):
+        with pytest.raises(ValidationError, match=re.escape(
+                f"intraday bucket {late.isoformat()} is in the future (now 2026-04-01T12:00:30+00:00): nothing "
+                "computed; the latest closed bucket is 2026-04-01T11:55:00+00:00")):
+            intraday.run_intraday_risk(late.to_pydatetime(), now=now.to_pydatetime())
+        assert commits.read_manifest(store, intraday.intraday_manifest(late.date())) is None
+    flat_day(book["data"], book["last"])
+    intraday.run_intraday_risk(at(10, 5).to_pydatetime(), now=at(10, 5).to_pydatetime())  # the current bucket runs
+    assert intraday.latest_closed_bucket(now.to_pydatetime()) == pd.Timestamp("2026-04-01 11:55", tz="UTC")
+
+
+def test_the_intraday_command_runs_the_dags_risk_task_for_a_bucket(book, capsys):
+    """`python -m etl intraday --bucket ISO`: the compute_intraday_risk task (run-log row and all), a future bucket
+    exit 2 with one line."""
+    from etl.cli import main
+
+    flat_day(book["data"], book["last"])
+    assert main(["intraday", "--bucket", "2026-03-31T10:07:00Z"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("intraday risk at 2026-03-31T10:05:00+00:00: 4 portfolios") and f"as of {D1}" in out
+    assert len(intraday_rows(book["data"], at(10, 5))) == 4
+    logged = runlog.read_all(get_settings())
+    assert list(logged["task_id"]) == ["compute_intraday_risk"] and list(logged["status"]) == ["success"]
+    assert logged["message"].iat[0] == out.strip()[:500]
+    assert main(["intraday", "--bucket", "2099-01-01T00:00:00Z"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: intraday bucket 2099-01-01T00:00:00+00:00 is in the future")
 
 
 

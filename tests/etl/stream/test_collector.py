@@ -333,3 +333,139 @@ def test_fresh_trades_watcher_fires_on_a_new_commit(data_dir):
     payload = asyncio.run(first_event())
     assert payload["newest_batch_id"] == "20260101T000001000000Z-aaaa-000002"
     assert payload["previous_batch_id"] == "20260101T000000000000Z-aaaa-000001" and payload["files"] == 2
+
+
+# ---- untrusted input: field rules and the message size cap -------------------------------------------------
+class ScriptedServer:
+    """A real WebSocket server on a free port that sends connection i the messages scripts[i] once the client has
+    subscribed (one message per channel), then stays open."""
+
+    def __init__(self, scripts: list[list[str]]):
+        import threading
+
+        from websockets.asyncio.server import serve
+
+        self.scripts, self.connections = scripts, 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        async def start():
+            return await serve(self._handle, "127.0.0.1", 0, max_size=None)
+
+        self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result()
+        self.url = f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, ws) -> None:
+        from etl.stream.feed import CHANNELS
+
+        n, self.connections = self.connections, self.connections + 1
+        for _ in CHANNELS:
+            await ws.recv()
+        for text in self.scripts[n] if n < len(self.scripts) else []:
+            await ws.send(text)
+        await ws.wait_closed()
+
+    def close(self) -> None:
+        self.server.close()
+        asyncio.run_coroutine_threadsafe(self.server.wait_closed(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _message(channel: str, events: list, timestamp: str, seq: int) -> str:
+    return json.dumps({"channel": channel, "client_id": "", "timestamp": timestamp, "sequence_num": seq,
+                       "events": events})
+
+
+def _trade(trade_id: str, when: str, **fields) -> dict:
+    return {"trade_id": trade_id, "product_id": "BTC-USD", "price": "68900.50", "size": "0.0015", "side": "BUY",
+            "time": when, **fields}
+
+
+def test_malformed_fields_are_quarantined_never_a_partition_and_an_oversized_message_reconnects(data_dir,
+                                                                                              monkeypatch):
+    """The issue's inputs (a product id with a trailing newline, a trade time 9999-99-99, a price "abc") and more,
+    from a scripted server: only the valid trades and tickers become rows and partitions, every bad one is a
+    reject row with its reason; a message over the size cap closes the connection (1009), is counted, and the
+    collector reconnects and keeps collecting."""
+    from etl.stream.collector import collect
+
+    monkeypatch.setenv("PIPELINE_STREAM_COMMIT_S", "0.5")
+    monkeypatch.setenv("PIPELINE_BACKOFF_INITIAL_S", "0.1")
+    monkeypatch.setenv("PIPELINE_STREAM_MAX_MESSAGE_BYTES", "65536")
+    now = time.time()
+    t, today = _iso(now), datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+    bad_trades = [_trade("11", t, product_id="BTC-USD\n"), _trade("12", "9999-99-99T00:00:00Z"),
+                  _trade("13", t, price="abc"), _trade("14", t, price="NaN"), _trade("15", t, price="1e400"),
+                  _trade("16", t, size="-1"), _trade("17", t, size="0"), _trade("18", t, side="HOLD"),
+                  _trade("19", t, product_id="../../x-y"), _trade("20", _iso(now + 2 * 86400)),
+                  _trade("2/1", t), _trade("22", t, price=68900.5), "not an object"]
+    ticker = {"type": "ticker", "product_id": "BTC-USD", "price": "68900.50", "volume_24_h": "15328.12345678",
+              "price_percent_chg_24_h": "-1.45", "best_bid": "68900.00", "best_bid_quantity": "1.5",
+              "best_ask": "68901.00", "best_ask_quantity": "0.5"}
+    bad_tickers = [{**ticker, "price": "inf"}, {**ticker, "product_id": "btc-usd"}, {**ticker, "best_ask": "-3"},
+                   {**ticker, "type": "other"}]
+    first = [
+        _message("market_trades", [{"type": "update", "trades": [_trade("1", t), *bad_trades]}], t, 0),
+        _message("ticker", [{"type": "snapshot", "tickers": [ticker, *bad_tickers]}], t, 1),
+        _message("ticker", [{"type": "update", "tickers": [ticker]}], "9999-99-99T00:00:00Z", 2),   # whole message
+        _message("market_trades", [{"type": "weird", "trades": [_trade("30", t)]}], t, 3),          # the event
+        _message("market_trades", [{"type": "update", "trades": [_trade("40", t, pad="x" * 200_000)]}], t, 4),
+        _message("market_trades", [{"type": "update", "trades": [_trade("41", t)]}], t, 5),  # never read
+    ]
+    second = [_message("market_trades", [{"type": "snapshot", "trades": [_trade("2", t)]}], t, 0)]
+    server = ScriptedServer([first, second])
+    try:
+        summary = collect(["BTC-USD"], seconds=3, url=server.url, validate=False)
+    finally:
+        server.close()
+    n_bad = len(bad_trades) + len(bad_tickers) + 2 + 1          # items, the bad message, the bad event, oversized
+    assert summary.connections == server.connections == 2
+    assert (summary.trades, summary.tickers, summary.rejects) == (2, 1, n_bad)
+    # only valid fields named partitions
+    for table in ("trades", "ticker"):
+        root = data_dir / "bronze" / table
+        assert sorted(str(p.relative_to(root)) for p in root.glob("*/*")) == [f"product_id=BTC-USD/date={today}"]
+    trades = bronze(data_dir, "trades")
+    assert sorted(trades["trade_id"]) == ["1", "2"] and (trades["price"] == "68900.50").all()
+    rejects = bronze(data_dir, "stream_rejects")
+    assert len(rejects) == n_bad == summary.committed["rejects"]
+    reasons = list(rejects["reason"])
+    for expected in ("product_id='BTC-USD\\n' is not BASE-QUOTE", "time='9999-99-99T00:00:00Z' is not a calendar",
+                     "price='abc' is not a positive decimal", "price='NaN'", "price='1e400'", "size='-1'",
+                     "size='0' is not a positive decimal", "side='HOLD'", "product_id='../../x-y'",
+                     "(the collector's clock -7 days/+1 day)", "trade_id='2/1'", "price=68900.5 is not",
+                     "trade is not an object", "price='inf'", "product_id='btc-usd'", "best_ask='-3'",
+                     "type='other' is not 'ticker'", "timestamp='9999-99-99T00:00:00Z'",
+                     "event type='weird' is not snapshot or update",
+                     "message over 65,536 bytes (PIPELINE_STREAM_MAX_MESSAGE_BYTES): not read, connection closed "
+                     "(1009) and reopened"):
+        assert sum(expected in r for r in reasons) == 1, expected
+    assert json.loads(rejects.loc[rejects["reason"].str.startswith("product_id='BTC-USD"), "raw"].iat[0])[
+        "product_id"] == "BTC-USD\n"                                                  # the raw text is kept
+    gaps = bronze(data_dir, "stream_gaps")
+    assert list(gaps["kind"]) == ["disconnect"] and "1009" in gaps["detail"].iat[0]
+
+
+def test_real_coinbase_messages_pass_every_field_rule():
+    """The recorded Advanced Trade messages (../shared/data/coinbase/ws_*.json) are valid as they are, at the
+    time they were sent."""
+    from etl.stream import validate
+
+    data = PROJECT_ROOT.parent.parent / "shared" / "data" / "coinbase"
+    if not data.is_dir():
+        data = Path("/work/shared/data/coinbase")
+    for name, key, check in (("ws_market_trades.json", "trades", validate.trade_problem),
+                             ("ws_ticker.json", "tickers", lambda item, _: validate.ticker_problem(item))):
+        msg = json.loads((data / name).read_text())
+        sent = datetime.fromisoformat(msg["timestamp"][:19]).replace(tzinfo=UTC).timestamp()
+        bounds = validate.window(sent)
+        assert validate.envelope_problem(msg, bounds) is None
+        for event in msg["events"]:
+            assert validate.event_problem(event, key) is None
+            assert [check(item, bounds) for item in event[key]] == [None] * len(event[key])
+        assert len((data / name).read_bytes()) < 2_000   # what the 1 MiB message cap leaves room for
