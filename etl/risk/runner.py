@@ -21,8 +21,8 @@ import pyarrow as pa
 from etl import commits
 from etl.errors import DataNotFoundError, ValidationError
 from etl.portfolios import book_products, load_portfolios, load_positions
-from etl.reference import load_instruments
-from etl.risk.engine import RiskParams, close_matrix, compute_tables
+from etl.reference import DELISTED_ON, load_instruments
+from etl.risk.engine import RiskParams, close_matrix, compute_tables, price_flags
 from etl.risk.intraday import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
@@ -98,6 +98,9 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None) -> Ris
     closes = close_matrix(bars[bars["price_date"] <= as_of_ts], products, as_of_ts)
     bars_5m = _read_bars("5m", products, as_of - timedelta(days=1), as_of, settings)
     tables = compute_tables(closes, quote_ccy, portfolios, positions, params, bars_5m)
+    last_bar = bars[bars["price_date"] <= as_of_ts].groupby("product_id")["price_date"].max()
+    tables["positions_valued"] = price_flags(tables["positions_valued"], last_bar,
+                                             instruments.set_index("product_id")[DELISTED_ON])
 
     _check_finite_values(tables["positions_valued"], settings)
     run_id = commits.new_run_id()
