@@ -170,13 +170,18 @@ def intraday_stale(intra: dict) -> str:
     books = intra.get("stale_books") or []
     if not books:
         return ""
-    def one(b: dict) -> str:
-        age = b.get("max_price_age_s")
-        return (f'{b["portfolio_id"]} ({"a held product has no price" if age is None else f"prices {age / 3600:.1f} h old"}'
-                f'{": " + b["stale_product_ids"] if b.get("stale_product_ids") else ""})')
     limit = intra.get("max_price_age_s") or 0
     return (f'<div class="status stale" id="intraday-stale">STALE intraday valuation (prices older than '
-            f'{limit / 3600:g} h): {e("; ".join(one(b) for b in books))}; the book totals below include them</div>')
+            f'{limit / 3600:g} h): {e("; ".join(_stale_book(b) for b in books))}; the book totals below include '
+            'them</div>')
+
+
+def _stale_book(b: dict) -> str:
+    """'P001 (prices 1.1 h old: BTC-USD)', or '(a held product has no price...)' when the age is unknown."""
+    age = b.get("max_price_age_s")
+    products = f': {b["stale_product_ids"]}' if b.get("stale_product_ids") else ""
+    return (f'{b["portfolio_id"]} ('
+            f'{"a held product has no price" if age is None else f"prices {age / 3600:.1f} h old"}{products})')
 
 
 def price_of(r: dict) -> str:
