@@ -6,6 +6,7 @@ sample."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -85,5 +86,8 @@ def test_a_delisted_holding_is_valued_at_its_last_price_and_flagged_stale_on_eve
     for page in pages:
         text = page.read_text()
         assert 'id="stale"' in text and notice in text and 'id="incomplete"' not in text, page.name
+    alt = (path.parent / "portfolio-p-alt.html").read_text()             # the positions table: the close's day
+    assert re.search(rf"<td>SOL-USD</td>.*?<td>{LAST_BAR} \(stale\)</td>", alt, re.S)
+    assert re.search(rf"<td>ETH-USD</td>(?:(?!</tr>).)*<td>{AS_OF}</td>", alt, re.S)
     sol = next(p for p in detail["positions"] if p["product_id"] == "SOL-USD")
     assert (sol["price_date"], sol["is_stale"]) == (LAST_BAR.isoformat(), True)
