@@ -91,6 +91,8 @@ def check(reader: GoldReader, as_of: date, settings: Settings) -> Completeness:
             out.problems.append("gold.fact_risk_metrics has no risk_run_id column: run `python -m etl load`")
     if out.problems:
         log.error("%s", out)
+    if out.notices:
+        log.warning("inputs for %s: %s", as_of, "; ".join(out.notices))
     return out
 
 

@@ -505,7 +505,7 @@ def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame
         ("concentration", "concentration_pct", m["concentration_pct"], m["concentration_limit"]),
         ("drawdown", "abs_max_drawdown", -m["max_drawdown"], m["drawdown_limit"]),
     ]
-    held = (m["gross_exposure"] > 0).to_numpy()
+    empty = (m["gross_exposure"] == 0).to_numpy()            # NaN gross (an unpriced holding) is not empty
     rows = []
     for limit_type, metric, value, limit in checks:
         df = pd.DataFrame({"portfolio_id": m["portfolio_id"], "as_of_date": m["as_of_date"],
@@ -514,7 +514,7 @@ def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame
         finite = np.isfinite(df["value"].to_numpy(dtype="float64"))
         df["breach_kind"] = np.where(finite, "exceeded", "uncomputable")
         df.loc[~finite, "value"] = np.nan
-        rows.append(df[(~finite & held) | (df["value"] > df["limit_value"])])
+        rows.append(df[(~finite & ~empty) | (df["value"] > df["limit_value"])])
     out = pd.concat(rows, ignore_index=True)
     out["utilisation"] = out["value"] / out["limit_value"]
     return out

@@ -358,7 +358,7 @@ def test_nan_metric_is_uncomputable_breach():
     risk = pd.DataFrame({
         "portfolio_id": ["NAN", "INF", "OVER", "OK", "EMPTY"], "as_of_date": [pd.Timestamp(AS_OF)] * 5,
         "base_currency": ["USD"] * 5, "var_99_hist": [np.nan, 10.0, 500.0, 10.0, 0.0],
-        "gross_exposure": [1e4, 1e4, 1e4, 1e4, 0.0],
+        "gross_exposure": [np.nan, 1e4, 1e4, 1e4, 0.0],
         "concentration_pct": [0.1, np.inf, 0.1, 0.1, np.nan], "max_drawdown": [-0.1, -0.1, -0.1, -0.1, 0.0]})
     portfolios = pd.DataFrame({"portfolio_id": ["NAN", "INF", "OVER", "OK", "EMPTY"], "var_limit": [100.0] * 5,
                                "concentration_limit": [0.5] * 5, "drawdown_limit": [0.5] * 5,
