@@ -83,12 +83,13 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None) -> Ris
         raise DataNotFoundError(f"no daily bars for {products} between {start or 'the start'} and {end}: run "
                                 f"python -m etl ingest --granularity 86400 and python -m etl silver first")
     bars["price_date"] = pd.to_datetime(bars["price_date"]).astype("datetime64[ns]")
-    if as_of is None:
+    if as_of is None:  # a delisted product's bars stop for good: it does not hold the as-of date back
         last = bars.groupby("product_id")["price_date"].max().reindex(products)
         if last.isna().any():
             raise DataNotFoundError(f"no daily bars for {sorted(last[last.isna()].index)} up to {end}")
-        as_of = last.min().date()
-        log.info("as-of date defaulted to %s (the last complete UTC day with bars for all products)", as_of)
+        listed = instruments.loc[instruments[DELISTED_ON].isna(), "product_id"]
+        as_of = (last[last.index.isin(listed)] if last.index.isin(listed).any() else last).min().date()
+        log.info("as-of date defaulted to %s (the last complete UTC day with bars for all listed products)", as_of)
     as_of_ts = pd.Timestamp(as_of)
     bars = bars[bars["price_date"] > as_of_ts - pd.Timedelta(days=settings.daily_history_days + 5)]
     positions = positions[positions["as_of_date"] <= as_of_ts]

@@ -431,6 +431,7 @@ def test_a_holding_without_a_bar_on_the_as_of_day_is_flagged_stale_or_delisted(r
     _drop_last_days(risk_env["data"], "ETH-USD", 7)
     last = pd.Timestamp(AS_OF) - pd.Timedelta(days=7)
     eth_last = risk_env["closes"].loc[last, "ETH-USD"]
+    assert run_risk(as_of=None, settings=get_settings()).as_of == last.date()  # listed: the last day all have
     run_risk(as_of=AS_OF, settings=get_settings())
     pos = _read(risk_env["data"], "positions_valued").set_index(["portfolio_id", "product_id"])
     eth = pos.xs("ETH-USD", level="product_id")
@@ -445,7 +446,7 @@ def test_a_holding_without_a_bar_on_the_as_of_day_is_flagged_stale_or_delisted(r
     (ref / "instruments.csv").write_text("\n".join(
         [f"{lines[0]},delisted_on"] + [f"{r},{last.date() if r.startswith('ETH-USD,') else ''}" for r in lines[1:]])
         + "\n")
-    run_risk(as_of=AS_OF, settings=get_settings())
+    assert run_risk(as_of=None, settings=get_settings()).as_of == AS_OF   # the delisted product holds nothing back
     pos = _read(risk_env["data"], "positions_valued")
     eth = pos[pos["product_id"] == "ETH-USD"]
     assert eth["is_stale"].all() and eth["is_delisted"].all() and eth["close"].eq(eth_last).all()
