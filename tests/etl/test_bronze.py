@@ -40,7 +40,7 @@ OHLCV = ["open", "high", "low", "close", "volume"]
 
 def _settings(tmp_path: Path, sim, name: str = "data", **overrides):
     base = dict(data_dir=str(tmp_path / name), coinbase_api_url=sim.url, source="simulator",
-                rate_limit_rps=1000.0, rate_limit_burst=1000, max_attempts=8, max_workers=4)
+                rate_limit_rps=1000.0, rate_limit_burst=1000, max_wait_s=60.0, max_workers=4)
     base.update(overrides)
     return replace(get_settings(), **base)
 
@@ -235,7 +235,7 @@ def clean_run(tmp_path, simulator):
 
 
 @pytest.mark.parametrize("faults, overrides, served", [
-    (dict(rate_limit_rps=10.0, burst=4), dict(rate_limit_rps=40.0, rate_limit_burst=12, max_attempts=10),
+    (dict(rate_limit_rps=10.0, burst=4), dict(rate_limit_rps=40.0, rate_limit_burst=12),
      "served_429"),
     (dict(fail_rate=0.3), {}, "served_5xx"),
     (dict(malformed_rate=0.25), {}, "malformed"),
@@ -371,7 +371,7 @@ def test_failed_run_is_resumed_and_leaves_no_orphans(tmp_path, make_simulator):
 
     sim = make_simulator(seed=SEED, rate_limit_rps=20.0, burst=1)
     port = int(sim.url.rsplit(":", 1)[1])
-    settings = _settings(tmp_path, sim, rate_limit_rps=20.0, rate_limit_burst=1, max_workers=1, max_attempts=2,
+    settings = _settings(tmp_path, sim, rate_limit_rps=20.0, rate_limit_burst=1, max_workers=1, max_wait_s=0.05,
                          backoff_initial_s=0.01, backoff_max_s=0.02)
     products, s, e = ["BTC-USD", "ETH-USD"], datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 3, tzinfo=UTC)
     candles_dir = tmp_path / "data" / "bronze" / "candles"
@@ -391,7 +391,7 @@ def test_failed_run_is_resumed_and_leaves_no_orphans(tmp_path, make_simulator):
         time.sleep(0.02)
     sim.stop()  # the API goes away mid-run: the batch fails with its first partitions written
     worker.join(timeout=60)
-    assert failure and "gave up after 2 attempts" in str(failure[0])
+    assert failure and f"{settings.coinbase_api_url} kept failing for 0 s" in str(failure[0])  # retried, then failed
     kept = _visible_files(candles_dir)
     assert len(kept) >= 2
 
@@ -449,7 +449,7 @@ def test_429_storm_with_faults_converges_in_one_run(tmp_path, make_simulator, si
     defaults = get_settings()
     stormy = _settings(tmp_path, sim, name="stormy", rate_limit_rps=defaults.rate_limit_rps,
                        rate_limit_burst=defaults.rate_limit_burst, max_workers=defaults.max_workers,
-                       max_attempts=defaults.max_attempts)
+                       max_wait_s=defaults.max_wait_s)
     summary = ingest(products, s, e, settings=stormy)
     assert sim.stats["served_429"] > 0 and sim.stats["served_5xx"] > 0 and sim.stats["malformed"] > 0
     assert summary.http_429 == sim.stats["served_429"]
@@ -462,7 +462,7 @@ def test_a_row_malformed_in_the_last_refetch_is_taken_from_an_earlier_response(t
     # every response breaks one random row (or is truncated): no single response of a page is clean, but each
     # bucket is valid in some response, so the page must still land whole
     sim = make_simulator(seed=SEED, rate_limit_rps=1000.0, burst=1000, malformed_rate=1.0)
-    settings = _settings(tmp_path, sim, max_attempts=40, backoff_initial_s=0.001, backoff_max_s=0.005)
+    settings = _settings(tmp_path, sim, max_wait_s=60.0, backoff_initial_s=0.001, backoff_max_s=0.005)
     client = ExchangeClient(sim.url, settings)
     start = START
     end = START + timedelta(minutes=300)
@@ -476,7 +476,7 @@ def test_a_row_malformed_in_the_last_refetch_is_taken_from_an_earlier_response(t
 def test_empty_readers_have_the_columns_and_dtypes_of_full_ones(tmp_path, make_simulator):
     # nine responses in ten are broken (one bad row or a truncated body): bad rows land in quarantine
     sim = make_simulator(seed=SEED, rate_limit_rps=1000.0, burst=1000, malformed_rate=0.9)
-    settings = _settings(tmp_path, sim, max_workers=1, max_attempts=60, backoff_initial_s=0.001,
+    settings = _settings(tmp_path, sim, max_workers=1, max_wait_s=60.0, backoff_initial_s=0.001,
                          backoff_max_s=0.005)
     empty_candles, empty_quarantine = read_bronze(settings=settings), read_quarantine(settings=settings)
     assert empty_candles.empty and empty_quarantine.empty
