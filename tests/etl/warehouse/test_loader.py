@@ -273,6 +273,20 @@ def test_postgres_killing_the_copy_is_one_line_exit_2_and_a_rerun_equals_a_clean
     assert query("select sum(close) from raw.bars_5m")[0][0] == pytest.approx(bars["close"].sum(), rel=1e-12)
 
 
+def test_the_raw_load_line_says_nothing_of_dbt_and_the_summary_says_what_dbt_did(warehouse, caplog):
+    """Issue 29 item 3: the loader logged "... ; dbt not run" and then ran dbt. The line logged after the raw load
+    (before any dbt) is about raw only; the summary printed at the end says what happened to dbt."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="etl.warehouse"):
+        summary = load_warehouse(run_dbt=False)
+    logged = ["warehouse load:" + line.split("warehouse load:", 1)[1]  # as emitted, not formatted afterwards
+              for line in caplog.text.splitlines() if "warehouse load:" in line]
+    assert logged == [f"warehouse load: {summary.total_rows} rows from {sum(summary.files.values())} files "
+                      f"({', '.join(f'{t}={n}' for t, n in summary.rows.items() if n)})"]
+    assert str(summary) == f"{logged[0]}; dbt not run (--no-dbt)"
+
+
 def test_drawdowns_and_daily_anomalies_load_by_key_and_the_latest_run_wins(warehouse):
     summary = load_warehouse(run_dbt=False)
     daily = sample.daily_from_5m(sample.bars_5m(date(2026, 1, 1), DAYS))
