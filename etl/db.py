@@ -113,8 +113,8 @@ def check_url(url: str) -> str:
     try:
         parse_dsn(url)
     except Exception as exc:  # psycopg2.ProgrammingError: invalid dsn
-        raise DatabaseError(f"PIPELINE_DATABASE_URL={redact(url)!r} is not a Postgres URL ({str(exc).strip()}): expected "
-                            "postgresql://USER@HOST:5432/DBNAME (a password as :PASSWORD after USER), or unset it to "
+        raise DatabaseError(f"PIPELINE_DATABASE_URL={redact(url)!r} is not a Postgres URL ({str(exc).strip()}): "
+                            "expected postgresql://USER@HOST:5432/DBNAME (a password as :PASSWORD after USER), or unset it to "
                             "use the embedded Postgres") from None
     return url
 

@@ -468,12 +468,13 @@ def _rejected(conn, spec: RawTable, sources: list[str], exc: psycopg2.Error) -> 
     if db.lost_connection(exc, conn):
         return WarehouseError(
             f"{spec.qualified}: the warehouse connection was lost during the load ({reason}); nothing was "
-            f"committed, the previous rows are kept. Check that the server is up (`python -m etl db status`), then "
+            "committed, the previous rows are kept. Check that the server is up (`python -m etl db status`), then "
             "rerun `python -m etl load`")
     shown = ", ".join(sources[:5]) + (f" and {len(sources) - 5} more" if len(sources) > 5 else "")
     return WarehouseError(
-        f"{spec.qualified}: Postgres rejected the new rows from {shown} ({reason}); the whole load was rolled back and the previous rows are "
-        f"kept. Fix the producer's files (see raw._load_state for what is loaded) and rerun the load.")
+        f"{spec.qualified}: Postgres rejected the new rows from {shown} ({reason}); the whole load was rolled back "
+        "and the previous rows are kept. Fix the producer's files (see raw._load_state for what is loaded) and "
+        "rerun the load.")
 
 
 def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: dict[str, str],
