@@ -12,7 +12,7 @@ import subprocess
 import uuid
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -97,13 +97,35 @@ def database_url(settings: Settings | None = None, start: bool = True) -> str:
     """The URL every component uses. Starts the embedded server on demand."""
     settings = settings or get_settings()
     if settings.database_url:
-        return settings.database_url
+        return check_url(settings.database_url)
     if start:
         return start_embedded(settings)
     info = _running_info(_pgdata(settings))
     if info is None:
         raise DatabaseError("the embedded Postgres is not running: run `python -m etl db start`")
     return info.get_uri()
+
+
+def check_url(url: str) -> str:
+    """`url` if libpq can parse it (a URL or key=value string), else a one-line DatabaseError saying what to set."""
+    from psycopg2.extensions import parse_dsn
+
+    try:
+        parse_dsn(url)
+    except Exception as exc:  # psycopg2.ProgrammingError: invalid dsn
+        raise DatabaseError(f"PIPELINE_DATABASE_URL={redact(url)!r} is not a Postgres URL ({str(exc).strip()}): "
+                            "expected postgresql://USER@HOST:5432/DBNAME (a password as :PASSWORD after USER), or unset it to "
+                            "use the embedded Postgres") from None
+    return url
+
+
+def lost_connection(exc: BaseException, conn) -> bool:
+    """Whether `exc` on `conn` means the server or the connection went away, not that it refused our SQL or data."""
+    import psycopg2
+    import psycopg2.errors as pgerr
+
+    return isinstance(exc, psycopg2.Error) and (bool(conn.closed) or isinstance(
+        exc, psycopg2.InterfaceError | pgerr.AdminShutdown | pgerr.CrashShutdown))
 
 
 def role_exists(settings: Settings | None, role: str) -> bool:
@@ -183,8 +205,11 @@ def connect(settings: Settings | None = None, url: str | None = None, autocommit
         if not autocommit:
             conn.commit()
     except BaseException:
-        if not autocommit:
-            conn.rollback()
+        if not autocommit and not conn.closed:
+            import psycopg2
+
+            with suppress(psycopg2.InterfaceError, psycopg2.OperationalError):  # the server went away: the error
+                conn.rollback()                                                 # being raised says so, not this
         raise
     finally:
         conn.close()

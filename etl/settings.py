@@ -144,7 +144,7 @@ class Settings:
     max_workers: int                     # concurrent requests (pacing still applies)
     http_timeout_connect_s: float
     http_timeout_read_s: float
-    max_attempts: int                    # per request, including the first
+    max_wait_s: float                    # a request failing (5xx, timeout, ...) is retried for this long, then fails
     backoff_initial_s: float             # first retry wait (exponential with jitter from there)
     backoff_max_s: float                 # longest wait between two attempts
     throttle_max_wait_s: float           # a request refused with 429 (not an attempt) gives up after this long
@@ -255,9 +255,9 @@ def get_settings() -> Settings:
         max_workers=_int("PIPELINE_MAX_WORKERS", 8),
         http_timeout_connect_s=_float("PIPELINE_HTTP_CONNECT_TIMEOUT_S", 5.0),
         http_timeout_read_s=_float("PIPELINE_HTTP_READ_TIMEOUT_S", 30.0),
-        max_attempts=_int("PIPELINE_MAX_ATTEMPTS", 8),
+        max_wait_s=_float("PIPELINE_MAX_WAIT_S", 120.0),
         backoff_initial_s=_float("PIPELINE_BACKOFF_INITIAL_S", 0.2),
-        backoff_max_s=_float("PIPELINE_BACKOFF_MAX_S", 20.0),
+        backoff_max_s=_float("PIPELINE_BACKOFF_MAX_S", 10.0),
         throttle_max_wait_s=_float("PIPELINE_THROTTLE_MAX_WAIT_S", 300.0),
         history_days=_int("PIPELINE_HISTORY_DAYS", 2),
         daily_history_days=_int("PIPELINE_DAILY_HISTORY_DAYS", 400),

@@ -3,9 +3,12 @@
 Three pieces, each small enough to test on its own:
 - `RequestPacer` (a token bucket): one pacer shared by every concurrent request of a run, so we stay under the
   API's limit instead of bouncing off 429s; it adapts to the limit the server really enforces (AIMD on 429s).
-- `ExchangeClient`: GET with connect/read timeouts and bounded retries (tenacity) on 5xx, connection errors,
-  timeouts and malformed bodies; a 429 slows the pacer and is sent again without using an attempt (bounded by a
-  total wait instead); other 4xx are bugs and raise at once with the API's message.
+- `ExchangeClient`: GET with connect/read timeouts and retries (tenacity) on 5xx, dropped connections, timeouts
+  and malformed bodies, bounded by time (settings.max_wait_s per request, jittered exponential backoff between
+  attempts), not by a count: a bad minute of the exchange costs a minute, not the run. A 429 slows the pacer and
+  is sent again (bounded by settings.throttle_max_wait_s); other 4xx are bugs and raise at once with the API's
+  message. A refused connection before the server ever answered means nothing listens at the URL: that fails at
+  once, saying how to start the simulator.
 - `plan_windows`: splits [start, end) into pages of at most 300 buckets with no gap and no overlap at page edges.
 
 See docs/coinbase_api.md for the contract this is built against and docs/bronze.md for the choices made here.
@@ -23,13 +26,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_before_delay, wait_exponential_jitter
 
 from etl.errors import ConfigError, SourceError
 from etl.orchestration.spec import GRANULARITIES
-from etl.settings import Settings, get_settings
+from etl.settings import COINBASE_URL, Settings, get_settings
 from etl.utc import to_utc
 
 log = logging.getLogger(__name__)
@@ -42,7 +46,6 @@ MAX_BUCKETS = 300  # the API rejects a candles request spanning more than 300 bu
 # One token under the burst absorbs up to 1/rate seconds of jitter; 97% of the rate covers clock drift.
 PACING_RATE_FRACTION = 0.97
 PACING_BURST_MARGIN = 1
-# Backoff between attempts: initial * 2**n plus up to `initial` of random jitter, capped (seconds).
 
 
 def _iso(ts: datetime) -> str:
@@ -152,6 +155,10 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
+class _Unreachable(Exception):
+    """The connection was refused before the server ever answered: nothing listens at the URL."""
+
+
 class _Throttled(Exception):
     """429s for longer than the throttle budget (settings.throttle_max_wait_s)."""
 
@@ -200,6 +207,25 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+def _reason(exc: requests.RequestException) -> str:
+    """The innermost cause of a requests error, e.g. "[Errno 111] Connection refused" (not urllib3's wrapping)."""
+    inner: BaseException = exc
+    while inner.__cause__ or inner.__context__:
+        inner = inner.__cause__ or inner.__context__
+    return str(inner) or type(inner).__name__
+
+
+def _start_hint(url: str) -> str:
+    """What to do when nothing answers at `url`: start the simulator (a local URL) or check the URL."""
+    if url.rstrip("/") == COINBASE_URL.rstrip("/"):
+        return "Check the network (or run offline with --source simulator and `python -m etl simulator`)"
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return (f"The exchange simulator is not running: start it with `python -m etl simulator --port {port or 80}` "
+                "(in another terminal), or point COINBASE_API_URL at a running API")
+    return "Check COINBASE_API_URL and that the server is up"
+
+
 def _api_message(resp: requests.Response) -> str:
     try:
         body = resp.json()
@@ -245,7 +271,8 @@ class ExchangeClient:
         self.pacer = pacer or pacer_for(self.settings)
         self.stats = ClientStats()
         self.timeout = (self.settings.http_timeout_connect_s, self.settings.http_timeout_read_s)
-        self.max_attempts = max(1, self.settings.max_attempts)  # 429s do not count: see _send
+        self.max_wait_s = max(0.0, self.settings.max_wait_s)  # 429s are bounded apart: see _send
+        self.answered = False  # has the server ever answered? (a refused connection before that: nothing listens)
         self.throttle_max_wait_s = self.settings.throttle_max_wait_s
         self._wait = backoff_for(self.settings)
         self._local = threading.local()  # one requests.Session per worker thread (connection reuse)
@@ -270,7 +297,10 @@ class ExchangeClient:
             except requests.Timeout as exc:
                 raise TransientError(f"timeout ({type(exc).__name__})") from exc
             except requests.RequestException as exc:  # connection refused/reset, truncated chunked body, ...
-                raise TransientError(f"connection error ({type(exc).__name__}: {exc})") from exc
+                if isinstance(exc, requests.ConnectionError) and not self.answered:
+                    raise _Unreachable(_reason(exc)) from exc
+                raise TransientError(f"connection error ({_reason(exc)})") from exc
+            self.answered = True
             if resp.status_code != 429:
                 self.pacer.accepted()
                 return resp
@@ -305,13 +335,20 @@ class ExchangeClient:
             exc = state.outcome.exception() if state.outcome else None
             log.debug("retry %d for %s %s: %s", state.attempt_number, path, what, exc)
 
-        retrying = Retrying(stop=stop_after_attempt(self.max_attempts), wait=self._wait, reraise=True,
+        # stop before a wait that would end past the budget: a dead server fails within max_wait_s
+        retrying = Retrying(stop=stop_before_delay(self.max_wait_s), wait=self._wait, reraise=True,
                             retry=retry_if_exception_type(TransientError), before_sleep=before_sleep)
+        started = time.monotonic()
         try:
             return retrying(self._attempt, path, params, expect)
         except TransientError as exc:
-            raise SourceError(f"{what or path}: gave up after {self.max_attempts} attempts against {self.base_url}; "
-                              f"last error: {exc}. Check the API status or raise PIPELINE_MAX_ATTEMPTS") from exc
+            attempts = retrying.statistics.get("attempt_number", 1)
+            raise SourceError(f"{what or path}: {self.base_url} kept failing for {time.monotonic() - started:.0f} s "
+                              f"({attempts} attempts; last: {exc}). Check that the API is up, then rerun (finished "
+                              "pages are kept), or allow longer with PIPELINE_MAX_WAIT_S") from exc
+        except _Unreachable as exc:
+            raise SourceError(f"{what or path}: nothing answers at {self.base_url} ({exc}). "
+                              f"{_start_hint(self.base_url)}") from None
         except _Throttled as exc:
             raise SourceError(f"{what or path}: the API kept refusing at {self.base_url}: {exc}. Lower "
                               "PIPELINE_RATE_LIMIT_RPS or raise PIPELINE_THROTTLE_MAX_WAIT_S") from exc

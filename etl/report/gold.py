@@ -46,8 +46,14 @@ class GoldReader:
             options = f"-c default_transaction_read_only=on -c statement_timeout={STATEMENT_TIMEOUT_MS} -c timezone=UTC"
             self._conn = psycopg2.connect(self.url, options=options, application_name="etl-report")
         except psycopg2.OperationalError as exc:
+            reason = " ".join(str(exc).split())
+            if f'role "{REPORTING_ROLE}" does not exist' in reason:
+                todo = "run `python -m etl load` (it creates the role)"
+            else:  # the server is down or unreachable: loading cannot help
+                todo = ("check that the server is up (`python -m etl db status`; PIPELINE_DATABASE_URL names it), "
+                        "then rerun")
             raise DataNotFoundError(f"cannot connect to the warehouse as {REPORTING_ROLE!r} ({db.redact(self.url)}): "
-                                    f"{' '.join(str(exc).split())}; run `python -m etl load` (it creates the role)") from exc
+                                    f"{reason}; {todo}") from None
         _float_numeric(self._conn)
         return self
 

@@ -52,6 +52,8 @@ def load_warehouse(settings: Settings | None = None, run_dbt: bool = True) -> Lo
         if run_dbt:
             _run_dbt("build", settings)
             summary.dbt = "build ok"
+        else:
+            summary.dbt = "not run (--no-dbt)"
     return summary
 
 

@@ -213,11 +213,44 @@ def build_gold(command: str = "build", settings: Settings | None = None, select:
 def docs(settings: Settings | None = None, serve: bool = False, port: int = 8081) -> Path:
     """`dbt docs generate --static` (one self-contained HTML file); with serve=True, serve the site (blocks)."""
     settings = settings or get_settings()
+    if serve:
+        _check_port(port)  # before the generate step: a busy port fails in a second, not after it
     run_dbt("docs generate --static", settings)
     static = target_dir(settings) / "static_index.html"
     log.info("dbt docs: %s", static)
     if serve:
-        subprocess.run([dbt_executable(), "docs", "serve", "--port", str(port), "--no-browser",
-                        "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)],
-                       cwd=DBT_PROJECT_DIR, env=dbt_env(settings), check=False)
+        _serve_docs(settings, port)
     return static
+
+
+def _check_port(port: int) -> None:
+    """A WarehouseError when 127.0.0.1:`port` is taken (dbt would print a traceback and exit 0)."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise WarehouseError(f"cannot serve the dbt docs on port {port}: {exc.strerror}. Stop what listens "
+                                 "there, or choose another port with --port or PIPELINE_DOCS_PORT") from None
+
+
+def _serve_docs(settings: Settings, port: int) -> None:
+    """`dbt docs serve` on 127.0.0.1:`port` until Ctrl-C; a server that fails (the port taken meanwhile) is a
+    WarehouseError. dbt runs in its own session so that Ctrl-C reaches only us: we stop it quietly."""
+    log.info("dbt docs: http://127.0.0.1:%d (Ctrl-C stops)", port)
+    proc = subprocess.Popen([dbt_executable(), "docs", "serve", "--port", str(port), "--no-browser",
+                             "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)],
+                            cwd=DBT_PROJECT_DIR, env=dbt_env(settings), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        log.info("dbt docs: stopped")
+        return
+    if proc.returncode != 0:
+        last = (stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise WarehouseError(f"dbt docs serve on port {port} failed: {last}. See "
+                             f"{settings.state_dir / 'dbt' / 'logs' / 'dbt.log'}")

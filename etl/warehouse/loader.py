@@ -64,7 +64,7 @@ class WarehouseError(PipelineError):
 class LoadSummary:
     rows: dict[str, int] = field(default_factory=dict)    # rows upserted per raw table (0 = nothing new)
     files: dict[str, int] = field(default_factory=dict)   # new or changed files per raw table
-    dbt: str = "not run"
+    dbt: str = ""  # set once dbt has run (or was skipped): the raw load's own log line says nothing about dbt
 
     @property
     def total_rows(self) -> int:
@@ -72,7 +72,8 @@ class LoadSummary:
 
     def __str__(self) -> str:
         loaded = ", ".join(f"{t}={n}" for t, n in self.rows.items() if n) or "nothing new"
-        return f"warehouse load: {self.total_rows} rows from {sum(self.files.values())} files ({loaded}); dbt {self.dbt}"
+        dbt = f"; dbt {self.dbt}" if self.dbt else ""
+        return f"warehouse load: {self.total_rows} rows from {sum(self.files.values())} files ({loaded}){dbt}"
 
 
 # ---- one load or build per warehouse ---------------------------------------------------------------------------
@@ -456,16 +457,24 @@ def load_raw(conn, store: Store, settings: Settings, only: set[str] | None = Non
         try:
             _load_table(conn, store, settings, spec, seen, reference, summary, committed)
         except psycopg2.Error as exc:  # e.g. recording the load state; the rows' own errors name their files
-            raise _rejected(spec, [f"the files of {spec.source_dir or 'reference data'}"], exc) from exc
+            raise _rejected(conn, spec, [f"the files of {spec.source_dir or 'reference data'}"], exc) from exc
     return summary
 
 
-def _rejected(spec: RawTable, sources: list[str], exc: psycopg2.Error) -> WarehouseError:
+def _rejected(conn, spec: RawTable, sources: list[str], exc: psycopg2.Error) -> WarehouseError:
+    """The error for a failed statement: the files' fault when Postgres refused their rows, not when the server or
+    the connection went away (then the data is fine and a rerun is the fix)."""
+    reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}"
+    if db.lost_connection(exc, conn):
+        return WarehouseError(
+            f"{spec.qualified}: the warehouse connection was lost during the load ({reason}); nothing was "
+            "committed, the previous rows are kept. Check that the server is up (`python -m etl db status`), then "
+            "rerun `python -m etl load`")
     shown = ", ".join(sources[:5]) + (f" and {len(sources) - 5} more" if len(sources) > 5 else "")
     return WarehouseError(
-        f"{spec.qualified}: Postgres rejected the new rows from {shown} ({type(exc).__name__}: "
-        f"{str(exc).strip().splitlines()[0]}); the whole load was rolled back and the previous rows are "
-        f"kept. Fix the producer's files (see raw._load_state for what is loaded) and rerun the load.")
+        f"{spec.qualified}: Postgres rejected the new rows from {shown} ({reason}); the whole load was rolled back "
+        "and the previous rows are kept. Fix the producer's files (see raw._load_state for what is loaded) and "
+        "rerun the load.")
 
 
 def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: dict[str, str],
@@ -481,7 +490,7 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
         try:
             rows = replace_all(conn, spec.qualified, data, list(spec.key)) if new else 0
         except psycopg2.Error as exc:
-            raise _rejected(spec, [f"reference data {spec.name}"], exc) from exc
+            raise _rejected(conn, spec, [f"reference data {spec.name}"], exc) from exc
         counts = [data.num_rows]
     else:
         current = _fingerprints(store, spec.source_dir)
@@ -503,7 +512,7 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
             _forget_files(conn, spec, [p for p in new if p in seen], gone)
             rows = copy_upsert(conn, spec.qualified, read_new(), list(spec.key)) if new else 0
         except psycopg2.Error as exc:
-            raise _rejected(spec, [store.path(p) for p in new], exc) from exc
+            raise _rejected(conn, spec, [store.path(p) for p in new], exc) from exc
     _record_state(conn, spec, new, counts)
     summary.rows[spec.name] = rows
     summary.files[spec.name] = len(new)

@@ -171,11 +171,12 @@ def _report_file(as_of: date | None) -> Path:
         days = sorted(p.parent.name for p in root.glob("*/report.html")
                       if re.fullmatch(r"\d{4}-\d{2}-\d{2}", p.parent.name))
         if not days:
-            raise HTTPException(status_code=404, detail=f"no HTML report under {root}: run `python -m etl report`")
+            raise HTTPException(status_code=404, detail="no HTML report yet: run `python -m etl report`")
         as_of = date.fromisoformat(days[-1])
     path = root / as_of.isoformat() / "report.html"
     if not path.exists():
-        raise HTTPException(status_code=404, detail=f"no HTML report for {as_of} ({path})")
+        raise HTTPException(status_code=404, detail=f"no HTML report for {as_of}: run `python -m etl report "
+                                                    f"--as-of {as_of}`")  # no server path in a reply
     return path
 
 
@@ -188,7 +189,7 @@ def report_latest() -> Response:
 def report_file(as_of: date, name: str) -> FileResponse:
     """The report of a day and the files beside it (portfolio pages, CSVs): only inside that day's folder."""
     folder = _report_file(as_of).parent.resolve()
-    path = (folder / (name or "report.html")).resolve()
+    path = (folder / (name or "report.html")).resolve() if "\0" not in name else folder  # NUL: no such file
     if folder not in path.parents or not path.is_file():
         raise HTTPException(status_code=404, detail=f"{name!r} is not a file of the {as_of} report")
     return FileResponse(path)

@@ -72,7 +72,7 @@ def test_an_unreachable_warehouse_exits_2_on_one_line_without_the_password(data_
     err = capsys.readouterr().err
     assert err.startswith("error: cannot connect to the warehouse as 'reporting' (postgresql://reporting@127.0.0.1:1/"
                           "none): ")
-    assert "python -m etl load" in err and err.count("\n") == 1
+    assert "check that the server is up" in err and "etl load" not in err and err.count("\n") == 1  # issue 29
 
 
 def test_report_refused_exits_3_naming_the_missing_input(pg_url, data_dir, monkeypatch, capsys):
@@ -275,3 +275,21 @@ def test_top_level_help_in_a_real_process_lists_every_command():
     assert set(CONTRACT_OPTIONS) <= set(commands)
     for name in commands:
         assert f"    {name} " in proc.stdout, name
+
+
+def test_a_warehouse_connection_lost_outside_a_stages_own_handling_is_one_line_exit_2(pg_url, monkeypatch, capsys):
+    """Issue 29 item 3: the server ending a session (here its own backend, really terminated) wherever it happens
+    is one line naming the outage and the command to rerun, not a psycopg2 traceback."""
+    from etl import cli, db
+
+    def killed(args, settings):
+        with db.connect(url=pg_url, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute("select pg_terminate_backend(pg_backend_pid())")
+
+    monkeypatch.setitem(cli.STAGE_COMMANDS, "report", killed)
+    assert cli.main(["report"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the warehouse connection failed (OperationalError: server closed the connection "
+                          "unexpectedly")
+    assert err.endswith("): check that the server is up (`python -m etl db status`), then rerun "
+                        "`python -m etl report`\n") and err.count("\n") == 1

@@ -236,18 +236,53 @@ def test_candles_page_has_at_most_300_rows_inside_the_window(simulator):
     assert min(times) >= T0.timestamp() and max(times) < (T0 + timedelta(minutes=300)).timestamp()
 
 
-def test_connection_refused_exhausts_bounded_attempts():
+def _free_port() -> int:
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    client = ExchangeClient(f"http://127.0.0.1:{port}", _settings(max_attempts=2, rate_limit_rps=1000.0,
-                                                                    rate_limit_burst=1000))
-    with pytest.raises(SourceError, match=r"candles BTC-USD \[2026-01-05T00:00:00Z.*gave up after 2 attempts"
-                                          r".*connection error"):
+        return s.getsockname()[1]
+
+
+def test_refused_before_any_answer_fails_at_once_saying_how_to_start_the_simulator():
+    """Issue 29 item 3: no simulator running is not 27 s of retries ending in "raise PIPELINE_MAX_ATTEMPTS"."""
+    port = _free_port()
+    client = ExchangeClient(f"http://127.0.0.1:{port}", _settings(rate_limit_rps=1000.0, rate_limit_burst=1000))
+    with pytest.raises(SourceError) as err:
         client.candles("BTC-USD", T0, T0 + timedelta(minutes=5), 60)
-    assert client.stats.requests == 2 and client.stats.retries == 1
+    assert str(err.value) == (
+        f"candles BTC-USD [2026-01-05T00:00:00Z, 2026-01-05T00:05:00Z) granularity 60s: nothing answers at "
+        f"http://127.0.0.1:{port} ([Errno 111] Connection refused). The exchange simulator is not running: start it "
+        f"with `python -m etl simulator --port {port}` (in another terminal), or point COINBASE_API_URL at a "
+        "running API")
+    assert client.stats.requests == 1 and client.stats.retries == 0
+
+
+def test_a_server_gone_after_answering_is_retried_for_max_wait_s(make_simulator):
+    """A server that answered and then went away (a restart) is retried within PIPELINE_MAX_WAIT_S, not failed."""
+    sim = make_simulator(rate_limit_rps=1000.0, burst=1000)
+    client = ExchangeClient(sim.url, _settings(max_wait_s=0.5, backoff_initial_s=0.01, backoff_max_s=0.05,
+                                               rate_limit_rps=1000.0, rate_limit_burst=1000))
+    client.candles("BTC-USD", T0, T0 + timedelta(minutes=5), 60)
+    url = sim.url
+    sim.stop()
+    with pytest.raises(SourceError, match=rf"{url} kept failing for 0 s \((\d+) attempts; last: connection "
+                                          r"error \(\[Errno 111\] Connection refused\)\)\. Check that the API is up, then rerun "
+                                          r"\(finished pages are kept\), or allow longer with PIPELINE_MAX_WAIT_S$"):
+        client.candles("BTC-USD", T0, T0 + timedelta(minutes=5), 60)
+    assert client.stats.requests - 1 > 3  # several attempts, all refused
+
+
+def test_a_dead_server_fails_once_its_time_budget_is_spent(make_simulator):
+    """Every answer a 5xx: retried with backoff until PIPELINE_MAX_WAIT_S, then one line naming the last error."""
+    sim = make_simulator(fail_rate=1.0, rate_limit_rps=1000.0, burst=1000)
+    client = ExchangeClient(sim.url, _settings(max_wait_s=1.0, backoff_initial_s=0.05, backoff_max_s=0.2,
+                                               rate_limit_rps=1000.0, rate_limit_burst=1000))
+    with pytest.raises(SourceError, match=r"granularity 60s: .* kept failing for [01] s \((\d+) attempts; last: HTTP "
+                                          r"5\d\d [A-Z][a-z ]+\)") as err:
+        client.candles("BTC-USD", T0, T0 + timedelta(minutes=5), 60)
+    attempts = int(err.value.__str__().split(" attempts")[0].rsplit("(", 1)[1])
+    assert attempts == client.stats.requests == sim.stats["served_5xx"] >= 5  # backoff 0.05, 0.1, 0.2, 0.2, ...
 
 
 def _state_after(exc: Exception, attempt: int):
@@ -276,13 +311,13 @@ def test_wait_honours_retry_after_else_exponential_backoff_with_jitter():
 
 
 def test_429s_do_not_use_attempts_and_give_up_after_the_throttle_wait(make_simulator):
-    """A server that keeps refusing: 429s are sent again beyond PIPELINE_MAX_ATTEMPTS, and the request fails only
+    """A server that keeps refusing: 429s are sent again beyond PIPELINE_MAX_WAIT_S, and the request fails only
     once it has been refused for PIPELINE_THROTTLE_MAX_WAIT_S, naming both settings."""
     sim = make_simulator(rate_limit_rps=0.01, burst=1)  # one request, then the next token in 100 s
-    client = ExchangeClient(sim.url, _settings(max_attempts=2, throttle_max_wait_s=1.0, rate_limit_rps=50.0,
+    client = ExchangeClient(sim.url, _settings(max_wait_s=0.0, throttle_max_wait_s=1.0, rate_limit_rps=50.0,
                                                rate_limit_burst=2))
     client.candles("BTC-USD", T0, T0 + timedelta(minutes=5), 60)
     with pytest.raises(SourceError, match=r"kept refusing.*HTTP 429.*PIPELINE_THROTTLE_MAX_WAIT_S"):
         client.candles("BTC-USD", T0, T0 + timedelta(minutes=5), 60)
-    assert client.stats.http_429 == sim.stats["served_429"] > client.max_attempts
+    assert client.stats.http_429 == sim.stats["served_429"] > 2  # sent again although no retry is allowed
     assert client.pacer.rate < 50.0 * 0.97  # the pace came down

@@ -61,7 +61,7 @@ def airflow_stack(tmp_path_factory, pg_url):
         "PIPELINE_EOD_DEADLINE_HOURS": "0",  # `airflow dags test` of 3.3.2 crashes on DAG deadlines
         "PIPELINE_RETRY_DELAY_S": "1",       # small retry delays for the failure test
         "PIPELINE_MAX_RETRY_DELAY_S": "2",
-        "PIPELINE_MAX_ATTEMPTS": "2",        # per HTTP request inside a task
+        "PIPELINE_MAX_WAIT_S": "1",         # per HTTP request inside a task
     }
     saved = {k: os.environ.get(k) for k in overrides}
     os.environ.update(overrides)

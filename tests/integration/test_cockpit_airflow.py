@@ -138,6 +138,18 @@ def test_plugin_is_registered_with_nav_entry_and_per_run_link(cockpit, token):
     assert escape.status_code == 404
 
 
+def test_a_bad_or_missing_report_file_is_a_404_that_names_no_server_path(cockpit, token):
+    """Issue 29 item 3: `%00` in a report file name was a 500; a missing day's 404 showed the reports folder."""
+    server, data = cockpit[0], str(Path(cockpit[2]).parents[1])
+    auth = {"Authorization": f"Bearer {token}"}
+    nul = requests.get(f"{server.url}/risk/report/2026-01-31/%00", headers=auth, timeout=30)
+    assert (nul.status_code, nul.json()) == (404, {"detail": "'\\x00' is not a file of the 2026-01-31 report"})
+    gone = requests.get(f"{server.url}/risk/report/2026-01-30", headers=auth, timeout=30)
+    assert (gone.status_code, gone.json()) == (
+        404, {"detail": "no HTML report for 2026-01-30: run `python -m etl report --as-of 2026-01-30`"})
+    assert data not in gone.text and data not in nul.text
+
+
 # ---- in the browser ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def chromium():

@@ -70,7 +70,7 @@ def test_validate_products_checks_master_and_source(settings):
 def test_a_failing_attempt_is_up_for_retry_in_airflow_and_failed_outside(settings, make_simulator, monkeypatch):
     broken = make_simulator(fail_rate=1.0, rate_limit_rps=1000.0, burst=1000)
     monkeypatch.setenv("COINBASE_API_URL", broken.url)
-    monkeypatch.setenv("PIPELINE_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("PIPELINE_MAX_WAIT_S", "0.5")
     s = get_settings()
     ref = TaskRef(run_id="r1", dag_id="market_data_intraday", task_id="fetch_candles[0]",
                   try_number=1, max_tries=2, in_airflow=True)

@@ -225,6 +225,68 @@ def test_a_load_killed_mid_transaction_leaves_the_previous_rows(warehouse):
                  "and bucket_start >= '2026-01-02'")[0][0] == 7.0
 
 
+GATED_LOAD = """
+import sys
+import etl.warehouse.loader as loader
+from etl.cli import main
+
+real_read = loader._CopyStream.read
+held = []
+
+def read(self, size=-1):  # the first COPY of Store files waits, mid-COPY, until the test has killed its backend
+    if "source_file" in self.columns and not held:
+        held.append(1)
+        print("copying", flush=True)
+        sys.stdin.readline()
+    return real_read(self, size)
+
+loader._CopyStream.read = read
+sys.exit(main(["load", "--no-dbt"]))
+"""
+
+
+def test_postgres_killing_the_copy_is_one_line_exit_2_and_a_rerun_equals_a_clean_load(warehouse, pg_url):
+    """Issue 29 item 3: the server ends the backend in the middle of `load`'s COPY (pg_terminate_backend, a real
+    server-side kill of that connection). It was a traceback ending `InterfaceError: connection already closed` (the
+    rollback ran on the dead connection) and a line blaming a data file. Now: one line naming the outage and what to
+    do, exit 2, nothing committed; the rerun loads exactly what a clean load does."""
+    child = subprocess.Popen([sys.executable, "-c", GATED_LOAD], cwd=PROJECT_ROOT, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "copying\n"
+    killed = query("select a.query, pg_terminate_backend(a.pid) from pg_stat_activity a "
+                   "where a.datname = current_database() and a.query like 'copy raw.%% from stdin%%'")
+    assert len(killed) == 1 and killed[0][1] is True
+    table = killed[0][0].split()[1]
+    _, err = child.communicate("go\n")
+    assert child.returncode == 2
+    assert err == (f"error: {table}: the warehouse connection was lost during the load (OperationalError: server "
+                   "closed the connection unexpectedly); nothing was committed, the previous rows are kept. "
+                   "Check that the server is up (`python -m etl db status`), then rerun `python -m etl load`\n")
+    assert query("select count(*) from raw._load_state") == [(0,)]  # not one table committed
+    assert query(f"select count(*) from {table}") == [(0,)]
+
+    summary = load_warehouse(run_dbt=False)
+    for name, rows in warehouse.items():
+        assert summary.rows[name] == rows, name
+        assert query(f"select count(*) from raw.{name}")[0][0] == rows, name
+    bars = sample.bars_5m(date(2026, 1, 1), DAYS)
+    assert query("select sum(close) from raw.bars_5m")[0][0] == pytest.approx(bars["close"].sum(), rel=1e-12)
+
+
+def test_the_raw_load_line_says_nothing_of_dbt_and_the_summary_says_what_dbt_did(warehouse, caplog):
+    """Issue 29 item 3: the loader logged "... ; dbt not run" and then ran dbt. The line logged after the raw load
+    (before any dbt) is about raw only; the summary printed at the end says what happened to dbt."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="etl.warehouse"):
+        summary = load_warehouse(run_dbt=False)
+    logged = ["warehouse load:" + line.split("warehouse load:", 1)[1]  # as emitted, not formatted afterwards
+              for line in caplog.text.splitlines() if "warehouse load:" in line]
+    assert logged == [f"warehouse load: {summary.total_rows} rows from {sum(summary.files.values())} files "
+                      f"({', '.join(f'{t}={n}' for t, n in summary.rows.items() if n)})"]
+    assert str(summary) == f"{logged[0]}; dbt not run (--no-dbt)"
+
+
 def test_drawdowns_and_daily_anomalies_load_by_key_and_the_latest_run_wins(warehouse):
     summary = load_warehouse(run_dbt=False)
     daily = sample.daily_from_5m(sample.bars_5m(date(2026, 1, 1), DAYS))
