@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from etl.report.data import backtest_summary
+from etl.report.data import VAR_USD_SQL, backtest_summary
 from etl.report.gold import GoldReader
 
 HISTORY_DAYS = 365
@@ -72,23 +72,30 @@ def latest_as_of(reader: GoldReader) -> date:
     return reader.latest_as_of()
 
 
+def total(values: pd.Series) -> float:
+    """The sum of a figure over portfolios, or NaN (shown as missing) when any of them lacks it: a partial sum or a
+    sum of nothing is not the book's figure."""
+    return values.sum(min_count=len(values)) if len(values) else math.nan
+
+
 # ---- the figures every page shares --------------------------------------------------------------------------------
-PORTFOLIO_DAY_SQL = """
+PORTFOLIO_DAY_SQL = f"""
     select p.portfolio_id, p.name, p.base_currency, p.var_limit, p.concentration_limit, p.drawdown_limit,
            v.market_value, v.gross_exposure, v.net_exposure, v.concentration_pct,
            d.daily_pnl, d.mtd_pnl,
-           r.var_95_hist, r.var_99_hist, r.es_95_hist, r.es_99_hist, r.vol_30d, r.max_drawdown
+           r.var_95_hist, r.var_99_hist, r.es_95_hist, r.es_99_hist, r.vol_30d, r.max_drawdown, u.var_99_hist_usd
     from gold.dim_portfolio as p
     left join gold.fact_portfolio_valuation as v on v.portfolio_id = p.portfolio_id and v.as_of_date = %(as_of)s
     left join gold.fact_pnl_daily as d on d.portfolio_id = p.portfolio_id and d.as_of_date = %(as_of)s
     left join gold.fact_risk_metrics as r on r.portfolio_id = p.portfolio_id and r.as_of_date = %(as_of)s
+    left join ({VAR_USD_SQL}) as u on u.portfolio_id = p.portfolio_id
     where %(portfolio_id)s::text is null or p.portfolio_id = %(portfolio_id)s
     order by p.portfolio_id"""
 
 
 def portfolio_day(reader: GoldReader, as_of: date, portfolio_id: str | None = None) -> pd.DataFrame:
     """One row per portfolio of dim_portfolio (or just `portfolio_id`) with its valuation, PnL and risk of the
-    day (NULL when missing)."""
+    day (NULL when missing), and `var_99_hist_usd` to rank books of different currencies (data.VAR_USD_SQL)."""
     return reader.query(PORTFOLIO_DAY_SQL, {"as_of": as_of, "portfolio_id": portfolio_id})
 
 
@@ -232,9 +239,9 @@ def firm(reader: GoldReader, as_of: date | None = None) -> dict:
     status, missing = completeness(day)
     found, notes = breaches(reader, as_of)
     totals = (day.groupby("base_currency", dropna=False)
-              .agg(portfolios=("portfolio_id", "size"), market_value=("market_value", "sum"),
-                   daily_pnl=("daily_pnl", "sum"), mtd_pnl=("mtd_pnl", "sum"),
-                   gross_exposure=("gross_exposure", "sum"))
+              .agg(portfolios=("portfolio_id", "size"), market_value=("market_value", total),
+                   daily_pnl=("daily_pnl", total), mtd_pnl=("mtd_pnl", total),
+                   gross_exposure=("gross_exposure", total))
               .reset_index().rename(columns={"base_currency": "currency"}))
     worst = day.dropna(subset=["max_drawdown"]).sort_values("max_drawdown").head(5)
     return {"page": "firm", "as_of": as_of.isoformat(), "status": status, "missing": missing,
@@ -245,19 +252,21 @@ def firm(reader: GoldReader, as_of: date | None = None) -> dict:
 
 
 def intraday(reader: GoldReader, as_of: date) -> dict:
-    """Book-wide intraday PnL and gross exposure per 5-minute bucket of the latest day with intraday rows
-    (today while the intraday DAG runs), from gold.fact_intraday_risk."""
+    """Book-wide intraday PnL and gross exposure per 5-minute bucket of the as-of day, from
+    gold.fact_intraday_risk. A day without intraday rows has no chart: `latest_day` names the latest day that has
+    them (today while the intraday DAG runs), so the page links there instead of showing another day's chart."""
     if "fact_intraday_risk" not in tables(reader):
         return {"available": False, "note": "gold.fact_intraday_risk is not built yet: no intraday chart"}
     df = reader.query("""
-        with last_day as (select max(bucket_start)::date as d from gold.fact_intraday_risk)
         select bucket_start, sum(intraday_pnl) as intraday_pnl, sum(gross_exposure) as gross_exposure,
                sum(market_value) as market_value
-        from gold.fact_intraday_risk, last_day
-        where bucket_start >= last_day.d and bucket_start < last_day.d + 1
-        group by bucket_start order by bucket_start""")
+        from gold.fact_intraday_risk
+        where bucket_start >= %(as_of)s::date and bucket_start < %(as_of)s::date + 1
+        group by bucket_start order by bucket_start""", {"as_of": as_of})
     if df.empty:
-        return {"available": False, "note": "gold.fact_intraday_risk has no rows yet"}
+        latest = reader.query("select max(bucket_start)::date as d from gold.fact_intraday_risk")["d"].iat[0]
+        return {"available": False, "note": f"gold.fact_intraday_risk has no rows on {as_of}",
+                "latest_day": jsonable(latest)}
     return {"available": True, "day": pd.Timestamp(df["bucket_start"].iloc[0]).date().isoformat(),
             "rows": records(df), "scenario_note": _scenario_note(reader)}
 

@@ -41,7 +41,13 @@ PAGE_INFO_JS = """JSON.stringify({
   svg: document.querySelectorAll('svg').length,
   img: document.querySelectorAll('img').length,
   canvas: document.querySelectorAll('canvas').length,
-  height: document.documentElement.scrollHeight
+  height: document.documentElement.scrollHeight,
+  overflowing: Array.from(document.querySelectorAll('table')).map(t => {
+    const box = t.closest('.table-wrap') || t.parentElement;
+    return [t.id, box.scrollWidth, box.clientWidth];
+  }).filter(([, content, room]) => content > room).concat(
+    document.documentElement.scrollWidth > document.documentElement.clientWidth
+      ? [['(page)', document.documentElement.scrollWidth, document.documentElement.clientWidth]] : [])
 })"""
 
 
@@ -67,6 +73,9 @@ class PageCheck:
     screenshot: Path | None = None      # the first screen (window size)
     full_screenshot: Path | None = None  # the whole page (capped at MAX_SCREENSHOT_HEIGHT)
     dom: str = ""
+    # (table id, scrollWidth, clientWidth) of each table wider than its box (hidden behind a horizontal scroll),
+    # and ('(page)', ...) when the page itself scrolls sideways
+    overflowing: list[tuple[str, int, int]] = field(default_factory=list)
 
     @property
     def heading_ids(self) -> set[str]:
@@ -200,7 +209,8 @@ class Chromium:
             dom = self.call("Runtime.evaluate", {"expression": "document.documentElement.outerHTML",
                                                  "returnByValue": True}, session)["result"]["value"]
             page = PageCheck(url=url, title=info["title"], headings=[tuple(h) for h in info["headings"]],
-                             charts=info["svg"] + info["img"] + info["canvas"], dom=dom)
+                             charts=info["svg"] + info["img"] + info["canvas"], dom=dom,
+                             overflowing=[tuple(o) for o in info["overflowing"]])
             if out_dir is not None:
                 out_dir.mkdir(parents=True, exist_ok=True)
                 stem = name or _file_stem(url)
