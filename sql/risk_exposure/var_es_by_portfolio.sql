@@ -5,19 +5,19 @@ select
     latest.portfolio_id,
     portfolio.name as portfolio_name,
     portfolio.base_currency,
-    latest.var_95_hist,
-    latest.var_99_hist,
-    latest.es_95_hist,
-    latest.es_99_hist,
-    latest.var_95_param,
-    latest.var_99_param,
-    latest.es_95_param,
-    latest.es_99_param,
-    latest.var_95_mc,
-    latest.var_99_mc,
-    latest.es_95_mc,
-    latest.es_99_mc,
-    portfolio.var_limit,
+    round((latest.var_95_hist)::numeric, money.dp) as var_95_hist,
+    round((latest.var_99_hist)::numeric, money.dp) as var_99_hist,
+    round((latest.es_95_hist)::numeric, money.dp) as es_95_hist,
+    round((latest.es_99_hist)::numeric, money.dp) as es_99_hist,
+    round((latest.var_95_param)::numeric, money.dp) as var_95_param,
+    round((latest.var_99_param)::numeric, money.dp) as var_99_param,
+    round((latest.es_95_param)::numeric, money.dp) as es_95_param,
+    round((latest.es_99_param)::numeric, money.dp) as es_99_param,
+    round((latest.var_95_mc)::numeric, money.dp) as var_95_mc,
+    round((latest.var_99_mc)::numeric, money.dp) as var_99_mc,
+    round((latest.es_95_mc)::numeric, money.dp) as es_95_mc,
+    round((latest.es_99_mc)::numeric, money.dp) as es_99_mc,
+    round((portfolio.var_limit)::numeric, money.dp) as var_limit,
     portfolio.var_limit_metric,
     case portfolio.var_limit_metric
         when 'var_95_hist' then latest.var_95_hist
@@ -30,5 +30,6 @@ select
 from gold.fact_risk_metrics as latest
 inner join gold.dim_portfolio as portfolio
     on latest.portfolio_id = portfolio.portfolio_id
+cross join lateral (select case when portfolio.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
 where latest.as_of_date = coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_risk_metrics))
 order by latest.var_99_hist desc nulls last

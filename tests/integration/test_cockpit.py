@@ -200,10 +200,11 @@ def test_intraday_pnl_and_exposure_are_book_sums_per_bucket(gold, reader):
                        ('P0001', '2026-01-31 23:55+00', 99, 9.0, 119, '2026-01-30');
                      grant select on gold.fact_intraday_risk to reporting""")
     try:
-        intra = cockpit.intraday(reader, AS_OF)
-        assert intra["available"] and intra["day"] == "2026-02-01"  # the latest day with intraday rows
+        intra = cockpit.intraday(reader, date(2026, 2, 1))
+        assert intra["available"] and intra["day"] == "2026-02-01"  # the as-of day's buckets only
         assert [(r["bucket_start"][11:16], r["intraday_pnl"], r["gross_exposure"]) for r in intra["rows"]] == [
             ("09:00", 1.0, 180.0), ("09:05", 2.5, 121.0)]
+        assert [r["intraday_pnl"] for r in cockpit.intraday(reader, AS_OF)["rows"]] == [9.0]
         assert intra["scenario_note"] is None                      # the previous close's scenario set
         # the latest bucket without a scenario set: the cockpit names the missing one
         _sql(gold[0], "update gold.fact_intraday_risk set scenario_as_of_date = null "
