@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from etl.report.data import VAR_USD_SQL, backtest_summary
+from etl.report.data import VAR_USD_SQL, backtest_summary, total
 from etl.report.gold import GoldReader
 
 HISTORY_DAYS = 365
@@ -70,12 +70,6 @@ def columns(reader: GoldReader, table: str) -> set[str]:
 
 def latest_as_of(reader: GoldReader) -> date:
     return reader.latest_as_of()
-
-
-def total(values: pd.Series) -> float:
-    """The sum of a figure over portfolios, or NaN (shown as missing) when any of them lacks it: a partial sum or a
-    sum of nothing is not the book's figure."""
-    return values.sum(min_count=len(values)) if len(values) else math.nan
 
 
 # ---- the figures every page shares --------------------------------------------------------------------------------

@@ -114,6 +114,12 @@ def first_screen(reader: GoldReader, as_of: date) -> dict:
                 "firm_risk": {"available": False, "note": cockpit.FIRM_NOT_COMPUTED}, "error": first}
 
 
+def total(values: pd.Series) -> float:
+    """The sum of a figure over portfolios, or NaN (shown as missing) when any of them lacks it: a partial sum or a
+    sum of nothing is not the book's figure."""
+    return values.astype(float).sum(min_count=len(values)) if len(values) else float("nan")
+
+
 def backtest_summary(bt: pd.DataFrame) -> pd.DataFrame:
     """Per method x confidence of fact_var_backtest rows: days observed (`n_obs`), exceptions, expected exceptions
     (n_obs x (1 - confidence)). The report adds the traffic-light zone; the cockpit shows it as is."""

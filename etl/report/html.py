@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from etl.report import charts
-from etl.report.data import CORRELATION_DAYS, ReportData, backtest_summary
+from etl.report.data import CORRELATION_DAYS, ReportData, backtest_summary, total
 from etl.report.formatting import Formats
 from etl.risk.backtest import traffic_light
 
@@ -325,11 +325,11 @@ def first_screen(data: ReportData, summary: pd.DataFrame) -> str:
         suffix = "" if summary["base_currency"].nunique() == 1 else f" ({ccy})"
         k = slug(ccy)
         if "market_value" in g:
-            kpis.append(_kpi(f"Book value{suffix}", money(g["market_value"].sum(min_count=1), ccy), f"book-{k}"))
+            kpis.append(_kpi(f"Book value{suffix}", money(total(g["market_value"]), ccy), f"book-{k}"))
         if "daily_pnl" in g:
-            v = g["daily_pnl"].sum(min_count=1)
+            v = total(g["daily_pnl"])
             kpis.append(_kpi(f"Daily PnL{suffix}", money(v, ccy, signed=True), f"daily-pnl-{k}", _sign_class(v)))
-            v = g["mtd_pnl"].sum(min_count=1)
+            v = total(g["mtd_pnl"])
             kpis.append(_kpi(f"MTD PnL{suffix}", money(v, ccy, signed=True), f"mtd-pnl-{k}", _sign_class(v)))
     rows = _breach_rows(data)
     known = data.first_screen.get("status") == "complete"  # on an incomplete day, none found is not "none"
@@ -424,6 +424,9 @@ def _portfolio_breaches(data: ReportData, pid: str) -> str:
         return missing("fact_limit_breaches")
     mine = breaches[breaches["portfolio_id"].astype(str) == pid]
     if mine.empty:
+        risk = data.get("risk")
+        if risk is None or not (risk["portfolio_id"].astype(str) == pid).any():  # not computed: unknown, not none
+            return empty(f"limit breaches on {data.as_of} unknown: no risk metrics for this day")
         return empty(f"no limit breaches on {data.as_of}")
     mine = mine.assign(value_fmt=[limit_value(t, v) for t, v in zip(mine["limit_type"], mine["value"], strict=True)],
                        limit_fmt=[limit_value(t, v)

@@ -218,3 +218,17 @@ def test_intraday_pnl_and_exposure_are_book_sums_per_bucket(gold, reader):
             cockpit.intraday(reader, AS_OF)["scenario_note"]
     finally:
         _sql(gold[0], "drop table gold.fact_intraday_risk")
+
+
+def test_a_total_is_missing_when_a_portfolio_lacks_the_figure(gold, reader):
+    """A partial sum is not the book's value: P0003 without its valuation makes the book value missing (the page
+    reads "–"), while the PnL total, which every portfolio has, stays the sum."""
+    _sql(gold[0], "update gold.fact_portfolio_valuation set as_of_date = '2000-01-01' "
+                  "where portfolio_id = 'P0003' and as_of_date = %s", (AS_OF,))
+    try:
+        (t,) = cockpit.firm(reader)["totals"]
+        (pnl,), = _sql(gold[0], "select sum(daily_pnl) from gold.fact_pnl_daily where as_of_date = %s", (AS_OF,))
+        assert t["market_value"] is None and t["daily_pnl"] == pytest.approx(pnl)
+    finally:
+        _sql(gold[0], "update gold.fact_portfolio_valuation set as_of_date = %s "
+                      "where portfolio_id = 'P0003' and as_of_date = '2000-01-01'", (AS_OF,))
