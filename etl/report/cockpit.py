@@ -262,18 +262,19 @@ def intraday(reader: GoldReader, as_of: date) -> dict:
         return {"available": False, "note": f"gold.fact_intraday_risk has no rows on {as_of}",
                 "latest_day": jsonable(latest)}
     return {"available": True, "day": pd.Timestamp(df["bucket_start"].iloc[0]).date().isoformat(),
-            "rows": records(df), "scenario_note": _scenario_note(reader)}
+            "rows": records(df), "scenario_note": _scenario_note(reader, df["bucket_start"].iloc[-1])}
 
 
-def _scenario_note(reader: GoldReader) -> str | None:
-    """Which end-of-day scenario set the latest bucket's intraday VaR lacks (missing or stale), else None."""
+def _scenario_note(reader: GoldReader, bucket_start) -> str | None:
+    """Which end-of-day scenario set the intraday VaR of `bucket_start` (the chart's last bucket) lacks (missing or
+    stale), else None."""
     if "scenario_as_of_date" not in columns(reader, "fact_intraday_risk"):
         return None
     r = reader.query("""
         select bucket_start, max(scenario_as_of_date) as scenario_as_of_date
         from gold.fact_intraday_risk
-        where bucket_start = (select max(bucket_start) from gold.fact_intraday_risk)
-        group by 1""").iloc[0]
+        where bucket_start = %(bucket_start)s
+        group by 1""", {"bucket_start": bucket_start}).iloc[0]
     bucket = pd.to_datetime(r["bucket_start"], utc=True)
     expected = (bucket.normalize() - pd.Timedelta(days=1)).date()
     when = bucket.strftime("%Y-%m-%d %H:%M UTC")

@@ -209,13 +209,14 @@ def test_intraday_pnl_and_exposure_are_book_sums_per_bucket(gold, reader):
         # the latest bucket without a scenario set: the cockpit names the missing one
         _sql(gold[0], "update gold.fact_intraday_risk set scenario_as_of_date = null "
                       "where bucket_start = '2026-02-01 09:05+00'")
-        assert cockpit.intraday(reader, AS_OF)["scenario_note"] == (
+        assert cockpit.intraday(reader, AS_OF)["scenario_note"] is None  # the as-of day's own last bucket is fine
+        assert cockpit.intraday(reader, date(2026, 2, 1))["scenario_note"] == (
             "Intraday VaR/ES at 2026-02-01 09:05 UTC are uncomputable: the end-of-day scenario set as of 2026-01-31 "
             "is missing (VaR limits count as breached); run the end-of-day risk for that day")
         _sql(gold[0], "update gold.fact_intraday_risk set scenario_as_of_date = '2026-01-20' "
                       "where bucket_start = '2026-02-01 09:05+00'")
         assert "stale end-of-day scenario set as of 2026-01-20; the one as of 2026-01-31 is missing" in \
-            cockpit.intraday(reader, AS_OF)["scenario_note"]
+            cockpit.intraday(reader, date(2026, 2, 1))["scenario_note"]
     finally:
         _sql(gold[0], "drop table gold.fact_intraday_risk")
 
