@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from etl.reference import fail, load_instruments, read_reference_csv
+from etl.reference import DELISTED_ON, fail, load_instruments, read_reference_csv
 from etl.settings import Settings, get_settings
 
 PORTFOLIO_COLUMNS = ["portfolio_id", "name", "base_currency", "var_limit", "concentration_limit", "drawdown_limit"]
@@ -91,7 +91,8 @@ def load_positions(settings: Settings | None = None) -> pd.DataFrame:
     path = settings.reference_dir / "positions.csv"
     df = read_reference_csv(path, POSITION_COLUMNS)
     problems = _Problems(path)
-    products = set(load_instruments(settings)["product_id"])
+    instruments = load_instruments(settings)
+    products = set(instruments["product_id"])
     portfolios = set(load_portfolios(settings)["portfolio_id"])
     problems.add(~df["portfolio_id"].isin(portfolios), "unknown portfolio",
                  lambda i: f"{df['portfolio_id'].iat[i]!r} is not in portfolios.csv")
@@ -99,6 +100,11 @@ def load_positions(settings: Settings | None = None) -> pd.DataFrame:
                  lambda i: f"{df['product_id'].iat[i]!r} is not in the instrument master (instruments.csv)")
     dates = pd.to_datetime(df["as_of_date"], format="%Y-%m-%d", errors="coerce")
     problems.add(dates.isna(), "unparsable date", lambda i: f"as_of_date={df['as_of_date'].iat[i]!r}; use YYYY-MM-DD")
+    delisted_on = df["product_id"].map(instruments.set_index("product_id")[DELISTED_ON])
+    problems.add(dates > delisted_on, "position outlives its instrument",
+                 lambda i: f"{df['product_id'].iat[i]} was delisted on {delisted_on.iat[i]:%Y-%m-%d} (instruments.csv) "
+                           f"but this snapshot of {df['as_of_date'].iat[i]} still holds it: drop the row or correct "
+                           f"{DELISTED_ON}")
     quantity = _number(df, "quantity", problems)
     avg_cost = _number(df, "avg_cost", problems)
     problems.add(quantity == 0, "quantity = 0", lambda i: "a zero position is not a holding; omit the row")

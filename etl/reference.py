@@ -21,6 +21,8 @@ from etl.errors import ValidationError
 from etl.settings import Settings, get_settings
 
 INSTRUMENT_COLUMNS = ["product_id", "base_currency", "quote_currency", "exchange_id", "asset_class", "display_name"]
+# optional: the UTC day a product stopped trading (empty = listed); a delisted holding is valued at its last close
+DELISTED_ON = "delisted_on"
 EXCHANGE_COLUMNS = ["exchange_id", "name", "api_base_url", "timezone"]
 MAX_REPORTED = 20  # problems listed in one error message
 
@@ -101,12 +103,15 @@ def load_exchanges(settings: Settings | None = None) -> pd.DataFrame:
 
 
 def load_instruments(settings: Settings | None = None) -> pd.DataFrame:
-    """The instrument master: one row per product, with its base and quote currency."""
+    """The instrument master: one row per product, with its base and quote currency, and `delisted_on`
+    (datetime64 at midnight; NaT while the product is listed)."""
     settings = settings or get_settings()
     path = settings.reference_dir / "instruments.csv"
     df = read_reference_csv(path, INSTRUMENT_COLUMNS)
     exchanges = set(load_exchanges(settings)["exchange_id"])
     problems = []
+    delisted = df[DELISTED_ON] if DELISTED_ON in df.columns else pd.Series("", index=df.index)
+    delisted_on = pd.to_datetime(delisted, format="%Y-%m-%d", errors="coerce")
     dup = df["product_id"].duplicated().to_numpy()
     for i, row in enumerate(df.itertuples(index=False)):  # reference files are small: per-row checks read best
         where = f"{path}:{_line(i)}"
@@ -117,8 +122,11 @@ def load_instruments(settings: Settings | None = None) -> pd.DataFrame:
             problems.append(f"{where}: unknown exchange_id {row.exchange_id!r} (known: {sorted(exchanges)})")
         if dup[i]:
             problems.append(f"{where}: duplicate product_id {row.product_id!r}")
+        if delisted.iat[i] and pd.isna(delisted_on.iat[i]):
+            problems.append(f"{where}: unparsable date: {DELISTED_ON}={delisted.iat[i]!r}; use YYYY-MM-DD "
+                            "(empty while listed)")
     fail(problems, "instruments")
-    return df[INSTRUMENT_COLUMNS]
+    return df[INSTRUMENT_COLUMNS].assign(**{DELISTED_ON: delisted_on.astype("datetime64[ns]")})
 
 
 def quote_currency(product_id: str, settings: Settings | None = None) -> str:

@@ -122,12 +122,16 @@ def _duration(seconds: float) -> str:
 # ---- market data --------------------------------------------------------------------------------------------
 def book_products(settings: Settings) -> list[str]:
     """Products the risk run needs beyond the universe: every product held, plus `<CCY>-USD` for each non-USD
-    quote or base currency (conversions), e.g. ETH-BTC held -> ETH-BTC and BTC-USD."""
+    quote or base currency (conversions), e.g. ETH-BTC held -> ETH-BTC and BTC-USD; less the products the
+    instrument master declares delisted (the source serves no candles for them; risk values them at their last
+    close)."""
     from etl import portfolios
-    from etl.reference import load_instruments
+    from etl.reference import DELISTED_ON, load_instruments
 
-    return portfolios.book_products(load_instruments(settings), portfolios.load_portfolios(settings),
-                                    portfolios.load_positions(settings))
+    instruments = load_instruments(settings)
+    delisted = set(instruments.loc[instruments[DELISTED_ON].notna(), "product_id"])
+    return [p for p in portfolios.book_products(instruments, portfolios.load_portfolios(settings),
+                                                portfolios.load_positions(settings)) if p not in delisted]
 
 
 @task_function("validate_products")

@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from etl.report.completeness import stale_holdings
 from etl.report.data import VAR_USD_SQL, backtest_summary, total
 from etl.report.gold import GoldReader
+from etl.settings import get_settings
 
 HISTORY_DAYS = 365
 BACKTEST_DAYS = 250
@@ -106,6 +108,14 @@ def completeness(day: pd.DataFrame) -> tuple[str, list[str]]:
             more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""
             missing.append(f"gold.{table}: no row for {', '.join(ids[:5])}{more}")
     return ("incomplete" if missing else "complete"), missing
+
+
+def day_status(reader: GoldReader, as_of: date, day: pd.DataFrame) -> tuple[str, list[str], list[str]]:
+    """(status, missing, stale): `completeness` plus the holdings without a close of the day, as the report's
+    check says them (etl.report.completeness.stale_holdings): a listed product is missing, a delisted one stale."""
+    status, missing = completeness(day)
+    problems, stale = stale_holdings(reader, as_of)
+    return ("incomplete" if problems else status), [*missing, *problems], stale
 
 
 BREACHES_SQL = """
@@ -217,12 +227,12 @@ def summary(reader: GoldReader, as_of: date | None = None) -> dict:
     """`GET /risk/api/summary` (../shared/CONTRACT.md): as_of, status, breaches, portfolios."""
     as_of = as_of or latest_as_of(reader)
     day = portfolio_day(reader, as_of)
-    status, missing = completeness(day)
+    status, missing, stale = day_status(reader, as_of, day)
     found, notes = breaches(reader, as_of)
     if "fact_limit_breaches" not in tables(reader):  # unknown breaches are not "no breaches": fail closed
         status, missing = "incomplete", [*missing, "gold.fact_limit_breaches is missing"]
     cols = ["portfolio_id", "market_value", "daily_pnl", "var_95_hist", "var_99_hist"]
-    return {"as_of": as_of.isoformat(), "status": status, "missing": missing, "breaches": found,
+    return {"as_of": as_of.isoformat(), "status": status, "missing": missing, "stale": stale, "breaches": found,
             "portfolios": records(day[cols]), "notes": notes}
 
 
@@ -230,7 +240,7 @@ def firm(reader: GoldReader, as_of: date | None = None) -> dict:
     """Breaches first, firm VaR/ES, PnL today and MTD, worst drawdowns, the day's intraday PnL and exposure."""
     as_of = as_of or latest_as_of(reader)
     day = portfolio_day(reader, as_of)
-    status, missing = completeness(day)
+    status, missing, stale = day_status(reader, as_of, day)
     found, notes = breaches(reader, as_of)
     totals = (day.groupby("base_currency", dropna=False)
               .agg(portfolios=("portfolio_id", "size"), market_value=("market_value", total),
@@ -238,31 +248,42 @@ def firm(reader: GoldReader, as_of: date | None = None) -> dict:
                    gross_exposure=("gross_exposure", total))
               .reset_index().rename(columns={"base_currency": "currency"}))
     worst = day.dropna(subset=["max_drawdown"]).sort_values("max_drawdown").head(5)
-    return {"page": "firm", "as_of": as_of.isoformat(), "status": status, "missing": missing,
+    return {"page": "firm", "as_of": as_of.isoformat(), "status": status, "missing": missing, "stale": stale,
             "breaches": found, "notes": notes, "firm_risk": firm_risk(reader, as_of), "totals": records(totals),
             "worst_drawdowns": records(worst[["portfolio_id", "name", "max_drawdown", "drawdown_limit"]]),
             "intraday": intraday(reader, as_of),
             "portfolios": records(day.drop(columns=["concentration_limit"]))}
 
 
-def intraday(reader: GoldReader, as_of: date) -> dict:
-    """Book-wide intraday PnL and gross exposure per 5-minute bucket of the as-of day, from
-    gold.fact_intraday_risk. A day without intraday rows has no chart: `latest_day` names the latest day that has
-    them (today while the intraday DAG runs), so the page links there instead of showing another day's chart."""
+def intraday(reader: GoldReader, as_of: date, max_price_age_s: float | None = None) -> dict:
+    """Book-wide intraday PnL and gross exposure per 5-minute bucket of the as-of day, from gold.fact_intraday_risk,
+    with the books of the day's last bucket valued on a price older than `max_price_age_s` (default
+    RISK_INTRADAY_MAX_PRICE_AGE_S) or on none (`stale_books`: the page flags them rather than show their value as a
+    fresh number). A day without intraday rows has no chart: `latest_day` names the latest day that has them (today
+    while the intraday DAG runs), so the page links there instead of showing another day's chart."""
     if "fact_intraday_risk" not in tables(reader):
         return {"available": False, "note": "gold.fact_intraday_risk is not built yet: no intraday chart"}
+    max_age = get_settings().intraday_max_price_age_s if max_price_age_s is None else max_price_age_s
     df = reader.query("""
         select bucket_start, sum(intraday_pnl) as intraday_pnl, sum(gross_exposure) as gross_exposure,
-               sum(market_value) as market_value
+               sum(market_value) as market_value,
+               count(*) filter (where max_price_age_s is null or max_price_age_s > %(max_age)s) as stale_books
         from gold.fact_intraday_risk
         where bucket_start >= %(as_of)s::date and bucket_start < %(as_of)s::date + 1
-        group by bucket_start order by bucket_start""", {"as_of": as_of})
+        group by bucket_start order by bucket_start""", {"as_of": as_of, "max_age": max_age})
     if df.empty:
         latest = reader.query("select max(bucket_start)::date as d from gold.fact_intraday_risk")["d"].iat[0]
         return {"available": False, "note": f"gold.fact_intraday_risk has no rows on {as_of}",
                 "latest_day": jsonable(latest)}
+    last = df["bucket_start"].iloc[-1]
+    stale = reader.query("""
+        select portfolio_id, bucket_start, market_value, max_price_age_s, stale_product_ids
+        from gold.fact_intraday_risk
+        where bucket_start = %(last)s and (max_price_age_s is null or max_price_age_s > %(max_age)s)
+        order by portfolio_id""", {"last": last, "max_age": max_age})
     return {"available": True, "day": pd.Timestamp(df["bucket_start"].iloc[0]).date().isoformat(),
-            "rows": records(df), "scenario_note": _scenario_note(reader, df["bucket_start"].iloc[-1])}
+            "rows": records(df), "scenario_note": _scenario_note(reader, last), "max_price_age_s": max_age,
+            "stale_books": records(stale)}
 
 
 def _scenario_note(reader: GoldReader, bucket_start) -> str | None:
@@ -318,7 +339,7 @@ def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) 
                                                             bt["confidence"].astype(float) / 100)
     summary_bt = backtest_summary(bt).rename(columns={"n_obs": "days"})
     positions = reader.query("""
-        select product_id, quantity, avg_cost, close, market_value, unrealized_pnl,
+        select product_id, quantity, avg_cost, close, price_date, is_stale, market_value, unrealized_pnl,
                abs(market_value) / nullif(sum(abs(market_value)) over (), 0) as share_of_gross
         from gold.fact_positions where portfolio_id = %(portfolio_id)s and as_of_date = %(as_of)s
         order by abs(market_value) desc""", p)

@@ -6,6 +6,10 @@ Checks, for the as-of day D (each failure is one line naming the table or file a
 3. gold.fact_limit_breaches can be read (no table = breaches unknown, never "0 breaches");
 4. fresh: when the data store holds the risk commit for D (outputs/_commits/risk/as_of_date=D.json), gold's
    fact_risk_metrics rows for D carry that commit's run id (else a newer risk run is not loaded/built yet).
+5. priced: every holding of D in gold.fact_positions is valued at a close of D; one whose product has no daily
+   bar on D (is_stale) fails it, naming the product, its last bar and the portfolios holding it, unless the
+   instrument master declares the product delisted (is_delisted): then it is a notice (valued at its last close,
+   flagged stale on every page), not a failure.
 An incomplete day makes `report` exit 3 (IncompleteInputError) after writing its HTML with a red INCOMPLETE banner.
 """
 
@@ -31,6 +35,7 @@ PER_PORTFOLIO = ("fact_portfolio_valuation", "fact_pnl_daily", "fact_risk_metric
 class Completeness:
     as_of: date
     problems: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)   # true but worth a flag (delisted holdings): not a failure
 
     @property
     def complete(self) -> bool:
@@ -72,6 +77,9 @@ def check(reader: GoldReader, as_of: date, settings: Settings) -> Completeness:
                                 f"`python -m etl risk --as-of {as_of}` then `python -m etl load`")
     if _ids(reader, "fact_limit_breaches", "select portfolio_id from gold.fact_limit_breaches limit 1", as_of) is None:
         out.problems.append("gold.fact_limit_breaches cannot be read: limit breaches are unknown")
+    problems, notices = stale_holdings(reader, as_of)
+    out.problems += problems
+    out.notices += notices
     if manifest is not None:
         runs = _ids(reader, "fact_risk_metrics", "select distinct risk_run_id from gold.fact_risk_metrics "
                     "where as_of_date = %(as_of)s", as_of)
@@ -83,20 +91,58 @@ def check(reader: GoldReader, as_of: date, settings: Settings) -> Completeness:
             out.problems.append("gold.fact_risk_metrics has no risk_run_id column: run `python -m etl load`")
     if out.problems:
         log.error("%s", out)
+    if out.notices:
+        log.warning("inputs for %s: %s", as_of, "; ".join(out.notices))
     return out
 
 
+STALE_SQL = """
+    select product_id, max(price_date) as last_bar, bool_and(is_delisted) as is_delisted,
+           string_agg(distinct portfolio_id, ', ' order by portfolio_id) as portfolios
+    from gold.fact_positions where as_of_date = %(as_of)s and is_stale
+    group by product_id order by product_id"""
+
+
+def stale_holdings(reader: GoldReader, as_of: date) -> tuple[list[str], list[str]]:
+    """(problems, notices) of the holdings of `as_of` valued at a close from an earlier day: a listed product
+    without a bar on the day is a problem (the day is incomplete); a delisted one is a notice."""
+    df = reader.frame("fact_positions", STALE_SQL, {"as_of": as_of})
+    if df is None:
+        return [f"gold.fact_positions (with price_date, is_stale) cannot be read: whether every holding has a "
+                f"close on {as_of} is unknown: run `python -m etl load`"], []
+    problems, notices = [], []
+    for r in df.itertuples(index=False):
+        if r.is_delisted:
+            notices.append(f"{r.product_id} is delisted: valued at its last close, of {r.last_bar} (stale), in "
+                           f"portfolio(s) {r.portfolios}")
+        else:
+            problems.append(f"{r.product_id} has no daily bar on {as_of} (last bar {r.last_bar}), held by "
+                            f"portfolio(s) {r.portfolios}: ingest its daily candles (`python -m etl ingest "
+                            f"--products {r.product_id} --granularity 86400`, then `silver`, `risk --as-of {as_of}`, "
+                            f"`load`), or if it was delisted set delisted_on in instruments.csv")
+    return problems, notices
+
+
 def banner(result: Completeness) -> str:
-    """The red INCOMPLETE banner put at the top of the HTML report ('' when complete)."""
-    if result.complete:
-        return ""
-    items = "".join(f"<li>{html.escape(p)}</li>" for p in result.problems)
-    return ('<div id="incomplete" role="alert" style="background:#b00020;color:#fff;padding:12px 20px;'
-            'font:600 15px/1.4 system-ui,sans-serif">'
-            f'<strong style="font-size:20px">INCOMPLETE</strong> &mdash; inputs for {result.as_of} are missing or '
-            f'stale; no figure below may be read as complete (a missing row is not a zero):<ul>{items}</ul></div>')
+    """The red INCOMPLETE banner put at the top of the HTML report, then the amber STALE one for the notices
+    ('' when complete without notices)."""
+    out = ""
+    if not result.complete:
+        items = "".join(f"<li>{html.escape(p)}</li>" for p in result.problems)
+        out += ('<div id="incomplete" role="alert" style="background:#b00020;color:#fff;padding:12px 20px;'
+                'font:600 15px/1.4 system-ui,sans-serif">'
+                f'<strong style="font-size:20px">INCOMPLETE</strong> &mdash; inputs for {result.as_of} are missing '
+                f'or stale; no figure below may be read as complete (a missing row is not a zero):<ul>{items}</ul>'
+                '</div>')
+    if result.notices:
+        items = "".join(f"<li>{html.escape(n)}</li>" for n in result.notices)
+        out += ('<div id="stale" role="status" style="background:#ffb300;color:#000;padding:12px 20px;'
+                'font:600 15px/1.4 system-ui,sans-serif"><strong style="font-size:20px">STALE</strong> &mdash; '
+                f'some holdings of {result.as_of} are valued at an earlier close:<ul>{items}</ul></div>')
+    return out
 
 
 def with_banner(page: str, result: Completeness) -> str:
-    """`page` with the banner right after <body> (the HTML renderer itself is unchanged)."""
-    return page.replace("<body>", "<body>\n" + banner(result), 1) if not result.complete else page
+    """`page` with the banners right after <body> (the HTML renderer itself is unchanged)."""
+    text = banner(result)
+    return page.replace("<body>", "<body>\n" + text, 1) if text else page

@@ -528,14 +528,24 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
         parts.append(figure(charts.exposure_by_asset(mine, ccy, f"{name}: exposure by asset ({ccy})", conc),
                             f"chart-exposure-{sid}", f"Market value per asset on {data.as_of}."))
         gross = mine["market_value"].astype(float).abs().sum()
-        mine = mine.assign(share=mine["market_value"].astype(float).abs() / gross if gross else np.nan)
+        mine = mine.assign(share=mine["market_value"].astype(float).abs() / gross if gross else np.nan,
+                           close_of=_close_of(mine))
         parts.append(table(mine.sort_values("share", ascending=False), [
             ("product_id", "Asset", None), ("quantity", "Quantity", number), ("avg_cost", "Avg cost", money),
-            ("close", "Close", money), ("market_value", f"Market value ({ccy})", money),
+            ("close", "Close", money), ("close_of", "Close of", None), ("market_value", f"Market value ({ccy})", money),
             ("unrealized_pnl", f"Unrealised PnL ({ccy})", lambda v: money(v, signed=True)),
             ("share", "Share of gross", pct)], table_id=f"positions-{sid}", signed=("unrealized_pnl",)))
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _close_of(positions: pd.DataFrame) -> pd.Series:
+    """The day of each position's close, '<day> (stale)' when it is before the as-of day (etl.risk.engine.price_flags)."""
+    if "price_date" not in positions:
+        return pd.Series("", index=positions.index)
+    day = positions["price_date"].astype(str).str[:10]
+    stale = positions["is_stale"].fillna(False).astype(bool) if "is_stale" in positions else False
+    return day.where(~stale, day + " (stale)")
 
 
 def section_market(data: ReportData) -> str:

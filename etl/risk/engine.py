@@ -90,9 +90,22 @@ def close_matrix(bars: pd.DataFrame, products: list[str], as_of: pd.Timestamp) -
                                 f"{last_bar.max().date()}): ingest that day or pick an earlier --as-of")
     stale = wide.index[-1] - last_bar
     for product, lag in stale[stale > pd.Timedelta(0)].items():
-        log.warning("%s has no daily bar on %s: using its last close from %s days earlier",
-                    product, as_of.date(), lag.days)
+        log.warning("%s has no daily bar on %s: valued at its last close, of %s (%s days earlier); the day is "
+                    "incomplete unless instruments.csv declares it delisted", product, as_of.date(),
+                    last_bar[product].date(), lag.days)
     return wide.loc[start.idxmax():]
+
+
+def price_flags(positions_valued: pd.DataFrame, last_bar: pd.Series, delisted_on: pd.Series) -> pd.DataFrame:
+    """The positions valued on the as-of day with where their close comes from: `price_date` (the product's last
+    daily bar on or before the as-of day), `is_stale` (that bar is older than the as-of day) and `is_delisted`
+    (the instrument master says the product stopped trading on or before the as-of day: its last close is the
+    reference price, not a missing one). last_bar, delisted_on: product_id -> day (NaT while listed)."""
+    as_of = pd.to_datetime(positions_valued["as_of_date"])
+    price_date = pd.to_datetime(positions_valued["product_id"].map(last_bar))
+    delisted = pd.to_datetime(positions_valued["product_id"].map(delisted_on))
+    return positions_valued.assign(price_date=price_date, is_stale=(price_date < as_of).to_numpy(),
+                                   is_delisted=(delisted <= as_of).to_numpy())
 
 
 def usd_rates(closes: pd.DataFrame, currencies: set[str]) -> dict[str, np.ndarray]:
@@ -280,7 +293,8 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
     hist_days = days[hist_start:]
     p = len(pids)
     h = len(hist_days)
-    held_any = expo["gross_exposure"][hist_start:] > 0                     # (H, P)
+    kept = expo["gross_exposure"][hist_start:] > 0                         # (H, P): days the book held something
+    kept[-1] = True                        # and every portfolio on the as-of day: an empty book is worth 0, not unknown
     dd_hist = drawdown.drawdown_series(port_ret[hist_start + 1:])          # (H, P): index 0 = first history day
     frame = {"portfolio_id": np.tile(pids, h), "as_of_date": np.repeat(hist_days, p), "base_currency": base}
     valuation_df = pd.DataFrame({
@@ -289,9 +303,9 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
         "unrealized_pnl": val.unrealized_pnl[hist_start:].sum(axis=-1).ravel(),
         **{k: v[hist_start:].ravel() for k, v in expo.items()},
         "drawdown": dd_hist.ravel(),
-    })[held_any.ravel()]
+    })[kept.ravel()]
     pnl_df = pd.DataFrame({**frame, "daily_pnl": pnl[hist_start:].ravel(), "mtd_pnl": mtd[hist_start:].ravel(),
-                           "daily_return": port_ret[hist_start:].ravel()})[held_any.ravel()]
+                           "daily_return": port_ret[hist_start:].ravel()})[kept.ravel()]
 
     # ---- positions valued on the as-of day ----
     pi, ai = np.nonzero(qty[-1])
@@ -477,7 +491,8 @@ def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame
     versus a positive fraction).
 
     `breach_kind` is "exceeded" (value > limit) or "uncomputable": the metric is NaN or infinite, so the limit
-    cannot be shown to hold and counts as breached (value NaN: unknown), never as passed.
+    cannot be shown to hold and counts as breached (value NaN: unknown), never as passed. A portfolio holding
+    nothing (gross exposure 0) breaches nothing: it has no largest asset, and its VaR and drawdown are 0.
     """
     m = risk.merge(portfolios[["portfolio_id", "var_limit", "concentration_limit", "drawdown_limit",
                                "var_limit_metric"]], on="portfolio_id")
@@ -490,6 +505,7 @@ def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame
         ("concentration", "concentration_pct", m["concentration_pct"], m["concentration_limit"]),
         ("drawdown", "abs_max_drawdown", -m["max_drawdown"], m["drawdown_limit"]),
     ]
+    empty = (m["gross_exposure"] == 0).to_numpy()            # NaN gross (an unpriced holding) is not empty
     rows = []
     for limit_type, metric, value, limit in checks:
         df = pd.DataFrame({"portfolio_id": m["portfolio_id"], "as_of_date": m["as_of_date"],
@@ -498,7 +514,7 @@ def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame
         finite = np.isfinite(df["value"].to_numpy(dtype="float64"))
         df["breach_kind"] = np.where(finite, "exceeded", "uncomputable")
         df.loc[~finite, "value"] = np.nan
-        rows.append(df[~finite | (df["value"] > df["limit_value"])])
+        rows.append(df[(~finite & ~empty) | (df["value"] > df["limit_value"])])
     out = pd.concat(rows, ignore_index=True)
     out["utilisation"] = out["value"] / out["limit_value"]
     return out

@@ -21,8 +21,8 @@ import pyarrow as pa
 from etl import commits
 from etl.errors import DataNotFoundError, ValidationError
 from etl.portfolios import book_products, load_portfolios, load_positions
-from etl.reference import load_instruments
-from etl.risk.engine import RiskParams, close_matrix, compute_tables
+from etl.reference import DELISTED_ON, load_instruments
+from etl.risk.engine import RiskParams, close_matrix, compute_tables, price_flags
 from etl.risk.intraday import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
@@ -83,12 +83,13 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None) -> Ris
         raise DataNotFoundError(f"no daily bars for {products} between {start or 'the start'} and {end}: run "
                                 f"python -m etl ingest --granularity 86400 and python -m etl silver first")
     bars["price_date"] = pd.to_datetime(bars["price_date"]).astype("datetime64[ns]")
-    if as_of is None:
+    if as_of is None:  # a delisted product's bars stop for good: it does not hold the as-of date back
         last = bars.groupby("product_id")["price_date"].max().reindex(products)
         if last.isna().any():
             raise DataNotFoundError(f"no daily bars for {sorted(last[last.isna()].index)} up to {end}")
-        as_of = last.min().date()
-        log.info("as-of date defaulted to %s (the last complete UTC day with bars for all products)", as_of)
+        listed = instruments.loc[instruments[DELISTED_ON].isna(), "product_id"]
+        as_of = (last[last.index.isin(listed)] if last.index.isin(listed).any() else last).min().date()
+        log.info("as-of date defaulted to %s (the last complete UTC day with bars for all listed products)", as_of)
     as_of_ts = pd.Timestamp(as_of)
     bars = bars[bars["price_date"] > as_of_ts - pd.Timedelta(days=settings.daily_history_days + 5)]
     positions = positions[positions["as_of_date"] <= as_of_ts]
@@ -98,6 +99,9 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None) -> Ris
     closes = close_matrix(bars[bars["price_date"] <= as_of_ts], products, as_of_ts)
     bars_5m = _read_bars("5m", products, as_of - timedelta(days=1), as_of, settings)
     tables = compute_tables(closes, quote_ccy, portfolios, positions, params, bars_5m)
+    last_bar = bars[bars["price_date"] <= as_of_ts].groupby("product_id")["price_date"].max()
+    tables["positions_valued"] = price_flags(tables["positions_valued"], last_bar,
+                                             instruments.set_index("product_id")[DELISTED_ON])
 
     _check_finite_values(tables["positions_valued"], settings)
     run_id = commits.new_run_id()

@@ -116,6 +116,7 @@ header form{margin-left:auto}main{max-width:1400px;margin:0 auto;padding:.5rem 1
 h1{font-size:1.3rem;margin:.6rem 0}h2{font-size:1.05rem;margin:1.2rem 0 .4rem;color:#1f4e79}
 .status{padding:.4rem .8rem;border-radius:4px;margin:.4rem 0;font-weight:600}
 .status.complete{background:#c8e6c9;color:#1b5e20}.status.incomplete{background:#ffcdd2;color:#b71c1c}
+.status.stale{background:#ffe082;color:#5d4037}.badge.stale{background:#ffe082;color:#5d4037;padding:0 .3rem;border-radius:3px}
 .kpis{display:grid;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));gap:.5rem;margin:.5rem 0}
 .kpi{background:#fff;border-radius:6px;padding:.4rem .7rem;box-shadow:0 1px 3px rgba(0,0,0,.08)}
 .kpi .label{font-size:.75rem;color:#5b6b7b;text-transform:uppercase}.kpi .value{font-size:1.1rem;font-weight:600}
@@ -159,11 +160,39 @@ def layout(title: str, active: str, body: str, charts: list[dict] | None = None,
 
 def status_banner(d: dict) -> str:
     """The as-of status: complete, or INCOMPLETE with what is missing (fail closed: never a green page over
-    missing data)."""
+    missing data); then STALE naming the delisted holdings valued at their last close."""
+    stale = "; ".join(d.get("stale") or [])
+    flag = f'<div class="status stale" id="stale">STALE: {e(stale)}</div>' if stale else ""
     if d.get("status") == "complete":
-        return f'<div class="status complete" id="status">{e(d["as_of"])}: complete</div>'
+        return f'<div class="status complete" id="status">{e(d["as_of"])}: complete</div>' + flag
     missing = "; ".join(d.get("missing") or [])
-    return f'<div class="status incomplete" id="status">{e(d["as_of"])}: INCOMPLETE: {e(missing)}</div>'
+    return f'<div class="status incomplete" id="status">{e(d["as_of"])}: INCOMPLETE: {e(missing)}</div>' + flag
+
+
+def intraday_stale(intra: dict) -> str:
+    """The books of the latest intraday bucket valued on prices older than the setting: named, with the age,
+    so their value is not read as a fresh number ('' when none)."""
+    books = intra.get("stale_books") or []
+    if not books:
+        return ""
+    limit = intra.get("max_price_age_s") or 0
+    return (f'<div class="status stale" id="intraday-stale">STALE intraday valuation (prices older than '
+            f'{limit / 3600:g} h): {e("; ".join(_stale_book(b) for b in books))}; the book totals below include '
+            'them</div>')
+
+
+def _stale_book(b: dict) -> str:
+    """'P001 (prices 1.1 h old: BTC-USD)', or '(a held product has no price...)' when the age is unknown."""
+    age = b.get("max_price_age_s")
+    products = f': {b["stale_product_ids"]}' if b.get("stale_product_ids") else ""
+    return (f'{b["portfolio_id"]} ('
+            f'{"a held product has no price" if age is None else f"prices {age / 3600:.1f} h old"}{products})')
+
+
+def price_of(r: dict) -> str:
+    """The day of a position's close, flagged `stale` when it is before the as-of day."""
+    day = e(str(r.get("price_date") or "")[:10])
+    return f'{day} <span class="badge stale">stale</span>' if r.get("is_stale") else day
 
 
 def notes(items: Iterable[str]) -> str:
@@ -243,6 +272,7 @@ def firm(d: dict, page: int = 1) -> str:
     body.append('<h2 id="intraday">Intraday PnL and exposure</h2>')
     intra = d["intraday"]
     if intra.get("available"):
+        body.append(intraday_stale(intra))
         body.append(chart("chart-intraday", f"Book intraday PnL and gross exposure, {intra['day']} (UTC)",
                           intraday_config(intra), charts, refresh="intraday"))
         if intra.get("scenario_note"):
@@ -367,7 +397,8 @@ def portfolio(d: dict, ids: list[str]) -> str:
                                               ("expected", "Expected", "num")], "backtest-table"))
     body.append('<h2 id="positions">Exposures and concentration</h2>')
     body.append(table(pos, [("product_id", "Asset", None), ("quantity", "Quantity", "num"),
-                            ("close", "Close", "money"), ("market_value", f"Market value ({ccy})", "money"),
+                            ("close", "Close", "money"), ("price_date", "Close of", price_of),
+                            ("market_value", f"Market value ({ccy})", "money"),
                             ("unrealized_pnl", f"Unrealised PnL ({ccy})", "signed"),
                             ("share_of_gross", "Share of gross", "pct")], "positions-table"))
     body.append('<h2 id="contributions">Risk contributions</h2>')

@@ -185,6 +185,29 @@ def test_reference_validate_lists_every_bad_row_and_loads_nothing(reference_copy
     assert not data.exists()  # nothing written anywhere (and no warehouse reachable: none needed)
 
 
+def test_reference_validate_refuses_a_position_that_outlives_its_instrument_and_accepts_an_empty_portfolio(
+        reference_copy):
+    """docs/own_portfolios.md: a portfolio without positions is valid (worth 0); a snapshot dated after its
+    product's delisted_on is not."""
+    folder = reference_copy
+    with open(folder / "portfolios.csv", "a") as f:
+        f.write("P999,Empty Book,USD,400000,0.6,0.9,\n")
+    ok = cli("reference", "validate", str(folder), env=OFFLINE)
+    assert ok.returncode == 0 and ok.stdout.startswith(f"ok: {folder}: 13 instruments, 1 exchanges, 23 portfolios")
+    lines = (folder / "instruments.csv").read_text().splitlines()
+    (folder / "instruments.csv").write_text("\n".join(
+        [f"{lines[0]},delisted_on"] + [f"{r},{'2025-01-01' if r.startswith('LINK-USD,') else ''}" for r in lines[1:]])
+        + "\n")
+    with open(folder / "positions.csv", "a") as f:
+        f.write("P002,LINK-USD,2025-06-02,6250,13.6\n")
+    n = len((folder / "positions.csv").read_text().splitlines())
+    proc = cli("reference", "validate", str(folder), env=OFFLINE)
+    assert proc.returncode == 2
+    assert proc.stdout.splitlines() == [
+        f"{folder}/positions.csv:{n}: position outlives its instrument: LINK-USD was delisted on 2025-01-01 "
+        "(instruments.csv) but this snapshot of 2025-06-02 still holds it: drop the row or correct delisted_on"]
+
+
 def test_reference_validate_accepts_good_files_and_names_a_missing_one(reference_copy, tmp_path):
     folder = reference_copy
     ok = cli("reference", "validate", str(folder), env=OFFLINE)

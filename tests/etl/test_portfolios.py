@@ -122,3 +122,27 @@ def test_a_var_limit_may_name_any_var_method_the_engine_computes(ref_dir, metric
     path.write_text(path.read_text().rstrip("\n") + f"\nP100,Filtered book,USD,1000,0.5,0.5,{metric}\n")
     portfolios = load_portfolios(_settings(ref_dir))
     assert portfolios.set_index("portfolio_id").at["P100", "var_limit_metric"] == metric
+
+
+def _delist(ref_dir: Path, product: str, day: str) -> None:
+    """Add the optional delisted_on column to instruments.csv, `product` delisted on `day`."""
+    path = ref_dir / "instruments.csv"
+    lines = path.read_text().splitlines()
+    rows = [f"{lines[0]},delisted_on"] + [f"{r},{day if r.startswith(product + ',') else ''}" for r in lines[1:]]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_a_position_that_outlives_its_instrument_is_refused_with_file_and_line(ref_dir):
+    """Delisted on 2025-01-01: the 2024-06-01 snapshots (held before) stay valid (carried forward, valued at the
+    last close); a snapshot dated after the delisting still holding it is refused."""
+    _delist(ref_dir, "LINK-USD", "2025-01-01")
+    assert "LINK-USD" in set(load_positions(_settings(ref_dir))["product_id"])
+    path = ref_dir / "positions.csv"
+    path.write_text(path.read_text() + "P002,LINK-USD,2025-01-01,6250,13.6\nP005,LINK-USD,2025-01-02,100,13.6\n")
+    line = len(path.read_text().splitlines())
+    with pytest.raises(ValidationError) as err:
+        load_positions(_settings(ref_dir))
+    problems = str(err.value).splitlines()[1:]
+    assert problems == [f"{path}:{line}: position outlives its instrument: LINK-USD was delisted on 2025-01-01 "
+                        "(instruments.csv) but this snapshot of 2025-01-02 still holds it: drop the row or correct "
+                        "delisted_on"]

@@ -7,10 +7,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from etl.errors import ValidationError
 from etl.reference import (
+    DELISTED_ON,
     INSTRUMENT_COLUMNS,
     MAX_REPORTED,
     collecting,
@@ -34,7 +36,8 @@ def _append(path: Path, *rows: str) -> None:
 
 def test_the_shipped_files_load():
     instruments = load_instruments()
-    assert list(instruments.columns) == INSTRUMENT_COLUMNS and instruments["product_id"].is_unique
+    assert list(instruments.columns) == [*INSTRUMENT_COLUMNS, DELISTED_ON] and instruments["product_id"].is_unique
+    assert instruments[DELISTED_ON].isna().all()  # the optional column absent: every product listed
     assert instruments.set_index("product_id").loc["ETH-BTC", ["base_currency", "quote_currency"]].tolist() == \
         ["ETH", "BTC"]
     assert load_exchanges()["exchange_id"].tolist() == ["coinbase"]
@@ -54,6 +57,23 @@ def test_instrument_rules_name_file_line_and_rule(reference_copy):
         f"{path}:{n + 2}: unknown exchange_id 'kraken' (known: ['coinbase'])",
         f"{path}:{n + 3}: duplicate product_id 'BTC-USD'",
     ]
+
+
+def test_delisted_on_is_an_optional_day_and_a_bad_one_names_file_and_line(reference_copy):
+    path = reference_copy / "instruments.csv"
+    lines = path.read_text().splitlines()
+    rows = [f"{lines[0]},{DELISTED_ON}"] + [f"{row}," for row in lines[1:]]
+    rows[1] = rows[1][:-1] + ",2026-01-15"                                 # line 2: BTC-USD delisted
+    rows[2] = rows[2][:-1] + ",15/01/2026"                                 # line 3: not a day
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValidationError) as err:
+        load_instruments(_settings(reference_copy))
+    assert str(err.value).splitlines()[1:] == [
+        f"{path}:3: unparsable date: delisted_on='15/01/2026'; use YYYY-MM-DD (empty while listed)"]
+    rows[2] = rows[2].rsplit(",", 1)[0] + ","
+    path.write_text("\n".join(rows) + "\n")
+    delisted = load_instruments(_settings(reference_copy)).set_index("product_id")[DELISTED_ON]
+    assert delisted["BTC-USD"] == pd.Timestamp("2026-01-15") and delisted.drop("BTC-USD").isna().all()
 
 
 def test_a_duplicate_exchange_is_refused(reference_copy):

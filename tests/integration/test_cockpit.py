@@ -191,20 +191,31 @@ def test_market_and_pipeline_pages(reader, gold):
 
 
 def test_intraday_pnl_and_exposure_are_book_sums_per_bucket(gold, reader):
+    """...and a book valued on prices older than RISK_INTRADAY_MAX_PRICE_AGE_S (1 h) is flagged, not fresh."""
+    from plugins.risk_cockpit import pages
+
     _sql(gold[0], """create table gold.fact_intraday_risk (portfolio_id text, bucket_start timestamptz,
-                     market_value float8, intraday_pnl float8, gross_exposure float8, scenario_as_of_date date);
+                     market_value float8, intraday_pnl float8, gross_exposure float8, scenario_as_of_date date,
+                     max_price_age_s float8, stale_product_ids text);
                      insert into gold.fact_intraday_risk values
-                       ('P0001', '2026-02-01 09:00+00', 100, 1.5, 120, '2026-01-31'),
-                       ('P0002', '2026-02-01 09:00+00', 50, -0.5, 60, '2026-01-31'),
-                       ('P0001', '2026-02-01 09:05+00', 101, 2.5, 121, '2026-01-31'),
-                       ('P0001', '2026-01-31 23:55+00', 99, 9.0, 119, '2026-01-30');
+                       ('P0001', '2026-02-01 09:00+00', 100, 1.5, 120, '2026-01-31', 0, ''),
+                       ('P0002', '2026-02-01 09:00+00', 50, -0.5, 60, '2026-01-31', 7200, 'SOL-USD'),
+                       ('P0001', '2026-02-01 09:05+00', 101, 2.5, 121, '2026-01-31', 4000, 'BTC-USD'),
+                       ('P0002', '2026-02-01 09:05+00', 51, -0.4, 61, '2026-01-31', 300, 'SOL-USD'),
+                       ('P0001', '2026-01-31 23:55+00', 99, 9.0, 119, '2026-01-30', 0, '');
                      grant select on gold.fact_intraday_risk to reporting""")
     try:
         intra = cockpit.intraday(reader, date(2026, 2, 1))
         assert intra["available"] and intra["day"] == "2026-02-01"  # the as-of day's buckets only
-        assert [(r["bucket_start"][11:16], r["intraday_pnl"], r["gross_exposure"]) for r in intra["rows"]] == [
-            ("09:00", 1.0, 180.0), ("09:05", 2.5, 121.0)]
+        assert [(r["bucket_start"][11:16], r["intraday_pnl"], r["gross_exposure"], r["stale_books"])
+                for r in intra["rows"]] == [("09:00", 1.0, 180.0, 1), ("09:05", 2.1, 182.0, 1)]
         assert [r["intraday_pnl"] for r in cockpit.intraday(reader, AS_OF)["rows"]] == [9.0]
+        assert [(b["portfolio_id"], b["max_price_age_s"], b["stale_product_ids"]) for b in intra["stale_books"]] == [
+            ("P0001", 4000.0, "BTC-USD")]                       # the last bucket: P0002's prices are fresh again
+        assert ('<div class="status stale" id="intraday-stale">STALE intraday valuation (prices older than 1 h): '
+                'P0001 (prices 1.1 h old: BTC-USD); the book totals below include them</div>') == \
+            pages.intraday_stale(intra)
+        assert cockpit.intraday(reader, date(2026, 2, 1), max_price_age_s=5000)["stale_books"] == []
         assert intra["scenario_note"] is None                      # the previous close's scenario set
         # the latest bucket without a scenario set: the cockpit names the missing one
         _sql(gold[0], "update gold.fact_intraday_risk set scenario_as_of_date = null "

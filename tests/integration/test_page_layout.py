@@ -49,7 +49,8 @@ def _with_btc_book(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     frames["fact_intraday_risk"] = pd.DataFrame({
         "portfolio_id": ["P0001", "P0002", "P0001"],
         "bucket_start": pd.to_datetime([f"{AS_OF} 09:00", f"{AS_OF} 09:00", f"{NO_DATA} 10:00"], utc=True),
-        "market_value": [100.0, 50.0, 90.0], "intraday_pnl": [1.5, -0.5, 7.0], "gross_exposure": [120.0, 60.0, 99.0]})
+        "market_value": [100.0, 50.0, 90.0], "intraday_pnl": [1.5, -0.5, 7.0], "gross_exposure": [120.0, 60.0, 99.0],
+        "max_price_age_s": 0.0, "stale_product_ids": ""})
     return frames
 
 

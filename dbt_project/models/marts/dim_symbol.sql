@@ -13,7 +13,8 @@ final as (
         quote_currency,
         exchange_id,
         asset_class,
-        coalesce(display_name, product_id) as display_name
+        coalesce(display_name, product_id) as display_name,
+        delisted_on
     from instruments
 
 )

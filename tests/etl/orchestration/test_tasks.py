@@ -6,6 +6,7 @@ Against the real simulator HTTP server and a temporary data root; no mocks.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -127,6 +128,20 @@ def test_book_products_add_what_the_portfolios_hold_and_their_conversions(settin
     assert len(book) == len(set(book))
     assert {"ETH-BTC", "BTC-USD", "ETH-USD"} <= set(book)  # ETH-BTC is held: it needs BTC-USD to convert
     assert tasks.validate_products(include_book=True, settings=settings)[:2] == ["BTC-USD", "ETH-USD"]
+
+
+def test_book_products_leave_out_the_delisted_ones(settings, tmp_path):
+    """The source serves no candles for a delisted product (HTTP 400): the end-of-day run does not fetch it."""
+    import dataclasses
+    import shutil
+
+    ref = Path(shutil.copytree(settings.reference_dir, tmp_path / "ref"))
+    lines = (ref / "instruments.csv").read_text().splitlines()
+    (ref / "instruments.csv").write_text("\n".join(
+        [f"{lines[0]},delisted_on"] + [f"{r},{'2025-01-01' if r.startswith('LINK-USD,') else ''}" for r in lines[1:]])
+        + "\n")
+    book = tasks.book_products(dataclasses.replace(settings, reference_dir=ref))
+    assert book == [p for p in tasks.book_products(settings) if p != "LINK-USD"] and "LINK-USD" not in book
 
 
 @pytest.mark.slow

@@ -350,17 +350,19 @@ def test_backtest_forecasts_do_not_look_ahead():
 
 
 def test_nan_metric_is_uncomputable_breach():
-    """A NaN or infinite metric breaches its limit as 'uncomputable' (value unknown), never passes silently."""
+    """A NaN or infinite metric breaches its limit as 'uncomputable' (value unknown), never passes silently; an
+    empty book (gross exposure 0, concentration NaN: no largest asset) breaches nothing."""
     from etl.report.alerts import message
     from etl.risk.engine import limit_breaches
 
     risk = pd.DataFrame({
-        "portfolio_id": ["NAN", "INF", "OVER", "OK"], "as_of_date": [pd.Timestamp(AS_OF)] * 4,
-        "base_currency": ["USD"] * 4, "var_99_hist": [np.nan, 10.0, 500.0, 10.0],
-        "concentration_pct": [0.1, np.inf, 0.1, 0.1], "max_drawdown": [-0.1, -0.1, -0.1, -0.1]})
-    portfolios = pd.DataFrame({"portfolio_id": ["NAN", "INF", "OVER", "OK"], "var_limit": [100.0] * 4,
-                               "concentration_limit": [0.5] * 4, "drawdown_limit": [0.5] * 4,
-                               "var_limit_metric": ["var_99_hist"] * 4})
+        "portfolio_id": ["NAN", "INF", "OVER", "OK", "EMPTY"], "as_of_date": [pd.Timestamp(AS_OF)] * 5,
+        "base_currency": ["USD"] * 5, "var_99_hist": [np.nan, 10.0, 500.0, 10.0, 0.0],
+        "gross_exposure": [np.nan, 1e4, 1e4, 1e4, 0.0],
+        "concentration_pct": [0.1, np.inf, 0.1, 0.1, np.nan], "max_drawdown": [-0.1, -0.1, -0.1, -0.1, 0.0]})
+    portfolios = pd.DataFrame({"portfolio_id": ["NAN", "INF", "OVER", "OK", "EMPTY"], "var_limit": [100.0] * 5,
+                               "concentration_limit": [0.5] * 5, "drawdown_limit": [0.5] * 5,
+                               "var_limit_metric": ["var_99_hist"] * 5})
     out = limit_breaches(risk, portfolios).sort_values(["portfolio_id", "limit_type"])
     got = [(r.portfolio_id, r.limit_type, r.breach_kind, None if np.isnan(r.value) else r.value)
            for r in out.itertuples()]
@@ -385,3 +387,67 @@ def test_market_value_overflow_refuses_the_risk_run_and_commits_nothing(risk_env
     with pytest.raises(ValidationError, match=r"positions\.csv:8: non-finite value: market value of U1 BTC-USD"):
         run_risk(as_of=AS_OF, settings=get_settings())
     assert read_manifest(Store.from_uri(str(risk_env["data"])), risk_manifest(AS_OF)) is None
+
+
+def test_an_empty_portfolio_is_worth_zero_breaches_nothing_and_leaves_the_others_unchanged(risk_env):
+    """docs/risk_conventions.md "Empty portfolio": a portfolio with no positions gets its as-of rows (market
+    value 0, PnL 0, VaR 0), no limit breach, and every other portfolio's figures equal the run without it."""
+    clean = run_risk(as_of=AS_OF, settings=get_settings())
+    before = {t: _read(risk_env["data"], t) for t in ("portfolio_valuation", "pnl_daily", "risk_metrics",
+                                                      "limit_breaches", "positions_valued")}
+    with open(get_settings().reference_dir / "portfolios.csv", "a") as f:
+        f.write("P999,Empty book,USD,1000,0.5,0.5\n")
+    summary = run_risk(as_of=AS_OF, settings=get_settings())
+    assert summary.portfolios == clean.portfolios + 1 and summary.breaches == clean.breaches
+    val = _read(risk_env["data"], "portfolio_valuation")
+    p999 = val[val["portfolio_id"] == "P999"]
+    assert p999["as_of_date"].tolist() == [AS_OF]                     # the as-of day only: it never held anything
+    assert p999[["market_value", "gross_exposure", "unrealized_pnl"]].to_numpy().tolist() == [[0.0, 0.0, 0.0]]
+    assert np.isnan(p999["concentration_pct"].iat[0])                 # no largest asset: NULL, not a breach
+    pnl = _read(risk_env["data"], "pnl_daily")
+    assert pnl.loc[pnl["portfolio_id"] == "P999", "daily_pnl"].tolist() == [0.0]
+    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    assert risk.loc["P999", ["var_95_hist", "var_99_hist", "var_99_param", "var_99_mc", "max_drawdown"]].eq(0).all()
+    assert "P999" not in set(_read(risk_env["data"], "limit_breaches")["portfolio_id"])
+    for table, df in before.items():
+        after = _read(risk_env["data"], table)
+        after = after[after["portfolio_id"] != "P999"].drop(columns=["risk_run_id"], errors="ignore")
+        pd.testing.assert_frame_equal(after.reset_index(drop=True),
+                                      df.drop(columns=["risk_run_id"], errors="ignore").reset_index(drop=True))
+
+
+def _drop_last_days(data_dir, product: str, days: int) -> None:
+    """The product's daily bars stop `days` days before the as-of day."""
+    for path in (data_dir / "silver" / "bars_1d" / f"product_id={product}").rglob("*.parquet"):
+        table = pq.read_table(path)
+        keep = pa.array(pd.to_datetime(table["price_date"].to_pandas()) <= pd.Timestamp(AS_OF) - pd.Timedelta(days=days))
+        pq.write_table(table.filter(keep), path)
+
+
+def test_a_holding_without_a_bar_on_the_as_of_day_is_flagged_stale_or_delisted(risk_env):
+    """ETH-USD's bars stop 7 days early: its positions are valued at the close of its last bar and flagged
+    is_stale (the report then refuses the day, tests/integration/test_stale_prices.py); once the instrument master
+    delists it on that day, is_delisted too (valued at the last price, the day complete)."""
+    _drop_last_days(risk_env["data"], "ETH-USD", 7)
+    last = pd.Timestamp(AS_OF) - pd.Timedelta(days=7)
+    eth_last = risk_env["closes"].loc[last, "ETH-USD"]
+    assert run_risk(as_of=None, settings=get_settings()).as_of == last.date()  # listed: the last day all have
+    run_risk(as_of=AS_OF, settings=get_settings())
+    pos = _read(risk_env["data"], "positions_valued").set_index(["portfolio_id", "product_id"])
+    eth = pos.xs("ETH-USD", level="product_id")
+    assert eth["close"].tolist() == [eth_last, eth_last]
+    assert eth.loc["U1", "market_value"] == pytest.approx(-30 * eth_last, rel=1e-12)
+    assert (eth["price_date"] == last.date()).all() and eth["is_stale"].all() and not eth["is_delisted"].any()
+    fresh = pos.drop(index="ETH-USD", level="product_id")
+    assert (fresh["price_date"] == AS_OF).all() and not fresh["is_stale"].any()
+
+    ref = get_settings().reference_dir
+    lines = (ref / "instruments.csv").read_text().splitlines()
+    (ref / "instruments.csv").write_text("\n".join(
+        [f"{lines[0]},delisted_on"] + [f"{r},{last.date() if r.startswith('ETH-USD,') else ''}" for r in lines[1:]])
+        + "\n")
+    assert run_risk(as_of=None, settings=get_settings()).as_of == AS_OF   # the delisted product holds nothing back
+    pos = _read(risk_env["data"], "positions_valued")
+    eth = pos[pos["product_id"] == "ETH-USD"]
+    assert eth["is_stale"].all() and eth["is_delisted"].all() and eth["close"].eq(eth_last).all()
+    assert not pos.loc[pos["product_id"] != "ETH-USD", "is_delisted"].any()

@@ -1,0 +1,93 @@
+"""etl/report/completeness.py, the "priced" check: a holding valued at a close from before the as-of day makes the
+day incomplete (report and alerts exit 3, naming the product, its last bar and the portfolios) unless the
+instrument master declares the product delisted; then the day is complete and every page flags it STALE. The
+cockpit's summary says the same. Against the real Postgres with the report's sample gold, compared with the clean
+sample."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+
+from etl.db import scratch_database
+from etl.errors import IncompleteInputError
+from etl.report import cockpit, completeness, reports_dir, run_report
+from etl.report.gold import GoldReader
+from etl.settings import get_settings
+from etl.warehouse import reporting_url
+from tests.support.report_sample import AS_OF, create_gold, sample_frames
+
+LAST_BAR = AS_OF - timedelta(days=7)
+
+
+def _stale_sol(delisted: bool):
+    """The sample gold with SOL-USD's daily bars stopping 7 days before AS_OF: its positions of AS_OF keep the
+    close of LAST_BAR, as the risk run values them."""
+    frames = sample_frames(AS_OF)
+    pos = frames["fact_positions"]
+    sol = (pos["product_id"] == "SOL-USD") & (pos["as_of_date"] == AS_OF)
+    pos.loc[sol, "price_date"] = LAST_BAR
+    pos.loc[sol, "is_stale"] = True
+    pos.loc[sol, "is_delisted"] = delisted
+    return frames
+
+
+@pytest.fixture
+def sql_dir(tmp_path):
+    d = tmp_path / "sql"
+    d.mkdir()
+    (d / "pnl.sql").write_text("select portfolio_id, daily_pnl from gold.fact_pnl_daily where as_of_date = :'as_of'\n")
+    return d
+
+
+def test_the_clean_sample_is_complete(sample_gold_url, data_dir, monkeypatch, sql_dir):
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", sample_gold_url)
+    with GoldReader(reporting_url(get_settings())) as reader:
+        assert completeness.stale_holdings(reader, AS_OF) == ([], [])
+        assert cockpit.summary(reader, AS_OF)["status"] == "complete"
+    page = run_report(AS_OF, sql_dir=sql_dir).read_text()
+    assert 'id="incomplete"' not in page and 'id="stale"' not in page
+
+
+def test_a_listed_product_without_a_bar_on_the_as_of_day_makes_the_day_incomplete(pg_url, data_dir, monkeypatch,
+                                                                                 sql_dir):
+    cause = (f"SOL-USD has no daily bar on {AS_OF} (last bar {LAST_BAR}), held by portfolio(s) P-ALT, P-CORE: "
+             "ingest its daily candles (`python -m etl ingest --products SOL-USD --granularity 86400`, then `silver`, "
+             f"`risk --as-of {AS_OF}`, `load`), or if it was delisted set delisted_on in instruments.csv")
+    with scratch_database(pg_url, "completeness_stale") as url:
+        create_gold(url, _stale_sol(delisted=False))
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        with pytest.raises(IncompleteInputError) as err:
+            run_report(AS_OF, sql_dir=sql_dir)
+        with GoldReader(reporting_url(get_settings())) as reader:
+            summary = cockpit.summary(reader, AS_OF)
+    assert str(err.value).endswith("INCOMPLETE (" + str(reports_dir(get_settings()) / AS_OF.isoformat()
+                                                        / "report.html") + " says so): " + cause)
+    assert (summary["status"], summary["missing"], summary["stale"]) == ("incomplete", [cause], [])
+    page = (reports_dir(get_settings()) / AS_OF.isoformat() / "report.html").read_text()
+    assert 'id="incomplete"' in page and "SOL-USD has no daily bar on" in page
+
+
+def test_a_delisted_holding_is_valued_at_its_last_price_and_flagged_stale_on_every_page(pg_url, data_dir,
+                                                                                     monkeypatch, sql_dir):
+    notice = f"SOL-USD is delisted: valued at its last close, of {LAST_BAR} (stale), in portfolio(s) P-ALT, P-CORE"
+    with scratch_database(pg_url, "completeness_delisted") as url:
+        create_gold(url, _stale_sol(delisted=True))
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        path = run_report(AS_OF, sql_dir=sql_dir)                             # complete: no exception, exit 0
+        with GoldReader(reporting_url(get_settings())) as reader:
+            summary = cockpit.summary(reader, AS_OF)
+            detail = cockpit.portfolio(reader, "P-ALT", AS_OF)
+    assert (summary["status"], summary["missing"], summary["stale"]) == ("complete", [], [notice])
+    pages = sorted(path.parent.glob("*.html"))
+    assert len(pages) >= 3                                                    # report, portfolios, detail pages
+    for page in pages:
+        text = page.read_text()
+        assert 'id="stale"' in text and notice in text and 'id="incomplete"' not in text, page.name
+    alt = (path.parent / "portfolio-p-alt.html").read_text()             # the positions table: the close's day
+    assert re.search(rf"<td>SOL-USD</td>.*?<td>{LAST_BAR} \(stale\)</td>", alt, re.S)
+    assert re.search(rf"<td>ETH-USD</td>(?:(?!</tr>).)*<td>{AS_OF}</td>", alt, re.S)
+    sol = next(p for p in detail["positions"] if p["product_id"] == "SOL-USD")
+    assert (sol["price_date"], sol["is_stale"]) == (LAST_BAR.isoformat(), True)
