@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from etl.report.completeness import stale_holdings
-from etl.report.data import backtest_summary
+from etl.report.data import VAR_USD_SQL, backtest_summary, total
 from etl.report.gold import GoldReader
 from etl.settings import get_settings
 
@@ -75,22 +75,23 @@ def latest_as_of(reader: GoldReader) -> date:
 
 
 # ---- the figures every page shares --------------------------------------------------------------------------------
-PORTFOLIO_DAY_SQL = """
+PORTFOLIO_DAY_SQL = f"""
     select p.portfolio_id, p.name, p.base_currency, p.var_limit, p.concentration_limit, p.drawdown_limit,
            v.market_value, v.gross_exposure, v.net_exposure, v.concentration_pct,
            d.daily_pnl, d.mtd_pnl,
-           r.var_95_hist, r.var_99_hist, r.es_95_hist, r.es_99_hist, r.vol_30d, r.max_drawdown
+           r.var_95_hist, r.var_99_hist, r.es_95_hist, r.es_99_hist, r.vol_30d, r.max_drawdown, u.var_99_hist_usd
     from gold.dim_portfolio as p
     left join gold.fact_portfolio_valuation as v on v.portfolio_id = p.portfolio_id and v.as_of_date = %(as_of)s
     left join gold.fact_pnl_daily as d on d.portfolio_id = p.portfolio_id and d.as_of_date = %(as_of)s
     left join gold.fact_risk_metrics as r on r.portfolio_id = p.portfolio_id and r.as_of_date = %(as_of)s
+    left join ({VAR_USD_SQL}) as u on u.portfolio_id = p.portfolio_id
     where %(portfolio_id)s::text is null or p.portfolio_id = %(portfolio_id)s
     order by p.portfolio_id"""
 
 
 def portfolio_day(reader: GoldReader, as_of: date, portfolio_id: str | None = None) -> pd.DataFrame:
     """One row per portfolio of dim_portfolio (or just `portfolio_id`) with its valuation, PnL and risk of the
-    day (NULL when missing)."""
+    day (NULL when missing), and `var_99_hist_usd` to rank books of different currencies (data.VAR_USD_SQL)."""
     return reader.query(PORTFOLIO_DAY_SQL, {"as_of": as_of, "portfolio_id": portfolio_id})
 
 
@@ -242,9 +243,9 @@ def firm(reader: GoldReader, as_of: date | None = None) -> dict:
     status, missing, stale = day_status(reader, as_of, day)
     found, notes = breaches(reader, as_of)
     totals = (day.groupby("base_currency", dropna=False)
-              .agg(portfolios=("portfolio_id", "size"), market_value=("market_value", "sum"),
-                   daily_pnl=("daily_pnl", "sum"), mtd_pnl=("mtd_pnl", "sum"),
-                   gross_exposure=("gross_exposure", "sum"))
+              .agg(portfolios=("portfolio_id", "size"), market_value=("market_value", total),
+                   daily_pnl=("daily_pnl", total), mtd_pnl=("mtd_pnl", total),
+                   gross_exposure=("gross_exposure", total))
               .reset_index().rename(columns={"base_currency": "currency"}))
     worst = day.dropna(subset=["max_drawdown"]).sort_values("max_drawdown").head(5)
     return {"page": "firm", "as_of": as_of.isoformat(), "status": status, "missing": missing, "stale": stale,
@@ -255,43 +256,46 @@ def firm(reader: GoldReader, as_of: date | None = None) -> dict:
 
 
 def intraday(reader: GoldReader, as_of: date, max_price_age_s: float | None = None) -> dict:
-    """Book-wide intraday PnL and gross exposure per 5-minute bucket of the latest day with intraday rows
-    (today while the intraday DAG runs), from gold.fact_intraday_risk, with the books of the latest bucket valued
-    on a price older than `max_price_age_s` (default RISK_INTRADAY_MAX_PRICE_AGE_S) or on none (`stale_books`:
-    the page flags them rather than show their value as a fresh number)."""
+    """Book-wide intraday PnL and gross exposure per 5-minute bucket of the as-of day, from gold.fact_intraday_risk,
+    with the books of the day's last bucket valued on a price older than `max_price_age_s` (default
+    RISK_INTRADAY_MAX_PRICE_AGE_S) or on none (`stale_books`: the page flags them rather than show their value as a
+    fresh number). A day without intraday rows has no chart: `latest_day` names the latest day that has them (today
+    while the intraday DAG runs), so the page links there instead of showing another day's chart."""
     if "fact_intraday_risk" not in tables(reader):
         return {"available": False, "note": "gold.fact_intraday_risk is not built yet: no intraday chart"}
     max_age = get_settings().intraday_max_price_age_s if max_price_age_s is None else max_price_age_s
     df = reader.query("""
-        with last_day as (select max(bucket_start)::date as d from gold.fact_intraday_risk)
         select bucket_start, sum(intraday_pnl) as intraday_pnl, sum(gross_exposure) as gross_exposure,
                sum(market_value) as market_value,
                count(*) filter (where max_price_age_s is null or max_price_age_s > %(max_age)s) as stale_books
-        from gold.fact_intraday_risk, last_day
-        where bucket_start >= last_day.d and bucket_start < last_day.d + 1
-        group by bucket_start order by bucket_start""", {"max_age": max_age})
+        from gold.fact_intraday_risk
+        where bucket_start >= %(as_of)s::date and bucket_start < %(as_of)s::date + 1
+        group by bucket_start order by bucket_start""", {"as_of": as_of, "max_age": max_age})
     if df.empty:
-        return {"available": False, "note": "gold.fact_intraday_risk has no rows yet"}
+        latest = reader.query("select max(bucket_start)::date as d from gold.fact_intraday_risk")["d"].iat[0]
+        return {"available": False, "note": f"gold.fact_intraday_risk has no rows on {as_of}",
+                "latest_day": jsonable(latest)}
+    last = df["bucket_start"].iloc[-1]
     stale = reader.query("""
         select portfolio_id, bucket_start, market_value, max_price_age_s, stale_product_ids
         from gold.fact_intraday_risk
-        where bucket_start = (select max(bucket_start) from gold.fact_intraday_risk)
-          and (max_price_age_s is null or max_price_age_s > %(max_age)s)
-        order by portfolio_id""", {"max_age": max_age})
+        where bucket_start = %(last)s and (max_price_age_s is null or max_price_age_s > %(max_age)s)
+        order by portfolio_id""", {"last": last, "max_age": max_age})
     return {"available": True, "day": pd.Timestamp(df["bucket_start"].iloc[0]).date().isoformat(),
-            "rows": records(df), "scenario_note": _scenario_note(reader), "max_price_age_s": max_age,
+            "rows": records(df), "scenario_note": _scenario_note(reader, last), "max_price_age_s": max_age,
             "stale_books": records(stale)}
 
 
-def _scenario_note(reader: GoldReader) -> str | None:
-    """Which end-of-day scenario set the latest bucket's intraday VaR lacks (missing or stale), else None."""
+def _scenario_note(reader: GoldReader, bucket_start) -> str | None:
+    """Which end-of-day scenario set the intraday VaR of `bucket_start` (the chart's last bucket) lacks (missing or
+    stale), else None."""
     if "scenario_as_of_date" not in columns(reader, "fact_intraday_risk"):
         return None
     r = reader.query("""
         select bucket_start, max(scenario_as_of_date) as scenario_as_of_date
         from gold.fact_intraday_risk
-        where bucket_start = (select max(bucket_start) from gold.fact_intraday_risk)
-        group by 1""").iloc[0]
+        where bucket_start = %(bucket_start)s
+        group by 1""", {"bucket_start": bucket_start}).iloc[0]
     bucket = pd.to_datetime(r["bucket_start"], utc=True)
     expected = (bucket.normalize() - pd.Timedelta(days=1)).date()
     when = bucket.strftime("%Y-%m-%d %H:%M UTC")

@@ -14,6 +14,17 @@ BACKTEST_DAYS = 250         # VaR vs realised PnL (the Basel window)
 CORRELATION_DAYS = 90       # daily returns behind the correlation heatmap
 RECENT_RUNS = 10            # pipeline health: this many latest runs
 
+# The one place a portfolio's risk is put in USD, to rank portfolios of different base currencies: gold's VaR 99%
+# (base currency) x the as-of day's close of `<base>-USD` in gold.fact_price_daily (1 for a USD book; NULL, ranked
+# last, without that close). Pages only read it.
+VAR_USD_SQL = """
+    select r.portfolio_id,
+           r.var_99_hist * case when p.base_currency = 'USD' then 1.0 else fx.close end as var_99_hist_usd
+    from gold.fact_risk_metrics as r
+    inner join gold.dim_portfolio as p on p.portfolio_id = r.portfolio_id
+    left join gold.fact_price_daily as fx on fx.product_id = p.base_currency || '-USD' and fx.price_date = r.as_of_date
+    where r.as_of_date = %(as_of)s"""
+
 QUERIES: dict[str, tuple[str, str]] = {
     # name: (gold table, SQL)
     "portfolios": ("dim_portfolio", "select * from gold.dim_portfolio order by portfolio_id"),
@@ -25,6 +36,7 @@ QUERIES: dict[str, tuple[str, str]] = {
         select * from gold.fact_pnl_daily
         where as_of_date <= %(as_of)s and as_of_date > %(as_of)s::date - {HISTORY_DAYS}
         order by portfolio_id, as_of_date"""),
+    "var_usd": ("fact_price_daily", VAR_USD_SQL),
     "risk": ("fact_risk_metrics", """
         select * from gold.fact_risk_metrics where as_of_date = %(as_of)s order by portfolio_id"""),
     "backtest": ("fact_var_backtest", f"""
@@ -100,6 +112,12 @@ def first_screen(reader: GoldReader, as_of: date) -> dict:
         first = str(exc).strip().splitlines()[0]
         return {"status": "incomplete", "missing": [first], "breaches": None, "notes": [],
                 "firm_risk": {"available": False, "note": cockpit.FIRM_NOT_COMPUTED}, "error": first}
+
+
+def total(values: pd.Series) -> float:
+    """The sum of a figure over portfolios, or NaN (shown as missing) when any of them lacks it: a partial sum or a
+    sum of nothing is not the book's figure."""
+    return values.astype(float).sum(min_count=len(values)) if len(values) else float("nan")
 
 
 def backtest_summary(bt: pd.DataFrame) -> pd.DataFrame:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from etl.report import charts
-from etl.report.data import CORRELATION_DAYS, ReportData, backtest_summary
+from etl.report.data import CORRELATION_DAYS, ReportData, backtest_summary, total
 from etl.report.formatting import Formats
 from etl.risk.backtest import traffic_light
 
@@ -38,9 +38,9 @@ CSS = """
 *{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2733;background:#f4f6f8;
  line-height:1.45}
-main{max-width:1200px;margin:0 auto;padding:0 1rem 3rem}
+main{max-width:1400px;margin:0 auto;padding:0 1rem 3rem}
 header.top{background:#1f4e79;color:#fff;padding:1rem}
-header.top .inner{max-width:1200px;margin:0 auto}
+header.top .inner{max-width:1400px;margin:0 auto}
 header.top h1{margin:0 0 .3rem;font-size:1.6rem}
 header.top a{color:#dfe9f5}
 nav a{margin-right:1rem}
@@ -56,8 +56,8 @@ section.portfolio{background:#fff;border-radius:6px;padding:.2rem 1rem 1rem;marg
 .kpi .value{font-size:1.15rem;font-weight:600;font-variant-numeric:tabular-nums;overflow-wrap:anywhere}
 .table-wrap{overflow-x:auto;margin:.5rem 0}
 table{border-collapse:collapse;background:#fff;font-size:.88rem;min-width:50%}
-th,td{padding:.3rem .6rem;border-bottom:1px solid #e1e6eb;text-align:left;white-space:nowrap}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+th,td{padding:.3rem .5rem;border-bottom:1px solid #e1e6eb;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}td.num{white-space:nowrap}
 thead th{background:#eef2f6;position:sticky;top:0}
 figure.chart{margin:.8rem 0;background:#fff;padding:.4rem;border-radius:6px}
 figure.chart svg{width:100%;height:auto;display:block}
@@ -246,10 +246,14 @@ def summary_frame(data: ReportData, portfolios: pd.DataFrame) -> pd.DataFrame:
     if risk is not None:
         keep = [c for c in ("var_95_hist", "var_99_hist", "es_95_hist", "es_99_hist", "max_drawdown") if c in risk]
         out = out.merge(risk[["portfolio_id", *keep]].astype({"portfolio_id": str}), how="left")
+    var_usd = data.get("var_usd")
+    if var_usd is not None:
+        out = out.merge(var_usd.astype({"portfolio_id": str}), how="left")
     if breaches is not None:
         counts = breaches.astype({"portfolio_id": str}).groupby("portfolio_id").size().rename("breaches")
         out = out.merge(counts, how="left", left_on="portfolio_id", right_index=True)
-        out["breaches"] = out["breaches"].fillna(0).astype(int)
+        known = out["breaches"].notna() | (out["var_99_hist"].notna() if "var_99_hist" in out else False)
+        out["breaches"] = out["breaches"].fillna(0).where(known)  # no risk row that day: unknown, not 0
     return out
 
 
@@ -321,15 +325,16 @@ def first_screen(data: ReportData, summary: pd.DataFrame) -> str:
         suffix = "" if summary["base_currency"].nunique() == 1 else f" ({ccy})"
         k = slug(ccy)
         if "market_value" in g:
-            kpis.append(_kpi(f"Book value{suffix}", money(g["market_value"].sum(min_count=1), ccy), f"book-{k}"))
+            kpis.append(_kpi(f"Book value{suffix}", money(total(g["market_value"]), ccy), f"book-{k}"))
         if "daily_pnl" in g:
-            v = g["daily_pnl"].sum(min_count=1)
+            v = total(g["daily_pnl"])
             kpis.append(_kpi(f"Daily PnL{suffix}", money(v, ccy, signed=True), f"daily-pnl-{k}", _sign_class(v)))
-            v = g["mtd_pnl"].sum(min_count=1)
+            v = total(g["mtd_pnl"])
             kpis.append(_kpi(f"MTD PnL{suffix}", money(v, ccy, signed=True), f"mtd-pnl-{k}", _sign_class(v)))
     rows = _breach_rows(data)
-    if rows is None:
-        kpis.append(_kpi("Limit breaches", "unknown", "breaches", "unknown"))
+    known = data.first_screen.get("status") == "complete"  # on an incomplete day, none found is not "none"
+    if rows is None or (rows.empty and not known):
+        kpis.append(_kpi("Limit breaches", "–", "breaches", "unknown"))
     else:
         kpis.append(_kpi("Limit breaches", str(len(rows)), "breaches", "neg" if len(rows) else "pos"))
     cls, text = pipeline_status(data)
@@ -339,7 +344,8 @@ def first_screen(data: ReportData, summary: pd.DataFrame) -> str:
     if rows is None:
         parts.append(missing("fact_limit_breaches"))
     elif rows.empty:
-        parts.append(empty(f"no limit breaches on {data.as_of}"))
+        parts.append(empty(f"no limit breaches on {data.as_of}" if known else
+                           f"limit breaches on {data.as_of} unknown: the day is incomplete"))
     else:
         top = rows.head(FIRST_SCREEN_BREACHES)
         top = top.assign(
@@ -348,10 +354,10 @@ def first_screen(data: ReportData, summary: pd.DataFrame) -> str:
                                                               strict=True)],
             when=["intraday" if s == "intraday" else "EOD" for s in top["scope"]],
             since_fmt=[str(v)[:16].replace("T", " ") if _isnum(v) else "–" for v in top["since"]])
-        parts.append(table(top, [("portfolio_id", "Portfolio", None), ("limit_type", "Limit", None),
-                                 ("value_fmt", "Value", None), ("limit_fmt", "Limit value", None),
-                                 ("utilisation", "Utilisation", pct), ("since_fmt", "Since", None),
-                                 ("when", "When", None)], table_id="summary-breaches-table"))
+        parts.append(table(top, [("when", "When", None), ("portfolio_id", "Portfolio", None),
+                                 ("limit_type", "Limit", None), ("value_fmt", "Value", None),
+                                 ("limit_fmt", "Limit value", None), ("utilisation", "Utilisation", pct),
+                                 ("since_fmt", "Since", None)], table_id="summary-breaches-table"))
         if len(rows) > len(top):
             parts.append(f"<p>{len(rows) - len(top)} more in data/breaches.csv and the risk cockpit.</p>")
     parts.append('</div><div><h3 id="summary-drawdowns">Worst drawdowns</h3>')
@@ -375,9 +381,10 @@ def section_summary(data: ReportData, portfolios: pd.DataFrame, summary: pd.Data
 
 
 def _detail_order(summary: pd.DataFrame) -> pd.DataFrame:
-    """Portfolios with breaches first, then the largest VaR 99%: the order of the table and of detail pages."""
+    """Portfolios with breaches first, then the largest VaR 99% in USD (data.VAR_USD_SQL: books of different
+    currencies compare): the order of the table and of detail pages."""
     key = summary.assign(_b=summary["breaches"] if "breaches" in summary else 0,
-                         _v=summary["var_99_hist"] if "var_99_hist" in summary else 0)
+                         _v=summary["var_99_hist_usd"] if "var_99_hist_usd" in summary else 0)
     return key.sort_values(["_b", "_v", "portfolio_id"], ascending=[False, False, True]).drop(columns=["_b", "_v"])
 
 
@@ -393,7 +400,7 @@ def section_portfolios(summary: pd.DataFrame, detailed: set[str]) -> str:
         detail=lambda d: [f'<a href="{detail_file(p)}">detail</a>' if p in detailed else "cockpit"
                           for p in d["portfolio_id"]])
     parts = ['<section id="section-portfolios"><h2 id="portfolios">Portfolios</h2>',
-             f"<p>{len(summary)} portfolios; {len(shown)} shown here (breached first, then largest VaR 99%); "
+             f"<p>{len(summary)} portfolios; {len(shown)} shown here (breached first, then largest VaR 99% in USD); "
              f'all in <a href="portfolios.html" id="all-portfolios">portfolios.html</a>. Each detail page holds '
              "limits, VaR/ES by method, value and PnL, drawdown, VaR backtest and exposures.</p>",
              _portfolio_table(shown, "summary-table"), "</section>"]
@@ -417,6 +424,9 @@ def _portfolio_breaches(data: ReportData, pid: str) -> str:
         return missing("fact_limit_breaches")
     mine = breaches[breaches["portfolio_id"].astype(str) == pid]
     if mine.empty:
+        risk = data.get("risk")
+        if risk is None or not (risk["portfolio_id"].astype(str) == pid).any():  # not computed: unknown, not none
+            return empty(f"limit breaches on {data.as_of} unknown: no risk metrics for this day")
         return empty(f"no limit breaches on {data.as_of}")
     mine = mine.assign(value_fmt=[limit_value(t, v) for t, v in zip(mine["limit_type"], mine["value"], strict=True)],
                        limit_fmt=[limit_value(t, v)

@@ -37,6 +37,11 @@ _FORMATS = Formats(_ok)
 money, pct, num = _FORMATS.money, _FORMATS.pct, _FORMATS.number
 
 
+def sign_class(v) -> str:
+    """Green for a gain, red for a loss, no colour for a missing value (never a green "–")."""
+    return "" if not _ok(v) else ("pos" if v >= 0 else "neg")
+
+
 def breach_value(v, unit: str, ccy: str) -> str:
     """A limit or a breaching value in its unit: money in the base currency, fractions as percentages."""
     return pct(v) if unit == "fraction" else money(v, ccy)
@@ -63,7 +68,7 @@ def table(rows: list[dict], cols: Iterable[tuple], table_id: str, empty: str = "
             elif f == "ts":  # ISO timestamps as UTC minutes
                 cells.append(f'<td data-key="{e(key)}">{e(str(v)[:16].replace("T", " ") if v else "–")}</td>')
             elif f in FORMATS:
-                sign = (" pos" if v >= 0 else " neg") if f == "signed" and _ok(v) else ""
+                sign = f" {sign_class(v)}" if f == "signed" and _ok(v) else ""
                 data = f' data-value="{e(repr(float(v)))}"' if _ok(v) else ""
                 cells.append(f'<td class="num{sign}" data-key="{e(key)}"{data}>{e(FORMATS[f](v))}</td>')
             else:
@@ -107,7 +112,7 @@ color:#1d2733;background:#f4f6f8;line-height:1.4;font-size:14px}
 header{background:#1f4e79;color:#fff;padding:.5rem 1rem;display:flex;flex-wrap:wrap;gap:1rem;align-items:center}
 header a{color:#dfe9f5;text-decoration:none;padding:.2rem .5rem;border-radius:4px}
 header a.active{background:#fff;color:#1f4e79;font-weight:600}
-header form{margin-left:auto}main{max-width:1300px;margin:0 auto;padding:.5rem 1rem 2rem}
+header form{margin-left:auto}main{max-width:1400px;margin:0 auto;padding:.5rem 1rem 2rem}
 h1{font-size:1.3rem;margin:.6rem 0}h2{font-size:1.05rem;margin:1.2rem 0 .4rem;color:#1f4e79}
 .status{padding:.4rem .8rem;border-radius:4px;margin:.4rem 0;font-weight:600}
 .status.complete{background:#c8e6c9;color:#1b5e20}.status.incomplete{background:#ffcdd2;color:#b71c1c}
@@ -116,8 +121,8 @@ h1{font-size:1.3rem;margin:.6rem 0}h2{font-size:1.05rem;margin:1.2rem 0 .4rem;co
 .kpi{background:#fff;border-radius:6px;padding:.4rem .7rem;box-shadow:0 1px 3px rgba(0,0,0,.08)}
 .kpi .label{font-size:.75rem;color:#5b6b7b;text-transform:uppercase}.kpi .value{font-size:1.1rem;font-weight:600}
 .table-wrap{overflow-x:auto;margin:.3rem 0}table{border-collapse:collapse;background:#fff;font-size:.85rem}
-th,td{padding:.25rem .55rem;border-bottom:1px solid #e1e6eb;text-align:left;white-space:nowrap}
-th.num,td.num{text-align:right;font-variant-numeric:tabular-nums}thead th{background:#eef2f6}
+th,td{padding:.25rem .5rem;border-bottom:1px solid #e1e6eb;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th.num,td.num{text-align:right;font-variant-numeric:tabular-nums}td.num,td .num{white-space:nowrap}thead th{background:#eef2f6}
 .pos{color:#2e7d32}.neg{color:#c62828}.empty{color:#5b6b7b;font-style:italic}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.35rem .7rem;margin:.4rem 0}
 figure.chart{background:#fff;border-radius:6px;margin:.5rem 0;padding:.4rem}
@@ -206,8 +211,11 @@ def breaches_html(d: dict, charts: list[dict] | None = None) -> str:
              lambda r: _cell(r["limit_value"], breach_value(r["limit_value"], r["unit"], r["currency"]))),
             ("utilisation", "Utilisation", "pct"), ("since", "Since", "ts")]
     shown = d["breaches"][:BREACH_ROWS]
-    out = [f'<h2 id="breaches">Limit breaches ({len(d["breaches"])})</h2>',
-           table(shown, cols, "breaches-table", "no limit breached on this day")]
+    known = d.get("status") == "complete"  # on an incomplete day, no breach found is not "no breach"
+    count = len(d["breaches"]) if known or d["breaches"] else "–"
+    out = [f'<h2 id="breaches">Limit breaches ({count})</h2>',
+           table(shown, cols, "breaches-table", "no limit breached on this day" if known else
+                 "limit breaches unknown: the day is incomplete")]
     if len(d["breaches"]) > len(shown):
         out.append(f'<p id="breaches-more">{len(d["breaches"]) - len(shown)} more (lower utilisation): '
                    f'<a href="{BASE}/api/summary?as_of={e(as_of)}">all breaches as JSON</a></p>')
@@ -255,7 +263,7 @@ def firm(d: dict, page: int = 1) -> str:
         for key, label in (("daily_pnl", "PnL today"), ("mtd_pnl", "PnL MTD")):
             v = t[key]
             body.append(kpi(f"{label} ({ccy})", money(v, ccy, signed=True), f"{key.replace('_', '-')}-{ccy}", v,
-                            "pos" if _ok(v) and v >= 0 else "neg"))
+                            sign_class(v)))
     body.append("</div>")
     body.append('<h2 id="drawdowns">Worst drawdowns</h2>')
     body.append(table(d["worst_drawdowns"], [("portfolio_id", "Portfolio", lambda r: portfolio_link(r, as_of)),
@@ -270,13 +278,15 @@ def firm(d: dict, page: int = 1) -> str:
         if intra.get("scenario_note"):
             body.append(f'<p class="note" id="intraday-scenarios">{e(intra["scenario_note"])}</p>')
     else:
-        body.append(f'<p class="note" id="intraday-note">{e(intra["note"])}</p>')
+        later = intra.get("latest_day")
+        link = f": the latest day with intraday rows is {_link('/', later, later)}" if later and later != as_of else ""
+        body.append(f'<p class="note" id="intraday-note">{e(intra["note"])}{link}</p>')
     body.append(notes(d.get("notes", [])))
-    rows = sorted(d["portfolios"], key=lambda r: -(r["var_99_hist"] if _ok(r["var_99_hist"]) else -1))
+    rows = sorted(d["portfolios"], key=lambda r: -(r["var_99_hist_usd"] if _ok(r.get("var_99_hist_usd")) else -1))
     pages = max(1, math.ceil(len(rows) / PAGE_SIZE))
     page = min(page, pages)
     shown = rows[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
-    body.append(f'<h2 id="portfolios">Portfolios ({len(rows)}, largest VaR 99% first)</h2>')
+    body.append(f'<h2 id="portfolios">Portfolios ({len(rows)}, largest VaR 99% in USD first)</h2>')
     body.append(table(shown, [("portfolio_id", "Portfolio", lambda r: portfolio_link(r, as_of)),
                               ("name", "Name", None), ("base_currency", "Ccy", None),
                               ("market_value", "Market value", "money"), ("daily_pnl", "PnL today", "signed"),

@@ -5,16 +5,17 @@ select
     pnl.portfolio_id,
     portfolio.name as portfolio_name,
     portfolio.base_currency,
-    pnl.daily_pnl,
-    pnl.mtd_pnl,
-    pnl.cumulative_pnl,
-    pnl.daily_return,
-    valuation.market_value,
-    valuation.gross_exposure,
-    valuation.unrealized_pnl
+    round((pnl.daily_pnl)::numeric, money.dp) as daily_pnl,
+    round((pnl.mtd_pnl)::numeric, money.dp) as mtd_pnl,
+    round((pnl.cumulative_pnl)::numeric, money.dp) as cumulative_pnl,
+    round((pnl.daily_return)::numeric, 6) as daily_return,
+    round((valuation.market_value)::numeric, money.dp) as market_value,
+    round((valuation.gross_exposure)::numeric, money.dp) as gross_exposure,
+    round((valuation.unrealized_pnl)::numeric, money.dp) as unrealized_pnl
 from gold.fact_pnl_daily as pnl
 inner join gold.dim_portfolio as portfolio
     on pnl.portfolio_id = portfolio.portfolio_id
+cross join lateral (select case when portfolio.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
 left join gold.fact_portfolio_valuation as valuation
     on pnl.portfolio_id = valuation.portfolio_id
     and pnl.as_of_date = valuation.as_of_date

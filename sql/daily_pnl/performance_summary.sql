@@ -30,18 +30,19 @@ select
     stats.first_day,
     stats.last_day,
     stats.n_days,
-    stats.total_pnl,
-    latest.mtd_pnl,
-    stats.best_day_pnl,
-    stats.worst_day_pnl,
-    stats.positive_day_share,
-    stats.mean_daily_pnl,
-    stats.stdev_daily_pnl,
-    stats.sharpe_annualised,
-    risk.max_drawdown
+    round((stats.total_pnl)::numeric, money.dp) as total_pnl,
+    round((latest.mtd_pnl)::numeric, money.dp) as mtd_pnl,
+    round((stats.best_day_pnl)::numeric, money.dp) as best_day_pnl,
+    round((stats.worst_day_pnl)::numeric, money.dp) as worst_day_pnl,
+    round((stats.positive_day_share)::numeric, 4) as positive_day_share,
+    round((stats.mean_daily_pnl)::numeric, money.dp) as mean_daily_pnl,
+    round((stats.stdev_daily_pnl)::numeric, money.dp) as stdev_daily_pnl,
+    round((stats.sharpe_annualised)::numeric, 2) as sharpe_annualised,
+    round((risk.max_drawdown)::numeric, 4) as max_drawdown
 from stats
 inner join gold.dim_portfolio as portfolio
     on stats.portfolio_id = portfolio.portfolio_id
+cross join lateral (select case when portfolio.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
 left join gold.fact_pnl_daily as latest
     on stats.portfolio_id = latest.portfolio_id
     and stats.last_day = latest.as_of_date

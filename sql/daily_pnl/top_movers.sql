@@ -29,13 +29,16 @@ select
     case when gain_rank <= 5 and position_pnl > 0 then 'gainer' else 'loser' end as mover,
     case when gain_rank <= 5 and position_pnl > 0 then gain_rank else loss_rank end as mover_rank,
     as_of_date,
-    portfolio_id,
+    ranked.portfolio_id,
     product_id,
-    quantity,
-    market_value,
-    daily_return,
-    position_pnl
+    round((ranked.quantity)::numeric, 8) as quantity,
+    round((ranked.market_value)::numeric, money.dp) as market_value,
+    round((ranked.daily_return)::numeric, 6) as daily_return,
+    round((ranked.position_pnl)::numeric, money.dp) as position_pnl
 from ranked
+inner join gold.dim_portfolio as portfolio
+    on ranked.portfolio_id = portfolio.portfolio_id
+cross join lateral (select case when portfolio.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
 where (gain_rank <= 5 and position_pnl > 0)
     or (loss_rank <= 5 and position_pnl < 0)
 order by mover, mover_rank

@@ -3,10 +3,10 @@ select
     anomalies.bar_date,
     anomalies.bucket_start,
     anomalies.product_id,
-    anomalies.return_value,
-    anomalies.robust_z,
-    anomalies.threshold,
-    anomalies.close
+    round((anomalies.return_value)::numeric, 6) as return_value,
+    round((anomalies.robust_z)::numeric, 2) as robust_z,
+    round((anomalies.threshold)::numeric, 2) as threshold,
+    round((anomalies.close)::numeric, 8) as close
 from gold.fact_anomalies as anomalies
 where anomalies.bar_date = coalesce(nullif(:'as_of', '')::date, (select max(bar_date) from gold.fact_anomalies))
 order by abs(anomalies.robust_z) desc, anomalies.product_id

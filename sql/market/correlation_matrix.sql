@@ -19,7 +19,7 @@ returns as (
 select
     a.product_id as product_id_a,
     b.product_id as product_id_b,
-    corr(a.daily_return, b.daily_return) as correlation,
+    round(corr(a.daily_return, b.daily_return)::numeric, 4) as correlation,
     count(*) as n_obs
 from returns as a
 inner join returns as b

@@ -27,9 +27,9 @@ latest as (
 select
     worst.product_id,
     worst.worst_day,
-    worst.worst_daily_return,
+    round((worst.worst_daily_return)::numeric, 6) as worst_daily_return,
     latest.last_day,
-    latest.last_close
+    round((latest.last_close)::numeric, 8) as last_close
 from worst
 inner join latest
     on worst.product_id = latest.product_id

@@ -5,7 +5,7 @@ select
     runs.dag_id,
     runs.task_id,
     runs.try_number,
-    runs.duration_s,
+    round((runs.duration_s)::numeric, 1) as duration_s,
     runs.message
 from gold.fact_pipeline_runs as runs
 where runs.run_date >= coalesce(nullif(:'as_of', '')::date, (select max(run_date) from gold.fact_pipeline_runs)) - 7

@@ -20,9 +20,9 @@ select
     recent.dag_id,
     recent.task_id,
     count(*) as runs,
-    avg(recent.duration_s) as mean_duration_s,
-    percentile_cont(0.95) within group (order by recent.duration_s) as p95_duration_s,
-    max(recent.duration_s) as max_duration_s,
+    round(avg(recent.duration_s)::numeric, 1) as mean_duration_s,
+    round((percentile_cont(0.95) within group (order by recent.duration_s))::numeric, 1) as p95_duration_s,
+    round(max(recent.duration_s)::numeric, 1) as max_duration_s,
     latest.last_status,
     latest.last_started_at
 from recent

@@ -6,11 +6,12 @@ select
     portfolio.name as portfolio_name,
     breaches.limit_type,
     breaches.metric,
-    breaches.value,
-    breaches.limit_value,
-    breaches.utilisation
+    round(breaches.value::numeric, case when breaches.limit_type = 'var' then money.dp else 4 end) as value,
+    round(breaches.limit_value::numeric, case when breaches.limit_type = 'var' then money.dp else 4 end) as limit_value,
+    round((breaches.utilisation)::numeric, 4) as utilisation
 from gold.fact_limit_breaches as breaches
 inner join gold.dim_portfolio as portfolio
     on breaches.portfolio_id = portfolio.portfolio_id
+cross join lateral (select case when portfolio.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
 where breaches.as_of_date = coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_limit_breaches))
 order by breaches.utilisation desc nulls last, breaches.portfolio_id

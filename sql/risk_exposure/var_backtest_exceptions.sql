@@ -8,8 +8,8 @@ select
     max(backtest.as_of_date) as last_day,
     count(*) as n_days,
     count(*) filter (where backtest.is_exception) as exceptions,
-    avg(case when backtest.is_exception then 1.0 else 0.0 end)::double precision as exception_rate,
-    round((1 - backtest.confidence)::numeric, 4)::double precision as expected_rate
+    round(avg(case when backtest.is_exception then 1.0 else 0.0 end), 4) as exception_rate,
+    round((1 - backtest.confidence)::numeric, 4) as expected_rate
 from gold.fact_var_backtest as backtest
 where backtest.as_of_date <= coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_var_backtest))
 group by backtest.portfolio_id, backtest.method, backtest.confidence

@@ -11,9 +11,9 @@ select
     summary.window_end,
     summary.n_days,
     summary.exceptions,
-    summary.expected_exceptions,
-    summary.kupiec_p,
-    summary.cc_p,
+    round((summary.expected_exceptions)::numeric, 2) as expected_exceptions,
+    round((summary.kupiec_p)::numeric, 4) as kupiec_p,
+    round((summary.cc_p)::numeric, 4) as cc_p,
     summary.traffic_light
 from gold.fact_var_backtest_summary as summary
 inner join gold.dim_portfolio as portfolio

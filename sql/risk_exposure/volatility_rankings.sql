@@ -5,11 +5,11 @@ select
     risk.as_of_date,
     risk.product_id,
     symbol.asset_class,
-    risk.vol_30d,
-    risk.vol_20d,
-    risk.vol_ewma,
-    risk.max_drawdown,
-    risk.worst_daily_return
+    round((risk.vol_30d)::numeric, 4) as vol_30d,
+    round((risk.vol_20d)::numeric, 4) as vol_20d,
+    round((risk.vol_ewma)::numeric, 4) as vol_ewma,
+    round((risk.max_drawdown)::numeric, 4) as max_drawdown,
+    round((risk.worst_daily_return)::numeric, 6) as worst_daily_return
 from gold.fact_asset_risk as risk
 inner join gold.dim_symbol as symbol
     on risk.product_id = symbol.product_id

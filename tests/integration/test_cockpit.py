@@ -205,26 +205,42 @@ def test_intraday_pnl_and_exposure_are_book_sums_per_bucket(gold, reader):
                        ('P0001', '2026-01-31 23:55+00', 99, 9.0, 119, '2026-01-30', 0, '');
                      grant select on gold.fact_intraday_risk to reporting""")
     try:
-        intra = cockpit.intraday(reader, AS_OF)
-        assert intra["available"] and intra["day"] == "2026-02-01"  # the latest day with intraday rows
+        intra = cockpit.intraday(reader, date(2026, 2, 1))
+        assert intra["available"] and intra["day"] == "2026-02-01"  # the as-of day's buckets only
         assert [(r["bucket_start"][11:16], r["intraday_pnl"], r["gross_exposure"], r["stale_books"])
                 for r in intra["rows"]] == [("09:00", 1.0, 180.0, 1), ("09:05", 2.1, 182.0, 1)]
+        assert [r["intraday_pnl"] for r in cockpit.intraday(reader, AS_OF)["rows"]] == [9.0]
         assert [(b["portfolio_id"], b["max_price_age_s"], b["stale_product_ids"]) for b in intra["stale_books"]] == [
-            ("P0001", 4000.0, "BTC-USD")]                       # the latest bucket: P0002's prices are fresh again
+            ("P0001", 4000.0, "BTC-USD")]                       # the last bucket: P0002's prices are fresh again
         assert ('<div class="status stale" id="intraday-stale">STALE intraday valuation (prices older than 1 h): '
                 'P0001 (prices 1.1 h old: BTC-USD); the book totals below include them</div>') == \
             pages.intraday_stale(intra)
-        assert cockpit.intraday(reader, AS_OF, max_price_age_s=5000)["stale_books"] == []
+        assert cockpit.intraday(reader, date(2026, 2, 1), max_price_age_s=5000)["stale_books"] == []
         assert intra["scenario_note"] is None                      # the previous close's scenario set
         # the latest bucket without a scenario set: the cockpit names the missing one
         _sql(gold[0], "update gold.fact_intraday_risk set scenario_as_of_date = null "
                       "where bucket_start = '2026-02-01 09:05+00'")
-        assert cockpit.intraday(reader, AS_OF)["scenario_note"] == (
+        assert cockpit.intraday(reader, AS_OF)["scenario_note"] is None  # the as-of day's own last bucket is fine
+        assert cockpit.intraday(reader, date(2026, 2, 1))["scenario_note"] == (
             "Intraday VaR/ES at 2026-02-01 09:05 UTC are uncomputable: the end-of-day scenario set as of 2026-01-31 "
             "is missing (VaR limits count as breached); run the end-of-day risk for that day")
         _sql(gold[0], "update gold.fact_intraday_risk set scenario_as_of_date = '2026-01-20' "
                       "where bucket_start = '2026-02-01 09:05+00'")
         assert "stale end-of-day scenario set as of 2026-01-20; the one as of 2026-01-31 is missing" in \
-            cockpit.intraday(reader, AS_OF)["scenario_note"]
+            cockpit.intraday(reader, date(2026, 2, 1))["scenario_note"]
     finally:
         _sql(gold[0], "drop table gold.fact_intraday_risk")
+
+
+def test_a_total_is_missing_when_a_portfolio_lacks_the_figure(gold, reader):
+    """A partial sum is not the book's value: P0003 without its valuation makes the book value missing (the page
+    reads "–"), while the PnL total, which every portfolio has, stays the sum."""
+    _sql(gold[0], "update gold.fact_portfolio_valuation set as_of_date = '2000-01-01' "
+                  "where portfolio_id = 'P0003' and as_of_date = %s", (AS_OF,))
+    try:
+        (t,) = cockpit.firm(reader)["totals"]
+        (pnl,), = _sql(gold[0], "select sum(daily_pnl) from gold.fact_pnl_daily where as_of_date = %s", (AS_OF,))
+        assert t["market_value"] is None and t["daily_pnl"] == pytest.approx(pnl)
+    finally:
+        _sql(gold[0], "update gold.fact_portfolio_valuation set as_of_date = %s "
+                      "where portfolio_id = 'P0003' and as_of_date = '2000-01-01'", (AS_OF,))

@@ -177,6 +177,13 @@ def _charts_drawn(frame) -> int:
         && c.width > 0).length""")
 
 
+def _overflowing(frame) -> list:
+    """Tables wider than their box in this frame (tests/support/browser_check.py): none may hide behind a scroll."""
+    from tests.support.browser_check import OVERFLOWING_JS
+
+    return frame.evaluate(OVERFLOWING_JS)
+
+
 def test_cockpit_in_the_airflow_ui_shows_golds_numbers(cockpit, chromium, artifacts):
     server, url = cockpit[0], cockpit[1]
     context = chromium.new_context(viewport={"width": 1366, "height": 900})
@@ -216,6 +223,7 @@ def test_cockpit_in_the_airflow_ui_shows_golds_numbers(cockpit, chromium, artifa
                       "order by var_99_hist desc", (AS_OF,))
     assert _values(frame, "#portfolios-table td[data-key=var_99_hist]") == [v for (v,) in var99]
     assert _charts_drawn(frame) == 1  # the breach utilisation chart (no intraday table in this gold)
+    assert _overflowing(frame) == []  # in Airflow's iframe at 1366 px: every table fits its box
     page.screenshot(path=str(artifacts / "cockpit-firm.png"))
 
     # Portfolio: the first in the breach list
@@ -232,6 +240,7 @@ def test_cockpit_in_the_airflow_ui_shows_golds_numbers(cockpit, chromium, artifa
                     "group by method, confidence order by method, confidence", (pid,))
     assert _values(frame, "#backtest-table td[data-key=exceptions]") == [float(v) for (v,) in exc]
     assert _charts_drawn(frame) == 5  # value/PnL, drawdown, VaR vs PnL, returns, exposure
+    assert _overflowing(frame) == []
     page.screenshot(path=str(artifacts / "cockpit-portfolio.png"))
 
     # Market
@@ -243,6 +252,7 @@ def test_cockpit_in_the_airflow_ui_shows_golds_numbers(cockpit, chromium, artifa
     assert _values(frame, "#prices-table td[data-key=close]") == [v for (v,) in closes]
     assert frame.locator("#anomalies-table tbody tr").count() == 2
     assert _charts_drawn(frame) == 3  # prices, volatility, anomalies
+    assert _overflowing(frame) == []
     page.screenshot(path=str(artifacts / "cockpit-market.png"))
 
     # Pipeline
@@ -254,6 +264,7 @@ def test_cockpit_in_the_airflow_ui_shows_golds_numbers(cockpit, chromium, artifa
     assert frame.locator("#audit-table tbody tr").count() == _sql(url, "select count(*) from "
                                                                        "gold.fact_pipeline_runs")[0][0]
     assert _charts_drawn(frame) == 3  # rows, seconds per run, durations
+    assert _overflowing(frame) == []
     page.screenshot(path=str(artifacts / "cockpit-pipeline.png"))
 
     # the same page opened directly (what the iframe shows), full height, for the artefacts

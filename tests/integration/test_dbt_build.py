@@ -4,6 +4,7 @@ raw rows, the incremental bars model, the reporting role, every SQL report and t
 from __future__ import annotations
 
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg2
@@ -272,12 +273,17 @@ def test_every_sql_report_runs_as_reporting(gold, path: Path):
     latest = query(*bind(sql, None), url=reporting_url())
     dated = query(*bind(sql, date(2026, 1, 3)), url=reporting_url())
     assert latest and dated  # the sample has rows for every report
+    numbers = [v for row in latest + dated for v in row if isinstance(v, Decimal | float)]
+    unrounded = [v for v in numbers if round(v, 8) != v]  # a 17-digit float is not a report figure
+    assert unrounded == [], path
+
 
 
 def test_a_report_value_matches_gold(gold):
     sql = (SQL_DIR / "daily_pnl" / "daily_and_mtd.sql").read_text()
     rows = {r[1]: r for r in query(*bind(sql, date(2026, 1, 3)), url=reporting_url())}
-    expected = dict(query("select portfolio_id, mtd_pnl from gold.fact_pnl_daily where as_of_date = '2026-01-03'"))
+    expected = dict(query("select portfolio_id, round(mtd_pnl::numeric, 2) from gold.fact_pnl_daily "
+                          "where as_of_date = '2026-01-03'"))  # the sample's books are in USD: to the cent
     assert {pid: r[5] for pid, r in rows.items()} == expected
 
 

@@ -34,6 +34,14 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
          "--remote-debugging-pipe")
 MAX_SCREENSHOT_HEIGHT = 12_000  # px: a full-page capture taller than this is cut (huge PNGs help nobody)
+# [table id, scrollWidth, clientWidth] of each table wider than its box (`.table-wrap`, else its parent), and of
+# the page itself ('(page)') when it scrolls sideways: what a reader has to scroll to see
+OVERFLOWING_JS = """Array.from(document.querySelectorAll('table')).map(t => {
+    const box = t.closest('.table-wrap') || t.parentElement;
+    return [t.id, box.scrollWidth, box.clientWidth];
+  }).filter(([, content, room]) => content > room).concat(
+    document.documentElement.scrollWidth > document.documentElement.clientWidth
+      ? [['(page)', document.documentElement.scrollWidth, document.documentElement.clientWidth]] : [])"""
 PAGE_INFO_JS = """JSON.stringify({
   title: document.title,
   headings: Array.from(document.querySelectorAll('h1,h2,h3')).map(h => [h.tagName.toLowerCase(), h.id,
@@ -41,7 +49,8 @@ PAGE_INFO_JS = """JSON.stringify({
   svg: document.querySelectorAll('svg').length,
   img: document.querySelectorAll('img').length,
   canvas: document.querySelectorAll('canvas').length,
-  height: document.documentElement.scrollHeight
+  height: document.documentElement.scrollHeight,
+  overflowing: """ + OVERFLOWING_JS + """
 })"""
 
 
@@ -67,6 +76,7 @@ class PageCheck:
     screenshot: Path | None = None      # the first screen (window size)
     full_screenshot: Path | None = None  # the whole page (capped at MAX_SCREENSHOT_HEIGHT)
     dom: str = ""
+    overflowing: list[tuple[str, int, int]] = field(default_factory=list)  # OVERFLOWING_JS
 
     @property
     def heading_ids(self) -> set[str]:
@@ -200,7 +210,8 @@ class Chromium:
             dom = self.call("Runtime.evaluate", {"expression": "document.documentElement.outerHTML",
                                                  "returnByValue": True}, session)["result"]["value"]
             page = PageCheck(url=url, title=info["title"], headings=[tuple(h) for h in info["headings"]],
-                             charts=info["svg"] + info["img"] + info["canvas"], dom=dom)
+                             charts=info["svg"] + info["img"] + info["canvas"], dom=dom,
+                             overflowing=[tuple(o) for o in info["overflowing"]])
             if out_dir is not None:
                 out_dir.mkdir(parents=True, exist_ok=True)
                 stem = name or _file_stem(url)

@@ -170,8 +170,11 @@ def test_report_on_a_day_without_risk_rows_is_incomplete_exit_3_with_a_red_banne
     assert page.index('<div id="incomplete"') < page.index("<h1")  # at the top, in red
     assert re.search(r'id="incomplete"[^>]*background:#b00020.*?INCOMPLETE.*?fact_risk_metrics has no row', page, re.S)
     assert "no anomalies on this day" in page
-    assert "no limit breaches on 2026-01-30" in page
-    assert "no risk metrics on 2026-01-30" in (path.parent / "portfolio-p-core.html").read_text()
+    assert "limit breaches on 2026-01-30 unknown: the day is incomplete" in page  # not "no breaches"
+    assert re.search(r'id="kpi-breaches"><div class="label">Limit breaches</div><div class="value unknown">–<', page)
+    detail = (path.parent / "portfolio-p-core.html").read_text()
+    assert "no risk metrics on 2026-01-30" in detail
+    assert "limit breaches on 2026-01-30 unknown: no risk metrics for this day" in detail
     assert set(H2) <= _ids(page, "h2")
     assert "2026-01-30: INCOMPLETE: gold.fact_risk_metrics: no row for P-ALT, P-CORE" in page
 
@@ -186,7 +189,7 @@ def test_missing_breach_table_is_a_note_and_the_day_incomplete(pg_url, data_dir,
     assert re.search(r'<p class="note">gold\.fact_limit_breaches could not be read \(relation '
                      r'&quot;gold\.fact_limit_breaches&quot; does not exist\)', page)
     assert "gold.fact_anomalies is not available in the warehouse" in page
-    assert re.search(r'id="kpi-breaches".*?class="value unknown">unknown<', page)
+    assert re.search(r'id="kpi-breaches".*?class="value unknown">–<', page)
     assert 'id="incomplete"' in page
     assert set(H3) <= _ids(page, "h3")  # every other section still there
 
