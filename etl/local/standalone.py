@@ -18,7 +18,7 @@ from pathlib import Path
 
 from etl.errors import ConfigError
 from etl.local import run_main
-from etl.local.airflow_home import airflow_env, airflow_home, prepare_home
+from etl.local.airflow_home import PASSWORDS_FILE, airflow_env, airflow_home, prepare_home
 from etl.local.simulator_process import market_source, port_busy
 from etl.settings import PROJECT_ROOT, Settings
 
@@ -165,7 +165,7 @@ def run_standalone(settings: Settings) -> int:
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         home = prepare_home(env)
-        passwords = home / "simple_auth_manager_passwords.json.generated"
+        passwords = home / PASSWORDS_FILE
         print(f"starting airflow standalone (AIRFLOW_HOME={home}); the UI will be at http://localhost:{port}",
               flush=True)
         proc = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=env, cwd=PROJECT_ROOT,

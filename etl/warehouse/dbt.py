@@ -110,10 +110,13 @@ def _dbt(command: str, settings: Settings, select: str | None = None, extra_args
         failed = _failed_nodes(settings)
         tail = "\n".join((stdout + stderr).strip().splitlines()[-15:])
         where = f"failing node(s): {', '.join(failed)}" if failed else f"output:\n{tail}"
+        # a build reruns through write-audit-publish: dbt by hand would write gold directly, untested
+        rerun = ("python -m etl load --dbt-only" if gold_schema else
+                 f".venv/bin/dbt {command} --project-dir dbt_project --profiles-dir dbt_project")
         raise WarehouseError(
             f"dbt {command} failed (exit {returncode}); {where}. Details: "
-            f"{settings.state_dir / 'dbt' / 'logs' / 'dbt.log'}; rerun with `.venv/bin/dbt {command} "
-            f"--project-dir dbt_project --profiles-dir dbt_project` after fixing the data or model.")
+            f"{settings.state_dir / 'dbt' / 'logs' / 'dbt.log'}; rerun with `{rerun}` after fixing the data or "
+            "model.")
     summary = [line for line in stdout.splitlines() if "Done." in line or "Completed" in line]
     log.info("dbt %s ok%s", command, f": {summary[-1].split('Done.')[-1].strip()}" if summary else "")
 
@@ -217,7 +220,8 @@ def docs(settings: Settings | None = None, serve: bool = False, port: int = 8081
     static = target_dir(settings) / "static_index.html"
     log.info("dbt docs: %s", static)
     if serve:
-        subprocess.run([dbt_executable(), "docs", "serve", "--port", str(port), "--no-browser",
+        subprocess.run([dbt_executable(), "docs", "serve", "--host", settings.bind_host, "--port", str(port),
+                        "--no-browser",
                         "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)],
                        cwd=DBT_PROJECT_DIR, env=dbt_env(settings), check=False)
     return static

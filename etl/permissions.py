@@ -1,0 +1,38 @@
+"""Owner-only files: what the pipeline writes locally (data root, state dir, Airflow home, secrets) is its user's only.
+
+Every process of ours runs with umask 077 (`owner_only`: new files 0600, new folders 0700): the CLI, the local
+runners (and so every Airflow process they start, which writes the login file, the metadata DB and task logs) and
+any process that opens a local data root (etl.storage). `lock_folder` closes a folder that exists already: one
+made by an earlier version, or the state dir after the embedded Postgres started, which, run as root, opens every
+parent of its data folder to everyone so that its own user can reach it (etl.db).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+from pathlib import Path
+
+UMASK = 0o077
+
+
+def owner_only() -> None:
+    """Files and folders this process creates from now on: readable by their owner only."""
+    os.umask(UMASK)
+
+
+def lock_folder(path: Path, traverse_user: str | None = None) -> None:
+    """`path` (if it exists) 0700; with `traverse_user`: 0710 with that user's group, which may then pass through
+    the folder (not list it, not read what it does not own)."""
+    if not path.is_dir():
+        return
+    if traverse_user is not None:
+        os.chown(path, -1, pwd.getpwnam(traverse_user).pw_gid)
+    path.chmod(0o710 if traverse_user is not None else 0o700)
+
+
+def lock_file(path: Path) -> None:
+    """`path` (if it exists) 0600."""
+    if path.is_file() and stat.S_IMODE(path.stat().st_mode) != 0o600:
+        path.chmod(0o600)
