@@ -187,3 +187,34 @@ def settle_test_run(env: dict[str, str], dag_id: str) -> None:
     finally:
         engine.dispose()
 
+
+
+STARTED_TI = ("running", "queued", "deferred", "up_for_retry", "up_for_reschedule", "restarting")
+
+
+def fail_unfinished_runs(env: dict[str, str], test_runs: bool) -> int:
+    """Mark the DAG runs a stopped runner leaves queued or running as failed; return how many. Nothing runs them
+    any more (the runner stopped its processes, or was killed), yet Airflow counts each as an active run: with
+    `max_active_runs=1` the next run of its DAG would never start. Their task instances get what Airflow's own
+    "mark failed" gives: failed if started, skipped if not.
+
+    `test_runs`: the runs of `airflow dags test` (`make demo`: triggered_by TEST), else every other run (the
+    scheduler's, under `make airflow`), so one runner never fails what the other is running.
+    """
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    runs = f"""dag_run.state in ('queued', 'running')
+               and (upper(coalesce(dag_run.triggered_by, '')) = 'TEST') = {'true' if test_runs else 'false'}"""
+    of_runs = f"""exists (select 1 from dag_run where dag_run.dag_id = task_instance.dag_id
+                  and dag_run.run_id = task_instance.run_id and {runs})"""
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"update task_instance set state = 'failed', end_date = current_timestamp "
+                              f"where state in {STARTED_TI} and {of_runs}"))
+            conn.execute(text(f"update task_instance set state = 'skipped', end_date = current_timestamp "
+                              f"where (state is null or state = 'scheduled') and {of_runs}"))
+            return conn.execute(text(f"update dag_run set state = 'failed', end_date = current_timestamp "
+                                     f"where {runs}")).rowcount
+    finally:
+        engine.dispose()

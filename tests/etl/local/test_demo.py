@@ -1,11 +1,20 @@
 """`make demo` (etl/local/demo.py): the end-of-day run the scheduler creates after the demo (etl/local/airflow_home.py
-settle_test_run), what the demo prints at the end, and the market source it starts (etl/local/simulator_process.py)."""
+settle_test_run), what the demo prints at the end, the market source it starts (etl/local/simulator_process.py), and
+that an interrupted demo leaves no DAG run running in Airflow (fail_unfinished_runs)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
-from etl.local import airflow_home, demo, simulator_process
+from etl.local import airflow_home, demo, simulator_process, standalone
 from etl.settings import PROJECT_ROOT
 
 
@@ -74,3 +83,84 @@ def test_with_coinbase_as_source_the_demo_starts_no_simulator_and_uses_the_excha
     assert (source.url, source.proc) == (COINBASE_URL, None)
     env = airflow_home.airflow_env(get_settings(), home=tmp_path / "af")
     assert env["COINBASE_API_URL"] == COINBASE_URL and env["PIPELINE_SOURCE"] == "coinbase"
+
+
+def _runs(airflow_db: Path) -> list[tuple[str, str, str]]:
+    """(dag_id, run_id, state) of every DAG run in the demo's Airflow metadata DB ([] before it is migrated)."""
+    try:
+        with sqlite3.connect(f"file:{airflow_db}?mode=ro", uri=True, timeout=30) as conn:
+            return conn.execute("select dag_id, run_id, state from dag_run order by id").fetchall()
+    except sqlite3.OperationalError:  # not created or not migrated yet
+        return []
+
+
+def _task_states(airflow_db: Path) -> list[str]:
+    with sqlite3.connect(f"file:{airflow_db}?mode=ro", uri=True, timeout=30) as conn:
+        return [s for (s,) in conn.execute("select coalesce(state, 'none') from task_instance")]
+
+
+def _start_demo(env: dict[str, str], log: Path) -> subprocess.Popen:
+    out = open(log, "w")  # noqa: SIM115  (the runner owns it until it exits)
+    return subprocess.Popen([sys.executable, "-m", "etl.local.demo"], env=env, cwd=PROJECT_ROOT, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for_running_run(proc: subprocess.Popen, log: Path, airflow_db: Path, known: int) -> tuple:
+    """Wait for the demo's DAG run number `known + 1` to be running in Airflow; return it."""
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the demo exited early ({proc.returncode}):\n{log.read_text()[-3000:]}"
+        runs = _runs(airflow_db)
+        if len(runs) > known and runs[known][2] == "running" and "running" in _task_states(airflow_db):
+            return runs[known]
+        time.sleep(0.5)
+    raise AssertionError(f"no DAG run started:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_an_interrupted_demo_leaves_no_dag_run_running_in_airflow(tmp_path, pg_url):
+    """A demo killed outright (SIGKILL of its whole session: a closed terminal) leaves its run "running" in Airflow,
+    which with max_active_runs=1 would block the next run of the DAG: the next demo marks it failed when it
+    starts. A demo stopped with Ctrl-C (SIGINT to its process group) marks its own run failed as it exits."""
+    from etl.local.simulator_process import port_busy
+    from tests.support.cockpit_server import free_port
+
+    sim_port = free_port()
+    env = dict(os.environ, PIPELINE_STATE_DIR=str(tmp_path / "state"), PIPELINE_DATABASE_URL=pg_url,
+               SIMULATOR_PORT=str(sim_port), SIMULATOR_WS_PORT=str(free_port()), PIPELINE_PRODUCTS="BTC-USD,ETH-USD",
+               PIPELINE_ENV_FILE=str(tmp_path / "no.env"))
+    airflow_db = tmp_path / "state" / "airflow" / "airflow.db"
+
+    log = tmp_path / "demo-killed.log"
+    proc = _start_demo(env, log)
+    try:
+        killed = _wait_for_running_run(proc, log, airflow_db, known=0)
+    finally:
+        members = standalone.session_pids(proc.pid)
+        for pid in members:
+            os.kill(pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while standalone.session_pids(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [r[2] for r in _runs(airflow_db)] == ["running"], "the fault: a killed demo leaves its run running"
+    assert "running" in _task_states(airflow_db)
+    assert not port_busy(sim_port)
+
+    log = tmp_path / "demo-interrupted.log"
+    proc = _start_demo(env, log)
+    try:
+        interrupted = _wait_for_running_run(proc, log, airflow_db, known=1)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log.read_text()
+    assert code == 130, text[-3000:]
+    assert "marked 1 DAG run(s) left running by an earlier `make demo` that was killed as failed" in text
+    runs = {run_id: state for _, run_id, state in _runs(airflow_db)}
+    assert runs == {killed[1]: "failed", interrupted[1]: "failed"}, text[-3000:]
+    assert not {"running", "queued", "scheduled", "up_for_retry", "deferred"} & set(_task_states(airflow_db))
+    assert "failed" in _task_states(airflow_db)
