@@ -4,6 +4,7 @@ that an interrupted demo leaves no DAG run running in Airflow (fail_unfinished_r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -85,36 +86,44 @@ def test_with_coinbase_as_source_the_demo_starts_no_simulator_and_uses_the_excha
     assert env["COINBASE_API_URL"] == COINBASE_URL and env["PIPELINE_SOURCE"] == "coinbase"
 
 
-def _runs(airflow_db: Path) -> list[tuple[str, str, str]]:
-    """(dag_id, run_id, state) of every DAG run in the demo's Airflow metadata DB ([] before it is migrated)."""
+def _query(airflow_db: Path, sql: str) -> list[tuple]:
+    """Rows of the demo's Airflow metadata DB ([] before it is migrated)."""
     try:
-        with sqlite3.connect(f"file:{airflow_db}?mode=ro", uri=True, timeout=30) as conn:
-            return conn.execute("select dag_id, run_id, state from dag_run order by id").fetchall()
+        with contextlib.closing(sqlite3.connect(f"file:{airflow_db}?mode=ro", uri=True, timeout=30)) as conn:
+            return conn.execute(sql).fetchall()
     except sqlite3.OperationalError:  # not created or not migrated yet
         return []
 
 
-def _task_states(airflow_db: Path) -> list[str]:
-    with sqlite3.connect(f"file:{airflow_db}?mode=ro", uri=True, timeout=30) as conn:
-        return [s for (s,) in conn.execute("select coalesce(state, 'none') from task_instance")]
+def _runs(airflow_db: Path) -> dict[str, str]:
+    return dict(_query(airflow_db, "select run_id, state from dag_run"))
+
+
+def _task_states(airflow_db: Path) -> set[str]:
+    return {s for (s,) in _query(airflow_db, "select coalesce(state, 'none') from task_instance")}
 
 
 def _start_demo(env: dict[str, str], log: Path) -> subprocess.Popen:
     out = open(log, "w")  # noqa: SIM115  (the runner owns it until it exits)
+    # SIGINT as in a terminal (a background job's shell ignores it, and children inherit that)
     return subprocess.Popen([sys.executable, "-m", "etl.local.demo"], env=env, cwd=PROJECT_ROOT, stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _wait_for_running_run(proc: subprocess.Popen, log: Path, airflow_db: Path, known: int) -> tuple:
-    """Wait for the demo's DAG run number `known + 1` to be running in Airflow; return it."""
+def _wait_for_running_run(proc: subprocess.Popen, log: Path, airflow_db: Path, after: str) -> str:
+    """Once `after` is in the demo's output, wait for a DAG run running in Airflow with a task running; its run_id."""
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the demo exited early ({proc.returncode}):\n{log.read_text()[-3000:]}"
-        runs = _runs(airflow_db)
-        if len(runs) > known and runs[known][2] == "running" and "running" in _task_states(airflow_db):
-            return runs[known]
+        running = [run_id for run_id, state in _runs(airflow_db).items() if state == "running"]
+        if after in log.read_text() and running and "running" in _task_states(airflow_db):
+            return running[0]
         time.sleep(0.5)
     raise AssertionError(f"no DAG run started:\n{log.read_text()[-3000:]}")
+
+
+UNFINISHED = {"queued", "running", "scheduled", "up_for_retry", "up_for_reschedule", "deferred", "restarting", "none"}
 
 
 @pytest.mark.slow
@@ -134,23 +143,23 @@ def test_an_interrupted_demo_leaves_no_dag_run_running_in_airflow(tmp_path, pg_u
     log = tmp_path / "demo-killed.log"
     proc = _start_demo(env, log)
     try:
-        killed = _wait_for_running_run(proc, log, airflow_db, known=0)
+        killed = _wait_for_running_run(proc, log, airflow_db, after="airflow dags test")
     finally:
-        members = standalone.session_pids(proc.pid)
-        for pid in members:
+        for pid in standalone.session_pids(proc.pid):
             os.kill(pid, signal.SIGKILL)
         proc.wait()
     deadline = time.monotonic() + 30
     while standalone.session_pids(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert [r[2] for r in _runs(airflow_db)] == ["running"], "the fault: a killed demo leaves its run running"
+    assert _runs(airflow_db) == {killed: "running"}, "the fault: a killed demo leaves its run running"
     assert "running" in _task_states(airflow_db)
     assert not port_busy(sim_port)
 
     log = tmp_path / "demo-interrupted.log"
     proc = _start_demo(env, log)
     try:
-        interrupted = _wait_for_running_run(proc, log, airflow_db, known=1)
+        # the start marks the killed run failed (`dags test` of the same interval then runs it again)
+        interrupted = _wait_for_running_run(proc, log, airflow_db, after="left running by an earlier `make demo`")
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
         code = proc.wait(timeout=120)
     finally:
@@ -160,7 +169,6 @@ def test_an_interrupted_demo_leaves_no_dag_run_running_in_airflow(tmp_path, pg_u
     text = log.read_text()
     assert code == 130, text[-3000:]
     assert "marked 1 DAG run(s) left running by an earlier `make demo` that was killed as failed" in text
-    runs = {run_id: state for _, run_id, state in _runs(airflow_db)}
-    assert runs == {killed[1]: "failed", interrupted[1]: "failed"}, text[-3000:]
-    assert not {"running", "queued", "scheduled", "up_for_retry", "deferred"} & set(_task_states(airflow_db))
-    assert "failed" in _task_states(airflow_db)
+    runs = _runs(airflow_db)
+    assert runs[interrupted] == "failed" and not {"queued", "running"} & set(runs.values()), (runs, text[-3000:])
+    assert not UNFINISHED & _task_states(airflow_db)
