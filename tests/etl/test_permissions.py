@@ -89,9 +89,11 @@ def test_nobody_reads_no_data_and_reaches_no_warehouse_after_the_embedded_postgr
         db.start_embedded(settings)
         assert mode(state) == 0o710 and mode(data) == 0o700
     finally:
-        db.stop_embedded(settings)
-        shutil.rmtree(control)
-        shutil.rmtree(top)
+        try:
+            db.stop_embedded(settings)
+        finally:
+            shutil.rmtree(control)
+            shutil.rmtree(top)
 
 
 def test_owner_only_makes_files_0600_and_folders_0700(tmp_path):
