@@ -169,6 +169,7 @@ def test_an_interrupted_demo_leaves_no_dag_run_running_in_airflow(tmp_path, pg_u
     text = log.read_text()
     assert code == 130, text[-3000:]
     assert "marked 1 DAG run(s) left running by an earlier `make demo` that was killed as failed" in text
+    assert "marked 1 DAG run(s) left running by this demo, interrupted as failed" in text
     runs = _runs(airflow_db)
     assert runs[interrupted] == "failed" and not {"queued", "running"} & set(runs.values()), (runs, text[-3000:])
     assert not UNFINISHED & _task_states(airflow_db)
