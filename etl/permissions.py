@@ -9,10 +9,12 @@ parent of its data folder to everyone so that its own user can reach it (etl.db)
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
-import stat
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 UMASK = 0o077
 
@@ -27,6 +29,9 @@ def lock_folder(path: Path, traverse_user: str | None = None) -> None:
     the folder (not list it, not read what it does not own)."""
     if not path.is_dir():
         return
+    if os.geteuid() not in (0, path.stat().st_uid):  # another user's folder (a shared mount): theirs to close
+        log.warning("%s belongs to another user: not closing it to others (make it 0700 yourself)", path)
+        return
     if traverse_user is not None:
         os.chown(path, -1, pwd.getpwnam(traverse_user).pw_gid)
     path.chmod(0o710 if traverse_user is not None else 0o700)
@@ -34,5 +39,5 @@ def lock_folder(path: Path, traverse_user: str | None = None) -> None:
 
 def lock_file(path: Path) -> None:
     """`path` (if it exists) 0600."""
-    if path.is_file() and stat.S_IMODE(path.stat().st_mode) != 0o600:
+    if path.is_file():
         path.chmod(0o600)

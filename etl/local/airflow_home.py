@@ -188,7 +188,6 @@ def settle_test_run(env: dict[str, str], dag_id: str) -> None:
         engine.dispose()
 
 
-
 STARTED_TI = ("running", "queued", "deferred", "up_for_retry", "up_for_reschedule", "restarting")
 
 
