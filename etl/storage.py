@@ -33,6 +33,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from etl import permissions
 from etl.errors import PipelineError
 from etl.settings import Settings, get_settings
 
@@ -54,6 +55,7 @@ class Store:
         if "://" in uri:
             fs, root = pafs.FileSystem.from_uri(uri)
         else:
+            permissions.owner_only()  # a local data root: every file 0600, every folder 0700
             fs, root = pafs.LocalFileSystem(), posixpath.abspath(uri)
         return cls(fs, root.rstrip("/"))
 

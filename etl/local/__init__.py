@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+from etl import permissions
 from etl.errors import PipelineError
 from etl.settings import Settings, get_settings
 
@@ -22,6 +23,7 @@ def run_main(run: Callable[[Settings], int], prog: str, doc: str | None, argv: l
     """A runner's command line: `--help` from its docstring, logging, and exit 2 with one line on bad setup."""
     argparse.ArgumentParser(prog=prog, description=(doc or "").splitlines()[0]).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    permissions.owner_only()  # inherited by every Airflow process: login file, metadata DB, logs, task outputs
     try:
         return run(get_settings())
     except KeyboardInterrupt:

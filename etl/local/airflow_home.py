@@ -16,6 +16,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from etl import permissions
 from etl.errors import PipelineError
 from etl.orchestration import spec
 from etl.settings import PROJECT_ROOT, Settings, get_settings
@@ -27,6 +28,7 @@ PLUGINS_DIR = PROJECT_ROOT / "plugins"
 # LocalExecutor task processes at once: sized for a 2-core machine (each task is CPU-bound pandas/numpy work;
 # the scheduler, api-server, dag-processor and triggerer share the same cores)
 LOCAL_PARALLELISM = 2
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"  # the UI login Airflow generates (0600: umask)
 
 
 def airflow_home(settings: Settings) -> Path:
@@ -49,9 +51,10 @@ def airflow_env(settings: Settings, home: Path | None = None, base: dict[str, st
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
                                                        f"sqlite:///{home / 'airflow.db'}"),
+        "AIRFLOW__API__HOST": settings.bind_host,  # Airflow's default is 0.0.0.0: every network the machine is on
         "AIRFLOW__API__PORT": str(settings.airflow_port),
         # task processes reach the api-server's execution API here (Airflow's default assumes port 8080)
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{settings.airflow_port}/execution/",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{_client_host(settings)}:{settings.airflow_port}/execution/",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": env.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
@@ -68,6 +71,11 @@ def airflow_env(settings: Settings, home: Path | None = None, base: dict[str, st
         env["AIRFLOW_CONN_PIPELINE_WAREHOUSE"] = _postgres_connection(url)
     env["AIRFLOW_CONN_COINBASE_API"] = json.dumps({"conn_type": "http", "host": settings.coinbase_api_url})
     return env
+
+
+def _client_host(settings: Settings) -> str:
+    """Where this machine reaches the api-server: its bind address, or loopback when it listens on all of them."""
+    return "127.0.0.1" if settings.bind_host in ("0.0.0.0", "::", "") else settings.bind_host
 
 
 def _postgres_connection(url: str) -> str:
@@ -102,6 +110,8 @@ def prepare_home(env: dict[str, str]) -> Path:
 
     home = Path(env["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
+    permissions.lock_folder(home)  # made 0755 by an earlier version: the metadata DB, logs and the login file
+    permissions.lock_file(home / PASSWORDS_FILE)
     stamp = home / f".migrated-{version('apache-airflow')}"
     if not stamp.exists():
         log.info("migrating the Airflow metadata database in %s (once)", home)
@@ -177,3 +187,33 @@ def settle_test_run(env: dict[str, str], dag_id: str) -> None:
     finally:
         engine.dispose()
 
+
+STARTED_TI = ("running", "queued", "deferred", "up_for_retry", "up_for_reschedule", "restarting")
+
+
+def fail_unfinished_runs(env: dict[str, str], test_runs: bool) -> int:
+    """Mark the DAG runs a stopped runner leaves queued or running as failed; return how many. Nothing runs them
+    any more (the runner stopped its processes, or was killed), yet Airflow counts each as an active run: with
+    `max_active_runs=1` the next run of its DAG would never start. Their task instances get what Airflow's own
+    "mark failed" gives: failed if started, skipped if not.
+
+    `test_runs`: the runs of `airflow dags test` (`make demo`: triggered_by TEST), else every other run (the
+    scheduler's, under `make airflow`), so one runner never fails what the other is running.
+    """
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    runs = f"""dag_run.state in ('queued', 'running')
+               and (upper(coalesce(dag_run.triggered_by, '')) = 'TEST') = {'true' if test_runs else 'false'}"""
+    of_runs = f"""exists (select 1 from dag_run where dag_run.dag_id = task_instance.dag_id
+                  and dag_run.run_id = task_instance.run_id and {runs})"""
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"update task_instance set state = 'failed', end_date = current_timestamp "
+                              f"where state in {STARTED_TI} and {of_runs}"))
+            conn.execute(text(f"update task_instance set state = 'skipped', end_date = current_timestamp "
+                              f"where (state is null or state = 'scheduled') and {of_runs}"))
+            return conn.execute(text(f"update dag_run set state = 'failed', end_date = current_timestamp "
+                                     f"where {runs}")).rowcount
+    finally:
+        engine.dispose()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from etl.errors import ConfigError, PipelineError
 from etl.local import run_main
-from etl.local.airflow_home import airflow, airflow_env, prepare_home
+from etl.local.airflow_home import airflow, airflow_env, fail_unfinished_runs, prepare_home
 from etl.local.simulator_process import ensure_simulator
 from etl.orchestration.spec import INTRADAY_DAG
 from etl.settings import PROJECT_ROOT, Settings
@@ -104,6 +104,7 @@ def run_celery(settings: Settings, workers: int = 2, timeout_s: float = 900) -> 
         "PYTHONPATH": os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH", "")) if p),
     })
     procs: list[tuple[str, subprocess.Popen]] = []
+    migrated = False
 
     def start(name: str, cmd: list[str]) -> None:
         out = open(home / f"{name}.log", "w")  # closed when the process ends
@@ -116,6 +117,7 @@ def run_celery(settings: Settings, workers: int = 2, timeout_s: float = 900) -> 
         start("redis", [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                         "--appendonly", "no"])
         prepare_home(env)
+        migrated = True
         af = [sys.executable, "-m", "airflow"]
         start("api-server", [*af, "api-server"])
         start("scheduler", [*af, "scheduler"])
@@ -148,6 +150,8 @@ def run_celery(settings: Settings, workers: int = 2, timeout_s: float = 900) -> 
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+        if migrated:  # an interrupted check's run must not stay running in its metadata DB
+            fail_unfinished_runs(env, test_runs=False)
         sim.stop()
 
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from etl.local import run_main
-from etl.local.airflow_home import airflow_env, dags_test, prepare_home
+from etl.local.airflow_home import airflow_env, dags_test, fail_unfinished_runs, prepare_home
 from etl.local.simulator_process import market_source
 from etl.orchestration.spec import EOD_DAG, INTRADAY_DAG
 from etl.settings import Settings
@@ -102,13 +102,16 @@ def run_demo(settings: Settings) -> int:
           "...", flush=True)
     url = db.database_url(settings)
     sim = market_source(settings)
+    env = airflow_env(settings, database_url=settings.database_url)
+    prepared = False
     try:
-        env = airflow_env(settings, database_url=settings.database_url)
         env.setdefault("PIPELINE_API_POOL_SLOTS", "1")  # `dags test` runs one task at a time: full rate each
         env["PIPELINE_EOD_DEADLINE_HOURS"] = "0"  # `dags test` of 3.3.2 cannot finish a DAG with a deadline
         env["COINBASE_API_URL"] = sim.url
         print(f"preparing the Airflow home {env['AIRFLOW_HOME']}...", flush=True)
         prepare_home(env)
+        prepared = True
+        _fail_unfinished(env, "an earlier `make demo` that was killed")
         intraday_date, eod_date = demo_dates(datetime.now(UTC))
         run_ids: set[str] = set()
         # intraday before and after end of day: the second run revalues the book on the EOD scenario set
@@ -146,6 +149,13 @@ def run_demo(settings: Settings) -> int:
         return 0
     finally:
         sim.stop()
+        if prepared:  # interrupted (Ctrl-C) in a `dags test`: its run must not stay "running" in Airflow
+            _fail_unfinished(env, "this demo, interrupted")
+
+
+def _fail_unfinished(env: dict[str, str], whose: str) -> None:
+    if n := fail_unfinished_runs(env, test_runs=True):
+        print(f"marked {n} DAG run(s) left running by {whose} as failed in Airflow", flush=True)
 
 
 def _run_ids_since(settings: Settings, dag_id: str, t0: float) -> set[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from etl.errors import ConfigError
 from etl.local import run_main
-from etl.local.airflow_home import airflow_env, airflow_home, prepare_home
+from etl.local.airflow_home import PASSWORDS_FILE, airflow_env, airflow_home, fail_unfinished_runs, prepare_home
 from etl.local.simulator_process import market_source, port_busy
 from etl.settings import PROJECT_ROOT, Settings
 
@@ -165,7 +165,8 @@ def run_standalone(settings: Settings) -> int:
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         home = prepare_home(env)
-        passwords = home / "simple_auth_manager_passwords.json.generated"
+        _fail_unfinished(env, "an earlier `make airflow` that was killed")
+        passwords = home / PASSWORDS_FILE
         print(f"starting airflow standalone (AIRFLOW_HOME={home}); the UI will be at http://localhost:{port}",
               flush=True)
         proc = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=env, cwd=PROJECT_ROOT,
@@ -205,6 +206,7 @@ def run_standalone(settings: Settings) -> int:
                 how = f", {killed} of them killed after the grace period" if killed else ""
                 print(f"Airflow stopped: {stopped} process(es) ended in {time.perf_counter() - t:.1f}s{how}",
                       flush=True)
+                _fail_unfinished(env, "the stopped scheduler")
             if stream is not None:
                 try:
                     stream.wait(timeout=30)
@@ -215,6 +217,12 @@ def run_standalone(settings: Settings) -> int:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _fail_unfinished(env: dict[str, str], whose: str) -> None:
+    """Runs nothing will finish fail now, rather than block the next run of their DAG (max_active_runs=1)."""
+    if n := fail_unfinished_runs(env, test_runs=False):
+        print(f"marked {n} DAG run(s) left running by {whose} as failed in Airflow", flush=True)
 
 
 def start_collector(settings: Settings, env: dict[str, str]) -> subprocess.Popen:

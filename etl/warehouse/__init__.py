@@ -41,14 +41,19 @@ def setup(settings: Settings | None = None) -> None:
         roles.grant(conn, present)  # after the DDL: grants cover the raw tables just created
 
 
-def load_warehouse(settings: Settings | None = None, run_dbt: bool = True) -> LoadSummary:
-    """Load new silver/outputs/reference/run-log data into `raw` (one transaction), then `dbt build`."""
+def load_warehouse(settings: Settings | None = None, run_dbt: bool = True, dbt_only: bool = False) -> LoadSummary:
+    """Load new silver/outputs/reference/run-log data into `raw` (one transaction), then `dbt build`.
+
+    `dbt_only` (`load --dbt-only`): no raw load, only the write-audit-publish build of gold (the safe way to
+    rebuild gold by hand: a plain `dbt build` would write `gold` directly, with no shadow and no tests first)."""
     settings = settings or get_settings()
     with warehouse_lock(settings):  # one load + build per warehouse; a second waits, then fails naming this one
         setup(settings)
-        with db.connect(settings) as conn:
-            summary = load_raw(conn, get_store(settings), settings)
-        log.info("%s", summary)
+        summary = LoadSummary()
+        if not dbt_only:
+            with db.connect(settings) as conn:
+                summary = load_raw(conn, get_store(settings), settings)
+            log.info("%s", summary)
         if run_dbt:
             _run_dbt("build", settings)
             summary.dbt = "build ok"

@@ -110,10 +110,13 @@ def _dbt(command: str, settings: Settings, select: str | None = None, extra_args
         failed = _failed_nodes(settings)
         tail = "\n".join((stdout + stderr).strip().splitlines()[-15:])
         where = f"failing node(s): {', '.join(failed)}" if failed else f"output:\n{tail}"
+        # a build reruns through write-audit-publish: dbt by hand would write gold directly, untested
+        rerun = ("python -m etl load --dbt-only" if gold_schema else
+                 f".venv/bin/dbt {command} --project-dir dbt_project --profiles-dir dbt_project")
         raise WarehouseError(
             f"dbt {command} failed (exit {returncode}); {where}. Details: "
-            f"{settings.state_dir / 'dbt' / 'logs' / 'dbt.log'}; rerun with `.venv/bin/dbt {command} "
-            f"--project-dir dbt_project --profiles-dir dbt_project` after fixing the data or model.")
+            f"{settings.state_dir / 'dbt' / 'logs' / 'dbt.log'}; rerun with `{rerun}` after fixing the data or "
+            "model.")
     summary = [line for line in stdout.splitlines() if "Done." in line or "Completed" in line]
     log.info("dbt %s ok%s", command, f": {summary[-1].split('Done.')[-1].strip()}" if summary else "")
 
@@ -214,7 +217,7 @@ def docs(settings: Settings | None = None, serve: bool = False, port: int = 8081
     """`dbt docs generate --static` (one self-contained HTML file); with serve=True, serve the site (blocks)."""
     settings = settings or get_settings()
     if serve:
-        _check_port(port)  # before the generate step: a busy port fails in a second, not after it
+        _check_port(settings.bind_host, port)  # before the generate step: a busy port fails in a second, not after it
     run_dbt("docs generate --static", settings)
     static = target_dir(settings) / "static_index.html"
     log.info("dbt docs: %s", static)
@@ -223,23 +226,24 @@ def docs(settings: Settings | None = None, serve: bool = False, port: int = 8081
     return static
 
 
-def _check_port(port: int) -> None:
-    """A WarehouseError when 127.0.0.1:`port` is taken (dbt would print a traceback and exit 0)."""
+def _check_port(host: str, port: int) -> None:
+    """A WarehouseError when `host`:`port` is taken (dbt would print a traceback and exit 0)."""
     import socket
 
     with socket.socket() as probe:
         try:
-            probe.bind(("127.0.0.1", port))
+            probe.bind((host, port))
         except OSError as exc:
             raise WarehouseError(f"cannot serve the dbt docs on port {port}: {exc.strerror}. Stop what listens "
                                  "there, or choose another port with --port or PIPELINE_DOCS_PORT") from None
 
 
 def _serve_docs(settings: Settings, port: int) -> None:
-    """`dbt docs serve` on 127.0.0.1:`port` until Ctrl-C; a server that fails (the port taken meanwhile) is a
+    """`dbt docs serve` on the bind host's `port` until Ctrl-C; a server that fails (the port taken meanwhile) is a
     WarehouseError. dbt runs in its own session so that Ctrl-C reaches only us: we stop it quietly."""
-    log.info("dbt docs: http://127.0.0.1:%d (Ctrl-C stops)", port)
-    proc = subprocess.Popen([dbt_executable(), "docs", "serve", "--port", str(port), "--no-browser",
+    log.info("dbt docs: http://%s:%d (Ctrl-C stops)", settings.bind_host, port)
+    proc = subprocess.Popen([dbt_executable(), "docs", "serve", "--host", settings.bind_host, "--port", str(port),
+                             "--no-browser",
                              "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)],
                             cwd=DBT_PROJECT_DIR, env=dbt_env(settings), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)

@@ -127,7 +127,24 @@ def api_market(as_of: AsOf = None) -> dict:
 def api_pipeline() -> dict:
     from etl.report import cockpit
 
-    return _data(cockpit.pipeline)
+    return {**_data(cockpit.pipeline), "airflow_runs": _airflow_runs()}
+
+
+def _airflow_runs() -> list[dict]:
+    """DAG runs per DAG and state, as Airflow counts them (its metadata DB, which this API server serves). Gold's
+    run log only has the runs that reached their load task: a run stopped half-way, or still going, shows here."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    with create_session() as session:
+        rows = session.execute(select(DagRun.dag_id, DagRun.state, func.count())
+                               .group_by(DagRun.dag_id, DagRun.state)).all()
+    per_dag: dict[str, dict] = {}
+    for dag_id, state, n in rows:
+        counts = per_dag.setdefault(dag_id, {"dag_id": dag_id, **dict.fromkeys(pages.RUN_STATES, 0)})
+        counts[str(state)] = counts.get(str(state), 0) + n
+    return [per_dag[d] for d in sorted(per_dag)]
 
 
 # ---- pages -----------------------------------------------------------------------------------------------------

@@ -482,9 +482,15 @@ def market(d: dict) -> str:
 
 
 # ---- Pipeline ----------------------------------------------------------------------------------------------------
+RUN_STATES = ("queued", "running", "success", "failed")  # DagRunState
+
+
 def pipeline(d: dict) -> str:
     charts: list[dict] = []
-    body = ["<h1>Pipeline health</h1>", '<h2 id="last-status">Last status per DAG</h2>',
+    body = ["<h1>Pipeline health</h1>", '<h2 id="airflow-runs">DAG runs in Airflow</h2>',
+            table(d["airflow_runs"], [("dag_id", "DAG", None), *((s, s.capitalize(), "num") for s in RUN_STATES)],
+                  "airflow-runs-table", "no DAG runs in Airflow"),
+            '<h2 id="last-status">Last status per DAG</h2>',
             table(d["last_status"], [("dag_id", "DAG", None), ("run_id", "Last run", None),
                                      ("started_at", "Started (UTC)", "ts"), ("status", "Status", None),
                                      ("tasks", "Tasks", "num"), ("failed_tasks", "Failed", "num")],

@@ -44,6 +44,8 @@ def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = PROJECT_ROOT)
     (["insights"], "python -m etl insights: error: the following arguments are required: --product-id"),
     (["db", "drop"], "python -m etl db: error: argument action: invalid choice: 'drop' (choose from "),
     (["nosuch"], "python -m etl: error: argument <command>: invalid choice: 'nosuch'"),
+    (["load", "--no-dbt", "--dbt-only"], "python -m etl load: error: argument --dbt-only: not allowed with argument "
+                                         "--no-dbt"),
 ])
 def test_bad_usage_exits_2_with_the_argument_and_the_problem(argv, error, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -245,7 +247,7 @@ CONTRACT_OPTIONS = {
     "ingest": ["--products", "--start", "--end", "--granularity", "--source"],
     "silver": ["--full-refresh"],
     "risk": ["--as-of"],
-    "load": ["--no-dbt"],
+    "load": ["--no-dbt", "--dbt-only"],
     "report": ["--as-of"],
     "run": [],
     "db": ["url", "start", "stop", "status", "--role"],

@@ -117,6 +117,49 @@ def test_summary_json_over_http_equals_gold(cockpit, token):
     assert bad.status_code == 400 and bad.json()["detail"].startswith("query.as_of:")
 
 
+def test_the_pipeline_page_counts_the_dag_runs_airflow_counts(cockpit, token):
+    """Gold's run log never sees a run stopped half-way; the page's run counts are Airflow's own (its metadata DB),
+    so an interrupted run shows as running until a local runner marks it failed (fail_unfinished_runs), then as
+    failed."""
+    import sqlite3
+    import uuid
+    from contextlib import closing
+
+    from etl.local.airflow_home import fail_unfinished_runs
+
+    server = cockpit[0]
+    airflow_db = server.home / "airflow.db"
+    runs = [("risk_end_of_day", "manual__interrupted", "running"), ("risk_end_of_day", "manual__earlier", "failed"),
+            ("market_data_intraday", "manual__done", "success")]
+    with closing(sqlite3.connect(airflow_db)) as conn, conn:
+        conn.executemany("insert into dag_run (dag_id, run_id, run_type, run_after, state, triggered_by) "
+                         "values (?, ?, 'manual', '2026-02-01 00:10:00', ?, 'TEST')", runs)
+        conn.execute("insert into task_instance (id, task_id, dag_id, run_id, try_number, pool, pool_slots, state) "
+                     "values (?, 'compute_risk', 'risk_end_of_day', 'manual__interrupted', 1, 'default_pool', 1, "
+                     "'running')", (uuid.uuid4().hex,))
+
+    def counts() -> dict:
+        r = requests.get(f"{server.url}/risk/api/pipeline", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        return {c.pop("dag_id"): c for c in r.json()["airflow_runs"]}
+
+    try:
+        assert counts() == {"market_data_intraday": {"queued": 0, "running": 0, "success": 1, "failed": 0},
+                            "risk_end_of_day": {"queued": 0, "running": 1, "success": 0, "failed": 1}}
+        page = requests.get(f"{server.url}/risk/pipeline", cookies={"_token": token}, timeout=30).text
+        assert 'id="airflow-runs-table"' in page
+        assert fail_unfinished_runs({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_db}"},
+                                    test_runs=True) == 1
+        assert counts()["risk_end_of_day"] == {"queued": 0, "running": 0, "success": 0, "failed": 2}
+        with closing(sqlite3.connect(airflow_db)) as conn:
+            assert conn.execute("select state from task_instance where run_id = 'manual__interrupted'").fetchall() \
+                == [("failed",)]
+    finally:
+        with closing(sqlite3.connect(airflow_db)) as conn, conn:
+            for table in ("task_instance", "dag_run"):
+                conn.executemany(f"delete from {table} where run_id = ?", [(run_id,) for _, run_id, _ in runs])
+
+
 def test_plugin_is_registered_with_nav_entry_and_per_run_link(cockpit, token):
     server, report, docs = cockpit[0], cockpit[2], cockpit[3]
     auth = {"Authorization": f"Bearer {token}"}

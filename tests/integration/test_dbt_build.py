@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from etl import db
+from etl import cli, db
 from etl.report.sql_reports import bind
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.storage import get_store
@@ -226,7 +226,7 @@ def test_risk_depth_tables_reconcile_and_a_broken_contribution_fails_the_custom_
         run_dbt("build", select="fact_risk_contributions")
 
 
-def test_failed_dbt_build_keeps_previous_gold(gold):
+def test_failed_dbt_build_keeps_previous_gold(gold, capsys):
     """Write-audit-publish: a build whose tests fail (an overflowing position breaks reconciles_to_sum) publishes
     nothing, not even the models built before the failing test; a passing build then swaps in whole, and the
     reporting role still reads the new gold (grants survive the swap)."""
@@ -243,6 +243,9 @@ def test_failed_dbt_build_keeps_previous_gold(gold):
             run_dbt("build")
         assert "reconciles_to_sum_fact_portfolio_valuation" in str(err.value)
         assert "Gold was not published" in str(err.value)
+        # the advice publishes through write-audit-publish, never a bare `dbt build` that writes gold directly
+        assert "rerun with `python -m etl load --dbt-only`" in str(err.value)
+        assert ".venv/bin/dbt" not in str(err.value)
         assert query(breaches) == before and query(breaches, url=reporting_url()) == before
         assert query("select sum(market_value) from gold.fact_portfolio_valuation") == valuation
     finally:
@@ -250,7 +253,10 @@ def test_failed_dbt_build_keeps_previous_gold(gold):
             cur.execute(f"update raw.positions_valued set market_value = quantity * close where {day}")
             cur.execute("update raw.limit_breaches set limit_value = limit_value / 2")
     oid = query("select 'gold.fact_limit_breaches'::regclass::oid")
-    run_dbt("build")                                               # the passing build swaps a new gold in whole
+    raw_rows = query("select count(*) from raw.bars_5m")
+    assert cli.main(["load", "--dbt-only"]) == 0                   # the advised command: a passing build swaps in
+    assert "warehouse load: 0 rows from 0 files" in capsys.readouterr().out and \
+        query("select count(*) from raw.bars_5m") == raw_rows      # gold only: raw was not loaded
     assert query("select 'gold.fact_limit_breaches'::regclass::oid") != oid
     assert query(breaches, url=reporting_url()) == before           # grants survive the swap
     assert query("select count(*) from pg_namespace where nspname like 'gold\\_\\_%'") == [(0,)]

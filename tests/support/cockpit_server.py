@@ -77,9 +77,10 @@ def _template_db(state_dir: Path, env: dict[str, str]) -> Path:
 
 @contextmanager
 def api_server(database_url: str, state_dir: Path, data_dir: str | None = None,
-               wait_s: float = 180.0) -> Iterator[ApiServer]:
+               wait_s: float = 180.0, password: str | None = PASSWORD) -> Iterator[ApiServer]:
     """`airflow api-server` with the cockpit, reading gold from `database_url`; stopped (its process group)
-    on exit. `state_dir` holds the Airflow home (and dbt's target/ for the docs link)."""
+    on exit. `state_dir` holds the Airflow home (and dbt's target/ for the docs link). `password=None`: Airflow
+    generates the login file itself, as under `make airflow`."""
     import requests
 
     from etl.local.airflow_home import airflow_env
@@ -102,7 +103,8 @@ def api_server(database_url: str, state_dir: Path, data_dir: str | None = None,
     })
     if data_dir:
         env["PIPELINE_DATA_DIR"] = data_dir
-    (home / "passwords.json").write_text(json.dumps({USER: PASSWORD}))
+    if password is not None:
+        (home / "passwords.json").write_text(json.dumps({USER: password}))
     shutil.copy(_template_db(Path(settings.state_dir), env), home / "airflow.db")
     log = home / "api-server.log"
     out = open(log, "w")
@@ -122,7 +124,9 @@ def api_server(database_url: str, state_dir: Path, data_dir: str | None = None,
             if time.monotonic() > deadline:
                 raise PipelineError(f"airflow api-server did not answer on {url} in {wait_s:.0f}s: see {log}")
             time.sleep(0.5)
-        yield ApiServer(url=url, username=USER, password=PASSWORD, home=home, log=log, jwt_secret=secret)
+        if password is None:
+            password = json.loads((home / "passwords.json").read_text())[USER]
+        yield ApiServer(url=url, username=USER, password=password, home=home, log=log, jwt_secret=secret)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

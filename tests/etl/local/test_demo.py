@@ -1,11 +1,21 @@
 """`make demo` (etl/local/demo.py): the end-of-day run the scheduler creates after the demo (etl/local/airflow_home.py
-settle_test_run), what the demo prints at the end, and the market source it starts (etl/local/simulator_process.py)."""
+settle_test_run), what the demo prints at the end, the market source it starts (etl/local/simulator_process.py), and
+that an interrupted demo leaves no DAG run running in Airflow (fail_unfinished_runs)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
-from etl.local import airflow_home, demo, simulator_process
+from etl.local import airflow_home, demo, simulator_process, standalone
 from etl.settings import PROJECT_ROOT
 
 
@@ -74,3 +84,92 @@ def test_with_coinbase_as_source_the_demo_starts_no_simulator_and_uses_the_excha
     assert (source.url, source.proc) == (COINBASE_URL, None)
     env = airflow_home.airflow_env(get_settings(), home=tmp_path / "af")
     assert env["COINBASE_API_URL"] == COINBASE_URL and env["PIPELINE_SOURCE"] == "coinbase"
+
+
+def _query(airflow_db: Path, sql: str) -> list[tuple]:
+    """Rows of the demo's Airflow metadata DB ([] before it is migrated)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{airflow_db}?mode=ro", uri=True, timeout=30)) as conn:
+            return conn.execute(sql).fetchall()
+    except sqlite3.OperationalError:  # not created or not migrated yet
+        return []
+
+
+def _runs(airflow_db: Path) -> dict[str, str]:
+    return dict(_query(airflow_db, "select run_id, state from dag_run"))
+
+
+def _task_states(airflow_db: Path) -> set[str]:
+    return {s for (s,) in _query(airflow_db, "select coalesce(state, 'none') from task_instance")}
+
+
+def _start_demo(env: dict[str, str], log: Path) -> subprocess.Popen:
+    out = open(log, "w")  # noqa: SIM115  (the runner owns it until it exits)
+    # SIGINT as in a terminal (a background job's shell ignores it, and children inherit that)
+    return subprocess.Popen([sys.executable, "-m", "etl.local.demo"], env=env, cwd=PROJECT_ROOT, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _wait_for_running_run(proc: subprocess.Popen, log: Path, airflow_db: Path, after: str) -> str:
+    """Once `after` is in the demo's output, wait for a DAG run running in Airflow with a task running; its run_id."""
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the demo exited early ({proc.returncode}):\n{log.read_text()[-3000:]}"
+        running = [run_id for run_id, state in _runs(airflow_db).items() if state == "running"]
+        if after in log.read_text() and running and "running" in _task_states(airflow_db):
+            return running[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no DAG run started:\n{log.read_text()[-3000:]}")
+
+
+UNFINISHED = {"queued", "running", "scheduled", "up_for_retry", "up_for_reschedule", "deferred", "restarting", "none"}
+
+
+@pytest.mark.slow
+def test_an_interrupted_demo_leaves_no_dag_run_running_in_airflow(tmp_path, pg_url):
+    """A demo killed outright (SIGKILL of its whole session: a closed terminal) leaves its run "running" in Airflow,
+    which with max_active_runs=1 would block the next run of the DAG: the next demo marks it failed when it
+    starts. A demo stopped with Ctrl-C (SIGINT to its process group) marks its own run failed as it exits."""
+    from etl.local.simulator_process import port_busy
+    from tests.support.cockpit_server import free_port
+
+    sim_port = free_port()
+    env = dict(os.environ, PIPELINE_STATE_DIR=str(tmp_path / "state"), PIPELINE_DATABASE_URL=pg_url,
+               SIMULATOR_PORT=str(sim_port), SIMULATOR_WS_PORT=str(free_port()), PIPELINE_PRODUCTS="BTC-USD,ETH-USD",
+               PIPELINE_ENV_FILE=str(tmp_path / "no.env"))
+    airflow_db = tmp_path / "state" / "airflow" / "airflow.db"
+
+    log = tmp_path / "demo-killed.log"
+    proc = _start_demo(env, log)
+    try:
+        killed = _wait_for_running_run(proc, log, airflow_db, after="airflow dags test")
+    finally:
+        for pid in standalone.session_pids(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while standalone.session_pids(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _runs(airflow_db) == {killed: "running"}, "the fault: a killed demo leaves its run running"
+    assert "running" in _task_states(airflow_db)
+    assert not port_busy(sim_port)
+
+    log = tmp_path / "demo-interrupted.log"
+    proc = _start_demo(env, log)
+    try:
+        # the start marks the killed run failed (`dags test` of the same interval then runs it again)
+        interrupted = _wait_for_running_run(proc, log, airflow_db, after="left running by an earlier `make demo`")
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log.read_text()
+    assert code == 130, text[-3000:]
+    assert "marked 1 DAG run(s) left running by an earlier `make demo` that was killed as failed" in text
+    assert "marked 1 DAG run(s) left running by this demo, interrupted as failed" in text
+    runs = _runs(airflow_db)
+    assert runs[interrupted] == "failed" and not {"queued", "running"} & set(runs.values()), (runs, text[-3000:])
+    assert not UNFINISHED & _task_states(airflow_db)
