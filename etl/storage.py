@@ -138,15 +138,16 @@ class Store:
         only adds a copy. `use_threads=False` for a caller that runs its own threads. Raises CorruptFileError."""
         try:
             with self.fs.open_input_file(self.path(rel_path)) as f:
-                source = f
-                if sha256:
-                    source = pa.BufferReader(self._checked(rel_path, f.read(), sha256))
-                return pq.ParquetFile(source, pre_buffer=not self.is_local, page_checksum_verification=True) \
-                    .read(columns=columns, use_threads=use_threads)
+                data = f.read() if sha256 else None
+                table = pq.ParquetFile(f if data is None else pa.BufferReader(data), pre_buffer=not self.is_local,
+                                       page_checksum_verification=True).read(columns=columns, use_threads=use_threads)
         except FileNotFoundError:
             raise
         except (pa.ArrowException, OSError) as exc:
             raise self._corrupt(rel_path, exc) from None
+        if data is not None:  # after the pages: a flipped byte in a page is reported as such
+            self._checked(rel_path, data, sha256)
+        return table
 
     def digest(self, rel_path: str) -> str:
         """SHA-256 of the file's bytes: what a commit records for the file it publishes."""
@@ -215,20 +216,23 @@ class Store:
 
     def read_files(self, rel_dir: str, files: Iterable[str] | None = None, columns: list[str] | None = None,
                    filter=None, digests: dict[str, str] | None = None) -> pa.Table | None:
-        """`dataset(rel_dir, files).to_table(columns, filter)`; each file whose digest `digests` records is checked
-        first. A file that does not read whole raises CorruptFileError naming it (pyarrow's own error does not)."""
+        """`dataset(rel_dir, files).to_table(columns, filter)`, then each file whose digest `digests` records is
+        checked against it. A file that does not read whole raises CorruptFileError naming it (pyarrow's own error
+        does not)."""
         files = self.list_files(rel_dir, ".parquet") if files is None else list(files)
-        for rel in files if digests else ():
-            self.verify(rel, digests.get(rel))
+        digests = digests or {}
         try:
             d = self.dataset(rel_dir, files)
-            return None if d is None else d.to_table(columns=columns, filter=filter)
+            table = None if d is None else d.to_table(columns=columns, filter=filter)
         except FileNotFoundError:
             raise
         except (pa.ArrowException, OSError):
             for rel in files:  # which one: read them one by one (raises CorruptFileError naming it)
-                self.read_parquet(rel, use_threads=False)
+                self.read_parquet(rel, use_threads=False, sha256=digests.get(rel))
             raise  # every file reads whole: not a corrupt file (e.g. schemas that do not unify)
+        for rel in files:
+            self.verify(rel, digests.get(rel))
+        return table
 
     def read_table(self, rel_dir: str, columns: list[str] | None = None, filter=None) -> pa.Table | None:
         return self.read_files(rel_dir, columns=columns, filter=filter)

@@ -264,7 +264,7 @@ def _read_readable(store: Store, paths: list[str], summary: SilverSummary,
         return _BRONZE_SCHEMA.empty_table(), []
     try:
         return read_bronze(store, paths, digests), paths
-    except (pa.ArrowException, OSError, ValueError):  # CorruptFileError is a ValueError too (ValidationError)
+    except (CorruptFileError, pa.ArrowException, OSError, ValueError):
         pass
     good = []
     for rel in paths:
@@ -387,10 +387,9 @@ def _write_daily(store: Store, product: str, year: int, day_numbers: list[int], 
     if not full_refresh and store.exists(rel):
         try:
             old = store.read_parquet(rel, sha256=digests.get(rel)).cast(BARS_1D_SCHEMA)
-        except CorruptFileError as exc:
-            raise ValidationError(f"{exc}; an incremental run only replaces some of its days") from None
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise ValidationError(f"{store.path(rel)}: unreadable silver daily file ({type(exc).__name__}: {exc}); "
+        except (CorruptFileError, pa.ArrowException, OSError, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, CorruptFileError) else f"{type(exc).__name__}: {exc}"
+            raise ValidationError(f"{store.path(rel)}: unreadable silver daily file ({reason}); "
                                   "an incremental run only replaces some of its days: run `python -m etl silver "
                                   "--full-refresh` to rebuild it from bronze") from None
         days = old["price_date"].cast(pa.int32()).to_numpy()
