@@ -44,7 +44,7 @@ from datetime import UTC, date, datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.integrity import CorruptFileError
+from etl.integrity import CorruptFileError, repair
 from etl.settings import Settings, get_settings
 from etl.storage import Store, exclusive, get_store
 
@@ -146,8 +146,8 @@ def quarantine_file(store: Store, rel: str, reason: str) -> str:
     store.write_json(f"{dest}.reason.json", {"file": rel, "reason": reason,
                                               "quarantined_at": datetime.now(UTC).isoformat()})
     store.delete(rel)
-    log.error("bronze file %s is unreadable (%s): moved to %s; its rows are refetched by `python -m etl ingest "
-              "--start ... --end ...` for that day", store.path(rel), reason, store.path(dest))
+    log.error("bronze file %s is unreadable (%s): moved to %s; %s", store.path(rel), reason, store.path(dest),
+              repair(rel))
     return dest
 
 

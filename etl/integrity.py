@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import date, timedelta
 
 from etl.errors import ValidationError
 
@@ -39,8 +40,11 @@ def repair(rel: str) -> str:
     day = m.group(1) if (m := _DAY.search(rel)) else "D"
     product = m.group(1) if (m := re.search(r"/product_id=([^/]+)/", rel)) else "P"
     if rel.startswith("bronze/"):
-        return (f"re-ingest that window: `python -m etl ingest --products {product} --start {day} --end {day}T23:59:59` "
-                "(silver quarantines the file into bronze/quarantined_files/ and builds from the rest)")
+        end = (date.fromisoformat(day) + timedelta(days=1)).isoformat() if day != "D" else "D+1"
+        gran = f" --granularity {m.group(1)}" if (m := re.search(r"-g(\d+)\.parquet$", rel)) else ""
+        return (f"re-ingest that window: `python -m etl ingest --products {product} --start {day} --end {end}{gran}`, "
+                "then `python -m etl silver` (silver quarantines the file into bronze/quarantined_files/ and builds "
+                "from the rest)")
     if rel.startswith("silver/"):
         return "run `python -m etl silver --full-refresh`"
     if rel.startswith("outputs/factor_"):

@@ -105,6 +105,8 @@ class SilverSummary:
         return "\n".join([
             f"silver {'full refresh' if self.full_refresh else 'incremental'}: {self.batches} bronze batch(es) taken in, "
             f"{self.partitions} partition(s) rebuilt in {self.seconds:.2f}s",
+            *([f"  QUARANTINED {len(self.bad_files)} corrupt bronze file(s), re-ingest their windows: "
+               + ", ".join(self.bad_files[:3])] if self.bad_files else []),
             f"  rows in      {self.rows_in:>10,}  (duplicates dropped {self.duplicates:,})",
             f"  bars out     {self.rows_out:>10,}  5-minute, {self.bars_1d:,} daily",
             f"  quarantined  {self.quarantined:>10,}  ({rules})",

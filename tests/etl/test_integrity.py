@@ -95,8 +95,7 @@ def test_every_commit_records_the_content_hash_of_its_files(lake):
     assert all(store.digest(e["path"]) == e["sha256"] for e in manifest["files"].values())
 
 
-def test_flipped_bytes_in_a_bronze_page_quarantine_the_file_and_a_reingest_restores_silver(
-        lake, tmp_path, monkeypatch):
+def test_flipped_bytes_in_a_bronze_page_quarantine_the_file_and_a_reingest_restores_silver(lake, capsys, caplog):
     _ingest()
     assert main(["silver"]) == 0
     clean = {k: read_bars(k) for k in ("5m", "1d")}
@@ -111,6 +110,10 @@ def test_flipped_bytes_in_a_bronze_page_quarantine_the_file_and_a_reingest_resto
     assert moved.exists() and not (lake / rel).exists()
     reason = json.loads(moved.with_name(moved.name + ".reason.json").read_text())
     assert reason["file"] == rel and "page checksum mismatch" in reason["reason"]
+    out = capsys.readouterr().out  # the summary the run log records, and the error log line with the repair
+    assert f"QUARANTINED 1 corrupt bronze file(s), re-ingest their windows: {moved.relative_to(lake)}" in out
+    assert any(str(lake / rel) in r.message and "python -m etl ingest --products BTC-USD --start 2026-03-01 "
+               "--end 2026-03-02 --granularity 60" in r.message for r in caplog.records if r.levelname == "ERROR")
     assert len(read_bars("5m", ["BTC-USD"])) < len(clean["5m"][clean["5m"]["product_id"] == "BTC-USD"])
 
     # the repair the docs and the log give: re-ingest that window, then silver
@@ -192,7 +195,9 @@ def test_a_committed_output_overwritten_with_other_valid_parquet_is_refused_by_i
 
 @pytest.mark.parametrize("rel, command", [
     ("bronze/candles/product_id=BTC-USD/date=2026-03-01/b.parquet",
-     "python -m etl ingest --products BTC-USD --start 2026-03-01 --end 2026-03-01T23:59:59"),
+     "python -m etl ingest --products BTC-USD --start 2026-03-01 --end 2026-03-02`"),
+    ("bronze/candles/product_id=ETH-USD/date=2026-02-28/compacted-v000001-g86400.parquet",
+     "python -m etl ingest --products ETH-USD --start 2026-02-28 --end 2026-03-01 --granularity 86400"),
     ("silver/bars_5m/product_id=BTC-USD/date=2026-03-01/part-0.parquet", "python -m etl silver --full-refresh"),
     ("outputs/risk_metrics/as_of_date=2026-03-01/r.parquet", "python -m etl risk --as-of 2026-03-01"),
     ("outputs/factor_returns/date=2026-03-01/r.parquet", "python -m etl factors --end 2026-03-01"),
