@@ -50,7 +50,8 @@ def repair(rel: str) -> str:
     if rel.startswith("outputs/factor_"):
         return f"run `python -m etl factors --end {day}`"
     if rel.startswith("outputs/intraday_"):
-        return "rerun the bucket: `python -m etl intraday --bucket <its start>`"
+        m = re.search(r"/bucket=(\d{2})(\d{2})/", rel)
+        return f"run `python -m etl intraday --bucket {day}T{m.group(1) if m else 'HH'}:{m.group(2) if m else 'MM'}`"
     if rel.startswith("outputs/"):
         return f"run `python -m etl risk --as-of {day}`"
     return "delete it and rerun the stage that wrote it"
