@@ -7,6 +7,7 @@ the digests silver's state recorded (etl/integrity.py): a corrupt file stops the
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime
 
 import pandas as pd
@@ -22,6 +23,7 @@ from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA, TS, latest_per_key
 from etl.silver.incremental import BARS_1D_DIR, BARS_5M_DIR, BRONZE_DIR, file_digests, read_bronze
 from etl.storage import Store, exclusive, get_store
 
+log = logging.getLogger(__name__)
 KINDS = {"5m": (BARS_5M_DIR, "bucket_start", "date"), "1d": (BARS_1D_DIR, "price_date", "year")}
 CANDLE_COLUMNS = ["product_id", "bucket_start", "open", "high", "low", "close", "volume"]
 
@@ -52,7 +54,8 @@ def read_bars(kind: str, products: list[str] | None = None, start=None, end=None
         condition = _range_filter(time_col, lo_d and pa.scalar(lo_d, pa.date32()), hi_d and pa.scalar(hi_d, pa.date32()))
     try:
         table = _read_partitions(store, root, products, part_key, keep, condition)
-    except CorruptFileError:  # or a silver build rewriting these files now: wait for it, then check again
+    except CorruptFileError as exc:  # or a silver build rewriting these files now: wait for it, then check again
+        log.info("%s; waiting for the silver lock in case a build is rewriting it, then checking again", exc)
         with exclusive(compaction.SILVER_LOCK, settings):
             table = _read_partitions(store, root, products, part_key, keep, condition)
     if table is None:

@@ -5,6 +5,8 @@ repair, and a rerun after the repair equals the clean run."""
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +18,7 @@ from etl.cli import main
 from etl.integrity import CorruptFileError, repair
 from etl.silver import read_bars
 from etl.silver.incremental import STATE_FILE
-from etl.storage import get_store
+from etl.storage import exclusive, get_store
 from tests.support.reference import small_reference
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,3 +206,42 @@ def test_a_committed_output_overwritten_with_other_valid_parquet_is_refused_by_i
 ])
 def test_repair_names_the_command_that_rewrites_the_file(rel, command):
     assert f"`{command}" in repair(rel)
+
+
+def test_a_reader_meeting_a_silver_build_in_flight_waits_for_it_instead_of_calling_the_file_corrupt(lake, caplog):
+    """A build rewrites a file before it records the new digest in the state (its commit): a reader in between
+    sees a mismatch, waits for the silver lock, and reads the new state's version."""
+    _chain()
+    store = get_store()
+    rel = "silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet"
+    rewritten, waiting = threading.Event(), threading.Event()
+
+    class Waiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting for the silver lock" in record.getMessage():
+                waiting.set()
+
+    def build_in_flight() -> None:
+        with exclusive("silver"):
+            table = store.read_parquet(rel)
+            store.write_parquet(rel, table.slice(0, table.num_rows - 1))  # the new version, not committed yet
+            rewritten.set()
+            waiting.wait()  # the reader met the mismatch and waits for this lock
+            state = store.read_json(STATE_FILE)
+            state["files"][rel] = store.digest(rel)
+            store.write_json(STATE_FILE, state)  # the commit
+
+    before = read_bars("1d", ["BTC-USD"])
+    handler = Waiting()
+    caplog.set_level(logging.INFO, logger="etl.silver.read")
+    logging.getLogger("etl.silver.read").addHandler(handler)
+    writer = threading.Thread(target=build_in_flight)
+    writer.start()
+    try:
+        rewritten.wait()
+        after = read_bars("1d", ["BTC-USD"])  # mismatch -> waits for the build's lock -> the committed version
+    finally:
+        waiting.set()
+        writer.join()
+        logging.getLogger("etl.silver.read").removeHandler(handler)
+    assert len(after) == len(before) - 1
