@@ -261,7 +261,7 @@ def watermark(product: str, granularity: int, settings: Settings | None = None) 
         files = compaction.current_files(store, parts[key], committed)
         if not files:
             continue
-        table = store.dataset(CANDLES_DIR, files).to_table(columns=["bucket_start", "granularity"])
+        table = store.read_files(CANDLES_DIR, files, columns=["bucket_start", "granularity"])
         table = table.filter(pc.equal(table["granularity"], granularity))
         if table.num_rows:
             return pc.max(table["bucket_start"]).as_py()
@@ -584,6 +584,7 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
         "window": [summary.window[0].isoformat(), summary.window[1].isoformat()] if summary.window else None,
         "product_windows": {p: [w[0][0].isoformat(), w[-1][1].isoformat()] for p, w in plans.items() if w},
         "files": summary.files, "partitions": rows_written, "quarantine_files": quarantine_files,
+        "sha256": {rel: store.digest(rel) for rel in summary.files},  # content hashes: silver checks them
         "quarantined": summary.quarantined, "candles": summary.candles, "pages": len(tasks),
         "outside_page_rows": outside, "requests": summary.requests, "retries": summary.retries,
         "http_429": summary.http_429, "seconds": round(summary.seconds, 3), "reused_files": summary.reused,

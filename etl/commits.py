@@ -6,7 +6,8 @@ single-file write (a rename locally, a single PUT on an object store). Readers (
 manifest names, so they see the previous complete run or the new complete one, never a mix: a run killed before
 its manifest leaves orphan files that nothing reads, and the next run's commit deletes them. docs/commit_protocol.md.
 
-Manifest: {"name", "stage", "run_id", "committed_at", "files": {"<table>/<partition>": {"path", "rows"}}, ...}.
+Manifest: {"name", "stage", "run_id", "committed_at", "files": {"<table>/<partition>": {"path", "rows", "sha256"}},
+...}; `sha256` is the file's content hash (etl/integrity.py), which the readers check.
 `merge=True` (factors: each run rewrites a sliding window of days) keeps the previous manifest's entries for the
 partitions this run does not write. One writer per manifest at a time (the orchestrator runs one risk/factors run
 per day); a commit naming a file that is gone is an error for the loader, never a silent gap.
@@ -75,9 +76,10 @@ def manifests(store: Store) -> list[dict]:
     return [_read(store, rel) for rel in rels]
 
 
-def committed_files(store: Store) -> set[str]:
-    """Paths (relative to the data root) of every output file some manifest commits."""
-    return {entry["path"] for m in manifests(store) for entry in m["files"].values()}
+def committed_files(store: Store) -> dict[str, str | None]:
+    """Every output file some manifest commits (path relative to the data root) -> its recorded content hash
+    (None in a manifest written before hashes were recorded)."""
+    return {entry["path"]: entry.get("sha256") for m in manifests(store) for entry in m["files"].values()}
 
 
 def publish(store: Store, name: str, stage: str, parts: dict[tuple[str, str], pa.Table], *, merge: bool = False,
@@ -93,7 +95,7 @@ def publish(store: Store, name: str, stage: str, parts: dict[tuple[str, str], pa
     for (table, partition), rows in parts.items():
         rel = posixpath.join(OUTPUTS, table, partition, f"{run_id}.parquet")
         store.write_parquet(rel, rows)
-        files[f"{table}/{partition}"] = {"path": rel, "rows": rows.num_rows}
+        files[f"{table}/{partition}"] = {"path": rel, "rows": rows.num_rows, "sha256": store.digest(rel)}
     manifest = {"name": name, "stage": stage, "run_id": run_id, "committed_at": datetime.now(UTC).isoformat(),
                 "files": files, **(meta or {})}
     store.write_json(manifest_path(name), manifest)  # the commit point

@@ -23,7 +23,8 @@ listing, without opening any file.
    none of whose files is left is deleted too. Quarantine files (bad rows of a batch) are kept: audit data.
 A partition whose current version is already one compacted file per granularity is left alone (idempotent); a
 crash at any step leaves either the old version or the new one, and the next run finishes or redoes the step.
-An unreadable (truncated, corrupt) file is moved to `bronze/quarantined_files/` with a JSON reason beside it.
+An unreadable (truncated, corrupt: a page checksum fails, or its bytes differ from the SHA-256 its batch manifest or
+marker recorded under `sha256`) file is moved to `bronze/quarantined_files/` with a JSON reason beside it.
 
 **Fold** (`fold`): the same steps 1-4 for the partitions silver's incremental build is about to read whose current
 version holds two or more files (today's gets a batch every intraday run), under the lock silver already holds.
@@ -42,8 +43,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from etl.integrity import CorruptFileError, repair
 from etl.settings import Settings, get_settings
 from etl.storage import Store, exclusive, get_store
 
@@ -145,18 +146,43 @@ def quarantine_file(store: Store, rel: str, reason: str) -> str:
     store.write_json(f"{dest}.reason.json", {"file": rel, "reason": reason,
                                               "quarantined_at": datetime.now(UTC).isoformat()})
     store.delete(rel)
-    log.error("bronze file %s is unreadable (%s): moved to %s; its rows are refetched by `python -m etl ingest "
-              "--start ... --end ...` for that day", store.path(rel), reason, store.path(dest))
+    log.error("bronze file %s is unreadable (%s): moved to %s; %s", store.path(rel), reason, store.path(dest),
+              repair(rel))
     return dest
 
 
-def readable(store: Store, rel: str) -> str | None:
-    """None when the Parquet file reads whole, else the reason it does not."""
+def readable(store: Store, rel: str, sha256: str | None = None) -> str | None:
+    """None when the Parquet file reads whole (and matches `sha256`, its recorded digest, when given), else the
+    reason it does not."""
     try:
-        pq.read_table(store.path(rel), filesystem=store.fs)
+        store.read_parquet(rel, sha256=sha256)
         return None
+    except CorruptFileError as exc:
+        return exc.reason[:300]
     except (pa.ArrowException, OSError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def recorded_digests(store: Store, rels: list[str]) -> dict[str, str]:
+    """The SHA-256 each bronze file's commit recorded: a batch file's in its manifest, a compacted file's in the
+    marker naming it (files committed before digests were recorded have none)."""
+    out: dict[str, str] = {}
+    sources: dict[str, list[str]] = {}
+    for rel in rels:
+        folder, name = posixpath.split(rel)
+        m = _COMPACTED.match(name)
+        source = f"{folder}/_v{m.group(1)}.json" if m else f"{MANIFEST_DIR}/{name[: -len('.parquet')]}.json"
+        sources.setdefault(source, []).append(rel)
+    for source, files in sources.items():
+        try:
+            recorded = store.read_json(source).get("sha256") or {}
+        except (OSError, ValueError, AttributeError):
+            continue  # a missing or broken manifest/marker is reported by the code that needs it
+        for rel in files:
+            sha = recorded.get(rel) or recorded.get(posixpath.basename(rel))
+            if sha:
+                out[rel] = sha
+    return out
 
 
 # ---- compaction ------------------------------------------------------------------------------------------------
@@ -247,13 +273,13 @@ def _compact_partition(store: Store, part: Partition, committed: set[str], now: 
         summary.already_compact += 1
         return
     tables = []
+    digests = recorded_digests(store, current)
     for rel in current:
-        reason = readable(store, rel)
-        if reason:
-            summary.bad_files.append(quarantine_file(store, rel, reason))
+        try:
+            tables.append(store.read_parquet(rel, sha256=digests.get(rel)))
+        except CorruptFileError as exc:
+            summary.bad_files.append(quarantine_file(store, rel, exc.reason))
             part.batch_files.pop(posixpath.basename(rel), None)
-            continue
-        tables.append(pq.read_table(store.path(rel), filesystem=store.fs))
     if not tables:
         return
     rows = pa.concat_tables(tables, promote_options="default")
@@ -261,17 +287,18 @@ def _compact_partition(store: Store, part: Partition, committed: set[str], now: 
     keyed = rows.append_column("product_id", pa.array([part.product_id] * rows.num_rows, pa.string()))
     latest = latest_per_key(keyed).drop_columns(["product_id"]).combine_chunks()
     generation = int(_MARKER.match(part.newest_marker).group(1)) + 1 if part.newest_marker else 1
-    files = []
+    files, sha256 = [], {}
     for g in sorted(set(latest["granularity"].to_pylist())):
         piece = latest.filter(pc.equal(latest["granularity"], g)).sort_by("bucket_start")
         name = f"compacted-v{generation:06d}-g{g}.parquet"
         store.write_parquet(part.rel(name), piece.replace_schema_metadata(None))
         files.append(name)
+        sha256[name] = store.digest(part.rel(name))
         summary.rows_out += piece.num_rows
     previous = read_marker(store, part, part.newest_marker) if part.newest_marker else {"replaces": []}
     replaces = sorted((set(previous["replaces"]) | set(names)) & (set(part.batch_files) | set(part.compacted)))
     store.write_json(part.rel(f"_v{generation:06d}.json"), {   # the commit point
-        "generation": generation, "files": files, "replaces": replaces, "created_at": now.isoformat(),
+        "generation": generation, "files": files, "sha256": sha256, "replaces": replaces, "created_at": now.isoformat(),
         "rows_in": rows.num_rows, "rows_out": latest.num_rows})
     summary.compacted += 1
 

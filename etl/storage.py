@@ -9,6 +9,10 @@ changes `PIPELINE_DATA_DIR`. Every single-file write is atomic, by the means eac
 A multi-file change is committed by writing ONE small file last (a manifest, a marker, a pointer) with these
 writes; readers decide what is current from that file only. See docs/commit_protocol.md.
 
+Integrity (etl/integrity.py): every Parquet file is written with page checksums and read with their verification;
+`digest` gives the SHA-256 a commit records, and the readers given `digests` refuse a file whose bytes differ. A
+file that does not read whole raises CorruptFileError naming its path and the command that rewrites it.
+
 `exclusive(...)` is the one-writer-at-a-time lock of a stage (silver, compaction): an OS file lock for a local
 path, a Postgres advisory lock for an object store; both die with their process.
 """
@@ -35,10 +39,13 @@ import pyarrow.parquet as pq
 
 from etl import permissions
 from etl.errors import PipelineError
+from etl.integrity import CorruptFileError, digest
 from etl.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 HIVE = ds.partitioning(flavor="hive")
+PARQUET = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
+    page_checksum_verification=True))
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ class Store:
         times are nearly all distinct: a dictionary attempt there costs time and bytes)."""
         text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
         return self._write(rel_path, lambda path: pq.write_table(table, path, filesystem=self.fs, compression="zstd",
-                                                                 use_dictionary=text))
+                                                                 use_dictionary=text, write_page_checksum=True))
 
     def write_bytes(self, rel_path: str, data: bytes) -> str:
         """Write `data` to `rel_path` atomically (see the module docstring)."""
@@ -125,12 +132,47 @@ class Store:
         with self.fs.open_input_stream(self.path(rel_path)) as f:
             return json.loads(f.read().decode())
 
-    def read_parquet(self, rel_path: str, columns: list[str] | None = None, use_threads: bool = True) -> pa.Table:
-        """One Parquet file (no partition columns added). Not pq.read_table: its dataset set-up costs 2x a small
-        file's read (the loader reads thousands). Pre-buffering coalesces an object store's range requests; on a
-        local disk it only adds a copy. `use_threads=False` for a caller that runs its own threads."""
-        with self.fs.open_input_file(self.path(rel_path)) as f:
-            return pq.ParquetFile(f, pre_buffer=not self.is_local).read(columns=columns, use_threads=use_threads)
+    def read_parquet(self, rel_path: str, columns: list[str] | None = None, use_threads: bool = True,
+                     sha256: str | None = None) -> pa.Table:
+        """One Parquet file (no partition columns added), its pages verified, and its bytes too when `sha256` (the
+        digest its commit recorded) is given. Not pq.read_table: its dataset set-up costs 2x a small file's read
+        (the loader reads thousands). Pre-buffering coalesces an object store's range requests; on a local disk it
+        only adds a copy. `use_threads=False` for a caller that runs its own threads. Raises CorruptFileError."""
+        try:
+            with self.fs.open_input_file(self.path(rel_path)) as f:
+                data = f.read() if sha256 else None
+                table = pq.ParquetFile(f if data is None else pa.BufferReader(data), pre_buffer=not self.is_local,
+                                       page_checksum_verification=True).read(columns=columns, use_threads=use_threads)
+        except FileNotFoundError:
+            raise
+        except (pa.ArrowException, OSError) as exc:
+            raise self._corrupt(rel_path, exc) from None
+        if data is not None:  # after the pages: a flipped byte in a page is reported as such
+            self._checked(rel_path, data, sha256)
+        return table
+
+    def digest(self, rel_path: str) -> str:
+        """SHA-256 of the file's bytes: what a commit records for the file it publishes."""
+        with self.fs.open_input_stream(self.path(rel_path)) as f:
+            return digest(f.read())
+
+    def verify(self, rel_path: str, sha256: str | None) -> None:
+        """Refuse (CorruptFileError) a file whose bytes differ from the digest its commit recorded (None: no
+        digest recorded, nothing to compare)."""
+        if sha256:
+            with self.fs.open_input_stream(self.path(rel_path)) as f:
+                self._checked(rel_path, f.read(), sha256)
+
+    def _checked(self, rel_path: str, data: bytes, sha256: str) -> bytes:
+        if digest(data) != sha256:
+            raise CorruptFileError(rel_path, self.path(rel_path), "content hash differs from its commit")
+        return data
+
+    def _corrupt(self, rel_path: str, exc: Exception) -> CorruptFileError:
+        reason = str(exc).split("\n")[0]
+        if "CRC checksum" in reason:
+            reason = f"page checksum mismatch: {reason}"
+        return CorruptFileError(rel_path, self.path(rel_path), reason[:200])
 
     def entries(self, rel_dir: str) -> list[tuple[str, int]]:
         """(path relative to the root, size) of every file under rel_dir, recursively, hidden names included
@@ -164,20 +206,38 @@ class Store:
 
     def dataset(self, rel_dir: str, files: Iterable[str] | None = None) -> ds.Dataset | None:
         """A hive-partitioned Parquet dataset of the files under rel_dir, or of only `files` (paths relative to the
-        root, inside rel_dir, in the order given); None when there is no file."""
+        root, inside rel_dir, in the order given), its pages verified on read; None when there is no file. Read
+        it with `read_files`, which names a corrupt file."""
         files = self.list_files(rel_dir, ".parquet") if files is None else list(files)
         if not files:
             return None
         return ds.dataset(
-            [self.path(f) for f in files], filesystem=self.fs, format="parquet",
+            [self.path(f) for f in files], filesystem=self.fs, format=PARQUET,
             partitioning=HIVE, partition_base_dir=self.path(rel_dir),
         )
 
+    def read_files(self, rel_dir: str, files: Iterable[str] | None = None, columns: list[str] | None = None,
+                   filter=None, digests: dict[str, str] | None = None) -> pa.Table | None:
+        """`dataset(rel_dir, files).to_table(columns, filter)`, then each file whose digest `digests` records is
+        checked against it. A file that does not read whole raises CorruptFileError naming it (pyarrow's own error
+        does not)."""
+        files = self.list_files(rel_dir, ".parquet") if files is None else list(files)
+        digests = digests or {}
+        try:
+            d = self.dataset(rel_dir, files)
+            table = None if d is None else d.to_table(columns=columns, filter=filter)
+        except FileNotFoundError:
+            raise
+        except (pa.ArrowException, OSError):
+            for rel in files:  # which one: read them one by one (raises CorruptFileError naming it)
+                self.read_parquet(rel, use_threads=False, sha256=digests.get(rel))
+            raise  # every file reads whole: not a corrupt file (e.g. schemas that do not unify)
+        for rel in files:
+            self.verify(rel, digests.get(rel))
+        return table
+
     def read_table(self, rel_dir: str, columns: list[str] | None = None, filter=None) -> pa.Table | None:
-        d = self.dataset(rel_dir)
-        if d is None:
-            return None
-        return d.to_table(columns=columns, filter=filter)
+        return self.read_files(rel_dir, columns=columns, filter=filter)
 
 
 def _hidden(rel: str) -> bool:

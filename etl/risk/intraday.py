@@ -440,7 +440,7 @@ def load_scenarios(store, before: date, max_days_back: int = SCENARIO_MAX_DAYS_B
             continue
         entries = [manifest["files"].get(f"{t}/as_of_date={d.isoformat()}") for t in SCENARIO_TABLES]
         if all(entries):
-            tables = [store.read_parquet(e["path"]).to_pandas() for e in entries]
+            tables = [store.read_parquet(e["path"], sha256=e.get("sha256")).to_pandas() for e in entries]
             if all(len(t) for t in tables):
                 return ScenarioSet.from_tables(*tables)
         log.warning("scenario set as of %s is incomplete; trying an earlier EOD run", d)
@@ -459,7 +459,8 @@ def previous_breaches(store, bucket: pd.Timestamp) -> pd.DataFrame | None:
         if day == bucket.date():
             keys = [k for k in keys if k[len(prefix):] < bucket.strftime("%H%M")]
         if keys:
-            return store.read_parquet(manifest["files"][keys[-1]]["path"]).to_pandas()
+            entry = manifest["files"][keys[-1]]
+            return store.read_parquet(entry["path"], sha256=entry.get("sha256")).to_pandas()
     return None
 
 

@@ -13,9 +13,12 @@ One writer at a time: the whole read-decide-write runs under the data root's `si
 which compaction takes too. Every output file is a pure function of its bronze partition(s), so a full refresh
 writes the same bytes as incremental runs.
 
-Unreadable inputs: a bronze file that does not read whole is moved to `bronze/quarantined_files/` with its reason
-and the partition is built from the rest; a corrupt state file or daily file stops the run (ValidationError,
-exit 2) saying which file and to run `--full-refresh`.
+Integrity (etl/integrity.py): the state also records the SHA-256 of every silver file (`files`), written with the
+state, and readers (`read_bars`, the loader) check the files they read against it. Unreadable inputs: a bronze file
+that does not read whole or differs from the digest its batch manifest or compaction marker recorded is moved to
+`bronze/quarantined_files/` with its reason and the partition is built from the rest (re-ingest that window to
+get its rows back); a corrupt state file or daily file stops the run (ValidationError, exit 2) saying which file
+and to run `--full-refresh`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import pyarrow.compute as pc
 from etl import compaction
 from etl.compaction import CANDLES_DIR
 from etl.errors import ValidationError
+from etl.integrity import CorruptFileError
 from etl.settings import Settings, get_settings
 from etl.silver import quality
 from etl.silver.bars import (
@@ -101,6 +105,8 @@ class SilverSummary:
         return "\n".join([
             f"silver {'full refresh' if self.full_refresh else 'incremental'}: {self.batches} bronze batch(es) taken in, "
             f"{self.partitions} partition(s) rebuilt in {self.seconds:.2f}s",
+            *([f"  QUARANTINED {len(self.bad_files)} corrupt bronze file(s), re-ingest their windows: "
+               + ", ".join(self.bad_files[:3])] if self.bad_files else []),
             f"  rows in      {self.rows_in:>10,}  (duplicates dropped {self.duplicates:,})",
             f"  bars out     {self.rows_out:>10,}  5-minute, {self.bars_1d:,} daily",
             f"  quarantined  {self.quarantined:>10,}  ({rules})",
@@ -128,6 +134,7 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
     summary = SilverSummary(full_refresh=full_refresh)
 
     state = {} if full_refresh else _load_state(store)
+    state_files = {} if full_refresh else file_digests(store)
     committed = compaction.committed_batches(store)
     parts = compaction.scan(store, BRONZE_DIR)
     todo = {k: p for k, p in parts.items() if state.get(_key(k)) != compaction.version(p, committed)}
@@ -146,10 +153,11 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
     for product, day in sorted(files):
         chunks[(product, day[:7])].append(day)
 
-    written: set[str] = set()
+    written: dict[str, str | None] = {}  # silver file -> its digest (None: deleted, the day has no rows any more)
     read: dict[tuple[str, str], dict] = {}
     daily: dict[tuple[str, int], list] = defaultdict(list)  # (product, year) -> its chunks' (days, daily bars)
-    jobs = [(store, product, days, [f for d in days for f in files[(product, d)]], currencies[product], now)
+    digests = compaction.recorded_digests(store, [f for fs in files.values() for f in fs])
+    jobs = [(store, product, days, [f for d in days for f in files[(product, d)]], currencies[product], now, digests)
             for (product, _), days in sorted(chunks.items())]
     # chunks in worker processes (each writes its own days' files; this process alone writes the daily year files
     # and commits the state below, so a failed worker leaves the previous state); threads in one process crashed
@@ -160,14 +168,14 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
             _, product, days, wanted = job[:4]
             _drop_unreadable(parts, set(wanted) - set(paths))
             _add(summary, counts)
-            written |= chunk_files
+            written.update(chunk_files)
             daily[(product, int(days[0][:4]))].append((days, bars_1d))
             for day in days:
                 read[(product, day)] = compaction.version(parts[(product, day)], committed)
     for (product, year), months in sorted(daily.items()):
         day_numbers = [_day_number(d) for days, _ in months for d in days]
         bars_1d = pa.concat_tables([t for _, t in months]).combine_chunks()
-        written.add(_write_daily(store, product, year, day_numbers, bars_1d, full_refresh))
+        written.update(_write_daily(store, product, year, day_numbers, bars_1d, full_refresh, state_files))
     if full_refresh:
         _delete_stale(store, written)
     new_batches = {b for v in listed.values() for b in v} - \
@@ -175,7 +183,8 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
     summary.batches = len(new_batches)
     # what this build read, per partition; partitions that have no bronze any more drop out
     kept = {_key(k) for k in parts}
-    _save_state(store, {k: v for k, v in state.items() if k in kept} | {_key(k): v for k, v in read.items()})
+    _save_state(store, {k: v for k, v in state.items() if k in kept} | {_key(k): v for k, v in read.items()},
+                {k: v for k, v in (state_files | written).items() if v})
     if store.exists(TRADES_DIR):  # live trades from `python -m etl stream`: 5-minute bars from trades too
         from etl.silver.trade_bars import build_trade_bars
 
@@ -229,12 +238,12 @@ def _die_with_parent(parent: int) -> None:
             os._exit(1)
 
 
-def _rebuild_chunk(job: tuple) -> tuple[SilverSummary, set[str], list[str], pa.Table]:
-    """One (product, month) chunk, in a worker: (its counts, the files written, the bronze paths that read, its
-    daily bars)."""
-    store, product, days, paths, quote, now = job
+def _rebuild_chunk(job: tuple) -> tuple[SilverSummary, dict[str, str | None], list[str], pa.Table]:
+    """One (product, month) chunk, in a worker: (its counts, the files written with their digests, the bronze paths
+    that read, its daily bars)."""
+    store, product, days, paths, quote, now, digests = job
     counts = SilverSummary()
-    candles, paths = _read_readable(store, paths, counts)
+    candles, paths = _read_readable(store, paths, counts, digests)
     written, bars_1d = _rebuild(store, product, days, candles, paths, quote, now, counts)
     return counts, written, paths, bars_1d
 
@@ -249,27 +258,29 @@ def _drop_unreadable(parts: dict, rels: set[str]) -> None:
                 part.compacted.pop(name, None)
 
 
-def _read_readable(store: Store, paths: list[str], summary: SilverSummary) -> tuple[pa.Table, list[str]]:
-    """(read_bronze of `paths`, the paths read): files that do not read whole are quarantined and left out."""
+def _read_readable(store: Store, paths: list[str], summary: SilverSummary,
+                   digests: dict[str, str]) -> tuple[pa.Table, list[str]]:
+    """(read_bronze of `paths`, the paths read): files that do not read whole, or differ from their recorded
+    digest, are quarantined and left out."""
     if not paths:
         return _BRONZE_SCHEMA.empty_table(), []
     try:
-        return read_bronze(store, paths), paths
-    except (pa.ArrowException, OSError, ValueError):
+        return read_bronze(store, paths, digests), paths
+    except (CorruptFileError, pa.ArrowException, OSError, ValueError):
         pass
     good = []
     for rel in paths:
-        reason = compaction.readable(store, rel)
+        reason = compaction.readable(store, rel, digests.get(rel))
         if reason is None:
             good.append(rel)
         else:
             summary.bad_files.append(compaction.quarantine_file(store, rel, reason))
-    return (read_bronze(store, good), good) if good else (_BRONZE_SCHEMA.empty_table(), [])
+    return (read_bronze(store, good, digests), good) if good else (_BRONZE_SCHEMA.empty_table(), [])
 
 
 # ---- one (product, month) chunk --------------------------------------------------------------------------------
 def _rebuild(store: Store, product: str, days: list[str], candles: pa.Table, paths: list[str], quote: str,
-             now: datetime, summary: SilverSummary) -> tuple[set[str], pa.Table]:
+             now: datetime, summary: SilverSummary) -> tuple[dict[str, str | None], pa.Table]:
     """Recompute the 5-minute bars, quarantine and daily bars of `days` of one product from all their candles
     (read_bronze of `paths`: every current bronze row of those days); writes the days' 5-minute and quarantine
     files and returns them with the daily bars (the caller writes those into the product's year file)."""
@@ -284,9 +295,8 @@ def _rebuild(store: Store, product: str, days: list[str], candles: pa.Table, pat
 
     bars_5m = aggregate(good, 300, BAR_5M_GRANULARITIES)
     bars_1d = aggregate(good, 86_400, BAR_1D_GRANULARITIES)
-    written: set[str] = set()
     day_numbers = [_day_number(d) for d in days]
-    written |= _write_by_day(store, BARS_5M_DIR, product, days, day_numbers, _bars_5m_table(bars_5m, quote),
+    written = _write_by_day(store, BARS_5M_DIR, product, days, day_numbers, _bars_5m_table(bars_5m, quote),
                              timestamps=bars_5m["bar_start"].to_numpy(), summary=summary)
     bad_ts = bad["bucket_start"].cast(TS).cast(pa.int64()).to_numpy() if bad.num_rows else np.zeros(0, np.int64)
     written |= _write_by_day(store, QUARANTINE_DIR, product, days, day_numbers, _quarantine_table(bad),
@@ -307,11 +317,11 @@ _BRONZE_SCHEMA = pa.schema([
 ])
 
 
-def read_bronze(store: Store, paths: list[str]) -> pa.Table:
-    """BRONZE_COLUMNS of the files `paths`, in that order, plus `_row`: each row's position in the read."""
-    dataset = store.dataset(BRONZE_DIR, paths)
-    names = set(dataset.schema.names)
-    table = dataset.to_table(columns=[c for c in BRONZE_COLUMNS if c in names])
+def read_bronze(store: Store, paths: list[str], digests: dict[str, str] | None = None) -> pa.Table:
+    """BRONZE_COLUMNS of the files `paths`, in that order, plus `_row`: each row's position in the read. Files
+    whose digest `digests` records are checked against it (CorruptFileError)."""
+    names = set(store.dataset(BRONZE_DIR, paths).schema.names)
+    table = store.read_files(BRONZE_DIR, paths, columns=[c for c in BRONZE_COLUMNS if c in names], digests=digests)
     if "ingested_at" not in names:
         table = table.append_column("ingested_at", pa.nulls(table.num_rows, TS))
     table = table.append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
@@ -322,10 +332,9 @@ def bronze_raw(store: Store, paths: list[str], rows: pa.ChunkedArray) -> pa.Chun
     """The `raw` text of the rows at positions `rows` of read_bronze(store, paths) (null where files have none)."""
     if len(rows) == 0:
         return pa.chunked_array([], pa.string())
-    dataset = store.dataset(BRONZE_DIR, paths)
-    if "raw" not in dataset.schema.names:
+    if "raw" not in store.dataset(BRONZE_DIR, paths).schema.names:
         return pa.chunked_array([pa.nulls(len(rows), pa.string())])
-    return dataset.to_table(columns=["raw"])["raw"].cast(pa.string()).take(rows)
+    return store.read_files(BRONZE_DIR, paths, columns=["raw"])["raw"].cast(pa.string()).take(rows)
 
 
 def _bars_5m_table(bars: pa.Table, quote: str) -> pa.Table:
@@ -348,19 +357,22 @@ def _quarantine_table(bad: pa.Table) -> pa.Table:
 
 
 def _write_by_day(store: Store, root: str, product: str, days: list[str], day_numbers: list[int],
-                  table: pa.Table, timestamps: np.ndarray, summary: SilverSummary | None = None) -> set[str]:
-    """Write one part-0.parquet per day (rows sorted by time); a day with no rows loses its old file."""
+                  table: pa.Table, timestamps: np.ndarray, summary: SilverSummary | None = None
+                  ) -> dict[str, str | None]:
+    """Write one part-0.parquet per day (rows sorted by time); a day with no rows loses its old file. Returns
+    each day's file -> its digest (None: deleted)."""
     row_day = np.floor_divide(timestamps, DAY_US)
-    written = set()
+    written: dict[str, str | None] = {}
     for day, number in zip(days, day_numbers, strict=True):
         lo, hi = np.searchsorted(row_day, [number, number + 1])
         rel = f"{partition_path(root, product_id=product, date=day)}/{PART}"
         if hi == lo:
             store.delete(rel)
+            written[rel] = None
             continue
         part = table.slice(lo, hi - lo)
         store.write_parquet(rel, part)
-        written.add(rel)
+        written[rel] = store.digest(rel)
         if summary is not None:
             summary.rows_out += part.num_rows
             summary.incomplete_bars += int((~part["is_complete"].to_numpy(zero_copy_only=False)).sum())
@@ -370,14 +382,16 @@ def _write_by_day(store: Store, root: str, product: str, days: list[str], day_nu
 
 
 def _write_daily(store: Store, product: str, year: int, day_numbers: list[int], table: pa.Table,
-                 full_refresh: bool) -> str:
-    """Replace the recomputed days inside the product's year file, keeping the other days as they were."""
+                 full_refresh: bool, digests: dict[str, str]) -> dict[str, str | None]:
+    """Replace the recomputed days inside the product's year file, keeping the other days as they were (checked
+    against the digest the state recorded). Returns {file: its digest} (None: deleted)."""
     rel = f"{partition_path(BARS_1D_DIR, product_id=product, year=year)}/{PART}"
     if not full_refresh and store.exists(rel):
         try:
-            old = store.read_parquet(rel).cast(BARS_1D_SCHEMA)
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise ValidationError(f"{store.path(rel)}: unreadable silver daily file ({type(exc).__name__}: {exc}); "
+            old = store.read_parquet(rel, sha256=digests.get(rel)).cast(BARS_1D_SCHEMA)
+        except (CorruptFileError, pa.ArrowException, OSError, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, CorruptFileError) else f"{type(exc).__name__}: {exc}"
+            raise ValidationError(f"{store.path(rel)}: unreadable silver daily file ({reason}); "
                                   "an incremental run only replaces some of its days: run `python -m etl silver "
                                   "--full-refresh` to rebuild it from bronze") from None
         days = old["price_date"].cast(pa.int32()).to_numpy()
@@ -386,9 +400,9 @@ def _write_daily(store: Store, product: str, year: int, day_numbers: list[int], 
         table = table.take(pc.sort_indices(table, [("price_date", "ascending")]))
     if table.num_rows == 0:
         store.delete(rel)
-    else:
-        store.write_parquet(rel, table.replace_schema_metadata(None))
-    return rel
+        return {rel: None}
+    store.write_parquet(rel, table.replace_schema_metadata(None))
+    return {rel: store.digest(rel)}
 
 
 def _delete_stale(store: Store, written: set[str]) -> None:
@@ -418,8 +432,19 @@ def _load_state(store: Store) -> dict[str, dict]:
     return parts
 
 
-def _save_state(store: Store, partitions: dict[str, dict]) -> None:
-    store.write_json(STATE_FILE, {"partitions": dict(sorted(partitions.items()))})
+def file_digests(store: Store) -> dict[str, str]:
+    """Silver file (path relative to the data root) -> the SHA-256 the last build recorded ({} before any)."""
+    try:
+        files = store.read_json(STATE_FILE).get("files") if store.exists(STATE_FILE) else {}
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        files = None
+    if not isinstance(files, dict):  # a state written before digests were recorded, or a broken one (the build says)
+        return {}
+    return files
+
+
+def _save_state(store: Store, partitions: dict[str, dict], files: dict[str, str]) -> None:
+    store.write_json(STATE_FILE, {"partitions": dict(sorted(partitions.items())), "files": dict(sorted(files.items()))})
     if store.exists(OLD_STATE_FILE):
         store.delete(OLD_STATE_FILE)
 

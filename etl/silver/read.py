@@ -1,11 +1,13 @@
 """Readers other stages call: silver bars and clean (deduplicated, quality-checked) candles as DataFrames.
 
 Time bounds are inclusive on both sides. For 5-minute bars and candles a `date` bound covers the whole UTC day;
-a naive datetime is taken as UTC. Partition folders outside the bounds are never opened.
+a naive datetime is taken as UTC. Partition folders outside the bounds are never opened. Bars are checked against
+the digests silver's state recorded (etl/integrity.py): a corrupt file stops the read naming it and the repair.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime
 
 import pandas as pd
@@ -14,12 +16,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from etl import compaction
+from etl.integrity import CorruptFileError
 from etl.settings import Settings, get_settings
 from etl.silver import quality
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA, TS, latest_per_key
-from etl.silver.incremental import BARS_1D_DIR, BARS_5M_DIR, BRONZE_DIR, read_bronze
-from etl.storage import Store, get_store
+from etl.silver.incremental import BARS_1D_DIR, BARS_5M_DIR, BRONZE_DIR, file_digests, read_bronze
+from etl.storage import Store, exclusive, get_store
 
+log = logging.getLogger(__name__)
 KINDS = {"5m": (BARS_5M_DIR, "bucket_start", "date"), "1d": (BARS_1D_DIR, "price_date", "year")}
 CANDLE_COLUMNS = ["product_id", "bucket_start", "open", "high", "low", "close", "volume"]
 
@@ -48,7 +52,12 @@ def read_bars(kind: str, products: list[str] | None = None, start=None, end=None
         lo_d, hi_d = _day(start), _day(end)
         keep = _between(lo_d and str(lo_d.year), hi_d and str(hi_d.year))
         condition = _range_filter(time_col, lo_d and pa.scalar(lo_d, pa.date32()), hi_d and pa.scalar(hi_d, pa.date32()))
-    table = _read_partitions(store, root, products, part_key, keep, condition)
+    try:
+        table = _read_partitions(store, root, products, part_key, keep, condition)
+    except CorruptFileError as exc:  # or a silver build rewriting these files now: wait for it, then check again
+        log.info("%s; waiting for the silver lock in case a build is rewriting it, then checking again", exc)
+        with exclusive(compaction.SILVER_LOCK, settings):
+            table = _read_partitions(store, root, products, part_key, keep, condition)
     if table is None:
         return _empty(kind)
     table = table.drop_columns([part_key]).sort_by([("product_id", "ascending"), (time_col, "ascending")])
@@ -116,7 +125,7 @@ def _read_partitions(store: Store, root: str, products, key: str, keep, conditio
     files = _partition_files(store, root, products, key, keep)
     if not files:
         return None
-    table = store.dataset(root, files).to_table(filter=condition)
+    table = store.read_files(root, files, filter=condition, digests=file_digests(store))
     return table.set_column(table.schema.get_field_index("product_id"), "product_id",
                             table["product_id"].cast(pa.string()))
 

@@ -99,8 +99,8 @@ def trade_bars(trades: pd.DataFrame) -> pd.DataFrame:
 def read_trades(store: Store, files: list[str]) -> tuple[pd.DataFrame, int, int, int]:
     """Valid, deduplicated trades of `files`: (product_id, trade_id, ts_us, price, units), rows in, duplicates,
     invalid."""
-    dataset = store.dataset(TRADES_DIR, files)
-    df = dataset.to_table(columns=["product_id", "trade_id", "price", "size", "time", "received_at"]).to_pandas()
+    df = store.read_files(TRADES_DIR, files,
+                          columns=["product_id", "trade_id", "price", "size", "time", "received_at"]).to_pandas()
     rows_in = len(df)
     df["product_id"] = df["product_id"].astype(str)
     df = df.sort_values("received_at", kind="stable").drop_duplicates(["product_id", "trade_id"])

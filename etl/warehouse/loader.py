@@ -19,6 +19,7 @@ Algorithm (one transaction, serialised by an advisory lock):
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -41,9 +42,12 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 
 from etl import commits, db
+from etl.compaction import SILVER_LOCK
 from etl.errors import PipelineError, ValidationError
+from etl.integrity import CorruptFileError
 from etl.settings import Settings
-from etl.storage import Store
+from etl.silver.incremental import file_digests
+from etl.storage import Store, exclusive
 from etl.warehouse import copy_binary
 from etl.warehouse.schema import ARROW_TYPES, LOAD_STATE, SOURCE_FILE, TABLES, RawTable
 
@@ -375,9 +379,17 @@ def _fingerprints(store: Store, rel_dir: str) -> dict[str, str]:
     return {rel: f"{info.size}:{info.mtime_ns}" for rel, info in zip(files, infos, strict=True)}
 
 
-def _read_file(store: Store, spec: RawTable, rel: str) -> pa.Table:
+def _read_file(store: Store, spec: RawTable, rel: str, digests: dict[str, str | None], settings: Settings) -> pa.Table:
+    """One file, checked against the content hash its commit recorded (`digests`: output manifests, silver state)."""
+    read = functools.partial(store.read_parquet, rel, use_threads=False)  # one core decodes; the other the server's
     try:
-        raw = store.read_parquet(rel, use_threads=False)  # one core decodes; the other is the server's
+        try:
+            raw = read(sha256=digests.get(rel))
+        except CorruptFileError:
+            if not rel.startswith("silver/"):
+                raise
+            with exclusive(SILVER_LOCK, settings):  # a silver build may be rewriting it: wait, then check again
+                raw = read(sha256=file_digests(store).get(rel))
     except (OSError, pa.ArrowInvalid) as exc:
         raise ValidationError(f"{store.path(rel)}: unreadable Parquet for {spec.qualified}: {exc}") from exc
     table = conform(raw, spec, store.path(rel), _partition_values(rel))
@@ -431,8 +443,9 @@ def _forget_files(conn, spec: RawTable, rewritten: list[str], gone: list[str]) -
             log.info("raw.%s: %d file(s) no longer in the Store, their rows removed", spec.name, len(gone))
 
 
-def _committed_outputs(store: Store) -> set[str]:
-    """The output files some commit manifest names; a manifest naming a file that is gone fails the load."""
+def _committed_outputs(store: Store) -> dict[str, str | None]:
+    """The output files some commit manifest names, with their content hashes; a manifest naming a file that is
+    gone fails the load."""
     committed = commits.committed_files(store)
     if committed:
         infos = store.fs.get_file_info([store.path(p) for p in sorted(committed)])
@@ -448,6 +461,7 @@ def load_raw(conn, store: Store, settings: Settings, only: set[str] | None = Non
     with conn.cursor() as cur:
         cur.execute("select pg_advisory_xact_lock(%s)", (LOAD_LOCK_ID,))
     committed = _committed_outputs(store)  # read once: one consistent view of what is committed
+    digests = committed | file_digests(store)
     seen = _loaded_state(conn)
     summary = LoadSummary()
     reference = _reference_loaders()
@@ -455,7 +469,7 @@ def load_raw(conn, store: Store, settings: Settings, only: set[str] | None = Non
         if only is not None and spec.name not in only:
             continue
         try:
-            _load_table(conn, store, settings, spec, seen, reference, summary, committed)
+            _load_table(conn, store, settings, spec, seen, reference, summary, committed, digests)
         except psycopg2.Error as exc:  # e.g. recording the load state; the rows' own errors name their files
             raise _rejected(conn, spec, [f"the files of {spec.source_dir or 'reference data'}"], exc) from exc
     return summary
@@ -479,7 +493,7 @@ def _rejected(conn, spec: RawTable, sources: list[str], exc: psycopg2.Error) -> 
 
 def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: dict[str, str],
                 reference: dict[str, Callable[[Settings], pd.DataFrame]], summary: LoadSummary,
-                committed: set[str]) -> None:
+                committed: dict[str, str | None], digests: dict[str, str | None]) -> None:
     if spec.source_dir is None:
         if spec.name not in reference:
             return
@@ -504,7 +518,7 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
 
         def read_new() -> Iterator[pa.Table]:  # read as the COPY goes: the server ingests while the next file is read
             for rel in new:
-                part = _read_file(store, spec, rel)
+                part = _read_file(store, spec, rel, digests, settings)
                 counts.append(part.num_rows)
                 yield part
 

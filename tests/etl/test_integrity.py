@@ -1,0 +1,247 @@
+"""Corrupt lake files (issue 28 item 3): a flipped byte inside a data page of a bronze, a silver or a risk output
+file is caught (page checksums, content hashes); each reader quarantines or refuses it naming the path and the
+repair, and a rerun after the repair equals the clean run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from etl import commits, compaction, db
+from etl.cli import main
+from etl.integrity import CorruptFileError, repair
+from etl.silver import read_bars
+from etl.silver.incremental import STATE_FILE
+from etl.storage import exclusive, get_store
+from tests.support.reference import small_reference
+
+ROOT = Path(__file__).resolve().parents[2]
+PRODUCTS = ["BTC-USD", "ETH-USD"]
+AS_OF = "2026-03-01"
+
+
+@pytest.fixture
+def lake(data_dir, simulator, tmp_path, monkeypatch):
+    """A data root with a small book; `lake.chain()` runs ingest -> silver -> risk through the CLI."""
+    small_reference(ROOT / "etl" / "reference_data", tmp_path / "reference", PRODUCTS)
+    for name, value in {"PIPELINE_REFERENCE_DIR": str(tmp_path / "reference"), "PIPELINE_DAILY_HISTORY_DAYS": "30",
+                        "PIPELINE_STATE_DIR": str(tmp_path / "state")}.items():
+        monkeypatch.setenv(name, value)
+    return data_dir
+
+
+def _ingest() -> None:
+    products = ",".join(PRODUCTS)
+    assert main(["ingest", "--products", products, "--start", "2026-01-25", "--end", "2026-03-02",
+                 "--granularity", "86400"]) == 0
+    assert main(["ingest", "--products", products, "--start", "2026-03-01T00:00", "--end", "2026-03-01T06:00"]) == 0
+
+
+def _chain() -> None:
+    _ingest()
+    assert main(["silver"]) == 0
+    assert main(["risk", "--as-of", AS_OF]) == 0
+
+
+def flip_page_bytes(path: Path, column: str = "close") -> None:
+    """XOR two bytes near the end of `column`'s column chunk: the tail of its last data page's compressed values
+    (numbers are written without a dictionary page), not a page header nor the footer."""
+    meta = pq.ParquetFile(path).metadata
+    chunk = meta.row_group(0).column(meta.schema.names.index(column))
+    assert chunk.dictionary_page_offset is None
+    offset = chunk.data_page_offset + chunk.total_compressed_size - 3
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x5A
+    data[offset + 1] ^= 0x33
+    path.write_bytes(bytes(data))
+
+
+def _risk_tables(data_dir: Path) -> dict[str, pd.DataFrame]:
+    store = get_store()
+    manifest = commits.read_manifest(store, commits.risk_manifest(pd.Timestamp(AS_OF).date()))
+    out = {}
+    for key, entry in manifest["files"].items():
+        df = store.read_parquet(entry["path"], sha256=entry["sha256"]).to_pandas()
+        out[key] = df.drop(columns=[c for c in df.columns if c == "risk_run_id"])
+    return out
+
+
+def _assert_same_risk(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        pd.testing.assert_frame_equal(a[key], b[key], obj=key)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_every_commit_records_the_content_hash_of_its_files(lake):
+    _chain()
+    store = get_store()
+    batch = json.loads(next((lake / "bronze/_manifests").glob("*.json")).read_text())
+    assert batch["sha256"] and set(batch["sha256"]) == set(batch["files"])
+    assert all(store.digest(rel) == sha for rel, sha in batch["sha256"].items())
+    state = json.loads((lake / STATE_FILE).read_text())
+    assert set(state["files"]) == {str(p.relative_to(lake)) for p in (lake / "silver").rglob("*.parquet")}
+    manifest = commits.read_manifest(store, commits.risk_manifest(pd.Timestamp(AS_OF).date()))
+    assert all(store.digest(e["path"]) == e["sha256"] for e in manifest["files"].values())
+
+
+def test_flipped_bytes_in_a_bronze_page_quarantine_the_file_and_a_reingest_restores_silver(lake, capsys, caplog):
+    _ingest()
+    assert main(["silver"]) == 0
+    clean = {k: read_bars(k) for k in ("5m", "1d")}
+
+    store = get_store()
+    part = compaction.scan(store)[("BTC-USD", "2026-03-01")]
+    rel = next(f for f in compaction.current_files(store, part, compaction.committed_batches(store))
+               if pq.ParquetFile(lake / f).metadata.num_rows > 100)  # the day's 1-minute candles (silver folded them)
+    flip_page_bytes(lake / rel)
+    assert main(["silver", "--full-refresh"]) == 0  # the build goes on without it
+    moved = lake / "bronze/quarantined_files" / rel[len("bronze/"):]
+    assert moved.exists() and not (lake / rel).exists()
+    reason = json.loads(moved.with_name(moved.name + ".reason.json").read_text())
+    assert reason["file"] == rel and "page checksum mismatch" in reason["reason"]
+    out = capsys.readouterr().out  # the summary the run log records, and the error log line with the repair
+    assert f"QUARANTINED 1 corrupt bronze file(s), re-ingest their windows: {moved.relative_to(lake)}" in out
+    assert any(str(lake / rel) in r.message and "python -m etl ingest --products BTC-USD --start 2026-03-01 "
+               "--end 2026-03-02 --granularity 60" in r.message for r in caplog.records if r.levelname == "ERROR")
+    assert len(read_bars("5m", ["BTC-USD"])) < len(clean["5m"][clean["5m"]["product_id"] == "BTC-USD"])
+
+    # the repair the docs and the log give: re-ingest that window, then silver
+    assert main(["ingest", "--products", "BTC-USD", "--start", "2026-03-01T00:00", "--end", "2026-03-01T06:00"]) == 0
+    assert main(["silver"]) == 0
+    drop = ["first_candle_at", "last_candle_at"]
+    for kind in ("5m", "1d"):
+        pd.testing.assert_frame_equal(read_bars(kind).drop(columns=drop), clean[kind].drop(columns=drop))
+
+
+def test_a_bronze_file_replaced_by_other_valid_parquet_fails_its_hash_and_is_quarantined(lake):
+    _ingest()
+    files = sorted((lake / "bronze/candles/product_id=ETH-USD").rglob("*.parquet"))
+    victim, other = files[0], files[1]
+    victim.write_bytes(other.read_bytes())  # every page checks out: only the content hash can tell
+    assert main(["silver"]) == 0
+    reason = json.loads(next((lake / "bronze/quarantined_files").rglob("*.reason.json")).read_text())
+    assert reason["file"] == str(victim.relative_to(lake)) and "content hash" in reason["reason"]
+
+
+def test_flipped_bytes_in_a_silver_daily_file_refuse_risk_until_a_full_refresh(lake, capsys):
+    _chain()
+    clean = _risk_tables(lake)
+    daily = lake / "silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet"
+    flip_page_bytes(daily)
+    capsys.readouterr()
+    assert main(["risk", "--as-of", AS_OF]) == 2
+    err = _one_line_error(capsys)
+    assert str(daily) in err and "page checksum mismatch" in err and "python -m etl silver --full-refresh" in err
+    with pytest.raises(CorruptFileError):
+        read_bars("1d")
+
+    assert main(["silver", "--full-refresh"]) == 0
+    assert main(["risk", "--as-of", AS_OF]) == 0
+    _assert_same_risk(_risk_tables(lake), clean)
+
+
+def test_a_truncated_silver_daily_file_says_what_to_run(lake, capsys):
+    _chain()
+    daily = lake / "silver/bars_1d/product_id=ETH-USD/year=2026/part-0.parquet"
+    daily.write_bytes(daily.read_bytes()[: daily.stat().st_size // 2])
+    capsys.readouterr()
+    assert main(["risk", "--as-of", AS_OF]) == 2
+    err = _one_line_error(capsys)
+    assert str(daily) in err and "is corrupt" in err and "python -m etl silver --full-refresh" in err
+
+
+def test_flipped_bytes_in_a_risk_output_refuse_the_load_until_risk_is_rerun(lake, pg_url, capsys, monkeypatch):
+    _chain()
+    clean = _risk_tables(lake)
+    manifest = commits.read_manifest(get_store(), commits.risk_manifest(pd.Timestamp(AS_OF).date()))
+    rel = manifest["files"]["risk_metrics/as_of_date=2026-03-01"]["path"]
+    flip_page_bytes(lake / rel, "var_99_hist")
+    with db.scratch_database(pg_url, "integrity") as url:
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        capsys.readouterr()
+        assert main(["load", "--no-dbt"]) == 2
+        err = _one_line_error(capsys)
+        assert str(lake / rel) in err and "page checksum mismatch" in err and f"python -m etl risk --as-of {AS_OF}" in err
+        assert db.run_psql("select count(*) from raw.risk_metrics", url=url) .strip() == "0"  # the load rolled back
+
+        assert main(["risk", "--as-of", AS_OF]) == 0
+        assert main(["load", "--no-dbt"]) == 0
+        _assert_same_risk(_risk_tables(lake), clean)
+        loaded = db.run_psql("select count(*) from raw.risk_metrics", url=url)
+        assert int(loaded) == len(clean["risk_metrics/as_of_date=2026-03-01"]) > 0
+
+
+def test_a_committed_output_overwritten_with_other_valid_parquet_is_refused_by_its_hash(lake):
+    _chain()
+    store = get_store()
+    manifest = commits.read_manifest(store, commits.risk_manifest(pd.Timestamp(AS_OF).date()))
+    a = manifest["files"]["pnl_daily/as_of_date=2026-03-01"]
+    b = manifest["files"]["portfolio_valuation/as_of_date=2026-03-01"]
+    (Path(store.path(a["path"]))).write_bytes(Path(store.path(b["path"])).read_bytes())
+    with pytest.raises(CorruptFileError, match=r"content hash differs from its commit.*python -m etl risk --as-of"):
+        store.read_parquet(a["path"], sha256=a["sha256"])
+
+
+@pytest.mark.parametrize("rel, command", [
+    ("bronze/candles/product_id=BTC-USD/date=2026-03-01/b.parquet",
+     "python -m etl ingest --products BTC-USD --start 2026-03-01 --end 2026-03-02`"),
+    ("bronze/candles/product_id=ETH-USD/date=2026-02-28/compacted-v000001-g86400.parquet",
+     "python -m etl ingest --products ETH-USD --start 2026-02-28 --end 2026-03-01 --granularity 86400"),
+    ("silver/bars_5m/product_id=BTC-USD/date=2026-03-01/part-0.parquet", "python -m etl silver --full-refresh"),
+    ("outputs/risk_metrics/as_of_date=2026-03-01/r.parquet", "python -m etl risk --as-of 2026-03-01"),
+    ("outputs/factor_returns/date=2026-03-01/r.parquet", "python -m etl factors --end 2026-03-01"),
+    ("outputs/intraday_risk/as_of_date=2026-03-01/bucket=1405/r.parquet", "python -m etl intraday --bucket 2026-03-01T14:05"),
+])
+def test_repair_names_the_command_that_rewrites_the_file(rel, command):
+    assert f"`{command}" in repair(rel)
+
+
+def test_a_reader_meeting_a_silver_build_in_flight_waits_for_it_instead_of_calling_the_file_corrupt(lake, caplog):
+    """A build rewrites a file before it records the new digest in the state (its commit): a reader in between
+    sees a mismatch, waits for the silver lock, and reads the new state's version."""
+    _chain()
+    store = get_store()
+    rel = "silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet"
+    rewritten, waiting = threading.Event(), threading.Event()
+
+    class Waiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting for the silver lock" in record.getMessage():
+                waiting.set()
+
+    def build_in_flight() -> None:
+        with exclusive("silver"):
+            table = store.read_parquet(rel)
+            store.write_parquet(rel, table.slice(0, table.num_rows - 1))  # the new version, not committed yet
+            rewritten.set()
+            waiting.wait()  # the reader met the mismatch and waits for this lock
+            state = store.read_json(STATE_FILE)
+            state["files"][rel] = store.digest(rel)
+            store.write_json(STATE_FILE, state)  # the commit
+
+    before = read_bars("1d", ["BTC-USD"])
+    handler = Waiting()
+    caplog.set_level(logging.INFO, logger="etl.silver.read")
+    logging.getLogger("etl.silver.read").addHandler(handler)
+    writer = threading.Thread(target=build_in_flight)
+    writer.start()
+    try:
+        rewritten.wait()
+        after = read_bars("1d", ["BTC-USD"])  # mismatch -> waits for the build's lock -> the committed version
+    finally:
+        waiting.set()
+        writer.join()
+        logging.getLogger("etl.silver.read").removeHandler(handler)
+    assert len(after) == len(before) - 1
