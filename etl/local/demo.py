@@ -70,8 +70,7 @@ def next_steps(settings: Settings, report: str | None, as_of, owner_url: str, re
         "(DAGs start paused; Ctrl-C stops it all)",
         f"   warehouse docs (dbt):          make docs      -> http://localhost:{settings.docs_port}",
         f"   a SQL report in psql:          {psql} '{reporting_url}' {sql}",
-        f"   psql, read-only reporting:     {psql} '{reporting_url}'   (= psql \"$(python -m etl db url --role "
-        "reporting)\")",
+        f"   psql, read-only reporting:     {psql} '{reporting_url}'   (= make psql-reporting)",
         f"   psql, owner (read-write):      {psql} '{owner_url}'",
         f"   limit-breach alerts:           {alerts}   (one JSON line per alert)",
         "   your own portfolios:           docs/own_portfolios.md, then python -m etl reference validate DIR",
