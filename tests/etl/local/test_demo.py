@@ -58,7 +58,7 @@ def test_the_demo_ends_with_what_to_do_next(monkeypatch, tmp_path):
     assert "make airflow   -> http://localhost:18080" in text and "make docs      -> http://localhost:18090" in text
     assert (f"{psql} 'postgresql://reporting@/db' -v as_of=2026-03-01 -f sql/risk_exposure/var_es_by_portfolio.sql"
             in text)
-    assert f"{psql} 'postgresql://reporting@/db'   (= psql \"$(python -m etl db url --role reporting)\")" in text
+    assert f"{psql} 'postgresql://reporting@/db'   (= make psql-reporting)" in text
     assert "/d/alerts/alerts.jsonl" in text and "reference validate" in text
     assert (PROJECT_ROOT / "sql" / "risk_exposure" / "var_es_by_portfolio.sql").exists()
     assert "file://" not in "\n".join(demo.next_steps(get_settings(), None, date(2026, 3, 1), "o", "r", "a"))
