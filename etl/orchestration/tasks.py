@@ -285,7 +285,7 @@ def export_report(run: TaskRun, as_of: date | str | None = None) -> str:
     from etl.report import run_report
 
     day = as_date(as_of)
-    path = run_report(as_of=day, settings=run.settings)
+    path = run_report(as_of=day, settings=run.settings, run_id=run.ref.run_id)
     run.record(rows_out=1, message=f"as_of={day} report={path}")
     return str(path)
 
