@@ -74,3 +74,25 @@ def test_with_coinbase_as_source_the_demo_starts_no_simulator_and_uses_the_excha
     assert (source.url, source.proc) == (COINBASE_URL, None)
     env = airflow_home.airflow_env(get_settings(), home=tmp_path / "af")
     assert env["COINBASE_API_URL"] == COINBASE_URL and env["PIPELINE_SOURCE"] == "coinbase"
+
+
+def test_a_bad_book_or_setting_stops_the_demo_at_once_naming_the_cause(tmp_path, monkeypatch, capsys, data_dir):
+    """The console's first error line is the cause: before anything starts, the reference data and the settings
+    that name it; after a DAG failed, the first failed task's message from the run log (not `exit 1`)."""
+    from etl import runlog
+    from etl.settings import get_settings
+
+    monkeypatch.setenv("PIPELINE_PRODUCTS", "BTC-USD,NOPE-USD")
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    assert demo.run_demo(get_settings()) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("error: setting PIPELINE_PRODUCTS: NOPE-USD not in the instrument master")
+    assert not (tmp_path / "state").exists()  # nothing started: no Postgres, no Airflow home
+
+    for task_id, status, message in (("validate_products", "success", "ok"),
+                                     ("fetch_candles[0]", "failed", "ValidationError: product(s) ['X-USD'] ..."),
+                                     ("build_silver", "failed", "upstream failed")):
+        runlog.record(runlog.RunRecord("run1", "market_data_intraday", task_id, status=status, message=message))
+    runlog.record(runlog.RunRecord("other", "market_data_intraday", "validate_products", status="failed"))
+    assert demo.failure_cause(get_settings(), {"run1"}) == "fetch_candles[0]: ValidationError: product(s) ['X-USD'] ..."
+    assert demo.failure_cause(get_settings(), {"none"}) is None
