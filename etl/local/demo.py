@@ -1,8 +1,8 @@
 """`make demo`: the pipeline end to end through Airflow, on this machine, with nothing installed.
 
 `python -m etl.local.demo` first checks the reference data and the settings that name it (`reference validate`:
-a bad book fails in a second, not after the first DAG), then prepares the SQLite Airflow home under `{state_dir}/airflow` (etl.local.airflow_home:
-migrated once, pools and connections set), starts the embedded Postgres and the exchange simulator (reusing one
+a bad book fails in a second, not after the first DAG), then prepares the SQLite Airflow home under
+`{state_dir}/airflow` (etl.local.airflow_home: migrated once, pools and connections set), starts the embedded Postgres and the exchange simulator (reusing one
 already answering on SIMULATOR_PORT), runs `airflow dags test market_data_intraday`, then `risk_end_of_day`, then
 the intraday DAG again, and prints the task runs, the gold row counts and where the results are.
 """
