@@ -2,9 +2,10 @@
 
 `python -m etl.local.demo` first checks the reference data and the settings that name it (`reference validate`:
 a bad book fails in a second, not after the first DAG), then prepares the SQLite Airflow home under
-`{state_dir}/airflow` (etl.local.airflow_home: migrated once, pools and connections set), starts the embedded Postgres and the exchange simulator (reusing one
-already answering on SIMULATOR_PORT), runs `airflow dags test market_data_intraday`, then `risk_end_of_day`, then
-the intraday DAG again, and prints the task runs, the gold row counts and where the results are.
+`{state_dir}/airflow` (etl.local.airflow_home: migrated once, pools and connections set), starts the embedded
+Postgres and the exchange simulator (reusing one already answering on SIMULATOR_PORT), runs `airflow dags test
+market_data_intraday`, then `risk_end_of_day`, then the intraday DAG again, and prints the task runs, the gold row
+counts and where the results are. A failed DAG's first error line is its first failed task's message.
 """
 
 from __future__ import annotations
