@@ -13,7 +13,8 @@ env_or_file = $(or $($(1)),$(shell sed -n 's/^[[:space:]]*\(export[[:space:]]\+\
 AIRFLOW_PORT := $(call env_or_file,PIPELINE_AIRFLOW_PORT,8080)
 DOCS_PORT := $(call env_or_file,PIPELINE_DOCS_PORT,8090)
 
-.PHONY: help venv demo test test-fast bench bench-quick airflow airflow-check celery docs lint db-stop clean-state browser
+.PHONY: help venv demo test test-fast bench bench-quick airflow airflow-check celery docs lint db-stop clean-state browser \
+	psql psql-reporting
 
 help:
 	@echo "make demo        run the whole pipeline end to end through Airflow (embedded Postgres + simulator)"
@@ -27,6 +28,7 @@ help:
 	@echo "make celery      the intraday DAG on CeleryExecutor with two local workers (needs redis-server)"
 	@echo "make docs        build and serve the dbt docs site (http://localhost:$(DOCS_PORT))"
 	@echo "make lint        ruff"
+	@echo "make psql-reporting [ARGS=...]  psql on the warehouse as the read-only reporting role (psql: as owner)"
 
 # The venv is rebuilt only when requirements.txt, pyproject.toml (or the interpreter) change: the stamp is keyed on
 # their hash. The project itself is installed editable (pyproject.toml), so `etl` imports without sys.path edits.
@@ -71,6 +73,15 @@ lint: venv
 
 db-stop: venv
 	$(BIN)/python -m etl db stop
+
+# psql on the warehouse, with the venv's python (no activated venv needed) and the embedded server's psql.
+# Extra psql arguments: make psql-reporting ARGS="-v as_of=2026-01-31 -f sql/risk_exposure/var_es_by_portfolio.sql"
+PSQL = "$$($(BIN)/python -c 'from etl.db import psql_path; print(psql_path())')"
+psql: venv
+	@$(PSQL) "$$($(BIN)/python -m etl db url)" $(ARGS)
+
+psql-reporting: venv
+	@$(PSQL) "$$($(BIN)/python -m etl db url --role reporting)" $(ARGS)
 
 # Headless Chromium for the browser checks of the report and the dbt docs: installed from Debian when we may
 # (root with apt-get); otherwise the browser tests skip with a message saying so.

@@ -39,15 +39,8 @@ any API call, failing with a message that names the bad field. Then one `fetch_c
 def market_data_backfill():
     @task
     def validate_params(params=None) -> list[dict]:
-        """One fetch job per product, after checking the whole form."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from etl.errors import ValidationError
-
-        try:
-            request = tasks.validate_backfill(dict(params or {}), ref=current_ref())
-        except ValidationError as exc:  # bad input does not get better on retry: fail now, with the message
-            raise AirflowFailException(str(exc)) from exc
+        """One fetch job per product, after checking the whole form (bad input fails at once, no retry)."""
+        request = tasks.validate_backfill(dict(params or {}), ref=current_ref())
         return [{"product": p, "start": request["start"], "end": request["end"],
                  "granularity": request["granularity"]} for p in request["products"]]
 

@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from etl.errors import ConfigError
 from etl.orchestration.intervals import fetch_start
+from etl.portfolios import products_to_ingest
 from etl.settings import Settings, get_settings
 from etl.source import (
     CandlePage,
@@ -466,9 +467,10 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
     source = (source or settings.source).lower()
     url = api_url(source, settings)
     granularity = check_granularity(settings.granularity if granularity is None else granularity)
-    products = list(dict.fromkeys(p.strip().upper() for p in (products or settings.products) if p.strip()))
+    products = list(dict.fromkeys(p.strip().upper() for p in (products or products_to_ingest(settings))
+                                  if p.strip()))
     if not products:
-        raise ConfigError("no products to ingest: pass --products or set PIPELINE_PRODUCTS")
+        raise ConfigError("no products to ingest: pass --products, set PIPELINE_PRODUCTS or add positions")
     if batch_id and store.exists(f"{MANIFEST_DIR}/{batch_id}.json"):
         log.info("batch %s already finished: nothing to do", batch_id)
         return _summary_from_manifest(store.read_json(f"{MANIFEST_DIR}/{batch_id}.json"))

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="disconnect a slow consumer with more than N unsent messages (0: never)")
 
     p = sub.add_parser("ingest", help="fetch candles into bronze (incremental from the watermark by default)")
-    p.add_argument("--products", type=_products, default=None, help="comma list (default: PIPELINE_PRODUCTS)")
+    p.add_argument("--products", type=_products, default=None, help="comma list (default: PIPELINE_PRODUCTS, else the book's)")
     p.add_argument("--start", type=_iso, default=None, help="ISO 8601 start (default: watermark - overlap)")
     p.add_argument("--end", type=_iso, default=None, help="ISO 8601 end, exclusive (default: now)")
     p.add_argument("--granularity", type=int, default=None, help="seconds: 60, 300, 900, 3600, 21600, 86400")
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="port of the docs site (default: PIPELINE_DOCS_PORT or 8090)")
 
     p = sub.add_parser("stream", help="WebSocket trades and tickers -> bronze until interrupted or --seconds")
-    p.add_argument("--products", type=_products, default=None, help="comma list (default: PIPELINE_PRODUCTS)")
+    p.add_argument("--products", type=_products, default=None, help="comma list (default: PIPELINE_PRODUCTS, else the book's)")
     p.add_argument("--seconds", type=_positive, default=None, help="stop after N seconds (default: run until stopped)")
     p.add_argument("--source", choices=["simulator", "coinbase"], default=None, help="default: PIPELINE_SOURCE")
 
@@ -251,9 +251,10 @@ def dispatch(args: argparse.Namespace) -> int:
         print(IntradaySummary(**compute_intraday_risk(bucket, settings=settings)))
         return 0
     if cmd == "stream":
+        from etl.portfolios import products_to_ingest
         from etl.stream.collector import collect
 
-        collect(args.products or list(settings.products), seconds=args.seconds, source=args.source,
+        collect(args.products or products_to_ingest(settings), seconds=args.seconds, source=args.source,
                 settings=settings)
         return 0
     if cmd == "insights":

@@ -42,17 +42,21 @@ class _Problems:
         fail([f"{self.path}:{line}: {msg}" for line, msg in self.items], what)  # records them under collecting()
 
 
-def _number(df: pd.DataFrame, col: str, problems: _Problems) -> pd.Series:
+def _number(df: pd.DataFrame, col: str, problems: _Problems, optional: bool = False) -> pd.Series:
+    """The column as float64; every cell must be a finite number, or empty (NaN) when `optional`."""
     values = pd.to_numeric(df[col], errors="coerce")
     bad = values.isna() | ~np.isfinite(values.fillna(0.0))
-    problems.add(bad, "non-numeric", lambda i: f"{col}={df[col].iat[i]!r} is not a finite number")
+    if optional:
+        bad &= df[col] != ""
+    problems.add(bad, "non-numeric", lambda i: f"{col}={df[col].iat[i]!r} is not a finite number"
+                 + (" (leave it empty for no such limit)" if optional else ""))
     return values.astype("float64")
 
 
 def load_portfolios(settings: Settings | None = None) -> pd.DataFrame:
     """Portfolios with limits: portfolio_id, name, base_currency, var_limit (amount in base currency, compared with
     `var_limit_metric`), concentration_limit (fraction of gross exposure), drawdown_limit (positive fraction: breach
-    when |max_drawdown| exceeds it), var_limit_metric."""
+    when |max_drawdown| exceeds it), var_limit_metric. An empty limit is NaN: the portfolio has no such limit."""
     settings = settings or get_settings()
     path = settings.reference_dir / "portfolios.csv"
     df = read_reference_csv(path, PORTFOLIO_COLUMNS)
@@ -74,7 +78,7 @@ def load_portfolios(settings: Settings | None = None) -> pd.DataFrame:
                  lambda i: f"{df['var_limit_metric'].iat[i]!r}; expected one of {var_metrics}")
     out = df[["portfolio_id", "name", "base_currency"]].copy()
     for col in ("var_limit", "concentration_limit", "drawdown_limit"):
-        out[col] = _number(df, col, problems)
+        out[col] = _number(df, col, problems, optional=True)
     problems.add(out["var_limit"] <= 0, "var_limit <= 0", lambda i: f"var_limit={df['var_limit'].iat[i]}")
     for col in ("concentration_limit", "drawdown_limit"):
         bad = (out[col] <= 0) | (out[col] > 1)
@@ -122,6 +126,24 @@ def load_positions(settings: Settings | None = None) -> pd.DataFrame:
         "as_of_date": dates.astype("datetime64[ns]"), "quantity": quantity, "avg_cost": avg_cost,
     })
     return out.sort_values(["portfolio_id", "as_of_date", "product_id"], ignore_index=True)
+
+
+def needed_products(settings: Settings | None = None) -> list[str]:
+    """`book_products` of the reference files: what the book holds plus the conversion pairs valuation needs, less
+    the products the instrument master declares delisted (the source serves no candles for them; risk values them
+    at their last close)."""
+    settings = settings or get_settings()
+    instruments = load_instruments(settings)
+    delisted = set(instruments.loc[instruments[DELISTED_ON].notna(), "product_id"])
+    return [p for p in book_products(instruments, load_portfolios(settings), load_positions(settings))
+            if p not in delisted]
+
+
+def products_to_ingest(settings: Settings | None = None) -> list[str]:
+    """The products the pipeline ingests: PIPELINE_PRODUCTS when set, else `needed_products` (so a book of any
+    instruments works without naming them twice)."""
+    settings = settings or get_settings()
+    return list(settings.products) or needed_products(settings)
 
 
 def book_products(instruments: pd.DataFrame, portfolios: pd.DataFrame, positions: pd.DataFrame) -> list[str]:

@@ -137,9 +137,32 @@ def quote_currency(product_id: str, settings: Settings | None = None) -> str:
     return str(inst.at[product_id, "quote_currency"])
 
 
+def settings_problems(settings: Settings) -> list[str]:
+    """The settings that name reference data, checked as the pipeline will use them: every PIPELINE_PRODUCTS
+    product is in the instrument master, and the RISK_STRESS_SCENARIOS file loads. One line each, naming the
+    setting (and the file:line)."""
+    from etl.risk.stress import load_scenarios  # here: etl.risk imports the reference modules
+
+    problems = []
+    try:
+        known = set(load_instruments(settings)["product_id"])
+    except ValidationError:  # the file itself is reported with the files
+        known = None
+    if known is not None and (unknown := [p for p in settings.products if p not in known]):
+        problems.append(f"setting PIPELINE_PRODUCTS: {', '.join(unknown)} not in the instrument master "
+                        f"({settings.reference_dir / 'instruments.csv'}): add them there, or unset "
+                        "PIPELINE_PRODUCTS to ingest what the book holds")
+    try:
+        load_scenarios(Path(settings.stress_scenarios_file) if settings.stress_scenarios_file else None)
+    except ValidationError as exc:
+        problems.append(f"setting RISK_STRESS_SCENARIOS: {exc}")
+    return problems
+
+
 def validate_reference(directory: Path | str | None = None, settings: Settings | None = None) -> list[str]:
-    """Every problem of the reference files in `directory` (default: settings.reference_dir), as
-    `file:line: rule ...` lines in file order; [] when all four files load. Reads only: nothing is loaded anywhere.
+    """Every problem of the reference files in `directory` (default: settings.reference_dir) and of the settings
+    that refer to them (`settings_problems`), as `file:line: rule ...` lines in file order; [] when all four files
+    load and the settings agree with them. Reads only: nothing is loaded anywhere.
 
     Runs the loaders themselves (instruments, exchanges, portfolios, positions: one set of rules) under
     `collecting()`; a file that cannot be read at all (missing, no header, missing columns) is one problem and
@@ -159,4 +182,5 @@ def validate_reference(directory: Path | str | None = None, settings: Settings |
                 found.extend(str(exc).splitlines())
             found.extend(collected)
             collected.clear()
+        found.extend(settings_problems(settings))
     return list(dict.fromkeys(found))  # loaders re-run the loaders they depend on: each problem once

@@ -11,7 +11,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -114,20 +114,22 @@ def record(rec: RunRecord, settings: Settings | None = None) -> str:
 
 @contextmanager
 def task_run(run_id: str, dag_id: str, task_id: str, settings: Settings | None = None, try_number: int = 1,
-             failure_status: str | None = "failed") -> Iterator[RunRecord]:
+             failure_status: str | None | Callable[[BaseException], str | None] = "failed") -> Iterator[RunRecord]:
     """Time a block of work and record it; the block fills rows_in/rows_out/message on the yielded record.
 
     On an exception the row is recorded with `failure_status` ("up_for_retry" when Airflow will try again; None
-    when someone else records the final failure, e.g. Airflow's on_failure_callback) and the error re-raised.
+    when someone else records the final failure, e.g. Airflow's on_failure_callback; or a function of the
+    exception giving either) and the error re-raised.
     """
     rec = RunRecord(run_id=run_id, dag_id=dag_id, task_id=task_id, try_number=try_number)
     t0 = time.perf_counter()
     try:
         yield rec
     except BaseException as exc:
-        rec.status = failure_status or "failed"
+        status = failure_status(exc) if callable(failure_status) else failure_status
+        rec.status = status or "failed"
         rec.message = f"{type(exc).__name__}: {exc}"
-        if failure_status is not None:
+        if status is not None:
             rec.duration_s = round(time.perf_counter() - t0, 6)
             record_safely(rec, settings)
         raise

@@ -25,6 +25,8 @@ T = TypeVar("T")
 
 COINBASE_URL = "https://api.exchange.coinbase.com"
 COINBASE_WS_URL = "wss://advanced-trade-ws.coinbase.com"
+# The sample book's USD products (the benchmarks' universe). PIPELINE_PRODUCTS has no fixed default: unset, the
+# pipeline ingests what the book holds (etl.portfolios.products_to_ingest).
 DEFAULT_PRODUCTS = (
     "BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "ADA-USD", "DOGE-USD",
     "AVAX-USD", "LINK-USD", "DOT-USD", "LTC-USD", "UNI-USD", "ATOM-USD",
@@ -126,7 +128,7 @@ class Settings:
     # market data source
     source: str                          # "simulator" | "coinbase"
     coinbase_api_url: str                # base URL of the Exchange API or of the simulator
-    products: tuple[str, ...]
+    products: tuple[str, ...]            # PIPELINE_PRODUCTS; empty = the book's products (portfolios.products_to_ingest)
     granularity: int                     # seconds per candle for intraday ingestion
     simulator_port: int
     simulator_seed: int
@@ -240,7 +242,7 @@ def get_settings() -> Settings:
         reference_dir=Path(_env("PIPELINE_REFERENCE_DIR", str(PROJECT_ROOT / "etl" / "reference_data"))),
         source=source,
         coinbase_api_url=_env("COINBASE_API_URL", default_url).rstrip("/"),
-        products=tuple(parse_products(_env("PIPELINE_PRODUCTS", ",".join(DEFAULT_PRODUCTS)))),
+        products=tuple(parse_products(_env("PIPELINE_PRODUCTS", ""))),
         granularity=_int("PIPELINE_GRANULARITY", 60),
         simulator_port=port,
         simulator_seed=_int("SIMULATOR_SEED", 42),

@@ -18,6 +18,7 @@ from etl.factors import io
 from etl.factors.factor_model import FactorConfig, compute, output_tables
 from etl.factors.rolling_ols import RollingOLSResult, rolling_ols
 from etl.factors.universe_returns import universe_returns
+from etl.portfolios import products_to_ingest
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
 
@@ -66,7 +67,7 @@ def run_factors(settings: Settings | None = None, end: datetime | None = None, *
     settings = settings or get_settings()
     config = config or FactorConfig.from_settings(settings)
     read_start, out_start, end_ts = output_window(settings, config, end)
-    products = list(settings.products)
+    products = products_to_ingest(settings)
     prices = io.read_prices(settings, products, read_start.to_pydatetime(), end_ts.to_pydatetime())
     present = sorted(set(prices["product_id"]))
     if not len(prices) or not (prices["bucket_start"] >= out_start).any():

@@ -1,9 +1,11 @@
 """`make demo`: the pipeline end to end through Airflow, on this machine, with nothing installed.
 
-`python -m etl.local.demo` prepares the SQLite Airflow home under `{state_dir}/airflow` (etl.local.airflow_home:
-migrated once, pools and connections set), starts the embedded Postgres and the exchange simulator (reusing one
-already answering on SIMULATOR_PORT), runs `airflow dags test market_data_intraday`, then `risk_end_of_day`, then
-the intraday DAG again, and prints the task runs, the gold row counts and where the results are.
+`python -m etl.local.demo` first checks the reference data and the settings that name it (`reference validate`:
+a bad book fails in a second, not after the first DAG), then prepares the SQLite Airflow home under
+`{state_dir}/airflow` (etl.local.airflow_home: migrated once, pools and connections set), starts the embedded
+Postgres and the exchange simulator (reusing one already answering on SIMULATOR_PORT), runs `airflow dags test
+market_data_intraday`, then `risk_end_of_day`, then the intraday DAG again, and prints the task runs, the gold row
+counts and where the results are. A failed DAG's first error line is its first failed task's message.
 """
 
 from __future__ import annotations
@@ -43,6 +45,15 @@ def runs_summary(settings: Settings, run_ids: set[str]) -> list[str]:
             for r in df.itertuples()]
 
 
+def failure_cause(settings: Settings, run_ids: set[str]) -> str | None:
+    """`task: message` of the first failed attempt in these runs (what the console's error line leads with)."""
+    from etl import runlog
+
+    df = runlog.read_all(settings)
+    df = df[df["run_id"].isin(run_ids) & df["status"].isin(["failed", "up_for_retry"])].sort_values("started_at")
+    return None if df.empty else f"{df['task_id'].iat[0]}: {df['message'].iat[0]}"
+
+
 def report_path(settings: Settings, run_ids: set[str]) -> str | None:
     from etl import runlog
 
@@ -70,8 +81,7 @@ def next_steps(settings: Settings, report: str | None, as_of, owner_url: str, re
         "(DAGs start paused; Ctrl-C stops it all)",
         f"   warehouse docs (dbt):          make docs      -> http://localhost:{settings.docs_port}",
         f"   a SQL report in psql:          {psql} '{reporting_url}' {sql}",
-        f"   psql, read-only reporting:     {psql} '{reporting_url}'   (= psql \"$(python -m etl db url --role "
-        "reporting)\")",
+        f"   psql, read-only reporting:     {psql} '{reporting_url}'   (= make psql-reporting)",
         f"   psql, owner (read-write):      {psql} '{owner_url}'",
         f"   limit-breach alerts:           {alerts}   (one JSON line per alert)",
         "   your own portfolios:           docs/own_portfolios.md, then python -m etl reference validate DIR",
@@ -95,8 +105,14 @@ def demo_dates(now: datetime) -> tuple[datetime, datetime]:
 
 def run_demo(settings: Settings) -> int:
     from etl import db
+    from etl.reference import validate_reference
     from etl.storage import get_store
 
+    if problems := validate_reference(settings=settings):
+        print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
+        print(f"error: {len(problems)} problem(s) in the reference data {settings.reference_dir} or the settings "
+              "naming it; nothing was started (python -m etl reference validate lists them)", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     print(f"starting the embedded Postgres{' and the exchange simulator' if settings.source == 'simulator' else ''}"
           "...", flush=True)
@@ -123,7 +139,9 @@ def run_demo(settings: Settings) -> int:
             proc = dags_test(env, dag_id, when, log_file=log_file)
             run_ids |= _run_ids_since(settings, dag_id, t0)
             if proc.returncode != 0:
-                print(f"error: {dag_id} failed (exit {proc.returncode}); log: {log_file}", file=sys.stderr)
+                cause = failure_cause(settings, run_ids) or f"exit {proc.returncode}"
+                print(f"error: {dag_id} failed: {cause}", file=sys.stderr)
+                print(f"log: {log_file}", file=sys.stderr)
                 print("\n".join(runs_summary(settings, run_ids)), file=sys.stderr)
                 return 1
             print(f"  ok in {time.perf_counter() - t:.0f}s (log: {log_file})", flush=True)

@@ -3,7 +3,9 @@
 
 Run-log statuses: `success`; `up_for_retry` when an attempt fails and Airflow will retry it; `failed` when the
 last attempt fails (recorded by the DAGs' on_failure_callback through `record_failed`, or by `logged` when the
-function runs outside Airflow), so a task that retries twice then fails leaves exactly three rows.
+function runs outside Airflow), so a task that retries twice then fails leaves exactly three rows. A permanent
+error (bad reference data or a bad setting: `PERMANENT`) is not retried: `logged` re-raises it in Airflow as
+AirflowFailException, so the first attempt is the last and the message names the cause.
 
 Light at import on purpose (no pandas or pyarrow: the run log loads inside the functions): Airflow imports this
 module while parsing the end-of-day DAG, to check the deadline callback's import path, and runs that callback in
@@ -14,16 +16,21 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from etl.errors import ValidationError
+from etl.errors import ConfigError, ValidationError
 from etl.orchestration.intervals import last_interval, utc
 from etl.orchestration.spec import EOD_DAG
 from etl.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+# Errors a retry cannot fix (the same files and settings fail the same way): the task fails at once.
+PERMANENT = (ValidationError, ConfigError)
 
 
 @dataclass(frozen=True)
@@ -70,22 +77,30 @@ def current_ref() -> TaskRef:
     return TaskRef.from_context(get_current_context())
 
 
-def logged(ref: TaskRef, settings: Settings, retryable: bool = True):
+@contextmanager
+def logged(ref: TaskRef, settings: Settings) -> Iterator[Any]:
     """Time the block and record one run-log row: success, up_for_retry, or failed (outside Airflow).
 
     In Airflow the last failed attempt is recorded by the on_failure_callback (`record_failed`), which also
     sees failures that never reach this code (timeouts, killed workers): recording it here too would double it.
-    `retryable=False`: the task fails without retry on error (bad input), so its failure is the last attempt.
+    A PERMANENT error is the last attempt whatever the retries left: it leaves as AirflowFailException.
     """
     from etl import runlog
 
-    if ref.will_retry and retryable:
-        failure_status = "up_for_retry"
-    elif not ref.in_airflow:
-        failure_status = "failed"
-    else:
-        failure_status = None
-    return runlog.task_run(ref.run_id, ref.dag_id, ref.task_id, settings, ref.try_number, failure_status)
+    def failure_status(exc: BaseException) -> str | None:
+        if not ref.in_airflow:
+            return "failed"
+        return "up_for_retry" if ref.will_retry and not isinstance(exc, PERMANENT) else None
+
+    try:
+        with runlog.task_run(ref.run_id, ref.dag_id, ref.task_id, settings, ref.try_number, failure_status) as rec:
+            yield rec
+    except PERMANENT as exc:
+        if ref.in_airflow:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc
+        raise
 
 
 def record_failed(ref: TaskRef, exc: BaseException | None, settings: Settings | None = None,
@@ -94,6 +109,8 @@ def record_failed(ref: TaskRef, exc: BaseException | None, settings: Settings | 
     from etl import runlog
 
     settings = settings or get_settings()
+    if type(exc).__name__ == "AirflowFailException" and exc.__cause__ is not None:
+        exc = exc.__cause__  # `logged` wrapped a PERMANENT error: record the error itself
     rec = runlog.RunRecord(run_id=ref.run_id, dag_id=ref.dag_id, task_id=ref.task_id, status="failed",
                            try_number=ref.try_number,
                            message=f"{type(exc).__name__}: {exc}" if exc is not None else "failed (no exception)")

@@ -54,16 +54,16 @@ class TaskRun:
             self.rec.message = message
 
 
-def task_function(task_id: str, *, retryable: bool = True) -> Callable:
+def task_function(task_id: str) -> Callable:
     """Decorate `body(run: TaskRun, *args, **kwargs)` into the task function `f(*args, ref=None, settings=None,
-    **kwargs)`: settings and ref default as above, the body runs inside one run-log row (`logged`), and its
-    result comes back JSON-able (dataclasses as dicts). `retryable=False`: bad input, the task fails at once."""
+    **kwargs)`: settings and ref default as above, the body runs inside one run-log row (`logged`: bad input or
+    settings fail the task at once, without retry), and its result comes back JSON-able (dataclasses as dicts)."""
     def decorate(body: Callable) -> Callable:
         @functools.wraps(body)
         def task(*args: Any, ref: TaskRef | None = None, settings: Settings | None = None, **kwargs: Any) -> Any:
             settings = settings or get_settings()
             ref = ref or TaskRef.manual(task_id)
-            with logged(ref, settings, retryable) as rec:
+            with logged(ref, settings) as rec:
                 result = body(TaskRun(settings, ref, rec), *args, **kwargs)
             return _jsonable(result)
         return task
@@ -120,20 +120,6 @@ def _duration(seconds: float) -> str:
 
 
 # ---- market data --------------------------------------------------------------------------------------------
-def book_products(settings: Settings) -> list[str]:
-    """Products the risk run needs beyond the universe: every product held, plus `<CCY>-USD` for each non-USD
-    quote or base currency (conversions), e.g. ETH-BTC held -> ETH-BTC and BTC-USD; less the products the
-    instrument master declares delisted (the source serves no candles for them; risk values them at their last
-    close)."""
-    from etl import portfolios
-    from etl.reference import DELISTED_ON, load_instruments
-
-    instruments = load_instruments(settings)
-    delisted = set(instruments.loc[instruments[DELISTED_ON].notna(), "product_id"])
-    return [p for p in portfolios.book_products(instruments, portfolios.load_portfolios(settings),
-                                                portfolios.load_positions(settings)) if p not in delisted]
-
-
 @task_function("validate_products")
 def validate_products(run: TaskRun, products: list[str] | str | None = None, *, include_book: bool = False,
                       pool_slots: int = 1) -> list[str]:
@@ -144,20 +130,21 @@ def validate_products(run: TaskRun, products: list[str] | str | None = None, *, 
     Returns the product ids in order. A product missing from the master or unknown/delisted at the source
     fails the task with a message naming it: the run must not silently shrink its universe.
     """
+    from etl.portfolios import needed_products, products_to_ingest
     from etl.reference import load_instruments
     from etl.source import validate_products as validate_products_at_source
 
     settings = run.settings
-    wanted = parse_products(products) if products else list(settings.products)
+    wanted = parse_products(products) if products else products_to_ingest(settings)
     if include_book:
-        wanted = list(dict.fromkeys(wanted + book_products(settings)))
+        wanted = list(dict.fromkeys(wanted + needed_products(settings)))
     run.record(rows_in=len(wanted))
     known = set(load_instruments(settings)["product_id"])
     missing = [p for p in wanted if p not in known]
     if missing:
         raise ValidationError(f"product(s) {missing} are not in the instrument master "
                               f"({settings.reference_dir}/instruments.csv): add them there or remove them "
-                              "from PIPELINE_PRODUCTS")
+                              "from PIPELINE_PRODUCTS (unset, it is what the book holds)")
     checked = validate_products_at_source(wanted, _paced(settings, pool_slots))  # one API call per product
     ids = [p["id"] for p in checked]
     run.record(rows_out=len(ids), message=",".join(ids))
@@ -289,7 +276,7 @@ def export_report(run: TaskRun, as_of: date | str | None = None) -> str:
     from etl.report import run_report
 
     day = as_date(as_of)
-    path = run_report(as_of=day, settings=run.settings)
+    path = run_report(as_of=day, settings=run.settings, run_id=run.ref.run_id)
     run.record(rows_out=1, message=f"as_of={day} report={path}")
     return str(path)
 
@@ -338,7 +325,7 @@ def send_intraday_alerts(run: TaskRun, interval_start: datetime | str) -> int:
 
 
 # ---- backfill -----------------------------------------------------------------------------------------------
-@task_function("validate_params", retryable=False)  # the DAG fails bad input at once (no retry)
+@task_function("validate_params")
 def validate_backfill(run: TaskRun, params: dict) -> dict:
     """Check the backfill form (products in the instrument master, start < end, granularity); normalise it.
 

@@ -8,6 +8,9 @@ is local, `{PIPELINE_STATE_DIR}/reports/` when it is an object store URI):
   data/<name>.csv    the gold rows behind the HTML report's charts and tables
   sql/<name>.csv     one CSV per `sql/**/*.sql` report
   sql_reports.md     the SQL reports as Markdown tables
+  status.json        written last: {"as_of", "complete", "problems", "run_id"}; `latest_report` (the cockpit's
+                     default report) is the newest day whose status says complete, so an incomplete report (a
+                     mistaken future --as-of, a half-loaded day) never replaces a complete one
 Alerts for limit breaches are a separate step: `etl.report.alerts.send_alerts`.
 Files are 0600 and folders 0700. Before anything is written, `completeness.check` asks whether every input of the
 as-of day is in gold and fresh; if not, the HTML opens with a red INCOMPLETE banner and `run` raises
@@ -16,8 +19,10 @@ IncompleteInputError (exit code 3) naming what is missing.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -28,7 +33,9 @@ from etl.settings import PROJECT_ROOT, Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["reports_dir", "run_report"]
+__all__ = ["latest_report", "report_of_run", "reports_dir", "run_report"]
+
+STATUS_FILE = "status.json"
 
 
 def reports_dir(settings: Settings | None = None) -> Path:
@@ -36,6 +43,34 @@ def reports_dir(settings: Settings | None = None) -> Path:
     if settings.is_local_data:
         return Path(settings.data_dir.removeprefix("file://")) / "reports"
     return settings.state_dir / "reports"
+
+
+def _statuses(settings: Settings | None = None) -> list[tuple[Path, dict]]:
+    """(report.html, its status) of every day's report, newest day first; a report without a readable status (a
+    crash before the end, an older version) has status {}."""
+    found = []
+    for page in reports_dir(settings).glob("*/report.html"):
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", page.parent.name):
+            continue
+        try:
+            status = json.loads((page.parent / STATUS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            status = {}
+        found.append((page, status if isinstance(status, dict) else {}))
+    return sorted(found, key=lambda item: item[0].parent.name, reverse=True)
+
+
+def latest_report(settings: Settings | None = None) -> Path | None:
+    """report.html of the newest day whose report is complete; the newest report of any kind only when none is
+    complete (it says INCOMPLETE at the top); None when there is no report."""
+    reports = _statuses(settings)
+    complete = [page for page, status in reports if status.get("complete") is True]
+    return (complete or [page for page, _ in reports] or [None])[0]
+
+
+def report_of_run(run_id: str, settings: Settings | None = None) -> Path | None:
+    """report.html written by this pipeline run (its status names the run), if it is still that run's."""
+    return next((page for page, status in _statuses(settings) if status.get("run_id") == run_id), None)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -58,10 +93,12 @@ def private_files(*dirs: Path) -> Iterator[None]:
         os.umask(old)
 
 
-def run_report(as_of: date | None = None, settings: Settings | None = None, sql_dir: Path | None = None) -> Path:
+def run_report(as_of: date | None = None, settings: Settings | None = None, sql_dir: Path | None = None,
+               run_id: str | None = None) -> Path:
     """Write the SQL reports and the HTML report for `as_of` (default: latest as_of_date in gold.fact_risk_metrics).
 
-    `sql_dir` (default: the project's `sql/`) holds the SQL report files. Returns the path of report.html.
+    `sql_dir` (default: the project's `sql/`) holds the SQL report files; `run_id` (the pipeline run writing it)
+    goes into status.json. Returns the path of report.html.
     """
     # imported here: `etl.report.alerts` (and DAG parsing) should not pay for matplotlib
     from etl.report import completeness
@@ -78,6 +115,7 @@ def run_report(as_of: date | None = None, settings: Settings | None = None, sql_
         status = completeness.check(reader, as_of, settings)
         out_dir = reports_dir(settings) / as_of.isoformat()
         with private_files(reports_dir(settings), out_dir, out_dir / "sql"):
+            (out_dir / STATUS_FILE).unlink(missing_ok=True)  # until the new status is written: not complete
             sql_results = run_sql_reports(reader, as_of, out_dir, sql_dir)
         data = load_report_data(reader, as_of)
 
@@ -97,6 +135,8 @@ def run_report(as_of: date | None = None, settings: Settings | None = None, sql_
                 _write_atomic(out_dir / name, text)
         path = out_dir / "report.html"
         _write_atomic(path, files["report.html"])
+        _write_atomic(out_dir / STATUS_FILE, json.dumps({"as_of": as_of.isoformat(), "complete": status.complete,
+                                                         "problems": status.problems, "run_id": run_id}))
     log.info("report for %s: %s (%d SQL reports, %d failed; %d data notes)", as_of, path, len(sql_results),
              len(failed), len(data.notes))
     if not status.complete:  # never a green report over missing data: the page says INCOMPLETE, the exit code 3

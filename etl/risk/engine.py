@@ -492,7 +492,8 @@ def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame
 
     `breach_kind` is "exceeded" (value > limit) or "uncomputable": the metric is NaN or infinite, so the limit
     cannot be shown to hold and counts as breached (value NaN: unknown), never as passed. A portfolio holding
-    nothing (gross exposure 0) breaches nothing: it has no largest asset, and its VaR and drawdown are 0.
+    nothing (gross exposure 0) breaches nothing: it has no largest asset, and its VaR and drawdown are 0. A NaN
+    limit (empty in portfolios.csv) is no limit: nothing to breach.
     """
     m = risk.merge(portfolios[["portfolio_id", "var_limit", "concentration_limit", "drawdown_limit",
                                "var_limit_metric"]], on="portfolio_id")
@@ -514,7 +515,7 @@ def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame
         finite = np.isfinite(df["value"].to_numpy(dtype="float64"))
         df["breach_kind"] = np.where(finite, "exceeded", "uncomputable")
         df.loc[~finite, "value"] = np.nan
-        rows.append(df[(~finite & ~empty) | (df["value"] > df["limit_value"])])
+        rows.append(df[df["limit_value"].notna() & ((~finite & ~empty) | (df["value"] > df["limit_value"]))])
     out = pd.concat(rows, ignore_index=True)
     out["utilisation"] = out["value"] / out["limit_value"]
     return out

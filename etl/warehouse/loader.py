@@ -535,13 +535,16 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
 
 
 # ---- the light intraday path -------------------------------------------------------------------------------
-INTRADAY_RAW = ("exchanges", "instruments", "portfolios", "positions", "intraday_risk", "intraday_limit_breaches")
-INTRADAY_DBT_SELECT = "+fact_intraday_risk +fact_intraday_limit_breaches +dim_portfolio"
+# The run log rides along: every task row of every DAG run (the end of day's own load, dbt, report and alert tasks,
+# the previous intraday run) reaches gold.fact_pipeline_runs within one intraday interval.
+INTRADAY_RAW = ("exchanges", "instruments", "portfolios", "positions", "intraday_risk", "intraday_limit_breaches",
+                "pipeline_runs")
+INTRADAY_DBT_SELECT = "+fact_intraday_risk +fact_intraday_limit_breaches +dim_portfolio +fact_pipeline_runs"
 
 
 def load_intraday(settings: Settings | None = None, run_dbt: bool = True) -> LoadSummary:
-    """Every 5 minutes: only the reference data and the intraday outputs into raw (one transaction, as `load`),
-    then `dbt build` of only their models and tests (INTRADAY_DBT_SELECT), not the whole warehouse."""
+    """Every 5 minutes: only the reference data, the intraday outputs and the run log into raw (one transaction,
+    as `load`), then `dbt build` of only their models and tests (INTRADAY_DBT_SELECT), not the whole warehouse."""
     from etl import db
     from etl.settings import get_settings
     from etl.storage import get_store

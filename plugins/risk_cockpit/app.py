@@ -181,15 +181,14 @@ def pipeline_page() -> str:
 
 # ---- the HTML report and the dbt docs --------------------------------------------------------------------------
 def _report_file(as_of: date | None) -> Path:
-    from etl.report import reports_dir
+    from etl.report import latest_report, reports_dir
 
     root = reports_dir()
-    if as_of is None:
-        days = sorted(p.parent.name for p in root.glob("*/report.html")
-                      if re.fullmatch(r"\d{4}-\d{2}-\d{2}", p.parent.name))
-        if not days:
+    if as_of is None:  # the newest complete report (an incomplete one only when there is no complete one)
+        latest = latest_report()
+        if latest is None:
             raise HTTPException(status_code=404, detail="no HTML report yet: run `python -m etl report`")
-        as_of = date.fromisoformat(days[-1])
+        return latest
     path = root / as_of.isoformat() / "report.html"
     if not path.exists():
         raise HTTPException(status_code=404, detail=f"no HTML report for {as_of}: run `python -m etl report "
@@ -220,10 +219,11 @@ def report_day(as_of: date) -> Response:
 
 @app.get("/run/{dag_id}/{run_id}")
 def run_report(dag_id: str, run_id: str) -> Response:
-    """The report written by this DAG run (its export_report task's message), else a page saying why not."""
-    from etl.report import cockpit
+    """The report written by this DAG run (its export_report task's message in gold, or the report's own status
+    file when gold has not caught up with the run yet), else a page saying why not."""
+    from etl.report import cockpit, report_of_run
 
-    path = _data(lambda r: cockpit.report_for_run(r, run_id))
+    path = _data(lambda r: cockpit.report_for_run(r, run_id)) or report_of_run(run_id)
     day = Path(path).parent.name if path else None
     if day and re.fullmatch(r"\d{4}-\d{2}-\d{2}", day) and Path(path).exists():
         return RedirectResponse(f"../../report/{day}/report.html", status_code=303)

@@ -210,6 +210,39 @@ def test_reference_validate_refuses_a_position_that_outlives_its_instrument_and_
         "(instruments.csv) but this snapshot of 2025-06-02 still holds it: drop the row or correct delisted_on"]
 
 
+def write_own_book(folder: Path) -> Path:
+    """A book of products the shipped sample does not have (AAVE-USD, and ETH-BTC's conversion BTC-USD), one
+    portfolio without a drawdown limit."""
+    folder.mkdir(parents=True)
+    (folder / "exchanges.csv").write_text("exchange_id,name,api_base_url,timezone\n"
+                                          "coinbase,Coinbase Exchange,https://api.exchange.coinbase.com,UTC\n")
+    (folder / "instruments.csv").write_text(
+        "product_id,base_currency,quote_currency,exchange_id,asset_class,display_name\n"
+        "AAVE-USD,AAVE,USD,coinbase,crypto_defi,Aave / US Dollar\n"
+        "ETH-BTC,ETH,BTC,coinbase,crypto_major,Ether / Bitcoin\n"
+        "BTC-USD,BTC,USD,coinbase,crypto_major,Bitcoin / US Dollar\n")
+    (folder / "portfolios.csv").write_text(
+        "portfolio_id,name,base_currency,var_limit,concentration_limit,drawdown_limit\n"
+        "DEFI,DeFi and a cross,USD,1000000,0.9,\n")
+    (folder / "positions.csv").write_text("portfolio_id,product_id,as_of_date,quantity,avg_cost\n"
+                                          "DEFI,AAVE-USD,2024-01-01,100,90\n"
+                                          "DEFI,ETH-BTC,2024-01-01,10,0.05\n")
+    return folder
+
+
+def test_reference_validate_checks_pipeline_products_against_an_own_book(tmp_path):
+    """The issue's case: an own book, validate said ok, the run then failed on PIPELINE_PRODUCTS. Unset, the
+    products are the book's; set to products the master lacks, validate says so naming the setting."""
+    folder = write_own_book(tmp_path / "book")
+    ok = cli("reference", "validate", str(folder), env={**OFFLINE, "PIPELINE_PRODUCTS": ""})
+    assert ok.returncode == 0 and ok.stdout.startswith(f"ok: {folder}: 3 instruments, 1 exchanges, 1 portfolios")
+    bad = cli("reference", "validate", str(folder), env={**OFFLINE, "PIPELINE_PRODUCTS": "BTC-USD,SOL-USD,DOGE-USD"})
+    assert bad.returncode == 2
+    assert bad.stdout.splitlines() == [f"setting PIPELINE_PRODUCTS: SOL-USD, DOGE-USD not in the instrument master "
+                                       f"({folder}/instruments.csv): add them there, or unset PIPELINE_PRODUCTS to "
+                                       "ingest what the book holds"]
+
+
 def test_reference_validate_accepts_good_files_and_names_a_missing_one(reference_copy, tmp_path):
     folder = reference_copy
     ok = cli("reference", "validate", str(folder), env=OFFLINE)

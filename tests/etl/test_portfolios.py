@@ -6,6 +6,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -146,3 +147,26 @@ def test_a_position_that_outlives_its_instrument_is_refused_with_file_and_line(r
     assert problems == [f"{path}:{line}: position outlives its instrument: LINK-USD was delisted on 2025-01-01 "
                         "(instruments.csv) but this snapshot of 2025-01-02 still holds it: drop the row or correct "
                         "delisted_on"]
+
+
+def test_an_empty_limit_is_no_limit(ref_dir):
+    """A portfolio without a limit of some kind is valid: the empty cell loads as NaN and nothing breaches it
+    (a NaN metric against no limit is no breach either); a non-empty non-number is still an error."""
+    from etl.risk.engine import limit_breaches
+
+    path = ref_dir / "portfolios.csv"
+    path.write_text(path.read_text() + "P100,No VaR limit,USD,,0.5,,\nP101,Only VaR,USD,100,,,\n")
+    got = load_portfolios(_settings(ref_dir)).set_index("portfolio_id")
+    assert np.isnan(got.loc["P100", "var_limit"]) and np.isnan(got.loc["P100", "drawdown_limit"])
+    assert got.loc["P100", "concentration_limit"] == 0.5 and got.loc["P101", "var_limit"] == 100.0
+    risk = pd.DataFrame({"portfolio_id": ["P100", "P101"], "as_of_date": [pd.Timestamp("2026-01-31")] * 2,
+                         "base_currency": ["USD"] * 2, "var_99_hist": [1e9, np.nan],
+                         "concentration_pct": [0.9, np.nan], "max_drawdown": [-0.99, -0.99]})
+    out = limit_breaches(risk, got.reset_index())
+    assert sorted(zip(out["portfolio_id"], out["limit_type"], out["breach_kind"], strict=True)) == [
+        ("P100", "concentration", "exceeded"), ("P101", "var", "uncomputable")]
+    path.write_text(path.read_text() + "P102,Typo,USD,1e5,half,,\n")
+    n = len(path.read_text().splitlines())
+    with pytest.raises(ValidationError, match=rf"portfolios.csv:{n}: non-numeric: concentration_limit='half' is not "
+                                              r"a finite number \(leave it empty for no such limit\)"):
+        load_portfolios(_settings(ref_dir))

@@ -152,3 +152,21 @@ def test_validate_reports_a_missing_file_once(reference_copy):
     assert problems[0] == (f"{reference_copy}/exchanges.csv: reference file not found "
                            "(set PIPELINE_REFERENCE_DIR to its folder)")
     assert len(problems) == 1  # every other loader needs the exchanges: the same problem, listed once
+
+
+def test_validate_checks_the_settings_that_name_reference_data(reference_copy, monkeypatch):
+    """PIPELINE_PRODUCTS against the instrument master, the RISK_STRESS_SCENARIOS file as the risk run loads it:
+    each problem names the setting (and the file:line)."""
+    monkeypatch.setenv("PIPELINE_PRODUCTS", "BTC-USD,FOO-USD,BAR-EUR")
+    scenarios = reference_copy / "stress.csv"
+    scenarios.write_text("scenario_id,scenario_type,start_date,end_date,product_id,shock,description\n"
+                         "crash,hypothetical,,,BTC-USD,-0.3,BTC -30%\n"
+                         "typo,hypothetical,,,ETH-USD,minus half,ETH -50%\n")
+    monkeypatch.setenv("RISK_STRESS_SCENARIOS", str(scenarios))
+    assert validate_reference(reference_copy) == [
+        f"setting PIPELINE_PRODUCTS: FOO-USD, BAR-EUR not in the instrument master ({reference_copy}/instruments.csv):"
+        " add them there, or unset PIPELINE_PRODUCTS to ingest what the book holds",
+        f"setting RISK_STRESS_SCENARIOS: {scenarios}:3: shock 'minus half' is not a number (a fraction, -0.3 = -30%)"]
+    monkeypatch.setenv("PIPELINE_PRODUCTS", "")  # unset: the book's products, in the master by the positions' rule
+    monkeypatch.delenv("RISK_STRESS_SCENARIOS")
+    assert validate_reference(reference_copy) == []

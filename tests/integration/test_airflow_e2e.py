@@ -191,5 +191,19 @@ def test_failing_source_retries_then_fails_and_is_in_the_run_log(airflow_stack):
     assert not (log["task_id"].str.startswith("fetch_candles")).any()  # nothing downstream ran
 
 
+def test_bad_reference_data_fails_its_task_at_once_without_retry(airflow_stack):
+    """A product the instrument master lacks will not appear on a retry: validate_products fails on its first
+    attempt (AirflowFailException), one `failed` row whose message is the ValidationError itself."""
+    data = airflow_stack["base"] / "data_bad_products"
+    env = {**airflow_stack["env_for"](data, airflow_stack["sim"].url), "PIPELINE_PRODUCTS": "BTC-USD,NOPE-USD"}
+    proc, output = _dags_test(env, "market_data_intraday", INTRADAY_DATE)
+    assert proc.returncode != 0 or "state=failed" in output, output[-3000:]
+    rows = _runlog(data)
+    rows = rows[rows["task_id"] == "validate_products"]
+    assert rows["status"].tolist() == ["failed"] and rows["try_number"].tolist() == [1], rows
+    assert rows["message"].iat[0].startswith("ValidationError: product(s) ['NOPE-USD'] are not in the instrument "
+                                             "master")
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 AS_OF = date(2026, 1, 31)
 N = 22
 RUN_ID = "scheduled__2026-02-01T00:10:00+00:00"
+FUTURE, FUTURE_RUN_ID = date(2027, 6, 1), "manual__future"  # a run whose export_report row gold does not have yet
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = "cockpit"
 
@@ -33,6 +34,7 @@ ARTIFACTS = "cockpit"
 def cockpit(pg_url, tmp_path_factory):
     """Gold for 22 portfolios, that day's HTML report, one run-log row pointing at it, and an API server."""
     from etl.db import scratch_database
+    from etl.errors import IncompleteInputError
     from etl.report import run_report
     from tests.support.cockpit_server import api_server
     from tests.support.report_sample import create_gold, sample_book
@@ -45,6 +47,8 @@ def cockpit(pg_url, tmp_path_factory):
         mp.setenv("PIPELINE_DATA_DIR", str(data))
         mp.setattr("etl.report.html.DETAIL_PAGES", 2)  # the per-run link needs report.html, not 22 chart pages
         report = run_report(AS_OF, sql_dir=tmp_path_factory.mktemp("no-sql"))
+        with pytest.raises(IncompleteInputError):  # a mistaken future day: must not become the default report
+            run_report(FUTURE, sql_dir=tmp_path_factory.mktemp("no-sql"), run_id=FUTURE_RUN_ID)
         _sql(url, "insert into gold.fact_pipeline_runs (run_id, dag_id, task_id, status, started_at, message) "
                   "values (%s, 'risk_end_of_day', 'export_report', 'success', '2026-02-01 00:12+00', %s)",
              (RUN_ID, f"report={report}"))
@@ -173,6 +177,10 @@ def test_plugin_is_registered_with_nav_entry_and_per_run_link(cockpit, token):
     r = requests.get(server.url + link, headers=auth, timeout=30)
     assert r.status_code == 200 and r.url.endswith("/risk/report/2026-01-31/report.html")
     assert r.content == Path(report).read_bytes()
+    latest = requests.get(f"{server.url}/risk/report", headers=auth, timeout=30)
+    assert latest.status_code == 200 and latest.url.endswith("/risk/report/2026-01-31/report.html")
+    own = requests.get(f"{server.url}/risk/run/manual/{FUTURE_RUN_ID}", headers=auth, timeout=30)
+    assert own.status_code == 200 and own.url.endswith("/risk/report/2027-06-01/report.html")
     missing = requests.get(f"{server.url}/risk/run/risk_end_of_day/manual__x", headers=auth, timeout=30)
     assert missing.status_code == 404 and "No report for this run" in missing.text
     assert requests.get(f"{server.url}/risk/docs", headers=auth, timeout=30).content == docs.read_bytes()

@@ -68,7 +68,7 @@ def test_the_demo_ends_with_what_to_do_next(monkeypatch, tmp_path):
     assert "make airflow   -> http://localhost:18080" in text and "make docs      -> http://localhost:18090" in text
     assert (f"{psql} 'postgresql://reporting@/db' -v as_of=2026-03-01 -f sql/risk_exposure/var_es_by_portfolio.sql"
             in text)
-    assert f"{psql} 'postgresql://reporting@/db'   (= psql \"$(python -m etl db url --role reporting)\")" in text
+    assert f"{psql} 'postgresql://reporting@/db'   (= make psql-reporting)" in text
     assert "/d/alerts/alerts.jsonl" in text and "reference validate" in text
     assert (PROJECT_ROOT / "sql" / "risk_exposure" / "var_es_by_portfolio.sql").exists()
     assert "file://" not in "\n".join(demo.next_steps(get_settings(), None, date(2026, 3, 1), "o", "r", "a"))
@@ -173,3 +173,25 @@ def test_an_interrupted_demo_leaves_no_dag_run_running_in_airflow(tmp_path, pg_u
     runs = _runs(airflow_db)
     assert runs[interrupted] == "failed" and not {"queued", "running"} & set(runs.values()), (runs, text[-3000:])
     assert not UNFINISHED & _task_states(airflow_db)
+
+
+def test_a_bad_book_or_setting_stops_the_demo_at_once_naming_the_cause(tmp_path, monkeypatch, capsys, data_dir):
+    """The console's first error line is the cause: before anything starts, the reference data and the settings
+    that name it; after a DAG failed, the first failed task's message from the run log (not `exit 1`)."""
+    from etl import runlog
+    from etl.settings import get_settings
+
+    monkeypatch.setenv("PIPELINE_PRODUCTS", "BTC-USD,NOPE-USD")
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    assert demo.run_demo(get_settings()) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("error: setting PIPELINE_PRODUCTS: NOPE-USD not in the instrument master")
+    assert not (tmp_path / "state").exists()  # nothing started: no Postgres, no Airflow home
+
+    for task_id, status, message in (("validate_products", "success", "ok"),
+                                     ("fetch_candles[0]", "failed", "ValidationError: product(s) ['X-USD'] ..."),
+                                     ("build_silver", "failed", "upstream failed")):
+        runlog.record(runlog.RunRecord("run1", "market_data_intraday", task_id, status=status, message=message))
+    runlog.record(runlog.RunRecord("other", "market_data_intraday", "validate_products", status="failed"))
+    assert demo.failure_cause(get_settings(), {"run1"}) == "fetch_candles[0]: ValidationError: product(s) ['X-USD'] ..."
+    assert demo.failure_cause(get_settings(), {"none"}) is None

@@ -116,15 +116,28 @@ def test_validate_backfill_names_the_bad_field(settings, change, message):
         tasks.validate_backfill({**GOOD, **change}, settings=settings)
 
 
-def test_bad_backfill_input_in_airflow_leaves_the_failure_to_the_callback(settings):
+def test_bad_input_in_airflow_fails_at_once_and_the_callback_records_the_cause(settings):
+    """Bad input (a form, the reference data, a setting) is no better on a retry: AirflowFailException on the
+    first attempt, no up_for_retry row, and the callback's `failed` row names the error itself."""
+    from airflow.sdk.exceptions import AirflowFailException
+
     ref = TaskRef("r2", "market_data_backfill", "validate_params", try_number=1, max_tries=2, in_airflow=True)
-    with pytest.raises(ValidationError):
+    with pytest.raises(AirflowFailException, match=r"'granularity'=7") as failed:
         tasks.validate_backfill({**GOOD, "granularity": 7}, ref=ref, settings=settings)
-    assert rows(settings) == []  # not "up_for_retry": the DAG fails bad input at once, the callback records it
+    assert isinstance(failed.value.__cause__, ValidationError)
+    intraday = TaskRef("r3", "market_data_intraday", "validate_products", try_number=1, max_tries=2, in_airflow=True)
+    with pytest.raises(AirflowFailException, match=r"\['FOO-USD'\] are not in the instrument master"):
+        tasks.validate_products("BTC-USD,FOO-USD", ref=intraday, settings=settings)
+    assert rows(settings) == []  # not "up_for_retry": nothing to retry, the callback records the failure
+    record_failed(ref, failed.value, settings)
+    (row,) = rows(settings)
+    assert row["status"] == "failed" and row["message"].startswith("ValidationError: backfill param 'granularity'")
 
 
 def test_book_products_add_what_the_portfolios_hold_and_their_conversions(settings):
-    book = tasks.book_products(settings)
+    from etl.portfolios import needed_products
+
+    book = needed_products(settings)
     assert len(book) == len(set(book))
     assert {"ETH-BTC", "BTC-USD", "ETH-USD"} <= set(book)  # ETH-BTC is held: it needs BTC-USD to convert
     assert tasks.validate_products(include_book=True, settings=settings)[:2] == ["BTC-USD", "ETH-USD"]
@@ -140,8 +153,10 @@ def test_book_products_leave_out_the_delisted_ones(settings, tmp_path):
     (ref / "instruments.csv").write_text("\n".join(
         [f"{lines[0]},delisted_on"] + [f"{r},{'2025-01-01' if r.startswith('LINK-USD,') else ''}" for r in lines[1:]])
         + "\n")
-    book = tasks.book_products(dataclasses.replace(settings, reference_dir=ref))
-    assert book == [p for p in tasks.book_products(settings) if p != "LINK-USD"] and "LINK-USD" not in book
+    from etl.portfolios import needed_products
+
+    book = needed_products(dataclasses.replace(settings, reference_dir=ref))
+    assert book == [p for p in needed_products(settings) if p != "LINK-USD"] and "LINK-USD" not in book
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from datetime import date
 
@@ -13,7 +14,7 @@ import pytest
 from etl.db import scratch_database
 from etl.errors import DataNotFoundError, IncompleteInputError
 from etl.report import html as report_html
-from etl.report import reports_dir, run_report
+from etl.report import latest_report, report_of_run, reports_dir, run_report
 from etl.risk.backtest import traffic_light
 from etl.settings import get_settings
 from tests.support.report_sample import AS_OF, create_gold, sample_frames
@@ -258,3 +259,23 @@ def test_report_files_are_readable_by_their_owner_only(report):
     assert any(name.endswith("report.html") for name in modes) and any(n.endswith(".csv") for n in modes)
     assert {m for n, m in modes.items() if (reports / n).is_dir()} == {0o700}
     assert {m for n, m in modes.items() if (reports / n).is_file()} == {0o600}
+
+
+def test_a_future_incomplete_report_never_becomes_latest(env, sql_dir, monkeypatch):
+    monkeypatch.setattr("etl.report.html.DETAIL_PAGES", 1)
+    root = reports_dir(get_settings())
+    assert latest_report() is None
+    good = run_report(AS_OF, sql_dir=sql_dir, run_id="eod_run")
+    assert json.loads((good.parent / "status.json").read_text()) == {
+        "as_of": AS_OF.isoformat(), "complete": True, "problems": [], "run_id": "eod_run"}
+    with pytest.raises(IncompleteInputError, match="report for 2027-06-01 is INCOMPLETE"):
+        run_report(date(2027, 6, 1), sql_dir=sql_dir, run_id="mistake")       # a mistaken day in the future
+    future = root / "2027-06-01" / "report.html"
+    status = json.loads((future.parent / "status.json").read_text())
+    assert status["complete"] is False and any("fact_risk_metrics has no row for 2027-06-01" in p
+                                               for p in status["problems"])
+    assert latest_report() == good                            # the complete report stays the default
+    assert report_of_run("eod_run") == good and report_of_run("mistake") == future  # each run finds its own
+    assert report_of_run("no_such_run") is None
+    (good.parent / "status.json").unlink()                    # a report cut short before its status: not complete
+    assert latest_report() == future                          # no complete report at all: the newest one

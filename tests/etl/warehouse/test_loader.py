@@ -438,3 +438,30 @@ def test_a_stage_output_with_an_undeclared_or_a_missing_column_fails_naming_tabl
         schema.check_output("asset_risks", declared)
     schema.check_output("factor_membership", [c for c in schema.BY_NAME["factor_membership"].column_names
                                               if c != "date"], partition=["date"])
+
+
+@pytest.mark.slow
+def test_every_runs_task_rows_reach_gold_after_one_light_load(warehouse):
+    """The end of day's own load/dbt/report/alert rows and the previous intraday run's rows (its light load and
+    alerts included) are in gold.fact_pipeline_runs after the next intraday run's light load."""
+    from etl import runlog
+    from etl.orchestration import tasks
+    from etl.orchestration.airflow_adapter import TaskRef
+
+    def intraday_run(run_id: str) -> None:
+        tasks.load_intraday_warehouse(ref=TaskRef(run_id, "market_data_intraday", "load_intraday_warehouse"))
+        runlog.record(runlog.RunRecord(run_id, "market_data_intraday", "send_intraday_alerts"))
+
+    for task_id in ("load_warehouse", "build_dbt", "export_report", "send_alerts"):  # after the EOD's own load
+        runlog.record(runlog.RunRecord("eod_run", "risk_end_of_day", task_id, message=f"{task_id} ok"))
+    intraday_run("intraday_1")
+    intraday_run("intraday_2")
+    written = runlog.read_all()
+    in_gold = {r[0] for r in query("select record_id from gold.fact_pipeline_runs")}
+    missed = written[~written["record_id"].isin(in_gold)]
+    assert sorted(zip(missed["run_id"], missed["task_id"], strict=True)) == [               # only the run in progress
+        ("intraday_2", "load_intraday_warehouse"), ("intraday_2", "send_intraday_alerts")]
+    assert len(in_gold) == len(written) - 2 > warehouse["pipeline_runs"]
+    assert query("select task_id, status, message from gold.fact_pipeline_runs where run_id = 'eod_run' "
+                 "order by task_id") == [(t, "success", f"{t} ok") for t in
+                                         ("build_dbt", "export_report", "load_warehouse", "send_alerts")]
