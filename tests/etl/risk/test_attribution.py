@@ -83,3 +83,75 @@ def test_explain_is_exposure_times_return_and_the_residual_closes_the_sum():
     expo, explained, defined, residual = explain(np.array([30.0]), mv, beta, np.array([[0.1, np.nan]]))
     assert expo.tolist() == [[160.0, 100.0]] and defined.tolist() == [[True, False]]
     assert explained.tolist() == [[pytest.approx(16.0), 0.0]] and residual.tolist() == [pytest.approx(14.0)]
+
+
+# ---- a real run: silver bars -> factors -> risk, the attribution read back from the committed outputs -------------
+FIRST, DAYS = pd.Timestamp("2026-01-01"), 30
+AS_OF = FIRST + pd.Timedelta(days=DAYS - 1)
+
+
+@pytest.fixture
+def chain(data_dir, tmp_path, monkeypatch):
+    """The warehouse sample's silver bars and book, the factor stage up to the end of AS_OF, then the risk run."""
+    from etl.factors import run_factors
+    from etl.risk.runner import run_risk
+    from etl.settings import get_settings
+    from etl.storage import Store
+    from tests.support import warehouse_sample as sample
+
+    b5 = sample.bars_5m(FIRST.date(), DAYS)
+    sample.write_silver(Store.from_uri(str(data_dir)), b5, sample.daily_from_5m(b5), FIRST.year)
+    monkeypatch.setenv("PIPELINE_REFERENCE_DIR", str(sample.write_reference(tmp_path / "ref")))
+    for key, value in {"RISK_MC_SCENARIOS": "500", "RISK_BACKTEST_DAYS": "25", "RISK_VAR_LOOKBACK_DAYS": "25",
+                       "PIPELINE_DAILY_HISTORY_DAYS": "35", "PIPELINE_PRODUCTS": ",".join(sample.PRODUCTS),
+                       "PIPELINE_HISTORY_DAYS": "3", "FACTOR_FREQUENCY_S": "300", "FACTOR_WINDOW": "48",
+                       "FACTOR_MIN_OBS": "12", "FACTOR_FORMATION_MINUTES": "120", "FACTOR_HOLDING_MINUTES": "60",
+                       "FACTOR_MOMENTUM_MINUTES": "30,60,120"}.items():
+        monkeypatch.setenv(key, value)
+    run_factors(get_settings(), (AS_OF + pd.Timedelta(days=1)).tz_localize("UTC").to_pydatetime())
+    run_risk(AS_OF.date(), get_settings())
+    return {"data": data_dir, "b5": b5, "positions": sample.POSITIONS}
+
+
+def _committed(data_dir, table: str, manifest: str, key: str) -> pd.DataFrame:
+    from etl import commits
+    from etl.storage import Store
+
+    entry = commits.read_manifest(Store.from_uri(str(data_dir)), manifest)["files"][key]
+    return pd.read_parquet(data_dir / entry["path"])
+
+
+def test_a_real_run_sums_to_the_daily_pnl_and_matches_an_independent_computation(chain):
+    from etl.commits import risk_manifest
+
+    part = f"as_of_date={AS_OF.date()}"
+    out = _committed(chain["data"], "pnl_attribution", risk_manifest(AS_OF.date()), f"pnl_attribution/{part}")
+    pnl = _committed(chain["data"], "pnl_daily", risk_manifest(AS_OF.date()), f"pnl_daily/{part}")
+    # every book and day with a PnL: the rows sum to it
+    pnl = pnl.dropna(subset=["daily_pnl"]).set_index(["portfolio_id", "as_of_date"])["daily_pnl"]
+    sums = out.groupby(["portfolio_id", "as_of_date"])["explained_pnl"].sum()
+    assert len(pnl) > 40 and sorted(sums.index) == sorted(pnl.index)
+    np.testing.assert_allclose(sums.reindex(pnl.index), pnl, rtol=1e-12, atol=1e-9)
+    assert (out.groupby(["portfolio_id", "as_of_date"])["factor_name"].apply(lambda s: (s == RESIDUAL).sum()) == 1).all()
+
+    # the factors stage wrote AS_OF-2 .. AS_OF: the last two days are explained, earlier ones are residual only
+    explained_days = sorted({str(d) for d in out.loc[out["factor_name"] != RESIDUAL, "as_of_date"]})
+    assert explained_days == [str((AS_OF - pd.Timedelta(days=k)).date()) for k in (1, 0)]
+
+    # independently, for P002 on AS_OF: quantities x the previous daily close x the previous day's betas, times the
+    # factor's bucket returns of AS_OF compounded
+    prev = (AS_OF - pd.Timedelta(days=1)).date()
+    b5 = chain["b5"]
+    close_prev = b5[b5["bucket_start"].dt.date == prev].groupby("product_id")["close"].last()
+    qty = chain["positions"].query("portfolio_id == 'P002'").set_index("product_id")["quantity"]
+    betas = _committed(chain["data"], "factor_exposures", "factors", f"factor_exposures/date={prev}")
+    returns = _committed(chain["data"], "factor_returns", "factors", f"factor_returns/date={AS_OF.date()}")
+    mine = out[(out["portfolio_id"] == "P002") & (out["as_of_date"].astype(str) == str(AS_OF.date()))]
+    assert set(mine["factor_name"]) == {"market", "liquidity_hml", "volatility_hml", "momentum_hml", RESIDUAL}
+    for row in mine[mine["factor_name"] != RESIDUAL].itertuples():
+        beta = betas[betas["factor_name"] == row.factor_name].set_index("product_id")["beta"]
+        exposure = sum(qty[a] * close_prev[a] * beta[a] for a in qty.index)
+        r = returns.loc[returns["factor_name"] == row.factor_name, "factor_return"].to_numpy()
+        assert row.exposure == pytest.approx(exposure, rel=1e-12)
+        assert row.factor_return == pytest.approx(np.prod(1 + r) - 1, rel=1e-10)
+        assert row.explained_pnl == pytest.approx(exposure * (np.prod(1 + r) - 1), rel=1e-10)
