@@ -30,8 +30,8 @@ Runs daily 10 minutes after the UTC close for the day that just ended (the data 
    `PIPELINE_DAILY_HISTORY_DAYS`), both in the `coinbase_api` pool, and `build_silver`; then `compact_bronze`
    (closed days' bronze partitions into one file per product-day and granularity), both in the 1-slot
    `silver_writer` pool;
-2. `compute_risk` (valuation, PnL, VaR/ES three ways, drawdown, anomalies, VaR backtest, limit breaches) and
-   `compute_factors` (factor returns and exposures);
+2. `compute_factors` (factor returns and exposures), then `compute_risk` (valuation, PnL, VaR/ES three ways,
+   drawdown, anomalies, VaR backtest, limit breaches, PnL attribution by factor, which reads the day's factors);
 3. `load_warehouse` (Postgres `raw`, upsert by key) then `build_dbt` (`dbt build` through the dbt CLI, see
    docs/orchestration.md for why not cosmos);
 4. `export_report` (HTML + CSV) and `send_alerts`.
@@ -98,8 +98,9 @@ def risk_end_of_day():
         return tasks.send_alerts(as_of(), ref=current_ref())
 
     silver = build_silver(ingest_daily_history.expand(product=validate_products()))
-    outputs = [compute_risk(), compute_factors()]
-    silver >> outputs
+    factors, risk = compute_factors(), compute_risk()
+    silver >> factors >> risk          # the risk run's PnL attribution reads the day's factor outputs
+    outputs = [risk, factors]
     silver >> compact_bronze()
     dbt = build_dbt()
     outputs >> load_warehouse() >> dbt

@@ -79,6 +79,15 @@ def write_outputs(store: Store, tables: dict[str, pd.DataFrame]) -> tuple[dict[s
     return rows, sorted(days)
 
 
+def read_days(store: Store, table: str, days: list[str], columns: list[str]) -> pd.DataFrame:
+    """`columns` of the committed `table` files of the UTC days `days` (YYYY-MM-DD) the factor manifest has (an
+    empty frame when none)."""
+    files = (commits.read_manifest(store, COMMIT_NAME) or {"files": {}})["files"]
+    parts = [store.read_parquet(files[key]["path"], columns=columns)
+             for key in (f"{table}/date={d}" for d in days) if key in files]
+    return pa.concat_tables(parts).to_pandas() if parts else pd.DataFrame(columns=columns)
+
+
 def to_arrow(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     """The frame's columns in schema order and types (categoricals become plain strings)."""
     arrays = []

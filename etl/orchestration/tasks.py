@@ -426,8 +426,9 @@ def run_all(as_of: date | None = None, settings: Settings | None = None) -> str:
     lines.append(f"1-minute candles: {sum(d.get('candles', 0) for d in intraday)}")
     lines.append(f"silver: {_brief(build_silver(ref=ref('build_silver'), settings=settings))}")
     lines.append(f"compact: {_brief(compact_bronze(as_of, ref=ref('compact_bronze'), settings=settings))}")
-    lines.append(f"risk: {_brief(compute_risk(as_of, ref=ref('compute_risk'), settings=settings))}")
+    # factors first: the risk run's PnL attribution reads the day's factor outputs
     lines.append(f"factors: {_brief(compute_factors(end, ref=ref('compute_factors'), settings=settings))}")
+    lines.append(f"risk: {_brief(compute_risk(as_of, ref=ref('compute_risk'), settings=settings))}")
     lines.append(f"warehouse: {_brief(load_warehouse(ref=ref('load_warehouse'), settings=settings))}")
     build_dbt(ref=ref("build_dbt"), settings=settings)
     lines.append("dbt build: ok")

@@ -24,6 +24,7 @@ from etl.report.gold import GoldReader
 from etl.settings import get_settings
 
 HISTORY_DAYS = 365
+ATTRIBUTION_ORDER = ("market", "liquidity_hml", "volatility_hml", "momentum_hml", "residual")  # stacking order
 BACKTEST_DAYS = 250
 CORRELATION_DAYS = 90
 DURATION_DAYS = 30          # pipeline: task durations over this many days
@@ -352,7 +353,23 @@ def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) 
     return {"page": "portfolio", "as_of": as_of.isoformat(), "portfolio": records(dim)[0],
             "day": records(me)[0] if not me.empty else None, "history": records(hist),
             "backtest": records(bt), "backtest_summary": records(summary_bt), "positions": records(positions),
-            "contributions": contrib, "returns": return_distribution(hist["return"])}
+            "contributions": contrib, "attribution": pnl_attribution(reader, p),
+            "returns": return_distribution(hist["return"])}
+
+
+def pnl_attribution(reader: GoldReader, p: dict) -> dict | None:
+    """{"days": [...], "factors": {factor_name: explained PnL per day (None where the day has no row)}} of one
+    portfolio over the history window, factors in ATTRIBUTION_ORDER (residual last); None when the table is not built."""
+    if "fact_pnl_attribution" not in tables(reader):
+        return None
+    rows = reader.query(f"""
+        select as_of_date, factor_name, explained_pnl from gold.fact_pnl_attribution
+        where portfolio_id = %(portfolio_id)s and as_of_date <= %(as_of)s
+          and as_of_date > %(as_of)s::date - {HISTORY_DAYS}""", p)
+    wide = rows.pivot_table(index="as_of_date", columns="factor_name", values="explained_pnl", aggfunc="sum")
+    order = [f for f in ATTRIBUTION_ORDER if f in wide.columns] + sorted(set(wide.columns) - set(ATTRIBUTION_ORDER))
+    return {"days": [jsonable(d) for d in wide.index],
+            "factors": {f: [jsonable(v) for v in wide[f]] for f in order}}
 
 
 def return_distribution(returns: pd.Series, bins: int = 30) -> dict:

@@ -20,8 +20,10 @@ import pyarrow as pa
 
 from etl import commits
 from etl.errors import DataNotFoundError, ValidationError
+from etl.factors import io as factor_io
 from etl.portfolios import book_products, load_portfolios, load_positions
 from etl.reference import DELISTED_ON, load_instruments
+from etl.risk import attribution
 from etl.risk.engine import RiskParams, close_matrix, compute_tables, price_flags
 from etl.risk.intraday import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 
 TABLES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics", "asset_risk", "anomalies",
           "anomalies_daily", "var_backtest", "var_backtest_summary", "drawdowns", "correlations", "limit_breaches",
-          "firm_risk", "risk_contributions", "stress_results", "var_model_comparison")
+          "firm_risk", "risk_contributions", "stress_results", "var_model_comparison", "pnl_attribution")
 TABLES += SCENARIO_TABLES  # the intraday revaluation's inputs (etl.risk.intraday)
 
 
@@ -104,6 +106,7 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None) -> Ris
                                              instruments.set_index("product_id")[DELISTED_ON])
 
     _check_finite_values(tables["positions_valued"], settings)
+    tables["pnl_attribution"] = _attribution(closes, quote_ccy, portfolios, positions, tables["pnl_daily"], settings)
     run_id = commits.new_run_id()
     tables["risk_metrics"]["risk_run_id"] = run_id
     partition = f"as_of_date={as_of.isoformat()}"
@@ -118,6 +121,17 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None) -> Ris
                           rows=rows, breaches=len(tables["limit_breaches"]), seconds=time.perf_counter() - t0)
     log.info("%s", summary)
     return summary
+
+
+def _attribution(closes, quote_ccy, portfolios, positions, pnl_daily, settings: Settings) -> pd.DataFrame:
+    """The PnL attribution of pnl_daily's days from the committed factor outputs of those days and the day before
+    (read here: the factor stage may have run before this one; days it has not finished get only a residual)."""
+    first = pd.Timestamp(pnl_daily["as_of_date"].min()) - pd.Timedelta(days=1)
+    days = [d.strftime("%Y-%m-%d") for d in pd.date_range(first, closes.index[-1], freq="D")]
+    store = get_store(settings)
+    returns = factor_io.read_days(store, "factor_returns", days, ["factor_name", "bucket_start", "factor_return"])
+    exposures = factor_io.read_days(store, "factor_exposures", days, ["product_id", "factor_name", "as_of_date", "beta"])
+    return attribution.attribution_table(closes, quote_ccy, portfolios, positions, pnl_daily, returns, exposures)
 
 
 def _check_finite_values(positions: pd.DataFrame, settings: Settings) -> None:

@@ -390,6 +390,15 @@ def portfolio(d: dict, ids: list[str]) -> str:
             "type": "bar", "data": {"labels": [r["product_id"] for r in c], "datasets": [
                 {"label": "component VaR 99%", "data": [r["component_var_99_param"] for r in c],
                  "backgroundColor": COLORS[3]}]}, "options": {"indexAxis": "y"}}, charts, height=80 + 24 * len(c)))
+    attribution = d.get("attribution")
+    if attribution and attribution["days"]:
+        body.append(chart("chart-attribution", f"Daily PnL by factor ({ccy}): exposure at the previous close x the "
+                                               "factor's return of the day; the residual is the rest", {
+            "type": "bar", "data": {"labels": attribution["days"], "datasets": [
+                {"label": f, "data": values, "stack": "pnl",
+                 "backgroundColor": "#90a4ae" if f == "residual" else COLORS[i % len(COLORS)]}
+                for i, (f, values) in enumerate(attribution["factors"].items())]},
+            "options": {"scales": {"x": {"stacked": True}, "y": {"stacked": True}}}}, charts))
     body.append("</div>")
     body.append('<h2 id="backtest">VaR backtest</h2>')
     body.append(table(d["backtest_summary"], [("method", "Method", None), ("confidence", "Confidence", "pct"),

@@ -135,7 +135,8 @@ def test_end_of_day_shape_and_deadline(dagbag, common):
     }
     assert dag.get_task("compact_bronze").upstream_task_ids == {"build_silver"}
     assert dag.get_task("load_warehouse").upstream_task_ids == {"compute_risk", "compute_factors"}
-    assert dag.get_task("compute_risk").upstream_task_ids == {"build_silver"}
+    assert dag.get_task("compute_factors").upstream_task_ids == {"build_silver"}
+    assert dag.get_task("compute_risk").upstream_task_ids == {"compute_factors"}  # the PnL attribution reads them
     assert dag.get_task("build_dbt").upstream_task_ids == {"load_warehouse"}
     assert dag.get_task("export_report").upstream_task_ids == {"build_dbt"}
     (alert,) = dag.deadline

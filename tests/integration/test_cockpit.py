@@ -5,14 +5,22 @@ The HTTP and browser checks through a real Airflow API server are in test_cockpi
 
 from __future__ import annotations
 
+import json
+import re
+import sys
 from datetime import date, timedelta
+from pathlib import Path
 
+import pandas as pd
 import psycopg2
 import pytest
 
 from etl.report import cockpit
 from etl.report.gold import GoldReader
 from tests.support.report_sample import create_gold, sample_book
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "plugins"))  # the plugin package, as Airflow loads it
+from risk_cockpit import pages  # noqa: E402
 
 AS_OF = date(2026, 1, 31)
 N = 22
@@ -25,13 +33,23 @@ def _reporting(url: str) -> str:
     return u._replace(netloc="reporting@" + u.netloc.rsplit("@", 1)[-1]).geturl()
 
 
+def _with_attribution(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """fact_pnl_attribution: each day's PnL split 60% market, -10% momentum, the residual the rest (residual
+    first, so the page's order is its own)."""
+    pnl = frames["fact_pnl_daily"].dropna(subset=["daily_pnl"])
+    parts = [pnl.assign(factor_name=f, explained_pnl=pnl["daily_pnl"] * w)
+             for f, w in (("residual", 0.5), ("market", 0.6), ("momentum_hml", -0.1))]
+    cols = ["portfolio_id", "as_of_date", "factor_name", "explained_pnl"]
+    return {**frames, "fact_pnl_attribution": pd.concat(parts, ignore_index=True)[cols]}
+
+
 @pytest.fixture(scope="module")
 def gold(pg_url):
     """A scratch warehouse with the sample book cloned to 22 portfolios; yields (owner URL, reporting URL)."""
     from etl.db import scratch_database
 
     with scratch_database(pg_url, "cockpit") as url:
-        create_gold(url, sample_book(AS_OF, N))
+        create_gold(url, _with_attribution(sample_book(AS_OF, N)))
         yield url, _reporting(url)
 
 
@@ -167,6 +185,25 @@ def test_portfolio_page_numbers_and_parameterised_ids(reader, gold):
     rd = p["returns"]
     assert sum(rd["counts"]) == hist[0][0] - 1 and rd["low"] < 0 < rd["high"]
     assert cockpit.portfolio(reader, "P0002' or '1'='1") is None  # a parameter, never SQL
+
+
+def test_portfolio_page_stacks_the_daily_pnl_by_factor(reader, gold):
+    p = cockpit.portfolio(reader, "P0002")
+    a = p["attribution"]
+    assert list(a["factors"]) == ["market", "momentum_hml", "residual"]      # the model's order, residual last
+    pnl = dict(_sql(gold[0], "select as_of_date::text, daily_pnl from gold.fact_pnl_daily "
+                             "where portfolio_id = 'P0002' and daily_pnl is not null"))
+    assert a["days"] == sorted(pnl) and len(a["days"]) > 30
+    for i, day in enumerate(a["days"]):
+        assert sum(v[i] for v in a["factors"].values()) == pytest.approx(pnl[day], rel=1e-12)
+        assert a["factors"]["market"][i] == pytest.approx(0.6 * pnl[day], rel=1e-12)
+    html = pages.portfolio(p, ["P0001", "P0002"])
+    charts = json.loads(re.search(r'id="chart-data">(.*?)</script>', html, re.S).group(1))
+    (config,) = [c["config"] for c in charts if c["id"] == "chart-attribution"]
+    assert config["type"] == "bar" and config["options"]["scales"]["y"]["stacked"] is True
+    assert [(s["label"], s["stack"]) for s in config["data"]["datasets"]] == [
+        ("market", "pnl"), ("momentum_hml", "pnl"), ("residual", "pnl")]
+    assert config["data"]["datasets"][0]["data"] == a["factors"]["market"]
 
 
 def test_market_and_pipeline_pages(reader, gold):

@@ -78,6 +78,12 @@ anomalies_daily as (
 
 ),
 
+pnl_attribution as (
+
+    select * from {{ ref('stg_risk__pnl_attribution') }}
+
+),
+
 unioned as (
 
     select cast(bucket_start at time zone 'UTC' as date) as observed_date from bars_5m
@@ -111,6 +117,8 @@ unioned as (
     select price_date as observed_date from anomalies_daily
     union
     select as_of_date as observed_date from anomalies_daily
+    union
+    select as_of_date as observed_date from pnl_attribution
 
 ),
 

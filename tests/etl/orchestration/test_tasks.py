@@ -191,3 +191,15 @@ def test_run_all_chains_every_stage_into_the_warehouse(pg_url, data_dir, simulat
                     "export_report", "send_alerts", "compact_bronze"}
     n = int(db.run_psql("select count(*) from gold.fact_risk_metrics where as_of_date = '2026-03-01'", url=pg_url))
     assert n == len(kept)  # one risk row per portfolio of the book, as of the requested day
+    # the PnL attribution of every book and day sums to its daily PnL in gold
+    attributed = int(db.run_psql("select count(distinct (portfolio_id, as_of_date)) from gold.fact_pnl_attribution",
+                                 url=pg_url))
+    off = int(db.run_psql("""
+        select count(*) from gold.fact_pnl_daily as d
+        left join (select portfolio_id, as_of_date, sum(explained_pnl) as explained
+                   from gold.fact_pnl_attribution group by portfolio_id, as_of_date) as a using (portfolio_id, as_of_date)
+        where d.daily_pnl is not null
+          and (a.explained is null or abs(a.explained - d.daily_pnl) > 1e-9 * greatest(1, abs(d.daily_pnl)))""",
+                          url=pg_url))
+    with_pnl = int(db.run_psql("select count(*) from gold.fact_pnl_daily where daily_pnl is not null", url=pg_url))
+    assert off == 0 and attributed == with_pnl > 0

@@ -1,0 +1,101 @@
+"""Daily PnL explained by the factor model (market, liquidity, volatility, momentum) and the residual.
+
+For portfolio p and day D (docs/risk_conventions.md, "PnL attribution"):
+- exposure[p, D, f] = sum over products a of market_value[p, a, D-1] (base currency) x beta[a, f] of the factor
+  model's daily snapshot of D-1 (the betas known at the start of D: no look-ahead);
+- factor_return[D, f] = prod over D's buckets of (1 + r_f) - 1 (the factor's compounded return over the UTC day),
+  used only when the factor model's grid has finished D (it has a snapshot dated D);
+- explained_pnl = exposure x factor_return; residual = daily_pnl - sum of the explained, so the rows of one
+  portfolio and day sum exactly to pnl_daily.daily_pnl. A product without betas adds nothing to the exposures (its
+  PnL falls in the residual); a day without factor data has only the residual row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from etl.factors.factor_model import REGRESSION_FACTORS
+from etl.risk import valuation
+from etl.risk.engine import snapshot_arrays, usd_rates
+
+RESIDUAL = "residual"
+COLUMNS = ["portfolio_id", "as_of_date", "factor_name", "exposure", "factor_return", "explained_pnl",
+           "base_currency"]
+
+
+def daily_factor_returns(factor_returns: pd.DataFrame, snapshot_days: pd.DatetimeIndex,
+                         factors: tuple[str, ...] = REGRESSION_FACTORS) -> pd.DataFrame:
+    """UTC days x factors: compounded return of each finished day (a day in `snapshot_days`), NaN otherwise.
+    factor_returns: factor_name, bucket_start (UTC), factor_return (one row per bucket with a defined return)."""
+    fr = factor_returns[factor_returns["factor_name"].isin(factors)]
+    day = pd.to_datetime(fr["bucket_start"], utc=True).dt.tz_localize(None).dt.normalize()
+    growth = np.log1p(fr["factor_return"].astype("float64")).groupby([day, fr["factor_name"]]).sum()
+    daily = np.expm1(growth).unstack("factor_name").reindex(columns=list(factors))
+    daily.index.name = None
+    daily[~daily.index.isin(snapshot_days)] = np.nan
+    return daily
+
+
+def explain(pnl: np.ndarray, market_value_prev: np.ndarray, beta: np.ndarray,
+            factor_return: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """pnl (N,) of N portfolio-days; market_value_prev (N, A) base currency at the previous close; beta (N, A, F)
+    valid at the start of the day (NaN = no estimate); factor_return (N, F) of the day (NaN = none).
+
+    Returns exposure (N, F), explained (N, F), defined (N, F) bool (the day has the factor's return and a position
+    held at the previous close has a beta on it) and residual (N,) = pnl - sum of the defined explained PnL."""
+    has_beta = np.isfinite(beta)
+    exposure = np.einsum("na,naf->nf", market_value_prev, np.where(has_beta, beta, 0.0))
+    defined = np.isfinite(factor_return) & (has_beta & (market_value_prev != 0)[..., None]).any(axis=1)
+    explained = np.where(defined, exposure * np.where(defined, factor_return, 0.0), 0.0)
+    return exposure, explained, defined, pnl - explained.sum(axis=1)
+
+
+def attribution_table(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: pd.DataFrame,
+                      positions: pd.DataFrame, pnl_daily: pd.DataFrame, factor_returns: pd.DataFrame,
+                      exposures: pd.DataFrame) -> pd.DataFrame:
+    """pnl_attribution rows (COLUMNS) for every row of pnl_daily with a finite daily_pnl.
+
+    closes, quote_ccy, portfolios, positions: as etl.risk.engine.compute_tables takes them; pnl_daily: its output.
+    factor_returns: the factor model's bucket returns; exposures: its daily snapshots (product_id, factor_name,
+    as_of_date, beta), both for the days of pnl_daily and the day before.
+    """
+    pnl_daily = pnl_daily[np.isfinite(pnl_daily["daily_pnl"].to_numpy(dtype="float64"))]
+    if pnl_daily.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    days = closes.index
+    held = sorted(positions["product_id"].unique())
+    pids = list(portfolios["portfolio_id"])
+    base_of = dict(zip(portfolios["portfolio_id"], portfolios["base_currency"], strict=True))
+    rates = usd_rates(closes, {quote_ccy[p] for p in held} | set(base_of.values()))
+    qty, cost = snapshot_arrays(positions, pids, held, days)
+    fx = (np.column_stack([rates[quote_ccy[a]] for a in held])[:, None, :]              # quote -> base, (T, P, A)
+          / np.column_stack([rates[base_of[p]] for p in pids])[:, :, None])
+    mv = valuation.value_positions(qty, cost, closes[held].to_numpy(), fx).market_value
+
+    t = days.get_indexer(pd.to_datetime(pnl_daily["as_of_date"]))
+    p = pd.Index(pids).get_indexer(pnl_daily["portfolio_id"])
+    if (t < 1).any() or (p < 0).any():
+        raise ValueError("pnl_daily names a day or portfolio the closes or the book do not have")
+    snap = pd.to_datetime(exposures["as_of_date"]).dt.tz_localize(None)
+    factors = list(REGRESSION_FACTORS)
+    beta_wide = (exposures.assign(as_of_date=snap).pivot_table(index=["as_of_date", "product_id"],
+                                                               columns="factor_name", values="beta", aggfunc="last")
+                 .reindex(columns=factors))
+    full = pd.MultiIndex.from_product([days, held])
+    beta = beta_wide.reindex(full).to_numpy().reshape(len(days), len(held), len(factors))   # (T, A, F), day = snapshot
+    daily = daily_factor_returns(factor_returns, pd.DatetimeIndex(snap.unique())).reindex(days).to_numpy()
+
+    exposure, explained, defined, residual = explain(pnl_daily["daily_pnl"].to_numpy(dtype="float64"),
+                                                     mv[t - 1, p], beta[t - 1], daily[t])
+    n, f = exposure.shape
+    keys = {"portfolio_id": pnl_daily["portfolio_id"].to_numpy(), "as_of_date": pnl_daily["as_of_date"].to_numpy(),
+            "base_currency": pnl_daily["base_currency"].to_numpy()}
+    explained_rows = pd.DataFrame({
+        **{k: np.repeat(v, f) for k, v in keys.items()}, "factor_name": np.tile(factors, n),
+        "exposure": exposure.ravel(), "factor_return": daily[t].ravel(), "explained_pnl": explained.ravel(),
+    })[defined.ravel()]
+    residual_rows = pd.DataFrame({**keys, "factor_name": RESIDUAL, "exposure": np.nan, "factor_return": np.nan,
+                                  "explained_pnl": residual})
+    return (pd.concat([explained_rows, residual_rows], ignore_index=True)
+            .sort_values(["portfolio_id", "as_of_date", "factor_name"], kind="stable", ignore_index=True)[COLUMNS])

@@ -1,0 +1,157 @@
+"""PnL attribution (etl/risk/attribution.py) against a case worked by hand: 2 assets, 2 factors, a USD and a EUR
+book, a product without betas, a day the factor model has not finished."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from etl.risk.attribution import RESIDUAL, attribution_table, daily_factor_returns, explain
+
+D0, D1, D2, D3 = pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"])
+CLOSES = pd.DataFrame({"BTC-USD": [100.0, 110.0, 99.0], "ETH-USD": [10.0, 9.0, 9.9], "EUR-USD": [1.25, 1.1, 1.0]},
+                      index=pd.DatetimeIndex([D0, D1, D2]))
+QUOTE = {"BTC-USD": "USD", "ETH-USD": "USD", "EUR-USD": "USD"}
+PORTFOLIOS = pd.DataFrame({"portfolio_id": ["P1", "P2"], "base_currency": ["USD", "EUR"]})
+POSITIONS = pd.DataFrame({"portfolio_id": ["P1", "P1", "P2"], "product_id": ["BTC-USD", "ETH-USD", "BTC-USD"],
+                          "as_of_date": D0, "quantity": [2.0, -10.0, 1.0], "avg_cost": [90.0, 12.0, 80.0]})
+# PnL: P1 = 2 x dBTC - 10 x dETH (USD); P2 = 1 BTC valued in EUR (BTC-USD / EUR-USD): 80 -> 100 -> 99 EUR
+PNL = pd.DataFrame({"portfolio_id": ["P1", "P2"] * 3, "as_of_date": np.repeat([D0, D1, D2], 2),
+                    "daily_pnl": [np.nan, np.nan, 30.0, 20.0, -31.0, -1.0],
+                    "base_currency": ["USD", "EUR"] * 3})
+FACTOR_RETURNS = pd.DataFrame({
+    "factor_name": ["market", "market", "momentum_hml", "market_vw", "market", "momentum_hml", "market"],
+    "bucket_start": pd.to_datetime(["2026-01-02 00:00", "2026-01-02 00:05", "2026-01-02 12:00", "2026-01-02 00:00",
+                                    "2026-01-03 08:00", "2026-01-03 08:00", "2026-01-04 00:00"], utc=True),
+    "factor_return": [0.01, 0.02, -0.01, 0.5, 0.05, 0.02, 0.03]})
+# daily snapshots: D0's betas (both assets, both factors); D1's: ETH market only; D2: finished (ETH market)
+EXPOSURES = pd.DataFrame({
+    "product_id": ["BTC-USD", "BTC-USD", "ETH-USD", "ETH-USD", "ETH-USD", "ETH-USD"],
+    "factor_name": ["market", "momentum_hml", "market", "momentum_hml", "market", "market"],
+    "as_of_date": pd.to_datetime(["2026-01-01"] * 4 + ["2026-01-02", "2026-01-03"]).date,
+    "beta": [1.2, 0.5, 0.8, -1.0, 0.9, 1.0]})
+
+
+def test_the_hand_case_two_assets_two_factors():
+    out = attribution_table(CLOSES, QUOTE, PORTFOLIOS, POSITIONS, PNL, FACTOR_RETURNS, EXPOSURES)
+    got = {(r.portfolio_id, str(r.as_of_date)[:10], r.factor_name): r for r in out.itertuples()}
+    market_d1 = 1.01 * 1.02 - 1                                     # 0.0302: two buckets compounded
+    # P1 on D1: market values at D0 BTC 200, ETH -100 (USD)
+    p1m = got[("P1", "2026-01-02", "market")]
+    assert p1m.exposure == pytest.approx(200 * 1.2 - 100 * 0.8) and p1m.factor_return == pytest.approx(market_d1)
+    assert p1m.explained_pnl == pytest.approx(160 * market_d1)
+    p1k = got[("P1", "2026-01-02", "momentum_hml")]
+    assert (p1k.exposure, p1k.factor_return, p1k.explained_pnl) == pytest.approx((200.0, -0.01, -2.0))
+    assert got[("P1", "2026-01-02", RESIDUAL)].explained_pnl == pytest.approx(30 - 160 * market_d1 + 2)
+    # P2 (EUR): 1 BTC worth 100 / 1.25 = 80 EUR at D0
+    assert got[("P2", "2026-01-02", "market")].exposure == pytest.approx(96.0)
+    assert got[("P2", "2026-01-02", "momentum_hml")].explained_pnl == pytest.approx(-0.4)
+    assert got[("P2", "2026-01-02", RESIDUAL)].explained_pnl == pytest.approx(20 - 96 * market_d1 + 0.4)
+    # D2 uses D1's betas: only ETH has one (market): P1's BTC PnL falls in the residual, P2 has no factor row
+    assert got[("P1", "2026-01-03", "market")].exposure == pytest.approx(-10 * 9 * 0.9)
+    assert got[("P1", "2026-01-03", RESIDUAL)].explained_pnl == pytest.approx(-31 + 81 * 0.05)
+    assert ("P1", "2026-01-03", "momentum_hml") not in got
+    assert [k[2] for k in got if k[:2] == ("P2", "2026-01-03")] == [RESIDUAL]
+    assert got[("P2", "2026-01-03", RESIDUAL)].explained_pnl == pytest.approx(-1.0)
+    # no row on the first day (no PnL), no other factor, and the rows sum exactly to the day's PnL
+    assert not any(k[1] == "2026-01-01" for k in got)
+    assert set(out["factor_name"]) == {"market", "momentum_hml", RESIDUAL}
+    sums = out.groupby(["portfolio_id", "as_of_date"])["explained_pnl"].sum()
+    pnl = PNL.dropna().set_index(["portfolio_id", "as_of_date"])["daily_pnl"]
+    np.testing.assert_allclose(sums.reindex(pnl.index), pnl, rtol=0, atol=1e-12)
+
+
+def test_a_day_the_factor_model_has_not_finished_has_no_factor_return():
+    daily = daily_factor_returns(FACTOR_RETURNS, pd.DatetimeIndex([D1, D2]))
+    assert list(daily.columns) == ["market", "liquidity_hml", "volatility_hml", "momentum_hml"]
+    assert daily.loc[D1, "market"] == pytest.approx(0.0302) and daily.loc[D2, "momentum_hml"] == pytest.approx(0.02)
+    assert np.isnan(daily.loc[D3, "market"])                      # a bucket on D3 but no snapshot: not finished
+    assert np.isnan(daily.loc[D1, "liquidity_hml"])
+
+
+def test_without_any_factor_data_everything_is_residual():
+    empty_r = FACTOR_RETURNS.iloc[:0]
+    out = attribution_table(CLOSES, QUOTE, PORTFOLIOS, POSITIONS, PNL, empty_r, EXPOSURES.iloc[:0])
+    assert set(out["factor_name"]) == {RESIDUAL}
+    assert out["explained_pnl"].tolist() == [30.0, -31.0, 20.0, -1.0]
+
+
+def test_explain_is_exposure_times_return_and_the_residual_closes_the_sum():
+    mv = np.array([[200.0, -100.0]])
+    beta = np.array([[[1.2, 0.5], [0.8, np.nan]]])                  # ETH has no beta on the second factor
+    expo, explained, defined, residual = explain(np.array([30.0]), mv, beta, np.array([[0.1, np.nan]]))
+    assert expo.tolist() == [[160.0, 100.0]] and defined.tolist() == [[True, False]]
+    assert explained.tolist() == [[pytest.approx(16.0), 0.0]] and residual.tolist() == [pytest.approx(14.0)]
+
+
+# ---- a real run: silver bars -> factors -> risk, the attribution read back from the committed outputs -------------
+FIRST, DAYS = pd.Timestamp("2026-01-01"), 30
+AS_OF = FIRST + pd.Timedelta(days=DAYS - 1)
+
+
+@pytest.fixture
+def chain(data_dir, tmp_path, monkeypatch):
+    """The warehouse sample's silver bars and book, the factor stage up to the end of AS_OF, then the risk run."""
+    from etl.factors import run_factors
+    from etl.risk.runner import run_risk
+    from etl.settings import get_settings
+    from etl.storage import Store
+    from tests.support import warehouse_sample as sample
+
+    b5 = sample.bars_5m(FIRST.date(), DAYS)
+    sample.write_silver(Store.from_uri(str(data_dir)), b5, sample.daily_from_5m(b5), FIRST.year)
+    monkeypatch.setenv("PIPELINE_REFERENCE_DIR", str(sample.write_reference(tmp_path / "ref")))
+    for key, value in {"RISK_MC_SCENARIOS": "500", "RISK_BACKTEST_DAYS": "25", "RISK_VAR_LOOKBACK_DAYS": "25",
+                       "PIPELINE_DAILY_HISTORY_DAYS": "35", "PIPELINE_PRODUCTS": ",".join(sample.PRODUCTS),
+                       "PIPELINE_HISTORY_DAYS": "3", "FACTOR_FREQUENCY_S": "300", "FACTOR_WINDOW": "48",
+                       "FACTOR_MIN_OBS": "12", "FACTOR_FORMATION_MINUTES": "120", "FACTOR_HOLDING_MINUTES": "60",
+                       "FACTOR_MOMENTUM_MINUTES": "30,60,120"}.items():
+        monkeypatch.setenv(key, value)
+    run_factors(get_settings(), (AS_OF + pd.Timedelta(days=1)).tz_localize("UTC").to_pydatetime())
+    run_risk(AS_OF.date(), get_settings())
+    return {"data": data_dir, "b5": b5, "positions": sample.POSITIONS}
+
+
+def _committed(data_dir, table: str, manifest: str, key: str) -> pd.DataFrame:
+    from etl import commits
+    from etl.storage import Store
+
+    entry = commits.read_manifest(Store.from_uri(str(data_dir)), manifest)["files"][key]
+    return pd.read_parquet(data_dir / entry["path"])
+
+
+def test_a_real_run_sums_to_the_daily_pnl_and_matches_an_independent_computation(chain):
+    from etl.commits import risk_manifest
+
+    part = f"as_of_date={AS_OF.date()}"
+    out = _committed(chain["data"], "pnl_attribution", risk_manifest(AS_OF.date()), f"pnl_attribution/{part}")
+    pnl = _committed(chain["data"], "pnl_daily", risk_manifest(AS_OF.date()), f"pnl_daily/{part}")
+    # every book and day with a PnL: the rows sum to it
+    pnl = pnl.dropna(subset=["daily_pnl"]).set_index(["portfolio_id", "as_of_date"])["daily_pnl"]
+    sums = out.groupby(["portfolio_id", "as_of_date"])["explained_pnl"].sum()
+    assert len(pnl) > 40 and sorted(sums.index) == sorted(pnl.index)
+    np.testing.assert_allclose(sums.reindex(pnl.index), pnl, rtol=1e-12, atol=1e-9)
+    assert (out.groupby(["portfolio_id", "as_of_date"])["factor_name"].apply(lambda s: (s == RESIDUAL).sum()) == 1).all()
+
+    # the factors stage wrote AS_OF-2 .. AS_OF: the last two days are explained, earlier ones are residual only
+    explained_days = sorted({str(d) for d in out.loc[out["factor_name"] != RESIDUAL, "as_of_date"]})
+    assert explained_days == [str((AS_OF - pd.Timedelta(days=k)).date()) for k in (1, 0)]
+
+    # independently, for P002 on AS_OF: quantities x the previous daily close x the previous day's betas, times the
+    # factor's bucket returns of AS_OF compounded
+    prev = (AS_OF - pd.Timedelta(days=1)).date()
+    b5 = chain["b5"]
+    close_prev = b5[b5["bucket_start"].dt.date == prev].groupby("product_id")["close"].last()
+    qty = chain["positions"].query("portfolio_id == 'P002'").set_index("product_id")["quantity"]
+    betas = _committed(chain["data"], "factor_exposures", "factors", f"factor_exposures/date={prev}")
+    returns = _committed(chain["data"], "factor_returns", "factors", f"factor_returns/date={AS_OF.date()}")
+    mine = out[(out["portfolio_id"] == "P002") & (out["as_of_date"].astype(str) == str(AS_OF.date()))]
+    assert set(mine["factor_name"]) == {"market", "liquidity_hml", "volatility_hml", "momentum_hml", RESIDUAL}
+    for row in mine[mine["factor_name"] != RESIDUAL].itertuples():
+        beta = betas[betas["factor_name"] == row.factor_name].set_index("product_id")["beta"]
+        exposure = sum(qty[a] * close_prev[a] * beta[a] for a in qty.index)
+        r = returns.loc[returns["factor_name"] == row.factor_name, "factor_return"].to_numpy()
+        assert row.exposure == pytest.approx(exposure, rel=1e-12)
+        assert row.factor_return == pytest.approx(np.prod(1 + r) - 1, rel=1e-10)
+        assert row.explained_pnl == pytest.approx(exposure * (np.prod(1 + r) - 1), rel=1e-10)
