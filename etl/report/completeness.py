@@ -5,7 +5,8 @@ Checks, for the as-of day D (each failure is one line naming the table or file a
 2. gold.fact_portfolio_valuation, fact_pnl_daily and fact_risk_metrics have a row for D for every portfolio;
 3. gold.fact_limit_breaches can be read (no table = breaches unknown, never "0 breaches");
 4. fresh: when the data store holds the risk commit for D (outputs/_commits/risk/as_of_date=D.json), gold's
-   fact_risk_metrics rows for D carry that commit's run id (else a newer risk run is not loaded/built yet).
+   fact_risk_metrics rows for D carry that commit's run id (else a newer risk run is not loaded/built yet);
+5. no held product's price for D rests on a suspect print (`suspect_prices`).
 An incomplete day makes `report` exit 3 (IncompleteInputError) after writing its HTML with a red INCOMPLETE banner.
 """
 
@@ -81,9 +82,39 @@ def check(reader: GoldReader, as_of: date, settings: Settings) -> Completeness:
                                 f"({commits.manifest_path(commits.risk_manifest(as_of))}): run `python -m etl load`")
         elif runs is None:
             out.problems.append("gold.fact_risk_metrics has no risk_run_id column: run `python -m etl load`")
+    out.problems += suspect_prices(reader, as_of)
     if out.problems:
         log.error("%s", out)
     return out
+
+
+# A print the quality gate excluded on D that the day's close of a held product would rest on: the latest print
+# itself is unconfirmed, or the exclusion left the product without a daily bar for D.
+_SUSPECT_SQL = """
+select q.product_id, q.granularity, q.bucket_start, q.rule, q.evidence
+from gold.fact_price_quality as q
+where q.flag_date = %(as_of)s
+  and q.decision = 'excluded'
+  and q.product_id in (select p.product_id from gold.fact_positions as p where p.as_of_date = %(as_of)s)
+  and (q.rule = 'jump_unconfirmed'
+       or not exists (select 1 from gold.fact_price_daily as d
+                      where d.product_id = q.product_id and d.price_date = q.flag_date))
+order by q.product_id, q.bucket_start, q.granularity
+"""
+
+
+def suspect_prices(reader: GoldReader, as_of: date) -> list[str]:
+    """One problem per held product whose price for `as_of` rests on a print the market-data quality gate
+    excluded (gold.fact_price_quality), naming product, day, rule and evidence, and the way out."""
+    df = reader.frame("fact_price_quality", _SUSPECT_SQL, {"as_of": as_of})
+    if df is None:
+        return ["gold.fact_price_quality cannot be read: whether prices are suspect is unknown; run `python -m etl "
+                "load`"]
+    return [f"price of {r.product_id} on {as_of} rests on a suspect print: rule {r.rule} ({r.granularity}s candle "
+            f"at {r.bucket_start:%Y-%m-%d %H:%M} UTC: {r.evidence}); it was excluded. If the print is genuine, add it "
+            f"to price_overrides.csv and run `python -m etl reference validate`, then `python -m etl silver`, "
+            f"`python -m etl risk --as-of {as_of}` and `python -m etl load`"
+            for r in df.itertuples(index=False)]
 
 
 def banner(result: Completeness) -> str:
