@@ -6,7 +6,8 @@ Checks, for the as-of day D (each failure is one line naming the table or file a
 3. gold.fact_limit_breaches can be read (no table = breaches unknown, never "0 breaches");
 4. fresh: when the data store holds the risk commit for D (outputs/_commits/risk/as_of_date=D.json), gold's
    fact_risk_metrics rows for D carry that commit's run id (else a newer risk run is not loaded/built yet);
-5. no held product's price for D rests on a suspect print (`suspect_prices`).
+5. no close of a held product in the risk history of D rests on a print the market-data quality gate excluded
+   (`suspect_prices`, docs/data_quality.md).
 An incomplete day makes `report` exit 3 (IncompleteInputError) after writing its HTML with a red INCOMPLETE banner.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import html
 import logging
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 
 from etl import commits
 from etl.errors import PipelineError
@@ -82,38 +83,47 @@ def check(reader: GoldReader, as_of: date, settings: Settings) -> Completeness:
                                 f"({commits.manifest_path(commits.risk_manifest(as_of))}): run `python -m etl load`")
         elif runs is None:
             out.problems.append("gold.fact_risk_metrics has no risk_run_id column: run `python -m etl load`")
-    out.problems += suspect_prices(reader, as_of)
+    out.problems += suspect_prices(reader, as_of, settings)
     if out.problems:
         log.error("%s", out)
     return out
 
 
-# A print the quality gate excluded on D that the day's close of a held product would rest on: the latest print
-# itself is unconfirmed, or the exclusion left the product without a daily bar for D.
+# An excluded print of a product held on D that a close of the risk history (D and the days before it that risk
+# reads) rests on: the exclusion left the product without a daily bar that day, the print was the day's last candle
+# (the close), or it is the latest print, unconfirmed.
 _SUSPECT_SQL = """
-select q.product_id, q.granularity, q.bucket_start, q.rule, q.evidence
+select q.product_id, q.granularity, q.bucket_start, q.flag_date, q.rule, q.evidence
 from gold.fact_price_quality as q
-where q.flag_date = %(as_of)s
+where q.flag_date <= %(as_of)s
+  and q.flag_date > %(as_of)s::date - %(days)s
   and q.decision = 'excluded'
   and q.product_id in (select p.product_id from gold.fact_positions as p where p.as_of_date = %(as_of)s)
-  and (q.rule = 'jump_unconfirmed'
-       or not exists (select 1 from gold.fact_price_daily as d
-                      where d.product_id = q.product_id and d.price_date = q.flag_date))
+  and (
+      q.rule = 'jump_unconfirmed'
+      or not exists (select 1 from gold.fact_price_daily as d
+                     where d.product_id = q.product_id and d.price_date = q.flag_date)
+      or (q.granularity < 86400
+          and q.bucket_start + make_interval(secs => q.granularity::int)
+              >= (q.flag_date + 1)::timestamp at time zone 'UTC')
+  )
 order by q.product_id, q.bucket_start, q.granularity
 """
 
 
-def suspect_prices(reader: GoldReader, as_of: date) -> list[str]:
-    """One problem per held product whose price for `as_of` rests on a print the market-data quality gate
-    excluded (gold.fact_price_quality), naming product, day, rule and evidence, and the way out."""
-    df = reader.frame("fact_price_quality", _SUSPECT_SQL, {"as_of": as_of})
+def suspect_prices(reader: GoldReader, as_of: date, settings: Settings) -> list[str]:
+    """One problem per excluded print (gold.fact_price_quality) that a held product's price in the risk history of
+    `as_of` rests on, naming product, day, rule and evidence, and the ways out."""
+    df = reader.frame("fact_price_quality", _SUSPECT_SQL, {"as_of": as_of, "days": settings.daily_history_days})
     if df is None:
         return ["gold.fact_price_quality cannot be read: whether prices are suspect is unknown; run `python -m etl "
                 "load`"]
-    return [f"price of {r.product_id} on {as_of} rests on a suspect print: rule {r.rule} ({r.granularity}s candle "
-            f"at {r.bucket_start:%Y-%m-%d %H:%M} UTC: {r.evidence}); it was excluded. If the print is genuine, add it "
-            f"to price_overrides.csv and run `python -m etl reference validate`, then `python -m etl silver`, "
-            f"`python -m etl risk --as-of {as_of}` and `python -m etl load`"
+    return [f"price of {r.product_id} on {r.flag_date} rests on a suspect print: rule {r.rule} ({r.granularity}s "
+            f"candle at {r.bucket_start:%Y-%m-%d %H:%M} UTC: {r.evidence}); it was excluded. If the print is "
+            f"genuine, accept it in price_overrides.csv (check with `python -m etl reference validate`); if not, "
+            f"fetch the day's finer candles (`python -m etl ingest --products {r.product_id} --granularity 300 "
+            f"--start {r.flag_date} --end {r.flag_date + timedelta(days=1)}`) or wait for the next candle; then run "
+            f"`python -m etl silver`, `python -m etl risk --as-of {as_of}` and `python -m etl load`"
             for r in df.itertuples(index=False)]
 
 

@@ -27,6 +27,9 @@ def test_report_exits_3_naming_product_day_and_rule_when_a_held_price_rests_on_a
         _flag("BTC-USD", 300, last, "jump_unconfirmed"),                       # the day's latest print: held
         _flag("ETH-USD", 86_400, datetime.combine(AS_OF, time(0), tzinfo=UTC), "spike_revert"),
         _flag("SOL-USD", 300, last - timedelta(hours=5), "spike_revert"),       # excluded, SOL's daily bar stands
+        _flag("SOL-USD", 300, last - timedelta(days=2), "frozen_zero_volume"),  # the close of 01-29 rested on it
+        _flag("ETH-USD", 86_400, datetime.combine(AS_OF - timedelta(days=3), time(0), tzinfo=UTC),
+              "granularity_mismatch"),                                         # 01-28's bar came from finer candles
         _flag("ADA-USD", 300, last, "jump_unconfirmed"),                       # not held
     ])
     daily = frames["fact_price_daily"]
@@ -44,8 +47,13 @@ def test_report_exits_3_naming_product_day_and_rule_when_a_held_price_rests_on_a
            "2026-01-31 23:55 UTC: jump_unconfirmed evidence); it was excluded" in text
     assert "price of ETH-USD on 2026-01-31 rests on a suspect print: rule spike_revert (86400s candle at " \
            "2026-01-31 00:00 UTC" in text
-    assert "SOL-USD" not in text and "ADA-USD" not in text
-    assert "add it to price_overrides.csv and run `python -m etl reference validate`" in text
+    assert "price of SOL-USD on 2026-01-29 rests on a suspect print: rule frozen_zero_volume (300s candle at " \
+           "2026-01-29 23:55 UTC" in text
+    assert text.count("rests on a suspect print") == 3 and "ADA-USD" not in text
+    assert "accept it in price_overrides.csv (check with `python -m etl reference validate`); if not, fetch the " \
+           "day's finer candles (`python -m etl ingest --products BTC-USD --granularity 300 --start 2026-01-31 " \
+           "--end 2026-02-01`) or wait for the next candle; then run `python -m etl silver`, `python -m etl risk " \
+           "--as-of 2026-01-31` and `python -m etl load`" in text
 
 
 def test_a_warehouse_without_the_quality_table_is_incomplete(pg_url, data_dir, monkeypatch, tmp_path):
