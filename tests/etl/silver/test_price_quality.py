@@ -16,7 +16,7 @@ import pytest
 from etl.errors import ValidationError
 from etl.reference import load_price_overrides, validate_reference
 from etl.settings import get_settings
-from etl.silver import build, read_bars
+from etl.silver import build, read_bars, read_candles
 from etl.silver.price_quality import RULES, gate
 from tests.etl.silver.test_incremental import FUTURE, SHARED_DATA, minute_candles, silver_files, write_batch
 
@@ -135,6 +135,7 @@ def test_replayed_faults_are_excluded_and_recorded_and_the_rest_equals_the_clean
     daily = daily_candles(real)
     _replay(make_simulator, monkeypatch, tmp_path, "clean", real, daily, tmp_path / "clean")
     clean_5m, clean_1d = read_bars("5m"), read_bars("1d")
+    clean_candles = read_candles(["BTC-USD"], granularity=300, now=FUTURE)
     assert not (tmp_path / "clean/silver/price_quality").exists()  # nothing flagged on real data
     crash = clean_5m[clean_5m["bucket_start"].between(*CRASH)]
     raw_crash = real[real["bucket_start"].between(*CRASH)]
@@ -149,6 +150,8 @@ def test_replayed_faults_are_excluded_and_recorded_and_the_rest_equals_the_clean
                                                                           tz="UTC")}
     expected = clean_5m[~clean_5m["bucket_start"].isin(excluded)].reset_index(drop=True)
     pd.testing.assert_frame_equal(bars_5m, expected)                   # the bad 5-minute prints kept out, no other
+    pd.testing.assert_frame_equal(read_candles(["BTC-USD"], granularity=300, now=FUTURE),  # the factors' reader too
+                                  clean_candles[~clean_candles["bucket_start"].isin(excluded)].reset_index(drop=True))
     pd.testing.assert_frame_equal(bars_1d[["price_date", "open", "close"]], clean_1d[["price_date", "open", "close"]])
     same = ~bars_1d["price_date"].isin(pd.to_datetime(["2025-10-09", "2025-10-12"]))
     pd.testing.assert_frame_equal(bars_1d[same].reset_index(drop=True), clean_1d[same].reset_index(drop=True))
