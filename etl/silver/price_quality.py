@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from etl.silver.bars import TS, US, timestamps_us
 
@@ -59,47 +60,47 @@ def gate(candles: pa.Table) -> tuple[np.ndarray, pa.Table]:
     n = candles.num_rows
     if n == 0:
         return np.zeros(0, dtype=bool), FLAG_SCHEMA.empty_table()
-    product = candles["product_id"].cast(pa.string()).to_numpy(zero_copy_only=False)
-    codes = np.unique(product, return_inverse=True)[1]
+    product = candles["product_id"].combine_chunks()
+    if not pa.types.is_dictionary(product.type):
+        product = pc.dictionary_encode(product)
+    codes = product.indices.to_numpy(zero_copy_only=False)  # any consistent code per product will do
     gran = candles["granularity"].to_numpy().astype(np.int64)
     ts = timestamps_us(candles["bucket_start"])
     o, h, lo, c, v = (candles[m].to_numpy() for m in ("open", "high", "low", "close", "volume"))
     order = np.lexsort((ts, gran, codes))
-    s = _series_rules(codes[order], gran[order], ts[order], c[order])
-    masks = {rule: np.zeros(n, dtype=bool) for rule in RULES}
-    evidence = {rule: np.full(n, "", dtype=object) for rule in RULES}
-    reference = np.full(n, np.nan)
-    for rule in ("spike_revert", "jump_unconfirmed"):
-        masks[rule][order] = s[rule]
-        reference[order[s[rule]]] = s["prev_close"][s[rule]]
-        evidence[rule][order[s[rule]]] = s[f"{rule}_evidence"]
+    series = {}
+    for k, x in _series_rules(codes[order], gran[order], ts[order], c[order]).items():
+        series[k] = np.empty_like(x)
+        series[k][order] = x  # back to the rows' order
     mismatch, fine_close, fine_gran = _granularity_mismatch(codes, gran, ts, c)
-    masks["granularity_mismatch"] = mismatch
-    evidence["granularity_mismatch"][mismatch] = [
-        f"close {x:.8g} vs {g}s candles' last close {y:.8g} ({math.log(x / y):+.4f} log, tolerance "
-        f"{MISMATCH_TOLERANCE})" for x, y, g in zip(c[mismatch], fine_close[mismatch], fine_gran[mismatch],
-                                                    strict=True)]
-    frozen = (v == 0) & (o == h) & (h == lo) & (lo == c)
-    masks["frozen_zero_volume"] = frozen
-    evidence["frozen_zero_volume"][frozen] = [f"open = high = low = close = {x:.8g} with volume 0" for x in c[frozen]]
-
+    masks = {"spike_revert": series["spike_revert"], "jump_unconfirmed": series["jump_unconfirmed"],
+             "granularity_mismatch": mismatch, "frozen_zero_volume": (v == 0) & (o == h) & (h == lo) & (lo == c)}
     suspect = np.logical_or.reduce(list(masks.values()))
     rows = np.flatnonzero(suspect)
-    first = np.full(len(rows), "", dtype=object)
-    every = np.full(len(rows), "", dtype=object)
-    told = np.full(len(rows), "", dtype=object)
-    for rule in reversed(RULES):  # the earliest rule is written last and names the row
-        hit = masks[rule][rows]
-        first[hit], told[hit] = rule, evidence[rule][rows][hit]
-    for rule in RULES:
-        hit = masks[rule][rows]
-        every[hit] = every[hit] + np.where(every[hit] == "", rule, "," + rule).astype(object)
-    ref = np.where(masks["granularity_mismatch"][rows] & ~masks["spike_revert"][rows]
-                   & ~masks["jump_unconfirmed"][rows], fine_close[rows], reference[rows])
+
+    first, every, told = [""] * len(rows), [""] * len(rows), [""] * len(rows)
+    reference = np.full(len(rows), np.nan)
+    for k, i in enumerate(rows):  # flagged rows only: a handful
+        broken = [rule for rule in RULES if masks[rule][i]]
+        first[k], every[k] = broken[0], ",".join(broken)
+        x, p, q, a, b, t = (c[i], series["prev_close"][i], series["next_close"][i], series["r_in"][i],
+                            series["r_out"][i], series["threshold"][i])
+        if broken[0] == "spike_revert":
+            told[k] = (f"close {x:.8g}: {a:+.3f} log from the previous close {p:.8g}, then {b:+.3f} back to "
+                       f"{q:.8g}; threshold {t:.3f}")
+        elif broken[0] == "jump_unconfirmed":
+            told[k] = f"close {x:.8g}: {a:+.3f} log from the previous close {p:.8g}, no later candle yet; threshold {t:.3f}"
+        elif broken[0] == "granularity_mismatch":
+            p = fine_close[i]
+            told[k] = (f"close {x:.8g} vs {fine_gran[i]}s candles' last close {p:.8g} ({math.log(x / p):+.4f} log, "
+                       f"tolerance {MISMATCH_TOLERANCE})")
+        else:
+            told[k] = f"open = high = low = close = {x:.8g} with volume 0"
+        reference[k] = p
     flags = pa.table({
         "bucket_start": pa.array(ts[rows], pa.int64()).cast(TS), "granularity": pa.array(gran[rows], pa.int64()),
         "rule": pa.array(first, pa.string()), "failed_rules": pa.array(every, pa.string()),
-        "evidence": pa.array(told, pa.string()), "reference_close": pa.array(ref, pa.float64()),
+        "evidence": pa.array(told, pa.string()), "reference_close": pa.array(reference, pa.float64()),
         **{m: pa.array(x[rows], pa.float64()) for m, x in (("open", o), ("high", h), ("low", lo), ("close", c),
                                                            ("volume", v))},
     }, schema=FLAG_SCHEMA)
@@ -107,7 +108,8 @@ def gate(candles: pa.Table) -> tuple[np.ndarray, pa.Table]:
 
 
 def _series_rules(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, close: np.ndarray) -> dict[str, np.ndarray]:
-    """spike_revert and jump_unconfirmed over rows sorted by (product, granularity, time)."""
+    """spike_revert and jump_unconfirmed masks, and the figures behind them, over rows sorted by (product,
+    granularity, time)."""
     n = len(ts)
     day = np.floor_divide(ts, DAY_US)
     same = np.zeros(n, dtype=bool)  # same[i]: row i-1 is the same series
@@ -117,47 +119,49 @@ def _series_rules(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, close: np
     next_ok = np.zeros(n, dtype=bool)
     next_ok[:-1] = same[1:] & (day[1:] <= day[:-1] + 1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        lc = np.log(close)
+        step = np.diff(np.log(close))
+    r_in = np.full(n, np.nan)
+    r_in[1:] = np.where(prev_ok[1:], step, np.nan)
+    r_out = np.full(n, np.nan)
+    r_out[:-1] = np.where(next_ok[:-1], step, np.nan)
     prev_close = np.full(n, np.nan)
     prev_close[1:] = close[:-1]
-    r_in = np.full(n, np.nan)
-    r_in[1:] = lc[1:] - lc[:-1]
-    r_in[~prev_ok] = np.nan
-    r_out = np.full(n, np.nan)
-    r_out[:-1] = lc[1:] - lc[:-1]
-    r_out[~next_ok] = np.nan
-    prev_day = np.full(n, np.iinfo(np.int64).min)
-    prev_day[1:] = day[:-1]
-
-    threshold = jump_floor(gran).astype(float)
-    series = np.cumsum(~same)  # series id per row
-    key = series * 1_000_000 + day  # (series, day) groups, contiguous in this order
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    for g0, g1 in zip(starts, np.r_[starts[1:], n], strict=True):  # one small step per (series, day)
-        d = day[g0]
-        lo = np.searchsorted(key, series[g0] * 1_000_000 + d - 1)
-        window = r_in[lo:g1][(prev_day[lo:g1] >= d - 1) & np.isfinite(r_in[lo:g1])]
-        if len(window) >= SCALE_MIN_RETURNS:
-            threshold[g0:g1] = np.maximum(threshold[g0:g1], JUMP_K * 1.4826 * np.median(np.abs(window)))
-
+    next_close = np.full(n, np.nan)
+    next_close[:-1] = close[1:]
+    threshold = np.maximum(jump_floor(gran), JUMP_K * 1.4826 * _median_abs_return(codes, gran, day, r_in))
     with np.errstate(invalid="ignore"):
         a_in, a_out = np.abs(r_in), np.abs(r_out)
         spike = (prev_ok & next_ok & (a_in > threshold) & (a_out > threshold) & (np.sign(r_in) != np.sign(r_out))
                  & (np.abs(r_in + r_out) <= REVERT_FRACTION * np.minimum(a_in, a_out)))
         unconfirmed = prev_ok & ~next_ok & (a_in > threshold)
-    next_close = np.full(n, np.nan)
-    next_close[:-1] = close[1:]
-    return {
-        "spike_revert": spike, "jump_unconfirmed": unconfirmed, "prev_close": prev_close,
-        "spike_revert_evidence": [
-            f"close {x:.8g}: {a:+.3f} log from the previous close {p:.8g}, then {b:+.3f} back to {q:.8g}; "
-            f"threshold {t:.3f}" for x, p, q, a, b, t in zip(close[spike], prev_close[spike], next_close[spike],
-                                                             r_in[spike], r_out[spike], threshold[spike], strict=True)],
-        "jump_unconfirmed_evidence": [
-            f"close {x:.8g}: {a:+.3f} log from the previous close {p:.8g}, no later candle yet; threshold {t:.3f}"
-            for x, p, a, t in zip(close[unconfirmed], prev_close[unconfirmed], r_in[unconfirmed],
-                                  threshold[unconfirmed], strict=True)],
-    }
+    return {"spike_revert": spike, "jump_unconfirmed": unconfirmed, "prev_close": prev_close,
+            "next_close": next_close, "r_in": r_in, "r_out": r_out, "threshold": threshold}
+
+
+def _median_abs_return(codes: np.ndarray, gran: np.ndarray, day: np.ndarray, r_in: np.ndarray) -> np.ndarray:
+    """Per row, the median |return| of its series over its day and the day before, or 0 when they hold fewer than
+    SCALE_MIN_RETURNS. Rows sorted by (product, granularity, time).
+
+    Of the day before, only returns whose previous candle is on that day count: a day's scale depends on no
+    partition further away than silver reads as context."""
+    n = len(day)
+    series = np.cumsum(np.r_[True, (codes[1:] != codes[:-1]) | (gran[1:] != gran[:-1])])
+    size = np.abs(r_in)
+    within = np.zeros(n, dtype=bool)
+    within[1:] = day[1:] == day[:-1]
+    key = series * (1 << 32) + day
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    ends = np.r_[starts[1:], n]
+    scale = np.zeros(n)
+    for g, (g0, g1) in enumerate(zip(starts, ends, strict=True)):  # one small step per (series, day)
+        window = size[g0:g1]
+        if g and key[starts[g - 1]] == key[g0] - 1:  # the same series' day before
+            p0 = starts[g - 1]
+            window = np.concatenate([size[p0:g0][within[p0:g0]], window])
+        window = window[np.isfinite(window)]
+        if len(window) >= SCALE_MIN_RETURNS:
+            scale[g0:g1] = np.median(window)
+    return scale
 
 
 def _granularity_mismatch(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray,

@@ -24,18 +24,28 @@ pytestmark = pytest.mark.slow
 AS_OF = date(2025, 10, 12)
 DAILY_FROM, INTRADAY_FROM, END = "2025-07-10", "2025-10-10", "2025-10-13"  # the crash of 10-10 is in the window
 SETTINGS = {"RISK_MC_SCENARIOS": "2000", "RISK_BACKTEST_DAYS": "25", "RISK_VAR_LOOKBACK_DAYS": "60",
-            "PIPELINE_DAILY_HISTORY_DAYS": "90", "PIPELINE_PRODUCTS": "BTC-USD", "PIPELINE_SOURCE": "simulator"}
+            "PIPELINE_DAILY_HISTORY_DAYS": "90", "PIPELINE_PRODUCTS": "BTC-USD,ETH-USD", "PIPELINE_SOURCE": "simulator"}
 FIGURES = ("fact_risk_metrics", "fact_portfolio_valuation", "fact_pnl_daily", "fact_positions", "fact_price_daily")
 VOLATILE = {"loaded_at", "risk_run_id", "source_file"}
+LAG = pd.Timedelta(days=9)  # ETH-USD's candles are BTC-USD's of 9 days before (real data starts 2025-07-01)
 
 
-def _world(root: Path, url: str, five_min: pd.DataFrame, daily: pd.DataFrame) -> dict:
-    """The replay folder, a one-portfolio BTC-USD book and the environment of one world."""
+def _lagged(frame: pd.DataFrame) -> pd.DataFrame:
+    """ETH-USD for the book's second product (the risk engine needs two): BTC-USD's clean candles 9 days earlier,
+    scaled to 1/30 (real moves, a different path; no fault is ever injected into it)."""
+    return frame.assign(bucket_start=frame["bucket_start"] + LAG,
+                        **{c: frame[c] / 30 for c in ("open", "high", "low", "close")})
+
+
+def _world(root: Path, url: str, five_min: pd.DataFrame, daily: pd.DataFrame, eth: tuple) -> dict:
+    """The replay folder, a one-portfolio BTC-USD + ETH-USD book and the environment of one world."""
     replay = root / "replay"
     replay.mkdir(parents=True)
-    for frame, g in ((five_min, 300), (daily, 86_400)):
-        out = frame.assign(timestamp=frame["bucket_start"].dt.strftime("%Y-%m-%d %H:%M:%S"))
-        out[["timestamp", "open", "high", "low", "close", "volume"]].to_csv(replay / f"BTC-USD_{g}s_x.csv", index=False)
+    for product, frames in (("BTC-USD", (five_min, daily)), ("ETH-USD", eth)):
+        for frame, g in zip(frames, (300, 86_400), strict=True):
+            out = frame.assign(timestamp=frame["bucket_start"].dt.strftime("%Y-%m-%d %H:%M:%S"))
+            out[["timestamp", "open", "high", "low", "close", "volume"]].to_csv(replay / f"{product}_{g}s_x.csv",
+                                                                               index=False)
     ref = root / "ref"
     ref.mkdir()
     for name in ("instruments.csv", "exchanges.csv"):
@@ -43,7 +53,7 @@ def _world(root: Path, url: str, five_min: pd.DataFrame, daily: pd.DataFrame) ->
     (ref / "portfolios.csv").write_text("portfolio_id,name,base_currency,var_limit,concentration_limit,"
                                         "drawdown_limit,var_limit_metric\nP001,BTC Core,USD,400000,1.0,0.9,\n")
     (ref / "positions.csv").write_text("portfolio_id,product_id,as_of_date,quantity,avg_cost\n"
-                                       "P001,BTC-USD,2025-07-01,2.0,60000\n")
+                                       "P001,BTC-USD,2025-07-01,2.0,60000\nP001,ETH-USD,2025-07-01,20.0,3000\n")
     return {"replay": replay, "env": {**os.environ, **SETTINGS, "PIPELINE_DATA_DIR": str(root / "data"),
                                       "PIPELINE_STATE_DIR": str(root / "state"), "PIPELINE_DATABASE_URL": url,
                                       "PIPELINE_REFERENCE_DIR": str(ref)}}
@@ -55,8 +65,9 @@ def _etl(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 def _chain(env: dict) -> subprocess.CompletedProcess:
-    for args in (("ingest", "--products", "BTC-USD", "--granularity", "86400", "--start", DAILY_FROM, "--end", END),
-                 ("ingest", "--products", "BTC-USD", "--granularity", "300", "--start", INTRADAY_FROM, "--end", END),
+    products = SETTINGS["PIPELINE_PRODUCTS"]
+    for args in (("ingest", "--products", products, "--granularity", "86400", "--start", DAILY_FROM, "--end", END),
+                 ("ingest", "--products", products, "--granularity", "300", "--start", INTRADAY_FROM, "--end", END),
                  ("silver",), ("risk", "--as-of", str(AS_OF)), ("load",)):
         res = _etl(env, *args)
         assert res.returncode == 0, f"{args}: {res.stderr[-3000:]}"
@@ -80,9 +91,13 @@ def runs(pg_url, tmp_path_factory):
 
     real = real_candles(BTC_FILE)
     real = real[real["bucket_start"].between(INTRADAY_FROM, END, inclusive="left")].reset_index(drop=True)
-    history = real_candles(BTC_FILE)
-    history = history[history["bucket_start"].between(DAILY_FROM, END, inclusive="left")]
+    everything = real_candles(BTC_FILE)
+    history = everything[everything["bucket_start"].between(DAILY_FROM, END, inclusive="left")]
     daily = daily_candles(history.reset_index(drop=True))
+    early = everything[everything["bucket_start"] < pd.Timestamp(END, tz="UTC") - LAG]
+    eth = (_lagged(early[early["bucket_start"] >= pd.Timestamp(INTRADAY_FROM, tz="UTC") - LAG]),
+           _lagged(daily_candles(early.reset_index(drop=True))))
+    eth = tuple(f.assign(product_id="ETH-USD") for f in eth)
     worlds = {
         "clean": (real, daily),
         # the bad prints have a daily bar standing beside them: the figures must equal the clean run's
@@ -94,7 +109,7 @@ def runs(pg_url, tmp_path_factory):
     for name, (five_min, day_candles) in worlds.items():
         root = tmp_path_factory.mktemp(name)
         with db.scratch_database(pg_url, f"pq_{name}") as url:
-            world = _world(root, url, five_min, day_candles)
+            world = _world(root, url, five_min, day_candles, eth)
             sim = Simulator(SimulatorConfig(port=0, replay_dir=str(world["replay"]), rate_limit_rps=0,
                                             burst=1000)).start()
             try:
