@@ -5,6 +5,9 @@ the committed batch files it does not replace; a batch is committed once its man
 `{data}/silver/_state/partitions.json` records, per (product, date), the version silver last read (marker name and
 batch ids, exactly the files it read); a run lists bronze once, and rebuilds the partitions whose version differs.
 The state holds one small entry per partition: it does not grow per run (a compacted day is one marker name).
+The market-data quality gate (price_quality) judges a day's candles with the day before and after: a partition
+is rebuilt when it or a neighbour changed (or the price overrides of its day did), reading the neighbours as
+context, so its output stays a pure function of those three partitions.
 Before reading, an incremental run folds each partition to rebuild whose current version holds two or more files
 into one file per granularity (etl.compaction.fold): the open day's intraday batches do not pile up, so the cost
 of a run stays flat through the day. A full refresh only reads bronze.
