@@ -5,9 +5,9 @@ the committed batch files it does not replace; a batch is committed once its man
 `{data}/silver/_state/partitions.json` records, per (product, date), the version silver last read (marker name and
 batch ids, exactly the files it read); a run lists bronze once, and rebuilds the partitions whose version differs.
 The state holds one small entry per partition: it does not grow per run (a compacted day is one marker name).
-The market-data quality gate (price_quality) judges a day's candles with the day before and after: a partition
-is rebuilt when it or a neighbour changed (or the price overrides of its day did), reading the neighbours as
-context, so its output stays a pure function of those three partitions.
+The market-data quality gate (price_quality) judges a day's candles with the two days before and the day after
+(CONTEXT_DAYS): a partition is rebuilt when it or one of those changed (or the price overrides of its day did),
+reading them as context, so its output stays a pure function of those four partitions.
 Before reading, an incremental run folds each partition to rebuild whose current version holds two or more files
 into one file per granularity (etl.compaction.fold): the open day's intraday batches do not pile up, so the cost
 of a run stays flat through the day. A full refresh only reads bronze.
@@ -144,8 +144,8 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
     parts = compaction.scan(store, BRONZE_DIR)
     overrides = _overrides(settings)
     changed = {k for k, p in parts.items() if state.get(_key(k)) != _version(p, committed, overrides)}
-    # the quality gate judges a day's prints with the day before and after: a change reaches both neighbours
-    todo = {k: parts[k] for k in sorted(changed | {n for k in changed for n in _neighbours(k)} & parts.keys())}
+    # the quality gate judges a day's prints with the days around it: a change reaches the days that read it
+    todo = {k: parts[k] for k in sorted(changed | {n for k in changed for n in _shifted(k, REACHED)} & parts.keys())}
     listed = {k: compaction.version(p, committed)["batches"] for k, p in todo.items()}  # batches before the fold
     if not full_refresh:  # today's partition gains a batch per intraday run: fold it so a run reads O(1) files
         folded = compaction.fold(store, parts, todo, committed, settings)
@@ -222,10 +222,13 @@ def _key(partition: tuple[str, str]) -> str:
     return f"{partition[0]}/{partition[1]}"
 
 
-def _neighbours(partition: tuple[str, str]) -> list[tuple[str, str]]:
+REACHED = tuple(-k for k in price_quality.CONTEXT_DAYS)  # the days whose quality gate reads a given day
+
+
+def _shifted(partition: tuple[str, str], offsets: tuple[int, ...]) -> list[tuple[str, str]]:
     product, day = partition
     d = date.fromisoformat(day)
-    return [(product, (d + timedelta(days=k)).isoformat()) for k in (-1, 1)]
+    return [(product, (d + timedelta(days=k)).isoformat()) for k in offsets]
 
 
 def _version(part: compaction.Partition, committed: set[str], overrides: dict[str, pa.Table]) -> dict:
@@ -243,8 +246,8 @@ def _version(part: compaction.Partition, committed: set[str], overrides: dict[st
 
 
 def _context_files(store: Store, parts: dict, committed: set[str], product: str, days: list[str]) -> list[str]:
-    """The current bronze files of the days next to `days` that are not among them: the gate's context."""
-    around = {n for d in days for n in _neighbours((product, d))} - {(product, d) for d in days}
+    """The current bronze files of the days around `days` that are not among them: the gate's context."""
+    around = {n for d in days for n in _shifted((product, d), price_quality.CONTEXT_DAYS)} - {(product, d) for d in days}
     return [f for k in sorted(around & parts.keys()) for f in compaction.current_files(store, parts[k], committed)]
 
 

@@ -9,13 +9,15 @@ consecutive candles of one product and granularity.
   1.4826 x the median absolute return of the candle's day and the day before (when they hold SCALE_MIN_RETURNS).
 - `jump_unconfirmed`: the latest candle (no next candle of its granularity by the end of the next day) jumps
   beyond T: it cannot be told from a spike yet, so it is held out until the next candle arrives and confirms it.
+  A latest candle that undoes the jump of the candle before it (a spike's way back) is not flagged.
 - `granularity_mismatch`: a coarser candle (a daily or 5-minute candle) whose close differs by more than
   MISMATCH_TOLERANCE from the last close of the finer candles of its span (the 1-minute or 5-minute candles).
 - `frozen_zero_volume`: volume 0 with open = high = low = close. Coinbase serves no candle for a bucket without
   trades, so such a candle is a price carried forward by a feed, not a trade.
 
-Every rule reads only candles of the candle's own UTC day and of the day before and after: silver rebuilds a
-day's neighbours with it and reads them as context, so incremental runs and a full refresh flag the same prints.
+Every rule reads only candles of the candle's own UTC day, the two days before and the day after (CONTEXT_DAYS):
+silver reads those partitions as context and rebuilds the days a change reaches, so incremental runs and a full
+refresh flag the same prints.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ REVERT_FRACTION = 0.5                 # next close back within half the smaller 
 MISMATCH_TOLERANCE = 0.01             # coarse close vs the last fine close, as a log difference
 
 DAY_US = DAILY * US
+CONTEXT_DAYS = (-2, -1, 1)  # the days, relative to a candle's own, that its rules may read
 FLAG_SCHEMA = pa.schema([
     ("bucket_start", TS), ("granularity", pa.int64()), ("rule", pa.string()), ("failed_rules", pa.string()),
     ("evidence", pa.string()), ("reference_close", pa.float64()), ("open", pa.float64()), ("high", pa.float64()),
@@ -133,7 +136,11 @@ def _series_rules(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, close: np
         a_in, a_out = np.abs(r_in), np.abs(r_out)
         spike = (prev_ok & next_ok & (a_in > threshold) & (a_out > threshold) & (np.sign(r_in) != np.sign(r_out))
                  & (np.abs(r_in + r_out) <= REVERT_FRACTION * np.minimum(a_in, a_out)))
-        unconfirmed = prev_ok & ~next_ok & (a_in > threshold)
+        prev_in = np.full(n, np.nan)  # the previous candle's own jump (its previous candle is within two days)
+        prev_in[1:] = np.where(prev_ok[1:], r_in[:-1], np.nan)
+        way_back = ((np.abs(prev_in) > threshold) & (np.sign(prev_in) != np.sign(r_in))
+                    & (np.abs(prev_in + r_in) <= REVERT_FRACTION * np.minimum(np.abs(prev_in), a_in)))
+        unconfirmed = prev_ok & ~next_ok & (a_in > threshold) & ~way_back
     return {"spike_revert": spike, "jump_unconfirmed": unconfirmed, "prev_close": prev_close,
             "next_close": next_close, "r_in": r_in, "r_out": r_out, "threshold": threshold}
 

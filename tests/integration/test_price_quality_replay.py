@@ -163,6 +163,7 @@ def test_a_close_resting_on_an_excluded_print_makes_report_exit_3_naming_product
     assert res.stderr.strip().splitlines()[-1].startswith(f"error: report for {AS_OF} is INCOMPLETE")
     # and the 1000x close reached no figure: no daily bar that day, VaR in the clean run's range
     refused, clean = runs["refused"]["gold"], runs["clean"]["gold"]
-    assert date(2025, 9, 15) not in set(refused["fact_price_daily"]["price_date"])
+    daily = refused["fact_price_daily"]
+    assert date(2025, 9, 15) not in set(daily.loc[daily["product_id"] == "BTC-USD", "price_date"])
     ratio = refused["fact_risk_metrics"]["var_99_param"].iat[0] / clean["fact_risk_metrics"]["var_99_param"].iat[0]
     assert 0.8 < ratio < 1.25

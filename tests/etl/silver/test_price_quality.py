@@ -189,6 +189,24 @@ def test_spike_at_a_day_edge_is_confirmed_by_the_next_day_and_incremental_equals
     assert list(flags["rule"]) == ["spike_revert"] and "then -3.690 back to 99.059268" in flags["evidence"].iat[0]
 
 
+def test_daily_candles_built_day_by_day_equal_a_full_refresh_and_a_spikes_way_back_is_not_unconfirmed(data_dir):
+    daily = minute_candles("BTC-USD", datetime(2026, 1, 1, tzinfo=UTC), 10, step=86_400, seed=5)
+    daily.loc[8, ["close", "high"]] *= 1000  # 2026-01-09; 2026-01-10, the latest, comes back
+    flagged = []
+    for i in range(10):  # one batch a day, a build after each, as the end-of-day DAG does
+        write_batch(data_dir, daily.iloc[[i]], f"d{i}", datetime(2026, 1, 2 + i, tzinfo=UTC))
+        build(now=FUTURE)
+        files = sorted((data_dir / "silver/price_quality").rglob("*.parquet"))
+        flags = pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame()
+        flagged.append(sorted(zip(flags["bucket_start"].dt.day, flags["rule"], strict=True)) if files else [])
+    assert flagged[8] == [(9, "jump_unconfirmed")]  # held out while unconfirmed
+    assert flagged[9] == [(9, "spike_revert")]      # confirmed a spike; the day after it is the way back, kept
+    incremental = silver_files(data_dir)
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == incremental
+    assert list(read_bars("1d")["price_date"].dt.day) == [1, 2, 3, 4, 5, 6, 7, 8, 10]
+
+
 def test_an_accepted_print_goes_back_into_the_bars_and_the_decision_is_recorded(data_dir, reference_copy,
                                                                                 monkeypatch):
     monkeypatch.setenv("PIPELINE_REFERENCE_DIR", str(reference_copy))
