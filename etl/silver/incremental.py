@@ -293,7 +293,8 @@ def _rebuild_chunk(job: tuple) -> tuple[SilverSummary, set[str], list[str], pa.T
     counts = SilverSummary()
     candles, paths = _read_readable(store, paths + context, counts)
     written, bars_1d = _rebuild(store, product, days, candles, paths, quote, now, counts, overrides)
-    return counts, written, [p for p in paths if p not in set(context)], bars_1d
+    context = set(context)
+    return counts, written, [p for p in paths if p not in context], bars_1d
 
 
 def _drop_unreadable(parts: dict, rels: set[str]) -> None:
@@ -341,7 +342,7 @@ def _rebuild(store: Store, product: str, days: list[str], candles: pa.Table, pat
     good = good.filter(pa.array(~excluded & _on_days(good, day_numbers)))
     bad = bad.filter(pa.array(_on_days(bad, day_numbers)))
     flags = flags.filter(pa.array(_on_days(flags, day_numbers))) \
-        .sort_by([("bucket_start", "ascending"), ("granularity", "ascending")])
+        .sort_by([("bucket_start", "ascending"), ("granularity", "ascending")]).cast(PRICE_QUALITY_SCHEMA)
     mine = _on_days(candles, day_numbers)
     summary.rows_in += int(mine.sum())
     summary.duplicates += int(mine.sum()) - int(_on_days(unique, day_numbers).sum())
