@@ -338,7 +338,7 @@ def _rebuild(store: Store, product: str, days: list[str], candles: pa.Table, pat
     suspect, flags = price_quality.gate(good)
     flags = _decide(flags, overrides)
     excluded = np.zeros(good.num_rows, dtype=bool)
-    excluded[np.flatnonzero(suspect)[flags["decision"].to_numpy(zero_copy_only=False) == "excluded"]] = True
+    excluded[np.flatnonzero(suspect)[flags["decision"].to_numpy(zero_copy_only=False) == price_quality.EXCLUDED]] = True
     good = good.filter(pa.array(~excluded & _on_days(good, day_numbers)))
     bad = bad.filter(pa.array(_on_days(bad, day_numbers)))
     flags = flags.filter(pa.array(_on_days(flags, day_numbers))) \
@@ -349,7 +349,7 @@ def _rebuild(store: Store, product: str, days: list[str], candles: pa.Table, pat
     for rule, n in zip(*np.unique(flags["rule"].to_numpy(zero_copy_only=False), return_counts=True), strict=True):
         summary.suspect_by_rule[str(rule)] += int(n)
     summary.suspect += flags.num_rows
-    summary.accepted += int((flags["decision"].to_numpy(zero_copy_only=False) == "accepted_by_override").sum())
+    summary.accepted += int((flags["decision"].to_numpy(zero_copy_only=False) == price_quality.ACCEPTED).sum())
     bad = bad.sort_by([("bucket_start", "ascending"), ("granularity", "ascending")])
     bad = bad.append_column("raw", bronze_raw(store, paths, bad["_row"]))
     for rule, n in quality.count_by_rule(bad).items():
@@ -385,7 +385,7 @@ def _decide(flags: pa.Table, overrides: pa.Table | None) -> pa.Table:
     """The flags with `decision` (excluded, or accepted_by_override when price_overrides.csv accepts the print)
     and the override's accepted_by, accepted_at and reason."""
     n = flags.num_rows
-    decision = np.full(n, "excluded", dtype=object)
+    decision = np.full(n, price_quality.EXCLUDED, dtype=object)
     by, at, reason = np.full(n, None, dtype=object), np.full(n, None, dtype=object), np.full(n, None, dtype=object)
     if overrides is not None and n and overrides.num_rows:
         key = flags["bucket_start"].cast(pa.int64()).to_numpy()
@@ -393,7 +393,7 @@ def _decide(flags: pa.Table, overrides: pa.Table | None) -> pa.Table:
         ov_gran, gran = overrides["granularity"].to_numpy(), flags["granularity"].to_numpy()
         for j in range(overrides.num_rows):  # a handful of overrides per product
             hit = (key == ov_key[j]) & (gran == ov_gran[j])
-            decision[hit] = "accepted_by_override"
+            decision[hit] = price_quality.ACCEPTED
             by[hit], reason[hit] = overrides["accepted_by"][j].as_py(), overrides["reason"][j].as_py()
             at[hit] = overrides["accepted_at"][j].as_py()
     return flags.append_column("decision", pa.array(decision, pa.string())) \

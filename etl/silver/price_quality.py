@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from etl.silver.bars import TS, US, timestamps_us
 
 RULES = ("spike_revert", "jump_unconfirmed", "granularity_mismatch", "frozen_zero_volume")
-DECISIONS = ("excluded", "accepted_by_override")
+EXCLUDED, ACCEPTED = "excluded", "accepted_by_override"  # the decisions on a flagged print
 
 DAILY = 86_400
 JUMP_FLOOR_INTRADAY = math.log(1.25)  # +25% / -20% in one intraday candle and straight back

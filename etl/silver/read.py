@@ -15,7 +15,7 @@ import pyarrow.dataset as ds
 
 from etl import compaction
 from etl.settings import Settings, get_settings
-from etl.silver import quality
+from etl.silver import price_quality, quality
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA, TS, latest_per_key
 from etl.silver.incremental import BARS_1D_DIR, BARS_5M_DIR, BRONZE_DIR, PRICE_QUALITY_DIR, read_bronze
 from etl.storage import Store, get_store
@@ -85,7 +85,7 @@ def read_candles(products: list[str] | None = None, start=None, end=None, granul
 def _without_excluded(store: Store, candles: pa.Table, products: list[str] | None, days, granularity: int) -> pa.Table:
     """`candles` minus the prints of this granularity that silver's quality gate excluded."""
     table = _read_partitions(store, PRICE_QUALITY_DIR, products, "date", days,
-                             (ds.field("granularity") == granularity) & (ds.field("decision") == "excluded"))
+                             (ds.field("granularity") == granularity) & (ds.field("decision") == price_quality.EXCLUDED))
     if table is None or table.num_rows == 0 or candles.num_rows == 0:
         return candles
     key = pc.binary_join_element_wise(candles["product_id"].cast(pa.string()),
