@@ -24,6 +24,8 @@ INSTRUMENT_COLUMNS = ["product_id", "base_currency", "quote_currency", "exchange
 # optional: the UTC day a product stopped trading (empty = listed); a delisted holding is valued at its last close
 DELISTED_ON = "delisted_on"
 EXCHANGE_COLUMNS = ["exchange_id", "name", "api_base_url", "timezone"]
+PRICE_OVERRIDE_COLUMNS = ["product_id", "granularity", "bucket_start", "accepted_by", "accepted_at", "reason"]
+PRICE_OVERRIDES_FILE = "price_overrides.csv"  # optional: flagged prints an operator accepted as genuine
 MAX_REPORTED = 20  # problems listed in one error message
 
 
@@ -159,10 +161,50 @@ def settings_problems(settings: Settings) -> list[str]:
     return problems
 
 
+def load_price_overrides(settings: Settings | None = None) -> pd.DataFrame:
+    """Prints the market-data quality gate flagged and an operator accepted as genuine (docs/data_quality.md):
+    product_id, granularity (int seconds), bucket_start (UTC), accepted_by, accepted_at (UTC), reason.
+    No file means no overrides."""
+    settings = settings or get_settings()
+    path = settings.reference_dir / PRICE_OVERRIDES_FILE
+    if not path.exists():
+        return pd.DataFrame({"product_id": pd.Series(dtype=str), "granularity": pd.Series(dtype="int64"),
+                             "bucket_start": pd.Series(dtype="datetime64[us, UTC]"),
+                             "accepted_by": pd.Series(dtype=str),
+                             "accepted_at": pd.Series(dtype="datetime64[us, UTC]"), "reason": pd.Series(dtype=str)})
+    df = read_reference_csv(path, PRICE_OVERRIDE_COLUMNS)
+    products = set(load_instruments(settings)["product_id"])
+    granularity = pd.to_numeric(df["granularity"], errors="coerce")
+    starts = pd.to_datetime(df["bucket_start"], utc=True, errors="coerce", format="ISO8601")
+    accepted_at = pd.to_datetime(df["accepted_at"], utc=True, errors="coerce", format="ISO8601")
+    problems = []
+    dup = df.assign(_s=starts).duplicated(["product_id", "granularity", "_s"]).to_numpy()
+    for i, row in enumerate(df.itertuples(index=False)):  # reference files are small: per-row checks read best
+        where = f"{path}:{_line(i)}"
+        if row.product_id not in products:
+            problems.append(f"{where}: unknown product {row.product_id!r}: not in the instrument master")
+        if granularity.iat[i] not in (60, 300, 900, 3600, 21600, 86400):
+            problems.append(f"{where}: granularity {row.granularity!r} must be 60, 300, 900, 3600, 21600 or 86400")
+        elif pd.isna(starts.iat[i]) or starts.iat[i].value % (int(granularity.iat[i]) * 10**9):
+            problems.append(f"{where}: bucket_start {row.bucket_start!r} must be an ISO 8601 UTC time on the "
+                            f"{int(granularity.iat[i])}s grid (as in silver/price_quality)")
+        if pd.isna(accepted_at.iat[i]):
+            problems.append(f"{where}: accepted_at {row.accepted_at!r} must be an ISO 8601 UTC time")
+        if not row.accepted_by or not row.reason:
+            problems.append(f"{where}: accepted_by and reason are required (who accepted the print, and why)")
+        if dup[i]:
+            problems.append(f"{where}: duplicate override of ({row.product_id}, {row.granularity}, "
+                            f"{row.bucket_start})")
+    fail(problems, PRICE_OVERRIDES_FILE)
+    return pd.DataFrame({"product_id": df["product_id"], "granularity": granularity.astype("int64"),
+                         "bucket_start": starts.astype("datetime64[us, UTC]"), "accepted_by": df["accepted_by"],
+                         "accepted_at": accepted_at.astype("datetime64[us, UTC]"), "reason": df["reason"]})
+
+
 def validate_reference(directory: Path | str | None = None, settings: Settings | None = None) -> list[str]:
-    """Every problem of the reference files in `directory` (default: settings.reference_dir) and of the settings
-    that refer to them (`settings_problems`), as `file:line: rule ...` lines in file order; [] when all four files
-    load and the settings agree with them. Reads only: nothing is loaded anywhere.
+    """Every problem of the reference files in `directory` (default: settings.reference_dir; price_overrides.csv is
+    optional) and of the settings that refer to them (`settings_problems`), as `file:line: rule ...` lines in file
+    order; [] when the files load and the settings agree with them. Reads only: nothing is loaded anywhere.
 
     Runs the loaders themselves (instruments, exchanges, portfolios, positions: one set of rules) under
     `collecting()`; a file that cannot be read at all (missing, no header, missing columns) is one problem and
@@ -175,7 +217,8 @@ def validate_reference(directory: Path | str | None = None, settings: Settings |
         settings = dataclasses.replace(settings, reference_dir=Path(directory))
     found: list[str] = []
     with collecting() as collected:
-        for loader in (load_exchanges, load_instruments, portfolios.load_portfolios, portfolios.load_positions):
+        for loader in (load_exchanges, load_instruments, portfolios.load_portfolios, portfolios.load_positions,
+                       load_price_overrides):
             try:
                 loader(settings)
             except ValidationError as exc:  # the file (or one it depends on) cannot be read at all

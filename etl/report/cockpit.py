@@ -388,7 +388,8 @@ def return_distribution(returns: pd.Series, bins: int = 30) -> dict:
 
 
 def market(reader: GoldReader, as_of: date | None = None) -> dict:
-    """Latest prices, 30-day vol ranking, correlations of daily log returns, anomalies of the day, factor betas."""
+    """Latest prices, 30-day vol ranking, correlations of daily log returns, anomalies of the day, factor betas,
+    the day's prints flagged by the market-data quality gate."""
     as_of = as_of or latest_as_of(reader)
     p = {"as_of": as_of}
     prices = reader.query(f"""
@@ -416,6 +417,9 @@ def market(reader: GoldReader, as_of: date | None = None) -> dict:
         from gold.fact_factor_exposures
         where bucket_start < %(as_of)s::date + 1 and bucket_start >= %(as_of)s::date - 7
         order by product_id, factor_name, bucket_start desc""", p)
+    suspect = reader.frame("fact_price_quality", """
+        select product_id, granularity, bucket_start, rule, decision, evidence from gold.fact_price_quality
+        where flag_date = %(as_of)s order by bucket_start, product_id, granularity""", p)
     history = prices.pivot_table(index="price_date", columns="product_id", values="close").sort_index()
     return {"page": "market", "as_of": as_of.isoformat(),
             "prices": records(latest.drop(columns="prev").sort_values("product_id")),
@@ -425,7 +429,8 @@ def market(reader: GoldReader, as_of: date | None = None) -> dict:
             "volatility": records(vols),
             "correlation": {"products": [str(c) for c in corr.columns],
                             "matrix": jsonable(corr.to_numpy().tolist())},
-            "anomalies": records(anomalies), "factors": records(factors)}
+            "anomalies": records(anomalies), "factors": records(factors),
+            "price_quality": [] if suspect is None else records(suspect)}
 
 
 def pipeline(reader: GoldReader) -> dict:

@@ -10,6 +10,8 @@ Checks, for the as-of day D (each failure is one line naming the table or file a
    bar on D (is_stale) fails it, naming the product, its last bar and the portfolios holding it, unless the
    instrument master declares the product delisted (is_delisted): then it is a notice (valued at its last close,
    flagged stale on every page), not a failure.
+6. no close of a held product in the risk history of D rests on a print the market-data quality gate excluded
+   (`suspect_prices`, docs/data_quality.md).
 An incomplete day makes `report` exit 3 (IncompleteInputError) after writing its HTML with a red INCOMPLETE banner.
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import html
 import logging
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 
 from etl import commits
 from etl.errors import PipelineError
@@ -89,6 +91,7 @@ def check(reader: GoldReader, as_of: date, settings: Settings) -> Completeness:
                                 f"({commits.manifest_path(commits.risk_manifest(as_of))}): run `python -m etl load`")
         elif runs is None:
             out.problems.append("gold.fact_risk_metrics has no risk_run_id column: run `python -m etl load`")
+    out.problems += suspect_prices(reader, as_of, settings)
     if out.problems:
         log.error("%s", out)
     if out.notices:
@@ -121,6 +124,44 @@ def stale_holdings(reader: GoldReader, as_of: date) -> tuple[list[str], list[str
                             f"--products {r.product_id} --granularity 86400`, then `silver`, `risk --as-of {as_of}`, "
                             f"`load`), or if it was delisted set delisted_on in instruments.csv")
     return problems, notices
+
+
+# An excluded print of a product held on D that a close of the risk history (D and the days before it that risk
+# reads) rests on: the exclusion left the product without a daily bar that day, the print was the day's last candle
+# (the close), or it is the latest print, unconfirmed.
+_SUSPECT_SQL = """
+select q.product_id, q.granularity, q.bucket_start, q.flag_date, q.rule, q.evidence
+from gold.fact_price_quality as q
+where q.flag_date <= %(as_of)s
+  and q.flag_date > %(as_of)s::date - %(days)s
+  and q.decision = 'excluded'
+  and q.product_id in (select p.product_id from gold.fact_positions as p where p.as_of_date = %(as_of)s)
+  and (
+      q.rule = 'jump_unconfirmed'
+      or not exists (select 1 from gold.fact_price_daily as d
+                     where d.product_id = q.product_id and d.price_date = q.flag_date)
+      or (q.granularity < 86400
+          and q.bucket_start + make_interval(secs => q.granularity::int)
+              >= (q.flag_date + 1)::timestamp at time zone 'UTC')
+  )
+order by q.product_id, q.bucket_start, q.granularity
+"""
+
+
+def suspect_prices(reader: GoldReader, as_of: date, settings: Settings) -> list[str]:
+    """One problem per excluded print (gold.fact_price_quality) that a held product's price in the risk history of
+    `as_of` rests on, naming product, day, rule and evidence, and the ways out."""
+    df = reader.frame("fact_price_quality", _SUSPECT_SQL, {"as_of": as_of, "days": settings.daily_history_days})
+    if df is None:
+        return ["gold.fact_price_quality cannot be read: whether prices are suspect is unknown; run `python -m etl "
+                "load`"]
+    return [f"price of {r.product_id} on {r.flag_date} rests on a suspect print: rule {r.rule} ({r.granularity}s "
+            f"candle at {r.bucket_start:%Y-%m-%d %H:%M} UTC: {r.evidence}); it was excluded. If the print is "
+            f"genuine, accept it in price_overrides.csv (check with `python -m etl reference validate`); if not, "
+            f"fetch the day's finer candles (`python -m etl ingest --products {r.product_id} --granularity 300 "
+            f"--start {r.flag_date} --end {r.flag_date + timedelta(days=1)}`) or wait for the next candle; then run "
+            f"`python -m etl silver`, `python -m etl risk --as-of {as_of}` and `python -m etl load`"
+            for r in df.itertuples(index=False)]
 
 
 def banner(result: Completeness) -> str:

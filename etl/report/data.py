@@ -60,6 +60,9 @@ QUERIES: dict[str, tuple[str, str]] = {
         select * from gold.fact_anomalies
         where bucket_start >= %(as_of)s::date and bucket_start < %(as_of)s::date + 1
         order by bucket_start, product_id"""),
+    "price_quality": ("fact_price_quality", """
+        select * from gold.fact_price_quality where flag_date = %(as_of)s
+        order by bucket_start, product_id, granularity"""),
     "breaches": ("fact_limit_breaches", """
         select * from gold.fact_limit_breaches where as_of_date = %(as_of)s order by portfolio_id, limit_type"""),
     "runs": ("fact_pipeline_runs", f"""

@@ -4,7 +4,8 @@ Layout (ids are stable: tests and bookmarks rely on them):
   h2#summary            book value, daily/MTD PnL, VaR/ES totals, breaches, pipeline status
   h2#portfolios         one h3#portfolio-<id> per portfolio: limits and breaches, risk table, value/PnL,
                         underwater drawdown, VaR vs realised PnL with the traffic-light zone, exposure by asset
-  h2#market             h3#market-volatility, #market-correlation, #market-factor-exposures, #market-anomalies
+  h2#market             h3#market-volatility, #market-correlation, #market-factor-exposures, #market-anomalies,
+                        #market-price-quality (prints the quality gate flagged on the day)
   h2#pipeline-health    h3#pipeline-durations, #pipeline-rows, #pipeline-failures
   h2#data-notes         gold tables that were missing or empty
 """
@@ -595,6 +596,18 @@ def section_market(data: ReportData) -> str:
         parts.append(table(top, [("product_id", "Asset", None), ("bucket_start", "Bucket start (UTC)", utc_minute),
                                  ("return_value", "Return", lambda v: pct(v, 2)),
                                  ("robust_z", "Robust z", lambda v: f"{float(v):+.1f}")], table_id="anomalies-table"))
+
+    parts.append('<h3 id="market-price-quality">Suspect prints</h3>')
+    pq = _rows(data, "price_quality", "fact_price_quality", f"no print flagged by the quality gate on {data.as_of}",
+               parts)
+    if pq is not None:
+        excluded = int((pq["decision"] == "excluded").sum())
+        parts.append(f'<p id="price-quality-count">{len(pq)} print(s) flagged on {e(data.as_of)}: {excluded} '
+                     f"excluded from the bars, {len(pq) - excluded} accepted by override.</p>")
+        parts.append(table(pq, [("product_id", "Asset", None), ("granularity", "Candle (s)", number),
+                                ("bucket_start", "Bucket start (UTC)", utc_minute), ("rule", "Rule", None),
+                                ("decision", "Decision", None), ("evidence", "Evidence", None)],
+                           table_id="price-quality-table"))
     parts.append("</section>")
     return "\n".join(parts)
 

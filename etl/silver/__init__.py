@@ -1,7 +1,7 @@
 """Silver: deduplicated, quality-checked 5-minute and daily bars built incrementally from bronze candles.
 
-Modules: `bars` (dedup and aggregation maths), `quality` (named rules), `incremental` (`build`, the partition
-bookkeeping), `read` (`read_bars`, `read_candles`), `currency` (`convert`). docs/silver.md has the schemas.
+Modules: `bars` (dedup and aggregation maths), `quality` (named rules), `price_quality` (the market-data quality
+gate: suspect prints), `incremental` (`build`, the partition bookkeeping), `read` (`read_bars`, `read_candles`), `currency` (`convert`). docs/silver.md has the schemas.
 """
 
 import importlib

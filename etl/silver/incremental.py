@@ -5,6 +5,9 @@ the committed batch files it does not replace; a batch is committed once its man
 `{data}/silver/_state/partitions.json` records, per (product, date), the version silver last read (marker name and
 batch ids, exactly the files it read); a run lists bronze once, and rebuilds the partitions whose version differs.
 The state holds one small entry per partition: it does not grow per run (a compacted day is one marker name).
+The market-data quality gate (price_quality) judges a day's candles with the two days before and the day after
+(CONTEXT_DAYS): a partition is rebuilt when it or one of those changed (or the price overrides of its day did),
+reading them as context, so its output stays a pure function of those four partitions.
 Before reading, an incremental run folds each partition to rebuild whose current version holds two or more files
 into one file per granularity (etl.compaction.fold): the open day's intraday batches do not pile up, so the cost
 of a run stays flat through the day. A full refresh only reads bronze.
@@ -34,7 +37,7 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -45,7 +48,7 @@ from etl.compaction import CANDLES_DIR
 from etl.errors import ValidationError
 from etl.integrity import CorruptFileError
 from etl.settings import Settings, get_settings
-from etl.silver import quality
+from etl.silver import price_quality, quality
 from etl.silver.bars import (
     BAR_1D_GRANULARITIES,
     BAR_5M_GRANULARITIES,
@@ -66,6 +69,7 @@ BRONZE_DIR = CANDLES_DIR
 BARS_5M_DIR = "silver/bars_5m"
 BARS_1D_DIR = "silver/bars_1d"
 QUARANTINE_DIR = "silver/quarantine"
+PRICE_QUALITY_DIR = "silver/price_quality"
 STATE_FILE = "silver/_state/partitions.json"
 OLD_STATE_FILE = "silver/_state/processed_batches.json"  # before partition versions: replaced on the next run
 QUALITY_DIR = "silver/_quality"
@@ -80,6 +84,9 @@ QUARANTINE_SCHEMA = pa.schema([
     ("low", pa.float64()), ("close", pa.float64()), ("volume", pa.float64()), ("ingested_at", TS),
     ("batch_id", pa.string()), ("raw", pa.string()), ("rule", pa.string()), ("failed_rules", pa.string()),
 ])
+# The quality gate's flagged prints (etl/silver/price_quality.py) with the decision taken on each.
+PRICE_QUALITY_SCHEMA = pa.schema([*price_quality.FLAG_SCHEMA, ("decision", pa.string()), ("accepted_by", pa.string()),
+                                  ("accepted_at", TS), ("override_reason", pa.string())])
 
 
 @dataclass
@@ -90,6 +97,9 @@ class SilverSummary:
     duplicates: int = 0                   # superseded bronze versions dropped by the dedup
     quarantined: int = 0                  # rows quarantined, all rules together
     quarantined_by_rule: dict[str, int] = field(default_factory=lambda: dict.fromkeys(quality.RULES, 0))
+    suspect: int = 0                      # prints the quality gate flagged (excluded + accepted by override)
+    suspect_by_rule: dict[str, int] = field(default_factory=lambda: dict.fromkeys(price_quality.RULES, 0))
+    accepted: int = 0                     # flagged prints kept in the bars by price_overrides.csv
     gaps: int = 0                         # incomplete_bars + missing_buckets
     incomplete_bars: int = 0              # 5-minute bars with fewer candles than the bar holds
     missing_buckets: int = 0              # empty 5-minute buckets between a partition's first and last bar
@@ -102,6 +112,7 @@ class SilverSummary:
 
     def __str__(self) -> str:
         rules = ", ".join(f"{r}={n}" for r, n in self.quarantined_by_rule.items() if n) or "none"
+        suspects = ", ".join(f"{r}={n}" for r, n in self.suspect_by_rule.items() if n) or "none"
         return "\n".join([
             f"silver {'full refresh' if self.full_refresh else 'incremental'}: {self.batches} bronze batch(es) taken in, "
             f"{self.partitions} partition(s) rebuilt in {self.seconds:.2f}s",
@@ -110,6 +121,7 @@ class SilverSummary:
             f"  rows in      {self.rows_in:>10,}  (duplicates dropped {self.duplicates:,})",
             f"  bars out     {self.rows_out:>10,}  5-minute, {self.bars_1d:,} daily",
             f"  quarantined  {self.quarantined:>10,}  ({rules})",
+            f"  suspect      {self.suspect:>10,}  ({suspects}; {self.accepted:,} accepted by override)",
             f"  gaps         {self.gaps:>10,}  ({self.incomplete_bars:,} incomplete bars, "
             f"{self.missing_buckets:,} empty buckets)",
             *([self.trade_bars] if self.trade_bars else []),
@@ -137,7 +149,10 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
     state_files = {} if full_refresh else file_digests(store)
     committed = compaction.committed_batches(store)
     parts = compaction.scan(store, BRONZE_DIR)
-    todo = {k: p for k, p in parts.items() if state.get(_key(k)) != compaction.version(p, committed)}
+    overrides = _overrides(settings)
+    changed = {k for k, p in parts.items() if state.get(_key(k)) != _version(p, committed, overrides)}
+    # the quality gate judges a day's prints with the days around it: a change reaches the days that read it
+    todo = {k: parts[k] for k in sorted(changed | {n for k in changed for n in _shifted(k, REACHED)} & parts.keys())}
     listed = {k: compaction.version(p, committed)["batches"] for k, p in todo.items()}  # batches before the fold
     if not full_refresh:  # today's partition gains a batch per intraday run: fold it so a run reads O(1) files
         folded = compaction.fold(store, parts, todo, committed, settings)
@@ -156,9 +171,11 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
     written: dict[str, str | None] = {}  # silver file -> its digest (None: deleted, the day has no rows any more)
     read: dict[tuple[str, str], dict] = {}
     daily: dict[tuple[str, int], list] = defaultdict(list)  # (product, year) -> its chunks' (days, daily bars)
-    digests = compaction.recorded_digests(store, [f for fs in files.values() for f in fs])
-    jobs = [(store, product, days, [f for d in days for f in files[(product, d)]], currencies[product], now, digests)
+    jobs = [(store, product, days, [f for d in days for f in files[(product, d)]], currencies[product], now,
+             _context_files(store, parts, committed, product, days), overrides.get(product))
             for (product, _), days in sorted(chunks.items())]
+    digests = compaction.recorded_digests(store, [f for job in jobs for f in job[3] + job[6]])
+    jobs = [(*job, digests) for job in jobs]
     # chunks in worker processes (each writes its own days' files; this process alone writes the daily year files
     # and commits the state below, so a failed worker leaves the previous state); threads in one process crashed
     # pyarrow (SIGSEGV, bad_alloc)
@@ -171,7 +188,7 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
             written.update(chunk_files)
             daily[(product, int(days[0][:4]))].append((days, bars_1d))
             for day in days:
-                read[(product, day)] = compaction.version(parts[(product, day)], committed)
+                read[(product, day)] = _version(parts[(product, day)], committed, overrides)
     for (product, year), months in sorted(daily.items()):
         day_numbers = [_day_number(d) for days, _ in months for d in days]
         bars_1d = pa.concat_tables([t for _, t in months]).combine_chunks()
@@ -201,15 +218,56 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
 
 
 def _add(summary: SilverSummary, counts: SilverSummary) -> None:
-    for name in ("rows_in", "rows_out", "bars_1d", "duplicates", "incomplete_bars", "missing_buckets", "partitions"):
+    for name in ("rows_in", "rows_out", "bars_1d", "duplicates", "incomplete_bars", "missing_buckets", "partitions",
+                 "suspect", "accepted"):
         setattr(summary, name, getattr(summary, name) + getattr(counts, name))
     for rule, n in counts.quarantined_by_rule.items():
         summary.quarantined_by_rule[rule] += n
+    for rule, n in counts.suspect_by_rule.items():
+        summary.suspect_by_rule[rule] += n
     summary.bad_files += counts.bad_files
 
 
 def _key(partition: tuple[str, str]) -> str:
     return f"{partition[0]}/{partition[1]}"
+
+
+REACHED = tuple(-k for k in price_quality.CONTEXT_DAYS)  # the days whose quality gate reads a given day
+
+
+def _shifted(partition: tuple[str, str], offsets: tuple[int, ...]) -> list[tuple[str, str]]:
+    product, day = partition
+    d = date.fromisoformat(day)
+    return [(product, (d + timedelta(days=k)).isoformat()) for k in offsets]
+
+
+def _version(part: compaction.Partition, committed: set[str], overrides: dict[str, pa.Table]) -> dict:
+    """The partition's bronze version, plus the overrides that fall on its day (accepting a print rebuilds it)."""
+    version = compaction.version(part, committed)
+    accepted = overrides.get(part.product_id)
+    if accepted is not None:
+        day = _day_number(part.date)
+        mine = [f"{g}@{t}" for g, t in zip(accepted["granularity"].to_pylist(),
+                                           accepted["bucket_start"].cast(pa.int64()).to_pylist(), strict=True)
+                if t // DAY_US == day]
+        if mine:
+            version["overrides"] = mine
+    return version
+
+
+def _context_files(store: Store, parts: dict, committed: set[str], product: str, days: list[str]) -> list[str]:
+    """The current bronze files of the days around `days` that are not among them: the gate's context."""
+    around = {n for d in days for n in _shifted((product, d), price_quality.CONTEXT_DAYS)} - {(product, d) for d in days}
+    return [f for k in sorted(around & parts.keys()) for f in compaction.current_files(store, parts[k], committed)]
+
+
+def _overrides(settings: Settings) -> dict[str, pa.Table]:
+    """product -> its rows of price_overrides.csv (granularity, bucket_start, accepted_by, accepted_at, reason)."""
+    from etl.reference import load_price_overrides  # pandas: the build's process only, not its workers
+
+    df = load_price_overrides(settings)
+    return {str(p): pa.Table.from_pandas(g.drop(columns="product_id"), preserve_index=False)
+            for p, g in df.groupby("product_id")}
 
 
 POOL_MIN_FILES = 200  # bronze files below which starting worker processes (~1 s each) costs more than it saves
@@ -241,11 +299,12 @@ def _die_with_parent(parent: int) -> None:
 def _rebuild_chunk(job: tuple) -> tuple[SilverSummary, dict[str, str | None], list[str], pa.Table]:
     """One (product, month) chunk, in a worker: (its counts, the files written with their digests, the bronze paths
     that read, its daily bars)."""
-    store, product, days, paths, quote, now, digests = job
+    store, product, days, paths, quote, now, context, overrides, digests = job
     counts = SilverSummary()
-    candles, paths = _read_readable(store, paths, counts, digests)
-    written, bars_1d = _rebuild(store, product, days, candles, paths, quote, now, counts)
-    return counts, written, paths, bars_1d
+    candles, paths = _read_readable(store, paths + context, counts, digests)
+    written, bars_1d = _rebuild(store, product, days, candles, paths, quote, now, counts, overrides)
+    context = set(context)
+    return counts, written, [p for p in paths if p not in context], bars_1d
 
 
 def _drop_unreadable(parts: dict, rels: set[str]) -> None:
@@ -280,14 +339,30 @@ def _read_readable(store: Store, paths: list[str], summary: SilverSummary,
 
 # ---- one (product, month) chunk --------------------------------------------------------------------------------
 def _rebuild(store: Store, product: str, days: list[str], candles: pa.Table, paths: list[str], quote: str,
-             now: datetime, summary: SilverSummary) -> tuple[dict[str, str | None], pa.Table]:
-    """Recompute the 5-minute bars, quarantine and daily bars of `days` of one product from all their candles
-    (read_bronze of `paths`: every current bronze row of those days); writes the days' 5-minute and quarantine
-    files and returns them with the daily bars (the caller writes those into the product's year file)."""
-    summary.rows_in += candles.num_rows
+             now: datetime, summary: SilverSummary,
+             overrides: pa.Table | None = None) -> tuple[dict[str, str | None], pa.Table]:
+    """Recompute the 5-minute bars, quarantine, price-quality flags and daily bars of `days` of one product from
+    all their candles (read_bronze of `paths`: every current bronze row of those days and of the days around them,
+    the quality gate's context); writes the days' 5-minute, quarantine and price-quality files and returns them
+    with their digests and the daily bars (the caller writes those into the product's year file)."""
+    day_numbers = [_day_number(d) for d in days]
     unique = latest_per_key(candles)
-    summary.duplicates += candles.num_rows - unique.num_rows
     good, bad = quality.split(unique, now)
+    suspect, flags = price_quality.gate(good)
+    flags = _decide(flags, overrides)
+    excluded = np.zeros(good.num_rows, dtype=bool)
+    excluded[np.flatnonzero(suspect)[flags["decision"].to_numpy(zero_copy_only=False) == price_quality.EXCLUDED]] = True
+    good = good.filter(pa.array(~excluded & _on_days(good, day_numbers)))
+    bad = bad.filter(pa.array(_on_days(bad, day_numbers)))
+    flags = flags.filter(pa.array(_on_days(flags, day_numbers))) \
+        .sort_by([("bucket_start", "ascending"), ("granularity", "ascending")]).cast(PRICE_QUALITY_SCHEMA)
+    mine = _on_days(candles, day_numbers)
+    summary.rows_in += int(mine.sum())
+    summary.duplicates += int(mine.sum()) - int(_on_days(unique, day_numbers).sum())
+    for rule, n in zip(*np.unique(flags["rule"].to_numpy(zero_copy_only=False), return_counts=True), strict=True):
+        summary.suspect_by_rule[str(rule)] += int(n)
+    summary.suspect += flags.num_rows
+    summary.accepted += int((flags["decision"].to_numpy(zero_copy_only=False) == price_quality.ACCEPTED).sum())
     bad = bad.sort_by([("bucket_start", "ascending"), ("granularity", "ascending")])
     bad = bad.append_column("raw", bronze_raw(store, paths, bad["_row"]))
     for rule, n in quality.count_by_rule(bad).items():
@@ -295,12 +370,13 @@ def _rebuild(store: Store, product: str, days: list[str], candles: pa.Table, pat
 
     bars_5m = aggregate(good, 300, BAR_5M_GRANULARITIES)
     bars_1d = aggregate(good, 86_400, BAR_1D_GRANULARITIES)
-    day_numbers = [_day_number(d) for d in days]
     written = _write_by_day(store, BARS_5M_DIR, product, days, day_numbers, _bars_5m_table(bars_5m, quote),
                              timestamps=bars_5m["bar_start"].to_numpy(), summary=summary)
     bad_ts = bad["bucket_start"].cast(TS).cast(pa.int64()).to_numpy() if bad.num_rows else np.zeros(0, np.int64)
     written |= _write_by_day(store, QUARANTINE_DIR, product, days, day_numbers, _quarantine_table(bad),
                              timestamps=bad_ts)
+    written |= _write_by_day(store, PRICE_QUALITY_DIR, product, days, day_numbers, flags,
+                             timestamps=flags["bucket_start"].cast(pa.int64()).to_numpy())
     summary.partitions += len(days)
     summary.bars_1d += bars_1d.num_rows
     return written, _bars_1d_table(bars_1d, quote)
@@ -308,6 +384,34 @@ def _rebuild(store: Store, product: str, days: list[str], candles: pa.Table, pat
 
 def _day_number(day: str) -> int:
     return (date.fromisoformat(day) - date(1970, 1, 1)).days
+
+
+def _on_days(table: pa.Table, day_numbers: list[int]) -> np.ndarray:
+    """Mask of the rows whose bucket_start falls on one of the days (the others are the gate's context)."""
+    if table.num_rows == 0:
+        return np.zeros(0, dtype=bool)
+    return np.isin(np.floor_divide(table["bucket_start"].cast(TS).cast(pa.int64()).to_numpy(), DAY_US), day_numbers)
+
+
+def _decide(flags: pa.Table, overrides: pa.Table | None) -> pa.Table:
+    """The flags with `decision` (excluded, or accepted_by_override when price_overrides.csv accepts the print)
+    and the override's accepted_by, accepted_at and reason."""
+    n = flags.num_rows
+    decision = np.full(n, price_quality.EXCLUDED, dtype=object)
+    by, at, reason = np.full(n, None, dtype=object), np.full(n, None, dtype=object), np.full(n, None, dtype=object)
+    if overrides is not None and n and overrides.num_rows:
+        key = flags["bucket_start"].cast(pa.int64()).to_numpy()
+        ov_key = overrides["bucket_start"].cast(TS).cast(pa.int64()).to_numpy()
+        ov_gran, gran = overrides["granularity"].to_numpy(), flags["granularity"].to_numpy()
+        for j in range(overrides.num_rows):  # a handful of overrides per product
+            hit = (key == ov_key[j]) & (gran == ov_gran[j])
+            decision[hit] = price_quality.ACCEPTED
+            by[hit], reason[hit] = overrides["accepted_by"][j].as_py(), overrides["reason"][j].as_py()
+            at[hit] = overrides["accepted_at"][j].as_py()
+    return flags.append_column("decision", pa.array(decision, pa.string())) \
+        .append_column("accepted_by", pa.array(by, pa.string())) \
+        .append_column("accepted_at", pa.array(list(at), TS)) \
+        .append_column("override_reason", pa.array(reason, pa.string()))
 
 
 _BRONZE_SCHEMA = pa.schema([
@@ -406,7 +510,7 @@ def _write_daily(store: Store, product: str, year: int, day_numbers: list[int], 
 
 
 def _delete_stale(store: Store, written: set[str]) -> None:
-    for root in (BARS_5M_DIR, BARS_1D_DIR, QUARANTINE_DIR):
+    for root in (BARS_5M_DIR, BARS_1D_DIR, QUARANTINE_DIR, PRICE_QUALITY_DIR):
         for rel in store.list_files(root, ".parquet"):
             if rel not in written:
                 log.info("silver full refresh: removing %s (no bronze behind it any more)", rel)

@@ -18,9 +18,16 @@ import pyarrow.dataset as ds
 from etl import compaction
 from etl.integrity import CorruptFileError
 from etl.settings import Settings, get_settings
-from etl.silver import quality
+from etl.silver import price_quality, quality
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA, TS, latest_per_key
-from etl.silver.incremental import BARS_1D_DIR, BARS_5M_DIR, BRONZE_DIR, file_digests, read_bronze
+from etl.silver.incremental import (
+    BARS_1D_DIR,
+    BARS_5M_DIR,
+    BRONZE_DIR,
+    PRICE_QUALITY_DIR,
+    file_digests,
+    read_bronze,
+)
 from etl.storage import Store, exclusive, get_store
 
 log = logging.getLogger(__name__)
@@ -72,21 +79,36 @@ def read_candles(products: list[str] | None = None, start=None, end=None, granul
     """Deduplicated candles of one granularity that pass every quality rule, from bronze.
 
     Columns product_id, bucket_start (datetime64[us, UTC]), open, high, low, close, volume; sorted by product, time.
-    Quarantined rows are left out (silver's quarantine lists them); `now` drives the not_in_future rule.
+    Quarantined rows are left out (silver's quarantine lists them), and so are the prints the market-data quality
+    gate excluded (silver/price_quality, as of the last silver build); `now` drives the not_in_future rule.
     """
     store = get_store(settings or get_settings())
     lo, hi = _timestamp(start, end_of_day=False), _timestamp(end, end_of_day=True)
-    files = _current_bronze_files(store, products, _between(lo and lo.date().isoformat(),
-                                                            hi and hi.date().isoformat()))
+    days = _between(lo and lo.date().isoformat(), hi and hi.date().isoformat())
+    files = _current_bronze_files(store, products, days)
     if not files:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _CANDLE_DTYPES.items()})
     candles = read_bronze(store, files)
     candles = candles.filter(pc.equal(candles["granularity"], granularity))
     candles, _ = quality.split(latest_per_key(candles), now or datetime.now(UTC))
+    candles = _without_excluded(store, candles, products, days, granularity)
     condition = _range_filter("bucket_start", lo and pa.scalar(lo, TS), hi and pa.scalar(hi, TS))
     if condition is not None:
         candles = candles.filter(condition)
     return candles.select(CANDLE_COLUMNS).to_pandas()
+
+
+def _without_excluded(store: Store, candles: pa.Table, products: list[str] | None, days, granularity: int) -> pa.Table:
+    """`candles` minus the prints of this granularity that silver's quality gate excluded."""
+    table = _read_partitions(store, PRICE_QUALITY_DIR, products, "date", days,
+                             (ds.field("granularity") == granularity) & (ds.field("decision") == price_quality.EXCLUDED))
+    if table is None or table.num_rows == 0 or candles.num_rows == 0:
+        return candles
+    key = pc.binary_join_element_wise(candles["product_id"].cast(pa.string()),
+                                      candles["bucket_start"].cast(TS).cast(pa.int64()).cast(pa.string()), "@")
+    bad = pc.binary_join_element_wise(table["product_id"], table["bucket_start"].cast(TS).cast(pa.int64())
+                                      .cast(pa.string()), "@")
+    return candles.filter(pc.invert(pc.is_in(key, bad)))
 
 
 _CANDLE_DTYPES = {"product_id": "str", "bucket_start": "datetime64[us, UTC]", "open": "float64",

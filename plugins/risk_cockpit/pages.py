@@ -484,6 +484,13 @@ def market(d: dict) -> str:
     body.append(table(an, [("product_id", "Product", None), ("bucket_start", "Bucket (UTC)", "ts"),
                            ("return_value", "Return", "pct2"), ("robust_z", "Robust z", "z")], "anomalies-table",
                       "no anomalies on this day"))
+    pq = d.get("price_quality", [])
+    excluded = sum(r["decision"] == "excluded" for r in pq)
+    body.append(f'<h2 id="price-quality">Suspect prints: {len(pq)} flagged, {excluded} excluded</h2>')
+    body.append(table(pq, [("product_id", "Product", None), ("granularity", "Candle (s)", None),
+                           ("bucket_start", "Bucket (UTC)", "ts"), ("rule", "Rule", None),
+                           ("decision", "Decision", None), ("evidence", "Evidence", None)], "price-quality-table",
+                      "no print flagged by the quality gate on this day"))
     body.append('<h2 id="factors">Factor exposures (latest betas)</h2>')
     body.append(table(d["factors"], [("product_id", "Product", None), ("factor_name", "Factor", None),
                                      ("beta", "Beta", "num"), ("r_squared", "R²", "num")], "factors-table"))

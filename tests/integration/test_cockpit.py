@@ -215,6 +215,9 @@ def test_market_and_pipeline_pages(reader, gold):
     assert c["products"] == ["BTC-USD", "ETH-USD", "SOL-USD"]
     assert [c["matrix"][i][i] for i in range(3)] == pytest.approx([1.0, 1.0, 1.0])
     assert [a["product_id"] for a in m["anomalies"]] == ["SOL-USD", "ETH-USD"]  # |z| 6.3 then 4.1
+    assert [(q["product_id"], q["granularity"], q["rule"], q["decision"]) for q in m["price_quality"]] == \
+        _sql(gold[0], "select product_id, granularity, rule, decision from gold.fact_price_quality "
+                      "where flag_date = %s", (AS_OF,)) == [("SOL-USD", 300, "spike_revert", "excluded")]
     pl = cockpit.pipeline(reader)
     (n_runs,), = _sql(gold[0], "select count(distinct run_id) from gold.fact_pipeline_runs")
     assert len(pl["runs"]) == n_runs

@@ -139,6 +139,16 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
         "limit_value": [p.at["P-CORE", "var_limit"], p.at["P-ALT", "concentration_limit"]],
         "metric": ["var_99_hist", "concentration_pct"]})
 
+    price_quality = pd.DataFrame({  # one print excluded on the as-of day (its daily bar stands), one accepted before
+        "product_id": ["SOL-USD", "BTC-USD"], "granularity": [300, 86400],
+        "bucket_start": [datetime.combine(as_of, time(10, 5), tzinfo=UTC),
+                         datetime.combine(as_of - timedelta(days=3), time(0, 0), tzinfo=UTC)],
+        "rule": ["spike_revert", "spike_revert"],
+        "evidence": ["close 7500: +3.912 log from the previous close 150, then -3.912 back to 150; threshold 0.223",
+                     "close 96000: +0.560 log from the previous close 55000, then -0.560 back to 55000; "
+                     "threshold 0.501"],
+        "decision": ["excluded", "accepted_by_override"], "flag_date": [as_of, as_of - timedelta(days=3)],
+        "accepted_by": [None, "risk-ops"], "override_reason": [None, "exchange-confirmed auction print"]})
     symbols = pd.DataFrame({"product_id": list(PRODUCTS), "base_currency": [x.split("-")[0] for x in PRODUCTS],
                             "quote_currency": "USD", "exchange_id": "coinbase", "asset_class": "crypto"})
     return {
@@ -148,7 +158,7 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
         "fact_pnl_daily": pnl, "fact_risk_metrics": risk, "fact_var_backtest": backtest,
         "fact_asset_risk": asset_risk, "fact_factor_exposures": factor_exposures,
         "fact_factor_returns": factor_returns, "fact_anomalies": anomalies, "fact_pipeline_runs": pipeline_runs,
-        "fact_limit_breaches": breaches,
+        "fact_limit_breaches": breaches, "fact_price_quality": price_quality,
     }
 
 

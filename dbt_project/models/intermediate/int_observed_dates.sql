@@ -6,6 +6,12 @@ with bars_5m as (
 
 ),
 
+price_quality as (
+
+    select * from {{ ref('stg_silver__price_quality') }}
+
+),
+
 bars_1d as (
 
     select * from {{ ref('stg_silver__bars_1d') }}
@@ -87,6 +93,8 @@ pnl_attribution as (
 unioned as (
 
     select cast(bucket_start at time zone 'UTC' as date) as observed_date from bars_5m
+    union
+    select cast(bucket_start at time zone 'UTC' as date) as observed_date from price_quality
     union
     select price_date as observed_date from bars_1d
     union

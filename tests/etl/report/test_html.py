@@ -140,6 +140,15 @@ def test_html_report_shows_every_section_with_numbers_from_gold(report, frames):
     assert len(data_csv) == 5 and set(data_csv["portfolio_id"]) == {"P-CORE", "P-ALT"}
 
 
+def test_html_report_lists_the_days_suspect_prints_from_gold(report):
+    page = report[0].read_text()
+    assert '<p id="price-quality-count">1 print(s) flagged on 2026-01-31: 1 excluded from the bars, 0 accepted by ' \
+           'override.</p>' in page
+    table = re.search(r'<table id="price-quality-table".*?</table>', page, re.S).group(0)
+    assert "SOL-USD" in table and "spike_revert" in table and "excluded" in table and "BTC-USD" not in table
+    assert 'id="incomplete"' not in page  # SOL-USD's daily bar stands: its close does not rest on the print
+
+
 def test_sql_reports_write_csv_and_markdown_as_reporting_role(report, frames):
     out = report[0].parent
     with open(out / "sql" / "daily_pnl.csv") as f:

@@ -1,0 +1,209 @@
+"""The market-data quality gate: candles that passed the row rules but are prices nobody traded at.
+
+Rules (named as in `silver/price_quality` and gold.fact_price_quality; docs/data_quality.md has the reasons and
+the false-positive rates measured on real Coinbase candles). Returns are log returns of the close between
+consecutive candles of one product and granularity.
+- `spike_revert`: the candle's close jumps away from the previous close and the next candle comes straight back:
+  both legs beyond the threshold T, opposite signs, and the next close within REVERT_FRACTION of the smaller leg
+  of the previous close. T = max(JUMP_FLOOR for the granularity, JUMP_K x robust scale), the robust scale being
+  1.4826 x the median absolute return of the candle's day and the day before (when they hold SCALE_MIN_RETURNS).
+- `jump_unconfirmed`: the latest candle (no next candle of its granularity by the end of the next day) jumps
+  beyond T: it cannot be told from a spike yet, so it is held out until the next candle arrives and confirms it.
+  A latest candle that undoes the jump of the candle before it (a spike's way back) is not flagged.
+- `granularity_mismatch`: a coarser candle (a daily or 5-minute candle) whose close differs by more than
+  MISMATCH_TOLERANCE from the last close of the finer candles of its span (the 1-minute or 5-minute candles).
+- `frozen_zero_volume`: volume 0 with open = high = low = close. Coinbase serves no candle for a bucket without
+  trades, so such a candle is a price carried forward by a feed, not a trade.
+
+Every rule reads only candles of the candle's own UTC day, the two days before and the day after (CONTEXT_DAYS):
+silver reads those partitions as context and rebuilds the days a change reaches, so incremental runs and a full
+refresh flag the same prints.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from etl.silver.bars import TS, US, timestamps_us
+
+RULES = ("spike_revert", "jump_unconfirmed", "granularity_mismatch", "frozen_zero_volume")
+EXCLUDED, ACCEPTED = "excluded", "accepted_by_override"  # the decisions on a flagged print
+
+DAILY = 86_400
+JUMP_FLOOR_INTRADAY = math.log(1.25)  # +25% / -20% in one intraday candle and straight back
+JUMP_FLOOR_DAILY = math.log(1.65)     # +65% / -39% in one day (or 6-hour candle) and straight back
+JUMP_K = 25.0                         # ... or 25 robust standard deviations, for products that move more
+SCALE_MIN_RETURNS = 30                # fewer returns in the two days: the floor alone
+REVERT_FRACTION = 0.5                 # next close back within half the smaller leg of the previous close
+MISMATCH_TOLERANCE = 0.01             # coarse close vs the last fine close, as a log difference
+
+DAY_US = DAILY * US
+CONTEXT_DAYS = (-2, -1, 1)  # the days, relative to a candle's own, that its rules may read
+FLAG_SCHEMA = pa.schema([
+    ("bucket_start", TS), ("granularity", pa.int64()), ("rule", pa.string()), ("failed_rules", pa.string()),
+    ("evidence", pa.string()), ("reference_close", pa.float64()), ("open", pa.float64()), ("high", pa.float64()),
+    ("low", pa.float64()), ("close", pa.float64()), ("volume", pa.float64()),
+])
+
+
+def jump_floor(granularity: np.ndarray) -> np.ndarray:
+    return np.where(granularity >= 21_600, JUMP_FLOOR_DAILY, JUMP_FLOOR_INTRADAY)
+
+
+def gate(candles: pa.Table) -> tuple[np.ndarray, pa.Table]:
+    """(mask of the suspect rows of `candles`, one FLAG_SCHEMA row per suspect row, in the rows' order).
+
+    `candles`: deduplicated rows that passed the row rules, columns product_id, bucket_start, granularity and
+    open/high/low/close/volume, any order, any number of products and granularities.
+    """
+    n = candles.num_rows
+    if n == 0:
+        return np.zeros(0, dtype=bool), FLAG_SCHEMA.empty_table()
+    product = candles["product_id"].combine_chunks()
+    if not pa.types.is_dictionary(product.type):
+        product = pc.dictionary_encode(product)
+    codes = product.indices.to_numpy(zero_copy_only=False)  # any consistent code per product will do
+    gran = candles["granularity"].to_numpy().astype(np.int64)
+    ts = timestamps_us(candles["bucket_start"])
+    o, h, lo, c, v = (candles[m].to_numpy() for m in ("open", "high", "low", "close", "volume"))
+    order = np.lexsort((ts, gran, codes))
+    series = {}
+    for k, x in _series_rules(codes[order], gran[order], ts[order], c[order]).items():
+        series[k] = np.empty_like(x)
+        series[k][order] = x  # back to the rows' order
+    mismatch, fine_close, fine_gran = _granularity_mismatch(codes, gran, ts, c)
+    masks = {"spike_revert": series["spike_revert"], "jump_unconfirmed": series["jump_unconfirmed"],
+             "granularity_mismatch": mismatch, "frozen_zero_volume": (v == 0) & (o == h) & (h == lo) & (lo == c)}
+    suspect = np.logical_or.reduce(list(masks.values()))
+    rows = np.flatnonzero(suspect)
+
+    first, every, told = [""] * len(rows), [""] * len(rows), [""] * len(rows)
+    reference = np.full(len(rows), np.nan)
+    for k, i in enumerate(rows):  # flagged rows only: a handful
+        broken = [rule for rule in RULES if masks[rule][i]]
+        first[k], every[k] = broken[0], ",".join(broken)
+        x, p, q, a, b, t = (c[i], series["prev_close"][i], series["next_close"][i], series["r_in"][i],
+                            series["r_out"][i], series["threshold"][i])
+        if broken[0] == "spike_revert":
+            told[k] = (f"close {x:.8g}: {a:+.3f} log from the previous close {p:.8g}, then {b:+.3f} back to "
+                       f"{q:.8g}; threshold {t:.3f}")
+        elif broken[0] == "jump_unconfirmed":
+            told[k] = f"close {x:.8g}: {a:+.3f} log from the previous close {p:.8g}, no later candle yet; threshold {t:.3f}"
+        elif broken[0] == "granularity_mismatch":
+            p = fine_close[i]
+            told[k] = (f"close {x:.8g} vs {fine_gran[i]}s candles' last close {p:.8g} ({math.log(x / p):+.4f} log, "
+                       f"tolerance {MISMATCH_TOLERANCE})")
+        else:
+            told[k] = f"open = high = low = close = {x:.8g} with volume 0"
+        reference[k] = p
+    flags = pa.table({
+        "bucket_start": pa.array(ts[rows], pa.int64()).cast(TS), "granularity": pa.array(gran[rows], pa.int64()),
+        "rule": pa.array(first, pa.string()), "failed_rules": pa.array(every, pa.string()),
+        "evidence": pa.array(told, pa.string()), "reference_close": pa.array(reference, pa.float64()),
+        **{m: pa.array(x[rows], pa.float64()) for m, x in (("open", o), ("high", h), ("low", lo), ("close", c),
+                                                           ("volume", v))},
+    }, schema=FLAG_SCHEMA)
+    return suspect, flags
+
+
+def _series_rules(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, close: np.ndarray) -> dict[str, np.ndarray]:
+    """spike_revert and jump_unconfirmed masks, and the figures behind them, over rows sorted by (product,
+    granularity, time)."""
+    n = len(ts)
+    day = np.floor_divide(ts, DAY_US)
+    same = np.zeros(n, dtype=bool)  # same[i]: row i-1 is the same series
+    same[1:] = (codes[1:] == codes[:-1]) & (gran[1:] == gran[:-1])
+    prev_ok = same.copy()
+    prev_ok[1:] &= day[:-1] >= day[1:] - 1  # the previous candle is at most a day earlier (in the context read)
+    next_ok = np.zeros(n, dtype=bool)
+    next_ok[:-1] = same[1:] & (day[1:] <= day[:-1] + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = np.diff(np.log(close))
+    r_in = np.full(n, np.nan)
+    r_in[1:] = np.where(prev_ok[1:], step, np.nan)
+    r_out = np.full(n, np.nan)
+    r_out[:-1] = np.where(next_ok[:-1], step, np.nan)
+    prev_close = np.full(n, np.nan)
+    prev_close[1:] = close[:-1]
+    next_close = np.full(n, np.nan)
+    next_close[:-1] = close[1:]
+    threshold = np.maximum(jump_floor(gran), JUMP_K * 1.4826 * _median_abs_return(codes, gran, day, r_in))
+    with np.errstate(invalid="ignore"):
+        a_in, a_out = np.abs(r_in), np.abs(r_out)
+        spike = (prev_ok & next_ok & (a_in > threshold) & (a_out > threshold) & (np.sign(r_in) != np.sign(r_out))
+                 & (np.abs(r_in + r_out) <= REVERT_FRACTION * np.minimum(a_in, a_out)))
+        prev_in = np.full(n, np.nan)  # the previous candle's own jump (its previous candle is within two days)
+        prev_in[1:] = np.where(prev_ok[1:], r_in[:-1], np.nan)
+        way_back = ((np.abs(prev_in) > threshold) & (np.sign(prev_in) != np.sign(r_in))
+                    & (np.abs(prev_in + r_in) <= REVERT_FRACTION * np.minimum(np.abs(prev_in), a_in)))
+        unconfirmed = prev_ok & ~next_ok & (a_in > threshold) & ~way_back
+    return {"spike_revert": spike, "jump_unconfirmed": unconfirmed, "prev_close": prev_close,
+            "next_close": next_close, "r_in": r_in, "r_out": r_out, "threshold": threshold}
+
+
+def _median_abs_return(codes: np.ndarray, gran: np.ndarray, day: np.ndarray, r_in: np.ndarray) -> np.ndarray:
+    """Per row, the median |return| of its series over its day and the day before, or 0 when they hold fewer than
+    SCALE_MIN_RETURNS. Rows sorted by (product, granularity, time).
+
+    Of the day before, only returns whose previous candle is on that day count: a day's scale depends on no
+    partition further away than silver reads as context."""
+    n = len(day)
+    series = np.cumsum(np.r_[True, (codes[1:] != codes[:-1]) | (gran[1:] != gran[:-1])])
+    size = np.abs(r_in)
+    within = np.zeros(n, dtype=bool)
+    within[1:] = day[1:] == day[:-1]
+    key = series * (1 << 32) + day
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    ends = np.r_[starts[1:], n]
+    scale = np.zeros(n)
+    for g, (g0, g1) in enumerate(zip(starts, ends, strict=True)):  # one small step per (series, day)
+        window = size[g0:g1]
+        if g and key[starts[g - 1]] == key[g0] - 1:  # the same series' day before
+            p0 = starts[g - 1]
+            window = np.concatenate([size[p0:g0][within[p0:g0]], window])
+        window = window[np.isfinite(window)]
+        if len(window) >= SCALE_MIN_RETURNS:
+            scale[g0:g1] = np.median(window)
+    return scale
+
+
+def _granularity_mismatch(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray,
+                          close: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mask, the finer close compared with, its granularity) for candles whose span's finer candles end elsewhere.
+
+    The finer candles must cover the span's end: their last candle in the span is its last bucket, or a finer
+    candle follows by the end of the next day (so the span is not cut by the end of what was fetched)."""
+    n = len(ts)
+    fine_close = np.full(n, np.nan)
+    fine_gran = np.zeros(n, dtype=np.int64)
+    grans = np.unique(gran)
+    for code in np.unique(codes):
+        mine = codes == code
+        for coarse in grans[::-1]:
+            rows = np.flatnonzero(mine & (gran == coarse))
+            if len(rows) == 0:
+                continue
+            for fine in grans[(grans < coarse) & (coarse % grans == 0)]:  # finest first
+                f_rows = np.flatnonzero(mine & (gran == fine))
+                if len(f_rows) == 0:
+                    continue
+                f_rows = f_rows[np.argsort(ts[f_rows], kind="stable")]
+                f_ts = ts[f_rows]
+                end = ts[rows] + coarse * US
+                idx = np.searchsorted(f_ts, end) - 1  # the last finer candle before the span's end
+                found = idx >= 0
+                idx = np.maximum(idx, 0)
+                following = np.searchsorted(f_ts, end) < len(f_ts)
+                after_ok = following & (f_ts[np.minimum(idx + 1, len(f_ts) - 1)]
+                                        < (np.floor_divide(ts[rows], DAY_US) + 2) * DAY_US)
+                ok = found & (f_ts[idx] >= ts[rows]) & ((f_ts[idx] == end - fine * US) | after_ok)
+                take = ok & np.isnan(fine_close[rows])
+                fine_close[rows[take]] = close[f_rows[idx[take]]]
+                fine_gran[rows[take]] = fine
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mismatch = np.abs(np.log(close / fine_close)) > MISMATCH_TOLERANCE
+    return mismatch, fine_close, fine_gran

@@ -1,0 +1,256 @@
+"""The market-data quality gate: real Coinbase candles pass untouched, injected bad prints are caught, kept out of
+the bars and recorded; a spike across a day edge gives the same files incrementally and in a full refresh."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from etl.errors import ValidationError
+from etl.reference import load_price_overrides, validate_reference
+from etl.settings import get_settings
+from etl.silver import build, read_bars, read_candles
+from etl.silver.price_quality import RULES, gate
+from tests.etl.silver.test_incremental import FUTURE, SHARED_DATA, minute_candles, silver_files, write_batch
+
+BTC_FILE = SHARED_DATA / "BTC-USD_300s_2025-07-01_2026-01-22.csv"
+CRASH = (pd.Timestamp("2025-10-10 21:10", tz="UTC"), pd.Timestamp("2025-10-10 21:35", tz="UTC"))
+WINDOW = (datetime(2025, 10, 8, tzinfo=UTC), datetime(2025, 10, 14, tzinfo=UTC))
+
+
+def real_candles(path: Path) -> pd.DataFrame:
+    """A real Coinbase CSV as candles of granularity 300 (either column order, naive UTC timestamps)."""
+    df = pd.read_csv(path)
+    return pd.DataFrame({"product_id": path.name.split("_")[0],
+                         "bucket_start": pd.to_datetime(df["timestamp"], utc=True),
+                         **{c: df[c].astype(float) for c in ("open", "high", "low", "close", "volume")},
+                         "granularity": 300}).sort_values("bucket_start", ignore_index=True)
+
+
+def daily_candles(five_min: pd.DataFrame) -> pd.DataFrame:
+    """The daily candles Coinbase would serve for the same trades: the UTC day's OHLCV of its 5-minute candles."""
+    day = five_min.groupby(five_min["bucket_start"].dt.floor("D"))
+    out = day.agg(open=("open", "first"), high=("high", "max"), low=("low", "min"), close=("close", "last"),
+                  volume=("volume", "sum")).reset_index()
+    return out.assign(product_id=five_min["product_id"].iat[0], granularity=86_400)
+
+
+def as_table(df: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(df[["product_id", "bucket_start", "granularity", "open", "high", "low", "close",
+                                    "volume"]], preserve_index=False)
+
+
+def spike(df: pd.DataFrame, at: str, factor: float) -> pd.DataFrame:
+    """close = high = factor x the real close at bucket `at` (a bad print; the next candle is real again)."""
+    df = df.copy()
+    i = df.index[df["bucket_start"] == pd.Timestamp(at, tz="UTC")][0]
+    df.loc[i, ["close", "high"]] = df.at[i, "close"] * factor
+    return df
+
+
+def freeze(df: pd.DataFrame, start: str, n: int) -> pd.DataFrame:
+    """n candles from `start` frozen at the previous close with zero volume (a feed carrying a price forward)."""
+    df = df.copy()
+    i = df.index[df["bucket_start"] == pd.Timestamp(start, tz="UTC")][0]
+    df.loc[i:i + n - 1, ["open", "high", "low", "close"]] = df.at[i - 1, "close"]
+    df.loc[i:i + n - 1, "volume"] = 0.0
+    return df
+
+
+# ---- the rules on real candles -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", sorted(SHARED_DATA.glob("*-USD_300s_*.csv")), ids=lambda p: p.name)
+def test_real_coinbase_candles_flag_nothing(path):
+    candles = real_candles(path)
+    both = pd.concat([candles, daily_candles(candles)], ignore_index=True)  # so granularity_mismatch runs too
+    suspect, flags = gate(as_table(both))
+    assert flags.num_rows == 0 and not suspect.any(), flags.to_pandas()[["bucket_start", "rule", "evidence"]]
+
+
+def test_the_2025_10_10_crash_is_real_and_not_flagged():
+    candles = real_candles(BTC_FILE)
+    crash = candles[candles["bucket_start"].between(*CRASH)]
+    moves = np.diff(np.log(crash["close"].to_numpy()))
+    assert moves.min() < -0.03 and moves.max() > 0.039  # -3% then +4% in consecutive bars: the real thing
+    assert ((crash["high"] - crash["low"]) / crash["low"]).max() > 0.045
+    suspect, _ = gate(as_table(candles))
+    assert not suspect[crash.index].any()
+
+
+def test_each_injected_fault_is_caught_by_its_rule_with_evidence():
+    real = real_candles(BTC_FILE)
+    real = real[real["bucket_start"].between("2025-09-01", "2025-11-01", inclusive="left")].reset_index(drop=True)
+    daily = daily_candles(real)
+    bad_daily = spike(daily, "2025-10-11", 1000)
+    bad_5m = freeze(spike(spike(real, "2025-10-12 12:00", 50), "2025-10-31 23:55", 1000), "2025-10-09 15:00", 6)
+
+    _, flags = gate(as_table(pd.concat([bad_5m, bad_daily], ignore_index=True)))
+    got = flags.to_pandas()
+    got = {(int(r.granularity), r.bucket_start.strftime("%m-%d %H:%M")): r for r in got.itertuples()}
+    frozen = {(300, f"10-09 15:{m:02d}") for m in range(0, 30, 5)}
+    assert set(got) == {(86_400, "10-11 00:00"), (300, "10-12 12:00"), (300, "10-31 23:55"), (86_400, "10-31 00:00"),
+                        *frozen}
+    assert got[(86_400, "10-11 00:00")].rule == "spike_revert"
+    assert got[(86_400, "10-11 00:00")].failed_rules == "spike_revert,granularity_mismatch"
+    assert re.search(r"^close 1\.1\d+e\+08: \+6\.\d{3} log from the previous close 112980\.28, then -6\.\d{3} back",
+                     got[(86_400, "10-11 00:00")].evidence)  # ln 1000 = 6.908, plus or minus the day's real move
+    assert got[(300, "10-12 12:00")].rule == "spike_revert"
+    assert re.search(r": \+3\.9\d\d log from", got[(300, "10-12 12:00")].evidence)  # ln 50 = 3.912
+    assert got[(300, "10-31 23:55")].rule == "jump_unconfirmed"        # the latest print: no next candle yet
+    assert got[(86_400, "10-31 00:00")].rule == "granularity_mismatch"  # the real daily close vs the bad last 5m
+    assert {got[k].rule for k in frozen} == {"frozen_zero_volume"}
+    assert got[(300, "10-12 12:00")].reference_close == real.loc[
+        real["bucket_start"] == pd.Timestamp("2025-10-12 11:55", tz="UTC"), "close"].iat[0]
+
+
+# ---- replayed through the simulator, bronze and silver: the bars equal the clean replay's minus the bad prints ----
+def _replay(make_simulator, monkeypatch, tmp_path: Path, name: str, five_min: pd.DataFrame, daily: pd.DataFrame,
+            data_dir: Path) -> None:
+    from etl.bronze import ingest
+
+    replay = tmp_path / f"replay-{name}"
+    replay.mkdir()
+    for frame, g in ((five_min, 300), (daily, 86_400)):
+        out = frame.assign(timestamp=frame["bucket_start"].dt.strftime("%Y-%m-%d %H:%M:%S"))
+        out[["timestamp", "open", "high", "low", "close", "volume"]].to_csv(replay / f"BTC-USD_{g}s_{name}.csv",
+                                                                           index=False)
+    sim = make_simulator(replay_dir=str(replay), rate_limit_rps=0, burst=1000)
+    monkeypatch.setenv("COINBASE_API_URL", sim.url)
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(data_dir))
+    for g in (300, 86_400):
+        ingest(products=["BTC-USD"], start=WINDOW[0], end=WINDOW[1], granularity=g, source="simulator")
+    build(now=FUTURE)
+
+
+def test_replayed_faults_are_excluded_and_recorded_and_the_rest_equals_the_clean_replay(
+        data_dir, make_simulator, monkeypatch, tmp_path):
+    real = real_candles(BTC_FILE)
+    real = real[real["bucket_start"].between(*WINDOW, inclusive="left")].reset_index(drop=True)
+    daily = daily_candles(real)
+    _replay(make_simulator, monkeypatch, tmp_path, "clean", real, daily, tmp_path / "clean")
+    clean_5m, clean_1d = read_bars("5m"), read_bars("1d")
+    clean_candles = read_candles(["BTC-USD"], granularity=300, now=FUTURE)
+    assert not (tmp_path / "clean/silver/price_quality").exists()  # nothing flagged on real data
+    crash = clean_5m[clean_5m["bucket_start"].between(*CRASH)]
+    raw_crash = real[real["bucket_start"].between(*CRASH)]
+    np.testing.assert_array_equal(crash[["open", "high", "low", "close"]].to_numpy(),
+                                  raw_crash[["open", "high", "low", "close"]].to_numpy())  # untouched
+
+    bad_5m = freeze(spike(real, "2025-10-12 12:00", 50), "2025-10-09 15:00", 6)
+    _replay(make_simulator, monkeypatch, tmp_path, "faulty", bad_5m, spike(daily, "2025-10-11", 1000), data_dir)
+    bars_5m, bars_1d = read_bars("5m"), read_bars("1d")
+
+    excluded = {pd.Timestamp("2025-10-12 12:00", tz="UTC"), *pd.date_range("2025-10-09 15:00", periods=6, freq="5min",
+                                                                          tz="UTC")}
+    expected = clean_5m[~clean_5m["bucket_start"].isin(excluded)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(bars_5m, expected)                   # the bad 5-minute prints kept out, no other
+    pd.testing.assert_frame_equal(read_candles(["BTC-USD"], granularity=300, now=FUTURE),  # the factors' reader too
+                                  clean_candles[~clean_candles["bucket_start"].isin(excluded)].reset_index(drop=True))
+    pd.testing.assert_frame_equal(bars_1d[["price_date", "open", "close"]], clean_1d[["price_date", "open", "close"]])
+    same = ~bars_1d["price_date"].isin(pd.to_datetime(["2025-10-09", "2025-10-12"]))
+    pd.testing.assert_frame_equal(bars_1d[same].reset_index(drop=True), clean_1d[same].reset_index(drop=True))
+    assert bars_1d["high"].max() < 130_000  # the 1000x daily close and the 50x spike reach no daily bar
+
+    flags = pd.read_parquet(data_dir / "silver/price_quality").sort_values(["bucket_start", "granularity"])
+    assert list(zip(flags["granularity"], flags["bucket_start"].dt.strftime("%m-%d %H:%M"), flags["rule"],
+                    strict=True)) == [
+        *[(300, f"10-09 15:{m:02d}", "frozen_zero_volume") for m in range(0, 30, 5)],
+        (86_400, "10-11 00:00", "spike_revert"), (300, "10-12 12:00", "spike_revert")]
+    assert set(flags["decision"]) == {"excluded"}
+    summary = build(full_refresh=True, now=FUTURE)
+    assert summary.suspect == 8 and summary.suspect_by_rule == {
+        "spike_revert": 2, "jump_unconfirmed": 0, "granularity_mismatch": 0, "frozen_zero_volume": 6}
+    assert "suspect               8  (spike_revert=2, frozen_zero_volume=6; 0 accepted by override)" in str(summary)
+
+
+# ---- a spike across a day edge: incremental == full refresh; an accepted print goes back into the bars ----------
+def test_spike_at_a_day_edge_is_confirmed_by_the_next_day_and_incremental_equals_full_refresh(data_dir):
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    candles = minute_candles("BTC-USD", start, 2 * 1440, step=300)[:2 * 288]
+    candles.loc[287, ["close", "high"]] *= 40  # 2026-01-05 23:55, reverted by 2026-01-06 00:00
+    write_batch(data_dir, candles[:288], "day1", start + timedelta(days=1))
+    first = build(now=FUTURE)
+    assert first.suspect_by_rule["jump_unconfirmed"] == 1  # the day's last print, unconfirmed so far
+    assert read_bars("5m")["bucket_start"].max() == pd.Timestamp("2026-01-05 23:50", tz="UTC")
+
+    write_batch(data_dir, candles[288:], "day2", start + timedelta(days=2))
+    second = build(now=FUTURE)
+    assert second.partitions == 2 and second.suspect_by_rule["spike_revert"] == 1  # day 1 rebuilt as context
+    incremental = silver_files(data_dir)
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == incremental
+    flags = pd.read_parquet(data_dir / "silver/price_quality")
+    assert list(flags["rule"]) == ["spike_revert"] and "then -3.690 back to 99.059268" in flags["evidence"].iat[0]
+
+
+def test_daily_candles_built_day_by_day_equal_a_full_refresh_and_a_spikes_way_back_is_not_unconfirmed(data_dir):
+    daily = minute_candles("BTC-USD", datetime(2026, 1, 1, tzinfo=UTC), 10, step=86_400, seed=5)
+    daily.loc[8, ["close", "high"]] *= 1000  # 2026-01-09; 2026-01-10, the latest, comes back
+    flagged = []
+    for i in range(10):  # one batch a day, a build after each, as the end-of-day DAG does
+        write_batch(data_dir, daily.iloc[[i]], f"d{i}", datetime(2026, 1, 2 + i, tzinfo=UTC))
+        build(now=FUTURE)
+        files = sorted((data_dir / "silver/price_quality").rglob("*.parquet"))
+        flags = pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame()
+        flagged.append(sorted(zip(flags["bucket_start"].dt.day, flags["rule"], strict=True)) if files else [])
+    assert flagged[8] == [(9, "jump_unconfirmed")]  # held out while unconfirmed
+    assert flagged[9] == [(9, "spike_revert")]      # confirmed a spike; the day after it is the way back, kept
+    incremental = silver_files(data_dir)
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == incremental
+    assert list(read_bars("1d")["price_date"].dt.day) == [1, 2, 3, 4, 5, 6, 7, 8, 10]
+
+
+def test_an_accepted_print_goes_back_into_the_bars_and_the_decision_is_recorded(data_dir, reference_copy,
+                                                                                monkeypatch):
+    monkeypatch.setenv("PIPELINE_REFERENCE_DIR", str(reference_copy))
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    candles = minute_candles("BTC-USD", start, 3 * 288, step=300)
+    candles.loc[300, ["close", "high"]] *= 40  # 2026-01-06 01:00
+    write_batch(data_dir, candles, "b1", start + timedelta(days=3))
+    build(now=FUTURE)
+    assert pd.Timestamp("2026-01-06 01:00", tz="UTC") not in set(read_bars("5m")["bucket_start"])
+
+    (reference_copy / "price_overrides.csv").write_text(
+        "product_id,granularity,bucket_start,accepted_by,accepted_at,reason\n"
+        "BTC-USD,300,2026-01-06T01:00:00Z,risk-ops,2026-01-07T09:00:00Z,auction print confirmed by the exchange\n")
+    assert validate_reference(reference_copy) == []
+    summary = build(now=FUTURE)  # the override alone rebuilds its day (and the days around it)
+    assert summary.partitions == 3 and summary.accepted == 1
+    bar = read_bars("5m").set_index("bucket_start").loc[pd.Timestamp("2026-01-06 01:00", tz="UTC")]
+    assert bar["close"] == candles.at[300, "close"]
+    flag = pd.read_parquet(data_dir / "silver/price_quality").iloc[0]
+    assert (flag["decision"], flag["accepted_by"], flag["override_reason"]) == (
+        "accepted_by_override", "risk-ops", "auction print confirmed by the exchange")
+    assert flag["accepted_at"] == pd.Timestamp("2026-01-07 09:00", tz="UTC")
+    assert build(now=FUTURE).partitions == 0
+
+
+def test_reference_validate_names_every_bad_override_row(reference_copy):
+    path = reference_copy / "price_overrides.csv"
+    path.write_text("product_id,granularity,bucket_start,accepted_by,accepted_at,reason\n"
+                    "NOPE-USD,300,2026-01-06T01:00:00Z,ops,2026-01-07T09:00:00Z,why\n"
+                    "BTC-USD,120,2026-01-06T01:00:00Z,ops,2026-01-07T09:00:00Z,why\n"
+                    "BTC-USD,300,2026-01-06T01:02:00Z,ops,2026-01-07T09:00:00Z,why\n"
+                    "BTC-USD,300,2026-01-06T01:05:00Z,,yesterday,\n")
+    assert validate_reference(reference_copy) == [
+        f"{path}:2: unknown product 'NOPE-USD': not in the instrument master",
+        f"{path}:3: granularity '120' must be 60, 300, 900, 3600, 21600 or 86400",
+        f"{path}:4: bucket_start '2026-01-06T01:02:00Z' must be an ISO 8601 UTC time on the 300s grid (as in "
+        "silver/price_quality)",
+        f"{path}:5: accepted_at 'yesterday' must be an ISO 8601 UTC time",
+        f"{path}:5: accepted_by and reason are required (who accepted the print, and why)",
+    ]
+    with pytest.raises(ValidationError, match=r"5 invalid row\(s\) in price_overrides.csv; nothing loaded"):
+        load_price_overrides(dataclasses.replace(get_settings(), reference_dir=reference_copy))
+
+
+def test_rules_are_the_documented_ones():
+    doc = (Path(__file__).resolve().parents[3] / "docs/data_quality.md").read_text()
+    assert all(f"`{rule}`" in doc for rule in RULES)
