@@ -301,7 +301,7 @@ def _rebuild_chunk(job: tuple) -> tuple[SilverSummary, dict[str, str | None], li
     that read, its daily bars)."""
     store, product, days, paths, quote, now, context, overrides, digests = job
     counts = SilverSummary()
-    candles, paths = _read_readable(store, paths + context, counts, digests)
+    candles, paths = _read_readable(store, paths, counts, digests, context)
     written, bars_1d = _rebuild(store, product, days, candles, paths, quote, now, counts, overrides)
     context = set(context)
     return counts, written, [p for p in paths if p not in context], bars_1d
@@ -317,22 +317,24 @@ def _drop_unreadable(parts: dict, rels: set[str]) -> None:
                 part.compacted.pop(name, None)
 
 
-def _read_readable(store: Store, paths: list[str], summary: SilverSummary,
-                   digests: dict[str, str]) -> tuple[pa.Table, list[str]]:
-    """(read_bronze of `paths`, the paths read): files that do not read whole, or differ from their recorded
-    digest, are quarantined and left out."""
-    if not paths:
+def _read_readable(store: Store, paths: list[str], summary: SilverSummary, digests: dict[str, str],
+                   context: list[str] = ()) -> tuple[pa.Table, list[str]]:
+    """(read_bronze of `paths` then `context`, the paths read): own files that do not read whole, or differ from
+    their recorded digest, are quarantined and left out; a bad context file (another chunk's day: that chunk
+    quarantines it, perhaps at this moment) is only left out."""
+    every = [*paths, *context]
+    if not every:
         return _BRONZE_SCHEMA.empty_table(), []
     try:
-        return read_bronze(store, paths, digests), paths
+        return read_bronze(store, every, digests), every
     except (CorruptFileError, pa.ArrowException, OSError, ValueError):
         pass
-    good = []
-    for rel in paths:
+    own, good = set(paths), []
+    for rel in every:
         reason = compaction.readable(store, rel, digests.get(rel))
         if reason is None:
             good.append(rel)
-        else:
+        elif rel in own:
             summary.bad_files.append(compaction.quarantine_file(store, rel, reason))
     return (read_bronze(store, good, digests), good) if good else (_BRONZE_SCHEMA.empty_table(), [])
 
