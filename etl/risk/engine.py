@@ -40,6 +40,7 @@ BACKTEST_CONFIDENCES = (0.95, 0.975, 0.99)   # 97.5%: the Basel ES level
 TEST_SIZE = 0.05                       # a backtest fails when its p-value is below this
 MIN_VAR_OBS = 20          # fewest daily returns a VaR forecast may rest on (backtest days before that are skipped)
 VOL_WINDOWS = (20, 30)
+BACKTEST_CELLS = 4_000_000  # scenario losses (days x portfolios x scenarios) the backtest holds at once
 
 
 @dataclass(frozen=True)
@@ -304,7 +305,7 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
     with np.errstate(invalid="ignore", divide="ignore"):
         positions_df["weight"] = positions_df["market_value"] / gross_now[pi]
 
-    bt_rows, es_rows = _backtest_rows(days, asset_ret, mv, pnl, pids, base, z, scale, params, sig)
+    bt_rows, es_rows = _backtest_rows(days, asset_ret, mv, pnl, pids, base, params, sig)
     return {"risk_metrics": risk, "portfolio_valuation": valuation_df, "pnl_daily": pnl_df,
             "positions_valued": positions_df, "drawdowns": drawdowns, "var_backtest": bt_rows, "es_backtest": es_rows,
             "risk_contributions": contribution_rows(window, exposure, pids, held, as_of, base),
@@ -335,12 +336,17 @@ def _name(kind: str, confidence: float, method: str) -> str:
     return f"{kind}_{round(confidence * 100)}_{method}"
 
 
-def _backtest_rows(days, asset_ret, mv, pnl, pids, base, z, scale, params: RiskParams,
+def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
                    sig: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rolling out-of-sample backtest: the VaR/ES forecast made at the close of day f (holdings and the last N
     returns up to f; for the filtered methods the residuals up to f rescaled to the volatility forecast for f+1)
     against the PnL realised on day f+1. Rows are keyed by the realised day (as_of_date). Also returns the ES
-    backtests (Z2, exceedance residuals) of every portfolio x method x confidence."""
+    backtests (Z2, exceedance residuals) of every portfolio x method x confidence.
+
+    Cost is that of the model, not of re-simulation: Monte Carlo is scored by its model's exact quantile
+    (var.mc_model_var_es); the scenario methods' losses (days x portfolios x N) are built for a chunk of portfolios
+    at a time (memory bound) and only their largest losses are kept (var.loss_tail); the Z2 paths are drawn once
+    per method and level and shared by all portfolios (es_backtest.z2_null_*)."""
     t_all = len(days)
     n = params.var_lookback_days
     first_f = max(MIN_VAR_OBS, t_all - 1 - params.backtest_days)
@@ -352,33 +358,37 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, z, scale, params: RiskP
         padded = np.vstack([np.full((n - 1, x.shape[1]), np.nan), x])
         return np.swapaxes(sliding_window_view(padded, n, axis=0), 1, 2)[f - 1]
 
-    win = windows_of(asset_ret)
-    expo = np.ascontiguousarray(np.swapaxes(mv[f], 1, 2))                  # (F, A, P)
-    forecasts: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
-    scenario_losses = {"hist": var.historical_losses(win, expo)}         # (F, N, P)
+    scenarios = {"hist": windows_of(asset_ret)}                            # (F, N, A) scenario returns
     for method in FILTERED:
         s = sig.get(f"{method}_backtest", sig[method])                    # volatilities from data up to f only
-        u = filtered.standardised(asset_ret, s)
-        scenario_losses[method] = var.historical_losses(filtered.fhs_window(windows_of(u), s[f]), expo)
-    loss_sd = {}
-    for method, losses in scenario_losses.items():
-        for c, ve in var.var_es_from_losses(losses, BACKTEST_CONFIDENCES, axis=1).items():
-            forecasts[(method, c)] = ve
-        loss_sd[method] = np.nanstd(losses, axis=1, ddof=1)
-    cov = var.covariance(win)
-    sigma = var.portfolio_sigma(cov, expo)
+        scenarios[method] = filtered.fhs_window(windows_of(filtered.standardised(asset_ret, s)), s[f])
+    expo = mv[f]                                                           # (F, P, A)
+    expo_t = np.swapaxes(expo, 1, 2)                                       # (F, A, P)
+    realized = pnl[f + 1]                                                  # (F, P)
+    held = np.abs(expo).sum(axis=-1) > 0                                   # (F, P): a book to forecast
+    sigma = var.portfolio_sigma(var.covariance(scenarios["hist"]), expo_t)
+    forecasts: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
     for c in BACKTEST_CONFIDENCES:
         forecasts[("param", c)] = var.parametric_var_es(sigma, c)
-    for c, ve in var.mc_var_es_batched(z, scale, cov, expo, BACKTEST_CONFIDENCES).items():
-        forecasts[("mc", c)] = ve
-    loss_sd["param"] = loss_sd["mc"] = sigma
-    realized = pnl[f + 1]                                                  # (F, P)
-    held = np.abs(mv[f]).sum(axis=-1) > 0                                  # (F, P): a book to forecast
+        forecasts[("mc", c)] = var.mc_model_var_es(sigma, c, params.mc_distribution, params.mc_t_dof)
+    loss_sd = {"param": sigma, "mc": sigma}
+    rng = np.random.default_rng(params.es_seed)
+    z2_null: dict[tuple[str, float], np.ndarray] = {}
+    for method in ("param", "mc"):
+        u = rng.standard_normal((params.es_simulations, len(f)))          # the model's standardised innovation
+        if method == "mc" and params.mc_distribution == "t":
+            u *= np.sqrt((params.mc_t_dof - 2.0) / rng.chisquare(params.mc_t_dof, u.shape))
+        for c in BACKTEST_CONFIDENCES:
+            unit_var, unit_es = (var.parametric_var_es(1.0, c) if method == "param" else
+                                 var.mc_model_var_es(1.0, c, params.mc_distribution, params.mc_t_dof))
+            z2_null[(method, c)] = es_backtest.z2_null_scaled(u, unit_var, unit_es, 1 - c,
+                                                              _valid(held, forecasts[(method, c)]), sigma)
+    for method, w in scenarios.items():
+        forecasts.update(_scenario_backtest(method, w, expo, held, rng, params, z2_null))
+        loss_sd[method] = var.portfolio_sigma(var.covariance(w), expo_t)   # sd of the day's scenario losses
     p = len(pids)
     rows, tests = [], []
-    rng = np.random.default_rng(params.es_seed)
     for method in METHODS:
-        simulated = _simulate_losses(method, scenario_losses.get(method), sigma, params, rng)   # (M, F, P)
         for c in BACKTEST_CONFIDENCES:
             fc, es = forecasts[(method, c)]
             rows.append(pd.DataFrame({
@@ -388,33 +398,50 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, z, scale, params: RiskP
                 "is_exception": backtest.exceptions(fc, realized).ravel(), "es_forecast": es.ravel(),
                 "loss_sd": loss_sd[method].ravel(), "base_currency": base,
             })[held.ravel()])
-            valid = held & np.isfinite(fc) & np.isfinite(es)
-            z2, z2_p = es_backtest.z2_test(-realized, fc, es, 1 - c, simulated, valid)
+            valid = _valid(held, (fc, es))
+            z2 = es_backtest.z2_stat(-realized, fc, es, 1 - c, valid)
             er = es_backtest.exceedance_residual_test(-realized, fc, es, loss_sd[method], params.es_bootstrap,
                                                       params.es_seed, valid)
             tests.append(pd.DataFrame({"portfolio_id": pids, "method": method, "confidence": c, "z2": z2,
-                                       "z2_p": z2_p, "exceedance_residual_n": er["n"],
+                                       "z2_p": es_backtest.z2_p_value(z2, z2_null[(method, c)]),
+                                       "exceedance_residual_n": er["n"],
                                        "exceedance_residual_mean": er["mean"], "exceedance_residual_t": er["t"],
                                        "exceedance_residual_p": er["p"]}))
     return pd.concat(rows, ignore_index=True), pd.concat(tests, ignore_index=True)
 
 
-def _simulate_losses(method: str, scenario_losses: np.ndarray | None, sigma: np.ndarray, params: RiskParams,
-                     rng: np.random.Generator) -> np.ndarray:
-    """Loss paths (M, F, P) drawn from each day's predictive distribution of a method, for the Z2 p-value:
-    historical and filtered methods draw one of the day's valid scenarios (the oldest rows of a short window
-    are NaN padding); parametric draws sigma x N(0, 1); Monte Carlo sigma x its standardised innovation (normal,
-    or Student-t scaled to unit variance), the distribution its scenarios sample."""
-    m = params.es_simulations
-    if scenario_losses is not None:
-        f_len, n, p = scenario_losses.shape
-        n_valid = (~np.isnan(scenario_losses[..., 0])).sum(axis=1)       # (F,)
-        idx = n - n_valid[None, :] + np.floor(rng.random((m, f_len)) * n_valid[None, :]).astype(np.int64)
-        return scenario_losses[np.arange(f_len)[None, :], np.minimum(idx, n - 1)]
-    shocks = rng.standard_normal((m,) + sigma.shape)
-    if method == "mc" and params.mc_distribution == "t":
-        shocks *= np.sqrt((params.mc_t_dof - 2.0) / rng.chisquare(params.mc_t_dof, (m,) + sigma.shape))
-    return shocks * sigma[None]
+def _valid(held: np.ndarray, forecast: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Backtest days that count: a book held and a finite VaR and ES forecast."""
+    return held & np.isfinite(forecast[0]) & np.isfinite(forecast[1])
+
+
+def _scenario_backtest(method: str, w: np.ndarray, expo: np.ndarray, held: np.ndarray, rng: np.random.Generator,
+                       params: RiskParams, z2_null: dict) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
+    """VaR/ES forecasts {(method, c): (var (F, P), es (F, P))} of a scenario method (scenario returns w (F, N, A),
+    exposures expo (F, P, A); NaN rows in front where the history is short) and, into z2_null, its Z2 paths (M, P) per confidence. A Z2 path
+    draws on each day a scenario uniformly among the day's valid ones, as a rank shared by all portfolios (each
+    portfolio's own loss of that rank); only ranks among the `tail_rows` largest can exceed VaR, so only those
+    draws are looked up."""
+    f_len, n, _ = w.shape
+    p = expo.shape[1]
+    n_day = (~np.isnan(w).any(axis=2)).sum(axis=1)                        # (F,) valid scenarios per day
+    k = var.tail_rows(n, min(BACKTEST_CONFIDENCES))
+    rank = np.floor(rng.random((params.es_simulations, f_len)) * n_day).astype(np.int64)
+    path, day = np.nonzero(rank >= n_day - k)                              # draws in the tail (sorted by path)
+    slot = rank[path, day] - n_day[day] + k                                # their place in the kept tail
+    out = {(method, c): (np.empty((f_len, p)), np.empty((f_len, p))) for c in BACKTEST_CONFIDENCES}
+    sums = {c: np.empty((params.es_simulations, p)) for c in BACKTEST_CONFIDENCES}
+    step = max(1, BACKTEST_CELLS // (f_len * n))
+    for lo in range(0, p, step):
+        cols = slice(lo, lo + step)
+        losses = np.negative(expo[:, cols] @ np.swapaxes(w, 1, 2))        # (F, Pc, N), scenarios last
+        top, count = var.loss_tail(losses, k)
+        for c, (v, e) in var.var_es_from_tail(top, count, BACKTEST_CONFIDENCES, losses).items():
+            out[(method, c)][0][:, cols], out[(method, c)][1][:, cols] = v, e
+            sums[c][:, cols] = es_backtest.z2_null_drawn(path, day, top[day, :, slot], v, e, 1 - c,
+                                                         _valid(held[:, cols], (v, e)), params.es_simulations)
+    z2_null.update({(method, c): z for c, z in sums.items()})
+    return out
 
 
 def backtest_summary(bt: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
