@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
+from scipy import sparse
 
 from etl.errors import DataNotFoundError
 from etl.risk import (
@@ -418,29 +419,34 @@ def _valid(held: np.ndarray, forecast: tuple[np.ndarray, np.ndarray]) -> np.ndar
 def _scenario_backtest(method: str, w: np.ndarray, expo: np.ndarray, held: np.ndarray, rng: np.random.Generator,
                        params: RiskParams, z2_null: dict) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
     """VaR/ES forecasts {(method, c): (var (F, P), es (F, P))} of a scenario method (scenario returns w (F, N, A),
-    exposures expo (F, P, A); NaN rows in front where the history is short) and, into z2_null, its Z2 paths (M, P) per confidence. A Z2 path
-    draws on each day a scenario uniformly among the day's valid ones, as a rank shared by all portfolios (each
-    portfolio's own loss of that rank); only ranks among the `tail_rows` largest can exceed VaR, so only those
-    draws are looked up."""
+    exposures expo (F, P, A); NaN rows in front where the history is short) and, into z2_null, its Z2 paths
+    (M, P) per confidence. A Z2 path draws on each day a scenario uniformly among the day's valid ones, as a rank
+    shared by all portfolios (each portfolio's own loss of that rank); only ranks among the `tail_rows` largest
+    can exceed VaR, so only those draws are counted."""
     f_len, n, _ = w.shape
     p = expo.shape[1]
-    n_day = (~np.isnan(w).any(axis=2)).sum(axis=1)                        # (F,) valid scenarios per day
+    pad = np.isnan(w).any(axis=2)                                          # (F, N) rows before the history
+    n_day = n - pad.sum(axis=1)
+    neg_w = np.swapaxes(np.where(pad[..., None], 0.0, -w), 1, 2)           # (F, A, N): losses = expo @ -w'
     k = var.tail_rows(n, min(BACKTEST_CONFIDENCES))
     rank = np.floor(rng.random((params.es_simulations, f_len)) * n_day).astype(np.int64)
-    path, day = np.nonzero(rank >= n_day - k)                              # draws in the tail (sorted by path)
-    slot = rank[path, day] - n_day[day] + k                                # their place in the kept tail
+    path, day = np.nonzero(rank >= n_day - k)                              # the draws among the day's k largest
+    slot = rank[path, day] - n_day[day] + k                                # their place among them
+    draws = sparse.csr_matrix((np.ones(len(path)), (path, day * k + slot)), shape=(len(rank), f_len * k))
     out = {(method, c): (np.empty((f_len, p)), np.empty((f_len, p))) for c in BACKTEST_CONFIDENCES}
-    sums = {c: np.empty((params.es_simulations, p)) for c in BACKTEST_CONFIDENCES}
+    nulls = {c: np.empty((len(rank), p)) for c in BACKTEST_CONFIDENCES}
     step = max(1, BACKTEST_CELLS // (f_len * n))
+    counts = np.broadcast_to(n_day[:, None], (f_len, p))
     for lo in range(0, p, step):
         cols = slice(lo, lo + step)
-        losses = np.negative(expo[:, cols] @ np.swapaxes(w, 1, 2))        # (F, Pc, N), scenarios last
-        top, count = var.loss_tail(losses, k)
-        for c, (v, e) in var.var_es_from_tail(top, count, BACKTEST_CONFIDENCES, losses).items():
+        losses = expo[:, cols] @ neg_w                                     # (F, Pc, N), scenarios last
+        if pad.any():
+            np.copyto(losses, -np.inf, where=pad[:, None, :])
+        top = var.loss_tail(losses, k)
+        for c, (v, e) in var.var_es_from_tail(top, counts[:, cols], BACKTEST_CONFIDENCES, losses).items():
             out[(method, c)][0][:, cols], out[(method, c)][1][:, cols] = v, e
-            sums[c][:, cols] = es_backtest.z2_null_drawn(path, day, top[day, :, slot], v, e, 1 - c,
-                                                         _valid(held[:, cols], (v, e)), params.es_simulations)
-    z2_null.update({(method, c): z for c, z in sums.items()})
+            nulls[c][:, cols] = es_backtest.z2_null_drawn(draws, top, v, e, 1 - c, _valid(held[:, cols], (v, e)))
+    z2_null.update({(method, c): z for c, z in nulls.items()})
     return out
 
 

@@ -63,18 +63,17 @@ def z2_null_scaled(u: np.ndarray, var_unit: float, es_unit: float, alpha: float,
     return z2_from_sums(x @ (valid & (sigma > 0)).astype("float64"), valid.sum(axis=0), alpha)
 
 
-def z2_null_drawn(path: np.ndarray, day: np.ndarray, drawn: np.ndarray, var: np.ndarray, es: np.ndarray,
-                  alpha: float, valid: np.ndarray, n_paths: int) -> np.ndarray:
-    """Z2* (M, K) from the draws that can exceed VaR: draw h of path `path[h]` (sorted) on day `day[h]` is the
-    loss drawn[h] (H, K); every other draw adds 0. var, es, valid (T, K)."""
+def z2_null_drawn(draws, tail: np.ndarray, var: np.ndarray, es: np.ndarray, alpha: float,
+                  valid: np.ndarray) -> np.ndarray:
+    """Z2* (M, K) of a scenario model: path m draws on day t one of the day's scenario losses; only the day's k
+    largest, tail (T, K, k), can exceed VaR, so `draws` is the sparse (M, T x k) count of the paths' draws among
+    them (scipy.sparse; every other draw adds 0). var, es, valid (T, K)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        hit = valid[day] & (drawn > var[day])
-        term = np.where(hit, drawn / np.where(hit, es[day], 1.0), 0.0)
-    sums = np.zeros((n_paths, drawn.shape[1]))
-    if len(path):
-        first = np.flatnonzero(np.r_[True, path[1:] != path[:-1]])
-        sums[path[first]] = np.add.reduceat(term, first, axis=0)
-    return z2_from_sums(sums, valid.sum(axis=0), alpha)
+        hit = valid[..., None] & (tail > var[..., None])
+        term = np.where(hit, tail / np.where(hit, es[..., None], 1.0), 0.0)       # (T, K, k)
+    t, k_series, k = tail.shape
+    sums = draws @ np.swapaxes(term, 1, 2).reshape(t * k, k_series)
+    return z2_from_sums(np.asarray(sums), valid.sum(axis=0), alpha)
 
 
 def _residual_matrix(losses: np.ndarray, var: np.ndarray, es: np.ndarray, sd: np.ndarray,
@@ -97,16 +96,23 @@ def exceedance_residuals(losses: np.ndarray, var: np.ndarray, es: np.ndarray, sd
 
 
 def _bootstrap_rows(r: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(t, p) of each row of r (R, k), every row resampled with the same indices idx (B, k); NaN for sd = 0."""
-    k = r.shape[1]
+    """(t, p) of each row of r (R, k), every row resampled with the same indices idx (B, k); NaN for sd = 0.
+    A resample's sums are products with the count of each index in it (k, B); a resample of one repeated index
+    has sd 0 (t* = +-inf, or 0 for a zero residual, as a direct computation gives)."""
+    b_count, k = idx.shape
     mean = r.mean(axis=1)
     sd = r.std(axis=1, ddof=1)
+    counts = np.zeros((k, b_count))
+    np.add.at(counts, (idx, np.arange(b_count)[:, None]), 1.0)
+    centred = r - mean[:, None]
+    s1, s2 = centred @ counts, (centred * centred) @ counts           # (R, B)
     with np.errstate(invalid="ignore", divide="ignore"):
         t = np.where(sd > 0, mean / (sd / np.sqrt(k)), np.nan)
-        b = (r - mean[:, None])[:, idx]                               # (R, B, k)
-        tb = b.mean(axis=2) / (b.std(axis=2, ddof=1) / np.sqrt(k))
-    tb = np.where(np.isnan(tb), 0.0, tb)                              # a resample of one repeated value: t* = 0
-    p = (1.0 + (tb >= t[:, None]).sum(axis=1)) / (idx.shape[0] + 1.0)
+        sd_b = np.sqrt(np.clip(s2 - s1 * s1 / k, 0.0, None) / (k - 1))
+        sd_b[:, counts.max(axis=0) == k] = 0.0
+        tb = (s1 / k) / (sd_b / np.sqrt(k))
+    tb = np.where(np.isnan(tb), 0.0, tb)
+    p = (1.0 + (tb >= t[:, None]).sum(axis=1)) / (b_count + 1.0)
     return t, np.where(np.isnan(t), np.nan, p)
 
 
@@ -125,7 +131,7 @@ def exceedance_residual_test(losses: np.ndarray, var: np.ndarray, es: np.ndarray
                              max_cells: int = 4_000_000) -> dict[str, np.ndarray]:
     """McNeil-Frey for each column: n_exceedances, mean residual, t statistic, bootstrap p-value (K,). The series
     with the same number of exceedances k share one draw of resampling indices (B, k), all tested at once (in
-    blocks of at most `max_cells` resampled values)."""
+    blocks of at most `max_cells` resample sums)."""
     rng = np.random.default_rng(seed)
     res, hit = _residual_matrix(losses, var, es, sd, valid)
     n = hit.sum(axis=0)
@@ -135,7 +141,7 @@ def exceedance_residual_test(losses: np.ndarray, var: np.ndarray, es: np.ndarray
         cols = np.flatnonzero(n == k)
         r = res.T[cols][hit.T[cols]].reshape(len(cols), k)            # each series' residuals in day order
         idx = rng.integers(0, k, size=(n_boot, k))
-        step = max(1, max_cells // (n_boot * k))
+        step = max(1, max_cells // n_boot)
         for i in range(0, len(cols), step):
             out["t"][cols[i:i + step]], out["p"][cols[i:i + step]] = _bootstrap_rows(r[i:i + step], idx)
     return out

@@ -30,26 +30,20 @@ def tail_rows(n: int, confidence: float) -> int:
     return n - max(int(np.floor((n - 1) * confidence)) - 1, 0)
 
 
-def loss_tail(losses: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k largest valid (non-NaN) losses along the last axis, ascending (..., k), -inf in front where fewer
-    than k are valid; and the count of valid losses (...). One partition at a single order statistic along the
-    (contiguous) last axis, then a sort of the k kept."""
-    x = np.asarray(losses, dtype="float64")
-    n_all = x.shape[-1]
-    valid = ~np.isnan(x)
-    count = valid.sum(axis=-1)
+def loss_tail(losses: np.ndarray, k: int) -> np.ndarray:
+    """The k largest losses along the last axis, ascending (..., k); a missing loss is -inf (sorts first, never
+    reaches VaR). One partition at a single order statistic along the (contiguous) last axis, then a sort of the
+    k kept."""
+    n_all = losses.shape[-1]
     k = min(k, n_all)
-    if not valid.all():
-        x = np.where(valid, x, -np.inf)
-    if k < n_all:
-        x = np.partition(x, n_all - k, axis=-1)[..., n_all - k:]
-    return np.sort(x, axis=-1), count
+    x = np.partition(losses, n_all - k, axis=-1)[..., n_all - k:] if k < n_all else losses
+    return np.sort(x, axis=-1)
 
 
 def var_es_from_tail(top: np.ndarray, n: np.ndarray, confidences: tuple[float, ...] | float,
                      losses: np.ndarray) -> dict[float, tuple[np.ndarray, np.ndarray]]:
-    """{confidence: (VaR, ES)} from `loss_tail(losses, k)` = (top, n), k at least `tail_rows` of the lowest
-    confidence. The rank r (0 = smallest of the n valid losses) sits at top[..., r - n + k]. ES sums the kept
+    """{confidence: (VaR, ES)} from top = `loss_tail(losses, k)`, k at least `tail_rows` of the lowest confidence,
+    and n (...) the number of valid (not -inf) losses. The rank r (0 = smallest of the n valid losses) sits at top[..., r - n + k]. ES sums the kept
     losses >= VaR; where the smallest kept one ties with VaR (ties may continue below it) the whole row of
     `losses` (..., N) is counted instead."""
     k = top.shape[-1]
@@ -82,8 +76,11 @@ def var_es_from_losses(losses: np.ndarray, confidences: tuple[float, ...] | floa
     confs = [float(c) for c in np.atleast_1d(confidences)]
     if x.shape[-1] == 0:
         return {c: (np.full(x.shape[:-1], np.nan), np.full(x.shape[:-1], np.nan)) for c in confs}
-    top, n = loss_tail(x, tail_rows(x.shape[-1], min(confs)))
-    return var_es_from_tail(top, n, tuple(confs), x)
+    valid = ~np.isnan(x)
+    n = valid.sum(axis=-1)
+    if not valid.all():
+        x = np.where(valid, x, -np.inf)
+    return var_es_from_tail(loss_tail(x, tail_rows(x.shape[-1], min(confs))), n, tuple(confs), x)
 
 
 def quantile_linear(x: np.ndarray, q: float, axis: int = 0) -> np.ndarray:
