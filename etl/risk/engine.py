@@ -42,6 +42,7 @@ TEST_SIZE = 0.05                       # a backtest fails when its p-value is be
 MIN_VAR_OBS = 20          # fewest daily returns a VaR forecast may rest on (backtest days before that are skipped)
 VOL_WINDOWS = (20, 30)
 BACKTEST_CELLS = 4_000_000  # scenario losses (days x portfolios x scenarios) the backtest holds at once
+PORTFOLIO_CHUNK = 200       # portfolios valued and backtested together (memory bound; the results do not depend on it)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,10 @@ def usd_rates(closes: pd.DataFrame, currencies: set[str]) -> dict[str, np.ndarra
 
 def snapshot_arrays(positions: pd.DataFrame, portfolio_ids: list[str], products: list[str],
                     days: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray]:
-    """Carried-forward quantity and avg_cost arrays (T, P, A) from the position snapshots."""
+    """Carried-forward quantity and avg_cost arrays (T, P, A) from the position snapshots (zeros without any)."""
+    if positions.empty:
+        return np.zeros((len(days), len(portfolio_ids), len(products))), np.zeros((len(days), len(portfolio_ids),
+                                                                                   len(products)))
     snap_days = np.sort(positions["as_of_date"].unique())
     k = np.searchsorted(snap_days, positions["as_of_date"].to_numpy())
     p = pd.Index(portfolio_ids).get_indexer(positions["portfolio_id"])
@@ -146,7 +150,6 @@ def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: 
     rates = usd_rates(closes, {quote_ccy[p] for p in held} | set(base_of.values()))
     close = closes[held].to_numpy()
     quote_usd = np.column_stack([rates[quote_ccy[p]] for p in held])      # (T, A)
-    qty, cost = snapshot_arrays(positions, pids, held, days)
     n_ret = min(params.var_lookback_days, t_all - 1)
     if n_ret < MIN_VAR_OBS:
         raise DataNotFoundError(f"only {t_all} days of closes up to {as_of.date()} for {held}: VaR needs at least "
@@ -159,19 +162,25 @@ def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: 
 
     parts: dict[str, list[pd.DataFrame]] = {}
     for base in sorted(set(base_of.values())):
-        idx = [i for i, pid in enumerate(pids) if base_of[pid] == base]
+        ids = [pid for pid in pids if base_of[pid] == base]
         fx = quote_usd / rates[base][:, None]                              # quote -> base, (T, A)
-        group = _group_tables(days, close, fx, qty[:, idx], cost[:, idx], [pids[i] for i in idx], held, base,
-                              z, scale, n_ret, hist_start, params, sigmas, scenarios, usd_move_of)
-        group["positions_valued"]["quote_currency"] = group["positions_valued"]["product_id"].map(quote_ccy)
-        for name, df in group.items():
-            parts.setdefault(name, []).append(df)
+        for lo in range(0, len(ids), PORTFOLIO_CHUNK):                    # memory: (T, P, A) arrays per chunk
+            chunk = ids[lo:lo + PORTFOLIO_CHUNK]
+            qty, cost = snapshot_arrays(positions[positions["portfolio_id"].isin(chunk)], chunk, held, days)
+            group = _group_tables(days, close, fx, qty, cost, chunk, held, base, z, scale, n_ret, hist_start,
+                                  params, sigmas, scenarios, usd_move_of)
+            if lo:                                                         # the currency's scenario set once
+                del group["scenario_returns"], group["scenario_covariance"]
+            group["positions_valued"]["quote_currency"] = group["positions_valued"]["product_id"].map(quote_ccy)
+            for name, df in group.items():
+                parts.setdefault(name, []).append(df)
     tables = {name: pd.concat(dfs, ignore_index=True) for name, dfs in parts.items()}
     tables["var_backtest_summary"] = backtest_summary(tables["var_backtest"], as_of)
     tables["var_model_comparison"] = model_comparison(tables["var_backtest_summary"], tables.pop("es_backtest"))
     usd_price = close * quote_usd
-    firm_t = firm.firm_tables(days, usd_price, valuation.value_positions(qty, cost, close, quote_usd[:, None, :])
-                              .market_value[-1], pids, held, z, scale, n_ret,
+    qty, cost = snapshot_arrays(positions, pids, held, days[-1:])        # the book on the as-of day
+    mv_usd = valuation.value_positions(qty, cost, close[-1:], quote_usd[-1:, None, :]).market_value[0]
+    firm_t = firm.firm_tables(days, usd_price, mv_usd, pids, held, z, scale, n_ret,
                               {m: s for m, s in _filtered_sigmas(risk_returns.simple_returns(usd_price), "USD",
                                                                  params, sigmas).items() if m in FILTERED},
                               scenarios, usd_move_of)
@@ -386,7 +395,8 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
                                                               _valid(held, forecasts[(method, c)]), sigma)
     for method, w in scenarios.items():
         forecasts.update(_scenario_backtest(method, w, expo, held, rng, params, z2_null))
-        loss_sd[method] = var.portfolio_sigma(var.covariance(w), expo_t)   # sd of the day's scenario losses
+        # the sd of the day's scenario losses (hist: the parametric sigma itself)
+        loss_sd[method] = sigma if method == "hist" else var.portfolio_sigma(var.covariance(w), expo_t)
     p = len(pids)
     rows, tests = [], []
     for method in METHODS:

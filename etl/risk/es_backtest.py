@@ -130,9 +130,8 @@ def exceedance_residual_test(losses: np.ndarray, var: np.ndarray, es: np.ndarray
                              n_boot: int, seed: int, valid: np.ndarray | None = None,
                              max_cells: int = 4_000_000) -> dict[str, np.ndarray]:
     """McNeil-Frey for each column: n_exceedances, mean residual, t statistic, bootstrap p-value (K,). The series
-    with the same number of exceedances k share one draw of resampling indices (B, k), all tested at once (in
-    blocks of at most `max_cells` resample sums)."""
-    rng = np.random.default_rng(seed)
+    with the same number of exceedances k share one draw of resampling indices (B, k), seeded by (seed, k) so a
+    series' p-value does not depend on the others, all tested at once (in blocks of `max_cells` resample sums)."""
     res, hit = _residual_matrix(losses, var, es, sd, valid)
     n = hit.sum(axis=0)
     out = {"n": n, "mean": np.where(n > 0, np.where(hit, res, 0.0).sum(axis=0) / np.maximum(n, 1), np.nan),
@@ -140,7 +139,7 @@ def exceedance_residual_test(losses: np.ndarray, var: np.ndarray, es: np.ndarray
     for k in np.unique(n[n >= 2]):
         cols = np.flatnonzero(n == k)
         r = res.T[cols][hit.T[cols]].reshape(len(cols), k)            # each series' residuals in day order
-        idx = rng.integers(0, k, size=(n_boot, k))
+        idx = np.random.default_rng((seed, int(k))).integers(0, k, size=(n_boot, k))
         step = max(1, max_cells // n_boot)
         for i in range(0, len(cols), step):
             out["t"][cols[i:i + step]], out["p"][cols[i:i + step]] = _bootstrap_rows(r[i:i + step], idx)

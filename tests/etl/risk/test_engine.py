@@ -385,3 +385,25 @@ def test_market_value_overflow_refuses_the_risk_run_and_commits_nothing(risk_env
     with pytest.raises(ValidationError, match=r"positions\.csv:8: non-finite value: market value of U1 BTC-USD"):
         run_risk(as_of=AS_OF, settings=get_settings())
     assert read_manifest(Store.from_uri(str(risk_env["data"])), risk_manifest(AS_OF)) is None
+
+
+def test_portfolio_chunks_do_not_change_any_table(monkeypatch):
+    """Portfolios are valued and backtested in chunks (memory): one portfolio per chunk gives the same tables,
+    Monte Carlo paths and bootstrap p-values included (they are drawn per model and level, not per portfolio)."""
+    import etl.risk.engine as engine
+
+    params = RiskParams(var_lookback_days=60, backtest_days=40, mc_scenarios=2000, es_simulations=300,
+                        es_bootstrap=300)
+    book = pd.concat([BOOK, BOOK.assign(portfolio_id="U2", quantity=BOOK["quantity"] * -0.5)], ignore_index=True)
+    portfolios = pd.concat([PORTFOLIOS, PORTFOLIOS.iloc[:1].assign(portfolio_id="U2")], ignore_index=True)
+    whole = compute_tables(_closes(), QUOTE, portfolios, book, params)
+    monkeypatch.setattr(engine, "PORTFOLIO_CHUNK", 1)
+    chunked = compute_tables(_closes(), QUOTE, portfolios, book, params)
+    assert set(whole) == set(chunked)
+    for name, df in whole.items():
+        keys = [c for c in ("portfolio_id", "product_id", "method", "confidence", "as_of_date", "scenario_id",
+                            "scenario_date", "asset_index", "product_id_a", "product_id_b", "entity_id",
+                            "limit_type", "bucket_start", "price_date", "scope") if c in df.columns]
+        a = df.sort_values(keys).reset_index(drop=True) if keys else df
+        b = chunked[name].sort_values(keys).reset_index(drop=True) if keys else chunked[name]
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-12, obj=name)

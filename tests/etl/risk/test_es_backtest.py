@@ -144,17 +144,13 @@ def test_batched_bootstrap_equals_the_one_series_test():
         assert out["n"][j] == len(r) and out["mean"][j] == pytest.approx(r.mean(), rel=1e-12)
         assert out["t"][j] == pytest.approx(stats.ttest_1samp(r, 0.0).statistic, rel=1e-10)
         assert 0 < out["p"][j] <= 1
-    # same exceedance count, same indices: the p-values are those of mean_zero_bootstrap with the seed's draw
+    # the series with k exceedances share the indices drawn with the seed (3, k): mean_zero_bootstrap's test
     k = out["n"][0]
-    same = [j for j in range(12) if out["n"][j] == k]
-    draw = np.random.default_rng(3)
-    for kk in np.unique(out["n"][out["n"] >= 2]):
-        if kk == k:
-            break
-        draw.integers(0, kk, size=(300, kk))
-    idx = draw.integers(0, k, size=(300, k))
-    for j in same:
-        centred = res[j] - res[j].mean()
-        b = centred[idx]
+    idx = np.random.default_rng((3, int(k))).integers(0, k, size=(300, k))
+    for j in [j for j in range(12) if out["n"][j] == k]:
+        b = (res[j] - res[j].mean())[idx]
         tb = np.nan_to_num(b.mean(axis=1) / (b.std(axis=1, ddof=1) / np.sqrt(k)))
         assert out["p"][j] == pytest.approx((1 + (tb >= out["t"][j]).sum()) / 301, abs=1e-12)
+    # and do not depend on the other series
+    alone = es_backtest.exceedance_residual_test(losses[:, :1], var_[:, :1], es[:, :1], sd[:, :1], 300, seed=3)
+    assert alone["p"][0] == out["p"][0]
