@@ -397,28 +397,37 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
         forecasts.update(_scenario_backtest(method, w, expo, held, rng, params, z2_null))
         # the sd of the day's scenario losses (hist: the parametric sigma itself)
         loss_sd[method] = sigma if method == "hist" else var.portfolio_sigma(var.covariance(w), expo_t)
-    p = len(pids)
-    rows, tests = [], []
-    for method in METHODS:
-        for c in BACKTEST_CONFIDENCES:
-            fc, es = forecasts[(method, c)]
-            rows.append(pd.DataFrame({
-                "portfolio_id": np.tile(pids, len(f)), "as_of_date": np.repeat(days[f + 1], p),
-                "forecast_date": np.repeat(days[f], p), "method": method, "confidence": c,
-                "var_forecast": fc.ravel(), "realized_pnl": realized.ravel(),
-                "is_exception": backtest.exceptions(fc, realized).ravel(), "es_forecast": es.ravel(),
-                "loss_sd": loss_sd[method].ravel(), "base_currency": base,
-            })[held.ravel()])
-            valid = _valid(held, (fc, es))
-            z2 = es_backtest.z2_stat(-realized, fc, es, 1 - c, valid)
-            er = es_backtest.exceedance_residual_test(-realized, fc, es, loss_sd[method], params.es_bootstrap,
-                                                      params.es_seed, valid)
-            tests.append(pd.DataFrame({"portfolio_id": pids, "method": method, "confidence": c, "z2": z2,
-                                       "z2_p": es_backtest.z2_p_value(z2, z2_null[(method, c)]),
-                                       "exceedance_residual_n": er["n"],
-                                       "exceedance_residual_mean": er["mean"], "exceedance_residual_t": er["t"],
-                                       "exceedance_residual_p": er["p"]}))
-    return pd.concat(rows, ignore_index=True), pd.concat(tests, ignore_index=True)
+    keys = [(method, c) for method in METHODS for c in BACKTEST_CONFIDENCES]
+    cell = np.flatnonzero(held.ravel())                                   # (day, portfolio) cells with a book
+    day, port = np.divmod(cell, len(pids))
+
+    def stacked(per_key) -> np.ndarray:                                   # one column over every key's cells
+        return np.concatenate([per_key(*key).ravel()[cell] for key in keys])
+
+    rows = pd.DataFrame({
+        "portfolio_id": np.tile(np.asarray(pids, dtype=object)[port], len(keys)),
+        "as_of_date": np.tile(days[f + 1].to_numpy()[day], len(keys)),
+        "forecast_date": np.tile(days[f].to_numpy()[day], len(keys)),
+        "method": np.repeat(np.asarray([m for m, _ in keys], dtype=object), len(cell)),
+        "confidence": np.repeat([c for _, c in keys], len(cell)),
+        "var_forecast": stacked(lambda m, c: forecasts[(m, c)][0]),
+        "realized_pnl": np.tile(realized.ravel()[cell], len(keys)),
+        "is_exception": stacked(lambda m, c: backtest.exceptions(forecasts[(m, c)][0], realized)),
+        "es_forecast": stacked(lambda m, c: forecasts[(m, c)][1]),
+        "loss_sd": stacked(lambda m, c: loss_sd[m]), "base_currency": base,
+    })
+    tests = []
+    for method, c in keys:
+        fc, es = forecasts[(method, c)]
+        valid = _valid(held, (fc, es))
+        z2 = es_backtest.z2_stat(-realized, fc, es, 1 - c, valid)
+        er = es_backtest.exceedance_residual_test(-realized, fc, es, loss_sd[method], params.es_bootstrap,
+                                                  params.es_seed, valid)
+        tests.append(pd.DataFrame({"portfolio_id": pids, "method": method, "confidence": c, "z2": z2,
+                                   "z2_p": es_backtest.z2_p_value(z2, z2_null[(method, c)]),
+                                   "exceedance_residual_n": er["n"], "exceedance_residual_mean": er["mean"],
+                                   "exceedance_residual_t": er["t"], "exceedance_residual_p": er["p"]}))
+    return rows, pd.concat(tests, ignore_index=True)
 
 
 def _valid(held: np.ndarray, forecast: tuple[np.ndarray, np.ndarray]) -> np.ndarray:

@@ -148,11 +148,13 @@ def _read_bars(kind: str, products: list[str], start: date | None, end: date, se
 
 
 def _to_arrow(df: pd.DataFrame) -> pa.Table:
-    """Dates (the columns declared `date`) as date32, timestamps as UTC microseconds, text as string (stable types for the warehouse)."""
-    df = df.copy()
+    """Dates (the columns declared `date`) as date32, timestamps as UTC microseconds, text as string (stable types for the warehouse).
+    Naive timestamps become dates by the final cast (no Python date objects: the backtest has millions of rows)."""
+    df = df.copy(deep=False)                       # copy-on-write: the caller's frame is not changed
     for col in df.columns:
         if col in DATE_COLUMNS:
-            df[col] = pd.to_datetime(df[col]).dt.date
+            day = pd.to_datetime(df[col])
+            df[col] = day.dt.normalize() if day.dt.tz is None else day.dt.date
         elif isinstance(df[col].dtype, pd.DatetimeTZDtype):
             df[col] = df[col].dt.tz_convert("UTC").astype("datetime64[us, UTC]")
         elif df[col].dtype == object:
