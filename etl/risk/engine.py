@@ -176,7 +176,7 @@ def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: 
             group["positions_valued"]["quote_currency"] = group["positions_valued"]["product_id"].map(quote_ccy)
             for name, df in group.items():
                 parts.setdefault(name, []).append(df)
-    tables = {name: pd.concat(dfs, ignore_index=True) for name, dfs in parts.items()}
+    tables = {name: pd.concat(parts.pop(name), ignore_index=True) for name in list(parts)}   # chunks freed
     tables["var_backtest_summary"] = backtest_summary(tables["var_backtest"], as_of)
     tables["var_model_comparison"] = model_comparison(tables["var_backtest_summary"], tables.pop("es_backtest"))
     usd_price = close * quote_usd
@@ -476,7 +476,8 @@ def backtest_summary(bt: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     the Basel traffic light over the backtest window."""
     if bt.empty:
         return pd.DataFrame()
-    bt = bt.sort_values(["portfolio_id", "method", "confidence", "as_of_date"])
+    bt = bt[["portfolio_id", "method", "confidence", "as_of_date", "is_exception"]].sort_values(
+        ["portfolio_id", "method", "confidence", "as_of_date"])                 # only the columns it needs
     keys = ["portfolio_id", "method", "confidence"]
     g = bt.groupby(keys, sort=False)
     out = g.agg(n_days=("is_exception", "size"), exceptions=("is_exception", "sum"),

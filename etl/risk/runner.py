@@ -103,15 +103,17 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None) -> Ris
     run_id = commits.new_run_id()
     tables["risk_metrics"]["risk_run_id"] = run_id
     partition = f"as_of_date={as_of.isoformat()}"
-    parts = {(name, partition): _to_arrow(tables.get(name, pd.DataFrame())) for name in TABLES}
+    summary = RiskSummary(as_of=as_of, portfolios=len(portfolios), positions=len(tables["positions_valued"]),
+                          products=products, lookback_days=int(tables["risk_metrics"]["lookback_days"].iloc[0]),
+                          breaches=len(tables["limit_breaches"]))
+    # each table leaves pandas as it becomes Arrow (memory: the backtest has millions of rows)
+    parts = {(name, partition): _to_arrow(tables.pop(name, pd.DataFrame())) for name in TABLES}
     for (name, _), part in parts.items():
         check_output(name, part.column_names)  # every column declared in etl/warehouse/tables.yml, and no other
     commits.publish(get_store(settings), commits.risk_manifest(as_of), "risk", parts, run_id=run_id,
                     meta={"as_of": as_of.isoformat(), "portfolios": sorted(map(str, portfolios["portfolio_id"]))})
-    rows = {name: part.num_rows for (name, _), part in parts.items()}
-    summary = RiskSummary(as_of=as_of, portfolios=len(portfolios), positions=len(tables["positions_valued"]),
-                          products=products, lookback_days=int(tables["risk_metrics"]["lookback_days"].iloc[0]),
-                          rows=rows, breaches=len(tables["limit_breaches"]), seconds=time.perf_counter() - t0)
+    summary.rows = {name: part.num_rows for (name, _), part in parts.items()}
+    summary.seconds = time.perf_counter() - t0
     log.info("%s", summary)
     return summary
 
