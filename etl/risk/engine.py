@@ -366,19 +366,14 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
     if len(f) == 0:
         return pd.DataFrame(), pd.DataFrame()
 
-    def windows_of(x: np.ndarray) -> np.ndarray:                          # (F, N, A): returns of days f-N+1 .. f
-        padded = np.vstack([np.full((n - 1, x.shape[1]), np.nan), x])
-        return np.swapaxes(sliding_window_view(padded, n, axis=0), 1, 2)[f - 1]
-
-    scenarios = {"hist": windows_of(asset_ret)}                            # (F, N, A) scenario returns
-    for method in FILTERED:
-        s = sig.get(f"{method}_backtest", sig[method])                    # volatilities from data up to f only
-        scenarios[method] = filtered.fhs_window(windows_of(filtered.standardised(asset_ret, s)), s[f])
+    if "backtest" not in sig:                                             # the same for every chunk of portfolios
+        sig["backtest"] = _backtest_scenarios(asset_ret, f, n, sig)
+    scenarios: dict[str, _Scenarios] = sig["backtest"]
     expo = mv[f]                                                           # (F, P, A)
     expo_t = np.swapaxes(expo, 1, 2)                                       # (F, A, P)
     realized = pnl[f + 1]                                                  # (F, P)
     held = np.abs(expo).sum(axis=-1) > 0                                   # (F, P): a book to forecast
-    sigma = var.portfolio_sigma(var.covariance(scenarios["hist"]), expo_t)
+    sigma = var.portfolio_sigma(scenarios["hist"].cov, expo_t)
     forecasts: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
     for c in BACKTEST_CONFIDENCES:
         forecasts[("param", c)] = var.parametric_var_es(sigma, c)
@@ -395,10 +390,10 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
                                  var.mc_model_var_es(1.0, c, params.mc_distribution, params.mc_t_dof))
             z2_null[(method, c)] = es_backtest.z2_null_scaled(u, unit_var, unit_es, 1 - c,
                                                               _valid(held, forecasts[(method, c)]), sigma)
-    for method, w in scenarios.items():
-        forecasts.update(_scenario_backtest(method, w, expo, held, rng, params, z2_null))
+    for method, sc in scenarios.items():
+        forecasts.update(_scenario_backtest(method, sc, expo, held, rng, params, z2_null))
         # the sd of the day's scenario losses (hist: the parametric sigma itself)
-        loss_sd[method] = sigma if method == "hist" else var.portfolio_sigma(var.covariance(w), expo_t)
+        loss_sd[method] = sigma if method == "hist" else var.portfolio_sigma(sc.cov, expo_t)
     keys = [(method, c) for method in METHODS for c in BACKTEST_CONFIDENCES]
     cell = np.flatnonzero(held.ravel())                                   # (day, portfolio) cells with a book
     day, port = np.divmod(cell, len(pids))
@@ -432,23 +427,49 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
     return rows, pd.concat(tests, ignore_index=True)
 
 
+@dataclass(frozen=True)
+class _Scenarios:
+    """A scenario method's backtest windows (F, N, A), as the losses need them: the negated returns transposed
+    (F, A, N) with 0 in the padding rows (before the history starts), the padding (F, N) and the covariance of the
+    valid rows (F, A, A)."""
+    neg_w: np.ndarray
+    pad: np.ndarray
+    cov: np.ndarray
+
+    @classmethod
+    def of(cls, w: np.ndarray) -> _Scenarios:
+        pad = np.isnan(w).any(axis=2)
+        return cls(np.ascontiguousarray(np.swapaxes(np.where(pad[..., None], 0.0, -w), 1, 2)), pad, var.covariance(w))
+
+
+def _backtest_scenarios(asset_ret: np.ndarray, f: np.ndarray, n: int, sig: dict) -> dict[str, _Scenarios]:
+    """Each scenario method's windows for the forecast days f: the N returns of days f-N+1 .. f (hist), or the
+    residuals up to f rescaled to the volatility forecast for f+1 (filtered; volatilities from data up to f)."""
+    def windows_of(x: np.ndarray) -> np.ndarray:                          # (F, N, A)
+        padded = np.vstack([np.full((n - 1, x.shape[1]), np.nan), x])
+        return np.swapaxes(sliding_window_view(padded, n, axis=0), 1, 2)[f - 1]
+
+    windows = {"hist": windows_of(asset_ret)}
+    for method in FILTERED:
+        s = sig.get(f"{method}_backtest", sig[method])
+        windows[method] = filtered.fhs_window(windows_of(filtered.standardised(asset_ret, s)), s[f])
+    return {method: _Scenarios.of(w) for method, w in windows.items()}
+
+
 def _valid(held: np.ndarray, forecast: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Backtest days that count: a book held and a finite VaR and ES forecast."""
     return held & np.isfinite(forecast[0]) & np.isfinite(forecast[1])
 
 
-def _scenario_backtest(method: str, w: np.ndarray, expo: np.ndarray, held: np.ndarray, rng: np.random.Generator,
+def _scenario_backtest(method: str, sc: _Scenarios, expo: np.ndarray, held: np.ndarray, rng: np.random.Generator,
                        params: RiskParams, z2_null: dict) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
-    """VaR/ES forecasts {(method, c): (var (F, P), es (F, P))} of a scenario method (scenario returns w (F, N, A),
-    exposures expo (F, P, A); NaN rows in front where the history is short) and, into z2_null, its Z2 paths
-    (M, P) per confidence. A Z2 path draws on each day a scenario uniformly among the day's valid ones, as a rank
-    shared by all portfolios (each portfolio's own loss of that rank); only ranks among the `tail_rows` largest
-    can exceed VaR, so only those draws are counted."""
-    f_len, n, _ = w.shape
+    """VaR/ES forecasts {(method, c): (var (F, P), es (F, P))} of a scenario method (its windows `sc`, exposures
+    expo (F, P, A)) and, into z2_null, its Z2 paths (M, P) per confidence. A Z2 path draws on each day a scenario
+    uniformly among the day's valid ones, as a rank shared by all portfolios (each portfolio's own loss of that
+    rank); only ranks among the `tail_rows` largest can exceed VaR, so only those draws are counted."""
+    f_len, n = sc.pad.shape
     p = expo.shape[1]
-    pad = np.isnan(w).any(axis=2)                                          # (F, N) rows before the history
-    n_day = n - pad.sum(axis=1)
-    neg_w = np.swapaxes(np.where(pad[..., None], 0.0, -w), 1, 2)           # (F, A, N): losses = expo @ -w'
+    n_day = n - sc.pad.sum(axis=1)                                         # (F,) valid scenarios per day
     k = var.tail_rows(n, min(BACKTEST_CONFIDENCES))
     rank = np.floor(rng.random((params.es_simulations, f_len)) * n_day).astype(np.int64)
     path, day = np.nonzero(rank >= n_day - k)                              # the draws among the day's k largest
@@ -460,9 +481,9 @@ def _scenario_backtest(method: str, w: np.ndarray, expo: np.ndarray, held: np.nd
     counts = np.broadcast_to(n_day[:, None], (f_len, p))
     for lo in range(0, p, step):
         cols = slice(lo, lo + step)
-        losses = expo[:, cols] @ neg_w                                     # (F, Pc, N), scenarios last
-        if pad.any():
-            np.copyto(losses, -np.inf, where=pad[:, None, :])
+        losses = expo[:, cols] @ sc.neg_w                                  # (F, Pc, N), scenarios last
+        if sc.pad.any():
+            np.copyto(losses, -np.inf, where=sc.pad[:, None, :])
         top = var.loss_tail(losses, k)
         for c, (v, e) in var.var_es_from_tail(top, counts[:, cols], BACKTEST_CONFIDENCES, losses).items():
             out[(method, c)][0][:, cols], out[(method, c)][1][:, cols] = v, e

@@ -102,8 +102,8 @@ def _bootstrap_rows(r: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndar
     b_count, k = idx.shape
     mean = r.mean(axis=1)
     sd = r.std(axis=1, ddof=1)
-    counts = np.zeros((k, b_count))
-    np.add.at(counts, (idx, np.arange(b_count)[:, None]), 1.0)
+    counts = np.bincount((idx + k * np.arange(b_count)[:, None]).ravel(), minlength=k * b_count)
+    counts = counts.reshape(b_count, k).T.astype("float64")
     centred = r - mean[:, None]
     s1, s2 = centred @ counts, (centred * centred) @ counts           # (R, B)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -90,7 +90,7 @@ def test_shared_z2_paths_give_each_series_its_own_paths_p_value_within_the_monte
     (two independent estimates of p). Scenario model: the engine's own backtest step on random scenario returns;
     its VaR/ES forecasts are exact (a sort of each day's losses)."""
     from etl.risk import var
-    from etl.risk.engine import _scenario_backtest
+    from etl.risk.engine import _scenario_backtest, _Scenarios
 
     rng = np.random.default_rng(4)
     t_days, n, a, k, m = 120, 60, 4, 30, 2000
@@ -100,7 +100,7 @@ def test_shared_z2_paths_give_each_series_its_own_paths_p_value_within_the_monte
     held = np.ones((t_days, k), bool)
     params = RiskParams(es_simulations=m)
     nulls: dict = {}
-    forecasts = _scenario_backtest("hist", w, expo, held, np.random.default_rng(9), params, nulls)
+    forecasts = _scenario_backtest("hist", _Scenarios.of(w), expo, held, np.random.default_rng(9), params, nulls)
     losses = -np.einsum("tna,tka->tnk", w, expo)                      # (T, N, K)
     realized = (losses[np.arange(t_days), rng.integers(20, n, t_days)] * 1.1)   # somewhat fatter than the model
     for c in BACKTEST_CONFIDENCES:
