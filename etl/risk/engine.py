@@ -509,8 +509,8 @@ def backtest_summary(bt: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     same = np.r_[False, series[1:] == series[:-1]]                        # consecutive days of one series
     prev, cur = hits[:-1][same[1:]], hits[1:][same[1:]]
     sid = series[1:][same[1:]]
-    counts = np.zeros((len(out), 4))
-    np.add.at(counts, (sid, 2 * prev.astype(int) + cur.astype(int)), 1)   # n00, n01, n10, n11
+    code = 4 * sid + 2 * prev.astype(int) + cur.astype(int)
+    counts = np.bincount(code, minlength=4 * len(out)).reshape(-1, 4).astype("float64")   # n00, n01, n10, n11
     lr_ind, p_ind = backtest.christoffersen_counts(*counts.T)
     conf = out["confidence"].to_numpy()
     lr_pof, p_pof = backtest.kupiec(out["n_days"], out["exceptions"], conf)
