@@ -44,7 +44,7 @@ TEST_SIZE = 0.05                       # a backtest fails when its p-value is be
 MIN_VAR_OBS = 20          # fewest daily returns a VaR forecast may rest on (backtest days before that are skipped)
 VOL_WINDOWS = (20, 30)
 BACKTEST_CELLS = 4_000_000  # scenario losses (days x portfolios x scenarios) the backtest holds at once
-PORTFOLIO_CHUNK = 200       # portfolios valued and backtested together (memory bound; the results do not depend on it)
+PORTFOLIO_CHUNK = 100       # portfolios valued and backtested together (memory bound; the results do not depend on it)
 
 
 @dataclass(frozen=True)
@@ -173,11 +173,14 @@ def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: 
                                   params, sigmas, scenarios, usd_move_of)
             if lo:                                                         # the currency's scenario set once
                 del group["scenario_returns"], group["scenario_covariance"]
+            group["var_backtest_summary"] = backtest_summary(group["var_backtest"], as_of)   # per portfolio
             group["positions_valued"]["quote_currency"] = group["positions_valued"]["product_id"].map(quote_ccy)
             for name, df in group.items():
                 parts.setdefault(name, []).append(df)
     tables = {name: pd.concat(parts.pop(name), ignore_index=True) for name in list(parts)}   # chunks freed
-    tables["var_backtest_summary"] = backtest_summary(tables["var_backtest"], as_of)
+    if not tables["var_backtest_summary"].empty:
+        tables["var_backtest_summary"] = tables["var_backtest_summary"].sort_values(
+            ["portfolio_id", "method", "confidence"], ignore_index=True)
     tables["var_model_comparison"] = model_comparison(tables["var_backtest_summary"], tables.pop("es_backtest"))
     usd_price = close * quote_usd
     qty, cost = snapshot_arrays(positions, pids, held, days[-1:])        # the book on the as-of day

@@ -32,12 +32,13 @@ def tail_rows(n: int, confidence: float) -> int:
 
 def loss_tail(losses: np.ndarray, k: int) -> np.ndarray:
     """The k largest losses along the last axis, ascending (..., k); a missing loss is -inf (sorts first, never
-    reaches VaR). One partition at a single order statistic along the (contiguous) last axis, then a sort of the
-    k kept."""
+    reaches VaR). One partition, in place (each row keeps its values, reordered), at a single order statistic
+    along the (contiguous) last axis, then a sort of the k kept."""
     n_all = losses.shape[-1]
     k = min(k, n_all)
-    x = np.partition(losses, n_all - k, axis=-1)[..., n_all - k:] if k < n_all else losses
-    return np.sort(x, axis=-1)
+    if k < n_all:
+        losses.partition(n_all - k, axis=-1)
+    return np.sort(losses[..., n_all - k:], axis=-1)
 
 
 def var_es_from_tail(top: np.ndarray, n: np.ndarray, confidences: tuple[float, ...] | float,
@@ -72,7 +73,7 @@ def var_es_from_losses(losses: np.ndarray, confidences: tuple[float, ...] | floa
                        axis: int = 0) -> dict[float, tuple[np.ndarray, np.ndarray]]:
     """{confidence: (VaR, ES)} along `axis`: VaR = linear-interpolated quantile of the losses, ES = mean of the
     losses >= VaR (NaN ignored; one partition shared by all confidences)."""
-    x = np.ascontiguousarray(np.moveaxis(np.asarray(losses, dtype="float64"), axis, -1))
+    x = np.array(np.moveaxis(np.asarray(losses, dtype="float64"), axis, -1), order="C")   # ours to partition
     confs = [float(c) for c in np.atleast_1d(confidences)]
     if x.shape[-1] == 0:
         return {c: (np.full(x.shape[:-1], np.nan), np.full(x.shape[:-1], np.nan)) for c in confs}
