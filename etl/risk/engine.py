@@ -352,7 +352,7 @@ def _name(kind: str, confidence: float, method: str) -> str:
 
 
 def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
-                   sig: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   sig: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rolling out-of-sample backtest: the VaR/ES forecast made at the close of day f (holdings and the last N
     returns up to f; for the filtered methods the residuals up to f rescaled to the volatility forecast for f+1)
     against the PnL realised on day f+1. Rows are keyed by the realised day (as_of_date). Also returns the ES
@@ -369,7 +369,7 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
     if len(f) == 0:
         return pd.DataFrame(), pd.DataFrame()
 
-    if "backtest" not in sig:                                             # the same for every chunk of portfolios
+    if "backtest" not in sig:      # the currency's cached volatilities also keep its scenarios, for the next chunk
         sig["backtest"] = _backtest_scenarios(asset_ret, f, n, sig)
     scenarios: dict[str, _Scenarios] = sig["backtest"]
     expo = mv[f]                                                           # (F, P, A)
