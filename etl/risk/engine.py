@@ -3,7 +3,9 @@
 `compute_tables` takes daily closes (one column per product, one row per calendar day), the book and the
 parameters, and returns every output table as a DataFrame. No storage here: `etl.risk.runner` reads and writes.
 Portfolios are processed in groups by base currency (a handful): within a group all prices and returns are in that
-currency, so VaR, PnL and the backtest agree with each other exactly.
+currency, so VaR, PnL and the backtest agree with each other exactly. Each group is valued and backtested in chunks
+of `PORTFOLIO_CHUNK` portfolios, so the (days x portfolios x assets) arrays stay small; every figure, the Monte Carlo
+paths of the ES tests included, is the same whatever the chunk.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
+from scipy import sparse
 
 from etl.errors import DataNotFoundError
 from etl.risk import (
@@ -40,6 +43,8 @@ BACKTEST_CONFIDENCES = (0.95, 0.975, 0.99)   # 97.5%: the Basel ES level
 TEST_SIZE = 0.05                       # a backtest fails when its p-value is below this
 MIN_VAR_OBS = 20          # fewest daily returns a VaR forecast may rest on (backtest days before that are skipped)
 VOL_WINDOWS = (20, 30)
+BACKTEST_CELLS = 4_000_000  # scenario losses (days x portfolios x scenarios) the backtest holds at once
+PORTFOLIO_CHUNK = 100       # portfolios valued and backtested together (memory bound; the results do not depend on it)
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,10 @@ def usd_rates(closes: pd.DataFrame, currencies: set[str]) -> dict[str, np.ndarra
 
 def snapshot_arrays(positions: pd.DataFrame, portfolio_ids: list[str], products: list[str],
                     days: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray]:
-    """Carried-forward quantity and avg_cost arrays (T, P, A) from the position snapshots."""
+    """Carried-forward quantity and avg_cost arrays (T, P, A) from the position snapshots (zeros without any)."""
+    if positions.empty:
+        return np.zeros((len(days), len(portfolio_ids), len(products))), np.zeros((len(days), len(portfolio_ids),
+                                                                                   len(products)))
     snap_days = np.sort(positions["as_of_date"].unique())
     k = np.searchsorted(snap_days, positions["as_of_date"].to_numpy())
     p = pd.Index(portfolio_ids).get_indexer(positions["portfolio_id"])
@@ -157,7 +165,6 @@ def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: 
     rates = usd_rates(closes, {quote_ccy[p] for p in held} | set(base_of.values()))
     close = closes[held].to_numpy()
     quote_usd = np.column_stack([rates[quote_ccy[p]] for p in held])      # (T, A)
-    qty, cost = snapshot_arrays(positions, pids, held, days)
     n_ret = min(params.var_lookback_days, t_all - 1)
     if n_ret < MIN_VAR_OBS:
         raise DataNotFoundError(f"only {t_all} days of closes up to {as_of.date()} for {held}: VaR needs at least "
@@ -170,19 +177,28 @@ def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: 
 
     parts: dict[str, list[pd.DataFrame]] = {}
     for base in sorted(set(base_of.values())):
-        idx = [i for i, pid in enumerate(pids) if base_of[pid] == base]
+        ids = [pid for pid in pids if base_of[pid] == base]
         fx = quote_usd / rates[base][:, None]                              # quote -> base, (T, A)
-        group = _group_tables(days, close, fx, qty[:, idx], cost[:, idx], [pids[i] for i in idx], held, base,
-                              z, scale, n_ret, hist_start, params, sigmas, scenarios, usd_move_of)
-        group["positions_valued"]["quote_currency"] = group["positions_valued"]["product_id"].map(quote_ccy)
-        for name, df in group.items():
-            parts.setdefault(name, []).append(df)
-    tables = {name: pd.concat(dfs, ignore_index=True) for name, dfs in parts.items()}
-    tables["var_backtest_summary"] = backtest_summary(tables["var_backtest"], as_of)
+        for lo in range(0, len(ids), PORTFOLIO_CHUNK):                    # memory: (T, P, A) arrays per chunk
+            chunk = ids[lo:lo + PORTFOLIO_CHUNK]
+            qty, cost = snapshot_arrays(positions[positions["portfolio_id"].isin(chunk)], chunk, held, days)
+            group = _group_tables(days, close, fx, qty, cost, chunk, held, base, z, scale, n_ret, hist_start,
+                                  params, sigmas, scenarios, usd_move_of)
+            if lo:                                                         # the currency's scenario set once
+                del group["scenario_returns"], group["scenario_covariance"]
+            group["var_backtest_summary"] = backtest_summary(group["var_backtest"], as_of)   # per portfolio
+            group["positions_valued"]["quote_currency"] = group["positions_valued"]["product_id"].map(quote_ccy)
+            for name, df in group.items():
+                parts.setdefault(name, []).append(df)
+    tables = {name: pd.concat(parts.pop(name), ignore_index=True) for name in list(parts)}   # chunks freed
+    if not tables["var_backtest_summary"].empty:
+        tables["var_backtest_summary"] = tables["var_backtest_summary"].sort_values(
+            ["portfolio_id", "method", "confidence"], ignore_index=True)
     tables["var_model_comparison"] = model_comparison(tables["var_backtest_summary"], tables.pop("es_backtest"))
     usd_price = close * quote_usd
-    firm_t = firm.firm_tables(days, usd_price, valuation.value_positions(qty, cost, close, quote_usd[:, None, :])
-                              .market_value[-1], pids, held, z, scale, n_ret,
+    qty, cost = snapshot_arrays(positions, pids, held, days[-1:])        # the book on the as-of day
+    mv_usd = valuation.value_positions(qty, cost, close[-1:], quote_usd[-1:, None, :]).market_value[0]
+    firm_t = firm.firm_tables(days, usd_price, mv_usd, pids, held, z, scale, n_ret,
                               {m: s for m, s in _filtered_sigmas(risk_returns.simple_returns(usd_price), "USD",
                                                                  params, sigmas).items() if m in FILTERED},
                               scenarios, usd_move_of)
@@ -318,7 +334,7 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
     with np.errstate(invalid="ignore", divide="ignore"):
         positions_df["weight"] = positions_df["market_value"] / gross_now[pi]
 
-    bt_rows, es_rows = _backtest_rows(days, asset_ret, mv, pnl, pids, base, z, scale, params, sig)
+    bt_rows, es_rows = _backtest_rows(days, asset_ret, mv, pnl, pids, base, params, sig)
     return {"risk_metrics": risk, "portfolio_valuation": valuation_df, "pnl_daily": pnl_df,
             "positions_valued": positions_df, "drawdowns": drawdowns, "var_backtest": bt_rows, "es_backtest": es_rows,
             "risk_contributions": contribution_rows(window, exposure, pids, held, as_of, base),
@@ -349,12 +365,17 @@ def _name(kind: str, confidence: float, method: str) -> str:
     return f"{kind}_{round(confidence * 100)}_{method}"
 
 
-def _backtest_rows(days, asset_ret, mv, pnl, pids, base, z, scale, params: RiskParams,
-                   sig: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
+                   sig: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rolling out-of-sample backtest: the VaR/ES forecast made at the close of day f (holdings and the last N
     returns up to f; for the filtered methods the residuals up to f rescaled to the volatility forecast for f+1)
     against the PnL realised on day f+1. Rows are keyed by the realised day (as_of_date). Also returns the ES
-    backtests (Z2, exceedance residuals) of every portfolio x method x confidence."""
+    backtests (Z2, exceedance residuals) of every portfolio x method x confidence.
+
+    Cost is that of the model, not of re-simulation: Monte Carlo is scored by its model's exact quantile
+    (var.mc_model_var_es); the scenario methods' losses (days x portfolios x N) are built for a chunk of portfolios
+    at a time (memory bound) and only their largest losses are kept (var.loss_tail); the Z2 paths are drawn once
+    per method and level and shared by all portfolios (es_backtest.z2_null_*)."""
     t_all = len(days)
     n = params.var_lookback_days
     first_f = max(MIN_VAR_OBS, t_all - 1 - params.backtest_days)
@@ -362,73 +383,130 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, z, scale, params: RiskP
     if len(f) == 0:
         return pd.DataFrame(), pd.DataFrame()
 
-    def windows_of(x: np.ndarray) -> np.ndarray:                          # (F, N, A): returns of days f-N+1 .. f
+    if "backtest" not in sig:      # the currency's cached volatilities also keep its scenarios, for the next chunk
+        sig["backtest"] = _backtest_scenarios(asset_ret, f, n, sig)
+    scenarios: dict[str, _Scenarios] = sig["backtest"]
+    expo = mv[f]                                                           # (F, P, A)
+    expo_t = np.swapaxes(expo, 1, 2)                                       # (F, A, P)
+    realized = pnl[f + 1]                                                  # (F, P)
+    held = np.abs(expo).sum(axis=-1) > 0                                   # (F, P): a book to forecast
+    sigma = var.portfolio_sigma(scenarios["hist"].cov, expo_t)
+    forecasts: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
+    for c in BACKTEST_CONFIDENCES:
+        forecasts[("param", c)] = var.parametric_var_es(sigma, c)
+        forecasts[("mc", c)] = var.mc_model_var_es(sigma, c, params.mc_distribution, params.mc_t_dof)
+    loss_sd = {"param": sigma, "mc": sigma}
+    rng = np.random.default_rng(params.es_seed)
+    z2_null: dict[tuple[str, float], np.ndarray] = {}
+    for method in ("param", "mc"):
+        u = rng.standard_normal((params.es_simulations, len(f)))          # the model's standardised innovation
+        if method == "mc" and params.mc_distribution == "t":
+            u *= np.sqrt((params.mc_t_dof - 2.0) / rng.chisquare(params.mc_t_dof, u.shape))
+        for c in BACKTEST_CONFIDENCES:
+            unit_var, unit_es = (var.parametric_var_es(1.0, c) if method == "param" else
+                                 var.mc_model_var_es(1.0, c, params.mc_distribution, params.mc_t_dof))
+            z2_null[(method, c)] = es_backtest.z2_null_scaled(u, unit_var, unit_es, 1 - c,
+                                                              _valid(held, forecasts[(method, c)]), sigma)
+    for method, sc in scenarios.items():
+        forecasts.update(_scenario_backtest(method, sc, expo, held, rng, params, z2_null))
+        # the sd of the day's scenario losses (hist: the parametric sigma itself)
+        loss_sd[method] = sigma if method == "hist" else var.portfolio_sigma(sc.cov, expo_t)
+    keys = [(method, c) for method in METHODS for c in BACKTEST_CONFIDENCES]
+    cell = np.flatnonzero(held.ravel())                                   # (day, portfolio) cells with a book
+    day, port = np.divmod(cell, len(pids))
+
+    def stacked(per_key) -> np.ndarray:                                   # one column over every key's cells
+        return np.concatenate([per_key(*key).ravel()[cell] for key in keys])
+
+    rows = pd.DataFrame({
+        "portfolio_id": np.tile(np.asarray(pids, dtype=object)[port], len(keys)),
+        "as_of_date": np.tile(days[f + 1].to_numpy()[day], len(keys)),
+        "forecast_date": np.tile(days[f].to_numpy()[day], len(keys)),
+        "method": np.repeat(np.asarray([m for m, _ in keys], dtype=object), len(cell)),
+        "confidence": np.repeat([c for _, c in keys], len(cell)),
+        "var_forecast": stacked(lambda m, c: forecasts[(m, c)][0]),
+        "realized_pnl": np.tile(realized.ravel()[cell], len(keys)),
+        "is_exception": stacked(lambda m, c: backtest.exceptions(forecasts[(m, c)][0], realized)),
+        "es_forecast": stacked(lambda m, c: forecasts[(m, c)][1]),
+        "loss_sd": stacked(lambda m, c: loss_sd[m]), "base_currency": base,
+    })
+    tests = []
+    for method, c in keys:
+        fc, es = forecasts[(method, c)]
+        valid = _valid(held, (fc, es))
+        z2 = es_backtest.z2_stat(-realized, fc, es, 1 - c, valid)
+        er = es_backtest.exceedance_residual_test(-realized, fc, es, loss_sd[method], params.es_bootstrap,
+                                                  params.es_seed, valid)
+        tests.append(pd.DataFrame({"portfolio_id": pids, "method": method, "confidence": c, "z2": z2,
+                                   "z2_p": es_backtest.z2_p_value(z2, z2_null[(method, c)]),
+                                   "exceedance_residual_n": er["n"], "exceedance_residual_mean": er["mean"],
+                                   "exceedance_residual_t": er["t"], "exceedance_residual_p": er["p"]}))
+    return rows, pd.concat(tests, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class _Scenarios:
+    """A scenario method's backtest windows (F, N, A), as the losses need them: the negated returns transposed
+    (F, A, N) with 0 in the padding rows (before the history starts), the padding (F, N) and the covariance of the
+    valid rows (F, A, A)."""
+    neg_w: np.ndarray
+    pad: np.ndarray
+    cov: np.ndarray
+
+    @classmethod
+    def of(cls, w: np.ndarray) -> _Scenarios:
+        pad = np.isnan(w).any(axis=2)
+        return cls(np.ascontiguousarray(np.swapaxes(np.where(pad[..., None], 0.0, -w), 1, 2)), pad, var.covariance(w))
+
+
+def _backtest_scenarios(asset_ret: np.ndarray, f: np.ndarray, n: int, sig: dict) -> dict[str, _Scenarios]:
+    """Each scenario method's windows for the forecast days f: the N returns of days f-N+1 .. f (hist), or the
+    residuals up to f rescaled to the volatility forecast for f+1 (filtered; volatilities from data up to f)."""
+    def windows_of(x: np.ndarray) -> np.ndarray:                          # (F, N, A)
         padded = np.vstack([np.full((n - 1, x.shape[1]), np.nan), x])
         return np.swapaxes(sliding_window_view(padded, n, axis=0), 1, 2)[f - 1]
 
-    win = windows_of(asset_ret)
-    expo = np.ascontiguousarray(np.swapaxes(mv[f], 1, 2))                  # (F, A, P)
-    forecasts: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
-    scenario_losses = {"hist": var.historical_losses(win, expo)}         # (F, N, P)
+    windows = {"hist": windows_of(asset_ret)}
     for method in FILTERED:
-        s = sig.get(f"{method}_backtest", sig[method])                    # volatilities from data up to f only
-        u = filtered.standardised(asset_ret, s)
-        scenario_losses[method] = var.historical_losses(filtered.fhs_window(windows_of(u), s[f]), expo)
-    loss_sd = {}
-    for method, losses in scenario_losses.items():
-        for c, ve in var.var_es_from_losses(losses, BACKTEST_CONFIDENCES, axis=1).items():
-            forecasts[(method, c)] = ve
-        loss_sd[method] = np.nanstd(losses, axis=1, ddof=1)
-    cov = var.covariance(win)
-    sigma = var.portfolio_sigma(cov, expo)
-    for c in BACKTEST_CONFIDENCES:
-        forecasts[("param", c)] = var.parametric_var_es(sigma, c)
-    for c, ve in var.mc_var_es_batched(z, scale, cov, expo, BACKTEST_CONFIDENCES).items():
-        forecasts[("mc", c)] = ve
-    loss_sd["param"] = loss_sd["mc"] = sigma
-    realized = pnl[f + 1]                                                  # (F, P)
-    held = np.abs(mv[f]).sum(axis=-1) > 0                                  # (F, P): a book to forecast
-    p = len(pids)
-    rows, tests = [], []
-    rng = np.random.default_rng(params.es_seed)
-    for method in METHODS:
-        simulated = _simulate_losses(method, scenario_losses.get(method), sigma, params, rng)   # (M, F, P)
-        for c in BACKTEST_CONFIDENCES:
-            fc, es = forecasts[(method, c)]
-            rows.append(pd.DataFrame({
-                "portfolio_id": np.tile(pids, len(f)), "as_of_date": np.repeat(days[f + 1], p),
-                "forecast_date": np.repeat(days[f], p), "method": method, "confidence": c,
-                "var_forecast": fc.ravel(), "realized_pnl": realized.ravel(),
-                "is_exception": backtest.exceptions(fc, realized).ravel(), "es_forecast": es.ravel(),
-                "loss_sd": loss_sd[method].ravel(), "base_currency": base,
-            })[held.ravel()])
-            valid = held & np.isfinite(fc) & np.isfinite(es)
-            z2, z2_p = es_backtest.z2_test(-realized, fc, es, 1 - c, simulated, valid)
-            er = es_backtest.exceedance_residual_test(-realized, fc, es, loss_sd[method], params.es_bootstrap,
-                                                      params.es_seed, valid)
-            tests.append(pd.DataFrame({"portfolio_id": pids, "method": method, "confidence": c, "z2": z2,
-                                       "z2_p": z2_p, "exceedance_residual_n": er["n"],
-                                       "exceedance_residual_mean": er["mean"], "exceedance_residual_t": er["t"],
-                                       "exceedance_residual_p": er["p"]}))
-    return pd.concat(rows, ignore_index=True), pd.concat(tests, ignore_index=True)
+        s = sig.get(f"{method}_backtest", sig[method])
+        windows[method] = filtered.fhs_window(windows_of(filtered.standardised(asset_ret, s)), s[f])
+    return {method: _Scenarios.of(w) for method, w in windows.items()}
 
 
-def _simulate_losses(method: str, scenario_losses: np.ndarray | None, sigma: np.ndarray, params: RiskParams,
-                     rng: np.random.Generator) -> np.ndarray:
-    """Loss paths (M, F, P) drawn from each day's predictive distribution of a method, for the Z2 p-value:
-    historical and filtered methods draw one of the day's valid scenarios (the oldest rows of a short window
-    are NaN padding); parametric draws sigma x N(0, 1); Monte Carlo sigma x its standardised innovation (normal,
-    or Student-t scaled to unit variance), the distribution its scenarios sample."""
-    m = params.es_simulations
-    if scenario_losses is not None:
-        f_len, n, p = scenario_losses.shape
-        n_valid = (~np.isnan(scenario_losses[..., 0])).sum(axis=1)       # (F,)
-        idx = n - n_valid[None, :] + np.floor(rng.random((m, f_len)) * n_valid[None, :]).astype(np.int64)
-        return scenario_losses[np.arange(f_len)[None, :], np.minimum(idx, n - 1)]
-    shocks = rng.standard_normal((m,) + sigma.shape)
-    if method == "mc" and params.mc_distribution == "t":
-        shocks *= np.sqrt((params.mc_t_dof - 2.0) / rng.chisquare(params.mc_t_dof, (m,) + sigma.shape))
-    return shocks * sigma[None]
+def _valid(held: np.ndarray, forecast: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Backtest days that count: a book held and a finite VaR and ES forecast."""
+    return held & np.isfinite(forecast[0]) & np.isfinite(forecast[1])
+
+
+def _scenario_backtest(method: str, sc: _Scenarios, expo: np.ndarray, held: np.ndarray, rng: np.random.Generator,
+                       params: RiskParams, z2_null: dict) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
+    """VaR/ES forecasts {(method, c): (var (F, P), es (F, P))} of a scenario method (its windows `sc`, exposures
+    expo (F, P, A)) and, into z2_null, its Z2 paths (M, P) per confidence. A Z2 path draws on each day a scenario
+    uniformly among the day's valid ones, as a rank shared by all portfolios (each portfolio's own loss of that
+    rank); only ranks among the `tail_rows` largest can exceed VaR, so only those draws are counted."""
+    f_len, n = sc.pad.shape
+    p = expo.shape[1]
+    n_day = n - sc.pad.sum(axis=1)                                         # (F,) valid scenarios per day
+    k = var.tail_rows(n, min(BACKTEST_CONFIDENCES))
+    rank = np.floor(rng.random((params.es_simulations, f_len)) * n_day).astype(np.int64)
+    path, day = np.nonzero(rank >= n_day - k)                              # the draws among the day's k largest
+    slot = rank[path, day] - n_day[day] + k                                # their place among them
+    draws = sparse.csr_matrix((np.ones(len(path)), (path, day * k + slot)), shape=(len(rank), f_len * k))
+    out = {(method, c): (np.empty((f_len, p)), np.empty((f_len, p))) for c in BACKTEST_CONFIDENCES}
+    nulls = {c: np.empty((len(rank), p)) for c in BACKTEST_CONFIDENCES}
+    step = max(1, BACKTEST_CELLS // (f_len * n))
+    counts = np.broadcast_to(n_day[:, None], (f_len, p))
+    for lo in range(0, p, step):
+        cols = slice(lo, lo + step)
+        losses = expo[:, cols] @ sc.neg_w                                  # (F, Pc, N), scenarios last
+        if sc.pad.any():
+            np.copyto(losses, -np.inf, where=sc.pad[:, None, :])
+        top = var.loss_tail(losses, k)
+        for c, (v, e) in var.var_es_from_tail(top, counts[:, cols], BACKTEST_CONFIDENCES, losses).items():
+            out[(method, c)][0][:, cols], out[(method, c)][1][:, cols] = v, e
+            nulls[c][:, cols] = es_backtest.z2_null_drawn(draws, top, v, e, 1 - c, _valid(held[:, cols], (v, e)))
+    z2_null.update({(method, c): z for c, z in nulls.items()})
+    return out
 
 
 def backtest_summary(bt: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -436,7 +514,8 @@ def backtest_summary(bt: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     the Basel traffic light over the backtest window."""
     if bt.empty:
         return pd.DataFrame()
-    bt = bt.sort_values(["portfolio_id", "method", "confidence", "as_of_date"])
+    bt = bt[["portfolio_id", "method", "confidence", "as_of_date", "is_exception"]].sort_values(
+        ["portfolio_id", "method", "confidence", "as_of_date"])                 # only the columns it needs
     keys = ["portfolio_id", "method", "confidence"]
     g = bt.groupby(keys, sort=False)
     out = g.agg(n_days=("is_exception", "size"), exceptions=("is_exception", "sum"),
@@ -447,8 +526,8 @@ def backtest_summary(bt: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     same = np.r_[False, series[1:] == series[:-1]]                        # consecutive days of one series
     prev, cur = hits[:-1][same[1:]], hits[1:][same[1:]]
     sid = series[1:][same[1:]]
-    counts = np.zeros((len(out), 4))
-    np.add.at(counts, (sid, 2 * prev.astype(int) + cur.astype(int)), 1)   # n00, n01, n10, n11
+    code = 4 * sid + 2 * prev.astype(int) + cur.astype(int)
+    counts = np.bincount(code, minlength=4 * len(out)).reshape(-1, 4).astype("float64")   # n00, n01, n10, n11
     lr_ind, p_ind = backtest.christoffersen_counts(*counts.T)
     conf = out["confidence"].to_numpy()
     lr_pof, p_pof = backtest.kupiec(out["n_days"], out["exceptions"], conf)

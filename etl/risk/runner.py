@@ -110,15 +110,17 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None) -> Ris
     run_id = commits.new_run_id()
     tables["risk_metrics"]["risk_run_id"] = run_id
     partition = f"as_of_date={as_of.isoformat()}"
-    parts = {(name, partition): _to_arrow(tables.get(name, pd.DataFrame())) for name in TABLES}
+    summary = RiskSummary(as_of=as_of, portfolios=len(portfolios), positions=len(tables["positions_valued"]),
+                          products=products, lookback_days=int(tables["risk_metrics"]["lookback_days"].iloc[0]),
+                          breaches=len(tables["limit_breaches"]))
+    # each table leaves pandas as it becomes Arrow (memory: the backtest has millions of rows)
+    parts = {(name, partition): _to_arrow(tables.pop(name, pd.DataFrame())) for name in TABLES}
     for (name, _), part in parts.items():
         check_output(name, part.column_names)  # every column declared in etl/warehouse/tables.yml, and no other
     commits.publish(get_store(settings), commits.risk_manifest(as_of), "risk", parts, run_id=run_id,
                     meta={"as_of": as_of.isoformat(), "portfolios": sorted(map(str, portfolios["portfolio_id"]))})
-    rows = {name: part.num_rows for (name, _), part in parts.items()}
-    summary = RiskSummary(as_of=as_of, portfolios=len(portfolios), positions=len(tables["positions_valued"]),
-                          products=products, lookback_days=int(tables["risk_metrics"]["lookback_days"].iloc[0]),
-                          rows=rows, breaches=len(tables["limit_breaches"]), seconds=time.perf_counter() - t0)
+    summary.rows = {name: part.num_rows for (name, _), part in parts.items()}
+    summary.seconds = time.perf_counter() - t0
     log.info("%s", summary)
     return summary
 
@@ -166,11 +168,13 @@ def _read_bars(kind: str, products: list[str], start: date | None, end: date, se
 
 
 def _to_arrow(df: pd.DataFrame) -> pa.Table:
-    """Dates (the columns declared `date`) as date32, timestamps as UTC microseconds, text as string (stable types for the warehouse)."""
-    df = df.copy()
+    """Dates (the columns declared `date`) as date32, timestamps as UTC microseconds, text as string (stable types for the warehouse).
+    Naive timestamps become dates by the final cast (no Python date objects: the backtest has millions of rows)."""
+    df = df.copy(deep=False)                       # copy-on-write: the caller's frame is not changed
     for col in df.columns:
         if col in DATE_COLUMNS:
-            df[col] = pd.to_datetime(df[col]).dt.date
+            day = pd.to_datetime(df[col])
+            df[col] = day.dt.normalize() if day.dt.tz is None else day.dt.date
         elif isinstance(df[col].dtype, pd.DatetimeTZDtype):
             df[col] = df[col].dt.tz_convert("UTC").astype("datetime64[us, UTC]")
         elif df[col].dtype == object:

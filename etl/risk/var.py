@@ -6,7 +6,10 @@
 - Parametric (delta-normal, zero mean): sigma_P = sqrt(e' C e) with C the sample covariance (ddof=1) of the same
   returns; VaR = z_q sigma_P; ES = sigma_P phi(z_q) / (1 - q).
 - Monte Carlo: S seeded scenarios of asset returns, correlated normal or Student-t scaled to covariance C;
-  VaR/ES from the scenario losses as for historical.
+  VaR/ES from the scenario losses as for historical. `mc_model_var_es` is the exact quantile of the distribution
+  those scenarios sample (what the backtest scores; the scenario figures estimate it with Monte Carlo error).
+VaR/ES of scenario losses: one partition at a single order statistic keeps the few largest losses
+(`loss_tail`), and VaR and ES are read from those (`var_es_from_tail`); exact, ties included.
 Loss windows may be padded with NaN (shorter history): NaNs are ignored, n counts the valid rows.
 """
 
@@ -16,71 +19,74 @@ import numpy as np
 from scipy import stats
 
 
-def _sorted(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    xs = np.sort(np.moveaxis(np.asarray(x, dtype="float64"), axis, 0), axis=0)   # NaN sorts last
-    return xs, (~np.isnan(xs)).sum(axis=0)
-
-
-def _quantile_sorted(xs: np.ndarray, n: np.ndarray, q: float) -> np.ndarray:
-    h = (n - 1) * q                                                   # numpy's 'linear' virtual index
-    lo = np.maximum(np.floor(h), 0).astype(np.int64)
-    hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
-    a = np.take_along_axis(xs, lo[None, ...], axis=0)[0]
-    b = np.take_along_axis(xs, hi[None, ...], axis=0)[0]
-    t = h - np.floor(h)
+def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     diff = b - a
-    val = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)        # numpy's _lerp, bit for bit
-    return np.where(n > 0, val, np.nan)
+    return np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)        # numpy's _lerp, bit for bit
 
 
-def quantile_linear(x: np.ndarray, q: float, axis: int = 0) -> np.ndarray:
-    """numpy's default ('linear') quantile along `axis`, ignoring NaN (n = number of valid values)."""
-    xs, n = _sorted(x, axis)
-    return _quantile_sorted(xs, n, q)
+def tail_rows(n: int, confidence: float) -> int:
+    """How many of the largest of n losses `var_es_from_tail` needs down to `confidence`: the ranks from one below
+    the VaR's lower order statistic floor((n-1)c) up (the extra one shows whether ties continue below)."""
+    return n - max(int(np.floor((n - 1) * confidence)) - 1, 0)
+
+
+def loss_tail(losses: np.ndarray, k: int) -> np.ndarray:
+    """The k largest losses along the last axis, ascending (..., k); a missing loss is -inf (sorts first, never
+    reaches VaR). One partition, in place (each row keeps its values, reordered), at a single order statistic
+    along the (contiguous) last axis, then a sort of the k kept."""
+    n_all = losses.shape[-1]
+    k = min(k, n_all)
+    if k < n_all:
+        losses.partition(n_all - k, axis=-1)
+    return np.sort(losses[..., n_all - k:], axis=-1)
+
+
+def var_es_from_tail(top: np.ndarray, n: np.ndarray, confidences: tuple[float, ...] | float,
+                     losses: np.ndarray) -> dict[float, tuple[np.ndarray, np.ndarray]]:
+    """{confidence: (VaR, ES)} from top = `loss_tail(losses, k)`, k at least `tail_rows` of the lowest confidence,
+    and n (...) the number of valid (not -inf) losses. The rank r (0 = smallest of the n valid losses) sits at top[..., r - n + k]. ES sums the kept
+    losses >= VaR; where the smallest kept one ties with VaR (ties may continue below it) the whole row of
+    `losses` (..., N) is counted instead."""
+    k = top.shape[-1]
+    out = {}
+    for c in (float(c) for c in np.atleast_1d(confidences)):
+        h = (n - 1) * c
+        lo = np.maximum(np.floor(h), 0).astype(np.int64)
+        hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
+        a = np.take_along_axis(top, np.maximum(lo - n + k, 0)[..., None], axis=-1)[..., 0]
+        b = np.take_along_axis(top, np.maximum(hi - n + k, 0)[..., None], axis=-1)[..., 0]
+        var = np.where(n > 0, _lerp(a, b, h - np.floor(h)), np.nan)
+        tail = top >= var[..., None]                                   # NaN compares False
+        count = np.asarray(tail.sum(axis=-1))
+        total = np.asarray(np.where(tail, top, 0.0).sum(axis=-1))
+        more = tail[..., 0] & (n > k)
+        if more.any():
+            x = np.asarray(losses, dtype="float64")[more]
+            ties = x >= var[more][:, None]
+            count[more], total[more] = ties.sum(axis=-1), np.where(ties, x, 0.0).sum(axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[c] = (var, total / count)
+    return out
 
 
 def var_es_from_losses(losses: np.ndarray, confidences: tuple[float, ...] | float,
                        axis: int = 0) -> dict[float, tuple[np.ndarray, np.ndarray]]:
     """{confidence: (VaR, ES)} along `axis`: VaR = linear-interpolated quantile of the losses, ES = mean of the
-    losses >= VaR (NaN ignored; one sort or partition shared by all confidences)."""
-    x = np.moveaxis(np.asarray(losses, dtype="float64"), axis, 0)
+    losses >= VaR (NaN ignored; one partition shared by all confidences)."""
+    x = np.array(np.moveaxis(np.asarray(losses, dtype="float64"), axis, -1), order="C")   # ours to partition
     confs = [float(c) for c in np.atleast_1d(confidences)]
-    if x.shape[0] and not np.isnan(x).any():
-        return _var_es_full(x, confs)
-    xs, n = _sorted(x, 0)
-    out = {}
-    for c in confs:
-        var = _quantile_sorted(xs, n, c)
-        tail = xs >= var[None, ...]                                   # NaN compares False
-        with np.errstate(invalid="ignore", divide="ignore"):
-            es = np.where(tail, xs, 0.0).sum(axis=0) / tail.sum(axis=0)
-        out[c] = (var, es)
-    return out
+    if x.shape[-1] == 0:
+        return {c: (np.full(x.shape[:-1], np.nan), np.full(x.shape[:-1], np.nan)) for c in confs}
+    valid = ~np.isnan(x)
+    n = valid.sum(axis=-1)
+    if not valid.all():
+        x = np.where(valid, x, -np.inf)
+    return var_es_from_tail(loss_tail(x, tail_rows(x.shape[-1], min(confs))), n, tuple(confs), x)
 
 
-def _var_es_full(x: np.ndarray, confs: list[float]) -> dict[float, tuple[np.ndarray, np.ndarray]]:
-    """Windows without NaN: a partition at the two order statistics each confidence needs replaces the sort.
-    After it, every row from `hi` on is >= VaR; rows before `hi` can only reach VaR by a tie, checked."""
-    n = x.shape[0]
-    bounds = {c: (int(np.floor((n - 1) * c)), min(int(np.floor((n - 1) * c)) + 1, n - 1)) for c in confs}
-    xs = np.partition(x, sorted({k for pair in bounds.values() for k in pair}), axis=0)
-    n_arr = np.full(x.shape[1:], n)
-    out = {}
-    for c, (lo, hi) in bounds.items():
-        var = _quantile_sorted(xs, n_arr, c)
-        exact = (n - 1) * c == np.floor((n - 1) * c)                 # VaR is the order statistic xs[lo] itself
-        if exact:
-            hi = lo
-        count = np.full(x.shape[1:], float(n - hi))
-        total = xs[hi:].sum(axis=0)
-        # rows before hi are <= xs[lo] <= VaR, so they join the tail only on a tie with VaR (when not exact,
-        # xs[lo] is their maximum; when exact, their maximum is not located, so always check)
-        if hi > 0 and (exact or (xs[lo] >= var).any()):
-            ties = xs[:hi] >= var[None, ...]
-            count = count + ties.sum(axis=0)
-            total = total + np.where(ties, xs[:hi], 0.0).sum(axis=0)
-        out[c] = (var, total / count)
-    return out
+def quantile_linear(x: np.ndarray, q: float, axis: int = 0) -> np.ndarray:
+    """numpy's default ('linear') quantile along `axis`, ignoring NaN (n = number of valid values)."""
+    return var_es_from_losses(x, q, axis)[float(q)][0]
 
 
 def historical_losses(returns_window: np.ndarray, exposure: np.ndarray) -> np.ndarray:
@@ -140,19 +146,14 @@ def mc_losses(z: np.ndarray, scale: np.ndarray, cov: np.ndarray, exposure: np.nd
     return -(scale[:, None] * (z @ w))
 
 
-def mc_var_es_batched(z: np.ndarray, scale: np.ndarray, cov: np.ndarray, exposure: np.ndarray,
-                      confidences: tuple[float, ...], max_cells: int = 20_000_000) -> dict[float, tuple]:
-    """Monte Carlo VaR/ES for many days at once with common random numbers (the same seeded draws every day).
-    cov (T, A, A), exposure (T, A, P). Days are processed in blocks of at most `max_cells` scenario losses
-    (memory bound, not a per-day loop). Returns {confidence: (var (T, P), es (T, P))}."""
-    w = np.swapaxes(cov_sqrt(cov), -1, -2) @ exposure                # (T, A, P)
-    t, _, p = w.shape
-    out = {float(c): (np.empty((t, p)), np.empty((t, p))) for c in confidences}
-    block = max(1, max_cells // max(1, z.shape[0] * p))
-    for start in range(0, t, block):
-        wb = w[start:start + block]                                   # (B, A, P)
-        losses = -(scale[:, None, None] * np.einsum("sa,bap->sbp", z, wb))   # (S, B, P)
-        for c, (v, e) in var_es_from_losses(losses, confidences, axis=0).items():
-            out[c][0][start:start + block] = v
-            out[c][1][start:start + block] = e
-    return out
+def mc_model_var_es(sigma: np.ndarray, confidence: float, distribution: str = "t",
+                    dof: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """The exact VaR/ES of the distribution the Monte Carlo scenarios sample: the loss is sigma x s x N(0, 1) =
+    sigma x sqrt((dof-2)/dof) x t(dof) for Student-t (normal: sigma x N(0, 1), the parametric figures), sigma =
+    sqrt(e' C e). t quantile q: VaR = k sigma q, ES = k sigma f(q) (dof + q^2) / ((dof - 1)(1 - c)), k =
+    sqrt((dof-2)/dof). The scenario figures (`mc_losses`) estimate these with Monte Carlo error."""
+    if distribution == "normal":
+        return parametric_var_es(sigma, confidence)
+    k = np.sqrt((dof - 2.0) / dof)
+    q = stats.t.ppf(confidence, dof)
+    return k * q * sigma, k * sigma * stats.t.pdf(q, dof) * (dof + q * q) / ((dof - 1.0) * (1.0 - confidence))

@@ -451,3 +451,25 @@ def test_a_holding_without_a_bar_on_the_as_of_day_is_flagged_stale_or_delisted(r
     eth = pos[pos["product_id"] == "ETH-USD"]
     assert eth["is_stale"].all() and eth["is_delisted"].all() and eth["close"].eq(eth_last).all()
     assert not pos.loc[pos["product_id"] != "ETH-USD", "is_delisted"].any()
+
+
+def test_portfolio_chunks_do_not_change_any_table(monkeypatch):
+    """Portfolios are valued and backtested in chunks (memory): one portfolio per chunk gives the same tables,
+    Monte Carlo paths and bootstrap p-values included (they are drawn per model and level, not per portfolio)."""
+    import etl.risk.engine as engine
+
+    params = RiskParams(var_lookback_days=60, backtest_days=40, mc_scenarios=2000, es_simulations=300,
+                        es_bootstrap=300)
+    book = pd.concat([BOOK, BOOK.assign(portfolio_id="U2", quantity=BOOK["quantity"] * -0.5)], ignore_index=True)
+    portfolios = pd.concat([PORTFOLIOS, PORTFOLIOS.iloc[:1].assign(portfolio_id="U2")], ignore_index=True)
+    whole = compute_tables(_closes(), QUOTE, portfolios, book, params)
+    monkeypatch.setattr(engine, "PORTFOLIO_CHUNK", 1)
+    chunked = compute_tables(_closes(), QUOTE, portfolios, book, params)
+    assert set(whole) == set(chunked)
+    for name, df in whole.items():
+        keys = [c for c in ("portfolio_id", "product_id", "method", "confidence", "as_of_date", "scenario_id",
+                            "scenario_date", "asset_index", "product_id_a", "product_id_b", "entity_id",
+                            "limit_type", "bucket_start", "price_date", "scope") if c in df.columns]
+        a = df.sort_values(keys).reset_index(drop=True) if keys else df
+        b = chunked[name].sort_values(keys).reset_index(drop=True) if keys else chunked[name]
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-12, obj=name)

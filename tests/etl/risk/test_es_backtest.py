@@ -81,3 +81,76 @@ def test_the_engine_compares_every_method_at_every_confidence():
     got = cmp.set_index(["portfolio_id", "method", "confidence"]).loc[("U1", "garch_t", 0.975)]
     assert got["z2"] == pytest.approx(z2, rel=1e-12) and got["exceptions"] == hit.sum()
     assert (row["es_forecast"] >= row["var_forecast"]).all()
+
+
+def test_shared_z2_paths_give_each_series_its_own_paths_p_value_within_the_monte_carlo_error():
+    """The engine draws the Z2 paths once per method and level and shares them across portfolios. For each series
+    the p-value equals, within its Monte Carlo error, the one from paths of its own (es_backtest.z2_test on
+    (M, T, K) simulated losses, the sampler before the sharing): |p_shared - p_own| < 4 sqrt(2 p (1 - p) / M)
+    (two independent estimates of p). Scenario model: the engine's own backtest step on random scenario returns;
+    its VaR/ES forecasts are exact (a sort of each day's losses)."""
+    from etl.risk import var
+    from etl.risk.engine import _scenario_backtest, _Scenarios
+
+    rng = np.random.default_rng(4)
+    t_days, n, a, k, m = 120, 60, 4, 30, 2000
+    w = rng.standard_t(4, (t_days, n, a)) * 0.02
+    w[:10, :20] = np.nan                                               # short history on the first days
+    expo = rng.normal(0, 1000, (t_days, k, a))
+    held = np.ones((t_days, k), bool)
+    params = RiskParams(es_simulations=m)
+    nulls: dict = {}
+    forecasts = _scenario_backtest("hist", _Scenarios.of(w), expo, held, np.random.default_rng(9), params, nulls)
+    losses = -np.einsum("tna,tka->tnk", w, expo)                      # (T, N, K)
+    realized = (losses[np.arange(t_days), rng.integers(20, n, t_days)] * 1.1)   # somewhat fatter than the model
+    for c in BACKTEST_CONFIDENCES:
+        fc, es = forecasts[("hist", c)]
+        for d in range(t_days):
+            x = losses[d][~np.isnan(losses[d, :, 0])]
+            np.testing.assert_allclose(fc[d], np.quantile(x, c, axis=0), rtol=1e-12)   # losses by einsum
+            np.testing.assert_allclose(es[d], [col[col >= q].mean() for col, q in zip(x.T, fc[d], strict=True)],
+                                       rtol=1e-12)
+        # own paths: each series draws its own valid scenario index every day
+        valid_rows = np.where(np.isnan(losses[:, :, 0]), 0, 1)
+        n_valid = valid_rows.sum(axis=1)
+        idx = n - n_valid[None, :, None] + np.floor(rng.random((m, t_days, k)) * n_valid[None, :, None]).astype(int)
+        own = losses[np.arange(t_days)[None, :, None], idx, np.arange(k)[None, None, :]]
+        z, p_own = es_backtest.z2_test(realized, fc, es, 1 - c, own)
+        p_shared = es_backtest.z2_p_value(z, nulls[("hist", c)])
+        bound = 4 * np.sqrt(2 * p_own * (1 - p_own) / m) + 2 / m
+        assert (np.abs(p_shared - p_own) < bound).all()
+    # location-scale model: param, sigma different per series and day
+    sigma = rng.uniform(0.5, 2.0, (t_days, k))
+    u = rng.standard_normal((m, t_days))
+    for c in BACKTEST_CONFIDENCES:
+        fc, es = var.parametric_var_es(sigma, c)
+        realized_param = sigma * rng.standard_t(5, (t_days, k))
+        z, p_own = es_backtest.z2_test(realized_param, fc, es, 1 - c, sigma * rng.standard_normal((m, t_days, k)))
+        unit = var.parametric_var_es(1.0, c)
+        shared = es_backtest.z2_null_scaled(u, unit[0], unit[1], 1 - c, held, sigma)
+        assert (np.abs(es_backtest.z2_p_value(z, shared) - p_own) < 4 * np.sqrt(2 * p_own * (1 - p_own) / m)
+                + 2 / m).all()
+
+
+def test_batched_bootstrap_equals_the_one_series_test():
+    """Series with the same number of exceedances share resampling indices: each equals mean_zero_bootstrap on
+    its residuals with those indices; the t statistic is the series' own."""
+    rng = np.random.default_rng(8)
+    losses = rng.standard_t(4, (250, 12))
+    var_, es, sd = np.full((250, 12), 1.6), np.full((250, 12), 2.4), np.ones((250, 12))
+    out = es_backtest.exceedance_residual_test(losses, var_, es, sd, 300, seed=3, max_cells=3000)
+    res = es_backtest.exceedance_residuals(losses, var_, es, sd)
+    for j, r in enumerate(res):
+        assert out["n"][j] == len(r) and out["mean"][j] == pytest.approx(r.mean(), rel=1e-12)
+        assert out["t"][j] == pytest.approx(stats.ttest_1samp(r, 0.0).statistic, rel=1e-10)
+        assert 0 < out["p"][j] <= 1
+    # the series with k exceedances share the indices drawn with the seed (3, k): mean_zero_bootstrap's test
+    k = out["n"][0]
+    idx = np.random.default_rng((3, int(k))).integers(0, k, size=(300, k))
+    for j in [j for j in range(12) if out["n"][j] == k]:
+        b = (res[j] - res[j].mean())[idx]
+        tb = np.nan_to_num(b.mean(axis=1) / (b.std(axis=1, ddof=1) / np.sqrt(k)))
+        assert out["p"][j] == pytest.approx((1 + (tb >= out["t"][j]).sum()) / 301, abs=1e-12)
+    # and do not depend on the other series
+    alone = es_backtest.exceedance_residual_test(losses[:, :1], var_[:, :1], es[:, :1], sd[:, :1], 300, seed=3)
+    assert alone["p"][0] == out["p"][0]

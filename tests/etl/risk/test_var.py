@@ -77,16 +77,44 @@ def test_monte_carlo_is_seeded_and_matches_the_covariance(rets, dist):
     assert v == pytest.approx(expected * sigma, rel=0.03)
 
 
-def test_mc_batched_equals_one_day_at_a_time(rets):
-    covs = np.stack([np.cov(rets[i:i + 100], rowvar=False) for i in (0, 50, 100)])
-    expo = np.random.default_rng(3).normal(size=(3, 5, 4)) * 1000
-    z, s = var.mc_draws(2000, 5, seed=1)
-    batched = var.mc_var_es_batched(z, s, covs, expo, (0.95, 0.99), max_cells=2000 * 4)   # one day per block
-    for d in range(3):
-        one = var.var_es_from_losses(var.mc_losses(z, s, covs[d], expo[d]), (0.95, 0.99))
-        for c in (0.95, 0.99):
-            np.testing.assert_allclose(batched[c][0][d], one[c][0], rtol=1e-12)
-            np.testing.assert_allclose(batched[c][1][d], one[c][1], rtol=1e-12)
+@pytest.mark.parametrize("dist", ["normal", "t"])
+def test_mc_model_figures_are_what_the_scenarios_estimate_within_their_standard_error(rets, dist):
+    """The backtest scores the Monte Carlo model by its exact VaR/ES (var.mc_model_var_es); the 10,000-scenario
+    figures of the as-of day estimate them. Their difference stays within 4 asymptotic standard errors:
+    VaR: sqrt(c (1-c) / S) / f(VaR); ES: sqrt((Var(L | L >= VaR) + c (ES - VaR)^2) / (S (1-c))) (the loss
+    density f and the tail moments of the model's own distribution, by scipy)."""
+    s_count = 10_000
+    z, s = var.mc_draws(s_count, 5, seed=7, distribution=dist, dof=5.0)
+    expo = np.random.default_rng(3).normal(size=(5, 40)) * 1000                # 40 books, one set of draws
+    cov = np.cov(rets, rowvar=False)
+    sigma = var.portfolio_sigma(cov, expo)
+    k = np.sqrt(3 / 5)
+    law = stats.norm() if dist == "normal" else stats.t(5, scale=k)              # the standardised innovation
+    for c, (v, es) in var.var_es_from_losses(var.mc_losses(z, s, cov, expo), (0.95, 0.975, 0.99)).items():
+        v_exact, es_exact = var.mc_model_var_es(sigma, c, dist, 5.0)
+        q = law.ppf(c)
+        assert v_exact == pytest.approx(q * sigma, rel=1e-12)
+        assert es_exact == pytest.approx(law.expect(lambda x: x, lb=q) / (1 - c) * sigma, rel=1e-7)
+        tail_var = law.expect(lambda x, m=es_exact[0] / sigma[0]: (x - m) ** 2, lb=q) / (1 - c)
+        se_var = np.sqrt(c * (1 - c) / s_count) / law.pdf(q) * sigma
+        se_es = np.sqrt((tail_var + c * (es_exact[0] / sigma[0] - q) ** 2) / (s_count * (1 - c))) * sigma
+        assert (np.abs(v - v_exact) < 4 * se_var).all() and (np.abs(es - es_exact) < 4 * se_es).all()
+        assert np.abs(v - v_exact).mean() < 1.5 * se_var.mean()                # typical error ~0.8 se
+
+
+def test_var_es_of_nan_padded_windows_with_ties_below_the_kept_tail():
+    """Rows of different valid lengths (NaN padding in front) and a tie with VaR reaching below the kept largest
+    losses: equal to a sort of each row's valid values."""
+    rng = np.random.default_rng(2)
+    losses = rng.standard_normal((30, 250))
+    losses[:, :100] = np.nan
+    losses[np.arange(30)[:, None] > np.arange(250)[None, :] / 4] = np.nan   # rows with 150 down to ... valid
+    losses[3, 100:] = 0.0                                                     # all tied
+    losses[4, 100:240] = 0.0                                                  # ties from the VaR down
+    for c, (v, es) in var.var_es_from_losses(losses, (0.95, 0.975, 0.99), axis=1).items():
+        for i, row in enumerate(losses):
+            x = row[~np.isnan(row)]
+            assert v[i] == np.quantile(x, c) and es[i] == pytest.approx(x[x >= v[i]].mean(), rel=1e-12)
 
 
 def test_cov_sqrt_handles_a_zero_variance_asset():
