@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from etl.report import breach_actions
 from etl.report.completeness import stale_holdings
 from etl.report.data import VAR_USD_SQL, backtest_summary, total
 from etl.report.gold import GoldReader
@@ -121,7 +122,7 @@ def day_status(reader: GoldReader, as_of: date, day: pd.DataFrame) -> tuple[str,
 BREACHES_SQL = """
     with days as (
         select distinct portfolio_id, limit_type, as_of_date from gold.fact_limit_breaches
-        where as_of_date <= %(as_of)s and as_of_date > %(as_of)s::date - 400
+        where as_of_date <= %(as_of)s  -- all the history gold holds: a breach began when it began
     ),
     streaks as (  -- consecutive breach days share as_of_date - row_number
         select portfolio_id, limit_type, as_of_date,
@@ -135,7 +136,8 @@ BREACHES_SQL = """
         having max(as_of_date) = %(as_of)s
     )
     select b.portfolio_id, b.limit_type, b.metric, b.value, b.limit_value,
-           b.value / nullif(b.limit_value, 0) as utilisation, s.since, p.base_currency
+           b.value / nullif(b.limit_value, 0) as utilisation, s.since, %(as_of)s::date - s.since + 1 as days,
+           p.base_currency
     from gold.fact_limit_breaches as b
     left join since as s using (portfolio_id, limit_type)
     left join gold.dim_portfolio as p using (portfolio_id)
@@ -160,7 +162,7 @@ def breaches(reader: GoldReader, as_of: date) -> tuple[list[dict], list[str]]:
     has_scope = "scope" in columns(reader, "fact_limit_breaches")
     df = reader.query(BREACHES_SQL.format(scope="and coalesce(b.scope, 'eod') = 'eod'" if has_scope else ""),
                       {"as_of": as_of})
-    out += [_breach(r, "eod") for r in df.to_dict("records")]
+    out += with_actions(reader, as_of, [_breach(r, "eod") for r in df.to_dict("records")])
     intraday = next((t for t in INTRADAY_BREACH_TABLES if t in names), None)
     if has_scope:
         df = reader.query("""
@@ -181,8 +183,32 @@ def _breach(r: dict, scope: str) -> dict:
     unit = LIMIT_UNITS.get(str(r["limit_type"]), "currency")
     return jsonable({"portfolio_id": r["portfolio_id"], "limit_type": r["limit_type"], "metric": r.get("metric"),
                      "value": r["value"], "limit_value": r["limit_value"], "utilisation": r["utilisation"],
-                     "since": r.get("since"), "scope": scope, "unit": unit,
+                     "since": r.get("since"), "days": r.get("days"), "scope": scope, "unit": unit,
                      "currency": r.get("base_currency") or "USD"})
+
+
+def with_actions(reader: GoldReader, as_of: date, eod: list[dict]) -> list[dict]:
+    """End-of-day breaches with `action` (the latest still-valid action of gold.fact_breach_actions on this breach:
+    portfolio, limit type and the day it began; None if none) and `history` (its utilisation each day since it
+    began: [as_of_date, utilisation])."""
+    if not eod:
+        return eod
+    acts = breach_actions.active(reader, as_of)
+    by_key = {(a["portfolio_id"], a["limit_type"], jsonable(a["breach_began"])): jsonable(a)
+              for a in acts.to_dict("records")}
+    hist = reader.query("""
+        select portfolio_id, limit_type, as_of_date, max(value / nullif(limit_value, 0)) as utilisation
+        from gold.fact_limit_breaches
+        where as_of_date <= %(as_of)s and as_of_date >= %(first)s
+        group by 1, 2, 3 order by 1, 2, 3""",
+                        {"as_of": as_of, "first": min((b["since"] for b in eod if b["since"]), default=as_of)})
+    series = {k: g[["as_of_date", "utilisation"]] for k, g in hist.groupby(["portfolio_id", "limit_type"])}
+    for b in eod:
+        b["action"] = by_key.get((b["portfolio_id"], b["limit_type"], b["since"]))
+        h = series.get((b["portfolio_id"], b["limit_type"]))
+        b["history"] = [] if h is None or not b["since"] else \
+            [jsonable(r) for r in h[h["as_of_date"].astype(str) >= b["since"]].itertuples(index=False)]
+    return eod
 
 
 def _intraday_breaches(reader: GoldReader, table: str, as_of: date) -> list[dict]:
