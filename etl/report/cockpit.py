@@ -245,7 +245,29 @@ def firm_risk(reader: GoldReader, as_of: date) -> dict:
     df = reader.query("select * from gold.fact_firm_risk where as_of_date = %(as_of)s", {"as_of": as_of})
     if df.empty:
         return {"available": False, "note": f"{FIRM_NOT_COMPUTED} for {as_of}"}
-    return {"available": True, **jsonable(df.iloc[0].to_dict())}
+    out = {"available": True, **jsonable(df.iloc[0].to_dict())}
+    prev = reader.query("""
+        select as_of_date, var_99_hist from gold.fact_firm_risk where as_of_date < %(as_of)s
+        order by as_of_date desc limit 1""", {"as_of": as_of})
+    out["prev_as_of_date"] = jsonable(prev["as_of_date"].iat[0]) if not prev.empty else None
+    out["var_99_hist_change"] = (jsonable(out["var_99_hist"] - float(prev["var_99_hist"].iat[0]))
+                                 if not prev.empty and out["var_99_hist"] is not None else None)
+    out["limits"] = firm_limits(reader, out)
+    return out
+
+
+def firm_limits(reader: GoldReader, risk: dict) -> list[dict] | None:
+    """Each firm-level limit of gold.dim_firm_limit against the day's firm figure it names: limit_id, metric,
+    value, limit_value, utilisation (None when the figure is missing); None while the table is not built."""
+    if "dim_firm_limit" not in tables(reader):
+        return None
+    rows = reader.query("select limit_id, metric, limit_value, currency from gold.dim_firm_limit order by limit_id")
+    out = []
+    for r in rows.to_dict("records"):
+        value = risk.get(r["metric"])
+        out.append(jsonable({**r, "value": value,
+                             "utilisation": value / r["limit_value"] if value is not None else None}))
+    return out
 
 
 # ---- pages -------------------------------------------------------------------------------------------------------
@@ -273,6 +295,13 @@ def firm(reader: GoldReader, as_of: date | None = None) -> dict:
                    daily_pnl=("daily_pnl", total), mtd_pnl=("mtd_pnl", total),
                    gross_exposure=("gross_exposure", total))
               .reset_index().rename(columns={"base_currency": "currency"}))
+    prev = reader.query("""  -- the book's PnL of the previous day gold has, per currency: PnL day over day
+        select p.base_currency as currency, sum(d.daily_pnl) as prev_daily_pnl
+        from gold.fact_pnl_daily as d join gold.dim_portfolio as p using (portfolio_id)
+        where d.as_of_date = (select max(as_of_date) from gold.fact_pnl_daily where as_of_date < %(as_of)s)
+        group by 1""", {"as_of": as_of})
+    totals = totals.merge(prev, on="currency", how="left")
+    totals["daily_pnl_change"] = totals["daily_pnl"].astype(float) - totals["prev_daily_pnl"].astype(float)
     worst = day.dropna(subset=["max_drawdown"]).sort_values("max_drawdown").head(5)
     return {"page": "firm", "as_of": as_of.isoformat(), "status": status, "missing": missing, "stale": stale,
             "breaches": found, "notes": notes, "firm_risk": firm_risk(reader, as_of), "totals": records(totals),

@@ -284,7 +284,9 @@ def firm_risk_html(fr: dict) -> str:
         return f'<p class="note" id="firm-var-note">{e(fr["note"])}</p>'
     k = [kpi("Firm VaR 95% (hist)", money(fr.get("var_95_hist")), "firm-var-95", fr.get("var_95_hist")),
          kpi("Firm VaR 99% (hist)", money(fr.get("var_99_hist")), "firm-var-99", fr.get("var_99_hist")),
-         kpi("Firm ES 99% (hist)", money(fr.get("es_99_hist")), "firm-es-99", fr.get("es_99_hist"))]
+         kpi("Firm ES 99% (hist)", money(fr.get("es_99_hist")), "firm-es-99", fr.get("es_99_hist")),
+         kpi(f'VaR 99% vs {fr.get("prev_as_of_date") or "previous day"}', money(fr.get("var_99_hist_change"),
+             signed=True), "firm-var-99-change", fr.get("var_99_hist_change"))]
     if _ok(fr.get("sum_standalone_var_99_hist")):
         k.append(kpi("Sum of standalone VaR 99%", money(fr["sum_standalone_var_99_hist"]), "sum-standalone",
                      fr["sum_standalone_var_99_hist"]))
@@ -294,17 +296,34 @@ def firm_risk_html(fr: dict) -> str:
     return f'<div class="kpis" id="firm-risk">{"".join(k)}</div>'
 
 
+def firm_limits_html(fr: dict) -> str:
+    """The firm-level limits (gold.dim_firm_limit) and their utilisation, first on the page; red when breached."""
+    limits = fr.get("limits")
+    if not fr.get("available") or limits is None:
+        note = fr.get("note") if not fr.get("available") else "no firm limit: gold.dim_firm_limit is not built"
+        return f'<p class="note" id="firm-limit-note">{e(note)}</p>'
+    k = []
+    for lim in limits:
+        u = lim["utilisation"]
+        k.append(kpi(f'Firm limit {lim["metric"]} ({money(lim["value"])} of {money(lim["limit_value"])})',
+                     pct(u), f'firm-limit-{lim["limit_id"]}', u, "neg" if _ok(u) and u > 1 else ""))
+    return f'<div class="kpis" id="firm-limits">{"".join(k)}</div>' if k else \
+        '<p class="note" id="firm-limit-note">no firm limit in the reference data (firm_limits.csv)</p>'
+
+
 def firm(d: dict, page: int = 1) -> str:
     charts: list[dict] = []
     as_of = d["as_of"]
-    body = [f"<h1>Firm risk as of {e(as_of)}</h1>", status_banner(d), breaches_html(d, charts)]
+    body = [f"<h1>Firm risk as of {e(as_of)}</h1>", status_banner(d), firm_limits_html(d["firm_risk"]),
+            breaches_html(d, charts)]
     body.append('<h2 id="firm-var">Firm VaR and ES (diversified, USD)</h2>')
     body.append(firm_risk_html(d["firm_risk"]))
     body.append('<h2 id="pnl">PnL and book value</h2><div class="kpis">')
     for t in d["totals"]:
         ccy = t["currency"] or "USD"
         body.append(kpi(f"Book value ({ccy})", money(t["market_value"], ccy), f"book-{ccy}", t["market_value"]))
-        for key, label in (("daily_pnl", "PnL today"), ("mtd_pnl", "PnL MTD")):
+        for key, label in (("daily_pnl", "PnL today"), ("daily_pnl_change", "PnL vs previous day"),
+                           ("mtd_pnl", "PnL MTD")):
             v = t[key]
             body.append(kpi(f"{label} ({ccy})", money(v, ccy, signed=True), f"{key.replace('_', '-')}-{ccy}", v,
                             sign_class(v)))

@@ -317,7 +317,7 @@ def test_cockpit_in_the_airflow_ui_shows_golds_numbers(cockpit, chromium, artifa
     direct = context.new_page()
     direct.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
     direct.goto(server.url + "/risk/")
-    direct.wait_for_function("document.body.dataset.chartsRendered === '1'")
+    direct.wait_for_function("document.body.dataset.chartsRendered === '2'")
     direct.screenshot(path=str(artifacts / "cockpit-firm-full.png"), full_page=True)
     assert errors == []
     context.close()
