@@ -22,10 +22,10 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 
-import pandas as pd
 import pyarrow as pa
 
-from etl.errors import PipelineError, ValidationError
+from etl.errors import DataNotFoundError, PipelineError, ValidationError
+from etl.report import cockpit
 from etl.report.gold import GoldReader
 from etl.settings import Settings, get_settings
 from etl.storage import get_store, partition_path
@@ -124,21 +124,24 @@ def take(breach: dict, action: str, reason: str, by_user: str, valid_until: date
     return act, None
 
 
-def active(reader: GoldReader, as_of: date) -> pd.DataFrame:
-    """The latest action per (portfolio_id, limit_type, breach_began) still valid on `as_of` (empty while
-    gold.fact_breach_actions is not built): by_user, action, reason, acted_at, valid_until, utilisation_at_action,
-    new_limit_value."""
-    built = reader.query("select 1 from information_schema.tables where table_schema = 'gold' "
-                         "and table_name = %(t)s", {"t": TABLE})
-    if built.empty:
-        return pd.DataFrame()
-    return reader.query(f"""
-        select distinct on (portfolio_id, limit_type, breach_began)
-               portfolio_id, limit_type, breach_began, action, by_user, reason, acted_at, valid_until,
-               utilisation_at_action, new_limit_value
-        from gold.{TABLE}
-        where valid_until >= %(as_of)s and breach_began <= %(as_of)s
-        order by portfolio_id, limit_type, breach_began, acted_at desc""", {"as_of": as_of})
+def act(portfolio_id: str, limit_type: str, breach_began: date, action: str, reason: str, by_user: str,
+        valid_until: date, new_limit_value: float | None = None, as_of: date | None = None,
+        settings: Settings | None = None) -> tuple[BreachAction, str | None]:
+    """Act on the end-of-day breach gold shows on `as_of` (default: the latest day) for this portfolio and limit type
+    that began on `breach_began` (DataNotFoundError if there is none), as `take` does. The cockpit's POST and the
+    `breach_action` DAG (after its approval) both come here."""
+    from etl.warehouse import reporting_url
+
+    settings = settings or get_settings()
+    with GoldReader(reporting_url(settings)) as reader:
+        as_of = as_of or reader.latest_as_of()
+        found, _ = cockpit.breaches(reader, as_of)
+    breach = next((b for b in found if b["scope"] == "eod" and b["portfolio_id"] == portfolio_id
+                   and b["limit_type"] == limit_type and b["since"] == breach_began.isoformat()), None)
+    if breach is None:
+        raise DataNotFoundError(f"no {limit_type} breach of {portfolio_id} that began on {breach_began} in "
+                                f"gold.fact_limit_breaches on {as_of}")
+    return take(breach, action, reason, by_user, valid_until, new_limit_value, settings)
 
 
 def is_quiet(breach: dict, step: float) -> bool:

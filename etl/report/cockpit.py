@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from etl.report import breach_actions
 from etl.report.completeness import stale_holdings
 from etl.report.data import VAR_USD_SQL, backtest_summary, total
 from etl.report.gold import GoldReader
@@ -193,7 +192,7 @@ def with_actions(reader: GoldReader, as_of: date, eod: list[dict]) -> list[dict]
     began: [as_of_date, utilisation])."""
     if not eod:
         return eod
-    acts = breach_actions.active(reader, as_of)
+    acts = active_actions(reader, as_of)
     by_key = {(a["portfolio_id"], a["limit_type"], jsonable(a["breach_began"])): jsonable(a)
               for a in acts.to_dict("records")}
     hist = reader.query("""
@@ -209,6 +208,21 @@ def with_actions(reader: GoldReader, as_of: date, eod: list[dict]) -> list[dict]
         b["history"] = [] if h is None or not b["since"] else \
             [jsonable(r) for r in h[h["as_of_date"].astype(str) >= b["since"]].itertuples(index=False)]
     return eod
+
+
+def active_actions(reader: GoldReader, as_of: date) -> pd.DataFrame:
+    """The latest action per (portfolio_id, limit_type, breach_began) still valid on `as_of` (empty while
+    gold.fact_breach_actions is not built): by_user, action, reason, acted_at, valid_until, utilisation_at_action,
+    new_limit_value."""
+    if "fact_breach_actions" not in tables(reader):
+        return pd.DataFrame()
+    return reader.query("""
+        select distinct on (portfolio_id, limit_type, breach_began)
+               portfolio_id, limit_type, breach_began, action, by_user, reason, acted_at, valid_until,
+               utilisation_at_action, new_limit_value
+        from gold.fact_breach_actions
+        where valid_until >= %(as_of)s and breach_began <= %(as_of)s
+        order by portfolio_id, limit_type, breach_began, acted_at desc""", {"as_of": as_of})
 
 
 def _intraday_breaches(reader: GoldReader, table: str, as_of: date) -> list[dict]:

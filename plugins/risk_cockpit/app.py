@@ -197,26 +197,23 @@ def breach_action(request: Request, portfolio_id: Annotated[str, Form()], limit_
                   user=_user_dependency()) -> Response:
     """Acknowledge a breach of the as-of day, or raise its limit until a day (etl.report.breach_actions), as the
     logged-in user. A form post from the Firm page is answered with a redirect back to it; an API call with JSON."""
-    from etl.errors import ValidationError
+    from etl.errors import DataNotFoundError, ValidationError
     from etl.report import breach_actions, cockpit
 
     origin = request.headers.get("origin")
     if origin and origin.split("://", 1)[-1] != request.headers.get("host"):  # a form posted from another site
         raise HTTPException(status_code=403, detail=f"cross-site action refused (origin {origin})")
-    found = _data(lambda r: cockpit.breaches(r, as_of or cockpit.latest_as_of(r))[0])
-    breach = next((b for b in found if b["scope"] == "eod" and b["portfolio_id"] == portfolio_id
-                   and b["limit_type"] == limit_type and b["since"] == breach_began.isoformat()), None)
-    if breach is None:
-        raise HTTPException(status_code=404, detail=f"no {limit_type} breach of {portfolio_id} that began on "
-                                                    f"{breach_began} in gold.fact_limit_breaches on that day")
     try:
         try:
             limit = float(new_limit_value) if new_limit_value.strip() else None
         except ValueError:
             raise ValidationError(f"new_limit_value {new_limit_value!r} is not a number") from None
-        act, note = breach_actions.take(breach, action, reason, user.get_name(), valid_until, limit)
+        act, note = breach_actions.act(portfolio_id, limit_type, breach_began, action, reason, user.get_name(),
+                                       valid_until, limit, as_of)
     except ValidationError as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from exc
+    except DataNotFoundError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
     if "text/html" in request.headers.get("accept", ""):
         back = f"./?as_of={as_of.isoformat()}" if as_of else "./"
         return RedirectResponse(f"{back}#breaches", status_code=303)

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 import pyarrow.parquet as pq
 import pytest
 
-from etl.errors import IncompleteInputError, ValidationError
+from etl.errors import DataNotFoundError, IncompleteInputError, ValidationError
 from etl.report import alerts, breach_actions, cockpit
 from etl.report.gold import GoldReader
 from tests.integration.test_cockpit import _reporting, _sql
@@ -76,7 +76,11 @@ def test_a_breach_carries_the_day_it_began_its_length_and_its_utilisation_each_d
 def test_an_acknowledged_breach_reaches_gold_the_page_data_and_holds_its_alert_until_it_worsens(warehouse, data_dir):
     b = _core(warehouse)
     alerts.send_alerts(AS_OF)  # alerted before anyone acts
-    act, note = breach_actions.take(b, "acknowledge", "hedge booked for Monday", "alice", TODAY + timedelta(days=7))
+    with pytest.raises(DataNotFoundError, match="no var breach of P-CORE that began on 2026-01-30 in "
+                                                "gold.fact_limit_breaches on 2026-01-31"):
+        breach_actions.act("P-CORE", "var", date(2026, 1, 30), "acknowledge", "x", "alice", TODAY, as_of=AS_OF)
+    act, note = breach_actions.act("P-CORE", "var", date(2026, 1, 29), "acknowledge", "hedge booked for Monday",
+                                   "alice", TODAY + timedelta(days=7), as_of=AS_OF)
     assert note is None
     log = list((data_dir / "actions" / "breach_actions").rglob("*.parquet"))
     assert len(log) == 1 and pq.read_table(log[0]).to_pylist()[0]["by_user"] == "alice"
