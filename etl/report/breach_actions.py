@@ -1,8 +1,10 @@
 """Actions on limit breaches: acknowledge one, or raise its limit for a while, with a reason, by a named user.
 
 A breach is known by (portfolio_id, limit_type, breach_began): `breach_began` is the first day of its unbroken run of
-daily breaches (etl.report.cockpit.breaches, over all the history gold holds). The cockpit's
-`POST /risk/breach_action` passes the user Airflow's auth manager validated (never a name from the form) to `record`:
+daily breaches (etl.report.cockpit.breaches, over all the history gold holds). `act` finds that breach in gold and
+acts on it under a user Airflow vouches for: the cockpit's `POST /risk/breach_action` passes the user its auth manager
+validated (never a name from the form), the `breach_action` DAG the user who approved under Required Actions. Then
+(`take`) the action is checked (`make`) and:
 
 1. one Parquet file is appended to the action log `{data}/actions/breach_actions/date=D/<action_id>.parquet` (the
    durable record, written with the platform's Store like the run log: nothing is ever rewritten);
@@ -11,7 +13,8 @@ daily breaches (etl.report.cockpit.breaches, over all the history gold holds). T
    the action stays in the log and the next `load` publishes it.
 
 An action holds until its `valid_until` day (inclusive) or until the breach ends (a new breach has a new
-`breach_began`). Alerts (etl.report.alerts) skip an acknowledged breach until its utilisation rises ALERT_ACK_STEP
+`breach_began`); the cockpit shows the latest one in force (etl.report.cockpit.active_actions). Alerts
+(etl.report.alerts) skip an acknowledged breach until its utilisation rises ALERT_ACK_STEP
 above its level when acknowledged, and a breach under its raised limit.
 """
 

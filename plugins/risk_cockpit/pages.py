@@ -120,7 +120,7 @@ h1{font-size:1.3rem;margin:.6rem 0}h2{font-size:1.05rem;margin:1.2rem 0 .4rem;co
 .status.stale{background:#ffe082;color:#5d4037}.badge.stale{background:#ffe082;color:#5d4037;padding:0 .3rem;border-radius:3px}
 .kpis{display:grid;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));gap:.5rem;margin:.5rem 0}
 .kpi{background:#fff;border-radius:6px;padding:.4rem .7rem;box-shadow:0 1px 3px rgba(0,0,0,.08)}
-.ack{color:#5d4037;font-style:italic}details.act form{display:flex;flex-wrap:wrap;gap:.3rem;margin-top:.3rem}
+.ack{color:#5d4037;font-style:italic;display:inline-block;max-width:16rem}details.act form{display:flex;flex-wrap:wrap;gap:.3rem;margin-top:.3rem}
 .kpi .label{font-size:.75rem;color:#5b6b7b;text-transform:uppercase}.kpi .value{font-size:1.1rem;font-weight:600}
 .table-wrap{overflow-x:auto;margin:.3rem 0}table{border-collapse:collapse;background:#fff;font-size:.85rem}
 th,td{padding:.25rem .5rem;border-bottom:1px solid #e1e6eb;text-align:left;vertical-align:top;overflow-wrap:anywhere}
