@@ -1,4 +1,4 @@
-"""Reference data: instrument master and exchanges (this module); portfolios and positions: etl/portfolios.py.
+"""Reference data: instrument master, exchanges, firm limits (this module); portfolios and positions: etl/portfolios.py.
 
 Files are CSV under `settings.reference_dir` (samples ship in etl/reference_data/; point PIPELINE_REFERENCE_DIR at
 real files). Loading validates every row and raises one ValidationError naming file, line and rule; nothing is
@@ -19,6 +19,7 @@ import pandas as pd
 
 from etl.errors import ValidationError
 from etl.settings import Settings, get_settings
+from etl.warehouse.schema import BY_NAME
 
 INSTRUMENT_COLUMNS = ["product_id", "base_currency", "quote_currency", "exchange_id", "asset_class", "display_name"]
 # optional: the UTC day a product stopped trading (empty = listed); a delisted holding is valued at its last close
@@ -131,6 +132,36 @@ def load_instruments(settings: Settings | None = None) -> pd.DataFrame:
     return df[INSTRUMENT_COLUMNS].assign(**{DELISTED_ON: delisted_on.astype("datetime64[ns]")})
 
 
+FIRM_LIMIT_COLUMNS = ["limit_id", "metric", "limit_value", "currency"]
+FIRM_LIMITS_FILE = "firm_limits.csv"  # optional: without it the firm has no limit (the Firm page says so)
+
+
+def load_firm_limits(settings: Settings | None = None) -> pd.DataFrame:
+    """Firm-level limits: a `var_99_<method>` column of gold.fact_firm_risk (USD, the whole book as one portfolio)
+    and its limit, positive, in USD. An absent file is no firm limit (empty frame)."""
+    settings = settings or get_settings()
+    path = settings.reference_dir / FIRM_LIMITS_FILE
+    if not path.exists():
+        return pd.DataFrame({c: pd.Series(dtype=float if c == "limit_value" else str) for c in FIRM_LIMIT_COLUMNS})
+    df = read_reference_csv(path, FIRM_LIMIT_COLUMNS)
+    metrics = sorted(c.name for c in BY_NAME["firm_risk"].columns if c.name.startswith("var_99_"))
+    value = pd.to_numeric(df["limit_value"], errors="coerce")
+    dup = df["limit_id"].duplicated().to_numpy()
+    problems = []
+    for i, row in enumerate(df.itertuples(index=False)):
+        where = f"{path}:{_line(i)}"
+        if not row.limit_id or dup[i]:
+            problems.append(f"{where}: limit_id {row.limit_id!r} must be present and unique")
+        if row.metric not in metrics:
+            problems.append(f"{where}: metric {row.metric!r} is not a firm VaR 99% column (one of {metrics})")
+        if not value.iat[i] > 0:
+            problems.append(f"{where}: limit_value {row.limit_value!r} must be a positive number (USD)")
+        if row.currency != "USD":
+            problems.append(f"{where}: currency {row.currency!r}: firm figures are in USD")
+    fail(problems, "firm limits")
+    return df[FIRM_LIMIT_COLUMNS].assign(limit_value=value)
+
+
 def quote_currency(product_id: str, settings: Settings | None = None) -> str:
     inst = load_instruments(settings).set_index("product_id")
     if product_id not in inst.index:
@@ -202,11 +233,12 @@ def load_price_overrides(settings: Settings | None = None) -> pd.DataFrame:
 
 
 def validate_reference(directory: Path | str | None = None, settings: Settings | None = None) -> list[str]:
-    """Every problem of the reference files in `directory` (default: settings.reference_dir; price_overrides.csv is
-    optional) and of the settings that refer to them (`settings_problems`), as `file:line: rule ...` lines in file
-    order; [] when the files load and the settings agree with them. Reads only: nothing is loaded anywhere.
+    """Every problem of the reference files in `directory` (default: settings.reference_dir; price_overrides.csv and
+    firm_limits.csv are optional) and of the settings that refer to them (`settings_problems`), as
+    `file:line: rule ...` lines in file order; [] when the files load and the settings agree with them. Reads only:
+    nothing is loaded anywhere.
 
-    Runs the loaders themselves (instruments, exchanges, portfolios, positions: one set of rules) under
+    Runs the loaders themselves (instruments, exchanges, portfolios, positions, firm limits: one set of rules) under
     `collecting()`; a file that cannot be read at all (missing, no header, missing columns) is one problem and
     the files that depend on it are checked as far as they can be.
     """
@@ -218,7 +250,7 @@ def validate_reference(directory: Path | str | None = None, settings: Settings |
     found: list[str] = []
     with collecting() as collected:
         for loader in (load_exchanges, load_instruments, portfolios.load_portfolios, portfolios.load_positions,
-                       load_price_overrides):
+                       load_price_overrides, load_firm_limits):
             try:
                 loader(settings)
             except ValidationError as exc:  # the file (or one it depends on) cannot be read at all

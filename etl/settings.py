@@ -185,6 +185,7 @@ class Settings:
     # alerts
     alert_webhook_url: str | None
     alert_email_to: str | None
+    alert_ack_step: float = 0.1          # an acknowledged breach alerts again once its utilisation rises this much
     # live market data (`python -m etl stream` / `insights`, docs/streaming.md)
     coinbase_ws_url: str = COINBASE_WS_URL  # the Advanced Trade WebSocket feed or the simulator's
     simulator_ws_port: int = 8766            # the simulator's WebSocket port (default: SIMULATOR_PORT + 1)
@@ -292,6 +293,7 @@ def get_settings() -> Settings:
         docs_port=_int("PIPELINE_DOCS_PORT", 8090),
         alert_webhook_url=_env("ALERT_WEBHOOK_URL", "") or None,
         alert_email_to=_env("ALERT_EMAIL_TO", "") or None,
+        alert_ack_step=_float("ALERT_ACK_STEP", 0.1),
         garch_workers=max(1, _int("RISK_GARCH_WORKERS", 1)),
         garch_refit_days=max(1, _int("RISK_GARCH_REFIT_DAYS", 50)),
         es_simulations=max(1, _int("RISK_ES_SIMULATIONS", 1000)),

@@ -11,6 +11,9 @@ Dedup ledger: `{data}/alerts/ledger/as_of_date=D/<portfolio_id>__<limit_type>.js
 (portfolio_id, as_of_date, limit_type), records which channels already carried the breach. A channel that fails
 is retried on the next run (the others are not re-sent) and the run raises AlertDeliveryError after trying them
 all, so an Airflow retry finishes the job.
+
+An ongoing breach alerts again each day, unless it is acknowledged (etl.report.breach_actions) and its utilisation
+has not risen ALERT_ACK_STEP above its level when acknowledged, or its limit was raised and it is within the new one.
 """
 
 from __future__ import annotations
@@ -87,16 +90,27 @@ def _read_breaches(as_of: date | None, settings: Settings):
         df = reader.frame("fact_limit_breaches", """
             select * from gold.fact_limit_breaches where as_of_date = %(as_of)s
             order by portfolio_id, limit_type""", {"as_of": as_of})
+        held = {} if df is None else held_breaches(reader, as_of, settings.alert_ack_step)
     if df is None:
         log.warning("alerts: gold.fact_limit_breaches is not available; no alerts for %s", as_of)
-        return as_of, [], status
+        return as_of, [], status, held
     df["value"] = df["value"].astype(float)  # NULL (uncomputable) -> NaN -> None below
     df["limit_value"] = df["limit_value"].astype(float)
     df["as_of_date"] = pd.to_datetime(df["as_of_date"]).dt.date
     if "metric" not in df:
         df["metric"] = None
     df = df.astype(object).where(df.notna(), None)  # JSON-friendly: None, not NaN
-    return as_of, df.to_dict("records"), status
+    return as_of, df.to_dict("records"), status, held
+
+
+def held_breaches(reader: GoldReader, as_of: date, step: float) -> dict[tuple[str, str], dict]:
+    """(portfolio_id, limit_type) -> the action holding back its alert (etl.report.breach_actions.is_quiet):
+    acknowledged and not `step` worse since, or within its raised limit."""
+    from etl.report import cockpit
+    from etl.report.breach_actions import is_quiet
+
+    return {(b["portfolio_id"], b["limit_type"]): b["action"] for b in cockpit.breaches(reader, as_of)[0]
+            if b["scope"] == "eod" and is_quiet(b, step)}
 
 
 # ---- channels --------------------------------------------------------------------------------------------------
@@ -182,12 +196,18 @@ def send_alerts(as_of: date | None = None, settings: Settings | None = None) -> 
     """
     settings = settings or get_settings()
     _check_settings(settings)
-    as_of, breaches, status = _read_breaches(as_of, settings)
+    as_of, breaches, status, held = _read_breaches(as_of, settings)
     store = get_store(settings)
     channels = configured_channels(settings)
     smtp = None
     new, errors = 0, []
     for breach in breaches:
+        act = held.get((breach["portfolio_id"], breach["limit_type"]))
+        if act:
+            log.info("alert held for %s %s on %s: %s by %s until %s (%s)", breach["portfolio_id"],
+                     breach["limit_type"], breach["as_of_date"], act["action"], act["by_user"], act["valid_until"],
+                     act["reason"])
+            continue
         rel = ledger_path(str(breach["portfolio_id"]), breach["as_of_date"], str(breach["limit_type"]))
         subject = f"[risk] {breach['limit_type']} limit breach: {breach['portfolio_id']} on {breach['as_of_date']}"
         first, errs, smtp = deliver(store, rel, breach, message(breach), subject, channels, settings, smtp)

@@ -122,7 +122,7 @@ def day_status(reader: GoldReader, as_of: date, day: pd.DataFrame) -> tuple[str,
 BREACHES_SQL = """
     with days as (
         select distinct portfolio_id, limit_type, as_of_date from gold.fact_limit_breaches
-        where as_of_date <= %(as_of)s and as_of_date > %(as_of)s::date - 400
+        where as_of_date <= %(as_of)s  -- all the history gold holds: a breach began when it began
     ),
     streaks as (  -- consecutive breach days share as_of_date - row_number
         select portfolio_id, limit_type, as_of_date,
@@ -136,7 +136,8 @@ BREACHES_SQL = """
         having max(as_of_date) = %(as_of)s
     )
     select b.portfolio_id, b.limit_type, b.metric, b.value, b.limit_value,
-           b.value / nullif(b.limit_value, 0) as utilisation, s.since, p.base_currency
+           b.value / nullif(b.limit_value, 0) as utilisation, s.since, %(as_of)s::date - s.since + 1 as days,
+           p.base_currency
     from gold.fact_limit_breaches as b
     left join since as s using (portfolio_id, limit_type)
     left join gold.dim_portfolio as p using (portfolio_id)
@@ -161,7 +162,7 @@ def breaches(reader: GoldReader, as_of: date) -> tuple[list[dict], list[str]]:
     has_scope = "scope" in columns(reader, "fact_limit_breaches")
     df = reader.query(BREACHES_SQL.format(scope="and coalesce(b.scope, 'eod') = 'eod'" if has_scope else ""),
                       {"as_of": as_of})
-    out += [_breach(r, "eod") for r in df.to_dict("records")]
+    out += with_actions(reader, as_of, [_breach(r, "eod") for r in df.to_dict("records")])
     intraday = next((t for t in INTRADAY_BREACH_TABLES if t in names), None)
     if has_scope:
         df = reader.query("""
@@ -182,8 +183,47 @@ def _breach(r: dict, scope: str) -> dict:
     unit = LIMIT_UNITS.get(str(r["limit_type"]), "currency")
     return jsonable({"portfolio_id": r["portfolio_id"], "limit_type": r["limit_type"], "metric": r.get("metric"),
                      "value": r["value"], "limit_value": r["limit_value"], "utilisation": r["utilisation"],
-                     "since": r.get("since"), "scope": scope, "unit": unit,
+                     "since": r.get("since"), "days": r.get("days"), "scope": scope, "unit": unit,
                      "currency": r.get("base_currency") or "USD"})
+
+
+def with_actions(reader: GoldReader, as_of: date, eod: list[dict]) -> list[dict]:
+    """End-of-day breaches with `action` (the latest still-valid action of gold.fact_breach_actions on this breach:
+    portfolio, limit type and the day it began; None if none) and `history` (its utilisation each day since it
+    began: [as_of_date, utilisation])."""
+    if not eod:
+        return eod
+    acts = active_actions(reader, as_of)
+    by_key = {(a["portfolio_id"], a["limit_type"], jsonable(a["breach_began"])): jsonable(a)
+              for a in acts.to_dict("records")}
+    hist = reader.query("""
+        select portfolio_id, limit_type, as_of_date, max(value / nullif(limit_value, 0)) as utilisation
+        from gold.fact_limit_breaches
+        where as_of_date <= %(as_of)s and as_of_date >= %(first)s
+        group by 1, 2, 3 order by 1, 2, 3""",
+                        {"as_of": as_of, "first": min((b["since"] for b in eod if b["since"]), default=as_of)})
+    series = {k: g[["as_of_date", "utilisation"]] for k, g in hist.groupby(["portfolio_id", "limit_type"])}
+    for b in eod:
+        b["action"] = by_key.get((b["portfolio_id"], b["limit_type"], b["since"]))
+        h = series.get((b["portfolio_id"], b["limit_type"]))
+        b["history"] = [] if h is None or not b["since"] else \
+            [jsonable(r) for r in h[h["as_of_date"].astype(str) >= b["since"]].itertuples(index=False)]
+    return eod
+
+
+def active_actions(reader: GoldReader, as_of: date) -> pd.DataFrame:
+    """The latest action per (portfolio_id, limit_type, breach_began) still valid on `as_of` (empty while
+    gold.fact_breach_actions is not built): by_user, action, reason, acted_at, valid_until, utilisation_at_action,
+    new_limit_value."""
+    if "fact_breach_actions" not in tables(reader):
+        return pd.DataFrame()
+    return reader.query("""
+        select distinct on (portfolio_id, limit_type, breach_began)
+               portfolio_id, limit_type, breach_began, action, by_user, reason, acted_at, valid_until,
+               utilisation_at_action, new_limit_value
+        from gold.fact_breach_actions
+        where valid_until >= %(as_of)s and breach_began <= %(as_of)s
+        order by portfolio_id, limit_type, breach_began, acted_at desc""", {"as_of": as_of})
 
 
 def _intraday_breaches(reader: GoldReader, table: str, as_of: date) -> list[dict]:
@@ -220,7 +260,29 @@ def firm_risk(reader: GoldReader, as_of: date) -> dict:
     df = reader.query("select * from gold.fact_firm_risk where as_of_date = %(as_of)s", {"as_of": as_of})
     if df.empty:
         return {"available": False, "note": f"{FIRM_NOT_COMPUTED} for {as_of}"}
-    return {"available": True, **jsonable(df.iloc[0].to_dict())}
+    out = {"available": True, **jsonable(df.iloc[0].to_dict())}
+    prev = reader.query("""
+        select as_of_date, var_99_hist from gold.fact_firm_risk where as_of_date < %(as_of)s
+        order by as_of_date desc limit 1""", {"as_of": as_of})
+    out["prev_as_of_date"] = jsonable(prev["as_of_date"].iat[0]) if not prev.empty else None
+    out["var_99_hist_change"] = (jsonable(out["var_99_hist"] - float(prev["var_99_hist"].iat[0]))
+                                 if not prev.empty and out["var_99_hist"] is not None else None)
+    out["limits"] = firm_limits(reader, out)
+    return out
+
+
+def firm_limits(reader: GoldReader, risk: dict) -> list[dict] | None:
+    """Each firm-level limit of gold.dim_firm_limit against the day's firm figure it names: limit_id, metric,
+    value, limit_value, utilisation (None when the figure is missing); None while the table is not built."""
+    if "dim_firm_limit" not in tables(reader):
+        return None
+    rows = reader.query("select limit_id, metric, limit_value, currency from gold.dim_firm_limit order by limit_id")
+    out = []
+    for r in rows.to_dict("records"):
+        value = risk.get(r["metric"])
+        out.append(jsonable({**r, "value": value,
+                             "utilisation": value / r["limit_value"] if value is not None else None}))
+    return out
 
 
 # ---- pages -------------------------------------------------------------------------------------------------------
@@ -248,6 +310,13 @@ def firm(reader: GoldReader, as_of: date | None = None) -> dict:
                    daily_pnl=("daily_pnl", total), mtd_pnl=("mtd_pnl", total),
                    gross_exposure=("gross_exposure", total))
               .reset_index().rename(columns={"base_currency": "currency"}))
+    prev = reader.query("""  -- the book's PnL of the previous day gold has, per currency: PnL day over day
+        select p.base_currency as currency, sum(d.daily_pnl) as prev_daily_pnl
+        from gold.fact_pnl_daily as d join gold.dim_portfolio as p using (portfolio_id)
+        where d.as_of_date = (select max(as_of_date) from gold.fact_pnl_daily where as_of_date < %(as_of)s)
+        group by 1""", {"as_of": as_of})
+    totals = totals.merge(prev, on="currency", how="left")
+    totals["daily_pnl_change"] = totals["daily_pnl"].astype(float) - totals["prev_daily_pnl"].astype(float)
     worst = day.dropna(subset=["max_drawdown"]).sort_values("max_drawdown").head(5)
     return {"page": "firm", "as_of": as_of.isoformat(), "status": status, "missing": missing, "stale": stale,
             "breaches": found, "notes": notes, "firm_risk": firm_risk(reader, as_of), "totals": records(totals),

@@ -405,6 +405,7 @@ def _reference_loaders() -> dict[str, Callable[[Settings], pd.DataFrame]]:
         "instruments": reference.load_instruments,
         "portfolios": portfolios.load_portfolios,
         "positions": portfolios.load_positions,
+        "firm_limits": reference.load_firm_limits,
     }
 
 

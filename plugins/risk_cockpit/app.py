@@ -6,6 +6,7 @@ Routes (every one behind Airflow's own authentication: see `_auth_dependency`):
   /risk/market                   market                 /risk/api/market
   /risk/pipeline                 pipeline health        /risk/api/pipeline
   /risk/api/summary              the contract JSON (../shared/CONTRACT.md)
+  POST /risk/breach_action       acknowledge a breach or raise its limit, as the logged-in user
   /risk/report[/{as_of}]         the HTML report of the day (latest by default)
   /risk/run/{dag_id}/{run_id}    the report a DAG run wrote (the per-run link in the Airflow UI)
   /risk/docs                     the dbt docs site (dbt docs generate --static)
@@ -20,7 +21,7 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
@@ -43,6 +44,14 @@ def _auth_dependency():
     from airflow.api_fastapi.core_api.security import requires_access_view
 
     return Depends(requires_access_view(AccessView.WEBSITE))
+
+
+def _user_dependency():
+    """The user Airflow's auth manager validated for this request (the same `get_user` as above, cached per
+    request): an action is recorded under this name, never under one sent in the form."""
+    from airflow.api_fastapi.core_api.security import get_user
+
+    return Depends(get_user)
 
 
 app = FastAPI(title="Risk cockpit", docs_url=None, redoc_url=None, openapi_url=None,
@@ -177,6 +186,38 @@ def market_page(as_of: AsOf = None) -> str:
 @app.get("/pipeline", response_class=HTMLResponse)
 def pipeline_page() -> str:
     return pages.pipeline(api_pipeline())
+
+
+# ---- actions on breaches -------------------------------------------------------------------------------------
+@app.post("/breach_action")
+def breach_action(request: Request, portfolio_id: Annotated[str, Form()], limit_type: Annotated[str, Form()],
+                  breach_began: Annotated[date, Form()], action: Annotated[str, Form()],
+                  reason: Annotated[str, Form()], valid_until: Annotated[date, Form()],
+                  new_limit_value: Annotated[str, Form()] = "", as_of: Annotated[date | None, Form()] = None,
+                  user=_user_dependency()) -> Response:
+    """Acknowledge a breach of the as-of day, or raise its limit until a day (etl.report.breach_actions), as the
+    logged-in user. A form post from the Firm page is answered with a redirect back to it; an API call with JSON."""
+    from etl.errors import DataNotFoundError, ValidationError
+    from etl.report import breach_actions, cockpit
+
+    origin = request.headers.get("origin")
+    if origin and origin.split("://", 1)[-1] != request.headers.get("host"):  # a form posted from another site
+        raise HTTPException(status_code=403, detail=f"cross-site action refused (origin {origin})")
+    try:
+        try:
+            limit = float(new_limit_value) if new_limit_value.strip() else None
+        except ValueError:
+            raise ValidationError(f"new_limit_value {new_limit_value!r} is not a number") from None
+        act, note = breach_actions.act(portfolio_id, limit_type, breach_began, action, reason, user.get_name(),
+                                       valid_until, limit, as_of)
+    except ValidationError as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from exc
+    except DataNotFoundError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
+    if "text/html" in request.headers.get("accept", ""):
+        back = f"./?as_of={as_of.isoformat()}" if as_of else "./"
+        return RedirectResponse(f"{back}#breaches", status_code=303)
+    return JSONResponse({"action": cockpit.jsonable(act.__dict__), "note": note}, status_code=201)
 
 
 # ---- the HTML report and the dbt docs --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import html
 import json
 import math
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 from etl.report.formatting import Formats
@@ -119,6 +120,7 @@ h1{font-size:1.3rem;margin:.6rem 0}h2{font-size:1.05rem;margin:1.2rem 0 .4rem;co
 .status.stale{background:#ffe082;color:#5d4037}.badge.stale{background:#ffe082;color:#5d4037;padding:0 .3rem;border-radius:3px}
 .kpis{display:grid;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));gap:.5rem;margin:.5rem 0}
 .kpi{background:#fff;border-radius:6px;padding:.4rem .7rem;box-shadow:0 1px 3px rgba(0,0,0,.08)}
+.ack{color:#5d4037;font-style:italic;display:inline-block;max-width:16rem}details.act form{display:flex;flex-wrap:wrap;gap:.3rem;margin-top:.3rem}
 .kpi .label{font-size:.75rem;color:#5b6b7b;text-transform:uppercase}.kpi .value{font-size:1.1rem;font-weight:600}
 .table-wrap{overflow-x:auto;margin:.3rem 0}table{border-collapse:collapse;background:#fff;font-size:.85rem}
 th,td{padding:.25rem .5rem;border-bottom:1px solid #e1e6eb;text-align:left;vertical-align:top;overflow-wrap:anywhere}
@@ -209,7 +211,8 @@ def breaches_html(d: dict, charts: list[dict] | None = None) -> str:
             ("value", "Value", lambda r: _cell(r["value"], breach_value(r["value"], r["unit"], r["currency"]))),
             ("limit_value", "Limit value",
              lambda r: _cell(r["limit_value"], breach_value(r["limit_value"], r["unit"], r["currency"]))),
-            ("utilisation", "Utilisation", "pct"), ("since", "Since", "ts")]
+            ("utilisation", "Utilisation", "pct"), ("since", "Since", "ts"), ("days", "Days", "num"),
+            ("action", "Action", lambda r: breach_action_html(r, as_of))]
     shown = d["breaches"][:BREACH_ROWS]
     known = d.get("status") == "complete"  # on an incomplete day, no breach found is not "no breach"
     count = len(d["breaches"]) if known or d["breaches"] else "–"
@@ -227,7 +230,48 @@ def breaches_html(d: dict, charts: list[dict] | None = None) -> str:
                                                   "backgroundColor": LOSS}]},
             "options": {"indexAxis": "y", "scales": {"x": {"ticks": {"format": {"style": "percent"}}}}}},
             charts, height=60 + 22 * len(top)))
+        out.append(breach_history_chart(d["breaches"], charts))
     return "\n".join(out)
+
+
+def breach_action_html(r: dict, as_of: str) -> str:
+    """Who acknowledged the breach (or raised its limit), why and until when; else a form to do so (end-of-day
+    breaches: an action names the day the breach began). The user is the logged-in one, never a form field."""
+    a = r.get("action")
+    if a:
+        what = ("acknowledged" if a["action"] == "acknowledge" else
+                f'limit raised to {breach_value(a["new_limit_value"], r["unit"], r["currency"])}')
+        return (f'<span class="ack" data-by="{e(a["by_user"])}">{e(what)} by {e(a["by_user"])}: {e(a["reason"])} '
+                f'(until {e(a["valid_until"])})</span>')
+    if r["scope"] != "eod" or not r.get("since"):
+        return "–"
+    until = (datetime.now(UTC).date() + timedelta(days=7)).isoformat()
+    hidden = "".join(f'<input type="hidden" name="{k}" value="{e(v)}">' for k, v in (
+        ("portfolio_id", r["portfolio_id"]), ("limit_type", r["limit_type"]), ("breach_began", r["since"]),
+        ("as_of", as_of)))
+    return (f'<details class="act"><summary>Acknowledge…</summary><form method="post" action="{BASE}/breach_action">'
+            f'{hidden}<select name="action"><option value="acknowledge">acknowledge</option>'
+            '<option value="raise_limit">raise limit to</option></select>'
+            '<input name="new_limit_value" type="number" step="any" placeholder="new limit" size="8">'
+            '<input name="reason" required maxlength="500" placeholder="reason">'
+            f'<label>until <input name="valid_until" type="date" value="{until}" required></label>'
+            '<button type="submit">Record</button></form></details>')
+
+
+def breach_history_chart(breaches: list[dict], charts: list[dict], top: int = 5) -> str:
+    """Utilisation per day since each of the `top` worst end-of-day breaches began."""
+    shown = [b for b in breaches if b.get("history")][:top]
+    if not shown:
+        return ""
+    days = sorted({h[0] for b in shown for h in b["history"]})
+    sets = []
+    for i, b in enumerate(shown):
+        by_day = dict(map(tuple, b["history"]))
+        sets.append({"label": f'{b["portfolio_id"]} {b["limit_type"]}', "data": [by_day.get(x) for x in days],
+                     "borderColor": COLORS[i % len(COLORS)], "spanGaps": False, "pointRadius": 2})
+    return chart("chart-breach-history", "Utilisation of the worst breaches since each began (100% = at the limit)",
+                 {"type": "line", "data": {"labels": days, "datasets": sets},
+                  "options": {"scales": {"y": {"ticks": {"format": {"style": "percent"}}}}}}, charts)
 
 
 def _cell(raw, text: str) -> str:
@@ -240,7 +284,9 @@ def firm_risk_html(fr: dict) -> str:
         return f'<p class="note" id="firm-var-note">{e(fr["note"])}</p>'
     k = [kpi("Firm VaR 95% (hist)", money(fr.get("var_95_hist")), "firm-var-95", fr.get("var_95_hist")),
          kpi("Firm VaR 99% (hist)", money(fr.get("var_99_hist")), "firm-var-99", fr.get("var_99_hist")),
-         kpi("Firm ES 99% (hist)", money(fr.get("es_99_hist")), "firm-es-99", fr.get("es_99_hist"))]
+         kpi("Firm ES 99% (hist)", money(fr.get("es_99_hist")), "firm-es-99", fr.get("es_99_hist")),
+         kpi(f'VaR 99% vs {fr.get("prev_as_of_date") or "previous day"}', money(fr.get("var_99_hist_change"),
+             signed=True), "firm-var-99-change", fr.get("var_99_hist_change"))]
     if _ok(fr.get("sum_standalone_var_99_hist")):
         k.append(kpi("Sum of standalone VaR 99%", money(fr["sum_standalone_var_99_hist"]), "sum-standalone",
                      fr["sum_standalone_var_99_hist"]))
@@ -250,17 +296,34 @@ def firm_risk_html(fr: dict) -> str:
     return f'<div class="kpis" id="firm-risk">{"".join(k)}</div>'
 
 
+def firm_limits_html(fr: dict) -> str:
+    """The firm-level limits (gold.dim_firm_limit) and their utilisation, first on the page; red when breached."""
+    limits = fr.get("limits")
+    if not fr.get("available") or limits is None:
+        note = fr.get("note") if not fr.get("available") else "no firm limit: gold.dim_firm_limit is not built"
+        return f'<p class="note" id="firm-limit-note">{e(note)}</p>'
+    k = []
+    for lim in limits:
+        u = lim["utilisation"]
+        k.append(kpi(f'Firm limit {lim["metric"]} ({money(lim["value"])} of {money(lim["limit_value"])})',
+                     pct(u), f'firm-limit-{lim["limit_id"]}', u, "neg" if _ok(u) and u > 1 else ""))
+    return f'<div class="kpis" id="firm-limits">{"".join(k)}</div>' if k else \
+        '<p class="note" id="firm-limit-note">no firm limit in the reference data (firm_limits.csv)</p>'
+
+
 def firm(d: dict, page: int = 1) -> str:
     charts: list[dict] = []
     as_of = d["as_of"]
-    body = [f"<h1>Firm risk as of {e(as_of)}</h1>", status_banner(d), breaches_html(d, charts)]
+    body = [f"<h1>Firm risk as of {e(as_of)}</h1>", status_banner(d), firm_limits_html(d["firm_risk"]),
+            breaches_html(d, charts)]
     body.append('<h2 id="firm-var">Firm VaR and ES (diversified, USD)</h2>')
     body.append(firm_risk_html(d["firm_risk"]))
     body.append('<h2 id="pnl">PnL and book value</h2><div class="kpis">')
     for t in d["totals"]:
         ccy = t["currency"] or "USD"
         body.append(kpi(f"Book value ({ccy})", money(t["market_value"], ccy), f"book-{ccy}", t["market_value"]))
-        for key, label in (("daily_pnl", "PnL today"), ("mtd_pnl", "PnL MTD")):
+        for key, label in (("daily_pnl", "PnL today"), ("daily_pnl_change", "PnL vs previous day"),
+                           ("mtd_pnl", "PnL MTD")):
             v = t[key]
             body.append(kpi(f"{label} ({ccy})", money(v, ccy, signed=True), f"{key.replace('_', '-')}-{ccy}", v,
                             sign_class(v)))

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "dags"
-DAG_IDS = {"market_data_intraday", "risk_end_of_day", "market_data_backfill"}
+DAG_IDS = {"market_data_intraday", "risk_end_of_day", "market_data_backfill", "breach_action"}
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_no_sla_and_no_heavy_imports_at_module_level():
 def test_parsing_a_dag_file_loads_no_heavy_module():
     code = ("import sys, runpy; sys.path.insert(0, 'dags');"
             "[runpy.run_path(f'dags/{n}.py') for n in ('market_data_intraday', 'risk_end_of_day', "
-            "'market_data_backfill')];"
+            "'market_data_backfill', 'breach_action')];"
             "print(','.join(sorted(m for m in ('pandas', 'pyarrow', 'psycopg2', 'numpy', 'etl.bronze', 'etl.runlog')"
             " if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -208,3 +208,20 @@ def test_start_date_is_utc():
     from etl.orchestration import spec
 
     assert spec.START_DATE.tzinfo == UTC
+
+
+def test_breach_action_waits_for_an_approval_then_records_the_action(dagbag):
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag.dags["breach_action"]
+    approve, record = dag.get_task("approve_action"), dag.get_task("record_action")
+    assert isinstance(approve, ApprovalOperator) and record.upstream_task_ids == {"approve_action"}
+    assert "{{ params.reason }}" in approve.body and approve.response_timeout is not None
+    assert type(dag.timetable).__name__ == "NullTimetable"  # manual only
+    params = dag.params
+    with pytest.raises(ParamValidationError, match="should be non-empty|is too short"):
+        params.get_param("reason").resolve("")
+    with pytest.raises(ParamValidationError, match="is not one of"):
+        params.get_param("action").resolve("silence")
+    assert all(params.get_param(k).description for k in params)

@@ -170,3 +170,23 @@ def test_validate_checks_the_settings_that_name_reference_data(reference_copy, m
     monkeypatch.setenv("PIPELINE_PRODUCTS", "")  # unset: the book's products, in the master by the positions' rule
     monkeypatch.delenv("RISK_STRESS_SCENARIOS")
     assert validate_reference(reference_copy) == []
+
+
+def test_firm_limits_name_file_line_and_rule_and_are_optional(reference_copy):
+    from etl.reference import load_firm_limits
+
+    shipped = load_firm_limits()
+    assert shipped.to_dict("records") == [{"limit_id": "firm_var_99", "metric": "var_99_hist",
+                                           "limit_value": 1_000_000.0, "currency": "USD"}]
+    path = reference_copy / "firm_limits.csv"
+    _append(path, "firm_var_99,var_99_hist,5,USD", "es_cap,es_99_hist,-1,EUR")
+    problems = validate_reference(reference_copy)
+    assert problems == [f"{path}:3: limit_id 'firm_var_99' must be present and unique",
+                        f"{path}:4: metric 'es_99_hist' is not a firm VaR 99% column (one of ['var_99_fhs_ewma', "
+                        "'var_99_garch_t', 'var_99_hist', 'var_99_mc', 'var_99_param'])",
+                        f"{path}:4: limit_value '-1' must be a positive number (USD)",
+                        f"{path}:4: currency 'EUR': firm figures are in USD"]
+    with pytest.raises(ValidationError, match=r"4 invalid row\(s\) in firm limits"):
+        load_firm_limits(_settings(reference_copy))
+    path.unlink()  # no file: no firm limit, not an error
+    assert load_firm_limits(_settings(reference_copy)).empty and validate_reference(reference_copy) == []

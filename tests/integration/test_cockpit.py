@@ -119,6 +119,37 @@ def test_firm_var_is_never_the_sum_of_standalone_vars(gold, reader):
         _sql(gold[0], "drop table gold.fact_firm_risk")
 
 
+def test_firm_limit_utilisation_and_day_over_day_changes(gold, reader):
+    """Firm VaR 99% against the firm limit of gold.dim_firm_limit, and firm VaR and book PnL against the day before."""
+    assert cockpit.firm(reader)["firm_risk"].get("limits") is None
+    _sql(gold[0], """create table gold.fact_firm_risk as
+                     select d::date as as_of_date, v::float8 as var_95_hist, (v * 1.5)::float8 as var_99_hist,
+                            v::float8 as es_95_hist, v::float8 as es_99_hist,
+                            v::float8 as sum_standalone_var_99_hist, 0.0::float8 as diversification_benefit
+                     from unnest(array[%s, %s]::date[], array[1000.0, 1100.0]) as x(d, v);
+                     create table gold.dim_firm_limit as select 'firm_var_99'::text as limit_id,
+                            'var_99_hist'::text as metric, 1500.0::float8 as limit_value, 'USD'::text as currency;
+                     grant select on gold.fact_firm_risk, gold.dim_firm_limit to reporting""",
+         (AS_OF - timedelta(days=3), AS_OF))
+    try:
+        f = cockpit.firm(reader)
+        fr = f["firm_risk"]
+        assert fr["limits"] == [{"limit_id": "firm_var_99", "metric": "var_99_hist", "limit_value": 1500.0,
+                                 "currency": "USD", "value": 1650.0, "utilisation": pytest.approx(1.1)}]
+        assert (fr["prev_as_of_date"], fr["var_99_hist_change"]) == ("2026-01-28", pytest.approx(150.0))
+        (pnl, prev), = _sql(gold[0], """select sum(daily_pnl) filter (where as_of_date = %s),
+                                               sum(daily_pnl) filter (where as_of_date = %s)
+                                        from gold.fact_pnl_daily""", (AS_OF, AS_OF - timedelta(days=1)))
+        assert f["totals"][0]["daily_pnl_change"] == pytest.approx(pnl - prev)
+        from plugins.risk_cockpit import pages
+
+        html = pages.firm(f)
+        assert html.index('id="kpi-firm-limit-firm_var_99"') < html.index('id="breaches"')  # the first screen
+        assert 'data-value="1.1' in html and 'id="kpi-firm-var-99-change"' in html
+    finally:
+        _sql(gold[0], "drop table gold.fact_firm_risk, gold.dim_firm_limit")
+
+
 def test_firm_page_totals_and_worst_drawdowns(reader, gold):
     f = cockpit.firm(reader)
     (mv, pnl, mtd), = _sql(gold[0], "select sum(v.market_value), sum(d.daily_pnl), sum(d.mtd_pnl) "

@@ -235,6 +235,14 @@ def _overflowing(frame) -> list:
     return frame.evaluate(OVERFLOWING_JS)
 
 
+def _login(page, server) -> None:
+    page.goto(server.url + "/")
+    page.fill("input[name=username]", server.username)
+    page.fill("input[type=password]", server.password)
+    page.keyboard.press("Enter")
+    page.wait_for_url(lambda u: "/auth/login" not in u, timeout=60_000)
+
+
 def test_cockpit_in_the_airflow_ui_shows_golds_numbers(cockpit, chromium, artifacts):
     server, url = cockpit[0], cockpit[1]
     context = chromium.new_context(viewport={"width": 1366, "height": 900})
@@ -244,12 +252,7 @@ def test_cockpit_in_the_airflow_ui_shows_golds_numbers(cockpit, chromium, artifa
             if m.type == "error" and "/risk/" in (m.location.get("url") or "") else None)
     page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
 
-    # log in through Airflow's own login page, then open the cockpit from the navigation
-    page.goto(server.url + "/")
-    page.fill("input[name=username]", server.username)
-    page.fill("input[type=password]", server.password)
-    page.keyboard.press("Enter")
-    page.wait_for_url(lambda u: "/auth/login" not in u, timeout=60_000)
+    _login(page, server)  # through Airflow's own login page, then open the cockpit from the navigation
     page.get_by_role("link", name="Risk").first.click()
     page.wait_for_url("**/plugin/risk")
     frame_el = page.wait_for_selector("iframe")
@@ -273,7 +276,7 @@ def test_cockpit_in_the_airflow_ui_shows_golds_numbers(cockpit, chromium, artifa
     var99 = _sql(url, "select var_99_hist from gold.fact_risk_metrics where as_of_date = %s "
                       "order by var_99_hist desc", (AS_OF,))
     assert _values(frame, "#portfolios-table td[data-key=var_99_hist]") == [v for (v,) in var99]
-    assert _charts_drawn(frame) == 1  # the breach utilisation chart (no intraday table in this gold)
+    assert _charts_drawn(frame) == 2  # breach utilisation, its history (no intraday table in this gold)
     assert _overflowing(frame) == []  # in Airflow's iframe at 1366 px: every table fits its box
     page.screenshot(path=str(artifacts / "cockpit-firm.png"))
 
@@ -322,7 +325,7 @@ def test_cockpit_in_the_airflow_ui_shows_golds_numbers(cockpit, chromium, artifa
     direct = context.new_page()
     direct.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
     direct.goto(server.url + "/risk/")
-    direct.wait_for_function("document.body.dataset.chartsRendered === '1'")
+    direct.wait_for_function("document.body.dataset.chartsRendered === '2'")
     direct.screenshot(path=str(artifacts / "cockpit-firm-full.png"), full_page=True)
     assert errors == []
     context.close()
@@ -340,4 +343,49 @@ def test_an_unauthenticated_browser_is_refused(cockpit, chromium, artifacts):
     page.goto(server.url + "/plugin/risk")  # the UI route sends a stranger to the login page
     page.wait_for_url("**/auth/login**")
     page.screenshot(path=str(artifacts / "cockpit-refused.png"))
+    context.close()
+
+
+def test_a_logged_in_user_acknowledges_a_breach_and_gold_records_who_and_why(cockpit, chromium, artifacts):
+    """Through the Firm page's form: the action lands in gold.fact_breach_actions under the Airflow user (a
+    `by_user` field in the form is ignored) and the page shows "acknowledged by admin: reason". Without a login,
+    or posted from another site, it is refused and gold is unchanged."""
+    server, url = cockpit[0], cockpit[1]
+    (pid, limit_type, since), = _sql(url, """
+        select portfolio_id, limit_type, as_of_date from gold.fact_limit_breaches where as_of_date = %s
+        order by value / limit_value desc limit 1""", (AS_OF,))
+    form = {"portfolio_id": pid, "limit_type": limit_type, "breach_began": since.isoformat(), "action": "acknowledge",
+            "reason": "stranger", "valid_until": date.today().isoformat(), "as_of": AS_OF.isoformat()}
+
+    stranger = chromium.new_context()
+    assert stranger.request.post(server.url + "/risk/breach_action", form=form).status == 401
+    stranger.close()
+
+    context = chromium.new_context(viewport={"width": 1366, "height": 900})
+    page = context.new_page()
+    _login(page, server)
+    evil = page.request.post(server.url + "/risk/breach_action", form=form, headers={"Origin": "http://evil.example"})
+    assert evil.status == 403 and "cross-site" in evil.json()["detail"]
+    assert "fact_breach_actions" not in {t for (t,) in _sql(url, "select table_name from information_schema.tables "
+                                                                 "where table_schema = 'gold'")}
+
+    page.goto(f"{server.url}/risk/?as_of={AS_OF}")
+    row = page.locator("#breaches-table tbody tr").first
+    assert row.locator("td[data-key=portfolio_id], a").first.inner_text() == pid
+    row.locator("summary").click()
+    row.locator("input[name=reason]").fill("hedge booked for Monday")
+    page.evaluate("""() => { const f = document.querySelector('#breaches-table tbody tr form');
+        const i = document.createElement('input'); i.type = 'hidden'; i.name = 'by_user'; i.value = 'mallory';
+        f.appendChild(i); }""")
+    with page.expect_navigation(timeout=300_000):  # the action is built into gold before the page comes back
+        row.locator("button[type=submit]").click()
+    ack = page.locator("#breaches-table tbody tr").first.locator(".ack")
+    assert ack.inner_text().startswith("acknowledged by admin: hedge booked for Monday (until ")
+    page.screenshot(path=str(artifacts / "cockpit-acknowledged.png"))
+    rows = _sql(url, "select portfolio_id, limit_type, breach_began, action, by_user, reason from "
+                     "gold.fact_breach_actions")
+    assert rows == [(pid, limit_type, since, "acknowledge", "admin", "hedge booked for Monday")]
+    summary = page.request.get(f"{server.url}/risk/api/summary?as_of={AS_OF}").json()
+    worst = summary["breaches"][0]
+    assert (worst["portfolio_id"], worst["action"]["by_user"], worst["days"]) == (pid, "admin", 1)
     context.close()
