@@ -637,7 +637,7 @@ def asset_tables(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: 
         "lookback_days": n_ret,
     })
     usd = px * np.column_stack([rates.get(quote_ccy.get(p, "USD"), np.ones(len(days))) for p in products])
-    corr = np.corrcoef(risk_returns.simple_returns(usd)[-n_ret:], rowvar=False)
+    corr = np.atleast_2d(np.corrcoef(risk_returns.simple_returns(usd)[-n_ret:], rowvar=False))  # 1 product: a scalar
     i, j = np.triu_indices(len(products), k=1)
     correlations = pd.DataFrame({"product_id_a": np.asarray(products)[i], "product_id_b": np.asarray(products)[j],
                                  "as_of_date": as_of, "correlation": corr[i, j], "n_obs": n_ret,

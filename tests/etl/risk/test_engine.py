@@ -473,3 +473,16 @@ def test_portfolio_chunks_do_not_change_any_table(monkeypatch):
         a = df.sort_values(keys).reset_index(drop=True) if keys else df
         b = chunked[name].sort_values(keys).reset_index(drop=True) if keys else chunked[name]
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-12, obj=name)
+
+
+def test_a_single_product_has_its_asset_risk_and_no_correlation_pairs():
+    """One product: np.corrcoef returns a scalar; the asset tables still build, with no correlation rows."""
+    from etl.risk.engine import asset_tables
+
+    days = pd.date_range("2026-01-01", periods=40, freq="D")
+    closes = pd.DataFrame({"BTC-USD": 100 * np.exp(np.cumsum(np.random.default_rng(1).normal(0, 0.02, 40)))},
+                          index=days)
+    out = asset_tables(closes, {}, {"BTC-USD": "USD"}, 30, 0, RiskParams())
+    assert out["correlations"].empty
+    assert out["asset_risk"]["product_id"].tolist() == ["BTC-USD"]
+    assert out["asset_risk"]["close"].iat[0] == closes["BTC-USD"].iat[-1]
