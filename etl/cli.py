@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PipelineError, ValueError, OSError) as exc:
         if args.verbose:
             raise
-        from etl.runlog import redact_text
+        from etl.redaction import redact_text
 
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)  # 3: IncompleteInputError (report refused on missing inputs)
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         psycopg2 = sys.modules.get("psycopg2")  # a warehouse outage outside the stages' own handling
         if args.verbose or psycopg2 is None or not isinstance(exc, psycopg2.InterfaceError | psycopg2.OperationalError):
             raise
-        from etl.runlog import redact_text
+        from etl.redaction import redact_text
 
         reason = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: the warehouse connection failed ({type(exc).__name__}: {redact_text(reason)}): check that "

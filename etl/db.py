@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from etl import permissions
 from etl.errors import PipelineError
+from etl.redaction import redact_text
 from etl.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -194,8 +195,6 @@ def scratch_database(server_url: str, prefix: str = "scratch") -> Iterator[str]:
 
 def redact(url: str) -> str:
     """The URL without its password (and without a password= query parameter)."""
-    from etl.runlog import redact_text
-
     return redact_text(url)
 
 

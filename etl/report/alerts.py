@@ -30,6 +30,7 @@ from email.message import EmailMessage
 import pandas as pd
 
 from etl.errors import ConfigError, IncompleteInputError, PipelineError
+from etl.redaction import redact_text
 from etl.report.gold import GoldReader
 from etl.settings import Settings, get_settings
 from etl.storage import Store, get_store
@@ -131,8 +132,6 @@ def _append_lines(store: Store, rel: str, lines: list[str]) -> None:
 
 def send_webhook(url: str, text: str) -> None:
     import requests
-
-    from etl.runlog import redact_text
 
     shown = redact_text(url)  # the webhook's path is its secret: never in an error, a log line or the run log
     try:
