@@ -245,7 +245,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0
     if cmd == "intraday":
         from etl.orchestration.tasks import compute_intraday_risk
-        from etl.risk.intraday import IntradaySummary, latest_closed_bucket
+        from etl.risk.intraday import latest_closed_bucket
+        from etl.risk.intraday_io import IntradaySummary
 
         bucket = args.bucket or latest_closed_bucket(datetime.now(UTC))
         print(IntradaySummary(**compute_intraday_risk(bucket, settings=settings)))
