@@ -270,14 +270,14 @@ def _validate_reference(directory: str | None, settings) -> int:
     """`reference validate [DIR]`: every problem on stdout, a summary on stderr, exit 2 when there is any."""
     from pathlib import Path
 
-    from etl import portfolios, reference
+    from etl import portfolios, reference, reference_check
 
     folder = Path(directory) if directory else settings.reference_dir
     if not folder.is_dir():
         print(f"error: {folder}: not a folder (expected instruments.csv, exchanges.csv, portfolios.csv and "
               "positions.csv in it)", file=sys.stderr)
         return 2
-    problems = reference.validate_reference(folder, settings)
+    problems = reference_check.validate_reference(folder, settings)
     if problems:
         print("\n".join(problems))
         print(f"error: {len(problems)} problem(s) in {folder}; nothing was loaded", file=sys.stderr)

@@ -105,7 +105,7 @@ def demo_dates(now: datetime) -> tuple[datetime, datetime]:
 
 def run_demo(settings: Settings) -> int:
     from etl import db
-    from etl.reference import validate_reference
+    from etl.reference_check import validate_reference
     from etl.storage import get_store
 
     if problems := validate_reference(settings=settings):
