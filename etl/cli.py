@@ -199,7 +199,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
         if args.action == "url":
             if args.role == "reporting":
-                from etl.warehouse import reporting_url
+                from etl.db import reporting_url
 
                 url = reporting_url(settings)
                 if not db.role_exists(settings, "reporting"):

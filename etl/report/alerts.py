@@ -32,14 +32,16 @@ from email.message import EmailMessage
 
 import pandas as pd
 
+from etl.db import reporting_url
 from etl.errors import ConfigError, DataNotFoundError, IncompleteInputError, PipelineError
 from etl.redaction import redact_text
+from etl.report import cockpit, completeness
+from etl.report.breach_actions import is_quiet
 from etl.report.gold import GoldReader
 from etl.risk.intraday import BREACH_TABLE, bucket_of
 from etl.risk.intraday_io import committed_path
 from etl.settings import Settings, get_settings
 from etl.storage import Store, get_store
-from etl.warehouse import reporting_url
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,6 @@ def read_breaches(as_of: date | None, settings: Settings) -> tuple[date | None, 
 
 
 def _read_breaches(as_of: date | None, settings: Settings):
-    from etl.report import completeness
-
     with GoldReader(reporting_url(settings)) as reader:
         as_of = as_of or reader.latest_as_of()
         status = completeness.check(reader, as_of, settings)
@@ -112,9 +112,6 @@ def _read_breaches(as_of: date | None, settings: Settings):
 def held_breaches(reader: GoldReader, as_of: date, step: float) -> dict[tuple[str, str], dict]:
     """(portfolio_id, limit_type) -> the action holding back its alert (etl.report.breach_actions.is_quiet):
     acknowledged and not `step` worse since, or within its raised limit."""
-    from etl.report import cockpit
-    from etl.report.breach_actions import is_quiet
-
     return {(b["portfolio_id"], b["limit_type"]): b["action"] for b in cockpit.breaches(reader, as_of)[0]
             if b["scope"] == "eod" and is_quiet(b, step)}
 
