@@ -163,3 +163,37 @@ def test_no_private_name_is_imported_from_another_module():
                      if name != t and name.rpartition(".")[2].startswith("_") and not name.endswith("__")
                      and name.rpartition(".")[0] == t)
     assert private == []
+
+
+# ---- run-time and development dependencies (requirements.txt, requirements-dev.txt) ----------------------------
+def _pinned(path: Path) -> set[str]:
+    """Distribution names pinned in a requirements file (normalised), without `-r` includes."""
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            names.add(re.split(r"[\[=<>!~ ]", line, maxsplit=1)[0].lower().replace("_", "-"))
+    return names
+
+
+def test_the_product_imports_no_development_only_package():
+    from importlib.metadata import packages_distributions
+
+    dev_only = _pinned(ROOT / "requirements-dev.txt") - _pinned(ROOT / "requirements.txt")
+    assert {"pytest", "ruff", "playwright", "moto", "duckdb"} <= dev_only
+    dists = {top: {d.lower().replace("_", "-") for d in ds} for top, ds in packages_distributions().items()}
+    offenders = {}
+    for folder in ("etl", "dags", "plugins"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            tops = {n.split(".")[0] for n in _imported(path)}
+            if bad := sorted(t for t in tops if dists.get(t, set()) & dev_only):
+                offenders[str(path.relative_to(ROOT))] = bad
+    assert offenders == {}
+
+
+def test_requirements_dev_includes_the_run_time_set_and_the_package_depends_on_run_time_only():
+    assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text().splitlines()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'dependencies = { file = ["requirements.txt"] }' in pyproject
+    assert not _pinned(ROOT / "requirements.txt") & (_pinned(ROOT / "requirements-dev.txt")), \
+        "a package is pinned in both files: keep it in requirements.txt only"
