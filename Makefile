@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3 || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
-REQ_HASH := $(shell (cat requirements.txt pyproject.toml; $(PYTHON) --version 2>&1) | sha256sum | cut -c1-16)
+REQ_HASH := $(shell (cat requirements.txt requirements-dev.txt pyproject.toml; $(PYTHON) --version 2>&1) | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 # Settings from a .env file at the project root (NAME=value lines, see .env.example): etl/settings.py reads it for
 # every command; here only what make itself needs. A variable set in the environment (or on the command line) wins.
@@ -30,14 +30,16 @@ help:
 	@echo "make lint        ruff"
 	@echo "make psql-reporting [ARGS=...]  psql on the warehouse as the read-only reporting role (psql: as owner)"
 
-# The venv is rebuilt only when requirements.txt, pyproject.toml (or the interpreter) change: the stamp is keyed on
-# their hash. The project itself is installed editable (pyproject.toml), so `etl` imports without sys.path edits.
+# The venv is rebuilt only when requirements*.txt, pyproject.toml (or the interpreter) change: the stamp is keyed on
+# their hash. One venv for every target: the development set (requirements-dev.txt = the run-time requirements.txt
+# plus test, benchmark and lint tools). The project itself is installed editable (pyproject.toml), so `etl` imports
+# without sys.path edits.
 venv: $(STAMP)
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v[:2] == (3, 11) else "error: Python 3.11 is required, found %d.%d at %s: install python3.11 or run make PYTHON=/path/to/python3.11" % (v[0], v[1], sys.executable))'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 

@@ -27,8 +27,9 @@ import pandas as pd
 from bench_airflow import dags_test_world, timed_dags_test  # one set-up and timing of `airflow dags test` runs
 from bench_factors import best_of  # one helper for best-of-N timing
 
-from etl.risk import intraday
+from etl.risk import intraday, intraday_io
 from etl.risk.engine import RiskParams, compute_tables
+from etl.risk.scenarios import SCENARIO_TABLES, ScenarioSet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +74,7 @@ def revaluation(quick: bool) -> dict:
     params = RiskParams(mc_scenarios=2000, var_lookback_days=120, backtest_days=120) if quick else RiskParams()
     b = book(n_port, n_assets, n_days)
     eod = compute_tables(b["closes"], b["quote"], b["portfolios"], b["positions"], params)   # yesterday's run
-    scenarios = intraday.ScenarioSet.from_tables(*(eod[t] for t in intraday.SCENARIO_TABLES))
+    scenarios = ScenarioSet.from_tables(*(eod[t] for t in SCENARIO_TABLES))
 
     def ours():
         return intraday.compute(b["bucket"], b["portfolios"], b["positions"], b["quote"], b["bars_5m"],
@@ -128,7 +129,7 @@ def dag_time() -> dict:
         last_run = log.sort_values("started_at")["run_id"].iloc[-1]
         tasks = log[log["run_id"] == last_run].groupby(log["task_id"].str.replace(r"\[\d+\]", "", regex=True))
         per_task = tasks["duration_s"].sum().round(2).to_dict()
-        rows = pd.read_parquet(base / "data" / intraday.committed_path(
+        rows = pd.read_parquet(base / "data" / intraday_io.committed_path(
             get_store(settings), intraday.RISK_TABLE, pd.Timestamp("2026-03-02 10:00", tz="UTC")))
     ratio = wall / INTERVAL_S
     return {"intraday_dag_dags_test": {

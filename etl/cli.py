@@ -199,7 +199,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
         if args.action == "url":
             if args.role == "reporting":
-                from etl.warehouse import reporting_url
+                from etl.db import reporting_url
 
                 url = reporting_url(settings)
                 if not db.role_exists(settings, "reporting"):
@@ -245,7 +245,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0
     if cmd == "intraday":
         from etl.orchestration.tasks import compute_intraday_risk
-        from etl.risk.intraday import IntradaySummary, latest_closed_bucket
+        from etl.risk.intraday import latest_closed_bucket
+        from etl.risk.intraday_io import IntradaySummary
 
         bucket = args.bucket or latest_closed_bucket(datetime.now(UTC))
         print(IntradaySummary(**compute_intraday_risk(bucket, settings=settings)))
@@ -269,14 +270,14 @@ def _validate_reference(directory: str | None, settings) -> int:
     """`reference validate [DIR]`: every problem on stdout, a summary on stderr, exit 2 when there is any."""
     from pathlib import Path
 
-    from etl import portfolios, reference
+    from etl import portfolios, reference, reference_check
 
     folder = Path(directory) if directory else settings.reference_dir
     if not folder.is_dir():
         print(f"error: {folder}: not a folder (expected instruments.csv, exchanges.csv, portfolios.csv and "
               "positions.csv in it)", file=sys.stderr)
         return 2
-    problems = reference.validate_reference(folder, settings)
+    problems = reference_check.validate_reference(folder, settings)
     if problems:
         print("\n".join(problems))
         print(f"error: {len(problems)} problem(s) in {folder}; nothing was loaded", file=sys.stderr)
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PipelineError, ValueError, OSError) as exc:
         if args.verbose:
             raise
-        from etl.runlog import redact_text
+        from etl.redaction import redact_text
 
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)  # 3: IncompleteInputError (report refused on missing inputs)
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         psycopg2 = sys.modules.get("psycopg2")  # a warehouse outage outside the stages' own handling
         if args.verbose or psycopg2 is None or not isinstance(exc, psycopg2.InterfaceError | psycopg2.OperationalError):
             raise
-        from etl.runlog import redact_text
+        from etl.redaction import redact_text
 
         reason = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: the warehouse connection failed ({type(exc).__name__}: {redact_text(reason)}): check that "

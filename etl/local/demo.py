@@ -105,7 +105,7 @@ def demo_dates(now: datetime) -> tuple[datetime, datetime]:
 
 def run_demo(settings: Settings) -> int:
     from etl import db
-    from etl.reference import validate_reference
+    from etl.reference_check import validate_reference
     from etl.storage import get_store
 
     if problems := validate_reference(settings=settings):
@@ -156,9 +156,9 @@ def run_demo(settings: Settings) -> int:
         print(f"== bronze: {store.path('bronze')}")
         print(f"== silver: {store.path('silver')}")
         print(f"== outputs: {store.path('outputs')}")
+        from etl.db import reporting_url
         from etl.orchestration.intervals import eod_as_of
         from etl.report.alerts import ALERTS_FILE
-        from etl.warehouse import reporting_url
 
         print("\n== what next")
         print("\n".join(next_steps(settings, report, eod_as_of(eod_date - timedelta(days=1)), url,

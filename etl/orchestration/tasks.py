@@ -297,7 +297,7 @@ def send_alerts(run: TaskRun, as_of: date | str | None = None) -> int:
 def compute_intraday_risk(run: TaskRun, interval_start: datetime | str) -> Any:
     """Revalue every portfolio at the run's 5-minute bucket (its data interval start): value, PnL since the
     previous close, exposures, VaR/ES on the last EOD scenario set, stale prices, limit checks."""
-    from etl.risk.intraday import run_intraday_risk
+    from etl.risk.intraday_io import run_intraday_risk
 
     summary = run_intraday_risk(interval_start, settings=run.settings)
     run.record(summary.portfolios, summary.rows_out, str(summary)[:500])
@@ -317,9 +317,9 @@ def load_intraday_warehouse(run: TaskRun) -> Any:
 @task_function("send_intraday_alerts")
 def send_intraday_alerts(run: TaskRun, interval_start: datetime | str) -> int:
     """Alert the bucket's new intraday breaches (once per portfolio, limit and day) and record clearings."""
-    from etl.risk import intraday
+    from etl.report import alerts
 
-    sent = int(intraday.send_alerts(interval_start, settings=run.settings))
+    sent = int(alerts.send_intraday_alerts(interval_start, settings=run.settings))
     run.record(rows_out=sent, message=f"bucket={interval_start} alerts={sent}")
     return sent
 

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
+from etl.db import reporting_url
 from etl.errors import IncompleteInputError
 from etl.settings import PROJECT_ROOT, Settings, get_settings
 
@@ -106,7 +107,6 @@ def run_report(as_of: date | None = None, settings: Settings | None = None, sql_
     from etl.report.data import load_report_data
     from etl.report.gold import GoldReader
     from etl.report.sql_reports import run_sql_reports
-    from etl.warehouse import reporting_url
 
     settings = settings or get_settings()
     sql_dir = sql_dir or PROJECT_ROOT / "sql"

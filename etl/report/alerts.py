@@ -14,6 +14,9 @@ all, so an Airflow retry finishes the job.
 
 An ongoing breach alerts again each day, unless it is acknowledged (etl.report.breach_actions) and its utilisation
 has not risen ALERT_ACK_STEP above its level when acknowledged, or its limit was raised and it is within the new one.
+
+Intraday: `send_intraday_alerts` sends the committed limit rows of one 5-minute bucket (etl.risk.intraday_io), once
+per portfolio, limit and UTC day (ledger key `intraday_<limit_type>`).
 """
 
 from __future__ import annotations
@@ -29,11 +32,16 @@ from email.message import EmailMessage
 
 import pandas as pd
 
-from etl.errors import ConfigError, IncompleteInputError, PipelineError
+from etl.db import reporting_url
+from etl.errors import ConfigError, DataNotFoundError, IncompleteInputError, PipelineError
+from etl.redaction import redact_text
+from etl.report import cockpit, completeness
+from etl.report.breach_actions import is_quiet
 from etl.report.gold import GoldReader
+from etl.risk.intraday import BREACH_TABLE, bucket_of
+from etl.risk.intraday_io import committed_path
 from etl.settings import Settings, get_settings
 from etl.storage import Store, get_store
-from etl.warehouse import reporting_url
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +90,6 @@ def read_breaches(as_of: date | None, settings: Settings) -> tuple[date | None, 
 
 
 def _read_breaches(as_of: date | None, settings: Settings):
-    from etl.report import completeness
-
     with GoldReader(reporting_url(settings)) as reader:
         as_of = as_of or reader.latest_as_of()
         status = completeness.check(reader, as_of, settings)
@@ -106,9 +112,6 @@ def _read_breaches(as_of: date | None, settings: Settings):
 def held_breaches(reader: GoldReader, as_of: date, step: float) -> dict[tuple[str, str], dict]:
     """(portfolio_id, limit_type) -> the action holding back its alert (etl.report.breach_actions.is_quiet):
     acknowledged and not `step` worse since, or within its raised limit."""
-    from etl.report import cockpit
-    from etl.report.breach_actions import is_quiet
-
     return {(b["portfolio_id"], b["limit_type"]): b["action"] for b in cockpit.breaches(reader, as_of)[0]
             if b["scope"] == "eod" and is_quiet(b, step)}
 
@@ -131,8 +134,6 @@ def _append_lines(store: Store, rel: str, lines: list[str]) -> None:
 
 def send_webhook(url: str, text: str) -> None:
     import requests
-
-    from etl.runlog import redact_text
 
     shown = redact_text(url)  # the webhook's path is its secret: never in an error, a log line or the run log
     try:
@@ -219,6 +220,41 @@ def send_alerts(as_of: date | None = None, settings: Settings | None = None) -> 
     if errors:
         raise AlertDeliveryError(f"{len(errors)} alert deliveries failed for {as_of} (they are retried on the next "
                                  f"run): {errors[0]}")
+    return new
+
+
+def send_intraday_alerts(interval_start: datetime | str, settings: Settings | None = None) -> int:
+    """Alert each breach of the bucket once per portfolio, limit and UTC day on every configured channel (the
+    alert ledger keyed `intraday_<limit_type>`), and record each clearing in the ledger and the alert file.
+    Returns how many breaches were alerted for the first time."""
+    settings = settings or get_settings()
+    bucket = bucket_of(interval_start)
+    store = get_store(settings)
+    rel = committed_path(store, BREACH_TABLE, bucket)
+    if rel is None:
+        raise DataNotFoundError(f"no committed intraday limit checks for {bucket.isoformat()}: run the intraday risk "
+                                "task for this interval first")
+    rows = store.read_parquet(rel).to_pandas()
+    rows = rows.astype(object).where(rows.notna(), None).to_dict("records")
+    channels = configured_channels(settings)
+    new, errors, smtp = 0, [], None
+    when = bucket.strftime("%Y-%m-%d %H:%M UTC")
+    for row in rows:
+        breach = {**row, "bucket_start": when, "breached_at": str(row["breached_at"]), "scope": "intraday",
+                  "as_of_date": bucket.date()}
+        ledger = ledger_path(str(row["portfolio_id"]), bucket.date(), f"intraday_{row['limit_type']}")
+        if row["status"] == "cleared":
+            record_cleared(store, ledger, breach)
+            continue
+        subject = f"[risk] intraday {row['limit_type']} limit breach: {row['portfolio_id']} at {when}"
+        first, errs, smtp = deliver(store, ledger, breach, message(breach), subject, channels,
+                                           settings, smtp)
+        new += first
+        errors += errs
+    log.info("intraday alerts at %s: %d limit row(s), %d newly alerted, channels %s", when, len(rows), new, channels)
+    if errors:
+        raise AlertDeliveryError(f"{len(errors)} intraday alert deliveries failed at {when} (retried on the "
+                                        f"next attempt): {errors[0]}")
     return new
 
 

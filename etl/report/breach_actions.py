@@ -27,6 +27,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
 
+from etl.db import reporting_url
 from etl.errors import DataNotFoundError, PipelineError, ValidationError
 from etl.report import cockpit
 from etl.report.gold import GoldReader
@@ -133,8 +134,6 @@ def act(portfolio_id: str, limit_type: str, breach_began: date, action: str, rea
     """Act on the end-of-day breach gold shows on `as_of` (default: the latest day) for this portfolio and limit type
     that began on `breach_began` (DataNotFoundError if there is none), as `take` does. The cockpit's POST and the
     `breach_action` DAG (after its approval) both come here."""
-    from etl.warehouse import reporting_url
-
     settings = settings or get_settings()
     with GoldReader(reporting_url(settings)) as reader:
         as_of = as_of or reader.latest_as_of()

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from etl.report.completeness import stale_holdings
-from etl.report.data import VAR_USD_SQL, backtest_summary, total
+from etl.report.figures import VAR_USD_SQL, backtest_summary, total
 from etl.report.gold import GoldReader
 from etl.settings import get_settings
 
@@ -92,7 +92,7 @@ PORTFOLIO_DAY_SQL = f"""
 
 def portfolio_day(reader: GoldReader, as_of: date, portfolio_id: str | None = None) -> pd.DataFrame:
     """One row per portfolio of dim_portfolio (or just `portfolio_id`) with its valuation, PnL and risk of the
-    day (NULL when missing), and `var_99_hist_usd` to rank books of different currencies (data.VAR_USD_SQL)."""
+    day (NULL when missing), and `var_99_hist_usd` to rank books of different currencies (figures.VAR_USD_SQL)."""
     return reader.query(PORTFOLIO_DAY_SQL, {"as_of": as_of, "portfolio_id": portfolio_id})
 
 

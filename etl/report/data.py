@@ -7,23 +7,14 @@ from datetime import date
 
 import pandas as pd
 
+from etl.report import cockpit
+from etl.report.figures import VAR_USD_SQL
 from etl.report.gold import GoldReader
 
 HISTORY_DAYS = 365          # value/PnL/drawdown charts
 BACKTEST_DAYS = 250         # VaR vs realised PnL (the Basel window)
 CORRELATION_DAYS = 90       # daily returns behind the correlation heatmap
 RECENT_RUNS = 10            # pipeline health: this many latest runs
-
-# The one place a portfolio's risk is put in USD, to rank portfolios of different base currencies: gold's VaR 99%
-# (base currency) x the as-of day's close of `<base>-USD` in gold.fact_price_daily (1 for a USD book; NULL, ranked
-# last, without that close). Pages only read it.
-VAR_USD_SQL = """
-    select r.portfolio_id,
-           r.var_99_hist * case when p.base_currency = 'USD' then 1.0 else fx.close end as var_99_hist_usd
-    from gold.fact_risk_metrics as r
-    inner join gold.dim_portfolio as p on p.portfolio_id = r.portfolio_id
-    left join gold.fact_price_daily as fx on fx.product_id = p.base_currency || '-USD' and fx.price_date = r.as_of_date
-    where r.as_of_date = %(as_of)s"""
 
 QUERIES: dict[str, tuple[str, str]] = {
     # name: (gold table, SQL)
@@ -102,8 +93,6 @@ def first_screen(reader: GoldReader, as_of: date) -> dict:
     `{"error": ...}` when the gold tables they need are missing (the report then says so)."""
     import psycopg2
 
-    from etl.report import cockpit
-
     try:
         status, missing = cockpit.completeness(cockpit.portfolio_day(reader, as_of))
         found, notes = cockpit.breaches(reader, as_of)
@@ -115,20 +104,3 @@ def first_screen(reader: GoldReader, as_of: date) -> dict:
         first = str(exc).strip().splitlines()[0]
         return {"status": "incomplete", "missing": [first], "breaches": None, "notes": [],
                 "firm_risk": {"available": False, "note": cockpit.FIRM_NOT_COMPUTED}, "error": first}
-
-
-def total(values: pd.Series) -> float:
-    """The sum of a figure over portfolios, or NaN (shown as missing) when any of them lacks it: a partial sum or a
-    sum of nothing is not the book's figure."""
-    return values.astype(float).sum(min_count=len(values)) if len(values) else float("nan")
-
-
-def backtest_summary(bt: pd.DataFrame) -> pd.DataFrame:
-    """Per method x confidence of fact_var_backtest rows: days observed (`n_obs`), exceptions, expected exceptions
-    (n_obs x (1 - confidence)). The report adds the traffic-light zone; the cockpit shows it as is."""
-    if bt.empty:
-        return pd.DataFrame(columns=["method", "confidence", "n_obs", "exceptions", "expected"])
-    g = bt.assign(exc=bt["is_exception"].astype(bool)).groupby(["method", "confidence"], as_index=False)
-    out = g.agg(n_obs=("exc", "size"), exceptions=("exc", "sum"))
-    out["expected"] = out["n_obs"] * (1.0 - out["confidence"])
-    return out

@@ -15,11 +15,11 @@ from typing import Any
 import pandas as pd
 
 from etl import db
+from etl.db import REPORTING_ROLE
 from etl.errors import DataNotFoundError, IncompleteInputError
 
 log = logging.getLogger(__name__)
 
-REPORTING_ROLE = "reporting"
 STATEMENT_TIMEOUT_MS = 120_000  # one report query must not hold the warehouse for longer than this
 
 

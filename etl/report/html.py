@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from etl.report import charts
-from etl.report.data import CORRELATION_DAYS, ReportData, backtest_summary, total
+from etl.report.data import CORRELATION_DAYS, ReportData
+from etl.report.figures import backtest_summary, total
 from etl.report.formatting import Formats
 from etl.risk.backtest import traffic_light
 
@@ -382,7 +383,7 @@ def section_summary(data: ReportData, portfolios: pd.DataFrame, summary: pd.Data
 
 
 def _detail_order(summary: pd.DataFrame) -> pd.DataFrame:
-    """Portfolios with breaches first, then the largest VaR 99% in USD (data.VAR_USD_SQL: books of different
+    """Portfolios with breaches first, then the largest VaR 99% in USD (figures.VAR_USD_SQL: books of different
     currencies compare): the order of the table and of detail pages."""
     key = summary.assign(_b=summary["breaches"] if "breaches" in summary else 0,
                          _v=summary["var_99_hist_usd"] if "var_99_hist_usd" in summary else 0)

@@ -3,8 +3,8 @@
 Pure maths (arrays in, arrays out): `risk_returns`, `valuation`, `var`, `drawdown`, `anomalies`, `backtest`,
 `contributions` (Euler), `filtered` (EWMA/GARCH-t FHS), `es_backtest` (Z2, McNeil-Frey), `stress`; tables from
 prices and the book: `engine` (and `firm`, the whole book in USD), `attribution` (daily PnL by factor, from the
-factor model's outputs); the only I/O: `runner` (`run_risk`); the 5-minute
-revaluation on the last EOD run's scenario set: `intraday` (its own I/O). Conventions: docs/risk_conventions.md.
+factor model's outputs); the EOD I/O: `runner` (`run_risk`); the scenario set the EOD run persists: `scenarios`;
+the 5-minute revaluation on it: `intraday` (pure), its I/O `intraday_io`. Conventions: docs/risk_conventions.md.
 """
 
 from etl.risk.runner import RiskSummary, run_risk

@@ -27,12 +27,12 @@ from etl.risk import (
     es_backtest,
     filtered,
     firm,
-    intraday,
     risk_returns,
     stress,
     valuation,
     var,
 )
+from etl.risk.scenarios import scenario_tables
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
                                                  scenarios or stress.Scenarios.empty(),
                                                  usd_move_of or (lambda shocks: dict.fromkeys(held, 0.0))),
             # what the intraday revaluation re-uses: this scenario set, its covariance, each book's drawdown
-            **intraday.scenario_tables(as_of, days[-n_ret:], window, held, base, pids, pr_window, params)}
+            **scenario_tables(as_of, days[-n_ret:], window, held, base, pids, pr_window, params)}
 
 
 def contribution_rows(window: np.ndarray, exposure: np.ndarray, ids, held, as_of, currency: str,

@@ -28,86 +28,29 @@ Each intraday run (one 5-minute bucket b of UTC day D) then:
 
 A bucket later than now (plus FUTURE_TOLERANCE) is refused: it would commit a revaluation on prices not yet seen.
 
-Outputs (one file per table per bucket): outputs/intraday_risk/as_of_date=D/bucket=HHMM/<run_id>.parquet and
-outputs/intraday_limit_breaches/..., committed together by the day's manifest outputs/_commits/intraday/
-as_of_date=D.json (etl.commits); a rerun of the interval replaces both. Conventions: docs/risk_conventions.md.
+This module is the pure revaluation (frames in, frames out); the scenario set is etl.risk.scenarios, reading and
+writing a bucket's files etl.risk.intraday_io, alerting its breaches etl.report.alerts. Conventions:
+docs/risk_conventions.md.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
-from etl.risk import drawdown, valuation, var
+from etl.errors import ValidationError
+from etl.risk import valuation, var
+from etl.risk.engine import snapshot_arrays
+from etl.risk.scenarios import ScenarioSet
 
-log = logging.getLogger(__name__)
-
-SCENARIO_TABLES = ("scenario_returns", "scenario_covariance", "scenario_portfolios")
 RISK_TABLE, BREACH_TABLE = "intraday_risk", "intraday_limit_breaches"
 BUCKET = pd.Timedelta(minutes=5)
 FUTURE_TOLERANCE = pd.Timedelta(minutes=1)  # clock skew between the scheduler and the worker
-SCENARIO_MAX_DAYS_BACK = 31
 CONFIDENCES = (0.95, 0.99)  # as the end-of-day engine
 METHODS = ("hist", "param", "mc")
-
-
-# ---- what the end-of-day run persists -------------------------------------------------------------------------
-def scenario_tables(as_of, scenario_days: pd.DatetimeIndex, window: np.ndarray, products: list[str], base: str,
-                    pids: list[str], portfolio_returns: np.ndarray, params) -> dict[str, pd.DataFrame]:
-    """The EOD inputs of the intraday revaluation for one base currency. window (N, A): the historical
-    scenarios (asset returns in `base`, row i = the return of scenario_days[i]); portfolio_returns (N, P): the
-    lookback window's portfolio returns, whose last drawdown from peak the intraday drawdown continues."""
-    n, a = window.shape
-    prods = np.asarray(products)
-    cov = var.covariance(window)
-    i, j = np.divmod(np.arange(a * a), a)
-    return {
-        "scenario_returns": pd.DataFrame({
-            "base_currency": base, "as_of_date": as_of, "scenario_date": np.repeat(scenario_days.to_numpy(), a),
-            "asset_index": np.tile(np.arange(a), n), "product_id": np.tile(prods, n), "asset_return": window.ravel()}),
-        "scenario_covariance": pd.DataFrame({
-            "base_currency": base, "as_of_date": as_of, "product_id_a": prods[i], "product_id_b": prods[j],
-            "covariance": cov.ravel()}),
-        "scenario_portfolios": pd.DataFrame({
-            "portfolio_id": pids, "base_currency": base, "as_of_date": as_of,
-            "drawdown": drawdown.drawdown_series(portfolio_returns)[-1], "lookback_days": n,
-            "mc_scenarios": params.mc_scenarios, "mc_seed": params.mc_seed,
-            "mc_distribution": params.mc_distribution, "mc_t_dof": params.mc_t_dof}),
-    }
-
-
-@dataclass
-class ScenarioSet:
-    """The last EOD run's scenario set, as the engine held it (arrays in the engine's product order)."""
-
-    as_of: date
-    products: list[str]
-    windows: dict[str, np.ndarray]          # base currency -> (N, A) asset returns
-    covariances: dict[str, np.ndarray]      # base currency -> (A, A)
-    drawdown: pd.Series                     # portfolio_id -> drawdown from peak at the EOD close (<= 0)
-    mc: tuple[int, int, str, float]         # scenarios, seed, distribution, t dof of the EOD Monte Carlo
-
-    @classmethod
-    def from_tables(cls, returns: pd.DataFrame, covariance: pd.DataFrame, portfolios: pd.DataFrame) -> ScenarioSet:
-        as_of = pd.Timestamp(returns["as_of_date"].iloc[0]).date()
-        order = returns.drop_duplicates("asset_index").sort_values("asset_index")
-        products = list(order["product_id"])
-        windows, covs = {}, {}
-        for base, df in returns.groupby("base_currency"):
-            wide = df.pivot(index="scenario_date", columns="asset_index", values="asset_return")
-            windows[base] = np.ascontiguousarray(wide.sort_index().to_numpy()[:, np.argsort(wide.columns)])
-        for base, df in covariance.groupby("base_currency"):
-            wide = df.pivot(index="product_id_a", columns="product_id_b", values="covariance")
-            covs[base] = np.ascontiguousarray(wide.loc[products, products].to_numpy())
-        first = portfolios.iloc[0]
-        mc = (int(first["mc_scenarios"]), int(first["mc_seed"]), str(first["mc_distribution"]),
-              float(first["mc_t_dof"]))
-        return cls(as_of, products, windows, covs, portfolios.set_index("portfolio_id")["drawdown"], mc)
 
 
 # ---- prices at a bucket --------------------------------------------------------------------------------------
@@ -165,8 +108,6 @@ def compute(bucket: pd.Timestamp, portfolios: pd.DataFrame, positions: pd.DataFr
             bars_5m: pd.DataFrame, bars_1d: pd.DataFrame, scenarios: ScenarioSet | None,
             previous_breaches: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """The intraday_risk rows (one per portfolio holding anything) and the limit rows of bucket `bucket`."""
-    from etl.risk.engine import snapshot_arrays
-
     bucket = bucket_of(bucket)
     day = bucket.normalize().tz_localize(None)
     prev_day = day - pd.Timedelta(days=1)
@@ -341,31 +282,7 @@ def limit_rows(risk: pd.DataFrame, portfolios: pd.DataFrame, previous: pd.DataFr
     return out[BREACH_COLUMNS].sort_values(["portfolio_id", "limit_type"], ignore_index=True)
 
 
-# ---- I/O -------------------------------------------------------------------------------------------------------
-@dataclass
-class IntradaySummary:
-    bucket_start: str
-    portfolios: int
-    stale_products: int
-    breaches: int
-    new_breaches: int
-    cleared: int
-    scenario_as_of: str | None
-    scenario_note: str = ""
-    uncomputable: int = 0
-    rows: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def rows_out(self) -> int:
-        return sum(self.rows.values())
-
-    def __str__(self) -> str:
-        return (f"intraday risk at {self.bucket_start}: {self.portfolios} portfolios, {self.stale_products} stale "
-                f"price(s), {self.breaches} limit breach(es) ({self.new_breaches} new, {self.cleared} cleared, "
-                f"{self.uncomputable} uncomputable), {self.scenario_note}, {self.seconds:.2f}s")
-
-
+# ---- the bucket grid -----------------------------------------------------------------------------------------
 def bucket_of(interval_start: datetime | str) -> pd.Timestamp:
     """The bucket an intraday run values: its data interval's start, on the 5-minute grid."""
     return pd.Timestamp(interval_start).tz_convert("UTC").floor(BUCKET) if pd.Timestamp(interval_start).tzinfo \
@@ -379,175 +296,7 @@ def latest_closed_bucket(now: datetime) -> pd.Timestamp:
 
 def check_bucket(bucket: pd.Timestamp, now: datetime) -> None:
     """Refuse a bucket that starts later than now (plus FUTURE_TOLERANCE): its prices do not exist yet."""
-    from etl.errors import ValidationError
-
     now = pd.Timestamp(now).tz_convert("UTC")
     if bucket > now + FUTURE_TOLERANCE:
         raise ValidationError(f"intraday bucket {bucket.isoformat()} is in the future (now {now.isoformat()}): "
                               f"nothing computed; the latest closed bucket is {latest_closed_bucket(now).isoformat()}")
-
-
-def scenario_note(scenarios: ScenarioSet | None, day: date) -> str:
-    """The scenario set a run used, or which one is missing (run log, summary and log line)."""
-    expected = day - timedelta(days=1)
-    if scenarios is None:
-        return (f"scenario set MISSING: no committed end-of-day scenario set (risk outputs {', '.join(SCENARIO_TABLES)}) "
-                f"dated {expected - timedelta(days=SCENARIO_MAX_DAYS_BACK)}..{expected}, VaR/ES uncomputable: run "
-                f"`python -m etl risk --as-of {expected}`")
-    if scenarios.as_of < expected:
-        return f"scenario set STALE: as of {scenarios.as_of}, expected {expected}"
-    return f"scenarios as of {scenarios.as_of}"
-
-
-def intraday_manifest(day: date) -> str:
-    """The commit manifest of one UTC day's intraday outputs (etl.commits): each run adds its bucket's two files."""
-    return f"intraday/as_of_date={day.isoformat()}"
-
-
-def bucket_partition(bucket: pd.Timestamp) -> str:
-    return f"as_of_date={bucket.date().isoformat()}/bucket={bucket.strftime('%H%M')}"
-
-
-def committed_path(store, table: str, bucket: pd.Timestamp) -> str | None:
-    """The committed file of `table` for `bucket`, or None when that bucket's run has not committed."""
-    from etl import commits
-
-    manifest = commits.read_manifest(store, intraday_manifest(bucket.date())) or {"files": {}}
-    entry = manifest["files"].get(f"{table}/{bucket_partition(bucket)}")
-    return entry["path"] if entry else None
-
-
-def write_outputs(store, bucket: pd.Timestamp, tables: dict[str, pd.DataFrame]) -> None:
-    """Commit the bucket's risk and breach rows together (one manifest write): a rerun replaces both."""
-    from etl import commits
-    from etl.risk.runner import _to_arrow
-    from etl.warehouse.schema import check_output
-
-    parts = {(name, bucket_partition(bucket)): _to_arrow(df) for name, df in tables.items()}
-    for (name, _), part in parts.items():
-        check_output(name, part.column_names)
-    commits.publish(store, intraday_manifest(bucket.date()), "intraday", parts, merge=True)
-
-
-def load_scenarios(store, before: date, max_days_back: int = SCENARIO_MAX_DAYS_BACK) -> ScenarioSet | None:
-    """The scenario set of the latest committed EOD run dated <= `before` (None when there is none yet)."""
-    from etl import commits
-
-    for back in range(max_days_back + 1):
-        d = before - timedelta(days=back)
-        manifest = commits.read_manifest(store, commits.risk_manifest(d))
-        if manifest is None:
-            continue
-        entries = [manifest["files"].get(f"{t}/as_of_date={d.isoformat()}") for t in SCENARIO_TABLES]
-        if all(entries):
-            tables = [store.read_parquet(e["path"], sha256=e.get("sha256")).to_pandas() for e in entries]
-            if all(len(t) for t in tables):
-                return ScenarioSet.from_tables(*tables)
-        log.warning("scenario set as of %s is incomplete; trying an earlier EOD run", d)
-    return None
-
-
-def previous_breaches(store, bucket: pd.Timestamp) -> pd.DataFrame | None:
-    """The limit rows of the latest earlier committed run (today, else yesterday): the breaches open before this
-    bucket."""
-    from etl import commits
-
-    for day in (bucket.date(), bucket.date() - timedelta(days=1)):
-        manifest = commits.read_manifest(store, intraday_manifest(day)) or {"files": {}}
-        prefix = f"{BREACH_TABLE}/as_of_date={day.isoformat()}/bucket="
-        keys = sorted(k for k in manifest["files"] if k.startswith(prefix))
-        if day == bucket.date():
-            keys = [k for k in keys if k[len(prefix):] < bucket.strftime("%H%M")]
-        if keys:
-            entry = manifest["files"][keys[-1]]
-            return store.read_parquet(entry["path"], sha256=entry.get("sha256")).to_pandas()
-    return None
-
-
-def run_intraday_risk(interval_start: datetime | str, settings=None, now: datetime | None = None) -> IntradaySummary:
-    """Revalue every portfolio at the bucket starting at `interval_start` and write its two output files.
-    A bucket later than `now` (default: the clock) is refused (ValidationError), nothing written."""
-    from etl.portfolios import book_products, load_portfolios, load_positions
-    from etl.reference import load_instruments
-    from etl.risk.runner import _read_bars
-    from etl.settings import get_settings
-    from etl.storage import get_store
-
-    t0 = time.perf_counter()
-    settings = settings or get_settings()
-    bucket = bucket_of(interval_start)
-    check_bucket(bucket, now or datetime.now(UTC))
-    day = bucket.date()
-    instruments = load_instruments(settings)
-    portfolios = load_portfolios(settings)
-    positions = load_positions(settings)
-    quote_ccy = dict(zip(instruments["product_id"], instruments["quote_currency"], strict=True))
-    store = get_store(settings)
-    scenarios = load_scenarios(store, day - timedelta(days=1))
-    # what the book holds and its conversions, plus the scenario set's products (held until today's snapshot)
-    products = list(dict.fromkeys(book_products(instruments, portfolios, positions)
-                                  + (scenarios.products if scenarios else [])))
-    bars_5m = _read_bars("5m", products, day - timedelta(days=1), day, settings)
-    bars_1d = _read_bars("1d", products, day - timedelta(days=settings.daily_history_days), day - timedelta(days=1),
-                         settings)
-    bars_1d["price_date"] = pd.to_datetime(bars_1d["price_date"]).astype("datetime64[ns]")
-    note = scenario_note(scenarios, day)
-    if scenarios is None or scenarios.as_of < day - timedelta(days=1):
-        log.warning("intraday risk at %s: %s", bucket.isoformat(), note)
-    tables = compute(bucket, portfolios, positions, quote_ccy, bars_5m, bars_1d, scenarios,
-                     previous_breaches(store, bucket))
-    write_outputs(store, bucket, tables)
-    risk, breaches = tables[RISK_TABLE], tables[BREACH_TABLE]
-    status = breaches["status"]
-    summary = IntradaySummary(
-        bucket_start=bucket.isoformat(), portfolios=len(risk), stale_products=int(risk["stale_products"].sum()),
-        breaches=int((status == "breach").sum()),
-        new_breaches=int(((status == "breach") & (breaches["breached_at"] == breaches["bucket_start"])).sum()),
-        cleared=int((status == "cleared").sum()), scenario_as_of=str(scenarios.as_of) if scenarios else None,
-        scenario_note=note, uncomputable=int((breaches["breach_kind"] == "uncomputable").sum()),
-        rows={name: len(df) for name, df in tables.items()}, seconds=time.perf_counter() - t0)
-    log.info("%s", summary)
-    return summary
-
-
-def send_alerts(interval_start: datetime | str, settings=None) -> int:
-    """Alert each breach of the bucket once per portfolio, limit and UTC day on every configured channel (the
-    alert ledger keyed `intraday_<limit_type>`), and record each clearing in the ledger and the alert file.
-    Returns how many breaches were alerted for the first time."""
-    from etl.report import alerts
-    from etl.settings import get_settings
-    from etl.storage import get_store
-
-    settings = settings or get_settings()
-    bucket = bucket_of(interval_start)
-    store = get_store(settings)
-    rel = committed_path(store, BREACH_TABLE, bucket)
-    if rel is None:
-        from etl.errors import DataNotFoundError
-
-        raise DataNotFoundError(f"no committed intraday limit checks for {bucket.isoformat()}: run the intraday risk "
-                                "task for this interval first")
-    rows = store.read_parquet(rel).to_pandas()
-    rows = rows.astype(object).where(rows.notna(), None).to_dict("records")
-    channels = alerts.configured_channels(settings)
-    new, errors, smtp = 0, [], None
-    when = bucket.strftime("%Y-%m-%d %H:%M UTC")
-    for row in rows:
-        breach = {**row, "bucket_start": when, "breached_at": str(row["breached_at"]), "scope": "intraday",
-                  "as_of_date": bucket.date()}
-        ledger = alerts.ledger_path(str(row["portfolio_id"]), bucket.date(), f"intraday_{row['limit_type']}")
-        if row["status"] == "cleared":
-            alerts.record_cleared(store, ledger, breach)
-            continue
-        subject = f"[risk] intraday {row['limit_type']} limit breach: {row['portfolio_id']} at {when}"
-        first, errs, smtp = alerts.deliver(store, ledger, breach, alerts.message(breach), subject, channels,
-                                           settings, smtp)
-        new += first
-        errors += errs
-    log.info("intraday alerts at %s: %d limit row(s), %d newly alerted, channels %s", when, len(rows), new, channels)
-    if errors:
-        raise alerts.AlertDeliveryError(f"{len(errors)} intraday alert deliveries failed at {when} (retried on the "
-                                        f"next attempt): {errors[0]}")
-    return new
-
-

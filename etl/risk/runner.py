@@ -16,7 +16,6 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from etl import commits
 from etl.errors import DataNotFoundError, ValidationError
@@ -25,10 +24,10 @@ from etl.portfolios import book_products, load_portfolios, load_positions
 from etl.reference import DELISTED_ON, load_instruments
 from etl.risk import attribution
 from etl.risk.engine import RiskParams, close_matrix, compute_tables, price_flags
-from etl.risk.intraday import SCENARIO_TABLES
+from etl.risk.scenarios import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
-from etl.warehouse.schema import DATE_COLUMNS, check_output
+from etl.warehouse.schema import check_output, to_arrow
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None) -> Ris
                           products=products, lookback_days=int(tables["risk_metrics"]["lookback_days"].iloc[0]),
                           breaches=len(tables["limit_breaches"]))
     # each table leaves pandas as it becomes Arrow (memory: the backtest has millions of rows)
-    parts = {(name, partition): _to_arrow(tables.pop(name, pd.DataFrame())) for name in TABLES}
+    parts = {(name, partition): to_arrow(tables.pop(name, pd.DataFrame())) for name in TABLES}
     for (name, _), part in parts.items():
         check_output(name, part.column_names)  # every column declared in etl/warehouse/tables.yml, and no other
     commits.publish(get_store(settings), commits.risk_manifest(as_of), "risk", parts, run_id=run_id,
@@ -165,20 +164,3 @@ def _read_bars(kind: str, products: list[str], start: date | None, end: date, se
     from etl.silver import read_bars
 
     return read_bars(kind, products=products, start=start, end=end, settings=settings)
-
-
-def _to_arrow(df: pd.DataFrame) -> pa.Table:
-    """Dates (the columns declared `date`) as date32, timestamps as UTC microseconds, text as string (stable types for the warehouse).
-    Naive timestamps become dates by the final cast (no Python date objects: the backtest has millions of rows)."""
-    df = df.copy(deep=False)                       # copy-on-write: the caller's frame is not changed
-    for col in df.columns:
-        if col in DATE_COLUMNS:
-            day = pd.to_datetime(df[col])
-            df[col] = day.dt.normalize() if day.dt.tz is None else day.dt.date
-        elif isinstance(df[col].dtype, pd.DatetimeTZDtype):
-            df[col] = df[col].dt.tz_convert("UTC").astype("datetime64[us, UTC]")
-        elif df[col].dtype == object:
-            df[col] = df[col].astype("str")
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    fields = [pa.field(f.name, pa.date32()) if f.name in DATE_COLUMNS else f for f in table.schema]
-    return table.cast(pa.schema(fields))

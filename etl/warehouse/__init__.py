@@ -13,9 +13,9 @@ Public API (see docs/warehouse.md):
 from __future__ import annotations
 
 import logging
-from urllib.parse import quote, urlparse
 
 from etl import db
+from etl.db import reporting_url  # named by the warehouse API; it lives with the connection (etl.db)
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
 from etl.warehouse import roles
@@ -63,13 +63,3 @@ def load_warehouse(settings: Settings | None = None, run_dbt: bool = True, dbt_o
 
 
 _run_dbt = run_dbt  # `load_warehouse`'s parameter shadows the function name inside it
-
-
-def reporting_url(settings: Settings | None = None) -> str:
-    """The warehouse URL with the `reporting` role as user (its password from the settings, if any)."""
-    settings = settings or get_settings()
-    u = urlparse(db.database_url(settings))
-    password = settings.reporting_password  # None: no password (the embedded server trusts its local socket)
-    user = roles.READER + (f":{quote(password, safe='')}" if password else "")
-    host = u.netloc.rsplit("@", 1)[-1]
-    return u._replace(netloc=f"{user}@{host}").geturl()

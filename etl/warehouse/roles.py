@@ -14,9 +14,11 @@ import logging
 
 from psycopg2 import sql
 
+from etl.db import REPORTING_ROLE
+
 log = logging.getLogger(__name__)
 
-READER = "reporting"
+READER = REPORTING_ROLE
 WRITER = "pipeline_writer"
 SCHEMAS = ("raw", "staging", "gold")
 

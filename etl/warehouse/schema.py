@@ -17,11 +17,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import yaml
 
 from etl.errors import ValidationError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DECLARATION = Path(__file__).with_name("tables.yml")
 RAW = "raw"
@@ -160,3 +164,22 @@ def raw_ddl() -> list[str]:
     for table in TABLES:
         stmts += table.ddl()
     return stmts
+
+
+def to_arrow(df: pd.DataFrame) -> pa.Table:
+    """An output frame as Arrow for the lake and the warehouse: dates (the columns declared `date`) as date32,
+    timestamps as UTC microseconds, text as string (stable types for the warehouse). Naive timestamps become dates by the final cast (no Python date objects: the backtest has millions of rows)."""
+    import pandas as pd  # here: readers of the declaration alone (DAG files, the CLI) do not load pandas
+
+    df = df.copy(deep=False)                       # copy-on-write: the caller's frame is not changed
+    for col in df.columns:
+        if col in DATE_COLUMNS:
+            day = pd.to_datetime(df[col])
+            df[col] = day.dt.normalize() if day.dt.tz is None else day.dt.date
+        elif isinstance(df[col].dtype, pd.DatetimeTZDtype):
+            df[col] = df[col].dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+        elif df[col].dtype == object:
+            df[col] = df[col].astype("str")
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    fields = [pa.field(f.name, pa.date32()) if f.name in DATE_COLUMNS else f for f in table.schema]
+    return table.cast(pa.schema(fields))

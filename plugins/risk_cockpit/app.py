@@ -83,8 +83,8 @@ async def _bad_request(request: Request, exc: RequestValidationError) -> Respons
 
 
 def _reader():
+    from etl.db import reporting_url
     from etl.report.gold import GoldReader
-    from etl.warehouse import reporting_url
 
     return GoldReader(reporting_url())
 

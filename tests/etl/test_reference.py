@@ -1,5 +1,5 @@
 """etl/reference.py: the instrument master and exchanges load whole or not at all, every rule names file, line
-and rule; `validate_reference` lists every problem of every file once and loads nothing. (Portfolio and position
+and rule; `validate_reference` (etl.reference_check) lists every problem of every file once and loads nothing. (Portfolio and position
 rules: test_portfolios.py; the `reference validate` command: test_cli.py.)"""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from etl.reference import (
     load_instruments,
     quote_currency,
     read_reference_csv,
-    validate_reference,
 )
+from etl.reference_check import validate_reference
 from etl.settings import get_settings
 
 

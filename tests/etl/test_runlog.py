@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from etl import runlog
-from etl.runlog import RunRecord, read_all, record, redact_text, task_run
+from etl.runlog import RunRecord, read_all, record, task_run
 from etl.settings import get_settings
 
 
@@ -76,26 +76,3 @@ def test_a_run_log_that_cannot_be_written_never_hides_the_result(tmp_path, caplo
     with caplog.at_level(logging.ERROR, logger="etl.runlog"), task_run("r1", "d", "t", settings=settings) as rec:
         rec.rows_out = 1
     assert "could not write the run-log row for d.t" in caplog.text
-
-
-@pytest.mark.parametrize(("text", "redacted"), [
-    ("postgresql://etl:hunter2@db:5432/warehouse?sslpassword=abc&sslmode=require",
-     "postgresql://etl:***@db:5432/warehouse?sslpassword=***&sslmode=require"),
-    ("POST https://hooks.example.com/services/T0/B0/xyz failed", "POST https://hooks.example.com/*** failed"),
-    ("Max retries exceeded with url: /services/T0/B0/xyz (Caused by ...)",
-     "Max retries exceeded with url: /*** (Caused by ...)"),
-    ("api_key=abc123 token: 'tok tok' SECRET_ACCESS_KEY=zzz", "api_key=*** token: *** SECRET_ACCESS_KEY=***"),
-    ("Authorization: Bearer abcdefgh12345", "Authorization: Bearer ***"),
-    ("no secret in 3 candles for BTC-USD", "no secret in 3 candles for BTC-USD"),
-])
-def test_redact_text(text, redacted, monkeypatch):
-    monkeypatch.delenv("ALERT_WEBHOOK_URL", raising=False)
-    assert redact_text(text) == redacted
-
-
-def test_redact_text_removes_the_configured_secrets_wherever_they_appear(monkeypatch):
-    monkeypatch.setenv("ALERT_WEBHOOK_URL", "https://hooks.example.com/services/T0AB/B0CD/s3cr3tT0ken")
-    monkeypatch.setenv("PIPELINE_DATABASE_URL", "postgresql://etl:dbpass99@db/warehouse")
-    monkeypatch.setenv("PIPELINE_REPORTING_PASSWORD", "rep0rting")
-    text = "posting to services/T0AB/B0CD/s3cr3tT0ken refused; login dbpass99 and rep0rting failed"
-    assert redact_text(text) == "posting to *** refused; login *** and *** failed"

@@ -357,14 +357,15 @@ INTRADAY_BUCKETS = 12  # the last hour of the sample's last day
 def write_intraday(store, b5: pd.DataFrame, daily: pd.DataFrame, day: date) -> dict[str, int]:
     """Intraday outputs of the last day's last hour, from the real revaluation (etl.risk.intraday.compute) on
     the sample bars with the daily returns up to the previous day as scenario set (P002 breaches its VaR limit)."""
-    from etl.risk import intraday, var
+    from etl.risk import intraday, intraday_io, var
+    from etl.risk.scenarios import ScenarioSet
 
     closes = daily.pivot(index="price_date", columns="product_id", values="close")
     window = np.ascontiguousarray(closes.loc[:pd.Timestamp(day) - pd.Timedelta(days=1)].pct_change().iloc[1:]
                                   .to_numpy())
-    scenarios = intraday.ScenarioSet(day - timedelta(days=1), list(closes.columns), {"USD": window},
-                                     {"USD": var.covariance(window) if len(window) > 1 else window}, pd.Series(0.0, index=PORTFOLIOS["portfolio_id"]),
-                                     (500, 7, "t", 5.0)) if len(window) > 1 else None
+    scenarios = ScenarioSet(day - timedelta(days=1), list(closes.columns), {"USD": window},
+                           {"USD": var.covariance(window) if len(window) > 1 else window}, pd.Series(0.0, index=PORTFOLIOS["portfolio_id"]),
+                           (500, 7, "t", 5.0)) if len(window) > 1 else None
     positions = POSITIONS.assign(as_of_date=pd.to_datetime(POSITIONS["as_of_date"]).astype("datetime64[ns]"))
     portfolios = PORTFOLIOS.assign(var_limit_metric="var_99_hist")
     bars_1d = daily.assign(price_date=daily["price_date"].astype("datetime64[ns]"))
@@ -374,7 +375,7 @@ def write_intraday(store, b5: pd.DataFrame, daily: pd.DataFrame, day: date) -> d
     for bucket in pd.date_range(end=last, periods=INTRADAY_BUCKETS, freq=intraday.BUCKET):
         tables = intraday.compute(bucket, portfolios, positions, {p: "USD" for p in PRODUCTS}, b5, bars_1d,
                                   scenarios, previous)
-        intraday.write_outputs(store, bucket, tables)
+        intraday_io.write_outputs(store, bucket, tables)
         for name, df in tables.items():
             counts[name] += len(df)
         previous = tables[intraday.BREACH_TABLE]

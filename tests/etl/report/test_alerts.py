@@ -15,6 +15,7 @@ import pytest
 
 from etl.db import scratch_database
 from etl.errors import IncompleteInputError
+from etl.redaction import redact_text
 from etl.report import alerts
 from etl.settings import get_settings
 from tests.support.report_sample import AS_OF, create_gold, sample_frames
@@ -231,5 +232,5 @@ def test_secrets_redacted_in_run_log(env, data_dir):
     message = rows["message"].iat[0]
     assert "AlertDeliveryError" in message and "127.0.0.1" in message
     assert "s3cr3tT0ken" not in message and "B0CD" not in message
-    assert runlog.redact_text("postgresql://etl:hunter2@db:5432/warehouse password=x2 token: abc Bearer abcdefgh12") \
+    assert redact_text("postgresql://etl:hunter2@db:5432/warehouse password=x2 token: abc Bearer abcdefgh12") \
         == "postgresql://etl:***@db:5432/warehouse password=*** token: *** Bearer ***"

@@ -1,6 +1,6 @@
 """Intraday risk: hand-worked books per bucket, consistency with the end-of-day run, limits and alerts, stale
 prices, and the light warehouse path into gold. Silver-shaped Parquet in a temporary data root; the EOD run is
-the real engine (etl.risk.run_risk), the intraday run the real task (etl.risk.intraday.run_intraday_risk)."""
+the real engine (etl.risk.run_risk), the intraday run the real task (etl.risk.intraday_io.run_intraday_risk)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import pytest
 
 from etl import commits, runlog
 from etl.orchestration.tasks import compute_intraday_risk
-from etl.risk import intraday, run_risk
+from etl.report import alerts
+from etl.risk import intraday, intraday_io, run_risk
 from etl.settings import get_settings
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
 from etl.storage import get_store
@@ -102,7 +103,7 @@ def eod(data, table: str, day: date = D1) -> pd.DataFrame:
 
 
 def intraday_rows(data, bucket: pd.Timestamp, table: str = intraday.RISK_TABLE) -> pd.DataFrame:
-    rel = intraday.committed_path(get_store(get_settings()), table, bucket)
+    rel = intraday_io.committed_path(get_store(get_settings()), table, bucket)
     return pq.read_table(data / rel).to_pandas().set_index("portfolio_id")
 
 
@@ -123,7 +124,7 @@ def test_hand_worked_books_value_pnl_and_exposure_at_a_bucket(book):
     px = flat_day(data, last, {"BTC-USD": {index(9, 0): 1.04}, "ETH-USD": {index(10, 0): 0.95},
                                "ETH-BTC": {index(10, 5): 1.02}})
     b = at(10, 5)
-    summary = intraday.run_intraday_risk(b.to_pydatetime())
+    summary = intraday_io.run_intraday_risk(b.to_pydatetime())
     assert summary.portfolios == 4 and summary.stale_products == 0 and summary.scenario_as_of == str(D1)
     got = intraday_rows(data, b)
     i = index(10, 5)
@@ -158,7 +159,7 @@ def test_prices_at_the_last_close_give_the_eod_var_and_es_exactly(book):
     data, last = book["data"], book["last"]
     flat_day(data, last)
     b = at(10, 5)
-    intraday.run_intraday_risk(b.to_pydatetime())
+    intraday_io.run_intraday_risk(b.to_pydatetime())
     got = intraday_rows(data, b)
     risk = eod(data, "risk_metrics").set_index("portfolio_id")
     for pid in "LSBX":
@@ -182,7 +183,7 @@ def test_the_last_bucket_of_the_day_equals_the_eod_daily_pnl(book):
     write_daily(data, pd.concat([closes, day_close]))
     run_risk(as_of=D, settings=get_settings())
     b = at(23, 55)
-    intraday.run_intraday_risk(b.to_pydatetime())
+    intraday_io.run_intraday_risk(b.to_pydatetime())
     got = intraday_rows(data, b)
     pnl = eod(data, "pnl_daily", D)
     pnl = pnl[pnl["as_of_date"] == D].set_index("portfolio_id")
@@ -196,7 +197,7 @@ def test_a_product_without_bars_today_is_stale_not_zero(book):
     flat_day(data, last, {"BTC-USD": {index(8, 0): 1.01}})
     shutil.rmtree(data / "silver" / "bars_5m" / "product_id=ETH-BTC")
     b = at(10, 5)
-    intraday.run_intraday_risk(b.to_pydatetime())
+    intraday_io.run_intraday_risk(b.to_pydatetime())
     got = intraday_rows(data, b)
     x = got.loc["X"]
     btc = last["BTC-USD"] * 1.01
@@ -206,7 +207,7 @@ def test_a_product_without_bars_today_is_stale_not_zero(book):
     assert np.isfinite(x["var_99"]) and got.loc["L", "stale_products"] == 0
     # a product whose last bar is earlier today: its last close, aged from that bar
     write_5m(data, "ETH-USD", D, np.full(index(9, 30) + 1, last["ETH-USD"] * 1.1))
-    intraday.run_intraday_risk(b.to_pydatetime())
+    intraday_io.run_intraday_risk(b.to_pydatetime())
     got = intraday_rows(data, b)
     assert got.loc["S", "market_value"] == pytest.approx(-30 * last["ETH-USD"] * 1.1, rel=1e-12)
     assert got.loc["S", "max_price_age_s"] == 35 * 60 and got.loc["S", "stale_products"] == 1
@@ -218,7 +219,7 @@ def test_a_product_bought_today_outside_the_scenario_set_leaves_only_that_book_w
     flat_day(data, last)
     write_5m(data, "SOL-USD", D, np.full(288, 150.0))
     (ref / "positions.csv").write_text(POSITIONS + f"S,SOL-USD,{D},10,140\nS,ETH-USD,{D},-30,2500\n")
-    intraday.run_intraday_risk(at(10, 5).to_pydatetime())
+    intraday_io.run_intraday_risk(at(10, 5).to_pydatetime())
     got = intraday_rows(data, at(10, 5))
     assert np.isnan(got.loc["S", "var_99"]) and np.isnan(got.loc["S", "var_95_param"])
     assert got.loc["S", "market_value"] == pytest.approx(-30 * last["ETH-USD"] + 10 * 150.0, rel=1e-12)
@@ -230,8 +231,8 @@ def test_a_product_bought_today_outside_the_scenario_set_leaves_only_that_book_w
 def run_buckets(buckets):
     out = []
     for b in buckets:
-        intraday.run_intraday_risk(b.to_pydatetime())
-        out.append(intraday.send_alerts(b.to_pydatetime()))
+        intraday_io.run_intraday_risk(b.to_pydatetime())
+        out.append(alerts.send_intraday_alerts(b.to_pydatetime()))
     return out
 
 
@@ -268,7 +269,7 @@ def test_no_scenario_set_yet_leaves_var_null_values_the_book_and_breaches_as_unc
     closes = _daily_closes()
     write_daily(data_dir, closes)
     flat_day(data_dir, closes.iloc[-1])
-    summary = intraday.IntradaySummary(**compute_intraday_risk(at(10, 5).to_pydatetime()))   # the DAG's task
+    summary = intraday_io.IntradaySummary(**compute_intraday_risk(at(10, 5).to_pydatetime()))   # the DAG's task
     got = intraday_rows(data_dir, at(10, 5))
     assert summary.scenario_as_of is None and got["var_99"].isna().all() and got["is_scenario_stale"].all()
     assert got.loc["L", "market_value"] == pytest.approx(2 * closes["BTC-USD"].iat[-1], rel=1e-12)
@@ -283,7 +284,7 @@ def test_no_scenario_set_yet_leaves_var_null_values_the_book_and_breaches_as_unc
             f"scenario_covariance, scenario_portfolios) dated 2026-02-27..{D1}") in str(summary)
     assert f"run `python -m etl risk --as-of {D1}`" in str(summary)
     assert runlog.read_all(get_settings())["message"].tolist() == [str(summary)]
-    assert intraday.send_alerts(at(10, 5).to_pydatetime()) == 4
+    assert alerts.send_intraday_alerts(at(10, 5).to_pydatetime()) == 4
     lines = [json.loads(x) for x in (data_dir / "alerts" / "alerts.jsonl").read_text().splitlines()]
     assert all(x["message"].startswith("Risk limit UNCOMPUTABLE: portfolio ") for x in lines) and len(lines) == 4
 
@@ -307,7 +308,7 @@ def test_a_breach_whose_var_becomes_uncomputable_stays_in_breach_and_never_clear
     assert [x.get("event", "breach") for x in lines if x["portfolio_id"] == "L"] == ["breach"]   # no clearing
     # a clean run of the same bucket (scenario set restored) keeps it an `exceeded` breach: only the kind differs
     run_risk(as_of=D1, settings=get_settings())
-    intraday.run_intraday_risk(at(10, 10).to_pydatetime())
+    intraday_io.run_intraday_risk(at(10, 10).to_pydatetime())
     clean = intraday_rows(data, at(10, 10), intraday.BREACH_TABLE).loc["L"]
     assert (clean["status"], clean["breach_kind"]) == ("breach", "exceeded")
     assert clean["value"] == pytest.approx(var_99 * 1.2, rel=1e-9)
@@ -322,10 +323,10 @@ def test_a_future_bucket_is_refused_and_nothing_is_committed(book):
         with pytest.raises(ValidationError, match=re.escape(
                 f"intraday bucket {late.isoformat()} is in the future (now 2026-04-01T12:00:30+00:00): nothing "
                 "computed; the latest closed bucket is 2026-04-01T11:55:00+00:00")):
-            intraday.run_intraday_risk(late.to_pydatetime(), now=now.to_pydatetime())
-        assert commits.read_manifest(store, intraday.intraday_manifest(late.date())) is None
+            intraday_io.run_intraday_risk(late.to_pydatetime(), now=now.to_pydatetime())
+        assert commits.read_manifest(store, intraday_io.intraday_manifest(late.date())) is None
     flat_day(book["data"], book["last"])
-    intraday.run_intraday_risk(at(10, 5).to_pydatetime(), now=at(10, 5).to_pydatetime())  # the current bucket runs
+    intraday_io.run_intraday_risk(at(10, 5).to_pydatetime(), now=at(10, 5).to_pydatetime())  # the current bucket runs
     assert intraday.latest_closed_bucket(now.to_pydatetime()) == pd.Timestamp("2026-04-01 11:55", tz="UTC")
 
 
@@ -381,7 +382,7 @@ def test_the_light_load_keeps_the_breach_in_gold_and_a_rerun_rewrites_the_same_r
         x = query("select stale_products, has_stale_prices, market_value > 0 from gold.fact_intraday_risk "
                   "where portfolio_id = 'X' and bucket_start = '2026-03-31 10:05+00'")
         assert x == [(1, True, True)]
-        intraday.run_intraday_risk(at(10, 5).to_pydatetime())                                     # a rerun of one interval
+        intraday_io.run_intraday_risk(at(10, 5).to_pydatetime())                                     # a rerun of one interval
         assert load_intraday().rows["intraday_risk"] == 4
         after = query("select * from gold.fact_intraday_risk order by portfolio_id, bucket_start")
         strip = [r[:-1] for r in after]                                             # all but loaded_at

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pytest
 
 from etl.errors import ValidationError
-from etl.reference import load_price_overrides, validate_reference
+from etl.reference import load_price_overrides
+from etl.reference_check import validate_reference
 from etl.settings import get_settings
 from etl.silver import build, read_bars, read_candles
 from etl.silver.price_quality import RULES, gate
