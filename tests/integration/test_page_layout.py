@@ -84,7 +84,8 @@ def pages_dir(gold, tmp_path_factory) -> Path:
         ids = [f"P{i:04d}" for i in range(1, 23)]
         (out / "portfolio.html").write_text(pages.portfolio(cockpit.portfolio(reader, "P0001", AS_OF), ids))
         (out / "market.html").write_text(pages.market(cockpit.market(reader, AS_OF)))
-        (out / "pipeline.html").write_text(pages.pipeline(cockpit.pipeline(reader)))
+        airflow_runs = [{"dag_id": "risk_end_of_day", "queued": 0, "running": 1, "success": 12, "failed": 2}]
+        (out / "pipeline.html").write_text(pages.pipeline({**cockpit.pipeline(reader), "airflow_runs": airflow_runs}))
     (out / "report").symlink_to(report.parent.parent)
     return out
 
