@@ -87,7 +87,7 @@ def risk_end_of_day():
         return tasks.compute_risk_shard(as_of(), shard["shard"], shard["shards"], ref=current_ref())
 
     @task(outlets=[RISK_OUTPUTS])
-    def compute_risk(plan: list[dict], shards: list[dict]) -> dict:
+    def compute_risk(plan: list[dict]) -> dict:
         return tasks.compute_risk(as_of(), shards=len(plan), ref=current_ref())
 
     @task(outlets=[RISK_OUTPUTS])
@@ -113,7 +113,8 @@ def risk_end_of_day():
     silver = build_silver(ingest_daily_history.expand(product=validate_products()))
     factors, plan = compute_factors(), plan_risk_shards()
     silver >> factors >> plan          # the risk run's PnL attribution reads the day's factor outputs
-    risk = compute_risk(plan, compute_risk_shard.expand(shard=plan))
+    risk = compute_risk(plan)
+    compute_risk_shard.expand(shard=plan) >> risk    # commits only when every shard is done
     outputs = [risk, factors]
     silver >> compact_bronze()
     dbt = build_dbt()
