@@ -1,7 +1,9 @@
 """Assemble the risk tables from prices and the book (pandas in, pandas out; the maths is in the sibling modules).
 
 `compute_tables` takes daily closes (one column per product, one row per calendar day), the book and the
-parameters, and returns every output table as a DataFrame. No storage here: `etl.risk.runner` reads and writes.
+parameters, and returns every output table as a DataFrame: its halves `portfolio_tables` (per portfolio, for any
+subset of the book) and `book_tables` (firm and products) let etl.risk.shards split the book across tasks.
+No storage here: `etl.risk.runner` reads and writes.
 Portfolios are processed in groups by base currency (a handful): within a group all prices and returns are in that
 currency, so VaR, PnL and the backtest agree with each other exactly. Each group is valued and backtested in chunks
 of `PORTFOLIO_CHUNK` portfolios, so the (days x portfolios x assets) arrays stay small; every figure, the Monte Carlo
