@@ -134,3 +134,14 @@ def test_shards_are_contiguous_blocks_of_the_sorted_ids_and_respect_max_map_leng
     assert shard_count(10, get_settings()) == 4
     with pytest.raises(ValueError, match="shard 2 is not one of 0..1"):
         shard_portfolios(ids, 2, 2)
+
+
+def test_shards_of_another_book_commit_nothing(shard_env, monkeypatch):
+    for shard in range(2):
+        tasks.compute_risk_shard(AS_OF, shard, 2, run_key="run-c")
+    with open(get_settings().reference_dir / "portfolios.csv", "a") as f:        # the book changed since
+        f.write("U6,Late book,USD,1000,0.5,0.5\n")
+    with pytest.raises(DataNotFoundError, match=r"the risk shards of run run-c cover 7 portfolios as of their days, "
+                                                r"the book as of 2026-03-31 has 8"):
+        tasks.compute_risk(AS_OF, shards=2, run_key="run-c")
+    assert read_manifest(Store.from_uri(str(shard_env)), risk_manifest(AS_OF)) is None
