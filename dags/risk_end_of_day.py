@@ -30,8 +30,11 @@ Runs daily 10 minutes after the UTC close for the day that just ended (the data 
    `PIPELINE_DAILY_HISTORY_DAYS`), both in the `coinbase_api` pool, and `build_silver`; then `compact_bronze`
    (closed days' bronze partitions into one file per product-day and granularity), both in the 1-slot
    `silver_writer` pool;
-2. `compute_factors` (factor returns and exposures), then `compute_risk` (valuation, PnL, VaR/ES three ways,
-   drawdown, anomalies, VaR backtest, limit breaches, PnL attribution by factor, which reads the day's factors);
+2. `compute_factors` (factor returns and exposures), then the risk run (valuation, PnL, VaR/ES, drawdown,
+   anomalies, VaR backtest, limit breaches, PnL attribution by factor, which reads the day's factors) in shards:
+   `plan_risk_shards` (`PIPELINE_RISK_SHARDS`, or `PIPELINE_RISK_SHARD_PORTFOLIOS` per shard), one mapped
+   `compute_risk_shard` per block of portfolios (any Celery worker; a failed one retries alone), then
+   `compute_risk` adds the firm and product tables and commits every table at once;
 3. `load_warehouse` (Postgres `raw`, upsert by key) then `build_dbt` (`dbt build` through the dbt CLI, see
    docs/orchestration.md for why not cosmos);
 4. `export_report` (HTML + CSV) and `send_alerts`.
@@ -73,9 +76,19 @@ def risk_end_of_day():
     def compact_bronze() -> dict:
         return tasks.compact_bronze(as_of(), ref=current_ref())
 
+    @task
+    def plan_risk_shards() -> list[dict]:
+        from airflow.sdk import conf
+
+        return tasks.plan_risk_shards(max_map_length=conf.getint("core", "max_map_length"), ref=current_ref())
+
+    @task
+    def compute_risk_shard(shard: dict) -> dict:
+        return tasks.compute_risk_shard(as_of(), shard["shard"], shard["shards"], ref=current_ref())
+
     @task(outlets=[RISK_OUTPUTS])
-    def compute_risk() -> dict:
-        return tasks.compute_risk(as_of(), ref=current_ref())
+    def compute_risk(plan: list[dict]) -> dict:
+        return tasks.compute_risk(as_of(), shards=len(plan), ref=current_ref())
 
     @task(outlets=[RISK_OUTPUTS])
     def compute_factors() -> dict:
@@ -98,8 +111,10 @@ def risk_end_of_day():
         return tasks.send_alerts(as_of(), ref=current_ref())
 
     silver = build_silver(ingest_daily_history.expand(product=validate_products()))
-    factors, risk = compute_factors(), compute_risk()
-    silver >> factors >> risk          # the risk run's PnL attribution reads the day's factor outputs
+    factors, plan = compute_factors(), plan_risk_shards()
+    silver >> factors >> plan          # the risk run's PnL attribution reads the day's factor outputs
+    risk = compute_risk(plan)
+    compute_risk_shard.expand(shard=plan) >> risk    # commits only when every shard is done
     outputs = [risk, factors]
     silver >> compact_bronze()
     dbt = build_dbt()

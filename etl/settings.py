@@ -196,6 +196,8 @@ class Settings:
     extra: dict = field(default_factory=dict)
     # risk depth: filtered VaR, ES backtests, stress tests (docs/risk_conventions.md)
     garch_workers: int = 1               # processes for the per-asset GARCH fits
+    risk_shards: int = 1                 # the EOD DAG computes the portfolios in this many shards (docs/orchestration.md)
+    risk_shard_portfolios: int = 0       # or: portfolios per shard (> 0 wins over risk_shards)
     garch_refit_days: int = 50           # the backtest refits GARCH on the data known every this many days
     es_simulations: int = 1000           # Acerbi-Szekely Z2 p-value: paths simulated under each model
     es_bootstrap: int = 1000             # McNeil-Frey exceedance-residual test: bootstrap resamples
@@ -295,6 +297,8 @@ def get_settings() -> Settings:
         alert_email_to=_env("ALERT_EMAIL_TO", "") or None,
         alert_ack_step=_float("ALERT_ACK_STEP", 0.1),
         garch_workers=max(1, _int("RISK_GARCH_WORKERS", 1)),
+        risk_shards=max(1, _int("PIPELINE_RISK_SHARDS", 1)),
+        risk_shard_portfolios=max(0, _int("PIPELINE_RISK_SHARD_PORTFOLIOS", 0)),
         garch_refit_days=max(1, _int("RISK_GARCH_REFIT_DAYS", 50)),
         es_simulations=max(1, _int("RISK_ES_SIMULATIONS", 1000)),
         es_bootstrap=max(1, _int("RISK_ES_BOOTSTRAP", 1000)),

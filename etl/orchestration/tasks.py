@@ -230,14 +230,45 @@ def compact_bronze(run: TaskRun, as_of: date | str | None = None) -> Any:
 
 # ---- end of day ---------------------------------------------------------------------------------------------
 @task_function("compute_risk")
-def compute_risk(run: TaskRun, as_of: date | str | None = None) -> Any:
-    """Valuation, PnL, VaR/ES, drawdown, anomalies, VaR backtest and limit checks for the as-of day."""
-    from etl.risk import run_risk
-
+def compute_risk(run: TaskRun, as_of: date | str | None = None, shards: int | None = None,
+                 run_key: str | None = None) -> Any:
+    """Valuation, PnL, VaR/ES, drawdown, anomalies, VaR backtest and limit checks for the as-of day, committed
+    at once. shards: the portfolios were computed by that many `compute_risk_shard` tasks of the run `run_key`
+    (default: this task's run id): add the whole book's tables to theirs (etl.risk.shards); None: all here."""
     day = as_date(as_of)
-    summary = run_risk(as_of=day, settings=run.settings)
+    if shards is None:
+        from etl.risk import run_risk
+
+        summary = run_risk(as_of=day, settings=run.settings)
+    else:
+        from etl.risk.shards import commit_shards
+
+        summary = commit_shards(day, shards, run_key or run.ref.run_id, run.settings)
     run.record(summary.rows_in, summary.rows_out, f"as_of={day} {summary}"[:500])
     return summary
+
+
+@task_function("plan_risk_shards")
+def plan_risk_shards(run: TaskRun, max_map_length: int | None = None) -> list[dict]:
+    """The risk shards of this run, one mapped `compute_risk_shard` each: [{"shard": i, "shards": n}, ...]."""
+    from etl.portfolios import load_portfolios
+    from etl.risk.shards import shard_count
+
+    n = shard_count(len(load_portfolios(run.settings)), run.settings, max_map_length)
+    run.record(message=f"{n} risk shard(s)")
+    return [{"shard": i, "shards": n} for i in range(n)]
+
+
+@task_function("compute_risk_shard")
+def compute_risk_shard(run: TaskRun, as_of: date | str, shard: int, shards: int, run_key: str | None = None) -> Any:
+    """The per-portfolio risk tables of one shard into the run's uncommitted area (`compute_risk` commits)."""
+    from etl.risk.shards import run_shard
+
+    day = as_date(as_of)
+    done = run_shard(day, shard, shards, run_key or run.ref.run_id, run.settings)
+    run.record(len(done["portfolios"]), sum(done["rows"].values()),
+               f"as_of={day} shard {shard + 1}/{shards}: {len(done['portfolios'])} portfolios")
+    return {k: v for k, v in done.items() if k != "portfolios"}
 
 
 @task_function("compute_factors")

@@ -1,7 +1,9 @@
 """Assemble the risk tables from prices and the book (pandas in, pandas out; the maths is in the sibling modules).
 
 `compute_tables` takes daily closes (one column per product, one row per calendar day), the book and the
-parameters, and returns every output table as a DataFrame. No storage here: `etl.risk.runner` reads and writes.
+parameters, and returns every output table as a DataFrame: its halves `portfolio_tables` (per portfolio, for any
+subset of the book) and `book_tables` (firm and products) let etl.risk.shards split the book across tasks.
+No storage here: `etl.risk.runner` reads and writes.
 Portfolios are processed in groups by base currency (a handful): within a group all prices and returns are in that
 currency, so VaR, PnL and the backtest agree with each other exactly. Each group is valued and backtested in chunks
 of `PORTFOLIO_CHUNK` portfolios, so the (days x portfolios x assets) arrays stay small; every figure, the Monte Carlo
@@ -149,45 +151,97 @@ def snapshot_arrays(positions: pd.DataFrame, portfolio_ids: list[str], products:
 def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: pd.DataFrame,
                    positions: pd.DataFrame, params: RiskParams,
                    bars_5m: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
-    """Every risk output table for the last day of `closes` (the as-of date).
+    """Every risk output table for the last day of `closes` (the as-of date): `portfolio_tables` of the whole
+    book plus its `book_tables`.
 
     closes: calendar days x products (quote currency), no NaN (see close_matrix); must include <CCY>-USD for every
     non-USD quote or base currency. quote_ccy: product -> quote currency. bars_5m: optional silver 5-minute bars
     (product_id, bucket_start, close) for intraday anomalies.
     """
-    scenarios = stress.load_scenarios(params.stress_file)          # a bad file fails before any work
-    days = closes.index
-    as_of = days[-1]
-    t_all = len(days)
-    held = sorted(positions["product_id"].unique())
+    book = _Book.of(closes, quote_ccy, portfolios, positions, params)
+    sigmas: dict[str, dict[str, np.ndarray]] = {}                          # filtered volatilities per currency
+    return append_tables(_portfolio_tables(book, portfolios, positions, params, sigmas),
+                         _book_tables(book, closes, portfolios, positions, params, bars_5m, sigmas))
+
+
+def portfolio_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: pd.DataFrame,
+                     positions: pd.DataFrame, params: RiskParams) -> dict[str, pd.DataFrame]:
+    """The per-portfolio tables of `portfolios`, a shard of the book: each row depends only on its own portfolio.
+    positions: the whole book's, since the products the book holds fix the scenario sets and the Monte Carlo
+    draws; the rows of other portfolios are ignored."""
+    book = _Book.of(closes, quote_ccy, portfolios, positions, params)
+    return _portfolio_tables(book, portfolios, positions, params, {})
+
+
+def book_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: pd.DataFrame, positions: pd.DataFrame,
+                params: RiskParams, bars_5m: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """The tables of the whole book (firm_risk, the firm-scope risk_contributions and stress_results rows) and of
+    the products (asset_risk, correlations, drawdowns, anomalies): cheap next to the portfolios'."""
+    book = _Book.of(closes, quote_ccy, portfolios, positions, params)
+    return _book_tables(book, closes, portfolios, positions, params, bars_5m, {})
+
+
+def append_tables(tables: dict[str, pd.DataFrame], more: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """tables with the rows of `more` appended, table by table."""
+    for name, df in more.items():
+        tables[name] = pd.concat([tables[name], df], ignore_index=True) if name in tables else df
+    return tables
+
+
+@dataclass(frozen=True)
+class _Book:
+    """What every part of the computation shares: the days, the products the book holds, USD rates, the VaR
+    lookback, the Monte Carlo draws and the stress scenarios."""
+    days: pd.DatetimeIndex
+    quote_ccy: dict[str, str]
+    held: list[str]
+    rates: dict[str, np.ndarray]
+    close: np.ndarray                       # (T, A) the held products' closes, quote currency
+    quote_usd: np.ndarray                   # (T, A) the USD value of one unit of each held product's quote
+    n_ret: int
+    hist_start: int
+    z: np.ndarray
+    scale: np.ndarray
+    scenarios: stress.Scenarios
+    usd_move_of: object
+
+    @classmethod
+    def of(cls, closes, quote_ccy, portfolios, positions, params: RiskParams) -> _Book:
+        scenarios = stress.load_scenarios(params.stress_file)      # a bad file fails before any work
+        days = closes.index
+        t_all = len(days)
+        held = sorted(positions["product_id"].unique())
+        rates = usd_rates(closes, {quote_ccy[p] for p in held} | set(portfolios["base_currency"]))
+        n_ret = min(params.var_lookback_days, t_all - 1)
+        if n_ret < MIN_VAR_OBS:
+            raise DataNotFoundError(f"only {t_all} days of closes up to {days[-1].date()} for {held}: VaR needs at "
+                                    f"least {MIN_VAR_OBS + 1}; ingest more daily history (PIPELINE_DAILY_HISTORY_DAYS)")
+        z, scale = var.mc_draws(params.mc_scenarios, len(held), params.mc_seed, params.mc_distribution,
+                                params.mc_t_dof)
+        return cls(days, quote_ccy, held, rates, closes[held].to_numpy(),
+                   np.column_stack([rates[quote_ccy[p]] for p in held]), n_ret,
+                   max(0, t_all - params.backtest_days),                  # history tables cover this window
+                   z, scale, stress.within(scenarios, days, warn=True), _usd_moves(closes, rates, quote_ccy, n_ret))
+
+
+def _portfolio_tables(b: _Book, portfolios: pd.DataFrame, positions: pd.DataFrame, params: RiskParams,
+                      sigmas: dict[str, dict[str, np.ndarray]]) -> dict[str, pd.DataFrame]:
+    as_of = b.days[-1]
     pids = list(portfolios["portfolio_id"])
     base_of = dict(zip(portfolios["portfolio_id"], portfolios["base_currency"], strict=True))
-    rates = usd_rates(closes, {quote_ccy[p] for p in held} | set(base_of.values()))
-    close = closes[held].to_numpy()
-    quote_usd = np.column_stack([rates[quote_ccy[p]] for p in held])      # (T, A)
-    n_ret = min(params.var_lookback_days, t_all - 1)
-    if n_ret < MIN_VAR_OBS:
-        raise DataNotFoundError(f"only {t_all} days of closes up to {as_of.date()} for {held}: VaR needs at least "
-                                f"{MIN_VAR_OBS + 1}; ingest more daily history (PIPELINE_DAILY_HISTORY_DAYS)")
-    hist_start = max(0, t_all - params.backtest_days)                      # history tables cover this window
-    z, scale = var.mc_draws(params.mc_scenarios, len(held), params.mc_seed, params.mc_distribution, params.mc_t_dof)
-    usd_move_of = _usd_moves(closes, rates, quote_ccy, n_ret)
-    scenarios = stress.within(scenarios, days, warn=True)
-    sigmas: dict[str, dict[str, np.ndarray]] = {}                          # filtered volatilities per currency
-
     parts: dict[str, list[pd.DataFrame]] = {}
     for base in sorted(set(base_of.values())):
         ids = [pid for pid in pids if base_of[pid] == base]
-        fx = quote_usd / rates[base][:, None]                              # quote -> base, (T, A)
+        fx = b.quote_usd / b.rates[base][:, None]                          # quote -> base, (T, A)
         for lo in range(0, len(ids), PORTFOLIO_CHUNK):                    # memory: (T, P, A) arrays per chunk
             chunk = ids[lo:lo + PORTFOLIO_CHUNK]
-            qty, cost = snapshot_arrays(positions[positions["portfolio_id"].isin(chunk)], chunk, held, days)
-            group = _group_tables(days, close, fx, qty, cost, chunk, held, base, z, scale, n_ret, hist_start,
-                                  params, sigmas, scenarios, usd_move_of)
+            qty, cost = snapshot_arrays(positions[positions["portfolio_id"].isin(chunk)], chunk, b.held, b.days)
+            group = _group_tables(b.days, b.close, fx, qty, cost, chunk, b.held, base, b.z, b.scale, b.n_ret,
+                                  b.hist_start, params, sigmas, b.scenarios, b.usd_move_of)
             if lo:                                                         # the currency's scenario set once
                 del group["scenario_returns"], group["scenario_covariance"]
             group["var_backtest_summary"] = backtest_summary(group["var_backtest"], as_of)   # per portfolio
-            group["positions_valued"]["quote_currency"] = group["positions_valued"]["product_id"].map(quote_ccy)
+            group["positions_valued"]["quote_currency"] = group["positions_valued"]["product_id"].map(b.quote_ccy)
             for name, df in group.items():
                 parts.setdefault(name, []).append(df)
     tables = {name: pd.concat(parts.pop(name), ignore_index=True) for name in list(parts)}   # chunks freed
@@ -195,21 +249,21 @@ def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: 
         tables["var_backtest_summary"] = tables["var_backtest_summary"].sort_values(
             ["portfolio_id", "method", "confidence"], ignore_index=True)
     tables["var_model_comparison"] = model_comparison(tables["var_backtest_summary"], tables.pop("es_backtest"))
-    usd_price = close * quote_usd
-    qty, cost = snapshot_arrays(positions, pids, held, days[-1:])        # the book on the as-of day
-    mv_usd = valuation.value_positions(qty, cost, close[-1:], quote_usd[-1:, None, :]).market_value[0]
-    firm_t = firm.firm_tables(days, usd_price, mv_usd, pids, held, z, scale, n_ret,
-                              {m: s for m, s in _filtered_sigmas(risk_returns.simple_returns(usd_price), "USD",
-                                                                 params, sigmas).items() if m in FILTERED},
-                              scenarios, usd_move_of)
-    for name, df in firm_t.items():
-        tables[name] = pd.concat([tables[name], df], ignore_index=True) if name in tables else df
     tables["limit_breaches"] = limit_breaches(tables["risk_metrics"], portfolios)
+    return tables
 
-    asset = asset_tables(closes, rates, quote_ccy, n_ret, hist_start, params)
-    for name, df in asset.items():
-        tables[name] = pd.concat([tables[name], df], ignore_index=True) if name in tables else df
-    tables["anomalies"] = intraday_anomalies(bars_5m, as_of, params)
+
+def _book_tables(b: _Book, closes, portfolios, positions, params: RiskParams, bars_5m,
+                 sigmas: dict[str, dict[str, np.ndarray]]) -> dict[str, pd.DataFrame]:
+    pids = list(portfolios["portfolio_id"])
+    usd_price = b.close * b.quote_usd
+    qty, cost = snapshot_arrays(positions, pids, b.held, b.days[-1:])    # the book on the as-of day
+    mv_usd = valuation.value_positions(qty, cost, b.close[-1:], b.quote_usd[-1:, None, :]).market_value[0]
+    usd_sigmas = _filtered_sigmas(risk_returns.simple_returns(usd_price), "USD", params, sigmas)
+    tables = firm.firm_tables(b.days, usd_price, mv_usd, pids, b.held, b.z, b.scale, b.n_ret,
+                              {m: s for m, s in usd_sigmas.items() if m in FILTERED}, b.scenarios, b.usd_move_of)
+    append_tables(tables, asset_tables(closes, b.rates, b.quote_ccy, b.n_ret, b.hist_start, params))
+    tables["anomalies"] = intraday_anomalies(bars_5m, b.days[-1], params)
     return tables
 
 

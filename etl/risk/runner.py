@@ -68,6 +68,29 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None) -> Ris
     the book's products)."""
     t0 = time.perf_counter()
     settings = settings or get_settings()
+    inputs = load_inputs(as_of, settings)
+    tables = compute_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions, inputs.params,
+                            inputs.bars_5m)
+    return commit_tables(inputs, finish_portfolio_tables(inputs, inputs.portfolios, tables, settings), settings, t0)
+
+
+@dataclass
+class RiskInputs:
+    """What a risk run reads for one as-of day (etl.risk.shards reads it once per shard)."""
+    as_of: date
+    params: RiskParams
+    instruments: pd.DataFrame
+    portfolios: pd.DataFrame
+    positions: pd.DataFrame               # snapshots dated on or before as_of
+    quote_ccy: dict[str, str]
+    products: list[str]
+    closes: pd.DataFrame                  # engine.close_matrix
+    last_bar: pd.Series                   # product -> its last daily bar on or before as_of
+    bars_5m: pd.DataFrame
+
+
+def load_inputs(as_of: date | None, settings: Settings) -> RiskInputs:
+    """The reference data and the silver bars of the as-of day's run (None: see run_risk)."""
     params = RiskParams.from_settings(settings)
     instruments = load_instruments(settings)
     portfolios = load_portfolios(settings)
@@ -99,25 +122,42 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None) -> Ris
                                 f"{settings.reference_dir / 'positions.csv'}")
     closes = close_matrix(bars[bars["price_date"] <= as_of_ts], products, as_of_ts)
     bars_5m = _read_bars("5m", products, as_of - timedelta(days=1), as_of, settings)
-    tables = compute_tables(closes, quote_ccy, portfolios, positions, params, bars_5m)
     last_bar = bars[bars["price_date"] <= as_of_ts].groupby("product_id")["price_date"].max()
-    tables["positions_valued"] = price_flags(tables["positions_valued"], last_bar,
-                                             instruments.set_index("product_id")[DELISTED_ON])
+    return RiskInputs(as_of, params, instruments, portfolios, positions, quote_ccy, products, closes, last_bar,
+                      bars_5m)
 
+
+def finish_portfolio_tables(inputs: RiskInputs, portfolios: pd.DataFrame, tables: dict[str, pd.DataFrame],
+                            settings: Settings) -> dict[str, pd.DataFrame]:
+    """The engine's tables of `portfolios` (the book or a shard of it) with where each price comes from, checked
+    for non-finite values, and with their PnL attribution."""
+    tables["positions_valued"] = price_flags(tables["positions_valued"], inputs.last_bar,
+                                             inputs.instruments.set_index("product_id")[DELISTED_ON])
     _check_finite_values(tables["positions_valued"], settings)
-    tables["pnl_attribution"] = _attribution(closes, quote_ccy, portfolios, positions, tables["pnl_daily"], settings)
+    positions = inputs.positions[inputs.positions["portfolio_id"].isin(portfolios["portfolio_id"])]
+    tables["pnl_attribution"] = _attribution(inputs.closes, inputs.quote_ccy, portfolios, positions,
+                                             tables["pnl_daily"], settings)
+    return tables
+
+
+def commit_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings: Settings,
+                  t0: float) -> RiskSummary:
+    """Write every table of the whole book and commit them with one manifest (etl.commits)."""
+    as_of = inputs.as_of
     run_id = commits.new_run_id()
     tables["risk_metrics"]["risk_run_id"] = run_id
     partition = f"as_of_date={as_of.isoformat()}"
-    summary = RiskSummary(as_of=as_of, portfolios=len(portfolios), positions=len(tables["positions_valued"]),
-                          products=products, lookback_days=int(tables["risk_metrics"]["lookback_days"].iloc[0]),
+    summary = RiskSummary(as_of=as_of, portfolios=len(inputs.portfolios), positions=len(tables["positions_valued"]),
+                          products=inputs.products,
+                          lookback_days=int(tables["risk_metrics"]["lookback_days"].iloc[0]),
                           breaches=len(tables["limit_breaches"]))
     # each table leaves pandas as it becomes Arrow (memory: the backtest has millions of rows)
     parts = {(name, partition): to_arrow(tables.pop(name, pd.DataFrame())) for name in TABLES}
     for (name, _), part in parts.items():
         check_output(name, part.column_names)  # every column declared in etl/warehouse/tables.yml, and no other
     commits.publish(get_store(settings), commits.risk_manifest(as_of), "risk", parts, run_id=run_id,
-                    meta={"as_of": as_of.isoformat(), "portfolios": sorted(map(str, portfolios["portfolio_id"]))})
+                    meta={"as_of": as_of.isoformat(),
+                          "portfolios": sorted(map(str, inputs.portfolios["portfolio_id"]))})
     summary.rows = {name: part.num_rows for (name, _), part in parts.items()}
     summary.seconds = time.perf_counter() - t0
     log.info("%s", summary)

@@ -131,12 +131,15 @@ def test_end_of_day_shape_and_deadline(dagbag, common):
     assert dag.max_active_runs == 1
     assert {t.task_id for t in dag.tasks} == {
         "validate_products", "ingest_daily_history", "build_silver", "compute_risk", "compute_factors",
-        "load_warehouse", "build_dbt", "export_report", "send_alerts", "compact_bronze",
+        "load_warehouse", "build_dbt", "export_report", "send_alerts", "compact_bronze", "plan_risk_shards",
+        "compute_risk_shard",
     }
     assert dag.get_task("compact_bronze").upstream_task_ids == {"build_silver"}
     assert dag.get_task("load_warehouse").upstream_task_ids == {"compute_risk", "compute_factors"}
     assert dag.get_task("compute_factors").upstream_task_ids == {"build_silver"}
-    assert dag.get_task("compute_risk").upstream_task_ids == {"compute_factors"}  # the PnL attribution reads them
+    assert dag.get_task("plan_risk_shards").upstream_task_ids == {"compute_factors"}  # the PnL attribution reads them
+    assert dag.get_task("compute_risk_shard").upstream_task_ids == {"plan_risk_shards"}
+    assert dag.get_task("compute_risk").upstream_task_ids == {"plan_risk_shards", "compute_risk_shard"}
     assert dag.get_task("build_dbt").upstream_task_ids == {"load_warehouse"}
     assert dag.get_task("export_report").upstream_task_ids == {"build_dbt"}
     (alert,) = dag.deadline

@@ -25,8 +25,10 @@ EOD_DATE = datetime(2026, 3, 2, 0, 10, tzinfo=UTC)       # interval [03-01 00:10
 INTRADAY_TASKS = {"validate_products", "fetch_candles", "build_silver", "compute_intraday_risk",
                   "load_intraday_warehouse", "send_intraday_alerts"}
 NEXT_INTRADAY_DATE = datetime(2026, 3, 2, 0, 5, tzinfo=UTC)  # after the EOD run: bucket 03-02 00:00
-EOD_TASKS = {"validate_products", "ingest_daily_history", "build_silver", "compact_bronze", "compute_risk", "compute_factors",
-             "load_warehouse", "build_dbt", "export_report", "send_alerts"}
+EOD_TASKS = {"validate_products", "ingest_daily_history", "build_silver", "compact_bronze", "plan_risk_shards",
+             "compute_risk_shard", "compute_risk", "compute_factors", "load_warehouse", "build_dbt", "export_report",
+             "send_alerts"}
+RISK_SHARDS = 2                                          # the EOD risk run in 2 mapped shards, then one commit
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,7 @@ def airflow_stack(tmp_path_factory, pg_url):
         "FACTOR_WINDOW": "120",
         "FACTOR_MIN_OBS": "30",
         "PIPELINE_API_POOL_SLOTS": "1",
+        "PIPELINE_RISK_SHARDS": str(RISK_SHARDS),
         "PIPELINE_EOD_DEADLINE_HOURS": "0",  # `airflow dags test` of 3.3.2 crashes on DAG deadlines
         "PIPELINE_RETRY_DELAY_S": "1",       # small retry delays for the failure test
         "PIPELINE_MAX_RETRY_DELAY_S": "2",
@@ -123,7 +126,9 @@ def test_intraday_then_end_of_day_fill_gold_and_the_run_log(airflow_stack, pg_ur
     assert set(log["status"]) == {"success"}, log[log["status"] != "success"][["task_id", "message"]]
     for dag_id, tasks in (("market_data_intraday", INTRADAY_TASKS), ("risk_end_of_day", EOD_TASKS)):
         rows = log[log["dag_id"] == dag_id]
-        n_rows = len(tasks) - 1 + len(PRODUCTS)  # one mapped task per DAG: one row per product
+        n_rows = len(tasks) - 1 + len(PRODUCTS)  # one row per product of the mapped fetch/ingest task
+        if dag_id == "risk_end_of_day":
+            n_rows += RISK_SHARDS - 1            # and one per risk shard
         assert rows["run_id"].nunique() == 1, dag_id
         assert {_base_task(t) for t in rows["task_id"]} == tasks
         assert len(rows) == n_rows  # one row per task instance (mapped: one per product)

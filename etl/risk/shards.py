@@ -1,0 +1,118 @@
+"""The risk run in shards: the portfolios split across tasks, then one commit of the whole book.
+
+The sorted portfolio ids are cut into `shards` contiguous blocks (deterministic: a retried shard computes the same
+portfolios and overwrites its own files). Each shard reads the lake like an unsharded run, computes the
+per-portfolio tables of its block (`engine.portfolio_tables`: every row depends on its own portfolio only; the
+products the whole book holds fix the scenario sets and the Monte Carlo draws, so a portfolio's figures are the
+same in any shard) and writes them to the uncommitted area `outputs/_shards/<run_key>/<shard>/`, its `done.json`
+marker last. `commit_shards` checks every shard's marker (else it fails naming the missing ones and commits
+nothing), computes what needs the whole book (`engine.book_tables`: firm VaR/ES from every position's USD
+exposure, firm contributions and stress, the product tables) and commits all tables with ONE manifest, as
+`run_risk` does (etl.commits), then deletes the shard area. One shard gives the same tables as `run_risk`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import posixpath
+import re
+import time
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+from etl.commits import OUTPUTS
+from etl.errors import DataNotFoundError
+from etl.risk.engine import append_tables, book_tables, portfolio_tables
+from etl.risk.runner import RiskSummary, _to_arrow, commit_tables, finish_portfolio_tables, load_inputs
+from etl.settings import Settings
+from etl.storage import get_store
+
+log = logging.getLogger(__name__)
+
+SHARDS_DIR = f"{OUTPUTS}/_shards"
+DONE = "done.json"
+PER_CURRENCY = ("scenario_returns", "scenario_covariance")   # one scenario set per base currency, not per shard
+
+
+def shard_count(portfolios: int, settings: Settings, max_map_length: int | None = None) -> int:
+    """How many shards: PIPELINE_RISK_SHARD_PORTFOLIOS per shard when set, else PIPELINE_RISK_SHARDS; at most
+    one per portfolio and at most Airflow's `max_map_length` mapped tasks."""
+    wanted = (math.ceil(portfolios / settings.risk_shard_portfolios) if settings.risk_shard_portfolios
+              else settings.risk_shards)
+    n = max(1, min(wanted, portfolios))
+    if max_map_length is not None and n > max_map_length:
+        log.warning("%d risk shards wanted but Airflow's [core] max_map_length is %d: running %d", n,
+                    max_map_length, max_map_length)
+        n = max_map_length
+    return n
+
+
+def shard_portfolios(portfolio_ids, shard: int, shards: int) -> list[str]:
+    """The portfolio ids of shard `shard` (0-based) of `shards`: contiguous blocks of the sorted ids."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is not one of 0..{shards - 1}")
+    return [str(p) for p in np.array_split(np.array(sorted(map(str, portfolio_ids)), dtype=object), shards)[shard]]
+
+
+def shard_dir(run_key: str, shard: int | None = None) -> str:
+    """The uncommitted area of one run (or of one of its shards); run_key: the DAG run id, made path-safe."""
+    root = posixpath.join(SHARDS_DIR, re.sub(r"[^A-Za-z0-9_.-]", "_", run_key))
+    return root if shard is None else posixpath.join(root, str(shard))
+
+
+def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Settings) -> dict:
+    """Compute the per-portfolio tables of one shard into its uncommitted area; returns its row counts."""
+    t0 = time.perf_counter()
+    inputs = load_inputs(as_of, settings)
+    ids = shard_portfolios(inputs.portfolios["portfolio_id"], shard, shards)
+    portfolios = inputs.portfolios[inputs.portfolios["portfolio_id"].astype(str).isin(ids)]
+    tables = portfolio_tables(inputs.closes, inputs.quote_ccy, portfolios, inputs.positions, inputs.params)
+    tables = finish_portfolio_tables(inputs, portfolios, tables, settings)
+    store, folder = get_store(settings), shard_dir(run_key, shard)
+    store.delete(posixpath.join(folder, DONE))                  # a retry: not done until it is again
+    rows = {}
+    for name, df in tables.items():
+        rows[name] = len(df)
+        store.write_parquet(posixpath.join(folder, f"{name}.parquet"), _to_arrow(df))
+    done = {"as_of": as_of.isoformat(), "shard": shard, "shards": shards, "portfolios": ids, "rows": rows,
+            "seconds": round(time.perf_counter() - t0, 3)}
+    store.write_json(posixpath.join(folder, DONE), done)        # the shard's commit point
+    log.info("risk shard %d/%d as of %s: %d portfolios in %.1fs", shard + 1, shards, as_of, len(ids),
+             done["seconds"])
+    return done
+
+
+def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings) -> RiskSummary:
+    """Check every shard is done, add the whole book's tables and commit everything with one manifest."""
+    t0 = time.perf_counter()
+    store = get_store(settings)
+    done = {i: posixpath.join(shard_dir(run_key, i), DONE) for i in range(shards)}
+    missing = [i for i, rel in done.items() if not store.exists(rel)]
+    if missing:
+        raise DataNotFoundError(f"risk shard(s) {missing} of {shards} as of {as_of} (run {run_key}) not done: no "
+                                f"{store.path(done[missing[0]])}; nothing committed. Rerun compute_risk_shard "
+                                f"{missing} of that run, then compute_risk")
+    markers = {i: store.read_json(rel) for i, rel in done.items()}
+    inputs = load_inputs(as_of, settings)
+    book = sorted(map(str, inputs.portfolios["portfolio_id"]))
+    got = sorted(p for m in markers.values() if m["as_of"] == as_of.isoformat() for p in m["portfolios"])
+    if got != book:
+        raise DataNotFoundError(f"the risk shards of run {run_key} cover {len(got)} portfolios as of their days, "
+                                f"the book as of {as_of} has {len(book)}: rerun every compute_risk_shard of that "
+                                f"run (the book changed, or shards of another day), then compute_risk")
+    tables: dict[str, pd.DataFrame] = {}
+    for i, marker in markers.items():
+        part = {name: store.read_parquet(posixpath.join(shard_dir(run_key, i), f"{name}.parquet")).to_pandas()
+                for name in marker["rows"]}
+        for name in PER_CURRENCY:                              # each currency's scenario set from its first shard
+            seen = set(tables[name]["base_currency"]) if name in tables else set()
+            part[name] = part[name][~part[name]["base_currency"].isin(seen)]
+        append_tables(tables, part)
+    append_tables(tables, book_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions,
+                                      inputs.params, inputs.bars_5m))
+    summary = commit_tables(inputs, tables, settings, t0)
+    store.delete(shard_dir(run_key))
+    return summary

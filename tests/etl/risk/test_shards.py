@@ -1,0 +1,147 @@
+"""The risk run in shards (etl.risk.shards) through the task functions the end-of-day DAG calls: 3 shards commit
+the same tables as 1 and as the unsharded run, a retried shard changes nothing, a missing shard commits nothing."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from etl.commits import read_manifest, risk_manifest
+from etl.errors import DataNotFoundError
+from etl.orchestration import tasks
+from etl.risk.runner import TABLES
+from etl.risk.shards import shard_count, shard_dir, shard_portfolios
+from etl.settings import get_settings
+from etl.storage import Store
+from tests.etl.risk.test_engine import AS_OF, _closes, _write_silver
+
+# two base currencies, their portfolios interleaved in the sorted ids, so every shard holds a mix of them
+PORTFOLIOS = """portfolio_id,name,base_currency,var_limit,concentration_limit,drawdown_limit
+U1,Long BTC short ETH,USD,1000,0.9,0.9
+B1,ETH in BTC terms,BTC,100,0.9,0.01
+U2,ETH-BTC rebalanced,USD,1000000,0.5,0.9
+U3,Long ETH,USD,500,0.6,0.2
+B2,Long BTC-quoted ETH,BTC,0.5,0.9,0.5
+U4,Empty book,USD,1000,0.5,0.5
+U5,Three legs,USD,2000,0.7,0.3
+"""
+POSITIONS = """portfolio_id,product_id,as_of_date,quantity,avg_cost
+U1,BTC-USD,2025-06-01,2,50000
+U1,ETH-USD,2025-06-01,-30,2500
+U2,ETH-BTC,2025-06-01,100,0.04
+U2,ETH-BTC,2026-03-10,150,0.045
+U2,BTC-USD,2026-03-10,0.5,60000
+B1,ETH-USD,2025-06-01,20,2800
+U3,ETH-USD,2025-09-01,12,2900
+B2,ETH-BTC,2025-06-01,-40,0.05
+B2,BTC-USD,2026-02-01,0.3,55000
+U5,BTC-USD,2025-06-01,-1,58000
+U5,ETH-USD,2026-01-15,8,3100
+U5,ETH-BTC,2025-06-01,25,0.045
+"""
+
+
+@pytest.fixture
+def shard_env(data_dir, book_reference, monkeypatch):
+    book_reference(PORTFOLIOS, POSITIONS)
+    for key, value in {"RISK_MC_SCENARIOS": "2000", "RISK_BACKTEST_DAYS": "60", "RISK_VAR_LOOKBACK_DAYS": "60",
+                       "PIPELINE_DAILY_HISTORY_DAYS": "150", "RISK_ES_SIMULATIONS": "300",
+                       "RISK_ES_BOOTSTRAP": "300"}.items():
+        monkeypatch.setenv(key, value)
+    _write_silver(data_dir, _closes(), pd.Timestamp(AS_OF, tz="UTC") + pd.Timedelta(hours=13, minutes=5))
+    return data_dir
+
+
+KEYS = ("portfolio_id", "product_id", "method", "confidence", "as_of_date", "scenario_id", "scenario_date",
+        "asset_index", "product_id_a", "product_id_b", "entity_id", "limit_type", "bucket_start", "price_date",
+        "scope", "base_currency", "factor_name")
+
+
+def _committed(data_dir) -> dict[str, pd.DataFrame]:
+    """Every table the risk manifest of AS_OF commits, rows in key order (shards append the portfolios in another
+    order, never other rows)."""
+    manifest = read_manifest(Store.from_uri(str(data_dir)), risk_manifest(AS_OF))
+    out = {}
+    for name in TABLES:
+        df = pq.read_table(data_dir / manifest["files"][f"{name}/as_of_date={AS_OF}"]["path"]).to_pandas()
+        df = df.drop(columns=["risk_run_id"], errors="ignore")
+        keys = [k for k in KEYS if k in df.columns]
+        out[name] = df.sort_values(keys, ignore_index=True) if keys else df
+    return out
+
+
+def _sharded(monkeypatch, shards: int, run_key: str) -> dict:
+    """The DAG's risk tasks in order: plan, every shard, the commit."""
+    monkeypatch.setenv("PIPELINE_RISK_SHARDS", str(shards))
+    plan = tasks.plan_risk_shards(max_map_length=1024)
+    for shard in plan:
+        tasks.compute_risk_shard(AS_OF, shard["shard"], shard["shards"], run_key=run_key)
+    return tasks.compute_risk(AS_OF, shards=len(plan), run_key=run_key)
+
+
+def _assert_same(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> None:
+    assert set(a) == set(b) == set(TABLES)
+    # to 1e-12, not exactly: a shard's chunks hold other portfolios, and BLAS products (tensordot, matmul) group a
+    # sum differently for another number of columns, so the last bits of a figure may differ
+    for name in TABLES:
+        pd.testing.assert_frame_equal(a[name], b[name], check_exact=False, rtol=1e-12, obj=name)
+
+
+def test_three_shards_commit_the_same_tables_as_one_and_as_the_unsharded_run(shard_env, monkeypatch):
+    unsharded = tasks.compute_risk(AS_OF)
+    whole = _committed(shard_env)
+    one = _sharded(monkeypatch, 1, "run-one")
+    _assert_same(_committed(shard_env), whole)
+    three = _sharded(monkeypatch, 3, "run-three")
+    _assert_same(_committed(shard_env), whole)
+    assert unsharded["rows"] == one["rows"] == three["rows"]
+    assert three["portfolios"] == 7 and len(whole["risk_metrics"]) == 7
+    assert set(whole["firm_risk"]["n_portfolios"]) == {7}                      # firm: the whole book, once
+    assert len(whole["scenario_covariance"]) == 2 * 9                          # one 3x3 set per base currency
+    assert not Store.from_uri(str(shard_env)).exists(shard_dir("run-three"))   # the shard area is cleared
+
+
+def test_a_retried_shard_is_idempotent_and_a_missing_shard_commits_nothing(shard_env, monkeypatch):
+    monkeypatch.setenv("PIPELINE_RISK_SHARDS", "3")
+    for shard in (0, 1, 2, 1):                                                 # shard 1 retried
+        tasks.compute_risk_shard(AS_OF, shard, 3, run_key="run-a")
+    tasks.compute_risk(AS_OF, shards=3, run_key="run-a")
+    retried = _committed(shard_env)
+    tasks.compute_risk(AS_OF)
+    _assert_same(retried, _committed(shard_env))
+
+    store = Store.from_uri(str(shard_env))
+    before = read_manifest(store, risk_manifest(AS_OF))
+    for shard in (0, 2):
+        tasks.compute_risk_shard(AS_OF, shard, 3, run_key="run-b")
+    with pytest.raises(DataNotFoundError, match=r"risk shard\(s\) \[1\] of 3 as of 2026-03-31 \(run run-b\) not "
+                                                r"done: .*run-b/1/done\.json; nothing committed"):
+        tasks.compute_risk(AS_OF, shards=3, run_key="run-b")
+    assert read_manifest(store, risk_manifest(AS_OF)) == before              # the previous commit stands
+    assert store.exists(shard_dir("run-b", 0))                               # the done shards wait for the retry
+
+
+def test_shards_are_contiguous_blocks_of_the_sorted_ids_and_respect_max_map_length(monkeypatch):
+    ids = ["P3", "P1", "P10", "P2", "P4"]
+    blocks = [shard_portfolios(ids, i, 2) for i in range(2)]
+    assert blocks == [["P1", "P10", "P2"], ["P3", "P4"]]
+    monkeypatch.setenv("PIPELINE_RISK_SHARDS", "4")
+    assert shard_count(10, get_settings()) == 4
+    assert shard_count(3, get_settings()) == 3                                # at most one per portfolio
+    assert shard_count(10, get_settings(), max_map_length=2) == 2
+    monkeypatch.setenv("PIPELINE_RISK_SHARD_PORTFOLIOS", "3")                 # portfolios per shard wins
+    assert shard_count(10, get_settings()) == 4
+    with pytest.raises(ValueError, match="shard 2 is not one of 0..1"):
+        shard_portfolios(ids, 2, 2)
+
+
+def test_shards_of_another_book_commit_nothing(shard_env, monkeypatch):
+    for shard in range(2):
+        tasks.compute_risk_shard(AS_OF, shard, 2, run_key="run-c")
+    with open(get_settings().reference_dir / "portfolios.csv", "a") as f:        # the book changed since
+        f.write("U6,Late book,USD,1000,0.5,0.5\n")
+    with pytest.raises(DataNotFoundError, match=r"the risk shards of run run-c cover 7 portfolios as of their days, "
+                                                r"the book as of 2026-03-31 has 8"):
+        tasks.compute_risk(AS_OF, shards=2, run_key="run-c")
+    assert read_manifest(Store.from_uri(str(shard_env)), risk_manifest(AS_OF)) is None
