@@ -26,9 +26,10 @@ import pandas as pd
 from etl.commits import OUTPUTS
 from etl.errors import DataNotFoundError
 from etl.risk.engine import append_tables, book_tables, portfolio_tables
-from etl.risk.runner import RiskSummary, _to_arrow, commit_tables, finish_portfolio_tables, load_inputs
+from etl.risk.runner import RiskSummary, commit_tables, finish_portfolio_tables, load_inputs
 from etl.settings import Settings
 from etl.storage import get_store
+from etl.warehouse.schema import to_arrow
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Sett
     rows = {}
     for name, df in tables.items():
         rows[name] = len(df)
-        store.write_parquet(posixpath.join(folder, f"{name}.parquet"), _to_arrow(df))
+        store.write_parquet(posixpath.join(folder, f"{name}.parquet"), to_arrow(df))
     done = {"as_of": as_of.isoformat(), "shard": shard, "shards": shards, "portfolios": ids, "rows": rows,
             "seconds": round(time.perf_counter() - t0, 3)}
     store.write_json(posixpath.join(folder, DONE), done)        # the shard's commit point
