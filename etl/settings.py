@@ -192,6 +192,8 @@ class Settings:
     stream_commit_s: float = 2.0             # bronze micro-batch interval: at most this much is lost on a crash
     stream_stall_s: float = 5.0              # no message (not even a heartbeat) this long -> reconnect
     stream_max_message_bytes: int = 1 << 20  # a larger message closes the connection (1009), which reopens
+    stream_book_depth: int = 50              # order-book levels per side in each bronze snapshot
+    stream_book_snapshot_s: float = 5.0      # order-book snapshot interval (bronze/order_book)
     bars_source: str = "candles"             # 5-minute bars for the risk chain: "candles" or "trades"
     extra: dict = field(default_factory=dict)
     # risk depth: filtered VaR, ES backtests, stress tests (docs/risk_conventions.md)
@@ -324,5 +326,7 @@ def _stream_settings(source: str, port: int) -> dict:
         "stream_commit_s": _float("PIPELINE_STREAM_COMMIT_S", 2.0),
         "stream_stall_s": _float("PIPELINE_STREAM_STALL_S", 5.0),
         "stream_max_message_bytes": max(1024, _int("PIPELINE_STREAM_MAX_MESSAGE_BYTES", 1 << 20)),
+        "stream_book_depth": max(1, _int("PIPELINE_STREAM_BOOK_DEPTH", 50)),
+        "stream_book_snapshot_s": _float("PIPELINE_STREAM_BOOK_SNAPSHOT_S", 5.0),
         "bars_source": bars_source,
     }
