@@ -203,6 +203,7 @@ class Settings:
     es_bootstrap: int = 1000             # McNeil-Frey exceedance-residual test: bootstrap resamples
     es_seed: int = 11
     stress_scenarios_file: str | None = None   # stress scenario config (CSV); None = only the worst windows
+    lvar_percentile: float = 99.0        # LVaR: percentile of the day's spreads and impact costs (etl/risk/liquidity.py)
     intraday_max_price_age_s: float = 3600.0  # cockpit: an intraday book valued on older prices is flagged stale
     # warehouse: a second load/dbt build waits this long for the running one, then fails naming it
     warehouse_lock_timeout_s: float = 600.0
@@ -304,6 +305,7 @@ def get_settings() -> Settings:
         stress_scenarios_file=_env("RISK_STRESS_SCENARIOS", str(PROJECT_ROOT / "etl" / "reference_data"
                                                                 / "stress_scenarios.csv")),
         intraday_max_price_age_s=max(0.0, _float("RISK_INTRADAY_MAX_PRICE_AGE_S", 3600.0)),
+        lvar_percentile=min(100.0, max(0.0, _float("RISK_LVAR_PERCENTILE", 99.0))),
         **_stream_settings(source, port),
         warehouse_lock_timeout_s=_float("PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S", 600.0),
         daily_overlap_days=max(1, _int("PIPELINE_DAILY_OVERLAP_DAYS", 3)),

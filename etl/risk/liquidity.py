@@ -14,6 +14,8 @@ Per portfolio: spread_cost and impact_cost sum its positions; lvar_99 = var_99_h
 A held product without a recorded book on D is named in `products_without_book` and left out of the costs
 (`book_coverage` = the share of the gross exposure the costs cover); a portfolio none of whose products has a book
 has no row.
+A portfolio's `lvar_limit` (portfolios.csv, optional: empty = no limit) adds a `lvar` limit breach when lvar_99
+exceeds it, as etl/risk/engine.limit_breaches reports the others (a NaN lvar_99 is an `uncomputable` breach).
 """
 
 from __future__ import annotations
@@ -93,6 +95,19 @@ def liquidity_tables(positions_valued: pd.DataFrame, risk_metrics: pd.DataFrame,
                                       "products_without_book"]), detail
 
 
+def lvar_breaches(portfolio: pd.DataFrame, portfolios: pd.DataFrame, base_of: dict[str, str]) -> pd.DataFrame:
+    """limit_breaches rows of limit type `lvar` (see the module docstring)."""
+    m = portfolio.merge(portfolios[["portfolio_id", "lvar_limit"]], on="portfolio_id")
+    m = m[m["lvar_limit"].notna()]
+    finite = np.isfinite(m["lvar_99"].to_numpy(dtype="float64"))
+    out = pd.DataFrame({"portfolio_id": m["portfolio_id"], "as_of_date": m["as_of_date"], "limit_type": "lvar",
+                        "metric": "lvar_99", "value": np.where(finite, m["lvar_99"], np.nan),
+                        "limit_value": m["lvar_limit"], "base_currency": m["portfolio_id"].map(base_of),
+                        "breach_kind": np.where(finite, "exceeded", "uncomputable")})
+    out = out[~finite | (out["value"] > out["limit_value"])]
+    return out.assign(utilisation=out["value"] / out["limit_value"])
+
+
 def read_books(store: Store, products: list[str], day: date) -> pd.DataFrame:
     """The silver liquidity rows of `day` for `products` (those with a partition), with product_id."""
     frames = []
@@ -105,11 +120,17 @@ def read_books(store: Store, products: list[str], day: date) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["product_id", *BOOK_COLUMNS])
 
 
-def liquidity_risk(tables: dict[str, pd.DataFrame], as_of: date, settings: Settings, store: Store) -> None:
-    """Add `liquidity_risk` and `liquidity_positions` for `as_of` to the risk tables (the runner's one call)."""
+def liquidity_risk(tables: dict[str, pd.DataFrame], portfolios: pd.DataFrame, as_of: date, settings: Settings,
+                   store: Store) -> None:
+    """Add `liquidity_risk` and `liquidity_positions` for `as_of` to the risk tables and its `lvar` breaches to
+    `limit_breaches` (the runner's one call)."""
     positions = tables["positions_valued"]
     books = read_books(store, sorted(positions["product_id"].unique()), as_of)
     portfolio, detail = liquidity_tables(positions, tables["risk_metrics"], books, settings.lvar_percentile)
     if books.empty:
         log.info("liquidity risk: no recorded order book on %s (run python -m etl stream): no LVaR", as_of)
     tables["liquidity_risk"], tables["liquidity_positions"] = portfolio, detail
+    base_of = dict(zip(portfolios["portfolio_id"], portfolios["base_currency"], strict=True))
+    breaches = lvar_breaches(portfolio, portfolios, base_of)
+    if len(breaches):
+        tables["limit_breaches"] = pd.concat([tables["limit_breaches"], breaches], ignore_index=True)

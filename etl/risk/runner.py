@@ -23,7 +23,7 @@ from etl.errors import DataNotFoundError, ValidationError
 from etl.factors import io as factor_io
 from etl.portfolios import book_products, load_portfolios, load_positions
 from etl.reference import DELISTED_ON, load_instruments
-from etl.risk import attribution
+from etl.risk import attribution, liquidity
 from etl.risk.engine import RiskParams, close_matrix, compute_tables, price_flags
 from etl.risk.intraday import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 TABLES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics", "asset_risk", "anomalies",
           "anomalies_daily", "var_backtest", "var_backtest_summary", "drawdowns", "correlations", "limit_breaches",
-          "firm_risk", "risk_contributions", "stress_results", "var_model_comparison", "pnl_attribution")
+          "firm_risk", "risk_contributions", "stress_results", "var_model_comparison", "pnl_attribution",
+          "liquidity_risk", "liquidity_positions")
 TABLES += SCENARIO_TABLES  # the intraday revaluation's inputs (etl.risk.intraday)
 
 
@@ -107,6 +108,7 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None) -> Ris
 
     _check_finite_values(tables["positions_valued"], settings)
     tables["pnl_attribution"] = _attribution(closes, quote_ccy, portfolios, positions, tables["pnl_daily"], settings)
+    liquidity.liquidity_risk(tables, portfolios, as_of, settings, get_store(settings))
     run_id = commits.new_run_id()
     tables["risk_metrics"]["risk_run_id"] = run_id
     partition = f"as_of_date={as_of.isoformat()}"

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from etl.risk.liquidity import liquidity_tables, position_costs, walk_book
+from tests.etl.risk.test_engine import risk_env  # noqa: F401  (the fixture)
 
 BOOK = {"bid_prices": [100.0, 99.0, 98.0], "bid_quantities": [1.0, 2.0, 3.0],
         "ask_prices": [101.0, 102.0, 103.0], "ask_quantities": [1.0, 2.0, 4.0]}
@@ -53,3 +54,58 @@ def test_portfolio_lvar_names_products_without_a_book():
     assert not p1["exceeds_depth"] and p2["exceeds_depth"] and p2["min_absorbed_share"] == pytest.approx(0.6)
     assert p2["lvar_99"] == pytest.approx(50.0 + 0.5 * 20e-4 * 1005.0 + 8.0) and pd.isna(p2["products_without_book"])
     assert list(detail["product_id"]) == ["BTC-USD", "BTC-USD"]   # ETH-USD: excluded, never a zero-cost row
+
+
+def test_lvar_limit_breach_only_where_a_limit_is_set():
+    from etl.risk.liquidity import lvar_breaches
+
+    lvar = pd.DataFrame({"portfolio_id": ["P1", "P2", "P3"], "as_of_date": pd.Timestamp("2026-12-01"),
+                         "lvar_99": [120.0, 80.0, np.nan]})
+    portfolios = pd.DataFrame({"portfolio_id": ["P1", "P2", "P3"], "lvar_limit": [100.0, 100.0, 100.0]})
+    got = lvar_breaches(lvar, portfolios, {"P1": "USD", "P2": "USD", "P3": "EUR"})
+    assert list(got["portfolio_id"]) == ["P1", "P3"] and list(got["breach_kind"]) == ["exceeded", "uncomputable"]
+    assert got["utilisation"].iloc[0] == pytest.approx(1.2) and (got["limit_type"] == "lvar").all()
+    no_limit = lvar_breaches(lvar, portfolios.assign(lvar_limit=np.nan), {})
+    assert no_limit.empty
+
+
+def test_risk_run_writes_lvar_from_silver_books_with_the_lvar_limit(risk_env, monkeypatch):  # noqa: F811
+    """The runner's one call: BTC-USD has recorded books on the as-of day, ETH-USD and ETH-BTC none."""
+    import os
+    from pathlib import Path
+
+    from etl.risk import run_risk
+    from etl.settings import get_settings
+    from etl.silver.liquidity import LIQUIDITY_DIR, _table
+    from etl.storage import get_store, partition_path
+    from tests.etl.risk.test_engine import AS_OF, _read
+
+    ref = Path(os.environ["PIPELINE_REFERENCE_DIR"]) / "portfolios.csv"
+    ref.write_text("portfolio_id,name,base_currency,var_limit,concentration_limit,drawdown_limit,lvar_limit\n"
+                   "U1,Long BTC short ETH,USD,1000,0.9,0.9,1\n"
+                   "U2,ETH-BTC rebalanced,USD,1000000,0.5,0.9,\n"
+                   "B1,ETH in BTC terms,BTC,100,0.9,0.01,\n")
+    start = pd.Timestamp(AS_OF, tz="UTC").value // 1000
+    silver = pd.DataFrame([{"bucket_start_us": start + i * 300_000_000, "n_snapshots": 1, "mid": 100.5,
+                            "spread_bps": s, **{c: 1.0 for c in ("bid_depth_10bp", "bid_depth_50bp",
+                                                                 "bid_depth_100bp", "ask_depth_10bp",
+                                                                 "ask_depth_50bp", "ask_depth_100bp")},
+                            "reach_bps": 100.0, **BOOK} for i, s in enumerate((10.0, 30.0))])
+    get_store().write_parquet(partition_path(LIQUIDITY_DIR, product_id="BTC-USD", date=AS_OF.isoformat())
+                              + "/part-0.parquet", _table(silver))
+    summary = run_risk(as_of=AS_OF, settings=get_settings())
+    assert summary.rows["liquidity_risk"] == 2 and summary.rows["liquidity_positions"] == 2   # B1 holds no BTC
+    lvar = _read(risk_env["data"], "liquidity_risk").set_index("portfolio_id")
+    pos = _read(risk_env["data"], "positions_valued").set_index(["portfolio_id", "product_id"])
+    metrics = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    spread_99 = (10 + 0.99 * 20) * 1e-4
+    u1_btc = pos.loc[("U1", "BTC-USD")]
+    assert lvar.loc["U1", "spread_cost"] == pytest.approx(0.5 * spread_99 * abs(u1_btc["market_value"]))
+    assert lvar.loc["U1", "impact_cost"] == pytest.approx(2 * 0.0 + 1.0 * 1.0)   # 1 @ touch, 1 one level down
+    assert lvar.loc["U1", "lvar_99"] == pytest.approx(metrics.loc["U1", "var_99_hist"] + lvar.loc["U1", "spread_cost"]
+                                                      + lvar.loc["U1", "impact_cost"])
+    assert lvar.loc["U1", "products_without_book"] == "ETH-USD" and lvar.loc["U2", "products_without_book"] == "ETH-BTC"
+    assert not lvar["exceeds_depth"].any()
+    breaches = _read(risk_env["data"], "limit_breaches")
+    lv = breaches[breaches["limit_type"] == "lvar"]
+    assert list(lv["portfolio_id"]) == ["U1"] and lv["value"].iloc[0] == pytest.approx(lvar.loc["U1", "lvar_99"])
