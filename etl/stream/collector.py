@@ -167,8 +167,8 @@ class Collector:
             if problem:  # the book would miss a change: reject the event, distrust the book(s) it touches
                 self.on_reject(received_at, conn_id, json.dumps(event), problem)
                 product = event.get("product_id") if isinstance(event, dict) else None
-                self._resync(received_at, conn_id, f"rejected l2_data event: {problem}",
-                             product if isinstance(product, str) and product in self.books.books else None)
+                known = product if validate.product_problem(product) is None else None   # else: every book
+                self._resync(received_at, conn_id, f"rejected l2_data event: {problem}", known)
                 continue
             self.books.apply(event["type"], event["product_id"], updates, seq if isinstance(seq, int) else None,
                              conn_id)

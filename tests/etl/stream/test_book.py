@@ -118,3 +118,32 @@ def test_model_diff_rebuilds_the_next_book():
         else:
             rebuilt[side].pop(price)
     assert rebuilt == new and max(new["bid"]) < min(new["offer"])
+
+
+def test_a_rejected_book_event_is_kept_and_distrusts_only_its_product(data_dir):
+    import time as _time
+
+    from etl.storage import get_store
+    from etl.stream.collector import Collector, StreamSummary
+    from etl.stream.sinks import BronzeSink
+
+    now = _time.time()
+    stamp = pd.Timestamp(now, unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def msg(seq, kind, product, price="100.00", qty="1.0"):
+        return {"channel": "l2_data", "client_id": "", "timestamp": stamp, "sequence_num": seq,
+                "events": [{"type": kind, "product_id": product, "updates": [
+                    {"side": "bid", "event_time": stamp, "price_level": price, "new_quantity": qty},
+                    {"side": "offer", "event_time": stamp, "price_level": "101.00", "new_quantity": "2.0"}]}]}
+
+    collector = Collector(BronzeSink(get_store()), StreamSummary(url="", products=[]))
+    collector.on_message(now, "c", msg(0, "snapshot", "BTC-USD"))
+    collector.on_message(now, "c", msg(1, "snapshot", "ETH-USD"))
+    collector.on_message(now, "c", msg(2, "update", "ETH-USD", qty="-3"))       # breaks a field rule
+    assert set(collector.books.books) == {"BTC-USD"}                              # ETH-USD waits for a snapshot
+    collector.on_message(now, "c", msg(3, "update", "ETH-USD", price="99.00"))  # ignored: no snapshot yet
+    assert "ETH-USD" not in collector.books.books
+    collector.snapshot_books(5)
+    counts = collector.batch.counts()
+    assert counts["rejects"] == 1 and counts["gaps"] == 1 and counts["book"] == 2   # BTC-USD: 1 bid + 1 offer
+    assert collector.summary.gaps["book_resync"] == 1
