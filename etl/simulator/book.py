@@ -24,7 +24,7 @@ from etl.simulator.trades import UNITS_PER_BASE, trades_between
 
 LEVELS = 100          # levels served per side
 REFRESH_S = 7         # a level's quantity is redrawn every this many seconds
-LEVEL_USD = 2e-5      # mean value of a top level as a share of the product's daily traded value
+LEVEL_USD = 1e-4      # mean value of a level as a share of the product's daily traded value (50 levels: ~0.5%)
 EMPTY_SHARE = 0.1     # share of grid levels without an order
 
 
