@@ -57,7 +57,8 @@ def _number(df: pd.DataFrame, col: str, problems: _Problems, optional: bool = Fa
 def load_portfolios(settings: Settings | None = None) -> pd.DataFrame:
     """Portfolios with limits: portfolio_id, name, base_currency, var_limit (amount in base currency, compared with
     `var_limit_metric`), concentration_limit (fraction of gross exposure), drawdown_limit (positive fraction: breach
-    when |max_drawdown| exceeds it), var_limit_metric. An empty limit is NaN: the portfolio has no such limit."""
+    when |max_drawdown| exceeds it), var_limit_metric, lvar_limit (optional column: amount in base currency,
+    compared with the liquidity-adjusted VaR lvar_99). An empty limit is NaN: the portfolio has no such limit."""
     settings = settings or get_settings()
     path = settings.reference_dir / "portfolios.csv"
     df = read_reference_csv(path, PORTFOLIO_COLUMNS)
@@ -77,9 +78,12 @@ def load_portfolios(settings: Settings | None = None) -> pd.DataFrame:
     problems.add(~df["var_limit_metric"].isin(var_metrics), "unknown var_limit_metric",
                  lambda i: f"{df['var_limit_metric'].iat[i]!r}; expected one of {var_metrics}")
     out = df[["portfolio_id", "name", "base_currency"]].copy()
-    for col in ("var_limit", "concentration_limit", "drawdown_limit"):
+    if "lvar_limit" not in df.columns:
+        df["lvar_limit"] = ""
+    for col in ("var_limit", "concentration_limit", "drawdown_limit", "lvar_limit"):
         out[col] = _number(df, col, problems, optional=True)
-    problems.add(out["var_limit"] <= 0, "var_limit <= 0", lambda i: f"var_limit={df['var_limit'].iat[i]}")
+    for col in ("var_limit", "lvar_limit"):
+        problems.add(out[col] <= 0, f"{col} <= 0", lambda i, c=col: f"{c}={df[c].iat[i]}")
     for col in ("concentration_limit", "drawdown_limit"):
         bad = (out[col] <= 0) | (out[col] > 1)
         problems.add(bad, f"{col} outside (0, 1]", lambda i, c=col: f"{c}={df[c].iat[i]} must be a fraction")

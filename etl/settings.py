@@ -192,6 +192,8 @@ class Settings:
     stream_commit_s: float = 2.0             # bronze micro-batch interval: at most this much is lost on a crash
     stream_stall_s: float = 5.0              # no message (not even a heartbeat) this long -> reconnect
     stream_max_message_bytes: int = 1 << 20  # a larger message closes the connection (1009), which reopens
+    stream_book_depth: int = 50              # order-book levels per side in each bronze snapshot
+    stream_book_snapshot_s: float = 5.0      # order-book snapshot interval (bronze/order_book)
     bars_source: str = "candles"             # 5-minute bars for the risk chain: "candles" or "trades"
     extra: dict = field(default_factory=dict)
     # risk depth: filtered VaR, ES backtests, stress tests (docs/risk_conventions.md)
@@ -203,6 +205,7 @@ class Settings:
     es_bootstrap: int = 1000             # McNeil-Frey exceedance-residual test: bootstrap resamples
     es_seed: int = 11
     stress_scenarios_file: str | None = None   # stress scenario config (CSV); None = only the worst windows
+    lvar_percentile: float = 99.0        # LVaR: percentile of the day's spreads and impact costs (etl/risk/liquidity.py)
     intraday_max_price_age_s: float = 3600.0  # cockpit: an intraday book valued on older prices is flagged stale
     # warehouse: a second load/dbt build waits this long for the running one, then fails naming it
     warehouse_lock_timeout_s: float = 600.0
@@ -306,6 +309,7 @@ def get_settings() -> Settings:
         stress_scenarios_file=_env("RISK_STRESS_SCENARIOS", str(PROJECT_ROOT / "etl" / "reference_data"
                                                                 / "stress_scenarios.csv")),
         intraday_max_price_age_s=max(0.0, _float("RISK_INTRADAY_MAX_PRICE_AGE_S", 3600.0)),
+        lvar_percentile=min(100.0, max(0.0, _float("RISK_LVAR_PERCENTILE", 99.0))),
         **_stream_settings(source, port),
         warehouse_lock_timeout_s=_float("PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S", 600.0),
         daily_overlap_days=max(1, _int("PIPELINE_DAILY_OVERLAP_DAYS", 3)),
@@ -328,5 +332,7 @@ def _stream_settings(source: str, port: int) -> dict:
         "stream_commit_s": _float("PIPELINE_STREAM_COMMIT_S", 2.0),
         "stream_stall_s": _float("PIPELINE_STREAM_STALL_S", 5.0),
         "stream_max_message_bytes": max(1024, _int("PIPELINE_STREAM_MAX_MESSAGE_BYTES", 1 << 20)),
+        "stream_book_depth": max(1, _int("PIPELINE_STREAM_BOOK_DEPTH", 50)),
+        "stream_book_snapshot_s": _float("PIPELINE_STREAM_BOOK_SNAPSHOT_S", 5.0),
         "bars_source": bars_source,
     }

@@ -3,16 +3,18 @@
 `python -m etl.local.demo` first checks the reference data and the settings that name it (`reference validate`:
 a bad book fails in a second, not after the first DAG), then prepares the SQLite Airflow home under
 `{state_dir}/airflow` (etl.local.airflow_home: migrated once, pools and connections set), starts the embedded
-Postgres and the exchange simulator (reusing one already answering on SIMULATOR_PORT), runs `airflow dags test
-market_data_intraday`, then `risk_end_of_day`, then the intraday DAG again, and prints the task runs, the gold row
-counts and where the results are. A failed DAG's first error line is its first failed task's message.
+Postgres and the exchange simulator (reusing one already answering on SIMULATOR_PORT), records the order books
+of the end-of-day as-of day (`record_order_books`: `python -m etl stream` against a simulator feed replaying that
+day, for the liquidity-adjusted VaR), runs `airflow dags test market_data_intraday`, then `risk_end_of_day`, then
+the intraday DAG again, and prints the task runs, the gold row counts and where the results are. A failed DAG's first error line is its first failed task's message.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from etl.local import run_main
@@ -103,6 +105,26 @@ def demo_dates(now: datetime) -> tuple[datetime, datetime]:
     return intraday, eod
 
 
+def record_order_books(settings: Settings, day: date, seconds: float = 8.0):
+    """Order books of `day` into bronze/order_book: the collector (etl.stream.collector) for `seconds` against a
+    simulator feed (same seed as the REST simulator) replaying `day` from 12:00 UTC 60 times faster, snapshots every
+    0.5 s, for the products held. The live collector records today's; a demo's end of day values yesterday."""
+    from etl.portfolios import load_positions
+    from etl.simulator import Simulator, SimulatorConfig
+    from etl.stream.collector import collect
+
+    if settings.source != "simulator":
+        return None
+    start = datetime(day.year, day.month, day.day, 12, tzinfo=UTC).timestamp()
+    sim = Simulator(SimulatorConfig(port=0, seed=settings.simulator_seed, ws_start=start, ws_speed=60.0)).start()
+    try:
+        products = sorted(load_positions(settings)["product_id"].unique())
+        return collect(products, seconds=seconds, settings=replace(settings, stream_book_snapshot_s=0.5),
+                       url=sim.ws_url, validate=False)
+    finally:
+        sim.stop()
+
+
 def run_demo(settings: Settings) -> int:
     from etl import db
     from etl.reference_check import validate_reference
@@ -129,6 +151,10 @@ def run_demo(settings: Settings) -> int:
         prepared = True
         _fail_unfinished(env, "an earlier `make demo` that was killed")
         intraday_date, eod_date = demo_dates(datetime.now(UTC))
+        from etl.orchestration.intervals import eod_as_of
+
+        print("recording the order books of the end-of-day as-of day (python -m etl stream, 8 s)...", flush=True)
+        record_order_books(settings, eod_as_of(eod_date - timedelta(days=1)))
         run_ids: set[str] = set()
         # intraday before and after end of day: the second run revalues the book on the EOD scenario set
         runs = ((INTRADAY_DAG, intraday_date - timedelta(minutes=5)), (EOD_DAG, eod_date), (INTRADAY_DAG, intraday_date))

@@ -380,7 +380,8 @@ def _scenario_note(reader: GoldReader, bucket_start) -> str | None:
 
 def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) -> dict | None:
     """One portfolio: value and PnL, VaR trend with realised PnL and exceptions, backtest table, exposures and
-    concentration, contributions (when built), drawdown curve, return distribution with the anomaly threshold.
+    concentration, contributions and liquidity-adjusted VaR (when built), drawdown curve, return distribution with
+    the anomaly threshold.
     None when the portfolio is not in gold.dim_portfolio."""
     as_of = as_of or latest_as_of(reader)
     p = {"as_of": as_of, "portfolio_id": portfolio_id}
@@ -419,7 +420,12 @@ def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) 
             select product_id, component_var_99_param, component_es_99_hist, marginal_var_99_param
             from gold.fact_risk_contributions where portfolio_id = %(portfolio_id)s and as_of_date = %(as_of)s
             order by component_var_99_param desc nulls last""", p))
-    return {"page": "portfolio", "as_of": as_of.isoformat(), "portfolio": records(dim)[0],
+    liquidity = None
+    if "fact_liquidity_risk" in tables(reader):
+        liquidity = records(reader.query("""
+            select * from gold.fact_liquidity_risk where portfolio_id = %(portfolio_id)s and as_of_date = %(as_of)s""",
+            p))
+    return {"page": "portfolio", "as_of": as_of.isoformat(), "portfolio": records(dim)[0], "liquidity": liquidity,
             "day": records(me)[0] if not me.empty else None, "history": records(hist),
             "backtest": records(bt), "backtest_summary": records(summary_bt), "positions": records(positions),
             "contributions": contrib, "attribution": pnl_attribution(reader, p),

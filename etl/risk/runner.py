@@ -22,7 +22,7 @@ from etl.errors import DataNotFoundError, ValidationError
 from etl.factors import io as factor_io
 from etl.portfolios import book_products, load_portfolios, load_positions
 from etl.reference import DELISTED_ON, load_instruments
-from etl.risk import attribution
+from etl.risk import attribution, liquidity
 from etl.risk.engine import RiskParams, close_matrix, compute_tables, price_flags
 from etl.risk.scenarios import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 TABLES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics", "asset_risk", "anomalies",
           "anomalies_daily", "var_backtest", "var_backtest_summary", "drawdowns", "correlations", "limit_breaches",
-          "firm_risk", "risk_contributions", "stress_results", "var_model_comparison", "pnl_attribution")
+          "firm_risk", "risk_contributions", "stress_results", "var_model_comparison", "pnl_attribution",
+          "liquidity_risk", "liquidity_positions")
 TABLES += SCENARIO_TABLES  # the intraday revaluation's inputs (etl.risk.intraday)
 
 
@@ -137,6 +138,7 @@ def finish_portfolio_tables(inputs: RiskInputs, portfolios: pd.DataFrame, tables
     positions = inputs.positions[inputs.positions["portfolio_id"].isin(portfolios["portfolio_id"])]
     tables["pnl_attribution"] = _attribution(inputs.closes, inputs.quote_ccy, portfolios, positions,
                                              tables["pnl_daily"], settings)
+    liquidity.liquidity_risk(tables, portfolios, inputs.as_of, settings, get_store(settings))
     return tables
 
 

@@ -60,7 +60,7 @@ from etl.silver.bars import (
     latest_per_key,
 )
 from etl.storage import Store, exclusive, get_store, partition_path
-from etl.stream.sinks import TRADES_DIR
+from etl.stream.sinks import BOOK_DIR, TRADES_DIR
 from etl.utc import to_utc
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class SilverSummary:
     full_refresh: bool = False
     seconds: float = 0.0
     trade_bars: str = ""                  # the trade-bar build and its reconciliation, when trades were streamed
+    liquidity: str = ""                   # the liquidity build, when order books were streamed
 
     def __str__(self) -> str:
         rules = ", ".join(f"{r}={n}" for r, n in self.quarantined_by_rule.items() if n) or "none"
@@ -125,6 +126,7 @@ class SilverSummary:
             f"  gaps         {self.gaps:>10,}  ({self.incomplete_bars:,} incomplete bars, "
             f"{self.missing_buckets:,} empty buckets)",
             *([self.trade_bars] if self.trade_bars else []),
+            *([self.liquidity] if self.liquidity else []),
         ])
 
 
@@ -206,6 +208,10 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
         from etl.silver.trade_bars import build_trade_bars
 
         summary.trade_bars = str(build_trade_bars(settings, full_refresh))
+    if store.exists(BOOK_DIR):  # order-book snapshots from `python -m etl stream`: spread and depth
+        from etl.silver.liquidity import build_liquidity
+
+        summary.liquidity = str(build_liquidity(settings, full_refresh))
 
     summary.quarantined = sum(summary.quarantined_by_rule.values())
     summary.gaps = summary.incomplete_bars + summary.missing_buckets

@@ -1,14 +1,17 @@
 """The WebSocket half of the simulator: Coinbase Advanced Trade's public market-data feed (channels `heartbeats`,
-`market_trades`, `ticker`; contract in docs/coinbase_api.md) over the same price model as the REST candles.
+`market_trades`, `ticker`, `level2`; contract in docs/coinbase_api.md) over the same price model as the REST candles.
 
 It listens on its own port (`ws_port`, default the REST port + 1, path ignored: `ws://127.0.0.1:8766`), runs an
 asyncio loop in a background thread and gives every connection its own sender:
 - a **feed clock** `ws_start + elapsed * ws_speed` (default: now, real time); every `ws_tick_ms` (250, as Coinbase batches trades) of real time each
   subscribed product gets one `market_trades` update with the trades of (previous tick, now] (`etl.simulator.
   trades`: they aggregate exactly to the served candles) and one `ticker` update (last price, best bid/ask around
-  it, 24 h figures from the candles); `heartbeats` once a real second with a per-connection counter,
-- on subscribe: the `subscriptions` confirmation, a `market_trades` snapshot (the last SNAPSHOT_TRADES trades) and a
-  `ticker` snapshot, as Coinbase sends them,
+  it, 24 h figures from the candles) and one `l2_data` update with the levels of the book (`etl.simulator.book`)
+  that changed since the last one sent (`new_quantity` "0" removes a level); `heartbeats` once a real second
+  with a per-connection counter,
+- on subscribe: the `subscriptions` confirmation, a `market_trades` snapshot (the last SNAPSHOT_TRADES trades), a
+  `ticker` snapshot and an `l2_data` snapshot of the whole book, as Coinbase sends them (unsubscribe and subscribe
+  again for a fresh book snapshot),
 - `sequence_num` counts the messages of the connection; message `timestamp` is the wall-clock send time (so
   consumers can measure latency); trade `time` is feed time.
 Faults (flags of `python -m etl simulator`): `ws_drop_rate` (a message is skipped but its sequence number used),
@@ -31,13 +34,14 @@ from datetime import UTC, datetime
 import numpy as np
 
 from etl.errors import ConfigError
+from etl.simulator.book import book_at, book_diff
 from etl.simulator.trades import UNITS_PER_BASE, trades_between
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
 SNAPSHOT_TRADES = 50
-CHANNELS = ("heartbeats", "market_trades", "ticker")
+CHANNELS = ("heartbeats", "market_trades", "ticker", "level2")
 HALF_SPREAD_BPS = 0.5    # best bid/ask sit this far from the last trade (plus noise)
 
 
@@ -61,6 +65,7 @@ class _Connection:
     seed: str = ""
     closing: bool = False
     rngs: dict[str, random.Random] = field(default_factory=dict)
+    books: dict[str, dict] = field(default_factory=dict)   # product -> the book as last sent (dropped or not)
 
     def roll(self, channel: str, rate: float) -> bool:
         """A fault draw from the connection's own stream per channel: the k-th heartbeat of the n-th
@@ -227,6 +232,9 @@ class FeedServer:
             else:
                 new = []
                 conn.subs[channel].difference_update(products)
+                if channel == "level2":
+                    for product in products:
+                        conn.books.pop(product, None)
             self._emit(ws, conn, "subscriptions",
                        [{"subscriptions": {c: sorted(p) for c, p in conn.subs.items() if p}}])
             now_us = self.feed_now_us()
@@ -236,6 +244,8 @@ class FeedServer:
                     self._trades_message(ws, conn, product, trades, "snapshot", SNAPSHOT_TRADES)
                 elif channel == "ticker":
                     self._ticker_message(ws, conn, product, now_us, "snapshot")
+                elif channel == "level2":
+                    self._book_message(ws, conn, product, now_us)
 
     async def _producer(self, ws, conn: _Connection) -> None:
         cfg = self.config
@@ -263,6 +273,8 @@ class FeedServer:
                 if len(trades) and product in conn.subs["ticker"]:
                     conn.last_trade[product] = float(trades.price[-1])
                     self._ticker_message(ws, conn, product, now_us, "update")
+            for product in sorted(conn.subs["level2"]):
+                self._book_message(ws, conn, product, now_us)
             last_us = now_us
             if conn.subs["heartbeats"] and mono >= next_beat:
                 conn.heartbeat += 1
@@ -288,6 +300,21 @@ class FeedServer:
             rows.reverse()  # Coinbase's snapshot lists the newest trade first
         self._count("trades", len(rows))
         self._emit(ws, conn, "market_trades", [{"type": kind, "trades": rows}])
+
+    def _book_message(self, ws, conn: _Connection, product: str, now_us: int) -> None:
+        """The book at now_us: whole as a snapshot for a new subscription, else the changed levels (if any)."""
+        book = book_at(self.app.source, product, now_us)
+        old = conn.books.get(product)
+        changes = book_diff(old or {}, book)
+        conn.books[product] = book
+        if old is not None and not changes:
+            return
+        d = self.app.source.products[product].price_decimals
+        when = _iso_us(now_us)
+        self._emit(ws, conn, "l2_data", [{"type": "snapshot" if old is None else "update", "product_id": product,
+                                          "updates": [{"side": side, "event_time": when, "price_level": f"{p:.{d}f}",
+                                                       "new_quantity": f"{q / UNITS_PER_BASE:.8f}"}
+                                                      for side, p, q in changes]}])
 
     def _ticker_message(self, ws, conn: _Connection, product: str, now_us: int, kind: str) -> None:
         spec = self.app.source.products[product]

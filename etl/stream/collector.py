@@ -1,10 +1,15 @@
-"""`python -m etl stream`: Coinbase's live trades and tickers into bronze, as atomic Parquet micro-batches.
+"""`python -m etl stream`: Coinbase's live trades, tickers and order books into bronze, as atomic Parquet
+micro-batches.
 
-The collector is a long-lived service (not an Airflow task). One asyncio loop runs two tasks:
+The collector is a long-lived service (not an Airflow task). One asyncio loop runs three tasks:
 - the `Feed` (etl/stream/feed.py) receives messages, reconnecting as needed; each message is split into rows of
   the open `MicroBatch` at once (trades per trade, tickers per ticker, each field as received plus the envelope),
   feed gaps become rows too, and text that cannot be read or breaks a field rule (etl/stream/validate.py) is
-  kept as a reject row with its reason, never as a partition: nothing received is dropped,
+  kept as a reject row with its reason, never as a partition: nothing received is dropped; `level2` messages
+  update the books of etl/stream/book.py instead (a sequence gap resubscribes `level2` for a fresh snapshot and
+  is recorded as a `book_resync` gap),
+- the book snapshotter adds the top `stream_book_depth` levels of every valid book to the open batch every
+  `stream_book_snapshot_s` seconds (bronze/order_book),
 - the committer swaps the open batch for a new one every `stream_commit_s` seconds and hands the full one to the
   sink in a worker thread (so receiving never waits on the disk); the sink writes each file atomically.
 SIGTERM or SIGINT (or `--seconds`) stops the feed, commits the open batch and prints the summary; a SIGKILL
@@ -28,7 +33,8 @@ from datetime import UTC, datetime
 
 from etl.settings import Settings, get_settings, parse_products
 from etl.stream import validate
-from etl.stream.feed import Feed, Gap, ws_url
+from etl.stream.book import Books
+from etl.stream.feed import CHANNELS, Feed, Gap, ws_url
 from etl.stream.sinks import TICKER_FIELDS, TRADE_FIELDS, BronzeSink, MicroBatch, Sink
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,7 @@ class StreamSummary:
     trades: int = 0
     tickers: int = 0
     heartbeats: int = 0
+    book_messages: int = 0
     rejects: int = 0
     gaps: Counter = field(default_factory=Counter)   # kind -> count
     missing: int = 0                                  # messages lost according to sequence_num
@@ -62,10 +69,11 @@ class StreamSummary:
         return "\n".join([
             f"stream {self.url}: {', '.join(self.products)} for {self.seconds:.1f}s, {self.connections} connection(s)",
             f"  messages {self.messages:,} ({rate:,.0f}/s): trades {self.trades:,}, tickers {self.tickers:,}, "
-            f"heartbeats {self.heartbeats:,}, rejected {self.rejects:,}",
+            f"heartbeats {self.heartbeats:,}, order book {self.book_messages:,}, rejected {self.rejects:,}",
             f"  gaps: {gaps}; messages missing by sequence_num {self.missing:,}",
             f"  committed {self.batches} batch(es), {self.files} file(s): trades {self.committed['trades']:,}, "
-            f"tickers {self.committed['ticker']:,}, gaps {self.committed['gaps']:,}",
+            f"tickers {self.committed['ticker']:,}, book levels {self.committed['book']:,}, "
+            f"gaps {self.committed['gaps']:,}",
         ])
 
 
@@ -83,8 +91,10 @@ def _day(epoch_s: float) -> str:
 class Collector:
     """Messages -> rows of the open micro-batch; `commit()` hands the batch to the sink."""
 
-    def __init__(self, sink: Sink, summary: StreamSummary):
+    def __init__(self, sink: Sink, summary: StreamSummary, resubscribe=None):
         self.sink, self.summary = sink, summary
+        self.resubscribe = resubscribe    # channel -> coroutine: a fresh snapshot (Feed.resubscribe)
+        self.books = Books()
         self.session = uuid.uuid4().hex[:8]
         self.counter = 0
         self.batch = self._new_batch()
@@ -106,12 +116,17 @@ class Collector:
         if channel == "heartbeats":
             s.heartbeats += 1
             return
-        if channel not in ("market_trades", "ticker", "ticker_batch"):
+        if channel not in ("market_trades", "ticker", "ticker_batch", "l2_data"):
             return  # subscriptions confirmations, errors: logged by the feed
         bounds = self._bounds(received_at)
         problem = validate.envelope_problem(msg, bounds)
         if problem:
             self.on_reject(received_at, conn_id, json.dumps(msg), problem)
+            if channel == "l2_data":
+                self._resync(received_at, conn_id, f"rejected l2_data message: {problem}")
+            return
+        if channel == "l2_data":
+            self._on_book(received_at, conn_id, msg, bounds)
             return
         seq = msg.get("sequence_num")
         envelope = (_text(channel), msg["timestamp"], _text(msg.get("client_id")),
@@ -141,6 +156,45 @@ class Collector:
                     self.batch.add_ticker(item["product_id"], msg["timestamp"][:10], row)
                     s.tickers += 1
 
+    def _on_book(self, received_at: float, conn_id: str, msg: dict, bounds: tuple[str, str]) -> None:
+        self.summary.book_messages += 1
+        seq = msg.get("sequence_num")
+        for event in msg.get("events") or []:
+            problem = validate.event_problem(event, "updates") or validate.product_problem(event.get("product_id"))
+            updates = event.get("updates") or []
+            problem = problem or next((p for p in map(validate.book_update_problem, updates, [bounds] * len(updates))
+                                       if p), None)
+            if problem:  # the book would miss a change: reject the event, distrust the book(s) it touches
+                self.on_reject(received_at, conn_id, json.dumps(event), problem)
+                product = event.get("product_id") if isinstance(event, dict) else None
+                known = product if validate.product_problem(product) is None else None   # else: every book
+                self._resync(received_at, conn_id, f"rejected l2_data event: {problem}", known)
+                continue
+            self.books.apply(event["type"], event["product_id"], updates, seq if isinstance(seq, int) else None,
+                             conn_id)
+
+    def _resync(self, detected_at: float, conn_id: str, why: str, product: str | None = None) -> None:
+        """Distrust the book(s) and ask for a fresh `level2` snapshot; recorded as a `book_resync` gap."""
+        self.books.invalidate(product)
+        self.on_gap(Gap("book_resync", conn_id, "l2_data", None, None, 0, detected_at, why[:300]))
+        if self.resubscribe is not None:
+            asyncio.ensure_future(self.resubscribe("level2"))
+
+    def snapshot_books(self, depth: int) -> None:
+        """The top `depth` levels of every valid book into the open batch (bronze/order_book)."""
+        now = time.time()
+        for product, day, row in self.books.snapshot_rows(depth, now):
+            self.batch.add_book(product, day, row)
+
+    async def snapshot_every(self, seconds: float, depth: int, stop: asyncio.Event) -> None:
+        due = time.monotonic()
+        while not stop.is_set():
+            due = max(due + seconds, time.monotonic())
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=due - time.monotonic())
+            except TimeoutError:
+                self.snapshot_books(depth)
+
     def _bounds(self, received_at: float) -> tuple[str, str]:
         """validate.window at the second of `received_at` (computed once a second)."""
         second = int(received_at)
@@ -151,11 +205,15 @@ class Collector:
     def on_gap(self, gap: Gap) -> None:
         self.summary.gaps[gap.kind] += 1
         self.summary.missing += gap.missing if gap.kind == "sequence" else 0
+        if gap.kind in ("disconnect", "stall"):
+            self.books.invalidate()  # the next connection subscribes level2 again: a fresh snapshot
         if gap.kind in ("sequence", "heartbeat"):
             log.info("stream: %s gap on %s: expected %s, got %s (%d missing)", gap.kind, gap.connection_id,
                      gap.expected, gap.received, gap.missing)
         self.batch.add_gap(_day(gap.detected_at), (gap.kind, gap.connection_id, gap.channel, gap.expected,
                                                          gap.received, gap.missing, gap.detected_at, gap.detail))
+        if gap.kind == "sequence":  # the lost message may be a book's (even the snapshot awaited)
+            self._resync(gap.detected_at, gap.connection_id, f"sequence gap {gap.expected}..{gap.received - 1}")
 
     def on_reject(self, received_at: float, conn_id: str, raw: str, reason: str) -> None:
         self.summary.rejects += 1
@@ -223,16 +281,20 @@ async def _collect(products: list[str], seconds: float | None, settings: Setting
             pass
     collector = Collector(sink, summary)
     feed = Feed(summary.url, products, collector.on_message, collector.on_gap, collector.on_reject,
-                stall_s=settings.stream_stall_s, backoff_initial_s=settings.backoff_initial_s,
+                channels=(*CHANNELS, "level2"), stall_s=settings.stream_stall_s, backoff_initial_s=settings.backoff_initial_s,
                 backoff_max_s=settings.backoff_max_s, max_message_bytes=settings.stream_max_message_bytes)
     if seconds is not None:
         loop.call_later(seconds, stop.set)
+    collector.resubscribe = feed.resubscribe
     committer = asyncio.create_task(collector.commit_every(settings.stream_commit_s, stop))
+    snapshotter = asyncio.create_task(collector.snapshot_every(settings.stream_book_snapshot_s,
+                                                               settings.stream_book_depth, stop))
     try:
         await feed.run(stop)
     finally:
         stop.set()
         await committer
+        await snapshotter
         await collector.commit()  # the open batch: a clean stop loses nothing received
         collector.pool.shutdown(wait=True)
         summary.connections = feed.connections

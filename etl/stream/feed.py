@@ -13,6 +13,8 @@
 5. a message larger than `max_message_bytes` is never read whole: the client closes the connection (code 1009,
    as soon as the frame header announces the size), the message is counted as a reject (its reason, no text),
    and the connection reopens as in 4.
+`resubscribe(channel)` unsubscribes and subscribes one channel again on the open connection: the collector's way to
+get a fresh `level2` snapshot after a sequence gap.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def ws_url(source: str | None = None, settings: Settings | None = None) -> str:
 class Gap:
     """Something the feed did not deliver as promised (written to bronze/stream_gaps)."""
 
-    kind: str                 # sequence | heartbeat | duplicate | disconnect | stall
+    kind: str                 # sequence | heartbeat | duplicate | disconnect | stall | book_resync (collector)
     connection_id: str
     channel: str
     expected: int | None      # the sequence number / counter expected next
@@ -108,6 +110,19 @@ class Feed:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             except TimeoutError:
                 pass
+
+    async def resubscribe(self, channel: str) -> None:
+        """A fresh snapshot of `channel` on the open connection (none open: the next one subscribes anyway)."""
+        from websockets.exceptions import ConnectionClosed
+
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            for kind in ("unsubscribe", "subscribe"):
+                await ws.send(json.dumps({"type": kind, "product_ids": self.products, "channel": channel}))
+        except ConnectionClosed:
+            pass
 
     async def _receive(self, ws, conn_id: str, stop: asyncio.Event) -> tuple[bool, str]:
         """Read one connection until it ends, stalls or `stop` is set: (delivered any message, why it ended

@@ -1,7 +1,8 @@
 """Where micro-batches go: the `Sink` interface and its embedded implementation, `BronzeSink`.
 
 A `MicroBatch` is what the collector received during one commit interval, already split by destination:
-trades and tickers per (product_id, UTC date), feed gaps and rejected messages per date, each as columns of
+trades and tickers per (product_id, UTC date), order-book snapshots (top levels, typed: they are the collector's
+rebuilt book, not a message) per (product_id, UTC date of the book's feed time), feed gaps and rejected messages per date, each as columns of
 values exactly as received plus `sequence_num`, `received_at`, `batch_id`, `connection_id`.
 `Sink.write(batch)` returns once the batch is durable (or raises); the collector calls it from one worker thread,
 one batch at a time. A message-bus producer is one more implementation: `write` produces every row to its topic
@@ -26,6 +27,7 @@ TRADES_DIR = "bronze/trades"
 TICKER_DIR = "bronze/ticker"
 GAPS_DIR = "bronze/stream_gaps"
 REJECTS_DIR = "bronze/stream_rejects"
+BOOK_DIR = "bronze/order_book"
 TS = pa.timestamp("us", tz="UTC")
 
 TRADE_FIELDS = ("trade_id", "price", "size", "side", "time")
@@ -46,6 +48,9 @@ TICKER_SCHEMA = _schema(TICKER_FIELDS)
 GAPS_SCHEMA = pa.schema([("kind", pa.string()), ("connection_id", pa.string()), ("channel", pa.string()),
                          ("expected", pa.int64()), ("received", pa.int64()), ("missing", pa.int64()),
                          ("detected_at", TS), ("detail", pa.string()), ("batch_id", pa.string())])
+BOOK_SCHEMA = pa.schema([("side", pa.string()), ("level", pa.int32()), ("price", pa.float64()),
+                        ("quantity", pa.float64()), ("book_time", TS), ("snapshot_at", TS),
+                        ("sequence_num", pa.int64()), ("connection_id", pa.string()), ("batch_id", pa.string())])
 REJECTS_SCHEMA = pa.schema([("raw", pa.string()), ("reason", pa.string()), ("connection_id", pa.string()),
                             ("received_at", TS), ("batch_id", pa.string())])
 
@@ -88,6 +93,7 @@ class MicroBatch:
     batch_id: str
     trades: dict[tuple[str, str], Columns] = field(default_factory=dict)   # (product_id, date) -> rows
     ticker: dict[tuple[str, str], Columns] = field(default_factory=dict)
+    book: dict[tuple[str, str], Columns] = field(default_factory=dict)
     gaps: dict[str, Columns] = field(default_factory=dict)                 # date -> rows
     rejects: dict[str, Columns] = field(default_factory=dict)
 
@@ -96,6 +102,9 @@ class MicroBatch:
 
     def add_ticker(self, product: str, day: str, row: tuple) -> None:
         self._rows(self.ticker, (product, day), TICKER_SCHEMA).append(row)
+
+    def add_book(self, product: str, day: str, row: tuple) -> None:
+        self._rows(self.book, (product, day), BOOK_SCHEMA).append(row)
 
     def add_gap(self, day: str, row: tuple) -> None:
         self._rows(self.gaps, day, GAPS_SCHEMA).append(row)
@@ -112,11 +121,11 @@ class MicroBatch:
 
     @property
     def empty(self) -> bool:
-        return not (self.trades or self.ticker or self.gaps or self.rejects)
+        return not (self.trades or self.ticker or self.book or self.gaps or self.rejects)
 
     def counts(self) -> dict[str, int]:
         return {name: sum(len(c) for c in getattr(self, name).values())
-                for name in ("trades", "ticker", "gaps", "rejects")}
+                for name in ("trades", "ticker", "book", "gaps", "rejects")}
 
 
 class Sink(Protocol):
@@ -140,7 +149,7 @@ class BronzeSink:
     def write(self, batch: MicroBatch) -> list[str]:
         written = []
         for root, parts, schema in ((TRADES_DIR, batch.trades, TRADES_SCHEMA),
-                                    (TICKER_DIR, batch.ticker, TICKER_SCHEMA)):
+                                    (TICKER_DIR, batch.ticker, TICKER_SCHEMA), (BOOK_DIR, batch.book, BOOK_SCHEMA)):
             for (product, day), rows in sorted(parts.items()):
                 rel = f"{partition_path(root, product_id=product, date=day)}/{batch.batch_id}.parquet"
                 written.append(self.store.write_parquet(rel, rows.table(schema, batch.batch_id)))

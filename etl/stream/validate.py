@@ -9,7 +9,9 @@ through) against Coinbase's contract (docs/coinbase_api.md, all values strings):
 - prices and trade sizes: decimals > 0; volumes and book quantities: decimals >= 0; the 24 h change: a signed
   decimal (decimals are digits with an optional fraction, so NaN, inf, exponents and "abc" fail);
 - `side` BUY | SELL, `trade_id` 1-64 letters, digits or dashes, ticker `type` "ticker", event `type`
-  snapshot | update.
+  snapshot | update;
+- `level2` updates: `side` bid | offer, `price_level` > 0, `new_quantity` >= 0 ("0" removes the level),
+  `event_time` a time as above.
 Each check returns None when the value passes, else the reason (naming the field and the value), which the
 collector stores with the raw text in bronze/stream_rejects.
 """
@@ -27,6 +29,7 @@ TRADE_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 TIME_WINDOW = (timedelta(days=7), timedelta(days=1))  # how far before / after the collector's clock
 EVENT_TYPES = ("snapshot", "update")
 SIDES = ("BUY", "SELL")
+BOOK_SIDES = ("bid", "offer")
 
 # ticker fields: (name, rule, required); ticker_batch has no best bid/ask
 _POSITIVE, _NON_NEGATIVE, _SIGNED = "positive", "non-negative", "signed"
@@ -88,6 +91,17 @@ def ticker_problem(item) -> str | None:
     problems = (number_problem(name, item.get(name), rule) for name, rule, required in TICKER_RULES
                 if required or item.get(name) is not None)
     return product_problem(item.get("product_id")) or next((p for p in problems if p), None)
+
+
+def book_update_problem(item, bounds: tuple[str, str]) -> str | None:
+    """Why a `level2` update cannot be applied to the book (None: it can)."""
+    if not isinstance(item, dict):
+        return "update is not an object"
+    side = item.get("side")
+    return ((None if side in BOOK_SIDES else f"side={side!r} is not bid or offer")
+            or number_problem("price_level", item.get("price_level"), _POSITIVE)
+            or number_problem("new_quantity", item.get("new_quantity"), _NON_NEGATIVE)
+            or time_problem("event_time", item.get("event_time"), bounds))
 
 
 def envelope_problem(msg: dict, bounds: tuple[str, str]) -> str | None:

@@ -482,7 +482,24 @@ def portfolio(d: dict, ids: list[str]) -> str:
                                                ("component_es_99_hist", "Component ES 99% (hist)", "money"),
                                                ("marginal_var_99_param", "Marginal VaR 99%", "num")],
                           "contributions-table"))
+    body.append(liquidity_html(d.get("liquidity")))
     return layout(f"Risk cockpit: {pid} {as_of}", "portfolio", "\n".join(body), charts, as_of)
+
+
+def liquidity_html(rows: list[dict] | None) -> str:
+    """Liquidity-adjusted VaR of the day (docs/risk_conventions.md): VaR 99% plus spread and impact costs."""
+    head = '<h2 id="liquidity">Liquidity-adjusted VaR</h2>'
+    if rows is None:
+        return head + '<p class="note">gold.fact_liquidity_risk is not built yet</p>'
+    return head + table(rows, [
+        ("var_99_hist", "VaR 99% (hist)", "money"), ("spread_cost", "Spread cost", "money"),
+        ("impact_cost", "Impact cost", "money"), ("lvar_99", "LVaR 99%", "money"),
+        ("min_absorbed_share", "Smallest share absorbed", "pct"),
+        ("exceeds_depth", "Exceeds depth", lambda r: "yes" if r.get("exceeds_depth") else "no"),
+        ("book_coverage", "Exposure with a book", "pct"),
+        ("products_without_book", "Without a book (excluded)", lambda r: e(r.get("products_without_book") or "–"))],
+        "liquidity-table", empty="no recorded order book for this portfolio's products on this day "
+                                 "(python -m etl stream records them)")
 
 
 # ---- Market ------------------------------------------------------------------------------------------------------

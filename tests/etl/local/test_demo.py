@@ -195,3 +195,20 @@ def test_a_bad_book_or_setting_stops_the_demo_at_once_naming_the_cause(tmp_path,
     runlog.record(runlog.RunRecord("other", "market_data_intraday", "validate_products", status="failed"))
     assert demo.failure_cause(get_settings(), {"run1"}) == "fetch_candles[0]: ValidationError: product(s) ['X-USD'] ..."
     assert demo.failure_cause(get_settings(), {"none"}) is None
+
+
+def test_the_demo_records_the_as_of_days_order_books_for_every_held_product(data_dir, monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    from etl.portfolios import load_positions
+    from etl.settings import get_settings
+    from etl.silver.liquidity import build_liquidity
+
+    monkeypatch.setenv("PIPELINE_SOURCE", "simulator")
+    day = (datetime.now(UTC) - timedelta(days=1)).date()
+    summary = demo.record_order_books(get_settings(), day, seconds=2)
+    held = sorted(load_positions(get_settings())["product_id"].unique())
+    assert summary.committed["book"] > 0 and summary.rejects == 0
+    build_liquidity()
+    for product in held:  # every held product has a book on the as-of day, in silver
+        assert (data_dir / f"silver/liquidity_5m/product_id={product}/date={day}/part-0.parquet").exists(), product

@@ -1,0 +1,2 @@
+-- raw.liquidity_risk as declared in etl/warehouse/tables.yml (types are set by the raw DDL).
+{{ staged('risk', 'liquidity_risk') }}
