@@ -123,7 +123,7 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     files = store.list_files(TRADES_DIR, ".parquet")
     seen = set() if full_refresh or not store.exists(STATE_FILE) else set(store.read_json(STATE_FILE)["files"])
     new = [f for f in files if f not in seen]
-    partitions = {f: m.groups() for f in new if (m := _PARTITION.search(f)) and _is_date(m.group(2))}
+    partitions = {f: p for f in new if (p := partition_of(f))}
     if len(partitions) < len(new):  # written before the collector validated its fields: never a silver partition
         log.warning("silver: %d bronze trade file(s) outside a valid product_id=/date= partition skipped, e.g. %r: "
                     "move them out of %s", len(new) - len(partitions), sorted(set(new) - set(partitions))[0],
@@ -150,12 +150,17 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     return summary
 
 
-def _is_date(text: str) -> bool:
+def partition_of(path: str) -> tuple[str, str] | None:
+    """(product_id, date) of a streamed bronze file's hive partition, None when either fails the stream's field
+    rules (a partition written before they existed)."""
+    m = _PARTITION.search(path)
+    if m is None:
+        return None
     try:
-        date.fromisoformat(text)
+        date.fromisoformat(m.group(2))
     except ValueError:
-        return False
-    return True
+        return None
+    return m.group(1), m.group(2)
 
 
 def _table(bars: pd.DataFrame, quote: str) -> pa.Table:
