@@ -589,8 +589,10 @@ def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, rng: np.r
     step = max(1, BACKTEST_CELLS // (f_len * n))
     for lo in range(0, p, step):
         cols = slice(lo, lo + step)
-        losses = expo[:, cols] @ sc.neg_w                                  # (F, Pc, N)
-        np.copyto(losses, np.nan, where=sc.pad[:, None, :])
+        losses = np.zeros((f_len, len(range(p)[cols]), n))               # (F, Pc, N), summed asset by asset:
+        for a in range(expo.shape[2]):                                     # the same bits whatever the chunk
+            losses += expo[:, cols, a, None] * sc.neg_w[:, None, a, :]     # (BLAS's would vary at 1e-16, and an
+        np.copyto(losses, np.nan, where=sc.pad[:, None, :])                # ML fit's flat optimum magnifies it)
         for method in tails.METHODS:
             fit = tails.fit(method, losses)
             q = fit.take(day).quantile(u[path, day][:, None])             # (draws, Pc)

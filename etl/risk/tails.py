@@ -14,8 +14,9 @@ loss quantile (what the ES backtest samples). A book whose losses are all 0 has 
 - evt_gpd, peaks over threshold: u = the EVT_THRESHOLD (90%) linear quantile of the losses, exceedances y = x - u
   for x > u (k of n), generalised Pareto (xi, beta) by maximum likelihood (Grimshaw's profile in theta = xi/beta:
   a grid then golden section). VaR_p = u + beta/xi (((n/k)(1-p))^-xi - 1), ES_p = (VaR_p + beta - xi u)/(1-xi).
-  Fewer than MIN_EXCEEDANCES exceedances, a maximum on the edge of the search, or xi outside (-0.5, 1) (no
-  regular MLE / no finite ES): NaN, uncomputable.
+  Fewer than MIN_EXCEEDANCES exceedances, a maximum on the edge of the search, or xi outside (-1, 1) (the
+  likelihood unbounded / no finite ES): NaN, uncomputable. (A light tail, xi in (-1, -0.5), has a local MLE
+  without the usual asymptotics: kept, its figures sit just above the largest losses.)
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ def fit_gpd(losses: np.ndarray, threshold: float = EVT_THRESHOLD, iterations: in
     theta = (a + b) / 2
     xi = _gpd_profile(y, hit, kk, theta[..., None])[0][..., 0]
     beta = xi / theta
-    ok = interior & (k >= MIN_EXCEEDANCES) & (xi > -0.5) & (xi < 1) & (beta > 0)
+    ok = interior & (k >= MIN_EXCEEDANCES) & (xi > -1) & (xi < 1) & (beta > 0)
     nan = np.nan
     return TailFit("evt_gpd", {"u": np.where(flat, 0.0, np.where(ok, u, nan)),
                                "xi": np.where(flat, 0.0, np.where(ok, xi, nan)),
