@@ -160,8 +160,8 @@ def fit_gpd(losses: np.ndarray, threshold: float = EVT_THRESHOLD, iterations: in
     hit = hit[..., None, :]
     kk = np.maximum(k, 1)
     ymax = np.where(k > 0, y.max(axis=-1)[..., 0], 1.0)
-    grid = np.sort(np.concatenate([-1 + np.geomspace(1e-4, 0.7, 16), -np.geomspace(1e-4, 0.3, 12),
-                                   np.geomspace(1e-4, 1e3, 48)]))    # theta ymax, > -1
+    grid = np.sort(np.concatenate([-1 + np.geomspace(1e-4, 0.6, 16), -np.geomspace(1e-4, 0.3, 12),
+                                   np.geomspace(1e-4, 1e3, 48)]))    # theta ymax (> -1), distinct points
     _, ll = _gpd_profile(y, hit, kk, grid / ymax[..., None])
     ll = np.where(np.isnan(ll), -np.inf, ll)
     best = ll.argmax(axis=-1)
