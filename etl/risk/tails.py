@@ -89,10 +89,11 @@ def _cf_es(c, v, sigma, skew, kurt):
 def _t_scale(x2: np.ndarray, n: np.ndarray, nu: np.ndarray, lv: np.ndarray, steps: int) -> np.ndarray:
     """log s^2 solving n = (nu+1) sum x^2 / (nu s^2 + x^2) by Newton from lv (the sum falls as s grows)."""
     for _ in range(steps):
-        a = nu[..., None] * np.exp(lv)[..., None]
-        r = x2 / (a + x2)
+        a = nu * np.exp(lv)
+        inv = 1.0 / (a[..., None] + x2)
+        r = x2 * inv
         g = (nu + 1) * r.sum(axis=-1) - n
-        dg = -(nu + 1) * (r * a / (a + x2)).sum(axis=-1)
+        dg = -(nu + 1) * a * (r * inv).sum(axis=-1)
         lv = lv - np.clip(g / dg, -2.0, 2.0)
     return lv
 
@@ -102,7 +103,7 @@ def _t_loglik(x2, n, nu, lv):
         - (nu + 1) / 2 * np.log1p(x2 / (nu * np.exp(lv))[..., None]).sum(axis=-1)
 
 
-def fit_t(losses: np.ndarray, iterations: int = 60) -> TailFit:
+def fit_t(losses: np.ndarray, iterations: int = 45) -> TailFit:
     n, valid, x0, _, _, _ = _moments(losses)
     x2 = x0 * x0
     m2 = x2.sum(axis=-1) / n
@@ -119,7 +120,7 @@ def fit_t(losses: np.ndarray, iterations: int = 60) -> TailFit:
         left = fa >= fb                                              # the maximum lies in [lo, b]
         hi, lo = np.where(left, b, hi), np.where(left, lo, a)
         t = np.where(left, hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo))
-        lvt = _t_scale(x2, n_f, np.exp(t), np.where(left, lva, lvb), 4)
+        lvt = _t_scale(x2, n_f, np.exp(t), np.where(left, lva, lvb), 2)
         ft = _t_loglik(x2, n_f, np.exp(t), lvt)
         a, b = np.where(left, t, b), np.where(left, a, t)
         fa, fb = np.where(left, ft, fb), np.where(left, fa, ft)
@@ -148,7 +149,7 @@ def _gpd_profile(y: np.ndarray, hit: np.ndarray, k: np.ndarray, theta: np.ndarra
         return xi, -k[..., None] * np.log(beta) - lg / xi - lg
 
 
-def fit_gpd(losses: np.ndarray, threshold: float = EVT_THRESHOLD, iterations: int = 80) -> TailFit:
+def fit_gpd(losses: np.ndarray, threshold: float = EVT_THRESHOLD, iterations: int = 50) -> TailFit:
     from etl.risk.var import quantile_linear
 
     n, valid, _, m2, _, _ = _moments(losses)
@@ -156,8 +157,9 @@ def fit_gpd(losses: np.ndarray, threshold: float = EVT_THRESHOLD, iterations: in
     u = quantile_linear(losses, threshold, axis=-1)
     hit = valid & (losses > u[..., None])
     k = hit.sum(axis=-1)
-    y = np.where(hit, losses - u[..., None], 0.0)[..., None, :]
-    hit = hit[..., None, :]
+    y = np.sort(np.where(hit, losses - u[..., None], 0.0), axis=-1)   # exceedances > 0 last: keep only those
+    y = y[..., y.shape[-1] - max(int(k.max(initial=0)), 1):][..., None, :]
+    hit = y > 0
     kk = np.maximum(k, 1)
     ymax = np.where(k > 0, y.max(axis=-1)[..., 0], 1.0)
     grid = np.sort(np.concatenate([-1 + np.geomspace(1e-4, 0.6, 16), -np.geomspace(1e-4, 0.3, 12),
