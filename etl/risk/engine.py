@@ -324,11 +324,11 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
     window = asset_ret[-n_ret:]
     exposure = np.ascontiguousarray(mv[-1].T)                              # (A, P)
     metrics = {}
-    hist_losses = var.historical_losses(window, exposure)                  # (N, P)
-    for c, (v, e) in var.var_es_from_losses(hist_losses, CONFIDENCES).items():
+    for c, (v, e) in var.var_es_from_losses(var.historical_losses(window, exposure), CONFIDENCES).items():
         metrics[_name("var", c, "hist")], metrics[_name("es", c, "hist")] = v, e
+    tail_losses = _exposed(exposure.T, -window.T)                          # (P, N): the hist losses
     for method in tails.METHODS:                                           # fat-tailed fits of the same losses
-        fit = tails.fit(method, hist_losses.T)
+        fit = tails.fit(method, tail_losses)
         for c in EVT_CONFIDENCES if method == "evt_gpd" else CONFIDENCES:
             metrics[_name("var", c, method)], metrics[_name("es", c, method)] = fit.var_es(c)
     sigma = var.portfolio_sigma(var.covariance(window), exposure)
@@ -572,6 +572,16 @@ def _scenario_backtest(method: str, sc: _Scenarios, expo: np.ndarray, held: np.n
     return out
 
 
+def _exposed(expo: np.ndarray, neg_w: np.ndarray) -> np.ndarray:
+    """Scenario losses (..., P, N) of exposures (..., P, A) to negated returns (..., A, N), summed asset by asset:
+    the same bits for a portfolio whatever the others (a BLAS product's rounding varies with the batch at 1e-16,
+    which the flat optimum of an ML fit magnifies)."""
+    out = np.zeros((*expo.shape[:-1], neg_w.shape[-1]))
+    for a in range(expo.shape[-1]):
+        out += expo[..., a, None] * neg_w[..., None, a, :]
+    return out
+
+
 def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, rng: np.random.Generator, params: RiskParams,
                    z2_null: dict) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
     """Forecasts of the tail methods (etl.risk.tails), each fitted on each day to the day's historical scenario
@@ -589,10 +599,8 @@ def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, rng: np.r
     step = max(1, BACKTEST_CELLS // (f_len * n))
     for lo in range(0, p, step):
         cols = slice(lo, lo + step)
-        losses = np.zeros((f_len, len(range(p)[cols]), n))               # (F, Pc, N), summed asset by asset:
-        for a in range(expo.shape[2]):                                     # the same bits whatever the chunk
-            losses += expo[:, cols, a, None] * sc.neg_w[:, None, a, :]     # (BLAS's would vary at 1e-16, and an
-        np.copyto(losses, np.nan, where=sc.pad[:, None, :])                # ML fit's flat optimum magnifies it)
+        losses = _exposed(expo[:, cols], sc.neg_w)                        # (F, Pc, N)
+        np.copyto(losses, np.nan, where=sc.pad[:, None, :])
         for method in tails.METHODS:
             fit = tails.fit(method, losses)
             q = fit.take(day).quantile(u[path, day][:, None])             # (draws, Pc)
