@@ -53,19 +53,18 @@ def fit(method: str, losses: np.ndarray) -> TailFit:
     return {"param_cf": fit_cf, "param_t": fit_t, "evt_gpd": fit_gpd}[method](np.asarray(losses, dtype="float64"))
 
 
-def _moments(x: np.ndarray):
+def _filled(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(valid mask, number of valid losses, losses with 0 for NaN)."""
     valid = ~np.isnan(x)
-    n = valid.sum(axis=-1)
-    x0 = np.where(valid, x, 0.0)
-    mean = x0.sum(axis=-1) / n
-    d = np.where(valid, x - mean[..., None], 0.0)
-    m2, m3, m4 = ((d ** k).sum(axis=-1) / n for k in (2, 3, 4))
-    return n, valid, x0, m2, m3, m4
+    return valid, valid.sum(axis=-1), np.where(valid, x, 0.0)
 
 
 # ---- Cornish-Fisher ----
 def fit_cf(losses: np.ndarray) -> TailFit:
-    n, _, _, m2, m3, m4 = _moments(losses)
+    valid, n, x0 = _filled(losses)
+    d = np.where(valid, x0 - (x0.sum(axis=-1) / n)[..., None], 0.0)
+    d2 = d * d
+    m2, m3, m4 = d2.sum(axis=-1) / n, (d2 * d).sum(axis=-1) / n, (d2 * d2).sum(axis=-1) / n
     flat = ~(m2 > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         skew = np.where(flat, 0.0, m3 / m2 ** 1.5)
@@ -103,8 +102,8 @@ def _t_loglik(x2, n, nu, lv):
         - (nu + 1) / 2 * np.log1p(x2 / (nu * np.exp(lv))[..., None]).sum(axis=-1)
 
 
-def fit_t(losses: np.ndarray, iterations: int = 45) -> TailFit:
-    n, valid, x0, _, _, _ = _moments(losses)
+def fit_t(losses: np.ndarray, iterations: int = 40) -> TailFit:
+    valid, n, x0 = _filled(losses)
     x2 = x0 * x0
     m2 = x2.sum(axis=-1) / n
     flat = ~(m2 > 0)
@@ -113,8 +112,8 @@ def fit_t(losses: np.ndarray, iterations: int = 45) -> TailFit:
     lo, hi = np.full(m2.shape, np.log(NU_MIN)), np.full(m2.shape, np.log(NU_MAX))
     lv = np.log(m2)
     a, b = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-    lva = _t_scale(x2, n_f, np.exp(a), lv, 30)
-    lvb = _t_scale(x2, n_f, np.exp(b), lva, 30)
+    lva = _t_scale(x2, n_f, np.exp(a), lv, 10)
+    lvb = _t_scale(x2, n_f, np.exp(b), lva, 10)
     fa, fb = _t_loglik(x2, n_f, np.exp(a), lva), _t_loglik(x2, n_f, np.exp(b), lvb)
     for _ in range(iterations):                                      # golden section on log nu, warm scales
         left = fa >= fb                                              # the maximum lies in [lo, b]
@@ -126,8 +125,10 @@ def fit_t(losses: np.ndarray, iterations: int = 45) -> TailFit:
         fa, fb = np.where(left, ft, fb), np.where(left, fa, ft)
         lva, lvb = np.where(left, lvt, lvb), np.where(left, lva, lvt)
     nu = np.exp((a + b) / 2)
-    lv = _t_scale(x2, n_f, nu, lva, 30)
-    return TailFit("param_t", {"scale": np.where(flat, 0.0, np.exp(lv / 2)), "nu": nu})
+    lv = _t_scale(x2, n_f, nu, lva, 10)
+    score = (nu + 1) * (x2 / ((nu * np.exp(lv))[..., None] + x2)).sum(axis=-1) - n_f
+    scale = np.where(np.abs(score) < 1e-8 * n_f, np.exp(lv / 2), np.nan)   # not converged: uncomputable
+    return TailFit("param_t", {"scale": np.where(flat, 0.0, scale), "nu": nu})
 
 
 def _t_quantile(p, scale, nu):
@@ -149,11 +150,11 @@ def _gpd_profile(y: np.ndarray, hit: np.ndarray, k: np.ndarray, theta: np.ndarra
         return xi, -k[..., None] * np.log(beta) - lg / xi - lg
 
 
-def fit_gpd(losses: np.ndarray, threshold: float = EVT_THRESHOLD, iterations: int = 50) -> TailFit:
+def fit_gpd(losses: np.ndarray, threshold: float = EVT_THRESHOLD, iterations: int = 45) -> TailFit:
     from etl.risk.var import quantile_linear
 
-    n, valid, _, m2, _, _ = _moments(losses)
-    flat = ~(m2 > 0)
+    valid, n, x0 = _filled(losses)
+    flat = ~(np.abs(x0).max(axis=-1, initial=0.0) > 0)                 # all losses 0
     u = quantile_linear(losses, threshold, axis=-1)
     hit = valid & (losses > u[..., None])
     k = hit.sum(axis=-1)
