@@ -505,3 +505,14 @@ def test_a_single_product_has_its_asset_risk_and_no_correlation_pairs():
     assert out["correlations"].empty
     assert out["asset_risk"]["product_id"].tolist() == ["BTC-USD"]
     assert out["asset_risk"]["close"].iat[0] == closes["BTC-USD"].iat[-1]
+
+
+def test_a_var_limit_on_an_uncomputable_evt_figure_is_an_uncomputable_breach():
+    """60 losses leave 6 above the EVT threshold: var_99_evt_gpd is NaN, so a limit on it cannot be shown to hold;
+    the same limit on the Student-t figure is a number and holds."""
+    portfolios = PORTFOLIOS.assign(var_limit_metric=["var_99_evt_gpd", "var_99_param_t"])
+    tables = compute_tables(_closes(), QUOTE, portfolios, BOOK, SMALL_PARAMS)
+    var_rows = tables["limit_breaches"].query("limit_type == 'var'")
+    assert list(zip(var_rows["portfolio_id"], var_rows["metric"], var_rows["breach_kind"], strict=True)) == [
+        ("U1", "var_99_evt_gpd", "uncomputable")]
+    assert np.isfinite(tables["risk_metrics"].set_index("portfolio_id").at["B1", "var_99_param_t"])
