@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
+from etl.risk.var import quantile_linear
+
 METHODS = ("param_cf", "param_t", "evt_gpd")
 NU_MIN, NU_MAX = 2.05, 1000.0            # finite variance; above NU_MAX t is the normal to 4 digits
 EVT_THRESHOLD = 0.90
@@ -151,8 +153,6 @@ def _gpd_profile(y: np.ndarray, hit: np.ndarray, k: np.ndarray, theta: np.ndarra
 
 
 def fit_gpd(losses: np.ndarray, threshold: float = EVT_THRESHOLD, iterations: int = 45) -> TailFit:
-    from etl.risk.var import quantile_linear
-
     valid, n, x0 = _filled(losses)
     flat = ~(np.abs(x0).max(axis=-1, initial=0.0) > 0)                 # all losses 0
     u = quantile_linear(losses, threshold, axis=-1)
