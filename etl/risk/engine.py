@@ -31,6 +31,7 @@ from etl.risk import (
     firm,
     risk_returns,
     stress,
+    tails,
     valuation,
     var,
 )
@@ -39,8 +40,9 @@ from etl.risk.scenarios import scenario_tables
 log = logging.getLogger(__name__)
 
 CONFIDENCES = (0.95, 0.99)
-METHODS = ("hist", "param", "mc", "fhs_ewma", "garch_t")
+METHODS = ("hist", "param", "mc", "fhs_ewma", "garch_t", *tails.METHODS)
 FILTERED = ("fhs_ewma", "garch_t")     # volatility-filtered historical simulation (etl.risk.filtered)
+EVT_CONFIDENCES = (*CONFIDENCES, 0.995)   # evt_gpd is also read deeper in the tail it models
 BACKTEST_CONFIDENCES = (0.95, 0.975, 0.99)   # 97.5%: the Basel ES level
 TEST_SIZE = 0.05                       # a backtest fails when its p-value is below this
 MIN_VAR_OBS = 20          # fewest daily returns a VaR forecast may rest on (backtest days before that are skipped)
@@ -324,6 +326,11 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
     metrics = {}
     for c, (v, e) in var.var_es_from_losses(var.historical_losses(window, exposure), CONFIDENCES).items():
         metrics[_name("var", c, "hist")], metrics[_name("es", c, "hist")] = v, e
+    tail_losses = _exposed(exposure.T, -window.T)                          # (P, N): the hist losses
+    for method in tails.METHODS:                                           # fat-tailed fits of the same losses
+        fit = tails.fit(method, tail_losses)
+        for c in EVT_CONFIDENCES if method == "evt_gpd" else CONFIDENCES:
+            metrics[_name("var", c, method)], metrics[_name("es", c, method)] = fit.var_es(c)
     sigma = var.portfolio_sigma(var.covariance(window), exposure)
     for c in CONFIDENCES:
         metrics[_name("var", c, "param")], metrics[_name("es", c, "param")] = var.parametric_var_es(sigma, c)
@@ -416,7 +423,7 @@ def contribution_rows(window: np.ndarray, exposure: np.ndarray, ids, held, as_of
 
 
 def _name(kind: str, confidence: float, method: str) -> str:
-    return f"{kind}_{round(confidence * 100)}_{method}"
+    return f"{kind}_{confidence * 100:g}_{method}".replace(".", "")          # 0.99 -> 99, 0.995 -> 995
 
 
 def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
@@ -465,6 +472,8 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
         forecasts.update(_scenario_backtest(method, sc, expo, held, rng, params, z2_null))
         # the sd of the day's scenario losses (hist: the parametric sigma itself)
         loss_sd[method] = sigma if method == "hist" else var.portfolio_sigma(sc.cov, expo_t)
+    forecasts.update(_tail_backtest(scenarios["hist"], expo, held, rng, params, z2_null))
+    loss_sd.update(dict.fromkeys(tails.METHODS, sigma))                  # the sd of the losses they are fitted to
     keys = [(method, c) for method in METHODS for c in BACKTEST_CONFIDENCES]
     cell = np.flatnonzero(held.ravel())                                   # (day, portfolio) cells with a book
     day, port = np.divmod(cell, len(pids))
@@ -560,6 +569,51 @@ def _scenario_backtest(method: str, sc: _Scenarios, expo: np.ndarray, held: np.n
             out[(method, c)][0][:, cols], out[(method, c)][1][:, cols] = v, e
             nulls[c][:, cols] = es_backtest.z2_null_drawn(draws, top, v, e, 1 - c, _valid(held[:, cols], (v, e)))
     z2_null.update({(method, c): z for c, z in nulls.items()})
+    return out
+
+
+def _exposed(expo: np.ndarray, neg_w: np.ndarray) -> np.ndarray:
+    """Scenario losses (..., P, N) of exposures (..., P, A) to negated returns (..., A, N), summed asset by asset:
+    the same bits for a portfolio whatever the others (a BLAS product's rounding varies with the batch at 1e-16,
+    which the flat optimum of an ML fit magnifies)."""
+    out = np.zeros((*expo.shape[:-1], neg_w.shape[-1]))
+    for a in range(expo.shape[-1]):
+        out += expo[..., a, None] * neg_w[..., None, a, :]
+    return out
+
+
+def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, rng: np.random.Generator, params: RiskParams,
+                   z2_null: dict) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
+    """Forecasts of the tail methods (etl.risk.tails), each fitted on each day to the day's historical scenario
+    losses (every day x portfolio of a chunk in one vectorised fit), and into z2_null their Z2 paths: a path draws
+    on each day one uniform U shared by all portfolios, the day's loss being each portfolio's model quantile at U;
+    only U above the lowest confidence can exceed VaR (the quantiles increase), so only those are evaluated."""
+    f_len, n = sc.pad.shape
+    p = expo.shape[1]
+    u = rng.random((params.es_simulations, f_len))
+    path, day = np.nonzero(u > min(BACKTEST_CONFIDENCES))
+    draws = sparse.csr_matrix((np.ones(len(path)), (path, np.arange(len(path)))), shape=(len(u), len(path)))
+    keys = [(method, c) for method in tails.METHODS for c in BACKTEST_CONFIDENCES]
+    out = {key: (np.empty((f_len, p)), np.empty((f_len, p))) for key in keys}
+    nulls = {key: np.empty((len(u), p)) for key in keys}
+    step = max(1, BACKTEST_CELLS // (f_len * n))
+    for lo in range(0, p, step):
+        cols = slice(lo, lo + step)
+        losses = _exposed(expo[:, cols], sc.neg_w)                        # (F, Pc, N)
+        np.copyto(losses, np.nan, where=sc.pad[:, None, :])
+        for method in tails.METHODS:
+            fit = tails.fit(method, losses)
+            q = fit.take(day).quantile(u[path, day][:, None])             # (draws, Pc)
+            for c in BACKTEST_CONFIDENCES:
+                v, e = fit.var_es(c)
+                out[(method, c)][0][:, cols], out[(method, c)][1][:, cols] = v, e
+                valid = _valid(held[:, cols], (v, e))
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    hit = valid[day] & (q > v[day])
+                    term = np.where(hit, q / np.where(hit, e[day], 1.0), 0.0)
+                nulls[(method, c)][:, cols] = es_backtest.z2_from_sums(np.asarray(draws @ term), valid.sum(axis=0),
+                                                                       1 - c)
+    z2_null.update(nulls)
     return out
 
 

@@ -117,7 +117,7 @@ def test_reference_csv_with_an_extra_or_missing_field_names_file_and_line(ref_di
         load_positions(_settings(ref_dir))
 
 
-@pytest.mark.parametrize("metric", ["var_99_fhs_ewma", "var_95_garch_t", "var_99_mc"])
+@pytest.mark.parametrize("metric", ["var_99_fhs_ewma", "var_95_garch_t", "var_99_mc", "var_99_param_t", "var_995_evt_gpd"])
 def test_a_var_limit_may_name_any_var_method_the_engine_computes(ref_dir, metric):
     path = ref_dir / "portfolios.csv"
     path.write_text(path.read_text().rstrip("\n") + f"\nP100,Filtered book,USD,1000,0.5,0.5,{metric}\n")

@@ -141,6 +141,13 @@ def test_run_writes_every_table_and_the_numbers_agree(risk_env):
     eth_in_btc = (eth / btc).pct_change().iloc[-60:]
     b1_losses = -(eth_in_btc * 20 * eth[d] / btc[d])
     assert risk.loc["B1", "var_99_hist"] == pytest.approx(np.quantile(b1_losses, 0.99), rel=1e-12)
+    # Cornish-Fisher on the same losses, moments by hand; 60 losses leave 6 above the 90% threshold: no EVT figure
+    sd, skew, kurt = losses.std(ddof=1), stats.skew(losses), stats.kurtosis(losses)
+    z = stats.norm.ppf(0.99)
+    z_cf = z + (z * z - 1) * skew / 6 + (z ** 3 - 3 * z) * kurt / 24 - (2 * z ** 3 - 5 * z) * skew ** 2 / 36
+    assert risk.loc["U1", "var_99_param_cf"] == pytest.approx(sd * z_cf, rel=1e-9)
+    assert np.isfinite(risk[["var_99_param_t", "es_99_param_t"]].to_numpy()).all()
+    assert risk[["var_99_evt_gpd", "es_99_evt_gpd", "var_995_evt_gpd"]].isna().all().all()
 
     # backtest: the forecast made at the close of D-1 against the PnL of D
     bt = _read(data, "var_backtest")
@@ -152,10 +159,11 @@ def test_run_writes_every_table_and_the_numbers_agree(risk_env):
     assert row["realized_pnl"] == pytest.approx(u1[d], rel=1e-12)
     assert row["forecast_date"] == d1.date()
     assert row["is_exception"] == (-u1[d] > row["var_forecast"])
-    assert set(bt["method"]) == {"hist", "param", "mc", "fhs_ewma", "garch_t"}
+    assert set(bt["method"]) == {"hist", "param", "mc", "fhs_ewma", "garch_t", "param_cf", "param_t", "evt_gpd"}
     assert set(bt["confidence"]) == {0.95, 0.975, 0.99}
+    assert bt.loc[bt.method == "evt_gpd", "var_forecast"].isna().all()              # uncomputable, never a number
     summ = _read(data, "var_backtest_summary")
-    assert len(summ) == 3 * 5 * 3
+    assert len(summ) == 3 * 8 * 3
     u1_hist = bt[(bt.portfolio_id == "U1") & (bt.method == "hist") & (bt.confidence == 0.99)]
     s = summ[(summ.portfolio_id == "U1") & (summ.method == "hist") & (summ.confidence == 0.99)].iloc[0]
     assert s["exceptions"] == u1_hist["is_exception"].sum() and s["n_days"] == 60
@@ -206,6 +214,17 @@ def test_sample_book_breaches_each_limit_type_on_simulated_prices():
     risk = tables["risk_metrics"]
     assert len(risk) == 22 and risk[["var_99_hist", "var_99_param", "var_99_mc"]].gt(0).all().all()
     assert (risk["es_99_hist"] >= risk["var_99_hist"]).all()
+    fat = risk[[f"{k}_{c}_{m}" for m in ("param_cf", "param_t") for c in (95, 99) for k in ("var", "es")]].to_numpy()
+    assert np.isfinite(fat).all() and (fat > 0).all()
+    # these prices are Gaussian: a few books' 25 exceedances fit xi <= -1 (no MLE), uncomputable; the rest finite
+    evt = risk[[f"{k}_{c}_evt_gpd" for c in (95, 99, 995) for k in ("var", "es")]]
+    computable = evt.notna().all(axis=1)
+    assert computable.sum() >= 18 and (evt.isna().all(axis=1) | computable).all()
+    assert (evt[computable] > 0).all().all()
+    assert (risk["es_995_evt_gpd"] >= risk["var_995_evt_gpd"])[computable].all()
+    assert (risk["var_995_evt_gpd"] > risk["var_99_evt_gpd"])[computable].all()
+    comparison = tables["var_model_comparison"]
+    assert {"param_cf", "param_t", "evt_gpd"} <= set(comparison["method"])
 
 
 def test_close_matrix_fills_gaps_and_refuses_an_as_of_without_bars():
@@ -486,3 +505,14 @@ def test_a_single_product_has_its_asset_risk_and_no_correlation_pairs():
     assert out["correlations"].empty
     assert out["asset_risk"]["product_id"].tolist() == ["BTC-USD"]
     assert out["asset_risk"]["close"].iat[0] == closes["BTC-USD"].iat[-1]
+
+
+def test_a_var_limit_on_an_uncomputable_evt_figure_is_an_uncomputable_breach():
+    """60 losses leave 6 above the EVT threshold: var_99_evt_gpd is NaN, so a limit on it cannot be shown to hold;
+    the same limit on the Student-t figure is a number and holds."""
+    portfolios = PORTFOLIOS.assign(var_limit_metric=["var_99_evt_gpd", "var_99_param_t"])
+    tables = compute_tables(_closes(), QUOTE, portfolios, BOOK, SMALL_PARAMS)
+    var_rows = tables["limit_breaches"].query("limit_type == 'var'")
+    assert list(zip(var_rows["portfolio_id"], var_rows["metric"], var_rows["breach_kind"], strict=True)) == [
+        ("U1", "var_99_evt_gpd", "uncomputable")]
+    assert np.isfinite(tables["risk_metrics"].set_index("portfolio_id").at["B1", "var_99_param_t"])

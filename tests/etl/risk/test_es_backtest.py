@@ -66,8 +66,9 @@ def test_the_engine_compares_every_method_at_every_confidence():
                                        es_simulations=200, es_bootstrap=200))
     cmp = tables["var_model_comparison"]
     assert len(cmp) == len(PORTFOLIOS) * len(METHODS) * len(BACKTEST_CONFIDENCES)
-    assert set(cmp["method"]) == {"hist", "param", "mc", "fhs_ewma", "garch_t"}
+    assert set(cmp["method"]) == {"hist", "param", "mc", "fhs_ewma", "garch_t", "param_cf", "param_t", "evt_gpd"}
     assert set(cmp["confidence"]) == {0.95, 0.975, 0.99}
+    cmp = cmp[cmp["method"] != "evt_gpd"]                         # 60 losses: too few exceedances, no EVT forecast
     assert cmp["es_test_p"].between(0, 1).all() and cmp["kupiec_p"].between(0, 1).all()
     expected = (cmp["pass_kupiec"] & cmp["pass_christoffersen"] & cmp["pass_traffic_light"] & cmp["pass_z2"]
                 & cmp["pass_exceedance_residual"])
@@ -130,6 +131,35 @@ def test_shared_z2_paths_give_each_series_its_own_paths_p_value_within_the_monte
         shared = es_backtest.z2_null_scaled(u, unit[0], unit[1], 1 - c, held, sigma)
         assert (np.abs(es_backtest.z2_p_value(z, shared) - p_own) < 4 * np.sqrt(2 * p_own * (1 - p_own) / m)
                 + 2 / m).all()
+
+
+def test_tail_methods_shared_z2_paths_match_paths_of_their_own():
+    """The fat-tail methods' Z2 paths share one uniform per path and day across portfolios (the loss is each
+    portfolio's model quantile at it): each series' p-value equals, within the Monte Carlo error, the one from
+    losses drawn for it alone from each day's fitted model."""
+    from etl.risk import tails
+    from etl.risk.engine import _Scenarios, _tail_backtest
+
+    rng = np.random.default_rng(6)
+    t_days, n, a, k, m = 60, 250, 3, 8, 2000
+    w = rng.standard_t(4, (t_days, n, a)) * 0.02
+    expo = rng.normal(0, 1000, (t_days, k, a))
+    held = np.ones((t_days, k), bool)
+    nulls: dict = {}
+    forecasts = _tail_backtest(_Scenarios.of(w), expo, held, np.random.default_rng(9), RiskParams(es_simulations=m),
+                               nulls)
+    losses = -np.einsum("tna,tka->tkn", w, expo)                      # (T, K, N)
+    realized = -losses[:, :, 0] * 1.2
+    for method in tails.METHODS:
+        fit = tails.fit(method, losses)
+        own = fit.quantile(rng.uniform(0.9, 1.0, (m, t_days, k)))        # the tail draws; the rest stay below VaR
+        own = np.where(rng.random((m, t_days, k)) < 0.1, own, -np.inf)
+        for c in BACKTEST_CONFIDENCES:
+            fc, es = forecasts[(method, c)]
+            np.testing.assert_allclose(fit.var_es(c), (fc, es), rtol=1e-6)    # losses rounded otherwise
+            z, p_own = es_backtest.z2_test(realized, fc, es, 1 - c, own)
+            p_shared = es_backtest.z2_p_value(z, nulls[(method, c)])
+            assert (np.abs(p_shared - p_own) < 4 * np.sqrt(2 * p_own * (1 - p_own) / m) + 2 / m).all()
 
 
 def test_batched_bootstrap_equals_the_one_series_test():
