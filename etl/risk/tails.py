@@ -72,7 +72,22 @@ def fit_cf(losses: np.ndarray) -> TailFit:
         skew = np.where(flat, 0.0, m3 / m2 ** 1.5)
         kurt = np.where(flat, 0.0, m4 / m2 ** 2 - 3.0)
         sigma = np.where(flat, 0.0, np.sqrt(m2 * n / (n - 1)))
+    sigma = np.where(flat | _cf_monotone(skew, kurt), sigma, np.nan)  # outside its domain: uncomputable
     return TailFit("param_cf", {"sigma": sigma, "skew": skew, "kurt": kurt})
+
+
+CF_DOMAIN_Z = float(special.ndtri(0.95))  # the expansion must rise over every quantile the figures use (95%+)
+
+
+def _cf_monotone(skew: np.ndarray, kurt: np.ndarray) -> np.ndarray:
+    """True where the Cornish-Fisher quantile rises for every z >= CF_DOMAIN_Z: its derivative in z,
+    a z^2 + b z + c, stays positive there. Elsewhere the expansion is outside its domain of validity (Maillard 2012):
+    VaR 99% could fall below VaR 95% or ES below VaR, so the figure is uncomputable, never a silent number."""
+    a, b, c = kurt / 8 - skew ** 2 / 6, skew / 3, 1 - kurt / 8 + 5 * skew ** 2 / 36
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vertex = np.where(a > 0, -b / (2 * np.where(a > 0, a, 1.0)), -np.inf)
+    z = np.maximum(vertex, CF_DOMAIN_Z)                          # where the derivative is lowest on [z0, inf)
+    return (a >= 0) & (a * z * z + b * z + c > 0)
 
 
 def _cf_quantile(p, sigma, skew, kurt):

@@ -125,3 +125,22 @@ def test_fits_are_vectorised_over_leading_axes(losses):
         both = tails.fit(method, stacked).var_es(0.99)
         np.testing.assert_allclose(both[0][0], one[0], rtol=1e-12)
         np.testing.assert_allclose(both[1][1], one[1][::-1], rtol=1e-12)
+
+
+def test_cornish_fisher_outside_its_domain_is_uncomputable():
+    """Where the expansion falls somewhere beyond the 95% quantile (here: strong skew, little kurtosis, so the z^2
+    term of its slope is negative), VaR 99% could sit below VaR 95% and ES below VaR: NaN, never a number."""
+    from etl.risk import tails
+
+    skew, kurt = np.array([0.2, 2.0, 0.0]), np.array([6.0, 0.5, 0.0])
+    ok = tails._cf_monotone(skew, kurt)
+    assert ok.tolist() == [True, False, True]
+    z = np.linspace(tails.CF_DOMAIN_Z, 5, 2001)          # the cdf stays below 1 in float64
+    for s, k, expected in zip(skew, kurt, ok, strict=True):
+        q = tails._cf_quantile(stats.norm.cdf(z), 1.0, s, k)
+        assert bool(np.all(np.diff(q) > 0)) == expected       # brute force agrees with the closed test
+    rng = np.random.default_rng(3)
+    skewed = rng.lognormal(0, 1.2, size=(1, 500))            # losses skewed far more than their kurtosis allows
+    fit = tails.fit("param_cf", skewed)
+    if not tails._cf_monotone(fit.params["skew"], fit.params["kurt"])[0]:
+        assert np.isnan(fit.var_es(0.99)[0]).all()
