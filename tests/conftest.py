@@ -153,10 +153,3 @@ def artifacts(request) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     return out
 
-
-def pytest_collection_modifyitems(config, items):
-    if os.environ.get("PIPELINE_SKIP_SLOW") == "1":
-        skip = pytest.mark.skip(reason="PIPELINE_SKIP_SLOW=1")
-        for item in items:
-            if "slow" in item.keywords:
-                item.add_marker(skip)

@@ -95,7 +95,8 @@ def test_object_store_ingest_killed_mid_commit_leaves_the_previous_state(s3_env,
     proc.wait(10)
     assert any("date=2026-03-02" in r for r, _ in store.entries("bronze/candles"))
     assert len(store.entries("bronze/_manifests")) == 1  # the killed batch never committed
-    assert tasks.build_silver(settings=s)["partitions"] == 1  # its day: no committed bronze -> no bars
+    # its day (no committed bronze -> no bars) and 03-01, whose quality gate reads it as context: bars unchanged
+    assert tasks.build_silver(settings=s)["partitions"] == 2
     pd.testing.assert_frame_equal(read_bars("5m", settings=s), before)
 
     tasks.fetch_candles("BTC-USD", datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 3, 4, tzinfo=UTC), 60,
