@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_stream import _free_port, _wait_listening
+from bench_stream import against_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "ADA-USD", "DOGE-USD", "AVAX-USD", "LINK-USD", "DOT-USD",
@@ -85,18 +84,7 @@ def _baseline(url: str, seconds: float) -> dict:
 
 def run(quick: bool = False) -> dict:
     seconds = 3.0 if quick else 10.0
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    sim = subprocess.Popen([sys.executable, "-c", SIMULATOR, str(port), ",".join(PRODUCTS)], cwd=ROOT, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_listening(port + 1)
-        url = f"ws://127.0.0.1:{port + 1}"
-        base = _baseline(url, seconds)
-        ours = _ours(url, seconds)
-    finally:
-        sim.terminate()
-        sim.wait(timeout=10)
+    base, ours = against_simulator(SIMULATOR, PRODUCTS, seconds, _baseline, _ours)
     stated = {"input": f"{ours['messages']:,} messages, {ours['book_messages']:,} of them l2_data (ours) / "
                        f"{base['messages']:,}, {base['book_messages']:,} l2_data (baseline) over {seconds:g} s each, "
                        f"{len(PRODUCTS)} products, simulator at 60x with a tick every 10 ms",

@@ -111,20 +111,25 @@ def _baseline(url: str, seconds: float) -> dict:
             "latency": parsed_at - _epoch(stamps)}
 
 
-def run(quick: bool = False) -> dict:
-    seconds = 3.0 if quick else 10.0
+def against_simulator(simulator: str, products: list[str], seconds: float, baseline, ours) -> tuple[dict, dict]:
+    """(baseline's figures, ours) against one simulator process (`simulator`: its code, run with the port and the
+    products), each consuming its WebSocket feed for `seconds`."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    sim = subprocess.Popen([sys.executable, "-c", SIMULATOR, str(port), ",".join(PRODUCTS)], cwd=ROOT, env=env,
+    sim = subprocess.Popen([sys.executable, "-c", simulator, str(port), ",".join(products)], cwd=ROOT, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_listening(port + 1)
         url = f"ws://127.0.0.1:{port + 1}"
-        base = _baseline(url, seconds)
-        ours = _ours(url, seconds)
+        return baseline(url, seconds), ours(url, seconds)
     finally:
         sim.terminate()
         sim.wait(timeout=10)
+
+
+def run(quick: bool = False) -> dict:
+    seconds = 3.0 if quick else 10.0
+    base, ours = against_simulator(SIMULATOR, PRODUCTS, seconds, _baseline, _ours)
     stated = {"input": f"{ours['messages']:,} messages (ours) / {base['messages']:,} (baseline) over {seconds:g} s "
                        f"each, {len(PRODUCTS)} products, simulator firehose (600x, a tick every ms)",
               "command": "python -m etl stream --products LIST --seconds N (in-process: etl.stream.collector.collect)",
