@@ -3,7 +3,7 @@
 The book is the intraday benchmark's (`bench_intraday.book`): 1,000 USD portfolios x 50 assets, 400 days of daily
 closes, default parameters (250-day lookback and backtest, 10,000 Monte Carlo scenarios, 1,000 Z2 paths and
 bootstrap resamples). Quick: 50 portfolios x 20 assets x 200 days, 2,000 scenarios, 120-day lookback and backtest.
-- `eod_full_vs_core_metrics`: ours = `etl.risk.engine.compute_tables` (all five methods, the backtests with their
+- `eod_full_vs_core_metrics`: ours = `etl.risk.engine.compute_tables` (every VaR method, the backtests with their
   ES tests, contributions, stress, firm); baseline = the core metrics of the same book (`bench_risk._all_ours`:
   exposures, historical/parametric/Monte Carlo VaR and ES, volatilities, EWMA, drawdowns, correlations, anomalies),
   both in one child process with one BLAS thread, in the same run, best of several runs (imports warmed up first).
@@ -33,7 +33,7 @@ from bench_intraday import book  # the same book as the intraday benchmark
 from bench_risk import _all_ours  # the core metrics
 from bench_silver import _timed  # wall time and peak memory of a process tree
 
-from etl.risk.engine import RiskParams, compute_tables
+from etl.risk.engine import METHODS, RiskParams, compute_tables
 from etl.silver.bars import BARS_1D_SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def ratio_entry(quick: bool) -> dict:
     compute_tables(small["closes"], small["quote"], small["portfolios"], small["positions"], params)
     core_cpu, core_wall, _ = _best(core, 5)
     full_cpu, full_wall, tables = _best(full, 2)
-    assert len(tables["var_model_comparison"]) == n_port * 5 * 3, "a backtest series is missing"
+    assert len(tables["var_model_comparison"]) == n_port * len(METHODS) * 3, "a backtest series is missing"
     ratio = full_cpu / core_cpu
     size = f"{n_port} portfolios x {n_assets} assets x {n_days} days"
     return {"eod_full_vs_core_metrics": {
@@ -81,7 +81,7 @@ def ratio_entry(quick: bool) -> dict:
         "before": "compute_tables 238 s for this book, ~330x the core metrics (issue 34)",
         "input": f"{size}, {params.mc_scenarios:,} Monte Carlo scenarios, {params.backtest_days}-day backtest, "
                  f"{params.es_simulations} Z2 paths, {params.es_bootstrap} bootstrap resamples",
-        "command": "etl.risk.engine.compute_tables(...): all five methods, backtests with ES tests, contributions, "
+        "command": "etl.risk.engine.compute_tables(...): every VaR method (8), backtests with ES tests, contributions, "
                    "stress, firm",
         "baseline_command": "bench_risk._all_ours(prices, quantities, lookback, scenarios, seed) on the same book",
     }}
