@@ -151,6 +151,7 @@ class Settings:
     backoff_max_s: float                 # longest wait between two attempts
     throttle_max_wait_s: float           # a request refused with 429 (not an attempt) gives up after this long
     history_days: int                    # first run with no watermark: how far back to backfill 1-minute candles
+    #   (3: the factor model forms buckets on one day, holds them the next, whose betas explain the PnL of the third)
     daily_history_days: int              # daily candles for risk history
     overlap_minutes: int                 # incremental runs re-fetch this much before the watermark (late corrections)
     progress_interval_s: float           # task logs: one progress line of a fetch every this many seconds
@@ -268,7 +269,7 @@ def get_settings() -> Settings:
         backoff_initial_s=_float("PIPELINE_BACKOFF_INITIAL_S", 0.2),
         backoff_max_s=_float("PIPELINE_BACKOFF_MAX_S", 10.0),
         throttle_max_wait_s=_float("PIPELINE_THROTTLE_MAX_WAIT_S", 300.0),
-        history_days=_int("PIPELINE_HISTORY_DAYS", 2),
+        history_days=_int("PIPELINE_HISTORY_DAYS", 3),
         daily_history_days=_int("PIPELINE_DAILY_HISTORY_DAYS", 400),
         overlap_minutes=_int("PIPELINE_OVERLAP_MINUTES", 15),
         progress_interval_s=_float("PIPELINE_PROGRESS_INTERVAL_S", 10.0),

@@ -58,7 +58,7 @@ def test_the_file_fills_what_the_environment_does_not_set(dotenv):
     assert s.products == ("SOL-USD", "ETH-USD")
     assert (s.airflow_port, s.docs_port, s.mc_seed) == (9191, 9292, 11)
     assert s.database_url == "postgresql://u:p@db.example:5432/warehouse"
-    assert s.history_days == 2  # empty in the file: the default
+    assert s.history_days == 3  # empty in the file: the default
 
 
 def test_the_environment_wins_over_the_file(dotenv, monkeypatch):
