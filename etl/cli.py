@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compact", help="compact closed bronze partitions (idempotent, crash-safe)")
     p.add_argument("--before", type=_date, default=None, help="YYYY-MM-DD: days before it (default: today, UTC)")
 
+    sub.add_parser("migrate-lake", help="convert an existing data folder to the current lake format (idempotent, "
+                   "crash-safe)")
+
     p = sub.add_parser("risk", help="portfolio valuation, PnL, VaR/ES, drawdown, anomalies, backtests")
     p.add_argument("--as-of", type=_date, default=None, help="YYYY-MM-DD (default: the last complete UTC day)")
 
@@ -179,6 +182,7 @@ STAGE_COMMANDS: dict[str, Callable[[argparse.Namespace, Any], Any]] = {
                                  granularity=a.granularity, source=a.source, settings=s, progress=True),
     "silver": lambda a, s: _call("etl.silver:build", full_refresh=a.full_refresh, settings=s),
     "compact": lambda a, s: _call("etl.compaction:compact", before=a.before, settings=s),
+    "migrate-lake": lambda a, s: _call("etl.migrate:migrate_lake", settings=s),
     "risk": lambda a, s: _call("etl.risk:run_risk", as_of=a.as_of, settings=s),
     "factors": lambda a, s: _call("etl.factors:run_factors", settings=s, end=a.end),
     "load": lambda a, s: _call("etl.warehouse:load_warehouse", settings=s, run_dbt=not a.no_dbt,

@@ -32,7 +32,7 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-_DAY = re.compile(r"/(?:as_of_date|date)=(\d{4}-\d{2}-\d{2})/")
+_DAY = re.compile(r"/(?:run_as_of_date|as_of_date|date)=(\d{4}-\d{2}-\d{2})/")
 
 
 def repair(rel: str) -> str:

@@ -1,10 +1,11 @@
 """The risk engine's only I/O: read silver bars and the reference data, write the output tables.
 
-Outputs go through the Store and the commit protocol (etl/commits.py): `outputs/<table>/as_of_date=<D>/<run_id>.parquet`,
-one file per table per run, all committed at once by the manifest `outputs/_commits/risk/as_of_date=<D>.json`
-(a killed run commits nothing; a rerun replaces the day whole). Every risk_metrics row carries `risk_run_id`. History tables (portfolio_valuation, pnl_daily, var_backtest, anomalies_daily)
-hold many days in the as-of partition; every row carries its own key columns (read the files one by one, or
-without hive partitioning, since the row column as_of_date differs from the partition value there).
+Outputs go through the commit protocol (etl/commits.py): each table is a Delta table, one file per table per run
+(`outputs/<table>/run_as_of_date=<D>/<run_id>.parquet`), all committed at once by the run record
+`risk/as_of_date=<D>` in `outputs/_runs` (a killed run commits nothing; a rerun replaces the day whole). Every
+risk_metrics row carries `risk_run_id`. History tables (portfolio_valuation, pnl_daily, var_backtest,
+anomalies_daily) hold many days in the run's partition; every row carries its own key columns (hence the partition
+column run_as_of_date, not as_of_date).
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ def finish_portfolio_tables(inputs: RiskInputs, portfolios: pd.DataFrame, tables
 
 def commit_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings: Settings,
                   t0: float) -> RiskSummary:
-    """Write every table of the whole book and commit them with one manifest (etl.commits)."""
+    """Write every table of the whole book and commit them with one run record (etl.commits)."""
     as_of = inputs.as_of
     run_id = commits.new_run_id()
     tables["risk_metrics"]["risk_run_id"] = run_id

@@ -7,7 +7,7 @@ products the whole book holds fix the scenario sets and the Monte Carlo draws, s
 same in any shard) and writes them to the uncommitted area `outputs/_shards/<run_key>/<shard>/`, its `done.json`
 marker last. `commit_shards` checks every shard's marker (else it fails naming the missing ones and commits
 nothing), computes what needs the whole book (`engine.book_tables`: firm VaR/ES from every position's USD
-exposure, firm contributions and stress, the product tables) and commits all tables with ONE manifest, as
+exposure, firm contributions and stress, the product tables) and commits all tables with ONE run record, as
 `run_risk` does (etl.commits), then deletes the shard area. One shard gives the same tables as `run_risk`.
 """
 
@@ -87,7 +87,7 @@ def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Sett
 
 
 def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings) -> RiskSummary:
-    """Check every shard is done, add the whole book's tables and commit everything with one manifest."""
+    """Check every shard is done, add the whole book's tables and commit everything with one run record."""
     t0 = time.perf_counter()
     store = get_store(settings)
     done = {i: posixpath.join(shard_dir(run_key, i), DONE) for i in range(shards)}

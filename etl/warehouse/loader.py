@@ -2,8 +2,9 @@
 
 Algorithm (one transaction, serialised by an advisory lock):
 1. For each raw table, list its Store folder and compare every file's size:mtime with `raw._load_state`;
-   reference data is fingerprinted by a content hash instead. Risk and factor outputs count only when a commit
-   manifest names them (etl/commits.py): files of a run that never committed are not loaded.
+   reference data is fingerprinted by a content hash instead. Risk and factor outputs count only when a run
+   record commits them (etl/commits.py): files of a run that never committed, or superseded (kept in the Delta
+   table for time travel), are not loaded.
 2. Read only the new or changed files, keep the declared columns (partition values from the path fill in columns
    a file does not carry, e.g. silver's product_id), cast them to the declared types. Rows of a changed file are
    deleted first (by `source_file`), so a rewritten partition replaces its rows.
@@ -336,8 +337,10 @@ def replace_all(conn, table: str, df: pd.DataFrame | pa.Table, key: list[str]) -
 
 # ---- reading Store files -----------------------------------------------------------------------------------
 def _partition_values(rel_path: str) -> dict[str, str]:
-    parts = posixpath.dirname(rel_path).split("/")
-    return dict(p.split("=", 1) for p in parts if "=" in p)
+    """The hive path's values; `run_<key>` (the run's day of an output table, etl/commits.py) also as `<key>`, for
+    rows that do not carry their own."""
+    values = dict(p.split("=", 1) for p in posixpath.dirname(rel_path).split("/") if "=" in p)
+    return {**{k.removeprefix("run_"): v for k, v in values.items()}, **values}
 
 
 def conform(table: pa.Table, spec: RawTable, where: str, extra: dict[str, str] | None = None) -> pa.Table:
@@ -445,8 +448,8 @@ def _forget_files(conn, spec: RawTable, rewritten: list[str], gone: list[str]) -
 
 
 def _committed_outputs(store: Store) -> dict[str, str | None]:
-    """The output files some commit manifest names, with their content hashes; a manifest naming a file that is
-    gone fails the load."""
+    """The output files some run record commits, with their content hashes; a record naming a file that is gone
+    fails the load."""
     committed = commits.committed_files(store)
     if committed:
         infos = store.fs.get_file_info([store.path(p) for p in sorted(committed)])

@@ -67,7 +67,7 @@ def _risk_tables(data_dir: Path) -> dict[str, pd.DataFrame]:
     manifest = commits.read_manifest(store, commits.risk_manifest(pd.Timestamp(AS_OF).date()))
     out = {}
     for key, entry in manifest["files"].items():
-        df = store.read_parquet(entry["path"], sha256=entry["sha256"]).to_pandas()
+        df = commits.read_entry(store, entry).to_pandas()
         out[key] = df.drop(columns=[c for c in df.columns if c == "risk_run_id"])
     return out
 
@@ -93,7 +93,7 @@ def test_every_commit_records_the_content_hash_of_its_files(lake):
     state = json.loads((lake / STATE_FILE).read_text())
     assert set(state["files"]) == {str(p.relative_to(lake)) for p in (lake / "silver").rglob("*.parquet")}
     manifest = commits.read_manifest(store, commits.risk_manifest(pd.Timestamp(AS_OF).date()))
-    assert all(store.digest(e["path"]) == e["sha256"] for e in manifest["files"].values())
+    assert all(store.digest(path) == sha for e in manifest["files"].values() for path, sha in e["files"].items())
 
 
 def test_flipped_bytes_in_a_bronze_page_quarantine_the_file_and_a_reingest_restores_silver(lake, capsys, caplog):
@@ -166,7 +166,7 @@ def test_flipped_bytes_in_a_risk_output_refuse_the_load_until_risk_is_rerun(lake
     _chain()
     clean = _risk_tables(lake)
     manifest = commits.read_manifest(get_store(), commits.risk_manifest(pd.Timestamp(AS_OF).date()))
-    rel = manifest["files"]["risk_metrics/as_of_date=2026-03-01"]["path"]
+    (rel,) = manifest["files"]["risk_metrics/as_of_date=2026-03-01"]["files"]
     flip_page_bytes(lake / rel, "var_99_hist")
     with db.scratch_database(pg_url, "integrity") as url:
         monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
@@ -187,11 +187,11 @@ def test_a_committed_output_overwritten_with_other_valid_parquet_is_refused_by_i
     _chain()
     store = get_store()
     manifest = commits.read_manifest(store, commits.risk_manifest(pd.Timestamp(AS_OF).date()))
-    a = manifest["files"]["pnl_daily/as_of_date=2026-03-01"]
-    b = manifest["files"]["portfolio_valuation/as_of_date=2026-03-01"]
-    (Path(store.path(a["path"]))).write_bytes(Path(store.path(b["path"])).read_bytes())
+    ((a, sha),) = manifest["files"]["pnl_daily/as_of_date=2026-03-01"]["files"].items()
+    (b,) = manifest["files"]["portfolio_valuation/as_of_date=2026-03-01"]["files"]
+    (Path(store.path(a))).write_bytes(Path(store.path(b)).read_bytes())
     with pytest.raises(CorruptFileError, match=r"content hash differs from its commit.*python -m etl risk --as-of"):
-        store.read_parquet(a["path"], sha256=a["sha256"])
+        store.read_parquet(a, sha256=sha)
 
 
 @pytest.mark.parametrize("rel, command", [

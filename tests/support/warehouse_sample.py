@@ -337,7 +337,7 @@ def write_sample(settings: Settings, first_day: date = date(2026, 1, 1), days: i
                 risk_run_id=run_id)
         commits.publish(store, commits.risk_manifest(date.fromisoformat(day)), "risk",
                         {k: pa.Table.from_pandas(v, preserve_index=False) for k, v in parts.items()}, run_id=run_id)
-    commits.publish(store, "factors", "factors", factor_parts, merge=True)
+    commits.publish(store, "factors", "factors", factor_parts)
     started = datetime.combine(first_day + timedelta(days=days - 1), datetime.min.time(), tzinfo=UTC)
     for i, (task, status) in enumerate([("fetch_candles", "success"), ("build_bars", "success"),
                                         ("compute_risk", "failed"), ("compute_risk", "success")]):

@@ -117,8 +117,8 @@ def _committed(data_dir, table: str, manifest: str, key: str) -> pd.DataFrame:
     from etl import commits
     from etl.storage import Store
 
-    entry = commits.read_manifest(Store.from_uri(str(data_dir)), manifest)["files"][key]
-    return pd.read_parquet(data_dir / entry["path"])
+    store = Store.from_uri(str(data_dir))
+    return commits.read_entry(store, commits.read_manifest(store, manifest)["files"][key]).to_pandas()
 
 
 def test_a_real_run_sums_to_the_daily_pnl_and_matches_an_independent_computation(chain):

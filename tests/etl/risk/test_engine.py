@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import linalg, special, stats
 
-from etl.commits import read_manifest, risk_manifest
+from etl.commits import read_entry, read_manifest, risk_manifest
 from etl.errors import DataNotFoundError, ValidationError
 from etl.portfolios import load_portfolios, load_positions
 from etl.reference import load_instruments
@@ -93,9 +93,10 @@ def risk_env(data_dir, book_reference, monkeypatch):
 
 
 def _read(data_dir, table: str) -> pd.DataFrame:
-    """The committed file of `table` for AS_OF (the risk run's manifest names it)."""
-    manifest = read_manifest(Store.from_uri(str(data_dir)), risk_manifest(AS_OF))
-    return pq.read_table(data_dir / manifest["files"][f"{table}/as_of_date={AS_OF}"]["path"]).to_pandas()
+    """The committed rows of `table` for AS_OF (the risk run's manifest names them)."""
+    store = Store.from_uri(str(data_dir))
+    manifest = read_manifest(store, risk_manifest(AS_OF))
+    return read_entry(store, manifest["files"][f"{table}/as_of_date={AS_OF}"]).to_pandas()
 
 
 def test_run_writes_every_table_and_the_numbers_agree(risk_env):

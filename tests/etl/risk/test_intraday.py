@@ -98,13 +98,13 @@ def book(data_dir, book_reference, monkeypatch):
 
 
 def eod(data, table: str, day: date = D1) -> pd.DataFrame:
-    manifest = commits.read_manifest(get_store(get_settings()), commits.risk_manifest(day))
-    return pq.read_table(data / manifest["files"][f"{table}/as_of_date={day}"]["path"]).to_pandas()
+    store = get_store(get_settings())
+    manifest = commits.read_manifest(store, commits.risk_manifest(day))
+    return commits.read_entry(store, manifest["files"][f"{table}/as_of_date={day}"]).to_pandas()
 
 
 def intraday_rows(data, bucket: pd.Timestamp, table: str = intraday.RISK_TABLE) -> pd.DataFrame:
-    rel = intraday_io.committed_path(get_store(get_settings()), table, bucket)
-    return pq.read_table(data / rel).to_pandas().set_index("portfolio_id")
+    return intraday_io.committed_rows(get_store(get_settings()), table, bucket).set_index("portfolio_id")
 
 
 def flat_day(data, last: pd.Series, moves: dict[str, dict[int, float]] | None = None) -> dict[str, np.ndarray]:
@@ -298,7 +298,7 @@ def test_a_breach_whose_var_becomes_uncomputable_stays_in_breach_and_never_clear
     (ref / "portfolios.csv").write_text(PORTFOLIOS.format(var_limit=var_99 * 1.1))
     flat_day(data, last, {"BTC-USD": {index(10, 5): 1.2}})
     assert run_buckets([at(10, 5)]) == [1]
-    (data / commits.manifest_path(commits.risk_manifest(D1))).unlink()   # no scenario set within 31 days now
+    commits.lake_of(get_store(get_settings())).delete(commits.RUNS, f"name = '{commits.risk_manifest(D1)}'")  # no scenario set within 31 days now
     assert run_buckets([at(10, 10)]) == [3]      # B, S, X newly uncomputable; L's breach was alerted already
     r = intraday_rows(data, at(10, 10), intraday.BREACH_TABLE).loc["L"]
     assert (r["limit_type"], r["status"], r["breach_kind"], r["breached_at"]) == (

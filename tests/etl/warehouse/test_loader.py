@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from etl import db
-from etl.commits import manifest_path, publish
+from etl.commits import RUNS, lake_of, publish
 from etl.errors import ValidationError
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.storage import get_store
@@ -136,8 +136,11 @@ def test_a_failure_midway_rolls_back_every_table(warehouse):
                                               pa.array([2.0] * table.num_rows)))
     bad = pa.table({"portfolio_id": ["P001"], "as_of_date": [date(2026, 1, 9)], "daily_pnl": ["oops"],
                     "mtd_pnl": [1.0]})
-    _commit(store, "pnl_daily", "as_of_date=2026-01-09", bad)
-    with pytest.raises(ValidationError, match=r"pnl_daily/as_of_date=2026-01-09.*daily_pnl"):
+    with pytest.raises(ValidationError, match=r"outputs/pnl_daily: the new rows do not fit the table's column types"):
+        _commit(store, "pnl_daily", "as_of_date=2026-01-09", bad)  # the Delta table's types refuse it at the commit
+    # a file the loader cannot read as declared: it lacks daily_pnl (the table reads it as NULL)
+    _commit(store, "pnl_daily", "as_of_date=2026-01-09", bad.drop_columns(["daily_pnl"]))
+    with pytest.raises(ValidationError, match=r"pnl_daily/run_as_of_date=2026-01-09.*daily_pnl"):
         load_warehouse(run_dbt=False)
     assert query("select sum(close) from raw.bars_5m")[0][0] == before
     assert query("select count(*) from raw._load_state")[0][0] == state_before
@@ -145,13 +148,12 @@ def test_a_failure_midway_rolls_back_every_table(warehouse):
     # a row Postgres rejects (NULL key) after the bars were upserted: rolled back too, the error names the table
     _commit(store, "pnl_daily", "as_of_date=2026-01-09", bad.set_column(0, "portfolio_id", pa.array([None], pa.string()))
                         .set_column(2, "daily_pnl", pa.array([1.0])))
-    with pytest.raises(WarehouseError, match=r"raw\.pnl_daily.*outputs/pnl_daily/as_of_date=2026-01-09/[0-9a-fT-]+\.parquet"
+    with pytest.raises(WarehouseError, match=r"raw\.pnl_daily.*outputs/pnl_daily/run_as_of_date=2026-01-09/[0-9a-f-]+"
                                              r".*rolled back"):
         load_warehouse(run_dbt=False)
     assert query("select sum(close) from raw.bars_5m")[0][0] == before
 
-    store.delete("outputs/pnl_daily/as_of_date=2026-01-09")
-    store.delete(manifest_path("test/pnl_daily/as_of_date=2026-01-09"))
+    lake_of(store).delete(RUNS, "name = 'test/pnl_daily/as_of_date=2026-01-09'")  # the bad commit withdrawn
     assert load_warehouse(run_dbt=False).rows["bars_5m"] == 288  # the retried files load once the bad one is gone
     assert query("select max(close) from raw.bars_5m where product_id = 'BTC-USD' "
                  "and bucket_start < '2026-01-02'")[0][0] == 2.0
@@ -333,13 +335,13 @@ def test_an_empty_output_file_loads_nothing_and_a_drawdown_without_trough_is_an_
     _commit(store, "anomalies", "as_of_date=2026-01-05", empty)
     summary = load_warehouse(run_dbt=False)
     assert summary.files["anomalies"] == 1 and summary.rows["anomalies"] == 0
-    assert query("select count(*) from raw._load_state where path like '%anomalies/as_of_date=2026-01-05%'") == [
+    assert query("select count(*) from raw._load_state where path like '%anomalies/run_as_of_date=2026-01-05%'") == [
         (1,)]
 
     bad = pa.table({"entity_type": ["asset"], "entity_id": ["BTC-USD"], "as_of_date": [date(2026, 1, 5)],
                     "max_drawdown": [-0.1], "peak_date": [date(2026, 1, 1)], "recovery_date": [None]})
     _commit(store, "drawdowns", "as_of_date=2026-01-05", bad)
-    with pytest.raises(ValidationError, match=r"drawdowns/as_of_date=2026-01-05.*missing column\(s\) \['trough_date'\]"):
+    with pytest.raises(ValidationError, match=r"drawdowns/run_as_of_date=2026-01-05.*missing column\(s\) \['trough_date'\]"):
         load_warehouse(run_dbt=False)
 
 

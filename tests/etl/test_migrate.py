@@ -1,0 +1,81 @@
+"""`python -m etl migrate-lake`: an output folder of the old format (a JSON manifest per commit naming one
+Parquet file per table and partition) becomes Delta tables and run records with the same rows, run ids and
+metadata; a rerun changes nothing, and a run killed after publishing finishes on the next one."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import pyarrow as pa
+import pytest
+
+from etl import commits, migrate
+from etl.cli import main
+from etl.storage import get_store
+
+DAY = date(2026, 3, 1)
+RISK = {"risk_metrics": pa.table({"portfolio_id": ["P001", "P002"], "as_of_date": [DAY, DAY],
+                                  "var_99_hist": [50776.81, 1234.5]}),
+        "pnl_daily": pa.table({"portfolio_id": ["P001", "P001"], "as_of_date": [date(2026, 2, 28), DAY],
+                               "daily_pnl": [-10.0, 25.0]})}
+FACTORS = {"factor_returns": pa.table({"factor_name": ["MKT"], "bucket_start": pa.array(
+    [1772323200000000], pa.timestamp("us", tz="UTC")), "factor_return": [0.01]})}
+
+
+@pytest.fixture
+def old_folder(tmp_path, monkeypatch):
+    """A data folder as the hand-written protocol left it: files, then the manifest written last."""
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    store = get_store()
+    for name, partition, tables, run_id, meta in (
+            (commits.risk_manifest(DAY), f"as_of_date={DAY}", RISK, "20260302T010000000000-aaaaaaaa",
+             {"as_of": str(DAY), "portfolios": ["P001", "P002"]}),
+            ("factors", f"date={DAY}", FACTORS, "20260302T020000000000-bbbbbbbb", {})):
+        files = {}
+        for table, rows in tables.items():
+            rel = f"outputs/{table}/{partition}/{run_id}.parquet"
+            store.write_parquet(rel, rows)
+            files[f"{table}/{partition}"] = {"path": rel, "rows": rows.num_rows, "sha256": store.digest(rel)}
+        store.write_json(f"outputs/_commits/{name}.json", {"name": name, "stage": name.split("/")[0],
+                                                            "run_id": run_id, "files": files, **meta})
+    return tmp_path / "data"
+
+
+def _committed(store, name: str, key: str) -> pa.Table:
+    return commits.read_entry(store, commits.read_manifest(store, name)["files"][key])
+
+
+def test_old_commits_become_delta_run_records_with_the_same_rows_and_a_rerun_changes_nothing(old_folder):
+    store = get_store()
+    assert main(["migrate-lake"]) == 0
+    risk = commits.read_manifest(store, commits.risk_manifest(DAY))
+    assert risk["run_id"] == "20260302T010000000000-aaaaaaaa" and risk["portfolios"] == ["P001", "P002"]
+    for table, rows in RISK.items():
+        assert _committed(store, commits.risk_manifest(DAY), f"{table}/as_of_date={DAY}").equals(rows)
+    assert _committed(store, "factors", f"factor_returns/date={DAY}").equals(FACTORS["factor_returns"])
+    assert not (old_folder / "outputs/_commits").exists() or not any((old_folder / "outputs/_commits").rglob("*.json"))
+    # the old files are gone, except the factor file whose path the Delta table took over (same run, same path)
+    left = sorted(p.relative_to(old_folder).as_posix() for p in (old_folder / "outputs").rglob("*.parquet")
+                  if "_runs" not in p.parts and "_delta_log" not in p.parts)
+    assert left == sorted(commits.committed_files(store)) == [
+        "outputs/factor_returns/date=2026-03-01/20260302T020000000000-bbbbbbbb.parquet",
+        "outputs/pnl_daily/run_as_of_date=2026-03-01/20260302T010000000000-aaaaaaaa.parquet",
+        "outputs/risk_metrics/run_as_of_date=2026-03-01/20260302T010000000000-aaaaaaaa.parquet"]
+
+    again = migrate.migrate_lake()
+    assert (again.converted, again.already, again.files_removed) == ([], [], 0)
+    assert len(commits.manifests(store)) == 2
+
+
+def test_a_migration_killed_after_publishing_finishes_on_the_next_run(old_folder):
+    store = get_store()
+    name = commits.risk_manifest(DAY)
+    manifest = json.loads((old_folder / f"outputs/_commits/{name}.json").read_text())
+    migrate._publish(store, name, manifest)  # killed here: published, old files and manifest still there
+    summary = migrate.migrate_lake()
+    assert summary.converted == ["factors"] and summary.already == [name] and summary.files_removed == 2
+    assert len(commits.manifests(store)) == 2
+    for table, rows in RISK.items():
+        assert _committed(store, name, f"{table}/as_of_date={DAY}").equals(rows)
