@@ -67,8 +67,19 @@ DB_HELP = """the warehouse (PIPELINE_DATABASE_URL, or the embedded PostgreSQL un
   status   external or embedded, running or stopped, and where"""
 
 
+class _CommandsHelp(argparse.HelpFormatter):
+    """argparse's help, with the command list's help column past the longest command name (argparse measures the
+    names one indent short, so `migrate-lake` would wrap)."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            self._action_max_length += self._indent_increment
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m etl", description=DESCRIPTION, epilog=EPILOG)
+    parser = argparse.ArgumentParser(prog="python -m etl", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=_CommandsHelp)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 

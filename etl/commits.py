@@ -156,6 +156,15 @@ def _fit(lake: Lake, rel: str, rows: pa.Table, values: dict[str, str]) -> tuple[
     return rows, pa.schema([*schema, *(f for f in rows.schema if f.name not in types)]), columns
 
 
+def maintain(store: Store) -> int:
+    """Optimize the run records (one small file per run) into large files, then vacuum every output table and the
+    records: the files no version younger than the retention needs go. Returns how many files were deleted."""
+    lake = lake_of(store)
+    lake.optimize(RUNS)
+    tables = [RUNS, *(posixpath.join(OUTPUTS, t) for t in store.list_dirs(OUTPUTS))]
+    return sum(len(lake.vacuum(rel)) for rel in tables)
+
+
 def publish(store: Store, name: str, stage: str, parts: dict[tuple[str, str], pa.Table], *,
             run_id: str | None = None, meta: dict | None = None) -> dict:
     """Replace each (table, partition) of `parts` (partition like "as_of_date=2026-01-31", rows without or with
