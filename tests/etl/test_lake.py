@@ -5,13 +5,11 @@ concurrent writers on a local disk and on the S3 server (moto)."""
 from __future__ import annotations
 
 import glob
-import os
 import posixpath
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
-import duckdb
 import pyarrow as pa
 import pytest
 
@@ -19,11 +17,9 @@ from etl import commits
 from etl.lake import Lake, get_lake
 from etl.settings import get_settings
 from etl.storage import Store, get_store
+from tests.support.delta_reader import EXTENSION, duckdb_rows
 
 DAY = date(2026, 3, 1)
-DELTA_EXTENSION = glob.glob(posixpath.join(os.path.dirname(duckdb.__file__), "..", "duckdb_ext", "extensions",
-                                           f"v{duckdb.__version__}", "linux_amd64",
-                                           "delta.duckdb_extension"))
 
 
 @pytest.fixture
@@ -54,12 +50,6 @@ def publish_day(store: Store, day: date, var: list[float], pnl: list[float]) -> 
 def committed(store: Store, day: date, table: str) -> pa.Table:
     manifest = commits.read_manifest(store, commits.risk_manifest(day))
     return commits.read_entry(store, manifest["files"][f"{table}/as_of_date={day.isoformat()}"])
-
-
-def duckdb_rows(path: str) -> list[tuple]:
-    con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
-    con.execute(f"LOAD '{DELTA_EXTENSION[0]}'")
-    return con.execute(f"select * exclude (run_as_of_date) from delta_scan('{path}') order by all").fetchall()
 
 
 def test_a_write_is_a_version_with_its_metadata_and_earlier_versions_stay_readable(data):
@@ -127,7 +117,7 @@ def test_vacuum_keeps_what_the_retention_needs_and_then_removes_superseded_files
     assert committed(store, DAY, "risk_metrics")["var_99_hist"].to_pylist() == [110.0]
 
 
-@pytest.mark.skipif(not DELTA_EXTENSION, reason="duckdb-ext-delta is not installed (requirements-dev.txt)")
+@pytest.mark.skipif(EXTENSION is None, reason="duckdb-ext-delta is not installed (requirements-dev.txt)")
 def test_duckdb_reads_exactly_the_committed_rows(data):
     store = get_store()
     publish_day(store, DAY, [100.0, 200.0], [1.0, 2.0])

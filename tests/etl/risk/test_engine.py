@@ -22,6 +22,7 @@ from etl.risk.engine import RiskParams, compute_tables, intraday_anomalies
 from etl.settings import get_settings
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
 from etl.storage import Store
+from tests.support.delta_reader import duckdb_frame
 
 AS_OF = date(2026, 3, 31)
 DAYS = pd.date_range("2025-12-01", AS_OF, freq="D")
@@ -407,6 +408,19 @@ def test_market_value_overflow_refuses_the_risk_run_and_commits_nothing(risk_env
     with pytest.raises(ValidationError, match=r"positions\.csv:8: non-finite value: market value of U1 BTC-USD"):
         run_risk(as_of=AS_OF, settings=get_settings())
     assert read_manifest(Store.from_uri(str(risk_env["data"])), risk_manifest(AS_OF)) is None
+
+
+def test_duckdb_reads_exactly_the_committed_risk_rows_after_a_rerun(risk_env):
+    """Issue 31 item 5: an independent Delta reader gets our rows, not the superseded run's files beside them."""
+    first = run_risk(as_of=AS_OF, settings=get_settings())
+    run_risk(as_of=AS_OF, settings=get_settings())   # the rerun supersedes every partition of the day
+    on_disk = list((risk_env["data"] / "outputs/risk_metrics").rglob("*.parquet"))
+    ours = _read(risk_env["data"], "risk_metrics").sort_values("portfolio_id", ignore_index=True)
+    assert len(on_disk) == 2 and len(ours) == first.portfolios == 3
+    theirs = duckdb_frame(str(risk_env["data"] / "outputs/risk_metrics")).sort_values("portfolio_id",
+                                                                                     ignore_index=True)
+    theirs["as_of_date"] = theirs["as_of_date"].dt.date   # DuckDB's frames hold a DATE as a timestamp
+    pd.testing.assert_frame_equal(theirs, ours, check_dtype=False)
 
 
 def test_an_empty_portfolio_is_worth_zero_breaches_nothing_and_leaves_the_others_unchanged(risk_env):
