@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from etl import commits
-from etl.lake import Lake, get_lake
+from etl.lake import Lake, LakeConflict, get_lake
 from etl.settings import get_settings
 from etl.storage import Store, get_store
 from tests.support.delta_reader import EXTENSION, duckdb_rows
@@ -185,3 +185,27 @@ def test_compact_optimizes_the_run_records_and_vacuums_the_outputs_past_the_rete
     assert summary.output_files_vacuumed == 2 * 2 + 3 and "7 output file(s) vacuumed" in str(summary)
     assert committed(store, DAY, "risk_metrics")["var_99_hist"].to_pylist() == [120.0]
     assert len(commits.manifests(store)) == 1 and commits.read_manifest(store, commits.risk_manifest(DAY))
+
+
+def test_two_runs_of_the_same_day_at_once_leave_one_complete_run(data):
+    """Both replace the same partitions: delta-rs' conflict check fails a loser (LakeConflict, nothing of its own
+    committed by its record), or they serialise; either way readers get one run's complete set."""
+    store = get_store()
+    publish_day(store, DAY, [1.0, 2.0], [0.0])
+    for attempt in range(3):
+        start = threading.Barrier(2)
+
+        def run(var: float, start: threading.Barrier = start) -> str:
+            start.wait()
+            try:
+                return publish_day(store, DAY, [var, var + 1], [var])["run_id"]
+            except LakeConflict:
+                return "conflict"
+
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = list(pool.map(run, (10.0 * (attempt + 1), 100.0 * (attempt + 1))))
+        manifest = commits.read_manifest(store, commits.risk_manifest(DAY))
+        assert manifest["run_id"] in outcomes
+        assert {e["run_id"] for e in manifest["files"].values()} == {manifest["run_id"]}
+        var = committed(store, DAY, "risk_metrics")["var_99_hist"].to_pylist()
+        assert committed(store, DAY, "pnl_daily")["daily_pnl"].to_pylist() == [var[0]] and var[1] == var[0] + 1
