@@ -30,8 +30,7 @@ import uuid
 from datetime import UTC, date, datetime
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
+from deltalake import DeltaTable
 
 from etl.errors import ValidationError
 from etl.lake import DataFile, Lake, conform
@@ -70,7 +69,7 @@ def partition_values(partition: str) -> dict[str, str]:
 
 def _records(store: Store, name: str | None = None) -> list[dict]:
     """The run records (of `name`, or all), oldest first."""
-    rows = lake_of(store).read(RUNS, filter=None if name is None else ds.field("name") == name)
+    rows = lake_of(store).read(RUNS, partition=None if name is None else {"name": name})
     if rows is None or rows.num_rows == 0:
         return []
     rows = rows.sort_by([("committed_at", "ascending"), ("run_id", "ascending")])
@@ -122,29 +121,25 @@ def read_entry(store: Store, entry: dict, columns: list[str] | None = None) -> p
     for path, sha in entry["files"].items():
         store.verify(path, sha)
     table = posixpath.join(OUTPUTS, entry["table"])
-    where = None
-    for key, value in entry["columns"].items():
-        term = pc.field(key).cast(pa.string()) == value
-        where = term if where is None else where & term
-    rows = lake_of(store).read(table, columns=columns, filter=where, version=entry["version"])
+    rows = lake_of(store).read(table, columns=columns, partition=entry["columns"], version=entry["version"])
     if rows is None:
         raise ValidationError(f"{store.path(table)}: the Delta table a commit names is missing: rerun the stage "
                               "that wrote it (python -m etl risk --as-of D, or python -m etl factors)")
     return rows if columns else rows.drop_columns(list(entry["columns"]))
 
 
-def _fit(lake: Lake, rel: str, rows: pa.Table, values: dict[str, str]) -> tuple[pa.Table, pa.Schema, dict]:
+def _fit(table: DeltaTable | None, where: str, rows: pa.Table, values: dict[str, str]
+         ) -> tuple[pa.Table, pa.Schema, dict]:
     """(rows in the table's column types, the table's schema with any new column added, the Delta partition
     columns and values). A new table's partition key that is also a column of the rows becomes `run_<key>`; an
     existing table keeps the partition columns it was made with."""
-    layout = lake.layout(rel)
-    if layout is None:
+    if table is None:
         columns = {f"run_{k}" if k in rows.column_names else k: v for k, v in values.items()}
         return rows, pa.schema([*rows.schema, *(pa.field(k, pa.string()) for k in columns)]), columns
-    schema, partition_by = layout
+    schema, partition_by = pa.schema(table.schema().to_arrow()), table.metadata().partition_columns
     columns = {(f"run_{k}" if f"run_{k}" in partition_by else k): v for k, v in values.items()}
     if sorted(columns) != sorted(partition_by):
-        raise ValidationError(f"{lake.uri(rel)} is partitioned by {partition_by}, not by {sorted(columns)}: the "
+        raise ValidationError(f"{where} is partitioned by {partition_by}, not by {sorted(columns)}: the "
                               "stage's partitions changed; rerun `python -m etl migrate-lake`")
     types = {f.name: f.type for f in schema}
     if rows.num_rows == 0:  # pandas types an empty frame's columns float64: any type fits no rows
@@ -152,7 +147,7 @@ def _fit(lake: Lake, rel: str, rows: pa.Table, values: dict[str, str]) -> tuple[
     try:
         rows = rows.cast(pa.schema([f.with_type(types.get(f.name, f.type)) for f in rows.schema]))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ValidationError(f"{lake.uri(rel)}: the new rows do not fit the table's column types ({exc})") from exc
+        raise ValidationError(f"{where}: the new rows do not fit the table's column types ({exc})") from exc
     return rows, pa.schema([*schema, *(f for f in rows.schema if f.name not in types)]), columns
 
 
@@ -168,20 +163,22 @@ def maintain(store: Store) -> int:
 def publish(store: Store, name: str, stage: str, parts: dict[tuple[str, str], pa.Table], *,
             run_id: str | None = None, meta: dict | None = None) -> dict:
     """Replace each (table, partition) of `parts` (partition like "as_of_date=2026-01-31", rows without or with
-    the partition columns) in its Delta table, then commit them all with one run record. Returns the manifest of
-    `name` after the commit. A crash before the record leaves the previous commit in force."""
+    the partition columns) in its Delta table, then commit them all with one run record. Returns the record (as
+    read_manifest gives a name's: its entries are this run's). A crash before the record leaves the previous
+    commit in force."""
     run_id = run_id or new_run_id()
     lake = lake_of(store)
     entries = {}
     for (table, partition), rows in parts.items():
         rel = posixpath.join(OUTPUTS, table)
-        rows, schema, columns = _fit(lake, rel, conform(rows), partition_values(partition))
+        current = lake.table(rel)
+        rows, schema, columns = _fit(current, lake.uri(rel), conform(rows), partition_values(partition))
         in_table = posixpath.join(*(f"{k}={v}" for k, v in columns.items()), f"{run_id}.parquet")
         path = posixpath.join(rel, in_table)
         store.write_parquet(path, rows)
         size = store.fs.get_file_info(store.path(path)).size
         version = lake.commit_files(rel, [DataFile(in_table, size, columns, rows.num_rows)], schema, list(columns),
-                                    replace=columns, metadata={"run_id": run_id, "commit": name})
+                                    replace=columns, metadata={"run_id": run_id, "commit": name}, table=current)
         entries[f"{table}/{partition}"] = {"table": table, "partition": partition, "columns": columns,
                                            "run_id": run_id, "version": version, "rows": rows.num_rows,
                                            "files": {path: store.digest(path)}}
@@ -191,4 +188,5 @@ def publish(store: Store, name: str, stage: str, parts: dict[tuple[str, str], pa
                                             "committed_at": committed_at, "record": record}], RUNS_SCHEMA),
                partition_by=["name"], metadata={"run_id": run_id, "commit": name})  # the commit point
     log.info("committed %s: run %s, %d partition(s)", name, run_id, len(parts))
-    return read_manifest(store, name)
+    return {**json.loads(record), "name": name, "run_id": run_id, "stage": stage,
+            "committed_at": committed_at.isoformat()}

@@ -86,19 +86,15 @@ class Lake:
         t = self.table(rel)
         return None if t is None else t.version()
 
-    def read(self, rel: str, columns: Sequence[str] | None = None, filter: ds.Expression | None = None,
-             version: int | None = None) -> pa.Table | None:
-        """The rows of table `rel` (at `version`) with `columns`, those matching `filter` (a filter on partition
-        columns prunes files before reading); None when there is no table."""
+    def read(self, rel: str, columns: Sequence[str] | None = None, partition: dict[str, str] | None = None,
+             filter: ds.Expression | None = None, version: int | None = None) -> pa.Table | None:
+        """The rows of table `rel` (at `version`) with `columns`, of the partition `partition` ({column: value},
+        chosen from the log before any file is opened), matching `filter`; None when there is no table."""
         t = self.table(rel, version)
         if t is None:
             return None
-        return t.to_pyarrow_dataset().to_table(columns=list(columns) if columns else None, filter=filter)
-
-    def layout(self, rel: str) -> tuple[pa.Schema, list[str]] | None:
-        """(schema, partition columns) of table `rel`, or None when there is no table."""
-        t = self.table(rel)
-        return None if t is None else (pa.schema(t.schema().to_arrow()), list(t.metadata().partition_columns))
+        dataset = t.to_pyarrow_dataset(partitions=[(k, "=", v) for k, v in partition.items()] if partition else None)
+        return dataset.to_table(columns=list(columns) if columns else None, filter=filter)
 
     def history(self, rel: str, limit: int | None = None) -> list[dict[str, Any]]:
         """The table's commits, newest first, each with its version, operation and our metadata."""
@@ -120,16 +116,18 @@ class Lake:
         return self.version(rel)
 
     def commit_files(self, rel: str, files: Sequence[DataFile], schema: pa.Schema, partition_by: Sequence[str],
-                     replace: dict[str, str] | None = None, metadata: dict[str, Any] | None = None) -> int:
+                     replace: dict[str, str] | None = None, metadata: dict[str, Any] | None = None,
+                     table: DeltaTable | None = None) -> int:
         """Commit Parquet files already written under table `rel` (by the Store: page checksums, atomic writes) in
         one Delta commit: appended, or replacing the partition `replace` ({column: value}). `schema` is the
-        table's: the files' columns plus the partition columns (strings). Returns the version it made."""
+        table's: the files' columns plus the partition columns (strings); `table` the table as the caller just
+        loaded it, if it did. Returns the version it made."""
         now = int(time.time() * 1000)
         actions = [AddAction(f.path, f.size, f.partition, now, True, json.dumps({"numRecords": f.rows}))
                    for f in files]
         txn = uuid.uuid4().hex   # finds this commit's version in the log afterwards, whoever committed meanwhile
         props = _props({**(metadata or {}), "txn": txn})
-        t = self.table(rel) or self._create(rel, schema, partition_by)
+        t = table or self.table(rel) or self._create(rel, schema, partition_by)
         filters = [(k, "=", v) for k, v in replace.items()] if replace else None
         try:
             t.create_write_transaction(actions, "overwrite" if replace else "append", Schema.from_arrow(schema),
