@@ -31,7 +31,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
 from etl import permissions
-from etl.errors import PipelineError
+from etl.errors import PipelineError, ValidationError
 from etl.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,12 @@ class Lake:
             return DeltaTable(self.uri(rel), version=version, storage_options=self.storage_options)
         except (TableNotFoundError, OverflowError):  # OverflowError: its log folder is there, its first commit not yet
             return None
+        except DeltaError as exc:
+            if version is None:
+                raise
+            raise ValidationError(f"{self.uri(rel)}: version {version} is not in the table's log any more (older "
+                                  "than PIPELINE_LAKE_RETENTION_DAYS, or never made): rerun the stage that wrote "
+                                  f"it ({str(exc).splitlines()[0][:120]})") from exc
 
     def version(self, rel: str) -> int | None:
         t = self.table(rel)

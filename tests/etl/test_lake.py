@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 from etl import commits
+from etl.errors import ValidationError
 from etl.lake import Lake, LakeConflict, get_lake
 from etl.settings import get_settings
 from etl.storage import Store, get_store
@@ -104,6 +105,14 @@ def test_a_run_killed_before_its_record_leaves_the_previous_commit(data, monkeyp
     after = publish_day(store, DAY, [120.0], [2.0])  # the next run of the day replaces the orphan partitions
     assert committed(store, DAY, "risk_metrics")["var_99_hist"].to_pylist() == [120.0]
     assert after["run_id"] != before["run_id"]
+
+
+def test_a_version_past_the_log_is_a_clear_error(data):
+    store = get_store()
+    entry = publish_day(store, DAY, [100.0], [1.0])["files"]["risk_metrics/as_of_date=2026-03-01"]
+    with pytest.raises(ValidationError, match=r"outputs/risk_metrics: version 9 is not in the table's log any more "
+                                              r"\(older than PIPELINE_LAKE_RETENTION_DAYS"):
+        commits.read_entry(store, {**entry, "version": 9})
 
 
 def test_vacuum_keeps_what_the_retention_needs_and_then_removes_superseded_files(data):
