@@ -115,17 +115,12 @@ def committed_files(store: Store) -> dict[str, str]:
 
 
 def read_entry(store: Store, entry: dict, columns: list[str] | None = None) -> pa.Table:
-    """The rows one manifest entry commits, as the stage wrote them (`columns`, default all but the Delta
-    partition columns), read from the table version the entry names; each file is checked against its recorded
-    SHA-256 first (CorruptFileError names a file that differs)."""
-    for path, sha in entry["files"].items():
-        store.verify(path, sha)
-    table = posixpath.join(OUTPUTS, entry["table"])
-    rows = lake_of(store).read(table, columns=columns, partition=entry["columns"], version=entry["version"])
-    if rows is None:
-        raise ValidationError(f"{store.path(table)}: the Delta table a commit names is missing: rerun the stage "
-                              "that wrote it (python -m etl risk --as-of D, or python -m etl factors)")
-    return rows if columns else rows.drop_columns(list(entry["columns"]))
+    """The rows one manifest entry commits, as the stage wrote them (`columns`, default all): its files (those of
+    the partition at the table version it names), pages verified and bytes checked against the recorded SHA-256
+    (CorruptFileError names a file that differs). A file that is gone (vacuumed: superseded in its table longer
+    than the retention) raises FileNotFoundError, which the loader reports with the command to rerun."""
+    parts = [store.read_parquet(path, columns=columns, sha256=sha) for path, sha in entry["files"].items()]
+    return pa.concat_tables(parts) if len(parts) != 1 else parts[0]
 
 
 def _fit(table: DeltaTable | None, where: str, rows: pa.Table, values: dict[str, str]
