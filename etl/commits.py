@@ -34,7 +34,6 @@ from deltalake import DeltaTable
 
 from etl.errors import ValidationError
 from etl.lake import DataFile, Lake, conform
-from etl.settings import get_settings
 from etl.storage import Store
 
 log = logging.getLogger(__name__)
@@ -55,13 +54,6 @@ def risk_manifest(as_of: date) -> str:
     return f"risk/as_of_date={as_of.isoformat()}"
 
 
-def lake_of(store: Store) -> Lake:
-    """The Delta tables under the Store's root (same filesystem and options)."""
-    settings = get_settings()
-    root = store.root if store.is_local else f"{store.fs.type_name}://{store.root}"
-    return Lake(root, settings.lake_storage_options or None, settings.lake_retention_days)
-
-
 def partition_values(partition: str) -> dict[str, str]:
     """"as_of_date=D/bucket=HHMM" -> {"as_of_date": "D", "bucket": "HHMM"}."""
     return dict(p.split("=", 1) for p in partition.split("/"))
@@ -69,7 +61,7 @@ def partition_values(partition: str) -> dict[str, str]:
 
 def _records(store: Store, name: str | None = None) -> list[dict]:
     """The run records (of `name`, or all), oldest first."""
-    rows = lake_of(store).read(RUNS, partition=None if name is None else {"name": name})
+    rows = Lake.of(store).read(RUNS, partition=None if name is None else {"name": name})
     if rows is None or rows.num_rows == 0:
         return []
     rows = rows.sort_by([("committed_at", "ascending"), ("run_id", "ascending")])
@@ -149,7 +141,7 @@ def _fit(table: DeltaTable | None, where: str, rows: pa.Table, values: dict[str,
 def maintain(store: Store) -> int:
     """Optimize the run records (one small file per run) into large files, then vacuum every output table and the
     records: the files no version younger than the retention needs go. Returns how many files were deleted."""
-    lake = lake_of(store)
+    lake = Lake.of(store)
     lake.optimize(RUNS)
     tables = [RUNS, *(posixpath.join(OUTPUTS, t) for t in store.list_dirs(OUTPUTS))]
     return sum(len(lake.vacuum(rel)) for rel in tables)
@@ -162,7 +154,7 @@ def publish(store: Store, name: str, stage: str, parts: dict[tuple[str, str], pa
     read_manifest gives a name's: its entries are this run's). A crash before the record leaves the previous
     commit in force."""
     run_id = run_id or new_run_id()
-    lake = lake_of(store)
+    lake = Lake.of(store)
     entries = {}
     for (table, partition), rows in parts.items():
         rel = posixpath.join(OUTPUTS, table)

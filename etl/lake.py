@@ -7,7 +7,7 @@ put-if-absent: a create-if-absent locally, a conditional PUT on S3), so there is
 our own: two writers of one table race on the next version number and the loser retries on top of the winner, or
 fails with a conflict when the winner changed what it replaces (optimistic concurrency).
 
-Commits carry our metadata (run id, commit name) in the log's `commitInfo`; `history` reads it back. Old versions
+Commits carry our metadata (run id, commit name) in the log's `commitInfo` (`DeltaTable.history()`). Old versions
 stay readable (time travel) until `vacuum` removes the files no version younger than the retention needs
 (PIPELINE_LAKE_RETENTION_DAYS, default 90; a new table also keeps its log that long).
 """
@@ -30,9 +30,9 @@ from deltalake import CommitProperties, DeltaTable, Schema, WriterProperties, wr
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
-from etl import permissions
 from etl.errors import PipelineError, ValidationError
 from etl.settings import Settings, get_settings
+from etl.storage import Store
 
 log = logging.getLogger(__name__)
 WRITER = WriterProperties(compression="ZSTD")
@@ -63,13 +63,11 @@ class Lake:
     retention_days: float = 90.0   # history a new table keeps (its log and its superseded files), for time travel
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> Lake:
+    def of(cls, store: Store, settings: Settings | None = None) -> Lake:
+        """The Delta tables under the Store's root (same place, the settings' object-store options)."""
         settings = settings or get_settings()
-        root = settings.data_dir.removeprefix("file://")
-        if "://" not in root:
-            permissions.owner_only()  # a local data root: every file 0600, every folder 0700
-            root = posixpath.abspath(root)
-        return cls(root.rstrip("/"), settings.lake_storage_options or None, settings.lake_retention_days)
+        root = store.root if store.is_local else f"{store.fs.type_name}://{store.root}"
+        return cls(root, settings.lake_storage_options or None, settings.lake_retention_days)
 
     def uri(self, rel: str) -> str:
         return posixpath.join(self.root, rel)
@@ -102,11 +100,6 @@ class Lake:
         dataset = t.to_pyarrow_dataset(partitions=[(k, "=", v) for k, v in partition.items()] if partition else None)
         return dataset.to_table(columns=list(columns) if columns else None, filter=filter)
 
-    def history(self, rel: str, limit: int | None = None) -> list[dict[str, Any]]:
-        """The table's commits, newest first, each with its version, operation and our metadata."""
-        t = self.table(rel)
-        return [] if t is None else t.history(limit)
-
     # ---- writing -------------------------------------------------------------------------------------------
     def write(self, rel: str, data: pa.Table, partition_by: Sequence[str] | None = None,
               metadata: dict[str, Any] | None = None) -> int:
@@ -120,6 +113,13 @@ class Lake:
             raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the table ({exc}); nothing was "
                                "committed: rerun the command") from exc
         return self.version(rel)
+
+    def files(self, rel: str) -> list[str]:
+        """The data files of table `rel`'s latest version, as paths relative to the data root, sorted ([] when there
+        is no table): what a reader reads instead of listing the folder."""
+        t = self.table(rel)
+        return [] if t is None else sorted(posixpath.join(rel, p) for p in pa.table(t.get_add_actions())["path"]
+                                            .to_pylist())
 
     def commit_files(self, rel: str, files: Sequence[DataFile], schema: pa.Schema, partition_by: Sequence[str],
                      replace: dict[str, str] | None = None, metadata: dict[str, Any] | None = None,
@@ -225,7 +225,3 @@ def conform(table: pa.Table) -> pa.Table:
 def _props(metadata: dict[str, Any] | None) -> CommitProperties:
     return CommitProperties(custom_metadata={k: str(v) for k, v in (metadata or {}).items()},
                             max_commit_retries=COMMIT_RETRIES)
-
-
-def get_lake(settings: Settings | None = None) -> Lake:
-    return Lake.from_settings(settings)

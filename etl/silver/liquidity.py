@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from etl.lake import Lake
 from etl.settings import Settings, get_settings
 from etl.silver.trade_bars import BAR_US, PART, partition_of
 from etl.storage import Store, get_store, partition_path
@@ -106,7 +107,7 @@ def build_liquidity(settings: Settings | None = None, full_refresh: bool = False
     settings = settings or get_settings()
     store = get_store(settings)
     summary = LiquiditySummary()
-    files = store.list_files(BOOK_DIR, ".parquet")
+    files = Lake.of(store, settings).files(BOOK_DIR)  # the table's log, never a folder listing
     seen = set() if full_refresh or not store.exists(STATE_FILE) else set(store.read_json(STATE_FILE)["files"])
     new = [f for f in files if f not in seen]
     touched = sorted({p for f in new if (p := partition_of(f))})

@@ -1,7 +1,8 @@
 """Silver trade bars: 5-minute bars from the streamed trades, with a true VWAP and trade counts, reconciled
 against the candle bars of the same buckets.
 
-`build_trade_bars()` takes the bronze trade files (`bronze/trades/product_id=X/date=D/*.parquet`) it has not seen
+`build_trade_bars()` takes the files of the bronze trades Delta table (`bronze/trades`, partitions
+product_id=X/date=D, as its log lists them) it has not seen
 (state in `silver/_state/trade_files.json`), and recomputes each touched (product, date) partition from all its
 files:
 1. deduplicate by (product_id, trade_id), keeping the first received (reconnect snapshots and duplicated
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from etl.lake import Lake
 from etl.settings import Settings, get_settings
 from etl.silver.bars import BARS_5M_SCHEMA
 from etl.storage import Store, get_store, partition_path
@@ -120,7 +122,7 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     settings = settings or get_settings()
     store = get_store(settings)
     summary = TradeBarsSummary()
-    files = store.list_files(TRADES_DIR, ".parquet")
+    files = Lake.of(store, settings).files(TRADES_DIR)  # the table's log, never a folder listing
     seen = set() if full_refresh or not store.exists(STATE_FILE) else set(store.read_json(STATE_FILE)["files"])
     new = [f for f in files if f not in seen]
     partitions = {f: p for f in new if (p := partition_of(f))}

@@ -15,7 +15,7 @@ import pytest
 
 from etl import commits
 from etl.errors import ValidationError
-from etl.lake import Lake, LakeConflict, get_lake
+from etl.lake import Lake, LakeConflict
 from etl.settings import get_settings
 from etl.storage import Store, get_store
 from tests.support.delta_reader import EXTENSION, duckdb_rows
@@ -54,11 +54,11 @@ def committed(store: Store, day: date, table: str) -> pa.Table:
 
 
 def test_a_write_is_a_version_with_its_metadata_and_earlier_versions_stay_readable(data):
-    lake = get_lake()
+    lake = Lake.of(get_store())
     assert lake.table("t") is None and lake.read("t") is None
     assert lake.write("t", pa.table({"k": ["a"], "v": [1.0]}), metadata={"run_id": "r1"}) == 0
     assert lake.write("t", pa.table({"k": ["b"], "v": [2.0]}), metadata={"run_id": "r2"}) == 1
-    assert [(c["version"], c["run_id"]) for c in lake.history("t")] == [(1, "r2"), (0, "r1")]
+    assert [(c["version"], c["run_id"]) for c in lake.table("t").history()] == [(1, "r2"), (0, "r1")]
     assert lake.read("t", version=0).to_pydict() == {"k": ["a"], "v": [1.0]}
     assert sorted(lake.read("t")["k"].to_pylist()) == ["a", "b"]
     config = lake.table("t").metadata().configuration
@@ -111,11 +111,12 @@ def test_a_version_past_the_log_is_a_clear_error(data):
     publish_day(get_store(), DAY, [100.0], [1.0])
     with pytest.raises(ValidationError, match=r"outputs/risk_metrics: version 9 is not in the table's log any more "
                                               r"\(older than PIPELINE_LAKE_RETENTION_DAYS"):
-        get_lake().read("outputs/risk_metrics", version=9)
+        Lake.of(get_store()).read("outputs/risk_metrics", version=9)
 
 
 def test_vacuum_keeps_what_the_retention_needs_and_then_removes_superseded_files(data):
-    store, lake = get_store(), get_lake()
+    store = get_store()
+    lake = Lake.of(store)
     first = publish_day(store, DAY, [100.0], [1.0])
     publish_day(store, DAY, [110.0], [2.0])
     old = next(iter(first["files"]["risk_metrics/as_of_date=2026-03-01"]["files"]))
@@ -167,7 +168,7 @@ def _concurrent_runs(store: Store, days: int = 6) -> dict[date, pa.Table]:
 
     with ThreadPoolExecutor(days) as pool:
         list(pool.map(run, range(days)))
-    lake = commits.lake_of(store)
+    lake = Lake.of(store)
     # version 0 made each table (once: the other writers read it), then one version per run
     assert lake.version("outputs/risk_metrics") == days and lake.version("outputs/pnl_daily") == days
     assert len(commits.manifests(store)) == days
@@ -183,7 +184,7 @@ def test_compact_optimizes_the_run_records_and_vacuums_the_outputs_past_the_rete
     store = get_store()
     for var in (100.0, 110.0, 120.0):
         publish_day(store, DAY, [var], [1.0])
-    runs = commits.lake_of(store)
+    runs = Lake.of(store)
     assert len(runs.table(commits.RUNS).file_uris()) == 3
     assert compact(settings=get_settings()).output_files_vacuumed == 0   # everything younger than 90 days
     assert len(runs.table(commits.RUNS).file_uris()) == 1                # one file for the three records

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from etl import commits, runlog
+from etl.lake import Lake
 from etl.orchestration.tasks import compute_intraday_risk
 from etl.report import alerts
 from etl.risk import intraday, intraday_io, run_risk
@@ -298,7 +299,8 @@ def test_a_breach_whose_var_becomes_uncomputable_stays_in_breach_and_never_clear
     (ref / "portfolios.csv").write_text(PORTFOLIOS.format(var_limit=var_99 * 1.1))
     flat_day(data, last, {"BTC-USD": {index(10, 5): 1.2}})
     assert run_buckets([at(10, 5)]) == [1]
-    commits.lake_of(get_store(get_settings())).delete(commits.RUNS, f"name = '{commits.risk_manifest(D1)}'")  # no scenario set within 31 days now
+    # no scenario set within 31 days now: D1's risk commit withdrawn
+    Lake.of(get_store()).delete(commits.RUNS, f"name = '{commits.risk_manifest(D1)}'")
     assert run_buckets([at(10, 10)]) == [3]      # B, S, X newly uncomputable; L's breach was alerted already
     r = intraday_rows(data, at(10, 10), intraday.BREACH_TABLE).loc["L"]
     assert (r["limit_type"], r["status"], r["breach_kind"], r["breached_at"]) == (

@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from etl import db
-from etl.commits import RUNS, lake_of, publish
+from etl.commits import RUNS, publish
 from etl.errors import ValidationError
+from etl.lake import Lake
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.storage import get_store
 from etl.warehouse import WarehouseError, copy_upsert, load_warehouse, reporting_url, schema, setup
@@ -153,7 +154,7 @@ def test_a_failure_midway_rolls_back_every_table(warehouse):
         load_warehouse(run_dbt=False)
     assert query("select sum(close) from raw.bars_5m")[0][0] == before
 
-    lake_of(store).delete(RUNS, "name = 'test/pnl_daily/as_of_date=2026-01-09'")  # the bad commit withdrawn
+    Lake.of(store).delete(RUNS, "name = 'test/pnl_daily/as_of_date=2026-01-09'")  # the bad commit withdrawn
     assert load_warehouse(run_dbt=False).rows["bars_5m"] == 288  # the retried files load once the bad one is gone
     assert query("select max(close) from raw.bars_5m where product_id = 'BTC-USD' "
                  "and bucket_start < '2026-01-02'")[0][0] == 2.0

@@ -1,0 +1,50 @@
+"""The embedded sink writes the bronze stream tables as Delta tables: one commit per table per micro-batch, read
+by the tables' logs (ours and DuckDB's), so a file no commit names (a batch killed before its commit) is never
+read."""
+
+from __future__ import annotations
+
+import pytest
+
+from etl.lake import Lake
+from etl.silver.trade_bars import build_trade_bars
+from etl.storage import get_store
+from etl.stream.sinks import TRADES_DIR, TRADES_SCHEMA, BronzeSink, MicroBatch
+from tests.support.delta_reader import EXTENSION, duckdb_frame
+
+DAY = "2026-01-01"
+
+
+def _batch(batch_id: str, trades: list[tuple[str, str]]) -> MicroBatch:
+    batch = MicroBatch(batch_id)
+    for i, (trade_id, price) in enumerate(trades):
+        when = f"{DAY}T00:0{i}:00Z"
+        batch.add_trade("BTC-USD", DAY, (trade_id, price, "0.5", "BUY", when, "update", "market_trades", when, "",
+                                         i, "c1", 1767225600.0 + i, None))
+    batch.add_gap(DAY, ("sequence", "c1", "market_trades", 3, 5, 1, 1767225600.0, ""))
+    return batch
+
+
+@pytest.mark.skipif(EXTENSION is None, reason="duckdb-ext-delta is not installed (requirements-dev.txt)")
+def test_each_batch_is_one_commit_per_table_and_duckdb_reads_exactly_the_committed_rows(data_dir):
+    store = get_store()
+    sink = BronzeSink(store)
+    sink.write(_batch("20260101T000000000000Z-a-000001", [("1", "100.0"), ("2", "101.0")]))
+    sink.write(_batch("20260101T000000000000Z-a-000002", [("3", "102.0")]))
+    # a batch killed after writing its file, before its commit: the file is on disk, no log names it
+    orphan = _batch("20260101T000000000000Z-a-000003", [("4", "999.0")])
+    store.write_parquet(f"{TRADES_DIR}/product_id=BTC-USD/date={DAY}/{orphan.batch_id}.parquet",
+                        orphan.trades[("BTC-USD", DAY)].table(TRADES_SCHEMA, orphan.batch_id))
+    lake = Lake.of(store)
+    history = lake.table(TRADES_DIR).history()
+    assert [c["batch_id"] for c in history if "batch_id" in c] == ["20260101T000000000000Z-a-000002",
+                                                                   "20260101T000000000000Z-a-000001"]
+    assert lake.version("bronze/stream_gaps") == 2   # version 0 made the table, then one commit per batch
+    assert [f.rsplit("/", 1)[1] for f in lake.files(TRADES_DIR)] == [
+        "20260101T000000000000Z-a-000001.parquet", "20260101T000000000000Z-a-000002.parquet"]
+
+    theirs = duckdb_frame(str(data_dir / TRADES_DIR), exclude=()).sort_values("trade_id", ignore_index=True)
+    assert theirs["trade_id"].tolist() == ["1", "2", "3"] and set(theirs["product_id"]) == {"BTC-USD"}
+    assert set(theirs["date"]) == {DAY} and len(duckdb_frame(str(data_dir / "bronze/stream_gaps"), exclude=())) == 2
+    summary = build_trade_bars()
+    assert summary.files == 2 and summary.trades_in == 3   # the orphan file is not a committed batch
