@@ -28,7 +28,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, Schema, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
-from deltalake.transaction import AddAction, create_table_with_add_actions
+from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
 from etl.errors import PipelineError, ValidationError
 from etl.settings import Settings, get_settings
@@ -114,26 +114,38 @@ class Lake:
                                "committed: rerun the command") from exc
         return self.version(rel)
 
-    def files(self, rel: str) -> list[str]:
-        """The data files of table `rel`'s latest version, as paths relative to the data root, sorted ([] when there
-        is no table): what a reader reads instead of listing the folder."""
+    def files(self, rel: str, version: int | None = None) -> list[str] | None:
+        """The data files of table `rel` at `version` (default the latest), as paths relative to the data root,
+        sorted; None when there is no table. What a reader reads instead of listing the folder."""
+        t = self.table(rel, version)
+        return None if t is None else sorted(posixpath.join(rel, p) for p in _actions(t)["path"].to_pylist())
+
+    def metadata(self, rel: str, key: str) -> tuple[int, str] | None:
+        """(version, value) of the latest commit of table `rel` whose metadata has `key` (a writer's own record, e.g.
+        the bronze version a silver build read), or None."""
         t = self.table(rel)
-        return [] if t is None else sorted(posixpath.join(rel, p) for p in pa.table(t.get_add_actions())["path"]
-                                            .to_pylist())
+        commit = next((c for c in ([] if t is None else t.history()) if key in c), None)
+        return None if commit is None else (commit["version"], commit[key])
 
     def commit_files(self, rel: str, files: Sequence[DataFile], schema: pa.Schema, partition_by: Sequence[str],
                      replace: dict[str, str] | None = None, metadata: dict[str, Any] | None = None,
-                     table: DeltaTable | None = None) -> int:
+                     table: DeltaTable | None = None, remove: Sequence[str] = ()) -> int:
         """Commit Parquet files already written under table `rel` (by the Store: page checksums, atomic writes) in
-        one Delta commit: appended, or replacing the partition `replace` ({column: value}). `schema` is the
-        table's: the files' columns plus the partition columns (strings); `table` the table as the caller just
-        loaded it, if it did. Returns the version it made."""
+        one Delta commit: appended, or replacing the partition `replace` ({column: value}), and removing the
+        files `remove` (paths relative to the data root). `schema` is the table's: the files' columns plus the
+        partition columns (strings); `table` the table as the caller just loaded it, if it did. Returns the
+        version it made."""
         now = int(time.time() * 1000)
         actions = [AddAction(f.path, f.size, f.partition, now, True, json.dumps({"numRecords": f.rows}))
                    for f in files]
         txn = uuid.uuid4().hex   # finds this commit's version in the log afterwards, whoever committed meanwhile
         props = _props({**(metadata or {}), "txn": txn})
         t = table or self.table(rel) or self._create(rel, schema, partition_by)
+        if remove:
+            gone = {posixpath.relpath(p, rel) for p in remove}
+            actions += [RemoveAction(a["path"], True, now, a["size_bytes"],
+                                     {k.removeprefix("partition."): v for k, v in a.items() if k.startswith("partition.")})
+                        for a in _actions(t, flatten=True).to_pylist() if a["path"] in gone]
         filters = [(k, "=", v) for k, v in replace.items()] if replace else None
         try:
             t.create_write_transaction(actions, "overwrite" if replace else "append", Schema.from_arrow(schema),
@@ -206,6 +218,11 @@ class Lake:
             return []
         hours = self.retention_days * 24 if retention_hours is None else retention_hours
         return t.vacuum(retention_hours=int(hours), dry_run=False, enforce_retention_duration=False)
+
+
+def _actions(t: DeltaTable, flatten: bool = False) -> pa.Table:
+    """The add actions of a table version (its data files) as an Arrow table."""
+    return pa.table(t.get_add_actions(flatten=flatten))
 
 
 def conform(table: pa.Table) -> pa.Table:

@@ -107,7 +107,7 @@ def build_liquidity(settings: Settings | None = None, full_refresh: bool = False
     settings = settings or get_settings()
     store = get_store(settings)
     summary = LiquiditySummary()
-    files = Lake.of(store, settings).files(BOOK_DIR)  # the table's log, never a folder listing
+    files = Lake.of(store, settings).files(BOOK_DIR) or []  # the table's log, never a folder listing
     seen = set() if full_refresh or not store.exists(STATE_FILE) else set(store.read_json(STATE_FILE)["files"])
     new = [f for f in files if f not in seen]
     touched = sorted({p for f in new if (p := partition_of(f))})

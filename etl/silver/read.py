@@ -17,6 +17,7 @@ import pyarrow.dataset as ds
 
 from etl import compaction
 from etl.integrity import CorruptFileError
+from etl.lake import Lake
 from etl.settings import Settings, get_settings
 from etl.silver import price_quality, quality
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA, TS, latest_per_key
@@ -121,9 +122,20 @@ def _between(lo: str | None, hi: str | None):
 
 
 def _partition_files(store: Store, root: str, products: list[str] | None, key: str, keep) -> list[str]:
-    """Visible Parquet files under root/product_id=P/key=V/ for the products asked and the values `keep` accepts."""
+    """The Parquet files of root/product_id=P/key=V/ for the products asked and the values `keep` accepts: from the
+    table's log when root is a Delta table (trade bars), else the visible files of a folder listing (the candle
+    bars, not Delta tables yet: docs/lake_migration_status.md)."""
     wanted = None if products is None else {f"product_id={p}" for p in products}
-    files: list[str] = []
+    logged = Lake.of(store).files(root)
+    if logged is not None:
+        files = []
+        for f in logged:
+            product_dir, part = f[len(root) + 1:].split("/")[:2]
+            name, _, value = part.partition("=")
+            if (wanted is None or product_dir in wanted) and name == key and keep(value):
+                files.append(f)
+        return files
+    files = []
     for product_dir in store.list_dirs(root):
         if wanted is not None and product_dir not in wanted:
             continue

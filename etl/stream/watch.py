@@ -25,7 +25,7 @@ def newest_batch(data_dir: str | None = None) -> tuple[str, int]:
     store = Store.from_uri(data_dir) if data_dir else get_store(get_settings())
     today = datetime.now(UTC).date()
     days = {f"date={d.isoformat()}" for d in (today, today - timedelta(days=1))}
-    names = [f for f in Lake.of(store).files(TRADES_DIR) if f.split("/")[-2] in days]
+    names = [f for f in Lake.of(store).files(TRADES_DIR) or [] if f.split("/")[-2] in days]
     batch_ids = [n.rsplit("/", 1)[-1].removesuffix(".parquet") for n in names]
     return (max(batch_ids) if batch_ids else ""), len(batch_ids)
 

@@ -207,7 +207,7 @@ def test_trades_aggregate_to_served_candles_and_trade_bars_reconcile(live, data_
            granularity=60)
     summary = build()
     assert "trade bars" in str(summary)
-    bars = pq.read_table(next((data_dir / "silver" / "trade_bars_5m").rglob("part-0.parquet"))).to_pandas()
+    bars = pq.read_table(next((data_dir / "silver" / "trade_bars_5m").rglob("part-*.parquet"))).to_pandas()
     assert (bars["n_trades"] > 0).all() and bars["is_complete"].any()
     report = json.loads((data_dir / "silver" / "_quality" / "trade_bars_reconciliation.json").read_text())
     rec = report["reconciliation"]
