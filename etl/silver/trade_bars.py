@@ -1,10 +1,9 @@
 """Silver trade bars: 5-minute bars from the streamed trades, with a true VWAP and trade counts, reconciled
 against the candle bars of the same buckets.
 
-`build_trade_bars()` takes the files the bronze trades Delta table (`bronze/trades`, partitions product_id=X/date=D)
-gained since the bronze version its last build read, which that build recorded in its own commit of the silver
-Delta table (`bronze_version` in the commit's metadata: no state file), and recomputes each touched (product,
-date) partition from all its files at the bronze version it reads now:
+`build_trade_bars()` takes the files the bronze trades Delta table (`bronze/trades`) gained since the bronze version
+its last build recorded in its own commit (etl/silver/increments.py: no state file), and recomputes each touched
+(product, date) partition from all its files at the bronze version it reads now:
 1. deduplicate by (product_id, trade_id), keeping the first received (reconnect snapshots and duplicated
    messages repeat trades),
 2. parse price and size; size is counted in integer units of 1e-8 (sizes carry at most 8 decimals), so volumes
@@ -12,11 +11,9 @@ date) partition from all its files at the bronze version it reads now:
 3. order by (time, trade_id) and fold per 5-minute bucket: open = first price, high/low = max/min, close = last,
    volume = sum(size), vwap = sum(price * size) / sum(size), n_trades, n_candles = minutes with a trade,
    is_complete = all five minutes traded and a later trade exists (the bar is closed),
-4. write `silver/trade_bars_5m/product_id=X/date=D/part-<build>.parquet` with the columns of the candle bars
-   (`first_candle_at`/`last_candle_at` hold the first/last trade time, `source_granularity` 0 = trades) plus
-   `n_trades`, then commit all touched partitions in one Delta commit (their previous files removed, kept for time
-   travel until vacuum) carrying `bronze_version`. A crash before the commit leaves the previous silver version
-   and its recorded bronze version: the next build redoes the same partitions.
+4. commit the touched partitions of the Delta table `silver/trade_bars_5m` (one file per partition, one commit
+   with the bronze version read) with the columns of the candle bars (`first_candle_at`/`last_candle_at` hold the
+   first/last trade time, `source_granularity` 0 = trades) plus `n_trades`.
 `reconcile()` compares complete trade bars with complete candle bars of the same buckets: OHLC equal, volume
 equal (to 1e-9 relative), and reports the VWAP difference (trade VWAP minus the candle bars' typical-price VWAP) in
 basis points. On the simulator OHLC and volume are equal by construction (etl/simulator/trades.py).
@@ -34,10 +31,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from etl.commits import new_run_id
-from etl.errors import ValidationError
-from etl.lake import DataFile, Lake
+from etl.lake import Lake
 from etl.settings import Settings, get_settings
+from etl.silver import increments
 from etl.silver.bars import BARS_5M_SCHEMA
 from etl.storage import Store, get_store, partition_path
 from etl.stream.sinks import TRADES_DIR
@@ -47,13 +43,11 @@ log = logging.getLogger(__name__)
 
 TRADE_BARS_DIR = "silver/trade_bars_5m"
 CANDLE_BARS_DIR = "silver/bars_5m"
-BRONZE_VERSION = "bronze_version"   # the commit metadata naming the bronze trades version a build read
 RECONCILIATION_FILE = "silver/_quality/trade_bars_reconciliation.json"
 PART = "part-0.parquet"
 UNITS = 100_000_000
 BAR_US = 300 * 1_000_000
 TRADE_BARS_SCHEMA = BARS_5M_SCHEMA.append(pa.field("n_trades", pa.int64()))
-TRADE_BARS_TABLE = pa.schema([*TRADE_BARS_SCHEMA, ("product_id", pa.string()), ("date", pa.string())])  # + partitions
 _PARTITION = re.compile(rf"product_id=({PRODUCT.pattern})/date=(\d{{4}}-\d{{2}}-\d{{2}})/")
 
 
@@ -128,9 +122,8 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     store = get_store(settings)
     lake = Lake.of(store, settings)
     summary = TradeBarsSummary()
-    bronze = lake.version(TRADES_DIR)
-    files = lake.files(TRADES_DIR, bronze) or []  # the table's log at one version, never a folder listing
-    new = [f for f in files if f not in _read_before(lake, full_refresh)]
+    bronze = increments.increment(lake, TRADES_DIR, TRADE_BARS_DIR, full_refresh)
+    new = bronze.new
     partitions = {f: p for f in new if (p := partition_of(f))}
     if len(partitions) < len(new):  # written before the collector validated its fields: never a silver partition
         log.warning("silver: %d bronze trade file(s) outside a valid product_id=/date= partition skipped, e.g. %r: "
@@ -139,43 +132,23 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     touched = sorted(set(partitions.values()))
     summary.files = len(new)
     quotes = _quotes(settings, {p for p, _ in touched})
-    build, written = new_run_id(), []
+    parts = {}
     for product, day in touched:
-        prefix = partition_path(TRADES_DIR, product_id=product, date=day) + "/"
-        trades, rows_in, dups, invalid = read_trades(store, [f for f in files if f.startswith(prefix)])
+        trades, rows_in, dups, invalid = read_trades(store, increments.files_of(bronze.files, TRADES_DIR, product,
+                                                                                 day))
         summary.trades_in += rows_in
         summary.duplicates += dups
         summary.invalid += invalid
-        bars = _table(trade_bars(trades), quotes.get(product, ""))
-        name = posixpath.join(partition_path("", product_id=product, date=day), f"part-{build}.parquet")
-        path = store.write_parquet(posixpath.join(TRADE_BARS_DIR, name), bars)
-        written.append(DataFile(name, store.fs.get_file_info(path).size, {"product_id": product, "date": day},
-                                bars.num_rows))
+        parts[(product, day)] = _table(trade_bars(trades), quotes.get(product, ""))
         summary.partitions += 1
-        summary.bars += len(bars)
-    if new:  # the commit: the partitions' new files and the bronze version read, together
-        keys = {partition_path(TRADE_BARS_DIR, product_id=p, date=d) + "/" for p, d in touched}
-        old = [f for f in lake.files(TRADE_BARS_DIR) or [] if f[:f.rindex("/") + 1] in keys]
-        lake.commit_files(TRADE_BARS_DIR, written, TRADE_BARS_TABLE, ["product_id", "date"], remove=old,
-                          metadata={BRONZE_VERSION: bronze})
+        summary.bars += parts[(product, day)].num_rows
+    if new:  # the partitions' new files and the bronze version read, in one commit
+        increments.commit(store, lake, TRADE_BARS_DIR, TRADE_BARS_SCHEMA, parts, bronze.version)
     if touched:
         summary.reconciliation = reconcile(store, touched)
         store.write_json(RECONCILIATION_FILE, asdict(summary))
     log.info("silver: %s", str(summary).replace("\n", " |"))
     return summary
-
-
-def _read_before(lake: Lake, full_refresh: bool) -> set[str]:
-    """The bronze trade files the last build read (none for a full refresh, a first build, or a bronze version
-    already past the retention: then every partition is rebuilt)."""
-    last = None if full_refresh else lake.metadata(TRADE_BARS_DIR, BRONZE_VERSION)
-    if last is None:
-        return set()
-    try:
-        return set(lake.files(TRADES_DIR, int(last[1])) or [])
-    except ValidationError as exc:
-        log.warning("silver trade bars: %s; rebuilding every partition", exc)
-        return set()
 
 
 def partition_of(path: str) -> tuple[str, str] | None:
@@ -215,11 +188,9 @@ def _table(bars: pd.DataFrame, quote: str) -> pa.Table:
 
 def reconcile(store: Store, partitions: list[tuple[str, str]]) -> dict:
     """Complete trade bars vs complete candle bars of the same (product, bucket): counts and VWAP difference."""
-    pairs = []
-    trade_files = Lake.of(store).files(TRADE_BARS_DIR) or []
+    pairs, lake = [], Lake.of(store)
     for product, day in partitions:
-        prefix = partition_path(TRADE_BARS_DIR, product_id=product, date=day) + "/"
-        paths = [next((f for f in trade_files if f.startswith(prefix)), None),
+        paths = [increments.partition_file(lake, TRADE_BARS_DIR, product, day),
                  posixpath.join(partition_path(CANDLE_BARS_DIR, product_id=product, date=day), PART)]
         if paths[0] is None or not store.exists(paths[1]):
             continue

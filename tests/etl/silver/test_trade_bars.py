@@ -38,7 +38,7 @@ def _trades(batch_id: str, rows: list[tuple[str, str, str]]) -> MicroBatch:
 
 def test_a_build_reads_only_the_bronze_trades_committed_since_the_version_its_commit_recorded(data_dir):
     from etl.lake import Lake
-    from etl.silver.trade_bars import BRONZE_VERSION
+    from etl.silver.increments import BRONZE_VERSION
     from tests.support.delta_reader import EXTENSION, duckdb_rows
 
     store = Store.from_uri(str(data_dir))
