@@ -48,6 +48,7 @@ from etl import commits
 from etl.integrity import CorruptFileError, repair
 from etl.settings import Settings, get_settings
 from etl.storage import Store, exclusive, get_store
+from etl.stream import sinks
 
 log = logging.getLogger(__name__)
 
@@ -197,15 +198,16 @@ class CompactSummary:
     rows_out: int = 0             # rows written (one per key)
     files_deleted: int = 0        # superseded files removed by retention
     manifests_deleted: int = 0
-    output_files_vacuumed: int = 0  # output tables: files older than PIPELINE_LAKE_RETENTION_DAYS no version needs
+    output_files_vacuumed: int = 0  # Delta tables: files older than PIPELINE_LAKE_RETENTION_DAYS no version needs
+    stream_files_compacted: int = 0  # bronze stream batch files of closed days optimized into one per partition
     bad_files: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def __str__(self) -> str:
         return (f"compact before {self.before}: {self.compacted} partition(s) compacted ({self.rows_in:,} rows -> "
                 f"{self.rows_out:,}), {self.already_compact} already compact, {self.files_deleted} superseded "
-                f"file(s) and {self.manifests_deleted} manifest(s) removed, {self.output_files_vacuumed} output file(s) "
-                f"vacuumed, {len(self.bad_files)} unreadable file(s) quarantined, {self.seconds:.2f} s")
+                f"file(s) and {self.manifests_deleted} manifest(s) removed, {self.stream_files_compacted} stream batch "
+                f"file(s) compacted, {self.output_files_vacuumed} Delta file(s) vacuumed, {len(self.bad_files)} unreadable file(s) quarantined, {self.seconds:.2f} s")
 
 
 def compact(before: date | None = None, settings: Settings | None = None, now: datetime | None = None) -> CompactSummary:
@@ -229,7 +231,9 @@ def compact(before: date | None = None, settings: Settings | None = None, now: d
             _compact_partition(store, part, committed, now, summary)
         deleted = _sweep(store, scan(store), retention, now, summary)
         _prune_manifests(store, deleted, retention, now, summary)
-    summary.output_files_vacuumed = commits.maintain(store)  # Delta tables: no lock (optimistic concurrency)
+    # the Delta tables: no lock (optimistic concurrency)
+    summary.stream_files_compacted, stream_vacuumed = sinks.maintain(store, before)
+    summary.output_files_vacuumed = commits.maintain(store) + stream_vacuumed
     summary.seconds = round(time.perf_counter() - started, 3)
     log.info("%s", summary)
     return summary

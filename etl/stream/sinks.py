@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import posixpath
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Protocol
 
 import numpy as np
@@ -138,6 +139,21 @@ class Sink(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+STREAM_TABLES = (TRADES_DIR, TICKER_DIR, BOOK_DIR, GAPS_DIR, REJECTS_DIR)
+
+
+def maintain(store: Store, before: date) -> tuple[int, int]:
+    """Optimize the stream tables' partitions of days before the day before `before` (a batch file every commit
+    interval becomes one file per partition; yesterday's and today's keep their batch files, which the fresh-trades
+    trigger reads by name), then vacuum them. Returns (files compacted away, files deleted)."""
+    lake, closed = Lake.of(store), (before - timedelta(days=1)).isoformat()
+    compacted = deleted = 0
+    for root in STREAM_TABLES:
+        compacted += lake.optimize(root, partition=[("date", "<", closed)]).get("numFilesRemoved", 0)
+        deleted += len(lake.vacuum(root))
+    return compacted, deleted
 
 
 class BronzeSink:

@@ -86,3 +86,22 @@ def test_two_collectors_and_an_optimize_at_once_on_the_s3_server_lose_nothing(s3
     build_trade_bars(full_refresh=True)
     assert lake.read("silver/trade_bars_5m").sort_by("bucket_start").equals(incremental)
     assert incremental["n_trades"].to_pylist() == [16] and incremental["volume"].to_pylist() == [8.0]
+
+
+def test_compact_optimizes_the_closed_days_of_the_stream_tables_into_one_file_per_partition(data_dir):
+    from datetime import date
+
+    from etl.compaction import compact
+
+    store = get_store()
+    sink = BronzeSink(store)
+    for n in range(5):
+        sink.write(_batch(f"20260101T00000{n}000000Z-a-00000{n}", [(f"t{n}", "100.0")]))
+    lake = Lake.of(store)
+    before = lake.read(TRADES_DIR).sort_by("trade_id")
+    summary = compact(before=date(2026, 1, 2))          # 2026-01-01 is the day before: still batch files
+    assert summary.stream_files_compacted == 0 and len(lake.files(TRADES_DIR)) == 5
+    summary = compact(before=date(2026, 1, 3))
+    assert summary.stream_files_compacted == 5 + 5      # trades and the gaps: five batch files each
+    assert len(lake.files(TRADES_DIR)) == 1 and lake.read(TRADES_DIR).sort_by("trade_id").equals(before)
+    assert "10 stream batch file(s) compacted" in str(summary)
