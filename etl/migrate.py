@@ -1,5 +1,11 @@
 """`python -m etl migrate-lake`: convert a data folder written before the lake's Delta tables (docs/lake.md).
 
+Stream tables (bronze trades, ticker, order_book, stream_gaps, stream_rejects; silver trade bars and liquidity)
+written as plain Parquet folders become Delta tables of the same files: one commit adding every visible file (a
+hidden temporary file of an interrupted write is never data), made only when the folder has no table yet; the
+silver state files they replace are deleted after. Silver's next build then rebuilds every partition once (no
+bronze version recorded yet).
+
 Converts the risk, factor and intraday outputs: each old commit manifest `outputs/_commits/<name>.json` becomes a
 run record of the same name and run id (etl/commits.py) whose entries are the manifest's files, each checked
 against its recorded SHA-256 and committed to its Delta table. Per manifest, in this order:
@@ -7,8 +13,8 @@ against its recorded SHA-256 and committed to its Delta table. Per manifest, in 
 2. delete the old files it named that no Delta table references,
 3. delete the manifest: the mark that this name is converted.
 A crash anywhere leaves the old manifest or the converted record in force (readers take the record), and a rerun
-finishes the remaining steps: the command is idempotent. Bronze and silver keep their format on this branch
-(docs/lake_migration_status.md).
+finishes the remaining steps: the command is idempotent. Bronze candles and silver bars keep their format on this
+branch (docs/lake_migration_status.md).
 """
 
 from __future__ import annotations
@@ -17,23 +23,33 @@ import logging
 import posixpath
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from etl import commits
 from etl.errors import ValidationError
+from etl.lake import DataFile, Lake
 from etl.settings import Settings, get_settings
+from etl.silver.liquidity import LIQUIDITY_DIR, LIQUIDITY_SCHEMA
+from etl.silver.trade_bars import TRADE_BARS_DIR, TRADE_BARS_SCHEMA
 from etl.storage import Store, get_store
+from etl.stream import sinks
 
 log = logging.getLogger(__name__)
 OLD_COMMITS = f"{commits.OUTPUTS}/_commits"
+OLD_STATE_FILES = ("silver/_state/trade_files.json", "silver/_state/book_files.json")
 
 
 @dataclass
 class MigrationSummary:
+    tables_adopted: list[str] = field(default_factory=list)  # plain Parquet folders made Delta tables
     converted: list[str] = field(default_factory=list)    # commit names published as run records by this run
     already: list[str] = field(default_factory=list)      # names a previous (interrupted) run had published
     files_removed: int = 0
 
     def __str__(self) -> str:
-        return (f"migrate-lake: {len(self.converted)} output commit(s) converted to Delta run records, "
+        return (f"migrate-lake: {len(self.tables_adopted)} Parquet folder(s) made Delta tables, "
+                f"{len(self.converted)} output commit(s) converted to Delta run records, "
                 f"{len(self.already)} already converted, {self.files_removed} old file(s) removed")
 
 
@@ -41,6 +57,13 @@ def migrate_lake(settings: Settings | None = None) -> MigrationSummary:
     settings = settings or get_settings()
     store = get_store(settings)
     summary = MigrationSummary()
+    lake = Lake.of(store, settings)
+    for rel, (schema, keys) in _stream_tables().items():
+        if lake.table(rel) is None and store.list_files(rel, ".parquet"):
+            summary.tables_adopted.append(rel)
+            _adopt(store, lake, rel, schema, keys)
+    for rel in OLD_STATE_FILES:  # what the silver tables' own commits replaced
+        store.delete(rel)
     # the old manifests sit under a hidden folder (list_files skips those): list its entries
     old = [p for p, _ in store.entries(OLD_COMMITS) if p.endswith(".json") and not posixpath.basename(p).startswith(".")]
     for rel in old:
@@ -56,6 +79,27 @@ def migrate_lake(settings: Settings | None = None) -> MigrationSummary:
         store.delete(rel)
     log.info("%s", summary)
     return summary
+
+
+def _stream_tables() -> dict[str, tuple[pa.Schema, list[str]]]:
+    by_product = ["product_id", "date"]
+    return {sinks.TRADES_DIR: (sinks.TRADES_SCHEMA, by_product), sinks.TICKER_DIR: (sinks.TICKER_SCHEMA, by_product),
+            sinks.BOOK_DIR: (sinks.BOOK_SCHEMA, by_product), sinks.GAPS_DIR: (sinks.GAPS_SCHEMA, ["date"]),
+            sinks.REJECTS_DIR: (sinks.REJECTS_SCHEMA, ["date"]), TRADE_BARS_DIR: (TRADE_BARS_SCHEMA, by_product),
+            LIQUIDITY_DIR: (LIQUIDITY_SCHEMA, by_product)}
+
+
+def _adopt(store: Store, lake: Lake, rel: str, schema: pa.Schema, keys: list[str]) -> None:
+    """Make the folder `rel` a Delta table of its visible Parquet files, in one commit."""
+    files = []
+    for path in store.list_files(rel, ".parquet"):
+        inside = posixpath.relpath(path, rel)
+        values = dict(part.split("=", 1) for part in posixpath.dirname(inside).split("/"))
+        with store.fs.open_input_file(store.path(path)) as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        files.append(DataFile(inside, store.fs.get_file_info(store.path(path)).size, values, rows))
+    lake.commit_files(rel, files, pa.schema([*schema, *(pa.field(k, pa.string()) for k in keys)]), keys,
+                      metadata={"migrated_from": "plain Parquet folder"})
 
 
 def _read_old(store: Store, rel: str) -> dict:

@@ -79,3 +79,32 @@ def test_a_migration_killed_after_publishing_finishes_on_the_next_run(old_folder
     assert len(commits.manifests(store)) == 2
     for table, rows in RISK.items():
         assert _committed(store, name, f"{table}/as_of_date={DAY}").equals(rows)
+
+
+def test_stream_folders_of_plain_parquet_become_delta_tables_of_the_same_files(tmp_path, monkeypatch):
+    from etl.lake import Lake
+    from etl.silver.trade_bars import build_trade_bars
+    from etl.stream.sinks import TRADES_DIR, TRADES_SCHEMA, MicroBatch
+
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    store = get_store()
+    batch = MicroBatch("20260101T000000000000Z-a-000001")
+    for i in range(3):
+        when = f"2026-01-01T00:0{i}:00Z"
+        batch.add_trade("BTC-USD", "2026-01-01", (str(i), "100.0", "0.5", "BUY", when, "update", "market_trades",
+                                                  when, "", i, "c1", 1767225600.0, None))
+    folder = f"{TRADES_DIR}/product_id=BTC-USD/date=2026-01-01"
+    store.write_parquet(f"{folder}/{batch.batch_id}.parquet", batch.trades[("BTC-USD", "2026-01-01")]
+                        .table(TRADES_SCHEMA, batch.batch_id))                   # as the sink wrote it before
+    store.write_bytes(f"{folder}/.tmp-0123-{batch.batch_id}.parquet", b"half a file")  # an interrupted write
+    store.write_json("silver/_state/trade_files.json", {"files": []})
+
+    summary = migrate.migrate_lake()
+    assert summary.tables_adopted == [TRADES_DIR] and "1 Parquet folder(s) made Delta tables" in str(summary)
+    lake = Lake.of(store)
+    assert lake.files(TRADES_DIR) == [f"{folder}/{batch.batch_id}.parquet"]
+    assert lake.read(TRADES_DIR)["trade_id"].to_pylist() == ["0", "1", "2"]
+    assert not store.exists("silver/_state/trade_files.json")
+    assert build_trade_bars().trades_in == 3
+    assert migrate.migrate_lake().tables_adopted == []      # idempotent: the folder is a table now
