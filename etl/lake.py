@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, Schema, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
@@ -91,14 +90,14 @@ class Lake:
         return None if t is None else t.version()
 
     def read(self, rel: str, columns: Sequence[str] | None = None, partition: dict[str, str] | None = None,
-             filter: ds.Expression | None = None, version: int | None = None) -> pa.Table | None:
+             version: int | None = None) -> pa.Table | None:
         """The rows of table `rel` (at `version`) with `columns`, of the partition `partition` ({column: value},
-        chosen from the log before any file is opened), matching `filter`; None when there is no table."""
+        chosen from the log before any file is opened); None when there is no table."""
         t = self.table(rel, version)
         if t is None:
             return None
         dataset = t.to_pyarrow_dataset(partitions=[(k, "=", v) for k, v in partition.items()] if partition else None)
-        return dataset.to_table(columns=list(columns) if columns else None, filter=filter)
+        return dataset.to_table(columns=list(columns) if columns else None)
 
     # ---- writing -------------------------------------------------------------------------------------------
     def write(self, rel: str, data: pa.Table, partition_by: Sequence[str] | None = None,
