@@ -33,7 +33,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from etl.errors import ValidationError
-from etl.lake import DataFile, Lake, conform
+from etl.lake import DataFile, Lake, conform, note_read, recorded_reads
 from etl.storage import Store
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ def read_entry(store: Store, entry: dict, columns: list[str] | None = None) -> p
     the partition at the table version it names), pages verified and bytes checked against the recorded SHA-256
     (CorruptFileError names a file that differs). A file that is gone (vacuumed: superseded in its table longer
     than the retention) raises FileNotFoundError, which the loader reports with the command to rerun."""
+    note_read(posixpath.join(OUTPUTS, entry["table"], entry["partition"]), entry["version"])
     parts = [store.read_parquet(path, columns=columns, sha256=sha) for path, sha in entry["files"].items()]
     return pa.concat_tables(parts) if len(parts) != 1 else parts[0]
 
@@ -170,7 +171,9 @@ def publish(store: Store, name: str, stage: str, parts: dict[tuple[str, str], pa
                                            "run_id": run_id, "version": version, "rows": rows.num_rows,
                                            "files": {path: store.digest(path)}}
     committed_at = datetime.now(UTC)
-    record = json.dumps({"files": entries, **(meta or {})}, default=str, sort_keys=True)
+    inputs = recorded_reads()  # the versions of the Delta tables the run read (etl.lake.records_reads)
+    record = json.dumps({"files": entries, **(meta or {}), **({"inputs": inputs} if inputs is not None else {})},
+                        default=str, sort_keys=True)
     lake.write(RUNS, pa.Table.from_pylist([{"name": name, "run_id": run_id, "stage": stage,
                                             "committed_at": committed_at, "record": record}], RUNS_SCHEMA),
                partition_by=["name"], metadata={"run_id": run_id, "commit": name})  # the commit point

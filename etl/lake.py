@@ -14,14 +14,16 @@ stay readable (time travel) until `vacuum` removes the files no version younger 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import posixpath
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -34,8 +36,36 @@ from etl.settings import Settings, get_settings
 from etl.storage import Store
 
 log = logging.getLogger(__name__)
+P, T = ParamSpec("P"), TypeVar("T")
+_READS: ContextVar[dict[str, int] | None] = ContextVar("lake_reads", default=None)
 WRITER = WriterProperties(compression="ZSTD")
 COMMIT_RETRIES = 15   # a put-if-absent lost to a concurrent writer is retried this often (delta-rs rebases it)
+
+
+def records_reads(run: Callable[P, T]) -> Callable[P, T]:
+    """Make `run` (a stage's run) record the versions of the Delta tables it reads (by `Lake.read`/`Lake.files`,
+    and `note_read`): `recorded_reads()` gives them to its commit as the run's inputs."""
+    @functools.wraps(run)
+    def recording(*args: P.args, **kwargs: P.kwargs) -> T:
+        token = _READS.set({})
+        try:
+            return run(*args, **kwargs)
+        finally:
+            _READS.reset(token)
+    return recording
+
+
+def recorded_reads() -> dict[str, int] | None:
+    """{table or table/partition: the version read} so far in the running `records_reads` run (None outside one;
+    a table read at several versions: the latest)."""
+    reads = _READS.get()
+    return None if reads is None else dict(reads)
+
+
+def note_read(key: str, version: int) -> None:
+    """Record that `key` (a table, or table/partition) was read at `version`, inside a `records_reads` run."""
+    if (reads := _READS.get()) is not None:
+        reads[key] = max(version, reads.get(key, version))
 
 
 class LakeConflict(PipelineError):
@@ -96,6 +126,7 @@ class Lake:
         t = self.table(rel, version)
         if t is None:
             return None
+        note_read(rel, t.version())
         dataset = t.to_pyarrow_dataset(partitions=[(k, "=", v) for k, v in partition.items()] if partition else None)
         return dataset.to_table(columns=list(columns) if columns else None)
 
@@ -117,7 +148,10 @@ class Lake:
         """The data files of table `rel` at `version` (default the latest), as paths relative to the data root,
         sorted; None when there is no table. What a reader reads instead of listing the folder."""
         t = self.table(rel, version)
-        return None if t is None else sorted(posixpath.join(rel, p) for p in _actions(t)["path"].to_pylist())
+        if t is None:
+            return None
+        note_read(rel, t.version())
+        return sorted(posixpath.join(rel, p) for p in _actions(t)["path"].to_pylist())
 
     def metadata(self, rel: str, key: str) -> tuple[int, str] | None:
         """(version, value) of the latest commit of table `rel` whose metadata has `key` (a writer's own record, e.g.

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 
 from etl import commits
+from etl.lake import records_reads
 from etl.portfolios import book_products, load_portfolios, load_positions
 from etl.reference import load_instruments
 from etl.risk.intraday import BREACH_TABLE, RISK_TABLE, bucket_of, check_bucket, compute
@@ -89,6 +90,7 @@ def previous_breaches(store, bucket: pd.Timestamp) -> pd.DataFrame | None:
     return None
 
 
+@records_reads
 def run_intraday_risk(interval_start: datetime | str, settings=None, now: datetime | None = None) -> IntradaySummary:
     """Revalue every portfolio at the bucket starting at `interval_start` and write its two output files.
     A bucket later than `now` (default: the clock) is refused (ValidationError), nothing written."""

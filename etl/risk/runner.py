@@ -21,6 +21,7 @@ import pandas as pd
 from etl import commits
 from etl.errors import DataNotFoundError, ValidationError
 from etl.factors import io as factor_io
+from etl.lake import records_reads
 from etl.portfolios import book_products, load_portfolios, load_positions
 from etl.reference import DELISTED_ON, load_instruments
 from etl.risk import attribution, liquidity
@@ -65,6 +66,7 @@ class RiskSummary:
                 f"breach(es), {self.seconds:.1f}s; rows: {tables}")
 
 
+@records_reads
 def run_risk(as_of: date | None = None, settings: Settings | None = None) -> RiskSummary:
     """Compute and write every risk table for `as_of` (None = the last complete UTC day with daily bars for all
     the book's products)."""

@@ -25,6 +25,7 @@ import pandas as pd
 
 from etl.commits import OUTPUTS
 from etl.errors import DataNotFoundError
+from etl.lake import records_reads
 from etl.risk.engine import append_tables, book_tables, portfolio_tables
 from etl.risk.runner import RiskSummary, commit_tables, finish_portfolio_tables, load_inputs
 from etl.settings import Settings
@@ -86,6 +87,7 @@ def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Sett
     return done
 
 
+@records_reads
 def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings) -> RiskSummary:
     """Check every shard is done, add the whole book's tables and commit everything with one run record."""
     t0 = time.perf_counter()

@@ -107,6 +107,24 @@ def test_a_run_killed_before_its_record_leaves_the_previous_commit(data, monkeyp
     assert after["run_id"] != before["run_id"]
 
 
+def test_a_run_commits_the_versions_of_the_delta_tables_it_read(data):
+    from etl.lake import records_reads
+
+    store = get_store()
+    first = publish_day(store, DAY, [100.0], [1.0])
+
+    @records_reads
+    def next_day() -> dict:
+        seen = committed(store, DAY, "risk_metrics")["var_99_hist"].to_pylist()   # reads the first day's entry
+        return publish_day(store, date(2026, 3, 2), seen, [2.0])
+
+    record = next_day()
+    entry = first["files"]["risk_metrics/as_of_date=2026-03-01"]
+    assert record["inputs"]["outputs/risk_metrics/as_of_date=2026-03-01"] == entry["version"]
+    assert "outputs/_runs" in record["inputs"]                 # it read the run records to find that entry
+    assert "inputs" not in first                                # a commit outside a recorded run records none
+
+
 def test_a_version_past_the_log_is_a_clear_error(data):
     publish_day(get_store(), DAY, [100.0], [1.0])
     with pytest.raises(ValidationError, match=r"outputs/risk_metrics: version 9 is not in the table's log any more "

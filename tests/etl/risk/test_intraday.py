@@ -173,6 +173,19 @@ def test_prices_at_the_last_close_give_the_eod_var_and_es_exactly(book):
         assert got.loc[pid, "market_value"] == risk.loc[pid, "market_value"] and got.loc[pid, "intraday_pnl"] == 0
 
 
+def test_an_intraday_run_records_the_versions_of_the_scenario_set_it_read(book):
+    """Issue 31 item 4 (the Delta inputs): the bucket's record names the EOD scenario partitions at the versions
+    the EOD run committed them."""
+    flat_day(book["data"], book["last"])
+    b = at(10, 5)
+    intraday_io.run_intraday_risk(b.to_pydatetime())
+    store = get_store(get_settings())
+    record = commits.read_manifest(store, intraday_io.intraday_manifest(b.date()))
+    risk = commits.read_manifest(store, commits.risk_manifest(D1))["files"]
+    scenario = {f"outputs/{k}": risk[k]["version"] for k in risk if k.startswith("scenario_")}
+    assert len(scenario) == 3 and scenario.items() <= record["inputs"].items()
+
+
 def test_the_last_bucket_of_the_day_equals_the_eod_daily_pnl(book):
     data, closes = book["data"], book["closes"]
     rng = np.random.default_rng(3)
