@@ -120,19 +120,17 @@ def series_measures(scope: str) -> tuple[Measure, ...]:
 
 
 def columns(scope: str) -> dict[str, str]:
-    """Every measure column of `scope` -> its description, per-method ones first (measure, method, confidence)."""
+    """Every measure column of `scope` -> its description: the per-method ones by method, confidence and measure
+    (var_95_hist, es_95_hist, var_99_hist, ...), then the plain ones."""
+    here = [m for m in MEASURES if scope in m.scopes]
     out = {}
-    for measure in MEASURES:
-        if scope not in measure.scopes:
-            continue
-        if not measure.per_method:
-            out[measure.name] = measure.description
-            continue
-        for method in methods(scope):
-            note = f" ({method.null_note})" if method.null_note else ""
-            for c in method.confidences:
+    for method in methods(scope):
+        note = f" ({method.null_note})" if method.null_note else ""
+        for c in method.confidences:
+            for measure in (m for m in here if m.per_method):
                 out[column(measure.name, c, method.name, scope)] = measure.description.format(
                     pct=f"{c * 100:g}", method=method.description + note)
+    out.update({m.name: m.description for m in here if not m.per_method})
     return out
 
 

@@ -8,15 +8,19 @@
 - `models/intermediate/int_observed_dates.sql`: the days of every raw column named in a `calendar` list (the
   input of the dim_date spine).
 
-`python -m etl.warehouse.dbt_files` rewrites them; tests/etl/warehouse/test_loader.py fails while one is out of date.
+The risk columns' descriptions come from etl/measures.py (through `schema.DESCRIPTIONS`), and `<methods:scope>` in
+a declared description or test argument becomes that scope's methods. `make dbt-files` (`python -m
+etl.warehouse.dbt_files`) rewrites them; tests/etl/warehouse/test_loader.py fails while one is out of date.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
 
+from etl import measures
 from etl.settings import PROJECT_ROOT
 from etl.warehouse.schema import DECLARATION, DECLARED, DESCRIPTIONS, GOLD, TABLES, RawTable
 
@@ -25,6 +29,22 @@ HEADER = (f"# Generated from {DECLARATION.relative_to(PROJECT_ROOT)} by `python 
           "edit the declaration, not this file.\n")
 DBT_TYPES = {"timestamptz": "timestamp with time zone"}  # the names dbt's contract check compares
 LOADED_AT = ("loaded_at", "timestamptz")
+
+
+METHODS_TOKEN = re.compile(r"<methods:(\w+)>")   # in a description: the scope's method labels; a test argument: names
+
+
+def _derived(value):
+    """A declared description or test argument with each `<methods:scope>` replaced from etl/measures.py."""
+    if isinstance(value, dict):
+        return {k: _derived(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_derived(v) for v in value]
+    if isinstance(value, str) and (whole := METHODS_TOKEN.fullmatch(value)):
+        return list(measures.method_names(whole.group(1)))
+    if isinstance(value, str):
+        return METHODS_TOKEN.sub(lambda m: ", ".join(x.label for x in measures.methods(m.group(1))), value)
+    return value
 
 
 def staging_model(table: RawTable) -> str:
@@ -129,9 +149,9 @@ def _yaml(doc: dict) -> str:
 def render() -> dict[Path, str]:
     """Every generated file and its content."""
     return {
-        MODELS / "staging" / "_sources.yml": _yaml(sources()),
-        MODELS / "staging" / "_staging__models.yml": _yaml(staging_models()),
-        MODELS / "marts" / "_marts__models.yml": _yaml(marts_models()),
+        MODELS / "staging" / "_sources.yml": _yaml(_derived(sources())),
+        MODELS / "staging" / "_staging__models.yml": _yaml(_derived(staging_models())),
+        MODELS / "marts" / "_marts__models.yml": _yaml(_derived(marts_models())),
         MODELS / "intermediate" / "int_observed_dates.sql": observed_dates_sql(),
     }
 
