@@ -88,9 +88,21 @@ MEASURES: tuple[Measure, ...] = (
 )
 MEASURE: dict[str, Measure] = {m.name: m for m in MEASURES}
 
-# limits a portfolio may carry (dim_portfolio.<type>_limit; fact_limit_breaches.limit_type)
-LIMIT_TYPES: dict[str, str] = {"var": "VaR", "concentration": "Concentration", "drawdown": "Drawdown",
-                               "lvar": "Liquidity-adjusted VaR"}
+@dataclass(frozen=True)
+class Limit:
+    name: str                 # limit_type; dim_portfolio.<name>_limit
+    label: str
+    unit: str                 # "base currency" (an amount) or "fraction"
+
+
+LIMITS: tuple[Limit, ...] = (
+    Limit("var", "VaR", "base currency"),
+    Limit("concentration", "Concentration", "fraction"),
+    Limit("drawdown", "Drawdown", "fraction"),
+    Limit("lvar", "Liquidity-adjusted VaR", "base currency"),
+)
+LIMIT_TYPES: tuple[str, ...] = tuple(limit.name for limit in LIMITS)
+FRACTION_LIMITS: frozenset[str] = frozenset(limit.name for limit in LIMITS if limit.unit == "fraction")
 
 
 def pct(confidence: float) -> str:
@@ -132,6 +144,18 @@ def columns(scope: str) -> dict[str, str]:
                     pct=f"{c * 100:g}", method=method.description + note)
     out.update({m.name: m.description for m in here if not m.per_method})
     return out
+
+
+def grid(scope: str, kinds: tuple[str, ...] = ("var", "es")) -> tuple[list[tuple[str, str]],
+                                                                   list[tuple[Method, dict[str, str]]]]:
+    """The VaR/ES table the report and the cockpit show for `scope`, one row per method: headers [(key, label)]
+    (var_95 "VaR 95%", ...: each measure at every confidence any method has) and per method {key: its column}
+    (a key the method does not compute is absent)."""
+    confs = sorted({c for m in methods(scope) for c in m.confidences})
+    headers = [(f"{k}_{pct(c)}", f"{MEASURE[k].label} {c * 100:g}%") for k in kinds for c in confs]
+    rows = [(m, {f"{k}_{pct(c)}": column(k, c, m.name, scope) for k in kinds for c in m.confidences})
+            for m in methods(scope)]
+    return headers, rows
 
 
 def descriptions() -> dict[str, str]:
