@@ -126,9 +126,14 @@ def method_names(scope: str) -> tuple[str, ...]:
     return tuple(m.name for m in methods(scope))
 
 
+def plain_measures(scope: str) -> tuple[Measure, ...]:
+    """The measures of `scope` that are one column each (vol_20d, max_drawdown, ...)."""
+    return tuple(m for m in MEASURES if scope in m.scopes and not m.per_method)
+
+
 def series_measures(scope: str) -> tuple[Measure, ...]:
     """The plain measures of `scope` computed by a risk_returns function of the daily returns."""
-    return tuple(m for m in MEASURES if scope in m.scopes and m.function)
+    return tuple(m for m in plain_measures(scope) if m.function)
 
 
 def columns(scope: str) -> dict[str, str]:
@@ -142,7 +147,7 @@ def columns(scope: str) -> dict[str, str]:
             for measure in (m for m in here if m.per_method):
                 out[column(measure.name, c, method.name, scope)] = measure.description.format(
                     pct=f"{c * 100:g}", method=method.description + note)
-    out.update({m.name: m.description for m in here if not m.per_method})
+    out.update({m.name: m.description for m in plain_measures(scope)})
     return out
 
 

@@ -456,7 +456,7 @@ def _risk_table(risk_row: pd.Series, ccy: str, pid: str) -> str:
     """VaR/ES by method, then the portfolio's plain measures (etl/measures.py)."""
     out = _methods_table(risk_row, "portfolio", ccy, f"risk-{slug(pid)}")
     extras = [f"{m.label}: {pct(risk_row.get(m.name)) if 'fraction' in m.unit else number(risk_row.get(m.name))}"
-              for m in measures.MEASURES if not m.per_method and "portfolio" in m.scopes and m.name in risk_row]
+              for m in measures.plain_measures("portfolio") if m.name in risk_row]
     if "lookback_days" in risk_row:
         extras.append(f"lookback days: {number(risk_row.get('lookback_days'))}")
     return out + (f"<p>{e('; '.join(extras))} (volatilities annualised)</p>" if extras else "")

@@ -401,7 +401,8 @@ def portfolio(d: dict, ids: list[str]) -> str:
     for key, label, f in (("market_value", "Market value", "money"), ("daily_pnl", "PnL today", "signed"),
                           ("mtd_pnl", "PnL MTD", "signed"), ("var_95_hist", "VaR 95% (hist)", "money"),
                           ("var_99_hist", "VaR 99% (hist)", "money"), ("es_99_hist", "ES 99% (hist)", "money"),
-                          ("vol_30d", "Vol 30d (ann.)", "pct"), ("max_drawdown", "Max drawdown", "pct"),
+                          *[(m.name, m.label, "pct" if "fraction" in m.unit else "num")
+                            for m in measures.plain_measures("portfolio")],
                           ("concentration_pct", "Concentration", "pct")):
         body.append(kpi(label, FORMATS[f](day.get(key)), key.replace("_", "-"), day.get(key)))
     body.append(f'</div><h2 id="var-by-method">VaR and ES by method ({e(ccy)})</h2>')

@@ -37,6 +37,7 @@ HOLDINGS = {  # portfolio -> product -> (quantity, avg_cost)
 TASKS = ("fetch_candles", "build_bars_5m", "compute_risk", "load_warehouse")
 VAR_Z = {0.95: 1.645, 0.99: 2.326, 0.995: 2.576}   # normal VaR and ES per unit sd at each registered confidence
 ES_Z = {0.95: 2.063, 0.99: 2.665, 0.995: 2.892}
+PLAIN = {"vol_20d": 0.55, "vol_30d": 0.6, "vol_ewma": 0.58, "max_drawdown": -0.18}   # other measures: 0.5
 
 
 def _prices(as_of: date, days: int) -> pd.DataFrame:
@@ -94,7 +95,8 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
             for c in method.confidences:
                 row |= {measures.column("var", c, method.name): VAR_Z[c] * s * k,
                         measures.column("es", c, method.name): ES_Z[c] * s * k}
-        row |= {"vol_20d": 0.55, "vol_30d": 0.6, "vol_ewma": 0.58, "max_drawdown": -0.18, "lookback_days": days}
+        row |= {m.name: PLAIN.get(m.name, 0.5) for m in measures.plain_measures("portfolio")}
+        row["lookback_days"] = days
         risk_rows.append(row)
         mine = pnl[pnl["portfolio_id"] == pid]
         for method in ("hist", "param"):
