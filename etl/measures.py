@@ -81,6 +81,9 @@ MEASURES: tuple[Measure, ...] = (
             "(fraction, sqrt(365) scaling).", scopes=("portfolio", "asset"), function="window_vol", window=20),
     Measure("vol_30d", "Vol 30d", "annualised fraction", "Annualised volatility of daily returns over 30 days "
             "(fraction, sqrt(365) scaling).", scopes=("portfolio", "asset"), function="window_vol", window=30),
+    Measure("semidev_60d", "Downside semi-dev 60d", "annualised fraction", "Annualised downside semi-deviation "
+            "(target 0) of daily returns over 60 days (fraction, sqrt(365) scaling).", function="downside_semideviation",
+            window=60),
     Measure("vol_ewma", "Vol EWMA", "annualised fraction", "Annualised EWMA volatility of daily returns "
             "(RiskMetrics lambda, fraction).", scopes=("portfolio", "asset")),
     Measure("max_drawdown", "Max drawdown", "fraction", "Largest peak-to-trough fall over the lookback, a negative "
