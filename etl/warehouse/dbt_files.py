@@ -8,8 +8,8 @@
 - `models/intermediate/int_observed_dates.sql`: the days of every raw column named in a `calendar` list (the
   input of the dim_date spine).
 
-The risk columns' descriptions come from etl/measures.py (through `schema.DESCRIPTIONS`), and `<methods:scope>` in
-a declared description or test argument becomes that scope's methods. `make dbt-files` (`python -m
+The risk columns' descriptions come from etl/measures.py (through `schema.DESCRIPTIONS`), and a `<kind:scope>` token
+in a declared description or test argument becomes that scope's methods (`_derived`). `make dbt-files` (`python -m
 etl.warehouse.dbt_files`) rewrites them; tests/etl/warehouse/test_loader.py fails while one is out of date.
 """
 
@@ -31,19 +31,26 @@ DBT_TYPES = {"timestamptz": "timestamp with time zone"}  # the names dbt's contr
 LOADED_AT = ("loaded_at", "timestamptz")
 
 
-METHODS_TOKEN = re.compile(r"<methods:(\w+)>")   # in a description: the scope's method labels; a test argument: names
+TOKEN = re.compile(r"<(methods|method_names|var_limit_metrics):(\w+)>")
+LISTS = {"methods": lambda scope: list(measures.method_names(scope)),           # a whole test argument: a list
+         "var_limit_metrics": lambda scope: [measures.column("var", c, m.name) for m in measures.methods(scope)
+                                             for c in m.confidences if c >= 0.99]}
+TEXTS = {"methods": lambda scope: ", ".join(m.label for m in measures.methods(scope)),   # within a description
+         "method_names": lambda scope: ", ".join(f"{m.name} ({m.label})" for m in measures.methods(scope))}
 
 
 def _derived(value):
-    """A declared description or test argument with each `<methods:scope>` replaced from etl/measures.py."""
+    """A declared description or test argument with each `<kind:scope>` token filled in from etl/measures.py:
+    `methods` (the scope's method names as a list, or their labels in a text), `method_names` (names and
+    labels), `var_limit_metrics` (the VaR columns at 99% or more that a limit may name)."""
     if isinstance(value, dict):
         return {k: _derived(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_derived(v) for v in value]
-    if isinstance(value, str) and (whole := METHODS_TOKEN.fullmatch(value)):
-        return list(measures.method_names(whole.group(1)))
+    if isinstance(value, str) and (whole := TOKEN.fullmatch(value)) and whole.group(1) in LISTS:
+        return LISTS[whole.group(1)](whole.group(2))
     if isinstance(value, str):
-        return METHODS_TOKEN.sub(lambda m: ", ".join(x.label for x in measures.methods(m.group(1))), value)
+        return TOKEN.sub(lambda m: TEXTS[m.group(1)](m.group(2)), value)
     return value
 
 
