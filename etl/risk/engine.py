@@ -550,7 +550,6 @@ def _scenario_backtest(method: str, sc: _Scenarios, expo: np.ndarray, held: np.n
     return out
 
 
-
 def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, rng: np.random.Generator, params: RiskParams,
                    z2_null: dict) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
     """Forecasts of the tail methods (etl.risk.tails), each fitted on each day to the day's historical scenario
@@ -568,7 +567,7 @@ def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, rng: np.r
     step = max(1, BACKTEST_CELLS // (f_len * n))
     for lo in range(0, p, step):
         cols = slice(lo, lo + step)
-        losses = var.exposed_losses(expo[:, cols], sc.neg_w)                      # (F, Pc, N)
+        losses = var.exposed_losses(expo[:, cols], sc.neg_w)              # (F, Pc, N)
         np.copyto(losses, np.nan, where=sc.pad[:, None, :])
         for method in tails.METHODS:
             fit = tails.fit(method, losses)

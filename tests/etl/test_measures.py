@@ -80,3 +80,11 @@ def test_every_limit_type_is_registered_with_its_unit():
     assert measures.FRACTION_LIMITS == {"concentration", "drawdown"}
     assert html.limit_value("lvar", 1234.5) == "1,234.50"
     assert html.limit_value("concentration", 0.25) == "25.0%"
+
+
+def test_every_registered_method_and_measure_has_its_convention_in_the_docs():
+    text = (PROJECT_ROOT / "docs" / "risk_conventions.md").read_text()
+    named = {m.name: (f"`{m.name}`", f"_{m.name}`") for m in measures.METHODS}        # `param_t`, `*_fhs_ewma`
+    named |= {m.name: (f"`{m.name}_",) if m.per_method else (f"`{m.name}`",) for m in measures.MEASURES}
+    missing = [name for name, forms in named.items() if not any(f in text for f in forms)]
+    assert missing == [], "add a convention line to docs/risk_conventions.md for each"
