@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from etl import measures
+from etl.measures import FRACTION_LIMITS
 from etl.report.completeness import stale_holdings
 from etl.report.figures import VAR_USD_SQL, backtest_summary, total
 from etl.report.gold import GoldReader
@@ -30,7 +32,6 @@ CORRELATION_DAYS = 90
 DURATION_DAYS = 30          # pipeline: task durations over this many days
 AUDIT_ROWS = 50
 ANOMALY_Z = 3.5             # etl.risk.engine's default |robust z| threshold
-LIMIT_UNITS = {"var": "currency", "concentration": "fraction", "drawdown": "fraction"}
 FIRM_NOT_COMPUTED = "firm VaR not yet computed"
 INTRADAY_BREACH_TABLES = ("fact_intraday_breaches", "fact_intraday_limit_breaches")
 
@@ -75,12 +76,14 @@ def latest_as_of(reader: GoldReader) -> date:
     return reader.latest_as_of()
 
 
+RISK_COLUMNS = ", ".join(f"r.{c}" for c in measures.columns("portfolio"))   # every method and measure
+
 # ---- the figures every page shares --------------------------------------------------------------------------------
 PORTFOLIO_DAY_SQL = f"""
     select p.portfolio_id, p.name, p.base_currency, p.var_limit, p.concentration_limit, p.drawdown_limit,
            v.market_value, v.gross_exposure, v.net_exposure, v.concentration_pct,
            d.daily_pnl, d.mtd_pnl,
-           r.var_95_hist, r.var_99_hist, r.es_95_hist, r.es_99_hist, r.vol_30d, r.max_drawdown, u.var_99_hist_usd
+           {RISK_COLUMNS}, u.var_99_hist_usd
     from gold.dim_portfolio as p
     left join gold.fact_portfolio_valuation as v on v.portfolio_id = p.portfolio_id and v.as_of_date = %(as_of)s
     left join gold.fact_pnl_daily as d on d.portfolio_id = p.portfolio_id and d.as_of_date = %(as_of)s
@@ -180,7 +183,7 @@ def breaches(reader: GoldReader, as_of: date) -> tuple[list[dict], list[str]]:
 
 
 def _breach(r: dict, scope: str) -> dict:
-    unit = LIMIT_UNITS.get(str(r["limit_type"]), "currency")
+    unit = "fraction" if str(r["limit_type"]) in FRACTION_LIMITS else "currency"
     return jsonable({"portfolio_id": r["portfolio_id"], "limit_type": r["limit_type"], "metric": r.get("metric"),
                      "value": r["value"], "limit_value": r["limit_value"], "utilisation": r["utilisation"],
                      "since": r.get("since"), "days": r.get("days"), "scope": scope, "unit": unit,

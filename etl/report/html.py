@@ -22,6 +22,8 @@ from datetime import UTC, date, datetime
 import numpy as np
 import pandas as pd
 
+from etl import measures
+from etl.measures import FRACTION_LIMITS, LIMIT_TYPES
 from etl.report import charts
 from etl.report.data import CORRELATION_DAYS, ReportData
 from etl.report.figures import backtest_summary, total
@@ -30,8 +32,6 @@ from etl.risk.backtest import traffic_light
 
 log = logging.getLogger(__name__)
 
-LIMIT_TYPES = ("var", "concentration", "drawdown")
-METHODS = (("hist", "Historical"), ("param", "Parametric"), ("mc", "Monte Carlo"))
 FIRST_SCREEN_BREACHES = 10  # the worst breaches on the first screen; all of them in data/breaches.csv
 PORTFOLIO_ROWS = 50         # rows of the report's portfolio table; every portfolio is in portfolios.html
 DETAIL_PAGES = 50           # portfolios with a detail page (breached first, then largest VaR 99%)
@@ -103,7 +103,7 @@ def limit_value(limit_type: str, v) -> str:
     """Limits and breach values in their natural unit: VaR in money, concentration and drawdown as a percentage."""
     if not _isnum(v):
         return "–"
-    return pct(v) if limit_type in ("concentration", "drawdown") and abs(float(v)) <= 5 else number(v)
+    return pct(v) if limit_type in FRACTION_LIMITS and abs(float(v)) <= 5 else number(v)
 
 
 def slug(text: str) -> str:
@@ -302,7 +302,7 @@ def _breach_rows(data: ReportData) -> pd.DataFrame | None:
     if b is None:
         return None
     b = b.assign(utilisation=b["value"].astype(float) / b["limit_value"].astype(float), since=None, scope="eod",
-                 unit=[("fraction" if t in ("concentration", "drawdown") else "currency") for t in b["limit_type"]],
+                 unit=[("fraction" if t in FRACTION_LIMITS else "currency") for t in b["limit_type"]],
                  currency=b["base_currency"] if "base_currency" in b else "USD")
     return b.sort_values("utilisation", ascending=False)
 
@@ -371,6 +371,9 @@ def first_screen(data: ReportData, summary: pd.DataFrame) -> str:
                            [("portfolio_id", "Portfolio", None), ("max_drawdown", "Max drawdown", pct),
                             ("drawdown_limit", "Limit", pct)], table_id="summary-drawdowns-table"))
     parts.append("</div></div>")
+    if fr.get("available"):
+        parts += ['<h3 id="firm-var-by-method">Firm VaR and ES by method</h3>',
+                  _methods_table(fr, "firm", "USD", "firm-methods")]
     return "\n".join(parts)
 
 
@@ -437,21 +440,25 @@ def _portfolio_breaches(data: ReportData, pid: str) -> str:
                         ("limit_fmt", "Limit value", None)], table_id=f"breaches-{slug(pid)}")
 
 
-def _risk_table(risk_row: pd.Series, ccy: str, pid: str) -> str:
-    rows = []
-    for key, label in METHODS:
-        vals = {m: risk_row.get(f"{m}_{key}") for m in ("var_95", "var_99", "es_95", "es_99")}
-        if any(_isnum(v) for v in vals.values()):
-            rows.append({"method": label, **vals})
+def _methods_table(row, scope: str, ccy: str, table_id: str) -> str:
+    """VaR/ES of every method the registry (etl/measures.py) computes in `scope`, one row per method with a figure."""
+    headers, methods = measures.grid(scope)
+    rows = [{"method": m.label, **{key: row.get(col) for key, col in cols.items()}} for m, cols in methods
+            if any(_isnum(row.get(col)) for col in cols.values())]
     if not rows:
         return empty("no VaR/ES figures for this day")
-    df = pd.DataFrame(rows)
-    out = table(df, [("method", "Method", None), ("var_95", f"VaR 95% ({ccy})", money),
-                     ("var_99", f"VaR 99% ({ccy})", money), ("es_95", f"ES 95% ({ccy})", money),
-                     ("es_99", f"ES 99% ({ccy})", money)], table_id=f"risk-{slug(pid)}")
-    extras = [f"{label}: {fmt(risk_row.get(col))}" for col, label, fmt in (
-        ("vol_20d", "vol 20d", pct), ("vol_30d", "vol 30d", pct), ("vol_ewma", "vol EWMA", pct),
-        ("max_drawdown", "max drawdown", pct), ("lookback_days", "lookback days", number)) if col in risk_row]
+    return table(pd.DataFrame(rows), [("method", "Method", None),
+                                      *[(key, f"{label} ({ccy})", money) for key, label in headers]],
+                 table_id=table_id)
+
+
+def _risk_table(risk_row: pd.Series, ccy: str, pid: str) -> str:
+    """VaR/ES by method, then the portfolio's plain measures (etl/measures.py)."""
+    out = _methods_table(risk_row, "portfolio", ccy, f"risk-{slug(pid)}")
+    extras = [f"{m.label}: {pct(risk_row.get(m.name)) if 'fraction' in m.unit else number(risk_row.get(m.name))}"
+              for m in measures.plain_measures("portfolio") if m.name in risk_row]
+    if "lookback_days" in risk_row:
+        extras.append(f"lookback days: {number(risk_row.get('lookback_days'))}")
     return out + (f"<p>{e('; '.join(extras))} (volatilities annualised)</p>" if extras else "")
 
 
@@ -477,7 +484,7 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
     limits = {t: p.get(f"{t}_limit") for t in LIMIT_TYPES}
     parts = [f'<section class="portfolio" id="section-portfolio-{sid}">',
              f'<h3 id="portfolio-{sid}">{e(name)} <small>({e(pid)}, {e(ccy)})</small></h3>',
-             "<p>Limits: " + e("; ".join(f"{t} {money(v, ccy) if t == 'var' else limit_value(t, v)}"
+             "<p>Limits: " + e("; ".join(f"{t} {limit_value(t, v) if t in FRACTION_LIMITS else money(v, ccy)}"
                                          for t, v in limits.items())) + "</p>",
              f'<h4 id="portfolio-{sid}-breaches">Limit breaches on {data.as_of}</h4>',
              _portfolio_breaches(data, pid)]

@@ -20,10 +20,13 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import sparse
 
+from etl import measures
 from etl.errors import DataNotFoundError
+from etl.measures import BACKTEST_CONFIDENCES, CONFIDENCES
 from etl.risk import (
     anomalies,
     backtest,
+    book_var,
     contributions,
     drawdown,
     es_backtest,
@@ -39,14 +42,10 @@ from etl.risk.scenarios import scenario_tables
 
 log = logging.getLogger(__name__)
 
-CONFIDENCES = (0.95, 0.99)
-METHODS = ("hist", "param", "mc", "fhs_ewma", "garch_t", *tails.METHODS)
+METHODS = measures.method_names("portfolio")   # every method of a portfolio is backtested
 FILTERED = ("fhs_ewma", "garch_t")     # volatility-filtered historical simulation (etl.risk.filtered)
-EVT_CONFIDENCES = (*CONFIDENCES, 0.995)   # evt_gpd is also read deeper in the tail it models
-BACKTEST_CONFIDENCES = (0.95, 0.975, 0.99)   # 97.5%: the Basel ES level
 TEST_SIZE = 0.05                       # a backtest fails when its p-value is below this
 MIN_VAR_OBS = 20          # fewest daily returns a VaR forecast may rest on (backtest days before that are skipped)
-VOL_WINDOWS = (20, 30)
 BACKTEST_CELLS = 4_000_000  # scenario losses (days x portfolios x scenarios) the backtest holds at once
 PORTFOLIO_CHUNK = 100       # portfolios valued and backtested together (memory bound; the results do not depend on it)
 
@@ -323,26 +322,9 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
     # ---- as-of metrics ----
     window = asset_ret[-n_ret:]
     exposure = np.ascontiguousarray(mv[-1].T)                              # (A, P)
-    metrics = {}
-    for c, (v, e) in var.var_es_from_losses(var.historical_losses(window, exposure), CONFIDENCES).items():
-        metrics[_name("var", c, "hist")], metrics[_name("es", c, "hist")] = v, e
-    tail_losses = _exposed(exposure.T, -window.T)                          # (P, N): the hist losses
-    for method in tails.METHODS:                                           # fat-tailed fits of the same losses
-        fit = tails.fit(method, tail_losses)
-        for c in EVT_CONFIDENCES if method == "evt_gpd" else CONFIDENCES:
-            metrics[_name("var", c, method)], metrics[_name("es", c, method)] = fit.var_es(c)
-    sigma = var.portfolio_sigma(var.covariance(window), exposure)
-    for c in CONFIDENCES:
-        metrics[_name("var", c, "param")], metrics[_name("es", c, "param")] = var.parametric_var_es(sigma, c)
-    mc = var.var_es_from_losses(var.mc_losses(z, scale, var.covariance(window), exposure), CONFIDENCES)
-    for c, (v, e) in mc.items():
-        metrics[_name("var", c, "mc")], metrics[_name("es", c, "mc")] = v, e
     sig = _filtered_sigmas(asset_ret, base, params, {} if sigmas is None else sigmas)
-    for method in FILTERED:
-        u = filtered.standardised(asset_ret, sig[method])
-        fhs = filtered.fhs_window(u[-n_ret:], sig[method][-1])
-        for c, (v, e) in var.var_es_from_losses(var.historical_losses(fhs, exposure), CONFIDENCES).items():
-            metrics[_name("var", c, method)], metrics[_name("es", c, method)] = v, e
+    scen = book_var.Scenarios.last(asset_ret, n_ret, {m: sig[m] for m in FILTERED}, z, scale)
+    metrics = book_var.book_var_es(scen, exposure, "portfolio")
     pr_window = port_ret[-n_ret:]
     mdd = drawdown.max_drawdown(pr_window)
     gross_now = expo["gross_exposure"][-1]
@@ -353,8 +335,8 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
     with np.errstate(invalid="ignore", divide="ignore"):
         for col in list(metrics):
             risk[f"{col}_pct"] = np.where(gross_now > 0, metrics[col] / np.where(gross_now > 0, gross_now, 1), np.nan)
-    for w in VOL_WINDOWS:
-        risk[f"vol_{w}d"] = risk_returns.window_vol(port_ret[1:], w, params.annualization_days)
+    for m in measures.series_measures("portfolio"):
+        risk[m.name] = getattr(risk_returns, m.function)(port_ret[1:], m.window, params.annualization_days)
     risk["vol_ewma"] = risk_returns.ewma_vol(pr_window, params.ewma_lambda, params.annualization_days)
     risk["max_drawdown"] = mdd.max_drawdown
     risk["lookback_days"] = n_ret
@@ -412,18 +394,14 @@ def contribution_rows(window: np.ndarray, exposure: np.ndarray, ids, held, as_of
     cov = var.covariance(window)
     cols = {}
     for c in CONFIDENCES:
-        cols[_name("component_var", c, "param")], cols[_name("marginal_var", c, "param")] = \
+        cols[measures.column("component_var", c, "param")], cols[measures.column("marginal_var", c, "param")] = \
             contributions.parametric(cov, exposure, c)
     for c, comp in contributions.historical_es(window, exposure, CONFIDENCES).items():
-        cols[_name("component_es", c, "hist")] = comp
+        cols[measures.column("component_es", c, "hist")] = comp
     ai, pi = np.nonzero(exposure)
     return pd.DataFrame({"portfolio_id": np.asarray(ids)[pi], "product_id": np.asarray(held)[ai],
                          "as_of_date": as_of, "scope": scope, "exposure": exposure[ai, pi],
                          **{k: v[ai, pi] for k, v in cols.items()}, "currency": currency})
-
-
-def _name(kind: str, confidence: float, method: str) -> str:
-    return f"{kind}_{confidence * 100:g}_{method}".replace(".", "")          # 0.99 -> 99, 0.995 -> 995
 
 
 def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
@@ -572,16 +550,6 @@ def _scenario_backtest(method: str, sc: _Scenarios, expo: np.ndarray, held: np.n
     return out
 
 
-def _exposed(expo: np.ndarray, neg_w: np.ndarray) -> np.ndarray:
-    """Scenario losses (..., P, N) of exposures (..., P, A) to negated returns (..., A, N), summed asset by asset:
-    the same bits for a portfolio whatever the others (a BLAS product's rounding varies with the batch at 1e-16,
-    which the flat optimum of an ML fit magnifies)."""
-    out = np.zeros((*expo.shape[:-1], neg_w.shape[-1]))
-    for a in range(expo.shape[-1]):
-        out += expo[..., a, None] * neg_w[..., None, a, :]
-    return out
-
-
 def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, rng: np.random.Generator, params: RiskParams,
                    z2_null: dict) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
     """Forecasts of the tail methods (etl.risk.tails), each fitted on each day to the day's historical scenario
@@ -599,7 +567,7 @@ def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, rng: np.r
     step = max(1, BACKTEST_CELLS // (f_len * n))
     for lo in range(0, p, step):
         cols = slice(lo, lo + step)
-        losses = _exposed(expo[:, cols], sc.neg_w)                        # (F, Pc, N)
+        losses = var.exposed_losses(expo[:, cols], sc.neg_w)              # (F, Pc, N)
         np.copyto(losses, np.nan, where=sc.pad[:, None, :])
         for method in tails.METHODS:
             fit = tails.fit(method, losses)
@@ -737,7 +705,8 @@ def asset_tables(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: 
     asset = pd.DataFrame({
         "product_id": products, "as_of_date": as_of, "quote_currency": [quote_ccy.get(p, "") for p in products],
         "close": px[-1], "daily_return": r[-1], "log_return": risk_returns.log_returns(px[-2:])[0],
-        **{f"vol_{w}d": risk_returns.window_vol(r, w, params.annualization_days) for w in VOL_WINDOWS},
+        **{m.name: getattr(risk_returns, m.function)(r, m.window, params.annualization_days)
+           for m in measures.series_measures("asset")},
         "vol_ewma": risk_returns.ewma_vol(window, params.ewma_lambda, params.annualization_days),
         "max_drawdown": mdd.max_drawdown,
         "worst_daily_return": window[worst, np.arange(len(products))],

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
+from etl import measures
 from etl.report.formatting import Formats
 
 BASE = "/risk"
@@ -77,6 +78,15 @@ def table(rows: list[dict], cols: Iterable[tuple], table_id: str, empty: str = "
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<div class="table-wrap"><table id="{e(table_id)}"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def methods_table(row: dict, scope: str, table_id: str) -> str:
+    """VaR/ES of every method the registry (etl/measures.py) computes in `scope`, one row per method with a figure."""
+    headers, methods = measures.grid(scope)
+    rows = [{"method": m.label, **{key: row.get(col) for key, col in cols.items()}} for m, cols in methods
+            if any(_ok(row.get(col)) for col in cols.values())]
+    return table(rows, [("method", "Method", None), *[(key, label, "money") for key, label in headers]], table_id,
+                 empty="no VaR/ES figures for this day")
 
 
 def kpi(label: str, value: str, kpi_id: str, raw=None, cls: str = "") -> str:
@@ -293,7 +303,8 @@ def firm_risk_html(fr: dict) -> str:
     if _ok(fr.get("diversification_benefit")):
         k.append(kpi("Diversification benefit", money(fr["diversification_benefit"]), "diversification",
                      fr["diversification_benefit"]))
-    return f'<div class="kpis" id="firm-risk">{"".join(k)}</div>'
+    return (f'<div class="kpis" id="firm-risk">{"".join(k)}</div>'
+            f'<h3 id="firm-var-by-method">Firm VaR and ES by method (USD)</h3>{methods_table(fr, "firm", "firm-methods")}')
 
 
 def firm_limits_html(fr: dict) -> str:
@@ -390,10 +401,13 @@ def portfolio(d: dict, ids: list[str]) -> str:
     for key, label, f in (("market_value", "Market value", "money"), ("daily_pnl", "PnL today", "signed"),
                           ("mtd_pnl", "PnL MTD", "signed"), ("var_95_hist", "VaR 95% (hist)", "money"),
                           ("var_99_hist", "VaR 99% (hist)", "money"), ("es_99_hist", "ES 99% (hist)", "money"),
-                          ("vol_30d", "Vol 30d (ann.)", "pct"), ("max_drawdown", "Max drawdown", "pct"),
+                          *[(m.name, m.label, "pct" if "fraction" in m.unit else "num")
+                            for m in measures.plain_measures("portfolio")],
                           ("concentration_pct", "Concentration", "pct")):
         body.append(kpi(label, FORMATS[f](day.get(key)), key.replace("_", "-"), day.get(key)))
-    body.append("</div><div class=\"grid2\">")
+    body.append(f'</div><h2 id="var-by-method">VaR and ES by method ({e(ccy)})</h2>')
+    body.append(methods_table(day, "portfolio", "risk-methods"))
+    body.append("<div class=\"grid2\">")
     h = d["history"]
     dates = [r["as_of_date"] for r in h]
     body.append(chart("chart-value", f"Market value and daily PnL ({ccy})", {"type": "bar", "data": {

@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, time, timedelta
 import numpy as np
 import pandas as pd
 
+from etl import measures
 from etl.errors import ConfigError
 
 AS_OF = date(2026, 1, 31)  # the sample's last day, the default as-of of its reports
@@ -34,6 +35,9 @@ HOLDINGS = {  # portfolio -> product -> (quantity, avg_cost)
     "P-ALT": {"ETH-USD": (5.0, 3_100.0), "SOL-USD": (200.0, 120.0)},
 }
 TASKS = ("fetch_candles", "build_bars_5m", "compute_risk", "load_warehouse")
+VAR_Z = {0.95: 1.645, 0.99: 2.326, 0.995: 2.576}   # normal VaR and ES per unit sd at each registered confidence
+ES_Z = {0.95: 2.063, 0.99: 2.665, 0.995: 2.892}
+PLAIN = {"vol_20d": 0.55, "vol_30d": 0.6, "vol_ewma": 0.58, "max_drawdown": -0.18}   # other measures: 0.5
 
 
 def _prices(as_of: date, days: int) -> pd.DataFrame:
@@ -86,10 +90,13 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
     risk_rows, backtest = [], []
     for pid, s in sd.items():
         row = {"portfolio_id": pid, "as_of_date": as_of}
-        for method, k in (("hist", 1.0), ("param", 1.05), ("mc", 1.02)):
-            row |= {f"var_95_{method}": 1.645 * s * k, f"var_99_{method}": 2.326 * s * k,
-                    f"es_95_{method}": 2.063 * s * k, f"es_99_{method}": 2.665 * s * k}
-        row |= {"vol_20d": 0.55, "vol_30d": 0.6, "vol_ewma": 0.58, "max_drawdown": -0.18, "lookback_days": days}
+        for method in measures.methods("portfolio"):      # every registered method, as gold has them
+            k = {"hist": 1.0, "param": 1.05, "mc": 1.02}.get(method.name, 1.1)
+            for c in method.confidences:
+                row |= {measures.column("var", c, method.name): VAR_Z[c] * s * k,
+                        measures.column("es", c, method.name): ES_Z[c] * s * k}
+        row |= {m.name: PLAIN.get(m.name, 0.5) for m in measures.plain_measures("portfolio")}
+        row["lookback_days"] = days
         risk_rows.append(row)
         mine = pnl[pnl["portfolio_id"] == pid]
         for method in ("hist", "param"):
