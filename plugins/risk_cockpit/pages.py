@@ -7,14 +7,14 @@ static/cockpit.js turns into canvases. No CDN: Chart.js is vendored under static
 
 from __future__ import annotations
 
-import html
-import json
 import math
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
+from etl.report import kit
 from etl.report.formatting import Formats
+from etl.report.kit import e
 
 BASE = "/risk"
 PAGE_SIZE = 50
@@ -23,10 +23,6 @@ REFRESH_S = 300  # the Firm page's intraday chart refreshes itself every 5 minut
 COLORS = ("#1f4e79", "#ef8f00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#5d4037", "#455a64", "#ad1457",
           "#9e9d24")
 GAIN, LOSS = "#2e7d32", "#c62828"
-
-
-def e(v) -> str:
-    return html.escape("" if v is None else str(v), quote=True)
 
 
 # ---- formatting ------------------------------------------------------------------------------------------------
@@ -39,8 +35,7 @@ money, pct, num = _FORMATS.money, _FORMATS.pct, _FORMATS.number
 
 
 def sign_class(v) -> str:
-    """Green for a gain, red for a loss, no colour for a missing value (never a green "–")."""
-    return "" if not _ok(v) else ("pos" if v >= 0 else "neg")
+    return kit.sign_class(v, _ok)
 
 
 def breach_value(v, unit: str, ccy: str) -> str:
@@ -53,36 +48,31 @@ FORMATS = {"money": money, "signed": lambda v: money(v, signed=True), "pct": pct
            "s": lambda v: f"{v:,.1f}" if _ok(v) else "–"}
 
 
+def _ts(v) -> str:
+    """An ISO timestamp as its UTC minute."""
+    return str(v)[:16].replace("T", " ") if v else "–"
+
+
+def _column(key: str, header: str, f) -> kit.Column:
+    if callable(f):
+        return kit.Column(key, header, html=f)
+    if f == "ts":
+        return kit.Column(key, header, text=_ts)
+    if f in FORMATS:
+        return kit.Column(key, header, fmt=FORMATS[f], signed=f == "signed")
+    return kit.Column(key, header)
+
+
 def table(rows: list[dict], cols: Iterable[tuple], table_id: str, empty: str = "nothing to show") -> str:
-    """cols: (key, header, format) with format None (text), a FORMATS key, or a callable(row) -> html."""
-    cols = list(cols)
+    """cols: (key, header, format) with format None (text), "ts" (a timestamp), a FORMATS key, or a
+    callable(row) -> html. Every cell names its column and every number carries its exact value (data-*)."""
     if not rows:
-        return f'<p class="empty" id="{e(table_id)}-empty">{e(empty)}</p>'
-    head = "".join(f'<th class="{"num" if f in FORMATS else ""}">{e(h)}</th>' for _, h, f in cols)
-    body = []
-    for r in rows:
-        cells = []
-        for key, _, f in cols:
-            v = r.get(key)
-            if callable(f):
-                cells.append(f"<td>{f(r)}</td>")
-            elif f == "ts":  # ISO timestamps as UTC minutes
-                cells.append(f'<td data-key="{e(key)}">{e(str(v)[:16].replace("T", " ") if v else "–")}</td>')
-            elif f in FORMATS:
-                sign = f" {sign_class(v)}" if f == "signed" and _ok(v) else ""
-                data = f' data-value="{e(repr(float(v)))}"' if _ok(v) else ""
-                cells.append(f'<td class="num{sign}" data-key="{e(key)}"{data}>{e(FORMATS[f](v))}</td>')
-            else:
-                cells.append(f'<td data-key="{e(key)}">{e(v)}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<div class="table-wrap"><table id="{e(table_id)}"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
+        return kit.empty(empty, f"{table_id}-empty")
+    return kit.table(rows, [_column(*c) for c in cols], table_id, is_value=_ok, exact=True)
 
 
 def kpi(label: str, value: str, kpi_id: str, raw=None, cls: str = "") -> str:
-    data = f' data-value="{e(repr(float(raw)))}"' if _ok(raw) else ""
-    return (f'<div class="kpi" id="kpi-{e(kpi_id)}"><div class="label">{e(label)}</div>'
-            f'<div class="value {cls}"{data}>{e(value)}</div></div>')
+    return kit.kpi(label, value, kpi_id, cls, raw if _ok(raw) else None)
 
 
 def chart(chart_id: str, title: str, config: dict, charts: list[dict], height: int = 260,
@@ -93,7 +83,7 @@ def chart(chart_id: str, title: str, config: dict, charts: list[dict], height: i
         config["options"].setdefault("scales", {}).setdefault("y", {})["ticks"] = {"autoSkip": False}
     config["options"].setdefault("plugins", {})["title"] = {"display": True, "text": title}
     charts.append({"id": chart_id, "config": config, "refresh": refresh})
-    return f'<figure class="chart"><div style="height:{height}px"><canvas id="{e(chart_id)}"></canvas></div></figure>'
+    return kit.canvas(chart_id, height)
 
 
 def _link(path: str, text: str, as_of: str | None = None) -> str:
@@ -106,58 +96,15 @@ def portfolio_link(r: dict, as_of: str | None = None) -> str:
     return _link(f"/portfolio/{quote(pid, safe='')}", pid, as_of)
 
 
-# ---- the frame -------------------------------------------------------------------------------------------------
-CSS = """
-*{box-sizing:border-box}body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
-color:#1d2733;background:#f4f6f8;line-height:1.4;font-size:14px}
-header{background:#1f4e79;color:#fff;padding:.5rem 1rem;display:flex;flex-wrap:wrap;gap:1rem;align-items:center}
-header a{color:#dfe9f5;text-decoration:none;padding:.2rem .5rem;border-radius:4px}
-header a.active{background:#fff;color:#1f4e79;font-weight:600}
-header form{margin-left:auto}main{max-width:1400px;margin:0 auto;padding:.5rem 1rem 2rem}
-h1{font-size:1.3rem;margin:.6rem 0}h2{font-size:1.05rem;margin:1.2rem 0 .4rem;color:#1f4e79}
-.status{padding:.4rem .8rem;border-radius:4px;margin:.4rem 0;font-weight:600}
-.status.complete{background:#c8e6c9;color:#1b5e20}.status.incomplete{background:#ffcdd2;color:#b71c1c}
-.status.stale{background:#ffe082;color:#5d4037}.badge.stale{background:#ffe082;color:#5d4037;padding:0 .3rem;border-radius:3px}
-.kpis{display:grid;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));gap:.5rem;margin:.5rem 0}
-.kpi{background:#fff;border-radius:6px;padding:.4rem .7rem;box-shadow:0 1px 3px rgba(0,0,0,.08)}
-.ack{color:#5d4037;font-style:italic;display:inline-block;max-width:16rem}details.act form{display:flex;flex-wrap:wrap;gap:.3rem;margin-top:.3rem}
-.kpi .label{font-size:.75rem;color:#5b6b7b;text-transform:uppercase}.kpi .value{font-size:1.1rem;font-weight:600}
-.table-wrap{overflow-x:auto;margin:.3rem 0}table{border-collapse:collapse;background:#fff;font-size:.85rem}
-th,td{padding:.25rem .5rem;border-bottom:1px solid #e1e6eb;text-align:left;vertical-align:top;overflow-wrap:anywhere}
-th.num,td.num{text-align:right;font-variant-numeric:tabular-nums}td.num,td .num{white-space:nowrap}thead th{background:#eef2f6}
-.pos{color:#2e7d32}.neg{color:#c62828}.empty{color:#5b6b7b;font-style:italic}
-.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.35rem .7rem;margin:.4rem 0}
-figure.chart{background:#fff;border-radius:6px;margin:.5rem 0;padding:.4rem}
-.grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:.6rem}
-.pager a{margin-right:.5rem}.scope-intraday{color:#6a1b9a;font-weight:600}
-"""
-
+# ---- the frame ---------------------------------------------------------------------------------------------------
 PAGES = (("/", "firm", "Firm"), ("/portfolio", "portfolio", "Portfolio"), ("/market", "market", "Market"),
          ("/pipeline", "pipeline", "Pipeline"))
 
 
 def layout(title: str, active: str, body: str, charts: list[dict] | None = None, as_of: str | None = None,
            refresh_url: str | None = None) -> str:
-    nav = "".join(f'<a href="{BASE}{path}{"?as_of=" + e(as_of) if as_of and key != "pipeline" else ""}" '
-                  f'id="nav-{key}" class="{"active" if key == active else ""}">{label}</a>'
-                  for path, key, label in PAGES)
-    nav += (f'<a href="{BASE}/docs" id="nav-docs" target="_blank">dbt docs</a>'
-            f'<a href="{BASE}/report{"/" + e(as_of) if as_of else ""}" id="nav-report" target="_blank">'
-            f'HTML report</a>')
-    picker = (f'<form method="get"><label>as of <input type="date" name="as_of" value="{e(as_of)}"></label> '
-              f'<button>go</button></form>' if as_of else "")
-    data = json.dumps(charts or []).replace("</", "<\\/")
-    refresh = f' data-refresh-url="{e(refresh_url)}" data-refresh-s="{REFRESH_S}"' if refresh_url else ""
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{e(title)}</title><style>{CSS}</style></head>
-<body data-page="{e(active)}"{refresh}>
-<header><strong>Risk cockpit</strong>{nav}{picker}</header>
-<main>{body}</main>
-<script type="application/json" id="chart-data">{data}</script>
-<script src="{BASE}/static/chart.umd.min.js"></script>
-<script src="{BASE}/static/cockpit.js"></script>
-</body></html>"""
+    return kit.cockpit_page(title, active, body, base=BASE, nav=PAGES, charts=charts, as_of=as_of,
+                            refresh_url=refresh_url, refresh_s=REFRESH_S)
 
 
 def status_banner(d: dict) -> str:
