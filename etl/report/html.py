@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime
 import numpy as np
 import pandas as pd
 
-from etl.report import charts, kit
+from etl.report import charts, kit, shown
 from etl.report.data import CORRELATION_DAYS, ReportData
 from etl.report.figures import backtest_summary, total
 from etl.report.formatting import Formats
@@ -31,7 +31,6 @@ from etl.risk.backtest import traffic_light
 log = logging.getLogger(__name__)
 
 LIMIT_TYPES = ("var", "concentration", "drawdown")
-METHODS = (("hist", "Historical"), ("param", "Parametric"), ("mc", "Monte Carlo"))
 FIRST_SCREEN_BREACHES = 10  # the worst breaches on the first screen; all of them in data/breaches.csv
 PORTFOLIO_ROWS = 50         # rows of the report's portfolio table; every portfolio is in portfolios.html
 DETAIL_PAGES = 50           # portfolios with a detail page (breached first, then largest VaR 99%)
@@ -362,17 +361,17 @@ def _portfolio_breaches(data: ReportData, pid: str) -> str:
 
 
 def _risk_table(risk_row: pd.Series, ccy: str, pid: str) -> str:
+    measures = shown.method_measures()
     rows = []
-    for key, label in METHODS:
-        vals = {m: risk_row.get(f"{m}_{key}") for m in ("var_95", "var_99", "es_95", "es_99")}
+    for key, label in shown.methods():
+        vals = {m.name: risk_row.get(f"{m.name}_{key}") for m in measures}
         if any(_isnum(v) for v in vals.values()):
             rows.append({"method": label, **vals})
     if not rows:
         return kit.empty("no VaR/ES figures for this day")
-    df = pd.DataFrame(rows)
-    out = table(df, [("method", "Method", None), ("var_95", f"VaR 95% ({ccy})", money),
-                     ("var_99", f"VaR 99% ({ccy})", money), ("es_95", f"ES 95% ({ccy})", money),
-                     ("es_99", f"ES 99% ({ccy})", money)], table_id=f"risk-{slug(pid)}")
+    out = table(pd.DataFrame(rows), [("method", "Method", None),
+                                     *((m.name, f"{m.label} ({ccy})", _FORMATS.of(m.unit)) for m in measures)],
+                table_id=f"risk-{slug(pid)}")
     extras = [f"{label}: {fmt(risk_row.get(col))}" for col, label, fmt in (
         ("vol_20d", "vol 20d", pct), ("vol_30d", "vol 30d", pct), ("vol_ewma", "vol EWMA", pct),
         ("max_drawdown", "max drawdown", pct), ("lookback_days", "lookback days", number)) if col in risk_row]

@@ -28,11 +28,6 @@ def e(v) -> str:
     return html.escape("" if v is None else str(v), quote=True)
 
 
-def stylesheet() -> str:
-    """The one stylesheet of both pages (the templates inline it)."""
-    return ENV.loader.get_source(ENV, "kit.css")[0]
-
-
 @dataclass(frozen=True)
 class Column:
     """One column of a `table`. A cell is text by default (None reads as nothing); `fmt` makes it a number

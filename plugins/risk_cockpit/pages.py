@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
-from etl.report import kit
+from etl.report import kit, shown
 from etl.report.formatting import Formats
 from etl.report.kit import e
 
@@ -229,10 +229,9 @@ def _cell(raw, text: str) -> str:
 def firm_risk_html(fr: dict) -> str:
     if not fr.get("available"):
         return f'<p class="note" id="firm-var-note">{e(fr["note"])}</p>'
-    k = [kpi("Firm VaR 95% (hist)", money(fr.get("var_95_hist")), "firm-var-95", fr.get("var_95_hist")),
-         kpi("Firm VaR 99% (hist)", money(fr.get("var_99_hist")), "firm-var-99", fr.get("var_99_hist")),
-         kpi("Firm ES 99% (hist)", money(fr.get("es_99_hist")), "firm-es-99", fr.get("es_99_hist")),
-         kpi(f'VaR 99% vs {fr.get("prev_as_of_date") or "previous day"}', money(fr.get("var_99_hist_change"),
+    k = [kpi(m.label, _FORMATS.of(m.unit)(fr.get(m.name)), f'firm-{m.name.removesuffix("_hist").replace("_", "-")}',
+             fr.get(m.name)) for m in shown.firm_kpis()]
+    k += [kpi(f'VaR 99% vs {fr.get("prev_as_of_date") or "previous day"}', money(fr.get("var_99_hist_change"),
              signed=True), "firm-var-99-change", fr.get("var_99_hist_change"))]
     if _ok(fr.get("sum_standalone_var_99_hist")):
         k.append(kpi("Sum of standalone VaR 99%", money(fr["sum_standalone_var_99_hist"]), "sum-standalone",
@@ -334,12 +333,8 @@ def portfolio(d: dict, ids: list[str]) -> str:
     body = [f'<h1>Portfolio {e(pid)} <small>{e(p.get("name"))}, {e(ccy)}, as of {e(as_of)}</small></h1>',
             f'<label>portfolio <select id="portfolio-select" data-nav="{BASE}/portfolio/" '
             f'data-as-of="{e(as_of)}">{options}</select></label>', '<div class="kpis">']
-    for key, label, f in (("market_value", "Market value", "money"), ("daily_pnl", "PnL today", "signed"),
-                          ("mtd_pnl", "PnL MTD", "signed"), ("var_95_hist", "VaR 95% (hist)", "money"),
-                          ("var_99_hist", "VaR 99% (hist)", "money"), ("es_99_hist", "ES 99% (hist)", "money"),
-                          ("vol_30d", "Vol 30d (ann.)", "pct"), ("max_drawdown", "Max drawdown", "pct"),
-                          ("concentration_pct", "Concentration", "pct")):
-        body.append(kpi(label, FORMATS[f](day.get(key)), key.replace("_", "-"), day.get(key)))
+    for m in shown.portfolio_kpis():
+        body.append(kpi(m.label, _FORMATS.of(m.unit)(day.get(m.name)), m.name.replace("_", "-"), day.get(m.name)))
     body.append("</div><div class=\"grid2\">")
     h = d["history"]
     dates = [r["as_of_date"] for r in h]
