@@ -210,9 +210,8 @@ def status_banner(data: ReportData) -> str:
     if not fs:
         return ""
     if fs.get("status") == "complete":
-        return f'<div class="status complete" id="as-of-status">{data.as_of}: complete</div>'
-    what = "; ".join(fs.get("missing") or []) or "inputs missing"
-    return f'<div class="status incomplete" id="as-of-status">{data.as_of}: INCOMPLETE: {e(what)}</div>'
+        return kit.status("as-of-status", data.as_of)
+    return kit.status("as-of-status", data.as_of, "; ".join(fs.get("missing") or []) or "inputs missing")
 
 
 def _breach_rows(data: ReportData) -> pd.DataFrame | None:

@@ -91,6 +91,11 @@ def canvas(chart_id: str, height: int = 260) -> str:
     return str(_PARTS.chart(chart_id, height=height))
 
 
+def status(status_id: str, as_of, missing: str | None = None) -> str:
+    """The as-of day's status line: complete, or INCOMPLETE naming what is `missing` (never green over gaps)."""
+    return str(_PARTS.status(status_id, as_of, missing))
+
+
 def empty(text: str, message_id: str | None = None) -> str:
     """Nothing to show, said so."""
     return str(_PARTS.message("empty", text, message_id))

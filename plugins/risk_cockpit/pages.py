@@ -112,10 +112,8 @@ def status_banner(d: dict) -> str:
     missing data); then STALE naming the delisted holdings valued at their last close."""
     stale = "; ".join(d.get("stale") or [])
     flag = f'<div class="status stale" id="stale">STALE: {e(stale)}</div>' if stale else ""
-    if d.get("status") == "complete":
-        return f'<div class="status complete" id="status">{e(d["as_of"])}: complete</div>' + flag
-    missing = "; ".join(d.get("missing") or [])
-    return f'<div class="status incomplete" id="status">{e(d["as_of"])}: INCOMPLETE: {e(missing)}</div>' + flag
+    missing = None if d.get("status") == "complete" else "; ".join(d.get("missing") or [])
+    return kit.status("status", d["as_of"], missing) + flag
 
 
 def intraday_stale(intra: dict) -> str:
