@@ -41,18 +41,6 @@ class Column:
     html: Callable[[Mapping], str] | None = None
 
 
-@dataclass(frozen=True)
-class _Cell:
-    text: str
-    cls: str = ""
-    key: str = ""
-    exact: str | None = None
-
-
-def _exact(v, is_value: Callable[[object], bool]) -> str | None:
-    return repr(float(v)) if is_value(v) else None
-
-
 def sign_class(v, is_value: Callable[[object], bool]) -> str:
     """Green for a gain, red for a loss, no colour for a missing value (never a green "–")."""
     return "" if not is_value(v) else ("pos" if float(v) >= 0 else "neg")
@@ -62,15 +50,15 @@ def table(rows: Iterable[Mapping], columns: Sequence[Column], table_id: str | No
           is_value: Callable[[object], bool], exact: bool = False) -> str:
     """`rows` as a table. `is_value` says what is a number (the caller's `Formats.is_value`). `exact`: each cell
     names its column (`data-key`) and a number carries its exact value (`data-value`), for the cockpit's readers."""
-    def cell(row: Mapping, c: Column) -> _Cell:
+    def cell(row: Mapping, c: Column) -> tuple[str, str, str, str | None]:  # (text, class, data-key, data-value)
         key = c.key if exact else ""
         if c.html is not None:
-            return _Cell(Markup(c.html(row)))
+            return Markup(c.html(row)), "", "", None
         v = row.get(c.key)
         if c.fmt is None:
-            return _Cell(c.text(v) if c.text else ("" if v is None else str(v)), key=key)
+            return (c.text(v) if c.text else ("" if v is None else str(v))), "", key, None
         cls = f"num {sign_class(v, is_value)}".strip() if c.signed else "num"
-        return _Cell(c.fmt(v), cls, key, _exact(v, is_value) if exact else None)
+        return c.fmt(v), cls, key, (repr(float(v)) if exact and is_value(v) else None)
 
     headers = [(c.header, c.fmt is not None) for c in columns]
     return str(_PARTS.table(table_id, headers, [[cell(r, c) for c in columns] for r in rows]))
