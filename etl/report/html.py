@@ -8,6 +8,9 @@ Layout (ids are stable: tests and bookmarks rely on them):
                         #market-price-quality (prints the quality gate flagged on the day)
   h2#pipeline-health    h3#pipeline-durations, #pipeline-rows, #pipeline-failures
   h2#data-notes         gold tables that were missing or empty
+
+The parts (stylesheet, KPI card, table, chart frame, page frame) are the HTML kit the cockpit shares
+(etl/report/kit.py); the methods and measures listed come from etl/report/shown.py.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 page frames, as Jinja2 templates in etl/report/templates/ (shipped with the package).
 
 Autoescape is on: portfolio names, products, reasons and notes come from reference files, gold and users, so every
-value is escaped unless it is markup this code built (`Markup`: links, forms, inline SVG). Each part returns its HTML as
-text; a page composes its sections from them; the numbers read through its `Formats` (etl/report/formatting.py). Pure Python (no
-pandas): the cockpit plugin imports it.
+value is escaped unless it is markup this code built (`Markup`: links, forms, inline SVG). Each part returns its HTML
+as text and a page composes its sections from them; numbers read through the page's `Formats`
+(etl/report/formatting.py). Pure Python (no pandas): the cockpit plugin imports it.
 """
 
 from __future__ import annotations

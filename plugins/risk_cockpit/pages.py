@@ -2,7 +2,9 @@
 
 Numbers are written into the page by the server (each numeric cell carries its exact value in `data-value`),
 charts are Chart.js configurations in a `<script type="application/json" id="chart-data">` block that
-static/cockpit.js turns into canvases. No CDN: Chart.js is vendored under static/.
+static/cockpit.js turns into canvases. No CDN: Chart.js is vendored under static/. The parts (stylesheet, KPI
+card, table, chart frame, page frame) are the report's HTML kit (etl/report/kit.py); the rows of risk figures
+come from etl/report/shown.py.
 """
 
 from __future__ import annotations
