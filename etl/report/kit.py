@@ -22,6 +22,12 @@ ENV = Environment(loader=PackageLoader("etl.report", "templates"), autoescape=Tr
                   trim_blocks=True, lstrip_blocks=True)
 _PARTS = ENV.get_template("kit.html").module
 
+# One palette for the charts of both pages (matplotlib SVG in the report, Chart.js in the cockpit), the stylesheet's.
+SERIES = ("#1f4e79", "#ef8f00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#5d4037", "#455a64", "#ad1457",
+          "#9e9d24")
+GAIN, LOSS = "#2e7d32", "#c62828"
+VALUE, VAR95, VAR99 = SERIES[0], SERIES[1], SERIES[3]  # market value; the VaR 95% and 99% lines
+
 
 def e(v) -> str:
     """Text escaped for HTML built outside the templates (quotes too); None reads as nothing."""

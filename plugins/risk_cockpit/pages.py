@@ -16,15 +16,12 @@ from urllib.parse import quote
 
 from etl.report import kit, shown
 from etl.report.formatting import Formats
-from etl.report.kit import e
+from etl.report.kit import GAIN, LOSS, SERIES, VAR95, VAR99, e
 
 BASE = "/risk"
 PAGE_SIZE = 50
 BREACH_ROWS = 50  # the Firm page lists the worst 50 breaches; the JSON has them all
 REFRESH_S = 300  # the Firm page's intraday chart refreshes itself every 5 minutes
-COLORS = ("#1f4e79", "#ef8f00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#5d4037", "#455a64", "#ad1457",
-          "#9e9d24")
-GAIN, LOSS = "#2e7d32", "#c62828"
 
 
 # ---- formatting ------------------------------------------------------------------------------------------------
@@ -215,7 +212,7 @@ def breach_history_chart(breaches: list[dict], charts: list[dict], top: int = 5)
     for i, b in enumerate(shown):
         by_day = dict(map(tuple, b["history"]))
         sets.append({"label": f'{b["portfolio_id"]} {b["limit_type"]}', "data": [by_day.get(x) for x in days],
-                     "borderColor": COLORS[i % len(COLORS)], "spanGaps": False, "pointRadius": 2})
+                     "borderColor": SERIES[i % len(SERIES)], "spanGaps": False, "pointRadius": 2})
     return chart("chart-breach-history", "Utilisation of the worst breaches since each began (100% = at the limit)",
                  {"type": "line", "data": {"labels": days, "datasets": sets},
                   "options": {"scales": {"y": {"ticks": {"format": {"style": "percent"}}}}}}, charts)
@@ -315,10 +312,10 @@ def intraday_config(intra: dict) -> dict:
     rows = intra["rows"]
     return {"type": "line", "data": {
         "labels": [str(r["bucket_start"])[11:16] for r in rows],
-        "datasets": [{"label": "intraday PnL", "data": [r["intraday_pnl"] for r in rows], "borderColor": COLORS[0],
+        "datasets": [{"label": "intraday PnL", "data": [r["intraday_pnl"] for r in rows], "borderColor": SERIES[0],
                       "yAxisID": "y", "pointRadius": 0},
                      {"label": "gross exposure", "data": [r["gross_exposure"] for r in rows],
-                      "borderColor": COLORS[1], "yAxisID": "y1", "pointRadius": 0}]},
+                      "borderColor": SERIES[1], "yAxisID": "y1", "pointRadius": 0}]},
         "options": {"scales": {"y": {"title": {"display": True, "text": "PnL"}},
                                "y1": {"position": "right", "grid": {"drawOnChartArea": False},
                                       "title": {"display": True, "text": "gross exposure"}}}}}
@@ -341,7 +338,7 @@ def portfolio(d: dict, ids: list[str]) -> str:
     body.append(chart("chart-value", f"Market value and daily PnL ({ccy})", {"type": "bar", "data": {
         "labels": dates, "datasets": [
             {"type": "line", "label": "market value", "data": [r["market_value"] for r in h],
-             "borderColor": COLORS[0], "yAxisID": "y1", "pointRadius": 0},
+             "borderColor": SERIES[0], "yAxisID": "y1", "pointRadius": 0},
             {"label": "daily PnL", "data": [r["daily_pnl"] for r in h], "yAxisID": "y",
              "backgroundColor": [GAIN if (r["daily_pnl"] or 0) >= 0 else LOSS for r in h]}]},
         "options": {"scales": {"y": {"title": {"display": True, "text": "daily PnL"}},
@@ -358,7 +355,7 @@ def portfolio(d: dict, ids: list[str]) -> str:
         days = sorted({r["as_of_date"] for r in bt})
         realised = {r["as_of_date"]: r["realized_pnl"] for r in bt}
         sets = [{"label": "realised PnL", "data": [realised[x] for x in days], "backgroundColor": "#90a4ae"}]
-        for conf, color in ((0.95, COLORS[1]), (0.99, COLORS[3])):
+        for conf, color in ((0.95, VAR95), (0.99, VAR99)):
             mine = {r["as_of_date"]: r for r in bt if abs(r["confidence"] - conf) < 1e-9}
             if not mine:
                 continue
@@ -374,7 +371,7 @@ def portfolio(d: dict, ids: list[str]) -> str:
         body.append('<p class="empty">no VaR backtest rows</p>')
     rd = d["returns"]
     if rd["bins"]:
-        colors = [LOSS if (rd["low"] is not None and (b < rd["low"] or b > rd["high"])) else COLORS[0]
+        colors = [LOSS if (rd["low"] is not None and (b < rd["low"] or b > rd["high"])) else SERIES[0]
                   for b in rd["bins"]]
         body.append(chart("chart-returns", f"Daily return distribution; anomaly band {pct(rd['low'], 2)} .. "
                                            f"{pct(rd['high'], 2)} (|robust z| > 3.5 in red)", {
@@ -387,21 +384,21 @@ def portfolio(d: dict, ids: list[str]) -> str:
                                             f"{pct(p.get('concentration_limit'))} of gross", {
             "type": "bar", "data": {"labels": [r["product_id"] for r in pos], "datasets": [
                 {"label": "market value", "data": [r["market_value"] for r in pos],
-                 "backgroundColor": [COLORS[0] if r["market_value"] >= 0 else LOSS for r in pos]}]},
+                 "backgroundColor": [SERIES[0] if r["market_value"] >= 0 else LOSS for r in pos]}]},
             "options": {"indexAxis": "y"}}, charts, height=80 + 24 * len(pos)))
     if d["contributions"]:
         c = d["contributions"]
         body.append(chart("chart-contributions", f"Component VaR 99% (parametric) by asset ({ccy})", {
             "type": "bar", "data": {"labels": [r["product_id"] for r in c], "datasets": [
                 {"label": "component VaR 99%", "data": [r["component_var_99_param"] for r in c],
-                 "backgroundColor": COLORS[3]}]}, "options": {"indexAxis": "y"}}, charts, height=80 + 24 * len(c)))
+                 "backgroundColor": SERIES[3]}]}, "options": {"indexAxis": "y"}}, charts, height=80 + 24 * len(c)))
     attribution = d.get("attribution")
     if attribution and attribution["days"]:
         body.append(chart("chart-attribution", f"Daily PnL by factor ({ccy}): exposure at the previous close x the "
                                                "factor's return of the day; the residual is the rest", {
             "type": "bar", "data": {"labels": attribution["days"], "datasets": [
                 {"label": f, "data": values, "stack": "pnl",
-                 "backgroundColor": "#90a4ae" if f == "residual" else COLORS[i % len(COLORS)]}
+                 "backgroundColor": "#90a4ae" if f == "residual" else SERIES[i % len(SERIES)]}
                 for i, (f, values) in enumerate(attribution["factors"].items())]},
             "options": {"scales": {"x": {"stacked": True}, "y": {"stacked": True}}}}, charts))
     body.append("</div>")
@@ -460,13 +457,13 @@ def market(d: dict) -> str:
     if ph["dates"]:
         body.append(chart("chart-prices", "Prices rebased to 100 at the start of the window", {
             "type": "line", "data": {"labels": ph["dates"], "datasets": [
-                {"label": p, "data": s, "borderColor": COLORS[i % len(COLORS)], "pointRadius": 0}
+                {"label": p, "data": s, "borderColor": SERIES[i % len(SERIES)], "pointRadius": 0}
                 for i, (p, s) in enumerate(ph["rebased"].items())]}}, charts))
     vols = [v for v in d["volatility"] if _ok(v.get("vol_30d"))]
     if vols:
         body.append(chart("chart-vol", "30-day annualised volatility ranking", {
             "type": "bar", "data": {"labels": [v["product_id"] for v in vols], "datasets": [
-                {"label": "vol 30d", "data": [v["vol_30d"] for v in vols], "backgroundColor": COLORS[0]}]},
+                {"label": "vol 30d", "data": [v["vol_30d"] for v in vols], "backgroundColor": SERIES[0]}]},
             "options": {"indexAxis": "y", "scales": {"x": {"ticks": {"format": {"style": "percent"}}}}}},
             charts, height=80 + 22 * len(vols)))
     an = d["anomalies"]
@@ -474,7 +471,7 @@ def market(d: dict) -> str:
         products = sorted({a["product_id"] for a in an})
         body.append(chart("chart-anomalies", "Return anomalies of the day (robust z)", {
             "type": "scatter", "data": {"datasets": [
-                {"label": p, "backgroundColor": COLORS[i % len(COLORS)],
+                {"label": p, "backgroundColor": SERIES[i % len(SERIES)],
                  "data": [{"x": int(a["bucket_start"][11:13]) + int(a["bucket_start"][14:16]) / 60,
                            "y": a["robust_z"]} for a in an if a["product_id"] == p]}
                 for i, p in enumerate(products)]},
@@ -538,16 +535,16 @@ def pipeline(d: dict) -> str:
         labels = [f'{r["dag_id"]} {str(r["started_at"])[5:16]}' for r in runs]
         body.append(chart("chart-rows", "Rows processed per run (out)", {"type": "bar", "data": {
             "labels": labels, "datasets": [{"label": "rows out", "data": [r["rows_out"] for r in runs],
-                                            "backgroundColor": COLORS[0]}]}}, charts))
+                                            "backgroundColor": SERIES[0]}]}}, charts))
         body.append(chart("chart-run-seconds", "Task seconds per run over time", {"type": "line", "data": {
             "labels": labels, "datasets": [{"label": "task seconds", "data": [r["task_seconds"] for r in runs],
-                                            "borderColor": COLORS[1]}]}}, charts))
+                                            "borderColor": SERIES[1]}]}}, charts))
     dur = d["durations"]
     if dur:
         body.append(chart("chart-durations", "Task duration: mean and p95 (seconds, last 30 days)", {
             "type": "bar", "data": {"labels": [f'{r["dag_id"]}.{r["task"]}' for r in dur], "datasets": [
-                {"label": "mean", "data": [r["mean_s"] for r in dur], "backgroundColor": COLORS[0]},
-                {"label": "p95", "data": [r["p95_s"] for r in dur], "backgroundColor": COLORS[1]}]},
+                {"label": "mean", "data": [r["mean_s"] for r in dur], "backgroundColor": SERIES[0]},
+                {"label": "p95", "data": [r["p95_s"] for r in dur], "backgroundColor": SERIES[1]}]},
             "options": {"indexAxis": "y"}}, charts, height=80 + 26 * len(dur)))
     body.append("</div>")
     body.append('<h2 id="durations">Task durations</h2>')
