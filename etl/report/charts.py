@@ -21,6 +21,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
+from etl.report.kit import GAIN, LOSS, VALUE, VAR95, VAR99  # noqa: E402
+
 WIDTH_IN = 10.0
 STYLE = {
     "svg.fonttype": "none",          # keep labels as <text>
@@ -33,7 +35,6 @@ STYLE = {
     "axes.spines.top": False,
     "axes.spines.right": False,
 }
-GAIN, LOSS, VALUE, VAR95, VAR99 = "#2e7d32", "#c62828", "#1f4e79", "#ef8f00", "#6a1b9a"
 
 
 def _money(currency: str) -> FuncFormatter:

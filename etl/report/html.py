@@ -8,11 +8,13 @@ Layout (ids are stable: tests and bookmarks rely on them):
                         #market-price-quality (prints the quality gate flagged on the day)
   h2#pipeline-health    h3#pipeline-durations, #pipeline-rows, #pipeline-failures
   h2#data-notes         gold tables that were missing or empty
+
+The parts (stylesheet, KPI card, table, chart frame, page frame) are the HTML kit the cockpit shares
+(etl/report/kit.py); the methods and measures listed come from the registry (etl/measures.py).
 """
 
 from __future__ import annotations
 
-import html
 import logging
 import math
 import re
@@ -24,10 +26,11 @@ import pandas as pd
 
 from etl import measures
 from etl.measures import FRACTION_LIMITS, LIMIT_TYPES
-from etl.report import charts
+from etl.report import charts, kit
 from etl.report.data import CORRELATION_DAYS, ReportData
 from etl.report.figures import backtest_summary, total
 from etl.report.formatting import Formats
+from etl.report.kit import e
 from etl.risk.backtest import traffic_light
 
 log = logging.getLogger(__name__)
@@ -36,50 +39,6 @@ FIRST_SCREEN_BREACHES = 10  # the worst breaches on the first screen; all of the
 PORTFOLIO_ROWS = 50         # rows of the report's portfolio table; every portfolio is in portfolios.html
 DETAIL_PAGES = 50           # portfolios with a detail page (breached first, then largest VaR 99%)
 
-CSS = """
-*{box-sizing:border-box}
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2733;background:#f4f6f8;
- line-height:1.45}
-main{max-width:1400px;margin:0 auto;padding:0 1rem 3rem}
-header.top{background:#1f4e79;color:#fff;padding:1rem}
-header.top .inner{max-width:1400px;margin:0 auto}
-header.top h1{margin:0 0 .3rem;font-size:1.6rem}
-header.top a{color:#dfe9f5}
-nav a{margin-right:1rem}
-nav.portfolio-index a{margin-right:.25rem}
-h2{border-bottom:2px solid #1f4e79;padding-bottom:.2rem;margin-top:2.2rem}
-h3{margin-top:1.8rem;color:#1f4e79}
-h4{margin:1.2rem 0 .4rem}
-section.portfolio{background:#fff;border-radius:6px;padding:.2rem 1rem 1rem;margin:1rem 0;
- box-shadow:0 1px 3px rgba(0,0,0,.08)}
-.kpis{display:grid;grid-template-columns:repeat(auto-fit,minmax(170px,1fr));gap:.7rem;margin:1rem 0}
-.kpi{background:#fff;border-radius:6px;padding:.6rem .8rem;box-shadow:0 1px 3px rgba(0,0,0,.08)}
-.kpi .label{font-size:.8rem;color:#5b6b7b;text-transform:uppercase;letter-spacing:.03em}
-.kpi .value{font-size:1.15rem;font-weight:600;font-variant-numeric:tabular-nums;overflow-wrap:anywhere}
-.table-wrap{overflow-x:auto;margin:.5rem 0}
-table{border-collapse:collapse;background:#fff;font-size:.88rem;min-width:50%}
-th,td{padding:.3rem .5rem;border-bottom:1px solid #e1e6eb;text-align:left;vertical-align:top;overflow-wrap:anywhere}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}td.num{white-space:nowrap}
-thead th{background:#eef2f6;position:sticky;top:0}
-figure.chart{margin:.8rem 0;background:#fff;padding:.4rem;border-radius:6px}
-figure.chart svg{width:100%;height:auto;display:block}
-figure.chart.narrow svg{max-width:720px;margin:0 auto}
-figcaption{font-size:.8rem;color:#5b6b7b;padding:.2rem .4rem}
-.pos{color:#2e7d32}.neg{color:#c62828}
-.badge{display:inline-block;padding:.05rem .5rem;border-radius:999px;font-weight:600;font-size:.85rem}
-.zone-green{background:#c8e6c9;color:#1b5e20}.zone-yellow{background:#fff3c4;color:#7a5a00}
-.zone-red{background:#ffcdd2;color:#b71c1c}
-.ok{background:#c8e6c9;color:#1b5e20}.bad{background:#ffcdd2;color:#b71c1c}.unknown{background:#e0e0e0}
-.empty{color:#5b6b7b;font-style:italic}
-.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5rem .8rem;margin:.5rem 0}
-.status{padding:.4rem .8rem;border-radius:4px;margin:.6rem 0 0;font-weight:600}
-.status.complete{background:#c8e6c9;color:#1b5e20}.status.incomplete{background:#ffcdd2;color:#b71c1c}
-.first-screen{display:grid;grid-template-columns:minmax(0,3fr) minmax(0,2fr);gap:1rem}
-.first-screen h3{margin-top:.4rem}.kpi .value.small{font-size:.9rem}
-#section-summary h2{margin-top:.8rem}header.top{padding:.6rem 1rem}
-@media (max-width:900px){.first-screen{grid-template-columns:1fr}}
-@media (max-width:700px){header.top h1{font-size:1.25rem}.kpi .value{font-size:1.05rem}}
-"""
 
 
 # ---- formatting ------------------------------------------------------------------------------------------------
@@ -110,12 +69,8 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
 
 
-def e(text) -> str:
-    return html.escape(str(text), quote=True)
-
-
 def _sign_class(v) -> str:
-    return "" if not _isnum(v) else ("pos" if float(v) >= 0 else "neg")
+    return kit.sign_class(v, _isnum)
 
 
 Column = tuple[str, str, Callable | None]  # (column, header, formatter -> str); numeric when a formatter is given
@@ -123,39 +78,16 @@ Column = tuple[str, str, Callable | None]  # (column, header, formatter -> str);
 
 def table(df: pd.DataFrame, columns: Iterable[Column], table_id: str | None = None, signed: Iterable[str] = (),
           raw: Iterable[str] = ()) -> str:
-    """`raw`: columns whose cells are trusted HTML built by this module (links), written unescaped."""
-    columns = [c for c in columns if c[0] in df.columns]
-    signed, raw = set(signed), set(raw)
-    head = "".join(f'<th class="num">{e(h)}</th>' if f else f"<th>{e(h)}</th>" for _, h, f in columns)
-    body = []
-    for row in df.itertuples(index=False):
-        cells = []
-        for col, _, f in columns:
-            v = getattr(row, col)
-            if col in raw:
-                cells.append(f"<td>{v}</td>")
-            elif f is None:
-                cells.append(f"<td>{e('' if not _isnum(v) else v)}</td>")
-            else:
-                cls = f"num {_sign_class(v)}" if col in signed else "num"
-                cells.append(f'<td class="{cls.strip()}">{e(f(v))}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    tid = f' id="{e(table_id)}"' if table_id else ""
-    return (f'<div class="table-wrap"><table{tid}><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
-
-
-def figure(svg: str, fig_id: str, caption: str, narrow: bool = False) -> str:
-    cls = "chart narrow" if narrow else "chart"
-    return f'<figure class="{cls}" id="{e(fig_id)}">{svg}<figcaption>{e(caption)}</figcaption></figure>'
-
-
-def empty(message: str) -> str:
-    return f'<p class="empty">{e(message)}</p>'
+    """The kit's table of a frame's rows. `raw`: columns whose cells are trusted HTML built by this module (links)."""
+    cols = [kit.Column(c, h, fmt=f, signed=c in set(signed), html=(lambda r, c=c: r[c]) if c in set(raw) else None)
+            for c, h, f in columns if c in df.columns]
+    frame = df[[c.key for c in cols]].astype(object)
+    rows = frame.where(frame.notna(), None).to_dict("records")  # missing (NaN, NA, NaT) reads as nothing or "–"
+    return kit.table(rows, cols, table_id, is_value=_isnum)
 
 
 def missing(table_name: str) -> str:
-    return f'<p class="note">gold.{e(table_name)} is not available in the warehouse: this part is left out.</p>'
+    return kit.note(f"gold.{table_name} is not available in the warehouse: this part is left out.")
 
 
 # ---- analysis helpers (small, pure) ----------------------------------------------------------------------------
@@ -276,20 +208,14 @@ def pipeline_status(data: ReportData) -> tuple[str, str]:
     return "ok", f"OK: {len(tasks)} task runs recorded, none failed"
 
 
-def _kpi(label: str, value: str, kpi_id: str, cls: str = "") -> str:
-    return (f'<div class="kpi" id="kpi-{kpi_id}"><div class="label">{e(label)}</div>'
-            f'<div class="value {cls}">{e(value)}</div></div>')
-
-
 def status_banner(data: ReportData) -> str:
     """The as-of status line: complete, or INCOMPLETE naming what is missing (never a green page over gaps)."""
     fs = data.first_screen
     if not fs:
         return ""
     if fs.get("status") == "complete":
-        return f'<div class="status complete" id="as-of-status">{data.as_of}: complete</div>'
-    what = "; ".join(fs.get("missing") or []) or "inputs missing"
-    return f'<div class="status incomplete" id="as-of-status">{data.as_of}: INCOMPLETE: {e(what)}</div>'
+        return kit.status("as-of-status", data.as_of)
+    return kit.status("as-of-status", data.as_of, "; ".join(fs.get("missing") or []) or "inputs missing")
 
 
 def _breach_rows(data: ReportData) -> pd.DataFrame | None:
@@ -318,35 +244,35 @@ def first_screen(data: ReportData, summary: pd.DataFrame) -> str:
     fr = data.first_screen.get("firm_risk") or {}
     if fr.get("available"):
         for col, label in (("var_99_hist", "Firm VaR 99% (diversified)"), ("es_99_hist", "Firm ES 99%")):
-            kpis.append(_kpi(label, money(fr.get(col), "USD"), f"firm-{slug(col)}"))
+            kpis.append(kit.kpi(label, money(fr.get(col), "USD"), f"firm-{slug(col)}"))
     else:
-        kpis.append(_kpi("Firm VaR 99%", "firm VaR not yet computed", "firm-var", "unknown small"))
+        kpis.append(kit.kpi("Firm VaR 99%", "firm VaR not yet computed", "firm-var", "unknown small"))
     currencies = summary["base_currency"].value_counts().sort_index().sort_values(ascending=False, kind="stable")
     for ccy in currencies.index:
         g = summary[summary["base_currency"] == ccy]
         suffix = "" if summary["base_currency"].nunique() == 1 else f" ({ccy})"
         k = slug(ccy)
         if "market_value" in g:
-            kpis.append(_kpi(f"Book value{suffix}", money(total(g["market_value"]), ccy), f"book-{k}"))
+            kpis.append(kit.kpi(f"Book value{suffix}", money(total(g["market_value"]), ccy), f"book-{k}"))
         if "daily_pnl" in g:
             v = total(g["daily_pnl"])
-            kpis.append(_kpi(f"Daily PnL{suffix}", money(v, ccy, signed=True), f"daily-pnl-{k}", _sign_class(v)))
+            kpis.append(kit.kpi(f"Daily PnL{suffix}", money(v, ccy, signed=True), f"daily-pnl-{k}", _sign_class(v)))
             v = total(g["mtd_pnl"])
-            kpis.append(_kpi(f"MTD PnL{suffix}", money(v, ccy, signed=True), f"mtd-pnl-{k}", _sign_class(v)))
+            kpis.append(kit.kpi(f"MTD PnL{suffix}", money(v, ccy, signed=True), f"mtd-pnl-{k}", _sign_class(v)))
     rows = _breach_rows(data)
     known = data.first_screen.get("status") == "complete"  # on an incomplete day, none found is not "none"
     if rows is None or (rows.empty and not known):
-        kpis.append(_kpi("Limit breaches", "–", "breaches", "unknown"))
+        kpis.append(kit.kpi("Limit breaches", "–", "breaches", "unknown"))
     else:
-        kpis.append(_kpi("Limit breaches", str(len(rows)), "breaches", "neg" if len(rows) else "pos"))
+        kpis.append(kit.kpi("Limit breaches", str(len(rows)), "breaches", "neg" if len(rows) else "pos"))
     cls, text = pipeline_status(data)
-    kpis.append(_kpi("Pipeline", text, "pipeline", "neg" if cls == "bad" else ""))
+    kpis.append(kit.kpi("Pipeline", text, "pipeline", "neg" if cls == "bad" else ""))
     parts = [f'<div class="kpis">{"".join(kpis)}</div>', '<div class="first-screen">', "<div>",
              f'<h3 id="summary-breaches">Limit breaches{"" if rows is None else f" ({len(rows)})"}</h3>']
     if rows is None:
         parts.append(missing("fact_limit_breaches"))
     elif rows.empty:
-        parts.append(empty(f"no limit breaches on {data.as_of}" if known else
+        parts.append(kit.empty(f"no limit breaches on {data.as_of}" if known else
                            f"limit breaches on {data.as_of} unknown: the day is incomplete"))
     else:
         top = rows.head(FIRST_SCREEN_BREACHES)
@@ -365,7 +291,7 @@ def first_screen(data: ReportData, summary: pd.DataFrame) -> str:
     parts.append('</div><div><h3 id="summary-drawdowns">Worst drawdowns</h3>')
     dd = summary.dropna(subset=["max_drawdown"]) if "max_drawdown" in summary else summary.iloc[:0]
     if dd.empty:
-        parts.append(empty("no drawdown figures for this day"))
+        parts.append(kit.empty("no drawdown figures for this day"))
     else:
         parts.append(table(dd.sort_values("max_drawdown").head(5),
                            [("portfolio_id", "Portfolio", None), ("max_drawdown", "Max drawdown", pct),
@@ -431,8 +357,8 @@ def _portfolio_breaches(data: ReportData, pid: str) -> str:
     if mine.empty:
         risk = data.get("risk")
         if risk is None or not (risk["portfolio_id"].astype(str) == pid).any():  # not computed: unknown, not none
-            return empty(f"limit breaches on {data.as_of} unknown: no risk metrics for this day")
-        return empty(f"no limit breaches on {data.as_of}")
+            return kit.empty(f"limit breaches on {data.as_of} unknown: no risk metrics for this day")
+        return kit.empty(f"no limit breaches on {data.as_of}")
     mine = mine.assign(value_fmt=[limit_value(t, v) for t, v in zip(mine["limit_type"], mine["value"], strict=True)],
                        limit_fmt=[limit_value(t, v)
                                   for t, v in zip(mine["limit_type"], mine["limit_value"], strict=True)])
@@ -446,7 +372,7 @@ def _methods_table(row, scope: str, ccy: str, table_id: str) -> str:
     rows = [{"method": m.label, **{key: row.get(col) for key, col in cols.items()}} for m, cols in methods
             if any(_isnum(row.get(col)) for col in cols.values())]
     if not rows:
-        return empty("no VaR/ES figures for this day")
+        return kit.empty("no VaR/ES figures for this day")
     return table(pd.DataFrame(rows), [("method", "Method", None),
                                       *[(key, f"{label} ({ccy})", money) for key, label in headers]],
                  table_id=table_id)
@@ -473,7 +399,7 @@ def _rows(data: ReportData, key: str, table_name: str, none_text: str, parts: li
     if portfolio_id is not None:
         frame = frame[frame["portfolio_id"].astype(str) == portfolio_id]
     if frame.empty:
-        parts.append(empty(none_text))
+        parts.append(kit.empty(none_text))
         return None
     return frame
 
@@ -501,13 +427,13 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
     if val is None:
         parts.append(missing("fact_portfolio_valuation"))
     elif my_val.empty:
-        parts.append(empty("no valuation history"))
+        parts.append(kit.empty("no valuation history"))
     else:
-        parts.append(figure(charts.value_and_pnl(my_val, my_pnl, ccy, f"{name}: market value and daily PnL ({ccy})"),
+        parts.append(kit.figure(charts.value_and_pnl(my_val, my_pnl, ccy, f"{name}: market value and daily PnL ({ccy})"),
                             f"chart-value-{sid}", f"Market value and daily PnL up to {data.as_of}, in {ccy}."))
         parts.append(f'<h4 id="portfolio-{sid}-drawdown">Drawdown (underwater)</h4>')
         dd_limit = float(limits["drawdown"]) if _isnum(limits["drawdown"]) else None
-        parts.append(figure(charts.underwater(my_val, f"{name}: drawdown from running peak", dd_limit),
+        parts.append(kit.figure(charts.underwater(my_val, f"{name}: drawdown from running peak", dd_limit),
                             f"chart-drawdown-{sid}", "Market value relative to its running peak (0% = at a high)."))
 
     parts.append(f'<h4 id="portfolio-{sid}-backtest">VaR vs realised PnL</h4>')
@@ -522,7 +448,7 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
         n_days = int(z["n_obs"].iat[0]) if not z.empty else 0
         parts.append(f'<p>Traffic light ({e(method)} VaR 99%, last {n_days} days): '
                      f'<span class="badge zone-{e(zone)}" id="zone-{sid}">{e(zone.upper())}</span></p>')
-        parts.append(figure(charts.var_vs_pnl(chosen, ccy, f"{name}: {method} VaR vs realised daily PnL ({ccy})"),
+        parts.append(kit.figure(charts.var_vs_pnl(chosen, ccy, f"{name}: {method} VaR vs realised daily PnL ({ccy})"),
                             f"chart-var-{sid}", "Bars: realised PnL; lines: minus the VaR forecast; "
                                                 "crosses: exceptions (loss beyond VaR)."))
         parts.append(table(summ, [("method", "Method", None), ("confidence", "Confidence", lambda v: pct(v, 0)),
@@ -534,7 +460,7 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
     mine = _rows(data, "positions", "fact_positions", f"no positions on {data.as_of}", parts, pid)
     if mine is not None:
         conc = float(limits["concentration"]) if _isnum(limits["concentration"]) else None
-        parts.append(figure(charts.exposure_by_asset(mine, ccy, f"{name}: exposure by asset ({ccy})", conc),
+        parts.append(kit.figure(charts.exposure_by_asset(mine, ccy, f"{name}: exposure by asset ({ccy})", conc),
                             f"chart-exposure-{sid}", f"Market value per asset on {data.as_of}."))
         gross = mine["market_value"].astype(float).abs().sum()
         mine = mine.assign(share=mine["market_value"].astype(float).abs() / gross if gross else np.nan,
@@ -564,9 +490,9 @@ def section_market(data: ReportData) -> str:
     if ar is not None:
         col = next((c for c in ("vol_30d", "vol_20d", "vol_ewma") if c in ar and ar[c].notna().any()), None)
         if col is None:
-            parts.append(empty("no volatility figures"))
+            parts.append(kit.empty("no volatility figures"))
         else:
-            parts.append(figure(charts.volatility_ranking(ar, col, f"Annualised volatility ({col}) on {data.as_of}"),
+            parts.append(kit.figure(charts.volatility_ranking(ar, col, f"Annualised volatility ({col}) on {data.as_of}"),
                                 "chart-volatility", "Assets ranked by annualised volatility."))
             parts.append(table(ar.sort_values(col, ascending=False), [
                 ("product_id", "Asset", None), ("vol_20d", "Vol 20d", pct), ("vol_30d", "Vol 30d", pct),
@@ -580,9 +506,9 @@ def section_market(data: ReportData) -> str:
     else:
         corr = correlation_matrix(prices) if not prices.empty else pd.DataFrame()
         if corr.shape[0] < 2:
-            parts.append(empty(f"not enough daily prices in the last {CORRELATION_DAYS} days for a correlation"))
+            parts.append(kit.empty(f"not enough daily prices in the last {CORRELATION_DAYS} days for a correlation"))
         else:
-            parts.append(figure(charts.heatmap(corr, f"Correlation of daily log returns, last {CORRELATION_DAYS} "
+            parts.append(kit.figure(charts.heatmap(corr, f"Correlation of daily log returns, last {CORRELATION_DAYS} "
                                                      "days", "correlation", vmin=-1, vmax=1),
                                 "chart-correlation", "Pearson correlation of daily log returns.", narrow=True))
 
@@ -591,13 +517,13 @@ def section_market(data: ReportData) -> str:
     if fx is not None:
         betas = fx.pivot_table(index="product_id", columns="factor_name", values="beta", aggfunc="last")
         last_at = pd.to_datetime(fx["bucket_start"], utc=True).max()
-        parts.append(figure(charts.heatmap(betas, f"Factor betas (latest snapshot up to {data.as_of})", "beta"),
+        parts.append(kit.figure(charts.heatmap(betas, f"Factor betas (latest snapshot up to {data.as_of})", "beta"),
                             "chart-factor-exposures", f"Latest rolling betas per asset and factor (as of {last_at})."))
 
     parts.append('<h3 id="market-anomalies">Anomalies</h3>')
     an = _rows(data, "anomalies", "fact_anomalies", "no anomalies on this day", parts)
     if an is not None:
-        parts.append(figure(charts.anomalies_timeline(an, f"Return anomalies on {data.as_of} ({len(an)} flagged)",
+        parts.append(kit.figure(charts.anomalies_timeline(an, f"Return anomalies on {data.as_of} ({len(an)} flagged)",
                                                       data.as_of),
                             "chart-anomalies", "Flagged bars by time and asset."))
         top = an.assign(absz=an["robust_z"].astype(float).abs()).sort_values("absz", ascending=False).head(25)
@@ -627,7 +553,7 @@ def section_pipeline(data: ReportData) -> str:
         parts.append(missing("fact_pipeline_runs"))
         return "\n".join([*parts, "</section>"])
     if runs.empty:
-        parts.append(empty("no pipeline runs recorded"))
+        parts.append(kit.empty("no pipeline runs recorded"))
         return "\n".join([*parts, "</section>"])
     last = latest_task_status(runs)
     tasks = per_task(last)
@@ -642,7 +568,7 @@ def section_pipeline(data: ReportData) -> str:
     durations = durations.reindex(index=order, columns=columns)
     failed = failed.reindex(index=order, columns=columns)
     parts.append('<h3 id="pipeline-durations">Task durations over recent runs</h3>')
-    parts.append(figure(charts.task_durations(durations, failed, f"Task seconds, last {len(columns)} runs"),
+    parts.append(kit.figure(charts.task_durations(durations, failed, f"Task seconds, last {len(columns)} runs"),
                         "chart-durations", "Seconds per task (mapped instances summed) and run (DAG, start time "
                                            "UTC); red outline: the task failed in that run."))
 
@@ -669,7 +595,7 @@ def section_pipeline(data: ReportData) -> str:
     parts.append('<h3 id="pipeline-failures">Failures</h3>')
     failures = runs[runs["status"].astype(str) == "failed"].copy()
     if failures.empty:
-        parts.append(empty("no failed task attempts in the recent runs"))
+        parts.append(kit.empty("no failed task attempts in the recent runs"))
     else:
         failures["started_at"] = pd.to_datetime(failures["started_at"], utc=True).dt.strftime("%Y-%m-%d %H:%M:%S")
         parts.append(table(failures.sort_values("started_at", ascending=False),
@@ -682,7 +608,7 @@ def section_pipeline(data: ReportData) -> str:
 
 def section_notes(data: ReportData, extra: Iterable[str] = ()) -> str:
     notes = [*data.notes, *extra]
-    body = "".join(f'<p class="note">{e(n)}</p>' for n in notes) if notes else empty("all gold tables were read")
+    body = "".join(f'<p class="note">{e(n)}</p>' for n in notes) if notes else kit.empty("all gold tables were read")
     return f'<section id="section-notes"><h2 id="data-notes">Data notes</h2>{body}</section>'
 
 
@@ -695,27 +621,6 @@ def _guarded(build: Callable[[], str], fallback_heading: str, what: str, notes: 
         note = f"the {what} section could not be drawn: {type(exc).__name__}: {exc}"
         notes.append(note)
         return f'{fallback_heading}<p class="note">{e(note)}</p>'
-
-
-def _page(title: str, header: str, body: str) -> str:
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{e(title)}</title>
-<style>{CSS}</style>
-</head>
-<body>
-<header class="top"><div class="inner">
-{header}
-</div></header>
-<main>
-{body}
-</main>
-</body>
-</html>
-"""
 
 
 def render(data: ReportData, links: dict[str, str] | None = None, extra_notes: Iterable[str] = (),
@@ -747,13 +652,13 @@ def pages(data: ReportData, links: dict[str, str] | None = None, extra_notes: It
         body = _guarded(lambda p=p: section_portfolio(data, p),
                         f'<h3 id="portfolio-{slug(p["portfolio_id"])}">{e(p["portfolio_id"])}</h3>',
                         f"portfolio {p['portfolio_id']}", failures)
-        out[detail_file(p["portfolio_id"])] = _page(f"{p['portfolio_id']}: risk as of {data.as_of}",
+        out[detail_file(p["portfolio_id"])] = kit.report_page(f"{p['portfolio_id']}: risk as of {data.as_of}",
                                                     f"<h1>{e(p['portfolio_id'])} as of {data.as_of}</h1>{back}",
                                                     body)
     everything = _detail_order(summary).assign(
         detail=lambda d: [f'<a href="{detail_file(p)}">detail</a>' if p in set(detailed) else ""
                           for p in d["portfolio_id"]])
-    out["portfolios.html"] = _page(f"Portfolios as of {data.as_of}", f"<h1>All portfolios as of {data.as_of}</h1>"
+    out["portfolios.html"] = kit.report_page(f"Portfolios as of {data.as_of}", f"<h1>All portfolios as of {data.as_of}</h1>"
                                    f'<a href="report.html">Risk report</a>',
                                    _portfolio_table(everything, "all-portfolios-table"))
     summary_html = _guarded(lambda: section_summary(data, portfolios, summary),
@@ -774,5 +679,5 @@ def pages(data: ReportData, links: dict[str, str] | None = None, extra_notes: It
 {market_html}
 {pipeline_html}
 {section_notes(data, [*extra_notes, *failures])}"""
-    out["report.html"] = _page(f"Risk report {data.as_of}", header, body)
+    out["report.html"] = kit.report_page(f"Risk report {data.as_of}", header, body)
     return out
