@@ -118,7 +118,7 @@ def risk_outputs(daily: pd.DataFrame, b5: pd.DataFrame) -> dict[str, pd.DataFram
         risk[f"var_95_{method}"], risk[f"var_99_{method}"] = 0.030 * g * bump, 0.045 * g * bump
         risk[f"es_95_{method}"], risk[f"es_99_{method}"] = 0.040 * g * bump, 0.055 * g * bump
     risk["vol_20d"], risk["vol_30d"], risk["vol_ewma"] = 0.55, 0.6, 0.5
-    risk["max_drawdown"], risk["lookback_days"] = -0.12, 250
+    risk["max_drawdown"], risk["drawdown_from_peak"], risk["lookback_days"] = -0.12, -0.05, 250
     risk["mc_scenarios"], risk["mc_distribution"] = 10_000, "t"
 
     asset = daily[["product_id", "price_date", "close"]].rename(columns={"price_date": "as_of_date"})
