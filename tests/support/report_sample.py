@@ -228,7 +228,8 @@ def create_gold(url: str, frames: dict[str, pd.DataFrame], skip: tuple[str, ...]
                 cur.execute(f"create table gold.{name} ({cols})")
                 rows = [tuple(None if pd.isna(v) else (v.item() if isinstance(v, np.generic) else v) for v in r)
                         for r in df.astype(object).itertuples(index=False)]
-                execute_values(cur, f"insert into gold.{name} values %s", rows)
+                if rows:
+                    execute_values(cur, f"insert into gold.{name} values %s", rows)
             cur.execute("grant usage on schema gold to reporting")
             cur.execute("grant select on all tables in schema gold to reporting")
         conn.commit()
