@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from etl.report.completeness import stale_holdings
-from etl.report.figures import VAR_USD_SQL, backtest_summary, correlation_matrix, total
+from etl.report.figures import VAR_USD_SQL, correlation_matrix, total
 from etl.report.gold import GoldReader
 from etl.settings import get_settings
 
@@ -422,7 +422,10 @@ def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) 
         order by method, confidence, as_of_date""", p)
     bt["confidence"] = bt["confidence"].astype(float).where(bt["confidence"].astype(float) <= 1,
                                                             bt["confidence"].astype(float) / 100)
-    summary_bt = backtest_summary(bt).rename(columns={"n_obs": "days"})
+    summary_bt = reader.frame("fact_var_model_comparison", """  -- the engine's backtest of the day, not a recount
+        select method, confidence, n_days as days, exceptions, expected_exceptions as expected, traffic_light
+        from gold.fact_var_model_comparison where portfolio_id = %(portfolio_id)s and as_of_date = %(as_of)s
+        order by method, confidence""", p)
     positions = reader.query("""
         select product_id, quantity, avg_cost, close, price_date, is_stale, market_value, unrealized_pnl,
                abs(weight) as share_of_gross

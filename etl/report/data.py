@@ -33,6 +33,9 @@ QUERIES: dict[str, tuple[str, str]] = {
         select * from gold.fact_var_backtest
         where as_of_date <= %(as_of)s and as_of_date > %(as_of)s::date - {BACKTEST_DAYS}
         order by portfolio_id, method, confidence, as_of_date"""),
+    "model_comparison": ("fact_var_model_comparison", """
+        select * from gold.fact_var_model_comparison where as_of_date = %(as_of)s
+        order by portfolio_id, method, confidence"""),
     "positions": ("fact_positions", """
         select * from gold.fact_positions where as_of_date = %(as_of)s order by portfolio_id, product_id"""),
     "asset_risk": ("fact_asset_risk", """

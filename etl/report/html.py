@@ -24,9 +24,8 @@ import pandas as pd
 
 from etl.report import charts
 from etl.report.data import ReportData
-from etl.report.figures import backtest_summary, correlation_matrix, total
+from etl.report.figures import correlation_matrix, total
 from etl.report.formatting import Formats
-from etl.risk.backtest import traffic_light
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +175,16 @@ def pick_method(backtest: pd.DataFrame) -> str:
     return methods[0]
 
 
-def backtest_zones(bt: pd.DataFrame) -> pd.DataFrame:
-    """`backtest_summary` plus the Basel traffic-light zone of each method x confidence (the risk engine's rule)."""
-    out = backtest_summary(bt)
-    out["zone"] = traffic_light(out["exceptions"].to_numpy(), out["n_obs"].to_numpy(),
-                                out["confidence"].to_numpy(dtype=float))
-    return out
+def backtest_zones(data: ReportData, pid: str) -> pd.DataFrame:
+    """The engine's backtest of the day per method x confidence (gold.fact_var_model_comparison): days, exceptions,
+    expected exceptions and the Basel traffic-light zone, as the risk run computed them."""
+    cols = {"method": "method", "confidence": "confidence", "n_days": "n_obs", "exceptions": "exceptions",
+            "expected_exceptions": "expected", "traffic_light": "zone"}
+    comparison = data.get("model_comparison")
+    if comparison is None:
+        return pd.DataFrame(columns=list(cols.values()))
+    mine = comparison[comparison["portfolio_id"].astype(str) == pid]
+    return mine[list(cols)].rename(columns=cols).assign(confidence=lambda d: normalise_confidence(d["confidence"]))
 
 
 def latest_task_status(runs: pd.DataFrame) -> pd.DataFrame:
@@ -511,7 +514,7 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
         mine = mine.assign(confidence=normalise_confidence(mine["confidence"]))
         method = pick_method(mine)
         chosen = mine[mine["method"].astype(str) == method]
-        summ = backtest_zones(mine)
+        summ = backtest_zones(data, pid)
         z = summ[(summ["method"] == method) & np.isclose(summ["confidence"], 0.99)]
         zone = z["zone"].iat[0] if not z.empty else "n/a"
         n_days = int(z["n_obs"].iat[0]) if not z.empty else 0

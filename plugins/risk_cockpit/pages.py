@@ -472,7 +472,8 @@ def portfolio(d: dict, ids: list[str]) -> str:
     body.append('<h2 id="backtest">VaR backtest</h2>')
     body.append(table(d["backtest_summary"], [("method", "Method", None), ("confidence", "Confidence", "pct"),
                                               ("days", "Days", "num"), ("exceptions", "Exceptions", "num"),
-                                              ("expected", "Expected", "num")], "backtest-table"))
+                                              ("expected", "Expected", "num"), ("traffic_light", "Zone", None)],
+                      "backtest-table"))
     body.append('<h2 id="positions">Exposures and concentration</h2>')
     body.append(table(pos, [("product_id", "Asset", None), ("quantity", "Quantity", "num"),
                             ("close", "Close", "money"), ("price_date", "Close of", price_of),

@@ -18,6 +18,7 @@ import pandas as pd
 
 from etl.errors import ConfigError
 from etl.risk import drawdown
+from etl.risk.engine import backtest_summary
 
 AS_OF = date(2026, 1, 31)  # the sample's last day, the default as-of of its reports
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
@@ -112,6 +113,9 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
                     "is_exception": (-mine["daily_pnl"] > var).to_numpy()}))
     risk = pd.DataFrame(risk_rows)
     backtest = pd.concat(backtest, ignore_index=True)
+    comparison = backtest_summary(backtest.assign(as_of_date=pd.to_datetime(backtest["as_of_date"])), as_of)[
+        ["portfolio_id", "as_of_date", "method", "confidence", "n_days", "exceptions", "expected_exceptions",
+         "traffic_light"]]   # the engine's summary of these rows (gold.fact_var_model_comparison)
 
     asset_risk = pd.DataFrame({"product_id": list(PRODUCTS), "as_of_date": as_of, "vol_20d": [0.45, 0.62, 0.91],
                                "vol_30d": [0.48, 0.65, 0.95], "vol_ewma": [0.47, 0.6, 0.88],
@@ -181,7 +185,7 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
         "fact_asset_risk": asset_risk, "fact_factor_exposures": factor_exposures,
         "fact_factor_returns": factor_returns, "fact_anomalies": anomalies, "fact_pipeline_runs": pipeline_runs,
         "fact_limit_breaches": breaches, "fact_price_quality": price_quality, "fact_correlations": correlations,
-        "fact_risk_contributions": contributions.drop(columns="market_value"),
+        "fact_risk_contributions": contributions.drop(columns="market_value"), "fact_var_model_comparison": comparison,
     }
 
 
@@ -243,7 +247,7 @@ def sample_book(as_of: date, n_portfolios: int, days: int = 120) -> dict[str, pd
     numbers differ), for size and speed measurements at 22 and 1,000 portfolios."""
     base = sample_frames(as_of, days)
     per_portfolio = ("dim_portfolio", "fact_positions", "fact_portfolio_valuation", "fact_pnl_daily",
-                     "fact_risk_metrics", "fact_var_backtest", "fact_limit_breaches")
+                     "fact_risk_metrics", "fact_var_backtest", "fact_limit_breaches", "fact_var_model_comparison")
     money_cols = {"market_value", "unrealized_pnl", "gross_exposure", "net_exposure", "long_exposure",
                   "short_exposure", "daily_pnl", "mtd_pnl", "var_forecast", "realized_pnl", "var_limit",
                   "quantity"} | {c for c in base["fact_risk_metrics"] if c.startswith(("var_", "es_"))}

@@ -41,7 +41,7 @@ BOOK = pd.DataFrame({"portfolio_id": ["PUSD", "PUSD", "PUSD", "PBTC", "PBTC"],
 
 
 PAGE_SOURCES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics", "asset_risk", "var_backtest",
-                "limit_breaches", "correlations", "firm_risk", "risk_contributions", "drawdowns")
+                "limit_breaches", "correlations", "firm_risk", "risk_contributions", "drawdowns", "var_model_comparison")
 
 
 def _closes() -> pd.DataFrame:
@@ -188,6 +188,14 @@ def test_the_portfolio_page_shows_golds_series_and_its_own_scope(gold, reader, p
         assert re.search(rf'id="kpi-{key.replace("_", "-")}".*?data-value="{re.escape(repr(float(risk[key])))}"',
                          page), key
     assert f"on the drawdown from peak over {risk['lookback_days']} days" in page
+    # the backtest table: the engine's summary of the day, not a recount of the rows charted
+    bt = q(url, "select method, confidence, n_days, exceptions, expected_exceptions, traffic_light "
+                "from gold.fact_var_model_comparison where portfolio_id = %s order by method, confidence", (pid,))
+    assert len(bt) == 24                                                   # 8 methods x 3 levels
+    for key, col in (("days", "n_days"), ("exceptions", "exceptions"), ("expected", "expected_exceptions"),
+                     ("confidence", "confidence")):
+        assert data_values(page, "backtest-table", key) == bt[col].astype(float).tolist(), key
+    assert re.findall(r'<td data-key="traffic_light">(\w+)</td>', page) == bt["traffic_light"].tolist()
     # positions: share of gross is gold's |weight|
     pos = q(url, "select product_id, market_value, abs(weight) as share from gold.fact_positions "
                  "where portfolio_id = %s and as_of_date = %s order by abs(market_value) desc", (pid, AS_OF))
@@ -258,3 +266,7 @@ def test_the_html_report_shows_golds_figures(gold, reader):
                         re.search(r'id="positions-pbtc">(.*?)</table>', detail, re.S).group(1))
     assert shares == [(r.product_id, html.pct(r.share)) for r in pos.itertuples()]
     assert "(drawdown: on the drawdown from peak)" in detail
+    bt = q(url, "select traffic_light, n_days from gold.fact_var_model_comparison where portfolio_id = 'PBTC' "
+                "and method = 'hist' and confidence = 0.99")
+    assert f'(hist VaR 99%, last {bt["n_days"].iat[0]} days): <span class="badge zone-{bt["traffic_light"].iat[0]}"' \
+        in detail
