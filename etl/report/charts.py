@@ -104,7 +104,8 @@ def underwater(valuation: pd.DataFrame, title: str, limit: float | None = None) 
         ax.fill_between(dd.index, dd.to_numpy(), 0, color=LOSS, alpha=0.35, step=None)
         ax.plot(dd.index, dd.to_numpy(), color=LOSS, lw=1.2)
         if limit is not None and np.isfinite(limit):
-            ax.axhline(-abs(limit), color="black", ls="--", lw=1, label=f"drawdown limit {-abs(limit):.0%} (on drawdown from peak)")
+            ax.axhline(-abs(limit), color="black", ls="--", lw=1,
+                       label=f"drawdown limit {-abs(limit):.0%} (on drawdown from peak)")
             ax.legend(loc="lower left")
         ax.set_title(title)
         ax.set_ylabel("Drawdown from peak")

@@ -330,7 +330,8 @@ def firm(d: dict, page: int = 1) -> str:
     body.append("</div>")
     body.append('<h2 id="drawdowns">Worst drawdowns from peak</h2>')
     body.append(table(d["worst_drawdowns"], [("portfolio_id", "Portfolio", lambda r: portfolio_link(r, as_of)),
-                                             ("name", "Name", None), ("drawdown_from_peak", "Drawdown from peak", "pct"),
+                                             ("name", "Name", None),
+                                             ("drawdown_from_peak", "Drawdown from peak", "pct"),
                                              ("drawdown_limit", "Limit (on drawdown from peak)", "pct"),
                                              ("lookback_days", "Window (days)", "num"),
                                              ("max_drawdown", "Max drawdown", "pct")], "drawdowns-table"))

@@ -41,7 +41,8 @@ BOOK = pd.DataFrame({"portfolio_id": ["PUSD", "PUSD", "PUSD", "PBTC", "PBTC"],
 
 
 PAGE_SOURCES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics", "asset_risk", "var_backtest",
-                "limit_breaches", "correlations", "firm_risk", "risk_contributions", "drawdowns", "var_model_comparison")
+                "limit_breaches", "correlations", "firm_risk", "risk_contributions", "drawdowns",
+                "var_model_comparison")
 
 
 def _closes() -> pd.DataFrame:
@@ -257,8 +258,8 @@ def test_the_html_report_shows_golds_figures(gold, reader):
                                       strict=True)]
     assert "Limit (on drawdown from peak)" in report and html.e(html.DRAWDOWN_MEASURE) in report
     assert "Correlation of daily USD returns, last 60 days" in report      # the engine's convention, named
-    assert data.get("correlations")["correlation"].tolist() == q(
-        url, "select correlation from gold.fact_correlations order by product_id_a, product_id_b")["correlation"].tolist()
+    stored = q(url, "select correlation from gold.fact_correlations order by product_id_a, product_id_b")
+    assert data.get("correlations")["correlation"].tolist() == stored["correlation"].tolist()
     detail = out["portfolio-pbtc.html"]
     pos = q(url, "select product_id, abs(weight) as share from gold.fact_positions where portfolio_id = 'PBTC' "
                  "order by abs(weight) desc")
