@@ -88,6 +88,8 @@ MEASURES: tuple[Measure, ...] = (
             "(RiskMetrics lambda, fraction).", scopes=("portfolio", "asset")),
     Measure("max_drawdown", "Max drawdown", "fraction", "Largest peak-to-trough fall over the lookback, a negative "
             "fraction (0 = none).", scopes=("portfolio", "asset")),
+    Measure("drawdown_from_peak", "Drawdown from peak", "fraction", "Current drawdown from the running peak over the "
+            "lookback, a negative fraction (0 = at a high): the measure drawdown limits are checked on."),
 )
 MEASURE: dict[str, Measure] = {m.name: m for m in MEASURES}
 

@@ -57,7 +57,7 @@ def _number(df: pd.DataFrame, col: str, problems: _Problems, optional: bool = Fa
 def load_portfolios(settings: Settings | None = None) -> pd.DataFrame:
     """Portfolios with limits: portfolio_id, name, base_currency, var_limit (amount in base currency, compared with
     `var_limit_metric`), concentration_limit (fraction of gross exposure), drawdown_limit (positive fraction: breach
-    when |max_drawdown| exceeds it), var_limit_metric, lvar_limit (optional column: amount in base currency,
+    when |drawdown_from_peak| exceeds it), var_limit_metric, lvar_limit (optional column: amount in base currency,
     compared with the liquidity-adjusted VaR lvar_99). An empty limit is NaN: the portfolio has no such limit."""
     settings = settings or get_settings()
     path = settings.reference_dir / "portfolios.csv"

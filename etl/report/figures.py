@@ -22,12 +22,16 @@ def total(values: pd.Series) -> float:
     return values.astype(float).sum(min_count=len(values)) if len(values) else float("nan")
 
 
-def backtest_summary(bt: pd.DataFrame) -> pd.DataFrame:
-    """Per method x confidence of fact_var_backtest rows: days observed (`n_obs`), exceptions, expected exceptions
-    (n_obs x (1 - confidence)). The report adds the traffic-light zone; the cockpit shows it as is."""
-    if bt.empty:
-        return pd.DataFrame(columns=["method", "confidence", "n_obs", "exceptions", "expected"])
-    g = bt.assign(exc=bt["is_exception"].astype(bool)).groupby(["method", "confidence"], as_index=False)
-    out = g.agg(n_obs=("exc", "size"), exceptions=("exc", "sum"))
-    out["expected"] = out["n_obs"] * (1.0 - out["confidence"])
-    return out
+def correlation_matrix(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The square matrix of gold.fact_correlations rows of one day (product_id_a < product_id_b, correlation): the
+    engine's figures in both orders, 1 on the diagonal; empty without pairs. Pages read it, never recompute it."""
+    if pairs.empty:
+        return pd.DataFrame()
+    both = pd.concat([pairs, pairs.rename(columns={"product_id_a": "product_id_b", "product_id_b": "product_id_a"})])
+    wide = both.pivot_table(index="product_id_a", columns="product_id_b", values="correlation", aggfunc="first")
+    products = sorted(set(wide.index) | set(wide.columns))
+    wide = wide.reindex(index=products, columns=products).astype(float)
+    for p in products:
+        wide.at[p, p] = 1.0
+    wide.index.name = wide.columns.name = None
+    return wide

@@ -27,14 +27,16 @@ import pandas as pd
 from etl import measures
 from etl.measures import FRACTION_LIMITS, LIMIT_TYPES
 from etl.report import charts, kit
-from etl.report.data import CORRELATION_DAYS, ReportData
-from etl.report.figures import backtest_summary, total
+from etl.report.data import ReportData
+from etl.report.figures import correlation_matrix, total
 from etl.report.formatting import Formats
 from etl.report.kit import e
-from etl.risk.backtest import traffic_light
 
 log = logging.getLogger(__name__)
 
+DRAWDOWN_MEASURE = ("Drawdown limits are checked on the drawdown from peak: today's fall of the portfolio's wealth "
+                    "(its daily returns on gross exposure, compounded) from its running peak over the VaR lookback; "
+                    "max drawdown is the deepest fall in that window.")
 FIRST_SCREEN_BREACHES = 10  # the worst breaches on the first screen; all of them in data/breaches.csv
 PORTFOLIO_ROWS = 50         # rows of the report's portfolio table; every portfolio is in portfolios.html
 DETAIL_PAGES = 50           # portfolios with a detail page (breached first, then largest VaR 99%)
@@ -105,12 +107,16 @@ def pick_method(backtest: pd.DataFrame) -> str:
     return methods[0]
 
 
-def backtest_zones(bt: pd.DataFrame) -> pd.DataFrame:
-    """`backtest_summary` plus the Basel traffic-light zone of each method x confidence (the risk engine's rule)."""
-    out = backtest_summary(bt)
-    out["zone"] = traffic_light(out["exceptions"].to_numpy(), out["n_obs"].to_numpy(),
-                                out["confidence"].to_numpy(dtype=float))
-    return out
+def backtest_zones(data: ReportData, pid: str) -> pd.DataFrame:
+    """The engine's backtest of the day per method x confidence (gold.fact_var_model_comparison): days, exceptions,
+    expected exceptions and the Basel traffic-light zone, as the risk run computed them."""
+    cols = {"method": "method", "confidence": "confidence", "n_days": "n_obs", "exceptions": "exceptions",
+            "expected_exceptions": "expected", "traffic_light": "zone"}
+    comparison = data.get("model_comparison")
+    if comparison is None:
+        return pd.DataFrame(columns=list(cols.values()))
+    mine = comparison[comparison["portfolio_id"].astype(str) == pid]
+    return mine[list(cols)].rename(columns=cols).assign(confidence=lambda d: normalise_confidence(d["confidence"]))
 
 
 def latest_task_status(runs: pd.DataFrame) -> pd.DataFrame:
@@ -128,12 +134,6 @@ def per_task(last: pd.DataFrame) -> pd.DataFrame:
             .agg(started_at=("started_at", "min"), dag_id=("dag_id", "first"), instances=("task_id", "size"),
                  failed=("failed", "sum"), rows_in=("rows_in", "sum"), rows_out=("rows_out", "sum"),
                  duration_s=("duration_s", "sum")))
-
-
-def correlation_matrix(prices: pd.DataFrame, min_obs: int = 10) -> pd.DataFrame:
-    wide = prices.pivot_table(index="price_date", columns="product_id", values="close", aggfunc="last").sort_index()
-    returns = np.log(wide.astype(float)).diff().iloc[1:]
-    return returns.corr(min_periods=min_obs).dropna(how="all").dropna(axis=1, how="all")
 
 
 # ---- sections --------------------------------------------------------------------------------------------------
@@ -178,7 +178,8 @@ def summary_frame(data: ReportData, portfolios: pd.DataFrame) -> pd.DataFrame:
     if pnl is not None:
         out = out.merge(pnl[["portfolio_id", "daily_pnl", "mtd_pnl"]].astype({"portfolio_id": str}), how="left")
     if risk is not None:
-        keep = [c for c in ("var_95_hist", "var_99_hist", "es_95_hist", "es_99_hist", "max_drawdown") if c in risk]
+        keep = [c for c in ("var_95_hist", "var_99_hist", "es_95_hist", "es_99_hist", "max_drawdown",
+                            "drawdown_from_peak") if c in risk]
         out = out.merge(risk[["portfolio_id", *keep]].astype({"portfolio_id": str}), how="left")
     var_usd = data.get("var_usd")
     if var_usd is not None:
@@ -283,19 +284,22 @@ def first_screen(data: ReportData, summary: pd.DataFrame) -> str:
             when=["intraday" if s == "intraday" else "EOD" for s in top["scope"]],
             since_fmt=[str(v)[:16].replace("T", " ") if _isnum(v) else "–" for v in top["since"]])
         parts.append(table(top, [("when", "When", None), ("portfolio_id", "Portfolio", None),
-                                 ("limit_type", "Limit", None), ("value_fmt", "Value", None),
+                                 ("limit_type", "Limit", None), ("metric", "Measure", None),
+                                 ("value_fmt", "Value", None),
                                  ("limit_fmt", "Limit value", None), ("utilisation", "Utilisation", pct),
                                  ("since_fmt", "Since", None)], table_id="summary-breaches-table"))
         if len(rows) > len(top):
             parts.append(f"<p>{len(rows) - len(top)} more in data/breaches.csv and the risk cockpit.</p>")
-    parts.append('</div><div><h3 id="summary-drawdowns">Worst drawdowns</h3>')
-    dd = summary.dropna(subset=["max_drawdown"]) if "max_drawdown" in summary else summary.iloc[:0]
+    parts.append('</div><div><h3 id="summary-drawdowns">Worst drawdowns from peak</h3>')
+    dd = summary.dropna(subset=["drawdown_from_peak"]) if "drawdown_from_peak" in summary else summary.iloc[:0]
     if dd.empty:
         parts.append(kit.empty("no drawdown figures for this day"))
     else:
-        parts.append(table(dd.sort_values("max_drawdown").head(5),
-                           [("portfolio_id", "Portfolio", None), ("max_drawdown", "Max drawdown", pct),
-                            ("drawdown_limit", "Limit", pct)], table_id="summary-drawdowns-table"))
+        parts.append(table(dd.sort_values("drawdown_from_peak").head(5),
+                           [("portfolio_id", "Portfolio", None), ("drawdown_from_peak", "Drawdown from peak", pct),
+                            ("drawdown_limit", "Limit (on drawdown from peak)", pct),
+                            ("max_drawdown", "Max drawdown", pct)], table_id="summary-drawdowns-table"))
+        parts.append(f"<p>{e(DRAWDOWN_MEASURE)}</p>")
     parts.append("</div></div>")
     if fr.get("available"):
         parts += ['<h3 id="firm-var-by-method">Firm VaR and ES by method</h3>',
@@ -411,7 +415,7 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
     parts = [f'<section class="portfolio" id="section-portfolio-{sid}">',
              f'<h3 id="portfolio-{sid}">{e(name)} <small>({e(pid)}, {e(ccy)})</small></h3>',
              "<p>Limits: " + e("; ".join(f"{t} {limit_value(t, v) if t in FRACTION_LIMITS else money(v, ccy)}"
-                                         for t, v in limits.items())) + "</p>",
+                                         for t, v in limits.items())) + " (drawdown: on the drawdown from peak)</p>",
              f'<h4 id="portfolio-{sid}-breaches">Limit breaches on {data.as_of}</h4>',
              _portfolio_breaches(data, pid)]
 
@@ -434,7 +438,8 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
         parts.append(f'<h4 id="portfolio-{sid}-drawdown">Drawdown (underwater)</h4>')
         dd_limit = float(limits["drawdown"]) if _isnum(limits["drawdown"]) else None
         parts.append(kit.figure(charts.underwater(my_val, f"{name}: drawdown from running peak", dd_limit),
-                            f"chart-drawdown-{sid}", "Market value relative to its running peak (0% = at a high)."))
+                            f"chart-drawdown-{sid}", f"The risk engine's daily drawdown from peak (0% = at a high). "
+                                                     f"{DRAWDOWN_MEASURE}"))
 
     parts.append(f'<h4 id="portfolio-{sid}-backtest">VaR vs realised PnL</h4>')
     mine = _rows(data, "backtest", "fact_var_backtest", "no VaR backtest rows", parts, pid)
@@ -442,7 +447,7 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
         mine = mine.assign(confidence=normalise_confidence(mine["confidence"]))
         method = pick_method(mine)
         chosen = mine[mine["method"].astype(str) == method]
-        summ = backtest_zones(mine)
+        summ = backtest_zones(data, pid)
         z = summ[(summ["method"] == method) & np.isclose(summ["confidence"], 0.99)]
         zone = z["zone"].iat[0] if not z.empty else "n/a"
         n_days = int(z["n_obs"].iat[0]) if not z.empty else 0
@@ -462,9 +467,7 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
         conc = float(limits["concentration"]) if _isnum(limits["concentration"]) else None
         parts.append(kit.figure(charts.exposure_by_asset(mine, ccy, f"{name}: exposure by asset ({ccy})", conc),
                             f"chart-exposure-{sid}", f"Market value per asset on {data.as_of}."))
-        gross = mine["market_value"].astype(float).abs().sum()
-        mine = mine.assign(share=mine["market_value"].astype(float).abs() / gross if gross else np.nan,
-                           close_of=_close_of(mine))
+        mine = mine.assign(share=mine["weight"].astype(float).abs(), close_of=_close_of(mine))
         parts.append(table(mine.sort_values("share", ascending=False), [
             ("product_id", "Asset", None), ("quantity", "Quantity", number), ("avg_cost", "Avg cost", money),
             ("close", "Close", money), ("close_of", "Close of", None), ("market_value", f"Market value ({ccy})", money),
@@ -500,17 +503,19 @@ def section_market(data: ReportData) -> str:
                 ("worst_daily_return", "Worst daily return", pct)], table_id="volatility-table"))
 
     parts.append('<h3 id="market-correlation">Correlation of daily returns</h3>')
-    prices = data.get("prices")
-    if prices is None:
-        parts.append(missing("fact_price_daily"))
+    pairs = data.get("correlations")
+    if pairs is None:
+        parts.append(missing("fact_correlations"))
     else:
-        corr = correlation_matrix(prices) if not prices.empty else pd.DataFrame()
+        corr = correlation_matrix(pairs)
         if corr.shape[0] < 2:
-            parts.append(kit.empty(f"not enough daily prices in the last {CORRELATION_DAYS} days for a correlation"))
+            parts.append(kit.empty(f"no correlations stored for {data.as_of}"))
         else:
-            parts.append(kit.figure(charts.heatmap(corr, f"Correlation of daily log returns, last {CORRELATION_DAYS} "
-                                                     "days", "correlation", vmin=-1, vmax=1),
-                                "chart-correlation", "Pearson correlation of daily log returns.", narrow=True))
+            n, ccy = int(pairs["n_obs"].max()), pairs["return_currency"].iat[0]
+            parts.append(kit.figure(charts.heatmap(corr, f"Correlation of daily {ccy} returns, last {n} days",
+                                               "correlation", vmin=-1, vmax=1),
+                                "chart-correlation", f"Pearson correlation of simple daily {ccy} returns over the "
+                                                     "VaR lookback, as the risk engine stored it.", narrow=True))
 
     parts.append('<h3 id="market-factor-exposures">Factor exposures</h3>')
     fx = _rows(data, "factor_exposures", "fact_factor_exposures", f"no factor exposures up to {data.as_of}", parts)

@@ -47,6 +47,7 @@ FILTERED = ("fhs_ewma", "garch_t")     # volatility-filtered historical simulati
 TEST_SIZE = 0.05                       # a backtest fails when its p-value is below this
 MIN_VAR_OBS = 20          # fewest daily returns a VaR forecast may rest on (backtest days before that are skipped)
 BACKTEST_CELLS = 4_000_000  # scenario losses (days x portfolios x scenarios) the backtest holds at once
+DRAWDOWN_METRIC = "drawdown_from_peak"   # what a drawdown limit is checked on, end of day and intraday
 PORTFOLIO_CHUNK = 100       # portfolios valued and backtested together (memory bound; the results do not depend on it)
 
 
@@ -339,6 +340,7 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
         risk[m.name] = getattr(risk_returns, m.function)(port_ret[1:], m.window, params.annualization_days)
     risk["vol_ewma"] = risk_returns.ewma_vol(pr_window, params.ewma_lambda, params.annualization_days)
     risk["max_drawdown"] = mdd.max_drawdown
+    risk["drawdown_from_peak"] = drawdown.drawdown_series(pr_window)[-1]   # the drawdown limit's measure, now
     risk["lookback_days"] = n_ret
     risk["daily_pnl"] = pnl[-1]
     risk["mtd_pnl"] = mtd[-1]
@@ -385,7 +387,8 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
                                                  scenarios or stress.Scenarios.empty(),
                                                  usd_move_of or (lambda shocks: dict.fromkeys(held, 0.0))),
             # what the intraday revaluation re-uses: this scenario set, its covariance, each book's drawdown
-            **scenario_tables(as_of, days[-n_ret:], window, held, base, pids, pr_window, params)}
+            **scenario_tables(as_of, days[-n_ret:], window, held, base, pids, risk["drawdown_from_peak"].to_numpy(),
+                              params)}
 
 
 def contribution_rows(window: np.ndarray, exposure: np.ndarray, ids, held, as_of, currency: str,
@@ -642,8 +645,8 @@ def model_comparison(summary: pd.DataFrame, es_tests: pd.DataFrame) -> pd.DataFr
 
 def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame:
     """Every limit a portfolio breaches on the as-of day: var (the metric named by var_limit_metric, base-currency
-    amount), concentration (largest asset share of gross exposure) and drawdown (|max_drawdown| over the lookback
-    versus a positive fraction).
+    amount), concentration (largest asset share of gross exposure) and drawdown (|drawdown_from_peak|: today's fall
+    from the running peak over the lookback, as intraday checks it, versus a positive fraction).
 
     `breach_kind` is "exceeded" (value > limit) or "uncomputable": the metric is NaN or infinite, so the limit
     cannot be shown to hold and counts as breached (value NaN: unknown), never as passed. A portfolio holding
@@ -659,7 +662,7 @@ def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame
     checks = [
         ("var", m["var_limit_metric"], var_value, m["var_limit"]),
         ("concentration", "concentration_pct", m["concentration_pct"], m["concentration_limit"]),
-        ("drawdown", "abs_max_drawdown", -m["max_drawdown"], m["drawdown_limit"]),
+        ("drawdown", DRAWDOWN_METRIC, -m["drawdown_from_peak"], m["drawdown_limit"]),
     ]
     empty = (m["gross_exposure"] == 0).to_numpy()            # NaN gross (an unpriced holding) is not empty
     rows = []

@@ -44,7 +44,7 @@ import pandas as pd
 from etl import measures
 from etl.errors import ValidationError
 from etl.risk import book_var, valuation, var
-from etl.risk.engine import snapshot_arrays
+from etl.risk.engine import DRAWDOWN_METRIC, snapshot_arrays
 from etl.risk.scenarios import ScenarioSet
 
 RISK_TABLE, BREACH_TABLE = "intraday_risk", "intraday_limit_breaches"
@@ -231,7 +231,7 @@ def limit_rows(risk: pd.DataFrame, portfolios: pd.DataFrame, previous: pd.DataFr
         if len(risk) else np.array([], dtype="float64")
     checks = [("var", np.asarray(lim["var_limit_metric"], dtype=object), var_value, lim["var_limit"]),
               ("concentration", "concentration_pct", risk["concentration_pct"].to_numpy(), lim["concentration_limit"]),
-              ("drawdown", "abs_drawdown_from_peak", -risk["drawdown"].to_numpy(), lim["drawdown_limit"])]
+              ("drawdown", DRAWDOWN_METRIC, -risk["drawdown"].to_numpy(), lim["drawdown_limit"])]
     opened = (previous[previous["status"] == "breach"] if previous is not None and len(previous)
               else pd.DataFrame(columns=BREACH_COLUMNS))
     since = dict(zip(zip(opened["portfolio_id"], opened["limit_type"], strict=True), opened["breached_at"],

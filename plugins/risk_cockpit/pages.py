@@ -282,10 +282,14 @@ def firm(d: dict, page: int = 1) -> str:
             body.append(kpi(f"{label} ({ccy})", money(v, ccy, signed=True), f"{key.replace('_', '-')}-{ccy}", v,
                             sign_class(v)))
     body.append("</div>")
-    body.append('<h2 id="drawdowns">Worst drawdowns</h2>')
+    body.append('<h2 id="drawdowns">Worst drawdowns from peak</h2>')
     body.append(table(d["worst_drawdowns"], [("portfolio_id", "Portfolio", lambda r: portfolio_link(r, as_of)),
-                                             ("name", "Name", None), ("max_drawdown", "Max drawdown", "pct"),
-                                             ("drawdown_limit", "Drawdown limit", "pct")], "drawdowns-table"))
+                                             ("name", "Name", None),
+                                             ("drawdown_from_peak", "Drawdown from peak", "pct"),
+                                             ("drawdown_limit", "Limit (on drawdown from peak)", "pct"),
+                                             ("lookback_days", "Window (days)", "num"),
+                                             ("max_drawdown", "Max drawdown", "pct")], "drawdowns-table"))
+    body.append(contributions_html(d.get("contributions"), "firm", "USD"))
     body.append('<h2 id="intraday">Intraday PnL and exposure</h2>')
     intra = d["intraday"]
     if intra.get("available"):
@@ -357,7 +361,9 @@ def portfolio(d: dict, ids: list[str]) -> str:
         "options": {"scales": {"y": {"title": {"display": True, "text": "daily PnL"}},
                                "y1": {"position": "right", "grid": {"drawOnChartArea": False},
                                       "title": {"display": True, "text": "market value"}}}}}, charts))
-    body.append(chart("chart-drawdown", "Drawdown from running peak (underwater) and recovery", {
+    body.append(chart("chart-drawdown", f"Drawdown from running peak (underwater); limit "
+                                        f"{pct(p.get('drawdown_limit'))} on the drawdown from peak over "
+                                        f"{day.get('lookback_days') or '–'} days", {
         "type": "line", "data": {"labels": dates, "datasets": [
             {"label": "drawdown", "data": [r["drawdown"] for r in h], "borderColor": LOSS, "fill": "origin",
              "backgroundColor": "rgba(198,40,40,.25)", "pointRadius": 0}]},
@@ -401,7 +407,7 @@ def portfolio(d: dict, ids: list[str]) -> str:
             "options": {"indexAxis": "y"}}, charts, height=80 + 24 * len(pos)))
     if d["contributions"]:
         c = d["contributions"]
-        body.append(chart("chart-contributions", f"Component VaR 99% (parametric) by asset ({ccy})", {
+        body.append(chart("chart-contributions", f"Component VaR 99% (parametric) by asset (scope portfolio, {ccy})", {
             "type": "bar", "data": {"labels": [r["product_id"] for r in c], "datasets": [
                 {"label": "component VaR 99%", "data": [r["component_var_99_param"] for r in c],
                  "backgroundColor": SERIES[3]}]}, "options": {"indexAxis": "y"}}, charts, height=80 + 24 * len(c)))
@@ -418,24 +424,31 @@ def portfolio(d: dict, ids: list[str]) -> str:
     body.append('<h2 id="backtest">VaR backtest</h2>')
     body.append(table(d["backtest_summary"], [("method", "Method", None), ("confidence", "Confidence", "pct"),
                                               ("days", "Days", "num"), ("exceptions", "Exceptions", "num"),
-                                              ("expected", "Expected", "num")], "backtest-table"))
+                                              ("expected", "Expected", "num"), ("traffic_light", "Zone", None)],
+                      "backtest-table"))
     body.append('<h2 id="positions">Exposures and concentration</h2>')
     body.append(table(pos, [("product_id", "Asset", None), ("quantity", "Quantity", "num"),
                             ("close", "Close", "money"), ("price_date", "Close of", price_of),
                             ("market_value", f"Market value ({ccy})", "money"),
                             ("unrealized_pnl", f"Unrealised PnL ({ccy})", "signed"),
                             ("share_of_gross", "Share of gross", "pct")], "positions-table"))
-    body.append('<h2 id="contributions">Risk contributions</h2>')
-    if d["contributions"] is None:
-        body.append('<p class="note">gold.fact_risk_contributions is not built yet</p>')
-    else:
-        body.append(table(d["contributions"], [("product_id", "Asset", None),
-                                               ("component_var_99_param", "Component VaR 99% (param)", "money"),
-                                               ("component_es_99_hist", "Component ES 99% (hist)", "money"),
-                                               ("marginal_var_99_param", "Marginal VaR 99%", "num")],
-                          "contributions-table"))
+    body.append(contributions_html(d["contributions"], "portfolio", ccy))
     body.append(liquidity_html(d.get("liquidity")))
     return layout(f"Risk cockpit: {pid} {as_of}", "portfolio", "\n".join(body), charts, as_of)
+
+
+def contributions_html(rows: list[dict] | None, scope: str, ccy: str) -> str:
+    """Euler contributions of one scope as gold stores them: `portfolio` (to the portfolio's own VaR/ES, its base
+    currency) or `firm` (the largest ones to the firm's, USD); the heading says which."""
+    what = "to the firm's VaR/ES, largest first" if scope == "firm" else "to the portfolio's VaR/ES"
+    head = f'<h2 id="contributions">Risk contributions {what} (scope {e(scope)}, {e(ccy)})</h2>'
+    if rows is None:
+        return head + '<p class="note">gold.fact_risk_contributions is not built yet</p>'
+    cols = [("portfolio_id", "Portfolio", None)] if scope == "firm" else []
+    return head + table(rows, [*cols, ("product_id", "Asset", None),
+                               ("component_var_99_param", f"Component VaR 99% (param, {ccy})", "money"),
+                               ("component_es_99_hist", f"Component ES 99% (hist, {ccy})", "money"),
+                               ("marginal_var_99_param", "Marginal VaR 99%", "num")], "contributions-table")
 
 
 def liquidity_html(rows: list[dict] | None) -> str:
@@ -500,8 +513,9 @@ def market(d: dict) -> str:
                                         ("vol_20d", "Vol 20d", "pct"), ("vol_ewma", "Vol EWMA", "pct"),
                                         ("max_drawdown", "Max drawdown", "pct"),
                                         ("worst_daily_return", "Worst day", "pct")], "volatility-table"))
-    body.append('<h2 id="correlation">Correlation of daily log returns (90 days)</h2>')
     c = d["correlation"]
+    body.append(f'<h2 id="correlation">Correlation of daily {e(c.get("return_currency") or "USD")} returns '
+                f'({e(c.get("n_obs") or "–")} days, as the risk engine stored it)</h2>')
     if c["products"]:
         head = "".join(f"<th>{e(p)}</th>" for p in c["products"])
         rows = "".join(f"<tr><th>{e(p)}</th>" + "".join(
@@ -511,7 +525,7 @@ def market(d: dict) -> str:
         body.append(f'<div class="table-wrap"><table id="correlation-table"><thead><tr><th></th>{head}</tr>'
                     f"</thead><tbody>{rows}</tbody></table></div>")
     else:
-        body.append('<p class="empty">not enough daily prices for a correlation</p>')
+        body.append('<p class="empty">no correlations stored for this day</p>')
     body.append('<h2 id="anomalies">Anomalies</h2>')
     body.append(table(an, [("product_id", "Product", None), ("bucket_start", "Bucket (UTC)", "ts"),
                            ("return_value", "Return", "pct2"), ("robust_z", "Robust z", "z")], "anomalies-table",

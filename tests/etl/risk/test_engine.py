@@ -378,7 +378,8 @@ def test_nan_metric_is_uncomputable_breach():
         "portfolio_id": ["NAN", "INF", "OVER", "OK", "EMPTY"], "as_of_date": [pd.Timestamp(AS_OF)] * 5,
         "base_currency": ["USD"] * 5, "var_99_hist": [np.nan, 10.0, 500.0, 10.0, 0.0],
         "gross_exposure": [np.nan, 1e4, 1e4, 1e4, 0.0],
-        "concentration_pct": [0.1, np.inf, 0.1, 0.1, np.nan], "max_drawdown": [-0.1, -0.1, -0.1, -0.1, 0.0]})
+        "concentration_pct": [0.1, np.inf, 0.1, 0.1, np.nan],
+        "drawdown_from_peak": [-0.1, -0.1, -0.1, -0.1, 0.0]})
     portfolios = pd.DataFrame({"portfolio_id": ["NAN", "INF", "OVER", "OK", "EMPTY"], "var_limit": [100.0] * 5,
                                "concentration_limit": [0.5] * 5, "drawdown_limit": [0.5] * 5,
                                "var_limit_metric": ["var_99_hist"] * 5})
@@ -389,6 +390,34 @@ def test_nan_metric_is_uncomputable_breach():
                    ("OVER", "var", "exceeded", 500.0)]
     text = message({**out.iloc[1].to_dict(), "value": None, "as_of_date": AS_OF})
     assert "UNCOMPUTABLE" in text and "NAN var limit" in text
+
+
+def test_the_drawdown_limit_is_checked_on_the_current_drawdown_from_the_running_peak():
+    """One long BTC position, so the book's wealth is the price over its first close: 100 for ten days, down to 60
+    (max drawdown -40%), a new peak at 120, then 90 on the as-of day: 90 / 120 - 1 = -25% below the running peak.
+    A 30% limit holds (|max_drawdown| 40% would have breached it forever); a 20% limit is breached at 25%."""
+    days = pd.date_range("2026-01-01", periods=30, freq="D")
+    price = np.r_[[100.0] * 10, [60.0] * 5, np.linspace(70, 120, 6), [120.0] * 8, [90.0]]
+    closes = pd.DataFrame({"BTC-USD": price}, index=days)
+    portfolios = pd.DataFrame({"portfolio_id": ["HOLDS", "BREACH"], "name": ["h", "b"], "base_currency": ["USD"] * 2,
+                               "var_limit": [1e12] * 2, "concentration_limit": [1.0] * 2,
+                               "drawdown_limit": [0.3, 0.2], "var_limit_metric": ["var_99_hist"] * 2})
+    book = pd.DataFrame({"portfolio_id": ["HOLDS", "BREACH"], "product_id": ["BTC-USD"] * 2,
+                         "as_of_date": pd.to_datetime(["2025-12-01"] * 2), "quantity": [1.0, 3.0],
+                         "avg_cost": [100.0] * 2})
+    tables = compute_tables(closes, {"BTC-USD": "USD"}, portfolios, book, RiskParams(mc_scenarios=500,
+                                                                                       backtest_days=20))
+    risk = tables["risk_metrics"].set_index("portfolio_id")
+    assert risk["max_drawdown"].tolist() == pytest.approx([-0.4, -0.4])
+    assert risk["drawdown_from_peak"].tolist() == pytest.approx([90 / 120 - 1] * 2)
+    breach = tables["limit_breaches"].query("limit_type == 'drawdown'")
+    assert breach[["portfolio_id", "metric", "breach_kind"]].values.tolist() == [
+        ["BREACH", "drawdown_from_peak", "exceeded"]]
+    assert (breach["value"].iat[0], breach["limit_value"].iat[0], breach["utilisation"].iat[0]) == \
+        pytest.approx((0.25, 0.2, 1.25))
+    # the intraday revaluation continues the same measure from the close
+    dd = tables["scenario_portfolios"].set_index("portfolio_id")["drawdown"]
+    assert dd.to_dict() == pytest.approx(risk["drawdown_from_peak"].to_dict())
 
 
 def test_overflowing_position_is_rejected_with_file_and_line(risk_env):

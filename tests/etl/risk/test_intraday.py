@@ -289,6 +289,26 @@ def test_no_scenario_set_yet_leaves_var_null_values_the_book_and_breaches_as_unc
     assert all(x["message"].startswith("Risk limit UNCOMPUTABLE: portfolio ") for x in lines) and len(lines) == 4
 
 
+def test_the_drawdown_limit_is_checked_on_the_eods_drawdown_from_peak_carried_through_the_day(book):
+    """Intraday checks the same measure as end of day: at prices equal to the close the drawdown is EOD's
+    risk_metrics.drawdown_from_peak exactly; BTC 10% down at 10:05 takes L to (1 + dd_close) x 0.9 - 1 below the
+    peak (the EOD peak, today's buckets never above it), over a limit set between the two."""
+    data, last, ref = book["data"], book["last"], book["ref"]
+    dd_close = eod(data, "risk_metrics").set_index("portfolio_id").at["L", "drawdown_from_peak"]
+    dd_1005 = (1 + dd_close) * 0.9 - 1
+    limit = (-dd_close - dd_1005) / 2
+    (ref / "portfolios.csv").write_text(PORTFOLIOS.format(var_limit="1e9").replace("L,Long BTC,USD,1e9,1,0.9,",
+                                                                                    f"L,Long BTC,USD,1e9,1,{limit},"))
+    flat_day(data, last, {"BTC-USD": {index(10, 5): 0.9}})
+    run_buckets([at(10, 0), at(10, 5)])
+    assert intraday_rows(data, at(10, 0)).at["L", "drawdown"] == dd_close
+    assert intraday_rows(data, at(10, 0), intraday.BREACH_TABLE).empty
+    assert intraday_rows(data, at(10, 5)).at["L", "drawdown"] == pytest.approx(dd_1005, rel=1e-12)
+    r = intraday_rows(data, at(10, 5), intraday.BREACH_TABLE).query("limit_type == 'drawdown'").loc["L"]
+    assert (r["metric"], r["status"], r["breach_kind"]) == ("drawdown_from_peak", "breach", "exceeded")
+    assert (r["value"], r["limit_value"]) == pytest.approx((-dd_1005, limit), rel=1e-12)
+
+
 def test_a_breach_whose_var_becomes_uncomputable_stays_in_breach_and_never_clears(book):
     """The issue's case: a VaR breach open at 10:05, then the scenario set is gone (older than 31 days) at
     10:10: the VaR is NaN, the breach continues as `uncomputable` (same episode), no `cleared` row, no clearing
