@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from etl.reference_set import Reference
 from etl.settings import Settings, get_settings
 from etl.silver.bars import BARS_5M_SCHEMA
 from etl.storage import Store, get_store, partition_path
@@ -115,8 +116,10 @@ def read_trades(store: Store, files: list[str]) -> tuple[pd.DataFrame, int, int,
     return out, rows_in, duplicates, int((~ok).sum())
 
 
-def build_trade_bars(settings: Settings | None = None, full_refresh: bool = False) -> TradeBarsSummary:
-    """Bring silver trade bars up to date with bronze trades, then reconcile them with the candle bars."""
+def build_trade_bars(settings: Settings | None = None, full_refresh: bool = False,
+                     reference: Reference | None = None) -> TradeBarsSummary:
+    """Bring silver trade bars up to date with bronze trades, then reconcile them with the candle bars.
+    `reference`: the run's reference data (etl.reference_set; default: the files of `settings`)."""
     settings = settings or get_settings()
     store = get_store(settings)
     summary = TradeBarsSummary()
@@ -130,7 +133,7 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
                     TRADES_DIR)
     touched = sorted(set(partitions.values()))
     summary.files = len(new)
-    quotes = _quotes(settings, {p for p, _ in touched})
+    quotes = _quotes(Reference.of(reference, settings), {p for p, _ in touched})
     for product, day in touched:
         prefix = partition_path(TRADES_DIR, product_id=product, date=day) + "/"
         trades, rows_in, dups, invalid = read_trades(store, [f for f in files if f.startswith(prefix)])
@@ -211,9 +214,6 @@ def reconcile(store: Store, partitions: list[tuple[str, str]]) -> dict:
             "products": sorted(m["product_id"].unique().tolist())}
 
 
-def _quotes(settings: Settings, products: set[str]) -> dict[str, str]:
-    from etl.reference import load_instruments
-
-    master = load_instruments(settings)
-    quotes = dict(zip(master["product_id"], master["quote_currency"], strict=True))
+def _quotes(reference: Reference, products: set[str]) -> dict[str, str]:
+    quotes = reference.quote_ccy
     return {p: quotes.get(p, p.split("-")[-1]) for p in products}
