@@ -8,6 +8,7 @@ stages see the same rows. Nothing outlives the object, so the next run reads the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -24,6 +25,15 @@ from etl.reference import (
 from etl.settings import Settings, get_settings
 
 
+def _frame(loader: Callable[..., pd.DataFrame], *needs: str) -> cached_property:
+    """A frame loaded on first use as `loader(settings, **the frames it needs)`, then kept."""
+    def load(self: Reference) -> pd.DataFrame:
+        return loader(self.settings, **{name: getattr(self, name) for name in needs})
+
+    load.__doc__ = loader.__doc__
+    return cached_property(load)
+
+
 @dataclass(frozen=True, eq=False)
 class Reference:
     """The validated reference frames of `settings.reference_dir`, each loaded on first use. Read-only: a stage
@@ -36,29 +46,12 @@ class Reference:
         """`reference` when the caller passes one down, else a new one over the files of `settings`."""
         return reference if reference is not None else cls(settings or get_settings())
 
-    @cached_property
-    def exchanges(self) -> pd.DataFrame:
-        return load_exchanges(self.settings)
-
-    @cached_property
-    def instruments(self) -> pd.DataFrame:
-        return load_instruments(self.settings, exchanges=self.exchanges)
-
-    @cached_property
-    def portfolios(self) -> pd.DataFrame:
-        return load_portfolios(self.settings, instruments=self.instruments)
-
-    @cached_property
-    def positions(self) -> pd.DataFrame:
-        return load_positions(self.settings, instruments=self.instruments, portfolios=self.portfolios)
-
-    @cached_property
-    def firm_limits(self) -> pd.DataFrame:
-        return load_firm_limits(self.settings)
-
-    @cached_property
-    def price_overrides(self) -> pd.DataFrame:
-        return load_price_overrides(self.settings, instruments=self.instruments)
+    exchanges = _frame(load_exchanges)
+    instruments = _frame(load_instruments, "exchanges")
+    portfolios = _frame(load_portfolios, "instruments")
+    positions = _frame(load_positions, "instruments", "portfolios")
+    firm_limits = _frame(load_firm_limits)
+    price_overrides = _frame(load_price_overrides, "instruments")
 
     @property
     def quote_ccy(self) -> dict[str, str]:

@@ -123,15 +123,7 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     settings = settings or get_settings()
     store = get_store(settings)
     summary = TradeBarsSummary()
-    files = store.list_files(TRADES_DIR, ".parquet")
-    seen = set() if full_refresh or not store.exists(STATE_FILE) else set(store.read_json(STATE_FILE)["files"])
-    new = [f for f in files if f not in seen]
-    partitions = {f: p for f in new if (p := partition_of(f))}
-    if len(partitions) < len(new):  # written before the collector validated its fields: never a silver partition
-        log.warning("silver: %d bronze trade file(s) outside a valid product_id=/date= partition skipped, e.g. %r: "
-                    "move them out of %s", len(new) - len(partitions), sorted(set(new) - set(partitions))[0],
-                    TRADES_DIR)
-    touched = sorted(set(partitions.values()))
+    files, seen, new, touched = new_partitions(store, TRADES_DIR, STATE_FILE, full_refresh)
     summary.files = len(new)
     quotes = _quotes(Reference.of(reference, settings), {p for p, _ in touched})
     for product, day in touched:
@@ -151,6 +143,21 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
         store.write_json(RECONCILIATION_FILE, asdict(summary))
     log.info("silver: %s", str(summary).replace("\n", " |"))
     return summary
+
+
+def new_partitions(store: Store, folder: str, state_file: str, full_refresh: bool
+                   ) -> tuple[list[str], set[str], list[str], list[tuple[str, str]]]:
+    """The streamed bronze files of `folder`, those a previous build recorded in `state_file` (none on a full
+    refresh), the others (new), and the sorted (product_id, date) partitions the new ones touch. A new file outside
+    a valid partition is skipped with a warning."""
+    files = store.list_files(folder, ".parquet")
+    seen = set() if full_refresh or not store.exists(state_file) else set(store.read_json(state_file)["files"])
+    new = [f for f in files if f not in seen]
+    partitions = {f: p for f in new if (p := partition_of(f))}
+    if len(partitions) < len(new):  # written before the collector validated its fields: never a silver partition
+        log.warning("silver: %d bronze file(s) outside a valid product_id=/date= partition skipped, e.g. %r: "
+                    "move them out of %s", len(new) - len(partitions), sorted(set(new) - set(partitions))[0], folder)
+    return files, seen, new, sorted(set(partitions.values()))
 
 
 def partition_of(path: str) -> tuple[str, str] | None:

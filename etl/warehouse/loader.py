@@ -27,7 +27,6 @@ import os
 import posixpath
 import queue
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -108,18 +107,12 @@ def warehouse_lock(settings: Settings) -> Iterator[None]:
     conn = db.open_connection(url, application_name=f"etl warehouse lock pid {os.getpid()}")
     conn.autocommit = True
     try:
-        deadline = time.monotonic() + settings.warehouse_lock_timeout_s
         with conn.cursor() as cur:
-            while True:
-                cur.execute("select pg_try_advisory_lock(%s)", (WAREHOUSE_LOCK_ID,))
-                if cur.fetchone()[0]:
-                    break
-                if time.monotonic() >= deadline:
-                    raise WarehouseError(
-                        f"another load or dbt build holds the warehouse lock on {db.redact(url)} ({_holder(cur)}); "
-                        f"waited {settings.warehouse_lock_timeout_s:g}s (PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S). Let it "
-                        "finish, then rerun `python -m etl load`")
-                time.sleep(0.2)
+            if not db.wait_for_advisory_lock(cur, WAREHOUSE_LOCK_ID, settings.warehouse_lock_timeout_s):
+                raise WarehouseError(
+                    f"another load or dbt build holds the warehouse lock on {db.redact(url)} ({_holder(cur)}); "
+                    f"waited {settings.warehouse_lock_timeout_s:g}s (PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S). Let it "
+                    "finish, then rerun `python -m etl load`")
         _lock_depth = 1
         try:
             yield
