@@ -84,6 +84,9 @@ def test_a_risk_run_and_a_load_sharing_one_reference_parse_each_file_once(book, 
         cur.execute("select portfolio_id, product_id, quantity from raw.positions order by 1, 2")
         assert cur.fetchall() == [("B1", "ETH-USD", 20.0), ("U1", "BTC-USD", 2.0), ("U1", "ETH-USD", -30.0),
                                   ("U2", "ETH-BTC", 100.0)]
+    fresh = Reference(settings)  # the stages shared the frames and changed none of them
+    for frame in ("exchanges", "instruments", "portfolios", "positions", "firm_limits"):
+        pd.testing.assert_frame_equal(getattr(ref, frame), getattr(fresh, frame))
 
 
 def test_each_task_without_a_reference_reads_the_files_itself_and_sees_an_edit(book, reads):
