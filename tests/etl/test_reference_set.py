@@ -109,3 +109,13 @@ def test_the_frames_are_the_loaders_own_and_validation_reads_each_file_once(read
     pd.testing.assert_frame_equal(ref.portfolios, load_portfolios())
     assert ref.positions is ref.positions  # read once, then shared
     assert ref.quote_ccy["ETH-BTC"] == "BTC" and Reference.of(ref) is ref
+
+
+def test_a_silver_build_parses_the_instrument_master_once_for_its_overrides_and_quotes(
+        data_dir, reference_copy, monkeypatch, reads):
+    (reference_copy / "price_overrides.csv").write_text(
+        "product_id,granularity,bucket_start,accepted_by,accepted_at,reason\n"
+        "BTC-USD,60,2026-01-05T00:01:00Z,ops,2026-01-06T09:00:00Z,exchange-wide move\n")
+    monkeypatch.setenv("PIPELINE_REFERENCE_DIR", str(reference_copy))
+    tasks.build_silver(settings=get_settings())
+    assert reads == Counter({"exchanges.csv": 1, "instruments.csv": 1, "price_overrides.csv": 1})
