@@ -26,15 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from bench_intraday import book  # the same book as the intraday benchmark
 from bench_risk import _all_ours  # the core metrics
 from bench_silver import _timed  # wall time and peak memory of a process tree
 
 from etl.risk.engine import METHODS, RiskParams, compute_tables
-from etl.silver.bars import BARS_1D_SCHEMA
+from tests.support.silver_sample import write_daily_bars
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 20.0
@@ -101,19 +98,7 @@ def _best(fn, repeats: int) -> tuple[float, float, object]:
 def write_world(base: Path, b: dict) -> str:
     """The book as silver daily bars and reference CSVs under `base`; returns the as-of date."""
     closes = b["closes"]
-    for product in closes.columns:
-        c = closes[product].to_numpy()
-        n = len(c)
-        table = pa.table({
-            "price_date": pa.array(closes.index.date, pa.date32()), "open": c, "high": c, "low": c, "close": c,
-            "volume": np.ones(n), "vwap": c, "n_candles": np.full(n, 1440), "is_complete": np.ones(n, bool),
-            "quote_currency": ["USD"] * n, "first_candle_at": pa.array([None] * n, pa.timestamp("us", tz="UTC")),
-            "last_candle_at": pa.array([None] * n, pa.timestamp("us", tz="UTC")),
-            "source_granularity": np.full(n, 86400)}).cast(BARS_1D_SCHEMA)
-        for year in sorted(set(closes.index.year)):
-            folder = base / "data" / "silver" / "bars_1d" / f"product_id={product}" / f"year={year}"
-            folder.mkdir(parents=True)
-            pq.write_table(table.filter(pa.array(closes.index.year == year)), folder / "part-0.parquet")
+    write_daily_bars(base / "data", closes, dict.fromkeys(closes.columns, "USD"))
     ref = base / "ref"
     ref.mkdir()
     (ref / "exchanges.csv").write_text((ROOT / "etl" / "reference_data" / "exchanges.csv").read_text())

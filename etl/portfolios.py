@@ -54,11 +54,12 @@ def _number(df: pd.DataFrame, col: str, problems: _Problems, optional: bool = Fa
     return values.astype("float64")
 
 
-def load_portfolios(settings: Settings | None = None) -> pd.DataFrame:
+def load_portfolios(settings: Settings | None = None, instruments: pd.DataFrame | None = None) -> pd.DataFrame:
     """Portfolios with limits: portfolio_id, name, base_currency, var_limit (amount in base currency, compared with
     `var_limit_metric`), concentration_limit (fraction of gross exposure), drawdown_limit (positive fraction: breach
     when |drawdown_from_peak| exceeds it), var_limit_metric, lvar_limit (optional column: amount in base currency,
-    compared with the liquidity-adjusted VaR lvar_99). An empty limit is NaN: the portfolio has no such limit."""
+    compared with the liquidity-adjusted VaR lvar_99). An empty limit is NaN: the portfolio has no such limit.
+    `instruments`: already loaded (etl.reference_set)."""
     settings = settings or get_settings()
     path = settings.reference_dir / "portfolios.csv"
     df = read_reference_csv(path, PORTFOLIO_COLUMNS)
@@ -70,7 +71,7 @@ def load_portfolios(settings: Settings | None = None) -> pd.DataFrame:
     problems.add(df["portfolio_id"].duplicated() & (df["portfolio_id"] != ""), "duplicate portfolio_id",
                  lambda i: f"{df['portfolio_id'].iat[i]!r} appears earlier in the file")
     # a base currency needs a <CCY>-USD product to convert into (USD itself needs none)
-    instruments = load_instruments(settings)
+    instruments = load_instruments(settings) if instruments is None else instruments
     convertible = {"USD"} | set(instruments.loc[instruments["quote_currency"] == "USD", "base_currency"])
     problems.add(~df["base_currency"].isin(convertible), "unknown base_currency",
                  lambda i: f"{df['base_currency'].iat[i]!r}; expected one of {sorted(convertible)}")
@@ -92,16 +93,18 @@ def load_portfolios(settings: Settings | None = None) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def load_positions(settings: Settings | None = None) -> pd.DataFrame:
+def load_positions(settings: Settings | None = None, instruments: pd.DataFrame | None = None,
+                   portfolios: pd.DataFrame | None = None) -> pd.DataFrame:
     """Position snapshots: portfolio_id, product_id, as_of_date (datetime64 at midnight, a UTC day), quantity
-    (signed: negative = short), avg_cost (> 0, in the product's quote currency). Sorted by portfolio, date, product."""
+    (signed: negative = short), avg_cost (> 0, in the product's quote currency). Sorted by portfolio, date, product.
+    `instruments`, `portfolios`: already loaded (etl.reference_set)."""
     settings = settings or get_settings()
     path = settings.reference_dir / "positions.csv"
     df = read_reference_csv(path, POSITION_COLUMNS)
     problems = _Problems(path)
-    instruments = load_instruments(settings)
+    instruments = load_instruments(settings) if instruments is None else instruments
     products = set(instruments["product_id"])
-    portfolios = set(load_portfolios(settings)["portfolio_id"])
+    portfolios = set((load_portfolios(settings, instruments) if portfolios is None else portfolios)["portfolio_id"])
     problems.add(~df["portfolio_id"].isin(portfolios), "unknown portfolio",
                  lambda i: f"{df['portfolio_id'].iat[i]!r} is not in portfolios.csv")
     problems.add(~df["product_id"].isin(products), "unknown product",
@@ -130,24 +133,6 @@ def load_positions(settings: Settings | None = None) -> pd.DataFrame:
         "as_of_date": dates.astype("datetime64[ns]"), "quantity": quantity, "avg_cost": avg_cost,
     })
     return out.sort_values(["portfolio_id", "as_of_date", "product_id"], ignore_index=True)
-
-
-def needed_products(settings: Settings | None = None) -> list[str]:
-    """`book_products` of the reference files: what the book holds plus the conversion pairs valuation needs, less
-    the products the instrument master declares delisted (the source serves no candles for them; risk values them
-    at their last close)."""
-    settings = settings or get_settings()
-    instruments = load_instruments(settings)
-    delisted = set(instruments.loc[instruments[DELISTED_ON].notna(), "product_id"])
-    return [p for p in book_products(instruments, load_portfolios(settings), load_positions(settings))
-            if p not in delisted]
-
-
-def products_to_ingest(settings: Settings | None = None) -> list[str]:
-    """The products the pipeline ingests: PIPELINE_PRODUCTS when set, else `needed_products` (so a book of any
-    instruments works without naming them twice)."""
-    settings = settings or get_settings()
-    return list(settings.products) or needed_products(settings)
 
 
 def book_products(instruments: pd.DataFrame, portfolios: pd.DataFrame, positions: pd.DataFrame) -> list[str]:

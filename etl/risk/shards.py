@@ -25,6 +25,7 @@ import pandas as pd
 
 from etl.commits import OUTPUTS
 from etl.errors import DataNotFoundError
+from etl.reference_set import Reference
 from etl.risk.engine import append_tables, book_tables, portfolio_tables
 from etl.risk.runner import RiskSummary, commit_tables, finish_portfolio_tables, load_inputs
 from etl.settings import Settings
@@ -64,10 +65,11 @@ def shard_dir(run_key: str, shard: int | None = None) -> str:
     return root if shard is None else posixpath.join(root, str(shard))
 
 
-def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Settings) -> dict:
+def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Settings,
+              reference: Reference | None = None) -> dict:
     """Compute the per-portfolio tables of one shard into its uncommitted area; returns its row counts."""
     t0 = time.perf_counter()
-    inputs = load_inputs(as_of, settings)
+    inputs = load_inputs(as_of, settings, reference)
     ids = shard_portfolios(inputs.portfolios["portfolio_id"], shard, shards)
     portfolios = inputs.portfolios[inputs.portfolios["portfolio_id"].astype(str).isin(ids)]
     tables = portfolio_tables(inputs.closes, inputs.quote_ccy, portfolios, inputs.positions, inputs.params)
@@ -86,7 +88,8 @@ def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Sett
     return done
 
 
-def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings) -> RiskSummary:
+def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings,
+                  reference: Reference | None = None) -> RiskSummary:
     """Check every shard is done, add the whole book's tables and commit everything with one manifest."""
     t0 = time.perf_counter()
     store = get_store(settings)
@@ -97,7 +100,7 @@ def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings) ->
                                 f"{store.path(done[missing[0]])}; nothing committed. Rerun compute_risk_shard "
                                 f"{missing} of that run, then compute_risk")
     markers = {i: store.read_json(rel) for i, rel in done.items()}
-    inputs = load_inputs(as_of, settings)
+    inputs = load_inputs(as_of, settings, reference)
     book = sorted(map(str, inputs.portfolios["portfolio_id"]))
     got = sorted(p for m in markers.values() if m["as_of"] == as_of.isoformat() for p in m["portfolios"])
     if got != book:

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from etl.settings import Settings, get_settings
-from etl.silver.trade_bars import BAR_US, PART, partition_of
+from etl.silver.trade_bars import BAR_US, PART, new_partitions
 from etl.storage import Store, get_store, partition_path
 from etl.stream.sinks import BOOK_DIR
 
@@ -106,10 +106,7 @@ def build_liquidity(settings: Settings | None = None, full_refresh: bool = False
     settings = settings or get_settings()
     store = get_store(settings)
     summary = LiquiditySummary()
-    files = store.list_files(BOOK_DIR, ".parquet")
-    seen = set() if full_refresh or not store.exists(STATE_FILE) else set(store.read_json(STATE_FILE)["files"])
-    new = [f for f in files if f not in seen]
-    touched = sorted({p for f in new if (p := partition_of(f))})
+    files, seen, new, touched = new_partitions(store, BOOK_DIR, STATE_FILE, full_refresh)
     summary.files = len(new)
     for product, day in touched:
         prefix = partition_path(BOOK_DIR, product_id=product, date=day) + "/"

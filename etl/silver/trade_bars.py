@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from etl.reference_set import Reference
 from etl.settings import Settings, get_settings
 from etl.silver.bars import BARS_5M_SCHEMA
 from etl.storage import Store, get_store, partition_path
@@ -115,22 +116,16 @@ def read_trades(store: Store, files: list[str]) -> tuple[pd.DataFrame, int, int,
     return out, rows_in, duplicates, int((~ok).sum())
 
 
-def build_trade_bars(settings: Settings | None = None, full_refresh: bool = False) -> TradeBarsSummary:
-    """Bring silver trade bars up to date with bronze trades, then reconcile them with the candle bars."""
+def build_trade_bars(settings: Settings | None = None, full_refresh: bool = False,
+                     reference: Reference | None = None) -> TradeBarsSummary:
+    """Bring silver trade bars up to date with bronze trades, then reconcile them with the candle bars.
+    `reference`: the run's reference data (etl.reference_set; default: the files of `settings`)."""
     settings = settings or get_settings()
     store = get_store(settings)
     summary = TradeBarsSummary()
-    files = store.list_files(TRADES_DIR, ".parquet")
-    seen = set() if full_refresh or not store.exists(STATE_FILE) else set(store.read_json(STATE_FILE)["files"])
-    new = [f for f in files if f not in seen]
-    partitions = {f: p for f in new if (p := partition_of(f))}
-    if len(partitions) < len(new):  # written before the collector validated its fields: never a silver partition
-        log.warning("silver: %d bronze trade file(s) outside a valid product_id=/date= partition skipped, e.g. %r: "
-                    "move them out of %s", len(new) - len(partitions), sorted(set(new) - set(partitions))[0],
-                    TRADES_DIR)
-    touched = sorted(set(partitions.values()))
+    files, seen, new, touched = new_partitions(store, TRADES_DIR, STATE_FILE, full_refresh)
     summary.files = len(new)
-    quotes = _quotes(settings, {p for p, _ in touched})
+    quotes = _quotes(Reference.of(reference, settings), {p for p, _ in touched})
     for product, day in touched:
         prefix = partition_path(TRADES_DIR, product_id=product, date=day) + "/"
         trades, rows_in, dups, invalid = read_trades(store, [f for f in files if f.startswith(prefix)])
@@ -148,6 +143,21 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
         store.write_json(RECONCILIATION_FILE, asdict(summary))
     log.info("silver: %s", str(summary).replace("\n", " |"))
     return summary
+
+
+def new_partitions(store: Store, folder: str, state_file: str, full_refresh: bool
+                   ) -> tuple[list[str], set[str], list[str], list[tuple[str, str]]]:
+    """The streamed bronze files of `folder`, those a previous build recorded in `state_file` (none on a full
+    refresh), the others (new), and the sorted (product_id, date) partitions the new ones touch. A new file outside
+    a valid partition is skipped with a warning."""
+    files = store.list_files(folder, ".parquet")
+    seen = set() if full_refresh or not store.exists(state_file) else set(store.read_json(state_file)["files"])
+    new = [f for f in files if f not in seen]
+    partitions = {f: p for f in new if (p := partition_of(f))}
+    if len(partitions) < len(new):  # written before the collector validated its fields: never a silver partition
+        log.warning("silver: %d bronze file(s) outside a valid product_id=/date= partition skipped, e.g. %r: "
+                    "move them out of %s", len(new) - len(partitions), sorted(set(new) - set(partitions))[0], folder)
+    return files, seen, new, sorted(set(partitions.values()))
 
 
 def partition_of(path: str) -> tuple[str, str] | None:
@@ -211,9 +221,6 @@ def reconcile(store: Store, partitions: list[tuple[str, str]]) -> dict:
             "products": sorted(m["product_id"].unique().tolist())}
 
 
-def _quotes(settings: Settings, products: set[str]) -> dict[str, str]:
-    from etl.reference import load_instruments
-
-    master = load_instruments(settings)
-    quotes = dict(zip(master["product_id"], master["quote_currency"], strict=True))
+def _quotes(reference: Reference, products: set[str]) -> dict[str, str]:
+    quotes = reference.quote_ccy
     return {p: quotes.get(p, p.split("-")[-1]) for p in products}

@@ -19,6 +19,7 @@ from etl.storage import get_store
 from etl.warehouse import WarehouseError, docs, load_warehouse, reporting_url, run_dbt
 from etl.warehouse.schema import GOLD
 from tests.support import warehouse_sample as sample
+from tests.support.env import pipeline_env
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +34,8 @@ REPORTS = sorted(p for d in ("daily_pnl", "risk_exposure", "market", "pipeline_h
 def gold(pg_url, tmp_path_factory):
     """The sample data set loaded and built once for the module (dbt build is the slow part)."""
     root = tmp_path_factory.mktemp("warehouse")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIPELINE_DATABASE_URL", pg_url)
-        mp.setenv("PIPELINE_DATA_DIR", str(root / "data"))
-        mp.setenv("PIPELINE_STATE_DIR", str(root / "state"))
-        mp.setenv("PIPELINE_REFERENCE_DIR", str(sample.write_reference(root / "reference")))
+    with pipeline_env(pg_url, root / "data", PIPELINE_STATE_DIR=root / "state",
+                      PIPELINE_REFERENCE_DIR=sample.write_reference(root / "reference")):
         with db.connect(url=pg_url) as conn, conn.cursor() as cur:
             cur.execute("drop schema if exists raw, staging, gold cascade")
         counts = sample.write_sample(get_settings(), first_day=FIRST_DAY, days=DAYS)

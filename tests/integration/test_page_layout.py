@@ -22,6 +22,7 @@ from etl.report import cockpit
 from etl.report.gold import GoldReader
 from tests.integration.test_cockpit import _reporting, _sql
 from tests.support.browser_check import Chromium, find_chromium
+from tests.support.env import pipeline_env
 from tests.support.report_sample import AS_OF, create_gold, sample_book
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "plugins"))  # the plugin package, as Airflow loads it
@@ -71,9 +72,7 @@ def pages_dir(gold, tmp_path_factory) -> Path:
     from etl.report import run_report
 
     out = tmp_path_factory.mktemp("pages")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIPELINE_DATABASE_URL", gold)
-        mp.setenv("PIPELINE_DATA_DIR", str(out / "data"))
+    with pipeline_env(gold, out / "data") as mp:
         mp.setattr("etl.report.html.DETAIL_PAGES", 2)
         report = run_report(AS_OF, sql_dir=out / "no-sql")
         with pytest.raises(IncompleteInputError):

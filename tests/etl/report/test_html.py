@@ -17,6 +17,7 @@ from etl.report import html as report_html
 from etl.report import latest_report, report_of_run, reports_dir, run_report
 from etl.risk.backtest import traffic_light
 from etl.settings import get_settings
+from tests.support.env import pipeline_env
 from tests.support.report_sample import AS_OF, create_gold, sample_frames
 
 H2 = ("summary", "portfolios", "market", "pipeline-health", "data-notes")
@@ -58,9 +59,7 @@ def sql_dir(tmp_path):
 def report(sample_gold_url, tmp_path_factory):
     """One report run shared by the read-only assertions below (rendering charts is the slow part)."""
     root = tmp_path_factory.mktemp("report")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIPELINE_DATABASE_URL", sample_gold_url)
-        mp.setenv("PIPELINE_DATA_DIR", str(root / "data"))
+    with pipeline_env(sample_gold_url, root / "data"):
         path = run_report(sql_dir=_write_sql_dir(root / "sql"))  # no as_of: the latest day in gold
         return path, root / "data", reports_dir(get_settings())
 

@@ -20,8 +20,8 @@ from etl.reference import load_instruments
 from etl.risk import run_risk
 from etl.risk.engine import RiskParams, compute_tables, intraday_anomalies
 from etl.settings import get_settings
-from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
 from etl.storage import Store
+from tests.support.silver_sample import write_5m_bars, write_daily_bars
 
 AS_OF = date(2026, 3, 31)
 DAYS = pd.date_range("2025-12-01", AS_OF, freq="D")
@@ -38,38 +38,16 @@ def _closes() -> pd.DataFrame:
 
 
 def _write_silver(root, closes: pd.DataFrame, spike_at: pd.Timestamp) -> None:
+    write_daily_bars(root, closes, QUOTE, spread=0.01, volume=10.0)
     for product in closes.columns:
         c = closes[product].to_numpy()
-        n = len(c)
-        cols = {"price_date": pa.array(closes.index.date, pa.date32()), "open": c, "high": c * 1.01, "low": c * 0.99,
-                "close": c, "volume": np.full(n, 10.0), "vwap": c, "n_candles": np.full(n, 1440),
-                "is_complete": np.ones(n, bool), "quote_currency": [QUOTE[product]] * n,
-                "first_candle_at": pa.array([None] * n, pa.timestamp("us", tz="UTC")),
-                "last_candle_at": pa.array([None] * n, pa.timestamp("us", tz="UTC")),
-                "source_granularity": np.full(n, 86400)}
-        table = pa.table(cols).cast(BARS_1D_SCHEMA)
-        for year in sorted(set(closes.index.year)):
-            folder = root / "silver" / "bars_1d" / f"product_id={product}" / f"year={year}"
-            folder.mkdir(parents=True)
-            keep = pa.array(closes.index.year == year)
-            pq.write_table(table.filter(keep), folder / "part-0.parquet")
         # 5-minute bars for the last two days: a gentle random walk, and one spike in BTC-USD on the as-of day
         buckets = pd.date_range(pd.Timestamp(AS_OF) - pd.Timedelta(days=1), periods=2 * 288, freq="5min", tz="UTC")
         rng = np.random.default_rng(len(product))
         r = rng.standard_normal(len(buckets)) * 0.001
         if product == "BTC-USD":
             r[buckets == spike_at] = 0.03
-        px = c[-1] * np.exp(np.cumsum(r))
-        m = len(buckets)
-        bars = pa.table({"bucket_start": pa.array(buckets), "open": px, "high": px, "low": px, "close": px,
-                         "volume": np.ones(m), "vwap": px, "n_candles": np.full(m, 5), "is_complete": np.ones(m, bool),
-                         "quote_currency": [QUOTE[product]] * m, "first_candle_at": pa.array(buckets),
-                         "last_candle_at": pa.array(buckets), "source_granularity": np.full(m, 60)})
-        bars = bars.cast(BARS_5M_SCHEMA)
-        for day in sorted(set(buckets.date)):
-            folder = root / "silver" / "bars_5m" / f"product_id={product}" / f"date={day}"
-            folder.mkdir(parents=True)
-            pq.write_table(bars.filter(pa.array(buckets.date == day)), folder / "part-0.parquet")
+        write_5m_bars(root, product, QUOTE[product], buckets, c[-1] * np.exp(np.cumsum(r)))
 
 
 @pytest.fixture

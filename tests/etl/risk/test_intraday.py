@@ -11,7 +11,6 @@ from datetime import date
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -20,8 +19,8 @@ from etl.orchestration.tasks import compute_intraday_risk
 from etl.report import alerts
 from etl.risk import intraday, intraday_io, run_risk
 from etl.settings import get_settings
-from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
 from etl.storage import get_store
+from tests.support.silver_sample import write_5m_bars, write_daily_bars
 
 D1 = date(2026, 3, 30)                    # the last EOD run's as-of (the previous UTC close)
 D = date(2026, 3, 31)                     # today
@@ -47,33 +46,13 @@ def _daily_closes() -> pd.DataFrame:
 
 
 def write_daily(root, closes: pd.DataFrame) -> None:
-    for product in closes.columns:
-        c = closes[product].to_numpy()
-        n = len(c)
-        table = pa.table({
-            "price_date": pa.array(closes.index.date, pa.date32()), "open": c, "high": c, "low": c, "close": c,
-            "volume": np.ones(n), "vwap": c, "n_candles": np.full(n, 288), "is_complete": np.ones(n, bool),
-            "quote_currency": [QUOTE[product]] * n,
-            "first_candle_at": pa.array([None] * n, pa.timestamp("us", tz="UTC")),
-            "last_candle_at": pa.array([None] * n, pa.timestamp("us", tz="UTC")),
-            "source_granularity": np.full(n, 300)}).cast(BARS_1D_SCHEMA)
-        folder = root / "silver" / "bars_1d" / f"product_id={product}" / "year=2026"
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, folder / "part-0.parquet")
+    write_daily_bars(root, closes, QUOTE, n_candles=288, source_granularity=300)
 
 
 def write_5m(root, product: str, day: date, closes: np.ndarray) -> None:
     """Today's 5-minute bars of one product: closes[i] is bucket i of the day (00:00 + 5 min x i)."""
     buckets = pd.date_range(pd.Timestamp(day, tz="UTC"), periods=len(closes), freq="5min")
-    m = len(closes)
-    table = pa.table({
-        "bucket_start": pa.array(buckets), "open": closes, "high": closes, "low": closes, "close": closes,
-        "volume": np.ones(m), "vwap": closes, "n_candles": np.full(m, 5), "is_complete": np.ones(m, bool),
-        "quote_currency": [QUOTE[product]] * m, "first_candle_at": pa.array(buckets),
-        "last_candle_at": pa.array(buckets), "source_granularity": np.full(m, 60)}).cast(BARS_5M_SCHEMA)
-    folder = root / "silver" / "bars_5m" / f"product_id={product}" / f"date={day}"
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, folder / "part-0.parquet")
+    write_5m_bars(root, product, QUOTE[product], buckets, closes)
 
 
 def at(hh: int, mm: int, day: date = D) -> pd.Timestamp:

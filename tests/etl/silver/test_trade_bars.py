@@ -24,4 +24,4 @@ def test_bronze_partitions_named_by_bad_fields_are_skipped_not_built(data_dir, c
     root = data_dir / TRADE_BARS_DIR
     assert sorted(str(p.relative_to(root)) for p in root.glob("*/*")) == ["product_id=BTC-USD/date=2026-01-01"]
     assert summary.partitions == 1 and summary.trades_in == 1
-    assert "2 bronze trade file(s) outside a valid product_id=/date= partition skipped" in caplog.text
+    assert "2 bronze file(s) outside a valid product_id=/date= partition skipped" in caplog.text
