@@ -123,10 +123,14 @@ def test_correlation_matrix_is_golds_pairs_in_both_orders():
     assert correlation_matrix(pairs.iloc[:0]).empty
 
 
+def rendered(reader, name: str):
+    """The cockpit page `name` of AS_OF: its data (what the API returns) and its HTML."""
+    d = getattr(cockpit, name)(reader, AS_OF)
+    return d, getattr(pages, name)(d)
+
+
 def test_the_firm_page_shows_golds_figures_and_the_drawdown_limits_measure(gold, reader):
-    url = gold[0]
-    d = cockpit.firm(reader, AS_OF)
-    page = pages.firm(d)
+    url, (d, page) = gold[0], rendered(reader, "firm")
     risk = q(url, "select * from gold.fact_risk_metrics where as_of_date = %s order by drawdown_from_peak, "
                   "portfolio_id", (AS_OF,))
     # worst drawdowns: ranked on the measure the limit is checked on, each figure gold's
@@ -218,9 +222,7 @@ def test_the_portfolio_page_shows_golds_series_and_its_own_scope(gold, reader, p
 
 
 def test_the_market_page_shows_the_engines_correlations_and_golds_returns(gold, reader):
-    url = gold[0]
-    d = cockpit.market(reader, AS_OF)
-    page = pages.market(d)
+    url, (d, page) = gold[0], rendered(reader, "market")
     pairs = q(url, "select product_id_a, product_id_b, correlation, n_obs, return_currency "
                    "from gold.fact_correlations where as_of_date = %s", (AS_OF,))
     c = d["correlation"]
