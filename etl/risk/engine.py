@@ -69,6 +69,7 @@ class RiskParams:
     es_bootstrap: int = 1000               # McNeil-Frey: bootstrap resamples
     es_seed: int = 11
     stress_file: str | None = None         # stress scenario config (None: only the worst historical windows)
+    tail_refit_days: int = 20              # backtest: the tail models refitted every this many days, rescaled between
 
     @classmethod
     def from_settings(cls, s) -> RiskParams:
@@ -472,7 +473,7 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
         forecasts.update(_scenario_backtest(method, sc, expo, held, rng, params, z2_null))
         # the sd of the day's scenario losses (hist: the parametric sigma itself)
         loss_sd[method] = sigma if method == "hist" else var.portfolio_sigma(sc.cov, expo_t)
-    forecasts.update(_tail_backtest(scenarios["hist"], expo, held, rng, params, z2_null))
+    forecasts.update(_tail_backtest(scenarios["hist"], expo, held, sigma, rng, params, z2_null))
     loss_sd.update(dict.fromkeys(tails.METHODS, sigma))                  # the sd of the losses they are fitted to
     keys = [(method, c) for method in METHODS for c in BACKTEST_CONFIDENCES]
     cell = np.flatnonzero(held.ravel())                                   # (day, portfolio) cells with a book
@@ -582,38 +583,56 @@ def _exposed(expo: np.ndarray, neg_w: np.ndarray) -> np.ndarray:
     return out
 
 
-def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, rng: np.random.Generator, params: RiskParams,
-                   z2_null: dict) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
-    """Forecasts of the tail methods (etl.risk.tails), each fitted on each day to the day's historical scenario
-    losses (every day x portfolio of a chunk in one vectorised fit), and into z2_null their Z2 paths: a path draws
-    on each day one uniform U shared by all portfolios, the day's loss being each portfolio's model quantile at U;
-    only U above the lowest confidence can exceed VaR (the quantiles increase), so only those are evaluated."""
-    f_len, n = sc.pad.shape
-    p = expo.shape[1]
+def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, sigma: np.ndarray, rng: np.random.Generator,
+                   params: RiskParams, z2_null: dict) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
+    """Forecasts of the tail methods (etl.risk.tails) and into z2_null their Z2 paths. The forecast days are cut in
+    blocks of `tail_refit_days`; in each block a portfolio's models are fitted once, to its historical scenario
+    losses on the block's first day it holds something (its refit day r, all refits of a chunk in one vectorised
+    fit), and on the block's day t the forecast is that model rescaled to the day's loss sd sigma_t (exact every
+    day): VaR_t = VaR_r sigma_t / sigma_r, ES alike; a refit day without spread (sigma_r 0) rescales to nothing
+    (NaN) unless sigma_t is 0 too. A Z2 path draws on each day one uniform U shared by all portfolios, the day's
+    loss being each portfolio's model quantile at U (tails.tail_quantiles); the rescaling cancels in loss / ES, so
+    a block's draws are scored with its fitted model; only U above the lowest confidence can exceed VaR (the
+    quantiles increase), so only those are evaluated."""
+    f_len, p = held.shape
+    block = np.arange(f_len) // max(1, params.tail_refit_days)
+    starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
+    first = np.minimum.reduceat(np.where(held, np.arange(f_len)[:, None], f_len), starts, axis=0)   # (B, P)
+    refit = np.where(first < f_len, first, starts[:, None])
+    cells = [(d, np.flatnonzero(refit[block[d]] == d)) for d in np.unique(refit)]      # each (block, portfolio) once
+    losses = np.concatenate([np.where(sc.pad[d], np.nan, _exposed(expo[d, ports], sc.neg_w[d])) for d, ports in cells])
+    at = (np.concatenate([np.full(len(ports), block[d]) for d, ports in cells]),
+          np.concatenate([ports for _, ports in cells]))                  # the (block, portfolio) of each fit
+    sigma_r = sigma[refit, np.arange(p)][block]                           # (F, P) the loss sd on the refit day
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rescale = np.where(sigma_r > 0, sigma / np.where(sigma_r > 0, sigma_r, 1.0), np.where(sigma > 0, np.nan, 1.0))
     u = rng.random((params.es_simulations, f_len))
-    path, day = np.nonzero(u > min(BACKTEST_CONFIDENCES))
+    day, path = np.nonzero(u.T > min(BACKTEST_CONFIDENCES))               # the draws in day order
     draws = sparse.csr_matrix((np.ones(len(path)), (path, np.arange(len(path)))), shape=(len(u), len(path)))
-    keys = [(method, c) for method in tails.METHODS for c in BACKTEST_CONFIDENCES]
-    out = {key: (np.empty((f_len, p)), np.empty((f_len, p))) for key in keys}
-    nulls = {key: np.empty((len(u), p)) for key in keys}
-    step = max(1, BACKTEST_CELLS // (f_len * n))
-    for lo in range(0, p, step):
-        cols = slice(lo, lo + step)
-        losses = _exposed(expo[:, cols], sc.neg_w)                        # (F, Pc, N)
-        np.copyto(losses, np.nan, where=sc.pad[:, None, :])
-        for method in tails.METHODS:
-            fit = tails.fit(method, losses)
-            q = fit.take(day).quantile(u[path, day][:, None])             # (draws, Pc)
-            for c in BACKTEST_CONFIDENCES:
-                v, e = fit.var_es(c)
-                out[(method, c)][0][:, cols], out[(method, c)][1][:, cols] = v, e
-                valid = _valid(held[:, cols], (v, e))
+    bounds = np.searchsorted(day, np.r_[starts, f_len])                  # each block's draws
+    out, nulls = {}, {}
+    for method in tails.METHODS:
+        fitted = tails.fit(method, losses)
+        fit = tails.TailFit(method, {k: _scatter(at, v, (starts.size, p)) for k, v in fitted.params.items()})
+        q = np.concatenate([tails.tail_quantiles(fit.take(b), u[path[lo:hi], day[lo:hi]])
+                            for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))])   # (D, P)
+        for c in BACKTEST_CONFIDENCES:
+            v_r, e_r = fit.var_es(c)                                      # (B, P)
+            v, e = out[(method, c)] = rescale * v_r[block], rescale * e_r[block]
+            valid = _valid(held, (v, e))
+            term = np.zeros_like(q)
+            for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    hit = valid[day] & (q > v[day])
-                    term = np.where(hit, q / np.where(hit, e[day], 1.0), 0.0)
-                nulls[(method, c)][:, cols] = es_backtest.z2_from_sums(np.asarray(draws @ term), valid.sum(axis=0),
-                                                                       1 - c)
+                    hit = valid[day[lo:hi]] & (q[lo:hi] > v_r[b])
+                    np.divide(q[lo:hi], e_r[b], out=term[lo:hi], where=hit)
+            nulls[(method, c)] = es_backtest.z2_from_sums(np.asarray(draws @ term), valid.sum(axis=0), 1 - c)
     z2_null.update(nulls)
+    return out
+
+
+def _scatter(at: tuple[np.ndarray, np.ndarray], values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    out = np.empty(shape)
+    out[at] = values
     return out
 
 
