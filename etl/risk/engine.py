@@ -437,8 +437,9 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
 
     Cost is that of the model, not of re-simulation: Monte Carlo is scored by its model's exact quantile
     (var.mc_model_var_es); the scenario methods' losses (days x portfolios x N) are built for a chunk of portfolios
-    at a time (memory bound) and only their largest losses are kept (var.loss_tail); the Z2 paths are drawn once
-    per method and level and shared by all portfolios (es_backtest.z2_null_*)."""
+    at a time (memory bound) and only their largest losses are kept (var.loss_tail); the tail models are refitted
+    every `tail_refit_days` and rescaled by the day's loss sd in between (_tail_backtest); the Z2 paths are drawn
+    once per method and level and shared by all portfolios (es_backtest.z2_null_*)."""
     t_all = len(days)
     n = params.var_lookback_days
     first_f = max(MIN_VAR_OBS, t_all - 1 - params.backtest_days)
@@ -638,6 +639,7 @@ def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, sigma: np
 
 
 def _scatter(at: tuple[np.ndarray, np.ndarray], values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An array of `shape` holding values[i] at (at[0][i], at[1][i]) (every place is given one)."""
     out = np.empty(shape)
     out[at] = values
     return out

@@ -90,7 +90,6 @@ def test_shared_z2_paths_give_each_series_its_own_paths_p_value_within_the_monte
     (M, T, K) simulated losses, the sampler before the sharing): |p_shared - p_own| < 4 sqrt(2 p (1 - p) / M)
     (two independent estimates of p). Scenario model: the engine's own backtest step on random scenario returns;
     its VaR/ES forecasts are exact (a sort of each day's losses)."""
-    from etl.risk import var
     from etl.risk.engine import _scenario_backtest, _Scenarios
 
     rng = np.random.default_rng(4)
