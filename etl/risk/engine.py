@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import sparse
 
@@ -69,6 +70,7 @@ class RiskParams:
     es_bootstrap: int = 1000               # McNeil-Frey: bootstrap resamples
     es_seed: int = 11
     stress_file: str | None = None         # stress scenario config (None: only the worst historical windows)
+    tail_refit_days: int = 20              # backtest: the tail models refitted every this many days, rescaled between
 
     @classmethod
     def from_settings(cls, s) -> RiskParams:
@@ -416,8 +418,9 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
 
     Cost is that of the model, not of re-simulation: Monte Carlo is scored by its model's exact quantile
     (var.mc_model_var_es); the scenario methods' losses (days x portfolios x N) are built for a chunk of portfolios
-    at a time (memory bound) and only their largest losses are kept (var.loss_tail); the Z2 paths are drawn once
-    per method and level and shared by all portfolios (es_backtest.z2_null_*)."""
+    at a time (memory bound) and only their largest losses are kept (var.loss_tail); the tail models are refitted
+    every `tail_refit_days` and rescaled by the day's loss sd in between (_tail_backtest); the Z2 paths are drawn
+    once per method and level and shared by all portfolios (es_backtest.z2_null_*)."""
     t_all = len(days)
     n = params.var_lookback_days
     first_f = max(MIN_VAR_OBS, t_all - 1 - params.backtest_days)
@@ -453,7 +456,7 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
         forecasts.update(_scenario_backtest(method, sc, expo, held, rng, params, z2_null))
         # the sd of the day's scenario losses (hist: the parametric sigma itself)
         loss_sd[method] = sigma if method == "hist" else var.portfolio_sigma(sc.cov, expo_t)
-    forecasts.update(_tail_backtest(scenarios["hist"], expo, held, rng, params, z2_null))
+    forecasts.update(_tail_backtest(scenarios["hist"], expo, held, sigma, rng, params, z2_null))
     loss_sd.update(dict.fromkeys(tails.METHODS, sigma))                  # the sd of the losses they are fitted to
     keys = [(method, c) for method in METHODS for c in BACKTEST_CONFIDENCES]
     cell = np.flatnonzero(held.ravel())                                   # (day, portfolio) cells with a book
@@ -463,10 +466,10 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
         return np.concatenate([per_key(*key).ravel()[cell] for key in keys])
 
     rows = pd.DataFrame({
-        "portfolio_id": np.tile(np.asarray(pids, dtype=object)[port], len(keys)),
+        "portfolio_id": _str_column(pids, np.tile(port, len(keys))),
         "as_of_date": np.tile(days[f + 1].to_numpy()[day], len(keys)),
         "forecast_date": np.tile(days[f].to_numpy()[day], len(keys)),
-        "method": np.repeat(np.asarray([m for m, _ in keys], dtype=object), len(cell)),
+        "method": _str_column([m for m, _ in keys], np.repeat(np.arange(len(keys)), len(cell))),
         "confidence": np.repeat([c for _, c in keys], len(cell)),
         "var_forecast": stacked(lambda m, c: forecasts[(m, c)][0]),
         "realized_pnl": np.tile(realized.ravel()[cell], len(keys)),
@@ -486,6 +489,12 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
                                    "exceedance_residual_n": er["n"], "exceedance_residual_mean": er["mean"],
                                    "exceedance_residual_t": er["t"], "exceedance_residual_p": er["p"]}))
     return rows, pd.concat(tests, ignore_index=True)
+
+
+def _str_column(names, codes: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    """names[codes] as a pandas string column, built in Arrow from the codes (5x faster than from Python strings)."""
+    dictionary = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(list(names), pa.string()))
+    return pd.array(dictionary.cast(pa.large_string()), dtype="str")
 
 
 @dataclass(frozen=True)
@@ -553,38 +562,57 @@ def _scenario_backtest(method: str, sc: _Scenarios, expo: np.ndarray, held: np.n
     return out
 
 
-def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, rng: np.random.Generator, params: RiskParams,
-                   z2_null: dict) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
-    """Forecasts of the tail methods (etl.risk.tails), each fitted on each day to the day's historical scenario
-    losses (every day x portfolio of a chunk in one vectorised fit), and into z2_null their Z2 paths: a path draws
-    on each day one uniform U shared by all portfolios, the day's loss being each portfolio's model quantile at U;
-    only U above the lowest confidence can exceed VaR (the quantiles increase), so only those are evaluated."""
-    f_len, n = sc.pad.shape
-    p = expo.shape[1]
+def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, sigma: np.ndarray, rng: np.random.Generator,
+                   params: RiskParams, z2_null: dict) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
+    """Forecasts of the tail methods (etl.risk.tails) and into z2_null their Z2 paths. The forecast days are cut in
+    blocks of `tail_refit_days`; in each block a portfolio's models are fitted once, to its historical scenario
+    losses on the block's first day it holds something (its refit day r, all refits of a chunk in one vectorised
+    fit), and on the block's day t the forecast is that model rescaled to the day's loss sd sigma_t (exact every
+    day): VaR_t = VaR_r sigma_t / sigma_r, ES alike; a refit day without spread (sigma_r 0) rescales to nothing
+    (NaN) unless sigma_t is 0 too. A Z2 path draws on each day one uniform U shared by all portfolios, the day's
+    loss being each portfolio's model quantile at U (tails.tail_quantiles); the rescaling cancels in loss / ES, so
+    a block's draws are scored with its fitted model; only U above the lowest confidence can exceed VaR (the
+    quantiles increase), so only those are evaluated."""
+    f_len, p = held.shape
+    block = np.arange(f_len) // max(1, params.tail_refit_days)
+    starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
+    first = np.minimum.reduceat(np.where(held, np.arange(f_len)[:, None], f_len), starts, axis=0)   # (B, P)
+    refit = np.where(first < f_len, first, starts[:, None])
+    cells = [(d, np.flatnonzero(refit[block[d]] == d)) for d in np.unique(refit)]      # each (block, portfolio) once
+    losses = np.concatenate([np.where(sc.pad[d], np.nan, var.exposed_losses(expo[d, ports], sc.neg_w[d])) for d, ports in cells])
+    at = (np.concatenate([np.full(len(ports), block[d]) for d, ports in cells]),
+          np.concatenate([ports for _, ports in cells]))                  # the (block, portfolio) of each fit
+    sigma_r = sigma[refit, np.arange(p)][block]                           # (F, P) the loss sd on the refit day
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rescale = np.where(sigma_r > 0, sigma / np.where(sigma_r > 0, sigma_r, 1.0), np.where(sigma > 0, np.nan, 1.0))
     u = rng.random((params.es_simulations, f_len))
-    path, day = np.nonzero(u > min(BACKTEST_CONFIDENCES))
+    day, path = np.nonzero(u.T > min(BACKTEST_CONFIDENCES))               # the draws in day order
     draws = sparse.csr_matrix((np.ones(len(path)), (path, np.arange(len(path)))), shape=(len(u), len(path)))
-    keys = [(method, c) for method in tails.METHODS for c in BACKTEST_CONFIDENCES]
-    out = {key: (np.empty((f_len, p)), np.empty((f_len, p))) for key in keys}
-    nulls = {key: np.empty((len(u), p)) for key in keys}
-    step = max(1, BACKTEST_CELLS // (f_len * n))
-    for lo in range(0, p, step):
-        cols = slice(lo, lo + step)
-        losses = var.exposed_losses(expo[:, cols], sc.neg_w)              # (F, Pc, N)
-        np.copyto(losses, np.nan, where=sc.pad[:, None, :])
-        for method in tails.METHODS:
-            fit = tails.fit(method, losses)
-            q = fit.take(day).quantile(u[path, day][:, None])             # (draws, Pc)
-            for c in BACKTEST_CONFIDENCES:
-                v, e = fit.var_es(c)
-                out[(method, c)][0][:, cols], out[(method, c)][1][:, cols] = v, e
-                valid = _valid(held[:, cols], (v, e))
+    bounds = np.searchsorted(day, np.r_[starts, f_len])                  # each block's draws
+    out, nulls = {}, {}
+    for method in tails.METHODS:
+        fitted = tails.fit(method, losses)
+        fit = tails.TailFit(method, {k: _scatter(at, v, (starts.size, p)) for k, v in fitted.params.items()})
+        q = np.concatenate([tails.tail_quantiles(fit.take(b), u[path[lo:hi], day[lo:hi]])
+                            for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))])   # (D, P)
+        for c in BACKTEST_CONFIDENCES:
+            v_r, e_r = fit.var_es(c)                                      # (B, P)
+            v, e = out[(method, c)] = rescale * v_r[block], rescale * e_r[block]
+            valid = _valid(held, (v, e))
+            term = np.zeros_like(q)
+            for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    hit = valid[day] & (q > v[day])
-                    term = np.where(hit, q / np.where(hit, e[day], 1.0), 0.0)
-                nulls[(method, c)][:, cols] = es_backtest.z2_from_sums(np.asarray(draws @ term), valid.sum(axis=0),
-                                                                       1 - c)
+                    hit = valid[day[lo:hi]] & (q[lo:hi] > v_r[b])
+                    np.divide(q[lo:hi], e_r[b], out=term[lo:hi], where=hit)
+            nulls[(method, c)] = es_backtest.z2_from_sums(np.asarray(draws @ term), valid.sum(axis=0), 1 - c)
     z2_null.update(nulls)
+    return out
+
+
+def _scatter(at: tuple[np.ndarray, np.ndarray], values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An array of `shape` holding values[i] at (at[0][i], at[1][i]) (every place is given one)."""
+    out = np.empty(shape)
+    out[at] = values
     return out
 
 
@@ -593,15 +621,14 @@ def backtest_summary(bt: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     the Basel traffic light over the backtest window."""
     if bt.empty:
         return pd.DataFrame()
-    bt = bt[["portfolio_id", "method", "confidence", "as_of_date", "is_exception"]].sort_values(
-        ["portfolio_id", "method", "confidence", "as_of_date"])                 # only the columns it needs
     keys = ["portfolio_id", "method", "confidence"]
-    g = bt.groupby(keys, sort=False)
+    g = bt[[*keys, "as_of_date", "is_exception"]].groupby(keys)           # only the columns it needs
     out = g.agg(n_days=("is_exception", "size"), exceptions=("is_exception", "sum"),
                 window_start=("as_of_date", "min"), window_end=("as_of_date", "max")).reset_index()
     # Christoffersen: transition counts of consecutive days within each series, all series at once
-    hits = bt["is_exception"].to_numpy()
-    series = g.ngroup().to_numpy()
+    series = g.ngroup().to_numpy()                                         # out's row of each bt row
+    order = np.lexsort((bt["as_of_date"].to_numpy(), series))             # each series' days in order
+    hits, series = bt["is_exception"].to_numpy()[order], series[order]
     same = np.r_[False, series[1:] == series[:-1]]                        # consecutive days of one series
     prev, cur = hits[:-1][same[1:]], hits[1:][same[1:]]
     sid = series[1:][same[1:]]

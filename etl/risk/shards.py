@@ -8,7 +8,8 @@ same in any shard) and writes them to the uncommitted area `outputs/_shards/<run
 marker last. `commit_shards` checks every shard's marker (else it fails naming the missing ones and commits
 nothing), computes what needs the whole book (`engine.book_tables`: firm VaR/ES from every position's USD
 exposure, firm contributions and stress, the product tables) and commits all tables with ONE manifest, as
-`run_risk` does (etl.commits), then deletes the shard area. One shard gives the same tables as `run_risk`.
+`run_risk` does (etl.commits), then deletes the run's shard area, and `_shards` itself once no other run's shards
+wait there. One shard gives the same tables as `run_risk`.
 """
 
 from __future__ import annotations
@@ -119,4 +120,6 @@ def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings,
                                       inputs.params, inputs.bars_5m))
     summary = commit_tables(inputs, tables, settings, t0)
     store.delete(shard_dir(run_key))
+    if not store.entries(SHARDS_DIR) and not store.list_dirs(SHARDS_DIR):   # no other run's shards waiting
+        store.delete(SHARDS_DIR)
     return summary

@@ -523,3 +523,39 @@ def test_a_var_limit_on_an_uncomputable_evt_figure_is_an_uncomputable_breach():
     assert list(zip(var_rows["portfolio_id"], var_rows["metric"], var_rows["breach_kind"], strict=True)) == [
         ("U1", "var_99_evt_gpd", "uncomputable")]
     assert np.isfinite(tables["risk_metrics"].set_index("portfolio_id").at["B1", "var_99_param_t"])
+
+
+def test_tail_backtest_refits_every_k_days_and_rescales_by_the_days_loss_sd():
+    """tail_refit_days = k: a block's models are fitted on its first day the portfolio holds something and
+    rescaled on its other days by the day's loss sd: each forecast is the fit of the refit day's losses (by
+    einsum, an independent sum) times sd_t / sd_r; with k = 1 each day's own fit (the full refit)."""
+    from etl.risk import tails
+    from etl.risk.engine import BACKTEST_CONFIDENCES, _Scenarios, _tail_backtest
+    from etl.risk.var import portfolio_sigma
+
+    rng = np.random.default_rng(6)
+    t_days, n, a, k = 23, 250, 3, 5
+    w = rng.standard_t(4, (t_days, n, a)) * 0.02
+    expo = rng.normal(0, 1000, (t_days, 4, a))
+    expo[:7, 3] = 0.0                                                 # portfolio 3 holds from day 7 (block 5..9)
+    held = np.abs(expo).sum(axis=-1) > 0
+    sc = _Scenarios.of(w)
+    sigma = portfolio_sigma(sc.cov, np.swapaxes(expo, 1, 2))
+    every_day, strided = (_tail_backtest(sc, expo, held, sigma, np.random.default_rng(9),
+                                         RiskParams(es_simulations=200, tail_refit_days=d), {}) for d in (1, k))
+    losses = -np.einsum("tna,tka->tkn", w, expo)                      # (T, P, N)
+    sd = losses.std(axis=-1, ddof=1)
+    refit = np.repeat(np.arange(0, t_days, k), k)[:t_days, None] * np.ones((1, 4), int)
+    refit[5:10, 3] = 7
+    ti, pi = np.nonzero(held)
+    for method in tails.METHODS:
+        daily = tails.fit(method, losses)
+        for c in BACKTEST_CONFIDENCES:
+            v, e = daily.var_es(c)
+            np.testing.assert_allclose(every_day[(method, c)][0][held], v[held], rtol=1e-6)
+            np.testing.assert_allclose(every_day[(method, c)][1][held], e[held], rtol=1e-6)
+            r = refit[ti, pi]
+            scale = sd[ti, pi] / sd[r, pi]
+            np.testing.assert_allclose(strided[(method, c)][0][held], v[r, pi] * scale, rtol=1e-6)
+            np.testing.assert_allclose(strided[(method, c)][1][held], e[r, pi] * scale, rtol=1e-6)
+    assert np.isfinite(strided[("param_t", 0.99)][0][held]).all()
