@@ -49,7 +49,7 @@ def _with_btc_book(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     risk = {c: BTC_VAR_99 for c in frames["fact_risk_metrics"] if c.startswith(("var_", "es_"))}
     prices = frames["fact_price_daily"]
     btc_close = prices.loc[(prices["product_id"] == "BTC-USD") & (prices["price_date"] == AS_OF), "close"].item()
-    add("fact_risk_metrics", "P0001", **risk, var_99_hist_usd=BTC_VAR_99 * btc_close)
+    add("fact_risk_metrics", "P0001", **{**risk, "var_99_hist_usd": BTC_VAR_99 * btc_close})
     frames["fact_intraday_risk"] = pd.DataFrame({
         "portfolio_id": ["P0001", "P0002", "P0001"],
         "bucket_start": pd.to_datetime([f"{AS_OF} 09:00", f"{AS_OF} 09:00", f"{NO_DATA} 10:00"], utc=True),
