@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from etl import measures
 from etl.reference import DELISTED_ON, fail, load_instruments, read_reference_csv
 from etl.settings import Settings, get_settings
-from etl.warehouse.schema import BY_NAME
 
 PORTFOLIO_COLUMNS = ["portfolio_id", "name", "base_currency", "var_limit", "concentration_limit", "drawdown_limit"]
 # optional column: which risk_metrics column the var_limit is compared with (any VaR the engine computes, default below)
@@ -75,7 +75,8 @@ def load_portfolios(settings: Settings | None = None, instruments: pd.DataFrame 
     convertible = {"USD"} | set(instruments.loc[instruments["quote_currency"] == "USD", "base_currency"])
     problems.add(~df["base_currency"].isin(convertible), "unknown base_currency",
                  lambda i: f"{df['base_currency'].iat[i]!r}; expected one of {sorted(convertible)}")
-    var_metrics = [c.name for c in BY_NAME["risk_metrics"].columns if c.name.startswith("var_")]  # what risk writes
+    # the VaR measures risk writes, in base currency as the limit (not var_99_hist_usd, a ranking figure)
+    var_metrics = [c for c in measures.columns("portfolio") if c.startswith("var_")]
     problems.add(~df["var_limit_metric"].isin(var_metrics), "unknown var_limit_metric",
                  lambda i: f"{df['var_limit_metric'].iat[i]!r}; expected one of {var_metrics}")
     out = df[["portfolio_id", "name", "base_currency"]].copy()

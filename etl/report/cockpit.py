@@ -21,7 +21,7 @@ import pandas as pd
 from etl import measures
 from etl.measures import FRACTION_LIMITS
 from etl.report.completeness import stale_holdings
-from etl.report.figures import VAR_USD_SQL, correlation_matrix, total
+from etl.report.figures import correlation_matrix, total
 from etl.report.gold import GoldReader
 from etl.settings import get_settings
 
@@ -86,19 +86,18 @@ PORTFOLIO_DAY_SQL = f"""
     select p.portfolio_id, p.name, p.base_currency, p.var_limit, p.concentration_limit, p.drawdown_limit,
            v.market_value, v.gross_exposure, v.net_exposure, v.concentration_pct,
            d.daily_pnl, d.mtd_pnl,
-           {RISK_COLUMNS}, r.lookback_days, u.var_99_hist_usd
+           {RISK_COLUMNS}, r.lookback_days, r.var_99_hist_usd
     from gold.dim_portfolio as p
     left join gold.fact_portfolio_valuation as v on v.portfolio_id = p.portfolio_id and v.as_of_date = %(as_of)s
     left join gold.fact_pnl_daily as d on d.portfolio_id = p.portfolio_id and d.as_of_date = %(as_of)s
     left join gold.fact_risk_metrics as r on r.portfolio_id = p.portfolio_id and r.as_of_date = %(as_of)s
-    left join ({VAR_USD_SQL}) as u on u.portfolio_id = p.portfolio_id
     where %(portfolio_id)s::text is null or p.portfolio_id = %(portfolio_id)s
     order by p.portfolio_id"""
 
 
 def portfolio_day(reader: GoldReader, as_of: date, portfolio_id: str | None = None) -> pd.DataFrame:
     """One row per portfolio of dim_portfolio (or just `portfolio_id`) with its valuation, PnL and risk of the
-    day (NULL when missing), and `var_99_hist_usd` to rank books of different currencies (figures.VAR_USD_SQL)."""
+    day (NULL when missing), and the engine's `var_99_hist_usd` to rank books of different currencies."""
     return reader.query(PORTFOLIO_DAY_SQL, {"as_of": as_of, "portfolio_id": portfolio_id})
 
 

@@ -8,7 +8,6 @@ from datetime import date
 import pandas as pd
 
 from etl.report import cockpit
-from etl.report.figures import VAR_USD_SQL
 from etl.report.gold import GoldReader
 
 HISTORY_DAYS = 365          # value/PnL/drawdown charts
@@ -26,7 +25,6 @@ QUERIES: dict[str, tuple[str, str]] = {
         select * from gold.fact_pnl_daily
         where as_of_date <= %(as_of)s and as_of_date > %(as_of)s::date - {HISTORY_DAYS}
         order by portfolio_id, as_of_date"""),
-    "var_usd": ("fact_price_daily", VAR_USD_SQL),
     "risk": ("fact_risk_metrics", """
         select * from gold.fact_risk_metrics where as_of_date = %(as_of)s order by portfolio_id"""),
     "backtest": ("fact_var_backtest", f"""

@@ -4,17 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-# The one place a portfolio's risk is put in USD, to rank portfolios of different base currencies: gold's VaR 99%
-# (base currency) x the as-of day's close of `<base>-USD` in gold.fact_price_daily (1 for a USD book; NULL, ranked
-# last, without that close). Pages only read it.
-VAR_USD_SQL = """
-    select r.portfolio_id,
-           r.var_99_hist * case when p.base_currency = 'USD' then 1.0 else fx.close end as var_99_hist_usd
-    from gold.fact_risk_metrics as r
-    inner join gold.dim_portfolio as p on p.portfolio_id = r.portfolio_id
-    left join gold.fact_price_daily as fx on fx.product_id = p.base_currency || '-USD' and fx.price_date = r.as_of_date
-    where r.as_of_date = %(as_of)s"""
-
 
 def total(values: pd.Series) -> float:
     """The sum of a figure over portfolios, or NaN (shown as missing) when any of them lacks it: a partial sum or a

@@ -179,11 +179,8 @@ def summary_frame(data: ReportData, portfolios: pd.DataFrame) -> pd.DataFrame:
         out = out.merge(pnl[["portfolio_id", "daily_pnl", "mtd_pnl"]].astype({"portfolio_id": str}), how="left")
     if risk is not None:
         keep = [c for c in ("var_95_hist", "var_99_hist", "es_95_hist", "es_99_hist", "max_drawdown",
-                            "drawdown_from_peak") if c in risk]
+                            "drawdown_from_peak", "var_99_hist_usd") if c in risk]
         out = out.merge(risk[["portfolio_id", *keep]].astype({"portfolio_id": str}), how="left")
-    var_usd = data.get("var_usd")
-    if var_usd is not None:
-        out = out.merge(var_usd.astype({"portfolio_id": str}), how="left")
     if breaches is not None:
         counts = breaches.astype({"portfolio_id": str}).groupby("portfolio_id").size().rename("breaches")
         out = out.merge(counts, how="left", left_on="portfolio_id", right_index=True)
@@ -316,8 +313,8 @@ def section_summary(data: ReportData, portfolios: pd.DataFrame, summary: pd.Data
 
 
 def _detail_order(summary: pd.DataFrame) -> pd.DataFrame:
-    """Portfolios with breaches first, then the largest VaR 99% in USD (figures.VAR_USD_SQL: books of different
-    currencies compare): the order of the table and of detail pages."""
+    """Portfolios with breaches first, then the largest VaR 99% in USD (the engine's var_99_hist_usd: books of
+    different currencies compare): the order of the table and of detail pages."""
     key = summary.assign(_b=summary["breaches"] if "breaches" in summary else 0,
                          _v=summary["var_99_hist_usd"] if "var_99_hist_usd" in summary else 0)
     return key.sort_values(["_b", "_v", "portfolio_id"], ascending=[False, False, True]).drop(columns=["_b", "_v"])

@@ -242,6 +242,8 @@ def _portfolio_tables(b: _Book, portfolios: pd.DataFrame, positions: pd.DataFram
             qty, cost = snapshot_arrays(positions[positions["portfolio_id"].isin(chunk)], chunk, b.held, b.days)
             group = _group_tables(b.days, b.close, fx, qty, cost, chunk, b.held, base, b.z, b.scale, b.n_ret,
                                   b.hist_start, params, sigmas, b.scenarios, b.usd_move_of)
+            risk = group["risk_metrics"]        # in USD at the as-of close of <base>-USD: ranks books across currencies
+            risk["var_99_hist_usd"] = risk["var_99_hist"] * b.rates[base][-1]
             if lo:                                                         # the currency's scenario set once
                 del group["scenario_returns"], group["scenario_covariance"]
             group["var_backtest_summary"] = backtest_summary(group["var_backtest"], as_of)   # per portfolio

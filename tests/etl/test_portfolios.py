@@ -90,6 +90,7 @@ def test_every_problem_is_listed_with_its_line(ref_dir):
     ("P100,Bad limit,USD,-5,0.5,0.5,", "var_limit <= 0"),
     ("P100,Bad limit,USD,1000,1.5,0.5,", "concentration_limit outside (0, 1]"),
     ("P100,Bad metric,USD,1000,0.5,0.5,var_97_hist", "unknown var_limit_metric"),
+    ("P100,USD metric,USD,1000,0.5,0.5,var_99_hist_usd", "unknown var_limit_metric"),  # a ranking figure, in USD
 ])
 def test_portfolio_rules(ref_dir, row, rule):
     lines = (ref_dir / "portfolios.csv").read_text().splitlines()

@@ -142,6 +142,16 @@ def test_the_drawdown_report_ranks_portfolios_worst_first(gold):
     assert query(*bind(sql, None), url=reporting_url())[0][0] == date(2026, 1, DAYS)
 
 
+def test_the_var_report_ranks_by_the_engines_usd_var_carried_to_gold(gold):
+    sql = (SQL_DIR / "risk_exposure" / "var_es_by_portfolio.sql").read_text()
+    rows = query(*bind(sql, date(2026, 1, 3)), url=reporting_url())
+    expected = query("select portfolio_id, var_99_hist_usd from gold.fact_risk_metrics "
+                     "where as_of_date = '2026-01-03' order by var_99_hist_usd desc, portfolio_id")
+    assert len(expected) == 2 and all(usd is not None for _, usd in expected)   # raw -> gold keeps the column
+    # the report reads the engine's figure (cents), largest first, as its last column
+    assert [(r[1], float(r[-1])) for r in rows] == [(p, round(usd, 2)) for p, usd in expected]
+
+
 def test_a_rerun_loads_nothing_and_the_incremental_bars_pick_up_a_rewritten_partition(gold):
     assert load_warehouse(run_dbt=False).total_rows == 0
     store = get_store()

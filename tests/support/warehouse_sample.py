@@ -120,6 +120,7 @@ def risk_outputs(daily: pd.DataFrame, b5: pd.DataFrame) -> dict[str, pd.DataFram
     risk["vol_20d"], risk["vol_30d"], risk["vol_ewma"] = 0.55, 0.6, 0.5
     risk["max_drawdown"], risk["drawdown_from_peak"], risk["lookback_days"] = -0.12, -0.05, 250
     risk["mc_scenarios"], risk["mc_distribution"] = 10_000, "t"
+    risk["var_99_hist_usd"] = risk["var_99_hist"]        # USD books: x 1
 
     asset = daily[["product_id", "price_date", "close"]].rename(columns={"price_date": "as_of_date"})
     asset["daily_return"] = asset.groupby("product_id")["close"].pct_change()

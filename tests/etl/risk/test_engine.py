@@ -327,6 +327,19 @@ def test_compute_tables_vol_var_and_backtest_against_independent_oracles():
     assert summ["cc_p"] == pytest.approx(stats.chi2.sf(kupiec + ind, 2), rel=1e-9)
 
 
+def test_var_99_in_usd_is_the_base_currency_var_times_the_as_of_base_usd_close():
+    """The one USD figure pages rank books by: B1 (BTC base, 40 ETH-BTC) and U1 (USD base), by hand."""
+    closes = _closes()
+    risk = compute_tables(closes, QUOTE, PORTFOLIOS, BOOK, SMALL_PARAMS)["risk_metrics"].set_index("portfolio_id")
+    d = closes.index[-1]
+    # B1 in BTC: its ETH-BTC position's historical losses over the last 60 returns, numpy's linear quantile
+    losses = -(40 * closes.loc[d, "ETH-BTC"]) * closes["ETH-BTC"].pct_change().iloc[-60:].to_numpy()
+    var_btc = np.quantile(losses, 0.99)
+    assert risk.loc["B1", "var_99_hist"] == pytest.approx(var_btc, rel=1e-12)
+    assert risk.loc["B1", "var_99_hist_usd"] == pytest.approx(var_btc * closes.loc[d, "BTC-USD"], rel=1e-12)
+    assert risk.loc["U1", "var_99_hist_usd"] == risk.loc["U1", "var_99_hist"]        # a USD book: x 1
+
+
 def test_backtest_forecasts_do_not_look_ahead():
     """Changing the last close changes today's VaR but no forecast made before today; the forecast made yesterday
     is compared with today's PnL."""
