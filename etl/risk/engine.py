@@ -230,7 +230,6 @@ class _Book:
 
 def _portfolio_tables(b: _Book, portfolios: pd.DataFrame, positions: pd.DataFrame, params: RiskParams,
                       sigmas: dict[str, dict[str, np.ndarray]]) -> dict[str, pd.DataFrame]:
-    as_of = b.days[-1]
     pids = list(portfolios["portfolio_id"])
     base_of = dict(zip(portfolios["portfolio_id"], portfolios["base_currency"], strict=True))
     parts: dict[str, list[pd.DataFrame]] = {}
@@ -246,11 +245,10 @@ def _portfolio_tables(b: _Book, portfolios: pd.DataFrame, positions: pd.DataFram
             risk["var_99_hist_usd"] = risk["var_99_hist"] * b.rates[base][-1]
             if lo:                                                         # the currency's scenario set once
                 del group["scenario_returns"], group["scenario_covariance"]
-            group["var_backtest_summary"] = backtest_summary(group["var_backtest"], as_of)   # per portfolio
             group["positions_valued"]["quote_currency"] = group["positions_valued"]["product_id"].map(b.quote_ccy)
             for name, df in group.items():
                 parts.setdefault(name, []).append(df)
-    tables = {name: pd.concat(parts.pop(name), ignore_index=True) for name in list(parts)}   # chunks freed
+    tables = {name: _concat(parts.pop(name)) for name in list(parts)}   # chunks freed
     if not tables["var_backtest_summary"].empty:
         tables["var_backtest_summary"] = tables["var_backtest_summary"].sort_values(
             ["portfolio_id", "method", "confidence"], ignore_index=True)
@@ -383,9 +381,10 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
     with np.errstate(invalid="ignore", divide="ignore"):
         positions_df["weight"] = positions_df["market_value"] / gross_now[pi]
 
-    bt_rows, es_rows = _backtest_rows(days, asset_ret, mv, pnl, pids, base, params, sig)
+    bt_rows, bt_summary, es_rows = _backtest_rows(days, asset_ret, mv, pnl, pids, base, params, sig)
     return {"risk_metrics": risk, "portfolio_valuation": valuation_df, "pnl_daily": pnl_df,
-            "positions_valued": positions_df, "drawdowns": drawdowns, "var_backtest": bt_rows, "es_backtest": es_rows,
+            "positions_valued": positions_df, "drawdowns": drawdowns, "var_backtest": bt_rows,
+            "var_backtest_summary": bt_summary, "es_backtest": es_rows,
             "risk_contributions": contribution_rows(window, exposure, pids, held, as_of, base),
             "stress_results": stress.stress_rows(days, price, exposure, gross_now, pids, held, base,
                                                  scenarios or stress.Scenarios.empty(),
@@ -412,11 +411,12 @@ def contribution_rows(window: np.ndarray, exposure: np.ndarray, ids, held, as_of
 
 
 def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
-                   sig: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   sig: dict) -> tuple[dict | pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Rolling out-of-sample backtest: the VaR/ES forecast made at the close of day f (holdings and the last N
     returns up to f; for the filtered methods the residuals up to f rescaled to the volatility forecast for f+1)
-    against the PnL realised on day f+1. Rows are keyed by the realised day (as_of_date). Also returns the ES
-    backtests (Z2, exceedance residuals) of every portfolio x method x confidence.
+    against the PnL realised on day f+1. Rows are keyed by the realised day (as_of_date), as columns (`_concat`
+    makes the table of all chunks at once). Also returns their summary (`backtest_summary`, from the arrays) and
+    the ES backtests (Z2, exceedance residuals) of every portfolio x method x confidence.
 
     Cost is that of the model, not of re-simulation: Monte Carlo is scored by its model's exact quantile
     (var.mc_model_var_es); the scenario methods' losses (days x portfolios x N) are built for a chunk of portfolios
@@ -428,7 +428,7 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
     first_f = max(MIN_VAR_OBS, t_all - 1 - params.backtest_days)
     f = np.arange(first_f, t_all - 1)                                      # forecast days
     if len(f) == 0:
-        return pd.DataFrame(), pd.DataFrame()
+        return pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
 
     if "backtest" not in sig:      # the currency's cached volatilities also keep its scenarios, for the next chunk
         sig["backtest"] = _backtest_scenarios(asset_ret, f, n, sig)
@@ -461,24 +461,28 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
     forecasts.update(_tail_backtest(scenarios["hist"], expo, held, sigma, rng, params, z2_null))
     loss_sd.update(dict.fromkeys(tails.METHODS, sigma))                  # the sd of the losses they are fitted to
     keys = [(method, c) for method in METHODS for c in BACKTEST_CONFIDENCES]
+    hits = {(m, c): backtest.exceptions(forecasts[(m, c)][0], realized) for m, c in keys}
     cell = np.flatnonzero(held.ravel())                                   # (day, portfolio) cells with a book
     day, port = np.divmod(cell, len(pids))
 
     def stacked(per_key) -> np.ndarray:                                   # one column over every key's cells
         return np.concatenate([per_key(*key).ravel()[cell] for key in keys])
 
-    rows = pd.DataFrame({
-        "portfolio_id": _str_column(pids, np.tile(port, len(keys))),
-        "as_of_date": np.tile(days[f + 1].to_numpy()[day], len(keys)),
+    realized_dates = days[f + 1].to_numpy()
+    rows = {
+        "portfolio_id": _dictionary(pids, np.tile(port, len(keys))),
+        "as_of_date": np.tile(realized_dates[day], len(keys)),
         "forecast_date": np.tile(days[f].to_numpy()[day], len(keys)),
-        "method": _str_column([m for m, _ in keys], np.repeat(np.arange(len(keys)), len(cell))),
+        "method": _dictionary([m for m, _ in keys], np.repeat(np.arange(len(keys)), len(cell))),
         "confidence": np.repeat([c for _, c in keys], len(cell)),
         "var_forecast": stacked(lambda m, c: forecasts[(m, c)][0]),
         "realized_pnl": np.tile(realized.ravel()[cell], len(keys)),
-        "is_exception": stacked(lambda m, c: backtest.exceptions(forecasts[(m, c)][0], realized)),
+        "is_exception": stacked(lambda m, c: hits[(m, c)]),
         "es_forecast": stacked(lambda m, c: forecasts[(m, c)][1]),
-        "loss_sd": stacked(lambda m, c: loss_sd[m]), "base_currency": base,
-    })
+        "loss_sd": stacked(lambda m, c: loss_sd[m]),
+        "base_currency": _dictionary([base], np.zeros(len(cell) * len(keys), dtype=np.int32)),
+    }
+    summary = _series_summary(keys, hits, held, realized_dates, pids, days[-1])
     tests = []
     for method, c in keys:
         fc, es = forecasts[(method, c)]
@@ -490,13 +494,62 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
                                    "z2_p": es_backtest.z2_p_value(z2, z2_null[(method, c)]),
                                    "exceedance_residual_n": er["n"], "exceedance_residual_mean": er["mean"],
                                    "exceedance_residual_t": er["t"], "exceedance_residual_p": er["p"]}))
-    return rows, pd.concat(tests, ignore_index=True)
+    return rows, summary, pd.concat(tests, ignore_index=True)
+
+
+def _dictionary(names, codes: np.ndarray) -> pa.DictionaryArray:
+    """names[codes] as an Arrow dictionary array (`_concat` casts the chunks' to one string column: 5x faster
+    than from Python strings)."""
+    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(list(names), pa.string()))
 
 
 def _str_column(names, codes: np.ndarray) -> pd.api.extensions.ExtensionArray:
-    """names[codes] as a pandas string column, built in Arrow from the codes (5x faster than from Python strings)."""
-    dictionary = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(list(names), pa.string()))
-    return pd.array(dictionary.cast(pa.large_string()), dtype="str")
+    """names[codes] as a pandas string column, built in Arrow from the codes."""
+    return _strings([_dictionary(names, codes)])
+
+
+def _strings(chunks: list[pa.DictionaryArray]) -> pd.api.extensions.ExtensionArray:
+    return pd.array(pa.chunked_array(chunks).cast(pa.large_string()), dtype="str")
+
+
+def _concat(parts: list) -> pd.DataFrame:
+    """One table from the chunks' parts: DataFrames, or dicts of columns (numpy or Arrow dictionary arrays) built
+    into one DataFrame (no per-chunk frames to copy again), each column freed from the parts as it is joined."""
+    if not isinstance(parts[0], dict):
+        return pd.concat(parts, ignore_index=True)
+    columns = {}
+    for name in list(parts[0]):
+        chunks = [part.pop(name) for part in parts]
+        columns[name] = _strings(chunks) if isinstance(chunks[0], pa.Array) else np.concatenate(chunks)
+    return pd.DataFrame(columns, copy=False)
+
+
+def _series_summary(keys, hits: dict, held: np.ndarray, dates: np.ndarray, pids, as_of) -> pd.DataFrame:
+    """`backtest_summary` of the backtest rows from their arrays: each key's exceptions (F, P) on the days held
+    (F, P), realised on dates (F,); a series is the held days of one portfolio (none held: no row)."""
+    f_len, p = held.shape
+    has = held.any(axis=0)                                                # (P,) series with a row
+    first, last = held.argmax(axis=0), f_len - 1 - held[::-1].argmax(axis=0)
+    seen = np.maximum.accumulate(np.where(held, np.arange(f_len)[:, None], -1), axis=0)
+    prev = np.vstack([np.full((1, p), -1), seen[:-1]])                    # the series' previous held day
+    pair = held & (prev >= 0)
+    cols, counts = np.arange(p), []
+    for key in keys:
+        h = hits[key] & held
+        before = h[np.maximum(prev, 0), cols]
+        counts.append([(pair & ~before & ~h).sum(axis=0), (pair & ~before & h).sum(axis=0),
+                       (pair & before & ~h).sum(axis=0), (pair & before & h).sum(axis=0)])
+    counts = np.asarray(counts, dtype="float64").transpose(0, 2, 1)[:, has].reshape(-1, 4)   # (keys x P, 4)
+    n_series = int(has.sum())
+    out = pd.DataFrame({
+        "portfolio_id": _str_column(np.asarray(pids)[has], np.tile(np.arange(n_series), len(keys))),
+        "method": _str_column([m for m, _ in keys], np.repeat(np.arange(len(keys)), n_series)),
+        "confidence": np.repeat([c for _, c in keys], n_series),
+        "n_days": np.tile(held.sum(axis=0)[has], len(keys)).astype("int64"),
+        "exceptions": np.concatenate([(hits[key] & held).sum(axis=0)[has] for key in keys]).astype("int64"),
+        "window_start": np.tile(dates[first[has]], len(keys)), "window_end": np.tile(dates[last[has]], len(keys)),
+    })
+    return _coverage_tests(out, counts, as_of)
 
 
 @dataclass(frozen=True)
@@ -636,6 +689,11 @@ def backtest_summary(bt: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     sid = series[1:][same[1:]]
     code = 4 * sid + 2 * prev.astype(int) + cur.astype(int)
     counts = np.bincount(code, minlength=4 * len(out)).reshape(-1, 4).astype("float64")   # n00, n01, n10, n11
+    return _coverage_tests(out, counts, as_of)
+
+
+def _coverage_tests(out: pd.DataFrame, counts: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
+    """The summary's statistics from each series' n_days, exceptions, confidence and transition counts (K, 4)."""
     lr_ind, p_ind = backtest.christoffersen_counts(*counts.T)
     conf = out["confidence"].to_numpy()
     lr_pof, p_pof = backtest.kupiec(out["n_days"], out["exceptions"], conf)

@@ -572,3 +572,32 @@ def test_tail_backtest_refits_every_k_days_and_rescales_by_the_days_loss_sd():
             np.testing.assert_allclose(strided[(method, c)][0][held], v[r, pi] * scale, rtol=1e-6)
             np.testing.assert_allclose(strided[(method, c)][1][held], e[r, pi] * scale, rtol=1e-6)
     assert np.isfinite(strided[("param_t", 0.99)][0][held]).all()
+
+
+def test_the_backtest_summary_from_the_engines_arrays_equals_the_summary_of_its_rows():
+    """The engine summarises each series from its (day x portfolio) arrays; `backtest_summary` of the var_backtest
+    rows (a groupby over the series) gives the same table, with a book that holds nothing for a while (its
+    neighbouring held days count as consecutive) and one that holds nothing at all in the window (no rows)."""
+    from etl.risk.engine import backtest_summary
+
+    closes = _closes()
+    gap = pd.DataFrame({"portfolio_id": "U3", "product_id": ["BTC-USD", "BTC-USD", "BTC-USD"],
+                        "as_of_date": pd.to_datetime(["2025-12-01", "2026-03-01", "2026-03-12"]),
+                        "quantity": [1.0, 0.0, -1.5], "avg_cost": 50000.0})
+    gone = pd.DataFrame({"portfolio_id": "U4", "product_id": ["ETH-USD", "ETH-USD"],
+                         "as_of_date": pd.to_datetime(["2025-12-01", "2026-01-02"]), "quantity": [3.0, 0.0],
+                         "avg_cost": 2500.0})
+    book = pd.concat([BOOK, gap, gone], ignore_index=True)
+    portfolios = pd.concat([PORTFOLIOS, PORTFOLIOS.iloc[:1].assign(portfolio_id="U3"),
+                            PORTFOLIOS.iloc[:1].assign(portfolio_id="U4")], ignore_index=True)
+    params = RiskParams(var_lookback_days=60, backtest_days=40, mc_scenarios=2000, es_simulations=200,
+                        es_bootstrap=200)
+    tables = compute_tables(closes, QUOTE, portfolios, book, params)
+    bt = tables["var_backtest"]
+    u3 = bt[(bt["portfolio_id"] == "U3") & (bt["method"] == "hist") & (bt["confidence"] == 0.95)]
+    assert 0 < len(u3) < params.backtest_days and "U4" not in set(bt["portfolio_id"])   # a gap; U4 has no rows
+    expected = backtest_summary(bt, closes.index[-1]).sort_values(["portfolio_id", "method", "confidence"],
+                                                                     ignore_index=True)
+    got = tables["var_backtest_summary"]
+    assert set(got["portfolio_id"]) == {"U1", "B1", "U3"}
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
