@@ -483,18 +483,22 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
         "base_currency": _dictionary([base], np.zeros(len(cell) * len(keys), dtype=np.int32)),
     }
     summary = _series_summary(keys, hits, held, realized_dates, pids, days[-1])
-    tests = []
-    for method, c in keys:
-        fc, es = forecasts[(method, c)]
-        valid = _valid(held, (fc, es))
-        z2 = es_backtest.z2_stat(-realized, fc, es, 1 - c, valid)
-        er = es_backtest.exceedance_residual_test(-realized, fc, es, loss_sd[method], params.es_bootstrap,
-                                                  params.es_seed, valid)
-        tests.append(pd.DataFrame({"portfolio_id": pids, "method": method, "confidence": c, "z2": z2,
-                                   "z2_p": es_backtest.z2_p_value(z2, z2_null[(method, c)]),
-                                   "exceedance_residual_n": er["n"], "exceedance_residual_mean": er["mean"],
-                                   "exceedance_residual_t": er["t"], "exceedance_residual_p": er["p"]}))
-    return rows, summary, pd.concat(tests, ignore_index=True)
+    valid = {key: _valid(held, forecasts[key]) for key in keys}
+    z2 = np.concatenate([es_backtest.z2_stat(-realized, *forecasts[(m, c)], 1 - c, valid[(m, c)]) for m, c in keys])
+    # every key's series side by side: one test, each group of series with k exceedances resampled together
+    er = es_backtest.exceedance_residual_test(
+        np.tile(-realized, len(keys)), *(np.hstack([forecasts[key][i] for key in keys]) for i in (0, 1)),
+        np.hstack([loss_sd[m] for m, _ in keys]), params.es_bootstrap, params.es_seed,
+        np.hstack([valid[key] for key in keys]))
+    tests = pd.DataFrame({
+        "portfolio_id": _str_column(pids, np.tile(np.arange(len(pids)), len(keys))),
+        "method": _str_column([m for m, _ in keys], np.repeat(np.arange(len(keys)), len(pids))),
+        "confidence": np.repeat([c for _, c in keys], len(pids)), "z2": z2,
+        "z2_p": np.concatenate([es_backtest.z2_p_value(z2[i * len(pids):(i + 1) * len(pids)], z2_null[key])
+                                for i, key in enumerate(keys)]),
+        "exceedance_residual_n": er["n"], "exceedance_residual_mean": er["mean"],
+        "exceedance_residual_t": er["t"], "exceedance_residual_p": er["p"]})
+    return rows, summary, tests
 
 
 def _dictionary(names, codes: np.ndarray) -> pa.DictionaryArray:
