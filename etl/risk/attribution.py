@@ -17,7 +17,7 @@ import pandas as pd
 
 from etl.factors.factor_model import REGRESSION_FACTORS
 from etl.risk import valuation
-from etl.risk.engine import snapshot_arrays, usd_rates
+from etl.risk.engine import release_freed_memory, snapshot_arrays, usd_rates
 
 RESIDUAL = "residual"
 PORTFOLIO_CHUNK = 100       # portfolios valued at once (memory bound; the rows do not depend on it)
@@ -96,6 +96,8 @@ def attribution_table(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolio
         parts = explain(pnl[rows], mv[t[rows] - 1, p[rows] - lo], beta[t[rows] - 1], daily[t[rows]])
         for whole, part in zip((exposure, explained, defined, residual), parts, strict=True):
             whole[rows] = part
+        del qty, cost, fx, mv, parts
+        release_freed_memory()                                     # the chunk's arrays, not kept for the next
     n, f = exposure.shape
     keys = {"portfolio_id": pnl_daily["portfolio_id"].to_numpy(), "as_of_date": pnl_daily["as_of_date"].to_numpy(),
             "base_currency": pnl_daily["base_currency"].to_numpy()}

@@ -24,7 +24,7 @@ from etl.portfolios import book_products
 from etl.reference import DELISTED_ON
 from etl.reference_set import Reference
 from etl.risk import attribution, liquidity
-from etl.risk.engine import RiskParams, close_matrix, compute_tables, price_flags
+from etl.risk.engine import RiskParams, close_matrix, compute_tables, price_flags, release_freed_memory
 from etl.risk.scenarios import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
@@ -155,7 +155,10 @@ def commit_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings:
                           lookback_days=int(tables["risk_metrics"]["lookback_days"].iloc[0]),
                           breaches=len(tables["limit_breaches"]))
     # each table leaves pandas as it becomes Arrow (memory: the backtest has millions of rows)
-    parts = {(name, partition): to_arrow(tables.pop(name, pd.DataFrame())) for name in TABLES}
+    parts = {}
+    for name in TABLES:
+        parts[(name, partition)] = to_arrow(tables.pop(name, pd.DataFrame()))
+        release_freed_memory()                           # the frame's pages are not kept beside its Arrow copy
     for (name, _), part in parts.items():
         check_output(name, part.column_names)  # every column declared in etl/warehouse/tables.yml, and no other
     commits.publish(get_store(settings), commits.risk_manifest(as_of), "risk", parts, run_id=run_id,

@@ -601,3 +601,26 @@ def test_the_backtest_summary_from_the_engines_arrays_equals_the_summary_of_its_
     got = tables["var_backtest_summary"]
     assert set(got["portfolio_id"]) == {"U1", "B1", "U3"}
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
+def test_freed_arrays_go_back_to_the_os_when_released():
+    """glibc keeps freed array memory for reuse (after a large free it stops mapping arrays of that size on their
+    own, and memory below a live block cannot shrink the heap); release_freed_memory hands it back, so a run's
+    peak RSS is what it holds, not what it once held (the per-chunk arrays of the backtest and the attribution)."""
+    import psutil
+
+    from etl.risk.engine import release_freed_memory
+
+    rss = psutil.Process().memory_info
+    np.ones(1 << 20)                                          # an 8 MB array freed: glibc raises its mmap threshold
+    arrays, kept = [], []
+    for _ in range(60):                                       # 60 x 4 MB from the heap, each below a live block
+        arrays.append(np.ones(1 << 19))
+        kept.append(np.ones(1 << 15))
+    held = rss().rss
+    del arrays
+    freed = rss().rss
+    release_freed_memory()
+    assert held - freed < 60 * 2**20                          # freed, still resident (glibc keeps it)
+    assert freed - rss().rss > 200 * 2**20                    # released: most of the 240 MB leave the RSS
+    assert len(kept) == 60
