@@ -468,18 +468,18 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
     cell = np.flatnonzero(held.ravel())                                   # (day, portfolio) cells with a book
     day, port = np.divmod(cell, len(pids))
 
-    def stacked(per_key) -> np.ndarray:                                   # one column over every key's cells
-        return np.concatenate([per_key(*key).ravel()[cell] for key in keys])
+    def stacked(per_key) -> list[np.ndarray]:                             # one column over every key's cells
+        return [per_key(*key).ravel()[cell] for key in keys]
 
     realized_dates = days[f + 1].to_numpy()
-    rows = {
+    rows = {                                   # numpy columns as their pieces, joined once over all chunks
         "portfolio_id": _dictionary(pids, np.tile(port, len(keys))),
-        "as_of_date": np.tile(realized_dates[day], len(keys)),
-        "forecast_date": np.tile(days[f].to_numpy()[day], len(keys)),
+        "as_of_date": [realized_dates[day]] * len(keys),
+        "forecast_date": [days[f].to_numpy()[day]] * len(keys),
         "method": _dictionary([m for m, _ in keys], np.repeat(np.arange(len(keys)), len(cell))),
-        "confidence": np.repeat([c for _, c in keys], len(cell)),
+        "confidence": [np.full(len(cell), c) for _, c in keys],
         "var_forecast": stacked(lambda m, c: forecasts[(m, c)][0]),
-        "realized_pnl": np.tile(realized.ravel()[cell], len(keys)),
+        "realized_pnl": [realized.ravel()[cell]] * len(keys),
         "is_exception": stacked(lambda m, c: hits[(m, c)]),
         "es_forecast": stacked(lambda m, c: forecasts[(m, c)][1]),
         "loss_sd": stacked(lambda m, c: loss_sd[m]),
@@ -520,14 +520,16 @@ def _strings(chunks: list[pa.DictionaryArray]) -> pd.api.extensions.ExtensionArr
 
 
 def _concat(parts: list) -> pd.DataFrame:
-    """One table from the chunks' parts: DataFrames, or dicts of columns (numpy or Arrow dictionary arrays) built
-    into one DataFrame (no per-chunk frames to copy again), each column freed from the parts as it is joined."""
+    """One table from the chunks' parts: DataFrames, or dicts of columns (lists of numpy pieces, or Arrow
+    dictionary arrays) built into one DataFrame (each value copied once), each column freed from the parts as it
+    is joined."""
     if not isinstance(parts[0], dict):
         return pd.concat(parts, ignore_index=True)
     columns = {}
     for name in list(parts[0]):
         chunks = [part.pop(name) for part in parts]
-        columns[name] = _strings(chunks) if isinstance(chunks[0], pa.Array) else np.concatenate(chunks)
+        columns[name] = (_strings(chunks) if isinstance(chunks[0], pa.Array) else
+                         np.concatenate([piece for pieces in chunks for piece in pieces]))
         del chunks
         release_freed_memory()                   # the chunks' pages hold the next column instead of adding to it
     return pd.DataFrame(columns, copy=False)
