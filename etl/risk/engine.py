@@ -13,7 +13,7 @@ paths of the ES tests included, is the same whatever the chunk.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -535,14 +535,17 @@ def _concat(parts: list) -> pd.DataFrame:
     return pd.DataFrame(columns, copy=False)
 
 
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim from the process's own symbols, or None (another C library)."""
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 def release_freed_memory() -> None:
     """Hand the pages of freed arrays back to the OS (glibc's malloc_trim; elsewhere nothing). glibc keeps freed
     memory for reuse, raising its mmap threshold after large frees, so a run's RSS would otherwise hold every
-    chunk's arrays after they are joined (a third of the peak of `python -m etl risk` at 1,000 portfolios)."""
-    trim = getattr(_LIBC, "malloc_trim", None)
+    chunk's arrays after they are joined (a quarter of the peak of `python -m etl risk` at 1,000 portfolios)."""
+    trim = _malloc_trim()
     if trim is not None:
         trim(0)
 
