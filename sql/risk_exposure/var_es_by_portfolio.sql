@@ -19,14 +19,9 @@ select
     round((latest.es_99_mc)::numeric, money.dp) as es_99_mc,
     round((portfolio.var_limit)::numeric, money.dp) as var_limit,
     portfolio.var_limit_metric,
-    round((case portfolio.var_limit_metric
-        when 'var_95_hist' then latest.var_95_hist
-        when 'var_99_hist' then latest.var_99_hist
-        when 'var_95_param' then latest.var_95_param
-        when 'var_99_param' then latest.var_99_param
-        when 'var_95_mc' then latest.var_95_mc
-        when 'var_99_mc' then latest.var_99_mc
-    end / nullif(portfolio.var_limit, 0))::numeric, 4) as var_limit_utilisation,
+    -- the column the limit names, whichever registered method it is (etl/measures.py)
+    round(((to_jsonb(latest) ->> portfolio.var_limit_metric)::numeric / nullif(portfolio.var_limit, 0)::numeric), 4)
+        as var_limit_utilisation,
     -- ranks books of different currencies: the engine's VaR 99% x the as-of close of <base>-USD
     round((latest.var_99_hist_usd)::numeric, 2) as var_99_hist_usd
 from gold.fact_risk_metrics as latest
