@@ -13,8 +13,8 @@ env_or_file = $(or $($(1)),$(shell sed -n 's/^[[:space:]]*\(export[[:space:]]\+\
 AIRFLOW_PORT := $(call env_or_file,PIPELINE_AIRFLOW_PORT,8080)
 DOCS_PORT := $(call env_or_file,PIPELINE_DOCS_PORT,8090)
 
-.PHONY: help venv demo test test-slow bench bench-quick airflow airflow-check celery docs lint db-stop clean-state browser \
-	psql psql-reporting
+.PHONY: help venv demo test test-slow bench bench-quick airflow airflow-check celery docs dbt-files lint db-stop clean-state \
+	browser psql psql-reporting
 
 help:
 	@echo "make demo        run the whole pipeline end to end through Airflow (embedded Postgres + simulator)"
@@ -27,6 +27,7 @@ help:
 	@echo "make airflow-check  screenshot the running Airflow UI's DAG list in headless Chromium"
 	@echo "make celery      the intraday DAG on CeleryExecutor with two local workers (needs redis-server)"
 	@echo "make docs        build and serve the dbt docs site (http://localhost:$(DOCS_PORT))"
+	@echo "make dbt-files   regenerate the dbt YAML from etl/warehouse/tables.yml and etl/measures.py (CI fails if stale)"
 	@echo "make lint        ruff"
 	@echo "make psql-reporting [ARGS=...]  psql on the warehouse as the read-only reporting role (psql: as owner)"
 
@@ -71,6 +72,9 @@ celery: venv
 
 docs: venv
 	$(BIN)/python -m etl docs --serve
+
+dbt-files: venv
+	$(BIN)/python -m etl.warehouse.dbt_files
 
 lint: venv
 	$(BIN)/ruff check .

@@ -80,7 +80,7 @@ def _sum(pairs) -> tuple[float, float]:
 
 def _schedule(sizes: dict, settings, book: list[str], data: Path) -> list[dict]:
     from etl.orchestration import tasks
-    from etl.portfolios import products_to_ingest
+    from etl.reference_set import Reference
 
     rows: list[dict] = []
 
@@ -98,7 +98,7 @@ def _schedule(sizes: dict, settings, book: list[str], data: Path) -> list[dict]:
             for k in range(sizes["intraday_minutes"] // 5):
                 start = first + timedelta(minutes=5 * k)
                 ingest = _sum(_timed(tasks.fetch_intraday, p, start, start + timedelta(minutes=5),
-                                     settings=settings) for p in products_to_ingest(settings))
+                                     settings=settings) for p in Reference(settings).products_to_ingest())
                 silver = _timed(tasks.build_silver, settings=settings)
                 record("intraday", start + timedelta(minutes=5), ingest_s=ingest, silver_s=silver)
         ingest = _sum(_timed(tasks.ingest_daily_history, p, day, settings=settings) for p in book)

@@ -13,10 +13,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Param, dag, task
-from pipeline_common import DEFAULT_ARGS
-
-from etl.orchestration import spec
+from airflow.sdk import Param, task
+from pipeline_common import pipeline_dag
 
 PARAMS = {
     "portfolio_id": Param("P001", type="string", minLength=1, title="Portfolio",
@@ -36,16 +34,7 @@ PARAMS = {
 }
 
 
-@dag(
-    dag_id="breach_action",
-    schedule=None,
-    start_date=spec.START_DATE,
-    catchup=False,
-    tags=["risk", "limits", "hitl"],
-    doc_md=__doc__,
-    default_args=DEFAULT_ARGS,
-    params=PARAMS,
-)
+@pipeline_dag("breach_action", None, tags=["risk", "limits", "hitl"], doc_md=__doc__, params=PARAMS)
 def breach_action():
     approve_action = ApprovalOperator(
         task_id="approve_action",

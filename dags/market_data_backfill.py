@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from airflow.sdk import dag, task
+from airflow.sdk import task
 from pipeline_common import (
     API_POOL,
     API_POOL_SLOTS,
     BACKFILL_PARAMS,
     BRONZE_CANDLES,
-    DEFAULT_ARGS,
     SILVER_BARS,
     SILVER_POOL,
+    pipeline_dag,
 )
 
 from etl.orchestration import spec, tasks  # light (no pandas)
@@ -25,17 +25,8 @@ any API call, failing with a message that names the bad field. Then one `fetch_c
 """
 
 
-@dag(
-    dag_id=spec.BACKFILL_DAG,
-    schedule=None,
-    start_date=spec.START_DATE,
-    catchup=False,
-    max_active_runs=2,
-    default_args=DEFAULT_ARGS,
-    params=BACKFILL_PARAMS,
-    tags=["market-data", "backfill", "manual"],
-    doc_md=DOC,
-)
+@pipeline_dag(spec.BACKFILL_DAG, None, max_active_runs=2, params=BACKFILL_PARAMS,
+              tags=["market-data", "backfill", "manual"], doc_md=DOC)
 def market_data_backfill():
     @task
     def validate_params(params=None) -> list[dict]:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from airflow.sdk import CronDataIntervalTimetable, dag, task
+from airflow.sdk import task
 from pipeline_common import (
     API_POOL,
     API_POOL_SLOTS,
     BRONZE_CANDLES,
-    DEFAULT_ARGS,
     SILVER_BARS,
     SILVER_POOL,
     WAREHOUSE_GOLD,
+    pipeline_dag,
 )
 
 from etl.orchestration import spec, tasks  # light (no pandas)
@@ -34,16 +34,7 @@ Each task writes one row to the run log (`gold.fact_pipeline_runs`). Logic lives
 """
 
 
-@dag(
-    dag_id=spec.INTRADAY_DAG,
-    schedule=CronDataIntervalTimetable(spec.INTRADAY_CRON, timezone="UTC"),
-    start_date=spec.START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["market-data", "intraday"],
-    doc_md=DOC,
-)
+@pipeline_dag(spec.INTRADAY_DAG, spec.INTRADAY_CRON, max_active_runs=1, tags=["market-data", "intraday"], doc_md=DOC)
 def market_data_intraday():
     @task(pool=API_POOL)
     def validate_products() -> list[str]:

@@ -1,4 +1,5 @@
-"""What the three DAGs share: default_args, the failure callback, pools, Assets, backfill Params, the deadline.
+"""What the DAGs share: `pipeline_dag` (start date, catch-up, default_args), the failure callback, pools, Assets,
+backfill Params, the deadline.
 
 The names and values that `etl` shares too (dag ids, schedules, pool names and sizes, granularities, Asset URIs)
 live in etl.orchestration.spec; this module builds the Airflow objects from them.
@@ -15,7 +16,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset, AssetWatcher, Param
+from airflow.sdk import Asset, AssetWatcher, CronDataIntervalTimetable, Param, dag
 
 from etl.orchestration import spec
 from etl.settings import get_settings
@@ -108,6 +109,14 @@ DEFAULT_ARGS: dict[str, Any] = {
     "execution_timeout": TASK_TIMEOUT,
     "on_failure_callback": record_failure,
 }
+
+
+def pipeline_dag(dag_id: str, cron: str | None, **kwargs: Any):
+    """`@dag` with what every DAG of the pipeline shares: `cron` as UTC data intervals (None: triggered only), the
+    start date of etl.orchestration.spec, no catch-up, DEFAULT_ARGS; `kwargs`: the DAG's own (tags, doc_md...)."""
+    schedule = CronDataIntervalTimetable(cron, timezone="UTC") if cron else None
+    return dag(dag_id=dag_id, schedule=schedule, start_date=spec.START_DATE, catchup=False,
+               default_args=DEFAULT_ARGS, **kwargs)
 
 
 def eod_deadline():

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from datetime import date
 
-from airflow.sdk import CronDataIntervalTimetable, dag, task
+from airflow.sdk import task
 from pipeline_common import (
     API_POOL,
     API_POOL_SLOTS,
     BRONZE_CANDLES,
-    DEFAULT_ARGS,
     RISK_OUTPUTS,
     SILVER_BARS,
     SILVER_POOL,
     WAREHOUSE_GOLD,
     eod_deadline,
+    pipeline_dag,
 )
 
 from etl.orchestration import spec, tasks  # light (no pandas)
@@ -44,17 +44,8 @@ Each task writes one run-log row (`gold.fact_pipeline_runs`). Logic lives in `et
 """
 
 
-@dag(
-    dag_id=spec.EOD_DAG,
-    schedule=CronDataIntervalTimetable(spec.EOD_CRON, timezone="UTC"),
-    start_date=spec.START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    deadline=eod_deadline(),
-    tags=["risk", "end-of-day", "warehouse"],
-    doc_md=DOC,
-)
+@pipeline_dag(spec.EOD_DAG, spec.EOD_CRON, max_active_runs=1, deadline=eod_deadline(),
+              tags=["risk", "end-of-day", "warehouse"], doc_md=DOC)
 def risk_end_of_day():
     def as_of() -> date:
         """The business day this run values (manual runs without a logical date get the last interval's)."""

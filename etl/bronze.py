@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from etl.errors import ConfigError
 from etl.orchestration.intervals import fetch_start
-from etl.portfolios import products_to_ingest
+from etl.reference_set import Reference
 from etl.settings import Settings, get_settings
 from etl.source import (
     CandlePage,
@@ -452,7 +452,8 @@ def _resolve_window(start: datetime | None, end: datetime | None, granularity: i
 def ingest(products: list[str] | None = None, start: datetime | None = None, end: datetime | None = None,
            granularity: int | None = None, source: str | None = None, settings: Settings | None = None,
            progress: bool = False, now: datetime | None = None, batch_id: str | None = None,
-           on_page: Callable[[int, int, int], None] | None = None) -> IngestSummary:
+           on_page: Callable[[int, int, int], None] | None = None,
+           reference: Reference | None = None) -> IngestSummary:
     """Fetch candles for `products` into bronze; see the module docstring and docs/bronze.md.
 
     start/end: [start, end) on bucket starts; start=None continues from each product's watermark minus
@@ -460,6 +461,7 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
     end=None means `now` floored to the granularity: only complete candles land. Passing the batch_id of a
     finished batch returns its recorded summary without fetching again (idempotent task retries).
     `on_page(pages_done, pages_total, candles)` is called after each page (task logs report progress with it).
+    `reference`: the run's reference data, read only when `products` is not given (etl.reference_set).
     """
     t0 = time.perf_counter()
     settings = settings or get_settings()
@@ -467,7 +469,8 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
     source = (source or settings.source).lower()
     url = api_url(source, settings)
     granularity = check_granularity(settings.granularity if granularity is None else granularity)
-    products = list(dict.fromkeys(p.strip().upper() for p in (products or products_to_ingest(settings))
+    products = list(dict.fromkeys(p.strip().upper()
+                                  for p in (products or Reference.of(reference, settings).products_to_ingest())
                                   if p.strip()))
     if not products:
         raise ConfigError("no products to ingest: pass --products, set PIPELINE_PRODUCTS or add positions")

@@ -267,10 +267,10 @@ def dispatch(args: argparse.Namespace) -> int:
         print(IntradaySummary(**compute_intraday_risk(bucket, settings=settings)))
         return 0
     if cmd == "stream":
-        from etl.portfolios import products_to_ingest
+        from etl.reference_set import Reference
         from etl.stream.collector import collect
 
-        collect(args.products or products_to_ingest(settings), seconds=args.seconds, source=args.source,
+        collect(args.products or Reference(settings).products_to_ingest(), seconds=args.seconds, source=args.source,
                 settings=settings)
         return 0
     if cmd == "insights":
@@ -283,26 +283,26 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def _validate_reference(directory: str | None, settings) -> int:
     """`reference validate [DIR]`: every problem on stdout, a summary on stderr, exit 2 when there is any."""
+    import dataclasses
     from pathlib import Path
 
-    from etl import portfolios, reference, reference_check
+    from etl import reference_check
+    from etl.reference_set import Reference
 
     folder = Path(directory) if directory else settings.reference_dir
     if not folder.is_dir():
         print(f"error: {folder}: not a folder (expected instruments.csv, exchanges.csv, portfolios.csv and "
               "positions.csv in it)", file=sys.stderr)
         return 2
-    problems = reference_check.validate_reference(folder, settings)
+    ref = Reference(dataclasses.replace(settings, reference_dir=folder))
+    problems = reference_check.reference_problems(ref)
     if problems:
         print("\n".join(problems))
         print(f"error: {len(problems)} problem(s) in {folder}; nothing was loaded", file=sys.stderr)
         return 2
-    import dataclasses
-
-    ref = dataclasses.replace(settings, reference_dir=folder)
-    books = portfolios.load_positions(ref)
-    print(f"ok: {folder}: {len(reference.load_instruments(ref))} instruments, {len(reference.load_exchanges(ref))} "
-          f"exchanges, {len(portfolios.load_portfolios(ref))} portfolios, {len(books)} position rows "
+    books = ref.positions
+    print(f"ok: {folder}: {len(ref.instruments)} instruments, {len(ref.exchanges)} "
+          f"exchanges, {len(ref.portfolios)} portfolios, {len(books)} position rows "
           f"({books[['portfolio_id', 'as_of_date']].drop_duplicates().shape[0]} snapshots); "
           f"set PIPELINE_REFERENCE_DIR={folder.resolve()} to use them")
     return 0

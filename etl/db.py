@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -207,6 +208,19 @@ def scratch_database(server_url: str, prefix: str = "scratch") -> Iterator[str]:
 def redact(url: str) -> str:
     """The URL without its password (and without a password= query parameter)."""
     return redact_text(url)
+
+
+def wait_for_advisory_lock(cur, key: int, timeout_s: float, poll_s: float = 0.2) -> bool:
+    """Take the session advisory lock `key` on `cur`'s connection, trying every `poll_s` for up to `timeout_s`;
+    False if another session still holds it then (the caller's error names the holder)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        cur.execute("select pg_try_advisory_lock(%s)", (key,))
+        if cur.fetchone()[0]:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
 
 
 def open_connection(url: str, **kwargs):

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from etl import measures
 from etl.reference import DELISTED_ON, fail, load_instruments, read_reference_csv
 from etl.settings import Settings, get_settings
-from etl.warehouse.schema import BY_NAME
 
 PORTFOLIO_COLUMNS = ["portfolio_id", "name", "base_currency", "var_limit", "concentration_limit", "drawdown_limit"]
 # optional column: which risk_metrics column the var_limit is compared with (any VaR the engine computes, default below)
@@ -54,11 +54,12 @@ def _number(df: pd.DataFrame, col: str, problems: _Problems, optional: bool = Fa
     return values.astype("float64")
 
 
-def load_portfolios(settings: Settings | None = None) -> pd.DataFrame:
+def load_portfolios(settings: Settings | None = None, instruments: pd.DataFrame | None = None) -> pd.DataFrame:
     """Portfolios with limits: portfolio_id, name, base_currency, var_limit (amount in base currency, compared with
     `var_limit_metric`), concentration_limit (fraction of gross exposure), drawdown_limit (positive fraction: breach
-    when |max_drawdown| exceeds it), var_limit_metric, lvar_limit (optional column: amount in base currency,
-    compared with the liquidity-adjusted VaR lvar_99). An empty limit is NaN: the portfolio has no such limit."""
+    when |drawdown_from_peak| exceeds it), var_limit_metric, lvar_limit (optional column: amount in base currency,
+    compared with the liquidity-adjusted VaR lvar_99). An empty limit is NaN: the portfolio has no such limit.
+    `instruments`: already loaded (etl.reference_set)."""
     settings = settings or get_settings()
     path = settings.reference_dir / "portfolios.csv"
     df = read_reference_csv(path, PORTFOLIO_COLUMNS)
@@ -70,11 +71,12 @@ def load_portfolios(settings: Settings | None = None) -> pd.DataFrame:
     problems.add(df["portfolio_id"].duplicated() & (df["portfolio_id"] != ""), "duplicate portfolio_id",
                  lambda i: f"{df['portfolio_id'].iat[i]!r} appears earlier in the file")
     # a base currency needs a <CCY>-USD product to convert into (USD itself needs none)
-    instruments = load_instruments(settings)
+    instruments = load_instruments(settings) if instruments is None else instruments
     convertible = {"USD"} | set(instruments.loc[instruments["quote_currency"] == "USD", "base_currency"])
     problems.add(~df["base_currency"].isin(convertible), "unknown base_currency",
                  lambda i: f"{df['base_currency'].iat[i]!r}; expected one of {sorted(convertible)}")
-    var_metrics = [c.name for c in BY_NAME["risk_metrics"].columns if c.name.startswith("var_")]  # what risk writes
+    # the VaR measures risk writes, in base currency as the limit (not var_99_hist_usd, a ranking figure)
+    var_metrics = [c for c in measures.columns("portfolio") if c.startswith("var_")]
     problems.add(~df["var_limit_metric"].isin(var_metrics), "unknown var_limit_metric",
                  lambda i: f"{df['var_limit_metric'].iat[i]!r}; expected one of {var_metrics}")
     out = df[["portfolio_id", "name", "base_currency"]].copy()
@@ -92,16 +94,18 @@ def load_portfolios(settings: Settings | None = None) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def load_positions(settings: Settings | None = None) -> pd.DataFrame:
+def load_positions(settings: Settings | None = None, instruments: pd.DataFrame | None = None,
+                   portfolios: pd.DataFrame | None = None) -> pd.DataFrame:
     """Position snapshots: portfolio_id, product_id, as_of_date (datetime64 at midnight, a UTC day), quantity
-    (signed: negative = short), avg_cost (> 0, in the product's quote currency). Sorted by portfolio, date, product."""
+    (signed: negative = short), avg_cost (> 0, in the product's quote currency). Sorted by portfolio, date, product.
+    `instruments`, `portfolios`: already loaded (etl.reference_set)."""
     settings = settings or get_settings()
     path = settings.reference_dir / "positions.csv"
     df = read_reference_csv(path, POSITION_COLUMNS)
     problems = _Problems(path)
-    instruments = load_instruments(settings)
+    instruments = load_instruments(settings) if instruments is None else instruments
     products = set(instruments["product_id"])
-    portfolios = set(load_portfolios(settings)["portfolio_id"])
+    portfolios = set((load_portfolios(settings, instruments) if portfolios is None else portfolios)["portfolio_id"])
     problems.add(~df["portfolio_id"].isin(portfolios), "unknown portfolio",
                  lambda i: f"{df['portfolio_id'].iat[i]!r} is not in portfolios.csv")
     problems.add(~df["product_id"].isin(products), "unknown product",
@@ -130,24 +134,6 @@ def load_positions(settings: Settings | None = None) -> pd.DataFrame:
         "as_of_date": dates.astype("datetime64[ns]"), "quantity": quantity, "avg_cost": avg_cost,
     })
     return out.sort_values(["portfolio_id", "as_of_date", "product_id"], ignore_index=True)
-
-
-def needed_products(settings: Settings | None = None) -> list[str]:
-    """`book_products` of the reference files: what the book holds plus the conversion pairs valuation needs, less
-    the products the instrument master declares delisted (the source serves no candles for them; risk values them
-    at their last close)."""
-    settings = settings or get_settings()
-    instruments = load_instruments(settings)
-    delisted = set(instruments.loc[instruments[DELISTED_ON].notna(), "product_id"])
-    return [p for p in book_products(instruments, load_portfolios(settings), load_positions(settings))
-            if p not in delisted]
-
-
-def products_to_ingest(settings: Settings | None = None) -> list[str]:
-    """The products the pipeline ingests: PIPELINE_PRODUCTS when set, else `needed_products` (so a book of any
-    instruments works without naming them twice)."""
-    settings = settings or get_settings()
-    return list(settings.products) or needed_products(settings)
 
 
 def book_products(instruments: pd.DataFrame, portfolios: pd.DataFrame, positions: pd.DataFrame) -> list[str]:

@@ -104,13 +104,13 @@ def load_exchanges(settings: Settings | None = None) -> pd.DataFrame:
     return df[EXCHANGE_COLUMNS]
 
 
-def load_instruments(settings: Settings | None = None) -> pd.DataFrame:
+def load_instruments(settings: Settings | None = None, exchanges: pd.DataFrame | None = None) -> pd.DataFrame:
     """The instrument master: one row per product, with its base and quote currency, and `delisted_on`
-    (datetime64 at midnight; NaT while the product is listed)."""
+    (datetime64 at midnight; NaT while the product is listed). `exchanges`: already loaded (etl.reference_set)."""
     settings = settings or get_settings()
     path = settings.reference_dir / "instruments.csv"
     df = read_reference_csv(path, INSTRUMENT_COLUMNS)
-    exchanges = set(load_exchanges(settings)["exchange_id"])
+    exchanges = set((load_exchanges(settings) if exchanges is None else exchanges)["exchange_id"])
     problems = []
     delisted = df[DELISTED_ON] if DELISTED_ON in df.columns else pd.Series("", index=df.index)
     delisted_on = pd.to_datetime(delisted, format="%Y-%m-%d", errors="coerce")
@@ -169,10 +169,10 @@ def quote_currency(product_id: str, settings: Settings | None = None) -> str:
     return str(inst.at[product_id, "quote_currency"])
 
 
-def load_price_overrides(settings: Settings | None = None) -> pd.DataFrame:
+def load_price_overrides(settings: Settings | None = None, instruments: pd.DataFrame | None = None) -> pd.DataFrame:
     """Prints the market-data quality gate flagged and an operator accepted as genuine (docs/data_quality.md):
     product_id, granularity (int seconds), bucket_start (UTC), accepted_by, accepted_at (UTC), reason.
-    No file means no overrides."""
+    No file means no overrides. `instruments`: already loaded (etl.reference_set)."""
     settings = settings or get_settings()
     path = settings.reference_dir / PRICE_OVERRIDES_FILE
     if not path.exists():
@@ -181,7 +181,7 @@ def load_price_overrides(settings: Settings | None = None) -> pd.DataFrame:
                              "accepted_by": pd.Series(dtype=str),
                              "accepted_at": pd.Series(dtype="datetime64[us, UTC]"), "reason": pd.Series(dtype=str)})
     df = read_reference_csv(path, PRICE_OVERRIDE_COLUMNS)
-    products = set(load_instruments(settings)["product_id"])
+    products = set((load_instruments(settings) if instruments is None else instruments)["product_id"])
     granularity = pd.to_numeric(df["granularity"], errors="coerce")
     starts = pd.to_datetime(df["bucket_start"], utc=True, errors="coerce", format="ISO8601")
     accepted_at = pd.to_datetime(df["accepted_at"], utc=True, errors="coerce", format="ISO8601")

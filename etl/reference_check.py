@@ -1,7 +1,8 @@
 """Checking the reference files and the settings that name them, as `python -m etl reference validate [DIR]` does.
 
-The loaders themselves (etl.reference, etl.portfolios, the stress scenarios of etl.risk.stress) run in collecting
-mode: every problem of every file, as `file:line: rule ...` lines, nothing raised or loaded.
+The loaders themselves (etl.reference, etl.portfolios through one etl.reference_set.Reference, the stress scenarios
+of etl.risk.stress) run in collecting mode: every problem of every file, as `file:line: rule ...` lines, nothing
+raised or loaded.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from etl import portfolios
 from etl.errors import ValidationError
-from etl.reference import collecting, load_exchanges, load_firm_limits, load_instruments, load_price_overrides
+from etl.reference import collecting
+from etl.reference_set import Reference
 from etl.risk.stress import load_scenarios
 from etl.settings import Settings, get_settings
 
@@ -22,34 +23,39 @@ def validate_reference(directory: Path | str | None = None, settings: Settings |
     `file:line: rule ...` lines in file order; [] when the files load and the settings agree with them. Reads only:
     nothing is loaded anywhere.
 
-    Runs the loaders themselves (instruments, exchanges, portfolios, positions, firm limits: one set of rules) under
-    `collecting()`; a file that cannot be read at all (missing, no header, missing columns) is one problem and
-    the files that depend on it are checked as far as they can be.
+    Loads every frame of one Reference (instruments, exchanges, portfolios, positions, price overrides, firm
+    limits: one set of rules) under `collecting()`; a file that cannot be read at all (missing, no header, missing
+    columns) is one problem and the files that depend on it are checked as far as they can be.
     """
     settings = settings or get_settings()
     if directory is not None:
         settings = dataclasses.replace(settings, reference_dir=Path(directory))
+    return reference_problems(Reference(settings))
+
+
+def reference_problems(reference: Reference) -> list[str]:
+    """`validate_reference` of the files of `reference`; with none, its frames are loaded and valid."""
     found: list[str] = []
     with collecting() as collected:
-        for loader in (load_exchanges, load_instruments, portfolios.load_portfolios, portfolios.load_positions,
-                       load_price_overrides, load_firm_limits):
+        for frame in ("exchanges", "instruments", "portfolios", "positions", "price_overrides", "firm_limits"):
             try:
-                loader(settings)
+                getattr(reference, frame)
             except ValidationError as exc:  # the file (or one it depends on) cannot be read at all
                 found.extend(str(exc).splitlines())
             found.extend(collected)
             collected.clear()
-        found.extend(settings_problems(settings))
-    return list(dict.fromkeys(found))  # loaders re-run the loaders they depend on: each problem once
+        found.extend(settings_problems(reference))
+    return list(dict.fromkeys(found))  # an unreadable file fails every frame that depends on it: each problem once
 
 
-def settings_problems(settings: Settings) -> list[str]:
+def settings_problems(reference: Reference) -> list[str]:
     """The settings that name reference data, checked as the pipeline will use them: every PIPELINE_PRODUCTS
     product is in the instrument master, and the RISK_STRESS_SCENARIOS file loads. One line each, naming the
     setting (and the file:line)."""
+    settings = reference.settings
     problems = []
     try:
-        known = set(load_instruments(settings)["product_id"])
+        known = set(reference.instruments["product_id"])
     except ValidationError:  # the file itself is reported with the files
         known = None
     if known is not None and (unknown := [p for p in settings.products if p not in known]):

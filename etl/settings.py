@@ -26,7 +26,7 @@ T = TypeVar("T")
 COINBASE_URL = "https://api.exchange.coinbase.com"
 COINBASE_WS_URL = "wss://advanced-trade-ws.coinbase.com"
 # The sample book's USD products (the benchmarks' universe). PIPELINE_PRODUCTS has no fixed default: unset, the
-# pipeline ingests what the book holds (etl.portfolios.products_to_ingest).
+# pipeline ingests what the book holds (etl.reference_set.Reference.products_to_ingest).
 DEFAULT_PRODUCTS = (
     "BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "ADA-USD", "DOGE-USD",
     "AVAX-USD", "LINK-USD", "DOT-USD", "LTC-USD", "UNI-USD", "ATOM-USD",
@@ -128,7 +128,7 @@ class Settings:
     # market data source
     source: str                          # "simulator" | "coinbase"
     coinbase_api_url: str                # base URL of the Exchange API or of the simulator
-    products: tuple[str, ...]            # PIPELINE_PRODUCTS; empty = the book's products (portfolios.products_to_ingest)
+    products: tuple[str, ...]            # PIPELINE_PRODUCTS; empty = the book's products (Reference.products_to_ingest)
     granularity: int                     # seconds per candle for intraday ingestion
     simulator_port: int
     simulator_seed: int

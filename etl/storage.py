@@ -332,20 +332,14 @@ def _advisory_lock(store: Store, name: str, settings: Settings, timeout_s: float
     conn = psycopg2.connect(db.database_url(settings), application_name=f"pipeline-lock {name} pid {os.getpid()}")
     conn.autocommit = True
     try:
-        deadline = time.monotonic() + timeout_s
         with conn.cursor() as cur:
-            while True:
-                cur.execute("select pg_try_advisory_lock(%s)", (key,))
-                if cur.fetchone()[0]:
-                    break
-                if time.monotonic() >= deadline:
-                    cur.execute("select a.application_name, a.backend_start from pg_locks l join pg_stat_activity a "
-                                "using (pid) where l.locktype = 'advisory' and l.granted limit 1")
-                    row = cur.fetchone()
-                    raise LockTimeout(f"{store.path()}: the {name} lock is held by "
-                                      f"{row[0] if row else 'another session'}; waited {timeout_s:.0f} s "
-                                      "(PIPELINE_LOCK_TIMEOUT_S): let that run finish, then retry")
-                time.sleep(poll_s)
+            if not db.wait_for_advisory_lock(cur, key, timeout_s, poll_s):
+                cur.execute("select a.application_name, a.backend_start from pg_locks l join pg_stat_activity a "
+                            "using (pid) where l.locktype = 'advisory' and l.granted limit 1")
+                row = cur.fetchone()
+                raise LockTimeout(f"{store.path()}: the {name} lock is held by "
+                                  f"{row[0] if row else 'another session'}; waited {timeout_s:.0f} s "
+                                  "(PIPELINE_LOCK_TIMEOUT_S): let that run finish, then retry")
         yield
     finally:
         conn.close()  # ends the session, which releases its advisory locks

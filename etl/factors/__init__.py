@@ -19,7 +19,7 @@ from etl.factors.factor_model import FactorConfig, compute, output_tables
 from etl.factors.rolling_ols import RollingOLSResult, rolling_ols
 from etl.factors.universe_returns import universe_returns
 from etl.lake import records_reads
-from etl.portfolios import products_to_ingest
+from etl.reference_set import Reference
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
 
@@ -61,15 +61,16 @@ def output_window(settings: Settings, config: FactorConfig, end: datetime | None
 
 @records_reads
 def run_factors(settings: Settings | None = None, end: datetime | None = None, *,
-        config: FactorConfig | None = None) -> FactorSummary:
+        config: FactorConfig | None = None, reference: Reference | None = None) -> FactorSummary:
     """Factor returns, membership and exposures for the configured products up to `end` (default: now).
 
     `config` overrides the lengths taken from settings (formation, holding, momentum lookbacks, window).
+    `reference`: the run's reference data (etl.reference_set; default: the files of `settings`).
     """
     settings = settings or get_settings()
     config = config or FactorConfig.from_settings(settings)
     read_start, out_start, end_ts = output_window(settings, config, end)
-    products = products_to_ingest(settings)
+    products = Reference.of(reference, settings).products_to_ingest()
     prices = io.read_prices(settings, products, read_start.to_pydatetime(), end_ts.to_pydatetime())
     present = sorted(set(prices["product_id"]))
     if not len(prices) or not (prices["bucket_start"] >= out_start).any():

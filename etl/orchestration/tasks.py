@@ -2,8 +2,9 @@
 
 Each function does one stage's work through the stage module (etl.bronze, etl.silver, etl.risk, ...) inside the
 frame of `@task_function`: settings (default: from the environment), the task run (default: a manual run, dag id
-"manual"), one run-log row (run id, DAG, task, status, rows in/out, duration, message) and a small JSON-able
-result that Airflow keeps as the task's XCom. They run without Airflow too.
+"manual"), the run's reference data (etl.reference_set: passed in by `run_all`, else the task's own: each file read
+once), one run-log row (run id, DAG, task, status, rows in/out, duration, message) and a small JSON-able result that
+Airflow keeps as the task's XCom. They run without Airflow too.
 
 Light at import (stage modules, pandas and pyarrow load inside the functions): the DAGs import it in tasks.
 """
@@ -38,11 +39,13 @@ log = logging.getLogger(__name__)
 # ---- the frame every task shares ----------------------------------------------------------------------------
 @dataclass
 class TaskRun:
-    """What a task function's body gets: the settings, its TaskRef, and the run-log row it fills."""
+    """What a task function's body gets: the settings, its TaskRef, the run-log row it fills and the reference
+    data."""
 
     settings: Settings
     ref: TaskRef
     rec: Any  # etl.runlog.RunRecord (imported lazily: pandas)
+    reference: Any  # etl.reference_set.Reference (imported lazily: pandas)
 
     def record(self, rows_in: int | None = None, rows_out: int | None = None, message: str | None = None) -> None:
         """Fill the run-log row (what is not given keeps its default)."""
@@ -56,15 +59,19 @@ class TaskRun:
 
 def task_function(task_id: str) -> Callable:
     """Decorate `body(run: TaskRun, *args, **kwargs)` into the task function `f(*args, ref=None, settings=None,
-    **kwargs)`: settings and ref default as above, the body runs inside one run-log row (`logged`: bad input or
-    settings fail the task at once, without retry), and its result comes back JSON-able (dataclasses as dicts)."""
+    reference=None, **kwargs)`: settings, ref and reference default as above, the body runs inside one run-log row
+    (`logged`: bad input or settings fail the task at once, without retry), and its result comes back JSON-able
+    (dataclasses as dicts)."""
     def decorate(body: Callable) -> Callable:
         @functools.wraps(body)
-        def task(*args: Any, ref: TaskRef | None = None, settings: Settings | None = None, **kwargs: Any) -> Any:
+        def task(*args: Any, ref: TaskRef | None = None, settings: Settings | None = None, reference: Any = None,
+                 **kwargs: Any) -> Any:
+            from etl.reference_set import Reference
+
             settings = settings or get_settings()
             ref = ref or TaskRef.manual(task_id)
             with logged(ref, settings) as rec:
-                result = body(TaskRun(settings, ref, rec), *args, **kwargs)
+                result = body(TaskRun(settings, ref, rec, Reference.of(reference, settings)), *args, **kwargs)
             return _jsonable(result)
         return task
     return decorate
@@ -130,16 +137,14 @@ def validate_products(run: TaskRun, products: list[str] | str | None = None, *, 
     Returns the product ids in order. A product missing from the master or unknown/delisted at the source
     fails the task with a message naming it: the run must not silently shrink its universe.
     """
-    from etl.portfolios import needed_products, products_to_ingest
-    from etl.reference import load_instruments
     from etl.source import validate_products as validate_products_at_source
 
     settings = run.settings
-    wanted = parse_products(products) if products else products_to_ingest(settings)
+    wanted = parse_products(products) if products else run.reference.products_to_ingest()
     if include_book:
-        wanted = list(dict.fromkeys(wanted + needed_products(settings)))
+        wanted = list(dict.fromkeys(wanted + run.reference.needed_products()))
     run.record(rows_in=len(wanted))
-    known = set(load_instruments(settings)["product_id"])
+    known = set(run.reference.instruments["product_id"])
     missing = [p for p in wanted if p not in known]
     if missing:
         raise ValidationError(f"product(s) {missing} are not in the instrument master "
@@ -212,7 +217,7 @@ def build_silver(run: TaskRun, full_refresh: bool = False) -> Any:
     """Bronze -> silver 5-minute and daily bars (touched partitions, or all with full_refresh)."""
     from etl import silver
 
-    summary = silver.build(full_refresh=full_refresh, settings=run.settings)
+    summary = silver.build(full_refresh=full_refresh, settings=run.settings, reference=run.reference)
     run.record(summary.rows_in, summary.rows_out, f"full_refresh={full_refresh} {summary}"[:500])
     return summary
 
@@ -239,11 +244,11 @@ def compute_risk(run: TaskRun, as_of: date | str | None = None, shards: int | No
     if shards is None:
         from etl.risk import run_risk
 
-        summary = run_risk(as_of=day, settings=run.settings)
+        summary = run_risk(as_of=day, settings=run.settings, reference=run.reference)
     else:
         from etl.risk.shards import commit_shards
 
-        summary = commit_shards(day, shards, run_key or run.ref.run_id, run.settings)
+        summary = commit_shards(day, shards, run_key or run.ref.run_id, run.settings, run.reference)
     run.record(summary.rows_in, summary.rows_out, f"as_of={day} {summary}"[:500])
     return summary
 
@@ -251,10 +256,9 @@ def compute_risk(run: TaskRun, as_of: date | str | None = None, shards: int | No
 @task_function("plan_risk_shards")
 def plan_risk_shards(run: TaskRun, max_map_length: int | None = None) -> list[dict]:
     """The risk shards of this run, one mapped `compute_risk_shard` each: [{"shard": i, "shards": n}, ...]."""
-    from etl.portfolios import load_portfolios
     from etl.risk.shards import shard_count
 
-    n = shard_count(len(load_portfolios(run.settings)), run.settings, max_map_length)
+    n = shard_count(len(run.reference.portfolios), run.settings, max_map_length)
     run.record(message=f"{n} risk shard(s)")
     return [{"shard": i, "shards": n} for i in range(n)]
 
@@ -265,7 +269,7 @@ def compute_risk_shard(run: TaskRun, as_of: date | str, shard: int, shards: int,
     from etl.risk.shards import run_shard
 
     day = as_date(as_of)
-    done = run_shard(day, shard, shards, run_key or run.ref.run_id, run.settings)
+    done = run_shard(day, shard, shards, run_key or run.ref.run_id, run.settings, run.reference)
     run.record(len(done["portfolios"]), sum(done["rows"].values()),
                f"as_of={day} shard {shard + 1}/{shards}: {len(done['portfolios'])} portfolios")
     return {k: v for k, v in done.items() if k != "portfolios"}
@@ -276,7 +280,7 @@ def compute_factors(run: TaskRun, end: datetime | str | None = None) -> Any:
     """Factor returns and rolling exposures up to `end` (the data interval's end in the DAG)."""
     from etl.factors import run_factors
 
-    summary = run_factors(settings=run.settings, end=utc(end) if end else None)
+    summary = run_factors(settings=run.settings, end=utc(end) if end else None, reference=run.reference)
     run.record(summary.rows_in, sum(summary.rows.values()), f"end={end} {summary}"[:500])
     return summary
 
@@ -286,7 +290,7 @@ def load_warehouse(run: TaskRun) -> Any:
     """Outputs, silver bars and the run log -> Postgres schema raw (upsert by key); dbt runs in build_dbt."""
     from etl.warehouse import load_warehouse as load_warehouse_stage
 
-    summary = load_warehouse_stage(settings=run.settings, run_dbt=False)
+    summary = load_warehouse_stage(settings=run.settings, run_dbt=False, reference=run.reference)
     run.record(sum(summary.files.values()), summary.total_rows, str(summary)[:500])
     return summary
 
@@ -330,7 +334,7 @@ def compute_intraday_risk(run: TaskRun, interval_start: datetime | str) -> Any:
     previous close, exposures, VaR/ES on the last EOD scenario set, stale prices, limit checks."""
     from etl.risk.intraday_io import run_intraday_risk
 
-    summary = run_intraday_risk(interval_start, settings=run.settings)
+    summary = run_intraday_risk(interval_start, settings=run.settings, reference=run.reference)
     run.record(summary.portfolios, summary.rows_out, str(summary)[:500])
     return summary
 
@@ -340,7 +344,7 @@ def load_intraday_warehouse(run: TaskRun) -> Any:
     """The light path: reference data and the intraday outputs -> raw, then dbt build of the intraday models."""
     from etl.warehouse.loader import load_intraday
 
-    summary = load_intraday(settings=run.settings)
+    summary = load_intraday(settings=run.settings, reference=run.reference)
     run.record(sum(summary.files.values()), summary.total_rows, str(summary)[:500])
     return summary
 
@@ -362,14 +366,13 @@ def validate_backfill(run: TaskRun, params: dict) -> dict:
 
     Raises ValidationError naming the field, the bad value and what to enter instead.
     """
-    from etl.reference import load_instruments
     from etl.source import VALID_GRANULARITIES
 
     settings = run.settings
     products = parse_products(params.get("products") or "")
     if not products:
         raise ValidationError("backfill param 'products' is empty: enter a comma list such as BTC-USD,ETH-USD")
-    known = set(load_instruments(settings)["product_id"])
+    known = set(run.reference.instruments["product_id"])
     unknown = [p for p in products if p not in known]
     if unknown:
         raise ValidationError(f"backfill param 'products': {unknown} not in the instrument master "
@@ -434,8 +437,12 @@ def run_all(as_of: date | None = None, settings: Settings | None = None) -> str:
 
     validate -> daily history -> intraday candles -> silver -> risk -> factors -> load + dbt -> report -> alerts.
     The intraday window ends at the current minute (the CLI may read the clock; the DAGs never do).
+    Every task shares one Reference: each reference file is read once per run.
     """
+    from etl.reference_set import Reference
+
     settings = settings or get_settings()
+    reference = Reference(settings)
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     as_of = as_of or (now.date() - timedelta(days=1))
     run_id = f"manual__{now.strftime('%Y%m%dT%H%M')}_{uuid.uuid4().hex[:6]}"
@@ -445,9 +452,10 @@ def run_all(as_of: date | None = None, settings: Settings | None = None) -> str:
 
     t0 = time.perf_counter()
     lines = [f"run {run_id} as_of={as_of}"]
-    products = validate_products(ref=ref("validate_products"), settings=settings)
+    products = validate_products(ref=ref("validate_products"), settings=settings, reference=reference)
     lines.append(f"products: {len(products)} ({','.join(products)})")
-    book = validate_products(include_book=True, ref=ref("validate_book_products"), settings=settings)
+    book = validate_products(include_book=True, ref=ref("validate_book_products"), settings=settings,
+                             reference=reference)
     daily = [ingest_daily_history(p, as_of, ref=ref(f"ingest_daily_history[{p}]"), settings=settings)
              for p in book]
     lines.append(f"daily candles: {sum(d.get('candles', 0) for d in daily)}")
@@ -455,12 +463,15 @@ def run_all(as_of: date | None = None, settings: Settings | None = None) -> str:
     intraday = [fetch_intraday(p, end - timedelta(minutes=5), end, ref=ref(f"fetch_candles[{p}]"),
                                settings=settings) for p in products]
     lines.append(f"1-minute candles: {sum(d.get('candles', 0) for d in intraday)}")
-    lines.append(f"silver: {_brief(build_silver(ref=ref('build_silver'), settings=settings))}")
+    silver = build_silver(ref=ref("build_silver"), settings=settings, reference=reference)
+    lines.append(f"silver: {_brief(silver)}")
     lines.append(f"compact: {_brief(compact_bronze(as_of, ref=ref('compact_bronze'), settings=settings))}")
     # factors first: the risk run's PnL attribution reads the day's factor outputs
-    lines.append(f"factors: {_brief(compute_factors(end, ref=ref('compute_factors'), settings=settings))}")
-    lines.append(f"risk: {_brief(compute_risk(as_of, ref=ref('compute_risk'), settings=settings))}")
-    lines.append(f"warehouse: {_brief(load_warehouse(ref=ref('load_warehouse'), settings=settings))}")
+    factors = compute_factors(end, ref=ref("compute_factors"), settings=settings, reference=reference)
+    lines.append(f"factors: {_brief(factors)}")
+    lines.append(f"risk: {_brief(compute_risk(as_of, ref=ref('compute_risk'), settings=settings, reference=reference))}")
+    loaded = load_warehouse(ref=ref("load_warehouse"), settings=settings, reference=reference)
+    lines.append(f"warehouse: {_brief(loaded)}")
     build_dbt(ref=ref("build_dbt"), settings=settings)
     lines.append("dbt build: ok")
     path = export_report(as_of, ref=ref("export_report"), settings=settings)

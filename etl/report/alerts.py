@@ -34,6 +34,7 @@ import pandas as pd
 
 from etl.db import reporting_url
 from etl.errors import ConfigError, DataNotFoundError, IncompleteInputError, PipelineError
+from etl.measures import FRACTION_LIMITS
 from etl.redaction import redact_text
 from etl.report import cockpit, completeness
 from etl.report.breach_actions import is_quiet
@@ -67,7 +68,7 @@ def ledger_path(portfolio_id: str, as_of_date: date, limit_type: str) -> str:
 
 
 def _fmt(limit_type: str, v: float, currency: str | None = None) -> str:
-    if limit_type in ("concentration", "drawdown") and abs(v) <= 5:
+    if limit_type in FRACTION_LIMITS and abs(v) <= 5:
         return f"{v:.1%}"
     return f"{v:,.2f} {currency}" if currency else f"{v:,.2f}"
 

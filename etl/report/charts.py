@@ -21,6 +21,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
+from etl.report.kit import GAIN, LOSS, VALUE, VAR95, VAR99  # noqa: E402
+
 WIDTH_IN = 10.0
 STYLE = {
     "svg.fonttype": "none",          # keep labels as <text>
@@ -33,7 +35,6 @@ STYLE = {
     "axes.spines.top": False,
     "axes.spines.right": False,
 }
-GAIN, LOSS, VALUE, VAR95, VAR99 = "#2e7d32", "#c62828", "#1f4e79", "#ef8f00", "#6a1b9a"
 
 
 def _money(currency: str) -> FuncFormatter:
@@ -96,23 +97,16 @@ def value_and_pnl(valuation: pd.DataFrame, pnl: pd.DataFrame | None, currency: s
         return to_svg(fig)
 
 
-def drawdown_curve(valuation: pd.DataFrame) -> pd.Series:
-    """Underwater curve: value / running peak - 1 (0 at a new high, negative below it)."""
-    value = valuation["market_value"].astype(float).to_numpy()
-    peak = np.maximum.accumulate(np.where(np.isnan(value), -np.inf, value))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dd = np.where(peak > 0, value / peak - 1.0, np.nan)
-    return pd.Series(dd, index=pd.to_datetime(valuation["as_of_date"]).to_numpy())
-
-
 def underwater(valuation: pd.DataFrame, title: str, limit: float | None = None) -> str:
-    dd = drawdown_curve(valuation)
+    """The engine's drawdown series (gold.fact_portfolio_valuation.drawdown) and the drawdown limit's line."""
+    dd = pd.Series(valuation["drawdown"].astype(float).to_numpy(), index=pd.to_datetime(valuation["as_of_date"]))
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(WIDTH_IN, 2.8), layout="constrained")
         ax.fill_between(dd.index, dd.to_numpy(), 0, color=LOSS, alpha=0.35, step=None)
         ax.plot(dd.index, dd.to_numpy(), color=LOSS, lw=1.2)
         if limit is not None and np.isfinite(limit):
-            ax.axhline(-abs(limit), color="black", ls="--", lw=1, label=f"drawdown limit {-abs(limit):.0%}")
+            ax.axhline(-abs(limit), color="black", ls="--", lw=1,
+                       label=f"drawdown limit {-abs(limit):.0%} (on drawdown from peak)")
             ax.legend(loc="lower left")
         ax.set_title(title)
         ax.set_ylabel("Drawdown from peak")

@@ -18,19 +18,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from etl import measures
+from etl.measures import FRACTION_LIMITS
 from etl.report.completeness import stale_holdings
-from etl.report.figures import VAR_USD_SQL, backtest_summary, total
+from etl.report.figures import correlation_matrix, total
 from etl.report.gold import GoldReader
 from etl.settings import get_settings
 
 HISTORY_DAYS = 365
 ATTRIBUTION_ORDER = ("market", "liquidity_hml", "volatility_hml", "momentum_hml", "residual")  # stacking order
 BACKTEST_DAYS = 250
-CORRELATION_DAYS = 90
+PRICE_DAYS = 90             # market: the rebased price history
+FIRM_CONTRIBUTION_ROWS = 20  # firm: the largest contributions to the firm's VaR
 DURATION_DAYS = 30          # pipeline: task durations over this many days
 AUDIT_ROWS = 50
 ANOMALY_Z = 3.5             # etl.risk.engine's default |robust z| threshold
-LIMIT_UNITS = {"var": "currency", "concentration": "fraction", "drawdown": "fraction"}
+CONTRIBUTION_COLUMNS = ("scope, portfolio_id, product_id, currency, component_var_99_param, component_es_99_hist, "
+                        "marginal_var_99_param")
 FIRM_NOT_COMPUTED = "firm VaR not yet computed"
 INTRADAY_BREACH_TABLES = ("fact_intraday_breaches", "fact_intraday_limit_breaches")
 
@@ -75,24 +79,25 @@ def latest_as_of(reader: GoldReader) -> date:
     return reader.latest_as_of()
 
 
+RISK_COLUMNS = ", ".join(f"r.{c}" for c in measures.columns("portfolio"))   # every method and measure
+
 # ---- the figures every page shares --------------------------------------------------------------------------------
 PORTFOLIO_DAY_SQL = f"""
     select p.portfolio_id, p.name, p.base_currency, p.var_limit, p.concentration_limit, p.drawdown_limit,
            v.market_value, v.gross_exposure, v.net_exposure, v.concentration_pct,
            d.daily_pnl, d.mtd_pnl,
-           r.var_95_hist, r.var_99_hist, r.es_95_hist, r.es_99_hist, r.vol_30d, r.max_drawdown, u.var_99_hist_usd
+           {RISK_COLUMNS}, r.lookback_days, r.var_99_hist_usd
     from gold.dim_portfolio as p
     left join gold.fact_portfolio_valuation as v on v.portfolio_id = p.portfolio_id and v.as_of_date = %(as_of)s
     left join gold.fact_pnl_daily as d on d.portfolio_id = p.portfolio_id and d.as_of_date = %(as_of)s
     left join gold.fact_risk_metrics as r on r.portfolio_id = p.portfolio_id and r.as_of_date = %(as_of)s
-    left join ({VAR_USD_SQL}) as u on u.portfolio_id = p.portfolio_id
     where %(portfolio_id)s::text is null or p.portfolio_id = %(portfolio_id)s
     order by p.portfolio_id"""
 
 
 def portfolio_day(reader: GoldReader, as_of: date, portfolio_id: str | None = None) -> pd.DataFrame:
     """One row per portfolio of dim_portfolio (or just `portfolio_id`) with its valuation, PnL and risk of the
-    day (NULL when missing), and `var_99_hist_usd` to rank books of different currencies (figures.VAR_USD_SQL)."""
+    day (NULL when missing), and the engine's `var_99_hist_usd` to rank books of different currencies."""
     return reader.query(PORTFOLIO_DAY_SQL, {"as_of": as_of, "portfolio_id": portfolio_id})
 
 
@@ -180,7 +185,7 @@ def breaches(reader: GoldReader, as_of: date) -> tuple[list[dict], list[str]]:
 
 
 def _breach(r: dict, scope: str) -> dict:
-    unit = LIMIT_UNITS.get(str(r["limit_type"]), "currency")
+    unit = "fraction" if str(r["limit_type"]) in FRACTION_LIMITS else "currency"
     return jsonable({"portfolio_id": r["portfolio_id"], "limit_type": r["limit_type"], "metric": r.get("metric"),
                      "value": r["value"], "limit_value": r["limit_value"], "utilisation": r["utilisation"],
                      "since": r.get("since"), "days": r.get("days"), "scope": scope, "unit": unit,
@@ -317,12 +322,26 @@ def firm(reader: GoldReader, as_of: date | None = None) -> dict:
         group by 1""", {"as_of": as_of})
     totals = totals.merge(prev, on="currency", how="left")
     totals["daily_pnl_change"] = totals["daily_pnl"].astype(float) - totals["prev_daily_pnl"].astype(float)
-    worst = day.dropna(subset=["max_drawdown"]).sort_values("max_drawdown").head(5)
+    # ranked on the measure the drawdown limit is checked on (docs/risk_conventions.md "Drawdown")
+    worst = day.dropna(subset=["drawdown_from_peak"]).sort_values("drawdown_from_peak").head(5)
     return {"page": "firm", "as_of": as_of.isoformat(), "status": status, "missing": missing, "stale": stale,
             "breaches": found, "notes": notes, "firm_risk": firm_risk(reader, as_of), "totals": records(totals),
-            "worst_drawdowns": records(worst[["portfolio_id", "name", "max_drawdown", "drawdown_limit"]]),
-            "intraday": intraday(reader, as_of),
+            "worst_drawdowns": records(worst[["portfolio_id", "name", "drawdown_from_peak", "drawdown_limit",
+                                              "lookback_days", "max_drawdown"]]),
+            "contributions": firm_contributions(reader, as_of), "intraday": intraday(reader, as_of),
             "portfolios": records(day.drop(columns=["concentration_limit"]))}
+
+
+def firm_contributions(reader: GoldReader, as_of: date) -> list[dict] | None:
+    """The FIRM_CONTRIBUTION_ROWS largest positions' Euler contributions to the firm's VaR/ES (scope firm, USD),
+    as the engine stored them; None while gold.fact_risk_contributions is not built."""
+    if "fact_risk_contributions" not in tables(reader):
+        return None
+    return records(reader.query(f"""
+        select {CONTRIBUTION_COLUMNS} from gold.fact_risk_contributions
+        where scope = 'firm' and as_of_date = %(as_of)s
+        order by component_var_99_param desc nulls last, portfolio_id, product_id
+        limit {FIRM_CONTRIBUTION_ROWS}""", {"as_of": as_of}))
 
 
 def intraday(reader: GoldReader, as_of: date, max_price_age_s: float | None = None) -> dict:
@@ -390,16 +409,12 @@ def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) 
         return None
     me = portfolio_day(reader, as_of, portfolio_id)
     hist = reader.query(f"""
-        select v.as_of_date, v.market_value, d.daily_pnl
+        select v.as_of_date, v.market_value, d.daily_pnl, v.drawdown, d.daily_return
         from gold.fact_portfolio_valuation as v
         left join gold.fact_pnl_daily as d using (portfolio_id, as_of_date)
         where v.portfolio_id = %(portfolio_id)s and v.as_of_date <= %(as_of)s
           and v.as_of_date > %(as_of)s::date - {HISTORY_DAYS}
         order by v.as_of_date""", p)
-    value = hist["market_value"].astype(float)
-    peak = value.cummax()
-    hist["drawdown"] = np.where(peak > 0, value / peak - 1.0, np.nan)
-    hist["return"] = hist["daily_pnl"].astype(float) / value.shift(1)
     bt = reader.query(f"""
         select as_of_date, method, confidence, var_forecast, realized_pnl, is_exception
         from gold.fact_var_backtest
@@ -408,17 +423,20 @@ def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) 
         order by method, confidence, as_of_date""", p)
     bt["confidence"] = bt["confidence"].astype(float).where(bt["confidence"].astype(float) <= 1,
                                                             bt["confidence"].astype(float) / 100)
-    summary_bt = backtest_summary(bt).rename(columns={"n_obs": "days"})
+    summary_bt = reader.frame("fact_var_model_comparison", """  -- the engine's backtest of the day, not a recount
+        select method, confidence, n_days as days, exceptions, expected_exceptions as expected, traffic_light
+        from gold.fact_var_model_comparison where portfolio_id = %(portfolio_id)s and as_of_date = %(as_of)s
+        order by method, confidence""", p)
     positions = reader.query("""
         select product_id, quantity, avg_cost, close, price_date, is_stale, market_value, unrealized_pnl,
-               abs(market_value) / nullif(sum(abs(market_value)) over (), 0) as share_of_gross
+               abs(weight) as share_of_gross
         from gold.fact_positions where portfolio_id = %(portfolio_id)s and as_of_date = %(as_of)s
         order by abs(market_value) desc""", p)
     contrib = None
     if "fact_risk_contributions" in tables(reader):
-        contrib = records(reader.query("""
-            select product_id, component_var_99_param, component_es_99_hist, marginal_var_99_param
-            from gold.fact_risk_contributions where portfolio_id = %(portfolio_id)s and as_of_date = %(as_of)s
+        contrib = records(reader.query(f"""
+            select {CONTRIBUTION_COLUMNS} from gold.fact_risk_contributions
+            where scope = 'portfolio' and portfolio_id = %(portfolio_id)s and as_of_date = %(as_of)s
             order by component_var_99_param desc nulls last""", p))
     liquidity = None
     if "fact_liquidity_risk" in tables(reader):
@@ -429,7 +447,7 @@ def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) 
             "day": records(me)[0] if not me.empty else None, "history": records(hist),
             "backtest": records(bt), "backtest_summary": records(summary_bt), "positions": records(positions),
             "contributions": contrib, "attribution": pnl_attribution(reader, p),
-            "returns": return_distribution(hist["return"])}
+            "returns": return_distribution(hist["daily_return"])}
 
 
 def pnl_attribution(reader: GoldReader, p: dict) -> dict | None:
@@ -463,26 +481,23 @@ def return_distribution(returns: pd.Series, bins: int = 30) -> dict:
 
 
 def market(reader: GoldReader, as_of: date | None = None) -> dict:
-    """Latest prices, 30-day vol ranking, correlations of daily log returns, anomalies of the day, factor betas,
-    the day's prints flagged by the market-data quality gate."""
+    """Latest prices with the day's return, 30-day vol ranking, the engine's correlations (gold.fact_correlations),
+    anomalies of the day, factor betas, the day's prints flagged by the market-data quality gate."""
     as_of = as_of or latest_as_of(reader)
     p = {"as_of": as_of}
     prices = reader.query(f"""
-        select product_id, price_date, close from gold.fact_price_daily
-        where price_date <= %(as_of)s and price_date > %(as_of)s::date - {CORRELATION_DAYS + 1}
+        select product_id, price_date, close, daily_return from gold.fact_price_daily
+        where price_date <= %(as_of)s and price_date > %(as_of)s::date - {PRICE_DAYS + 1}
         order by product_id, price_date""", p)
-    latest = (prices.sort_values("price_date").groupby("product_id").tail(2)
-              .groupby("product_id").agg(price_date=("price_date", "last"), close=("close", "last"),
-                                         prev=("close", "first")).reset_index())
-    latest["change_1d"] = latest["close"] / latest["prev"] - 1.0
+    latest = (prices.groupby("product_id").tail(1).rename(columns={"daily_return": "change_1d"})
+              .sort_values("product_id"))
     vols = reader.query("""
         select product_id, vol_20d, vol_30d, vol_ewma, max_drawdown, worst_daily_return
         from gold.fact_asset_risk where as_of_date = %(as_of)s order by vol_30d desc nulls last""", p)
-    corr = pd.DataFrame()
-    if not prices.empty:
-        wide = prices.pivot_table(index="price_date", columns="product_id", values="close").sort_index()
-        corr = np.log(wide.astype(float)).diff().iloc[1:].corr(min_periods=10)
-        corr = corr.dropna(how="all").dropna(axis=1, how="all")
+    pairs = reader.frame("fact_correlations", """
+        select product_id_a, product_id_b, correlation, n_obs, return_currency from gold.fact_correlations
+        where as_of_date = %(as_of)s""", p)
+    corr = correlation_matrix(pairs) if pairs is not None else pd.DataFrame()
     anomalies = reader.query("""
         select product_id, bucket_start, return_value, robust_z from gold.fact_anomalies
         where bucket_start >= %(as_of)s::date and bucket_start < %(as_of)s::date + 1
@@ -497,13 +512,16 @@ def market(reader: GoldReader, as_of: date | None = None) -> dict:
         where flag_date = %(as_of)s order by bucket_start, product_id, granularity""", p)
     history = prices.pivot_table(index="price_date", columns="product_id", values="close").sort_index()
     return {"page": "market", "as_of": as_of.isoformat(),
-            "prices": records(latest.drop(columns="prev").sort_values("product_id")),
+            "prices": records(latest),
             "price_history": {"dates": [d.isoformat() for d in history.index],
                               "rebased": {str(c): jsonable((100 * history[c] / history[c].dropna().iloc[0]).tolist())
                                           for c in history.columns if history[c].notna().any()}},
             "volatility": records(vols),
             "correlation": {"products": [str(c) for c in corr.columns],
-                            "matrix": jsonable(corr.to_numpy().tolist())},
+                            "matrix": jsonable(corr.to_numpy().tolist()),
+                            "n_obs": jsonable(pairs["n_obs"].max()) if pairs is not None and len(pairs) else None,
+                            "return_currency": (str(pairs["return_currency"].iat[0])
+                                                if pairs is not None and len(pairs) else None)},
             "anomalies": records(anomalies), "factors": records(factors),
             "price_quality": [] if suspect is None else records(suspect)}
 

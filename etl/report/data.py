@@ -8,12 +8,10 @@ from datetime import date
 import pandas as pd
 
 from etl.report import cockpit
-from etl.report.figures import VAR_USD_SQL
 from etl.report.gold import GoldReader
 
 HISTORY_DAYS = 365          # value/PnL/drawdown charts
 BACKTEST_DAYS = 250         # VaR vs realised PnL (the Basel window)
-CORRELATION_DAYS = 90       # daily returns behind the correlation heatmap
 RECENT_RUNS = 10            # pipeline health: this many latest runs
 
 QUERIES: dict[str, tuple[str, str]] = {
@@ -27,21 +25,21 @@ QUERIES: dict[str, tuple[str, str]] = {
         select * from gold.fact_pnl_daily
         where as_of_date <= %(as_of)s and as_of_date > %(as_of)s::date - {HISTORY_DAYS}
         order by portfolio_id, as_of_date"""),
-    "var_usd": ("fact_price_daily", VAR_USD_SQL),
     "risk": ("fact_risk_metrics", """
         select * from gold.fact_risk_metrics where as_of_date = %(as_of)s order by portfolio_id"""),
     "backtest": ("fact_var_backtest", f"""
         select * from gold.fact_var_backtest
         where as_of_date <= %(as_of)s and as_of_date > %(as_of)s::date - {BACKTEST_DAYS}
         order by portfolio_id, method, confidence, as_of_date"""),
+    "model_comparison": ("fact_var_model_comparison", """
+        select * from gold.fact_var_model_comparison where as_of_date = %(as_of)s
+        order by portfolio_id, method, confidence"""),
     "positions": ("fact_positions", """
         select * from gold.fact_positions where as_of_date = %(as_of)s order by portfolio_id, product_id"""),
     "asset_risk": ("fact_asset_risk", """
         select * from gold.fact_asset_risk where as_of_date = %(as_of)s order by product_id"""),
-    "prices": ("fact_price_daily", f"""
-        select product_id, price_date, close from gold.fact_price_daily
-        where price_date <= %(as_of)s and price_date > %(as_of)s::date - {CORRELATION_DAYS + 1}
-        order by product_id, price_date"""),
+    "correlations": ("fact_correlations", """
+        select * from gold.fact_correlations where as_of_date = %(as_of)s order by product_id_a, product_id_b"""),
     "factor_exposures": ("fact_factor_exposures", """
         select distinct on (product_id, factor_name) *
         from gold.fact_factor_exposures

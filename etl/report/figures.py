@@ -4,17 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-# The one place a portfolio's risk is put in USD, to rank portfolios of different base currencies: gold's VaR 99%
-# (base currency) x the as-of day's close of `<base>-USD` in gold.fact_price_daily (1 for a USD book; NULL, ranked
-# last, without that close). Pages only read it.
-VAR_USD_SQL = """
-    select r.portfolio_id,
-           r.var_99_hist * case when p.base_currency = 'USD' then 1.0 else fx.close end as var_99_hist_usd
-    from gold.fact_risk_metrics as r
-    inner join gold.dim_portfolio as p on p.portfolio_id = r.portfolio_id
-    left join gold.fact_price_daily as fx on fx.product_id = p.base_currency || '-USD' and fx.price_date = r.as_of_date
-    where r.as_of_date = %(as_of)s"""
-
 
 def total(values: pd.Series) -> float:
     """The sum of a figure over portfolios, or NaN (shown as missing) when any of them lacks it: a partial sum or a
@@ -22,12 +11,16 @@ def total(values: pd.Series) -> float:
     return values.astype(float).sum(min_count=len(values)) if len(values) else float("nan")
 
 
-def backtest_summary(bt: pd.DataFrame) -> pd.DataFrame:
-    """Per method x confidence of fact_var_backtest rows: days observed (`n_obs`), exceptions, expected exceptions
-    (n_obs x (1 - confidence)). The report adds the traffic-light zone; the cockpit shows it as is."""
-    if bt.empty:
-        return pd.DataFrame(columns=["method", "confidence", "n_obs", "exceptions", "expected"])
-    g = bt.assign(exc=bt["is_exception"].astype(bool)).groupby(["method", "confidence"], as_index=False)
-    out = g.agg(n_obs=("exc", "size"), exceptions=("exc", "sum"))
-    out["expected"] = out["n_obs"] * (1.0 - out["confidence"])
-    return out
+def correlation_matrix(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The square matrix of gold.fact_correlations rows of one day (product_id_a < product_id_b, correlation): the
+    engine's figures in both orders, 1 on the diagonal; empty without pairs. Pages read it, never recompute it."""
+    if pairs.empty:
+        return pd.DataFrame()
+    both = pd.concat([pairs, pairs.rename(columns={"product_id_a": "product_id_b", "product_id_b": "product_id_a"})])
+    wide = both.pivot_table(index="product_id_a", columns="product_id_b", values="correlation", aggfunc="first")
+    products = sorted(set(wide.index) | set(wide.columns))
+    wide = wide.reindex(index=products, columns=products).astype(float)
+    for p in products:
+        wide.at[p, p] = 1.0
+    wide.index.name = wide.columns.name = None
+    return wide

@@ -24,6 +24,11 @@ class Formats:
     def pct(self, v, decimals: int = 1) -> str:
         return f"{float(v):.{decimals}%}" if self.is_value(v) else "–"
 
+    def of(self, unit: str) -> Callable[[object], str]:
+        """The reading of a unit of etl/report/shown.py: "currency", "pnl" (signed), "fraction", "number"."""
+        return {"currency": self.money, "pnl": lambda v: self.money(v, signed=True), "fraction": self.pct,
+                "number": self.number}[unit]
+
     def number(self, v) -> str:
         """Whole numbers with thousands separators, others to 2 decimals from 100 up, else 4 significant digits."""
         if not self.is_value(v):

@@ -8,11 +8,13 @@ Layout (ids are stable: tests and bookmarks rely on them):
                         #market-price-quality (prints the quality gate flagged on the day)
   h2#pipeline-health    h3#pipeline-durations, #pipeline-rows, #pipeline-failures
   h2#data-notes         gold tables that were missing or empty
+
+The parts (stylesheet, KPI card, table, chart frame, page frame) are the HTML kit the cockpit shares
+(etl/report/kit.py); the methods and measures listed come from the registry (etl/measures.py).
 """
 
 from __future__ import annotations
 
-import html
 import logging
 import math
 import re
@@ -22,64 +24,23 @@ from datetime import UTC, date, datetime
 import numpy as np
 import pandas as pd
 
-from etl.report import charts
-from etl.report.data import CORRELATION_DAYS, ReportData
-from etl.report.figures import backtest_summary, total
+from etl import measures
+from etl.measures import FRACTION_LIMITS, LIMIT_TYPES
+from etl.report import charts, kit
+from etl.report.data import ReportData
+from etl.report.figures import correlation_matrix, total
 from etl.report.formatting import Formats
-from etl.risk.backtest import traffic_light
+from etl.report.kit import e
 
 log = logging.getLogger(__name__)
 
-LIMIT_TYPES = ("var", "concentration", "drawdown")
-METHODS = (("hist", "Historical"), ("param", "Parametric"), ("mc", "Monte Carlo"))
+DRAWDOWN_MEASURE = ("Drawdown limits are checked on the drawdown from peak: today's fall of the portfolio's wealth "
+                    "(its daily returns on gross exposure, compounded) from its running peak over the VaR lookback; "
+                    "max drawdown is the deepest fall in that window.")
 FIRST_SCREEN_BREACHES = 10  # the worst breaches on the first screen; all of them in data/breaches.csv
 PORTFOLIO_ROWS = 50         # rows of the report's portfolio table; every portfolio is in portfolios.html
 DETAIL_PAGES = 50           # portfolios with a detail page (breached first, then largest VaR 99%)
 
-CSS = """
-*{box-sizing:border-box}
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2733;background:#f4f6f8;
- line-height:1.45}
-main{max-width:1400px;margin:0 auto;padding:0 1rem 3rem}
-header.top{background:#1f4e79;color:#fff;padding:1rem}
-header.top .inner{max-width:1400px;margin:0 auto}
-header.top h1{margin:0 0 .3rem;font-size:1.6rem}
-header.top a{color:#dfe9f5}
-nav a{margin-right:1rem}
-nav.portfolio-index a{margin-right:.25rem}
-h2{border-bottom:2px solid #1f4e79;padding-bottom:.2rem;margin-top:2.2rem}
-h3{margin-top:1.8rem;color:#1f4e79}
-h4{margin:1.2rem 0 .4rem}
-section.portfolio{background:#fff;border-radius:6px;padding:.2rem 1rem 1rem;margin:1rem 0;
- box-shadow:0 1px 3px rgba(0,0,0,.08)}
-.kpis{display:grid;grid-template-columns:repeat(auto-fit,minmax(170px,1fr));gap:.7rem;margin:1rem 0}
-.kpi{background:#fff;border-radius:6px;padding:.6rem .8rem;box-shadow:0 1px 3px rgba(0,0,0,.08)}
-.kpi .label{font-size:.8rem;color:#5b6b7b;text-transform:uppercase;letter-spacing:.03em}
-.kpi .value{font-size:1.15rem;font-weight:600;font-variant-numeric:tabular-nums;overflow-wrap:anywhere}
-.table-wrap{overflow-x:auto;margin:.5rem 0}
-table{border-collapse:collapse;background:#fff;font-size:.88rem;min-width:50%}
-th,td{padding:.3rem .5rem;border-bottom:1px solid #e1e6eb;text-align:left;vertical-align:top;overflow-wrap:anywhere}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}td.num{white-space:nowrap}
-thead th{background:#eef2f6;position:sticky;top:0}
-figure.chart{margin:.8rem 0;background:#fff;padding:.4rem;border-radius:6px}
-figure.chart svg{width:100%;height:auto;display:block}
-figure.chart.narrow svg{max-width:720px;margin:0 auto}
-figcaption{font-size:.8rem;color:#5b6b7b;padding:.2rem .4rem}
-.pos{color:#2e7d32}.neg{color:#c62828}
-.badge{display:inline-block;padding:.05rem .5rem;border-radius:999px;font-weight:600;font-size:.85rem}
-.zone-green{background:#c8e6c9;color:#1b5e20}.zone-yellow{background:#fff3c4;color:#7a5a00}
-.zone-red{background:#ffcdd2;color:#b71c1c}
-.ok{background:#c8e6c9;color:#1b5e20}.bad{background:#ffcdd2;color:#b71c1c}.unknown{background:#e0e0e0}
-.empty{color:#5b6b7b;font-style:italic}
-.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5rem .8rem;margin:.5rem 0}
-.status{padding:.4rem .8rem;border-radius:4px;margin:.6rem 0 0;font-weight:600}
-.status.complete{background:#c8e6c9;color:#1b5e20}.status.incomplete{background:#ffcdd2;color:#b71c1c}
-.first-screen{display:grid;grid-template-columns:minmax(0,3fr) minmax(0,2fr);gap:1rem}
-.first-screen h3{margin-top:.4rem}.kpi .value.small{font-size:.9rem}
-#section-summary h2{margin-top:.8rem}header.top{padding:.6rem 1rem}
-@media (max-width:900px){.first-screen{grid-template-columns:1fr}}
-@media (max-width:700px){header.top h1{font-size:1.25rem}.kpi .value{font-size:1.05rem}}
-"""
 
 
 # ---- formatting ------------------------------------------------------------------------------------------------
@@ -103,19 +64,15 @@ def limit_value(limit_type: str, v) -> str:
     """Limits and breach values in their natural unit: VaR in money, concentration and drawdown as a percentage."""
     if not _isnum(v):
         return "–"
-    return pct(v) if limit_type in ("concentration", "drawdown") and abs(float(v)) <= 5 else number(v)
+    return pct(v) if limit_type in FRACTION_LIMITS and abs(float(v)) <= 5 else number(v)
 
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
 
 
-def e(text) -> str:
-    return html.escape(str(text), quote=True)
-
-
 def _sign_class(v) -> str:
-    return "" if not _isnum(v) else ("pos" if float(v) >= 0 else "neg")
+    return kit.sign_class(v, _isnum)
 
 
 Column = tuple[str, str, Callable | None]  # (column, header, formatter -> str); numeric when a formatter is given
@@ -123,39 +80,16 @@ Column = tuple[str, str, Callable | None]  # (column, header, formatter -> str);
 
 def table(df: pd.DataFrame, columns: Iterable[Column], table_id: str | None = None, signed: Iterable[str] = (),
           raw: Iterable[str] = ()) -> str:
-    """`raw`: columns whose cells are trusted HTML built by this module (links), written unescaped."""
-    columns = [c for c in columns if c[0] in df.columns]
-    signed, raw = set(signed), set(raw)
-    head = "".join(f'<th class="num">{e(h)}</th>' if f else f"<th>{e(h)}</th>" for _, h, f in columns)
-    body = []
-    for row in df.itertuples(index=False):
-        cells = []
-        for col, _, f in columns:
-            v = getattr(row, col)
-            if col in raw:
-                cells.append(f"<td>{v}</td>")
-            elif f is None:
-                cells.append(f"<td>{e('' if not _isnum(v) else v)}</td>")
-            else:
-                cls = f"num {_sign_class(v)}" if col in signed else "num"
-                cells.append(f'<td class="{cls.strip()}">{e(f(v))}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    tid = f' id="{e(table_id)}"' if table_id else ""
-    return (f'<div class="table-wrap"><table{tid}><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
-
-
-def figure(svg: str, fig_id: str, caption: str, narrow: bool = False) -> str:
-    cls = "chart narrow" if narrow else "chart"
-    return f'<figure class="{cls}" id="{e(fig_id)}">{svg}<figcaption>{e(caption)}</figcaption></figure>'
-
-
-def empty(message: str) -> str:
-    return f'<p class="empty">{e(message)}</p>'
+    """The kit's table of a frame's rows. `raw`: columns whose cells are trusted HTML built by this module (links)."""
+    cols = [kit.Column(c, h, fmt=f, signed=c in set(signed), html=(lambda r, c=c: r[c]) if c in set(raw) else None)
+            for c, h, f in columns if c in df.columns]
+    frame = df[[c.key for c in cols]].astype(object)
+    rows = frame.where(frame.notna(), None).to_dict("records")  # missing (NaN, NA, NaT) reads as nothing or "–"
+    return kit.table(rows, cols, table_id, is_value=_isnum)
 
 
 def missing(table_name: str) -> str:
-    return f'<p class="note">gold.{e(table_name)} is not available in the warehouse: this part is left out.</p>'
+    return kit.note(f"gold.{table_name} is not available in the warehouse: this part is left out.")
 
 
 # ---- analysis helpers (small, pure) ----------------------------------------------------------------------------
@@ -173,12 +107,16 @@ def pick_method(backtest: pd.DataFrame) -> str:
     return methods[0]
 
 
-def backtest_zones(bt: pd.DataFrame) -> pd.DataFrame:
-    """`backtest_summary` plus the Basel traffic-light zone of each method x confidence (the risk engine's rule)."""
-    out = backtest_summary(bt)
-    out["zone"] = traffic_light(out["exceptions"].to_numpy(), out["n_obs"].to_numpy(),
-                                out["confidence"].to_numpy(dtype=float))
-    return out
+def backtest_zones(data: ReportData, pid: str) -> pd.DataFrame:
+    """The engine's backtest of the day per method x confidence (gold.fact_var_model_comparison): days, exceptions,
+    expected exceptions and the Basel traffic-light zone, as the risk run computed them."""
+    cols = {"method": "method", "confidence": "confidence", "n_days": "n_obs", "exceptions": "exceptions",
+            "expected_exceptions": "expected", "traffic_light": "zone"}
+    comparison = data.get("model_comparison")
+    if comparison is None:
+        return pd.DataFrame(columns=list(cols.values()))
+    mine = comparison[comparison["portfolio_id"].astype(str) == pid]
+    return mine[list(cols)].rename(columns=cols).assign(confidence=lambda d: normalise_confidence(d["confidence"]))
 
 
 def latest_task_status(runs: pd.DataFrame) -> pd.DataFrame:
@@ -196,12 +134,6 @@ def per_task(last: pd.DataFrame) -> pd.DataFrame:
             .agg(started_at=("started_at", "min"), dag_id=("dag_id", "first"), instances=("task_id", "size"),
                  failed=("failed", "sum"), rows_in=("rows_in", "sum"), rows_out=("rows_out", "sum"),
                  duration_s=("duration_s", "sum")))
-
-
-def correlation_matrix(prices: pd.DataFrame, min_obs: int = 10) -> pd.DataFrame:
-    wide = prices.pivot_table(index="price_date", columns="product_id", values="close", aggfunc="last").sort_index()
-    returns = np.log(wide.astype(float)).diff().iloc[1:]
-    return returns.corr(min_periods=min_obs).dropna(how="all").dropna(axis=1, how="all")
 
 
 # ---- sections --------------------------------------------------------------------------------------------------
@@ -246,11 +178,9 @@ def summary_frame(data: ReportData, portfolios: pd.DataFrame) -> pd.DataFrame:
     if pnl is not None:
         out = out.merge(pnl[["portfolio_id", "daily_pnl", "mtd_pnl"]].astype({"portfolio_id": str}), how="left")
     if risk is not None:
-        keep = [c for c in ("var_95_hist", "var_99_hist", "es_95_hist", "es_99_hist", "max_drawdown") if c in risk]
+        keep = [c for c in ("var_95_hist", "var_99_hist", "es_95_hist", "es_99_hist", "max_drawdown",
+                            "drawdown_from_peak", "var_99_hist_usd") if c in risk]
         out = out.merge(risk[["portfolio_id", *keep]].astype({"portfolio_id": str}), how="left")
-    var_usd = data.get("var_usd")
-    if var_usd is not None:
-        out = out.merge(var_usd.astype({"portfolio_id": str}), how="left")
     if breaches is not None:
         counts = breaches.astype({"portfolio_id": str}).groupby("portfolio_id").size().rename("breaches")
         out = out.merge(counts, how="left", left_on="portfolio_id", right_index=True)
@@ -276,20 +206,14 @@ def pipeline_status(data: ReportData) -> tuple[str, str]:
     return "ok", f"OK: {len(tasks)} task runs recorded, none failed"
 
 
-def _kpi(label: str, value: str, kpi_id: str, cls: str = "") -> str:
-    return (f'<div class="kpi" id="kpi-{kpi_id}"><div class="label">{e(label)}</div>'
-            f'<div class="value {cls}">{e(value)}</div></div>')
-
-
 def status_banner(data: ReportData) -> str:
     """The as-of status line: complete, or INCOMPLETE naming what is missing (never a green page over gaps)."""
     fs = data.first_screen
     if not fs:
         return ""
     if fs.get("status") == "complete":
-        return f'<div class="status complete" id="as-of-status">{data.as_of}: complete</div>'
-    what = "; ".join(fs.get("missing") or []) or "inputs missing"
-    return f'<div class="status incomplete" id="as-of-status">{data.as_of}: INCOMPLETE: {e(what)}</div>'
+        return kit.status("as-of-status", data.as_of)
+    return kit.status("as-of-status", data.as_of, "; ".join(fs.get("missing") or []) or "inputs missing")
 
 
 def _breach_rows(data: ReportData) -> pd.DataFrame | None:
@@ -302,7 +226,7 @@ def _breach_rows(data: ReportData) -> pd.DataFrame | None:
     if b is None:
         return None
     b = b.assign(utilisation=b["value"].astype(float) / b["limit_value"].astype(float), since=None, scope="eod",
-                 unit=[("fraction" if t in ("concentration", "drawdown") else "currency") for t in b["limit_type"]],
+                 unit=[("fraction" if t in FRACTION_LIMITS else "currency") for t in b["limit_type"]],
                  currency=b["base_currency"] if "base_currency" in b else "USD")
     return b.sort_values("utilisation", ascending=False)
 
@@ -318,35 +242,35 @@ def first_screen(data: ReportData, summary: pd.DataFrame) -> str:
     fr = data.first_screen.get("firm_risk") or {}
     if fr.get("available"):
         for col, label in (("var_99_hist", "Firm VaR 99% (diversified)"), ("es_99_hist", "Firm ES 99%")):
-            kpis.append(_kpi(label, money(fr.get(col), "USD"), f"firm-{slug(col)}"))
+            kpis.append(kit.kpi(label, money(fr.get(col), "USD"), f"firm-{slug(col)}"))
     else:
-        kpis.append(_kpi("Firm VaR 99%", "firm VaR not yet computed", "firm-var", "unknown small"))
+        kpis.append(kit.kpi("Firm VaR 99%", "firm VaR not yet computed", "firm-var", "unknown small"))
     currencies = summary["base_currency"].value_counts().sort_index().sort_values(ascending=False, kind="stable")
     for ccy in currencies.index:
         g = summary[summary["base_currency"] == ccy]
         suffix = "" if summary["base_currency"].nunique() == 1 else f" ({ccy})"
         k = slug(ccy)
         if "market_value" in g:
-            kpis.append(_kpi(f"Book value{suffix}", money(total(g["market_value"]), ccy), f"book-{k}"))
+            kpis.append(kit.kpi(f"Book value{suffix}", money(total(g["market_value"]), ccy), f"book-{k}"))
         if "daily_pnl" in g:
             v = total(g["daily_pnl"])
-            kpis.append(_kpi(f"Daily PnL{suffix}", money(v, ccy, signed=True), f"daily-pnl-{k}", _sign_class(v)))
+            kpis.append(kit.kpi(f"Daily PnL{suffix}", money(v, ccy, signed=True), f"daily-pnl-{k}", _sign_class(v)))
             v = total(g["mtd_pnl"])
-            kpis.append(_kpi(f"MTD PnL{suffix}", money(v, ccy, signed=True), f"mtd-pnl-{k}", _sign_class(v)))
+            kpis.append(kit.kpi(f"MTD PnL{suffix}", money(v, ccy, signed=True), f"mtd-pnl-{k}", _sign_class(v)))
     rows = _breach_rows(data)
     known = data.first_screen.get("status") == "complete"  # on an incomplete day, none found is not "none"
     if rows is None or (rows.empty and not known):
-        kpis.append(_kpi("Limit breaches", "–", "breaches", "unknown"))
+        kpis.append(kit.kpi("Limit breaches", "–", "breaches", "unknown"))
     else:
-        kpis.append(_kpi("Limit breaches", str(len(rows)), "breaches", "neg" if len(rows) else "pos"))
+        kpis.append(kit.kpi("Limit breaches", str(len(rows)), "breaches", "neg" if len(rows) else "pos"))
     cls, text = pipeline_status(data)
-    kpis.append(_kpi("Pipeline", text, "pipeline", "neg" if cls == "bad" else ""))
+    kpis.append(kit.kpi("Pipeline", text, "pipeline", "neg" if cls == "bad" else ""))
     parts = [f'<div class="kpis">{"".join(kpis)}</div>', '<div class="first-screen">', "<div>",
              f'<h3 id="summary-breaches">Limit breaches{"" if rows is None else f" ({len(rows)})"}</h3>']
     if rows is None:
         parts.append(missing("fact_limit_breaches"))
     elif rows.empty:
-        parts.append(empty(f"no limit breaches on {data.as_of}" if known else
+        parts.append(kit.empty(f"no limit breaches on {data.as_of}" if known else
                            f"limit breaches on {data.as_of} unknown: the day is incomplete"))
     else:
         top = rows.head(FIRST_SCREEN_BREACHES)
@@ -357,20 +281,26 @@ def first_screen(data: ReportData, summary: pd.DataFrame) -> str:
             when=["intraday" if s == "intraday" else "EOD" for s in top["scope"]],
             since_fmt=[str(v)[:16].replace("T", " ") if _isnum(v) else "–" for v in top["since"]])
         parts.append(table(top, [("when", "When", None), ("portfolio_id", "Portfolio", None),
-                                 ("limit_type", "Limit", None), ("value_fmt", "Value", None),
+                                 ("limit_type", "Limit", None), ("metric", "Measure", None),
+                                 ("value_fmt", "Value", None),
                                  ("limit_fmt", "Limit value", None), ("utilisation", "Utilisation", pct),
                                  ("since_fmt", "Since", None)], table_id="summary-breaches-table"))
         if len(rows) > len(top):
             parts.append(f"<p>{len(rows) - len(top)} more in data/breaches.csv and the risk cockpit.</p>")
-    parts.append('</div><div><h3 id="summary-drawdowns">Worst drawdowns</h3>')
-    dd = summary.dropna(subset=["max_drawdown"]) if "max_drawdown" in summary else summary.iloc[:0]
+    parts.append('</div><div><h3 id="summary-drawdowns">Worst drawdowns from peak</h3>')
+    dd = summary.dropna(subset=["drawdown_from_peak"]) if "drawdown_from_peak" in summary else summary.iloc[:0]
     if dd.empty:
-        parts.append(empty("no drawdown figures for this day"))
+        parts.append(kit.empty("no drawdown figures for this day"))
     else:
-        parts.append(table(dd.sort_values("max_drawdown").head(5),
-                           [("portfolio_id", "Portfolio", None), ("max_drawdown", "Max drawdown", pct),
-                            ("drawdown_limit", "Limit", pct)], table_id="summary-drawdowns-table"))
+        parts.append(table(dd.sort_values("drawdown_from_peak").head(5),
+                           [("portfolio_id", "Portfolio", None), ("drawdown_from_peak", "Drawdown from peak", pct),
+                            ("drawdown_limit", "Limit (on drawdown from peak)", pct),
+                            ("max_drawdown", "Max drawdown", pct)], table_id="summary-drawdowns-table"))
+        parts.append(f"<p>{e(DRAWDOWN_MEASURE)}</p>")
     parts.append("</div></div>")
+    if fr.get("available"):
+        parts += ['<h3 id="firm-var-by-method">Firm VaR and ES by method</h3>',
+                  _methods_table(fr, "firm", "USD", "firm-methods")]
     return "\n".join(parts)
 
 
@@ -383,8 +313,8 @@ def section_summary(data: ReportData, portfolios: pd.DataFrame, summary: pd.Data
 
 
 def _detail_order(summary: pd.DataFrame) -> pd.DataFrame:
-    """Portfolios with breaches first, then the largest VaR 99% in USD (figures.VAR_USD_SQL: books of different
-    currencies compare): the order of the table and of detail pages."""
+    """Portfolios with breaches first, then the largest VaR 99% in USD (the engine's var_99_hist_usd: books of
+    different currencies compare): the order of the table and of detail pages."""
     key = summary.assign(_b=summary["breaches"] if "breaches" in summary else 0,
                          _v=summary["var_99_hist_usd"] if "var_99_hist_usd" in summary else 0)
     return key.sort_values(["_b", "_v", "portfolio_id"], ascending=[False, False, True]).drop(columns=["_b", "_v"])
@@ -428,8 +358,8 @@ def _portfolio_breaches(data: ReportData, pid: str) -> str:
     if mine.empty:
         risk = data.get("risk")
         if risk is None or not (risk["portfolio_id"].astype(str) == pid).any():  # not computed: unknown, not none
-            return empty(f"limit breaches on {data.as_of} unknown: no risk metrics for this day")
-        return empty(f"no limit breaches on {data.as_of}")
+            return kit.empty(f"limit breaches on {data.as_of} unknown: no risk metrics for this day")
+        return kit.empty(f"no limit breaches on {data.as_of}")
     mine = mine.assign(value_fmt=[limit_value(t, v) for t, v in zip(mine["limit_type"], mine["value"], strict=True)],
                        limit_fmt=[limit_value(t, v)
                                   for t, v in zip(mine["limit_type"], mine["limit_value"], strict=True)])
@@ -437,21 +367,25 @@ def _portfolio_breaches(data: ReportData, pid: str) -> str:
                         ("limit_fmt", "Limit value", None)], table_id=f"breaches-{slug(pid)}")
 
 
-def _risk_table(risk_row: pd.Series, ccy: str, pid: str) -> str:
-    rows = []
-    for key, label in METHODS:
-        vals = {m: risk_row.get(f"{m}_{key}") for m in ("var_95", "var_99", "es_95", "es_99")}
-        if any(_isnum(v) for v in vals.values()):
-            rows.append({"method": label, **vals})
+def _methods_table(row, scope: str, ccy: str, table_id: str) -> str:
+    """VaR/ES of every method the registry (etl/measures.py) computes in `scope`, one row per method with a figure."""
+    headers, methods = measures.grid(scope)
+    rows = [{"method": m.label, **{key: row.get(col) for key, col in cols.items()}} for m, cols in methods
+            if any(_isnum(row.get(col)) for col in cols.values())]
     if not rows:
-        return empty("no VaR/ES figures for this day")
-    df = pd.DataFrame(rows)
-    out = table(df, [("method", "Method", None), ("var_95", f"VaR 95% ({ccy})", money),
-                     ("var_99", f"VaR 99% ({ccy})", money), ("es_95", f"ES 95% ({ccy})", money),
-                     ("es_99", f"ES 99% ({ccy})", money)], table_id=f"risk-{slug(pid)}")
-    extras = [f"{label}: {fmt(risk_row.get(col))}" for col, label, fmt in (
-        ("vol_20d", "vol 20d", pct), ("vol_30d", "vol 30d", pct), ("vol_ewma", "vol EWMA", pct),
-        ("max_drawdown", "max drawdown", pct), ("lookback_days", "lookback days", number)) if col in risk_row]
+        return kit.empty("no VaR/ES figures for this day")
+    return table(pd.DataFrame(rows), [("method", "Method", None),
+                                      *[(key, f"{label} ({ccy})", money) for key, label in headers]],
+                 table_id=table_id)
+
+
+def _risk_table(risk_row: pd.Series, ccy: str, pid: str) -> str:
+    """VaR/ES by method, then the portfolio's plain measures (etl/measures.py)."""
+    out = _methods_table(risk_row, "portfolio", ccy, f"risk-{slug(pid)}")
+    extras = [f"{m.label}: {pct(risk_row.get(m.name)) if 'fraction' in m.unit else number(risk_row.get(m.name))}"
+              for m in measures.plain_measures("portfolio") if m.name in risk_row]
+    if "lookback_days" in risk_row:
+        extras.append(f"lookback days: {number(risk_row.get('lookback_days'))}")
     return out + (f"<p>{e('; '.join(extras))} (volatilities annualised)</p>" if extras else "")
 
 
@@ -466,7 +400,7 @@ def _rows(data: ReportData, key: str, table_name: str, none_text: str, parts: li
     if portfolio_id is not None:
         frame = frame[frame["portfolio_id"].astype(str) == portfolio_id]
     if frame.empty:
-        parts.append(empty(none_text))
+        parts.append(kit.empty(none_text))
         return None
     return frame
 
@@ -477,8 +411,8 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
     limits = {t: p.get(f"{t}_limit") for t in LIMIT_TYPES}
     parts = [f'<section class="portfolio" id="section-portfolio-{sid}">',
              f'<h3 id="portfolio-{sid}">{e(name)} <small>({e(pid)}, {e(ccy)})</small></h3>',
-             "<p>Limits: " + e("; ".join(f"{t} {money(v, ccy) if t == 'var' else limit_value(t, v)}"
-                                         for t, v in limits.items())) + "</p>",
+             "<p>Limits: " + e("; ".join(f"{t} {limit_value(t, v) if t in FRACTION_LIMITS else money(v, ccy)}"
+                                         for t, v in limits.items())) + " (drawdown: on the drawdown from peak)</p>",
              f'<h4 id="portfolio-{sid}-breaches">Limit breaches on {data.as_of}</h4>',
              _portfolio_breaches(data, pid)]
 
@@ -494,14 +428,15 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
     if val is None:
         parts.append(missing("fact_portfolio_valuation"))
     elif my_val.empty:
-        parts.append(empty("no valuation history"))
+        parts.append(kit.empty("no valuation history"))
     else:
-        parts.append(figure(charts.value_and_pnl(my_val, my_pnl, ccy, f"{name}: market value and daily PnL ({ccy})"),
+        parts.append(kit.figure(charts.value_and_pnl(my_val, my_pnl, ccy, f"{name}: market value and daily PnL ({ccy})"),
                             f"chart-value-{sid}", f"Market value and daily PnL up to {data.as_of}, in {ccy}."))
         parts.append(f'<h4 id="portfolio-{sid}-drawdown">Drawdown (underwater)</h4>')
         dd_limit = float(limits["drawdown"]) if _isnum(limits["drawdown"]) else None
-        parts.append(figure(charts.underwater(my_val, f"{name}: drawdown from running peak", dd_limit),
-                            f"chart-drawdown-{sid}", "Market value relative to its running peak (0% = at a high)."))
+        parts.append(kit.figure(charts.underwater(my_val, f"{name}: drawdown from running peak", dd_limit),
+                            f"chart-drawdown-{sid}", f"The risk engine's daily drawdown from peak (0% = at a high). "
+                                                     f"{DRAWDOWN_MEASURE}"))
 
     parts.append(f'<h4 id="portfolio-{sid}-backtest">VaR vs realised PnL</h4>')
     mine = _rows(data, "backtest", "fact_var_backtest", "no VaR backtest rows", parts, pid)
@@ -509,13 +444,13 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
         mine = mine.assign(confidence=normalise_confidence(mine["confidence"]))
         method = pick_method(mine)
         chosen = mine[mine["method"].astype(str) == method]
-        summ = backtest_zones(mine)
+        summ = backtest_zones(data, pid)
         z = summ[(summ["method"] == method) & np.isclose(summ["confidence"], 0.99)]
         zone = z["zone"].iat[0] if not z.empty else "n/a"
         n_days = int(z["n_obs"].iat[0]) if not z.empty else 0
         parts.append(f'<p>Traffic light ({e(method)} VaR 99%, last {n_days} days): '
                      f'<span class="badge zone-{e(zone)}" id="zone-{sid}">{e(zone.upper())}</span></p>')
-        parts.append(figure(charts.var_vs_pnl(chosen, ccy, f"{name}: {method} VaR vs realised daily PnL ({ccy})"),
+        parts.append(kit.figure(charts.var_vs_pnl(chosen, ccy, f"{name}: {method} VaR vs realised daily PnL ({ccy})"),
                             f"chart-var-{sid}", "Bars: realised PnL; lines: minus the VaR forecast; "
                                                 "crosses: exceptions (loss beyond VaR)."))
         parts.append(table(summ, [("method", "Method", None), ("confidence", "Confidence", lambda v: pct(v, 0)),
@@ -527,11 +462,9 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
     mine = _rows(data, "positions", "fact_positions", f"no positions on {data.as_of}", parts, pid)
     if mine is not None:
         conc = float(limits["concentration"]) if _isnum(limits["concentration"]) else None
-        parts.append(figure(charts.exposure_by_asset(mine, ccy, f"{name}: exposure by asset ({ccy})", conc),
+        parts.append(kit.figure(charts.exposure_by_asset(mine, ccy, f"{name}: exposure by asset ({ccy})", conc),
                             f"chart-exposure-{sid}", f"Market value per asset on {data.as_of}."))
-        gross = mine["market_value"].astype(float).abs().sum()
-        mine = mine.assign(share=mine["market_value"].astype(float).abs() / gross if gross else np.nan,
-                           close_of=_close_of(mine))
+        mine = mine.assign(share=mine["weight"].astype(float).abs(), close_of=_close_of(mine))
         parts.append(table(mine.sort_values("share", ascending=False), [
             ("product_id", "Asset", None), ("quantity", "Quantity", number), ("avg_cost", "Avg cost", money),
             ("close", "Close", money), ("close_of", "Close of", None), ("market_value", f"Market value ({ccy})", money),
@@ -557,9 +490,9 @@ def section_market(data: ReportData) -> str:
     if ar is not None:
         col = next((c for c in ("vol_30d", "vol_20d", "vol_ewma") if c in ar and ar[c].notna().any()), None)
         if col is None:
-            parts.append(empty("no volatility figures"))
+            parts.append(kit.empty("no volatility figures"))
         else:
-            parts.append(figure(charts.volatility_ranking(ar, col, f"Annualised volatility ({col}) on {data.as_of}"),
+            parts.append(kit.figure(charts.volatility_ranking(ar, col, f"Annualised volatility ({col}) on {data.as_of}"),
                                 "chart-volatility", "Assets ranked by annualised volatility."))
             parts.append(table(ar.sort_values(col, ascending=False), [
                 ("product_id", "Asset", None), ("vol_20d", "Vol 20d", pct), ("vol_30d", "Vol 30d", pct),
@@ -567,30 +500,32 @@ def section_market(data: ReportData) -> str:
                 ("worst_daily_return", "Worst daily return", pct)], table_id="volatility-table"))
 
     parts.append('<h3 id="market-correlation">Correlation of daily returns</h3>')
-    prices = data.get("prices")
-    if prices is None:
-        parts.append(missing("fact_price_daily"))
+    pairs = data.get("correlations")
+    if pairs is None:
+        parts.append(missing("fact_correlations"))
     else:
-        corr = correlation_matrix(prices) if not prices.empty else pd.DataFrame()
+        corr = correlation_matrix(pairs)
         if corr.shape[0] < 2:
-            parts.append(empty(f"not enough daily prices in the last {CORRELATION_DAYS} days for a correlation"))
+            parts.append(kit.empty(f"no correlations stored for {data.as_of}"))
         else:
-            parts.append(figure(charts.heatmap(corr, f"Correlation of daily log returns, last {CORRELATION_DAYS} "
-                                                     "days", "correlation", vmin=-1, vmax=1),
-                                "chart-correlation", "Pearson correlation of daily log returns.", narrow=True))
+            n, ccy = int(pairs["n_obs"].max()), pairs["return_currency"].iat[0]
+            parts.append(kit.figure(charts.heatmap(corr, f"Correlation of daily {ccy} returns, last {n} days",
+                                               "correlation", vmin=-1, vmax=1),
+                                "chart-correlation", f"Pearson correlation of simple daily {ccy} returns over the "
+                                                     "VaR lookback, as the risk engine stored it.", narrow=True))
 
     parts.append('<h3 id="market-factor-exposures">Factor exposures</h3>')
     fx = _rows(data, "factor_exposures", "fact_factor_exposures", f"no factor exposures up to {data.as_of}", parts)
     if fx is not None:
         betas = fx.pivot_table(index="product_id", columns="factor_name", values="beta", aggfunc="last")
         last_at = pd.to_datetime(fx["bucket_start"], utc=True).max()
-        parts.append(figure(charts.heatmap(betas, f"Factor betas (latest snapshot up to {data.as_of})", "beta"),
+        parts.append(kit.figure(charts.heatmap(betas, f"Factor betas (latest snapshot up to {data.as_of})", "beta"),
                             "chart-factor-exposures", f"Latest rolling betas per asset and factor (as of {last_at})."))
 
     parts.append('<h3 id="market-anomalies">Anomalies</h3>')
     an = _rows(data, "anomalies", "fact_anomalies", "no anomalies on this day", parts)
     if an is not None:
-        parts.append(figure(charts.anomalies_timeline(an, f"Return anomalies on {data.as_of} ({len(an)} flagged)",
+        parts.append(kit.figure(charts.anomalies_timeline(an, f"Return anomalies on {data.as_of} ({len(an)} flagged)",
                                                       data.as_of),
                             "chart-anomalies", "Flagged bars by time and asset."))
         top = an.assign(absz=an["robust_z"].astype(float).abs()).sort_values("absz", ascending=False).head(25)
@@ -620,7 +555,7 @@ def section_pipeline(data: ReportData) -> str:
         parts.append(missing("fact_pipeline_runs"))
         return "\n".join([*parts, "</section>"])
     if runs.empty:
-        parts.append(empty("no pipeline runs recorded"))
+        parts.append(kit.empty("no pipeline runs recorded"))
         return "\n".join([*parts, "</section>"])
     last = latest_task_status(runs)
     tasks = per_task(last)
@@ -635,7 +570,7 @@ def section_pipeline(data: ReportData) -> str:
     durations = durations.reindex(index=order, columns=columns)
     failed = failed.reindex(index=order, columns=columns)
     parts.append('<h3 id="pipeline-durations">Task durations over recent runs</h3>')
-    parts.append(figure(charts.task_durations(durations, failed, f"Task seconds, last {len(columns)} runs"),
+    parts.append(kit.figure(charts.task_durations(durations, failed, f"Task seconds, last {len(columns)} runs"),
                         "chart-durations", "Seconds per task (mapped instances summed) and run (DAG, start time "
                                            "UTC); red outline: the task failed in that run."))
 
@@ -662,7 +597,7 @@ def section_pipeline(data: ReportData) -> str:
     parts.append('<h3 id="pipeline-failures">Failures</h3>')
     failures = runs[runs["status"].astype(str) == "failed"].copy()
     if failures.empty:
-        parts.append(empty("no failed task attempts in the recent runs"))
+        parts.append(kit.empty("no failed task attempts in the recent runs"))
     else:
         failures["started_at"] = pd.to_datetime(failures["started_at"], utc=True).dt.strftime("%Y-%m-%d %H:%M:%S")
         parts.append(table(failures.sort_values("started_at", ascending=False),
@@ -675,7 +610,7 @@ def section_pipeline(data: ReportData) -> str:
 
 def section_notes(data: ReportData, extra: Iterable[str] = ()) -> str:
     notes = [*data.notes, *extra]
-    body = "".join(f'<p class="note">{e(n)}</p>' for n in notes) if notes else empty("all gold tables were read")
+    body = "".join(f'<p class="note">{e(n)}</p>' for n in notes) if notes else kit.empty("all gold tables were read")
     return f'<section id="section-notes"><h2 id="data-notes">Data notes</h2>{body}</section>'
 
 
@@ -688,27 +623,6 @@ def _guarded(build: Callable[[], str], fallback_heading: str, what: str, notes: 
         note = f"the {what} section could not be drawn: {type(exc).__name__}: {exc}"
         notes.append(note)
         return f'{fallback_heading}<p class="note">{e(note)}</p>'
-
-
-def _page(title: str, header: str, body: str) -> str:
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{e(title)}</title>
-<style>{CSS}</style>
-</head>
-<body>
-<header class="top"><div class="inner">
-{header}
-</div></header>
-<main>
-{body}
-</main>
-</body>
-</html>
-"""
 
 
 def render(data: ReportData, links: dict[str, str] | None = None, extra_notes: Iterable[str] = (),
@@ -740,13 +654,13 @@ def pages(data: ReportData, links: dict[str, str] | None = None, extra_notes: It
         body = _guarded(lambda p=p: section_portfolio(data, p),
                         f'<h3 id="portfolio-{slug(p["portfolio_id"])}">{e(p["portfolio_id"])}</h3>',
                         f"portfolio {p['portfolio_id']}", failures)
-        out[detail_file(p["portfolio_id"])] = _page(f"{p['portfolio_id']}: risk as of {data.as_of}",
+        out[detail_file(p["portfolio_id"])] = kit.report_page(f"{p['portfolio_id']}: risk as of {data.as_of}",
                                                     f"<h1>{e(p['portfolio_id'])} as of {data.as_of}</h1>{back}",
                                                     body)
     everything = _detail_order(summary).assign(
         detail=lambda d: [f'<a href="{detail_file(p)}">detail</a>' if p in set(detailed) else ""
                           for p in d["portfolio_id"]])
-    out["portfolios.html"] = _page(f"Portfolios as of {data.as_of}", f"<h1>All portfolios as of {data.as_of}</h1>"
+    out["portfolios.html"] = kit.report_page(f"Portfolios as of {data.as_of}", f"<h1>All portfolios as of {data.as_of}</h1>"
                                    f'<a href="report.html">Risk report</a>',
                                    _portfolio_table(everything, "all-portfolios-table"))
     summary_html = _guarded(lambda: section_summary(data, portfolios, summary),
@@ -767,5 +681,5 @@ def pages(data: ReportData, links: dict[str, str] | None = None, extra_notes: It
 {market_html}
 {pipeline_html}
 {section_notes(data, [*extra_notes, *failures])}"""
-    out["report.html"] = _page(f"Risk report {data.as_of}", header, body)
+    out["report.html"] = kit.report_page(f"Risk report {data.as_of}", header, body)
     return out

@@ -17,9 +17,10 @@ import pandas as pd
 
 from etl.factors.factor_model import REGRESSION_FACTORS
 from etl.risk import valuation
-from etl.risk.engine import snapshot_arrays, usd_rates
+from etl.risk.engine import release_freed_memory, snapshot_arrays, usd_rates
 
 RESIDUAL = "residual"
+PORTFOLIO_CHUNK = 100       # portfolios valued at once (memory bound; the rows do not depend on it)
 COLUMNS = ["portfolio_id", "as_of_date", "factor_name", "exposure", "factor_return", "explained_pnl",
            "base_currency"]
 
@@ -68,10 +69,6 @@ def attribution_table(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolio
     pids = list(portfolios["portfolio_id"])
     base_of = dict(zip(portfolios["portfolio_id"], portfolios["base_currency"], strict=True))
     rates = usd_rates(closes, {quote_ccy[p] for p in held} | set(base_of.values()))
-    qty, cost = snapshot_arrays(positions, pids, held, days)
-    fx = (np.column_stack([rates[quote_ccy[a]] for a in held])[:, None, :]              # quote -> base, (T, P, A)
-          / np.column_stack([rates[base_of[p]] for p in pids])[:, :, None])
-    mv = valuation.value_positions(qty, cost, closes[held].to_numpy(), fx).market_value
 
     t = days.get_indexer(pd.to_datetime(pnl_daily["as_of_date"]))
     p = pd.Index(pids).get_indexer(pnl_daily["portfolio_id"])
@@ -86,8 +83,21 @@ def attribution_table(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolio
     beta = beta_wide.reindex(full).to_numpy().reshape(len(days), len(held), len(factors))   # (T, A, F), day = snapshot
     daily = daily_factor_returns(factor_returns, pd.DatetimeIndex(snap.unique())).reindex(days).to_numpy()
 
-    exposure, explained, defined, residual = explain(pnl_daily["daily_pnl"].to_numpy(dtype="float64"),
-                                                     mv[t - 1, p], beta[t - 1], daily[t])
+    pnl = pnl_daily["daily_pnl"].to_numpy(dtype="float64")
+    exposure, explained = np.empty((len(pnl), len(factors))), np.empty((len(pnl), len(factors)))
+    defined, residual = np.empty((len(pnl), len(factors)), dtype=bool), np.empty(len(pnl))
+    quote_usd = np.column_stack([rates[quote_ccy[a]] for a in held])[:, None, :]          # (T, 1, A)
+    for lo in range(0, len(pids), PORTFOLIO_CHUNK):               # memory: (T, P, A) and (rows, A, F) per chunk
+        chunk = pids[lo:lo + PORTFOLIO_CHUNK]
+        rows = np.flatnonzero((p >= lo) & (p < lo + len(chunk)))
+        qty, cost = snapshot_arrays(positions[positions["portfolio_id"].isin(chunk)], chunk, held, days)
+        fx = quote_usd / np.column_stack([rates[base_of[q]] for q in chunk])[:, :, None]   # quote -> base, (T, P, A)
+        mv = valuation.value_positions(qty, cost, closes[held].to_numpy(), fx).market_value
+        parts = explain(pnl[rows], mv[t[rows] - 1, p[rows] - lo], beta[t[rows] - 1], daily[t[rows]])
+        for whole, part in zip((exposure, explained, defined, residual), parts, strict=True):
+            whole[rows] = part
+        del qty, cost, fx, mv, parts
+        release_freed_memory()                                     # the chunk's arrays, not kept for the next
     n, f = exposure.shape
     keys = {"portfolio_id": pnl_daily["portfolio_id"].to_numpy(), "as_of_date": pnl_daily["as_of_date"].to_numpy(),
             "base_currency": pnl_daily["base_currency"].to_numpy()}

@@ -12,18 +12,24 @@ paths of the ES tests included, is the same whatever the chunk.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import sparse
 
+from etl import measures
 from etl.errors import DataNotFoundError
+from etl.measures import BACKTEST_CONFIDENCES, CONFIDENCES
 from etl.risk import (
     anomalies,
     backtest,
+    book_var,
     contributions,
     drawdown,
     es_backtest,
@@ -39,15 +45,12 @@ from etl.risk.scenarios import scenario_tables
 
 log = logging.getLogger(__name__)
 
-CONFIDENCES = (0.95, 0.99)
-METHODS = ("hist", "param", "mc", "fhs_ewma", "garch_t", *tails.METHODS)
+METHODS = measures.method_names("portfolio")   # every method of a portfolio is backtested
 FILTERED = ("fhs_ewma", "garch_t")     # volatility-filtered historical simulation (etl.risk.filtered)
-EVT_CONFIDENCES = (*CONFIDENCES, 0.995)   # evt_gpd is also read deeper in the tail it models
-BACKTEST_CONFIDENCES = (0.95, 0.975, 0.99)   # 97.5%: the Basel ES level
 TEST_SIZE = 0.05                       # a backtest fails when its p-value is below this
 MIN_VAR_OBS = 20          # fewest daily returns a VaR forecast may rest on (backtest days before that are skipped)
-VOL_WINDOWS = (20, 30)
 BACKTEST_CELLS = 4_000_000  # scenario losses (days x portfolios x scenarios) the backtest holds at once
+DRAWDOWN_METRIC = "drawdown_from_peak"   # what a drawdown limit is checked on, end of day and intraday
 PORTFOLIO_CHUNK = 100       # portfolios valued and backtested together (memory bound; the results do not depend on it)
 
 
@@ -69,6 +72,7 @@ class RiskParams:
     es_bootstrap: int = 1000               # McNeil-Frey: bootstrap resamples
     es_seed: int = 11
     stress_file: str | None = None         # stress scenario config (None: only the worst historical windows)
+    tail_refit_days: int = 20              # backtest: the tail models refitted every this many days, rescaled between
 
     @classmethod
     def from_settings(cls, s) -> RiskParams:
@@ -228,7 +232,6 @@ class _Book:
 
 def _portfolio_tables(b: _Book, portfolios: pd.DataFrame, positions: pd.DataFrame, params: RiskParams,
                       sigmas: dict[str, dict[str, np.ndarray]]) -> dict[str, pd.DataFrame]:
-    as_of = b.days[-1]
     pids = list(portfolios["portfolio_id"])
     base_of = dict(zip(portfolios["portfolio_id"], portfolios["base_currency"], strict=True))
     parts: dict[str, list[pd.DataFrame]] = {}
@@ -240,13 +243,15 @@ def _portfolio_tables(b: _Book, portfolios: pd.DataFrame, positions: pd.DataFram
             qty, cost = snapshot_arrays(positions[positions["portfolio_id"].isin(chunk)], chunk, b.held, b.days)
             group = _group_tables(b.days, b.close, fx, qty, cost, chunk, b.held, base, b.z, b.scale, b.n_ret,
                                   b.hist_start, params, sigmas, b.scenarios, b.usd_move_of)
+            risk = group["risk_metrics"]        # in USD at the as-of close of <base>-USD: ranks books across currencies
+            risk["var_99_hist_usd"] = risk["var_99_hist"] * b.rates[base][-1]
             if lo:                                                         # the currency's scenario set once
                 del group["scenario_returns"], group["scenario_covariance"]
-            group["var_backtest_summary"] = backtest_summary(group["var_backtest"], as_of)   # per portfolio
             group["positions_valued"]["quote_currency"] = group["positions_valued"]["product_id"].map(b.quote_ccy)
             for name, df in group.items():
                 parts.setdefault(name, []).append(df)
-    tables = {name: pd.concat(parts.pop(name), ignore_index=True) for name in list(parts)}   # chunks freed
+    tables = {name: _concat(parts.pop(name)) for name in list(parts)}   # chunks freed
+    release_freed_memory()
     if not tables["var_backtest_summary"].empty:
         tables["var_backtest_summary"] = tables["var_backtest_summary"].sort_values(
             ["portfolio_id", "method", "confidence"], ignore_index=True)
@@ -323,26 +328,9 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
     # ---- as-of metrics ----
     window = asset_ret[-n_ret:]
     exposure = np.ascontiguousarray(mv[-1].T)                              # (A, P)
-    metrics = {}
-    for c, (v, e) in var.var_es_from_losses(var.historical_losses(window, exposure), CONFIDENCES).items():
-        metrics[_name("var", c, "hist")], metrics[_name("es", c, "hist")] = v, e
-    tail_losses = _exposed(exposure.T, -window.T)                          # (P, N): the hist losses
-    for method in tails.METHODS:                                           # fat-tailed fits of the same losses
-        fit = tails.fit(method, tail_losses)
-        for c in EVT_CONFIDENCES if method == "evt_gpd" else CONFIDENCES:
-            metrics[_name("var", c, method)], metrics[_name("es", c, method)] = fit.var_es(c)
-    sigma = var.portfolio_sigma(var.covariance(window), exposure)
-    for c in CONFIDENCES:
-        metrics[_name("var", c, "param")], metrics[_name("es", c, "param")] = var.parametric_var_es(sigma, c)
-    mc = var.var_es_from_losses(var.mc_losses(z, scale, var.covariance(window), exposure), CONFIDENCES)
-    for c, (v, e) in mc.items():
-        metrics[_name("var", c, "mc")], metrics[_name("es", c, "mc")] = v, e
     sig = _filtered_sigmas(asset_ret, base, params, {} if sigmas is None else sigmas)
-    for method in FILTERED:
-        u = filtered.standardised(asset_ret, sig[method])
-        fhs = filtered.fhs_window(u[-n_ret:], sig[method][-1])
-        for c, (v, e) in var.var_es_from_losses(var.historical_losses(fhs, exposure), CONFIDENCES).items():
-            metrics[_name("var", c, method)], metrics[_name("es", c, method)] = v, e
+    scen = book_var.Scenarios.last(asset_ret, n_ret, {m: sig[m] for m in FILTERED}, z, scale)
+    metrics = book_var.book_var_es(scen, exposure, "portfolio")
     pr_window = port_ret[-n_ret:]
     mdd = drawdown.max_drawdown(pr_window)
     gross_now = expo["gross_exposure"][-1]
@@ -353,10 +341,11 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
     with np.errstate(invalid="ignore", divide="ignore"):
         for col in list(metrics):
             risk[f"{col}_pct"] = np.where(gross_now > 0, metrics[col] / np.where(gross_now > 0, gross_now, 1), np.nan)
-    for w in VOL_WINDOWS:
-        risk[f"vol_{w}d"] = risk_returns.window_vol(port_ret[1:], w, params.annualization_days)
+    for m in measures.series_measures("portfolio"):
+        risk[m.name] = getattr(risk_returns, m.function)(port_ret[1:], m.window, params.annualization_days)
     risk["vol_ewma"] = risk_returns.ewma_vol(pr_window, params.ewma_lambda, params.annualization_days)
     risk["max_drawdown"] = mdd.max_drawdown
+    risk["drawdown_from_peak"] = drawdown.drawdown_series(pr_window)[-1]   # the drawdown limit's measure, now
     risk["lookback_days"] = n_ret
     risk["daily_pnl"] = pnl[-1]
     risk["mtd_pnl"] = mtd[-1]
@@ -395,15 +384,17 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
     with np.errstate(invalid="ignore", divide="ignore"):
         positions_df["weight"] = positions_df["market_value"] / gross_now[pi]
 
-    bt_rows, es_rows = _backtest_rows(days, asset_ret, mv, pnl, pids, base, params, sig)
+    bt_rows, bt_summary, es_rows = _backtest_rows(days, asset_ret, mv, pnl, pids, base, params, sig)
     return {"risk_metrics": risk, "portfolio_valuation": valuation_df, "pnl_daily": pnl_df,
-            "positions_valued": positions_df, "drawdowns": drawdowns, "var_backtest": bt_rows, "es_backtest": es_rows,
+            "positions_valued": positions_df, "drawdowns": drawdowns, "var_backtest": bt_rows,
+            "var_backtest_summary": bt_summary, "es_backtest": es_rows,
             "risk_contributions": contribution_rows(window, exposure, pids, held, as_of, base),
             "stress_results": stress.stress_rows(days, price, exposure, gross_now, pids, held, base,
                                                  scenarios or stress.Scenarios.empty(),
                                                  usd_move_of or (lambda shocks: dict.fromkeys(held, 0.0))),
             # what the intraday revaluation re-uses: this scenario set, its covariance, each book's drawdown
-            **scenario_tables(as_of, days[-n_ret:], window, held, base, pids, pr_window, params)}
+            **scenario_tables(as_of, days[-n_ret:], window, held, base, pids, risk["drawdown_from_peak"].to_numpy(),
+                              params)}
 
 
 def contribution_rows(window: np.ndarray, exposure: np.ndarray, ids, held, as_of, currency: str,
@@ -412,37 +403,35 @@ def contribution_rows(window: np.ndarray, exposure: np.ndarray, ids, held, as_of
     cov = var.covariance(window)
     cols = {}
     for c in CONFIDENCES:
-        cols[_name("component_var", c, "param")], cols[_name("marginal_var", c, "param")] = \
+        cols[measures.column("component_var", c, "param")], cols[measures.column("marginal_var", c, "param")] = \
             contributions.parametric(cov, exposure, c)
     for c, comp in contributions.historical_es(window, exposure, CONFIDENCES).items():
-        cols[_name("component_es", c, "hist")] = comp
+        cols[measures.column("component_es", c, "hist")] = comp
     ai, pi = np.nonzero(exposure)
     return pd.DataFrame({"portfolio_id": np.asarray(ids)[pi], "product_id": np.asarray(held)[ai],
                          "as_of_date": as_of, "scope": scope, "exposure": exposure[ai, pi],
                          **{k: v[ai, pi] for k, v in cols.items()}, "currency": currency})
 
 
-def _name(kind: str, confidence: float, method: str) -> str:
-    return f"{kind}_{confidence * 100:g}_{method}".replace(".", "")          # 0.99 -> 99, 0.995 -> 995
-
-
 def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
-                   sig: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   sig: dict) -> tuple[dict | pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Rolling out-of-sample backtest: the VaR/ES forecast made at the close of day f (holdings and the last N
     returns up to f; for the filtered methods the residuals up to f rescaled to the volatility forecast for f+1)
-    against the PnL realised on day f+1. Rows are keyed by the realised day (as_of_date). Also returns the ES
-    backtests (Z2, exceedance residuals) of every portfolio x method x confidence.
+    against the PnL realised on day f+1. Rows are keyed by the realised day (as_of_date), as columns (`_concat`
+    makes the table of all chunks at once). Also returns their summary (`backtest_summary`, from the arrays) and
+    the ES backtests (Z2, exceedance residuals) of every portfolio x method x confidence.
 
     Cost is that of the model, not of re-simulation: Monte Carlo is scored by its model's exact quantile
     (var.mc_model_var_es); the scenario methods' losses (days x portfolios x N) are built for a chunk of portfolios
-    at a time (memory bound) and only their largest losses are kept (var.loss_tail); the Z2 paths are drawn once
-    per method and level and shared by all portfolios (es_backtest.z2_null_*)."""
+    at a time (memory bound) and only their largest losses are kept (var.loss_tail); the tail models are refitted
+    every `tail_refit_days` and rescaled by the day's loss sd in between (_tail_backtest); the Z2 paths are drawn
+    once per method and level and shared by all portfolios (es_backtest.z2_null_*)."""
     t_all = len(days)
     n = params.var_lookback_days
     first_f = max(MIN_VAR_OBS, t_all - 1 - params.backtest_days)
     f = np.arange(first_f, t_all - 1)                                      # forecast days
     if len(f) == 0:
-        return pd.DataFrame(), pd.DataFrame()
+        return pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
 
     if "backtest" not in sig:      # the currency's cached volatilities also keep its scenarios, for the next chunk
         sig["backtest"] = _backtest_scenarios(asset_ret, f, n, sig)
@@ -472,39 +461,121 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
         forecasts.update(_scenario_backtest(method, sc, expo, held, rng, params, z2_null))
         # the sd of the day's scenario losses (hist: the parametric sigma itself)
         loss_sd[method] = sigma if method == "hist" else var.portfolio_sigma(sc.cov, expo_t)
-    forecasts.update(_tail_backtest(scenarios["hist"], expo, held, rng, params, z2_null))
+    forecasts.update(_tail_backtest(scenarios["hist"], expo, held, sigma, rng, params, z2_null))
     loss_sd.update(dict.fromkeys(tails.METHODS, sigma))                  # the sd of the losses they are fitted to
     keys = [(method, c) for method in METHODS for c in BACKTEST_CONFIDENCES]
+    hits = {(m, c): backtest.exceptions(forecasts[(m, c)][0], realized) for m, c in keys}
     cell = np.flatnonzero(held.ravel())                                   # (day, portfolio) cells with a book
     day, port = np.divmod(cell, len(pids))
 
-    def stacked(per_key) -> np.ndarray:                                   # one column over every key's cells
-        return np.concatenate([per_key(*key).ravel()[cell] for key in keys])
+    def stacked(per_key) -> list[np.ndarray]:                             # one column over every key's cells
+        return [per_key(*key).ravel()[cell] for key in keys]
 
-    rows = pd.DataFrame({
-        "portfolio_id": np.tile(np.asarray(pids, dtype=object)[port], len(keys)),
-        "as_of_date": np.tile(days[f + 1].to_numpy()[day], len(keys)),
-        "forecast_date": np.tile(days[f].to_numpy()[day], len(keys)),
-        "method": np.repeat(np.asarray([m for m, _ in keys], dtype=object), len(cell)),
-        "confidence": np.repeat([c for _, c in keys], len(cell)),
+    realized_dates = days[f + 1].to_numpy()
+    rows = {                                   # numpy columns as their pieces, joined once over all chunks
+        "portfolio_id": _dictionary(pids, np.tile(port, len(keys))),
+        "as_of_date": [realized_dates[day]] * len(keys),
+        "forecast_date": [days[f].to_numpy()[day]] * len(keys),
+        "method": _dictionary([m for m, _ in keys], np.repeat(np.arange(len(keys)), len(cell))),
+        "confidence": [np.full(len(cell), c) for _, c in keys],
         "var_forecast": stacked(lambda m, c: forecasts[(m, c)][0]),
-        "realized_pnl": np.tile(realized.ravel()[cell], len(keys)),
-        "is_exception": stacked(lambda m, c: backtest.exceptions(forecasts[(m, c)][0], realized)),
+        "realized_pnl": [realized.ravel()[cell]] * len(keys),
+        "is_exception": stacked(lambda m, c: hits[(m, c)]),
         "es_forecast": stacked(lambda m, c: forecasts[(m, c)][1]),
-        "loss_sd": stacked(lambda m, c: loss_sd[m]), "base_currency": base,
+        "loss_sd": stacked(lambda m, c: loss_sd[m]),
+        "base_currency": _dictionary([base], np.zeros(len(cell) * len(keys), dtype=np.int32)),
+    }
+    summary = _series_summary(keys, hits, held, realized_dates, pids, days[-1])
+    valid = {key: _valid(held, forecasts[key]) for key in keys}
+    z2 = np.concatenate([es_backtest.z2_stat(-realized, *forecasts[(m, c)], 1 - c, valid[(m, c)]) for m, c in keys])
+    # every key's series side by side: one test, each group of series with k exceedances resampled together
+    er = es_backtest.exceedance_residual_test(
+        np.tile(-realized, len(keys)), *(np.hstack([forecasts[key][i] for key in keys]) for i in (0, 1)),
+        np.hstack([loss_sd[m] for m, _ in keys]), params.es_bootstrap, params.es_seed,
+        np.hstack([valid[key] for key in keys]))
+    tests = pd.DataFrame({
+        "portfolio_id": _str_column(pids, np.tile(np.arange(len(pids)), len(keys))),
+        "method": _str_column([m for m, _ in keys], np.repeat(np.arange(len(keys)), len(pids))),
+        "confidence": np.repeat([c for _, c in keys], len(pids)), "z2": z2,
+        "z2_p": np.concatenate([es_backtest.z2_p_value(z2[i * len(pids):(i + 1) * len(pids)], z2_null[key])
+                                for i, key in enumerate(keys)]),
+        "exceedance_residual_n": er["n"], "exceedance_residual_mean": er["mean"],
+        "exceedance_residual_t": er["t"], "exceedance_residual_p": er["p"]})
+    return rows, summary, tests
+
+
+def _dictionary(names, codes: np.ndarray) -> pa.DictionaryArray:
+    """names[codes] as an Arrow dictionary array (`_concat` casts the chunks' to one string column: 5x faster
+    than from Python strings)."""
+    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(list(names), pa.string()))
+
+
+def _str_column(names, codes: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    """names[codes] as a pandas string column, built in Arrow from the codes."""
+    return _strings([_dictionary(names, codes)])
+
+
+def _strings(chunks: list[pa.DictionaryArray]) -> pd.api.extensions.ExtensionArray:
+    return pd.array(pa.chunked_array(chunks).cast(pa.large_string()), dtype="str")
+
+
+def _concat(parts: list) -> pd.DataFrame:
+    """One table from the chunks' parts: DataFrames, or dicts of columns (lists of numpy pieces, or Arrow
+    dictionary arrays) built into one DataFrame (each value copied once), each column freed from the parts as it
+    is joined."""
+    if not isinstance(parts[0], dict):
+        return pd.concat(parts, ignore_index=True)
+    columns = {}
+    for name in list(parts[0]):
+        chunks = [part.pop(name) for part in parts]
+        columns[name] = (_strings(chunks) if isinstance(chunks[0], pa.Array) else
+                         np.concatenate([piece for pieces in chunks for piece in pieces]))
+        del chunks
+        release_freed_memory()                   # the chunks' pages hold the next column instead of adding to it
+    return pd.DataFrame(columns, copy=False)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim from the process's own symbols, or None (another C library)."""
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
+def release_freed_memory() -> None:
+    """Hand the pages of freed arrays back to the OS (glibc's malloc_trim; elsewhere nothing). glibc keeps freed
+    memory for reuse, raising its mmap threshold after large frees, so a run's RSS would otherwise hold every
+    chunk's arrays after they are joined (a quarter of the peak of `python -m etl risk` at 1,000 portfolios)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _series_summary(keys, hits: dict, held: np.ndarray, dates: np.ndarray, pids, as_of) -> pd.DataFrame:
+    """`backtest_summary` of the backtest rows from their arrays: each key's exceptions (F, P) on the days held
+    (F, P), realised on dates (F,); a series is the held days of one portfolio (none held: no row)."""
+    f_len, p = held.shape
+    has = held.any(axis=0)                                                # (P,) series with a row
+    first, last = held.argmax(axis=0), f_len - 1 - held[::-1].argmax(axis=0)
+    seen = np.maximum.accumulate(np.where(held, np.arange(f_len)[:, None], -1), axis=0)
+    prev = np.vstack([np.full((1, p), -1), seen[:-1]])                    # the series' previous held day
+    pair = held & (prev >= 0)
+    cols, counts = np.arange(p), []
+    for key in keys:
+        h = hits[key] & held
+        before = h[np.maximum(prev, 0), cols]
+        counts.append([(pair & ~before & ~h).sum(axis=0), (pair & ~before & h).sum(axis=0),
+                       (pair & before & ~h).sum(axis=0), (pair & before & h).sum(axis=0)])
+    counts = np.asarray(counts, dtype="float64").transpose(0, 2, 1)[:, has].reshape(-1, 4)   # (keys x P, 4)
+    n_series = int(has.sum())
+    out = pd.DataFrame({
+        "portfolio_id": _str_column(np.asarray(pids)[has], np.tile(np.arange(n_series), len(keys))),
+        "method": _str_column([m for m, _ in keys], np.repeat(np.arange(len(keys)), n_series)),
+        "confidence": np.repeat([c for _, c in keys], n_series),
+        "n_days": np.tile(held.sum(axis=0)[has], len(keys)).astype("int64"),
+        "exceptions": np.concatenate([(hits[key] & held).sum(axis=0)[has] for key in keys]).astype("int64"),
+        "window_start": np.tile(dates[first[has]], len(keys)), "window_end": np.tile(dates[last[has]], len(keys)),
     })
-    tests = []
-    for method, c in keys:
-        fc, es = forecasts[(method, c)]
-        valid = _valid(held, (fc, es))
-        z2 = es_backtest.z2_stat(-realized, fc, es, 1 - c, valid)
-        er = es_backtest.exceedance_residual_test(-realized, fc, es, loss_sd[method], params.es_bootstrap,
-                                                  params.es_seed, valid)
-        tests.append(pd.DataFrame({"portfolio_id": pids, "method": method, "confidence": c, "z2": z2,
-                                   "z2_p": es_backtest.z2_p_value(z2, z2_null[(method, c)]),
-                                   "exceedance_residual_n": er["n"], "exceedance_residual_mean": er["mean"],
-                                   "exceedance_residual_t": er["t"], "exceedance_residual_p": er["p"]}))
-    return rows, pd.concat(tests, ignore_index=True)
+    return _coverage_tests(out, counts, as_of)
 
 
 @dataclass(frozen=True)
@@ -572,48 +643,57 @@ def _scenario_backtest(method: str, sc: _Scenarios, expo: np.ndarray, held: np.n
     return out
 
 
-def _exposed(expo: np.ndarray, neg_w: np.ndarray) -> np.ndarray:
-    """Scenario losses (..., P, N) of exposures (..., P, A) to negated returns (..., A, N), summed asset by asset:
-    the same bits for a portfolio whatever the others (a BLAS product's rounding varies with the batch at 1e-16,
-    which the flat optimum of an ML fit magnifies)."""
-    out = np.zeros((*expo.shape[:-1], neg_w.shape[-1]))
-    for a in range(expo.shape[-1]):
-        out += expo[..., a, None] * neg_w[..., None, a, :]
+def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, sigma: np.ndarray, rng: np.random.Generator,
+                   params: RiskParams, z2_null: dict) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
+    """Forecasts of the tail methods (etl.risk.tails) and into z2_null their Z2 paths. The forecast days are cut in
+    blocks of `tail_refit_days`; in each block a portfolio's models are fitted once, to its historical scenario
+    losses on the block's first day it holds something (its refit day r, all refits of a chunk in one vectorised
+    fit), and on the block's day t the forecast is that model rescaled to the day's loss sd sigma_t (exact every
+    day): VaR_t = VaR_r sigma_t / sigma_r, ES alike; a refit day without spread (sigma_r 0) rescales to nothing
+    (NaN) unless sigma_t is 0 too. A Z2 path draws on each day one uniform U shared by all portfolios, the day's
+    loss being each portfolio's model quantile at U (tails.tail_quantiles); the rescaling cancels in loss / ES, so
+    a block's draws are scored with its fitted model; only U above the lowest confidence can exceed VaR (the
+    quantiles increase), so only those are evaluated."""
+    f_len, p = held.shape
+    block = np.arange(f_len) // max(1, params.tail_refit_days)
+    starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
+    first = np.minimum.reduceat(np.where(held, np.arange(f_len)[:, None], f_len), starts, axis=0)   # (B, P)
+    refit = np.where(first < f_len, first, starts[:, None])
+    cells = [(d, np.flatnonzero(refit[block[d]] == d)) for d in np.unique(refit)]      # each (block, portfolio) once
+    losses = np.concatenate([np.where(sc.pad[d], np.nan, var.exposed_losses(expo[d, ports], sc.neg_w[d])) for d, ports in cells])
+    at = (np.concatenate([np.full(len(ports), block[d]) for d, ports in cells]),
+          np.concatenate([ports for _, ports in cells]))                  # the (block, portfolio) of each fit
+    sigma_r = sigma[refit, np.arange(p)][block]                           # (F, P) the loss sd on the refit day
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rescale = np.where(sigma_r > 0, sigma / np.where(sigma_r > 0, sigma_r, 1.0), np.where(sigma > 0, np.nan, 1.0))
+    u = rng.random((params.es_simulations, f_len))
+    day, path = np.nonzero(u.T > min(BACKTEST_CONFIDENCES))               # the draws in day order
+    draws = sparse.csr_matrix((np.ones(len(path)), (path, np.arange(len(path)))), shape=(len(u), len(path)))
+    bounds = np.searchsorted(day, np.r_[starts, f_len])                  # each block's draws
+    out, nulls = {}, {}
+    for method in tails.METHODS:
+        fitted = tails.fit(method, losses)
+        fit = tails.TailFit(method, {k: _scatter(at, v, (starts.size, p)) for k, v in fitted.params.items()})
+        q = np.concatenate([tails.tail_quantiles(fit.take(b), u[path[lo:hi], day[lo:hi]])
+                            for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))])   # (D, P)
+        for c in BACKTEST_CONFIDENCES:
+            v_r, e_r = fit.var_es(c)                                      # (B, P)
+            v, e = out[(method, c)] = rescale * v_r[block], rescale * e_r[block]
+            valid = _valid(held, (v, e))
+            term = np.zeros_like(q)
+            for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    hit = valid[day[lo:hi]] & (q[lo:hi] > v_r[b])
+                    np.divide(q[lo:hi], e_r[b], out=term[lo:hi], where=hit)
+            nulls[(method, c)] = es_backtest.z2_from_sums(np.asarray(draws @ term), valid.sum(axis=0), 1 - c)
+    z2_null.update(nulls)
     return out
 
 
-def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, rng: np.random.Generator, params: RiskParams,
-                   z2_null: dict) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
-    """Forecasts of the tail methods (etl.risk.tails), each fitted on each day to the day's historical scenario
-    losses (every day x portfolio of a chunk in one vectorised fit), and into z2_null their Z2 paths: a path draws
-    on each day one uniform U shared by all portfolios, the day's loss being each portfolio's model quantile at U;
-    only U above the lowest confidence can exceed VaR (the quantiles increase), so only those are evaluated."""
-    f_len, n = sc.pad.shape
-    p = expo.shape[1]
-    u = rng.random((params.es_simulations, f_len))
-    path, day = np.nonzero(u > min(BACKTEST_CONFIDENCES))
-    draws = sparse.csr_matrix((np.ones(len(path)), (path, np.arange(len(path)))), shape=(len(u), len(path)))
-    keys = [(method, c) for method in tails.METHODS for c in BACKTEST_CONFIDENCES]
-    out = {key: (np.empty((f_len, p)), np.empty((f_len, p))) for key in keys}
-    nulls = {key: np.empty((len(u), p)) for key in keys}
-    step = max(1, BACKTEST_CELLS // (f_len * n))
-    for lo in range(0, p, step):
-        cols = slice(lo, lo + step)
-        losses = _exposed(expo[:, cols], sc.neg_w)                        # (F, Pc, N)
-        np.copyto(losses, np.nan, where=sc.pad[:, None, :])
-        for method in tails.METHODS:
-            fit = tails.fit(method, losses)
-            q = fit.take(day).quantile(u[path, day][:, None])             # (draws, Pc)
-            for c in BACKTEST_CONFIDENCES:
-                v, e = fit.var_es(c)
-                out[(method, c)][0][:, cols], out[(method, c)][1][:, cols] = v, e
-                valid = _valid(held[:, cols], (v, e))
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    hit = valid[day] & (q > v[day])
-                    term = np.where(hit, q / np.where(hit, e[day], 1.0), 0.0)
-                nulls[(method, c)][:, cols] = es_backtest.z2_from_sums(np.asarray(draws @ term), valid.sum(axis=0),
-                                                                       1 - c)
-    z2_null.update(nulls)
+def _scatter(at: tuple[np.ndarray, np.ndarray], values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An array of `shape` holding values[i] at (at[0][i], at[1][i]) (every place is given one)."""
+    out = np.empty(shape)
+    out[at] = values
     return out
 
 
@@ -622,20 +702,24 @@ def backtest_summary(bt: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     the Basel traffic light over the backtest window."""
     if bt.empty:
         return pd.DataFrame()
-    bt = bt[["portfolio_id", "method", "confidence", "as_of_date", "is_exception"]].sort_values(
-        ["portfolio_id", "method", "confidence", "as_of_date"])                 # only the columns it needs
     keys = ["portfolio_id", "method", "confidence"]
-    g = bt.groupby(keys, sort=False)
+    g = bt[[*keys, "as_of_date", "is_exception"]].groupby(keys)           # only the columns it needs
     out = g.agg(n_days=("is_exception", "size"), exceptions=("is_exception", "sum"),
                 window_start=("as_of_date", "min"), window_end=("as_of_date", "max")).reset_index()
     # Christoffersen: transition counts of consecutive days within each series, all series at once
-    hits = bt["is_exception"].to_numpy()
-    series = g.ngroup().to_numpy()
+    series = g.ngroup().to_numpy()                                         # out's row of each bt row
+    order = np.lexsort((bt["as_of_date"].to_numpy(), series))             # each series' days in order
+    hits, series = bt["is_exception"].to_numpy()[order], series[order]
     same = np.r_[False, series[1:] == series[:-1]]                        # consecutive days of one series
     prev, cur = hits[:-1][same[1:]], hits[1:][same[1:]]
     sid = series[1:][same[1:]]
     code = 4 * sid + 2 * prev.astype(int) + cur.astype(int)
     counts = np.bincount(code, minlength=4 * len(out)).reshape(-1, 4).astype("float64")   # n00, n01, n10, n11
+    return _coverage_tests(out, counts, as_of)
+
+
+def _coverage_tests(out: pd.DataFrame, counts: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
+    """The summary's statistics from each series' n_days, exceptions, confidence and transition counts (K, 4)."""
     lr_ind, p_ind = backtest.christoffersen_counts(*counts.T)
     conf = out["confidence"].to_numpy()
     lr_pof, p_pof = backtest.kupiec(out["n_days"], out["exceptions"], conf)
@@ -674,8 +758,8 @@ def model_comparison(summary: pd.DataFrame, es_tests: pd.DataFrame) -> pd.DataFr
 
 def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame:
     """Every limit a portfolio breaches on the as-of day: var (the metric named by var_limit_metric, base-currency
-    amount), concentration (largest asset share of gross exposure) and drawdown (|max_drawdown| over the lookback
-    versus a positive fraction).
+    amount), concentration (largest asset share of gross exposure) and drawdown (|drawdown_from_peak|: today's fall
+    from the running peak over the lookback, as intraday checks it, versus a positive fraction).
 
     `breach_kind` is "exceeded" (value > limit) or "uncomputable": the metric is NaN or infinite, so the limit
     cannot be shown to hold and counts as breached (value NaN: unknown), never as passed. A portfolio holding
@@ -691,7 +775,7 @@ def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame
     checks = [
         ("var", m["var_limit_metric"], var_value, m["var_limit"]),
         ("concentration", "concentration_pct", m["concentration_pct"], m["concentration_limit"]),
-        ("drawdown", "abs_max_drawdown", -m["max_drawdown"], m["drawdown_limit"]),
+        ("drawdown", DRAWDOWN_METRIC, -m["drawdown_from_peak"], m["drawdown_limit"]),
     ]
     empty = (m["gross_exposure"] == 0).to_numpy()            # NaN gross (an unpriced holding) is not empty
     rows = []
@@ -737,7 +821,8 @@ def asset_tables(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: 
     asset = pd.DataFrame({
         "product_id": products, "as_of_date": as_of, "quote_currency": [quote_ccy.get(p, "") for p in products],
         "close": px[-1], "daily_return": r[-1], "log_return": risk_returns.log_returns(px[-2:])[0],
-        **{f"vol_{w}d": risk_returns.window_vol(r, w, params.annualization_days) for w in VOL_WINDOWS},
+        **{m.name: getattr(risk_returns, m.function)(r, m.window, params.annualization_days)
+           for m in measures.series_measures("asset")},
         "vol_ewma": risk_returns.ewma_vol(window, params.ewma_lambda, params.annualization_days),
         "max_drawdown": mdd.max_drawdown,
         "worst_daily_return": window[worst, np.arange(len(products))],

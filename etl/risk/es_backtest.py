@@ -19,6 +19,8 @@ forecast) are left out; T counts the valid days of each series.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -95,15 +97,29 @@ def exceedance_residuals(losses: np.ndarray, var: np.ndarray, es: np.ndarray, sd
     return [res[hit[:, k], k] for k in range(res.shape[1])]
 
 
-def _bootstrap_rows(r: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(t, p) of each row of r (R, k), every row resampled with the same indices idx (B, k); NaN for sd = 0.
-    A resample's sums are products with the count of each index in it (k, B); a resample of one repeated index
-    has sd 0 (t* = +-inf, or 0 for a zero residual, as a direct computation gives)."""
+def _resample_counts(idx: np.ndarray) -> np.ndarray:
+    """How often each of k indices is in each of B resamples idx (B, k): (k, B), read-only."""
     b_count, k = idx.shape
+    counts = np.bincount((idx + k * np.arange(b_count)[:, None]).ravel(), minlength=k * b_count)
+    counts = np.ascontiguousarray(counts.reshape(b_count, k).T, dtype="float64")
+    counts.flags.writeable = False
+    return counts
+
+
+@functools.lru_cache(maxsize=256)
+def _seeded_counts(seed: int, k: int, n_boot: int) -> np.ndarray:
+    """The resample counts of the series with k exceedances, seeded by (seed, k): drawn once per process (every
+    chunk of portfolios and every method share them)."""
+    return _resample_counts(np.random.default_rng((seed, k)).integers(0, k, size=(n_boot, k)))
+
+
+def _bootstrap_rows(r: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(t, p) of each row of r (R, k), every row resampled with the same resamples, given as the count of each
+    index in each of them (k, B); NaN for sd = 0. A resample's sums are products with those counts; a resample of
+    one repeated index has sd 0 (t* = +-inf, or 0 for a zero residual, as a direct computation gives)."""
+    k, b_count = counts.shape
     mean = r.mean(axis=1)
     sd = r.std(axis=1, ddof=1)
-    counts = np.bincount((idx + k * np.arange(b_count)[:, None]).ravel(), minlength=k * b_count)
-    counts = counts.reshape(b_count, k).T.astype("float64")
     centred = r - mean[:, None]
     s1, s2 = centred @ counts, (centred * centred) @ counts           # (R, B)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -122,7 +138,7 @@ def mean_zero_bootstrap(residuals: np.ndarray, n_boot: int, rng: np.random.Gener
     k = len(r)
     if k < 2:
         return float("nan"), float("nan")
-    t, p = _bootstrap_rows(r[None, :], rng.integers(0, k, size=(n_boot, k)))
+    t, p = _bootstrap_rows(r[None, :], _resample_counts(rng.integers(0, k, size=(n_boot, k))))
     return float(t[0]), float(p[0])
 
 
@@ -139,8 +155,8 @@ def exceedance_residual_test(losses: np.ndarray, var: np.ndarray, es: np.ndarray
     for k in np.unique(n[n >= 2]):
         cols = np.flatnonzero(n == k)
         r = res.T[cols][hit.T[cols]].reshape(len(cols), k)            # each series' residuals in day order
-        idx = np.random.default_rng((seed, int(k))).integers(0, k, size=(n_boot, k))
+        counts = _seeded_counts(int(seed), int(k), int(n_boot))
         step = max(1, max_cells // n_boot)
         for i in range(0, len(cols), step):
-            out["t"][cols[i:i + step]], out["p"][cols[i:i + step]] = _bootstrap_rows(r[i:i + step], idx)
+            out["t"][cols[i:i + step]], out["p"][cols[i:i + step]] = _bootstrap_rows(r[i:i + step], counts)
     return out

@@ -76,9 +76,14 @@ def _exact_constraint_jacobians():
 
 
 def _fit_one(x: np.ndarray, start: np.ndarray | None) -> tuple[np.ndarray, bool]:
+    model = _model(x)
+    if start is not None:
+        # arch grid-searches volatility starting values even when given some (a fifth of a warm fit) and then
+        # ignores the result (an invalid start is still where it starts; the t bounds are constants): skipped.
+        model.volatility.starting_values = lambda resids: np.asarray(start[:3], dtype="float64")
     with warnings.catch_warnings(), _exact_constraint_jacobians():
         warnings.simplefilter("ignore")                             # arch's convergence/starting-value notes
-        res = _model(x).fit(disp="off", starting_values=start, show_warning=False)
+        res = model.fit(disp="off", starting_values=start, show_warning=False)
     return np.asarray(res.params, dtype="float64"), res.optimization_result.success
 
 

@@ -41,16 +41,15 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from etl import measures
 from etl.errors import ValidationError
-from etl.risk import valuation, var
-from etl.risk.engine import snapshot_arrays
+from etl.risk import book_var, valuation, var
+from etl.risk.engine import DRAWDOWN_METRIC, snapshot_arrays
 from etl.risk.scenarios import ScenarioSet
 
 RISK_TABLE, BREACH_TABLE = "intraday_risk", "intraday_limit_breaches"
 BUCKET = pd.Timedelta(minutes=5)
 FUTURE_TOLERANCE = pd.Timedelta(minutes=1)  # clock skew between the scheduler and the worker
-CONFIDENCES = (0.95, 0.99)  # as the end-of-day engine
-METHODS = ("hist", "param", "mc")
 
 
 # ---- prices at a bucket --------------------------------------------------------------------------------------
@@ -176,28 +175,16 @@ def _revalue_group(close, fx, prev_close, fx_prev, qty_now, qty_prev, scenarios:
     path = np.nan_to_num(price[:-1]) @ qty_prev.T - (qty_prev @ np.nan_to_num(price_prev))[None, :]  # (B-1, P)
     out["pnl_path"] = np.vstack([path, out["intraday_pnl"][None, :]])
     out["gross_prev"] = np.abs(np.where(qty_prev != 0, qty_prev * price_prev[None, :], 0.0)).sum(axis=-1)
-    p = mv.shape[0]
-    nan = np.full(p, np.nan)
-    figures = {f"{k}_{round(c * 100)}_{m}": nan for k in ("var", "es") for c in CONFIDENCES for m in METHODS}
     if scenarios is not None and len(scenarios.windows.get(base, ())):
-        window, cov = scenarios.windows[base], scenarios.covariances[base]
         exposure = np.ascontiguousarray(mv[:, :n_scen].T)                      # (A, P) as the engine
         outside = (qty_now[:, n_scen:] != 0).any(axis=1)                       # holds a product with no scenario
-        for c, (v, e) in var.var_es_from_losses(var.historical_losses(window, exposure), CONFIDENCES).items():
-            figures[f"var_{round(c * 100)}_hist"], figures[f"es_{round(c * 100)}_hist"] = v, e
-        sigma = var.portfolio_sigma(cov, exposure)
-        for c in CONFIDENCES:
-            figures[f"var_{round(c * 100)}_param"], figures[f"es_{round(c * 100)}_param"] = \
-                var.parametric_var_es(sigma, c)
         n_mc, seed, dist, dof = scenarios.mc
         z, scale = var.mc_draws(n_mc, n_scen, seed, dist, dof)
-        for c, (v, e) in var.var_es_from_losses(var.mc_losses(z, scale, cov, exposure), CONFIDENCES).items():
-            figures[f"var_{round(c * 100)}_mc"], figures[f"es_{round(c * 100)}_mc"] = v, e
-        figures = {k: np.where(outside, np.nan, v) for k, v in figures.items()}
-    for c in CONFIDENCES:                                                      # the contract's names: historical
-        out[f"var_{round(c * 100)}"] = figures.pop(f"var_{round(c * 100)}_hist")
-        out[f"es_{round(c * 100)}"] = figures.pop(f"es_{round(c * 100)}_hist")
-    out.update(figures)
+        scen = book_var.Scenarios(scenarios.windows[base], scenarios.covariances[base], z, scale)
+        figures = book_var.book_var_es(scen, exposure, "intraday")
+        out.update({k: np.where(outside, np.nan, v) for k, v in figures.items()})
+    else:
+        out.update(dict.fromkeys(measures.columns("intraday"), np.full(mv.shape[0], np.nan)))
     return out
 
 
@@ -221,10 +208,11 @@ BREACH_COLUMNS = list(BREACH_DTYPES)
 
 
 def _var_column(metric: str) -> str:
-    """The intraday column a portfolio's var_limit_metric (e.g. var_99_hist) is checked on; hist -> var_99."""
-    kind, level, method = (metric.split("_") + ["hist"])[:3]
-    col = f"{kind}_{level}" if method == "hist" else f"{kind}_{level}_{method}"
-    return col if method in METHODS else f"{kind}_{level}"
+    """The intraday column a portfolio's var_limit_metric (e.g. var_99_hist) is checked on: the same measure,
+    confidence and method, or the historical figure for a method intraday does not compute (var_99)."""
+    kind, level, method = (metric.split("_", 2) + ["hist"])[:3]
+    return f"{kind}_{level}" + (f"_{method}" if method in measures.method_names("intraday") and method != "hist"
+                                else "")
 
 
 def limit_rows(risk: pd.DataFrame, portfolios: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
@@ -243,7 +231,7 @@ def limit_rows(risk: pd.DataFrame, portfolios: pd.DataFrame, previous: pd.DataFr
         if len(risk) else np.array([], dtype="float64")
     checks = [("var", np.asarray(lim["var_limit_metric"], dtype=object), var_value, lim["var_limit"]),
               ("concentration", "concentration_pct", risk["concentration_pct"].to_numpy(), lim["concentration_limit"]),
-              ("drawdown", "abs_drawdown_from_peak", -risk["drawdown"].to_numpy(), lim["drawdown_limit"])]
+              ("drawdown", DRAWDOWN_METRIC, -risk["drawdown"].to_numpy(), lim["drawdown_limit"])]
     opened = (previous[previous["status"] == "breach"] if previous is not None and len(previous)
               else pd.DataFrame(columns=BREACH_COLUMNS))
     since = dict(zip(zip(opened["portfolio_id"], opened["limit_type"], strict=True), opened["breached_at"],

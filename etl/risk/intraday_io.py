@@ -16,8 +16,8 @@ import pandas as pd
 
 from etl import commits
 from etl.lake import records_reads
-from etl.portfolios import book_products, load_portfolios, load_positions
-from etl.reference import load_instruments
+from etl.portfolios import book_products
+from etl.reference_set import Reference
 from etl.risk.intraday import BREACH_TABLE, RISK_TABLE, bucket_of, check_bucket, compute
 from etl.risk.scenarios import load_scenarios, scenario_note
 from etl.settings import get_settings
@@ -91,18 +91,19 @@ def previous_breaches(store, bucket: pd.Timestamp) -> pd.DataFrame | None:
 
 
 @records_reads
-def run_intraday_risk(interval_start: datetime | str, settings=None, now: datetime | None = None) -> IntradaySummary:
+def run_intraday_risk(interval_start: datetime | str, settings=None, now: datetime | None = None,
+                      reference: Reference | None = None) -> IntradaySummary:
     """Revalue every portfolio at the bucket starting at `interval_start` and write its two output files.
-    A bucket later than `now` (default: the clock) is refused (ValidationError), nothing written."""
+    A bucket later than `now` (default: the clock) is refused (ValidationError), nothing written.
+    `reference`: the run's reference data (etl.reference_set; default: the files of `settings`)."""
     t0 = time.perf_counter()
     settings = settings or get_settings()
     bucket = bucket_of(interval_start)
     check_bucket(bucket, now or datetime.now(UTC))
     day = bucket.date()
-    instruments = load_instruments(settings)
-    portfolios = load_portfolios(settings)
-    positions = load_positions(settings)
-    quote_ccy = dict(zip(instruments["product_id"], instruments["quote_currency"], strict=True))
+    reference = Reference.of(reference, settings)
+    instruments, portfolios, positions = reference.instruments, reference.portfolios, reference.positions
+    quote_ccy = reference.quote_ccy
     store = get_store(settings)
     scenarios = load_scenarios(store, day - timedelta(days=1))
     # what the book holds and its conversions, plus the scenario set's products (held until today's snapshot)

@@ -29,6 +29,16 @@ def window_vol(returns: np.ndarray, window: int, periods: int = 365) -> np.ndarr
     return returns[-window:].std(axis=0, ddof=1) * np.sqrt(periods)
 
 
+def downside_semideviation(returns: np.ndarray, window: int, periods: int = 365) -> np.ndarray:
+    """Annualised downside semi-deviation (target 0) of the last `window` rows of each column:
+    sqrt(sum(min(r, 0)^2) / window) x sqrt(periods); NaN when fewer rows exist."""
+    returns = np.asarray(returns, dtype="float64")
+    if returns.shape[0] < window:
+        return np.full(returns.shape[1:], np.nan)
+    down = np.minimum(returns[-window:], 0.0)
+    return np.sqrt((down * down).mean(axis=0)) * np.sqrt(periods)
+
+
 def ewma_weights(n: int, lam: float) -> np.ndarray:
     """Weights of the n rows, oldest first, newest weighted 1: lam**(n-1), ..., lam, 1 (normalised to sum 1)."""
     w = lam ** np.arange(n - 1, -1, -1, dtype="float64")

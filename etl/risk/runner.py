@@ -22,10 +22,11 @@ from etl import commits
 from etl.errors import DataNotFoundError, ValidationError
 from etl.factors import io as factor_io
 from etl.lake import records_reads
-from etl.portfolios import book_products, load_portfolios, load_positions
-from etl.reference import DELISTED_ON, load_instruments
+from etl.portfolios import book_products
+from etl.reference import DELISTED_ON
+from etl.reference_set import Reference
 from etl.risk import attribution, liquidity
-from etl.risk.engine import RiskParams, close_matrix, compute_tables, price_flags
+from etl.risk.engine import RiskParams, close_matrix, compute_tables, price_flags, release_freed_memory
 from etl.risk.scenarios import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
@@ -67,12 +68,13 @@ class RiskSummary:
 
 
 @records_reads
-def run_risk(as_of: date | None = None, settings: Settings | None = None) -> RiskSummary:
+def run_risk(as_of: date | None = None, settings: Settings | None = None,
+             reference: Reference | None = None) -> RiskSummary:
     """Compute and write every risk table for `as_of` (None = the last complete UTC day with daily bars for all
-    the book's products)."""
+    the book's products). `reference`: the run's reference data (default: the files of `settings`)."""
     t0 = time.perf_counter()
     settings = settings or get_settings()
-    inputs = load_inputs(as_of, settings)
+    inputs = load_inputs(as_of, settings, reference)
     tables = compute_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions, inputs.params,
                             inputs.bars_5m)
     return commit_tables(inputs, finish_portfolio_tables(inputs, inputs.portfolios, tables, settings), settings, t0)
@@ -93,13 +95,12 @@ class RiskInputs:
     bars_5m: pd.DataFrame
 
 
-def load_inputs(as_of: date | None, settings: Settings) -> RiskInputs:
+def load_inputs(as_of: date | None, settings: Settings, reference: Reference | None = None) -> RiskInputs:
     """The reference data and the silver bars of the as-of day's run (None: see run_risk)."""
     params = RiskParams.from_settings(settings)
-    instruments = load_instruments(settings)
-    portfolios = load_portfolios(settings)
-    positions = load_positions(settings)
-    quote_ccy = dict(zip(instruments["product_id"], instruments["quote_currency"], strict=True))
+    reference = Reference.of(reference, settings)
+    instruments, portfolios, positions = reference.instruments, reference.portfolios, reference.positions
+    quote_ccy = reference.quote_ccy
     products = sorted(book_products(instruments, portfolios, positions))
 
     # default as-of: read every daily bar up to yesterday (small: one row per product per day) and take the last
@@ -157,7 +158,10 @@ def commit_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings:
                           lookback_days=int(tables["risk_metrics"]["lookback_days"].iloc[0]),
                           breaches=len(tables["limit_breaches"]))
     # each table leaves pandas as it becomes Arrow (memory: the backtest has millions of rows)
-    parts = {(name, partition): to_arrow(tables.pop(name, pd.DataFrame())) for name in TABLES}
+    parts = {}
+    for name in TABLES:
+        parts[(name, partition)] = to_arrow(tables.pop(name, pd.DataFrame()))
+        release_freed_memory()                           # the frame's pages are not kept beside its Arrow copy
     for (name, _), part in parts.items():
         check_output(name, part.column_names)  # every column declared in etl/warehouse/tables.yml, and no other
     commits.publish(get_store(settings), commits.risk_manifest(as_of), "risk", parts, run_id=run_id,

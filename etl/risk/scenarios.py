@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from etl import commits
-from etl.risk import drawdown, var
+from etl.risk import var
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +25,11 @@ SCENARIO_MAX_DAYS_BACK = 31
 
 # ---- what the end-of-day run persists -------------------------------------------------------------------------
 def scenario_tables(as_of, scenario_days: pd.DatetimeIndex, window: np.ndarray, products: list[str], base: str,
-                    pids: list[str], portfolio_returns: np.ndarray, params) -> dict[str, pd.DataFrame]:
+                    pids: list[str], drawdown_from_peak: np.ndarray, params) -> dict[str, pd.DataFrame]:
     """The EOD inputs of the intraday revaluation for one base currency. window (N, A): the historical
-    scenarios (asset returns in `base`, row i = the return of scenario_days[i]); portfolio_returns (N, P): the
-    lookback window's portfolio returns, whose last drawdown from peak the intraday drawdown continues."""
+    scenarios (asset returns in `base`, row i = the return of scenario_days[i]); drawdown_from_peak (P,): each
+    portfolio's drawdown from its running peak over the lookback at the close (risk_metrics), which the intraday
+    drawdown continues."""
     n, a = window.shape
     prods = np.asarray(products)
     cov = var.covariance(window)
@@ -42,7 +43,7 @@ def scenario_tables(as_of, scenario_days: pd.DatetimeIndex, window: np.ndarray, 
             "covariance": cov.ravel()}),
         "scenario_portfolios": pd.DataFrame({
             "portfolio_id": pids, "base_currency": base, "as_of_date": as_of,
-            "drawdown": drawdown.drawdown_series(portfolio_returns)[-1], "lookback_days": n,
+            "drawdown": drawdown_from_peak, "lookback_days": n,
             "mc_scenarios": params.mc_scenarios, "mc_seed": params.mc_seed,
             "mc_distribution": params.mc_distribution, "mc_t_dof": params.mc_t_dof}),
     }

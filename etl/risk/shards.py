@@ -8,7 +8,8 @@ same in any shard) and writes them to the uncommitted area `outputs/_shards/<run
 marker last. `commit_shards` checks every shard's marker (else it fails naming the missing ones and commits
 nothing), computes what needs the whole book (`engine.book_tables`: firm VaR/ES from every position's USD
 exposure, firm contributions and stress, the product tables) and commits all tables with ONE run record, as
-`run_risk` does (etl.commits), then deletes the shard area. One shard gives the same tables as `run_risk`.
+`run_risk` does (etl.commits), then deletes the run's shard area, and `_shards` itself once no other run's shards
+wait there. One shard gives the same tables as `run_risk`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pandas as pd
 from etl.commits import OUTPUTS
 from etl.errors import DataNotFoundError
 from etl.lake import records_reads
+from etl.reference_set import Reference
 from etl.risk.engine import append_tables, book_tables, portfolio_tables
 from etl.risk.runner import RiskSummary, commit_tables, finish_portfolio_tables, load_inputs
 from etl.settings import Settings
@@ -65,10 +67,11 @@ def shard_dir(run_key: str, shard: int | None = None) -> str:
     return root if shard is None else posixpath.join(root, str(shard))
 
 
-def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Settings) -> dict:
+def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Settings,
+              reference: Reference | None = None) -> dict:
     """Compute the per-portfolio tables of one shard into its uncommitted area; returns its row counts."""
     t0 = time.perf_counter()
-    inputs = load_inputs(as_of, settings)
+    inputs = load_inputs(as_of, settings, reference)
     ids = shard_portfolios(inputs.portfolios["portfolio_id"], shard, shards)
     portfolios = inputs.portfolios[inputs.portfolios["portfolio_id"].astype(str).isin(ids)]
     tables = portfolio_tables(inputs.closes, inputs.quote_ccy, portfolios, inputs.positions, inputs.params)
@@ -88,7 +91,8 @@ def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Sett
 
 
 @records_reads
-def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings) -> RiskSummary:
+def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings,
+                  reference: Reference | None = None) -> RiskSummary:
     """Check every shard is done, add the whole book's tables and commit everything with one run record."""
     t0 = time.perf_counter()
     store = get_store(settings)
@@ -99,7 +103,7 @@ def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings) ->
                                 f"{store.path(done[missing[0]])}; nothing committed. Rerun compute_risk_shard "
                                 f"{missing} of that run, then compute_risk")
     markers = {i: store.read_json(rel) for i, rel in done.items()}
-    inputs = load_inputs(as_of, settings)
+    inputs = load_inputs(as_of, settings, reference)
     book = sorted(map(str, inputs.portfolios["portfolio_id"]))
     got = sorted(p for m in markers.values() if m["as_of"] == as_of.isoformat() for p in m["portfolios"])
     if got != book:
@@ -118,4 +122,6 @@ def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings) ->
                                       inputs.params, inputs.bars_5m))
     summary = commit_tables(inputs, tables, settings, t0)
     store.delete(shard_dir(run_key))
+    if not store.entries(SHARDS_DIR) and not store.list_dirs(SHARDS_DIR):   # no other run's shards waiting
+        store.delete(SHARDS_DIR)
     return summary

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from etl.errors import ValidationError
+from etl.reference import read_reference_csv
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,7 @@ def load_scenarios(path: Path | None) -> Scenarios:
     if path is None or not Path(path).exists():
         log.warning("no stress scenario file at %s: only the worst historical windows are run", path)
         return Scenarios.empty()
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    df.columns = [c.strip() for c in df.columns]
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise ValidationError(f"{path}:1: header: missing column(s) {missing}; expected {COLUMNS}")
-    df = df.apply(lambda s: s.str.strip())
+    df = read_reference_csv(Path(path), COLUMNS)
     named, shocks, kinds = [], [], {}
     for i, row in enumerate(df.itertuples(index=False)):
         where = f"{path}:{i + 2}"

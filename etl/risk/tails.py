@@ -232,3 +232,28 @@ def _gpd_es(c, v, u, xi, beta, zeta):
 
 _QUANTILE = {"param_cf": _cf_quantile, "param_t": _t_quantile, "evt_gpd": _gpd_quantile}
 _ES = {"param_cf": _cf_es, "param_t": _t_es, "evt_gpd": _gpd_es}
+
+T_NODE_STEP = 0.2        # spacing in s = -log(1-p) of the exact Student-t quantiles tail_quantiles interpolates
+
+
+def tail_quantiles(fit: TailFit, p: np.ndarray) -> np.ndarray:
+    """The loss quantiles (D, P) of P models (params (P,)) at D probabilities p > 1/2 (the Z2 draws of a backtest).
+    param_cf, evt_gpd: their closed forms. param_t: the exact quantile (an incomplete-beta inverse, ~0.4 us a value)
+    only at nodes spaced T_NODE_STEP apart in s = -log(1-p), between them log q by cubic Hermite interpolation in s
+    with the exact slopes d log q / ds = (1-p) / (q f(q)), f the t density: relative error below 1e-6."""
+    p = np.asarray(p, dtype="float64")
+    if fit.method != "param_t" or p.size == 0:
+        return fit.quantile(p[:, None])
+    s = -np.log1p(-p)
+    nodes = s.min() + T_NODE_STEP * np.arange(max(2, int(np.ceil((s.max() - s.min()) / T_NODE_STEP)) + 1))
+    nu = fit.params["nu"]
+    tail = np.exp(-nodes)[:, None]                                   # 1 - p at the nodes
+    q = -special.stdtrit(nu, tail)                                   # (G, P) standard t quantiles
+    log_f = special.gammaln((nu + 1) / 2) - special.gammaln(nu / 2) - 0.5 * np.log(nu * np.pi) \
+        - (nu + 1) / 2 * np.log1p(q * q / nu)
+    log_q, slope = np.log(q), tail / (q * np.exp(log_f))
+    j = np.minimum(((s - nodes[0]) / T_NODE_STEP).astype(np.int64), len(nodes) - 2)
+    x = ((s - nodes[j]) / T_NODE_STEP)[:, None]                      # (D, 1) position within the node interval
+    hermite = ((1 + 2 * x) * (1 - x) ** 2 * log_q[j] + x * (1 - x) ** 2 * T_NODE_STEP * slope[j]
+               + x * x * (3 - 2 * x) * log_q[j + 1] + x * x * (x - 1) * T_NODE_STEP * slope[j + 1])
+    return fit.params["scale"] * np.exp(hermite)

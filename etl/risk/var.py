@@ -94,6 +94,16 @@ def historical_losses(returns_window: np.ndarray, exposure: np.ndarray) -> np.nd
     return -(returns_window @ exposure)
 
 
+def exposed_losses(expo: np.ndarray, neg_w: np.ndarray) -> np.ndarray:
+    """Scenario losses (..., P, N) of exposures (..., P, A) to negated returns (..., A, N), summed asset by asset:
+    the same bits for a portfolio whatever the others (a BLAS product's rounding varies with the batch at 1e-16,
+    which the flat optimum of an ML fit magnifies)."""
+    out = np.zeros((*expo.shape[:-1], neg_w.shape[-1]))
+    for a in range(expo.shape[-1]):
+        out += expo[..., a, None] * neg_w[..., None, a, :]
+    return out
+
+
 def covariance(returns_window: np.ndarray) -> np.ndarray:
     """Sample covariance (ddof=1) over axis -2 ignoring rows with NaN. (..., N, A) -> (..., A, A)."""
     valid = ~np.isnan(returns_window).any(axis=-1, keepdims=True)    # (..., N, 1)

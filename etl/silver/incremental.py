@@ -38,6 +38,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -62,6 +63,11 @@ from etl.silver.bars import (
 from etl.storage import Store, exclusive, get_store, partition_path
 from etl.stream.sinks import BOOK_DIR, TRADES_DIR
 from etl.utc import to_utc
+
+if TYPE_CHECKING:  # pandas: the build's process only, not its workers
+    import pandas as pd
+
+    from etl.reference_set import Reference
 
 log = logging.getLogger(__name__)
 
@@ -130,18 +136,22 @@ class SilverSummary:
         ])
 
 
-def build(full_refresh: bool = False, settings: Settings | None = None, now: datetime | None = None) -> SilverSummary:
+def build(full_refresh: bool = False, settings: Settings | None = None, now: datetime | None = None,
+          reference: Reference | None = None) -> SilverSummary:
     """Bring silver up to date with bronze; `full_refresh` recomputes every partition (same bytes as incremental).
 
     `now` is the reference time of the `not_in_future` rule (default: the current time). Waits for the silver
-    lock (settings.lock_timeout_s) while another build or a compaction holds it.
+    lock (settings.lock_timeout_s) while another build or a compaction holds it. `reference`: the run's reference
+    data (etl.reference_set; default: the files of `settings`).
     """
+    from etl.reference_set import Reference  # pandas: the build's process only, not its workers
+
     settings = settings or get_settings()
     with exclusive(compaction.SILVER_LOCK, settings):
-        return _build(full_refresh, settings, now)
+        return _build(full_refresh, settings, now, Reference.of(reference, settings))
 
 
-def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> SilverSummary:
+def _build(full_refresh: bool, settings: Settings, now: datetime | None, reference: Reference) -> SilverSummary:
     started = time.perf_counter()
     store = get_store(settings)
     now = to_utc(now) if now else datetime.now(UTC)  # naive means UTC, like everywhere in the platform
@@ -151,7 +161,7 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
     state_files = {} if full_refresh else file_digests(store)
     committed = compaction.committed_batches(store)
     parts = compaction.scan(store, BRONZE_DIR)
-    overrides = _overrides(settings)
+    overrides = _overrides(reference.price_overrides)
     changed = {k for k, p in parts.items() if state.get(_key(k)) != _version(p, committed, overrides)}
     # the quality gate judges a day's prints with the days around it: a change reaches the days that read it
     todo = {k: parts[k] for k in sorted(changed | {n for k in changed for n in _shifted(k, REACHED)} & parts.keys())}
@@ -164,7 +174,7 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
     log.info("silver %s: %d of %d bronze partitions to rebuild", "full refresh" if full_refresh else "incremental",
              len(todo), len(parts))
     files = {k: compaction.current_files(store, p, committed) for k, p in sorted(todo.items())}
-    currencies = _quote_currencies({p for p, _ in files}, settings)
+    currencies = _quote_currencies({p for p, _ in files}, reference)
 
     chunks: dict[tuple[str, str], list[str]] = defaultdict(list)  # (product, month): a worker's memory is a month
     for product, day in sorted(files):
@@ -207,7 +217,7 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None) -> Silv
     if store.exists(TRADES_DIR):  # live trades from `python -m etl stream`: 5-minute bars from trades too
         from etl.silver.trade_bars import build_trade_bars
 
-        summary.trade_bars = str(build_trade_bars(settings, full_refresh))
+        summary.trade_bars = str(build_trade_bars(settings, full_refresh, reference))
     if store.exists(BOOK_DIR):  # order-book snapshots from `python -m etl stream`: spread and depth
         from etl.silver.liquidity import build_liquidity
 
@@ -267,11 +277,8 @@ def _context_files(store: Store, parts: dict, committed: set[str], product: str,
     return [f for k in sorted(around & parts.keys()) for f in compaction.current_files(store, parts[k], committed)]
 
 
-def _overrides(settings: Settings) -> dict[str, pa.Table]:
+def _overrides(df: pd.DataFrame) -> dict[str, pa.Table]:
     """product -> its rows of price_overrides.csv (granularity, bucket_start, accepted_by, accepted_at, reason)."""
-    from etl.reference import load_price_overrides  # pandas: the build's process only, not its workers
-
-    df = load_price_overrides(settings)
     return {str(p): pa.Table.from_pandas(g.drop(columns="product_id"), preserve_index=False)
             for p, g in df.groupby("product_id")}
 
@@ -561,15 +568,12 @@ def _save_state(store: Store, partitions: dict[str, dict], files: dict[str, str]
         store.delete(OLD_STATE_FILE)
 
 
-def _quote_currencies(products: set[str], settings: Settings) -> dict[str, str]:
-    from etl.reference import load_instruments  # pandas: the build's process only, not its workers
-
-    master = load_instruments(settings)
-    quotes = dict(zip(master["product_id"], master["quote_currency"], strict=True))
+def _quote_currencies(products: set[str], reference: Reference) -> dict[str, str]:
+    quotes = reference.quote_ccy
     unknown = sorted(products - set(quotes))
     if unknown:
         raise ValidationError(
             f"bronze holds product(s) {unknown} that are not in the instrument master "
-            f"{settings.reference_dir / 'instruments.csv'}: add a row (product_id,base_currency,quote_currency,"
+            f"{reference.settings.reference_dir / 'instruments.csv'}: add a row (product_id,base_currency,quote_currency,"
             f"exchange_id,asset_class,display_name) for each, then rerun `python -m etl silver`")
     return quotes

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import re
 from dataclasses import dataclass
+from datetime import date
 
 import pyarrow as pa
 
@@ -21,10 +23,12 @@ from etl.commits import new_run_id
 from etl.errors import ValidationError
 from etl.lake import DataFile, Lake
 from etl.storage import Store, partition_path
+from etl.stream.validate import PRODUCT
 
 log = logging.getLogger(__name__)
 BRONZE_VERSION = "bronze_version"   # the commit metadata naming the bronze version a build read
 KEYS = ["product_id", "date"]
+_PARTITION = re.compile(rf"product_id=({PRODUCT.pattern})/date=(\d{{4}}-\d{{2}}-\d{{2}})/")
 
 
 @dataclass
@@ -47,6 +51,30 @@ def increment(lake: Lake, bronze_dir: str, silver_dir: str, full_refresh: bool) 
         except ValidationError as exc:
             log.warning("silver %s: %s; rebuilding every partition", silver_dir, exc)
     return Increment(version, files, [f for f in files if f not in before])
+
+
+def touched(new: list[str], bronze_dir: str) -> list[tuple[str, str]]:
+    """The sorted (product_id, date) partitions the new files touch. A file outside a valid partition (written
+    before the collector validated its fields) is never a silver partition: skipped with a warning."""
+    partitions = {f: p for f in new if (p := partition_of(f))}
+    if len(partitions) < len(new):
+        log.warning("silver: %d bronze file(s) outside a valid product_id=/date= partition skipped, e.g. %r: "
+                    "move them out of %s", len(new) - len(partitions), sorted(set(new) - set(partitions))[0],
+                    bronze_dir)
+    return sorted(set(partitions.values()))
+
+
+def partition_of(path: str) -> tuple[str, str] | None:
+    """(product_id, date) of a streamed bronze file's hive partition, None when either fails the stream's field
+    rules (a partition written before they existed)."""
+    m = _PARTITION.search(path)
+    if m is None:
+        return None
+    try:
+        date.fromisoformat(m.group(2))
+    except ValueError:
+        return None
+    return m.group(1), m.group(2)
 
 
 def files_of(files: list[str], bronze_dir: str, product: str, day: str) -> list[str]:

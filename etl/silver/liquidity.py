@@ -31,7 +31,7 @@ import pyarrow as pa
 from etl.lake import Lake
 from etl.settings import Settings, get_settings
 from etl.silver import increments
-from etl.silver.trade_bars import BAR_US, partition_of
+from etl.silver.trade_bars import BAR_US
 from etl.storage import Store, get_store
 from etl.stream.sinks import BOOK_DIR
 
@@ -110,7 +110,7 @@ def build_liquidity(settings: Settings | None = None, full_refresh: bool = False
     lake = Lake.of(store, settings)
     summary = LiquiditySummary()
     bronze = increments.increment(lake, BOOK_DIR, LIQUIDITY_DIR, full_refresh)
-    touched = sorted({p for f in bronze.new if (p := partition_of(f))})
+    touched = increments.touched(bronze.new, BOOK_DIR)
     summary.files = len(bronze.new)
     parts = {}
     for product, day in touched:

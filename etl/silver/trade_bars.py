@@ -23,21 +23,19 @@ from __future__ import annotations
 
 import logging
 import posixpath
-import re
 from dataclasses import asdict, dataclass, field
-from datetime import date
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from etl.lake import Lake
+from etl.reference_set import Reference
 from etl.settings import Settings, get_settings
 from etl.silver import increments
 from etl.silver.bars import BARS_5M_SCHEMA
 from etl.storage import Store, get_store, partition_path
 from etl.stream.sinks import TRADES_DIR
-from etl.stream.validate import PRODUCT
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +46,6 @@ PART = "part-0.parquet"
 UNITS = 100_000_000
 BAR_US = 300 * 1_000_000
 TRADE_BARS_SCHEMA = BARS_5M_SCHEMA.append(pa.field("n_trades", pa.int64()))
-_PARTITION = re.compile(rf"product_id=({PRODUCT.pattern})/date=(\d{{4}}-\d{{2}}-\d{{2}})/")
 
 
 @dataclass
@@ -116,22 +113,19 @@ def read_trades(store: Store, files: list[str]) -> tuple[pd.DataFrame, int, int,
     return out, rows_in, duplicates, int((~ok).sum())
 
 
-def build_trade_bars(settings: Settings | None = None, full_refresh: bool = False) -> TradeBarsSummary:
-    """Bring silver trade bars up to date with bronze trades, then reconcile them with the candle bars."""
+def build_trade_bars(settings: Settings | None = None, full_refresh: bool = False,
+                     reference: Reference | None = None) -> TradeBarsSummary:
+    """Bring silver trade bars up to date with bronze trades, then reconcile them with the candle bars.
+    `reference`: the run's reference data (etl.reference_set; default: the files of `settings`)."""
     settings = settings or get_settings()
     store = get_store(settings)
     lake = Lake.of(store, settings)
     summary = TradeBarsSummary()
     bronze = increments.increment(lake, TRADES_DIR, TRADE_BARS_DIR, full_refresh)
     new = bronze.new
-    partitions = {f: p for f in new if (p := partition_of(f))}
-    if len(partitions) < len(new):  # written before the collector validated its fields: never a silver partition
-        log.warning("silver: %d bronze trade file(s) outside a valid product_id=/date= partition skipped, e.g. %r: "
-                    "move them out of %s", len(new) - len(partitions), sorted(set(new) - set(partitions))[0],
-                    TRADES_DIR)
-    touched = sorted(set(partitions.values()))
+    touched = increments.touched(new, TRADES_DIR)
     summary.files = len(new)
-    quotes = _quotes(settings, {p for p, _ in touched})
+    quotes = _quotes(Reference.of(reference, settings), {p for p, _ in touched})
     parts = {}
     for product, day in touched:
         trades, rows_in, dups, invalid = read_trades(store, increments.files_of(bronze.files, TRADES_DIR, product,
@@ -149,19 +143,6 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
         store.write_json(RECONCILIATION_FILE, asdict(summary))
     log.info("silver: %s", str(summary).replace("\n", " |"))
     return summary
-
-
-def partition_of(path: str) -> tuple[str, str] | None:
-    """(product_id, date) of a streamed bronze file's hive partition, None when either fails the stream's field
-    rules (a partition written before they existed)."""
-    m = _PARTITION.search(path)
-    if m is None:
-        return None
-    try:
-        date.fromisoformat(m.group(2))
-    except ValueError:
-        return None
-    return m.group(1), m.group(2)
 
 
 def _table(bars: pd.DataFrame, quote: str) -> pa.Table:
@@ -212,9 +193,6 @@ def reconcile(store: Store, partitions: list[tuple[str, str]]) -> dict:
             "products": sorted(m["product_id"].unique().tolist())}
 
 
-def _quotes(settings: Settings, products: set[str]) -> dict[str, str]:
-    from etl.reference import load_instruments
-
-    master = load_instruments(settings)
-    quotes = dict(zip(master["product_id"], master["quote_currency"], strict=True))
+def _quotes(reference: Reference, products: set[str]) -> dict[str, str]:
+    quotes = reference.quote_ccy
     return {p: quotes.get(p, p.split("-")[-1]) for p in products}

@@ -13,6 +13,7 @@ Public API (see docs/warehouse.md):
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from etl import db
 from etl.db import reporting_url  # named by the warehouse API; it lives with the connection (etl.db)
@@ -22,6 +23,9 @@ from etl.warehouse import roles
 from etl.warehouse.dbt import docs, run_dbt
 from etl.warehouse.loader import LoadSummary, WarehouseError, copy_upsert, load_raw, warehouse_lock
 from etl.warehouse.schema import raw_ddl
+
+if TYPE_CHECKING:
+    from etl.reference_set import Reference
 
 __all__ = ["LoadSummary", "WarehouseError", "copy_upsert", "docs", "load_warehouse", "reporting_url", "run_dbt", "setup"]
 
@@ -41,18 +45,20 @@ def setup(settings: Settings | None = None) -> None:
         roles.grant(conn, present)  # after the DDL: grants cover the raw tables just created
 
 
-def load_warehouse(settings: Settings | None = None, run_dbt: bool = True, dbt_only: bool = False) -> LoadSummary:
+def load_warehouse(settings: Settings | None = None, run_dbt: bool = True, dbt_only: bool = False,
+                   reference: Reference | None = None) -> LoadSummary:
     """Load new silver/outputs/reference/run-log data into `raw` (one transaction), then `dbt build`.
 
     `dbt_only` (`load --dbt-only`): no raw load, only the write-audit-publish build of gold (the safe way to
-    rebuild gold by hand: a plain `dbt build` would write `gold` directly, with no shadow and no tests first)."""
+    rebuild gold by hand: a plain `dbt build` would write `gold` directly, with no shadow and no tests first).
+    `reference`: the run's reference data (etl.reference_set; default: the files of `settings`)."""
     settings = settings or get_settings()
     with warehouse_lock(settings):  # one load + build per warehouse; a second waits, then fails naming this one
         setup(settings)
         summary = LoadSummary()
         if not dbt_only:
             with db.connect(settings) as conn:
-                summary = load_raw(conn, get_store(settings), settings)
+                summary = load_raw(conn, get_store(settings), settings, reference=reference)
             log.info("%s", summary)
         if run_dbt:
             _run_dbt("build", settings)

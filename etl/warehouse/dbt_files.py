@@ -8,15 +8,19 @@
 - `models/intermediate/int_observed_dates.sql`: the days of every raw column named in a `calendar` list (the
   input of the dim_date spine).
 
-`python -m etl.warehouse.dbt_files` rewrites them; tests/etl/warehouse/test_loader.py fails while one is out of date.
+The risk columns' descriptions come from etl/measures.py (through `schema.DESCRIPTIONS`), and a `<kind:scope>` token
+in a declared description or test argument becomes that scope's methods (`_derived`). `make dbt-files` (`python -m
+etl.warehouse.dbt_files`) rewrites them; tests/etl/warehouse/test_loader.py fails while one is out of date.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
 
+from etl import measures
 from etl.settings import PROJECT_ROOT
 from etl.warehouse.schema import DECLARATION, DECLARED, DESCRIPTIONS, GOLD, TABLES, RawTable
 
@@ -25,6 +29,29 @@ HEADER = (f"# Generated from {DECLARATION.relative_to(PROJECT_ROOT)} by `python 
           "edit the declaration, not this file.\n")
 DBT_TYPES = {"timestamptz": "timestamp with time zone"}  # the names dbt's contract check compares
 LOADED_AT = ("loaded_at", "timestamptz")
+
+
+TOKEN = re.compile(r"<(methods|method_names|var_limit_metrics):(\w+)>")
+LISTS = {"methods": lambda scope: list(measures.method_names(scope)),           # a whole test argument: a list
+         "var_limit_metrics": lambda scope: [measures.column("var", c, m.name) for m in measures.methods(scope)
+                                             for c in m.confidences if c >= 0.99]}
+TEXTS = {"methods": lambda scope: ", ".join(m.label for m in measures.methods(scope)),   # within a description
+         "method_names": lambda scope: ", ".join(f"{m.name} ({m.label})" for m in measures.methods(scope))}
+
+
+def _derived(value):
+    """A declared description or test argument with each `<kind:scope>` token filled in from etl/measures.py:
+    `methods` (the scope's method names as a list, or their labels in a text), `method_names` (names and
+    labels), `var_limit_metrics` (the VaR columns at 99% or more that a limit may name)."""
+    if isinstance(value, dict):
+        return {k: _derived(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_derived(v) for v in value]
+    if isinstance(value, str) and (whole := TOKEN.fullmatch(value)) and whole.group(1) in LISTS:
+        return LISTS[whole.group(1)](whole.group(2))
+    if isinstance(value, str):
+        return TOKEN.sub(lambda m: TEXTS[m.group(1)](m.group(2)), value)
+    return value
 
 
 def staging_model(table: RawTable) -> str:
@@ -129,9 +156,9 @@ def _yaml(doc: dict) -> str:
 def render() -> dict[Path, str]:
     """Every generated file and its content."""
     return {
-        MODELS / "staging" / "_sources.yml": _yaml(sources()),
-        MODELS / "staging" / "_staging__models.yml": _yaml(staging_models()),
-        MODELS / "marts" / "_marts__models.yml": _yaml(marts_models()),
+        MODELS / "staging" / "_sources.yml": _yaml(_derived(sources())),
+        MODELS / "staging" / "_staging__models.yml": _yaml(_derived(staging_models())),
+        MODELS / "marts" / "_marts__models.yml": _yaml(_derived(marts_models())),
         MODELS / "intermediate" / "int_observed_dates.sql": observed_dates_sql(),
     }
 

@@ -28,11 +28,11 @@ import os
 import posixpath
 import queue
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -51,6 +51,9 @@ from etl.silver.incremental import file_digests
 from etl.storage import Store, exclusive
 from etl.warehouse import copy_binary
 from etl.warehouse.schema import ARROW_TYPES, LOAD_STATE, SOURCE_FILE, TABLES, RawTable
+
+if TYPE_CHECKING:
+    from etl.reference_set import Reference
 
 log = logging.getLogger(__name__)
 
@@ -105,18 +108,12 @@ def warehouse_lock(settings: Settings) -> Iterator[None]:
     conn = db.open_connection(url, application_name=f"etl warehouse lock pid {os.getpid()}")
     conn.autocommit = True
     try:
-        deadline = time.monotonic() + settings.warehouse_lock_timeout_s
         with conn.cursor() as cur:
-            while True:
-                cur.execute("select pg_try_advisory_lock(%s)", (WAREHOUSE_LOCK_ID,))
-                if cur.fetchone()[0]:
-                    break
-                if time.monotonic() >= deadline:
-                    raise WarehouseError(
-                        f"another load or dbt build holds the warehouse lock on {db.redact(url)} ({_holder(cur)}); "
-                        f"waited {settings.warehouse_lock_timeout_s:g}s (PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S). Let it "
-                        "finish, then rerun `python -m etl load`")
-                time.sleep(0.2)
+            if not db.wait_for_advisory_lock(cur, WAREHOUSE_LOCK_ID, settings.warehouse_lock_timeout_s):
+                raise WarehouseError(
+                    f"another load or dbt build holds the warehouse lock on {db.redact(url)} ({_holder(cur)}); "
+                    f"waited {settings.warehouse_lock_timeout_s:g}s (PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S). Let it "
+                    "finish, then rerun `python -m etl load`")
         _lock_depth = 1
         try:
             yield
@@ -400,16 +397,7 @@ def _read_file(store: Store, spec: RawTable, rel: str, digests: dict[str, str | 
 
 
 # ---- reference data ----------------------------------------------------------------------------------------
-def _reference_loaders() -> dict[str, Callable[[Settings], pd.DataFrame]]:
-    from etl import portfolios, reference
-
-    return {
-        "exchanges": reference.load_exchanges,
-        "instruments": reference.load_instruments,
-        "portfolios": portfolios.load_portfolios,
-        "positions": portfolios.load_positions,
-        "firm_limits": reference.load_firm_limits,
-    }
+REFERENCE_TABLES = ("exchanges", "instruments", "portfolios", "positions", "firm_limits")  # Reference frames in raw
 
 
 def _content_hash(table: pa.Table) -> str:
@@ -459,16 +447,19 @@ def _committed_outputs(store: Store) -> dict[str, str | None]:
     return committed
 
 
-def load_raw(conn, store: Store, settings: Settings, only: set[str] | None = None) -> LoadSummary:
+def load_raw(conn, store: Store, settings: Settings, only: set[str] | None = None,
+             reference: Reference | None = None) -> LoadSummary:
     """Load every raw table's new data (or only the tables named in `only`) inside `conn`'s transaction (the
-    caller commits)."""
+    caller commits). `reference`: the run's reference data (etl.reference_set; default: the files of `settings`)."""
+    from etl.reference_set import Reference  # etl.warehouse imports this module: a top-level import would cycle
+
     with conn.cursor() as cur:
         cur.execute("select pg_advisory_xact_lock(%s)", (LOAD_LOCK_ID,))
     committed = _committed_outputs(store)  # read once: one consistent view of what is committed
     digests = committed | file_digests(store)
     seen = _loaded_state(conn)
     summary = LoadSummary()
-    reference = _reference_loaders()
+    reference = Reference.of(reference, settings)
     for spec in TABLES:
         if only is not None and spec.name not in only:
             continue
@@ -496,12 +487,12 @@ def _rejected(conn, spec: RawTable, sources: list[str], exc: psycopg2.Error) -> 
 
 
 def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: dict[str, str],
-                reference: dict[str, Callable[[Settings], pd.DataFrame]], summary: LoadSummary,
+                reference: Reference, summary: LoadSummary,
                 committed: dict[str, str | None], digests: dict[str, str | None]) -> None:
     if spec.source_dir is None:
-        if spec.name not in reference:
+        if spec.name not in REFERENCE_TABLES:
             return
-        data = conform(_as_arrow(reference[spec.name](settings)), spec, f"reference data {spec.name}")
+        data = conform(_as_arrow(getattr(reference, spec.name)), spec, f"reference data {spec.name}")
         new = {f"reference:{spec.name}": _content_hash(data)}
         if seen.get(f"reference:{spec.name}") == new[f"reference:{spec.name}"]:
             new = {}
@@ -546,9 +537,11 @@ INTRADAY_RAW = ("exchanges", "instruments", "portfolios", "positions", "intraday
 INTRADAY_DBT_SELECT = "+fact_intraday_risk +fact_intraday_limit_breaches +dim_portfolio +fact_pipeline_runs"
 
 
-def load_intraday(settings: Settings | None = None, run_dbt: bool = True) -> LoadSummary:
+def load_intraday(settings: Settings | None = None, run_dbt: bool = True,
+                  reference: Reference | None = None) -> LoadSummary:
     """Every 5 minutes: only the reference data, the intraday outputs and the run log into raw (one transaction,
-    as `load`), then `dbt build` of only their models and tests (INTRADAY_DBT_SELECT), not the whole warehouse."""
+    as `load`), then `dbt build` of only their models and tests (INTRADAY_DBT_SELECT), not the whole warehouse.
+    `reference`: the run's reference data (default: the files of `settings`)."""
     from etl import db
     from etl.settings import get_settings
     from etl.storage import get_store
@@ -558,7 +551,7 @@ def load_intraday(settings: Settings | None = None, run_dbt: bool = True) -> Loa
     settings = settings or get_settings()
     setup(settings)
     with db.connect(settings) as conn:
-        summary = load_raw(conn, get_store(settings), settings, only=set(INTRADAY_RAW))
+        summary = load_raw(conn, get_store(settings), settings, only=set(INTRADAY_RAW), reference=reference)
     log.info("intraday %s", summary)
     if run_dbt:
         # cautious: only the tests whose every parent is selected (not the other facts' tests on dim_portfolio)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import yaml
 
+from etl import measures
 from etl.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -96,17 +97,29 @@ class RawTable:
         return stmts
 
 
+PCT_REASON = "VaR/ES as a fraction of gross exposure (gold keeps the amounts)"
+
+
 def _raw_table(name: str, spec: dict) -> RawTable:
+    """A raw table from its spec; `measures: <scope>` adds every etl/measures.py column of the scope that the spec
+    does not list, as optional (and for a portfolio's VaR/ES, the `_pct` share of gross exposure, not loaded)."""
+    listed = {**spec["columns"], **spec.get("optional", {})}
+    derived = measures.columns(spec["measures"]) if "measures" in spec else {}
+    optional = {**spec.get("optional", {}), **{c: "double precision" for c in derived if c not in listed}}
+    not_loaded = dict(spec.get("not_loaded", {}))
+    if spec.get("measures") == "portfolio":
+        not_loaded |= {f"{c}_pct": PCT_REASON for c in derived if c.startswith(("var_", "es_"))}
     columns = tuple(Column(n, t) for n, t in spec["columns"].items()) + tuple(
-        Column(n, t, required=False) for n, t in spec.get("optional", {}).items())
+        Column(n, t, required=False) for n, t in optional.items())
     return RawTable(name, columns, key=tuple(spec["key"]), source_dir=spec.get("source_dir"),
                     replace_all=spec.get("replace_all", False), source=spec["source"],
-                    description=spec["description"], not_loaded=dict(spec.get("not_loaded", {})),
+                    description=spec["description"], not_loaded=not_loaded,
                     calendar=tuple(spec.get("calendar", ())), source_config=dict(spec.get("source_config", {})))
 
 
 DECLARED: dict = yaml.safe_load(DECLARATION.read_text())
-DESCRIPTIONS: dict[str, str] = DECLARED["descriptions"]   # column name -> what it means (one per name)
+# column name -> what it means (one per name): the measures' from their registry, refined by tables.yml
+DESCRIPTIONS: dict[str, str] = {**measures.descriptions(), **DECLARED["descriptions"]}
 GOLD: dict[str, dict] = DECLARED["gold"]                   # gold model -> its declaration (see tables.yml)
 TABLES: tuple[RawTable, ...] = tuple(_raw_table(n, spec) for n, spec in DECLARED["raw"].items())
 BY_NAME: dict[str, RawTable] = {t.name: t for t in TABLES}

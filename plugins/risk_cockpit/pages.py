@@ -2,31 +2,27 @@
 
 Numbers are written into the page by the server (each numeric cell carries its exact value in `data-value`),
 charts are Chart.js configurations in a `<script type="application/json" id="chart-data">` block that
-static/cockpit.js turns into canvases. No CDN: Chart.js is vendored under static/.
+static/cockpit.js turns into canvases. No CDN: Chart.js is vendored under static/. The parts (stylesheet, KPI
+card, table, chart frame, page frame) are the report's HTML kit (etl/report/kit.py); the rows of risk figures
+come from etl/report/shown.py.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import math
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
+from etl import measures
+from etl.report import kit, shown
 from etl.report.formatting import Formats
+from etl.report.kit import GAIN, LOSS, SERIES, VAR95, VAR99, e
 
 BASE = "/risk"
 PAGE_SIZE = 50
 BREACH_ROWS = 50  # the Firm page lists the worst 50 breaches; the JSON has them all
 REFRESH_S = 300  # the Firm page's intraday chart refreshes itself every 5 minutes
-COLORS = ("#1f4e79", "#ef8f00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#5d4037", "#455a64", "#ad1457",
-          "#9e9d24")
-GAIN, LOSS = "#2e7d32", "#c62828"
-
-
-def e(v) -> str:
-    return html.escape("" if v is None else str(v), quote=True)
 
 
 # ---- formatting ------------------------------------------------------------------------------------------------
@@ -39,8 +35,7 @@ money, pct, num = _FORMATS.money, _FORMATS.pct, _FORMATS.number
 
 
 def sign_class(v) -> str:
-    """Green for a gain, red for a loss, no colour for a missing value (never a green "–")."""
-    return "" if not _ok(v) else ("pos" if v >= 0 else "neg")
+    return kit.sign_class(v, _ok)
 
 
 def breach_value(v, unit: str, ccy: str) -> str:
@@ -53,36 +48,40 @@ FORMATS = {"money": money, "signed": lambda v: money(v, signed=True), "pct": pct
            "s": lambda v: f"{v:,.1f}" if _ok(v) else "–"}
 
 
+def _ts(v) -> str:
+    """An ISO timestamp as its UTC minute."""
+    return str(v)[:16].replace("T", " ") if v else "–"
+
+
+def _column(key: str, header: str, f) -> kit.Column:
+    if callable(f):
+        return kit.Column(key, header, html=f)
+    if f == "ts":
+        return kit.Column(key, header, text=_ts)
+    if f in FORMATS:
+        return kit.Column(key, header, fmt=FORMATS[f], signed=f == "signed")
+    return kit.Column(key, header)
+
+
 def table(rows: list[dict], cols: Iterable[tuple], table_id: str, empty: str = "nothing to show") -> str:
-    """cols: (key, header, format) with format None (text), a FORMATS key, or a callable(row) -> html."""
-    cols = list(cols)
+    """cols: (key, header, format) with format None (text), "ts" (a timestamp), a FORMATS key, or a
+    callable(row) -> html. Every cell names its column and every number carries its exact value (data-*)."""
     if not rows:
-        return f'<p class="empty" id="{e(table_id)}-empty">{e(empty)}</p>'
-    head = "".join(f'<th class="{"num" if f in FORMATS else ""}">{e(h)}</th>' for _, h, f in cols)
-    body = []
-    for r in rows:
-        cells = []
-        for key, _, f in cols:
-            v = r.get(key)
-            if callable(f):
-                cells.append(f"<td>{f(r)}</td>")
-            elif f == "ts":  # ISO timestamps as UTC minutes
-                cells.append(f'<td data-key="{e(key)}">{e(str(v)[:16].replace("T", " ") if v else "–")}</td>')
-            elif f in FORMATS:
-                sign = f" {sign_class(v)}" if f == "signed" and _ok(v) else ""
-                data = f' data-value="{e(repr(float(v)))}"' if _ok(v) else ""
-                cells.append(f'<td class="num{sign}" data-key="{e(key)}"{data}>{e(FORMATS[f](v))}</td>')
-            else:
-                cells.append(f'<td data-key="{e(key)}">{e(v)}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<div class="table-wrap"><table id="{e(table_id)}"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
+        return kit.empty(empty, f"{table_id}-empty")
+    return kit.table(rows, [_column(*c) for c in cols], table_id, is_value=_ok, exact=True)
+
+
+def methods_table(row: dict, scope: str, table_id: str) -> str:
+    """VaR/ES of every method the registry (etl/measures.py) computes in `scope`, one row per method with a figure."""
+    headers, methods = measures.grid(scope)
+    rows = [{"method": m.label, **{key: row.get(col) for key, col in cols.items()}} for m, cols in methods
+            if any(_ok(row.get(col)) for col in cols.values())]
+    return table(rows, [("method", "Method", None), *[(key, label, "money") for key, label in headers]], table_id,
+                 empty="no VaR/ES figures for this day")
 
 
 def kpi(label: str, value: str, kpi_id: str, raw=None, cls: str = "") -> str:
-    data = f' data-value="{e(repr(float(raw)))}"' if _ok(raw) else ""
-    return (f'<div class="kpi" id="kpi-{e(kpi_id)}"><div class="label">{e(label)}</div>'
-            f'<div class="value {cls}"{data}>{e(value)}</div></div>')
+    return kit.kpi(label, value, kpi_id, cls, raw if _ok(raw) else None)
 
 
 def chart(chart_id: str, title: str, config: dict, charts: list[dict], height: int = 260,
@@ -93,7 +92,7 @@ def chart(chart_id: str, title: str, config: dict, charts: list[dict], height: i
         config["options"].setdefault("scales", {}).setdefault("y", {})["ticks"] = {"autoSkip": False}
     config["options"].setdefault("plugins", {})["title"] = {"display": True, "text": title}
     charts.append({"id": chart_id, "config": config, "refresh": refresh})
-    return f'<figure class="chart"><div style="height:{height}px"><canvas id="{e(chart_id)}"></canvas></div></figure>'
+    return kit.canvas(chart_id, height)
 
 
 def _link(path: str, text: str, as_of: str | None = None) -> str:
@@ -106,58 +105,15 @@ def portfolio_link(r: dict, as_of: str | None = None) -> str:
     return _link(f"/portfolio/{quote(pid, safe='')}", pid, as_of)
 
 
-# ---- the frame -------------------------------------------------------------------------------------------------
-CSS = """
-*{box-sizing:border-box}body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
-color:#1d2733;background:#f4f6f8;line-height:1.4;font-size:14px}
-header{background:#1f4e79;color:#fff;padding:.5rem 1rem;display:flex;flex-wrap:wrap;gap:1rem;align-items:center}
-header a{color:#dfe9f5;text-decoration:none;padding:.2rem .5rem;border-radius:4px}
-header a.active{background:#fff;color:#1f4e79;font-weight:600}
-header form{margin-left:auto}main{max-width:1400px;margin:0 auto;padding:.5rem 1rem 2rem}
-h1{font-size:1.3rem;margin:.6rem 0}h2{font-size:1.05rem;margin:1.2rem 0 .4rem;color:#1f4e79}
-.status{padding:.4rem .8rem;border-radius:4px;margin:.4rem 0;font-weight:600}
-.status.complete{background:#c8e6c9;color:#1b5e20}.status.incomplete{background:#ffcdd2;color:#b71c1c}
-.status.stale{background:#ffe082;color:#5d4037}.badge.stale{background:#ffe082;color:#5d4037;padding:0 .3rem;border-radius:3px}
-.kpis{display:grid;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));gap:.5rem;margin:.5rem 0}
-.kpi{background:#fff;border-radius:6px;padding:.4rem .7rem;box-shadow:0 1px 3px rgba(0,0,0,.08)}
-.ack{color:#5d4037;font-style:italic;display:inline-block;max-width:16rem}details.act form{display:flex;flex-wrap:wrap;gap:.3rem;margin-top:.3rem}
-.kpi .label{font-size:.75rem;color:#5b6b7b;text-transform:uppercase}.kpi .value{font-size:1.1rem;font-weight:600}
-.table-wrap{overflow-x:auto;margin:.3rem 0}table{border-collapse:collapse;background:#fff;font-size:.85rem}
-th,td{padding:.25rem .5rem;border-bottom:1px solid #e1e6eb;text-align:left;vertical-align:top;overflow-wrap:anywhere}
-th.num,td.num{text-align:right;font-variant-numeric:tabular-nums}td.num,td .num{white-space:nowrap}thead th{background:#eef2f6}
-.pos{color:#2e7d32}.neg{color:#c62828}.empty{color:#5b6b7b;font-style:italic}
-.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.35rem .7rem;margin:.4rem 0}
-figure.chart{background:#fff;border-radius:6px;margin:.5rem 0;padding:.4rem}
-.grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:.6rem}
-.pager a{margin-right:.5rem}.scope-intraday{color:#6a1b9a;font-weight:600}
-"""
-
+# ---- the frame ---------------------------------------------------------------------------------------------------
 PAGES = (("/", "firm", "Firm"), ("/portfolio", "portfolio", "Portfolio"), ("/market", "market", "Market"),
          ("/pipeline", "pipeline", "Pipeline"))
 
 
 def layout(title: str, active: str, body: str, charts: list[dict] | None = None, as_of: str | None = None,
            refresh_url: str | None = None) -> str:
-    nav = "".join(f'<a href="{BASE}{path}{"?as_of=" + e(as_of) if as_of and key != "pipeline" else ""}" '
-                  f'id="nav-{key}" class="{"active" if key == active else ""}">{label}</a>'
-                  for path, key, label in PAGES)
-    nav += (f'<a href="{BASE}/docs" id="nav-docs" target="_blank">dbt docs</a>'
-            f'<a href="{BASE}/report{"/" + e(as_of) if as_of else ""}" id="nav-report" target="_blank">'
-            f'HTML report</a>')
-    picker = (f'<form method="get"><label>as of <input type="date" name="as_of" value="{e(as_of)}"></label> '
-              f'<button>go</button></form>' if as_of else "")
-    data = json.dumps(charts or []).replace("</", "<\\/")
-    refresh = f' data-refresh-url="{e(refresh_url)}" data-refresh-s="{REFRESH_S}"' if refresh_url else ""
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{e(title)}</title><style>{CSS}</style></head>
-<body data-page="{e(active)}"{refresh}>
-<header><strong>Risk cockpit</strong>{nav}{picker}</header>
-<main>{body}</main>
-<script type="application/json" id="chart-data">{data}</script>
-<script src="{BASE}/static/chart.umd.min.js"></script>
-<script src="{BASE}/static/cockpit.js"></script>
-</body></html>"""
+    return kit.cockpit_page(title, active, body, base=BASE, nav=PAGES, charts=charts, as_of=as_of,
+                            refresh_url=refresh_url, refresh_s=REFRESH_S)
 
 
 def status_banner(d: dict) -> str:
@@ -165,10 +121,8 @@ def status_banner(d: dict) -> str:
     missing data); then STALE naming the delisted holdings valued at their last close."""
     stale = "; ".join(d.get("stale") or [])
     flag = f'<div class="status stale" id="stale">STALE: {e(stale)}</div>' if stale else ""
-    if d.get("status") == "complete":
-        return f'<div class="status complete" id="status">{e(d["as_of"])}: complete</div>' + flag
-    missing = "; ".join(d.get("missing") or [])
-    return f'<div class="status incomplete" id="status">{e(d["as_of"])}: INCOMPLETE: {e(missing)}</div>' + flag
+    missing = None if d.get("status") == "complete" else "; ".join(d.get("missing") or [])
+    return kit.status("status", d["as_of"], missing) + flag
 
 
 def intraday_stale(intra: dict) -> str:
@@ -268,7 +222,7 @@ def breach_history_chart(breaches: list[dict], charts: list[dict], top: int = 5)
     for i, b in enumerate(shown):
         by_day = dict(map(tuple, b["history"]))
         sets.append({"label": f'{b["portfolio_id"]} {b["limit_type"]}', "data": [by_day.get(x) for x in days],
-                     "borderColor": COLORS[i % len(COLORS)], "spanGaps": False, "pointRadius": 2})
+                     "borderColor": SERIES[i % len(SERIES)], "spanGaps": False, "pointRadius": 2})
     return chart("chart-breach-history", "Utilisation of the worst breaches since each began (100% = at the limit)",
                  {"type": "line", "data": {"labels": days, "datasets": sets},
                   "options": {"scales": {"y": {"ticks": {"format": {"style": "percent"}}}}}}, charts)
@@ -282,10 +236,9 @@ def _cell(raw, text: str) -> str:
 def firm_risk_html(fr: dict) -> str:
     if not fr.get("available"):
         return f'<p class="note" id="firm-var-note">{e(fr["note"])}</p>'
-    k = [kpi("Firm VaR 95% (hist)", money(fr.get("var_95_hist")), "firm-var-95", fr.get("var_95_hist")),
-         kpi("Firm VaR 99% (hist)", money(fr.get("var_99_hist")), "firm-var-99", fr.get("var_99_hist")),
-         kpi("Firm ES 99% (hist)", money(fr.get("es_99_hist")), "firm-es-99", fr.get("es_99_hist")),
-         kpi(f'VaR 99% vs {fr.get("prev_as_of_date") or "previous day"}', money(fr.get("var_99_hist_change"),
+    k = [kpi(m.label, _FORMATS.of(m.unit)(fr.get(m.name)), f'firm-{m.name.removesuffix("_hist").replace("_", "-")}',
+             fr.get(m.name)) for m in shown.firm_kpis()]
+    k += [kpi(f'VaR 99% vs {fr.get("prev_as_of_date") or "previous day"}', money(fr.get("var_99_hist_change"),
              signed=True), "firm-var-99-change", fr.get("var_99_hist_change"))]
     if _ok(fr.get("sum_standalone_var_99_hist")):
         k.append(kpi("Sum of standalone VaR 99%", money(fr["sum_standalone_var_99_hist"]), "sum-standalone",
@@ -293,7 +246,8 @@ def firm_risk_html(fr: dict) -> str:
     if _ok(fr.get("diversification_benefit")):
         k.append(kpi("Diversification benefit", money(fr["diversification_benefit"]), "diversification",
                      fr["diversification_benefit"]))
-    return f'<div class="kpis" id="firm-risk">{"".join(k)}</div>'
+    return (f'<div class="kpis" id="firm-risk">{"".join(k)}</div>'
+            f'<h3 id="firm-var-by-method">Firm VaR and ES by method (USD)</h3>{methods_table(fr, "firm", "firm-methods")}')
 
 
 def firm_limits_html(fr: dict) -> str:
@@ -328,10 +282,14 @@ def firm(d: dict, page: int = 1) -> str:
             body.append(kpi(f"{label} ({ccy})", money(v, ccy, signed=True), f"{key.replace('_', '-')}-{ccy}", v,
                             sign_class(v)))
     body.append("</div>")
-    body.append('<h2 id="drawdowns">Worst drawdowns</h2>')
+    body.append('<h2 id="drawdowns">Worst drawdowns from peak</h2>')
     body.append(table(d["worst_drawdowns"], [("portfolio_id", "Portfolio", lambda r: portfolio_link(r, as_of)),
-                                             ("name", "Name", None), ("max_drawdown", "Max drawdown", "pct"),
-                                             ("drawdown_limit", "Drawdown limit", "pct")], "drawdowns-table"))
+                                             ("name", "Name", None),
+                                             ("drawdown_from_peak", "Drawdown from peak", "pct"),
+                                             ("drawdown_limit", "Limit (on drawdown from peak)", "pct"),
+                                             ("lookback_days", "Window (days)", "num"),
+                                             ("max_drawdown", "Max drawdown", "pct")], "drawdowns-table"))
+    body.append(contributions_html(d.get("contributions"), "firm", "USD"))
     body.append('<h2 id="intraday">Intraday PnL and exposure</h2>')
     intra = d["intraday"]
     if intra.get("available"):
@@ -369,10 +327,10 @@ def intraday_config(intra: dict) -> dict:
     rows = intra["rows"]
     return {"type": "line", "data": {
         "labels": [str(r["bucket_start"])[11:16] for r in rows],
-        "datasets": [{"label": "intraday PnL", "data": [r["intraday_pnl"] for r in rows], "borderColor": COLORS[0],
+        "datasets": [{"label": "intraday PnL", "data": [r["intraday_pnl"] for r in rows], "borderColor": SERIES[0],
                       "yAxisID": "y", "pointRadius": 0},
                      {"label": "gross exposure", "data": [r["gross_exposure"] for r in rows],
-                      "borderColor": COLORS[1], "yAxisID": "y1", "pointRadius": 0}]},
+                      "borderColor": SERIES[1], "yAxisID": "y1", "pointRadius": 0}]},
         "options": {"scales": {"y": {"title": {"display": True, "text": "PnL"}},
                                "y1": {"position": "right", "grid": {"drawOnChartArea": False},
                                       "title": {"display": True, "text": "gross exposure"}}}}}
@@ -387,25 +345,25 @@ def portfolio(d: dict, ids: list[str]) -> str:
     body = [f'<h1>Portfolio {e(pid)} <small>{e(p.get("name"))}, {e(ccy)}, as of {e(as_of)}</small></h1>',
             f'<label>portfolio <select id="portfolio-select" data-nav="{BASE}/portfolio/" '
             f'data-as-of="{e(as_of)}">{options}</select></label>', '<div class="kpis">']
-    for key, label, f in (("market_value", "Market value", "money"), ("daily_pnl", "PnL today", "signed"),
-                          ("mtd_pnl", "PnL MTD", "signed"), ("var_95_hist", "VaR 95% (hist)", "money"),
-                          ("var_99_hist", "VaR 99% (hist)", "money"), ("es_99_hist", "ES 99% (hist)", "money"),
-                          ("vol_30d", "Vol 30d (ann.)", "pct"), ("max_drawdown", "Max drawdown", "pct"),
-                          ("concentration_pct", "Concentration", "pct")):
-        body.append(kpi(label, FORMATS[f](day.get(key)), key.replace("_", "-"), day.get(key)))
-    body.append("</div><div class=\"grid2\">")
+    for m in shown.portfolio_kpis():
+        body.append(kpi(m.label, _FORMATS.of(m.unit)(day.get(m.name)), m.name.replace("_", "-"), day.get(m.name)))
+    body.append(f'</div><h2 id="var-by-method">VaR and ES by method ({e(ccy)})</h2>')
+    body.append(methods_table(day, "portfolio", "risk-methods"))
+    body.append("<div class=\"grid2\">")
     h = d["history"]
     dates = [r["as_of_date"] for r in h]
     body.append(chart("chart-value", f"Market value and daily PnL ({ccy})", {"type": "bar", "data": {
         "labels": dates, "datasets": [
             {"type": "line", "label": "market value", "data": [r["market_value"] for r in h],
-             "borderColor": COLORS[0], "yAxisID": "y1", "pointRadius": 0},
+             "borderColor": SERIES[0], "yAxisID": "y1", "pointRadius": 0},
             {"label": "daily PnL", "data": [r["daily_pnl"] for r in h], "yAxisID": "y",
              "backgroundColor": [GAIN if (r["daily_pnl"] or 0) >= 0 else LOSS for r in h]}]},
         "options": {"scales": {"y": {"title": {"display": True, "text": "daily PnL"}},
                                "y1": {"position": "right", "grid": {"drawOnChartArea": False},
                                       "title": {"display": True, "text": "market value"}}}}}, charts))
-    body.append(chart("chart-drawdown", "Drawdown from running peak (underwater) and recovery", {
+    body.append(chart("chart-drawdown", f"Drawdown from running peak (underwater); limit "
+                                        f"{pct(p.get('drawdown_limit'))} on the drawdown from peak over "
+                                        f"{day.get('lookback_days') or '–'} days", {
         "type": "line", "data": {"labels": dates, "datasets": [
             {"label": "drawdown", "data": [r["drawdown"] for r in h], "borderColor": LOSS, "fill": "origin",
              "backgroundColor": "rgba(198,40,40,.25)", "pointRadius": 0}]},
@@ -416,7 +374,7 @@ def portfolio(d: dict, ids: list[str]) -> str:
         days = sorted({r["as_of_date"] for r in bt})
         realised = {r["as_of_date"]: r["realized_pnl"] for r in bt}
         sets = [{"label": "realised PnL", "data": [realised[x] for x in days], "backgroundColor": "#90a4ae"}]
-        for conf, color in ((0.95, COLORS[1]), (0.99, COLORS[3])):
+        for conf, color in ((0.95, VAR95), (0.99, VAR99)):
             mine = {r["as_of_date"]: r for r in bt if abs(r["confidence"] - conf) < 1e-9}
             if not mine:
                 continue
@@ -432,7 +390,7 @@ def portfolio(d: dict, ids: list[str]) -> str:
         body.append('<p class="empty">no VaR backtest rows</p>')
     rd = d["returns"]
     if rd["bins"]:
-        colors = [LOSS if (rd["low"] is not None and (b < rd["low"] or b > rd["high"])) else COLORS[0]
+        colors = [LOSS if (rd["low"] is not None and (b < rd["low"] or b > rd["high"])) else SERIES[0]
                   for b in rd["bins"]]
         body.append(chart("chart-returns", f"Daily return distribution; anomaly band {pct(rd['low'], 2)} .. "
                                            f"{pct(rd['high'], 2)} (|robust z| > 3.5 in red)", {
@@ -445,45 +403,52 @@ def portfolio(d: dict, ids: list[str]) -> str:
                                             f"{pct(p.get('concentration_limit'))} of gross", {
             "type": "bar", "data": {"labels": [r["product_id"] for r in pos], "datasets": [
                 {"label": "market value", "data": [r["market_value"] for r in pos],
-                 "backgroundColor": [COLORS[0] if r["market_value"] >= 0 else LOSS for r in pos]}]},
+                 "backgroundColor": [SERIES[0] if r["market_value"] >= 0 else LOSS for r in pos]}]},
             "options": {"indexAxis": "y"}}, charts, height=80 + 24 * len(pos)))
     if d["contributions"]:
         c = d["contributions"]
-        body.append(chart("chart-contributions", f"Component VaR 99% (parametric) by asset ({ccy})", {
+        body.append(chart("chart-contributions", f"Component VaR 99% (parametric) by asset (scope portfolio, {ccy})", {
             "type": "bar", "data": {"labels": [r["product_id"] for r in c], "datasets": [
                 {"label": "component VaR 99%", "data": [r["component_var_99_param"] for r in c],
-                 "backgroundColor": COLORS[3]}]}, "options": {"indexAxis": "y"}}, charts, height=80 + 24 * len(c)))
+                 "backgroundColor": SERIES[3]}]}, "options": {"indexAxis": "y"}}, charts, height=80 + 24 * len(c)))
     attribution = d.get("attribution")
     if attribution and attribution["days"]:
         body.append(chart("chart-attribution", f"Daily PnL by factor ({ccy}): exposure at the previous close x the "
                                                "factor's return of the day; the residual is the rest", {
             "type": "bar", "data": {"labels": attribution["days"], "datasets": [
                 {"label": f, "data": values, "stack": "pnl",
-                 "backgroundColor": "#90a4ae" if f == "residual" else COLORS[i % len(COLORS)]}
+                 "backgroundColor": "#90a4ae" if f == "residual" else SERIES[i % len(SERIES)]}
                 for i, (f, values) in enumerate(attribution["factors"].items())]},
             "options": {"scales": {"x": {"stacked": True}, "y": {"stacked": True}}}}, charts))
     body.append("</div>")
     body.append('<h2 id="backtest">VaR backtest</h2>')
     body.append(table(d["backtest_summary"], [("method", "Method", None), ("confidence", "Confidence", "pct"),
                                               ("days", "Days", "num"), ("exceptions", "Exceptions", "num"),
-                                              ("expected", "Expected", "num")], "backtest-table"))
+                                              ("expected", "Expected", "num"), ("traffic_light", "Zone", None)],
+                      "backtest-table"))
     body.append('<h2 id="positions">Exposures and concentration</h2>')
     body.append(table(pos, [("product_id", "Asset", None), ("quantity", "Quantity", "num"),
                             ("close", "Close", "money"), ("price_date", "Close of", price_of),
                             ("market_value", f"Market value ({ccy})", "money"),
                             ("unrealized_pnl", f"Unrealised PnL ({ccy})", "signed"),
                             ("share_of_gross", "Share of gross", "pct")], "positions-table"))
-    body.append('<h2 id="contributions">Risk contributions</h2>')
-    if d["contributions"] is None:
-        body.append('<p class="note">gold.fact_risk_contributions is not built yet</p>')
-    else:
-        body.append(table(d["contributions"], [("product_id", "Asset", None),
-                                               ("component_var_99_param", "Component VaR 99% (param)", "money"),
-                                               ("component_es_99_hist", "Component ES 99% (hist)", "money"),
-                                               ("marginal_var_99_param", "Marginal VaR 99%", "num")],
-                          "contributions-table"))
+    body.append(contributions_html(d["contributions"], "portfolio", ccy))
     body.append(liquidity_html(d.get("liquidity")))
     return layout(f"Risk cockpit: {pid} {as_of}", "portfolio", "\n".join(body), charts, as_of)
+
+
+def contributions_html(rows: list[dict] | None, scope: str, ccy: str) -> str:
+    """Euler contributions of one scope as gold stores them: `portfolio` (to the portfolio's own VaR/ES, its base
+    currency) or `firm` (the largest ones to the firm's, USD); the heading says which."""
+    what = "to the firm's VaR/ES, largest first" if scope == "firm" else "to the portfolio's VaR/ES"
+    head = f'<h2 id="contributions">Risk contributions {what} (scope {e(scope)}, {e(ccy)})</h2>'
+    if rows is None:
+        return head + '<p class="note">gold.fact_risk_contributions is not built yet</p>'
+    cols = [("portfolio_id", "Portfolio", None)] if scope == "firm" else []
+    return head + table(rows, [*cols, ("product_id", "Asset", None),
+                               ("component_var_99_param", f"Component VaR 99% (param, {ccy})", "money"),
+                               ("component_es_99_hist", f"Component ES 99% (hist, {ccy})", "money"),
+                               ("marginal_var_99_param", "Marginal VaR 99%", "num")], "contributions-table")
 
 
 def liquidity_html(rows: list[dict] | None) -> str:
@@ -518,13 +483,13 @@ def market(d: dict) -> str:
     if ph["dates"]:
         body.append(chart("chart-prices", "Prices rebased to 100 at the start of the window", {
             "type": "line", "data": {"labels": ph["dates"], "datasets": [
-                {"label": p, "data": s, "borderColor": COLORS[i % len(COLORS)], "pointRadius": 0}
+                {"label": p, "data": s, "borderColor": SERIES[i % len(SERIES)], "pointRadius": 0}
                 for i, (p, s) in enumerate(ph["rebased"].items())]}}, charts))
     vols = [v for v in d["volatility"] if _ok(v.get("vol_30d"))]
     if vols:
         body.append(chart("chart-vol", "30-day annualised volatility ranking", {
             "type": "bar", "data": {"labels": [v["product_id"] for v in vols], "datasets": [
-                {"label": "vol 30d", "data": [v["vol_30d"] for v in vols], "backgroundColor": COLORS[0]}]},
+                {"label": "vol 30d", "data": [v["vol_30d"] for v in vols], "backgroundColor": SERIES[0]}]},
             "options": {"indexAxis": "y", "scales": {"x": {"ticks": {"format": {"style": "percent"}}}}}},
             charts, height=80 + 22 * len(vols)))
     an = d["anomalies"]
@@ -532,7 +497,7 @@ def market(d: dict) -> str:
         products = sorted({a["product_id"] for a in an})
         body.append(chart("chart-anomalies", "Return anomalies of the day (robust z)", {
             "type": "scatter", "data": {"datasets": [
-                {"label": p, "backgroundColor": COLORS[i % len(COLORS)],
+                {"label": p, "backgroundColor": SERIES[i % len(SERIES)],
                  "data": [{"x": int(a["bucket_start"][11:13]) + int(a["bucket_start"][14:16]) / 60,
                            "y": a["robust_z"]} for a in an if a["product_id"] == p]}
                 for i, p in enumerate(products)]},
@@ -548,8 +513,9 @@ def market(d: dict) -> str:
                                         ("vol_20d", "Vol 20d", "pct"), ("vol_ewma", "Vol EWMA", "pct"),
                                         ("max_drawdown", "Max drawdown", "pct"),
                                         ("worst_daily_return", "Worst day", "pct")], "volatility-table"))
-    body.append('<h2 id="correlation">Correlation of daily log returns (90 days)</h2>')
     c = d["correlation"]
+    body.append(f'<h2 id="correlation">Correlation of daily {e(c.get("return_currency") or "USD")} returns '
+                f'({e(c.get("n_obs") or "–")} days, as the risk engine stored it)</h2>')
     if c["products"]:
         head = "".join(f"<th>{e(p)}</th>" for p in c["products"])
         rows = "".join(f"<tr><th>{e(p)}</th>" + "".join(
@@ -559,7 +525,7 @@ def market(d: dict) -> str:
         body.append(f'<div class="table-wrap"><table id="correlation-table"><thead><tr><th></th>{head}</tr>'
                     f"</thead><tbody>{rows}</tbody></table></div>")
     else:
-        body.append('<p class="empty">not enough daily prices for a correlation</p>')
+        body.append('<p class="empty">no correlations stored for this day</p>')
     body.append('<h2 id="anomalies">Anomalies</h2>')
     body.append(table(an, [("product_id", "Product", None), ("bucket_start", "Bucket (UTC)", "ts"),
                            ("return_value", "Return", "pct2"), ("robust_z", "Robust z", "z")], "anomalies-table",
@@ -596,16 +562,16 @@ def pipeline(d: dict) -> str:
         labels = [f'{r["dag_id"]} {str(r["started_at"])[5:16]}' for r in runs]
         body.append(chart("chart-rows", "Rows processed per run (out)", {"type": "bar", "data": {
             "labels": labels, "datasets": [{"label": "rows out", "data": [r["rows_out"] for r in runs],
-                                            "backgroundColor": COLORS[0]}]}}, charts))
+                                            "backgroundColor": SERIES[0]}]}}, charts))
         body.append(chart("chart-run-seconds", "Task seconds per run over time", {"type": "line", "data": {
             "labels": labels, "datasets": [{"label": "task seconds", "data": [r["task_seconds"] for r in runs],
-                                            "borderColor": COLORS[1]}]}}, charts))
+                                            "borderColor": SERIES[1]}]}}, charts))
     dur = d["durations"]
     if dur:
         body.append(chart("chart-durations", "Task duration: mean and p95 (seconds, last 30 days)", {
             "type": "bar", "data": {"labels": [f'{r["dag_id"]}.{r["task"]}' for r in dur], "datasets": [
-                {"label": "mean", "data": [r["mean_s"] for r in dur], "backgroundColor": COLORS[0]},
-                {"label": "p95", "data": [r["p95_s"] for r in dur], "backgroundColor": COLORS[1]}]},
+                {"label": "mean", "data": [r["mean_s"] for r in dur], "backgroundColor": SERIES[0]},
+                {"label": "p95", "data": [r["p95_s"] for r in dur], "backgroundColor": SERIES[1]}]},
             "options": {"indexAxis": "y"}}, charts, height=80 + 26 * len(dur)))
     body.append("</div>")
     body.append('<h2 id="durations">Task durations</h2>')

@@ -19,23 +19,14 @@ select
     round((latest.es_99_mc)::numeric, money.dp) as es_99_mc,
     round((portfolio.var_limit)::numeric, money.dp) as var_limit,
     portfolio.var_limit_metric,
-    round((case portfolio.var_limit_metric
-        when 'var_95_hist' then latest.var_95_hist
-        when 'var_99_hist' then latest.var_99_hist
-        when 'var_95_param' then latest.var_95_param
-        when 'var_99_param' then latest.var_99_param
-        when 'var_95_mc' then latest.var_95_mc
-        when 'var_99_mc' then latest.var_99_mc
-    end / nullif(portfolio.var_limit, 0))::numeric, 4) as var_limit_utilisation,
-    -- ranks books of different currencies: as etl/report/data.py VAR_USD_SQL (VaR x the day's <base>-USD close)
-    round((latest.var_99_hist * case when portfolio.base_currency = 'USD' then 1.0 else fx.close end)::numeric, 2)
-        as var_99_hist_usd
+    -- the column the limit names, whichever registered method it is (etl/measures.py)
+    round(((to_jsonb(latest) ->> portfolio.var_limit_metric)::numeric / nullif(portfolio.var_limit, 0)::numeric), 4)
+        as var_limit_utilisation,
+    -- ranks books of different currencies: the engine's VaR 99% x the as-of close of <base>-USD
+    round((latest.var_99_hist_usd)::numeric, 2) as var_99_hist_usd
 from gold.fact_risk_metrics as latest
 inner join gold.dim_portfolio as portfolio
     on latest.portfolio_id = portfolio.portfolio_id
 cross join lateral (select case when portfolio.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
-left join gold.fact_price_daily as fx
-    on fx.product_id = portfolio.base_currency || '-USD'
-    and fx.price_date = latest.as_of_date
 where latest.as_of_date = coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_risk_metrics))
 order by var_99_hist_usd desc nulls last, latest.portfolio_id

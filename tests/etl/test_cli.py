@@ -18,6 +18,7 @@ import pytest
 from etl import db
 from etl.cli import build_parser, main
 from etl.settings import PROJECT_ROOT
+from tests.support.reference import write_book
 from tests.support.report_sample import AS_OF
 
 SQL_DIR = PROJECT_ROOT / "sql"
@@ -213,21 +214,15 @@ def test_reference_validate_refuses_a_position_that_outlives_its_instrument_and_
 def write_own_book(folder: Path) -> Path:
     """A book of products the shipped sample does not have (AAVE-USD, and ETH-BTC's conversion BTC-USD), one
     portfolio without a drawdown limit."""
-    folder.mkdir(parents=True)
-    (folder / "exchanges.csv").write_text("exchange_id,name,api_base_url,timezone\n"
-                                          "coinbase,Coinbase Exchange,https://api.exchange.coinbase.com,UTC\n")
-    (folder / "instruments.csv").write_text(
-        "product_id,base_currency,quote_currency,exchange_id,asset_class,display_name\n"
+    return write_book(
+        folder,
         "AAVE-USD,AAVE,USD,coinbase,crypto_defi,Aave / US Dollar\n"
         "ETH-BTC,ETH,BTC,coinbase,crypto_major,Ether / Bitcoin\n"
-        "BTC-USD,BTC,USD,coinbase,crypto_major,Bitcoin / US Dollar\n")
-    (folder / "portfolios.csv").write_text(
+        "BTC-USD,BTC,USD,coinbase,crypto_major,Bitcoin / US Dollar\n",
         "portfolio_id,name,base_currency,var_limit,concentration_limit,drawdown_limit\n"
-        "DEFI,DeFi and a cross,USD,1000000,0.9,\n")
-    (folder / "positions.csv").write_text("portfolio_id,product_id,as_of_date,quantity,avg_cost\n"
-                                          "DEFI,AAVE-USD,2024-01-01,100,90\n"
-                                          "DEFI,ETH-BTC,2024-01-01,10,0.05\n")
-    return folder
+        "DEFI,DeFi and a cross,USD,1000000,0.9,\n",
+        "portfolio_id,product_id,as_of_date,quantity,avg_cost\nDEFI,AAVE-USD,2024-01-01,100,90\n"
+        "DEFI,ETH-BTC,2024-01-01,10,0.05\n")
 
 
 def test_reference_validate_checks_pipeline_products_against_an_own_book(tmp_path):

@@ -90,6 +90,7 @@ def test_every_problem_is_listed_with_its_line(ref_dir):
     ("P100,Bad limit,USD,-5,0.5,0.5,", "var_limit <= 0"),
     ("P100,Bad limit,USD,1000,1.5,0.5,", "concentration_limit outside (0, 1]"),
     ("P100,Bad metric,USD,1000,0.5,0.5,var_97_hist", "unknown var_limit_metric"),
+    ("P100,USD metric,USD,1000,0.5,0.5,var_99_hist_usd", "unknown var_limit_metric"),  # a ranking figure, in USD
 ])
 def test_portfolio_rules(ref_dir, row, rule):
     lines = (ref_dir / "portfolios.csv").read_text().splitlines()
@@ -161,7 +162,7 @@ def test_an_empty_limit_is_no_limit(ref_dir):
     assert got.loc["P100", "concentration_limit"] == 0.5 and got.loc["P101", "var_limit"] == 100.0
     risk = pd.DataFrame({"portfolio_id": ["P100", "P101"], "as_of_date": [pd.Timestamp("2026-01-31")] * 2,
                          "base_currency": ["USD"] * 2, "var_99_hist": [1e9, np.nan],
-                         "concentration_pct": [0.9, np.nan], "max_drawdown": [-0.99, -0.99],
+                         "concentration_pct": [0.9, np.nan], "drawdown_from_peak": [-0.99, -0.99],
                          "gross_exposure": [1.0, 1.0]})
     out = limit_breaches(risk, got.reset_index())
     assert sorted(zip(out["portfolio_id"], out["limit_type"], out["breach_kind"], strict=True)) == [

@@ -84,9 +84,9 @@ def test_defaults_without_a_file(tmp_path, monkeypatch):
     s = get_settings()
     assert (s.products, s.airflow_port, s.docs_port) == ((), 8080, 8090)
     # no PIPELINE_PRODUCTS: what the sample book holds (its 12 USD products and ETH-BTC, converted with BTC-USD)
-    from etl.portfolios import products_to_ingest
+    from etl.reference_set import Reference
 
-    assert set(products_to_ingest(s)) == set(DEFAULT_PRODUCTS) | {"ETH-BTC"}
+    assert set(Reference(s).products_to_ingest()) == set(DEFAULT_PRODUCTS) | {"ETH-BTC"}
     monkeypatch.delenv("PIPELINE_ENV_FILE")
     assert settings_module.env_file() == PROJECT_ROOT / ".env"
 

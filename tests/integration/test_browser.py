@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.browser_check import Chromium, find_chromium
+from tests.support.env import pipeline_env
 from tests.support.report_sample import AS_OF
 
 pytestmark = [
@@ -46,9 +47,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 def report_html(sample_gold_url, tmp_path_factory) -> Path:
     from etl.report import run_report
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIPELINE_DATABASE_URL", sample_gold_url)
-        mp.setenv("PIPELINE_DATA_DIR", str(tmp_path_factory.mktemp("browser-data")))
+    with pipeline_env(sample_gold_url, tmp_path_factory.mktemp("browser-data")):
         return run_report(AS_OF, sql_dir=tmp_path_factory.mktemp("no-sql"))
 
 

@@ -159,8 +159,9 @@ def test_firm_page_totals_and_worst_drawdowns(reader, gold):
     assert (t["currency"], t["portfolios"]) == ("USD", N)
     assert t["market_value"] == pytest.approx(mv) and t["daily_pnl"] == pytest.approx(pnl)
     assert t["mtd_pnl"] == pytest.approx(mtd)
-    worst = _sql(gold[0], "select min(max_drawdown) from gold.fact_risk_metrics where as_of_date = %s", (AS_OF,))
-    assert f["worst_drawdowns"][0]["max_drawdown"] == worst[0][0] and len(f["worst_drawdowns"]) == 5
+    worst = _sql(gold[0], "select min(drawdown_from_peak) from gold.fact_risk_metrics where as_of_date = %s",
+                 (AS_OF,))   # ranked on the drawdown limit's measure
+    assert f["worst_drawdowns"][0]["drawdown_from_peak"] == worst[0][0] and len(f["worst_drawdowns"]) == 5
     assert f["intraday"]["available"] is False
     assert "intraday limit breaches are not in gold yet: end-of-day breaches only" in f["notes"]
 
@@ -210,8 +211,8 @@ def test_portfolio_page_numbers_and_parameterised_ids(reader, gold):
                          "where portfolio_id = 'P0002'")
     assert len(p["history"]) == hist[0][0]
     assert min(r["drawdown"] for r in p["history"]) <= 0 and max(r["drawdown"] for r in p["history"]) == 0
-    exc = _sql(gold[0], "select method, confidence, count(*), sum(is_exception::int) from gold.fact_var_backtest "
-                        "where portfolio_id = 'P0002' group by 1, 2 order by 1, 2")
+    exc = _sql(gold[0], "select method, confidence, n_days, exceptions from gold.fact_var_model_comparison "
+                        "where portfolio_id = 'P0002' and as_of_date = %s order by 1, 2", (AS_OF,))
     assert [(r["method"], r["confidence"], r["days"], r["exceptions"]) for r in p["backtest_summary"]] == exc
     rd = p["returns"]
     assert sum(rd["counts"]) == hist[0][0] - 1 and rd["low"] < 0 < rd["high"]

@@ -290,8 +290,8 @@ def test_cockpit_in_the_airflow_ui_shows_golds_numbers(cockpit, chromium, artifa
     (var95, es99), = _sql(url, "select var_95_hist, es_99_hist from gold.fact_risk_metrics where portfolio_id = %s "
                                "and as_of_date = %s", (pid, AS_OF))
     assert _values(frame, "#kpi-var-95-hist .value") == [var95] and _values(frame, "#kpi-es-99-hist .value") == [es99]
-    exc = _sql(url, "select sum(is_exception::int) from gold.fact_var_backtest where portfolio_id = %s "
-                    "group by method, confidence order by method, confidence", (pid,))
+    exc = _sql(url, "select exceptions from gold.fact_var_model_comparison where portfolio_id = %s "
+                    "and as_of_date = %s order by method, confidence", (pid, AS_OF))
     assert _values(frame, "#backtest-table td[data-key=exceptions]") == [float(v) for (v,) in exc]
     assert _charts_drawn(frame) == 5  # value/PnL, drawdown, VaR vs PnL, returns, exposure
     assert _overflowing(frame) == []

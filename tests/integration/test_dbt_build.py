@@ -19,6 +19,7 @@ from etl.storage import get_store
 from etl.warehouse import WarehouseError, docs, load_warehouse, reporting_url, run_dbt
 from etl.warehouse.schema import GOLD
 from tests.support import warehouse_sample as sample
+from tests.support.env import pipeline_env
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +34,8 @@ REPORTS = sorted(p for d in ("daily_pnl", "risk_exposure", "market", "pipeline_h
 def gold(pg_url, tmp_path_factory):
     """The sample data set loaded and built once for the module (dbt build is the slow part)."""
     root = tmp_path_factory.mktemp("warehouse")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIPELINE_DATABASE_URL", pg_url)
-        mp.setenv("PIPELINE_DATA_DIR", str(root / "data"))
-        mp.setenv("PIPELINE_STATE_DIR", str(root / "state"))
-        mp.setenv("PIPELINE_REFERENCE_DIR", str(sample.write_reference(root / "reference")))
+    with pipeline_env(pg_url, root / "data", PIPELINE_STATE_DIR=root / "state",
+                      PIPELINE_REFERENCE_DIR=sample.write_reference(root / "reference")):
         with db.connect(url=pg_url) as conn, conn.cursor() as cur:
             cur.execute("drop schema if exists raw, staging, gold cascade")
         counts = sample.write_sample(get_settings(), first_day=FIRST_DAY, days=DAYS)
@@ -139,8 +137,36 @@ def test_the_drawdown_report_ranks_portfolios_worst_first(gold):
                      "and as_of_date = '2026-01-03' order by max_drawdown, portfolio_id")
     # the report rounds fractions to 4 decimals (sql/README.md)
     assert [(r[1], float(r[4])) for r in rows] == [(p, round(mdd, 4)) for p, mdd in expected] and len(rows) == 2
-    assert [float(r[6]) for r in rows] == [round(-mdd / 0.5, 4) for _, mdd in expected]  # drawdown_limit 0.5
+    # the limit is checked on the drawdown from the running peak (the sample's -0.05), not on max_drawdown
+    assert [(float(r[6]), float(r[7])) for r in rows] == [(0.1, -0.05)] * 2  # drawdown_limit 0.5
     assert query(*bind(sql, None), url=reporting_url())[0][0] == date(2026, 1, DAYS)
+
+
+def test_the_var_report_ranks_by_the_engines_usd_var_carried_to_gold(gold):
+    sql = (SQL_DIR / "risk_exposure" / "var_es_by_portfolio.sql").read_text()
+    rows = query(*bind(sql, date(2026, 1, 3)), url=reporting_url())
+    expected = query("select portfolio_id, var_99_hist_usd from gold.fact_risk_metrics "
+                     "where as_of_date = '2026-01-03' order by var_99_hist_usd desc, portfolio_id")
+    assert len(expected) == 2 and all(usd is not None for _, usd in expected)   # raw -> gold keeps the column
+    # the report reads the engine's figure (cents), largest first, as its last column
+    assert [(r[1], float(r[-1])) for r in rows] == [(p, round(usd, 2)) for p, usd in expected]
+    # the utilisation is of the column the limit names, whichever registered method (here Monte Carlo for one book)
+    pid = rows[0][1]
+    (limit, named), = query("select var_limit, var_limit_metric from gold.dim_portfolio where portfolio_id = %s", (pid,))
+
+    def name_metric(metric: str) -> None:
+        with db.connect() as conn, conn.cursor() as cur:
+            cur.execute("update gold.dim_portfolio set var_limit_metric = %s where portfolio_id = %s", (metric, pid))
+            assert cur.rowcount == 1
+
+    name_metric("var_99_mc")
+    try:
+        util = {r[1]: r[-2] for r in query(*bind(sql, date(2026, 1, 3)), url=reporting_url())}
+        figures = dict(query("select portfolio_id, var_99_mc from gold.fact_risk_metrics "
+                             "where as_of_date = '2026-01-03'"))
+    finally:
+        name_metric(named)
+    assert figures[pid] is not None and float(util[pid]) == round(figures[pid] / limit, 4)
 
 
 def test_a_rerun_loads_nothing_and_the_incremental_bars_pick_up_a_rewritten_partition(gold):

@@ -15,6 +15,7 @@ import pytest
 
 from etl import db
 from etl.settings import PROJECT_ROOT
+from tests.support.reference import write_book
 
 pytestmark = pytest.mark.slow
 
@@ -24,21 +25,16 @@ CONVERSION = "BTC-USD"  # ETH-BTC is quoted in BTC: valuation needs BTC-USD, whi
 
 
 def _write_book(folder: Path) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "exchanges.csv").write_text("exchange_id,name,api_base_url,timezone\n"
-                                          "coinbase,Coinbase Exchange,https://api.exchange.coinbase.com,UTC\n")
-    (folder / "instruments.csv").write_text(
-        "product_id,base_currency,quote_currency,exchange_id,asset_class,display_name\n"
+    return write_book(
+        folder,
         "SYN001-USD,SYN001,USD,coinbase,crypto_alt,Synthetic 1\n"
         "SYN005-USD,SYN005,USD,coinbase,crypto_alt,Synthetic 5\n"
         "ETH-BTC,ETH,BTC,coinbase,crypto_major,Ether / Bitcoin\n"
-        "BTC-USD,BTC,USD,coinbase,crypto_major,Bitcoin / US Dollar\n")
-    (folder / "portfolios.csv").write_text(  # no drawdown limit: an empty cell, not an error
-        "portfolio_id,name,base_currency,var_limit,concentration_limit,drawdown_limit\n"
-        "ALTS,Synthetic alts and a cross,USD,1e12,0.99,\n")
-    (folder / "positions.csv").write_text("portfolio_id,product_id,as_of_date,quantity,avg_cost\n" + "".join(
-        f"ALTS,{p},2026-01-01,{q},1\n" for p, q in HELD.items()))
-    return folder
+        "BTC-USD,BTC,USD,coinbase,crypto_major,Bitcoin / US Dollar\n",
+        "portfolio_id,name,base_currency,var_limit,concentration_limit,drawdown_limit\n"  # no drawdown limit: empty
+        "ALTS,Synthetic alts and a cross,USD,1e12,0.99,\n",
+        "portfolio_id,product_id,as_of_date,quantity,avg_cost\n"
+        + "".join(f"ALTS,{p},2026-01-01,{q},1\n" for p, q in HELD.items()))
 
 
 def test_an_own_book_outside_the_default_products_runs_every_stage(make_simulator, pg_url, tmp_path):

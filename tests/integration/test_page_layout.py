@@ -22,6 +22,7 @@ from etl.report import cockpit
 from etl.report.gold import GoldReader
 from tests.integration.test_cockpit import _reporting, _sql
 from tests.support.browser_check import Chromium, find_chromium
+from tests.support.env import pipeline_env
 from tests.support.report_sample import AS_OF, create_gold, sample_book
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "plugins"))  # the plugin package, as Airflow loads it
@@ -36,7 +37,8 @@ BTC_VAR_99 = 0.32
 
 
 def _with_btc_book(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """A BTC-based book whose VaR 99% is 0.32 BTC (thousands of USD): last on raw numbers, not in USD."""
+    """A BTC-based book whose VaR 99% is 0.32 BTC (thousands of USD): last on raw numbers, not in USD. Its
+    var_99_hist_usd is as the engine writes it (x the as-of BTC-USD close; tests/etl/risk/test_engine.py)."""
     def add(table: str, src: str, **values) -> None:
         row = frames[table][frames[table]["portfolio_id"] == src].tail(1).assign(portfolio_id="P-BTC", **values)
         frames[table] = pd.concat([frames[table], row], ignore_index=True)
@@ -45,7 +47,9 @@ def _with_btc_book(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     add("fact_portfolio_valuation", "P0001", market_value=2.5, gross_exposure=2.5)
     add("fact_pnl_daily", "P0001", daily_pnl=0.01, mtd_pnl=0.05)
     risk = {c: BTC_VAR_99 for c in frames["fact_risk_metrics"] if c.startswith(("var_", "es_"))}
-    add("fact_risk_metrics", "P0001", **risk)
+    prices = frames["fact_price_daily"]
+    btc_close = prices.loc[(prices["product_id"] == "BTC-USD") & (prices["price_date"] == AS_OF), "close"].item()
+    add("fact_risk_metrics", "P0001", **{**risk, "var_99_hist_usd": BTC_VAR_99 * btc_close})
     frames["fact_intraday_risk"] = pd.DataFrame({
         "portfolio_id": ["P0001", "P0002", "P0001"],
         "bucket_start": pd.to_datetime([f"{AS_OF} 09:00", f"{AS_OF} 09:00", f"{NO_DATA} 10:00"], utc=True),
@@ -71,9 +75,7 @@ def pages_dir(gold, tmp_path_factory) -> Path:
     from etl.report import run_report
 
     out = tmp_path_factory.mktemp("pages")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIPELINE_DATABASE_URL", gold)
-        mp.setenv("PIPELINE_DATA_DIR", str(out / "data"))
+    with pipeline_env(gold, out / "data") as mp:
         mp.setattr("etl.report.html.DETAIL_PAGES", 2)
         report = run_report(AS_OF, sql_dir=out / "no-sql")
         with pytest.raises(IncompleteInputError):
@@ -161,12 +163,12 @@ def cockpit_firm_stub() -> dict:
 
 
 def test_portfolios_rank_by_var_in_usd(gold, pages_dir):
-    (btc_close,), = _sql(gold, "select close from gold.fact_price_daily where product_id = 'BTC-USD' "
-                               "and price_date = %s", (AS_OF,))
+    engine = dict(_sql(gold, "select portfolio_id, var_99_hist_usd from gold.fact_risk_metrics where as_of_date = %s",
+                       (AS_OF,)))
     with GoldReader(_reporting(gold)) as reader:
         day = cockpit.portfolio_day(reader, AS_OF).set_index("portfolio_id")
-    assert day.at["P-BTC", "var_99_hist_usd"] == pytest.approx(BTC_VAR_99 * btc_close, rel=1e-12)
-    assert day.at["P0001", "var_99_hist_usd"] == day.at["P0001", "var_99_hist"]  # a USD book as it is
+    assert day["var_99_hist_usd"].to_dict() == engine   # the engine's figure as gold has it, never recomputed
+    assert day.at["P-BTC", "var_99_hist_usd"] > 1_000 * day.at["P-BTC", "var_99_hist"]  # in USD, not BTC
     ranked = day["var_99_hist_usd"].sort_values(ascending=False).index.tolist()
     assert ranked.index("P-BTC") < len(ranked) - 1  # above USD books with a smaller USD VaR, not last
     firm = (pages_dir / f"firm-{AS_OF}.html").read_text()

@@ -34,3 +34,16 @@ def small_reference(src: Path, dst: Path, products: list[str]) -> list[str]:
             writer.writerows(r for r in rows if r["portfolio_id"] in keep)
     return sorted(keep)
 
+
+
+def write_book(folder: Path, instruments: str, portfolios: str, positions: str) -> Path:
+    """A reference folder of its own: the Coinbase exchange, `instruments` (instruments.csv rows, no header) and the
+    whole portfolios.csv and positions.csv texts. Returns the folder."""
+    folder.mkdir(parents=True)
+    (folder / "exchanges.csv").write_text("exchange_id,name,api_base_url,timezone\n"
+                                          "coinbase,Coinbase Exchange,https://api.exchange.coinbase.com,UTC\n")
+    (folder / "instruments.csv").write_text(
+        "product_id,base_currency,quote_currency,exchange_id,asset_class,display_name\n" + instruments)
+    (folder / "portfolios.csv").write_text(portfolios)
+    (folder / "positions.csv").write_text(positions)
+    return folder

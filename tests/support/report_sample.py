@@ -16,7 +16,10 @@ from datetime import UTC, date, datetime, time, timedelta
 import numpy as np
 import pandas as pd
 
+from etl import measures
 from etl.errors import ConfigError
+from etl.risk import drawdown
+from etl.risk.engine import backtest_summary
 
 AS_OF = date(2026, 1, 31)  # the sample's last day, the default as-of of its reports
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
@@ -34,6 +37,9 @@ HOLDINGS = {  # portfolio -> product -> (quantity, avg_cost)
     "P-ALT": {"ETH-USD": (5.0, 3_100.0), "SOL-USD": (200.0, 120.0)},
 }
 TASKS = ("fetch_candles", "build_bars_5m", "compute_risk", "load_warehouse")
+VAR_Z = {0.95: 1.645, 0.99: 2.326, 0.995: 2.576}   # normal VaR and ES per unit sd at each registered confidence
+ES_Z = {0.95: 2.063, 0.99: 2.665, 0.995: 2.892}
+PLAIN = {"vol_20d": 0.55, "vol_30d": 0.6, "vol_ewma": 0.58, "max_drawdown": -0.18}   # other measures: 0.5
 
 
 def _prices(as_of: date, days: int) -> pd.DataFrame:
@@ -47,6 +53,7 @@ def _prices(as_of: date, days: int) -> pd.DataFrame:
             "product_id": product, "price_date": dates, "open": opens,
             "high": np.maximum(opens, closes) * 1.01, "low": np.minimum(opens, closes) * 0.99, "close": closes,
             "volume": rng.uniform(100, 1000, days), "vwap": (opens + closes) / 2,
+            "daily_return": np.r_[np.nan, closes[1:] / closes[:-1] - 1],   # as the dbt mart
         }))
     return pd.concat(rows, ignore_index=True)
 
@@ -75,21 +82,33 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
     agg["net_exposure"] = agg["market_value"]
     agg["concentration_pct"] = agg["max_abs"] / agg["gross_exposure"]
     valuation = agg.drop(columns="max_abs")
+    positions["weight"] = positions["market_value"] / positions.merge(valuation, on=["portfolio_id", "as_of_date"],
+                                                                      how="left")["gross_exposure"].to_numpy()
 
     pnl = valuation[["portfolio_id", "as_of_date", "market_value"]].copy()
     pnl["daily_pnl"] = pnl.groupby("portfolio_id")["market_value"].diff().fillna(0.0)
     month = pd.to_datetime(pnl["as_of_date"]).dt.to_period("M")
     pnl["mtd_pnl"] = pnl.groupby([pnl["portfolio_id"], month])["daily_pnl"].cumsum()
     pnl = pnl.drop(columns="market_value")
+    # as the engine: return on the previous day's gross exposure; drawdown of the compounded returns from the peak
+    prev_gross = valuation.groupby("portfolio_id")["gross_exposure"].shift()
+    pnl["daily_return"] = pnl["daily_pnl"] / prev_gross                # NaN on the first day: no previous one
+    valuation["drawdown"] = pnl.groupby("portfolio_id")["daily_return"].transform(
+        lambda r: drawdown.drawdown_series(r.to_numpy()[1:, None])[:, 0])
 
     sd = pnl.groupby("portfolio_id")["daily_pnl"].std()
     risk_rows, backtest = [], []
     for pid, s in sd.items():
         row = {"portfolio_id": pid, "as_of_date": as_of}
-        for method, k in (("hist", 1.0), ("param", 1.05), ("mc", 1.02)):
-            row |= {f"var_95_{method}": 1.645 * s * k, f"var_99_{method}": 2.326 * s * k,
-                    f"es_95_{method}": 2.063 * s * k, f"es_99_{method}": 2.665 * s * k}
-        row |= {"vol_20d": 0.55, "vol_30d": 0.6, "vol_ewma": 0.58, "max_drawdown": -0.18, "lookback_days": days}
+        for method in measures.methods("portfolio"):      # every registered method, as gold has them
+            k = {"hist": 1.0, "param": 1.05, "mc": 1.02}.get(method.name, 1.1)
+            for c in method.confidences:
+                row |= {measures.column("var", c, method.name): VAR_Z[c] * s * k,
+                        measures.column("es", c, method.name): ES_Z[c] * s * k}
+        dd = valuation.loc[valuation["portfolio_id"] == pid, "drawdown"]
+        row |= {m.name: PLAIN.get(m.name, 0.5) for m in measures.plain_measures("portfolio")}
+        row |= {"max_drawdown": float(dd.min()), "drawdown_from_peak": float(dd.iat[-1]), "lookback_days": days - 1,
+                "var_99_hist_usd": row["var_99_hist"]}   # as the engine: x 1 for a USD book
         risk_rows.append(row)
         mine = pnl[pnl["portfolio_id"] == pid]
         for method in ("hist", "param"):
@@ -101,6 +120,9 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
                     "is_exception": (-mine["daily_pnl"] > var).to_numpy()}))
     risk = pd.DataFrame(risk_rows)
     backtest = pd.concat(backtest, ignore_index=True)
+    comparison = backtest_summary(backtest.assign(as_of_date=pd.to_datetime(backtest["as_of_date"])), as_of)[
+        ["portfolio_id", "as_of_date", "method", "confidence", "n_days", "exceptions", "expected_exceptions",
+         "traffic_light"]]   # the engine's summary of these rows (gold.fact_var_model_comparison)
 
     asset_risk = pd.DataFrame({"product_id": list(PRODUCTS), "as_of_date": as_of, "vol_20d": [0.45, 0.62, 0.91],
                                "vol_30d": [0.48, 0.65, 0.95], "vol_ewma": [0.47, 0.6, 0.88],
@@ -149,6 +171,17 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
                      "threshold 0.501"],
         "decision": ["excluded", "accepted_by_override"], "flag_date": [as_of, as_of - timedelta(days=3)],
         "accepted_by": [None, "risk-ops"], "override_reason": [None, "exchange-confirmed auction print"]})
+    # as the engine stores them: simple daily USD returns over the lookback, one row per pair a < b
+    corr = np.corrcoef(close.pct_change().iloc[1:].to_numpy(), rowvar=False)
+    i, j = np.triu_indices(len(PRODUCTS), k=1)
+    correlations = pd.DataFrame({"product_id_a": np.asarray(PRODUCTS)[i], "product_id_b": np.asarray(PRODUCTS)[j],
+                                 "as_of_date": as_of, "correlation": corr[i, j], "n_obs": days - 1,
+                                 "return_currency": "USD"})
+    held = positions[positions["as_of_date"] == as_of][["portfolio_id", "product_id", "market_value"]]
+    contributions = pd.concat([held.assign(  # the firm's rows differ from the portfolio's: pages must not mix them
+        scope=scope, currency="USD", as_of_date=as_of, exposure=held["market_value"],
+        component_var_99_param=0.04 * k * held["market_value"], component_es_99_hist=0.05 * k * held["market_value"],
+        marginal_var_99_param=0.04 * k) for scope, k in (("portfolio", 1.0), ("firm", 0.7))], ignore_index=True)
     symbols = pd.DataFrame({"product_id": list(PRODUCTS), "base_currency": [x.split("-")[0] for x in PRODUCTS],
                             "quote_currency": "USD", "exchange_id": "coinbase", "asset_class": "crypto"})
     return {
@@ -158,7 +191,8 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
         "fact_pnl_daily": pnl, "fact_risk_metrics": risk, "fact_var_backtest": backtest,
         "fact_asset_risk": asset_risk, "fact_factor_exposures": factor_exposures,
         "fact_factor_returns": factor_returns, "fact_anomalies": anomalies, "fact_pipeline_runs": pipeline_runs,
-        "fact_limit_breaches": breaches, "fact_price_quality": price_quality,
+        "fact_limit_breaches": breaches, "fact_price_quality": price_quality, "fact_correlations": correlations,
+        "fact_risk_contributions": contributions.drop(columns="market_value"), "fact_var_model_comparison": comparison,
     }
 
 
@@ -205,7 +239,8 @@ def create_gold(url: str, frames: dict[str, pd.DataFrame], skip: tuple[str, ...]
                 cur.execute(f"create table gold.{name} ({cols})")
                 rows = [tuple(None if pd.isna(v) else (v.item() if isinstance(v, np.generic) else v) for v in r)
                         for r in df.astype(object).itertuples(index=False)]
-                execute_values(cur, f"insert into gold.{name} values %s", rows)
+                if rows:
+                    execute_values(cur, f"insert into gold.{name} values %s", rows)
             cur.execute("grant usage on schema gold to reporting")
             cur.execute("grant select on all tables in schema gold to reporting")
         conn.commit()
@@ -219,7 +254,7 @@ def sample_book(as_of: date, n_portfolios: int, days: int = 120) -> dict[str, pd
     numbers differ), for size and speed measurements at 22 and 1,000 portfolios."""
     base = sample_frames(as_of, days)
     per_portfolio = ("dim_portfolio", "fact_positions", "fact_portfolio_valuation", "fact_pnl_daily",
-                     "fact_risk_metrics", "fact_var_backtest", "fact_limit_breaches")
+                     "fact_risk_metrics", "fact_var_backtest", "fact_limit_breaches", "fact_var_model_comparison")
     money_cols = {"market_value", "unrealized_pnl", "gross_exposure", "net_exposure", "long_exposure",
                   "short_exposure", "daily_pnl", "mtd_pnl", "var_forecast", "realized_pnl", "var_limit",
                   "quantity"} | {c for c in base["fact_risk_metrics"] if c.startswith(("var_", "es_"))}

@@ -118,8 +118,9 @@ def risk_outputs(daily: pd.DataFrame, b5: pd.DataFrame) -> dict[str, pd.DataFram
         risk[f"var_95_{method}"], risk[f"var_99_{method}"] = 0.030 * g * bump, 0.045 * g * bump
         risk[f"es_95_{method}"], risk[f"es_99_{method}"] = 0.040 * g * bump, 0.055 * g * bump
     risk["vol_20d"], risk["vol_30d"], risk["vol_ewma"] = 0.55, 0.6, 0.5
-    risk["max_drawdown"], risk["lookback_days"] = -0.12, 250
+    risk["max_drawdown"], risk["drawdown_from_peak"], risk["lookback_days"] = -0.12, -0.05, 250
     risk["mc_scenarios"], risk["mc_distribution"] = 10_000, "t"
+    risk["var_99_hist_usd"] = risk["var_99_hist"]        # USD books: x 1
 
     asset = daily[["product_id", "price_date", "close"]].rename(columns={"price_date": "as_of_date"})
     asset["daily_return"] = asset.groupby("product_id")["close"].pct_change()
@@ -167,12 +168,15 @@ def risk_outputs(daily: pd.DataFrame, b5: pd.DataFrame) -> dict[str, pd.DataFram
     summary["kupiec_p"], summary["cc_p"] = 0.5, 0.4
     summary["traffic_light"] = np.where(summary["exceptions"] > 1, "yellow", "green")
 
+    # each day's run stores the correlations of the returns up to that day (from the second return on)
     wide = daily.pivot(index="price_date", columns="product_id", values="close").pct_change()
-    corr = wide.corr()
-    pairs = [(a, b) for a in corr.index for b in corr.columns if a < b]
-    correlations = pd.DataFrame({"product_id_a": [a for a, _ in pairs], "product_id_b": [b for _, b in pairs],
-                                 "as_of_date": wide.index[-1], "correlation": [corr.at[a, b] for a, b in pairs],
-                                 "n_obs": len(wide) - 1, "return_currency": "USD"})
+    pairs = [(a, b) for a in wide.columns for b in wide.columns if a < b]
+    correlations = pd.concat([pd.DataFrame({
+        "product_id_a": [a for a, _ in pairs], "product_id_b": [b for _, b in pairs], "as_of_date": wide.index[i],
+        "correlation": [corr.at[a, b] for a, b in pairs], "n_obs": i, "return_currency": "USD"})
+        for i in range(2, len(wide)) for corr in [wide.iloc[1:i + 1].corr()]]
+        or [pd.DataFrame(columns=["product_id_a", "product_id_b", "as_of_date", "correlation", "n_obs",
+                                  "return_currency"])], ignore_index=True)   # one return: no correlation yet
     # portfolio return of day t = PnL(t) / gross exposure(t-1), as the risk engine defines it
     prev_gross = valuation.groupby("portfolio_id")["gross_exposure"].shift()
     port_ret = (pnl_daily.set_index(["portfolio_id", "as_of_date"])["daily_pnl"]

@@ -135,9 +135,9 @@ def test_bad_input_in_airflow_fails_at_once_and_the_callback_records_the_cause(s
 
 
 def test_book_products_add_what_the_portfolios_hold_and_their_conversions(settings):
-    from etl.portfolios import needed_products
+    from etl.reference_set import Reference
 
-    book = needed_products(settings)
+    book = Reference(settings).needed_products()
     assert len(book) == len(set(book))
     assert {"ETH-BTC", "BTC-USD", "ETH-USD"} <= set(book)  # ETH-BTC is held: it needs BTC-USD to convert
     assert tasks.validate_products(include_book=True, settings=settings)[:2] == ["BTC-USD", "ETH-USD"]
@@ -153,10 +153,10 @@ def test_book_products_leave_out_the_delisted_ones(settings, tmp_path):
     (ref / "instruments.csv").write_text("\n".join(
         [f"{lines[0]},delisted_on"] + [f"{r},{'2025-01-01' if r.startswith('LINK-USD,') else ''}" for r in lines[1:]])
         + "\n")
-    from etl.portfolios import needed_products
+    from etl.reference_set import Reference
 
-    book = needed_products(dataclasses.replace(settings, reference_dir=ref))
-    assert book == [p for p in needed_products(settings) if p != "LINK-USD"] and "LINK-USD" not in book
+    book = Reference(dataclasses.replace(settings, reference_dir=ref)).needed_products()
+    assert book == [p for p in Reference(settings).needed_products() if p != "LINK-USD"] and "LINK-USD" not in book
 
 
 @pytest.mark.slow

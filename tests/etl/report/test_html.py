@@ -17,6 +17,7 @@ from etl.report import html as report_html
 from etl.report import latest_report, report_of_run, reports_dir, run_report
 from etl.risk.backtest import traffic_light
 from etl.settings import get_settings
+from tests.support.env import pipeline_env
 from tests.support.report_sample import AS_OF, create_gold, sample_frames
 
 H2 = ("summary", "portfolios", "market", "pipeline-health", "data-notes")
@@ -58,9 +59,7 @@ def sql_dir(tmp_path):
 def report(sample_gold_url, tmp_path_factory):
     """One report run shared by the read-only assertions below (rendering charts is the slow part)."""
     root = tmp_path_factory.mktemp("report")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIPELINE_DATABASE_URL", sample_gold_url)
-        mp.setenv("PIPELINE_DATA_DIR", str(root / "data"))
+    with pipeline_env(sample_gold_url, root / "data"):
         path = run_report(sql_dir=_write_sql_dir(root / "sql"))  # no as_of: the latest day in gold
         return path, root / "data", reports_dir(get_settings())
 
@@ -119,7 +118,11 @@ def test_html_report_shows_every_section_with_numbers_from_gold(report, frames):
     b = frames["fact_limit_breaches"].set_index("portfolio_id")
     assert re.search(rf'id="summary-breaches-table".*?P-ALT.*?concentration.*?63\.9%.*?50\.0%.*?127\.8%.*?'
                      rf'P-CORE.*?var.*?{b.at["P-CORE", "value"]:,.2f} USD.*?3,500.00 USD', page, re.S)
-    assert re.search(r'id="summary-drawdowns-table".*?P-ALT.*?-18\.0%.*?20\.0%', page, re.S)
+    # worst drawdowns ranked on the limit's measure (drawdown from peak), the limit named next to it
+    dd = risk.set_index("portfolio_id")
+    assert re.search(rf'id="summary-drawdowns-table".*?Drawdown from peak.*?Limit \(on drawdown from peak\).*?'
+                     rf'P-CORE.*?{dd.at["P-CORE", "drawdown_from_peak"]:.1%}.*?25\.0%.*?'
+                     rf'P-ALT.*?{dd.at["P-ALT", "drawdown_from_peak"]:.1%}.*?20\.0%', page, re.S)
 
     # per portfolio: breaches, positions, traffic light computed from the backtest rows
     assert re.search(r'id="breaches-p-alt".*?concentration.*?63\.9%.*?50\.0%', alt_page, re.S)
@@ -221,14 +224,6 @@ def test_reports_connect_as_reporting_and_cannot_write(env):
         assert reader.query("select current_user as u")["u"].tolist() == ["reporting"]
         with pytest.raises(psycopg2.Error, match="read-only|permission denied"):
             reader.query("insert into gold.dim_exchange values ('x', 'y') returning 1")
-
-
-def test_drawdown_curve_is_value_over_running_peak():
-    from etl.report.charts import drawdown_curve
-
-    val = pd.DataFrame({"as_of_date": pd.date_range("2026-01-01", periods=5), "market_value": [100, 120, 90, 130,
-                                                                                               117]})
-    assert drawdown_curve(val).to_numpy() == pytest.approx([0, 0, -0.25, 0, -0.1])
 
 
 def test_mapped_tasks_fold_into_one_row_and_retries_count_as_their_last_attempt():

@@ -155,3 +155,14 @@ def test_a_real_run_sums_to_the_daily_pnl_and_matches_an_independent_computation
         assert row.exposure == pytest.approx(exposure, rel=1e-12)
         assert row.factor_return == pytest.approx(np.prod(1 + r) - 1, rel=1e-10)
         assert row.explained_pnl == pytest.approx(exposure * (np.prod(1 + r) - 1), rel=1e-10)
+
+
+def test_portfolios_in_chunks_give_the_same_rows(monkeypatch):
+    """The book is valued a chunk of portfolios at a time (memory): one portfolio per chunk, the same table."""
+    import etl.risk.attribution as attribution
+
+    whole = attribution_table(CLOSES, QUOTE, PORTFOLIOS, POSITIONS, PNL, FACTOR_RETURNS, EXPOSURES)
+    monkeypatch.setattr(attribution, "PORTFOLIO_CHUNK", 1)
+    chunked = attribution_table(CLOSES, QUOTE, PORTFOLIOS, POSITIONS, PNL, FACTOR_RETURNS, EXPOSURES)
+    assert len(whole) == 9 and set(whole["portfolio_id"]) == {"P1", "P2"}
+    pd.testing.assert_frame_equal(whole, chunked)

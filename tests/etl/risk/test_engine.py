@@ -20,9 +20,9 @@ from etl.reference import load_instruments
 from etl.risk import run_risk
 from etl.risk.engine import RiskParams, compute_tables, intraday_anomalies
 from etl.settings import get_settings
-from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
 from etl.storage import Store
 from tests.support.delta_reader import duckdb_frame
+from tests.support.silver_sample import write_5m_bars, write_daily_bars
 
 AS_OF = date(2026, 3, 31)
 DAYS = pd.date_range("2025-12-01", AS_OF, freq="D")
@@ -39,38 +39,16 @@ def _closes() -> pd.DataFrame:
 
 
 def _write_silver(root, closes: pd.DataFrame, spike_at: pd.Timestamp) -> None:
+    write_daily_bars(root, closes, QUOTE, spread=0.01, volume=10.0)
     for product in closes.columns:
         c = closes[product].to_numpy()
-        n = len(c)
-        cols = {"price_date": pa.array(closes.index.date, pa.date32()), "open": c, "high": c * 1.01, "low": c * 0.99,
-                "close": c, "volume": np.full(n, 10.0), "vwap": c, "n_candles": np.full(n, 1440),
-                "is_complete": np.ones(n, bool), "quote_currency": [QUOTE[product]] * n,
-                "first_candle_at": pa.array([None] * n, pa.timestamp("us", tz="UTC")),
-                "last_candle_at": pa.array([None] * n, pa.timestamp("us", tz="UTC")),
-                "source_granularity": np.full(n, 86400)}
-        table = pa.table(cols).cast(BARS_1D_SCHEMA)
-        for year in sorted(set(closes.index.year)):
-            folder = root / "silver" / "bars_1d" / f"product_id={product}" / f"year={year}"
-            folder.mkdir(parents=True)
-            keep = pa.array(closes.index.year == year)
-            pq.write_table(table.filter(keep), folder / "part-0.parquet")
         # 5-minute bars for the last two days: a gentle random walk, and one spike in BTC-USD on the as-of day
         buckets = pd.date_range(pd.Timestamp(AS_OF) - pd.Timedelta(days=1), periods=2 * 288, freq="5min", tz="UTC")
         rng = np.random.default_rng(len(product))
         r = rng.standard_normal(len(buckets)) * 0.001
         if product == "BTC-USD":
             r[buckets == spike_at] = 0.03
-        px = c[-1] * np.exp(np.cumsum(r))
-        m = len(buckets)
-        bars = pa.table({"bucket_start": pa.array(buckets), "open": px, "high": px, "low": px, "close": px,
-                         "volume": np.ones(m), "vwap": px, "n_candles": np.full(m, 5), "is_complete": np.ones(m, bool),
-                         "quote_currency": [QUOTE[product]] * m, "first_candle_at": pa.array(buckets),
-                         "last_candle_at": pa.array(buckets), "source_granularity": np.full(m, 60)})
-        bars = bars.cast(BARS_5M_SCHEMA)
-        for day in sorted(set(buckets.date)):
-            folder = root / "silver" / "bars_5m" / f"product_id={product}" / f"date={day}"
-            folder.mkdir(parents=True)
-            pq.write_table(bars.filter(pa.array(buckets.date == day)), folder / "part-0.parquet")
+        write_5m_bars(root, product, QUOTE[product], buckets, c[-1] * np.exp(np.cumsum(r)))
 
 
 @pytest.fixture
@@ -351,6 +329,19 @@ def test_compute_tables_vol_var_and_backtest_against_independent_oracles():
     assert summ["cc_p"] == pytest.approx(stats.chi2.sf(kupiec + ind, 2), rel=1e-9)
 
 
+def test_var_99_in_usd_is_the_base_currency_var_times_the_as_of_base_usd_close():
+    """The one USD figure pages rank books by: B1 (BTC base, 40 ETH-BTC) and U1 (USD base), by hand."""
+    closes = _closes()
+    risk = compute_tables(closes, QUOTE, PORTFOLIOS, BOOK, SMALL_PARAMS)["risk_metrics"].set_index("portfolio_id")
+    d = closes.index[-1]
+    # B1 in BTC: its ETH-BTC position's historical losses over the last 60 returns, numpy's linear quantile
+    losses = -(40 * closes.loc[d, "ETH-BTC"]) * closes["ETH-BTC"].pct_change().iloc[-60:].to_numpy()
+    var_btc = np.quantile(losses, 0.99)
+    assert risk.loc["B1", "var_99_hist"] == pytest.approx(var_btc, rel=1e-12)
+    assert risk.loc["B1", "var_99_hist_usd"] == pytest.approx(var_btc * closes.loc[d, "BTC-USD"], rel=1e-12)
+    assert risk.loc["U1", "var_99_hist_usd"] == risk.loc["U1", "var_99_hist"]        # a USD book: x 1
+
+
 def test_backtest_forecasts_do_not_look_ahead():
     """Changing the last close changes today's VaR but no forecast made before today; the forecast made yesterday
     is compared with today's PnL."""
@@ -380,7 +371,8 @@ def test_nan_metric_is_uncomputable_breach():
         "portfolio_id": ["NAN", "INF", "OVER", "OK", "EMPTY"], "as_of_date": [pd.Timestamp(AS_OF)] * 5,
         "base_currency": ["USD"] * 5, "var_99_hist": [np.nan, 10.0, 500.0, 10.0, 0.0],
         "gross_exposure": [np.nan, 1e4, 1e4, 1e4, 0.0],
-        "concentration_pct": [0.1, np.inf, 0.1, 0.1, np.nan], "max_drawdown": [-0.1, -0.1, -0.1, -0.1, 0.0]})
+        "concentration_pct": [0.1, np.inf, 0.1, 0.1, np.nan],
+        "drawdown_from_peak": [-0.1, -0.1, -0.1, -0.1, 0.0]})
     portfolios = pd.DataFrame({"portfolio_id": ["NAN", "INF", "OVER", "OK", "EMPTY"], "var_limit": [100.0] * 5,
                                "concentration_limit": [0.5] * 5, "drawdown_limit": [0.5] * 5,
                                "var_limit_metric": ["var_99_hist"] * 5})
@@ -391,6 +383,34 @@ def test_nan_metric_is_uncomputable_breach():
                    ("OVER", "var", "exceeded", 500.0)]
     text = message({**out.iloc[1].to_dict(), "value": None, "as_of_date": AS_OF})
     assert "UNCOMPUTABLE" in text and "NAN var limit" in text
+
+
+def test_the_drawdown_limit_is_checked_on_the_current_drawdown_from_the_running_peak():
+    """One long BTC position, so the book's wealth is the price over its first close: 100 for ten days, down to 60
+    (max drawdown -40%), a new peak at 120, then 90 on the as-of day: 90 / 120 - 1 = -25% below the running peak.
+    A 30% limit holds (|max_drawdown| 40% would have breached it forever); a 20% limit is breached at 25%."""
+    days = pd.date_range("2026-01-01", periods=30, freq="D")
+    price = np.r_[[100.0] * 10, [60.0] * 5, np.linspace(70, 120, 6), [120.0] * 8, [90.0]]
+    closes = pd.DataFrame({"BTC-USD": price}, index=days)
+    portfolios = pd.DataFrame({"portfolio_id": ["HOLDS", "BREACH"], "name": ["h", "b"], "base_currency": ["USD"] * 2,
+                               "var_limit": [1e12] * 2, "concentration_limit": [1.0] * 2,
+                               "drawdown_limit": [0.3, 0.2], "var_limit_metric": ["var_99_hist"] * 2})
+    book = pd.DataFrame({"portfolio_id": ["HOLDS", "BREACH"], "product_id": ["BTC-USD"] * 2,
+                         "as_of_date": pd.to_datetime(["2025-12-01"] * 2), "quantity": [1.0, 3.0],
+                         "avg_cost": [100.0] * 2})
+    tables = compute_tables(closes, {"BTC-USD": "USD"}, portfolios, book, RiskParams(mc_scenarios=500,
+                                                                                       backtest_days=20))
+    risk = tables["risk_metrics"].set_index("portfolio_id")
+    assert risk["max_drawdown"].tolist() == pytest.approx([-0.4, -0.4])
+    assert risk["drawdown_from_peak"].tolist() == pytest.approx([90 / 120 - 1] * 2)
+    breach = tables["limit_breaches"].query("limit_type == 'drawdown'")
+    assert breach[["portfolio_id", "metric", "breach_kind"]].values.tolist() == [
+        ["BREACH", "drawdown_from_peak", "exceeded"]]
+    assert (breach["value"].iat[0], breach["limit_value"].iat[0], breach["utilisation"].iat[0]) == \
+        pytest.approx((0.25, 0.2, 1.25))
+    # the intraday revaluation continues the same measure from the close
+    dd = tables["scenario_portfolios"].set_index("portfolio_id")["drawdown"]
+    assert dd.to_dict() == pytest.approx(risk["drawdown_from_peak"].to_dict())
 
 
 def test_overflowing_position_is_rejected_with_file_and_line(risk_env):
@@ -531,3 +551,91 @@ def test_a_var_limit_on_an_uncomputable_evt_figure_is_an_uncomputable_breach():
     assert list(zip(var_rows["portfolio_id"], var_rows["metric"], var_rows["breach_kind"], strict=True)) == [
         ("U1", "var_99_evt_gpd", "uncomputable")]
     assert np.isfinite(tables["risk_metrics"].set_index("portfolio_id").at["B1", "var_99_param_t"])
+
+
+def test_tail_backtest_refits_every_k_days_and_rescales_by_the_days_loss_sd():
+    """tail_refit_days = k: a block's models are fitted on its first day the portfolio holds something and
+    rescaled on its other days by the day's loss sd: each forecast is the fit of the refit day's losses (by
+    einsum, an independent sum) times sd_t / sd_r; with k = 1 each day's own fit (the full refit)."""
+    from etl.risk import tails
+    from etl.risk.engine import BACKTEST_CONFIDENCES, _Scenarios, _tail_backtest
+    from etl.risk.var import portfolio_sigma
+
+    rng = np.random.default_rng(6)
+    t_days, n, a, k = 23, 250, 3, 5
+    w = rng.standard_t(4, (t_days, n, a)) * 0.02
+    expo = rng.normal(0, 1000, (t_days, 4, a))
+    expo[:7, 3] = 0.0                                                 # portfolio 3 holds from day 7 (block 5..9)
+    held = np.abs(expo).sum(axis=-1) > 0
+    sc = _Scenarios.of(w)
+    sigma = portfolio_sigma(sc.cov, np.swapaxes(expo, 1, 2))
+    every_day, strided = (_tail_backtest(sc, expo, held, sigma, np.random.default_rng(9),
+                                         RiskParams(es_simulations=200, tail_refit_days=d), {}) for d in (1, k))
+    losses = -np.einsum("tna,tka->tkn", w, expo)                      # (T, P, N)
+    sd = losses.std(axis=-1, ddof=1)
+    refit = np.repeat(np.arange(0, t_days, k), k)[:t_days, None] * np.ones((1, 4), int)
+    refit[5:10, 3] = 7
+    ti, pi = np.nonzero(held)
+    for method in tails.METHODS:
+        daily = tails.fit(method, losses)
+        for c in BACKTEST_CONFIDENCES:
+            v, e = daily.var_es(c)
+            np.testing.assert_allclose(every_day[(method, c)][0][held], v[held], rtol=1e-6)
+            np.testing.assert_allclose(every_day[(method, c)][1][held], e[held], rtol=1e-6)
+            r = refit[ti, pi]
+            scale = sd[ti, pi] / sd[r, pi]
+            np.testing.assert_allclose(strided[(method, c)][0][held], v[r, pi] * scale, rtol=1e-6)
+            np.testing.assert_allclose(strided[(method, c)][1][held], e[r, pi] * scale, rtol=1e-6)
+    assert np.isfinite(strided[("param_t", 0.99)][0][held]).all()
+
+
+def test_the_backtest_summary_from_the_engines_arrays_equals_the_summary_of_its_rows():
+    """The engine summarises each series from its (day x portfolio) arrays; `backtest_summary` of the var_backtest
+    rows (a groupby over the series) gives the same table, with a book that holds nothing for a while (its
+    neighbouring held days count as consecutive) and one that holds nothing at all in the window (no rows)."""
+    from etl.risk.engine import backtest_summary
+
+    closes = _closes()
+    gap = pd.DataFrame({"portfolio_id": "U3", "product_id": ["BTC-USD", "BTC-USD", "BTC-USD"],
+                        "as_of_date": pd.to_datetime(["2025-12-01", "2026-03-01", "2026-03-12"]),
+                        "quantity": [1.0, 0.0, -1.5], "avg_cost": 50000.0})
+    gone = pd.DataFrame({"portfolio_id": "U4", "product_id": ["ETH-USD", "ETH-USD"],
+                         "as_of_date": pd.to_datetime(["2025-12-01", "2026-01-02"]), "quantity": [3.0, 0.0],
+                         "avg_cost": 2500.0})
+    book = pd.concat([BOOK, gap, gone], ignore_index=True)
+    portfolios = pd.concat([PORTFOLIOS, PORTFOLIOS.iloc[:1].assign(portfolio_id="U3"),
+                            PORTFOLIOS.iloc[:1].assign(portfolio_id="U4")], ignore_index=True)
+    params = RiskParams(var_lookback_days=60, backtest_days=40, mc_scenarios=2000, es_simulations=200,
+                        es_bootstrap=200)
+    tables = compute_tables(closes, QUOTE, portfolios, book, params)
+    bt = tables["var_backtest"]
+    u3 = bt[(bt["portfolio_id"] == "U3") & (bt["method"] == "hist") & (bt["confidence"] == 0.95)]
+    assert 0 < len(u3) < params.backtest_days and "U4" not in set(bt["portfolio_id"])   # a gap; U4 has no rows
+    expected = backtest_summary(bt, closes.index[-1]).sort_values(["portfolio_id", "method", "confidence"],
+                                                                     ignore_index=True)
+    got = tables["var_backtest_summary"]
+    assert set(got["portfolio_id"]) == {"U1", "B1", "U3"}
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
+def test_freed_arrays_go_back_to_the_os_when_released():
+    """glibc keeps freed array memory for reuse (after a large free it stops mapping arrays of that size on their
+    own, and memory below a live block cannot shrink the heap); release_freed_memory hands it back, so a run's
+    peak RSS is what it holds, not what it once held (the per-chunk arrays of the backtest and the attribution)."""
+    import psutil
+
+    from etl.risk.engine import _malloc_trim, release_freed_memory
+
+    if _malloc_trim() is None:
+        pytest.skip("not glibc: its allocator's behaviour is what this checks")
+    rss = psutil.Process().memory_info
+    np.ones(1 << 20)                                          # an 8 MB array freed: glibc raises its mmap threshold
+    arrays, kept = [], []
+    for _ in range(60):                                       # 60 x 4 MB from the heap, each below a live block
+        arrays.append(np.ones(1 << 19))
+        kept.append(np.ones(1 << 15))
+    held = rss().rss
+    del arrays                                                # freed, yet resident while glibc keeps it for reuse
+    release_freed_memory()
+    assert held - rss().rss > 200 * 2**20                     # released: most of the 240 MB left the RSS
+    assert len(kept) == 60

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from etl.risk import es_backtest
+from etl.risk import es_backtest, var
 from etl.risk.engine import BACKTEST_CONFIDENCES, METHODS, RiskParams, compute_tables
 from tests.etl.risk.test_contributions import BOOK, PORTFOLIOS, QUOTE, _closes
 
@@ -90,7 +90,6 @@ def test_shared_z2_paths_give_each_series_its_own_paths_p_value_within_the_monte
     (M, T, K) simulated losses, the sampler before the sharing): |p_shared - p_own| < 4 sqrt(2 p (1 - p) / M)
     (two independent estimates of p). Scenario model: the engine's own backtest step on random scenario returns;
     its VaR/ES forecasts are exact (a sort of each day's losses)."""
-    from etl.risk import var
     from etl.risk.engine import _scenario_backtest, _Scenarios
 
     rng = np.random.default_rng(4)
@@ -146,8 +145,10 @@ def test_tail_methods_shared_z2_paths_match_paths_of_their_own():
     expo = rng.normal(0, 1000, (t_days, k, a))
     held = np.ones((t_days, k), bool)
     nulls: dict = {}
-    forecasts = _tail_backtest(_Scenarios.of(w), expo, held, np.random.default_rng(9), RiskParams(es_simulations=m),
-                               nulls)
+    sc = _Scenarios.of(w)
+    sigma = var.portfolio_sigma(sc.cov, np.swapaxes(expo, 1, 2))
+    forecasts = _tail_backtest(sc, expo, held, sigma, np.random.default_rng(9),
+                               RiskParams(es_simulations=m, tail_refit_days=1), nulls)     # refitted every day
     losses = -np.einsum("tna,tka->tkn", w, expo)                      # (T, K, N)
     realized = -losses[:, :, 0] * 1.2
     for method in tails.METHODS:

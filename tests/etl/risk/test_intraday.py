@@ -11,8 +11,6 @@ from datetime import date
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from etl import commits, runlog
@@ -21,8 +19,8 @@ from etl.orchestration.tasks import compute_intraday_risk
 from etl.report import alerts
 from etl.risk import intraday, intraday_io, run_risk
 from etl.settings import get_settings
-from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
 from etl.storage import get_store
+from tests.support.silver_sample import write_5m_bars, write_daily_bars
 
 D1 = date(2026, 3, 30)                    # the last EOD run's as-of (the previous UTC close)
 D = date(2026, 3, 31)                     # today
@@ -48,33 +46,13 @@ def _daily_closes() -> pd.DataFrame:
 
 
 def write_daily(root, closes: pd.DataFrame) -> None:
-    for product in closes.columns:
-        c = closes[product].to_numpy()
-        n = len(c)
-        table = pa.table({
-            "price_date": pa.array(closes.index.date, pa.date32()), "open": c, "high": c, "low": c, "close": c,
-            "volume": np.ones(n), "vwap": c, "n_candles": np.full(n, 288), "is_complete": np.ones(n, bool),
-            "quote_currency": [QUOTE[product]] * n,
-            "first_candle_at": pa.array([None] * n, pa.timestamp("us", tz="UTC")),
-            "last_candle_at": pa.array([None] * n, pa.timestamp("us", tz="UTC")),
-            "source_granularity": np.full(n, 300)}).cast(BARS_1D_SCHEMA)
-        folder = root / "silver" / "bars_1d" / f"product_id={product}" / "year=2026"
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, folder / "part-0.parquet")
+    write_daily_bars(root, closes, QUOTE, n_candles=288, source_granularity=300)
 
 
 def write_5m(root, product: str, day: date, closes: np.ndarray) -> None:
     """Today's 5-minute bars of one product: closes[i] is bucket i of the day (00:00 + 5 min x i)."""
     buckets = pd.date_range(pd.Timestamp(day, tz="UTC"), periods=len(closes), freq="5min")
-    m = len(closes)
-    table = pa.table({
-        "bucket_start": pa.array(buckets), "open": closes, "high": closes, "low": closes, "close": closes,
-        "volume": np.ones(m), "vwap": closes, "n_candles": np.full(m, 5), "is_complete": np.ones(m, bool),
-        "quote_currency": [QUOTE[product]] * m, "first_candle_at": pa.array(buckets),
-        "last_candle_at": pa.array(buckets), "source_granularity": np.full(m, 60)}).cast(BARS_5M_SCHEMA)
-    folder = root / "silver" / "bars_5m" / f"product_id={product}" / f"date={day}"
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, folder / "part-0.parquet")
+    write_5m_bars(root, product, QUOTE[product], buckets, closes)
 
 
 def at(hh: int, mm: int, day: date = D) -> pd.Timestamp:
@@ -301,6 +279,26 @@ def test_no_scenario_set_yet_leaves_var_null_values_the_book_and_breaches_as_unc
     assert alerts.send_intraday_alerts(at(10, 5).to_pydatetime()) == 4
     lines = [json.loads(x) for x in (data_dir / "alerts" / "alerts.jsonl").read_text().splitlines()]
     assert all(x["message"].startswith("Risk limit UNCOMPUTABLE: portfolio ") for x in lines) and len(lines) == 4
+
+
+def test_the_drawdown_limit_is_checked_on_the_eods_drawdown_from_peak_carried_through_the_day(book):
+    """Intraday checks the same measure as end of day: at prices equal to the close the drawdown is EOD's
+    risk_metrics.drawdown_from_peak exactly; BTC 10% down at 10:05 takes L to (1 + dd_close) x 0.9 - 1 below the
+    peak (the EOD peak, today's buckets never above it), over a limit set between the two."""
+    data, last, ref = book["data"], book["last"], book["ref"]
+    dd_close = eod(data, "risk_metrics").set_index("portfolio_id").at["L", "drawdown_from_peak"]
+    dd_1005 = (1 + dd_close) * 0.9 - 1
+    limit = (-dd_close - dd_1005) / 2
+    (ref / "portfolios.csv").write_text(PORTFOLIOS.format(var_limit="1e9").replace("L,Long BTC,USD,1e9,1,0.9,",
+                                                                                    f"L,Long BTC,USD,1e9,1,{limit},"))
+    flat_day(data, last, {"BTC-USD": {index(10, 5): 0.9}})
+    run_buckets([at(10, 0), at(10, 5)])
+    assert intraday_rows(data, at(10, 0)).at["L", "drawdown"] == dd_close
+    assert intraday_rows(data, at(10, 0), intraday.BREACH_TABLE).empty
+    assert intraday_rows(data, at(10, 5)).at["L", "drawdown"] == pytest.approx(dd_1005, rel=1e-12)
+    r = intraday_rows(data, at(10, 5), intraday.BREACH_TABLE).query("limit_type == 'drawdown'").loc["L"]
+    assert (r["metric"], r["status"], r["breach_kind"]) == ("drawdown_from_peak", "breach", "exceeded")
+    assert (r["value"], r["limit_value"]) == pytest.approx((-dd_1005, limit), rel=1e-12)
 
 
 def test_a_breach_whose_var_becomes_uncomputable_stays_in_breach_and_never_clears(book):

@@ -13,6 +13,17 @@ from etl.risk import risk_returns
 TOL = 1e-9
 
 
+def test_downside_semideviation_by_hand(rets):
+    ours = risk_returns.downside_semideviation(rets, 60, 365)
+    for k in range(rets.shape[1]):
+        last = rets[-60:, k]
+        below = last[last < 0]
+        assert ours[k] == pytest.approx(np.sqrt(np.sum(below**2) / 60) * np.sqrt(365), abs=TOL)
+    flat_up = np.abs(rets)                                                # no loss in the window: 0
+    assert risk_returns.downside_semideviation(flat_up, 60).tolist() == [0.0] * rets.shape[1]
+    assert np.isnan(risk_returns.downside_semideviation(rets[:59], 60)).all()
+
+
 def test_returns():
     p = np.array([[100.0], [110.0], [99.0]])
     assert risk_returns.simple_returns(p)[:, 0] == pytest.approx([0.1, -0.1], abs=TOL)

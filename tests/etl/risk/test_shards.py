@@ -145,3 +145,17 @@ def test_shards_of_another_book_commit_nothing(shard_env, monkeypatch):
                                                 r"the book as of 2026-03-31 has 8"):
         tasks.compute_risk(AS_OF, shards=2, run_key="run-c")
     assert read_manifest(Store.from_uri(str(shard_env)), risk_manifest(AS_OF)) is None
+
+
+def test_the_commit_leaves_no_shard_area_behind_but_keeps_another_runs(shard_env, monkeypatch):
+    """The commit deletes its run's shard area and `outputs/_shards` with it, unless another run's shards wait."""
+    from etl.risk.shards import SHARDS_DIR
+
+    store = Store.from_uri(str(shard_env))
+    monkeypatch.setenv("PIPELINE_RISK_SHARDS", "2")
+    tasks.compute_risk_shard(AS_OF, 0, 2, run_key="run-waiting")               # its shard 1 still to come
+    _sharded(monkeypatch, 1, "run-done")
+    assert not store.exists(shard_dir("run-done")) and store.exists(shard_dir("run-waiting", 0))
+    tasks.compute_risk_shard(AS_OF, 1, 2, run_key="run-waiting")
+    tasks.compute_risk(AS_OF, shards=2, run_key="run-waiting")
+    assert not store.exists(SHARDS_DIR) and store.exists("outputs")

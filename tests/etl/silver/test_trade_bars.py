@@ -19,12 +19,12 @@ def test_bronze_partitions_named_by_bad_fields_are_skipped_not_built(data_dir, c
                                        i, "c1", 1767225600.0, None))
     BronzeSink(Store.from_uri(str(data_dir))).write(batch)
     assert len(list((data_dir / "bronze" / "trades").glob("product_id=*/*"))) == 3  # the partitions (not the log)
-    with caplog.at_level(logging.WARNING, logger="etl.silver.trade_bars"):
+    with caplog.at_level(logging.WARNING, logger="etl.silver.increments"):
         summary = build_trade_bars()
     root = data_dir / TRADE_BARS_DIR
     assert sorted(str(p.relative_to(root)) for p in root.glob("product_id=*/*")) == ["product_id=BTC-USD/date=2026-01-01"]
     assert summary.partitions == 1 and summary.trades_in == 1
-    assert "2 bronze trade file(s) outside a valid product_id=/date= partition skipped" in caplog.text
+    assert "2 bronze file(s) outside a valid product_id=/date= partition skipped" in caplog.text
 
 
 def _trades(batch_id: str, rows: list[tuple[str, str, str]]) -> MicroBatch:

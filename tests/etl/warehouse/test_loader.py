@@ -412,7 +412,7 @@ def test_the_generated_dbt_files_match_the_declaration():
     from etl.warehouse import dbt_files
 
     stale = [str(p.relative_to(PROJECT_ROOT)) for p in dbt_files.stale()]
-    assert stale == [], f"{stale} are out of date: run `python -m etl.warehouse.dbt_files` and commit them"
+    assert stale == [], f"{stale} are out of date: run `make dbt-files` and commit them"
 
 
 def test_every_gold_column_has_a_type_and_a_description_and_the_marts_enforce_their_contract():
