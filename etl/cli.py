@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("risk", help="portfolio valuation, PnL, VaR/ES, drawdown, anomalies, backtests")
     p.add_argument("--as-of", type=_date, default=None, help="YYYY-MM-DD (default: the last complete UTC day)")
+    p.add_argument("--reproduce", metavar="RUN_ID", default=None,
+                   help="recompute that committed run of --as-of from the table versions it read (writes nothing "
+                        "to the lake); with --output")
+    p.add_argument("--output", metavar="DIR", default=None, help="with --reproduce: write its tables here as Parquet")
 
     p = sub.add_parser("intraday", help="intraday risk of one 5-minute bucket, as the intraday DAG's risk task runs it")
     p.add_argument("--bucket", type=_iso, default=None,
@@ -194,7 +198,8 @@ STAGE_COMMANDS: dict[str, Callable[[argparse.Namespace, Any], Any]] = {
     "silver": lambda a, s: _call("etl.silver:build", full_refresh=a.full_refresh, settings=s),
     "compact": lambda a, s: _call("etl.compaction:compact", before=a.before, settings=s),
     "migrate-lake": lambda a, s: _call("etl.migrate:migrate_lake", settings=s),
-    "risk": lambda a, s: _call("etl.risk:run_risk", as_of=a.as_of, settings=s),
+    "risk": lambda a, s: (_call("etl.risk.reproduce:reproduce", as_of=a.as_of, run_id=a.reproduce, output=a.output,
+                                settings=s) if a.reproduce else _call("etl.risk:run_risk", as_of=a.as_of, settings=s)),
     "factors": lambda a, s: _call("etl.factors:run_factors", settings=s, end=a.end),
     "load": lambda a, s: _call("etl.warehouse:load_warehouse", settings=s, run_dbt=not a.no_dbt,
                                dbt_only=a.dbt_only),
@@ -309,7 +314,10 @@ def _validate_reference(directory: str | None, settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "reproduce", None) and not (args.as_of and args.output):
+        parser.error("risk --reproduce RUN_ID needs --as-of D (the run's day) and --output DIR")
     permissions.owner_only()  # data, state and secrets this command writes: its user's only (etl.permissions)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -92,6 +92,17 @@ def read_manifest(store: Store, name: str) -> dict | None:
     return _fold(_records(store, name))
 
 
+def run_record(store: Store, name: str, run_id: str) -> dict:
+    """The record run `run_id` committed under `name` (its own entries, not the fold); ValidationError naming the
+    runs there are when it is not one of them."""
+    records = _records(store, name)
+    for record in records:
+        if record["run_id"] == run_id:
+            return record
+    raise ValidationError(f"no run {run_id} committed {name} in {store.path(RUNS)}; its runs: "
+                          f"{', '.join(r['run_id'] for r in records) or 'none'}")
+
+
 def manifests(store: Store) -> list[dict]:
     """The manifest of every committed name (sorted by name)."""
     by_name: dict[str, list[dict]] = {}

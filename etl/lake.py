@@ -20,7 +20,8 @@ import logging
 import posixpath
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -38,6 +39,7 @@ from etl.storage import Store
 log = logging.getLogger(__name__)
 P, T = ParamSpec("P"), TypeVar("T")
 _READS: ContextVar[dict[str, int] | None] = ContextVar("lake_reads", default=None)
+_PINNED: ContextVar[dict[str, int] | None] = ContextVar("lake_pinned", default=None)
 WRITER = WriterProperties(compression="ZSTD")
 COMMIT_RETRIES = 15   # a put-if-absent lost to a concurrent writer is retried this often (delta-rs rebases it)
 
@@ -66,6 +68,17 @@ def note_read(key: str, version: int) -> None:
     """Record that `key` (a table, or table/partition) was read at `version`, inside a `records_reads` run."""
     if (reads := _READS.get()) is not None:
         reads[key] = max(version, reads.get(key, version))
+
+
+@contextmanager
+def pinned(versions: dict[str, int]) -> Iterator[None]:
+    """Within the block, a read of a table named in `versions` ({table: version}, e.g. the inputs a run recorded)
+    reads that version instead of the latest: the reads of a past run, replayed (`risk --reproduce`)."""
+    token = _PINNED.set({**(_PINNED.get() or {}), **versions})
+    try:
+        yield
+    finally:
+        _PINNED.reset(token)
 
 
 class LakeConflict(PipelineError):
@@ -103,7 +116,9 @@ class Lake:
 
     # ---- reading -------------------------------------------------------------------------------------------
     def table(self, rel: str, version: int | None = None) -> DeltaTable | None:
-        """The table `rel` (at `version`, default the latest), or None when no table is there."""
+        """The table `rel` (at `version`, default the latest or the version `pinned`), or None when no table is
+        there."""
+        version = (_PINNED.get() or {}).get(rel) if version is None else version
         try:
             return DeltaTable(self.uri(rel), version=version, storage_options=self.storage_options)
         except (TableNotFoundError, OverflowError):  # OverflowError: its log folder is there, its first commit not yet

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -93,11 +93,14 @@ class RiskInputs:
     closes: pd.DataFrame                  # engine.close_matrix
     last_bar: pd.Series                   # product -> its last daily bar on or before as_of
     bars_5m: pd.DataFrame
+    reference_digests: dict[str, str]     # Reference.digests: the reference files as read
 
 
-def load_inputs(as_of: date | None, settings: Settings, reference: Reference | None = None) -> RiskInputs:
-    """The reference data and the silver bars of the as-of day's run (None: see run_risk)."""
-    params = RiskParams.from_settings(settings)
+def load_inputs(as_of: date | None, settings: Settings, reference: Reference | None = None,
+                params: RiskParams | None = None) -> RiskInputs:
+    """The reference data and the silver bars of the as-of day's run (None: see run_risk), with `params` (default:
+    from settings)."""
+    params = params or RiskParams.from_settings(settings)
     reference = Reference.of(reference, settings)
     instruments, portfolios, positions = reference.instruments, reference.portfolios, reference.positions
     quote_ccy = reference.quote_ccy
@@ -129,7 +132,7 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
     bars_5m = _read_bars("5m", products, as_of - timedelta(days=1), as_of, settings)
     last_bar = bars[bars["price_date"] <= as_of_ts].groupby("product_id")["price_date"].max()
     return RiskInputs(as_of, params, instruments, portfolios, positions, quote_ccy, products, closes, last_bar,
-                      bars_5m)
+                      bars_5m, reference.digests)
 
 
 def finish_portfolio_tables(inputs: RiskInputs, portfolios: pd.DataFrame, tables: dict[str, pd.DataFrame],
@@ -166,7 +169,9 @@ def commit_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings:
         check_output(name, part.column_names)  # every column declared in etl/warehouse/tables.yml, and no other
     commits.publish(get_store(settings), commits.risk_manifest(as_of), "risk", parts, run_id=run_id,
                     meta={"as_of": as_of.isoformat(),
-                          "portfolios": sorted(map(str, inputs.portfolios["portfolio_id"]))})
+                          "portfolios": sorted(map(str, inputs.portfolios["portfolio_id"])),
+                          # what `risk --reproduce` needs beside the table versions (etl/risk/reproduce.py)
+                          "params": asdict(inputs.params), "reference": inputs.reference_digests})
     summary.rows = {name: part.num_rows for (name, _), part in parts.items()}
     summary.seconds = time.perf_counter() - t0
     log.info("%s", summary)
