@@ -42,6 +42,9 @@ OUTPUTS = "outputs"
 RUNS = f"{OUTPUTS}/_runs"
 RUNS_SCHEMA = pa.schema([("name", pa.string()), ("run_id", pa.string()), ("stage", pa.string()),
                          ("committed_at", pa.timestamp("us", tz="UTC")), ("record", pa.string())])
+RUN_INPUTS_SCHEMA = pa.schema([("run_id", pa.string()), ("commit_name", pa.string()), ("stage", pa.string()),
+                               ("committed_at", pa.timestamp("us", tz="UTC")), ("input_table", pa.string()),
+                               ("input_version", pa.int64())])
 
 
 def new_run_id() -> str:
@@ -109,6 +112,15 @@ def manifests(store: Store) -> list[dict]:
     for record in _records(store):
         by_name.setdefault(record["name"], []).append(record)
     return [_fold(by_name[n]) for n in sorted(by_name)]
+
+
+def run_inputs(store: Store) -> pa.Table:
+    """One row per (run, table or partition it read) with the version read, from every run record that names its
+    inputs (etl.lake.records_reads): what `risk --reproduce` reads back, for the warehouse (gold.fact_run_inputs)."""
+    rows = [{"run_id": r["run_id"], "commit_name": r["name"], "stage": r["stage"],
+             "committed_at": datetime.fromisoformat(r["committed_at"]), "input_table": table, "input_version": version}
+            for r in _records(store) for table, version in sorted((r.get("inputs") or {}).items())]
+    return pa.Table.from_pylist(rows, RUN_INPUTS_SCHEMA)
 
 
 def committed_files(store: Store) -> dict[str, str]:

@@ -400,6 +400,14 @@ def _read_file(store: Store, spec: RawTable, rel: str, digests: dict[str, str | 
 REFERENCE_TABLES = ("exchanges", "instruments", "portfolios", "positions", "firm_limits")  # Reference frames in raw
 
 
+def _whole_table(name: str, store: Store, reference: Reference) -> pa.Table | pd.DataFrame | None:
+    """The rows of a raw table loaded whole (no source_dir): a reference frame, or the inputs the run records name
+    (etl.commits.run_inputs); None for a table that has none."""
+    if name in REFERENCE_TABLES:
+        return getattr(reference, name)
+    return commits.run_inputs(store) if name == "run_inputs" else None
+
+
 def _content_hash(table: pa.Table) -> str:
     buf = pa.BufferOutputStream()
     pacsv.write_csv(table, buf)
@@ -490,9 +498,9 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
                 reference: Reference, summary: LoadSummary,
                 committed: dict[str, str | None], digests: dict[str, str | None]) -> None:
     if spec.source_dir is None:
-        if spec.name not in REFERENCE_TABLES:
+        if (whole := _whole_table(spec.name, store, reference)) is None:
             return
-        data = conform(_as_arrow(getattr(reference, spec.name)), spec, f"reference data {spec.name}")
+        data = conform(_as_arrow(whole), spec, f"reference data {spec.name}")
         new = {f"reference:{spec.name}": _content_hash(data)}
         if seen.get(f"reference:{spec.name}") == new[f"reference:{spec.name}"]:
             new = {}

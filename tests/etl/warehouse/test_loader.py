@@ -468,3 +468,22 @@ def test_every_runs_task_rows_reach_gold_after_one_light_load(warehouse):
     assert query("select task_id, status, message from gold.fact_pipeline_runs where run_id = 'eod_run' "
                  "order by task_id") == [(t, "success", f"{t} ok") for t in
                                          ("build_dbt", "export_report", "load_warehouse", "send_alerts")]
+
+
+def test_the_versions_a_run_read_load_as_rows_of_raw_run_inputs(warehouse):
+    from etl.lake import note_read, records_reads
+
+    store = get_store(get_settings())
+
+    @records_reads
+    def a_run() -> str:
+        note_read("silver/bars_1d", 4)
+        note_read("outputs/_runs", 7)
+        rows = pa.table({"portfolio_id": ["P1"], "var": [1.0]})   # a table the warehouse does not load
+        return publish(store, "test/inputs", "test", {("scenario_portfolios", "as_of_date=2026-01-02"): rows})["run_id"]
+
+    run_id = a_run()
+    load_warehouse(run_dbt=False)
+    assert query("select run_id, commit_name, stage, input_table, input_version from raw.run_inputs "
+                 "order by input_table") == [(run_id, "test/inputs", "test", "outputs/_runs", 7),
+                                             (run_id, "test/inputs", "test", "silver/bars_1d", 4)]
