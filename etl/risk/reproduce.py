@@ -6,8 +6,9 @@ bars and liquidity, the run records through which it found factor outputs), the 
 (`etl.lake.pinned`: time travel, kept for PIPELINE_LAKE_RETENTION_DAYS), checks the reference files are the ones
 the run read (else it refuses, naming the file: reference files are not versioned by the lake), runs the same
 engine with the recorded parameters and writes each table to `DIR/<table>.parquet`, in the types of the files the run committed.
-Nothing in the lake or the warehouse changes. A run split into shards is recomputed in one process: the shards'
-results equal the whole book's (tests/etl/risk/test_shards.py).
+Nothing in the lake or the warehouse changes. A run split into shards (each shard's reads are in the run's record)
+is recomputed in one process: equal to its shards' results to 1e-12 relative (BLAS groups a sum by the chunk it
+computes; tests/etl/risk/test_shards.py), exactly equal for an unsharded run.
 """
 
 from __future__ import annotations

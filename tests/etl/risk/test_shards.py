@@ -95,6 +95,10 @@ def test_three_shards_commit_the_same_tables_as_one_and_as_the_unsharded_run(sha
     _assert_same(_committed(shard_env), whole)
     three = _sharded(monkeypatch, 3, "run-three")
     _assert_same(_committed(shard_env), whole)
+    store = Store.from_uri(str(shard_env))
+    read_by_shards = read_manifest(store, risk_manifest(AS_OF))["inputs"]
+    tasks.compute_risk(AS_OF)
+    assert read_by_shards.keys() == read_manifest(store, risk_manifest(AS_OF))["inputs"].keys()  # the same reads
     assert unsharded["rows"] == one["rows"] == three["rows"]
     assert three["portfolios"] == 7 and len(whole["risk_metrics"]) == 7
     assert set(whole["firm_risk"]["n_portfolios"]) == {7}                      # firm: the whole book, once
