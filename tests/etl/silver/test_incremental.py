@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 import shutil
 import subprocess
 import sys
@@ -21,10 +22,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from etl.errors import ValidationError
+from etl.lake import Lake
 from etl.silver import bars as bars_module
 from etl.silver import build, read_bars, read_candles
 from etl.silver.bars import aggregate, latest_per_key
+from etl.silver.incremental import SILVER_TABLES
 from etl.storage import Store
+from tests.support.silver_sample import silver_file, silver_read
 
 # ../shared/ beside the project root (found upward, so a git worktree one level deeper finds it too)
 SHARED_DATA = next(p / "shared/data/coinbase" for p in Path(__file__).resolve().parents
@@ -76,9 +80,15 @@ def minute_candles(product: str, start: datetime, minutes: int, seed: int = 0, s
 
 
 def silver_files(data_dir: Path) -> dict[str, bytes]:
-    root = data_dir / "silver"
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet")) if p.is_file()
-            and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)}
+    """The current file of each partition of the silver tables (from their logs; one per partition), named
+    `<partition>/part-0.parquet` -> its bytes."""
+    store, files = Store.from_uri(str(data_dir)), {}
+    for table in SILVER_TABLES:
+        folders = [posixpath.dirname(f) for f in Lake.of(store).files(table) or []]
+        assert len(folders) == len(set(folders)), f"{table}: a partition with two files"
+        files |= {posixpath.join(folder[len("silver/"):], "part-0.parquet"): (data_dir / f).read_bytes()
+                  for folder, f in zip(folders, Lake.of(store).files(table) or [], strict=True)}
+    return dict(sorted(files.items()))
 
 
 # ---- the maths: every bar equals a brute-force aggregation of its candles ----------------------------------------
@@ -274,7 +284,7 @@ def test_quality_rules_quarantine_with_their_names(data_dir):
 
     expected = {rule: 1 for rule, _ in broken.values()} | {"not_in_future": 1}
     assert {r: n for r, n in summary.quarantined_by_rule.items() if n} == expected
-    quarantine = pq.read_table(data_dir / "silver/quarantine/product_id=BTC-USD/date=2026-01-05/part-0.parquet")
+    quarantine = pq.read_table(silver_file(data_dir, "silver/quarantine/product_id=BTC-USD/date=2026-01-05/part-0.parquet"))
     assert quarantine.column("rule").to_pylist() == [broken[i][0] for i in range(7)] + ["not_in_future"]
     assert quarantine.column("batch_id").to_pylist() == ["b1"] * 8
     assert "low_le_close" in quarantine.column("failed_rules")[2].as_py()
@@ -451,8 +461,8 @@ def silver_digest(data_dir: Path) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for rel in silver_files(data_dir):
-        table = pq.read_table(data_dir / "silver" / rel)
+    for rel, data in silver_files(data_dir).items():
+        table = pq.read_table(pa.BufferReader(data))
         digest.update(rel.encode())
         for name in table.column_names:
             values = table[name].to_pylist()
@@ -516,7 +526,7 @@ def test_two_worker_processes_write_the_files_one_process_writes(tmp_path, monke
     for name in ("rows_in", "rows_out", "bars_1d", "duplicates", "partitions", "incomplete_bars"):
         assert getattr(summaries["1"], name) == getattr(summaries["2"], name), name
     assert silver_files(one) == silver_files(two)
-    assert (one / "silver/_state/partitions.json").read_text() == (two / "silver/_state/partitions.json").read_text()
+    assert silver_read(one) == silver_read(two)
 
 
 def test_a_failed_worker_leaves_the_previous_complete_state(data_dir, monkeypatch):
@@ -526,21 +536,20 @@ def test_a_failed_worker_leaves_the_previous_complete_state(data_dir, monkeypatc
     monkeypatch.setenv("PIPELINE_SILVER_WORKERS", "2")
     write_batch(data_dir, two_products_over_new_year(), "b1", T0)
     build(full_refresh=True, now=FUTURE)
-    state = data_dir / "silver/_state/partitions.json"
-    before_files, before_state = silver_files(data_dir), state.read_text()
+    before_files, before_state = silver_files(data_dir), silver_read(data_dir)
     write_batch(data_dir, minute_candles("ETH-USD", datetime(2026, 1, 3, tzinfo=UTC), 30, seed=4), "b2", T0)
-    blocked = data_dir / "silver/bars_5m/product_id=ETH-USD/date=2026-01-03/part-0.parquet"
-    blocked.mkdir(parents=True)  # a directory where the worker must write the new day's file: its write fails
+    blocked = data_dir / "silver/bars_5m/product_id=ETH-USD/date=2026-01-03"
+    blocked.write_text("")  # a file where the worker must make the new day's folder: its write fails
 
     with pytest.raises(OSError):
         build(full_refresh=True, now=FUTURE)
-    assert state.read_text() == before_state  # the commit never happened
+    assert silver_read(data_dir) == before_state  # the commit never happened
     assert silver_files(data_dir) == before_files  # every file of the previous build, with its data
 
-    blocked.rmdir()
+    blocked.unlink()
     summary = build(full_refresh=True, now=FUTURE)
     assert summary.partitions == 5
-    assert "ETH-USD/2026-01-03" in json.loads(state.read_text())["partitions"]
+    assert "ETH-USD/2026-01-03" in silver_read(data_dir)
     assert len(read_bars("5m").query("product_id == 'ETH-USD'")) == 30 + 6
 
 
