@@ -85,3 +85,13 @@ def silver_frame(root: Path, table_dir: str) -> pd.DataFrame:
     """The rows of the silver Delta table `table_dir` (its latest version, partition columns included)."""
     table = Lake.of(Store.from_uri(str(root))).read(table_dir)
     return pd.DataFrame() if table is None else table.to_pandas()
+
+
+def remove_product(root: Path, table_dir: str, product: str) -> None:
+    """Commit the removal of every file of `product` from the silver Delta table `table_dir` (as a full refresh
+    does when its bronze is gone)."""
+    store = Store.from_uri(str(root))
+    lake, table = Lake.of(store), Lake.of(store).table(table_dir)
+    gone = [f for f in lake.files(table_dir) if f"/product_id={product}/" in f]
+    keys = table.metadata().partition_columns
+    lake.commit_files(table_dir, [], pa.schema(table.schema().to_arrow()), keys, remove=gone)
