@@ -28,6 +28,7 @@ from etl.silver import build, read_bars, read_candles
 from etl.silver.bars import aggregate, latest_per_key
 from etl.silver.incremental import SILVER_TABLES
 from etl.storage import Store
+from tests.support.delta_reader import EXTENSION, duckdb_frame
 from tests.support.silver_sample import silver_file, silver_read
 
 # ../shared/ beside the project root (found upward, so a git worktree one level deeper finds it too)
@@ -571,3 +572,52 @@ def test_worker_processes_die_with_a_killed_build():
     build_proc.wait()
     _, alive = psutil.wait_procs(workers, timeout=30)
     assert alive == []
+
+
+@pytest.mark.skipif(EXTENSION is None, reason="duckdb-ext-delta is not installed (requirements-dev.txt)")
+def test_duckdb_reads_exactly_the_committed_daily_bars_after_a_rebuild(data_dir):
+    """A late batch rebuilds the year file: the superseded file stays on disk (time travel until vacuum), and
+    DuckDB's delta reader, like read_bars, reads only the committed one."""
+    write_batch(data_dir, minute_candles("BTC-USD", T0, 2 * 1440), "b1", T0 + timedelta(days=2))
+    build(now=FUTURE)
+    write_batch(data_dir, minute_candles("BTC-USD", T0 + timedelta(days=1), 60, seed=9), "b2", T0 + timedelta(days=3))
+    build(now=FUTURE)
+    on_disk = list((data_dir / "silver/bars_1d").rglob("*.parquet"))
+    assert len(on_disk) == 2 and len(Lake.of(Store.from_uri(str(data_dir))).files("silver/bars_1d")) == 1
+
+    ours = read_bars("1d")
+    theirs = duckdb_frame(str(data_dir / "silver/bars_1d"), exclude=("year",)).sort_values("price_date",
+                                                                                         ignore_index=True)
+    assert len(theirs) == len(ours) == 2
+    columns = ["product_id", "open", "high", "low", "close", "volume", "vwap", "n_candles", "is_complete"]
+    pd.testing.assert_frame_equal(theirs[columns], ours[columns], check_dtype=False)
+    assert list(pd.to_datetime(theirs["price_date"])) == list(ours["price_date"])
+
+
+def test_a_build_dying_between_its_tables_commits_is_repaired_by_the_next_build(data_dir, tmp_path, monkeypatch):
+    """The build commits bars_5m, then dies before bars_1d (its last table, which records what it read): readers
+    see the new 5-minute bars and the old daily bars; the next build finds the old record, rebuilds the same
+    partitions, and silver equals a clean build of the same bronze."""
+    write_batch(data_dir, minute_candles("BTC-USD", T0, 2 * 1440), "b1", T0 + timedelta(days=2))
+    build(now=FUTURE)
+    recorded = silver_read(data_dir)
+    write_batch(data_dir, minute_candles("BTC-USD", T0 + timedelta(days=1), 60, seed=9), "b2", T0 + timedelta(days=3))
+    commit = Lake.commit_files
+
+    def dies_before_the_last(self, rel, *args, **kwargs):
+        if rel == "silver/bars_1d":
+            raise KeyboardInterrupt("killed")
+        return commit(self, rel, *args, **kwargs)
+
+    monkeypatch.setattr(Lake, "commit_files", dies_before_the_last)
+    with pytest.raises(KeyboardInterrupt):
+        build(now=FUTURE)
+    monkeypatch.setattr(Lake, "commit_files", commit)
+    assert silver_read(data_dir) == recorded                      # the record did not move
+    assert build(now=FUTURE).partitions == 2                     # so the same partitions are rebuilt
+
+    clean = tmp_path / "clean"
+    shutil.copytree(data_dir / "bronze", clean / "bronze")
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(clean))
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == silver_files(clean)
