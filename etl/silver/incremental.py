@@ -499,7 +499,7 @@ def _write_by_day(store: Store, root: str, product: str, days: list[str], day_nu
             written[partition_path(root, **values)] = None
             continue
         part = table.slice(lo, hi - lo)
-        written[partition_path(root, **values)] = _write_file(store, root, values, part)
+        written[partition_path(root, **values)] = write_partition_file(store, root, values, part)
         if summary is not None:
             summary.rows_out += part.num_rows
             summary.incomplete_bars += int((~part["is_complete"].to_numpy(zero_copy_only=False)).sum())
@@ -530,10 +530,10 @@ def _write_daily(store: Store, silver: Snapshot, product: str, year: int, day_nu
         table = table.take(pc.sort_indices(table, [("price_date", "ascending")]))
     if table.num_rows == 0:
         return {folder: None}
-    return {folder: _write_file(store, BARS_1D_DIR, values, table.replace_schema_metadata(None))}
+    return {folder: write_partition_file(store, BARS_1D_DIR, values, table.replace_schema_metadata(None))}
 
 
-def _write_file(store: Store, root: str, values: dict[str, str], table: pa.Table) -> DataFile:
+def write_partition_file(store: Store, root: str, values: dict[str, str], table: pa.Table) -> DataFile:
     """Write `table` into the partition `values` of table `root` as `part-<its SHA-256>.parquet`: the digest a
     reader checks travels in the table's log with the file (the same rows give the same file: a full refresh
     that changes nothing commits nothing new)."""

@@ -17,7 +17,7 @@ from etl.cli import main
 from etl.integrity import CorruptFileError, repair
 from etl.lake import Lake
 from etl.silver import read_bars
-from etl.silver.incremental import BARS_1D_DIR, SILVER_TABLES, _write_file, file_digests
+from etl.silver.incremental import BARS_1D_DIR, SILVER_TABLES, file_digests, write_partition_file
 from etl.storage import get_store
 from tests.support.reference import small_reference
 from tests.support.silver_sample import silver_file
@@ -218,7 +218,7 @@ def test_a_reader_meeting_a_silver_build_in_flight_reads_the_committed_version_w
     rel = str(silver_file(lake, "silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet").relative_to(lake))
     before = read_bars("1d", ["BTC-USD"])
     table = store.read_parquet(rel)
-    written = _write_file(store, BARS_1D_DIR, {"product_id": "BTC-USD", "year": "2026"},
+    written = write_partition_file(store, BARS_1D_DIR, {"product_id": "BTC-USD", "year": "2026"},
                           table.slice(0, table.num_rows - 1))  # the new version, not committed yet
     pd.testing.assert_frame_equal(read_bars("1d", ["BTC-USD"]), before)
     schema, keys = SILVER_TABLES[BARS_1D_DIR]

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from etl.lake import Lake, conform
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA
-from etl.silver.incremental import BARS_1D_DIR, BARS_5M_DIR, LAST_TABLE, SILVER_READ, _write_file
+from etl.silver.incremental import BARS_1D_DIR, BARS_5M_DIR, LAST_TABLE, SILVER_READ, write_partition_file
 from etl.storage import Store, partition_path
 
 
@@ -20,7 +20,7 @@ def commit_silver(store: Store, table_dir: str, parts: list[tuple[dict[str, str]
     """Commit `parts` ((partition values, rows) each) to the silver Delta table `table_dir` as a build does: one file
     per partition named by its digest, replacing the partitions' files. Returns the version made."""
     lake, parts = Lake.of(store), [(values, conform(rows)) for values, rows in parts]  # in Delta's types
-    files = [_write_file(store, table_dir, values, rows) for values, rows in parts]
+    files = [write_partition_file(store, table_dir, values, rows) for values, rows in parts]
     new = {posixpath.join(table_dir, f.path) for f in files}
     folders = {partition_path(table_dir, **values) for values, _ in parts}
     current = lake.files(table_dir) or []
