@@ -13,7 +13,7 @@ Integrity (etl/integrity.py): every Parquet file is written with page checksums 
 `digest` gives the SHA-256 a commit records, and the readers given `digests` refuse a file whose bytes differ. A
 file that does not read whole raises CorruptFileError naming its path and the command that rewrites it.
 
-`exclusive(...)` is the one-writer-at-a-time lock of a stage (silver, compaction): an OS file lock for a local
+`exclusive(...)` is the one-writer-at-a-time lock of a stage (compaction of bronze candles): an OS file lock for a local
 path, a Postgres advisory lock for an object store; both die with their process.
 """
 

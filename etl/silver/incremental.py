@@ -1,10 +1,10 @@
 """`build()`: bronze candles -> silver 5-minute and daily bars, recomputing only what new bronze batches touched.
 
 Silver reads each bronze partition's *current version* (etl.compaction: the newest compaction marker's files plus
-the committed batch files it does not replace; a batch is committed once its manifest exists). The state
-`{data}/silver/_state/partitions.json` records, per (product, date), the version silver last read (marker name and
-batch ids, exactly the files it read); a run lists bronze once, and rebuilds the partitions whose version differs.
-The state holds one small entry per partition: it does not grow per run (a compacted day is one marker name).
+the committed batch files it does not replace; a batch is committed once its manifest exists). What a build read,
+per (product, date), the version (marker name and batch ids, exactly the files it read), is recorded in the
+metadata of its last commit (`silver_read` on bars_1d); a run lists bronze once, and rebuilds the partitions whose
+version differs. One small entry per partition: it does not grow per run (a compacted day is one marker name).
 The market-data quality gate (price_quality) judges a day's candles with the two days before and the day after
 (CONTEXT_DAYS): a partition is rebuilt when it or one of those changed (or the price overrides of its day did),
 reading them as context, so its output stays a pure function of those four partitions.
@@ -12,15 +12,17 @@ Before reading, an incremental run folds each partition to rebuild whose current
 into one file per granularity (etl.compaction.fold): the open day's intraday batches do not pile up, so the cost
 of a run stays flat through the day. A full refresh only reads bronze.
 
-One writer at a time: the whole read-decide-write runs under the data root's `silver` lock (etl.storage.exclusive),
-which compaction takes too. Every output file is a pure function of its bronze partition(s), so a full refresh
-writes the same bytes as incremental runs.
+Output: four Delta tables (SILVER_TABLES), each committed once per build on top of the version the build loaded
+first (no lock: a concurrent build that committed first makes this one fail with LakeConflict); files are written
+before, invisible until the commit. Every output file is a pure function of its bronze partition(s), so a full
+refresh writes the same bytes as incremental runs. docs/commit_protocol.md says what a crash between the tables'
+commits leaves and how the next build repairs it.
 
-Integrity (etl/integrity.py): the state also records the SHA-256 of every silver file (`files`), written with the
-state, and readers (`read_bars`, the loader) check the files they read against it. Unreadable inputs: a bronze file
+Integrity (etl/integrity.py): each silver file is named by its SHA-256 (`part-<digest>.parquet`), so the log holds
+the digest and readers (`read_bars`, the loader) check the files they read against it. Unreadable inputs: a bronze file
 that does not read whole or differs from the digest its batch manifest or compaction marker recorded is moved to
 `bronze/quarantined_files/` with its reason and the partition is built from the rest (re-ingest that window to
-get its rows back); a corrupt state file or daily file stops the run (ValidationError, exit 2) saying which file
+get its rows back); a corrupt `silver_read` or daily file stops the run (ValidationError, exit 2) saying which file
 and to run `--full-refresh`.
 """
 
@@ -152,9 +154,9 @@ def build(full_refresh: bool = False, settings: Settings | None = None, now: dat
           reference: Reference | None = None) -> SilverSummary:
     """Bring silver up to date with bronze; `full_refresh` recomputes every partition (same bytes as incremental).
 
-    `now` is the reference time of the `not_in_future` rule (default: the current time). Waits for the silver
-    lock (settings.lock_timeout_s) while another build or a compaction holds it. `reference`: the run's reference
-    data (etl.reference_set; default: the files of `settings`).
+    `now` is the reference time of the `not_in_future` rule (default: the current time). Raises LakeConflict when
+    another build committed to a silver table since this one loaded it. `reference`: the run's reference data
+    (etl.reference_set; default: the files of `settings`).
     """
     from etl.reference_set import Reference  # pandas: the build's process only, not its workers
 
@@ -312,7 +314,7 @@ def _pool(workers: int):
 
 def _die_with_parent(parent: int) -> None:
     """A worker is killed when its build dies (Linux PR_SET_PDEATHSIG): a SIGKILLed build must not leave writers
-    running behind a released silver lock."""
+    running behind it."""
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the build died before the call
