@@ -51,11 +51,14 @@ FILE_BOUND = 3
 
 def _measure(data: Path) -> dict:
     from etl.compaction import scan
+    from etl.lake import Lake
+    from etl.silver.incremental import LAST_TABLE, SILVER_READ
     from etl.storage import Store
 
     store = Store.from_uri(str(data))
     bronze = store.entries("bronze/candles")
-    state = data / "silver/_state/partitions.json"
+    table = Lake.of(store).table(LAST_TABLE)
+    state = (table.history(limit=1)[0] if table is not None else {}).get(SILVER_READ, "")  # what silver read
     parts = scan(store)
     return {"bronze_files": sum(1 for r, _ in bronze if r.endswith(".parquet")),
             "bronze_bytes": sum(s for _, s in bronze),
@@ -63,7 +66,7 @@ def _measure(data: Path) -> dict:
             "partitions": len(parts),
             # the fullest partition, the open day's included (its intraday batches are folded by silver)
             "max_partition_files": max((len(p.batch_files) + len(p.compacted) for p in parts.values()), default=0),
-            "state_bytes": state.stat().st_size if state.exists() else 0}
+            "state_bytes": len(state)}
 
 
 def _timed(fn, *args, **kwargs) -> tuple[float, float]:

@@ -177,17 +177,18 @@ class Lake:
 
     def commit_files(self, rel: str, files: Sequence[DataFile], schema: pa.Schema, partition_by: Sequence[str],
                      replace: dict[str, str] | None = None, metadata: dict[str, Any] | None = None,
-                     table: DeltaTable | None = None, remove: Sequence[str] = ()) -> int:
+                     table: DeltaTable | None = None, remove: Sequence[str] = (), retries: int = COMMIT_RETRIES) -> int:
         """Commit Parquet files already written under table `rel` (by the Store: page checksums, atomic writes) in
         one Delta commit: appended, or replacing the partition `replace` ({column: value}), and removing the
         files `remove` (paths relative to the data root). `schema` is the table's: the files' columns plus the
-        partition columns (strings); `table` the table as the caller just loaded it, if it did. Returns the
-        version it made."""
+        partition columns (strings); `table` the table as the caller loaded it, if it did (the commit goes on top
+        of that version, rebased over concurrent commits at most `retries` times: 0 = only on that version).
+        Returns the version it made."""
         now = int(time.time() * 1000)
         actions = [AddAction(f.path, f.size, f.partition, now, True, json.dumps({"numRecords": f.rows}))
                    for f in files]
         txn = uuid.uuid4().hex   # finds this commit's version in the log afterwards, whoever committed meanwhile
-        props = _props({**(metadata or {}), "txn": txn})
+        props = _props({**(metadata or {}), "txn": txn}, retries)
         t = table or self.table(rel) or self._create(rel, schema, partition_by)
         if remove:
             gone = {posixpath.relpath(p, rel) for p in remove}
@@ -287,6 +288,6 @@ def conform(table: pa.Table) -> pa.Table:
     return table if schema == table.schema else table.cast(schema)
 
 
-def _props(metadata: dict[str, Any] | None) -> CommitProperties:
+def _props(metadata: dict[str, Any] | None, retries: int = COMMIT_RETRIES) -> CommitProperties:
     return CommitProperties(custom_metadata={k: str(v) for k, v in (metadata or {}).items()},
-                            max_commit_retries=COMMIT_RETRIES)
+                            max_commit_retries=retries)

@@ -1,10 +1,11 @@
 """`python -m etl migrate-lake`: convert a data folder written before the lake's Delta tables (docs/lake.md).
 
 Stream tables (bronze trades, ticker, order_book, stream_gaps, stream_rejects; silver trade bars and liquidity)
-written as plain Parquet folders become Delta tables of the same files: one commit adding every visible file (a
-hidden temporary file of an interrupted write is never data), made only when the folder has no table yet; the
-silver state files they replace are deleted after. Silver's next build then rebuilds every partition once (no
-bronze version recorded yet).
+and silver's candle tables (bars_5m, bars_1d, quarantine, price_quality) written as plain Parquet folders become
+Delta tables of the same files: one commit adding every visible file (a hidden temporary file of an interrupted
+write is never data), made only when the folder has no table yet; a silver file whose SHA-256 the old state file
+recorded is checked against it first. The silver state files they replace are deleted after. Silver's next build
+then rebuilds every partition once (no bronze version recorded yet).
 
 Converts the risk, factor and intraday outputs: each old commit manifest `outputs/_commits/<name>.json` becomes a
 run record of the same name and run id (etl/commits.py) whose entries are the manifest's files, each checked
@@ -13,8 +14,8 @@ against its recorded SHA-256 and committed to its Delta table. Per manifest, in 
 2. delete the old files it named that no Delta table references,
 3. delete the manifest: the mark that this name is converted.
 A crash anywhere leaves the old manifest or the converted record in force (readers take the record), and a rerun
-finishes the remaining steps: the command is idempotent. Bronze candles and silver bars keep their format on this
-branch (docs/lake_migration_status.md).
+finishes the remaining steps: the command is idempotent. Bronze candles keep their format on this branch
+(docs/lake_migration_status.md).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from etl import commits
 from etl.errors import ValidationError
 from etl.lake import DataFile, Lake
 from etl.settings import Settings, get_settings
+from etl.silver.incremental import SILVER_TABLES
 from etl.silver.liquidity import LIQUIDITY_DIR, LIQUIDITY_SCHEMA
 from etl.silver.trade_bars import TRADE_BARS_DIR, TRADE_BARS_SCHEMA
 from etl.storage import Store, get_store
@@ -37,7 +39,9 @@ from etl.stream import sinks
 
 log = logging.getLogger(__name__)
 OLD_COMMITS = f"{commits.OUTPUTS}/_commits"
-OLD_STATE_FILES = ("silver/_state/trade_files.json", "silver/_state/book_files.json")
+OLD_SILVER_STATE = "silver/_state/partitions.json"   # the candle build's partition versions and file digests
+OLD_STATE_FILES = ("silver/_state/trade_files.json", "silver/_state/book_files.json", OLD_SILVER_STATE,
+                   "silver/_state/processed_batches.json")
 
 
 @dataclass
@@ -58,10 +62,11 @@ def migrate_lake(settings: Settings | None = None) -> MigrationSummary:
     store = get_store(settings)
     summary = MigrationSummary()
     lake = Lake.of(store, settings)
-    for rel, (schema, keys) in _stream_tables().items():
+    digests = _old_digests(store)
+    for rel, (schema, keys) in _folder_tables().items():
         if lake.table(rel) is None and store.list_files(rel, ".parquet"):
             summary.tables_adopted.append(rel)
-            _adopt(store, lake, rel, schema, keys)
+            _adopt(store, lake, rel, schema, keys, digests)
     for rel in OLD_STATE_FILES:  # what the silver tables' own commits replaced
         store.delete(rel)
     # the old manifests sit under a hidden folder (list_files skips those): list its entries
@@ -81,18 +86,30 @@ def migrate_lake(settings: Settings | None = None) -> MigrationSummary:
     return summary
 
 
-def _stream_tables() -> dict[str, tuple[pa.Schema, list[str]]]:
+def _folder_tables() -> dict[str, tuple[pa.Schema, list[str]]]:
     by_product = ["product_id", "date"]
     return {sinks.TRADES_DIR: (sinks.TRADES_SCHEMA, by_product), sinks.TICKER_DIR: (sinks.TICKER_SCHEMA, by_product),
             sinks.BOOK_DIR: (sinks.BOOK_SCHEMA, by_product), sinks.GAPS_DIR: (sinks.GAPS_SCHEMA, ["date"]),
             sinks.REJECTS_DIR: (sinks.REJECTS_SCHEMA, ["date"]), TRADE_BARS_DIR: (TRADE_BARS_SCHEMA, by_product),
-            LIQUIDITY_DIR: (LIQUIDITY_SCHEMA, by_product)}
+            LIQUIDITY_DIR: (LIQUIDITY_SCHEMA, by_product), **SILVER_TABLES}
 
 
-def _adopt(store: Store, lake: Lake, rel: str, schema: pa.Schema, keys: list[str]) -> None:
-    """Make the folder `rel` a Delta table of its visible Parquet files, in one commit."""
+def _old_digests(store: Store) -> dict[str, str]:
+    """The silver file digests the old state file recorded ({} without one, or one that is unreadable: the files
+    are then adopted unchecked and the next build rewrites them all)."""
+    try:
+        files = store.read_json(OLD_SILVER_STATE).get("files") if store.exists(OLD_SILVER_STATE) else {}
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        files = None
+    return files if isinstance(files, dict) else {}
+
+
+def _adopt(store: Store, lake: Lake, rel: str, schema: pa.Schema, keys: list[str], digests: dict[str, str]) -> None:
+    """Make the folder `rel` a Delta table of its visible Parquet files, in one commit; a file that differs from its
+    recorded digest stops it (CorruptFileError: its table is not made)."""
     files = []
     for path in store.list_files(rel, ".parquet"):
+        store.verify(path, digests.get(path))
         inside = posixpath.relpath(path, rel)
         values = dict(part.split("=", 1) for part in posixpath.dirname(inside).split("/"))
         with store.fs.open_input_file(store.path(path)) as f:

@@ -13,7 +13,7 @@ Integrity (etl/integrity.py): every Parquet file is written with page checksums 
 `digest` gives the SHA-256 a commit records, and the readers given `digests` refuse a file whose bytes differ. A
 file that does not read whole raises CorruptFileError naming its path and the command that rewrites it.
 
-`exclusive(...)` is the one-writer-at-a-time lock of a stage (silver, compaction): an OS file lock for a local
+`exclusive(...)` is the one-writer-at-a-time lock of a stage (compaction of bronze candles): an OS file lock for a local
 path, a Postgres advisory lock for an object store; both die with their process.
 """
 
@@ -46,6 +46,18 @@ log = logging.getLogger(__name__)
 HIVE = ds.partitioning(flavor="hive")
 PARQUET = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
     page_checksum_verification=True))
+
+
+def _write_table(table: pa.Table, where, fs: pafs.FileSystem | None = None) -> None:
+    text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    pq.write_table(table, where, filesystem=fs, compression="zstd", use_dictionary=text, write_page_checksum=True)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """The bytes `Store.write_parquet` writes for `table` (the same encoding), e.g. to name a file by its digest."""
+    sink = pa.BufferOutputStream()
+    _write_table(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
 @dataclass(frozen=True)
@@ -99,9 +111,7 @@ class Store:
     def write_parquet(self, rel_path: str, table: pa.Table) -> str:
         """Write `table` to `rel_path` atomically. zstd; dictionary pages for the text columns only (prices and
         times are nearly all distinct: a dictionary attempt there costs time and bytes)."""
-        text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-        return self._write(rel_path, lambda path: pq.write_table(table, path, filesystem=self.fs, compression="zstd",
-                                                                 use_dictionary=text, write_page_checksum=True))
+        return self._write(rel_path, lambda path: _write_table(table, path, self.fs))
 
     def write_bytes(self, rel_path: str, data: bytes) -> str:
         """Write `data` to `rel_path` atomically (see the module docstring)."""

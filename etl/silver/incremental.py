@@ -1,10 +1,10 @@
 """`build()`: bronze candles -> silver 5-minute and daily bars, recomputing only what new bronze batches touched.
 
 Silver reads each bronze partition's *current version* (etl.compaction: the newest compaction marker's files plus
-the committed batch files it does not replace; a batch is committed once its manifest exists). The state
-`{data}/silver/_state/partitions.json` records, per (product, date), the version silver last read (marker name and
-batch ids, exactly the files it read); a run lists bronze once, and rebuilds the partitions whose version differs.
-The state holds one small entry per partition: it does not grow per run (a compacted day is one marker name).
+the committed batch files it does not replace; a batch is committed once its manifest exists). What a build read,
+per (product, date), the version (marker name and batch ids, exactly the files it read), is recorded in the
+metadata of its last commit (`silver_read` on bars_1d); a run lists bronze once, and rebuilds the partitions whose
+version differs. One small entry per partition: it does not grow per run (a compacted day is one marker name).
 The market-data quality gate (price_quality) judges a day's candles with the two days before and the day after
 (CONTEXT_DAYS): a partition is rebuilt when it or one of those changed (or the price overrides of its day did),
 reading them as context, so its output stays a pure function of those four partitions.
@@ -12,28 +12,34 @@ Before reading, an incremental run folds each partition to rebuild whose current
 into one file per granularity (etl.compaction.fold): the open day's intraday batches do not pile up, so the cost
 of a run stays flat through the day. A full refresh only reads bronze.
 
-One writer at a time: the whole read-decide-write runs under the data root's `silver` lock (etl.storage.exclusive),
-which compaction takes too. Every output file is a pure function of its bronze partition(s), so a full refresh
-writes the same bytes as incremental runs.
+Output: four Delta tables (SILVER_TABLES), each committed once per build on top of the version the build loaded
+first (no lock: a concurrent build that committed first makes this one fail with LakeConflict); files are written
+before, invisible until the commit. Every output file is a pure function of its bronze partition(s), so a full
+refresh writes the same bytes as incremental runs. docs/commit_protocol.md says what a crash between the tables'
+commits leaves and how the next build repairs it.
 
-Integrity (etl/integrity.py): the state also records the SHA-256 of every silver file (`files`), written with the
-state, and readers (`read_bars`, the loader) check the files they read against it. Unreadable inputs: a bronze file
+Integrity (etl/integrity.py): each silver file is named by its SHA-256 (`part-<digest>.parquet`), so the log holds
+the digest and readers (`read_bars`, the loader) check the files they read against it. Unreadable inputs: a bronze file
 that does not read whole or differs from the digest its batch manifest or compaction marker recorded is moved to
 `bronze/quarantined_files/` with its reason and the partition is built from the rest (re-ingest that window to
-get its rows back); a corrupt state file or daily file stops the run (ValidationError, exit 2) saying which file
+get its rows back); a corrupt `silver_read` or daily file stops the run (ValidationError, exit 2) saying which file
 and to run `--full-refresh`.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import multiprocessing
 import os
+import posixpath
+import re
 import signal
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -45,9 +51,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl import compaction
+from etl.commits import new_run_id
 from etl.compaction import CANDLES_DIR
 from etl.errors import ValidationError
-from etl.integrity import CorruptFileError
+from etl.integrity import CorruptFileError, digest
+from etl.lake import DataFile, Lake, LakeConflict
 from etl.settings import Settings, get_settings
 from etl.silver import price_quality, quality
 from etl.silver.bars import (
@@ -60,12 +68,13 @@ from etl.silver.bars import (
     aggregate,
     latest_per_key,
 )
-from etl.storage import Store, exclusive, get_store, partition_path
+from etl.storage import Store, get_store, parquet_bytes, partition_path
 from etl.stream.sinks import BOOK_DIR, TRADES_DIR
 from etl.utc import to_utc
 
 if TYPE_CHECKING:  # pandas: the build's process only, not its workers
     import pandas as pd
+    from deltalake import DeltaTable
 
     from etl.reference_set import Reference
 
@@ -76,10 +85,9 @@ BARS_5M_DIR = "silver/bars_5m"
 BARS_1D_DIR = "silver/bars_1d"
 QUARANTINE_DIR = "silver/quarantine"
 PRICE_QUALITY_DIR = "silver/price_quality"
-STATE_FILE = "silver/_state/partitions.json"
-OLD_STATE_FILE = "silver/_state/processed_batches.json"  # before partition versions: replaced on the next run
 QUALITY_DIR = "silver/_quality"
-PART = "part-0.parquet"
+SILVER_READ = "silver_read"   # metadata of a build's last commit: what it read of bronze, per partition
+_DIGEST_NAME = re.compile(r"/part-([0-9a-f]{64})\.parquet$")  # a silver file is named by its SHA-256
 DAY_US = 86_400 * US
 
 # What silver reads of bronze: never `raw` (the bulk of a bronze file), which only quarantined rows need.
@@ -93,6 +101,12 @@ QUARANTINE_SCHEMA = pa.schema([
 # The quality gate's flagged prints (etl/silver/price_quality.py) with the decision taken on each.
 PRICE_QUALITY_SCHEMA = pa.schema([*price_quality.FLAG_SCHEMA, ("decision", pa.string()), ("accepted_by", pa.string()),
                                   ("accepted_at", TS), ("override_reason", pa.string())])
+BY_DAY = ["product_id", "date"]
+# The Delta tables a build writes (schema of their files, partition columns), committed in this order: the last
+# one's commit records what the build read.
+SILVER_TABLES = {QUARANTINE_DIR: (QUARANTINE_SCHEMA, BY_DAY), PRICE_QUALITY_DIR: (PRICE_QUALITY_SCHEMA, BY_DAY),
+                 BARS_5M_DIR: (BARS_5M_SCHEMA, BY_DAY), BARS_1D_DIR: (BARS_1D_SCHEMA, ["product_id", "year"])}
+LAST_TABLE = BARS_1D_DIR
 
 
 @dataclass
@@ -140,15 +154,14 @@ def build(full_refresh: bool = False, settings: Settings | None = None, now: dat
           reference: Reference | None = None) -> SilverSummary:
     """Bring silver up to date with bronze; `full_refresh` recomputes every partition (same bytes as incremental).
 
-    `now` is the reference time of the `not_in_future` rule (default: the current time). Waits for the silver
-    lock (settings.lock_timeout_s) while another build or a compaction holds it. `reference`: the run's reference
-    data (etl.reference_set; default: the files of `settings`).
+    `now` is the reference time of the `not_in_future` rule (default: the current time). Raises LakeConflict when
+    another build committed to a silver table since this one loaded it. `reference`: the run's reference data
+    (etl.reference_set; default: the files of `settings`).
     """
     from etl.reference_set import Reference  # pandas: the build's process only, not its workers
 
     settings = settings or get_settings()
-    with exclusive(compaction.SILVER_LOCK, settings):
-        return _build(full_refresh, settings, now, Reference.of(reference, settings))
+    return _build(full_refresh, settings, now, Reference.of(reference, settings))
 
 
 def _build(full_refresh: bool, settings: Settings, now: datetime | None, reference: Reference) -> SilverSummary:
@@ -157,8 +170,8 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
     now = to_utc(now) if now else datetime.now(UTC)  # naive means UTC, like everywhere in the platform
     summary = SilverSummary(full_refresh=full_refresh)
 
-    state = {} if full_refresh else _load_state(store)
-    state_files = {} if full_refresh else file_digests(store)
+    silver = _snapshot(Lake.of(store, settings))
+    state = {} if full_refresh else _load_state(silver)
     committed = compaction.committed_batches(store)
     parts = compaction.scan(store, BRONZE_DIR)
     overrides = _overrides(reference.price_overrides)
@@ -180,7 +193,7 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
     for product, day in sorted(files):
         chunks[(product, day[:7])].append(day)
 
-    written: dict[str, str | None] = {}  # silver file -> its digest (None: deleted, the day has no rows any more)
+    written: dict[str, DataFile | None] = {}  # silver partition -> its new file (None: the day has no rows any more)
     read: dict[tuple[str, str], dict] = {}
     daily: dict[tuple[str, int], list] = defaultdict(list)  # (product, year) -> its chunks' (days, daily bars)
     jobs = [(store, product, days, [f for d in days for f in files[(product, d)]], currencies[product], now,
@@ -204,16 +217,15 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
     for (product, year), months in sorted(daily.items()):
         day_numbers = [_day_number(d) for days, _ in months for d in days]
         bars_1d = pa.concat_tables([t for _, t in months]).combine_chunks()
-        written.update(_write_daily(store, product, year, day_numbers, bars_1d, full_refresh, state_files))
-    if full_refresh:
-        _delete_stale(store, written)
+        written.update(_write_daily(store, silver, product, year, day_numbers, bars_1d, full_refresh))
     new_batches = {b for v in listed.values() for b in v} - \
         {b for k in read for b in (state.get(_key(k)) or {}).get("batches", [])}
     summary.batches = len(new_batches)
     # what this build read, per partition; partitions that have no bronze any more drop out
     kept = {_key(k) for k in parts}
-    _save_state(store, {k: v for k, v in state.items() if k in kept} | {_key(k): v for k, v in read.items()},
-                {k: v for k, v in (state_files | written).items() if v})
+    if written or full_refresh:
+        _commit(store, silver, written, full_refresh,
+                {k: v for k, v in state.items() if k in kept} | {_key(k): v for k, v in read.items()})
     if store.exists(TRADES_DIR):  # live trades from `python -m etl stream`: 5-minute bars from trades too
         from etl.silver.trade_bars import build_trade_bars
 
@@ -302,7 +314,7 @@ def _pool(workers: int):
 
 def _die_with_parent(parent: int) -> None:
     """A worker is killed when its build dies (Linux PR_SET_PDEATHSIG): a SIGKILLed build must not leave writers
-    running behind a released silver lock."""
+    running behind it."""
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the build died before the call
@@ -477,21 +489,19 @@ def _quarantine_table(bad: pa.Table) -> pa.Table:
 
 def _write_by_day(store: Store, root: str, product: str, days: list[str], day_numbers: list[int],
                   table: pa.Table, timestamps: np.ndarray, summary: SilverSummary | None = None
-                  ) -> dict[str, str | None]:
-    """Write one part-0.parquet per day (rows sorted by time); a day with no rows loses its old file. Returns
-    each day's file -> its digest (None: deleted)."""
+                  ) -> dict[str, DataFile | None]:
+    """Write one file per day (rows sorted by time), named by its digest. Returns each day's partition -> its
+    file (None: the day has no rows, its old file goes)."""
     row_day = np.floor_divide(timestamps, DAY_US)
-    written: dict[str, str | None] = {}
+    written: dict[str, DataFile | None] = {}
     for day, number in zip(days, day_numbers, strict=True):
         lo, hi = np.searchsorted(row_day, [number, number + 1])
-        rel = f"{partition_path(root, product_id=product, date=day)}/{PART}"
+        values = {"product_id": product, "date": day}
         if hi == lo:
-            store.delete(rel)
-            written[rel] = None
+            written[partition_path(root, **values)] = None
             continue
         part = table.slice(lo, hi - lo)
-        store.write_parquet(rel, part)
-        written[rel] = store.digest(rel)
+        written[partition_path(root, **values)] = write_partition_file(store, root, values, part)
         if summary is not None:
             summary.rows_out += part.num_rows
             summary.incomplete_bars += int((~part["is_complete"].to_numpy(zero_copy_only=False)).sum())
@@ -500,17 +510,20 @@ def _write_by_day(store: Store, root: str, product: str, days: list[str], day_nu
     return written
 
 
-def _write_daily(store: Store, product: str, year: int, day_numbers: list[int], table: pa.Table,
-                 full_refresh: bool, digests: dict[str, str]) -> dict[str, str | None]:
-    """Replace the recomputed days inside the product's year file, keeping the other days as they were (checked
-    against the digest the state recorded). Returns {file: its digest} (None: deleted)."""
-    rel = f"{partition_path(BARS_1D_DIR, product_id=product, year=year)}/{PART}"
-    if not full_refresh and store.exists(rel):
+def _write_daily(store: Store, silver: Snapshot, product: str, year: int, day_numbers: list[int],
+                 table: pa.Table, full_refresh: bool) -> dict[str, DataFile | None]:
+    """Replace the recomputed days inside the product's year file, keeping the other days as they were (the
+    current file, checked against the digest its name carries). Returns {partition: its new file} (None: none)."""
+    values = {"product_id": product, "year": str(year)}
+    folder = partition_path(BARS_1D_DIR, **values)
+    olds = silver.current[BARS_1D_DIR].get(folder, [])
+    if not full_refresh and olds:
         try:
-            old = store.read_parquet(rel, sha256=digests.get(rel)).cast(BARS_1D_SCHEMA)
+            old = pa.concat_tables([store.read_parquet(rel, sha256=file_digests([rel]).get(rel)).cast(BARS_1D_SCHEMA)
+                                    for rel in olds])
         except (CorruptFileError, pa.ArrowException, OSError, ValueError) as exc:
             reason = exc.reason if isinstance(exc, CorruptFileError) else f"{type(exc).__name__}: {exc}"
-            raise ValidationError(f"{store.path(rel)}: unreadable silver daily file ({reason}); "
+            raise ValidationError(f"{store.path(olds[0])}: unreadable silver daily file ({reason}); "
                                   "an incremental run only replaces some of its days: run `python -m etl silver "
                                   "--full-refresh` to rebuild it from bronze") from None
         days = old["price_date"].cast(pa.int32()).to_numpy()
@@ -518,54 +531,94 @@ def _write_daily(store: Store, product: str, year: int, day_numbers: list[int], 
         table = pa.concat_tables([old.filter(pa.array(keep)), table])
         table = table.take(pc.sort_indices(table, [("price_date", "ascending")]))
     if table.num_rows == 0:
-        store.delete(rel)
-        return {rel: None}
-    store.write_parquet(rel, table.replace_schema_metadata(None))
-    return {rel: store.digest(rel)}
+        return {folder: None}
+    return {folder: write_partition_file(store, BARS_1D_DIR, values, table.replace_schema_metadata(None))}
 
 
-def _delete_stale(store: Store, written: set[str]) -> None:
-    for root in (BARS_5M_DIR, BARS_1D_DIR, QUARANTINE_DIR, PRICE_QUALITY_DIR):
-        for rel in store.list_files(root, ".parquet"):
-            if rel not in written:
-                log.info("silver full refresh: removing %s (no bronze behind it any more)", rel)
-                store.delete(rel)
+def write_partition_file(store: Store, root: str, values: dict[str, str], table: pa.Table) -> DataFile:
+    """Write `table` into the partition `values` of table `root` as `part-<its SHA-256>.parquet`: the digest a
+    reader checks travels in the table's log with the file (the same rows give the same file: a full refresh
+    that changes nothing commits nothing new)."""
+    data = parquet_bytes(table)
+    name = posixpath.join(partition_path("", **values), f"part-{digest(data)}.parquet")
+    store.write_bytes(posixpath.join(root, name), data)
+    return DataFile(name, len(data), values, table.num_rows)
 
 
-# ---- silver state ----------------------------------------------------------------------------------------------
-def _load_state(store: Store) -> dict[str, dict]:
-    """partition "PRODUCT/DATE" -> the version last read ({"marker": name, "batches": [ids]}); {} on a first run."""
-    if not store.exists(STATE_FILE):
+def file_digests(files: Iterable[str]) -> dict[str, str]:
+    """Silver file (path relative to the data root) -> the SHA-256 its name carries (files written by a build)."""
+    return {f: m.group(1) for f in files if (m := _DIGEST_NAME.search(f))}
+
+
+# ---- silver's commits ------------------------------------------------------------------------------------------
+@dataclass
+class Snapshot:
+    """The silver tables as a build found them: each table (None: not made yet) and its current file per
+    partition folder. The build commits on top of these versions or not at all (a concurrent build: LakeConflict)."""
+
+    lake: Lake
+    tables: dict[str, DeltaTable | None]
+    current: dict[str, dict[str, list[str]]]   # table -> partition folder -> its files (relative to the data root)
+
+
+def _snapshot(lake: Lake) -> Snapshot:
+    tables = {root: lake.table(root) for root in SILVER_TABLES}
+    current: dict[str, dict[str, list[str]]] = {root: defaultdict(list) for root in SILVER_TABLES}
+    for root, table in tables.items():
+        for f in [] if table is None else lake.files(root, table.version()):
+            current[root][posixpath.dirname(f)].append(f)
+    return Snapshot(lake, tables, current)
+
+
+def _load_state(silver: Snapshot) -> dict[str, dict]:
+    """partition "PRODUCT/DATE" -> the bronze version the last build read ({"marker": name, "batches": [ids]}), from
+    the metadata of the last commit of silver's last-written table; {} when that commit has none (a first build,
+    a table adopted by migrate-lake, or a build that died between its tables' commits: everything is rebuilt)."""
+    table = silver.tables[LAST_TABLE]
+    last = table.history(limit=1)[0] if table is not None else {}
+    if SILVER_READ not in last:
         return {}
-    fix = "delete it and run `python -m etl silver --full-refresh` (rebuilds every partition and the state)"
+    where = f"{silver.lake.uri(LAST_TABLE)} version {last['version']} commit metadata {SILVER_READ!r}"
+    fix = "run `python -m etl silver --full-refresh` (rebuilds every partition and records a new one)"
     try:
-        raw = store.read_json(STATE_FILE)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"{store.path(STATE_FILE)}: not valid JSON ({exc}); {fix}") from None
-    parts = raw.get("partitions") if isinstance(raw, dict) else None
+        parts = json.loads(last[SILVER_READ])
+    except ValueError as exc:
+        raise ValidationError(f"{where}: not valid JSON ({exc}); {fix}") from None
     if not isinstance(parts, dict) or not all(
             isinstance(v, dict) and isinstance(v.get("marker"), str) and isinstance(v.get("batches"), list)
             for v in parts.values()):
-        raise ValidationError(f"{store.path(STATE_FILE)}: expected {{\"partitions\": {{\"PRODUCT/DATE\": "
-                              f"{{\"marker\": ..., \"batches\": [...]}}}}}} (key missing or mistyped); {fix}")
+        raise ValidationError(f"{where}: expected {{\"PRODUCT/DATE\": {{\"marker\": ..., \"batches\": [...]}}}} "
+                              f"(key missing or mistyped); {fix}")
     return parts
 
 
-def file_digests(store: Store) -> dict[str, str]:
-    """Silver file (path relative to the data root) -> the SHA-256 the last build recorded ({} before any)."""
-    try:
-        files = store.read_json(STATE_FILE).get("files") if store.exists(STATE_FILE) else {}
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        files = None
-    if not isinstance(files, dict):  # a state written before digests were recorded, or a broken one (the build says)
-        return {}
-    return files
-
-
-def _save_state(store: Store, partitions: dict[str, dict], files: dict[str, str]) -> None:
-    store.write_json(STATE_FILE, {"partitions": dict(sorted(partitions.items())), "files": dict(sorted(files.items()))})
-    if store.exists(OLD_STATE_FILE):
-        store.delete(OLD_STATE_FILE)
+def _commit(store: Store, silver: Snapshot, written: dict[str, DataFile | None], full_refresh: bool,
+            read: dict[str, dict]) -> None:
+    """One commit per silver table, in SILVER_TABLES' order: the rebuilt partitions' new files, the removal of
+    their previous files (and, on a full refresh, of every partition not rebuilt: no bronze behind it any more);
+    the last commit records `read`, what the build read of bronze. Each commit is made on top of the version the
+    build started from, without retry: a concurrent build that committed first makes this one fail (LakeConflict)
+    before its remaining tables; the next build repairs what that left (docs/commit_protocol.md)."""
+    build = new_run_id()
+    for root in SILVER_TABLES:
+        schema, key = SILVER_TABLES[root]
+        mine = {folder: f for folder, f in written.items() if folder.startswith(f"{root}/")}
+        new = {folder: posixpath.join(root, f.path) for folder, f in mine.items() if f is not None}
+        current = silver.current[root]
+        # a file of the same rows has the same name: it stays, neither added nor removed
+        adds = [f for folder, f in mine.items() if f is not None and new[folder] not in current.get(folder, [])]
+        removes = [rel for folder, rels in current.items() if folder in mine or full_refresh
+                   for rel in rels if rel != new.get(folder)]
+        last = root == LAST_TABLE
+        if not (adds or removes or last):
+            continue
+        if silver.tables[root] is None and silver.lake.table(root) is not None:
+            raise LakeConflict(f"{silver.lake.uri(root)}: another silver build made the table meanwhile; nothing of "
+                               "this table was committed: rerun `python -m etl silver`")
+        metadata = {"silver_build": build, **({SILVER_READ: json.dumps(read, sort_keys=True)} if last else {})}
+        silver.lake.commit_files(root, adds, pa.schema([*schema, *(pa.field(k, pa.string()) for k in key)]), key,
+                                 metadata=metadata, table=silver.tables[root], remove=removes, retries=0)
+        log.info("silver %s: %d file(s) added, %d removed", root, len(adds), len(removes))
 
 
 def _quote_currencies(products: set[str], reference: Reference) -> dict[str, str]:

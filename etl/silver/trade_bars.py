@@ -22,7 +22,6 @@ basis points. On the simulator OHLC and volume are equal by construction (etl/si
 from __future__ import annotations
 
 import logging
-import posixpath
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -34,7 +33,7 @@ from etl.reference_set import Reference
 from etl.settings import Settings, get_settings
 from etl.silver import increments
 from etl.silver.bars import BARS_5M_SCHEMA
-from etl.storage import Store, get_store, partition_path
+from etl.storage import Store, get_store
 from etl.stream.sinks import TRADES_DIR
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,6 @@ log = logging.getLogger(__name__)
 TRADE_BARS_DIR = "silver/trade_bars_5m"
 CANDLE_BARS_DIR = "silver/bars_5m"
 RECONCILIATION_FILE = "silver/_quality/trade_bars_reconciliation.json"
-PART = "part-0.parquet"
 UNITS = 100_000_000
 BAR_US = 300 * 1_000_000
 TRADE_BARS_SCHEMA = BARS_5M_SCHEMA.append(pa.field("n_trades", pa.int64()))
@@ -171,9 +169,8 @@ def reconcile(store: Store, partitions: list[tuple[str, str]]) -> dict:
     """Complete trade bars vs complete candle bars of the same (product, bucket): counts and VWAP difference."""
     pairs, lake = [], Lake.of(store)
     for product, day in partitions:
-        paths = [increments.partition_file(lake, TRADE_BARS_DIR, product, day),
-                 posixpath.join(partition_path(CANDLE_BARS_DIR, product_id=product, date=day), PART)]
-        if paths[0] is None or not store.exists(paths[1]):
+        paths = [increments.partition_file(lake, table, product, day) for table in (TRADE_BARS_DIR, CANDLE_BARS_DIR)]
+        if None in paths:
             continue
         trade, candle = (store.read_parquet(p).to_pandas() for p in paths)
         merged = trade[trade["is_complete"]].merge(candle[candle["is_complete"]], on="bucket_start",

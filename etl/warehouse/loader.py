@@ -20,7 +20,6 @@ Algorithm (one transaction, serialised by an advisory lock):
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import itertools
 import logging
@@ -43,12 +42,11 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 
 from etl import commits, db
-from etl.compaction import SILVER_LOCK
 from etl.errors import PipelineError, ValidationError
-from etl.integrity import CorruptFileError
+from etl.lake import Lake
 from etl.settings import Settings
 from etl.silver.incremental import file_digests
-from etl.storage import Store, exclusive
+from etl.storage import Store
 from etl.warehouse import copy_binary
 from etl.warehouse.schema import ARROW_TYPES, LOAD_STATE, SOURCE_FILE, TABLES, RawTable
 
@@ -374,22 +372,19 @@ def conform(table: pa.Table, spec: RawTable, where: str, extra: dict[str, str] |
 
 
 def _fingerprints(store: Store, rel_dir: str) -> dict[str, str]:
-    files = store.list_files(rel_dir, ".parquet")
+    """size:mtime of the folder's Parquet files: a silver Delta table's from its log (its latest version), the
+    outputs' and other folders' from a listing (the caller keeps the outputs a run record commits)."""
+    logged = None if rel_dir.startswith(f"{commits.OUTPUTS}/") else Lake.of(store).files(rel_dir)
+    files = store.list_files(rel_dir, ".parquet") if logged is None else logged
     infos = store.fs.get_file_info([store.path(f) for f in files]) if files else []
     return {rel: f"{info.size}:{info.mtime_ns}" for rel, info in zip(files, infos, strict=True)}
 
 
-def _read_file(store: Store, spec: RawTable, rel: str, digests: dict[str, str | None], settings: Settings) -> pa.Table:
-    """One file, checked against the content hash its commit recorded (`digests`: output manifests, silver state)."""
-    read = functools.partial(store.read_parquet, rel, use_threads=False)  # one core decodes; the other the server's
-    try:
-        try:
-            raw = read(sha256=digests.get(rel))
-        except CorruptFileError:
-            if not rel.startswith("silver/"):
-                raise
-            with exclusive(SILVER_LOCK, settings):  # a silver build may be rewriting it: wait, then check again
-                raw = read(sha256=file_digests(store).get(rel))
+def _read_file(store: Store, spec: RawTable, rel: str, digests: dict[str, str | None]) -> pa.Table:
+    """One file, checked against the content hash its commit recorded (`digests`: run records; a silver file's
+    name)."""
+    try:  # one core decodes; the other the server's
+        raw = store.read_parquet(rel, use_threads=False, sha256=digests.get(rel) or file_digests([rel]).get(rel))
     except (OSError, pa.ArrowInvalid) as exc:
         raise ValidationError(f"{store.path(rel)}: unreadable Parquet for {spec.qualified}: {exc}") from exc
     table = conform(raw, spec, store.path(rel), _partition_values(rel))
@@ -464,7 +459,7 @@ def load_raw(conn, store: Store, settings: Settings, only: set[str] | None = Non
     with conn.cursor() as cur:
         cur.execute("select pg_advisory_xact_lock(%s)", (LOAD_LOCK_ID,))
     committed = _committed_outputs(store)  # read once: one consistent view of what is committed
-    digests = committed | file_digests(store)
+    digests = committed
     seen = _loaded_state(conn)
     summary = LoadSummary()
     reference = Reference.of(reference, settings)
@@ -521,7 +516,7 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
 
         def read_new() -> Iterator[pa.Table]:  # read as the COPY goes: the server ingests while the next file is read
             for rel in new:
-                part = _read_file(store, spec, rel, digests, settings)
+                part = _read_file(store, spec, rel, digests)
                 counts.append(part.num_rows)
                 yield part
 

@@ -5,21 +5,22 @@ repair, and a rerun after the repair equals the clean run."""
 from __future__ import annotations
 
 import json
-import logging
-import threading
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from etl import commits, compaction, db
 from etl.cli import main
 from etl.integrity import CorruptFileError, repair
+from etl.lake import Lake
 from etl.silver import read_bars
-from etl.silver.incremental import STATE_FILE
-from etl.storage import exclusive, get_store
+from etl.silver.incremental import BARS_1D_DIR, SILVER_TABLES, file_digests, write_partition_file
+from etl.storage import get_store
 from tests.support.reference import small_reference
+from tests.support.silver_sample import silver_file
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTS = ["BTC-USD", "ETH-USD"]
@@ -90,8 +91,9 @@ def test_every_commit_records_the_content_hash_of_its_files(lake):
     batch = json.loads(next((lake / "bronze/_manifests").glob("*.json")).read_text())
     assert batch["sha256"] and set(batch["sha256"]) == set(batch["files"])
     assert all(store.digest(rel) == sha for rel, sha in batch["sha256"].items())
-    state = json.loads((lake / STATE_FILE).read_text())
-    assert set(state["files"]) == {str(p.relative_to(lake)) for p in (lake / "silver").rglob("*.parquet")}
+    silver = [f for table in SILVER_TABLES for f in Lake.of(store).files(table) or []]  # digests in their names
+    assert silver and set(file_digests(silver)) == set(silver)
+    assert all(store.digest(rel) == sha for rel, sha in file_digests(silver).items())
     manifest = commits.read_manifest(store, commits.risk_manifest(pd.Timestamp(AS_OF).date()))
     assert all(store.digest(path) == sha for e in manifest["files"].values() for path, sha in e["files"].items())
 
@@ -138,7 +140,7 @@ def test_a_bronze_file_replaced_by_other_valid_parquet_fails_its_hash_and_is_qua
 def test_flipped_bytes_in_a_silver_daily_file_refuse_risk_until_a_full_refresh(lake, capsys):
     _chain()
     clean = _risk_tables(lake)
-    daily = lake / "silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet"
+    daily = silver_file(lake, "silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet")
     flip_page_bytes(daily)
     capsys.readouterr()
     assert main(["risk", "--as-of", AS_OF]) == 2
@@ -154,7 +156,7 @@ def test_flipped_bytes_in_a_silver_daily_file_refuse_risk_until_a_full_refresh(l
 
 def test_a_truncated_silver_daily_file_says_what_to_run(lake, capsys):
     _chain()
-    daily = lake / "silver/bars_1d/product_id=ETH-USD/year=2026/part-0.parquet"
+    daily = silver_file(lake, "silver/bars_1d/product_id=ETH-USD/year=2026/part-0.parquet")
     daily.write_bytes(daily.read_bytes()[: daily.stat().st_size // 2])
     capsys.readouterr()
     assert main(["risk", "--as-of", AS_OF]) == 2
@@ -208,40 +210,18 @@ def test_repair_names_the_command_that_rewrites_the_file(rel, command):
     assert f"`{command}" in repair(rel)
 
 
-def test_a_reader_meeting_a_silver_build_in_flight_waits_for_it_instead_of_calling_the_file_corrupt(lake, caplog):
-    """A build rewrites a file before it records the new digest in the state (its commit): a reader in between
-    sees a mismatch, waits for the silver lock, and reads the new state's version."""
+def test_a_reader_meeting_a_silver_build_in_flight_reads_the_committed_version_without_waiting(lake):
+    """A build writes its files before its commit: a reader in between reads the table's committed version (the
+    log does not name the new file yet), checked whole, and then the commit's."""
     _chain()
     store = get_store()
-    rel = "silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet"
-    rewritten, waiting = threading.Event(), threading.Event()
-
-    class Waiting(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if "waiting for the silver lock" in record.getMessage():
-                waiting.set()
-
-    def build_in_flight() -> None:
-        with exclusive("silver"):
-            table = store.read_parquet(rel)
-            store.write_parquet(rel, table.slice(0, table.num_rows - 1))  # the new version, not committed yet
-            rewritten.set()
-            waiting.wait()  # the reader met the mismatch and waits for this lock
-            state = store.read_json(STATE_FILE)
-            state["files"][rel] = store.digest(rel)
-            store.write_json(STATE_FILE, state)  # the commit
-
+    rel = str(silver_file(lake, "silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet").relative_to(lake))
     before = read_bars("1d", ["BTC-USD"])
-    handler = Waiting()
-    caplog.set_level(logging.INFO, logger="etl.silver.read")
-    logging.getLogger("etl.silver.read").addHandler(handler)
-    writer = threading.Thread(target=build_in_flight)
-    writer.start()
-    try:
-        rewritten.wait()
-        after = read_bars("1d", ["BTC-USD"])  # mismatch -> waits for the build's lock -> the committed version
-    finally:
-        waiting.set()
-        writer.join()
-        logging.getLogger("etl.silver.read").removeHandler(handler)
-    assert len(after) == len(before) - 1
+    table = store.read_parquet(rel)
+    written = write_partition_file(store, BARS_1D_DIR, {"product_id": "BTC-USD", "year": "2026"},
+                          table.slice(0, table.num_rows - 1))  # the new version, not committed yet
+    pd.testing.assert_frame_equal(read_bars("1d", ["BTC-USD"]), before)
+    schema, keys = SILVER_TABLES[BARS_1D_DIR]
+    Lake.of(store).commit_files(BARS_1D_DIR, [written], pa.schema([*schema, *(pa.field(k, pa.string()) for k in keys)]),
+                                keys, remove=[rel])  # the commit
+    assert len(read_bars("1d", ["BTC-USD"])) == len(before) - 1

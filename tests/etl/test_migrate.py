@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from datetime import date
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -108,3 +109,51 @@ def test_stream_folders_of_plain_parquet_become_delta_tables_of_the_same_files(t
     assert not store.exists("silver/_state/trade_files.json")
     assert build_trade_bars().trades_in == 3
     assert migrate.migrate_lake().tables_adopted == []      # idempotent: the folder is a table now
+
+
+def test_silver_bar_folders_of_plain_parquet_become_delta_tables_checked_against_the_old_state(tmp_path, monkeypatch):
+    """Silver as the build wrote it before Delta (one `part-0.parquet` per partition, digests in the state file)
+    is adopted file for file; the state file goes; the next build rebuilds every partition to the same rows."""
+    import shutil
+
+    from etl.integrity import CorruptFileError
+    from etl.lake import Lake
+    from etl.silver import build, read_bars
+    from etl.silver.incremental import SILVER_TABLES
+    from tests.etl.silver.test_incremental import FUTURE, T0, minute_candles, write_batch
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(data))
+    write_batch(data, minute_candles("BTC-USD", T0, 2 * 1440), "b1", T0)
+    partitions = build(now=FUTURE).partitions
+    clean = {k: read_bars(k) for k in ("5m", "1d")}
+    store, digests = get_store(), {}
+    for table in SILVER_TABLES:  # back to the old layout
+        for rel in Lake.of(store).files(table) or []:
+            old = f"{rel.rsplit('/', 1)[0]}/part-0.parquet"
+            store.copy(rel, old)
+            store.delete(rel)
+            digests[old] = store.digest(old)
+        shutil.rmtree(data / table / "_delta_log", ignore_errors=True)
+    store.write_json(migrate.OLD_SILVER_STATE, {"partitions": {}, "files": digests})
+    store.write_bytes("silver/bars_1d/product_id=BTC-USD/year=2026/.tmp-0123-part-0.parquet", b"half a file")
+
+    bad = "silver/bars_5m/product_id=BTC-USD/date=2026-01-06/part-0.parquet"
+    kept = (data / bad).read_bytes()
+    (data / bad).write_bytes((data / bad.replace("01-06", "01-05")).read_bytes())  # valid Parquet, another day's
+    with pytest.raises(CorruptFileError, match="date=2026-01-06/part-0.parquet"):  # not the file silver wrote
+        migrate.migrate_lake()
+    assert Lake.of(store).table("silver/bars_5m") is None
+    (data / bad).write_bytes(kept)
+
+    summary = migrate.migrate_lake()
+    assert sorted(summary.tables_adopted) == ["silver/bars_1d", "silver/bars_5m"]
+    assert Lake.of(store).files("silver/bars_1d") == ["silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet"]
+    assert not store.exists(migrate.OLD_SILVER_STATE)
+    for kind, df in clean.items():
+        pd.testing.assert_frame_equal(read_bars(kind), df)
+    assert migrate.migrate_lake().tables_adopted == []      # idempotent
+    assert build(now=FUTURE).partitions == partitions       # no bronze version recorded yet: every partition once
+    for kind, df in clean.items():
+        pd.testing.assert_frame_equal(read_bars(kind), df)
+    assert all("part-0.parquet" not in f for f in Lake.of(store).files("silver/bars_5m"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from datetime import date
 
 import numpy as np
@@ -20,7 +19,7 @@ from etl.report import alerts
 from etl.risk import intraday, intraday_io, run_risk
 from etl.settings import get_settings
 from etl.storage import get_store
-from tests.support.silver_sample import write_5m_bars, write_daily_bars
+from tests.support.silver_sample import remove_product, write_5m_bars, write_daily_bars
 
 D1 = date(2026, 3, 30)                    # the last EOD run's as-of (the previous UTC close)
 D = date(2026, 3, 31)                     # today
@@ -187,7 +186,7 @@ def test_the_last_bucket_of_the_day_equals_the_eod_daily_pnl(book):
 def test_a_product_without_bars_today_is_stale_not_zero(book):
     data, last = book["data"], book["last"]
     flat_day(data, last, {"BTC-USD": {index(8, 0): 1.01}})
-    shutil.rmtree(data / "silver" / "bars_5m" / "product_id=ETH-BTC")
+    remove_product(data, "silver/bars_5m", "ETH-BTC")
     b = at(10, 5)
     intraday_io.run_intraday_risk(b.to_pydatetime())
     got = intraday_rows(data, b)
@@ -372,7 +371,7 @@ def test_the_light_load_keeps_the_breach_in_gold_and_a_rerun_rewrites_the_same_r
     var_99 = eod(data, "risk_metrics").set_index("portfolio_id").loc["L", "var_99_hist"]
     (ref / "portfolios.csv").write_text(PORTFOLIOS.format(var_limit=var_99 * 1.1))
     flat_day(data, last, {"BTC-USD": {index(10, 5): 1.2, index(10, 15): 1.0}})
-    shutil.rmtree(data / "silver" / "bars_5m" / "product_id=ETH-BTC")             # X is valued on a stale price
+    remove_product(data, "silver/bars_5m", "ETH-BTC")             # X is valued on a stale price
     with db.scratch_database(pg_url, "intraday") as url:
         monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
         monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
