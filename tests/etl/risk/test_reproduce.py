@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 from etl import cli, commits
 from etl.storage import Store
 from tests.etl.risk.conftest import AS_OF
+from tests.support import warehouse_sample as sample
 
 
 def _reproduce(run_id: str, out) -> int:
@@ -26,8 +27,13 @@ def test_a_run_is_recomputed_from_the_versions_it_read_after_its_inputs_moved_on
     assert record["inputs"]["outputs/_runs"] >= 0 and record["params"]["mc_scenarios"] == 500
     assert {p.rsplit("/", 1)[-1] for p in record["reference"]} >= {"positions.csv", "instruments.csv"}
 
-    # what the run read moves on: the factor stage reruns with another window (new betas for the same days), and
-    # the risk settings change; the recomputation uses the versions and parameters the run recorded
+    assert {"silver/bars_1d", "silver/bars_5m", "outputs/_runs"} <= record["inputs"].keys()
+
+    # what the run read moves on: silver is corrected (every close 1% higher), the factor stage reruns with another
+    # window (new betas for the same days), and the risk settings change; the recomputation uses the versions and
+    # parameters the run recorded
+    b5 = chain["b5"].assign(**{c: chain["b5"][c] * 1.01 for c in ("open", "high", "low", "close", "vwap")})
+    sample.write_silver(store, b5, sample.daily_from_5m(b5), AS_OF.year)
     monkeypatch.setenv("FACTOR_WINDOW", "24")
     run_factors(get_settings(), (AS_OF + pd.Timedelta(days=1)).tz_localize("UTC").to_pydatetime())
     monkeypatch.setenv("RISK_MC_SCENARIOS", "700")
@@ -37,11 +43,12 @@ def test_a_run_is_recomputed_from_the_versions_it_read_after_its_inputs_moved_on
         again = pq.read_table(tmp_path / "again" / f"{entry['table']}.parquet")
         assert again.equals(committed), entry["table"]
 
-    # a new run on today's inputs gives another attribution: the comparison above is not vacuous
+    # a new run on today's inputs gives other figures: the comparison above is not vacuous
     run_risk(AS_OF.date(), get_settings())
-    latest = commits.read_manifest(store, name)["files"][f"pnl_attribution/as_of_date={AS_OF.date()}"]
-    reproduced = pq.read_table(tmp_path / "again" / "pnl_attribution.parquet")
-    assert not commits.read_entry(store, latest).equals(reproduced)
+    latest = commits.read_manifest(store, name)["files"]
+    for table in ("pnl_attribution", "positions_valued"):
+        reproduced = pq.read_table(tmp_path / "again" / f"{table}.parquet")
+        assert not commits.read_entry(store, latest[f"{table}/as_of_date={AS_OF.date()}"]).equals(reproduced)
 
 
 def test_an_unknown_run_changed_reference_or_missing_output_is_refused(chain, tmp_path, capsys):
