@@ -188,6 +188,22 @@ class Lake:
                                f"({exc}); nothing was committed: rerun the command") from exc
         return self._version_of(rel, txn, after=t.version())
 
+    def commits(self, rel: str, after: int | None, upto: int) -> list[dict[str, Any]]:
+        """The `commitInfo` (with our metadata) of each version of table `rel` in (after, upto] (after None: from
+        version 0), read from the log entries themselves: O(versions asked), not O(history). Entries the log
+        retention already removed are skipped."""
+        fs, path = pafs.FileSystem.from_uri(self.uri(posixpath.join(rel, "_delta_log")))
+        out = []
+        for version in range(0 if after is None else after + 1, upto + 1):
+            try:
+                with fs.open_input_stream(posixpath.join(path, f"{version:020d}.json")) as f:
+                    lines = f.read().decode().splitlines()
+            except FileNotFoundError:
+                continue
+            info = next((a["commitInfo"] for a in map(json.loads, lines) if "commitInfo" in a), {})
+            out.append({**info, "version": version})
+        return out
+
     def _version_of(self, rel: str, txn: str, after: int) -> int:
         """The version whose log entry carries `txn`: the first after `after` (versions are dense, and a commit
         lands after the version it started from, past the ones concurrent writers took first)."""

@@ -1,27 +1,24 @@
-"""`build()`: bronze candles -> silver 5-minute and daily bars, recomputing only what new bronze batches touched.
+"""`build()`: bronze candles -> silver 5-minute and daily bars, recomputing only what new bronze commits touched.
 
-Silver reads each bronze partition's *current version* (etl.compaction: the newest compaction marker's files plus
-the committed batch files it does not replace; a batch is committed once its manifest exists). The state
-`{data}/silver/_state/partitions.json` records, per (product, date), the version silver last read (marker name and
-batch ids, exactly the files it read); a run lists bronze once, and rebuilds the partitions whose version differs.
-The state holds one small entry per partition: it does not grow per run (a compacted day is one marker name).
+Silver reads the bronze candles Delta table (etl/candles.py) at one version of its log, and decides which
+(product, date) partitions to rebuild from the files added or removed since the bronze version it last processed
+(etl.silver.increments.since; a compaction or a quarantined file is a change too). That version is recorded in
+the state `{data}/silver/_state/partitions.json` (`bronze_version`), with, per partition, the price overrides of
+its day it was built with (accepting a print rebuilds its day).
 The market-data quality gate (price_quality) judges a day's candles with the two days before and the day after
-(CONTEXT_DAYS): a partition is rebuilt when it or one of those changed (or the price overrides of its day did),
-reading them as context, so its output stays a pure function of those four partitions.
-Before reading, an incremental run folds each partition to rebuild whose current version holds two or more files
-into one file per granularity (etl.compaction.fold): the open day's intraday batches do not pile up, so the cost
-of a run stays flat through the day. A full refresh only reads bronze.
+(CONTEXT_DAYS): a partition is rebuilt when it or one of those changed, reading them as context, so its output
+stays a pure function of those four partitions. A full refresh reads every partition.
 
-One writer at a time: the whole read-decide-write runs under the data root's `silver` lock (etl.storage.exclusive),
-which compaction takes too. Every output file is a pure function of its bronze partition(s), so a full refresh
-writes the same bytes as incremental runs.
+One writer at a time: the whole read-decide-write runs under the data root's `silver` lock (etl.storage.exclusive).
+Every output file is a pure function of its bronze partition(s), so a full refresh writes the same bytes as
+incremental runs.
 
 Integrity (etl/integrity.py): the state also records the SHA-256 of every silver file (`files`), written with the
 state, and readers (`read_bars`, the loader) check the files they read against it. Unreadable inputs: a bronze file
-that does not read whole or differs from the digest its batch manifest or compaction marker recorded is moved to
-`bronze/quarantined_files/` with its reason and the partition is built from the rest (re-ingest that window to
-get its rows back); a corrupt state file or daily file stops the run (ValidationError, exit 2) saying which file
-and to run `--full-refresh`.
+that does not read whole, or a new one whose bytes differ from the digest its commit recorded, is moved to
+`bronze/quarantined_files/` with its reason, taken out of the bronze table, and the partition is built from the rest
+(re-ingest that window to get its rows back); a corrupt state file or daily file stops the run (ValidationError,
+exit 2) saying which file and to run `--full-refresh`.
 """
 
 from __future__ import annotations
@@ -44,12 +41,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl import compaction
-from etl.compaction import CANDLES_DIR
+from etl import candles, compaction
+from etl.candles import CANDLES_DIR
 from etl.errors import ValidationError
 from etl.integrity import CorruptFileError
+from etl.lake import Lake
 from etl.settings import Settings, get_settings
-from etl.silver import price_quality, quality
+from etl.silver import increments, price_quality, quality
 from etl.silver.bars import (
     BAR_1D_GRANULARITIES,
     BAR_5M_GRANULARITIES,
@@ -78,6 +76,7 @@ QUARANTINE_DIR = "silver/quarantine"
 PRICE_QUALITY_DIR = "silver/price_quality"
 STATE_FILE = "silver/_state/partitions.json"
 OLD_STATE_FILE = "silver/_state/processed_batches.json"  # before partition versions: replaced on the next run
+BRONZE_VERSION = "bronze_version"  # the state's record of the bronze version the last build read
 QUALITY_DIR = "silver/_quality"
 PART = "part-0.parquet"
 DAY_US = 86_400 * US
@@ -110,7 +109,7 @@ class SilverSummary:
     incomplete_bars: int = 0              # 5-minute bars with fewer candles than the bar holds
     missing_buckets: int = 0              # empty 5-minute buckets between a partition's first and last bar
     partitions: int = 0                   # (product, date) partitions rebuilt
-    batches: int = 0                      # bronze batches taken in (new to silver in the partitions rebuilt)
+    batches: int = 0                      # bronze batches committed since the bronze version last read
     bad_files: list[str] = field(default_factory=list)  # unreadable bronze files moved to quarantine
     full_refresh: bool = False
     seconds: float = 0.0
@@ -141,7 +140,7 @@ def build(full_refresh: bool = False, settings: Settings | None = None, now: dat
     """Bring silver up to date with bronze; `full_refresh` recomputes every partition (same bytes as incremental).
 
     `now` is the reference time of the `not_in_future` rule (default: the current time). Waits for the silver
-    lock (settings.lock_timeout_s) while another build or a compaction holds it. `reference`: the run's reference
+    lock (settings.lock_timeout_s) while another build holds it. `reference`: the run's reference
     data (etl.reference_set; default: the files of `settings`).
     """
     from etl.reference_set import Reference  # pandas: the build's process only, not its workers
@@ -157,37 +156,34 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
     now = to_utc(now) if now else datetime.now(UTC)  # naive means UTC, like everywhere in the platform
     summary = SilverSummary(full_refresh=full_refresh)
 
-    state = {} if full_refresh else _load_state(store)
+    lake = Lake.of(store, settings)
+    last, state = (None, {}) if full_refresh else _load_state(store)
     state_files = {} if full_refresh else file_digests(store)
-    committed = compaction.committed_batches(store)
-    parts = compaction.scan(store, BRONZE_DIR)
+    bronze = increments.since(lake, BRONZE_DIR, last)
+    parts = candles.by_partition(bronze.files)
     overrides = _overrides(reference.price_overrides)
-    changed = {k for k, p in parts.items() if state.get(_key(k)) != _version(p, committed, overrides)}
+    changed = set(increments.touched(bronze.new + bronze.removed, BRONZE_DIR)) | \
+        {k for k in parts if state.get(_key(k)) != _version(k, overrides)}
     # the quality gate judges a day's prints with the days around it: a change reaches the days that read it
-    todo = {k: parts[k] for k in sorted(changed | {n for k in changed for n in _shifted(k, REACHED)} & parts.keys())}
-    listed = {k: compaction.version(p, committed)["batches"] for k, p in todo.items()}  # batches before the fold
-    if not full_refresh:  # today's partition gains a batch per intraday run: fold it so a run reads O(1) files
-        folded = compaction.fold(store, parts, todo, committed, settings)
-        todo = {k: parts[k] for k in todo}
-        summary.rows_in = summary.duplicates = folded.rows_in - folded.rows_out  # versions the fold dropped
-        summary.bad_files += folded.bad_files
-    log.info("silver %s: %d of %d bronze partitions to rebuild", "full refresh" if full_refresh else "incremental",
-             len(todo), len(parts))
-    files = {k: compaction.current_files(store, p, committed) for k, p in sorted(todo.items())}
+    todo = sorted((changed | {n for k in changed for n in _shifted(k, REACHED)}) & parts.keys())
+    log.info("silver %s: %d of %d bronze partitions to rebuild (bronze version %s)",
+             "full refresh" if full_refresh else "incremental", len(todo), len(parts), bronze.version)
+    files = {k: parts[k] for k in todo}
+    taken_in = [] if bronze.version is None else lake.commits(BRONZE_DIR, bronze.since, bronze.version)
     currencies = _quote_currencies({p for p, _ in files}, reference)
 
     chunks: dict[tuple[str, str], list[str]] = defaultdict(list)  # (product, month): a worker's memory is a month
     for product, day in sorted(files):
         chunks[(product, day[:7])].append(day)
 
+    bad: list[str] = []
     written: dict[str, str | None] = {}  # silver file -> its digest (None: deleted, the day has no rows any more)
     read: dict[tuple[str, str], dict] = {}
     daily: dict[tuple[str, int], list] = defaultdict(list)  # (product, year) -> its chunks' (days, daily bars)
+    digests = candles.digests(taken_in)  # of the files new since the last build: older ones were checked then
     jobs = [(store, product, days, [f for d in days for f in files[(product, d)]], currencies[product], now,
-             _context_files(store, parts, committed, product, days), overrides.get(product))
+             _context_files(parts, product, days), overrides.get(product), digests)
             for (product, _), days in sorted(chunks.items())]
-    digests = compaction.recorded_digests(store, [f for job in jobs for f in job[3] + job[6]])
-    jobs = [(*job, digests) for job in jobs]
     # chunks in worker processes (each writes its own days' files; this process alone writes the daily year files
     # and commits the state below, so a failed worker leaves the previous state); threads in one process crashed
     # pyarrow (SIGSEGV, bad_alloc)
@@ -195,25 +191,26 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
     with _pool(workers) as map_chunks:
         for job, (counts, chunk_files, paths, bars_1d) in zip(jobs, map_chunks(_rebuild_chunk, jobs), strict=True):
             _, product, days, wanted = job[:4]
-            _drop_unreadable(parts, set(wanted) - set(paths))
             _add(summary, counts)
             written.update(chunk_files)
             daily[(product, int(days[0][:4]))].append((days, bars_1d))
+            bad += sorted(set(wanted) - set(paths))  # set aside by the worker
             for day in days:
-                read[(product, day)] = _version(parts[(product, day)], committed, overrides)
+                read[(product, day)] = _version((product, day), overrides)
+    read_version = bronze.version
+    if candles.remove(store, lake, bad) == (read_version or 0) + 1:  # nothing else committed since the read:
+        read_version += 1                                               # the build read that version minus `bad`
     for (product, year), months in sorted(daily.items()):
         day_numbers = [_day_number(d) for days, _ in months for d in days]
         bars_1d = pa.concat_tables([t for _, t in months]).combine_chunks()
         written.update(_write_daily(store, product, year, day_numbers, bars_1d, full_refresh, state_files))
     if full_refresh:
         _delete_stale(store, written)
-    new_batches = {b for v in listed.values() for b in v} - \
-        {b for k in read for b in (state.get(_key(k)) or {}).get("batches", [])}
-    summary.batches = len(new_batches)
-    # what this build read, per partition; partitions that have no bronze any more drop out
+    summary.batches = sum(candles.BATCH_ID in c for c in taken_in)
+    # what this build read; partitions that have no bronze any more drop out
     kept = {_key(k) for k in parts}
-    _save_state(store, {k: v for k, v in state.items() if k in kept} | {_key(k): v for k, v in read.items()},
-                {k: v for k, v in (state_files | written).items() if v})
+    _save_state(store, read_version, {k: v for k, v in state.items() if k in kept} |
+                {_key(k): v for k, v in read.items()}, {k: v for k, v in (state_files | written).items() if v})
     if store.exists(TRADES_DIR):  # live trades from `python -m etl stream`: 5-minute bars from trades too
         from etl.silver.trade_bars import build_trade_bars
 
@@ -257,24 +254,22 @@ def _shifted(partition: tuple[str, str], offsets: tuple[int, ...]) -> list[tuple
     return [(product, (d + timedelta(days=k)).isoformat()) for k in offsets]
 
 
-def _version(part: compaction.Partition, committed: set[str], overrides: dict[str, pa.Table]) -> dict:
-    """The partition's bronze version, plus the overrides that fall on its day (accepting a print rebuilds it)."""
-    version = compaction.version(part, committed)
-    accepted = overrides.get(part.product_id)
-    if accepted is not None:
-        day = _day_number(part.date)
-        mine = [f"{g}@{t}" for g, t in zip(accepted["granularity"].to_pylist(),
-                                           accepted["bucket_start"].cast(pa.int64()).to_pylist(), strict=True)
-                if t // DAY_US == day]
-        if mine:
-            version["overrides"] = mine
-    return version
+def _version(partition: tuple[str, str], overrides: dict[str, pa.Table]) -> dict:
+    """What, besides its bronze files, a partition was built with: the overrides that fall on its day."""
+    accepted = overrides.get(partition[0])
+    if accepted is None:
+        return {}
+    day = _day_number(partition[1])
+    mine = [f"{g}@{t}" for g, t in zip(accepted["granularity"].to_pylist(),
+                                       accepted["bucket_start"].cast(pa.int64()).to_pylist(), strict=True)
+            if t // DAY_US == day]
+    return {"overrides": mine} if mine else {}
 
 
-def _context_files(store: Store, parts: dict, committed: set[str], product: str, days: list[str]) -> list[str]:
-    """The current bronze files of the days around `days` that are not among them: the gate's context."""
+def _context_files(parts: dict[tuple[str, str], list[str]], product: str, days: list[str]) -> list[str]:
+    """The bronze files of the days around `days` that are not among them: the gate's context."""
     around = {n for d in days for n in _shifted((product, d), price_quality.CONTEXT_DAYS)} - {(product, d) for d in days}
-    return [f for k in sorted(around & parts.keys()) for f in compaction.current_files(store, parts[k], committed)]
+    return [f for k in sorted(around & parts.keys()) for f in parts[k]]
 
 
 def _overrides(df: pd.DataFrame) -> dict[str, pa.Table]:
@@ -314,20 +309,10 @@ def _rebuild_chunk(job: tuple) -> tuple[SilverSummary, dict[str, str | None], li
     that read, its daily bars)."""
     store, product, days, paths, quote, now, context, overrides, digests = job
     counts = SilverSummary()
-    candles, paths = _read_readable(store, paths, counts, digests, context)
-    written, bars_1d = _rebuild(store, product, days, candles, paths, quote, now, counts, overrides)
+    rows, paths = _read_readable(store, paths, counts, digests, context)
+    written, bars_1d = _rebuild(store, product, days, rows, paths, quote, now, counts, overrides)
     context = set(context)
     return counts, written, [p for p in paths if p not in context], bars_1d
-
-
-def _drop_unreadable(parts: dict, rels: set[str]) -> None:
-    """Leave the quarantined bronze files out of their partitions' versions."""
-    for rel in rels:
-        folder, name = rel.rsplit("/", 1)
-        for part in parts.values():
-            if part.rel_dir == folder:
-                part.batch_files.pop(name, None)
-                part.compacted.pop(name, None)
 
 
 def _read_readable(store: Store, paths: list[str], summary: SilverSummary, digests: dict[str, str],
@@ -344,11 +329,11 @@ def _read_readable(store: Store, paths: list[str], summary: SilverSummary, diges
         pass
     own, good = set(paths), []
     for rel in every:
-        reason = compaction.readable(store, rel, digests.get(rel))
+        reason = candles.readable(store, rel, digests.get(rel))
         if reason is None:
             good.append(rel)
         elif rel in own:
-            summary.bad_files.append(compaction.quarantine_file(store, rel, reason))
+            summary.bad_files.append(candles.set_aside(store, rel, reason))
     return (read_bronze(store, good, digests), good) if good else (_BRONZE_SCHEMA.empty_table(), [])
 
 
@@ -533,22 +518,23 @@ def _delete_stale(store: Store, written: set[str]) -> None:
 
 
 # ---- silver state ----------------------------------------------------------------------------------------------
-def _load_state(store: Store) -> dict[str, dict]:
-    """partition "PRODUCT/DATE" -> the version last read ({"marker": name, "batches": [ids]}); {} on a first run."""
+def _load_state(store: Store) -> tuple[int | None, dict[str, dict]]:
+    """(the bronze version the last build read, partition "PRODUCT/DATE" -> what else it was built with);
+    (None, {}) on a first run. A state from before the bronze table (no version) rebuilds every partition."""
     if not store.exists(STATE_FILE):
-        return {}
+        return None, {}
     fix = "delete it and run `python -m etl silver --full-refresh` (rebuilds every partition and the state)"
     try:
         raw = store.read_json(STATE_FILE)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationError(f"{store.path(STATE_FILE)}: not valid JSON ({exc}); {fix}") from None
     parts = raw.get("partitions") if isinstance(raw, dict) else None
-    if not isinstance(parts, dict) or not all(
-            isinstance(v, dict) and isinstance(v.get("marker"), str) and isinstance(v.get("batches"), list)
-            for v in parts.values()):
-        raise ValidationError(f"{store.path(STATE_FILE)}: expected {{\"partitions\": {{\"PRODUCT/DATE\": "
-                              f"{{\"marker\": ..., \"batches\": [...]}}}}}} (key missing or mistyped); {fix}")
-    return parts
+    version = raw.get(BRONZE_VERSION) if isinstance(raw, dict) else None
+    if not isinstance(parts, dict) or not all(isinstance(v, dict) for v in parts.values()) \
+            or not (version is None or isinstance(version, int)):
+        raise ValidationError(f"{store.path(STATE_FILE)}: expected {{\"{BRONZE_VERSION}\": N, \"partitions\": "
+                              f"{{\"PRODUCT/DATE\": {{...}}}}}} (key missing or mistyped); {fix}")
+    return version, parts
 
 
 def file_digests(store: Store) -> dict[str, str]:
@@ -562,8 +548,9 @@ def file_digests(store: Store) -> dict[str, str]:
     return files
 
 
-def _save_state(store: Store, partitions: dict[str, dict], files: dict[str, str]) -> None:
-    store.write_json(STATE_FILE, {"partitions": dict(sorted(partitions.items())), "files": dict(sorted(files.items()))})
+def _save_state(store: Store, bronze_version: int | None, partitions: dict[str, dict], files: dict[str, str]) -> None:
+    store.write_json(STATE_FILE, {BRONZE_VERSION: bronze_version, "partitions": dict(sorted(partitions.items())),
+                                  "files": dict(sorted(files.items()))})
     if store.exists(OLD_STATE_FILE):
         store.delete(OLD_STATE_FILE)
 

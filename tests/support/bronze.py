@@ -10,8 +10,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl import compaction
+from etl import candles
 from etl.bronze import CANDLE_SCHEMA, CANDLES_DIR, QUARANTINE_DIR, QUARANTINE_SCHEMA
+from etl.lake import Lake
 from etl.settings import Settings
 from etl.silver.bars import latest_per_key
 from etl.storage import get_store
@@ -27,7 +28,7 @@ def dedup_latest(df: pd.DataFrame) -> pd.DataFrame:
 
 def read_bronze(products: list[str] | None = None, granularity: int | None = None,
                 settings: Settings | None = None, dedup: bool = False) -> pd.DataFrame:
-    """Raw bronze rows (each partition's current version, etl.compaction) with product_id and date from the path.
+    """Raw bronze rows (the table's latest version, etl.candles) with product_id and date from the path.
 
     `dedup=True` keeps only the latest row per (product_id, granularity, bucket_start).
     """
@@ -38,10 +39,7 @@ def read_bronze(products: list[str] | None = None, granularity: int | None = Non
     if granularity is not None:
         g = pc.field("granularity") == granularity
         flt = g if flt is None else flt & g
-    committed = compaction.committed_batches(store)
-    wanted = {p.upper() for p in products} if products else None
-    files = [f for (product, _), part in sorted(compaction.scan(store).items()) if wanted is None or product in wanted
-             for f in compaction.current_files(store, part, committed)]
+    files = candles.files(Lake.of(store, settings), products=products or None)
     dataset = store.dataset(CANDLES_DIR, files)
     table = dataset.to_table(filter=flt) if dataset is not None else None
     if table is None:

@@ -20,7 +20,7 @@ from etl.errors import ValidationError
 from etl.settings import PROJECT_ROOT
 from etl.silver import build, read_bars
 from etl.storage import LockTimeout, exclusive
-from tests.etl.silver.test_incremental import FUTURE, T0, minute_candles, silver_files, write_batch
+from tests.etl.silver.test_incremental import FUTURE, T0, commit_batch, minute_candles, silver_files, write_batch
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
@@ -101,17 +101,15 @@ def test_silver_lock_is_released_when_its_holder_is_killed(data_dir):
 
 
 def test_silver_state_records_only_the_batches_it_read(data_dir):
-    """A batch whose manifest lands after silver listed bronze is not recorded: the next run takes it in."""
+    """A batch whose commit lands after silver read bronze is not recorded: the next run takes it in."""
     write_batch(data_dir, minute_candles("BTC-USD", T0, 60), "b1", T0 + timedelta(days=1))
     late = minute_candles("BTC-USD", T0 + timedelta(hours=1), 60, seed=1)
-    files = write_batch(data_dir, late, "b2", T0 + timedelta(days=1, hours=1))
-    manifest = data_dir / "bronze/_manifests/b2.json"
-    kept = manifest.read_text()
-    manifest.unlink()  # b2's file is there, its commit is not (yet)
+    files = write_batch(data_dir, late, "b2", T0 + timedelta(days=1, hours=1), commit=False)
+    # b2's file is there, its commit is not (yet)
     assert build(now=FUTURE).rows_in == 60
     state = json.loads((data_dir / "silver/_state/partitions.json").read_text())
-    assert state["partitions"]["BTC-USD/2026-01-05"] == {"marker": "", "batches": ["b1"]}
-    manifest.write_text(kept)
+    assert state["bronze_version"] == 1 and state["partitions"]["BTC-USD/2026-01-05"] == {}  # b1's commit
+    commit_batch(data_dir, files, "b2")
     again = build(now=FUTURE)
     assert again.batches == 1 and again.rows_in == 120 and len(read_bars("5m")) == 24
     assert files
