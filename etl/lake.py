@@ -266,7 +266,8 @@ class Lake:
         if t is None:
             return []
         hours = self.retention_days * 24 if retention_hours is None else retention_hours
-        return t.vacuum(retention_hours=int(hours), dry_run=False, enforce_retention_duration=False)
+        # full: list the folder, so files no commit ever named (a writer killed before its commit) go too
+        return t.vacuum(retention_hours=int(hours), dry_run=False, enforce_retention_duration=False, full=True)
 
 
 def _actions(t: DeltaTable, flatten: bool = False) -> pa.Table:

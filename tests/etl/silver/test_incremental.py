@@ -41,7 +41,6 @@ def write_batch(data_dir: Path, candles: pd.DataFrame, batch_id: str, ingested_a
     """One bronze batch: a Parquet file per (product, date) partition, then its Delta commit (none when `commit`
     is False: a batch whose writer died before committing)."""
     from etl import candles as table
-    from etl.lake import Lake
 
     store = Store.from_uri(str(data_dir))
     candles = candles.copy()
