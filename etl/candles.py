@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pyarrow as pa
+from deltalake.exceptions import DeltaError
 
 from etl.integrity import CorruptFileError, repair
 from etl.lake import DataFile, Lake
@@ -133,3 +134,41 @@ def quarantine_file(store: Store, lake: Lake, rel: str, reason: str) -> str:
     dest = set_aside(store, rel, reason)
     remove(store, lake, [rel])
     return dest
+
+
+def optimize(store: Store, lake: Lake, partition: list[tuple], recorded: dict[str, str]) -> tuple[dict, list[str]]:
+    """`Lake.optimize` of the partitions `partition` selects (each into one file, one commit). The files with a
+    digest in `recorded` are checked first (an optimize would copy a file whose bytes were replaced without
+    noticing); when a file does not read whole the optimize fails, and the selected files are checked. Unreadable
+    files are quarantined, then the rest is optimized. Returns (delta-rs' metrics, the files quarantined)."""
+    chosen = _selected(lake, partition)
+    bad = [quarantine_file(store, lake, rel, reason) for rel in chosen
+           if rel in recorded and (reason := readable_bytes(store, rel, recorded[rel]))]
+    while True:
+        try:
+            return lake.optimize(CANDLES_DIR, partition=partition), bad
+        except (DeltaError, OSError):
+            found = [quarantine_file(store, lake, rel, reason) for rel in _selected(lake, partition)
+                     if (reason := readable(store, rel, recorded.get(rel)))]
+            if not found:
+                raise
+            bad += found
+
+
+def _selected(lake: Lake, partition: list[tuple]) -> list[str]:
+    """The files of the partitions an optimize filter (conjunction of ("column", "<"|"="|"in", value)) selects."""
+    tests = {"<": lambda v, x: v < x, "=": lambda v, x: v == x, "in": lambda v, x: v in x}
+
+    def selected(rel: str) -> bool:
+        values = dict(zip(KEYS, partition_of(rel) or ("", ""), strict=True))
+        return all(tests[op](values[k], x) for k, op, x in partition)
+    return [f for f in lake.files(CANDLES_DIR) or [] if selected(f)]
+
+
+def readable_bytes(store: Store, rel: str, sha256: str) -> str | None:
+    """None when the file's bytes are the ones its commit recorded, else the reason."""
+    try:
+        store.verify(rel, sha256)
+        return None
+    except CorruptFileError as exc:
+        return exc.reason[:300]

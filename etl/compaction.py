@@ -4,7 +4,7 @@
   file, in one commit (rows unchanged: bronze is append-only and readers keep the latest ingestion per key). A
   crash before the commit leaves the old files in force; a rerun does it again; a compacted partition is left
   alone (idempotent). Ingests may append meanwhile (appends never conflict with a compaction).
-  An unreadable file stops the optimize: it is quarantined (etl.candles.quarantine_file) and the optimize rerun.
+  An unreadable file is quarantined first (etl.candles.optimize).
 - The bronze stream tables (etl.stream.sinks.maintain) and the run records (etl.commits.maintain) likewise.
 - `vacuum` of every Delta table: the files no version younger than PIPELINE_LAKE_RETENTION_DAYS needs, and
   uncommitted files that old, are deleted.
@@ -19,13 +19,12 @@ from datetime import UTC, date, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake.exceptions import DeltaError
 
 from etl import candles, commits
 from etl.candles import CANDLES_DIR
 from etl.lake import Lake
 from etl.settings import Settings, get_settings
-from etl.storage import Store, get_store
+from etl.storage import get_store
 from etl.stream import sinks
 
 log = logging.getLogger(__name__)
@@ -61,15 +60,8 @@ def compact(before: date | None = None, settings: Settings | None = None, now: d
     summary = CompactSummary(before=before.isoformat())
     closed = [("date", "<", before.isoformat())]
     summary.partitions_seen = len(candles.by_partition(candles.files(lake, keep=lambda d: d < summary.before)))
-    while True:
-        try:
-            metrics = lake.optimize(CANDLES_DIR, partition=closed)
-            break
-        except (DeltaError, OSError):  # a file that does not read whole: take it out, then compact the rest
-            bad = _unreadable(store, lake, before)
-            if not bad:
-                raise
-            summary.bad_files += bad
+    recorded = candles.digests(lake.commits(CANDLES_DIR, None, lake.version(CANDLES_DIR) or 0))
+    metrics, summary.bad_files = candles.optimize(store, lake, closed, recorded)
     summary.compacted = metrics.get("partitionsOptimized", 0)
     summary.files_compacted = metrics.get("numFilesRemoved", 0)
     summary.rows = _rows(lake, before)
@@ -90,13 +82,3 @@ def _rows(lake: Lake, before: date) -> int:
         return 0
     closed = pc.less(actions["partition.date"], before.isoformat())
     return pc.sum(actions.filter(closed)["num_records"]).as_py() or 0
-
-
-def _unreadable(store: Store, lake: Lake, before: date) -> list[str]:
-    """Quarantine the closed days' files that do not read whole or differ from their recorded digest."""
-    recorded = candles.digests(lake.commits(CANDLES_DIR, None, lake.version(CANDLES_DIR)))
-    out = []
-    for rel in candles.files(lake, keep=lambda d: d < before.isoformat()):
-        if (reason := candles.readable(store, rel, recorded.get(rel))) is not None:
-            out.append(candles.quarantine_file(store, lake, rel, reason))
-    return out

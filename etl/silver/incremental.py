@@ -8,6 +8,9 @@ its day it was built with (accepting a print rebuilds its day).
 The market-data quality gate (price_quality) judges a day's candles with the two days before and the day after
 (CONTEXT_DAYS): a partition is rebuilt when it or one of those changed, reading them as context, so its output
 stays a pure function of those four partitions. A full refresh reads every partition.
+Before reading, an incremental run folds each partition to rebuild that holds several files into one (a Delta
+optimize of those partitions, etl.candles.optimize): the open day's intraday batches do not pile up, so the cost of
+a run stays flat through the day. The rows are the same (optimize copies them), so are the bars.
 
 One writer at a time: the whole read-decide-write runs under the data root's `silver` lock (etl.storage.exclusive).
 Every output file is a pure function of its bronze partition(s), so a full refresh writes the same bytes as
@@ -159,13 +162,13 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
     lake = Lake.of(store, settings)
     last, state = (None, {}) if full_refresh else _load_state(store)
     state_files = {} if full_refresh else file_digests(store)
-    bronze = increments.since(lake, BRONZE_DIR, last)
-    parts = candles.by_partition(bronze.files)
     overrides = _overrides(reference.price_overrides)
-    changed = set(increments.touched(bronze.new + bronze.removed, BRONZE_DIR)) | \
-        {k for k in parts if state.get(_key(k)) != _version(k, overrides)}
-    # the quality gate judges a day's prints with the days around it: a change reaches the days that read it
-    todo = sorted((changed | {n for k in changed for n in _shifted(k, REACHED)}) & parts.keys())
+    bronze, parts, todo = _plan(lake, last, state, overrides)
+    crowded = [k for k in todo if len(parts[k]) > 1]
+    if crowded and not full_refresh:  # today's partition gains a batch per intraday run: fold it into one file
+        folded = _fold(store, lake, crowded, bronze)
+        summary.bad_files += folded
+        bronze, parts, todo = _plan(lake, last, state, overrides)
     log.info("silver %s: %d of %d bronze partitions to rebuild (bronze version %s)",
              "full refresh" if full_refresh else "incremental", len(todo), len(parts), bronze.version)
     files = {k: parts[k] for k in todo}
@@ -228,6 +231,28 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
                      {"run_at": finished.isoformat(), "now": now.isoformat(), **asdict(summary)})
     log.info("silver: %s", str(summary).replace("\n", " |"))
     return summary
+
+
+def _plan(lake: Lake, last: int | None, state: dict[str, dict], overrides: dict[str, pa.Table]
+          ) -> tuple[increments.Increment, dict[tuple[str, str], list[str]], list[tuple[str, str]]]:
+    """(bronze at its latest version and its changes since version `last`, its files by partition, the
+    partitions to rebuild: those whose files or overrides changed, and the days whose quality gate reads them)."""
+    bronze = increments.since(lake, BRONZE_DIR, last)
+    parts = candles.by_partition(bronze.files)
+    changed = set(increments.touched(bronze.new + bronze.removed, BRONZE_DIR)) | \
+        {k for k in parts if state.get(_key(k)) != _version(k, overrides)}
+    return bronze, parts, sorted((changed | {n for k in changed for n in _shifted(k, REACHED)}) & parts.keys())
+
+
+def _fold(store: Store, lake: Lake, crowded: list[tuple[str, str]], bronze: increments.Increment) -> list[str]:
+    """Optimize the partitions about to be read that hold several files into one file each (one commit), so a run
+    reads O(1) files however many batches the day has had; returns the files quarantined on the way."""
+    recorded = candles.digests(lake.commits(BRONZE_DIR, bronze.since, bronze.version))
+    where = [("product_id", "in", sorted({p for p, _ in crowded})), ("date", "in", sorted({d for _, d in crowded}))]
+    metrics, bad = candles.optimize(store, lake, where, recorded)
+    log.info("bronze fold: %d partition(s) folded (%d files)", metrics.get("partitionsOptimized", 0),
+             metrics.get("numFilesRemoved", 0))
+    return bad
 
 
 def _add(summary: SilverSummary, counts: SilverSummary) -> None:

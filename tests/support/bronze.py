@@ -10,7 +10,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl import candles
 from etl.bronze import CANDLE_SCHEMA, CANDLES_DIR, QUARANTINE_DIR, QUARANTINE_SCHEMA
 from etl.lake import Lake
 from etl.settings import Settings
@@ -28,7 +27,7 @@ def dedup_latest(df: pd.DataFrame) -> pd.DataFrame:
 
 def read_bronze(products: list[str] | None = None, granularity: int | None = None,
                 settings: Settings | None = None, dedup: bool = False) -> pd.DataFrame:
-    """Raw bronze rows (the table's latest version, etl.candles) with product_id and date from the path.
+    """Raw bronze rows (the table's latest version, read through its log) with product_id and date.
 
     `dedup=True` keeps only the latest row per (product_id, granularity, bucket_start).
     """
@@ -39,9 +38,8 @@ def read_bronze(products: list[str] | None = None, granularity: int | None = Non
     if granularity is not None:
         g = pc.field("granularity") == granularity
         flt = g if flt is None else flt & g
-    files = candles.files(Lake.of(store, settings), products=products or None)
-    dataset = store.dataset(CANDLES_DIR, files)
-    table = dataset.to_table(filter=flt) if dataset is not None else None
+    t = Lake.of(store, settings).table(CANDLES_DIR)
+    table = None if t is None else t.to_pyarrow_dataset().to_table(filter=flt)
     if table is None:
         empty = CANDLE_SCHEMA.append(pa.field("product_id", pa.string())).append(pa.field("date", pa.string()))
         return empty.empty_table().to_pandas()
