@@ -4,8 +4,12 @@ An ingest batch writes one Parquet file per (product, date) it fetched, `<batch_
 all in ONE Delta commit whose metadata holds the batch (`batch_id`, plan, counts) and the SHA-256 of each file
 (`sha256`, checked by silver). A file no commit names (a batch killed before its commit) is never read; `vacuum`
 deletes it after the retention. Readers take the files of one version of the log: silver (etl/silver), the
-watermark (etl.bronze.watermark), `read_candles`, any Delta reader. `compact` optimizes closed days into one
-file per partition; the rows stay as they were (bronze is append-only: readers keep the latest ingestion per key).
+watermark (etl.bronze.watermark), `read_candles`, any Delta reader.
+
+`compact` rewrites a partition's files into one file of the rows readers keep (the latest ingestion per key), in
+one commit removing the files it replaces: run for the closed days by `python -m etl compact`, and by silver for
+the partitions it is about to read. Like delta-rs' `optimize`, but the file is written by the Store (page
+checksums) and its SHA-256 recorded in the commit, like every bronze file.
 
 An unreadable file (it does not read whole, or its bytes differ from the digest its commit recorded) is copied to
 `bronze/quarantined_files/` with a JSON reason beside it and removed from the table by one commit.
@@ -16,12 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pyarrow as pa
-from deltalake.exceptions import DeltaError
+import pyarrow.compute as pc
 
 from etl.integrity import CorruptFileError, repair
 from etl.lake import DataFile, Lake
@@ -51,10 +57,12 @@ def write_file(store: Store, product: str, day: str, name: str, rows: pa.Table) 
     return DataFile(inside, store.fs.get_file_info(path).size, {"product_id": product, "date": day}, rows.num_rows)
 
 
-def commit(store: Store, lake: Lake, files: list[DataFile], metadata: dict) -> int:
-    """Append `files` to the table in one commit carrying `metadata` and each file's SHA-256; returns the version."""
+def commit(store: Store, lake: Lake, files: list[DataFile], metadata: dict, remove: list[str] = ()) -> int:
+    """Append `files` to the table (removing the files `remove`) in one commit carrying `metadata` and each new
+    file's SHA-256; returns the version."""
     sha = {posixpath.join(CANDLES_DIR, f.path): store.digest(posixpath.join(CANDLES_DIR, f.path)) for f in files}
-    return lake.commit_files(CANDLES_DIR, files, TABLE_SCHEMA, KEYS, metadata={**metadata, SHA256: json.dumps(sha)})
+    return lake.commit_files(CANDLES_DIR, files, TABLE_SCHEMA, KEYS, remove=remove,
+                             metadata={**metadata, SHA256: json.dumps(sha)})
 
 
 def files(lake: Lake, version: int | None = None, products: list[str] | None = None,
@@ -136,39 +144,66 @@ def quarantine_file(store: Store, lake: Lake, rel: str, reason: str) -> str:
     return dest
 
 
-def optimize(store: Store, lake: Lake, partition: list[tuple], recorded: dict[str, str]) -> tuple[dict, list[str]]:
-    """`Lake.optimize` of the partitions `partition` selects (each into one file, one commit). The files with a
-    digest in `recorded` are checked first (an optimize would copy a file whose bytes were replaced without
-    noticing); when a file does not read whole the optimize fails, and the selected files are checked. Unreadable
-    files are quarantined, then the rest is optimized. Returns (delta-rs' metrics, the files quarantined)."""
-    chosen = _selected(lake, partition)
-    bad = [quarantine_file(store, lake, rel, reason) for rel in chosen
-           if rel in recorded and (reason := readable_bytes(store, rel, recorded[rel]))]
-    while True:
-        try:
-            return lake.optimize(CANDLES_DIR, partition=partition), bad
-        except (DeltaError, OSError):
-            found = [quarantine_file(store, lake, rel, reason) for rel in _selected(lake, partition)
-                     if (reason := readable(store, rel, recorded.get(rel)))]
-            if not found:
-                raise
-            bad += found
+@dataclass
+class Compacted:
+    partitions: int = 0          # partitions given one file per granularity
+    files_removed: int = 0       # files they replaced
+    rows_in: int = 0             # rows of those files
+    rows_out: int = 0            # rows kept: one per (granularity, bucket_start), the one readers keep
+    bad_files: list[str] = field(default_factory=list)  # where the unreadable files went
 
 
-def _selected(lake: Lake, partition: list[tuple]) -> list[str]:
-    """The files of the partitions an optimize filter (conjunction of ("column", "<"|"="|"in", value)) selects."""
-    tests = {"<": lambda v, x: v < x, "=": lambda v, x: v == x, "in": lambda v, x: v in x}
+def compact(store: Store, lake: Lake, keys: list[tuple[str, str]], recorded: dict[str, str],
+            metadata: dict | None = None) -> Compacted:
+    """Rewrite each (product, date) partition of `keys` holding two or more files into one file per granularity of
+    the rows every reader keeps (latest ingestion per key, every column as it was), and commit them all in one Delta commit that
+    removes the files they replace (kept for time travel until vacuum). Written by the Store (page checksums) with
+    its SHA-256 in the commit, like a batch. Files are read with the digests `recorded` holds; an unreadable one is
+    quarantined. A concurrent commit removing the same files (another compaction) fails this one: LakeConflict."""
+    from etl.silver.bars import latest_per_key  # the one implementation of the readers' rule
 
-    def selected(rel: str) -> bool:
-        values = dict(zip(KEYS, partition_of(rel) or ("", ""), strict=True))
-        return all(tests[op](values[k], x) for k, op, x in partition)
-    return [f for f in lake.files(CANDLES_DIR) or [] if selected(f)]
+    current, out = by_partition(files(lake) or []), Compacted()
+    written, replaced, bad = [], [], []
+    for product, day in keys:
+        rels = current.get((product, day), [])
+        if compacted(rels):
+            continue
+        tables = []
+        for rel in rels:
+            try:
+                tables.append(store.read_parquet(rel, sha256=recorded.get(rel)))
+            except CorruptFileError as exc:
+                out.bad_files.append(set_aside(store, rel, exc.reason))
+                bad.append(rel)
+            replaced.append(rel)
+        if not tables:
+            continue
+        rows = _conformed(pa.concat_tables(tables, promote_options="default"))
+        keyed = rows.append_column("product_id", pa.array([product] * rows.num_rows, pa.string()))
+        latest = latest_per_key(keyed).drop_columns(["product_id"]).combine_chunks()
+        name = uuid.uuid4().hex
+        for g in sorted(set(latest["granularity"].to_pylist())):  # one file per granularity: its own repair
+            piece = latest.filter(pc.equal(latest["granularity"], g)).sort_by("bucket_start")
+            written.append(write_file(store, product, day, f"compacted-{name}-g{g}.parquet", piece))
+        out.partitions += 1
+        out.files_removed += len(rels)
+        out.rows_in += rows.num_rows
+        out.rows_out += latest.num_rows
+    if replaced:
+        commit(store, lake, written, {"compacted": len(written), **(metadata or {})}, remove=replaced)
+        for rel in bad:  # set aside; the others stay for time travel until vacuum
+            store.delete(rel)
+    return out
 
 
-def readable_bytes(store: Store, rel: str, sha256: str) -> str | None:
-    """None when the file's bytes are the ones its commit recorded, else the reason."""
-    try:
-        store.verify(rel, sha256)
-        return None
-    except CorruptFileError as exc:
-        return exc.reason[:300]
+def compacted(rels: list[str]) -> bool:
+    """One file, or only compacted files of distinct granularities: nothing to gain."""
+    names = [posixpath.basename(r) for r in rels]
+    grans = [n.rsplit("-", 1)[-1] for n in names if n.startswith("compacted-")]
+    return len(rels) < 2 or (len(grans) == len(names) and len(set(grans)) == len(grans))
+
+
+def _conformed(rows: pa.Table) -> pa.Table:
+    """`rows` with exactly CANDLE_SCHEMA's columns (a column older files lack is null)."""
+    return pa.table({f.name: rows[f.name] if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type)
+                     for f in CANDLE_SCHEMA}).cast(CANDLE_SCHEMA).combine_chunks()

@@ -8,9 +8,9 @@ its day it was built with (accepting a print rebuilds its day).
 The market-data quality gate (price_quality) judges a day's candles with the two days before and the day after
 (CONTEXT_DAYS): a partition is rebuilt when it or one of those changed, reading them as context, so its output
 stays a pure function of those four partitions. A full refresh reads every partition.
-Before reading, an incremental run folds each partition to rebuild that holds several files into one (a Delta
-optimize of those partitions, etl.candles.optimize): the open day's intraday batches do not pile up, so the cost of
-a run stays flat through the day. The rows are the same (optimize copies them), so are the bars.
+Before reading, an incremental run folds each partition to rebuild that holds several files into one file of the
+rows readers keep (etl.candles.compact): the open day's intraday batches do not pile up, so the cost of a run
+stays flat through the day; the bars are the same.
 
 One writer at a time: the whole read-decide-write runs under the data root's `silver` lock (etl.storage.exclusive).
 Every output file is a pure function of its bronze partition(s), so a full refresh writes the same bytes as
@@ -48,7 +48,7 @@ from etl import candles, compaction
 from etl.candles import CANDLES_DIR
 from etl.errors import ValidationError
 from etl.integrity import CorruptFileError
-from etl.lake import Lake
+from etl.lake import Lake, LakeConflict
 from etl.settings import Settings, get_settings
 from etl.silver import increments, price_quality, quality
 from etl.silver.bars import (
@@ -164,7 +164,7 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
     state_files = {} if full_refresh else file_digests(store)
     overrides = _overrides(reference.price_overrides)
     bronze, parts, todo = _plan(lake, last, state, overrides)
-    crowded = [k for k in todo if len(parts[k]) > 1]
+    crowded = [k for k in todo if not candles.compacted(parts[k])]
     if crowded and not full_refresh:  # today's partition gains a batch per intraday run: fold it into one file
         folded = _fold(store, lake, crowded, bronze)
         summary.bad_files += folded
@@ -245,14 +245,17 @@ def _plan(lake: Lake, last: int | None, state: dict[str, dict], overrides: dict[
 
 
 def _fold(store: Store, lake: Lake, crowded: list[tuple[str, str]], bronze: increments.Increment) -> list[str]:
-    """Optimize the partitions about to be read that hold several files into one file each (one commit), so a run
+    """Compact the partitions about to be read that hold several files into one file each (one commit), so a run
     reads O(1) files however many batches the day has had; returns the files quarantined on the way."""
     recorded = candles.digests(lake.commits(BRONZE_DIR, bronze.since, bronze.version))
-    where = [("product_id", "in", sorted({p for p, _ in crowded})), ("date", "in", sorted({d for _, d in crowded}))]
-    metrics, bad = candles.optimize(store, lake, where, recorded)
-    log.info("bronze fold: %d partition(s) folded (%d files)", metrics.get("partitionsOptimized", 0),
-             metrics.get("numFilesRemoved", 0))
-    return bad
+    try:
+        done = candles.compact(store, lake, crowded, recorded, {"fold": "silver"})
+    except LakeConflict as exc:  # a compaction of the same partitions won: read them as they are
+        log.warning("bronze fold skipped: %s", exc)
+        return []
+    log.info("bronze fold: %d partition(s) folded (%d files, %d rows -> %d)", done.partitions, done.files_removed,
+             done.rows_in, done.rows_out)
+    return done.bad_files
 
 
 def _add(summary: SilverSummary, counts: SilverSummary) -> None:

@@ -49,23 +49,24 @@ def test_compaction_keeps_exactly_the_rows_a_reader_dedupes_to(data_dir):
     _history(data_dir)
     settings = get_settings()
     before_rows = _deduped(settings)
-    raw_rows = len(read_bronze(settings=settings))
     build(full_refresh=True, now=FUTURE)
     before_silver = silver_files(data_dir)
 
     summary = compaction_run(date(2026, 1, 6))
     assert (summary.compacted, summary.partitions_seen, summary.files_compacted) == (1, 1, 3)
-    assert summary.rows == 1440 + 240 + 1                                  # every row kept: bronze is append-only
-    (compacted,) = _committed(data_dir)                                    # one file for the closed day
-    assert compacted.rsplit("/", 1)[1] not in {"b1.parquet", "b2.parquet", "b3.parquet", "orphan.parquet"}
+    assert summary.rows_in == 1440 + 240 + 1 and summary.rows_out == 1440 + 1
+    names = sorted(f.rsplit("/", 1)[1] for f in _committed(data_dir))     # one file per granularity
+    assert len(names) == 2 and all(n.startswith("compacted-") for n in names)
+    assert sorted(n.rsplit("-", 1)[1] for n in names) == ["g60.parquet", "g86400.parquet"]
+    assert {"b1.parquet", "b2.parquet", "b3.parquet", "orphan.parquet"} <= {p.name for p in (data_dir / DAY).iterdir()}
     assert len(_committed(data_dir, "bronze/candles/product_id=BTC-USD/date=2026-01-06")) == 2  # open day as it was
     pd.testing.assert_frame_equal(_deduped(settings), before_rows)          # the very rows, column by column
-    assert len(read_bronze(settings=settings)) == raw_rows
     assert watermark("BTC-USD", 60, settings) == T0 + timedelta(days=1, minutes=59)
 
     assert build(now=FUTURE).partitions == 2  # the compacted day, once, and the day after (the quality gate's context)
     assert silver_files(data_dir) == before_silver                          # same bars, same bytes
-    assert build(full_refresh=True, now=FUTURE).rows_in == raw_rows         # the committed rows, not the orphan's
+    # current versions only (the incremental run folded the day after too: its two batches overlap by 60 rows)
+    assert build(full_refresh=True, now=FUTURE).rows_in == 1441 + 60
 
     on_disk = sorted(p.name for p in (data_dir / DAY).iterdir())
     again = compaction_run(date(2026, 1, 6))                               # idempotent
@@ -82,18 +83,20 @@ def compaction_run(before: date):
 def test_superseded_files_stay_readable_during_retention_and_readers_never_count_them(data_dir, monkeypatch):
     _history(data_dir)
     settings = get_settings()
-    expected, raw_rows = _deduped(settings), len(read_bronze(settings=settings))
+    expected = _deduped(settings)
     lake = Lake(str(data_dir))
     version = lake.version(candles.CANDLES_DIR)
     compaction_run(date(2026, 1, 6))  # default retention: 90 days
     assert {"b1.parquet", "b2.parquet", "b3.parquet"} <= {p.name for p in (data_dir / DAY).iterdir()}
-    assert len(read_bronze(settings=settings)) == raw_rows  # the compacted version only, not both
+    raw = read_bronze(settings=settings)
+    assert len(raw[raw["date"] == "2026-01-05"]) == 1441  # the compacted version only, not both
     pd.testing.assert_frame_equal(_deduped(settings), expected)
     assert len(candles.files(lake, version)) == 5                          # time travel: the old files
     monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "0")
     later = compaction_run(date(2026, 1, 6))
-    assert later.files_vacuumed >= 4 and later.compacted == 0              # b1, b2, b3 and the orphan
-    assert {p.name for p in (data_dir / DAY).iterdir()} == {_committed(data_dir)[0].rsplit("/", 1)[1]}
+    assert later.compacted == 0                                            # b1, b2, b3 and the orphan go
+    assert {p.name for p in (data_dir / DAY).iterdir()} == {f.rsplit("/", 1)[1] for f in _committed(data_dir)}
+    assert later.files_vacuumed == 4
     pd.testing.assert_frame_equal(_deduped(settings), expected)
 
 
@@ -122,7 +125,7 @@ def test_late_data_after_compaction_is_folded_into_the_next_version_by_the_next_
     write_batch(data_dir, late, "b5", T0 + timedelta(days=4))
     expected = _deduped(settings)
     assert build(now=FUTURE).batches == 1
-    assert len(_committed(data_dir)) == 1                                  # the compacted file and b5's, folded
+    assert len(_committed(data_dir)) == 2              # the compacted files and b5's, folded: one per granularity
     pd.testing.assert_frame_equal(_deduped(settings), expected)
     rebuilt = silver_files(data_dir)
     assert compaction_run(date(2026, 1, 6)).compacted == 0                 # nothing left to compact
@@ -138,7 +141,7 @@ def test_the_open_day_stays_one_file_however_many_batches_arrive(data_dir):
         summary = build(now=FUTURE)
         assert summary.partitions == 1 and summary.batches == 1
         (only,) = _committed(data_dir)                                     # the silver run folded the day
-        assert (only.endswith("run0.parquet")) == (k == 0)
+        assert only.endswith("run0.parquet" if k == 0 else "-g60.parquet")
     folded = _deduped(get_settings())
     assert len(folded) == 30 and list(folded["batch_id"].tail(10)) == ["run5"] * 10  # latest ingestion wins
     incremental = silver_files(data_dir)
