@@ -167,7 +167,8 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
     crowded = [k for k in todo if not candles.compacted(parts[k])]
     if crowded and not full_refresh:  # today's partition gains a batch per intraday run: fold it into one file
         folded = _fold(store, lake, crowded, bronze)
-        summary.bad_files += folded
+        summary.rows_in = summary.duplicates = folded.rows_in - folded.rows_out  # versions the fold dropped
+        summary.bad_files += folded.bad_files
         bronze, parts, todo = _plan(lake, last, state, overrides)
     log.info("silver %s: %d of %d bronze partitions to rebuild (bronze version %s)",
              "full refresh" if full_refresh else "incremental", len(todo), len(parts), bronze.version)
@@ -244,18 +245,18 @@ def _plan(lake: Lake, last: int | None, state: dict[str, dict], overrides: dict[
     return bronze, parts, sorted((changed | {n for k in changed for n in _shifted(k, REACHED)}) & parts.keys())
 
 
-def _fold(store: Store, lake: Lake, crowded: list[tuple[str, str]], bronze: increments.Increment) -> list[str]:
-    """Compact the partitions about to be read that hold several files into one file each (one commit), so a run
-    reads O(1) files however many batches the day has had; returns the files quarantined on the way."""
+def _fold(store: Store, lake: Lake, crowded: list[tuple[str, str]], bronze: increments.Increment) -> candles.Compacted:
+    """Compact the partitions about to be read that hold several files into one file per granularity (one
+    commit), so a run reads O(1) files however many batches the day has had."""
     recorded = candles.digests(lake.commits(BRONZE_DIR, bronze.since, bronze.version))
     try:
         done = candles.compact(store, lake, crowded, recorded, {"fold": "silver"})
     except LakeConflict as exc:  # a compaction of the same partitions won: read them as they are
         log.warning("bronze fold skipped: %s", exc)
-        return []
+        return candles.Compacted()
     log.info("bronze fold: %d partition(s) folded (%d files, %d rows -> %d)", done.partitions, done.files_removed,
              done.rows_in, done.rows_out)
-    return done.bad_files
+    return done
 
 
 def _add(summary: SilverSummary, counts: SilverSummary) -> None:
