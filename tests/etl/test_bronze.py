@@ -30,6 +30,7 @@ from etl.errors import ConfigError, SourceError
 from etl.lake import Lake
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.source import ExchangeClient
+from etl.storage import get_store
 from tests.support.bronze import dedup_latest, read_bronze, read_quarantine
 
 SEED = 42
@@ -587,3 +588,42 @@ def test_chaos_sigkill_ingest_at_seeded_points_then_rerun_equals_clean_run(tmp_p
         pd.testing.assert_frame_equal(_latest(settings), expected)
         _assert_no_orphans(root)
     assert mid_write >= len(schedule) - 1  # the kills landed before the commit (the last one may just miss)
+
+
+def test_two_ingests_then_an_ingest_and_a_compaction_at_once_on_the_s3_server_lose_nothing(s3_bucket, simulator,
+                                                                                            tmp_path, monkeypatch):
+    """Item 6 of issue 31 for bronze candles: two ingests commit to the table at once through S3's conditional
+    PUTs (no lock service), then an ingest appends to the very partitions a compaction rewrites: every batch is
+    committed and the latest rows equal the exchange's."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from etl.compaction import compact
+
+    monkeypatch.setenv("PIPELINE_DATA_DIR", f"{s3_bucket}/lake")
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    settings = replace(_settings(tmp_path, simulator), data_dir=f"{s3_bucket}/lake")
+    products, later = ["BTC-USD", "ETH-USD"], END + timedelta(hours=2)
+    lake = Lake.of(get_store(settings), settings)
+    start = threading.Barrier(2)
+
+    def run(products: list[str]):
+        start.wait()
+        return ingest(products, START, END, settings=settings)
+
+    with ThreadPoolExecutor(2) as pool:
+        first = list(pool.map(run, [products, products[::-1]]))
+    assert all(candles.batch(lake, s.batch_id) for s in first) and lake.version(candles.CANDLES_DIR) == 2
+    assert len(read_bronze(settings=settings)) == 2 * len(_model(products))
+    _same(_latest(settings), _model(products))
+
+    with ThreadPoolExecutor(2) as pool:   # the ingest appends to 2026-01-05 while the compaction rewrites it
+        start.reset()
+        late = pool.submit(lambda: (start.wait(), ingest(products, START, later, settings=settings))[1])
+        compacted = pool.submit(lambda: (start.wait(), compact(before=date(2026, 1, 6), settings=settings))[1])
+        late, compacted = late.result(), compacted.result()
+    assert candles.batch(lake, late.batch_id) and compacted.compacted == 2
+    _same(_latest(settings), _model(products, START, later))
+    assert set(read_bronze(settings=settings)["batch_id"]) >= {late.batch_id}
+    day = [f for f in candles.files(lake) if "date=2026-01-05" in f]
+    assert sum(f.endswith(f"{late.batch_id}.parquet") for f in day) + sum("compacted-" in f for f in day) == len(day)
