@@ -6,10 +6,10 @@ all in ONE Delta commit whose metadata holds the batch (`batch_id`, plan, counts
 deletes it after the retention. Readers take the files of one version of the log: silver (etl/silver), the
 watermark (etl.bronze.watermark), `read_candles`, any Delta reader.
 
-`compact` rewrites a partition's files into one file of the rows readers keep (the latest ingestion per key), in
-one commit removing the files it replaces: run for the closed days by `python -m etl compact`, and by silver for
-the partitions it is about to read. Like delta-rs' `optimize`, but the file is written by the Store (page
-checksums) and its SHA-256 recorded in the commit, like every bronze file.
+`compact` rewrites a partition's files into one file per granularity of the rows readers keep (the latest
+ingestion per key), in one commit removing the files it replaces: run for the closed days by `python -m etl
+compact`, and by silver for the partitions it is about to read. Like delta-rs' `optimize`, but the files are
+written by the Store (page checksums) and their SHA-256 recorded in the commit, like every bronze file.
 
 An unreadable file (it does not read whole, or its bytes differ from the digest its commit recorded) is copied to
 `bronze/quarantined_files/` with a JSON reason beside it and removed from the table by one commit.
@@ -137,13 +137,6 @@ def remove(store: Store, lake: Lake, rels: list[str]) -> int | None:
     return version
 
 
-def quarantine_file(store: Store, lake: Lake, rel: str, reason: str) -> str:
-    """`set_aside` then `remove` one file; returns where it went."""
-    dest = set_aside(store, rel, reason)
-    remove(store, lake, [rel])
-    return dest
-
-
 @dataclass
 class Compacted:
     partitions: int = 0          # partitions given one file per granularity
@@ -162,7 +155,7 @@ def compact(store: Store, lake: Lake, keys: list[tuple[str, str]], recorded: dic
     quarantined. A concurrent commit removing the same files (another compaction) fails this one: LakeConflict."""
     from etl.silver.bars import latest_per_key  # the one implementation of the readers' rule
 
-    current, out = by_partition(files(lake) or []), Compacted()
+    current, out = by_partition(files(lake)), Compacted()
     written, replaced, bad = [], [], []
     for product, day in keys:
         rels = current.get((product, day), [])
