@@ -416,7 +416,8 @@ def _summary_from_commit(c: dict) -> IngestSummary:
     window = tuple(datetime.fromisoformat(x) for x in plan["window"]) if plan.get("window") else None
     files = sorted(json.loads(c.get(candles.SHA256) or "{}"))
     return IngestSummary(
-        batch_id=c[candles.BATCH_ID], products=list(plan.get("products", [])), granularity=int(plan["granularity"]),
+        batch_id=c[candles.BATCH_ID], products=list(plan.get("products", [])),
+        granularity=int(plan.get("granularity", 0)),
         window=window, requests=counts.get("requests", 0), retries=counts.get("retries", 0),
         http_429=counts.get("http_429", 0), candles=counts.get("candles", 0),
         quarantined=counts.get("quarantined", 0), seconds=counts.get("seconds", 0.0), files=files,

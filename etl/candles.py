@@ -41,6 +41,7 @@ KEYS = ["product_id", "date"]
 BATCH_ID = "batch_id"   # commit metadata: the batch a commit appended
 SHA256 = "sha256"       # commit metadata: {file: SHA-256 of its bytes} (JSON)
 TS = pa.timestamp("us", tz="UTC")
+CLOCK_SKEW_MS = 600_000  # a commit's timestamp is the committing host's clock
 CANDLE_SCHEMA = pa.schema([
     ("bucket_start", TS), ("open", pa.float64()), ("high", pa.float64()), ("low", pa.float64()),
     ("close", pa.float64()), ("volume", pa.float64()), ("granularity", pa.int64()), ("raw", pa.string()),
@@ -61,7 +62,7 @@ def commit(store: Store, lake: Lake, files: list[DataFile], metadata: dict, remo
     """Append `files` to the table (removing the files `remove`) in one commit carrying `metadata` and each new
     file's SHA-256; returns the version."""
     sha = {posixpath.join(CANDLES_DIR, f.path): store.digest(posixpath.join(CANDLES_DIR, f.path)) for f in files}
-    return lake.commit_files(CANDLES_DIR, files, TABLE_SCHEMA, KEYS, remove=remove,
+    return lake.commit_files(CANDLES_DIR, files, TABLE_SCHEMA, KEYS, remove=remove, app_id=metadata.get(BATCH_ID),
                              metadata={**metadata, SHA256: json.dumps(sha)})
 
 
@@ -97,9 +98,20 @@ def digests(commits: list[dict]) -> dict[str, str]:
 
 
 def batch(lake: Lake, batch_id: str) -> dict | None:
-    """The commit metadata of batch `batch_id` when the table holds it (a finished batch), else None."""
+    """The commit metadata of batch `batch_id` when the table holds it (a committed batch), else None. The table's
+    state says whether (the commit recorded the batch id as its app transaction, with its time); only then is its
+    log entry looked for, newest first, back to that time: O(1) for the batches never committed."""
     t = lake.table(CANDLES_DIR)
-    return next((c for c in ([] if t is None else t.history()) if c.get(BATCH_ID) == batch_id), None)
+    stamp = None if t is None else t.transaction_version(batch_id)
+    if stamp is None:
+        return None
+    for version in range(t.version(), -1, -1):
+        info = next(iter(lake.commits(CANDLES_DIR, version - 1, version)), {})
+        if info.get(BATCH_ID) == batch_id:
+            return info
+        if info.get("timestamp", stamp) < stamp - CLOCK_SKEW_MS:
+            break
+    return {BATCH_ID: batch_id, "version": None}  # committed; its log entry is past the log's retention
 
 
 def readable(store: Store, rel: str, sha256: str | None = None) -> str | None:

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, Schema, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
-from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
+from deltalake.transaction import AddAction, RemoveAction, Transaction, create_table_with_add_actions
 
 from etl.errors import PipelineError, ValidationError
 from etl.settings import Settings, get_settings
@@ -162,17 +162,20 @@ class Lake:
 
     def commit_files(self, rel: str, files: Sequence[DataFile], schema: pa.Schema, partition_by: Sequence[str],
                      replace: dict[str, str] | None = None, metadata: dict[str, Any] | None = None,
-                     table: DeltaTable | None = None, remove: Sequence[str] = ()) -> int:
+                     table: DeltaTable | None = None, remove: Sequence[str] = (), app_id: str | None = None) -> int:
         """Commit Parquet files already written under table `rel` (by the Store: page checksums, atomic writes) in
         one Delta commit: appended, or replacing the partition `replace` ({column: value}), and removing the
         files `remove` (paths relative to the data root). `schema` is the table's: the files' columns plus the
-        partition columns (strings); `table` the table as the caller just loaded it, if it did. Returns the
-        version it made."""
+        partition columns (strings); `table` the table as the caller just loaded it, if it did; `app_id` a writer's
+        idempotency key, recorded in the table's state with the commit's time (`DeltaTable.transaction_version`).
+        Returns the version it made."""
         now = int(time.time() * 1000)
         actions = [AddAction(f.path, f.size, f.partition, now, True, json.dumps({"numRecords": f.rows}))
                    for f in files]
         txn = uuid.uuid4().hex   # finds this commit's version in the log afterwards, whoever committed meanwhile
         props = _props({**(metadata or {}), "txn": txn})
+        if app_id is not None:
+            props.app_transactions = [Transaction(app_id, now, now)]
         t = table or self.table(rel) or self._create(rel, schema, partition_by)
         if remove:
             gone = {posixpath.relpath(p, rel) for p in remove}
@@ -236,7 +239,8 @@ class Lake:
     def _configuration(self) -> dict[str, str]:
         """Table properties a new table gets: keep the log and the superseded files for the retention."""
         interval = f"interval {max(1, round(self.retention_days * 24))} hours"
-        return {"delta.logRetentionDuration": interval, "delta.deletedFileRetentionDuration": interval}
+        return {"delta.logRetentionDuration": interval, "delta.deletedFileRetentionDuration": interval,
+                "delta.setTransactionRetentionDuration": interval}
 
     def delete(self, rel: str, predicate: str, metadata: dict[str, Any] | None = None) -> int | None:
         """Delete the rows matching `predicate` (SQL) in one commit (files whose rows all match are dropped
