@@ -110,7 +110,6 @@ def test_flipped_bytes_in_a_bronze_page_quarantine_the_file_and_a_reingest_resto
     assert main(["silver"]) == 0
     clean = {k: read_bars(k) for k in ("5m", "1d")}
 
-    store = get_store()
     rel = next(f for f in candles.files(Lake(str(lake)), products=["BTC-USD"], keep=lambda d: d == "2026-03-01")
                if pq.ParquetFile(lake / f).metadata.num_rows > 100)  # the day's 1-minute candles (silver folded them)
     flip_page_bytes(lake / rel)
