@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, Schema, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
-from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
+from deltalake.transaction import AddAction, RemoveAction, Transaction, create_table_with_add_actions
 
 from etl.errors import PipelineError, ValidationError
 from etl.settings import Settings, get_settings
@@ -177,18 +177,23 @@ class Lake:
 
     def commit_files(self, rel: str, files: Sequence[DataFile], schema: pa.Schema, partition_by: Sequence[str],
                      replace: dict[str, str] | None = None, metadata: dict[str, Any] | None = None,
-                     table: DeltaTable | None = None, remove: Sequence[str] = (), retries: int = COMMIT_RETRIES) -> int:
+                     table: DeltaTable | None = None, remove: Sequence[str] = (), retries: int = COMMIT_RETRIES,
+                     app_id: str | None = None) -> int:
         """Commit Parquet files already written under table `rel` (by the Store: page checksums, atomic writes) in
         one Delta commit: appended, or replacing the partition `replace` ({column: value}), and removing the
         files `remove` (paths relative to the data root). `schema` is the table's: the files' columns plus the
         partition columns (strings); `table` the table as the caller loaded it, if it did (the commit goes on top
-        of that version, rebased over concurrent commits at most `retries` times: 0 = only on that version).
+        of that version, rebased over concurrent commits at most `retries` times: 0 = only on that version);
+        `app_id` a writer's idempotency key, recorded in the table's state with the commit's time
+        (`DeltaTable.transaction_version`).
         Returns the version it made."""
         now = int(time.time() * 1000)
         actions = [AddAction(f.path, f.size, f.partition, now, True, json.dumps({"numRecords": f.rows}))
                    for f in files]
         txn = uuid.uuid4().hex   # finds this commit's version in the log afterwards, whoever committed meanwhile
         props = _props({**(metadata or {}), "txn": txn}, retries)
+        if app_id is not None:
+            props.app_transactions = [Transaction(app_id, now, now)]
         t = table or self.table(rel) or self._create(rel, schema, partition_by)
         if remove:
             gone = {posixpath.relpath(p, rel) for p in remove}
@@ -203,6 +208,22 @@ class Lake:
             raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the rows this commit replaces "
                                f"({exc}); nothing was committed: rerun the command") from exc
         return self._version_of(rel, txn, after=t.version())
+
+    def commits(self, rel: str, after: int | None, upto: int) -> list[dict[str, Any]]:
+        """The `commitInfo` (with our metadata) of each version of table `rel` in (after, upto] (after None: from
+        version 0), read from the log entries themselves: O(versions asked), not O(history). Entries the log
+        retention already removed are skipped."""
+        fs, path = pafs.FileSystem.from_uri(self.uri(posixpath.join(rel, "_delta_log")))
+        out = []
+        for version in range(0 if after is None else after + 1, upto + 1):
+            try:
+                with fs.open_input_stream(posixpath.join(path, f"{version:020d}.json")) as f:
+                    lines = f.read().decode().splitlines()
+            except FileNotFoundError:
+                continue
+            info = next((a["commitInfo"] for a in map(json.loads, lines) if "commitInfo" in a), {})
+            out.append({**info, "version": version})
+        return out
 
     def _version_of(self, rel: str, txn: str, after: int) -> int:
         """The version whose log entry carries `txn`: the first after `after` (versions are dense, and a commit
@@ -236,7 +257,8 @@ class Lake:
     def _configuration(self) -> dict[str, str]:
         """Table properties a new table gets: keep the log and the superseded files for the retention."""
         interval = f"interval {max(1, round(self.retention_days * 24))} hours"
-        return {"delta.logRetentionDuration": interval, "delta.deletedFileRetentionDuration": interval}
+        return {"delta.logRetentionDuration": interval, "delta.deletedFileRetentionDuration": interval,
+                "delta.setTransactionRetentionDuration": interval}
 
     def delete(self, rel: str, predicate: str, metadata: dict[str, Any] | None = None) -> int | None:
         """Delete the rows matching `predicate` (SQL) in one commit (files whose rows all match are dropped
@@ -266,7 +288,8 @@ class Lake:
         if t is None:
             return []
         hours = self.retention_days * 24 if retention_hours is None else retention_hours
-        return t.vacuum(retention_hours=int(hours), dry_run=False, enforce_retention_duration=False)
+        # full: list the folder, so files no commit ever named (a writer killed before its commit) go too
+        return t.vacuum(retention_hours=int(hours), dry_run=False, enforce_retention_duration=False, full=True)
 
 
 def _actions(t: DeltaTable, flatten: bool = False) -> pa.Table:

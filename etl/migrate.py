@@ -14,20 +14,27 @@ against its recorded SHA-256 and committed to its Delta table. Per manifest, in 
 2. delete the old files it named that no Delta table references,
 3. delete the manifest: the mark that this name is converted.
 A crash anywhere leaves the old manifest or the converted record in force (readers take the record), and a rerun
-finishes the remaining steps: the command is idempotent. Bronze candles keep their format on this branch
-(docs/lake_migration_status.md).
+finishes the remaining steps: the command is idempotent.
+
+Bronze candles written with batch manifests and compaction markers become the Delta table `bronze/candles` of
+their current files, in one commit: per partition the newest marker's compacted files plus the files of batches
+with a manifest that marker does not replace (their SHA-256 carried over from the manifests and markers). Then the
+manifests, markers and pending records go (the superseded and uncommitted files are left to `vacuum`). A crash
+before the commit leaves the old folder as it was; after it, the next run only finishes the clean-up.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
+import re
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl import commits
+from etl import candles, commits
 from etl.errors import ValidationError
 from etl.lake import DataFile, Lake
 from etl.settings import Settings, get_settings
@@ -42,6 +49,8 @@ OLD_COMMITS = f"{commits.OUTPUTS}/_commits"
 OLD_SILVER_STATE = "silver/_state/partitions.json"   # the candle build's partition versions and file digests
 OLD_STATE_FILES = ("silver/_state/trade_files.json", "silver/_state/book_files.json", OLD_SILVER_STATE,
                    "silver/_state/processed_batches.json")
+OLD_BRONZE = ("bronze/_manifests", "bronze/_pending")  # batch manifests; plans of batches being written
+_MARKER = re.compile(r"/_v(\d{6})\.json$")
 
 
 @dataclass
@@ -68,6 +77,11 @@ def migrate_lake(settings: Settings | None = None) -> MigrationSummary:
             summary.tables_adopted.append(rel)
             _adopt(store, lake, rel, schema, keys, digests)
     for rel in OLD_STATE_FILES:  # what the silver tables' own commits replaced
+        store.delete(rel)
+    if lake.table(candles.CANDLES_DIR) is None and store.list_files(candles.CANDLES_DIR, ".parquet"):
+        summary.tables_adopted.append(candles.CANDLES_DIR)
+        _adopt_candles(store, lake)
+    for rel in [*OLD_BRONZE, *(p for p, _ in store.entries(candles.CANDLES_DIR) if _MARKER.search(p))]:
         store.delete(rel)
     # the old manifests sit under a hidden folder (list_files skips those): list its entries
     old = [p for p, _ in store.entries(OLD_COMMITS) if p.endswith(".json") and not posixpath.basename(p).startswith(".")]
@@ -117,6 +131,34 @@ def _adopt(store: Store, lake: Lake, rel: str, schema: pa.Schema, keys: list[str
         files.append(DataFile(inside, store.fs.get_file_info(store.path(path)).size, values, rows))
     lake.commit_files(rel, files, pa.schema([*schema, *(pa.field(k, pa.string()) for k in keys)]), keys,
                       metadata={"migrated_from": "plain Parquet folder"})
+
+
+def _adopt_candles(store: Store, lake: Lake) -> None:
+    """Commit the old bronze candle folder's current files (see the module docstring) as the table's first data."""
+    manifests = [store.read_json(p) for p, _ in store.entries(OLD_BRONZE[0]) if p.endswith(".json")]
+    committed = {m["batch_id"] for m in manifests}
+    sha = {rel: digest for m in manifests for rel, digest in (m.get("sha256") or {}).items()}
+    folders: dict[str, list[str]] = {}
+    for rel, _ in store.entries(candles.CANDLES_DIR):
+        if not posixpath.basename(rel).startswith((".", "_")) or _MARKER.search(rel):
+            folders.setdefault(posixpath.dirname(rel), []).append(posixpath.basename(rel))
+    current = []
+    for folder, names in sorted(folders.items()):
+        markers = sorted(n for n in names if n.startswith("_v"))
+        marker = store.read_json(f"{folder}/{markers[-1]}") if markers else {"files": [], "replaces": []}
+        sha |= {f"{folder}/{n}": d for n, d in (marker.get("sha256") or {}).items()}
+        current += [f"{folder}/{n}" for n in marker["files"]]
+        current += [f"{folder}/{n}" for n in sorted(names) if n.endswith(".parquet") and
+                    n[: -len(".parquet")] in committed and n not in marker["replaces"]]
+    files = []
+    for rel in current:
+        with store.fs.open_input_file(store.path(rel)) as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        files.append(DataFile(posixpath.relpath(rel, candles.CANDLES_DIR), store.fs.get_file_info(store.path(rel)).size,
+                              dict(zip(candles.KEYS, candles.partition_of(rel), strict=True)), rows))
+    lake.commit_files(candles.CANDLES_DIR, files, candles.TABLE_SCHEMA, candles.KEYS,
+                      metadata={"migrated_from": "batch manifests and compaction markers",
+                                candles.SHA256: json.dumps({f: sha[f] for f in current if f in sha})})
 
 
 def _read_old(store: Store, rel: str) -> dict:

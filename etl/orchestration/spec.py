@@ -27,8 +27,7 @@ DAILY = 86400
 # ---- pools --------------------------------------------------------------------------------------------------
 API_POOL = "coinbase_api"
 # One silver writer at a time across all DAGs (build_silver, compact_bronze). Outside this pool (the CLI, other
-# deployments) two silver builds resolve at their Delta commits (the later fails with a conflict) and compactions
-# take the data root's silver lock (etl.storage.exclusive).
+# deployments) two writers resolve at their Delta commits (the later fails with a conflict, nothing half-written).
 SILVER_POOL = "silver_writer"
 SILVER_POOL_SLOTS = 1
 

@@ -36,21 +36,30 @@ class Increment:
     version: int | None   # the bronze table's version this build reads (None: no bronze table)
     files: list[str]      # every bronze file at that version (paths relative to the data root)
     new: list[str]        # those added since the version the silver table's last build recorded
+    removed: list[str]    # files of that version not there any more (compacted, quarantined)
+    since: int | None     # that version (None: every file is new)
 
 
 def increment(lake: Lake, bronze_dir: str, silver_dir: str, full_refresh: bool) -> Increment:
     """What a build of `silver_dir` reads from `bronze_dir` (everything on a full refresh, a first build, or when
     the recorded version is past the retention)."""
+    last = None if full_refresh else lake.metadata(silver_dir, BRONZE_VERSION)
+    return since(lake, bronze_dir, None if last is None else int(last[1]))
+
+
+def since(lake: Lake, bronze_dir: str, last: int | None) -> Increment:
+    """The files of `bronze_dir` at its latest version, and how they differ from version `last`."""
     version = lake.version(bronze_dir)
     files = lake.files(bronze_dir, version) or []
-    last = None if full_refresh else lake.metadata(silver_dir, BRONZE_VERSION)
     before: set[str] = set()
     if last is not None:
         try:
-            before = set(lake.files(bronze_dir, int(last[1])) or [])
+            before = set(lake.files(bronze_dir, last) or [])
         except ValidationError as exc:
-            log.warning("silver %s: %s; rebuilding every partition", silver_dir, exc)
-    return Increment(version, files, [f for f in files if f not in before])
+            log.warning("silver from %s: %s; rebuilding every partition", bronze_dir, exc)
+            last = None
+    now = set(files)
+    return Increment(version, files, [f for f in files if f not in before], sorted(before - now), last)
 
 
 def touched(new: list[str], bronze_dir: str) -> list[tuple[str, str]]:

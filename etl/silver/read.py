@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from etl import compaction
+from etl.candles import files as candle_files
 from etl.lake import Lake
 from etl.settings import Settings, get_settings
 from etl.silver import price_quality, quality
@@ -25,7 +25,6 @@ from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA, TS, latest_per_key
 from etl.silver.incremental import (
     BARS_1D_DIR,
     BARS_5M_DIR,
-    BRONZE_DIR,
     PRICE_QUALITY_DIR,
     file_digests,
     read_bronze,
@@ -131,12 +130,8 @@ def _partition_files(store: Store, root: str, products: list[str] | None, key: s
 
 
 def _current_bronze_files(store: Store, products: list[str] | None, keep) -> list[str]:
-    """The current version's files (etl.compaction) of the bronze partitions asked for."""
-    committed = compaction.committed_batches(store)
-    wanted = None if products is None else set(products)
-    return [f for (product, day), part in sorted(compaction.scan(store, BRONZE_DIR).items())
-            if (wanted is None or product in wanted) and keep(day)
-            for f in compaction.current_files(store, part, committed)]
+    """The files of the bronze partitions asked for, at the bronze table's latest version (etl.candles)."""
+    return candle_files(Lake.of(store), products=products, keep=keep)
 
 
 def _read_partitions(store: Store, root: str, products, key: str, keep, condition) -> pa.Table | None:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from etl import commits, compaction, db
+from etl import candles, commits, db
 from etl.cli import main
 from etl.integrity import CorruptFileError, repair
 from etl.lake import Lake
@@ -85,10 +85,18 @@ def _one_line_error(capsys) -> str:
     return err
 
 
+def ingest_files(commit: dict) -> list[str]:
+    """The files an ingest commit added, from the table's log (the add actions of its version)."""
+    lake = Lake(get_store().root)
+    now = set(lake.files(candles.CANDLES_DIR, commit["version"]))
+    return sorted(now - set(lake.files(candles.CANDLES_DIR, commit["version"] - 1) or []))
+
+
 def test_every_commit_records_the_content_hash_of_its_files(lake):
     _chain()
     store = get_store()
-    batch = json.loads(next((lake / "bronze/_manifests").glob("*.json")).read_text())
+    commit = next(c for c in Lake(str(lake)).table(candles.CANDLES_DIR).history() if candles.BATCH_ID in c)
+    batch = {"sha256": json.loads(commit["sha256"]), "files": ingest_files(commit)}
     assert batch["sha256"] and set(batch["sha256"]) == set(batch["files"])
     assert all(store.digest(rel) == sha for rel, sha in batch["sha256"].items())
     silver = [f for table in SILVER_TABLES for f in Lake.of(store).files(table) or []]  # digests in their names
@@ -103,9 +111,7 @@ def test_flipped_bytes_in_a_bronze_page_quarantine_the_file_and_a_reingest_resto
     assert main(["silver"]) == 0
     clean = {k: read_bars(k) for k in ("5m", "1d")}
 
-    store = get_store()
-    part = compaction.scan(store)[("BTC-USD", "2026-03-01")]
-    rel = next(f for f in compaction.current_files(store, part, compaction.committed_batches(store))
+    rel = next(f for f in candles.files(Lake(str(lake)), products=["BTC-USD"], keep=lambda d: d == "2026-03-01")
                if pq.ParquetFile(lake / f).metadata.num_rows > 100)  # the day's 1-minute candles (silver folded them)
     flip_page_bytes(lake / rel)
     assert main(["silver", "--full-refresh"]) == 0  # the build goes on without it

@@ -204,12 +204,12 @@ def test_compact_optimizes_the_run_records_and_vacuums_the_outputs_past_the_rete
         publish_day(store, DAY, [var], [1.0])
     runs = Lake.of(store)
     assert len(runs.table(commits.RUNS).file_uris()) == 3
-    assert compact(settings=get_settings()).output_files_vacuumed == 0   # everything younger than 90 days
+    assert compact(settings=get_settings()).files_vacuumed == 0   # everything younger than 90 days
     assert len(runs.table(commits.RUNS).file_uris()) == 1                # one file for the three records
     monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "0")
     summary = compact(settings=get_settings())
     # per output table the two superseded run files, and the run records' three pre-optimize files
-    assert summary.output_files_vacuumed == 2 * 2 + 3 and "7 Delta file(s) vacuumed" in str(summary)
+    assert summary.files_vacuumed == 2 * 2 + 3 and "7 Delta file(s) vacuumed" in str(summary)
     assert committed(store, DAY, "risk_metrics")["var_99_hist"].to_pylist() == [120.0]
     assert len(commits.manifests(store)) == 1 and commits.read_manifest(store, commits.risk_manifest(DAY))
 

@@ -1,11 +1,12 @@
 """`python -m etl migrate-lake`: an output folder of the old format (a JSON manifest per commit naming one
 Parquet file per table and partition) becomes Delta tables and run records with the same rows, run ids and
-metadata; a rerun changes nothing, and a run killed after publishing finishes on the next one."""
+metadata; a rerun changes nothing, and a run killed after publishing finishes on the next one. Stream folders and
+the old bronze candle folder (batch manifests, compaction markers) become Delta tables of their current files."""
 
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, timedelta
 
 import pandas as pd
 import pyarrow as pa
@@ -157,3 +158,50 @@ def test_silver_bar_folders_of_plain_parquet_become_delta_tables_checked_against
     for kind, df in clean.items():
         pd.testing.assert_frame_equal(read_bars(kind), df)
     assert all("part-0.parquet" not in f for f in Lake.of(store).files("silver/bars_5m"))
+
+
+def test_an_old_bronze_candle_folder_becomes_the_delta_table_of_its_current_files(tmp_path, monkeypatch):
+    """Batch manifests and a compaction marker (the old protocol): the table holds exactly the files they made
+    current, with their digests; silver reads the same rows; a rerun changes nothing."""
+    from etl import candles
+    from etl.lake import Lake
+    from etl.silver import build
+    from tests.etl.silver.test_incremental import FUTURE, T0, minute_candles, write_batch
+    from tests.support.bronze import read_bronze
+
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    data, store = tmp_path / "data", get_store()
+    day = "bronze/candles/product_id=BTC-USD/date=2026-01-05"
+    old = {}
+    for batch, start, seed in (("b1", T0, 0), ("b2", T0 + timedelta(hours=1), 1), ("b3", T0 + timedelta(days=1), 2),
+                               ("orphan", T0 + timedelta(hours=2), 3)):
+        rels = write_batch(data, minute_candles("BTC-USD", start, 60, seed=seed), batch, T0 + timedelta(days=2),
+                           commit=False)
+        old[batch] = rels
+        if batch != "orphan":  # the orphan's writer died before its manifest
+            store.write_json(f"bronze/_manifests/{batch}.json", {"batch_id": batch, "files": rels,
+                                                                  "sha256": {r: store.digest(r) for r in rels}})
+    # b1 and b2 compacted into generation 1 (as etl/compaction.py wrote it), b1/b2 files kept for the retention
+    rows = pa.concat_tables([store.read_parquet(old["b1"][0]), store.read_parquet(old["b2"][0])])
+    store.write_parquet(f"{day}/compacted-v000001-g60.parquet", rows)
+    store.write_json(f"{day}/_v000001.json", {"generation": 1, "files": ["compacted-v000001-g60.parquet"],
+                                              "replaces": ["b1.parquet", "b2.parquet"],
+                                              "sha256": {"compacted-v000001-g60.parquet":
+                                                         store.digest(f"{day}/compacted-v000001-g60.parquet")}})
+    store.write_json("bronze/_pending/x.json", {"batch_id": "x"})
+
+    summary = migrate.migrate_lake()
+    assert candles.CANDLES_DIR in summary.tables_adopted
+    lake = Lake.of(store)
+    assert lake.files(candles.CANDLES_DIR) == sorted([f"{day}/compacted-v000001-g60.parquet", *old["b3"]])
+    (commit,) = [c for c in lake.commits(candles.CANDLES_DIR, None, lake.version(candles.CANDLES_DIR))
+                 if "migrated_from" in c]
+    assert set(json.loads(commit["sha256"])) == set(lake.files(candles.CANDLES_DIR))
+    assert not (data / "bronze/_manifests").exists() and not (data / "bronze/_pending").exists()
+    assert not (data / day / "_v000001.json").exists()
+    assert len(read_bronze()) == 180 and set(read_bronze()["batch_id"]) == {"b1", "b2", "b3"}
+    assert build(now=FUTURE).rows_in == 180
+    again = migrate.migrate_lake()                           # idempotent: the folder is a table now
+    assert again.tables_adopted == [] and lake.files(candles.CANDLES_DIR) == sorted(
+        [f"{day}/compacted-v000001-g60.parquet", *old["b3"]])

@@ -40,17 +40,21 @@ T0 = datetime(2026, 1, 5, tzinfo=UTC)
 
 
 # ---- helpers: bronze written the way etl/bronze.py writes it (columns and paths of CONTRACT.md) ------------------
-def write_batch(data_dir: Path, candles: pd.DataFrame, batch_id: str, ingested_at: datetime) -> list[str]:
-    """One bronze batch: a Parquet file per (product, date) partition, then its manifest."""
+def write_batch(data_dir: Path, candles: pd.DataFrame, batch_id: str, ingested_at: datetime,
+                commit: bool = True) -> list[str]:
+    """One bronze batch: a Parquet file per (product, date) partition, then its Delta commit (none when `commit`
+    is False: a batch whose writer died before committing)."""
+    from etl import candles as table
+
     store = Store.from_uri(str(data_dir))
     candles = candles.copy()
     candles["bucket_start"] = pd.to_datetime(candles["bucket_start"], utc=True)
     if "granularity" not in candles:
         candles["granularity"] = 60
-    files, partitions = [], []
+    files = []
     for (product, day), part in candles.groupby(["product_id", candles["bucket_start"].dt.strftime("%Y-%m-%d")]):
         n = len(part)
-        table = pa.table({
+        rows = pa.table({
             "bucket_start": pa.array(part["bucket_start"], pa.timestamp("us", tz="UTC")),
             **{c: pa.array(part[c].to_numpy(dtype=float)) for c in ("open", "high", "low", "close", "volume")},
             "granularity": pa.array(part["granularity"].to_numpy(dtype=np.int64)),
@@ -58,13 +62,23 @@ def write_batch(data_dir: Path, candles: pd.DataFrame, batch_id: str, ingested_a
             "ingested_at": pa.array([ingested_at] * n, pa.timestamp("us", tz="UTC")),
             "source": pa.array(["test"] * n),
         })
-        rel = f"bronze/candles/product_id={product}/date={day}/{batch_id}.parquet"
-        store.write_parquet(rel, table)
-        files.append(rel)
-        partitions.append({"product_id": product, "date": day, "rows": n})
-    store.write_json(f"bronze/_manifests/{batch_id}.json", {
-        "batch_id": batch_id, "created_at": ingested_at.isoformat(), "files": files, "partitions": partitions})
-    return files
+        files.append(table.write_file(store, product, day, f"{batch_id}.parquet", rows))
+    rels = [f"{table.CANDLES_DIR}/{f.path}" for f in files]
+    if commit:
+        commit_batch(data_dir, rels, batch_id)
+    return rels
+
+
+def commit_batch(data_dir: Path, rels: list[str], batch_id: str) -> int:
+    """Commit a batch's files (paths relative to the data root) to the bronze table, as an ingest does last."""
+    from etl import candles as table
+    from etl.lake import DataFile, Lake
+
+    store = Store.from_uri(str(data_dir))
+    files = [DataFile(posixpath.relpath(rel, table.CANDLES_DIR), (data_dir / rel).stat().st_size,
+                      dict(zip(table.KEYS, table.partition_of(rel), strict=True)),
+                      pq.ParquetFile(data_dir / rel).metadata.num_rows) for rel in rels]
+    return table.commit(store, Lake(str(data_dir)), files, {table.BATCH_ID: batch_id})
 
 
 def minute_candles(product: str, start: datetime, minutes: int, seed: int = 0, step: int = 60) -> pd.DataFrame:
@@ -421,10 +435,9 @@ def test_a_bronze_batch_without_manifest_is_not_taken_in_and_full_refresh_agrees
     write_batch(incremental, minute_candles("BTC-USD", T0, 1440), "b1", T0 + timedelta(days=1))
     build(now=FUTURE)
     before = silver_files(incremental)
-    # b2 is still being written (or its writer died): its files are there, its manifest is not
+    # b2 is still being written (or its writer died): its files are there, its commit is not
     revised = minute_candles("BTC-USD", T0, 2 * 1440, seed=9)
-    write_batch(incremental, revised, "b2", T0 + timedelta(days=2))
-    (incremental / "bronze/_manifests/b2.json").unlink()
+    write_batch(incremental, revised, "b2", T0 + timedelta(days=2), commit=False)
     write_batch(incremental, minute_candles("ETH-USD", T0, 10), "b3", T0 + timedelta(days=2))
     build(now=FUTURE)
     inc_files = silver_files(incremental)

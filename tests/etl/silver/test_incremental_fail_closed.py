@@ -22,8 +22,8 @@ from etl.lake import Lake
 from etl.settings import PROJECT_ROOT
 from etl.silver import build, read_bars
 from etl.silver.incremental import LAST_TABLE, SILVER_READ, SILVER_TABLES
-from etl.storage import LockTimeout, exclusive, get_store
-from tests.etl.silver.test_incremental import FUTURE, T0, minute_candles, silver_files, write_batch
+from etl.storage import get_store
+from tests.etl.silver.test_incremental import FUTURE, T0, commit_batch, minute_candles, silver_files, write_batch
 from tests.support.silver_sample import silver_file, silver_read
 
 
@@ -85,35 +85,16 @@ def test_silver_single_writer_full_refresh_paused_mid_way_loses_no_bars(data_dir
     assert silver_files(data_dir) == silver_files(clean)
 
 
-def test_silver_lock_is_released_when_its_holder_is_killed(data_dir):
-    holder = subprocess.Popen([sys.executable, "-c", "from etl.storage import exclusive\nimport time\n"
-                               "with exclusive('silver'):\n    print('held', flush=True)\n    time.sleep(60)"],
-                              cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(LockTimeout, match=rf"held by pid {holder.pid} on .*PIPELINE_LOCK_TIMEOUT_S"):
-            with exclusive("silver", timeout_s=0.5):
-                pass
-        holder.send_signal(signal.SIGKILL)
-        holder.wait(10)
-        started = time.monotonic()
-        with exclusive("silver", timeout_s=5):
-            assert time.monotonic() - started < 1.0
-    finally:
-        holder.kill()
-
-
 def test_silver_state_records_only_the_batches_it_read(data_dir):
-    """A batch whose manifest lands after silver listed bronze is not recorded: the next run takes it in."""
+    """A batch whose commit lands after silver read bronze is not recorded: the next run takes it in."""
     write_batch(data_dir, minute_candles("BTC-USD", T0, 60), "b1", T0 + timedelta(days=1))
     late = minute_candles("BTC-USD", T0 + timedelta(hours=1), 60, seed=1)
-    files = write_batch(data_dir, late, "b2", T0 + timedelta(days=1, hours=1))
-    manifest = data_dir / "bronze/_manifests/b2.json"
-    kept = manifest.read_text()
-    manifest.unlink()  # b2's file is there, its commit is not (yet)
+    files = write_batch(data_dir, late, "b2", T0 + timedelta(days=1, hours=1), commit=False)
+    # b2's file is there, its commit is not (yet)
     assert build(now=FUTURE).rows_in == 60
-    assert silver_read(data_dir)["BTC-USD/2026-01-05"] == {"marker": "", "batches": ["b1"]}
-    manifest.write_text(kept)
+    read = silver_read(data_dir)
+    assert read["bronze_version"] == 1 and read["partitions"]["BTC-USD/2026-01-05"] == {}  # b1's commit
+    commit_batch(data_dir, files, "b2")
     again = build(now=FUTURE)
     assert again.batches == 1 and again.rows_in == 120 and len(read_bars("5m")) == 24
     assert files
