@@ -41,6 +41,9 @@ SETTINGS = {"RISK_MC_SCENARIOS": "2000", "RISK_BACKTEST_DAYS": "25", "RISK_VAR_L
             "FACTOR_FORMATION_MINUTES": "120", "FACTOR_HOLDING_MINUTES": "60", "FACTOR_MOMENTUM_MINUTES": "30,60,120"}
 FACTORS_END = f"{D2 + timedelta(days=1)}T00:00:00Z"
 VOLATILE = {"loaded_at", "risk_run_id", "source_file"}  # differ between any two runs by design
+# the lake's run history: which runs (ids, times) read which table versions differs with every rerun and kill by
+# design; what each commit read (name, stage, table) does not
+RUN_HISTORY = {"fact_run_inputs": ["run_id", "committed_at", "input_version"]}
 
 
 def _world(root: Path) -> None:
@@ -129,6 +132,8 @@ def _gold(url: str) -> dict[str, pd.DataFrame]:
             cur.execute(f"select * from gold.{t}")
             df = pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
             df = df.drop(columns=[c for c in df.columns if c in VOLATILE])
+            if t in RUN_HISTORY:
+                df = df.drop(columns=RUN_HISTORY[t]).drop_duplicates()
             out[t] = df.sort_values(list(df.columns), ignore_index=True) if len(df) else df
     return out
 
