@@ -563,7 +563,7 @@ def test_a_failed_worker_leaves_the_previous_complete_state(data_dir, monkeypatc
     blocked.unlink()
     summary = build(full_refresh=True, now=FUTURE)
     assert summary.partitions == 5
-    assert "ETH-USD/2026-01-03" in silver_read(data_dir)
+    assert "ETH-USD/2026-01-03" in silver_read(data_dir)["partitions"]
     assert len(read_bars("5m").query("product_id == 'ETH-USD'")) == 30 + 6
 
 
