@@ -136,28 +136,40 @@ def _t_derivatives(x2, n, nu, lv):
 
 
 def fit_t(losses: np.ndarray, iterations: int = 20) -> TailFit:
-    """Zero-location Student-t by maximum likelihood: Newton on (log nu, log s^2) with the exact Hessian, from
-    the moment estimate of nu (4 + 6 / excess kurtosis), safeguarded by a bracket on log nu of the profile's
-    slope (a step leaving it, or not uphill, bisects); nu = NU_MAX where the profile still rises there,
-    NU_MIN where it falls from there."""
+    """Zero-location Student-t by maximum likelihood: nu = NU_MAX where the profile likelihood still rises there,
+    NU_MIN where it falls from there, else `_t_newton`; then the scale solving its score equation."""
     valid, n, x0 = _filled(losses)
     x2 = x0 * x0
     m2 = x2.sum(axis=-1) / n
     flat = ~(m2 > 0)
     n_f, m2 = np.where(flat, 1, n), np.where(flat, 1.0, m2)
     x2 = np.where(flat[..., None] & valid, 1.0, x2)                 # a flat book: any fit, scaled by 0 below
-    lo, hi = np.full(m2.shape, np.log(NU_MIN)), np.full(m2.shape, np.log(NU_MAX))
     lv_hi = _t_scale(x2, n_f, np.full(m2.shape, NU_MAX), np.log(m2), 4)
-    at_max = _t_derivatives(x2, n_f, NU_MAX, lv_hi)[0] >= 0         # the profile rises up to NU_MAX
+    at_max = _t_derivatives(x2, n_f, NU_MAX, lv_hi)[0] >= 0
     lv_lo = _t_scale(x2, n_f, np.full(m2.shape, NU_MIN), np.log(m2 * (1 - 2 / NU_MIN)), 6)
-    at_min = _t_derivatives(x2, n_f, NU_MIN, lv_lo)[0] <= 0         # or falls from NU_MIN
+    at_min = _t_derivatives(x2, n_f, NU_MIN, lv_lo)[0] <= 0
+    nu, lv = np.where(at_max, NU_MAX, NU_MIN), np.where(at_max, lv_hi, lv_lo)
+    inner = ~(at_max | at_min)
+    if inner.any():
+        nu[inner], lv[inner] = _t_newton(x2[inner], n_f[inner], m2[inner], iterations)
+    lv = _t_scale(x2, n_f, nu, lv, 4)
+    score = (nu + 1) * (x2 / ((nu * np.exp(lv))[..., None] + x2)).sum(axis=-1) - n_f
+    scale = np.where(np.abs(score) < 1e-8 * n_f, np.exp(lv / 2), np.nan)   # not converged: uncomputable
+    return TailFit("param_t", {"scale": np.where(flat, 0.0, scale), "nu": nu})
+
+
+def _t_newton(x2, n, m2, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """(nu, log s^2) maximising the likelihood of rows (K, N) whose maximum lies inside (NU_MIN, NU_MAX): Newton on
+    (log nu, log s^2) with the exact Hessian from the moment estimate nu = 4 + 6 / excess kurtosis, safeguarded
+    by a bracket on log nu of the profile's slope (a step leaving it, or not uphill, bisects)."""
+    lo, hi = np.full(m2.shape, np.log(NU_MIN)), np.full(m2.shape, np.log(NU_MAX))
     with np.errstate(invalid="ignore", divide="ignore"):
-        kurt = (x2 * x2).sum(axis=-1) / n_f / m2 ** 2 - 3.0
+        kurt = (x2 * x2).sum(axis=-1) / n / m2 ** 2 - 3.0
         t = np.log(np.clip(np.where(kurt > 0, 4.0 + 6.0 / kurt, NU_MAX), NU_MIN, NU_MAX))
     nu = np.exp(t)
-    lv = _t_scale(x2, n_f, nu, np.log(m2 * (nu - 2) / nu), 4)
+    lv = _t_scale(x2, n, nu, np.log(m2 * (nu - 2) / nu), 4)
     for _ in range(iterations):
-        l_t, l_v, l_tt, l_tv, l_vv = _t_derivatives(x2, n_f, np.exp(t), lv)
+        l_t, l_v, l_tt, l_tv, l_vv = _t_derivatives(x2, n, np.exp(t), lv)
         slope, curve = l_t - l_tv * l_v / l_vv, l_tt - l_tv * l_tv / l_vv     # the profile's, in t
         lo, hi = np.where(slope > 0, t, lo), np.where(slope > 0, hi, t)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -168,11 +180,7 @@ def fit_t(losses: np.ndarray, iterations: int = 20) -> TailFit:
         t = new
         if converged:
             break
-    nu = np.where(at_max, NU_MAX, np.where(at_min, NU_MIN, np.exp(t)))
-    lv = _t_scale(x2, n_f, nu, np.where(at_max, lv_hi, np.where(at_min, lv_lo, lv)), 4)
-    score = (nu + 1) * (x2 / ((nu * np.exp(lv))[..., None] + x2)).sum(axis=-1) - n_f
-    scale = np.where(np.abs(score) < 1e-8 * n_f, np.exp(lv / 2), np.nan)   # not converged: uncomputable
-    return TailFit("param_t", {"scale": np.where(flat, 0.0, scale), "nu": nu})
+    return np.exp(t), lv
 
 
 def _t_quantile(p, scale, nu):
