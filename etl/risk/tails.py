@@ -174,9 +174,9 @@ def _t_newton(x2, n, m2, iterations: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = np.where(slope > 0, t, lo), np.where(slope > 0, hi, t)
         with np.errstate(invalid="ignore", divide="ignore"):
             step = -slope / curve
-        new = np.where((curve < 0) & (t + step > lo) & (t + step < hi), t + step, (lo + hi) / 2)
+        new = np.where((curve < 0) & (t + step >= lo) & (t + step <= hi), t + step, (lo + hi) / 2)
         lv = np.clip(lv - (l_v + l_tv * (new - t)) / l_vv, lv - 2.0, lv + 2.0)
-        converged = np.all(np.abs(new - t) < 1e-12)
+        converged = np.all(np.abs(new - t) < 1e-7)            # nu to 1e-7 (where flat: the slope is noise)
         t = new
         if converged:
             break
