@@ -193,9 +193,10 @@ def _t_es(c, v, scale, nu):
 
 
 # ---- peaks over threshold, generalised Pareto ----
-def _gpd_profile(y: np.ndarray, hit: np.ndarray, k: np.ndarray, theta: np.ndarray):
-    """(xi, log-likelihood) at theta = xi/beta (..., G) of exceedances y (..., 1, N) where hit."""
-    lg = np.where(hit, np.log1p(np.where(hit, theta[..., None] * y, 0.0)), 0.0).sum(axis=-1)
+def _gpd_profile(y: np.ndarray, k: np.ndarray, theta: np.ndarray):
+    """(xi, log-likelihood) at theta = xi/beta (..., G) of exceedances y (..., 1, N), 0 where none (log1p(0) = 0
+    adds nothing)."""
+    lg = np.log1p(theta[..., None] * y).sum(axis=-1)
     xi = lg / k[..., None]
     with np.errstate(invalid="ignore", divide="ignore"):
         beta = xi / theta
@@ -210,12 +211,11 @@ def fit_gpd(losses: np.ndarray, threshold: float = EVT_THRESHOLD, iterations: in
     k = hit.sum(axis=-1)
     y = np.sort(np.where(hit, losses - u[..., None], 0.0), axis=-1)   # exceedances > 0 last: keep only those
     y = y[..., y.shape[-1] - max(int(k.max(initial=0)), 1):][..., None, :]
-    hit = y > 0
     kk = np.maximum(k, 1)
     ymax = np.where(k > 0, y.max(axis=-1)[..., 0], 1.0)
     grid = np.sort(np.concatenate([-1 + np.geomspace(1e-4, 0.6, 16), -np.geomspace(1e-4, 0.3, 12),
                                    np.geomspace(1e-4, 1e3, 48)]))    # theta ymax (> -1), distinct points
-    _, ll = _gpd_profile(y, hit, kk, grid / ymax[..., None])
+    _, ll = _gpd_profile(y, kk, grid / ymax[..., None])
     ll = np.where(np.isnan(ll), -np.inf, ll)
     best = ll.argmax(axis=-1)
     interior = (best > 0) & (best < len(grid) - 1)
@@ -224,7 +224,7 @@ def fit_gpd(losses: np.ndarray, threshold: float = EVT_THRESHOLD, iterations: in
     a, b = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
 
     def f(t):
-        v = _gpd_profile(y, hit, kk, t[..., None])[1][..., 0]
+        v = _gpd_profile(y, kk, t[..., None])[1][..., 0]
         return np.where(np.isnan(v), -np.inf, v)
 
     fa, fb = f(a), f(b)
@@ -236,7 +236,7 @@ def fit_gpd(losses: np.ndarray, threshold: float = EVT_THRESHOLD, iterations: in
         fa, fb = np.where(left, fn, fb), np.where(left, fa, fn)
         a, b = a2, b2
     theta = (a + b) / 2
-    xi = _gpd_profile(y, hit, kk, theta[..., None])[0][..., 0]
+    xi = _gpd_profile(y, kk, theta[..., None])[0][..., 0]
     beta = xi / theta
     ok = interior & (k >= MIN_EXCEEDANCES) & (xi > -1) & (xi < 1) & (beta > 0)
     nan = np.nan
