@@ -152,8 +152,9 @@ def mc_draws(n_scenarios: int, n_assets: int, seed: int, distribution: str = "t"
 
 def mc_losses(z: np.ndarray, scale: np.ndarray, cov: np.ndarray, exposure: np.ndarray) -> np.ndarray:
     """Scenario losses: -(s * Z L') e = -s * Z (L' e). z (S, A); cov (A, A); exposure (A, P) -> (S, P)."""
-    w = cov_sqrt(cov).T @ exposure                                   # (A, P)
-    return -(scale[:, None] * (z @ w))
+    out = z @ -(cov_sqrt(cov).T @ exposure)                          # the sign on the small (A, P) factor
+    out *= scale[:, None]                                            # in place: no (S, P) temporaries
+    return out
 
 
 def mc_model_var_es(sigma: np.ndarray, confidence: float, distribution: str = "t",
