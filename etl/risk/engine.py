@@ -588,9 +588,12 @@ class _Scenarios:
     cov: np.ndarray
 
     @classmethod
-    def of(cls, w: np.ndarray) -> _Scenarios:
+    def of(cls, w: np.ndarray, cov: np.ndarray | None = None) -> _Scenarios:
+        """From the windows w and their covariance (None: computed from w; the backtest gives its running-sum
+        one, `var.rolling_covariance`)."""
         pad = np.isnan(w).any(axis=2)
-        return cls(np.ascontiguousarray(np.swapaxes(np.where(pad[..., None], 0.0, -w), 1, 2)), pad, var.covariance(w))
+        return cls(np.ascontiguousarray(np.swapaxes(np.where(pad[..., None], 0.0, -w), 1, 2)), pad,
+                   var.covariance(w) if cov is None else cov)
 
 
 def _backtest_scenarios(asset_ret: np.ndarray, f: np.ndarray, n: int, sig: dict) -> dict[str, _Scenarios]:
@@ -600,11 +603,13 @@ def _backtest_scenarios(asset_ret: np.ndarray, f: np.ndarray, n: int, sig: dict)
         padded = np.vstack([np.full((n - 1, x.shape[1]), np.nan), x])
         return np.swapaxes(sliding_window_view(padded, n, axis=0), 1, 2)[f - 1]
 
-    windows = {"hist": windows_of(asset_ret)}
+    out = {"hist": _Scenarios.of(windows_of(asset_ret), var.rolling_covariance(asset_ret, f - 1, n))}
     for method in FILTERED:
         s = sig.get(f"{method}_backtest", sig[method])
-        windows[method] = filtered.fhs_window(windows_of(filtered.standardised(asset_ret, s)), s[f])
-    return {method: _Scenarios.of(w) for method, w in windows.items()}
+        u = filtered.standardised(asset_ret, s)                            # cov(u s) = s_a s_b cov(u)
+        out[method] = _Scenarios.of(filtered.fhs_window(windows_of(u), s[f]),
+                                    var.rolling_covariance(u, f - 1, n) * s[f][:, :, None] * s[f][:, None, :])
+    return out
 
 
 def _valid(held: np.ndarray, forecast: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
