@@ -588,27 +588,36 @@ class _Scenarios:
     cov: np.ndarray
 
     @classmethod
-    def of(cls, w: np.ndarray, cov: np.ndarray | None = None) -> _Scenarios:
-        """From the windows w and their covariance (None: computed from w; the backtest gives its running-sum
-        one, `var.rolling_covariance`)."""
+    def of(cls, w: np.ndarray) -> _Scenarios:
+        """From the windows w (F, N, A), NaN rows padding."""
         pad = np.isnan(w).any(axis=2)
-        return cls(np.ascontiguousarray(np.swapaxes(np.where(pad[..., None], 0.0, -w), 1, 2)), pad,
-                   var.covariance(w) if cov is None else cov)
+        return cls(np.ascontiguousarray(np.swapaxes(np.where(pad[..., None], 0.0, -w), 1, 2)), pad, var.covariance(w))
+
+    @classmethod
+    def rolling(cls, x: np.ndarray, f: np.ndarray, n: int, scale: np.ndarray | None = None) -> _Scenarios:
+        """The windows of the rows f-n .. f-1 of x (T, A) (rows before 0 and NaN rows padding), each day's scaled
+        by scale (F, A) if given (FHS: residuals to the day's volatilities): as `of` of those windows, built in
+        one copy from the series and with the running-sum covariance (`var.rolling_covariance`; a scaled
+        window's is s_a s_b cov(x))."""
+        valid = ~np.isnan(x).any(axis=1)
+        padded = np.vstack([np.zeros((n - 1, x.shape[1])), np.where(valid[:, None], x, 0.0)])
+        neg_w = np.ascontiguousarray(sliding_window_view(padded, n, axis=0)[f - 1])    # (F, A, N)
+        np.negative(neg_w, out=neg_w)
+        cov = var.rolling_covariance(x, f - 1, n)
+        if scale is not None:
+            neg_w *= scale[:, :, None]
+            cov *= scale[:, :, None] * scale[:, None, :]
+        pad = ~sliding_window_view(np.r_[np.zeros(n - 1, dtype=bool), valid], n)[f - 1]
+        return cls(neg_w, pad, cov)
 
 
 def _backtest_scenarios(asset_ret: np.ndarray, f: np.ndarray, n: int, sig: dict) -> dict[str, _Scenarios]:
     """Each scenario method's windows for the forecast days f: the N returns of days f-N+1 .. f (hist), or the
     residuals up to f rescaled to the volatility forecast for f+1 (filtered; volatilities from data up to f)."""
-    def windows_of(x: np.ndarray) -> np.ndarray:                          # (F, N, A)
-        padded = np.vstack([np.full((n - 1, x.shape[1]), np.nan), x])
-        return np.swapaxes(sliding_window_view(padded, n, axis=0), 1, 2)[f - 1]
-
-    out = {"hist": _Scenarios.of(windows_of(asset_ret), var.rolling_covariance(asset_ret, f - 1, n))}
+    out = {"hist": _Scenarios.rolling(asset_ret, f, n)}
     for method in FILTERED:
         s = sig.get(f"{method}_backtest", sig[method])
-        u = filtered.standardised(asset_ret, s)                            # cov(u s) = s_a s_b cov(u)
-        out[method] = _Scenarios.of(filtered.fhs_window(windows_of(u), s[f]),
-                                    var.rolling_covariance(u, f - 1, n) * s[f][:, :, None] * s[f][:, None, :])
+        out[method] = _Scenarios.rolling(filtered.standardised(asset_ret, s), f, n, s[f])
     return out
 
 
