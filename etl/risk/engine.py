@@ -506,8 +506,8 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
 
 def _dictionary(names, codes: np.ndarray) -> pa.DictionaryArray:
     """names[codes] as an Arrow dictionary array (`_concat` casts the chunks' to one string column: 5x faster
-    than from Python strings)."""
-    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(list(names), pa.string()))
+    than from Python strings). The codes are cast by numpy and wrapped: Arrow's checked cast is 60x slower."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.asarray(codes, dtype=np.int32)), pa.array(list(names), pa.string()))
 
 
 def _str_column(names, codes: np.ndarray) -> pd.api.extensions.ExtensionArray:
