@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import signal, special
+from scipy.optimize import minimize
 
 SCALE = 100.0              # arch fits returns in percent
 MIN_VARIANCE = 1e-16       # an asset whose returns are all (about) zero, e.g. the base currency itself
@@ -89,7 +90,6 @@ def _garch_t_nll(theta: np.ndarray, x2: np.ndarray, lagged: np.ndarray) -> tuple
     s2 = signal.lfilter([1.0], den, u)
     lagged[1:, 2] = s2[:-1]
     ds2 = signal.lfilter([1.0], den, lagged, axis=0)                           # (T, 3)
-    lagged[1:, 2] = lagged[0, 2]
     c = nu - 2.0
     q = x2 / (s2 * c)
     lq = np.log1p(q).sum()
@@ -105,7 +105,7 @@ def _garch_t_nll(theta: np.ndarray, x2: np.ndarray, lagged: np.ndarray) -> tuple
 
 
 def _lagged(x: np.ndarray) -> np.ndarray:
-    """(T, 3) columns 1, x_{t-1}^2 and the backcast b (in x_{-1}^2's and s_{-1}'s place): _garch_t_nll's."""
+    """_garch_t_nll's (T, 3): columns 1, x_{t-1}^2 and s_{t-1} (filled there), the backcast b at t = 0."""
     b = float(_backcast(x))
     out = np.full((len(x), 3), b)
     out[:, 0] = 1.0
@@ -116,9 +116,7 @@ def _lagged(x: np.ndarray) -> np.ndarray:
 def _fit_one(x: np.ndarray, start: np.ndarray | None) -> tuple[np.ndarray, bool]:
     """GARCH(1,1)-t of x by maximum likelihood: arch's objective, bounds and constraint (alpha + beta <= 1),
     minimised by SciPy's SLSQP as arch does, with the exact gradient (arch differentiates numerically and builds
-    a model per fit: 3x the time). From `start`, else from arch's starting values."""
-    from scipy.optimize import minimize
-
+    a model per fit: 3x the time). From `start` (clipped into the bounds), else from arch's starting values."""
     start = _arch_start(x) if start is None else np.asarray(start, dtype="float64")
     v = float(np.mean(x * x))
     bounds = [(1e-8 * v, 10.0 * v), (0.0, 1.0), (0.0, 1.0), (2.05, 500.0)]

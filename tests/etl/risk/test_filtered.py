@@ -73,10 +73,8 @@ def test_where_the_likelihood_is_flat_ours_is_at_least_archs():
 
 
 def _arch_loglik(model, theta: np.ndarray) -> float:
-    """arch's own log-likelihood of its model at theta (one evaluation of its fit's objective)."""
-    x = model._y
-    vol = model.volatility
-    return -model._loglikelihood(theta, np.zeros(len(x)), vol.backcast(x), vol.variance_bounds(x))
+    """arch's own log-likelihood of its model at theta."""
+    return model.fix(theta).loglikelihood
 
 
 def _pilots(returns: np.ndarray) -> set[int]:
