@@ -8,8 +8,8 @@ loss quantile (what the ES backtest samples). A book whose losses are all 0 has 
   (z^3-3z)K/24 - (2z^3-5z)S^2/36, VaR = sigma z_cf; ES = sigma phi(z)/(1-c) [1 + zS/6 + (z^2-1)K/24 -
   (2z^2-1)S^2/36], the mean of z_cf over the normal tail beyond z (closed form).
 - param_t, Student-t: zero location, scale s and degrees of freedom nu (in [NU_MIN, NU_MAX]) by maximum
-  likelihood: for each nu the scale solves its score equation n = (nu+1) sum x^2 / (nu s^2 + x^2) (Newton on
-  log s^2), nu maximises the profile likelihood (golden section on log nu). VaR = s q, ES = s f(q) (nu + q^2) /
+  likelihood: Newton on (log nu, log s^2) with the exact Hessian, safeguarded by a bracket on log nu (`fit_t`);
+  the scale then solves its score equation n = (nu+1) sum x^2 / (nu s^2 + x^2). VaR = s q, ES = s f(q) (nu + q^2) /
   ((nu-1)(1-c)), q the t(nu) quantile.
 - evt_gpd, peaks over threshold: u = the EVT_THRESHOLD (90%) linear quantile of the losses, exceedances y = x - u
   for x > u (k of n), generalised Pareto (xi, beta) by maximum likelihood (Grimshaw's profile in theta = xi/beta:
@@ -120,38 +120,67 @@ def _t_scale(x2: np.ndarray, n: np.ndarray, nu: np.ndarray, lv: np.ndarray, step
     return lv
 
 
-def _t_loglik(x2, n, nu, lv):
-    return n * (special.gammaln((nu + 1) / 2) - special.gammaln(nu / 2) - 0.5 * np.log(nu * np.pi) - 0.5 * lv) \
-        - (nu + 1) / 2 * np.log1p(x2 / (nu * np.exp(lv))[..., None]).sum(axis=-1)
+def _t_derivatives(x2, n, nu, lv):
+    """Slopes and curvatures of the log-likelihood in t = log nu and v = log s^2 at (nu, lv): (l_t, l_v, l_tt,
+    l_tv, l_vv). With q = x^2 / (nu s^2), w = q / (1 + q): l = n (G(nu) - v/2) - (nu+1)/2 sum log1p(q), G the
+    log normalising constant; dq/dt = dq/dv = -q."""
+    q = x2 / (nu * np.exp(lv))[..., None]
+    w = q / (1.0 + q)
+    s1, s2, s3 = np.log1p(q).sum(axis=-1), w.sum(axis=-1), (w * (1.0 - w)).sum(axis=-1)
+    g1 = 0.5 * (special.digamma((nu + 1) / 2) - special.digamma(nu / 2)) - 0.5 / nu          # G'(nu)
+    g2 = 0.25 * (special.polygamma(1, (nu + 1) / 2) - special.polygamma(1, nu / 2)) + 0.5 / nu ** 2   # G''
+    l_t = nu * (n * g1 - 0.5 * s1) + (nu + 1) / 2 * s2
+    l_v = -0.5 * n + (nu + 1) / 2 * s2
+    l_tt = nu * n * g1 - nu * s1 / 2 + nu * nu * n * g2 + nu * s2 - (nu + 1) / 2 * s3
+    return l_t, l_v, l_tt, nu / 2 * s2 - (nu + 1) / 2 * s3, -(nu + 1) / 2 * s3
 
 
-def fit_t(losses: np.ndarray, iterations: int = 40) -> TailFit:
+def fit_t(losses: np.ndarray, iterations: int = 20) -> TailFit:
+    """Zero-location Student-t by maximum likelihood: nu = NU_MAX where the profile likelihood still rises there,
+    NU_MIN where it falls from there, else `_t_newton`; then the scale solving its score equation."""
     valid, n, x0 = _filled(losses)
     x2 = x0 * x0
     m2 = x2.sum(axis=-1) / n
     flat = ~(m2 > 0)
     n_f, m2 = np.where(flat, 1, n), np.where(flat, 1.0, m2)
     x2 = np.where(flat[..., None] & valid, 1.0, x2)                 # a flat book: any fit, scaled by 0 below
-    lo, hi = np.full(m2.shape, np.log(NU_MIN)), np.full(m2.shape, np.log(NU_MAX))
-    lv = np.log(m2)
-    a, b = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-    lva = _t_scale(x2, n_f, np.exp(a), lv, 10)
-    lvb = _t_scale(x2, n_f, np.exp(b), lva, 10)
-    fa, fb = _t_loglik(x2, n_f, np.exp(a), lva), _t_loglik(x2, n_f, np.exp(b), lvb)
-    for _ in range(iterations):                                      # golden section on log nu, warm scales
-        left = fa >= fb                                              # the maximum lies in [lo, b]
-        hi, lo = np.where(left, b, hi), np.where(left, lo, a)
-        t = np.where(left, hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo))
-        lvt = _t_scale(x2, n_f, np.exp(t), np.where(left, lva, lvb), 2)
-        ft = _t_loglik(x2, n_f, np.exp(t), lvt)
-        a, b = np.where(left, t, b), np.where(left, a, t)
-        fa, fb = np.where(left, ft, fb), np.where(left, fa, ft)
-        lva, lvb = np.where(left, lvt, lvb), np.where(left, lva, lvt)
-    nu = np.exp((a + b) / 2)
-    lv = _t_scale(x2, n_f, nu, lva, 10)
+    lv_hi = _t_scale(x2, n_f, np.full(m2.shape, NU_MAX), np.log(m2), 4)
+    at_max = _t_derivatives(x2, n_f, NU_MAX, lv_hi)[0] >= 0
+    lv_lo = _t_scale(x2, n_f, np.full(m2.shape, NU_MIN), np.log(m2 * (1 - 2 / NU_MIN)), 6)
+    at_min = _t_derivatives(x2, n_f, NU_MIN, lv_lo)[0] <= 0
+    nu, lv = np.where(at_max, NU_MAX, NU_MIN), np.where(at_max, lv_hi, lv_lo)
+    inner = ~(at_max | at_min)
+    if inner.any():
+        nu[inner], lv[inner] = _t_newton(x2[inner], n_f[inner], m2[inner], iterations)
+    lv = _t_scale(x2, n_f, nu, lv, 4)
     score = (nu + 1) * (x2 / ((nu * np.exp(lv))[..., None] + x2)).sum(axis=-1) - n_f
     scale = np.where(np.abs(score) < 1e-8 * n_f, np.exp(lv / 2), np.nan)   # not converged: uncomputable
     return TailFit("param_t", {"scale": np.where(flat, 0.0, scale), "nu": nu})
+
+
+def _t_newton(x2, n, m2, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """(nu, log s^2) maximising the likelihood of rows (K, N) whose maximum lies inside (NU_MIN, NU_MAX): Newton on
+    (log nu, log s^2) with the exact Hessian from the moment estimate nu = 4 + 6 / excess kurtosis, safeguarded
+    by a bracket on log nu of the profile's slope (a step leaving it, or not uphill, bisects)."""
+    lo, hi = np.full(m2.shape, np.log(NU_MIN)), np.full(m2.shape, np.log(NU_MAX))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kurt = (x2 * x2).sum(axis=-1) / n / m2 ** 2 - 3.0
+        t = np.log(np.clip(np.where(kurt > 0, 4.0 + 6.0 / kurt, NU_MAX), NU_MIN, NU_MAX))
+    nu = np.exp(t)
+    lv = _t_scale(x2, n, nu, np.log(m2 * (nu - 2) / nu), 4)
+    for _ in range(iterations):
+        l_t, l_v, l_tt, l_tv, l_vv = _t_derivatives(x2, n, np.exp(t), lv)
+        slope, curve = l_t - l_tv * l_v / l_vv, l_tt - l_tv * l_tv / l_vv     # the profile's, in t
+        lo, hi = np.where(slope > 0, t, lo), np.where(slope > 0, hi, t)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            step = -slope / curve
+        new = np.where((curve < 0) & (t + step >= lo) & (t + step <= hi), t + step, (lo + hi) / 2)
+        lv = np.clip(lv - (l_v + l_tv * (new - t)) / l_vv, lv - 2.0, lv + 2.0)
+        converged = np.all(np.abs(new - t) < 1e-7)            # nu to 1e-7 (where flat: the slope is noise)
+        t = new
+        if converged:
+            break
+    return np.exp(t), lv
 
 
 def _t_quantile(p, scale, nu):
@@ -164,9 +193,10 @@ def _t_es(c, v, scale, nu):
 
 
 # ---- peaks over threshold, generalised Pareto ----
-def _gpd_profile(y: np.ndarray, hit: np.ndarray, k: np.ndarray, theta: np.ndarray):
-    """(xi, log-likelihood) at theta = xi/beta (..., G) of exceedances y (..., 1, N) where hit."""
-    lg = np.where(hit, np.log1p(np.where(hit, theta[..., None] * y, 0.0)), 0.0).sum(axis=-1)
+def _gpd_profile(y: np.ndarray, k: np.ndarray, theta: np.ndarray):
+    """(xi, log-likelihood) at theta = xi/beta (..., G) of exceedances y (..., 1, N), 0 where none (log1p(0) = 0
+    adds nothing)."""
+    lg = np.log1p(theta[..., None] * y).sum(axis=-1)
     xi = lg / k[..., None]
     with np.errstate(invalid="ignore", divide="ignore"):
         beta = xi / theta
@@ -181,12 +211,11 @@ def fit_gpd(losses: np.ndarray, threshold: float = EVT_THRESHOLD, iterations: in
     k = hit.sum(axis=-1)
     y = np.sort(np.where(hit, losses - u[..., None], 0.0), axis=-1)   # exceedances > 0 last: keep only those
     y = y[..., y.shape[-1] - max(int(k.max(initial=0)), 1):][..., None, :]
-    hit = y > 0
     kk = np.maximum(k, 1)
     ymax = np.where(k > 0, y.max(axis=-1)[..., 0], 1.0)
     grid = np.sort(np.concatenate([-1 + np.geomspace(1e-4, 0.6, 16), -np.geomspace(1e-4, 0.3, 12),
                                    np.geomspace(1e-4, 1e3, 48)]))    # theta ymax (> -1), distinct points
-    _, ll = _gpd_profile(y, hit, kk, grid / ymax[..., None])
+    _, ll = _gpd_profile(y, kk, grid / ymax[..., None])
     ll = np.where(np.isnan(ll), -np.inf, ll)
     best = ll.argmax(axis=-1)
     interior = (best > 0) & (best < len(grid) - 1)
@@ -195,7 +224,7 @@ def fit_gpd(losses: np.ndarray, threshold: float = EVT_THRESHOLD, iterations: in
     a, b = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
 
     def f(t):
-        v = _gpd_profile(y, hit, kk, t[..., None])[1][..., 0]
+        v = _gpd_profile(y, kk, t[..., None])[1][..., 0]
         return np.where(np.isnan(v), -np.inf, v)
 
     fa, fb = f(a), f(b)
@@ -207,7 +236,7 @@ def fit_gpd(losses: np.ndarray, threshold: float = EVT_THRESHOLD, iterations: in
         fa, fb = np.where(left, fn, fb), np.where(left, fa, fn)
         a, b = a2, b2
     theta = (a + b) / 2
-    xi = _gpd_profile(y, hit, kk, theta[..., None])[0][..., 0]
+    xi = _gpd_profile(y, kk, theta[..., None])[0][..., 0]
     beta = xi / theta
     ok = interior & (k >= MIN_EXCEEDANCES) & (xi > -1) & (xi < 1) & (beta > 0)
     nan = np.nan

@@ -62,6 +62,23 @@ def test_covariance_skips_nan_rows(rets):
     np.testing.assert_allclose(var.covariance(padded), np.cov(rets[:50], rowvar=False), rtol=TOL)
 
 
+def test_rolling_covariance_is_each_windows_covariance(rets):
+    """Running sums against np.cov of each window: full windows, windows reaching before row 0 and windows
+    holding NaN rows (both left out); to 1e-13 of the largest entry (the sums' rounding)."""
+    x = rets.copy()
+    x[30] = np.nan
+    n, ends = 40, np.array([0, 1, 5, 29, 30, 31, 45, 69, 70, len(x) - 1])
+    cov = var.rolling_covariance(x, ends, n)
+    for i, end in enumerate(ends):
+        rows = x[max(0, end - n + 1):end + 1]
+        rows = rows[~np.isnan(rows).any(axis=1)]
+        if len(rows) < 2:
+            assert np.isnan(cov[i]).all()
+            continue
+        expected = np.cov(rows, rowvar=False, ddof=1)
+        np.testing.assert_allclose(cov[i], expected, rtol=0, atol=1e-13 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("dist", ["normal", "t"])
 def test_monte_carlo_is_seeded_and_matches_the_covariance(rets, dist):
     cov = np.cov(rets, rowvar=False)
