@@ -17,7 +17,7 @@ from datetime import date, timedelta
 
 from etl.errors import ValidationError
 
-HASH = "sha256"  # the manifests' key; hashlib's sha256 runs at ~2 GB/s (SHA-NI), far above Parquet decoding
+HASH = "sha256"  # the key of a commit's digests; hashlib's sha256 runs at ~2 GB/s (SHA-NI), far above Parquet decoding
 
 
 class CorruptFileError(ValidationError):

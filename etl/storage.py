@@ -177,7 +177,7 @@ class Store:
 
     def entries(self, rel_dir: str) -> list[tuple[str, int]]:
         """(path relative to the root, size) of every file under rel_dir, recursively, hidden names included
-        (markers, manifests) but not the temporary files of writes in flight; sorted."""
+        (Delta logs) but not the temporary files of writes in flight; sorted."""
         out = []
         for info in self._entries(rel_dir, recursive=True):
             if info.type == pafs.FileType.File and not info.base_name.startswith(".tmp-"):
