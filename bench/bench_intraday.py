@@ -129,8 +129,8 @@ def dag_time() -> dict:
         last_run = log.sort_values("started_at")["run_id"].iloc[-1]
         tasks = log[log["run_id"] == last_run].groupby(log["task_id"].str.replace(r"\[\d+\]", "", regex=True))
         per_task = tasks["duration_s"].sum().round(2).to_dict()
-        rows = pd.read_parquet(base / "data" / intraday_io.committed_path(
-            get_store(settings), intraday.RISK_TABLE, pd.Timestamp("2026-03-02 10:00", tz="UTC")))
+        rows = intraday_io.committed_rows(get_store(settings), intraday.RISK_TABLE,
+                                          pd.Timestamp("2026-03-02 10:00", tz="UTC"))
     ratio = wall / INTERVAL_S
     return {"intraday_dag_dags_test": {
         "ours_s": round(wall, 2), "baseline": "the intraday schedule interval (300 s)", "baseline_s": INTERVAL_S,

@@ -45,7 +45,7 @@ def bronze(days: int) -> tuple[Path, dict]:
     from etl.reference import load_instruments
 
     products = tuple(load_instruments()["product_id"])
-    data = CACHE / f"v2-{len(products)}x{days}d"  # v2: every size ends in the past (silver_bronze.END)
+    data = CACHE / f"v3-{len(products)}x{days}d"  # v3: bronze is a Delta table (v2: every size ends in the past)
     if not (data / "bench_input.json").exists():
         shutil.rmtree(data, ignore_errors=True)
         make_bronze(data, days, products)

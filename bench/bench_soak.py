@@ -9,8 +9,8 @@ exchange simulator, with explicit data intervals instead of sleeping:
   intraday days as in production. (Whole 288-run days are `FULL["intraday_minutes"] = 1440`: about an hour more
   on a quiet 2-core machine.)
 - quick: 3 days of which the last 30 minutes have intraday runs (18 runs), and 8 end-of-day runs, 30 days of history.
-Superseded bronze files are deleted at once (PIPELINE_COMPACT_RETENTION_HOURS=0: the soak is sequential, nobody
-reads in flight). Each run records its seconds per stage, bronze file count and bytes, manifests and the silver
+Superseded files are vacuumed at once (PIPELINE_LAKE_RETENTION_DAYS=0: the soak is sequential, nobody reads in
+flight or back in time). Each run records its seconds per stage, bronze file count and bytes, bronze versions and the silver
 state size: `bench/soak_runs[_quick].csv`, charted in `bench/soak_cost[_quick].png`.
 
 Entries (ratios of the same run, so machine speed cancels; on CPU seconds of the process, all threads, because on a
@@ -21,7 +21,7 @@ shared machine wall time follows the neighbours' load - the wall-time ratio is r
   within_day_ratio: the last day's last runs / its 2nd-4th runs, <= 1.2 (flat through the open day);
 - soak_bronze_files_per_product_day: the most data files in any product-day partition after any run, the open
   day's included, <= 3 (one compacted file per granularity, plus at most one batch not folded yet: silver's
-  incremental build folds each partition it reads, etl.compaction.fold);
+  incremental build folds each partition it reads, etl.candles.compact);
 - soak_state_per_partition: silver state bytes per partition at the end / at the 5th end-of-day run, <= 1.2
   (the state grows with the data, one entry per product-day, never with the number of runs);
 - soak_rebuild_equal: the final silver files (bytes) and gold tables (fact_price_bars, fact_price_daily and the
@@ -50,20 +50,23 @@ FILE_BOUND = 3
 
 
 def _measure(data: Path) -> dict:
-    from etl.compaction import scan
+    from etl import candles
+    from etl.lake import Lake
+    from etl.silver.incremental import LAST_TABLE, SILVER_READ
     from etl.storage import Store
 
-    store = Store.from_uri(str(data))
+    store, lake = Store.from_uri(str(data)), Lake(str(data))
     bronze = store.entries("bronze/candles")
-    state = data / "silver/_state/partitions.json"
-    parts = scan(store)
-    return {"bronze_files": sum(1 for r, _ in bronze if r.endswith(".parquet")),
+    table = lake.table(LAST_TABLE)
+    state = (table.history(limit=1)[0] if table is not None else {}).get(SILVER_READ, "")  # what silver read
+    parts = candles.by_partition(candles.files(lake))
+    return {"bronze_files": sum(1 for r, _ in bronze if r.endswith(".parquet") and "/_delta_log/" not in r),
             "bronze_bytes": sum(s for _, s in bronze),
-            "manifests": len(store.entries("bronze/_manifests")),
+            "bronze_versions": lake.version("bronze/candles") or 0,
             "partitions": len(parts),
             # the fullest partition, the open day's included (its intraday batches are folded by silver)
-            "max_partition_files": max((len(p.batch_files) + len(p.compacted) for p in parts.values()), default=0),
-            "state_bytes": state.stat().st_size if state.exists() else 0}
+            "max_partition_files": max((len(f) for f in parts.values()), default=0),
+            "state_bytes": len(state)}
 
 
 def _timed(fn, *args, **kwargs) -> tuple[float, float]:
@@ -189,7 +192,7 @@ def run(quick: bool) -> dict:
         env = {"PIPELINE_DATA_DIR": str(data), "PIPELINE_STATE_DIR": str(tmp / "state"), "COINBASE_API_URL": sim.url,
                "PIPELINE_SOURCE": "simulator", "PIPELINE_HISTORY_DAYS": "1",
                "PIPELINE_DAILY_HISTORY_DAYS": str(sizes["daily_history_days"]),
-               "PIPELINE_COMPACT_RETENTION_HOURS": "0", "PIPELINE_RATE_LIMIT_RPS": "1000",
+               "PIPELINE_LAKE_RETENTION_DAYS": "0", "PIPELINE_RATE_LIMIT_RPS": "1000",
                "PIPELINE_RATE_LIMIT_BURST": "1000"}
         server = db.database_url(get_settings())
         with _env(**env, PIPELINE_DATABASE_URL=server):
@@ -212,7 +215,7 @@ def run(quick: bool) -> dict:
     with open(HERE / f"soak_runs{suffix}.csv", "w", newline="") as f:
         fields = ["run", "kind", "at", "ingest_s", "silver_s", "compact_s", "risk_s", "total_s", "ingest_cpu_s",
                   "silver_cpu_s", "compact_cpu_s", "risk_cpu_s", "total_cpu_s", "bronze_files", "bronze_bytes",
-                  "manifests", "partitions", "max_partition_files", "state_bytes"]
+                  "bronze_versions", "partitions", "max_partition_files", "state_bytes"]
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in rows:
@@ -260,7 +263,7 @@ def run(quick: bool) -> dict:
             "baseline_s": None, "ratio": round(files_max / FILE_BOUND, 3),
             "ratio_means": "max data files in any product-day partition (the open day's included) after any run / bound", "target": f"<= {FILE_BOUND}",
             "meets_target": files_max <= FILE_BOUND, "bronze_files_end": eod[-1]["bronze_files"],
-            "manifests_end": eod[-1]["manifests"], "baseline_command": "none: a bound on files", **stated},
+            "bronze_versions_end": eod[-1]["bronze_versions"], "baseline_command": "none: a bound on files", **stated},
         "soak_state_per_partition": {
             "ours_s": None, "value": round(per_part[1], 1), "baseline": "state bytes per partition at the 5th run",
             "baseline_s": None, "ratio": round(per_part[1] / per_part[0], 3),

@@ -72,17 +72,19 @@ def environment(**values: str):
 
 # ---- input -----------------------------------------------------------------------------------------------------
 def write_silver_bars(data: Path, n_rows: int, n_products: int = N_PRODUCTS, seed: int = 3) -> int:
-    """n_rows 5-minute bars in silver's layout under `data` (one part-0.parquet per product-day); returns files."""
+    """n_rows 5-minute bars in silver's layout under `data` (one file per product-day, committed to the Delta
+    table as a build commits them); returns files."""
+    from etl.lake import Lake
     from etl.silver.bars import BARS_5M_SCHEMA
-    from etl.silver.incremental import BARS_5M_DIR, PART
-    from etl.storage import Store, partition_path
+    from etl.silver.incremental import BARS_5M_DIR, SILVER_TABLES, write_partition_file
+    from etl.storage import Store
 
     store = Store.from_uri(str(data))
     rng = np.random.default_rng(seed)
     per_day = 288
     days = -(-n_rows // (n_products * per_day))
     start = np.datetime64("2020-01-01T00:00", "us")
-    written = files = 0
+    written, files = 0, []
     for p in range(n_products):
         n = min(days * per_day, n_rows - written)
         t = start + np.arange(n) * np.timedelta64(300, "s")
@@ -98,11 +100,12 @@ def write_silver_bars(data: Path, n_rows: int, n_products: int = N_PRODUCTS, see
             "source_granularity": np.full(n, 60, np.int64)}).cast(BARS_5M_SCHEMA)
         for lo in range(0, n, per_day):
             day = str((start + np.timedelta64(lo * 300, "s")).astype("datetime64[D]"))
-            rel = f"{partition_path(BARS_5M_DIR, product_id=f'P{p:02d}-USD', date=day)}/{PART}"
-            store.write_parquet(rel, table.slice(lo, per_day))
-            files += 1
+            files.append(write_partition_file(store, BARS_5M_DIR, {"product_id": f"P{p:02d}-USD", "date": day},
+                                              table.slice(lo, per_day)))
         written += n
-    return files
+    schema, keys = SILVER_TABLES[BARS_5M_DIR]
+    Lake.of(store).commit_files(BARS_5M_DIR, files, pa.schema([*schema, *(pa.field(k, pa.string()) for k in keys)]), keys)
+    return len(files)
 
 
 def write_csv(data: Path, out: Path) -> int:

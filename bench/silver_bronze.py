@@ -3,7 +3,7 @@
 Each (product, day) is one page of exchange rows ([time, low, high, open, close, volume] lists, as parsed from the
 API body) turned into bronze rows by `etl.bronze._page_tables` (validation, the `raw` text, batch columns) and
 written like ingest's flush: sorted by bucket_start, cast to CANDLE_SCHEMA, one `<batch_id>.parquet` per
-partition, the batch manifest last. A backfill batch covers every day; a second, incremental batch re-fetches the
+partition, then the batch's Delta commit. A backfill batch covers every day; a second, incremental batch re-fetches the
 last two days of every product with revised closes (ingest's overlap), so silver has duplicates to drop.
 About 5% of minutes have no candle (no trade), as in the simulator's and Coinbase's 1-minute data.
 """
@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from etl.bronze import CANDLE_SCHEMA, CANDLES_DIR, MANIFEST_DIR, _page_tables
+from etl import candles
+from etl.bronze import CANDLE_SCHEMA, _page_tables
+from etl.lake import Lake
 from etl.settings import DEFAULT_PRODUCTS
 from etl.source import CandlePage
-from etl.storage import Store, partition_path
+from etl.storage import Store
 
 END = datetime(2026, 1, 1, tzinfo=UTC)  # every size ends here, in the past: silver drops future candles
 MISSING = 0.05
@@ -45,18 +47,13 @@ def _write_pages(store: Store, batch_id: str, pages: list[CandlePage], files: li
         table = _page_tables(page, batch_id, "simulator").candles
         table = table.drop_columns(["_day"]).sort_by("bucket_start").cast(CANDLE_SCHEMA)
         day = page.start.date().isoformat()
-        rel = f"{partition_path(CANDLES_DIR, product_id=page.product_id, date=day)}/{batch_id}.parquet"
-        store.write_parquet(rel, table)
-        files.append(rel)
+        files.append(candles.write_file(store, page.product_id, day, f"{batch_id}.parquet", table))
         parts.append({"product_id": page.product_id, "date": day, "rows": table.num_rows})
 
 
 def _manifest(store: Store, batch_id: str, files: list, parts: list, created: datetime) -> int:
-    n = sum(p["rows"] for p in parts)
-    store.write_json(f"{MANIFEST_DIR}/{batch_id}.json", {
-        "batch_id": batch_id, "created_at": created.isoformat(), "source": "simulator", "granularity": 60,
-        "products": sorted({p["product_id"] for p in parts}), "files": files, "partitions": parts, "candles": n})
-    return n
+    candles.commit(store, Lake(store.root), files, {candles.BATCH_ID: batch_id, "created_at": created.isoformat()})
+    return sum(p["rows"] for p in parts)
 
 
 def make_bronze(data_dir: Path, days: int, products: tuple[str, ...] = DEFAULT_PRODUCTS, seed: int = 7) -> dict:

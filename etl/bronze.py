@@ -1,4 +1,4 @@
-"""Bronze: fetch candles from the Exchange API (or simulator) into immutable, hive-partitioned Parquet.
+"""Bronze: fetch candles from the Exchange API (or simulator) into the Delta table `bronze/candles` (etl/candles.py).
 
 A run (a *batch*) does, in order:
 1. check its arguments and the products (unknown/delisted -> SourceError; nothing is written),
@@ -6,28 +6,20 @@ A run (a *batch*) does, in order:
 3. fetch pages concurrently (one shared token bucket paces them) and validate rows at the door: bad rows go to
    quarantine with a reason, never silently dropped,
 4. write each (product, date) partition as soon as all its pages are in: `bronze/candles/product_id=X/date=D/
-   <batch_id>.parquet` (atomic: temp name, then rename),
-5. write the quarantine files, then the manifest `bronze/_manifests/<batch_id>.json` last. A batch without a
-   manifest did not finish: its files are valid data (readers may see them), but the watermark ignores them, so
-   the next incremental run re-fetches that range.
+   <batch_id>.parquet` (atomic write; not yet part of the table),
+5. write the quarantine files, then ONE Delta commit appending the batch's partition files, its metadata (batch
+   id, plan, counts) and their SHA-256. Before that commit no reader sees anything of the batch.
 
-Resume: before fetching, a batch writes its plan to `bronze/_pending/<batch_id>.json` (and spools quarantined
-rows under `bronze/_pending/<batch_id>/`). A rerun with the same source, granularity and products takes over an
-abandoned pending batch: it keeps that batch id, reuses every partition file whose pages it would fetch again
-(same pages: the file is complete for them), deletes the batch's other files, and fetches only the rest. Older
-abandoned batches of the same key are deleted. The pending record goes once the manifest is written.
-
-Bronze is append-only: readers deduplicate on (product_id, granularity, bucket_start), keeping the latest
-ingested_at (then batch_id) - see `etl.silver.bars.latest_per_key`.
+A failed or killed batch leaves files no commit names (invisible; `vacuum` deletes them after the retention); a
+retry of the same `batch_id` writes the batch again over them, and a retry of a committed `batch_id` returns its
+recorded summary without fetching. Bronze is append-only: readers deduplicate on (product_id, granularity,
+bucket_start), keeping the latest ingested_at (then batch_id) - see `etl.silver.bars.latest_per_key`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import posixpath
-import socket
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -40,10 +32,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 from tqdm import tqdm
 
+from etl import candles
+from etl.candles import CANDLE_SCHEMA, CANDLES_DIR, TS
 from etl.errors import ConfigError
+from etl.lake import DataFile, Lake
 from etl.orchestration.intervals import fetch_start
 from etl.reference_set import Reference
 from etl.settings import Settings, get_settings
@@ -57,26 +51,12 @@ from etl.source import (
     plan_windows,
     to_utc,
 )
-from etl.storage import Store, get_store, partition_path
+from etl.storage import get_store, partition_path
 
 log = logging.getLogger(__name__)
 
-CANDLES_DIR = "bronze/candles"
+__all__ = ["CANDLES_DIR", "CANDLE_SCHEMA", "ingest", "watermark"]
 QUARANTINE_DIR = "bronze/quarantine"
-MANIFEST_DIR = "bronze/_manifests"
-PENDING_DIR = "bronze/_pending"   # <batch_id>.json: the plan of a batch being written; <batch_id>/: its spool
-# A pending batch is abandoned (its rerun takes it over) when its process is gone (same host) or its heartbeat is
-# older than this (another host). Heartbeats are written at most every PENDING_HEARTBEAT_S while fetching.
-PENDING_STALE_S = 900
-PENDING_HEARTBEAT_S = 30
-TS = pa.timestamp("us", tz="UTC")
-
-CANDLE_SCHEMA = pa.schema([
-    ("bucket_start", TS), ("open", pa.float64()), ("high", pa.float64()), ("low", pa.float64()),
-    ("close", pa.float64()), ("volume", pa.float64()), ("granularity", pa.int64()), ("raw", pa.string()),
-    ("batch_id", pa.string()), ("ingested_at", TS), ("source", pa.string()),
-    ("request_start", TS), ("request_end", TS),
-])
 QUARANTINE_SCHEMA = pa.schema([
     ("granularity", pa.int64()), ("raw", pa.string()), ("reason", pa.string()), ("batch_id", pa.string()),
     ("ingested_at", TS), ("source", pa.string()), ("request_start", TS), ("request_end", TS),
@@ -229,8 +209,7 @@ class IngestSummary:
     partitions: list[tuple[str, date]] = field(default_factory=list)      # (product_id, UTC date) written
     source: str = ""
     pages: int = 0
-    manifest: str = ""
-    reused: int = 0                                # partition files taken over from an abandoned run of the batch
+    version: int | None = None                     # the bronze table version its commit made
 
     def __str__(self) -> str:
         if self.window:
@@ -240,8 +219,7 @@ class IngestSummary:
         rate = self.candles / self.seconds if self.seconds > 0 else 0.0
         return "\n".join([
             f"ingest {self.batch_id}: {', '.join(self.products)} at {self.granularity}s from {self.source}, {span}",
-            f"  requests {self.requests} ({self.pages} pages), retries {self.retries}, HTTP 429 {self.http_429}"
-            + (f", {self.reused} partition files reused from an interrupted run" if self.reused else ""),
+            f"  requests {self.requests} ({self.pages} pages), retries {self.retries}, HTTP 429 {self.http_429}",
             f"  candles {self.candles}, quarantined {self.quarantined}, "
             f"{len(self.files)} files in {len(self.partitions)} partitions",
             f"  {self.seconds:.1f} s ({rate:,.0f} candles/s)",
@@ -250,154 +228,17 @@ class IngestSummary:
 
 # ---- watermark ------------------------------------------------------------------------------------------------
 def watermark(product: str, granularity: int, settings: Settings | None = None) -> datetime | None:
-    """Newest bucket_start of `product` at `granularity` in the current version of bronze (finished batches and
-    compacted files, etl.compaction); None if none."""
-    from etl import compaction
-
+    """Newest bucket_start of `product` at `granularity` in the latest version of bronze; None if none. Reads the
+    product's newest partition first and stops at the first that holds the granularity."""
     store = get_store(settings)
-    base = partition_path(CANDLES_DIR, product_id=product.upper())
-    committed = compaction.committed_batches(store)
-    parts = compaction.scan(store, base)
+    lake = Lake.of(store, settings)
+    parts = candles.by_partition(candles.files(lake, products=[product]))
     for key in sorted(parts, reverse=True):
-        files = compaction.current_files(store, parts[key], committed)
-        if not files:
-            continue
-        table = store.read_files(CANDLES_DIR, files, columns=["bucket_start", "granularity"])
+        table = store.read_files(CANDLES_DIR, parts[key], columns=["bucket_start", "granularity"])
         table = table.filter(pc.equal(table["granularity"], granularity))
         if table.num_rows:
             return pc.max(table["bucket_start"]).as_py()
     return None
-
-
-# ---- resume: pending batches -----------------------------------------------------------------------------------
-def _pending_key(record: dict) -> tuple:
-    return record.get("api_url"), record.get("granularity"), tuple(record.get("products") or ())
-
-
-def _pending_records(store: Store) -> list[dict]:
-    """Every readable pending record, newest batch first (the folder is hidden, so it is listed directly)."""
-    base = store.path(PENDING_DIR)
-    if store.fs.get_file_info(base).type != pafs.FileType.Directory:
-        return []
-    out = []
-    for info in store.fs.get_file_info(pafs.FileSelector(base)):
-        name = info.base_name
-        if info.type != pafs.FileType.File or not name.endswith(".json") or name.startswith("."):
-            continue
-        try:
-            record = store.read_json(f"{PENDING_DIR}/{name}")
-        except (OSError, ValueError):
-            log.warning("unreadable pending record %s: ignored", info.path)
-            continue
-        if isinstance(record, dict) and record.get("batch_id") == name[:-5]:
-            out.append(record)
-    return sorted(out, key=lambda r: r["batch_id"], reverse=True)
-
-
-def _abandoned(record: dict, now: float) -> bool:
-    """Its writer is gone: a dead process on this host, or no heartbeat for PENDING_STALE_S."""
-    if record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int):
-        if record["pid"] == os.getpid():
-            return True  # an earlier attempt in this very process (an in-process retry)
-        try:
-            os.kill(record["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            pass
-    return now - float(record.get("heartbeat", 0)) > PENDING_STALE_S
-
-
-def _page_days(pages: list[tuple[int, int]], granularity: int) -> dict[int, set[tuple[int, int]]]:
-    """day -> the pages (epoch start, end) that touch it."""
-    out: dict[int, set[tuple[int, int]]] = defaultdict(set)
-    for s, e in pages:
-        for day in range(s // 86400, (e - granularity) // 86400 + 1):
-            out[day].add((s, e))
-    return out
-
-
-def _batch_files(store: Store, record: dict) -> dict[tuple[str, int], str]:
-    """(product, day) -> the batch's partition file, for each partition its plan touches that holds one.
-    Temp files the batch left behind (a kill mid-write) are deleted on the way."""
-    found = {}
-    batch_id, granularity = record["batch_id"], int(record["granularity"])
-    for product, pages in (record.get("pages") or {}).items():
-        for day in _page_days([tuple(p) for p in pages], granularity):
-            folder = partition_path(CANDLES_DIR, product_id=product, date=_day_to_date(day).isoformat())
-            base = store.path(folder)
-            if store.fs.get_file_info(base).type != pafs.FileType.Directory:
-                continue
-            for info in store.fs.get_file_info(pafs.FileSelector(base)):
-                if info.base_name == f"{batch_id}.parquet":
-                    found[(product, day)] = f"{folder}/{info.base_name}"
-                elif info.base_name.startswith(".tmp-") and info.base_name.endswith(f"-{batch_id}.parquet"):
-                    store.fs.delete_file(info.path)
-    return found
-
-
-def _spooled(store: Store, spool: str) -> dict[str, list[str]]:
-    """product -> the quarantine spool files of a pending batch."""
-    out: dict[str, list[str]] = defaultdict(list)
-    base = store.path(spool)
-    if store.fs.get_file_info(base).type != pafs.FileType.Directory:
-        return out
-    for info in store.fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-        if info.type == pafs.FileType.File and info.base_name.endswith(".parquet") and not info.base_name.startswith("."):
-            rel = posixpath.relpath(info.path, store.root)
-            out[rel.split("/")[-2]].append(rel)
-    return {p: sorted(r) for p, r in out.items()}
-
-
-def _discard_pending(store: Store, record: dict) -> None:
-    """Delete an abandoned batch: its partition files, its spool, then its record."""
-    files = _batch_files(store, record)
-    for rel in files.values():
-        store.delete(rel)
-    store.delete(f"{PENDING_DIR}/{record['batch_id']}")
-    store.delete(f"{PENDING_DIR}/{record['batch_id']}.json")
-    log.info("abandoned batch %s deleted: %d orphan files", record["batch_id"], len(files))
-
-
-def _take_over(store: Store, record: dict, batch_id: str | None, now: float) -> tuple[str, dict, list[dict]]:
-    """Pick this run's batch id and the partition files it reuses from an abandoned run.
-
-    The base is the pending batch of the id asked for, else the newest abandoned one of the same key (API URL,
-    granularity, products). Its partition file for a product-day is reused when the new plan has exactly the
-    pages touching that day that the old plan had (the file was written once all of them were in); its other
-    files are deleted. Returns (batch_id, reused {(product, day): rel}, the other abandoned records of the key).
-    A finished batch's leftover record (a kill between manifest and cleanup) is only removed.
-    """
-    key = _pending_key(record)
-    base, same = None, []
-    for old in _pending_records(store):
-        if store.exists(f"{MANIFEST_DIR}/{old['batch_id']}.json"):
-            store.delete(f"{PENDING_DIR}/{old['batch_id']}.json")
-            continue
-        if old["batch_id"] == batch_id:
-            # the orchestrator retries a task only once its attempt ended: another host's record of this id is
-            # a dead attempt; on this host a live pid means a concurrent run of the same id
-            if old.get("host") == socket.gethostname() and not _abandoned(old, now):
-                raise ConfigError(f"batch {batch_id} is being written by pid {old.get('pid')} on "
-                                  f"{old.get('host')}; wait for it or pass another batch id")
-            base = old
-        elif _pending_key(old) == key and _abandoned(old, now):
-            same.append(old)
-    if base is None and batch_id is None and same:
-        base = same.pop(0)
-    if base is None:
-        return batch_id or new_batch_id(), {}, same
-    granularity = int(record["granularity"])
-    reused = {}
-    for (product, day), rel in _batch_files(store, base).items():
-        new_pages = _page_days([tuple(p) for p in record["pages"].get(product, [])], granularity).get(day)
-        old_pages = _page_days([tuple(p) for p in base["pages"].get(product, [])], int(base["granularity"]))[day]
-        if int(base["granularity"]) == granularity and old_pages == new_pages:
-            reused[(product, day)] = rel
-        else:
-            store.delete(rel)  # not complete for this plan: fetched again
-    log.info("taking over abandoned batch %s: %d partition files reused", base["batch_id"], len(reused))
-    return base["batch_id"], reused, same
 
 
 # ---- ingest ----------------------------------------------------------------------------------------------------
@@ -448,7 +289,6 @@ def _resolve_window(start: datetime | None, end: datetime | None, granularity: i
         end = newest
     return start, end
 
-
 def ingest(products: list[str] | None = None, start: datetime | None = None, end: datetime | None = None,
            granularity: int | None = None, source: str | None = None, settings: Settings | None = None,
            progress: bool = False, now: datetime | None = None, batch_id: str | None = None,
@@ -474,53 +314,27 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
                                   if p.strip()))
     if not products:
         raise ConfigError("no products to ingest: pass --products, set PIPELINE_PRODUCTS or add positions")
-    if batch_id and store.exists(f"{MANIFEST_DIR}/{batch_id}.json"):
-        log.info("batch %s already finished: nothing to do", batch_id)
-        return _summary_from_manifest(store.read_json(f"{MANIFEST_DIR}/{batch_id}.json"))
+    lake = Lake.of(store, settings)
+    if batch_id and (done := candles.batch(lake, batch_id)) is not None:
+        log.info("batch %s already committed (version %s): nothing to do", batch_id, done["version"])
+        return _summary_from_commit(done)
     now = to_utc(now) if now else datetime.now(UTC)
     start, end = _resolve_window(start, end, granularity, now)
 
     client = ExchangeClient(url, settings)
     check_products(client, products)  # unknown / delisted -> SourceError, before anything is written
     plans = _plan(products, start, end, granularity, settings)
-    record = {"api_url": url, "source": source, "granularity": granularity, "products": products,
-              "pages": {p: [[int(s.timestamp()), int(e.timestamp())] for s, e in w] for p, w in plans.items()},
-              "host": socket.gethostname(), "pid": os.getpid()}
-    batch_id, reused, stale = _take_over(store, record, batch_id, time.time())
-    for old in stale:
-        _discard_pending(store, old)
-    record["batch_id"] = batch_id
-    pending_rel, spool = f"{PENDING_DIR}/{batch_id}.json", f"{PENDING_DIR}/{batch_id}"
-    beat = [0.0]
+    batch_id = batch_id or new_batch_id()
+    tasks = [(p, s, e) for p in products for s, e in plans[p]]
+    summary = IngestSummary(batch_id, products, granularity, None, source=source, pages=len(tasks))
+    if tasks:
+        summary.window = (min(s for _, s, _ in tasks), max(e for _, _, e in tasks))
 
-    def heartbeat(force: bool = False) -> None:
-        if force or time.time() - beat[0] >= PENDING_HEARTBEAT_S:
-            beat[0] = record["heartbeat"] = time.time()
-            store.write_json(pending_rel, record)
-
-    heartbeat(force=True)  # the plan is on disk before any data file: a rerun can take the batch over
-    planned = [(p, s, e) for p in products for s, e in plans[p]]
-    tasks = [(p, s, e) for p, s, e in planned if not all((p, d) in reused for d in _days(s, e, granularity))]
-    summary = IngestSummary(batch_id, products, granularity, None, source=source, pages=len(planned),
-                            reused=len(reused))
-    if planned:
-        summary.window = (min(s for _, s, _ in planned), max(e for _, _, e in planned))
-
-    pending = Counter((p, d) for p, s, e in tasks for d in _days(s, e, granularity) if (p, d) not in reused)
+    pending = Counter((p, d) for p, s, e in tasks for d in _days(s, e, granularity))
     buffers: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
+    quarantined: dict[str, list[pa.Table]] = defaultdict(list)
+    written: list[DataFile] = []
     newest: dict[str, datetime] = {}
-    rows_written: list[dict] = []
-
-    def written(product: str, day: int, rel: str, table: pa.Table) -> None:
-        summary.files.append(rel)
-        summary.partitions.append((product, _day_to_date(day)))
-        rows_written.append({"product_id": product, "date": _day_to_date(day).isoformat(), "rows": table.num_rows})
-        summary.candles += table.num_rows
-        top = pc.max(table["bucket_start"]).as_py()
-        newest[product] = max(newest.get(product, top), top)
-
-    for (product, day), rel in sorted(reused.items()):
-        written(product, day, rel, store.read_parquet(rel, columns=["bucket_start"]))
 
     def flush(product: str, day: int) -> None:
         parts = buffers.pop((product, day), [])
@@ -529,10 +343,11 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
             return
         table = table.drop_columns(["_day"]).sort_by("bucket_start").cast(CANDLE_SCHEMA)
         on = _day_to_date(day)
-        rel = f"{partition_path(CANDLES_DIR, product_id=product, date=on.isoformat())}/{batch_id}.parquet"
-        store.write_parquet(rel, table)
-        written(product, day, rel, table)
-        heartbeat()
+        written.append(candles.write_file(store, product, on.isoformat(), f"{batch_id}.parquet", table))
+        summary.partitions.append((product, on))
+        summary.candles += table.num_rows
+        top = pc.max(table["bucket_start"]).as_py()
+        newest[product] = max(newest.get(product, top), top)
 
     outside = 0
     pool = ThreadPoolExecutor(max_workers=max(1, settings.max_workers), thread_name_prefix="ingest")
@@ -544,12 +359,10 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
                 product, s, e = futures.pop(fut)  # drop the reference: memory stays bounded
                 result = fut.result()  # a page that exhausted its retries raises SourceError here
                 outside += result.outside
-                if result.quarantined.num_rows:  # spooled at once: a rerun that reuses the page keeps them
-                    store.write_parquet(f"{spool}/{product}/{uuid.uuid4().hex}.parquet", result.quarantined)
+                if result.quarantined.num_rows:
+                    quarantined[product].append(result.quarantined)
                 days = result.candles["_day"]
                 for day in _days(s, e, granularity):
-                    if (product, day) in reused:
-                        continue
                     part = result.candles.filter(pc.equal(days, day))
                     if part.num_rows:
                         buffers[(product, day)].append(part)
@@ -561,17 +374,16 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
                     on_page(len(tasks) - len(futures), len(tasks), result.candles.num_rows)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
-        log.error("batch %s stopped; %d files written stay uncommitted (no manifest) until a rerun takes the "
-                  "batch over", batch_id, len(summary.files))
+        log.error("batch %s stopped before its commit: nothing of it is in bronze (%d files written stay "
+                  "uncommitted, deleted by vacuum); rerun the ingest", batch_id, len(written))
         raise
     pool.shutdown(wait=True)
-    summary.files.sort()
+    summary.files = sorted(f"{CANDLES_DIR}/{f.path}" for f in written)
     summary.partitions.sort()
-    rows_written.sort(key=lambda r: (r["product_id"], r["date"]))
 
     quarantine_files = []
-    for product, parts in sorted(_spooled(store, spool).items()):
-        table = pa.concat_tables([store.read_parquet(rel) for rel in parts])
+    for product, tables in sorted(quarantined.items()):
+        table = pa.concat_tables(tables)
         summary.quarantined += table.num_rows
         rel = f"{partition_path(QUARANTINE_DIR, product_id=product)}/{batch_id}.parquet"
         store.write_parquet(rel, table)
@@ -583,36 +395,31 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
     stats = client.stats
     summary.requests, summary.retries, summary.http_429 = stats.requests, stats.retries, stats.http_429
     summary.seconds = time.perf_counter() - t0
-    manifest = {
-        "batch_id": batch_id, "created_at": datetime.now(UTC).isoformat(), "source": source, "api_url": url,
-        "granularity": granularity, "products": products,
-        "window": [summary.window[0].isoformat(), summary.window[1].isoformat()] if summary.window else None,
-        "product_windows": {p: [w[0][0].isoformat(), w[-1][1].isoformat()] for p, w in plans.items() if w},
-        "files": summary.files, "partitions": rows_written, "quarantine_files": quarantine_files,
-        "sha256": {rel: store.digest(rel) for rel in summary.files},  # content hashes: silver checks them
-        "quarantined": summary.quarantined, "candles": summary.candles, "pages": len(tasks),
-        "outside_page_rows": outside, "requests": summary.requests, "retries": summary.retries,
-        "http_429": summary.http_429, "seconds": round(summary.seconds, 3), "reused_files": summary.reused,
-        "max_bucket_start": {p: t.isoformat() for p, t in newest.items()},
-    }
-    summary.manifest = f"{MANIFEST_DIR}/{batch_id}.json"
-    store.write_json(summary.manifest, manifest)  # last: the batch is committed once this exists
-    store.delete(spool)
-    store.delete(pending_rel)
-    log.info("batch %s committed: %d candles, %d quarantined, %d requests (%d retries, %d HTTP 429), %.1f s",
-             batch_id, summary.candles, summary.quarantined, summary.requests, summary.retries, summary.http_429,
-             summary.seconds)
+    plan = {"source": source, "api_url": url, "granularity": granularity, "products": products,
+            "window": [summary.window[0].isoformat(), summary.window[1].isoformat()] if summary.window else None,
+            "product_windows": {p: [w[0][0].isoformat(), w[-1][1].isoformat()] for p, w in plans.items() if w},
+            "quarantine_files": quarantine_files, "max_bucket_start": {p: t.isoformat() for p, t in newest.items()}}
+    counts = {"quarantined": summary.quarantined, "candles": summary.candles, "pages": len(tasks),
+              "outside_page_rows": outside, "requests": summary.requests, "retries": summary.retries,
+              "http_429": summary.http_429, "seconds": round(summary.seconds, 3)}
+    # the commit point: one Delta commit appends every partition file of the batch
+    summary.version = candles.commit(store, lake, written, {candles.BATCH_ID: batch_id, "plan": json.dumps(plan),
+                                                            "counts": json.dumps(counts)})
+    log.info("batch %s committed (bronze version %d): %d candles, %d quarantined, %d requests (%d retries, "
+             "%d HTTP 429), %.1f s", batch_id, summary.version, summary.candles, summary.quarantined,
+             summary.requests, summary.retries, summary.http_429, summary.seconds)
     return summary
 
 
-def _summary_from_manifest(m: dict) -> IngestSummary:
-    window = tuple(datetime.fromisoformat(x) for x in m["window"]) if m.get("window") else None
+def _summary_from_commit(c: dict) -> IngestSummary:
+    plan, counts = json.loads(c.get("plan") or "{}"), json.loads(c.get("counts") or "{}")
+    window = tuple(datetime.fromisoformat(x) for x in plan["window"]) if plan.get("window") else None
+    files = sorted(json.loads(c.get(candles.SHA256) or "{}"))
     return IngestSummary(
-        batch_id=m["batch_id"], products=list(m["products"]), granularity=int(m["granularity"]), window=window,
-        requests=m.get("requests", 0), retries=m.get("retries", 0), http_429=m.get("http_429", 0),
-        candles=m.get("candles", 0), quarantined=m.get("quarantined", 0), seconds=m.get("seconds", 0.0),
-        files=list(m.get("files", [])),
-        partitions=[(p["product_id"], date.fromisoformat(p["date"])) for p in m.get("partitions", [])],
-        source=m.get("source", ""), pages=m.get("pages", 0), manifest=f"{MANIFEST_DIR}/{m['batch_id']}.json",
-        reused=m.get("reused_files", 0),
-    )
+        batch_id=c[candles.BATCH_ID], products=list(plan.get("products", [])),
+        granularity=int(plan.get("granularity", 0)),
+        window=window, requests=counts.get("requests", 0), retries=counts.get("retries", 0),
+        http_429=counts.get("http_429", 0), candles=counts.get("candles", 0),
+        quarantined=counts.get("quarantined", 0), seconds=counts.get("seconds", 0.0), files=files,
+        partitions=sorted((p, date.fromisoformat(d)) for p, d in filter(None, map(candles.partition_of, files))),
+        source=plan.get("source", ""), pages=counts.get("pages", 0), version=c["version"])

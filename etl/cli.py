@@ -67,8 +67,19 @@ DB_HELP = """the warehouse (PIPELINE_DATABASE_URL, or the embedded PostgreSQL un
   status   external or embedded, running or stopped, and where"""
 
 
+class _CommandsHelp(argparse.HelpFormatter):
+    """argparse's help, with the command list's help column past the longest command name (argparse measures the
+    names one indent short, so `migrate-lake` would wrap)."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            self._action_max_length += self._indent_increment
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m etl", description=DESCRIPTION, epilog=EPILOG)
+    parser = argparse.ArgumentParser(prog="python -m etl", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=_CommandsHelp)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
@@ -112,8 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compact", help="compact closed bronze partitions (idempotent, crash-safe)")
     p.add_argument("--before", type=_date, default=None, help="YYYY-MM-DD: days before it (default: today, UTC)")
 
+    sub.add_parser("migrate-lake", help="convert an existing data folder to the current lake format (idempotent, "
+                   "crash-safe)")
+
     p = sub.add_parser("risk", help="portfolio valuation, PnL, VaR/ES, drawdown, anomalies, backtests")
     p.add_argument("--as-of", type=_date, default=None, help="YYYY-MM-DD (default: the last complete UTC day)")
+    p.add_argument("--reproduce", metavar="RUN_ID", default=None,
+                   help="recompute that committed run of --as-of from the table versions it read (writes nothing "
+                        "to the lake); with --output")
+    p.add_argument("--output", metavar="DIR", default=None, help="with --reproduce: write its tables here as Parquet")
 
     p = sub.add_parser("intraday", help="intraday risk of one 5-minute bucket, as the intraday DAG's risk task runs it")
     p.add_argument("--bucket", type=_iso, default=None,
@@ -179,7 +197,9 @@ STAGE_COMMANDS: dict[str, Callable[[argparse.Namespace, Any], Any]] = {
                                  granularity=a.granularity, source=a.source, settings=s, progress=True),
     "silver": lambda a, s: _call("etl.silver:build", full_refresh=a.full_refresh, settings=s),
     "compact": lambda a, s: _call("etl.compaction:compact", before=a.before, settings=s),
-    "risk": lambda a, s: _call("etl.risk:run_risk", as_of=a.as_of, settings=s),
+    "migrate-lake": lambda a, s: _call("etl.migrate:migrate_lake", settings=s),
+    "risk": lambda a, s: (_call("etl.risk.reproduce:reproduce", as_of=a.as_of, run_id=a.reproduce, output=a.output,
+                                settings=s) if a.reproduce else _call("etl.risk:run_risk", as_of=a.as_of, settings=s)),
     "factors": lambda a, s: _call("etl.factors:run_factors", settings=s, end=a.end),
     "load": lambda a, s: _call("etl.warehouse:load_warehouse", settings=s, run_dbt=not a.no_dbt,
                                dbt_only=a.dbt_only),
@@ -294,7 +314,10 @@ def _validate_reference(directory: str | None, settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "reproduce", None) and not (args.as_of and args.output):
+        parser.error("risk --reproduce RUN_ID needs --as-of D (the run's day) and --output DIR")
     permissions.owner_only()  # data, state and secrets this command writes: its user's only (etl.permissions)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

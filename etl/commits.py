@@ -1,35 +1,50 @@
-"""The commit protocol of the risk and factor outputs: immutable run files, then one manifest written last.
+"""The commit protocol of the risk, factor and intraday outputs on Delta tables (docs/commit_protocol.md).
 
-A stage run writes each output file under a name of its own, `outputs/<table>/<partition>/<run_id>.parquet`,
-then commits them all by writing ONE small manifest, `outputs/_commits/<name>.json`, with the Store's atomic
-single-file write (a rename locally, a single PUT on an object store). Readers (the loader) take only the files a
-manifest names, so they see the previous complete run or the new complete one, never a mix: a run killed before
-its manifest leaves orphan files that nothing reads, and the next run's commit deletes them. docs/commit_protocol.md.
+Every output table `outputs/<table>` is a Delta table (etl/lake.py) partitioned as the stage names its partitions
+("as_of_date=D", "date=D", "as_of_date=D/bucket=HHMM"). A partition key that is also a column of the rows is stored
+as the Delta partition column `run_<key>` (`run_as_of_date`: the as-of day of the run that wrote the row), because
+a Delta partition column is a column: history tables (pnl_daily, var_backtest...) hold many days of `as_of_date` in
+one run's partition. A stage run that writes several tables:
+1. replaces each of its partitions: one Delta commit per table (an overwrite whose predicate is the partition),
+   carrying the run id in the commit's metadata. Delta files are immutable: the table's earlier versions still
+   hold the rows they held.
+2. commits the run: appends ONE record to the Delta table `outputs/_runs` (partitioned by `name`) naming, for each
+   (table, partition) it wrote, the table version it made, its rows and its data files with their SHA-256, plus
+   the run's metadata. That append is the commit point of the whole run.
+Readers (the loader, scenario sets, factor days, intraday breaches) take what the records of a name say: for each
+(table, partition), the files of the latest record that wrote it. So they see the previous complete run or the
+new complete one, never a mix: a run killed between 1 and 2 leaves partitions replaced in some tables by a run
+with no record; no reader takes them, the next run of that name replaces them, `vacuum` deletes their files.
 
-Manifest: {"name", "stage", "run_id", "committed_at", "files": {"<table>/<partition>": {"path", "rows", "sha256"}},
-...}; `sha256` is the file's content hash (etl/integrity.py), which the readers check.
-`merge=True` (factors: each run rewrites a sliding window of days) keeps the previous manifest's entries for the
-partitions this run does not write. One writer per manifest at a time (the orchestrator runs one risk/factors run
-per day); a commit naming a file that is gone is an error for the loader, never a silent gap.
+A "manifest" (read_manifest) is that fold of a name's records: {"name", "stage", "run_id", "committed_at",
+"files": {"<table>/<partition>": {"table", "partition", "columns" (the Delta partition columns and values),
+"run_id", "version", "rows", "files": {path: sha256}}}, ...meta}.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
 import uuid
 from datetime import UTC, date, datetime
 
 import pyarrow as pa
-import pyarrow.fs as pafs
+from deltalake import DeltaTable
 
 from etl.errors import ValidationError
+from etl.lake import DataFile, Lake, conform, note_read, recorded_reads
 from etl.storage import Store
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = "outputs"
-COMMITS_DIR = f"{OUTPUTS}/_commits"
+RUNS = f"{OUTPUTS}/_runs"
+RUNS_SCHEMA = pa.schema([("name", pa.string()), ("run_id", pa.string()), ("stage", pa.string()),
+                         ("committed_at", pa.timestamp("us", tz="UTC")), ("record", pa.string())])
+RUN_INPUTS_SCHEMA = pa.schema([("run_id", pa.string()), ("commit_name", pa.string()), ("stage", pa.string()),
+                               ("committed_at", pa.timestamp("us", tz="UTC")), ("input_table", pa.string()),
+                               ("input_version", pa.int64())])
 
 
 def new_run_id() -> str:
@@ -38,72 +53,153 @@ def new_run_id() -> str:
 
 
 def risk_manifest(as_of: date) -> str:
-    """The manifest name that commits the risk outputs of one as-of day."""
+    """The commit name of the risk outputs of one as-of day."""
     return f"risk/as_of_date={as_of.isoformat()}"
 
 
-def manifest_path(name: str) -> str:
-    return f"{COMMITS_DIR}/{name}.json"
+def partition_values(partition: str) -> dict[str, str]:
+    """"as_of_date=D/bucket=HHMM" -> {"as_of_date": "D", "bucket": "HHMM"}."""
+    return dict(p.split("=", 1) for p in partition.split("/"))
+
+
+def _records(store: Store, name: str | None = None) -> list[dict]:
+    """The run records (of `name`, or all), oldest first."""
+    rows = Lake.of(store).read(RUNS, partition=None if name is None else {"name": name})
+    if rows is None or rows.num_rows == 0:
+        return []
+    rows = rows.sort_by([("committed_at", "ascending"), ("run_id", "ascending")])
+    out = []
+    for row in rows.to_pylist():
+        try:
+            out.append({**json.loads(row["record"]), "name": row["name"], "run_id": row["run_id"],
+                        "stage": row["stage"], "committed_at": row["committed_at"].isoformat()})
+        except (ValueError, TypeError) as exc:
+            raise ValidationError(f"{store.path(RUNS)}: unreadable run record of {row['name']} run {row['run_id']} "
+                                  f"({exc}); rerun the stage that wrote it (python -m etl risk --as-of D, or "
+                                  "python -m etl factors)") from exc
+    return out
+
+
+def _fold(records: list[dict]) -> dict | None:
+    """The manifest of one name: the latest record's fields, and per (table, partition) the latest entry."""
+    if not records:
+        return None
+    files: dict[str, dict] = {}
+    for record in records:
+        files.update(record["files"])
+    return {**records[-1], "files": files}
 
 
 def read_manifest(store: Store, name: str) -> dict | None:
-    """The committed manifest `name`, or None when nothing is committed under it."""
-    rel = manifest_path(name)
-    if not store.exists(rel):
-        return None
-    return _read(store, rel)
+    """What is committed under `name` (see the module docstring), or None when nothing is."""
+    return _fold(_records(store, name))
 
 
-def _read(store: Store, rel: str) -> dict:
-    try:
-        data = store.read_json(rel)
-        if not isinstance(data.get("files"), dict):
-            raise ValueError("no 'files' object")
-    except (ValueError, AttributeError, OSError) as exc:
-        raise ValidationError(f"{store.path(rel)}: unreadable commit manifest ({exc}); rerun the stage that wrote "
-                              "it (python -m etl risk --as-of D, or python -m etl factors)") from exc
-    return data
+def run_record(store: Store, name: str, run_id: str) -> dict:
+    """The record run `run_id` committed under `name` (its own entries, not the fold); ValidationError naming the
+    runs there are when it is not one of them."""
+    records = _records(store, name)
+    for record in records:
+        if record["run_id"] == run_id:
+            return record
+    raise ValidationError(f"no run {run_id} committed {name} in {store.path(RUNS)}; its runs: "
+                          f"{', '.join(r['run_id'] for r in records) or 'none'}")
 
 
 def manifests(store: Store) -> list[dict]:
-    """Every committed manifest under outputs/_commits (sorted by name)."""
-    base = store.path(COMMITS_DIR)
-    if store.fs.get_file_info(base).type != pafs.FileType.Directory:
-        return []
-    infos = store.fs.get_file_info(pafs.FileSelector(base, recursive=True))
-    rels = sorted(posixpath.relpath(i.path, store.root) for i in infos
-                  if i.type == pafs.FileType.File and i.base_name.endswith(".json") and not i.base_name.startswith("."))
-    return [_read(store, rel) for rel in rels]
+    """The manifest of every committed name (sorted by name)."""
+    by_name: dict[str, list[dict]] = {}
+    for record in _records(store):
+        by_name.setdefault(record["name"], []).append(record)
+    return [_fold(by_name[n]) for n in sorted(by_name)]
 
 
-def committed_files(store: Store) -> dict[str, str | None]:
-    """Every output file some manifest commits (path relative to the data root) -> its recorded content hash
-    (None in a manifest written before hashes were recorded)."""
-    return {entry["path"]: entry.get("sha256") for m in manifests(store) for entry in m["files"].values()}
+def run_inputs(store: Store) -> pa.Table:
+    """One row per (run, table or partition it read) with the version read, from every run record that names its
+    inputs (etl.lake.records_reads): what `risk --reproduce` reads back, for the warehouse (gold.fact_run_inputs)."""
+    rows = [{"run_id": r["run_id"], "commit_name": r["name"], "stage": r["stage"],
+             "committed_at": datetime.fromisoformat(r["committed_at"]), "input_table": table, "input_version": version}
+            for r in _records(store) for table, version in sorted((r.get("inputs") or {}).items())]
+    return pa.Table.from_pylist(rows, RUN_INPUTS_SCHEMA)
 
 
-def publish(store: Store, name: str, stage: str, parts: dict[tuple[str, str], pa.Table], *, merge: bool = False,
+def committed_files(store: Store) -> dict[str, str]:
+    """Every output file some manifest commits (path relative to the data root) -> its content hash."""
+    return {path: sha for m in manifests(store) for entry in m["files"].values()
+            for path, sha in entry["files"].items()}
+
+
+def read_entry(store: Store, entry: dict, columns: list[str] | None = None) -> pa.Table:
+    """The rows one manifest entry commits, as the stage wrote them (`columns`, default all): its files (those of
+    the partition at the table version it names), pages verified and bytes checked against the recorded SHA-256
+    (CorruptFileError names a file that differs). A file that is gone (vacuumed: superseded in its table longer
+    than the retention) raises FileNotFoundError, which the loader reports with the command to rerun."""
+    note_read(posixpath.join(OUTPUTS, entry["table"], entry["partition"]), entry["version"])
+    parts = [store.read_parquet(path, columns=columns, sha256=sha) for path, sha in entry["files"].items()]
+    return pa.concat_tables(parts) if len(parts) != 1 else parts[0]
+
+
+def _fit(table: DeltaTable | None, where: str, rows: pa.Table, values: dict[str, str]
+         ) -> tuple[pa.Table, pa.Schema, dict]:
+    """(rows in the table's column types, the table's schema with any new column added, the Delta partition
+    columns and values). A new table's partition key that is also a column of the rows becomes `run_<key>`; an
+    existing table keeps the partition columns it was made with."""
+    if table is None:
+        columns = {f"run_{k}" if k in rows.column_names else k: v for k, v in values.items()}
+        return rows, pa.schema([*rows.schema, *(pa.field(k, pa.string()) for k in columns)]), columns
+    schema, partition_by = pa.schema(table.schema().to_arrow()), table.metadata().partition_columns
+    columns = {(f"run_{k}" if f"run_{k}" in partition_by else k): v for k, v in values.items()}
+    if sorted(columns) != sorted(partition_by):
+        raise ValidationError(f"{where} is partitioned by {partition_by}, not by {sorted(columns)}: the "
+                              "stage's partitions changed; rerun `python -m etl migrate-lake`")
+    types = {f.name: f.type for f in schema}
+    if rows.num_rows == 0:  # pandas types an empty frame's columns float64: any type fits no rows
+        return pa.schema([f.with_type(types.get(f.name, f.type)) for f in rows.schema]).empty_table(), schema, columns
+    try:
+        rows = rows.cast(pa.schema([f.with_type(types.get(f.name, f.type)) for f in rows.schema]))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ValidationError(f"{where}: the new rows do not fit the table's column types ({exc})") from exc
+    return rows, pa.schema([*schema, *(f for f in rows.schema if f.name not in types)]), columns
+
+
+def maintain(store: Store) -> int:
+    """Optimize the run records (one small file per run) into large files, then vacuum every output table and the
+    records: the files no version younger than the retention needs go. Returns how many files were deleted."""
+    lake = Lake.of(store)
+    lake.optimize(RUNS)
+    tables = [RUNS, *(posixpath.join(OUTPUTS, t) for t in store.list_dirs(OUTPUTS))]
+    return sum(len(lake.vacuum(rel)) for rel in tables)
+
+
+def publish(store: Store, name: str, stage: str, parts: dict[tuple[str, str], pa.Table], *,
             run_id: str | None = None, meta: dict | None = None) -> dict:
-    """Write `parts` ((table, partition) -> rows, partition like "as_of_date=2026-01-31") as new run files, commit
-    them with one manifest write, then delete the files of those partitions that the manifest no longer names.
-
-    Returns the manifest. A crash before the manifest write leaves the previous commit in force.
-    """
+    """Replace each (table, partition) of `parts` (partition like "as_of_date=2026-01-31", rows without or with
+    the partition columns) in its Delta table, then commit them all with one run record. Returns the record (as
+    read_manifest gives a name's: its entries are this run's). A crash before the record leaves the previous
+    commit in force."""
     run_id = run_id or new_run_id()
-    previous = read_manifest(store, name) if merge else None
-    files = dict(previous["files"]) if previous else {}
+    lake = Lake.of(store)
+    entries = {}
     for (table, partition), rows in parts.items():
-        rel = posixpath.join(OUTPUTS, table, partition, f"{run_id}.parquet")
-        store.write_parquet(rel, rows)
-        files[f"{table}/{partition}"] = {"path": rel, "rows": rows.num_rows, "sha256": store.digest(rel)}
-    manifest = {"name": name, "stage": stage, "run_id": run_id, "committed_at": datetime.now(UTC).isoformat(),
-                "files": files, **(meta or {})}
-    store.write_json(manifest_path(name), manifest)  # the commit point
-    keep = {e["path"] for e in files.values()}
-    for table, partition in parts:
-        folder = posixpath.join(OUTPUTS, table, partition)
-        for rel in store.list_files(folder, ".parquet"):
-            if rel not in keep:
-                store.delete(rel)  # a superseded run's file, or the orphan of a killed run
-    log.info("committed %s: run %s, %d file(s)", name, run_id, len(parts))
-    return manifest
+        rel = posixpath.join(OUTPUTS, table)
+        current = lake.table(rel)
+        rows, schema, columns = _fit(current, lake.uri(rel), conform(rows), partition_values(partition))
+        in_table = posixpath.join(*(f"{k}={v}" for k, v in columns.items()), f"{run_id}.parquet")
+        path = posixpath.join(rel, in_table)
+        store.write_parquet(path, rows)
+        size = store.fs.get_file_info(store.path(path)).size
+        version = lake.commit_files(rel, [DataFile(in_table, size, columns, rows.num_rows)], schema, list(columns),
+                                    replace=columns, metadata={"run_id": run_id, "commit": name}, table=current)
+        entries[f"{table}/{partition}"] = {"table": table, "partition": partition, "columns": columns,
+                                           "run_id": run_id, "version": version, "rows": rows.num_rows,
+                                           "files": {path: store.digest(path)}}
+    committed_at = datetime.now(UTC)
+    inputs = recorded_reads()  # the versions of the Delta tables the run read (etl.lake.records_reads)
+    record = json.dumps({"files": entries, **(meta or {}), **({"inputs": inputs} if inputs is not None else {})},
+                        default=str, sort_keys=True)
+    lake.write(RUNS, pa.Table.from_pylist([{"name": name, "run_id": run_id, "stage": stage,
+                                            "committed_at": committed_at, "record": record}], RUNS_SCHEMA),
+               partition_by=["name"], metadata={"run_id": run_id, "commit": name})  # the commit point
+    log.info("committed %s: run %s, %d partition(s)", name, run_id, len(parts))
+    return {**json.loads(record), "name": name, "run_id": run_id, "stage": stage,
+            "committed_at": committed_at.isoformat()}

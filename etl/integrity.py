@@ -3,8 +3,8 @@
 Two checks, both in `etl.storage.Store` (the one place Parquet is written and read):
 - page checksums: every file is written with a CRC32 per data page and every read verifies them, so a flipped
   byte inside a compressed page fails the read instead of decoding into wrong prices;
-- content hashes: the commit that publishes a file (a bronze batch manifest, a compaction marker, silver's state,
-  a risk/factors manifest) records the SHA-256 of its bytes; the readers that matter (silver, risk, the loader)
+- content hashes: the commit that publishes a file (a bronze candle commit, silver's state, a risk/factors run
+  record) records the SHA-256 of its bytes; the readers that matter (silver, risk, the loader)
   pass the recorded digests and a file whose bytes differ is refused, footer and page headers included.
 A file with no recorded digest (written before digests were recorded) is read with the page checks only.
 """
@@ -17,7 +17,7 @@ from datetime import date, timedelta
 
 from etl.errors import ValidationError
 
-HASH = "sha256"  # the manifests' key; hashlib's sha256 runs at ~2 GB/s (SHA-NI), far above Parquet decoding
+HASH = "sha256"  # the key of a commit's digests; hashlib's sha256 runs at ~2 GB/s (SHA-NI), far above Parquet decoding
 
 
 class CorruptFileError(ValidationError):
@@ -32,7 +32,7 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-_DAY = re.compile(r"/(?:as_of_date|date)=(\d{4}-\d{2}-\d{2})/")
+_DAY = re.compile(r"/(?:run_as_of_date|as_of_date|date)=(\d{4}-\d{2}-\d{2})/")
 
 
 def repair(rel: str) -> str:

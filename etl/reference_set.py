@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import pandas as pd
 
+from etl.integrity import digest
 from etl.portfolios import book_products, load_portfolios, load_positions
 from etl.reference import (
     DELISTED_ON,
@@ -57,6 +59,16 @@ class Reference:
     def quote_ccy(self) -> dict[str, str]:
         """product -> its quote currency."""
         return dict(zip(self.instruments["product_id"], self.instruments["quote_currency"], strict=True))
+
+    @cached_property
+    def digests(self) -> dict[str, str]:
+        """{file: SHA-256} of every reference file a run may read (the CSVs of the reference folder and the stress
+        scenario file): what a run records, so that recomputing it later can tell whether they changed."""
+        files = sorted(self.settings.reference_dir.glob("*.csv"))
+        stress = self.settings.stress_scenarios_file
+        if stress and Path(stress).exists() and Path(stress).parent != self.settings.reference_dir:
+            files.append(Path(stress))
+        return {str(f): digest(f.read_bytes()) for f in files}
 
     def needed_products(self) -> list[str]:
         """`book_products` of the reference files: what the book holds plus the conversion pairs valuation needs,

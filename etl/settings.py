@@ -212,9 +212,9 @@ class Settings:
     warehouse_lock_timeout_s: float = 600.0
     # long-running operation (docs/bronze.md "Compaction", docs/silver.md "One writer")
     daily_overlap_days: int = 3          # end of day re-fetches this many daily candles before the newest it has
-    compact_retention_hours: float = 24  # superseded bronze files stay readable this long after a compaction
-    lock_timeout_s: float = 3600         # how long silver / compaction wait for the writer lock
     silver_workers: int = 1              # processes rebuilding silver's (product, year) chunks
+    lake_retention_days: float = 90      # lake tables keep this much history (time travel, `risk --reproduce`)
+    lake_storage_options: dict[str, str] = field(default_factory=dict)  # an object store's options (etl/lake.py)
     bind_host: str = "127.0.0.1"         # address the local Airflow UI and the docs site listen on
 
     @property
@@ -314,11 +314,24 @@ def get_settings() -> Settings:
         **_stream_settings(source, port),
         warehouse_lock_timeout_s=_float("PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S", 600.0),
         daily_overlap_days=max(1, _int("PIPELINE_DAILY_OVERLAP_DAYS", 3)),
-        compact_retention_hours=max(0.0, _float("PIPELINE_COMPACT_RETENTION_HOURS", 24.0)),
-        lock_timeout_s=max(0.0, _float("PIPELINE_LOCK_TIMEOUT_S", 3600.0)),
         silver_workers=max(1, _int("PIPELINE_SILVER_WORKERS", os.cpu_count() or 1)),
+        lake_retention_days=max(0.0, _float("PIPELINE_LAKE_RETENTION_DAYS", 90.0)),
+        lake_storage_options=_lake_storage_options(),
         bind_host=_env("PIPELINE_BIND_HOST", "127.0.0.1"),
     )
+
+
+def _lake_storage_options() -> dict[str, str]:
+    """delta-rs' object-store options from the standard AWS variables (pyarrow reads the same ones itself): the
+    endpoint of an S3-compatible server (plain HTTP allowed when it is http://), credentials, region."""
+    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+             "AWS_DEFAULT_REGION")
+    options = {name: value for name in names if (value := _lookup(name))}
+    if region := options.pop("AWS_DEFAULT_REGION", None):
+        options.setdefault("AWS_REGION", region)
+    if options.get("AWS_ENDPOINT_URL", "").startswith("http://"):
+        options["AWS_ALLOW_HTTP"] = "true"
+    return options
 
 
 def _stream_settings(source: str, port: int) -> dict:

@@ -6,30 +6,22 @@ changes `PIPELINE_DATA_DIR`. Every single-file write is atomic, by the means eac
   renamed over its final name (a POSIX rename is atomic), so a crash never exposes half a file;
 - an object store (s3://, gs://, ...): one PUT of the final key (a multipart upload is published only when it
   completes), because object stores have no rename (pyarrow's "move" there is copy + delete, not atomic).
-A multi-file change is committed by writing ONE small file last (a manifest, a marker, a pointer) with these
-writes; readers decide what is current from that file only. See docs/commit_protocol.md.
+A multi-file change is committed by a Delta commit of the files written here (etl/lake.py); readers take what the
+table's log names, never a folder listing. See docs/commit_protocol.md.
 
 Integrity (etl/integrity.py): every Parquet file is written with page checksums and read with their verification;
 `digest` gives the SHA-256 a commit records, and the readers given `digests` refuse a file whose bytes differ. A
 file that does not read whole raises CorruptFileError naming its path and the command that rewrites it.
-
-`exclusive(...)` is the one-writer-at-a-time lock of a stage (silver, compaction): an OS file lock for a local
-path, a Postgres advisory lock for an object store; both die with their process.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import posixpath
-import socket
-import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -38,7 +30,6 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from etl import permissions
-from etl.errors import PipelineError
 from etl.integrity import CorruptFileError, digest
 from etl.settings import Settings, get_settings
 
@@ -46,6 +37,18 @@ log = logging.getLogger(__name__)
 HIVE = ds.partitioning(flavor="hive")
 PARQUET = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
     page_checksum_verification=True))
+
+
+def _write_table(table: pa.Table, where, fs: pafs.FileSystem | None = None) -> None:
+    text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    pq.write_table(table, where, filesystem=fs, compression="zstd", use_dictionary=text, write_page_checksum=True)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """The bytes `Store.write_parquet` writes for `table` (the same encoding), e.g. to name a file by its digest."""
+    sink = pa.BufferOutputStream()
+    _write_table(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,7 @@ class Store:
     def write_parquet(self, rel_path: str, table: pa.Table) -> str:
         """Write `table` to `rel_path` atomically. zstd; dictionary pages for the text columns only (prices and
         times are nearly all distinct: a dictionary attempt there costs time and bytes)."""
-        text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-        return self._write(rel_path, lambda path: pq.write_table(table, path, filesystem=self.fs, compression="zstd",
-                                                                 use_dictionary=text, write_page_checksum=True))
+        return self._write(rel_path, lambda path: _write_table(table, path, self.fs))
 
     def write_bytes(self, rel_path: str, data: bytes) -> str:
         """Write `data` to `rel_path` atomically (see the module docstring)."""
@@ -176,7 +177,7 @@ class Store:
 
     def entries(self, rel_dir: str) -> list[tuple[str, int]]:
         """(path relative to the root, size) of every file under rel_dir, recursively, hidden names included
-        (markers, manifests) but not the temporary files of writes in flight; sorted."""
+        (Delta logs) but not the temporary files of writes in flight; sorted."""
         out = []
         for info in self._entries(rel_dir, recursive=True):
             if info.type == pafs.FileType.File and not info.base_name.startswith(".tmp-"):
@@ -251,95 +252,3 @@ def partition_path(*parts: str, **keys: Any) -> str:
 
 def get_store(settings: Settings | None = None) -> Store:
     return Store.from_uri((settings or get_settings()).data_dir)
-
-
-# ---- one writer at a time --------------------------------------------------------------------------------------
-class LockTimeout(PipelineError):
-    """Another process holds the lock for longer than we may wait."""
-
-
-LOCK_DIR = "_locks"
-
-
-@contextmanager
-def exclusive(name: str, settings: Settings | None = None, timeout_s: float | None = None,
-              poll_s: float = 0.2) -> Iterator[None]:
-    """Hold the data root's lock `name` for the block; wait up to `timeout_s` (settings.lock_timeout_s) for it.
-
-    Local path: `fcntl.flock` on `{data}/_locks/<name>.lock`, which the kernel drops when the process dies
-    (SIGKILL included), so a crash never leaves it held. Object store: a Postgres session advisory lock on the
-    warehouse database, keyed by (data root, name): objects stores have no lock primitive that dies with its
-    holder, while a Postgres session ends with its connection. Raises LockTimeout naming the holder.
-    """
-    settings = settings or get_settings()
-    store = get_store(settings)
-    timeout_s = settings.lock_timeout_s if timeout_s is None else timeout_s
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(UTC).isoformat()}
-    lock = _file_lock if store.is_local else _advisory_lock
-    with lock(store, name, settings, timeout_s, poll_s, holder):
-        yield
-
-
-@contextmanager
-def _file_lock(store: Store, name: str, settings: Settings, timeout_s: float, poll_s: float,
-               holder: dict) -> Iterator[None]:
-    import fcntl
-
-    path = store.path(LOCK_DIR, f"{name}.lock")
-    os.makedirs(posixpath.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline, waited = time.monotonic() + timeout_s, False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited:
-                    log.info("waiting for the %s lock (%s): held by %s", name, path, _holder(path))
-                    waited = True
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(f"{path}: the {name} lock is held by {_holder(path)}; waited {timeout_s:.0f} s "
-                                      f"(PIPELINE_LOCK_TIMEOUT_S): let that run finish, then retry") from None
-                time.sleep(poll_s)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the flock
-
-
-def _holder(path: str) -> str:
-    try:
-        with open(path) as f:
-            h = json.loads(f.read() or "{}")
-        return f"pid {h['pid']} on {h['host']} since {h['since']}"
-    except (OSError, ValueError, KeyError):
-        return "another process"
-
-
-@contextmanager
-def _advisory_lock(store: Store, name: str, settings: Settings, timeout_s: float, poll_s: float,
-                   holder: dict) -> Iterator[None]:
-    import hashlib
-
-    import psycopg2
-
-    from etl import db
-
-    key = int.from_bytes(hashlib.blake2b(f"{store.root}:{name}".encode(), digest_size=8).digest(), "big",
-                         signed=True)
-    conn = psycopg2.connect(db.database_url(settings), application_name=f"pipeline-lock {name} pid {os.getpid()}")
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            if not db.wait_for_advisory_lock(cur, key, timeout_s, poll_s):
-                cur.execute("select a.application_name, a.backend_start from pg_locks l join pg_stat_activity a "
-                            "using (pid) where l.locktype = 'advisory' and l.granted limit 1")
-                row = cur.fetchone()
-                raise LockTimeout(f"{store.path()}: the {name} lock is held by "
-                                  f"{row[0] if row else 'another session'}; waited {timeout_s:.0f} s "
-                                  "(PIPELINE_LOCK_TIMEOUT_S): let that run finish, then retry")
-        yield
-    finally:
-        conn.close()  # ends the session, which releases its advisory locks

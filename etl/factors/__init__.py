@@ -18,6 +18,7 @@ from etl.factors import io
 from etl.factors.factor_model import FactorConfig, compute, output_tables
 from etl.factors.rolling_ols import RollingOLSResult, rolling_ols
 from etl.factors.universe_returns import universe_returns
+from etl.lake import records_reads
 from etl.reference_set import Reference
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
@@ -58,6 +59,7 @@ def output_window(settings: Settings, config: FactorConfig, end: datetime | None
     return read_start, out_start, end_ts
 
 
+@records_reads
 def run_factors(settings: Settings | None = None, end: datetime | None = None, *,
         config: FactorConfig | None = None, reference: Reference | None = None) -> FactorSummary:
     """Factor returns, membership and exposures for the configured products up to `end` (default: now).

@@ -50,8 +50,8 @@ def read_prices(settings: Settings, products: list[str], start: datetime, end: d
 
 def write_outputs(store: Store, tables: dict[str, pd.DataFrame]) -> tuple[dict[str, int], list[str]]:
     """Write each table as outputs/<table>/date=D/<run_id>.parquet, one file per UTC day of its time column, and
-    commit them all with the one manifest `outputs/_commits/factors.json` (etl/commits.py; it keeps the days of
-    earlier runs that this run does not rewrite).
+    commit them all with one run record named "factors" (etl/commits.py; the days of earlier runs that this run
+    does not rewrite stay committed).
 
     A day's file is replaced whole, so a rerun over the same days is idempotent. Returns the rows written per table
     and the days written.
@@ -75,15 +75,15 @@ def write_outputs(store: Store, tables: dict[str, pd.DataFrame]) -> tuple[dict[s
             days.add(date)
         rows[name] = len(frame)
         log.info("factors: %s %d rows in %d day partitions", name, len(frame), len(cuts) - 2 if len(day) else 0)
-    commits.publish(store, COMMIT_NAME, "factors", parts, merge=True)
+    commits.publish(store, COMMIT_NAME, "factors", parts)
     return rows, sorted(days)
 
 
 def read_days(store: Store, table: str, days: list[str], columns: list[str]) -> pd.DataFrame:
-    """`columns` of the committed `table` files of the UTC days `days` (YYYY-MM-DD) the factor manifest has (an
+    """`columns` of the committed rows of `table` of the UTC days `days` (YYYY-MM-DD) the factor commits have (an
     empty frame when none)."""
     files = (commits.read_manifest(store, COMMIT_NAME) or {"files": {}})["files"]
-    parts = [store.read_parquet(files[key]["path"], columns=columns)
+    parts = [commits.read_entry(store, files[key], columns=columns)
              for key in (f"{table}/date={d}" for d in days) if key in files]
     return pa.concat_tables(parts).to_pandas() if parts else pd.DataFrame(columns=columns)
 

@@ -26,8 +26,8 @@ DAILY = 86400
 
 # ---- pools --------------------------------------------------------------------------------------------------
 API_POOL = "coinbase_api"
-# One silver writer at a time across all DAGs (build_silver, compact_bronze); the task itself also takes the
-# data root's silver lock (etl.storage.exclusive), which covers the CLI and other Airflow deployments.
+# One silver writer at a time across all DAGs (build_silver, compact_bronze). Outside this pool (the CLI, other
+# deployments) two writers resolve at their Delta commits (the later fails with a conflict, nothing half-written).
 SILVER_POOL = "silver_writer"
 SILVER_POOL_SLOTS = 1
 

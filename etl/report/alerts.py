@@ -40,7 +40,7 @@ from etl.report import cockpit, completeness
 from etl.report.breach_actions import is_quiet
 from etl.report.gold import GoldReader
 from etl.risk.intraday import BREACH_TABLE, bucket_of
-from etl.risk.intraday_io import committed_path
+from etl.risk.intraday_io import committed_rows
 from etl.settings import Settings, get_settings
 from etl.storage import Store, get_store
 
@@ -231,11 +231,10 @@ def send_intraday_alerts(interval_start: datetime | str, settings: Settings | No
     settings = settings or get_settings()
     bucket = bucket_of(interval_start)
     store = get_store(settings)
-    rel = committed_path(store, BREACH_TABLE, bucket)
-    if rel is None:
+    rows = committed_rows(store, BREACH_TABLE, bucket)
+    if rows is None:
         raise DataNotFoundError(f"no committed intraday limit checks for {bucket.isoformat()}: run the intraday risk "
                                 "task for this interval first")
-    rows = store.read_parquet(rel).to_pandas()
     rows = rows.astype(object).where(rows.notna(), None).to_dict("records")
     channels = configured_channels(settings)
     new, errors, smtp = 0, [], None

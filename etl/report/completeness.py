@@ -4,7 +4,7 @@ Checks, for the as-of day D (each failure is one line naming the table or file a
 1. gold.dim_portfolio has portfolios (plus those the committed risk run valued);
 2. gold.fact_portfolio_valuation, fact_pnl_daily and fact_risk_metrics have a row for D for every portfolio;
 3. gold.fact_limit_breaches can be read (no table = breaches unknown, never "0 breaches");
-4. fresh: when the data store holds the risk commit for D (outputs/_commits/risk/as_of_date=D.json), gold's
+4. fresh: when the data store holds the risk commit for D (its run record in outputs/_runs), gold's
    fact_risk_metrics rows for D carry that commit's run id (else a newer risk run is not loaded/built yet).
 5. priced: every holding of D in gold.fact_positions is valued at a close of D; one whose product has no daily
    bar on D (is_stale) fails it, naming the product, its last bar and the portfolios holding it, unless the
@@ -88,7 +88,7 @@ def check(reader: GoldReader, as_of: date, settings: Settings) -> Completeness:
         if runs is not None and runs and runs != {manifest["run_id"]}:
             out.problems.append(f"gold.fact_risk_metrics for {as_of} is stale: it holds risk run(s) "
                                 f"{', '.join(sorted(runs))} but run {manifest['run_id']} is committed "
-                                f"({commits.manifest_path(commits.risk_manifest(as_of))}): run `python -m etl load`")
+                                f"({commits.RUNS}, {commits.risk_manifest(as_of)}): run `python -m etl load`")
         elif runs is None:
             out.problems.append("gold.fact_risk_metrics has no risk_run_id column: run `python -m etl load`")
     out.problems += suspect_prices(reader, as_of, settings)

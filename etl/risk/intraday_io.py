@@ -1,8 +1,8 @@
 """Intraday risk I/O: one run values one 5-minute bucket (etl.risk.intraday) and commits its two files.
 
-Outputs (one file per table per bucket): outputs/intraday_risk/as_of_date=D/bucket=HHMM/<run_id>.parquet and
-outputs/intraday_limit_breaches/..., committed together by the day's manifest outputs/_commits/intraday/
-as_of_date=D.json (etl.commits); a rerun of the interval replaces both.
+Outputs (one partition per table per bucket): the Delta tables outputs/intraday_risk and
+outputs/intraday_limit_breaches, partitions as_of_date=D/bucket=HHMM, committed together by one run record named
+intraday/as_of_date=D (etl.commits); a rerun of the interval replaces both.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 
 from etl import commits
+from etl.lake import records_reads
 from etl.portfolios import book_products
 from etl.reference_set import Reference
 from etl.risk.intraday import BREACH_TABLE, RISK_TABLE, bucket_of, check_bucket, compute
@@ -52,7 +53,7 @@ class IntradaySummary:
 
 
 def intraday_manifest(day: date) -> str:
-    """The commit manifest of one UTC day's intraday outputs (etl.commits): each run adds its bucket's two files."""
+    """The commit name of one UTC day's intraday outputs (etl.commits): each run adds its bucket's two partitions."""
     return f"intraday/as_of_date={day.isoformat()}"
 
 
@@ -60,19 +61,19 @@ def bucket_partition(bucket: pd.Timestamp) -> str:
     return f"as_of_date={bucket.date().isoformat()}/bucket={bucket.strftime('%H%M')}"
 
 
-def committed_path(store, table: str, bucket: pd.Timestamp) -> str | None:
-    """The committed file of `table` for `bucket`, or None when that bucket's run has not committed."""
+def committed_rows(store, table: str, bucket: pd.Timestamp) -> pd.DataFrame | None:
+    """The committed rows of `table` for `bucket`, or None when that bucket's run has not committed."""
     manifest = commits.read_manifest(store, intraday_manifest(bucket.date())) or {"files": {}}
     entry = manifest["files"].get(f"{table}/{bucket_partition(bucket)}")
-    return entry["path"] if entry else None
+    return None if entry is None else commits.read_entry(store, entry).to_pandas()
 
 
 def write_outputs(store, bucket: pd.Timestamp, tables: dict[str, pd.DataFrame]) -> None:
-    """Commit the bucket's risk and breach rows together (one manifest write): a rerun replaces both."""
+    """Commit the bucket's risk and breach rows together (one run record): a rerun replaces both."""
     parts = {(name, bucket_partition(bucket)): to_arrow(df) for name, df in tables.items()}
     for (name, _), part in parts.items():
         check_output(name, part.column_names)
-    commits.publish(store, intraday_manifest(bucket.date()), "intraday", parts, merge=True)
+    commits.publish(store, intraday_manifest(bucket.date()), "intraday", parts)
 
 
 def previous_breaches(store, bucket: pd.Timestamp) -> pd.DataFrame | None:
@@ -85,11 +86,11 @@ def previous_breaches(store, bucket: pd.Timestamp) -> pd.DataFrame | None:
         if day == bucket.date():
             keys = [k for k in keys if k[len(prefix):] < bucket.strftime("%H%M")]
         if keys:
-            entry = manifest["files"][keys[-1]]
-            return store.read_parquet(entry["path"], sha256=entry.get("sha256")).to_pandas()
+            return commits.read_entry(store, manifest["files"][keys[-1]]).to_pandas()
     return None
 
 
+@records_reads
 def run_intraday_risk(interval_start: datetime | str, settings=None, now: datetime | None = None,
                       reference: Reference | None = None) -> IntradaySummary:
     """Revalue every portfolio at the bucket starting at `interval_start` and write its two output files.

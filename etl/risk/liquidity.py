@@ -21,18 +21,19 @@ exceeds it, as etl/risk/engine.limit_breaches reports the others (a NaN lvar_99 
 from __future__ import annotations
 
 import logging
-import posixpath
 from datetime import date
 
 import numpy as np
 import pandas as pd
 
+from etl.lake import Lake
 from etl.settings import Settings
-from etl.storage import Store, partition_path
+from etl.silver import increments
+from etl.silver.liquidity import LIQUIDITY_DIR
+from etl.storage import Store
 
 log = logging.getLogger(__name__)
 
-LIQUIDITY_DIR = "silver/liquidity_5m"   # etl.silver.liquidity.LIQUIDITY_DIR (not imported: risk reads silver files)
 BOOK_COLUMNS = ["bucket_start", "spread_bps", "bid_prices", "bid_quantities", "ask_prices", "ask_quantities"]
 
 
@@ -110,11 +111,10 @@ def lvar_breaches(portfolio: pd.DataFrame, portfolios: pd.DataFrame, base_of: di
 
 def read_books(store: Store, products: list[str], day: date) -> pd.DataFrame:
     """The silver liquidity rows of `day` for `products` (those with a partition), with product_id."""
-    frames = []
+    frames, lake = [], Lake.of(store)
     for product in products:
-        rel = posixpath.join(partition_path(LIQUIDITY_DIR, product_id=product, date=day.isoformat()),
-                             "part-0.parquet")
-        if store.exists(rel):
+        rel = increments.partition_file(lake, LIQUIDITY_DIR, product, day.isoformat())
+        if rel is not None:
             df = store.read_parquet(rel, columns=BOOK_COLUMNS).to_pandas()
             frames.append(df.assign(product_id=product))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["product_id", *BOOK_COLUMNS])

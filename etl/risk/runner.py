@@ -1,17 +1,18 @@
 """The risk engine's only I/O: read silver bars and the reference data, write the output tables.
 
-Outputs go through the Store and the commit protocol (etl/commits.py): `outputs/<table>/as_of_date=<D>/<run_id>.parquet`,
-one file per table per run, all committed at once by the manifest `outputs/_commits/risk/as_of_date=<D>.json`
-(a killed run commits nothing; a rerun replaces the day whole). Every risk_metrics row carries `risk_run_id`. History tables (portfolio_valuation, pnl_daily, var_backtest, anomalies_daily)
-hold many days in the as-of partition; every row carries its own key columns (read the files one by one, or
-without hive partitioning, since the row column as_of_date differs from the partition value there).
+Outputs go through the commit protocol (etl/commits.py): each table is a Delta table, one file per table per run
+(`outputs/<table>/run_as_of_date=<D>/<run_id>.parquet`), all committed at once by the run record
+`risk/as_of_date=<D>` in `outputs/_runs` (a killed run commits nothing; a rerun replaces the day whole). Every
+risk_metrics row carries `risk_run_id`. History tables (portfolio_valuation, pnl_daily, var_backtest,
+anomalies_daily) hold many days in the run's partition; every row carries its own key columns (hence the partition
+column run_as_of_date, not as_of_date).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -20,6 +21,7 @@ import pandas as pd
 from etl import commits
 from etl.errors import DataNotFoundError, ValidationError
 from etl.factors import io as factor_io
+from etl.lake import records_reads
 from etl.portfolios import book_products
 from etl.reference import DELISTED_ON
 from etl.reference_set import Reference
@@ -65,6 +67,7 @@ class RiskSummary:
                 f"breach(es), {self.seconds:.1f}s; rows: {tables}")
 
 
+@records_reads
 def run_risk(as_of: date | None = None, settings: Settings | None = None,
              reference: Reference | None = None) -> RiskSummary:
     """Compute and write every risk table for `as_of` (None = the last complete UTC day with daily bars for all
@@ -90,11 +93,14 @@ class RiskInputs:
     closes: pd.DataFrame                  # engine.close_matrix
     last_bar: pd.Series                   # product -> its last daily bar on or before as_of
     bars_5m: pd.DataFrame
+    reference_digests: dict[str, str]     # Reference.digests: the reference files as read
 
 
-def load_inputs(as_of: date | None, settings: Settings, reference: Reference | None = None) -> RiskInputs:
-    """The reference data and the silver bars of the as-of day's run (None: see run_risk)."""
-    params = RiskParams.from_settings(settings)
+def load_inputs(as_of: date | None, settings: Settings, reference: Reference | None = None,
+                params: RiskParams | None = None) -> RiskInputs:
+    """The reference data and the silver bars of the as-of day's run (None: see run_risk), with `params` (default:
+    from settings)."""
+    params = params or RiskParams.from_settings(settings)
     reference = Reference.of(reference, settings)
     instruments, portfolios, positions = reference.instruments, reference.portfolios, reference.positions
     quote_ccy = reference.quote_ccy
@@ -126,7 +132,7 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
     bars_5m = _read_bars("5m", products, as_of - timedelta(days=1), as_of, settings)
     last_bar = bars[bars["price_date"] <= as_of_ts].groupby("product_id")["price_date"].max()
     return RiskInputs(as_of, params, instruments, portfolios, positions, quote_ccy, products, closes, last_bar,
-                      bars_5m)
+                      bars_5m, reference.digests)
 
 
 def finish_portfolio_tables(inputs: RiskInputs, portfolios: pd.DataFrame, tables: dict[str, pd.DataFrame],
@@ -145,7 +151,7 @@ def finish_portfolio_tables(inputs: RiskInputs, portfolios: pd.DataFrame, tables
 
 def commit_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings: Settings,
                   t0: float) -> RiskSummary:
-    """Write every table of the whole book and commit them with one manifest (etl.commits)."""
+    """Write every table of the whole book and commit them with one run record (etl.commits)."""
     as_of = inputs.as_of
     run_id = commits.new_run_id()
     tables["risk_metrics"]["risk_run_id"] = run_id
@@ -163,7 +169,9 @@ def commit_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings:
         check_output(name, part.column_names)  # every column declared in etl/warehouse/tables.yml, and no other
     commits.publish(get_store(settings), commits.risk_manifest(as_of), "risk", parts, run_id=run_id,
                     meta={"as_of": as_of.isoformat(),
-                          "portfolios": sorted(map(str, inputs.portfolios["portfolio_id"]))})
+                          "portfolios": sorted(map(str, inputs.portfolios["portfolio_id"])),
+                          # what `risk --reproduce` needs beside the table versions (etl/risk/reproduce.py)
+                          "params": asdict(inputs.params), "reference": inputs.reference_digests})
     summary.rows = {name: part.num_rows for (name, _), part in parts.items()}
     summary.seconds = time.perf_counter() - t0
     log.info("%s", summary)

@@ -87,7 +87,7 @@ def load_scenarios(store, before: date, max_days_back: int = SCENARIO_MAX_DAYS_B
             continue
         entries = [manifest["files"].get(f"{t}/as_of_date={d.isoformat()}") for t in SCENARIO_TABLES]
         if all(entries):
-            tables = [store.read_parquet(e["path"], sha256=e.get("sha256")).to_pandas() for e in entries]
+            tables = [commits.read_entry(store, e).to_pandas() for e in entries]
             if all(len(t) for t in tables):
                 return ScenarioSet.from_tables(*tables)
         log.warning("scenario set as of %s is incomplete; trying an earlier EOD run", d)

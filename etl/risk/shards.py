@@ -7,7 +7,7 @@ products the whole book holds fix the scenario sets and the Monte Carlo draws, s
 same in any shard) and writes them to the uncommitted area `outputs/_shards/<run_key>/<shard>/`, its `done.json`
 marker last. `commit_shards` checks every shard's marker (else it fails naming the missing ones and commits
 nothing), computes what needs the whole book (`engine.book_tables`: firm VaR/ES from every position's USD
-exposure, firm contributions and stress, the product tables) and commits all tables with ONE manifest, as
+exposure, firm contributions and stress, the product tables) and commits all tables with ONE run record, as
 `run_risk` does (etl.commits), then deletes the run's shard area, and `_shards` itself once no other run's shards
 wait there. One shard gives the same tables as `run_risk`.
 """
@@ -26,6 +26,7 @@ import pandas as pd
 
 from etl.commits import OUTPUTS
 from etl.errors import DataNotFoundError
+from etl.lake import note_read, recorded_reads, records_reads
 from etl.reference_set import Reference
 from etl.risk.engine import append_tables, book_tables, portfolio_tables
 from etl.risk.runner import RiskSummary, commit_tables, finish_portfolio_tables, load_inputs
@@ -66,6 +67,7 @@ def shard_dir(run_key: str, shard: int | None = None) -> str:
     return root if shard is None else posixpath.join(root, str(shard))
 
 
+@records_reads
 def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Settings,
               reference: Reference | None = None) -> dict:
     """Compute the per-portfolio tables of one shard into its uncommitted area; returns its row counts."""
@@ -82,16 +84,17 @@ def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Sett
         rows[name] = len(df)
         store.write_parquet(posixpath.join(folder, f"{name}.parquet"), to_arrow(df))
     done = {"as_of": as_of.isoformat(), "shard": shard, "shards": shards, "portfolios": ids, "rows": rows,
-            "seconds": round(time.perf_counter() - t0, 3)}
+            "seconds": round(time.perf_counter() - t0, 3), "inputs": recorded_reads()}
     store.write_json(posixpath.join(folder, DONE), done)        # the shard's commit point
     log.info("risk shard %d/%d as of %s: %d portfolios in %.1fs", shard + 1, shards, as_of, len(ids),
              done["seconds"])
     return done
 
 
+@records_reads
 def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings,
                   reference: Reference | None = None) -> RiskSummary:
-    """Check every shard is done, add the whole book's tables and commit everything with one manifest."""
+    """Check every shard is done, add the whole book's tables and commit everything with one run record."""
     t0 = time.perf_counter()
     store = get_store(settings)
     done = {i: posixpath.join(shard_dir(run_key, i), DONE) for i in range(shards)}
@@ -101,6 +104,9 @@ def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings,
                                 f"{store.path(done[missing[0]])}; nothing committed. Rerun compute_risk_shard "
                                 f"{missing} of that run, then compute_risk")
     markers = {i: store.read_json(rel) for i, rel in done.items()}
+    for marker in markers.values():  # what the shards read (in their own processes) is what the run read
+        for key, version in (marker.get("inputs") or {}).items():
+            note_read(key, version)
     inputs = load_inputs(as_of, settings, reference)
     book = sorted(map(str, inputs.portfolios["portfolio_id"]))
     got = sorted(p for m in markers.values() if m["as_of"] == as_of.isoformat() for p in m["portfolios"])

@@ -1,39 +1,45 @@
-"""`build()`: bronze candles -> silver 5-minute and daily bars, recomputing only what new bronze batches touched.
+"""`build()`: bronze candles -> silver 5-minute and daily bars, recomputing only what new bronze commits touched.
 
-Silver reads each bronze partition's *current version* (etl.compaction: the newest compaction marker's files plus
-the committed batch files it does not replace; a batch is committed once its manifest exists). The state
-`{data}/silver/_state/partitions.json` records, per (product, date), the version silver last read (marker name and
-batch ids, exactly the files it read); a run lists bronze once, and rebuilds the partitions whose version differs.
-The state holds one small entry per partition: it does not grow per run (a compacted day is one marker name).
+Silver reads the bronze candles Delta table (etl/candles.py) at one version of its log, and decides which
+(product, date) partitions to rebuild from the files added or removed since the bronze version it last processed
+(etl.silver.increments.since; a compaction or a quarantined file is a change too). That version is recorded in
+the metadata of the build's last commit (`silver_read` on bars_1d: `bronze_version`, and per partition the price
+overrides of its day it was built with: accepting a print rebuilds its day), so it moves with the data.
 The market-data quality gate (price_quality) judges a day's candles with the two days before and the day after
-(CONTEXT_DAYS): a partition is rebuilt when it or one of those changed (or the price overrides of its day did),
-reading them as context, so its output stays a pure function of those four partitions.
-Before reading, an incremental run folds each partition to rebuild whose current version holds two or more files
-into one file per granularity (etl.compaction.fold): the open day's intraday batches do not pile up, so the cost
-of a run stays flat through the day. A full refresh only reads bronze.
+(CONTEXT_DAYS): a partition is rebuilt when it or one of those changed, reading them as context, so its output
+stays a pure function of those four partitions. A full refresh reads every partition.
+Before reading, an incremental run folds each partition to rebuild that holds several files into one file of the
+rows readers keep (etl.candles.compact): the open day's intraday batches do not pile up, so the cost of a run
+stays flat through the day; the bars are the same.
 
-One writer at a time: the whole read-decide-write runs under the data root's `silver` lock (etl.storage.exclusive),
-which compaction takes too. Every output file is a pure function of its bronze partition(s), so a full refresh
-writes the same bytes as incremental runs.
+Output: four Delta tables (SILVER_TABLES), each committed once per build on top of the version the build loaded
+first (no lock: a concurrent build that committed first makes this one fail with LakeConflict); files are written
+before, invisible until the commit. Every output file is a pure function of its bronze partition(s), so a full
+refresh writes the same bytes as incremental runs. docs/commit_protocol.md says what a crash between the tables'
+commits leaves and how the next build repairs it.
 
-Integrity (etl/integrity.py): the state also records the SHA-256 of every silver file (`files`), written with the
-state, and readers (`read_bars`, the loader) check the files they read against it. Unreadable inputs: a bronze file
-that does not read whole or differs from the digest its batch manifest or compaction marker recorded is moved to
-`bronze/quarantined_files/` with its reason and the partition is built from the rest (re-ingest that window to
-get its rows back); a corrupt state file or daily file stops the run (ValidationError, exit 2) saying which file
-and to run `--full-refresh`.
+Integrity (etl/integrity.py): each silver file is named by its SHA-256 (`part-<digest>.parquet`), so the log holds
+the digest and readers (`read_bars`, the loader) check the files they read against it. Unreadable inputs: a bronze
+file that does not read whole, or a new one whose bytes differ from the digest its commit recorded, is moved to
+`bronze/quarantined_files/` with its reason, taken out of the bronze table, and the partition is built from the rest
+(re-ingest that window to get its rows back); a corrupt `silver_read` or daily file stops the run (ValidationError,
+exit 2) saying which file and to run `--full-refresh`.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import multiprocessing
 import os
+import posixpath
+import re
 import signal
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -44,12 +50,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl import compaction
-from etl.compaction import CANDLES_DIR
+from etl import candles
+from etl.candles import CANDLES_DIR
+from etl.commits import new_run_id
 from etl.errors import ValidationError
-from etl.integrity import CorruptFileError
+from etl.integrity import CorruptFileError, digest
+from etl.lake import DataFile, Lake, LakeConflict
 from etl.settings import Settings, get_settings
-from etl.silver import price_quality, quality
+from etl.silver import increments, price_quality, quality
 from etl.silver.bars import (
     BAR_1D_GRANULARITIES,
     BAR_5M_GRANULARITIES,
@@ -60,12 +68,13 @@ from etl.silver.bars import (
     aggregate,
     latest_per_key,
 )
-from etl.storage import Store, exclusive, get_store, partition_path
+from etl.storage import Store, get_store, parquet_bytes, partition_path
 from etl.stream.sinks import BOOK_DIR, TRADES_DIR
 from etl.utc import to_utc
 
 if TYPE_CHECKING:  # pandas: the build's process only, not its workers
     import pandas as pd
+    from deltalake import DeltaTable
 
     from etl.reference_set import Reference
 
@@ -76,10 +85,10 @@ BARS_5M_DIR = "silver/bars_5m"
 BARS_1D_DIR = "silver/bars_1d"
 QUARANTINE_DIR = "silver/quarantine"
 PRICE_QUALITY_DIR = "silver/price_quality"
-STATE_FILE = "silver/_state/partitions.json"
-OLD_STATE_FILE = "silver/_state/processed_batches.json"  # before partition versions: replaced on the next run
+BRONZE_VERSION = "bronze_version"  # in `silver_read`: the bronze version the build read
 QUALITY_DIR = "silver/_quality"
-PART = "part-0.parquet"
+SILVER_READ = "silver_read"   # metadata of a build's last commit: what it read of bronze, per partition
+_DIGEST_NAME = re.compile(r"/part-([0-9a-f]{64})\.parquet$")  # a silver file is named by its SHA-256
 DAY_US = 86_400 * US
 
 # What silver reads of bronze: never `raw` (the bulk of a bronze file), which only quarantined rows need.
@@ -93,6 +102,12 @@ QUARANTINE_SCHEMA = pa.schema([
 # The quality gate's flagged prints (etl/silver/price_quality.py) with the decision taken on each.
 PRICE_QUALITY_SCHEMA = pa.schema([*price_quality.FLAG_SCHEMA, ("decision", pa.string()), ("accepted_by", pa.string()),
                                   ("accepted_at", TS), ("override_reason", pa.string())])
+BY_DAY = ["product_id", "date"]
+# The Delta tables a build writes (schema of their files, partition columns), committed in this order: the last
+# one's commit records what the build read.
+SILVER_TABLES = {QUARANTINE_DIR: (QUARANTINE_SCHEMA, BY_DAY), PRICE_QUALITY_DIR: (PRICE_QUALITY_SCHEMA, BY_DAY),
+                 BARS_5M_DIR: (BARS_5M_SCHEMA, BY_DAY), BARS_1D_DIR: (BARS_1D_SCHEMA, ["product_id", "year"])}
+LAST_TABLE = BARS_1D_DIR
 
 
 @dataclass
@@ -110,7 +125,7 @@ class SilverSummary:
     incomplete_bars: int = 0              # 5-minute bars with fewer candles than the bar holds
     missing_buckets: int = 0              # empty 5-minute buckets between a partition's first and last bar
     partitions: int = 0                   # (product, date) partitions rebuilt
-    batches: int = 0                      # bronze batches taken in (new to silver in the partitions rebuilt)
+    batches: int = 0                      # bronze batches committed since the bronze version last read
     bad_files: list[str] = field(default_factory=list)  # unreadable bronze files moved to quarantine
     full_refresh: bool = False
     seconds: float = 0.0
@@ -140,15 +155,14 @@ def build(full_refresh: bool = False, settings: Settings | None = None, now: dat
           reference: Reference | None = None) -> SilverSummary:
     """Bring silver up to date with bronze; `full_refresh` recomputes every partition (same bytes as incremental).
 
-    `now` is the reference time of the `not_in_future` rule (default: the current time). Waits for the silver
-    lock (settings.lock_timeout_s) while another build or a compaction holds it. `reference`: the run's reference
-    data (etl.reference_set; default: the files of `settings`).
+    `now` is the reference time of the `not_in_future` rule (default: the current time). Raises LakeConflict when
+    another build committed to a silver table since this one loaded it. `reference`: the run's reference data
+    (etl.reference_set; default: the files of `settings`).
     """
     from etl.reference_set import Reference  # pandas: the build's process only, not its workers
 
     settings = settings or get_settings()
-    with exclusive(compaction.SILVER_LOCK, settings):
-        return _build(full_refresh, settings, now, Reference.of(reference, settings))
+    return _build(full_refresh, settings, now, Reference.of(reference, settings))
 
 
 def _build(full_refresh: bool, settings: Settings, now: datetime | None, reference: Reference) -> SilverSummary:
@@ -157,37 +171,35 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
     now = to_utc(now) if now else datetime.now(UTC)  # naive means UTC, like everywhere in the platform
     summary = SilverSummary(full_refresh=full_refresh)
 
-    state = {} if full_refresh else _load_state(store)
-    state_files = {} if full_refresh else file_digests(store)
-    committed = compaction.committed_batches(store)
-    parts = compaction.scan(store, BRONZE_DIR)
+    silver = _snapshot(Lake.of(store, settings))
+    lake = silver.lake
+    last, state = (None, {}) if full_refresh else _load_state(silver)
     overrides = _overrides(reference.price_overrides)
-    changed = {k for k, p in parts.items() if state.get(_key(k)) != _version(p, committed, overrides)}
-    # the quality gate judges a day's prints with the days around it: a change reaches the days that read it
-    todo = {k: parts[k] for k in sorted(changed | {n for k in changed for n in _shifted(k, REACHED)} & parts.keys())}
-    listed = {k: compaction.version(p, committed)["batches"] for k, p in todo.items()}  # batches before the fold
-    if not full_refresh:  # today's partition gains a batch per intraday run: fold it so a run reads O(1) files
-        folded = compaction.fold(store, parts, todo, committed, settings)
-        todo = {k: parts[k] for k in todo}
+    bronze, parts, todo = _plan(lake, last, state, overrides)
+    crowded = [k for k in todo if not candles.compacted(parts[k])]
+    if crowded and not full_refresh:  # today's partition gains a batch per intraday run: fold it into one file
+        folded = _fold(store, lake, crowded, bronze)
         summary.rows_in = summary.duplicates = folded.rows_in - folded.rows_out  # versions the fold dropped
         summary.bad_files += folded.bad_files
-    log.info("silver %s: %d of %d bronze partitions to rebuild", "full refresh" if full_refresh else "incremental",
-             len(todo), len(parts))
-    files = {k: compaction.current_files(store, p, committed) for k, p in sorted(todo.items())}
+        bronze, parts, todo = _plan(lake, last, state, overrides)
+    log.info("silver %s: %d of %d bronze partitions to rebuild (bronze version %s)",
+             "full refresh" if full_refresh else "incremental", len(todo), len(parts), bronze.version)
+    files = {k: parts[k] for k in todo}
+    taken_in = [] if bronze.version is None else lake.commits(BRONZE_DIR, bronze.since, bronze.version)
     currencies = _quote_currencies({p for p, _ in files}, reference)
 
     chunks: dict[tuple[str, str], list[str]] = defaultdict(list)  # (product, month): a worker's memory is a month
     for product, day in sorted(files):
         chunks[(product, day[:7])].append(day)
 
-    written: dict[str, str | None] = {}  # silver file -> its digest (None: deleted, the day has no rows any more)
+    bad: list[str] = []
+    written: dict[str, DataFile | None] = {}  # silver partition -> its new file (None: the day has no rows any more)
     read: dict[tuple[str, str], dict] = {}
     daily: dict[tuple[str, int], list] = defaultdict(list)  # (product, year) -> its chunks' (days, daily bars)
+    digests = candles.digests(taken_in)  # of the files new since the last build: older ones were checked then
     jobs = [(store, product, days, [f for d in days for f in files[(product, d)]], currencies[product], now,
-             _context_files(store, parts, committed, product, days), overrides.get(product))
+             _context_files(parts, product, days), overrides.get(product), digests)
             for (product, _), days in sorted(chunks.items())]
-    digests = compaction.recorded_digests(store, [f for job in jobs for f in job[3] + job[6]])
-    jobs = [(*job, digests) for job in jobs]
     # chunks in worker processes (each writes its own days' files; this process alone writes the daily year files
     # and commits the state below, so a failed worker leaves the previous state); threads in one process crashed
     # pyarrow (SIGSEGV, bad_alloc)
@@ -195,25 +207,25 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
     with _pool(workers) as map_chunks:
         for job, (counts, chunk_files, paths, bars_1d) in zip(jobs, map_chunks(_rebuild_chunk, jobs), strict=True):
             _, product, days, wanted = job[:4]
-            _drop_unreadable(parts, set(wanted) - set(paths))
             _add(summary, counts)
             written.update(chunk_files)
             daily[(product, int(days[0][:4]))].append((days, bars_1d))
+            bad += sorted(set(wanted) - set(paths))  # set aside by the worker
             for day in days:
-                read[(product, day)] = _version(parts[(product, day)], committed, overrides)
+                read[(product, day)] = _version((product, day), overrides)
+    read_version = bronze.version
+    if candles.remove(store, lake, bad) == (read_version or 0) + 1:  # nothing else committed since the read:
+        read_version += 1                                               # the build read that version minus `bad`
     for (product, year), months in sorted(daily.items()):
         day_numbers = [_day_number(d) for days, _ in months for d in days]
         bars_1d = pa.concat_tables([t for _, t in months]).combine_chunks()
-        written.update(_write_daily(store, product, year, day_numbers, bars_1d, full_refresh, state_files))
-    if full_refresh:
-        _delete_stale(store, written)
-    new_batches = {b for v in listed.values() for b in v} - \
-        {b for k in read for b in (state.get(_key(k)) or {}).get("batches", [])}
-    summary.batches = len(new_batches)
-    # what this build read, per partition; partitions that have no bronze any more drop out
+        written.update(_write_daily(store, silver, product, year, day_numbers, bars_1d, full_refresh))
+    summary.batches = sum(candles.BATCH_ID in c for c in taken_in)
+    # what this build read; partitions that have no bronze any more drop out
     kept = {_key(k) for k in parts}
-    _save_state(store, {k: v for k, v in state.items() if k in kept} | {_key(k): v for k, v in read.items()},
-                {k: v for k, v in (state_files | written).items() if v})
+    if written or full_refresh or read_version != last:
+        _commit(store, silver, written, full_refresh, read_version,
+                {k: v for k, v in state.items() if k in kept} | {_key(k): v for k, v in read.items()})
     if store.exists(TRADES_DIR):  # live trades from `python -m etl stream`: 5-minute bars from trades too
         from etl.silver.trade_bars import build_trade_bars
 
@@ -231,6 +243,31 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
                      {"run_at": finished.isoformat(), "now": now.isoformat(), **asdict(summary)})
     log.info("silver: %s", str(summary).replace("\n", " |"))
     return summary
+
+
+def _plan(lake: Lake, last: int | None, state: dict[str, dict], overrides: dict[str, pa.Table]
+          ) -> tuple[increments.Increment, dict[tuple[str, str], list[str]], list[tuple[str, str]]]:
+    """(bronze at its latest version and its changes since version `last`, its files by partition, the
+    partitions to rebuild: those whose files or overrides changed, and the days whose quality gate reads them)."""
+    bronze = increments.since(lake, BRONZE_DIR, last)
+    parts = candles.by_partition(bronze.files)
+    changed = set(increments.touched(bronze.new + bronze.removed, BRONZE_DIR)) | \
+        {k for k in parts if state.get(_key(k)) != _version(k, overrides)}
+    return bronze, parts, sorted((changed | {n for k in changed for n in _shifted(k, REACHED)}) & parts.keys())
+
+
+def _fold(store: Store, lake: Lake, crowded: list[tuple[str, str]], bronze: increments.Increment) -> candles.Compacted:
+    """Compact the partitions about to be read that hold several files into one file per granularity (one
+    commit), so a run reads O(1) files however many batches the day has had."""
+    recorded = candles.digests(lake.commits(BRONZE_DIR, bronze.since, bronze.version))
+    try:
+        done = candles.compact(store, lake, crowded, recorded, {"fold": "silver"})
+    except LakeConflict as exc:  # a compaction of the same partitions won: read them as they are
+        log.warning("bronze fold skipped: %s", exc)
+        return candles.Compacted()
+    log.info("bronze fold: %d partition(s) folded (%d files, %d rows -> %d)", done.partitions, done.files_removed,
+             done.rows_in, done.rows_out)
+    return done
 
 
 def _add(summary: SilverSummary, counts: SilverSummary) -> None:
@@ -257,24 +294,22 @@ def _shifted(partition: tuple[str, str], offsets: tuple[int, ...]) -> list[tuple
     return [(product, (d + timedelta(days=k)).isoformat()) for k in offsets]
 
 
-def _version(part: compaction.Partition, committed: set[str], overrides: dict[str, pa.Table]) -> dict:
-    """The partition's bronze version, plus the overrides that fall on its day (accepting a print rebuilds it)."""
-    version = compaction.version(part, committed)
-    accepted = overrides.get(part.product_id)
-    if accepted is not None:
-        day = _day_number(part.date)
-        mine = [f"{g}@{t}" for g, t in zip(accepted["granularity"].to_pylist(),
-                                           accepted["bucket_start"].cast(pa.int64()).to_pylist(), strict=True)
-                if t // DAY_US == day]
-        if mine:
-            version["overrides"] = mine
-    return version
+def _version(partition: tuple[str, str], overrides: dict[str, pa.Table]) -> dict:
+    """What, besides its bronze files, a partition was built with: the overrides that fall on its day."""
+    accepted = overrides.get(partition[0])
+    if accepted is None:
+        return {}
+    day = _day_number(partition[1])
+    mine = [f"{g}@{t}" for g, t in zip(accepted["granularity"].to_pylist(),
+                                       accepted["bucket_start"].cast(pa.int64()).to_pylist(), strict=True)
+            if t // DAY_US == day]
+    return {"overrides": mine} if mine else {}
 
 
-def _context_files(store: Store, parts: dict, committed: set[str], product: str, days: list[str]) -> list[str]:
-    """The current bronze files of the days around `days` that are not among them: the gate's context."""
+def _context_files(parts: dict[tuple[str, str], list[str]], product: str, days: list[str]) -> list[str]:
+    """The bronze files of the days around `days` that are not among them: the gate's context."""
     around = {n for d in days for n in _shifted((product, d), price_quality.CONTEXT_DAYS)} - {(product, d) for d in days}
-    return [f for k in sorted(around & parts.keys()) for f in compaction.current_files(store, parts[k], committed)]
+    return [f for k in sorted(around & parts.keys()) for f in parts[k]]
 
 
 def _overrides(df: pd.DataFrame) -> dict[str, pa.Table]:
@@ -302,7 +337,7 @@ def _pool(workers: int):
 
 def _die_with_parent(parent: int) -> None:
     """A worker is killed when its build dies (Linux PR_SET_PDEATHSIG): a SIGKILLed build must not leave writers
-    running behind a released silver lock."""
+    running behind it."""
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the build died before the call
@@ -314,20 +349,10 @@ def _rebuild_chunk(job: tuple) -> tuple[SilverSummary, dict[str, str | None], li
     that read, its daily bars)."""
     store, product, days, paths, quote, now, context, overrides, digests = job
     counts = SilverSummary()
-    candles, paths = _read_readable(store, paths, counts, digests, context)
-    written, bars_1d = _rebuild(store, product, days, candles, paths, quote, now, counts, overrides)
+    rows, paths = _read_readable(store, paths, counts, digests, context)
+    written, bars_1d = _rebuild(store, product, days, rows, paths, quote, now, counts, overrides)
     context = set(context)
     return counts, written, [p for p in paths if p not in context], bars_1d
-
-
-def _drop_unreadable(parts: dict, rels: set[str]) -> None:
-    """Leave the quarantined bronze files out of their partitions' versions."""
-    for rel in rels:
-        folder, name = rel.rsplit("/", 1)
-        for part in parts.values():
-            if part.rel_dir == folder:
-                part.batch_files.pop(name, None)
-                part.compacted.pop(name, None)
 
 
 def _read_readable(store: Store, paths: list[str], summary: SilverSummary, digests: dict[str, str],
@@ -344,11 +369,11 @@ def _read_readable(store: Store, paths: list[str], summary: SilverSummary, diges
         pass
     own, good = set(paths), []
     for rel in every:
-        reason = compaction.readable(store, rel, digests.get(rel))
+        reason = candles.readable(store, rel, digests.get(rel))
         if reason is None:
             good.append(rel)
         elif rel in own:
-            summary.bad_files.append(compaction.quarantine_file(store, rel, reason))
+            summary.bad_files.append(candles.set_aside(store, rel, reason))
     return (read_bronze(store, good, digests), good) if good else (_BRONZE_SCHEMA.empty_table(), [])
 
 
@@ -477,21 +502,19 @@ def _quarantine_table(bad: pa.Table) -> pa.Table:
 
 def _write_by_day(store: Store, root: str, product: str, days: list[str], day_numbers: list[int],
                   table: pa.Table, timestamps: np.ndarray, summary: SilverSummary | None = None
-                  ) -> dict[str, str | None]:
-    """Write one part-0.parquet per day (rows sorted by time); a day with no rows loses its old file. Returns
-    each day's file -> its digest (None: deleted)."""
+                  ) -> dict[str, DataFile | None]:
+    """Write one file per day (rows sorted by time), named by its digest. Returns each day's partition -> its
+    file (None: the day has no rows, its old file goes)."""
     row_day = np.floor_divide(timestamps, DAY_US)
-    written: dict[str, str | None] = {}
+    written: dict[str, DataFile | None] = {}
     for day, number in zip(days, day_numbers, strict=True):
         lo, hi = np.searchsorted(row_day, [number, number + 1])
-        rel = f"{partition_path(root, product_id=product, date=day)}/{PART}"
+        values = {"product_id": product, "date": day}
         if hi == lo:
-            store.delete(rel)
-            written[rel] = None
+            written[partition_path(root, **values)] = None
             continue
         part = table.slice(lo, hi - lo)
-        store.write_parquet(rel, part)
-        written[rel] = store.digest(rel)
+        written[partition_path(root, **values)] = write_partition_file(store, root, values, part)
         if summary is not None:
             summary.rows_out += part.num_rows
             summary.incomplete_bars += int((~part["is_complete"].to_numpy(zero_copy_only=False)).sum())
@@ -500,17 +523,20 @@ def _write_by_day(store: Store, root: str, product: str, days: list[str], day_nu
     return written
 
 
-def _write_daily(store: Store, product: str, year: int, day_numbers: list[int], table: pa.Table,
-                 full_refresh: bool, digests: dict[str, str]) -> dict[str, str | None]:
-    """Replace the recomputed days inside the product's year file, keeping the other days as they were (checked
-    against the digest the state recorded). Returns {file: its digest} (None: deleted)."""
-    rel = f"{partition_path(BARS_1D_DIR, product_id=product, year=year)}/{PART}"
-    if not full_refresh and store.exists(rel):
+def _write_daily(store: Store, silver: Snapshot, product: str, year: int, day_numbers: list[int],
+                 table: pa.Table, full_refresh: bool) -> dict[str, DataFile | None]:
+    """Replace the recomputed days inside the product's year file, keeping the other days as they were (the
+    current file, checked against the digest its name carries). Returns {partition: its new file} (None: none)."""
+    values = {"product_id": product, "year": str(year)}
+    folder = partition_path(BARS_1D_DIR, **values)
+    olds = silver.current[BARS_1D_DIR].get(folder, [])
+    if not full_refresh and olds:
         try:
-            old = store.read_parquet(rel, sha256=digests.get(rel)).cast(BARS_1D_SCHEMA)
+            old = pa.concat_tables([store.read_parquet(rel, sha256=file_digests([rel]).get(rel)).cast(BARS_1D_SCHEMA)
+                                    for rel in olds])
         except (CorruptFileError, pa.ArrowException, OSError, ValueError) as exc:
             reason = exc.reason if isinstance(exc, CorruptFileError) else f"{type(exc).__name__}: {exc}"
-            raise ValidationError(f"{store.path(rel)}: unreadable silver daily file ({reason}); "
+            raise ValidationError(f"{store.path(olds[0])}: unreadable silver daily file ({reason}); "
                                   "an incremental run only replaces some of its days: run `python -m etl silver "
                                   "--full-refresh` to rebuild it from bronze") from None
         days = old["price_date"].cast(pa.int32()).to_numpy()
@@ -518,54 +544,97 @@ def _write_daily(store: Store, product: str, year: int, day_numbers: list[int], 
         table = pa.concat_tables([old.filter(pa.array(keep)), table])
         table = table.take(pc.sort_indices(table, [("price_date", "ascending")]))
     if table.num_rows == 0:
-        store.delete(rel)
-        return {rel: None}
-    store.write_parquet(rel, table.replace_schema_metadata(None))
-    return {rel: store.digest(rel)}
+        return {folder: None}
+    return {folder: write_partition_file(store, BARS_1D_DIR, values, table.replace_schema_metadata(None))}
 
 
-def _delete_stale(store: Store, written: set[str]) -> None:
-    for root in (BARS_5M_DIR, BARS_1D_DIR, QUARANTINE_DIR, PRICE_QUALITY_DIR):
-        for rel in store.list_files(root, ".parquet"):
-            if rel not in written:
-                log.info("silver full refresh: removing %s (no bronze behind it any more)", rel)
-                store.delete(rel)
+def write_partition_file(store: Store, root: str, values: dict[str, str], table: pa.Table) -> DataFile:
+    """Write `table` into the partition `values` of table `root` as `part-<its SHA-256>.parquet`: the digest a
+    reader checks travels in the table's log with the file (the same rows give the same file: a full refresh
+    that changes nothing commits nothing new)."""
+    data = parquet_bytes(table)
+    name = posixpath.join(partition_path("", **values), f"part-{digest(data)}.parquet")
+    store.write_bytes(posixpath.join(root, name), data)
+    return DataFile(name, len(data), values, table.num_rows)
 
 
-# ---- silver state ----------------------------------------------------------------------------------------------
-def _load_state(store: Store) -> dict[str, dict]:
-    """partition "PRODUCT/DATE" -> the version last read ({"marker": name, "batches": [ids]}); {} on a first run."""
-    if not store.exists(STATE_FILE):
-        return {}
-    fix = "delete it and run `python -m etl silver --full-refresh` (rebuilds every partition and the state)"
+def file_digests(files: Iterable[str]) -> dict[str, str]:
+    """Silver file (path relative to the data root) -> the SHA-256 its name carries (files written by a build)."""
+    return {f: m.group(1) for f in files if (m := _DIGEST_NAME.search(f))}
+
+
+# ---- silver's commits ------------------------------------------------------------------------------------------
+@dataclass
+class Snapshot:
+    """The silver tables as a build found them: each table (None: not made yet) and its current file per
+    partition folder. The build commits on top of these versions or not at all (a concurrent build: LakeConflict)."""
+
+    lake: Lake
+    tables: dict[str, DeltaTable | None]
+    current: dict[str, dict[str, list[str]]]   # table -> partition folder -> its files (relative to the data root)
+
+
+def _snapshot(lake: Lake) -> Snapshot:
+    tables = {root: lake.table(root) for root in SILVER_TABLES}
+    current: dict[str, dict[str, list[str]]] = {root: defaultdict(list) for root in SILVER_TABLES}
+    for root, table in tables.items():
+        for f in [] if table is None else lake.files(root, table.version()):
+            current[root][posixpath.dirname(f)].append(f)
+    return Snapshot(lake, tables, current)
+
+
+def _load_state(silver: Snapshot) -> tuple[int | None, dict[str, dict]]:
+    """(the bronze version the last build read, partition "PRODUCT/DATE" -> what else it was built with), from the
+    metadata of the last commit of silver's last-written table; (None, {}) when that commit has none (a first
+    build, a table adopted by migrate-lake, or a build that died between its tables' commits: everything is
+    rebuilt)."""
+    table = silver.tables[LAST_TABLE]
+    last = table.history(limit=1)[0] if table is not None else {}
+    if SILVER_READ not in last:
+        return None, {}
+    where = f"{silver.lake.uri(LAST_TABLE)} version {last['version']} commit metadata {SILVER_READ!r}"
+    fix = "run `python -m etl silver --full-refresh` (rebuilds every partition and records a new one)"
     try:
-        raw = store.read_json(STATE_FILE)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"{store.path(STATE_FILE)}: not valid JSON ({exc}); {fix}") from None
+        raw = json.loads(last[SILVER_READ])
+    except ValueError as exc:
+        raise ValidationError(f"{where}: not valid JSON ({exc}); {fix}") from None
     parts = raw.get("partitions") if isinstance(raw, dict) else None
-    if not isinstance(parts, dict) or not all(
-            isinstance(v, dict) and isinstance(v.get("marker"), str) and isinstance(v.get("batches"), list)
-            for v in parts.values()):
-        raise ValidationError(f"{store.path(STATE_FILE)}: expected {{\"partitions\": {{\"PRODUCT/DATE\": "
-                              f"{{\"marker\": ..., \"batches\": [...]}}}}}} (key missing or mistyped); {fix}")
-    return parts
+    version = raw.get(BRONZE_VERSION) if isinstance(raw, dict) else None
+    if not isinstance(parts, dict) or not all(isinstance(v, dict) for v in parts.values()) \
+            or not (version is None or isinstance(version, int)):
+        raise ValidationError(f"{where}: expected {{\"{BRONZE_VERSION}\": N, \"partitions\": "
+                              f"{{\"PRODUCT/DATE\": {{...}}}}}} (key missing or mistyped); {fix}")
+    return version, parts
 
 
-def file_digests(store: Store) -> dict[str, str]:
-    """Silver file (path relative to the data root) -> the SHA-256 the last build recorded ({} before any)."""
-    try:
-        files = store.read_json(STATE_FILE).get("files") if store.exists(STATE_FILE) else {}
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        files = None
-    if not isinstance(files, dict):  # a state written before digests were recorded, or a broken one (the build says)
-        return {}
-    return files
-
-
-def _save_state(store: Store, partitions: dict[str, dict], files: dict[str, str]) -> None:
-    store.write_json(STATE_FILE, {"partitions": dict(sorted(partitions.items())), "files": dict(sorted(files.items()))})
-    if store.exists(OLD_STATE_FILE):
-        store.delete(OLD_STATE_FILE)
+def _commit(store: Store, silver: Snapshot, written: dict[str, DataFile | None], full_refresh: bool,
+            bronze_version: int | None, read: dict[str, dict]) -> None:
+    """One commit per silver table, in SILVER_TABLES' order: the rebuilt partitions' new files, the removal of
+    their previous files (and, on a full refresh, of every partition not rebuilt: no bronze behind it any more);
+    the last commit records what the build read: the bronze version, and per partition `read`. Each commit is made on top of the version the
+    build started from, without retry: a concurrent build that committed first makes this one fail (LakeConflict)
+    before its remaining tables; the next build repairs what that left (docs/commit_protocol.md)."""
+    build = new_run_id()
+    for root in SILVER_TABLES:
+        schema, key = SILVER_TABLES[root]
+        mine = {folder: f for folder, f in written.items() if folder.startswith(f"{root}/")}
+        new = {folder: posixpath.join(root, f.path) for folder, f in mine.items() if f is not None}
+        current = silver.current[root]
+        # a file of the same rows has the same name: it stays, neither added nor removed
+        adds = [f for folder, f in mine.items() if f is not None and new[folder] not in current.get(folder, [])]
+        removes = [rel for folder, rels in current.items() if folder in mine or full_refresh
+                   for rel in rels if rel != new.get(folder)]
+        last = root == LAST_TABLE
+        if not (adds or removes or last):
+            continue
+        if silver.tables[root] is None and silver.lake.table(root) is not None:
+            raise LakeConflict(f"{silver.lake.uri(root)}: another silver build made the table meanwhile; nothing of "
+                               "this table was committed: rerun `python -m etl silver`")
+        recorded = {BRONZE_VERSION: bronze_version, "partitions": read}
+        metadata = {"silver_build": build, **({SILVER_READ: json.dumps(recorded, sort_keys=True)} if last else {})}
+        silver.lake.commit_files(root, adds, pa.schema([*schema, *(pa.field(k, pa.string()) for k in key)]), key,
+                                 metadata=metadata, table=silver.tables[root], remove=removes, retries=0)
+        log.info("silver %s: %d file(s) added, %d removed", root, len(adds), len(removes))
 
 
 def _quote_currencies(products: set[str], reference: Reference) -> dict[str, str]:

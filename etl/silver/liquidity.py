@@ -1,8 +1,9 @@
 """Silver liquidity: per product and 5-minute bucket, the time-weighted spread and the depth near mid, from the
 collector's order-book snapshots (bronze/order_book, etl/stream/book.py).
 
-`build_liquidity()` takes the bronze book files it has not seen (state in `silver/_state/book_files.json`) and
-recomputes each touched (product, date) partition from all its files:
+`build_liquidity()` takes the files the bronze order-book Delta table gained since the bronze version its last build
+recorded in its own commit (etl/silver/increments.py: no state file) and recomputes each touched (product, date)
+partition from all its files:
 1. one snapshot = the rows of one (product, snapshot_at); mid = (best bid + best ask) / 2, spread_bps =
    (best ask - best bid) / mid * 1e4; a snapshot without both sides is left out (counted),
 2. each snapshot holds from its `book_time` until the next snapshot's or the end of its bucket, whichever is first
@@ -14,28 +15,29 @@ recomputes each touched (product, date) partition from all its files:
    than it is a lower bound,
 4. the bucket's last snapshot is kept whole (`bid_prices`, `bid_quantities`, `ask_prices`, `ask_quantities`,
    best first): the recorded book the liquidity-adjusted VaR walks (etl/risk/liquidity.py),
-5. write `silver/liquidity_5m/product_id=X/date=D/part-0.parquet` (atomic).
+5. commit the touched partitions of the Delta table `silver/liquidity_5m` (one file per partition, one commit with
+   the bronze version read).
 """
 
 from __future__ import annotations
 
 import logging
-import posixpath
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from etl.lake import Lake
 from etl.settings import Settings, get_settings
-from etl.silver.trade_bars import BAR_US, PART, new_partitions
-from etl.storage import Store, get_store, partition_path
+from etl.silver import increments
+from etl.silver.trade_bars import BAR_US
+from etl.storage import Store, get_store
 from etl.stream.sinks import BOOK_DIR
 
 log = logging.getLogger(__name__)
 
 LIQUIDITY_DIR = "silver/liquidity_5m"
-STATE_FILE = "silver/_state/book_files.json"
 BANDS_BPS = (10, 50, 100)
 DEPTH_COLUMNS = tuple(f"{side}_depth_{b}bp" for side in ("bid", "ask") for b in BANDS_BPS)
 _LIST = pa.list_(pa.float64())
@@ -105,21 +107,23 @@ def build_liquidity(settings: Settings | None = None, full_refresh: bool = False
     """Bring silver liquidity up to date with the bronze order-book snapshots."""
     settings = settings or get_settings()
     store = get_store(settings)
+    lake = Lake.of(store, settings)
     summary = LiquiditySummary()
-    files, seen, new, touched = new_partitions(store, BOOK_DIR, STATE_FILE, full_refresh)
-    summary.files = len(new)
+    bronze = increments.increment(lake, BOOK_DIR, LIQUIDITY_DIR, full_refresh)
+    touched = increments.touched(bronze.new, BOOK_DIR)
+    summary.files = len(bronze.new)
+    parts = {}
     for product, day in touched:
-        prefix = partition_path(BOOK_DIR, product_id=product, date=day) + "/"
-        levels = read_book(store, [f for f in files if f.startswith(prefix)])
+        levels = read_book(store, increments.files_of(bronze.files, BOOK_DIR, product, day))
         snaps = snapshot_measures(levels)
         summary.snapshots += levels["snapshot_at"].nunique()
         summary.one_sided += levels["snapshot_at"].nunique() - len(snaps)
         buckets = liquidity_buckets(snaps) if len(snaps) else pd.DataFrame(columns=["bucket_start_us"])
-        rel = posixpath.join(partition_path(LIQUIDITY_DIR, product_id=product, date=day), PART)
-        store.write_parquet(rel, _table(buckets))
+        parts[(product, day)] = _table(buckets)
         summary.partitions += 1
         summary.buckets += len(buckets)
-    store.write_json(STATE_FILE, {"files": sorted(seen | set(new))})
+    if bronze.new:  # the partitions' new files and the bronze version read, in one commit
+        increments.commit(store, lake, LIQUIDITY_DIR, LIQUIDITY_SCHEMA, parts, bronze.version)
     log.info("silver: %s", summary)
     return summary
 

@@ -1,8 +1,10 @@
 """Readers other stages call: silver bars and clean (deduplicated, quality-checked) candles as DataFrames.
 
 Time bounds are inclusive on both sides. For 5-minute bars and candles a `date` bound covers the whole UTC day;
-a naive datetime is taken as UTC. Partition folders outside the bounds are never opened. Bars are checked against
-the digests silver's state recorded (etl/integrity.py): a corrupt file stops the read naming it and the repair.
+a naive datetime is taken as UTC. Bars are read through their Delta table's log (the files of its latest version;
+partitions outside the bounds are never opened), each file checked against the SHA-256 its name carries
+(etl/integrity.py): a corrupt file stops the read naming it and the repair. A build in flight is invisible until
+its commit, so a reader never waits for it.
 """
 
 from __future__ import annotations
@@ -15,20 +17,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from etl import compaction
-from etl.integrity import CorruptFileError
+from etl.candles import files as candle_files
+from etl.lake import Lake
 from etl.settings import Settings, get_settings
 from etl.silver import price_quality, quality
 from etl.silver.bars import BARS_1D_SCHEMA, BARS_5M_SCHEMA, TS, latest_per_key
 from etl.silver.incremental import (
     BARS_1D_DIR,
     BARS_5M_DIR,
-    BRONZE_DIR,
     PRICE_QUALITY_DIR,
     file_digests,
     read_bronze,
 )
-from etl.storage import Store, exclusive, get_store
+from etl.storage import Store, get_store
 
 log = logging.getLogger(__name__)
 KINDS = {"5m": (BARS_5M_DIR, "bucket_start", "date"), "1d": (BARS_1D_DIR, "price_date", "year")}
@@ -59,12 +60,7 @@ def read_bars(kind: str, products: list[str] | None = None, start=None, end=None
         lo_d, hi_d = _day(start), _day(end)
         keep = _between(lo_d and str(lo_d.year), hi_d and str(hi_d.year))
         condition = _range_filter(time_col, lo_d and pa.scalar(lo_d, pa.date32()), hi_d and pa.scalar(hi_d, pa.date32()))
-    try:
-        table = _read_partitions(store, root, products, part_key, keep, condition)
-    except CorruptFileError as exc:  # or a silver build rewriting these files now: wait for it, then check again
-        log.info("%s; waiting for the silver lock in case a build is rewriting it, then checking again", exc)
-        with exclusive(compaction.SILVER_LOCK, settings):
-            table = _read_partitions(store, root, products, part_key, keep, condition)
+    table = _read_partitions(store, root, products, part_key, keep, condition)
     if table is None:
         return _empty(kind)
     table = table.drop_columns([part_key]).sort_by([("product_id", "ascending"), (time_col, "ascending")])
@@ -121,33 +117,28 @@ def _between(lo: str | None, hi: str | None):
 
 
 def _partition_files(store: Store, root: str, products: list[str] | None, key: str, keep) -> list[str]:
-    """Visible Parquet files under root/product_id=P/key=V/ for the products asked and the values `keep` accepts."""
+    """The files of the Delta table `root`'s latest version in root/product_id=P/key=V/ for the products asked
+    and the values `keep` accepts ([] when there is no table)."""
     wanted = None if products is None else {f"product_id={p}" for p in products}
-    files: list[str] = []
-    for product_dir in store.list_dirs(root):
-        if wanted is not None and product_dir not in wanted:
-            continue
-        for part in store.list_dirs(f"{root}/{product_dir}"):
-            name, _, value = part.partition("=")
-            if name == key and keep(value):
-                files += store.list_files(f"{root}/{product_dir}/{part}", ".parquet")
+    files = []
+    for f in Lake.of(store).files(root) or []:
+        product_dir, part = f[len(root) + 1:].split("/")[:2]
+        name, _, value = part.partition("=")
+        if (wanted is None or product_dir in wanted) and name == key and keep(value):
+            files.append(f)
     return files
 
 
 def _current_bronze_files(store: Store, products: list[str] | None, keep) -> list[str]:
-    """The current version's files (etl.compaction) of the bronze partitions asked for."""
-    committed = compaction.committed_batches(store)
-    wanted = None if products is None else set(products)
-    return [f for (product, day), part in sorted(compaction.scan(store, BRONZE_DIR).items())
-            if (wanted is None or product in wanted) and keep(day)
-            for f in compaction.current_files(store, part, committed)]
+    """The files of the bronze partitions asked for, at the bronze table's latest version (etl.candles)."""
+    return candle_files(Lake.of(store), products=products, keep=keep)
 
 
 def _read_partitions(store: Store, root: str, products, key: str, keep, condition) -> pa.Table | None:
     files = _partition_files(store, root, products, key, keep)
     if not files:
         return None
-    table = store.read_files(root, files, filter=condition, digests=file_digests(store))
+    table = store.read_files(root, files, filter=condition, digests=file_digests(files))
     return table.set_column(table.schema.get_field_index("product_id"), "product_id",
                             table["product_id"].cast(pa.string()))
 

@@ -1,9 +1,9 @@
 """Silver trade bars: 5-minute bars from the streamed trades, with a true VWAP and trade counts, reconciled
 against the candle bars of the same buckets.
 
-`build_trade_bars()` takes the bronze trade files (`bronze/trades/product_id=X/date=D/*.parquet`) it has not seen
-(state in `silver/_state/trade_files.json`), and recomputes each touched (product, date) partition from all its
-files:
+`build_trade_bars()` takes the files the bronze trades Delta table (`bronze/trades`) gained since the bronze version
+its last build recorded in its own commit (etl/silver/increments.py: no state file), and recomputes each touched
+(product, date) partition from all its files at the bronze version it reads now:
 1. deduplicate by (product_id, trade_id), keeping the first received (reconnect snapshots and duplicated
    messages repeat trades),
 2. parse price and size; size is counted in integer units of 1e-8 (sizes carry at most 8 decimals), so volumes
@@ -11,9 +11,9 @@ files:
 3. order by (time, trade_id) and fold per 5-minute bucket: open = first price, high/low = max/min, close = last,
    volume = sum(size), vwap = sum(price * size) / sum(size), n_trades, n_candles = minutes with a trade,
    is_complete = all five minutes traded and a later trade exists (the bar is closed),
-4. write `silver/trade_bars_5m/product_id=X/date=D/part-0.parquet` (atomic) with the columns of the candle bars
-   (`first_candle_at`/`last_candle_at` hold the first/last trade time, `source_granularity` 0 = trades) plus
-   `n_trades`.
+4. commit the touched partitions of the Delta table `silver/trade_bars_5m` (one file per partition, one commit
+   with the bronze version read) with the columns of the candle bars (`first_candle_at`/`last_candle_at` hold the
+   first/last trade time, `source_granularity` 0 = trades) plus `n_trades`.
 `reconcile()` compares complete trade bars with complete candle bars of the same buckets: OHLC equal, volume
 equal (to 1e-9 relative), and reports the VWAP difference (trade VWAP minus the candle bars' typical-price VWAP) in
 basis points. On the simulator OHLC and volume are equal by construction (etl/simulator/trades.py).
@@ -22,33 +22,28 @@ basis points. On the simulator OHLC and volume are equal by construction (etl/si
 from __future__ import annotations
 
 import logging
-import posixpath
-import re
 from dataclasses import asdict, dataclass, field
-from datetime import date
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from etl.lake import Lake
 from etl.reference_set import Reference
 from etl.settings import Settings, get_settings
+from etl.silver import increments
 from etl.silver.bars import BARS_5M_SCHEMA
-from etl.storage import Store, get_store, partition_path
+from etl.storage import Store, get_store
 from etl.stream.sinks import TRADES_DIR
-from etl.stream.validate import PRODUCT
 
 log = logging.getLogger(__name__)
 
 TRADE_BARS_DIR = "silver/trade_bars_5m"
 CANDLE_BARS_DIR = "silver/bars_5m"
-STATE_FILE = "silver/_state/trade_files.json"
 RECONCILIATION_FILE = "silver/_quality/trade_bars_reconciliation.json"
-PART = "part-0.parquet"
 UNITS = 100_000_000
 BAR_US = 300 * 1_000_000
 TRADE_BARS_SCHEMA = BARS_5M_SCHEMA.append(pa.field("n_trades", pa.int64()))
-_PARTITION = re.compile(rf"product_id=({PRODUCT.pattern})/date=(\d{{4}}-\d{{2}}-\d{{2}})/")
 
 
 @dataclass
@@ -122,55 +117,30 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     `reference`: the run's reference data (etl.reference_set; default: the files of `settings`)."""
     settings = settings or get_settings()
     store = get_store(settings)
+    lake = Lake.of(store, settings)
     summary = TradeBarsSummary()
-    files, seen, new, touched = new_partitions(store, TRADES_DIR, STATE_FILE, full_refresh)
+    bronze = increments.increment(lake, TRADES_DIR, TRADE_BARS_DIR, full_refresh)
+    new = bronze.new
+    touched = increments.touched(new, TRADES_DIR)
     summary.files = len(new)
     quotes = _quotes(Reference.of(reference, settings), {p for p, _ in touched})
+    parts = {}
     for product, day in touched:
-        prefix = partition_path(TRADES_DIR, product_id=product, date=day) + "/"
-        trades, rows_in, dups, invalid = read_trades(store, [f for f in files if f.startswith(prefix)])
+        trades, rows_in, dups, invalid = read_trades(store, increments.files_of(bronze.files, TRADES_DIR, product,
+                                                                                 day))
         summary.trades_in += rows_in
         summary.duplicates += dups
         summary.invalid += invalid
-        bars = trade_bars(trades)
-        rel = posixpath.join(partition_path(TRADE_BARS_DIR, product_id=product, date=day), PART)
-        store.write_parquet(rel, _table(bars, quotes.get(product, "")))
+        parts[(product, day)] = _table(trade_bars(trades), quotes.get(product, ""))
         summary.partitions += 1
-        summary.bars += len(bars)
-    store.write_json(STATE_FILE, {"files": sorted(seen | set(new))})
+        summary.bars += parts[(product, day)].num_rows
+    if new:  # the partitions' new files and the bronze version read, in one commit
+        increments.commit(store, lake, TRADE_BARS_DIR, TRADE_BARS_SCHEMA, parts, bronze.version)
     if touched:
         summary.reconciliation = reconcile(store, touched)
         store.write_json(RECONCILIATION_FILE, asdict(summary))
     log.info("silver: %s", str(summary).replace("\n", " |"))
     return summary
-
-
-def new_partitions(store: Store, folder: str, state_file: str, full_refresh: bool
-                   ) -> tuple[list[str], set[str], list[str], list[tuple[str, str]]]:
-    """The streamed bronze files of `folder`, those a previous build recorded in `state_file` (none on a full
-    refresh), the others (new), and the sorted (product_id, date) partitions the new ones touch. A new file outside
-    a valid partition is skipped with a warning."""
-    files = store.list_files(folder, ".parquet")
-    seen = set() if full_refresh or not store.exists(state_file) else set(store.read_json(state_file)["files"])
-    new = [f for f in files if f not in seen]
-    partitions = {f: p for f in new if (p := partition_of(f))}
-    if len(partitions) < len(new):  # written before the collector validated its fields: never a silver partition
-        log.warning("silver: %d bronze file(s) outside a valid product_id=/date= partition skipped, e.g. %r: "
-                    "move them out of %s", len(new) - len(partitions), sorted(set(new) - set(partitions))[0], folder)
-    return files, seen, new, sorted(set(partitions.values()))
-
-
-def partition_of(path: str) -> tuple[str, str] | None:
-    """(product_id, date) of a streamed bronze file's hive partition, None when either fails the stream's field
-    rules (a partition written before they existed)."""
-    m = _PARTITION.search(path)
-    if m is None:
-        return None
-    try:
-        date.fromisoformat(m.group(2))
-    except ValueError:
-        return None
-    return m.group(1), m.group(2)
 
 
 def _table(bars: pd.DataFrame, quote: str) -> pa.Table:
@@ -197,11 +167,10 @@ def _table(bars: pd.DataFrame, quote: str) -> pa.Table:
 
 def reconcile(store: Store, partitions: list[tuple[str, str]]) -> dict:
     """Complete trade bars vs complete candle bars of the same (product, bucket): counts and VWAP difference."""
-    pairs = []
+    pairs, lake = [], Lake.of(store)
     for product, day in partitions:
-        paths = [posixpath.join(partition_path(root, product_id=product, date=day), PART)
-                 for root in (TRADE_BARS_DIR, CANDLE_BARS_DIR)]
-        if not all(store.exists(p) for p in paths):
+        paths = [increments.partition_file(lake, table, product, day) for table in (TRADE_BARS_DIR, CANDLE_BARS_DIR)]
+        if None in paths:
             continue
         trade, candle = (store.read_parquet(p).to_pandas() for p in paths)
         merged = trade[trade["is_complete"]].merge(candle[candle["is_complete"]], on="bucket_start",

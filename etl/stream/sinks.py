@@ -13,12 +13,15 @@ is then written by a consumer of that topic (docs/streaming.md).
 from __future__ import annotations
 
 import logging
+import posixpath
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
 
+from etl.lake import DataFile, Lake
 from etl.storage import Store, partition_path
 
 log = logging.getLogger(__name__)
@@ -138,25 +141,50 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+STREAM_TABLES = (TRADES_DIR, TICKER_DIR, BOOK_DIR, GAPS_DIR, REJECTS_DIR)
+
+
+def maintain(store: Store, before: date) -> tuple[int, int]:
+    """Optimize the stream tables' partitions of days before the day before `before` (a batch file every commit
+    interval becomes one file per partition; yesterday's and today's keep their batch files, which the fresh-trades
+    trigger reads by name), then vacuum them. Returns (files compacted away, files deleted)."""
+    lake, closed = Lake.of(store), (before - timedelta(days=1)).isoformat()
+    compacted = deleted = 0
+    for root in STREAM_TABLES:
+        compacted += lake.optimize(root, partition=[("date", "<", closed)]).get("numFilesRemoved", 0)
+        deleted += len(lake.vacuum(root))
+    return compacted, deleted
+
+
 class BronzeSink:
-    """The embedded sink: one Parquet file per (table, partition) per batch, each written atomically (hidden
-    temporary name, then rename), so readers only ever see whole files. A crash loses the batch being collected
-    (at most one commit interval) and never leaves a partial file visible."""
+    """The embedded sink: each bronze table (trades, ticker, order_book, stream_gaps, stream_rejects) is a Delta
+    table (etl/lake.py). A batch writes one Parquet file per (table, partition), `<batch_id>.parquet`, atomically,
+    then appends them to their table in one Delta commit per table carrying the batch id. Readers take the
+    tables' logs, so a crash loses the batch being collected (at most one commit interval) and never exposes a
+    file no commit names."""
 
     def __init__(self, store: Store):
         self.store = store
+        self.lake = Lake.of(store)
 
     def write(self, batch: MicroBatch) -> list[str]:
         written = []
-        for root, parts, schema in ((TRADES_DIR, batch.trades, TRADES_SCHEMA),
-                                    (TICKER_DIR, batch.ticker, TICKER_SCHEMA), (BOOK_DIR, batch.book, BOOK_SCHEMA)):
-            for (product, day), rows in sorted(parts.items()):
-                rel = f"{partition_path(root, product_id=product, date=day)}/{batch.batch_id}.parquet"
-                written.append(self.store.write_parquet(rel, rows.table(schema, batch.batch_id)))
-        for root, parts, schema in ((GAPS_DIR, batch.gaps, GAPS_SCHEMA), (REJECTS_DIR, batch.rejects, REJECTS_SCHEMA)):
-            for day, rows in sorted(parts.items()):
-                rel = f"{partition_path(root, date=day)}/{batch.batch_id}.parquet"
-                written.append(self.store.write_parquet(rel, rows.table(schema, batch.batch_id)))
+        for root, parts, schema, keys in (
+                (TRADES_DIR, batch.trades, TRADES_SCHEMA, ("product_id", "date")),
+                (TICKER_DIR, batch.ticker, TICKER_SCHEMA, ("product_id", "date")),
+                (BOOK_DIR, batch.book, BOOK_SCHEMA, ("product_id", "date")),
+                (GAPS_DIR, batch.gaps, GAPS_SCHEMA, ("date",)), (REJECTS_DIR, batch.rejects, REJECTS_SCHEMA, ("date",))):
+            files = []
+            for key, rows in sorted(parts.items()):
+                partition = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+                name = f"{partition_path('', **partition)}/{batch.batch_id}.parquet"
+                table = rows.table(schema, batch.batch_id)
+                path = self.store.write_parquet(posixpath.join(root, name), table)
+                files.append(DataFile(name, self.store.fs.get_file_info(path).size, partition, table.num_rows))
+                written.append(path)
+            if files:  # the batch's rows of this table become visible here
+                self.lake.commit_files(root, files, pa.schema([*schema, *(pa.field(k, pa.string()) for k in keys)]),
+                                       keys, metadata={"batch_id": batch.batch_id})
         return written
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 def newest_batch(data_dir: str | None = None) -> tuple[str, int]:
     """(newest committed batch id, files) among bronze trade files of the last two UTC days ("" when none)."""
+    from etl.lake import Lake
     from etl.settings import get_settings
     from etl.storage import Store, get_store
     from etl.stream.sinks import TRADES_DIR
@@ -24,11 +25,7 @@ def newest_batch(data_dir: str | None = None) -> tuple[str, int]:
     store = Store.from_uri(data_dir) if data_dir else get_store(get_settings())
     today = datetime.now(UTC).date()
     days = {f"date={d.isoformat()}" for d in (today, today - timedelta(days=1))}
-    names = []
-    for product in store.list_dirs(TRADES_DIR):
-        for day in store.list_dirs(f"{TRADES_DIR}/{product}"):
-            if day in days:
-                names += store.list_files(f"{TRADES_DIR}/{product}/{day}", ".parquet")
+    names = [f for f in Lake.of(store).files(TRADES_DIR) or [] if f.split("/")[-2] in days]
     batch_ids = [n.rsplit("/", 1)[-1].removesuffix(".parquet") for n in names]
     return (max(batch_ids) if batch_ids else ""), len(batch_ids)
 

@@ -2,8 +2,9 @@
 
 Algorithm (one transaction, serialised by an advisory lock):
 1. For each raw table, list its Store folder and compare every file's size:mtime with `raw._load_state`;
-   reference data is fingerprinted by a content hash instead. Risk and factor outputs count only when a commit
-   manifest names them (etl/commits.py): files of a run that never committed are not loaded.
+   reference data is fingerprinted by a content hash instead. Risk and factor outputs count only when a run
+   record commits them (etl/commits.py): files of a run that never committed, or superseded (kept in the Delta
+   table for time travel), are not loaded.
 2. Read only the new or changed files, keep the declared columns (partition values from the path fill in columns
    a file does not carry, e.g. silver's product_id), cast them to the declared types. Rows of a changed file are
    deleted first (by `source_file`), so a rewritten partition replaces its rows.
@@ -19,7 +20,6 @@ Algorithm (one transaction, serialised by an advisory lock):
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import itertools
 import logging
@@ -42,12 +42,11 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 
 from etl import commits, db
-from etl.compaction import SILVER_LOCK
 from etl.errors import PipelineError, ValidationError
-from etl.integrity import CorruptFileError
+from etl.lake import Lake
 from etl.settings import Settings
 from etl.silver.incremental import file_digests
-from etl.storage import Store, exclusive
+from etl.storage import Store
 from etl.warehouse import copy_binary
 from etl.warehouse.schema import ARROW_TYPES, LOAD_STATE, SOURCE_FILE, TABLES, RawTable
 
@@ -333,8 +332,10 @@ def replace_all(conn, table: str, df: pd.DataFrame | pa.Table, key: list[str]) -
 
 # ---- reading Store files -----------------------------------------------------------------------------------
 def _partition_values(rel_path: str) -> dict[str, str]:
-    parts = posixpath.dirname(rel_path).split("/")
-    return dict(p.split("=", 1) for p in parts if "=" in p)
+    """The hive path's values; `run_<key>` (the run's day of an output table, etl/commits.py) also as `<key>`, for
+    rows that do not carry their own."""
+    values = dict(p.split("=", 1) for p in posixpath.dirname(rel_path).split("/") if "=" in p)
+    return {**{k.removeprefix("run_"): v for k, v in values.items()}, **values}
 
 
 def conform(table: pa.Table, spec: RawTable, where: str, extra: dict[str, str] | None = None) -> pa.Table:
@@ -371,22 +372,19 @@ def conform(table: pa.Table, spec: RawTable, where: str, extra: dict[str, str] |
 
 
 def _fingerprints(store: Store, rel_dir: str) -> dict[str, str]:
-    files = store.list_files(rel_dir, ".parquet")
+    """size:mtime of the folder's Parquet files: a silver Delta table's from its log (its latest version), the
+    outputs' and other folders' from a listing (the caller keeps the outputs a run record commits)."""
+    logged = None if rel_dir.startswith(f"{commits.OUTPUTS}/") else Lake.of(store).files(rel_dir)
+    files = store.list_files(rel_dir, ".parquet") if logged is None else logged
     infos = store.fs.get_file_info([store.path(f) for f in files]) if files else []
     return {rel: f"{info.size}:{info.mtime_ns}" for rel, info in zip(files, infos, strict=True)}
 
 
-def _read_file(store: Store, spec: RawTable, rel: str, digests: dict[str, str | None], settings: Settings) -> pa.Table:
-    """One file, checked against the content hash its commit recorded (`digests`: output manifests, silver state)."""
-    read = functools.partial(store.read_parquet, rel, use_threads=False)  # one core decodes; the other the server's
-    try:
-        try:
-            raw = read(sha256=digests.get(rel))
-        except CorruptFileError:
-            if not rel.startswith("silver/"):
-                raise
-            with exclusive(SILVER_LOCK, settings):  # a silver build may be rewriting it: wait, then check again
-                raw = read(sha256=file_digests(store).get(rel))
+def _read_file(store: Store, spec: RawTable, rel: str, digests: dict[str, str | None]) -> pa.Table:
+    """One file, checked against the content hash its commit recorded (`digests`: run records; a silver file's
+    name)."""
+    try:  # one core decodes; the other the server's
+        raw = store.read_parquet(rel, use_threads=False, sha256=digests.get(rel) or file_digests([rel]).get(rel))
     except (OSError, pa.ArrowInvalid) as exc:
         raise ValidationError(f"{store.path(rel)}: unreadable Parquet for {spec.qualified}: {exc}") from exc
     table = conform(raw, spec, store.path(rel), _partition_values(rel))
@@ -395,6 +393,14 @@ def _read_file(store: Store, spec: RawTable, rel: str, digests: dict[str, str | 
 
 # ---- reference data ----------------------------------------------------------------------------------------
 REFERENCE_TABLES = ("exchanges", "instruments", "portfolios", "positions", "firm_limits")  # Reference frames in raw
+
+
+def _whole_table(name: str, store: Store, reference: Reference) -> pa.Table | pd.DataFrame | None:
+    """The rows of a raw table loaded whole (no source_dir): a reference frame, or the inputs the run records name
+    (etl.commits.run_inputs); None for a table that has none."""
+    if name in REFERENCE_TABLES:
+        return getattr(reference, name)
+    return commits.run_inputs(store) if name == "run_inputs" else None
 
 
 def _content_hash(table: pa.Table) -> str:
@@ -433,8 +439,8 @@ def _forget_files(conn, spec: RawTable, rewritten: list[str], gone: list[str]) -
 
 
 def _committed_outputs(store: Store) -> dict[str, str | None]:
-    """The output files some commit manifest names, with their content hashes; a manifest naming a file that is
-    gone fails the load."""
+    """The output files some run record commits, with their content hashes; a record naming a file that is gone
+    fails the load."""
     committed = commits.committed_files(store)
     if committed:
         infos = store.fs.get_file_info([store.path(p) for p in sorted(committed)])
@@ -453,7 +459,7 @@ def load_raw(conn, store: Store, settings: Settings, only: set[str] | None = Non
     with conn.cursor() as cur:
         cur.execute("select pg_advisory_xact_lock(%s)", (LOAD_LOCK_ID,))
     committed = _committed_outputs(store)  # read once: one consistent view of what is committed
-    digests = committed | file_digests(store)
+    digests = committed
     seen = _loaded_state(conn)
     summary = LoadSummary()
     reference = Reference.of(reference, settings)
@@ -487,9 +493,9 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
                 reference: Reference, summary: LoadSummary,
                 committed: dict[str, str | None], digests: dict[str, str | None]) -> None:
     if spec.source_dir is None:
-        if spec.name not in REFERENCE_TABLES:
+        if (whole := _whole_table(spec.name, store, reference)) is None:
             return
-        data = conform(_as_arrow(getattr(reference, spec.name)), spec, f"reference data {spec.name}")
+        data = conform(_as_arrow(whole), spec, f"reference data {spec.name}")
         new = {f"reference:{spec.name}": _content_hash(data)}
         if seen.get(f"reference:{spec.name}") == new[f"reference:{spec.name}"]:
             new = {}
@@ -510,7 +516,7 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
 
         def read_new() -> Iterator[pa.Table]:  # read as the COPY goes: the server ingests while the next file is read
             for rel in new:
-                part = _read_file(store, spec, rel, digests, settings)
+                part = _read_file(store, spec, rel, digests)
                 counts.append(part.num_rows)
                 yield part
 

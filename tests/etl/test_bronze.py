@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from etl import candles
 from etl.bronze import (
     CANDLE_SCHEMA,
     INVALID_REFETCHES,
@@ -26,6 +27,7 @@ from etl.bronze import (
     watermark,
 )
 from etl.errors import ConfigError, SourceError
+from etl.lake import Lake
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.source import ExchangeClient
 from etl.storage import get_store
@@ -71,6 +73,12 @@ def _same(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
     exp["bucket_start"] = exp["bucket_start"].astype("datetime64[ns, UTC]")
     exp["product_id"] = exp["product_id"].astype(object)
     pd.testing.assert_frame_equal(actual, exp, check_dtype=False)
+
+
+def _commit(settings, batch_id: str) -> dict:
+    """The bronze table's commit of `batch_id`: its plan, counts and file digests (what the manifest held)."""
+    c = candles.batch(Lake(settings.data_dir), batch_id)
+    return {**json.loads(c["plan"]), **json.loads(c["counts"]), "sha256": json.loads(c["sha256"])}
 
 
 def _visible_files(root: Path) -> list[Path]:
@@ -161,11 +169,11 @@ def test_ingest_writes_partitions_manifest_and_exact_candles(tmp_path, simulator
                                             first["volume"]]
     _same(_latest(settings), model)
 
-    manifest = get_store(settings).read_json("bronze/_manifests/b-clean.json")
-    assert manifest["files"] == summary.files and manifest["products"] == products
+    manifest = _commit(settings, "b-clean")
+    assert sorted(manifest["sha256"]) == summary.files and manifest["products"] == products
     assert manifest["granularity"] == 60 and manifest["quarantined"] == 0 and manifest["requests"] == 4
     assert manifest["window"] == [START.isoformat(), END.isoformat()]
-    assert sum(p["rows"] for p in manifest["partitions"]) == len(model)
+    assert manifest["candles"] == len(model) == len(read_bronze(settings=settings))
     assert watermark("BTC-USD", 60, settings) == model[model.product_id == "BTC-USD"].bucket_start.max()
     assert watermark("BTC-USD", 300, settings) is None
 
@@ -206,7 +214,7 @@ def test_window_without_candles_writes_only_the_manifest(tmp_path, simulator):
     summary = ingest(["BTC-USD"], before_listing, before_listing + timedelta(hours=6), settings=settings)
     assert summary.pages == 2 and summary.candles == 0 and summary.files == [] and summary.partitions == []
     assert [p.name for p in _visible_files(Path(settings.data_dir))] == []
-    assert get_store(settings).read_json(summary.manifest)["files"] == []
+    assert _commit(settings, summary.batch_id)["sha256"] == {}
     assert watermark("BTC-USD", 60, settings) is None
 
 
@@ -338,7 +346,7 @@ def test_killed_run_leaves_no_partial_file_and_rerun_completes(tmp_path, make_si
     assert visible and all(p.suffix == ".parquet" for p in visible)
     for p in visible:  # every visible file is a complete Parquet file
         assert pq.read_table(p).num_rows > 0
-    assert not (root / "bronze" / "_manifests").exists() or not any((root / "bronze" / "_manifests").iterdir())
+    assert not Lake(str(root)).files(candles.CANDLES_DIR)  # nothing committed
     assert watermark("BTC-USD", 60, settings) is None  # the killed batch is not committed
 
     products = ["BTC-USD", "ETH-USD", "SOL-USD"]
@@ -350,23 +358,24 @@ def test_killed_run_leaves_no_partial_file_and_rerun_completes(tmp_path, make_si
     distinct = raw.drop_duplicates(["product_id", "bucket_start", *OHLCV])
     assert len(distinct) == len(latest)  # no second version of any candle
     assert read_quarantine(settings).empty
-    # resumed, not refetched: the killed batch's complete partition files were taken over, not fetched again
-    assert rerun.reused >= len(visible) - 1 and rerun.requests < rerun.pages + len(products)
+    assert rerun.candles == len(latest)  # the rerun wrote the whole batch again, committed once
     _assert_no_orphans(root)
 
 
 def _assert_no_orphans(root: Path) -> None:
-    """Every bronze file belongs to a committed batch and no pending record or temp file is left."""
-    manifests = [json.loads(p.read_text()) for p in (root / "bronze" / "_manifests").glob("*.json")]
-    listed = {f for m in manifests for f in m["files"] + m["quarantine_files"]}
+    """Every bronze file a reader sees belongs to a committed batch, and the uncommitted files of killed batches
+    are gone once vacuumed (here with no retention)."""
+    lake = Lake(str(root))
+    lake.vacuum(candles.CANDLES_DIR, retention_hours=0)
+    history = lake.table(candles.CANDLES_DIR).history()
+    listed = {f for c in history if candles.BATCH_ID in c
+              for f in [*json.loads(c["sha256"]), *json.loads(c["plan"])["quarantine_files"]]}
     on_disk = {str(p.relative_to(root)) for p in (root / "bronze").rglob("*.parquet")}
-    assert on_disk == listed
-    pending = root / "bronze" / "_pending"
-    assert not pending.exists() or not any(pending.iterdir())
+    assert on_disk == listed == set(lake.files(candles.CANDLES_DIR)) | {f for f in listed if "/quarantine/" in f}
 
 
-def test_failed_run_is_resumed_and_leaves_no_orphans(tmp_path, make_simulator):
-    """Issue 12 item 5: pages fetched by a run that failed (the API went away) are reused by the rerun."""
+def test_failed_run_is_rerun_and_leaves_no_orphans(tmp_path, make_simulator):
+    """A run that failed (the API went away) with partitions written commits nothing; the rerun commits all."""
     from etl.simulator import Simulator, SimulatorConfig
 
     sim = make_simulator(seed=SEED, rate_limit_rps=20.0, burst=1)
@@ -397,46 +406,12 @@ def test_failed_run_is_resumed_and_leaves_no_orphans(tmp_path, make_simulator):
 
     back = Simulator(SimulatorConfig(port=port, seed=SEED, rate_limit_rps=1000.0, burst=1000)).start()
     try:
-        rerun = ingest(products, s, e, settings=settings)
-        assert rerun.reused >= 2 and rerun.reused >= len(kept) - 1
-        assert back.stats["by_endpoint"]["candles"] < rerun.pages  # the reused days were not fetched again
+        assert watermark("BTC-USD", 60, settings) is None  # the failed batch is not committed
+        ingest(products, s, e, settings=settings)
     finally:
         back.stop()
     _same(_latest(settings), _model(products, s, e))
     _assert_no_orphans(tmp_path / "data")
-
-
-def test_abandoned_batch_with_another_plan_is_cleaned_up(tmp_path, simulator):
-    """Orphans of a failed batch whose pages differ from the rerun's are deleted, not left beside the new ones."""
-    from etl.bronze import PENDING_DIR
-
-    settings = _settings(tmp_path, simulator)
-    first = ingest(["BTC-USD"], START, END, settings=settings)
-    store = get_store(settings)
-    # turn the finished batch into an abandoned one (a dead pid on this host): files but no manifest
-    store.delete(first.manifest)
-    store.write_json(f"{PENDING_DIR}/{first.batch_id}.json", {
-        "batch_id": first.batch_id, "api_url": simulator.url, "source": "simulator", "granularity": 60,
-        "products": ["BTC-USD"], "pages": {"BTC-USD": [[int(START.timestamp()), int(END.timestamp())]]},
-        "host": __import__("socket").gethostname(), "pid": 2**22 + 12345, "heartbeat": time.time()})
-    later = ingest(["BTC-USD"], START + timedelta(minutes=30), END, settings=settings)
-    assert later.reused == 0 and later.batch_id == first.batch_id  # taken over: same id, pages differ: refetched
-    _assert_no_orphans(tmp_path / "data")
-    _same(_latest(settings), _model(["BTC-USD"], START + timedelta(minutes=30), END))
-
-
-def test_live_pending_batch_is_left_alone(tmp_path, simulator):
-    from etl.bronze import PENDING_DIR
-
-    settings = _settings(tmp_path, simulator)
-    store = get_store(settings)
-    record = {"batch_id": "20260101T000000Z-live0000", "api_url": simulator.url, "source": "simulator",
-              "granularity": 60, "products": ["BTC-USD"], "pages": {"BTC-USD": [[0, 60]]},
-              "host": __import__("socket").gethostname(), "pid": os.getppid(), "heartbeat": time.time()}
-    store.write_json(f"{PENDING_DIR}/{record['batch_id']}.json", record)
-    summary = ingest(["BTC-USD"], START, END, settings=settings)
-    assert summary.batch_id != record["batch_id"]
-    assert store.exists(f"{PENDING_DIR}/{record['batch_id']}.json")  # a running writer is never taken over
 
 
 def test_429_storm_with_faults_converges_in_one_run(tmp_path, make_simulator, simulator):
@@ -585,7 +560,7 @@ def test_chaos_sigkill_ingest_at_seeded_points_then_rerun_equals_clean_run(tmp_p
     sim = make_simulator(seed=SEED, rate_limit_rps=1000.0, burst=1000, fail_rate=0.05)
     args = [sys.executable, "-m", "etl", "ingest", "--products", ",".join(products), "--start", s.isoformat(),
             "--end", e.isoformat()]
-    # kill points: after the k-th partition file of the 6 (k = 0: once the plan is on disk), plus a seeded jitter
+    # kill points: after the k-th partition file of the 6 (k = 0: once the process runs), plus a seeded jitter
     rng = random.Random(12)
     schedule = [(k, rng.uniform(0, 0.3)) for k in sorted(rng.sample(range(6), 4))]
     mid_write = 0
@@ -595,24 +570,60 @@ def test_chaos_sigkill_ingest_at_seeded_points_then_rerun_equals_clean_run(tmp_p
                    PIPELINE_RATE_LIMIT_RPS="8", PIPELINE_RATE_LIMIT_BURST="2", PIPELINE_MAX_WORKERS="3")
         proc = subprocess.Popen(args, env=env, cwd=str(PROJECT_ROOT), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        pending, candles_dir = root / "bronze" / "_pending", root / "bronze" / "candles"
+        candles_dir = root / "bronze" / "candles"
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
-            started = pending.exists() and any(pending.glob("*.json"))
-            if started and (k == 0 or (candles_dir.exists() and len(_visible_files(candles_dir)) >= k)):
+            if k == 0 or (candles_dir.exists() and len(_visible_files(candles_dir)) >= k):
                 break
             time.sleep(0.01)
         time.sleep(jitter)
         assert proc.poll() is None, f"ingest finished before kill point {k}"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        mid_write += not any((root / "bronze" / "_manifests").glob("*.json"))
+        mid_write += not Lake(str(root)).files(candles.CANDLES_DIR)
         rerun = subprocess.run(args, env=dict(env, PIPELINE_RATE_LIMIT_RPS="1000", PIPELINE_RATE_LIMIT_BURST="1000"),
                                cwd=str(PROJECT_ROOT), capture_output=True, text=True, timeout=120)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
-        if k >= 2:
-            assert "partition files reused from an interrupted run" in rerun.stdout  # resumed, not refetched
         settings = _settings(tmp_path, sim, name=f"chaos{n}")
         pd.testing.assert_frame_equal(_latest(settings), expected)
         _assert_no_orphans(root)
     assert mid_write >= len(schedule) - 1  # the kills landed before the commit (the last one may just miss)
+
+
+def test_two_ingests_then_an_ingest_and_a_compaction_at_once_on_the_s3_server_lose_nothing(s3_bucket, simulator,
+                                                                                            tmp_path, monkeypatch):
+    """Item 6 of issue 31 for bronze candles: two ingests commit to the table at once through S3's conditional
+    PUTs (no lock service), then an ingest appends to the very partitions a compaction rewrites: every batch is
+    committed and the latest rows equal the exchange's."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from etl.compaction import compact
+
+    monkeypatch.setenv("PIPELINE_DATA_DIR", f"{s3_bucket}/lake")
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    settings = replace(_settings(tmp_path, simulator), data_dir=f"{s3_bucket}/lake")
+    products, later = ["BTC-USD", "ETH-USD"], END + timedelta(hours=2)
+    lake = Lake.of(get_store(settings), settings)
+    start = threading.Barrier(2)
+
+    def run(products: list[str]):
+        start.wait()
+        return ingest(products, START, END, settings=settings)
+
+    with ThreadPoolExecutor(2) as pool:
+        first = list(pool.map(run, [products, products[::-1]]))
+    assert all(candles.batch(lake, s.batch_id) for s in first) and lake.version(candles.CANDLES_DIR) == 2
+    assert len(read_bronze(settings=settings)) == 2 * len(_model(products))
+    _same(_latest(settings), _model(products))
+
+    with ThreadPoolExecutor(2) as pool:   # the ingest appends to 2026-01-05 while the compaction rewrites it
+        start.reset()
+        late = pool.submit(lambda: (start.wait(), ingest(products, START, later, settings=settings))[1])
+        compacted = pool.submit(lambda: (start.wait(), compact(before=date(2026, 1, 6), settings=settings))[1])
+        late, compacted = late.result(), compacted.result()
+    assert candles.batch(lake, late.batch_id) and compacted.compacted == 2
+    _same(_latest(settings), _model(products, START, later))
+    assert set(read_bronze(settings=settings)["batch_id"]) >= {late.batch_id}
+    day = [f for f in candles.files(lake) if "date=2026-01-05" in f]
+    assert sum(f.endswith(f"{late.batch_id}.parquet") for f in day) + sum("compacted-" in f for f in day) == len(day)

@@ -1,16 +1,17 @@
-"""Bronze compaction and incremental daily history (issue 14): exact rows, atomic, idempotent, crash-safe."""
+"""Bronze compaction (issue 14, on the Delta table since issue 31): exact rows, atomic, idempotent, crash-safe."""
 
 from __future__ import annotations
 
-import json
+import shutil
 from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
-import pytest
+import pyarrow as pa
 
-from etl import compaction
+from etl import candles
 from etl.bronze import watermark
 from etl.cli import main
+from etl.lake import Lake
 from etl.orchestration import intervals, tasks
 from etl.settings import get_settings
 from etl.silver import build
@@ -23,7 +24,7 @@ DAY = "bronze/candles/product_id=BTC-USD/date=2026-01-05"
 
 def _history(data_dir):
     """Three committed batches revising each other on 2026-01-05 (1-minute and daily candles), a batch of the
-    next day, and an uncommitted batch file (its writer died before the manifest)."""
+    next day, and an uncommitted batch file (its writer died before the commit)."""
     write_batch(data_dir, minute_candles("BTC-USD", T0, 1440), "b1", T0 + timedelta(days=1))
     write_batch(data_dir, minute_candles("BTC-USD", T0 + timedelta(hours=20), 300, seed=1), "b2",
                 T0 + timedelta(days=1, hours=1))
@@ -32,8 +33,7 @@ def _history(data_dir):
     write_batch(data_dir, minute_candles("BTC-USD", T0 + timedelta(days=1), 60, seed=3), "b4",
                 T0 + timedelta(days=2))
     write_batch(data_dir, minute_candles("BTC-USD", T0 + timedelta(hours=5), 60, seed=4), "orphan",
-                T0 + timedelta(days=3))
-    (data_dir / "bronze/_manifests/orphan.json").unlink()
+                T0 + timedelta(days=3), commit=False)
 
 
 def _deduped(settings) -> pd.DataFrame:
@@ -41,110 +41,109 @@ def _deduped(settings) -> pd.DataFrame:
     return df.drop(columns=["date"]).sort_values(["granularity", "bucket_start"]).reset_index(drop=True)
 
 
-def test_compaction_keeps_exactly_the_rows_a_reader_dedupes_to(data_dir, monkeypatch):
-    monkeypatch.setenv("PIPELINE_COMPACT_RETENTION_HOURS", "0")
+def _committed(data_dir, day: str = DAY) -> list[str]:
+    return [f for f in Lake(str(data_dir)).files(candles.CANDLES_DIR) if f.startswith(day + "/")]
+
+
+def test_compaction_keeps_exactly_the_rows_a_reader_dedupes_to(data_dir):
     _history(data_dir)
     settings = get_settings()
     before_rows = _deduped(settings)
-    build(full_refresh=True, now=FUTURE)  # a full refresh reads bronze as it is (an incremental run folds it)
+    build(full_refresh=True, now=FUTURE)
     before_silver = silver_files(data_dir)
 
-    summary = compaction.compact(before=date(2026, 1, 6))
-    assert (summary.compacted, summary.partitions_seen) == (1, 1)
+    summary = compaction_run(date(2026, 1, 6))
+    assert (summary.compacted, summary.partitions_seen, summary.files_compacted) == (1, 1, 3)
     assert summary.rows_in == 1440 + 240 + 1 and summary.rows_out == 1440 + 1
-    names = sorted(p.name for p in (data_dir / DAY).iterdir())
-    # one file per granularity, the marker, and the uncommitted file (ingest's to resume or clean up)
-    assert names == ["_v000001.json", "compacted-v000001-g60.parquet", "compacted-v000001-g86400.parquet",
-                     "orphan.parquet"]
-    marker = json.loads((data_dir / DAY / "_v000001.json").read_text())
-    assert marker["replaces"] == ["b1.parquet", "b2.parquet", "b3.parquet"]
-    assert not (data_dir / "bronze/_manifests/b1.json").exists()            # no file of b1 is left
-    assert (data_dir / "bronze/_manifests/b2.json").exists()                # b2 still has 2026-01-06
+    names = sorted(f.rsplit("/", 1)[1] for f in _committed(data_dir))     # one file per granularity
+    assert len(names) == 2 and all(n.startswith("compacted-") for n in names)
+    assert sorted(n.rsplit("-", 1)[1] for n in names) == ["g60.parquet", "g86400.parquet"]
+    assert {"b1.parquet", "b2.parquet", "b3.parquet", "orphan.parquet"} <= {p.name for p in (data_dir / DAY).iterdir()}
+    assert len(_committed(data_dir, "bronze/candles/product_id=BTC-USD/date=2026-01-06")) == 2  # open day as it was
     pd.testing.assert_frame_equal(_deduped(settings), before_rows)          # the very rows, column by column
     assert watermark("BTC-USD", 60, settings) == T0 + timedelta(days=1, minutes=59)
 
     assert build(now=FUTURE).partitions == 2  # the compacted day, once, and the day after (the quality gate's context)
     assert silver_files(data_dir) == before_silver                          # same bars, same bytes
-    # current versions only; the incremental run folded the day after too (its two batches overlap by 60 rows)
+    # current versions only (the incremental run folded the day after too: its two batches overlap by 60 rows)
     assert build(full_refresh=True, now=FUTURE).rows_in == 1441 + 60
 
-    again = compaction.compact(before=date(2026, 1, 6))                    # idempotent
-    assert (again.compacted, again.already_compact, again.files_deleted) == (0, 1, 0)
-    assert sorted(p.name for p in (data_dir / DAY).iterdir()) == names
+    on_disk = sorted(p.name for p in (data_dir / DAY).iterdir())
+    again = compaction_run(date(2026, 1, 6))                               # idempotent
+    assert (again.compacted, again.files_compacted) == (0, 0)
+    assert sorted(p.name for p in (data_dir / DAY).iterdir()) == on_disk
 
 
-def test_superseded_files_stay_readable_during_retention_and_readers_never_count_them(data_dir):
+def compaction_run(before: date):
+    from etl.compaction import compact
+
+    return compact(before=before)
+
+
+def test_superseded_files_stay_readable_during_retention_and_readers_never_count_them(data_dir, monkeypatch):
     _history(data_dir)
     settings = get_settings()
     expected = _deduped(settings)
-    compaction.compact(before=date(2026, 1, 6))  # default retention: 24 h
+    lake = Lake(str(data_dir))
+    version = lake.version(candles.CANDLES_DIR)
+    compaction_run(date(2026, 1, 6))  # default retention: 90 days
     assert {"b1.parquet", "b2.parquet", "b3.parquet"} <= {p.name for p in (data_dir / DAY).iterdir()}
     raw = read_bronze(settings=settings)
     assert len(raw[raw["date"] == "2026-01-05"]) == 1441  # the compacted version only, not both
     pd.testing.assert_frame_equal(_deduped(settings), expected)
-    later = compaction.compact(before=date(2026, 1, 6), now=datetime.now(UTC) + timedelta(hours=25))
-    assert later.files_deleted == 3 and later.compacted == 0
+    assert len(candles.files(lake, version)) == 5                          # time travel: the old files
+    monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "0")
+    later = compaction_run(date(2026, 1, 6))
+    assert later.compacted == 0                                            # b1, b2, b3 and the orphan go
+    assert {p.name for p in (data_dir / DAY).iterdir()} == {f.rsplit("/", 1)[1] for f in _committed(data_dir)}
+    assert later.files_vacuumed == 4
+    pd.testing.assert_frame_equal(_deduped(settings), expected)
 
 
-def test_a_crash_before_the_marker_leaves_the_old_version_and_the_rerun_finishes(data_dir, monkeypatch):
+def test_a_compaction_killed_before_its_commit_leaves_the_old_version_and_the_rerun_finishes(data_dir):
+    """A compaction writes its file, then commits: killed in between, its file is one no log names."""
     _history(data_dir)
     settings = get_settings()
     expected = _deduped(settings)
     build(full_refresh=True, now=FUTURE)
-    write_json = Store.write_json
-
-    def crash_at_marker(self, rel, obj):
-        if "/_v" in rel:
-            raise KeyboardInterrupt("killed mid-commit")
-        return write_json(self, rel, obj)
-
-    monkeypatch.setattr(Store, "write_json", crash_at_marker)
-    with pytest.raises(KeyboardInterrupt):
-        compaction.compact(before=date(2026, 1, 6))
-    monkeypatch.setattr(Store, "write_json", write_json)
-    assert (data_dir / DAY / "compacted-v000001-g60.parquet").exists()     # written, never committed
+    store = Store.from_uri(str(data_dir))
+    rows = pa.concat_tables([store.read_parquet(f) for f in _committed(data_dir)], promote_options="default")
+    store.write_parquet(f"{DAY}/part-00001-killed-c000.zstd.parquet", rows)  # written, never committed
     pd.testing.assert_frame_equal(_deduped(settings), expected)            # readers: the old version
     assert build(now=FUTURE).partitions == 0                               # silver sees no change
 
-    monkeypatch.setenv("PIPELINE_COMPACT_RETENTION_HOURS", "0")
-    assert compaction.compact(before=date(2026, 1, 6)).compacted == 1
+    assert compaction_run(date(2026, 1, 6)).compacted == 1
     pd.testing.assert_frame_equal(_deduped(settings), expected)
 
 
-def test_late_data_after_compaction_is_folded_into_the_next_version_by_the_next_silver_run(data_dir, monkeypatch):
-    monkeypatch.setenv("PIPELINE_COMPACT_RETENTION_HOURS", "0")
+def test_late_data_after_compaction_is_folded_into_the_next_version_by_the_next_silver_run(data_dir):
     _history(data_dir)
     settings = get_settings()
-    compaction.compact(before=date(2026, 1, 6))
+    compaction_run(date(2026, 1, 6))
     build(now=FUTURE)
     late = minute_candles("BTC-USD", T0 + timedelta(hours=23), 60, seed=9)
     write_batch(data_dir, late, "b5", T0 + timedelta(days=4))
     expected = _deduped(settings)
     assert build(now=FUTURE).batches == 1
-    names = sorted(p.name for p in (data_dir / DAY).iterdir())
-    assert names == ["_v000002.json", "compacted-v000002-g60.parquet", "compacted-v000002-g86400.parquet",
-                     "orphan.parquet"]
-    assert not (data_dir / "bronze/_manifests/b5.json").exists()            # no file of b5 is left
+    assert len(_committed(data_dir)) == 2              # the compacted files and b5's, folded: one per granularity
     pd.testing.assert_frame_equal(_deduped(settings), expected)
     rebuilt = silver_files(data_dir)
-    assert compaction.compact(before=date(2026, 1, 6)).compacted == 0     # nothing left to compact
+    assert compaction_run(date(2026, 1, 6)).compacted == 0                 # nothing left to compact
+    shutil.rmtree(data_dir / "silver")
     build(full_refresh=True, now=FUTURE)
     assert silver_files(data_dir) == rebuilt
 
 
-def test_the_open_day_stays_one_file_per_granularity_however_many_batches_arrive(data_dir, monkeypatch):
-    monkeypatch.setenv("PIPELINE_COMPACT_RETENTION_HOURS", "0")
-    day = "bronze/candles/product_id=BTC-USD/date=2026-01-05"
+def test_the_open_day_stays_one_file_however_many_batches_arrive(data_dir):
     for k in range(6):  # an intraday run every 5 minutes, each refetching the last 10 minutes (overlap)
         start = T0 + timedelta(minutes=max(0, 5 * k - 5))
         write_batch(data_dir, minute_candles("BTC-USD", start, 10, seed=k), f"run{k}", T0 + timedelta(hours=1 + k))
         summary = build(now=FUTURE)
-        assert summary.partitions == 1
-        assert sorted(p.name for p in (data_dir / day).iterdir()) == (
-            ["run0.parquet"] if k == 0 else [f"_v{k:06d}.json", f"compacted-v{k:06d}-g60.parquet"])
+        assert summary.partitions == 1 and summary.batches == 1
+        (only,) = _committed(data_dir)                                     # the silver run folded the day
+        assert only.endswith("run0.parquet" if k == 0 else "-g60.parquet")
     folded = _deduped(get_settings())
     assert len(folded) == 30 and list(folded["batch_id"].tail(10)) == ["run5"] * 10  # latest ingestion wins
-    assert list((data_dir / "bronze/_manifests").iterdir()) == []           # every batch's file is folded in
     incremental = silver_files(data_dir)
     build(full_refresh=True, now=FUTURE)
     assert silver_files(data_dir) == incremental
@@ -153,9 +152,9 @@ def test_the_open_day_stays_one_file_per_granularity_however_many_batches_arrive
 def test_compact_cli(data_dir, capsys):
     _history(data_dir)
     assert main(["compact", "--before", "2026-01-07"]) == 0
-    assert "2 partition(s) compacted" in capsys.readouterr().out
+    assert "2 of 2 closed bronze partition(s) compacted" in capsys.readouterr().out
     assert main(["compact", "--before", "2026-01-07"]) == 0
-    assert "0 partition(s) compacted" in capsys.readouterr().out
+    assert "0 of 2 closed bronze partition(s) compacted" in capsys.readouterr().out
 
 
 def test_end_of_day_fetches_only_the_daily_candles_it_lacks_plus_the_overlap(data_dir, simulator, monkeypatch):
@@ -172,3 +171,20 @@ def test_end_of_day_fetches_only_the_daily_candles_it_lacks_plus_the_overlap(dat
     assert rerun["candles"] == 3
     daily = read_bronze(granularity=86400, settings=settings, dedup=True)
     assert len(daily) == 31 and daily["bucket_start"].max() == pd.Timestamp("2026-03-02", tz="UTC")
+
+
+def test_duckdb_reads_exactly_the_committed_candles(data_dir):
+    """An independent reader (DuckDB's delta extension) of the bronze table: after a compaction, with superseded
+    files and an uncommitted batch's file on disk, it reads exactly the rows our readers take."""
+    from tests.support.delta_reader import duckdb_frame
+
+    _history(data_dir)
+    compaction_run(date(2026, 1, 6))
+    on_disk = len(list((data_dir / "bronze/candles").rglob("*.parquet")))
+    ours = read_bronze(settings=get_settings())
+    theirs = duckdb_frame(str(data_dir / "bronze/candles"), exclude=())
+    assert on_disk == 8 and len(candles.files(Lake(str(data_dir)))) == 4   # b1-b3, orphan + 2 compacted, b2, b4
+    key = ["date", "granularity", "bucket_start", "batch_id"]
+    assert len(theirs) == len(ours) == 1441 + 60 + 60
+    pd.testing.assert_frame_equal(theirs[ours.columns].sort_values(key).reset_index(drop=True),
+                                  ours.sort_values(key).reset_index(drop=True), check_dtype=False)

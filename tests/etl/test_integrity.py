@@ -5,21 +5,22 @@ repair, and a rerun after the repair equals the clean run."""
 from __future__ import annotations
 
 import json
-import logging
-import threading
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from etl import commits, compaction, db
+from etl import candles, commits, db
 from etl.cli import main
 from etl.integrity import CorruptFileError, repair
+from etl.lake import Lake
 from etl.silver import read_bars
-from etl.silver.incremental import STATE_FILE
-from etl.storage import exclusive, get_store
+from etl.silver.incremental import BARS_1D_DIR, SILVER_TABLES, file_digests, write_partition_file
+from etl.storage import get_store
 from tests.support.reference import small_reference
+from tests.support.silver_sample import silver_file
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTS = ["BTC-USD", "ETH-USD"]
@@ -67,7 +68,7 @@ def _risk_tables(data_dir: Path) -> dict[str, pd.DataFrame]:
     manifest = commits.read_manifest(store, commits.risk_manifest(pd.Timestamp(AS_OF).date()))
     out = {}
     for key, entry in manifest["files"].items():
-        df = store.read_parquet(entry["path"], sha256=entry["sha256"]).to_pandas()
+        df = commits.read_entry(store, entry).to_pandas()
         out[key] = df.drop(columns=[c for c in df.columns if c == "risk_run_id"])
     return out
 
@@ -84,16 +85,25 @@ def _one_line_error(capsys) -> str:
     return err
 
 
+def ingest_files(commit: dict) -> list[str]:
+    """The files an ingest commit added, from the table's log (the add actions of its version)."""
+    lake = Lake(get_store().root)
+    now = set(lake.files(candles.CANDLES_DIR, commit["version"]))
+    return sorted(now - set(lake.files(candles.CANDLES_DIR, commit["version"] - 1) or []))
+
+
 def test_every_commit_records_the_content_hash_of_its_files(lake):
     _chain()
     store = get_store()
-    batch = json.loads(next((lake / "bronze/_manifests").glob("*.json")).read_text())
+    commit = next(c for c in Lake(str(lake)).table(candles.CANDLES_DIR).history() if candles.BATCH_ID in c)
+    batch = {"sha256": json.loads(commit["sha256"]), "files": ingest_files(commit)}
     assert batch["sha256"] and set(batch["sha256"]) == set(batch["files"])
     assert all(store.digest(rel) == sha for rel, sha in batch["sha256"].items())
-    state = json.loads((lake / STATE_FILE).read_text())
-    assert set(state["files"]) == {str(p.relative_to(lake)) for p in (lake / "silver").rglob("*.parquet")}
+    silver = [f for table in SILVER_TABLES for f in Lake.of(store).files(table) or []]  # digests in their names
+    assert silver and set(file_digests(silver)) == set(silver)
+    assert all(store.digest(rel) == sha for rel, sha in file_digests(silver).items())
     manifest = commits.read_manifest(store, commits.risk_manifest(pd.Timestamp(AS_OF).date()))
-    assert all(store.digest(e["path"]) == e["sha256"] for e in manifest["files"].values())
+    assert all(store.digest(path) == sha for e in manifest["files"].values() for path, sha in e["files"].items())
 
 
 def test_flipped_bytes_in_a_bronze_page_quarantine_the_file_and_a_reingest_restores_silver(lake, capsys, caplog):
@@ -101,9 +111,7 @@ def test_flipped_bytes_in_a_bronze_page_quarantine_the_file_and_a_reingest_resto
     assert main(["silver"]) == 0
     clean = {k: read_bars(k) for k in ("5m", "1d")}
 
-    store = get_store()
-    part = compaction.scan(store)[("BTC-USD", "2026-03-01")]
-    rel = next(f for f in compaction.current_files(store, part, compaction.committed_batches(store))
+    rel = next(f for f in candles.files(Lake(str(lake)), products=["BTC-USD"], keep=lambda d: d == "2026-03-01")
                if pq.ParquetFile(lake / f).metadata.num_rows > 100)  # the day's 1-minute candles (silver folded them)
     flip_page_bytes(lake / rel)
     assert main(["silver", "--full-refresh"]) == 0  # the build goes on without it
@@ -138,7 +146,7 @@ def test_a_bronze_file_replaced_by_other_valid_parquet_fails_its_hash_and_is_qua
 def test_flipped_bytes_in_a_silver_daily_file_refuse_risk_until_a_full_refresh(lake, capsys):
     _chain()
     clean = _risk_tables(lake)
-    daily = lake / "silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet"
+    daily = silver_file(lake, "silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet")
     flip_page_bytes(daily)
     capsys.readouterr()
     assert main(["risk", "--as-of", AS_OF]) == 2
@@ -154,7 +162,7 @@ def test_flipped_bytes_in_a_silver_daily_file_refuse_risk_until_a_full_refresh(l
 
 def test_a_truncated_silver_daily_file_says_what_to_run(lake, capsys):
     _chain()
-    daily = lake / "silver/bars_1d/product_id=ETH-USD/year=2026/part-0.parquet"
+    daily = silver_file(lake, "silver/bars_1d/product_id=ETH-USD/year=2026/part-0.parquet")
     daily.write_bytes(daily.read_bytes()[: daily.stat().st_size // 2])
     capsys.readouterr()
     assert main(["risk", "--as-of", AS_OF]) == 2
@@ -166,7 +174,7 @@ def test_flipped_bytes_in_a_risk_output_refuse_the_load_until_risk_is_rerun(lake
     _chain()
     clean = _risk_tables(lake)
     manifest = commits.read_manifest(get_store(), commits.risk_manifest(pd.Timestamp(AS_OF).date()))
-    rel = manifest["files"]["risk_metrics/as_of_date=2026-03-01"]["path"]
+    (rel,) = manifest["files"]["risk_metrics/as_of_date=2026-03-01"]["files"]
     flip_page_bytes(lake / rel, "var_99_hist")
     with db.scratch_database(pg_url, "integrity") as url:
         monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
@@ -187,11 +195,11 @@ def test_a_committed_output_overwritten_with_other_valid_parquet_is_refused_by_i
     _chain()
     store = get_store()
     manifest = commits.read_manifest(store, commits.risk_manifest(pd.Timestamp(AS_OF).date()))
-    a = manifest["files"]["pnl_daily/as_of_date=2026-03-01"]
-    b = manifest["files"]["portfolio_valuation/as_of_date=2026-03-01"]
-    (Path(store.path(a["path"]))).write_bytes(Path(store.path(b["path"])).read_bytes())
+    ((a, sha),) = manifest["files"]["pnl_daily/as_of_date=2026-03-01"]["files"].items()
+    (b,) = manifest["files"]["portfolio_valuation/as_of_date=2026-03-01"]["files"]
+    (Path(store.path(a))).write_bytes(Path(store.path(b)).read_bytes())
     with pytest.raises(CorruptFileError, match=r"content hash differs from its commit.*python -m etl risk --as-of"):
-        store.read_parquet(a["path"], sha256=a["sha256"])
+        store.read_parquet(a, sha256=sha)
 
 
 @pytest.mark.parametrize("rel, command", [
@@ -208,40 +216,18 @@ def test_repair_names_the_command_that_rewrites_the_file(rel, command):
     assert f"`{command}" in repair(rel)
 
 
-def test_a_reader_meeting_a_silver_build_in_flight_waits_for_it_instead_of_calling_the_file_corrupt(lake, caplog):
-    """A build rewrites a file before it records the new digest in the state (its commit): a reader in between
-    sees a mismatch, waits for the silver lock, and reads the new state's version."""
+def test_a_reader_meeting_a_silver_build_in_flight_reads_the_committed_version_without_waiting(lake):
+    """A build writes its files before its commit: a reader in between reads the table's committed version (the
+    log does not name the new file yet), checked whole, and then the commit's."""
     _chain()
     store = get_store()
-    rel = "silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet"
-    rewritten, waiting = threading.Event(), threading.Event()
-
-    class Waiting(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if "waiting for the silver lock" in record.getMessage():
-                waiting.set()
-
-    def build_in_flight() -> None:
-        with exclusive("silver"):
-            table = store.read_parquet(rel)
-            store.write_parquet(rel, table.slice(0, table.num_rows - 1))  # the new version, not committed yet
-            rewritten.set()
-            waiting.wait()  # the reader met the mismatch and waits for this lock
-            state = store.read_json(STATE_FILE)
-            state["files"][rel] = store.digest(rel)
-            store.write_json(STATE_FILE, state)  # the commit
-
+    rel = str(silver_file(lake, "silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet").relative_to(lake))
     before = read_bars("1d", ["BTC-USD"])
-    handler = Waiting()
-    caplog.set_level(logging.INFO, logger="etl.silver.read")
-    logging.getLogger("etl.silver.read").addHandler(handler)
-    writer = threading.Thread(target=build_in_flight)
-    writer.start()
-    try:
-        rewritten.wait()
-        after = read_bars("1d", ["BTC-USD"])  # mismatch -> waits for the build's lock -> the committed version
-    finally:
-        waiting.set()
-        writer.join()
-        logging.getLogger("etl.silver.read").removeHandler(handler)
-    assert len(after) == len(before) - 1
+    table = store.read_parquet(rel)
+    written = write_partition_file(store, BARS_1D_DIR, {"product_id": "BTC-USD", "year": "2026"},
+                          table.slice(0, table.num_rows - 1))  # the new version, not committed yet
+    pd.testing.assert_frame_equal(read_bars("1d", ["BTC-USD"]), before)
+    schema, keys = SILVER_TABLES[BARS_1D_DIR]
+    Lake.of(store).commit_files(BARS_1D_DIR, [written], pa.schema([*schema, *(pa.field(k, pa.string()) for k in keys)]),
+                                keys, remove=[rel])  # the commit
+    assert len(read_bars("1d", ["BTC-USD"])) == len(before) - 1

@@ -4,16 +4,12 @@ leave no temporary names behind, what readers see (hidden names, hive partitions
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from etl.settings import PROJECT_ROOT, get_settings
-from etl.storage import LockTimeout, Store, exclusive, get_store, partition_path
+from etl.storage import Store, get_store, partition_path
 
 TABLE = pa.table({"bucket_start": pa.array([1, 2, 3], pa.int64()), "close": [10.0, 11.0, 12.5]})
 
@@ -109,50 +105,3 @@ def test_s3_writes_are_one_put_of_the_final_key(s3_bucket):
 
 
 # ---- one writer at a time ------------------------------------------------------------------------------------
-HOLD = """
-import sys
-from etl.storage import exclusive
-with exclusive("silver"):
-    print("held", flush=True)
-    sys.stdin.read()  # until the test closes stdin or kills us
-"""
-
-
-def _holder(env: dict) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            cwd=PROJECT_ROOT, env={**os.environ, **env})
-    assert proc.stdout.readline() == "held\n"
-    return proc
-
-
-def test_a_local_lock_names_its_holder_and_dies_with_it(data_dir):
-    holder = _holder({"PIPELINE_DATA_DIR": str(data_dir)})
-    try:
-        with pytest.raises(LockTimeout) as err, exclusive("silver", timeout_s=0):
-            pass
-        assert str(err.value).startswith(f"{data_dir}/_locks/silver.lock: the silver lock is held by "
-                                         f"pid {holder.pid} on ")
-        assert "PIPELINE_LOCK_TIMEOUT_S" in str(err.value)
-        with exclusive("compaction", timeout_s=0):  # another name: another lock
-            pass
-    finally:
-        holder.kill()  # SIGKILL: no clean-up runs, the kernel drops the lock
-        holder.wait(10)
-    with exclusive("silver", timeout_s=0):
-        with pytest.raises(LockTimeout), exclusive("silver", timeout_s=0):  # held by us now, even in-process
-            pass
-
-
-def test_an_object_store_lock_is_a_postgres_advisory_lock(s3_bucket, pg_url, monkeypatch):
-    monkeypatch.setenv("PIPELINE_DATA_DIR", f"{s3_bucket}/data")
-    monkeypatch.setenv("PIPELINE_DATABASE_URL", pg_url)
-    settings = get_settings()
-    with exclusive("silver", settings):
-        with pytest.raises(LockTimeout, match=r"the silver lock is held by pipeline-lock silver pid \d+"):
-            with exclusive("silver", settings, timeout_s=0):
-                pass
-        elsewhere = replace(settings, data_dir=f"{s3_bucket}/other")  # another data root: another lock
-        with exclusive("silver", elsewhere, timeout_s=0):
-            pass
-    with exclusive("silver", settings, timeout_s=0):  # released when the block ended
-        pass

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from etl import commits, db
+from etl.lake import Lake
 from etl.settings import PROJECT_ROOT
 from etl.storage import Store
 from tests.support import warehouse_sample as sample
@@ -41,6 +41,9 @@ SETTINGS = {"RISK_MC_SCENARIOS": "2000", "RISK_BACKTEST_DAYS": "25", "RISK_VAR_L
             "FACTOR_FORMATION_MINUTES": "120", "FACTOR_HOLDING_MINUTES": "60", "FACTOR_MOMENTUM_MINUTES": "30,60,120"}
 FACTORS_END = f"{D2 + timedelta(days=1)}T00:00:00Z"
 VOLATILE = {"loaded_at", "risk_run_id", "source_file"}  # differ between any two runs by design
+# the lake's run history: which runs (ids, times) read which table versions differs with every rerun and kill by
+# design; what each commit read (name, stage, table) does not
+RUN_HISTORY = {"fact_run_inputs": ["run_id", "committed_at", "input_version"]}
 
 
 def _world(root: Path) -> None:
@@ -74,7 +77,17 @@ def _ok(env: dict, *args: str) -> None:
 
 
 def _run_files(root: Path) -> set[Path]:
-    return {p for p in (root / "data" / "outputs").rglob("*.parquet") if not p.name.startswith(".")}
+    """The output data files on disk (not the run records, not the tables' logs)."""
+    outputs = root / "data" / "outputs"
+    return {p for p in outputs.rglob("*.parquet")
+            if not any(part.startswith((".", "_")) for part in p.relative_to(outputs).parts)}
+
+
+def _live_files(root: Path) -> set[str]:
+    """The data files of the latest version of every output table: what a Delta reader sees."""
+    lake = Lake(str(root / "data"))
+    return {f for table in (root / "data" / "outputs").iterdir() if not table.name.startswith("_")
+            for f in lake.table(f"outputs/{table.name}").file_uris()}
 
 
 def _kill_after_files(env: dict, root: Path, k: int, *args: str) -> bool:
@@ -119,6 +132,8 @@ def _gold(url: str) -> dict[str, pd.DataFrame]:
             cur.execute(f"select * from gold.{t}")
             df = pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
             df = df.drop(columns=[c for c in df.columns if c in VOLATILE])
+            if t in RUN_HISTORY:
+                df = df.drop(columns=RUN_HISTORY[t]).drop_duplicates()
             out[t] = df.sort_values(list(df.columns), ignore_index=True) if len(df) else df
     return out
 
@@ -128,7 +143,7 @@ def _outputs(root: Path) -> dict[str, pd.DataFrame]:
     out = {}
     for m in commits.manifests(store):
         for key, entry in m["files"].items():
-            df = pq.read_table(store.path(entry["path"])).to_pandas()
+            df = commits.read_entry(store, entry).to_pandas()
             out[key] = df.drop(columns=[c for c in df.columns if c in VOLATILE])
     return out
 
@@ -171,7 +186,7 @@ def chaos(pg_url, tmp_path_factory):
         store_b = Store.from_uri(str(b / "data"))
         seen["commits_after_kills"] = sorted(m["name"] for m in commits.manifests(store_b))
         seen["factor_commit_complete"] = all(
-            store_b.exists(e["path"]) for m in commits.manifests(store_b) for e in m["files"].values())
+            store_b.exists(p) for m in commits.manifests(store_b) for e in m["files"].values() for p in e["files"])
         factors = commits.read_manifest(store_b, "factors")
         seen["factor_keys"] = None if factors is None else sorted(factors["files"])
         seen["clean_factor_keys"] = sorted(commits.read_manifest(Store.from_uri(str(a / "data")), "factors")["files"])
@@ -214,8 +229,9 @@ def chaos(pg_url, tmp_path_factory):
         report.communicate(timeout=60)
         seen["final_report"] = _etl(env_b, "report", "--as-of", str(D2))
         seen["chaos"] = {"gold": _gold(url_b), "outputs": _outputs(b), "report": _report_csvs(b, D2)}
-        committed = {store_b.path(e["path"]) for m in commits.manifests(store_b) for e in m["files"].values()}
-        seen["orphans"] = sorted(str(p) for p in _run_files(b) if str(p) not in committed)
+        committed = {store_b.path(p) for m in commits.manifests(store_b) for e in m["files"].values()
+                     for p in e["files"]}
+        seen["orphans"] = sorted(p for p in _live_files(b) if p not in committed)
         yield seen
 
 

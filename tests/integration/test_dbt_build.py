@@ -20,6 +20,7 @@ from etl.warehouse import WarehouseError, docs, load_warehouse, reporting_url, r
 from etl.warehouse.schema import GOLD
 from tests.support import warehouse_sample as sample
 from tests.support.env import pipeline_env
+from tests.support.silver_sample import commit_silver, silver_file
 
 pytestmark = pytest.mark.slow
 
@@ -172,12 +173,11 @@ def test_the_var_report_ranks_by_the_engines_usd_var_carried_to_gold(gold):
 def test_a_rerun_loads_nothing_and_the_incremental_bars_pick_up_a_rewritten_partition(gold):
     assert load_warehouse(run_dbt=False).total_rows == 0
     store = get_store()
-    rel = "silver/bars_5m/product_id=ETH-USD/date=2026-01-03/part-0.parquet"
-    table = pq.read_table(store.path(rel))
+    table = pq.read_table(silver_file(Path(store.root), "silver/bars_5m/product_id=ETH-USD/date=2026-01-03/part-0.parquet"))
     bumped = {c: pa.array([3333.0] * table.num_rows) for c in ("open", "high", "low", "close", "vwap")}
     for name, values in bumped.items():
         table = table.set_column(table.column_names.index(name), name, values)
-    store.write_parquet(rel, table)
+    commit_silver(store, "silver/bars_5m", [({"product_id": "ETH-USD", "date": "2026-01-03"}, table)])  # silver rebuilt it
     assert load_warehouse(run_dbt=False).rows["bars_5m"] == 288
     run_dbt("build", select="fact_price_bars")
     assert query("select count(*) from gold.fact_price_bars")[0][0] == 3 * 288 * DAYS

@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl import compaction
 from etl.bronze import CANDLE_SCHEMA, CANDLES_DIR, QUARANTINE_DIR, QUARANTINE_SCHEMA
+from etl.lake import Lake
 from etl.settings import Settings
 from etl.silver.bars import latest_per_key
 from etl.storage import get_store
@@ -27,7 +27,7 @@ def dedup_latest(df: pd.DataFrame) -> pd.DataFrame:
 
 def read_bronze(products: list[str] | None = None, granularity: int | None = None,
                 settings: Settings | None = None, dedup: bool = False) -> pd.DataFrame:
-    """Raw bronze rows (each partition's current version, etl.compaction) with product_id and date from the path.
+    """Raw bronze rows (the table's latest version, read through its log) with product_id and date.
 
     `dedup=True` keeps only the latest row per (product_id, granularity, bucket_start).
     """
@@ -38,12 +38,8 @@ def read_bronze(products: list[str] | None = None, granularity: int | None = Non
     if granularity is not None:
         g = pc.field("granularity") == granularity
         flt = g if flt is None else flt & g
-    committed = compaction.committed_batches(store)
-    wanted = {p.upper() for p in products} if products else None
-    files = [f for (product, _), part in sorted(compaction.scan(store).items()) if wanted is None or product in wanted
-             for f in compaction.current_files(store, part, committed)]
-    dataset = store.dataset(CANDLES_DIR, files)
-    table = dataset.to_table(filter=flt) if dataset is not None else None
+    t = Lake.of(store, settings).table(CANDLES_DIR)
+    table = None if t is None else t.to_pyarrow_dataset().to_table(filter=flt)
     if table is None:
         empty = CANDLE_SCHEMA.append(pa.field("product_id", pa.string())).append(pa.field("date", pa.string()))
         return empty.empty_table().to_pandas()

@@ -19,8 +19,9 @@ import pyarrow as pa
 from etl import commits, runlog
 from etl.risk import drawdown
 from etl.settings import PROJECT_ROOT, Settings
-from etl.storage import Store, get_store, partition_path
+from etl.storage import Store, get_store
 from etl.warehouse import schema
+from tests.support.silver_sample import commit_silver
 
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
 START_PRICES = {"BTC-USD": 90_000.0, "ETH-USD": 3_000.0, "SOL-USD": 150.0}
@@ -304,12 +305,13 @@ def declared(name: str, df: pd.DataFrame) -> pd.DataFrame:
 def write_silver(store: Store, b5: pd.DataFrame, daily: pd.DataFrame, year: int) -> None:
     """The 5-minute bars as silver bars_5m (one file per product per day) and the daily bars as bars_1d."""
     b5_day = b5["bucket_start"].dt.strftime("%Y-%m-%d")
-    for (product, day), part in b5.groupby(["product_id", b5_day]):
-        rel = partition_path("silver", "bars_5m", product_id=product, date=day) + "/part-0.parquet"
-        store.write_parquet(rel, pa.Table.from_pandas(part.drop(columns="product_id"), preserve_index=False))
-    for product, part in daily.groupby("product_id"):
-        rel = partition_path("silver", "bars_1d", product_id=product, year=year) + "/part-0.parquet"
-        store.write_parquet(rel, pa.Table.from_pandas(part.drop(columns="product_id"), preserve_index=False))
+    commit_silver(store, "silver/bars_5m", [
+        ({"product_id": product, "date": day}, pa.Table.from_pandas(part.drop(columns="product_id"), preserve_index=False))
+        for (product, day), part in b5.groupby(["product_id", b5_day])])
+    commit_silver(store, "silver/bars_1d", [
+        ({"product_id": product, "year": str(year)},
+         pa.Table.from_pandas(part.drop(columns="product_id"), preserve_index=False))
+        for product, part in daily.groupby("product_id")])
 
 
 def write_sample(settings: Settings, first_day: date = date(2026, 1, 1), days: int = 4) -> dict[str, int]:
@@ -341,7 +343,7 @@ def write_sample(settings: Settings, first_day: date = date(2026, 1, 1), days: i
                 risk_run_id=run_id)
         commits.publish(store, commits.risk_manifest(date.fromisoformat(day)), "risk",
                         {k: pa.Table.from_pandas(v, preserve_index=False) for k, v in parts.items()}, run_id=run_id)
-    commits.publish(store, "factors", "factors", factor_parts, merge=True)
+    commits.publish(store, "factors", "factors", factor_parts)
     started = datetime.combine(first_day + timedelta(days=days - 1), datetime.min.time(), tzinfo=UTC)
     for i, (task, status) in enumerate([("fetch_candles", "success"), ("build_bars", "success"),
                                         ("compute_risk", "failed"), ("compute_risk", "success")]):

@@ -8,11 +8,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from etl import cli
-from etl.commits import read_manifest
+from etl.commits import read_entry, read_manifest
 from etl.errors import DataNotFoundError
 from etl.factors import FactorConfig, run_factors
 from etl.factors.buckets import terciles
@@ -21,7 +20,7 @@ from etl.factors.rolling_ols import rolling_ols
 from etl.factors.universe_returns import Universe, universe_returns
 from etl.settings import get_settings
 from etl.simulator import candles as simulated_candles
-from etl.storage import get_store
+from etl.storage import Store, get_store
 
 T0 = pd.Timestamp("2026-03-02", tz="UTC")
 SMALL = FactorConfig(frequency_s=60, window=240, min_obs=30, formation_minutes=120, holding_minutes=60,
@@ -181,8 +180,12 @@ END = datetime(2026, 3, 3, 6, 0, tzinfo=UTC)
 
 
 def read_output(data_dir, table: str) -> pd.DataFrame:
-    files = sorted((data_dir / "outputs" / table).glob("date=*/*.parquet"))  # one committed file per day
-    return pd.concat([pq.read_table(f).to_pandas().assign(date=f.parent.name[5:]) for f in files], ignore_index=True)
+    """The committed rows of `table`, day by day (the Delta table keeps superseded files for time travel)."""
+    store = Store.from_uri(str(data_dir))
+    files = read_manifest(store, "factors")["files"]
+    keys = sorted(k for k in files if k.startswith(f"{table}/date="))
+    return pd.concat([read_entry(store, files[k]).to_pandas().assign(date=k.split("=")[1]) for k in keys],
+                     ignore_index=True)
 
 
 def test_run_from_simulator_candles_writes_daily_partitions(simulator, data_dir, monkeypatch):
@@ -247,8 +250,7 @@ def test_run_from_simulator_candles_writes_daily_partitions(simulator, data_dir,
         monkeypatch.setenv(name, str(value))
     assert cli.main(["factors", "--end", "2026-03-03T06:00:00Z"]) == 0
     manifest = read_manifest(get_store(get_settings()), "factors")
-    assert manifest["run_id"] != "" and all(e["path"].endswith(f"/{manifest['run_id']}.parquet")
-                                            for e in manifest["files"].values())
+    assert manifest["run_id"] != "" and all(e["run_id"] == manifest["run_id"] for e in manifest["files"].values())
     for table, frame in before.items():
         pd.testing.assert_frame_equal(read_output(data_dir, table), frame)
 

@@ -210,5 +210,10 @@ def test_the_demo_records_the_as_of_days_order_books_for_every_held_product(data
     held = sorted(load_positions(get_settings())["product_id"].unique())
     assert summary.committed["book"] > 0 and summary.rejects == 0
     build_liquidity()
+    from etl.lake import Lake
+    from etl.silver import increments
+    from etl.silver.liquidity import LIQUIDITY_DIR
+    from etl.storage import get_store
+
     for product in held:  # every held product has a book on the as-of day, in silver
-        assert (data_dir / f"silver/liquidity_5m/product_id={product}/date={day}/part-0.parquet").exists(), product
+        assert increments.partition_file(Lake.of(get_store()), LIQUIDITY_DIR, product, str(day)), product

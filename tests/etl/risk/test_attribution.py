@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from etl.risk.attribution import RESIDUAL, attribution_table, daily_factor_returns, explain
+from tests.etl.risk.conftest import AS_OF  # the `chain` fixture's day
 
 D0, D1, D2, D3 = pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"])
 CLOSES = pd.DataFrame({"BTC-USD": [100.0, 110.0, 99.0], "ETH-USD": [10.0, 9.0, 9.9], "EUR-USD": [1.25, 1.1, 1.0]},
@@ -86,39 +87,14 @@ def test_explain_is_exposure_times_return_and_the_residual_closes_the_sum():
 
 
 # ---- a real run: silver bars -> factors -> risk, the attribution read back from the committed outputs -------------
-FIRST, DAYS = pd.Timestamp("2026-01-01"), 30
-AS_OF = FIRST + pd.Timedelta(days=DAYS - 1)
-
-
-@pytest.fixture
-def chain(data_dir, tmp_path, monkeypatch):
-    """The warehouse sample's silver bars and book, the factor stage up to the end of AS_OF, then the risk run."""
-    from etl.factors import run_factors
-    from etl.risk.runner import run_risk
-    from etl.settings import get_settings
-    from etl.storage import Store
-    from tests.support import warehouse_sample as sample
-
-    b5 = sample.bars_5m(FIRST.date(), DAYS)
-    sample.write_silver(Store.from_uri(str(data_dir)), b5, sample.daily_from_5m(b5), FIRST.year)
-    monkeypatch.setenv("PIPELINE_REFERENCE_DIR", str(sample.write_reference(tmp_path / "ref")))
-    for key, value in {"RISK_MC_SCENARIOS": "500", "RISK_BACKTEST_DAYS": "25", "RISK_VAR_LOOKBACK_DAYS": "25",
-                       "PIPELINE_DAILY_HISTORY_DAYS": "35", "PIPELINE_PRODUCTS": ",".join(sample.PRODUCTS),
-                       "PIPELINE_HISTORY_DAYS": "3", "FACTOR_FREQUENCY_S": "300", "FACTOR_WINDOW": "48",
-                       "FACTOR_MIN_OBS": "12", "FACTOR_FORMATION_MINUTES": "120", "FACTOR_HOLDING_MINUTES": "60",
-                       "FACTOR_MOMENTUM_MINUTES": "30,60,120"}.items():
-        monkeypatch.setenv(key, value)
-    run_factors(get_settings(), (AS_OF + pd.Timedelta(days=1)).tz_localize("UTC").to_pydatetime())
-    run_risk(AS_OF.date(), get_settings())
-    return {"data": data_dir, "b5": b5, "positions": sample.POSITIONS}
 
 
 def _committed(data_dir, table: str, manifest: str, key: str) -> pd.DataFrame:
     from etl import commits
     from etl.storage import Store
 
-    entry = commits.read_manifest(Store.from_uri(str(data_dir)), manifest)["files"][key]
-    return pd.read_parquet(data_dir / entry["path"])
+    store = Store.from_uri(str(data_dir))
+    return commits.read_entry(store, commits.read_manifest(store, manifest)["files"][key]).to_pandas()
 
 
 def test_a_real_run_sums_to_the_daily_pnl_and_matches_an_independent_computation(chain):

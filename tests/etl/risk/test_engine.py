@@ -3,7 +3,6 @@ against independent pandas/numpy computations on the same prices."""
 
 from __future__ import annotations
 
-import shutil
 from datetime import date
 
 import numpy as np
@@ -13,15 +12,18 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import linalg, special, stats
 
-from etl.commits import read_manifest, risk_manifest
+from etl.commits import read_entry, read_manifest, risk_manifest
 from etl.errors import DataNotFoundError, ValidationError
+from etl.lake import Lake
 from etl.portfolios import load_portfolios, load_positions
 from etl.reference import load_instruments
 from etl.risk import run_risk
 from etl.risk.engine import RiskParams, compute_tables, intraday_anomalies
 from etl.settings import get_settings
+from etl.silver.incremental import BARS_1D_DIR
 from etl.storage import Store
-from tests.support.silver_sample import write_5m_bars, write_daily_bars
+from tests.support.delta_reader import duckdb_frame
+from tests.support.silver_sample import commit_silver, remove_product, write_5m_bars, write_daily_bars
 
 AS_OF = date(2026, 3, 31)
 DAYS = pd.date_range("2025-12-01", AS_OF, freq="D")
@@ -71,9 +73,22 @@ def risk_env(data_dir, book_reference, monkeypatch):
 
 
 def _read(data_dir, table: str) -> pd.DataFrame:
-    """The committed file of `table` for AS_OF (the risk run's manifest names it)."""
-    manifest = read_manifest(Store.from_uri(str(data_dir)), risk_manifest(AS_OF))
-    return pq.read_table(data_dir / manifest["files"][f"{table}/as_of_date={AS_OF}"]["path"]).to_pandas()
+    """The committed rows of `table` for AS_OF (the risk run's manifest names them)."""
+    store = Store.from_uri(str(data_dir))
+    manifest = read_manifest(store, risk_manifest(AS_OF))
+    return read_entry(store, manifest["files"][f"{table}/as_of_date={AS_OF}"]).to_pandas()
+
+
+def test_a_risk_run_records_the_version_of_silver_bars_it_read(risk_env):
+    """read_bars reads silver through the Delta log, so the run record names the bars' version: a later silver
+    commit moves the table on, not what the record says the run read."""
+    store = Store.from_uri(str(risk_env["data"]))
+    lake = Lake.of(store)
+    read = lake.version(BARS_1D_DIR)
+    run_risk(as_of=AS_OF, settings=get_settings())
+    _drop_last_days(risk_env["data"], "ETH-USD", 7)  # silver moves on after the run
+    inputs = read_manifest(store, risk_manifest(AS_OF))["inputs"]
+    assert inputs[BARS_1D_DIR] == read and lake.version(BARS_1D_DIR) > read
 
 
 def test_run_writes_every_table_and_the_numbers_agree(risk_env):
@@ -165,7 +180,7 @@ def test_run_writes_every_table_and_the_numbers_agree(risk_env):
 
 
 def test_missing_bars_for_a_held_product(risk_env):
-    shutil.rmtree(risk_env["data"] / "silver" / "bars_1d" / "product_id=ETH-BTC")
+    remove_product(risk_env["data"], BARS_1D_DIR, "ETH-BTC")
     with pytest.raises(DataNotFoundError, match=r"no daily bars for \['ETH-BTC'\]"):
         run_risk(as_of=AS_OF, settings=get_settings())
 
@@ -428,6 +443,19 @@ def test_market_value_overflow_refuses_the_risk_run_and_commits_nothing(risk_env
     assert read_manifest(Store.from_uri(str(risk_env["data"])), risk_manifest(AS_OF)) is None
 
 
+def test_duckdb_reads_exactly_the_committed_risk_rows_after_a_rerun(risk_env):
+    """Issue 31 item 5: an independent Delta reader gets our rows, not the superseded run's files beside them."""
+    first = run_risk(as_of=AS_OF, settings=get_settings())
+    run_risk(as_of=AS_OF, settings=get_settings())   # the rerun supersedes every partition of the day
+    on_disk = list((risk_env["data"] / "outputs/risk_metrics").rglob("*.parquet"))
+    ours = _read(risk_env["data"], "risk_metrics").sort_values("portfolio_id", ignore_index=True)
+    assert len(on_disk) == 2 and len(ours) == first.portfolios == 3
+    theirs = duckdb_frame(str(risk_env["data"] / "outputs/risk_metrics")).sort_values("portfolio_id",
+                                                                                     ignore_index=True)
+    theirs["as_of_date"] = theirs["as_of_date"].dt.date   # DuckDB's frames hold a DATE as a timestamp
+    pd.testing.assert_frame_equal(theirs, ours, check_dtype=False)
+
+
 def test_an_empty_portfolio_is_worth_zero_breaches_nothing_and_leaves_the_others_unchanged(risk_env):
     """docs/risk_conventions.md "Empty portfolio": a portfolio with no positions gets its as-of rows (market
     value 0, PnL 0, VaR 0), no limit breach, and every other portfolio's figures equal the run without it."""
@@ -457,10 +485,13 @@ def test_an_empty_portfolio_is_worth_zero_breaches_nothing_and_leaves_the_others
 
 def _drop_last_days(data_dir, product: str, days: int) -> None:
     """The product's daily bars stop `days` days before the as-of day."""
-    for path in (data_dir / "silver" / "bars_1d" / f"product_id={product}").rglob("*.parquet"):
-        table = pq.read_table(path)
-        keep = pa.array(pd.to_datetime(table["price_date"].to_pandas()) <= pd.Timestamp(AS_OF) - pd.Timedelta(days=days))
-        pq.write_table(table.filter(keep), path)
+    store = Store.from_uri(str(data_dir))
+    for rel in Lake.of(store).files(BARS_1D_DIR):
+        if f"/product_id={product}/" in rel:
+            table = pq.read_table(data_dir / rel)
+            keep = pa.array(pd.to_datetime(table["price_date"].to_pandas()) <= pd.Timestamp(AS_OF) - pd.Timedelta(days=days))
+            commit_silver(store, BARS_1D_DIR, [({"product_id": product, "year": rel.split("/year=")[1][:4]},
+                                                table.filter(keep))])
 
 
 def test_a_holding_without_a_bar_on_the_as_of_day_is_flagged_stale_or_delisted(risk_env):

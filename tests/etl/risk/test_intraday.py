@@ -6,21 +6,20 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from datetime import date
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from etl import commits, runlog
+from etl.lake import Lake
 from etl.orchestration.tasks import compute_intraday_risk
 from etl.report import alerts
 from etl.risk import intraday, intraday_io, run_risk
 from etl.settings import get_settings
 from etl.storage import get_store
-from tests.support.silver_sample import write_5m_bars, write_daily_bars
+from tests.support.silver_sample import remove_product, write_5m_bars, write_daily_bars
 
 D1 = date(2026, 3, 30)                    # the last EOD run's as-of (the previous UTC close)
 D = date(2026, 3, 31)                     # today
@@ -77,13 +76,13 @@ def book(data_dir, book_reference, monkeypatch):
 
 
 def eod(data, table: str, day: date = D1) -> pd.DataFrame:
-    manifest = commits.read_manifest(get_store(get_settings()), commits.risk_manifest(day))
-    return pq.read_table(data / manifest["files"][f"{table}/as_of_date={day}"]["path"]).to_pandas()
+    store = get_store(get_settings())
+    manifest = commits.read_manifest(store, commits.risk_manifest(day))
+    return commits.read_entry(store, manifest["files"][f"{table}/as_of_date={day}"]).to_pandas()
 
 
 def intraday_rows(data, bucket: pd.Timestamp, table: str = intraday.RISK_TABLE) -> pd.DataFrame:
-    rel = intraday_io.committed_path(get_store(get_settings()), table, bucket)
-    return pq.read_table(data / rel).to_pandas().set_index("portfolio_id")
+    return intraday_io.committed_rows(get_store(get_settings()), table, bucket).set_index("portfolio_id")
 
 
 def flat_day(data, last: pd.Series, moves: dict[str, dict[int, float]] | None = None) -> dict[str, np.ndarray]:
@@ -151,6 +150,19 @@ def test_prices_at_the_last_close_give_the_eod_var_and_es_exactly(book):
         assert got.loc[pid, "market_value"] == risk.loc[pid, "market_value"] and got.loc[pid, "intraday_pnl"] == 0
 
 
+def test_an_intraday_run_records_the_versions_of_the_scenario_set_it_read(book):
+    """Issue 31 item 4 (the Delta inputs): the bucket's record names the EOD scenario partitions at the versions
+    the EOD run committed them."""
+    flat_day(book["data"], book["last"])
+    b = at(10, 5)
+    intraday_io.run_intraday_risk(b.to_pydatetime())
+    store = get_store(get_settings())
+    record = commits.read_manifest(store, intraday_io.intraday_manifest(b.date()))
+    risk = commits.read_manifest(store, commits.risk_manifest(D1))["files"]
+    scenario = {f"outputs/{k}": risk[k]["version"] for k in risk if k.startswith("scenario_")}
+    assert len(scenario) == 3 and scenario.items() <= record["inputs"].items()
+
+
 def test_the_last_bucket_of_the_day_equals_the_eod_daily_pnl(book):
     data, closes = book["data"], book["closes"]
     rng = np.random.default_rng(3)
@@ -174,7 +186,7 @@ def test_the_last_bucket_of_the_day_equals_the_eod_daily_pnl(book):
 def test_a_product_without_bars_today_is_stale_not_zero(book):
     data, last = book["data"], book["last"]
     flat_day(data, last, {"BTC-USD": {index(8, 0): 1.01}})
-    shutil.rmtree(data / "silver" / "bars_5m" / "product_id=ETH-BTC")
+    remove_product(data, "silver/bars_5m", "ETH-BTC")
     b = at(10, 5)
     intraday_io.run_intraday_risk(b.to_pydatetime())
     got = intraday_rows(data, b)
@@ -297,7 +309,8 @@ def test_a_breach_whose_var_becomes_uncomputable_stays_in_breach_and_never_clear
     (ref / "portfolios.csv").write_text(PORTFOLIOS.format(var_limit=var_99 * 1.1))
     flat_day(data, last, {"BTC-USD": {index(10, 5): 1.2}})
     assert run_buckets([at(10, 5)]) == [1]
-    (data / commits.manifest_path(commits.risk_manifest(D1))).unlink()   # no scenario set within 31 days now
+    # no scenario set within 31 days now: D1's risk commit withdrawn
+    Lake.of(get_store()).delete(commits.RUNS, f"name = '{commits.risk_manifest(D1)}'")
     assert run_buckets([at(10, 10)]) == [3]      # B, S, X newly uncomputable; L's breach was alerted already
     r = intraday_rows(data, at(10, 10), intraday.BREACH_TABLE).loc["L"]
     assert (r["limit_type"], r["status"], r["breach_kind"], r["breached_at"]) == (
@@ -358,7 +371,7 @@ def test_the_light_load_keeps_the_breach_in_gold_and_a_rerun_rewrites_the_same_r
     var_99 = eod(data, "risk_metrics").set_index("portfolio_id").loc["L", "var_99_hist"]
     (ref / "portfolios.csv").write_text(PORTFOLIOS.format(var_limit=var_99 * 1.1))
     flat_day(data, last, {"BTC-USD": {index(10, 5): 1.2, index(10, 15): 1.0}})
-    shutil.rmtree(data / "silver" / "bars_5m" / "product_id=ETH-BTC")             # X is valued on a stale price
+    remove_product(data, "silver/bars_5m", "ETH-BTC")             # X is valued on a stale price
     with db.scratch_database(pg_url, "intraday") as url:
         monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
         monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))

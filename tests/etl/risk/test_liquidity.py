@@ -74,10 +74,12 @@ def test_risk_run_writes_lvar_from_silver_books_with_the_lvar_limit(risk_env, mo
     import os
     from pathlib import Path
 
+    from etl.lake import Lake
     from etl.risk import run_risk
     from etl.settings import get_settings
-    from etl.silver.liquidity import LIQUIDITY_DIR, _table
-    from etl.storage import get_store, partition_path
+    from etl.silver import increments
+    from etl.silver.liquidity import LIQUIDITY_DIR, LIQUIDITY_SCHEMA, _table
+    from etl.storage import get_store
     from tests.etl.risk.test_engine import AS_OF, _read
 
     ref = Path(os.environ["PIPELINE_REFERENCE_DIR"]) / "portfolios.csv"
@@ -91,8 +93,9 @@ def test_risk_run_writes_lvar_from_silver_books_with_the_lvar_limit(risk_env, mo
                                                                  "bid_depth_100bp", "ask_depth_10bp",
                                                                  "ask_depth_50bp", "ask_depth_100bp")},
                             "reach_bps": 100.0, **BOOK} for i, s in enumerate((10.0, 30.0))])
-    get_store().write_parquet(partition_path(LIQUIDITY_DIR, product_id="BTC-USD", date=AS_OF.isoformat())
-                              + "/part-0.parquet", _table(silver))
+    store = get_store()  # committed to the silver Delta table as a liquidity build commits it
+    increments.commit(store, Lake.of(store), LIQUIDITY_DIR, LIQUIDITY_SCHEMA,
+                      {("BTC-USD", AS_OF.isoformat()): _table(silver)}, None)
     summary = run_risk(as_of=AS_OF, settings=get_settings())
     assert summary.rows["liquidity_risk"] == 2 and summary.rows["liquidity_positions"] == 2   # B1 holds no BTC
     lvar = _read(risk_env["data"], "liquidity_risk").set_index("portfolio_id")

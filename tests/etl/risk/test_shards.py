@@ -4,10 +4,9 @@ the same tables as 1 and as the unsharded run, a retried shard changes nothing, 
 from __future__ import annotations
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
-from etl.commits import read_manifest, risk_manifest
+from etl.commits import read_entry, read_manifest, risk_manifest
 from etl.errors import DataNotFoundError
 from etl.orchestration import tasks
 from etl.risk.runner import TABLES
@@ -61,10 +60,11 @@ KEYS = ("portfolio_id", "product_id", "method", "confidence", "as_of_date", "sce
 def _committed(data_dir) -> dict[str, pd.DataFrame]:
     """Every table the risk manifest of AS_OF commits, rows in key order (shards append the portfolios in another
     order, never other rows)."""
-    manifest = read_manifest(Store.from_uri(str(data_dir)), risk_manifest(AS_OF))
+    store = Store.from_uri(str(data_dir))
+    manifest = read_manifest(store, risk_manifest(AS_OF))
     out = {}
     for name in TABLES:
-        df = pq.read_table(data_dir / manifest["files"][f"{name}/as_of_date={AS_OF}"]["path"]).to_pandas()
+        df = read_entry(store, manifest["files"][f"{name}/as_of_date={AS_OF}"]).to_pandas()
         df = df.drop(columns=["risk_run_id"], errors="ignore")
         keys = [k for k in KEYS if k in df.columns]
         out[name] = df.sort_values(keys, ignore_index=True) if keys else df
@@ -95,6 +95,10 @@ def test_three_shards_commit_the_same_tables_as_one_and_as_the_unsharded_run(sha
     _assert_same(_committed(shard_env), whole)
     three = _sharded(monkeypatch, 3, "run-three")
     _assert_same(_committed(shard_env), whole)
+    store = Store.from_uri(str(shard_env))
+    read_by_shards = read_manifest(store, risk_manifest(AS_OF))["inputs"]
+    tasks.compute_risk(AS_OF)
+    assert read_by_shards.keys() == read_manifest(store, risk_manifest(AS_OF))["inputs"].keys()  # the same reads
     assert unsharded["rows"] == one["rows"] == three["rows"]
     assert three["portfolios"] == 7 and len(whole["risk_metrics"]) == 7
     assert set(whole["firm_risk"]["n_portfolios"]) == {7}                      # firm: the whole book, once

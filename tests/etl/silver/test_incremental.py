@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 import shutil
 import subprocess
 import sys
@@ -21,10 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from etl.errors import ValidationError
+from etl.lake import Lake
 from etl.silver import bars as bars_module
 from etl.silver import build, read_bars, read_candles
 from etl.silver.bars import aggregate, latest_per_key
+from etl.silver.incremental import SILVER_TABLES
 from etl.storage import Store
+from tests.support.delta_reader import EXTENSION, duckdb_frame
+from tests.support.silver_sample import silver_file, silver_read
 
 # ../shared/ beside the project root (found upward, so a git worktree one level deeper finds it too)
 SHARED_DATA = next(p / "shared/data/coinbase" for p in Path(__file__).resolve().parents
@@ -35,17 +40,21 @@ T0 = datetime(2026, 1, 5, tzinfo=UTC)
 
 
 # ---- helpers: bronze written the way etl/bronze.py writes it (columns and paths of CONTRACT.md) ------------------
-def write_batch(data_dir: Path, candles: pd.DataFrame, batch_id: str, ingested_at: datetime) -> list[str]:
-    """One bronze batch: a Parquet file per (product, date) partition, then its manifest."""
+def write_batch(data_dir: Path, candles: pd.DataFrame, batch_id: str, ingested_at: datetime,
+                commit: bool = True) -> list[str]:
+    """One bronze batch: a Parquet file per (product, date) partition, then its Delta commit (none when `commit`
+    is False: a batch whose writer died before committing)."""
+    from etl import candles as table
+
     store = Store.from_uri(str(data_dir))
     candles = candles.copy()
     candles["bucket_start"] = pd.to_datetime(candles["bucket_start"], utc=True)
     if "granularity" not in candles:
         candles["granularity"] = 60
-    files, partitions = [], []
+    files = []
     for (product, day), part in candles.groupby(["product_id", candles["bucket_start"].dt.strftime("%Y-%m-%d")]):
         n = len(part)
-        table = pa.table({
+        rows = pa.table({
             "bucket_start": pa.array(part["bucket_start"], pa.timestamp("us", tz="UTC")),
             **{c: pa.array(part[c].to_numpy(dtype=float)) for c in ("open", "high", "low", "close", "volume")},
             "granularity": pa.array(part["granularity"].to_numpy(dtype=np.int64)),
@@ -53,13 +62,23 @@ def write_batch(data_dir: Path, candles: pd.DataFrame, batch_id: str, ingested_a
             "ingested_at": pa.array([ingested_at] * n, pa.timestamp("us", tz="UTC")),
             "source": pa.array(["test"] * n),
         })
-        rel = f"bronze/candles/product_id={product}/date={day}/{batch_id}.parquet"
-        store.write_parquet(rel, table)
-        files.append(rel)
-        partitions.append({"product_id": product, "date": day, "rows": n})
-    store.write_json(f"bronze/_manifests/{batch_id}.json", {
-        "batch_id": batch_id, "created_at": ingested_at.isoformat(), "files": files, "partitions": partitions})
-    return files
+        files.append(table.write_file(store, product, day, f"{batch_id}.parquet", rows))
+    rels = [f"{table.CANDLES_DIR}/{f.path}" for f in files]
+    if commit:
+        commit_batch(data_dir, rels, batch_id)
+    return rels
+
+
+def commit_batch(data_dir: Path, rels: list[str], batch_id: str) -> int:
+    """Commit a batch's files (paths relative to the data root) to the bronze table, as an ingest does last."""
+    from etl import candles as table
+    from etl.lake import DataFile, Lake
+
+    store = Store.from_uri(str(data_dir))
+    files = [DataFile(posixpath.relpath(rel, table.CANDLES_DIR), (data_dir / rel).stat().st_size,
+                      dict(zip(table.KEYS, table.partition_of(rel), strict=True)),
+                      pq.ParquetFile(data_dir / rel).metadata.num_rows) for rel in rels]
+    return table.commit(store, Lake(str(data_dir)), files, {table.BATCH_ID: batch_id})
 
 
 def minute_candles(product: str, start: datetime, minutes: int, seed: int = 0, step: int = 60) -> pd.DataFrame:
@@ -76,9 +95,15 @@ def minute_candles(product: str, start: datetime, minutes: int, seed: int = 0, s
 
 
 def silver_files(data_dir: Path) -> dict[str, bytes]:
-    root = data_dir / "silver"
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet")) if p.is_file()
-            and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)}
+    """The current file of each partition of the silver tables (from their logs; one per partition), named
+    `<partition>/part-0.parquet` -> its bytes."""
+    store, files = Store.from_uri(str(data_dir)), {}
+    for table in SILVER_TABLES:
+        folders = [posixpath.dirname(f) for f in Lake.of(store).files(table) or []]
+        assert len(folders) == len(set(folders)), f"{table}: a partition with two files"
+        files |= {posixpath.join(folder[len("silver/"):], "part-0.parquet"): (data_dir / f).read_bytes()
+                  for folder, f in zip(folders, Lake.of(store).files(table) or [], strict=True)}
+    return dict(sorted(files.items()))
 
 
 # ---- the maths: every bar equals a brute-force aggregation of its candles ----------------------------------------
@@ -274,7 +299,7 @@ def test_quality_rules_quarantine_with_their_names(data_dir):
 
     expected = {rule: 1 for rule, _ in broken.values()} | {"not_in_future": 1}
     assert {r: n for r, n in summary.quarantined_by_rule.items() if n} == expected
-    quarantine = pq.read_table(data_dir / "silver/quarantine/product_id=BTC-USD/date=2026-01-05/part-0.parquet")
+    quarantine = pq.read_table(silver_file(data_dir, "silver/quarantine/product_id=BTC-USD/date=2026-01-05/part-0.parquet"))
     assert quarantine.column("rule").to_pylist() == [broken[i][0] for i in range(7)] + ["not_in_future"]
     assert quarantine.column("batch_id").to_pylist() == ["b1"] * 8
     assert "low_le_close" in quarantine.column("failed_rules")[2].as_py()
@@ -410,10 +435,9 @@ def test_a_bronze_batch_without_manifest_is_not_taken_in_and_full_refresh_agrees
     write_batch(incremental, minute_candles("BTC-USD", T0, 1440), "b1", T0 + timedelta(days=1))
     build(now=FUTURE)
     before = silver_files(incremental)
-    # b2 is still being written (or its writer died): its files are there, its manifest is not
+    # b2 is still being written (or its writer died): its files are there, its commit is not
     revised = minute_candles("BTC-USD", T0, 2 * 1440, seed=9)
-    write_batch(incremental, revised, "b2", T0 + timedelta(days=2))
-    (incremental / "bronze/_manifests/b2.json").unlink()
+    write_batch(incremental, revised, "b2", T0 + timedelta(days=2), commit=False)
     write_batch(incremental, minute_candles("ETH-USD", T0, 10), "b3", T0 + timedelta(days=2))
     build(now=FUTURE)
     inc_files = silver_files(incremental)
@@ -451,8 +475,8 @@ def silver_digest(data_dir: Path) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for rel in silver_files(data_dir):
-        table = pq.read_table(data_dir / "silver" / rel)
+    for rel, data in silver_files(data_dir).items():
+        table = pq.read_table(pa.BufferReader(data))
         digest.update(rel.encode())
         for name in table.column_names:
             values = table[name].to_pylist()
@@ -516,7 +540,7 @@ def test_two_worker_processes_write_the_files_one_process_writes(tmp_path, monke
     for name in ("rows_in", "rows_out", "bars_1d", "duplicates", "partitions", "incomplete_bars"):
         assert getattr(summaries["1"], name) == getattr(summaries["2"], name), name
     assert silver_files(one) == silver_files(two)
-    assert (one / "silver/_state/partitions.json").read_text() == (two / "silver/_state/partitions.json").read_text()
+    assert silver_read(one) == silver_read(two)
 
 
 def test_a_failed_worker_leaves_the_previous_complete_state(data_dir, monkeypatch):
@@ -526,21 +550,20 @@ def test_a_failed_worker_leaves_the_previous_complete_state(data_dir, monkeypatc
     monkeypatch.setenv("PIPELINE_SILVER_WORKERS", "2")
     write_batch(data_dir, two_products_over_new_year(), "b1", T0)
     build(full_refresh=True, now=FUTURE)
-    state = data_dir / "silver/_state/partitions.json"
-    before_files, before_state = silver_files(data_dir), state.read_text()
+    before_files, before_state = silver_files(data_dir), silver_read(data_dir)
     write_batch(data_dir, minute_candles("ETH-USD", datetime(2026, 1, 3, tzinfo=UTC), 30, seed=4), "b2", T0)
-    blocked = data_dir / "silver/bars_5m/product_id=ETH-USD/date=2026-01-03/part-0.parquet"
-    blocked.mkdir(parents=True)  # a directory where the worker must write the new day's file: its write fails
+    blocked = data_dir / "silver/bars_5m/product_id=ETH-USD/date=2026-01-03"
+    blocked.write_text("")  # a file where the worker must make the new day's folder: its write fails
 
     with pytest.raises(OSError):
         build(full_refresh=True, now=FUTURE)
-    assert state.read_text() == before_state  # the commit never happened
+    assert silver_read(data_dir) == before_state  # the commit never happened
     assert silver_files(data_dir) == before_files  # every file of the previous build, with its data
 
-    blocked.rmdir()
+    blocked.unlink()
     summary = build(full_refresh=True, now=FUTURE)
     assert summary.partitions == 5
-    assert "ETH-USD/2026-01-03" in json.loads(state.read_text())["partitions"]
+    assert "ETH-USD/2026-01-03" in silver_read(data_dir)["partitions"]
     assert len(read_bars("5m").query("product_id == 'ETH-USD'")) == 30 + 6
 
 
@@ -562,3 +585,52 @@ def test_worker_processes_die_with_a_killed_build():
     build_proc.wait()
     _, alive = psutil.wait_procs(workers, timeout=30)
     assert alive == []
+
+
+@pytest.mark.skipif(EXTENSION is None, reason="duckdb-ext-delta is not installed (requirements-dev.txt)")
+def test_duckdb_reads_exactly_the_committed_daily_bars_after_a_rebuild(data_dir):
+    """A late batch rebuilds the year file: the superseded file stays on disk (time travel until vacuum), and
+    DuckDB's delta reader, like read_bars, reads only the committed one."""
+    write_batch(data_dir, minute_candles("BTC-USD", T0, 2 * 1440), "b1", T0 + timedelta(days=2))
+    build(now=FUTURE)
+    write_batch(data_dir, minute_candles("BTC-USD", T0 + timedelta(days=1), 60, seed=9), "b2", T0 + timedelta(days=3))
+    build(now=FUTURE)
+    on_disk = list((data_dir / "silver/bars_1d").rglob("*.parquet"))
+    assert len(on_disk) == 2 and len(Lake.of(Store.from_uri(str(data_dir))).files("silver/bars_1d")) == 1
+
+    ours = read_bars("1d")
+    theirs = duckdb_frame(str(data_dir / "silver/bars_1d"), exclude=("year",)).sort_values("price_date",
+                                                                                         ignore_index=True)
+    assert len(theirs) == len(ours) == 2
+    columns = ["product_id", "open", "high", "low", "close", "volume", "vwap", "n_candles", "is_complete"]
+    pd.testing.assert_frame_equal(theirs[columns], ours[columns], check_dtype=False)
+    assert list(pd.to_datetime(theirs["price_date"])) == list(ours["price_date"])
+
+
+def test_a_build_dying_between_its_tables_commits_is_repaired_by_the_next_build(data_dir, tmp_path, monkeypatch):
+    """The build commits bars_5m, then dies before bars_1d (its last table, which records what it read): readers
+    see the new 5-minute bars and the old daily bars; the next build finds the old record, rebuilds the same
+    partitions, and silver equals a clean build of the same bronze."""
+    write_batch(data_dir, minute_candles("BTC-USD", T0, 2 * 1440), "b1", T0 + timedelta(days=2))
+    build(now=FUTURE)
+    recorded = silver_read(data_dir)
+    write_batch(data_dir, minute_candles("BTC-USD", T0 + timedelta(days=1), 60, seed=9), "b2", T0 + timedelta(days=3))
+    commit = Lake.commit_files
+
+    def dies_before_the_last(self, rel, *args, **kwargs):
+        if rel == "silver/bars_1d":
+            raise KeyboardInterrupt("killed")
+        return commit(self, rel, *args, **kwargs)
+
+    monkeypatch.setattr(Lake, "commit_files", dies_before_the_last)
+    with pytest.raises(KeyboardInterrupt):
+        build(now=FUTURE)
+    monkeypatch.setattr(Lake, "commit_files", commit)
+    assert silver_read(data_dir) == recorded                      # the record did not move
+    assert build(now=FUTURE).partitions == 2                     # so the same partitions are rebuilt
+
+    clean = tmp_path / "clean"
+    shutil.copytree(data_dir / "bronze", clean / "bronze")
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(clean))
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == silver_files(clean)

@@ -13,14 +13,18 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from etl.cli import main
 from etl.errors import ValidationError
+from etl.lake import Lake
 from etl.settings import PROJECT_ROOT
 from etl.silver import build, read_bars
-from etl.storage import LockTimeout, exclusive
-from tests.etl.silver.test_incremental import FUTURE, T0, minute_candles, silver_files, write_batch
+from etl.silver.incremental import LAST_TABLE, SILVER_READ, SILVER_TABLES
+from etl.storage import get_store
+from tests.etl.silver.test_incremental import FUTURE, T0, commit_batch, minute_candles, silver_files, write_batch
+from tests.support.silver_sample import silver_file, silver_read
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
@@ -44,8 +48,9 @@ def _wait_for_line(proc: subprocess.Popen, needle: str, limit: int = 500) -> lis
 def test_silver_single_writer_full_refresh_paused_mid_way_loses_no_bars(data_dir, simulator, tmp_path):
     """Issue 12 item 2 replayed with real processes: a full refresh is stopped (SIGSTOP) after it has listed bronze,
     a new day is ingested, an incremental build is started, then the full refresh resumes (SIGCONT). The
-    incremental build must wait for the writer lock and take in the new day: no bars lost, same files as a clean
-    rebuild of the same bronze."""
+    incremental build commits first and takes in the new day; the resumed full refresh, whose tables moved on
+    since it read them, fails with a conflict instead of committing its older view (Delta's optimistic
+    concurrency, no lock): no bars lost, same files as a clean rebuild of the same bronze."""
     day1, day2 = datetime(2026, 1, 5), datetime(2026, 1, 6)
     assert main(["ingest", "--products", "BTC-USD", "--start", f"{day1:%Y-%m-%dT%H:%M}",
                  "--end", f"{day1 + timedelta(hours=3):%Y-%m-%dT%H:%M}"]) == 0
@@ -60,15 +65,13 @@ def test_silver_single_writer_full_refresh_paused_mid_way_loses_no_bars(data_dir
                                 cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
         assert ingest.returncode == 0, ingest.stderr
         incremental = _cli("silver")
-        _wait_for_line(incremental, "waiting for the silver lock")
-        time.sleep(0.5)
-        assert incremental.poll() is None  # blocked behind the paused full refresh
+        out, err = incremental.communicate(timeout=120)  # not blocked behind the paused full refresh
+        assert incremental.returncode == 0, err
+        assert "1 bronze batch(es) taken in" in out
     finally:
         full.send_signal(signal.SIGCONT)
-    assert full.wait(120) == 0, full.stderr.read()
-    out, err = incremental.communicate(timeout=120)
-    assert incremental.returncode == 0, err
-    assert "1 bronze batch(es) taken in" in out
+    assert full.wait(120) == 2
+    assert "a concurrent writer changed the rows this commit replaces" in full.stderr.read()
 
     bars = read_bars("5m", ["BTC-USD"], start=day2.date(), end=day2.date())
     assert len(bars) == 12 and bars["n_candles"].sum() == 60  # the new day's 60 candles are all in silver
@@ -82,36 +85,16 @@ def test_silver_single_writer_full_refresh_paused_mid_way_loses_no_bars(data_dir
     assert silver_files(data_dir) == silver_files(clean)
 
 
-def test_silver_lock_is_released_when_its_holder_is_killed(data_dir):
-    holder = subprocess.Popen([sys.executable, "-c", "from etl.storage import exclusive\nimport time\n"
-                               "with exclusive('silver'):\n    print('held', flush=True)\n    time.sleep(60)"],
-                              cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(LockTimeout, match=rf"held by pid {holder.pid} on .*PIPELINE_LOCK_TIMEOUT_S"):
-            with exclusive("silver", timeout_s=0.5):
-                pass
-        holder.send_signal(signal.SIGKILL)
-        holder.wait(10)
-        started = time.monotonic()
-        with exclusive("silver", timeout_s=5):
-            assert time.monotonic() - started < 1.0
-    finally:
-        holder.kill()
-
-
 def test_silver_state_records_only_the_batches_it_read(data_dir):
-    """A batch whose manifest lands after silver listed bronze is not recorded: the next run takes it in."""
+    """A batch whose commit lands after silver read bronze is not recorded: the next run takes it in."""
     write_batch(data_dir, minute_candles("BTC-USD", T0, 60), "b1", T0 + timedelta(days=1))
     late = minute_candles("BTC-USD", T0 + timedelta(hours=1), 60, seed=1)
-    files = write_batch(data_dir, late, "b2", T0 + timedelta(days=1, hours=1))
-    manifest = data_dir / "bronze/_manifests/b2.json"
-    kept = manifest.read_text()
-    manifest.unlink()  # b2's file is there, its commit is not (yet)
+    files = write_batch(data_dir, late, "b2", T0 + timedelta(days=1, hours=1), commit=False)
+    # b2's file is there, its commit is not (yet)
     assert build(now=FUTURE).rows_in == 60
-    state = json.loads((data_dir / "silver/_state/partitions.json").read_text())
-    assert state["partitions"]["BTC-USD/2026-01-05"] == {"marker": "", "batches": ["b1"]}
-    manifest.write_text(kept)
+    read = silver_read(data_dir)
+    assert read["bronze_version"] == 1 and read["partitions"]["BTC-USD/2026-01-05"] == {}  # b1's commit
+    commit_batch(data_dir, files, "b2")
     again = build(now=FUTURE)
     assert again.batches == 1 and again.rows_in == 120 and len(read_bars("5m")) == 24
     assert files
@@ -121,15 +104,18 @@ def test_silver_state_records_only_the_batches_it_read(data_dir):
 @pytest.mark.parametrize("content, what", [("{not json", "not valid JSON"),
                                            ('{"batches": ["b1"]}', "key missing or mistyped")])
 def test_silver_corrupt_state_exits_2_naming_the_file_and_the_fix(data_dir, capsys, content, what):
+    """The state is the metadata of silver's last commit (SILVER_READ on the last table): a corrupt one is
+    committed here the way a build commits it."""
     write_batch(data_dir, minute_candles("BTC-USD", T0, 60), "b1", T0 + timedelta(days=1))
-    state = data_dir / "silver/_state/partitions.json"
-    state.parent.mkdir(parents=True)
-    state.write_text(content)
+    schema, keys = SILVER_TABLES[LAST_TABLE]
+    Lake.of(get_store()).commit_files(LAST_TABLE, [], pa.schema([*schema, *(pa.field(k, pa.string()) for k in keys)]),
+                                      keys, metadata={SILVER_READ: content})
     assert main(["silver"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and str(state) in err and what in err and "--full-refresh" in err
+    assert len(err.splitlines()) == 1 and f"{data_dir / LAST_TABLE} version 1" in err and what in err \
+        and "--full-refresh" in err
     assert not (data_dir / "silver/bars_5m").exists()  # nothing written
-    assert main(["silver", "--full-refresh"]) == 0 and json.loads(state.read_text())["partitions"]
+    assert main(["silver", "--full-refresh"]) == 0 and silver_read(data_dir)
 
 
 def test_silver_truncated_bronze_file_is_quarantined_with_its_reason_and_silver_goes_on(data_dir):
@@ -150,10 +136,10 @@ def test_silver_truncated_bronze_file_is_quarantined_with_its_reason_and_silver_
 def test_silver_incremental_cannot_repair_a_bad_daily_file_and_says_full_refresh(data_dir):
     write_batch(data_dir, minute_candles("BTC-USD", T0, 60), "b1", T0 + timedelta(days=1))
     build(now=FUTURE)
-    daily = data_dir / "silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet"
+    daily = silver_file(data_dir, "silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet")
     daily.write_bytes(b"PAR1 garbage")
     write_batch(data_dir, minute_candles("BTC-USD", T0 + timedelta(days=1), 60), "b2", T0 + timedelta(days=2))
-    with pytest.raises(ValidationError, match=r"part-0.parquet: unreadable silver daily file .*--full-refresh"):
+    with pytest.raises(ValidationError, match=rf"{daily.name}: unreadable silver daily file .*--full-refresh"):
         build(now=FUTURE)
     assert build(full_refresh=True, now=FUTURE).bars_1d == 2
     assert len(read_bars("1d")) == 2
@@ -214,8 +200,8 @@ def test_chaos_sigkill_silver_at_seeded_points_then_rerun_equals_clean_run(data_
             proc.send_signal(signal.SIGKILL)
             landed += 1
         proc.wait(timeout=30)
-        for rel in silver_files(root):  # whatever is visible is a whole Parquet file
-            pq.read_metadata(root / "silver" / rel)
+        for data in silver_files(root).values():  # whatever is visible is a whole Parquet file
+            pq.read_metadata(pa.BufferReader(data))
         rerun = subprocess.run([sys.executable, "-m", "etl", "silver"], cwd=PROJECT_ROOT, env=env, capture_output=True,
                                text=True, timeout=300)
         assert rerun.returncode == 0, rerun.stderr[-2000:]

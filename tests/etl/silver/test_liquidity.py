@@ -33,7 +33,7 @@ def test_time_weighted_spread_and_depth_by_hand(data_dir):
     ])
     summary = build_liquidity()
     assert (summary.snapshots, summary.one_sided, summary.buckets, summary.partitions) == (4, 1, 2, 1)
-    out = pq.read_table(data_dir / "silver/liquidity_5m/product_id=BTC-USD/date=2026-12-01/part-0.parquet")
+    out = pq.read_table(data_dir / _current("BTC-USD", "2026-12-01"))
     first, second = out.to_pandas().to_dict("records")
     # the first snapshot holds 60 s, the second the bucket's remaining 240 s
     assert first["n_snapshots"] == 2 and first["spread_bps"] == pytest.approx((20 * 60 + 40 * 240) / 300)
@@ -54,6 +54,16 @@ def test_incremental_takes_new_files_only_and_rebuilds_the_partition(data_dir):
     write_snapshots([(B + 150, [(99.8, 1)], [(100.2, 1)])], "b2")
     summary = build_liquidity()
     assert (summary.files, summary.buckets) == (1, 1)
-    out = pq.read_table(data_dir / "silver/liquidity_5m/product_id=BTC-USD/date=2026-12-01/part-0.parquet")
+    out = pq.read_table(data_dir / _current("BTC-USD", "2026-12-01"))
     row = out.to_pandas().iloc[0]
     assert row["n_snapshots"] == 2 and row["spread_bps"] == pytest.approx((20 * 150 + 40 * 150) / 300)
+
+
+def _current(product: str, day: str) -> str:
+    """The partition's file in the silver Delta table's latest version (earlier builds' files stay beside it)."""
+    from etl.lake import Lake
+    from etl.silver import increments
+    from etl.silver.liquidity import LIQUIDITY_DIR
+    from etl.storage import get_store
+
+    return increments.partition_file(Lake.of(get_store()), LIQUIDITY_DIR, product, day)

@@ -20,6 +20,7 @@ from etl.settings import get_settings
 from etl.silver import build, read_bars, read_candles
 from etl.silver.price_quality import RULES, gate
 from tests.etl.silver.test_incremental import FUTURE, SHARED_DATA, minute_candles, silver_files, write_batch
+from tests.support.silver_sample import silver_frame
 
 BTC_FILE = SHARED_DATA / "BTC-USD_300s_2025-07-01_2026-01-22.csv"
 CRASH = (pd.Timestamp("2025-10-10 21:10", tz="UTC"), pd.Timestamp("2025-10-10 21:35", tz="UTC"))
@@ -158,7 +159,7 @@ def test_replayed_faults_are_excluded_and_recorded_and_the_rest_equals_the_clean
     pd.testing.assert_frame_equal(bars_1d[same].reset_index(drop=True), clean_1d[same].reset_index(drop=True))
     assert bars_1d["high"].max() < 130_000  # the 1000x daily close and the 50x spike reach no daily bar
 
-    flags = pd.read_parquet(data_dir / "silver/price_quality").sort_values(["bucket_start", "granularity"])
+    flags = silver_frame(data_dir, "silver/price_quality").sort_values(["bucket_start", "granularity"])
     assert list(zip(flags["granularity"], flags["bucket_start"].dt.strftime("%m-%d %H:%M"), flags["rule"],
                     strict=True)) == [
         *[(300, f"10-09 15:{m:02d}", "frozen_zero_volume") for m in range(0, 30, 5)],
@@ -186,7 +187,7 @@ def test_spike_at_a_day_edge_is_confirmed_by_the_next_day_and_incremental_equals
     incremental = silver_files(data_dir)
     build(full_refresh=True, now=FUTURE)
     assert silver_files(data_dir) == incremental
-    flags = pd.read_parquet(data_dir / "silver/price_quality")
+    flags = silver_frame(data_dir, "silver/price_quality")
     assert list(flags["rule"]) == ["spike_revert"] and "then -3.690 back to 99.059268" in flags["evidence"].iat[0]
 
 
@@ -197,9 +198,8 @@ def test_daily_candles_built_day_by_day_equal_a_full_refresh_and_a_spikes_way_ba
     for i in range(10):  # one batch a day, a build after each, as the end-of-day DAG does
         write_batch(data_dir, daily.iloc[[i]], f"d{i}", datetime(2026, 1, 2 + i, tzinfo=UTC))
         build(now=FUTURE)
-        files = sorted((data_dir / "silver/price_quality").rglob("*.parquet"))
-        flags = pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame()
-        flagged.append(sorted(zip(flags["bucket_start"].dt.day, flags["rule"], strict=True)) if files else [])
+        flags = silver_frame(data_dir, "silver/price_quality")
+        flagged.append(sorted(zip(flags["bucket_start"].dt.day, flags["rule"], strict=True)) if len(flags) else [])
     assert flagged[8] == [(9, "jump_unconfirmed")]  # held out while unconfirmed
     assert flagged[9] == [(9, "spike_revert")]      # confirmed a spike; the day after it is the way back, kept
     incremental = silver_files(data_dir)
@@ -226,7 +226,7 @@ def test_an_accepted_print_goes_back_into_the_bars_and_the_decision_is_recorded(
     assert summary.partitions == 3 and summary.accepted == 1
     bar = read_bars("5m").set_index("bucket_start").loc[pd.Timestamp("2026-01-06 01:00", tz="UTC")]
     assert bar["close"] == candles.at[300, "close"]
-    flag = pd.read_parquet(data_dir / "silver/price_quality").iloc[0]
+    flag = silver_frame(data_dir, "silver/price_quality").iloc[0]
     assert (flag["decision"], flag["accepted_by"], flag["override_reason"]) == (
         "accepted_by_override", "risk-ops", "auction print confirmed by the exchange")
     assert flag["accepted_at"] == pd.Timestamp("2026-01-07 09:00", tz="UTC")

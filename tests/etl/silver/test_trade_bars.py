@@ -18,10 +18,49 @@ def test_bronze_partitions_named_by_bad_fields_are_skipped_not_built(data_dir, c
         batch.add_trade(product, day, (str(i), "100.0", "0.5", "BUY", when, "update", "market_trades", when, "",
                                        i, "c1", 1767225600.0, None))
     BronzeSink(Store.from_uri(str(data_dir))).write(batch)
-    assert len(list((data_dir / "bronze" / "trades").glob("*/*"))) == 3
-    with caplog.at_level(logging.WARNING, logger="etl.silver.trade_bars"):
+    assert len(list((data_dir / "bronze" / "trades").glob("product_id=*/*"))) == 3  # the partitions (not the log)
+    with caplog.at_level(logging.WARNING, logger="etl.silver.increments"):
         summary = build_trade_bars()
     root = data_dir / TRADE_BARS_DIR
-    assert sorted(str(p.relative_to(root)) for p in root.glob("*/*")) == ["product_id=BTC-USD/date=2026-01-01"]
+    assert sorted(str(p.relative_to(root)) for p in root.glob("product_id=*/*")) == ["product_id=BTC-USD/date=2026-01-01"]
     assert summary.partitions == 1 and summary.trades_in == 1
     assert "2 bronze file(s) outside a valid product_id=/date= partition skipped" in caplog.text
+
+
+def _trades(batch_id: str, rows: list[tuple[str, str, str]]) -> MicroBatch:
+    """A micro-batch of trades (product, trade id, time) at 100.0 for 0.5 each."""
+    batch = MicroBatch(batch_id)
+    for i, (product, trade_id, when) in enumerate(rows):
+        batch.add_trade(product, when[:10], (trade_id, "100.0", "0.5", "BUY", when, "update", "market_trades", when,
+                                             "", i, "c1", 1767225600.0, None))
+    return batch
+
+
+def test_a_build_reads_only_the_bronze_trades_committed_since_the_version_its_commit_recorded(data_dir):
+    from etl.lake import Lake
+    from etl.silver.increments import BRONZE_VERSION
+    from tests.support.delta_reader import EXTENSION, duckdb_rows
+
+    store = Store.from_uri(str(data_dir))
+    sink, lake = BronzeSink(store), Lake.of(store)
+    sink.write(_trades("b1", [("BTC-USD", "1", "2026-01-01T00:00:01Z"), ("ETH-USD", "2", "2026-01-01T00:00:02Z")]))
+    first = build_trade_bars()
+    assert (first.files, first.partitions, first.trades_in) == (2, 2, 2)
+    assert lake.metadata(TRADE_BARS_DIR, BRONZE_VERSION)[1] == str(lake.version("bronze/trades")) == "1"
+    assert not (data_dir / "silver/_state/trade_files.json").exists()     # the version is in silver's own commit
+
+    sink.write(_trades("b2", [("BTC-USD", "3", "2026-01-01T00:06:00Z")]))
+    second = build_trade_bars()   # only BTC's partition changed: only its new file is news, its day is rebuilt
+    assert (second.files, second.partitions, second.trades_in) == (1, 1, 2)
+    assert lake.metadata(TRADE_BARS_DIR, BRONZE_VERSION)[1] == "2"
+    version = lake.version(TRADE_BARS_DIR)
+    assert build_trade_bars().files == 0 and lake.version(TRADE_BARS_DIR) == version   # nothing new, no commit
+
+    incremental = lake.read(TRADE_BARS_DIR).sort_by([("product_id", "ascending"), ("bucket_start", "ascending")])
+    assert len(lake.files(TRADE_BARS_DIR)) == 2   # one file per partition: the rebuilt day's old file removed
+    refreshed = build_trade_bars(full_refresh=True)
+    assert (refreshed.files, refreshed.partitions) == (3, 2)
+    again = lake.read(TRADE_BARS_DIR).sort_by([("product_id", "ascending"), ("bucket_start", "ascending")])
+    assert again.equals(incremental) and incremental.num_rows == 3   # BTC: two buckets, ETH: one
+    if EXTENSION:
+        assert len(duckdb_rows(str(data_dir / TRADE_BARS_DIR), exclude=())) == 3

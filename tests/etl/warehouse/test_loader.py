@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import posixpath
 import subprocess
 import sys
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pandas as pd
 import psycopg2
@@ -13,13 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from etl import db
-from etl.commits import manifest_path, publish
+from etl.commits import RUNS, publish
 from etl.errors import ValidationError
+from etl.lake import Lake
 from etl.settings import PROJECT_ROOT, get_settings
 from etl.storage import get_store
 from etl.warehouse import WarehouseError, copy_upsert, load_warehouse, reporting_url, schema, setup
 from etl.warehouse.schema import TABLES
 from tests.support import warehouse_sample as sample
+from tests.support.silver_sample import commit_silver, silver_file
 
 DAYS = 2
 
@@ -113,10 +117,9 @@ def test_load_copies_every_table_and_a_rerun_changes_nothing(warehouse):
 def test_a_rewritten_partition_replaces_its_rows_only(warehouse):
     load_warehouse(run_dbt=False)
     store = get_store()
-    rel = "silver/bars_5m/product_id=BTC-USD/date=2026-01-02/part-0.parquet"
+    rel = _silver_rel(store, "silver/bars_5m/product_id=BTC-USD/date=2026-01-02/part-0.parquet")
     table = pq.read_table(store.path(rel))
-    store.write_parquet(rel, table.set_column(table.column_names.index("close"), "close",
-                                              pa.array([1.0] * table.num_rows)))
+    _rewrite(store, rel, table.set_column(table.column_names.index("close"), "close", pa.array([1.0] * table.num_rows)))
     summary = load_warehouse(run_dbt=False)
     assert summary.rows == {**{t.name: 0 for t in TABLES}, "bars_5m": 288}
     assert query("select count(*), min(close), max(close) from raw.bars_5m where product_id = 'BTC-USD' "
@@ -130,14 +133,16 @@ def test_a_failure_midway_rolls_back_every_table(warehouse):
     state_before = query("select count(*) from raw._load_state")[0][0]
     store = get_store()
     # new bars for BTC (loaded first), then a pnl file whose daily_pnl cannot be read as a number
-    rel = "silver/bars_5m/product_id=BTC-USD/date=2026-01-01/part-0.parquet"
+    rel = _silver_rel(store, "silver/bars_5m/product_id=BTC-USD/date=2026-01-01/part-0.parquet")
     table = pq.read_table(store.path(rel))
-    store.write_parquet(rel, table.set_column(table.column_names.index("close"), "close",
-                                              pa.array([2.0] * table.num_rows)))
+    _rewrite(store, rel, table.set_column(table.column_names.index("close"), "close", pa.array([2.0] * table.num_rows)))
     bad = pa.table({"portfolio_id": ["P001"], "as_of_date": [date(2026, 1, 9)], "daily_pnl": ["oops"],
                     "mtd_pnl": [1.0]})
-    _commit(store, "pnl_daily", "as_of_date=2026-01-09", bad)
-    with pytest.raises(ValidationError, match=r"pnl_daily/as_of_date=2026-01-09.*daily_pnl"):
+    with pytest.raises(ValidationError, match=r"outputs/pnl_daily: the new rows do not fit the table's column types"):
+        _commit(store, "pnl_daily", "as_of_date=2026-01-09", bad)  # the Delta table's types refuse it at the commit
+    # a file the loader cannot read as declared: it lacks daily_pnl (the table reads it as NULL)
+    _commit(store, "pnl_daily", "as_of_date=2026-01-09", bad.drop_columns(["daily_pnl"]))
+    with pytest.raises(ValidationError, match=r"pnl_daily/run_as_of_date=2026-01-09.*daily_pnl"):
         load_warehouse(run_dbt=False)
     assert query("select sum(close) from raw.bars_5m")[0][0] == before
     assert query("select count(*) from raw._load_state")[0][0] == state_before
@@ -145,13 +150,12 @@ def test_a_failure_midway_rolls_back_every_table(warehouse):
     # a row Postgres rejects (NULL key) after the bars were upserted: rolled back too, the error names the table
     _commit(store, "pnl_daily", "as_of_date=2026-01-09", bad.set_column(0, "portfolio_id", pa.array([None], pa.string()))
                         .set_column(2, "daily_pnl", pa.array([1.0])))
-    with pytest.raises(WarehouseError, match=r"raw\.pnl_daily.*outputs/pnl_daily/as_of_date=2026-01-09/[0-9a-fT-]+\.parquet"
+    with pytest.raises(WarehouseError, match=r"raw\.pnl_daily.*outputs/pnl_daily/run_as_of_date=2026-01-09/[0-9a-f-]+"
                                              r".*rolled back"):
         load_warehouse(run_dbt=False)
     assert query("select sum(close) from raw.bars_5m")[0][0] == before
 
-    store.delete("outputs/pnl_daily/as_of_date=2026-01-09")
-    store.delete(manifest_path("test/pnl_daily/as_of_date=2026-01-09"))
+    Lake.of(store).delete(RUNS, "name = 'test/pnl_daily/as_of_date=2026-01-09'")  # the bad commit withdrawn
     assert load_warehouse(run_dbt=False).rows["bars_5m"] == 288  # the retried files load once the bad one is gone
     assert query("select max(close) from raw.bars_5m where product_id = 'BTC-USD' "
                  "and bucket_start < '2026-01-02'")[0][0] == 2.0
@@ -209,10 +213,9 @@ def test_a_load_killed_mid_transaction_leaves_the_previous_rows(warehouse):
     load_warehouse(run_dbt=False)
     before = query("select count(*), sum(close), max(loaded_at) from raw.bars_5m")
     store = get_store()
-    rel = "silver/bars_5m/product_id=SOL-USD/date=2026-01-02/part-0.parquet"
+    rel = _silver_rel(store, "silver/bars_5m/product_id=SOL-USD/date=2026-01-02/part-0.parquet")
     table = pq.read_table(store.path(rel))
-    store.write_parquet(rel, table.set_column(table.column_names.index("close"), "close",
-                                              pa.array([7.0] * table.num_rows)))
+    _rewrite(store, rel, table.set_column(table.column_names.index("close"), "close", pa.array([7.0] * table.num_rows)))
     child = subprocess.Popen([sys.executable, "-c", KILLED_LOAD], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().split() == ["upserted", "288"]
@@ -333,26 +336,28 @@ def test_an_empty_output_file_loads_nothing_and_a_drawdown_without_trough_is_an_
     _commit(store, "anomalies", "as_of_date=2026-01-05", empty)
     summary = load_warehouse(run_dbt=False)
     assert summary.files["anomalies"] == 1 and summary.rows["anomalies"] == 0
-    assert query("select count(*) from raw._load_state where path like '%anomalies/as_of_date=2026-01-05%'") == [
+    assert query("select count(*) from raw._load_state where path like '%anomalies/run_as_of_date=2026-01-05%'") == [
         (1,)]
 
     bad = pa.table({"entity_type": ["asset"], "entity_id": ["BTC-USD"], "as_of_date": [date(2026, 1, 5)],
                     "max_drawdown": [-0.1], "peak_date": [date(2026, 1, 1)], "recovery_date": [None]})
     _commit(store, "drawdowns", "as_of_date=2026-01-05", bad)
-    with pytest.raises(ValidationError, match=r"drawdowns/as_of_date=2026-01-05.*missing column\(s\) \['trough_date'\]"):
+    with pytest.raises(ValidationError, match=r"drawdowns/run_as_of_date=2026-01-05.*missing column\(s\) \['trough_date'\]"):
         load_warehouse(run_dbt=False)
 
 
 def test_a_partition_rewritten_with_fewer_rows_or_deleted_loses_its_stale_rows(warehouse):
     load_warehouse(run_dbt=False)
     store = get_store()
-    day2 = "silver/bars_5m/product_id=BTC-USD/date=2026-01-02/part-0.parquet"
-    day1 = "silver/bars_5m/product_id=ETH-USD/date=2026-01-01/part-0.parquet"
+    day2 = _silver_rel(store, "silver/bars_5m/product_id=BTC-USD/date=2026-01-02/part-0.parquet")
+    day1 = _silver_rel(store, "silver/bars_5m/product_id=ETH-USD/date=2026-01-01/part-0.parquet")
     # silver rebuilt BTC's day 2 without its last bar (e.g. a bad late correction was quarantined) ...
     table = pq.read_table(store.path(day2))
-    store.write_parquet(day2, table.slice(0, table.num_rows - 1))
+    _rewrite(store, day2, table.slice(0, table.num_rows - 1))
     # ... and removed ETH's day 1 altogether (every candle of the day quarantined)
-    store.delete(day1)
+    table = pq.read_table(store.path(day1))
+    Lake.of(store).commit_files("silver/bars_5m", [], pa.schema([*table.schema, *(pa.field(k, pa.string()) for k in (
+        "product_id", "date"))]), ["product_id", "date"], remove=[day1])
     load_warehouse(run_dbt=False)
     assert query("select count(*) from raw.bars_5m where product_id = 'BTC-USD' "
                  "and bucket_start >= '2026-01-02'")[0][0] == 287
@@ -361,6 +366,17 @@ def test_a_partition_rewritten_with_fewer_rows_or_deleted_loses_its_stale_rows(w
     assert query("select count(*) from raw.bars_5m")[0][0] == warehouse["bars_5m"] - 289
     assert query("select count(*) from raw._load_state where path = %s", (day1,))[0][0] == 0
     assert load_warehouse(run_dbt=False).total_rows == 0  # and the next run has nothing to do
+
+
+def _silver_rel(store, rel: str) -> str:
+    """The current file of the silver partition `rel` names (relative to the data root)."""
+    return posixpath.relpath(silver_file(Path(store.root), rel), store.root)
+
+
+def _rewrite(store, rel: str, table: pa.Table) -> None:
+    """Silver rebuilt the partition of file `rel` with `table` (a new file committed in place of `rel`)."""
+    folder = posixpath.dirname(rel)
+    commit_silver(store, "/".join(folder.split("/")[:2]), [(dict(p.split("=", 1) for p in folder.split("/")[2:]), table)])
 
 
 def _cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
@@ -465,3 +481,22 @@ def test_every_runs_task_rows_reach_gold_after_one_light_load(warehouse):
     assert query("select task_id, status, message from gold.fact_pipeline_runs where run_id = 'eod_run' "
                  "order by task_id") == [(t, "success", f"{t} ok") for t in
                                          ("build_dbt", "export_report", "load_warehouse", "send_alerts")]
+
+
+def test_the_versions_a_run_read_load_as_rows_of_raw_run_inputs(warehouse):
+    from etl.lake import note_read, records_reads
+
+    store = get_store(get_settings())
+
+    @records_reads
+    def a_run() -> str:
+        note_read("silver/bars_1d", 4)
+        note_read("outputs/_runs", 7)
+        rows = pa.table({"portfolio_id": ["P1"], "var": [1.0]})   # a table the warehouse does not load
+        return publish(store, "test/inputs", "test", {("scenario_portfolios", "as_of_date=2026-01-02"): rows})["run_id"]
+
+    run_id = a_run()
+    load_warehouse(run_dbt=False)
+    assert query("select run_id, commit_name, stage, input_table, input_version from raw.run_inputs "
+                 "order by input_table") == [(run_id, "test/inputs", "test", "outputs/_runs", 7),
+                                             (run_id, "test/inputs", "test", "silver/bars_1d", 4)]

@@ -1,0 +1,316 @@
+"""Lake tables: Delta Lake tables (delta-rs) under the data root, addressed like the Store (docs/lake.md).
+
+A table is a folder `{data}/<rel>` holding Parquet files (hive partitions, as before) plus its transaction log
+`_delta_log/`: the log, not a folder listing, says which files are the table at each version, so any Delta reader
+(DuckDB, Spark, Polars, Trino) sees exactly our rows. Each commit is atomic (a new log entry written with
+put-if-absent: a create-if-absent locally, a conditional PUT on S3), so there is no lock service and no manifest of
+our own: two writers of one table race on the next version number and the loser retries on top of the winner, or
+fails with a conflict when the winner changed what it replaces (optimistic concurrency).
+
+Commits carry our metadata (run id, commit name) in the log's `commitInfo` (`DeltaTable.history()`). Old versions
+stay readable (time travel) until `vacuum` removes the files no version younger than the retention needs
+(PIPELINE_LAKE_RETENTION_DAYS, default 90; a new table also keeps its log that long).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import posixpath
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+from deltalake import CommitProperties, DeltaTable, Schema, WriterProperties, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.transaction import AddAction, RemoveAction, Transaction, create_table_with_add_actions
+
+from etl.errors import PipelineError, ValidationError
+from etl.settings import Settings, get_settings
+from etl.storage import Store
+
+log = logging.getLogger(__name__)
+P, T = ParamSpec("P"), TypeVar("T")
+_READS: ContextVar[dict[str, int] | None] = ContextVar("lake_reads", default=None)
+_PINNED: ContextVar[dict[str, int] | None] = ContextVar("lake_pinned", default=None)
+WRITER = WriterProperties(compression="ZSTD")
+COMMIT_RETRIES = 15   # a put-if-absent lost to a concurrent writer is retried this often (delta-rs rebases it)
+
+
+def records_reads(run: Callable[P, T]) -> Callable[P, T]:
+    """Make `run` (a stage's run) record the versions of the Delta tables it reads (by `Lake.read`/`Lake.files`,
+    and `note_read`): `recorded_reads()` gives them to its commit as the run's inputs."""
+    @functools.wraps(run)
+    def recording(*args: P.args, **kwargs: P.kwargs) -> T:
+        token = _READS.set({})
+        try:
+            return run(*args, **kwargs)
+        finally:
+            _READS.reset(token)
+    return recording
+
+
+def recorded_reads() -> dict[str, int] | None:
+    """{table or table/partition: the version read} so far in the running `records_reads` run (None outside one;
+    a table read at several versions: the latest)."""
+    reads = _READS.get()
+    return None if reads is None else dict(reads)
+
+
+def note_read(key: str, version: int) -> None:
+    """Record that `key` (a table, or table/partition) was read at `version`, inside a `records_reads` run."""
+    if (reads := _READS.get()) is not None:
+        reads[key] = max(version, reads.get(key, version))
+
+
+@contextmanager
+def pinned(versions: dict[str, int]) -> Iterator[None]:
+    """Within the block, a read of a table named in `versions` ({table: version}, e.g. the inputs a run recorded)
+    reads that version instead of the latest: the reads of a past run, replayed (`risk --reproduce`)."""
+    token = _PINNED.set({**(_PINNED.get() or {}), **versions})
+    try:
+        yield
+    finally:
+        _PINNED.reset(token)
+
+
+class LakeConflict(PipelineError):
+    """A concurrent writer changed what this commit replaces (delta-rs' conflict check): rerun the command."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A Parquet file written under a table's folder, to commit: its path relative to the table, its size in
+    bytes, its partition values and its row count."""
+
+    path: str
+    size: int
+    partition: dict[str, str]
+    rows: int
+
+
+@dataclass(frozen=True)
+class Lake:
+    """The data root's Delta tables: `root` a local path or an object-store URI, with the store's options."""
+
+    root: str
+    storage_options: dict[str, str] | None = None
+    retention_days: float = 90.0   # history a new table keeps (its log and its superseded files), for time travel
+
+    @classmethod
+    def of(cls, store: Store, settings: Settings | None = None) -> Lake:
+        """The Delta tables under the Store's root (same place, the settings' object-store options)."""
+        settings = settings or get_settings()
+        root = store.root if store.is_local else f"{store.fs.type_name}://{store.root}"
+        return cls(root, settings.lake_storage_options or None, settings.lake_retention_days)
+
+    def uri(self, rel: str) -> str:
+        return posixpath.join(self.root, rel)
+
+    # ---- reading -------------------------------------------------------------------------------------------
+    def table(self, rel: str, version: int | None = None) -> DeltaTable | None:
+        """The table `rel` (at `version`, default the latest or the version `pinned`), or None when no table is
+        there."""
+        version = (_PINNED.get() or {}).get(rel) if version is None else version
+        try:
+            return DeltaTable(self.uri(rel), version=version, storage_options=self.storage_options)
+        except (TableNotFoundError, OverflowError):  # OverflowError: its log folder is there, its first commit not yet
+            return None
+        except DeltaError as exc:
+            if version is None:
+                raise
+            raise ValidationError(f"{self.uri(rel)}: version {version} is not in the table's log any more (older "
+                                  "than PIPELINE_LAKE_RETENTION_DAYS, or never made): rerun the stage that wrote "
+                                  f"it ({str(exc).splitlines()[0][:120]})") from exc
+
+    def version(self, rel: str) -> int | None:
+        t = self.table(rel)
+        return None if t is None else t.version()
+
+    def read(self, rel: str, columns: Sequence[str] | None = None, partition: dict[str, str] | None = None,
+             version: int | None = None) -> pa.Table | None:
+        """The rows of table `rel` (at `version`) with `columns`, of the partition `partition` ({column: value},
+        chosen from the log before any file is opened); None when there is no table."""
+        t = self.table(rel, version)
+        if t is None:
+            return None
+        note_read(rel, t.version())
+        dataset = t.to_pyarrow_dataset(partitions=[(k, "=", v) for k, v in partition.items()] if partition else None)
+        return dataset.to_table(columns=list(columns) if columns else None)
+
+    # ---- writing -------------------------------------------------------------------------------------------
+    def write(self, rel: str, data: pa.Table, partition_by: Sequence[str] | None = None,
+              metadata: dict[str, Any] | None = None) -> int:
+        """Append `data` to table `rel` (made on the first write, partitioned by `partition_by`) in one commit
+        carrying `metadata`; returns the version it made."""
+        try:
+            write_deltalake(self.uri(rel), data, partition_by=list(partition_by) if partition_by else None,
+                            mode="append", storage_options=self.storage_options, writer_properties=WRITER,
+                            commit_properties=_props(metadata), configuration=self._configuration())
+        except CommitFailedError as exc:
+            raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the table ({exc}); nothing was "
+                               "committed: rerun the command") from exc
+        return self.version(rel)
+
+    def files(self, rel: str, version: int | None = None) -> list[str] | None:
+        """The data files of table `rel` at `version` (default the latest), as paths relative to the data root,
+        sorted; None when there is no table. What a reader reads instead of listing the folder."""
+        t = self.table(rel, version)
+        if t is None:
+            return None
+        note_read(rel, t.version())
+        return sorted(posixpath.join(rel, p) for p in _actions(t)["path"].to_pylist())
+
+    def metadata(self, rel: str, key: str) -> tuple[int, str] | None:
+        """(version, value) of the latest commit of table `rel` whose metadata has `key` (a writer's own record, e.g.
+        the bronze version a silver build read), or None."""
+        t = self.table(rel)
+        commit = next((c for c in ([] if t is None else t.history()) if key in c), None)
+        return None if commit is None else (commit["version"], commit[key])
+
+    def commit_files(self, rel: str, files: Sequence[DataFile], schema: pa.Schema, partition_by: Sequence[str],
+                     replace: dict[str, str] | None = None, metadata: dict[str, Any] | None = None,
+                     table: DeltaTable | None = None, remove: Sequence[str] = (), retries: int = COMMIT_RETRIES,
+                     app_id: str | None = None) -> int:
+        """Commit Parquet files already written under table `rel` (by the Store: page checksums, atomic writes) in
+        one Delta commit: appended, or replacing the partition `replace` ({column: value}), and removing the
+        files `remove` (paths relative to the data root). `schema` is the table's: the files' columns plus the
+        partition columns (strings); `table` the table as the caller loaded it, if it did (the commit goes on top
+        of that version, rebased over concurrent commits at most `retries` times: 0 = only on that version);
+        `app_id` a writer's idempotency key, recorded in the table's state with the commit's time
+        (`DeltaTable.transaction_version`).
+        Returns the version it made."""
+        now = int(time.time() * 1000)
+        actions = [AddAction(f.path, f.size, f.partition, now, True, json.dumps({"numRecords": f.rows}))
+                   for f in files]
+        txn = uuid.uuid4().hex   # finds this commit's version in the log afterwards, whoever committed meanwhile
+        props = _props({**(metadata or {}), "txn": txn}, retries)
+        if app_id is not None:
+            props.app_transactions = [Transaction(app_id, now, now)]
+        t = table or self.table(rel) or self._create(rel, schema, partition_by)
+        if remove:
+            gone = {posixpath.relpath(p, rel) for p in remove}
+            actions += [RemoveAction(a["path"], True, now, a["size_bytes"],
+                                     {k.removeprefix("partition."): v for k, v in a.items() if k.startswith("partition.")})
+                        for a in _actions(t, flatten=True).to_pylist() if a["path"] in gone]
+        filters = [(k, "=", v) for k, v in replace.items()] if replace else None
+        try:
+            t.create_write_transaction(actions, "overwrite" if replace else "append", Schema.from_arrow(schema),
+                                       list(partition_by), filters, commit_properties=props)
+        except CommitFailedError as exc:
+            raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the rows this commit replaces "
+                               f"({exc}); nothing was committed: rerun the command") from exc
+        return self._version_of(rel, txn, after=t.version())
+
+    def commits(self, rel: str, after: int | None, upto: int) -> list[dict[str, Any]]:
+        """The `commitInfo` (with our metadata) of each version of table `rel` in (after, upto] (after None: from
+        version 0), read from the log entries themselves: O(versions asked), not O(history). Entries the log
+        retention already removed are skipped."""
+        fs, path = pafs.FileSystem.from_uri(self.uri(posixpath.join(rel, "_delta_log")))
+        out = []
+        for version in range(0 if after is None else after + 1, upto + 1):
+            try:
+                with fs.open_input_stream(posixpath.join(path, f"{version:020d}.json")) as f:
+                    lines = f.read().decode().splitlines()
+            except FileNotFoundError:
+                continue
+            info = next((a["commitInfo"] for a in map(json.loads, lines) if "commitInfo" in a), {})
+            out.append({**info, "version": version})
+        return out
+
+    def _version_of(self, rel: str, txn: str, after: int) -> int:
+        """The version whose log entry carries `txn`: the first after `after` (versions are dense, and a commit
+        lands after the version it started from, past the ones concurrent writers took first)."""
+        fs, path = pafs.FileSystem.from_uri(self.uri(posixpath.join(rel, "_delta_log")))
+        version = after
+        while True:
+            version += 1
+            with fs.open_input_stream(posixpath.join(path, f"{version:020d}.json")) as f:
+                if txn.encode() in f.read():
+                    return version
+
+    def _create(self, rel: str, schema: pa.Schema, partition_by: Sequence[str]) -> DeltaTable:
+        """Make table `rel` (version 0: schema, partitioning, properties), or take the one a concurrent writer made
+        first: version 0 is written once (put-if-absent, no retry), the losers read it."""
+        try:
+            create_table_with_add_actions(self.uri(rel), Schema.from_arrow(schema), [], mode="error",
+                                          partition_by=list(partition_by), configuration=self._configuration(),
+                                          storage_options=self.storage_options,
+                                          commit_properties=CommitProperties(max_commit_retries=0))
+        except (CommitFailedError, DeltaError) as exc:
+            if not isinstance(exc, CommitFailedError) and "already exists" not in str(exc):
+                raise
+        for _ in range(50):  # the winner's version 0 is visible at once locally, within moments on a store
+            if (t := self.table(rel)) is not None:
+                return t
+            time.sleep(0.1)
+        raise LakeConflict(f"{self.uri(rel)}: the table was being made by another writer and did not appear: "
+                           "rerun the command")
+
+    def _configuration(self) -> dict[str, str]:
+        """Table properties a new table gets: keep the log and the superseded files for the retention."""
+        interval = f"interval {max(1, round(self.retention_days * 24))} hours"
+        return {"delta.logRetentionDuration": interval, "delta.deletedFileRetentionDuration": interval,
+                "delta.setTransactionRetentionDuration": interval}
+
+    def delete(self, rel: str, predicate: str, metadata: dict[str, Any] | None = None) -> int | None:
+        """Delete the rows matching `predicate` (SQL) in one commit (files whose rows all match are dropped
+        whole); returns the new version, or None when there is no table."""
+        t = self.table(rel)
+        if t is None:
+            return None
+        t.delete(predicate, commit_properties=_props(metadata))
+        return t.version()
+
+    # ---- maintenance ---------------------------------------------------------------------------------------
+    def optimize(self, rel: str, partition: list[tuple[str, str, Any]] | None = None,
+                 metadata: dict[str, Any] | None = None) -> dict:
+        """Compact the small files of table `rel` (of the partitions `partition` selects, e.g.
+        [("date", "<", "2026-01-31")]) into large ones in one commit; the replaced files stay for time travel
+        until `vacuum`. Returns delta-rs' metrics."""
+        t = self.table(rel)
+        if t is None:
+            return {}
+        return t.optimize.compact(partition_filters=partition, writer_properties=WRITER,
+                                  commit_properties=_props(metadata))
+
+    def vacuum(self, rel: str, retention_hours: float | None = None) -> list[str]:
+        """Delete the files no version younger than `retention_hours` (default the lake's retention) needs, and
+        uncommitted files that old; returns their paths."""
+        t = self.table(rel)
+        if t is None:
+            return []
+        hours = self.retention_days * 24 if retention_hours is None else retention_hours
+        # full: list the folder, so files no commit ever named (a writer killed before its commit) go too
+        return t.vacuum(retention_hours=int(hours), dry_run=False, enforce_retention_duration=False, full=True)
+
+
+def _actions(t: DeltaTable, flatten: bool = False) -> pa.Table:
+    """The add actions of a table version (its data files) as an Arrow table."""
+    return pa.table(t.get_add_actions(flatten=flatten))
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """`table` in the types a Delta table holds: timestamps in microseconds (UTC when zoned), a column of only
+    nulls as strings. A timestamp with sub-microsecond digits is refused (pyarrow's safe cast), never truncated."""
+    fields = []
+    for f in table.schema:
+        if pa.types.is_timestamp(f.type) and (f.type.unit != "us" or f.type.tz not in (None, "UTC")):
+            f = f.with_type(pa.timestamp("us", tz="UTC" if f.type.tz else None))
+        elif pa.types.is_null(f.type):
+            f = f.with_type(pa.string())
+        fields.append(f)
+    schema = pa.schema(fields)
+    return table if schema == table.schema else table.cast(schema)
+
+
+def _props(metadata: dict[str, Any] | None, retries: int = COMMIT_RETRIES) -> CommitProperties:
+    return CommitProperties(custom_metadata={k: str(v) for k, v in (metadata or {}).items()},
+                            max_commit_retries=retries)

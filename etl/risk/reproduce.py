@@ -1,0 +1,82 @@
+"""`python -m etl risk --as-of D --reproduce RUN_ID --output DIR`: recompute a committed risk run from what it read.
+
+A risk run's record (etl/commits.py) names the version of every Delta table it read (`inputs`: silver bars, trade
+bars and liquidity, the run records through which it found factor outputs), the SHA-256 of every reference file
+(`reference`) and its parameters (`params`). Recomputing reads each of those tables at its recorded version
+(`etl.lake.pinned`: time travel, kept for PIPELINE_LAKE_RETENTION_DAYS), checks the reference files are the ones
+the run read (else it refuses, naming the file: reference files are not versioned by the lake), runs the same
+engine with the recorded parameters and writes each table to `DIR/<table>.parquet`, in the types of the files the run committed.
+Nothing in the lake or the warehouse changes. A run split into shards (each shard's reads are in the run's record)
+is recomputed in one process: equal to its shards' results to 1e-12 relative (BLAS groups a sum by the chunk it
+computes; tests/etl/risk/test_shards.py), exactly equal for an unsharded run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from etl import commits
+from etl.errors import ValidationError
+from etl.lake import conform, pinned
+from etl.reference_set import Reference
+from etl.risk.engine import RiskParams, compute_tables
+from etl.risk.runner import finish_portfolio_tables, load_inputs
+from etl.settings import Settings, get_settings
+from etl.storage import get_store
+from etl.warehouse.schema import to_arrow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReproduceSummary:
+    run_id: str
+    as_of: date
+    output: str
+    inputs: dict[str, int] = field(default_factory=dict)   # the table versions read
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        versions = ", ".join(f"{t}@{v}" for t, v in sorted(self.inputs.items()) if "=" not in t)
+        return (f"reproduced risk run {self.run_id} of {self.as_of} into {self.output} from {versions}; rows: "
+                f"{self.rows}")
+
+
+def reproduce(as_of: date, run_id: str, output: str | Path, settings: Settings | None = None) -> ReproduceSummary:
+    settings = settings or get_settings()
+    record = commits.run_record(get_store(settings), commits.risk_manifest(as_of), run_id)
+    missing = [k for k in ("inputs", "params", "reference") if k not in record]
+    if missing:
+        raise ValidationError(f"risk run {run_id} of {as_of} recorded no {', '.join(missing)} (committed before "
+                              "runs recorded what they read): it cannot be recomputed")
+    reference = Reference(settings)
+    changed = sorted(set(record["reference"].items()) ^ set(reference.digests.items()))
+    if changed:
+        name = changed[0][0]
+        raise ValidationError(f"{name}: not the reference file risk run {run_id} read (SHA-256 "
+                              f"{record['reference'].get(name, 'absent')[:12]} then, "
+                              f"{reference.digests.get(name, 'absent')[:12]} now): point PIPELINE_REFERENCE_DIR "
+                              "at the files of that day")
+    with pinned(record["inputs"]):
+        inputs = load_inputs(as_of, settings, reference, RiskParams(**record["params"]))
+        tables = compute_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions, inputs.params,
+                                inputs.bars_5m)
+        tables = finish_portfolio_tables(inputs, inputs.portfolios, tables, settings)
+    tables["risk_metrics"]["risk_run_id"] = run_id
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = ReproduceSummary(run_id, as_of, str(out), dict(record["inputs"]))
+    store = get_store(settings)
+    for entry in record["files"].values():  # in the types of the files the run committed
+        committed = pq.read_schema(store.path(next(iter(entry["files"]))), filesystem=store.fs)
+        rows = conform(to_arrow(tables.pop(entry["table"]))).select(committed.names).cast(committed)
+        name = entry["table"]
+        pq.write_table(rows, out / f"{name}.parquet")
+        summary.rows[name] = rows.num_rows
+    log.info("%s", summary)
+    return summary

@@ -1,0 +1,238 @@
+"""The lake's Delta tables (etl/lake.py) and the output commits on them (etl/commits.py): versions and their
+metadata, time travel, a crash before the run record, vacuum, an independent reader (DuckDB's delta extension), and
+concurrent writers on a local disk and on the S3 server (moto)."""
+
+from __future__ import annotations
+
+import glob
+import posixpath
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+
+import pyarrow as pa
+import pytest
+
+from etl import commits
+from etl.errors import ValidationError
+from etl.lake import Lake, LakeConflict
+from etl.settings import get_settings
+from etl.storage import Store, get_store
+from tests.support.delta_reader import EXTENSION, duckdb_rows
+
+DAY = date(2026, 3, 1)
+
+
+@pytest.fixture
+def data(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path / "data"
+
+
+def metrics(day: date, var: list[float]) -> pa.Table:
+    return pa.table({"portfolio_id": [f"P{i:03d}" for i in range(len(var))], "as_of_date": [day] * len(var),
+                     "var_99_hist": var})
+
+
+def history(day: date, pnl: list[float]) -> pa.Table:
+    """A history table: one run's partition holds rows of many days."""
+    days = [date.fromordinal(day.toordinal() - i) for i in range(len(pnl))]
+    return pa.table({"portfolio_id": ["P000"] * len(pnl), "as_of_date": days, "daily_pnl": pnl})
+
+
+def publish_day(store: Store, day: date, var: list[float], pnl: list[float]) -> dict:
+    part = f"as_of_date={day.isoformat()}"
+    return commits.publish(store, commits.risk_manifest(day), "risk",
+                           {("risk_metrics", part): metrics(day, var), ("pnl_daily", part): history(day, pnl)},
+                           meta={"portfolios": ["P000"]})
+
+
+def committed(store: Store, day: date, table: str) -> pa.Table:
+    manifest = commits.read_manifest(store, commits.risk_manifest(day))
+    return commits.read_entry(store, manifest["files"][f"{table}/as_of_date={day.isoformat()}"])
+
+
+def test_a_write_is_a_version_with_its_metadata_and_earlier_versions_stay_readable(data):
+    lake = Lake.of(get_store())
+    assert lake.table("t") is None and lake.read("t") is None
+    assert lake.write("t", pa.table({"k": ["a"], "v": [1.0]}), metadata={"run_id": "r1"}) == 0
+    assert lake.write("t", pa.table({"k": ["b"], "v": [2.0]}), metadata={"run_id": "r2"}) == 1
+    assert [(c["version"], c["run_id"]) for c in lake.table("t").history()] == [(1, "r2"), (0, "r1")]
+    assert lake.read("t", version=0).to_pydict() == {"k": ["a"], "v": [1.0]}
+    assert sorted(lake.read("t")["k"].to_pylist()) == ["a", "b"]
+    config = lake.table("t").metadata().configuration
+    assert config["delta.logRetentionDuration"] == config["delta.deletedFileRetentionDuration"] == "interval 2160 hours"
+
+
+def test_a_run_replaces_its_partitions_and_readers_see_only_committed_runs(data):
+    store = get_store()
+    first = publish_day(store, DAY, [100.0, 200.0], [1.0, 2.0, 3.0])
+    assert set(first["files"]) == {"risk_metrics/as_of_date=2026-03-01", "pnl_daily/as_of_date=2026-03-01"}
+    assert committed(store, DAY, "risk_metrics").to_pydict() == metrics(DAY, [100.0, 200.0]).to_pydict()
+    # a history table keeps each row's own as_of_date: the run's day is the partition column run_as_of_date
+    assert committed(store, DAY, "pnl_daily").to_pydict() == history(DAY, [1.0, 2.0, 3.0]).to_pydict()
+    entry = first["files"]["pnl_daily/as_of_date=2026-03-01"]
+    assert entry["columns"] == {"run_as_of_date": "2026-03-01"} and entry["run_id"] == first["run_id"]
+    assert [posixpath.dirname(p) for p in entry["files"]] == ["outputs/pnl_daily/run_as_of_date=2026-03-01"]
+
+    second = publish_day(store, DAY, [110.0, 210.0], [4.0])  # a rerun of the day replaces it whole
+    assert committed(store, DAY, "risk_metrics")["var_99_hist"].to_pylist() == [110.0, 210.0]
+    assert committed(store, DAY, "pnl_daily")["daily_pnl"].to_pylist() == [4.0]
+    assert set(commits.committed_files(store)) == {p for e in second["files"].values() for p in e["files"]}
+    # the first run is still there for time travel: its version of the table reads as it did
+    old = first["files"]["risk_metrics/as_of_date=2026-03-01"]
+    assert commits.read_entry(store, old)["var_99_hist"].to_pylist() == [100.0, 200.0]
+
+
+def test_a_run_killed_before_its_record_leaves_the_previous_commit(data, monkeypatch):
+    store = get_store()
+    before = publish_day(store, DAY, [100.0], [1.0])
+    real = Lake.write
+
+    def killed(self, rel, *args, **kwargs):
+        if rel == commits.RUNS:
+            raise KeyboardInterrupt("killed before the run record")
+        return real(self, rel, *args, **kwargs)
+
+    monkeypatch.setattr(Lake, "write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        publish_day(store, DAY, [999.0], [9.0])
+    monkeypatch.setattr(Lake, "write", real)
+    assert commits.read_manifest(store, commits.risk_manifest(DAY)) == before
+    assert committed(store, DAY, "risk_metrics")["var_99_hist"].to_pylist() == [100.0]
+    assert set(commits.committed_files(store)) == {p for e in before["files"].values() for p in e["files"]}
+    after = publish_day(store, DAY, [120.0], [2.0])  # the next run of the day replaces the orphan partitions
+    assert committed(store, DAY, "risk_metrics")["var_99_hist"].to_pylist() == [120.0]
+    assert after["run_id"] != before["run_id"]
+
+
+def test_a_run_commits_the_versions_of_the_delta_tables_it_read(data):
+    from etl.lake import records_reads
+
+    store = get_store()
+    first = publish_day(store, DAY, [100.0], [1.0])
+
+    @records_reads
+    def next_day() -> dict:
+        seen = committed(store, DAY, "risk_metrics")["var_99_hist"].to_pylist()   # reads the first day's entry
+        return publish_day(store, date(2026, 3, 2), seen, [2.0])
+
+    record = next_day()
+    entry = first["files"]["risk_metrics/as_of_date=2026-03-01"]
+    assert record["inputs"]["outputs/risk_metrics/as_of_date=2026-03-01"] == entry["version"]
+    assert "outputs/_runs" in record["inputs"]                 # it read the run records to find that entry
+    assert "inputs" not in first                                # a commit outside a recorded run records none
+
+
+def test_a_version_past_the_log_is_a_clear_error(data):
+    publish_day(get_store(), DAY, [100.0], [1.0])
+    with pytest.raises(ValidationError, match=r"outputs/risk_metrics: version 9 is not in the table's log any more "
+                                              r"\(older than PIPELINE_LAKE_RETENTION_DAYS"):
+        Lake.of(get_store()).read("outputs/risk_metrics", version=9)
+
+
+def test_vacuum_keeps_what_the_retention_needs_and_then_removes_superseded_files(data):
+    store = get_store()
+    lake = Lake.of(store)
+    first = publish_day(store, DAY, [100.0], [1.0])
+    publish_day(store, DAY, [110.0], [2.0])
+    old = next(iter(first["files"]["risk_metrics/as_of_date=2026-03-01"]["files"]))
+    assert lake.vacuum("outputs/risk_metrics") == [] and store.exists(old)   # 90 days of history kept
+    removed = lake.vacuum("outputs/risk_metrics", retention_hours=0)
+    assert [posixpath.join("outputs/risk_metrics", p) for p in removed] == [old] and not store.exists(old)
+    assert committed(store, DAY, "risk_metrics")["var_99_hist"].to_pylist() == [110.0]
+
+
+@pytest.mark.skipif(EXTENSION is None, reason="duckdb-ext-delta is not installed (requirements-dev.txt)")
+def test_duckdb_reads_exactly_the_committed_rows(data):
+    store = get_store()
+    publish_day(store, DAY, [100.0, 200.0], [1.0, 2.0])
+    publish_day(store, DAY, [110.0, 210.0], [3.0, 4.0])   # supersedes the first run's files (still on disk)
+    publish_day(store, date(2026, 3, 2), [120.0, 220.0], [5.0])
+    files = sorted(glob.glob(str(data / "outputs/risk_metrics/**/*.parquet"), recursive=True))
+    assert len(files) == 3  # the superseded file is on disk: a folder listing would count it
+    ours = sorted(tuple(r.values()) for d in (DAY, date(2026, 3, 2))
+                  for r in committed(store, d, "risk_metrics").to_pylist())
+    assert duckdb_rows(str(data / "outputs/risk_metrics")) == ours == [
+        ("P000", DAY, 110.0), ("P000", date(2026, 3, 2), 120.0), ("P001", DAY, 210.0),
+        ("P001", date(2026, 3, 2), 220.0)]
+    pnl = duckdb_rows(str(data / "outputs/pnl_daily"))
+    assert sorted(r[2] for r in pnl) == [3.0, 4.0, 5.0]
+
+
+def test_concurrent_runs_of_other_days_all_commit_locally(data):
+    _concurrent_runs(get_store())
+
+
+def test_concurrent_runs_on_the_s3_server_all_commit_and_equal_the_local_run(s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINE_DATA_DIR", f"{s3_bucket}/lake")
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    assert get_settings().lake_storage_options["AWS_ALLOW_HTTP"] == "true"
+    remote = _concurrent_runs(get_store())
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "local"))
+    local = _concurrent_runs(get_store())
+    assert {d: t.to_pydict() for d, t in remote.items()} == {d: t.to_pydict() for d, t in local.items()}
+
+
+def _concurrent_runs(store: Store, days: int = 6) -> dict[date, pa.Table]:
+    """`days` risk runs of different days at once, all on two new tables: every one commits, none is lost."""
+    start = threading.Barrier(days)
+    dates = [date(2026, 3, d + 1) for d in range(days)]
+
+    def run(i: int) -> dict:
+        start.wait()
+        return publish_day(store, dates[i], [100.0 + i, 200.0 + i], [float(i)])
+
+    with ThreadPoolExecutor(days) as pool:
+        list(pool.map(run, range(days)))
+    lake = Lake.of(store)
+    # version 0 made each table (once: the other writers read it), then one version per run
+    assert lake.version("outputs/risk_metrics") == days and lake.version("outputs/pnl_daily") == days
+    assert len(commits.manifests(store)) == days
+    out = {d: committed(store, d, "risk_metrics") for d in dates}
+    assert {d: t["var_99_hist"].to_pylist() for d, t in out.items()} == {
+        d: [100.0 + i, 200.0 + i] for i, d in enumerate(dates)}
+    return out
+
+
+def test_compact_optimizes_the_run_records_and_vacuums_the_outputs_past_the_retention(data, monkeypatch):
+    from etl.compaction import compact
+
+    store = get_store()
+    for var in (100.0, 110.0, 120.0):
+        publish_day(store, DAY, [var], [1.0])
+    runs = Lake.of(store)
+    assert len(runs.table(commits.RUNS).file_uris()) == 3
+    assert compact(settings=get_settings()).files_vacuumed == 0   # everything younger than 90 days
+    assert len(runs.table(commits.RUNS).file_uris()) == 1                # one file for the three records
+    monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "0")
+    summary = compact(settings=get_settings())
+    # per output table the two superseded run files, and the run records' three pre-optimize files
+    assert summary.files_vacuumed == 2 * 2 + 3 and "7 Delta file(s) vacuumed" in str(summary)
+    assert committed(store, DAY, "risk_metrics")["var_99_hist"].to_pylist() == [120.0]
+    assert len(commits.manifests(store)) == 1 and commits.read_manifest(store, commits.risk_manifest(DAY))
+
+
+def test_two_runs_of_the_same_day_at_once_leave_one_complete_run(data):
+    """Both replace the same partitions: delta-rs' conflict check fails a loser (LakeConflict, nothing of its own
+    committed by its record), or they serialise; either way readers get one run's complete set."""
+    store = get_store()
+    publish_day(store, DAY, [1.0, 2.0], [0.0])
+    for attempt in range(3):
+        start = threading.Barrier(2)
+
+        def run(var: float, start: threading.Barrier = start) -> str:
+            start.wait()
+            try:
+                return publish_day(store, DAY, [var, var + 1], [var])["run_id"]
+            except LakeConflict:
+                return "conflict"
+
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = list(pool.map(run, (10.0 * (attempt + 1), 100.0 * (attempt + 1))))
+        manifest = commits.read_manifest(store, commits.risk_manifest(DAY))
+        assert manifest["run_id"] in outcomes
+        assert {e["run_id"] for e in manifest["files"].values()} == {manifest["run_id"]}
+        var = committed(store, DAY, "risk_metrics")["var_99_hist"].to_pylist()
+        assert committed(store, DAY, "pnl_daily")["daily_pnl"].to_pylist() == [var[0]] and var[1] == var[0] + 1

@@ -1,0 +1,207 @@
+"""`python -m etl migrate-lake`: an output folder of the old format (a JSON manifest per commit naming one
+Parquet file per table and partition) becomes Delta tables and run records with the same rows, run ids and
+metadata; a rerun changes nothing, and a run killed after publishing finishes on the next one. Stream folders and
+the old bronze candle folder (batch manifests, compaction markers) become Delta tables of their current files."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from etl import commits, migrate
+from etl.cli import main
+from etl.storage import get_store
+
+DAY = date(2026, 3, 1)
+RISK = {"risk_metrics": pa.table({"portfolio_id": ["P001", "P002"], "as_of_date": [DAY, DAY],
+                                  "var_99_hist": [50776.81, 1234.5]}),
+        "pnl_daily": pa.table({"portfolio_id": ["P001", "P001"], "as_of_date": [date(2026, 2, 28), DAY],
+                               "daily_pnl": [-10.0, 25.0]})}
+FACTORS = {"factor_returns": pa.table({"factor_name": ["MKT"], "bucket_start": pa.array(
+    [1772323200000000], pa.timestamp("us", tz="UTC")), "factor_return": [0.01]})}
+
+
+@pytest.fixture
+def old_folder(tmp_path, monkeypatch):
+    """A data folder as the hand-written protocol left it: files, then the manifest written last."""
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    store = get_store()
+    for name, partition, tables, run_id, meta in (
+            (commits.risk_manifest(DAY), f"as_of_date={DAY}", RISK, "20260302T010000000000-aaaaaaaa",
+             {"as_of": str(DAY), "portfolios": ["P001", "P002"]}),
+            ("factors", f"date={DAY}", FACTORS, "20260302T020000000000-bbbbbbbb", {})):
+        files = {}
+        for table, rows in tables.items():
+            rel = f"outputs/{table}/{partition}/{run_id}.parquet"
+            store.write_parquet(rel, rows)
+            files[f"{table}/{partition}"] = {"path": rel, "rows": rows.num_rows, "sha256": store.digest(rel)}
+        store.write_json(f"outputs/_commits/{name}.json", {"name": name, "stage": name.split("/")[0],
+                                                            "run_id": run_id, "files": files, **meta})
+    return tmp_path / "data"
+
+
+def _committed(store, name: str, key: str) -> pa.Table:
+    return commits.read_entry(store, commits.read_manifest(store, name)["files"][key])
+
+
+def test_old_commits_become_delta_run_records_with_the_same_rows_and_a_rerun_changes_nothing(old_folder):
+    store = get_store()
+    assert main(["migrate-lake"]) == 0
+    risk = commits.read_manifest(store, commits.risk_manifest(DAY))
+    assert risk["run_id"] == "20260302T010000000000-aaaaaaaa" and risk["portfolios"] == ["P001", "P002"]
+    for table, rows in RISK.items():
+        assert _committed(store, commits.risk_manifest(DAY), f"{table}/as_of_date={DAY}").equals(rows)
+    assert _committed(store, "factors", f"factor_returns/date={DAY}").equals(FACTORS["factor_returns"])
+    assert not (old_folder / "outputs/_commits").exists() or not any((old_folder / "outputs/_commits").rglob("*.json"))
+    # the old files are gone, except the factor file whose path the Delta table took over (same run, same path)
+    left = sorted(p.relative_to(old_folder).as_posix() for p in (old_folder / "outputs").rglob("*.parquet")
+                  if "_runs" not in p.parts and "_delta_log" not in p.parts)
+    assert left == sorted(commits.committed_files(store)) == [
+        "outputs/factor_returns/date=2026-03-01/20260302T020000000000-bbbbbbbb.parquet",
+        "outputs/pnl_daily/run_as_of_date=2026-03-01/20260302T010000000000-aaaaaaaa.parquet",
+        "outputs/risk_metrics/run_as_of_date=2026-03-01/20260302T010000000000-aaaaaaaa.parquet"]
+
+    again = migrate.migrate_lake()
+    assert (again.converted, again.already, again.files_removed) == ([], [], 0)
+    assert len(commits.manifests(store)) == 2
+
+
+def test_a_migration_killed_after_publishing_finishes_on_the_next_run(old_folder):
+    store = get_store()
+    name = commits.risk_manifest(DAY)
+    manifest = json.loads((old_folder / f"outputs/_commits/{name}.json").read_text())
+    migrate._publish(store, name, manifest)  # killed here: published, old files and manifest still there
+    summary = migrate.migrate_lake()
+    assert summary.converted == ["factors"] and summary.already == [name] and summary.files_removed == 2
+    assert len(commits.manifests(store)) == 2
+    for table, rows in RISK.items():
+        assert _committed(store, name, f"{table}/as_of_date={DAY}").equals(rows)
+
+
+def test_stream_folders_of_plain_parquet_become_delta_tables_of_the_same_files(tmp_path, monkeypatch):
+    from etl.lake import Lake
+    from etl.silver.trade_bars import build_trade_bars
+    from etl.stream.sinks import TRADES_DIR, TRADES_SCHEMA, MicroBatch
+
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    store = get_store()
+    batch = MicroBatch("20260101T000000000000Z-a-000001")
+    for i in range(3):
+        when = f"2026-01-01T00:0{i}:00Z"
+        batch.add_trade("BTC-USD", "2026-01-01", (str(i), "100.0", "0.5", "BUY", when, "update", "market_trades",
+                                                  when, "", i, "c1", 1767225600.0, None))
+    folder = f"{TRADES_DIR}/product_id=BTC-USD/date=2026-01-01"
+    store.write_parquet(f"{folder}/{batch.batch_id}.parquet", batch.trades[("BTC-USD", "2026-01-01")]
+                        .table(TRADES_SCHEMA, batch.batch_id))                   # as the sink wrote it before
+    store.write_bytes(f"{folder}/.tmp-0123-{batch.batch_id}.parquet", b"half a file")  # an interrupted write
+    store.write_json("silver/_state/trade_files.json", {"files": []})
+
+    summary = migrate.migrate_lake()
+    assert summary.tables_adopted == [TRADES_DIR] and "1 Parquet folder(s) made Delta tables" in str(summary)
+    lake = Lake.of(store)
+    assert lake.files(TRADES_DIR) == [f"{folder}/{batch.batch_id}.parquet"]
+    assert lake.read(TRADES_DIR)["trade_id"].to_pylist() == ["0", "1", "2"]
+    assert not store.exists("silver/_state/trade_files.json")
+    assert build_trade_bars().trades_in == 3
+    assert migrate.migrate_lake().tables_adopted == []      # idempotent: the folder is a table now
+
+
+def test_silver_bar_folders_of_plain_parquet_become_delta_tables_checked_against_the_old_state(tmp_path, monkeypatch):
+    """Silver as the build wrote it before Delta (one `part-0.parquet` per partition, digests in the state file)
+    is adopted file for file; the state file goes; the next build rebuilds every partition to the same rows."""
+    import shutil
+
+    from etl.integrity import CorruptFileError
+    from etl.lake import Lake
+    from etl.silver import build, read_bars
+    from etl.silver.incremental import SILVER_TABLES
+    from tests.etl.silver.test_incremental import FUTURE, T0, minute_candles, write_batch
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(data))
+    write_batch(data, minute_candles("BTC-USD", T0, 2 * 1440), "b1", T0)
+    partitions = build(now=FUTURE).partitions
+    clean = {k: read_bars(k) for k in ("5m", "1d")}
+    store, digests = get_store(), {}
+    for table in SILVER_TABLES:  # back to the old layout
+        for rel in Lake.of(store).files(table) or []:
+            old = f"{rel.rsplit('/', 1)[0]}/part-0.parquet"
+            store.copy(rel, old)
+            store.delete(rel)
+            digests[old] = store.digest(old)
+        shutil.rmtree(data / table / "_delta_log", ignore_errors=True)
+    store.write_json(migrate.OLD_SILVER_STATE, {"partitions": {}, "files": digests})
+    store.write_bytes("silver/bars_1d/product_id=BTC-USD/year=2026/.tmp-0123-part-0.parquet", b"half a file")
+
+    bad = "silver/bars_5m/product_id=BTC-USD/date=2026-01-06/part-0.parquet"
+    kept = (data / bad).read_bytes()
+    (data / bad).write_bytes((data / bad.replace("01-06", "01-05")).read_bytes())  # valid Parquet, another day's
+    with pytest.raises(CorruptFileError, match="date=2026-01-06/part-0.parquet"):  # not the file silver wrote
+        migrate.migrate_lake()
+    assert Lake.of(store).table("silver/bars_5m") is None
+    (data / bad).write_bytes(kept)
+
+    summary = migrate.migrate_lake()
+    assert sorted(summary.tables_adopted) == ["silver/bars_1d", "silver/bars_5m"]
+    assert Lake.of(store).files("silver/bars_1d") == ["silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet"]
+    assert not store.exists(migrate.OLD_SILVER_STATE)
+    for kind, df in clean.items():
+        pd.testing.assert_frame_equal(read_bars(kind), df)
+    assert migrate.migrate_lake().tables_adopted == []      # idempotent
+    assert build(now=FUTURE).partitions == partitions       # no bronze version recorded yet: every partition once
+    for kind, df in clean.items():
+        pd.testing.assert_frame_equal(read_bars(kind), df)
+    assert all("part-0.parquet" not in f for f in Lake.of(store).files("silver/bars_5m"))
+
+
+def test_an_old_bronze_candle_folder_becomes_the_delta_table_of_its_current_files(tmp_path, monkeypatch):
+    """Batch manifests and a compaction marker (the old protocol): the table holds exactly the files they made
+    current, with their digests; silver reads the same rows; a rerun changes nothing."""
+    from etl import candles
+    from etl.lake import Lake
+    from etl.silver import build
+    from tests.etl.silver.test_incremental import FUTURE, T0, minute_candles, write_batch
+    from tests.support.bronze import read_bronze
+
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    data, store = tmp_path / "data", get_store()
+    day = "bronze/candles/product_id=BTC-USD/date=2026-01-05"
+    old = {}
+    for batch, start, seed in (("b1", T0, 0), ("b2", T0 + timedelta(hours=1), 1), ("b3", T0 + timedelta(days=1), 2),
+                               ("orphan", T0 + timedelta(hours=2), 3)):
+        rels = write_batch(data, minute_candles("BTC-USD", start, 60, seed=seed), batch, T0 + timedelta(days=2),
+                           commit=False)
+        old[batch] = rels
+        if batch != "orphan":  # the orphan's writer died before its manifest
+            store.write_json(f"bronze/_manifests/{batch}.json", {"batch_id": batch, "files": rels,
+                                                                  "sha256": {r: store.digest(r) for r in rels}})
+    # b1 and b2 compacted into generation 1 (as etl/compaction.py wrote it), b1/b2 files kept for the retention
+    rows = pa.concat_tables([store.read_parquet(old["b1"][0]), store.read_parquet(old["b2"][0])])
+    store.write_parquet(f"{day}/compacted-v000001-g60.parquet", rows)
+    store.write_json(f"{day}/_v000001.json", {"generation": 1, "files": ["compacted-v000001-g60.parquet"],
+                                              "replaces": ["b1.parquet", "b2.parquet"],
+                                              "sha256": {"compacted-v000001-g60.parquet":
+                                                         store.digest(f"{day}/compacted-v000001-g60.parquet")}})
+    store.write_json("bronze/_pending/x.json", {"batch_id": "x"})
+
+    summary = migrate.migrate_lake()
+    assert candles.CANDLES_DIR in summary.tables_adopted
+    lake = Lake.of(store)
+    assert lake.files(candles.CANDLES_DIR) == sorted([f"{day}/compacted-v000001-g60.parquet", *old["b3"]])
+    (commit,) = [c for c in lake.commits(candles.CANDLES_DIR, None, lake.version(candles.CANDLES_DIR))
+                 if "migrated_from" in c]
+    assert set(json.loads(commit["sha256"])) == set(lake.files(candles.CANDLES_DIR))
+    assert not (data / "bronze/_manifests").exists() and not (data / "bronze/_pending").exists()
+    assert not (data / day / "_v000001.json").exists()
+    assert len(read_bronze()) == 180 and set(read_bronze()["batch_id"]) == {"b1", "b2", "b3"}
+    assert build(now=FUTURE).rows_in == 180
+    again = migrate.migrate_lake()                           # idempotent: the folder is a table now
+    assert again.tables_adopted == [] and lake.files(candles.CANDLES_DIR) == sorted(
+        [f"{day}/compacted-v000001-g60.parquet", *old["b3"]])
