@@ -108,6 +108,13 @@ def write_silver_bars(data: Path, n_rows: int, n_products: int = N_PRODUCTS, see
     return len(files)
 
 
+def _files(store) -> list[str]:
+    """The silver table's files, as the loader reads them (through the log; each file's digest is in its name)."""
+    from etl.lake import Lake
+
+    return Lake.of(store).files(SPEC.source_dir)
+
+
 def write_csv(data: Path, out: Path) -> int:
     """The rows the loader would send, as it sends them (its own read + conform), into one CSV; returns rows."""
     import pyarrow.csv as pacsv
@@ -116,11 +123,12 @@ def write_csv(data: Path, out: Path) -> int:
     from etl.warehouse.loader import _read_file
 
     store = Store.from_uri(str(data))
+    files = _files(store)
     rows = 0
-    with pacsv.CSVWriter(str(out), _naive_utc(_read_file(store, SPEC, store.list_files(SPEC.source_dir,
-                         ".parquet")[0])).schema, write_options=pacsv.WriteOptions(include_header=False)) as w:
-        for rel in store.list_files(SPEC.source_dir, ".parquet"):
-            table = _naive_utc(_read_file(store, SPEC, rel))
+    with pacsv.CSVWriter(str(out), _naive_utc(_read_file(store, SPEC, files[0], {})).schema,
+                         write_options=pacsv.WriteOptions(include_header=False)) as w:
+        for rel in files:
+            table = _naive_utc(_read_file(store, SPEC, rel, {}))
             w.write_table(table)
             rows += table.num_rows
     return rows
@@ -135,8 +143,8 @@ def write_binary(data: Path, out: Path) -> None:
     store = Store.from_uri(str(data))
     with open(out, "wb") as f:
         f.write(copy_binary.HEADER)
-        for rel in store.list_files(SPEC.source_dir, ".parquet"):
-            f.write(copy_binary.encode(_read_file(store, SPEC, rel)))
+        for rel in _files(store):
+            f.write(copy_binary.encode(_read_file(store, SPEC, rel, {})))
         f.write(copy_binary.TRAILER)
 
 
@@ -186,7 +194,7 @@ def time_ours(server: str, root: Path, key_taken: bool = False) -> float:
             from etl.warehouse.loader import _read_file, copy_upsert
 
             store = Store.from_uri(str(root / "data"))
-            first = _read_file(store, SPEC, store.list_files(SPEC.source_dir, ".parquet")[0]).slice(0, 1)
+            first = _read_file(store, SPEC, _files(store)[0], {}).slice(0, 1)
             first = first.set_column(first.schema.get_field_index(SOURCE_FILE), SOURCE_FILE,
                                      pa.array(["bench/elsewhere.parquet"]))
             setup(settings)
