@@ -370,8 +370,11 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
         **{k: v[hist_start:].ravel() for k, v in expo.items()},
         "drawdown": dd_hist.ravel(),
     })[kept.ravel()]
+    # the history's first day has no previous close, so no PnL: no row, rather than one that would replace the PnL
+    # an earlier run (whose history started earlier) computed for that day
+    priced = kept & np.isfinite(pnl[hist_start:])
     pnl_df = pd.DataFrame({**frame, "daily_pnl": pnl[hist_start:].ravel(), "mtd_pnl": mtd[hist_start:].ravel(),
-                           "daily_return": port_ret[hist_start:].ravel()})[kept.ravel()]
+                           "daily_return": port_ret[hist_start:].ravel()})[priced.ravel()]
 
     # ---- positions valued on the as-of day ----
     pi, ai = np.nonzero(qty[-1])
