@@ -677,3 +677,16 @@ def test_backtest_windows_from_the_series_equal_the_windows_themselves():
         np.testing.assert_array_equal(got.neg_w, want.neg_w)
         np.testing.assert_array_equal(got.pad, want.pad)
         np.testing.assert_allclose(got.cov, want.cov, rtol=0, atol=1e-13 * np.abs(want.cov).max())
+
+
+def test_the_first_day_of_a_short_history_has_no_pnl_row(risk_env, monkeypatch):
+    """A history shorter than the backtest window starts the PnL rows on its first day, which has no previous
+    close: that day gets no row (not a NULL PnL that would replace the PnL an earlier run computed for it, and then
+    disagree with that run's attribution in gold)."""
+    monkeypatch.setenv("RISK_BACKTEST_DAYS", "250")
+    run_risk(as_of=AS_OF, settings=get_settings())
+    pnl, val = _read(risk_env["data"], "pnl_daily"), _read(risk_env["data"], "portfolio_valuation")
+    first = val["as_of_date"].min()
+    assert first == DAYS[0].date()                                  # the history starts on the first day
+    assert pnl["daily_pnl"].notna().all() and not (pnl["as_of_date"] == first).any()
+    assert set(pnl["as_of_date"]) == set(val["as_of_date"]) - {first}
