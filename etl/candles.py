@@ -77,7 +77,7 @@ def files(lake: Lake, version: int | None = None, products: list[str] | None = N
 
 def partition_of(rel: str) -> tuple[str, str] | None:
     """(product_id, date) of a file of the table."""
-    parts = dict(p.split("=", 1) for p in posixpath.dirname(posixpath.relpath(rel, CANDLES_DIR)).split("/") if "=" in p)
+    parts = dict(p.split("=", 1) for p in rel.split("/")[:-1] if "=" in p)  # the folders' key=value pairs
     return (parts["product_id"], parts["date"]) if KEYS[0] in parts and KEYS[1] in parts else None
 
 

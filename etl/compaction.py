@@ -54,9 +54,16 @@ def compact(before: date | None = None, settings: Settings | None = None, now: d
     lake = Lake.of(store, settings)
     before = before or (now or datetime.now(UTC)).date()
     summary = CompactSummary(before=before.isoformat())
-    closed = sorted(candles.by_partition(candles.files(lake, keep=lambda d: d < summary.before)))
+    parts = candles.by_partition(candles.files(lake, keep=lambda d: d < summary.before))
+    closed = sorted(parts)
     summary.partitions_seen = len(closed)
-    recorded = candles.digests(lake.commits(CANDLES_DIR, None, lake.version(CANDLES_DIR) or 0))
+    # the digests of the files to rewrite, from the commits since the oldest of them was added (not the whole log:
+    # compaction keeps that short, so the cost stays flat however long the table's history)
+    pending = [rel for rels in parts.values() if not candles.compacted(rels) for rel in rels]
+    added = lake.added_at(CANDLES_DIR)
+    since = min((added[rel] for rel in pending if rel in added), default=None)
+    recorded = {} if since is None else candles.digests(
+        lake.commits_since(CANDLES_DIR, since - candles.CLOCK_SKEW_MS))
     for attempt in range(3):
         try:
             done = candles.compact(store, lake, closed, recorded, {"compact_before": summary.before})

@@ -62,7 +62,9 @@ def test_a_write_is_a_version_with_its_metadata_and_earlier_versions_stay_readab
     assert lake.read("t", version=0).to_pydict() == {"k": ["a"], "v": [1.0]}
     assert sorted(lake.read("t")["k"].to_pylist()) == ["a", "b"]
     config = lake.table("t").metadata().configuration
-    assert config["delta.logRetentionDuration"] == config["delta.deletedFileRetentionDuration"] == "interval 2160 hours"
+    assert config["delta.logRetentionDuration"] == "interval 2160 hours"               # 90 days
+    assert config["delta.deletedFileRetentionDuration"] == "interval 7776000 seconds"  # the same, in seconds
+    assert config["delta.checkpointInterval"] == "10"
 
 
 def test_a_run_replaces_its_partitions_and_readers_see_only_committed_runs(data):
