@@ -4,6 +4,7 @@ concurrent writers on a local disk and on the S3 server (moto)."""
 
 from __future__ import annotations
 
+import time
 import glob
 import posixpath
 import threading
@@ -238,3 +239,14 @@ def test_two_runs_of_the_same_day_at_once_leave_one_complete_run(data):
         assert {e["run_id"] for e in manifest["files"].values()} == {manifest["run_id"]}
         var = committed(store, DAY, "risk_metrics")["var_99_hist"].to_pylist()
         assert committed(store, DAY, "pnl_daily")["daily_pnl"].to_pylist() == [var[0]] and var[1] == var[0] + 1
+
+
+def test_commits_since_reads_back_to_a_time_not_the_whole_log(data):
+    lake = Lake.of(get_store())
+    for run in ("r0", "r1", "r2"):
+        lake.write("t", pa.table({"k": [run]}), metadata={"run_id": run})
+        time.sleep(0.01)                                        # distinct commit times (ms)
+    since = lake.commits("t", 0, 1)[0]["timestamp"]          # version 1's time
+    assert [(c["version"], c["run_id"]) for c in lake.commits_since("t", since)] == [(1, "r1"), (2, "r2")]
+    added = lake.added_at("t")
+    assert len(added) == 3 and all(t >= lake.commits("t", None, 0)[0]["timestamp"] for t in added.values())
