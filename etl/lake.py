@@ -151,13 +151,19 @@ class Lake:
               metadata: dict[str, Any] | None = None) -> int:
         """Append `data` to table `rel` (made on the first write, partitioned by `partition_by`) in one commit
         carrying `metadata`; returns the version it made."""
-        try:
-            write_deltalake(self.uri(rel), data, partition_by=list(partition_by) if partition_by else None,
-                            mode="append", storage_options=self.storage_options, writer_properties=WRITER,
-                            commit_properties=_props(metadata), configuration=self._configuration())
-        except CommitFailedError as exc:
-            raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the table ({exc}); nothing was "
-                               "committed: rerun the command") from exc
+        new = self.table(rel) is None
+        while True:
+            try:
+                write_deltalake(self.uri(rel), data, partition_by=list(partition_by) if partition_by else None,
+                                mode="append", storage_options=self.storage_options, writer_properties=WRITER,
+                                commit_properties=_props(metadata), configuration=self._configuration())
+                break
+            except CommitFailedError as exc:
+                if new and self.table(rel) is not None:  # another first writer made the table: append to it
+                    new = False
+                    continue
+                raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the table ({exc}); nothing was "
+                                   "committed: rerun the command") from exc
         return self.version(rel)
 
     def files(self, rel: str, version: int | None = None) -> list[str] | None:
