@@ -24,9 +24,9 @@ shared machine wall time follows the neighbours' load - the wall-time ratio is r
   incremental build folds each partition it reads, etl.candles.compact);
 - soak_state_per_partition: silver state bytes per partition at the end / at the 5th end-of-day run, <= 1.2
   (the state grows with the data, one entry per product-day, never with the number of runs);
-- soak_rebuild_equal: the final silver tables (every row, read through each table's log) and gold tables (fact_price_bars, fact_price_daily and the
-  last day's fact_risk_metrics) equal a one-shot rebuild from a copy of the same bronze: silver --full-refresh,
-  risk, load, dbt build into a fresh database.
+- soak_rebuild_equal: the final silver tables (every row, read through each table's log) and gold tables
+  (fact_price_bars, fact_price_daily and the last day's fact_risk_metrics) equal a one-shot rebuild from a copy of
+  the same bronze: silver --full-refresh, risk, load, dbt build into a fresh database.
 """
 
 from __future__ import annotations

@@ -370,9 +370,10 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
         **{k: v[hist_start:].ravel() for k, v in expo.items()},
         "drawdown": dd_hist.ravel(),
     })[kept.ravel()]
-    # the history's first day has no previous close, so no PnL: no row, rather than one that would replace the PnL
-    # an earlier run (whose history started earlier) computed for that day
-    priced = kept & np.isfinite(pnl[hist_start:])
+    # the price history's first day has no previous close, hence no PnL: no row (docs/risk_conventions.md), not a
+    # NULL that would replace the PnL an earlier run, whose history started earlier, computed for that day
+    priced = kept.copy()
+    priced[0] &= hist_start > 0
     pnl_df = pd.DataFrame({**frame, "daily_pnl": pnl[hist_start:].ravel(), "mtd_pnl": mtd[hist_start:].ravel(),
                            "daily_return": port_ret[hist_start:].ravel()})[priced.ravel()]
 
