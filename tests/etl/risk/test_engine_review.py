@@ -93,3 +93,25 @@ def test_mtd_pnl_of_a_month_the_price_history_starts_inside_is_unknown_not_a_par
     assert long.loc[d, "mtd_pnl"] == pytest.approx(true_mtd, rel=1e-9)
     got = short.loc[d, "mtd_pnl"]
     assert np.isnan(got) or got == pytest.approx(true_mtd, rel=1e-9), (got, true_mtd)
+
+
+def test_the_pnl_of_the_day_a_book_is_closed_out_has_its_pnl_daily_row():
+    """docs/risk_conventions.md: daily PnL of D = holdings at the end of D-1 revalued (on a rebalance day the PnL
+    belongs to the previous holdings); pnl_daily has a row per portfolio and day of the history window (only the
+    price history's first day has none). U holds 2 BTC until its 2026-02-10 snapshot closes the position (and
+    buys 1 BTC again on 02-20): the PnL of 02-10 is 2 x (BTC(02-10) - BTC(02-09)) - var_backtest scores it as the
+    realised PnL of 02-10 and mtd_pnl counts it - but pnl_daily has no 02-10 row (rows are kept only where the
+    book holds something at the END of the day), so pnl_daily no longer sums to mtd_pnl."""
+    closes = _closes(60)
+    pf = _portfolios(["U"], ["USD"])
+    book = _book([("U", "BTC-USD", "2025-12-01", 2.0, 1.0), ("U", "BTC-USD", "2026-02-10", 0.0, 1.0),
+                  ("U", "BTC-USD", "2026-02-20", 1.0, 1.0)])
+    t = compute_tables(closes, QUOTE, pf, book, RiskParams(var_lookback_days=30, backtest_days=60, mc_scenarios=500))
+    pnl = t["pnl_daily"].set_index("as_of_date")
+    d = pd.Timestamp("2026-02-10")
+    hand = 2 * (closes.loc[d, "BTC-USD"] - closes.loc[d - pd.Timedelta(days=1), "BTC-USD"])
+    bt = t["var_backtest"].query("method == 'hist' and confidence == 0.99").set_index("as_of_date")
+    assert bt.loc[d, "realized_pnl"] == pytest.approx(hand, rel=1e-12)     # the backtest has it
+    feb = pnl.loc["2026-02-01":"2026-02-28"]
+    assert feb["daily_pnl"].sum() == pytest.approx(feb["mtd_pnl"].iloc[-1], rel=1e-9), "pnl_daily does not sum to MTD"
+    assert d in pnl.index and pnl.loc[d, "daily_pnl"] == pytest.approx(hand, rel=1e-12)
