@@ -115,3 +115,27 @@ def test_the_pnl_of_the_day_a_book_is_closed_out_has_its_pnl_daily_row():
     feb = pnl.loc["2026-02-01":"2026-02-28"]
     assert feb["daily_pnl"].sum() == pytest.approx(feb["mtd_pnl"].iloc[-1], rel=1e-9), "pnl_daily does not sum to MTD"
     assert d in pnl.index and pnl.loc[d, "daily_pnl"] == pytest.approx(hand, rel=1e-12)
+
+
+def test_the_stored_drawdown_series_ends_at_drawdown_from_peak_when_the_windows_are_the_same_returns():
+    """docs/risk_conventions.md (Drawdown): wealth starts at 1 the day before the first return of the window;
+    portfolio_valuation's drawdown is the series over the history window and pages chart it with pnl_daily's
+    daily_return "as stored". With backtest_days = var_lookback_days = 30, pnl_daily holds exactly the 30 returns
+    of the VaR lookback (days 20..49), so the stored drawdown of the as-of day must equal risk_metrics'
+    drawdown_from_peak (the compounded stored returns, by hand: 0.5 / 1 - 1 = -50%). The engine starts the
+    history series' wealth ON the first history day (engine.py dd_hist = drawdown_series(port_ret[hist_start +
+    1:])), dropping the first stored return: the chart shows 0 where the limit sees -50%."""
+    days = pd.date_range("2026-01-01", periods=50, freq="D")
+    price = np.r_[[100.0] * 20, [50.0] * 30]                    # falls on day index 20, the first history day
+    closes = pd.DataFrame({"BTC-USD": price, "ETH-USD": 10 + np.arange(50.0)}, index=days)
+    pf = _portfolios(["U"], ["USD"])
+    book = _book([("U", "BTC-USD", "2025-12-01", 1.0, 100.0), ("U", "ETH-USD", "2025-12-01", 0.0, 1.0)])
+    t = compute_tables(closes, {"BTC-USD": "USD", "ETH-USD": "USD"}, pf, book,
+                       RiskParams(var_lookback_days=30, backtest_days=30, mc_scenarios=500))
+    risk = t["risk_metrics"].iloc[0]
+    pnl = t["pnl_daily"].set_index("as_of_date")["daily_return"]
+    assert len(pnl) == 30 and risk["lookback_days"] == 30
+    by_hand = np.prod(1 + pnl.to_numpy()) - 1                     # no new peak after the start: the drawdown
+    assert risk["drawdown_from_peak"] == pytest.approx(by_hand) == pytest.approx(-0.5)
+    stored = t["portfolio_valuation"].set_index("as_of_date")["drawdown"]
+    assert stored.iloc[-1] == pytest.approx(risk["drawdown_from_peak"]), (stored.iloc[-1], risk["drawdown_from_peak"])
