@@ -139,3 +139,23 @@ def test_the_stored_drawdown_series_ends_at_drawdown_from_peak_when_the_windows_
     assert risk["drawdown_from_peak"] == pytest.approx(by_hand) == pytest.approx(-0.5)
     stored = t["portfolio_valuation"].set_index("as_of_date")["drawdown"]
     assert stored.iloc[-1] == pytest.approx(risk["drawdown_from_peak"]), (stored.iloc[-1], risk["drawdown_from_peak"])
+
+
+def test_backtest_days_without_a_forecast_do_not_count_in_the_var_backtest_summary():
+    """docs/risk_conventions.md (fat tails): evt_gpd is uncomputable (NaN) with fewer than 15 exceedances, "so ...
+    a backtest day without it does not count"; Kupiec with n = 0 days is NaN. With a 60-day lookback every evt_gpd
+    forecast is NaN, yet var_backtest_summary / var_model_comparison count all 40 held days as days without an
+    exception: n_days 40, 0 exceptions, Kupiec p 0.37 at 99% (pass_kupiec True) and a GREEN traffic light for a
+    model that never produced a forecast (the ES tests, by contrast, leave those days out: z2 NaN)."""
+    closes = _closes(120)
+    pf = _portfolios(["U"], ["USD"])
+    book = _book([("U", "BTC-USD", "2025-12-01", 2.0, 1.0), ("U", "ETH-USD", "2025-12-01", -30.0, 1.0)])
+    t = compute_tables(closes, QUOTE, pf, book, RiskParams(var_lookback_days=60, backtest_days=40, mc_scenarios=500))
+    bt = t["var_backtest"].query("method == 'evt_gpd'")
+    assert len(bt) and bt["var_forecast"].isna().all()                   # never a forecast
+    comp = t["var_model_comparison"].query("method == 'evt_gpd'").set_index("confidence")
+    assert np.isnan(comp.loc[0.99, "z2"])                                 # the ES test leaves the days out
+    summary = t["var_backtest_summary"].query("method == 'evt_gpd'").set_index("confidence")
+    got = summary.loc[0.99, ["n_days", "exceptions", "kupiec_p", "traffic_light"]].to_dict()
+    assert summary.loc[0.99, "n_days"] == 0 and np.isnan(summary.loc[0.99, "kupiec_p"]), got
+    assert comp.loc[0.99, "traffic_light"] != "green" and not comp.loc[0.99, "pass_kupiec"], got
