@@ -209,8 +209,11 @@ BREACH_COLUMNS = list(BREACH_DTYPES)
 
 def _var_column(metric: str) -> str:
     """The intraday column a portfolio's var_limit_metric (e.g. var_99_hist) is checked on: the same measure,
-    confidence and method, or the historical figure for a method intraday does not compute (var_99)."""
+    confidence and method, or the historical figure for a method intraday does not compute (var_99), at the
+    highest level intraday computes for a level it does not (var_995_evt_gpd: var_99)."""
     kind, level, method = (metric.split("_", 2) + ["hist"])[:3]
+    levels = [measures.pct(c) for c in measures.BY_NAME["hist"].confidences]   # ascending
+    level = level if level in levels else levels[-1]
     return f"{kind}_{level}" + (f"_{method}" if method in measures.method_names("intraday") and method != "hist"
                                 else "")
 
