@@ -489,8 +489,8 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
         "loss_sd": stacked(lambda m, c: loss_sd[m]),
         "base_currency": _dictionary([base], np.zeros(len(cell) * len(keys), dtype=np.int32)),
     }
-    summary = _series_summary(keys, hits, held, realized_dates, pids, days[-1])
     valid = {key: _valid(held, forecasts[key]) for key in keys}
+    summary = _series_summary(keys, hits, valid, held, realized_dates, pids, days[-1])
     z2 = np.concatenate([es_backtest.z2_stat(-realized, *forecasts[(m, c)], 1 - c, valid[(m, c)]) for m, c in keys])
     # every key's series side by side: one test, each group of series with k exceedances resampled together
     er = es_backtest.exceedance_residual_test(
@@ -554,18 +554,26 @@ def release_freed_memory() -> None:
         trim(0)
 
 
-def _series_summary(keys, hits: dict, held: np.ndarray, dates: np.ndarray, pids, as_of) -> pd.DataFrame:
-    """`backtest_summary` of the backtest rows from their arrays: each key's exceptions (F, P) on the days held
-    (F, P), realised on dates (F,); a series is the held days of one portfolio (none held: no row)."""
+def _series_summary(keys, hits: dict, scored: dict, held: np.ndarray, dates: np.ndarray, pids, as_of) -> pd.DataFrame:
+    """`backtest_summary` of the backtest rows from their arrays: each key's exceptions (F, P) on the days it is
+    scored (F, P: a book held and a forecast made), realised on dates (F,); a series is one portfolio's held days
+    (none held: no row), its window their first to last; only its scored days count (a day without a forecast
+    is not a day without an exception: a model that never forecast has n_days 0 and no statistics)."""
     f_len, p = held.shape
     has = held.any(axis=0)                                                # (P,) series with a row
     first, last = held.argmax(axis=0), f_len - 1 - held[::-1].argmax(axis=0)
-    seen = np.maximum.accumulate(np.where(held, np.arange(f_len)[:, None], -1), axis=0)
-    prev = np.vstack([np.full((1, p), -1), seen[:-1]])                    # the series' previous held day
-    pair = held & (prev >= 0)
-    cols, counts = np.arange(p), []
+    cols, counts, previous = np.arange(p), [], {}
+
+    def prev_of(mask: np.ndarray) -> np.ndarray:                          # each day's previous scored day, or -1
+        seen = np.maximum.accumulate(np.where(mask, np.arange(f_len)[:, None], -1), axis=0)
+        return np.vstack([np.full((1, p), -1), seen[:-1]])
+
     for key in keys:
-        h = hits[key] & held
+        mask = scored[key]
+        same = next((k for k in previous if np.array_equal(scored[k], mask)), None)   # most keys score alike
+        prev = previous[key] = previous[same] if same is not None else prev_of(mask)
+        pair = mask & (prev >= 0)
+        h = hits[key] & mask
         before = h[np.maximum(prev, 0), cols]
         counts.append([(pair & ~before & ~h).sum(axis=0), (pair & ~before & h).sum(axis=0),
                        (pair & before & ~h).sum(axis=0), (pair & before & h).sum(axis=0)])
@@ -575,8 +583,8 @@ def _series_summary(keys, hits: dict, held: np.ndarray, dates: np.ndarray, pids,
         "portfolio_id": _str_column(np.asarray(pids)[has], np.tile(np.arange(n_series), len(keys))),
         "method": _str_column([m for m, _ in keys], np.repeat(np.arange(len(keys)), n_series)),
         "confidence": np.repeat([c for _, c in keys], n_series),
-        "n_days": np.tile(held.sum(axis=0)[has], len(keys)).astype("int64"),
-        "exceptions": np.concatenate([(hits[key] & held).sum(axis=0)[has] for key in keys]).astype("int64"),
+        "n_days": np.concatenate([scored[key].sum(axis=0)[has] for key in keys]).astype("int64"),
+        "exceptions": np.concatenate([(hits[key] & scored[key]).sum(axis=0)[has] for key in keys]).astype("int64"),
         "window_start": np.tile(dates[first[has]], len(keys)), "window_end": np.tile(dates[last[has]], len(keys)),
     })
     return _coverage_tests(out, counts, as_of)
@@ -717,16 +725,21 @@ def _scatter(at: tuple[np.ndarray, np.ndarray], values: np.ndarray, shape: tuple
 
 def backtest_summary(bt: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """One row per portfolio x method x confidence: exceptions, Kupiec, Christoffersen, conditional coverage and
-    the Basel traffic light over the backtest window."""
+    the Basel traffic light over the backtest window; only the days with a forecast (a finite VaR and ES) count,
+    as in `_series_summary`."""
     if bt.empty:
         return pd.DataFrame()
     keys = ["portfolio_id", "method", "confidence"]
-    g = bt[[*keys, "as_of_date", "is_exception"]].groupby(keys)           # only the columns it needs
-    out = g.agg(n_days=("is_exception", "size"), exceptions=("is_exception", "sum"),
+    scored = (np.isfinite(bt["var_forecast"].to_numpy(dtype="float64"))
+              & np.isfinite(bt["es_forecast"].to_numpy(dtype="float64")))
+    g = bt[[*keys, "as_of_date"]].assign(scored=scored, hit=bt["is_exception"].to_numpy(dtype=bool) & scored
+                                         ).groupby(keys)               # only the columns it needs
+    out = g.agg(n_days=("scored", "sum"), exceptions=("hit", "sum"),
                 window_start=("as_of_date", "min"), window_end=("as_of_date", "max")).reset_index()
-    # Christoffersen: transition counts of consecutive days within each series, all series at once
+    # Christoffersen: transition counts of consecutive scored days within each series, all series at once
     series = g.ngroup().to_numpy()                                         # out's row of each bt row
     order = np.lexsort((bt["as_of_date"].to_numpy(), series))             # each series' days in order
+    order = order[scored[order]]
     hits, series = bt["is_exception"].to_numpy()[order], series[order]
     same = np.r_[False, series[1:] == series[:-1]]                        # consecutive days of one series
     prev, cur = hits[:-1][same[1:]], hits[1:][same[1:]]
