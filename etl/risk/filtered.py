@@ -134,13 +134,15 @@ def _fit_chunk(args: tuple[np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, bo
     return [_fit_one(xs[:, i], None if np.isnan(starts[i]).any() else starts[i]) for i in range(xs.shape[1])]
 
 
-def garch_filter(r: np.ndarray, params: np.ndarray) -> np.ndarray:
-    """sigma (T+1, A) of fractional returns r (T, A) under GARCH(1,1) params (A, 4) fitted on 100 x r."""
+def garch_filter(r: np.ndarray, params: np.ndarray, fit_rows: int | None = None) -> np.ndarray:
+    """sigma (T+1, A) of fractional returns r (T, A) under GARCH(1,1) params (A, 4) fitted on 100 x r, started
+    from the backcast of the rows the fit saw (the first `fit_rows`; None: all): a later row must not move an
+    earlier volatility (a backtest's forecast would see returns after its forecast day)."""
     x = np.asarray(r, dtype="float64") * SCALE
     t, a = x.shape
     s2 = np.empty((t + 1, a))
     omega, alpha, beta = params[:, 0], params[:, 1], params[:, 2]
-    backcast = _backcast(x)
+    backcast = _backcast(x[:fit_rows])
     s2[0] = omega + (alpha + beta) * backcast                      # lagged r^2 and sigma^2 both = backcast
     for i in range(t):                                              # T steps, each vectorised across assets
         s2[i + 1] = omega + alpha * x[i] ** 2 + beta * s2[i]
@@ -184,7 +186,7 @@ def fit_garch_t(r: np.ndarray, workers: int = 1, warm_start: bool = True, pilot:
         params[col], ok[col] = done[i]
     sigma = np.zeros((r.shape[0] + 1, a))
     if len(live):
-        sigma[:, live] = garch_filter(r[:, live], params[live])
+        sigma[:, live] = garch_filter(r[:, live], params[live], fit_rows)
     return GarchFit(params=params, sigma=sigma, converged=ok)
 
 
