@@ -332,8 +332,10 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
     scen = book_var.Scenarios.last(asset_ret, n_ret, {m: sig[m] for m in FILTERED}, z, scale)
     metrics = book_var.book_var_es(scen, exposure, "portfolio")
     pr_window = port_ret[-n_ret:]
-    mdd = drawdown.max_drawdown(pr_window)
     gross_now = expo["gross_exposure"][-1]
+    # a book holding nothing today has nothing to lose: drawdown 0, so no drawdown limit it could never clear
+    pr_held = np.where(gross_now != 0, pr_window, 0.0)                  # (docs: "Empty portfolio")
+    mdd = drawdown.max_drawdown(pr_held)
     risk = pd.DataFrame({"portfolio_id": pids, "as_of_date": as_of, "base_currency": base,
                          "market_value": expo["net_exposure"][-1], "gross_exposure": gross_now,
                          "net_exposure": expo["net_exposure"][-1], "concentration_pct": expo["concentration_pct"][-1],
@@ -345,7 +347,7 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
         risk[m.name] = getattr(risk_returns, m.function)(port_ret[1:], m.window, params.annualization_days)
     risk["vol_ewma"] = risk_returns.ewma_vol(pr_window, params.ewma_lambda, params.annualization_days)
     risk["max_drawdown"] = mdd.max_drawdown
-    risk["drawdown_from_peak"] = drawdown.drawdown_series(pr_window)[-1]   # the drawdown limit's measure, now
+    risk["drawdown_from_peak"] = drawdown.drawdown_series(pr_held)[-1]     # the drawdown limit's measure, now
     risk["lookback_days"] = n_ret
     risk["daily_pnl"] = pnl[-1]
     risk["mtd_pnl"] = mtd[-1]
