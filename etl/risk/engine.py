@@ -372,9 +372,12 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
         **{k: v[hist_start:].ravel() for k, v in expo.items()},
         "drawdown": dd_hist.ravel(),
     })[kept.ravel()]
-    # the price history's first day has no previous close, hence no PnL: no row (docs/risk_conventions.md), not a
-    # NULL that would replace the PnL an earlier run, whose history started earlier, computed for that day
-    priced = kept.copy()
+    # a day's PnL is that of the holdings at the previous close: a row where the book held something then or now
+    # (the day it is closed out has its PnL); the price history's first day has no previous close, hence no PnL:
+    # no row (docs/risk_conventions.md), not a NULL that would replace the PnL an earlier run, whose history
+    # started earlier, computed for that day
+    held_before = np.vstack([np.zeros((1, p), dtype=bool), expo["gross_exposure"][:-1] > 0])   # (T, P)
+    priced = kept | held_before[hist_start:]
     priced[0] &= hist_start > 0
     pnl_df = pd.DataFrame({**frame, "daily_pnl": pnl[hist_start:].ravel(), "mtd_pnl": mtd[hist_start:].ravel(),
                            "daily_return": port_ret[hist_start:].ravel()})[priced.ravel()]
