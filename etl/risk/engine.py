@@ -363,7 +363,8 @@ def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret,
     h = len(hist_days)
     kept = expo["gross_exposure"][hist_start:] > 0                         # (H, P): days the book held something
     kept[-1] = True                        # and every portfolio on the as-of day: an empty book is worth 0, not unknown
-    dd_hist = drawdown.drawdown_series(port_ret[hist_start + 1:])          # (H, P): index 0 = first history day
+    # (H, P): wealth starts the close before the first history day (as drawdown_from_peak's window), its point dropped
+    dd_hist = drawdown.drawdown_series(port_ret[hist_start:])[1:]
     frame = {"portfolio_id": np.tile(pids, h), "as_of_date": np.repeat(hist_days, p), "base_currency": base}
     valuation_df = pd.DataFrame({
         **frame,
@@ -494,8 +495,9 @@ def _backtest_rows(days, asset_ret, mv, pnl, pids, base, params: RiskParams,
         "loss_sd": stacked(lambda m, c: loss_sd[m]),
         "base_currency": _dictionary([base], np.zeros(len(cell) * len(keys), dtype=np.int32)),
     }
+    summary = _series_summary(keys, hits, {key: held & np.isfinite(forecasts[key][0]) for key in keys}, held,
+                              realized_dates, pids, days[-1])
     valid = {key: _valid(held, forecasts[key]) for key in keys}
-    summary = _series_summary(keys, hits, valid, held, realized_dates, pids, days[-1])
     z2 = np.concatenate([es_backtest.z2_stat(-realized, *forecasts[(m, c)], 1 - c, valid[(m, c)]) for m, c in keys])
     # every key's series side by side: one test, each group of series with k exceedances resampled together
     er = es_backtest.exceedance_residual_test(
@@ -561,7 +563,7 @@ def release_freed_memory() -> None:
 
 def _series_summary(keys, hits: dict, scored: dict, held: np.ndarray, dates: np.ndarray, pids, as_of) -> pd.DataFrame:
     """`backtest_summary` of the backtest rows from their arrays: each key's exceptions (F, P) on the days it is
-    scored (F, P: a book held and a forecast made), realised on dates (F,); a series is one portfolio's held days
+    scored (F, P: a book held and a VaR forecast made), realised on dates (F,); a series is one portfolio's held days
     (none held: no row), its window their first to last; only its scored days count (a day without a forecast
     is not a day without an exception: a model that never forecast has n_days 0 and no statistics)."""
     f_len, p = held.shape
@@ -730,13 +732,12 @@ def _scatter(at: tuple[np.ndarray, np.ndarray], values: np.ndarray, shape: tuple
 
 def backtest_summary(bt: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """One row per portfolio x method x confidence: exceptions, Kupiec, Christoffersen, conditional coverage and
-    the Basel traffic light over the backtest window; only the days with a forecast (a finite VaR and ES) count,
-    as in `_series_summary`."""
+    the Basel traffic light over the backtest window; only the days with a VaR forecast count, as in
+    `_series_summary`."""
     if bt.empty:
         return pd.DataFrame()
     keys = ["portfolio_id", "method", "confidence"]
-    scored = (np.isfinite(bt["var_forecast"].to_numpy(dtype="float64"))
-              & np.isfinite(bt["es_forecast"].to_numpy(dtype="float64")))
+    scored = np.isfinite(bt["var_forecast"].to_numpy(dtype="float64"))
     g = bt[[*keys, "as_of_date"]].assign(scored=scored, hit=bt["is_exception"].to_numpy(dtype=bool) & scored
                                          ).groupby(keys)               # only the columns it needs
     out = g.agg(n_days=("scored", "sum"), exceptions=("hit", "sum"),
