@@ -67,13 +67,17 @@ def daily_pnl(quantity: np.ndarray, price_base: np.ndarray) -> np.ndarray:
 
 
 def month_to_date(pnl: np.ndarray, month_id: np.ndarray) -> np.ndarray:
-    """Cumulative PnL since the first day of each day's month. pnl (T, P) (NaN counts as 0); month_id (T,)
-    e.g. year*12+month, non-decreasing."""
-    cs = np.cumsum(np.nan_to_num(pnl), axis=0)
+    """Cumulative PnL since the first day of each day's month. pnl (T, P); month_id (T,) e.g. year*12+month,
+    non-decreasing. An unknown (NaN) PnL makes the rest of its month unknown: the month of the history's first day
+    (no previous close) has no MTD, not the sum of the days the history happens to hold."""
+    def month_sums(x: np.ndarray) -> np.ndarray:
+        cs = np.cumsum(x, axis=0)
+        return cs - np.where(start[:, None] > 0, cs[np.maximum(start - 1, 0)], 0)
+
     first = np.r_[True, month_id[1:] != month_id[:-1]]
     start = np.maximum.accumulate(np.where(first, np.arange(len(month_id)), 0))   # first row of the month
-    before = np.where(start[:, None] > 0, cs[np.maximum(start - 1, 0)], 0.0)
-    return cs - before
+    unknown = np.isnan(pnl)
+    return np.where(month_sums(unknown.astype(np.int64)) > 0, np.nan, month_sums(np.where(unknown, 0.0, pnl)))
 
 
 def portfolio_returns(pnl: np.ndarray, gross_exposure: np.ndarray) -> np.ndarray:
