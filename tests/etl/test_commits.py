@@ -95,3 +95,20 @@ def test_a_run_killed_before_its_record_does_not_let_vacuum_delete_the_committed
     compact(settings=get_settings())
     assert commits.read_manifest(store, commits.risk_manifest(DAY))["run_id"] == before["run_id"]
     assert committed(store, DAY)["var_99_hist"].to_pylist() == [100.0]   # FileNotFoundError: vacuumed
+
+
+def test_a_damaged_run_log_is_one_error_line_naming_the_table(data, tmp_path, capsys):
+    """The brief's rule (and docs/commit_protocol.md "fail closed ... naming the table, its version"): a bad input is
+    one `error:` line naming what and where, exit 2. A truncated log entry of `outputs/_runs` (a torn copy/restore
+    of the data folder) raises delta-rs' DeltaError from Lake.table (lake.py:127-129 re-raises it when no version
+    was asked): no path, a Rust backtrace, and the CLI (cli.py:328) lets it out as a traceback."""
+    from etl import cli
+
+    store = get_store()
+    run_id = publish_day(store, DAY, [100.0])["run_id"]
+    publish_day(store, DAY, [110.0])
+    last = sorted((data / "outputs/_runs/_delta_log").glob("*.json"))[-1]
+    last.write_text(last.read_text()[:40])
+    code = cli.main(["risk", "--as-of", str(DAY), "--reproduce", run_id, "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "outputs/_runs" in err and len(err.strip().splitlines()) == 1, err[-600:]
