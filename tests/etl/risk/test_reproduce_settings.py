@@ -53,3 +53,31 @@ def test_reproduce_does_not_read_a_table_the_run_found_absent(chain, tmp_path):
                      "--output", str(tmp_path / "again")]) == 0
     again = pq.read_table(tmp_path / "again" / "liquidity_risk.parquet")
     assert again.num_rows == 0, f"reproduced liquidity_risk has {again.num_rows} rows; the run committed 0"
+
+
+def test_a_sharded_run_whose_shards_read_different_silver_versions_is_refused_or_reproduced(chain, tmp_path):
+    """reproduce.py's docstring: a run split into shards "(each shard's reads are in the run's record) is recomputed
+    in one process: equal to its shards' results to 1e-12". Each shard reads silver at the version current when it
+    runs; commit_shards folds the shards' reads with note_read's max (shards.py:107-109, lake.py:71), so a silver
+    build between two shards is recorded as the later version only, the run commits portfolios priced on two
+    silver versions without noticing, and reproduce recomputes the first shard's portfolios on the later one."""
+    from etl.risk.shards import commit_shards, run_shard
+    from etl.settings import get_settings
+    from tests.support import warehouse_sample as sample
+
+    store = Store.from_uri(str(chain["data"]))
+    day, key = AS_OF.date(), "manual__2026-01-30"
+    run_shard(day, 0, 2, key, get_settings())
+    b5 = chain["b5"].assign(**{c: chain["b5"][c] * 1.01 for c in ("open", "high", "low", "close", "vwap")})
+    sample.write_silver(store, b5, sample.daily_from_5m(b5), AS_OF.year)      # a silver build lands meanwhile
+    run_shard(day, 1, 2, key, get_settings())
+    commit_shards(day, 2, key, get_settings())
+    record = commits.read_manifest(store, commits.risk_manifest(day))
+    assert cli.main(["risk", "--as-of", str(day), "--reproduce", record["run_id"],
+                     "--output", str(tmp_path / "again")]) == 0
+    committed = commits.read_entry(store, record["files"][f"risk_metrics/as_of_date={day}"]).to_pandas()
+    again = pq.read_table(tmp_path / "again" / "risk_metrics.parquet").to_pandas()
+    cols = ["portfolio_id", "var_99_hist"]
+    assert committed[cols].sort_values("portfolio_id").reset_index(drop=True).equals(
+        again[cols].sort_values("portfolio_id").reset_index(drop=True)), (
+        f"inputs recorded {record['inputs']}\ncommitted:\n{committed[cols]}\nreproduced:\n{again[cols]}")
