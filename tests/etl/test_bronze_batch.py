@@ -19,16 +19,19 @@ def test_a_batch_id_ingested_twice_at_once_commits_once(tmp_path, simulator):
     attempt's atomic rename also replaces the bytes of a file the first commit recorded a SHA-256 for (ingested_at
     differs), so that commit's digest no longer matches the file it names."""
     settings = _settings(tmp_path, simulator)
-    start, results = threading.Barrier(2), []
+    lake, twice = Lake.of(get_store(settings), settings), {}
+    for batch in ("b-retried-1", "b-retried-2", "b-retried-3"):   # a race: three tries
+        start = threading.Barrier(2)
 
-    def run() -> None:
-        start.wait()
-        results.append(ingest(["BTC-USD", "ETH-USD"], START, END, settings=settings, batch_id="b-retried"))
+        def run(batch: str = batch, start: threading.Barrier = start) -> None:
+            start.wait()
+            ingest(["BTC-USD", "ETH-USD"], START, END, settings=settings, batch_id=batch)
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    lake = Lake.of(get_store(settings), settings)
-    versions = [c["version"] for c in lake.commits(candles.CANDLES_DIR, None, lake.version(candles.CANDLES_DIR))
-                if c.get(candles.BATCH_ID) == "b-retried"]
-    assert len(versions) == 1, f"batch b-retried committed at versions {versions} ({[r.version for r in results]})"
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        versions = [c["version"] for c in lake.commits(candles.CANDLES_DIR, None, lake.version(candles.CANDLES_DIR))
+                    if c.get(candles.BATCH_ID) == batch]
+        if len(versions) != 1:
+            twice[batch] = versions
+    assert twice == {}, f"batches committed more than once, at versions: {twice}"
