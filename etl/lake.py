@@ -188,7 +188,8 @@ class Lake:
                      app_id: str | None = None) -> int:
         """Commit Parquet files already written under table `rel` (by the Store: page checksums, atomic writes) in
         one Delta commit: appended, or replacing the partition `replace` ({column: value}), and removing the
-        files `remove` (paths relative to the data root). `schema` is the table's: the files' columns plus the
+        files `remove` (paths relative to the data root; LakeConflict when one is not in the version the commit builds
+        on: a concurrent writer removed it). `schema` is the table's: the files' columns plus the
         partition columns (strings); `table` the table as the caller loaded it, if it did (the commit goes on top
         of that version, rebased over concurrent commits at most `retries` times: 0 = only on that version);
         `app_id` a writer's idempotency key, recorded in the table's state with the commit's time
@@ -204,9 +205,15 @@ class Lake:
         t = table or self.table(rel) or self._create(rel, schema, partition_by)
         if remove:
             gone = {posixpath.relpath(p, rel) for p in remove}
+            removed = [a for a in _actions(t, flatten=True).to_pylist() if a["path"] in gone]
+            if missing := sorted(gone - {a["path"] for a in removed}):
+                # another writer removed them since the caller read the table (e.g. a compaction of the same files)
+                raise LakeConflict(f"{self.uri(rel)}: {len(missing)} file(s) this commit replaces are not in version "
+                                   f"{t.version()} any more (first: {missing[0]}): a concurrent writer replaced them; "
+                                   "nothing was committed: rerun the command")
             actions += [RemoveAction(a["path"], True, now, a["size_bytes"],
                                      {k.removeprefix("partition."): v for k, v in a.items() if k.startswith("partition.")})
-                        for a in _actions(t, flatten=True).to_pylist() if a["path"] in gone]
+                        for a in removed]
         filters = [(k, "=", v) for k, v in replace.items()] if replace else None
         try:
             t.create_write_transaction(actions, "overwrite" if replace else "append", Schema.from_arrow(schema),

@@ -1,5 +1,4 @@
-"""Review: two compactions of the same bronze files (etl/candles.py compact, e.g. `python -m etl compact` and silver's
-fold) both commit, and the partition holds both compacted files. Fails on the code it was written against."""
+"""Bronze candle table (etl/candles.py): compaction."""
 
 from __future__ import annotations
 
