@@ -125,11 +125,14 @@ class Lake:
         except (TableNotFoundError, OverflowError):  # OverflowError: its log folder is there, its first commit not yet
             return None
         except DeltaError as exc:
-            if version is None:
-                raise
+            cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            if version is None:  # a damaged log (a torn copy or restore of the data folder): one line, not a trace
+                raise ValidationError(f"{self.uri(rel)}: the table's log cannot be read ({cause}): restore its "
+                                      "_delta_log entries from a backup, or rerun the stage that writes the "
+                                      "table") from exc
             raise ValidationError(f"{self.uri(rel)}: version {version} is not in the table's log any more (older "
-                                  "than PIPELINE_LAKE_RETENTION_DAYS, or never made): rerun the stage that wrote "
-                                  f"it ({str(exc).splitlines()[0][:120]})") from exc
+                                  "than PIPELINE_LAKE_RETENTION_DAYS, never made, or its log entry damaged): rerun "
+                                  f"the stage that wrote it ({cause})") from exc
 
     def version(self, rel: str) -> int | None:
         t = self.table(rel)
