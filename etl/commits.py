@@ -164,11 +164,20 @@ def _fit(table: DeltaTable | None, where: str, rows: pa.Table, values: dict[str,
 
 def maintain(store: Store) -> int:
     """Optimize the run records (one small file per run) into large files, then vacuum every output table and the
-    records: the files no version younger than the retention needs go. Returns how many files were deleted."""
+    records: the files no version younger than the retention needs go, except those a run record in force names (a
+    run killed between its per-table commits and its record removed them from their tables, yet the previous
+    record still commits them). Returns how many files were deleted."""
     lake = Lake.of(store)
     lake.optimize(RUNS)
-    tables = [RUNS, *(posixpath.join(OUTPUTS, t) for t in store.list_dirs(OUTPUTS))]
-    return sum(len(lake.vacuum(rel)) for rel in tables)
+    deleted = len(lake.vacuum(RUNS))
+    tables = [posixpath.join(OUTPUTS, t) for t in store.list_dirs(OUTPUTS)]   # not `_runs` (hidden)
+    candidates = [posixpath.join(rel, p) for rel in tables for p in lake.vacuum(rel, dry_run=True)]
+    named = committed_files(store)   # read after the candidates: a record committed meanwhile is honoured too
+    for path in candidates:
+        if path not in named:
+            store.delete(path)
+            deleted += 1
+    return deleted
 
 
 def publish(store: Store, name: str, stage: str, parts: dict[tuple[str, str], pa.Table], *,

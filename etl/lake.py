@@ -325,15 +325,15 @@ class Lake:
         return t.optimize.compact(partition_filters=partition, writer_properties=WRITER,
                                   commit_properties=_props(metadata))
 
-    def vacuum(self, rel: str, retention_hours: float | None = None) -> list[str]:
+    def vacuum(self, rel: str, retention_hours: float | None = None, dry_run: bool = False) -> list[str]:
         """Delete the files no version younger than `retention_hours` (default the lake's retention) needs, and
-        uncommitted files that old; returns their paths."""
+        uncommitted files that old; returns their paths relative to the table. `dry_run`: only list them."""
         t = self.table(rel)
         if t is None:
             return []
         hours = self.retention_days * 24 if retention_hours is None else retention_hours
         # full: list the folder, so files no commit ever named (a writer killed before its commit) go too
-        return t.vacuum(retention_hours=int(hours), dry_run=False, enforce_retention_duration=False, full=True)
+        return t.vacuum(retention_hours=int(hours), dry_run=dry_run, enforce_retention_duration=False, full=True)
 
 
 def _actions(t: DeltaTable, flatten: bool = False) -> pa.Table:
