@@ -33,7 +33,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from etl.errors import ValidationError
-from etl.lake import DataFile, Lake, conform, note_read, recorded_reads
+from etl.lake import ABSENT, DataFile, Lake, conform, note_read, recorded_reads
 from etl.storage import Store
 
 log = logging.getLogger(__name__)
@@ -116,10 +116,11 @@ def manifests(store: Store) -> list[dict]:
 
 def run_inputs(store: Store) -> pa.Table:
     """One row per (run, table or partition it read) with the version read, from every run record that names its
-    inputs (etl.lake.records_reads): what `risk --reproduce` reads back, for the warehouse (gold.fact_run_inputs)."""
+    inputs (etl.lake.records_reads): what `risk --reproduce` reads back, for the warehouse (gold.fact_run_inputs).
+    Tables a run found absent (version ABSENT in its record, which reproduce pins) are not rows: nothing was read."""
     rows = [{"run_id": r["run_id"], "commit_name": r["name"], "stage": r["stage"],
              "committed_at": datetime.fromisoformat(r["committed_at"]), "input_table": table, "input_version": version}
-            for r in _records(store) for table, version in sorted((r.get("inputs") or {}).items())]
+            for r in _records(store) for table, version in sorted((r.get("inputs") or {}).items()) if version != ABSENT]
     return pa.Table.from_pylist(rows, RUN_INPUTS_SCHEMA)
 
 

@@ -43,11 +43,12 @@ _PINNED: ContextVar[dict[str, int] | None] = ContextVar("lake_pinned", default=N
 WRITER = WriterProperties(compression="ZSTD")
 COMMIT_RETRIES = 15   # a put-if-absent lost to a concurrent writer is retried this often (delta-rs rebases it)
 CHECKPOINT_INTERVAL = 10  # commits between log checkpoints (see Lake._configuration)
+ABSENT = -1   # the version a run records for a table it found absent; pinned, the table reads as absent again
 
 
 def records_reads(run: Callable[P, T]) -> Callable[P, T]:
     """Make `run` (a stage's run) record the versions of the Delta tables it reads (by `Lake.read`/`Lake.files`,
-    and `note_read`): `recorded_reads()` gives them to its commit as the run's inputs."""
+    and `note_read`; ABSENT for a table that is not there): `recorded_reads()` gives them to its commit as the run's inputs."""
     @functools.wraps(run)
     def recording(*args: P.args, **kwargs: P.kwargs) -> T:
         token = _READS.set({})
@@ -118,8 +119,10 @@ class Lake:
     # ---- reading -------------------------------------------------------------------------------------------
     def table(self, rel: str, version: int | None = None) -> DeltaTable | None:
         """The table `rel` (at `version`, default the latest or the version `pinned`), or None when no table is
-        there."""
+        there (or the version is ABSENT: a recorded run found no table there)."""
         version = (_PINNED.get() or {}).get(rel) if version is None else version
+        if version is not None and version <= ABSENT:
+            return None
         try:
             return DeltaTable(self.uri(rel), version=version, storage_options=self.storage_options)
         except (TableNotFoundError, OverflowError):  # OverflowError: its log folder is there, its first commit not yet
@@ -144,6 +147,7 @@ class Lake:
         chosen from the log before any file is opened); None when there is no table."""
         t = self.table(rel, version)
         if t is None:
+            note_read(rel, ABSENT)
             return None
         note_read(rel, t.version())
         dataset = t.to_pyarrow_dataset(partitions=[(k, "=", v) for k, v in partition.items()] if partition else None)
@@ -174,6 +178,7 @@ class Lake:
         sorted; None when there is no table. What a reader reads instead of listing the folder."""
         t = self.table(rel, version)
         if t is None:
+            note_read(rel, ABSENT)
             return None
         note_read(rel, t.version())
         return sorted(posixpath.join(rel, p) for p in _actions(t)["path"].to_pylist())
