@@ -37,8 +37,6 @@ def committed(store, day: date) -> pa.Table:
 
 
 @pytest.mark.skipif(EXTENSION is None, reason="duckdb-ext-delta is not installed (requirements-dev.txt)")
-@pytest.mark.xfail(strict=True, reason="two first runs of a day at once both commit: an overwrite of a new partition only "
-                   "adds files, so delta-rs sees no conflict and the table holds both runs' rows (not fixed yet)")
 def test_two_first_runs_of_a_day_at_once_leave_the_delta_table_holding_one_run(data):
     """docs/commit_protocol.md: "Two runs of the same day at once: each per-table commit is an overwrite of the same
     partition, so delta-rs' conflict check lets one win per table"; docs/lake.md tells other engines to read
