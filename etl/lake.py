@@ -201,15 +201,17 @@ class Lake:
         partition columns (strings); `table` the table as the caller loaded it, if it did (the commit goes on top
         of that version, rebased over concurrent commits at most `retries` times: 0 = only on that version);
         `app_id` a writer's idempotency key, recorded in the table's state with the commit's time
-        (`DeltaTable.transaction_version`).
+        (`DeltaTable.transaction_version`): LakeConflict when the table already holds it, also when a concurrent
+        commit of the same id won the race.
         Returns the version it made."""
         now = int(time.time() * 1000)
         actions = [AddAction(f.path, f.size, f.partition, now, True, json.dumps({"numRecords": f.rows}))
                    for f in files]
         txn = uuid.uuid4().hex   # finds this commit's version in the log afterwards, whoever committed meanwhile
-        # a replace is rebased here, not by delta-rs: its conflict check passes two overwrites of a partition that
-        # was empty (they only add files), so both would commit
-        props = _props({**(metadata or {}), "txn": txn}, 0 if replace else retries)
+        # a replace, or a commit with an app id, is rebased here, not by delta-rs: its conflict check passes two
+        # overwrites of a partition that was empty (they only add files), and two commits of the same app id
+        own_rebase = (bool(replace) or app_id is not None) and not remove
+        props = _props({**(metadata or {}), "txn": txn}, 0 if own_rebase else retries)
         if app_id is not None:
             props.app_transactions = [Transaction(app_id, now, now)]
         t = table or self.table(rel) or self._create(rel, schema, partition_by)
@@ -227,16 +229,19 @@ class Lake:
         filters = [(k, "=", v) for k, v in replace.items()] if replace else None
         base = _partition_files(t, replace) if replace else None
         for attempt in range(retries + 1):
+            if app_id is not None and t.transaction_version(app_id) is not None:
+                raise LakeConflict(f"{self.uri(rel)}: {app_id} is already committed (version {t.version()} holds it: "
+                                   "a concurrent writer of the same id); nothing was committed again")
             try:
                 t.create_write_transaction(actions, "overwrite" if replace else "append", Schema.from_arrow(schema),
                                            list(partition_by), filters, commit_properties=props)
                 break
             except CommitFailedError as exc:
-                latest = self.table(rel) if replace and attempt < retries else None
+                latest = self.table(rel) if own_rebase and attempt < retries else None
                 if latest is None or _partition_files(latest, replace) != base:
                     raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the rows this commit replaces "
                                        f"({exc}); nothing was committed: rerun the command") from exc
-                t = latest   # only other partitions changed meanwhile: replace this one on top of them
+                t = latest   # only other partitions (or other ids) changed meanwhile: commit on top of them
         return self._version_of(rel, txn, after=t.version())
 
     def commits(self, rel: str, after: int | None, upto: int) -> list[dict[str, Any]]:
