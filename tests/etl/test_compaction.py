@@ -7,7 +7,6 @@ from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 import pyarrow as pa
-import pytest
 
 from etl import candles
 from etl.bronze import watermark
@@ -191,8 +190,6 @@ def test_duckdb_reads_exactly_the_committed_candles(data_dir):
                                   ours.sort_values(key).reset_index(drop=True), check_dtype=False)
 
 
-@pytest.mark.xfail(strict=True, reason="compact vacuums bronze, the stream tables and outputs/ but never the silver "
-                   "tables: superseded silver files stay past the retention (not fixed yet)")
 def test_compact_vacuums_the_superseded_silver_files_past_the_retention(data_dir, monkeypatch):
     """docs/commit_protocol.md: "compact ... vacuums every Delta table past PIPELINE_LAKE_RETENTION_DAYS"; docs/lake.md:
     silver's superseded files are "kept for time travel until `vacuum`", a killed build's files are "orphans ...
