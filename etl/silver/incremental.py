@@ -2,7 +2,8 @@
 
 Silver reads the bronze candles Delta table (etl/candles.py) at one version of its log, and decides which
 (product, date) partitions to rebuild from the files added or removed since the bronze version it last processed
-(etl.silver.increments.since; a compaction or a quarantined file is a change too). That version is recorded in
+(etl.silver.increments.since; a compaction or a quarantined file is a change too; a partition left with no bronze
+file loses its silver days, as a full refresh leaves it). That version is recorded in
 the metadata of the build's last commit (`silver_read` on bars_1d: `bronze_version`, and per partition the price
 overrides of its day it was built with: accepting a print rebuilds its day), so it moves with the data.
 The market-data quality gate (price_quality) judges a day's candles with the two days before and the day after
@@ -213,6 +214,13 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
             bad += sorted(set(wanted) - set(paths))  # set aside by the worker
             for day in days:
                 read[(product, day)] = _version((product, day), overrides)
+    # partitions whose bronze files are all gone since the last build (e.g. quarantined whole by compact): their
+    # silver days go too, as a full refresh leaves them (no bronze behind them)
+    emptied = set() if full_refresh else set(increments.touched(bronze.removed, BRONZE_DIR)) - parts.keys()
+    for product, day in sorted(emptied):
+        written.update({partition_path(root, product_id=product, date=day): None
+                        for root in (BARS_5M_DIR, QUARANTINE_DIR, PRICE_QUALITY_DIR)})
+        daily[(product, int(day[:4]))].append(([day], BARS_1D_SCHEMA.empty_table()))
     read_version = bronze.version
     if candles.remove(store, lake, bad) == (read_version or 0) + 1:  # nothing else committed since the read:
         read_version += 1                                               # the build read that version minus `bad`

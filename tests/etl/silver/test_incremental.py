@@ -636,8 +636,6 @@ def test_a_build_dying_between_its_tables_commits_is_repaired_by_the_next_build(
     assert silver_files(data_dir) == silver_files(clean)
 
 
-@pytest.mark.xfail(strict=True, reason="an incremental build drops a bronze partition quarantined whole from its plan "
-                   "and keeps its silver bars, which a full refresh removes (not fixed yet)")
 def test_a_bronze_partition_quarantined_whole_by_compaction_leaves_silver_as_a_full_refresh_leaves_it(
         data_dir, tmp_path, monkeypatch):
     """incremental.py's docstring: the partitions to rebuild come from "the files added or removed since the bronze
