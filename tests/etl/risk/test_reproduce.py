@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pyarrow.parquet as pq
-import pytest
 
 from etl import cli, commits
 from etl.storage import Store
@@ -118,8 +117,6 @@ def test_reproduce_does_not_read_a_table_the_run_found_absent(chain, tmp_path):
     assert again.num_rows == 0, f"reproduced liquidity_risk has {again.num_rows} rows; the run committed 0"
 
 
-@pytest.mark.xfail(strict=True, reason="a sharded run records only the max silver version its shards read: shards "
-                   "priced on different silver versions are reproduced on the later one (not fixed yet)")
 def test_a_sharded_run_whose_shards_read_different_silver_versions_is_refused_or_reproduced(chain, tmp_path):
     """reproduce.py's docstring: a run split into shards "(each shard's reads are in the run's record) is recomputed
     in one process: equal to its shards' results to 1e-12". Each shard reads silver at the version current when it
