@@ -238,7 +238,7 @@ class Lake:
                 break
             except CommitFailedError as exc:
                 latest = self.table(rel) if own_rebase and attempt < retries else None
-                if latest is None or _partition_files(latest, replace) != base:
+                if latest is None or (replace and _partition_files(latest, replace) != base):
                     raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the rows this commit replaces "
                                        f"({exc}); nothing was committed: rerun the command") from exc
                 t = latest   # only other partitions (or other ids) changed meanwhile: commit on top of them
