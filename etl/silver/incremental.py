@@ -109,6 +109,7 @@ BY_DAY = ["product_id", "date"]
 SILVER_TABLES = {QUARANTINE_DIR: (QUARANTINE_SCHEMA, BY_DAY), PRICE_QUALITY_DIR: (PRICE_QUALITY_SCHEMA, BY_DAY),
                  BARS_5M_DIR: (BARS_5M_SCHEMA, BY_DAY), BARS_1D_DIR: (BARS_1D_SCHEMA, ["product_id", "year"])}
 LAST_TABLE = BARS_1D_DIR
+VACUUM_COMMITS = ("VACUUM START", "VACUUM END")   # the commits delta-rs' vacuum adds (no data, no metadata of ours)
 
 
 @dataclass
@@ -593,11 +594,12 @@ def _snapshot(lake: Lake) -> Snapshot:
 
 def _load_state(silver: Snapshot) -> tuple[int | None, dict[str, dict]]:
     """(the bronze version the last build read, partition "PRODUCT/DATE" -> what else it was built with), from the
-    metadata of the last commit of silver's last-written table; (None, {}) when that commit has none (a first
-    build, a table adopted by migrate-lake, or a build that died between its tables' commits: everything is
-    rebuilt)."""
+    metadata of the last commit of silver's last-written table (vacuum's own commits, which `compact` adds, passed
+    over); (None, {}) when that commit has none (a first build, a table adopted by migrate-lake, or a build that
+    died between its tables' commits: everything is rebuilt)."""
     table = silver.tables[LAST_TABLE]
-    last = table.history(limit=1)[0] if table is not None else {}
+    history = table.history(limit=1 + len(VACUUM_COMMITS)) if table is not None else []
+    last = next((h for h in history if h.get("operation") not in VACUUM_COMMITS), {})
     if SILVER_READ not in last:
         return None, {}
     where = f"{silver.lake.uri(LAST_TABLE)} version {last['version']} commit metadata {SILVER_READ!r}"
