@@ -6,13 +6,14 @@ A run (a *batch*) does, in order:
 3. fetch pages concurrently (one shared token bucket paces them) and validate rows at the door: bad rows go to
    quarantine with a reason, never silently dropped,
 4. write each (product, date) partition as soon as all its pages are in: `bronze/candles/product_id=X/date=D/
-   <batch_id>.parquet` (atomic write; not yet part of the table),
+   <batch_id>-<attempt>.parquet` (atomic write; not yet part of the table),
 5. write the quarantine files, then ONE Delta commit appending the batch's partition files, its metadata (batch
    id, plan, counts) and their SHA-256. Before that commit no reader sees anything of the batch.
 
 A failed or killed batch leaves files no commit names (invisible; `vacuum` deletes them after the retention); a
-retry of the same `batch_id` writes the batch again over them, and a retry of a committed `batch_id` returns its
-recorded summary without fetching. Bronze is append-only: readers deduplicate on (product_id, granularity,
+retry of the same `batch_id` writes the batch again (files of its own attempt), and a retry of a committed
+`batch_id` returns its recorded summary without fetching; two attempts of one `batch_id` at once commit once (the
+table's app transaction, checked by `Lake.commit_files`): the other returns the committed summary. Bronze is append-only: readers deduplicate on (product_id, granularity,
 bucket_start), keeping the latest ingested_at (then batch_id) - see `etl.silver.bars.latest_per_key`.
 """
 
@@ -37,7 +38,7 @@ from tqdm import tqdm
 from etl import candles
 from etl.candles import CANDLE_SCHEMA, CANDLES_DIR, TS
 from etl.errors import ConfigError
-from etl.lake import DataFile, Lake
+from etl.lake import DataFile, Lake, LakeConflict
 from etl.orchestration.intervals import fetch_start
 from etl.reference_set import Reference
 from etl.settings import Settings, get_settings
@@ -325,6 +326,7 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
     check_products(client, products)  # unknown / delisted -> SourceError, before anything is written
     plans = _plan(products, start, end, granularity, settings)
     batch_id = batch_id or new_batch_id()
+    attempt = uuid.uuid4().hex[:8]   # its files are this attempt's: a concurrent retry never rewrites committed bytes
     tasks = [(p, s, e) for p in products for s, e in plans[p]]
     summary = IngestSummary(batch_id, products, granularity, None, source=source, pages=len(tasks))
     if tasks:
@@ -343,7 +345,8 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
             return
         table = table.drop_columns(["_day"]).sort_by("bucket_start").cast(CANDLE_SCHEMA)
         on = _day_to_date(day)
-        written.append(candles.write_file(store, product, on.isoformat(), f"{batch_id}.parquet", table))
+        written.append(candles.write_file(store, product, on.isoformat(), f"{batch_id}-{attempt}.parquet",
+                                         table))
         summary.partitions.append((product, on))
         summary.candles += table.num_rows
         top = pc.max(table["bucket_start"]).as_py()
@@ -403,8 +406,15 @@ def ingest(products: list[str] | None = None, start: datetime | None = None, end
               "outside_page_rows": outside, "requests": summary.requests, "retries": summary.retries,
               "http_429": summary.http_429, "seconds": round(summary.seconds, 3)}
     # the commit point: one Delta commit appends every partition file of the batch
-    summary.version = candles.commit(store, lake, written, {candles.BATCH_ID: batch_id, "plan": json.dumps(plan),
-                                                            "counts": json.dumps(counts)})
+    try:
+        summary.version = candles.commit(store, lake, written, {candles.BATCH_ID: batch_id, "plan": json.dumps(plan),
+                                                                "counts": json.dumps(counts)})
+    except LakeConflict:
+        if (done := candles.batch(lake, batch_id)) is None:
+            raise
+        log.warning("batch %s was committed by a concurrent attempt (version %s): this attempt's %d files stay "
+                    "uncommitted (deleted by vacuum)", batch_id, done["version"], len(written))
+        return _summary_from_commit(done)
     log.info("batch %s committed (bronze version %d): %d candles, %d quarantined, %d requests (%d retries, "
              "%d HTTP 429), %.1f s", batch_id, summary.version, summary.candles, summary.quarantined,
              summary.requests, summary.retries, summary.http_429, summary.seconds)

@@ -1,7 +1,7 @@
 """The bronze candles table `bronze/candles`: a Delta table (etl/lake.py) partitioned by product_id and date.
 
-An ingest batch writes one Parquet file per (product, date) it fetched, `<batch_id>.parquet`, then commits them
-all in ONE Delta commit whose metadata holds the batch (`batch_id`, plan, counts) and the SHA-256 of each file
+An ingest batch writes one Parquet file per (product, date) it fetched, `<batch_id>-<attempt>.parquet`, then commits
+them all in ONE Delta commit whose metadata holds the batch (`batch_id`, plan, counts) and the SHA-256 of each file
 (`sha256`, checked by silver). A file no commit names (a batch killed before its commit) is never read; `vacuum`
 deletes it after the retention. Readers take the files of one version of the log: silver (etl/silver), the
 watermark (etl.bronze.watermark), `read_candles`, any Delta reader.

@@ -33,7 +33,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from etl.errors import ValidationError
-from etl.lake import DataFile, Lake, conform, note_read, recorded_reads
+from etl.lake import ABSENT, DataFile, Lake, conform, note_read, recorded_reads
 from etl.storage import Store
 
 log = logging.getLogger(__name__)
@@ -116,10 +116,11 @@ def manifests(store: Store) -> list[dict]:
 
 def run_inputs(store: Store) -> pa.Table:
     """One row per (run, table or partition it read) with the version read, from every run record that names its
-    inputs (etl.lake.records_reads): what `risk --reproduce` reads back, for the warehouse (gold.fact_run_inputs)."""
+    inputs (etl.lake.records_reads): what `risk --reproduce` reads back, for the warehouse (gold.fact_run_inputs).
+    Tables a run found absent (version ABSENT in its record, which reproduce pins) are not rows: nothing was read."""
     rows = [{"run_id": r["run_id"], "commit_name": r["name"], "stage": r["stage"],
              "committed_at": datetime.fromisoformat(r["committed_at"]), "input_table": table, "input_version": version}
-            for r in _records(store) for table, version in sorted((r.get("inputs") or {}).items())]
+            for r in _records(store) for table, version in sorted((r.get("inputs") or {}).items()) if version != ABSENT]
     return pa.Table.from_pylist(rows, RUN_INPUTS_SCHEMA)
 
 
@@ -164,11 +165,20 @@ def _fit(table: DeltaTable | None, where: str, rows: pa.Table, values: dict[str,
 
 def maintain(store: Store) -> int:
     """Optimize the run records (one small file per run) into large files, then vacuum every output table and the
-    records: the files no version younger than the retention needs go. Returns how many files were deleted."""
+    records: the files no version younger than the retention needs go, except those a run record in force names (a
+    run killed between its per-table commits and its record removed them from their tables, yet the previous
+    record still commits them). Returns how many files were deleted."""
     lake = Lake.of(store)
     lake.optimize(RUNS)
-    tables = [RUNS, *(posixpath.join(OUTPUTS, t) for t in store.list_dirs(OUTPUTS))]
-    return sum(len(lake.vacuum(rel)) for rel in tables)
+    deleted = len(lake.vacuum(RUNS))
+    tables = [posixpath.join(OUTPUTS, t) for t in store.list_dirs(OUTPUTS)]   # not `_runs` (hidden)
+    candidates = [posixpath.join(rel, p) for rel in tables for p in lake.vacuum(rel, dry_run=True)]
+    named = committed_files(store)   # read after the candidates: a record committed meanwhile is honoured too
+    for path in candidates:
+        if path not in named:
+            store.delete(path)
+            deleted += 1
+    return deleted
 
 
 def publish(store: Store, name: str, stage: str, parts: dict[tuple[str, str], pa.Table], *,

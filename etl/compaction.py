@@ -5,6 +5,7 @@
   in force (the written file is one no log names); a rerun does it again; a partition of one file is left alone
   (idempotent). Ingests may append meanwhile. An unreadable file is quarantined on the way.
 - The bronze stream tables (etl.stream.sinks.maintain) and the run records (etl.commits.maintain) likewise.
+- The silver tables are vacuumed too (their superseded files: each build replaces the partitions it rebuilds).
 - `vacuum` of every Delta table: the files no version younger than PIPELINE_LAKE_RETENTION_DAYS needs, and
   uncommitted files that old, are deleted.
 """
@@ -24,6 +25,7 @@ from etl.storage import get_store
 from etl.stream import sinks
 
 log = logging.getLogger(__name__)
+SILVER = "silver"   # every table folder under it is a Delta table (etl/silver)
 
 
 @dataclass
@@ -74,6 +76,8 @@ def compact(before: date | None = None, settings: Settings | None = None, now: d
     summary.compacted, summary.files_compacted = done.partitions, done.files_removed
     summary.rows_in, summary.rows_out, summary.bad_files = done.rows_in, done.rows_out, done.bad_files
     summary.files_vacuumed = len(lake.vacuum(CANDLES_DIR))
+    for name in store.list_dirs(SILVER):  # the silver Delta tables (bars, quality, trade bars, liquidity)
+        summary.files_vacuumed += len(lake.vacuum(f"{SILVER}/{name}"))
     stream_compacted, stream_vacuumed = sinks.maintain(store, before)
     summary.stream_files_compacted = stream_compacted
     summary.files_vacuumed += commits.maintain(store) + stream_vacuumed

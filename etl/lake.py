@@ -43,11 +43,12 @@ _PINNED: ContextVar[dict[str, int] | None] = ContextVar("lake_pinned", default=N
 WRITER = WriterProperties(compression="ZSTD")
 COMMIT_RETRIES = 15   # a put-if-absent lost to a concurrent writer is retried this often (delta-rs rebases it)
 CHECKPOINT_INTERVAL = 10  # commits between log checkpoints (see Lake._configuration)
+ABSENT = -1   # the version a run records for a table it found absent; pinned, the table reads as absent again
 
 
 def records_reads(run: Callable[P, T]) -> Callable[P, T]:
     """Make `run` (a stage's run) record the versions of the Delta tables it reads (by `Lake.read`/`Lake.files`,
-    and `note_read`): `recorded_reads()` gives them to its commit as the run's inputs."""
+    and `note_read`; ABSENT for a table that is not there): `recorded_reads()` gives them to its commit as the run's inputs."""
     @functools.wraps(run)
     def recording(*args: P.args, **kwargs: P.kwargs) -> T:
         token = _READS.set({})
@@ -118,18 +119,23 @@ class Lake:
     # ---- reading -------------------------------------------------------------------------------------------
     def table(self, rel: str, version: int | None = None) -> DeltaTable | None:
         """The table `rel` (at `version`, default the latest or the version `pinned`), or None when no table is
-        there."""
+        there (or the version is ABSENT: a recorded run found no table there)."""
         version = (_PINNED.get() or {}).get(rel) if version is None else version
+        if version is not None and version <= ABSENT:
+            return None
         try:
             return DeltaTable(self.uri(rel), version=version, storage_options=self.storage_options)
         except (TableNotFoundError, OverflowError):  # OverflowError: its log folder is there, its first commit not yet
             return None
         except DeltaError as exc:
-            if version is None:
-                raise
+            cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            if version is None:  # a damaged log (a torn copy or restore of the data folder): one line, not a trace
+                raise ValidationError(f"{self.uri(rel)}: the table's log cannot be read ({cause}): restore its "
+                                      "_delta_log entries from a backup, or rerun the stage that writes the "
+                                      "table") from exc
             raise ValidationError(f"{self.uri(rel)}: version {version} is not in the table's log any more (older "
-                                  "than PIPELINE_LAKE_RETENTION_DAYS, or never made): rerun the stage that wrote "
-                                  f"it ({str(exc).splitlines()[0][:120]})") from exc
+                                  "than PIPELINE_LAKE_RETENTION_DAYS, never made, or its log entry damaged): rerun "
+                                  f"the stage that wrote it ({cause})") from exc
 
     def version(self, rel: str) -> int | None:
         t = self.table(rel)
@@ -141,6 +147,7 @@ class Lake:
         chosen from the log before any file is opened); None when there is no table."""
         t = self.table(rel, version)
         if t is None:
+            note_read(rel, ABSENT)
             return None
         note_read(rel, t.version())
         dataset = t.to_pyarrow_dataset(partitions=[(k, "=", v) for k, v in partition.items()] if partition else None)
@@ -171,6 +178,7 @@ class Lake:
         sorted; None when there is no table. What a reader reads instead of listing the folder."""
         t = self.table(rel, version)
         if t is None:
+            note_read(rel, ABSENT)
             return None
         note_read(rel, t.version())
         return sorted(posixpath.join(rel, p) for p in _actions(t)["path"].to_pylist())
@@ -188,32 +196,52 @@ class Lake:
                      app_id: str | None = None) -> int:
         """Commit Parquet files already written under table `rel` (by the Store: page checksums, atomic writes) in
         one Delta commit: appended, or replacing the partition `replace` ({column: value}), and removing the
-        files `remove` (paths relative to the data root). `schema` is the table's: the files' columns plus the
+        files `remove` (paths relative to the data root; LakeConflict when one is not in the version the commit builds
+        on: a concurrent writer removed it). `schema` is the table's: the files' columns plus the
         partition columns (strings); `table` the table as the caller loaded it, if it did (the commit goes on top
         of that version, rebased over concurrent commits at most `retries` times: 0 = only on that version);
         `app_id` a writer's idempotency key, recorded in the table's state with the commit's time
-        (`DeltaTable.transaction_version`).
+        (`DeltaTable.transaction_version`): LakeConflict when the table already holds it, also when a concurrent
+        commit of the same id won the race.
         Returns the version it made."""
         now = int(time.time() * 1000)
         actions = [AddAction(f.path, f.size, f.partition, now, True, json.dumps({"numRecords": f.rows}))
                    for f in files]
         txn = uuid.uuid4().hex   # finds this commit's version in the log afterwards, whoever committed meanwhile
-        props = _props({**(metadata or {}), "txn": txn}, retries)
+        # a replace, or a commit with an app id, is rebased here, not by delta-rs: its conflict check passes two
+        # overwrites of a partition that was empty (they only add files), and two commits of the same app id
+        own_rebase = (bool(replace) or app_id is not None) and not remove
+        props = _props({**(metadata or {}), "txn": txn}, 0 if own_rebase else retries)
         if app_id is not None:
             props.app_transactions = [Transaction(app_id, now, now)]
         t = table or self.table(rel) or self._create(rel, schema, partition_by)
         if remove:
             gone = {posixpath.relpath(p, rel) for p in remove}
+            removed = [a for a in _actions(t, flatten=True).to_pylist() if a["path"] in gone]
+            if missing := sorted(gone - {a["path"] for a in removed}):
+                # another writer removed them since the caller read the table (e.g. a compaction of the same files)
+                raise LakeConflict(f"{self.uri(rel)}: {len(missing)} file(s) this commit replaces are not in version "
+                                   f"{t.version()} any more (first: {missing[0]}): a concurrent writer replaced them; "
+                                   "nothing was committed: rerun the command")
             actions += [RemoveAction(a["path"], True, now, a["size_bytes"],
                                      {k.removeprefix("partition."): v for k, v in a.items() if k.startswith("partition.")})
-                        for a in _actions(t, flatten=True).to_pylist() if a["path"] in gone]
+                        for a in removed]
         filters = [(k, "=", v) for k, v in replace.items()] if replace else None
-        try:
-            t.create_write_transaction(actions, "overwrite" if replace else "append", Schema.from_arrow(schema),
-                                       list(partition_by), filters, commit_properties=props)
-        except CommitFailedError as exc:
-            raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the rows this commit replaces "
-                               f"({exc}); nothing was committed: rerun the command") from exc
+        base = _partition_files(t, replace) if replace else None
+        for attempt in range(retries + 1):
+            if app_id is not None and t.transaction_version(app_id) is not None:
+                raise LakeConflict(f"{self.uri(rel)}: {app_id} is already committed (version {t.version()} holds it: "
+                                   "a concurrent writer of the same id); nothing was committed again")
+            try:
+                t.create_write_transaction(actions, "overwrite" if replace else "append", Schema.from_arrow(schema),
+                                           list(partition_by), filters, commit_properties=props)
+                break
+            except CommitFailedError as exc:
+                latest = self.table(rel) if own_rebase and attempt < retries else None
+                if latest is None or (replace and _partition_files(latest, replace) != base):
+                    raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the rows this commit replaces "
+                                       f"({exc}); nothing was committed: rerun the command") from exc
+                t = latest   # only other partitions (or other ids) changed meanwhile: commit on top of them
         return self._version_of(rel, txn, after=t.version())
 
     def commits(self, rel: str, after: int | None, upto: int) -> list[dict[str, Any]]:
@@ -315,20 +343,26 @@ class Lake:
         return t.optimize.compact(partition_filters=partition, writer_properties=WRITER,
                                   commit_properties=_props(metadata))
 
-    def vacuum(self, rel: str, retention_hours: float | None = None) -> list[str]:
+    def vacuum(self, rel: str, retention_hours: float | None = None, dry_run: bool = False) -> list[str]:
         """Delete the files no version younger than `retention_hours` (default the lake's retention) needs, and
-        uncommitted files that old; returns their paths."""
+        uncommitted files that old; returns their paths relative to the table. `dry_run`: only list them."""
         t = self.table(rel)
         if t is None:
             return []
         hours = self.retention_days * 24 if retention_hours is None else retention_hours
         # full: list the folder, so files no commit ever named (a writer killed before its commit) go too
-        return t.vacuum(retention_hours=int(hours), dry_run=False, enforce_retention_duration=False, full=True)
+        return t.vacuum(retention_hours=int(hours), dry_run=dry_run, enforce_retention_duration=False, full=True)
 
 
 def _actions(t: DeltaTable, flatten: bool = False) -> pa.Table:
     """The add actions of a table version (its data files) as an Arrow table."""
     return pa.table(t.get_add_actions(flatten=flatten))
+
+
+def _partition_files(t: DeltaTable, partition: dict[str, str]) -> set[str]:
+    """The data files of one partition ({column: value}) of a table version."""
+    return {a["path"] for a in _actions(t, flatten=True).to_pylist()
+            if all(a.get(f"partition.{k}") == v for k, v in partition.items())}
 
 
 def conform(table: pa.Table) -> pa.Table:

@@ -5,7 +5,8 @@ bars and liquidity, the run records through which it found factor outputs), the 
 (`reference`) and its parameters (`params`). Recomputing reads each of those tables at its recorded version
 (`etl.lake.pinned`: time travel, kept for PIPELINE_LAKE_RETENTION_DAYS), checks the reference files are the ones
 the run read (else it refuses, naming the file: reference files are not versioned by the lake), runs the same
-engine with the recorded parameters and writes each table to `DIR/<table>.parquet`, in the types of the files the run committed.
+engine with the recorded parameters (and the recorded settings that change the figures, runner.RUN_SETTINGS: the
+daily history window, the 5-minute bars' source) and writes each table to `DIR/<table>.parquet`, in the types of the files the run committed.
 Nothing in the lake or the warehouse changes. A run split into shards (each shard's reads are in the run's record)
 is recomputed in one process: equal to its shards' results to 1e-12 relative (BLAS groups a sum by the chunk it
 computes; tests/etl/risk/test_shards.py), exactly equal for an unsharded run.
@@ -13,6 +14,7 @@ computes; tests/etl/risk/test_shards.py), exactly equal for an unsharded run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from datetime import date
@@ -25,7 +27,7 @@ from etl.errors import ValidationError
 from etl.lake import conform, pinned
 from etl.reference_set import Reference
 from etl.risk.engine import RiskParams, compute_tables
-from etl.risk.runner import finish_portfolio_tables, load_inputs
+from etl.risk.runner import RUN_SETTINGS, finish_portfolio_tables, load_inputs
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
 from etl.warehouse.schema import to_arrow
@@ -62,8 +64,11 @@ def reproduce(as_of: date, run_id: str, output: str | Path, settings: Settings |
                               f"{record['reference'].get(name, 'absent')[:12]} then, "
                               f"{reference.digests.get(name, 'absent')[:12]} now): point PIPELINE_REFERENCE_DIR "
                               "at the files of that day")
+    params = dict(record["params"])
+    # the settings the run read that change its figures (recorded since RUN_SETTINGS; older runs: today's)
+    settings = dataclasses.replace(settings, **{k: params.pop(k) for k in RUN_SETTINGS if k in params})
     with pinned(record["inputs"]):
-        inputs = load_inputs(as_of, settings, reference, RiskParams(**record["params"]))
+        inputs = load_inputs(as_of, settings, reference, RiskParams(**params))
         tables = compute_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions, inputs.params,
                                 inputs.bars_5m)
         tables = finish_portfolio_tables(inputs, inputs.portfolios, tables, settings)

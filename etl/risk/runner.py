@@ -39,6 +39,9 @@ TABLES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics"
           "firm_risk", "risk_contributions", "stress_results", "var_model_comparison", "pnl_attribution",
           "liquidity_risk", "liquidity_positions")
 TABLES += SCENARIO_TABLES  # the intraday revaluation's inputs (etl.risk.intraday)
+# settings beside RiskParams that change a run's figures (the history window read, where the 5-minute bars come
+# from): recorded in the run record's params, applied again by `risk --reproduce`
+RUN_SETTINGS = ("daily_history_days", "bars_source")
 
 
 @dataclass
@@ -171,7 +174,8 @@ def commit_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings:
                     meta={"as_of": as_of.isoformat(),
                           "portfolios": sorted(map(str, inputs.portfolios["portfolio_id"])),
                           # what `risk --reproduce` needs beside the table versions (etl/risk/reproduce.py)
-                          "params": asdict(inputs.params), "reference": inputs.reference_digests})
+                          "params": {**asdict(inputs.params), **{k: getattr(settings, k) for k in RUN_SETTINGS}},
+                          "reference": inputs.reference_digests})
     summary.rows = {name: part.num_rows for (name, _), part in parts.items()}
     summary.seconds = time.perf_counter() - t0
     log.info("%s", summary)

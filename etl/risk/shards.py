@@ -5,8 +5,10 @@ portfolios and overwrites its own files). Each shard reads the lake like an unsh
 per-portfolio tables of its block (`engine.portfolio_tables`: every row depends on its own portfolio only; the
 products the whole book holds fix the scenario sets and the Monte Carlo draws, so a portfolio's figures are the
 same in any shard) and writes them to the uncommitted area `outputs/_shards/<run_key>/<shard>/`, its `done.json`
-marker last. `commit_shards` checks every shard's marker (else it fails naming the missing ones and commits
-nothing), computes what needs the whole book (`engine.book_tables`: firm VaR/ES from every position's USD
+marker last. A shard reads the table versions the first shard done before it read (its `done.json`), so every
+shard prices on the same lake; `commit_shards` checks every shard's marker (else it fails naming the missing ones
+and commits nothing), refuses shards that read different versions (started at once around a commit of their
+inputs: rerun those shards), computes what needs the whole book (`engine.book_tables`: firm VaR/ES from every position's USD
 exposure, firm contributions and stress, the product tables) and commits all tables with ONE run record, as
 `run_risk` does (etl.commits), then deletes the run's shard area, and `_shards` itself once no other run's shards
 wait there. One shard gives the same tables as `run_risk`.
@@ -25,13 +27,13 @@ import numpy as np
 import pandas as pd
 
 from etl.commits import OUTPUTS
-from etl.errors import DataNotFoundError
-from etl.lake import note_read, recorded_reads, records_reads
+from etl.errors import DataNotFoundError, ValidationError
+from etl.lake import note_read, pinned, recorded_reads, records_reads
 from etl.reference_set import Reference
 from etl.risk.engine import append_tables, book_tables, portfolio_tables
 from etl.risk.runner import RiskSummary, commit_tables, finish_portfolio_tables, load_inputs
 from etl.settings import Settings
-from etl.storage import get_store
+from etl.storage import Store, get_store
 from etl.warehouse.schema import to_arrow
 
 log = logging.getLogger(__name__)
@@ -72,12 +74,14 @@ def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Sett
               reference: Reference | None = None) -> dict:
     """Compute the per-portfolio tables of one shard into its uncommitted area; returns its row counts."""
     t0 = time.perf_counter()
-    inputs = load_inputs(as_of, settings, reference)
-    ids = shard_portfolios(inputs.portfolios["portfolio_id"], shard, shards)
-    portfolios = inputs.portfolios[inputs.portfolios["portfolio_id"].astype(str).isin(ids)]
-    tables = portfolio_tables(inputs.closes, inputs.quote_ccy, portfolios, inputs.positions, inputs.params)
-    tables = finish_portfolio_tables(inputs, portfolios, tables, settings)
     store, folder = get_store(settings), shard_dir(run_key, shard)
+    # a shard done before this one fixes the versions the run reads: every shard prices on the same lake
+    with pinned(_first_reads(store, as_of, shards, run_key, skip=shard)):
+        inputs = load_inputs(as_of, settings, reference)
+        ids = shard_portfolios(inputs.portfolios["portfolio_id"], shard, shards)
+        portfolios = inputs.portfolios[inputs.portfolios["portfolio_id"].astype(str).isin(ids)]
+        tables = portfolio_tables(inputs.closes, inputs.quote_ccy, portfolios, inputs.positions, inputs.params)
+        tables = finish_portfolio_tables(inputs, portfolios, tables, settings)
     store.delete(posixpath.join(folder, DONE))                  # a retry: not done until it is again
     rows = {}
     for name, df in tables.items():
@@ -89,6 +93,15 @@ def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Sett
     log.info("risk shard %d/%d as of %s: %d portfolios in %.1fs", shard + 1, shards, as_of, len(ids),
              done["seconds"])
     return done
+
+
+def _first_reads(store: Store, as_of: date, shards: int, run_key: str, skip: int) -> dict[str, int]:
+    """The table versions the first done shard of the run (other than `skip`) read, or {} when none is done."""
+    for i in range(shards):
+        rel = posixpath.join(shard_dir(run_key, i), DONE)
+        if i != skip and store.exists(rel) and (marker := store.read_json(rel)).get("as_of") == as_of.isoformat():
+            return marker.get("inputs") or {}
+    return {}
 
 
 @records_reads
@@ -104,10 +117,20 @@ def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings,
                                 f"{store.path(done[missing[0]])}; nothing committed. Rerun compute_risk_shard "
                                 f"{missing} of that run, then compute_risk")
     markers = {i: store.read_json(rel) for i, rel in done.items()}
-    for marker in markers.values():  # what the shards read (in their own processes) is what the run read
+    reads: dict[str, dict[int, int]] = {}
+    for i, marker in markers.items():  # what the shards read (in their own processes) is what the run read
         for key, version in (marker.get("inputs") or {}).items():
+            reads.setdefault(key, {})[i] = version
             note_read(key, version)
-    inputs = load_inputs(as_of, settings, reference)
+    differ = {key: by for key, by in sorted(reads.items()) if len(set(by.values())) > 1}
+    if differ:  # shards that started at once, before any was done, around a commit of their inputs
+        key, by = next(iter(differ.items()))
+        raise ValidationError(f"the risk shards of run {run_key} as of {as_of} read different versions of {key} "
+                              f"(shard: version {by}): nothing committed. Rerun compute_risk_shard "
+                              f"{sorted(i for i, v in by.items() if v != by[min(by)])} of that run (it reads the "
+                              "versions of the shards done), then compute_risk")
+    with pinned({key: next(iter(by.values())) for key, by in reads.items()}):   # the whole book on the same lake
+        inputs = load_inputs(as_of, settings, reference)
     book = sorted(map(str, inputs.portfolios["portfolio_id"]))
     got = sorted(p for m in markers.values() if m["as_of"] == as_of.isoformat() for p in m["portfolios"])
     if got != book:

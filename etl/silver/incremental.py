@@ -2,7 +2,8 @@
 
 Silver reads the bronze candles Delta table (etl/candles.py) at one version of its log, and decides which
 (product, date) partitions to rebuild from the files added or removed since the bronze version it last processed
-(etl.silver.increments.since; a compaction or a quarantined file is a change too). That version is recorded in
+(etl.silver.increments.since; a compaction or a quarantined file is a change too; a partition left with no bronze
+file loses its silver days, as a full refresh leaves it). That version is recorded in
 the metadata of the build's last commit (`silver_read` on bars_1d: `bronze_version`, and per partition the price
 overrides of its day it was built with: accepting a print rebuilds its day), so it moves with the data.
 The market-data quality gate (price_quality) judges a day's candles with the two days before and the day after
@@ -108,6 +109,7 @@ BY_DAY = ["product_id", "date"]
 SILVER_TABLES = {QUARANTINE_DIR: (QUARANTINE_SCHEMA, BY_DAY), PRICE_QUALITY_DIR: (PRICE_QUALITY_SCHEMA, BY_DAY),
                  BARS_5M_DIR: (BARS_5M_SCHEMA, BY_DAY), BARS_1D_DIR: (BARS_1D_SCHEMA, ["product_id", "year"])}
 LAST_TABLE = BARS_1D_DIR
+VACUUM_COMMITS = ("VACUUM START", "VACUUM END")   # the commits delta-rs' vacuum adds (no data, no metadata of ours)
 
 
 @dataclass
@@ -213,6 +215,13 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
             bad += sorted(set(wanted) - set(paths))  # set aside by the worker
             for day in days:
                 read[(product, day)] = _version((product, day), overrides)
+    # partitions whose bronze files are all gone since the last build (e.g. quarantined whole by compact): their
+    # silver days go too, as a full refresh leaves them (no bronze behind them)
+    emptied = set() if full_refresh else set(increments.touched(bronze.removed, BRONZE_DIR)) - parts.keys()
+    for product, day in sorted(emptied):
+        written.update({partition_path(root, product_id=product, date=day): None
+                        for root in (BARS_5M_DIR, QUARANTINE_DIR, PRICE_QUALITY_DIR)})
+        daily[(product, int(day[:4]))].append(([day], BARS_1D_SCHEMA.empty_table()))
     read_version = bronze.version
     if candles.remove(store, lake, bad) == (read_version or 0) + 1:  # nothing else committed since the read:
         read_version += 1                                               # the build read that version minus `bad`
@@ -585,11 +594,12 @@ def _snapshot(lake: Lake) -> Snapshot:
 
 def _load_state(silver: Snapshot) -> tuple[int | None, dict[str, dict]]:
     """(the bronze version the last build read, partition "PRODUCT/DATE" -> what else it was built with), from the
-    metadata of the last commit of silver's last-written table; (None, {}) when that commit has none (a first
-    build, a table adopted by migrate-lake, or a build that died between its tables' commits: everything is
-    rebuilt)."""
+    metadata of the last commit of silver's last-written table (vacuum's own commits, which `compact` adds, passed
+    over); (None, {}) when that commit has none (a first build, a table adopted by migrate-lake, or a build that
+    died between its tables' commits: everything is rebuilt)."""
     table = silver.tables[LAST_TABLE]
-    last = table.history(limit=1)[0] if table is not None else {}
+    history = table.history(limit=1 + len(VACUUM_COMMITS)) if table is not None else []
+    last = next((h for h in history if h.get("operation") not in VACUUM_COMMITS), {})
     if SILVER_READ not in last:
         return None, {}
     where = f"{silver.lake.uri(LAST_TABLE)} version {last['version']} commit metadata {SILVER_READ!r}"

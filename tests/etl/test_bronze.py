@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -153,7 +155,8 @@ def test_ingest_writes_partitions_manifest_and_exact_candles(tmp_path, simulator
     assert summary.candles == len(model) and summary.quarantined == 0
     assert summary.requests == 2 + 2 and summary.retries == 0 and summary.http_429 == 0  # 2 lookups + 2 pages
     assert sorted(summary.partitions) == [(p, d) for p in products for d in (date(2026, 1, 5), date(2026, 1, 6))]
-    assert summary.files[0] == "bronze/candles/product_id=BTC-USD/date=2026-01-05/b-clean.parquet"
+    assert re.fullmatch(r"bronze/candles/product_id=BTC-USD/date=2026-01-05/b-clean-[0-9a-f]{8}\.parquet",
+                        summary.files[0])
     assert summary.window == (START, END)
     assert f"candles {len(model)}, quarantined 0" in str(summary)
 
@@ -626,4 +629,29 @@ def test_two_ingests_then_an_ingest_and_a_compaction_at_once_on_the_s3_server_lo
     _same(_latest(settings), _model(products, START, later))
     assert set(read_bronze(settings=settings)["batch_id"]) >= {late.batch_id}
     day = [f for f in candles.files(lake) if "date=2026-01-05" in f]
-    assert sum(f.endswith(f"{late.batch_id}.parquet") for f in day) + sum("compacted-" in f for f in day) == len(day)
+    assert sum(f.rsplit("/", 1)[-1].startswith(f"{late.batch_id}-") for f in day) + sum("compacted-" in f for f in day) == len(day)
+
+
+def test_a_batch_id_ingested_twice_at_once_commits_once(tmp_path, simulator):
+    """docs/commit_protocol.md (bronze): "a retry of the same batch_id rewrites the same file names and commits once".
+    ingest() checks candles.batch() before fetching (bronze.py:318) and commits with an app transaction that
+    delta-rs does not check against a concurrent one: both attempts pass the check and both commit. The second
+    attempt's atomic rename also replaces the bytes of a file the first commit recorded a SHA-256 for (ingested_at
+    differs), so that commit's digest no longer matches the file it names."""
+    settings = _settings(tmp_path, simulator)
+    lake, twice = Lake.of(get_store(settings), settings), {}
+    for batch in ("b-retried-1", "b-retried-2", "b-retried-3"):   # a race: three tries
+        start = threading.Barrier(2)
+
+        def run(batch: str = batch, start: threading.Barrier = start) -> None:
+            start.wait()
+            ingest(["BTC-USD", "ETH-USD"], START, END, settings=settings, batch_id=batch)
+
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        versions = [c["version"] for c in lake.commits(candles.CANDLES_DIR, None, lake.version(candles.CANDLES_DIR))
+                    if c.get(candles.BATCH_ID) == batch]
+        if len(versions) != 1:
+            twice[batch] = versions
+    assert twice == {}, f"batches committed more than once, at versions: {twice}"

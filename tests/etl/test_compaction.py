@@ -188,3 +188,27 @@ def test_duckdb_reads_exactly_the_committed_candles(data_dir):
     assert len(theirs) == len(ours) == 1441 + 60 + 60
     pd.testing.assert_frame_equal(theirs[ours.columns].sort_values(key).reset_index(drop=True),
                                   ours.sort_values(key).reset_index(drop=True), check_dtype=False)
+
+
+def test_compact_vacuums_the_superseded_silver_files_past_the_retention(data_dir, monkeypatch):
+    """docs/commit_protocol.md: "compact ... vacuums every Delta table past PIPELINE_LAKE_RETENTION_DAYS"; docs/lake.md:
+    silver's superseded files are "kept for time travel until `vacuum`", a killed build's files are "orphans ...
+    (vacuumed after PIPELINE_LAKE_RETENTION_DAYS)". compaction.py vacuums bronze candles, the stream tables and
+    outputs/ only: silver's superseded files (a new bars_1d year file every build) stay on disk for ever."""
+    write_batch(data_dir, minute_candles("ETH-USD", T0, 600), "b1", T0 + timedelta(days=1))
+    build(now=FUTURE)
+    write_batch(data_dir, minute_candles("ETH-USD", T0 + timedelta(minutes=100), 300, seed=2), "b2",
+                T0 + timedelta(days=2))
+    build(now=FUTURE)                                 # supersedes the day's 5-minute file and the year file
+    from etl.compaction import compact
+    from etl.silver.incremental import BARS_1D_DIR, BARS_5M_DIR
+    from etl.storage import get_store
+
+    lake = Lake.of(get_store())
+    monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "0")
+    compact(before=date(2026, 1, 1), settings=get_settings())
+    stale = {root: sorted(str(p.relative_to(data_dir)) for p in (data_dir / root).rglob("*.parquet")
+                          if str(p.relative_to(data_dir)) not in set(lake.files(root)))
+             for root in (BARS_5M_DIR, BARS_1D_DIR)}
+    assert stale == {BARS_5M_DIR: [], BARS_1D_DIR: []}, f"superseded silver files left past the retention: {stale}"
+    assert build(now=FUTURE).partitions == 0        # vacuum's own commits do not hide what the last build read

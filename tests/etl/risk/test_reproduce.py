@@ -70,3 +70,76 @@ def test_an_unknown_run_changed_reference_or_missing_output_is_refused(chain, tm
     assert _reproduce(run_id, tmp_path / "y") == 2
     err = capsys.readouterr().err
     assert f"{positions}: not the reference file risk run {run_id} read" in err and "PIPELINE_REFERENCE_DIR" in err
+
+
+def test_reproduce_reads_the_history_window_the_run_read_not_todays_setting(chain, tmp_path, monkeypatch):
+    """docs/lake.md: reproduce recomputes "from the table versions it read ..., its recorded parameters and the same
+    reference files ... equal to what the run committed". `load_inputs` picks the daily bars by
+    PIPELINE_DAILY_HISTORY_DAYS (runner.py:112,126), which `params` (RiskParams) does not record: a changed setting
+    silently changes the recomputed run (no refusal, no warning)."""
+    store = Store.from_uri(str(chain["data"]))
+    record = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))
+    monkeypatch.setenv("PIPELINE_DAILY_HISTORY_DAYS", "20")      # was 35 when the run ran (conftest.chain)
+    code = cli.main(["risk", "--as-of", str(AS_OF.date()), "--reproduce", record["run_id"],
+                     "--output", str(tmp_path / "again")])
+    assert code == 0
+    differ = [entry["table"] for entry in record["files"].values()
+              if not pq.read_table(tmp_path / "again" / f"{entry['table']}.parquet").equals(
+                  commits.read_entry(store, entry))]
+    assert differ == [], f"reproduced tables that differ from what run {record['run_id']} committed: {differ}"
+
+
+def test_reproduce_does_not_read_a_table_the_run_found_absent(chain, tmp_path):
+    """The run found no `silver/liquidity_5m` (no order books streamed): Lake.files returns None without note_read
+    (lake.py:172-174), so `inputs` does not say "absent" and `pinned` cannot pin it. Once a liquidity build has
+    committed a book for the day, reproduce reads it and adds an LVaR the run never computed."""
+    import pandas as pd
+
+    from etl.lake import Lake
+    from etl.silver import increments
+    from etl.silver.liquidity import LIQUIDITY_DIR, LIQUIDITY_SCHEMA, _table
+
+    store = Store.from_uri(str(chain["data"]))
+    record = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))
+    assert record["files"][f"liquidity_risk/as_of_date={AS_OF.date()}"]["rows"] == 0
+    start = pd.Timestamp(AS_OF.date(), tz="UTC").value // 1000
+    book = {"bid_prices": [100.0, 99.0], "bid_quantities": [1.0, 2.0], "ask_prices": [101.0, 102.0],
+            "ask_quantities": [1.0, 2.0]}
+    rows = pd.DataFrame([{"bucket_start_us": start, "n_snapshots": 1, "mid": 100.5, "spread_bps": 10.0,
+                          **{c: 1.0 for c in ("bid_depth_10bp", "bid_depth_50bp", "bid_depth_100bp",
+                                              "ask_depth_10bp", "ask_depth_50bp", "ask_depth_100bp")},
+                          "reach_bps": 100.0, **book}])
+    increments.commit(store, Lake.of(store), LIQUIDITY_DIR, LIQUIDITY_SCHEMA,
+                      {("BTC-USD", AS_OF.date().isoformat()): _table(rows)}, None)
+    assert cli.main(["risk", "--as-of", str(AS_OF.date()), "--reproduce", record["run_id"],
+                     "--output", str(tmp_path / "again")]) == 0
+    again = pq.read_table(tmp_path / "again" / "liquidity_risk.parquet")
+    assert again.num_rows == 0, f"reproduced liquidity_risk has {again.num_rows} rows; the run committed 0"
+
+
+def test_a_sharded_run_whose_shards_read_different_silver_versions_is_refused_or_reproduced(chain, tmp_path):
+    """reproduce.py's docstring: a run split into shards "(each shard's reads are in the run's record) is recomputed
+    in one process: equal to its shards' results to 1e-12". Each shard reads silver at the version current when it
+    runs; commit_shards folds the shards' reads with note_read's max (shards.py:107-109, lake.py:71), so a silver
+    build between two shards is recorded as the later version only, the run commits portfolios priced on two
+    silver versions without noticing, and reproduce recomputes the first shard's portfolios on the later one."""
+    from etl.risk.shards import commit_shards, run_shard
+    from etl.settings import get_settings
+    from tests.support import warehouse_sample as sample
+
+    store = Store.from_uri(str(chain["data"]))
+    day, key = AS_OF.date(), "manual__2026-01-30"
+    run_shard(day, 0, 2, key, get_settings())
+    b5 = chain["b5"].assign(**{c: chain["b5"][c] * 1.01 for c in ("open", "high", "low", "close", "vwap")})
+    sample.write_silver(store, b5, sample.daily_from_5m(b5), AS_OF.year)      # a silver build lands meanwhile
+    run_shard(day, 1, 2, key, get_settings())
+    commit_shards(day, 2, key, get_settings())
+    record = commits.read_manifest(store, commits.risk_manifest(day))
+    assert cli.main(["risk", "--as-of", str(day), "--reproduce", record["run_id"],
+                     "--output", str(tmp_path / "again")]) == 0
+    committed = commits.read_entry(store, record["files"][f"risk_metrics/as_of_date={day}"]).to_pandas()
+    again = pq.read_table(tmp_path / "again" / "risk_metrics.parquet").to_pandas()
+    cols = ["portfolio_id", "var_99_hist"]
+    assert committed[cols].sort_values("portfolio_id").reset_index(drop=True).equals(
+        again[cols].sort_values("portfolio_id").reset_index(drop=True)), (
+        f"inputs recorded {record['inputs']}\ncommitted:\n{committed[cols]}\nreproduced:\n{again[cols]}")

@@ -163,3 +163,22 @@ def test_the_commit_leaves_no_shard_area_behind_but_keeps_another_runs(shard_env
     tasks.compute_risk_shard(AS_OF, 1, 2, run_key="run-waiting")
     tasks.compute_risk(AS_OF, shards=2, run_key="run-waiting")
     assert not store.exists(SHARDS_DIR) and store.exists("outputs")
+
+
+def test_shards_that_read_different_versions_commit_nothing(shard_env, monkeypatch):
+    """Shards started at once around a silver commit read different versions: the commit refuses, naming them (a
+    shard started after another is done reads that shard's versions: tests/etl/risk/test_reproduce.py)."""
+    from etl.errors import ValidationError
+
+    monkeypatch.setenv("PIPELINE_RISK_SHARDS", "2")
+    for shard in (0, 1):
+        tasks.compute_risk_shard(AS_OF, shard, 2, run_key="run-c")
+    store = Store.from_uri(str(shard_env))
+    done = f"{shard_dir('run-c', 1)}/done.json"
+    marker = store.read_json(done)
+    marker["inputs"]["silver/bars_1d"] += 1                                  # as if it ran after a silver build
+    store.write_json(done, marker)
+    with pytest.raises(ValidationError, match=r"read different versions of silver/bars_1d .*Rerun "
+                                              r"compute_risk_shard \[1\]"):
+        tasks.compute_risk(AS_OF, shards=2, run_key="run-c")
+    assert read_manifest(store, risk_manifest(AS_OF)) is None
