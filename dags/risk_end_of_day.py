@@ -75,7 +75,8 @@ def risk_end_of_day():
 
     @task
     def compute_risk_shard(shard: dict) -> dict:
-        return tasks.compute_risk_shard(as_of(), shard["shard"], shard["shards"], ref=current_ref())
+        return tasks.compute_risk_shard(as_of(), shard["shard"], shard["shards"], inputs=shard.get("inputs"),
+                                        ref=current_ref())
 
     @task(outlets=[RISK_OUTPUTS])
     def compute_risk(plan: list[dict]) -> dict:

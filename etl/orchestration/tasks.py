@@ -255,21 +255,25 @@ def compute_risk(run: TaskRun, as_of: date | str | None = None, shards: int | No
 
 @task_function("plan_risk_shards")
 def plan_risk_shards(run: TaskRun, max_map_length: int | None = None) -> list[dict]:
-    """The risk shards of this run, one mapped `compute_risk_shard` each: [{"shard": i, "shards": n}, ...]."""
-    from etl.risk.shards import shard_count
+    """The risk shards of this run, one mapped `compute_risk_shard` each: [{"shard": i, "shards": n, "inputs":
+    {table: version}}, ...], the versions every shard reads (etl.risk.shards.plan_inputs)."""
+    from etl.risk.shards import plan_inputs, shard_count
 
     n = shard_count(len(run.reference.portfolios), run.settings, max_map_length)
-    run.record(message=f"{n} risk shard(s)")
-    return [{"shard": i, "shards": n} for i in range(n)]
+    inputs = plan_inputs(run.settings)
+    run.record(message=f"{n} risk shard(s) on {len(inputs)} table versions")
+    return [{"shard": i, "shards": n, "inputs": inputs} for i in range(n)]
 
 
 @task_function("compute_risk_shard")
-def compute_risk_shard(run: TaskRun, as_of: date | str, shard: int, shards: int, run_key: str | None = None) -> Any:
-    """The per-portfolio risk tables of one shard into the run's uncommitted area (`compute_risk` commits)."""
+def compute_risk_shard(run: TaskRun, as_of: date | str, shard: int, shards: int, run_key: str | None = None,
+                       inputs: dict[str, int] | None = None) -> Any:
+    """The per-portfolio risk tables of one shard into the run's uncommitted area (`compute_risk` commits), read
+    at the table versions `inputs` the plan pinned."""
     from etl.risk.shards import run_shard
 
     day = as_date(as_of)
-    done = run_shard(day, shard, shards, run_key or run.ref.run_id, run.settings, run.reference)
+    done = run_shard(day, shard, shards, run_key or run.ref.run_id, run.settings, run.reference, inputs)
     run.record(len(done["portfolios"]), sum(done["rows"].values()),
                f"as_of={day} shard {shard + 1}/{shards}: {len(done['portfolios'])} portfolios")
     return {k: v for k, v in done.items() if k != "portfolios"}

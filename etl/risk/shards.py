@@ -26,9 +26,9 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from etl.commits import OUTPUTS
+from etl.commits import OUTPUTS, RUNS
 from etl.errors import DataNotFoundError, ValidationError
-from etl.lake import note_read, pinned, recorded_reads, records_reads
+from etl.lake import Lake, note_read, pinned, recorded_reads, records_reads
 from etl.reference_set import Reference
 from etl.risk.engine import append_tables, book_tables, portfolio_tables
 from etl.risk.runner import RiskSummary, commit_tables, finish_portfolio_tables, load_inputs
@@ -37,6 +37,7 @@ from etl.storage import Store, get_store
 from etl.warehouse.schema import to_arrow
 
 log = logging.getLogger(__name__)
+SILVER = "silver"   # every table folder under it is a Delta table (etl/silver)
 
 SHARDS_DIR = f"{OUTPUTS}/_shards"
 DONE = "done.json"
@@ -69,14 +70,25 @@ def shard_dir(run_key: str, shard: int | None = None) -> str:
     return root if shard is None else posixpath.join(root, str(shard))
 
 
+def plan_inputs(settings: Settings) -> dict[str, int]:
+    """The latest version of every Delta table a risk run may read (silver's, the outputs' and the run records),
+    taken once when the shards are planned: each shard pins them, so shards started at once still price on one
+    lake (an intraday silver build, run record or vacuum landing between their reads is not seen)."""
+    store = get_store(settings)
+    lake = Lake.of(store, settings)
+    rels = [RUNS, *(posixpath.join(root, name) for root in (SILVER, OUTPUTS) for name in store.list_dirs(root))]
+    return {rel: version for rel in rels if (version := lake.version(rel)) is not None}
+
+
 @records_reads
 def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Settings,
-              reference: Reference | None = None) -> dict:
-    """Compute the per-portfolio tables of one shard into its uncommitted area; returns its row counts."""
+              reference: Reference | None = None, inputs: dict[str, int] | None = None) -> dict:
+    """Compute the per-portfolio tables of one shard into its uncommitted area; returns its row counts. inputs:
+    the table versions the plan pinned (`plan_inputs`); without them, those a shard already done read."""
     t0 = time.perf_counter()
     store, folder = get_store(settings), shard_dir(run_key, shard)
-    # a shard done before this one fixes the versions the run reads: every shard prices on the same lake
-    with pinned(_first_reads(store, as_of, shards, run_key, skip=shard)):
+    # every shard prices on the same lake: the plan's versions, else those of a shard done before this one
+    with pinned(inputs or _first_reads(store, as_of, shards, run_key, skip=shard)):
         inputs = load_inputs(as_of, settings, reference)
         ids = shard_portfolios(inputs.portfolios["portfolio_id"], shard, shards)
         portfolios = inputs.portfolios[inputs.portfolios["portfolio_id"].astype(str).isin(ids)]

@@ -76,7 +76,7 @@ def _sharded(monkeypatch, shards: int, run_key: str) -> dict:
     monkeypatch.setenv("PIPELINE_RISK_SHARDS", str(shards))
     plan = tasks.plan_risk_shards(max_map_length=1024)
     for shard in plan:
-        tasks.compute_risk_shard(AS_OF, shard["shard"], shard["shards"], run_key=run_key)
+        tasks.compute_risk_shard(AS_OF, shard["shard"], shard["shards"], run_key=run_key, inputs=shard["inputs"])
     return tasks.compute_risk(AS_OF, shards=len(plan), run_key=run_key)
 
 
@@ -182,3 +182,23 @@ def test_shards_that_read_different_versions_commit_nothing(shard_env, monkeypat
                                               r"compute_risk_shard \[1\]"):
         tasks.compute_risk(AS_OF, shards=2, run_key="run-c")
     assert read_manifest(store, risk_manifest(AS_OF)) is None
+
+
+def test_shards_started_around_a_silver_build_read_the_versions_the_plan_pinned(shard_env, monkeypatch):
+    """A silver build (or an intraday run's record, or a vacuum) lands after the plan, before shards that start at
+    once (none done yet) read the lake: each reads the versions `plan_risk_shards` took, so the run commits what a
+    run before the build computes, and records those versions."""
+    whole = (tasks.compute_risk(AS_OF), _committed(shard_env))[1]
+    monkeypatch.setenv("PIPELINE_RISK_SHARDS", "2")
+    plan = tasks.plan_risk_shards(max_map_length=1024)
+    pins = plan[0]["inputs"]
+    assert {"silver/bars_1d", "silver/bars_5m", "outputs/_runs"} <= pins.keys() and plan[1]["inputs"] == pins
+    _write_silver(shard_env, _closes() * 1.1, pd.Timestamp(AS_OF, tz="UTC"))          # a silver build lands
+    for shard in plan:
+        tasks.compute_risk_shard(AS_OF, shard["shard"], 2, run_key="run-p", inputs=shard["inputs"])
+    tasks.compute_risk(AS_OF, shards=2, run_key="run-p")
+    _assert_same(_committed(shard_env), whole)
+    inputs = read_manifest(Store.from_uri(str(shard_env)), risk_manifest(AS_OF))["inputs"]
+    assert {k: inputs[k] for k in ("silver/bars_1d", "silver/bars_5m")} == \
+        {k: pins[k] for k in ("silver/bars_1d", "silver/bars_5m")}
+
