@@ -17,13 +17,6 @@ from tests.support.delta_reader import EXTENSION, duckdb_rows
 DAY = date(2026, 3, 1)
 
 
-@pytest.fixture
-def data(tmp_path, monkeypatch):
-    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path / "data"
-
-
 def publish_day(store, day: date, var: list[float]) -> dict:
     part = f"as_of_date={day.isoformat()}"
     rows = pa.table({"portfolio_id": [f"P{i:03d}" for i in range(len(var))], "as_of_date": [day] * len(var),
@@ -96,7 +89,7 @@ def test_a_run_killed_before_its_record_does_not_let_vacuum_delete_the_committed
 
 
 def test_a_damaged_run_log_is_one_error_line_naming_the_table(data, tmp_path, capsys):
-    """The brief's rule (and docs/commit_protocol.md "fail closed ... naming the table, its version"): a bad input is
+    """The CLI's rule (docs/commit_protocol.md "fail closed ... naming the table, its version"): a bad input is
     one `error:` line naming what and where, exit 2. A truncated log entry of `outputs/_runs` (a torn copy/restore
     of the data folder) raises delta-rs' DeltaError from Lake.table (lake.py:127-129 re-raises it when no version
     was asked): no path, a Rust backtrace, and the CLI (cli.py:328) lets it out as a traceback."""

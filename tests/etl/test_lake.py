@@ -24,13 +24,6 @@ from tests.support.delta_reader import EXTENSION, duckdb_rows
 DAY = date(2026, 3, 1)
 
 
-@pytest.fixture
-def data(tmp_path, monkeypatch):
-    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path / "data"
-
-
 def metrics(day: date, var: list[float]) -> pa.Table:
     return pa.table({"portfolio_id": [f"P{i:03d}" for i in range(len(var))], "as_of_date": [day] * len(var),
                      "var_99_hist": var})
