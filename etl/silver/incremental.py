@@ -110,6 +110,7 @@ SILVER_TABLES = {QUARANTINE_DIR: (QUARANTINE_SCHEMA, BY_DAY), PRICE_QUALITY_DIR:
                  BARS_5M_DIR: (BARS_5M_SCHEMA, BY_DAY), BARS_1D_DIR: (BARS_1D_SCHEMA, ["product_id", "year"])}
 LAST_TABLE = BARS_1D_DIR
 VACUUM_COMMITS = ("VACUUM START", "VACUUM END")   # the commits delta-rs' vacuum adds (no data, no metadata of ours)
+VACUUMS_PASSED = 10   # vacuums (compact runs) between two builds the state survives; more: a full rebuild
 
 
 @dataclass
@@ -598,7 +599,7 @@ def _load_state(silver: Snapshot) -> tuple[int | None, dict[str, dict]]:
     over); (None, {}) when that commit has none (a first build, a table adopted by migrate-lake, or a build that
     died between its tables' commits: everything is rebuilt)."""
     table = silver.tables[LAST_TABLE]
-    history = table.history(limit=1 + len(VACUUM_COMMITS)) if table is not None else []
+    history = table.history(limit=1 + VACUUMS_PASSED * len(VACUUM_COMMITS)) if table is not None else []
     last = next((h for h in history if h.get("operation") not in VACUUM_COMMITS), {})
     if SILVER_READ not in last:
         return None, {}

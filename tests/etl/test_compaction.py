@@ -212,3 +212,10 @@ def test_compact_vacuums_the_superseded_silver_files_past_the_retention(data_dir
              for root in (BARS_5M_DIR, BARS_1D_DIR)}
     assert stale == {BARS_5M_DIR: [], BARS_1D_DIR: []}, f"superseded silver files left past the retention: {stale}"
     assert build(now=FUTURE).partitions == 0        # vacuum's own commits do not hide what the last build read
+    write_batch(data_dir, minute_candles("ETH-USD", T0 + timedelta(minutes=200), 300, seed=3), "b3",
+                T0 + timedelta(days=3))
+    build(now=FUTURE)
+    build(now=FUTURE)                                 # a third year file: two superseded ones to vacuum
+    for _ in range(2):                                # two compact runs between builds
+        compact(before=date(2026, 1, 1), settings=get_settings())
+    assert build(now=FUTURE).partitions == 0
