@@ -407,7 +407,8 @@ def test_failed_run_is_rerun_and_leaves_no_orphans(tmp_path, make_simulator):
     kept = _visible_files(candles_dir)
     assert len(kept) >= 2
 
-    back = Simulator(SimulatorConfig(port=port, seed=SEED, rate_limit_rps=1000.0, burst=1000)).start()
+    # the REST port again (the batch retries that URL); the feed on any free port, as the first one was: port + 1 may be taken
+    back = Simulator(SimulatorConfig(port=port, ws_port=0, seed=SEED, rate_limit_rps=1000.0, burst=1000)).start()
     try:
         assert watermark("BTC-USD", 60, settings) is None  # the failed batch is not committed
         ingest(products, s, e, settings=settings)

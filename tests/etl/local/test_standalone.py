@@ -84,7 +84,7 @@ def _wait_ready(proc: subprocess.Popen, log: Path, timeout_s: float = 240) -> di
 def test_ctrl_c_and_sigterm_stop_every_process_make_airflow_started(tmp_path, pg_url):
     env = dict(os.environ, PIPELINE_STATE_DIR=str(tmp_path / "state"), PIPELINE_DATABASE_URL=pg_url,
                PIPELINE_AIRFLOW_PORT=str(_free_port()), SIMULATOR_PORT=str(_free_port()),
-               PIPELINE_ENV_FILE=str(tmp_path / "no.env"))
+               SIMULATOR_WS_PORT=str(_free_port()), PIPELINE_ENV_FILE=str(tmp_path / "no.env"))
     for attempt, how in enumerate(("SIGINT to the process group (Ctrl-C)", "SIGTERM to the runner")):
         log = tmp_path / f"runner-{attempt}.log"
         proc = _start(env, log)
