@@ -2,7 +2,8 @@
 
 The simulator serves the hand-set products plus `--universe N` synthetic ones; a seeded generator writes a book of
 portfolios over the products listed for the whole history (instruments, portfolios, positions CSVs). Each stage is
-the product's own entry point in its own process (`python -m etl ...`), so its peak memory (max RSS) is its own:
+the product's own entry point in its own process (`python -m etl ...`), so its peak memory is its own (VmHWM;
+ru_maxrss would carry the forking parent's over exec):
 1. ingest_daily: `ingest --granularity 86400` over the risk history, every product,
 2. ingest_day: `ingest --granularity 60` of one UTC day (the intraday candles of the day), every product,
 3. silver, 4. risk --as-of, 5. factors up to the end of the day (`etl.factors.run_factors(end=...)`).
@@ -36,7 +37,7 @@ API_RPS = 10.0               # Coinbase's public limit
 AS_OF = date(2026, 1, 20)
 SEED = 2026
 STAGE = """
-import json, resource, sys, time
+import json, sys, time
 from datetime import datetime
 spec = json.loads(sys.argv[1])
 t0 = time.perf_counter()
@@ -47,8 +48,8 @@ else:
     from etl.cli import main
     if main(spec["args"]) != 0:
         raise SystemExit(f"python -m etl {spec['args'][0]} failed")
-print("STAGE", json.dumps({"seconds": time.perf_counter() - t0,
-                           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0].split()[1]
+print("STAGE", json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": int(hwm) / 1024}))
 """
 
 
