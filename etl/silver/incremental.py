@@ -200,9 +200,11 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
     read: dict[tuple[str, str], dict] = {}
     daily: dict[tuple[str, int], list] = defaultdict(list)  # (product, year) -> its chunks' (days, daily bars)
     digests = candles.digests(taken_in)  # of the files new since the last build: older ones were checked then
-    jobs = [(store, product, days, [f for d in days for f in files[(product, d)]], currencies[product], now,
-             _context_files(parts, product, days), overrides.get(product), digests)
-            for (product, _), days in sorted(chunks.items())]
+    jobs = []
+    for (product, _), days in sorted(chunks.items()):
+        own, context = [f for d in days for f in files[(product, d)]], _context_files(parts, product, days)
+        jobs.append((store, product, days, own, currencies[product], now, context, overrides.get(product),
+                     {f: digests[f] for f in (*own, *context) if f in digests}))  # its own: a job is pickled
     # chunks in worker processes (each writes its own days' files; this process alone writes the daily year files
     # and commits the state below, so a failed worker leaves the previous state); threads in one process crashed
     # pyarrow (SIGSEGV, bad_alloc)
