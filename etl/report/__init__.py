@@ -117,7 +117,7 @@ def run_report(as_of: date | None = None, settings: Settings | None = None, sql_
         with private_files(reports_dir(settings), out_dir, out_dir / "sql"):
             (out_dir / STATUS_FILE).unlink(missing_ok=True)  # until the new status is written: not complete
             sql_results = run_sql_reports(reader, as_of, out_dir, sql_dir)
-        data = load_report_data(reader, as_of)
+        data = load_report_data(reader, as_of, status)
 
     with private_files(out_dir / "data"):
         for name, frame in data.frames.items():

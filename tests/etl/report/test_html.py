@@ -189,7 +189,8 @@ def test_report_on_a_day_without_risk_rows_is_incomplete_exit_3_with_a_red_banne
     assert "no risk metrics on 2026-01-30" in detail
     assert "limit breaches on 2026-01-30 unknown: no risk metrics for this day" in detail
     assert set(H2) <= _ids(page, "h2")
-    assert "2026-01-30: INCOMPLETE: gold.fact_risk_metrics: no row for P-ALT, P-CORE" in page
+    assert "2026-01-30: INCOMPLETE: gold.fact_risk_metrics has no row for 2026-01-30 for portfolio(s) " \
+           "P-ALT, P-CORE" in page  # the status line says what the banner and exit code 3 say
 
 
 def test_missing_breach_table_is_a_note_and_the_day_incomplete(pg_url, data_dir, monkeypatch, sql_dir):
