@@ -284,3 +284,32 @@ def test_a_future_incomplete_report_never_becomes_latest(env, sql_dir, monkeypat
     assert report_of_run("no_such_run") is None
     (good.parent / "status.json").unlink()                    # a report cut short before its status: not complete
     assert latest_report() == future                          # no complete report at all: the newest one
+
+
+def test_a_rerun_leaves_no_csv_of_an_earlier_run_beside_the_report(pg_url, data_dir, monkeypatch, tmp_path):
+    """The report folder after a rerun equals a clean run's: a gold table or SQL report that fails now leaves no CSV
+    of the earlier run's rows (they would read as the day's data beside an INCOMPLETE report)."""
+    sql = tmp_path / "sql"
+    sql.mkdir()
+    (sql / "breaches.sql").write_text("select * from gold.fact_limit_breaches where as_of_date = :'as_of'\n")
+
+    def files(out) -> set[str]:
+        return {str(p.relative_to(out)) for p in out.rglob("*.csv")}
+
+    with scratch_database(pg_url, "report_rerun_full") as url:
+        create_gold(url, sample_frames(AS_OF))
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        out = run_report(AS_OF, sql_dir=sql).parent
+    assert {"data/breaches.csv", "sql/breaches.csv"} <= files(out)
+    with scratch_database(pg_url, "report_rerun_nobreach") as url:
+        create_gold(url, sample_frames(AS_OF), skip=("fact_limit_breaches",))
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        with pytest.raises(IncompleteInputError):
+            run_report(AS_OF, sql_dir=sql)                                 # the rerun, over the earlier files
+        rerun = files(out)
+        monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "clean"))
+        with pytest.raises(IncompleteInputError):
+            run_report(AS_OF, sql_dir=sql)                                 # a clean run of the same gold
+        clean = files(reports_dir(get_settings()) / AS_OF.isoformat())
+    assert "data/breaches.csv" not in rerun and "sql/breaches.csv" not in rerun
+    assert rerun == clean
