@@ -6,7 +6,8 @@ is local, `{PIPELINE_STATE_DIR}/reports/` when it is an object store URI):
                      bounded portfolio table, market, pipeline
   portfolios.html    every portfolio; portfolio-<id>.html: the detail pages (charts) of the top portfolios
   data/<name>.csv    the gold rows behind the HTML report's charts and tables
-  sql/<name>.csv     one CSV per `sql/**/*.sql` report
+  sql/<name>.csv     one CSV per `sql/**/*.sql` report (none for a gold table or SQL report that fails: a rerun
+                     leaves no CSV of an earlier run)
   sql_reports.md     the SQL reports as Markdown tables
   status.json        written last: {"as_of", "complete", "problems", "run_id"}; `latest_report` (the cockpit's
                      default report) is the newest day whose status says complete, so an incomplete report (a
@@ -117,12 +118,14 @@ def run_report(as_of: date | None = None, settings: Settings | None = None, sql_
         with private_files(reports_dir(settings), out_dir, out_dir / "sql"):
             (out_dir / STATUS_FILE).unlink(missing_ok=True)  # until the new status is written: not complete
             sql_results = run_sql_reports(reader, as_of, out_dir, sql_dir)
-        data = load_report_data(reader, as_of)
+        data = load_report_data(reader, as_of, status)
 
     with private_files(out_dir / "data"):
         for name, frame in data.frames.items():
             if frame is not None:
                 frame.to_csv(out_dir / "data" / f"{name}.csv", index=False)
+            else:  # no rows of an earlier run beside this report: a rerun leaves what a clean run leaves
+                (out_dir / "data" / f"{name}.csv").unlink(missing_ok=True)
         failed = [f"SQL report {r.name} failed: {r.error}" for r in sql_results if r.error]
         links = {"SQL reports (Markdown)": "sql_reports.md", "data CSVs": "data/"}
         files = {name: completeness.with_banner(text, status) if name.endswith(".html") else text

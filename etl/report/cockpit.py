@@ -20,7 +20,7 @@ import pandas as pd
 
 from etl import measures
 from etl.measures import FRACTION_LIMITS
-from etl.report.completeness import stale_holdings
+from etl.report.completeness import beyond_rows, committed_run
 from etl.report.figures import correlation_matrix, total
 from etl.report.gold import GoldReader
 from etl.settings import get_settings
@@ -117,10 +117,14 @@ def completeness(day: pd.DataFrame) -> tuple[str, list[str]]:
 
 
 def day_status(reader: GoldReader, as_of: date, day: pd.DataFrame) -> tuple[str, list[str], list[str]]:
-    """(status, missing, stale): `completeness` plus the holdings without a close of the day, as the report's
-    check says them (etl.report.completeness.stale_holdings): a listed product is missing, a delisted one stale."""
+    """(status, missing, stale): `completeness` plus the report's checks beyond one row per portfolio, as it says
+    them (etl.report.completeness.beyond_rows): gold holding an older risk run than the one committed, a listed
+    holding without a close of the day (a delisted one is stale), a price resting on an excluded print."""
     status, missing = completeness(day)
-    problems, stale = stale_holdings(reader, as_of)
+    settings = get_settings()
+    manifest, unread = committed_run(as_of, settings)
+    problems, stale = beyond_rows(reader, as_of, settings, manifest)
+    problems = [*unread, *problems]
     return ("incomplete" if problems else status), [*missing, *problems], stale
 
 

@@ -57,11 +57,7 @@ def _ids(reader: GoldReader, table: str, sql: str, as_of: date) -> set[str] | No
 def check(reader: GoldReader, as_of: date, settings: Settings) -> Completeness:
     """Every input `report` and alerts need for `as_of`, present and fresh (see the module docstring)."""
     out = Completeness(as_of)
-    try:
-        manifest = commits.read_manifest(get_store(settings), commits.risk_manifest(as_of))
-    except (PipelineError, OSError) as exc:
-        manifest = None
-        out.problems.append(str(exc))
+    manifest, out.problems = committed_run(as_of, settings)
     portfolios = _ids(reader, "dim_portfolio", "select portfolio_id from gold.dim_portfolio", as_of)
     if portfolios is None:
         out.problems.append("gold.dim_portfolio cannot be read: run `python -m etl load`")
@@ -79,24 +75,40 @@ def check(reader: GoldReader, as_of: date, settings: Settings) -> Completeness:
                                 f"`python -m etl risk --as-of {as_of}` then `python -m etl load`")
     if _ids(reader, "fact_limit_breaches", "select portfolio_id from gold.fact_limit_breaches limit 1", as_of) is None:
         out.problems.append("gold.fact_limit_breaches cannot be read: limit breaches are unknown")
-    problems, notices = stale_holdings(reader, as_of)
+    problems, notices = beyond_rows(reader, as_of, settings, manifest)
     out.problems += problems
     out.notices += notices
-    if manifest is not None:
-        runs = _ids(reader, "fact_risk_metrics", "select distinct risk_run_id from gold.fact_risk_metrics "
-                    "where as_of_date = %(as_of)s", as_of)
-        if runs is not None and runs and runs != {manifest["run_id"]}:
-            out.problems.append(f"gold.fact_risk_metrics for {as_of} is stale: it holds risk run(s) "
-                                f"{', '.join(sorted(runs))} but run {manifest['run_id']} is committed "
-                                f"({commits.RUNS}, {commits.risk_manifest(as_of)}): run `python -m etl load`")
-        elif runs is None:
-            out.problems.append("gold.fact_risk_metrics has no risk_run_id column: run `python -m etl load`")
-    out.problems += suspect_prices(reader, as_of, settings)
     if out.problems:
         log.error("%s", out)
     if out.notices:
         log.warning("inputs for %s: %s", as_of, "; ".join(out.notices))
     return out
+
+
+def committed_run(as_of: date, settings: Settings) -> tuple[dict | None, list[str]]:
+    """(the manifest of the risk run committed for `as_of` or None, [the problem when it cannot be read])."""
+    try:
+        return commits.read_manifest(get_store(settings), commits.risk_manifest(as_of)), []
+    except (PipelineError, OSError) as exc:
+        return None, [str(exc)]
+
+
+def beyond_rows(reader: GoldReader, as_of: date, settings: Settings, manifest: dict | None
+                ) -> tuple[list[str], list[str]]:
+    """(problems, notices) of checks 4-6 (fresh, priced, no suspect print): what a day can lack although every
+    portfolio has its rows. `manifest`: the committed risk run of `as_of` (committed_run). The cockpit's status
+    asks these too, so report, alerts and cockpit never disagree on a day."""
+    problems, notices = stale_holdings(reader, as_of)
+    if manifest is not None:
+        runs = _ids(reader, "fact_risk_metrics", "select distinct risk_run_id from gold.fact_risk_metrics "
+                    "where as_of_date = %(as_of)s", as_of)
+        if runs is not None and runs and runs != {manifest["run_id"]}:
+            problems.append(f"gold.fact_risk_metrics for {as_of} is stale: it holds risk run(s) "
+                            f"{', '.join(sorted(runs))} but run {manifest['run_id']} is committed "
+                            f"({commits.RUNS}, {commits.risk_manifest(as_of)}): run `python -m etl load`")
+        elif runs is None:
+            problems.append("gold.fact_risk_metrics has no risk_run_id column: run `python -m etl load`")
+    return problems + suspect_prices(reader, as_of, settings), notices
 
 
 STALE_SQL = """

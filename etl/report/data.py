@@ -8,6 +8,7 @@ from datetime import date
 import pandas as pd
 
 from etl.report import cockpit
+from etl.report.completeness import Completeness
 from etl.report.gold import GoldReader
 
 HISTORY_DAYS = 365          # value/PnL/drawdown charts
@@ -79,23 +80,25 @@ class ReportData:
         return self.frames.get(name)
 
 
-def load_report_data(reader: GoldReader, as_of: date) -> ReportData:
+def load_report_data(reader: GoldReader, as_of: date, status: Completeness) -> ReportData:
+    """`status`: the report's completeness check of the day, which the first screen's status line repeats."""
     frames = {name: reader.frame(table, sql, {"as_of": as_of}) for name, (table, sql) in QUERIES.items()}
-    screen = first_screen(reader, as_of)
+    screen = first_screen(reader, as_of, status)
     return ReportData(as_of=as_of, frames=frames, notes=[*reader.notes, *screen.get("notes", [])],
                       first_screen=screen)
 
 
-def first_screen(reader: GoldReader, as_of: date) -> dict:
-    """Status, breaches and firm VaR of the day from the cockpit's queries (so report and cockpit agree);
+def first_screen(reader: GoldReader, as_of: date, check: Completeness) -> dict:
+    """Breaches and firm VaR of the day from the cockpit's queries (so report and cockpit agree), the status from
+    the report's own `check` (so the status line never says complete under the INCOMPLETE banner);
     `{"error": ...}` when the gold tables they need are missing (the report then says so)."""
     import psycopg2
 
+    status, missing = ("complete" if check.complete else "incomplete"), list(check.problems)
     try:
-        status, missing = cockpit.completeness(cockpit.portfolio_day(reader, as_of))
         found, notes = cockpit.breaches(reader, as_of)
-        if "fact_limit_breaches" not in cockpit.tables(reader):  # unknown, not zero
-            found, status, missing = None, "incomplete", [*missing, "gold.fact_limit_breaches is missing"]
+        if "fact_limit_breaches" not in cockpit.tables(reader):  # unknown, not zero (`check` says so already)
+            found = None
         return {"status": status, "missing": missing, "breaches": found, "notes": notes,
                 "firm_risk": cockpit.firm_risk(reader, as_of)}
     except psycopg2.Error as exc:

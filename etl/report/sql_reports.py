@@ -91,6 +91,7 @@ def run_sql_reports(reader: GoldReader, as_of: date, out_dir: Path, sql_dir: Pat
         except Exception as exc:  # any SQL error is this report's failure only
             rep.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
             log.warning("SQL report %s failed: %s", path, rep.error)
+            (csv_dir / f"{rep.name}.csv").unlink(missing_ok=True)  # not an earlier run's rows as this day's
         else:
             rep.rows = len(df)
             rep.csv_path = csv_dir / f"{rep.name}.csv"

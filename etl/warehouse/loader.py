@@ -11,7 +11,9 @@ Algorithm (one transaction, serialised by an advisory lock):
 3. `copy_upsert`, fed the files as they are read (binary COPY format, encoded by a producer thread while the
    server ingests): one COPY straight into the keyed table (new files of the
    append-mostly tables hold new keys); if Postgres refuses it for a key already there or repeated, that COPY is
-   rolled back to a savepoint and the rows are upserted through a temporary table (last row per key wins).
+   rolled back to a savepoint and the rows are upserted through a temporary table (last row per key wins; a row
+   never replaces one from a later partition: the latest as-of run wins in any load order). Keys that rewritten
+   or gone output files held and no new file has come back from the other committed files (`_restore`).
    Record the files in `raw._load_state`.
 4. Commit once at the end: a failure anywhere rolls back every table and the load state, so the previous rows
    stay and the next run retries the same files. A rerun with no new files changes nothing.
@@ -276,7 +278,8 @@ def _has_unique_key(cur, table: str, key: list[str]) -> bool:
     return cur.fetchone() is not None
 
 
-def copy_upsert(conn, table: str, data: pd.DataFrame | pa.Table | Iterable[pa.Table], key: list[str]) -> int:
+def copy_upsert(conn, table: str, data: pd.DataFrame | pa.Table | Iterable[pa.Table], key: list[str],
+                ranked: bool = False) -> int:
     """Upsert `data` into `table` by `key` inside the caller's transaction; returns the rows written.
 
     `data` is a DataFrame, an Arrow table, or an iterable of Arrow tables of the same columns, consumed as the
@@ -287,6 +290,10 @@ def copy_upsert(conn, table: str, data: pd.DataFrame | pa.Table | Iterable[pa.Ta
     straight into it under a savepoint: new files of the append-mostly tables (bars, daily outputs) hold new keys,
     so that one keyed COPY is the whole load. A key already in the table, or twice in the batch, makes Postgres
     refuse that COPY: the savepoint is rolled back and the rows take the staged upsert (`_staged_upsert`).
+
+    `ranked` (rows carrying `source_file`): a row replaces the row of its key only if its file's folder (the
+    partition, e.g. run_as_of_date=D) sorts at or after that row's: the latest as-of run's row wins whatever order
+    the files are loaded in (a rerun of an earlier day after a later one, as a clean load of the same files).
     """
     key = list(key)
     with conn.cursor() as cur:
@@ -302,12 +309,19 @@ def copy_upsert(conn, table: str, data: pd.DataFrame | pa.Table | Iterable[pa.Ta
                 return written
             except psycopg2.errors.UniqueViolation:
                 cur.execute("rollback to savepoint copy_upsert")
-        return _staged_upsert(cur, table, last_per_key(pa.concat_tables(stream.rest()), key), key, types)
+        return _staged_upsert(cur, table, last_per_key(pa.concat_tables(stream.rest()), key), key, types, ranked)
 
 
-def _staged_upsert(cur, table: str, data: pa.Table, key: list[str], types: dict[str, pa.DataType]) -> int:
+def _folder(alias: str) -> str:
+    """SQL: the folder of the row's source file (its partition)."""
+    return f"regexp_replace({alias}.{SOURCE_FILE}, '/[^/]*$', '')"
+
+
+def _staged_upsert(cur, table: str, data: pa.Table, key: list[str], types: dict[str, pa.DataType],
+                   ranked: bool = False) -> int:
     """COPY into a temporary copy of the table, delete the target rows whose key is in the batch, insert the batch
-    (`data` holds each key once)."""
+    (`data` holds each key once); `ranked`: only over rows of a file folder that sorts at or before the batch row's
+    (copy_upsert)."""
     if data.num_rows == 0:
         return 0
     stage = f"_stage_{uuid.uuid4().hex[:12]}"
@@ -315,9 +329,12 @@ def _staged_upsert(cur, table: str, data: pa.Table, key: list[str], types: dict[
     _copy(cur, stage, _CopyStream([data], types))
     cur.execute(f"analyze {stage}")
     match = " and ".join(f"t.{k} = s.{k}" for k in key)
-    cur.execute(f"delete from {table} t using {stage} s where {match}")
+    outranked = f" and {_folder('t')} <= {_folder('s')}" if ranked else ""
+    cur.execute(f"delete from {table} t using {stage} s where {match}{outranked}")
     cols = ", ".join(data.column_names)
-    cur.execute(f"insert into {table} ({cols}) select {cols} from {stage}")
+    kept = f" where not exists (select 1 from {table} t where {match})" if ranked else ""
+    cur.execute(f"insert into {table} ({cols}) select {', '.join(f's.{c}' for c in data.column_names)} "
+                f"from {stage} s{kept}")
     written = cur.rowcount
     cur.execute(f"drop table {stage}")
     return written
@@ -426,16 +443,55 @@ def _record_state(conn, spec: RawTable, entries: dict[str, str], row_counts: lis
     copy_upsert(conn, LOAD_STATE, state, ["path"])
 
 
+def _repeats_keys(spec: RawTable) -> bool:
+    """Whether files of several partitions may hold one key: the risk outputs' history tables (each as-of run's
+    partition repeats the days of its window), so a row loaded may have replaced another committed file's."""
+    return spec.source_dir is not None and spec.source_dir.startswith(f"{commits.OUTPUTS}/")
+
+
 def _forget_files(conn, spec: RawTable, rewritten: list[str], gone: list[str]) -> None:
     """Delete the rows loaded from files that changed or disappeared, so raw mirrors the files (a rewritten
-    partition with fewer rows, or a day silver removed, leaves no stale rows behind); gone files leave the state."""
+    partition with fewer rows, or a day silver removed, leaves no stale rows behind); gone files leave the state.
+    The keys of those rows are kept (temp table `_forgotten`) for `_restore`."""
     if not rewritten and not gone:
         return
     with conn.cursor() as cur:
+        if _repeats_keys(spec):
+            cur.execute(f"create temp table _forgotten on commit drop as select {', '.join(spec.key)} "
+                        f"from {spec.qualified} where {SOURCE_FILE} = any(%s)", (rewritten + gone,))
         cur.execute(f"delete from {spec.qualified} where {SOURCE_FILE} = any(%s)", (rewritten + gone,))
         if gone:
             cur.execute(f"delete from {LOAD_STATE} where path = any(%s)", (gone,))
             log.info("raw.%s: %d file(s) no longer in the Store, their rows removed", spec.name, len(gone))
+
+
+def _restore(conn, store: Store, spec: RawTable, loaded: list[str], digests: dict[str, str | None]) -> int:
+    """After `_forget_files` and the load of the new files: the keys the forgotten rows held that no file loaded
+    now holds again come back from the other committed files that hold them (`loaded`: the files loaded before,
+    unchanged), ranked as copy_upsert does: raw equals a clean load of the same files. Reads those files only
+    when a key is missing (a rerun that dropped rows another run's partition also has)."""
+    with conn.cursor() as cur:
+        cur.execute("select to_regclass('pg_temp._forgotten')")
+        if cur.fetchone()[0] is None:
+            return 0
+        keys = ", ".join(spec.key)
+        cur.execute(f"select {keys} from _forgotten except select {keys} from {spec.qualified}")
+        missing = cur.fetchall()
+        cur.execute("drop table _forgotten")
+    if not missing:
+        return 0
+
+    def rows() -> Iterator[pa.Table]:
+        for rel in loaded:
+            part = _read_file(store, spec, rel, digests)
+            wanted = pa.table({k: pa.array([m[i] for m in missing], part.schema.field(k).type)
+                               for i, k in enumerate(spec.key)})
+            yield part.join(wanted, list(spec.key), join_type="left semi").select(part.column_names)
+
+    restored = copy_upsert(conn, spec.qualified, rows(), list(spec.key), ranked=True)
+    log.info("%s: %d row(s) of %d key(s) no rerun holds any more restored from the other committed files",
+             spec.qualified, restored, len(missing))
+    return restored
 
 
 def _committed_outputs(store: Store) -> dict[str, str | None]:
@@ -522,7 +578,8 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
 
         try:
             _forget_files(conn, spec, [p for p in new if p in seen], gone)
-            rows = copy_upsert(conn, spec.qualified, read_new(), list(spec.key)) if new else 0
+            rows = copy_upsert(conn, spec.qualified, read_new(), list(spec.key), ranked=True) if new else 0
+            rows += _restore(conn, store, spec, sorted(p for p in current if p in seen and p not in new), digests)
         except psycopg2.Error as exc:
             raise _rejected(conn, spec, [store.path(p) for p in new], exc) from exc
     _record_state(conn, spec, new, counts)

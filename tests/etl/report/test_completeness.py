@@ -146,3 +146,66 @@ def test_a_warehouse_without_the_quality_table_is_incomplete(pg_url, data_dir, m
         with pytest.raises(IncompleteInputError, match="gold.fact_price_quality cannot be read: whether prices are "
                                                        "suspect is unknown"):
             run_report(AS_OF, sql_dir=sql)
+
+
+def test_the_report_first_screen_never_says_complete_on_a_day_the_check_finds_incomplete(pg_url, data_dir,
+                                                                                       monkeypatch, sql_dir):
+    """The status line and the breach KPI of report.html say what completeness.check says: a stale listed holding
+    makes the day INCOMPLETE there too, not "complete" and "no limit breaches" under the red banner."""
+    with scratch_database(pg_url, "completeness_first_screen") as url:
+        create_gold(url, _stale_sol(delisted=False))
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        with pytest.raises(IncompleteInputError):
+            run_report(AS_OF, sql_dir=sql_dir)
+    page = (reports_dir(get_settings()) / AS_OF.isoformat() / "report.html").read_text()
+    status = re.search(r'<div class="status (\w+)" id="as-of-status">([^<]*)</div>', page)
+    assert status is not None and status.group(1) == "incomplete", status and status.group(0)
+    assert "SOL-USD has no daily bar on" in status.group(2)
+    assert f"no limit breaches on {AS_OF}" not in page
+
+
+def _suspect_btc() -> dict:
+    frames = sample_frames(AS_OF)
+    frames["fact_price_quality"] = pd.DataFrame([
+        _flag("BTC-USD", 300, datetime.combine(AS_OF, time(23, 55), tzinfo=UTC), "jump_unconfirmed")])
+    return frames
+
+
+def test_the_cockpit_summary_is_incomplete_when_a_held_price_rests_on_a_suspect_print(pg_url, data_dir,
+                                                                                     monkeypatch, sql_dir):
+    """The report exits 3 over a held price resting on an excluded print: the cockpit says the same, not complete."""
+    with scratch_database(pg_url, "cockpit_suspect") as url:
+        create_gold(url, _suspect_btc())
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        with pytest.raises(IncompleteInputError, match="price of BTC-USD on 2026-01-31 rests on a suspect print"):
+            run_report(AS_OF, sql_dir=sql_dir)
+        with GoldReader(reporting_url(get_settings())) as reader:
+            summary = cockpit.summary(reader, AS_OF)
+    assert summary["status"] == "incomplete"
+    assert any(m.startswith("price of BTC-USD on 2026-01-31 rests on a suspect print") for m in summary["missing"])
+
+
+def test_the_cockpit_summary_is_incomplete_when_gold_holds_an_older_risk_run_than_the_committed_one(
+        pg_url, data_dir, monkeypatch, sql_dir):
+    """A newer risk run of the day is committed but not loaded: gold's figures are stale. Report and cockpit both
+    say so (the report exits 3 naming both runs)."""
+    import pyarrow as pa
+
+    from etl import commits
+    from etl.storage import get_store
+
+    frames = sample_frames(AS_OF)
+    frames["fact_risk_metrics"]["risk_run_id"] = "run-loaded"
+    commits.publish(get_store(get_settings()), commits.risk_manifest(AS_OF), "risk",
+                    {("risk_metrics", f"as_of_date={AS_OF}"): pa.table({"portfolio_id": ["P-CORE"]})},
+                    run_id="run-committed")
+    with scratch_database(pg_url, "cockpit_stale_run") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        with pytest.raises(IncompleteInputError, match="holds risk run.s. run-loaded but run run-committed is "
+                                                       "committed"):
+            run_report(AS_OF, sql_dir=sql_dir)
+        with GoldReader(reporting_url(get_settings())) as reader:
+            summary = cockpit.summary(reader, AS_OF)
+    assert summary["status"] == "incomplete"
+    assert any("run-loaded" in m and "run-committed" in m for m in summary["missing"]), summary["missing"]

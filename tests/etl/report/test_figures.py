@@ -16,6 +16,7 @@ import pytest
 
 from etl import db
 from etl.report import cockpit, html
+from etl.report.completeness import Completeness
 from etl.report.data import load_report_data
 from etl.report.figures import correlation_matrix
 from etl.report.gold import GoldReader
@@ -248,7 +249,7 @@ def test_the_market_page_shows_the_engines_correlations_and_golds_returns(gold, 
 
 def test_the_html_report_shows_golds_figures(gold, reader):
     url = gold[0]
-    data = load_report_data(reader, AS_OF)
+    data = load_report_data(reader, AS_OF, Completeness(AS_OF))  # the figures, on a day taken as complete
     out = html.pages(data)
     report = out["report.html"]
     risk = q(url, "select portfolio_id, drawdown_from_peak, max_drawdown from gold.fact_risk_metrics "

@@ -189,7 +189,8 @@ def test_report_on_a_day_without_risk_rows_is_incomplete_exit_3_with_a_red_banne
     assert "no risk metrics on 2026-01-30" in detail
     assert "limit breaches on 2026-01-30 unknown: no risk metrics for this day" in detail
     assert set(H2) <= _ids(page, "h2")
-    assert "2026-01-30: INCOMPLETE: gold.fact_risk_metrics: no row for P-ALT, P-CORE" in page
+    assert "2026-01-30: INCOMPLETE: gold.fact_risk_metrics has no row for 2026-01-30 for portfolio(s) " \
+           "P-ALT, P-CORE" in page  # the status line says what the banner and exit code 3 say
 
 
 def test_missing_breach_table_is_a_note_and_the_day_incomplete(pg_url, data_dir, monkeypatch, sql_dir):
@@ -283,3 +284,32 @@ def test_a_future_incomplete_report_never_becomes_latest(env, sql_dir, monkeypat
     assert report_of_run("no_such_run") is None
     (good.parent / "status.json").unlink()                    # a report cut short before its status: not complete
     assert latest_report() == future                          # no complete report at all: the newest one
+
+
+def test_a_rerun_leaves_no_csv_of_an_earlier_run_beside_the_report(pg_url, data_dir, monkeypatch, tmp_path):
+    """The report folder after a rerun equals a clean run's: a gold table or SQL report that fails now leaves no CSV
+    of the earlier run's rows (they would read as the day's data beside an INCOMPLETE report)."""
+    sql = tmp_path / "sql"
+    sql.mkdir()
+    (sql / "breaches.sql").write_text("select * from gold.fact_limit_breaches where as_of_date = :'as_of'\n")
+
+    def files(out) -> set[str]:
+        return {str(p.relative_to(out)) for p in out.rglob("*.csv")}
+
+    with scratch_database(pg_url, "report_rerun_full") as url:
+        create_gold(url, sample_frames(AS_OF))
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        out = run_report(AS_OF, sql_dir=sql).parent
+    assert {"data/breaches.csv", "sql/breaches.csv"} <= files(out)
+    with scratch_database(pg_url, "report_rerun_nobreach") as url:
+        create_gold(url, sample_frames(AS_OF), skip=("fact_limit_breaches",))
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        with pytest.raises(IncompleteInputError):
+            run_report(AS_OF, sql_dir=sql)                                 # the rerun, over the earlier files
+        rerun = files(out)
+        monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "clean"))
+        with pytest.raises(IncompleteInputError):
+            run_report(AS_OF, sql_dir=sql)                                 # a clean run of the same gold
+        clean = files(reports_dir(get_settings()) / AS_OF.isoformat())
+    assert "data/breaches.csv" not in rerun and "sql/breaches.csv" not in rerun
+    assert rerun == clean
