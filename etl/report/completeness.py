@@ -6,8 +6,8 @@ Checks, for the as-of day D (each failure is one line naming the table or file a
 3. gold.fact_limit_breaches can be read (no table = breaches unknown, never "0 breaches");
 4. fresh: when the data store holds the risk commit for D (its run record in outputs/_runs), gold's
    fact_risk_metrics rows for D carry that commit's run id (else a newer risk run is not loaded/built yet).
-5. priced: every holding of D in gold.fact_positions is valued at a close of D; one whose product has no daily
-   bar on D (is_stale) fails it, naming the product, its last bar and the portfolios holding it, unless the
+5. priced: every holding of D in gold.fact_positions is valued at a close of D; one whose product, or the
+   <CCY>-USD pair converting it, has no daily bar on D (is_stale) fails it, naming the product, its last bar and the portfolios holding it, unless the
    instrument master declares the product delisted (is_delisted): then it is a notice (valued at its last close,
    flagged stale on every page), not a failure.
 6. no close of a held product in the risk history of D rests on a print the market-data quality gate excluded
@@ -119,10 +119,12 @@ def stale_holdings(reader: GoldReader, as_of: date) -> tuple[list[str], list[str
             notices.append(f"{r.product_id} is delisted: valued at its last close, of {r.last_bar} (stale), in "
                            f"portfolio(s) {r.portfolios}")
         else:
-            problems.append(f"{r.product_id} has no daily bar on {as_of} (last bar {r.last_bar}), held by "
-                            f"portfolio(s) {r.portfolios}: ingest its daily candles (`python -m etl ingest "
-                            f"--products {r.product_id} --granularity 86400`, then `silver`, `risk --as-of {as_of}`, "
-                            f"`load`), or if it was delisted set delisted_on in instruments.csv")
+            # price_date is the oldest bar the value rests on: the product's own or a <CCY>-USD rate's
+            problems.append(f"{r.product_id} has no daily bar on {as_of}, or the <CCY>-USD pair converting it has "
+                            f"none (last bar {r.last_bar}), held by portfolio(s) {r.portfolios}: ingest the missing "
+                            f"daily candles (`python -m etl ingest --products {r.product_id} --granularity 86400`, or "
+                            f"the pair's, then `silver`, `risk --as-of {as_of}`, `load`), or if it was delisted set "
+                            "delisted_on in instruments.csv")
     return problems, notices
 
 

@@ -54,8 +54,9 @@ def test_the_clean_sample_is_complete(sample_gold_url, data_dir, monkeypatch, sq
 
 def test_a_listed_product_without_a_bar_on_the_as_of_day_makes_the_day_incomplete(pg_url, data_dir, monkeypatch,
                                                                                  sql_dir):
-    cause = (f"SOL-USD has no daily bar on {AS_OF} (last bar {LAST_BAR}), held by portfolio(s) P-ALT, P-CORE: "
-             "ingest its daily candles (`python -m etl ingest --products SOL-USD --granularity 86400`, then `silver`, "
+    cause = (f"SOL-USD has no daily bar on {AS_OF}, or the <CCY>-USD pair converting it has none (last bar "
+             f"{LAST_BAR}), held by portfolio(s) P-ALT, P-CORE: ingest the missing daily candles (`python -m etl "
+             "ingest --products SOL-USD --granularity 86400`, or the pair's, then `silver`, "
              f"`risk --as-of {AS_OF}`, `load`), or if it was delisted set delisted_on in instruments.csv")
     with scratch_database(pg_url, "completeness_stale") as url:
         create_gold(url, _stale_sol(delisted=False))
