@@ -10,6 +10,10 @@ consecutive candles of one product and granularity.
 - `jump_unconfirmed`: the latest candle (no next candle of its granularity by the end of the next day) jumps
   beyond T: it cannot be told from a spike yet, so it is held out until the next candle arrives and confirms it.
   A latest candle that undoes the jump of the candle before it (a spike's way back) is not flagged.
+- `jump_unanchored`: the mirror image: a candle with no previous candle of its series within a day (the series'
+  first, or the first after a gap of a day or more) whose next close jumps beyond T. With nothing before it, a
+  bad first print cannot be told from a real one by the rules above, and it would start the history at a price
+  nobody traded at; it is held out (accept it by override if genuine).
 - `granularity_mismatch`: a coarser candle (a daily or 5-minute candle) whose close differs by more than
   MISMATCH_TOLERANCE from the last close of the finer candles of its span (the 1-minute or 5-minute candles).
 - `frozen_zero_volume`: volume 0 with open = high = low = close. Coinbase serves no candle for a bucket without
@@ -30,7 +34,7 @@ import pyarrow.compute as pc
 
 from etl.silver.bars import TS, US, timestamps_us
 
-RULES = ("spike_revert", "jump_unconfirmed", "granularity_mismatch", "frozen_zero_volume")
+RULES = ("spike_revert", "jump_unconfirmed", "jump_unanchored", "granularity_mismatch", "frozen_zero_volume")
 EXCLUDED, ACCEPTED = "excluded", "accepted_by_override"  # the decisions on a flagged print
 
 DAILY = 86_400
@@ -77,7 +81,7 @@ def gate(candles: pa.Table) -> tuple[np.ndarray, pa.Table]:
         series[k][order] = x  # back to the rows' order
     mismatch, fine_close, fine_gran = _granularity_mismatch(codes, gran, ts, c)
     masks = {"spike_revert": series["spike_revert"], "jump_unconfirmed": series["jump_unconfirmed"],
-             "granularity_mismatch": mismatch, "frozen_zero_volume": (v == 0) & (o == h) & (h == lo) & (lo == c)}
+             "jump_unanchored": series["jump_unanchored"], "granularity_mismatch": mismatch, "frozen_zero_volume": (v == 0) & (o == h) & (h == lo) & (lo == c)}
     suspect = np.logical_or.reduce(list(masks.values()))
     rows = np.flatnonzero(suspect)
 
@@ -93,6 +97,10 @@ def gate(candles: pa.Table) -> tuple[np.ndarray, pa.Table]:
                        f"{q:.8g}; threshold {t:.3f}")
         elif broken[0] == "jump_unconfirmed":
             told[k] = f"close {x:.8g}: {a:+.3f} log from the previous close {p:.8g}, no later candle yet; threshold {t:.3f}"
+        elif broken[0] == "jump_unanchored":
+            p = q
+            told[k] = (f"close {x:.8g}: no previous candle within a day, then {b:+.3f} log to the next close "
+                       f"{q:.8g}; threshold {t:.3f}")
         elif broken[0] == "granularity_mismatch":
             p = fine_close[i]
             told[k] = (f"close {x:.8g} vs {fine_gran[i]}s candles' last close {p:.8g} ({math.log(x / p):+.4f} log, "
@@ -111,7 +119,7 @@ def gate(candles: pa.Table) -> tuple[np.ndarray, pa.Table]:
 
 
 def _series_rules(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, close: np.ndarray) -> dict[str, np.ndarray]:
-    """spike_revert and jump_unconfirmed masks, and the figures behind them, over rows sorted by (product,
+    """spike_revert, jump_unconfirmed and jump_unanchored masks, and the figures behind them, over rows sorted by (product,
     granularity, time)."""
     n = len(ts)
     day = np.floor_divide(ts, DAY_US)
@@ -141,7 +149,9 @@ def _series_rules(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, close: np
         way_back = ((np.abs(prev_in) > threshold) & (np.sign(prev_in) != np.sign(r_in))
                     & (np.abs(prev_in + r_in) <= REVERT_FRACTION * np.minimum(np.abs(prev_in), a_in)))
         unconfirmed = prev_ok & ~next_ok & (a_in > threshold) & ~way_back
-    return {"spike_revert": spike, "jump_unconfirmed": unconfirmed, "prev_close": prev_close,
+        unanchored = ~prev_ok & next_ok & (a_out > threshold)
+    return {"spike_revert": spike, "jump_unconfirmed": unconfirmed, "jump_unanchored": unanchored,
+            "prev_close": prev_close,
             "next_close": next_close, "r_in": r_in, "r_out": r_out, "threshold": threshold}
 
 
