@@ -147,3 +147,23 @@ def test_a_warehouse_without_the_quality_table_is_incomplete(pg_url, data_dir, m
         with pytest.raises(IncompleteInputError, match="gold.fact_price_quality cannot be read: whether prices are "
                                                        "suspect is unknown"):
             run_report(AS_OF, sql_dir=sql)
+
+
+def test_a_suspect_print_of_the_pair_converting_a_holding_makes_the_day_incomplete(pg_url, data_dir, monkeypatch,
+                                                                                  tmp_path):
+    """P-ALT is based in BTC and holds no BTC-USD: its every amount is divided by BTC-USD's close, which rests on
+    an unconfirmed last print. That is a suspect price of the book as much as a held product's."""
+    frames = sample_frames(AS_OF)
+    frames["dim_portfolio"].loc[frames["dim_portfolio"]["portfolio_id"] == "P-ALT", "base_currency"] = "BTC"
+    pos = frames["fact_positions"]
+    frames["fact_positions"] = pos[pos["product_id"] != "BTC-USD"]  # P-CORE's BTC-USD sold: BTC-USD not held
+    last = datetime.combine(AS_OF, time(23, 55), tzinfo=UTC)
+    frames["fact_price_quality"] = pd.DataFrame([_flag("BTC-USD", 300, last, "jump_unconfirmed")])
+    sql = tmp_path / "sql"
+    sql.mkdir()
+    with scratch_database(pg_url, "report_suspect_pair") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        with pytest.raises(IncompleteInputError) as err:
+            run_report(AS_OF, sql_dir=sql)
+    assert "price of BTC-USD on 2026-01-31 rests on a suspect print: rule jump_unconfirmed" in str(err.value)
