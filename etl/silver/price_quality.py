@@ -67,19 +67,14 @@ def gate(candles: pa.Table) -> tuple[np.ndarray, pa.Table]:
     n = candles.num_rows
     if n == 0:
         return np.zeros(0, dtype=bool), FLAG_SCHEMA.empty_table()
-    product = candles["product_id"].combine_chunks()
-    if not pa.types.is_dictionary(product.type):
-        product = pc.dictionary_encode(product)
-    codes = product.indices.to_numpy(zero_copy_only=False)  # any consistent code per product will do
-    gran = candles["granularity"].to_numpy().astype(np.int64)
-    ts = timestamps_us(candles["bucket_start"])
+    codes, gran, ts = _keys(candles)
     o, h, lo, c, v = (candles[m].to_numpy() for m in ("open", "high", "low", "close", "volume"))
     order = np.lexsort((ts, gran, codes))
     series = {}
     for k, x in _series_rules(codes[order], gran[order], ts[order], c[order]).items():
         series[k] = np.empty_like(x)
         series[k][order] = x  # back to the rows' order
-    mismatch, fine_close, fine_gran = _granularity_mismatch(codes, gran, ts, c)
+    mismatch, fine_close, fine_gran, _ = _granularity_mismatch(codes, gran, ts, c)
     masks = {"spike_revert": series["spike_revert"], "jump_unconfirmed": series["jump_unconfirmed"],
              "jump_unanchored": series["jump_unanchored"], "granularity_mismatch": mismatch, "frozen_zero_volume": (v == 0) & (o == h) & (h == lo) & (lo == c)}
     suspect = np.logical_or.reduce(list(masks.values()))
@@ -116,6 +111,32 @@ def gate(candles: pa.Table) -> tuple[np.ndarray, pa.Table]:
                                                            ("volume", v))},
     }, schema=FLAG_SCHEMA)
     return suspect, flags
+
+
+def cut_short_in_daily_bars(candles: pa.Table) -> np.ndarray:
+    """Mask of the rows to leave out of the daily bars: the finer candles of a UTC day that stop before its end
+    with nothing after them by the end of the next day (a fetch cut short: the 1-minute feed failed at 10:00) while
+    the day's daily candle, the exchange's record of the whole day, closes elsewhere (beyond MISMATCH_TOLERANCE).
+    Their last close is not the day's close: the daily bar comes from the daily candle. (When the finer candles
+    do cover the day's end, `granularity_mismatch` judges the daily candle.) Same columns as `gate`; reads the day
+    and the next, as that rule does."""
+    if candles.num_rows == 0:
+        return np.zeros(0, dtype=bool)
+    codes, gran, ts = _keys(candles)
+    *_, cut_short = _granularity_mismatch(codes, gran, ts, candles["close"].to_numpy())
+    out = np.zeros(len(ts), dtype=bool)
+    for i in np.flatnonzero(cut_short & (gran == DAILY)):  # a handful of days
+        out |= (codes == codes[i]) & (gran < DAILY) & (ts >= ts[i]) & (ts < ts[i] + DAY_US)
+    return out
+
+
+def _keys(candles: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(product codes, granularity, bucket_start in us) of the rows."""
+    product = candles["product_id"].combine_chunks()
+    if not pa.types.is_dictionary(product.type):
+        product = pc.dictionary_encode(product)
+    codes = product.indices.to_numpy(zero_copy_only=False)  # any consistent code per product will do
+    return codes, candles["granularity"].to_numpy().astype(np.int64), timestamps_us(candles["bucket_start"])
 
 
 def _series_rules(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, close: np.ndarray) -> dict[str, np.ndarray]:
@@ -182,13 +203,17 @@ def _median_abs_return(codes: np.ndarray, gran: np.ndarray, day: np.ndarray, r_i
 
 
 def _granularity_mismatch(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray,
-                          close: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mask, the finer close compared with, its granularity) for candles whose span's finer candles end elsewhere.
+                          close: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mask, the finer close compared with, its granularity, cut_short) for candles whose span's finer candles end
+    elsewhere.
 
     The finer candles must cover the span's end: their last candle in the span is its last bucket, or a finer
-    candle follows by the end of the next day (so the span is not cut by the end of what was fetched)."""
+    candle follows by the end of the next day (so the span is not cut by the end of what was fetched). cut_short:
+    the candles whose span's finest candles (those a bar is built from) do not cover its end and close elsewhere."""
     n = len(ts)
     fine_close = np.full(n, np.nan)
+    cut_close = np.full(n, np.nan)  # the last close of the finest candles present in the span, not covering it
+    seen = np.zeros(n, dtype=bool)   # the finest granularity present in the span was looked at
     fine_gran = np.zeros(n, dtype=np.int64)
     grans = np.unique(gran)
     for code in np.unique(codes):
@@ -210,10 +235,16 @@ def _granularity_mismatch(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray,
                 following = np.searchsorted(f_ts, end) < len(f_ts)
                 after_ok = following & (f_ts[np.minimum(idx + 1, len(f_ts) - 1)]
                                         < (np.floor_divide(ts[rows], DAY_US) + 2) * DAY_US)
-                ok = found & (f_ts[idx] >= ts[rows]) & ((f_ts[idx] == end - fine * US) | after_ok)
+                present = found & (f_ts[idx] >= ts[rows])
+                ok = present & ((f_ts[idx] == end - fine * US) | after_ok)
+                finest = present & ~seen[rows]  # the one the bar is built from
+                seen[rows[finest]] = True
+                cut = finest & ~ok
+                cut_close[rows[cut]] = close[f_rows[idx[cut]]]
                 take = ok & np.isnan(fine_close[rows])
                 fine_close[rows[take]] = close[f_rows[idx[take]]]
                 fine_gran[rows[take]] = fine
     with np.errstate(divide="ignore", invalid="ignore"):
         mismatch = np.abs(np.log(close / fine_close)) > MISMATCH_TOLERANCE
-    return mismatch, fine_close, fine_gran
+        cut_short = np.abs(np.log(close / cut_close)) > MISMATCH_TOLERANCE
+    return mismatch, fine_close, fine_gran, cut_short

@@ -232,6 +232,36 @@ def test_a_bad_first_print_or_one_after_a_gap_is_held_out_once_the_next_candle_c
     bars = read_bars("1d")
     assert list(bars["price_date"].dt.day) == [2, 3, 4, 5, 6, 9, 10, 11, 12] and bars["close"].max() < 200
 
+
+def test_a_day_whose_minute_candles_were_cut_short_takes_its_close_from_the_daily_candle(data_dir):
+    """The 1-minute fetch of 2026-01-05 stopped at 10:00 (nothing after it), the daily candles were fetched: the
+    day's bar used to come from the 600 minute candles (the finest present), so its close was the 09:59 price, and
+    the risk run valued the day at it. The daily candle, the exchange's record of the whole day, gives the day's
+    bar until the rest of the minutes arrive; then they do, with the same close. Incremental equals full refresh."""
+    day = datetime(2026, 1, 5, tzinfo=UTC)
+    minutes = minute_candles("BTC-USD", day, 1440, seed=3)
+    minutes.loc[600:, ["open", "high", "low", "close"]] *= 1.2  # the afternoon trades 20% higher
+    daily = minute_candles("BTC-USD", day - timedelta(days=3), 4, step=86_400, seed=5)
+    daily.loc[3, ["open", "high", "low", "close", "volume"]] = [
+        minutes["open"].iat[0], minutes["high"].max(), minutes["low"].min(), minutes["close"].iat[-1],
+        minutes["volume"].sum()]
+    write_batch(data_dir, daily, "daily", day + timedelta(days=1))
+    write_batch(data_dir, minutes[:600], "morning", day + timedelta(hours=10))
+    build(now=FUTURE)
+    bar = read_bars("1d").set_index("price_date").loc[pd.Timestamp("2026-01-05")]
+    assert (bar["close"], bar["source_granularity"], bar["n_candles"]) == (minutes["close"].iat[-1], 86_400, 1)
+    assert read_bars("5m", start=day.date(), end=day.date())["bucket_start"].max() == pd.Timestamp(
+        "2026-01-05 09:55", tz="UTC")  # the 5-minute bars of the morning still come from its minutes
+
+    write_batch(data_dir, minutes[600:], "afternoon", day + timedelta(days=1))
+    build(now=FUTURE)
+    bar = read_bars("1d").set_index("price_date").loc[pd.Timestamp("2026-01-05")]
+    assert (bar["close"], bar["source_granularity"], bar["n_candles"]) == (minutes["close"].iat[-1], 60, 1440)
+    incremental = silver_files(data_dir)
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == incremental
+    assert not (data_dir / "silver/price_quality").exists()  # nothing suspect: the candles agree
+
 def test_an_accepted_print_goes_back_into_the_bars_and_the_decision_is_recorded(data_dir, reference_copy,
                                                                                 monkeypatch):
     monkeypatch.setenv("PIPELINE_REFERENCE_DIR", str(reference_copy))
