@@ -28,13 +28,13 @@ POSITION_COLUMNS = ["portfolio_id", "product_id", "as_of_date", "quantity", "avg
 class _Problems:
     """Collects '<file>:<line>: <rule>: detail' messages and raises them together."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, lines: pd.Index) -> None:
+        self.path, self.lines = path, lines  # lines: the file line of each row (read_reference_csv's index)
         self.items: list[tuple[int, str]] = []
 
     def add(self, mask: pd.Series, rule: str, detail) -> None:
         for i in np.flatnonzero(mask.to_numpy()):
-            self.items.append((int(i) + 2, f"{rule}: {detail(int(i))}"))
+            self.items.append((int(self.lines[i]), f"{rule}: {detail(int(i))}"))
 
     def raise_if_any(self, what: str) -> None:
         if not self.items:
@@ -54,6 +54,12 @@ def _number(df: pd.DataFrame, col: str, problems: _Problems, optional: bool = Fa
     return values.astype("float64")
 
 
+def convertible_currencies(instruments: pd.DataFrame) -> set[str]:
+    """The currencies an amount can be converted from or to: USD, and each with a <CCY>-USD product (valuation
+    multiplies or divides by its close; etl.risk.engine.usd_rates)."""
+    return {"USD"} | set(instruments.loc[instruments["quote_currency"] == "USD", "base_currency"])
+
+
 def load_portfolios(settings: Settings | None = None, instruments: pd.DataFrame | None = None) -> pd.DataFrame:
     """Portfolios with limits: portfolio_id, name, base_currency, var_limit (amount in base currency, compared with
     `var_limit_metric`), concentration_limit (fraction of gross exposure), drawdown_limit (positive fraction: breach
@@ -66,13 +72,12 @@ def load_portfolios(settings: Settings | None = None, instruments: pd.DataFrame 
     if "var_limit_metric" not in df.columns:
         df["var_limit_metric"] = DEFAULT_VAR_LIMIT_METRIC
     df["var_limit_metric"] = df["var_limit_metric"].replace("", DEFAULT_VAR_LIMIT_METRIC)
-    problems = _Problems(path)
+    problems = _Problems(path, df.index)
     problems.add(df["portfolio_id"] == "", "missing portfolio_id", lambda i: "portfolio_id is empty")
     problems.add(df["portfolio_id"].duplicated() & (df["portfolio_id"] != ""), "duplicate portfolio_id",
                  lambda i: f"{df['portfolio_id'].iat[i]!r} appears earlier in the file")
-    # a base currency needs a <CCY>-USD product to convert into (USD itself needs none)
     instruments = load_instruments(settings) if instruments is None else instruments
-    convertible = {"USD"} | set(instruments.loc[instruments["quote_currency"] == "USD", "base_currency"])
+    convertible = convertible_currencies(instruments)
     problems.add(~df["base_currency"].isin(convertible), "unknown base_currency",
                  lambda i: f"{df['base_currency'].iat[i]!r}; expected one of {sorted(convertible)}")
     # the VaR measures risk writes, in base currency as the limit (not var_99_hist_usd, a ranking figure)
@@ -102,7 +107,7 @@ def load_positions(settings: Settings | None = None, instruments: pd.DataFrame |
     settings = settings or get_settings()
     path = settings.reference_dir / "positions.csv"
     df = read_reference_csv(path, POSITION_COLUMNS)
-    problems = _Problems(path)
+    problems = _Problems(path, df.index)
     instruments = load_instruments(settings) if instruments is None else instruments
     products = set(instruments["product_id"])
     portfolios = set((load_portfolios(settings, instruments) if portfolios is None else portfolios)["portfolio_id"])
@@ -110,6 +115,11 @@ def load_positions(settings: Settings | None = None, instruments: pd.DataFrame |
                  lambda i: f"{df['portfolio_id'].iat[i]!r} is not in portfolios.csv")
     problems.add(~df["product_id"].isin(products), "unknown product",
                  lambda i: f"{df['product_id'].iat[i]!r} is not in the instrument master (instruments.csv)")
+    # a held product's value reaches the base currency through <QUOTE>-USD, as a portfolio's base currency does
+    quote = df["product_id"].map(instruments.set_index("product_id")["quote_currency"])
+    problems.add(quote.notna() & ~quote.isin(convertible_currencies(instruments)), "unconvertible quote_currency",
+                 lambda i: f"{df['product_id'].iat[i]} is quoted in {quote.iat[i]} and the instrument master has no "
+                           f"{quote.iat[i]}-USD to convert it: add that product to instruments.csv")
     dates = pd.to_datetime(df["as_of_date"], format="%Y-%m-%d", errors="coerce")
     problems.add(dates.isna(), "unparsable date", lambda i: f"as_of_date={df['as_of_date'].iat[i]!r}; use YYYY-MM-DD")
     delisted_on = df["product_id"].map(instruments.set_index("product_id")[DELISTED_ON])

@@ -59,11 +59,14 @@ def fail(problems: list[str], what: str) -> None:
 
 
 def read_reference_csv(path: Path, required: list[str]) -> pd.DataFrame:
-    """A reference CSV as strings, header names and cells stripped; raises if the file or a column is missing."""
+    """A reference CSV as strings, header names and cells stripped, indexed by each row's line in the file (what
+    errors name: pandas skips blank lines, so a row's position is not its line); raises if the file or a column
+    is missing."""
     if not path.exists():
         raise ValidationError(f"{path}: reference file not found (set PIPELINE_REFERENCE_DIR to its folder)")
-    _check_field_counts(path)
+    lines = _check_field_counts(path)
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df.index = pd.Index(lines, name="line")
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -71,16 +74,21 @@ def read_reference_csv(path: Path, required: list[str]) -> pd.DataFrame:
     return df.apply(lambda s: s.str.strip())
 
 
-def _check_field_counts(path: Path) -> None:
+def _check_field_counts(path: Path) -> list[int]:
     """Every row has as many fields as the header (pandas would fail without the file name on an extra field,
-    and silently fill a missing one)."""
+    and silently fill a missing one). Returns the line each non-blank data row starts on."""
+    lines = []
     try:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if not header:
                 raise ValidationError(f"{path}:1: empty file: expected a header line")
+            end = reader.line_num  # the line the previous record ended on
             for row in reader:
+                if row:
+                    lines.append(end + 1)
+                end = reader.line_num
                 if row and len(row) != len(header):
                     raise ValidationError(
                         f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)} "
@@ -88,10 +96,12 @@ def _check_field_counts(path: Path) -> None:
                         " field (a stray comma? quote values that contain commas)")
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ValidationError(f"{path}: not a readable UTF-8 CSV file ({exc})") from None
+    return lines
 
 
-def _line(i: int) -> int:
-    return i + 2  # header is line 1; data row i (0-based) is line i + 2
+def _line(df: pd.DataFrame, i: int) -> int:
+    """The file line of row `i` (0-based position) of a frame read_reference_csv returned."""
+    return int(df.index[i])
 
 
 def load_exchanges(settings: Settings | None = None) -> pd.DataFrame:
@@ -99,9 +109,9 @@ def load_exchanges(settings: Settings | None = None) -> pd.DataFrame:
     path = settings.reference_dir / "exchanges.csv"
     df = read_reference_csv(path, EXCHANGE_COLUMNS)
     dup = df["exchange_id"].duplicated()
-    fail([f"{path}:{_line(int(i))}: duplicate exchange_id {df['exchange_id'].iat[int(i)]!r}"
+    fail([f"{path}:{_line(df, int(i))}: duplicate exchange_id {df['exchange_id'].iat[int(i)]!r}"
           for i in dup.to_numpy().nonzero()[0]], "exchanges")
-    return df[EXCHANGE_COLUMNS]
+    return df[EXCHANGE_COLUMNS].reset_index(drop=True)
 
 
 def load_instruments(settings: Settings | None = None, exchanges: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -116,7 +126,7 @@ def load_instruments(settings: Settings | None = None, exchanges: pd.DataFrame |
     delisted_on = pd.to_datetime(delisted, format="%Y-%m-%d", errors="coerce")
     dup = df["product_id"].duplicated().to_numpy()
     for i, row in enumerate(df.itertuples(index=False)):  # reference files are small: per-row checks read best
-        where = f"{path}:{_line(i)}"
+        where = f"{path}:{_line(df, i)}"
         if not row.product_id or row.product_id != f"{row.base_currency}-{row.quote_currency}":
             problems.append(f"{where}: product_id {row.product_id!r} must be BASE-QUOTE "
                             f"({row.base_currency}-{row.quote_currency})")
@@ -128,7 +138,7 @@ def load_instruments(settings: Settings | None = None, exchanges: pd.DataFrame |
             problems.append(f"{where}: unparsable date: {DELISTED_ON}={delisted.iat[i]!r}; use YYYY-MM-DD "
                             "(empty while listed)")
     fail(problems, "instruments")
-    return df[INSTRUMENT_COLUMNS].assign(**{DELISTED_ON: delisted_on.astype("datetime64[ns]")})
+    return df[INSTRUMENT_COLUMNS].assign(**{DELISTED_ON: delisted_on.astype("datetime64[ns]")}).reset_index(drop=True)
 
 
 FIRM_LIMIT_COLUMNS = ["limit_id", "metric", "limit_value", "currency"]
@@ -148,7 +158,7 @@ def load_firm_limits(settings: Settings | None = None) -> pd.DataFrame:
     dup = df["limit_id"].duplicated().to_numpy()
     problems = []
     for i, row in enumerate(df.itertuples(index=False)):
-        where = f"{path}:{_line(i)}"
+        where = f"{path}:{_line(df, i)}"
         if not row.limit_id or dup[i]:
             problems.append(f"{where}: limit_id {row.limit_id!r} must be present and unique")
         if row.metric not in metrics:
@@ -158,7 +168,7 @@ def load_firm_limits(settings: Settings | None = None) -> pd.DataFrame:
         if row.currency != "USD":
             problems.append(f"{where}: currency {row.currency!r}: firm figures are in USD")
     fail(problems, "firm limits")
-    return df[FIRM_LIMIT_COLUMNS].assign(limit_value=value)
+    return df[FIRM_LIMIT_COLUMNS].assign(limit_value=value).reset_index(drop=True)
 
 
 def quote_currency(product_id: str, settings: Settings | None = None) -> str:
@@ -188,7 +198,7 @@ def load_price_overrides(settings: Settings | None = None, instruments: pd.DataF
     problems = []
     dup = df.assign(_s=starts).duplicated(["product_id", "granularity", "_s"]).to_numpy()
     for i, row in enumerate(df.itertuples(index=False)):  # reference files are small: per-row checks read best
-        where = f"{path}:{_line(i)}"
+        where = f"{path}:{_line(df, i)}"
         if row.product_id not in products:
             problems.append(f"{where}: unknown product {row.product_id!r}: not in the instrument master")
         if granularity.iat[i] not in (60, 300, 900, 3600, 21600, 86400):
@@ -206,4 +216,5 @@ def load_price_overrides(settings: Settings | None = None, instruments: pd.DataF
     fail(problems, PRICE_OVERRIDES_FILE)
     return pd.DataFrame({"product_id": df["product_id"], "granularity": granularity.astype("int64"),
                          "bucket_start": starts.astype("datetime64[us, UTC]"), "accepted_by": df["accepted_by"],
-                         "accepted_at": accepted_at.astype("datetime64[us, UTC]"), "reason": df["reason"]})
+                         "accepted_at": accepted_at.astype("datetime64[us, UTC]"),
+                         "reason": df["reason"]}).reset_index(drop=True)

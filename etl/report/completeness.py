@@ -6,12 +6,12 @@ Checks, for the as-of day D (each failure is one line naming the table or file a
 3. gold.fact_limit_breaches can be read (no table = breaches unknown, never "0 breaches");
 4. fresh: when the data store holds the risk commit for D (its run record in outputs/_runs), gold's
    fact_risk_metrics rows for D carry that commit's run id (else a newer risk run is not loaded/built yet).
-5. priced: every holding of D in gold.fact_positions is valued at a close of D; one whose product has no daily
-   bar on D (is_stale) fails it, naming the product, its last bar and the portfolios holding it, unless the
+5. priced: every holding of D in gold.fact_positions is valued at a close of D; one whose product, or the
+   <CCY>-USD pair converting it, has no daily bar on D (is_stale) fails it, naming the product, its last bar and the portfolios holding it, unless the
    instrument master declares the product delisted (is_delisted): then it is a notice (valued at its last close,
    flagged stale on every page), not a failure.
-6. no close of a held product in the risk history of D rests on a print the market-data quality gate excluded
-   (`suspect_prices`, docs/data_quality.md).
+6. no close of a held product, or of a <CCY>-USD pair converting a holding, in the risk history of D rests on a
+   print the market-data quality gate excluded (`suspect_prices`, docs/data_quality.md).
 An incomplete day makes `report` exit 3 (IncompleteInputError) after writing its HTML with a red INCOMPLETE banner.
 """
 
@@ -131,23 +131,38 @@ def stale_holdings(reader: GoldReader, as_of: date) -> tuple[list[str], list[str
             notices.append(f"{r.product_id} is delisted: valued at its last close, of {r.last_bar} (stale), in "
                            f"portfolio(s) {r.portfolios}")
         else:
-            problems.append(f"{r.product_id} has no daily bar on {as_of} (last bar {r.last_bar}), held by "
-                            f"portfolio(s) {r.portfolios}: ingest its daily candles (`python -m etl ingest "
-                            f"--products {r.product_id} --granularity 86400`, then `silver`, `risk --as-of {as_of}`, "
-                            f"`load`), or if it was delisted set delisted_on in instruments.csv")
+            # price_date is the oldest bar the value rests on: the product's own or a <CCY>-USD rate's
+            problems.append(f"{r.product_id} has no daily bar on {as_of}, or the <CCY>-USD pair converting it has "
+                            f"none (last bar {r.last_bar}), held by portfolio(s) {r.portfolios}: ingest the missing "
+                            f"daily candles (`python -m etl ingest --products {r.product_id} --granularity 86400`, or "
+                            f"the pair's, then `silver`, `risk --as-of {as_of}`, `load`), or if it was delisted set "
+                            "delisted_on in instruments.csv")
     return problems, notices
 
 
-# An excluded print of a product held on D that a close of the risk history (D and the days before it that risk
-# reads) rests on: the exclusion left the product without a daily bar that day, the print was the day's last candle
-# (the close), or it is the latest print, unconfirmed.
+# An excluded print of a product held on D, or of a <CCY>-USD pair converting a holding (its quote currency, or
+# its portfolio's base currency), that a close of the risk history (D and the days before it that risk reads) rests
+# on: the exclusion left the product without a daily bar that day, the print was the day's last candle (the close),
+# or it is the latest print, unconfirmed.
 _SUSPECT_SQL = """
+with held as (
+    select p.product_id, s.quote_currency, d.base_currency
+    from gold.fact_positions as p
+    left join gold.dim_symbol as s on s.product_id = p.product_id
+    left join gold.dim_portfolio as d on d.portfolio_id = p.portfolio_id
+    where p.as_of_date = %(as_of)s
+),
+priced as (
+    select product_id from held
+    union select quote_currency || '-USD' from held where quote_currency <> 'USD'
+    union select base_currency || '-USD' from held where base_currency <> 'USD'
+)
 select q.product_id, q.granularity, q.bucket_start, q.flag_date, q.rule, q.evidence
 from gold.fact_price_quality as q
 where q.flag_date <= %(as_of)s
   and q.flag_date > %(as_of)s::date - %(days)s
   and q.decision = 'excluded'
-  and q.product_id in (select p.product_id from gold.fact_positions as p where p.as_of_date = %(as_of)s)
+  and q.product_id in (select product_id from priced)
   and (
       q.rule = 'jump_unconfirmed'
       or not exists (select 1 from gold.fact_price_daily as d

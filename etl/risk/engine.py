@@ -110,12 +110,17 @@ def close_matrix(bars: pd.DataFrame, products: list[str], as_of: pd.Timestamp) -
 
 
 def price_flags(positions_valued: pd.DataFrame, last_bar: pd.Series, delisted_on: pd.Series) -> pd.DataFrame:
-    """The positions valued on the as-of day with where their close comes from: `price_date` (the product's last
-    daily bar on or before the as-of day), `is_stale` (that bar is older than the as-of day) and `is_delisted`
-    (the instrument master says the product stopped trading on or before the as-of day: its last close is the
-    reference price, not a missing one). last_bar, delisted_on: product_id -> day (NaT while listed)."""
+    """The positions valued on the as-of day with where their value comes from: `price_date` (the oldest of the
+    daily bars on or before the as-of day it rests on: the product's own, and the `<CCY>-USD` bars converting its
+    quote currency to USD and USD to the portfolio's base currency), `is_stale` (that bar is older than the as-of
+    day: a fresh ETH-BTC close converted at a week-old BTC-USD close is a week-old value) and `is_delisted` (the
+    instrument master says the product stopped trading on or before the as-of day: its last close is the reference
+    price, not a missing one). last_bar, delisted_on: product_id -> day (NaT while listed)."""
     as_of = pd.to_datetime(positions_valued["as_of_date"])
     price_date = pd.to_datetime(positions_valued["product_id"].map(last_bar))
+    for ccy in (positions_valued["quote_currency"], positions_valued["base_currency"]):
+        rate_date = pd.to_datetime((ccy + "-USD").where(ccy != "USD").map(last_bar))  # NaT: USD needs no rate
+        price_date = price_date.where(~(rate_date < price_date), rate_date)
     delisted = pd.to_datetime(positions_valued["product_id"].map(delisted_on))
     return positions_valued.assign(price_date=price_date, is_stale=(price_date < as_of).to_numpy(),
                                    is_delisted=(delisted <= as_of).to_numpy())

@@ -215,7 +215,7 @@ def _position_line(path, row) -> str:
     dates = pd.to_datetime(df["as_of_date"], errors="coerce")
     hit = ((df["portfolio_id"] == str(row["portfolio_id"])) & (df["product_id"] == str(row["product_id"]))
            & (dates <= pd.Timestamp(row["as_of_date"])))
-    return str(int(dates[hit].idxmax()) + 2) if hit.any() else "?"
+    return str(int(dates[hit].idxmax())) if hit.any() else "?"  # the index is the file line
 
 
 def _read_bars(kind: str, products: list[str], start: date | None, end: date, settings: Settings) -> pd.DataFrame:

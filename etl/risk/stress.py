@@ -55,8 +55,8 @@ def load_scenarios(path: Path | None) -> Scenarios:
         return Scenarios.empty()
     df = read_reference_csv(Path(path), COLUMNS)
     named, shocks, kinds = [], [], {}
-    for i, row in enumerate(df.itertuples(index=False)):
-        where = f"{path}:{i + 2}"
+    for line, row in zip(df.index, df.itertuples(index=False), strict=True):  # index: the file line
+        where = f"{path}:{line}"
         sid, kind = row.scenario_id, row.scenario_type
         if not sid:
             raise ValidationError(f"{where}: scenario_id is empty")

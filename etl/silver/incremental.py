@@ -404,7 +404,12 @@ def _rebuild(store: Store, product: str, days: list[str], candles: pa.Table, pat
     flags = _decide(flags, overrides)
     excluded = np.zeros(good.num_rows, dtype=bool)
     excluded[np.flatnonzero(suspect)[flags["decision"].to_numpy(zero_copy_only=False) == price_quality.EXCLUDED]] = True
-    good = good.filter(pa.array(~excluded & _on_days(good, day_numbers)))
+    good = good.filter(pa.array(~excluded))
+    # finer candles a fetch cut short leave the day's close to its daily candle (read with the next day: context)
+    cut_short = price_quality.cut_short_in_daily_bars(good)
+    mine_good = _on_days(good, day_numbers)
+    daily_input = good.filter(pa.array(mine_good & ~cut_short))
+    good = good.filter(pa.array(mine_good))
     bad = bad.filter(pa.array(_on_days(bad, day_numbers)))
     flags = flags.filter(pa.array(_on_days(flags, day_numbers))) \
         .sort_by([("bucket_start", "ascending"), ("granularity", "ascending")]).cast(PRICE_QUALITY_SCHEMA)
@@ -421,7 +426,7 @@ def _rebuild(store: Store, product: str, days: list[str], candles: pa.Table, pat
         summary.quarantined_by_rule[rule] += n
 
     bars_5m = aggregate(good, 300, BAR_5M_GRANULARITIES)
-    bars_1d = aggregate(good, 86_400, BAR_1D_GRANULARITIES)
+    bars_1d = aggregate(daily_input, 86_400, BAR_1D_GRANULARITIES)
     written = _write_by_day(store, BARS_5M_DIR, product, days, day_numbers, _bars_5m_table(bars_5m, quote),
                              timestamps=bars_5m["bar_start"].to_numpy(), summary=summary)
     bad_ts = bad["bucket_start"].cast(TS).cast(pa.int64()).to_numpy() if bad.num_rows else np.zeros(0, np.int64)

@@ -10,6 +10,10 @@ consecutive candles of one product and granularity.
 - `jump_unconfirmed`: the latest candle (no next candle of its granularity by the end of the next day) jumps
   beyond T: it cannot be told from a spike yet, so it is held out until the next candle arrives and confirms it.
   A latest candle that undoes the jump of the candle before it (a spike's way back) is not flagged.
+- `jump_unanchored`: the mirror image: a candle with no previous candle of its series within a day (the series'
+  first, or the first after a gap of a day or more) whose next close jumps beyond T. With nothing before it, a
+  bad first print cannot be told from a real one by the rules above, and it would start the history at a price
+  nobody traded at; it is held out (accept it by override if genuine).
 - `granularity_mismatch`: a coarser candle (a daily or 5-minute candle) whose close differs by more than
   MISMATCH_TOLERANCE from the last close of the finer candles of its span (the 1-minute or 5-minute candles).
 - `frozen_zero_volume`: volume 0 with open = high = low = close. Coinbase serves no candle for a bucket without
@@ -30,7 +34,7 @@ import pyarrow.compute as pc
 
 from etl.silver.bars import TS, US, timestamps_us
 
-RULES = ("spike_revert", "jump_unconfirmed", "granularity_mismatch", "frozen_zero_volume")
+RULES = ("spike_revert", "jump_unconfirmed", "jump_unanchored", "granularity_mismatch", "frozen_zero_volume")
 EXCLUDED, ACCEPTED = "excluded", "accepted_by_override"  # the decisions on a flagged print
 
 DAILY = 86_400
@@ -63,21 +67,16 @@ def gate(candles: pa.Table) -> tuple[np.ndarray, pa.Table]:
     n = candles.num_rows
     if n == 0:
         return np.zeros(0, dtype=bool), FLAG_SCHEMA.empty_table()
-    product = candles["product_id"].combine_chunks()
-    if not pa.types.is_dictionary(product.type):
-        product = pc.dictionary_encode(product)
-    codes = product.indices.to_numpy(zero_copy_only=False)  # any consistent code per product will do
-    gran = candles["granularity"].to_numpy().astype(np.int64)
-    ts = timestamps_us(candles["bucket_start"])
+    codes, gran, ts = _keys(candles)
     o, h, lo, c, v = (candles[m].to_numpy() for m in ("open", "high", "low", "close", "volume"))
     order = np.lexsort((ts, gran, codes))
     series = {}
     for k, x in _series_rules(codes[order], gran[order], ts[order], c[order]).items():
         series[k] = np.empty_like(x)
         series[k][order] = x  # back to the rows' order
-    mismatch, fine_close, fine_gran = _granularity_mismatch(codes, gran, ts, c)
+    mismatch, fine_close, fine_gran, _ = _granularity_mismatch(codes, gran, ts, c)
     masks = {"spike_revert": series["spike_revert"], "jump_unconfirmed": series["jump_unconfirmed"],
-             "granularity_mismatch": mismatch, "frozen_zero_volume": (v == 0) & (o == h) & (h == lo) & (lo == c)}
+             "jump_unanchored": series["jump_unanchored"], "granularity_mismatch": mismatch, "frozen_zero_volume": (v == 0) & (o == h) & (h == lo) & (lo == c)}
     suspect = np.logical_or.reduce(list(masks.values()))
     rows = np.flatnonzero(suspect)
 
@@ -93,6 +92,10 @@ def gate(candles: pa.Table) -> tuple[np.ndarray, pa.Table]:
                        f"{q:.8g}; threshold {t:.3f}")
         elif broken[0] == "jump_unconfirmed":
             told[k] = f"close {x:.8g}: {a:+.3f} log from the previous close {p:.8g}, no later candle yet; threshold {t:.3f}"
+        elif broken[0] == "jump_unanchored":
+            p = q
+            told[k] = (f"close {x:.8g}: no previous candle within a day, then {b:+.3f} log to the next close "
+                       f"{q:.8g}; threshold {t:.3f}")
         elif broken[0] == "granularity_mismatch":
             p = fine_close[i]
             told[k] = (f"close {x:.8g} vs {fine_gran[i]}s candles' last close {p:.8g} ({math.log(x / p):+.4f} log, "
@@ -110,8 +113,34 @@ def gate(candles: pa.Table) -> tuple[np.ndarray, pa.Table]:
     return suspect, flags
 
 
+def cut_short_in_daily_bars(candles: pa.Table) -> np.ndarray:
+    """Mask of the rows to leave out of the daily bars: the finer candles of a UTC day that stop before its end
+    with nothing after them by the end of the next day (a fetch cut short: the 1-minute feed failed at 10:00) while
+    the day's daily candle, the exchange's record of the whole day, closes elsewhere (beyond MISMATCH_TOLERANCE).
+    Their last close is not the day's close: the daily bar comes from the daily candle. (When the finer candles
+    do cover the day's end, `granularity_mismatch` judges the daily candle.) Same columns as `gate`; reads the day
+    and the next, as that rule does."""
+    if candles.num_rows == 0:
+        return np.zeros(0, dtype=bool)
+    codes, gran, ts = _keys(candles)
+    *_, cut_short = _granularity_mismatch(codes, gran, ts, candles["close"].to_numpy())
+    out = np.zeros(len(ts), dtype=bool)
+    for i in np.flatnonzero(cut_short & (gran == DAILY)):  # a handful of days
+        out |= (codes == codes[i]) & (gran < DAILY) & (ts >= ts[i]) & (ts < ts[i] + DAY_US)
+    return out
+
+
+def _keys(candles: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(product codes, granularity, bucket_start in us) of the rows."""
+    product = candles["product_id"].combine_chunks()
+    if not pa.types.is_dictionary(product.type):
+        product = pc.dictionary_encode(product)
+    codes = product.indices.to_numpy(zero_copy_only=False)  # any consistent code per product will do
+    return codes, candles["granularity"].to_numpy().astype(np.int64), timestamps_us(candles["bucket_start"])
+
+
 def _series_rules(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, close: np.ndarray) -> dict[str, np.ndarray]:
-    """spike_revert and jump_unconfirmed masks, and the figures behind them, over rows sorted by (product,
+    """spike_revert, jump_unconfirmed and jump_unanchored masks, and the figures behind them, over rows sorted by (product,
     granularity, time)."""
     n = len(ts)
     day = np.floor_divide(ts, DAY_US)
@@ -141,7 +170,9 @@ def _series_rules(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, close: np
         way_back = ((np.abs(prev_in) > threshold) & (np.sign(prev_in) != np.sign(r_in))
                     & (np.abs(prev_in + r_in) <= REVERT_FRACTION * np.minimum(np.abs(prev_in), a_in)))
         unconfirmed = prev_ok & ~next_ok & (a_in > threshold) & ~way_back
-    return {"spike_revert": spike, "jump_unconfirmed": unconfirmed, "prev_close": prev_close,
+        unanchored = ~prev_ok & next_ok & (a_out > threshold)
+    return {"spike_revert": spike, "jump_unconfirmed": unconfirmed, "jump_unanchored": unanchored,
+            "prev_close": prev_close,
             "next_close": next_close, "r_in": r_in, "r_out": r_out, "threshold": threshold}
 
 
@@ -172,13 +203,17 @@ def _median_abs_return(codes: np.ndarray, gran: np.ndarray, day: np.ndarray, r_i
 
 
 def _granularity_mismatch(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray,
-                          close: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mask, the finer close compared with, its granularity) for candles whose span's finer candles end elsewhere.
+                          close: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mask, the finer close compared with, its granularity, cut_short) for candles whose span's finer candles end
+    elsewhere.
 
     The finer candles must cover the span's end: their last candle in the span is its last bucket, or a finer
-    candle follows by the end of the next day (so the span is not cut by the end of what was fetched)."""
+    candle follows by the end of the next day (so the span is not cut by the end of what was fetched). cut_short:
+    the candles whose span's finest candles (those a bar is built from) do not cover its end and close elsewhere."""
     n = len(ts)
     fine_close = np.full(n, np.nan)
+    cut_close = np.full(n, np.nan)  # the last close of the finest candles present in the span, not covering it
+    seen = np.zeros(n, dtype=bool)   # the finest granularity present in the span was looked at
     fine_gran = np.zeros(n, dtype=np.int64)
     grans = np.unique(gran)
     for code in np.unique(codes):
@@ -200,10 +235,16 @@ def _granularity_mismatch(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray,
                 following = np.searchsorted(f_ts, end) < len(f_ts)
                 after_ok = following & (f_ts[np.minimum(idx + 1, len(f_ts) - 1)]
                                         < (np.floor_divide(ts[rows], DAY_US) + 2) * DAY_US)
-                ok = found & (f_ts[idx] >= ts[rows]) & ((f_ts[idx] == end - fine * US) | after_ok)
+                present = found & (f_ts[idx] >= ts[rows])
+                ok = present & ((f_ts[idx] == end - fine * US) | after_ok)
+                finest = present & ~seen[rows]  # the one the bar is built from
+                seen[rows[finest]] = True
+                cut = finest & ~ok
+                cut_close[rows[cut]] = close[f_rows[idx[cut]]]
                 take = ok & np.isnan(fine_close[rows])
                 fine_close[rows[take]] = close[f_rows[idx[take]]]
                 fine_gran[rows[take]] = fine
     with np.errstate(divide="ignore", invalid="ignore"):
         mismatch = np.abs(np.log(close / fine_close)) > MISMATCH_TOLERANCE
-    return mismatch, fine_close, fine_gran
+        cut_short = np.abs(np.log(close / cut_close)) > MISMATCH_TOLERANCE
+    return mismatch, fine_close, fine_gran, cut_short

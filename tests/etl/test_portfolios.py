@@ -172,3 +172,22 @@ def test_an_empty_limit_is_no_limit(ref_dir):
     with pytest.raises(ValidationError, match=rf"portfolios.csv:{n}: non-numeric: concentration_limit='half' is not "
                                               r"a finite number \(leave it empty for no such limit\)"):
         load_portfolios(_settings(ref_dir))
+
+
+def test_a_position_whose_quote_currency_cannot_be_converted_is_refused_with_file_and_line(ref_dir):
+    """ETH-EUR is in the instrument master but no EUR-USD is: its value cannot reach any base currency (the same
+    rule as a portfolio's base_currency), so the row is refused here, not later by risk without a file or line."""
+    with (ref_dir / "instruments.csv").open("a") as f:
+        f.write("ETH-EUR,ETH,EUR,coinbase,crypto_major,Ether / Euro\n")
+    _expect_error(ref_dir, "positions.csv", 3, "P001,ETH-EUR,2024-06-01,5,2000", "unconvertible quote_currency")
+
+
+def test_a_blank_line_does_not_shift_the_line_numbers(ref_dir):
+    """pandas skips blank lines: the line named must still be the file's line of the bad row."""
+    path = ref_dir / "positions.csv"
+    lines = path.read_text().splitlines()
+    lines[2:2] = ["", "P001,FOO-USD,2024-06-01,1,10"]                      # a blank line 3, the bad row on line 4
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValidationError) as err:
+        load_positions(_settings(ref_dir))
+    assert f"{path}:4: unknown product: 'FOO-USD'" in str(err.value)

@@ -59,6 +59,18 @@ def test_instrument_rules_name_file_line_and_rule(reference_copy):
     ]
 
 
+
+def test_blank_lines_and_quoted_line_breaks_do_not_shift_the_line_named(reference_copy):
+    """pandas skips blank lines and reads a quoted line break as part of a cell: the line named is still the
+    file's line of the bad row (a row's position in the frame is not its line)."""
+    path = reference_copy / "instruments.csv"
+    n = len(path.read_text().splitlines())
+    _append(path, "", "FOO-USD,FOO,USD,coinbase,crypto_major,\"Foo\nover two lines\"", "",
+            "BAR-USD,BAR,USD,kraken,crypto_major,Bar")
+    with pytest.raises(ValidationError) as err:
+        load_instruments(_settings(reference_copy))
+    assert f"{path}:{n + 5}: unknown exchange_id 'kraken'" in str(err.value).splitlines()[1]
+
 def test_delisted_on_is_an_optional_day_and_a_bad_one_names_file_and_line(reference_copy):
     path = reference_copy / "instruments.csv"
     lines = path.read_text().splitlines()

@@ -118,8 +118,8 @@ def test_a_product_that_stops_7_days_early_makes_the_day_incomplete_unless_delis
         assert main(["report", "--as-of", str(AS_OF)]) == 3
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"error: report for {AS_OF} is INCOMPLETE (")
-        assert (f"BTC-USD has no daily bar on {AS_OF} (last bar {LAST_BAR}), held by portfolio(s) M, S: ingest its "
-                "daily candles") in err
+        assert (f"BTC-USD has no daily bar on {AS_OF}, or the <CCY>-USD pair converting it has none (last bar "
+                f"{LAST_BAR}), held by portfolio(s) M, S: ingest the missing daily candles") in err
         assert "WBTC-USD" not in err and "portfolio(s) E" not in err
 
         # ---- delisted on its last bar: valued at that day's real close, flagged stale, the day complete -----------

@@ -54,8 +54,9 @@ def test_the_clean_sample_is_complete(sample_gold_url, data_dir, monkeypatch, sq
 
 def test_a_listed_product_without_a_bar_on_the_as_of_day_makes_the_day_incomplete(pg_url, data_dir, monkeypatch,
                                                                                  sql_dir):
-    cause = (f"SOL-USD has no daily bar on {AS_OF} (last bar {LAST_BAR}), held by portfolio(s) P-ALT, P-CORE: "
-             "ingest its daily candles (`python -m etl ingest --products SOL-USD --granularity 86400`, then `silver`, "
+    cause = (f"SOL-USD has no daily bar on {AS_OF}, or the <CCY>-USD pair converting it has none (last bar "
+             f"{LAST_BAR}), held by portfolio(s) P-ALT, P-CORE: ingest the missing daily candles (`python -m etl "
+             "ingest --products SOL-USD --granularity 86400`, or the pair's, then `silver`, "
              f"`risk --as-of {AS_OF}`, `load`), or if it was delisted set delisted_on in instruments.csv")
     with scratch_database(pg_url, "completeness_stale") as url:
         create_gold(url, _stale_sol(delisted=False))
@@ -209,3 +210,23 @@ def test_the_cockpit_summary_is_incomplete_when_gold_holds_an_older_risk_run_tha
             summary = cockpit.summary(reader, AS_OF)
     assert summary["status"] == "incomplete"
     assert any("run-loaded" in m and "run-committed" in m for m in summary["missing"]), summary["missing"]
+
+
+def test_a_suspect_print_of_the_pair_converting_a_holding_makes_the_day_incomplete(pg_url, data_dir, monkeypatch,
+                                                                                  tmp_path):
+    """P-ALT is based in BTC and holds no BTC-USD: its every amount is divided by BTC-USD's close, which rests on
+    an unconfirmed last print. That is a suspect price of the book as much as a held product's."""
+    frames = sample_frames(AS_OF)
+    frames["dim_portfolio"].loc[frames["dim_portfolio"]["portfolio_id"] == "P-ALT", "base_currency"] = "BTC"
+    pos = frames["fact_positions"]
+    frames["fact_positions"] = pos[pos["product_id"] != "BTC-USD"]  # P-CORE's BTC-USD sold: BTC-USD not held
+    last = datetime.combine(AS_OF, time(23, 55), tzinfo=UTC)
+    frames["fact_price_quality"] = pd.DataFrame([_flag("BTC-USD", 300, last, "jump_unconfirmed")])
+    sql = tmp_path / "sql"
+    sql.mkdir()
+    with scratch_database(pg_url, "report_suspect_pair") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        with pytest.raises(IncompleteInputError) as err:
+            run_report(AS_OF, sql_dir=sql)
+    assert "price of BTC-USD on 2026-01-31 rests on a suspect print: rule jump_unconfirmed" in str(err.value)

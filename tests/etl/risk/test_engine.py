@@ -844,3 +844,17 @@ def test_backtest_days_without_a_forecast_do_not_count_in_the_var_backtest_summa
     got = summary.loc[0.99, ["n_days", "exceptions", "kupiec_p", "traffic_light"]].to_dict()
     assert summary.loc[0.99, "n_days"] == 0 and np.isnan(summary.loc[0.99, "kupiec_p"]), got
     assert comp.loc[0.99, "traffic_light"] != "green" and not comp.loc[0.99, "pass_kupiec"], got
+
+
+def test_a_holding_converted_at_a_stale_rate_is_flagged_stale(risk_env):
+    """BTC-USD's bars stop 7 days early. ETH-BTC has a bar on the as-of day, but its USD value rests on BTC-USD's
+    close of 7 days ago (U2), and so does every amount of the BTC-based portfolio B1 (its ETH-USD holding divided
+    by BTC-USD): those rows are is_stale, dated at the stale rate's bar, like the BTC-USD holdings themselves."""
+    _drop_last_days(risk_env["data"], "BTC-USD", 7)
+    last = pd.Timestamp(AS_OF) - pd.Timedelta(days=7)
+    run_risk(as_of=AS_OF, settings=get_settings())
+    pos = _read(risk_env["data"], "positions_valued").set_index(["portfolio_id", "product_id"])
+    stale = [("U1", "BTC-USD"), ("U2", "BTC-USD"), ("U2", "ETH-BTC"), ("B1", "ETH-USD")]
+    assert pos.loc[stale, "is_stale"].all() and (pos.loc[stale, "price_date"] == last.date()).all()
+    fresh = pos.loc[[("U1", "ETH-USD")]]
+    assert not fresh["is_stale"].any() and (fresh["price_date"] == AS_OF).all()

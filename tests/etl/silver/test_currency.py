@@ -33,10 +33,12 @@ def test_quote_to_base_and_back_use_the_daily_close(btc_bars):
     assert convert(5.0, "usd", "USD", date(1999, 1, 1)) == 5.0  # same currency: unchanged, no bar needed
 
 
-def test_daily_close_is_from_minute_candles_when_the_day_has_them(btc_bars):
+def test_daily_close_is_from_the_daily_candle_when_the_minutes_stop_short(btc_bars):
     closes, bars_5m = btc_bars
-    # Jan 12 has minute candles: the daily bar comes from them (finest granularity), close = last minute's close
-    assert closes[pd.Timestamp("2026-01-12")] == bars_5m["close"].iat[-1]
+    # Jan 12's minute candles stop at 01:00 with nothing after them and close elsewhere than its daily candle: the
+    # daily bar is the daily candle's (docs/silver.md; a day they cover: test_price_quality.py)
+    daily_close = minute_candles("BTC-USD", DAY0, 3, seed=5, step=86400)["close"].iat[2]
+    assert closes[pd.Timestamp("2026-01-12")] == daily_close != bars_5m["close"].iat[-1]
 
 
 def test_vectorised_over_dates_and_amounts(btc_bars):

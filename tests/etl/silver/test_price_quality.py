@@ -167,7 +167,8 @@ def test_replayed_faults_are_excluded_and_recorded_and_the_rest_equals_the_clean
     assert set(flags["decision"]) == {"excluded"}
     summary = build(full_refresh=True, now=FUTURE)
     assert summary.suspect == 8 and summary.suspect_by_rule == {
-        "spike_revert": 2, "jump_unconfirmed": 0, "granularity_mismatch": 0, "frozen_zero_volume": 6}
+        "spike_revert": 2, "jump_unconfirmed": 0, "jump_unanchored": 0, "granularity_mismatch": 0,
+        "frozen_zero_volume": 6}
     assert "suspect               8  (spike_revert=2, frozen_zero_volume=6; 0 accepted by override)" in str(summary)
 
 
@@ -207,6 +208,59 @@ def test_daily_candles_built_day_by_day_equal_a_full_refresh_and_a_spikes_way_ba
     assert silver_files(data_dir) == incremental
     assert list(read_bars("1d")["price_date"].dt.day) == [1, 2, 3, 4, 5, 6, 7, 8, 10]
 
+
+
+def test_a_bad_first_print_or_one_after_a_gap_is_held_out_once_the_next_candle_comes(data_dir):
+    """A 1000x daily close with no candle the day before (the series' first; the first after a missing day) has
+    no previous close for spike_revert to judge it by: it used to become a daily bar, and the history started (or
+    went on) at a price nobody traded at. The next candle jumping back beyond the threshold flags it
+    `jump_unanchored`; day by day equals a full refresh."""
+    daily = minute_candles("BTC-USD", datetime(2026, 1, 1, tzinfo=UTC), 12, step=86_400, seed=5)
+    daily.loc[[0, 7], ["close", "high"]] *= 1000  # 2026-01-01, the first; 2026-01-08, after 01-07 is missing
+    daily = daily.drop(index=6)
+    for i in range(len(daily)):  # one batch a day, a build after each, as the end-of-day DAG does
+        write_batch(data_dir, daily.iloc[[i]], f"d{i}", daily["bucket_start"].iat[i] + timedelta(days=1))
+        build(now=FUTURE)
+    flags = silver_frame(data_dir, "silver/price_quality").sort_values("bucket_start")
+    assert list(zip(flags["bucket_start"].dt.day, flags["rule"], strict=True)) == [(1, "jump_unanchored"),
+                                                                                    (8, "jump_unanchored")]
+    assert flags["evidence"].iat[0] == ("close 99919.839: no previous candle within a day, then -6.909 log to the next "
+                                        "close 99.787597; threshold 0.501")
+    incremental = silver_files(data_dir)
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == incremental
+    bars = read_bars("1d")
+    assert list(bars["price_date"].dt.day) == [2, 3, 4, 5, 6, 9, 10, 11, 12] and bars["close"].max() < 200
+
+
+def test_a_day_whose_minute_candles_were_cut_short_takes_its_close_from_the_daily_candle(data_dir):
+    """The 1-minute fetch of 2026-01-05 stopped at 10:00 (nothing after it), the daily candles were fetched: the
+    day's bar used to come from the 600 minute candles (the finest present), so its close was the 09:59 price, and
+    the risk run valued the day at it. The daily candle, the exchange's record of the whole day, gives the day's
+    bar until the rest of the minutes arrive; then they do, with the same close. Incremental equals full refresh."""
+    day = datetime(2026, 1, 5, tzinfo=UTC)
+    minutes = minute_candles("BTC-USD", day, 1440, seed=3)
+    minutes.loc[600:, ["open", "high", "low", "close"]] *= 1.2  # the afternoon trades 20% higher
+    daily = minute_candles("BTC-USD", day - timedelta(days=3), 4, step=86_400, seed=5)
+    daily.loc[3, ["open", "high", "low", "close", "volume"]] = [
+        minutes["open"].iat[0], minutes["high"].max(), minutes["low"].min(), minutes["close"].iat[-1],
+        minutes["volume"].sum()]
+    write_batch(data_dir, daily, "daily", day + timedelta(days=1))
+    write_batch(data_dir, minutes[:600], "morning", day + timedelta(hours=10))
+    build(now=FUTURE)
+    bar = read_bars("1d").set_index("price_date").loc[pd.Timestamp("2026-01-05")]
+    assert (bar["close"], bar["source_granularity"], bar["n_candles"]) == (minutes["close"].iat[-1], 86_400, 1)
+    assert read_bars("5m", start=day.date(), end=day.date())["bucket_start"].max() == pd.Timestamp(
+        "2026-01-05 09:55", tz="UTC")  # the 5-minute bars of the morning still come from its minutes
+
+    write_batch(data_dir, minutes[600:], "afternoon", day + timedelta(days=1))
+    build(now=FUTURE)
+    bar = read_bars("1d").set_index("price_date").loc[pd.Timestamp("2026-01-05")]
+    assert (bar["close"], bar["source_granularity"], bar["n_candles"]) == (minutes["close"].iat[-1], 60, 1440)
+    incremental = silver_files(data_dir)
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == incremental
+    assert not (data_dir / "silver/price_quality").exists()  # nothing suspect: the candles agree
 
 def test_an_accepted_print_goes_back_into_the_bars_and_the_decision_is_recorded(data_dir, reference_copy,
                                                                                 monkeypatch):
