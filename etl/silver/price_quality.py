@@ -118,14 +118,17 @@ def cut_short_in_daily_bars(candles: pa.Table) -> np.ndarray:
     with nothing after them by the end of the next day (a fetch cut short: the 1-minute feed failed at 10:00) while
     the day's daily candle, the exchange's record of the whole day, closes elsewhere (beyond MISMATCH_TOLERANCE).
     Their last close is not the day's close: the daily bar comes from the daily candle. (When the finer candles
-    do cover the day's end, `granularity_mismatch` judges the daily candle.) Same columns as `gate`; reads the day
-    and the next, as that rule does."""
+    do cover the day's end, `granularity_mismatch` judges the daily candle.) Only a daily candle fetched after its
+    day ended is that record: one fetched during the day is the day so far, older than the minutes fetched after
+    it. Same columns as `gate` plus `ingested_at` (null: not known to be whole); reads the day and the next, as
+    that rule does."""
     if candles.num_rows == 0:
         return np.zeros(0, dtype=bool)
     codes, gran, ts = _keys(candles)
     *_, cut_short = _granularity_mismatch(codes, gran, ts, candles["close"].to_numpy())
+    fetched = pc.fill_null(candles["ingested_at"].cast(TS).cast(pa.int64()), 0).to_numpy()
     out = np.zeros(len(ts), dtype=bool)
-    for i in np.flatnonzero(cut_short & (gran == DAILY)):  # a handful of days
+    for i in np.flatnonzero(cut_short & (gran == DAILY) & (fetched >= ts + DAY_US)):  # a handful of days
         out |= (codes == codes[i]) & (gran < DAILY) & (ts >= ts[i]) & (ts < ts[i] + DAY_US)
     return out
 

@@ -262,6 +262,23 @@ def test_a_day_whose_minute_candles_were_cut_short_takes_its_close_from_the_dail
     assert silver_files(data_dir) == incremental
     assert not (data_dir / "silver/price_quality").exists()  # nothing suspect: the candles agree
 
+def test_a_daily_candle_fetched_during_its_day_does_not_replace_the_later_minutes(data_dir):
+    """Today's daily candle fetched at 10:00 is the day so far; the minutes fetched at 15:00 go further (20% higher
+    since): today's bar is the minutes', not the older daily candle's, though the minutes end before the day does."""
+    day = datetime(2026, 1, 5, tzinfo=UTC)
+    minutes = minute_candles("BTC-USD", day, 900, seed=3)
+    minutes.loc[600:, ["open", "high", "low", "close"]] *= 1.2
+    daily = minute_candles("BTC-USD", day - timedelta(days=3), 4, step=86_400, seed=5)
+    daily.loc[3, ["open", "high", "low", "close", "volume"]] = [
+        minutes["open"].iat[0], minutes["high"].iloc[:600].max(), minutes["low"].iloc[:600].min(),
+        minutes["close"].iat[599], minutes["volume"].iloc[:600].sum()]
+    write_batch(data_dir, daily, "daily", day + timedelta(hours=10))
+    write_batch(data_dir, minutes, "minutes", day + timedelta(hours=15))
+    build(now=day + timedelta(hours=15))
+    bar = read_bars("1d").set_index("price_date").loc[pd.Timestamp("2026-01-05")]
+    assert (bar["close"], bar["source_granularity"], bar["n_candles"]) == (minutes["close"].iat[-1], 60, 900)
+
+
 def test_an_accepted_print_goes_back_into_the_bars_and_the_decision_is_recorded(data_dir, reference_copy,
                                                                                 monkeypatch):
     monkeypatch.setenv("PIPELINE_REFERENCE_DIR", str(reference_copy))
