@@ -100,6 +100,7 @@ class Collector:
         self.batch = self._new_batch()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-commit")
         self._window: tuple[int, tuple[str, str]] = (-1, ("", ""))   # (second, validate.window of it)
+        self._book_seq: tuple[str, int] = ("", -1)   # (connection, sequence_num) of the last l2_data message applied
 
     def _new_batch(self) -> MicroBatch:
         self.counter += 1
@@ -159,6 +160,12 @@ class Collector:
     def _on_book(self, received_at: float, conn_id: str, msg: dict, bounds: tuple[str, str]) -> None:
         self.summary.book_messages += 1
         seq = msg.get("sequence_num")
+        if isinstance(seq, int):
+            # a repeat or an older message (a `duplicate` gap) would set levels back to older absolute quantities
+            # (a late snapshot would replace the book): the book already holds it, or a gap already resynced it
+            if self._book_seq[0] == conn_id and seq <= self._book_seq[1]:
+                return
+            self._book_seq = (conn_id, seq)
         for event in msg.get("events") or []:
             problem = validate.event_problem(event, "updates") or validate.product_problem(event.get("product_id"))
             updates = event.get("updates") or []
