@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
@@ -105,43 +106,57 @@ def sequence_breaks(lake: Lake) -> dict[str, np.ndarray]:
     return {c: np.sort(e.to_numpy(dtype=np.int64)) for c, e in g.groupby("connection_id")["expected"]}
 
 
-def holes(ts_us: np.ndarray, connection: np.ndarray, seq: np.ndarray, breaks: dict[str, np.ndarray]) -> np.ndarray:
-    """Feed-time spans (t1, t2), open, in which trades may be missing: (K, 2) int64.
-
-    A run of consecutive messages of one connection (split at each `sequence` gap: the feed does not say which
-    channel lost the message) delivered every trade from its first trade time to its last; a disconnect, a stall
-    or a lost message leaves a hole unless another run (a reconnect's trade snapshot, a second collector) spans
-    it. The holes are the spaces between the union of the runs' spans."""
-    if not len(ts_us):
-        return np.zeros((0, 2), dtype=np.int64)
-    run = np.zeros(len(ts_us), dtype=np.int64)
+def runs(connection: np.ndarray, seq: np.ndarray, breaks: dict[str, np.ndarray]) -> np.ndarray:
+    """Each row's run: "<connection>:<k>", k = its connection's `sequence` gaps before it (`sequence_breaks`). A
+    run is consecutive messages of one connection (the feed does not say which channel a gap's message was on)."""
+    k = np.zeros(len(seq), dtype=np.int64)
     for conn in np.unique(connection):
         cut = breaks.get(conn)
         if cut is not None:
             mine = connection == conn
-            run[mine] = np.searchsorted(cut, seq[mine], side="right")
-    spans = (pd.DataFrame({"c": connection, "r": run, "t": ts_us}).groupby(["c", "r"])["t"].agg(["min", "max"])
-             .sort_values("min").to_numpy())
-    out, end = [], spans[0, 1]
-    for start, stop in spans[1:]:
+            k[mine] = np.searchsorted(cut, seq[mine], side="right")
+    return np.char.add(np.char.add(connection.astype(str), ":"), k.astype(str))
+
+
+def holes(ts_us: np.ndarray, run: np.ndarray, carried: set[str]) -> np.ndarray:
+    """Feed-time spans (t1, t2), open, in which trades may be missing: (K, 2) int64.
+
+    A run delivered every trade from its first trade time to its last (a run `carried` over from the previous
+    day: from before this day); a disconnect, a stall or a lost message leaves a hole unless another run (a
+    reconnect's trade snapshot, a second collector) spans it. The holes are the spaces before and between the
+    union of the runs' spans."""
+    if not len(ts_us):
+        return np.zeros((0, 2), dtype=np.int64)
+    spans = pd.DataFrame({"r": run, "t": ts_us}).groupby("r")["t"].agg(["min", "max"])
+    spans.loc[spans.index.isin(list(carried)), "min"] = 0
+    out, end = [], 0
+    for start, stop in spans.sort_values("min").to_numpy():
         if start > end:
             out.append((end, start))
         end = max(end, stop)
     return np.array(out, dtype=np.int64).reshape(-1, 2)
 
 
-def read_trades(store: Store, files: list[str], breaks: dict[str, np.ndarray] | None = None
-                ) -> tuple[pd.DataFrame, int, int, int, np.ndarray]:
+def _runs_of(df: pd.DataFrame, breaks: dict[str, np.ndarray]) -> np.ndarray:
+    return runs(df["connection_id"].fillna("").astype(str).to_numpy(),
+                df["sequence_num"].fillna(-1).astype(np.int64).to_numpy(), breaks)
+
+
+def read_trades(store: Store, files: list[str], breaks: dict[str, np.ndarray] | None = None,
+                previous_day: list[str] | None = None) -> tuple[pd.DataFrame, int, int, int, np.ndarray]:
     """Valid, deduplicated trades of `files`: (product_id, trade_id, ts_us, price, units), rows in, duplicates,
-    invalid, and the feed holes of those rows (`holes`, with the `sequence_breaks`)."""
+    invalid, and the feed holes of those rows (`holes`; `previous_day`: the files of the partition before, whose
+    runs carry over)."""
+    breaks = breaks or {}
     df = store.read_files(TRADES_DIR, files, columns=["product_id", "trade_id", "price", "size", "time", "received_at",
                                                       "connection_id", "sequence_num"]).to_pandas()
     rows_in = len(df)
+    carried = set(_runs_of(store.read_files(TRADES_DIR, previous_day, columns=["connection_id", "sequence_num"])
+                           .to_pandas(), breaks)) if previous_day else set()
     seen = pd.to_datetime(df["time"], utc=True, errors="coerce", format="ISO8601")   # before deduplication
-    ok = seen.notna()
-    gaps = holes(seen[ok].astype("datetime64[us, UTC]").astype("int64").to_numpy(),
-                 df["connection_id"][ok].fillna("").astype(str).to_numpy(),
-                 df["sequence_num"][ok].fillna(-1).astype(np.int64).to_numpy(), breaks or {})
+    ok = seen.notna().to_numpy()
+    gaps = holes(seen[ok].astype("datetime64[us, UTC]").astype("int64").to_numpy(), _runs_of(df, breaks)[ok],
+                 carried)
     df["product_id"] = df["product_id"].astype(str)
     df = df.sort_values("received_at", kind="stable").drop_duplicates(["product_id", "trade_id"])
     duplicates = rows_in - len(df)
@@ -171,8 +186,10 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     breaks = sequence_breaks(lake) if touched else {}
     parts = {}
     for product, day in touched:
+        before = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
         trades, rows_in, dups, invalid, gaps = read_trades(
-            store, increments.files_of(bronze.files, TRADES_DIR, product, day), breaks)
+            store, increments.files_of(bronze.files, TRADES_DIR, product, day), breaks,
+            increments.files_of(bronze.files, TRADES_DIR, product, before))
         summary.trades_in += rows_in
         summary.duplicates += dups
         summary.invalid += invalid

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 
+import pandas as pd
+
 from etl.silver.trade_bars import TRADE_BARS_DIR, build_trade_bars
 from etl.storage import Store
 from etl.stream.sinks import BronzeSink, MicroBatch
@@ -98,3 +100,74 @@ def bronze_table(data_dir, rel: str):
     from etl.lake import Lake
 
     return Lake.of(Store.from_uri(str(data_dir))).read(rel).to_pandas().sort_values("bucket_start")
+
+
+def test_the_bar_a_stream_starts_inside_is_not_complete(make_simulator, data_dir, monkeypatch):
+    """A collector's first trades are the subscription's snapshot (the last 50 trades): when the oldest of them lies
+    inside the first minute of a bucket, that bucket's five minutes all have trades, but those before the snapshot
+    were never received - the bar is built, not complete (a clean run's bar has them)."""
+    import time as _time
+
+    from etl.simulator.price_model import SyntheticSource
+    from etl.simulator.trades import trades_between
+    from etl.stream.collector import collect
+
+    source = SyntheticSource(42, ("BTC-USD",))
+    start = (_time.time() - 1800) // 300 * 300 + 60   # feed clock start: the oldest snapshot trade 20-40 s into a bar
+    while True:
+        recent = trades_between(source, "BTC-USD", int((start - 3600) * 1e6), int(start * 1e6))
+        oldest = recent.time_us[-50] / 1e6
+        if 20 <= oldest % 300 <= 40:
+            break
+        start += 1
+    bar = oldest // 300 * 300
+    sim = make_simulator(products=("BTC-USD",), rate_limit_rps=1000.0, burst=1000, ws_speed=120.0, ws_start=start)
+    monkeypatch.setenv("PIPELINE_STREAM_COMMIT_S", "0.5")
+    collect(["BTC-USD"], seconds=6, url=sim.ws_url, validate=False)
+    build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start")
+    first = bars.loc[pd.Timestamp(bar, unit="s", tz="UTC")]
+    clean = trades_between(source, "BTC-USD", int(bar * 1e6) - 1, int((bar + 300) * 1e6) - 1)
+    assert first["n_candles"] == 5 and first["n_trades"] < len(clean)   # the fault: minute 0 partly streamed
+    assert not first["is_complete"]
+    later = bars[bars.index > pd.Timestamp(bar, unit="s", tz="UTC")]
+    assert later["is_complete"].iloc[0]                                   # the next bar, streamed whole, is
+
+
+def test_a_run_carried_over_midnight_leaves_the_first_bar_complete_a_new_one_does_not(data_dir):
+    """The day's first trade came on a run already streaming the day before (same connection, no gap between):
+    the 00:00 bar is whole. Came on a connection of its own (the collector started after midnight): it is not."""
+    def batch(batch_id: str, conn_today: str) -> MicroBatch:
+        b = MicroBatch(batch_id)
+        times = ["2026-01-01T23:59:30Z", "2026-01-01T23:59:50Z"] + [
+            f"2026-01-02T00:{s // 60:02d}:{s % 60:02d}Z" for s in range(5, 380, 20)]
+        for seq, when in enumerate(times):
+            conn = "c1" if when < "2026-01-02" else conn_today
+            b.add_trade("BTC-USD", when[:10], (f"{seq + 1}", "100.0", "0.5", "BUY", when, "update", "market_trades",
+                                              when, "", seq, conn, 1767225600.0 + seq, None))
+        return b
+
+    store = Store.from_uri(str(data_dir))
+    BronzeSink(store).write(batch("20260102T000000000000Z-aaaa-000001", "c1"))
+    build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR)
+    first = bars[bars["bucket_start"] == pd.Timestamp("2026-01-02T00:00:00Z")].iloc[0]
+    assert first["n_candles"] == 5 and first["is_complete"]
+    # the same trades again on a new connection: c1's run still spans midnight, whichever row comes first
+    BronzeSink(store).write(batch("20260102T000000000000Z-aaaa-000002", "c2"))
+    build_trade_bars(full_refresh=True)
+    bars = bronze_table(data_dir, TRADE_BARS_DIR)
+    assert bars[bars["bucket_start"] == pd.Timestamp("2026-01-02T00:00:00Z")]["is_complete"].iloc[0]
+
+
+def test_a_stream_started_after_midnight_leaves_its_first_bar_incomplete(data_dir):
+    batch = MicroBatch("20260102T000000000000Z-aaaa-000001")
+    for seq, s in enumerate(range(5, 380, 20)):
+        when = f"2026-01-02T00:{s // 60:02d}:{s % 60:02d}Z"
+        batch.add_trade("BTC-USD", "2026-01-02", (f"{seq + 1}", "100.0", "0.5", "BUY", when, "snapshot",
+                                                  "market_trades", when, "", seq, "c2", 1767225600.0 + seq, None))
+    BronzeSink(Store.from_uri(str(data_dir))).write(batch)
+    assert build_trade_bars().cut == 1
+    bars = bronze_table(data_dir, TRADE_BARS_DIR)
+    first = bars[bars["bucket_start"] == pd.Timestamp("2026-01-02T00:00:00Z")].iloc[0]
+    assert first["n_candles"] == 5 and not first["is_complete"]
