@@ -305,6 +305,26 @@ def test_insights_shows_mid_spread_and_averages(live):
     assert len(state.samples) >= 2 and state.messages > 0
 
 
+def test_insights_marks_the_mid_stale_while_the_feed_is_down_and_does_not_sample_it(live, monkeypatch):
+    """The simulator goes away mid-run (no message, no heartbeat, reconnects refused): the last mid is not shown
+    as current - the view says STALE with its age - and the frozen mid is not sampled into the averages or the
+    forecaster (a clean run samples every second)."""
+    import threading
+
+    from etl.stream.insights import run_insights
+
+    monkeypatch.setenv("PIPELINE_STREAM_STALL_S", "1")
+    sim = live()
+    threading.Timer(2.0, sim.stop).start()
+    out = io.StringIO()
+    state = run_insights("BTC-USD", seconds=6.5, out=out)
+    blocks = out.getvalue().strip().split("\n\n")
+    assert state.bid is not None and len(blocks) >= 6
+    assert "STALE" in blocks[-1] and "no message from the feed for" in blocks[-1]
+    assert all("STALE" not in b for b in blocks[:1])
+    assert len(state.samples) <= 3       # seconds 1-2 (and the one the feed stopped in), not the silent ones
+
+
 def test_fresh_trades_watcher_fires_on_a_new_commit(data_dir):
     from etl.storage import Store
     from etl.stream.sinks import BronzeSink, MicroBatch
