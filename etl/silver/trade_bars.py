@@ -96,22 +96,37 @@ def trade_bars(trades: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def sequence_breaks(lake: Lake) -> dict[str, np.ndarray]:
-    """Per connection, the sorted `expected` sequence numbers of its `sequence` gaps (bronze/stream_gaps)."""
+@dataclass(frozen=True)
+class Breaks:
+    """Where the runs of a connection break (bronze/stream_gaps): `cuts` per connection, the sorted sequence numbers
+    a new run starts at (a `sequence` gap's `expected`; a `rejected_trade` message's and the one after it), and
+    `lost`, the (connection, sequence_num) of messages with a rejected trade: their other trades are kept but cover
+    nothing."""
+
+    cuts: dict[str, np.ndarray] = field(default_factory=dict)
+    lost: frozenset[tuple[str, int]] = frozenset()
+
+
+def sequence_breaks(lake: Lake) -> Breaks:
     gaps = lake.read(GAPS_DIR, columns=["kind", "connection_id", "expected"])
     if gaps is None:
-        return {}
+        return Breaks()
     g = gaps.to_pandas()
-    g = g[(g["kind"] == "sequence") & g["expected"].notna()]
-    return {c: np.sort(e.to_numpy(dtype=np.int64)) for c, e in g.groupby("connection_id")["expected"]}
+    g = g[g["expected"].notna()].astype({"expected": np.int64})
+    rejected = g[g["kind"] == "rejected_trade"]
+    cuts = pd.concat([g.loc[g["kind"] == "sequence", ["connection_id", "expected"]],
+                      rejected[["connection_id", "expected"]],
+                      rejected.assign(expected=rejected["expected"] + 1)[["connection_id", "expected"]]])
+    return Breaks({c: np.unique(e.to_numpy(dtype=np.int64)) for c, e in cuts.groupby("connection_id")["expected"]},
+                  frozenset(zip(rejected["connection_id"], rejected["expected"].tolist(), strict=True)))
 
 
-def runs(connection: np.ndarray, seq: np.ndarray, breaks: dict[str, np.ndarray]) -> np.ndarray:
-    """Each row's run: "<connection>:<k>", k = its connection's `sequence` gaps before it (`sequence_breaks`). A
-    run is consecutive messages of one connection (the feed does not say which channel a gap's message was on)."""
+def runs(connection: np.ndarray, seq: np.ndarray, breaks: Breaks) -> np.ndarray:
+    """Each row's run: "<connection>:<k>", k = its connection's cuts before it (`sequence_breaks`). A run is
+    consecutive messages of one connection (the feed does not say which channel a gap's message was on)."""
     k = np.zeros(len(seq), dtype=np.int64)
     for conn in np.unique(connection):
-        cut = breaks.get(conn)
+        cut = breaks.cuts.get(conn)
         if cut is not None:
             mine = connection == conn
             k[mine] = np.searchsorted(cut, seq[mine], side="right")
@@ -137,17 +152,17 @@ def holes(ts_us: np.ndarray, run: np.ndarray, carried: set[str]) -> np.ndarray:
     return np.array(out, dtype=np.int64).reshape(-1, 2)
 
 
-def _runs_of(df: pd.DataFrame, breaks: dict[str, np.ndarray]) -> np.ndarray:
+def _runs_of(df: pd.DataFrame, breaks: Breaks) -> np.ndarray:
     return runs(df["connection_id"].fillna("").astype(str).to_numpy(),
                 df["sequence_num"].fillna(-1).astype(np.int64).to_numpy(), breaks)
 
 
-def read_trades(store: Store, files: list[str], breaks: dict[str, np.ndarray] | None = None,
+def read_trades(store: Store, files: list[str], breaks: Breaks | None = None,
                 previous_day: list[str] | None = None) -> tuple[pd.DataFrame, int, int, int, np.ndarray]:
     """Valid, deduplicated trades of `files`: (product_id, trade_id, ts_us, price, units), rows in, duplicates,
     invalid, and the feed holes of those rows (`holes`; `previous_day`: the files of the partition before, whose
     runs carry over)."""
-    breaks = breaks or {}
+    breaks = breaks or Breaks()
     df = store.read_files(TRADES_DIR, files, columns=["product_id", "trade_id", "price", "size", "time", "received_at",
                                                       "connection_id", "sequence_num"]).to_pandas()
     rows_in = len(df)
@@ -155,6 +170,9 @@ def read_trades(store: Store, files: list[str], breaks: dict[str, np.ndarray] | 
                            .to_pandas(), breaks)) if previous_day else set()
     seen = pd.to_datetime(df["time"], utc=True, errors="coerce", format="ISO8601")   # before deduplication
     ok = seen.notna().to_numpy()
+    if breaks.lost:  # a message with a rejected trade covers nothing: its span is a hole
+        ok = ok & ~np.fromiter(((c, q) in breaks.lost for c, q in zip(df["connection_id"], df["sequence_num"],
+                                                                          strict=True)), bool, len(df))
     gaps = holes(seen[ok].astype("datetime64[us, UTC]").astype("int64").to_numpy(), _runs_of(df, breaks)[ok],
                  carried)
     df["product_id"] = df["product_id"].astype(str)
@@ -183,7 +201,7 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     touched = increments.touched(new, TRADES_DIR)
     summary.files = len(new)
     quotes = _quotes(Reference.of(reference, settings), {p for p, _ in touched})
-    breaks = sequence_breaks(lake) if touched else {}
+    breaks = sequence_breaks(lake) if touched else Breaks()
     parts = {}
     for product, day in touched:
         before = (date.fromisoformat(day) - timedelta(days=1)).isoformat()

@@ -3,6 +3,7 @@ bad field (a product id with a trailing newline, the date 9999-99-99) never beco
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pandas as pd
@@ -171,3 +172,36 @@ def test_a_stream_started_after_midnight_leaves_its_first_bar_incomplete(data_di
     bars = bronze_table(data_dir, TRADE_BARS_DIR)
     first = bars[bars["bucket_start"] == pd.Timestamp("2026-01-02T00:00:00Z")].iloc[0]
     assert first["n_candles"] == 5 and not first["is_complete"]
+
+
+def test_a_bar_missing_a_rejected_trade_is_not_complete(data_dir, monkeypatch):
+    """Over a real WebSocket: one trade of a `market_trades` update breaks a field rule (price "0") and is kept as
+    a reject row, never a bar's trade; its bar has all five minutes traded, but the exchange reported a trade it
+    does not hold: built, not complete (a hole where the rejected message was)."""
+    import time as _time
+
+    from etl.stream.collector import collect
+    from tests.etl.stream.test_collector import ScriptedServer, _iso, _message, _trade
+
+    monkeypatch.setenv("PIPELINE_STREAM_COMMIT_S", "0.5")
+    bar = (_time.time() - 3600) // 300 * 300
+    t = _iso(_time.time())
+    offsets = [-10, 5, 65, 125, 185, 245, 290, 310]
+    script = [_message("market_trades", [{"type": "update", "trades": [_trade(str(i + 1), _iso(bar + s))]}], t, i)
+              for i, s in enumerate(offsets)]
+    bad = _message("market_trades", [{"type": "update", "trades": [_trade("50", _iso(bar + 250)),
+                                                                   _trade("51", _iso(bar + 251), price="0")]}],
+                   t, len(offsets))
+    script.insert(6, bad)
+    script = [json.dumps({**json.loads(m), "sequence_num": i}) for i, m in enumerate(script)]
+    server = ScriptedServer([script])
+    try:
+        summary = collect(["BTC-USD"], seconds=1.5, url=server.url, validate=False)
+    finally:
+        server.close()
+    assert summary.rejects == 1 and summary.trades == len(offsets) + 1
+    build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start")
+    row = bars.loc[pd.Timestamp(bar, unit="s", tz="UTC")]
+    assert row["n_trades"] == 7 and row["n_candles"] == 5
+    assert not row["is_complete"]
