@@ -141,12 +141,13 @@ def compute(bucket: pd.Timestamp, portfolios: pd.DataFrame, positions: pd.DataFr
         group["base_currency"] = base
         dd0 = scenarios.drawdown.reindex(group["portfolio_id"]).to_numpy() if scenarios is not None else None
         group["drawdown"] = _drawdown_now(group.pop("pnl_path"), group.pop("gross_prev"), dd0)
-        held = qty[1, idx] != 0                                                # (P, A)
+        # held now (the value) or at the previous close (the PnL): either way its price is in the row's figures
+        held = (qty[1, idx] != 0) | (qty[0, idx] != 0)                         # (P, A)
         stale = held & ~(age_all <= 0)[None, :]                                # NaN age (no price) is stale
         group["stale_products"] = stale.sum(axis=1)
         group["stale_product_ids"] = [",".join(np.asarray(axis)[s]) for s in stale]
         group["max_price_age_s"] = np.where(held, age_all[None, :], 0.0).max(axis=1)   # NaN: a held product unpriced
-        keep = held.any(axis=1) | (qty[0, idx] != 0).any(axis=1)
+        keep = held.any(axis=1)
         rows.append(pd.DataFrame(group)[keep])
     risk = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     risk.insert(1, "bucket_start", bucket)

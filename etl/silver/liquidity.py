@@ -5,7 +5,8 @@ collector's order-book snapshots (bronze/order_book, etl/stream/book.py).
 recorded in its own commit (etl/silver/increments.py: no state file) and recomputes each touched (product, date)
 partition from all its files:
 1. one snapshot = the rows of one (product, snapshot_at); mid = (best bid + best ask) / 2, spread_bps =
-   (best ask - best bid) / mid * 1e4; a snapshot without both sides is left out (counted),
+   (best ask - best bid) / mid * 1e4; a snapshot without both sides, or crossed (best bid >= best ask: a removal
+   never came, or an auction; its spread would be negative), is left out (counted),
 2. each snapshot holds from its `book_time` until the next snapshot's or the end of its bucket, whichever is first
    (the last of a partition: until the end of its bucket); `spread_bps` and the depths are averages weighted by
    that time (equal weights when every hold is zero),
@@ -53,17 +54,20 @@ class LiquiditySummary:
     partitions: int = 0
     snapshots: int = 0
     one_sided: int = 0          # snapshots without a bid or an ask: left out
+    crossed: int = 0            # snapshots whose best bid >= best ask: left out
     buckets: int = 0
 
     def __str__(self) -> str:
         return (f"liquidity: {self.files} new bronze book file(s), {self.partitions} partition(s), "
-                f"{self.snapshots:,} snapshot(s) ({self.one_sided:,} one-sided, left out), {self.buckets:,} buckets")
+                f"{self.snapshots:,} snapshot(s) ({self.one_sided:,} one-sided, {self.crossed:,} crossed: left out), "
+                f"{self.buckets:,} buckets")
 
 
-def snapshot_measures(levels: pd.DataFrame) -> pd.DataFrame:
+def snapshot_measures(levels: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """One row per snapshot of one product's book rows (snapshot_at, book_time_us, side, level, price, quantity):
-    book_time_us, mid, spread_bps, the depths, reach_bps and the level lists; one-sided snapshots dropped."""
-    rows = []
+    book_time_us, mid, spread_bps, the depths, reach_bps and the level lists; one-sided and crossed snapshots
+    dropped (returns the measures and how many were crossed)."""
+    rows, crossed = [], 0
     for _, snap in levels.groupby("snapshot_at", sort=True):
         bid = snap[snap["side"] == "bid"].sort_values("level")
         ask = snap[snap["side"] == "offer"].sort_values("level")
@@ -71,6 +75,9 @@ def snapshot_measures(levels: pd.DataFrame) -> pd.DataFrame:
             continue
         bp, bq, ap, aq = (s[c].to_numpy(dtype=float) for s, c in
                           ((bid, "price"), (bid, "quantity"), (ask, "price"), (ask, "quantity")))
+        if bp[0] >= ap[0]:
+            crossed += 1
+            continue
         mid = (bp[0] + ap[0]) / 2
         row = {"book_time_us": int(snap["book_time_us"].iloc[0]), "mid": mid, "spread_bps": (ap[0] - bp[0]) / mid * 1e4,
                "reach_bps": min(mid - bp[-1], ap[-1] - mid) / mid * 1e4,
@@ -80,7 +87,7 @@ def snapshot_measures(levels: pd.DataFrame) -> pd.DataFrame:
             row[f"bid_depth_{b}bp"] = float(bq[bid_bps <= b + 1e-9].sum())
             row[f"ask_depth_{b}bp"] = float(aq[ask_bps <= b + 1e-9].sum())
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), crossed
 
 
 def liquidity_buckets(snaps: pd.DataFrame) -> pd.DataFrame:
@@ -115,9 +122,10 @@ def build_liquidity(settings: Settings | None = None, full_refresh: bool = False
     parts = {}
     for product, day in touched:
         levels = read_book(store, increments.files_of(bronze.files, BOOK_DIR, product, day))
-        snaps = snapshot_measures(levels)
+        snaps, crossed = snapshot_measures(levels)
         summary.snapshots += levels["snapshot_at"].nunique()
-        summary.one_sided += levels["snapshot_at"].nunique() - len(snaps)
+        summary.crossed += crossed
+        summary.one_sided += levels["snapshot_at"].nunique() - len(snaps) - crossed
         buckets = liquidity_buckets(snaps) if len(snaps) else pd.DataFrame(columns=["bucket_start_us"])
         parts[(product, day)] = _table(buckets)
         summary.partitions += 1

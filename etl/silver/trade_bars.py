@@ -10,7 +10,8 @@ its last build recorded in its own commit (etl/silver/increments.py: no state fi
    add up exactly; rows whose price, size or time cannot be read are counted and left out,
 3. order by (time, trade_id) and fold per 5-minute bucket: open = first price, high/low = max/min, close = last,
    volume = sum(size), vwap = sum(price * size) / sum(size), n_trades, n_candles = minutes with a trade,
-   is_complete = all five minutes traded and a later trade exists (the bar is closed),
+   is_complete = all five minutes traded, a later trade exists (the bar is closed) and no feed hole cuts into the
+   bucket (see `holes`: a lost message's trades are gone for good, so such a bar is built but never complete),
 4. commit the touched partitions of the Delta table `silver/trade_bars_5m` (one file per partition, one commit
    with the bronze version read) with the columns of the candle bars (`first_candle_at`/`last_candle_at` hold the
    first/last trade time, `source_granularity` 0 = trades) plus `n_trades`.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
@@ -34,7 +36,7 @@ from etl.settings import Settings, get_settings
 from etl.silver import increments
 from etl.silver.bars import BARS_5M_SCHEMA
 from etl.storage import Store, get_store
-from etl.stream.sinks import TRADES_DIR
+from etl.stream.sinks import GAPS_DIR, TRADES_DIR
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class TradeBarsSummary:
     duplicates: int = 0            # repeated (product_id, trade_id) dropped
     invalid: int = 0               # rows whose price, size or time could not be read
     bars: int = 0
+    cut: int = 0                   # bars a feed hole cuts into (not complete)
     reconciliation: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
@@ -63,7 +66,8 @@ class TradeBarsSummary:
                 f"VWAP difference mean {r.get('vwap_diff_bps_mean', 0.0):+.2f} bp, "
                 f"max |.| {r.get('vwap_diff_bps_max_abs', 0.0):.2f} bp") if r else "  nothing to reconcile"
         return (f"trade bars: {self.files} new bronze file(s), {self.partitions} partition(s), {self.trades_in:,} "
-                f"trades in ({self.duplicates:,} duplicates, {self.invalid:,} invalid), {self.bars:,} bars\n{line}")
+                f"trades in ({self.duplicates:,} duplicates, {self.invalid:,} invalid), {self.bars:,} bars ({self.cut:,} "
+                f"cut by a feed hole: not complete)\n{line}")
 
 
 def trade_bars(trades: pd.DataFrame) -> pd.DataFrame:
@@ -92,12 +96,85 @@ def trade_bars(trades: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def read_trades(store: Store, files: list[str]) -> tuple[pd.DataFrame, int, int, int]:
+@dataclass(frozen=True)
+class Breaks:
+    """Where the runs of a connection break (bronze/stream_gaps): `cuts` per connection, the sorted sequence numbers
+    a new run starts at (a `sequence` gap's `expected`; a `rejected_trade` message's and the one after it), and
+    `lost`, the (connection, sequence_num) of messages with a rejected trade: their other trades are kept but cover
+    nothing."""
+
+    cuts: dict[str, np.ndarray] = field(default_factory=dict)
+    lost: frozenset[tuple[str, int]] = frozenset()
+
+
+def sequence_breaks(lake: Lake) -> Breaks:
+    gaps = lake.read(GAPS_DIR, columns=["kind", "connection_id", "expected"])
+    if gaps is None:
+        return Breaks()
+    g = gaps.to_pandas()
+    g = g[g["expected"].notna()].astype({"expected": np.int64})
+    rejected = g[g["kind"] == "rejected_trade"]
+    cuts = pd.concat([g.loc[g["kind"] == "sequence", ["connection_id", "expected"]],
+                      rejected[["connection_id", "expected"]],
+                      rejected.assign(expected=rejected["expected"] + 1)[["connection_id", "expected"]]])
+    return Breaks({c: np.unique(e.to_numpy(dtype=np.int64)) for c, e in cuts.groupby("connection_id")["expected"]},
+                  frozenset(zip(rejected["connection_id"], rejected["expected"].tolist(), strict=True)))
+
+
+def runs(connection: np.ndarray, seq: np.ndarray, breaks: Breaks) -> np.ndarray:
+    """Each row's run: "<connection>:<k>", k = its connection's cuts before it (`sequence_breaks`). A run is
+    consecutive messages of one connection (the feed does not say which channel a gap's message was on)."""
+    k = np.zeros(len(seq), dtype=np.int64)
+    for conn in np.unique(connection):
+        cut = breaks.cuts.get(conn)
+        if cut is not None:
+            mine = connection == conn
+            k[mine] = np.searchsorted(cut, seq[mine], side="right")
+    return np.char.add(np.char.add(connection.astype(str), ":"), k.astype(str))
+
+
+def holes(ts_us: np.ndarray, run: np.ndarray, carried: set[str]) -> np.ndarray:
+    """Feed-time spans (t1, t2), open, in which trades may be missing: (K, 2) int64.
+
+    A run delivered every trade from its first trade time to its last (a run `carried` over from the previous
+    day: from before this day); a disconnect, a stall or a lost message leaves a hole unless another run (a
+    reconnect's trade snapshot, a second collector) spans it. The holes are the spaces before and between the
+    union of the runs' spans."""
+    if not len(ts_us):
+        return np.zeros((0, 2), dtype=np.int64)
+    spans = pd.DataFrame({"r": run, "t": ts_us}).groupby("r")["t"].agg(["min", "max"])
+    spans.loc[spans.index.isin(list(carried)), "min"] = 0
+    out, end = [], 0
+    for start, stop in spans.sort_values("min").to_numpy():
+        if start > end:
+            out.append((end, start))
+        end = max(end, stop)
+    return np.array(out, dtype=np.int64).reshape(-1, 2)
+
+
+def _runs_of(df: pd.DataFrame, breaks: Breaks) -> np.ndarray:
+    return runs(df["connection_id"].fillna("").astype(str).to_numpy(),
+                df["sequence_num"].fillna(-1).astype(np.int64).to_numpy(), breaks)
+
+
+def read_trades(store: Store, files: list[str], breaks: Breaks | None = None,
+                previous_day: list[str] | None = None) -> tuple[pd.DataFrame, int, int, int, np.ndarray]:
     """Valid, deduplicated trades of `files`: (product_id, trade_id, ts_us, price, units), rows in, duplicates,
-    invalid."""
-    df = store.read_files(TRADES_DIR, files,
-                          columns=["product_id", "trade_id", "price", "size", "time", "received_at"]).to_pandas()
+    invalid, and the feed holes of those rows (`holes`; `previous_day`: the files of the partition before, whose
+    runs carry over)."""
+    breaks = breaks or Breaks()
+    df = store.read_files(TRADES_DIR, files, columns=["product_id", "trade_id", "price", "size", "time", "received_at",
+                                                      "connection_id", "sequence_num"]).to_pandas()
     rows_in = len(df)
+    carried = set(_runs_of(store.read_files(TRADES_DIR, previous_day, columns=["connection_id", "sequence_num"])
+                           .to_pandas(), breaks)) if previous_day else set()
+    seen = pd.to_datetime(df["time"], utc=True, errors="coerce", format="ISO8601")   # before deduplication
+    ok = seen.notna().to_numpy()
+    if breaks.lost:  # a message with a rejected trade covers nothing: its span is a hole
+        ok = ok & ~np.fromiter(((c, q) in breaks.lost for c, q in zip(df["connection_id"], df["sequence_num"],
+                                                                          strict=True)), bool, len(df))
+    gaps = holes(seen[ok].astype("datetime64[us, UTC]").astype("int64").to_numpy(), _runs_of(df, breaks)[ok],
+                 carried)
     df["product_id"] = df["product_id"].astype(str)
     df = df.sort_values("received_at", kind="stable").drop_duplicates(["product_id", "trade_id"])
     duplicates = rows_in - len(df)
@@ -108,7 +185,7 @@ def read_trades(store: Store, files: list[str]) -> tuple[pd.DataFrame, int, int,
     out = pd.DataFrame({"product_id": df["product_id"][ok], "trade_id": df["trade_id"][ok],
                         "ts_us": ts[ok].astype("datetime64[us, UTC]").astype("int64"),
                         "price": price[ok].astype(float), "units": np.rint(size[ok] * UNITS).astype(np.int64)})
-    return out, rows_in, duplicates, int((~ok).sum())
+    return out, rows_in, duplicates, int((~ok).sum()), gaps
 
 
 def build_trade_bars(settings: Settings | None = None, full_refresh: bool = False,
@@ -124,16 +201,22 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     touched = increments.touched(new, TRADES_DIR)
     summary.files = len(new)
     quotes = _quotes(Reference.of(reference, settings), {p for p, _ in touched})
+    breaks = sequence_breaks(lake) if touched else Breaks()
     parts = {}
     for product, day in touched:
-        trades, rows_in, dups, invalid = read_trades(store, increments.files_of(bronze.files, TRADES_DIR, product,
-                                                                                 day))
+        before = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
+        trades, rows_in, dups, invalid, gaps = read_trades(
+            store, increments.files_of(bronze.files, TRADES_DIR, product, day), breaks,
+            increments.files_of(bronze.files, TRADES_DIR, product, before))
         summary.trades_in += rows_in
         summary.duplicates += dups
         summary.invalid += invalid
-        parts[(product, day)] = _table(trade_bars(trades), quotes.get(product, ""))
+        bars = trade_bars(trades)
+        cut = _cut(bars["bucket_start_us"].to_numpy(dtype=np.int64), gaps)
+        parts[(product, day)] = _table(bars, quotes.get(product, ""), cut)
         summary.partitions += 1
         summary.bars += parts[(product, day)].num_rows
+        summary.cut += int(cut.sum())
     if new:  # the partitions' new files and the bronze version read, in one commit
         increments.commit(store, lake, TRADE_BARS_DIR, TRADE_BARS_SCHEMA, parts, bronze.version)
     if touched:
@@ -143,7 +226,15 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     return summary
 
 
-def _table(bars: pd.DataFrame, quote: str) -> pa.Table:
+def _cut(bucket_start_us: np.ndarray, gaps: np.ndarray) -> np.ndarray:
+    """Which bars [b, b + 5m) overlap a hole (t1, t2)."""
+    if not len(gaps) or not len(bucket_start_us):
+        return np.zeros(len(bucket_start_us), dtype=bool)
+    b = bucket_start_us[:, None]
+    return ((gaps[None, :, 0] < b + BAR_US) & (gaps[None, :, 1] > b)).any(axis=1)
+
+
+def _table(bars: pd.DataFrame, quote: str, cut: np.ndarray) -> pa.Table:
     n = len(bars)
     bar_end = bars["bucket_start_us"].to_numpy() + BAR_US
     closed = bar_end <= (bars["last_us"].max() if n else 0)  # a later trade exists
@@ -157,7 +248,7 @@ def _table(bars: pd.DataFrame, quote: str) -> pa.Table:
         **{c: pa.array(bars[c].to_numpy(dtype=np.float64), pa.float64())
            for c in ("open", "high", "low", "close", "volume", "vwap")},
         "n_candles": pa.array(bars["n_candles"].to_numpy(dtype=np.int64)),
-        "is_complete": pa.array(closed & (bars["n_candles"].to_numpy() == 5)),
+        "is_complete": pa.array(closed & (bars["n_candles"].to_numpy() == 5) & ~cut),
         "quote_currency": pa.array([quote] * n, pa.string()),
         "first_candle_at": stamp("first_us"), "last_candle_at": stamp("last_us"),
         "source_granularity": pa.array(np.zeros(n, dtype=np.int64)),

@@ -100,6 +100,7 @@ class Collector:
         self.batch = self._new_batch()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-commit")
         self._window: tuple[int, tuple[str, str]] = (-1, ("", ""))   # (second, validate.window of it)
+        self._book_seq: tuple[str, int] = ("", -1)   # (connection, sequence_num) of the last l2_data message applied
 
     def _new_batch(self) -> MicroBatch:
         self.counter += 1
@@ -119,32 +120,37 @@ class Collector:
         if channel not in ("market_trades", "ticker", "ticker_batch", "l2_data"):
             return  # subscriptions confirmations, errors: logged by the feed
         bounds = self._bounds(received_at)
+        seq = msg.get("sequence_num")
         problem = validate.envelope_problem(msg, bounds)
         if problem:
             self.on_reject(received_at, conn_id, json.dumps(msg), problem)
             if channel == "l2_data":
                 self._resync(received_at, conn_id, f"rejected l2_data message: {problem}")
+            elif channel == "market_trades":
+                self._trade_lost(received_at, conn_id, seq, problem)
             return
         if channel == "l2_data":
             self._on_book(received_at, conn_id, msg, bounds)
             return
-        seq = msg.get("sequence_num")
         envelope = (_text(channel), msg["timestamp"], _text(msg.get("client_id")),
                     seq if isinstance(seq, int) else None, conn_id, received_at)
         trades = channel == "market_trades"
         key = "trades" if trades else "tickers"
         known = _TRADE_KNOWN if trades else _TICKER_KNOWN
         fields = TRADE_FIELDS if trades else TICKER_FIELDS
+        lost = None
         for event in msg.get("events") or []:
             problem = validate.event_problem(event, key)
             if problem:
                 self.on_reject(received_at, conn_id, json.dumps(event), problem)
+                lost = lost or problem
                 continue
             event_type = event["type"]
             for item in event.get(key) or []:
                 problem = validate.trade_problem(item, bounds) if trades else validate.ticker_problem(item)
                 if problem:
                     self.on_reject(received_at, conn_id, json.dumps(item), problem)
+                    lost = lost or problem
                     continue
                 extra = {k: v for k, v in item.items() if k not in known}
                 row = (*(_text(item.get(f)) for f in fields), event_type, *envelope,
@@ -155,10 +161,24 @@ class Collector:
                 else:
                     self.batch.add_ticker(item["product_id"], msg["timestamp"][:10], row)
                     s.tickers += 1
+        if trades and lost:
+            self._trade_lost(received_at, conn_id, seq, lost)
+
+    def _trade_lost(self, received_at: float, conn_id: str, seq, why: str) -> None:
+        """A `market_trades` message with a rejected trade: a `rejected_trade` gap at its sequence_num, so the
+        trade bars take it as lost (the bar of that time is not complete)."""
+        if isinstance(seq, int):
+            self.on_gap(Gap("rejected_trade", conn_id, "market_trades", seq, seq, 0, received_at, why[:300]))
 
     def _on_book(self, received_at: float, conn_id: str, msg: dict, bounds: tuple[str, str]) -> None:
         self.summary.book_messages += 1
         seq = msg.get("sequence_num")
+        if isinstance(seq, int):
+            # a repeat or an older message (a `duplicate` gap) would set levels back to older absolute quantities
+            # (a late snapshot would replace the book): the book already holds it, or a gap already resynced it
+            if self._book_seq[0] == conn_id and seq <= self._book_seq[1]:
+                return
+            self._book_seq = (conn_id, seq)
         for event in msg.get("events") or []:
             problem = validate.event_problem(event, "updates") or validate.product_problem(event.get("product_id"))
             updates = event.get("updates") or []

@@ -45,7 +45,7 @@ def ws_url(source: str | None = None, settings: Settings | None = None) -> str:
 class Gap:
     """Something the feed did not deliver as promised (written to bronze/stream_gaps)."""
 
-    kind: str                 # sequence | heartbeat | duplicate | disconnect | stall | book_resync (collector)
+    kind: str                 # sequence | heartbeat | duplicate | disconnect | stall | book_resync, rejected_trade (collector)
     connection_id: str
     channel: str
     expected: int | None      # the sequence number / counter expected next

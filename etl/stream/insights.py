@@ -40,6 +40,8 @@ class LiveState:
     bid_size: float | None = None
     ask_size: float | None = None
     last_ticker_at: float | None = None
+    last_message_at: float | None = None   # any message, heartbeats included: the feed is alive
+    stale_after_s: float = 5.0             # the feed's stall_s: silent this long, the mid is not current
     messages: int = 0
     gaps: int = 0
     samples: deque = field(default_factory=lambda: deque(maxlen=300))   # (t, mid) per second, last 5 min
@@ -49,8 +51,13 @@ class LiveState:
     def mid(self) -> float | None:
         return None if self.bid is None or self.ask is None else (self.bid + self.ask) / 2
 
+    def silent_s(self, now: float) -> float:
+        """Seconds since the feed's last message (0 before the first)."""
+        return 0.0 if self.last_message_at is None else now - self.last_message_at
+
     def on_message(self, received_at: float, conn_id: str, msg: dict) -> None:
         self.messages += 1
+        self.last_message_at = received_at
         if msg.get("channel") != "ticker":
             return
         for event in msg.get("events") or []:
@@ -67,9 +74,10 @@ class LiveState:
         self.gaps += 1
 
     def tick(self, t: int) -> None:
-        """Sample the mid of second `t` and update the model."""
+        """Sample the mid of second `t` and update the model; not while the feed is silent (the mid is not current:
+        a hole, which restarts the forecaster's window)."""
         mid = self.mid
-        if mid is None:
+        if mid is None or self.silent_s(t) > self.stale_after_s:
             return
         self.samples.append((t, mid))
         self.forecaster.update(t, mid)
@@ -90,6 +98,9 @@ class LiveState:
         if mid is None:
             return [*lines, "waiting for the first ticker with best bid/ask...", "", "", "", ""]
         spread = self.ask - self.bid
+        if self.silent_s(now) > self.stale_after_s:
+            lines[0] += (f"   STALE: no message from the feed for {self.silent_s(now):.0f} s (reconnecting); the mid "
+                         f"is of {datetime.fromtimestamp(self.last_ticker_at, tz=UTC):%H:%M:%S} and is not sampled")
         lines.append(f"mid       {num(mid):>14}   spread {num(spread, ',.4g')} ({spread / mid * 1e4:.2f} bp)   "
                      f"bid {num(self.bid)} x {num(self.bid_size, '.4g')}   ask {num(self.ask)} x "
                      f"{num(self.ask_size, '.4g')}")
@@ -121,7 +132,7 @@ def run_insights(product: str, seconds: float | None = None, source: str | None 
 
         check_products(ExchangeClient(api_url(source, settings), settings), [product])
     url = ws_url(source, settings)
-    state = LiveState(product)
+    state = LiveState(product, stale_after_s=settings.stream_stall_s)
     asyncio.run(_run(state, url, seconds, settings, out or sys.stdout))
     return state
 

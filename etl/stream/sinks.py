@@ -169,11 +169,13 @@ class BronzeSink:
 
     def write(self, batch: MicroBatch) -> list[str]:
         written = []
+        # gaps first: a trade-bar build that sees a batch's trades also sees the gaps that cut them
         for root, parts, schema, keys in (
+                (GAPS_DIR, batch.gaps, GAPS_SCHEMA, ("date",)),
                 (TRADES_DIR, batch.trades, TRADES_SCHEMA, ("product_id", "date")),
                 (TICKER_DIR, batch.ticker, TICKER_SCHEMA, ("product_id", "date")),
                 (BOOK_DIR, batch.book, BOOK_SCHEMA, ("product_id", "date")),
-                (GAPS_DIR, batch.gaps, GAPS_SCHEMA, ("date",)), (REJECTS_DIR, batch.rejects, REJECTS_SCHEMA, ("date",))):
+                (REJECTS_DIR, batch.rejects, REJECTS_SCHEMA, ("date",))):
             files = []
             for key, rows in sorted(parts.items()):
                 partition = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))

@@ -205,6 +205,23 @@ def test_a_product_without_bars_today_is_stale_not_zero(book):
     assert got.loc["B", "stale_products"] == 1                                              # ETH-USD in BTC
 
 
+def test_a_product_sold_today_whose_price_is_stale_flags_the_pnl_it_feeds(book):
+    """Yesterday's holdings drive today's PnL: BTC-USD, sold out of L today, last traded at 08:00 (+5%); at 10:05
+    L's PnL is 2 x (that 08:00 price - the previous close), a number resting on a price 2 h 05 old, so the row says
+    so (stale product and age), as it does for a product held now."""
+    data, last, ref = book["data"], book["last"], book["ref"]
+    flat_day(data, last)
+    write_5m(data, "BTC-USD", D, np.full(index(8, 0) + 1, last["BTC-USD"] * 1.05))
+    (ref / "positions.csv").write_text(POSITIONS + f"L,ETH-USD,{D},1,3000\n")   # today: BTC sold, 1 ETH
+    b = at(10, 5)
+    intraday_io.run_intraday_risk(b.to_pydatetime())
+    row = intraday_rows(data, b).loc["L"]
+    assert row["intraday_pnl"] == pytest.approx(2 * last["BTC-USD"] * 0.05, rel=1e-12)
+    assert row["market_value"] == pytest.approx(last["ETH-USD"], rel=1e-12)
+    assert row["stale_products"] == 1 and row["stale_product_ids"] == "BTC-USD"
+    assert row["max_price_age_s"] == (b - at(8, 0)).total_seconds()
+
+
 def test_a_product_bought_today_outside_the_scenario_set_leaves_only_that_book_without_var(book):
     data, last, ref = book["data"], book["last"], book["ref"]
     flat_day(data, last)

@@ -67,3 +67,35 @@ def _current(product: str, day: str) -> str:
     from etl.storage import get_store
 
     return increments.partition_file(Lake.of(get_store()), LIQUIDITY_DIR, product, day)
+
+
+def test_a_crossed_book_from_the_feed_is_left_out_not_a_negative_spread(data_dir, monkeypatch):
+    """Over a real WebSocket: a level2 update that adds a bid above the best offer (the removal it implies never
+    came) leaves the collector's book crossed; a crossed snapshot has no spread (it would be negative and lower
+    the liquidity-adjusted VaR's spread cost): it is left out and counted, as a one-sided one."""
+    import time
+
+    from etl.stream.collector import collect
+    from tests.etl.stream.test_collector import ScriptedServer, _iso, _message
+
+    monkeypatch.setenv("PIPELINE_STREAM_BOOK_SNAPSHOT_S", "0.2")
+    t = _iso(time.time())
+
+    def l2(kind, seq, *levels):
+        return _message("l2_data", [{"type": kind, "product_id": "BTC-USD", "updates": [
+            {"side": side, "event_time": t, "price_level": price, "new_quantity": qty}
+            for side, price, qty in levels]}], t, seq)
+
+    script = [l2("snapshot", 0, ("bid", "100.00", "1.0"), ("offer", "101.00", "1.0")),
+              l2("update", 1, ("bid", "102.00", "1.0"))]
+    server = ScriptedServer([script])
+    try:
+        collect(["BTC-USD"], seconds=1.0, url=server.url, validate=False)
+    finally:
+        server.close()
+    summary = build_liquidity()
+    path = _current("BTC-USD", t[:10])
+    spreads = pq.read_table(data_dir / path).column("spread_bps").to_pylist() if path else []
+    assert all(s > 0 for s in spreads), spreads
+    assert summary.snapshots >= 2 and summary.crossed == summary.snapshots and summary.buckets == 0
+    assert "crossed" in str(summary)

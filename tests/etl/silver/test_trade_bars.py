@@ -3,11 +3,15 @@ bad field (a product id with a trailing newline, the date 9999-99-99) never beco
 
 from __future__ import annotations
 
+import json
 import logging
+
+import pandas as pd
 
 from etl.silver.trade_bars import TRADE_BARS_DIR, build_trade_bars
 from etl.storage import Store
 from etl.stream.sinks import BronzeSink, MicroBatch
+from tests.etl.stream.test_collector import live  # noqa: F401  (the fixture)
 
 
 def test_bronze_partitions_named_by_bad_fields_are_skipped_not_built(data_dir, caplog):
@@ -64,3 +68,162 @@ def test_a_build_reads_only_the_bronze_trades_committed_since_the_version_its_co
     assert again.equals(incremental) and incremental.num_rows == 3   # BTC: two buckets, ETH: one
     if EXTENSION:
         assert len(duckdb_rows(str(data_dir / TRADE_BARS_DIR), exclude=())) == 3
+
+
+def test_a_bar_whose_trades_a_sequence_gap_may_have_lost_is_not_complete(live, data_dir):  # noqa: F811
+    """Over the simulator's real feed with dropped messages (a dropped `market_trades` update loses its trades for
+    good: only level2 is resubscribed), every bar marked complete holds exactly the model's trades of its bucket
+    (a clean run's bar); a bar the lost messages cut into is built but not complete."""
+    import pandas as pd
+
+    from etl.simulator.price_model import SyntheticSource
+    from etl.simulator.trades import trades_between
+    from etl.stream.collector import collect
+
+    live(speed=120.0, ws_drop_rate=0.05)
+    summary = collect(["BTC-USD"], seconds=6)
+    assert summary.gaps["sequence"] >= 1
+    build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR)
+    source = SyntheticSource(42, ("BTC-USD",))
+    short = []
+    for bar in bars.itertuples():
+        start = int(bar.bucket_start.value // 1000)
+        model = trades_between(source, "BTC-USD", start - 1, start + 300_000_000 - 1)
+        lost = len(model) - bar.n_trades
+        if bar.is_complete:
+            assert lost == 0 and bar.volume == pd.Series(model.units).sum() / 1e8, (bar.bucket_start, lost)
+        short.append(lost > 0)
+    assert any(short), "no bar lost a trade: the fault did not happen"
+
+
+def bronze_table(data_dir, rel: str):
+    from etl.lake import Lake
+
+    return Lake.of(Store.from_uri(str(data_dir))).read(rel).to_pandas().sort_values("bucket_start")
+
+
+def test_the_bar_a_stream_starts_inside_is_not_complete(make_simulator, data_dir, monkeypatch):
+    """A collector's first trades are the subscription's snapshot (the last 50 trades): when the oldest of them lies
+    inside the first minute of a bucket, that bucket's five minutes all have trades, but those before the snapshot
+    were never received - the bar is built, not complete (a clean run's bar has them)."""
+    import time as _time
+
+    from etl.simulator.price_model import SyntheticSource
+    from etl.simulator.trades import trades_between
+    from etl.stream.collector import collect
+
+    source = SyntheticSource(42, ("BTC-USD",))
+    start = (_time.time() - 1800) // 300 * 300 + 60   # feed clock start: the oldest snapshot trade 20-40 s into a bar
+    while True:
+        recent = trades_between(source, "BTC-USD", int((start - 3600) * 1e6), int(start * 1e6))
+        oldest = recent.time_us[-50] / 1e6
+        if 20 <= oldest % 300 <= 40:
+            break
+        start += 1
+    bar = oldest // 300 * 300
+    sim = make_simulator(products=("BTC-USD",), rate_limit_rps=1000.0, burst=1000, ws_speed=120.0, ws_start=start)
+    monkeypatch.setenv("PIPELINE_STREAM_COMMIT_S", "0.5")
+    collect(["BTC-USD"], seconds=6, url=sim.ws_url, validate=False)
+    build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start")
+    first = bars.loc[pd.Timestamp(bar, unit="s", tz="UTC")]
+    clean = trades_between(source, "BTC-USD", int(bar * 1e6) - 1, int((bar + 300) * 1e6) - 1)
+    assert first["n_candles"] == 5 and first["n_trades"] < len(clean)   # the fault: minute 0 partly streamed
+    assert not first["is_complete"]
+    later = bars[bars.index > pd.Timestamp(bar, unit="s", tz="UTC")]
+    assert later["is_complete"].iloc[0]                                   # the next bar, streamed whole, is
+
+
+def test_a_run_carried_over_midnight_leaves_the_first_bar_complete_a_new_one_does_not(data_dir):
+    """The day's first trade came on a run already streaming the day before (same connection, no gap between):
+    the 00:00 bar is whole. Came on a connection of its own (the collector started after midnight): it is not."""
+    def batch(batch_id: str, conn_today: str) -> MicroBatch:
+        b = MicroBatch(batch_id)
+        times = ["2026-01-01T23:59:30Z", "2026-01-01T23:59:50Z"] + [
+            f"2026-01-02T00:{s // 60:02d}:{s % 60:02d}Z" for s in range(5, 380, 20)]
+        for seq, when in enumerate(times):
+            conn = "c1" if when < "2026-01-02" else conn_today
+            b.add_trade("BTC-USD", when[:10], (f"{seq + 1}", "100.0", "0.5", "BUY", when, "update", "market_trades",
+                                              when, "", seq, conn, 1767225600.0 + seq, None))
+        return b
+
+    store = Store.from_uri(str(data_dir))
+    BronzeSink(store).write(batch("20260102T000000000000Z-aaaa-000001", "c1"))
+    build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR)
+    first = bars[bars["bucket_start"] == pd.Timestamp("2026-01-02T00:00:00Z")].iloc[0]
+    assert first["n_candles"] == 5 and first["is_complete"]
+    # the same trades again on a new connection: c1's run still spans midnight, whichever row comes first
+    BronzeSink(store).write(batch("20260102T000000000000Z-aaaa-000002", "c2"))
+    build_trade_bars(full_refresh=True)
+    bars = bronze_table(data_dir, TRADE_BARS_DIR)
+    assert bars[bars["bucket_start"] == pd.Timestamp("2026-01-02T00:00:00Z")]["is_complete"].iloc[0]
+
+
+def test_a_stream_started_after_midnight_leaves_its_first_bar_incomplete(data_dir):
+    batch = MicroBatch("20260102T000000000000Z-aaaa-000001")
+    for seq, s in enumerate(range(5, 380, 20)):
+        when = f"2026-01-02T00:{s // 60:02d}:{s % 60:02d}Z"
+        batch.add_trade("BTC-USD", "2026-01-02", (f"{seq + 1}", "100.0", "0.5", "BUY", when, "snapshot",
+                                                  "market_trades", when, "", seq, "c2", 1767225600.0 + seq, None))
+    BronzeSink(Store.from_uri(str(data_dir))).write(batch)
+    assert build_trade_bars().cut == 1
+    bars = bronze_table(data_dir, TRADE_BARS_DIR)
+    first = bars[bars["bucket_start"] == pd.Timestamp("2026-01-02T00:00:00Z")].iloc[0]
+    assert first["n_candles"] == 5 and not first["is_complete"]
+
+
+def test_a_bar_missing_a_rejected_trade_is_not_complete(data_dir, monkeypatch):
+    """Over a real WebSocket: one trade of a `market_trades` update breaks a field rule (price "0") and is kept as
+    a reject row, never a bar's trade; its bar has all five minutes traded, but the exchange reported a trade it
+    does not hold: built, not complete (a hole where the rejected message was)."""
+    import time as _time
+
+    from etl.stream.collector import collect
+    from tests.etl.stream.test_collector import ScriptedServer, _iso, _message, _trade
+
+    monkeypatch.setenv("PIPELINE_STREAM_COMMIT_S", "0.5")
+    bar = (_time.time() - 3600) // 300 * 300
+    t = _iso(_time.time())
+    offsets = [-10, 5, 65, 125, 185, 245, 290, 310]
+    script = [_message("market_trades", [{"type": "update", "trades": [_trade(str(i + 1), _iso(bar + s))]}], t, i)
+              for i, s in enumerate(offsets)]
+    bad = _message("market_trades", [{"type": "update", "trades": [_trade("50", _iso(bar + 250)),
+                                                                   _trade("51", _iso(bar + 251), price="0")]}],
+                   t, len(offsets))
+    script.insert(6, bad)
+    script = [json.dumps({**json.loads(m), "sequence_num": i}) for i, m in enumerate(script)]
+    server = ScriptedServer([script])
+    try:
+        summary = collect(["BTC-USD"], seconds=1.5, url=server.url, validate=False)
+    finally:
+        server.close()
+    assert summary.rejects == 1 and summary.trades == len(offsets) + 1
+    build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start")
+    row = bars.loc[pd.Timestamp(bar, unit="s", tz="UTC")]
+    assert row["n_trades"] == 7 and row["n_candles"] == 5
+    assert not row["is_complete"]
+
+
+def test_forced_disconnects_lose_nothing_count_nothing_twice_and_keep_bars_complete(live, data_dir):  # noqa: F811
+    """The reconnects' trade snapshots span every disconnect: the repeated trades are dropped as duplicates, each
+    closed bar holds exactly a clean run's trades (the model's) and stays complete - no false hole."""
+    from etl.simulator.price_model import SyntheticSource
+    from etl.simulator.trades import trades_between
+    from etl.stream.collector import collect
+
+    live(speed=120.0, ws_disconnect_every=1.0)
+    summary = collect(["BTC-USD"], seconds=7)
+    assert summary.gaps["disconnect"] >= 3
+    built = build_trade_bars()
+    assert built.duplicates > 0
+    bars = bronze_table(data_dir, TRADE_BARS_DIR)
+    source = SyntheticSource(42, ("BTC-USD",))
+    closed = bars.iloc[1:-1]                  # the first and last buckets are only partly streamed
+    assert len(closed) >= 1 and closed["is_complete"].all()
+    for bar in closed.itertuples():
+        start = int(bar.bucket_start.value // 1000)
+        model = trades_between(source, "BTC-USD", start - 1, start + 300_000_000 - 1)
+        assert bar.n_trades == len(model) and bar.volume == pd.Series(model.units).sum() / 1e8

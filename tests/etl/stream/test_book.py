@@ -147,3 +147,32 @@ def test_a_rejected_book_event_is_kept_and_distrusts_only_its_product(data_dir):
     counts = collector.batch.counts()
     assert counts["rejects"] == 1 and counts["gaps"] == 1 and counts["book"] == 2   # BTC-USD: 1 bid + 1 offer
     assert collector.summary.gaps["book_resync"] == 1
+
+
+def test_a_late_repeat_of_a_book_message_never_rolls_the_book_back(data_dir, book_env):
+    """A repeated `l2_data` message arriving after a newer update of the same level (sequence_num steps back: a
+    `duplicate` gap) would set the level's absolute quantity back to the older value; the book must stay the
+    exchange's (a repeat changes nothing, an older message is never applied)."""
+    import time as _time
+
+    from etl.stream.collector import collect
+    from tests.etl.stream.test_collector import ScriptedServer, _iso, _message
+
+    t = _iso(_time.time())
+
+    def l2(kind, seq, *levels):
+        return _message("l2_data", [{"type": kind, "product_id": "BTC-USD", "updates": [
+            {"side": side, "event_time": t, "price_level": price, "new_quantity": qty}
+            for side, price, qty in levels]}], t, seq)
+
+    snapshot = l2("snapshot", 0, ("bid", "100.00", "1.0"), ("offer", "101.00", "1.0"))
+    first, second = l2("update", 1, ("bid", "100.00", "2.0")), l2("update", 2, ("bid", "100.00", "3.0"))
+    server = ScriptedServer([[snapshot, first, second, first, snapshot]])   # seq 1 and 0 again, late
+    try:
+        summary = collect(["BTC-USD"], seconds=1.5, url=server.url, validate=False)
+    finally:
+        server.close()
+    assert summary.gaps["duplicate"] == 2
+    book = bronze(data_dir, "order_book")
+    bids = book[book["side"] == "bid"]
+    assert len(bids) >= 2 and set(bids["quantity"]) == {3.0} and set(bids["sequence_num"]) == {2}

@@ -305,6 +305,26 @@ def test_insights_shows_mid_spread_and_averages(live):
     assert len(state.samples) >= 2 and state.messages > 0
 
 
+def test_insights_marks_the_mid_stale_while_the_feed_is_down_and_does_not_sample_it(live, monkeypatch):
+    """The simulator goes away mid-run (no message, no heartbeat, reconnects refused): the last mid is not shown
+    as current - the view says STALE with its age - and the frozen mid is not sampled into the averages or the
+    forecaster (a clean run samples every second)."""
+    import threading
+
+    from etl.stream.insights import run_insights
+
+    monkeypatch.setenv("PIPELINE_STREAM_STALL_S", "1")
+    sim = live()
+    threading.Timer(2.0, sim.stop).start()
+    out = io.StringIO()
+    state = run_insights("BTC-USD", seconds=6.5, out=out)
+    blocks = out.getvalue().strip().split("\n\n")
+    assert state.bid is not None and len(blocks) >= 6
+    assert "STALE" in blocks[-1] and "no message from the feed for" in blocks[-1]
+    assert all("STALE" not in b for b in blocks[:1])
+    assert len(state.samples) <= 3       # seconds 1-2 (and the one the feed stopped in), not the silent ones
+
+
 def test_fresh_trades_watcher_fires_on_a_new_commit(data_dir):
     from etl.storage import Store
     from etl.stream.sinks import BronzeSink, MicroBatch
@@ -449,7 +469,10 @@ def test_malformed_fields_are_quarantined_never_a_partition_and_an_oversized_mes
     assert json.loads(rejects.loc[rejects["reason"].str.startswith("product_id='BTC-USD"), "raw"].iat[0])[
         "product_id"] == "BTC-USD\n"                                                  # the raw text is kept
     gaps = bronze(data_dir, "stream_gaps")
-    assert list(gaps["kind"]) == ["disconnect"] and "1009" in gaps["detail"].iat[0]
+    assert sorted(gaps["kind"]) == ["disconnect", "rejected_trade", "rejected_trade"]
+    assert "1009" in gaps.loc[gaps["kind"] == "disconnect", "detail"].iat[0]
+    # the market_trades messages that lost a trade to a field rule (the trade bars take their span as a hole)
+    assert sorted(gaps.loc[gaps["kind"] == "rejected_trade", "expected"]) == [0, 3]
 
 
 def test_real_coinbase_messages_pass_every_field_rule():
