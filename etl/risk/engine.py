@@ -286,7 +286,9 @@ def _usd_moves(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: di
     usd = closes.to_numpy() * np.column_stack([rates.get(quote_ccy.get(p, "USD"), np.ones(len(closes)))
                                                for p in products])
     r = risk_returns.simple_returns(usd)[-n_ret:]
-    beta = stress.betas(r, products.index(stress.ANCHOR)) if stress.ANCHOR in products else np.zeros(len(products))
+    # no anchor prices in the run (no book needs them): the betas are unknown, not 0
+    beta = stress.betas(r, products.index(stress.ANCHOR)) if stress.ANCHOR in products \
+        else np.full(len(products), np.nan)
 
     def moves(shocks: dict[str, float]) -> dict[str, float]:
         return dict(zip(products, stress.hypothetical_moves(shocks, products, beta), strict=True))

@@ -9,7 +9,9 @@ PnL % = PnL / gross exposure.
   the price history is skipped with a warning.
 - Hypothetical (config, shocks per product to USD prices): a product without its own shock moves beta x the
   shock of the anchor (BTC-USD), beta the OLS slope of its daily USD returns on BTC-USD's over the VaR lookback
-  (1 for BTC-USD itself; 0 moves without an anchor shock). The USD moves m become base-currency returns
+  (1 for BTC-USD itself; 0 moves without an anchor shock). A run without BTC-USD prices (no book needs them) has
+  no beta: a book holding a product that would move through it has no row for that scenario (logged), not a 0.
+  The USD moves m become base-currency returns
   R_a = (1 + m_a) / (1 + m_base) - 1, m_base the move of <BASE>-USD (0 for USD).
 
 The config file (`RISK_STRESS_SCENARIOS`, default etl/reference_data/stress_scenarios.csv) has the columns
@@ -133,9 +135,10 @@ def betas(usd_returns: np.ndarray, anchor: int) -> np.ndarray:
 
 
 def hypothetical_moves(shocks: dict[str, float], products: list[str], beta: np.ndarray) -> np.ndarray:
-    """USD price moves (A,): a product's own shock, else beta x the anchor's shock (0 without one)."""
+    """USD price moves (A,): a product's own shock, else beta x the anchor's shock (0 without one); NaN where
+    that needs a beta that is unknown (NaN: no anchor prices in the run)."""
     anchor = shocks.get(ANCHOR, 0.0)
-    return np.array([shocks.get(p, b * anchor) for p, b in zip(products, beta, strict=True)])
+    return np.array([shocks.get(p, b * anchor if anchor else 0.0) for p, b in zip(products, beta, strict=True)])
 
 
 def to_base(moves_usd: np.ndarray, base_move: float) -> np.ndarray:
@@ -152,13 +155,14 @@ def stress_rows(days: pd.DatetimeIndex, price: np.ndarray, exposure: np.ndarray,
     p = len(ids)
     rows = []
 
-    def add(sid, kind, pnl, start, end, description):
+    def add(sid, kind, pnl, start, end, description, keep=None):
         with np.errstate(invalid="ignore", divide="ignore"):
             pct = np.where(gross > 0, pnl / np.where(gross > 0, gross, 1.0), np.nan)
-        rows.append(pd.DataFrame({"portfolio_id": ids, "as_of_date": as_of, "scenario_id": sid,
-                                  "scenario_type": kind, "pnl": pnl, "pnl_pct": pct, "scope": scope,
-                                  "window_start": start, "window_end": end, "description": description,
-                                  "base_currency": base}))
+        df = pd.DataFrame({"portfolio_id": ids, "as_of_date": as_of, "scenario_id": sid,
+                           "scenario_type": kind, "pnl": pnl, "pnl_pct": pct, "scope": scope,
+                           "window_start": start, "window_end": end, "description": description,
+                           "base_currency": base})
+        rows.append(df if keep is None else df[keep])
 
     for k in WORST_WINDOWS:
         if len(days) > k:
@@ -173,7 +177,14 @@ def stress_rows(days: pd.DatetimeIndex, price: np.ndarray, exposure: np.ndarray,
     for sid, g in scenarios.shocks.groupby("scenario_id", sort=True):
         moves = usd_move_of(dict(zip(g["product_id"], g["shock"], strict=True)))
         r = to_base(np.array([moves[a] for a in held]), moves.get(f"{base}-USD", 0.0) if base != "USD" else 0.0)
-        add(sid, "hypothetical", r @ exposure, pd.NaT, pd.NaT, "; ".join(sorted(set(g["description"]) - {""})))
+        pnl = np.nan_to_num(r) @ exposure
+        # a book holding a product whose move is unknown has no figure: left out, as a window outside the history
+        unknown = (np.isnan(r)[:, None] & (exposure != 0)).any(axis=0)
+        if unknown.any():
+            log.warning("stress scenario %s needs the beta to %s of %s, which has no prices in this run: skipped for "
+                        "%s", sid, ANCHOR, ", ".join(np.asarray(held)[np.isnan(r)]),
+                        ", ".join(np.asarray(ids)[unknown]))
+        add(sid, "hypothetical", pnl, pd.NaT, pd.NaT, "; ".join(sorted(set(g["description"]) - {""})), ~unknown)
     if not rows:
         return pd.DataFrame()
     out = pd.concat(rows, ignore_index=True)

@@ -122,3 +122,24 @@ def test_a_duplicate_shock_or_a_missing_column_is_an_error_and_the_shipped_file_
         stress.load_scenarios(path)
     shipped = stress.load_scenarios(PROJECT_ROOT / "etl" / "reference_data" / "stress_scenarios.csv")
     assert len(shipped.named) >= 1 and "btc_minus_30" in set(shipped.shocks["scenario_id"])
+
+
+def test_a_btc_shock_on_a_book_whose_run_has_no_btc_prices_is_skipped_not_a_zero_loss(tmp_path, caplog):
+    """An ETH-only USD book needs no BTC-USD close, so the run has none and no beta to BTC: 'BTC -30%, the rest
+    through their beta' cannot be computed for it. It was a PnL of 0 (beta taken as 0); it is left out, logged."""
+    path = tmp_path / "scenarios.csv"
+    path.write_text(FILE)
+    params = RiskParams(var_lookback_days=60, backtest_days=20, mc_scenarios=500, es_simulations=20,
+                        es_bootstrap=20, stress_file=str(path))
+    closes = _closes()[["ETH-USD"]]
+    book = pd.DataFrame({"portfolio_id": ["E1"], "product_id": ["ETH-USD"], "as_of_date": [closes.index[0]],
+                         "quantity": [10.0], "avg_cost": [3000.0]})
+    portfolios = PORTFOLIOS.iloc[:1].assign(portfolio_id="E1")
+    with caplog.at_level("WARNING", logger="etl.risk.stress"):
+        res = compute_tables(closes, {"ETH-USD": "USD"}, portfolios, book, params)["stress_results"]
+    s = res.set_index(["portfolio_id", "scenario_id"])
+    assert ("E1", "btc_down") not in s.index and ("FIRM", "btc_down") not in s.index
+    eth = 10.0 * closes["ETH-USD"].iloc[-1]
+    assert s.loc[("E1", "eth_only"), "pnl"] == pytest.approx(-0.40 * eth, rel=1e-12)
+    assert s.loc[("FIRM", "eth_only"), "pnl"] == pytest.approx(-0.40 * eth, rel=1e-12)
+    assert "btc_down" in caplog.text and "ETH-USD" in caplog.text and "BTC-USD" in caplog.text
