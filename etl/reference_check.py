@@ -63,7 +63,7 @@ def settings_problems(reference: Reference) -> list[str]:
                         f"({settings.reference_dir / 'instruments.csv'}): add them there, or unset "
                         "PIPELINE_PRODUCTS to ingest what the book holds")
     try:
-        load_scenarios(Path(settings.stress_scenarios_file) if settings.stress_scenarios_file else None)
+        load_scenarios(Path(settings.stress_scenarios_file) if settings.stress_scenarios_file else None, known)
     except ValidationError as exc:
         problems.append(f"setting RISK_STRESS_SCENARIOS: {exc}")
     return problems

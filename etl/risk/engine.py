@@ -218,7 +218,7 @@ class _Book:
 
     @classmethod
     def of(cls, closes, quote_ccy, portfolios, positions, params: RiskParams) -> _Book:
-        scenarios = stress.load_scenarios(params.stress_file)      # a bad file fails before any work
+        scenarios = stress.load_scenarios(params.stress_file, set(quote_ccy))   # a bad file fails before any work
         days = closes.index
         t_all = len(days)
         held = sorted(positions["product_id"].unique())

@@ -16,8 +16,8 @@ PnL % = PnL / gross exposure.
 
 The config file (`RISK_STRESS_SCENARIOS`, default etl/reference_data/stress_scenarios.csv) has the columns
 scenario_id, scenario_type (historical | hypothetical), start_date, end_date, product_id, shock, description:
-historical rows give the dates (one row per scenario), hypothetical rows a product and a shock (a fraction > -1,
-one row per shocked product). A bad row is a ValidationError naming the file and line.
+historical rows give the dates (one row per scenario), hypothetical rows a product of the instrument master and a
+shock (a fraction > -1, one row per shocked product). A bad row is a ValidationError naming the file and line.
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ class Scenarios:
                    pd.DataFrame(columns=["scenario_id", "product_id", "shock", "description"]))
 
 
-def load_scenarios(path: Path | None) -> Scenarios:
-    """Read and check the scenario file; None or a missing file = no configured scenarios (logged)."""
+def load_scenarios(path: Path | None, known: set[str] | None = None) -> Scenarios:
+    """Read and check the scenario file; None or a missing file = no configured scenarios (logged). known: the
+    instrument master's products (a shock on another one is a typo that would move nothing)."""
     if path is None or not Path(path).exists():
         log.warning("no stress scenario file at %s: only the worst historical windows are run", path)
         return Scenarios.empty()
@@ -86,6 +87,9 @@ def load_scenarios(path: Path | None) -> Scenarios:
                 raise ValidationError(f"{where}: hypothetical scenario {sid!r}: start_date and end_date must be empty")
             if not row.product_id:
                 raise ValidationError(f"{where}: hypothetical scenario {sid!r}: product_id is empty")
+            if known is not None and row.product_id not in known:
+                raise ValidationError(f"{where}: hypothetical scenario {sid!r}: product_id {row.product_id!r} is not "
+                                      "in the instrument master (instruments.csv): fix the name or add the product")
             try:
                 shock = float(row.shock)
             except ValueError:

@@ -179,6 +179,11 @@ def test_validate_checks_the_settings_that_name_reference_data(reference_copy, m
         f"setting PIPELINE_PRODUCTS: FOO-USD, BAR-EUR not in the instrument master ({reference_copy}/instruments.csv):"
         " add them there, or unset PIPELINE_PRODUCTS to ingest what the book holds",
         f"setting RISK_STRESS_SCENARIOS: {scenarios}:3: shock 'minus half' is not a number (a fraction, -0.3 = -30%)"]
+    scenarios.write_text("scenario_id,scenario_type,start_date,end_date,product_id,shock,description\n"
+                         "typo,hypothetical,,,ETH-USDT,-0.5,ETH -50%\n")
+    assert validate_reference(reference_copy)[-1] == (
+        f"setting RISK_STRESS_SCENARIOS: {scenarios}:2: hypothetical scenario 'typo': product_id 'ETH-USDT' is not "
+        "in the instrument master (instruments.csv): fix the name or add the product")
     monkeypatch.setenv("PIPELINE_PRODUCTS", "")  # unset: the book's products, in the master by the positions' rule
     monkeypatch.delenv("RISK_STRESS_SCENARIOS")
     assert validate_reference(reference_copy) == []

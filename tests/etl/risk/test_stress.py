@@ -136,10 +136,24 @@ def test_a_btc_shock_on_a_book_whose_run_has_no_btc_prices_is_skipped_not_a_zero
                          "quantity": [10.0], "avg_cost": [3000.0]})
     portfolios = PORTFOLIOS.iloc[:1].assign(portfolio_id="E1")
     with caplog.at_level("WARNING", logger="etl.risk.stress"):
-        res = compute_tables(closes, {"ETH-USD": "USD"}, portfolios, book, params)["stress_results"]
+        res = compute_tables(closes, QUOTE, portfolios, book, params)["stress_results"]
     s = res.set_index(["portfolio_id", "scenario_id"])
     assert ("E1", "btc_down") not in s.index and ("FIRM", "btc_down") not in s.index
     eth = 10.0 * closes["ETH-USD"].iloc[-1]
     assert s.loc[("E1", "eth_only"), "pnl"] == pytest.approx(-0.40 * eth, rel=1e-12)
     assert s.loc[("FIRM", "eth_only"), "pnl"] == pytest.approx(-0.40 * eth, rel=1e-12)
     assert "btc_down" in caplog.text and "ETH-USD" in caplog.text and "BTC-USD" in caplog.text
+
+
+def test_a_shock_on_a_product_not_in_the_instrument_master_is_refused_naming_the_line(tmp_path):
+    """A typo ('ETH-USDT') moved nothing: the scenario's PnL was that of the other shocks alone (here 0), a
+    figure over a misconfigured scenario. A product the book does not hold but the master knows is fine."""
+    path = tmp_path / "scenarios.csv"
+    path.write_text(HEADER + "btc_down,hypothetical,,,BTC-USD,-0.30,\neth_typo,hypothetical,,,ETH-USDT,-0.40,\n")
+    params = RiskParams(var_lookback_days=60, backtest_days=20, mc_scenarios=500, es_simulations=20,
+                        es_bootstrap=20, stress_file=str(path))
+    with pytest.raises(ValidationError, match=str(path).replace(".", r"\.") +
+                       r":3: hypothetical scenario 'eth_typo': product_id 'ETH-USDT' is not in the instrument master"):
+        compute_tables(_closes(), QUOTE, PORTFOLIOS, BOOK, params)
+    assert set(stress.load_scenarios(path, known={"BTC-USD", "ETH-USDT"}).shocks["product_id"]) == {"BTC-USD",
+                                                                                                   "ETH-USDT"}
