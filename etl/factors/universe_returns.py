@@ -54,9 +54,10 @@ def universe_returns(bars: pd.DataFrame, frequency_s: int, start: pd.Timestamp, 
             log.info("factor input: %d rows outside the grid or the product list ignored", int((~keep).sum()))
         c = bars["close"].to_numpy(dtype=np.float64)[keep]
         v = bars["volume"].to_numpy(dtype=np.float64)[keep]
-        bad = ~(c > 0) | ~(v >= 0)
+        bad = ~(np.isfinite(c) & (c > 0) & np.isfinite(v) & (v >= 0))
         if bad.any():  # silver quarantines these; a stray one must not turn into an infinite return
-            log.warning("factor input: %d rows with non-positive close or negative volume treated as missing",
+            log.warning("factor input: %d rows with non-positive or non-finite close, or negative or non-finite "
+                        "volume treated as missing",
                         int(bad.sum()))
         close[row[keep], col[keep]] = np.where(bad, np.nan, c)
         volume[row[keep], col[keep]] = np.where(bad, np.nan, v)

@@ -52,6 +52,21 @@ def test_missing_buckets_give_nan_returns_not_zero_or_forward_filled():
     np.testing.assert_allclose(u.traded_value[:, 1], [200, 220, 242, np.nan, 198, 180])
 
 
+def test_an_infinite_close_or_volume_is_missing_not_an_infinite_return_or_factor(caplog):
+    """A stray candle with close or volume inf (as with close <= 0) is treated as missing, logged: it was an inf
+    return and an inf then NaN market factor, so the factor returns and every beta on them were numbers from it."""
+    times = pd.date_range(T0, periods=4, freq="60s")
+    bars = pd.DataFrame({"product_id": ["A"] * 4 + ["B"] * 4, "bucket_start": list(times) * 2,
+                         "close": [10, np.inf, 12, 13] + [100, 110, 121, 133.1],
+                         "volume": [1.0] * 4 + [2.0, np.inf, 2.0, 2.0]})
+    with caplog.at_level("WARNING", logger="etl.factors.universe_returns"):
+        u = universe_returns(bars, 60, T0, T0 + pd.Timedelta(minutes=4))
+    np.testing.assert_allclose(u.returns[:, 0], [np.nan, np.nan, np.nan, 13 / 12 - 1])
+    np.testing.assert_allclose(u.returns[:, 1], [np.nan, np.nan, np.nan, 0.1])
+    assert np.isnan(u.traded_value[1]).all() and np.isfinite(u.traded_value[[0, 2, 3]]).all()
+    assert "2 rows with" in caplog.text
+
+
 # ---- buckets ---------------------------------------------------------------------------------------------------
 def test_terciles_rank_ascending_break_ties_by_product_order_and_skip_unranked():
     rank, bucket, n = terciles(np.array([[3.0, 1.0, np.nan, 2.0, 5.0, 4.0, 0.0],
