@@ -15,7 +15,9 @@ A held product without a recorded book on D is named in `products_without_book` 
 (`book_coverage` = the share of the gross exposure the costs cover); a portfolio none of whose products has a book
 has no row.
 A portfolio's `lvar_limit` (portfolios.csv, optional: empty = no limit) adds a `lvar` limit breach when lvar_99
-exceeds it, as etl/risk/engine.limit_breaches reports the others (a NaN lvar_99 is an `uncomputable` breach).
+exceeds it, as etl/risk/engine.limit_breaches reports the others. A book holding something whose lvar_99 does not
+cover it all (NaN, a product without a book, or no row) cannot clear its limit: an `uncomputable` breach, unless the
+part covered already exceeds it.
 """
 
 from __future__ import annotations
@@ -96,16 +98,22 @@ def liquidity_tables(positions_valued: pd.DataFrame, risk_metrics: pd.DataFrame,
                                       "products_without_book"]), detail
 
 
-def lvar_breaches(portfolio: pd.DataFrame, portfolios: pd.DataFrame, base_of: dict[str, str]) -> pd.DataFrame:
-    """limit_breaches rows of limit type `lvar` (see the module docstring)."""
-    m = portfolio.merge(portfolios[["portfolio_id", "lvar_limit"]], on="portfolio_id")
-    m = m[m["lvar_limit"].notna()]
-    finite = np.isfinite(m["lvar_99"].to_numpy(dtype="float64"))
+def lvar_breaches(portfolio: pd.DataFrame, positions_valued: pd.DataFrame, portfolios: pd.DataFrame,
+                  base_of: dict[str, str]) -> pd.DataFrame:
+    """limit_breaches rows of limit type `lvar` (see the module docstring) for the portfolios holding something."""
+    holding = positions_valued.groupby("portfolio_id", sort=True)["as_of_date"].first().reset_index()
+    m = (portfolios.loc[portfolios["lvar_limit"].notna(), ["portfolio_id", "lvar_limit"]]
+         .merge(holding, on="portfolio_id")
+         .merge(portfolio[["portfolio_id", "lvar_99", "book_coverage"]], on="portfolio_id", how="left"))
+    value = m["lvar_99"].to_numpy(dtype="float64")
+    # the costs of the products with a book only are a lower bound: it can exceed the limit, never clear it
+    exceeded = np.isfinite(value) & (value > m["lvar_limit"].to_numpy(dtype="float64"))
+    whole = np.isfinite(value) & (m["book_coverage"].to_numpy(dtype="float64") >= 1.0)
     out = pd.DataFrame({"portfolio_id": m["portfolio_id"], "as_of_date": m["as_of_date"], "limit_type": "lvar",
-                        "metric": "lvar_99", "value": np.where(finite, m["lvar_99"], np.nan),
+                        "metric": "lvar_99", "value": np.where(exceeded | whole, value, np.nan),
                         "limit_value": m["lvar_limit"], "base_currency": m["portfolio_id"].map(base_of),
-                        "breach_kind": np.where(finite, "exceeded", "uncomputable")})
-    out = out[~finite | (out["value"] > out["limit_value"])]
+                        "breach_kind": np.where(exceeded, "exceeded", "uncomputable")})
+    out = out[exceeded | ~whole]
     return out.assign(utilisation=out["value"] / out["limit_value"])
 
 
@@ -131,6 +139,6 @@ def liquidity_risk(tables: dict[str, pd.DataFrame], portfolios: pd.DataFrame, as
         log.info("liquidity risk: no recorded order book on %s (run python -m etl stream): no LVaR", as_of)
     tables["liquidity_risk"], tables["liquidity_positions"] = portfolio, detail
     base_of = dict(zip(portfolios["portfolio_id"], portfolios["base_currency"], strict=True))
-    breaches = lvar_breaches(portfolio, portfolios, base_of)
+    breaches = lvar_breaches(portfolio, positions, portfolios, base_of)
     if len(breaches):
         tables["limit_breaches"] = pd.concat([tables["limit_breaches"], breaches], ignore_index=True)

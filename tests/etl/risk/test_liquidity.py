@@ -60,13 +60,35 @@ def test_lvar_limit_breach_only_where_a_limit_is_set():
     from etl.risk.liquidity import lvar_breaches
 
     lvar = pd.DataFrame({"portfolio_id": ["P1", "P2", "P3"], "as_of_date": pd.Timestamp("2026-12-01"),
-                         "lvar_99": [120.0, 80.0, np.nan]})
+                         "lvar_99": [120.0, 80.0, np.nan], "book_coverage": 1.0})
+    held = pd.DataFrame({"portfolio_id": ["P1", "P2", "P3"], "as_of_date": pd.Timestamp("2026-12-01")})
     portfolios = pd.DataFrame({"portfolio_id": ["P1", "P2", "P3"], "lvar_limit": [100.0, 100.0, 100.0]})
-    got = lvar_breaches(lvar, portfolios, {"P1": "USD", "P2": "USD", "P3": "EUR"})
+    got = lvar_breaches(lvar, held, portfolios, {"P1": "USD", "P2": "USD", "P3": "EUR"})
     assert list(got["portfolio_id"]) == ["P1", "P3"] and list(got["breach_kind"]) == ["exceeded", "uncomputable"]
     assert got["utilisation"].iloc[0] == pytest.approx(1.2) and (got["limit_type"] == "lvar").all()
-    no_limit = lvar_breaches(lvar, portfolios.assign(lvar_limit=np.nan), {})
+    no_limit = lvar_breaches(lvar, held, portfolios.assign(lvar_limit=np.nan), {})
     assert no_limit.empty
+
+
+def test_an_lvar_limit_over_products_without_a_book_is_uncomputable_not_a_pass():
+    """P1 holds 3,000 ETH without a recorded book (0.08% of its gross has one): its lvar_99 leaves nearly all of it
+    out, so 1,001.75 under a 2,000 limit proves nothing; P4's only product has no book (no row); both passed. P5's
+    covered part alone exceeds its limit: exceeded. P6 holds nothing: no limit to breach."""
+    from etl.risk.liquidity import lvar_breaches
+
+    positions = pd.DataFrame({"portfolio_id": ["P1", "P1", "P4", "P5", "P5"],
+                              "product_id": ["BTC-USD", "ETH-USD", "ETH-USD", "BTC-USD", "ETH-USD"],
+                              "as_of_date": pd.Timestamp("2026-12-01"), "quantity": [2.5, 3000.0, 10.0, 2.5, 1.0],
+                              "market_value": [251.25, 300000.0, 1000.0, 251.25, 100.0], "fx_rate": 1.0})
+    metrics = pd.DataFrame({"portfolio_id": ["P1", "P4", "P5"], "var_99_hist": [1000.0, 50.0, 1000.0]})
+    portfolio, _ = liquidity_tables(positions, metrics, books([20.0]), 99.0)
+    limits = pd.DataFrame({"portfolio_id": ["P1", "P4", "P5", "P6"], "lvar_limit": [2000.0, 60.0, 500.0, 1.0]})
+    got = lvar_breaches(portfolio, positions, limits, dict.fromkeys(limits["portfolio_id"], "USD")).set_index(
+        "portfolio_id")
+    assert list(got.index) == ["P1", "P4", "P5"]
+    assert list(got["breach_kind"]) == ["uncomputable", "uncomputable", "exceeded"]
+    assert got[["value", "utilisation"]].loc[["P1", "P4"]].isna().all().all()
+    assert got.loc["P5", "value"] == pytest.approx(1001.75125) and str(got.loc["P4", "as_of_date"].date()) == "2026-12-01"
 
 
 def test_risk_run_writes_lvar_from_silver_books_with_the_lvar_limit(risk_env, monkeypatch):  # noqa: F811
