@@ -8,7 +8,7 @@ same in any shard) and writes them to the uncommitted area `outputs/_shards/<run
 marker last. A shard reads the table versions the first shard done before it read (its `done.json`), so every
 shard prices on the same lake; `commit_shards` checks every shard's marker (else it fails naming the missing ones
 and commits nothing), refuses shards that read different versions (started at once around a commit of their
-inputs: rerun those shards), computes what needs the whole book (`engine.book_tables`: firm VaR/ES from every position's USD
+inputs: rerun those shards) or other reference files than its own (edited since: rerun every shard), computes what needs the whole book (`engine.book_tables`: firm VaR/ES from every position's USD
 exposure, firm contributions and stress, the product tables) and commits all tables with ONE run record, as
 `run_risk` does (etl.commits), then deletes the run's shard area, and `_shards` itself once no other run's shards
 wait there. One shard gives the same tables as `run_risk`.
@@ -100,7 +100,8 @@ def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Sett
         rows[name] = len(df)
         store.write_parquet(posixpath.join(folder, f"{name}.parquet"), to_arrow(df))
     done = {"as_of": as_of.isoformat(), "shard": shard, "shards": shards, "portfolios": ids, "rows": rows,
-            "seconds": round(time.perf_counter() - t0, 3), "inputs": recorded_reads()}
+            "seconds": round(time.perf_counter() - t0, 3), "inputs": recorded_reads(),
+            "reference": inputs.reference_digests}
     store.write_json(posixpath.join(folder, DONE), done)        # the shard's commit point
     log.info("risk shard %d/%d as of %s: %d portfolios in %.1fs", shard + 1, shards, as_of, len(ids),
              done["seconds"])
@@ -149,6 +150,14 @@ def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings,
         raise DataNotFoundError(f"the risk shards of run {run_key} cover {len(got)} portfolios as of their days, "
                                 f"the book as of {as_of} has {len(book)}: rerun every compute_risk_shard of that "
                                 f"run (the book changed, or shards of another day), then compute_risk")
+    # the reference files are not versioned by the lake: the shards must have read the files the commit records
+    stale = sorted(i for i, m in markers.items() if m.get("reference") != inputs.reference_digests)
+    if stale:
+        shard_ref = markers[stale[0]].get("reference") or {}
+        name = next(iter(sorted(set(shard_ref.items()) ^ set(inputs.reference_digests.items()))), ("?",))[0]
+        raise ValidationError(f"{name}: not the reference file risk shard(s) {stale} of run {run_key} as of {as_of} "
+                              "read (changed since they ran): nothing committed. Rerun every compute_risk_shard of "
+                              "that run, then compute_risk")
     tables: dict[str, pd.DataFrame] = {}
     for i, marker in markers.items():
         part = {name: store.read_parquet(posixpath.join(shard_dir(run_key, i), f"{name}.parquet")).to_pandas()
