@@ -10,7 +10,8 @@ then rebuilds every partition once (no bronze version recorded yet).
 Converts the risk, factor and intraday outputs: each old commit manifest `outputs/_commits/<name>.json` becomes a
 run record of the same name and run id (etl/commits.py) whose entries are the manifest's files, each checked
 against its recorded SHA-256 and committed to its Delta table. Per manifest, in this order:
-1. publish its entries (skipped when `outputs/_runs` already holds a record of that name and run id),
+1. publish its entries that no run record of that name holds (records are newer than any old manifest: one
+   holding an entry converted it before a kill, or a run of the upgraded pipeline superseded it),
 2. delete the old files it named that no Delta table references,
 3. delete the manifest: the mark that this name is converted.
 A crash anywhere leaves the old manifest or the converted record in force (readers take the record), and a rerun
@@ -88,12 +89,15 @@ def migrate_lake(settings: Settings | None = None) -> MigrationSummary:
     for rel in old:
         manifest = _read_old(store, rel)
         name = manifest.get("name") or rel[len(OLD_COMMITS) + 1:-len(".json")]
-        records = commits.read_manifest(store, name)
-        if records is not None and records["run_id"] == manifest["run_id"]:
-            summary.already.append(name)
-        else:
-            _publish(store, name, manifest)
+        # every run record is newer than every old manifest: an entry a record holds was converted before a kill,
+        # or superseded by a run of the upgraded pipeline; publishing it again would put the old figures back
+        held = (commits.read_manifest(store, name) or {}).get("files", {})
+        rest = {key: entry for key, entry in manifest["files"].items() if key not in held}
+        if rest:
+            _publish(store, name, {**manifest, "files": rest})
             summary.converted.append(name)
+        else:
+            summary.already.append(name)
         summary.files_removed += _remove_old_files(store, manifest)
         store.delete(rel)
     log.info("%s", summary)

@@ -205,3 +205,27 @@ def test_an_old_bronze_candle_folder_becomes_the_delta_table_of_its_current_file
     again = migrate.migrate_lake()                           # idempotent: the folder is a table now
     assert again.tables_adopted == [] and lake.files(candles.CANDLES_DIR) == sorted(
         [f"{day}/compacted-v000001-g60.parquet", *old["b3"]])
+
+
+def test_a_rerun_after_a_kill_never_puts_the_old_commit_back_over_a_newer_run(old_folder):
+    """Killed after publishing the day's old commit; before the rerun, the upgraded pipeline commits a new run of
+    that day and new factor days. The rerun must not publish the old manifest again over the newer run (it did:
+    the latest record's run id is not the old one, so it "converted" it again and the old figures were back in
+    force), and must still convert what no record holds (the old factor day)."""
+    store = get_store()
+    name = commits.risk_manifest(DAY)
+    migrate._publish(store, name, json.loads((old_folder / f"outputs/_commits/{name}.json").read_text()))
+    newer = {"risk_metrics": RISK["risk_metrics"].set_column(2, "var_99_hist", pa.array([60000.0, 2000.0])),
+             "pnl_daily": RISK["pnl_daily"]}
+    commits.publish(store, name, "risk", {(t, f"as_of_date={DAY}"): rows for t, rows in newer.items()},
+                    meta={"as_of": str(DAY)})
+    later = f"date={DAY + timedelta(days=1)}"
+    commits.publish(store, "factors", "factors", {("factor_returns", later): FACTORS["factor_returns"]})
+    run_id = commits.read_manifest(store, name)["run_id"]
+
+    summary = migrate.migrate_lake()
+    assert commits.read_manifest(store, name)["run_id"] == run_id
+    assert _committed(store, name, f"risk_metrics/as_of_date={DAY}").equals(newer["risk_metrics"])
+    assert summary.already == [name] and summary.converted == ["factors"], summary
+    assert _committed(store, "factors", f"factor_returns/date={DAY}").equals(FACTORS["factor_returns"])
+    assert _committed(store, "factors", f"factor_returns/{later}").equals(FACTORS["factor_returns"])
