@@ -19,7 +19,8 @@ finishes the remaining steps: the command is idempotent.
 
 Bronze candles written with batch manifests and compaction markers become the Delta table `bronze/candles` of
 their current files, in one commit: per partition the newest marker's compacted files plus the files of batches
-with a manifest that marker does not replace (their SHA-256 carried over from the manifests and markers). Then the
+with a manifest that marker does not replace (their SHA-256 carried over from the manifests and markers; when an
+upgraded ingest already made the table, they are added beside the batches it names). Then the
 manifests, markers and pending records go (the superseded and uncommitted files are left to `vacuum`). A crash
 before the commit leaves the old folder as it was; after it, the next run only finishes the clean-up.
 """
@@ -79,10 +80,12 @@ def migrate_lake(settings: Settings | None = None) -> MigrationSummary:
             _adopt(store, lake, rel, schema, keys, digests)
     for rel in OLD_STATE_FILES:  # what the silver tables' own commits replaced
         store.delete(rel)
-    if lake.table(candles.CANDLES_DIR) is None and store.list_files(candles.CANDLES_DIR, ".parquet"):
+    markers = [p for p, _ in store.entries(candles.CANDLES_DIR) if _MARKER.search(p)]
+    old_bronze = markers or any(store.entries(OLD_BRONZE[0]))
+    if ((old_bronze or (lake.table(candles.CANDLES_DIR) is None and store.list_files(candles.CANDLES_DIR, ".parquet")))
+            and _adopt_candles(store, lake)):
         summary.tables_adopted.append(candles.CANDLES_DIR)
-        _adopt_candles(store, lake)
-    for rel in [*OLD_BRONZE, *(p for p, _ in store.entries(candles.CANDLES_DIR) if _MARKER.search(p))]:
+    for rel in [*OLD_BRONZE, *markers]:
         store.delete(rel)
     # the old manifests sit under a hidden folder (list_files skips those): list its entries
     old = [p for p, _ in store.entries(OLD_COMMITS) if p.endswith(".json") and not posixpath.basename(p).startswith(".")]
@@ -137,8 +140,10 @@ def _adopt(store: Store, lake: Lake, rel: str, schema: pa.Schema, keys: list[str
                       metadata={"migrated_from": "plain Parquet folder"})
 
 
-def _adopt_candles(store: Store, lake: Lake) -> None:
-    """Commit the old bronze candle folder's current files (see the module docstring) as the table's first data."""
+def _adopt_candles(store: Store, lake: Lake) -> bool:
+    """Commit the old bronze candle folder's current files (see the module docstring) that the table does not name
+    yet: its first data, or beside the batches an upgraded ingest committed before the migration (a rerun after a
+    kill past this commit adds nothing). Returns whether it committed."""
     manifests = [store.read_json(p) for p, _ in store.entries(OLD_BRONZE[0]) if p.endswith(".json")]
     committed = {m["batch_id"] for m in manifests}
     sha = {rel: digest for m in manifests for rel, digest in (m.get("sha256") or {}).items()}
@@ -154,6 +159,12 @@ def _adopt_candles(store: Store, lake: Lake) -> None:
         current += [f"{folder}/{n}" for n in marker["files"]]
         current += [f"{folder}/{n}" for n in sorted(names) if n.endswith(".parquet") and
                     n[: -len(".parquet")] in committed and n not in marker["replaces"]]
+    table = lake.table(candles.CANDLES_DIR)
+    if table is not None:
+        named = set(lake.files(candles.CANDLES_DIR) or [])
+        current = [rel for rel in current if rel not in named]
+        if not current:
+            return False
     files = []
     for rel in current:
         with store.fs.open_input_file(store.path(rel)) as f:
@@ -162,7 +173,8 @@ def _adopt_candles(store: Store, lake: Lake) -> None:
                               dict(zip(candles.KEYS, candles.partition_of(rel), strict=True)), rows))
     lake.commit_files(candles.CANDLES_DIR, files, candles.TABLE_SCHEMA, candles.KEYS,
                       metadata={"migrated_from": "batch manifests and compaction markers",
-                                candles.SHA256: json.dumps({f: sha[f] for f in current if f in sha})})
+                                candles.SHA256: json.dumps({f: sha[f] for f in current if f in sha})}, table=table)
+    return True
 
 
 def _read_old(store: Store, rel: str) -> dict:

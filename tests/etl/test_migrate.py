@@ -229,3 +229,35 @@ def test_a_rerun_after_a_kill_never_puts_the_old_commit_back_over_a_newer_run(ol
     assert summary.already == [name] and summary.converted == ["factors"], summary
     assert _committed(store, "factors", f"factor_returns/date={DAY}").equals(FACTORS["factor_returns"])
     assert _committed(store, "factors", f"factor_returns/{later}").equals(FACTORS["factor_returns"])
+
+
+def test_an_old_candle_folder_an_upgraded_ingest_wrote_to_first_keeps_its_old_batches(tmp_path, monkeypatch):
+    """The upgraded pipeline ingested before `migrate-lake` ran: its commit made the Delta table, which named only
+    the new batch. The migration then skipped the folder (a table is there) and deleted the batch manifests, the only
+    record of which old files are data: the old history dropped out of bronze without a word."""
+    from etl import candles
+    from etl.lake import Lake
+    from etl.silver import build, read_bars
+    from tests.etl.silver.test_incremental import FUTURE, T0, commit_batch, minute_candles, write_batch
+
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    data, store = tmp_path / "data", get_store()
+    old = write_batch(data, minute_candles("BTC-USD", T0, 60), "b1", T0 + timedelta(days=2), commit=False)
+    store.write_json("bronze/_manifests/b1.json", {"batch_id": "b1", "files": old,
+                                                   "sha256": {r: store.digest(r) for r in old}})
+    write_batch(data, minute_candles("BTC-USD", T0 + timedelta(days=1), 60, seed=1), "new", T0 + timedelta(days=3),
+                commit=False)
+    orphan = write_batch(data, minute_candles("BTC-USD", T0, 60, seed=2), "orphan", T0 + timedelta(days=3),
+                         commit=False)                            # an old writer died before its manifest
+    new = [f for f in store.list_files(candles.CANDLES_DIR, ".parquet") if f.endswith("/new.parquet")]
+    commit_batch(data, new, "new")                                # the upgraded ingest's commit
+
+    summary = migrate.migrate_lake()
+    lake = Lake.of(store)
+    assert lake.files(candles.CANDLES_DIR) == sorted([*old, *new]), summary
+    assert orphan[0] not in lake.files(candles.CANDLES_DIR)
+    assert not store.exists("bronze/_manifests/b1.json")
+    assert migrate.migrate_lake().tables_adopted == [] and lake.files(candles.CANDLES_DIR) == sorted([*old, *new])
+    build(now=FUTURE)                                             # silver takes the old batch in as new
+    assert set(read_bars("5m")["bucket_start"].dt.date.astype(str)) == {"2026-01-05", "2026-01-06"}
