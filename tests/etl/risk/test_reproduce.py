@@ -165,3 +165,17 @@ def test_a_run_whose_inputs_were_vacuumed_is_refused_naming_the_run_and_the_rete
     assert err.count("\n") == 1 and f"risk run {run_id} of {AS_OF.date()} cannot be recomputed" in err, err
     assert "vacuumed" in err and "PIPELINE_LAKE_RETENTION_DAYS" in err and "bars_1d" in err, err
     assert not (tmp_path / "gone").exists()
+
+
+def test_output_without_reproduce_is_bad_usage_and_leaves_the_committed_run(chain, tmp_path, capsys):
+    """`risk --as-of D --output DIR` (--reproduce forgotten) ran a new risk run on today's data, replaced the day's
+    committed run and wrote nothing to DIR, exit 0: the user asked for a copy and got a rewrite."""
+    store = Store.from_uri(str(chain["data"]))
+    before = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))
+    try:
+        code = cli.main(["risk", "--as-of", str(AS_OF.date()), "--output", str(tmp_path / "x")])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    assert "--output DIR is only for --reproduce RUN_ID" in capsys.readouterr().err
+    assert commits.read_manifest(store, commits.risk_manifest(AS_OF.date())) == before
