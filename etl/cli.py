@@ -318,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "reproduce", None) and not (args.as_of and args.output):
         parser.error("risk --reproduce RUN_ID needs --as-of D (the run's day) and --output DIR")
+    if getattr(args, "output", None) and not getattr(args, "reproduce", None):  # else a new run replaces the day's
+        parser.error("risk --output DIR is only for --reproduce RUN_ID (recompute a committed run); without it "
+                     "`risk` commits a new run to the lake")
     permissions.owner_only()  # data, state and secrets this command writes: its user's only (etl.permissions)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

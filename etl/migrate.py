@@ -10,7 +10,8 @@ then rebuilds every partition once (no bronze version recorded yet).
 Converts the risk, factor and intraday outputs: each old commit manifest `outputs/_commits/<name>.json` becomes a
 run record of the same name and run id (etl/commits.py) whose entries are the manifest's files, each checked
 against its recorded SHA-256 and committed to its Delta table. Per manifest, in this order:
-1. publish its entries (skipped when `outputs/_runs` already holds a record of that name and run id),
+1. publish its entries that no run record of that name holds (records are newer than any old manifest: one
+   holding an entry converted it before a kill, or a run of the upgraded pipeline superseded it),
 2. delete the old files it named that no Delta table references,
 3. delete the manifest: the mark that this name is converted.
 A crash anywhere leaves the old manifest or the converted record in force (readers take the record), and a rerun
@@ -18,7 +19,8 @@ finishes the remaining steps: the command is idempotent.
 
 Bronze candles written with batch manifests and compaction markers become the Delta table `bronze/candles` of
 their current files, in one commit: per partition the newest marker's compacted files plus the files of batches
-with a manifest that marker does not replace (their SHA-256 carried over from the manifests and markers). Then the
+with a manifest that marker does not replace (their SHA-256 carried over from the manifests and markers; when an
+upgraded ingest already made the table, they are added beside the batches it names). Then the
 manifests, markers and pending records go (the superseded and uncommitted files are left to `vacuum`). A crash
 before the commit leaves the old folder as it was; after it, the next run only finishes the clean-up.
 """
@@ -78,22 +80,27 @@ def migrate_lake(settings: Settings | None = None) -> MigrationSummary:
             _adopt(store, lake, rel, schema, keys, digests)
     for rel in OLD_STATE_FILES:  # what the silver tables' own commits replaced
         store.delete(rel)
-    if lake.table(candles.CANDLES_DIR) is None and store.list_files(candles.CANDLES_DIR, ".parquet"):
+    markers = [p for p, _ in store.entries(candles.CANDLES_DIR) if _MARKER.search(p)]
+    old_bronze = markers or any(store.entries(OLD_BRONZE[0]))
+    if ((old_bronze or (lake.table(candles.CANDLES_DIR) is None and store.list_files(candles.CANDLES_DIR, ".parquet")))
+            and _adopt_candles(store, lake)):
         summary.tables_adopted.append(candles.CANDLES_DIR)
-        _adopt_candles(store, lake)
-    for rel in [*OLD_BRONZE, *(p for p, _ in store.entries(candles.CANDLES_DIR) if _MARKER.search(p))]:
+    for rel in [*OLD_BRONZE, *markers]:
         store.delete(rel)
     # the old manifests sit under a hidden folder (list_files skips those): list its entries
     old = [p for p, _ in store.entries(OLD_COMMITS) if p.endswith(".json") and not posixpath.basename(p).startswith(".")]
     for rel in old:
         manifest = _read_old(store, rel)
         name = manifest.get("name") or rel[len(OLD_COMMITS) + 1:-len(".json")]
-        records = commits.read_manifest(store, name)
-        if records is not None and records["run_id"] == manifest["run_id"]:
-            summary.already.append(name)
-        else:
-            _publish(store, name, manifest)
+        # every run record is newer than every old manifest: an entry a record holds was converted before a kill,
+        # or superseded by a run of the upgraded pipeline; publishing it again would put the old figures back
+        held = (commits.read_manifest(store, name) or {}).get("files", {})
+        rest = {key: entry for key, entry in manifest["files"].items() if key not in held}
+        if rest:
+            _publish(store, name, {**manifest, "files": rest})
             summary.converted.append(name)
+        else:
+            summary.already.append(name)
         summary.files_removed += _remove_old_files(store, manifest)
         store.delete(rel)
     log.info("%s", summary)
@@ -133,8 +140,10 @@ def _adopt(store: Store, lake: Lake, rel: str, schema: pa.Schema, keys: list[str
                       metadata={"migrated_from": "plain Parquet folder"})
 
 
-def _adopt_candles(store: Store, lake: Lake) -> None:
-    """Commit the old bronze candle folder's current files (see the module docstring) as the table's first data."""
+def _adopt_candles(store: Store, lake: Lake) -> bool:
+    """Commit the old bronze candle folder's current files (see the module docstring) that the table does not name
+    yet: its first data, or beside the batches an upgraded ingest committed before the migration (a rerun after a
+    kill past this commit adds nothing). Returns whether it committed."""
     manifests = [store.read_json(p) for p, _ in store.entries(OLD_BRONZE[0]) if p.endswith(".json")]
     committed = {m["batch_id"] for m in manifests}
     sha = {rel: digest for m in manifests for rel, digest in (m.get("sha256") or {}).items()}
@@ -150,6 +159,12 @@ def _adopt_candles(store: Store, lake: Lake) -> None:
         current += [f"{folder}/{n}" for n in marker["files"]]
         current += [f"{folder}/{n}" for n in sorted(names) if n.endswith(".parquet") and
                     n[: -len(".parquet")] in committed and n not in marker["replaces"]]
+    table = lake.table(candles.CANDLES_DIR)
+    if table is not None:
+        named = set(lake.files(candles.CANDLES_DIR) or [])
+        current = [rel for rel in current if rel not in named]
+        if not current:
+            return False
     files = []
     for rel in current:
         with store.fs.open_input_file(store.path(rel)) as f:
@@ -158,7 +173,8 @@ def _adopt_candles(store: Store, lake: Lake) -> None:
                               dict(zip(candles.KEYS, candles.partition_of(rel), strict=True)), rows))
     lake.commit_files(candles.CANDLES_DIR, files, candles.TABLE_SCHEMA, candles.KEYS,
                       metadata={"migrated_from": "batch manifests and compaction markers",
-                                candles.SHA256: json.dumps({f: sha[f] for f in current if f in sha})})
+                                candles.SHA256: json.dumps({f: sha[f] for f in current if f in sha})}, table=table)
+    return True
 
 
 def _read_old(store: Store, rel: str) -> dict:

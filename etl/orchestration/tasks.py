@@ -173,7 +173,8 @@ def fetch_candles(run: TaskRun, product: str, start: datetime | str | None, end:
                             settings=_paced(settings, pool_slots),
                             batch_id=f"{_slug(ref.run_id)}-{_slug(ref.task_id)}-{product}-{granularity}",
                             on_page=FetchProgress(f"{product} g={granularity}", settings.progress_interval_s))
-    run.record(summary.candles, summary.candles - summary.quarantined,
+    # in: every row received (valid + quarantined); out: the valid rows written (`candles` excludes quarantined)
+    run.record(summary.candles + summary.quarantined, summary.candles,
                f"{product} g={granularity} [{start}, {end}) requests={summary.requests} "
                f"retries={summary.retries} http_429={summary.http_429} quarantined={summary.quarantined}")
     # XCom stays small: counts instead of one path per partition (400 for a daily history)

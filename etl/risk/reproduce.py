@@ -67,18 +67,26 @@ def reproduce(as_of: date, run_id: str, output: str | Path, settings: Settings |
     params = dict(record["params"])
     # the settings the run read that change its figures (recorded since RUN_SETTINGS; older runs: today's)
     settings = dataclasses.replace(settings, **{k: params.pop(k) for k in RUN_SETTINGS if k in params})
-    with pinned(record["inputs"]):
-        inputs = load_inputs(as_of, settings, reference, RiskParams(**params))
-        tables = compute_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions, inputs.params,
-                                inputs.bars_5m)
-        tables = finish_portfolio_tables(inputs, inputs.portfolios, tables, settings)
+    store = get_store(settings)
+    try:
+        with pinned(record["inputs"]):
+            inputs = load_inputs(as_of, settings, reference, RiskParams(**params))
+            tables = compute_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions,
+                                    inputs.params, inputs.bars_5m)
+            tables = finish_portfolio_tables(inputs, inputs.portfolios, tables, settings)
+        # in the types of the files the run committed
+        schemas = [pq.read_schema(store.path(next(iter(entry["files"]))), filesystem=store.fs)
+                   for entry in record["files"].values()]
+    except FileNotFoundError as exc:  # the log still names the version, `vacuum` deleted its files
+        raise ValidationError(f"risk run {run_id} of {as_of} cannot be recomputed: {exc.filename or exc}, a file "
+                              "of a table version it read or committed, was vacuumed (superseded longer than "
+                              "PIPELINE_LAKE_RETENTION_DAYS ago); nothing was written. `python -m etl risk "
+                              f"--as-of {as_of}` computes a new run from the current data") from exc
     tables["risk_metrics"]["risk_run_id"] = run_id
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     summary = ReproduceSummary(run_id, as_of, str(out), dict(record["inputs"]))
-    store = get_store(settings)
-    for entry in record["files"].values():  # in the types of the files the run committed
-        committed = pq.read_schema(store.path(next(iter(entry["files"]))), filesystem=store.fs)
+    for entry, committed in zip(record["files"].values(), schemas, strict=True):
         rows = conform(to_arrow(tables.pop(entry["table"]))).select(committed.names).cast(committed)
         name = entry["table"]
         pq.write_table(rows, out / f"{name}.parquet")

@@ -153,8 +153,9 @@ def finish_portfolio_tables(inputs: RiskInputs, portfolios: pd.DataFrame, tables
 
 
 def commit_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings: Settings,
-                  t0: float) -> RiskSummary:
-    """Write every table of the whole book and commit them with one run record (etl.commits)."""
+                  t0: float, meta: dict | None = None) -> RiskSummary:
+    """Write every table of the whole book and commit them with one run record (etl.commits), `meta` added to
+    it."""
     as_of = inputs.as_of
     run_id = commits.new_run_id()
     tables["risk_metrics"]["risk_run_id"] = run_id
@@ -175,7 +176,7 @@ def commit_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings:
                           "portfolios": sorted(map(str, inputs.portfolios["portfolio_id"])),
                           # what `risk --reproduce` needs beside the table versions (etl/risk/reproduce.py)
                           "params": {**asdict(inputs.params), **{k: getattr(settings, k) for k in RUN_SETTINGS}},
-                          "reference": inputs.reference_digests})
+                          "reference": inputs.reference_digests, **(meta or {})})
     summary.rows = {name: part.num_rows for (name, _), part in parts.items()}
     summary.seconds = time.perf_counter() - t0
     log.info("%s", summary)

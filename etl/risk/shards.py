@@ -8,10 +8,12 @@ same in any shard) and writes them to the uncommitted area `outputs/_shards/<run
 marker last. A shard reads the table versions the first shard done before it read (its `done.json`), so every
 shard prices on the same lake; `commit_shards` checks every shard's marker (else it fails naming the missing ones
 and commits nothing), refuses shards that read different versions (started at once around a commit of their
-inputs: rerun those shards), computes what needs the whole book (`engine.book_tables`: firm VaR/ES from every position's USD
+inputs: rerun those shards) or other reference files than its own (edited since: rerun every shard), computes what needs the whole book (`engine.book_tables`: firm VaR/ES from every position's USD
 exposure, firm contributions and stress, the product tables) and commits all tables with ONE run record, as
-`run_risk` does (etl.commits), then deletes the run's shard area, and `_shards` itself once no other run's shards
-wait there. One shard gives the same tables as `run_risk`.
+`run_risk` does (etl.commits; the record names the run key), then deletes the run's shard area, and `_shards` itself
+once no other run's shards wait there. A retry of the commit after it committed (its worker died before Airflow saw
+it succeed) finds the day's record of its run key and succeeds without committing again. One shard gives the same
+tables as `run_risk`.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from etl.commits import OUTPUTS, RUNS
+from etl.commits import OUTPUTS, RUNS, read_entry, read_manifest, risk_manifest, run_record
 from etl.errors import DataNotFoundError, ValidationError
 from etl.lake import Lake, note_read, pinned, recorded_reads, records_reads
+from etl.portfolios import book_products
 from etl.reference_set import Reference
 from etl.risk.engine import append_tables, book_tables, portfolio_tables
 from etl.risk.runner import RiskSummary, commit_tables, finish_portfolio_tables, load_inputs
@@ -100,7 +103,8 @@ def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Sett
         rows[name] = len(df)
         store.write_parquet(posixpath.join(folder, f"{name}.parquet"), to_arrow(df))
     done = {"as_of": as_of.isoformat(), "shard": shard, "shards": shards, "portfolios": ids, "rows": rows,
-            "seconds": round(time.perf_counter() - t0, 3), "inputs": recorded_reads()}
+            "seconds": round(time.perf_counter() - t0, 3), "inputs": recorded_reads(),
+            "reference": inputs.reference_digests}
     store.write_json(posixpath.join(folder, DONE), done)        # the shard's commit point
     log.info("risk shard %d/%d as of %s: %d portfolios in %.1fs", shard + 1, shards, as_of, len(ids),
              done["seconds"])
@@ -125,6 +129,8 @@ def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings,
     done = {i: posixpath.join(shard_dir(run_key, i), DONE) for i in range(shards)}
     missing = [i for i, rel in done.items() if not store.exists(rel)]
     if missing:
+        if len(missing) == shards and (summary := _committed(store, as_of, run_key, settings, reference, t0)):
+            return summary  # a retry after this run committed (and cleared its shards): that commit stands
         raise DataNotFoundError(f"risk shard(s) {missing} of {shards} as of {as_of} (run {run_key}) not done: no "
                                 f"{store.path(done[missing[0]])}; nothing committed. Rerun compute_risk_shard "
                                 f"{missing} of that run, then compute_risk")
@@ -149,6 +155,14 @@ def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings,
         raise DataNotFoundError(f"the risk shards of run {run_key} cover {len(got)} portfolios as of their days, "
                                 f"the book as of {as_of} has {len(book)}: rerun every compute_risk_shard of that "
                                 f"run (the book changed, or shards of another day), then compute_risk")
+    # the reference files are not versioned by the lake: the shards must have read the files the commit records
+    stale = sorted(i for i, m in markers.items() if m.get("reference") != inputs.reference_digests)
+    if stale:
+        shard_ref = markers[stale[0]].get("reference") or {}
+        name = next(iter(sorted(set(shard_ref.items()) ^ set(inputs.reference_digests.items()))), ("?",))[0]
+        raise ValidationError(f"{name}: not the reference file risk shard(s) {stale} of run {run_key} as of {as_of} "
+                              "read (changed since they ran): nothing committed. Rerun every compute_risk_shard of "
+                              "that run, then compute_risk")
     tables: dict[str, pd.DataFrame] = {}
     for i, marker in markers.items():
         part = {name: store.read_parquet(posixpath.join(shard_dir(run_key, i), f"{name}.parquet")).to_pandas()
@@ -159,8 +173,26 @@ def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings,
         append_tables(tables, part)
     append_tables(tables, book_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions,
                                       inputs.params, inputs.bars_5m))
-    summary = commit_tables(inputs, tables, settings, t0)
+    summary = commit_tables(inputs, tables, settings, t0, meta={"run_key": run_key})
     store.delete(shard_dir(run_key))
     if not store.entries(SHARDS_DIR) and not store.list_dirs(SHARDS_DIR):   # no other run's shards waiting
         store.delete(SHARDS_DIR)
     return summary
+
+
+def _committed(store: Store, as_of: date, run_key: str, settings: Settings, reference: Reference | None,
+               t0: float) -> RiskSummary | None:
+    """The summary of the day's risk commit when run `run_key` made it and no later run replaced it, else None."""
+    name = risk_manifest(as_of)
+    latest = read_manifest(store, name)
+    if latest is None or latest.get("run_key") != run_key:
+        return None
+    record = run_record(store, name, latest["run_id"])
+    rows = {entry["table"]: entry["rows"] for entry in record["files"].values()}
+    metrics = read_entry(store, record["files"][f"risk_metrics/as_of_date={as_of.isoformat()}"], ["lookback_days"])
+    ref = Reference.of(reference, settings)
+    log.info("risk run %s (run %s) as of %s is already committed: nothing to do", latest["run_id"], run_key, as_of)
+    return RiskSummary(as_of=as_of, portfolios=len(record["portfolios"]), positions=rows["positions_valued"],
+                       products=sorted(book_products(ref.instruments, ref.portfolios, ref.positions)),
+                       lookback_days=int(metrics["lookback_days"][0].as_py()), rows=rows,
+                       breaches=rows["limit_breaches"], seconds=time.perf_counter() - t0)

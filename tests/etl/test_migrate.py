@@ -205,3 +205,59 @@ def test_an_old_bronze_candle_folder_becomes_the_delta_table_of_its_current_file
     again = migrate.migrate_lake()                           # idempotent: the folder is a table now
     assert again.tables_adopted == [] and lake.files(candles.CANDLES_DIR) == sorted(
         [f"{day}/compacted-v000001-g60.parquet", *old["b3"]])
+
+
+def test_a_rerun_after_a_kill_never_puts_the_old_commit_back_over_a_newer_run(old_folder):
+    """Killed after publishing the day's old commit; before the rerun, the upgraded pipeline commits a new run of
+    that day and new factor days. The rerun must not publish the old manifest again over the newer run (it did:
+    the latest record's run id is not the old one, so it "converted" it again and the old figures were back in
+    force), and must still convert what no record holds (the old factor day)."""
+    store = get_store()
+    name = commits.risk_manifest(DAY)
+    migrate._publish(store, name, json.loads((old_folder / f"outputs/_commits/{name}.json").read_text()))
+    newer = {"risk_metrics": RISK["risk_metrics"].set_column(2, "var_99_hist", pa.array([60000.0, 2000.0])),
+             "pnl_daily": RISK["pnl_daily"]}
+    commits.publish(store, name, "risk", {(t, f"as_of_date={DAY}"): rows for t, rows in newer.items()},
+                    meta={"as_of": str(DAY)})
+    later = f"date={DAY + timedelta(days=1)}"
+    commits.publish(store, "factors", "factors", {("factor_returns", later): FACTORS["factor_returns"]})
+    run_id = commits.read_manifest(store, name)["run_id"]
+
+    summary = migrate.migrate_lake()
+    assert commits.read_manifest(store, name)["run_id"] == run_id
+    assert _committed(store, name, f"risk_metrics/as_of_date={DAY}").equals(newer["risk_metrics"])
+    assert summary.already == [name] and summary.converted == ["factors"], summary
+    assert _committed(store, "factors", f"factor_returns/date={DAY}").equals(FACTORS["factor_returns"])
+    assert _committed(store, "factors", f"factor_returns/{later}").equals(FACTORS["factor_returns"])
+
+
+def test_an_old_candle_folder_an_upgraded_ingest_wrote_to_first_keeps_its_old_batches(tmp_path, monkeypatch):
+    """The upgraded pipeline ingested before `migrate-lake` ran: its commit made the Delta table, which named only
+    the new batch. The migration then skipped the folder (a table is there) and deleted the batch manifests, the only
+    record of which old files are data: the old history dropped out of bronze without a word."""
+    from etl import candles
+    from etl.lake import Lake
+    from etl.silver import build, read_bars
+    from tests.etl.silver.test_incremental import FUTURE, T0, commit_batch, minute_candles, write_batch
+
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    data, store = tmp_path / "data", get_store()
+    old = write_batch(data, minute_candles("BTC-USD", T0, 60), "b1", T0 + timedelta(days=2), commit=False)
+    store.write_json("bronze/_manifests/b1.json", {"batch_id": "b1", "files": old,
+                                                   "sha256": {r: store.digest(r) for r in old}})
+    write_batch(data, minute_candles("BTC-USD", T0 + timedelta(days=1), 60, seed=1), "new", T0 + timedelta(days=3),
+                commit=False)
+    orphan = write_batch(data, minute_candles("BTC-USD", T0, 60, seed=2), "orphan", T0 + timedelta(days=3),
+                         commit=False)                            # an old writer died before its manifest
+    new = [f for f in store.list_files(candles.CANDLES_DIR, ".parquet") if f.endswith("/new.parquet")]
+    commit_batch(data, new, "new")                                # the upgraded ingest's commit
+
+    summary = migrate.migrate_lake()
+    lake = Lake.of(store)
+    assert lake.files(candles.CANDLES_DIR) == sorted([*old, *new]), summary
+    assert orphan[0] not in lake.files(candles.CANDLES_DIR)
+    assert not store.exists("bronze/_manifests/b1.json")
+    assert migrate.migrate_lake().tables_adopted == [] and lake.files(candles.CANDLES_DIR) == sorted([*old, *new])
+    build(now=FUTURE)                                             # silver takes the old batch in as new
+    assert set(read_bars("5m")["bucket_start"].dt.date.astype(str)) == {"2026-01-05", "2026-01-06"}

@@ -51,6 +51,19 @@ def test_fetch_candles_writes_bronze_and_one_success_row(settings):
     assert "BTC-USD g=60" in row["message"]
 
 
+def test_fetch_candles_logs_the_rows_received_in_and_the_rows_written_out(settings, make_simulator, monkeypatch):
+    """Bad rows are quarantined and their page fetched again: `candles` counts the valid rows written, `quarantined`
+    the bad ones. The run log said rows_in = candles and rows_out = candles - quarantined: fewer rows out than
+    bronze holds (negative when a page was mostly bad)."""
+    sim = make_simulator(seed=7, malformed_rate=0.5, rate_limit_rps=1000.0, burst=1000)
+    monkeypatch.setenv("COINBASE_API_URL", sim.url)
+    s = get_settings()
+    out = tasks.fetch_candles("BTC-USD", T0 - timedelta(hours=6), T0, 60, settings=s)
+    assert out["candles"] == 360 and out["quarantined"] > 0
+    (row,) = rows(s)
+    assert (row["rows_in"], row["rows_out"]) == (360 + out["quarantined"], 360)
+
+
 def test_fetch_intraday_backfills_history_first_then_only_the_interval(settings):
     first = tasks.fetch_intraday("ETH-USD", T0 - timedelta(minutes=5), T0, settings=settings)
     assert first["candles"] == 24 * 60  # history_days=1 of 1-minute candles

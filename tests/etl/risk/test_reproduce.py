@@ -143,3 +143,39 @@ def test_a_sharded_run_whose_shards_read_different_silver_versions_is_refused_or
     assert committed[cols].sort_values("portfolio_id").reset_index(drop=True).equals(
         again[cols].sort_values("portfolio_id").reset_index(drop=True)), (
         f"inputs recorded {record['inputs']}\ncommitted:\n{committed[cols]}\nreproduced:\n{again[cols]}")
+
+
+def test_a_run_whose_inputs_were_vacuumed_is_refused_naming_the_run_and_the_retention(chain, tmp_path, capsys):
+    """docs/lake.md: reproduce refuses "a version past the retention" on one line. Silver rebuilt, the day rerun,
+    then silver vacuumed: the versions the first run read are gone. The refusal said only a file path
+    ("error: .../silver/bars_1d/...parquet"), not that the run's inputs were vacuumed nor what to do."""
+    from etl.lake import Lake
+    from etl.risk.runner import run_risk
+    from etl.settings import get_settings
+
+    store = Store.from_uri(str(chain["data"]))
+    run_id = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))["run_id"]
+    b5 = chain["b5"].assign(**{c: chain["b5"][c] * 1.01 for c in ("open", "high", "low", "close", "vwap")})
+    sample.write_silver(store, b5, sample.daily_from_5m(b5), AS_OF.year)
+    run_risk(AS_OF.date(), get_settings())
+    for table in ("silver/bars_1d", "silver/bars_5m"):
+        assert Lake.of(store).vacuum(table, retention_hours=0)
+    assert _reproduce(run_id, tmp_path / "gone") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"risk run {run_id} of {AS_OF.date()} cannot be recomputed" in err, err
+    assert "vacuumed" in err and "PIPELINE_LAKE_RETENTION_DAYS" in err and "bars_1d" in err, err
+    assert not (tmp_path / "gone").exists()
+
+
+def test_output_without_reproduce_is_bad_usage_and_leaves_the_committed_run(chain, tmp_path, capsys):
+    """`risk --as-of D --output DIR` (--reproduce forgotten) ran a new risk run on today's data, replaced the day's
+    committed run and wrote nothing to DIR, exit 0: the user asked for a copy and got a rewrite."""
+    store = Store.from_uri(str(chain["data"]))
+    before = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))
+    try:
+        code = cli.main(["risk", "--as-of", str(AS_OF.date()), "--output", str(tmp_path / "x")])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    assert "--output DIR is only for --reproduce RUN_ID" in capsys.readouterr().err
+    assert commits.read_manifest(store, commits.risk_manifest(AS_OF.date())) == before

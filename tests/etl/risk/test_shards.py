@@ -202,3 +202,39 @@ def test_shards_started_around_a_silver_build_read_the_versions_the_plan_pinned(
     assert {k: inputs[k] for k in ("silver/bars_1d", "silver/bars_5m")} == \
         {k: pins[k] for k in ("silver/bars_1d", "silver/bars_5m")}
 
+
+
+def test_shards_priced_on_other_reference_files_than_the_commit_commit_nothing(shard_env, monkeypatch):
+    """A positions file edited after the shards ran and before compute_risk commits: the shards' per-portfolio
+    tables were valued on the old quantities, the commit's firm tables and its recorded reference digests on the
+    new ones. The run must be refused (nothing committed), not committed as one run of the new files (a record
+    `risk --reproduce` then contradicts)."""
+    from etl.errors import ValidationError
+    from etl.settings import get_settings
+
+    for shard in (0, 1):
+        tasks.compute_risk_shard(AS_OF, shard, 2, run_key="run-ref")
+    positions = get_settings().reference_dir / "positions.csv"
+    positions.write_text(positions.read_text().replace("U5,BTC-USD,2025-06-01,-1,", "U5,BTC-USD,2025-06-01,-3,"))
+    store = Store.from_uri(str(shard_env))
+    with pytest.raises(ValidationError, match=rf"{positions}: not the reference file risk shard\(s\) \[0, 1\] of "
+                                              r"run run-ref as of 2026-03-31 read.*nothing committed. Rerun every compute_risk_shard"):
+        tasks.compute_risk(AS_OF, shards=2, run_key="run-ref")
+    assert read_manifest(store, risk_manifest(AS_OF)) is None
+
+
+def test_a_retried_commit_after_it_committed_succeeds_without_committing_again(shard_env, monkeypatch):
+    """compute_risk commits, deletes the shard area, then its worker dies before Airflow marks it done: the retry
+    found no shard markers and failed ("risk shard(s) [0, 1] ... not done") on every attempt, so the end-of-day run
+    failed over a complete commit and its load, report and alerts never ran. The retry is the same commit."""
+    first = _sharded(monkeypatch, 2, "run-r")
+    store = Store.from_uri(str(shard_env))
+    committed = read_manifest(store, risk_manifest(AS_OF))
+    again = tasks.compute_risk(AS_OF, shards=2, run_key="run-r")
+    assert read_manifest(store, risk_manifest(AS_OF)) == committed                # nothing committed again
+    assert {k: again[k] for k in ("as_of", "portfolios", "positions", "products", "lookback_days", "rows",
+                                  "breaches")} == {k: first[k] for k in ("as_of", "portfolios", "positions",
+                                                                         "products", "lookback_days", "rows",
+                                                                         "breaches")}
+    with pytest.raises(DataNotFoundError, match=r"risk shard\(s\) \[0, 1\] of 2"):   # another run's: not done
+        tasks.compute_risk(AS_OF, shards=2, run_key="run-other")
