@@ -157,3 +157,5 @@ def test_a_shock_on_a_product_not_in_the_instrument_master_is_refused_naming_the
         compute_tables(_closes(), QUOTE, PORTFOLIOS, BOOK, params)
     assert set(stress.load_scenarios(path, known={"BTC-USD", "ETH-USDT"}).shocks["product_id"]) == {"BTC-USD",
                                                                                                    "ETH-USDT"}
+    # the shipped file names the shipped universe: an own master without SOL-USD or DOGE-USD still runs it
+    assert {"SOL-USD", "DOGE-USD"} <= set(stress.load_scenarios(stress.SHIPPED, known={"BTC-USD"}).shocks["product_id"])
