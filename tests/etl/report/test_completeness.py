@@ -43,6 +43,16 @@ def sql_dir(tmp_path):
     return d
 
 
+def _refused(pg_url, monkeypatch, frames: dict, db: str, sql_dir, **gold) -> str:
+    """The text of the report's refusal (IncompleteInputError, exit 3) over gold built from `frames`."""
+    with scratch_database(pg_url, db) as url:
+        create_gold(url, frames, **gold)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        with pytest.raises(IncompleteInputError) as err:
+            run_report(AS_OF, sql_dir=sql_dir)
+    return str(err.value)
+
+
 def test_the_clean_sample_is_complete(sample_gold_url, data_dir, monkeypatch, sql_dir):
     monkeypatch.setenv("PIPELINE_DATABASE_URL", sample_gold_url)
     with GoldReader(reporting_url(get_settings())) as reader:
@@ -102,7 +112,7 @@ def _flag(product: str, granularity: int, at: datetime, rule: str) -> dict:
 
 
 def test_report_exits_3_naming_product_day_and_rule_when_a_held_price_rests_on_a_suspect_print(
-        pg_url, data_dir, monkeypatch, tmp_path):
+        pg_url, data_dir, monkeypatch, sql_dir):
     frames = sample_frames(AS_OF)
     last = datetime.combine(AS_OF, time(23, 55), tzinfo=UTC)
     frames["fact_price_quality"] = pd.DataFrame([
@@ -117,14 +127,7 @@ def test_report_exits_3_naming_product_day_and_rule_when_a_held_price_rests_on_a
     daily = frames["fact_price_daily"]
     frames["fact_price_daily"] = daily[~((daily["product_id"] == "ETH-USD")
                                          & (pd.to_datetime(daily["price_date"]).dt.date == AS_OF))]
-    sql = tmp_path / "sql"
-    sql.mkdir()
-    with scratch_database(pg_url, "report_suspect") as url:
-        create_gold(url, frames)
-        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
-        with pytest.raises(IncompleteInputError) as err:
-            run_report(AS_OF, sql_dir=sql)
-    text = str(err.value)
+    text = _refused(pg_url, monkeypatch, frames, "report_suspect", sql_dir)
     assert "price of BTC-USD on 2026-01-31 rests on a suspect print: rule jump_unconfirmed (300s candle at " \
            "2026-01-31 23:55 UTC: jump_unconfirmed evidence); it was excluded" in text
     assert "price of ETH-USD on 2026-01-31 rests on a suspect print: rule spike_revert (86400s candle at " \
@@ -138,15 +141,10 @@ def test_report_exits_3_naming_product_day_and_rule_when_a_held_price_rests_on_a
            "--as-of 2026-01-31` and `python -m etl load`" in text
 
 
-def test_a_warehouse_without_the_quality_table_is_incomplete(pg_url, data_dir, monkeypatch, tmp_path):
-    sql = tmp_path / "sql"
-    sql.mkdir()
-    with scratch_database(pg_url, "report_noquality") as url:
-        create_gold(url, sample_frames(AS_OF), skip=("fact_price_quality",))
-        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
-        with pytest.raises(IncompleteInputError, match="gold.fact_price_quality cannot be read: whether prices are "
-                                                       "suspect is unknown"):
-            run_report(AS_OF, sql_dir=sql)
+def test_a_warehouse_without_the_quality_table_is_incomplete(pg_url, data_dir, monkeypatch, sql_dir):
+    text = _refused(pg_url, monkeypatch, sample_frames(AS_OF), "report_noquality", sql_dir,
+                    skip=("fact_price_quality",))
+    assert "gold.fact_price_quality cannot be read: whether prices are suspect is unknown" in text
 
 
 def test_the_report_first_screen_never_says_complete_on_a_day_the_check_finds_incomplete(pg_url, data_dir,
@@ -213,7 +211,7 @@ def test_the_cockpit_summary_is_incomplete_when_gold_holds_an_older_risk_run_tha
 
 
 def test_a_suspect_print_of_the_pair_converting_a_holding_makes_the_day_incomplete(pg_url, data_dir, monkeypatch,
-                                                                                  tmp_path):
+                                                                                  sql_dir):
     """P-ALT is based in BTC and holds no BTC-USD: its every amount is divided by BTC-USD's close, which rests on
     an unconfirmed last print. That is a suspect price of the book as much as a held product's."""
     frames = sample_frames(AS_OF)
@@ -222,11 +220,5 @@ def test_a_suspect_print_of_the_pair_converting_a_holding_makes_the_day_incomple
     frames["fact_positions"] = pos[pos["product_id"] != "BTC-USD"]  # P-CORE's BTC-USD sold: BTC-USD not held
     last = datetime.combine(AS_OF, time(23, 55), tzinfo=UTC)
     frames["fact_price_quality"] = pd.DataFrame([_flag("BTC-USD", 300, last, "jump_unconfirmed")])
-    sql = tmp_path / "sql"
-    sql.mkdir()
-    with scratch_database(pg_url, "report_suspect_pair") as url:
-        create_gold(url, frames)
-        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
-        with pytest.raises(IncompleteInputError) as err:
-            run_report(AS_OF, sql_dir=sql)
-    assert "price of BTC-USD on 2026-01-31 rests on a suspect print: rule jump_unconfirmed" in str(err.value)
+    text = _refused(pg_url, monkeypatch, frames, "report_suspect_pair", sql_dir)
+    assert "price of BTC-USD on 2026-01-31 rests on a suspect print: rule jump_unconfirmed" in text
