@@ -102,13 +102,14 @@ def portfolio_day(reader: GoldReader, as_of: date, portfolio_id: str | None = No
 
 
 def completeness(day: pd.DataFrame) -> tuple[str, list[str]]:
-    """'complete' when every portfolio has its valuation, PnL and VaR for the day; else 'incomplete' and what
-    is missing (one line per gold table, naming up to five portfolios)."""
+    """'complete' when every portfolio has its valuation, PnL and risk rows for the day; else 'incomplete' and
+    what is missing (one line per gold table, naming up to five portfolios). A risk row is told by lookback_days,
+    never NULL in it: its VaR may be (uncomputable), which the report's check does not call missing either."""
     if day.empty:
         return "incomplete", ["gold.dim_portfolio has no portfolios"]
     missing = []
     for col, table in (("market_value", "fact_portfolio_valuation"), ("daily_pnl", "fact_pnl_daily"),
-                       ("var_99_hist", "fact_risk_metrics")):
+                       ("lookback_days", "fact_risk_metrics")):
         ids = day.loc[day[col].isna(), "portfolio_id"].astype(str).tolist()
         if ids:
             more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""

@@ -62,6 +62,21 @@ def test_the_clean_sample_is_complete(sample_gold_url, data_dir, monkeypatch, sq
     assert 'id="incomplete"' not in page and 'id="stale"' not in page
 
 
+def test_an_uncomputable_var_is_not_a_missing_row_in_the_cockpit(pg_url, data_dir, monkeypatch, sql_dir):
+    """P-ALT's VaR is uncomputable (NULL: too short a history): its risk row is there, so the day is complete in
+    the report and in the cockpit alike; the cockpit said "no row for P-ALT" and incomplete."""
+    frames = sample_frames(AS_OF)
+    risk = frames["fact_risk_metrics"]
+    risk.loc[risk["portfolio_id"] == "P-ALT", [c for c in risk.columns if c.startswith(("var_", "es_"))]] = None
+    with scratch_database(pg_url, "cockpit_uncomputable") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        run_report(AS_OF, sql_dir=sql_dir)
+        with GoldReader(reporting_url(get_settings())) as reader:
+            summary = cockpit.summary(reader, AS_OF)
+    assert (summary["status"], summary["missing"]) == ("complete", [])
+
+
 def test_a_listed_product_without_a_bar_on_the_as_of_day_makes_the_day_incomplete(pg_url, data_dir, monkeypatch,
                                                                                  sql_dir):
     cause = (f"SOL-USD has no daily bar on {AS_OF}, or the <CCY>-USD pair converting it has none (last bar "
