@@ -24,7 +24,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import sparse
 
 from etl import measures
-from etl.errors import DataNotFoundError
+from etl.errors import ConfigError, DataNotFoundError
 from etl.measures import BACKTEST_CONFIDENCES, CONFIDENCES
 from etl.risk import (
     anomalies,
@@ -73,6 +73,27 @@ class RiskParams:
     es_seed: int = 11
     stress_file: str | None = None         # stress scenario config (None: only the worst historical windows)
     tail_refit_days: int = 20              # backtest: the tail models refitted every this many days, rescaled between
+
+    def __post_init__(self):
+        """A setting outside its model's domain is refused before any work (a decay of 1.5 is a VaR of 1e23, a
+        Student-t without a variance a VaR of 0), naming the setting."""
+        tail = round(1 / (1 - max(CONFIDENCES)))                          # scenarios per one beyond the VaR
+        rules = [("RISK_ANNUALIZATION_DAYS", self.annualization_days, self.annualization_days >= 1, ">= 1"),
+                 ("RISK_VAR_LOOKBACK_DAYS", self.var_lookback_days, self.var_lookback_days >= MIN_VAR_OBS,
+                  f">= {MIN_VAR_OBS} (the fewest returns a VaR rests on)"),
+                 ("RISK_EWMA_LAMBDA", self.ewma_lambda, 0 < self.ewma_lambda < 1, "strictly between 0 and 1"),
+                 ("RISK_MC_SCENARIOS", self.mc_scenarios, self.mc_scenarios >= tail,
+                  f">= {tail} (one scenario beyond the {max(CONFIDENCES):.0%} VaR)"),
+                 ("RISK_MC_DISTRIBUTION", self.mc_distribution, self.mc_distribution in ("normal", "t"),
+                  "'normal' or 't'"),
+                 ("RISK_MC_T_DOF", self.mc_t_dof, self.mc_distribution != "t" or 2 < self.mc_t_dof < np.inf,
+                  "a finite number > 2 (a Student-t with a variance)"),
+                 ("RISK_ANOMALY_WINDOW", self.anomaly_window, self.anomaly_window >= 2, ">= 2"),
+                 ("RISK_ANOMALY_THRESHOLD", self.anomaly_threshold, self.anomaly_threshold > 0, "> 0"),
+                 ("RISK_BACKTEST_DAYS", self.backtest_days, self.backtest_days >= 0, ">= 0")]
+        for name, value, ok, expected in rules:
+            if not ok:
+                raise ConfigError(f"setting {name}={value!r} is out of range: expected {expected}")
 
     @classmethod
     def from_settings(cls, s) -> RiskParams:

@@ -65,6 +65,13 @@ def test_a_bad_setting_exits_2_naming_the_setting_and_its_value(monkeypatch, cap
         main(["-v", "db", "url"])
 
 
+def test_a_risk_setting_outside_its_model_exits_2_before_any_work(data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("RISK_EWMA_LAMBDA", "1.5")                   # was an EWMA VaR of 5e23, reported as a figure
+    assert main(["risk", "--as-of", "2026-03-30"]) == 2
+    assert capsys.readouterr().err == ("error: setting RISK_EWMA_LAMBDA=1.5 is out of range: expected strictly "
+                                       "between 0 and 1\n")
+
+
 def test_an_unreachable_warehouse_exits_2_on_one_line_without_the_password(data_dir, monkeypatch, capsys):
     monkeypatch.setenv("PIPELINE_DATABASE_URL", DEAD_URL)
     assert main(["load", "--no-dbt"]) == 2

@@ -3,6 +3,7 @@ against independent pandas/numpy computations on the same prices."""
 
 from __future__ import annotations
 
+import re
 from datetime import date
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from scipy import linalg, special, stats
 
 from etl.commits import read_entry, read_manifest, risk_manifest
-from etl.errors import DataNotFoundError, ValidationError
+from etl.errors import ConfigError, DataNotFoundError, ValidationError
 from etl.lake import Lake
 from etl.portfolios import load_portfolios, load_positions
 from etl.reference import load_instruments
@@ -177,6 +178,22 @@ def test_run_writes_every_table_and_the_numbers_agree(risk_env):
 
     again = run_risk(as_of=AS_OF, settings=get_settings())                         # rerun replaces, never appends
     assert again.rows == summary.rows
+
+
+@pytest.mark.parametrize(("params", "setting"), [
+    ({"ewma_lambda": 1.5}, "RISK_EWMA_LAMBDA=1.5"), ({"ewma_lambda": 0.0}, "RISK_EWMA_LAMBDA=0.0"),
+    ({"var_lookback_days": 5}, "RISK_VAR_LOOKBACK_DAYS=5"), ({"backtest_days": -3}, "RISK_BACKTEST_DAYS=-3"),
+    ({"mc_scenarios": 99}, "RISK_MC_SCENARIOS=99"), ({"mc_distribution": "cauchy"}, "RISK_MC_DISTRIBUTION='cauchy'"),
+    ({"mc_t_dof": 2.0}, "RISK_MC_T_DOF=2.0"), ({"mc_t_dof": float("nan")}, "RISK_MC_T_DOF=nan"),
+    ({"annualization_days": 0}, "RISK_ANNUALIZATION_DAYS=0"), ({"anomaly_window": 1}, "RISK_ANOMALY_WINDOW=1"),
+    ({"anomaly_threshold": 0.0}, "RISK_ANOMALY_THRESHOLD=0.0"),
+])
+def test_a_parameter_outside_its_model_is_refused_naming_the_setting(params, setting):
+    # before: a decay of 1.5 gave an EWMA VaR of 5e23, a lookback of -5 asked for more history, -3 backtest days
+    # or a NaN dof ended in an IndexError, 0 annualisation days in volatilities of 0
+    with pytest.raises(ConfigError, match=f"^setting {re.escape(setting)} is out of range: expected "):
+        RiskParams(**params)
+    assert RiskParams(mc_scenarios=100, mc_distribution="normal", mc_t_dof=1.0, backtest_days=0)  # the bounds pass
 
 
 def test_missing_bars_for_a_held_product(risk_env):
