@@ -105,6 +105,16 @@ def _int(name: str, default: int) -> int:
     return _parsed(name, str(default), int, "a whole number")
 
 
+def _in_range(name: str, default: float, low: float, high: float = float("inf")) -> float:
+    """A number setting that must lie in [low, high]: refused, not clamped (a retention of -1 read as 0 would
+    vacuum all history)."""
+    value = _float(name, default)
+    if not low <= value <= high:
+        expected = f">= {low:g}" if high == float("inf") else f"between {low:g} and {high:g}"
+        raise ValueError(f"setting {name}={_env(name, str(default))!r} is out of range: expected {expected}")
+    return value
+
+
 def _int_list(name: str, default: str) -> tuple[int, ...]:
     return _parsed(name, default, lambda raw: tuple(int(x) for x in raw.split(",") if x.strip()),
                    "a comma list of whole numbers")
@@ -309,13 +319,13 @@ def get_settings() -> Settings:
         es_seed=_int("RISK_ES_SEED", 11),
         stress_scenarios_file=_env("RISK_STRESS_SCENARIOS", str(PROJECT_ROOT / "etl" / "reference_data"
                                                                 / "stress_scenarios.csv")),
-        intraday_max_price_age_s=max(0.0, _float("RISK_INTRADAY_MAX_PRICE_AGE_S", 3600.0)),
-        lvar_percentile=min(100.0, max(0.0, _float("RISK_LVAR_PERCENTILE", 99.0))),
+        intraday_max_price_age_s=_in_range("RISK_INTRADAY_MAX_PRICE_AGE_S", 3600.0, 0),
+        lvar_percentile=_in_range("RISK_LVAR_PERCENTILE", 99.0, 0, 100),
         **_stream_settings(source, port),
         warehouse_lock_timeout_s=_float("PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S", 600.0),
         daily_overlap_days=max(1, _int("PIPELINE_DAILY_OVERLAP_DAYS", 3)),
         silver_workers=max(1, _int("PIPELINE_SILVER_WORKERS", os.cpu_count() or 1)),
-        lake_retention_days=max(0.0, _float("PIPELINE_LAKE_RETENTION_DAYS", 90.0)),
+        lake_retention_days=_in_range("PIPELINE_LAKE_RETENTION_DAYS", 90.0, 0),
         lake_storage_options=_lake_storage_options(),
         bind_host=_env("PIPELINE_BIND_HOST", "127.0.0.1"),
     )

@@ -181,6 +181,11 @@ def test_the_source_picks_the_urls_and_the_simulator_port_its_websocket(clean_en
     ("PIPELINE_HISTORY_DAYS", "2.5", "setting PIPELINE_HISTORY_DAYS='2.5' is not a whole number"),
     ("FACTOR_MOMENTUM_MINUTES", "60,two", "setting FACTOR_MOMENTUM_MINUTES='60,two' is not a comma list of whole "
                                           "numbers"),
+    # refused, not clamped: a retention of -1 read as 0 vacuumed all the history `risk --reproduce` needs
+    ("PIPELINE_LAKE_RETENTION_DAYS", "-1", "setting PIPELINE_LAKE_RETENTION_DAYS='-1' is out of range: expected >= 0"),
+    ("RISK_LVAR_PERCENTILE", "150", "setting RISK_LVAR_PERCENTILE='150' is out of range: expected between 0 and 100"),
+    ("RISK_INTRADAY_MAX_PRICE_AGE_S", "-5", "setting RISK_INTRADAY_MAX_PRICE_AGE_S='-5' is out of range: "
+                                            "expected >= 0"),
 ])
 def test_a_bad_value_names_the_setting_and_what_it_expects(clean_env, name, value, message):
     clean_env.setenv(name, value)
