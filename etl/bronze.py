@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -75,6 +76,18 @@ def _arity(row: object) -> int:
 _is_number = np.frompyfunc(lambda v: type(v) in (int, float), 1, 1)  # bool and numeric strings are not numbers
 
 
+def _float(v: int | float) -> float:
+    """A JSON number as a float. JSON integers are unbounded: one beyond float's range is infinite (the row is
+    quarantined as non-finite), not an OverflowError failing the whole page."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
+_as_float = np.frompyfunc(_float, 1, 1)
+
+
 def validate_rows(rows: list, granularity: int, start: datetime, end: datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split one page's parsed rows into (good, bad).
 
@@ -97,7 +110,7 @@ def validate_rows(rows: list, granularity: int, start: datetime, end: datetime) 
         cells = np.empty((idx.size, 6), dtype=object)
         cells[:] = [rows[i] for i in idx]
         numeric = _is_number(cells).astype(bool)
-        values[idx] = np.where(numeric, cells, np.nan).astype(np.float64)
+        values[idx] = _as_float(np.where(numeric, cells, np.nan)).astype(np.float64)
         bad_type = ~numeric.all(axis=1)
         reason[idx[bad_type]] = "non-numeric value"
     t, low, high, opn, close, volume = values.T

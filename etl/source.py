@@ -305,9 +305,14 @@ class ExchangeClient:
                 self.pacer.accepted()
                 return resp
             self.stats.add(http_429=1, retries=1)
-            self.pacer.throttled(cuts, _retry_after(resp.headers.get("Retry-After")))
+            retry_after = _retry_after(resp.headers.get("Retry-After"))
             now = time.monotonic()
             first_429 = first_429 or now
+            if retry_after is not None and now - first_429 + retry_after > self.throttle_max_wait_s:
+                # a wait that would end past the budget is not started (an hour's hang; inf: OverflowError)
+                raise _Throttled(f"HTTP 429 {_api_message(resp)} with Retry-After {retry_after:.0f} s, past the "
+                                 f"{self.throttle_max_wait_s:.0f} s of refusals PIPELINE_THROTTLE_MAX_WAIT_S allows")
+            self.pacer.throttled(cuts, retry_after)
             if now - first_429 > self.throttle_max_wait_s:
                 raise _Throttled(f"HTTP 429 {_api_message(resp)} for {now - first_429:.0f} s "
                                  f"(pace now {self.pacer.rate:.2f} requests/s)")

@@ -109,9 +109,15 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
     quote_ccy = reference.quote_ccy
     products = sorted(book_products(instruments, portfolios, positions))
 
+    today = datetime.now(UTC).date()
+    if as_of is not None and as_of >= today:  # its bars are the day so far: priced "on the day", not stale
+        raise ValidationError(f"--as-of {as_of}: the UTC day has not ended (today is {today}), so its daily bars "
+                              "are the day so far: its closes, PnL and VaR would rest on a partial day. Pick a "
+                              f"day before {today} (the default is the last complete day); `python -m etl intraday` "
+                              "gives the risk of the day in progress")
     # default as-of: read every daily bar up to yesterday (small: one row per product per day) and take the last
     # day all products have; an explicit as-of reads only the history window
-    end = as_of or (datetime.now(UTC).date() - timedelta(days=1))
+    end = as_of or (today - timedelta(days=1))
     start = None if as_of is None else end - timedelta(days=settings.daily_history_days + 5)
     bars = _read_bars("1d", products, start, end, settings)
     if bars.empty:

@@ -14,14 +14,18 @@ from etl.utc import to_utc
 # price_positive) and `failed_rules` lists them all.
 RULES = (
     "finite_values", "price_positive", "low_le_open", "low_le_close", "high_ge_open", "high_ge_close",
-    "volume_non_negative", "not_in_future",
+    "volume_non_negative", "traded_value_finite", "not_in_future",
 )
+DAY = 86_400
 
 
 def rule_failures(candles: pa.Table | pa.RecordBatch, now: datetime) -> dict[str, np.ndarray]:
     """rule name -> boolean mask of the rows that break it."""
     o, h, lo, c, v = (candles[m].to_numpy() for m in ("open", "high", "low", "close", "volume"))
-    with np.errstate(invalid="ignore"):
+    # a bar sums at most a day of candles of one granularity: volume and volume x high each that many times over
+    # must stay finite, or a bar's volume or VWAP is infinite (a 1e308 volume is finite, the sum is not)
+    per_day = np.maximum(DAY // np.maximum(candles["granularity"].to_numpy(), 1), 1)
+    with np.errstate(invalid="ignore", over="ignore"):
         return {
             "finite_values": ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c) & np.isfinite(v)),
             "price_positive": ~((o > 0) & (h > 0) & (lo > 0) & (c > 0)),
@@ -30,6 +34,7 @@ def rule_failures(candles: pa.Table | pa.RecordBatch, now: datetime) -> dict[str
             "high_ge_open": ~(h >= o),
             "high_ge_close": ~(h >= c),
             "volume_non_negative": ~(v >= 0),
+            "traded_value_finite": ~np.isfinite(v * np.maximum(h, 1.0) * per_day),  # >= volume, >= volume x price
             "not_in_future": timestamps_us(candles["bucket_start"]) > int(to_utc(now).timestamp() * US),
         }
 

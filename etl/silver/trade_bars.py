@@ -6,8 +6,10 @@ its last build recorded in its own commit (etl/silver/increments.py: no state fi
 (product, date) partition from all its files at the bronze version it reads now:
 1. deduplicate by (product_id, trade_id), keeping the first received (reconnect snapshots and duplicated
    messages repeat trades),
-2. parse price and size; size is counted in integer units of 1e-8 (sizes carry at most 8 decimals), so volumes
-   add up exactly; rows whose price, size or time cannot be read are counted and left out,
+2. parse price and size; a size is its whole base units (float64, summed exactly below 2**53) and its fraction in
+   integer units of 1e-8 (sizes carry at most 8 decimals), so volumes add up exactly and never overflow (one int64
+   of 1e-8 units wrapped at 9.2e10 base units, a meme coin's $1M trade); rows whose price, size or time is not a
+   finite number, or not positive, are counted and left out,
 3. order by (time, trade_id) and fold per 5-minute bucket: open = first price, high/low = max/min, close = last,
    volume = sum(size), vwap = sum(price * size) / sum(size), n_trades, n_candles = minutes with a trade,
    is_complete = all five minutes traded, a later trade exists (the bar is closed) and no feed hole cuts into the
@@ -54,7 +56,7 @@ class TradeBarsSummary:
     partitions: int = 0            # (product, date) partitions rebuilt
     trades_in: int = 0             # rows read (duplicates included)
     duplicates: int = 0            # repeated (product_id, trade_id) dropped
-    invalid: int = 0               # rows whose price, size or time could not be read
+    invalid: int = 0               # rows whose price, size or time is not a finite number (price, size > 0)
     bars: int = 0
     cut: int = 0                   # bars a feed hole cuts into (not complete)
     reconciliation: dict = field(default_factory=dict)
@@ -71,20 +73,22 @@ class TradeBarsSummary:
 
 
 def trade_bars(trades: pd.DataFrame) -> pd.DataFrame:
-    """5-minute bars of one product's deduplicated, valid trades (columns ts_us int64, trade_id, price, units).
+    """5-minute bars of one product's deduplicated, valid trades (columns ts_us int64, trade_id, price, whole
+    float64 and units int64: the size's whole base units and the rest in units of 1e-8, see `read_trades`).
 
     Returns bucket_start_us, open, high, low, close, volume, vwap, n_trades, n_candles, first_us, last_us,
     one row per bucket with a trade, ascending.
     """
     t = trades.sort_values(["ts_us", "trade_id"], kind="stable")
-    ts, price, units = t["ts_us"].to_numpy(), t["price"].to_numpy(), t["units"].to_numpy()
+    ts, price, whole, rest = (t[c].to_numpy() for c in ("ts_us", "price", "whole", "units"))
+    units = whole * UNITS + rest  # float64: exact below 2**53 units, and no overflow above
     bar = ts // BAR_US
     if not len(bar):
         return pd.DataFrame(columns=["bucket_start_us", "open", "high", "low", "close", "volume", "vwap",
                                      "n_trades", "n_candles", "first_us", "last_us"])
     starts = np.flatnonzero(np.concatenate([[True], bar[1:] != bar[:-1]]))
     ends = np.append(starts[1:], len(bar)) - 1
-    volume_units = np.add.reduceat(units, starts)
+    volume_units = np.add.reduceat(whole, starts) * UNITS + np.add.reduceat(rest, starts)
     minute = ts // 60_000_000
     new_minute = np.concatenate([[True], (minute[1:] != minute[:-1]) | (bar[1:] != bar[:-1])])
     return pd.DataFrame({
@@ -159,7 +163,8 @@ def _runs_of(df: pd.DataFrame, breaks: Breaks) -> np.ndarray:
 
 def read_trades(store: Store, files: list[str], breaks: Breaks | None = None,
                 previous_day: list[str] | None = None) -> tuple[pd.DataFrame, int, int, int, np.ndarray]:
-    """Valid, deduplicated trades of `files`: (product_id, trade_id, ts_us, price, units), rows in, duplicates,
+    """Valid, deduplicated trades of `files`: (product_id, trade_id, ts_us, price, whole, units: the size's whole
+    base units and the rest in units of 1e-8), rows in, duplicates,
     invalid, and the feed holes of those rows (`holes`; `previous_day`: the files of the partition before, whose
     runs carry over)."""
     breaks = breaks or Breaks()
@@ -181,10 +186,12 @@ def read_trades(store: Store, files: list[str], breaks: Breaks | None = None,
     price = pd.to_numeric(df["price"], errors="coerce")
     size = pd.to_numeric(df["size"], errors="coerce")
     ts = pd.to_datetime(df["time"], utc=True, errors="coerce", format="ISO8601")
-    ok = price.gt(0) & size.gt(0) & ts.notna() & df["trade_id"].notna()
+    ok = price.gt(0) & size.gt(0) & np.isfinite(price) & np.isfinite(size) & ts.notna() & df["trade_id"].notna()
+    whole = np.floor(size[ok].astype(float))
     out = pd.DataFrame({"product_id": df["product_id"][ok], "trade_id": df["trade_id"][ok],
                         "ts_us": ts[ok].astype("datetime64[us, UTC]").astype("int64"),
-                        "price": price[ok].astype(float), "units": np.rint(size[ok] * UNITS).astype(np.int64)})
+                        "price": price[ok].astype(float), "whole": whole,
+                        "units": np.rint((size[ok] - whole) * UNITS).astype(np.int64)})
     return out, rows_in, duplicates, int((~ok).sum()), gaps
 
 

@@ -116,6 +116,19 @@ def test_validate_rows_keeps_good_rows_and_gives_every_bad_row_a_reason():
     assert json.loads(bad["raw"].iloc[1]) == [t + 120, "1", 2, 1.5, 1.6, 1]
 
 
+def test_an_integer_beyond_float_range_is_quarantined_not_a_crash_of_the_page():
+    """JSON integers are unbounded: a volume (or price) of 10**400 in one row used to raise OverflowError out of
+    validate_rows, failing the whole batch; it is a non-finite value of that row, quarantined with its reason."""
+    s, e = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+    t = int(s.timestamp())
+    rows = json.loads(f"[[{t}, 1, 2, 1.5, 1.6, 1{'0' * 400}], [{t + 60}, 1, 2, 1.5, 1.6, 3], "
+                      f"[{t + 120}, -1{'0' * 400}, 2, 1.5, 1.6, 3]]")
+    good, bad = validate_rows(rows, 60, s, e)
+    assert good["bucket_start"].tolist() == [t + 60]
+    assert bad["reason"].tolist() == ["non-finite value (NaN or infinity)"] * 2
+    assert json.loads(bad["raw"].iloc[0])[5] == 10 ** 400           # kept as received, for audit
+
+
 def test_dedup_latest_keeps_latest_ingestion_then_batch_id():
     ts = pd.Timestamp("2026-01-01", tz="UTC")
     df = pd.DataFrame({

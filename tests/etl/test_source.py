@@ -321,3 +321,43 @@ def test_429s_do_not_use_attempts_and_give_up_after_the_throttle_wait(make_simul
         client.candles("BTC-USD", T0, T0 + timedelta(minutes=5), 60)
     assert client.stats.http_429 == sim.stats["served_429"] > 2  # sent again although no retry is allowed
     assert client.pacer.rate < 50.0 * 0.97  # the pace came down
+
+
+@pytest.mark.parametrize("retry_after", ["3600", "inf"])
+def test_a_429_asking_for_a_wait_past_the_throttle_budget_fails_at_once_not_after_it(retry_after):
+    """A 429 whose Retry-After (a proxy's, say: Coinbase sends none) is longer than PIPELINE_THROTTLE_MAX_WAIT_S
+    used to start that wait anyway: an hour's hang for "3600", and OverflowError out of time.sleep for "inf".
+    The request fails at once, naming the wait asked and the setting."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Refusing(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(429)
+            self.send_header("Retry-After", retry_after)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"message":"Public rate limit exceeded"}')
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    outcome = {}
+
+    def fetch():
+        client = ExchangeClient(f"http://127.0.0.1:{server.server_port}",
+                                _settings(max_wait_s=0.0, throttle_max_wait_s=1.0))
+        try:
+            client.candles("BTC-USD", T0, T0 + timedelta(minutes=5), 60)
+        except Exception as exc:  # noqa: BLE001 - the test inspects whatever it is
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=fetch, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    server.shutdown()
+    assert not worker.is_alive(), "the client is still waiting on the server's Retry-After"
+    assert isinstance(outcome.get("error"), SourceError), outcome
+    assert "Retry-After" in str(outcome["error"]) and "PIPELINE_THROTTLE_MAX_WAIT_S" in str(outcome["error"])

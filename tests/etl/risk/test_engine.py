@@ -875,3 +875,33 @@ def test_a_holding_converted_at_a_stale_rate_is_flagged_stale(risk_env):
     assert pos.loc[stale, "is_stale"].all() and (pos.loc[stale, "price_date"] == last.date()).all()
     fresh = pos.loc[[("U1", "ETH-USD")]]
     assert not fresh["is_stale"].any() and (fresh["price_date"] == AS_OF).all()
+
+
+def test_an_as_of_day_that_has_not_ended_is_refused_not_valued_at_its_partial_close(data_dir, book_reference,
+                                                                                  monkeypatch):
+    """`risk --as-of <today>`: silver's bar of a day not over yet is the day so far (its close a mid-day price, its
+    return a part of a day), and nothing downstream can tell: the positions are priced on the as-of day (not
+    stale), so the report would call the day complete. The run is refused, naming the day, and commits nothing;
+    the day before (over) runs, and stays the default."""
+    from datetime import UTC, datetime, timedelta
+
+    today = datetime.now(UTC).date()
+    days = pd.date_range(today - timedelta(days=60), today, freq="D")
+    rng = np.random.default_rng(3)
+    closes = pd.DataFrame({p: START[p] * np.exp(np.cumsum(rng.standard_normal(len(days)) * VOL[p]))
+                           for p in ("BTC-USD", "ETH-USD")}, index=days)
+    write_daily_bars(data_dir, closes, QUOTE)
+    book_reference("portfolio_id,name,base_currency,var_limit,concentration_limit,drawdown_limit\n"
+                   "U1,Long BTC,USD,1000000,1,1\n",
+                   "portfolio_id,product_id,as_of_date,quantity,avg_cost\nU1,BTC-USD,2025-01-01,1,50000\n"
+                   "U1,ETH-USD,2025-01-01,2,2500\n")
+    for key, value in {"RISK_MC_SCENARIOS": "200", "RISK_BACKTEST_DAYS": "20", "RISK_VAR_LOOKBACK_DAYS": "20",
+                       "PIPELINE_DAILY_HISTORY_DAYS": "50"}.items():
+        monkeypatch.setenv(key, value)
+    store = Store.from_uri(str(data_dir))
+    with pytest.raises(ValidationError, match=rf"--as-of {today}: the UTC day has not ended"):
+        run_risk(as_of=today, settings=get_settings())
+    assert read_manifest(store, risk_manifest(today)) is None
+    yesterday = today - timedelta(days=1)
+    assert run_risk(as_of=None, settings=get_settings()).as_of == yesterday
+    assert read_manifest(store, risk_manifest(yesterday)) is not None

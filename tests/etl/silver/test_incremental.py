@@ -310,6 +310,24 @@ def test_quality_rules_quarantine_with_their_names(data_dir):
     assert len(clean) == 3 and not clean["close"].isna().any()
 
 
+def test_a_volume_whose_traded_value_overflows_is_quarantined_not_an_infinite_vwap(data_dir):
+    """A finite but absurd volume (1e308, or 1e306 twice in a day at a price of 100) passed every row rule and
+    became an infinite (or NaN) volume and VWAP in the 5-minute and daily bars. A candle whose volume, or
+    volume x high, would overflow summed over a day of candles of its granularity is quarantined."""
+    candles = minute_candles("BTC-USD", T0, 10)
+    candles.loc[1, "volume"] = 1e308
+    candles.loc[[6, 7], "volume"] = 1e306
+    write_batch(data_dir, candles, "b1", T0)
+    summary = build(now=FUTURE)
+    assert {r: n for r, n in summary.quarantined_by_rule.items() if n} == {"traded_value_finite": 3}
+    for kind, n_candles in (("5m", [4, 3]), ("1d", [7])):
+        bars = read_bars(kind)
+        assert bars["n_candles"].tolist() == n_candles
+        assert np.isfinite(bars[["volume", "vwap"]].to_numpy()).all()
+    keep = candles.drop(index=[1, 6, 7])
+    assert read_bars("1d")["volume"].iat[0] == pytest.approx(keep["volume"].sum(), rel=1e-12)
+
+
 def test_unknown_product_names_the_product_and_the_master_file(data_dir):
     write_batch(data_dir, minute_candles("FOO-USD", T0, 5), "b1", T0)
     with pytest.raises(ValidationError, match=r"FOO-USD.*instruments\.csv"):

@@ -7,6 +7,7 @@ import json
 import logging
 
 import pandas as pd
+import pytest
 
 from etl.silver.trade_bars import TRADE_BARS_DIR, build_trade_bars
 from etl.storage import Store
@@ -227,3 +228,32 @@ def test_forced_disconnects_lose_nothing_count_nothing_twice_and_keep_bars_compl
         start = int(bar.bucket_start.value // 1000)
         model = trades_between(source, "BTC-USD", start - 1, start + 300_000_000 - 1)
         assert bar.n_trades == len(model) and bar.volume == pd.Series(model.units).sum() / 1e8
+
+
+def test_large_trade_sizes_add_up_to_their_volume_not_a_wrapped_negative_one(data_dir):
+    """Sizes were counted in int64 units of 1e-8: a trade of 1e11 (a meme coin's $1M) or two of 6e10 in one
+    bucket are 1e19 and 1.2e19 units, past int64's 9.2e18, and the bar's volume wrapped to a negative (or
+    absurd) figure. Each passes the collector's checks (etl/stream/validate.py). A size that is no finite number
+    (bronze written by an older collector) is invalid, as a size of 0 is."""
+    from etl.stream.validate import trade_problem
+
+    rows = [("1", "0.00001", "60000000000", "2026-01-01T00:00:10Z"),
+            ("2", "0.00002", "60000000000.5", "2026-01-01T00:01:10Z"),
+            ("3", "0.00001", "100000000000", "2026-01-01T00:05:10Z"),
+            ("4", "0.00001", "0.00000001", "2026-01-01T00:06:10Z"),
+            ("5", "0.00001", "inf", "2026-01-01T00:07:10Z")]
+    batch = MicroBatch("20260101T000000000000Z-aaaa-000001")
+    for i, (trade_id, price, size, when) in enumerate(rows):
+        batch.add_trade("PEPE-USD", when[:10], (trade_id, price, size, "BUY", when, "update", "market_trades", when,
+                                                "", i, "c1", 1767225600.0, None))
+    assert [trade_problem({"product_id": "PEPE-USD", "trade_id": t, "price": p, "size": s, "side": "BUY",
+                           "time": w}, ("2025-12-31T00:00:00", "2026-01-02T00:00:00")) for t, p, s, w in rows[:4]] \
+        == [None] * 4
+    BronzeSink(Store.from_uri(str(data_dir))).write(batch)
+    summary = build_trade_bars()
+    assert summary.invalid == 1
+    bars = bronze_table(data_dir, TRADE_BARS_DIR)
+    assert bars["volume"].tolist() == [120000000000.5, 100000000000.00000001]
+    assert bars["vwap"].iloc[0] == pytest.approx((0.00001 * 6e10 + 0.00002 * 60000000000.5) / 120000000000.5,
+                                                 rel=1e-12)
+    assert bars["vwap"].iloc[1] == pytest.approx(0.00001, rel=1e-12)
