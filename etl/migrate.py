@@ -159,9 +159,10 @@ def _adopt(store: Store, lake: Lake, rel: str, schema: pa.Schema, keys: list[str
 
 
 def _adopt_candles(store: Store, lake: Lake) -> bool:
-    """Commit the old bronze candle folder's current files (see the module docstring) that the table does not name
-    yet: its first data, or beside the batches an upgraded ingest committed before the migration (a rerun after a
-    kill past this commit adds nothing). Returns whether it committed."""
+    """Commit the old bronze candle folder's current files (see the module docstring) that the table never named:
+    its first data, or beside the batches an upgraded ingest committed before the migration (a rerun after a kill
+    past this commit adds nothing, also when `compact` replaced the files it committed). Returns whether it
+    committed."""
     manifests = [store.read_json(p) for p, _ in store.entries(OLD_BRONZE[0]) if p.endswith(".json")]
     committed = {m["batch_id"] for m in manifests}
     sha = {rel: digest for m in manifests for rel, digest in (m.get("sha256") or {}).items()}
@@ -179,7 +180,7 @@ def _adopt_candles(store: Store, lake: Lake) -> bool:
                     n[: -len(".parquet")] in committed and n not in marker["replaces"]]
     table = lake.table(candles.CANDLES_DIR)
     if table is not None:
-        named = set(lake.files(candles.CANDLES_DIR) or [])
+        named = lake.ever_added(candles.CANDLES_DIR)
         current = [rel for rel in current if rel not in named]
         if not current:
             return False
