@@ -140,9 +140,11 @@ def _adopt(store: Store, lake: Lake, rel: str, schema: pa.Schema, keys: list[str
     committed."""
     paths = store.list_files(rel, ".parquet")
     if table is not None:
-        named, made = lake.ever_added(rel), table.metadata().created_time / 1000
-        paths = [p for p in paths
-                 if p not in named and store.fs.get_file_info(store.path(p)).mtime.timestamp() < made]
+        made = table.metadata().created_time / 1000
+        infos = store.fs.get_file_info([store.path(p) for p in paths])
+        paths = [p for p, info in zip(paths, infos, strict=True) if info.mtime.timestamp() < made]
+        named = lake.ever_added(rel) if paths else set()   # its whole log: read only when there is a candidate
+        paths = [p for p in paths if p not in named]
     if not paths:
         return False
     files = []
