@@ -113,6 +113,15 @@ def migrate_lake(settings: Settings | None = None) -> MigrationSummary:
     return summary
 
 
+def unconverted(store: Store) -> str | None:
+    """The first file or folder of the old layout this command converts (batch manifests or plans, output
+    manifests, silver state files), or None. Their data files are files no Delta log names: a vacuum (`compact`)
+    would delete them."""
+    folders = [*OLD_BRONZE, OLD_COMMITS]   # the output manifests' folder is left empty after the migration
+    return next((rel for rel in folders if store.entries(rel)), None) or next(
+        (rel for rel in OLD_STATE_FILES if store.exists(rel)), None)
+
+
 def _folder_tables() -> dict[str, tuple[pa.Schema, list[str]]]:
     by_product = ["product_id", "date"]
     return {sinks.TRADES_DIR: (sinks.TRADES_SCHEMA, by_product), sinks.TICKER_DIR: (sinks.TICKER_SCHEMA, by_product),

@@ -310,14 +310,15 @@ def test_an_old_stream_folder_an_upgraded_collector_wrote_to_first_keeps_its_old
     assert sorted(lake.read(TRADES_DIR)["trade_id"].to_pylist()) == trades
 
 
-def test_a_candle_migration_killed_before_its_clean_up_adds_nothing_again_after_a_compaction(tmp_path, monkeypatch):
-    """Killed after the commit adopting the old candle batches, before the batch manifests went; `compact` (the daily
-    DAG) then replaced the adopted files by a compacted one. The rerun found the manifests' files no longer in the
-    table and committed them again beside the compacted copy: every old candle twice in bronze."""
+def test_a_candle_migration_killed_before_its_clean_up_adds_nothing_again_after_a_fold(tmp_path, monkeypatch):
+    """Killed after the commit adopting the old candle batches, before the batch manifests went; a silver build then
+    folded the adopted files of a partition into one (`compact` refuses until the migration is done). The rerun
+    found the manifests' files no longer in the table and committed them again beside the folded copy: every old
+    candle twice in bronze."""
     from etl import candles
-    from etl.compaction import compact
     from etl.lake import Lake
-    from tests.etl.silver.test_incremental import T0, minute_candles, write_batch
+    from etl.silver import build
+    from tests.etl.silver.test_incremental import FUTURE, T0, minute_candles, write_batch
     from tests.support.bronze import read_bronze
 
     monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
@@ -330,7 +331,7 @@ def test_a_candle_migration_killed_before_its_clean_up_adds_nothing_again_after_
                                                               "sha256": {r: store.digest(r) for r in rels}})
     lake = Lake.of(store)
     assert migrate._adopt_candles(store, lake)           # killed here: committed, the manifests still there
-    compact(before=(T0 + timedelta(days=3)).date())
+    build(now=FUTURE)
     assert all("compacted" in f for f in lake.files(candles.CANDLES_DIR))
     migrate.migrate_lake()
     assert len(read_bronze()) == 120
