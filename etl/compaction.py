@@ -7,7 +7,8 @@
 - The bronze stream tables (etl.stream.sinks.maintain) and the run records (etl.commits.maintain) likewise.
 - The silver tables are vacuumed too (their superseded files: each build replaces the partitions it rebuilds).
 - `vacuum` of every Delta table: the files no version younger than PIPELINE_LAKE_RETENTION_DAYS needs, and
-  uncommitted files that old, are deleted.
+  uncommitted files that old, are deleted. So a data folder `migrate-lake` has not converted yet is refused (exit 2):
+  the old layout's data files are files no log names.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
-from etl import candles, commits
+from etl import candles, commits, migrate
 from etl.candles import CANDLES_DIR
+from etl.errors import ValidationError
 from etl.lake import Lake, LakeConflict
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
@@ -53,6 +55,10 @@ def compact(before: date | None = None, settings: Settings | None = None, now: d
     started = time.perf_counter()
     settings = settings or get_settings()
     store = get_store(settings)
+    if (old := migrate.unconverted(store)) is not None:  # its vacuum would delete the old layout's data files
+        raise ValidationError(f"{store.path(old)}: the data folder is not converted to the lake's Delta tables yet, "
+                              "and compact would delete the old files no table's log names: run `python -m etl "
+                              "migrate-lake` first; nothing was compacted")
     lake = Lake.of(store, settings)
     before = before or (now or datetime.now(UTC)).date()
     summary = CompactSummary(before=before.isoformat())

@@ -183,6 +183,19 @@ class Lake:
         note_read(rel, t.version())
         return sorted(posixpath.join(rel, p) for p in _actions(t)["path"].to_pylist())
 
+    def ever_added(self, rel: str) -> set[str]:
+        """Every data file table `rel` holds or held (paths as `files` gives them): its latest version's files and
+        those each entry of its log adds, also files removed since (e.g. compacted away), as far back as the log
+        reaches (entries past the log retention are gone)."""
+        fs, path = pafs.FileSystem.from_uri(self.uri(posixpath.join(rel, "_delta_log")))
+        out = set(self.files(rel) or [])
+        for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+            if info.base_name.endswith(".json") and info.base_name[:-len(".json")].isdigit():
+                with fs.open_input_stream(info.path) as f:
+                    actions = [json.loads(line) for line in f.read().splitlines()]
+                out.update(posixpath.join(rel, a["add"]["path"]) for a in actions if "add" in a)
+        return out
+
     def metadata(self, rel: str, key: str) -> tuple[int, str] | None:
         """(version, value) of the latest commit of table `rel` whose metadata has `key` (a writer's own record, e.g.
         the bronze version a silver build read), or None."""

@@ -3,9 +3,12 @@
 Stream tables (bronze trades, ticker, order_book, stream_gaps, stream_rejects; silver trade bars and liquidity)
 and silver's candle tables (bars_5m, bars_1d, quarantine, price_quality) written as plain Parquet folders become
 Delta tables of the same files: one commit adding every visible file (a hidden temporary file of an interrupted
-write is never data), made only when the folder has no table yet; a silver file whose SHA-256 the old state file
-recorded is checked against it first. The silver state files they replace are deleted after. Silver's next build
-then rebuilds every partition once (no bronze version recorded yet).
+write is never data), made when the folder has no table yet; a silver file whose SHA-256 the old state file
+recorded is checked against it first. A bronze stream table an upgraded collector made first gets, in one commit,
+the folder's files older than the table that its log never named (the old batches: streamed once, never fetched
+again); a silver table an upgraded build made is left as it is (its next build rebuilds the partitions whose bronze
+files the migration adds). The silver state files they replace are deleted after. Silver's next build then
+rebuilds every partition once (no bronze version recorded yet).
 
 Converts the risk, factor and intraday outputs: each old commit manifest `outputs/_commits/<name>.json` becomes a
 run record of the same name and run id (etl/commits.py) whose entries are the manifest's files, each checked
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from deltalake import DeltaTable
 
 from etl import candles, commits
 from etl.errors import ValidationError
@@ -75,9 +79,11 @@ def migrate_lake(settings: Settings | None = None) -> MigrationSummary:
     lake = Lake.of(store, settings)
     digests = _old_digests(store)
     for rel, (schema, keys) in _folder_tables().items():
-        if lake.table(rel) is None and store.list_files(rel, ".parquet"):
+        table = lake.table(rel)
+        # a stream table an upgraded collector made first still gets the old files (streamed once, never fetched
+        # again); a silver table an upgraded build made is not: its next build rebuilds from bronze what they held
+        if (table is None or rel in sinks.STREAM_TABLES) and _adopt(store, lake, rel, schema, keys, digests, table):
             summary.tables_adopted.append(rel)
-            _adopt(store, lake, rel, schema, keys, digests)
     for rel in OLD_STATE_FILES:  # what the silver tables' own commits replaced
         store.delete(rel)
     markers = [p for p, _ in store.entries(candles.CANDLES_DIR) if _MARKER.search(p)]
@@ -107,6 +113,15 @@ def migrate_lake(settings: Settings | None = None) -> MigrationSummary:
     return summary
 
 
+def unconverted(store: Store) -> str | None:
+    """The first file or folder of the old layout this command converts (batch manifests or plans, output
+    manifests, silver state files), or None. Their data files are files no Delta log names: a vacuum (`compact`)
+    would delete them."""
+    folders = [*OLD_BRONZE, OLD_COMMITS]   # the output manifests' folder is left empty after the migration
+    return next((rel for rel in folders if store.entries(rel)), None) or next(
+        (rel for rel in OLD_STATE_FILES if store.exists(rel)), None)
+
+
 def _folder_tables() -> dict[str, tuple[pa.Schema, list[str]]]:
     by_product = ["product_id", "date"]
     return {sinks.TRADES_DIR: (sinks.TRADES_SCHEMA, by_product), sinks.TICKER_DIR: (sinks.TICKER_SCHEMA, by_product),
@@ -125,11 +140,24 @@ def _old_digests(store: Store) -> dict[str, str]:
     return files if isinstance(files, dict) else {}
 
 
-def _adopt(store: Store, lake: Lake, rel: str, schema: pa.Schema, keys: list[str], digests: dict[str, str]) -> None:
-    """Make the folder `rel` a Delta table of its visible Parquet files, in one commit; a file that differs from its
-    recorded digest stops it (CorruptFileError: its table is not made)."""
+def _adopt(store: Store, lake: Lake, rel: str, schema: pa.Schema, keys: list[str], digests: dict[str, str],
+           table: DeltaTable | None = None) -> bool:
+    """Make the folder `rel` a Delta table of its visible Parquet files, in one commit, or add to `table` (made by an
+    upgraded writer before the migration) those of its files older than the table that its log never named (not
+    those of an upgraded writer killed before its commit, nor those a commit named and `compact` replaced since);
+    a file that differs from its recorded digest stops it (CorruptFileError: nothing committed). Returns whether it
+    committed."""
+    paths = store.list_files(rel, ".parquet")
+    if table is not None:
+        made = table.metadata().created_time / 1000
+        infos = store.fs.get_file_info([store.path(p) for p in paths])
+        paths = [p for p, info in zip(paths, infos, strict=True) if info.mtime.timestamp() < made]
+        named = lake.ever_added(rel) if paths else set()   # its whole log: read only when there is a candidate
+        paths = [p for p in paths if p not in named]
+    if not paths:
+        return False
     files = []
-    for path in store.list_files(rel, ".parquet"):
+    for path in paths:
         store.verify(path, digests.get(path))
         inside = posixpath.relpath(path, rel)
         values = dict(part.split("=", 1) for part in posixpath.dirname(inside).split("/"))
@@ -137,13 +165,15 @@ def _adopt(store: Store, lake: Lake, rel: str, schema: pa.Schema, keys: list[str
             rows = pq.ParquetFile(f).metadata.num_rows
         files.append(DataFile(inside, store.fs.get_file_info(store.path(path)).size, values, rows))
     lake.commit_files(rel, files, pa.schema([*schema, *(pa.field(k, pa.string()) for k in keys)]), keys,
-                      metadata={"migrated_from": "plain Parquet folder"})
+                      metadata={"migrated_from": "plain Parquet folder"}, table=table)
+    return True
 
 
 def _adopt_candles(store: Store, lake: Lake) -> bool:
-    """Commit the old bronze candle folder's current files (see the module docstring) that the table does not name
-    yet: its first data, or beside the batches an upgraded ingest committed before the migration (a rerun after a
-    kill past this commit adds nothing). Returns whether it committed."""
+    """Commit the old bronze candle folder's current files (see the module docstring) that the table never named:
+    its first data, or beside the batches an upgraded ingest committed before the migration (a rerun after a kill
+    past this commit adds nothing, also when `compact` replaced the files it committed). Returns whether it
+    committed."""
     manifests = [store.read_json(p) for p, _ in store.entries(OLD_BRONZE[0]) if p.endswith(".json")]
     committed = {m["batch_id"] for m in manifests}
     sha = {rel: digest for m in manifests for rel, digest in (m.get("sha256") or {}).items()}
@@ -161,7 +191,7 @@ def _adopt_candles(store: Store, lake: Lake) -> bool:
                     n[: -len(".parquet")] in committed and n not in marker["replaces"]]
     table = lake.table(candles.CANDLES_DIR)
     if table is not None:
-        named = set(lake.files(candles.CANDLES_DIR) or [])
+        named = lake.ever_added(candles.CANDLES_DIR)
         current = [rel for rel in current if rel not in named]
         if not current:
             return False

@@ -181,12 +181,17 @@ def commit_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings:
                     meta={"as_of": as_of.isoformat(),
                           "portfolios": sorted(map(str, inputs.portfolios["portfolio_id"])),
                           # what `risk --reproduce` needs beside the table versions (etl/risk/reproduce.py)
-                          "params": {**asdict(inputs.params), **{k: getattr(settings, k) for k in RUN_SETTINGS}},
+                          "params": run_params(inputs.params, settings),
                           "reference": inputs.reference_digests, **(meta or {})})
     summary.rows = {name: part.num_rows for (name, _), part in parts.items()}
     summary.seconds = time.perf_counter() - t0
     log.info("%s", summary)
     return summary
+
+
+def run_params(params: RiskParams, settings: Settings) -> dict:
+    """The parameters a run's figures depend on, as its record names them: RiskParams and RUN_SETTINGS."""
+    return {**asdict(params), **{k: getattr(settings, k) for k in RUN_SETTINGS}}
 
 
 def _attribution(closes, quote_ccy, portfolios, positions, pnl_daily, settings: Settings) -> pd.DataFrame:

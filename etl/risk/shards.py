@@ -8,8 +8,10 @@ same in any shard) and writes them to the uncommitted area `outputs/_shards/<run
 marker last. A shard reads the table versions the first shard done before it read (its `done.json`), so every
 shard prices on the same lake; `commit_shards` checks every shard's marker (else it fails naming the missing ones
 and commits nothing), refuses shards that read different versions (started at once around a commit of their
-inputs: rerun those shards) or other reference files than its own (edited since: rerun every shard), computes what needs the whole book (`engine.book_tables`: firm VaR/ES from every position's USD
-exposure, firm contributions and stress, the product tables) and commits all tables with ONE run record, as
+inputs: rerun those shards), other reference files than its own (edited since: rerun every shard) or other risk
+parameters (RiskParams and runner.RUN_SETTINGS, which its record names: rerun those shards), computes what needs
+the whole book (`engine.book_tables`: firm VaR/ES from every position's USD exposure, firm contributions and
+stress, the product tables) and commits all tables with ONE run record, as
 `run_risk` does (etl.commits; the record names the run key), then deletes the run's shard area, and `_shards` itself
 once no other run's shards wait there. A retry of the commit after it committed (its worker died before Airflow saw
 it succeed) finds the day's record of its run key and succeeds without committing again. One shard gives the same
@@ -34,7 +36,7 @@ from etl.lake import Lake, note_read, pinned, recorded_reads, records_reads
 from etl.portfolios import book_products
 from etl.reference_set import Reference
 from etl.risk.engine import append_tables, book_tables, portfolio_tables
-from etl.risk.runner import RiskSummary, commit_tables, finish_portfolio_tables, load_inputs
+from etl.risk.runner import RiskSummary, commit_tables, finish_portfolio_tables, load_inputs, run_params
 from etl.settings import Settings
 from etl.storage import Store, get_store
 from etl.warehouse.schema import to_arrow
@@ -44,6 +46,7 @@ SILVER = "silver"   # every table folder under it is a Delta table (etl/silver)
 
 SHARDS_DIR = f"{OUTPUTS}/_shards"
 DONE = "done.json"
+PROCESS_ONLY = ("garch_workers",)   # risk parameters that set how a run computes, not its figures
 PER_CURRENCY = ("scenario_returns", "scenario_covariance")   # one scenario set per base currency, not per shard
 
 
@@ -104,7 +107,7 @@ def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Sett
         store.write_parquet(posixpath.join(folder, f"{name}.parquet"), to_arrow(df))
     done = {"as_of": as_of.isoformat(), "shard": shard, "shards": shards, "portfolios": ids, "rows": rows,
             "seconds": round(time.perf_counter() - t0, 3), "inputs": recorded_reads(),
-            "reference": inputs.reference_digests}
+            "reference": inputs.reference_digests, "params": run_params(inputs.params, settings)}
     store.write_json(posixpath.join(folder, DONE), done)        # the shard's commit point
     log.info("risk shard %d/%d as of %s: %d portfolios in %.1fs", shard + 1, shards, as_of, len(ids),
              done["seconds"])
@@ -163,6 +166,17 @@ def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings,
         raise ValidationError(f"{name}: not the reference file risk shard(s) {stale} of run {run_key} as of {as_of} "
                               "read (changed since they ran): nothing committed. Rerun every compute_risk_shard of "
                               "that run, then compute_risk")
+    # nor the settings: the record names the commit's parameters, so every shard must have computed with them
+    params = {k: v for k, v in run_params(inputs.params, settings).items() if k not in PROCESS_ONLY}
+    other = {i: theirs for i, m in markers.items()
+             if (theirs := {k: v for k, v in (m.get("params") or {}).items() if k not in PROCESS_ONLY}) != params}
+    if other:
+        theirs = next(iter(other.values()))
+        key = next(k for k in sorted({*params, *theirs}) if theirs.get(k, "absent") != params.get(k, "absent"))
+        raise ValidationError(f"risk shard(s) {sorted(other)} of run {run_key} as of {as_of} were computed with "
+                              f"{key}={theirs.get(key, 'absent')}, the commit with {params.get(key, 'absent')}: "
+                              f"nothing committed. Rerun compute_risk_shard {sorted(other)} of that run with the "
+                              "commit's settings, then compute_risk")
     tables: dict[str, pd.DataFrame] = {}
     for i, marker in markers.items():
         part = {name: store.read_parquet(posixpath.join(shard_dir(run_key, i), f"{name}.parquet")).to_pandas()

@@ -219,3 +219,32 @@ def test_compact_vacuums_the_superseded_silver_files_past_the_retention(data_dir
     for _ in range(2):                                # two compact runs between builds
         compact(before=date(2026, 1, 1), settings=get_settings())
     assert build(now=FUTURE).partitions == 0
+
+
+def test_compact_on_a_folder_not_migrated_yet_refuses_and_deletes_no_old_file(data_dir, capsys):
+    """The upgraded pipeline runs before `migrate-lake`: an ingest's commit made the candle table, which names only
+    its batch; the old batches (months of history, named only by their manifests) are files no log names, and
+    compact's full vacuum deleted every one older than the retention, so the migration had nothing left to adopt:
+    the history was gone. compact refuses (exit 2, naming the old layout and migrate-lake) and deletes nothing."""
+    import os
+
+    from etl import migrate
+    from tests.etl.silver.test_incremental import commit_batch
+
+    store = Store.from_uri(str(data_dir))
+    old = write_batch(data_dir, minute_candles("BTC-USD", T0, 60), "b1", T0 + timedelta(days=1), commit=False)
+    store.write_json("bronze/_manifests/b1.json", {"batch_id": "b1", "files": old,
+                                                   "sha256": {r: store.digest(r) for r in old}})
+    months_ago = (datetime.now(UTC) - timedelta(days=200)).timestamp()
+    os.utime(store.path(old[0]), (months_ago, months_ago))
+    new = write_batch(data_dir, minute_candles("BTC-USD", T0 + timedelta(days=1), 60, seed=1), "new",
+                      T0 + timedelta(days=2), commit=False)
+    commit_batch(data_dir, new, "new")                                 # the upgraded ingest makes the table
+
+    assert main(["compact"]) == 2
+    err = capsys.readouterr().err
+    assert "bronze/_manifests" in err and "python -m etl migrate-lake" in err and err.count("\n") == 1, err
+    assert store.exists(old[0])
+    migrate.migrate_lake()
+    assert Lake.of(store).files(candles.CANDLES_DIR) == sorted([*old, *new])
+    assert main(["compact"]) == 0                                      # migrated: compact runs

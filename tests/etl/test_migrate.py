@@ -261,3 +261,78 @@ def test_an_old_candle_folder_an_upgraded_ingest_wrote_to_first_keeps_its_old_ba
     assert migrate.migrate_lake().tables_adopted == [] and lake.files(candles.CANDLES_DIR) == sorted([*old, *new])
     build(now=FUTURE)                                             # silver takes the old batch in as new
     assert set(read_bars("5m")["bucket_start"].dt.date.astype(str)) == {"2026-01-05", "2026-01-06"}
+
+
+def test_an_old_stream_folder_an_upgraded_collector_wrote_to_first_keeps_its_old_batches(tmp_path, monkeypatch):
+    """The upgraded collector ran before `migrate-lake`: its first commit made the Delta table `bronze/trades`,
+    naming only its own batches. The migration skipped the folder (a table is there), so the old trades (streamed,
+    never to be fetched again) dropped out of bronze and of the trade bars without a word. They are added beside
+    the new batches; a file of an upgraded writer killed before its commit is not; a rerun adds nothing, also
+    after `compact` replaced the adopted files."""
+    import os
+    import time
+
+    from etl.lake import Lake
+    from etl.silver.trade_bars import build_trade_bars
+    from etl.stream.sinks import TRADES_DIR, TRADES_SCHEMA, BronzeSink, MicroBatch
+
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    store = get_store()
+
+    def batch(n: int, day: str) -> MicroBatch:
+        b = MicroBatch(f"2026010{n}T000000000000Z-a-00000{n}")
+        for i in range(2):
+            when = f"{day}T00:0{i}:00Z"
+            b.add_trade("BTC-USD", day, (f"{n}{i}", "100.0", "0.5", "BUY", when, "update", "market_trades", when, "",
+                                         i, "c1", 1767225600.0, None))
+        return b
+
+    hour_ago = time.time() - 3600                                      # written by the collector before the upgrade
+    for old in (batch(1, "2026-01-01"), batch(4, "2026-01-01")):
+        old_file = f"{TRADES_DIR}/product_id=BTC-USD/date=2026-01-01/{old.batch_id}.parquet"
+        store.write_parquet(old_file, old.trades[("BTC-USD", "2026-01-01")].table(TRADES_SCHEMA, old.batch_id))
+        os.utime(store.path(old_file), (hour_ago, hour_ago))
+    BronzeSink(store).write(batch(2, "2026-01-02"))                    # the upgraded collector makes the table
+    killed = batch(3, "2026-01-02")                                    # an upgraded writer killed before its commit
+    store.write_parquet(f"{TRADES_DIR}/product_id=BTC-USD/date=2026-01-02/{killed.batch_id}.parquet",
+                        killed.trades[("BTC-USD", "2026-01-02")].table(TRADES_SCHEMA, killed.batch_id))
+
+    summary = migrate.migrate_lake()
+    lake = Lake.of(store)
+    assert TRADES_DIR in summary.tables_adopted, summary
+    trades = ["10", "11", "20", "21", "40", "41"]
+    assert sorted(lake.read(TRADES_DIR)["trade_id"].to_pylist()) == trades
+    assert build_trade_bars().trades_in == 6
+    lake.optimize(TRADES_DIR)                                          # `compact`: the adopted files are replaced
+    assert old_file not in lake.files(TRADES_DIR)
+    assert migrate.migrate_lake().tables_adopted == []
+    assert sorted(lake.read(TRADES_DIR)["trade_id"].to_pylist()) == trades
+
+
+def test_a_candle_migration_killed_before_its_clean_up_adds_nothing_again_after_a_fold(tmp_path, monkeypatch):
+    """Killed after the commit adopting the old candle batches, before the batch manifests went; a silver build then
+    folded the adopted files of a partition into one (`compact` refuses until the migration is done). The rerun
+    found the manifests' files no longer in the table and committed them again beside the folded copy: every old
+    candle twice in bronze."""
+    from etl import candles
+    from etl.lake import Lake
+    from etl.silver import build
+    from tests.etl.silver.test_incremental import FUTURE, T0, minute_candles, write_batch
+    from tests.support.bronze import read_bronze
+
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    data, store = tmp_path / "data", get_store()
+    for batch, seed in (("b1", 0), ("b2", 1)):
+        rels = write_batch(data, minute_candles("BTC-USD", T0 + timedelta(hours=seed), 60, seed=seed), batch,
+                           T0 + timedelta(days=2), commit=False)
+        store.write_json(f"bronze/_manifests/{batch}.json", {"batch_id": batch, "files": rels,
+                                                              "sha256": {r: store.digest(r) for r in rels}})
+    lake = Lake.of(store)
+    assert migrate._adopt_candles(store, lake)           # killed here: committed, the manifests still there
+    build(now=FUTURE)
+    assert all("compacted" in f for f in lake.files(candles.CANDLES_DIR))
+    migrate.migrate_lake()
+    assert len(read_bronze()) == 120
+    assert not store.exists("bronze/_manifests/b1.json")

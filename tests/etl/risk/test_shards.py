@@ -238,3 +238,24 @@ def test_a_retried_commit_after_it_committed_succeeds_without_committing_again(s
                                                                          "breaches")}
     with pytest.raises(DataNotFoundError, match=r"risk shard\(s\) \[0, 1\] of 2"):   # another run's: not done
         tasks.compute_risk(AS_OF, shards=2, run_key="run-other")
+
+
+def test_shards_computed_with_other_risk_settings_than_the_commit_commit_nothing(shard_env, monkeypatch):
+    """A risk setting changed between the shards and the commit (a retried shard on a worker with another
+    environment, an edited .env): shard 1's VaR used a 30-day lookback, the rest 60. The commit checked only the
+    table versions and the reference files, so it committed one run of both, recording lookback 60 over figures
+    of 30 (`risk --reproduce` then contradicts it)."""
+    from etl.errors import ValidationError
+
+    tasks.compute_risk_shard(AS_OF, 0, 2, run_key="run-s")
+    monkeypatch.setenv("RISK_VAR_LOOKBACK_DAYS", "30")
+    tasks.compute_risk_shard(AS_OF, 1, 2, run_key="run-s")
+    monkeypatch.setenv("RISK_VAR_LOOKBACK_DAYS", "60")
+    store = Store.from_uri(str(shard_env))
+    with pytest.raises(ValidationError, match=r"risk shard\(s\) \[1\] of run run-s as of 2026-03-31 were computed "
+                                              r"with var_lookback_days=30, the commit with 60: nothing committed"):
+        tasks.compute_risk(AS_OF, shards=2, run_key="run-s")
+    assert read_manifest(store, risk_manifest(AS_OF)) is None
+    tasks.compute_risk_shard(AS_OF, 1, 2, run_key="run-s")                     # the rerun named
+    tasks.compute_risk(AS_OF, shards=2, run_key="run-s")
+    assert read_manifest(store, risk_manifest(AS_OF))["params"]["var_lookback_days"] == 60
