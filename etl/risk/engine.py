@@ -722,9 +722,9 @@ def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, sigma: np
             valid = _valid(held, (v, e))
             term = np.zeros_like(q)
             for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-                with np.errstate(invalid="ignore", divide="ignore"):
+                with np.errstate(invalid="ignore"):
                     hit = valid[day[lo:hi]] & (q[lo:hi] > v_r[b])
-                    np.divide(q[lo:hi], e_r[b], out=term[lo:hi], where=hit)
+                term[lo:hi] = es_backtest.exceedance_ratio(q[lo:hi], e_r[b], hit)
             nulls[(method, c)] = es_backtest.z2_from_sums(np.asarray(draws @ term), valid.sum(axis=0), 1 - c)
     z2_null.update(nulls)
     return out
