@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
+from scipy import sparse, stats
 
 from etl.risk import es_backtest, var
 from etl.risk.engine import BACKTEST_CONFIDENCES, METHODS, RiskParams, compute_tables
@@ -37,6 +37,14 @@ def test_an_exceedance_against_an_es_forecast_of_no_loss_is_untestable_not_the_b
     assert np.isnan(es_backtest.z2_p_value(es_backtest.z2_stat(losses, var, es, 0.1), np.zeros((9, 1)))[0])
     losses[1] = -4.0                                                 # no exceedance that day: the others score
     assert es_backtest.z2_stat(losses, var, es, 0.1)[0] == 1.0
+    # a simulated path drawing that day's largest scenario (-1.5 > VaR -3) is untestable too: not counted as
+    # at least as extreme as an observed Z2 (p from the other path only)
+    draws = sparse.csr_matrix(np.array([[1.0, 0.0], [0.0, 0.0]]))   # path 0 draws day 0's top scenario
+    tail = np.array([[[-1.5]], [[0.5]]])                              # (T = 2, K = 1, k = 1)
+    null = es_backtest.z2_null_drawn(draws, tail, np.array([[-3.0], [1.0]]), np.array([[-1.0], [2.0]]), 0.1,
+                                     np.ones((2, 1), bool))
+    assert np.isnan(null[0, 0]) and null[1, 0] == 1.0
+    assert es_backtest.z2_p_value(np.array([1.0]), null)[0] == 2 / 3
 
 
 def test_a_realised_loss_after_a_window_of_gains_fails_the_es_test_of_the_scenario_methods():
