@@ -323,7 +323,7 @@ def _filtered_sigmas(asset_ret: np.ndarray, currency: str, params: RiskParams,
 
 def _group_tables(days, close, fx, price, qty, cost, pids, held, base, z, scale, n_ret, hist_start,
                   params: RiskParams, sigmas=None, scenarios=None, usd_move_of=None) -> dict[str, pd.DataFrame]:
-    """All portfolio tables for portfolios sharing one base currency; price (T, A) = close x fx in base currency."""
+    """All portfolio tables for portfolios sharing one base currency; price (T, A): the closes in that currency."""
     as_of = days[-1]
     val = valuation.value_positions(qty, cost, close, fx[:, None, :])
     mv = val.market_value                                                  # (T, P, A)
