@@ -264,10 +264,13 @@ def _portfolio_tables(b: _Book, portfolios: pd.DataFrame, positions: pd.DataFram
     for base in sorted(set(base_of.values())):
         ids = [pid for pid in pids if base_of[pid] == base]
         fx = b.quote_usd / b.rates[base][:, None]                          # quote -> base, (T, A)
+        # prices in base currency as USD value / the base's USD rate: the base's own <CCY>-USD is then exactly 1
+        # (x / x), where close x fx = x (1 / x) is 1 - 2^-53 on some days (a zero-return asset with noise)
+        price = b.close * b.quote_usd / b.rates[base][:, None]
         for lo in range(0, len(ids), PORTFOLIO_CHUNK):                    # memory: (T, P, A) arrays per chunk
             chunk = ids[lo:lo + PORTFOLIO_CHUNK]
             qty, cost = snapshot_arrays(positions[positions["portfolio_id"].isin(chunk)], chunk, b.held, b.days)
-            group = _group_tables(b.days, b.close, fx, qty, cost, chunk, b.held, base, b.z, b.scale, b.n_ret,
+            group = _group_tables(b.days, b.close, fx, price, qty, cost, chunk, b.held, base, b.z, b.scale, b.n_ret,
                                   b.hist_start, params, sigmas, b.scenarios, b.usd_move_of)
             risk = group["risk_metrics"]        # in USD at the as-of close of <base>-USD: ranks books across currencies
             risk["var_99_hist_usd"] = risk["var_99_hist"] * b.rates[base][-1]
@@ -339,11 +342,10 @@ def _filtered_sigmas(asset_ret: np.ndarray, currency: str, params: RiskParams,
     return cache[currency]
 
 
-def _group_tables(days, close, fx, qty, cost, pids, held, base, z, scale, n_ret, hist_start,
+def _group_tables(days, close, fx, price, qty, cost, pids, held, base, z, scale, n_ret, hist_start,
                   params: RiskParams, sigmas=None, scenarios=None, usd_move_of=None) -> dict[str, pd.DataFrame]:
-    """All portfolio tables for portfolios sharing one base currency."""
+    """All portfolio tables for portfolios sharing one base currency; price (T, A): the closes in that currency."""
     as_of = days[-1]
-    price = close * fx                                                     # (T, A) base currency
     val = valuation.value_positions(qty, cost, close, fx[:, None, :])
     mv = val.market_value                                                  # (T, P, A)
     expo = valuation.exposures(mv)
@@ -743,9 +745,9 @@ def _tail_backtest(sc: _Scenarios, expo: np.ndarray, held: np.ndarray, sigma: np
             valid = _valid(held, (v, e))
             term = np.zeros_like(q)
             for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-                with np.errstate(invalid="ignore", divide="ignore"):
+                with np.errstate(invalid="ignore"):
                     hit = valid[day[lo:hi]] & (q[lo:hi] > v_r[b])
-                    np.divide(q[lo:hi], e_r[b], out=term[lo:hi], where=hit)
+                term[lo:hi] = es_backtest.exceedance_ratio(q[lo:hi], e_r[b], hit)
             nulls[(method, c)] = es_backtest.z2_from_sums(np.asarray(draws @ term), valid.sum(axis=0), 1 - c)
     z2_null.update(nulls)
     return out

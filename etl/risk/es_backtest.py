@@ -5,6 +5,10 @@ probability alpha = 1 - confidence, exceedance I_t = 1{L_t > VaR_t}. Days where 
 forecast) are left out; T counts the valid days of each series.
 - Acerbi-Szekely (2014) Z2, "testing ES directly": Z2 = 1 - sum_t L_t I_t / (T alpha ES_t) (their
   sum X_t I_t / (T alpha ES_t) + 1 with X = -L). E[Z2] = 0 when the model is right, negative when ES is too small.
+  The ratio needs ES_t > 0: against a negative ES (a window of gains only: the model's tail is a gain) a
+  realised loss would score negative and raise Z2 above 1, the best score, and against ES = 0 it is infinite
+  whatever its size. So an exceedance on a day whose ES forecast is <= 0 makes Z2 NaN (untestable, not a
+  pass); a simulated path with one is not counted as at least as extreme (the p-value errs towards rejecting).
   p-value = P(Z2 <= observed) under the model, by simulation: M seeded paths of losses drawn from each day's
   predictive distribution (the caller's sampler), scored against the same forecasts, p = (1 + #{Z2* <= Z2}) / (M+1).
   The paths are drawn once per model and level and shared by every series: for a location-scale model as
@@ -24,6 +28,12 @@ import functools
 import numpy as np
 
 
+def exceedance_ratio(losses: np.ndarray, es: np.ndarray, hit: np.ndarray) -> np.ndarray:
+    """L / ES where hit (an exceedance on a valid day), 0 elsewhere; NaN where ES <= 0 (see the module doc)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(hit, np.where(es > 0, losses / np.where(es > 0, es, 1.0), np.nan), 0.0)
+
+
 def z2_from_sums(term: np.ndarray, n: np.ndarray, alpha: float) -> np.ndarray:
     """Z2 = 1 - sum_t L_t I_t / ES_t / (T alpha) from the sums (..., K) and T (K,); NaN where T = 0."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -36,10 +46,9 @@ def z2_stat(losses: np.ndarray, var: np.ndarray, es: np.ndarray, alpha: float,
     losses = np.asarray(losses, dtype="float64")
     if valid is None:
         valid = np.ones(losses.shape[-2:], dtype=bool)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore"):
         hit = valid & (losses > var)
-        term = np.where(hit, losses / np.where(hit, es, 1.0), 0.0).sum(axis=-2)
-    return z2_from_sums(term, valid.sum(axis=-2), alpha)
+    return z2_from_sums(exceedance_ratio(losses, es, hit).sum(axis=-2), valid.sum(axis=-2), alpha)
 
 
 def z2_p_value(z: np.ndarray, z_null: np.ndarray) -> np.ndarray:
@@ -70,9 +79,9 @@ def z2_null_drawn(draws, tail: np.ndarray, var: np.ndarray, es: np.ndarray, alph
     """Z2* (M, K) of a scenario model: path m draws on day t one of the day's scenario losses; only the day's k
     largest, tail (T, K, k), can exceed VaR, so `draws` is the sparse (M, T x k) count of the paths' draws among
     them (scipy.sparse; every other draw adds 0). var, es, valid (T, K)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore"):
         hit = valid[..., None] & (tail > var[..., None])
-        term = np.where(hit, tail / np.where(hit, es[..., None], 1.0), 0.0)       # (T, K, k)
+    term = exceedance_ratio(tail, es[..., None], hit)                             # (T, K, k)
     t, k_series, k = tail.shape
     sums = draws @ np.swapaxes(term, 1, 2).reshape(t * k, k_series)
     return z2_from_sums(np.asarray(sums), valid.sum(axis=0), alpha)

@@ -905,3 +905,23 @@ def test_an_as_of_day_that_has_not_ended_is_refused_not_valued_at_its_partial_cl
     yesterday = today - timedelta(days=1)
     assert run_risk(as_of=None, settings=get_settings()).as_of == yesterday
     assert read_manifest(store, risk_manifest(yesterday)) is not None
+
+
+def test_a_book_holding_only_its_own_base_currency_has_no_risk_and_no_pnl():
+    """docs/risk_conventions.md "Currency": in a BTC-based portfolio BTC-USD has zero return. Its base price was
+    close x (1 / close), which is 1 - 2^-53 on some days (21 of these 121): returns of +-1e-16 made PnL noise,
+    backtest exceptions (garch_t red) and the fat-tail fits of a flat book NaN (an uncomputable VaR limit)."""
+    closes = _closes()
+    btc = closes["BTC-USD"].to_numpy()
+    assert (btc * (1 / btc) != 1.0).any()                             # the rounding this book meets
+    tables = compute_tables(closes, QUOTE, _portfolios(["B"], ["BTC"]),
+                            _book([("B", "BTC-USD", "2025-12-01", 3.0, 60000.0)]),
+                            RiskParams(var_lookback_days=60, backtest_days=60, mc_scenarios=500,
+                                       es_simulations=100, es_bootstrap=100))
+    assert (tables["pnl_daily"]["daily_pnl"] == 0).all()
+    risk = tables["risk_metrics"]
+    figures = [c for c in risk.columns if c.startswith(("var_", "es_")) and not c.endswith("_usd")]
+    assert (risk[figures] == 0).all(axis=None), risk[figures].T
+    assert risk["vol_20d"].iloc[0] == 0 and risk["max_drawdown"].iloc[0] == 0
+    assert not tables["var_backtest"]["is_exception"].any()
+    assert tables["limit_breaches"].empty

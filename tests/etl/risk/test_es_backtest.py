@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
+from scipy import sparse, stats
 
 from etl.risk import es_backtest, var
 from etl.risk.engine import BACKTEST_CONFIDENCES, METHODS, RiskParams, compute_tables
@@ -23,6 +23,52 @@ def test_z2_of_a_hand_built_series():
     assert es_backtest.z2_stat(losses, var, es, 0.1, valid)[0] == pytest.approx(1 - 0.75 / 0.9, rel=1e-15)
     # no exceedance at all: Z2 = 1 (ES never reached, the model is conservative)
     assert es_backtest.z2_stat(np.zeros((10, 1)), var, es, 0.1)[0] == 1.0
+
+
+def test_an_exceedance_against_an_es_forecast_of_no_loss_is_untestable_not_the_best_score():
+    # 10 days, alpha 10%, ES 2 every day but day 2's, whose window held gains only (VaR -3, ES -1: the model's tail
+    # is a gain); a loss of 3 that day. L / ES = -3 would raise Z2 to 1 + 3 / 1 = 4, above the 1 of no exceedance
+    losses = np.array([0.5, 3.0, 0.2, -1.0, 0.9, 0.1, 0.0, -0.4, 1.0, 0.3])[:, None]
+    var, es = np.ones((10, 1)), np.full((10, 1), 2.0)
+    var[1], es[1] = -3.0, -1.0
+    assert np.isnan(es_backtest.z2_stat(losses, var, es, 0.1)[0])
+    es[1] = 0.0                                                      # a constant window: ES 0 (was -inf)
+    assert np.isnan(es_backtest.z2_stat(losses, var, es, 0.1)[0])
+    assert np.isnan(es_backtest.z2_p_value(es_backtest.z2_stat(losses, var, es, 0.1), np.zeros((9, 1)))[0])
+    losses[1] = -4.0                                                 # no exceedance that day: the others score
+    assert es_backtest.z2_stat(losses, var, es, 0.1)[0] == 1.0
+    # a simulated path drawing that day's largest scenario (-1.5 > VaR -3) is untestable too: not counted as
+    # at least as extreme as an observed Z2 (p from the other path only)
+    draws = sparse.csr_matrix(np.array([[1.0, 0.0], [0.0, 0.0]]))   # path 0 draws day 0's top scenario
+    tail = np.array([[[-1.5]], [[0.5]]])                              # (T = 2, K = 1, k = 1)
+    null = es_backtest.z2_null_drawn(draws, tail, np.array([[-3.0], [1.0]]), np.array([[-1.0], [2.0]]), 0.1,
+                                     np.ones((2, 1), bool))
+    assert np.isnan(null[0, 0]) and null[1, 0] == 1.0
+    assert es_backtest.z2_p_value(np.array([1.0]), null)[0] == 2 / 3
+
+
+def test_a_realised_loss_after_a_window_of_gains_fails_the_es_test_of_the_scenario_methods():
+    """A long book whose first backtest window (20 returns) holds gains only: the historical ES forecast of the
+    next day is a gain (negative), and a loss of 5% that day scored Z2 = 51 with p = 1 (a pass) at 99%."""
+    days = pd.date_range("2026-01-01", periods=61, freq="D")
+    rng = np.random.default_rng(2)
+    r = rng.normal(0, 0.02, 60)
+    r[:20] = rng.uniform(0.002, 0.02, 20)
+    r[20] = -0.05
+    closes = pd.DataFrame({"A-USD": 100 * np.r_[1, np.cumprod(1 + r)]}, index=days)
+    book = pd.DataFrame({"portfolio_id": ["U1"], "product_id": ["A-USD"], "as_of_date": [days[0]],
+                         "quantity": [10.0], "avg_cost": [100.0]})
+    tables = compute_tables(closes, {"A-USD": "USD"}, PORTFOLIOS.iloc[:1], book,
+                            RiskParams(var_lookback_days=20, backtest_days=60, mc_scenarios=500,
+                                       es_simulations=200, es_bootstrap=200))
+    bt = tables["var_backtest"]
+    first = bt[(bt.method == "hist") & (bt.as_of_date == days[21])]
+    assert (first["es_forecast"] < 0).all() and (first["realized_pnl"] < 0).all() and first["is_exception"].all()
+    cmp = tables["var_model_comparison"].set_index("method")
+    for method in ("hist", "fhs_ewma", "garch_t"):
+        assert cmp.loc[method, "z2"].isna().all() and not cmp.loc[method, "pass_z2"].any(), method
+        assert not cmp.loc[method, "passes"].any(), method
+    assert np.isfinite(cmp.loc["param", "z2"]).all()               # a positive ES every day: scored as before
 
 
 def test_z2_is_centred_under_the_true_model_and_rejects_a_thin_tailed_one():
