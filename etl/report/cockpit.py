@@ -237,26 +237,35 @@ def active_actions(reader: GoldReader, as_of: date) -> pd.DataFrame:
 
 
 def _intraday_breaches(reader: GoldReader, table: str, as_of: date) -> list[dict]:
-    """The latest state of each intraday breach of the day: rows keyed portfolio x limit type x bucket, read
-    generically (`bucket_start` or `breached_at` for the time; rows with a `cleared_at` are over)."""
+    """The breaches of the day still open at their latest row: rows keyed portfolio x limit type x bucket, read
+    generically (`bucket_start` or `breached_at` for the time; a row with a `cleared_at` ends the breach, as the
+    intraday run's `cleared` row does). `since`: the first bucket of the day of the open episode."""
     cols = columns(reader, table)
     when = next((c for c in ("bucket_start", "breached_at", "detected_at") if c in cols), None)
     if when is None or not {"portfolio_id", "limit_type", "value", "limit_value"} <= cols:
         return []
-    cleared = "and b.cleared_at is null" if "cleared_at" in cols else ""
+    over = "b.cleared_at is not null" if "cleared_at" in cols else "false"
     metric = "b.metric" if "metric" in cols else "null"
     df = reader.query(f"""
         with day as (
-            select * from gold.{table} as b
-            where b.{when} >= %(as_of)s::date and b.{when} < %(as_of)s::date + 1 {cleared}
+            select b.*, b.{when} as at, {over} as over from gold.{table} as b
+            where b.{when} >= %(as_of)s::date and b.{when} < %(as_of)s::date + 1
         ),
-        first as (select portfolio_id, limit_type, min({when}) as since from day group by 1, 2)
-        select distinct on (b.portfolio_id, b.limit_type)
-               b.portfolio_id, b.limit_type, {metric} as metric, b.value, b.limit_value,
+        cleared as (select portfolio_id, limit_type, max(at) as at from day where over group by 1, 2),
+        first as (  -- the open episode began after the breach last cleared
+            select d.portfolio_id, d.limit_type, min(d.at) as since
+            from day as d left join cleared as c using (portfolio_id, limit_type)
+            where c.at is null or d.at > c.at group by 1, 2
+        ),
+        latest as (
+            select distinct on (b.portfolio_id, b.limit_type) b.*, {metric} as metric_
+            from day as b order by b.portfolio_id, b.limit_type, b.at desc
+        )
+        select b.portfolio_id, b.limit_type, b.metric_ as metric, b.value, b.limit_value,
                b.value / nullif(b.limit_value, 0) as utilisation, f.since, p.base_currency
-        from day as b join first as f using (portfolio_id, limit_type)
+        from latest as b join first as f using (portfolio_id, limit_type)
         left join gold.dim_portfolio as p using (portfolio_id)
-        order by b.portfolio_id, b.limit_type, b.{when} desc""", {"as_of": as_of})
+        where not b.over""", {"as_of": as_of})
     return [_breach(r, "intraday") for r in df.to_dict("records")]
 
 
@@ -350,8 +359,8 @@ def firm_contributions(reader: GoldReader, as_of: date) -> list[dict] | None:
 
 
 def intraday(reader: GoldReader, as_of: date, max_price_age_s: float | None = None) -> dict:
-    """Book-wide intraday PnL and gross exposure per 5-minute bucket of the as-of day, from gold.fact_intraday_risk,
-    with the books of the day's last bucket valued on a price older than `max_price_age_s` (default
+    """Book-wide intraday PnL and gross exposure per 5-minute bucket of the as-of day and base currency (`currency`:
+    a BTC book's figures are in BTC, never added to USD ones), from gold.fact_intraday_risk, with the books of the day's last bucket valued on a price older than `max_price_age_s` (default
     RISK_INTRADAY_MAX_PRICE_AGE_S) or on none (`stale_books`: the page flags them rather than show their value as a
     fresh number). A day without intraday rows has no chart: `latest_day` names the latest day that has them (today
     while the intraday DAG runs), so the page links there instead of showing another day's chart."""
@@ -359,12 +368,12 @@ def intraday(reader: GoldReader, as_of: date, max_price_age_s: float | None = No
         return {"available": False, "note": "gold.fact_intraday_risk is not built yet: no intraday chart"}
     max_age = get_settings().intraday_max_price_age_s if max_price_age_s is None else max_price_age_s
     df = reader.query("""
-        select bucket_start, sum(intraday_pnl) as intraday_pnl, sum(gross_exposure) as gross_exposure,
-               sum(market_value) as market_value,
-               count(*) filter (where max_price_age_s is null or max_price_age_s > %(max_age)s) as stale_books
-        from gold.fact_intraday_risk
-        where bucket_start >= %(as_of)s::date and bucket_start < %(as_of)s::date + 1
-        group by bucket_start order by bucket_start""", {"as_of": as_of, "max_age": max_age})
+        select r.bucket_start, coalesce(p.base_currency, 'USD') as currency, sum(r.intraday_pnl) as intraday_pnl,
+               sum(r.gross_exposure) as gross_exposure, sum(r.market_value) as market_value,
+               count(*) filter (where r.max_price_age_s is null or r.max_price_age_s > %(max_age)s) as stale_books
+        from gold.fact_intraday_risk as r left join gold.dim_portfolio as p using (portfolio_id)
+        where r.bucket_start >= %(as_of)s::date and r.bucket_start < %(as_of)s::date + 1
+        group by 1, 2 order by 1, 2""", {"as_of": as_of, "max_age": max_age})
     if df.empty:
         latest = reader.query("select max(bucket_start)::date as d from gold.fact_intraday_risk")["d"].iat[0]
         return {"available": False, "note": f"gold.fact_intraday_risk has no rows on {as_of}",

@@ -201,6 +201,35 @@ def test_intraday_breaches_are_read_when_the_table_exists(gold, reader):
         _sql(gold[0], "drop table gold.fact_intraday_breaches")
 
 
+def test_an_intraday_breach_that_cleared_is_not_shown_as_open(gold, reader):
+    """gold.fact_intraday_limit_breaches as the intraday run writes it: a `breach` row per bucket in breach, then one
+    `cleared` row (with cleared_at) at the first bucket back under. A cleared breach is over, not a breach at its
+    last value; one that breached again is shown from the bucket its current episode began."""
+    _sql(gold[0], """create table gold.fact_intraday_limit_breaches (portfolio_id text, bucket_start timestamptz,
+                     limit_type text, metric text, value float8, limit_value float8, status text,
+                     breached_at timestamptz, cleared_at timestamptz);
+                     insert into gold.fact_intraday_limit_breaches values
+                       ('P0002', %(d)s::date + interval '9 hours', 'var', 'var_99', 2600, 2500, 'breach',
+                        %(d)s::date + interval '9 hours', null),
+                       ('P0002', %(d)s::date + interval '9 hours 5 minutes', 'var', 'var_99', 3000, 2500, 'breach',
+                        %(d)s::date + interval '9 hours', null),
+                       ('P0002', %(d)s::date + interval '9 hours 10 minutes', 'var', 'var_99', 2000, 2500, 'cleared',
+                        %(d)s::date + interval '9 hours', %(d)s::date + interval '9 hours 10 minutes'),
+                       ('P0004', %(d)s::date + interval '9 hours', 'var', 'var_99', 2600, 2500, 'breach',
+                        %(d)s::date + interval '9 hours', null),
+                       ('P0004', %(d)s::date + interval '9 hours 5 minutes', 'var', 'var_99', 2000, 2500, 'cleared',
+                        %(d)s::date + interval '9 hours', %(d)s::date + interval '9 hours 5 minutes'),
+                       ('P0004', %(d)s::date + interval '10 hours', 'var', 'var_99', 2750, 2500, 'breach',
+                        %(d)s::date + interval '10 hours', null);
+                     grant select on gold.fact_intraday_limit_breaches to reporting""", {"d": AS_OF})
+    try:
+        found, _ = cockpit.breaches(reader, AS_OF)
+        intra = [(b["portfolio_id"], b["value"], b["since"][11:16]) for b in found if b["scope"] == "intraday"]
+        assert intra == [("P0004", 2750, "10:00")]  # P0002 is back under its limit since 09:10
+    finally:
+        _sql(gold[0], "drop table gold.fact_intraday_limit_breaches")
+
+
 def test_portfolio_page_numbers_and_parameterised_ids(reader, gold):
     p = cockpit.portfolio(reader, "P0002")
     pos = _sql(gold[0], "select product_id, market_value from gold.fact_positions where portfolio_id = 'P0002' "
@@ -302,6 +331,38 @@ def test_intraday_pnl_and_exposure_are_book_sums_per_bucket(gold, reader):
             cockpit.intraday(reader, date(2026, 2, 1))["scenario_note"]
     finally:
         _sql(gold[0], "drop table gold.fact_intraday_risk")
+
+
+def test_intraday_book_totals_never_add_books_of_different_currencies(gold, reader):
+    """A BTC-based book's value and PnL are in BTC: the intraday totals are per base currency, as the EOD ones."""
+    from plugins.risk_cockpit import pages
+
+    _sql(gold[0], """update gold.dim_portfolio set base_currency = 'BTC' where portfolio_id = 'P0003';
+                     create table gold.fact_intraday_risk (portfolio_id text, bucket_start timestamptz,
+                     market_value float8, intraday_pnl float8, gross_exposure float8, max_price_age_s float8,
+                     stale_product_ids text);
+                     insert into gold.fact_intraday_risk values
+                       ('P0001', '2026-02-01 09:00+00', 100000, 1500, 120000, 0, ''),
+                       ('P0002', '2026-02-01 09:00+00', 50000, -500, 60000, 0, ''),
+                       ('P0003', '2026-02-01 09:00+00', 2.5, 0.01, 2.5, 0, ''),
+                       ('P0001', '2026-02-01 09:05+00', 101000, 2500, 121000, 0, ''),
+                       ('P0003', '2026-02-01 09:05+00', 2.6, 0.02, 2.6, 0, '');
+                     grant select on gold.fact_intraday_risk to reporting""")
+    try:
+        intra = cockpit.intraday(reader, date(2026, 2, 1))
+        assert [(r["bucket_start"][11:16], r["currency"], r["intraday_pnl"], r["gross_exposure"])
+                for r in intra["rows"]] == [("09:00", "BTC", 0.01, 2.5), ("09:00", "USD", 1000.0, 180000.0),
+                                            ("09:05", "BTC", 0.02, 2.6), ("09:05", "USD", 2500.0, 121000.0)]
+        charts = json.loads(re.search(r'id="chart-data">(.*?)</script>',
+                                      pages.firm(cockpit.firm(reader, date(2026, 2, 1))), re.S).group(1))
+        intraday_charts = {c["id"]: c["config"] for c in charts if c["id"].startswith("chart-intraday")}
+        assert sorted(intraday_charts) == ["chart-intraday-BTC", "chart-intraday-USD"]
+        btc = intraday_charts["chart-intraday-BTC"]
+        assert "(BTC)" in btc["options"]["plugins"]["title"]["text"]
+        assert [d["data"] for d in btc["data"]["datasets"]] == [[0.01, 0.02], [2.5, 2.6]]
+    finally:
+        _sql(gold[0], "drop table gold.fact_intraday_risk; "
+                      "update gold.dim_portfolio set base_currency = 'USD' where portfolio_id = 'P0003'")
 
 
 def test_a_total_is_missing_when_a_portfolio_lacks_the_figure(gold, reader):
