@@ -567,7 +567,9 @@ def pipeline(reader: GoldReader) -> dict:
             order by r.run_id, r.task_id, r.started_at desc
         )
         select l.dag_id, l.run_id, lr.started_at,
-               case when bool_or(status = 'failed') then 'failed' else 'success' end as status,
+               case when bool_or(status = 'failed') then 'failed'
+                    when bool_or(status = 'up_for_retry') then 'up_for_retry'  -- failed, to be retried: not done
+                    else 'success' end as status,
                count(*) as tasks, count(*) filter (where status = 'failed') as failed_tasks
         from last_attempt as l join last_run as lr using (dag_id, run_id)
         group by l.dag_id, l.run_id, lr.started_at order by l.dag_id""")

@@ -202,6 +202,9 @@ def pipeline_status(data: ReportData) -> tuple[str, str]:
     failed = int((tasks["status"].astype(str) == "failed").sum())
     if failed:
         return "bad", f"FAILED: {failed} of {len(tasks)} task runs recorded"
+    retrying = int((tasks["status"].astype(str) == "up_for_retry").sum())
+    if retrying:  # its last attempt failed and Airflow retries it: not (yet) OK
+        return "unknown", f"RETRYING: {retrying} of {len(tasks)} task runs recorded failed and will be retried"
     # counts what gold holds: the run's own load, dbt, report and alert tasks are recorded with the next load
     return "ok", f"OK: {len(tasks)} task runs recorded, none failed"
 

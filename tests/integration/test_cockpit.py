@@ -291,6 +291,19 @@ def test_market_and_pipeline_pages(reader, gold):
     assert (bars["mean_s"], bars["p95_s"]) == (pytest.approx(mean), pytest.approx(p95))
 
 
+def test_a_run_whose_last_attempt_is_up_for_retry_is_not_a_success(gold, reader):
+    """The pipeline page's last status per DAG: a run whose task's latest attempt failed and waits for its retry
+    has not succeeded (nor failed for good)."""
+    _sql(gold[0], """insert into gold.fact_pipeline_runs (run_id, dag_id, task_id, status, started_at, duration_s)
+                     select 'run-9', 'eod_risk', 'compute_risk', 'up_for_retry', max(started_at) + interval '1 hour', 1
+                     from gold.fact_pipeline_runs""")
+    try:
+        (last,) = cockpit.pipeline(reader)["last_status"]
+        assert (last["run_id"], last["status"], last["failed_tasks"]) == ("run-9", "up_for_retry", 0)
+    finally:
+        _sql(gold[0], "delete from gold.fact_pipeline_runs where run_id = 'run-9'")
+
+
 def test_intraday_pnl_and_exposure_are_book_sums_per_bucket(gold, reader):
     """...and a book valued on prices older than RISK_INTRADAY_MAX_PRICE_AGE_S (1 h) is flagged, not fresh."""
     from plugins.risk_cockpit import pages
