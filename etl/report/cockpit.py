@@ -75,6 +75,12 @@ def columns(reader: GoldReader, table: str) -> set[str]:
     return set(df["column_name"])
 
 
+def sql_total(col: str) -> str:
+    """etl.report.figures.total in SQL: the sum over the group's rows, NULL when any of them lacks the figure (SQL's
+    sum skips NULLs: a partial sum is not the book's figure)."""
+    return f"case when count({col}) = count(*) then sum({col}) end"
+
+
 def latest_as_of(reader: GoldReader) -> date:
     return reader.latest_as_of()
 
@@ -329,8 +335,8 @@ def firm(reader: GoldReader, as_of: date | None = None) -> dict:
                    daily_pnl=("daily_pnl", total), mtd_pnl=("mtd_pnl", total),
                    gross_exposure=("gross_exposure", total))
               .reset_index().rename(columns={"base_currency": "currency"}))
-    prev = reader.query("""  -- the book's PnL of the previous day gold has, per currency: PnL day over day
-        select p.base_currency as currency, sum(d.daily_pnl) as prev_daily_pnl
+    prev = reader.query(f"""  -- the book's PnL of the previous day gold has, per currency: PnL day over day
+        select p.base_currency as currency, {sql_total("d.daily_pnl")} as prev_daily_pnl
         from gold.fact_pnl_daily as d join gold.dim_portfolio as p using (portfolio_id)
         where d.as_of_date = (select max(as_of_date) from gold.fact_pnl_daily where as_of_date < %(as_of)s)
         group by 1""", {"as_of": as_of})
@@ -360,16 +366,18 @@ def firm_contributions(reader: GoldReader, as_of: date) -> list[dict] | None:
 
 def intraday(reader: GoldReader, as_of: date, max_price_age_s: float | None = None) -> dict:
     """Book-wide intraday PnL and gross exposure per 5-minute bucket of the as-of day and base currency (`currency`:
-    a BTC book's figures are in BTC, never added to USD ones), from gold.fact_intraday_risk, with the books of the day's last bucket valued on a price older than `max_price_age_s` (default
-    RISK_INTRADAY_MAX_PRICE_AGE_S) or on none (`stale_books`: the page flags them rather than show their value as a
+    a BTC book's figures are in BTC, never added to USD ones; NULL when a book of the bucket lacks the figure), from
+    gold.fact_intraday_risk, with the books of the day's last bucket valued on a price older than `max_price_age_s`
+    (default RISK_INTRADAY_MAX_PRICE_AGE_S) or on none (`stale_books`: the page flags them rather than show their value as a
     fresh number). A day without intraday rows has no chart: `latest_day` names the latest day that has them (today
     while the intraday DAG runs), so the page links there instead of showing another day's chart."""
     if "fact_intraday_risk" not in tables(reader):
         return {"available": False, "note": "gold.fact_intraday_risk is not built yet: no intraday chart"}
     max_age = get_settings().intraday_max_price_age_s if max_price_age_s is None else max_price_age_s
-    df = reader.query("""
-        select r.bucket_start, coalesce(p.base_currency, 'USD') as currency, sum(r.intraday_pnl) as intraday_pnl,
-               sum(r.gross_exposure) as gross_exposure, sum(r.market_value) as market_value,
+    df = reader.query(f"""
+        select r.bucket_start, coalesce(p.base_currency, 'USD') as currency,
+               {sql_total("r.intraday_pnl")} as intraday_pnl, {sql_total("r.gross_exposure")} as gross_exposure,
+               {sql_total("r.market_value")} as market_value,
                count(*) filter (where r.max_price_age_s is null or r.max_price_age_s > %(max_age)s) as stale_books
         from gold.fact_intraday_risk as r left join gold.dim_portfolio as p using (portfolio_id)
         where r.bucket_start >= %(as_of)s::date and r.bucket_start < %(as_of)s::date + 1

@@ -378,6 +378,41 @@ def test_intraday_book_totals_never_add_books_of_different_currencies(gold, read
                       "update gold.dim_portfolio set base_currency = 'USD' where portfolio_id = 'P0003'")
 
 
+def test_an_intraday_total_is_missing_when_a_book_lacks_the_figure(gold, reader):
+    """A book holding a product with no price at all has NULL intraday figures (never 0): the book total of that
+    bucket is missing too, not the sum of the other books; the next bucket, priced again, has its total."""
+    _sql(gold[0], """create table gold.fact_intraday_risk (portfolio_id text, bucket_start timestamptz,
+                     market_value float8, intraday_pnl float8, gross_exposure float8, max_price_age_s float8,
+                     stale_product_ids text);
+                     insert into gold.fact_intraday_risk values
+                       ('P0001', '2026-02-01 09:00+00', 100, 1.5, 120, 0, ''),
+                       ('P0002', '2026-02-01 09:00+00', null, null, null, null, 'SOL-USD'),
+                       ('P0001', '2026-02-01 09:05+00', 101, 2.5, 121, 0, ''),
+                       ('P0002', '2026-02-01 09:05+00', 51, -0.4, 61, 0, '');
+                     grant select on gold.fact_intraday_risk to reporting""")
+    try:
+        rows = cockpit.intraday(reader, date(2026, 2, 1))["rows"]
+        assert [(r["bucket_start"][11:16], r["market_value"], r["intraday_pnl"], r["gross_exposure"])
+                for r in rows] == [("09:00", None, None, None), ("09:05", 152.0, 2.1, 182.0)]
+    finally:
+        _sql(gold[0], "drop table gold.fact_intraday_risk")
+
+
+def test_the_pnl_change_is_missing_when_the_previous_days_pnl_is_partial(gold, reader):
+    """The previous day's book PnL with one portfolio's PnL NULL is not the book's PnL: no day-over-day change."""
+    prev = AS_OF - timedelta(days=1)
+    (old,), = _sql(gold[0], "select daily_pnl from gold.fact_pnl_daily where portfolio_id = 'P0003' "
+                            "and as_of_date = %s", (prev,))
+    _sql(gold[0], "update gold.fact_pnl_daily set daily_pnl = null where portfolio_id = 'P0003' "
+                  "and as_of_date = %s", (prev,))
+    try:
+        (t,) = cockpit.firm(reader)["totals"]
+        assert t["daily_pnl"] is not None and t["daily_pnl_change"] is None
+    finally:
+        _sql(gold[0], "update gold.fact_pnl_daily set daily_pnl = %s where portfolio_id = 'P0003' "
+                      "and as_of_date = %s", (old, prev))
+
+
 def test_a_total_is_missing_when_a_portfolio_lacks_the_figure(gold, reader):
     """A partial sum is not the book's value: P0003 without its valuation makes the book value missing (the page
     reads "–"), while the PnL total, which every portfolio has, stays the sum."""
