@@ -250,8 +250,11 @@ def test_a_run_whose_task_is_up_for_retry_is_not_reported_ok():
         "run_id": ["r1", "r1"], "dag_id": ["d", "d"], "task_id": ["fetch_candles", "compute_risk"],
         "status": ["success", "up_for_retry"], "rows_in": [10, 0], "rows_out": [10, 0],
         "started_at": [t, t + pd.Timedelta(minutes=1)], "duration_s": [1.0, 2.0], "message": ["", "RuntimeError"]})
-    cls, text = report_html.pipeline_status(ReportData(as_of=AS_OF, frames={"runs": runs}))
+    data = ReportData(as_of=AS_OF, frames={"runs": runs})
+    cls, text = report_html.pipeline_status(data)
     assert (cls, text) == ("unknown", "RETRYING: 1 of 2 task runs recorded failed and will be retried")
+    latest = report_html.section_pipeline(data).split('id="latest-run-table"')[1].split("</table>")[0]
+    assert re.search(r"compute_risk<.*?>up_for_retry<", latest, re.S) and "success" in latest  # not "success"
 
 
 def test_a_section_that_breaks_on_bad_data_becomes_a_note(frames):
