@@ -126,12 +126,15 @@ def completeness(day: pd.DataFrame) -> tuple[str, list[str]]:
 def day_status(reader: GoldReader, as_of: date, day: pd.DataFrame) -> tuple[str, list[str], list[str]]:
     """(status, missing, stale): `completeness` plus the report's checks beyond one row per portfolio, as it says
     them (etl.report.completeness.beyond_rows): gold holding an older risk run than the one committed, a listed
-    holding without a close of the day (a delisted one is stale), a price resting on an excluded print."""
+    holding without a close of the day (a delisted one is stale), a price resting on an excluded print; and
+    gold.fact_limit_breaches there to read (every page that shows breaches asks this)."""
     status, missing = completeness(day)
     settings = get_settings()
     manifest, unread = committed_run(as_of, settings)
     problems, stale = beyond_rows(reader, as_of, settings, manifest)
     problems = [*unread, *problems]
+    if "fact_limit_breaches" not in tables(reader):  # unknown breaches are not "no breaches": fail closed
+        problems.append("gold.fact_limit_breaches is missing")
     return ("incomplete" if problems else status), [*missing, *problems], stale
 
 
@@ -317,8 +320,6 @@ def summary(reader: GoldReader, as_of: date | None = None) -> dict:
     day = portfolio_day(reader, as_of)
     status, missing, stale = day_status(reader, as_of, day)
     found, notes = breaches(reader, as_of)
-    if "fact_limit_breaches" not in tables(reader):  # unknown breaches are not "no breaches": fail closed
-        status, missing = "incomplete", [*missing, "gold.fact_limit_breaches is missing"]
     cols = ["portfolio_id", "market_value", "daily_pnl", "var_95_hist", "var_99_hist"]
     return {"as_of": as_of.isoformat(), "status": status, "missing": missing, "stale": stale, "breaches": found,
             "portfolios": records(day[cols]), "notes": notes}

@@ -101,6 +101,22 @@ def test_an_unknown_day_is_incomplete_and_says_what_is_missing(reader):
     assert all(p["var_99_hist"] is None for p in s["portfolios"])
 
 
+def test_without_the_breach_table_no_page_says_complete_or_no_breaches(gold, reader):
+    """gold.fact_limit_breaches missing: breaches are unknown, not none. The Firm page, like the summary JSON, is
+    incomplete and names it, and never says "no limit breached"."""
+    from plugins.risk_cockpit import pages
+
+    _sql(gold[0], "alter table gold.fact_limit_breaches rename to fact_limit_breaches_away")
+    try:
+        s, f = cockpit.summary(reader), cockpit.firm(reader)
+        for d in (s, f):
+            assert d["status"] == "incomplete" and d["missing"] == ["gold.fact_limit_breaches is missing"]
+        html = pages.firm(f)
+        assert "no limit breached" not in html and "limit breaches unknown: the day is incomplete" in html
+    finally:
+        _sql(gold[0], "alter table gold.fact_limit_breaches_away rename to fact_limit_breaches")
+
+
 def test_firm_var_is_never_the_sum_of_standalone_vars(gold, reader):
     f = cockpit.firm(reader)
     assert f["firm_risk"] == {"available": False,
