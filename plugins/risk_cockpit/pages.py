@@ -381,7 +381,8 @@ def portfolio(d: dict, ids: list[str]) -> str:
             if not mine:
                 continue
             sets.append({"type": "line", "label": f"-VaR {conf:.0%}", "borderColor": color, "pointRadius": 0,
-                         "data": [-mine[x]["var_forecast"] if x in mine else None for x in days]})
+                         "data": [-mine[x]["var_forecast"] if x in mine and _ok(mine[x]["var_forecast"]) else None
+                                  for x in days]})  # no forecast that day (uncomputable VaR): a gap
             sets.append({"type": "line", "label": f"exception vs VaR {conf:.0%}", "showLine": False,
                          "pointStyle": "crossRot", "pointRadius": 6, "borderColor": color,
                          "data": [mine[x]["realized_pnl"] if x in mine and mine[x]["is_exception"] else None

@@ -264,6 +264,27 @@ def test_portfolio_page_numbers_and_parameterised_ids(reader, gold):
     assert cockpit.portfolio(reader, "P0002' or '1'='1") is None  # a parameter, never SQL
 
 
+def test_a_day_without_a_var_forecast_is_a_gap_in_the_backtest_chart_not_an_error(reader, gold):
+    """The engine writes a backtest row with a NULL forecast on a day its VaR was uncomputable (it does not count
+    that day): the portfolio page draws the day as a gap in the -VaR line, it does not fail."""
+    day = AS_OF - timedelta(days=3)
+    (old, hit), = _sql(gold[0], "select var_forecast, is_exception from gold.fact_var_backtest where portfolio_id "
+                                "= 'P0002' and method = 'hist' and confidence = 0.99 and as_of_date = %s", (day,))
+    _sql(gold[0], "update gold.fact_var_backtest set var_forecast = null, is_exception = false where "
+                  "portfolio_id = 'P0002' and method = 'hist' and confidence = 0.99 and as_of_date = %s", (day,))
+    try:
+        html = pages.portfolio(cockpit.portfolio(reader, "P0002"), ["P0002"])
+        charts = json.loads(re.search(r'id="chart-data">(.*?)</script>', html, re.S).group(1))
+        (config,) = [c["config"] for c in charts if c["id"] == "chart-var"]
+        labels = config["data"]["labels"]
+        (line,) = [s for s in config["data"]["datasets"] if s["label"] == "-VaR 99%"]
+        assert line["data"][labels.index(day.isoformat())] is None
+        assert line["data"][labels.index(AS_OF.isoformat())] < 0
+    finally:
+        _sql(gold[0], "update gold.fact_var_backtest set var_forecast = %s, is_exception = %s where portfolio_id = "
+                      "'P0002' and method = 'hist' and confidence = 0.99 and as_of_date = %s", (old, hit, day))
+
+
 def test_portfolio_page_stacks_the_daily_pnl_by_factor(reader, gold):
     p = cockpit.portfolio(reader, "P0002")
     a = p["attribution"]
