@@ -16,10 +16,12 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, task
 from pipeline_common import pipeline_dag
 
+from etl.orchestration.spec import LIMIT_TYPES  # every limit type a breach can have, lvar too
+
 PARAMS = {
     "portfolio_id": Param("P001", type="string", minLength=1, title="Portfolio",
                           description="The portfolio in breach (gold.dim_portfolio)."),
-    "limit_type": Param("var", type="string", enum=["var", "concentration", "drawdown"], title="Limit",
+    "limit_type": Param("var", type="string", enum=list(LIMIT_TYPES), title="Limit",
                         description="Which of the portfolio's limits is breached."),
     "breach_began": Param("2026-01-01", type="string", format="date", title="Breach began",
                           description="The day the breach began (the Firm page's Since column), YYYY-MM-DD."),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from etl.measures import LIMIT_TYPES  # noqa: F401  re-exported for dags/breach_action.py (etl.measures is stdlib only)
+
 # ---- DAGs ---------------------------------------------------------------------------------------------------
 INTRADAY_DAG = "market_data_intraday"
 EOD_DAG = "risk_end_of_day"

@@ -75,6 +75,12 @@ def columns(reader: GoldReader, table: str) -> set[str]:
     return set(df["column_name"])
 
 
+def sql_total(col: str) -> str:
+    """etl.report.figures.total in SQL: the sum over the group's rows, NULL when any of them lacks the figure (SQL's
+    sum skips NULLs: a partial sum is not the book's figure)."""
+    return f"case when count({col}) = count(*) then sum({col}) end"
+
+
 def latest_as_of(reader: GoldReader) -> date:
     return reader.latest_as_of()
 
@@ -120,12 +126,15 @@ def completeness(day: pd.DataFrame) -> tuple[str, list[str]]:
 def day_status(reader: GoldReader, as_of: date, day: pd.DataFrame) -> tuple[str, list[str], list[str]]:
     """(status, missing, stale): `completeness` plus the report's checks beyond one row per portfolio, as it says
     them (etl.report.completeness.beyond_rows): gold holding an older risk run than the one committed, a listed
-    holding without a close of the day (a delisted one is stale), a price resting on an excluded print."""
+    holding without a close of the day (a delisted one is stale), a price resting on an excluded print; and
+    gold.fact_limit_breaches there to read (every page that shows breaches asks this)."""
     status, missing = completeness(day)
     settings = get_settings()
     manifest, unread = committed_run(as_of, settings)
     problems, stale = beyond_rows(reader, as_of, settings, manifest)
     problems = [*unread, *problems]
+    if "fact_limit_breaches" not in tables(reader):  # unknown breaches are not "no breaches": fail closed
+        problems.append("gold.fact_limit_breaches is missing")
     return ("incomplete" if problems else status), [*missing, *problems], stale
 
 
@@ -237,26 +246,35 @@ def active_actions(reader: GoldReader, as_of: date) -> pd.DataFrame:
 
 
 def _intraday_breaches(reader: GoldReader, table: str, as_of: date) -> list[dict]:
-    """The latest state of each intraday breach of the day: rows keyed portfolio x limit type x bucket, read
-    generically (`bucket_start` or `breached_at` for the time; rows with a `cleared_at` are over)."""
+    """The breaches of the day still open at their latest row: rows keyed portfolio x limit type x bucket, read
+    generically (`bucket_start` or `breached_at` for the time; a row with a `cleared_at` ends the breach, as the
+    intraday run's `cleared` row does). `since`: the first bucket of the day of the open episode."""
     cols = columns(reader, table)
     when = next((c for c in ("bucket_start", "breached_at", "detected_at") if c in cols), None)
     if when is None or not {"portfolio_id", "limit_type", "value", "limit_value"} <= cols:
         return []
-    cleared = "and b.cleared_at is null" if "cleared_at" in cols else ""
+    over = "b.cleared_at is not null" if "cleared_at" in cols else "false"
     metric = "b.metric" if "metric" in cols else "null"
     df = reader.query(f"""
         with day as (
-            select * from gold.{table} as b
-            where b.{when} >= %(as_of)s::date and b.{when} < %(as_of)s::date + 1 {cleared}
+            select b.*, b.{when} as at, {over} as over from gold.{table} as b
+            where b.{when} >= %(as_of)s::date and b.{when} < %(as_of)s::date + 1
         ),
-        first as (select portfolio_id, limit_type, min({when}) as since from day group by 1, 2)
-        select distinct on (b.portfolio_id, b.limit_type)
-               b.portfolio_id, b.limit_type, {metric} as metric, b.value, b.limit_value,
+        cleared as (select portfolio_id, limit_type, max(at) as at from day where over group by 1, 2),
+        first as (  -- the open episode began after the breach last cleared
+            select d.portfolio_id, d.limit_type, min(d.at) as since
+            from day as d left join cleared as c using (portfolio_id, limit_type)
+            where c.at is null or d.at > c.at group by 1, 2
+        ),
+        latest as (
+            select distinct on (b.portfolio_id, b.limit_type) b.*, {metric} as metric_
+            from day as b order by b.portfolio_id, b.limit_type, b.at desc
+        )
+        select b.portfolio_id, b.limit_type, b.metric_ as metric, b.value, b.limit_value,
                b.value / nullif(b.limit_value, 0) as utilisation, f.since, p.base_currency
-        from day as b join first as f using (portfolio_id, limit_type)
+        from latest as b join first as f using (portfolio_id, limit_type)
         left join gold.dim_portfolio as p using (portfolio_id)
-        order by b.portfolio_id, b.limit_type, b.{when} desc""", {"as_of": as_of})
+        where not b.over""", {"as_of": as_of})
     return [_breach(r, "intraday") for r in df.to_dict("records")]
 
 
@@ -302,8 +320,6 @@ def summary(reader: GoldReader, as_of: date | None = None) -> dict:
     day = portfolio_day(reader, as_of)
     status, missing, stale = day_status(reader, as_of, day)
     found, notes = breaches(reader, as_of)
-    if "fact_limit_breaches" not in tables(reader):  # unknown breaches are not "no breaches": fail closed
-        status, missing = "incomplete", [*missing, "gold.fact_limit_breaches is missing"]
     cols = ["portfolio_id", "market_value", "daily_pnl", "var_95_hist", "var_99_hist"]
     return {"as_of": as_of.isoformat(), "status": status, "missing": missing, "stale": stale, "breaches": found,
             "portfolios": records(day[cols]), "notes": notes}
@@ -320,8 +336,8 @@ def firm(reader: GoldReader, as_of: date | None = None) -> dict:
                    daily_pnl=("daily_pnl", total), mtd_pnl=("mtd_pnl", total),
                    gross_exposure=("gross_exposure", total))
               .reset_index().rename(columns={"base_currency": "currency"}))
-    prev = reader.query("""  -- the book's PnL of the previous day gold has, per currency: PnL day over day
-        select p.base_currency as currency, sum(d.daily_pnl) as prev_daily_pnl
+    prev = reader.query(f"""  -- the book's PnL of the previous day gold has, per currency: PnL day over day
+        select p.base_currency as currency, {sql_total("d.daily_pnl")} as prev_daily_pnl
         from gold.fact_pnl_daily as d join gold.dim_portfolio as p using (portfolio_id)
         where d.as_of_date = (select max(as_of_date) from gold.fact_pnl_daily where as_of_date < %(as_of)s)
         group by 1""", {"as_of": as_of})
@@ -350,21 +366,23 @@ def firm_contributions(reader: GoldReader, as_of: date) -> list[dict] | None:
 
 
 def intraday(reader: GoldReader, as_of: date, max_price_age_s: float | None = None) -> dict:
-    """Book-wide intraday PnL and gross exposure per 5-minute bucket of the as-of day, from gold.fact_intraday_risk,
-    with the books of the day's last bucket valued on a price older than `max_price_age_s` (default
-    RISK_INTRADAY_MAX_PRICE_AGE_S) or on none (`stale_books`: the page flags them rather than show their value as a
+    """Book-wide intraday PnL and gross exposure per 5-minute bucket of the as-of day and base currency (`currency`:
+    a BTC book's figures are in BTC, never added to USD ones; NULL when a book of the bucket lacks the figure), from
+    gold.fact_intraday_risk, with the books of the day's last bucket valued on a price older than `max_price_age_s`
+    (default RISK_INTRADAY_MAX_PRICE_AGE_S) or on none (`stale_books`: the page flags them rather than show their value as a
     fresh number). A day without intraday rows has no chart: `latest_day` names the latest day that has them (today
     while the intraday DAG runs), so the page links there instead of showing another day's chart."""
     if "fact_intraday_risk" not in tables(reader):
         return {"available": False, "note": "gold.fact_intraday_risk is not built yet: no intraday chart"}
     max_age = get_settings().intraday_max_price_age_s if max_price_age_s is None else max_price_age_s
-    df = reader.query("""
-        select bucket_start, sum(intraday_pnl) as intraday_pnl, sum(gross_exposure) as gross_exposure,
-               sum(market_value) as market_value,
-               count(*) filter (where max_price_age_s is null or max_price_age_s > %(max_age)s) as stale_books
-        from gold.fact_intraday_risk
-        where bucket_start >= %(as_of)s::date and bucket_start < %(as_of)s::date + 1
-        group by bucket_start order by bucket_start""", {"as_of": as_of, "max_age": max_age})
+    df = reader.query(f"""
+        select r.bucket_start, coalesce(p.base_currency, 'USD') as currency,
+               {sql_total("r.intraday_pnl")} as intraday_pnl, {sql_total("r.gross_exposure")} as gross_exposure,
+               {sql_total("r.market_value")} as market_value,
+               count(*) filter (where r.max_price_age_s is null or r.max_price_age_s > %(max_age)s) as stale_books
+        from gold.fact_intraday_risk as r left join gold.dim_portfolio as p using (portfolio_id)
+        where r.bucket_start >= %(as_of)s::date and r.bucket_start < %(as_of)s::date + 1
+        group by 1, 2 order by 1, 2""", {"as_of": as_of, "max_age": max_age})
     if df.empty:
         latest = reader.query("select max(bucket_start)::date as d from gold.fact_intraday_risk")["d"].iat[0]
         return {"available": False, "note": f"gold.fact_intraday_risk has no rows on {as_of}",
@@ -558,7 +576,9 @@ def pipeline(reader: GoldReader) -> dict:
             order by r.run_id, r.task_id, r.started_at desc
         )
         select l.dag_id, l.run_id, lr.started_at,
-               case when bool_or(status = 'failed') then 'failed' else 'success' end as status,
+               case when bool_or(status = 'failed') then 'failed'
+                    when bool_or(status = 'up_for_retry') then 'up_for_retry'  -- failed, to be retried: not done
+                    else 'success' end as status,
                count(*) as tasks, count(*) filter (where status = 'failed') as failed_tasks
         from last_attempt as l join last_run as lr using (dag_id, run_id)
         group by l.dag_id, l.run_id, lr.started_at order by l.dag_id""")

@@ -124,7 +124,8 @@ def latest_task_status(runs: pd.DataFrame) -> pd.DataFrame:
     the task id without the map index of mapped tasks (`fetch_candles[3]` -> `fetch_candles`)."""
     r = runs.assign(started_at=pd.to_datetime(runs["started_at"], utc=True),
                     task=runs["task_id"].astype(str).str.replace(r"\[\d+\]$", "", regex=True),
-                    failed=runs["status"].astype(str) == "failed")
+                    failed=runs["status"].astype(str) == "failed",
+                    retrying=runs["status"].astype(str) == "up_for_retry")
     return r.sort_values("started_at").groupby(["run_id", "task_id"], as_index=False).tail(1)
 
 
@@ -132,8 +133,8 @@ def per_task(last: pd.DataFrame) -> pd.DataFrame:
     """Mapped task instances folded into one row per run and task: instances, failures, rows, seconds (summed)."""
     return (last.groupby(["run_id", "task"], as_index=False, sort=False)
             .agg(started_at=("started_at", "min"), dag_id=("dag_id", "first"), instances=("task_id", "size"),
-                 failed=("failed", "sum"), rows_in=("rows_in", "sum"), rows_out=("rows_out", "sum"),
-                 duration_s=("duration_s", "sum")))
+                 failed=("failed", "sum"), retrying=("retrying", "sum"), rows_in=("rows_in", "sum"),
+                 rows_out=("rows_out", "sum"), duration_s=("duration_s", "sum")))
 
 
 # ---- sections --------------------------------------------------------------------------------------------------
@@ -202,6 +203,9 @@ def pipeline_status(data: ReportData) -> tuple[str, str]:
     failed = int((tasks["status"].astype(str) == "failed").sum())
     if failed:
         return "bad", f"FAILED: {failed} of {len(tasks)} task runs recorded"
+    retrying = int(tasks["retrying"].sum())
+    if retrying:  # its last attempt failed and Airflow retries it: not (yet) OK
+        return "unknown", f"RETRYING: {retrying} of {len(tasks)} task runs recorded failed and will be retried"
     # counts what gold holds: the run's own load, dbt, report and alert tasks are recorded with the next load
     return "ok", f"OK: {len(tasks)} task runs recorded, none failed"
 
@@ -588,7 +592,8 @@ def section_pipeline(data: ReportData) -> str:
                                  ("rows_out", "Rows out", number), ("duration_s", "Task seconds", seconds)],
                        table_id="runs-table"))
     latest = tasks[tasks["run_id"] == newest].sort_values("started_at")
-    latest = latest.assign(status=np.where(latest["failed"] > 0, "failed", "success"))
+    latest = latest.assign(status=np.select([latest["failed"] > 0, latest["retrying"] > 0],
+                                            ["failed", "up_for_retry"], "success"))
     parts.append(f"<p>Tasks of the latest run {e(newest)}:</p>")
     parts.append(table(latest, [("task", "Task", None), ("instances", "Instances", number),
                                 ("status", "Status", None), ("rows_in", "Rows in", number),

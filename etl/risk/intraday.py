@@ -226,7 +226,8 @@ def limit_rows(risk: pd.DataFrame, portfolios: pd.DataFrame, previous: pd.DataFr
 
     `breach_kind` as at end of day (etl.risk.engine.limit_breaches): "exceeded", or "uncomputable" when the metric
     is NaN/inf (value NaN) so the limit cannot be shown to hold; NULL on `cleared` rows. A book holding nothing
-    (gross exposure 0) has no concentration and nothing at risk: its NaN metrics breach nothing."""
+    (gross exposure 0) has no concentration and nothing at risk: its NaN metrics breach nothing; nor does any
+    book breach a limit left empty in portfolios.csv (NaN: no such limit)."""
     pids = risk["portfolio_id"].to_numpy(dtype=object)
     lim = portfolios.set_index("portfolio_id").reindex(pids)
     var_cols = [_var_column(metric) for metric in lim["var_limit_metric"]]
@@ -247,7 +248,7 @@ def limit_rows(risk: pd.DataFrame, portfolios: pd.DataFrame, previous: pd.DataFr
         limit = limit.to_numpy(dtype="float64")
         was = np.array([(p, limit_type) in since for p in pids], dtype=bool) if since else np.zeros(len(pids), bool)
         finite = np.isfinite(value)
-        hit = (~finite & holds) | (value > limit)
+        hit = ((~finite & holds) | (value > limit)) & ~np.isnan(limit)   # an empty limit is no limit, as EOD
         keep = hit | was
         checked |= {(p, limit_type) for p in pids}
         if not keep.any():

@@ -294,8 +294,10 @@ def firm(d: dict, page: int = 1) -> str:
     intra = d["intraday"]
     if intra.get("available"):
         body.append(intraday_stale(intra))
-        body.append(chart("chart-intraday", f"Book intraday PnL and gross exposure, {intra['day']} (UTC)",
-                          intraday_config(intra), charts, refresh="intraday"))
+        for ccy in sorted({r["currency"] for r in intra["rows"]}):  # one chart per base currency: never added up
+            body.append(chart(f"chart-intraday-{ccy}",
+                              f"Book intraday PnL and gross exposure ({ccy}), {intra['day']} (UTC)",
+                              intraday_config(intra, ccy), charts, refresh="intraday"))
         if intra.get("scenario_note"):
             body.append(f'<p class="note" id="intraday-scenarios">{e(intra["scenario_note"])}</p>')
     else:
@@ -323,17 +325,17 @@ def firm(d: dict, page: int = 1) -> str:
                   refresh_url=f"{BASE}/api/firm?as_of={as_of}")
 
 
-def intraday_config(intra: dict) -> dict:
-    rows = intra["rows"]
+def intraday_config(intra: dict, ccy: str) -> dict:
+    rows = [r for r in intra["rows"] if r["currency"] == ccy]
     return {"type": "line", "data": {
         "labels": [str(r["bucket_start"])[11:16] for r in rows],
         "datasets": [{"label": "intraday PnL", "data": [r["intraday_pnl"] for r in rows], "borderColor": SERIES[0],
                       "yAxisID": "y", "pointRadius": 0},
                      {"label": "gross exposure", "data": [r["gross_exposure"] for r in rows],
                       "borderColor": SERIES[1], "yAxisID": "y1", "pointRadius": 0}]},
-        "options": {"scales": {"y": {"title": {"display": True, "text": "PnL"}},
+        "options": {"scales": {"y": {"title": {"display": True, "text": f"PnL ({ccy})"}},
                                "y1": {"position": "right", "grid": {"drawOnChartArea": False},
-                                      "title": {"display": True, "text": "gross exposure"}}}}}
+                                      "title": {"display": True, "text": f"gross exposure ({ccy})"}}}}}
 
 
 # ---- Portfolio ---------------------------------------------------------------------------------------------------
@@ -379,7 +381,8 @@ def portfolio(d: dict, ids: list[str]) -> str:
             if not mine:
                 continue
             sets.append({"type": "line", "label": f"-VaR {conf:.0%}", "borderColor": color, "pointRadius": 0,
-                         "data": [-mine[x]["var_forecast"] if x in mine else None for x in days]})
+                         "data": [-mine[x]["var_forecast"] if x in mine and _ok(mine[x]["var_forecast"]) else None
+                                  for x in days]})  # no forecast that day (uncomputable VaR): a gap
             sets.append({"type": "line", "label": f"exception vs VaR {conf:.0%}", "showLine": False,
                          "pointStyle": "crossRot", "pointRadius": 6, "borderColor": color,
                          "data": [mine[x]["realized_pnl"] if x in mine and mine[x]["is_exception"] else None

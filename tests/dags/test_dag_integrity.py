@@ -228,3 +228,7 @@ def test_breach_action_waits_for_an_approval_then_records_the_action(dagbag):
     with pytest.raises(ParamValidationError, match="is not one of"):
         params.get_param("action").resolve("silence")
     assert all(params.get_param(k).description for k in params)
+    # every limit type the platform breaches can be acted on, the liquidity-adjusted VaR limit (lvar) too
+    from etl.measures import LIMIT_TYPES
+
+    assert [params.get_param("limit_type").resolve(t) for t in LIMIT_TYPES] == list(LIMIT_TYPES)

@@ -101,6 +101,22 @@ def test_an_unknown_day_is_incomplete_and_says_what_is_missing(reader):
     assert all(p["var_99_hist"] is None for p in s["portfolios"])
 
 
+def test_without_the_breach_table_no_page_says_complete_or_no_breaches(gold, reader):
+    """gold.fact_limit_breaches missing: breaches are unknown, not none. The Firm page, like the summary JSON, is
+    incomplete and names it, and never says "no limit breached"."""
+    from plugins.risk_cockpit import pages
+
+    _sql(gold[0], "alter table gold.fact_limit_breaches rename to fact_limit_breaches_away")
+    try:
+        s, f = cockpit.summary(reader), cockpit.firm(reader)
+        for d in (s, f):
+            assert d["status"] == "incomplete" and d["missing"] == ["gold.fact_limit_breaches is missing"]
+        html = pages.firm(f)
+        assert "no limit breached" not in html and "limit breaches unknown: the day is incomplete" in html
+    finally:
+        _sql(gold[0], "alter table gold.fact_limit_breaches_away rename to fact_limit_breaches")
+
+
 def test_firm_var_is_never_the_sum_of_standalone_vars(gold, reader):
     f = cockpit.firm(reader)
     assert f["firm_risk"] == {"available": False,
@@ -201,6 +217,35 @@ def test_intraday_breaches_are_read_when_the_table_exists(gold, reader):
         _sql(gold[0], "drop table gold.fact_intraday_breaches")
 
 
+def test_an_intraday_breach_that_cleared_is_not_shown_as_open(gold, reader):
+    """gold.fact_intraday_limit_breaches as the intraday run writes it: a `breach` row per bucket in breach, then one
+    `cleared` row (with cleared_at) at the first bucket back under. A cleared breach is over, not a breach at its
+    last value; one that breached again is shown from the bucket its current episode began."""
+    _sql(gold[0], """create table gold.fact_intraday_limit_breaches (portfolio_id text, bucket_start timestamptz,
+                     limit_type text, metric text, value float8, limit_value float8, status text,
+                     breached_at timestamptz, cleared_at timestamptz);
+                     insert into gold.fact_intraday_limit_breaches values
+                       ('P0002', %(d)s::date + interval '9 hours', 'var', 'var_99', 2600, 2500, 'breach',
+                        %(d)s::date + interval '9 hours', null),
+                       ('P0002', %(d)s::date + interval '9 hours 5 minutes', 'var', 'var_99', 3000, 2500, 'breach',
+                        %(d)s::date + interval '9 hours', null),
+                       ('P0002', %(d)s::date + interval '9 hours 10 minutes', 'var', 'var_99', 2000, 2500, 'cleared',
+                        %(d)s::date + interval '9 hours', %(d)s::date + interval '9 hours 10 minutes'),
+                       ('P0004', %(d)s::date + interval '9 hours', 'var', 'var_99', 2600, 2500, 'breach',
+                        %(d)s::date + interval '9 hours', null),
+                       ('P0004', %(d)s::date + interval '9 hours 5 minutes', 'var', 'var_99', 2000, 2500, 'cleared',
+                        %(d)s::date + interval '9 hours', %(d)s::date + interval '9 hours 5 minutes'),
+                       ('P0004', %(d)s::date + interval '10 hours', 'var', 'var_99', 2750, 2500, 'breach',
+                        %(d)s::date + interval '10 hours', null);
+                     grant select on gold.fact_intraday_limit_breaches to reporting""", {"d": AS_OF})
+    try:
+        found, _ = cockpit.breaches(reader, AS_OF)
+        intra = [(b["portfolio_id"], b["value"], b["since"][11:16]) for b in found if b["scope"] == "intraday"]
+        assert intra == [("P0004", 2750, "10:00")]  # P0002 is back under its limit since 09:10
+    finally:
+        _sql(gold[0], "drop table gold.fact_intraday_limit_breaches")
+
+
 def test_portfolio_page_numbers_and_parameterised_ids(reader, gold):
     p = cockpit.portfolio(reader, "P0002")
     pos = _sql(gold[0], "select product_id, market_value from gold.fact_positions where portfolio_id = 'P0002' "
@@ -217,6 +262,27 @@ def test_portfolio_page_numbers_and_parameterised_ids(reader, gold):
     rd = p["returns"]
     assert sum(rd["counts"]) == hist[0][0] - 1 and rd["low"] < 0 < rd["high"]
     assert cockpit.portfolio(reader, "P0002' or '1'='1") is None  # a parameter, never SQL
+
+
+def test_a_day_without_a_var_forecast_is_a_gap_in_the_backtest_chart_not_an_error(reader, gold):
+    """The engine writes a backtest row with a NULL forecast on a day its VaR was uncomputable (it does not count
+    that day): the portfolio page draws the day as a gap in the -VaR line, it does not fail."""
+    day = AS_OF - timedelta(days=3)
+    (old, hit), = _sql(gold[0], "select var_forecast, is_exception from gold.fact_var_backtest where portfolio_id "
+                                "= 'P0002' and method = 'hist' and confidence = 0.99 and as_of_date = %s", (day,))
+    _sql(gold[0], "update gold.fact_var_backtest set var_forecast = null, is_exception = false where "
+                  "portfolio_id = 'P0002' and method = 'hist' and confidence = 0.99 and as_of_date = %s", (day,))
+    try:
+        html = pages.portfolio(cockpit.portfolio(reader, "P0002"), ["P0002"])
+        charts = json.loads(re.search(r'id="chart-data">(.*?)</script>', html, re.S).group(1))
+        (config,) = [c["config"] for c in charts if c["id"] == "chart-var"]
+        labels = config["data"]["labels"]
+        (line,) = [s for s in config["data"]["datasets"] if s["label"] == "-VaR 99%"]
+        assert line["data"][labels.index(day.isoformat())] is None
+        assert line["data"][labels.index(AS_OF.isoformat())] < 0
+    finally:
+        _sql(gold[0], "update gold.fact_var_backtest set var_forecast = %s, is_exception = %s where portfolio_id = "
+                      "'P0002' and method = 'hist' and confidence = 0.99 and as_of_date = %s", (old, hit, day))
 
 
 def test_portfolio_page_stacks_the_daily_pnl_by_factor(reader, gold):
@@ -262,6 +328,19 @@ def test_market_and_pipeline_pages(reader, gold):
     assert (bars["mean_s"], bars["p95_s"]) == (pytest.approx(mean), pytest.approx(p95))
 
 
+def test_a_run_whose_last_attempt_is_up_for_retry_is_not_a_success(gold, reader):
+    """The pipeline page's last status per DAG: a run whose task's latest attempt failed and waits for its retry
+    has not succeeded (nor failed for good)."""
+    _sql(gold[0], """insert into gold.fact_pipeline_runs (run_id, dag_id, task_id, status, started_at, duration_s)
+                     select 'run-9', 'eod_risk', 'compute_risk', 'up_for_retry', max(started_at) + interval '1 hour', 1
+                     from gold.fact_pipeline_runs""")
+    try:
+        (last,) = cockpit.pipeline(reader)["last_status"]
+        assert (last["run_id"], last["status"], last["failed_tasks"]) == ("run-9", "up_for_retry", 0)
+    finally:
+        _sql(gold[0], "delete from gold.fact_pipeline_runs where run_id = 'run-9'")
+
+
 def test_intraday_pnl_and_exposure_are_book_sums_per_bucket(gold, reader):
     """...and a book valued on prices older than RISK_INTRADAY_MAX_PRICE_AGE_S (1 h) is flagged, not fresh."""
     from plugins.risk_cockpit import pages
@@ -302,6 +381,73 @@ def test_intraday_pnl_and_exposure_are_book_sums_per_bucket(gold, reader):
             cockpit.intraday(reader, date(2026, 2, 1))["scenario_note"]
     finally:
         _sql(gold[0], "drop table gold.fact_intraday_risk")
+
+
+def test_intraday_book_totals_never_add_books_of_different_currencies(gold, reader):
+    """A BTC-based book's value and PnL are in BTC: the intraday totals are per base currency, as the EOD ones."""
+    from plugins.risk_cockpit import pages
+
+    _sql(gold[0], """update gold.dim_portfolio set base_currency = 'BTC' where portfolio_id = 'P0003';
+                     create table gold.fact_intraday_risk (portfolio_id text, bucket_start timestamptz,
+                     market_value float8, intraday_pnl float8, gross_exposure float8, max_price_age_s float8,
+                     stale_product_ids text);
+                     insert into gold.fact_intraday_risk values
+                       ('P0001', '2026-02-01 09:00+00', 100000, 1500, 120000, 0, ''),
+                       ('P0002', '2026-02-01 09:00+00', 50000, -500, 60000, 0, ''),
+                       ('P0003', '2026-02-01 09:00+00', 2.5, 0.01, 2.5, 0, ''),
+                       ('P0001', '2026-02-01 09:05+00', 101000, 2500, 121000, 0, ''),
+                       ('P0003', '2026-02-01 09:05+00', 2.6, 0.02, 2.6, 0, '');
+                     grant select on gold.fact_intraday_risk to reporting""")
+    try:
+        intra = cockpit.intraday(reader, date(2026, 2, 1))
+        assert [(r["bucket_start"][11:16], r["currency"], r["intraday_pnl"], r["gross_exposure"])
+                for r in intra["rows"]] == [("09:00", "BTC", 0.01, 2.5), ("09:00", "USD", 1000.0, 180000.0),
+                                            ("09:05", "BTC", 0.02, 2.6), ("09:05", "USD", 2500.0, 121000.0)]
+        charts = json.loads(re.search(r'id="chart-data">(.*?)</script>',
+                                      pages.firm(cockpit.firm(reader, date(2026, 2, 1))), re.S).group(1))
+        intraday_charts = {c["id"]: c["config"] for c in charts if c["id"].startswith("chart-intraday")}
+        assert sorted(intraday_charts) == ["chart-intraday-BTC", "chart-intraday-USD"]
+        btc = intraday_charts["chart-intraday-BTC"]
+        assert "(BTC)" in btc["options"]["plugins"]["title"]["text"]
+        assert [d["data"] for d in btc["data"]["datasets"]] == [[0.01, 0.02], [2.5, 2.6]]
+    finally:
+        _sql(gold[0], "drop table gold.fact_intraday_risk; "
+                      "update gold.dim_portfolio set base_currency = 'USD' where portfolio_id = 'P0003'")
+
+
+def test_an_intraday_total_is_missing_when_a_book_lacks_the_figure(gold, reader):
+    """A book holding a product with no price at all has NULL intraday figures (never 0): the book total of that
+    bucket is missing too, not the sum of the other books; the next bucket, priced again, has its total."""
+    _sql(gold[0], """create table gold.fact_intraday_risk (portfolio_id text, bucket_start timestamptz,
+                     market_value float8, intraday_pnl float8, gross_exposure float8, max_price_age_s float8,
+                     stale_product_ids text);
+                     insert into gold.fact_intraday_risk values
+                       ('P0001', '2026-02-01 09:00+00', 100, 1.5, 120, 0, ''),
+                       ('P0002', '2026-02-01 09:00+00', null, null, null, null, 'SOL-USD'),
+                       ('P0001', '2026-02-01 09:05+00', 101, 2.5, 121, 0, ''),
+                       ('P0002', '2026-02-01 09:05+00', 51, -0.4, 61, 0, '');
+                     grant select on gold.fact_intraday_risk to reporting""")
+    try:
+        rows = cockpit.intraday(reader, date(2026, 2, 1))["rows"]
+        assert [(r["bucket_start"][11:16], r["market_value"], r["intraday_pnl"], r["gross_exposure"])
+                for r in rows] == [("09:00", None, None, None), ("09:05", 152.0, 2.1, 182.0)]
+    finally:
+        _sql(gold[0], "drop table gold.fact_intraday_risk")
+
+
+def test_the_pnl_change_is_missing_when_the_previous_days_pnl_is_partial(gold, reader):
+    """The previous day's book PnL with one portfolio's PnL NULL is not the book's PnL: no day-over-day change."""
+    prev = AS_OF - timedelta(days=1)
+    (old,), = _sql(gold[0], "select daily_pnl from gold.fact_pnl_daily where portfolio_id = 'P0003' "
+                            "and as_of_date = %s", (prev,))
+    _sql(gold[0], "update gold.fact_pnl_daily set daily_pnl = null where portfolio_id = 'P0003' "
+                  "and as_of_date = %s", (prev,))
+    try:
+        (t,) = cockpit.firm(reader)["totals"]
+        assert t["daily_pnl"] is not None and t["daily_pnl_change"] is None
+    finally:
+        _sql(gold[0], "update gold.fact_pnl_daily set daily_pnl = %s where portfolio_id = 'P0003' "
+                      "and as_of_date = %s", (old, prev))
 
 
 def test_a_total_is_missing_when_a_portfolio_lacks_the_figure(gold, reader):

@@ -152,7 +152,7 @@ def test_the_intraday_chart_belongs_to_the_as_of_day(gold):
     assert before == {"available": False, "note": f"gold.fact_intraday_risk has no rows on {AS_OF - timedelta(1)}",
                       "latest_day": NO_DATA.isoformat()}
     html = pages.firm({**cockpit_firm_stub(), "intraday": before})
-    assert 'id="chart-intraday"' not in html
+    assert 'id="chart-intraday' not in html
     assert f'the latest day with intraday rows is <a href="/risk/?as_of={NO_DATA}">{NO_DATA}</a>' in html
 
 

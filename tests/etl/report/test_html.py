@@ -240,6 +240,23 @@ def test_mapped_tasks_fold_into_one_row_and_retries_count_as_their_last_attempt(
     assert folded.loc["compute_risk", "instances"] == 1
 
 
+def test_a_run_whose_task_is_up_for_retry_is_not_reported_ok():
+    """The latest run's compute_risk attempt failed and Airflow will retry it: that run has not succeeded, and
+    nothing failed for good either; the pipeline KPI says so instead of "OK"."""
+    from etl.report.data import ReportData
+
+    t = pd.Timestamp("2026-01-31 01:00", tz="UTC")
+    runs = pd.DataFrame({
+        "run_id": ["r1", "r1"], "dag_id": ["d", "d"], "task_id": ["fetch_candles", "compute_risk"],
+        "status": ["success", "up_for_retry"], "rows_in": [10, 0], "rows_out": [10, 0],
+        "started_at": [t, t + pd.Timedelta(minutes=1)], "duration_s": [1.0, 2.0], "message": ["", "RuntimeError"]})
+    data = ReportData(as_of=AS_OF, frames={"runs": runs})
+    cls, text = report_html.pipeline_status(data)
+    assert (cls, text) == ("unknown", "RETRYING: 1 of 2 task runs recorded failed and will be retried")
+    latest = report_html.section_pipeline(data).split('id="latest-run-table"')[1].split("</table>")[0]
+    assert re.search(r"compute_risk<.*?>up_for_retry<", latest, re.S) and "success" in latest  # not "success"
+
+
 def test_a_section_that_breaks_on_bad_data_becomes_a_note(frames):
     from etl.report.data import ReportData
 

@@ -439,3 +439,22 @@ def test_a_var_limit_on_var_995_evt_gpd_is_checked_intraday_not_a_crash():
     var_rows = out[out["limit_type"] == "var"]
     assert len(var_rows) == 1 and var_rows["status"].iat[0] == "breach"
     assert np.isfinite(var_rows["limit_value"].iat[0])
+
+
+def test_an_empty_limit_is_no_limit_intraday_as_at_end_of_day():
+    """portfolios.csv: a concentration or drawdown limit left empty is no such limit. A book whose figures are
+    unknown at a bucket (an unpriced holding: NaN) breaches its VaR limit as uncomputable, but not the limits it
+    does not have (end of day: etl.risk.engine.limit_breaches), and nothing is alerted for them."""
+    from etl.risk.engine import limit_breaches
+
+    bucket = pd.Timestamp("2026-03-02 10:05", tz="UTC")
+    cols = dict.fromkeys(measures.columns("intraday"), np.nan)
+    risk = pd.DataFrame({"portfolio_id": ["P"], "bucket_start": [bucket], "gross_exposure": [np.nan],
+                         "concentration_pct": [np.nan], "drawdown": [np.nan], "as_of_date": [pd.Timestamp("2026-03-02")],
+                         "base_currency": ["USD"], **{k: [v] for k, v in cols.items()}})
+    portfolios = pd.DataFrame({"portfolio_id": ["P"], "var_limit": [50.0], "concentration_limit": [np.nan],
+                               "drawdown_limit": [np.nan], "var_limit_metric": ["var_99_hist"]})
+    out = intraday.limit_rows(risk, portfolios, None)
+    assert list(zip(out["limit_type"], out["breach_kind"], strict=True)) == [("var", "uncomputable")]
+    eod_risk = risk.rename(columns={"drawdown": "drawdown_from_peak", "var_99": "var_99_hist"})
+    assert list(limit_breaches(eod_risk, portfolios)["limit_type"]) == ["var"]
