@@ -545,3 +545,17 @@ def test_a_rerun_of_an_earlier_as_of_day_keeps_the_later_runs_rows_and_loads_as_
     eth = next((r for r in incremental if r[0] == "ETH-USD"), None)
     assert eth is not None and (eth[2], eth[3]) == (day2["ETH-USD"][2], date(2026, 1, 2))
     assert incremental == _from_scratch()
+
+
+def test_a_portfolio_whose_var_limit_names_any_registered_var_column_reaches_gold(warehouse, tmp_path):
+    """portfolios.csv accepts every VaR column risk writes as var_limit_metric (e.g. var_99_garch_t) and risk checks
+    the limit on it: gold's accepted values are the same list, so such a book does not fail the build of gold."""
+    from etl.warehouse import run_dbt
+
+    metrics = ["var_99_garch_t", "var_95_evt_gpd"]
+    ref = Path(get_settings().reference_dir)
+    sample.PORTFOLIOS.assign(var_limit_metric=metrics).to_csv(ref / "portfolios.csv", index=False)
+    load_warehouse(run_dbt=False)
+    run_dbt("build", select="+dim_portfolio", extra_args=["--indirect-selection", "cautious"])
+    assert query("select portfolio_id, var_limit_metric from gold.dim_portfolio order by 1") == \
+        list(zip(sample.PORTFOLIOS["portfolio_id"], metrics, strict=True))
