@@ -1,0 +1,51 @@
+"""The SQL reports (sql/**/*.sql, run by etl/report/sql_reports.py) on a hand-built gold schema: their figures are
+the engine's as stored in gold, never a second computation that disagrees with it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from etl import db
+from etl.report.gold import GoldReader
+from etl.report.sql_reports import SQL_DIR, bind
+from tests.support.report_sample import AS_OF, create_gold, sample_frames
+
+
+def _report(url: str, name: str):
+    with GoldReader(url) as reader:
+        return reader.query(*bind((SQL_DIR / name).read_text(), AS_OF))
+
+
+@pytest.fixture
+def gold(pg_url):
+    """gold_with(frames): a scratch database holding these gold frames; its URL."""
+    with db.scratch_database(pg_url, "sqlrep") as url:
+        yield lambda frames: (create_gold(url, frames), url)[1]
+
+
+def test_the_concentration_report_lists_the_engines_concentration_breaches_uncomputable_ones_included(gold):
+    """P-ALT exceeded its limit on the day (the engine's row); P-CORE's concentration could not be computed (an
+    unpriced holding: NaN, NULL in gold), which the engine counts as a breach. The report lists both, with the
+    limit the run checked, not the one dim_portfolio holds since (raised after the run)."""
+    frames = sample_frames(AS_OF)
+    val = frames["fact_portfolio_valuation"]
+    core_today = (val["portfolio_id"] == "P-CORE") & (val["as_of_date"] == AS_OF)
+    val.loc[core_today, "concentration_pct"] = np.nan
+    breaches = frames["fact_limit_breaches"]
+    alt = breaches[breaches["limit_type"] == "concentration"].iloc[0]
+    core = alt.copy()
+    core[["portfolio_id", "value", "limit_value", "breach_kind"]] = ["P-CORE", np.nan, 0.60, "uncomputable"]
+    breaches.loc[len(breaches)] = core
+    frames["dim_portfolio"].loc[frames["dim_portfolio"]["portfolio_id"] == "P-ALT", "concentration_limit"] = 0.99
+    rows = _report(gold(frames), "risk_exposure/concentration_breaches.sql")
+    assert rows["portfolio_id"].tolist() == ["P-CORE", "P-ALT"]   # the uncomputable one first: nothing shows it holds
+    got = rows.set_index("portfolio_id")
+    assert got.at["P-ALT", "concentration_pct"] == pytest.approx(round(alt["value"], 4))
+    assert got.at["P-ALT", "concentration_limit"] == pytest.approx(0.5)
+    assert got.at["P-ALT", "excess"] == pytest.approx(round(alt["value"] - 0.5, 4))
+    assert got.loc["P-CORE", ["concentration_pct", "excess"]].isna().all()
+    assert got["breach_kind"].to_dict() == {"P-CORE": "uncomputable", "P-ALT": "exceeded"}
+    held = frames["fact_positions"]
+    held = held[(held["portfolio_id"] == "P-CORE") & (held["as_of_date"] == AS_OF)]
+    assert got.at["P-CORE", "largest_product_id"] == held.loc[held["market_value"].abs().idxmax(), "product_id"]
