@@ -49,3 +49,21 @@ def test_the_concentration_report_lists_the_engines_concentration_breaches_uncom
     held = frames["fact_positions"]
     held = held[(held["portfolio_id"] == "P-CORE") & (held["as_of_date"] == AS_OF)]
     assert got.at["P-CORE", "largest_product_id"] == held.loc[held["market_value"].abs().idxmax(), "product_id"]
+
+
+def test_the_limit_breach_report_rounds_every_amount_limit_as_money_and_fractions_to_4_decimals(gold):
+    """var and lvar limits are amounts in base currency (cents; satoshis in a crypto one), concentration and
+    drawdown limits fractions (sql/README.md): an lvar of 0.00123456 BTC is not 0.0012."""
+    frames = sample_frames(AS_OF)
+    frames["dim_portfolio"].loc[frames["dim_portfolio"]["portfolio_id"] == "P-ALT", "base_currency"] = "BTC"
+    breaches = frames["fact_limit_breaches"]
+    lvar = breaches.iloc[0].copy()
+    lvar[["portfolio_id", "limit_type", "metric", "value", "limit_value"]] = \
+        ["P-ALT", "lvar", "lvar_99", 0.00123456, 0.00100001]
+    breaches.loc[len(breaches)] = lvar
+    rows = _report(gold(frames), "risk_exposure/limit_breaches.sql").set_index(["portfolio_id", "limit_type"])
+    assert rows.loc[("P-ALT", "lvar"), ["value", "limit_value"]].tolist() == [0.00123456, 0.00100001]
+    var = breaches[breaches["limit_type"] == "var"].iloc[0]
+    assert rows.loc[("P-CORE", "var"), "value"] == round(var["value"], 2)                   # a USD book: cents
+    conc = breaches[breaches["limit_type"] == "concentration"].iloc[0]
+    assert rows.loc[("P-ALT", "concentration"), "value"] == round(conc["value"], 4)
