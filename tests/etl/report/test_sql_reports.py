@@ -4,6 +4,7 @@ the engine's as stored in gold, never a second computation that disagrees with i
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from etl import db
@@ -67,3 +68,25 @@ def test_the_limit_breach_report_rounds_every_amount_limit_as_money_and_fraction
     assert rows.loc[("P-CORE", "var"), "value"] == round(var["value"], 2)                   # a USD book: cents
     conc = breaches[breaches["limit_type"] == "concentration"].iloc[0]
     assert rows.loc[("P-ALT", "concentration"), "value"] == round(conc["value"], 4)
+
+
+def test_the_backtest_exception_report_counts_only_days_with_a_forecast_as_the_engine_does(gold):
+    """A backtest day whose VaR forecast could not be computed (NaN, NULL in gold: e.g. evt_gpd without enough
+    exceedances; is_exception false) was not tested: it is neither a day nor a 'no exception' of the report, as it
+    is neither in the engine's n_days and exceptions (fact_var_backtest_summary)."""
+    from etl.risk.engine import backtest_summary
+
+    frames = sample_frames(AS_OF)
+    bt = frames["fact_var_backtest"]
+    key = (bt["portfolio_id"] == "P-CORE") & (bt["method"] == "hist") & (bt["confidence"] == 0.99)
+    unscored = bt.index[key][:10]
+    bt.loc[unscored, ["var_forecast", "is_exception"]] = [np.nan, False]
+    engine = backtest_summary(bt.assign(as_of_date=pd.to_datetime(bt["as_of_date"])), AS_OF).set_index(
+        ["portfolio_id", "method", "confidence"])
+    rows = _report(gold(frames), "risk_exposure/var_backtest_exceptions.sql").set_index(
+        ["portfolio_id", "method", "confidence"])
+    for k, row in rows.iterrows():
+        n, hits = engine.loc[k, ["n_days", "exceptions"]]
+        assert (row["n_days"], row["exceptions"]) == (n, hits), k
+        assert row["exception_rate"] == pytest.approx(round(hits / n, 4)), k
+    assert rows.loc[("P-CORE", "hist", 0.99), "n_days"] == key.sum() - 10
