@@ -156,6 +156,12 @@ def columns(scope: str) -> dict[str, str]:
     return out
 
 
+def var_columns(scope: str) -> list[str]:
+    """The VaR columns of `scope` (var_95_hist, ..., var_995_evt_gpd): what a portfolio's var_limit_metric may name
+    (checked in portfolios.csv and in gold's dim_portfolio)."""
+    return [c for c in columns(scope) if c.startswith("var_")]
+
+
 def grid(scope: str, kinds: tuple[str, ...] = ("var", "es")) -> tuple[list[tuple[str, str]],
                                                                    list[tuple[Method, dict[str, str]]]]:
     """The VaR/ES table the report and the cockpit show for `scope`, one row per method: headers [(key, label)]

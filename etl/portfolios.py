@@ -81,7 +81,7 @@ def load_portfolios(settings: Settings | None = None, instruments: pd.DataFrame 
     problems.add(~df["base_currency"].isin(convertible), "unknown base_currency",
                  lambda i: f"{df['base_currency'].iat[i]!r}; expected one of {sorted(convertible)}")
     # the VaR measures risk writes, in base currency as the limit (not var_99_hist_usd, a ranking figure)
-    var_metrics = [c for c in measures.columns("portfolio") if c.startswith("var_")]
+    var_metrics = measures.var_columns("portfolio")
     problems.add(~df["var_limit_metric"].isin(var_metrics), "unknown var_limit_metric",
                  lambda i: f"{df['var_limit_metric'].iat[i]!r}; expected one of {var_metrics}")
     out = df[["portfolio_id", "name", "base_currency"]].copy()

@@ -31,8 +31,9 @@ DBT_TYPES = {"timestamptz": "timestamp with time zone"}  # the names dbt's contr
 LOADED_AT = ("loaded_at", "timestamptz")
 
 
-TOKEN = re.compile(r"<(methods|method_names|var_limit_metrics):(\w+)>")
+TOKEN = re.compile(r"<(methods|method_names|var_columns|var_limit_metrics):(\w+)>")
 LISTS = {"methods": lambda scope: list(measures.method_names(scope)),           # a whole test argument: a list
+         "var_columns": measures.var_columns,
          "var_limit_metrics": lambda scope: [measures.column("var", c, m.name) for m in measures.methods(scope)
                                              for c in m.confidences if c >= 0.99]}
 TEXTS = {"methods": lambda scope: ", ".join(m.label for m in measures.methods(scope)),   # within a description
@@ -42,7 +43,8 @@ TEXTS = {"methods": lambda scope: ", ".join(m.label for m in measures.methods(sc
 def _derived(value):
     """A declared description or test argument with each `<kind:scope>` token filled in from etl/measures.py:
     `methods` (the scope's method names as a list, or their labels in a text), `method_names` (names and
-    labels), `var_limit_metrics` (the VaR columns at 99% or more that a limit may name)."""
+    labels), `var_columns` (every VaR column: a portfolio's var_limit_metric), `var_limit_metrics` (the VaR columns at
+    99% or more that a firm limit may name)."""
     if isinstance(value, dict):
         return {k: _derived(v) for k, v in value.items()}
     if isinstance(value, list):

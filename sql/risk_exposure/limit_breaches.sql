@@ -6,8 +6,9 @@ select
     portfolio.name as portfolio_name,
     breaches.limit_type,
     breaches.metric,
-    round(breaches.value::numeric, case when breaches.limit_type = 'var' then money.dp else 4 end) as value,
-    round(breaches.limit_value::numeric, case when breaches.limit_type = 'var' then money.dp else 4 end) as limit_value,
+    -- fraction limits (etl/measures.py LIMITS) to 4 decimals; var and lvar are amounts in base currency
+    round(breaches.value::numeric, case when breaches.limit_type in ('concentration', 'drawdown') then 4 else money.dp end) as value,
+    round(breaches.limit_value::numeric, case when breaches.limit_type in ('concentration', 'drawdown') then 4 else money.dp end) as limit_value,
     round((breaches.utilisation)::numeric, 4) as utilisation
 from gold.fact_limit_breaches as breaches
 inner join gold.dim_portfolio as portfolio

@@ -184,8 +184,10 @@ def test_firm_page_totals_and_worst_drawdowns(reader, gold):
 
 def test_breach_since_is_the_first_day_of_the_unbroken_run(gold, reader):
     """P0001's VaR limit also breached on the two days before (and once, a week earlier, after a gap)."""
-    _sql(gold[0], """insert into gold.fact_limit_breaches
-                     select portfolio_id, d::date, limit_type, value, limit_value, metric, utilisation, base_currency
+    _sql(gold[0], """insert into gold.fact_limit_breaches (portfolio_id, as_of_date, limit_type, value,
+                                                         limit_value, metric, breach_kind, utilisation, base_currency)
+                     select portfolio_id, d::date, limit_type, value, limit_value, metric, breach_kind, utilisation,
+                            base_currency
                      from gold.fact_limit_breaches, unnest(array[%s, %s, %s]::date[]) as d
                      where portfolio_id = 'P0001' and as_of_date = %s""",
          (AS_OF - timedelta(days=1), AS_OF - timedelta(days=2), AS_OF - timedelta(days=7), AS_OF))

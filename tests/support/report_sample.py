@@ -159,7 +159,8 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
         "portfolio_id": ["P-CORE", "P-ALT"], "as_of_date": as_of, "limit_type": ["var", "concentration"],
         "value": [risk_i.at["P-CORE", "var_99_hist"], last_val.at["P-ALT", "concentration_pct"]],
         "limit_value": [p.at["P-CORE", "var_limit"], p.at["P-ALT", "concentration_limit"]],
-        "metric": ["var_99_hist", "concentration_pct"]})
+        "metric": ["var_99_hist", "concentration_pct"], "breach_kind": "exceeded"})
+    breaches["utilisation"] = breaches["value"] / breaches["limit_value"]   # as the gold mart
 
     price_quality = pd.DataFrame({  # one print excluded on the as-of day (its daily bar stands), one accepted before
         "product_id": ["SOL-USD", "BTC-USD"], "granularity": [300, 86400],

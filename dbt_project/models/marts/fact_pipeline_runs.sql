@@ -20,7 +20,8 @@ final as (
         cast(started_at at time zone 'UTC' as date) as run_date,
         duration_s,
         started_at + duration_s * interval '1 second' as ended_at,
-        status = 'failed' as is_failure,
+        -- an attempt Airflow retries (up_for_retry) failed as much as the last one (failed)
+        status in ('failed', 'up_for_retry') as is_failure,
         message
     from pipeline_runs
 

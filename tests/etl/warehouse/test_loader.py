@@ -545,3 +545,39 @@ def test_a_rerun_of_an_earlier_as_of_day_keeps_the_later_runs_rows_and_loads_as_
     eth = next((r for r in incremental if r[0] == "ETH-USD"), None)
     assert eth is not None and (eth[2], eth[3]) == (day2["ETH-USD"][2], date(2026, 1, 2))
     assert incremental == _from_scratch()
+
+
+def test_a_portfolio_whose_var_limit_names_any_registered_var_column_reaches_gold(warehouse, tmp_path):
+    """portfolios.csv accepts every VaR column risk writes as var_limit_metric (e.g. var_99_garch_t) and risk checks
+    the limit on it: gold's accepted values are the same list, so such a book does not fail the build of gold."""
+    from etl.warehouse import run_dbt
+
+    metrics = ["var_99_garch_t", "var_95_evt_gpd"]
+    ref = Path(get_settings().reference_dir)
+    sample.PORTFOLIOS.assign(var_limit_metric=metrics).to_csv(ref / "portfolios.csv", index=False)
+    load_warehouse(run_dbt=False)
+    run_dbt("build", select="+dim_portfolio", extra_args=["--indirect-selection", "cautious"])
+    assert query("select portfolio_id, var_limit_metric from gold.dim_portfolio order by 1") == \
+        list(zip(sample.PORTFOLIOS["portfolio_id"], metrics, strict=True))
+
+
+def test_an_attempt_that_failed_and_was_retried_is_a_failure_in_gold_and_in_the_failures_report(warehouse):
+    """A task whose first attempt raised (up_for_retry: Airflow tries again) then succeeded: the first attempt is a
+    failed attempt (fact_pipeline_runs is one row per attempt) and the failures report lists it with its error."""
+    from etl import runlog
+    from etl.report.sql_reports import bind
+    from etl.warehouse import run_dbt
+
+    t0 = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
+    for status, minute, message in (("up_for_retry", 0, "SourceError: 503 five times"), ("success", 5, "ok")):
+        runlog.record(runlog.RunRecord("retried", "market_data", "fetch_candles", status=status,
+                                       started_at=t0.replace(minute=minute), message=message,
+                                       try_number=1 + minute // 5))
+    load_warehouse(run_dbt=False)
+    run_dbt("build", select="+fact_pipeline_runs", extra_args=["--indirect-selection", "cautious"])
+    assert query("select try_number, status, is_failure from gold.fact_pipeline_runs where run_id = 'retried' "
+                 "order by try_number") == [(1, "up_for_retry", True), (2, "success", False)]
+    sql = (PROJECT_ROOT / "sql" / "pipeline_health" / "failures.sql").read_text()
+    failed = query(*bind(sql, date(2026, 1, 2)), url=reporting_url())
+    assert [(r[1], r[3], r[4], r[6]) for r in failed if r[1] == "retried"] == [
+        ("retried", "fetch_candles", 1, "SourceError: 503 five times")]
