@@ -45,6 +45,7 @@ class LiveState:
     messages: int = 0
     gaps: int = 0
     samples: deque = field(default_factory=lambda: deque(maxlen=300))   # (t, mid) per second, last 5 min
+    ticker_seq: tuple[str, int] = ("", -1)  # (connection, sequence_num) of the last ticker message applied
     forecaster: OnlineForecaster = field(default_factory=OnlineForecaster)
 
     @property
@@ -60,6 +61,12 @@ class LiveState:
         self.last_message_at = received_at
         if msg.get("channel") != "ticker":
             return
+        seq = msg.get("sequence_num")
+        if isinstance(seq, int):
+            # a repeat or an older message (a `duplicate` gap, still delivered) would set the mid back to an old one
+            if self.ticker_seq[0] == conn_id and seq <= self.ticker_seq[1]:
+                return
+            self.ticker_seq = (conn_id, seq)
         for event in msg.get("events") or []:
             for t in (event.get("tickers") or []) if isinstance(event, dict) else []:
                 if not isinstance(t, dict) or t.get("product_id") != self.product:
