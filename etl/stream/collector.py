@@ -120,7 +120,7 @@ class Collector:
         if channel not in ("market_trades", "ticker", "ticker_batch", "l2_data"):
             return  # subscriptions confirmations, errors: logged by the feed
         bounds = self._bounds(received_at)
-        seq = msg.get("sequence_num")
+        seq = validate.message_number(msg.get("sequence_num"))   # None: the message is rejected below
         problem = validate.envelope_problem(msg, bounds)
         if problem:
             self.on_reject(received_at, conn_id, json.dumps(msg), problem)
@@ -132,8 +132,7 @@ class Collector:
         if channel == "l2_data":
             self._on_book(received_at, conn_id, msg, bounds)
             return
-        envelope = (_text(channel), msg["timestamp"], _text(msg.get("client_id")),
-                    seq if isinstance(seq, int) else None, conn_id, received_at)
+        envelope = (_text(channel), msg["timestamp"], _text(msg.get("client_id")), seq, conn_id, received_at)
         trades = channel == "market_trades"
         key = "trades" if trades else "tickers"
         known = _TRADE_KNOWN if trades else _TICKER_KNOWN

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from etl.errors import ConfigError
 from etl.settings import Settings, get_settings
+from etl.stream.validate import message_number
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +170,8 @@ class Feed:
                 delivered = True
                 self.messages += 1
                 channel = msg.get("channel", "")
-                seq = msg.get("sequence_num")
-                if isinstance(seq, int):
+                seq = message_number(msg.get("sequence_num"))   # a bad one is not counted: the next is a gap
+                if seq is not None:
                     if seq > expected:
                         self.on_gap(Gap("sequence", conn_id, channel, expected, seq, seq - expected, received_at))
                     elif seq < expected:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from etl.settings import Settings, get_settings
 from etl.stream.feed import Feed, Gap, ws_url
 from etl.stream.forecast import OnlineForecaster
+from etl.stream.validate import message_number
 
 
 def _float(value) -> float | None:
@@ -61,8 +62,8 @@ class LiveState:
         self.last_message_at = received_at
         if msg.get("channel") != "ticker":
             return
-        seq = msg.get("sequence_num")
-        if isinstance(seq, int):
+        seq = message_number(msg.get("sequence_num"))
+        if seq is not None:
             # a repeat or an older message (a `duplicate` gap, still delivered) would set the mid back to an old one
             if self.ticker_seq[0] == conn_id and seq <= self.ticker_seq[1]:
                 return

@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -493,3 +494,48 @@ def test_real_coinbase_messages_pass_every_field_rule():
             assert validate.event_problem(event, key) is None
             assert [check(item, bounds) for item in event[key]] == [None] * len(event[key])
         assert len((data / name).read_bytes()) < 2_000   # what the 1 MiB message cap leaves room for
+
+
+
+@pytest.mark.parametrize("bad", [None, "7", 7.0, -1, True])
+def test_a_message_without_an_integer_sequence_num_is_rejected_and_its_place_is_a_hole(data_dir, monkeypatch, bad):
+    """Coinbase numbers every message (`sequence_num`, an integer from 0). A market_trades message whose number is
+    missing or not one is a reject naming the field, and its place in the connection is a hole:
+    - late, after a lost message (seq 5 skipped): its trades were stored with a null number, which the trade bars
+      counted as the connection's first run, stretching that run over the lost message: the bar was complete
+      (`True` crashed the commit instead: a bool is no int64);
+    - in the middle of a clean run, with -1 or `true` (an int to the feed's check): its trades were lost without a
+      sequence gap, the bar missing them was complete."""
+    import time as _time
+
+    from etl.silver.trade_bars import TRADE_BARS_DIR, build_trade_bars
+    from etl.stream.collector import collect
+    from tests.etl.silver.test_trade_bars import bronze_table
+
+    monkeypatch.setenv("PIPELINE_STREAM_COMMIT_S", "0.5")
+    bar = (_time.time() - 3600) // 300 * 300
+    t = _iso(_time.time())
+    offsets = [-10, 5, 65, 125, 185, 245, 290, 310]
+    numbered = [json.loads(_message("market_trades", [{"type": "update", "trades": [_trade(str(i + 1), _iso(bar + s))]}],
+                                    t, i)) for i, s in enumerate(offsets)]
+
+    def unnumbered(offset: int) -> dict:
+        msg = json.loads(_message("market_trades", [{"type": "update", "trades": [_trade("99", _iso(bar + offset))]}],
+                                  t, 0))
+        return {**{k: v for k, v in msg.items() if k != "sequence_num"}, **({} if bad is None else {"sequence_num": bad})}
+
+    late = [*(m for m in numbered if m["sequence_num"] != 5), unnumbered(320)]
+    middle = [*numbered[:5], unnumbered(200), *({**m, "sequence_num": m["sequence_num"] + 1} for m in numbered[5:])]
+    for case, script in (("late", late), ("middle", middle)):
+        for path in (data_dir / "bronze", data_dir / "silver"):
+            shutil.rmtree(path, ignore_errors=True)
+        server = ScriptedServer([[json.dumps(m) for m in script]])
+        try:
+            summary = collect(["BTC-USD"], seconds=1.5, url=server.url, validate=False)
+        finally:
+            server.close()
+        assert summary.rejects == 1, case
+        assert "sequence_num=" in bronze(data_dir, "stream_rejects")["reason"].iat[0], case
+        build_trade_bars()
+        row = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start").loc[pd.Timestamp(bar, unit="s", tz="UTC")]
+        assert row["n_candles"] == 5 and not row["is_complete"], case
