@@ -135,6 +135,39 @@ def test_reconnects_after_forced_disconnects_without_loss(live, data_dir):
     assert set(trades["trade_id"]) == expected_trades("BTC-USD", *trade_span(trades))
 
 
+def test_a_sink_that_fails_for_a_while_delays_batches_and_loses_none(live, data_dir):
+    """The sink refuses two writes (a store or a broker down for a moment): those batches are kept and committed,
+    in order, once it is back - every trade received is in bronze. The committer task died on the first failure:
+    that batch was gone and nothing more was written (the feed kept receiving into memory, no error until the
+    stop), so a SIGKILL of the service then lost everything since."""
+    from etl.storage import Store
+    from etl.stream.collector import collect
+    from etl.stream.sinks import BronzeSink
+
+    class Refusing:
+        """The bronze sink, whose 2nd and 3rd writes fail before anything is written."""
+
+        def __init__(self):
+            self.inner, self.calls, self.batches = BronzeSink(Store.from_uri(str(data_dir))), 0, []
+
+        def write(self, batch):
+            self.calls += 1
+            if self.calls in (2, 3):
+                raise OSError(f"store unavailable (write {self.calls})")
+            self.batches.append(batch.batch_id)
+            return self.inner.write(batch)
+
+        def close(self):
+            self.inner.close()
+
+    live()
+    sink = Refusing()
+    summary = collect(["BTC-USD"], seconds=3, sink=sink)
+    assert sink.calls > 4 and sink.batches == sorted(sink.batches)         # retried, in batch order
+    assert summary.trades > 0 and summary.committed["trades"] == summary.trades
+    assert len(bronze(data_dir, "trades")) == summary.trades
+
+
 def test_stall_without_heartbeats_reconnects(live, data_dir, monkeypatch):
     from etl.stream.collector import collect
 
