@@ -198,7 +198,12 @@ class Feed:
                            "(PIPELINE_STREAM_MAX_MESSAGE_BYTES): not read, connection closed (1009) and reopened")
 
     def _heartbeat(self, msg: dict, last: int | None, conn_id: str, received_at: float) -> int | None:
-        for event in msg.get("events") or []:
+        events = msg.get("events") or []
+        if not isinstance(events, list):  # bad input: kept as a reject, not a TypeError that ends the feed
+            if self.on_reject:
+                self.on_reject(received_at, conn_id, json.dumps(msg), "events is not a list")
+            return last
+        for event in events:
             counter = event.get("heartbeat_counter") if isinstance(event, dict) else None
             try:
                 counter = int(counter)

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from etl.settings import Settings, get_settings
 from etl.stream.feed import Feed, Gap, ws_url
 from etl.stream.forecast import OnlineForecaster
-from etl.stream.validate import message_number
+from etl.stream.validate import event_problem, message_number
 
 
 def _float(value) -> float | None:
@@ -68,8 +68,11 @@ class LiveState:
             if self.ticker_seq[0] == conn_id and seq <= self.ticker_seq[1]:
                 return
             self.ticker_seq = (conn_id, seq)
-        for event in msg.get("events") or []:
-            for t in (event.get("tickers") or []) if isinstance(event, dict) else []:
+        events = msg.get("events")
+        for event in events if isinstance(events, list) else []:   # bad input is skipped, never a TypeError
+            if event_problem(event, "tickers"):
+                continue
+            for t in event.get("tickers") or []:
                 if not isinstance(t, dict) or t.get("product_id") != self.product:
                     continue
                 bid, ask = _float(t.get("best_bid")), _float(t.get("best_ask"))

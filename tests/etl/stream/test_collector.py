@@ -572,3 +572,23 @@ def test_a_message_without_an_integer_sequence_num_is_rejected_and_its_place_is_
         build_trade_bars()
         row = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start").loc[pd.Timestamp(bar, unit="s", tz="UTC")]
         assert row["n_candles"] == 5 and not row["is_complete"], case
+
+
+def test_a_heartbeat_whose_events_is_not_a_list_is_a_reject_not_the_end_of_the_collector(data_dir, monkeypatch):
+    """`"events": 5` on the heartbeats channel (bad input) raised TypeError out of the feed's heartbeat check: the
+    collector stopped, and the trades after it were never received. It is a reject naming the field; the feed goes on."""
+    from etl.stream.collector import collect
+
+    monkeypatch.setenv("PIPELINE_STREAM_COMMIT_S", "0.5")
+    t = _iso(time.time())
+    script = [_message("heartbeats", [{"current_time": t, "heartbeat_counter": 1}], t, 0),
+              json.dumps({"channel": "heartbeats", "client_id": "", "timestamp": t, "sequence_num": 1, "events": 5}),
+              _message("heartbeats", [{"current_time": t, "heartbeat_counter": 2}], t, 2),
+              _message("market_trades", [{"type": "update", "trades": [_trade("1", t)]}], t, 3)]
+    server = ScriptedServer([script])
+    try:
+        summary = collect(["BTC-USD"], seconds=1.5, url=server.url, validate=False)
+    finally:
+        server.close()
+    assert summary.trades == 1 and summary.rejects == 1 and summary.connections == 1
+    assert bronze(data_dir, "stream_rejects")["reason"].iat[0] == "events is not a list"

@@ -22,3 +22,12 @@ def test_a_late_repeated_or_older_ticker_does_not_set_the_mid_back():
     assert state.mid == 201.0 and state.last_ticker_at == 2.0
     state.on_message(4.0, "c2", _ticker(0, "300", "302"))     # a new connection counts from 0 again
     assert state.mid == 301.0
+
+
+def test_a_ticker_message_of_the_wrong_shape_is_skipped_not_a_crash_of_the_view():
+    state = LiveState("BTC-USD")
+    state.on_message(1.0, "c1", _ticker(1, "100", "102"))
+    for seq, events in enumerate((5, [{"type": "update", "tickers": 5}], [{"type": "update", "tickers": {"a": 1}}],
+                                  ["x"], None), 2):
+        state.on_message(2.0, "c1", {**_ticker(seq, "1", "2"), "events": events})
+    assert state.mid == 101.0 and state.messages == 6
