@@ -170,6 +170,8 @@ class Feed:
                 delivered = True
                 self.messages += 1
                 channel = msg.get("channel", "")
+                if not isinstance(channel, str):  # as text: a gap row's channel column is a string
+                    channel = json.dumps(channel)
                 seq = message_number(msg.get("sequence_num"))   # a bad one is not counted: the next is a gap
                 if seq is not None:
                     if seq > expected:
@@ -206,8 +208,10 @@ class Feed:
         for event in events:
             counter = event.get("heartbeat_counter") if isinstance(event, dict) else None
             try:
-                counter = int(counter)
+                counter = message_number(int(counter))   # a counter beyond int64 fits no gap row
             except (TypeError, ValueError):
+                continue
+            if counter is None:
                 continue
             if last is not None and counter > last + 1:
                 self.on_gap(Gap("heartbeat", conn_id, "heartbeats", last + 1, counter, counter - last - 1,

@@ -592,3 +592,31 @@ def test_a_heartbeat_whose_events_is_not_a_list_is_a_reject_not_the_end_of_the_c
         server.close()
     assert summary.trades == 1 and summary.rejects == 1 and summary.connections == 1
     assert bronze(data_dir, "stream_rejects")["reason"].iat[0] == "events is not a list"
+
+
+def test_values_no_bronze_column_can_hold_are_rejects_or_text_never_a_batch_that_cannot_be_written(data_dir,
+                                                                                                   monkeypatch):
+    """A sequence_num or heartbeat counter beyond int64, a channel that is not text: each used to reach a row of the
+    open batch (a trade's or a gap's) that Arrow cannot convert, so the commit failed and took the batch with it (the
+    trade after them was lost)."""
+    from etl.stream.collector import collect
+
+    monkeypatch.setenv("PIPELINE_STREAM_COMMIT_S", "0.5")
+    t = _iso(time.time())
+    huge = 2 ** 63
+    script = [_message("heartbeats", [{"current_time": t, "heartbeat_counter": 1}], t, 0),
+              _message("heartbeats", [{"current_time": t, "heartbeat_counter": huge}], t, 1),     # a heartbeat gap
+              _message("market_trades", [{"type": "update", "trades": [_trade("1", t)]}], t, huge),
+              json.dumps({"channel": 5, "client_id": "", "timestamp": t, "sequence_num": 9, "events": []}),  # a gap
+              _message("market_trades", [{"type": "update", "trades": [_trade("2", t)]}], t, 10)]
+    server = ScriptedServer([script])
+    try:
+        summary = collect(["BTC-USD"], seconds=1.5, url=server.url, validate=False)
+    finally:
+        server.close()
+    assert summary.trades == 1 and summary.rejects == 1 and summary.committed["trades"] == 1
+    assert list(bronze(data_dir, "trades")["trade_id"]) == ["2"]
+    assert "sequence_num=9223372036854775808 is not" in bronze(data_dir, "stream_rejects")["reason"].iat[0]
+    gaps = bronze(data_dir, "stream_gaps")
+    assert sorted(gaps["kind"]) == ["book_resync", "sequence"]     # the counter beyond int64 is not a number either
+    assert gaps.loc[gaps["kind"] == "sequence", "channel"].iat[0] == "5"
