@@ -82,7 +82,8 @@ def run_factors(settings: Settings | None = None, end: datetime | None = None, *
 
     universe = universe_returns(prices, config.frequency_s, read_start, end_ts, products=present)
     result = compute(universe, config)
-    rows, dates = io.write_outputs(get_store(settings), output_tables(result, start=out_start))
+    covered = pd.date_range(out_start, end_ts - pd.Timedelta(microseconds=1), freq="D").strftime("%Y-%m-%d")
+    rows, dates = io.write_outputs(get_store(settings), output_tables(result, start=out_start), list(covered))
     in_range = universe.times >= out_start
     return FactorSummary(
         start=out_start.to_pydatetime(), end=end_ts.to_pydatetime(), frequency_s=config.frequency_s,

@@ -48,16 +48,19 @@ def read_prices(settings: Settings, products: list[str], start: datetime, end: d
     return frame[["product_id", "bucket_start", "close", "volume"]]
 
 
-def write_outputs(store: Store, tables: dict[str, pd.DataFrame]) -> tuple[dict[str, int], list[str]]:
+def write_outputs(store: Store, tables: dict[str, pd.DataFrame], days: list[str] = ()
+                  ) -> tuple[dict[str, int], list[str]]:
     """Write each table as outputs/<table>/date=D/<run_id>.parquet, one file per UTC day of its time column, and
     commit them all with one run record named "factors" (etl/commits.py; the days of earlier runs that this run
     does not rewrite stay committed).
 
-    A day's file is replaced whole, so a rerun over the same days is idempotent. Returns the rows written per table
-    and the days written.
+    A day's file is replaced whole, so a rerun over the same days is idempotent. `days` (YYYY-MM-DD) are the days
+    the run covers: each table gets a file for each of them, empty where it has no rows there, so no table keeps an
+    earlier run's rows of a day beside this run's other tables. Returns the rows written per table and the days
+    written.
     """
     rows: dict[str, int] = {}
-    days: set[str] = set()
+    days_written: set[str] = set()
     parts: dict[tuple[str, str], pa.Table] = {}
     for name, frame in tables.items():
         time_col, schema = SCHEMAS[name]
@@ -72,11 +75,15 @@ def write_outputs(store: Store, tables: dict[str, pd.DataFrame]) -> tuple[dict[s
                 continue
             date = pd.Timestamp(int(day[lo]), unit="D").strftime("%Y-%m-%d")
             parts[(name, f"date={date}")] = arrow.slice(lo, hi - lo)
-            days.add(date)
+            days_written.add(date)
+        for date in days:  # a day this run covers but left without rows in this table
+            if (name, f"date={date}") not in parts:
+                parts[(name, f"date={date}")] = schema.empty_table()
+                days_written.add(date)
         rows[name] = len(frame)
         log.info("factors: %s %d rows in %d day partitions", name, len(frame), len(cuts) - 2 if len(day) else 0)
     commits.publish(store, COMMIT_NAME, "factors", parts)
-    return rows, sorted(days)
+    return rows, sorted(days_written)
 
 
 def read_days(store: Store, table: str, days: list[str], columns: list[str]) -> pd.DataFrame:

@@ -98,6 +98,7 @@ class Collector:
         self.session = uuid.uuid4().hex[:8]
         self.counter = 0
         self.batch = self._new_batch()
+        self.pending: list[MicroBatch] = []   # batches a failed write kept, oldest first (see commit)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-commit")
         self._window: tuple[int, tuple[str, str]] = (-1, ("", ""))   # (second, validate.window of it)
         self._book_seq: tuple[str, int] = ("", -1)   # (connection, sequence_num) of the last l2_data message applied
@@ -120,7 +121,7 @@ class Collector:
         if channel not in ("market_trades", "ticker", "ticker_batch", "l2_data"):
             return  # subscriptions confirmations, errors: logged by the feed
         bounds = self._bounds(received_at)
-        seq = msg.get("sequence_num")
+        seq = validate.message_number(msg.get("sequence_num"))   # None: the message is rejected below
         problem = validate.envelope_problem(msg, bounds)
         if problem:
             self.on_reject(received_at, conn_id, json.dumps(msg), problem)
@@ -132,8 +133,7 @@ class Collector:
         if channel == "l2_data":
             self._on_book(received_at, conn_id, msg, bounds)
             return
-        envelope = (_text(channel), msg["timestamp"], _text(msg.get("client_id")),
-                    seq if isinstance(seq, int) else None, conn_id, received_at)
+        envelope = (_text(channel), msg["timestamp"], _text(msg.get("client_id")), seq, conn_id, received_at)
         trades = channel == "market_trades"
         key = "trades" if trades else "tickers"
         known = _TRADE_KNOWN if trades else _TICKER_KNOWN
@@ -241,13 +241,18 @@ class Collector:
 
     # ---- commits -------------------------------------------------------------------------------------------
     async def commit(self) -> None:
+        """Hand the open batch to the sink after those a failed write left (oldest first). A failed write raises
+        and keeps its batch for the next commit: a sink down for a while delays rows, it does not drop them."""
         batch, self.batch = self.batch, self._new_batch()
-        if batch.empty:
-            return
-        paths = await asyncio.get_running_loop().run_in_executor(self.pool, self.sink.write, batch)
-        self.summary.batches += 1
-        self.summary.files += len(paths)
-        self.summary.committed.update(batch.counts())
+        if not batch.empty:
+            self.pending.append(batch)
+        while self.pending:
+            batch = self.pending[0]
+            paths = await asyncio.get_running_loop().run_in_executor(self.pool, self.sink.write, batch)
+            self.pending.pop(0)
+            self.summary.batches += 1
+            self.summary.files += len(paths)
+            self.summary.committed.update(batch.counts())
 
     async def commit_every(self, seconds: float, stop: asyncio.Event) -> None:
         due = time.monotonic()
@@ -259,7 +264,11 @@ class Collector:
                 pass
             if stop.is_set():
                 return  # the final commit comes after the feed has stopped, with everything received
-            await self.commit()
+            try:
+                await self.commit()
+            except Exception as exc:  # any sink error (store, broker): the batches wait for the next commit
+                log.error("stream: the sink failed (%s: %s); %d batch(es) kept for the next commit", type(exc).__name__,
+                          exc, len(self.pending))
 
 
 def collect(products, seconds: float | None = None, source: str | None = None, settings: Settings | None = None,

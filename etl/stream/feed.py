@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from etl.errors import ConfigError
 from etl.settings import Settings, get_settings
+from etl.stream.validate import message_number
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +170,10 @@ class Feed:
                 delivered = True
                 self.messages += 1
                 channel = msg.get("channel", "")
-                seq = msg.get("sequence_num")
-                if isinstance(seq, int):
+                if not isinstance(channel, str):  # as text: a gap row's channel column is a string
+                    channel = json.dumps(channel)
+                seq = message_number(msg.get("sequence_num"))   # a bad one is not counted: the next is a gap
+                if seq is not None:
                     if seq > expected:
                         self.on_gap(Gap("sequence", conn_id, channel, expected, seq, seq - expected, received_at))
                     elif seq < expected:
@@ -197,11 +200,18 @@ class Feed:
                            "(PIPELINE_STREAM_MAX_MESSAGE_BYTES): not read, connection closed (1009) and reopened")
 
     def _heartbeat(self, msg: dict, last: int | None, conn_id: str, received_at: float) -> int | None:
-        for event in msg.get("events") or []:
+        events = msg.get("events") or []
+        if not isinstance(events, list):  # bad input: kept as a reject, not a TypeError that ends the feed
+            if self.on_reject:
+                self.on_reject(received_at, conn_id, json.dumps(msg), "events is not a list")
+            return last
+        for event in events:
             counter = event.get("heartbeat_counter") if isinstance(event, dict) else None
             try:
-                counter = int(counter)
+                counter = message_number(int(counter))   # a counter beyond int64 fits no gap row
             except (TypeError, ValueError):
+                continue
+            if counter is None:
                 continue
             if last is not None and counter > last + 1:
                 self.on_gap(Gap("heartbeat", conn_id, "heartbeats", last + 1, counter, counter - last - 1,

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from etl.settings import Settings, get_settings
 from etl.stream.feed import Feed, Gap, ws_url
 from etl.stream.forecast import OnlineForecaster
+from etl.stream.validate import event_problem, message_number
 
 
 def _float(value) -> float | None:
@@ -45,6 +46,7 @@ class LiveState:
     messages: int = 0
     gaps: int = 0
     samples: deque = field(default_factory=lambda: deque(maxlen=300))   # (t, mid) per second, last 5 min
+    ticker_seq: tuple[str, int] = ("", -1)  # (connection, sequence_num) of the last ticker message applied
     forecaster: OnlineForecaster = field(default_factory=OnlineForecaster)
 
     @property
@@ -60,8 +62,17 @@ class LiveState:
         self.last_message_at = received_at
         if msg.get("channel") != "ticker":
             return
-        for event in msg.get("events") or []:
-            for t in (event.get("tickers") or []) if isinstance(event, dict) else []:
+        seq = message_number(msg.get("sequence_num"))
+        if seq is not None:
+            # a repeat or an older message (a `duplicate` gap, still delivered) would set the mid back to an old one
+            if self.ticker_seq[0] == conn_id and seq <= self.ticker_seq[1]:
+                return
+            self.ticker_seq = (conn_id, seq)
+        events = msg.get("events")
+        for event in events if isinstance(events, list) else []:   # bad input is skipped, never a TypeError
+            if event_problem(event, "tickers"):
+                continue
+            for t in event.get("tickers") or []:
                 if not isinstance(t, dict) or t.get("product_id") != self.product:
                     continue
                 bid, ask = _float(t.get("best_bid")), _float(t.get("best_ask"))

@@ -12,6 +12,8 @@ through) against Coinbase's contract (docs/coinbase_api.md, all values strings):
   snapshot | update;
 - `level2` updates: `side` bid | offer, `price_level` > 0, `new_quantity` >= 0 ("0" removes the level),
   `event_time` a time as above.
+- the envelope: `sequence_num` an integer 0..2^63-1 (the feed counts only such numbers, so a message without one is a
+  sequence gap at the next message: its place is a hole in the trade bars), `timestamp` a time as above.
 Each check returns None when the value passes, else the reason (naming the field and the value), which the
 collector stores with the raw text in bronze/stream_rejects.
 """
@@ -104,10 +106,23 @@ def book_update_problem(item, bounds: tuple[str, str]) -> str | None:
             or time_problem("event_time", item.get("event_time"), bounds))
 
 
+INT64_MAX = 2 ** 63 - 1
+
+
+def message_number(value) -> int | None:
+    """A message's `sequence_num` (or a heartbeat counter) when it is one: an integer 0..INT64_MAX (not a bool, a
+    float or text; a larger one fits no bronze column and would fail the batch's write), else None."""
+    return value if type(value) is int and 0 <= value <= INT64_MAX else None
+
+
 def envelope_problem(msg: dict, bounds: tuple[str, str]) -> str | None:
-    """Why a data message as a whole cannot be stored: its timestamp (the ticker's date partition), its events."""
+    """Why a data message as a whole cannot be stored: its number (its place among the connection's messages, which
+    the trade bars' runs are cut by), its timestamp (the ticker's date partition), its events."""
     if not isinstance(msg.get("events", []), list):
         return "events is not a list"
+    seq = msg.get("sequence_num")
+    if message_number(seq) is None:
+        return f"sequence_num={seq!r} is not an integer 0..2^63-1"
     return time_problem("timestamp", msg.get("timestamp"), bounds)
 
 

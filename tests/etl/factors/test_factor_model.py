@@ -315,3 +315,29 @@ def test_exposures_equal_statsmodels_on_the_model_factors():
         np.testing.assert_allclose(fit.r_squared_adj[:, j], ref.rsquared_adj, rtol=0, atol=1e-9)
         defined = np.isfinite(fit.alpha[:, j])
         np.testing.assert_array_equal(fit.n_obs[defined, j], ref.nobs[defined])
+
+
+def test_a_rerun_replaces_every_day_it_covers_even_a_table_it_leaves_empty_there(simulator, data_dir, monkeypatch):
+    """The book stops holding two of the four products: the rerun ranks two, too few for terciles, so its membership
+    is empty, and so are its exposures (the spreads regressed on are undefined). The days it covers must be its own
+    in every table - not the previous run's buckets and betas (of four products) beside this run's factor returns
+    (of two), which the PnL attribution would read as one run."""
+    from etl.bronze import ingest
+
+    monkeypatch.setenv("PIPELINE_PRODUCTS", ",".join(PRODUCTS))
+    monkeypatch.setenv("PIPELINE_HISTORY_DAYS", "1")
+    ingest(products=PRODUCTS, start=datetime(2026, 3, 1, 18, 0, tzinfo=UTC), end=END, granularity=60,
+           settings=get_settings())
+    run_factors(get_settings(), end=END, config=SMALL)
+    assert set(read_output(data_dir, "factor_membership")["product_id"]) == set(PRODUCTS)
+
+    monkeypatch.setenv("PIPELINE_PRODUCTS", ",".join(PRODUCTS[:2]))
+    again = run_factors(get_settings(), end=END, config=SMALL)
+    assert again.products == PRODUCTS[:2] and again.rows["factor_membership"] == 0
+    manifest = read_manifest(Store.from_uri(str(data_dir)), "factors")
+    covered = {k: e for k, e in manifest["files"].items() if k.split("/date=")[1] in again.dates}
+    assert {k.split("/")[0] for k in covered} == {"factor_returns", "factor_membership", "factor_exposures_full",
+                                                  "factor_exposures"}
+    assert all(e["run_id"] == manifest["run_id"] for e in covered.values())
+    assert read_output(data_dir, "factor_membership").empty and read_output(data_dir, "factor_exposures").empty
+    assert set(read_output(data_dir, "factor_returns")["factor_name"]) == {"market", "market_vw"}

@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,6 +133,39 @@ def test_reconnects_after_forced_disconnects_without_loss(live, data_dir):
     assert trades["connection_id"].nunique() == summary.connections
     # the resubscription's snapshot covers the reconnect: no trade of the span is missing
     assert set(trades["trade_id"]) == expected_trades("BTC-USD", *trade_span(trades))
+
+
+def test_a_sink_that_fails_for_a_while_delays_batches_and_loses_none(live, data_dir):
+    """The sink refuses two writes (a store or a broker down for a moment): those batches are kept and committed,
+    in order, once it is back - every trade received is in bronze. The committer task died on the first failure:
+    that batch was gone and nothing more was written (the feed kept receiving into memory, no error until the
+    stop), so a SIGKILL of the service then lost everything since."""
+    from etl.storage import Store
+    from etl.stream.collector import collect
+    from etl.stream.sinks import BronzeSink
+
+    class Refusing:
+        """The bronze sink, whose 2nd and 3rd writes fail before anything is written."""
+
+        def __init__(self):
+            self.inner, self.calls, self.batches = BronzeSink(Store.from_uri(str(data_dir))), 0, []
+
+        def write(self, batch):
+            self.calls += 1
+            if self.calls in (2, 3):
+                raise OSError(f"store unavailable (write {self.calls})")
+            self.batches.append(batch.batch_id)
+            return self.inner.write(batch)
+
+        def close(self):
+            self.inner.close()
+
+    live()
+    sink = Refusing()
+    summary = collect(["BTC-USD"], seconds=3, sink=sink)
+    assert sink.calls > 4 and sink.batches == sorted(sink.batches)         # retried, in batch order
+    assert summary.trades > 0 and summary.committed["trades"] == summary.trades
+    assert len(bronze(data_dir, "trades")) == summary.trades
 
 
 def test_stall_without_heartbeats_reconnects(live, data_dir, monkeypatch):
@@ -493,3 +527,96 @@ def test_real_coinbase_messages_pass_every_field_rule():
             assert validate.event_problem(event, key) is None
             assert [check(item, bounds) for item in event[key]] == [None] * len(event[key])
         assert len((data / name).read_bytes()) < 2_000   # what the 1 MiB message cap leaves room for
+
+
+
+@pytest.mark.parametrize("bad", [None, "7", 7.0, -1, True])
+def test_a_message_without_an_integer_sequence_num_is_rejected_and_its_place_is_a_hole(data_dir, monkeypatch, bad):
+    """Coinbase numbers every message (`sequence_num`, an integer from 0). A market_trades message whose number is
+    missing or not one is a reject naming the field, and its place in the connection is a hole:
+    - late, after a lost message (seq 5 skipped): its trades were stored with a null number, which the trade bars
+      counted as the connection's first run, stretching that run over the lost message: the bar was complete
+      (`True` crashed the commit instead: a bool is no int64);
+    - in the middle of a clean run, with -1 or `true` (an int to the feed's check): its trades were lost without a
+      sequence gap, the bar missing them was complete."""
+    import time as _time
+
+    from etl.silver.trade_bars import TRADE_BARS_DIR, build_trade_bars
+    from etl.stream.collector import collect
+    from tests.etl.silver.test_trade_bars import bronze_table
+
+    monkeypatch.setenv("PIPELINE_STREAM_COMMIT_S", "0.5")
+    bar = (_time.time() - 3600) // 300 * 300
+    t = _iso(_time.time())
+    offsets = [-10, 5, 65, 125, 185, 245, 290, 310]
+    numbered = [json.loads(_message("market_trades", [{"type": "update", "trades": [_trade(str(i + 1), _iso(bar + s))]}],
+                                    t, i)) for i, s in enumerate(offsets)]
+
+    def unnumbered(offset: int) -> dict:
+        msg = json.loads(_message("market_trades", [{"type": "update", "trades": [_trade("99", _iso(bar + offset))]}],
+                                  t, 0))
+        return {**{k: v for k, v in msg.items() if k != "sequence_num"}, **({} if bad is None else {"sequence_num": bad})}
+
+    late = [*(m for m in numbered if m["sequence_num"] != 5), unnumbered(320)]
+    middle = [*numbered[:5], unnumbered(200), *({**m, "sequence_num": m["sequence_num"] + 1} for m in numbered[5:])]
+    for case, script in (("late", late), ("middle", middle)):
+        for path in (data_dir / "bronze", data_dir / "silver"):
+            shutil.rmtree(path, ignore_errors=True)
+        server = ScriptedServer([[json.dumps(m) for m in script]])
+        try:
+            summary = collect(["BTC-USD"], seconds=1.5, url=server.url, validate=False)
+        finally:
+            server.close()
+        assert summary.rejects == 1, case
+        assert "sequence_num=" in bronze(data_dir, "stream_rejects")["reason"].iat[0], case
+        build_trade_bars()
+        row = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start").loc[pd.Timestamp(bar, unit="s", tz="UTC")]
+        assert row["n_candles"] == 5 and not row["is_complete"], case
+
+
+def test_a_heartbeat_whose_events_is_not_a_list_is_a_reject_not_the_end_of_the_collector(data_dir, monkeypatch):
+    """`"events": 5` on the heartbeats channel (bad input) raised TypeError out of the feed's heartbeat check: the
+    collector stopped, and the trades after it were never received. It is a reject naming the field; the feed goes on."""
+    from etl.stream.collector import collect
+
+    monkeypatch.setenv("PIPELINE_STREAM_COMMIT_S", "0.5")
+    t = _iso(time.time())
+    script = [_message("heartbeats", [{"current_time": t, "heartbeat_counter": 1}], t, 0),
+              json.dumps({"channel": "heartbeats", "client_id": "", "timestamp": t, "sequence_num": 1, "events": 5}),
+              _message("heartbeats", [{"current_time": t, "heartbeat_counter": 2}], t, 2),
+              _message("market_trades", [{"type": "update", "trades": [_trade("1", t)]}], t, 3)]
+    server = ScriptedServer([script])
+    try:
+        summary = collect(["BTC-USD"], seconds=1.5, url=server.url, validate=False)
+    finally:
+        server.close()
+    assert summary.trades == 1 and summary.rejects == 1 and summary.connections == 1
+    assert bronze(data_dir, "stream_rejects")["reason"].iat[0] == "events is not a list"
+
+
+def test_values_no_bronze_column_can_hold_are_rejects_or_text_never_a_batch_that_cannot_be_written(data_dir,
+                                                                                                   monkeypatch):
+    """A sequence_num or heartbeat counter beyond int64, a channel that is not text: each used to reach a row of the
+    open batch (a trade's or a gap's) that Arrow cannot convert, so the commit failed and took the batch with it (the
+    trade after them was lost)."""
+    from etl.stream.collector import collect
+
+    monkeypatch.setenv("PIPELINE_STREAM_COMMIT_S", "0.5")
+    t = _iso(time.time())
+    huge = 2 ** 63
+    script = [_message("heartbeats", [{"current_time": t, "heartbeat_counter": 1}], t, 0),
+              _message("heartbeats", [{"current_time": t, "heartbeat_counter": huge}], t, 1),     # a heartbeat gap
+              _message("market_trades", [{"type": "update", "trades": [_trade("1", t)]}], t, huge),
+              json.dumps({"channel": 5, "client_id": "", "timestamp": t, "sequence_num": 9, "events": []}),  # a gap
+              _message("market_trades", [{"type": "update", "trades": [_trade("2", t)]}], t, 10)]
+    server = ScriptedServer([script])
+    try:
+        summary = collect(["BTC-USD"], seconds=1.5, url=server.url, validate=False)
+    finally:
+        server.close()
+    assert summary.trades == 1 and summary.rejects == 1 and summary.committed["trades"] == 1
+    assert list(bronze(data_dir, "trades")["trade_id"]) == ["2"]
+    assert "sequence_num=9223372036854775808 is not" in bronze(data_dir, "stream_rejects")["reason"].iat[0]
+    gaps = bronze(data_dir, "stream_gaps")
+    assert sorted(gaps["kind"]) == ["book_resync", "sequence"]     # the counter beyond int64 is not a number either
+    assert gaps.loc[gaps["kind"] == "sequence", "channel"].iat[0] == "5"
