@@ -803,7 +803,7 @@ def _coverage_tests(out: pd.DataFrame, counts: np.ndarray, as_of: pd.Timestamp) 
 def model_comparison(summary: pd.DataFrame, es_tests: pd.DataFrame) -> pd.DataFrame:
     """One row per portfolio x method x confidence: the VaR backtests (Kupiec, Christoffersen independence,
     traffic light) and the ES backtests (Z2 p-value as es_test_p, McNeil-Frey exceedance residuals), each
-    pass_* True when its p-value is at least TEST_SIZE (the light: not red; exceedance residuals with fewer than
+    pass_* True when its p-value is at least TEST_SIZE (the light: green or yellow; exceedance residuals with fewer than
     2 exceedances: nothing to reject, a pass); `passes` = all of them."""
     if summary.empty:
         return pd.DataFrame()
@@ -812,7 +812,7 @@ def model_comparison(summary: pd.DataFrame, es_tests: pd.DataFrame) -> pd.DataFr
     out["es_test_p"] = out["z2_p"]
     out["pass_kupiec"] = out["kupiec_p"] >= TEST_SIZE
     out["pass_christoffersen"] = out["christoffersen_p"] >= TEST_SIZE
-    out["pass_traffic_light"] = out["traffic_light"] != "red"
+    out["pass_traffic_light"] = out["traffic_light"].isin(["green", "yellow"])   # no light (no scored day): no pass
     out["pass_z2"] = out["z2_p"] >= TEST_SIZE
     out["pass_exceedance_residual"] = ~(out["exceedance_residual_p"] < TEST_SIZE)
     tests = ["pass_kupiec", "pass_christoffersen", "pass_traffic_light", "pass_z2", "pass_exceedance_residual"]

@@ -860,7 +860,10 @@ def test_backtest_days_without_a_forecast_do_not_count_in_the_var_backtest_summa
     summary = t["var_backtest_summary"].query("method == 'evt_gpd'").set_index("confidence")
     got = summary.loc[0.99, ["n_days", "exceptions", "kupiec_p", "traffic_light"]].to_dict()
     assert summary.loc[0.99, "n_days"] == 0 and np.isnan(summary.loc[0.99, "kupiec_p"]), got
-    assert comp.loc[0.99, "traffic_light"] != "green" and not comp.loc[0.99, "pass_kupiec"], got
+    assert not comp.loc[0.99, "pass_kupiec"], got
+    # no scored day, no light: not green, and not 'red' either (binom.cdf(0, 0, p) = 1 read as rejected)
+    assert pd.isna(summary.loc[0.99, "traffic_light"]) and pd.isna(comp.loc[0.99, "traffic_light"]), got
+    assert not comp.loc[0.99, "pass_traffic_light"] and not comp.loc[0.99, "passes"], got
 
 
 def test_a_holding_converted_at_a_stale_rate_is_flagged_stale(risk_env):
