@@ -843,6 +843,27 @@ def test_the_stored_drawdown_series_ends_at_drawdown_from_peak_when_the_windows_
     assert stored.iloc[-1] == pytest.approx(risk["drawdown_from_peak"]), (stored.iloc[-1], risk["drawdown_from_peak"])
 
 
+def test_a_book_closed_out_on_the_as_of_day_keeps_its_drawdown_history_but_is_not_in_drawdown():
+    """docs/risk_conventions.md (Drawdown, Empty portfolio): with equal windows portfolio_valuation's as-of
+    drawdown is drawdown_from_peak, except for a book holding nothing that day: its valuation series is the wealth
+    history (computed here by hand, the close-out day's PnL included), its risk row 0, and no drawdown breach."""
+    idx = pd.date_range("2026-01-01", periods=31, freq="D")
+    btc = np.r_[np.full(20, 100.0), 100, 120, 90, 80, 85, 70, 72, 71, 75, 60, 65]
+    closes = pd.DataFrame({"BTC-USD": btc, "ETH-USD": 10 + np.arange(31) * 0.1}, index=idx)
+    pf = _portfolios(["C"], ["USD"]).assign(drawdown_limit=0.05)
+    book = _book([("C", "BTC-USD", "2025-12-01", 1.0, 1.0), ("C", "BTC-USD", "2026-01-31", 0.0, 1.0)])
+    t = compute_tables(closes, {"BTC-USD": "USD", "ETH-USD": "USD"}, pf, book,
+                       RiskParams(var_lookback_days=30, backtest_days=30, mc_scenarios=500))
+    wealth = btc[1:] / btc[0]                           # held 1 BTC to the close-out: r = PnL / previous gross
+    by_hand = wealth / np.maximum.accumulate(np.r_[1.0, wealth])[1:] - 1
+    stored = t["portfolio_valuation"].set_index("as_of_date")["drawdown"]
+    np.testing.assert_allclose(stored.to_numpy(), by_hand, rtol=1e-12)
+    assert stored.iloc[-1] == pytest.approx(65 / 120 - 1)                 # the day of the close-out
+    risk = t["risk_metrics"].iloc[0]
+    assert risk["gross_exposure"] == 0 and risk["drawdown_from_peak"] == 0 and risk["max_drawdown"] == 0
+    assert t["limit_breaches"].empty
+
+
 def test_backtest_days_without_a_forecast_do_not_count_in_the_var_backtest_summary():
     """docs/risk_conventions.md (fat tails): evt_gpd is uncomputable (NaN) with fewer than 15 exceedances, "so ...
     a backtest day without it does not count"; Kupiec with n = 0 days is NaN. With a 60-day lookback every evt_gpd
