@@ -450,7 +450,7 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
         chosen = mine[mine["method"].astype(str) == method]
         summ = backtest_zones(data, pid)
         z = summ[(summ["method"] == method) & np.isclose(summ["confidence"], 0.99)]
-        zone = z["zone"].iat[0] if not z.empty else "n/a"
+        zone = z["zone"].iat[0] if not z.empty and pd.notna(z["zone"].iat[0]) else "n/a"   # no scored day: none
         n_days = int(z["n_obs"].iat[0]) if not z.empty else 0
         parts.append(f'<p>Traffic light ({e(method)} VaR 99%, last {n_days} days): '
                      f'<span class="badge zone-{e(zone)}" id="zone-{sid}">{e(zone.upper())}</span></p>')

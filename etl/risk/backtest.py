@@ -5,7 +5,8 @@ An exception is a day whose realised loss exceeds the VaR forecast made at the p
 - Christoffersen independence: first-order Markov transitions n00, n01, n10, n11 of the exception indicator;
   LR = -2 ln[L(pi) / L(pi0, pi1)] ~ chi2(1). Conditional coverage LR_cc = LR_pof + LR_ind ~ chi2(2).
 - Basel traffic light from the binomial CDF of the exception count: green while P(X <= x) < 95%, red from
-  99.99%, yellow between; for 250 days at 99% this is the Basel table (green 0-4, yellow 5-9, red 10+).
+  99.99%, yellow between; for 250 days at 99% this is the Basel table (green 0-4, yellow 5-9, red 10+). No day
+  scored (n = 0): no light (None), as the tests are NaN.
 0 ln 0 is taken as 0 (scipy.special.xlogy), so zero or all exceptions are fine.
 """
 
@@ -75,6 +76,9 @@ def conditional_coverage(lr_pof: np.ndarray, lr_ind: np.ndarray) -> tuple[np.nda
 
 
 def traffic_light(x: np.ndarray, n: np.ndarray, confidence: float | np.ndarray) -> np.ndarray:
-    """'green' | 'yellow' | 'red' from the binomial CDF of the exception count."""
-    cdf = stats.binom.cdf(np.asarray(x), np.asarray(n), 1.0 - np.asarray(confidence, dtype="float64"))
-    return np.where(cdf < GREEN_BELOW, "green", np.where(cdf < RED_FROM, "yellow", "red")).astype(object)
+    """'green' | 'yellow' | 'red' from the binomial CDF of the exception count; None without a scored day (the CDF
+    of 0 in 0 days is 1, which would read as red: a model rejected over no data)."""
+    n = np.asarray(n)
+    cdf = stats.binom.cdf(np.asarray(x), n, 1.0 - np.asarray(confidence, dtype="float64"))
+    light = np.where(cdf < GREEN_BELOW, "green", np.where(cdf < RED_FROM, "yellow", "red")).astype(object)
+    return np.where(n > 0, light, None)

@@ -26,6 +26,7 @@ class Scenarios:
     z: np.ndarray | None = None            # (S, A) Monte Carlo draws and scale (S,) (var.mc_draws)
     scale: np.ndarray | None = None
     filtered: dict[str, np.ndarray] = field(default_factory=dict)   # method -> (N, A) rescaled window
+    unscaled: dict[str, np.ndarray] = field(default_factory=dict)   # method -> (A,) a move without volatility in it
 
     @classmethod
     def last(cls, asset_ret: np.ndarray, n: int, sigmas: dict[str, np.ndarray] | None = None, z=None,
@@ -35,7 +36,8 @@ class Scenarios:
         window = asset_ret[-n:]
         fhs = {m: filtered.fhs_window(filtered.standardised(asset_ret, s)[-n:], s[-1])
                for m, s in (sigmas or {}).items()}
-        return cls(window, var.covariance(window), z, scale, fhs)
+        unscaled = {m: filtered.unscaled(asset_ret, s)[-n:].any(axis=0) for m, s in (sigmas or {}).items()}
+        return cls(window, var.covariance(window), z, scale, fhs, unscaled)
 
 
 def book_var_es(sc: Scenarios, exposure: np.ndarray, scope: str) -> dict[str, np.ndarray]:
@@ -53,7 +55,12 @@ def method_var_es(method: str, sc: Scenarios, exposure: np.ndarray,
     """{confidence: (VaR (P,), ES (P,))} of one method."""
     if method == "hist" or method in sc.filtered:
         w = sc.window if method == "hist" else sc.filtered[method]
-        return var.var_es_from_losses(var.historical_losses(w, exposure), confidences)
+        out = var.var_es_from_losses(var.historical_losses(w, exposure), confidences)
+        if method in sc.unscaled:                  # exposed to a move the filter cannot scale: uncomputable
+            unknown = (exposure[sc.unscaled[method]] != 0).any(axis=0)                # (P,)
+            for v, e in out.values():
+                v[unknown], e[unknown] = np.nan, np.nan
+        return out
     if method == "param":
         sigma = var.portfolio_sigma(sc.cov, exposure)
         return {c: var.parametric_var_es(sigma, c) for c in confidences}

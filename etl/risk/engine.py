@@ -635,6 +635,7 @@ class _Scenarios:
     neg_w: np.ndarray
     pad: np.ndarray
     cov: np.ndarray
+    unscaled: np.ndarray | None = None   # (F, A) filtered: the window holds a move without volatility (filtered.unscaled)
 
     @classmethod
     def of(cls, w: np.ndarray) -> _Scenarios:
@@ -643,11 +644,12 @@ class _Scenarios:
         return cls(np.ascontiguousarray(np.swapaxes(np.where(pad[..., None], 0.0, -w), 1, 2)), pad, var.covariance(w))
 
     @classmethod
-    def rolling(cls, x: np.ndarray, f: np.ndarray, n: int, scale: np.ndarray | None = None) -> _Scenarios:
+    def rolling(cls, x: np.ndarray, f: np.ndarray, n: int, scale: np.ndarray | None = None,
+                unscaled: np.ndarray | None = None) -> _Scenarios:
         """The windows of the rows f-n .. f-1 of x (T, A) (rows before 0 and NaN rows padding), each day's scaled
         by scale (F, A) if given (FHS: residuals to the day's volatilities): as `of` of those windows, built in
         one copy from the series and with the running-sum covariance (`var.rolling_covariance`; a scaled
-        window's is s_a s_b cov(x))."""
+        window's is s_a s_b cov(x)); unscaled (T, A): the rows whose residual has no value, to `unscaled` (F, A)."""
         valid = ~np.isnan(x).any(axis=1)
         padded = np.vstack([np.zeros((n - 1, x.shape[1])), np.where(valid[:, None], x, 0.0)])
         neg_w = np.ascontiguousarray(sliding_window_view(padded, n, axis=0)[f - 1])    # (F, A, N)
@@ -657,7 +659,10 @@ class _Scenarios:
             neg_w *= scale[:, :, None]
             cov *= scale[:, :, None] * scale[:, None, :]
         pad = ~sliding_window_view(np.r_[np.zeros(n - 1, dtype=bool), valid], n)[f - 1]
-        return cls(neg_w, pad, cov)
+        if unscaled is not None:
+            unscaled = sliding_window_view(np.vstack([np.zeros((n - 1, x.shape[1]), dtype=bool), unscaled]), n,
+                                           axis=0)[f - 1].any(axis=-1)
+        return cls(neg_w, pad, cov, unscaled)
 
 
 def _backtest_scenarios(asset_ret: np.ndarray, f: np.ndarray, n: int, sig: dict) -> dict[str, _Scenarios]:
@@ -666,7 +671,8 @@ def _backtest_scenarios(asset_ret: np.ndarray, f: np.ndarray, n: int, sig: dict)
     out = {"hist": _Scenarios.rolling(asset_ret, f, n)}
     for method in FILTERED:
         s = sig.get(f"{method}_backtest", sig[method])
-        out[method] = _Scenarios.rolling(filtered.standardised(asset_ret, s), f, n, s[f])
+        out[method] = _Scenarios.rolling(filtered.standardised(asset_ret, s), f, n, s[f],
+                                         filtered.unscaled(asset_ret, s))
     return out
 
 
@@ -699,7 +705,11 @@ def _scenario_backtest(method: str, sc: _Scenarios, expo: np.ndarray, held: np.n
         if sc.pad.any():
             np.copyto(losses, -np.inf, where=sc.pad[:, None, :])
         top = var.loss_tail(losses, k)
+        # a book exposed to a move the filter cannot scale has no forecast that day (uncomputable, not scored)
+        unknown = None if sc.unscaled is None else ((expo[:, cols] != 0) & sc.unscaled[:, None, :]).any(axis=-1)
         for c, (v, e) in var.var_es_from_tail(top, counts[:, cols], BACKTEST_CONFIDENCES, losses).items():
+            if unknown is not None:
+                v[unknown], e[unknown] = np.nan, np.nan
             out[(method, c)][0][:, cols], out[(method, c)][1][:, cols] = v, e
             nulls[c][:, cols] = es_backtest.z2_null_drawn(draws, top, v, e, 1 - c, _valid(held[:, cols], (v, e)))
     z2_null.update({(method, c): z for c, z in nulls.items()})
@@ -803,7 +813,7 @@ def _coverage_tests(out: pd.DataFrame, counts: np.ndarray, as_of: pd.Timestamp) 
 def model_comparison(summary: pd.DataFrame, es_tests: pd.DataFrame) -> pd.DataFrame:
     """One row per portfolio x method x confidence: the VaR backtests (Kupiec, Christoffersen independence,
     traffic light) and the ES backtests (Z2 p-value as es_test_p, McNeil-Frey exceedance residuals), each
-    pass_* True when its p-value is at least TEST_SIZE (the light: not red; exceedance residuals with fewer than
+    pass_* True when its p-value is at least TEST_SIZE (the light: green or yellow; exceedance residuals with fewer than
     2 exceedances: nothing to reject, a pass); `passes` = all of them."""
     if summary.empty:
         return pd.DataFrame()
@@ -812,7 +822,7 @@ def model_comparison(summary: pd.DataFrame, es_tests: pd.DataFrame) -> pd.DataFr
     out["es_test_p"] = out["z2_p"]
     out["pass_kupiec"] = out["kupiec_p"] >= TEST_SIZE
     out["pass_christoffersen"] = out["christoffersen_p"] >= TEST_SIZE
-    out["pass_traffic_light"] = out["traffic_light"] != "red"
+    out["pass_traffic_light"] = out["traffic_light"].isin(["green", "yellow"])   # no light (no scored day): no pass
     out["pass_z2"] = out["z2_p"] >= TEST_SIZE
     out["pass_exceedance_residual"] = ~(out["exceedance_residual_p"] < TEST_SIZE)
     tests = ["pass_kupiec", "pass_christoffersen", "pass_traffic_light", "pass_z2", "pass_exceedance_residual"]

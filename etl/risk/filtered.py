@@ -197,6 +197,16 @@ def standardised(r: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         return np.where(s > 0, r / np.where(s > 0, s, 1.0), 0.0)
 
 
+def unscaled(r: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """(T, A) True where a return moved while its volatility forecast was 0: its residual r / 0 has no value
+    (`standardised` gives 0, which would drop the move from the scenarios). It happens on an asset's first move
+    after a flat history (EWMA) and on its moves until GARCH is refitted on rows where it moved (a fit on rows
+    where it never moved gives volatility 0). A book exposed to such an asset has no filtered VaR while the move is
+    in the window (NaN, uncomputable), not one that leaves the move out (a VaR of 0 for a position that moves)."""
+    with np.errstate(invalid="ignore"):
+        return (np.abs(r) > 0) & ~(sigma[: r.shape[0]] > 0)
+
+
 def fhs_window(u: np.ndarray, sigma_next: np.ndarray) -> np.ndarray:
     """FHS scenario returns: residual rows (..., N, A) rescaled to the forecast volatilities (..., A)."""
     return u * sigma_next[..., None, :]

@@ -53,6 +53,12 @@ def test_traffic_light_is_the_basel_table():
     assert (cdf[:5] < 0.95).all() and (cdf[5:10] < 0.9999).all() and (cdf[10:] >= 0.9999).all()
 
 
+def test_a_series_without_a_scored_day_has_no_traffic_light_not_red():
+    """binom.cdf(0, 0, p) = 1 >= 99.99%: a model with no forecast (e.g. evt_gpd on a short history, n_days 0) was
+    'red', rejected over no data; the tests are NaN there and so is the light (None)."""
+    assert list(backtest.traffic_light(np.array([0, 0, 10]), np.array([0, 250, 250]), 0.99)) == [None, "green", "red"]
+
+
 def test_exceptions_are_losses_beyond_var():
     assert backtest.exceptions(np.array([10.0, 10.0, 10.0, np.nan]), np.array([-10.0, -10.5, 3.0, -99.0])).tolist() \
         == [False, True, False, False]

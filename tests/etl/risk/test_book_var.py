@@ -8,7 +8,7 @@ import pytest
 from scipy import linalg, stats
 
 from etl import measures
-from etl.risk import book_var, tails, var
+from etl.risk import book_var, filtered, tails, var
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +92,24 @@ def test_a_method_without_a_computation_fails_naming_the_registry(book):
         book_var.method_var_es("semi", sc, exposure, (0.99,))
     with pytest.raises(ValueError, match="filtered window was not given"):
         book_var.method_var_es("garch_t", book_var.Scenarios(window, sc.cov), exposure, (0.99,))
+
+
+def test_an_asset_whose_first_move_the_filter_cannot_scale_has_no_filtered_var_not_0():
+    """An asset flat for the whole history moves on the as-of day: EWMA's volatility before that move is 0, so its
+    residual r / 0 was set to 0 and every FHS scenario of the asset was 0: a fhs_ewma VaR of 0 for a position that
+    just moved 5% (hist: 5% of it). Such a book's filtered figures are uncomputable (NaN); a book without the asset
+    keeps its own (numpy's linear quantile of its FHS losses)."""
+    rng = np.random.default_rng(4)
+    returns = np.column_stack([rng.normal(0, 0.02, 60), np.r_[np.zeros(59), -0.05]])   # (T, A): B moves last
+    sigma = filtered.ewma_sigma(returns, 0.94)
+    assert sigma[59, 1] == 0 and sigma[60, 1] > 0                         # the first move had no volatility
+    sc = book_var.Scenarios.last(returns, 30, {"fhs_ewma": sigma})
+    assert not sc.filtered["fhs_ewma"][:, 1].any()                        # ... so no scenario of B at all
+    exposure = np.array([[1000.0, 1000.0, 0.0], [0.0, 2000.0, 2000.0]])    # (A, P): A only, A and B, B only
+    got = book_var.method_var_es("fhs_ewma", sc, exposure, (0.95, 0.99))
+    for c, (v, e) in got.items():
+        assert np.isnan(v[1:]).all() and np.isnan(e[1:]).all(), (c, v, e)
+        assert (v[0], e[0]) == pytest.approx(_scenario_var_es(-(sc.filtered["fhs_ewma"] @ exposure[:, 0]), c))
+    hist = book_var.method_var_es("hist", sc, exposure, (0.99,))[0.99][0]
+    assert hist[2] == pytest.approx(0.71 * 100.0)     # hist sees the move: 29 zeros and a loss of 100, index 28.71
+

@@ -843,6 +843,27 @@ def test_the_stored_drawdown_series_ends_at_drawdown_from_peak_when_the_windows_
     assert stored.iloc[-1] == pytest.approx(risk["drawdown_from_peak"]), (stored.iloc[-1], risk["drawdown_from_peak"])
 
 
+def test_a_book_closed_out_on_the_as_of_day_keeps_its_drawdown_history_but_is_not_in_drawdown():
+    """docs/risk_conventions.md (Drawdown, Empty portfolio): with equal windows portfolio_valuation's as-of
+    drawdown is drawdown_from_peak, except for a book holding nothing that day: its valuation series is the wealth
+    history (computed here by hand, the close-out day's PnL included), its risk row 0, and no drawdown breach."""
+    idx = pd.date_range("2026-01-01", periods=31, freq="D")
+    btc = np.r_[np.full(20, 100.0), 100, 120, 90, 80, 85, 70, 72, 71, 75, 60, 65]
+    closes = pd.DataFrame({"BTC-USD": btc, "ETH-USD": 10 + np.arange(31) * 0.1}, index=idx)
+    pf = _portfolios(["C"], ["USD"]).assign(drawdown_limit=0.05)
+    book = _book([("C", "BTC-USD", "2025-12-01", 1.0, 1.0), ("C", "BTC-USD", "2026-01-31", 0.0, 1.0)])
+    t = compute_tables(closes, {"BTC-USD": "USD", "ETH-USD": "USD"}, pf, book,
+                       RiskParams(var_lookback_days=30, backtest_days=30, mc_scenarios=500))
+    wealth = btc[1:] / btc[0]                           # held 1 BTC to the close-out: r = PnL / previous gross
+    by_hand = wealth / np.maximum.accumulate(np.r_[1.0, wealth])[1:] - 1
+    stored = t["portfolio_valuation"].set_index("as_of_date")["drawdown"]
+    np.testing.assert_allclose(stored.to_numpy(), by_hand, rtol=1e-12)
+    assert stored.iloc[-1] == pytest.approx(65 / 120 - 1)                 # the day of the close-out
+    risk = t["risk_metrics"].iloc[0]
+    assert risk["gross_exposure"] == 0 and risk["drawdown_from_peak"] == 0 and risk["max_drawdown"] == 0
+    assert t["limit_breaches"].empty
+
+
 def test_backtest_days_without_a_forecast_do_not_count_in_the_var_backtest_summary():
     """docs/risk_conventions.md (fat tails): evt_gpd is uncomputable (NaN) with fewer than 15 exceedances, "so ...
     a backtest day without it does not count"; Kupiec with n = 0 days is NaN. With a 60-day lookback every evt_gpd
@@ -860,7 +881,45 @@ def test_backtest_days_without_a_forecast_do_not_count_in_the_var_backtest_summa
     summary = t["var_backtest_summary"].query("method == 'evt_gpd'").set_index("confidence")
     got = summary.loc[0.99, ["n_days", "exceptions", "kupiec_p", "traffic_light"]].to_dict()
     assert summary.loc[0.99, "n_days"] == 0 and np.isnan(summary.loc[0.99, "kupiec_p"]), got
-    assert comp.loc[0.99, "traffic_light"] != "green" and not comp.loc[0.99, "pass_kupiec"], got
+    assert not comp.loc[0.99, "pass_kupiec"], got
+    # no scored day, no light: not green, and not 'red' either (binom.cdf(0, 0, p) = 1 read as rejected)
+    assert pd.isna(summary.loc[0.99, "traffic_light"]) and pd.isna(comp.loc[0.99, "traffic_light"]), got
+    assert not comp.loc[0.99, "pass_traffic_light"] and not comp.loc[0.99, "passes"], got
+
+
+def test_a_filtered_backtest_forecast_is_never_0_for_a_position_that_moves():
+    """NEW-USD does not move for its first 59 returns. GARCH fitted (every 50 days) on rows where it never moved
+    gives it volatility 0 until the refit that sees it move, and EWMA's volatility before its first move is 0: the
+    residuals r / 0 were set to 0, dropping those moves, and the garch_t forecast of a book holding only NEW was 0
+    (exceptions against a VaR of 0 while it lost up to 7% a day), as was fhs_ewma's the day after the first move.
+    While such a move is in the 40-day window the book's filtered forecasts are uncomputable (NaN, not scored),
+    after it they are back; a book without NEW keeps every forecast."""
+    rng = np.random.default_rng(5)
+    days = 160
+    idx = pd.date_range("2026-01-01", periods=days, freq="D")
+    btc = 30000 * np.cumprod(1 + rng.standard_t(4, days) * 0.03)
+    new = np.r_[np.full(60, 50.0), 50.0 * np.cumprod(1 + rng.standard_t(4, days - 60) * 0.03)]
+    closes = pd.DataFrame({"BTC-USD": btc, "NEW-USD": new}, index=idx)
+    pf = _portfolios(["N", "B"], ["USD", "USD"])
+    book = _book([("N", "NEW-USD", "2025-12-01", 100.0, 1.0), ("B", "BTC-USD", "2025-12-01", 0.2, 1.0)])
+    t = compute_tables(closes, {"BTC-USD": "USD", "NEW-USD": "USD"}, pf, book,
+                       RiskParams(var_lookback_days=40, backtest_days=120, mc_scenarios=500))
+    bt = t["var_backtest"].query("confidence == 0.99").pivot_table(
+        index=["portfolio_id", "forecast_date"], columns="method", values="var_forecast", dropna=False)
+    n = bt.loc["N"]
+    f = idx.get_indexer(n.index)                                           # forecast day f: returns rows f-40..f-1
+    moved = f >= 60                                                        # NEW's first move: return row 59
+    assert (n.loc[~moved] == 0).all().all()                             # nothing moved: 0 is right
+    for method in ("fhs_ewma", "garch_t"):
+        assert not (moved & (n[method] == 0)).any(), n.loc[moved & (n[method] == 0), method]
+    # fhs_ewma: row 59 (EWMA volatility 0) in the window; garch_t: rows 59-88, the fit on rows 0-38 saw no move
+    # until the refit on rows 0-88 (refits at 39, 89, 139)
+    np.testing.assert_array_equal(n["fhs_ewma"].isna().to_numpy(), moved & (f <= 99))
+    np.testing.assert_array_equal(n["garch_t"].isna().to_numpy(), moved & (f <= 128))
+    assert (n.loc[moved & (f > 128), ["fhs_ewma", "garch_t"]] > 0).all().all()
+    assert bt.loc["B", ["hist", "fhs_ewma", "garch_t"]].notna().all().all()   # a book without NEW: every forecast
+    summary = t["var_backtest_summary"].query("confidence == 0.99").set_index(["portfolio_id", "method"])
+    assert summary.loc[("N", "garch_t"), "n_days"] == n["garch_t"].notna().sum()   # the uncomputable days not scored
 
 
 def test_a_holding_converted_at_a_stale_rate_is_flagged_stale(risk_env):
