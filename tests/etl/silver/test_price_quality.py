@@ -263,11 +263,12 @@ def test_a_day_whose_minute_candles_were_cut_short_takes_its_close_from_the_dail
     assert not (data_dir / "silver/price_quality").exists()  # nothing suspect: the candles agree
 
 def test_a_day_whose_last_minute_candles_were_quarantined_takes_its_close_from_the_daily_candle(data_dir):
-    """The last 15 minute candles of 2026-01-05 break a row rule (low above open) and are quarantined; the day's
-    last 15 minutes traded 5% higher, as its daily candle says. With the next day's minutes fetched, the minutes
-    were taken to cover the day's end: the daily candle was excluded as `granularity_mismatch` against the 23:44
-    close, and the day's bar closed there, 5% off the exchange's close, with nothing in the report to say so. A
-    quarantined candle is not a minute without trades: the minutes are cut short, the daily candle gives the bar."""
+    """The last 15 minute candles of 2026-01-05 carry a volume of 1e306 (finite: past bronze's checks at the door)
+    and are quarantined (`traded_value_finite`); the day's last 15 minutes traded 5% higher, as its daily candle
+    says. With the next day's minutes fetched, the minutes were taken to cover the day's end: the daily candle was
+    excluded as `granularity_mismatch` against the 23:44 close, and the day's bar closed there, 5% off the
+    exchange's close, with nothing in the report to say so. A quarantined candle is not a minute without trades:
+    the minutes are cut short, the daily candle gives the bar."""
     day = datetime(2026, 1, 5, tzinfo=UTC)
     minutes = minute_candles("BTC-USD", day, 1440 + 60, seed=3)
     minutes.loc[1425:, ["open", "high", "low", "close"]] *= 1.05   # 23:45 onwards trades 5% higher
@@ -275,11 +276,11 @@ def test_a_day_whose_last_minute_candles_were_quarantined_takes_its_close_from_t
     daily.loc[3, ["open", "high", "low", "close", "volume"]] = [
         minutes["open"].iat[0], minutes["high"].iloc[:1440].max(), minutes["low"].iloc[:1440].min(),
         minutes["close"].iat[1439], minutes["volume"].iloc[:1440].sum()]
-    minutes.loc[1425:1439, "low"] = minutes.loc[1425:1439, "high"] * 1.01   # quarantined: low_le_open
+    minutes.loc[1425:1439, "volume"] = 1e306
     write_batch(data_dir, daily, "daily", day + timedelta(days=1))
     write_batch(data_dir, minutes, "minutes", day + timedelta(days=1, hours=1))
     summary = build(now=FUTURE)
-    assert summary.quarantined_by_rule["low_le_open"] == 15
+    assert summary.quarantined_by_rule["traded_value_finite"] == 15
     bar = read_bars("1d").set_index("price_date").loc[pd.Timestamp("2026-01-05")]
     assert (bar["close"], bar["source_granularity"], bar["n_candles"]) == (daily["close"].iat[3], 86_400, 1)
     assert not (data_dir / "silver/price_quality").exists()  # the daily candle is not suspect: the minutes are cut
