@@ -135,6 +135,29 @@ def cut_short_in_daily_bars(candles: pa.Table, quarantined: pa.Table | None = No
     return out
 
 
+def disputed_in_daily_bars(candles: pa.Table, suspect: np.ndarray, flags: pa.Table, excluded: np.ndarray) -> np.ndarray:
+    """Mask of the finer candles to leave out of the daily bars: those of a day whose daily candle `gate` flagged
+    `granularity_mismatch` (first) while the finest of them left in (`~excluded`) stop before the day's last bucket.
+    A later candle (the next day's) made them count as covering the day, but an outage of the intraday fetch
+    looks the same as a quiet end of day: the day's close is in dispute. The daily candle gives the day's bar once
+    accepted by override; excluded, the day has no bar (the report names the print). `suspect`, `flags`: gate's
+    result on `candles`; `excluded`: the suspect rows kept out."""
+    out = np.zeros(candles.num_rows, dtype=bool)
+    pick = (flags["granularity"].to_numpy() == DAILY) & \
+        (flags["rule"].to_numpy(zero_copy_only=False) == "granularity_mismatch")
+    if not pick.any():
+        return out
+    codes, gran, ts = _keys(candles)
+    for i in np.flatnonzero(suspect)[pick]:  # a handful of days
+        day = (codes == codes[i]) & (gran < DAILY) & (ts >= ts[i]) & (ts < ts[i] + DAY_US)
+        used = day & ~excluded
+        if used.any():
+            finest = used & (gran == gran[used].min())
+            if ts[finest].max() + gran[finest][0] * US < ts[i] + DAY_US:
+                out |= day
+    return out
+
+
 def _keys(candles: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(product codes, granularity, bucket_start in us) of the rows."""
     product = candles["product_id"].combine_chunks()
