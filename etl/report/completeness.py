@@ -182,11 +182,14 @@ def suspect_prices(reader: GoldReader, as_of: date, settings: Settings) -> list[
     if df is None:
         return ["gold.fact_price_quality cannot be read: whether prices are suspect is unknown; run `python -m etl "
                 "load`"]
+    # a granularity_mismatch is against finer candles bronze has (the intraday ones): when they stop before the
+    # day's end, the day has no bar until they are fetched again over the whole day (docs/silver.md)
     return [f"price of {r.product_id} on {r.flag_date} rests on a suspect print: rule {r.rule} ({r.granularity}s "
             f"candle at {r.bucket_start:%Y-%m-%d %H:%M} UTC: {r.evidence}); it was excluded. If the print is "
             f"genuine, accept it in price_overrides.csv (check with `python -m etl reference validate`); if not, "
-            f"fetch the day's finer candles (`python -m etl ingest --products {r.product_id} --granularity 300 "
-            f"--start {r.flag_date} --end {r.flag_date + timedelta(days=1)}`) or wait for the next candle; then run "
+            f"fetch the day's finer candles (`python -m etl ingest --products {r.product_id} --granularity "
+            f"{settings.granularity if r.rule == 'granularity_mismatch' else 300} --start {r.flag_date} "
+            f"--end {r.flag_date + timedelta(days=1)}`) or wait for the next candle; then run "
             f"`python -m etl silver`, `python -m etl risk --as-of {as_of}` and `python -m etl load`"
             for r in df.itertuples(index=False)]
 

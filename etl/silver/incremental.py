@@ -400,15 +400,16 @@ def _rebuild(store: Store, product: str, days: list[str], candles: pa.Table, pat
     day_numbers = [_day_number(d) for d in days]
     unique = latest_per_key(candles)
     good, bad = quality.split(unique, now)
-    suspect, flags = price_quality.gate(good)
+    suspect, flags = price_quality.gate(good, bad)
     flags = _decide(flags, overrides)
     excluded = np.zeros(good.num_rows, dtype=bool)
     excluded[np.flatnonzero(suspect)[flags["decision"].to_numpy(zero_copy_only=False) == price_quality.EXCLUDED]] = True
+    disputed = price_quality.disputed_in_daily_bars(good, suspect, flags, excluded)[~excluded]
     good = good.filter(pa.array(~excluded))
     # finer candles a fetch cut short leave the day's close to its daily candle (read with the next day: context)
-    cut_short = price_quality.cut_short_in_daily_bars(good)
+    cut_short = price_quality.cut_short_in_daily_bars(good, bad)
     mine_good = _on_days(good, day_numbers)
-    daily_input = good.filter(pa.array(mine_good & ~cut_short))
+    daily_input = good.filter(pa.array(mine_good & ~cut_short & ~disputed))
     good = good.filter(pa.array(mine_good))
     bad = bad.filter(pa.array(_on_days(bad, day_numbers)))
     flags = flags.filter(pa.array(_on_days(flags, day_numbers))) \

@@ -58,11 +58,13 @@ def jump_floor(granularity: np.ndarray) -> np.ndarray:
     return np.where(granularity >= 21_600, JUMP_FLOOR_DAILY, JUMP_FLOOR_INTRADAY)
 
 
-def gate(candles: pa.Table) -> tuple[np.ndarray, pa.Table]:
+def gate(candles: pa.Table, quarantined: pa.Table | None = None) -> tuple[np.ndarray, pa.Table]:
     """(mask of the suspect rows of `candles`, one FLAG_SCHEMA row per suspect row, in the rows' order).
 
     `candles`: deduplicated rows that passed the row rules, columns product_id, bucket_start, granularity and
-    open/high/low/close/volume, any order, any number of products and granularities.
+    open/high/low/close/volume, any order, any number of products and granularities. `quarantined`: the rows the
+    row rules refused (product_id, bucket_start, granularity): finer candles that end in one do not cover their
+    span's end, so they judge no coarser candle.
     """
     n = candles.num_rows
     if n == 0:
@@ -74,7 +76,7 @@ def gate(candles: pa.Table) -> tuple[np.ndarray, pa.Table]:
     for k, x in _series_rules(codes[order], gran[order], ts[order], c[order]).items():
         series[k] = np.empty_like(x)
         series[k][order] = x  # back to the rows' order
-    mismatch, fine_close, fine_gran, _ = _granularity_mismatch(codes, gran, ts, c)
+    mismatch, fine_close, fine_gran, _ = _granularity_mismatch(codes, gran, ts, c, _refused(candles, quarantined))
     masks = {"spike_revert": series["spike_revert"], "jump_unconfirmed": series["jump_unconfirmed"],
              "jump_unanchored": series["jump_unanchored"], "granularity_mismatch": mismatch, "frozen_zero_volume": (v == 0) & (o == h) & (h == lo) & (lo == c)}
     suspect = np.logical_or.reduce(list(masks.values()))
@@ -113,23 +115,46 @@ def gate(candles: pa.Table) -> tuple[np.ndarray, pa.Table]:
     return suspect, flags
 
 
-def cut_short_in_daily_bars(candles: pa.Table) -> np.ndarray:
+def cut_short_in_daily_bars(candles: pa.Table, quarantined: pa.Table | None = None) -> np.ndarray:
     """Mask of the rows to leave out of the daily bars: the finer candles of a UTC day that stop before its end
     with nothing after them by the end of the next day (a fetch cut short: the 1-minute feed failed at 10:00) while
     the day's daily candle, the exchange's record of the whole day, closes elsewhere (beyond MISMATCH_TOLERANCE).
     Their last close is not the day's close: the daily bar comes from the daily candle. (When the finer candles
     do cover the day's end, `granularity_mismatch` judges the daily candle.) Only a daily candle fetched after its
     day ended is that record: one fetched during the day is the day so far, older than the minutes fetched after
-    it. Same columns as `gate` plus `ingested_at` (null: not known to be whole); reads the day and the next, as
-    that rule does."""
+    it. Same columns (and `quarantined`) as `gate` plus `ingested_at` (null: not known to be whole); reads the day
+    and the next, as that rule does. A day whose last finer candles were quarantined is cut short too."""
     if candles.num_rows == 0:
         return np.zeros(0, dtype=bool)
     codes, gran, ts = _keys(candles)
-    *_, cut_short = _granularity_mismatch(codes, gran, ts, candles["close"].to_numpy())
+    *_, cut_short = _granularity_mismatch(codes, gran, ts, candles["close"].to_numpy(), _refused(candles, quarantined))
     fetched = pc.fill_null(candles["ingested_at"].cast(TS).cast(pa.int64()), 0).to_numpy()
     out = np.zeros(len(ts), dtype=bool)
     for i in np.flatnonzero(cut_short & (gran == DAILY) & (fetched >= ts + DAY_US)):  # a handful of days
         out |= (codes == codes[i]) & (gran < DAILY) & (ts >= ts[i]) & (ts < ts[i] + DAY_US)
+    return out
+
+
+def disputed_in_daily_bars(candles: pa.Table, suspect: np.ndarray, flags: pa.Table, excluded: np.ndarray) -> np.ndarray:
+    """Mask of the finer candles to leave out of the daily bars: those of a day whose daily candle `gate` flagged
+    `granularity_mismatch` (first) while the finest of them left in (`~excluded`) stop before the day's last bucket.
+    A later candle (the next day's) made them count as covering the day, but an outage of the intraday fetch
+    looks the same as a quiet end of day: the day's close is in dispute. The daily candle gives the day's bar once
+    accepted by override; excluded, the day has no bar (the report names the print). `suspect`, `flags`: gate's
+    result on `candles`; `excluded`: the suspect rows kept out."""
+    out = np.zeros(candles.num_rows, dtype=bool)
+    pick = (flags["granularity"].to_numpy() == DAILY) & \
+        (flags["rule"].to_numpy(zero_copy_only=False) == "granularity_mismatch")
+    if not pick.any():
+        return out
+    codes, gran, ts = _keys(candles)
+    for i in np.flatnonzero(suspect)[pick]:  # a handful of days
+        day = (codes == codes[i]) & (gran < DAILY) & (ts >= ts[i]) & (ts < ts[i] + DAY_US)
+        used = day & ~excluded
+        if used.any():
+            finest = used & (gran == gran[used].min())
+            if ts[finest].max() + gran[finest][0] * US < ts[i] + DAY_US:
+                out |= day
     return out
 
 
@@ -140,6 +165,17 @@ def _keys(candles: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         product = pc.dictionary_encode(product)
     codes = product.indices.to_numpy(zero_copy_only=False)  # any consistent code per product will do
     return codes, candles["granularity"].to_numpy().astype(np.int64), timestamps_us(candles["bucket_start"])
+
+
+def _refused(candles: pa.Table, quarantined: pa.Table | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(product codes as `_keys(candles)` gives them, granularity, bucket_start in us) of the quarantined rows."""
+    if quarantined is None or quarantined.num_rows == 0:
+        return None
+    product = candles["product_id"].combine_chunks()
+    names = (product if pa.types.is_dictionary(product.type) else pc.dictionary_encode(product)).dictionary
+    codes = pc.index_in(quarantined["product_id"].cast(pa.string()), value_set=names.cast(pa.string()))
+    return (pc.fill_null(codes, -1).to_numpy(zero_copy_only=False),
+            quarantined["granularity"].to_numpy().astype(np.int64), timestamps_us(quarantined["bucket_start"]))
 
 
 def _series_rules(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, close: np.ndarray) -> dict[str, np.ndarray]:
@@ -205,13 +241,16 @@ def _median_abs_return(codes: np.ndarray, gran: np.ndarray, day: np.ndarray, r_i
     return scale
 
 
-def _granularity_mismatch(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray,
-                          close: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _granularity_mismatch(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, close: np.ndarray,
+                          refused: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(mask, the finer close compared with, its granularity, cut_short) for candles whose span's finer candles end
     elsewhere.
 
     The finer candles must cover the span's end: their last candle in the span is its last bucket, or a finer
-    candle follows by the end of the next day (so the span is not cut by the end of what was fetched). cut_short:
+    candle follows by the end of the next day (so the span is not cut by the end of what was fetched), and no
+    quarantined finer candle (`refused`: codes, granularity, time) comes after it in the span (a refused candle is
+    a bucket that traded at an unknown price, not one without trades: the span's close is not known). cut_short:
     the candles whose span's finest candles (those a bar is built from) do not cover its end and close elsewhere."""
     n = len(ts)
     fine_close = np.full(n, np.nan)
@@ -240,6 +279,11 @@ def _granularity_mismatch(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray,
                                         < (np.floor_divide(ts[rows], DAY_US) + 2) * DAY_US)
                 present = found & (f_ts[idx] >= ts[rows])
                 ok = present & ((f_ts[idx] == end - fine * US) | after_ok)
+                r_ts = np.zeros(0, np.int64) if refused is None else \
+                    np.sort(refused[2][(refused[0] == code) & (refused[1] == fine)])
+                if len(r_ts):
+                    last = np.searchsorted(r_ts, end) - 1  # the last refused finer candle before the span's end
+                    ok &= ~((last >= 0) & (r_ts[np.maximum(last, 0)] > f_ts[idx]))
                 finest = present & ~seen[rows]  # the one the bar is built from
                 seen[rows[finest]] = True
                 cut = finest & ~ok

@@ -10,7 +10,7 @@ its last build recorded in its own commit (etl/silver/increments.py: no state fi
    integer units of 1e-8 (sizes carry at most 8 decimals), so volumes add up exactly and never overflow (one int64
    of 1e-8 units wrapped at 9.2e10 base units, a meme coin's $1M trade); rows whose price, size or time is not a
    finite number, or not positive, are counted and left out,
-3. order by (time, trade_id) and fold per 5-minute bucket: open = first price, high/low = max/min, close = last,
+3. order by (time, trade_id as a number: "999" before "1000") and fold per 5-minute bucket: open = first price, high/low = max/min, close = last,
    volume = sum(size), vwap = sum(price * size) / sum(size), n_trades, n_candles = minutes with a trade,
    is_complete = all five minutes traded, a later trade exists (the bar is closed) and no feed hole cuts into the
    bucket (see `holes`: a lost message's trades are gone for good, so such a bar is built but never complete),
@@ -79,7 +79,8 @@ def trade_bars(trades: pd.DataFrame) -> pd.DataFrame:
     Returns bucket_start_us, open, high, low, close, volume, vwap, n_trades, n_candles, first_us, last_us,
     one row per bucket with a trade, ascending.
     """
-    t = trades.sort_values(["ts_us", "trade_id"], kind="stable")
+    # trade ids are increasing integers sent as text: by length first, so "999" comes before "1000"
+    t = trades.assign(id_len=trades["trade_id"].str.len()).sort_values(["ts_us", "id_len", "trade_id"], kind="stable")
     ts, price, whole, rest = (t[c].to_numpy() for c in ("ts_us", "price", "whole", "units"))
     units = whole * UNITS + rest  # float64: exact below 2**53 units, and no overflow above
     bar = ts // BAR_US

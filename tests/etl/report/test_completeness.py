@@ -156,6 +156,24 @@ def test_report_exits_3_naming_product_day_and_rule_when_a_held_price_rests_on_a
            "--as-of 2026-01-31` and `python -m etl load`" in text
 
 
+def test_a_daily_candle_contradicting_minutes_that_stop_early_names_the_minutes_to_fetch_again(
+        pg_url, data_dir, monkeypatch, sql_dir):
+    """Silver builds no bar for a day whose daily candle contradicts 1-minute candles stopping before the day's end
+    (an intraday outage): the report names the excluded daily candle and the fetch that settles it, the day's
+    1-minute candles again (5-minute ones would not: the bar is built from the finest candles present)."""
+    frames = sample_frames(AS_OF)
+    frames["fact_price_quality"] = pd.DataFrame([
+        _flag("ETH-USD", 86_400, datetime.combine(AS_OF, time(0), tzinfo=UTC), "granularity_mismatch")])
+    daily = frames["fact_price_daily"]
+    frames["fact_price_daily"] = daily[~((daily["product_id"] == "ETH-USD")
+                                         & (pd.to_datetime(daily["price_date"]).dt.date == AS_OF))]
+    text = _refused(pg_url, monkeypatch, frames, "report_disputed", sql_dir)
+    assert "price of ETH-USD on 2026-01-31 rests on a suspect print: rule granularity_mismatch (86400s candle at " \
+           "2026-01-31 00:00 UTC" in text
+    assert "fetch the day's finer candles (`python -m etl ingest --products ETH-USD --granularity 60 --start " \
+           "2026-01-31 --end 2026-02-01`)" in text
+
+
 def test_a_warehouse_without_the_quality_table_is_incomplete(pg_url, data_dir, monkeypatch, sql_dir):
     text = _refused(pg_url, monkeypatch, sample_frames(AS_OF), "report_noquality", sql_dir,
                     skip=("fact_price_quality",))

@@ -262,6 +262,70 @@ def test_a_day_whose_minute_candles_were_cut_short_takes_its_close_from_the_dail
     assert silver_files(data_dir) == incremental
     assert not (data_dir / "silver/price_quality").exists()  # nothing suspect: the candles agree
 
+def test_a_day_whose_last_minute_candles_were_quarantined_takes_its_close_from_the_daily_candle(data_dir):
+    """The last 15 minute candles of 2026-01-05 carry a volume of 1e306 (finite: past bronze's checks at the door)
+    and are quarantined (`traded_value_finite`); the day's last 15 minutes traded 5% higher, as its daily candle
+    says. With the next day's minutes fetched, the minutes were taken to cover the day's end: the daily candle was
+    excluded as `granularity_mismatch` against the 23:44 close, and the day's bar closed there, 5% off the
+    exchange's close, with nothing in the report to say so. A quarantined candle is not a minute without trades:
+    the minutes are cut short, the daily candle gives the bar."""
+    day = datetime(2026, 1, 5, tzinfo=UTC)
+    minutes = minute_candles("BTC-USD", day, 1440 + 60, seed=3)
+    minutes.loc[1425:, ["open", "high", "low", "close"]] *= 1.05   # 23:45 onwards trades 5% higher
+    daily = minute_candles("BTC-USD", day - timedelta(days=3), 4, step=86_400, seed=5)
+    daily.loc[3, ["open", "high", "low", "close", "volume"]] = [
+        minutes["open"].iat[0], minutes["high"].iloc[:1440].max(), minutes["low"].iloc[:1440].min(),
+        minutes["close"].iat[1439], minutes["volume"].iloc[:1440].sum()]
+    minutes.loc[1425:1439, "volume"] = 1e306
+    write_batch(data_dir, daily, "daily", day + timedelta(days=1))
+    write_batch(data_dir, minutes, "minutes", day + timedelta(days=1, hours=1))
+    summary = build(now=FUTURE)
+    assert summary.quarantined_by_rule["traded_value_finite"] == 15
+    bar = read_bars("1d").set_index("price_date").loc[pd.Timestamp("2026-01-05")]
+    assert (bar["close"], bar["source_granularity"], bar["n_candles"]) == (daily["close"].iat[3], 86_400, 1)
+    assert not (data_dir / "silver/price_quality").exists()  # the daily candle is not suspect: the minutes are cut
+    incremental = silver_files(data_dir)
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == incremental
+
+
+def test_a_day_whose_minutes_stop_early_before_the_next_days_gets_no_close_from_them_against_its_daily_candle(
+        data_dir, reference_copy, monkeypatch):
+    """The intraday fetches of 2026-01-05 stopped at 10:00 (an outage; the scheduler does not catch up) and resumed
+    at 02:00 the next day; the afternoon traded 20% higher, as the day's daily candle says. The next day's minutes
+    made the 600 minutes count as covering the day: the daily candle was excluded as `granularity_mismatch` and the
+    day closed at the 09:59 price, a daily bar like any other, and the report said complete. A daily candle that
+    contradicts minutes stopping before the day's end leaves the close in dispute: no bar from those minutes (the
+    report names the excluded print); accepted by override, the daily candle gives the bar."""
+    monkeypatch.setenv("PIPELINE_REFERENCE_DIR", str(reference_copy))
+    day = datetime(2026, 1, 5, tzinfo=UTC)
+    minutes = minute_candles("BTC-USD", day, 1440 + 180, seed=3)
+    minutes.loc[600:, ["open", "high", "low", "close"]] *= 1.2
+    daily = minute_candles("BTC-USD", day - timedelta(days=3), 4, step=86_400, seed=5)
+    daily.loc[3, ["open", "high", "low", "close", "volume"]] = [
+        minutes["open"].iat[0], minutes["high"].iloc[:1440].max(), minutes["low"].iloc[:1440].min(),
+        minutes["close"].iat[1439], minutes["volume"].iloc[:1440].sum()]
+    write_batch(data_dir, daily, "daily", day + timedelta(days=1, hours=3))
+    write_batch(data_dir, pd.concat([minutes[:600], minutes[1440 + 120:]]), "minutes", day + timedelta(days=1, hours=3))
+    build(now=FUTURE)
+    flags = silver_frame(data_dir, "silver/price_quality")
+    assert list(zip(flags["granularity"], flags["rule"], strict=True)) == [(86_400, "granularity_mismatch")]
+    bars = read_bars("1d").set_index("price_date")
+    assert pd.Timestamp("2026-01-05") not in bars.index   # no close rather than the 09:59 price
+    assert read_bars("5m", start=day.date(), end=day.date())["bucket_start"].max() == pd.Timestamp(
+        "2026-01-05 09:55", tz="UTC")  # the 5-minute bars of the morning still come from its minutes
+    incremental = silver_files(data_dir)
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == incremental
+
+    (reference_copy / "price_overrides.csv").write_text(
+        "product_id,granularity,bucket_start,accepted_by,accepted_at,reason\n"
+        "BTC-USD,86400,2026-01-05T00:00:00Z,risk-ops,2026-01-06T09:00:00Z,intraday feed outage 10:00-02:00\n")
+    build(now=FUTURE)
+    bar = read_bars("1d").set_index("price_date").loc[pd.Timestamp("2026-01-05")]
+    assert (bar["close"], bar["source_granularity"], bar["n_candles"]) == (daily["close"].iat[3], 86_400, 1)
+
+
 def test_a_daily_candle_fetched_during_its_day_does_not_replace_the_later_minutes(data_dir):
     """Today's daily candle fetched at 10:00 is the day so far; the minutes fetched at 15:00 go further (20% higher
     since): today's bar is the minutes', not the older daily candle's, though the minutes end before the day does."""

@@ -257,3 +257,21 @@ def test_large_trade_sizes_add_up_to_their_volume_not_a_wrapped_negative_one(dat
     assert bars["vwap"].iloc[0] == pytest.approx((0.00001 * 6e10 + 0.00002 * 60000000000.5) / 120000000000.5,
                                                  rel=1e-12)
     assert bars["vwap"].iloc[1] == pytest.approx(0.00001, rel=1e-12)
+
+
+def test_trades_of_one_microsecond_keep_the_exchange_order_across_a_trade_id_digit_boundary(data_dir):
+    """Trade ids are increasing integers sent as text: sorted as text, "1000" came before "999", so of two trades in
+    the same microsecond (one taker order filling two makers) the later became the bar's open and the earlier its
+    close."""
+    rows = [("998", "100.0", "2026-01-01T00:00:00.000001Z"), ("999", "101.0", "2026-01-01T00:04:59.500000Z"),
+            ("1000", "102.0", "2026-01-01T00:04:59.500000Z"),   # the bar's last trade: its close
+            ("9999", "103.0", "2026-01-01T00:05:00.000001Z"), ("10000", "104.0", "2026-01-01T00:05:00.000001Z"),
+            ("10001", "105.0", "2026-01-01T00:06:00Z")]
+    batch = MicroBatch("20260101T000000000000Z-aaaa-000001")
+    for i, (trade_id, price, when) in enumerate(rows):
+        batch.add_trade("BTC-USD", when[:10], (trade_id, price, "0.5", "BUY", when, "update", "market_trades", when,
+                                               "", i, "c1", 1767225600.0, None))
+    BronzeSink(Store.from_uri(str(data_dir))).write(batch)
+    build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR)
+    assert bars[["open", "close"]].values.tolist() == [[100.0, 102.0], [103.0, 105.0]]
