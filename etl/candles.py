@@ -12,7 +12,8 @@ compact`, and by silver for the partitions it is about to read. Like delta-rs' `
 written by the Store (page checksums) and their SHA-256 recorded in the commit, like every bronze file.
 
 An unreadable file (it does not read whole, or its bytes differ from the digest its commit recorded) is copied to
-`bronze/quarantined_files/` with a JSON reason beside it and removed from the table by one commit.
+`bronze/quarantined_files/` with a JSON reason beside it and removed from the table by one commit (`set_aside`,
+`remove`: also for the streamed tables' files, by silver's trade bars and liquidity).
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def readable(store: Store, rel: str, sha256: str | None = None) -> str | None:
 def set_aside(store: Store, rel: str, reason: str) -> str:
     """Copy an unreadable file to `bronze/quarantined_files/` with its reason beside it (any process may); returns
     where. `remove` then takes it out of the table."""
-    dest = f"{BAD_FILES_DIR}/{rel[len('bronze/'):]}"
+    dest = _aside(rel)
     store.copy(rel, dest)
     store.write_json(f"{dest}.reason.json", {"file": rel, "reason": reason,
                                               "quarantined_at": datetime.now(UTC).isoformat()})
@@ -138,11 +139,27 @@ def set_aside(store: Store, rel: str, reason: str) -> str:
     return dest
 
 
-def remove(store: Store, lake: Lake, rels: list[str]) -> int | None:
-    """Take files set aside out of the table in one commit, then delete them; returns the version it made."""
+def set_aside_unreadable(store: Store, rels: list[str]) -> dict[str, str]:
+    """Set aside the files of `rels` that do not read whole: {file: where it went}."""
+    return {rel: set_aside(store, rel, reason) for rel in rels if (reason := readable(store, rel)) is not None}
+
+
+def _aside(rel: str) -> str:
+    return f"{BAD_FILES_DIR}/{rel[len('bronze/'):]}"
+
+
+def set_aside_files(store: Store, table: str) -> list[str]:
+    """Where the files `set_aside` took from bronze table `table` are (their partitions' paths kept)."""
+    return store.list_files(_aside(table), ".parquet")
+
+
+def remove(store: Store, lake: Lake, rels: list[str], table: str = CANDLES_DIR,
+           schema: pa.Schema = TABLE_SCHEMA) -> int | None:
+    """Take files set aside out of `table` (its `schema`, partitioned by KEYS) in one commit, then delete them;
+    returns the version it made."""
     if not rels:
         return None
-    version = lake.commit_files(CANDLES_DIR, [], TABLE_SCHEMA, KEYS, remove=rels,
+    version = lake.commit_files(table, [], schema, KEYS, remove=rels,
                                 metadata={"quarantined": json.dumps(rels)})
     for rel in rels:
         store.delete(rel)

@@ -32,13 +32,21 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_STREAMED = ("bronze/trades/", "bronze/order_book/")  # etl.stream.sinks' tables silver reads
 _DAY = re.compile(r"/(?:run_as_of_date|as_of_date|date)=(\d{4}-\d{2}-\d{2})/")
 
 
 def repair(rel: str) -> str:
-    """The command that rewrites the file at `rel` (a path relative to the data root) from its inputs."""
+    """The command that rewrites the file at `rel` (a path relative to the data root) from its inputs, or, for a
+    streamed file, which no command can fetch again, what silver does with it and where its rows may be found."""
     day = m.group(1) if (m := _DAY.search(rel)) else "D"
     product = m.group(1) if (m := re.search(r"/product_id=([^/]+)/", rel)) else "P"
+    if rel.startswith(_STREAMED):  # the WebSocket has no history: the only other copy is a backup
+        return ("streamed data cannot be fetched again: `python -m etl silver` sets the file aside into "
+                "bronze/quarantined_files/ and builds from the rest"
+                + (f", marking the trade bars of {product} on {day} incomplete" if rel.startswith("bronze/trades/")
+                   else "")
+                + "; to get its rows back, restore the data folder from a backup taken before the file went bad")
     if rel.startswith("bronze/"):
         end = (date.fromisoformat(day) + timedelta(days=1)).isoformat() if day != "D" else "D+1"
         gran = f" --granularity {m.group(1)}" if (m := re.search(r"-g(\d+)\.parquet$", rel)) else ""

@@ -18,23 +18,28 @@ partition from all its files:
    best first): the recorded book the liquidity-adjusted VaR walks (etl/risk/liquidity.py),
 5. commit the touched partitions of the Delta table `silver/liquidity_5m` (one file per partition, one commit with
    the bronze version read).
+A bronze file that does not read whole is set aside (etl.candles `set_aside`, `remove`: copied to
+bronze/quarantined_files/ with its reason, taken out of the table) and its day built from the other snapshots
+(streamed data cannot be fetched again).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from etl import candles
+from etl.integrity import CorruptFileError
 from etl.lake import Lake
 from etl.settings import Settings, get_settings
 from etl.silver import increments
 from etl.silver.trade_bars import BAR_US
 from etl.storage import Store, get_store
-from etl.stream.sinks import BOOK_DIR
+from etl.stream.sinks import BOOK_DIR, BOOK_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,7 @@ LIQUIDITY_SCHEMA = pa.schema([
     ("bucket_start", pa.timestamp("us", tz="UTC")), ("n_snapshots", pa.int64()), ("mid", pa.float64()),
     ("spread_bps", pa.float64()), *((c, pa.float64()) for c in DEPTH_COLUMNS), ("reach_bps", pa.float64()),
     ("bid_prices", _LIST), ("bid_quantities", _LIST), ("ask_prices", _LIST), ("ask_quantities", _LIST)])
+BRONZE_SCHEMA = pa.schema([*BOOK_SCHEMA, *(pa.field(k, pa.string()) for k in increments.KEYS)])
 
 
 @dataclass
@@ -56,11 +62,14 @@ class LiquiditySummary:
     one_sided: int = 0          # snapshots without a bid or an ask: left out
     crossed: int = 0            # snapshots whose best bid >= best ask: left out
     buckets: int = 0
+    bad_files: list[str] = field(default_factory=list)  # unreadable bronze files set aside (where they went)
 
     def __str__(self) -> str:
         return (f"liquidity: {self.files} new bronze book file(s), {self.partitions} partition(s), "
                 f"{self.snapshots:,} snapshot(s) ({self.one_sided:,} one-sided, {self.crossed:,} crossed: left out), "
-                f"{self.buckets:,} buckets")
+                f"{self.buckets:,} buckets"
+                + (f"; SET ASIDE {len(self.bad_files)} unreadable bronze book file(s): {', '.join(self.bad_files)}"
+                   if self.bad_files else ""))
 
 
 def snapshot_measures(levels: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -119,9 +128,18 @@ def build_liquidity(settings: Settings | None = None, full_refresh: bool = False
     bronze = increments.increment(lake, BOOK_DIR, LIQUIDITY_DIR, full_refresh)
     touched = increments.touched(bronze.new, BOOK_DIR)
     summary.files = len(bronze.new)
-    parts = {}
+    parts, gone = {}, []
     for product, day in touched:
-        levels = read_book(store, increments.files_of(bronze.files, BOOK_DIR, product, day))
+        files = increments.files_of(bronze.files, BOOK_DIR, product, day)
+        try:
+            levels = read_book(store, files)
+        except (CorruptFileError, pa.ArrowException, OSError, ValueError):
+            bad = candles.set_aside_unreadable(store, files)
+            if not bad:
+                raise  # every file reads whole: not a corrupt file
+            summary.bad_files += bad.values()
+            gone += bad
+            levels = read_book(store, [f for f in files if f not in bad])
         snaps, crossed = snapshot_measures(levels)
         summary.snapshots += levels["snapshot_at"].nunique()
         summary.crossed += crossed
@@ -130,6 +148,7 @@ def build_liquidity(settings: Settings | None = None, full_refresh: bool = False
         parts[(product, day)] = _table(buckets)
         summary.partitions += 1
         summary.buckets += len(buckets)
+    candles.remove(store, lake, gone, BOOK_DIR, BRONZE_SCHEMA)
     if bronze.new:  # the partitions' new files and the bronze version read, in one commit
         increments.commit(store, lake, LIQUIDITY_DIR, LIQUIDITY_SCHEMA, parts, bronze.version)
     log.info("silver: %s", summary)
@@ -137,8 +156,10 @@ def build_liquidity(settings: Settings | None = None, full_refresh: bool = False
 
 
 def read_book(store: Store, files: list[str]) -> pd.DataFrame:
-    df = store.read_files(BOOK_DIR, files, columns=["side", "level", "price", "quantity", "book_time",
-                                                    "snapshot_at"]).to_pandas()
+    columns = ["side", "level", "price", "quantity", "book_time", "snapshot_at"]
+    # no file: the partition's only one was set aside
+    df = (store.read_files(BOOK_DIR, files, columns=columns) if files else
+          BRONZE_SCHEMA.empty_table().select(columns)).to_pandas()
     df["book_time_us"] = df["book_time"].astype("datetime64[us, UTC]").astype("int64")
     return df
 

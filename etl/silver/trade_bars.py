@@ -14,6 +14,10 @@ its last build recorded in its own commit (etl/silver/increments.py: no state fi
    volume = sum(size), vwap = sum(price * size) / sum(size), n_trades, n_candles = minutes with a trade,
    is_complete = all five minutes traded, a later trade exists (the bar is closed) and no feed hole cuts into the
    bucket (see `holes`: a lost message's trades are gone for good, so such a bar is built but never complete),
+   and no bar of a day that lost a bronze file is: a file that does not read whole is set aside (etl.candles
+   `set_aside`, `remove`: copied to bronze/quarantined_files/ with its reason, taken out of the table) and the
+   day built from the rest, but streamed trades cannot be fetched again, so its trades are lost at unknown times
+   (a copy set aside marks the day on every later build, a full refresh too),
 4. commit the touched partitions of the Delta table `silver/trade_bars_5m` (one file per partition, one commit
    with the bronze version read) with the columns of the candle bars (`first_candle_at`/`last_candle_at` hold the
    first/last trade time, `source_granularity` 0 = trades) plus `n_trades`.
@@ -32,13 +36,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from etl import candles
+from etl.integrity import CorruptFileError
 from etl.lake import Lake
 from etl.reference_set import Reference
 from etl.settings import Settings, get_settings
 from etl.silver import increments
 from etl.silver.bars import BARS_5M_SCHEMA
 from etl.storage import Store, get_store
-from etl.stream.sinks import GAPS_DIR, TRADES_DIR
+from etl.stream.sinks import GAPS_DIR, TRADES_DIR, TRADES_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,7 @@ RECONCILIATION_FILE = "silver/_quality/trade_bars_reconciliation.json"
 UNITS = 100_000_000
 BAR_US = 300 * 1_000_000
 TRADE_BARS_SCHEMA = BARS_5M_SCHEMA.append(pa.field("n_trades", pa.int64()))
+BRONZE_SCHEMA = pa.schema([*TRADES_SCHEMA, *(pa.field(k, pa.string()) for k in increments.KEYS)])
 
 
 @dataclass
@@ -60,6 +67,7 @@ class TradeBarsSummary:
     bars: int = 0
     cut: int = 0                   # bars a feed hole cuts into (not complete)
     reconciliation: dict = field(default_factory=dict)
+    bad_files: list[str] = field(default_factory=list)  # unreadable bronze files set aside (where they went)
 
     def __str__(self) -> str:
         r = self.reconciliation
@@ -69,7 +77,9 @@ class TradeBarsSummary:
                 f"max |.| {r.get('vwap_diff_bps_max_abs', 0.0):.2f} bp") if r else "  nothing to reconcile"
         return (f"trade bars: {self.files} new bronze file(s), {self.partitions} partition(s), {self.trades_in:,} "
                 f"trades in ({self.duplicates:,} duplicates, {self.invalid:,} invalid), {self.bars:,} bars ({self.cut:,} "
-                f"cut by a feed hole: not complete)\n{line}")
+                f"cut by a feed hole: not complete)\n{line}"
+                + (f"\n  SET ASIDE {len(self.bad_files)} unreadable bronze trades file(s), their days' bars not "
+                   f"complete: {', '.join(self.bad_files)}" if self.bad_files else ""))
 
 
 def trade_bars(trades: pd.DataFrame) -> pd.DataFrame:
@@ -169,8 +179,10 @@ def read_trades(store: Store, files: list[str], breaks: Breaks | None = None,
     invalid, and the feed holes of those rows (`holes`; `previous_day`: the files of the partition before, whose
     runs carry over)."""
     breaks = breaks or Breaks()
-    df = store.read_files(TRADES_DIR, files, columns=["product_id", "trade_id", "price", "size", "time", "received_at",
-                                                      "connection_id", "sequence_num"]).to_pandas()
+    columns = ["product_id", "trade_id", "price", "size", "time", "received_at", "connection_id", "sequence_num"]
+    # no file: the partition's only one was set aside
+    df = (store.read_files(TRADES_DIR, files, columns=columns) if files else
+          BRONZE_SCHEMA.empty_table().select(columns)).to_pandas()
     rows_in = len(df)
     carried = set(_runs_of(store.read_files(TRADES_DIR, previous_day, columns=["connection_id", "sequence_num"])
                            .to_pandas(), breaks)) if previous_day else set()
@@ -210,21 +222,35 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     summary.files = len(new)
     quotes = _quotes(Reference.of(reference, settings), {p for p, _ in touched})
     breaks = sequence_breaks(lake) if touched else Breaks()
-    parts = {}
-    for product, day in touched:
+    parts, gone = {}, set()
+    lost = {increments.partition_of(f) for f in candles.set_aside_files(store, TRADES_DIR)}
+    todo = list(touched)
+    for product, day in todo:  # grows by the day before when one of its files is set aside
         before = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
-        trades, rows_in, dups, invalid, gaps = read_trades(
-            store, increments.files_of(bronze.files, TRADES_DIR, product, day), breaks,
-            increments.files_of(bronze.files, TRADES_DIR, product, before))
+        own, previous = _files(bronze.files, gone, product, day, before)
+        try:
+            trades, rows_in, dups, invalid, gaps = read_trades(store, own, breaks, previous)
+        except (CorruptFileError, pa.ArrowException, OSError, ValueError):
+            bad = candles.set_aside_unreadable(store, own + previous)
+            if not bad:
+                raise  # every file reads whole: not a corrupt file
+            summary.bad_files += bad.values()
+            gone.update(bad)
+            keys = {increments.partition_of(f) for f in bad}
+            lost |= keys
+            todo += sorted(keys - set(todo))  # the day before's bars change too
+            own, previous = _files(bronze.files, gone, product, day, before)
+            trades, rows_in, dups, invalid, gaps = read_trades(store, own, breaks, previous)
         summary.trades_in += rows_in
         summary.duplicates += dups
         summary.invalid += invalid
         bars = trade_bars(trades)
-        cut = _cut(bars["bucket_start_us"].to_numpy(dtype=np.int64), gaps)
+        cut = _cut(bars["bucket_start_us"].to_numpy(dtype=np.int64), gaps) | ((product, day) in lost)
         parts[(product, day)] = _table(bars, quotes.get(product, ""), cut)
         summary.partitions += 1
         summary.bars += parts[(product, day)].num_rows
         summary.cut += int(cut.sum())
+    candles.remove(store, lake, sorted(gone), TRADES_DIR, BRONZE_SCHEMA)
     if new:  # the partitions' new files and the bronze version read, in one commit
         increments.commit(store, lake, TRADE_BARS_DIR, TRADE_BARS_SCHEMA, parts, bronze.version)
     if touched:
@@ -232,6 +258,11 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
         store.write_json(RECONCILIATION_FILE, asdict(summary))
     log.info("silver: %s", str(summary).replace("\n", " |"))
     return summary
+
+
+def _files(files: list[str], gone: set[str], product: str, *days: str) -> list[list[str]]:
+    """The files of the partitions (product, day) of `days`, but those set aside."""
+    return [[f for f in increments.files_of(files, TRADES_DIR, product, d) if f not in gone] for d in days]
 
 
 def _cut(bucket_start_us: np.ndarray, gaps: np.ndarray) -> np.ndarray:

@@ -231,3 +231,14 @@ def test_a_reader_meeting_a_silver_build_in_flight_reads_the_committed_version_w
     Lake.of(store).commit_files(BARS_1D_DIR, [written], pa.schema([*schema, *(pa.field(k, pa.string()) for k in keys)]),
                                 keys, remove=[rel])  # the commit
     assert len(read_bars("1d", ["BTC-USD"])) == len(before) - 1
+
+
+@pytest.mark.parametrize("rel, marks", [
+    ("bronze/trades/product_id=BTC-USD/date=2026-03-01/b.parquet", "trade bars of BTC-USD on 2026-03-01 incomplete"),
+    ("bronze/order_book/product_id=BTC-USD/date=2026-03-01/b.parquet", "builds from the rest;"),
+])
+def test_repair_of_a_streamed_bronze_file_says_it_cannot_be_fetched_again(rel, marks):
+    """The WebSocket has no history: no re-ingest brings a streamed file's rows back, only a backup."""
+    text = repair(rel)
+    assert "cannot be fetched again" in text and "sets the file aside into bronze/quarantined_files/" in text
+    assert marks in text and "restore the data folder from a backup" in text and "ingest" not in text

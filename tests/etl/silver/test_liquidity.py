@@ -99,3 +99,26 @@ def test_a_crossed_book_from_the_feed_is_left_out_not_a_negative_spread(data_dir
     assert all(s > 0 for s in spreads), spreads
     assert summary.snapshots >= 2 and summary.crossed == summary.snapshots and summary.buckets == 0
     assert "crossed" in str(summary)
+
+
+def test_a_corrupt_bronze_book_file_is_set_aside_and_the_day_built_from_the_rest(data_dir):
+    """Streamed snapshots cannot be fetched again: an unreadable file stops no build; it is set aside with its
+    reason, taken out of the table, and the day is built from the other snapshots (a rerun: the same)."""
+    import json
+
+    from etl.lake import Lake
+    from tests.etl.test_integrity import flip_page_bytes
+
+    write_snapshots([(B, [(99.9, 1)], [(100.1, 1)])])
+    write_snapshots([(B + 150, [(99.8, 1)], [(100.2, 1)])], "b2")
+    bad = next(f for f in Lake.of(get_store()).files("bronze/order_book") if f.endswith("/b2.parquet"))
+    flip_page_bytes(data_dir / bad, "price")
+    summary = build_liquidity()
+    moved = f"bronze/quarantined_files/{bad[len('bronze/'):]}"
+    assert summary.bad_files == [moved] and moved in str(summary) and not (data_dir / bad).exists()
+    assert json.loads((data_dir / f"{moved}.reason.json").read_text())["file"] == bad
+    assert Lake.of(get_store()).files("bronze/order_book") == [bad.replace("b2", "b1")]
+    row = pq.read_table(data_dir / _current("BTC-USD", "2026-12-01")).to_pandas().iloc[0]
+    assert row["n_snapshots"] == 1 and row["spread_bps"] == pytest.approx(20.0)   # b1's snapshot only
+    again = build_liquidity(full_refresh=True)
+    assert again.bad_files == [] and again.snapshots == 1

@@ -275,3 +275,65 @@ def test_trades_of_one_microsecond_keep_the_exchange_order_across_a_trade_id_dig
     build_trade_bars()
     bars = bronze_table(data_dir, TRADE_BARS_DIR)
     assert bars[["open", "close"]].values.tolist() == [[100.0, 102.0], [103.0, 105.0]]
+
+
+def _minutes(batch: MicroBatch, product: str, conn: str, first: int, last: int) -> MicroBatch:
+    """Trades of `product` every 20 s over the seconds [first, last) of 2026-01-01, one run on `conn`."""
+    for s in range(first, last, 20):
+        when = f"2026-01-01T00:{s // 60:02d}:{s % 60:02d}Z"
+        batch.add_trade(product, "2026-01-01", (f"{s}", f"{100 + s % 7}.5", "0.5", "BUY", when, "update",
+                                                "market_trades", when, "", s, conn, 1767225600.0 + s, None))
+    return batch
+
+
+def test_a_corrupt_bronze_trades_file_is_set_aside_and_its_day_is_never_complete(data_dir, caplog):
+    """Streamed trades cannot be fetched again: a trades file that does not read whole is set aside with its
+    reason and taken out of the table, and the build goes on; the day it belonged to lost trades at unknown times,
+    so none of its bars is complete (a rerun, a full refresh: the same); the other partitions are a clean build's."""
+    from etl.lake import Lake
+    from tests.etl.test_integrity import flip_page_bytes
+
+    store = Store.from_uri(str(data_dir))
+    sink, lake = BronzeSink(store), Lake.of(store)
+    for batch_id, (first, last) in (("b1", (5, 900)), ("b2", (905, 1800))):
+        batch = MicroBatch(f"20260101T000000000000Z-aaaa-{batch_id}")
+        sink.write(_minutes(_minutes(batch, "BTC-USD", "c1", first, last), "ETH-USD", "c2", first, last))
+    build_trade_bars()
+    clean = bronze_table(data_dir, TRADE_BARS_DIR)
+    assert clean["is_complete"].sum() >= 4   # both products: complete bars
+
+    bad = next(f for f in lake.files("bronze/trades") if "BTC-USD" in f and f.endswith("b2.parquet"))
+    flip_page_bytes(data_dir / bad, "sequence_num")
+    with caplog.at_level(logging.ERROR, logger="etl.candles"):
+        summary = build_trade_bars(full_refresh=True)   # reads every file: the corrupt one too
+    moved = f"bronze/quarantined_files/{bad[len('bronze/'):]}"
+    assert summary.bad_files == [moved] and moved in str(summary)
+    assert json.loads((data_dir / f"{moved}.reason.json").read_text())["file"] == bad
+    assert (data_dir / moved).exists() and not (data_dir / bad).exists() and bad not in lake.files("bronze/trades")
+    assert "cannot be fetched again" in caplog.text and "backup" in caplog.text
+
+    bars = bronze_table(data_dir, TRADE_BARS_DIR)
+    btc, eth = (bars[bars["product_id"] == p].reset_index(drop=True) for p in ("BTC-USD", "ETH-USD"))
+    assert list(btc["bucket_start"]) == list(pd.date_range("2026-01-01", periods=3, freq="5min", tz="UTC"))  # b1's
+    assert not btc["is_complete"].any() and summary.cut >= 3
+    pd.testing.assert_frame_equal(eth, clean[clean["product_id"] == "ETH-USD"].reset_index(drop=True))
+
+    for again in (build_trade_bars(), build_trade_bars(full_refresh=True)):   # idempotent: nothing more set aside
+        assert again.bad_files == []
+        pd.testing.assert_frame_equal(bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True),
+                                      bars.reset_index(drop=True))
+    assert len(list((data_dir / "bronze/quarantined_files").rglob("*.parquet"))) == 1
+
+
+def test_a_day_whose_only_trades_file_is_corrupt_keeps_no_bar_and_stops_nothing(data_dir):
+    from etl.lake import Lake
+    from tests.etl.test_integrity import flip_page_bytes
+
+    store = Store.from_uri(str(data_dir))
+    BronzeSink(store).write(_minutes(MicroBatch("20260101T000000000000Z-aaaa-b1"), "BTC-USD", "c1", 5, 900))
+    build_trade_bars()
+    assert len(bronze_table(data_dir, TRADE_BARS_DIR)) == 3
+    flip_page_bytes(data_dir / Lake.of(store).files("bronze/trades")[0], "sequence_num")
+    summary = build_trade_bars(full_refresh=True)
+    assert len(summary.bad_files) == 1 and summary.bars == 0 and Lake.of(store).files("bronze/trades") == []
+    assert len(bronze_table(data_dir, TRADE_BARS_DIR)) == 0   # the bars built from the lost file went with it
