@@ -330,3 +330,28 @@ def test_a_rerun_leaves_no_csv_of_an_earlier_run_beside_the_report(pg_url, data_
         clean = files(reports_dir(get_settings()) / AS_OF.isoformat())
     assert "data/breaches.csv" not in rerun and "sql/breaches.csv" not in rerun
     assert rerun == clean
+
+
+def test_a_failed_end_of_day_run_is_not_hidden_by_later_intraday_runs(pg_url, data_dir, monkeypatch, sql_dir):
+    """The end-of-day run's compact_bronze failed; eleven intraday runs (every 5 minutes) succeeded after it. The
+    Pipeline card said "OK" of the newest run of any DAG (an intraday one, and the EOD run was not even among the
+    10 latest runs read); it reports the latest run of each DAG, as the cockpit's pipeline page does."""
+    from datetime import UTC, datetime, time, timedelta
+
+    frames = sample_frames(AS_OF)
+    eod = frames["fact_pipeline_runs"]
+    failed = {"run_id": "run-3", "dag_id": "eod_risk", "task_id": "compact_bronze", "status": "failed", "rows_in": 0,
+              "rows_out": 0, "started_at": datetime.combine(AS_OF, time(1, 10), tzinfo=UTC), "duration_s": 2.0,
+              "message": "OSError: disk full"}
+    t0 = datetime.combine(AS_OF, time(1, 15), tzinfo=UTC)
+    intraday = [{"run_id": f"intraday-{k}", "dag_id": "market_data_intraday", "task_id": "compute_intraday_risk",
+                 "status": "success", "rows_in": 10, "rows_out": 2, "started_at": t0 + timedelta(minutes=5 * k),
+                 "duration_s": 3.0, "message": ""} for k in range(11)]
+    frames["fact_pipeline_runs"] = pd.concat([eod, pd.DataFrame([failed, *intraday])], ignore_index=True)
+    with scratch_database(pg_url, "report_pipeline_card") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        page = run_report(AS_OF, sql_dir=sql_dir).read_text()
+    card = re.search(r'id="kpi-pipeline".*?class="value ([^"]*)">([^<]*)<', page, re.S)
+    assert card is not None and card.group(1).split() == ["neg"], card and card.group(0)
+    assert card.group(2) == "FAILED: eod_risk: 1 of 5 task runs recorded"
