@@ -79,6 +79,9 @@ class ReportData:
     # the first screen, computed as the cockpit computes it (etl.report.cockpit): status ('complete' |
     # 'incomplete'), missing, breaches (worst utilisation first, with since/scope/unit), firm_risk
     first_screen: dict = field(default_factory=dict)
+    # what the report could not show: SQL reports that failed (run_report), sections that could not be drawn
+    # (html.pages). The day's report is not complete over them, as over a missing input.
+    failures: list[str] = field(default_factory=list)
 
     def get(self, name: str) -> pd.DataFrame | None:
         """The frame, or None when its gold table is missing."""

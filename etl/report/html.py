@@ -219,13 +219,15 @@ def pipeline_status(data: ReportData) -> tuple[str, str]:
 
 
 def status_banner(data: ReportData) -> str:
-    """The as-of status line: complete, or INCOMPLETE naming what is missing (never a green page over gaps)."""
+    """The as-of status line: complete, or INCOMPLETE naming what is missing or could not be shown (never a green
+    page over gaps)."""
     fs = data.first_screen
     if not fs:
         return ""
-    if fs.get("status") == "complete":
+    if fs.get("status") == "complete" and not data.failures:
         return kit.status("as-of-status", data.as_of)
-    return kit.status("as-of-status", data.as_of, "; ".join(fs.get("missing") or []) or "inputs missing")
+    return kit.status("as-of-status", data.as_of,
+                      "; ".join([*(fs.get("missing") or []), *data.failures]) or "inputs missing")
 
 
 def _breach_rows(data: ReportData) -> pd.DataFrame | None:
@@ -634,7 +636,8 @@ def _guarded(build: Callable[[], str], fallback_heading: str, what: str, notes: 
     except Exception as exc:  # a broken chart must not cost the risk manager the whole morning report
         log.exception("report: the %s section failed", what)
         note = f"the {what} section could not be drawn: {type(exc).__name__}: {exc}"
-        notes.append(note)
+        if note not in notes:
+            notes.append(note)
         return f'{fallback_heading}<p class="note">{e(note)}</p>'
 
 
@@ -659,7 +662,7 @@ def pages(data: ReportData, links: dict[str, str] | None = None, extra_notes: It
         ("summary", "Summary"), ("portfolios", "Portfolios"), ("market", "Market"),
         ("pipeline-health", "Pipeline health"), ("data-notes", "Data notes")))
     link_html = " · ".join(f'<a href="{e(href)}">{e(label)}</a>' for label, href in (links or {}).items())
-    failures: list[str] = []
+    failures = data.failures  # a section that fails is listed there: the status line (built last) names it
     detailed = _detail_order(summary)["portfolio_id"].head(DETAIL_PAGES).tolist() if not summary.empty else []
     out: dict[str, str] = {}
     back = f'<a href="report.html">Risk report as of {data.as_of}</a> · <a href="portfolios.html">all portfolios</a>'
