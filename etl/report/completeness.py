@@ -49,11 +49,8 @@ class Completeness:
         return f"inputs for {self.as_of} INCOMPLETE: " + "; ".join(self.problems)
 
 
-NO_RUN_ID = "none (rows without risk_run_id)"
-
-
-def _ids(reader: GoldReader, table: str, sql: str, as_of: date, **params: str) -> set[str] | None:
-    df = reader.frame(table, sql, {"as_of": as_of, **params})
+def _ids(reader: GoldReader, table: str, sql: str, as_of: date) -> set[str] | None:
+    df = reader.frame(table, sql, {"as_of": as_of})
     return None if df is None else {str(v) for v in df.iloc[:, 0].dropna()}
 
 
@@ -103,9 +100,8 @@ def beyond_rows(reader: GoldReader, as_of: date, settings: Settings, manifest: d
     asks these too, so report, alerts and cockpit never disagree on a day."""
     problems, notices = stale_holdings(reader, as_of)
     if manifest is not None:
-        # a row without a run id is not the committed run's either: unknown is not fresh
-        runs = _ids(reader, "fact_risk_metrics", "select distinct coalesce(risk_run_id, %(no_id)s) from "
-                    "gold.fact_risk_metrics where as_of_date = %(as_of)s", as_of, no_id=NO_RUN_ID)
+        runs = _ids(reader, "fact_risk_metrics", "select distinct risk_run_id from gold.fact_risk_metrics "
+                    "where as_of_date = %(as_of)s", as_of)
         if runs is not None and runs and runs != {manifest["run_id"]}:
             problems.append(f"gold.fact_risk_metrics for {as_of} is stale: it holds risk run(s) "
                             f"{', '.join(sorted(runs))} but run {manifest['run_id']} is committed "

@@ -237,25 +237,3 @@ def test_a_suspect_print_of_the_pair_converting_a_holding_makes_the_day_incomple
     frames["fact_price_quality"] = pd.DataFrame([_flag("BTC-USD", 300, last, "jump_unconfirmed")])
     text = _refused(pg_url, monkeypatch, frames, "report_suspect_pair", sql_dir)
     assert "price of BTC-USD on 2026-01-31 rests on a suspect print: rule jump_unconfirmed" in text
-
-
-@pytest.mark.parametrize("loaded", [(None, None), ("run-committed", None)], ids=["no-run-id", "one-without"])
-def test_risk_rows_without_a_run_id_are_not_fresh_when_a_run_is_committed(pg_url, data_dir, monkeypatch, sql_dir,
-                                                                         loaded):
-    """Gold's risk rows of the day carry no risk_run_id (rows of an earlier version, an output file without the
-    column: it loads as NULL) while run-committed is the day's commit: whether gold holds that run is unknown, so
-    the day is not complete. The check read the run ids without the NULLs and found nothing to disagree with."""
-    import pyarrow as pa
-
-    from etl import commits
-    from etl.storage import get_store
-
-    frames = sample_frames(AS_OF)
-    frames["fact_risk_metrics"]["risk_run_id"] = list(loaded)   # P-CORE, P-ALT
-    commits.publish(get_store(get_settings()), commits.risk_manifest(AS_OF), "risk",
-                    {("risk_metrics", f"as_of_date={AS_OF}"): pa.table({"portfolio_id": ["P-CORE"]})},
-                    run_id="run-committed")
-    text = _refused(pg_url, monkeypatch, frames, f"report_null_run_{len([x for x in loaded if x])}", sql_dir)
-    assert (f"gold.fact_risk_metrics for {AS_OF} is stale: it holds risk run(s) "
-            f"none (rows without risk_run_id){', run-committed' if loaded[0] else ''} but run run-committed is "
-            "committed") in text
