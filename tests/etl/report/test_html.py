@@ -381,3 +381,18 @@ def test_a_failing_sql_report_or_section_makes_the_report_incomplete_exit_3(env,
     assert (out / "sql" / "daily_pnl.csv").exists() and not (out / "sql" / "broken.csv").exists()
     assert re.search(r"## broken\n.*\*\*Failed:\*\* `UndefinedTable: relation \"gold.no_such_table\" does not exist",
                      (out / "sql_reports.md").read_text(), re.S)
+
+
+def test_a_rerun_after_a_sql_report_is_removed_leaves_no_csv_of_it(env, tmp_path):
+    """sql/old.sql was renamed (or removed) after the day's first report: the rerun left sql/old.csv, the earlier
+    run's rows, beside the new report as if it were one of its SQL reports; a clean run has no such file."""
+    sql = tmp_path / "sql"
+    sql.mkdir()
+    (sql / "pnl.sql").write_text("select portfolio_id, daily_pnl from gold.fact_pnl_daily where as_of_date = :'as_of'\n")
+    (sql / "old.sql").write_text("select portfolio_id from gold.dim_portfolio\n")
+    out = run_report(AS_OF, sql_dir=sql).parent
+    assert (out / "sql" / "old.csv").exists()
+    (sql / "old.sql").rename(sql / "renamed.sql")
+    run_report(AS_OF, sql_dir=sql)
+    assert sorted(p.name for p in (out / "sql").iterdir()) == ["pnl.csv", "renamed.csv"]
+    assert "## old" not in (out / "sql_reports.md").read_text()
