@@ -39,3 +39,30 @@ def test_top_movers_rank_positions_of_books_in_different_currencies_by_their_usd
     assert list(zip(got["portfolio_id"], got["product_id"], strict=True)) == gainers + losers
     assert got["position_pnl_usd"].astype(float).tolist() == pytest.approx([usd[k] for k in gainers + losers], abs=0.006)
     assert got.loc[got["portfolio_id"] == "P-ALT", "base_currency"].eq("BTC").all()
+
+
+def test_backtest_exceptions_count_only_the_days_with_a_var_forecast(pg_url, tmp_path):
+    """A day without a VaR forecast (NULL: uncomputable that day, which the engine writes) is not a tested day: the
+    report counted it in n_days and as a day without exception, so the exception rate was understated and n_days
+    disagreed with the engine's backtest summary of the same rows (etl.risk.engine.backtest_summary)."""
+    from etl.risk.engine import backtest_summary
+
+    frames = sample_frames(AS_OF)
+    bt = frames["fact_var_backtest"]
+    first_days = pd.to_datetime(bt["as_of_date"]).dt.date < AS_OF - timedelta(days=30)
+    bt.loc[first_days & (bt["method"] == "hist"), ["var_forecast", "is_exception"]] = [None, False]
+    with scratch_database(pg_url, "sql_backtest_exceptions") as url:
+        create_gold(url, frames)
+        with pipeline_env(url, tmp_path / "data"), GoldReader(reporting_url()) as reader:
+            got = reader.query(*bind((SQL_DIR / "risk_exposure" / "var_backtest_exceptions.sql").read_text(), AS_OF))
+    engine = backtest_summary(bt.assign(as_of_date=pd.to_datetime(bt["as_of_date"]),
+                                        var_forecast=bt["var_forecast"].astype(float)), pd.Timestamp(AS_OF))
+    keys = ["portfolio_id", "method", "confidence"]
+    both = got.astype({"confidence": float}).merge(engine, on=keys, suffixes=("", "_engine"), validate="1:1")
+    assert len(both) == len(engine) == 8
+    assert both["n_days"].tolist() == both["n_days_engine"].tolist()
+    assert both["exceptions"].tolist() == both["exceptions_engine"].tolist()
+    assert both["exception_rate"].astype(float).tolist() == pytest.approx(
+        (both["exceptions_engine"] / both["n_days_engine"]).tolist(), abs=5e-5)
+    hist = both[both["method"] == "hist"]
+    assert (hist["first_day"].astype(str) >= str(AS_OF - timedelta(days=30))).all()   # the first day tested
