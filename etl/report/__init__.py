@@ -15,7 +15,8 @@ is local, `{PIPELINE_STATE_DIR}/reports/` when it is an object store URI):
 Alerts for limit breaches are a separate step: `etl.report.alerts.send_alerts`.
 Files are 0600 and folders 0700. Before anything is written, `completeness.check` asks whether every input of the
 as-of day is in gold and fresh; if not, the HTML opens with a red INCOMPLETE banner and `run` raises
-IncompleteInputError (exit code 3) naming what is missing.
+IncompleteInputError (exit code 3) naming what is missing. A SQL report that fails or a section that cannot be drawn
+is a note in the page and, likewise, a problem of the day (not complete, exit 3).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ def run_report(as_of: date | None = None, settings: Settings | None = None, sql_
             (out_dir / STATUS_FILE).unlink(missing_ok=True)  # until the new status is written: not complete
             sql_results = run_sql_reports(reader, as_of, out_dir, sql_dir)
         data = load_report_data(reader, as_of, status)
+    data.failures += [f"SQL report {r.name} failed: {r.error}" for r in sql_results if r.error]
 
     with private_files(out_dir / "data"):
         for name, frame in data.frames.items():
@@ -126,10 +128,12 @@ def run_report(as_of: date | None = None, settings: Settings | None = None, sql_
                 frame.to_csv(out_dir / "data" / f"{name}.csv", index=False)
             else:  # no rows of an earlier run beside this report: a rerun leaves what a clean run leaves
                 (out_dir / "data" / f"{name}.csv").unlink(missing_ok=True)
-        failed = [f"SQL report {r.name} failed: {r.error}" for r in sql_results if r.error]
         links = {"SQL reports (Markdown)": "sql_reports.md", "data CSVs": "data/"}
+        rendered = html_report.pages(data, links=links)
+        # a SQL report or section the report could not show: the day's report is not complete (status, banner, exit 3)
+        status.problems += data.failures
         files = {name: completeness.with_banner(text, status) if name.endswith(".html") else text
-                 for name, text in html_report.pages(data, links=links, extra_notes=failed).items()}
+                 for name, text in rendered.items()}
         for stale in out_dir.glob("portfolio-*.html"):  # a portfolio no longer detailed: no stale page left behind
             if stale.name not in files:
                 stale.unlink()
@@ -140,8 +144,8 @@ def run_report(as_of: date | None = None, settings: Settings | None = None, sql_
         _write_atomic(path, files["report.html"])
         _write_atomic(out_dir / STATUS_FILE, json.dumps({"as_of": as_of.isoformat(), "complete": status.complete,
                                                          "problems": status.problems, "run_id": run_id}))
-    log.info("report for %s: %s (%d SQL reports, %d failed; %d data notes)", as_of, path, len(sql_results),
-             len(failed), len(data.notes))
+    log.info("report for %s: %s (%d SQL reports; %d failed SQL reports or sections; %d data notes)", as_of, path,
+             len(sql_results), len(data.failures), len(data.notes))
     if not status.complete:  # never a green report over missing data: the page says INCOMPLETE, the exit code 3
         raise IncompleteInputError(f"report for {as_of} is INCOMPLETE ({path} says so): "
                                    + "; ".join(status.problems))

@@ -203,7 +203,8 @@ def banner(result: Completeness) -> str:
         out += ('<div id="incomplete" role="alert" style="background:#b00020;color:#fff;padding:12px 20px;'
                 'font:600 15px/1.4 system-ui,sans-serif">'
                 f'<strong style="font-size:20px">INCOMPLETE</strong> &mdash; inputs for {result.as_of} are missing '
-                f'or stale; no figure below may be read as complete (a missing row is not a zero):<ul>{items}</ul>'
+                f'or stale, or the report could not show them; no figure below may be read as complete (a missing '
+                f'row is not a zero):<ul>{items}</ul>'
                 '</div>')
     if result.notices:
         items = "".join(f"<li>{html.escape(n)}</li>" for n in result.notices)

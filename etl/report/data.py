@@ -55,10 +55,15 @@ QUERIES: dict[str, tuple[str, str]] = {
         order by bucket_start, product_id, granularity"""),
     "breaches": ("fact_limit_breaches", """
         select * from gold.fact_limit_breaches where as_of_date = %(as_of)s order by portfolio_id, limit_type"""),
+    # the latest runs, plus the latest of each DAG: intraday runs every 5 minutes must not push out the end of day's
     "runs": ("fact_pipeline_runs", f"""
-        with recent as (
-            select run_id, max(started_at) as last_at from gold.fact_pipeline_runs
-            group by run_id order by last_at desc limit {RECENT_RUNS}
+        with by_run as (
+            select dag_id, run_id, max(started_at) as last_at from gold.fact_pipeline_runs group by dag_id, run_id
+        ),
+        recent as (
+            (select run_id from by_run order by last_at desc limit {RECENT_RUNS})
+            union
+            (select distinct on (dag_id) run_id from by_run order by dag_id, last_at desc)
         )
         select r.* from gold.fact_pipeline_runs as r
         inner join recent using (run_id)
@@ -74,6 +79,9 @@ class ReportData:
     # the first screen, computed as the cockpit computes it (etl.report.cockpit): status ('complete' |
     # 'incomplete'), missing, breaches (worst utilisation first, with since/scope/unit), firm_risk
     first_screen: dict = field(default_factory=dict)
+    # what the report could not show: SQL reports that failed (run_report), sections that could not be drawn
+    # (html.pages). The day's report is not complete over them, as over a missing input.
+    failures: list[str] = field(default_factory=list)
 
     def get(self, name: str) -> pd.DataFrame | None:
         """The frame, or None when its gold table is missing."""

@@ -191,33 +191,43 @@ def summary_frame(data: ReportData, portfolios: pd.DataFrame) -> pd.DataFrame:
 
 
 def pipeline_status(data: ReportData) -> tuple[str, str]:
-    """(css class, text) for the latest pipeline run."""
+    """(css class, text) for the latest run of each DAG, the worst first: a failed end-of-day run is not hidden by
+    the intraday runs (every 5 minutes) that started after it. The DAG is named when there are several."""
     runs = data.get("runs")
     if runs is None:
         return "unknown", "unknown (no run log in gold)"
     if runs.empty:
         return "unknown", "no runs recorded"
     last = latest_task_status(runs)
-    run_id = last.sort_values("started_at")["run_id"].iloc[-1]
-    tasks = last[last["run_id"] == run_id]
-    failed = int((tasks["status"].astype(str) == "failed").sum())
+    ends = last.groupby(["dag_id", "run_id"], as_index=False)["started_at"].max().sort_values("started_at")
+    newest = ends.groupby("dag_id").tail(1)
+    failed, retrying, ok = [], [], []
+    for dag_id, run_id in zip(newest["dag_id"], newest["run_id"], strict=True):
+        tasks = last[last["run_id"] == run_id]
+        dag = f"{dag_id}: " if len(newest) > 1 else ""
+        if n := int(tasks["failed"].sum()):
+            failed.append(f"{dag}{n} of {len(tasks)} task runs recorded")
+        elif n := int(tasks["retrying"].sum()):  # its last attempt failed and Airflow retries it: not (yet) OK
+            retrying.append(f"{dag}{n} of {len(tasks)} task runs recorded failed and will be retried")
+        else:  # counts what gold holds: the run's own load, dbt, report and alert tasks come with the next load
+            ok.append(f"{dag}{len(tasks)} task runs recorded, none failed")
     if failed:
-        return "bad", f"FAILED: {failed} of {len(tasks)} task runs recorded"
-    retrying = int(tasks["retrying"].sum())
-    if retrying:  # its last attempt failed and Airflow retries it: not (yet) OK
-        return "unknown", f"RETRYING: {retrying} of {len(tasks)} task runs recorded failed and will be retried"
-    # counts what gold holds: the run's own load, dbt, report and alert tasks are recorded with the next load
-    return "ok", f"OK: {len(tasks)} task runs recorded, none failed"
+        return "bad", "FAILED: " + "; ".join(failed)
+    if retrying:
+        return "unknown", "RETRYING: " + "; ".join(retrying)
+    return "ok", "OK: " + "; ".join(ok)
 
 
 def status_banner(data: ReportData) -> str:
-    """The as-of status line: complete, or INCOMPLETE naming what is missing (never a green page over gaps)."""
+    """The as-of status line: complete, or INCOMPLETE naming what is missing or could not be shown (never a green
+    page over gaps)."""
     fs = data.first_screen
     if not fs:
         return ""
-    if fs.get("status") == "complete":
+    if fs.get("status") == "complete" and not data.failures:
         return kit.status("as-of-status", data.as_of)
-    return kit.status("as-of-status", data.as_of, "; ".join(fs.get("missing") or []) or "inputs missing")
+    return kit.status("as-of-status", data.as_of,
+                      "; ".join([*(fs.get("missing") or []), *data.failures]) or "inputs missing")
 
 
 def _breach_rows(data: ReportData) -> pd.DataFrame | None:
@@ -626,7 +636,8 @@ def _guarded(build: Callable[[], str], fallback_heading: str, what: str, notes: 
     except Exception as exc:  # a broken chart must not cost the risk manager the whole morning report
         log.exception("report: the %s section failed", what)
         note = f"the {what} section could not be drawn: {type(exc).__name__}: {exc}"
-        notes.append(note)
+        if note not in notes:
+            notes.append(note)
         return f'{fallback_heading}<p class="note">{e(note)}</p>'
 
 
@@ -651,7 +662,7 @@ def pages(data: ReportData, links: dict[str, str] | None = None, extra_notes: It
         ("summary", "Summary"), ("portfolios", "Portfolios"), ("market", "Market"),
         ("pipeline-health", "Pipeline health"), ("data-notes", "Data notes")))
     link_html = " · ".join(f'<a href="{e(href)}">{e(label)}</a>' for label, href in (links or {}).items())
-    failures: list[str] = []
+    failures = data.failures  # a section that fails is listed there: the status line (built last) names it
     detailed = _detail_order(summary)["portfolio_id"].head(DETAIL_PAGES).tolist() if not summary.empty else []
     out: dict[str, str] = {}
     back = f'<a href="report.html">Risk report as of {data.as_of}</a> · <a href="portfolios.html">all portfolios</a>'

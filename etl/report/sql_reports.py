@@ -91,7 +91,6 @@ def run_sql_reports(reader: GoldReader, as_of: date, out_dir: Path, sql_dir: Pat
         except Exception as exc:  # any SQL error is this report's failure only
             rep.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
             log.warning("SQL report %s failed: %s", path, rep.error)
-            (csv_dir / f"{rep.name}.csv").unlink(missing_ok=True)  # not an earlier run's rows as this day's
         else:
             rep.rows = len(df)
             rep.csv_path = csv_dir / f"{rep.name}.csv"
@@ -99,6 +98,10 @@ def run_sql_reports(reader: GoldReader, as_of: date, out_dir: Path, sql_dir: Pat
             frames[rep.name] = df
             log.info("SQL report %s: %d rows -> %s", rep.name, rep.rows, rep.csv_path)
         results.append(rep)
+    # no earlier run's rows as this day's: the CSV of a report that failed now, or whose file was removed or renamed
+    for old in csv_dir.glob("*.csv"):
+        if old.stem not in frames:
+            old.unlink()
     (out_dir / "sql_reports.md").write_text(markdown(results, frames, as_of, sql_dir))
     return results
 

@@ -1,5 +1,7 @@
 -- Top 5 gaining and top 5 losing positions of the as-of day across all portfolios: each position's PnL of the
--- day (market value x the product's daily return / (1 + return), i.e. quantity x the close-to-close move).
+-- day in its portfolio's currency (market value x the product's daily return / (1 + return), i.e. quantity x the
+-- close-to-close move) and in USD (x the as-of close of <base>-USD, 1 for USD books), which ranks them: books of
+-- different currencies compare.
 with contributions as (
     select
         positions.as_of_date,
@@ -8,11 +10,18 @@ with contributions as (
         positions.quantity,
         positions.market_value,
         prices.daily_return,
-        positions.market_value * prices.daily_return / (1 + prices.daily_return) as position_pnl
+        portfolio.base_currency,
+        positions.market_value * prices.daily_return / (1 + prices.daily_return) as position_pnl,
+        case when portfolio.base_currency = 'USD' then 1.0 else usd.close end as usd_rate
     from gold.fact_positions as positions
     inner join gold.fact_price_daily as prices
         on positions.product_id = prices.product_id
         and positions.as_of_date = prices.price_date
+    inner join gold.dim_portfolio as portfolio
+        on positions.portfolio_id = portfolio.portfolio_id
+    left join gold.fact_price_daily as usd
+        on usd.product_id = portfolio.base_currency || '-USD'
+        and usd.price_date = positions.as_of_date
     where positions.as_of_date = coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_positions))
         and prices.daily_return is not null
 ),
@@ -20,25 +29,26 @@ with contributions as (
 ranked as (
     select
         *,
-        row_number() over (order by position_pnl desc) as gain_rank,
-        row_number() over (order by position_pnl asc) as loss_rank
+        position_pnl * usd_rate as position_pnl_usd,
+        row_number() over (order by position_pnl * usd_rate desc nulls last) as gain_rank,
+        row_number() over (order by position_pnl * usd_rate asc nulls last) as loss_rank
     from contributions
 )
 
 select
-    case when gain_rank <= 5 and position_pnl > 0 then 'gainer' else 'loser' end as mover,
-    case when gain_rank <= 5 and position_pnl > 0 then gain_rank else loss_rank end as mover_rank,
+    case when gain_rank <= 5 and position_pnl_usd > 0 then 'gainer' else 'loser' end as mover,
+    case when gain_rank <= 5 and position_pnl_usd > 0 then gain_rank else loss_rank end as mover_rank,
     as_of_date,
     ranked.portfolio_id,
     product_id,
+    ranked.base_currency,
     round((ranked.quantity)::numeric, 8) as quantity,
     round((ranked.market_value)::numeric, money.dp) as market_value,
     round((ranked.daily_return)::numeric, 6) as daily_return,
-    round((ranked.position_pnl)::numeric, money.dp) as position_pnl
+    round((ranked.position_pnl)::numeric, money.dp) as position_pnl,
+    round((ranked.position_pnl_usd)::numeric, 2) as position_pnl_usd
 from ranked
-inner join gold.dim_portfolio as portfolio
-    on ranked.portfolio_id = portfolio.portfolio_id
-cross join lateral (select case when portfolio.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
-where (gain_rank <= 5 and position_pnl > 0)
-    or (loss_rank <= 5 and position_pnl < 0)
+cross join lateral (select case when ranked.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
+where (gain_rank <= 5 and position_pnl_usd > 0)
+    or (loss_rank <= 5 and position_pnl_usd < 0)
 order by mover, mover_rank

@@ -44,7 +44,6 @@ def _write_sql_dir(d):
         "where as_of_date = :'as_of' order by portfolio_id\n")
     (d / "risk" / "who.sql").write_text(  # a literal % must stay a literal
         "select current_user as who, count(*) as n from gold.dim_portfolio where portfolio_id like 'P-%'\n")
-    (d / "broken.sql").write_text("select * from gold.no_such_table\n")
     (d / "report_html").mkdir()
     (d / "report_html" / "private.sql").write_text("select 1 as private\n")
     return d
@@ -136,7 +135,6 @@ def test_html_report_shows_every_section_with_numbers_from_gold(report, frames):
     assert re.search(r'id="volatility-table".*?SOL-USD.*?91\.0%.*?95\.0%', page, re.S)
     assert re.search(r'id="anomalies-table".*?SOL-USD.*?2026-01-31 03:05.*?\+6\.3.*?ETH-USD.*?-4\.1', page, re.S)
     assert re.search(r'id="failures-table".*?build_bars_5m.*?simulator returned 503', page, re.S)
-    assert "SQL report broken failed" in page  # a failing SQL report is a note, not a crash
 
     # the CSVs behind the page
     data_csv = pd.read_csv(path.parent / "data" / "positions.csv")
@@ -162,15 +160,12 @@ def test_sql_reports_write_csv_and_markdown_as_reporting_role(report, frames):
     assert [float(r["mtd_pnl"]) for r in rows] == pytest.approx(expected["mtd_pnl"].tolist())
     with open(out / "sql" / "risk__who.csv") as f:
         assert list(csv.DictReader(f)) == [{"who": "reporting", "n": "2"}]
-    assert not (out / "sql" / "broken.csv").exists()
     assert not (out / "sql" / "report_html__private.csv").exists()
 
     md = (out / "sql_reports.md").read_text()
     assert md.startswith("# SQL reports as of 2026-01-31")
     assert "## daily_pnl\n\nDaily and month-to-date PnL per portfolio." in md
     assert "| portfolio_id | daily_pnl | mtd_pnl |" in md and "| P-ALT |" in md
-    assert re.search(r"## broken\n.*\*\*Failed:\*\* `UndefinedTable: relation \"gold.no_such_table\" does not exist",
-                     md, re.S)
     assert "| reporting | 2 |" in md
 
 
@@ -267,9 +262,11 @@ def test_a_section_that_breaks_on_bad_data_becomes_a_note(frames):
     pos = data["positions"]
     data["positions"] = pos[pos["as_of_date"] == AS_OF].astype({"market_value": object})
     data["positions"].loc[data["positions"]["portfolio_id"] == "P-ALT", "market_value"] = "not a number"
-    files = report_html.pages(ReportData(as_of=AS_OF, frames=data))
+    report_data = ReportData(as_of=AS_OF, frames=data)
+    files = report_html.pages(report_data)
     page = files["report.html"]
     assert "the portfolio P-ALT section could not be drawn: ValueError" in page
+    assert [f[:50] for f in report_data.failures] == ["the portfolio P-ALT section could not be drawn: Va"]
     assert 'id="portfolio-p-alt"' in files["portfolio-p-alt.html"]
     assert 'id="chart-exposure-p-core"' in files["portfolio-p-core.html"]
     assert 'id="market"' in page and "gold.fact_asset_risk is not available" in page
@@ -330,3 +327,72 @@ def test_a_rerun_leaves_no_csv_of_an_earlier_run_beside_the_report(pg_url, data_
         clean = files(reports_dir(get_settings()) / AS_OF.isoformat())
     assert "data/breaches.csv" not in rerun and "sql/breaches.csv" not in rerun
     assert rerun == clean
+
+
+def test_a_failed_end_of_day_run_is_not_hidden_by_later_intraday_runs(pg_url, data_dir, monkeypatch, sql_dir):
+    """The end-of-day run's compact_bronze failed; eleven intraday runs (every 5 minutes) succeeded after it. The
+    Pipeline card said "OK" of the newest run of any DAG (an intraday one, and the EOD run was not even among the
+    10 latest runs read); it reports the latest run of each DAG, as the cockpit's pipeline page does."""
+    from datetime import UTC, datetime, time, timedelta
+
+    frames = sample_frames(AS_OF)
+    eod = frames["fact_pipeline_runs"]
+    failed = {"run_id": "run-3", "dag_id": "eod_risk", "task_id": "compact_bronze", "status": "failed", "rows_in": 0,
+              "rows_out": 0, "started_at": datetime.combine(AS_OF, time(1, 10), tzinfo=UTC), "duration_s": 2.0,
+              "message": "OSError: disk full"}
+    t0 = datetime.combine(AS_OF, time(1, 15), tzinfo=UTC)
+    intraday = [{"run_id": f"intraday-{k}", "dag_id": "market_data_intraday", "task_id": "compute_intraday_risk",
+                 "status": "success", "rows_in": 10, "rows_out": 2, "started_at": t0 + timedelta(minutes=5 * k),
+                 "duration_s": 3.0, "message": ""} for k in range(11)]
+    frames["fact_pipeline_runs"] = pd.concat([eod, pd.DataFrame([failed, *intraday])], ignore_index=True)
+    with scratch_database(pg_url, "report_pipeline_card") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        page = run_report(AS_OF, sql_dir=sql_dir).read_text()
+    card = re.search(r'id="kpi-pipeline".*?class="value ([^"]*)">([^<]*)<', page, re.S)
+    assert card is not None and card.group(1).split() == ["neg"], card and card.group(0)
+    assert card.group(2) == "FAILED: eod_risk: 1 of 5 task runs recorded"
+
+
+def test_a_failing_sql_report_or_section_makes_the_report_incomplete_exit_3(env, sql_dir, monkeypatch):
+    """A SQL report that fails (a mart not built) and a section that cannot be drawn are notes, and the other
+    reports and sections are still written; but the day's report is not complete without them. It said "complete"
+    (status.json, the status line: the cockpit's default report) and exited 0."""
+    (sql_dir / "broken.sql").write_text("select * from gold.no_such_table\n")
+
+    def broken_section(data):
+        raise ValueError("bad figure")
+
+    monkeypatch.setattr(report_html, "section_market", broken_section)
+    with pytest.raises(IncompleteInputError) as err:
+        run_report(AS_OF, sql_dir=sql_dir, run_id="eod_run")
+    sql_problem = 'SQL report broken failed: UndefinedTable: relation "gold.no_such_table" does not exist'
+    section_problem = "the market section could not be drawn: ValueError: bad figure"
+    assert str(err.value).endswith(f" says so): {sql_problem}; {section_problem}")
+    out = reports_dir(get_settings()) / AS_OF.isoformat()
+    assert json.loads((out / "status.json").read_text()) == {
+        "as_of": AS_OF.isoformat(), "complete": False, "problems": [sql_problem, section_problem], "run_id": "eod_run"}
+    page = (out / "report.html").read_text()
+    status = re.search(r'<div class="status (\w+)" id="as-of-status">([^<]*)</div>', page)
+    assert status.group(1) == "incomplete" and status.group(2).endswith(f"; {section_problem}")
+    assert 'id="incomplete"' in page and section_problem in page.split('id="incomplete"')[1].split("</div>")[0]
+    assert 'id="market"' in page and 'id="summary"' in page                  # the rest of the page is written
+    assert "SQL report broken failed" in page.split('id="data-notes"')[1]      # a note, not a crash
+    assert (out / "sql" / "daily_pnl.csv").exists() and not (out / "sql" / "broken.csv").exists()
+    assert re.search(r"## broken\n.*\*\*Failed:\*\* `UndefinedTable: relation \"gold.no_such_table\" does not exist",
+                     (out / "sql_reports.md").read_text(), re.S)
+
+
+def test_a_rerun_after_a_sql_report_is_removed_leaves_no_csv_of_it(env, tmp_path):
+    """sql/old.sql was renamed (or removed) after the day's first report: the rerun left sql/old.csv, the earlier
+    run's rows, beside the new report as if it were one of its SQL reports; a clean run has no such file."""
+    sql = tmp_path / "sql"
+    sql.mkdir()
+    (sql / "pnl.sql").write_text("select portfolio_id, daily_pnl from gold.fact_pnl_daily where as_of_date = :'as_of'\n")
+    (sql / "old.sql").write_text("select portfolio_id from gold.dim_portfolio\n")
+    out = run_report(AS_OF, sql_dir=sql).parent
+    assert (out / "sql" / "old.csv").exists()
+    (sql / "old.sql").rename(sql / "renamed.sql")
+    run_report(AS_OF, sql_dir=sql)
+    assert sorted(p.name for p in (out / "sql").iterdir()) == ["pnl.csv", "renamed.csv"]
+    assert "## old" not in (out / "sql_reports.md").read_text()

@@ -3,13 +3,18 @@ the engine's as stored in gold, never a second computation that disagrees with i
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from etl import db
+from etl.db import scratch_database
 from etl.report.gold import GoldReader
 from etl.report.sql_reports import SQL_DIR, bind
+from etl.warehouse import reporting_url
+from tests.support.env import pipeline_env
 from tests.support.report_sample import AS_OF, create_gold, sample_frames
 
 
@@ -90,3 +95,29 @@ def test_the_backtest_exception_report_counts_only_days_with_a_forecast_as_the_e
         assert (row["n_days"], row["exceptions"]) == (n, hits), k
         assert row["exception_rate"] == pytest.approx(round(hits / n, 4)), k
     assert rows.loc[("P-CORE", "hist", 0.99), "n_days"] == key.sum() - 10
+
+
+def test_top_movers_rank_positions_of_books_in_different_currencies_by_their_usd_pnl(pg_url, tmp_path):
+    """P-ALT is a BTC book: its positions' market values (and PnL) are in BTC. Ranked as plain numbers beside the USD
+    book's, a loss of 0.1 BTC (thousands of USD) ranked as a loss smaller than one USD. Each position's PnL of the
+    day in USD is quantity x the close-to-close move of its USD-quoted product: the ranking follows it."""
+    frames = sample_frames(AS_OF)
+    frames["dim_portfolio"].loc[frames["dim_portfolio"]["portfolio_id"] == "P-ALT", "base_currency"] = "BTC"
+    prices = frames["fact_price_daily"].assign(price_date=lambda d: pd.to_datetime(d["price_date"]).dt.date)
+    close = prices.pivot(index="price_date", columns="product_id", values="close")
+    pos = frames["fact_positions"]
+    alt = pos["portfolio_id"] == "P-ALT"
+    btc = pd.to_datetime(pos["as_of_date"]).dt.date.map(close["BTC-USD"])
+    pos.loc[alt, "market_value"] = pos.loc[alt, "market_value"] / btc[alt]        # as the engine: in BTC
+    with scratch_database(pg_url, "sql_top_movers") as url:
+        create_gold(url, frames)
+        with pipeline_env(url, tmp_path / "data"), GoldReader(reporting_url()) as reader:
+            got = reader.query(*bind((SQL_DIR / "daily_pnl" / "top_movers.sql").read_text(), AS_OF))
+    day = pos[pd.to_datetime(pos["as_of_date"]).dt.date == AS_OF]
+    move = close.loc[AS_OF] - close.loc[AS_OF - timedelta(days=1)]
+    usd = {(r.portfolio_id, r.product_id): r.quantity * move[r.product_id] for r in day.itertuples()}
+    gainers = sorted((k for k, v in usd.items() if v > 0), key=lambda k: -usd[k])[:5]
+    losers = sorted((k for k, v in usd.items() if v < 0), key=lambda k: usd[k])[:5]
+    assert list(zip(got["portfolio_id"], got["product_id"], strict=True)) == gainers + losers
+    assert got["position_pnl_usd"].astype(float).tolist() == pytest.approx([usd[k] for k in gainers + losers], abs=0.006)
+    assert got.loc[got["portfolio_id"] == "P-ALT", "base_currency"].eq("BTC").all()
