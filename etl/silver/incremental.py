@@ -658,20 +658,25 @@ def _commit(store: Store, silver: Snapshot, written: dict[str, DataFile | None],
                                          key, metadata=metadata, table=table, remove=removes, retries=0)
                 break
             except LakeConflict:
-                if (table := _past_vacuums(silver.lake, root, table)) is None:
+                if (table := _past_vacuums(store, silver.lake, root, table, adds)) is None:
                     raise
         log.info("silver %s: %d file(s) added, %d removed", root, len(adds), len(removes))
 
 
-def _past_vacuums(lake: Lake, root: str, table: DeltaTable | None) -> DeltaTable | None:
-    """Table `root` at its latest version when only vacuums committed since `table`'s (`compact`, every day past the
-    retention: VACUUM START/END change no row, so the build still replaces what it read), else None (another build
-    committed: the conflict stands)."""
+def _past_vacuums(store: Store, lake: Lake, root: str, table: DeltaTable | None,
+                  adds: list[DataFile]) -> DeltaTable | None:
+    """Table `root` at its latest version when only finished vacuums committed since `table`'s (`compact`, every day
+    past the retention: VACUUM START/END change no row, so the build still replaces what it read) and the files to
+    add are still there (a vacuum deletes a superseded file of the same name: the same rows, past the retention),
+    else None (another build committed, or a vacuum is running: the conflict stands)."""
     latest = lake.table(root)
     if table is None or latest is None or latest.version() == table.version():
         return None
     since = lake.commits(root, table.version(), latest.version())
-    return latest if all(c.get("operation") in VACUUM_COMMITS for c in since) else None
+    if not since or any(c.get("operation") not in VACUUM_COMMITS for c in since) \
+            or since[-1].get("operation") != VACUUM_COMMITS[1]:
+        return None
+    return latest if all(store.exists(posixpath.join(root, f.path)) for f in adds) else None
 
 
 def _quote_currencies(products: set[str], reference: Reference) -> dict[str, str]:
