@@ -206,7 +206,7 @@ class Lake:
     def commit_files(self, rel: str, files: Sequence[DataFile], schema: pa.Schema, partition_by: Sequence[str],
                      replace: dict[str, str] | None = None, metadata: dict[str, Any] | None = None,
                      table: DeltaTable | None = None, remove: Sequence[str] = (), retries: int = COMMIT_RETRIES,
-                     app_id: str | None = None) -> int:
+                     app_id: str | None = None, partitions: Sequence[dict[str, str]] = ()) -> int:
         """Commit Parquet files already written under table `rel` (by the Store: page checksums, atomic writes) in
         one Delta commit: appended, or replacing the partition `replace` ({column: value}), and removing the
         files `remove` (paths relative to the data root; LakeConflict when one is not in the version the commit builds
@@ -215,15 +215,19 @@ class Lake:
         of that version, rebased over concurrent commits at most `retries` times: 0 = only on that version);
         `app_id` a writer's idempotency key, recorded in the table's state with the commit's time
         (`DeltaTable.transaction_version`): LakeConflict when the table already holds it, also when a concurrent
-        commit of the same id won the race.
+        commit of the same id won the race. `partitions` ({column: value} each): the partitions this commit
+        rewrites whole (its files and `remove` lie in them), guarded as `replace` guards its own: the commit goes on
+        top of concurrent commits only when those partitions' files are as in `table`, else LakeConflict.
         Returns the version it made."""
         now = int(time.time() * 1000)
         actions = [AddAction(f.path, f.size, f.partition, now, True, json.dumps({"numRecords": f.rows}))
                    for f in files]
         txn = uuid.uuid4().hex   # finds this commit's version in the log afterwards, whoever committed meanwhile
-        # a replace, or a commit with an app id, is rebased here, not by delta-rs: its conflict check passes two
-        # overwrites of a partition that was empty (they only add files), and two commits of the same app id
-        own_rebase = (bool(replace) or app_id is not None) and not remove
+        # a replace, a commit with an app id or with guarded partitions is rebased here, not by delta-rs: its
+        # conflict check passes two writes of a partition that was empty (they only add files), and two commits of
+        # the same app id
+        guarded = [replace] if replace else list(partitions)
+        own_rebase = (bool(replace) or app_id is not None) and not remove or bool(partitions)
         props = _props({**(metadata or {}), "txn": txn}, 0 if own_rebase else retries)
         if app_id is not None:
             props.app_transactions = [Transaction(app_id, now, now)]
@@ -240,7 +244,7 @@ class Lake:
                                      {k.removeprefix("partition."): v for k, v in a.items() if k.startswith("partition.")})
                         for a in removed]
         filters = [(k, "=", v) for k, v in replace.items()] if replace else None
-        base = _partition_files(t, replace) if replace else None
+        base = _partition_files(t, guarded)
         for attempt in range(retries + 1):
             if app_id is not None and t.transaction_version(app_id) is not None:
                 raise LakeConflict(f"{self.uri(rel)}: {app_id} is already committed (version {t.version()} holds it: "
@@ -251,7 +255,7 @@ class Lake:
                 break
             except CommitFailedError as exc:
                 latest = self.table(rel) if own_rebase and attempt < retries else None
-                if latest is None or (replace and _partition_files(latest, replace) != base):
+                if latest is None or _partition_files(latest, guarded) != base:
                     raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the rows this commit replaces "
                                        f"({exc}); nothing was committed: rerun the command") from exc
                 t = latest   # only other partitions (or other ids) changed meanwhile: commit on top of them
@@ -372,10 +376,11 @@ def _actions(t: DeltaTable, flatten: bool = False) -> pa.Table:
     return pa.table(t.get_add_actions(flatten=flatten))
 
 
-def _partition_files(t: DeltaTable, partition: dict[str, str]) -> set[str]:
-    """The data files of one partition ({column: value}) of a table version."""
-    return {a["path"] for a in _actions(t, flatten=True).to_pylist()
-            if all(a.get(f"partition.{k}") == v for k, v in partition.items())}
+def _partition_files(t: DeltaTable, partitions: list[dict[str, str]]) -> list[set[str]]:
+    """The data files of each partition ({column: value}) of a table version."""
+    actions = _actions(t, flatten=True).to_pylist() if partitions else []
+    return [{a["path"] for a in actions if all(a.get(f"partition.{k}") == v for k, v in partition.items())}
+            for partition in partitions]
 
 
 def conform(table: pa.Table) -> pa.Table:

@@ -86,13 +86,17 @@ def write_outputs(store: Store, tables: dict[str, pd.DataFrame], days: list[str]
     return rows, sorted(days_written)
 
 
-def read_days(store: Store, table: str, days: list[str], columns: list[str]) -> pd.DataFrame:
-    """`columns` of the committed rows of `table` of the UTC days `days` (YYYY-MM-DD) the factor commits have (an
-    empty frame when none)."""
+def read_days(store: Store, days: list[str], columns: dict[str, list[str]]) -> dict[str, pd.DataFrame]:
+    """{table: `columns[table]` of its committed rows of the UTC days `days` (YYYY-MM-DD) the factor commits have
+    (an empty frame when none)}, every table from ONE read of the factor records: a factors run committing
+    meanwhile gives all of them or none (not one run's returns beside another's betas)."""
     files = (commits.read_manifest(store, COMMIT_NAME) or {"files": {}})["files"]
-    parts = [commits.read_entry(store, files[key], columns=columns)
-             for key in (f"{table}/date={d}" for d in days) if key in files]
-    return pa.concat_tables(parts).to_pandas() if parts else pd.DataFrame(columns=columns)
+    out = {}
+    for table, cols in columns.items():
+        parts = [commits.read_entry(store, files[key], columns=cols)
+                 for key in (f"{table}/date={d}" for d in days) if key in files]
+        out[table] = pa.concat_tables(parts).to_pandas() if parts else pd.DataFrame(columns=cols)
+    return out
 
 
 def to_arrow(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:

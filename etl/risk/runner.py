@@ -200,9 +200,11 @@ def _attribution(closes, quote_ccy, portfolios, positions, pnl_daily, settings: 
     first = pd.Timestamp(pnl_daily["as_of_date"].min()) - pd.Timedelta(days=1)
     days = [d.strftime("%Y-%m-%d") for d in pd.date_range(first, closes.index[-1], freq="D")]
     store = get_store(settings)
-    returns = factor_io.read_days(store, "factor_returns", days, ["factor_name", "bucket_start", "factor_return"])
-    exposures = factor_io.read_days(store, "factor_exposures", days, ["product_id", "factor_name", "as_of_date", "beta"])
-    return attribution.attribution_table(closes, quote_ccy, portfolios, positions, pnl_daily, returns, exposures)
+    factors = factor_io.read_days(store, days, {
+        "factor_returns": ["factor_name", "bucket_start", "factor_return"],
+        "factor_exposures": ["product_id", "factor_name", "as_of_date", "beta"]})
+    return attribution.attribution_table(closes, quote_ccy, portfolios, positions, pnl_daily,
+                                         factors["factor_returns"], factors["factor_exposures"])
 
 
 def _check_finite_values(positions: pd.DataFrame, settings: Settings) -> None:

@@ -14,7 +14,8 @@ the whole book (`engine.book_tables`: firm VaR/ES from every position's USD expo
 stress, the product tables) and commits all tables with ONE run record, as
 `run_risk` does (etl.commits; the record names the run key), then deletes the run's shard area, and `_shards` itself
 once no other run's shards wait there. A retry of the commit after it committed (its worker died before Airflow saw
-it succeed) finds the day's record of its run key and succeeds without committing again. One shard gives the same
+it succeed, or while it deleted the shard area) finds the day's record of its run key and succeeds without
+committing again, finishing the deletion. One shard gives the same
 tables as `run_risk`.
 """
 
@@ -132,8 +133,10 @@ def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings,
     done = {i: posixpath.join(shard_dir(run_key, i), DONE) for i in range(shards)}
     missing = [i for i, rel in done.items() if not store.exists(rel)]
     if missing:
-        if len(missing) == shards and (summary := _committed(store, as_of, run_key, settings, reference, t0)):
-            return summary  # a retry after this run committed (and cleared its shards): that commit stands
+        # a retry after this run committed (and cleared its shards, or died clearing them): that commit stands
+        if summary := _committed(store, as_of, run_key, settings, reference, t0):
+            _clear(store, run_key)
+            return summary
         raise DataNotFoundError(f"risk shard(s) {missing} of {shards} as of {as_of} (run {run_key}) not done: no "
                                 f"{store.path(done[missing[0]])}; nothing committed. Rerun compute_risk_shard "
                                 f"{missing} of that run, then compute_risk")
@@ -188,10 +191,15 @@ def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings,
     append_tables(tables, book_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions,
                                       inputs.params, inputs.bars_5m))
     summary = commit_tables(inputs, tables, settings, t0, meta={"run_key": run_key})
-    store.delete(shard_dir(run_key))
-    if not store.entries(SHARDS_DIR) and not store.list_dirs(SHARDS_DIR):   # no other run's shards waiting
-        store.delete(SHARDS_DIR)
+    _clear(store, run_key)
     return summary
+
+
+def _clear(store: Store, run_key: str) -> None:
+    """Delete the shard area of run `run_key`, and `_shards` itself once no other run's shards wait there."""
+    store.delete(shard_dir(run_key))
+    if not store.entries(SHARDS_DIR) and not store.list_dirs(SHARDS_DIR):
+        store.delete(SHARDS_DIR)
 
 
 def _committed(store: Store, as_of: date, run_key: str, settings: Settings, reference: Reference | None,

@@ -632,7 +632,8 @@ def _commit(store: Store, silver: Snapshot, written: dict[str, DataFile | None],
     their previous files (and, on a full refresh, of every partition not rebuilt: no bronze behind it any more);
     the last commit records what the build read: the bronze version, and per partition `read`. Each commit is made on top of the version the
     build started from, without retry: a concurrent build that committed first makes this one fail (LakeConflict)
-    before its remaining tables; the next build repairs what that left (docs/commit_protocol.md)."""
+    before its remaining tables; the next build repairs what that left (docs/commit_protocol.md). Only the commits
+    of a concurrent `compact`'s vacuum are gone over (`_past_vacuums`)."""
     build = new_run_id()
     for root in SILVER_TABLES:
         schema, key = SILVER_TABLES[root]
@@ -651,9 +652,32 @@ def _commit(store: Store, silver: Snapshot, written: dict[str, DataFile | None],
                                "this table was committed: rerun `python -m etl silver`")
         recorded = {BRONZE_VERSION: bronze_version, "partitions": read}
         metadata = {"silver_build": build, **({SILVER_READ: json.dumps(recorded, sort_keys=True)} if last else {})}
-        silver.lake.commit_files(root, adds, pa.schema([*schema, *(pa.field(k, pa.string()) for k in key)]), key,
-                                 metadata=metadata, table=silver.tables[root], remove=removes, retries=0)
+        table = silver.tables[root]
+        while True:
+            try:
+                silver.lake.commit_files(root, adds, pa.schema([*schema, *(pa.field(k, pa.string()) for k in key)]),
+                                         key, metadata=metadata, table=table, remove=removes, retries=0)
+                break
+            except LakeConflict:
+                if (table := _past_vacuums(store, silver.lake, root, table, adds)) is None:
+                    raise
         log.info("silver %s: %d file(s) added, %d removed", root, len(adds), len(removes))
+
+
+def _past_vacuums(store: Store, lake: Lake, root: str, table: DeltaTable | None,
+                  adds: list[DataFile]) -> DeltaTable | None:
+    """Table `root` at its latest version when only finished vacuums committed since `table`'s (`compact`, every day
+    past the retention: VACUUM START/END change no row, so the build still replaces what it read) and the files to
+    add are still there (a vacuum deletes a superseded file of the same name: the same rows, past the retention),
+    else None (another build committed, or a vacuum is running: the conflict stands)."""
+    latest = lake.table(root)
+    if table is None or latest is None or latest.version() == table.version():
+        return None
+    since = lake.commits(root, table.version(), latest.version())
+    if not since or any(c.get("operation") not in VACUUM_COMMITS for c in since) \
+            or since[-1].get("operation") != VACUUM_COMMITS[1]:
+        return None
+    return latest if all(store.exists(posixpath.join(root, f.path)) for f in adds) else None
 
 
 def _quote_currencies(products: set[str], reference: Reference) -> dict[str, str]:

@@ -103,9 +103,14 @@ def commit(store: Store, lake: Lake, silver_dir: str, schema: pa.Schema, parts: 
         written.append(DataFile(name, store.fs.get_file_info(path).size, {"product_id": product, "date": day},
                                 rows.num_rows))
     folders = {partition_path(silver_dir, product_id=p, date=d) + "/" for p, d in parts}
-    old = [f for f in lake.files(silver_dir) or [] if f[:f.rindex("/") + 1] in folders]
+    table = lake.table(silver_dir)
+    current = [] if table is None else lake.files(silver_dir, table.version()) or []
+    old = [f for f in current if f[:f.rindex("/") + 1] in folders]
+    # guarded: a concurrent build that committed one of these partitions since `table` (both adding a file to a
+    # partition new to silver) fails this one, LakeConflict, instead of leaving two files
     lake.commit_files(silver_dir, written, pa.schema([*schema, *(pa.field(k, pa.string()) for k in KEYS)]), KEYS,
-                      remove=old, metadata={BRONZE_VERSION: bronze_version})
+                      remove=old, metadata={BRONZE_VERSION: bronze_version}, table=table,
+                      partitions=[{"product_id": p, "date": d} for p, d in parts])
 
 
 def partition_file(lake: Lake, silver_dir: str, product: str, day: str) -> str | None:

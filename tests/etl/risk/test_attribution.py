@@ -142,3 +142,47 @@ def test_portfolios_in_chunks_give_the_same_rows(monkeypatch):
     chunked = attribution_table(CLOSES, QUOTE, PORTFOLIOS, POSITIONS, PNL, FACTOR_RETURNS, EXPOSURES)
     assert len(whole) == 9 and set(whole["portfolio_id"]) == {"P1", "P2"}
     pd.testing.assert_frame_equal(whole, chunked)
+
+
+def test_a_factors_commit_landing_during_a_risk_run_does_not_mix_two_factor_runs(chain, monkeypatch):
+    """The risk run read the committed factor outputs twice (returns, then exposures), each through its own read of
+    the factor records: a `factors` run committing in between (another window, changed settings, a late
+    correction) gave the attribution one run's factor returns times the other run's betas: figures no factor run
+    made. It must equal the attribution of one of them (docs/commit_protocol.md: one complete state or the other)."""
+    import os
+    import subprocess
+    import sys
+
+    from etl import commits
+    from etl.commits import risk_manifest
+    from etl.risk.runner import run_risk
+    from etl.settings import PROJECT_ROOT, get_settings
+
+    part = f"as_of_date={AS_OF.date()}"
+    columns = ["portfolio_id", "as_of_date", "factor_name", "exposure", "factor_return", "explained_pnl"]
+
+    def attribution() -> pd.DataFrame:
+        out = _committed(chain["data"], "pnl_attribution", risk_manifest(AS_OF.date()), f"pnl_attribution/{part}")
+        return out[columns].sort_values(columns[:3], ignore_index=True)
+
+    before = attribution()                                     # the chain's run, on the first factors commit
+    real, calls = commits.read_entry, []
+
+    def factors_commit_between(store, entry, *args, **kwargs):  # a real `factors` run commits once the risk run
+        out = real(store, entry, *args, **kwargs)               # has read its first factor partition
+        if entry["table"].startswith("factor_") and not calls:
+            env = {**os.environ, "FACTOR_FORMATION_MINUTES": "60"}
+            calls.append(subprocess.run([sys.executable, "-m", "etl", "factors", "--end",
+                                         f"{(AS_OF + pd.Timedelta(days=1)).date()}T00:00:00Z"], cwd=PROJECT_ROOT,
+                                        env=env, capture_output=True, text=True, timeout=600))
+        return out
+
+    monkeypatch.setattr(commits, "read_entry", factors_commit_between)
+    run_risk(AS_OF.date(), get_settings())
+    monkeypatch.setattr(commits, "read_entry", real)
+    assert calls and calls[0].returncode == 0, calls[0].stderr[-2000:] if calls else "no factor partition read"
+    raced = attribution()
+    run_risk(AS_OF.date(), get_settings())                    # a clean run on the second factors commit
+    after = attribution()
+    assert not before.equals(after)                            # the two factor runs explain differently
+    assert raced.equals(before) or raced.equals(after), "the attribution mixes two factor runs"

@@ -259,3 +259,45 @@ def test_shards_computed_with_other_risk_settings_than_the_commit_commit_nothing
     tasks.compute_risk_shard(AS_OF, 1, 2, run_key="run-s")                     # the rerun named
     tasks.compute_risk(AS_OF, shards=2, run_key="run-s")
     assert read_manifest(store, risk_manifest(AS_OF))["params"]["var_lookback_days"] == 60
+
+
+def test_a_commit_killed_while_clearing_its_shard_area_is_retried_without_committing_again(shard_env, monkeypatch):
+    """compute_risk commits, then deletes its run's shard area folder by folder (a recursive delete): SIGKILLed in
+    between (a worker lost, OOM), shard 0's marker is gone and shard 1's is there. The retry saw "risk shard(s) [0]
+    ... not done" and failed on every attempt over a complete commit (only a retry that found no marker at all was
+    recognised), so the end-of-day run never reached its load, report and alerts. The retry is the same commit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from etl.settings import PROJECT_ROOT
+
+    monkeypatch.setenv("PIPELINE_RISK_SHARDS", "2")
+    for shard in (0, 1):
+        tasks.compute_risk_shard(AS_OF, shard, 2, run_key="run-k")
+    script = f"""
+import os, signal
+from datetime import date
+from etl.orchestration import tasks
+from etl.risk.shards import shard_dir
+from etl.storage import Store
+real = Store.delete
+def delete(self, rel):  # the recursive delete dies after its first folder
+    if rel == shard_dir("run-k"):
+        real(self, shard_dir("run-k", 0))
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(self, rel)
+Store.delete = delete
+tasks.compute_risk(date.fromisoformat("{AS_OF}"), shards=2, run_key="run-k")
+"""
+    killed = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=os.environ, capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    store = Store.from_uri(str(shard_env))
+    committed = read_manifest(store, risk_manifest(AS_OF))
+    assert committed["run_key"] == "run-k" and store.exists(shard_dir("run-k", 1))   # committed, half cleared
+    again = tasks.compute_risk(AS_OF, shards=2, run_key="run-k")
+    assert read_manifest(store, risk_manifest(AS_OF)) == committed                     # nothing committed again
+    assert again["portfolios"] == 7 and again["rows"] == {e["table"]: e["rows"] for e in committed["files"].values()}
+    assert not store.exists(shard_dir("run-k"))                                       # the clearing finished

@@ -689,3 +689,45 @@ def test_a_bronze_partition_quarantined_whole_by_compaction_leaves_silver_as_a_f
     assert sorted(incremental) == sorted(refreshed), (
         f"incremental silver holds {sorted(set(incremental) - set(refreshed))} that the full refresh of the same "
         f"bronze does not; 5-minute bars on days {days}")
+
+
+def test_a_compact_vacuuming_silver_while_a_build_runs_does_not_fail_the_build(data_dir, tmp_path, monkeypatch):
+    """docs/commit_protocol.md: `compact` "vacuums every Delta table past PIPELINE_LAKE_RETENTION_DAYS", silver
+    included, and a silver build fails only when "another build committed to that table meanwhile". Past the
+    retention every daily compact finds superseded silver files to delete, and delta-rs' vacuum then commits (VACUUM
+    START/END: no row changes) to bars_5m and bars_1d. A build running meanwhile (the intraday DAG builds silver
+    every 5 minutes) committed on top of the version it loaded, without retry: it failed with LakeConflict ("a
+    concurrent writer changed the rows this commit replaces") after its first tables' commits, leaving price_quality
+    new and the bars old. It must commit, and equal a clean build of the same bronze."""
+    import os
+
+    from etl.settings import PROJECT_ROOT
+    from etl.silver import incremental
+
+    write_batch(data_dir, minute_candles("ETH-USD", T0, 600), "b1", T0 + timedelta(days=1))
+    build(now=FUTURE)
+    write_batch(data_dir, minute_candles("ETH-USD", T0 + timedelta(minutes=100), 300, seed=2), "b2",
+                T0 + timedelta(days=2))
+    build(now=FUTURE)                                  # superseded 5-minute and year files: vacuum has work
+    write_batch(data_dir, minute_candles("ETH-USD", T0 + timedelta(minutes=200), 300, seed=3), "b3",
+                T0 + timedelta(days=3))
+    plan, compacted = incremental._plan, []
+
+    def compact_meanwhile(*args, **kwargs):           # after the build loaded the silver tables, before it writes
+        if not compacted:
+            env = {**os.environ, "PIPELINE_LAKE_RETENTION_DAYS": "0"}
+            compacted.append(subprocess.run([sys.executable, "-m", "etl", "compact", "--before", "2026-01-01"],
+                                            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300))
+        return plan(*args, **kwargs)
+
+    monkeypatch.setattr(incremental, "_plan", compact_meanwhile)
+    summary = build(now=FUTURE)
+    assert compacted[0].returncode == 0, compacted[0].stderr[-2000:]
+    assert "0 Delta file(s) vacuumed" not in compacted[0].stdout + compacted[0].stderr
+    assert summary.partitions == 1
+    clean = tmp_path / "clean"
+    shutil.copytree(data_dir / "bronze", clean / "bronze")
+    monkeypatch.setattr(incremental, "_plan", plan)
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(clean))
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == silver_files(clean)

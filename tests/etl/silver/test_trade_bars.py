@@ -337,3 +337,45 @@ def test_a_day_whose_only_trades_file_is_corrupt_keeps_no_bar_and_stops_nothing(
     summary = build_trade_bars(full_refresh=True)
     assert len(summary.bad_files) == 1 and summary.bars == 0 and Lake.of(store).files("bronze/trades") == []
     assert len(bronze_table(data_dir, TRADE_BARS_DIR)) == 0   # the bars built from the lost file went with it
+
+
+def test_two_builds_at_once_of_a_new_partition_commit_its_bars_once(data_dir, monkeypatch):
+    """Two silver builds at once (the intraday DAG's and a backfill's or a manual `python -m etl silver`), both
+    taking in a partition new to silver (every partition of a new UTC day): each found no previous file to remove,
+    so both appends committed and the partition held two files, every bar twice, for good (the next build found
+    nothing new). docs/commit_protocol.md: a build commits its partitions whole or fails with LakeConflict."""
+    import threading
+
+    from etl.lake import Lake, LakeConflict
+
+    store = Store.from_uri(str(data_dir))
+    sink, lake = BronzeSink(store), Lake.of(store)
+    sink.write(_trades("b0", [("ETH-USD", "0", "2025-12-31T00:00:01Z")]))
+    build_trade_bars()
+    sink.write(_trades("b1", [("BTC-USD", "1", "2026-01-01T00:00:01Z")]))   # a partition new to silver
+    commit, both_written = Lake.commit_files, threading.Barrier(2)
+
+    def at_once(self, rel, *args, **kwargs):                  # both builds wrote their file before either commits
+        if rel == TRADE_BARS_DIR:
+            both_written.wait(timeout=60)
+        return commit(self, rel, *args, **kwargs)
+
+    monkeypatch.setattr(Lake, "commit_files", at_once)
+    outcomes = []
+
+    def build() -> None:
+        try:
+            outcomes.append(build_trade_bars().partitions)
+        except LakeConflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    monkeypatch.setattr(Lake, "commit_files", commit)
+    assert sorted(outcomes, key=str) == [1, "conflict"]
+    rows = lake.read(TRADE_BARS_DIR).to_pandas()
+    assert sorted(rows["product_id"]) == ["BTC-USD", "ETH-USD"]                # each bar once
+    assert build_trade_bars().partitions == 0
