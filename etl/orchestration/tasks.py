@@ -208,7 +208,8 @@ def ingest_daily_history(product: str, as_of: date | str, *, pool_slots: int = 1
     settings = settings or get_settings()
     day = as_date(as_of)
     _, end = daily_window(day, settings)
-    start = daily_history_start(watermark(product, DAILY, settings), day, settings)
+    start = daily_history_start(watermark(product, DAILY, settings), watermark(product, DAILY, settings, oldest=True),
+                                day, settings)
     return fetch_candles(product, start, end, DAILY, pool_slots=pool_slots,
                          ref=ref or TaskRef.manual("ingest_daily_history"), settings=settings)
 

@@ -72,6 +72,19 @@ def test_fetch_intraday_backfills_history_first_then_only_the_interval(settings)
     assert second["window"][0].startswith("2026-03-02 11:45")
 
 
+def test_an_end_of_day_run_for_a_day_before_the_history_fetches_that_days_whole_history(settings, monkeypatch):
+    """A backfill (or manual run) of an old as-of day whose history window starts before the oldest daily candle
+    bronze holds: it fetched only its last overlap days, so risk valued the day on the few days bronze had (VaR on
+    11 returns instead of 29) where a clean run of that day fetches the whole window."""
+    monkeypatch.setenv("PIPELINE_DAILY_HISTORY_DAYS", "30")
+    s = get_settings()
+    tasks.ingest_daily_history("BTC-USD", date(2026, 3, 1), settings=s)          # the first scheduled run
+    old = tasks.ingest_daily_history("BTC-USD", date(2026, 2, 10), settings=s)   # then a backfill of 02-10
+    assert old["window"][0].startswith("2026-01-12") and old["candles"] == 30     # its window [01-12, 02-11)
+    # the day after the first run: only the overlap, as before
+    assert tasks.ingest_daily_history("BTC-USD", date(2026, 3, 2), settings=s)["candles"] == 4
+
+
 def test_validate_products_checks_master_and_source(settings):
     assert tasks.validate_products(settings=settings) == ["BTC-USD", "ETH-USD"]
     with pytest.raises(ValidationError, match=r"\['FOO-USD'\] are not in the instrument master"):
