@@ -74,8 +74,8 @@ def test_fetch_intraday_backfills_history_first_then_only_the_interval(settings)
 
 def test_an_end_of_day_run_for_a_day_before_the_history_fetches_that_days_whole_history(settings, monkeypatch):
     """A backfill (or manual run) of an old as-of day whose history window starts before the oldest daily candle
-    bronze holds: it fetched only its last overlap days, so risk valued the day on the few days bronze had (VaR on
-    11 returns instead of 29) where a clean run of that day fetches the whole window."""
+    bronze holds: it fetched only its last overlap days, so risk valued the day on the days bronze happened to hold
+    (here 11 of the window's 30) where a clean run of that day fetches the whole window."""
     monkeypatch.setenv("PIPELINE_DAILY_HISTORY_DAYS", "30")
     s = get_settings()
     tasks.ingest_daily_history("BTC-USD", date(2026, 3, 1), settings=s)          # the first scheduled run
