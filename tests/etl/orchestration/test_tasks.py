@@ -118,6 +118,32 @@ def test_a_failing_attempt_is_up_for_retry_in_airflow_and_failed_outside(setting
     assert "SourceError" in messages[0] and messages[1] == "RuntimeError: boom"
 
 
+def test_a_fetch_that_fails_before_the_api_call_is_the_tasks_failure(settings, data_dir):
+    """The window of an intraday or end-of-day fetch depends on what bronze holds (its watermark): a failure reading
+    it is the task's own, as any other: outside Airflow a `failed` run-log row; in Airflow a corrupt file (bad
+    input, no retry fixes it) fails at once, left to the callback. It escaped the task's frame: no row, retried."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from etl.integrity import CorruptFileError
+
+    tasks.fetch_intraday("BTC-USD", T0 - timedelta(minutes=5), T0, settings=settings)
+    tasks.ingest_daily_history("BTC-USD", date(2026, 3, 1), settings=settings)
+    for f in (data_dir / "bronze" / "candles").rglob("*.parquet"):
+        f.write_bytes(b"not parquet")
+    before = len(rows(settings))
+    with pytest.raises(CorruptFileError):
+        tasks.fetch_intraday("BTC-USD", T0, T0 + timedelta(minutes=5), settings=settings)
+    with pytest.raises(CorruptFileError):
+        tasks.ingest_daily_history("BTC-USD", date(2026, 3, 2), settings=settings)
+    in_airflow = TaskRef("r4", "risk_end_of_day", "ingest_daily_history[0]", try_number=1, max_tries=2,
+                         in_airflow=True)
+    with pytest.raises(AirflowFailException, match="not parquet|Parquet|corrupt"):
+        tasks.ingest_daily_history("BTC-USD", date(2026, 3, 2), ref=in_airflow, settings=settings)
+    got = [(r["dag_id"], r["task_id"], r["status"], r["message"].split(":")[0]) for r in rows(settings)[before:]]
+    assert got == [("manual", "fetch_candles", "failed", "CorruptFileError"),
+                   ("manual", "ingest_daily_history", "failed", "CorruptFileError")]
+
+
 # ---- backfill form ------------------------------------------------------------------------------------------
 GOOD = {"products": "btc-usd, ETH-USD", "start": "2026-03-01T00:00:00Z", "end": "2026-03-02T00:00:00+00:00",
         "granularity": 300, "full_refresh": True}
