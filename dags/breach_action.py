@@ -49,6 +49,7 @@ def breach_action():
 
     @task
     def record_action(params=None, ti=None) -> str:
+        import uuid
         from datetime import date
 
         from etl.report import breach_actions
@@ -57,7 +58,9 @@ def breach_action():
         act, note = breach_actions.act(
             params["portfolio_id"], params["limit_type"], date.fromisoformat(params["breach_began"]),
             params["action"], params["reason"], decision["responded_by_user"]["name"],
-            date.fromisoformat(params["valid_until"]), params.get("new_limit_value"))
+            date.fromisoformat(params["valid_until"]), params.get("new_limit_value"),
+            # one approval, one action: a retry of this task (its worker lost after the record) finds it logged
+            action_id=uuid.uuid5(uuid.NAMESPACE_URL, f"airflow:{ti.dag_id}/{ti.run_id}").hex)
         return note or f"breach action {act.action_id} by {act.by_user} recorded in gold.fact_breach_actions"
 
     approve_action >> record_action()

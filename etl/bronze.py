@@ -241,17 +241,18 @@ class IngestSummary:
 
 
 # ---- watermark ------------------------------------------------------------------------------------------------
-def watermark(product: str, granularity: int, settings: Settings | None = None) -> datetime | None:
-    """Newest bucket_start of `product` at `granularity` in the latest version of bronze; None if none. Reads the
-    product's newest partition first and stops at the first that holds the granularity."""
+def watermark(product: str, granularity: int, settings: Settings | None = None,
+              oldest: bool = False) -> datetime | None:
+    """Newest (`oldest`: oldest) bucket_start of `product` at `granularity` in the latest version of bronze; None if
+    none. Reads the product's newest (oldest) partition first and stops at the first that holds the granularity."""
     store = get_store(settings)
     lake = Lake.of(store, settings)
     parts = candles.by_partition(candles.files(lake, products=[product]))
-    for key in sorted(parts, reverse=True):
+    for key in sorted(parts, reverse=not oldest):
         table = store.read_files(CANDLES_DIR, parts[key], columns=["bucket_start", "granularity"])
         table = table.filter(pc.equal(table["granularity"], granularity))
         if table.num_rows:
-            return pc.max(table["bucket_start"]).as_py()
+            return (pc.min if oldest else pc.max)(table["bucket_start"]).as_py()
     return None
 
 

@@ -67,13 +67,15 @@ def daily_window(as_of: date, settings: Settings) -> tuple[datetime, datetime]:
     return end - timedelta(days=settings.daily_history_days), end
 
 
-def daily_history_start(watermark: datetime | None, as_of: date, settings: Settings) -> datetime:
-    """Where an end-of-day fetch of daily candles starts, given the newest daily candle bronze holds
-    (`watermark`, None on a first run): the window start on a first run (backfill), else the watermark minus
-    `daily_overlap_days` (recent days are revised), never before the window start and always at least the
-    overlap before the window end, so a rerun of an old day still fetches."""
+def daily_history_start(watermark: datetime | None, oldest: datetime | None, as_of: date,
+                        settings: Settings) -> datetime:
+    """Where an end-of-day fetch of daily candles starts, given the newest and the oldest daily candle bronze holds
+    (`watermark`, `oldest`; None on a first run): the window start on a first run (backfill) or when bronze
+    starts after it (a run for a day before bronze's history: else risk would value it on the few days bronze
+    has), else the watermark minus `daily_overlap_days` (recent days are revised), never before the window start
+    and always at least the overlap before the window end, so a rerun of an old day still fetches."""
     window_start, end = daily_window(as_of, settings)
-    if watermark is None or watermark < window_start:
+    if watermark is None or watermark < window_start or oldest is None or oldest > window_start:
         return window_start
     newest = min(watermark + timedelta(days=1), end)
     return max(window_start, newest - timedelta(days=settings.daily_overlap_days))

@@ -164,10 +164,15 @@ def fetch_candles(run: TaskRun, product: str, start: datetime | str | None, end:
     `pool_slots`: how many API tasks may run at once; this task paces at rate_limit_rps / pool_slots so that
     all of them together stay under the exchange's limit.
     """
+    return _fetch(run, product, start, end, int(granularity or run.settings.granularity), pool_slots)
+
+
+def _fetch(run: TaskRun, product: str, start: datetime | str | None, end: datetime | str | None, granularity: int,
+           pool_slots: int) -> dict:
+    """The body of every fetch task (`fetch_candles`, `fetch_intraday`, `ingest_daily_history`)."""
     from etl import bronze
 
     settings, ref = run.settings, run.ref
-    granularity = int(granularity or settings.granularity)
     summary = bronze.ingest(products=[product], start=utc(start) if start else None,
                             end=utc(end) if end else None, granularity=granularity,
                             settings=_paced(settings, pool_slots),
@@ -189,28 +194,30 @@ def has_history(product: str, granularity: int, settings: Settings) -> bool:
     return watermark(product, granularity, settings) is not None
 
 
-def fetch_intraday(product: str, interval_start: datetime | str, interval_end: datetime | str, *,
-                   pool_slots: int = 1, ref: TaskRef | None = None, settings: Settings | None = None) -> dict:
+# The fetch window depends on what bronze holds: reading it is part of the task (its failure too, with its run-log
+# row), so the window is computed inside the task's frame.
+@task_function("fetch_candles")
+def fetch_intraday(run: TaskRun, product: str, interval_start: datetime | str, interval_end: datetime | str, *,
+                   pool_slots: int = 1) -> dict:
     """The intraday DAG's fetch: the data interval plus overlap, or the history on the first run."""
-    settings = settings or get_settings()
+    settings = run.settings
     first = not has_history(product, settings.granularity, settings)
     start, end = intraday_window(interval_start, interval_end, settings, has_history=not first)
-    return fetch_candles(product, start, end, settings.granularity, pool_slots=pool_slots, ref=ref,
-                         settings=settings)
+    return _fetch(run, product, start, end, settings.granularity, pool_slots)
 
 
-def ingest_daily_history(product: str, as_of: date | str, *, pool_slots: int = 1, ref: TaskRef | None = None,
-                         settings: Settings | None = None) -> dict:
+@task_function("ingest_daily_history")
+def ingest_daily_history(run: TaskRun, product: str, as_of: date | str, *, pool_slots: int = 1) -> dict:
     """Daily candles (granularity 86400) up to the as-of day, the risk history: only those bronze lacks plus
     `daily_overlap_days` (the first run backfills `daily_history_days`, see `daily_history_start`)."""
     from etl.bronze import watermark
 
-    settings = settings or get_settings()
+    settings = run.settings
     day = as_date(as_of)
     _, end = daily_window(day, settings)
-    start = daily_history_start(watermark(product, DAILY, settings), day, settings)
-    return fetch_candles(product, start, end, DAILY, pool_slots=pool_slots,
-                         ref=ref or TaskRef.manual("ingest_daily_history"), settings=settings)
+    start = daily_history_start(watermark(product, DAILY, settings), watermark(product, DAILY, settings, oldest=True),
+                                day, settings)
+    return _fetch(run, product, start, end, DAILY, pool_slots)
 
 
 @task_function("build_silver")

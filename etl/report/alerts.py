@@ -147,19 +147,27 @@ def send_webhook(url: str, text: str) -> None:
 
 
 def smtp_settings() -> dict:
-    """Airflow's `[smtp]` section (airflow.cfg or AIRFLOW__SMTP__* variables), read through Airflow's config."""
-    from airflow.configuration import conf
+    """Airflow's `[smtp]` section (airflow.cfg or AIRFLOW__SMTP__* variables), read through Airflow's config.
 
-    return {
-        "host": conf.get("smtp", "smtp_host"),
-        "port": conf.getint("smtp", "smtp_port"),
-        "user": conf.get("smtp", "smtp_user", fallback=None),
-        "password": conf.get("smtp", "smtp_password", fallback=None),
-        "starttls": conf.getboolean("smtp", "smtp_starttls"),
-        "ssl": conf.getboolean("smtp", "smtp_ssl"),
-        "mail_from": conf.get("smtp", "smtp_mail_from", fallback=None) or "airflow@localhost",
-        "timeout": conf.getint("smtp", "smtp_timeout", fallback=int(SMTP_TIMEOUT_S)),
-    }
+    A bad value is an AlertDeliveryError, as an unreachable server: the e-mail channel fails alone and the
+    channels already delivered are recorded in the ledger (never sent again by a retry)."""
+    from airflow.configuration import conf
+    from airflow.exceptions import AirflowConfigException
+
+    try:
+        return {
+            "host": conf.get("smtp", "smtp_host"),
+            "port": conf.getint("smtp", "smtp_port"),
+            "user": conf.get("smtp", "smtp_user", fallback=None),
+            "password": conf.get("smtp", "smtp_password", fallback=None),
+            "starttls": conf.getboolean("smtp", "smtp_starttls"),
+            "ssl": conf.getboolean("smtp", "smtp_ssl"),
+            "mail_from": conf.get("smtp", "smtp_mail_from", fallback=None) or "airflow@localhost",
+            "timeout": conf.getint("smtp", "smtp_timeout", fallback=int(SMTP_TIMEOUT_S)),
+        }
+    except (AirflowConfigException, ValueError) as exc:  # its message names the key and the value
+        raise AlertDeliveryError(f"alert e-mail: Airflow's [smtp] settings are not usable: {exc} (set "
+                                 "AIRFLOW__SMTP__SMTP_HOST/PORT/STARTTLS/SSL/TIMEOUT)") from None
 
 
 def send_email(to: str, subject: str, body: str, smtp: dict) -> None:

@@ -60,7 +60,7 @@ class BreachAction:
 
 
 def make(breach: dict, action: str, reason: str, by_user: str, valid_until: date,
-         new_limit_value: float | None = None, today: date | None = None) -> BreachAction:
+         new_limit_value: float | None = None, today: date | None = None, action_id: str | None = None) -> BreachAction:
     """Validate an action on `breach` (a dict of etl.report.cockpit.breaches: the breach as gold has it today);
     a ValidationError says which field is wrong and why."""
     today = today or datetime.now(UTC).date()
@@ -82,7 +82,7 @@ def make(breach: dict, action: str, reason: str, by_user: str, valid_until: date
                                   f"limit {limit}")
     elif new_limit_value is not None:
         raise ValidationError("new_limit_value: only a raise_limit action sets a limit")
-    return BreachAction(action_id=uuid.uuid4().hex, portfolio_id=str(breach["portfolio_id"]),
+    return BreachAction(action_id=action_id or uuid.uuid4().hex, portfolio_id=str(breach["portfolio_id"]),
                         limit_type=str(breach["limit_type"]), breach_began=date.fromisoformat(str(breach["since"])),
                         action=action, by_user=by_user, reason=reason, acted_at=datetime.now(UTC),
                         valid_until=valid_until, utilisation_at_action=breach.get("utilisation"),
@@ -100,6 +100,13 @@ def record(act: BreachAction, settings: Settings | None = None) -> str:
     return path
 
 
+def recorded(action_id: str, settings: Settings | None = None) -> BreachAction | None:
+    """The action of that id in the log, or None."""
+    store = get_store(settings)
+    files = store.list_files(LOG_DIR, suffix=f"/{action_id}.parquet")
+    return BreachAction(**store.read_parquet(files[0]).to_pylist()[0]) if files else None
+
+
 def publish(settings: Settings | None = None) -> None:
     """raw.breach_actions from the log, then gold.fact_breach_actions (write-audit-publish of that model alone)."""
     from etl import db
@@ -115,26 +122,37 @@ def publish(settings: Settings | None = None) -> None:
 
 
 def take(breach: dict, action: str, reason: str, by_user: str, valid_until: date,
-         new_limit_value: float | None = None, settings: Settings | None = None) -> tuple[BreachAction, str | None]:
+         new_limit_value: float | None = None, settings: Settings | None = None,
+         action_id: str | None = None) -> tuple[BreachAction, str | None]:
     """`make`, `record`, `publish`: returns the action and, when gold could not be built now, why (the action is
     in the log and reaches gold with the next load)."""
-    act = make(breach, action, reason, by_user, valid_until, new_limit_value)
+    act = make(breach, action, reason, by_user, valid_until, new_limit_value, action_id=action_id)
     record(act, settings)
+    return act, _published(act, settings)
+
+
+def _published(act: BreachAction, settings: Settings | None) -> str | None:
+    """`publish`; None, or why gold does not show the (logged) action yet."""
     try:
         publish(settings)
     except PipelineError as exc:
         log.warning("breach action %s is logged; gold shows it after the next load: %s", act.action_id, exc)
-        return act, f"recorded; gold shows it after the next load ({exc})"
-    return act, None
+        return f"recorded; gold shows it after the next load ({exc})"
+    return None
 
 
 def act(portfolio_id: str, limit_type: str, breach_began: date, action: str, reason: str, by_user: str,
         valid_until: date, new_limit_value: float | None = None, as_of: date | None = None,
-        settings: Settings | None = None) -> tuple[BreachAction, str | None]:
+        settings: Settings | None = None, action_id: str | None = None) -> tuple[BreachAction, str | None]:
     """Act on the end-of-day breach gold shows on `as_of` (default: the latest day) for this portfolio and limit type
     that began on `breach_began` (DataNotFoundError if there is none), as `take` does. The cockpit's POST and the
-    `breach_action` DAG (after its approval) both come here."""
+    `breach_action` DAG (after its approval) both come here.
+
+    `action_id`: the caller's id for this one action (the DAG: its run's), so that a retry of a task that already
+    recorded it (its worker lost after the record) publishes that action again instead of recording a second one."""
     settings = settings or get_settings()
+    if action_id and (done := recorded(action_id, settings)) is not None:
+        return done, _published(done, settings)
     with GoldReader(reporting_url(settings)) as reader:
         as_of = as_of or reader.latest_as_of()
         found, _ = cockpit.breaches(reader, as_of)
@@ -143,7 +161,7 @@ def act(portfolio_id: str, limit_type: str, breach_began: date, action: str, rea
     if breach is None:
         raise DataNotFoundError(f"no {limit_type} breach of {portfolio_id} that began on {breach_began} in "
                                 f"gold.fact_limit_breaches on {as_of}")
-    return take(breach, action, reason, by_user, valid_until, new_limit_value, settings)
+    return take(breach, action, reason, by_user, valid_until, new_limit_value, settings, action_id)
 
 
 def is_quiet(breach: dict, step: float) -> bool:

@@ -165,9 +165,10 @@ def test_end_of_day_fetches_only_the_daily_candles_it_lacks_plus_the_overlap(dat
     assert first["candles"] == 30                                          # the first run backfills
     second = tasks.ingest_daily_history("BTC-USD", date(2026, 3, 2), settings=settings)
     assert second["candles"] == 4                                          # 3 overlap days + the new one
-    mark = watermark("BTC-USD", 86400, settings)
-    assert intervals.daily_history_start(mark, date(2026, 3, 2), settings) == datetime(2026, 2, 28, tzinfo=UTC)
-    rerun = tasks.ingest_daily_history("BTC-USD", date(2026, 2, 10), settings=settings)  # an old as-of day
+    mark, oldest = watermark("BTC-USD", 86400, settings), watermark("BTC-USD", 86400, settings, oldest=True)
+    assert oldest == datetime(2026, 1, 31, tzinfo=UTC)
+    assert intervals.daily_history_start(mark, oldest, date(2026, 3, 2), settings) == datetime(2026, 2, 28, tzinfo=UTC)
+    rerun = tasks.ingest_daily_history("BTC-USD", date(2026, 3, 1), settings=settings)  # an earlier as-of day
     assert rerun["candles"] == 3
     daily = read_bronze(granularity=86400, settings=settings, dedup=True)
     assert len(daily) == 31 and daily["bucket_start"].max() == pd.Timestamp("2026-03-02", tz="UTC")

@@ -58,12 +58,17 @@ def test_daily_history_start_backfills_then_refetches_the_overlap(settings, monk
     s = get_settings()
     day = date(2026, 3, 2)
     window_start = datetime(2026, 2, 1, tzinfo=UTC)
-    assert intervals.daily_history_start(None, day, s) == window_start                      # first run
-    assert intervals.daily_history_start(datetime(2026, 1, 1, tzinfo=UTC), day, s) == window_start  # too old
-    assert intervals.daily_history_start(datetime(2026, 3, 1, tzinfo=UTC), day, s) == datetime(2026, 2, 27, tzinfo=UTC)
+    held = datetime(2026, 1, 1, tzinfo=UTC)  # the oldest daily candle bronze holds
+    assert intervals.daily_history_start(None, None, day, s) == window_start                 # first run
+    assert intervals.daily_history_start(datetime(2026, 1, 1, tzinfo=UTC), held, day, s) == window_start  # too old
+    assert intervals.daily_history_start(datetime(2026, 3, 1, tzinfo=UTC), held, day, s) == datetime(
+        2026, 2, 27, tzinfo=UTC)
     # a rerun of an old day still fetches its last overlap days, not nothing
-    assert intervals.daily_history_start(datetime(2026, 3, 1, tzinfo=UTC), date(2026, 2, 10), s) == datetime(
+    assert intervals.daily_history_start(datetime(2026, 3, 1, tzinfo=UTC), held, date(2026, 2, 10), s) == datetime(
         2026, 2, 8, tzinfo=UTC)
+    # ... and all its window when bronze starts after the window's start (a day before the history bronze holds)
+    assert intervals.daily_history_start(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 1, 20, tzinfo=UTC),
+                                         date(2026, 2, 10), s) == datetime(2026, 1, 12, tzinfo=UTC)
 
 
 def test_last_interval_is_epoch_aligned_plus_the_offset():

@@ -72,6 +72,19 @@ def test_fetch_intraday_backfills_history_first_then_only_the_interval(settings)
     assert second["window"][0].startswith("2026-03-02 11:45")
 
 
+def test_an_end_of_day_run_for_a_day_before_the_history_fetches_that_days_whole_history(settings, monkeypatch):
+    """A backfill (or manual run) of an old as-of day whose history window starts before the oldest daily candle
+    bronze holds: it fetched only its last overlap days, so risk valued the day on the days bronze happened to hold
+    (here 11 of the window's 30) where a clean run of that day fetches the whole window."""
+    monkeypatch.setenv("PIPELINE_DAILY_HISTORY_DAYS", "30")
+    s = get_settings()
+    tasks.ingest_daily_history("BTC-USD", date(2026, 3, 1), settings=s)          # the first scheduled run
+    old = tasks.ingest_daily_history("BTC-USD", date(2026, 2, 10), settings=s)   # then a backfill of 02-10
+    assert old["window"][0].startswith("2026-01-12") and old["candles"] == 30     # its window [01-12, 02-11)
+    # the day after the first run: only the overlap, as before
+    assert tasks.ingest_daily_history("BTC-USD", date(2026, 3, 2), settings=s)["candles"] == 4
+
+
 def test_validate_products_checks_master_and_source(settings):
     assert tasks.validate_products(settings=settings) == ["BTC-USD", "ETH-USD"]
     with pytest.raises(ValidationError, match=r"\['FOO-USD'\] are not in the instrument master"):
@@ -103,6 +116,32 @@ def test_a_failing_attempt_is_up_for_retry_in_airflow_and_failed_outside(setting
     ]
     messages = [r["message"] for r in rows(s)]
     assert "SourceError" in messages[0] and messages[1] == "RuntimeError: boom"
+
+
+def test_a_fetch_that_fails_before_the_api_call_is_the_tasks_failure(settings, data_dir):
+    """The window of an intraday or end-of-day fetch depends on what bronze holds (its watermark): a failure reading
+    it is the task's own, as any other: outside Airflow a `failed` run-log row; in Airflow a corrupt file (bad
+    input, no retry fixes it) fails at once, left to the callback. It escaped the task's frame: no row, retried."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from etl.integrity import CorruptFileError
+
+    tasks.fetch_intraday("BTC-USD", T0 - timedelta(minutes=5), T0, settings=settings)
+    tasks.ingest_daily_history("BTC-USD", date(2026, 3, 1), settings=settings)
+    for f in (data_dir / "bronze" / "candles").rglob("*.parquet"):
+        f.write_bytes(b"not parquet")
+    before = len(rows(settings))
+    with pytest.raises(CorruptFileError):
+        tasks.fetch_intraday("BTC-USD", T0, T0 + timedelta(minutes=5), settings=settings)
+    with pytest.raises(CorruptFileError):
+        tasks.ingest_daily_history("BTC-USD", date(2026, 3, 2), settings=settings)
+    in_airflow = TaskRef("r4", "risk_end_of_day", "ingest_daily_history[0]", try_number=1, max_tries=2,
+                         in_airflow=True)
+    with pytest.raises(AirflowFailException, match="not parquet|Parquet|corrupt"):
+        tasks.ingest_daily_history("BTC-USD", date(2026, 3, 2), ref=in_airflow, settings=settings)
+    got = [(r["dag_id"], r["task_id"], r["status"], r["message"].split(":")[0]) for r in rows(settings)[before:]]
+    assert got == [("manual", "fetch_candles", "failed", "CorruptFileError"),
+                   ("manual", "ingest_daily_history", "failed", "CorruptFileError")]
 
 
 # ---- backfill form ------------------------------------------------------------------------------------------

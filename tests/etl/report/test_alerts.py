@@ -212,6 +212,22 @@ def test_unreachable_smtp_names_the_setting(env, data_dir, monkeypatch):
     assert len(_jsonl(data_dir)) == 2   # log and file still delivered
 
 
+def test_a_bad_smtp_setting_fails_the_email_alone_and_never_resends_the_webhook(env, data_dir, webhook,
+                                                                              airflow_logging):
+    """Reading Airflow's [smtp] settings is part of the e-mail delivery: a bad one (a port that is not a number)
+    fails that channel alone, naming the setting. It escaped the delivery: the ledger was not written, so every
+    retry and every later run sent the webhook (and the log alert) again."""
+    env.setenv("ALERT_WEBHOOK_URL", webhook.url)
+    env.setenv("ALERT_EMAIL_TO", "risk@example.com")
+    env.setenv("AIRFLOW__SMTP__SMTP_PORT", "25x")
+    for _ in range(2):  # the task and its retry
+        with pytest.raises(alerts.AlertDeliveryError, match=r"smtp_port.*25x.*AIRFLOW__SMTP__SMTP_HOST/PORT"):
+            alerts.send_alerts(AS_OF)
+    assert len(webhook.bodies) == 2 and len(_jsonl(data_dir)) == 2   # one per breach, once
+    ledger = json.loads((data_dir / "alerts" / "ledger" / "as_of_date=2026-01-31" / "P-CORE__var.json").read_text())
+    assert set(ledger["sent"]) == {"log", "file", "webhook"}        # e-mail: tried again on the next run
+
+
 def test_secrets_redacted_in_run_log(env, data_dir):
     """A failed webhook delivery: neither the error, the log nor the run-log row (-> gold.fact_pipeline_runs, read
     by the reporting role, the HTML and SQL reports) carries the webhook's secret path."""

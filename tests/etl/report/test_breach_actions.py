@@ -108,3 +108,49 @@ def test_an_acknowledged_breach_reaches_gold_the_page_data_and_holds_its_alert_u
     with pytest.raises(IncompleteInputError):
         alerts.send_alerts(nxt)
     assert sorted(p.name for p in ledger.glob("*.json")) == ["P-ALT__concentration.json", "P-CORE__var.json"]
+
+
+def _record_action_task(airflow_home):
+    """The breach_action DAG's record_action task as Airflow runs it (its python callable)."""
+    import os
+    import sys
+    from pathlib import Path
+
+    dags = Path(__file__).resolve().parents[3] / "dags"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    mp.setenv("AIRFLOW_HOME", str(airflow_home))
+    mp.syspath_prepend(str(dags))
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+
+        bag = DagBag(dag_folder=os.fspath(dags / "breach_action.py"))
+        assert bag.import_errors == {}
+        return bag.dags["breach_action"].get_task("record_action").python_callable
+    finally:
+        mp.undo()
+        sys.modules.pop("pipeline_common", None)
+
+
+class _ApprovedTask:
+    """What record_action reads of its task instance: the approval's response and the run it belongs to."""
+
+    dag_id, run_id = "breach_action", "manual__2026-02-01T09:00:00+00:00"
+
+    def xcom_pull(self, task_ids):
+        assert task_ids == "approve_action"
+        return {"responded_by_user": {"id": "1", "name": "bob"}}
+
+
+def test_a_retried_record_action_of_one_approval_records_one_action(warehouse, data_dir, tmp_path):
+    # the worker running record_action is lost after the action was recorded and published: Airflow retries the
+    # task in the same DAG run; it must not record the approved action a second time
+    record_action = _record_action_task(tmp_path / "airflow_home")
+    params = {"portfolio_id": "P-CORE", "limit_type": "var", "breach_began": "2026-01-29", "action": "acknowledge",
+              "reason": "hedge booked for Monday", "valid_until": (TODAY + timedelta(days=7)).isoformat(),
+              "new_limit_value": None}
+    first = record_action(params=params, ti=_ApprovedTask())
+    again = record_action(params=params, ti=_ApprovedTask())
+    assert again == first
+    assert len(list((data_dir / "actions" / "breach_actions").rglob("*.parquet"))) == 1
+    assert _sql(warehouse, "select by_user, reason from gold.fact_breach_actions") == [("bob", "hedge booked for Monday")]
