@@ -10,8 +10,8 @@ asyncio loop in a background thread and gives every connection its own sender:
   that changed since the last one sent (`new_quantity` "0" removes a level); `heartbeats` once a real second
   with a per-connection counter,
 - on subscribe: the `subscriptions` confirmation, a `market_trades` snapshot (the last SNAPSHOT_TRADES trades), a
-  `ticker` snapshot and an `l2_data` snapshot of the whole book, as Coinbase sends them (unsubscribe and subscribe
-  again for a fresh book snapshot),
+  `ticker` snapshot and an `l2_data` snapshot of the whole book (each level's `event_time` the epoch), as Coinbase
+  sends them (unsubscribe and subscribe again for a fresh book snapshot),
 - `sequence_num` counts the messages of the connection; message `timestamp` is the wall-clock send time (so
   consumers can measure latency); trade `time` is feed time.
 Faults (flags of `python -m etl simulator`): `ws_drop_rate` (a message is skipped but its sequence number used),
@@ -43,6 +43,7 @@ HEARTBEAT_S = 1.0
 SNAPSHOT_TRADES = 50
 CHANNELS = ("heartbeats", "market_trades", "ticker", "level2")
 HALF_SPREAD_BPS = 0.5    # best bid/ask sit this far from the last trade (plus noise)
+SNAPSHOT_EVENT_TIME = "1970-01-01T00:00:00Z"   # event_time of every level of an l2_data snapshot
 
 
 def iso(epoch_s: float) -> str:
@@ -310,7 +311,8 @@ class FeedServer:
         if old is not None and not changes:
             return
         d = self.app.source.products[product].price_decimals
-        when = _iso_us(now_us)
+        # Coinbase's snapshot levels carry no time: their event_time is the epoch (docs' level2 example)
+        when = SNAPSHOT_EVENT_TIME if old is None else _iso_us(now_us)
         self._emit(ws, conn, "l2_data", [{"type": "snapshot" if old is None else "update", "product_id": product,
                                           "updates": [{"side": side, "event_time": when, "price_level": f"{p:.{d}f}",
                                                        "new_quantity": f"{q / UNITS_PER_BASE:.8f}"}
