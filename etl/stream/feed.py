@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from etl.errors import ConfigError
-from etl.settings import Settings, get_settings
+from etl.settings import STREAM_MAX_MESSAGE_BYTES, Settings, get_settings
 from etl.stream.validate import message_number
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Feed:
     def __init__(self, url: str, products: list[str], on_message: Callable[[float, str, dict], None],
                  on_gap: Callable[[Gap], None], on_reject: Callable[[float, str, str, str], None] | None = None,
                  channels: tuple[str, ...] = CHANNELS, stall_s: float = 5.0, backoff_initial_s: float = 0.2,
-                 backoff_max_s: float = 20.0, max_message_bytes: int = 1 << 20):
+                 backoff_max_s: float = 20.0, max_message_bytes: int = STREAM_MAX_MESSAGE_BYTES):
         self.url, self.products, self.channels = url, list(products), tuple(channels)
         self.on_message, self.on_gap, self.on_reject = on_message, on_gap, on_reject
         self.stall_s, self.backoff_initial_s, self.backoff_max_s = stall_s, backoff_initial_s, backoff_max_s
