@@ -14,6 +14,7 @@ asyncio loop in a background thread and gives every connection its own sender:
   sends them (unsubscribe and subscribe again for a fresh book snapshot),
 - `sequence_num` counts the messages of the connection; message `timestamp` is the wall-clock send time (so
   consumers can measure latency); trade `time` is feed time.
+Client messages past `ws_message_rps` a second per IP (Coinbase's ~8) are refused with an `error` message.
 Faults (flags of `python -m etl simulator`): `ws_drop_rate` (a message is skipped but its sequence number used),
 `ws_duplicate_rate` (a message sent twice), `ws_disconnect_every` (abrupt connection drop every N s),
 `ws_stall_every`/`ws_stall_s` (nothing, not even heartbeats, for S s every N s; the backlog follows afterwards),
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 1.0
 SNAPSHOT_TRADES = 50
 CHANNELS = ("heartbeats", "market_trades", "ticker", "level2")
+MSG_RATE_LIMIT = "rate limit exceeded: at most 8 messages a second per IP"
 HALF_SPREAD_BPS = 0.5    # best bid/ask sit this far from the last trade (plus noise)
 SNAPSHOT_EVENT_TIME = "1970-01-01T00:00:00Z"   # event_time of every level of an l2_data snapshot
 
@@ -92,7 +94,7 @@ class FeedServer:
         self.mono0 = time.monotonic()
         self.feed0 = self.config.ws_start if self.config.ws_start is not None else app.clock()
         self.stats = {"connections": 0, "sent": 0, "dropped": 0, "duplicated": 0, "disconnects": 0,
-                      "stalls": 0, "slow_consumers": 0, "trades": 0}
+                      "stalls": 0, "slow_consumers": 0, "trades": 0, "refused": 0}
         self.fault_log: list[tuple[str, int]] = []  # ("dropped" | "duplicated", sequence_num), first 10,000
         self.lock = threading.Lock()
 
@@ -215,6 +217,10 @@ class FeedServer:
 
     async def _reader(self, ws, conn: _Connection) -> None:
         async for raw in ws:
+            if not self.app.ws_messages.take(ws.remote_address[0]):   # over the limit: refused, not applied
+                self._count("refused")
+                await ws.send(json.dumps({"type": "error", "message": MSG_RATE_LIMIT}))
+                continue
             try:
                 msg = json.loads(raw)
                 kind, channel = msg["type"], msg["channel"]
