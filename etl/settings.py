@@ -25,6 +25,9 @@ T = TypeVar("T")
 
 COINBASE_URL = "https://api.exchange.coinbase.com"
 COINBASE_WS_URL = "wss://advanced-trade-ws.coinbase.com"
+# The WebSocket client's message size cap. The `level2` snapshot is the whole book, over 4 MiB for BTC-USD most of
+# the time (ccxt issue #23597; Coinbase asks for the largest receive buffer possible): 64 MiB leaves a wide margin.
+STREAM_MAX_MESSAGE_BYTES = 64 << 20
 # The sample book's USD products (the benchmarks' universe). PIPELINE_PRODUCTS has no fixed default: unset, the
 # pipeline ingests what the book holds (etl.reference_set.Reference.products_to_ingest).
 DEFAULT_PRODUCTS = (
@@ -202,7 +205,7 @@ class Settings:
     simulator_ws_port: int = 8766            # the simulator's WebSocket port (default: SIMULATOR_PORT + 1)
     stream_commit_s: float = 2.0             # bronze micro-batch interval: at most this much is lost on a crash
     stream_stall_s: float = 5.0              # no message (not even a heartbeat) this long -> reconnect
-    stream_max_message_bytes: int = 1 << 20  # a larger message closes the connection (1009), which reopens
+    stream_max_message_bytes: int = STREAM_MAX_MESSAGE_BYTES  # a larger one closes the connection (1009), reopened
     stream_book_depth: int = 50              # order-book levels per side in each bronze snapshot
     stream_book_snapshot_s: float = 5.0      # order-book snapshot interval (bronze/order_book)
     bars_source: str = "candles"             # 5-minute bars for the risk chain: "candles" or "trades"
@@ -355,7 +358,7 @@ def _stream_settings(source: str, port: int) -> dict:
         "simulator_ws_port": ws_port,
         "stream_commit_s": _float("PIPELINE_STREAM_COMMIT_S", 2.0),
         "stream_stall_s": _float("PIPELINE_STREAM_STALL_S", 5.0),
-        "stream_max_message_bytes": max(1024, _int("PIPELINE_STREAM_MAX_MESSAGE_BYTES", 1 << 20)),
+        "stream_max_message_bytes": max(1024, _int("PIPELINE_STREAM_MAX_MESSAGE_BYTES", STREAM_MAX_MESSAGE_BYTES)),
         "stream_book_depth": max(1, _int("PIPELINE_STREAM_BOOK_DEPTH", 50)),
         "stream_book_snapshot_s": _float("PIPELINE_STREAM_BOOK_SNAPSHOT_S", 5.0),
         "bars_source": bars_source,

@@ -76,6 +76,7 @@ class SimulatorConfig:
     ws_stall_every: float = 0.0      # go silent (no heartbeats either) every this many seconds ...
     ws_stall_s: float = 0.0          # ... for this long
     ws_max_queue: int = 0            # unsent messages before a slow consumer is disconnected (0 = unbounded)
+    ws_message_rps: float = 8.0      # client messages a second per IP (Coinbase's unauthenticated limit; <= 0: none)
 
 
 class _Reply(Exception):
@@ -135,6 +136,7 @@ class _App:
         else:
             self.source = SyntheticSource(config.seed, config.products, config.universe)
         self.buckets = ServerRateLimit(config.rate_limit_rps, config.burst)
+        self.ws_messages = ServerRateLimit(config.ws_message_rps, max(1, math.floor(config.ws_message_rps)))
         self.faults = random.Random(config.seed)
         self.lock = threading.Lock()
         self.served_recent: set[tuple[str, int, int]] = set()  # (product, granularity, bucket) for late corrections

@@ -10,10 +10,11 @@ asyncio loop in a background thread and gives every connection its own sender:
   that changed since the last one sent (`new_quantity` "0" removes a level); `heartbeats` once a real second
   with a per-connection counter,
 - on subscribe: the `subscriptions` confirmation, a `market_trades` snapshot (the last SNAPSHOT_TRADES trades), a
-  `ticker` snapshot and an `l2_data` snapshot of the whole book, as Coinbase sends them (unsubscribe and subscribe
-  again for a fresh book snapshot),
+  `ticker` snapshot and an `l2_data` snapshot of the whole book (each level's `event_time` the epoch), as Coinbase
+  sends them (unsubscribe and subscribe again for a fresh book snapshot),
 - `sequence_num` counts the messages of the connection; message `timestamp` is the wall-clock send time (so
   consumers can measure latency); trade `time` is feed time.
+Client messages past `ws_message_rps` a second per IP (Coinbase's ~8) are refused with an `error` message.
 Faults (flags of `python -m etl simulator`): `ws_drop_rate` (a message is skipped but its sequence number used),
 `ws_duplicate_rate` (a message sent twice), `ws_disconnect_every` (abrupt connection drop every N s),
 `ws_stall_every`/`ws_stall_s` (nothing, not even heartbeats, for S s every N s; the backlog follows afterwards),
@@ -42,7 +43,9 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 1.0
 SNAPSHOT_TRADES = 50
 CHANNELS = ("heartbeats", "market_trades", "ticker", "level2")
+MSG_RATE_LIMIT = "rate limit exceeded: at most 8 messages a second per IP"
 HALF_SPREAD_BPS = 0.5    # best bid/ask sit this far from the last trade (plus noise)
+SNAPSHOT_EVENT_TIME = "1970-01-01T00:00:00Z"   # event_time of every level of an l2_data snapshot
 
 
 def iso(epoch_s: float) -> str:
@@ -91,7 +94,7 @@ class FeedServer:
         self.mono0 = time.monotonic()
         self.feed0 = self.config.ws_start if self.config.ws_start is not None else app.clock()
         self.stats = {"connections": 0, "sent": 0, "dropped": 0, "duplicated": 0, "disconnects": 0,
-                      "stalls": 0, "slow_consumers": 0, "trades": 0}
+                      "stalls": 0, "slow_consumers": 0, "trades": 0, "refused": 0}
         self.fault_log: list[tuple[str, int]] = []  # ("dropped" | "duplicated", sequence_num), first 10,000
         self.lock = threading.Lock()
 
@@ -214,6 +217,10 @@ class FeedServer:
 
     async def _reader(self, ws, conn: _Connection) -> None:
         async for raw in ws:
+            if not self.app.ws_messages.take(ws.remote_address[0]):   # over the limit: refused, not applied
+                self._count("refused")
+                await ws.send(json.dumps({"type": "error", "message": MSG_RATE_LIMIT}))
+                continue
             try:
                 msg = json.loads(raw)
                 kind, channel = msg["type"], msg["channel"]
@@ -310,7 +317,8 @@ class FeedServer:
         if old is not None and not changes:
             return
         d = self.app.source.products[product].price_decimals
-        when = _iso_us(now_us)
+        # Coinbase's snapshot levels carry no time: their event_time is the epoch (docs' level2 example)
+        when = SNAPSHOT_EVENT_TIME if old is None else _iso_us(now_us)
         self._emit(ws, conn, "l2_data", [{"type": "snapshot" if old is None else "update", "product_id": product,
                                           "updates": [{"side": side, "event_time": when, "price_level": f"{p:.{d}f}",
                                                        "new_quantity": f"{q / UNITS_PER_BASE:.8f}"}

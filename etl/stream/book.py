@@ -5,7 +5,8 @@ removes it). A book is *valid* from its snapshot until the feed may have lost on
 (sequence_num is per connection, so any lost message may be a book's), a disconnect or stall, or an update that
 breaks a field rule. An invalid book is neither updated nor snapshotted until a fresh snapshot arrives (the collector
 resubscribes `level2` after a sequence gap; a new connection subscribes anyway): a bronze snapshot is always the
-exchange's book, never a guess.
+exchange's book, never a guess. Its time is its last update's `event_time`: a snapshot's levels carry none (the
+epoch), so a book is written from its first update on.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from etl.stream.validate import SNAPSHOT_EVENT_TIME
+
 
 @dataclass
 class Book:
     bid: dict[float, float] = field(default_factory=dict)     # price -> quantity (base units)
     offer: dict[float, float] = field(default_factory=dict)
-    event_time: str = ""        # the last applied update's event_time (feed time of the book)
+    event_time: str = ""        # the last applied update's event_time (feed time of the book; "" until known)
     sequence_num: int | None = None
     connection_id: str = ""
 
@@ -30,7 +33,7 @@ class Book:
                 side[float(u["price_level"])] = quantity
             else:
                 side.pop(float(u["price_level"]), None)
-        if updates:
+        if updates and updates[-1]["event_time"] != SNAPSHOT_EVENT_TIME:  # a snapshot's levels carry no time
             self.event_time = updates[-1]["event_time"]
 
     def top(self, depth: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:

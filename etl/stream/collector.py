@@ -182,8 +182,9 @@ class Collector:
         for event in msg.get("events") or []:
             problem = validate.event_problem(event, "updates") or validate.product_problem(event.get("product_id"))
             updates = event.get("updates") or []
-            problem = problem or next((p for p in map(validate.book_update_problem, updates, [bounds] * len(updates))
-                                       if p), None)
+            snapshot = isinstance(event, dict) and event.get("type") == "snapshot"
+            problem = problem or next((p for u in updates if (p := validate.book_update_problem(u, bounds, snapshot))),
+                                      None)
             if problem:  # the book would miss a change: reject the event, distrust the book(s) it touches
                 self.on_reject(received_at, conn_id, json.dumps(event), problem)
                 product = event.get("product_id") if isinstance(event, dict) else None

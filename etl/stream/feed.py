@@ -14,7 +14,8 @@
    as soon as the frame header announces the size), the message is counted as a reject (its reason, no text),
    and the connection reopens as in 4.
 `resubscribe(channel)` unsubscribes and subscribes one channel again on the open connection: the collector's way to
-get a fresh `level2` snapshot after a sequence gap.
+get a fresh `level2` snapshot after a sequence gap. Every message the client sends is paced (SEND_RATE, under
+Coinbase's ~8 a second per IP) and a resubscription asked while one waits to be sent is the same one.
 """
 
 from __future__ import annotations
@@ -29,12 +30,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from etl.errors import ConfigError
-from etl.settings import Settings, get_settings
+from etl.settings import STREAM_MAX_MESSAGE_BYTES, Settings, get_settings
 from etl.stream.validate import message_number
 
 log = logging.getLogger(__name__)
 
 CHANNELS = ("heartbeats", "market_trades", "ticker")
+# Coinbase takes about 8 client messages a second per IP (unauthenticated): one feed sends at most SEND_BURST at once
+# (a connection's subscriptions) and SEND_RATE a second after, so a second feed on the host (insights) fits beside it.
+SEND_RATE = 3.0
+SEND_BURST = 4
 
 
 def ws_url(source: str | None = None, settings: Settings | None = None) -> str:
@@ -62,7 +67,7 @@ class Feed:
     def __init__(self, url: str, products: list[str], on_message: Callable[[float, str, dict], None],
                  on_gap: Callable[[Gap], None], on_reject: Callable[[float, str, str, str], None] | None = None,
                  channels: tuple[str, ...] = CHANNELS, stall_s: float = 5.0, backoff_initial_s: float = 0.2,
-                 backoff_max_s: float = 20.0, max_message_bytes: int = 1 << 20):
+                 backoff_max_s: float = 20.0, max_message_bytes: int = STREAM_MAX_MESSAGE_BYTES):
         self.url, self.products, self.channels = url, list(products), tuple(channels)
         self.on_message, self.on_gap, self.on_reject = on_message, on_gap, on_reject
         self.stall_s, self.backoff_initial_s, self.backoff_max_s = stall_s, backoff_initial_s, backoff_max_s
@@ -70,6 +75,8 @@ class Feed:
         self.connections = 0
         self.messages = 0
         self._ws = None
+        self._tokens, self._refilled = float(SEND_BURST), time.monotonic()   # the send pacer (SEND_RATE)
+        self._resubscribing: set[str] = set()    # channels whose resubscription waits to be sent
 
     async def run(self, stop: asyncio.Event) -> None:
         from websockets.asyncio.client import connect
@@ -85,8 +92,7 @@ class Feed:
                     self._ws = ws
                     self.connections += 1
                     for channel in self.channels:
-                        await ws.send(json.dumps({"type": "subscribe", "product_ids": self.products,
-                                                  "channel": channel}))
+                        await self._send(ws, "subscribe", channel)
                     log.info("stream: connected to %s (connection %s), subscribed to %s for %s", self.url, conn_id,
                              ", ".join(self.channels), ", ".join(self.products))
                     delivered, why = await self._receive(ws, conn_id, stop)
@@ -112,18 +118,31 @@ class Feed:
             except TimeoutError:
                 pass
 
+    async def _send(self, ws, kind: str, channel: str) -> None:
+        """Send one (un)subscribe message once the pacer allows it (Coinbase refuses messages past its limit)."""
+        now = time.monotonic()
+        self._tokens = min(SEND_BURST, self._tokens + (now - self._refilled) * SEND_RATE) - 1.0
+        self._refilled = now
+        if self._tokens < 0:
+            await asyncio.sleep(-self._tokens / SEND_RATE)
+        await ws.send(json.dumps({"type": kind, "product_ids": self.products, "channel": channel}))
+
     async def resubscribe(self, channel: str) -> None:
-        """A fresh snapshot of `channel` on the open connection (none open: the next one subscribes anyway)."""
+        """A fresh snapshot of `channel` on the open connection (none open: the next one subscribes anyway). A call
+        while one waits to be sent adds nothing: the snapshot it asks for comes after every gap seen so far."""
         from websockets.exceptions import ConnectionClosed
 
         ws = self._ws
-        if ws is None:
+        if ws is None or channel in self._resubscribing:
             return
+        self._resubscribing.add(channel)
         try:
             for kind in ("unsubscribe", "subscribe"):
-                await ws.send(json.dumps({"type": kind, "product_ids": self.products, "channel": channel}))
+                await self._send(ws, kind, channel)
         except ConnectionClosed:
             pass
+        finally:
+            self._resubscribing.discard(channel)
 
     async def _receive(self, ws, conn_id: str, stop: asyncio.Event) -> tuple[bool, str]:
         """Read one connection until it ends, stalls or `stop` is set: (delivered any message, why it ended

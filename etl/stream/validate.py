@@ -11,7 +11,8 @@ through) against Coinbase's contract (docs/coinbase_api.md, all values strings):
 - `side` BUY | SELL, `trade_id` 1-64 letters, digits or dashes, ticker `type` "ticker", event `type`
   snapshot | update;
 - `level2` updates: `side` bid | offer, `price_level` > 0, `new_quantity` >= 0 ("0" removes the level),
-  `event_time` a time as above.
+  `event_time` a time as above, or in a snapshot the epoch (SNAPSHOT_EVENT_TIME: Coinbase's snapshot levels carry
+  no time; the book's time is its first update's).
 - the envelope: `sequence_num` an integer 0..2^63-1 (the feed counts only such numbers, so a message without one is a
   sequence gap at the next message: its place is a hole in the trade bars), `timestamp` a time as above.
 Each check returns None when the value passes, else the reason (naming the field and the value), which the
@@ -32,6 +33,7 @@ TIME_WINDOW = (timedelta(days=7), timedelta(days=1))  # how far before / after t
 EVENT_TYPES = ("snapshot", "update")
 SIDES = ("BUY", "SELL")
 BOOK_SIDES = ("bid", "offer")
+SNAPSHOT_EVENT_TIME = "1970-01-01T00:00:00Z"   # every level of a real l2_data snapshot (Coinbase's level2 example)
 
 # ticker fields: (name, rule, required); ticker_batch has no best bid/ask
 _POSITIVE, _NON_NEGATIVE, _SIGNED = "positive", "non-negative", "signed"
@@ -95,15 +97,15 @@ def ticker_problem(item) -> str | None:
     return product_problem(item.get("product_id")) or next((p for p in problems if p), None)
 
 
-def book_update_problem(item, bounds: tuple[str, str]) -> str | None:
-    """Why a `level2` update cannot be applied to the book (None: it can)."""
+def book_update_problem(item, bounds: tuple[str, str], snapshot: bool = False) -> str | None:
+    """Why a `level2` update (of a `snapshot` event or not) cannot be applied to the book (None: it can)."""
     if not isinstance(item, dict):
         return "update is not an object"
-    side = item.get("side")
+    side, when = item.get("side"), item.get("event_time")
     return ((None if side in BOOK_SIDES else f"side={side!r} is not bid or offer")
             or number_problem("price_level", item.get("price_level"), _POSITIVE)
             or number_problem("new_quantity", item.get("new_quantity"), _NON_NEGATIVE)
-            or time_problem("event_time", item.get("event_time"), bounds))
+            or (None if snapshot and when == SNAPSHOT_EVENT_TIME else time_problem("event_time", when, bounds)))
 
 
 INT64_MAX = 2 ** 63 - 1

@@ -176,3 +176,41 @@ def test_a_late_repeat_of_a_book_message_never_rolls_the_book_back(data_dir, boo
     book = bronze(data_dir, "order_book")
     bids = book[book["side"] == "bid"]
     assert len(bids) >= 2 and set(bids["quantity"]) == {3.0} and set(bids["sequence_num"]) == {2}
+
+
+def test_a_real_snapshot_whose_levels_carry_the_epoch_builds_the_book(data_dir):
+    """Coinbase's level2 snapshot gives every level `event_time` "1970-01-01T00:00:00Z" (the level2 example of its
+    WebSocket channel docs): the snapshot is the book, not a reject (a reject resubscribed level2 for another such
+    snapshot, endlessly, and no book was ever written); the book's time is its first update's, never 1970."""
+    import time as _time
+
+    from etl.storage import get_store
+    from etl.stream.collector import Collector, StreamSummary
+    from etl.stream.sinks import BronzeSink
+
+    now = _time.time()
+    stamp = pd.Timestamp(now, unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    epoch = "1970-01-01T00:00:00Z"
+
+    def msg(seq, kind, when, *levels):
+        return {"channel": "l2_data", "client_id": "", "timestamp": stamp, "sequence_num": seq,
+                "events": [{"type": kind, "product_id": "BTC-USD", "updates": [
+                    {"side": side, "event_time": when, "price_level": price, "new_quantity": qty}
+                    for side, price, qty in levels]}]}
+
+    collector = Collector(BronzeSink(get_store()), StreamSummary(url="", products=[]))
+    collector.on_message(now, "c", msg(0, "snapshot", epoch, ("bid", "21921.73", "0.06317902"),
+                                       ("bid", "21921.3", "0.02"), ("offer", "21922.5", "1.5")))
+    assert collector.summary.rejects == 0 and collector.summary.gaps == {}
+    assert collector.books.books["BTC-USD"].bid == {21921.73: 0.06317902, 21921.3: 0.02}
+    collector.snapshot_books(5)
+    assert collector.batch.counts()["book"] == 0        # no time yet: nothing to date the book by
+    collector.on_message(now, "c", msg(1, "update", stamp, ("bid", "21921.3", "0")))
+    collector.snapshot_books(5)
+    rows = list(collector.books.snapshot_rows(5, now))
+    assert [(r[0], r[1], r[2][:4]) for r in rows] == [("BTC-USD", stamp[:10], ("bid", 1, 21921.73, 0.06317902)),
+                                                      ("BTC-USD", stamp[:10], ("offer", 1, 21922.5, 1.5))]
+    assert abs(rows[0][2][4] - now) < 1e-3 and collector.batch.counts()["book"] == 2
+    # only a snapshot's levels may carry the epoch: an update's time is checked
+    assert "event_time" in book_update_problem({"side": "bid", "event_time": epoch, "price_level": "1",
+                                                "new_quantity": "1"}, window(now))
