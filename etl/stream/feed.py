@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 
 CHANNELS = ("heartbeats", "market_trades", "ticker")
 # Coinbase takes about 8 client messages a second per IP (unauthenticated): one feed sends at most SEND_BURST at once
-# (a connection's subscriptions) and SEND_RATE a second after, so a second feed on the host (insights) fits beside it.
-SEND_RATE = 3.0
+# (a connection's subscriptions) and SEND_RATE a second after, so a second feed on the host (insights) fits beside it
+# and a reconnect every second still subscribes at once (a slower pace delays the trade snapshot behind the others).
+SEND_RATE = 4.0
 SEND_BURST = 4
 
 
