@@ -49,7 +49,7 @@ def main() -> int:
             entry["bench"] = name
         fresh[name] = entries
         print(f"   {time.perf_counter() - t0:.1f}s", flush=True)
-    results = merge(json.loads(out.read_text()) if out.exists() else {}, fresh, available)
+    results = merge(json.loads(out.read_text()) if out.exists() else {}, fresh, available, args.quick)
     out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print_machines(results)
     print_table(results)
@@ -69,12 +69,15 @@ def select(names: list[str], available: list[str]) -> list[str]:
     return [m for m in available if m.removeprefix("bench_") in names]
 
 
-def merge(previous: dict, fresh: dict[str, dict], available: list[str]) -> dict:
-    """results.json after a run: `fresh` (module -> its entries) replaces everything its modules wrote before; the
+def merge(previous: dict, fresh: dict[str, dict], available: list[str], quick: bool) -> dict:
+    """results.json after a run: `fresh` (module -> its entries) replaces what its modules wrote before; the
     entries of modules not run now (the soak after `make bench`, the others after a named run) stay as measured.
     An entry whose module is gone, or that its module no longer writes, is dropped: each entry names its module
-    (`bench`)."""
-    kept = {k: e for k, e in previous.items() if e.get("bench") in available and e.get("bench") not in fresh}
+    (`bench`). A quick run drops no full-size figure (those a quick run skips, such as the DAG tests, stay)."""
+    def keep(e: dict) -> bool:
+        return e.get("bench") in available and (e["bench"] not in fresh or (quick and not e.get("quick")))
+
+    kept = {k: e for k, e in previous.items() if keep(e)}
     for entries in fresh.values():
         kept.update(entries)
     return kept

@@ -108,3 +108,12 @@ def test_an_unknown_benchmark_name_fails_naming_it(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"no benchmark 'silvr' \(bench/bench_silvr\.py\); known: a"):
         main("a", "silvr")
     assert not (tmp_path / "results.json").exists()
+
+
+def test_a_quick_run_drops_no_full_size_figure(tmp_path, monkeypatch):
+    full_only = ENTRY | {"bench": "bench_a", "quick": False}     # e.g. the DAG test, full mode only
+    main = _fake_benches(tmp_path, monkeypatch, {"bench_a": ["a_x"]},
+                         previous={"a_full_only": full_only, "a_quick_old": full_only | {"quick": True}})
+    results = main("--quick", "a")
+    assert set(results) == {"a_x", "a_full_only"} and results["a_x"]["quick"] is True
+    assert set(main("a")) == {"a_x"}                           # a full run that no longer writes it: gone
