@@ -1,13 +1,14 @@
 """Intraday risk speed: the 5-minute revaluation versus recomputing the end-of-day engine, and the intraday DAG.
 
 - `intraday_revaluation_vs_eod_engine`: 1,000 portfolios x 50 assets (USD books, 400 days of daily closes, today's
-  5-minute bars up to 12:00 UTC). Ours: `etl.risk.intraday.compute` for one bucket (value, PnL, exposures,
-  historical/parametric/Monte Carlo VaR and ES on the stored scenario set, drawdown from peak, limits), given the
-  scenario set the EOD run persisted. Baseline: the obvious alternative, `etl.risk.engine.compute_tables` on the
-  same book with today's prices appended as the last close (a full EOD risk run: the same VaR/ES plus what EOD
-  recomputes around it), default parameters (250-day lookback and backtest, 10,000 Monte Carlo scenarios).
-  Both in memory, best of several runs (the baseline once in full mode). Target: ratio >= 20.
-  Quick: 50 portfolios x 20 assets, 2,000 scenarios, 120-day lookback and backtest.
+  5-minute bars up to 12:00 UTC), written as silver bars and reference CSVs in a temporary data root. Ours:
+  `python -m etl intraday` for one bucket, in-process (`etl.risk.intraday_io.run_intraday_risk`: the reference,
+  the scenario set the EOD run persisted, the bars, value, PnL, exposures, historical/parametric/Monte Carlo VaR
+  and ES, drawdown from peak, limits, the two output files), best of 5. Baseline: the obvious alternative,
+  `python -m etl risk` for the same book (`etl.risk.runner.run_risk`, a full EOD risk run: the same VaR/ES plus
+  what EOD recomputes around it, its reads and writes), default parameters (250-day lookback and backtest, 10,000
+  Monte Carlo scenarios), its second run (the first persists the scenario set). Target: ratio >= 20.
+  Quick: 50 portfolios x 20 assets x 200 days, 2,000 scenarios, 120-day lookback and backtest.
 - `intraday_dag_dags_test` (full mode only, it needs a minute or two): `airflow dags test market_data_intraday`
   for the shipped sample book (all its portfolios and products) against the simulator on a fresh database, after
   an EOD risk run in-process (the scenario set) and a first intraday run (the 1-minute history backfill). Ours:
@@ -26,10 +27,10 @@ import numpy as np
 import pandas as pd
 from bench_airflow import dags_test_world, timed_dags_test  # one set-up and timing of `airflow dags test` runs
 from bench_factors import best_of  # one helper for best-of-N timing
+from bench_warehouse import environment  # one helper for a scoped environment
 
 from etl.risk import intraday, intraday_io
-from etl.risk.engine import RiskParams, compute_tables
-from etl.risk.scenarios import SCENARIO_TABLES, ScenarioSet
+from etl.risk.engine import RiskParams
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,8 +54,6 @@ def book(n_port: int, n_assets: int, n_days: int, seed: int = 0):
                                                    axis=0)
     bars_5m = pd.DataFrame({"product_id": np.tile(products, len(buckets)),
                             "bucket_start": np.repeat(buckets, n_assets), "close": path.ravel()})
-    bars_1d = closes.stack().rename("close").reset_index().rename(columns={"level_0": "price_date",
-                                                                           "level_1": "product_id"})
     qty = rng.normal(0, 100, (n_port, n_assets)) * (rng.random((n_port, n_assets)) < 0.4)
     qty[:, 0] += 50                                             # everyone holds something
     pids = [f"P{i:04d}" for i in range(n_port)]
@@ -63,43 +62,56 @@ def book(n_port: int, n_assets: int, n_days: int, seed: int = 0):
                               "as_of_date": days[0], "quantity": qty[pi, ai], "avg_cost": 100.0})
     portfolios = pd.DataFrame({"portfolio_id": pids, "name": pids, "base_currency": "USD", "var_limit": 1e6,
                                "concentration_limit": 0.5, "drawdown_limit": 0.2, "var_limit_metric": "var_99_hist"})
-    today_close = pd.DataFrame([path[-1]], index=pd.DatetimeIndex([today]), columns=products)
-    return {"closes": closes, "closes_today": pd.concat([closes, today_close]), "bars_5m": bars_5m,
-            "bars_1d": bars_1d, "positions": positions, "portfolios": portfolios,
+    return {"closes": closes, "bars_5m": bars_5m, "positions": positions, "portfolios": portfolios,
             "quote": dict.fromkeys(products, "USD"), "bucket": buckets[-1]}
 
 
 def revaluation(quick: bool) -> dict:
+    """Both sides as users run them, on one data root: the book as silver daily and 5-minute bars and reference
+    CSVs; the EOD risk run for yesterday (timed the second time: the first persists the scenario set and warms the
+    imports), then the intraday run of the last bucket (best of 5)."""
+    from bench_eod import write_world  # (bench_eod imports this module's book)
+
+    from etl.risk.intraday_io import run_intraday_risk
+    from etl.risk.runner import run_risk
+    from etl.settings import get_settings
+    from tests.support.silver_sample import write_5m_bars
+
     n_port, n_assets, n_days = (50, 20, 200) if quick else (1000, 50, 400)
     params = RiskParams(mc_scenarios=2000, var_lookback_days=120, backtest_days=120) if quick else RiskParams()
     b = book(n_port, n_assets, n_days)
-    eod = compute_tables(b["closes"], b["quote"], b["portfolios"], b["positions"], params)   # yesterday's run
-    scenarios = ScenarioSet.from_tables(*(eod[t] for t in SCENARIO_TABLES))
-
-    def ours():
-        return intraday.compute(b["bucket"], b["portfolios"], b["positions"], b["quote"], b["bars_5m"],
-                                b["bars_1d"], scenarios)
-
-    def baseline():
-        return compute_tables(b["closes_today"], b["quote"], b["portfolios"], b["positions"], params)
-
-    ours_s, tables = best_of(ours, 5)
-    base_s, full = best_of(baseline, 1)
-    # the same book at the same prices: market values agree (the revaluation is not a different number)
-    got = tables[intraday.RISK_TABLE].set_index("portfolio_id")["market_value"]
-    want = full["risk_metrics"].set_index("portfolio_id")["market_value"].reindex(got.index)
-    assert np.allclose(got, want, rtol=1e-9), "intraday and EOD market values differ"
+    with tempfile.TemporaryDirectory(prefix="bench-intraday-") as tmp:
+        base = Path(tmp)
+        as_of = date.fromisoformat(write_world(base, b))                   # daily bars to yesterday
+        for product, bars in b["bars_5m"].groupby("product_id"):
+            write_5m_bars(base / "data", product, b["quote"][product], pd.DatetimeIndex(bars["bucket_start"]),
+                          bars["close"].to_numpy())
+        with environment(PIPELINE_DATA_DIR=str(base / "data"), PIPELINE_STATE_DIR=str(base),
+                         PIPELINE_REFERENCE_DIR=str(base / "ref"), PIPELINE_DAILY_HISTORY_DAYS=str(n_days + 10),
+                         RISK_MC_SCENARIOS=str(params.mc_scenarios),
+                         RISK_VAR_LOOKBACK_DAYS=str(params.var_lookback_days),
+                         RISK_BACKTEST_DAYS=str(params.backtest_days)):
+            settings = get_settings()
+            run_risk(as_of, settings=settings)                            # yesterday's run: the scenario set
+            base_s, _ = best_of(lambda: run_risk(as_of, settings=settings), 1)
+            bucket = b["bucket"].to_pydatetime()
+            now = bucket + timedelta(minutes=5)
+            ours_s, summary = best_of(lambda: run_intraday_risk(bucket, settings=settings, now=now), 5)
+    # the whole book revalued at fresh prices with VaR on the EOD scenario set (not a cheaper partial run)
+    assert (summary.portfolios, summary.stale_products, summary.uncomputable, summary.scenario_as_of) == \
+        (n_port, 0, 0, as_of.isoformat()), summary
     ratio = base_s / ours_s
     return {"intraday_revaluation_vs_eod_engine": {
         "ours_s": round(ours_s, 4),
-        "baseline": "etl.risk.engine.compute_tables for the same book with today's prices (a full EOD risk run)",
+        "baseline": "python -m etl risk for the same book (a full EOD risk run, yesterday's)",
         "baseline_s": round(base_s, 3), "ratio": round(ratio, 1), "ratio_means": "baseline_s / ours_s",
         "target": f"ratio >= {TARGET_RATIO:g}", "meets_target": ratio >= TARGET_RATIO,
         "portfolios": n_port, "assets": n_assets, "mc_scenarios": params.mc_scenarios,
-        "input": f"{n_port} portfolios x {n_assets} assets, {n_days} days of daily closes, 5-minute bars to 12:00, "
-                 f"{params.mc_scenarios:,} Monte Carlo scenarios",
-        "command": "etl.risk.intraday.compute(bucket, ...) for one 5-minute bucket, on the stored scenario set",
-        "baseline_command": "etl.risk.engine.compute_tables(closes with today's prices, ...) (a full EOD risk run)",
+        "input": f"{n_port} portfolios x {n_assets} assets, {n_days} days of daily bars, 5-minute bars to 12:00, "
+                 f"{params.mc_scenarios:,} Monte Carlo scenarios, as silver and reference files",
+        "command": f"python -m etl intraday --bucket {bucket.isoformat()} (in-process: "
+                   "etl.risk.intraday_io.run_intraday_risk: reference, scenario set, bars, compute, write)",
+        "baseline_command": f"python -m etl risk --as-of {as_of} (in-process: etl.risk.runner.run_risk)",
     }}
 
 

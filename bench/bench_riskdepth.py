@@ -11,15 +11,18 @@ Entries:
   arch_model(...).fit() + forecast(horizon=1) per asset, interleaved by blocks of assets. The forecasts are
   compared (warm and cold starts reach the same optimum to the optimiser's tolerance); the time over 2 worker
   processes is reported too (on the shared 2-core machine it rarely helps).
-- riskdepth_eod_stage_sample_book / riskdepth_eod_stage_universe: wall time of `compute_tables` (everything
-  the EOD risk stage computes, all five methods, backtest with ES tests, firm, contributions, stress) on the
-  shipped book (22 portfolios, 13 products, 400 days) and on a 250-product book (50 portfolios).
+- riskdepth_eod_stage_sample_book / riskdepth_eod_stage_universe: wall time of `python -m etl risk --as-of LAST`
+  in-process (`run_risk`: reading silver, everything the EOD risk stage computes, every VaR method, backtest with
+  ES tests, firm, contributions, stress, and writing it) on the shipped book (22 portfolios, 13 products, 400 days;
+  best of 2, the first warms the imports) and on a 250-product book (50 portfolios), each written as silver daily
+  bars (and the latter's reference CSVs) in a temporary data root.
 Quick mode: 200 x 20 contributions, 20 assets x 300 days GARCH, 150 days of prices, a 30-product book.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -29,11 +32,12 @@ import pandas as pd
 from scipy import stats
 
 from etl.risk import contributions, filtered, var
+from etl.risk.engine import METHODS
 
 CONFS = (0.95, 0.99)
 CONTRIB_TARGET = 20.0
 EOD_TARGET_S = 60.0
-EOD_COMMAND = "etl.risk.engine.compute_tables(...) (what python -m etl risk computes), all 5 methods"
+EOD_COMMAND = "python -m etl risk --as-of LAST (in-process: etl.risk.runner.run_risk), every table"
 
 
 def _best(fn, *args, repeat: int = 3):
@@ -129,13 +133,30 @@ def _sample_book_closes(n_days: int = 400):
     return pd.DataFrame(np.exp(np.cumsum(r, axis=0)) * 100, index=days, columns=products)
 
 
-def _eod(closes, quote, portfolios, positions, workers):
-    from etl.risk.engine import RiskParams, compute_tables
-    from etl.settings import get_settings
+def _eod_run(closes: pd.DataFrame, quote: dict, workers: int, book: dict | None = None):
+    """(wall seconds, summary) of `python -m etl risk --as-of LAST`, in-process (`run_risk`: reads silver, computes
+    every table, writes them), on `closes` as silver daily bars in a temporary data root; `book` (portfolios,
+    positions) as reference CSVs there, else the shipped reference. The GARCH fits on `workers` processes."""
+    from bench_eod import write_world
+    from bench_warehouse import environment
 
-    params = RiskParams.from_settings(get_settings())
-    params = RiskParams(**{**params.__dict__, "garch_workers": workers})
-    return compute_tables(closes, quote, portfolios, positions, params)
+    from etl.risk.runner import run_risk
+    from etl.settings import get_settings
+    from tests.support.silver_sample import write_daily_bars
+
+    with tempfile.TemporaryDirectory(prefix="bench-riskdepth-") as tmp:
+        base, env = Path(tmp), {}
+        if book is None:
+            write_daily_bars(base / "data", closes, quote)
+        else:
+            write_world(base, {"closes": closes, **book})
+            env["PIPELINE_REFERENCE_DIR"] = str(base / "ref")
+        with environment(PIPELINE_DATA_DIR=str(base / "data"), PIPELINE_STATE_DIR=str(base),
+                         PIPELINE_DAILY_HISTORY_DAYS=str(len(closes) + 10), RISK_GARCH_WORKERS=str(workers), **env):
+            settings = get_settings()
+            t0 = time.perf_counter()
+            summary = run_risk(closes.index[-1].date(), settings=settings)
+            return time.perf_counter() - t0, summary
 
 
 def run(quick: bool = False) -> dict:
@@ -202,29 +223,28 @@ def measure(quick: bool = False) -> dict:
         "baseline_command": "per asset: arch_model(r, mean='Zero', vol='GARCH', p=1, q=1, dist='t').fit() + "
                             "forecast(horizon=1)"}
 
-    from etl.portfolios import load_portfolios, load_positions
+    from etl.portfolios import load_portfolios
     from etl.reference import load_instruments
 
     inst = load_instruments()
     quote = dict(zip(inst["product_id"], inst["quote_currency"], strict=True))
     n_days = 150 if quick else 400
     closes = _sample_book_closes(n_days)
-    _eod(closes.iloc[-80:], quote, load_portfolios(), load_positions(), 1)   # imports
-    eod_s, tables = _best(_eod, closes, quote, load_portfolios(), load_positions(), 1, repeat=1)
+    eod_s, summary = min((_eod_run(closes, quote, 1) for _ in range(2)), key=lambda run: run[0])  # 1st: imports
     out["riskdepth_eod_stage_sample_book"] = {
-        "ours_s": eod_s, "baseline": f"none: absolute wall time of compute_tables, all 5 methods, shipped book "
+        "ours_s": eod_s, "baseline": f"none: absolute wall time of python -m etl risk, all {len(METHODS)} methods, shipped book "
                                      f"(22 portfolios, 13 products, {n_days} days)",
         "baseline_s": None, "ratio": None, "ratio_means": "absolute seconds",
         "target": f"< {EOD_TARGET_S:g} s", "meets_target": eod_s < EOD_TARGET_S,
-        "rows": {k: len(v) for k, v in tables.items() if k in ("firm_risk", "risk_contributions", "stress_results",
+        "rows": {k: v for k, v in summary.rows.items() if k in ("firm_risk", "risk_contributions", "stress_results",
                                                                  "var_model_comparison")},
         "input": f"shipped book: {len(load_portfolios())} portfolios, {closes.shape[1]} products, {n_days} days",
         "command": EOD_COMMAND + ", GARCH on 1 worker", "baseline_command": "none: absolute time"}
     n_prod, n_pf = (30, 10) if quick else (250, 50)        # the simulator's 250-product universe size
-    book = _book(n_prod, n_pf, n_days)
-    uni_s, _ = _best(_eod, *book, 2, repeat=1)
+    closes, quote, portfolios, positions = _book(n_prod, n_pf, n_days)
+    uni_s, _ = _eod_run(closes, quote, 2, {"portfolios": portfolios, "positions": positions})
     out["riskdepth_eod_stage_universe"] = {
-        "ours_s": uni_s, "baseline": f"none: absolute wall time of compute_tables, all 5 methods, {n_pf} "
+        "ours_s": uni_s, "baseline": f"none: absolute wall time of python -m etl risk, all {len(METHODS)} methods, {n_pf} "
                                      f"portfolios x {n_prod} products x {n_days} days, GARCH on 2 workers",
         "baseline_s": None, "ratio": None, "ratio_means": "absolute seconds",
         "target": f"< {EOD_TARGET_S * 2:g} s", "meets_target": uni_s < EOD_TARGET_S * 2,

@@ -4,7 +4,8 @@ Each entry follows the platform contract: ours_s, baseline, baseline_s, ratio, r
 and states what it measured: `input` (its size), `command` (what of ours is timed), `baseline_command` (what the
 baseline runs; "none: ..." for an absolute target). A module that leaves one out fails the run (`check_entries`).
 `baseline_is_limit: true` marks a baseline that is a physical limit (an API ceiling, `psql \\copy`). `machine` is
-stamped here, once per module, just before it runs (`machine()`). Baselines run in the same process, on the same
+stamped here, once per module, just before it runs (`machine()`), and `bench`, the module that wrote the entry: a
+run replaces its modules' entries and keeps the others' (`merge`). Baselines run in the same process, on the same
 data, in the same run: ratios are what we report.
 """
 
@@ -32,15 +33,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, under 2 minutes in all")
     parser.add_argument("names", nargs="*", help="only these benchmark modules (e.g. silver risk)")
     args = parser.parse_args()
-    modules = sorted(p.stem for p in HERE.glob("bench_*.py"))
-    if args.names:
-        modules = [m for m in modules if m.removeprefix("bench_") in args.names]
-    else:
-        modules = [m for m in modules if m not in ON_REQUEST]
-    results: dict = {}
+    available = sorted(p.stem for p in HERE.glob("bench_*.py"))
+    modules = select(args.names, available)
     out = HERE / "results.json"
-    if args.names and out.exists():
-        results = json.loads(out.read_text())
+    fresh: dict[str, dict] = {}
     for name in modules:
         conditions = machine(0.25 if args.quick else 0.5)
         t0 = time.perf_counter()
@@ -50,14 +46,41 @@ def main() -> int:
         for entry in entries.values():
             entry.setdefault("quick", args.quick)
             entry["machine"] = conditions
-        results.update(entries)
+            entry["bench"] = name
+        fresh[name] = entries
         print(f"   {time.perf_counter() - t0:.1f}s", flush=True)
+    results = merge(json.loads(out.read_text()) if out.exists() else {}, fresh, available, args.quick)
     out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print_machines(results)
     print_table(results)
     print_verdicts(results)
     print(f"\nwritten: {out}")
     return 0
+
+
+def select(names: list[str], available: list[str]) -> list[str]:
+    """The modules to run: those named (an unknown name fails, naming it), else all but ON_REQUEST."""
+    if not names:
+        return [m for m in available if m not in ON_REQUEST]
+    known = [m.removeprefix("bench_") for m in available]
+    if unknown := [n for n in names if n not in known]:
+        raise SystemExit("bench/run.py: " + ", ".join(f"no benchmark {n!r} (bench/bench_{n}.py)" for n in unknown)
+                         + f"; known: {', '.join(known)}")
+    return [m for m in available if m.removeprefix("bench_") in names]
+
+
+def merge(previous: dict, fresh: dict[str, dict], available: list[str], quick: bool) -> dict:
+    """results.json after a run: `fresh` (module -> its entries) replaces what its modules wrote before; the
+    entries of modules not run now (the soak after `make bench`, the others after a named run) stay as measured.
+    An entry whose module is gone, or that its module no longer writes, is dropped: each entry names its module
+    (`bench`). A quick run drops no full-size figure (those a quick run skips, such as the DAG tests, stay)."""
+    def keep(e: dict) -> bool:
+        return e.get("bench") in available and (e["bench"] not in fresh or (quick and not e.get("quick")))
+
+    kept = {k: e for k, e in previous.items() if keep(e)}
+    for entries in fresh.values():
+        kept.update(entries)
+    return kept
 
 
 def check_entries(module: str, entries: dict) -> None:

@@ -4,6 +4,8 @@ line says the ratio, its meaning, the target, ok/MISSED and the input."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 
 import pytest
 
@@ -57,3 +59,61 @@ def test_machine_states_the_conditions():
     assert 0 < m["memory_available_gib"] <= m["memory_gib"]
     assert m["python"].count(".") == 2 and isinstance(m["busy"], bool)
     assert m["busy"] == (m["other_processes_cores"] > run.BUSY_CORES)
+
+
+def _fake_benches(tmp_path, monkeypatch, modules: dict[str, list[str]], previous: dict | None = None):
+    """bench/ as `tmp_path`: one bench_<name>.py per module, each writing entries with the given names; bench_soak
+    runs only when named (as in bench/run.py). Returns a function running run.py's main with some arguments."""
+    for module, names in modules.items():
+        entries = {n: ENTRY | {"ours_s": 1.0} for n in names}
+        (tmp_path / f"{module}.py").write_text(f"def run(quick):\n    return {entries!r}\n")
+    if previous is not None:
+        (tmp_path / "results.json").write_text(json.dumps(previous))
+    monkeypatch.setattr(run, "HERE", tmp_path)
+    monkeypatch.setattr(run, "ON_REQUEST", {"bench_soak"})
+    monkeypatch.setattr(run, "machine", lambda sample_s=0.5: {"busy": False})
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def main(*argv: str) -> dict:
+        for module in modules:
+            sys.modules.pop(module, None)
+        monkeypatch.setattr(sys, "argv", ["run.py", *argv])
+        assert run.main() == 0
+        return json.loads((tmp_path / "results.json").read_text())
+
+    return main
+
+
+def test_a_full_run_keeps_the_last_figures_of_a_benchmark_run_only_on_request(tmp_path, monkeypatch):
+    main = _fake_benches(tmp_path, monkeypatch, {"bench_a": ["a_x"], "bench_soak": ["soak_x"]})
+    assert set(main("soak")) == {"soak_x"}                     # make soak
+    results = main()                                           # then make bench: soak is not run, its entry stays
+    assert set(results) == {"a_x", "soak_x"}
+    assert results["soak_x"]["bench"] == "bench_soak" and results["a_x"]["bench"] == "bench_a"
+
+
+def test_an_entry_no_benchmark_writes_any_more_is_dropped(tmp_path, monkeypatch):
+    stale = ENTRY | {"bench": "bench_a"}
+    main = _fake_benches(tmp_path, monkeypatch, {"bench_a": ["a_x"], "bench_b": ["b_x"]},
+                         previous={"a_old": stale, "gone_x": stale | {"bench": "bench_gone"},
+                                   "b_x": ENTRY | {"bench": "bench_b"}})
+    results = main("a")
+    assert set(results) == {"a_x", "b_x"}                      # bench_a's old entry and a removed module's go
+    assert results["b_x"]["ours_s"] == ENTRY["ours_s"]         # bench_b's, not run, stays as it was
+    assert set(main()) == {"a_x", "b_x"}
+
+
+def test_an_unknown_benchmark_name_fails_naming_it(tmp_path, monkeypatch):
+    main = _fake_benches(tmp_path, monkeypatch, {"bench_a": ["a_x"]})
+    with pytest.raises(SystemExit, match=r"no benchmark 'silvr' \(bench/bench_silvr\.py\); known: a"):
+        main("a", "silvr")
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_a_quick_run_drops_no_full_size_figure(tmp_path, monkeypatch):
+    full_only = ENTRY | {"bench": "bench_a", "quick": False}     # e.g. the DAG test, full mode only
+    main = _fake_benches(tmp_path, monkeypatch, {"bench_a": ["a_x"]},
+                         previous={"a_full_only": full_only, "a_quick_old": full_only | {"quick": True}})
+    results = main("--quick", "a")
+    assert set(results) == {"a_x", "a_full_only"} and results["a_x"]["quick"] is True
+    assert set(main("a")) == {"a_x"}                           # a full run that no longer writes it: gone
