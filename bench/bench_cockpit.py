@@ -134,7 +134,7 @@ def run(quick: bool) -> dict:
     for n in sizes:
         with db.scratch_database(server, f"bench_cockpit_{n}") as url:
             create_gold(url, sample_book(AS_OF, n))
-            results |= _pages(url, _reporting(url), n, repeats=5 if quick else 15)
+            results |= _pages(url, _reporting(url), n, repeats=3 if quick else 15)
             if not quick:
                 reports[n] = _report(url, n)
     if reports:

@@ -64,7 +64,7 @@ def _under_rate_limit(quick: bool) -> dict:
     # quick: a limit nearer the client's 10/s, so that the few 429s the pacer needs to find it are a fair share of
     # a short run's requests (at 4/s and 20 pages a product they were 6 of 48)
     limit, products = (8.0 if quick else 4.0), ["BTC-USD", "ETH-USD"]
-    pages_per_product = 40 if quick else 120
+    pages_per_product = 25 if quick else 120
     end = START + timedelta(minutes=300 * pages_per_product)
     sim = Simulator(SimulatorConfig(port=0, seed=42, rate_limit_rps=limit, burst=15)).start()
     try:
@@ -102,7 +102,7 @@ def _under_rate_limit(quick: bool) -> dict:
 
 def run(quick: bool) -> dict:
     products = ["BTC-USD", "ETH-USD"] if quick else ["BTC-USD", "ETH-USD", "SOL-USD"]
-    pages_per_product = 25 if quick else 100
+    pages_per_product = 15 if quick else 100
     end = START + timedelta(minutes=300 * pages_per_product)
     windows = plan_windows(START, end, 60)
     sim = Simulator(SimulatorConfig(port=0, seed=42, latency_ms=LATENCY_MS, rate_limit_rps=10.0, burst=15)).start()

@@ -83,7 +83,7 @@ def _baseline(url: str, seconds: float) -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    seconds = 3.0 if quick else 10.0
+    seconds = 2.0 if quick else 10.0
     base, ours = against_simulator(SIMULATOR, PRODUCTS, seconds, _baseline, _ours)
     stated = {"input": f"{ours['messages']:,} messages, {ours['book_messages']:,} of them l2_data (ours) / "
                        f"{base['messages']:,}, {base['book_messages']:,} l2_data (baseline) over {seconds:g} s each, "

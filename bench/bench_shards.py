@@ -1,5 +1,5 @@
 """The risk stage in shards at scale: 239 products x 10,000 portfolios in 4 shards on 2 worker processes, next to
-the unsharded run of 1,000 portfolios (quick: 15 products, 20 portfolios in 4 shards next to 10 unsharded).
+the unsharded run of 1,000 portfolios (quick: 15 products, 20 portfolios in 2 shards next to 10 unsharded).
 
 Setup as bench_universe (a seeded book, the simulator's universe, daily history ingested and built into silver);
 the 1,000-portfolio book is the first 1,000 portfolios of the 10,000 one. Each risk step runs in its own process,
@@ -65,7 +65,7 @@ def _step(env: dict, **spec) -> dict:
 
 
 def run(quick: bool) -> dict:
-    n_synthetic, small, large, n_shards, workers = (2, 10, 20, 4, 2) if quick else (250 - len(UNIVERSE), 1000,
+    n_synthetic, small, large, n_shards, workers = (2, 10, 20, 2, 2) if quick else (250 - len(UNIVERSE), 1000,
                                                                                      10_000, 4, 2)
     history_days = 40 if quick else 120                 # as bench_universe: VaR on 60 days, backtest over 40
     synthetic = synthetic_products(n_synthetic)

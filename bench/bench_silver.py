@@ -31,6 +31,7 @@ ROOT = HERE.parent
 SIZES = {"4m": 243, "20m": 1123}  # days of 1-minute candles for the 13 products
 QUICK_DAYS = 10
 RUNS = 3
+QUICK_RUNS = 2     # bench-quick's budget (2 minutes for every benchmark)
 SAMPLE_S = 0.02  # memory sampling interval of the process tree
 CACHE = Path(tempfile.gettempdir()) / "etl-bench-silver"
 OURS_COMMAND = "python -m etl silver --full-refresh"
@@ -64,7 +65,9 @@ def _timed(command: list[str], env: dict) -> tuple[float, float, float]:
     import psutil
 
     t0 = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # stderr to a file, not a pipe: a child that logs more than the pipe holds (64 KiB) would block on it forever
+    err = tempfile.TemporaryFile()
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
     peak = [0, 0]  # PSS, RSS
     done = threading.Event()
 
@@ -88,9 +91,11 @@ def _timed(command: list[str], env: dict) -> tuple[float, float, float]:
     seconds = time.perf_counter() - t0
     done.set()
     sampler.join()
+    err.seek(0)
+    log = err.read().decode(errors="replace")
+    err.close()
     if status != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({status}): {proc.stderr.read().decode()[-2000:]}")
-    proc.stderr.close()
+        raise RuntimeError(f"{' '.join(command)} failed ({status}): {log[-2000:]}")
     proc.returncode = 0
     return seconds, peak[0] / 2**30, peak[1] / 2**30
 
@@ -135,7 +140,7 @@ def run(quick: bool) -> dict:
     results = {}
     for label, days in sizes.items():
         data, info = bronze(days)
-        best = measure(data, RUNS)
+        best = measure(data, QUICK_RUNS if quick else RUNS)
         o, d = best["ours"], best["duckdb"]
         agree = same_bars(data)
         ratio = o["seconds"] / d["seconds"]
@@ -151,7 +156,7 @@ def run(quick: bool) -> dict:
             "input": f"{info['candles']:,} 1-minute candles, {info['products']} products x {info['days']} days, "
                      f"{info['files']:,} bronze files (ingest layout, 2 batches)",
             "command": OURS_COMMAND, "baseline_command": BASELINE_COMMAND,
-            "runs": f"best of {RUNS}, interleaved; each a fresh process on an empty silver folder",
+            "runs": f"best of {QUICK_RUNS if quick else RUNS}, interleaved; each a fresh process on an empty silver folder",
             "ours_peak_gib": round(o["peak_gib"], 3), "baseline_peak_gib": round(d["peak_gib"], 3),
             "peak_measure": "PSS summed over the process tree", "ours_peak_rss_gib": round(o["peak_rss_gib"], 3),
             "baseline_peak_rss_gib": round(d["peak_rss_gib"], 3),
