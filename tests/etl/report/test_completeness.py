@@ -126,6 +126,13 @@ def _flag(product: str, granularity: int, at: datetime, rule: str) -> dict:
             "override_reason": None}
 
 
+def _drop_daily_bar(frames: dict, product: str, day) -> None:
+    """gold without `product`'s daily bar of `day` (silver built none: its prints were excluded)."""
+    daily = frames["fact_price_daily"]
+    frames["fact_price_daily"] = daily[~((daily["product_id"] == product)
+                                         & (pd.to_datetime(daily["price_date"]).dt.date == day))]
+
+
 def test_report_exits_3_naming_product_day_and_rule_when_a_held_price_rests_on_a_suspect_print(
         pg_url, data_dir, monkeypatch, sql_dir):
     frames = sample_frames(AS_OF)
@@ -139,9 +146,7 @@ def test_report_exits_3_naming_product_day_and_rule_when_a_held_price_rests_on_a
               "granularity_mismatch"),                                         # 01-28's bar came from finer candles
         _flag("ADA-USD", 300, last, "jump_unconfirmed"),                       # not held
     ])
-    daily = frames["fact_price_daily"]
-    frames["fact_price_daily"] = daily[~((daily["product_id"] == "ETH-USD")
-                                         & (pd.to_datetime(daily["price_date"]).dt.date == AS_OF))]
+    _drop_daily_bar(frames, "ETH-USD", AS_OF)
     text = _refused(pg_url, monkeypatch, frames, "report_suspect", sql_dir)
     assert "price of BTC-USD on 2026-01-31 rests on a suspect print: rule jump_unconfirmed (300s candle at " \
            "2026-01-31 23:55 UTC: jump_unconfirmed evidence); it was excluded" in text
@@ -164,9 +169,7 @@ def test_a_daily_candle_contradicting_minutes_that_stop_early_names_the_minutes_
     frames = sample_frames(AS_OF)
     frames["fact_price_quality"] = pd.DataFrame([
         _flag("ETH-USD", 86_400, datetime.combine(AS_OF, time(0), tzinfo=UTC), "granularity_mismatch")])
-    daily = frames["fact_price_daily"]
-    frames["fact_price_daily"] = daily[~((daily["product_id"] == "ETH-USD")
-                                         & (pd.to_datetime(daily["price_date"]).dt.date == AS_OF))]
+    _drop_daily_bar(frames, "ETH-USD", AS_OF)
     text = _refused(pg_url, monkeypatch, frames, "report_disputed", sql_dir)
     assert "price of ETH-USD on 2026-01-31 rests on a suspect print: rule granularity_mismatch (86400s candle at " \
            "2026-01-31 00:00 UTC" in text
