@@ -1,6 +1,13 @@
 """Errors users can act on. The CLI prints their message on one line (exit code 2) instead of a traceback."""
 
 
+def some(names, shown: int = 5) -> str:
+    """Up to `shown` names and how many more: a message about 1,000 portfolios stays one readable line."""
+    names = [str(n) for n in names]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 class PipelineError(Exception):
     """Base class: the message says what was wrong, where, and what to do."""
 

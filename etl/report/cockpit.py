@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from etl import measures
+from etl.errors import some
 from etl.measures import FRACTION_LIMITS
 from etl.report.completeness import beyond_rows, committed_run
 from etl.report.figures import correlation_matrix, total
@@ -118,8 +119,7 @@ def completeness(day: pd.DataFrame) -> tuple[str, list[str]]:
                        ("lookback_days", "fact_risk_metrics")):
         ids = day.loc[day[col].isna(), "portfolio_id"].astype(str).tolist()
         if ids:
-            more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""
-            missing.append(f"gold.{table}: no row for {', '.join(ids[:5])}{more}")
+            missing.append(f"gold.{table}: no row for {some(ids)}")
     return ("incomplete" if missing else "complete"), missing
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from etl.errors import ValidationError
+from etl.errors import ValidationError, some
 from etl.reference import read_reference_csv
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def stress_rows(days: pd.DatetimeIndex, price: np.ndarray, exposure: np.ndarray,
         unknown = (np.isnan(r)[:, None] & (exposure != 0)).any(axis=0)
         if unknown.any():
             log.warning("stress scenario %s needs the beta to %s of %s, which has no prices in this run: skipped for "
-                        "%s", sid, ANCHOR, _some(np.asarray(held)[np.isnan(r)]), _some(np.asarray(ids)[unknown]))
+                        "%s", sid, ANCHOR, some(np.asarray(held)[np.isnan(r)]), some(np.asarray(ids)[unknown]))
         add(sid, "hypothetical", pnl, pd.NaT, pd.NaT, "; ".join(sorted(set(g["description"]) - {""})), ~unknown)
     if not rows:
         return pd.DataFrame()
@@ -198,10 +198,3 @@ def stress_rows(days: pd.DatetimeIndex, price: np.ndarray, exposure: np.ndarray,
     out["window_start"] = pd.to_datetime(out["window_start"])
     out["window_end"] = pd.to_datetime(out["window_end"])
     return out
-
-
-def _some(names, shown: int = 5) -> str:
-    """Up to `shown` names and how many more: a warning about a 1,000-portfolio book stays one readable line."""
-    names = list(names)
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more

@@ -12,7 +12,7 @@ from datetime import date, datetime
 import numpy as np
 import pandas as pd
 
-from etl.errors import DataNotFoundError
+from etl.errors import DataNotFoundError, some
 from etl.reference import load_instruments
 from etl.settings import Settings, get_settings
 from etl.silver.read import read_bars
@@ -77,11 +77,10 @@ def _closes(product: str, keys: pd.DatetimeIndex, kind: str, settings: Settings)
     position = index.get_indexer(keys)
     missing = keys[position < 0].unique()
     if len(missing):
-        shown = [str(k.date()) if kind == "1d" else k.isoformat() + "Z" for k in missing[:5]]
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        shown = some(str(k.date()) if kind == "1d" else k.isoformat() + "Z" for k in missing)
         label = "daily" if kind == "1d" else "5-minute"
         raise DataNotFoundError(
-            f"no {label} bar of {product} on {', '.join(shown)}{more}: needed to convert between "
+            f"no {label} bar of {product} on {shown}: needed to convert between "
             f"{product.split('-')[0]} and {product.split('-')[1]}; ingest {product} candles covering those "
             f"{'dates' if kind == '1d' else 'times'} and run `python -m etl silver`")
     return bars["close"].to_numpy(dtype=np.float64)[position]

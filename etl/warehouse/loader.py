@@ -44,7 +44,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 
 from etl import commits, db
-from etl.errors import PipelineError, ValidationError
+from etl.errors import PipelineError, ValidationError, some
 from etl.lake import Lake
 from etl.settings import Settings
 from etl.silver.incremental import file_digests
@@ -538,7 +538,7 @@ def _rejected(conn, spec: RawTable, sources: list[str], exc: psycopg2.Error) -> 
             f"{spec.qualified}: the warehouse connection was lost during the load ({reason}); nothing was "
             "committed, the previous rows are kept. Check that the server is up (`python -m etl db status`), then "
             "rerun `python -m etl load`")
-    shown = ", ".join(sources[:5]) + (f" and {len(sources) - 5} more" if len(sources) > 5 else "")
+    shown = some(sources)
     return WarehouseError(
         f"{spec.qualified}: Postgres rejected the new rows from {shown} ({reason}); the whole load was rolled back "
         "and the previous rows are kept. Fix the producer's files (see raw._load_state for what is loaded) and "
