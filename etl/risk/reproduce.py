@@ -6,7 +6,7 @@ bars and liquidity, the run records through which it found factor outputs), the 
 (`etl.lake.pinned`: time travel, kept for PIPELINE_LAKE_RETENTION_DAYS), checks the reference files are the ones
 the run read (else it refuses, naming the file: reference files are not versioned by the lake), runs the same
 engine with the recorded parameters (and the recorded settings that change the figures, runner.RUN_SETTINGS: the
-daily history window, the 5-minute bars' source) and writes each table to `DIR/<table>.parquet`, in the types of the files the run committed.
+daily history window, the 5-minute bars' source, the LVaR percentile) and writes each table to `DIR/<table>.parquet`, in the types of the files the run committed.
 Nothing in the lake or the warehouse changes. A run split into shards (each shard's reads are in the run's record)
 is recomputed in one process: equal to its shards' results to 1e-12 relative (BLAS groups a sum by the chunk it
 computes; tests/etl/risk/test_shards.py), exactly equal for an unsharded run.

@@ -40,8 +40,8 @@ TABLES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics"
           "liquidity_risk", "liquidity_positions")
 TABLES += SCENARIO_TABLES  # the intraday revaluation's inputs (etl.risk.intraday)
 # settings beside RiskParams that change a run's figures (the history window read, where the 5-minute bars come
-# from): recorded in the run record's params, applied again by `risk --reproduce`
-RUN_SETTINGS = ("daily_history_days", "bars_source")
+# from, the percentile of the LVaR costs): recorded in the run record's params, applied again by `risk --reproduce`
+RUN_SETTINGS = ("daily_history_days", "bars_source", "lvar_percentile")
 
 
 @dataclass

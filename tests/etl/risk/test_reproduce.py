@@ -179,3 +179,42 @@ def test_output_without_reproduce_is_bad_usage_and_leaves_the_committed_run(chai
     assert code == 2
     assert "--output DIR is only for --reproduce RUN_ID" in capsys.readouterr().err
     assert commits.read_manifest(store, commits.risk_manifest(AS_OF.date())) == before
+
+
+def _commit_book(store, day, spreads=(10.0, 80.0)):
+    """A recorded order book of BTC-USD on `day`: one 5-minute bucket per spread (bps)."""
+    from etl.lake import Lake
+    from etl.silver import increments
+    from etl.silver.liquidity import LIQUIDITY_DIR, LIQUIDITY_SCHEMA, _table
+
+    start = pd.Timestamp(day, tz="UTC").value // 1000
+    book = {"bid_prices": [100.0, 99.0], "bid_quantities": [1.0, 2.0], "ask_prices": [101.0, 102.0],
+            "ask_quantities": [1.0, 2.0]}
+    rows = pd.DataFrame([{"bucket_start_us": start + i * 300_000_000, "n_snapshots": 1, "mid": 100.5,
+                          "spread_bps": spread,
+                          **{c: 1.0 for c in ("bid_depth_10bp", "bid_depth_50bp", "bid_depth_100bp",
+                                              "ask_depth_10bp", "ask_depth_50bp", "ask_depth_100bp")},
+                          "reach_bps": 100.0, **book} for i, spread in enumerate(spreads)])
+    increments.commit(store, Lake.of(store), LIQUIDITY_DIR, LIQUIDITY_SCHEMA, {("BTC-USD", day.isoformat()): _table(rows)},
+                      None)
+
+
+def test_reproduce_uses_the_lvar_percentile_the_run_used_not_todays_setting(chain, tmp_path, monkeypatch):
+    """liquidity.liquidity_risk reads RISK_LVAR_PERCENTILE from the settings, and the run record's `params` did not
+    name it: reproducing a run after the setting changed gave other spread and impact costs (and LVaR) than the run
+    committed, exit 0, nothing said."""
+    from etl.risk.runner import run_risk
+    from etl.settings import get_settings
+
+    store = Store.from_uri(str(chain["data"]))
+    _commit_book(store, AS_OF.date())
+    run_risk(AS_OF.date(), get_settings())
+    record = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))
+    entry = record["files"][f"liquidity_risk/as_of_date={AS_OF.date()}"]
+    assert entry["rows"] > 0
+    monkeypatch.setenv("RISK_LVAR_PERCENTILE", "50")             # was 99 (the default) when the run ran
+    assert _reproduce(record["run_id"], tmp_path / "again") == 0
+    again = pq.read_table(tmp_path / "again" / "liquidity_risk.parquet").to_pandas()
+    committed = commits.read_entry(store, entry).to_pandas()
+    cols = ["portfolio_id", "spread_cost", "lvar_99"]
+    assert again[cols].equals(committed[cols]), f"committed:\n{committed[cols]}\nreproduced:\n{again[cols]}"
