@@ -49,6 +49,12 @@ class ReproduceSummary:
                 f"{self.rows}")
 
 
+def _by_name(digests: dict[str, str]) -> dict[str, str]:
+    """{file name: SHA-256} of Reference.digests ({path: SHA-256}; the stress file comes last, so it is the one
+    kept when a reference CSV has its name: the file the engine reads)."""
+    return {Path(path).name: sha for path, sha in digests.items()}
+
+
 def reproduce(as_of: date, run_id: str, output: str | Path, settings: Settings | None = None) -> ReproduceSummary:
     settings = settings or get_settings()
     record = commits.run_record(get_store(settings), commits.risk_manifest(as_of), run_id)
@@ -57,14 +63,18 @@ def reproduce(as_of: date, run_id: str, output: str | Path, settings: Settings |
         raise ValidationError(f"risk run {run_id} of {as_of} recorded no {', '.join(missing)} (committed before "
                               "runs recorded what they read): it cannot be recomputed")
     reference = Reference(settings)
-    changed = sorted(set(record["reference"].items()) ^ set(reference.digests.items()))
+    # by file name: the files of that day may sit in another folder now (an archive), same names, same bytes
+    then, now = _by_name(record["reference"]), _by_name(reference.digests)
+    changed = sorted({name for name, _ in set(then.items()) ^ set(now.items())})
     if changed:
-        name = changed[0][0]
-        raise ValidationError(f"{name}: not the reference file risk run {run_id} read (SHA-256 "
-                              f"{record['reference'].get(name, 'absent')[:12]} then, "
-                              f"{reference.digests.get(name, 'absent')[:12]} now): point PIPELINE_REFERENCE_DIR "
-                              "at the files of that day")
+        name = changed[0]
+        path = next((p for p in reference.digests if Path(p).name == name), str(settings.reference_dir / name))
+        raise ValidationError(f"{path}: not the reference file risk run {run_id} read (SHA-256 "
+                              f"{then.get(name, 'absent')[:12]} then, {now.get(name, 'absent')[:12]} now): point "
+                              "PIPELINE_REFERENCE_DIR (and RISK_STRESS_SCENARIOS) at the files of that day")
     params = dict(record["params"])
+    if params.get("stress_file") in record["reference"]:  # the stress file just checked, wherever it is now
+        params["stress_file"] = settings.stress_scenarios_file
     # the settings the run read that change its figures (recorded since RUN_SETTINGS; older runs: today's)
     settings = dataclasses.replace(settings, **{k: params.pop(k) for k in RUN_SETTINGS if k in params})
     store = get_store(settings)

@@ -218,3 +218,25 @@ def test_reproduce_uses_the_lvar_percentile_the_run_used_not_todays_setting(chai
     committed = commits.read_entry(store, entry).to_pandas()
     cols = ["portfolio_id", "spread_cost", "lvar_99"]
     assert again[cols].equals(committed[cols]), f"committed:\n{committed[cols]}\nreproduced:\n{again[cols]}"
+
+
+def test_a_run_is_reproduced_from_a_copy_of_its_reference_files_elsewhere(chain, tmp_path, monkeypatch):
+    """A refused reproduce says "point PIPELINE_REFERENCE_DIR at the files of that day"; the run recorded its
+    reference files by absolute path and reproduce compared the paths, so the very same files copied to an archive
+    folder were refused as "not the reference file risk run ... read" (exit 2): the advice could never work."""
+    import shutil
+
+    from etl.settings import get_settings
+
+    store = Store.from_uri(str(chain["data"]))
+    record = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))
+    settings = get_settings()
+    archive = tmp_path / "archive" / str(AS_OF.date())
+    shutil.copytree(settings.reference_dir, archive)
+    shutil.copy(settings.stress_scenarios_file, archive / "stress_scenarios.csv")
+    monkeypatch.setenv("PIPELINE_REFERENCE_DIR", str(archive))
+    monkeypatch.setenv("RISK_STRESS_SCENARIOS", str(archive / "stress_scenarios.csv"))
+    assert _reproduce(record["run_id"], tmp_path / "again") == 0
+    for entry in record["files"].values():
+        again = pq.read_table(tmp_path / "again" / f"{entry['table']}.parquet")
+        assert again.equals(commits.read_entry(store, entry)), entry["table"]
