@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -240,7 +241,8 @@ class Lake:
                 raise LakeConflict(f"{self.uri(rel)}: {len(missing)} file(s) this commit replaces are not in version "
                                    f"{t.version()} any more (first: {missing[0]}): a concurrent writer replaced them; "
                                    "nothing was committed: rerun the command")
-            actions += [RemoveAction(a["path"], True, now, a["size_bytes"],
+            # the log's paths are URL-encoded and a RemoveAction encodes its path again: give it the decoded one
+            actions += [RemoveAction(unquote(a["path"]), True, now, a["size_bytes"],
                                      {k.removeprefix("partition."): v for k, v in a.items() if k.startswith("partition.")})
                         for a in removed]
         filters = [(k, "=", v) for k, v in replace.items()] if replace else None
@@ -351,14 +353,51 @@ class Lake:
     # ---- maintenance ---------------------------------------------------------------------------------------
     def optimize(self, rel: str, partition: list[tuple[str, str, Any]] | None = None,
                  metadata: dict[str, Any] | None = None) -> dict:
-        """Compact the small files of table `rel` (of the partitions `partition` selects, e.g.
-        [("date", "<", "2026-01-31")]) into large ones in one commit; the replaced files stay for time travel
-        until `vacuum`. Returns delta-rs' metrics."""
-        t = self.table(rel)
-        if t is None:
-            return {}
-        return t.optimize.compact(partition_filters=partition, writer_properties=WRITER,
-                                  commit_properties=_props(metadata))
+        """Compact table `rel`: each partition (of those `partition` selects, e.g. [("date", "<", "2026-01-31")])
+        holding two or more files gets one file of the same rows, all in one commit; the replaced files stay for
+        time travel until `vacuum`. Returns {"numFilesAdded", "numFilesRemoved", "partitionsOptimized"}.
+
+        Not delta-rs' `optimize.compact`: its commit goes on top of a concurrent optimize of the same files (its
+        removes are not data changes, which its conflict check passes), so two compactions at once left every row
+        twice. Here the commit is guarded like any rewrite (`commit_files`: the partitions' files as this
+        compaction read them): a concurrent writer that changed them first makes it plan again on the new version
+        (a partition the other compaction already did has one file: nothing to do)."""
+        for attempt in range(COMMIT_RETRIES + 1):
+            t = self.table(rel)
+            if t is None:
+                return {}
+            partition_by = t.metadata().partition_columns
+            groups: dict[tuple, list[dict]] = {}
+            for a in _actions(t, flatten=True).to_pylist():
+                values = {k: a.get(f"partition.{k}") for k in partition_by}
+                if all(_OPS[op](values.get(k), str(v)) for k, op, v in partition or []):
+                    groups.setdefault(tuple(values.items()), []).append(a)
+            groups = {key: actions for key, actions in groups.items() if len(actions) > 1}
+            if not groups:
+                return {"numFilesAdded": 0, "numFilesRemoved": 0, "partitionsOptimized": 0}
+            store, schema = Store.from_uri(self.root), pa.schema(t.schema().to_arrow())
+            files, removed = [], []
+            for key, actions in groups.items():
+                values = dict(key)
+                rows = t.to_pyarrow_dataset(partitions=[(k, "=", v) for k, v in values.items()]).to_table()
+                rows = rows.drop_columns([k for k in partition_by if k in rows.column_names])
+                # beside the partition's files (the log holds paths URL-encoded: a value like `risk/as_of_date=D`)
+                inside = posixpath.join(posixpath.dirname(unquote(actions[0]["path"])), f"part-{uuid.uuid4().hex}.parquet")
+                path = store.write_parquet(posixpath.join(rel, inside), rows)
+                files.append(DataFile(inside, store.fs.get_file_info(path).size, values, rows.num_rows))
+                removed += [posixpath.join(rel, a["path"]) for a in actions]
+            try:
+                self.commit_files(rel, files, schema, partition_by, remove=removed, table=t,
+                                  metadata={**(metadata or {}), "compacted": "optimize"},
+                                  partitions=[dict(key) for key in groups])
+            except LakeConflict:
+                for f in files:   # never committed: not a file of any version
+                    store.delete(posixpath.join(rel, f.path))
+                if attempt == COMMIT_RETRIES:
+                    raise
+                continue
+            return {"numFilesAdded": len(files), "numFilesRemoved": len(removed), "partitionsOptimized": len(files)}
+        raise AssertionError("unreachable")
 
     def vacuum(self, rel: str, retention_hours: float | None = None, dry_run: bool = False) -> list[str]:
         """Delete the files no version younger than `retention_hours` (default the lake's retention) needs, and
@@ -369,6 +408,12 @@ class Lake:
         hours = self.retention_days * 24 if retention_hours is None else retention_hours
         # full: list the folder, so files no commit ever named (a writer killed before its commit) go too
         return t.vacuum(retention_hours=int(hours), dry_run=dry_run, enforce_retention_duration=False, full=True)
+
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "=": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a is not None and a < b,
+    "<=": lambda a, b: a is not None and a <= b, ">": lambda a, b: a is not None and a > b,
+    ">=": lambda a, b: a is not None and a >= b}
 
 
 def _actions(t: DeltaTable, flatten: bool = False) -> pa.Table:

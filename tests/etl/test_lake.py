@@ -243,3 +243,35 @@ def test_commits_since_reads_back_to_a_time_not_the_whole_log(data):
     assert [(c["version"], c["run_id"]) for c in lake.commits_since("t", since)] == [(1, "r1"), (2, "r2")]
     added = lake.added_at("t")
     assert len(added) == 3 and max(added.values()) <= lake.commits("t", 1, 2)[0]["timestamp"]  # made before it
+
+
+def test_two_compactions_at_once_keep_every_run_record_once(data, monkeypatch):
+    """Two `compact` at once (the EOD DAG's and a manual one) both optimize `outputs/_runs`: delta-rs' optimize
+    commits on top of a concurrent optimize of the same files (its removes are not data changes, so its conflict
+    check passes them), so each added its own compacted copy of the records: every run record twice, and
+    `fact_run_inputs` (one row per run and table) every row twice. The slower compaction now re-plans on the
+    table as the faster left it (nothing left to compact) or fails, never commits a second copy."""
+    store = get_store()
+    for var in (100.0, 110.0, 120.0):
+        publish_day(store, DAY, [var], [1.0])
+    lake = Lake.of(store)
+    records = lake.read(commits.RUNS).sort_by("run_id")
+    stale = lake.table(commits.RUNS)     # the second compaction loaded the table before the first committed
+    lake.optimize(commits.RUNS)
+    table, handed = Lake.table, []
+
+    def first_stale(self, rel, version=None):
+        if rel == commits.RUNS and version is None and not handed:
+            handed.append(rel)
+            return stale
+        return table(self, rel, version)
+
+    monkeypatch.setattr(Lake, "table", first_stale)
+    try:
+        lake.optimize(commits.RUNS)
+    except LakeConflict:
+        pass
+    monkeypatch.setattr(Lake, "table", table)
+    assert handed and lake.read(commits.RUNS).num_rows == 3, lake.read(commits.RUNS)["run_id"].to_pylist()
+    assert lake.read(commits.RUNS).sort_by("run_id").equals(records) and len(lake.files(commits.RUNS)) == 1
+    assert commits.run_inputs(store).num_rows == 0 and len(commits._records(store)) == 3
