@@ -118,10 +118,12 @@ def lvar_breaches(portfolio: pd.DataFrame, positions_valued: pd.DataFrame, portf
 
 
 def read_books(store: Store, products: list[str], day: date) -> pd.DataFrame:
-    """The silver liquidity rows of `day` for `products` (those with a partition), with product_id."""
-    frames, lake = [], Lake.of(store)
+    """The silver liquidity rows of `day` for `products` (those with a partition), with product_id: every product's
+    from ONE version of the table (a liquidity build committing meanwhile is not half seen; the version is the one
+    the run records and `risk --reproduce` reads again)."""
+    frames, files = [], Lake.of(store).files(LIQUIDITY_DIR) or []
     for product in products:
-        rel = increments.partition_file(lake, LIQUIDITY_DIR, product, day.isoformat())
+        rel = next(iter(increments.files_of(files, LIQUIDITY_DIR, product, day.isoformat())), None)
         if rel is not None:
             df = store.read_parquet(rel, columns=BOOK_COLUMNS).to_pandas()
             frames.append(df.assign(product_id=product))

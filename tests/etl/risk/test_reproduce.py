@@ -181,8 +181,8 @@ def test_output_without_reproduce_is_bad_usage_and_leaves_the_committed_run(chai
     assert commits.read_manifest(store, commits.risk_manifest(AS_OF.date())) == before
 
 
-def _commit_book(store, day, spreads=(10.0, 80.0)):
-    """A recorded order book of BTC-USD on `day`: one 5-minute bucket per spread (bps)."""
+def _commit_book(store, day, spreads=(10.0, 80.0), product="BTC-USD"):
+    """A recorded order book of `product` on `day`: one 5-minute bucket per spread (bps)."""
     from etl.lake import Lake
     from etl.silver import increments
     from etl.silver.liquidity import LIQUIDITY_DIR, LIQUIDITY_SCHEMA, _table
@@ -195,7 +195,7 @@ def _commit_book(store, day, spreads=(10.0, 80.0)):
                           **{c: 1.0 for c in ("bid_depth_10bp", "bid_depth_50bp", "bid_depth_100bp",
                                               "ask_depth_10bp", "ask_depth_50bp", "ask_depth_100bp")},
                           "reach_bps": 100.0, **book} for i, spread in enumerate(spreads)])
-    increments.commit(store, Lake.of(store), LIQUIDITY_DIR, LIQUIDITY_SCHEMA, {("BTC-USD", day.isoformat()): _table(rows)},
+    increments.commit(store, Lake.of(store), LIQUIDITY_DIR, LIQUIDITY_SCHEMA, {(product, day.isoformat()): _table(rows)},
                       None)
 
 
@@ -240,3 +240,39 @@ def test_a_run_is_reproduced_from_a_copy_of_its_reference_files_elsewhere(chain,
     for entry in record["files"].values():
         again = pq.read_table(tmp_path / "again" / f"{entry['table']}.parquet")
         assert again.equals(commits.read_entry(store, entry)), entry["table"]
+
+
+def test_a_liquidity_build_during_a_risk_run_does_not_split_its_order_books_across_versions(chain, tmp_path,
+                                                                                          monkeypatch):
+    """liquidity.read_books listed silver/liquidity_5m once per product: a liquidity build committing between two
+    products' reads gave the run BTC-USD's book of one version and ETH-USD's of the next, the record named only the
+    later version, and reproduce recomputed BTC-USD's costs on a book the run never saw. One run reads one version
+    of the table."""
+    from etl.lake import Lake
+    from etl.risk.runner import run_risk
+    from etl.settings import get_settings
+    from etl.silver.liquidity import LIQUIDITY_DIR
+
+    store = Store.from_uri(str(chain["data"]))
+    for product in ("BTC-USD", "ETH-USD"):
+        _commit_book(store, AS_OF.date(), product=product)
+    files, landed = Lake.files, []
+
+    def a_build_lands_after_the_first_read(self, rel, version=None):
+        out = files(self, rel, version)
+        if rel == LIQUIDITY_DIR and version is None and not landed:
+            landed.append(rel)       # a liquidity build commits a wider BTC-USD book of the day meanwhile
+            _commit_book(store, AS_OF.date(), spreads=(200.0, 400.0))
+        return out
+
+    monkeypatch.setattr(Lake, "files", a_build_lands_after_the_first_read)
+    run_risk(AS_OF.date(), get_settings())
+    monkeypatch.setattr(Lake, "files", files)
+    assert landed
+    record = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))
+    assert _reproduce(record["run_id"], tmp_path / "again") == 0
+    for table in ("liquidity_risk", "liquidity_positions"):
+        again = pq.read_table(tmp_path / "again" / f"{table}.parquet").to_pandas()
+        committed = commits.read_entry(store, record["files"][f"{table}/as_of_date={AS_OF.date()}"]).to_pandas()
+        assert again["spread_cost"].equals(committed["spread_cost"]), (
+            f"{table}: inputs {record['inputs']}\ncommitted:\n{committed}\nreproduced:\n{again}")
