@@ -170,7 +170,7 @@ class Lake:
                 if new and self.table(rel) is not None:  # another first writer made the table: append to it
                     new = False
                     continue
-                raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the table ({exc}); nothing was "
+                raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the table ({_cause(exc)}); nothing was "
                                    "committed: rerun the command") from exc
         return self.version(rel)
 
@@ -259,7 +259,7 @@ class Lake:
                 latest = self.table(rel) if own_rebase and attempt < retries else None
                 if latest is None or _partition_files(latest, guarded) != base:
                     raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the rows this commit replaces "
-                                       f"({exc}); nothing was committed: rerun the command") from exc
+                                       f"({_cause(exc)}); nothing was committed: rerun the command") from exc
                 t = latest   # only other partitions (or other ids) changed meanwhile: commit on top of them
         return self._version_of(rel, txn, after=t.version())
 
@@ -414,6 +414,12 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "=": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a is not None and a < b,
     "<=": lambda a, b: a is not None and a <= b, ">": lambda a, b: a is not None and a > b,
     ">=": lambda a, b: a is not None and a >= b}
+
+
+def _cause(exc: Exception) -> str:
+    """delta-rs' error in one line: its first (its next lines give advice for delta-rs' own users, e.g. to lower
+    the isolation level), so the CLI's `error:` line stays one line."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def _actions(t: DeltaTable, flatten: bool = False) -> pa.Table:

@@ -275,3 +275,27 @@ def test_two_compactions_at_once_keep_every_run_record_once(data, monkeypatch):
     assert handed and lake.read(commits.RUNS).num_rows == 3, lake.read(commits.RUNS)["run_id"].to_pylist()
     assert lake.read(commits.RUNS).sort_by("run_id").equals(records) and len(lake.files(commits.RUNS)) == 1
     assert commits.run_inputs(store).num_rows == 0 and len(commits._records(store)) == 3
+
+
+def test_a_conflict_is_one_line_naming_the_table(data):
+    """The CLI prints a LakeConflict as its `error:` line (exit 2: CONTRACT, "one line saying what and where"); the
+    message carried delta-rs' own text verbatim, whose conflict check says "...this operation read.\\nHelp: ...":
+    `compact` losing a race to another compaction printed a two-line error."""
+    from etl.lake import DataFile
+
+    store = get_store()
+    lake, rel = Lake.of(store), "bronze/t"
+    schema = pa.schema([("x", pa.int64()), ("k", pa.string())])
+
+    def written(name: str, values: list[int]) -> DataFile:
+        path = store.write_parquet(f"{rel}/k=a/{name}", pa.table({"x": values}))
+        return DataFile(f"k=a/{name}", store.fs.get_file_info(path).size, {"k": "a"}, len(values))
+
+    for i in range(2):
+        lake.commit_files(rel, [written(f"f{i}.parquet", [i])], schema, ["k"])
+    stale, old = lake.table(rel), lake.files(rel)
+    lake.commit_files(rel, [written("c1.parquet", [0, 1])], schema, ["k"], remove=old)   # one compaction
+    with pytest.raises(LakeConflict) as conflict:                                       # the other, at once
+        lake.commit_files(rel, [written("c2.parquet", [0, 1])], schema, ["k"], remove=old, table=stale)
+    assert "\n" not in str(conflict.value) and str(conflict.value).startswith(lake.uri(rel)), str(conflict.value)
+    assert sorted(lake.read(rel)["x"].to_pylist()) == [0, 1]
