@@ -196,6 +196,10 @@ def publish(store: Store, name: str, stage: str, parts: dict[tuple[str, str], pa
         rows, schema, columns = _fit(current, lake.uri(rel), conform(rows), partition_values(partition))
         in_table = posixpath.join(*(f"{k}={v}" for k, v in columns.items()), f"{run_id}.parquet")
         path = posixpath.join(rel, in_table)
+        if store.exists(path):  # a file of this run id is there (the old layout's, of a run migrate-lake converts):
+            # never written over, a file another commit or record names keeps its bytes; this one gets its own name
+            in_table = f"{in_table.removesuffix('.parquet')}-{uuid.uuid4().hex[:8]}.parquet"
+            path = posixpath.join(rel, in_table)
         store.write_parquet(path, rows)
         size = store.fs.get_file_info(store.path(path)).size
         version = lake.commit_files(rel, [DataFile(in_table, size, columns, rows.num_rows)], schema, list(columns),

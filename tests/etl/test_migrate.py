@@ -58,11 +58,12 @@ def test_old_commits_become_delta_run_records_with_the_same_rows_and_a_rerun_cha
         assert _committed(store, commits.risk_manifest(DAY), f"{table}/as_of_date={DAY}").equals(rows)
     assert _committed(store, "factors", f"factor_returns/date={DAY}").equals(FACTORS["factor_returns"])
     assert not (old_folder / "outputs/_commits").exists() or not any((old_folder / "outputs/_commits").rglob("*.json"))
-    # the old files are gone, except the factor file whose path the Delta table took over (same run, same path)
+    # the old files are gone; the factor file's path was the old file's (same run, and `date` is no column of the
+    # rows): the converted file got a name of its own, the old one was not written over
     left = sorted(p.relative_to(old_folder).as_posix() for p in (old_folder / "outputs").rglob("*.parquet")
                   if "_runs" not in p.parts and "_delta_log" not in p.parts)
-    assert left == sorted(commits.committed_files(store)) == [
-        "outputs/factor_returns/date=2026-03-01/20260302T020000000000-bbbbbbbb.parquet",
+    assert left == sorted(commits.committed_files(store))
+    assert left[0].startswith("outputs/factor_returns/date=2026-03-01/20260302T020000000000-bbbbbbbb-") and left[1:] == [
         "outputs/pnl_daily/run_as_of_date=2026-03-01/20260302T010000000000-aaaaaaaa.parquet",
         "outputs/risk_metrics/run_as_of_date=2026-03-01/20260302T010000000000-aaaaaaaa.parquet"]
 
@@ -77,7 +78,8 @@ def test_a_migration_killed_after_publishing_finishes_on_the_next_run(old_folder
     manifest = json.loads((old_folder / f"outputs/_commits/{name}.json").read_text())
     migrate._publish(store, name, manifest)  # killed here: published, old files and manifest still there
     summary = migrate.migrate_lake()
-    assert summary.converted == ["factors"] and summary.already == [name] and summary.files_removed == 2
+    # the risk run's two old files, and the factor run's (its converted file has a name of its own)
+    assert summary.converted == ["factors"] and summary.already == [name] and summary.files_removed == 3
     assert len(commits.manifests(store)) == 2
     for table, rows in RISK.items():
         assert _committed(store, name, f"{table}/as_of_date={DAY}").equals(rows)
@@ -336,3 +338,34 @@ def test_a_candle_migration_killed_before_its_clean_up_adds_nothing_again_after_
     migrate.migrate_lake()
     assert len(read_bronze()) == 120
     assert not store.exists("bronze/_manifests/b1.json")
+
+
+def test_a_migration_killed_before_a_factor_record_finishes_on_the_next_run(old_folder, monkeypatch):
+    """A factor table's partition `date=D` is no column of its rows, so the converted run's file has the old file's
+    path (same run id): publishing rewrote the old file in place, in the new writer's bytes. Killed before the run
+    record, the old manifest (still in force for the migration) named a SHA-256 the file no longer had, and every
+    rerun of `migrate-lake` stopped on it as a corrupt file (exit 2): the migration could never finish."""
+    import pyarrow.parquet as pq
+
+    from etl.lake import Lake
+
+    store = get_store()
+    rel = f"outputs/factor_returns/date={DAY}/20260302T020000000000-bbbbbbbb.parquet"
+    pq.write_table(FACTORS["factor_returns"], store.path(rel), compression="snappy")   # an older writer's bytes
+    old = json.loads((old_folder / "outputs/_commits/factors.json").read_text())
+    old["files"][f"factor_returns/date={DAY}"]["sha256"] = store.digest(rel)
+    store.write_json("outputs/_commits/factors.json", old)
+    write = Lake.write
+
+    def killed_before_the_factor_record(self, rel, data, *args, **kwargs):
+        if rel == commits.RUNS and data["name"][0].as_py() == "factors":
+            raise KeyboardInterrupt("killed")
+        return write(self, rel, data, *args, **kwargs)
+
+    monkeypatch.setattr(Lake, "write", killed_before_the_factor_record)
+    with pytest.raises(KeyboardInterrupt):
+        migrate.migrate_lake()
+    monkeypatch.setattr(Lake, "write", write)
+    assert main(["migrate-lake"]) == 0
+    assert _committed(store, "factors", f"factor_returns/date={DAY}").equals(FACTORS["factor_returns"])
+    assert migrate.unconverted(store) is None and len(commits.manifests(store)) == 2
