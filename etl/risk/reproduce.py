@@ -68,7 +68,7 @@ def reproduce(as_of: date, run_id: str, output: str | Path, settings: Settings |
     changed = sorted({name for name, _ in set(then.items()) ^ set(now.items())})
     if changed:
         name = changed[0]
-        path = next((p for p in reference.digests if Path(p).name == name), str(settings.reference_dir / name))
+        path = [str(settings.reference_dir / name), *(p for p in reference.digests if Path(p).name == name)][-1]
         raise ValidationError(f"{path}: not the reference file risk run {run_id} read (SHA-256 "
                               f"{then.get(name, 'absent')[:12]} then, {now.get(name, 'absent')[:12]} now): point "
                               "PIPELINE_REFERENCE_DIR (and RISK_STRESS_SCENARIOS) at the files of that day")
