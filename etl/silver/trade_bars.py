@@ -28,6 +28,7 @@ basis points. On the simulator OHLC and volume are equal by construction (etl/si
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
@@ -218,7 +219,9 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     summary = TradeBarsSummary()
     bronze = increments.increment(lake, TRADES_DIR, TRADE_BARS_DIR, full_refresh)
     new = bronze.new
-    touched = increments.touched(new, TRADES_DIR)
+    # and the days of the files a build set aside since (it died before its own commit: its day must be marked)
+    touched = sorted(set(increments.touched(new, TRADES_DIR)) | set(increments.touched(
+        _set_aside_since(lake, bronze), TRADES_DIR)))
     summary.files = len(new)
     quotes = _quotes(Reference.of(reference, settings), {p for p, _ in touched})
     breaks = sequence_breaks(lake) if touched else Breaks()
@@ -251,13 +254,22 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
         summary.bars += parts[(product, day)].num_rows
         summary.cut += int(cut.sum())
     candles.remove(store, lake, sorted(gone), TRADES_DIR, BRONZE_SCHEMA)
-    if new:  # the partitions' new files and the bronze version read, in one commit
+    if new or touched:  # the partitions' new files and the bronze version read, in one commit
         increments.commit(store, lake, TRADE_BARS_DIR, TRADE_BARS_SCHEMA, parts, bronze.version)
     if touched:
         summary.reconciliation = reconcile(store, touched)
         store.write_json(RECONCILIATION_FILE, asdict(summary))
     log.info("silver: %s", str(summary).replace("\n", " |"))
     return summary
+
+
+def _set_aside_since(lake: Lake, bronze: increments.Increment) -> list[str]:
+    """The bronze trades files `candles.remove` took out of the table since the version the last build read (none
+    on a full refresh or a first build: every partition is read then)."""
+    if bronze.since is None or bronze.version is None:
+        return []
+    return [f for c in lake.commits(TRADES_DIR, bronze.since, bronze.version) for f in json.loads(c.get("quarantined")
+                                                                                                  or "[]")]
 
 
 def _files(files: list[str], gone: set[str], product: str, *days: str) -> list[list[str]]:

@@ -379,3 +379,39 @@ def test_two_builds_at_once_of_a_new_partition_commit_its_bars_once(data_dir, mo
     rows = lake.read(TRADE_BARS_DIR).to_pandas()
     assert sorted(rows["product_id"]) == ["BTC-USD", "ETH-USD"]                # each bar once
     assert build_trade_bars().partitions == 0
+
+
+def test_a_crash_after_a_corrupt_trades_file_is_set_aside_and_before_the_commit_reruns_to_the_clean_result(
+        data_dir, monkeypatch):
+    """The corrupt file is taken out of bronze by its own commit, then the build dies before its silver commit:
+    the rerun must still rebuild that day (its bars not complete) as a clean build does, not keep the bars built
+    before the file was lost as if nothing happened."""
+    from etl.lake import Lake
+    from etl.silver import increments
+    from tests.etl.test_integrity import flip_page_bytes
+
+    store = Store.from_uri(str(data_dir))
+    sink, lake = BronzeSink(store), Lake.of(store)
+    sink.write(_minutes(_minutes(MicroBatch("20260101T000000000000Z-aaaa-b1"), "BTC-USD", "c1", 5, 900),
+                        "ETH-USD", "c2", 5, 900))
+    build_trade_bars()
+    assert bronze_table(data_dir, TRADE_BARS_DIR)["is_complete"].any()
+    sink.write(_minutes(_minutes(MicroBatch("20260101T000000000000Z-aaaa-b2"), "BTC-USD", "c1", 905, 1800),
+                        "ETH-USD", "c2", 905, 1800))
+    bad = next(f for f in lake.files("bronze/trades") if "BTC-USD" in f and f.endswith("b2.parquet"))
+    flip_page_bytes(data_dir / bad, "sequence_num")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed before the silver commit")
+
+    with monkeypatch.context() as m:
+        m.setattr(increments, "commit", crash)
+        with pytest.raises(RuntimeError):
+            build_trade_bars()
+    assert bad not in lake.files("bronze/trades")   # set aside and taken out of bronze: that commit was made
+    build_trade_bars()                              # the rerun
+    rerun = bronze_table(data_dir, TRADE_BARS_DIR).sort_values(["product_id", "bucket_start"]).reset_index(drop=True)
+    build_trade_bars(full_refresh=True)             # the clean result of the same bronze
+    clean = bronze_table(data_dir, TRADE_BARS_DIR).sort_values(["product_id", "bucket_start"]).reset_index(drop=True)
+    assert not clean[clean["product_id"] == "BTC-USD"]["is_complete"].any()
+    pd.testing.assert_frame_equal(rerun, clean)
