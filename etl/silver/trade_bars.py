@@ -5,7 +5,8 @@ against the candle bars of the same buckets.
 its last build recorded in its own commit (etl/silver/increments.py: no state file), and recomputes each touched
 (product, date) partition from all its files at the bronze version it reads now:
 1. deduplicate by (product_id, trade_id), keeping the first received (reconnect snapshots and duplicated
-   messages repeat trades),
+   messages repeat trades); copies of one trade id that disagree on its price, size or time are none of them a
+   bar's trade (which is the trade is unknown): left out, counted as invalid, and their bars not complete,
 2. parse price and size; a size is its whole base units (float64, summed exactly below 2**53) and its fraction in
    integer units of 1e-8 (sizes carry at most 8 decimals), so volumes add up exactly and never overflow (one int64
    of 1e-8 units wrapped at 9.2e10 base units, a meme coin's $1M trade); rows whose price, size or time is not a
@@ -195,8 +196,19 @@ def read_trades(store: Store, files: list[str], breaks: Breaks | None = None,
     gaps = holes(seen[ok].astype("datetime64[us, UTC]").astype("int64").to_numpy(), _runs_of(df, breaks)[ok],
                  carried)
     df["product_id"] = df["product_id"].astype(str)
+    # a trade id is one trade: copies that disagree on its price, size or time leave no telling which is the trade;
+    # none of them is a bar's trade, and their bars are cut like a hole's (counted as invalid)
+    parsed = pd.DataFrame({"product_id": df["product_id"], "trade_id": df["trade_id"],
+                           "p": pd.to_numeric(df["price"], errors="coerce"),
+                           "s": pd.to_numeric(df["size"], errors="coerce"), "t": seen})
+    conflicting = (parsed.groupby(["product_id", "trade_id"], sort=False)[["p", "s", "t"]].transform("nunique")
+                   > 1).any(axis=1).to_numpy()
+    if conflicting.any():
+        t = seen[conflicting].dropna().astype("datetime64[us, UTC]").astype("int64").to_numpy()
+        gaps = np.concatenate([gaps, np.stack([t - 1, t + 1], axis=1)]).astype(np.int64)
+        df = df[~conflicting]
     df = df.sort_values("received_at", kind="stable").drop_duplicates(["product_id", "trade_id"])
-    duplicates = rows_in - len(df)
+    duplicates = rows_in - int(conflicting.sum()) - len(df)
     price = pd.to_numeric(df["price"], errors="coerce")
     size = pd.to_numeric(df["size"], errors="coerce")
     ts = pd.to_datetime(df["time"], utc=True, errors="coerce", format="ISO8601")
@@ -206,7 +218,7 @@ def read_trades(store: Store, files: list[str], breaks: Breaks | None = None,
                         "ts_us": ts[ok].astype("datetime64[us, UTC]").astype("int64"),
                         "price": price[ok].astype(float), "whole": whole,
                         "units": np.rint((size[ok] - whole) * UNITS).astype(np.int64)})
-    return out, rows_in, duplicates, int((~ok).sum()), gaps
+    return out, rows_in, duplicates, int((~ok).sum()) + int(conflicting.sum()), gaps
 
 
 def build_trade_bars(settings: Settings | None = None, full_refresh: bool = False,

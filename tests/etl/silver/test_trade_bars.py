@@ -415,3 +415,23 @@ def test_a_crash_after_a_corrupt_trades_file_is_set_aside_and_before_the_commit_
     clean = bronze_table(data_dir, TRADE_BARS_DIR).sort_values(["product_id", "bucket_start"]).reset_index(drop=True)
     assert not clean[clean["product_id"] == "BTC-USD"]["is_complete"].any()
     pd.testing.assert_frame_equal(rerun, clean)
+
+
+def test_a_trade_received_twice_with_different_prices_is_no_bar_s_trade_and_its_bar_is_not_complete(data_dir):
+    """A trade id is one trade: a second copy (a reconnect's snapshot, a second collector) that disagrees on its
+    price leaves no telling which is the trade. Neither copy makes the bar (its bar is not complete, the conflict
+    is counted), not the first received as if it were the trade; an identical repeat is a plain duplicate."""
+    store = Store.from_uri(str(data_dir))
+    batch = _minutes(MicroBatch("20260101T000000000000Z-aaaa-b1"), "BTC-USD", "c1", 5, 1200)
+    for s, price in ((305, "999.5"), (605, f"{100 + 605 % 7}.5")):   # 00:05:05 disagrees, 00:10:05 repeats
+        when = f"2026-01-01T00:{s // 60:02d}:{s % 60:02d}Z"
+        batch.add_trade("BTC-USD", "2026-01-01", (f"{s}", price, "0.5", "BUY", when, "snapshot", "market_trades",
+                                                  when, "", 1000 + s, "c2", 1767226600.0 + s, None))
+    BronzeSink(store).write(batch)
+    summary = build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start")
+    five, ten = pd.Timestamp("2026-01-01T00:05Z"), pd.Timestamp("2026-01-01T00:10Z")
+    assert bars.loc[five, "high"] < 999 and bars.loc[five, "n_trades"] == 14 and not bars.loc[five, "is_complete"]
+    assert bars.loc[ten, "is_complete"] and bars.loc[ten, "n_trades"] == 15   # the plain repeat: as clean
+    assert bars.loc[ten, "close"] == 100 + 885 % 7 + 0.5
+    assert summary.duplicates == 1 and summary.invalid == 2
