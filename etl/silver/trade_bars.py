@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 TRADE_BARS_DIR = "silver/trade_bars_5m"
 CANDLE_BARS_DIR = "silver/bars_5m"
 RECONCILIATION_FILE = "silver/_quality/trade_bars_reconciliation.json"
+LOST = "lost_partitions"  # commit metadata: the partitions built as having lost a bronze file ("PRODUCT/DATE")
 UNITS = 100_000_000
 BAR_US = 300 * 1_000_000
 TRADE_BARS_SCHEMA = BARS_5M_SCHEMA.append(pa.field("n_trades", pa.int64()))
@@ -231,14 +232,14 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     summary = TradeBarsSummary()
     bronze = increments.increment(lake, TRADES_DIR, TRADE_BARS_DIR, full_refresh)
     new = bronze.new
-    # and the days of the files a build set aside since (it died before its own commit: its day must be marked)
-    touched = sorted(set(increments.touched(new, TRADES_DIR)) | set(increments.touched(
-        _set_aside_since(lake, bronze), TRADES_DIR)))
+    lost = {k for f in candles.set_aside_files(store, TRADES_DIR) if (k := increments.partition_of(f))}
+    # and the days that lost a file since the last build marked them (a build that set the file aside and died
+    # before its commit: no new file tells the rerun)
+    touched = sorted(set(increments.touched(new, TRADES_DIR)) | (lost - _marked_lost(lake)))
     summary.files = len(new)
     quotes = _quotes(Reference.of(reference, settings), {p for p, _ in touched})
     breaks = sequence_breaks(lake) if touched else Breaks()
     parts, gone = {}, set()
-    lost = {increments.partition_of(f) for f in candles.set_aside_files(store, TRADES_DIR)}
     todo = list(touched)
     for product, day in todo:  # grows by the day before when one of its files is set aside
         before = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
@@ -267,7 +268,8 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
         summary.cut += int(cut.sum())
     candles.remove(store, lake, sorted(gone), TRADES_DIR, BRONZE_SCHEMA)
     if new or touched:  # the partitions' new files and the bronze version read, in one commit
-        increments.commit(store, lake, TRADE_BARS_DIR, TRADE_BARS_SCHEMA, parts, bronze.version)
+        increments.commit(store, lake, TRADE_BARS_DIR, TRADE_BARS_SCHEMA, parts, bronze.version,
+                          {LOST: json.dumps(sorted(f"{p}/{d}" for p, d in lost))})
     if touched:
         summary.reconciliation = reconcile(store, touched)
         store.write_json(RECONCILIATION_FILE, asdict(summary))
@@ -275,13 +277,11 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     return summary
 
 
-def _set_aside_since(lake: Lake, bronze: increments.Increment) -> list[str]:
-    """The bronze trades files `candles.remove` took out of the table since the version the last build read (none
-    on a full refresh or a first build: every partition is read then)."""
-    if bronze.since is None or bronze.version is None:
-        return []
-    return [f for c in lake.commits(TRADES_DIR, bronze.since, bronze.version) for f in json.loads(c.get("quarantined")
-                                                                                                  or "[]")]
+def _marked_lost(lake: Lake) -> set[tuple[str, str]]:
+    """The (product, date) partitions the last build's commit recorded as having lost a bronze file (their bars
+    built not complete)."""
+    recorded = lake.metadata(TRADE_BARS_DIR, LOST)
+    return {tuple(k.split("/", 1)) for k in json.loads(recorded[1])} if recorded else set()
 
 
 def _files(files: list[str], gone: set[str], product: str, *days: str) -> list[list[str]]:
