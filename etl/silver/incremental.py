@@ -265,7 +265,7 @@ def _candle_bars(store: Store, settings: Settings, full_refresh: bool, now: date
         day_numbers = [_day_number(d) for days, _ in months for d in days]
         bars_1d = pa.concat_tables([t for _, t in months]).combine_chunks()
         written.update(_write_daily(store, silver, product, year, day_numbers, bars_1d, full_refresh))
-    summary.batches = sum(candles.BATCH_ID in c for c in taken_in)
+    summary.batches += sum(candles.BATCH_ID in c for c in taken_in)
     # what this build read; partitions that have no bronze any more drop out
     kept = {_key(k) for k in parts}
     if written or full_refresh or read_version != last:
