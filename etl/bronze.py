@@ -94,7 +94,8 @@ def validate_rows(rows: list, granularity: int, start: datetime, end: datetime) 
     good: bucket_start (epoch s), open, high, low, close, volume, raw; sorted by time, only buckets in [start, end)
     (the API may return candles just outside the page: those are dropped, not quarantined; the neighbouring page
     fetches them). bad: raw, reason - wrong arity, non-numeric, non-finite, off the granularity grid, inconsistent
-    OHLC, or a bucket repeated within the response.
+    OHLC, or a bucket repeated within the response (every row of a bucket whose repeats differ: which one is the
+    trade is unknown; only the copies of a repeat with the same values).
     """
     n = len(rows)
     # The raw payload is text per row by definition: serialise each row once, compactly, for audit.
@@ -132,6 +133,9 @@ def validate_rows(rows: list, granularity: int, start: datetime, end: datetime) 
     inside = ok & (t >= lo) & (t < hi)
     dup = np.zeros(n, dtype=bool)
     dup[inside] = pd.Series(t[inside]).duplicated().to_numpy()
+    if dup.any():  # a bucket served twice with different values: no telling which is the trade, neither is kept
+        rows_in = pd.DataFrame(values[inside])
+        dup[inside] |= (rows_in.groupby(0)[[1, 2, 3, 4, 5]].transform("nunique") > 1).any(axis=1).to_numpy()
     reason[dup] = "bucket start repeated within one response"
     inside &= ~dup
 

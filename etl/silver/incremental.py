@@ -173,7 +173,35 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
     store = get_store(settings)
     now = to_utc(now) if now else datetime.now(UTC)  # naive means UTC, like everywhere in the platform
     summary = SilverSummary(full_refresh=full_refresh)
+    whole = full_refresh
+    while _candle_bars(store, settings, whole, now, reference, summary):
+        whole = False  # a context file went bad: once more, rebuilding the days its removal changes
+    if store.exists(TRADES_DIR):  # live trades from `python -m etl stream`: 5-minute bars from trades too
+        from etl.silver.trade_bars import build_trade_bars
 
+        summary.trade_bars = str(build_trade_bars(settings, full_refresh, reference))
+    if store.exists(BOOK_DIR):  # order-book snapshots from `python -m etl stream`: spread and depth
+        from etl.silver.liquidity import build_liquidity
+
+        summary.liquidity = str(build_liquidity(settings, full_refresh))
+
+    summary.bad_files = list(dict.fromkeys(summary.bad_files))  # a file two chunks read (own, context): once
+    summary.quarantined = sum(summary.quarantined_by_rule.values())
+    summary.gaps = summary.incomplete_bars + summary.missing_buckets
+    summary.seconds = round(time.perf_counter() - started, 3)
+    finished = datetime.now(UTC)
+    store.write_json(f"{QUALITY_DIR}/{finished:%Y%m%dT%H%M%S%fZ}.json",
+                     {"run_at": finished.isoformat(), "now": now.isoformat(), **asdict(summary)})
+    log.info("silver: %s", str(summary).replace("\n", " |"))
+    return summary
+
+
+def _candle_bars(store: Store, settings: Settings, full_refresh: bool, now: datetime, reference: Reference,
+                 summary: SilverSummary) -> bool:
+    """One pass over the bronze candles: plan, rebuild, commit (counts added to `summary`). True when a bronze file
+    read only as the context of the days rebuilt was unreadable: set aside and taken out of bronze, but the days it
+    belongs to (and those their gate reaches) were not rebuilt without it: the state records the bronze version
+    before its removal, so another pass rebuilds them."""
     silver = _snapshot(Lake.of(store, settings))
     lake = silver.lake
     last, state = (None, {}) if full_refresh else _load_state(silver)
@@ -182,7 +210,8 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
     crowded = [k for k in todo if not candles.compacted(parts[k])]
     if crowded and not full_refresh:  # today's partition gains a batch per intraday run: fold it into one file
         folded = _fold(store, lake, crowded, bronze)
-        summary.rows_in = summary.duplicates = folded.rows_in - folded.rows_out  # versions the fold dropped
+        summary.rows_in += folded.rows_in - folded.rows_out  # versions the fold dropped
+        summary.duplicates += folded.rows_in - folded.rows_out
         summary.bad_files += folded.bad_files
         bronze, parts, todo = _plan(lake, last, state, overrides)
     log.info("silver %s: %d of %d bronze partitions to rebuild (bronze version %s)",
@@ -196,6 +225,7 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
         chunks[(product, day[:7])].append(day)
 
     bad: list[str] = []
+    others: set[str] = set()  # unreadable context files of days not rebuilt here
     written: dict[str, DataFile | None] = {}  # silver partition -> its new file (None: the day has no rows any more)
     read: dict[tuple[str, str], dict] = {}
     daily: dict[tuple[str, int], list] = defaultdict(list)  # (product, year) -> its chunks' (days, daily bars)
@@ -215,9 +245,12 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
             _add(summary, counts)
             written.update(chunk_files)
             daily[(product, int(days[0][:4]))].append((days, bars_1d))
-            bad += sorted(set(wanted) - set(paths))  # set aside by the worker
+            aside = set(job[6]) - set(paths)  # context files set aside by the worker
+            bad += sorted((set(wanted) - set(paths)) | aside)  # set aside by the worker
+            others |= {f for f in aside if candles.partition_of(f) not in files}
             for day in days:
                 read[(product, day)] = _version((product, day), overrides)
+    bad = sorted(set(bad))
     # partitions whose bronze files are all gone since the last build (e.g. quarantined whole by compact): their
     # silver days go too, as a full refresh leaves them (no bronze behind them)
     emptied = set() if full_refresh else set(increments.touched(bronze.removed, BRONZE_DIR)) - parts.keys()
@@ -226,35 +259,19 @@ def _build(full_refresh: bool, settings: Settings, now: datetime | None, referen
                         for root in (BARS_5M_DIR, QUARANTINE_DIR, PRICE_QUALITY_DIR)})
         daily[(product, int(day[:4]))].append(([day], BARS_1D_SCHEMA.empty_table()))
     read_version = bronze.version
-    if candles.remove(store, lake, bad) == (read_version or 0) + 1:  # nothing else committed since the read:
-        read_version += 1                                               # the build read that version minus `bad`
+    if candles.remove(store, lake, bad) == (read_version or 0) + 1 and not others:  # nothing else committed
+        read_version += 1                                  # since the read: the build read that version minus `bad`
     for (product, year), months in sorted(daily.items()):
         day_numbers = [_day_number(d) for days, _ in months for d in days]
         bars_1d = pa.concat_tables([t for _, t in months]).combine_chunks()
         written.update(_write_daily(store, silver, product, year, day_numbers, bars_1d, full_refresh))
-    summary.batches = sum(candles.BATCH_ID in c for c in taken_in)
+    summary.batches += sum(candles.BATCH_ID in c for c in taken_in)
     # what this build read; partitions that have no bronze any more drop out
     kept = {_key(k) for k in parts}
     if written or full_refresh or read_version != last:
         _commit(store, silver, written, full_refresh, read_version,
                 {k: v for k, v in state.items() if k in kept} | {_key(k): v for k, v in read.items()})
-    if store.exists(TRADES_DIR):  # live trades from `python -m etl stream`: 5-minute bars from trades too
-        from etl.silver.trade_bars import build_trade_bars
-
-        summary.trade_bars = str(build_trade_bars(settings, full_refresh, reference))
-    if store.exists(BOOK_DIR):  # order-book snapshots from `python -m etl stream`: spread and depth
-        from etl.silver.liquidity import build_liquidity
-
-        summary.liquidity = str(build_liquidity(settings, full_refresh))
-
-    summary.quarantined = sum(summary.quarantined_by_rule.values())
-    summary.gaps = summary.incomplete_bars + summary.missing_buckets
-    summary.seconds = round(time.perf_counter() - started, 3)
-    finished = datetime.now(UTC)
-    store.write_json(f"{QUALITY_DIR}/{finished:%Y%m%dT%H%M%S%fZ}.json",
-                     {"run_at": finished.isoformat(), "now": now.isoformat(), **asdict(summary)})
-    log.info("silver: %s", str(summary).replace("\n", " |"))
-    return summary
+    return bool(others)
 
 
 def _plan(lake: Lake, last: int | None, state: dict[str, dict], overrides: dict[str, pa.Table]
@@ -358,20 +375,19 @@ def _die_with_parent(parent: int) -> None:
 
 def _rebuild_chunk(job: tuple) -> tuple[SilverSummary, dict[str, str | None], list[str], pa.Table]:
     """One (product, month) chunk, in a worker: (its counts, the files written with their digests, the bronze paths
-    that read, its daily bars)."""
+    that read, its own and its context's, its daily bars)."""
     store, product, days, paths, quote, now, context, overrides, digests = job
     counts = SilverSummary()
     rows, paths = _read_readable(store, paths, counts, digests, context)
     written, bars_1d = _rebuild(store, product, days, rows, paths, quote, now, counts, overrides)
-    context = set(context)
-    return counts, written, [p for p in paths if p not in context], bars_1d
+    return counts, written, paths, bars_1d
 
 
 def _read_readable(store: Store, paths: list[str], summary: SilverSummary, digests: dict[str, str],
                    context: list[str] = ()) -> tuple[pa.Table, list[str]]:
-    """(read_bronze of `paths` then `context`, the paths read): own files that do not read whole, or differ from
-    their recorded digest, are quarantined and left out; a bad context file (another chunk's day: that chunk
-    quarantines it, perhaps at this moment) is only left out."""
+    """(read_bronze of `paths` then `context`, the paths read): files that do not read whole, or differ from
+    their recorded digest, are quarantined and left out, a context file too (another chunk may be quarantining
+    it as its own at this moment: the same copy; or its day is not rebuilt by this pass: the build runs another)."""
     every = [*paths, *context]
     if not every:
         return _BRONZE_SCHEMA.empty_table(), []
@@ -379,12 +395,12 @@ def _read_readable(store: Store, paths: list[str], summary: SilverSummary, diges
         return read_bronze(store, every, digests), every
     except (CorruptFileError, pa.ArrowException, OSError, ValueError):
         pass
-    own, good = set(paths), []
+    good = []
     for rel in every:
         reason = candles.readable(store, rel, digests.get(rel))
         if reason is None:
             good.append(rel)
-        elif rel in own:
+        else:
             summary.bad_files.append(candles.set_aside(store, rel, reason))
     return (read_bronze(store, good, digests), good) if good else (_BRONZE_SCHEMA.empty_table(), [])
 

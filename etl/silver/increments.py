@@ -93,9 +93,9 @@ def files_of(files: list[str], bronze_dir: str, product: str, day: str) -> list[
 
 
 def commit(store: Store, lake: Lake, silver_dir: str, schema: pa.Schema, parts: dict[tuple[str, str], pa.Table],
-           bronze_version: int | None) -> None:
+           bronze_version: int | None, metadata: dict[str, str] | None = None) -> None:
     """Write each (product, date) partition's rows as one new file and commit them, replacing the partitions'
-    previous files, with the bronze version read (see the module docstring)."""
+    previous files, with the bronze version read (and `metadata`; see the module docstring)."""
     build, written = new_run_id(), []
     for (product, day), rows in sorted(parts.items()):
         name = posixpath.join(partition_path("", product_id=product, date=day), f"part-{build}.parquet")
@@ -109,7 +109,7 @@ def commit(store: Store, lake: Lake, silver_dir: str, schema: pa.Schema, parts: 
     # guarded: a concurrent build that committed one of these partitions since `table` (both adding a file to a
     # partition new to silver) fails this one, LakeConflict, instead of leaving two files
     lake.commit_files(silver_dir, written, pa.schema([*schema, *(pa.field(k, pa.string()) for k in KEYS)]), KEYS,
-                      remove=old, metadata={BRONZE_VERSION: bronze_version}, table=table,
+                      remove=old, metadata={BRONZE_VERSION: bronze_version, **(metadata or {})}, table=table,
                       partitions=[{"product_id": p, "date": d} for p, d in parts])
 
 

@@ -5,7 +5,8 @@ against the candle bars of the same buckets.
 its last build recorded in its own commit (etl/silver/increments.py: no state file), and recomputes each touched
 (product, date) partition from all its files at the bronze version it reads now:
 1. deduplicate by (product_id, trade_id), keeping the first received (reconnect snapshots and duplicated
-   messages repeat trades),
+   messages repeat trades); copies of one trade id that disagree on its price, size or time are none of them a
+   bar's trade (which is the trade is unknown): left out, counted as invalid, and their bars not complete,
 2. parse price and size; a size is its whole base units (float64, summed exactly below 2**53) and its fraction in
    integer units of 1e-8 (sizes carry at most 8 decimals), so volumes add up exactly and never overflow (one int64
    of 1e-8 units wrapped at 9.2e10 base units, a meme coin's $1M trade); rows whose price, size or time is not a
@@ -28,6 +29,7 @@ basis points. On the simulator OHLC and volume are equal by construction (etl/si
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 TRADE_BARS_DIR = "silver/trade_bars_5m"
 CANDLE_BARS_DIR = "silver/bars_5m"
 RECONCILIATION_FILE = "silver/_quality/trade_bars_reconciliation.json"
+LOST = "lost_partitions"  # commit metadata: the partitions built as having lost a bronze file ("PRODUCT/DATE")
 UNITS = 100_000_000
 BAR_US = 300 * 1_000_000
 TRADE_BARS_SCHEMA = BARS_5M_SCHEMA.append(pa.field("n_trades", pa.int64()))
@@ -194,8 +197,19 @@ def read_trades(store: Store, files: list[str], breaks: Breaks | None = None,
     gaps = holes(seen[ok].astype("datetime64[us, UTC]").astype("int64").to_numpy(), _runs_of(df, breaks)[ok],
                  carried)
     df["product_id"] = df["product_id"].astype(str)
+    # a trade id is one trade: copies that disagree on its price, size or time leave no telling which is the trade;
+    # none of them is a bar's trade, and their bars are cut like a hole's (counted as invalid)
+    parsed = pd.DataFrame({"product_id": df["product_id"], "trade_id": df["trade_id"],
+                           "p": pd.to_numeric(df["price"], errors="coerce"),
+                           "s": pd.to_numeric(df["size"], errors="coerce"), "t": seen})
+    conflicting = (parsed.groupby(["product_id", "trade_id"], sort=False)[["p", "s", "t"]].transform("nunique")
+                   > 1).any(axis=1).to_numpy()
+    if conflicting.any():
+        t = seen[conflicting].dropna().astype("datetime64[us, UTC]").astype("int64").to_numpy()
+        gaps = np.concatenate([gaps, np.stack([t - 1, t + 1], axis=1)]).astype(np.int64)
+        df = df[~conflicting]
     df = df.sort_values("received_at", kind="stable").drop_duplicates(["product_id", "trade_id"])
-    duplicates = rows_in - len(df)
+    duplicates = rows_in - int(conflicting.sum()) - len(df)
     price = pd.to_numeric(df["price"], errors="coerce")
     size = pd.to_numeric(df["size"], errors="coerce")
     ts = pd.to_datetime(df["time"], utc=True, errors="coerce", format="ISO8601")
@@ -205,7 +219,7 @@ def read_trades(store: Store, files: list[str], breaks: Breaks | None = None,
                         "ts_us": ts[ok].astype("datetime64[us, UTC]").astype("int64"),
                         "price": price[ok].astype(float), "whole": whole,
                         "units": np.rint((size[ok] - whole) * UNITS).astype(np.int64)})
-    return out, rows_in, duplicates, int((~ok).sum()), gaps
+    return out, rows_in, duplicates, int((~ok).sum()) + int(conflicting.sum()), gaps
 
 
 def build_trade_bars(settings: Settings | None = None, full_refresh: bool = False,
@@ -218,12 +232,14 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     summary = TradeBarsSummary()
     bronze = increments.increment(lake, TRADES_DIR, TRADE_BARS_DIR, full_refresh)
     new = bronze.new
-    touched = increments.touched(new, TRADES_DIR)
+    lost = {k for f in candles.set_aside_files(store, TRADES_DIR) if (k := increments.partition_of(f))}
+    # and the days that lost a file since the last build marked them (a build that set the file aside and died
+    # before its commit: no new file tells the rerun)
+    touched = sorted(set(increments.touched(new, TRADES_DIR)) | (lost - _marked_lost(lake)))
     summary.files = len(new)
     quotes = _quotes(Reference.of(reference, settings), {p for p, _ in touched})
     breaks = sequence_breaks(lake) if touched else Breaks()
     parts, gone = {}, set()
-    lost = {increments.partition_of(f) for f in candles.set_aside_files(store, TRADES_DIR)}
     todo = list(touched)
     for product, day in todo:  # grows by the day before when one of its files is set aside
         before = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
@@ -251,13 +267,21 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
         summary.bars += parts[(product, day)].num_rows
         summary.cut += int(cut.sum())
     candles.remove(store, lake, sorted(gone), TRADES_DIR, BRONZE_SCHEMA)
-    if new:  # the partitions' new files and the bronze version read, in one commit
-        increments.commit(store, lake, TRADE_BARS_DIR, TRADE_BARS_SCHEMA, parts, bronze.version)
+    if new or touched:  # the partitions' new files and the bronze version read, in one commit
+        increments.commit(store, lake, TRADE_BARS_DIR, TRADE_BARS_SCHEMA, parts, bronze.version,
+                          {LOST: json.dumps(sorted(f"{p}/{d}" for p, d in lost))})
     if touched:
         summary.reconciliation = reconcile(store, touched)
         store.write_json(RECONCILIATION_FILE, asdict(summary))
     log.info("silver: %s", str(summary).replace("\n", " |"))
     return summary
+
+
+def _marked_lost(lake: Lake) -> set[tuple[str, str]]:
+    """The (product, date) partitions the last build's commit recorded as having lost a bronze file (their bars
+    built not complete)."""
+    recorded = lake.metadata(TRADE_BARS_DIR, LOST)
+    return {tuple(k.split("/", 1)) for k in json.loads(recorded[1])} if recorded else set()
 
 
 def _files(files: list[str], gone: set[str], product: str, *days: str) -> list[list[str]]:

@@ -116,6 +116,34 @@ def test_validate_rows_keeps_good_rows_and_gives_every_bad_row_a_reason():
     assert json.loads(bad["raw"].iloc[1]) == [t + 120, "1", 2, 1.5, 1.6, 1]
 
 
+def test_a_minute_served_twice_with_different_prices_keeps_neither():
+    """Two rows of one bucket in one response that disagree: nothing tells which one is the trade, so neither
+    becomes a candle (both quarantined with the reason; the bucket is a gap and its bar says so), not the first
+    one served as if it were the minute's price. A repeat with the same values keeps its one row. Every refetch
+    serves the same page here, so the bucket never gets a trusted row."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from etl.source import CandlePage
+
+    s, e = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+    t = int(s.timestamp())
+    rows = [[t + 120, 99.0, 101.0, 100.0, 100.0, 1.0], [t + 120, 1.0, 2.0, 1.5, 1.6, 1.0],   # conflicting
+            [t + 60, 1.0, 2.0, 1.5, 1.6, 3.0], [t + 60, 1.0, 2.0, 1.5, 1.6, 3.0],             # a plain repeat
+            [t, 1.0, 2.0, 1.5, 1.6, 2.0]]
+    good, bad = validate_rows(rows, 60, s, e)
+    assert good["bucket_start"].tolist() == [t, t + 60]
+    assert sorted(json.loads(r)[0] for r in bad["raw"]) == [t + 60, t + 120, t + 120]
+    assert set(bad["reason"]) == {"bucket start repeated within one response"}
+
+    stats = SimpleNamespace(add=lambda **kw: None)
+    client = SimpleNamespace(stats=stats, candles=lambda p, a, b, g: CandlePage(p, a, b, g, rows, e))
+    page = fetch_page(client, "BTC-USD", s, e, 60, "b1", "simulator")
+    assert page.candles["bucket_start"].cast(pa.int64()).to_pylist() == [t * 1_000_000, (t + 60) * 1_000_000]
+    assert page.quarantined.num_rows == 3 * (INVALID_REFETCHES + 1)
+
+
 def test_an_integer_beyond_float_range_is_quarantined_not_a_crash_of_the_page():
     """JSON integers are unbounded: a volume (or price) of 10**400 in one row used to raise OverflowError out of
     validate_rows, failing the whole batch; it is a non-finite value of that row, quarantined with its reason."""

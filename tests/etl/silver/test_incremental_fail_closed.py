@@ -207,3 +207,27 @@ def test_chaos_sigkill_silver_at_seeded_points_then_rerun_equals_clean_run(data_
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert silver_files(root) == expected, f"kill point {n} ({mode}, after {k} files)"
     assert landed >= 2, "the seeded points fell inside the builds"
+
+
+def test_a_corrupt_bronze_file_read_only_as_context_is_set_aside_and_the_build_equals_a_clean_one(data_dir):
+    """Late data for day 4 rebuilds days 3 and 4, which read day 2 as the quality gate's context only. Day 2's file
+    went bad since it was built: the build must set it aside (naming it) and leave silver as a clean build of the
+    same bronze leaves it, not skip it silently (day 2's bars still built from rows bronze no longer reads)."""
+    from tests.etl.test_integrity import flip_page_bytes
+
+    write_batch(data_dir, minute_candles("BTC-USD", T0, 4 * 1440), "b1", T0 + timedelta(days=4))
+    build(now=FUTURE)
+    day1 = next(f for f in Lake(str(data_dir)).files("bronze/candles") if "date=2026-01-05" in f)
+    flip_page_bytes(data_dir / day1)
+    late = minute_candles("BTC-USD", T0, 4 * 1440).iloc[[3 * 1440 + 600]]
+    write_batch(data_dir, late.assign(volume=9.0), "b2", T0 + timedelta(days=5))
+
+    summary = build(now=FUTURE)
+    assert summary.bad_files == [f"bronze/quarantined_files/{day1[len('bronze/'):]}"] and summary.batches == 1
+    assert day1 not in Lake(str(data_dir)).files("bronze/candles")
+    incremental = silver_files(data_dir)
+    bars_5m, bars_1d = read_bars("5m"), read_bars("1d")
+    assert build(full_refresh=True, now=FUTURE).bad_files == []
+    assert silver_files(data_dir) == incremental
+    assert read_bars("5m").equals(bars_5m) and read_bars("1d").equals(bars_1d)
+    assert "2026-01-05" not in set(bars_1d["price_date"].dt.strftime("%Y-%m-%d"))

@@ -379,3 +379,59 @@ def test_two_builds_at_once_of_a_new_partition_commit_its_bars_once(data_dir, mo
     rows = lake.read(TRADE_BARS_DIR).to_pandas()
     assert sorted(rows["product_id"]) == ["BTC-USD", "ETH-USD"]                # each bar once
     assert build_trade_bars().partitions == 0
+
+
+def test_a_crash_after_a_corrupt_trades_file_is_set_aside_and_before_the_commit_reruns_to_the_clean_result(
+        data_dir, monkeypatch):
+    """The corrupt file is taken out of bronze by its own commit, then the build dies before its silver commit:
+    the rerun must still rebuild that day (its bars not complete) as a clean build does, not keep the bars built
+    before the file was lost as if nothing happened."""
+    from etl.lake import Lake
+    from etl.silver import increments
+    from tests.etl.test_integrity import flip_page_bytes
+
+    store = Store.from_uri(str(data_dir))
+    sink, lake = BronzeSink(store), Lake.of(store)
+    sink.write(_minutes(_minutes(MicroBatch("20260101T000000000000Z-aaaa-b1"), "BTC-USD", "c1", 5, 900),
+                        "ETH-USD", "c2", 5, 900))
+    build_trade_bars()
+    assert bronze_table(data_dir, TRADE_BARS_DIR)["is_complete"].any()
+    sink.write(_minutes(_minutes(MicroBatch("20260101T000000000000Z-aaaa-b2"), "BTC-USD", "c1", 905, 1800),
+                        "ETH-USD", "c2", 905, 1800))
+    bad = next(f for f in lake.files("bronze/trades") if "BTC-USD" in f and f.endswith("b2.parquet"))
+    flip_page_bytes(data_dir / bad, "sequence_num")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed before the silver commit")
+
+    with monkeypatch.context() as m:
+        m.setattr(increments, "commit", crash)
+        with pytest.raises(RuntimeError):
+            build_trade_bars()
+    assert bad not in lake.files("bronze/trades")   # set aside and taken out of bronze: that commit was made
+    build_trade_bars()                              # the rerun
+    rerun = bronze_table(data_dir, TRADE_BARS_DIR).sort_values(["product_id", "bucket_start"]).reset_index(drop=True)
+    build_trade_bars(full_refresh=True)             # the clean result of the same bronze
+    clean = bronze_table(data_dir, TRADE_BARS_DIR).sort_values(["product_id", "bucket_start"]).reset_index(drop=True)
+    assert not clean[clean["product_id"] == "BTC-USD"]["is_complete"].any()
+    pd.testing.assert_frame_equal(rerun, clean)
+
+
+def test_a_trade_received_twice_with_different_prices_is_no_bar_s_trade_and_its_bar_is_not_complete(data_dir):
+    """A trade id is one trade: a second copy (a reconnect's snapshot, a second collector) that disagrees on its
+    price leaves no telling which is the trade. Neither copy makes the bar (its bar is not complete, the conflict
+    is counted), not the first received as if it were the trade; an identical repeat is a plain duplicate."""
+    store = Store.from_uri(str(data_dir))
+    batch = _minutes(MicroBatch("20260101T000000000000Z-aaaa-b1"), "BTC-USD", "c1", 5, 1200)
+    for s, price in ((305, "999.5"), (605, f"{100 + 605 % 7}.5")):   # 00:05:05 disagrees, 00:10:05 repeats
+        when = f"2026-01-01T00:{s // 60:02d}:{s % 60:02d}Z"
+        batch.add_trade("BTC-USD", "2026-01-01", (f"{s}", price, "0.5", "BUY", when, "snapshot", "market_trades",
+                                                  when, "", 1000 + s, "c2", 1767226600.0 + s, None))
+    BronzeSink(store).write(batch)
+    summary = build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start")
+    five, ten = pd.Timestamp("2026-01-01T00:05Z"), pd.Timestamp("2026-01-01T00:10Z")
+    assert bars.loc[five, "high"] < 999 and bars.loc[five, "n_trades"] == 14 and not bars.loc[five, "is_complete"]
+    assert bars.loc[ten, "is_complete"] and bars.loc[ten, "n_trades"] == 15   # the plain repeat: as clean
+    assert bars.loc[ten, "close"] == 100 + 885 % 7 + 0.5
+    assert summary.duplicates == 1 and summary.invalid == 2
