@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from etl import db
-from etl.commits import RUNS, publish
+from etl.commits import RUNS, publish, risk_manifest
 from etl.errors import ValidationError
 from etl.lake import Lake
 from etl.settings import PROJECT_ROOT, get_settings
@@ -581,3 +581,57 @@ def test_an_attempt_that_failed_and_was_retried_is_a_failure_in_gold_and_in_the_
     failed = query(*bind(sql, date(2026, 1, 2)), url=reporting_url())
     assert [(r[1], r[3], r[4], r[6]) for r in failed if r[1] == "retried"] == [
         ("retried", "fetch_candles", 1, "SourceError: 503 five times")]
+
+
+def _publish_risk_run(store, tables: dict[str, pd.DataFrame], day: str) -> None:
+    """Commit the risk run of as-of `day` as the engine writes it: the history tables (valuation, PnL) hold every
+    day up to `day`, the other tables only `day`."""
+    as_of = pd.Timestamp(day)
+    parts = {}
+    for name, df in tables.items():
+        df = sample.declared(name, df)
+        col = "as_of_date" if "as_of_date" in df else "bucket_start"
+        days = pd.to_datetime(df[col].astype(str).str[:10])
+        part = df[days <= as_of] if name in ("pnl_daily", "portfolio_valuation") else df[days == as_of]
+        parts[(name, f"as_of_date={day}")] = pa.Table.from_pandas(part, preserve_index=False)
+    publish(store, risk_manifest(date.fromisoformat(day)), "risk", parts)
+
+
+def test_a_rerun_of_an_earlier_day_after_a_silver_correction_is_refused_naming_the_days_to_rerun(warehouse):
+    """Silver corrects BTC's close of Jan 2 after the Jan 4 run; only Jan 2 is rerun. Its positions (Jan 2, at the new
+    close) and the Jan 4 run's valuation of Jan 2 (the latest as-of run wins, at the old close) cannot both be gold:
+    the load refuses, naming the portfolio, the day, both runs and the days to rerun, and keeps raw as it was; once
+    the later days are rerun on the corrected silver, the load takes them and valuation equals the positions."""
+    store = get_store()
+    b5 = sample.bars_5m(date(2026, 1, 1), 4)
+    daily = sample.daily_from_5m(b5)
+    for day in ("2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"):
+        _publish_risk_run(store, sample.risk_outputs(daily, b5), day)
+    load_warehouse(run_dbt=False)
+    valuation = "select portfolio_id, as_of_date, market_value, source_file from raw.portfolio_valuation order by 1, 2"
+    before = query(valuation)
+
+    fixed = daily.copy()
+    jan2 = (fixed["product_id"] == "BTC-USD") & (fixed["price_date"] == pd.Timestamp("2026-01-02"))
+    fixed.loc[jan2, ["close", "high"]] *= 1.02
+    corrected = sample.risk_outputs(fixed, b5)
+    _publish_risk_run(store, corrected, "2026-01-02")
+    with pytest.raises(ValidationError) as err:
+        load_warehouse(run_dbt=False)
+    message = str(err.value)
+    assert "P001" in message and "2026-01-02" in message
+    assert "run_as_of_date=2026-01-04" in message and "run_as_of_date=2026-01-02" in message
+    assert "Rerun `python -m etl risk --as-of D` for every day D from 2026-01-02 to 2026-01-04" in message
+    assert query(valuation) == before                                  # nothing loaded: raw (and gold) as before
+
+    for day in ("2026-01-03", "2026-01-04"):                          # the advised reruns, on the corrected silver
+        _publish_risk_run(store, corrected, day)
+    load_warehouse(run_dbt=False)
+    mismatched = query("""
+        select v.portfolio_id, v.as_of_date from raw.portfolio_valuation v
+        join (select portfolio_id, as_of_date, sum(market_value) as mv from raw.positions_valued group by 1, 2) p
+          using (portfolio_id, as_of_date)
+        where abs(v.market_value - p.mv) > 1e-6 * greatest(1, abs(p.mv))""")
+    assert mismatched == []
+    assert query("select count(*), count(distinct (portfolio_id, as_of_date)) from raw.portfolio_valuation") == \
+        [(8, 8)]                                                       # reruns replace, never duplicate
