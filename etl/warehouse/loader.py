@@ -526,7 +526,7 @@ def load_raw(conn, store: Store, settings: Settings, only: set[str] | None = Non
             _load_table(conn, store, settings, spec, seen, reference, summary, committed, digests)
         except psycopg2.Error as exc:  # e.g. recording the load state; the rows' own errors name their files
             raise _rejected(conn, spec, [f"the files of {spec.source_dir or 'reference data'}"], exc) from exc
-    if summary.files.get("portfolio_valuation") or summary.files.get("positions_valued"):
+    if any(summary.files.get(t) for t in ("portfolio_valuation", "positions_valued", "risk_metrics")):
         _check_runs_agree(conn)
     return summary
 
@@ -540,15 +540,21 @@ def _check_runs_agree(conn) -> None:
     with conn.cursor() as cur:
         cur.execute(f"""
             with positions as (
-                select portfolio_id, as_of_date, sum(market_value) as mv, min({SOURCE_FILE}) as source,
-                       bool_or(loaded_at = now()) as new
+                select portfolio_id, as_of_date, sum(market_value) as mv, sum(abs(market_value)) as gross,
+                       min({SOURCE_FILE}) as {SOURCE_FILE}, bool_or(loaded_at = now()) as new
                 from raw.positions_valued group by portfolio_id, as_of_date
+            ),
+            own as (  -- what each day's own run holds: its positions, none for a book it valued empty (risk row)
+                select portfolio_id, as_of_date, coalesce(p.mv, 0) as mv, coalesce(p.gross, 0) as gross,
+                       coalesce(p.{SOURCE_FILE}, r.{SOURCE_FILE}) as {SOURCE_FILE},
+                       coalesce(p.new, false) or coalesce(r.loaded_at = now(), false) as new
+                from positions p full join raw.risk_metrics r using (portfolio_id, as_of_date)
             )
-            select v.portfolio_id, v.as_of_date, v.market_value, p.mv, {_folder('v')}, {_folder('p')}
-            from raw.portfolio_valuation v join (select *, source as {SOURCE_FILE} from positions) p
-                using (portfolio_id, as_of_date)
-            where (v.loaded_at = now() or p.new)
-              and abs(v.market_value - p.mv) > 1e-6 * greatest(1, abs(v.market_value), abs(p.mv))
+            select v.portfolio_id, v.as_of_date, v.market_value, o.mv, {_folder('v')}, {_folder('o')}
+            from raw.portfolio_valuation v join own o using (portfolio_id, as_of_date)
+            where (v.loaded_at = now() or o.new)
+              and (abs(v.market_value - o.mv) > 1e-6 * greatest(1, abs(v.market_value), abs(o.mv))
+                   or abs(v.gross_exposure - o.gross) > 1e-6 * greatest(1, abs(v.gross_exposure), abs(o.gross)))
             order by v.as_of_date, v.portfolio_id""")
         rows = cur.fetchall()
     if not rows:

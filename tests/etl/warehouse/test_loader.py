@@ -635,3 +635,31 @@ def test_a_rerun_of_an_earlier_day_after_a_silver_correction_is_refused_naming_t
     assert mismatched == []
     assert query("select count(*), count(distinct (portfolio_id, as_of_date)) from raw.portfolio_valuation") == \
         [(8, 8)]                                                       # reruns replace, never duplicate
+
+
+def test_a_rerun_leaving_a_portfolio_without_positions_is_refused_when_a_later_run_still_values_it(warehouse):
+    """A backdated positions snapshot moves P002's first holdings after Jan 2; the Jan 2 rerun values P002 at nothing
+    (no position rows, an empty book's valuation and risk rows) while the Jan 3 run, computed before, still values
+    it on Jan 2. A book with no positions sums to 0: the load refuses as for any other disagreement."""
+    store = get_store()
+    b5 = sample.bars_5m(date(2026, 1, 1), 3)
+    daily = sample.daily_from_5m(b5)
+    for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
+        _publish_risk_run(store, sample.risk_outputs(daily, b5), day)
+    load_warehouse(run_dbt=False)
+    before = query("select portfolio_id, as_of_date, market_value, source_file from raw.portfolio_valuation order by 1, 2")
+
+    rerun = sample.risk_outputs(daily, b5)
+    jan2 = pd.Timestamp("2026-01-02")
+    pos = rerun["positions_valued"]
+    rerun["positions_valued"] = pos[~((pos["portfolio_id"] == "P002") & (pos["as_of_date"] == jan2))]
+    val = rerun["portfolio_valuation"]
+    empty = (val["portfolio_id"] == "P002") & (val["as_of_date"] == jan2)
+    val.loc[empty, ["market_value", "net_exposure", "gross_exposure", "long_exposure", "short_exposure",
+                    "unrealized_pnl"]] = 0.0
+    val.loc[empty, "concentration_pct"] = None
+    _publish_risk_run(store, rerun, "2026-01-02")
+    with pytest.raises(ValidationError, match=r"P002 2026-01-02.*from 2026-01-02 to 2026-01-03"):
+        load_warehouse(run_dbt=False)
+    assert query("select portfolio_id, as_of_date, market_value, source_file from raw.portfolio_valuation "
+                 "order by 1, 2") == before
