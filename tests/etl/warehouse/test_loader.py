@@ -663,3 +663,22 @@ def test_a_rerun_leaving_a_portfolio_without_positions_is_refused_when_a_later_r
         load_warehouse(run_dbt=False)
     assert query("select portfolio_id, as_of_date, market_value, source_file from raw.portfolio_valuation "
                  "order by 1, 2") == before
+
+
+def test_a_portfolio_whose_contributions_are_all_missing_fails_the_contributions_reconcile_test(warehouse):
+    """contributions_reconcile claims 'a total with positions but no contributions fails': a portfolio holding
+    positions and a VaR on a day the contributions cover, with none of its contribution rows, must fail the build
+    (it passed: the test kept only totals whose portfolio_id and as_of_date each appear somewhere in the components,
+    so a portfolio missing from every day was never compared)."""
+    from etl.warehouse import run_dbt
+
+    load_warehouse()
+    gold = query("select count(*) from gold.fact_risk_contributions")
+    with db.connect() as conn, conn.cursor() as cur:
+        cur.execute("delete from raw.risk_contributions where scope = 'portfolio' and portfolio_id = 'P002'")
+        assert cur.rowcount > 0
+    with pytest.raises(WarehouseError) as err:
+        run_dbt("build", select="fact_risk_contributions")
+    assert "contributions_reconcile_fact_risk_contributions_component_var_99_param__portfolio_id__as_of_date__" \
+        "portfolio" in str(err.value)
+    assert query("select count(*) from gold.fact_risk_contributions") == gold
