@@ -650,12 +650,14 @@ def load_intraday(settings: Settings | None = None, run_dbt: bool = True,
     from etl.warehouse import setup
 
     settings = settings or get_settings()
-    setup(settings)
-    with db.connect(settings) as conn:
-        summary = load_raw(conn, get_store(settings), settings, only=set(INTRADAY_RAW), reference=reference)
-    log.info("intraday %s", summary)
-    if run_dbt:
-        # cautious: only the tests whose every parent is selected (not the other facts' tests on dim_portfolio)
-        dbt("build", settings=settings, select=INTRADAY_DBT_SELECT, extra_args=["--indirect-selection", "cautious"])
-        summary.dbt = "build (intraday models) ok"
+    with warehouse_lock(settings):  # as `load`: never commit raw under a build in progress (it reads raw as it goes)
+        setup(settings)
+        with db.connect(settings) as conn:
+            summary = load_raw(conn, get_store(settings), settings, only=set(INTRADAY_RAW), reference=reference)
+        log.info("intraday %s", summary)
+        if run_dbt:
+            # cautious: only the tests whose every parent is selected (not the other facts' tests on dim_portfolio)
+            dbt("build", settings=settings, select=INTRADAY_DBT_SELECT,
+                extra_args=["--indirect-selection", "cautious"])
+            summary.dbt = "build (intraday models) ok"
     return summary

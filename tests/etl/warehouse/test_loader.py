@@ -682,3 +682,30 @@ def test_a_portfolio_whose_contributions_are_all_missing_fails_the_contributions
     assert "contributions_reconcile_fact_risk_contributions_component_var_99_param__portfolio_id__as_of_date__" \
         "portfolio" in str(err.value)
     assert query("select count(*) from gold.fact_risk_contributions") == gold
+
+
+def test_the_intraday_light_load_waits_for_a_load_or_build_in_progress(warehouse, pg_url, monkeypatch):
+    """A build in progress reads raw model by model: an intraday light load committing raw meanwhile (new intraday
+    rows, new run-log rows, edited reference data) would let that build publish, e.g., a fact_intraday_risk holding
+    a bucket whose breaches fact_intraday_limit_breaches (built before the commit) lacks. The light load takes the
+    warehouse lock like `load`: while another session holds it, the light load waits, then fails naming it, and
+    raw is unchanged."""
+    from etl import runlog
+    from etl.warehouse.loader import WAREHOUSE_LOCK_ID, load_intraday
+
+    load_warehouse(run_dbt=False)
+    runs = query("select count(*) from raw.pipeline_runs")
+    runlog.record(runlog.RunRecord("intraday_1", "market_data_intraday", "compute_intraday_risk"))
+    monkeypatch.setenv("PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S", "1")
+    holder = db.open_connection(pg_url, application_name="a build in progress")
+    holder.autocommit = True
+    try:
+        with holder.cursor() as cur:
+            cur.execute("select pg_advisory_lock(%s)", (WAREHOUSE_LOCK_ID,))
+        with pytest.raises(WarehouseError, match="another load or dbt build holds the warehouse lock"):
+            load_intraday(run_dbt=False)
+        assert query("select count(*) from raw.pipeline_runs") == runs
+    finally:
+        holder.close()
+    load_intraday(run_dbt=False)
+    assert query("select count(*) from raw.pipeline_runs") == [(runs[0][0] + 1,)]
