@@ -526,7 +526,48 @@ def load_raw(conn, store: Store, settings: Settings, only: set[str] | None = Non
             _load_table(conn, store, settings, spec, seen, reference, summary, committed, digests)
         except psycopg2.Error as exc:  # e.g. recording the load state; the rows' own errors name their files
             raise _rejected(conn, spec, [f"the files of {spec.source_dir or 'reference data'}"], exc) from exc
+    if any(summary.files.get(t) for t in ("portfolio_valuation", "positions_valued", "risk_metrics")):
+        _check_runs_agree(conn)
     return summary
+
+
+def _check_runs_agree(conn) -> None:
+    """Refuse a load after which a day's valuation (a history table: the latest as-of run holding the day wins) and
+    its positions (only that day's own run writes them) come from runs that disagree: a rerun of an earlier day on
+    corrected inputs (a silver correction, a backdated positions snapshot) while a later day's run, computed
+    before, still holds the day. Gold would show a valuation that is not the sum of its positions (dbt's
+    reconciles_to_sum refuses the build, naming only the test): the error names the day and the runs to rerun."""
+    with conn.cursor() as cur:
+        cur.execute(f"""
+            with positions as (
+                select portfolio_id, as_of_date, sum(market_value) as mv, sum(abs(market_value)) as gross,
+                       min({SOURCE_FILE}) as {SOURCE_FILE}, bool_or(loaded_at = now()) as new
+                from raw.positions_valued group by portfolio_id, as_of_date
+            ),
+            own as (  -- what each day's own run holds: its positions, none for a book it valued empty (risk row)
+                select portfolio_id, as_of_date, coalesce(p.mv, 0) as mv, coalesce(p.gross, 0) as gross,
+                       coalesce(p.{SOURCE_FILE}, r.{SOURCE_FILE}) as {SOURCE_FILE},
+                       coalesce(p.new, false) or coalesce(r.loaded_at = now(), false) as new
+                from positions p full join raw.risk_metrics r using (portfolio_id, as_of_date)
+            )
+            select v.portfolio_id, v.as_of_date, v.market_value, o.mv, {_folder('v')}, {_folder('o')}
+            from raw.portfolio_valuation v join own o using (portfolio_id, as_of_date)
+            where (v.loaded_at = now() or o.new)
+              and (abs(v.market_value - o.mv) > 1e-6 * greatest(1, abs(v.market_value), abs(o.mv))
+                   or abs(v.gross_exposure - o.gross) > 1e-6 * greatest(1, abs(v.gross_exposure), abs(o.gross)))
+            order by v.as_of_date, v.portfolio_id""")
+        rows = cur.fetchall()
+    if not rows:
+        return
+    pid, day, value, positions, v_run, p_run = rows[0]
+    run_days = [f.rsplit("=", 1)[-1] for r in rows for f in (r[4], r[5])]
+    first, last = min(r[1] for r in rows).isoformat(), max(run_days)
+    raise ValidationError(
+        f"risk runs disagree on {len(rows)} portfolio-day(s): {some([f'{r[0]} {r[1]}' for r in rows])}. E.g. {pid} "
+        f"on {day}: {v_run} values the book at {value:.10g}, its positions in {p_run} sum to {positions:.10g}. A "
+        "day was rerun on changed inputs (a silver correction, a backdated positions snapshot) and the other run "
+        f"predates the change. Rerun `python -m etl risk --as-of D` for every day D from {first} to {last}, in "
+        "order, then `python -m etl load`. Nothing was loaded: raw and gold are as before.")
 
 
 def _rejected(conn, spec: RawTable, sources: list[str], exc: psycopg2.Error) -> WarehouseError:
@@ -609,12 +650,14 @@ def load_intraday(settings: Settings | None = None, run_dbt: bool = True,
     from etl.warehouse import setup
 
     settings = settings or get_settings()
-    setup(settings)
-    with db.connect(settings) as conn:
-        summary = load_raw(conn, get_store(settings), settings, only=set(INTRADAY_RAW), reference=reference)
-    log.info("intraday %s", summary)
-    if run_dbt:
-        # cautious: only the tests whose every parent is selected (not the other facts' tests on dim_portfolio)
-        dbt("build", settings=settings, select=INTRADAY_DBT_SELECT, extra_args=["--indirect-selection", "cautious"])
-        summary.dbt = "build (intraday models) ok"
+    with warehouse_lock(settings):  # as `load`: never commit raw under a build in progress (it reads raw as it goes)
+        setup(settings)
+        with db.connect(settings) as conn:
+            summary = load_raw(conn, get_store(settings), settings, only=set(INTRADAY_RAW), reference=reference)
+        log.info("intraday %s", summary)
+        if run_dbt:
+            # cautious: only the tests whose every parent is selected (not the other facts' tests on dim_portfolio)
+            dbt("build", settings=settings, select=INTRADAY_DBT_SELECT,
+                extra_args=["--indirect-selection", "cautious"])
+            summary.dbt = "build (intraday models) ok"
     return summary

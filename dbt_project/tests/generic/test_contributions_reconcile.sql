@@ -2,7 +2,9 @@
     Euler reconciliation: the contributions `column_name` of the rows of `model` in `scope`, summed per `keys`,
     equal `total_column` of `totals_model` on the same keys, within `tolerance` relative to the larger magnitude
     (floor 1 currency unit). A key with contributions but no total, or a total with positions but no
-    contributions, fails too (both sides must hold the same keys).
+    contributions, fails too (both sides must hold the same keys). Totals are compared on the days (`as_of_date`,
+    else every key) the contributions cover: a portfolio with none of its contributions on such a day fails, even
+    when it has none on any day.
 -#}
 {% test contributions_reconcile(model, column_name, totals_model, total_column, keys, scope, tolerance=0.000001) %}
 
@@ -36,7 +38,8 @@ compared as (
     from components
     full outer join totals
         on {% for key in keys %}components.{{ key }} = totals.{{ key }}{% if not loop.last %} and {% endif %}{% endfor %}
-    where {% for key in keys %}coalesce(components.{{ key }}, totals.{{ key }}) in (select {{ key }} from components){% if not loop.last %} and {% endif %}{% endfor %}
+    {%- set covered = ['as_of_date'] if 'as_of_date' in keys else keys %}
+    where {% for key in covered %}coalesce(components.{{ key }}, totals.{{ key }}) in (select {{ key }} from components){% if not loop.last %} and {% endif %}{% endfor %}
 
 )
 

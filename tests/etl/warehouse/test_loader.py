@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from etl import db
-from etl.commits import RUNS, publish
+from etl.commits import RUNS, publish, risk_manifest
 from etl.errors import ValidationError
 from etl.lake import Lake
 from etl.settings import PROJECT_ROOT, get_settings
@@ -581,3 +581,131 @@ def test_an_attempt_that_failed_and_was_retried_is_a_failure_in_gold_and_in_the_
     failed = query(*bind(sql, date(2026, 1, 2)), url=reporting_url())
     assert [(r[1], r[3], r[4], r[6]) for r in failed if r[1] == "retried"] == [
         ("retried", "fetch_candles", 1, "SourceError: 503 five times")]
+
+
+def _publish_risk_run(store, tables: dict[str, pd.DataFrame], day: str) -> None:
+    """Commit the risk run of as-of `day` as the engine writes it: the history tables (valuation, PnL) hold every
+    day up to `day`, the other tables only `day`."""
+    as_of = pd.Timestamp(day)
+    parts = {}
+    for name, df in tables.items():
+        df = sample.declared(name, df)
+        col = "as_of_date" if "as_of_date" in df else "bucket_start"
+        days = pd.to_datetime(df[col].astype(str).str[:10])
+        part = df[days <= as_of] if name in ("pnl_daily", "portfolio_valuation") else df[days == as_of]
+        parts[(name, f"as_of_date={day}")] = pa.Table.from_pandas(part, preserve_index=False)
+    publish(store, risk_manifest(date.fromisoformat(day)), "risk", parts)
+
+
+def test_a_rerun_of_an_earlier_day_after_a_silver_correction_is_refused_naming_the_days_to_rerun(warehouse):
+    """Silver corrects BTC's close of Jan 2 after the Jan 4 run; only Jan 2 is rerun. Its positions (Jan 2, at the new
+    close) and the Jan 4 run's valuation of Jan 2 (the latest as-of run wins, at the old close) cannot both be gold:
+    the load refuses, naming the portfolio, the day, both runs and the days to rerun, and keeps raw as it was; once
+    the later days are rerun on the corrected silver, the load takes them and valuation equals the positions."""
+    store = get_store()
+    b5 = sample.bars_5m(date(2026, 1, 1), 4)
+    daily = sample.daily_from_5m(b5)
+    for day in ("2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"):
+        _publish_risk_run(store, sample.risk_outputs(daily, b5), day)
+    load_warehouse(run_dbt=False)
+    valuation = "select portfolio_id, as_of_date, market_value, source_file from raw.portfolio_valuation order by 1, 2"
+    before = query(valuation)
+
+    fixed = daily.copy()
+    jan2 = (fixed["product_id"] == "BTC-USD") & (fixed["price_date"] == pd.Timestamp("2026-01-02"))
+    fixed.loc[jan2, ["close", "high"]] *= 1.02
+    corrected = sample.risk_outputs(fixed, b5)
+    _publish_risk_run(store, corrected, "2026-01-02")
+    with pytest.raises(ValidationError) as err:
+        load_warehouse(run_dbt=False)
+    message = str(err.value)
+    assert "P001" in message and "2026-01-02" in message
+    assert "run_as_of_date=2026-01-04" in message and "run_as_of_date=2026-01-02" in message
+    assert "Rerun `python -m etl risk --as-of D` for every day D from 2026-01-02 to 2026-01-04" in message
+    assert query(valuation) == before                                  # nothing loaded: raw (and gold) as before
+
+    for day in ("2026-01-03", "2026-01-04"):                          # the advised reruns, on the corrected silver
+        _publish_risk_run(store, corrected, day)
+    load_warehouse(run_dbt=False)
+    mismatched = query("""
+        select v.portfolio_id, v.as_of_date from raw.portfolio_valuation v
+        join (select portfolio_id, as_of_date, sum(market_value) as mv from raw.positions_valued group by 1, 2) p
+          using (portfolio_id, as_of_date)
+        where abs(v.market_value - p.mv) > 1e-6 * greatest(1, abs(p.mv))""")
+    assert mismatched == []
+    assert query("select count(*), count(distinct (portfolio_id, as_of_date)) from raw.portfolio_valuation") == \
+        [(8, 8)]                                                       # reruns replace, never duplicate
+
+
+def test_a_rerun_leaving_a_portfolio_without_positions_is_refused_when_a_later_run_still_values_it(warehouse):
+    """A backdated positions snapshot moves P002's first holdings after Jan 2; the Jan 2 rerun values P002 at nothing
+    (no position rows, an empty book's valuation and risk rows) while the Jan 3 run, computed before, still values
+    it on Jan 2. A book with no positions sums to 0: the load refuses as for any other disagreement."""
+    store = get_store()
+    b5 = sample.bars_5m(date(2026, 1, 1), 3)
+    daily = sample.daily_from_5m(b5)
+    for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
+        _publish_risk_run(store, sample.risk_outputs(daily, b5), day)
+    load_warehouse(run_dbt=False)
+    before = query("select portfolio_id, as_of_date, market_value, source_file from raw.portfolio_valuation order by 1, 2")
+
+    rerun = sample.risk_outputs(daily, b5)
+    jan2 = pd.Timestamp("2026-01-02")
+    pos = rerun["positions_valued"]
+    rerun["positions_valued"] = pos[~((pos["portfolio_id"] == "P002") & (pos["as_of_date"] == jan2))]
+    val = rerun["portfolio_valuation"]
+    empty = (val["portfolio_id"] == "P002") & (val["as_of_date"] == jan2)
+    val.loc[empty, ["market_value", "net_exposure", "gross_exposure", "long_exposure", "short_exposure",
+                    "unrealized_pnl"]] = 0.0
+    val.loc[empty, "concentration_pct"] = None
+    _publish_risk_run(store, rerun, "2026-01-02")
+    with pytest.raises(ValidationError, match=r"P002 2026-01-02.*from 2026-01-02 to 2026-01-03"):
+        load_warehouse(run_dbt=False)
+    assert query("select portfolio_id, as_of_date, market_value, source_file from raw.portfolio_valuation "
+                 "order by 1, 2") == before
+
+
+def test_a_portfolio_whose_contributions_are_all_missing_fails_the_contributions_reconcile_test(warehouse):
+    """contributions_reconcile claims 'a total with positions but no contributions fails': a portfolio holding
+    positions and a VaR on a day the contributions cover, with none of its contribution rows, must fail the build
+    (it passed: the test kept only totals whose portfolio_id and as_of_date each appear somewhere in the components,
+    so a portfolio missing from every day was never compared)."""
+    from etl.warehouse import run_dbt
+
+    load_warehouse()
+    gold = query("select count(*) from gold.fact_risk_contributions")
+    with db.connect() as conn, conn.cursor() as cur:
+        cur.execute("delete from raw.risk_contributions where scope = 'portfolio' and portfolio_id = 'P002'")
+        assert cur.rowcount > 0
+    with pytest.raises(WarehouseError) as err:
+        run_dbt("build", select="fact_risk_contributions")
+    assert "contributions_reconcile_fact_risk_contributions_component_var_99_param__portfolio_id__as_of_date__" \
+        "portfolio" in str(err.value)
+    assert query("select count(*) from gold.fact_risk_contributions") == gold
+
+
+def test_the_intraday_light_load_waits_for_a_load_or_build_in_progress(warehouse, pg_url, monkeypatch):
+    """A build in progress reads raw model by model: an intraday light load committing raw meanwhile (new intraday
+    rows, new run-log rows, edited reference data) would let that build publish, e.g., a fact_intraday_risk holding
+    a bucket whose breaches fact_intraday_limit_breaches (built before the commit) lacks. The light load takes the
+    warehouse lock like `load`: while another session holds it, the light load waits, then fails naming it, and
+    raw is unchanged."""
+    from etl import runlog
+    from etl.warehouse.loader import WAREHOUSE_LOCK_ID, load_intraday
+
+    load_warehouse(run_dbt=False)
+    runs = query("select count(*) from raw.pipeline_runs")
+    runlog.record(runlog.RunRecord("intraday_1", "market_data_intraday", "compute_intraday_risk"))
+    monkeypatch.setenv("PIPELINE_WAREHOUSE_LOCK_TIMEOUT_S", "1")
+    holder = db.open_connection(pg_url, application_name="a build in progress")
+    holder.autocommit = True
+    try:
+        with holder.cursor() as cur:
+            cur.execute("select pg_advisory_lock(%s)", (WAREHOUSE_LOCK_ID,))
+        with pytest.raises(WarehouseError, match="another load or dbt build holds the warehouse lock"):
+            load_intraday(run_dbt=False)
+        assert query("select count(*) from raw.pipeline_runs") == runs
+    finally:
+        holder.close()
+    load_intraday(run_dbt=False)
+    assert query("select count(*) from raw.pipeline_runs") == [(runs[0][0] + 1,)]
