@@ -1,6 +1,5 @@
 {#- A mart that is its staging model, one row per staging row, plus the UTC day of `bucket_start` as `date_column`
-    (the day a BI tool filters and partitions on); an incremental one reads only what raw loaded since its last
-    build. Used by fact_price_bars, fact_anomalies and fact_price_quality. -#}
+    (the day a BI tool filters and partitions on). Used by fact_price_bars, fact_anomalies and fact_price_quality. -#}
 {% macro bucketed_mart(staging_model, date_column) -%}
 with staged as (
 
@@ -14,7 +13,6 @@ final as (
         *,
         cast(bucket_start at time zone 'UTC' as date) as {{ date_column }}
     from staged
-    {{ loaded_since_last_build() }}
 
 )
 

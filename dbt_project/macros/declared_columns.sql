@@ -32,10 +32,3 @@ from {{ relation }}
     {{ column }}{{ "," if not loop.last }}
     {%- endfor %}
 {%- endmacro %}
-
-{#- An incremental mart (`incremental:` in the declaration) reads only the rows raw loaded since its last build. -#}
-{% macro loaded_since_last_build() -%}
-    {%- if is_incremental() -%}
-    where loaded_at > (select coalesce(max(loaded_at), '-infinity'::timestamptz) from {{ this }})
-    {%- endif -%}
-{%- endmacro %}

@@ -5,7 +5,7 @@ subprocess from the pipeline's database URL; the password never appears on a com
 dbt's target/ and logs/ live under `{state_dir}/dbt/` so that each state dir (and each test) has its own.
 
 `dbt build` is write-audit-publish (`build_gold`): models and tests run into the shadow schema `gold__shadow`
-(incremental tables cloned from gold first), and only when every test passed is the shadow swapped in for `gold` in
+(every model a table rebuilt from raw), and only when every test passed is the shadow swapped in for `gold` in
 one transaction (grants re-applied in it), so a failed build leaves the previous complete gold in place. The dbt
 process runs in its own process group and is killed with its parent (PR_SET_PDEATHSIG), and the whole
 load + build holds the warehouse lock (etl.warehouse.loader.warehouse_lock).
@@ -146,12 +146,6 @@ def _run_with_parent(args: list[str], env: dict[str, str]) -> tuple[int, str, st
 
 
 # ---- write-audit-publish -----------------------------------------------------------------------------------------
-def _incremental_models() -> list[str]:
-    """Gold models materialized incrementally: their current table is cloned into the shadow before a build."""
-    return sorted(p.stem for p in (DBT_PROJECT_DIR / "models" / "marts").glob("*.sql")
-                  if "materialized='incremental'" in p.read_text().replace('"', "'").replace(" ", ""))
-
-
 def _schema_exists(cur, name: str) -> bool:
     cur.execute("select 1 from pg_namespace where nspname = %s", (name,))
     return cur.fetchone() is not None
@@ -169,9 +163,8 @@ def build_gold(command: str = "build", settings: Settings | None = None, select:
     """Write-audit-publish: dbt builds and tests gold in `gold__shadow`; if all passes, the shadow replaces gold
     in one transaction; if not, gold is untouched and the error names the failing tests.
 
-    Before the build the shadow gets a copy of each incremental table (they merge into their previous rows) and a
-    placeholder view over every other gold relation (so a `--select` build and its tests see the models it does not
-    rebuild). At publish, each placeholder dbt did not replace gives way to the gold table itself, moved over.
+    Before the build the shadow gets a placeholder view over every gold relation (so a `--select` build and its
+    tests see the models it does not rebuild). At publish, each placeholder dbt did not replace gives way to the gold table itself, moved over.
     """
     from etl.warehouse import roles
     from etl.warehouse.loader import warehouse_lock
@@ -181,18 +174,9 @@ def build_gold(command: str = "build", settings: Settings | None = None, select:
         with db.connect(settings) as conn, conn.cursor() as cur:  # write: a fresh shadow
             cur.execute(f"drop schema if exists {SHADOW} cascade")
             cur.execute(f"create schema {SHADOW}")
-            incremental = set(_incremental_models())
-            if select:  # a selected build (the intraday path) clones only the incremental models it names: copying
-                # every incremental table (fact_price_bars holds all history) every 5 minutes would grow with time
-                incremental &= {tok.lstrip("+@").rstrip("+") for tok in shlex.split(select)}
-            placeholders = []
-            for name, kind in sorted(_relations(cur, GOLD).items()):
-                if name in incremental and kind == "r":
-                    cur.execute(f'create table {SHADOW}."{name}" (like {GOLD}."{name}" including all)')
-                    cur.execute(f'insert into {SHADOW}."{name}" select * from {GOLD}."{name}"')
-                else:
-                    cur.execute(f'create view {SHADOW}."{name}" as select * from {GOLD}."{name}"')
-                    placeholders.append(name)
+            placeholders = sorted(_relations(cur, GOLD))
+            for name in placeholders:
+                cur.execute(f'create view {SHADOW}."{name}" as select * from {GOLD}."{name}"')
         try:
             _dbt(command, settings, select, extra_args, gold_schema=SHADOW)  # audit: dbt's tests run in the shadow
         except WarehouseError as exc:

@@ -113,7 +113,7 @@ def gold_columns(name: str) -> list[tuple[str, str, dict]]:
                            "a type (the mart computes it) or fix the name")
         cols.append((col, col_spec["type"], col_spec))
     if "from" in spec and LOADED_AT[0] not in spec.get("exclude", []):
-        cols.append((*LOADED_AT, own.get(LOADED_AT[0], {})))  # last, as in every incremental mart
+        cols.append((*LOADED_AT, own.get(LOADED_AT[0], {})))  # last, as in every mart that keeps it
     return cols
 
 
@@ -121,9 +121,6 @@ def marts_models() -> dict:
     models = []
     for name, spec in GOLD.items():
         config: dict = {"contract": {"enforced": True}}
-        if "incremental" in spec:
-            config |= {"materialized": "incremental", "unique_key": spec["incremental"],
-                       "incremental_strategy": "delete+insert", "on_schema_change": "append_new_columns"}
         model = {"name": name, "description": spec["description"], "config": config}
         if spec.get("data_tests"):
             model["data_tests"] = spec["data_tests"]

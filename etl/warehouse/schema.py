@@ -8,8 +8,7 @@ the raw DDL and the loader's column casts (here), the stage writers' check (`che
 staging docs, gold model contracts and the dim_date spine (`etl/warehouse/dbt_files.py`, checked in; a test
 keeps them current). A stage that writes an undeclared column, or lacks a declared one, fails naming both.
 
-Every raw table also gets `loaded_at` (the load transaction's time): dbt's incremental models pick up rows
-loaded since their last run with it.
+Every raw table also gets `loaded_at` (the load transaction's time), which the marts that keep it show.
 """
 
 from __future__ import annotations

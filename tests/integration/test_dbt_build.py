@@ -1,5 +1,5 @@
 """load_warehouse() + dbt build on a small realistic data set in the real Postgres: gold values, dbt tests catching bad
-raw rows, the incremental bars model, the reporting role, every SQL report and the docs site."""
+raw rows, the bars model, the reporting role, every SQL report and the docs site."""
 
 from __future__ import annotations
 
@@ -170,7 +170,7 @@ def test_the_var_report_ranks_by_the_engines_usd_var_carried_to_gold(gold):
     assert figures[pid] is not None and float(util[pid]) == round(figures[pid] / limit, 4)
 
 
-def test_a_rerun_loads_nothing_and_the_incremental_bars_pick_up_a_rewritten_partition(gold):
+def test_a_rerun_loads_nothing_and_the_bars_pick_up_a_rewritten_partition(gold):
     assert load_warehouse(run_dbt=False).total_rows == 0
     store = get_store()
     table = pq.read_table(silver_file(Path(store.root), "silver/bars_5m/product_id=ETH-USD/date=2026-01-03/part-0.parquet"))
@@ -183,6 +183,18 @@ def test_a_rerun_loads_nothing_and_the_incremental_bars_pick_up_a_rewritten_part
     assert query("select count(*) from gold.fact_price_bars")[0][0] == 3 * 288 * DAYS
     assert query("select count(*), min(close), max(close) from gold.fact_price_bars "
                  "where product_id = 'ETH-USD' and bar_date = '2026-01-03'") == [(288, 3333.0, 3333.0)]
+    # every gold model is rebuilt from raw: a bar gone from raw (the quality gate removed it later) is gone from gold
+    key = "product_id = 'ETH-USD' and bucket_start = '2026-01-03 00:00+00'"
+    with db.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"delete from raw.bars_5m where {key} returning *")
+        (row,) = cur.fetchall()
+    try:
+        run_dbt("build", select="fact_price_bars")
+        assert query(f"select count(*) from gold.fact_price_bars where {key}") == [(0,)]
+    finally:
+        with db.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"insert into raw.bars_5m values ({', '.join(['%s'] * len(row))})", row)
+        run_dbt("build", select="fact_price_bars")
 
 
 def test_a_negative_price_a_zero_quantity_or_a_bad_drawdown_in_raw_fails_the_named_tests(gold):
@@ -197,8 +209,8 @@ def test_a_negative_price_a_zero_quantity_or_a_bad_drawdown_in_raw_fails_the_nam
         "and as_of_date = '2026-01-03' returning avg_cost",
         # a positive drawdown whose peak comes after its trough
         f"update raw.drawdowns set max_drawdown = 0.25, peak_date = trough_date + 1 where {drawdown_key}",
-        # an intraday row whose VaR 99 is below its VaR 95 and whose gross is not long + short (incremental:
-        # a changed raw row is picked up by its loaded_at)
+        # an intraday row whose VaR 99 is below its VaR 95 and whose gross is not long + short (gold is
+        # rebuilt from raw: a changed raw row is picked up)
         f"update raw.intraday_risk set var_99 = var_95 / 2, gross_exposure = gross_exposure + 1, loaded_at = now() "
         f"where {intraday_key}",
     ]

@@ -1,5 +1,5 @@
 -- One row per portfolio per 5-minute bucket per limit type in breach, plus the bucket where a breach cleared.
--- Incremental (delete+insert on the key), as fact_intraday_risk.
+-- Rebuilt from raw by every build, as fact_intraday_risk.
 with intraday_limit_breaches as (
 
     select * from {{ ref('stg_risk__intraday_limit_breaches') }}
@@ -13,7 +13,6 @@ final as (
         status = 'cleared' as is_cleared,
         case when status = 'cleared' then bucket_start end as cleared_at
     from intraday_limit_breaches
-    {{ loaded_since_last_build() }}
 
 )
 

@@ -1,5 +1,5 @@
--- One row per portfolio per 5-minute bucket: the intraday revaluation. Incremental (delete+insert on the key):
--- each intraday run merges the raw rows loaded since the last build, so a rerun of an interval replaces its rows.
+-- One row per portfolio per 5-minute bucket: the intraday revaluation, rebuilt from raw by every
+-- build: a rerun of an interval replaces its rows in raw, and a row gone from raw is gone from gold.
 with intraday_risk as (
 
     select * from {{ ref('stg_risk__intraday_risk') }}
@@ -13,7 +13,6 @@ final as (
         drawdown as drawdown_from_peak,
         stale_products > 0 as has_stale_prices
     from intraday_risk
-    {{ loaded_since_last_build() }}
 
 )
 
