@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from etl.errors import ConfigError
 from etl.factors.buckets import BUCKETS, GROUPS, Membership, form_buckets
 from etl.factors.rolling_ols import rolling_ols
 from etl.factors.universe_returns import Universe
@@ -142,8 +143,12 @@ def exposures(universe: Universe, factors: np.ndarray, config: FactorConfig) -> 
     r2, r2_adj = np.full((n_t, n_p), np.nan), np.full((n_t, n_p), np.nan)
     n_obs = np.zeros((n_t, n_p), dtype=np.int64)
     deficient = np.zeros((n_t, n_p), dtype=bool)
+    min_obs = max(config.min_obs, k + 1)                    # the fewest a window may rest on, and >= the parameters
+    if min_obs > config.window:  # no window could hold them: refuse, rather than estimate on fewer than the minimum
+        raise ConfigError(f"factor exposures: FACTOR_MIN_OBS={config.min_obs} (at least {k + 1}: {k} factors and "
+                          f"the constant) exceeds FACTOR_WINDOW={config.window}, the observations a window holds: "
+                          "widen FACTOR_WINDOW or lower FACTOR_MIN_OBS")
     if n_t:
-        min_obs = min(max(config.min_obs, k + 1), config.window)
         for j in range(n_p):  # one vectorised regression per product (12 products, not 12 x T windows)
             fit = rolling_ols(universe.returns[:, j], X, config.window, min_obs, add_constant=True, expanding=True)
             alpha[:, j], beta[:, j] = fit.const, fit.betas
