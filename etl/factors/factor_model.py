@@ -113,6 +113,11 @@ def _mean_where(values: np.ndarray, mask: np.ndarray, weights: np.ndarray | None
 
 def factor_returns(universe: Universe, config: FactorConfig) -> tuple[np.ndarray, Membership]:
     """(T, len(FACTOR_NAMES)) factor returns and the membership they were built from."""
+    if config.formation < config.min_obs:  # no product could ever be ranked: every spread undefined, no beta
+        raise ConfigError(f"factor buckets: FACTOR_FORMATION_MINUTES={config.formation_minutes} is {config.formation} "
+                          f"grid rows at FACTOR_FREQUENCY_S={config.frequency_s}, fewer than the FACTOR_MIN_OBS="
+                          f"{config.min_obs} returns a product needs there to be ranked: lengthen the formation window "
+                          "or lower FACTOR_MIN_OBS")
     r = universe.returns
     everyone = np.ones_like(r, dtype=bool)
     market = _mean_where(r, everyone)

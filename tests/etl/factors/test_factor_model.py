@@ -337,6 +337,24 @@ def test_a_minimum_of_observations_larger_than_the_window_is_refused_not_lowered
     assert np.isfinite(fit.beta).any() and (fit.n_obs[np.isfinite(fit.alpha)] >= 30).all()
 
 
+def test_a_formation_window_shorter_than_the_minimum_of_observations_is_refused_not_an_empty_model():
+    """A product is ranked with at least FACTOR_MIN_OBS returns in the formation window (docs/factor_model.md). A
+    formation window of 20 rows under FACTOR_MIN_OBS=30 can never hold them: no product was ever ranked, every
+    high-minus-low factor was undefined, no beta was estimated, and the stage ran green writing empty membership and
+    exposures (the attribution then explained nothing). Now the configuration is refused, naming the settings."""
+    from etl.errors import ConfigError
+
+    rng = np.random.default_rng(4)
+    n = 300
+    returns = rng.standard_t(4, (n, 6)) * 1e-3 + rng.standard_t(4, (n, 1)) * 1e-3
+    u = Universe(times=pd.date_range(T0, periods=n, freq="60s"), products=list("ABCDEF"),
+                 close=np.full((n, 6), np.nan), returns=returns, traded_value=np.abs(rng.normal(size=(n, 6))))
+    with pytest.raises(ConfigError, match=r"FACTOR_FORMATION_MINUTES=20 .*FACTOR_MIN_OBS=30"):
+        factor_returns(u, replace(SMALL, formation_minutes=20, min_obs=30))
+    _, membership = factor_returns(u, replace(SMALL, formation_minutes=30, min_obs=30))   # exactly enough rows
+    assert (membership.bucket >= 0).any()
+
+
 def test_a_rerun_replaces_every_day_it_covers_even_a_table_it_leaves_empty_there(simulator, data_dir, monkeypatch):
     """The book stops holding two of the four products: the rerun ranks two, too few for terciles, so its membership
     is empty, and so are its exposures (the spreads regressed on are undefined). The days it covers must be its own
