@@ -118,6 +118,10 @@ def factor_returns(universe: Universe, config: FactorConfig) -> tuple[np.ndarray
                           f"grid rows at FACTOR_FREQUENCY_S={config.frequency_s}, fewer than the FACTOR_MIN_OBS="
                           f"{config.min_obs} returns a product needs there to be ranked: lengthen the formation window "
                           "or lower FACTOR_MIN_OBS")
+    if max(config.momentum) > config.formation:  # the signal would be cut to the formation window, not as configured
+        raise ConfigError(f"factor buckets: FACTOR_MOMENTUM_MINUTES={','.join(map(str, config.momentum_minutes))} "
+                          f"looks back further than FACTOR_FORMATION_MINUTES={config.formation_minutes}, the window "
+                          "members are ranked on: lengthen the formation window or shorten the lookbacks")
     r = universe.returns
     everyone = np.ones_like(r, dtype=bool)
     market = _mean_where(r, everyone)

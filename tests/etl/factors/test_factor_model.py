@@ -351,8 +351,26 @@ def test_a_formation_window_shorter_than_the_minimum_of_observations_is_refused_
                  close=np.full((n, 6), np.nan), returns=returns, traded_value=np.abs(rng.normal(size=(n, 6))))
     with pytest.raises(ConfigError, match=r"FACTOR_FORMATION_MINUTES=20 .*FACTOR_MIN_OBS=30"):
         factor_returns(u, replace(SMALL, formation_minutes=20, min_obs=30))
-    _, membership = factor_returns(u, replace(SMALL, formation_minutes=30, min_obs=30))   # exactly enough rows
+    _, membership = factor_returns(u, replace(SMALL, formation_minutes=30, min_obs=30,
+                                                 momentum_minutes=(30,)))        # exactly enough rows
     assert (membership.bucket >= 0).any()
+
+
+def test_a_momentum_lookback_longer_than_the_formation_window_is_refused_not_cut_to_it():
+    """Momentum sums a product's returns over the last h minutes of each lookback (docs/factor_model.md), ranked on
+    the formation window. A lookback of 240 minutes with a formation window of 120 was cut to 120 without a word: the
+    signal summed (30, 60, 120, 120) minutes, not the (30, 60, 120, 240) configured. Now refused, naming the
+    settings."""
+    from etl.errors import ConfigError
+
+    rng = np.random.default_rng(4)
+    n = 300
+    u = Universe(times=pd.date_range(T0, periods=n, freq="60s"), products=list("ABCDEF"),
+                 close=np.full((n, 6), np.nan), returns=rng.standard_t(4, (n, 6)) * 1e-3,
+                 traded_value=np.abs(rng.normal(size=(n, 6))))
+    with pytest.raises(ConfigError, match=r"FACTOR_MOMENTUM_MINUTES=30,60,120,240 .*FACTOR_FORMATION_MINUTES=120"):
+        factor_returns(u, replace(SMALL, momentum_minutes=(30, 60, 120, 240)))
+    factor_returns(u, replace(SMALL, momentum_minutes=(30, 60, 120)))             # within the window: fine
 
 
 def test_a_rerun_replaces_every_day_it_covers_even_a_table_it_leaves_empty_there(simulator, data_dir, monkeypatch):
