@@ -5,6 +5,7 @@ values: PnL = sum_a MV_a R_a (full revaluation of linear positions: the new pric
 PnL % = PnL / gross exposure.
 - Historical, worst windows: every k-day window of the price history (k = 1 and 5), R = price(end) / price(start
   - 1) - 1 (the compound move over the k days); the window with the lowest PnL, per portfolio and for the firm.
+  A book holding nothing has no worst window (every one is 0): PnL 0, window dates empty.
 - Historical, named windows (config, `start_date`..`end_date`): the same R for that window; a window not inside
   the price history is skipped with a warning.
 - Hypothetical (config, shocks per product to USD prices): a product without its own shock moves beta x the
@@ -172,10 +173,11 @@ def stress_rows(days: pd.DatetimeIndex, price: np.ndarray, exposure: np.ndarray,
                            "base_currency": base})
         rows.append(df if keep is None else df[keep])
 
+    holds = (exposure != 0).any(axis=0)                              # (P,) a book holding nothing has no worst window
     for k in WORST_WINDOWS:
         if len(days) > k:
             pnl, j = worst_window(price, exposure, k)
-            add(f"worst_{k}d", "historical", pnl, days[j - k + 1], days[j],
+            add(f"worst_{k}d", "historical", pnl, days[j - k + 1].where(holds), days[j].where(holds),
                 f"worst {k}-day window of the price history for this book")
     for sc in within(scenarios, days).named.itertuples(index=False):
         i0, i1 = days.searchsorted(sc.start_date), days.searchsorted(sc.end_date)

@@ -159,3 +159,20 @@ def test_a_shock_on_a_product_not_in_the_instrument_master_is_refused_naming_the
                                                                                                    "ETH-USDT"}
     # the shipped file names the shipped universe: an own master without SOL-USD or DOGE-USD still runs it
     assert {"SOL-USD", "DOGE-USD"} <= set(stress.load_scenarios(stress.SHIPPED, known={"BTC-USD"}).shocks["product_id"])
+
+
+def test_a_book_holding_nothing_has_no_worst_window_not_the_first_window_of_the_history():
+    """Every window of an empty book loses 0, so it has no worst window. Its worst_1d / worst_5d rows named the
+    first window of the price history (argmin of a column of zeros) as the book's worst, dated like a real one; now
+    they keep PnL 0 and leave the window empty (NULL). A book holding something keeps its window, as does the firm."""
+    params = RiskParams(var_lookback_days=60, backtest_days=20, mc_scenarios=500, es_simulations=20, es_bootstrap=20)
+    portfolios = pd.concat([PORTFOLIOS, PORTFOLIOS.iloc[:1].assign(portfolio_id="EMPTY")], ignore_index=True)
+    res = compute_tables(_closes(), QUOTE, portfolios, BOOK, params)["stress_results"]
+    s = res.set_index(["portfolio_id", "scenario_id"])
+    for k in ("worst_1d", "worst_5d"):
+        row = s.loc[("EMPTY", k)]
+        assert row["pnl"] == 0.0 and np.isnan(row["pnl_pct"])
+        assert pd.isna(row["window_start"]) and pd.isna(row["window_end"])
+        held = s.loc[("U1", k)]
+        assert held["pnl"] < 0 and (held["window_end"] - held["window_start"]).days == int(k[6]) - 1
+        assert pd.notna(s.loc[("FIRM", k), "window_start"])
