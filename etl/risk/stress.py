@@ -76,7 +76,9 @@ def load_scenarios(path: Path | None, known: set[str] | None = None) -> Scenario
             raise ValidationError(f"{where}: scenario {sid!r} is both historical and hypothetical")
         if kind == "historical":
             try:
-                start, end = pd.Timestamp(row.start_date), pd.Timestamp(row.end_date)
+                # strictly YYYY-MM-DD: a UTC day (no time, no zone, no day/month order to guess)
+                start, end = (pd.to_datetime(d, format="%Y-%m-%d") if d else pd.NaT
+                              for d in (row.start_date, row.end_date))
             except ValueError:
                 raise ValidationError(f"{where}: start_date {row.start_date!r} / end_date {row.end_date!r}: "
                                       f"expected dates YYYY-MM-DD") from None
