@@ -72,7 +72,7 @@ def signals(returns: np.ndarray, traded_value: np.ndarray, market: np.ndarray, e
         volatility = (s_rm - s_r * s_m / count) / var_m
         volatility = np.where(var_m > 0, volatility, np.nan)
 
-    momentum = sum(windowed(returns, ends, min(h, formation))[0] for h in momentum_lookbacks)
+    momentum = sum(windowed(returns, ends, h)[0] for h in momentum_lookbacks)   # h <= formation (factor_model)
     out = np.stack([liquidity, volatility, momentum])
     return np.where(enough[None] & np.isfinite(out), out, np.nan)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from etl.errors import ConfigError
 from etl.factors.buckets import BUCKETS, GROUPS, Membership, form_buckets
 from etl.factors.rolling_ols import rolling_ols
 from etl.factors.universe_returns import Universe
@@ -112,6 +113,15 @@ def _mean_where(values: np.ndarray, mask: np.ndarray, weights: np.ndarray | None
 
 def factor_returns(universe: Universe, config: FactorConfig) -> tuple[np.ndarray, Membership]:
     """(T, len(FACTOR_NAMES)) factor returns and the membership they were built from."""
+    if config.formation < config.min_obs:  # no product could ever be ranked: every spread undefined, no beta
+        raise ConfigError(f"factor buckets: FACTOR_FORMATION_MINUTES={config.formation_minutes} is {config.formation} "
+                          f"grid rows at FACTOR_FREQUENCY_S={config.frequency_s}, fewer than the FACTOR_MIN_OBS="
+                          f"{config.min_obs} returns a product needs there to be ranked: lengthen the formation window "
+                          "or lower FACTOR_MIN_OBS")
+    if max(config.momentum) > config.formation:  # the signal would be cut to the formation window, not as configured
+        raise ConfigError(f"factor buckets: FACTOR_MOMENTUM_MINUTES={','.join(map(str, config.momentum_minutes))} "
+                          f"looks back further than FACTOR_FORMATION_MINUTES={config.formation_minutes}, the window "
+                          "members are ranked on: lengthen the formation window or shorten the lookbacks")
     r = universe.returns
     everyone = np.ones_like(r, dtype=bool)
     market = _mean_where(r, everyone)
@@ -142,8 +152,12 @@ def exposures(universe: Universe, factors: np.ndarray, config: FactorConfig) -> 
     r2, r2_adj = np.full((n_t, n_p), np.nan), np.full((n_t, n_p), np.nan)
     n_obs = np.zeros((n_t, n_p), dtype=np.int64)
     deficient = np.zeros((n_t, n_p), dtype=bool)
+    min_obs = max(config.min_obs, k + 1)                    # the fewest a window may rest on, and >= the parameters
+    if min_obs > config.window:  # no window could hold them: refuse, rather than estimate on fewer than the minimum
+        raise ConfigError(f"factor exposures: FACTOR_MIN_OBS={config.min_obs} (at least {k + 1}: {k} factors and "
+                          f"the constant) exceeds FACTOR_WINDOW={config.window}, the observations a window holds: "
+                          "widen FACTOR_WINDOW or lower FACTOR_MIN_OBS")
     if n_t:
-        min_obs = min(max(config.min_obs, k + 1), config.window)
         for j in range(n_p):  # one vectorised regression per product (12 products, not 12 x T windows)
             fit = rolling_ols(universe.returns[:, j], X, config.window, min_obs, add_constant=True, expanding=True)
             alpha[:, j], beta[:, j] = fit.const, fit.betas

@@ -18,10 +18,10 @@ MEANAD_CONSTANT = 1.253314   # sqrt(pi / 2): meanAD of a normal is sigma * sqrt(
 
 def robust_z(returns: np.ndarray, window: int, min_obs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(T, K) returns -> (z (T, K), scale method (T, K) str). z is NaN for the first `window` rows, for NaN
-    returns and for windows with fewer than `min_obs` (default window // 2) valid returns."""
+    returns and for windows with fewer than `min_obs` valid returns (default: half the window, rounded up)."""
     x = np.asarray(returns, dtype="float64")
     t, k = x.shape
-    min_obs = window // 2 if min_obs is None else min_obs
+    min_obs = -(-window // 2) if min_obs is None else min_obs        # at least half: 3 of 5, not 2
     z = np.full((t, k), np.nan)
     method = np.full((t, k), "", dtype=object)
     if t <= window:

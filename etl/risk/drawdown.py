@@ -3,6 +3,8 @@
 Wealth starts at 1 on the day before the first return (so a first-day loss counts, as in empyrical's
 drawdown_series); drawdown = wealth / running peak - 1 (<= 0); max drawdown = its minimum (a negative fraction).
 Indices refer to the wealth series: 0 = the start, i = after the i-th return.
+Wealth compounded from returns carries rounding (100 -> 97 -> 100 gives 0.9999999999999999): a wealth within
+REL_TOL of its running peak is at the peak (drawdown 0, recovered), never in a drawdown of 1e-16.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+REL_TOL = 1e-12   # relative rounding of compounded wealth; far below any move (a thousandth of a cent on a billion)
 
 
 def wealth_index(returns: np.ndarray) -> np.ndarray:
@@ -25,10 +29,16 @@ def wealth_index(returns: np.ndarray) -> np.ndarray:
     return w
 
 
+def _drawdowns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(drawdowns, running peak) of a wealth series; within REL_TOL of the peak is 0."""
+    running = np.maximum.accumulate(w, axis=0)
+    dd = w / running - 1.0
+    return np.where(dd > -REL_TOL, 0.0, dd), running
+
+
 def drawdown_series(returns: np.ndarray) -> np.ndarray:
     """(T, K) returns -> (T+1, K) drawdowns (<= 0)."""
-    w = wealth_index(returns)
-    return w / np.maximum.accumulate(w, axis=0) - 1.0
+    return _drawdowns(wealth_index(returns))[0]
 
 
 @dataclass(frozen=True)
@@ -42,14 +52,13 @@ class MaxDrawdown:
 def max_drawdown(returns: np.ndarray) -> MaxDrawdown:
     """Maximum drawdown with peak, trough and recovery indices, for every column at once."""
     w = wealth_index(returns)
-    running = np.maximum.accumulate(w, axis=0)
-    dd = w / running - 1.0
+    dd, running = _drawdowns(w)
     trough = dd.argmin(axis=0)                                        # first index of the deepest point
     cols = np.arange(w.shape[1])
     rows = np.arange(w.shape[0])[:, None]
     level = running[trough, cols]                                     # the peak level before the trough
     peak = (running >= level[None, :]).argmax(axis=0)                 # first day wealth reached that level
-    back = (rows > trough[None, :]) & (w >= level[None, :])
+    back = (rows > trough[None, :]) & (w / level[None, :] - 1.0 > -REL_TOL)   # back at the peak, as _drawdowns
     recovery = np.where(back.any(axis=0), back.argmax(axis=0), -1)
     mdd = dd[trough, cols]
     recovery = np.where(mdd < 0, recovery, -1)

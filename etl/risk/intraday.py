@@ -43,7 +43,7 @@ import pandas as pd
 
 from etl import measures
 from etl.errors import ValidationError
-from etl.risk import book_var, valuation, var
+from etl.risk import book_var, drawdown, valuation, var
 from etl.risk.engine import DRAWDOWN_METRIC, snapshot_arrays
 from etl.risk.scenarios import ScenarioSet
 
@@ -197,7 +197,8 @@ def _drawdown_now(pnl_path: np.ndarray, gross_prev: np.ndarray, eod_drawdown: np
     start = 1.0 + (np.nan_to_num(eod_drawdown) if eod_drawdown is not None else 0.0)
     w = start * (1.0 + r)
     peak = np.maximum(1.0, np.maximum.accumulate(w, axis=0))
-    return w[-1] / peak[-1] - 1.0
+    dd = w[-1] / peak[-1] - 1.0
+    return np.where(dd > -drawdown.REL_TOL, 0.0, dd)                     # rounding is no drawdown, as at end of day
 
 
 # ---- limits ----------------------------------------------------------------------------------------------------

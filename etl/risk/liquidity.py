@@ -16,8 +16,8 @@ A held product without a recorded book on D is named in `products_without_book` 
 has no row.
 A portfolio's `lvar_limit` (portfolios.csv, optional: empty = no limit) adds a `lvar` limit breach when lvar_99
 exceeds it, as etl/risk/engine.limit_breaches reports the others. A book holding something whose lvar_99 does not
-cover it all (NaN, a product without a book, or no row) cannot clear its limit: an `uncomputable` breach, unless the
-part covered already exceeds it.
+cover it all (NaN, a product without a book, a position beyond the recorded depth, or no row) cannot clear its limit:
+an `uncomputable` breach, unless the part covered already exceeds it.
 """
 
 from __future__ import annotations
@@ -104,11 +104,14 @@ def lvar_breaches(portfolio: pd.DataFrame, positions_valued: pd.DataFrame, portf
     holding = positions_valued.groupby("portfolio_id", sort=True)["as_of_date"].first().reset_index()
     m = (portfolios.loc[portfolios["lvar_limit"].notna(), ["portfolio_id", "lvar_limit"]]
          .merge(holding, on="portfolio_id")
-         .merge(portfolio[["portfolio_id", "lvar_99", "book_coverage"]], on="portfolio_id", how="left"))
+         .merge(portfolio[["portfolio_id", "lvar_99", "book_coverage", "exceeds_depth"]], on="portfolio_id",
+                how="left"))
     value = m["lvar_99"].to_numpy(dtype="float64")
-    # the costs of the products with a book only are a lower bound: it can exceed the limit, never clear it
+    # the costs of the products with a book only, or of the part of a position the recorded book absorbs, are a
+    # lower bound: it can exceed the limit, never clear it
     exceeded = np.isfinite(value) & (value > m["lvar_limit"].to_numpy(dtype="float64"))
-    whole = np.isfinite(value) & (m["book_coverage"].to_numpy(dtype="float64") >= 1.0)
+    whole = (np.isfinite(value) & (m["book_coverage"].to_numpy(dtype="float64") >= 1.0)
+             & ~m["exceeds_depth"].fillna(True).to_numpy(dtype=bool))
     out = pd.DataFrame({"portfolio_id": m["portfolio_id"], "as_of_date": m["as_of_date"], "limit_type": "lvar",
                         "metric": "lvar_99", "value": np.where(exceeded | whole, value, np.nan),
                         "limit_value": m["lvar_limit"], "base_currency": m["portfolio_id"].map(base_of),

@@ -5,6 +5,7 @@ values: PnL = sum_a MV_a R_a (full revaluation of linear positions: the new pric
 PnL % = PnL / gross exposure.
 - Historical, worst windows: every k-day window of the price history (k = 1 and 5), R = price(end) / price(start
   - 1) - 1 (the compound move over the k days); the window with the lowest PnL, per portfolio and for the firm.
+  A book holding nothing has no worst window (every one is 0): PnL 0, window dates empty.
 - Historical, named windows (config, `start_date`..`end_date`): the same R for that window; a window not inside
   the price history is skipped with a warning.
 - Hypothetical (config, shocks per product to USD prices): a product without its own shock moves beta x the
@@ -75,7 +76,9 @@ def load_scenarios(path: Path | None, known: set[str] | None = None) -> Scenario
             raise ValidationError(f"{where}: scenario {sid!r} is both historical and hypothetical")
         if kind == "historical":
             try:
-                start, end = pd.Timestamp(row.start_date), pd.Timestamp(row.end_date)
+                # strictly YYYY-MM-DD: a UTC day (no time, no zone, no day/month order to guess)
+                start, end = (pd.to_datetime(d, format="%Y-%m-%d") if d else pd.NaT
+                              for d in (row.start_date, row.end_date))
             except ValueError:
                 raise ValidationError(f"{where}: start_date {row.start_date!r} / end_date {row.end_date!r}: "
                                       f"expected dates YYYY-MM-DD") from None
@@ -172,10 +175,11 @@ def stress_rows(days: pd.DatetimeIndex, price: np.ndarray, exposure: np.ndarray,
                            "base_currency": base})
         rows.append(df if keep is None else df[keep])
 
+    holds = (exposure != 0).any(axis=0)                              # (P,) a book holding nothing has no worst window
     for k in WORST_WINDOWS:
         if len(days) > k:
             pnl, j = worst_window(price, exposure, k)
-            add(f"worst_{k}d", "historical", pnl, days[j - k + 1], days[j],
+            add(f"worst_{k}d", "historical", pnl, days[j - k + 1].where(holds), days[j].where(holds),
                 f"worst {k}-day window of the price history for this book")
     for sc in within(scenarios, days).named.itertuples(index=False):
         i0, i1 = days.searchsorted(sc.start_date), days.searchsorted(sc.end_date)

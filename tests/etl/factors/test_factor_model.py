@@ -317,6 +317,62 @@ def test_exposures_equal_statsmodels_on_the_model_factors():
         np.testing.assert_array_equal(fit.n_obs[defined, j], ref.nobs[defined])
 
 
+def test_a_minimum_of_observations_larger_than_the_window_is_refused_not_lowered_to_it():
+    """docs/factor_model.md: below FACTOR_MIN_OBS observations the estimates are NaN. With FACTOR_MIN_OBS=60 and
+    FACTOR_WINDOW=30 the minimum was silently lowered to the window: betas on 30 observations were written (and
+    priced the PnL attribution) although the configured minimum is 60. Now the configuration is refused, naming
+    both settings, before anything is estimated."""
+    from etl.errors import ConfigError
+
+    rng = np.random.default_rng(4)
+    n = 300
+    returns = rng.standard_t(4, (n, 6)) * 1e-3 + rng.standard_t(4, (n, 1)) * 1e-3
+    u = Universe(times=pd.date_range(T0, periods=n, freq="60s"), products=list("ABCDEF"),
+                 close=np.full((n, 6), np.nan), returns=returns, traded_value=np.abs(rng.normal(size=(n, 6))))
+    config = replace(SMALL, window=30, min_obs=60)
+    factors, _ = factor_returns(u, config)
+    with pytest.raises(ConfigError, match=r"FACTOR_MIN_OBS=60 .*FACTOR_WINDOW=30"):
+        exposures(u, factors, config)
+    fit = exposures(u, factors, replace(SMALL, window=30, min_obs=30))     # a minimum the window can hold
+    assert np.isfinite(fit.beta).any() and (fit.n_obs[np.isfinite(fit.alpha)] >= 30).all()
+
+
+def test_a_formation_window_shorter_than_the_minimum_of_observations_is_refused_not_an_empty_model():
+    """A product is ranked with at least FACTOR_MIN_OBS returns in the formation window (docs/factor_model.md). A
+    formation window of 20 rows under FACTOR_MIN_OBS=30 can never hold them: no product was ever ranked, every
+    high-minus-low factor was undefined, no beta was estimated, and the stage ran green writing empty membership and
+    exposures (the attribution then explained nothing). Now the configuration is refused, naming the settings."""
+    from etl.errors import ConfigError
+
+    rng = np.random.default_rng(4)
+    n = 300
+    returns = rng.standard_t(4, (n, 6)) * 1e-3 + rng.standard_t(4, (n, 1)) * 1e-3
+    u = Universe(times=pd.date_range(T0, periods=n, freq="60s"), products=list("ABCDEF"),
+                 close=np.full((n, 6), np.nan), returns=returns, traded_value=np.abs(rng.normal(size=(n, 6))))
+    with pytest.raises(ConfigError, match=r"FACTOR_FORMATION_MINUTES=20 .*FACTOR_MIN_OBS=30"):
+        factor_returns(u, replace(SMALL, formation_minutes=20, min_obs=30))
+    _, membership = factor_returns(u, replace(SMALL, formation_minutes=30, min_obs=30,
+                                                 momentum_minutes=(30,)))        # exactly enough rows
+    assert (membership.bucket >= 0).any()
+
+
+def test_a_momentum_lookback_longer_than_the_formation_window_is_refused_not_cut_to_it():
+    """Momentum sums a product's returns over the last h minutes of each lookback (docs/factor_model.md), ranked on
+    the formation window. A lookback of 240 minutes with a formation window of 120 was cut to 120 without a word: the
+    signal summed (30, 60, 120, 120) minutes, not the (30, 60, 120, 240) configured. Now refused, naming the
+    settings."""
+    from etl.errors import ConfigError
+
+    rng = np.random.default_rng(4)
+    n = 300
+    u = Universe(times=pd.date_range(T0, periods=n, freq="60s"), products=list("ABCDEF"),
+                 close=np.full((n, 6), np.nan), returns=rng.standard_t(4, (n, 6)) * 1e-3,
+                 traded_value=np.abs(rng.normal(size=(n, 6))))
+    with pytest.raises(ConfigError, match=r"FACTOR_MOMENTUM_MINUTES=30,60,120,240 .*FACTOR_FORMATION_MINUTES=120"):
+        factor_returns(u, replace(SMALL, momentum_minutes=(30, 60, 120, 240)))
+    factor_returns(u, replace(SMALL, momentum_minutes=(30, 60, 120)))             # within the window: fine
+
+
 def test_a_rerun_replaces_every_day_it_covers_even_a_table_it_leaves_empty_there(simulator, data_dir, monkeypatch):
     """The book stops holding two of the four products: the rerun ranks two, too few for terciles, so its membership
     is empty, and so are its exposures (the spreads regressed on are undefined). The days it covers must be its own

@@ -35,3 +35,18 @@ def test_robust_z_mad_zero_and_missing_values():
     assert z[10, 2] == 0.0
     assert z[11, 0] == 0.0 and not np.isnan(z[11, 0])                         # NaN skipped in the window
     assert np.isnan(anomalies.robust_z(x, window=10, min_obs=11)[0][11]).all()
+
+
+def test_a_window_needs_at_least_half_of_its_returns_also_when_its_length_is_odd():
+    """docs/risk_conventions.md "Anomalies": at least half the window must be present. Window 5: 2 valid returns
+    (40%) are too few; 3 (60%) are enough. With window // 2 as the minimum, 2 of 5 scored: here a window whose one
+    move is 0.01 and another 0.01 is constant, so a return of 0.02 was an infinite z (flagged), on 40% of a window."""
+    x = np.full((6, 2), np.nan)
+    x[[1, 3], 0] = 0.01                                   # 2 of the 5 previous returns
+    x[[0, 1, 3], 1] = 0.01                                # 3 of 5
+    x[5] = 0.02
+    z, how = anomalies.robust_z(x, window=5)
+    assert np.isnan(z[5, 0]) and how[5, 0] == ""
+    assert z[5, 1] == np.inf and how[5, 1] == "none"
+    z, _ = anomalies.robust_z(x[:, :1], window=4)         # even: 2 of 4 is half, enough
+    assert z[5, 0] == np.inf

@@ -171,7 +171,7 @@ def test_a_factors_commit_landing_during_a_risk_run_does_not_mix_two_factor_runs
     def factors_commit_between(store, entry, *args, **kwargs):  # a real `factors` run commits once the risk run
         out = real(store, entry, *args, **kwargs)               # has read its first factor partition
         if entry["table"].startswith("factor_") and not calls:
-            env = {**os.environ, "FACTOR_FORMATION_MINUTES": "60"}
+            env = {**os.environ, "FACTOR_FORMATION_MINUTES": "60", "FACTOR_MOMENTUM_MINUTES": "30,60"}
             calls.append(subprocess.run([sys.executable, "-m", "etl", "factors", "--end",
                                          f"{(AS_OF + pd.Timedelta(days=1)).date()}T00:00:00Z"], cwd=PROJECT_ROOT,
                                         env=env, capture_output=True, text=True, timeout=600))

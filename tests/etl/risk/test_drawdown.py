@@ -34,3 +34,18 @@ def test_drawdown_dates_by_hand():
     assert up.max_drawdown[0] == 0.0 and up.recovery[0] == -1
     first_day_loss = drawdown.max_drawdown(np.array([[-0.1], [0.05]]))       # counted from the start
     assert first_day_loss.max_drawdown[0] == pytest.approx(-0.1, abs=TOL)
+
+
+def test_a_price_back_at_its_peak_is_recovered_and_not_in_drawdown():
+    """100 -> 97 -> 100: the book is back at its peak on day 2. Compounding the returns (-0.03, 3/97) gives wealth
+    0.9999999999999999, so the recovery (w >= the peak's level) was never found (recovery NULL, `is_recovered`
+    false in gold) and drawdown_from_peak was -1.1e-16 instead of 0. Rounding of the compounding (relative 1e-12,
+    a thousandth of a cent on a billion) is no drawdown."""
+    p = np.array([100.0, 97.0, 100.0, 98.0])
+    r = (p[1:] / p[:-1] - 1)[:, None]
+    assert drawdown.wealth_index(r)[2, 0] < 1.0                        # the rounding this is about
+    mdd = drawdown.max_drawdown(r)
+    assert (mdd.peak[0], mdd.trough[0], mdd.recovery[0]) == (0, 1, 2)
+    assert mdd.max_drawdown[0] == pytest.approx(-0.03, rel=1e-12)
+    assert drawdown.drawdown_series(r[:2])[-1, 0] == 0.0                # back at the peak: not in drawdown
+    assert drawdown.drawdown_series(r)[-1, 0] == pytest.approx(-0.02, rel=1e-12)   # a real fall is kept

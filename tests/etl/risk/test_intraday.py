@@ -458,3 +458,16 @@ def test_an_empty_limit_is_no_limit_intraday_as_at_end_of_day():
     assert list(zip(out["limit_type"], out["breach_kind"], strict=True)) == [("var", "uncomputable")]
     eod_risk = risk.rename(columns={"drawdown": "drawdown_from_peak", "var_99": "var_99_hist"})
     assert list(limit_breaches(eod_risk, portfolios)["limit_type"]) == ["var"]
+
+
+def test_a_book_back_at_its_peak_intraday_is_not_in_drawdown_as_at_end_of_day():
+    """The close left the book 3% under its peak (100 -> 97); at 10:05 its price is back at 100. Carried through the
+    day, w = 0.97 x (1 + 3/97) = 0.9999999999999999: a drawdown of -1.1e-16 where the end-of-day convention
+    (etl.risk.drawdown.REL_TOL: within 1e-12 of the peak is at the peak) says 0, as the next close will. A real
+    fall is unchanged."""
+    from etl.risk.intraday import _drawdown_now
+
+    back = _drawdown_now(np.array([[-1.0], [3.0]]), np.array([97.0]), np.array([-0.03]))
+    assert back[0] == 0.0
+    lower = _drawdown_now(np.array([[1.0]]), np.array([97.0]), np.array([-0.03]))
+    assert lower[0] == pytest.approx(0.97 * (1 + 1 / 97) - 1, rel=1e-12)

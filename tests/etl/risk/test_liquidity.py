@@ -60,7 +60,7 @@ def test_lvar_limit_breach_only_where_a_limit_is_set():
     from etl.risk.liquidity import lvar_breaches
 
     lvar = pd.DataFrame({"portfolio_id": ["P1", "P2", "P3"], "as_of_date": pd.Timestamp("2026-12-01"),
-                         "lvar_99": [120.0, 80.0, np.nan], "book_coverage": 1.0})
+                         "lvar_99": [120.0, 80.0, np.nan], "book_coverage": 1.0, "exceeds_depth": False})
     held = pd.DataFrame({"portfolio_id": ["P1", "P2", "P3"], "as_of_date": pd.Timestamp("2026-12-01")})
     portfolios = pd.DataFrame({"portfolio_id": ["P1", "P2", "P3"], "lvar_limit": [100.0, 100.0, 100.0]})
     got = lvar_breaches(lvar, held, portfolios, {"P1": "USD", "P2": "USD", "P3": "EUR"})
@@ -89,6 +89,27 @@ def test_an_lvar_limit_over_products_without_a_book_is_uncomputable_not_a_pass()
     assert list(got["breach_kind"]) == ["uncomputable", "uncomputable", "exceeded"]
     assert got[["value", "utilisation"]].loc[["P1", "P4"]].isna().all().all()
     assert got.loc["P5", "value"] == pytest.approx(1001.75125) and str(got.loc["P4", "as_of_date"].date()) == "2026-12-01"
+
+
+def test_an_lvar_limit_over_a_position_larger_than_the_recorded_book_is_uncomputable_not_a_pass():
+    """P7 holds 100 BTC against a recorded book of 6 a side: its impact cost counts the 6% the book absorbs, so its
+    lvar_99 (about 1,011) is a lower bound of what liquidating the book costs, as when part of a book has no
+    recorded book at all. It cleared a 2,000 limit; now it cannot clear it (uncomputable), and it is `exceeded`
+    when even the lower bound is over the limit (P8). P9, within the depth, keeps its plain pass."""
+    from etl.risk.liquidity import lvar_breaches
+
+    positions = pd.DataFrame({"portfolio_id": ["P7", "P8", "P9"], "product_id": "BTC-USD",
+                              "as_of_date": pd.Timestamp("2026-12-01"), "quantity": [100.0, 100.0, 2.5],
+                              "market_value": [10050.0, 10050.0, 251.25], "fx_rate": 1.0})
+    metrics = pd.DataFrame({"portfolio_id": ["P7", "P8", "P9"], "var_99_hist": [1000.0, 1000.0, 1000.0]})
+    portfolio, _ = liquidity_tables(positions, metrics, books([20.0]), 99.0)
+    assert list(portfolio["exceeds_depth"]) == [True, True, False] and (portfolio["book_coverage"] == 1.0).all()
+    limits = pd.DataFrame({"portfolio_id": ["P7", "P8", "P9"], "lvar_limit": [2000.0, 500.0, 2000.0]})
+    got = lvar_breaches(portfolio, positions, limits, dict.fromkeys(limits["portfolio_id"], "USD")).set_index(
+        "portfolio_id")
+    assert list(got.index) == ["P7", "P8"] and list(got["breach_kind"]) == ["uncomputable", "exceeded"]
+    assert np.isnan(got.loc["P7", "value"]) and got.loc["P8", "value"] == pytest.approx(
+        portfolio.set_index("portfolio_id").loc["P8", "lvar_99"])
 
 
 def test_risk_run_writes_lvar_from_silver_books_with_the_lvar_limit(risk_env, monkeypatch):  # noqa: F811

@@ -159,3 +159,35 @@ def test_a_shock_on_a_product_not_in_the_instrument_master_is_refused_naming_the
                                                                                                    "ETH-USDT"}
     # the shipped file names the shipped universe: an own master without SOL-USD or DOGE-USD still runs it
     assert {"SOL-USD", "DOGE-USD"} <= set(stress.load_scenarios(stress.SHIPPED, known={"BTC-USD"}).shocks["product_id"])
+
+
+def test_a_book_holding_nothing_has_no_worst_window_not_the_first_window_of_the_history():
+    """Every window of an empty book loses 0, so it has no worst window. Its worst_1d / worst_5d rows named the
+    first window of the price history (argmin of a column of zeros) as the book's worst, dated like a real one; now
+    they keep PnL 0 and leave the window empty (NULL). A book holding something keeps its window, as does the firm."""
+    params = RiskParams(var_lookback_days=60, backtest_days=20, mc_scenarios=500, es_simulations=20, es_bootstrap=20)
+    portfolios = pd.concat([PORTFOLIOS, PORTFOLIOS.iloc[:1].assign(portfolio_id="EMPTY")], ignore_index=True)
+    res = compute_tables(_closes(), QUOTE, portfolios, BOOK, params)["stress_results"]
+    s = res.set_index(["portfolio_id", "scenario_id"])
+    for k in ("worst_1d", "worst_5d"):
+        row = s.loc[("EMPTY", k)]
+        assert row["pnl"] == 0.0 and np.isnan(row["pnl_pct"])
+        assert pd.isna(row["window_start"]) and pd.isna(row["window_end"])
+        held = s.loc[("U1", k)]
+        assert held["pnl"] < 0 and (held["window_end"] - held["window_start"]).days == int(k[6]) - 1
+        assert pd.notna(s.loc[("FIRM", k), "window_start"])
+
+
+@pytest.mark.parametrize(("start", "end"), [
+    ("02/03/2026", "02/08/2026"),                   # day/month or month/day? it was taken as 3 Feb, silently
+    ("2026-02-02 12:00", "2026-02-08"),             # a time of day: the PnL from the 2 Feb close, labelled noon
+    ("2026-02-02T00:00:00Z", "2026-02-08T00:00:00Z"),   # a UTC timestamp: a raw TypeError in the run, no file
+])
+def test_a_historical_window_that_is_not_a_yyyy_mm_dd_date_is_refused_naming_the_line(tmp_path, start, end):
+    """The scenario file's dates are documented as YYYY-MM-DD (and the error says so), but any string pandas can
+    parse was accepted: an ambiguous 02/03/2026, a time of day that labelled a window the PnL does not cover, or a
+    timestamp with a zone that crashed the risk run with a TypeError naming neither the file nor the line."""
+    path = tmp_path / "dates.csv"
+    path.write_text(HEADER + "ok,historical,2026-02-02,2026-02-08,,,\n" + f"x,historical,{start},{end},,,\n")
+    with pytest.raises(ValidationError, match=r"dates\.csv:3: start_date .* expected dates YYYY-MM-DD"):
+        stress.load_scenarios(path)
