@@ -136,7 +136,9 @@ def stale_holdings(reader: GoldReader, as_of: date) -> tuple[list[str], list[str
                             f"none (last bar {r.last_bar}), held by portfolio(s) {r.portfolios}: ingest the missing "
                             f"daily candles (`python -m etl ingest --products {r.product_id} --granularity 86400`, or "
                             f"the pair's, then `silver`, `risk --as-of {as_of}`, `load`), or if it was delisted set "
-                            "delisted_on in instruments.csv")
+                            "delisted_on in instruments.csv (a delisting excuses a holding only when its last bar is of "
+                            "its delisted_on day or the day before, and the <CCY>-USD pairs converting it have a bar on "
+                            "the day)")
     return problems, notices
 
 

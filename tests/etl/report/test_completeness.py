@@ -82,7 +82,9 @@ def test_a_listed_product_without_a_bar_on_the_as_of_day_makes_the_day_incomplet
     cause = (f"SOL-USD has no daily bar on {AS_OF}, or the <CCY>-USD pair converting it has none (last bar "
              f"{LAST_BAR}), held by portfolio(s) P-ALT, P-CORE: ingest the missing daily candles (`python -m etl "
              "ingest --products SOL-USD --granularity 86400`, or the pair's, then `silver`, "
-             f"`risk --as-of {AS_OF}`, `load`), or if it was delisted set delisted_on in instruments.csv")
+             f"`risk --as-of {AS_OF}`, `load`), or if it was delisted set delisted_on in instruments.csv (a delisting "
+             "excuses a holding only when its last bar is of its delisted_on day or the day before, and the <CCY>-USD "
+             "pairs converting it have a bar on the day)")
     with scratch_database(pg_url, "completeness_stale") as url:
         create_gold(url, _stale_sol(delisted=False))
         monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
