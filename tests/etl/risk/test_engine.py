@@ -1031,3 +1031,26 @@ def test_a_delisted_holding_converted_at_a_stale_rate_is_not_excused_as_delisted
     row = pos.loc[("U2", "ETH-BTC")]
     assert row["is_stale"] and row["price_date"] == last.date()
     assert not row["is_delisted"], "a stale BTC-USD rate is excused by ETH-BTC's delisting"
+
+
+def test_a_holding_delisted_before_the_history_window_is_valued_at_its_last_close(risk_env, monkeypatch):
+    """docs/risk_conventions.md: a delisted holding is valued at its last close, flagged stale, the day complete.
+    ETH-USD is delisted 75 days before the as-of day and still held (U1, B1 carry their 2025 snapshots): with a
+    60-day history window its last bar is older than the window read, and the whole run was refused with "no daily
+    bars for ['ETH-USD'] ... ingest daily candles" (which the source refuses for a delisted product). Now the run
+    reads the delisted product's last bar and values it at that close, as when it is inside the window."""
+    monkeypatch.setenv("PIPELINE_DAILY_HISTORY_DAYS", "60")
+    monkeypatch.setenv("RISK_VAR_LOOKBACK_DAYS", "30")
+    monkeypatch.setenv("RISK_BACKTEST_DAYS", "30")
+    delisted = pd.Timestamp(AS_OF) - pd.Timedelta(days=75)
+    _drop_last_days(risk_env["data"], "ETH-USD", 75)
+    _delist("ETH-USD", delisted)
+    eth_last = risk_env["closes"].loc[delisted, "ETH-USD"]
+    summary = run_risk(as_of=AS_OF, settings=get_settings())
+    assert summary.as_of == AS_OF
+    pos = _read(risk_env["data"], "positions_valued").set_index(["portfolio_id", "product_id"])
+    eth = pos.xs("ETH-USD", level="product_id")
+    assert eth["close"].tolist() == [eth_last, eth_last]
+    assert eth.loc["U1", "market_value"] == pytest.approx(-30 * eth_last, rel=1e-12)
+    assert (eth["price_date"] == delisted.date()).all() and eth["is_stale"].all() and eth["is_delisted"].all()
+    assert run_risk(as_of=None, settings=get_settings()).as_of == AS_OF       # the default as-of too
