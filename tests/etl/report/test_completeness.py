@@ -260,3 +260,35 @@ def test_a_suspect_print_of_the_pair_converting_a_holding_makes_the_day_incomple
     frames["fact_price_quality"] = pd.DataFrame([_flag("BTC-USD", 300, last, "jump_unconfirmed")])
     text = _refused(pg_url, monkeypatch, frames, "report_suspect_pair", sql_dir)
     assert "price of BTC-USD on 2026-01-31 rests on a suspect print: rule jump_unconfirmed" in text
+
+
+def _sold_sol_without_a_bar_on_the_day(delisted_on=None) -> dict:
+    """The sample gold where both portfolios sell their SOL-USD on AS_OF (their positions of AS_OF hold none) and
+    SOL-USD has no daily bar on AS_OF: their PnL of AS_OF revalues the SOL held at the previous close at a close
+    carried from the day before."""
+    frames = sample_frames(AS_OF)
+    pos = frames["fact_positions"]
+    frames["fact_positions"] = pos[~((pos["product_id"] == "SOL-USD") & (pos["as_of_date"] == AS_OF))]
+    _drop_daily_bar(frames, "SOL-USD", AS_OF)
+    sym = frames["dim_symbol"]
+    if delisted_on is not None:
+        sym["delisted_on"] = [delisted_on if p == "SOL-USD" else None for p in sym["product_id"]]
+    return frames
+
+
+def test_a_product_held_at_the_previous_close_without_a_bar_on_the_day_makes_the_day_incomplete(
+        pg_url, data_dir, monkeypatch, sql_dir):
+    """The PnL of D is the holdings of D-1's close revalued at D's closes (docs/risk_conventions.md). A product
+    sold on D is in no position row of D, so the "priced" check never looked at it: with no bar on D its PnL of D
+    rested on D-1's close carried forward (0), and report and cockpit said complete. Now the day is incomplete,
+    naming the product, its last bar and the portfolios whose PnL it is in (the intraday risk counts such a product
+    stale too); delisted on or before D, it is not a problem."""
+    cause = (f"SOL-USD, held at the close of {AS_OF - timedelta(days=1)} by portfolio(s) P-ALT, P-CORE, has no "
+             f"daily bar on {AS_OF}, or the <CCY>-USD pair converting it has none (last bar "
+             f"{AS_OF - timedelta(days=1)}): their PnL of {AS_OF} revalues it at an earlier close")
+    text = _refused(pg_url, monkeypatch, _sold_sol_without_a_bar_on_the_day(), "completeness_sold_stale", sql_dir)
+    assert cause in text
+    with scratch_database(pg_url, "completeness_sold_delisted") as url:
+        create_gold(url, _sold_sol_without_a_bar_on_the_day(AS_OF))
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        run_report(AS_OF, sql_dir=sql_dir)                                      # complete: exit 0
