@@ -11,8 +11,8 @@ Checks, for the as-of day D (each failure is one line naming the table or file a
    instrument master declares the product delisted (is_delisted): then it is a notice (valued at its last close,
    flagged stale on every page), not a failure. Likewise a product held at the close of D-1 by a portfolio that
    sold it on D (D's PnL revalues it at D's close, though no position row of D shows it).
-6. no close of a held product, or of a <CCY>-USD pair converting a holding, in the risk history of D rests on a
-   print the market-data quality gate excluded (`suspect_prices`, docs/data_quality.md).
+6. no close of a product held on D or at the close of D-1 (in D's PnL), or of a <CCY>-USD pair converting such a
+   holding, in the risk history of D rests on a print the market-data quality gate excluded (`suspect_prices`, docs/data_quality.md).
 An incomplete day makes `report` exit 3 (IncompleteInputError) after writing its HTML with a red INCOMPLETE banner.
 """
 
@@ -189,10 +189,10 @@ def stale_previous_holdings(reader: GoldReader, as_of: date) -> list[str]:
             for r in df.itertuples(index=False)]
 
 
-# An excluded print of a product held on D, or of a <CCY>-USD pair converting a holding (its quote currency, or
-# its portfolio's base currency), that a close of the risk history (D and the days before it that risk reads) rests
-# on: the exclusion left the product without a daily bar that day, the print was the day's last candle (the close),
-# or it is the latest print, unconfirmed.
+# An excluded print of a product held on D or at the close of D-1 (its PnL of D), or of a <CCY>-USD pair converting
+# a holding (its quote currency, or its portfolio's base currency), that a close of the risk history (D and the days
+# before it that risk reads) rests on: the exclusion left the product without a daily bar that day, the print was
+# the day's last candle (the close), or it is the latest print, unconfirmed.
 _SUSPECT_SQL = """
 with held as (
     select p.product_id, s.quote_currency, d.base_currency
@@ -200,6 +200,7 @@ with held as (
     left join gold.dim_symbol as s on s.product_id = p.product_id
     left join gold.dim_portfolio as d on d.portfolio_id = p.portfolio_id
     where p.as_of_date = %(as_of)s
+       or p.as_of_date = %(as_of)s::date - 1  -- held at the previous close: in the day's PnL
 ),
 priced as (
     select product_id from held

@@ -273,6 +273,8 @@ def _sold_sol_without_a_bar_on_the_day(delisted_on=None) -> dict:
     sym = frames["dim_symbol"]
     if delisted_on is not None:
         sym["delisted_on"] = [delisted_on if p == "SOL-USD" else None for p in sym["product_id"]]
+        quality = frames["fact_price_quality"]            # and no print of its last day held out
+        frames["fact_price_quality"] = quality[quality["product_id"] != "SOL-USD"]
     return frames
 
 
@@ -292,3 +294,18 @@ def test_a_product_held_at_the_previous_close_without_a_bar_on_the_day_makes_the
         create_gold(url, _sold_sol_without_a_bar_on_the_day(AS_OF))
         monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
         run_report(AS_OF, sql_dir=sql_dir)                                      # complete: exit 0
+
+
+def test_a_suspect_print_of_a_product_sold_on_the_day_makes_the_day_incomplete(pg_url, data_dir, monkeypatch,
+                                                                                sql_dir):
+    """Both portfolios sell their SOL-USD on AS_OF; its close of AS_OF (which their PnL of AS_OF revalues the SOL
+    held at the previous close at) rests on an unconfirmed last print. The suspect check read only the products of
+    the day's position rows: the day was complete. Now it is incomplete, naming the print."""
+    frames = sample_frames(AS_OF)
+    pos = frames["fact_positions"]
+    frames["fact_positions"] = pos[~((pos["product_id"] == "SOL-USD") & (pos["as_of_date"] == AS_OF))]
+    frames["fact_price_quality"] = pd.DataFrame([
+        _flag("SOL-USD", 300, datetime.combine(AS_OF, time(23, 55), tzinfo=UTC), "jump_unconfirmed")])
+    text = _refused(pg_url, monkeypatch, frames, "report_suspect_sold", sql_dir)
+    assert "price of SOL-USD on 2026-01-31 rests on a suspect print: rule jump_unconfirmed (300s candle at " \
+           "2026-01-31 23:55 UTC" in text
