@@ -10,8 +10,9 @@ its last build recorded in its own commit (etl/silver/increments.py: no state fi
    integer units of 1e-8 (sizes carry at most 8 decimals), so volumes add up exactly and never overflow (one int64
    of 1e-8 units wrapped at 9.2e10 base units, a meme coin's $1M trade); rows whose price, size or time is not a
    finite number, or not positive, are counted and left out; so are bad prints (`suspect_prints`: a trade whose
-   price jumps from the previous trade and the next comes straight back, or the partition's latest trade jumping
-   with no later trade yet), counted and named in the summary and the log,
+   price jumps from the previous trade and the next comes straight back, the partition's latest trade jumping
+   with no later trade yet, or its first trade with the next one jumping), counted and named in the summary and
+   the log,
 3. order by (time, trade_id as a number: "999" before "1000") and fold per 5-minute bucket: open = first price, high/low = max/min, close = last,
    volume = sum(size), vwap = sum(price * size) / sum(size), n_trades, n_candles = minutes with a trade,
    is_complete = all five minutes traded, a later trade exists (the bar is closed) and no feed hole cuts into the
@@ -99,10 +100,11 @@ def suspect_prints(trades: pd.DataFrame, product: str = "") -> tuple[np.ndarray,
     """(mask over `trades`' rows of the bad prints, one description each), one product's valid trades (as
     `trade_bars` takes them) in exchange order (`_in_order`). The candle gate's rules (etl/silver/price_quality.py) on
     consecutive trades, with the intraday floor T = ln 1.25: a spike (the price jumps beyond T from the previous
-    trade and the next trade comes straight back: opposite legs beyond T, back within REVERT_FRACTION of the smaller)
-    and an unconfirmed jump (the latest trade jumps beyond T, unless it is a spike's way back: held out until a
-    later trade confirms it). A spike of two trades or more, and a first trade of the day off the day before, are
-    not caught (as for candles)."""
+    trade and the next trade comes straight back: opposite legs beyond T, back within REVERT_FRACTION of the smaller),
+    an unconfirmed jump (the latest trade jumps beyond T, unless it is a spike's way back: held out until a later
+    trade confirms it) and an unanchored first trade (the partition's first, whose next trade jumps beyond T: with
+    nothing before it, a bad first print cannot be told from a real one). A spike of two trades or more is not
+    caught (as for candles)."""
     t = trades
     n = len(t)
     if n < 2:
@@ -119,13 +121,20 @@ def suspect_prints(trades: pd.DataFrame, product: str = "") -> tuple[np.ndarray,
                     & (np.abs(prev_in + r_in) <= REVERT_FRACTION * np.minimum(np.abs(prev_in), a_in)))
     unconfirmed = np.zeros(n, dtype=bool)
     unconfirmed[-1] = a_in[-1] > JUMP_FLOOR_INTRADAY and not way_back[-1]
-    bad = spike | unconfirmed
+    unanchored = np.zeros(n, dtype=bool)
+    unanchored[0] = a_out[0] > JUMP_FLOOR_INTRADAY
+    bad = spike | unconfirmed | unanchored
     told = []
     for i in np.flatnonzero(bad):  # a handful
         when = pd.Timestamp(int(t["ts_us"].iat[i]), unit="us", tz="UTC").isoformat()
-        then = (f"then {r_out[i]:+.3f} back to {price[i + 1]:.8g}" if spike[i] else "no later trade yet")
-        told.append(f"{product} trade {t['trade_id'].iat[i]} at {when}: price {price[i]:.8g}, {r_in[i]:+.3f} log from "
-                    f"the previous trade's {price[i - 1]:.8g}, {then}; threshold {JUMP_FLOOR_INTRADAY:.3f}")
+        if unanchored[i] and not spike[i]:
+            legs = (f"no earlier trade of the day, then {r_out[i]:+.3f} log to the next trade's "
+                    f"{price[i + 1]:.8g}")
+        else:
+            then = (f"then {r_out[i]:+.3f} back to {price[i + 1]:.8g}" if spike[i] else "no later trade yet")
+            legs = f"{r_in[i]:+.3f} log from the previous trade's {price[i - 1]:.8g}, {then}"
+        told.append(f"{product} trade {t['trade_id'].iat[i]} at {when}: price {price[i]:.8g}, {legs}; "
+                    f"threshold {JUMP_FLOOR_INTRADAY:.3f}")
     return bad, told
 
 

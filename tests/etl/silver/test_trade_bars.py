@@ -436,3 +436,16 @@ def test_a_single_bad_trade_print_never_becomes_a_bar_price(data_dir, monkeypatc
     assert bars.loc[pd.Timestamp("2026-01-01T00:10:00Z"), "close"] == 131.0
     assert bars["high"].max() == 131.0                                     # the 00:12 print: still a spike
     assert len(summary.suspect) == 2
+
+
+def test_a_bad_first_trade_of_the_day_never_becomes_a_bar_price(data_dir):
+    """The day's first trade 100x off, alone in the 00:00 bar, the next trades at 100: with no earlier trade in its
+    partition the spike rule could not judge it, and it was the 00:00 bar's close. It is held out as the candle
+    gate holds out an unanchored first candle (its next trade jumps beyond the floor)."""
+    store = Store.from_uri(str(data_dir))
+    rows = [("2026-01-01T00:00:05Z", "10000.0")] + _every_30s(310, 600)
+    BronzeSink(store).write(_priced("20260101T000000000000Z-aaaa-000001", rows))
+    summary = build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR)
+    assert pd.Timestamp("2026-01-01T00:00:00Z") not in set(bars["bucket_start"])
+    assert bars["high"].max() == 100.0 and len(summary.suspect) == 1 and "00:00:05" in summary.suspect[0]
