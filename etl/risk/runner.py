@@ -133,7 +133,7 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
         log.info("as-of date defaulted to %s (the last complete UTC day with bars for all listed products)", as_of)
     as_of_ts = pd.Timestamp(as_of)
     bars = bars[bars["price_date"] > as_of_ts - pd.Timedelta(days=settings.daily_history_days + 5)]
-    bars = _with_last_bars_of_delisted(bars, products, instruments, as_of, settings)
+    bars = with_last_bars_of_delisted(bars, products, instruments, as_of, settings)
     positions = positions[positions["as_of_date"] <= as_of_ts]
     if positions.empty:
         raise DataNotFoundError(f"no position snapshot dated on or before {as_of} in "
@@ -145,7 +145,7 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
                       bars_5m, reference.digests)
 
 
-def _with_last_bars_of_delisted(bars: pd.DataFrame, products: list[str], instruments: pd.DataFrame, as_of: date,
+def with_last_bars_of_delisted(bars: pd.DataFrame, products: list[str], instruments: pd.DataFrame, as_of: date,
                                settings: Settings) -> pd.DataFrame:
     """`bars` (the history window) plus the last daily bar of each product delisted on or before `as_of` that has
     none in the window: a holding carried past its delisting is valued at its last close (then flagged stale and

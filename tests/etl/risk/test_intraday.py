@@ -458,3 +458,34 @@ def test_an_empty_limit_is_no_limit_intraday_as_at_end_of_day():
     assert list(zip(out["limit_type"], out["breach_kind"], strict=True)) == [("var", "uncomputable")]
     eod_risk = risk.rename(columns={"drawdown": "drawdown_from_peak", "var_99": "var_99_hist"})
     assert list(limit_breaches(eod_risk, portfolios)["limit_type"]) == ["var"]
+
+
+def test_a_holding_delisted_before_the_history_window_keeps_its_last_close_intraday(book, monkeypatch):
+    """ETH-BTC is delisted on 2026-01-20 and X still holds it; with a 40-day history window its last daily bar is
+    older than the window the intraday run reads, so X had no price for it: market value and PnL NULL and its
+    limits `uncomputable` every five minutes, while the end-of-day run values it at its last close. Now the intraday
+    run values it at that close too (a stale price, counted as such)."""
+    data, ref = book["data"], book["ref"]
+    delisted = pd.Timestamp("2026-01-20")
+    for key, value in {"PIPELINE_DAILY_HISTORY_DAYS": "40", "RISK_VAR_LOOKBACK_DAYS": "30",
+                       "RISK_BACKTEST_DAYS": "20"}.items():
+        monkeypatch.setenv(key, value)
+    closes = book["closes"].copy()
+    write_daily(data, closes)
+    remove_product(data, "silver/bars_1d", "ETH-BTC")
+    write_daily_bars(data, closes.loc[:delisted, ["ETH-BTC"]], QUOTE, n_candles=288, source_granularity=300)
+    instruments = pd.read_csv(ref / "instruments.csv", dtype=str, keep_default_na=False)
+    instruments["delisted_on"] = np.where(instruments["product_id"] == "ETH-BTC", str(delisted.date()), "")
+    instruments.to_csv(ref / "instruments.csv", index=False)
+    run_risk(as_of=D1, settings=get_settings())
+    flat_day(data, book["last"])
+    remove_product(data, "silver/bars_5m", "ETH-BTC")
+    b = at(10, 5)
+    intraday_io.run_intraday_risk(b.to_pydatetime())
+    x = intraday_rows(data, b).loc["X"]
+    eth_btc = closes.loc[delisted, "ETH-BTC"]
+    assert x["market_value"] == pytest.approx(100 * eth_btc * book["last"]["BTC-USD"], rel=1e-12)
+    assert x["intraday_pnl"] == pytest.approx(0.0, abs=1e-9)
+    assert x["stale_products"] == 1 and x["stale_product_ids"] == "ETH-BTC"
+    breaches = intraday_rows(data, b, intraday.BREACH_TABLE)
+    assert "uncomputable" not in set(breaches["breach_kind"].dropna())
