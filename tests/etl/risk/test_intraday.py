@@ -489,3 +489,28 @@ def test_a_holding_delisted_before_the_history_window_keeps_its_last_close_intra
     assert x["stale_products"] == 1 and x["stale_product_ids"] == "ETH-BTC"
     breaches = intraday_rows(data, b, intraday.BREACH_TABLE)
     assert "uncomputable" not in set(breaches["breach_kind"].dropna())
+
+
+def test_a_held_product_with_no_price_at_all_is_an_uncomputable_row_not_a_crash(book):
+    """ETH-BTC is in the end-of-day scenario set, but silver now holds no bar of it (its bars removed: a full
+    refresh after its bronze was lost). X holds it: the docstring's rule is NULL figures and `uncomputable`
+    limits for an unpriced holding, but the NaN exposure went into the historical VaR and the whole run crashed
+    (IndexError in var_es_from_tail), committing nothing for any portfolio. Now X's row is NULL and its limits
+    uncomputable, naming the product as stale; the other books are valued as without it."""
+    data, last = book["data"], book["last"]
+    flat_day(data, last)
+    intraday_io.run_intraday_risk(at(10, 0).to_pydatetime())
+    clean = intraday_rows(data, at(10, 0))
+    remove_product(data, "silver/bars_5m", "ETH-BTC")
+    remove_product(data, "silver/bars_1d", "ETH-BTC")
+    b = at(10, 5)
+    intraday_io.run_intraday_risk(b.to_pydatetime())
+    got = intraday_rows(data, b)
+    x = got.loc["X"]
+    assert np.isnan(x["market_value"]) and np.isnan(x["var_99"]) and x["stale_product_ids"] == "ETH-BTC"
+    breaches = intraday_rows(data, b, intraday.BREACH_TABLE)
+    x_rows = breaches.loc[["X"]]
+    assert "var" in set(x_rows["limit_type"]) and (x_rows["breach_kind"] == "uncomputable").all()
+    for pid in "LSB":
+        assert got.loc[pid, "var_99"] == pytest.approx(clean.loc[pid, "var_99"], rel=1e-12)
+        assert got.loc[pid, "market_value"] == pytest.approx(clean.loc[pid, "market_value"], rel=1e-12)
