@@ -9,9 +9,10 @@ Checks, for the as-of day D (each failure is one line naming the table or file a
 5. priced: every holding of D in gold.fact_positions is valued at a close of D; one whose product, or the
    <CCY>-USD pair converting it, has no daily bar on D (is_stale) fails it, naming the product, its last bar and the portfolios holding it, unless the
    instrument master declares the product delisted (is_delisted): then it is a notice (valued at its last close,
-   flagged stale on every page), not a failure.
-6. no close of a held product, or of a <CCY>-USD pair converting a holding, in the risk history of D rests on a
-   print the market-data quality gate excluded (`suspect_prices`, docs/data_quality.md).
+   flagged stale on every page), not a failure. Likewise a product held at the close of D-1 by a portfolio that
+   sold it on D (D's PnL revalues it at D's close, though no position row of D shows it).
+6. no close of a product held on D or at the close of D-1 (in D's PnL), or of a <CCY>-USD pair converting such a
+   holding, in the risk history of D rests on a print the market-data quality gate excluded (`suspect_prices`, docs/data_quality.md).
 An incomplete day makes `report` exit 3 (IncompleteInputError) after writing its HTML with a red INCOMPLETE banner.
 """
 
@@ -136,14 +137,62 @@ def stale_holdings(reader: GoldReader, as_of: date) -> tuple[list[str], list[str
                             f"none (last bar {r.last_bar}), held by portfolio(s) {r.portfolios}: ingest the missing "
                             f"daily candles (`python -m etl ingest --products {r.product_id} --granularity 86400`, or "
                             f"the pair's, then `silver`, `risk --as-of {as_of}`, `load`), or if it was delisted set "
-                            "delisted_on in instruments.csv")
-    return problems, notices
+                            "delisted_on in instruments.csv (a delisting excuses a holding only when its last bar is of "
+                            "its delisted_on day or the day before, and the <CCY>-USD pairs converting it have a bar on "
+                            "the day)")
+    return problems + stale_previous_holdings(reader, as_of), notices
 
 
-# An excluded print of a product held on D, or of a <CCY>-USD pair converting a holding (its quote currency, or
-# its portfolio's base currency), that a close of the risk history (D and the days before it that risk reads) rests
-# on: the exclusion left the product without a daily bar that day, the print was the day's last candle (the close),
-# or it is the latest print, unconfirmed.
+# The products (and <CCY>-USD pairs converting them) held at the previous close by a portfolio that no longer holds
+# them on D: D's PnL revalues them at D's close (valuation.daily_pnl) although no position row of D shows it.
+PREVIOUS_SQL = """
+with prev as (
+    select p.portfolio_id, p.product_id, s.quote_currency, d.base_currency
+    from gold.fact_positions as p
+    left join gold.dim_symbol as s on s.product_id = p.product_id
+    left join gold.dim_portfolio as d on d.portfolio_id = p.portfolio_id
+    where p.as_of_date = %(as_of)s::date - 1
+      and not exists (select 1 from gold.fact_positions as n where n.as_of_date = %(as_of)s
+                      and n.portfolio_id = p.portfolio_id and n.product_id = p.product_id)
+),
+needs as (
+    select portfolio_id, product_id, product_id as held from prev
+    union select portfolio_id, quote_currency || '-USD', product_id from prev where quote_currency <> 'USD'
+    union select portfolio_id, base_currency || '-USD', product_id from prev where base_currency <> 'USD'
+)
+select n.held as product_id, min(b.last_bar) as last_bar,
+       string_agg(distinct n.portfolio_id, ', ' order by n.portfolio_id) as portfolios
+from needs as n
+left join gold.dim_symbol as s on s.product_id = n.held
+left join lateral (select max(price_date) as last_bar from gold.fact_price_daily as f
+                   where f.product_id = n.product_id and f.price_date <= %(as_of)s) as b on true
+where (s.delisted_on is null or s.delisted_on > %(as_of)s)
+  and not exists (select 1 from gold.fact_price_daily as f
+                  where f.product_id = n.product_id and f.price_date = %(as_of)s)
+group by n.held order by n.held"""
+
+
+def stale_previous_holdings(reader: GoldReader, as_of: date) -> list[str]:
+    """One problem per product held at the close of the day before `as_of` (gold.fact_positions of that day) by a
+    portfolio that sold it on `as_of`, when it, or a <CCY>-USD pair converting it, has no daily bar on `as_of`
+    (and it is not delisted by then): that PnL of `as_of` revalues it at an earlier close."""
+    df = reader.frame("fact_positions", PREVIOUS_SQL, {"as_of": as_of})
+    if df is None:
+        return [f"gold.fact_positions, gold.dim_symbol (with delisted_on) or gold.fact_price_daily cannot be read: "
+                f"whether the PnL of {as_of} rests on closes of {as_of} is unknown: run `python -m etl load`"]
+    previous = as_of - timedelta(days=1)
+    return [f"{r.product_id}, held at the close of {previous} by portfolio(s) {r.portfolios}, has no daily bar on "
+            f"{as_of}, or the <CCY>-USD pair converting it has none (last bar {r.last_bar}): their PnL of {as_of} "
+            f"revalues it at an earlier close; ingest the missing daily candles (`python -m etl ingest --products "
+            f"{r.product_id} --granularity 86400`, or the pair's, then `silver`, `risk --as-of {as_of}`, `load`), "
+            "or if it was delisted set delisted_on in instruments.csv"
+            for r in df.itertuples(index=False)]
+
+
+# An excluded print of a product held on D or at the close of D-1 (its PnL of D), or of a <CCY>-USD pair converting
+# a holding (its quote currency, or its portfolio's base currency), that a close of the risk history (D and the days
+# before it that risk reads) rests on: the exclusion left the product without a daily bar that day, the print was
+# the day's last candle (the close), or it is the latest print, unconfirmed.
 _SUSPECT_SQL = """
 with held as (
     select p.product_id, s.quote_currency, d.base_currency
@@ -151,6 +200,7 @@ with held as (
     left join gold.dim_symbol as s on s.product_id = p.product_id
     left join gold.dim_portfolio as d on d.portfolio_id = p.portfolio_id
     where p.as_of_date = %(as_of)s
+       or p.as_of_date = %(as_of)s::date - 1  -- held at the previous close: in the day's PnL
 ),
 priced as (
     select product_id from held

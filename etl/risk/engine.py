@@ -135,16 +135,23 @@ def price_flags(positions_valued: pd.DataFrame, last_bar: pd.Series, delisted_on
     daily bars on or before the as-of day it rests on: the product's own, and the `<CCY>-USD` bars converting its
     quote currency to USD and USD to the portfolio's base currency), `is_stale` (that bar is older than the as-of
     day: a fresh ETH-BTC close converted at a week-old BTC-USD close is a week-old value) and `is_delisted` (the
-    instrument master says the product stopped trading on or before the as-of day: its last close is the reference
-    price, not a missing one). last_bar, delisted_on: product_id -> day (NaT while listed)."""
+    instrument master says the product stopped trading on or before the as-of day and that is all its staleness:
+    its own last bar is of its delisting day or the day before, so its last close is the reference price, not a
+    missing one, and the `<CCY>-USD` closes converting it are of the as-of day; a product whose bars stop days
+    before its delisting, or converted at a stale rate, is stale and not excused). last_bar, delisted_on:
+    product_id -> day (NaT while listed)."""
     as_of = pd.to_datetime(positions_valued["as_of_date"])
-    price_date = pd.to_datetime(positions_valued["product_id"].map(last_bar))
+    own_date = pd.to_datetime(positions_valued["product_id"].map(last_bar))
+    price_date = own_date
+    rates_fresh = pd.Series(True, index=positions_valued.index)
     for ccy in (positions_valued["quote_currency"], positions_valued["base_currency"]):
         rate_date = pd.to_datetime((ccy + "-USD").where(ccy != "USD").map(last_bar))  # NaT: USD needs no rate
         price_date = price_date.where(~(rate_date < price_date), rate_date)
+        rates_fresh &= ~(rate_date < as_of)
     delisted = pd.to_datetime(positions_valued["product_id"].map(delisted_on))
+    explained = (delisted <= as_of) & (own_date >= delisted - pd.Timedelta(days=1)) & rates_fresh
     return positions_valued.assign(price_date=price_date, is_stale=(price_date < as_of).to_numpy(),
-                                   is_delisted=(delisted <= as_of).to_numpy())
+                                   is_delisted=explained.to_numpy())
 
 
 def usd_rates(closes: pd.DataFrame, currencies: set[str]) -> dict[str, np.ndarray]:

@@ -179,11 +179,13 @@ def _revalue_group(close, fx, prev_close, fx_prev, qty_now, qty_prev, scenarios:
     if scenarios is not None and len(scenarios.windows.get(base, ())):
         exposure = np.ascontiguousarray(mv[:, :n_scen].T)                      # (A, P) as the engine
         outside = (qty_now[:, n_scen:] != 0).any(axis=1)                       # holds a product with no scenario
+        unpriced = ~np.isfinite(exposure).all(axis=0)                          # holds a product with no price
         n_mc, seed, dist, dof = scenarios.mc
         z, scale = var.mc_draws(n_mc, n_scen, seed, dist, dof)
         scen = book_var.Scenarios(scenarios.windows[base], scenarios.covariances[base], z, scale)
-        figures = book_var.book_var_es(scen, exposure, "intraday")
-        out.update({k: np.where(outside, np.nan, v) for k, v in figures.items()})
+        # an unpriced book's figures are unknown (NaN), not computed on a NaN exposure (the VaR kernels crash on it)
+        figures = book_var.book_var_es(scen, np.where(np.isfinite(exposure), exposure, 0.0), "intraday")
+        out.update({k: np.where(outside | unpriced, np.nan, v) for k, v in figures.items()})
     else:
         out.update(dict.fromkeys(measures.columns("intraday"), np.full(mv.shape[0], np.nan)))
     return out

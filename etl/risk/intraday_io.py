@@ -19,6 +19,7 @@ from etl.lake import records_reads
 from etl.portfolios import book_products
 from etl.reference_set import Reference
 from etl.risk.intraday import BREACH_TABLE, RISK_TABLE, bucket_of, check_bucket, compute
+from etl.risk.runner import with_last_bars_of_delisted
 from etl.risk.scenarios import load_scenarios, scenario_note
 from etl.settings import get_settings
 from etl.silver import read_bars
@@ -113,6 +114,8 @@ def run_intraday_risk(interval_start: datetime | str, settings=None, now: dateti
     bars_1d = read_bars("1d", products=products, start=day - timedelta(days=settings.daily_history_days),
                         end=day - timedelta(days=1), settings=settings)
     bars_1d["price_date"] = pd.to_datetime(bars_1d["price_date"]).astype("datetime64[ns]")
+    # a holding carried past its delisting keeps its last close, however old (as the end-of-day run values it)
+    bars_1d = with_last_bars_of_delisted(bars_1d, products, instruments, day - timedelta(days=1), settings)
     note = scenario_note(scenarios, day)
     if scenarios is None or scenarios.as_of < day - timedelta(days=1):
         log.warning("intraday risk at %s: %s", bucket.isoformat(), note)

@@ -133,6 +133,7 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
         log.info("as-of date defaulted to %s (the last complete UTC day with bars for all listed products)", as_of)
     as_of_ts = pd.Timestamp(as_of)
     bars = bars[bars["price_date"] > as_of_ts - pd.Timedelta(days=settings.daily_history_days + 5)]
+    bars = with_last_bars_of_delisted(bars, products, instruments, as_of, settings)
     positions = positions[positions["as_of_date"] <= as_of_ts]
     if positions.empty:
         raise DataNotFoundError(f"no position snapshot dated on or before {as_of} in "
@@ -142,6 +143,24 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
     last_bar = bars[bars["price_date"] <= as_of_ts].groupby("product_id")["price_date"].max()
     return RiskInputs(as_of, params, instruments, portfolios, positions, quote_ccy, products, closes, last_bar,
                       bars_5m, reference.digests)
+
+
+def with_last_bars_of_delisted(bars: pd.DataFrame, products: list[str], instruments: pd.DataFrame, as_of: date,
+                               settings: Settings) -> pd.DataFrame:
+    """`bars` (the history window) plus the last daily bar of each product delisted on or before `as_of` that has
+    none in the window: a holding carried past its delisting is valued at its last close (then flagged stale and
+    delisted), however long ago that was, not refused for bars its source no longer serves."""
+    delisted = instruments.set_index("product_id")[DELISTED_ON]
+    gone = [p for p in products if p not in set(bars["product_id"])
+            and pd.notna(delisted.get(p)) and delisted[p] <= pd.Timestamp(as_of)]
+    if not gone:
+        return bars
+    older = _read_bars("1d", gone, None, as_of, settings)
+    if older.empty:
+        return bars
+    older["price_date"] = pd.to_datetime(older["price_date"]).astype("datetime64[ns]")
+    last = older.sort_values("price_date").groupby("product_id").tail(1)
+    return pd.concat([bars, last], ignore_index=True)
 
 
 def finish_portfolio_tables(inputs: RiskInputs, portfolios: pd.DataFrame, tables: dict[str, pd.DataFrame],

@@ -420,7 +420,8 @@ def _rebuild(store: Store, product: str, days: list[str], candles: pa.Table, pat
     flags = _decide(flags, overrides)
     excluded = np.zeros(good.num_rows, dtype=bool)
     excluded[np.flatnonzero(suspect)[flags["decision"].to_numpy(zero_copy_only=False) == price_quality.EXCLUDED]] = True
-    disputed = price_quality.disputed_in_daily_bars(good, suspect, flags, excluded)[~excluded]
+    disputed = (price_quality.disputed_in_daily_bars(good, suspect, flags, excluded)
+                | price_quality.agreeing_in_daily_bars(good, suspect, flags, excluded))[~excluded]
     good = good.filter(pa.array(~excluded))
     # finer candles a fetch cut short leave the day's close to its daily candle (read with the next day: context)
     cut_short = price_quality.cut_short_in_daily_bars(good, bad)

@@ -158,6 +158,28 @@ def disputed_in_daily_bars(candles: pa.Table, suspect: np.ndarray, flags: pa.Tab
     return out
 
 
+def agreeing_in_daily_bars(candles: pa.Table, suspect: np.ndarray, flags: pa.Table, excluded: np.ndarray) -> np.ndarray:
+    """Mask of the finer candles to leave out of the daily bars: those of a day whose daily candle is excluded by a
+    rule on its own series (`spike_revert`, `jump_unconfirmed`, `jump_unanchored`) without a `granularity_mismatch`:
+    the finer candles do not contradict its close (a feed printing 100x all day long, minutes and day alike). The
+    bar from them would carry the close the gate held out; the day has no bar instead (the report names the print)
+    until it is accepted by override or the next day's candle judges it again. Same arguments as
+    `disputed_in_daily_bars`."""
+    out = np.zeros(candles.num_rows, dtype=bool)
+    rule = flags["rule"].to_numpy(zero_copy_only=False)
+    failed = flags["failed_rules"].to_numpy(zero_copy_only=False)
+    pick = ((flags["granularity"].to_numpy() == DAILY) & (rule != "granularity_mismatch")
+            & np.array(["granularity_mismatch" not in f.split(",") for f in failed], dtype=bool))
+    rows = np.flatnonzero(suspect)[pick]
+    rows = rows[excluded[rows]]
+    if not len(rows):
+        return out
+    codes, gran, ts = _keys(candles)
+    for i in rows:  # a handful of days
+        out |= (codes == codes[i]) & (gran < DAILY) & (ts >= ts[i]) & (ts < ts[i] + DAY_US)
+    return out
+
+
 def _keys(candles: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(product codes, granularity, bucket_start in us) of the rows."""
     product = candles["product_id"].combine_chunks()

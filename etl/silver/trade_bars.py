@@ -10,7 +10,10 @@ its last build recorded in its own commit (etl/silver/increments.py: no state fi
 2. parse price and size; a size is its whole base units (float64, summed exactly below 2**53) and its fraction in
    integer units of 1e-8 (sizes carry at most 8 decimals), so volumes add up exactly and never overflow (one int64
    of 1e-8 units wrapped at 9.2e10 base units, a meme coin's $1M trade); rows whose price, size or time is not a
-   finite number, or not positive, are counted and left out,
+   finite number, or not positive, are counted and left out; so are bad prints (`suspect_prints`: a trade whose
+   price jumps from the previous trade and the next comes straight back, the partition's latest trade jumping
+   with no later trade yet, or its first trade with the next one jumping), counted and named in the summary and
+   the log,
 3. order by (time, trade_id as a number: "999" before "1000") and fold per 5-minute bucket: open = first price, high/low = max/min, close = last,
    volume = sum(size), vwap = sum(price * size) / sum(size), n_trades, n_candles = minutes with a trade,
    is_complete = all five minutes traded, a later trade exists (the bar is closed) and no feed hole cuts into the
@@ -39,12 +42,14 @@ import pandas as pd
 import pyarrow as pa
 
 from etl import candles
+from etl.errors import some
 from etl.integrity import CorruptFileError
 from etl.lake import Lake
 from etl.reference_set import Reference
 from etl.settings import Settings, get_settings
 from etl.silver import increments
 from etl.silver.bars import BARS_5M_SCHEMA
+from etl.silver.price_quality import JUMP_FLOOR_INTRADAY, REVERT_FRACTION
 from etl.storage import Store, get_store
 from etl.stream.sinks import GAPS_DIR, TRADES_DIR, TRADES_SCHEMA
 
@@ -71,6 +76,7 @@ class TradeBarsSummary:
     cut: int = 0                   # bars a feed hole cuts into (not complete)
     reconciliation: dict = field(default_factory=dict)
     bad_files: list[str] = field(default_factory=list)  # unreadable bronze files set aside (where they went)
+    suspect: list[str] = field(default_factory=list)    # bad prints left out of the bars (product, time, evidence)
 
     def __str__(self) -> str:
         r = self.reconciliation
@@ -82,18 +88,68 @@ class TradeBarsSummary:
                 f"trades in ({self.duplicates:,} duplicates, {self.invalid:,} invalid), {self.bars:,} bars ({self.cut:,} "
                 f"cut by a feed hole: not complete)\n{line}"
                 + (f"\n  SET ASIDE {len(self.bad_files)} unreadable bronze trades file(s), their days' bars not "
-                   f"complete: {', '.join(self.bad_files)}" if self.bad_files else ""))
+                   f"complete: {', '.join(self.bad_files)}" if self.bad_files else "")
+                + (f"\n  SUSPECT {len(self.suspect)} trade print(s) left out of the bars: {some(self.suspect)}"
+                   if self.suspect else ""))
 
 
-def trade_bars(trades: pd.DataFrame) -> pd.DataFrame:
+def _in_order(trades: pd.DataFrame) -> pd.DataFrame:
+    """The trades in exchange order: time, then trade id as a number (by length first, so "999" before "1000")."""
+    return trades.assign(id_len=trades["trade_id"].str.len()).sort_values(["ts_us", "id_len", "trade_id"],
+                                                                            kind="stable")
+
+
+def suspect_prints(trades: pd.DataFrame, product: str = "") -> tuple[np.ndarray, list[str]]:
+    """(mask over `trades`' rows of the bad prints, one description each), one product's valid trades (as
+    `trade_bars` takes them) in exchange order (`_in_order`). The candle gate's rules (etl/silver/price_quality.py) on
+    consecutive trades, with the intraday floor T = ln 1.25: a spike (the price jumps beyond T from the previous
+    trade and the next trade comes straight back: opposite legs beyond T, back within REVERT_FRACTION of the smaller),
+    an unconfirmed jump (the latest trade jumps beyond T, unless it is a spike's way back: held out until a later
+    trade confirms it) and an unanchored first trade (the partition's first, whose next trade jumps beyond T: with
+    nothing before it, a bad first print cannot be told from a real one). A spike of two trades or more is not
+    caught (as for candles)."""
+    t = trades
+    n = len(t)
+    if n < 2:
+        return np.zeros(n, dtype=bool), []
+    price = t["price"].to_numpy(dtype="float64")
+    step = np.diff(np.log(price))
+    r_in, r_out = np.r_[np.nan, step], np.r_[step, np.nan]
+    with np.errstate(invalid="ignore"):
+        a_in, a_out = np.abs(r_in), np.abs(r_out)
+        spike = ((a_in > JUMP_FLOOR_INTRADAY) & (a_out > JUMP_FLOOR_INTRADAY) & (np.sign(r_in) != np.sign(r_out))
+                 & (np.abs(r_in + r_out) <= REVERT_FRACTION * np.minimum(a_in, a_out)))
+        prev_in = np.r_[np.nan, r_in[:-1]]
+        way_back = ((np.abs(prev_in) > JUMP_FLOOR_INTRADAY) & (np.sign(prev_in) != np.sign(r_in))
+                    & (np.abs(prev_in + r_in) <= REVERT_FRACTION * np.minimum(np.abs(prev_in), a_in)))
+    unconfirmed = np.zeros(n, dtype=bool)
+    unconfirmed[-1] = a_in[-1] > JUMP_FLOOR_INTRADAY and not way_back[-1]
+    unanchored = np.zeros(n, dtype=bool)
+    unanchored[0] = a_out[0] > JUMP_FLOOR_INTRADAY
+    bad = spike | unconfirmed | unanchored
+    told = []
+    for i in np.flatnonzero(bad):  # a handful
+        when = pd.Timestamp(int(t["ts_us"].iat[i]), unit="us", tz="UTC").isoformat()
+        if unanchored[i] and not spike[i]:
+            legs = (f"no earlier trade of the day, then {r_out[i]:+.3f} log to the next trade's "
+                    f"{price[i + 1]:.8g}")
+        else:
+            then = (f"then {r_out[i]:+.3f} back to {price[i + 1]:.8g}" if spike[i] else "no later trade yet")
+            legs = f"{r_in[i]:+.3f} log from the previous trade's {price[i - 1]:.8g}, {then}"
+        told.append(f"{product} trade {t['trade_id'].iat[i]} at {when}: price {price[i]:.8g}, {legs}; "
+                    f"threshold {JUMP_FLOOR_INTRADAY:.3f}")
+    return bad, told
+
+
+def trade_bars(trades: pd.DataFrame, ordered: bool = False) -> pd.DataFrame:
     """5-minute bars of one product's deduplicated, valid trades (columns ts_us int64, trade_id, price, whole
-    float64 and units int64: the size's whole base units and the rest in units of 1e-8, see `read_trades`).
+    float64 and units int64: the size's whole base units and the rest in units of 1e-8, see `read_trades`);
+    `ordered`: already in exchange order (`_in_order`).
 
     Returns bucket_start_us, open, high, low, close, volume, vwap, n_trades, n_candles, first_us, last_us,
     one row per bucket with a trade, ascending.
     """
-    # trade ids are increasing integers sent as text: by length first, so "999" comes before "1000"
-    t = trades.assign(id_len=trades["trade_id"].str.len()).sort_values(["ts_us", "id_len", "trade_id"], kind="stable")
+    t = trades if ordered else _in_order(trades)
     ts, price, whole, rest = (t[c].to_numpy() for c in ("ts_us", "price", "whole", "units"))
     units = whole * UNITS + rest  # float64: exact below 2**53 units, and no overflow above
     bar = ts // BAR_US
@@ -260,7 +316,13 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
         summary.trades_in += rows_in
         summary.duplicates += dups
         summary.invalid += invalid
-        bars = trade_bars(trades)
+        trades = _in_order(trades)
+        bad, told = suspect_prints(trades, product)
+        if told:
+            log.warning("silver: %d bad trade print(s) of %s on %s left out of its bars: %s", len(told), product, day,
+                        "; ".join(told))
+            summary.suspect += told
+        bars = trade_bars(trades[~bad], ordered=True)
         cut = _cut(bars["bucket_start_us"].to_numpy(dtype=np.int64), gaps) | ((product, day) in lost)
         parts[(product, day)] = _table(bars, quotes.get(product, ""), cut)
         summary.partitions += 1

@@ -184,7 +184,8 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
         component_var_99_param=0.04 * k * held["market_value"], component_es_99_hist=0.05 * k * held["market_value"],
         marginal_var_99_param=0.04 * k) for scope, k in (("portfolio", 1.0), ("firm", 0.7))], ignore_index=True)
     symbols = pd.DataFrame({"product_id": list(PRODUCTS), "base_currency": [x.split("-")[0] for x in PRODUCTS],
-                            "quote_currency": "USD", "exchange_id": "coinbase", "asset_class": "crypto"})
+                            "quote_currency": "USD", "exchange_id": "coinbase", "asset_class": "crypto",
+                            "delisted_on": pd.Series(pd.NaT, index=range(len(PRODUCTS)), dtype="datetime64[ns]")})
     return {
         "dim_portfolio": PORTFOLIOS.copy(), "dim_symbol": symbols,
         "dim_exchange": pd.DataFrame({"exchange_id": ["coinbase"], "name": ["Coinbase Exchange"]}),
@@ -206,6 +207,8 @@ def _pg_type(s: pd.Series) -> str:
         return "double precision"
     if isinstance(s.dtype, pd.DatetimeTZDtype):
         return "timestamptz"
+    if pd.api.types.is_datetime64_dtype(s) and not s.notna().any():
+        return "date"                           # a day column with no day yet (dim_symbol.delisted_on)
     first = s.dropna().iloc[0] if s.notna().any() else None
     if isinstance(first, datetime):
         return "timestamptz"

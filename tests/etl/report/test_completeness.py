@@ -82,7 +82,9 @@ def test_a_listed_product_without_a_bar_on_the_as_of_day_makes_the_day_incomplet
     cause = (f"SOL-USD has no daily bar on {AS_OF}, or the <CCY>-USD pair converting it has none (last bar "
              f"{LAST_BAR}), held by portfolio(s) P-ALT, P-CORE: ingest the missing daily candles (`python -m etl "
              "ingest --products SOL-USD --granularity 86400`, or the pair's, then `silver`, "
-             f"`risk --as-of {AS_OF}`, `load`), or if it was delisted set delisted_on in instruments.csv")
+             f"`risk --as-of {AS_OF}`, `load`), or if it was delisted set delisted_on in instruments.csv (a delisting "
+             "excuses a holding only when its last bar is of its delisted_on day or the day before, and the <CCY>-USD "
+             "pairs converting it have a bar on the day)")
     with scratch_database(pg_url, "completeness_stale") as url:
         create_gold(url, _stale_sol(delisted=False))
         monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
@@ -258,3 +260,52 @@ def test_a_suspect_print_of_the_pair_converting_a_holding_makes_the_day_incomple
     frames["fact_price_quality"] = pd.DataFrame([_flag("BTC-USD", 300, last, "jump_unconfirmed")])
     text = _refused(pg_url, monkeypatch, frames, "report_suspect_pair", sql_dir)
     assert "price of BTC-USD on 2026-01-31 rests on a suspect print: rule jump_unconfirmed" in text
+
+
+def _sold_sol_without_a_bar_on_the_day(delisted_on=None) -> dict:
+    """The sample gold where both portfolios sell their SOL-USD on AS_OF (their positions of AS_OF hold none) and
+    SOL-USD has no daily bar on AS_OF: their PnL of AS_OF revalues the SOL held at the previous close at a close
+    carried from the day before."""
+    frames = sample_frames(AS_OF)
+    pos = frames["fact_positions"]
+    frames["fact_positions"] = pos[~((pos["product_id"] == "SOL-USD") & (pos["as_of_date"] == AS_OF))]
+    _drop_daily_bar(frames, "SOL-USD", AS_OF)
+    sym = frames["dim_symbol"]
+    if delisted_on is not None:
+        sym["delisted_on"] = [delisted_on if p == "SOL-USD" else None for p in sym["product_id"]]
+        quality = frames["fact_price_quality"]            # and no print of its last day held out
+        frames["fact_price_quality"] = quality[quality["product_id"] != "SOL-USD"]
+    return frames
+
+
+def test_a_product_held_at_the_previous_close_without_a_bar_on_the_day_makes_the_day_incomplete(
+        pg_url, data_dir, monkeypatch, sql_dir):
+    """The PnL of D is the holdings of D-1's close revalued at D's closes (docs/risk_conventions.md). A product
+    sold on D is in no position row of D, so the "priced" check never looked at it: with no bar on D its PnL of D
+    rested on D-1's close carried forward (0), and report and cockpit said complete. Now the day is incomplete,
+    naming the product, its last bar and the portfolios whose PnL it is in (the intraday risk counts such a product
+    stale too); delisted on or before D, it is not a problem."""
+    cause = (f"SOL-USD, held at the close of {AS_OF - timedelta(days=1)} by portfolio(s) P-ALT, P-CORE, has no "
+             f"daily bar on {AS_OF}, or the <CCY>-USD pair converting it has none (last bar "
+             f"{AS_OF - timedelta(days=1)}): their PnL of {AS_OF} revalues it at an earlier close")
+    text = _refused(pg_url, monkeypatch, _sold_sol_without_a_bar_on_the_day(), "completeness_sold_stale", sql_dir)
+    assert cause in text
+    with scratch_database(pg_url, "completeness_sold_delisted") as url:
+        create_gold(url, _sold_sol_without_a_bar_on_the_day(AS_OF))
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        run_report(AS_OF, sql_dir=sql_dir)                                      # complete: exit 0
+
+
+def test_a_suspect_print_of_a_product_sold_on_the_day_makes_the_day_incomplete(pg_url, data_dir, monkeypatch,
+                                                                                sql_dir):
+    """Both portfolios sell their SOL-USD on AS_OF; its close of AS_OF (which their PnL of AS_OF revalues the SOL
+    held at the previous close at) rests on an unconfirmed last print. The suspect check read only the products of
+    the day's position rows: the day was complete. Now it is incomplete, naming the print."""
+    frames = sample_frames(AS_OF)
+    pos = frames["fact_positions"]
+    frames["fact_positions"] = pos[~((pos["product_id"] == "SOL-USD") & (pos["as_of_date"] == AS_OF))]
+    frames["fact_price_quality"] = pd.DataFrame([
+        _flag("SOL-USD", 300, datetime.combine(AS_OF, time(23, 55), tzinfo=UTC), "jump_unconfirmed")])
+    text = _refused(pg_url, monkeypatch, frames, "report_suspect_sold", sql_dir)
+    assert "price of SOL-USD on 2026-01-31 rests on a suspect print: rule jump_unconfirmed (300s candle at " \
+           "2026-01-31 23:55 UTC" in text

@@ -73,7 +73,8 @@ def gold_frames() -> dict[str, pd.DataFrame]:
     frames["fact_price_daily"] = prices.assign(price_date=prices["price_date"].dt.date)
     frames["dim_portfolio"] = PORTFOLIOS
     frames["dim_symbol"] = pd.DataFrame({"product_id": list(QUOTE), "base_currency": ["BTC", "ETH", "SOL"],
-                                         "quote_currency": "USD", "exchange_id": "coinbase", "asset_class": "crypto"})
+                                         "quote_currency": "USD", "exchange_id": "coinbase", "asset_class": "crypto",
+                                         "delisted_on": pd.Series(pd.NaT, index=range(3), dtype="datetime64[ns]")})
     frames["fact_factor_exposures"] = pd.DataFrame({"product_id": ["BTC-USD"], "factor_name": ["market"],
                                                     "beta": [1.0], "r_squared": [0.9],
                                                     "bucket_start": [pd.Timestamp(AS_OF, tz="UTC")]})

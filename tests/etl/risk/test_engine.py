@@ -984,3 +984,73 @@ def test_a_book_holding_only_its_own_base_currency_has_no_risk_and_no_pnl():
     assert risk["vol_20d"].iloc[0] == 0 and risk["max_drawdown"].iloc[0] == 0
     assert not tables["var_backtest"]["is_exception"].any()
     assert tables["limit_breaches"].empty
+
+
+def _delist(product: str, day: pd.Timestamp) -> None:
+    """instruments.csv declares `product` (only) delisted on `day`."""
+    path = get_settings().reference_dir / "instruments.csv"
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df["delisted_on"] = np.where(df["product_id"] == product, str(day.date()), "")
+    df.to_csv(path, index=False)
+
+
+def test_a_delisted_holding_is_not_excused_when_its_bars_stop_before_its_delisting(risk_env):
+    """ETH-USD's bars stop 7 days before the as-of day but instruments.csv delists it only 2 days before: for 5
+    days it was listed with no price. Its value rests on a close that is not its delisting close, so the holding is
+    stale and not excused as delisted (the report refuses the day). It was flagged is_delisted, and the day complete
+    with a week-old price. Delisted on the day after its last bar (the first day without candles, as the
+    simulator's delisting) or on that bar's day, it is excused."""
+    _drop_last_days(risk_env["data"], "ETH-USD", 7)
+    last = pd.Timestamp(AS_OF) - pd.Timedelta(days=7)
+    _delist("ETH-USD", pd.Timestamp(AS_OF) - pd.Timedelta(days=2))
+    run_risk(as_of=AS_OF, settings=get_settings())
+    eth = _read(risk_env["data"], "positions_valued").query("product_id == 'ETH-USD'")
+    assert len(eth) == 2 and eth["is_stale"].all() and (eth["price_date"] == last.date()).all()
+    assert not eth["is_delisted"].any(), "5 listed days without a price are excused as a delisting"
+    for day in (last, last + pd.Timedelta(days=1)):
+        _delist("ETH-USD", day)
+        run_risk(as_of=AS_OF, settings=get_settings())
+        eth = _read(risk_env["data"], "positions_valued").query("product_id == 'ETH-USD'")
+        assert eth["is_stale"].all() and eth["is_delisted"].all()
+
+
+def test_a_delisted_holding_converted_at_a_stale_rate_is_not_excused_as_delisted(risk_env):
+    """ETH-BTC is delisted on its last bar, 3 days before the as-of day: valued at its last close, is_delisted, the
+    day complete. But when BTC-USD, which converts it to USD and is listed, has no bar on the as-of day either, the
+    value also rests on a stale BTC-USD close: that staleness is not the delisting's, so the row is not excused
+    (is_delisted False: the report refuses the day naming ETH-BTC). It was excused as delisted."""
+    last = pd.Timestamp(AS_OF) - pd.Timedelta(days=3)
+    _drop_last_days(risk_env["data"], "ETH-BTC", 3)
+    _delist("ETH-BTC", last)
+    run_risk(as_of=AS_OF, settings=get_settings())
+    pos = _read(risk_env["data"], "positions_valued").set_index(["portfolio_id", "product_id"])
+    assert pos.loc[("U2", "ETH-BTC"), "is_stale"] and pos.loc[("U2", "ETH-BTC"), "is_delisted"]   # excused
+    _drop_last_days(risk_env["data"], "BTC-USD", 1)
+    run_risk(as_of=AS_OF, settings=get_settings())
+    pos = _read(risk_env["data"], "positions_valued").set_index(["portfolio_id", "product_id"])
+    row = pos.loc[("U2", "ETH-BTC")]
+    assert row["is_stale"] and row["price_date"] == last.date()
+    assert not row["is_delisted"], "a stale BTC-USD rate is excused by ETH-BTC's delisting"
+
+
+def test_a_holding_delisted_before_the_history_window_is_valued_at_its_last_close(risk_env, monkeypatch):
+    """docs/risk_conventions.md: a delisted holding is valued at its last close, flagged stale, the day complete.
+    ETH-USD is delisted 75 days before the as-of day and still held (U1, B1 carry their 2025 snapshots): with a
+    60-day history window its last bar is older than the window read, and the whole run was refused with "no daily
+    bars for ['ETH-USD'] ... ingest daily candles" (which the source refuses for a delisted product). Now the run
+    reads the delisted product's last bar and values it at that close, as when it is inside the window."""
+    monkeypatch.setenv("PIPELINE_DAILY_HISTORY_DAYS", "60")
+    monkeypatch.setenv("RISK_VAR_LOOKBACK_DAYS", "30")
+    monkeypatch.setenv("RISK_BACKTEST_DAYS", "30")
+    delisted = pd.Timestamp(AS_OF) - pd.Timedelta(days=75)
+    _drop_last_days(risk_env["data"], "ETH-USD", 75)
+    _delist("ETH-USD", delisted)
+    eth_last = risk_env["closes"].loc[delisted, "ETH-USD"]
+    summary = run_risk(as_of=AS_OF, settings=get_settings())
+    assert summary.as_of == AS_OF
+    pos = _read(risk_env["data"], "positions_valued").set_index(["portfolio_id", "product_id"])
+    eth = pos.xs("ETH-USD", level="product_id")
+    assert eth["close"].tolist() == [eth_last, eth_last]
+    assert eth.loc["U1", "market_value"] == pytest.approx(-30 * eth_last, rel=1e-12)
+    assert (eth["price_date"] == delisted.date()).all() and eth["is_stale"].all() and eth["is_delisted"].all()
+    assert run_risk(as_of=None, settings=get_settings()).as_of == AS_OF       # the default as-of too

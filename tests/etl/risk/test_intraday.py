@@ -471,3 +471,59 @@ def test_a_book_back_at_its_peak_intraday_is_not_in_drawdown_as_at_end_of_day():
     assert back[0] == 0.0
     lower = _drawdown_now(np.array([[1.0]]), np.array([97.0]), np.array([-0.03]))
     assert lower[0] == pytest.approx(0.97 * (1 + 1 / 97) - 1, rel=1e-12)
+
+
+def test_a_holding_delisted_before_the_history_window_keeps_its_last_close_intraday(book, monkeypatch):
+    """ETH-BTC is delisted on 2026-01-20 and X still holds it; with a 40-day history window its last daily bar is
+    older than the window the intraday run reads, so X had no price for it: market value and PnL NULL and its
+    limits `uncomputable` every five minutes, while the end-of-day run values it at its last close. Now the intraday
+    run values it at that close too (a stale price, counted as such)."""
+    data, ref = book["data"], book["ref"]
+    delisted = pd.Timestamp("2026-01-20")
+    for key, value in {"PIPELINE_DAILY_HISTORY_DAYS": "40", "RISK_VAR_LOOKBACK_DAYS": "30",
+                       "RISK_BACKTEST_DAYS": "20"}.items():
+        monkeypatch.setenv(key, value)
+    closes = book["closes"].copy()
+    write_daily(data, closes)
+    remove_product(data, "silver/bars_1d", "ETH-BTC")
+    write_daily_bars(data, closes.loc[:delisted, ["ETH-BTC"]], QUOTE, n_candles=288, source_granularity=300)
+    instruments = pd.read_csv(ref / "instruments.csv", dtype=str, keep_default_na=False)
+    instruments["delisted_on"] = np.where(instruments["product_id"] == "ETH-BTC", str(delisted.date()), "")
+    instruments.to_csv(ref / "instruments.csv", index=False)
+    run_risk(as_of=D1, settings=get_settings())
+    flat_day(data, book["last"])
+    remove_product(data, "silver/bars_5m", "ETH-BTC")
+    b = at(10, 5)
+    intraday_io.run_intraday_risk(b.to_pydatetime())
+    x = intraday_rows(data, b).loc["X"]
+    eth_btc = closes.loc[delisted, "ETH-BTC"]
+    assert x["market_value"] == pytest.approx(100 * eth_btc * book["last"]["BTC-USD"], rel=1e-12)
+    assert x["intraday_pnl"] == pytest.approx(0.0, abs=1e-9)
+    assert x["stale_products"] == 1 and x["stale_product_ids"] == "ETH-BTC"
+    breaches = intraday_rows(data, b, intraday.BREACH_TABLE)
+    assert "uncomputable" not in set(breaches["breach_kind"].dropna())
+
+
+def test_a_held_product_with_no_price_at_all_is_an_uncomputable_row_not_a_crash(book):
+    """ETH-BTC is in the end-of-day scenario set, but silver now holds no bar of it (its bars removed: a full
+    refresh after its bronze was lost). X holds it: the docstring's rule is NULL figures and `uncomputable`
+    limits for an unpriced holding, but the NaN exposure went into the historical VaR and the whole run crashed
+    (IndexError in var_es_from_tail), committing nothing for any portfolio. Now X's row is NULL and its limits
+    uncomputable, naming the product as stale; the other books are valued as without it."""
+    data, last = book["data"], book["last"]
+    flat_day(data, last)
+    intraday_io.run_intraday_risk(at(10, 0).to_pydatetime())
+    clean = intraday_rows(data, at(10, 0))
+    remove_product(data, "silver/bars_5m", "ETH-BTC")
+    remove_product(data, "silver/bars_1d", "ETH-BTC")
+    b = at(10, 5)
+    intraday_io.run_intraday_risk(b.to_pydatetime())
+    got = intraday_rows(data, b)
+    x = got.loc["X"]
+    assert np.isnan(x["market_value"]) and np.isnan(x["var_99"]) and x["stale_product_ids"] == "ETH-BTC"
+    breaches = intraday_rows(data, b, intraday.BREACH_TABLE)
+    x_rows = breaches.loc[["X"]]
+    assert "var" in set(x_rows["limit_type"]) and (x_rows["breach_kind"] == "uncomputable").all()
+    for pid in "LSB":
+        assert got.loc[pid, "var_99"] == pytest.approx(clean.loc[pid, "var_99"], rel=1e-12)
+        assert got.loc[pid, "market_value"] == pytest.approx(clean.loc[pid, "market_value"], rel=1e-12)

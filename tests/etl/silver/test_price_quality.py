@@ -390,3 +390,30 @@ def test_reference_validate_names_every_bad_override_row(reference_copy):
 def test_rules_are_the_documented_ones():
     doc = (Path(__file__).resolve().parents[3] / "docs/data_quality.md").read_text()
     assert all(f"`{rule}`" in doc for rule in RULES)
+
+
+def test_a_daily_close_the_gate_holds_out_is_not_brought_back_by_minutes_that_agree_with_it(data_dir):
+    """A feed prints BTC-USD 100x for the whole of 2026-01-03, its minute candles and its daily candle alike, and
+    back the next day. Minute by minute it is one jump up and one down (no single-candle spike); day by day the
+    daily candle is a spike and `spike_revert` excludes it. But the day's bar came from the minutes (the finest
+    candles present), at the same 100x close: the risk history held a price the gate had held out, and the report,
+    seeing the day's bar standing, said complete. Now the day has no daily bar (as when its only candle is
+    excluded; the report names the print): the minutes that agree with an excluded daily close do not replace it.
+    The other days' bars are those of the clean data; incremental equals full refresh."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    minutes = minute_candles("BTC-USD", start, 5 * 1440, seed=3)
+    bad_day = minutes["bucket_start"].dt.day == 3
+    minutes.loc[bad_day, ["open", "high", "low", "close"]] *= 100
+    daily = daily_candles(minutes).assign(product_id="BTC-USD")
+    write_batch(data_dir, pd.concat([daily, minutes], ignore_index=True), "all", start + timedelta(days=6))
+    build(now=FUTURE)
+    flags = silver_frame(data_dir, "silver/price_quality")
+    assert list(zip(flags["bucket_start"], flags["granularity"], flags["rule"], flags["decision"], strict=True)) \
+        == [(pd.Timestamp("2026-01-03", tz="UTC"), 86_400, "spike_revert", "excluded")]
+    bars = read_bars("1d").set_index("price_date")
+    assert list(bars.index.day) == [1, 2, 4, 5], bars["close"]
+    clean = daily.set_index(daily["bucket_start"].dt.day)["close"]
+    assert bars["close"].tolist() == clean.loc[[1, 2, 4, 5]].tolist()
+    incremental = silver_files(data_dir)
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == incremental

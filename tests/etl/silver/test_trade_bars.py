@@ -238,7 +238,7 @@ def test_large_trade_sizes_add_up_to_their_volume_not_a_wrapped_negative_one(dat
     from etl.stream.validate import trade_problem
 
     rows = [("1", "0.00001", "60000000000", "2026-01-01T00:00:10Z"),
-            ("2", "0.00002", "60000000000.5", "2026-01-01T00:01:10Z"),
+            ("2", "0.000011", "60000000000.5", "2026-01-01T00:01:10Z"),   # +10%: a price, not a bad print
             ("3", "0.00001", "100000000000", "2026-01-01T00:05:10Z"),
             ("4", "0.00001", "0.00000001", "2026-01-01T00:06:10Z"),
             ("5", "0.00001", "inf", "2026-01-01T00:07:10Z")]
@@ -254,7 +254,7 @@ def test_large_trade_sizes_add_up_to_their_volume_not_a_wrapped_negative_one(dat
     assert summary.invalid == 1
     bars = bronze_table(data_dir, TRADE_BARS_DIR)
     assert bars["volume"].tolist() == [120000000000.5, 100000000000.00000001]
-    assert bars["vwap"].iloc[0] == pytest.approx((0.00001 * 6e10 + 0.00002 * 60000000000.5) / 120000000000.5,
+    assert bars["vwap"].iloc[0] == pytest.approx((0.00001 * 6e10 + 0.000011 * 60000000000.5) / 120000000000.5,
                                                  rel=1e-12)
     assert bars["vwap"].iloc[1] == pytest.approx(0.00001, rel=1e-12)
 
@@ -435,3 +435,73 @@ def test_a_trade_received_twice_with_different_prices_is_no_bar_s_trade_and_its_
     assert bars.loc[ten, "is_complete"] and bars.loc[ten, "n_trades"] == 15   # the plain repeat: as clean
     assert bars.loc[ten, "close"] == 100 + 885 % 7 + 0.5
     assert summary.duplicates == 1 and summary.invalid == 2
+
+
+def _priced(batch_id: str, rows: list[tuple[str, str]], first_id: int = 1, seq: int = 0) -> MicroBatch:
+    """A micro-batch of BTC-USD trades (time, price) of 0.5 each on connection c1, ids and sequence numbers from
+    first_id and seq."""
+    batch = MicroBatch(batch_id)
+    for i, (when, price) in enumerate(rows):
+        batch.add_trade("BTC-USD", when[:10], (str(first_id + i), price, "0.5", "BUY", when, "update",
+                                               "market_trades", when, "", seq + i, "c1", 1767225600.0, None))
+    return batch
+
+
+def _every_30s(start_s: int, stop_s: int, price: str = "100.0") -> list[tuple[str, str]]:
+    return [(f"2026-01-01T00:{s // 60:02d}:{s % 60:02d}Z", price) for s in range(start_s, stop_s, 30)]
+
+
+def test_a_single_bad_trade_print_never_becomes_a_bar_price(data_dir, monkeypatch, caplog):
+    """One trade at 100x the price between trades at 100 (a bad print that reverts), as the last trade of the
+    00:05 bar: it was that bar's close and high (10,000), and its VWAP 10x, and through PIPELINE_BARS_SOURCE=trades
+    the intraday revaluation priced BTC at it. Now it is left out of the bars (the bar is the clean trades'),
+    counted and named (product, time, price) in the summary and the log. The latest trade 100x off (the tip of the
+    stream, no later trade yet) is held out the same way; a move that stays (100 -> 130) is kept."""
+    from etl.settings import get_settings
+    from etl.silver import read_bars
+
+    monkeypatch.setenv("PIPELINE_BARS_SOURCE", "trades")
+    store = Store.from_uri(str(data_dir))
+    rows = _every_30s(10, 290) + [("2026-01-01T00:04:55Z", "10000.0")] + _every_30s(310, 700)
+    BronzeSink(store).write(_priced("20260101T000000000000Z-aaaa-000001", rows))
+    with caplog.at_level(logging.WARNING, logger="etl.silver.trade_bars"):
+        summary = build_trade_bars()
+    bars = read_bars("5m", products=["BTC-USD"], settings=get_settings()).set_index("bucket_start")
+    first = bars.loc[pd.Timestamp("2026-01-01T00:00:00Z")]
+    assert (first["open"], first["high"], first["low"], first["close"], first["vwap"]) == (100.0,) * 5
+    assert first["volume"] == 0.5 * 10 and first["n_trades"] == 10          # the 10 clean trades of the bucket
+    assert len(summary.suspect) == 1 and "BTC-USD" in summary.suspect[0] and "00:04:55" in summary.suspect[0] \
+        and "10000" in summary.suspect[0]
+    assert "BTC-USD" in caplog.text and "10000" in caplog.text
+
+    # the tip: the latest trade is 100x off, no later trade to tell a spike from a move: held out
+    BronzeSink(store).write(_priced("20260101T000000000000Z-aaaa-000002",
+                                    [("2026-01-01T00:12:00Z", "10000.0")], first_id=100, seq=100))
+    build_trade_bars()
+    bars = read_bars("5m", products=["BTC-USD"], settings=get_settings()).set_index("bucket_start")
+    assert bars["high"].max() == 100.0 and bars["close"].iloc[-1] == 100.0
+
+    # a move that stays is a price: kept once a later trade confirms it
+    BronzeSink(store).write(_priced("20260101T000000000000Z-aaaa-000003",
+                                    [("2026-01-01T00:12:30Z", "130.0"), ("2026-01-01T00:13:00Z", "130.0")],
+                                    first_id=200, seq=101))
+    BronzeSink(store).write(_priced("20260101T000000000000Z-aaaa-000004",
+                                    [("2026-01-01T00:14:00Z", "131.0")], first_id=300, seq=103))
+    summary = build_trade_bars()
+    bars = read_bars("5m", products=["BTC-USD"], settings=get_settings()).set_index("bucket_start")
+    assert bars.loc[pd.Timestamp("2026-01-01T00:10:00Z"), "close"] == 131.0
+    assert bars["high"].max() == 131.0                                     # the 00:12 print: still a spike
+    assert len(summary.suspect) == 2
+
+
+def test_a_bad_first_trade_of_the_day_never_becomes_a_bar_price(data_dir):
+    """The day's first trade 100x off, alone in the 00:00 bar, the next trades at 100: with no earlier trade in its
+    partition the spike rule could not judge it, and it was the 00:00 bar's close. It is held out as the candle
+    gate holds out an unanchored first candle (its next trade jumps beyond the floor)."""
+    store = Store.from_uri(str(data_dir))
+    rows = [("2026-01-01T00:00:05Z", "10000.0")] + _every_30s(310, 600)
+    BronzeSink(store).write(_priced("20260101T000000000000Z-aaaa-000001", rows))
+    summary = build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR)
+    assert pd.Timestamp("2026-01-01T00:00:00Z") not in set(bars["bucket_start"])
+    assert bars["high"].max() == 100.0 and len(summary.suspect) == 1 and "00:00:05" in summary.suspect[0]
