@@ -379,6 +379,7 @@ def _group_tables(days, close, fx, price, qty, cost, pids, held, base, z, scale,
     risk["max_drawdown"] = mdd.max_drawdown
     risk["drawdown_from_peak"] = drawdown.drawdown_series(pr_held)[-1]     # the drawdown limit's measure, now
     risk["lookback_days"] = n_ret
+    risk["annualization_days"] = params.annualization_days   # what its vol_* are annualised with
     risk["daily_pnl"] = pnl[-1]
     risk["mtd_pnl"] = mtd[-1]
     risk["mc_scenarios"] = len(scale)

@@ -108,6 +108,7 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
         dd = valuation.loc[valuation["portfolio_id"] == pid, "drawdown"]
         row |= {m.name: PLAIN.get(m.name, 0.5) for m in measures.plain_measures("portfolio")}
         row |= {"max_drawdown": float(dd.min()), "drawdown_from_peak": float(dd.iat[-1]), "lookback_days": days - 1,
+                "annualization_days": 365,
                 "var_99_hist_usd": row["var_99_hist"]}   # as the engine: x 1 for a USD book
         risk_rows.append(row)
         mine = pnl[pnl["portfolio_id"] == pid]

@@ -121,3 +121,20 @@ def test_top_movers_rank_positions_of_books_in_different_currencies_by_their_usd
     assert list(zip(got["portfolio_id"], got["product_id"], strict=True)) == gainers + losers
     assert got["position_pnl_usd"].astype(float).tolist() == pytest.approx([usd[k] for k in gainers + losers], abs=0.006)
     assert got.loc[got["portfolio_id"] == "P-ALT", "base_currency"].eq("BTC").all()
+
+
+def test_the_performance_summary_annualises_the_sharpe_ratio_with_the_risk_runs_annualisation_days(gold):
+    """The engine annualises with RISK_ANNUALIZATION_DAYS (risk_returns: x sqrt(periods)) and records it on each
+    risk row (`annualization_days`). A desk running 252 saw every volatility of the run at sqrt(252) but the
+    report's Sharpe at sqrt(365), a different convention for the same returns: the Sharpe is mean / sample sd of
+    gold's daily returns x sqrt(the annualisation days of the as-of risk row)."""
+    from etl.risk import risk_returns
+
+    frames = sample_frames(AS_OF)
+    frames["fact_risk_metrics"]["annualization_days"] = 252
+    rows = _report(gold(frames), "daily_pnl/performance_summary.sql").set_index("portfolio_id")
+    pnl = frames["fact_pnl_daily"]
+    for pid, mine in pnl.groupby("portfolio_id"):
+        r = mine.sort_values("as_of_date")["daily_return"].dropna().to_numpy()
+        vol = float(risk_returns.window_vol(r[:, None], len(r), 252)[0])       # the engine's convention
+        assert rows.at[pid, "sharpe_annualised"] == pytest.approx(round(r.mean() * 252 / vol, 2), abs=1e-9), pid

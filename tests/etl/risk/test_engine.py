@@ -984,3 +984,19 @@ def test_a_book_holding_only_its_own_base_currency_has_no_risk_and_no_pnl():
     assert risk["vol_20d"].iloc[0] == 0 and risk["max_drawdown"].iloc[0] == 0
     assert not tables["var_backtest"]["is_exception"].any()
     assert tables["limit_breaches"].empty
+
+
+def test_each_risk_row_records_the_annualisation_its_volatilities_use():
+    """Pages that annualise a figure of their own (sql/daily_pnl/performance_summary.sql's Sharpe) read the days per
+    year from the risk row, so they agree with the run's vol_* whatever RISK_ANNUALIZATION_DAYS is."""
+    from etl.risk import risk_returns
+
+    closes = _fat_tailed_closes(60)
+    pf = _portfolios(["U"], ["USD"])
+    book = _book([("U", "BTC-USD", "2025-01-01", 2.0, 1.0)])
+    t = compute_tables(closes, FAT_TAILED_QUOTE, pf, book,
+                       RiskParams(annualization_days=252, var_lookback_days=30, backtest_days=20, mc_scenarios=500))
+    risk = t["risk_metrics"].iloc[0]
+    r = t["pnl_daily"].sort_values("as_of_date")["daily_return"].to_numpy()
+    assert risk["annualization_days"] == 252
+    assert risk["vol_20d"] == pytest.approx(float(risk_returns.window_vol(r[-20:, None], 20, 1)[0]) * np.sqrt(252))
