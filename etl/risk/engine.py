@@ -421,6 +421,8 @@ def _group_tables(days, close, fx, price, qty, cost, pids, held, base, z, scale,
         "quantity": qty[-1][pi, ai], "avg_cost": cost[-1][pi, ai], "close": close[-1][ai],
         "market_value": mv[-1][pi, ai], "unrealized_pnl": val.unrealized_pnl[-1][pi, ai],
         "fx_rate": fx[-1][ai], "base_currency": base,
+        # its term of the portfolio's daily_pnl: the previous close's quantity revalued (docs: "Daily PnL")
+        "daily_pnl": (qty[-2][pi, ai] * (price[-1][ai] - price[-2][ai])) if len(days) > 1 else np.nan,
     })
     with np.errstate(invalid="ignore", divide="ignore"):
         positions_df["weight"] = positions_df["market_value"] / gross_now[pi]

@@ -70,6 +70,7 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
                 "portfolio_id": pid, "product_id": product, "as_of_date": close.index, "quantity": qty,
                 "avg_cost": cost, "close": close[product].to_numpy(), "market_value": mv.to_numpy(),
                 "unrealized_pnl": (qty * (close[product] - cost)).to_numpy(), "price_date": close.index,
+                "daily_pnl": (qty * close[product].diff()).to_numpy(),   # as the engine: q(D-1) x the move
                 "is_stale": False, "is_delisted": False}))
     positions = pd.concat(positions, ignore_index=True)
     g = positions.assign(abs_mv=positions["market_value"].abs(),

@@ -100,7 +100,8 @@ def test_the_backtest_exception_report_counts_only_days_with_a_forecast_as_the_e
 def test_top_movers_rank_positions_of_books_in_different_currencies_by_their_usd_pnl(pg_url, tmp_path):
     """P-ALT is a BTC book: its positions' market values (and PnL) are in BTC. Ranked as plain numbers beside the USD
     book's, a loss of 0.1 BTC (thousands of USD) ranked as a loss smaller than one USD. Each position's PnL of the
-    day in USD is quantity x the close-to-close move of its USD-quoted product: the ranking follows it."""
+    day in USD is the engine's PnL in the book's currency (for the BTC book: quantity x the move of the price in
+    BTC) x the as-of BTC-USD close: the ranking follows it."""
     frames = sample_frames(AS_OF)
     frames["dim_portfolio"].loc[frames["dim_portfolio"]["portfolio_id"] == "P-ALT", "base_currency"] = "BTC"
     prices = frames["fact_price_daily"].assign(price_date=lambda d: pd.to_datetime(d["price_date"]).dt.date)
@@ -109,13 +110,20 @@ def test_top_movers_rank_positions_of_books_in_different_currencies_by_their_usd
     alt = pos["portfolio_id"] == "P-ALT"
     btc = pd.to_datetime(pos["as_of_date"]).dt.date.map(close["BTC-USD"])
     pos.loc[alt, "market_value"] = pos.loc[alt, "market_value"] / btc[alt]        # as the engine: in BTC
+    in_btc = close.div(close["BTC-USD"], axis=0)
+    pos.loc[alt, "daily_pnl"] = [r.quantity * in_btc[r.product_id].diff().get(d)
+                                 for r, d in zip(pos[alt].itertuples(), pd.to_datetime(pos.loc[alt, "as_of_date"]).dt.date,
+                                                 strict=True)]
     with scratch_database(pg_url, "sql_top_movers") as url:
         create_gold(url, frames)
         with pipeline_env(url, tmp_path / "data"), GoldReader(reporting_url()) as reader:
             got = reader.query(*bind((SQL_DIR / "daily_pnl" / "top_movers.sql").read_text(), AS_OF))
     day = pos[pd.to_datetime(pos["as_of_date"]).dt.date == AS_OF]
     move = close.loc[AS_OF] - close.loc[AS_OF - timedelta(days=1)]
-    usd = {(r.portfolio_id, r.product_id): r.quantity * move[r.product_id] for r in day.itertuples()}
+    move_btc = in_btc.loc[AS_OF] - in_btc.loc[AS_OF - timedelta(days=1)]
+    usd = {(r.portfolio_id, r.product_id): r.quantity * (move_btc[r.product_id] * close.at[AS_OF, "BTC-USD"]
+                                                         if r.portfolio_id == "P-ALT" else move[r.product_id])
+           for r in day.itertuples()}
     gainers = sorted((k for k, v in usd.items() if v > 0), key=lambda k: -usd[k])[:5]
     losers = sorted((k for k, v in usd.items() if v < 0), key=lambda k: usd[k])[:5]
     assert list(zip(got["portfolio_id"], got["product_id"], strict=True)) == gainers + losers
@@ -138,3 +146,25 @@ def test_the_performance_summary_annualises_the_sharpe_ratio_with_the_risk_runs_
         r = mine.sort_values("as_of_date")["daily_return"].dropna().to_numpy()
         vol = float(risk_returns.window_vol(r[:, None], len(r), 252)[0])       # the engine's convention
         assert rows.at[pid, "sharpe_annualised"] == pytest.approx(round(r.mean() * 252 / vol, 2), abs=1e-9), pid
+
+
+def test_top_movers_are_the_engines_position_pnl_of_the_day_which_adds_up_to_the_books_daily_pnl(gold):
+    """P-ALT doubles its SOL on the as-of day. The engine's PnL of the day is the previous close's holdings
+    revalued (docs/risk_conventions.md "Daily PnL": no trading PnL), so SOL earns 200 x its move, not the 400
+    held at the close; the report's positions of a book add up to its daily_pnl (fact_pnl_daily), not to a
+    figure of their own."""
+    frames = sample_frames(AS_OF)
+    pos = frames["fact_positions"]
+    sol = (pos["portfolio_id"] == "P-ALT") & (pos["product_id"] == "SOL-USD") & (pos["as_of_date"] == AS_OF)
+    pos.loc[sol, "market_value"] = pos.loc[sol, "market_value"] * 2
+    pos.loc[sol, "quantity"] = 400.0
+    prices = frames["fact_price_daily"].assign(price_date=lambda d: pd.to_datetime(d["price_date"]).dt.date)
+    close = prices.pivot(index="price_date", columns="product_id", values="close")
+    move = close.loc[AS_OF] - close.loc[AS_OF - timedelta(days=1)]
+    rows = _report(gold(frames), "daily_pnl/top_movers.sql").set_index(["portfolio_id", "product_id"])
+    assert len(rows) == 5                                                  # every position of the two books
+    assert rows.at[("P-ALT", "SOL-USD"), "position_pnl"] == pytest.approx(round(200 * move["SOL-USD"], 2), abs=1e-9)
+    pnl = frames["fact_pnl_daily"]
+    pnl = pnl[pnl["as_of_date"] == AS_OF].set_index("portfolio_id")["daily_pnl"]
+    book = rows["position_pnl"].astype(float).groupby(level="portfolio_id").sum()
+    assert book.to_dict() == pytest.approx(pnl.to_dict(), abs=0.011)
