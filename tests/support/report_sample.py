@@ -122,7 +122,10 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
                     "is_exception": (-mine["daily_pnl"] > var).to_numpy()}))
     risk = pd.DataFrame(risk_rows)
     backtest = pd.concat(backtest, ignore_index=True)
-    comparison = backtest_summary(backtest.assign(as_of_date=pd.to_datetime(backtest["as_of_date"])), as_of)[
+    summary = backtest_summary(backtest.assign(as_of_date=pd.to_datetime(backtest["as_of_date"])), as_of)
+    summary = summary.assign(as_of_date=as_of, window_start=summary["window_start"].dt.date,
+                             window_end=summary["window_end"].dt.date)   # gold.fact_var_backtest_summary
+    comparison = summary[
         ["portfolio_id", "as_of_date", "method", "confidence", "n_days", "exceptions", "expected_exceptions",
          "traffic_light"]]   # the engine's summary of these rows (gold.fact_var_model_comparison)
 
@@ -196,6 +199,7 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
         "fact_factor_returns": factor_returns, "fact_anomalies": anomalies, "fact_pipeline_runs": pipeline_runs,
         "fact_limit_breaches": breaches, "fact_price_quality": price_quality, "fact_correlations": correlations,
         "fact_risk_contributions": contributions.drop(columns="market_value"), "fact_var_model_comparison": comparison,
+        "fact_var_backtest_summary": summary,
     }
 
 
@@ -257,7 +261,8 @@ def sample_book(as_of: date, n_portfolios: int, days: int = 120) -> dict[str, pd
     numbers differ), for size and speed measurements at 22 and 1,000 portfolios."""
     base = sample_frames(as_of, days)
     per_portfolio = ("dim_portfolio", "fact_positions", "fact_portfolio_valuation", "fact_pnl_daily",
-                     "fact_risk_metrics", "fact_var_backtest", "fact_limit_breaches", "fact_var_model_comparison")
+                     "fact_risk_metrics", "fact_var_backtest", "fact_limit_breaches", "fact_var_model_comparison",
+                     "fact_var_backtest_summary")
     money_cols = {"market_value", "unrealized_pnl", "gross_exposure", "net_exposure", "long_exposure",
                   "short_exposure", "daily_pnl", "mtd_pnl", "var_forecast", "realized_pnl", "var_limit",
                   "quantity"} | {c for c in base["fact_risk_metrics"] if c.startswith(("var_", "es_"))}

@@ -168,3 +168,29 @@ def test_top_movers_are_the_engines_position_pnl_of_the_day_which_adds_up_to_the
     pnl = pnl[pnl["as_of_date"] == AS_OF].set_index("portfolio_id")["daily_pnl"]
     book = rows["position_pnl"].astype(float).groupby(level="portfolio_id").sum()
     assert book.to_dict() == pytest.approx(pnl.to_dict(), abs=0.011)
+
+
+def test_the_backtest_exception_report_counts_the_engines_backtest_window_not_all_the_days_gold_holds(gold):
+    """Gold keeps the backtest rows of every run (upsert by day), so after more daily runs than RISK_BACKTEST_DAYS it
+    holds more days than the engine's window. The engine's summary of the day (fact_var_backtest_summary: the last
+    backtest_days days, window_start..window_end) is what the traffic light and the Kupiec test are of; the
+    exception report counted every day gold holds, another number for the same backtest. Here the run's window is
+    the last 30 of the 44 days in gold: the report says the engine's days and exceptions."""
+    from etl.risk.engine import backtest_summary
+
+    frames = sample_frames(AS_OF)
+    bt = frames["fact_var_backtest"].assign(as_of_date=lambda d: pd.to_datetime(d["as_of_date"]))
+    window = bt[bt["as_of_date"] > pd.Timestamp(AS_OF) - pd.Timedelta(days=30)]
+    summary = backtest_summary(window, pd.Timestamp(AS_OF))
+    frames["fact_var_backtest_summary"] = summary.assign(
+        as_of_date=AS_OF, window_start=summary["window_start"].dt.date, window_end=summary["window_end"].dt.date)
+    rows = _report(gold(frames), "risk_exposure/var_backtest_exceptions.sql").set_index(
+        ["portfolio_id", "method", "confidence"])
+    engine = summary.set_index(["portfolio_id", "method", "confidence"])
+    assert len(rows) == len(engine)
+    for k, row in rows.iterrows():
+        n, hits = engine.loc[k, ["n_days", "exceptions"]]
+        assert (row["n_days"], row["exceptions"]) == (n, hits), k
+        assert (str(row["first_day"]), str(row["last_day"])) == (str(engine.at[k, "window_start"].date()),
+                                                                 str(engine.at[k, "window_end"].date())), k
+    assert (rows["n_days"] == 30).all()
