@@ -286,6 +286,11 @@ def _portfolio_tables(b: _Book, portfolios: pd.DataFrame, positions: pd.DataFram
             ["portfolio_id", "method", "confidence"], ignore_index=True)
     tables["var_model_comparison"] = model_comparison(tables["var_backtest_summary"], tables.pop("es_backtest"))
     tables["limit_breaches"] = limit_breaches(tables["risk_metrics"], portfolios)
+    # the limits this run checked, on each risk row: pages of the day measure utilisation against them, not
+    # against dim_portfolio's (portfolios.csv as it is now)
+    checked = portfolios.set_index("portfolio_id").reindex(tables["risk_metrics"]["portfolio_id"])
+    for col in LIMITS_CHECKED:
+        tables["risk_metrics"][f"checked_{col}"] = checked[col].to_numpy()
     return tables
 
 
@@ -834,6 +839,9 @@ def model_comparison(summary: pd.DataFrame, es_tests: pd.DataFrame) -> pd.DataFr
                 "kupiec_p", "christoffersen_p", "cc_p", "traffic_light", "es_test_p", "z2", "z2_p",
                 "exceedance_residual_n", "exceedance_residual_mean", "exceedance_residual_t",
                 "exceedance_residual_p", *tests, "passes", "window_start", "window_end"]]
+
+
+LIMITS_CHECKED = ("var_limit", "var_limit_metric", "drawdown_limit")   # recorded on risk_metrics as checked_<name>
 
 
 def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame:

@@ -31,6 +31,7 @@ PORTFOLIOS = pd.DataFrame({
     "var_limit": [3_500.0, 2_500.0],
     "concentration_limit": [0.60, 0.50],
     "drawdown_limit": [0.25, 0.20],
+    "var_limit_metric": ["var_99_hist", "var_99_hist"],
 })
 HOLDINGS = {  # portfolio -> product -> (quantity, avg_cost)
     "P-CORE": {"BTC-USD": (1.0, 55_000.0), "ETH-USD": (10.0, 2_800.0), "SOL-USD": (-50.0, 160.0)},
@@ -108,6 +109,9 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
                         measures.column("es", c, method.name): ES_Z[c] * s * k}
         dd = valuation.loc[valuation["portfolio_id"] == pid, "drawdown"]
         row |= {m.name: PLAIN.get(m.name, 0.5) for m in measures.plain_measures("portfolio")}
+        lim = PORTFOLIOS.set_index("portfolio_id").loc[pid]      # as the engine: the limits the run checked
+        row |= {"checked_var_limit": lim["var_limit"], "checked_var_limit_metric": lim["var_limit_metric"],
+                "checked_drawdown_limit": lim["drawdown_limit"]}
         row |= {"max_drawdown": float(dd.min()), "drawdown_from_peak": float(dd.iat[-1]), "lookback_days": days - 1,
                 "annualization_days": 365,
                 "var_99_hist_usd": row["var_99_hist"]}   # as the engine: x 1 for a USD book
@@ -265,6 +269,7 @@ def sample_book(as_of: date, n_portfolios: int, days: int = 120) -> dict[str, pd
                      "fact_var_backtest_summary")
     money_cols = {"market_value", "unrealized_pnl", "gross_exposure", "net_exposure", "long_exposure",
                   "short_exposure", "daily_pnl", "mtd_pnl", "var_forecast", "realized_pnl", "var_limit",
+                  "checked_var_limit",
                   "quantity"} | {c for c in base["fact_risk_metrics"] if c.startswith(("var_", "es_"))}
     out = {k: v for k, v in base.items() if k not in per_portfolio}
     sources = base["dim_portfolio"]["portfolio_id"].tolist()

@@ -111,9 +111,9 @@ def test_top_movers_rank_positions_of_books_in_different_currencies_by_their_usd
     btc = pd.to_datetime(pos["as_of_date"]).dt.date.map(close["BTC-USD"])
     pos.loc[alt, "market_value"] = pos.loc[alt, "market_value"] / btc[alt]        # as the engine: in BTC
     in_btc = close.div(close["BTC-USD"], axis=0)
+    days = pd.to_datetime(pos.loc[alt, "as_of_date"]).dt.date
     pos.loc[alt, "daily_pnl"] = [r.quantity * in_btc[r.product_id].diff().get(d)
-                                 for r, d in zip(pos[alt].itertuples(), pd.to_datetime(pos.loc[alt, "as_of_date"]).dt.date,
-                                                 strict=True)]
+                                 for r, d in zip(pos[alt].itertuples(), days, strict=True)]
     with scratch_database(pg_url, "sql_top_movers") as url:
         create_gold(url, frames)
         with pipeline_env(url, tmp_path / "data"), GoldReader(reporting_url()) as reader:
@@ -194,3 +194,30 @@ def test_the_backtest_exception_report_counts_the_engines_backtest_window_not_al
         assert (str(row["first_day"]), str(row["last_day"])) == (str(engine.at[k, "window_start"].date()),
                                                                  str(engine.at[k, "window_end"].date())), k
     assert (rows["n_days"] == 30).all()
+
+
+def test_the_var_and_drawdown_reports_measure_utilisation_against_the_limits_the_run_checked(gold):
+    """dim_portfolio holds today's portfolios.csv. P-CORE's VaR limit was 3,500 when the run flagged its breach
+    (fact_limit_breaches: utilisation > 1); raised to 5,000 since, the VaR report of that day showed the same VaR
+    under 1 against the new limit while the breach report said over 1; a drawdown limit moved since the same. Each
+    report now divides by the limit the run checked (on its risk row), as the engine's breach rows do."""
+    frames = sample_frames(AS_OF)
+    dim = frames["dim_portfolio"]
+    dim.loc[dim["portfolio_id"] == "P-CORE", ["var_limit", "drawdown_limit"]] = [5_000.0, 0.9]
+    day = AS_OF - timedelta(days=10)
+    frames["fact_drawdowns"] = pd.DataFrame({
+        "entity_type": "portfolio", "entity_id": ["P-CORE", "P-ALT"], "portfolio_id": ["P-CORE", "P-ALT"],
+        "as_of_date": AS_OF, "max_drawdown": [-0.3, -0.1], "peak_date": day, "trough_date": day + timedelta(days=2),
+        "drawdown_days": 2, "recovery_date": None, "recovery_days": None, "is_recovered": False,
+        "window_start": AS_OF - timedelta(days=44), "window_end": AS_OF})
+    url = gold(frames)
+    var = _report(url, "risk_exposure/var_es_by_portfolio.sql").set_index("portfolio_id")
+    breach = frames["fact_limit_breaches"].query("limit_type == 'var'").set_index("portfolio_id")
+    assert breach.at["P-CORE", "utilisation"] > 1
+    assert var.at["P-CORE", "var_limit"] == 3_500.0
+    assert var.at["P-CORE", "var_limit_utilisation"] == pytest.approx(round(breach.at["P-CORE", "utilisation"], 4))
+    dd = _report(url, "risk_exposure/drawdowns.sql").set_index("portfolio_id")
+    risk = frames["fact_risk_metrics"].set_index("portfolio_id")
+    assert dd.at["P-CORE", "drawdown_limit"] == 0.25
+    assert dd.at["P-CORE", "limit_utilisation"] == pytest.approx(
+        round(-risk.at["P-CORE", "drawdown_from_peak"] / 0.25, 4))
