@@ -126,10 +126,12 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
                     "is_exception": (-mine["daily_pnl"] > var).to_numpy()}))
     risk = pd.DataFrame(risk_rows)
     backtest = pd.concat(backtest, ignore_index=True)
-    summary = backtest_summary(backtest.assign(as_of_date=pd.to_datetime(backtest["as_of_date"])), as_of)
-    summary = summary.assign(as_of_date=as_of, window_start=summary["window_start"].dt.date,
-                             window_end=summary["window_end"].dt.date)   # gold.fact_var_backtest_summary
-    comparison = summary[
+    # gold.fact_var_backtest_summary: each day's run's summary of the rows up to it (the window is the whole sample)
+    dated = backtest.assign(as_of_date=pd.to_datetime(backtest["as_of_date"]))
+    summary = pd.concat([backtest_summary(dated[dated["as_of_date"] <= d], d).assign(as_of_date=d.date())
+                         for d in sorted(dated["as_of_date"].unique())], ignore_index=True)
+    summary = summary.assign(window_start=summary["window_start"].dt.date, window_end=summary["window_end"].dt.date)
+    comparison = summary[summary["as_of_date"] == as_of][
         ["portfolio_id", "as_of_date", "method", "confidence", "n_days", "exceptions", "expected_exceptions",
          "traffic_light"]]   # the engine's summary of these rows (gold.fact_var_model_comparison)
 
@@ -264,6 +266,8 @@ def sample_book(as_of: date, n_portfolios: int, days: int = 120) -> dict[str, pd
     """`sample_frames` with its two portfolios cloned into `n_portfolios` (sizes scaled so the
     numbers differ), for size and speed measurements at 22 and 1,000 portfolios."""
     base = sample_frames(as_of, days)
+    summary = base["fact_var_backtest_summary"]
+    base["fact_var_backtest_summary"] = summary[summary["as_of_date"] == as_of]   # the as-of run's only: size
     per_portfolio = ("dim_portfolio", "fact_positions", "fact_portfolio_valuation", "fact_pnl_daily",
                      "fact_risk_metrics", "fact_var_backtest", "fact_limit_breaches", "fact_var_model_comparison",
                      "fact_var_backtest_summary")
