@@ -78,14 +78,16 @@ MEASURES: tuple[Measure, ...] = (
     Measure("diversification_benefit", "Diversification benefit", "USD", "Sum of the portfolios' standalone VaR "
             "{pct}% minus the firm's ({method}), in USD.", per_method=True, scopes=("firm",)),
     Measure("vol_20d", "Vol 20d", "annualised fraction", "Annualised volatility of daily returns over 20 days "
-            "(fraction, sqrt(365) scaling).", scopes=("portfolio", "asset"), function="window_vol", window=20),
+            "(fraction, x sqrt(RISK_ANNUALIZATION_DAYS), 365 by default).", scopes=("portfolio", "asset"),
+            function="window_vol", window=20),
     Measure("vol_30d", "Vol 30d", "annualised fraction", "Annualised volatility of daily returns over 30 days "
-            "(fraction, sqrt(365) scaling).", scopes=("portfolio", "asset"), function="window_vol", window=30),
+            "(fraction, x sqrt(RISK_ANNUALIZATION_DAYS), 365 by default).", scopes=("portfolio", "asset"),
+            function="window_vol", window=30),
     Measure("semidev_60d", "Downside semi-dev 60d", "annualised fraction", "Annualised downside semi-deviation "
-            "(target 0) of daily returns over 60 days (fraction, sqrt(365) scaling).", function="downside_semideviation",
-            window=60),
+            "(target 0) of daily returns over 60 days (fraction, x sqrt(RISK_ANNUALIZATION_DAYS), 365 by default).",
+            function="downside_semideviation", window=60),
     Measure("vol_ewma", "Vol EWMA", "annualised fraction", "Annualised EWMA volatility of daily returns "
-            "(RiskMetrics lambda, fraction).", scopes=("portfolio", "asset")),
+            "(RiskMetrics lambda, fraction, x sqrt(RISK_ANNUALIZATION_DAYS)).", scopes=("portfolio", "asset")),
     Measure("max_drawdown", "Max drawdown", "fraction", "Largest peak-to-trough fall over the lookback, a negative "
             "fraction (0 = none).", scopes=("portfolio", "asset")),
     Measure("drawdown_from_peak", "Drawdown from peak", "fraction", "Current drawdown from the running peak over the "

@@ -1,7 +1,11 @@
 """Universe returns: every product on one regular time grid, missing buckets left as NaN.
 
-A return at bucket t is close[t] / close[t - 1] - 1 and exists only when both buckets have a candle: a gap gives
+Prices are in USD: close x the same bucket's <QUOTE>-USD close (1 for a USD quote), so the products of every quote
+currency are averaged into the factors and ranked on one scale (ETH-BTC moves as ETH does in USD, as in the engine's
+correlations); NaN where that close is missing, never a quote-currency figure. A return at bucket t is
+usd_close[t] / usd_close[t - 1] - 1 and exists only when both buckets have a candle (and a USD rate): a gap gives
 NaN for the missing bucket and the one after it, never a zero or a return computed from a forward-filled price.
+Traded value is volume x the USD close.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ class Universe:
     times: pd.DatetimeIndex        # regular grid, UTC
     products: list[str]
     close: np.ndarray              # (T, N) NaN where the bucket has no candle
-    returns: np.ndarray            # (T, N) simple returns, NaN unless both t-1 and t have a candle
-    traded_value: np.ndarray       # (T, N) volume x close in the quote currency, NaN where no candle
+    returns: np.ndarray            # (T, N) simple USD returns, NaN unless both t-1 and t have a candle
+    traded_value: np.ndarray       # (T, N) volume x close in USD, NaN where no candle or no USD rate
 
 
 def universe_returns(bars: pd.DataFrame, frequency_s: int, start: pd.Timestamp, end: pd.Timestamp,
@@ -61,6 +65,26 @@ def universe_returns(bars: pd.DataFrame, frequency_s: int, start: pd.Timestamp, 
                         int(bad.sum()))
         close[row[keep], col[keep]] = np.where(bad, np.nan, c)
         volume[row[keep], col[keep]] = np.where(bad, np.nan, v)
+    usd_close = close * _usd_rates(close, products)
     returns = np.full_like(close, np.nan)
-    returns[1:] = close[1:] / close[:-1] - 1.0
-    return Universe(times=times, products=products, close=close, returns=returns, traded_value=close * volume)
+    returns[1:] = usd_close[1:] / usd_close[:-1] - 1.0
+    return Universe(times=times, products=products, close=close, returns=returns, traded_value=usd_close * volume)
+
+
+def _usd_rates(close: np.ndarray, products: list[str]) -> np.ndarray:
+    """(T, N) USD per unit of each product's quote currency at each bucket: 1 for USD (and for an id without a
+    quote), the bucket's close of <QUOTE>-USD otherwise, NaN when the universe lacks it."""
+    index = {p: k for k, p in enumerate(products)}
+    rates = np.ones_like(close)
+    unknown = []
+    for k, p in enumerate(products):
+        quote = p.rsplit("-", 1)[1] if "-" in p else "USD"
+        if quote != "USD":
+            usd = index.get(f"{quote}-USD")
+            rates[:, k] = close[:, usd] if usd is not None else np.nan
+            if usd is None:
+                unknown.append(p)
+    if unknown:
+        log.warning("factor input: no <QUOTE>-USD prices for %s: their USD returns and traded value are unknown",
+                    unknown)
+    return rates

@@ -38,6 +38,7 @@ from etl.measures import FRACTION_LIMITS
 from etl.redaction import redact_text
 from etl.report import cockpit, completeness
 from etl.report.breach_actions import is_quiet
+from etl.report.formatting import money_decimals
 from etl.report.gold import GoldReader
 from etl.risk.intraday import BREACH_TABLE, bucket_of
 from etl.risk.intraday_io import committed_rows
@@ -70,7 +71,7 @@ def ledger_path(portfolio_id: str, as_of_date: date, limit_type: str) -> str:
 def _fmt(limit_type: str, v: float, currency: str | None = None) -> str:
     if limit_type in FRACTION_LIMITS and abs(v) <= 5:
         return f"{v:.1%}"
-    return f"{v:,.2f} {currency}" if currency else f"{v:,.2f}"
+    return f"{v:,.{money_decimals(currency)}f} {currency}" if currency else f"{v:,.2f}"
 
 
 def message(breach: dict) -> str:

@@ -11,6 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 
+def money_decimals(currency: str | None) -> int:
+    """Decimals of an amount in `currency`: cents in USD (or an amount without its currency), 8 (satoshis) in any
+    other base currency, as the SQL reports round (sql/README.md): 0.00123456 BTC is not 0.00."""
+    return 2 if currency in (None, "", "USD") else 8
+
+
 @dataclass(frozen=True)
 class Formats:
     is_value: Callable[[object], bool]  # False: the value is missing and reads "–"
@@ -18,7 +24,8 @@ class Formats:
     def money(self, v, currency: str | None = None, signed: bool = False) -> str:
         if not self.is_value(v):
             return "–"
-        text = f"{float(v):+,.2f}" if signed else f"{float(v):,.2f}"
+        dp = money_decimals(currency)
+        text = f"{float(v):+,.{dp}f}" if signed else f"{float(v):,.{dp}f}"
         return f"{text} {currency}" if currency else text
 
     def pct(self, v, decimals: int = 1) -> str:

@@ -293,6 +293,11 @@ def _portfolio_tables(b: _Book, portfolios: pd.DataFrame, positions: pd.DataFram
             ["portfolio_id", "method", "confidence"], ignore_index=True)
     tables["var_model_comparison"] = model_comparison(tables["var_backtest_summary"], tables.pop("es_backtest"))
     tables["limit_breaches"] = limit_breaches(tables["risk_metrics"], portfolios)
+    # the limits this run checked, on each risk row: pages of the day measure utilisation against them, not
+    # against dim_portfolio's (portfolios.csv as it is now)
+    checked = portfolios.set_index("portfolio_id").reindex(tables["risk_metrics"]["portfolio_id"])
+    for col in LIMITS_CHECKED:
+        tables["risk_metrics"][f"checked_{col}"] = checked[col].to_numpy()
     return tables
 
 
@@ -386,6 +391,7 @@ def _group_tables(days, close, fx, price, qty, cost, pids, held, base, z, scale,
     risk["max_drawdown"] = mdd.max_drawdown
     risk["drawdown_from_peak"] = drawdown.drawdown_series(pr_held)[-1]     # the drawdown limit's measure, now
     risk["lookback_days"] = n_ret
+    risk["annualization_days"] = params.annualization_days   # what its vol_* are annualised with
     risk["daily_pnl"] = pnl[-1]
     risk["mtd_pnl"] = mtd[-1]
     risk["mc_scenarios"] = len(scale)
@@ -427,6 +433,8 @@ def _group_tables(days, close, fx, price, qty, cost, pids, held, base, z, scale,
         "quantity": qty[-1][pi, ai], "avg_cost": cost[-1][pi, ai], "close": close[-1][ai],
         "market_value": mv[-1][pi, ai], "unrealized_pnl": val.unrealized_pnl[-1][pi, ai],
         "fx_rate": fx[-1][ai], "base_currency": base,
+        # its term of the portfolio's daily_pnl: the previous close's quantity revalued (docs: "Daily PnL")
+        "daily_pnl": (qty[-2][pi, ai] * (price[-1][ai] - price[-2][ai])) if len(days) > 1 else np.nan,
     })
     with np.errstate(invalid="ignore", divide="ignore"):
         positions_df["weight"] = positions_df["market_value"] / gross_now[pi]
@@ -838,6 +846,9 @@ def model_comparison(summary: pd.DataFrame, es_tests: pd.DataFrame) -> pd.DataFr
                 "kupiec_p", "christoffersen_p", "cc_p", "traffic_light", "es_test_p", "z2", "z2_p",
                 "exceedance_residual_n", "exceedance_residual_mean", "exceedance_residual_t",
                 "exceedance_residual_p", *tests, "passes", "window_start", "window_end"]]
+
+
+LIMITS_CHECKED = ("var_limit", "var_limit_metric", "drawdown_limit")   # recorded on risk_metrics as checked_<name>
 
 
 def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame:

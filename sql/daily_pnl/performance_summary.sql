@@ -18,7 +18,7 @@ stats as (
         avg(case when daily_pnl > 0 then 1.0 when daily_pnl <= 0 then 0.0 end)::double precision as positive_day_share,
         avg(daily_pnl) as mean_daily_pnl,
         stddev_samp(daily_pnl) as stdev_daily_pnl,
-        avg(daily_return) / nullif(stddev_samp(daily_return), 0) * sqrt(365) as sharpe_annualised
+        avg(daily_return) / nullif(stddev_samp(daily_return), 0) as sharpe_daily
     from history
     group by portfolio_id
 )
@@ -37,7 +37,8 @@ select
     round((stats.positive_day_share)::numeric, 4) as positive_day_share,
     round((stats.mean_daily_pnl)::numeric, money.dp) as mean_daily_pnl,
     round((stats.stdev_daily_pnl)::numeric, money.dp) as stdev_daily_pnl,
-    round((stats.sharpe_annualised)::numeric, 2) as sharpe_annualised,
+    -- annualised as the risk run annualises its volatilities (RISK_ANNUALIZATION_DAYS, on its risk row)
+    round((stats.sharpe_daily * sqrt(risk.annualization_days))::numeric, 2) as sharpe_annualised,
     round((risk.max_drawdown)::numeric, 4) as max_drawdown
 from stats
 inner join gold.dim_portfolio as portfolio

@@ -1,7 +1,7 @@
 -- Top 5 gaining and top 5 losing positions of the as-of day across all portfolios: each position's PnL of the
--- day in its portfolio's currency (market value x the product's daily return / (1 + return), i.e. quantity x the
--- close-to-close move) and in USD (x the as-of close of <base>-USD, 1 for USD books), which ranks them: books of
--- different currencies compare.
+-- day in its portfolio's currency (the engine's: its term of the portfolio's daily PnL, the previous close's
+-- quantity x the move of the price in base currency; a book's positions add up to its daily_pnl) and in USD
+-- (x the as-of close of <base>-USD, 1 for USD books), which ranks them: books of different currencies compare.
 with contributions as (
     select
         positions.as_of_date,
@@ -11,10 +11,10 @@ with contributions as (
         positions.market_value,
         prices.daily_return,
         portfolio.base_currency,
-        positions.market_value * prices.daily_return / (1 + prices.daily_return) as position_pnl,
+        positions.daily_pnl as position_pnl,
         case when portfolio.base_currency = 'USD' then 1.0 else usd.close end as usd_rate
     from gold.fact_positions as positions
-    inner join gold.fact_price_daily as prices
+    left join gold.fact_price_daily as prices
         on positions.product_id = prices.product_id
         and positions.as_of_date = prices.price_date
     inner join gold.dim_portfolio as portfolio
@@ -23,7 +23,7 @@ with contributions as (
         on usd.product_id = portfolio.base_currency || '-USD'
         and usd.price_date = positions.as_of_date
     where positions.as_of_date = coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_positions))
-        and prices.daily_return is not null
+        and positions.daily_pnl is not null
 ),
 
 ranked as (

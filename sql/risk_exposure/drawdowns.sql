@@ -1,14 +1,14 @@
 -- Maximum drawdown of every portfolio over the risk lookback on the as-of day, worst first: peak, trough and
 -- recovery days; the drawdown limit and how much of it the current drawdown from the running peak uses
--- (drawdown_from_peak, the measure the limit is checked on; breach above 1).
+-- (drawdown_from_peak, the measure the limit is checked on; breach above 1), the limit the risk run checked.
 select
     drawdowns.as_of_date,
     drawdowns.portfolio_id,
     portfolio.name as portfolio_name,
     portfolio.base_currency,
     round((drawdowns.max_drawdown)::numeric, 4) as max_drawdown,
-    round((portfolio.drawdown_limit)::numeric, 4) as drawdown_limit,
-    round((-risk.drawdown_from_peak / nullif(portfolio.drawdown_limit, 0))::numeric, 4) as limit_utilisation,
+    round((risk.checked_drawdown_limit)::numeric, 4) as drawdown_limit,
+    round((-risk.drawdown_from_peak / nullif(risk.checked_drawdown_limit, 0))::numeric, 4) as limit_utilisation,
     round((risk.drawdown_from_peak)::numeric, 4) as drawdown_from_peak,
     drawdowns.peak_date,
     drawdowns.trough_date,

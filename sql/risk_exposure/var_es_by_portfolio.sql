@@ -1,5 +1,6 @@
 -- 1-day VaR and ES (95/99, historical, parametric, Monte Carlo) per portfolio on the as-of day, with the VaR
--- limit, the metric it applies to and its utilisation (> 1 = breached); largest VaR 99% in USD first.
+-- limit the risk run checked, the metric it applies to and its utilisation (> 1 = breached, as the run's breach
+-- rows: its risk row records them, not dim_portfolio's limits of today); largest VaR 99% in USD first.
 select
     latest.as_of_date,
     latest.portfolio_id,
@@ -17,10 +18,10 @@ select
     round((latest.var_99_mc)::numeric, money.dp) as var_99_mc,
     round((latest.es_95_mc)::numeric, money.dp) as es_95_mc,
     round((latest.es_99_mc)::numeric, money.dp) as es_99_mc,
-    round((portfolio.var_limit)::numeric, money.dp) as var_limit,
-    portfolio.var_limit_metric,
+    round((latest.checked_var_limit)::numeric, money.dp) as var_limit,
+    latest.checked_var_limit_metric as var_limit_metric,
     -- the column the limit names, whichever registered method it is (etl/measures.py)
-    round(((to_jsonb(latest) ->> portfolio.var_limit_metric)::numeric / nullif(portfolio.var_limit, 0)::numeric), 4)
+    round(((to_jsonb(latest) ->> latest.checked_var_limit_metric)::numeric / nullif(latest.checked_var_limit, 0)::numeric), 4)
         as var_limit_utilisation,
     -- ranks books of different currencies: the engine's VaR 99% x the as-of close of <base>-USD
     round((latest.var_99_hist_usd)::numeric, 2) as var_99_hist_usd

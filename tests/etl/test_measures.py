@@ -88,3 +88,14 @@ def test_every_registered_method_and_measure_has_its_convention_in_the_docs():
     named |= {m.name: (f"`{m.name}_",) if m.per_method else (f"`{m.name}`",) for m in measures.MEASURES}
     missing = [name for name, forms in named.items() if not any(f in text for f in forms)]
     assert missing == [], "add a convention line to docs/risk_conventions.md for each"
+
+
+def test_an_annualised_measure_is_described_with_the_setting_it_is_annualised_with():
+    """The engine annualises with RISK_ANNUALIZATION_DAYS (risk_returns, x sqrt(periods)); gold's column descriptions
+    said 'sqrt(365) scaling', wrong for a desk running 252 whose vol_20d is x sqrt(252)."""
+    from etl import measures
+
+    annualised = [m for m in measures.MEASURES if m.unit == "annualised fraction"]
+    assert annualised
+    for m in annualised:
+        assert "365)" not in m.description and "RISK_ANNUALIZATION_DAYS" in m.description, m.name

@@ -464,3 +464,23 @@ def test_a_total_is_missing_when_a_portfolio_lacks_the_figure(gold, reader):
     finally:
         _sql(gold[0], "update gold.fact_portfolio_valuation set as_of_date = %s "
                       "where portfolio_id = 'P0003' and as_of_date = '2000-01-01'", (AS_OF,))
+
+
+def test_the_return_distributions_anomaly_band_is_the_engines_threshold_and_robust_z(monkeypatch):
+    """The band is where the engine's robust z (etl.risk.anomalies: 0.6745 (x - median) / MAD) passes the anomaly
+    threshold the engine flags at (RISK_ANOMALY_THRESHOLD), not a threshold of the cockpit's own: with the setting
+    at 2.5 a return of robust z 3 is outside the band and counted, as the engine would flag it."""
+    from etl.risk.anomalies import MAD_CONSTANT
+
+    monkeypatch.setenv("RISK_ANOMALY_THRESHOLD", "2.5")
+    r = pd.Series([0.01, -0.01, 0.02, -0.02, 0.0, 0.01, -0.01, 0.0, 0.03, -0.03])
+    med = float(r.median())
+    mad = float((r - med).abs().median())
+    spike = med + 3.0 * mad / MAD_CONSTANT                       # robust z = 3: flagged at 2.5, not at 3.5
+    r = pd.concat([r, pd.Series([spike])], ignore_index=True)
+    got = cockpit.return_distribution(r)
+    med, mad = float(r.median()), float((r - r.median()).abs().median())
+    z = MAD_CONSTANT * (r - med) / mad
+    assert got["low"] == pytest.approx(med - 2.5 * mad / MAD_CONSTANT, rel=1e-12)
+    assert got["high"] == pytest.approx(med + 2.5 * mad / MAD_CONSTANT, rel=1e-12)
+    assert got["outliers"] == int((z.abs() > 2.5).sum()) >= 1

@@ -139,7 +139,7 @@ def test_a_day_without_data_reads_dash_never_zero_or_green(browser, pages_dir):
     assert len(cells) == 23 * 6 and set(cells) == {"–"} and 'class="num pos"' not in table
     # the same page on a day with data: real numbers, signed and coloured
     cls, text = _kpi(browser.check((pages_dir / f"firm-{AS_OF}.html").as_uri(), settle_s=0.2).dom, "daily-pnl-BTC")
-    assert (cls, text) == ("pos", "+0.01 BTC")
+    assert (cls, text) == ("pos", "+0.01000000 BTC")   # satoshis, as the SQL reports
 
 
 def test_the_intraday_chart_belongs_to_the_as_of_day(gold):

@@ -31,6 +31,7 @@ PORTFOLIOS = pd.DataFrame({
     "var_limit": [3_500.0, 2_500.0],
     "concentration_limit": [0.60, 0.50],
     "drawdown_limit": [0.25, 0.20],
+    "var_limit_metric": ["var_99_hist", "var_99_hist"],
 })
 HOLDINGS = {  # portfolio -> product -> (quantity, avg_cost)
     "P-CORE": {"BTC-USD": (1.0, 55_000.0), "ETH-USD": (10.0, 2_800.0), "SOL-USD": (-50.0, 160.0)},
@@ -70,6 +71,7 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
                 "portfolio_id": pid, "product_id": product, "as_of_date": close.index, "quantity": qty,
                 "avg_cost": cost, "close": close[product].to_numpy(), "market_value": mv.to_numpy(),
                 "unrealized_pnl": (qty * (close[product] - cost)).to_numpy(), "price_date": close.index,
+                "daily_pnl": (qty * close[product].diff()).to_numpy(),   # as the engine: q(D-1) x the move
                 "is_stale": False, "is_delisted": False}))
     positions = pd.concat(positions, ignore_index=True)
     g = positions.assign(abs_mv=positions["market_value"].abs(),
@@ -107,7 +109,11 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
                         measures.column("es", c, method.name): ES_Z[c] * s * k}
         dd = valuation.loc[valuation["portfolio_id"] == pid, "drawdown"]
         row |= {m.name: PLAIN.get(m.name, 0.5) for m in measures.plain_measures("portfolio")}
+        lim = PORTFOLIOS.set_index("portfolio_id").loc[pid]      # as the engine: the limits the run checked
+        row |= {"checked_var_limit": lim["var_limit"], "checked_var_limit_metric": lim["var_limit_metric"],
+                "checked_drawdown_limit": lim["drawdown_limit"]}
         row |= {"max_drawdown": float(dd.min()), "drawdown_from_peak": float(dd.iat[-1]), "lookback_days": days - 1,
+                "annualization_days": 365,
                 "var_99_hist_usd": row["var_99_hist"]}   # as the engine: x 1 for a USD book
         risk_rows.append(row)
         mine = pnl[pnl["portfolio_id"] == pid]
@@ -120,7 +126,12 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
                     "is_exception": (-mine["daily_pnl"] > var).to_numpy()}))
     risk = pd.DataFrame(risk_rows)
     backtest = pd.concat(backtest, ignore_index=True)
-    comparison = backtest_summary(backtest.assign(as_of_date=pd.to_datetime(backtest["as_of_date"])), as_of)[
+    # gold.fact_var_backtest_summary: each day's run's summary of the rows up to it (the window is the whole sample)
+    dated = backtest.assign(as_of_date=pd.to_datetime(backtest["as_of_date"]))
+    summary = pd.concat([backtest_summary(dated[dated["as_of_date"] <= d], d).assign(as_of_date=d.date())
+                         for d in sorted(dated["as_of_date"].unique())], ignore_index=True)
+    summary = summary.assign(window_start=summary["window_start"].dt.date, window_end=summary["window_end"].dt.date)
+    comparison = summary[summary["as_of_date"] == as_of][
         ["portfolio_id", "as_of_date", "method", "confidence", "n_days", "exceptions", "expected_exceptions",
          "traffic_light"]]   # the engine's summary of these rows (gold.fact_var_model_comparison)
 
@@ -195,6 +206,7 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
         "fact_factor_returns": factor_returns, "fact_anomalies": anomalies, "fact_pipeline_runs": pipeline_runs,
         "fact_limit_breaches": breaches, "fact_price_quality": price_quality, "fact_correlations": correlations,
         "fact_risk_contributions": contributions.drop(columns="market_value"), "fact_var_model_comparison": comparison,
+        "fact_var_backtest_summary": summary,
     }
 
 
@@ -257,10 +269,14 @@ def sample_book(as_of: date, n_portfolios: int, days: int = 120) -> dict[str, pd
     """`sample_frames` with its two portfolios cloned into `n_portfolios` (sizes scaled so the
     numbers differ), for size and speed measurements at 22 and 1,000 portfolios."""
     base = sample_frames(as_of, days)
+    summary = base["fact_var_backtest_summary"]
+    base["fact_var_backtest_summary"] = summary[summary["as_of_date"] == as_of]   # the as-of run's only: size
     per_portfolio = ("dim_portfolio", "fact_positions", "fact_portfolio_valuation", "fact_pnl_daily",
-                     "fact_risk_metrics", "fact_var_backtest", "fact_limit_breaches", "fact_var_model_comparison")
+                     "fact_risk_metrics", "fact_var_backtest", "fact_limit_breaches", "fact_var_model_comparison",
+                     "fact_var_backtest_summary")
     money_cols = {"market_value", "unrealized_pnl", "gross_exposure", "net_exposure", "long_exposure",
                   "short_exposure", "daily_pnl", "mtd_pnl", "var_forecast", "realized_pnl", "var_limit",
+                  "checked_var_limit",
                   "quantity"} | {c for c in base["fact_risk_metrics"] if c.startswith(("var_", "es_"))}
     out = {k: v for k, v in base.items() if k not in per_portfolio}
     sources = base["dim_portfolio"]["portfolio_id"].tolist()

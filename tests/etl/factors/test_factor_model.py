@@ -67,6 +67,44 @@ def test_an_infinite_close_or_volume_is_missing_not_an_infinite_return_or_factor
     assert "2 rows with" in caplog.text
 
 
+def test_traded_value_is_in_usd_so_a_product_quoted_in_btc_ranks_on_the_same_scale_as_the_usd_ones():
+    """The liquidity factor ranks products by average traded value, market_vw weights by it. It was volume x close in
+    each product's quote currency: ETH-BTC's 50 ETH at 0.05 BTC is 2.5 (BTC), beside SOL-USD's 1,000 (USD), so the
+    ETH-BTC book worth 250,000 USD ranked the least liquid. Traded value is in USD (x the same bucket's
+    <QUOTE>-USD close, as every USD figure of the engine); without that close it is unknown (NaN), not a quote amount."""
+    times = pd.date_range(T0, periods=3, freq="60s")
+    bars = pd.DataFrame({
+        "product_id": ["BTC-USD"] * 3 + ["ETH-BTC"] * 3 + ["SOL-USD"] * 3 + ["XRP-EUR"] * 3,
+        "bucket_start": list(times) * 4,
+        "close": [100_000.0, 101_000.0, 99_000.0] + [0.05, 0.051, 0.05] + [100.0, 101.0, 102.0] + [1.0] * 3,
+        "volume": [1.0] * 3 + [50.0] * 3 + [10.0] * 3 + [5.0] * 3})
+    u = universe_returns(bars, 60, T0, T0 + pd.Timedelta(minutes=3))
+    tv = pd.DataFrame(u.traded_value, columns=u.products)
+    np.testing.assert_allclose(tv["ETH-BTC"], [50 * 0.05 * 100_000, 50 * 0.051 * 101_000, 50 * 0.05 * 99_000])
+    np.testing.assert_allclose(tv["SOL-USD"], [1000.0, 1010.0, 1020.0])
+    assert tv["XRP-EUR"].isna().all()                                      # no EUR-USD close: unknown
+    assert tv["ETH-BTC"].mean() > tv["SOL-USD"].mean()
+
+
+def test_returns_are_in_usd_so_a_product_quoted_in_btc_moves_with_the_market_it_is_averaged_into():
+    """The market factor averages the products' returns, and the attribution applies each product's betas to
+    positions valued in the book's currency. ETH-BTC's return was its move against BTC: BTC and ETH both down 10%
+    in USD read 0% for ETH-BTC, pulling the market factor towards 0 and giving it no beta on a market it follows.
+    Every return is in USD, as the engine's correlations: (1 + r_ETH-BTC)(1 + r_BTC-USD) - 1 on the same buckets;
+    NaN where a bucket lacks the <QUOTE>-USD close."""
+    times = pd.date_range(T0, periods=4, freq="60s")
+    bars = pd.DataFrame({
+        "product_id": ["BTC-USD"] * 4 + ["ETH-BTC"] * 3 + ["ETH-USD"] * 4,
+        "bucket_start": list(times) + list(times[[0, 1, 3]]) + list(times),
+        "close": [100_000.0, 90_000.0, 90_000.0, 99_000.0] + [0.05, 0.05, 0.05]
+        + [5_000.0, 4_500.0, 4_500.0, 4_950.0],
+        "volume": [1.0] * 11})
+    u = universe_returns(bars, 60, T0, T0 + pd.Timedelta(minutes=4))
+    r = pd.DataFrame(u.returns, columns=u.products)
+    np.testing.assert_allclose(r["ETH-BTC"], [np.nan, -0.1, np.nan, np.nan])      # a gap: NaN, not a return
+    np.testing.assert_allclose(r["ETH-BTC"][:2], r["ETH-USD"][:2])
+
+
 # ---- buckets ---------------------------------------------------------------------------------------------------
 def test_terciles_rank_ascending_break_ties_by_product_order_and_skip_unranked():
     rank, bucket, n = terciles(np.array([[3.0, 1.0, np.nan, 2.0, 5.0, 4.0, 0.0],

@@ -100,7 +100,8 @@ def test_the_backtest_exception_report_counts_only_days_with_a_forecast_as_the_e
 def test_top_movers_rank_positions_of_books_in_different_currencies_by_their_usd_pnl(pg_url, tmp_path):
     """P-ALT is a BTC book: its positions' market values (and PnL) are in BTC. Ranked as plain numbers beside the USD
     book's, a loss of 0.1 BTC (thousands of USD) ranked as a loss smaller than one USD. Each position's PnL of the
-    day in USD is quantity x the close-to-close move of its USD-quoted product: the ranking follows it."""
+    day in USD is the engine's PnL in the book's currency (for the BTC book: quantity x the move of the price in
+    BTC) x the as-of BTC-USD close: the ranking follows it."""
     frames = sample_frames(AS_OF)
     frames["dim_portfolio"].loc[frames["dim_portfolio"]["portfolio_id"] == "P-ALT", "base_currency"] = "BTC"
     prices = frames["fact_price_daily"].assign(price_date=lambda d: pd.to_datetime(d["price_date"]).dt.date)
@@ -109,15 +110,114 @@ def test_top_movers_rank_positions_of_books_in_different_currencies_by_their_usd
     alt = pos["portfolio_id"] == "P-ALT"
     btc = pd.to_datetime(pos["as_of_date"]).dt.date.map(close["BTC-USD"])
     pos.loc[alt, "market_value"] = pos.loc[alt, "market_value"] / btc[alt]        # as the engine: in BTC
+    in_btc = close.div(close["BTC-USD"], axis=0)
+    days = pd.to_datetime(pos.loc[alt, "as_of_date"]).dt.date
+    pos.loc[alt, "daily_pnl"] = [r.quantity * in_btc[r.product_id].diff().get(d)
+                                 for r, d in zip(pos[alt].itertuples(), days, strict=True)]
     with scratch_database(pg_url, "sql_top_movers") as url:
         create_gold(url, frames)
         with pipeline_env(url, tmp_path / "data"), GoldReader(reporting_url()) as reader:
             got = reader.query(*bind((SQL_DIR / "daily_pnl" / "top_movers.sql").read_text(), AS_OF))
     day = pos[pd.to_datetime(pos["as_of_date"]).dt.date == AS_OF]
     move = close.loc[AS_OF] - close.loc[AS_OF - timedelta(days=1)]
-    usd = {(r.portfolio_id, r.product_id): r.quantity * move[r.product_id] for r in day.itertuples()}
+    move_btc = in_btc.loc[AS_OF] - in_btc.loc[AS_OF - timedelta(days=1)]
+    usd = {(r.portfolio_id, r.product_id): r.quantity * (move_btc[r.product_id] * close.at[AS_OF, "BTC-USD"]
+                                                         if r.portfolio_id == "P-ALT" else move[r.product_id])
+           for r in day.itertuples()}
     gainers = sorted((k for k, v in usd.items() if v > 0), key=lambda k: -usd[k])[:5]
     losers = sorted((k for k, v in usd.items() if v < 0), key=lambda k: usd[k])[:5]
     assert list(zip(got["portfolio_id"], got["product_id"], strict=True)) == gainers + losers
     assert got["position_pnl_usd"].astype(float).tolist() == pytest.approx([usd[k] for k in gainers + losers], abs=0.006)
     assert got.loc[got["portfolio_id"] == "P-ALT", "base_currency"].eq("BTC").all()
+
+
+def test_the_performance_summary_annualises_the_sharpe_ratio_with_the_risk_runs_annualisation_days(gold):
+    """The engine annualises with RISK_ANNUALIZATION_DAYS (risk_returns: x sqrt(periods)) and records it on each
+    risk row (`annualization_days`). A desk running 252 saw every volatility of the run at sqrt(252) but the
+    report's Sharpe at sqrt(365), a different convention for the same returns: the Sharpe is mean / sample sd of
+    gold's daily returns x sqrt(the annualisation days of the as-of risk row)."""
+    from etl.risk import risk_returns
+
+    frames = sample_frames(AS_OF)
+    frames["fact_risk_metrics"]["annualization_days"] = 252
+    rows = _report(gold(frames), "daily_pnl/performance_summary.sql").set_index("portfolio_id")
+    pnl = frames["fact_pnl_daily"]
+    for pid, mine in pnl.groupby("portfolio_id"):
+        r = mine.sort_values("as_of_date")["daily_return"].dropna().to_numpy()
+        vol = float(risk_returns.window_vol(r[:, None], len(r), 252)[0])       # the engine's convention
+        assert rows.at[pid, "sharpe_annualised"] == pytest.approx(round(r.mean() * 252 / vol, 2), abs=1e-9), pid
+
+
+def test_top_movers_are_the_engines_position_pnl_of_the_day_which_adds_up_to_the_books_daily_pnl(gold):
+    """P-ALT doubles its SOL on the as-of day. The engine's PnL of the day is the previous close's holdings
+    revalued (docs/risk_conventions.md "Daily PnL": no trading PnL), so SOL earns 200 x its move, not the 400
+    held at the close; the report's positions of a book add up to its daily_pnl (fact_pnl_daily), not to a
+    figure of their own."""
+    frames = sample_frames(AS_OF)
+    pos = frames["fact_positions"]
+    sol = (pos["portfolio_id"] == "P-ALT") & (pos["product_id"] == "SOL-USD") & (pos["as_of_date"] == AS_OF)
+    pos.loc[sol, "market_value"] = pos.loc[sol, "market_value"] * 2
+    pos.loc[sol, "quantity"] = 400.0
+    prices = frames["fact_price_daily"].assign(price_date=lambda d: pd.to_datetime(d["price_date"]).dt.date)
+    close = prices.pivot(index="price_date", columns="product_id", values="close")
+    move = close.loc[AS_OF] - close.loc[AS_OF - timedelta(days=1)]
+    rows = _report(gold(frames), "daily_pnl/top_movers.sql").set_index(["portfolio_id", "product_id"])
+    assert len(rows) == 5                                                  # every position of the two books
+    assert rows.at[("P-ALT", "SOL-USD"), "position_pnl"] == pytest.approx(round(200 * move["SOL-USD"], 2), abs=1e-9)
+    pnl = frames["fact_pnl_daily"]
+    pnl = pnl[pnl["as_of_date"] == AS_OF].set_index("portfolio_id")["daily_pnl"]
+    book = rows["position_pnl"].astype(float).groupby(level="portfolio_id").sum()
+    assert book.to_dict() == pytest.approx(pnl.to_dict(), abs=0.011)
+
+
+def test_the_backtest_exception_report_counts_the_engines_backtest_window_not_all_the_days_gold_holds(gold):
+    """Gold keeps the backtest rows of every run (upsert by day), so after more daily runs than RISK_BACKTEST_DAYS it
+    holds more days than the engine's window. The engine's summary of the day (fact_var_backtest_summary: the last
+    backtest_days days, window_start..window_end) is what the traffic light and the Kupiec test are of; the
+    exception report counted every day gold holds, another number for the same backtest. Here the run's window is
+    the last 30 of the 44 days in gold: the report says the engine's days and exceptions."""
+    from etl.risk.engine import backtest_summary
+
+    frames = sample_frames(AS_OF)
+    bt = frames["fact_var_backtest"].assign(as_of_date=lambda d: pd.to_datetime(d["as_of_date"]))
+    window = bt[bt["as_of_date"] > pd.Timestamp(AS_OF) - pd.Timedelta(days=30)]
+    summary = backtest_summary(window, pd.Timestamp(AS_OF))
+    frames["fact_var_backtest_summary"] = summary.assign(
+        as_of_date=AS_OF, window_start=summary["window_start"].dt.date, window_end=summary["window_end"].dt.date)
+    rows = _report(gold(frames), "risk_exposure/var_backtest_exceptions.sql").set_index(
+        ["portfolio_id", "method", "confidence"])
+    engine = summary.set_index(["portfolio_id", "method", "confidence"])
+    assert len(rows) == len(engine)
+    for k, row in rows.iterrows():
+        n, hits = engine.loc[k, ["n_days", "exceptions"]]
+        assert (row["n_days"], row["exceptions"]) == (n, hits), k
+        assert (str(row["first_day"]), str(row["last_day"])) == (str(engine.at[k, "window_start"].date()),
+                                                                 str(engine.at[k, "window_end"].date())), k
+    assert (rows["n_days"] == 30).all()
+
+
+def test_the_var_and_drawdown_reports_measure_utilisation_against_the_limits_the_run_checked(gold):
+    """dim_portfolio holds today's portfolios.csv. P-CORE's VaR limit was 3,500 when the run flagged its breach
+    (fact_limit_breaches: utilisation > 1); raised to 5,000 since, the VaR report of that day showed the same VaR
+    under 1 against the new limit while the breach report said over 1; a drawdown limit moved since the same. Each
+    report now divides by the limit the run checked (on its risk row), as the engine's breach rows do."""
+    frames = sample_frames(AS_OF)
+    dim = frames["dim_portfolio"]
+    dim.loc[dim["portfolio_id"] == "P-CORE", ["var_limit", "drawdown_limit"]] = [5_000.0, 0.9]
+    day = AS_OF - timedelta(days=10)
+    frames["fact_drawdowns"] = pd.DataFrame({
+        "entity_type": "portfolio", "entity_id": ["P-CORE", "P-ALT"], "portfolio_id": ["P-CORE", "P-ALT"],
+        "as_of_date": AS_OF, "max_drawdown": [-0.3, -0.1], "peak_date": day, "trough_date": day + timedelta(days=2),
+        "drawdown_days": 2, "recovery_date": None, "recovery_days": None, "is_recovered": False,
+        "window_start": AS_OF - timedelta(days=44), "window_end": AS_OF})
+    url = gold(frames)
+    var = _report(url, "risk_exposure/var_es_by_portfolio.sql").set_index("portfolio_id")
+    breach = frames["fact_limit_breaches"].query("limit_type == 'var'").set_index("portfolio_id")
+    assert breach.at["P-CORE", "utilisation"] > 1
+    assert var.at["P-CORE", "var_limit"] == 3_500.0
+    assert var.at["P-CORE", "var_limit_utilisation"] == pytest.approx(round(breach.at["P-CORE", "utilisation"], 4))
+    dd = _report(url, "risk_exposure/drawdowns.sql").set_index("portfolio_id")
+    risk = frames["fact_risk_metrics"].set_index("portfolio_id")
+    assert dd.at["P-CORE", "drawdown_limit"] == 0.25
+    assert dd.at["P-CORE", "limit_utilisation"] == pytest.approx(
+        round(-risk.at["P-CORE", "drawdown_from_peak"] / 0.25, 4))

@@ -1054,3 +1054,61 @@ def test_a_holding_delisted_before_the_history_window_is_valued_at_its_last_clos
     assert eth.loc["U1", "market_value"] == pytest.approx(-30 * eth_last, rel=1e-12)
     assert (eth["price_date"] == delisted.date()).all() and eth["is_stale"].all() and eth["is_delisted"].all()
     assert run_risk(as_of=None, settings=get_settings()).as_of == AS_OF       # the default as-of too
+
+
+def test_each_risk_row_records_the_annualisation_its_volatilities_use():
+    """Pages that annualise a figure of their own (sql/daily_pnl/performance_summary.sql's Sharpe) read the days per
+    year from the risk row, so they agree with the run's vol_* whatever RISK_ANNUALIZATION_DAYS is."""
+    from etl.risk import risk_returns
+
+    closes = _fat_tailed_closes(60)
+    pf = _portfolios(["U"], ["USD"])
+    book = _book([("U", "BTC-USD", "2025-01-01", 2.0, 1.0)])
+    t = compute_tables(closes, FAT_TAILED_QUOTE, pf, book,
+                       RiskParams(annualization_days=252, var_lookback_days=30, backtest_days=20, mc_scenarios=500))
+    risk = t["risk_metrics"].iloc[0]
+    r = t["pnl_daily"].sort_values("as_of_date")["daily_return"].to_numpy()
+    assert risk["annualization_days"] == 252
+    assert risk["vol_20d"] == pytest.approx(float(risk_returns.window_vol(r[-20:, None], 20, 1)[0]) * np.sqrt(252))
+
+
+def test_each_positions_pnl_of_the_day_is_its_share_of_the_portfolios_daily_pnl():
+    """docs/risk_conventions.md "Daily PnL": the PnL of day D is the holdings at the end of D-1 revalued, prices in
+    base currency. positions_valued's daily_pnl is each position's term of that sum: q(D-1) x (price(D) -
+    price(D-1)), so on a rebalance day it is the previous quantity's (SOL bought up on D earns nothing on D), a
+    cross-quoted product's move includes its quote's (ETH-BTC in a USD book), and a BTC book's includes BTC's;
+    the positions of a book that closed nothing on D add up to its pnl_daily.daily_pnl exactly."""
+    closes = _fat_tailed_closes(40)
+    d = closes.index
+    pf = _portfolios(["U", "B"], ["USD", "BTC"])
+    book = _book([("U", "SOL-USD", "2025-12-01", 10.0, 1.0), ("U", "ETH-BTC", "2025-12-01", 3.0, 0.01),
+                  ("U", "SOL-USD", str(d[-1].date()), 25.0, 1.0), ("U", "ETH-BTC", str(d[-1].date()), 3.0, 0.01),
+                  ("B", "ETH-USD", "2025-12-01", 2.0, 1.0), ("B", "SOL-USD", "2025-12-01", -5.0, 1.0)])
+    t = compute_tables(closes, FAT_TAILED_QUOTE, pf, book, RiskParams(var_lookback_days=20, backtest_days=10,
+                                                                      mc_scenarios=500))
+    pos = t["positions_valued"].set_index(["portfolio_id", "product_id"])["daily_pnl"]
+    pnl = t["pnl_daily"].query("as_of_date == @d[-1]").set_index("portfolio_id")["daily_pnl"]
+    c, p = closes.iloc[-1], closes.iloc[-2]
+    assert pos[("U", "SOL-USD")] == pytest.approx(10.0 * (c["SOL-USD"] - p["SOL-USD"]), rel=1e-12)
+    assert pos[("U", "ETH-BTC")] == pytest.approx(
+        3.0 * (c["ETH-BTC"] * c["BTC-USD"] - p["ETH-BTC"] * p["BTC-USD"]), rel=1e-12)
+    assert pos[("B", "ETH-USD")] == pytest.approx(
+        2.0 * (c["ETH-USD"] / c["BTC-USD"] - p["ETH-USD"] / p["BTC-USD"]), rel=1e-12)
+    assert pos.groupby(level="portfolio_id").sum().to_dict() == pytest.approx(pnl.to_dict(), rel=1e-12)
+
+
+def test_each_risk_row_records_the_limits_the_run_checked_its_breaches_against():
+    """The VaR and drawdown reports of a day divide by these (dim_portfolio holds today's portfolios.csv): on a
+    breach row the same limit_value, on every risk row the limit, its metric and the drawdown limit."""
+    closes = _fat_tailed_closes(60)
+    pf = _portfolios(["U", "V"], ["USD", "USD"]).assign(var_limit=[1.0, 1e12], drawdown_limit=[0.3, 0.5],
+                                                        var_limit_metric=["var_99_hist", "var_95_param"])
+    book = _book([("U", "BTC-USD", "2025-01-01", 2.0, 1.0), ("V", "ETH-USD", "2025-01-01", 3.0, 1.0)])
+    t = compute_tables(closes, FAT_TAILED_QUOTE, pf, book, RiskParams(var_lookback_days=30, backtest_days=20,
+                                                                      mc_scenarios=500))
+    risk = t["risk_metrics"].set_index("portfolio_id")
+    cols = ["checked_var_limit", "checked_var_limit_metric", "checked_drawdown_limit"]
+    assert risk[cols].values.tolist() == [[1.0, "var_99_hist", 0.3], [1e12, "var_95_param", 0.5]]
+    breach = t["limit_breaches"].query("limit_type == 'var'").set_index("portfolio_id")
+    assert breach.at["U", "limit_value"] == risk.at["U", "checked_var_limit"]
+    assert breach.at["U", "utilisation"] == pytest.approx(risk.at["U", "var_99_hist"] / risk.at["U", "checked_var_limit"])
