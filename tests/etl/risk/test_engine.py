@@ -1054,3 +1054,28 @@ def test_a_holding_delisted_before_the_history_window_is_valued_at_its_last_clos
     assert eth.loc["U1", "market_value"] == pytest.approx(-30 * eth_last, rel=1e-12)
     assert (eth["price_date"] == delisted.date()).all() and eth["is_stale"].all() and eth["is_delisted"].all()
     assert run_risk(as_of=None, settings=get_settings()).as_of == AS_OF       # the default as-of too
+
+
+def test_a_day_without_a_bar_is_skipped_by_the_daily_anomalies_not_scored_as_a_zero_return():
+    """A steady product (1% a day, tiny noise) misses one daily bar. Forward-filled, that day became a 0% return
+    flagged as an anomaly (a row on a day with no bar at all) and the day after a two-day move scored as one day's;
+    both enter later windows. The daily return needs a bar on the day and the day before: the missing day and the
+    day after have none, are not scored and are skipped in the windows, as the anomalies convention says."""
+    from etl.risk import anomalies
+    from etl.risk.engine import asset_tables, bar_days, close_matrix
+
+    days = pd.date_range("2026-01-01", periods=120, freq="D")
+    r = 0.01 + np.random.default_rng(3).normal(0, 1e-4, len(days))
+    px = 100 * np.cumprod(1 + r)
+    gap = days[90]
+    keep = days != gap
+    bars = pd.DataFrame({"product_id": "A-USD", "price_date": days[keep], "close": px[keep]})
+    closes = close_matrix(bars, ["A-USD"], days[-1])
+    out = asset_tables(closes, {}, {"A-USD": "USD"}, 60, 0, RiskParams(), bar_days(bars, closes))["anomalies_daily"]
+    assert out.empty, out[["price_date", "return_value", "robust_z"]]
+    # the scores themselves: the daily returns with the two undefined ones missing, windows skipping them
+    daily = pd.Series(px[keep], index=days[keep]).reindex(days)
+    ret = (daily / daily.shift(1) - 1).to_numpy()[1:, None]
+    z, _ = anomalies.robust_z(ret, 60)
+    ok = ~np.isnan(z[:, 0])
+    assert np.abs(z[ok, 0]).max() < 3.5
