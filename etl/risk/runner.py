@@ -119,7 +119,8 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
     # default as-of: read every daily bar up to yesterday (small: one row per product per day) and take the last
     # day all products have; an explicit as-of reads only the history window
     end = as_of or (today - timedelta(days=1))
-    start = None if as_of is None else end - timedelta(days=settings.daily_history_days + 5)
+    # the history read: daily_history_days days up to and including the as-of day (the ingest's daily_window)
+    start = None if as_of is None else end - timedelta(days=settings.daily_history_days - 1)
     bars = _read_bars("1d", products, start, end, settings)
     if bars.empty:
         raise DataNotFoundError(f"no daily bars for {products} between {start or 'the start'} and {end}: run "
@@ -133,7 +134,7 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
         as_of = (last[last.index.isin(listed)] if last.index.isin(listed).any() else last).min().date()
         log.info("as-of date defaulted to %s (the last complete UTC day with bars for all listed products)", as_of)
     as_of_ts = pd.Timestamp(as_of)
-    bars = bars[bars["price_date"] > as_of_ts - pd.Timedelta(days=settings.daily_history_days + 5)]
+    bars = bars[bars["price_date"] > as_of_ts - pd.Timedelta(days=settings.daily_history_days)]
     bars = with_last_bars_of_delisted(bars, products, instruments, as_of, settings)
     positions = positions[positions["as_of_date"] <= as_of_ts]
     if positions.empty:

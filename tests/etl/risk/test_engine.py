@@ -1079,3 +1079,30 @@ def test_a_day_without_a_bar_is_skipped_by_the_daily_anomalies_not_scored_as_a_z
     z, _ = anomalies.robust_z(ret, 60)
     ok = ~np.isnan(z[:, 0])
     assert np.abs(z[ok, 0]).max() < 3.5
+
+
+def test_the_risk_run_reads_exactly_the_documented_history_window(risk_env, monkeypatch):
+    """docs/risk_conventions.md: the history read is PIPELINE_DAILY_HISTORY_DAYS days up to the as-of date (the
+    ingest's window, orchestration.intervals.daily_window). The run read 5 days more whenever silver had them, so
+    the figures over the whole price history (stress worst windows, the EWMA seed, the GARCH fits) rested on days
+    a first run, which backfills exactly the window, never has. Now they are the figures of the 60 days."""
+    from etl.risk.runner import load_inputs
+
+    monkeypatch.setenv("PIPELINE_DAILY_HISTORY_DAYS", "60")
+    monkeypatch.setenv("RISK_VAR_LOOKBACK_DAYS", "30")
+    monkeypatch.setenv("RISK_BACKTEST_DAYS", "30")
+    settings = get_settings()
+    inputs = load_inputs(AS_OF, settings)
+    first = pd.Timestamp(AS_OF) - pd.Timedelta(days=59)
+    assert inputs.closes.index[0] == first and len(inputs.closes) == 60
+    run_risk(as_of=AS_OF, settings=settings)
+    window = risk_env["closes"].loc[first:, inputs.products]
+    expected = compute_tables(window, inputs.quote_ccy, inputs.portfolios, inputs.positions, inputs.params)
+    got = _read(risk_env["data"], "stress_results").set_index(["portfolio_id", "scenario_id"]).sort_index()
+    want = expected["stress_results"].set_index(["portfolio_id", "scenario_id"]).sort_index()
+    assert got.loc[:, "pnl"].to_numpy() == pytest.approx(want.loc[got.index, "pnl"].to_numpy(), rel=1e-9)
+    assert got["window_start"].dropna().min() >= first.date()
+    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id").sort_index()
+    ref = expected["risk_metrics"].set_index("portfolio_id").loc[risk.index]
+    for col in ("var_99_fhs_ewma", "var_99_garch_t"):
+        assert risk[col].to_numpy() == pytest.approx(ref[col].to_numpy(), rel=1e-6), col
