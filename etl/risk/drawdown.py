@@ -57,8 +57,9 @@ def max_drawdown(returns: np.ndarray) -> MaxDrawdown:
     cols = np.arange(w.shape[1])
     rows = np.arange(w.shape[0])[:, None]
     level = running[trough, cols]                                     # the peak level before the trough
-    peak = (running >= level[None, :]).argmax(axis=0)                 # first day wealth reached that level
-    back = (rows > trough[None, :]) & (w / level[None, :] - 1.0 > -REL_TOL)   # back at the peak, as _drawdowns
+    at_level = w / level[None, :] - 1.0 > -REL_TOL                   # at the peak level, as _drawdowns
+    peak = at_level.argmax(axis=0)              # first day wealth reached that level (a later rounding high is not)
+    back = (rows > trough[None, :]) & at_level                        # back at the peak
     recovery = np.where(back.any(axis=0), back.argmax(axis=0), -1)
     mdd = dd[trough, cols]
     recovery = np.where(mdd < 0, recovery, -1)
