@@ -62,3 +62,16 @@ def test_a_new_high_that_is_only_rounding_noise_does_not_move_the_peak_date_late
     mdd = drawdown.max_drawdown(r)
     assert (mdd.peak[0], mdd.trough[0], mdd.recovery[0]) == (1, 4, -1)
     assert mdd.max_drawdown[0] == pytest.approx(-0.3, abs=TOL)
+
+
+def test_a_low_that_is_only_rounding_noise_does_not_move_the_trough_date_later():
+    """Prices 100 -> 80 -> 82 -> 80 -> 82: wealth compounds to 0.8 on day 1 and 0.7999999999999999 on day 3, the
+    same low within REL_TOL. The trough is the first day of the minimum (docs), day 1; the rounding made it day 3.
+    max_drawdown stays the minimum of the series (so never above a drawdown_from_peak)."""
+    p = np.array([100.0, 80.0, 82.0, 80.0, 82.0])
+    r = (np.diff(p) / p[:-1])[:, None]
+    w = drawdown.wealth_index(r)[:, 0]
+    assert w[3] < w[1]                                                      # the noise this test is about
+    mdd = drawdown.max_drawdown(r)
+    assert (mdd.peak[0], mdd.trough[0], mdd.recovery[0]) == (0, 1, -1)
+    assert mdd.max_drawdown[0] == drawdown.drawdown_series(r)[:, 0].min()
