@@ -33,7 +33,6 @@ PRICE_DAYS = 90             # market: the rebased price history
 FIRM_CONTRIBUTION_ROWS = 20  # firm: the largest contributions to the firm's VaR
 DURATION_DAYS = 30          # pipeline: task durations over this many days
 AUDIT_ROWS = 50
-ANOMALY_Z = 3.5             # etl.risk.engine's default |robust z| threshold
 CONTRIBUTION_COLUMNS = ("scope, portfolio_id, product_id, currency, component_var_99_param, component_es_99_hist, "
                         "marginal_var_99_param")
 FIRM_NOT_COMPUTED = "firm VaR not yet computed"
@@ -489,14 +488,15 @@ def pnl_attribution(reader: GoldReader, p: dict) -> dict | None:
 
 
 def return_distribution(returns: pd.Series, bins: int = 30) -> dict:
-    """Histogram of daily returns and the anomaly band: median +- ANOMALY_Z x 1.4826 x MAD (the robust z the
-    risk engine flags beyond); the returns outside it are listed."""
+    """Histogram of daily returns and the anomaly band: median +- threshold x 1.4826 x MAD, the threshold the risk
+    engine flags beyond (RISK_ANOMALY_THRESHOLD); the returns outside it are counted."""
     r = returns.astype(float).dropna()
     if len(r) < 2:
         return {"bins": [], "counts": [], "low": None, "high": None, "outliers": 0}
     med = float(r.median())
     mad = float((r - med).abs().median()) * 1.4826
-    low, high = med - ANOMALY_Z * mad, med + ANOMALY_Z * mad
+    z = get_settings().anomaly_threshold
+    low, high = med - z * mad, med + z * mad
     counts, edges = np.histogram(r, bins=bins)
     return jsonable({"bins": [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)],
                      "counts": counts.tolist(), "low": low, "high": high,
