@@ -53,13 +53,15 @@ def max_drawdown(returns: np.ndarray) -> MaxDrawdown:
     """Maximum drawdown with peak, trough and recovery indices, for every column at once."""
     w = wealth_index(returns)
     dd, running = _drawdowns(w)
-    trough = dd.argmin(axis=0)                                        # first index of the deepest point
+    low = dd.min(axis=0)
+    trough = (dd - low[None, :] < REL_TOL).argmax(axis=0)             # first day of the deepest point (rounding:
+    #                                                                    a later low within REL_TOL is the same one)
     cols = np.arange(w.shape[1])
     rows = np.arange(w.shape[0])[:, None]
     level = running[trough, cols]                                     # the peak level before the trough
-    peak = (running >= level[None, :]).argmax(axis=0)                 # first day wealth reached that level
-    back = (rows > trough[None, :]) & (w / level[None, :] - 1.0 > -REL_TOL)   # back at the peak, as _drawdowns
+    at_level = w / level[None, :] - 1.0 > -REL_TOL                   # at the peak level, as _drawdowns
+    peak = at_level.argmax(axis=0)              # first day wealth reached that level (a later rounding high is not)
+    back = (rows > trough[None, :]) & at_level                        # back at the peak
     recovery = np.where(back.any(axis=0), back.argmax(axis=0), -1)
-    mdd = dd[trough, cols]
-    recovery = np.where(mdd < 0, recovery, -1)
-    return MaxDrawdown(mdd, peak, trough, recovery)
+    recovery = np.where(low < 0, recovery, -1)
+    return MaxDrawdown(low, peak, trough, recovery)

@@ -130,6 +130,14 @@ def close_matrix(bars: pd.DataFrame, products: list[str], as_of: pd.Timestamp) -
     return wide.loc[start.idxmax():]
 
 
+def bar_days(bars: pd.DataFrame, closes: pd.DataFrame) -> pd.DataFrame:
+    """(days x products of `closes`) True where the product has its own daily bar, False where close_matrix carried
+    the previous close forward."""
+    seen = pd.Series(True, index=pd.MultiIndex.from_frame(bars[["price_date", "product_id"]])).groupby(level=[0, 1]).any()
+    return seen.unstack(fill_value=False).reindex(index=closes.index, columns=closes.columns, fill_value=False) \
+        .astype(bool)
+
+
 def price_flags(positions_valued: pd.DataFrame, last_bar: pd.Series, delisted_on: pd.Series) -> pd.DataFrame:
     """The positions valued on the as-of day with where their value comes from: `price_date` (the oldest of the
     daily bars on or before the as-of day it rests on: the product's own, and the `<CCY>-USD` bars converting its
@@ -189,18 +197,20 @@ def snapshot_arrays(positions: pd.DataFrame, portfolio_ids: list[str], products:
 # ---- the computation ------------------------------------------------------------------------------------------
 def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: pd.DataFrame,
                    positions: pd.DataFrame, params: RiskParams,
-                   bars_5m: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+                   bars_5m: pd.DataFrame | None = None,
+                   has_bar: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Every risk output table for the last day of `closes` (the as-of date): `portfolio_tables` of the whole
     book plus its `book_tables`.
 
     closes: calendar days x products (quote currency), no NaN (see close_matrix); must include <CCY>-USD for every
     non-USD quote or base currency. quote_ccy: product -> quote currency. bars_5m: optional silver 5-minute bars
-    (product_id, bucket_start, close) for intraday anomalies.
+    (product_id, bucket_start, close) for intraday anomalies. has_bar: `bar_days` (None: every close is a bar's),
+    for the daily anomalies.
     """
     book = _Book.of(closes, quote_ccy, portfolios, positions, params)
     sigmas: dict[str, dict[str, np.ndarray]] = {}                          # filtered volatilities per currency
     return append_tables(_portfolio_tables(book, portfolios, positions, params, sigmas),
-                         _book_tables(book, closes, portfolios, positions, params, bars_5m, sigmas))
+                         _book_tables(book, closes, portfolios, positions, params, bars_5m, sigmas, has_bar))
 
 
 def portfolio_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: pd.DataFrame,
@@ -213,11 +223,12 @@ def portfolio_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios
 
 
 def book_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: pd.DataFrame, positions: pd.DataFrame,
-                params: RiskParams, bars_5m: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+                params: RiskParams, bars_5m: pd.DataFrame | None = None,
+                has_bar: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """The tables of the whole book (firm_risk, the firm-scope risk_contributions and stress_results rows) and of
     the products (asset_risk, correlations, drawdowns, anomalies): cheap next to the portfolios'."""
     book = _Book.of(closes, quote_ccy, portfolios, positions, params)
-    return _book_tables(book, closes, portfolios, positions, params, bars_5m, {})
+    return _book_tables(book, closes, portfolios, positions, params, bars_5m, {}, has_bar)
 
 
 def append_tables(tables: dict[str, pd.DataFrame], more: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -302,7 +313,7 @@ def _portfolio_tables(b: _Book, portfolios: pd.DataFrame, positions: pd.DataFram
 
 
 def _book_tables(b: _Book, closes, portfolios, positions, params: RiskParams, bars_5m,
-                 sigmas: dict[str, dict[str, np.ndarray]]) -> dict[str, pd.DataFrame]:
+                 sigmas: dict[str, dict[str, np.ndarray]], has_bar=None) -> dict[str, pd.DataFrame]:
     pids = list(portfolios["portfolio_id"])
     usd_price = b.close * b.quote_usd
     qty, cost = snapshot_arrays(positions, pids, b.held, b.days[-1:])    # the book on the as-of day
@@ -310,7 +321,7 @@ def _book_tables(b: _Book, closes, portfolios, positions, params: RiskParams, ba
     usd_sigmas = _filtered_sigmas(risk_returns.simple_returns(usd_price), "USD", params, sigmas)
     tables = firm.firm_tables(b.days, usd_price, mv_usd, pids, b.held, b.z, b.scale, b.n_ret,
                               {m: s for m, s in usd_sigmas.items() if m in FILTERED}, b.scenarios, b.usd_move_of)
-    append_tables(tables, asset_tables(closes, b.rates, b.quote_ccy, b.n_ret, b.hist_start, params))
+    append_tables(tables, asset_tables(closes, b.rates, b.quote_ccy, b.n_ret, b.hist_start, params, has_bar))
     tables["anomalies"] = intraday_anomalies(bars_5m, b.days[-1], params)
     return tables
 
@@ -903,8 +914,10 @@ def _drawdown_rows(mdd: drawdown.MaxDrawdown, ids, entity_type: str, dd_days: pd
 
 
 def asset_tables(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: dict[str, str], n_ret: int,
-                 hist_start: int, params: RiskParams) -> dict[str, pd.DataFrame]:
-    """Per product (in its own quote currency): asset_risk, drawdowns, daily anomalies; correlations of USD returns."""
+                 hist_start: int, params: RiskParams, has_bar: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """Per product (in its own quote currency): asset_risk, drawdowns, daily anomalies; correlations of USD returns.
+    has_bar (`bar_days`; None: every close is a bar's): the daily anomalies score only the returns of days with a
+    bar on the day and the day before, a carried close is no price move (and a move across a gap no one-day move)."""
     products = list(closes.columns)
     days = closes.index
     as_of = days[-1]
@@ -930,7 +943,11 @@ def asset_tables(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: 
     correlations = pd.DataFrame({"product_id_a": np.asarray(products)[i], "product_id_b": np.asarray(products)[j],
                                  "as_of_date": as_of, "correlation": corr[i, j], "n_obs": n_ret,
                                  "return_currency": "USD"})
-    z, how = anomalies.robust_z(r, params.anomaly_window)
+    daily = r
+    if has_bar is not None:
+        seen = has_bar.reindex(index=days, columns=products, fill_value=False).to_numpy()
+        daily = np.where(seen[1:] & seen[:-1], r, np.nan)                # no daily return: skipped, never 0
+    z, how = anomalies.robust_z(daily, params.anomaly_window)
     flagged = np.abs(np.nan_to_num(z)) > params.anomaly_threshold
     flagged[: max(hist_start - 1, 0)] = False                             # only the recent (history) window
     ti, ai = np.nonzero(flagged)

@@ -82,7 +82,7 @@ def reproduce(as_of: date, run_id: str, output: str | Path, settings: Settings |
         with pinned(record["inputs"]):
             inputs = load_inputs(as_of, settings, reference, RiskParams(**params))
             tables = compute_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions,
-                                    inputs.params, inputs.bars_5m)
+                                    inputs.params, inputs.bars_5m, inputs.has_bar)
             tables = finish_portfolio_tables(inputs, inputs.portfolios, tables, settings)
         # in the types of the files the run committed
         schemas = [pq.read_schema(store.path(next(iter(entry["files"]))), filesystem=store.fs)

@@ -26,7 +26,7 @@ from etl.portfolios import book_products
 from etl.reference import DELISTED_ON
 from etl.reference_set import Reference
 from etl.risk import attribution, liquidity
-from etl.risk.engine import RiskParams, close_matrix, compute_tables, price_flags, release_freed_memory
+from etl.risk.engine import RiskParams, bar_days, close_matrix, compute_tables, price_flags, release_freed_memory
 from etl.risk.scenarios import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
@@ -79,7 +79,7 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None,
     settings = settings or get_settings()
     inputs = load_inputs(as_of, settings, reference)
     tables = compute_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions, inputs.params,
-                            inputs.bars_5m)
+                            inputs.bars_5m, inputs.has_bar)
     return commit_tables(inputs, finish_portfolio_tables(inputs, inputs.portfolios, tables, settings), settings, t0)
 
 
@@ -97,6 +97,7 @@ class RiskInputs:
     last_bar: pd.Series                   # product -> its last daily bar on or before as_of
     bars_5m: pd.DataFrame
     reference_digests: dict[str, str]     # Reference.digests: the reference files as read
+    has_bar: pd.DataFrame | None = None   # engine.bar_days: which closes are a bar's (not carried forward)
 
 
 def load_inputs(as_of: date | None, settings: Settings, reference: Reference | None = None,
@@ -118,7 +119,8 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
     # default as-of: read every daily bar up to yesterday (small: one row per product per day) and take the last
     # day all products have; an explicit as-of reads only the history window
     end = as_of or (today - timedelta(days=1))
-    start = None if as_of is None else end - timedelta(days=settings.daily_history_days + 5)
+    # the history read: daily_history_days days up to and including the as-of day (the ingest's daily_window)
+    start = None if as_of is None else end - timedelta(days=settings.daily_history_days - 1)
     bars = _read_bars("1d", products, start, end, settings)
     if bars.empty:
         raise DataNotFoundError(f"no daily bars for {products} between {start or 'the start'} and {end}: run "
@@ -132,17 +134,18 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
         as_of = (last[last.index.isin(listed)] if last.index.isin(listed).any() else last).min().date()
         log.info("as-of date defaulted to %s (the last complete UTC day with bars for all listed products)", as_of)
     as_of_ts = pd.Timestamp(as_of)
-    bars = bars[bars["price_date"] > as_of_ts - pd.Timedelta(days=settings.daily_history_days + 5)]
+    bars = bars[bars["price_date"] > as_of_ts - pd.Timedelta(days=settings.daily_history_days)]
     bars = with_last_bars_of_delisted(bars, products, instruments, as_of, settings)
     positions = positions[positions["as_of_date"] <= as_of_ts]
     if positions.empty:
         raise DataNotFoundError(f"no position snapshot dated on or before {as_of} in "
                                 f"{settings.reference_dir / 'positions.csv'}")
     closes = close_matrix(bars[bars["price_date"] <= as_of_ts], products, as_of_ts)
+    has_bar = bar_days(bars, closes)
     bars_5m = _read_bars("5m", products, as_of - timedelta(days=1), as_of, settings)
     last_bar = bars[bars["price_date"] <= as_of_ts].groupby("product_id")["price_date"].max()
     return RiskInputs(as_of, params, instruments, portfolios, positions, quote_ccy, products, closes, last_bar,
-                      bars_5m, reference.digests)
+                      bars_5m, reference.digests, has_bar)
 
 
 def with_last_bars_of_delisted(bars: pd.DataFrame, products: list[str], instruments: pd.DataFrame, as_of: date,

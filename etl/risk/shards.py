@@ -189,7 +189,7 @@ def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings,
             part[name] = part[name][~part[name]["base_currency"].isin(seen)]
         append_tables(tables, part)
     append_tables(tables, book_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions,
-                                      inputs.params, inputs.bars_5m))
+                                      inputs.params, inputs.bars_5m, inputs.has_bar))
     summary = commit_tables(inputs, tables, settings, t0, meta={"run_key": run_key})
     _clear(store, run_key)
     return summary

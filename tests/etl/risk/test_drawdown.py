@@ -49,3 +49,29 @@ def test_a_price_back_at_its_peak_is_recovered_and_not_in_drawdown():
     assert mdd.max_drawdown[0] == pytest.approx(-0.03, rel=1e-12)
     assert drawdown.drawdown_series(r[:2])[-1, 0] == 0.0                # back at the peak: not in drawdown
     assert drawdown.drawdown_series(r)[-1, 0] == pytest.approx(-0.02, rel=1e-12)   # a real fall is kept
+
+
+def test_a_new_high_that_is_only_rounding_noise_does_not_move_the_peak_date_later():
+    """Prices 100 -> 105 -> 90 -> 105 -> 73.5: wealth compounds to 1.05 on day 1 and 1.0500000000000003 on day 3.
+    The two are the same level within REL_TOL (docs: "within 1e-12 of its running peak is at the peak"), so the
+    peak before the trough (day 4) is the first day wealth reached it, day 1; the rounding made it day 3."""
+    p = np.array([100.0, 105.0, 90.0, 105.0, 73.5])
+    r = (np.diff(p) / p[:-1])[:, None]
+    w = drawdown.wealth_index(r)[:, 0]
+    assert w[3] > w[1]                                                      # the noise this test is about
+    mdd = drawdown.max_drawdown(r)
+    assert (mdd.peak[0], mdd.trough[0], mdd.recovery[0]) == (1, 4, -1)
+    assert mdd.max_drawdown[0] == pytest.approx(-0.3, abs=TOL)
+
+
+def test_a_low_that_is_only_rounding_noise_does_not_move_the_trough_date_later():
+    """Prices 100 -> 80 -> 82 -> 80 -> 82: wealth compounds to 0.8 on day 1 and 0.7999999999999999 on day 3, the
+    same low within REL_TOL. The trough is the first day of the minimum (docs), day 1; the rounding made it day 3.
+    max_drawdown stays the minimum of the series (so never above a drawdown_from_peak)."""
+    p = np.array([100.0, 80.0, 82.0, 80.0, 82.0])
+    r = (np.diff(p) / p[:-1])[:, None]
+    w = drawdown.wealth_index(r)[:, 0]
+    assert w[3] < w[1]                                                      # the noise this test is about
+    mdd = drawdown.max_drawdown(r)
+    assert (mdd.peak[0], mdd.trough[0], mdd.recovery[0]) == (0, 1, -1)
+    assert mdd.max_drawdown[0] == drawdown.drawdown_series(r)[:, 0].min()

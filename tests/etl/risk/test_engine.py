@@ -1112,3 +1112,55 @@ def test_each_risk_row_records_the_limits_the_run_checked_its_breaches_against()
     breach = t["limit_breaches"].query("limit_type == 'var'").set_index("portfolio_id")
     assert breach.at["U", "limit_value"] == risk.at["U", "checked_var_limit"]
     assert breach.at["U", "utilisation"] == pytest.approx(risk.at["U", "var_99_hist"] / risk.at["U", "checked_var_limit"])
+
+
+def test_a_day_without_a_bar_is_skipped_by_the_daily_anomalies_not_scored_as_a_zero_return():
+    """A steady product (1% a day, tiny noise) misses one daily bar. Forward-filled, that day became a 0% return
+    flagged as an anomaly (a row on a day with no bar at all) and the day after a two-day move scored as one day's;
+    both enter later windows. The daily return needs a bar on the day and the day before: the missing day and the
+    day after have none, are not scored and are skipped in the windows, as the anomalies convention says."""
+    from etl.risk import anomalies
+    from etl.risk.engine import asset_tables, bar_days, close_matrix
+
+    days = pd.date_range("2026-01-01", periods=120, freq="D")
+    r = 0.01 + np.random.default_rng(3).normal(0, 1e-4, len(days))
+    px = 100 * np.cumprod(1 + r)
+    gap = days[90]
+    keep = days != gap
+    bars = pd.DataFrame({"product_id": "A-USD", "price_date": days[keep], "close": px[keep]})
+    closes = close_matrix(bars, ["A-USD"], days[-1])
+    out = asset_tables(closes, {}, {"A-USD": "USD"}, 60, 0, RiskParams(), bar_days(bars, closes))["anomalies_daily"]
+    assert out.empty, out[["price_date", "return_value", "robust_z"]]
+    # the scores themselves: the daily returns with the two undefined ones missing, windows skipping them
+    daily = pd.Series(px[keep], index=days[keep]).reindex(days)
+    ret = (daily / daily.shift(1) - 1).to_numpy()[1:, None]
+    z, _ = anomalies.robust_z(ret, 60)
+    ok = ~np.isnan(z[:, 0])
+    assert np.abs(z[ok, 0]).max() < 3.5
+
+
+def test_the_risk_run_reads_exactly_the_documented_history_window(risk_env, monkeypatch):
+    """docs/risk_conventions.md: the history read is PIPELINE_DAILY_HISTORY_DAYS days up to the as-of date (the
+    ingest's window, orchestration.intervals.daily_window). The run read 5 days more whenever silver had them, so
+    the figures over the whole price history (stress worst windows, the EWMA seed, the GARCH fits) rested on days
+    a first run, which backfills exactly the window, never has. Now they are the figures of the 60 days."""
+    from etl.risk.runner import load_inputs
+
+    monkeypatch.setenv("PIPELINE_DAILY_HISTORY_DAYS", "60")
+    monkeypatch.setenv("RISK_VAR_LOOKBACK_DAYS", "30")
+    monkeypatch.setenv("RISK_BACKTEST_DAYS", "30")
+    settings = get_settings()
+    inputs = load_inputs(AS_OF, settings)
+    first = pd.Timestamp(AS_OF) - pd.Timedelta(days=59)
+    assert inputs.closes.index[0] == first and len(inputs.closes) == 60
+    run_risk(as_of=AS_OF, settings=settings)
+    window = risk_env["closes"].loc[first:, inputs.products]
+    expected = compute_tables(window, inputs.quote_ccy, inputs.portfolios, inputs.positions, inputs.params)
+    got = _read(risk_env["data"], "stress_results").set_index(["portfolio_id", "scenario_id"]).sort_index()
+    want = expected["stress_results"].set_index(["portfolio_id", "scenario_id"]).sort_index()
+    assert got.loc[:, "pnl"].to_numpy() == pytest.approx(want.loc[got.index, "pnl"].to_numpy(), rel=1e-9)
+    assert got["window_start"].dropna().min() >= first.date()
+    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id").sort_index()
+    ref = expected["risk_metrics"].set_index("portfolio_id").loc[risk.index]
+    for col in ("var_99_fhs_ewma", "var_99_garch_t"):
+        assert risk[col].to_numpy() == pytest.approx(ref[col].to_numpy(), rel=1e-6), col
