@@ -276,14 +276,3 @@ def test_the_html_report_shows_golds_figures(gold, reader):
                 "and method = 'hist' and confidence = 0.99")
     assert f'(hist VaR 99%, last {bt["n_days"].iat[0]} days): <span class="badge zone-{bt["traffic_light"].iat[0]}"' \
         in detail
-
-
-def test_the_return_distributions_anomaly_band_is_the_engines_configured_threshold(monkeypatch):
-    """docs/cockpit.md: the band is median +- threshold x 1.4826 x MAD, "the risk engine's robust z threshold".
-    With RISK_ANOMALY_THRESHOLD=2 the engine flags |z| > 2, but the band stayed at the default 3.5: returns the
-    engine flagged sat inside the band the page draws as normal."""
-    monkeypatch.setenv("RISK_ANOMALY_THRESHOLD", "2")
-    r = pd.Series([-0.02, -0.01, 0.0, 0.01, 0.02, 0.035])
-    med, mad = 0.005, 0.015 * 1.4826                                       # |r - med| sorted: .005 .005 .015 ...
-    out = cockpit.return_distribution(r)
-    assert out["low"] == pytest.approx(med - 2 * mad) and out["high"] == pytest.approx(med + 2 * mad)
