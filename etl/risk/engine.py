@@ -154,6 +154,26 @@ def price_flags(positions_valued: pd.DataFrame, last_bar: pd.Series, delisted_on
                                    is_delisted=explained.to_numpy())
 
 
+def carried_days(positions_valued: pd.DataFrame, carried: pd.DataFrame, n_ret: int) -> tuple[np.ndarray, pd.Series]:
+    """How many days of the VaR window (the last n_ret days of `carried`, whose returns the VaR rests on) a
+    position's price rests on a carried-forward close: a day without a daily bar of its product, or of the
+    `<CCY>-USD` pair converting its quote or its portfolio's base currency (a halt gives zero returns, not a calm
+    market). carried: days x products, True where close_matrix forward-filled the close. Returns (per position row,
+    per portfolio: the days on which any of its holdings is carried)."""
+    window = carried.iloc[-n_ret:] if n_ret > 0 else carried.iloc[:0]
+    none = np.zeros(len(window), dtype=bool)
+
+    def days_of(product: str) -> np.ndarray:
+        return window[product].to_numpy(dtype=bool) if product in window.columns else none
+    pv = positions_valued
+    keys = list(zip(pv["product_id"], pv["quote_currency"], pv["base_currency"], strict=True))
+    masks = {k: days_of(k[0]) | (days_of(f"{k[1]}-USD") if k[1] != "USD" else none)
+             | (days_of(f"{k[2]}-USD") if k[2] != "USD" else none) for k in set(keys)}
+    rows = np.array([masks[k] for k in keys], dtype=bool).reshape(len(keys), len(window))
+    per_book = pd.DataFrame(rows, index=pv["portfolio_id"].to_numpy()).groupby(level=0).any().sum(axis=1)
+    return rows.sum(axis=1), per_book
+
+
 def usd_rates(closes: pd.DataFrame, currencies: set[str]) -> dict[str, np.ndarray]:
     """Value of one unit of each currency in USD per day: 1 for USD, else the close of <CCY>-USD."""
     out = {"USD": np.ones(len(closes))}

@@ -26,7 +26,15 @@ from etl.portfolios import book_products
 from etl.reference import DELISTED_ON
 from etl.reference_set import Reference
 from etl.risk import attribution, liquidity
-from etl.risk.engine import RiskParams, close_matrix, compute_tables, price_flags, release_freed_memory
+from etl.risk.engine import (
+    RiskParams,
+    carried_days,
+    close_matrix,
+    compute_tables,
+    limit_breaches,
+    price_flags,
+    release_freed_memory,
+)
 from etl.risk.scenarios import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
@@ -41,7 +49,7 @@ TABLES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics"
 TABLES += SCENARIO_TABLES  # the intraday revaluation's inputs (etl.risk.intraday)
 # settings beside RiskParams that change a run's figures (the history window read, where the 5-minute bars come
 # from, the percentile of the LVaR costs): recorded in the run record's params, applied again by `risk --reproduce`
-RUN_SETTINGS = ("daily_history_days", "bars_source", "lvar_percentile")
+RUN_SETTINGS = ("daily_history_days", "bars_source", "lvar_percentile", "max_carried_days")
 
 
 @dataclass
@@ -97,6 +105,7 @@ class RiskInputs:
     last_bar: pd.Series                   # product -> its last daily bar on or before as_of
     bars_5m: pd.DataFrame
     reference_digests: dict[str, str]     # Reference.digests: the reference files as read
+    carried: pd.DataFrame | None = None   # days x products of closes: True where the close is carried forward
 
 
 def load_inputs(as_of: date | None, settings: Settings, reference: Reference | None = None,
@@ -140,9 +149,12 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
                                 f"{settings.reference_dir / 'positions.csv'}")
     closes = close_matrix(bars[bars["price_date"] <= as_of_ts], products, as_of_ts)
     bars_5m = _read_bars("5m", products, as_of - timedelta(days=1), as_of, settings)
-    last_bar = bars[bars["price_date"] <= as_of_ts].groupby("product_id")["price_date"].max()
+    upto = bars[bars["price_date"] <= as_of_ts]
+    last_bar = upto.groupby("product_id")["price_date"].max()
+    carried = ~(pd.crosstab(upto["price_date"], upto["product_id"]).reindex(
+        index=closes.index, columns=closes.columns, fill_value=0) > 0)        # no bar that day: forward-filled
     return RiskInputs(as_of, params, instruments, portfolios, positions, quote_ccy, products, closes, last_bar,
-                      bars_5m, reference.digests)
+                      bars_5m, reference.digests, carried)
 
 
 def with_last_bars_of_delisted(bars: pd.DataFrame, products: list[str], instruments: pd.DataFrame, as_of: date,
@@ -170,11 +182,34 @@ def finish_portfolio_tables(inputs: RiskInputs, portfolios: pd.DataFrame, tables
     tables["positions_valued"] = price_flags(tables["positions_valued"], inputs.last_bar,
                                              inputs.instruments.set_index("product_id")[DELISTED_ON])
     _check_finite_values(tables["positions_valued"], settings)
+    _carried_closes(inputs, portfolios, tables, settings)
     positions = inputs.positions[inputs.positions["portfolio_id"].isin(portfolios["portfolio_id"])]
     tables["pnl_attribution"] = _attribution(inputs.closes, inputs.quote_ccy, portfolios, positions,
                                              tables["pnl_daily"], settings)
     liquidity.liquidity_risk(tables, portfolios, inputs.as_of, settings, get_store(settings))
     return tables
+
+
+def _carried_closes(inputs: RiskInputs, portfolios: pd.DataFrame, tables: dict[str, pd.DataFrame],
+                    settings: Settings) -> None:
+    """`carried_days` on positions_valued and risk_metrics (engine.carried_days: days of the VaR window whose
+    close a holding rests on was carried forward, no daily bar); a book with more than RISK_MAX_CARRIED_DAYS has
+    NULL VaR/ES (its var limit then uncomputable): zero returns of a halted product are not a calm market."""
+    risk = tables["risk_metrics"]
+    n_ret = int(risk["lookback_days"].iloc[0]) if len(risk) else 0
+    carried = inputs.carried if inputs.carried is not None else pd.DataFrame(False, index=inputs.closes.index,
+                                                                            columns=inputs.closes.columns)
+    per_position, per_book = carried_days(tables["positions_valued"], carried, n_ret)
+    tables["positions_valued"]["carried_days"] = per_position.astype("int64")
+    risk["carried_days"] = risk["portfolio_id"].map(per_book).fillna(0).astype("int64")
+    over = (risk["carried_days"] > settings.max_carried_days).to_numpy()
+    if over.any():
+        var_cols = [c for c in risk.columns if c.startswith(("var_", "es_"))]
+        risk.loc[over, var_cols] = np.nan
+        log.warning("VaR/ES of %s NULL: more than %s days of the %s-day VaR window rest on a carried-forward close "
+                    "(RISK_MAX_CARRIED_DAYS)", ", ".join(map(str, risk.loc[over, "portfolio_id"])),
+                    settings.max_carried_days, n_ret)
+        tables["limit_breaches"] = limit_breaches(risk, portfolios)
 
 
 def commit_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings: Settings,

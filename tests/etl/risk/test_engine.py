@@ -1054,3 +1054,48 @@ def test_a_holding_delisted_before_the_history_window_is_valued_at_its_last_clos
     assert eth.loc["U1", "market_value"] == pytest.approx(-30 * eth_last, rel=1e-12)
     assert (eth["price_date"] == delisted.date()).all() and eth["is_stale"].all() and eth["is_delisted"].all()
     assert run_risk(as_of=None, settings=get_settings()).as_of == AS_OF       # the default as-of too
+
+
+def _drop_days(data_dir, product: str, first: pd.Timestamp, last: pd.Timestamp) -> None:
+    """The product has no daily bar from `first` to `last` (a trading halt inside the history)."""
+    store = Store.from_uri(str(data_dir))
+    for rel in Lake.of(store).files(BARS_1D_DIR):
+        if f"/product_id={product}/" in rel:
+            table = pq.read_table(data_dir / rel)
+            day = pd.to_datetime(table["price_date"].to_pandas())
+            keep = pa.array(~((day >= first) & (day <= last)))
+            commit_silver(store, BARS_1D_DIR, [({"product_id": product, "year": rel.split("/year=")[1][:4]},
+                                                table.filter(keep))])
+
+
+def test_a_holding_halted_inside_the_var_window_is_counted_and_past_the_threshold_its_var_is_uncomputable(
+        risk_env, monkeypatch):
+    """ETH-USD has no daily bar for 10 days inside the 60-day VaR window but one on the as-of day: its closes are
+    carried forward (10 zero returns), so the VaR of the books holding it rests on a price that did not move. The
+    positions and the books say how many days of the window rest on a carried close (`carried_days`); past
+    RISK_MAX_CARRIED_DAYS the book's VaR/ES are NULL and its var limit uncomputable, never a confident figure."""
+    run_risk(as_of=AS_OF, settings=get_settings())
+    clean = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    assert (clean["carried_days"] == 0).all() and clean["var_99_hist"].notna().all()
+    halt = pd.Timestamp(AS_OF) - pd.Timedelta(days=20)
+    _drop_days(risk_env["data"], "ETH-USD", halt, halt + pd.Timedelta(days=9))
+
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "10")                    # at the threshold: counted, still computed
+    run_risk(as_of=AS_OF, settings=get_settings())
+    pos = _read(risk_env["data"], "positions_valued").set_index(["portfolio_id", "product_id"])
+    assert pos["carried_days"].to_dict() == {k: 10 if k[1] == "ETH-USD" else 0 for k in pos.index}
+    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    assert risk["carried_days"].to_dict() == {"U1": 10, "U2": 0, "B1": 10}
+    assert risk["var_99_hist"].notna().all()
+
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "9")
+    run_risk(as_of=AS_OF, settings=get_settings())
+    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    var_cols = [c for c in risk.columns if c.startswith(("var_", "es_"))]
+    assert risk.loc[["U1", "B1"], var_cols].isna().all().all()
+    hist = ["var_95_hist", "var_99_hist", "es_95_hist", "es_99_hist"]   # a book not holding it keeps its figures
+    assert risk.loc["U2", hist].tolist() == pytest.approx(clean.loc["U2", hist].tolist(), rel=1e-12)
+    breaches = _read(risk_env["data"], "limit_breaches")
+    var_breach = breaches[breaches["limit_type"] == "var"].set_index("portfolio_id")
+    assert set(var_breach.index) >= {"U1", "B1"}
+    assert (var_breach.loc[["U1", "B1"], "breach_kind"] == "uncomputable").all()
