@@ -16,6 +16,7 @@ Checks, for the as-of day D (each failure is one line naming the table or file a
 7. (a notice, not a failure) a portfolio whose VaR window holds days on which a held price is carried forward
    (risk_metrics.carried_days > 0: a halt, zero returns) is named with the products and days on every page and in
    the cockpit; past RISK_MAX_CARRIED_DAYS the risk run has made its VaR/ES NULL (an uncomputable var limit).
+   So is a lookback cut short by a product whose first daily close starts the history (risk_metrics.lookback_limited_by).
 An incomplete day makes `report` exit 3 (IncompleteInputError) after writing its HTML with a red INCOMPLETE banner.
 """
 
@@ -166,9 +167,22 @@ def carried_closes(reader: GoldReader, as_of: date) -> tuple[list[str], list[str
     if df is None:
         return [f"gold.fact_risk_metrics or gold.fact_positions (with carried_days) cannot be read: whether the VaR "
                 f"of {as_of} rests on carried-forward closes is unknown: run `python -m etl load`"], []
-    return [], [f"VaR of {r.portfolio_id} rests on closes carried forward (no daily bar) on {r.carried_days} of the "
-                f"{r.lookback_days} days of its window: {r.products}; above RISK_MAX_CARRIED_DAYS its VaR/ES are NULL"
-                for r in df.itertuples(index=False)]
+    notices = [f"VaR of {r.portfolio_id} rests on closes carried forward (no daily bar) on {r.carried_days} of the "
+               f"{r.lookback_days} days of its window: {r.products}; above RISK_MAX_CARRIED_DAYS its VaR/ES are NULL"
+               for r in df.itertuples(index=False)]
+    short = reader.frame("fact_risk_metrics", SHORT_SQL, {"as_of": as_of})
+    if short is None:
+        return [f"gold.fact_risk_metrics (with lookback_limited_by) cannot be read: whether the VaR of {as_of} rests "
+                f"on the configured lookback is unknown: run `python -m etl load`"], notices
+    return [], notices + [f"VaR of every portfolio rests on {r.lookback_days} daily returns, fewer than "
+                          f"RISK_VAR_LOOKBACK_DAYS: the price history starts at {r.lookback_limited_by}"
+                          for r in short.itertuples(index=False)]
+
+
+# a product listed recently starts the price history of the run (etl.risk.engine.late_starters)
+SHORT_SQL = """
+    select distinct lookback_days, lookback_limited_by from gold.fact_risk_metrics
+    where as_of_date = %(as_of)s and lookback_limited_by is not null order by lookback_days"""
 
 
 # The products (and <CCY>-USD pairs converting them) held at the previous close by a portfolio that no longer holds

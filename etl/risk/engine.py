@@ -114,7 +114,9 @@ def close_matrix(bars: pd.DataFrame, products: list[str], as_of: pd.Timestamp) -
     wide = bars.pivot_table(index="price_date", columns="product_id", values="close", aggfunc="last")
     wide = wide.reindex(columns=products)
     days = pd.date_range(wide.index.min(), as_of, freq="D")
-    wide = wide.reindex(days).ffill()
+    wide = wide.reindex(days)
+    first_close = wide.apply(pd.Series.first_valid_index)                # product -> its first close (NaT: none)
+    wide = wide.ffill()
     start = wide.notna().all(axis=1)
     if not start.any():
         raise DataNotFoundError(f"no day up to {as_of.date()} has a close for all of {products}")
@@ -127,7 +129,18 @@ def close_matrix(bars: pd.DataFrame, products: list[str], as_of: pd.Timestamp) -
         log.warning("%s has no daily bar on %s: valued at its last close, of %s (%s days earlier); the day is "
                     "incomplete unless instruments.csv declares it delisted", product, as_of.date(),
                     last_bar[product].date(), lag.days)
-    return wide.loc[start.idxmax():]
+    out = wide.loc[start.idxmax():]
+    out.attrs["first_close"] = pd.to_datetime(first_close)               # what started the history: late_starters
+    return out
+
+
+def late_starters(closes: pd.DataFrame) -> str | None:
+    """The products whose first daily close starts the history of `closes` (close_matrix) while others have
+    closes before it: 'ETH-BTC (first daily close 2026-02-19)', or None when no product started late."""
+    first = closes.attrs.get("first_close")
+    if first is None or first.empty or not (first < first.max()).any():
+        return None
+    return ", ".join(f"{p} (first daily close {d.date()})" for p, d in first[first == first.max()].items())
 
 
 def price_flags(positions_valued: pd.DataFrame, last_bar: pd.Series, delisted_on: pd.Series) -> pd.DataFrame:
@@ -272,6 +285,11 @@ class _Book:
         held = sorted(positions["product_id"].unique())
         rates = usd_rates(closes, {quote_ccy[p] for p in held} | set(portfolios["base_currency"]))
         n_ret = min(params.var_lookback_days, t_all - 1)
+        if n_ret < MIN_VAR_OBS and (late := late_starters(closes)):
+            raise DataNotFoundError(f"only {t_all} days of closes up to {days[-1].date()}: the history starts at "
+                                    f"{late}, which leaves {n_ret} daily returns; VaR needs at least {MIN_VAR_OBS}: "
+                                    "value its holdings elsewhere until it has the history, or ingest its earlier "
+                                    "daily candles if it traded before")
         if n_ret < MIN_VAR_OBS:
             raise DataNotFoundError(f"only {t_all} days of closes up to {days[-1].date()} for {held}: VaR needs at "
                                     f"least {MIN_VAR_OBS + 1}; ingest more daily history (PIPELINE_DAILY_HISTORY_DAYS)")

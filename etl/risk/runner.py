@@ -31,6 +31,7 @@ from etl.risk.engine import (
     carried_days,
     close_matrix,
     compute_tables,
+    late_starters,
     limit_breaches,
     price_flags,
     release_freed_memory,
@@ -183,6 +184,12 @@ def finish_portfolio_tables(inputs: RiskInputs, portfolios: pd.DataFrame, tables
                                              inputs.instruments.set_index("product_id")[DELISTED_ON])
     _check_finite_values(tables["positions_valued"], settings)
     _carried_closes(inputs, portfolios, tables, settings)
+    risk = tables["risk_metrics"]          # the product whose late first close cut every book's VaR lookback
+    late = late_starters(inputs.closes) if (risk["lookback_days"] < inputs.params.var_lookback_days).any() else None
+    risk["lookback_limited_by"] = pd.Series([late] * len(risk), index=risk.index, dtype="object")
+    if late:
+        log.warning("VaR lookback %s days, not %s: the history starts at %s", int(risk["lookback_days"].iloc[0]),
+                    inputs.params.var_lookback_days, late)
     positions = inputs.positions[inputs.positions["portfolio_id"].isin(portfolios["portfolio_id"])]
     tables["pnl_attribution"] = _attribution(inputs.closes, inputs.quote_ccy, portfolios, positions,
                                              tables["pnl_daily"], settings)

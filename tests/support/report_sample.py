@@ -118,7 +118,7 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
                     "portfolio_id": pid, "as_of_date": mine["as_of_date"].to_numpy(), "method": method,
                     "confidence": conf, "var_forecast": var, "realized_pnl": mine["daily_pnl"].to_numpy(),
                     "is_exception": (-mine["daily_pnl"] > var).to_numpy()}))
-    risk = pd.DataFrame(risk_rows).assign(carried_days=0)
+    risk = pd.DataFrame(risk_rows).assign(carried_days=0, lookback_limited_by=None)
     backtest = pd.concat(backtest, ignore_index=True)
     comparison = backtest_summary(backtest.assign(as_of_date=pd.to_datetime(backtest["as_of_date"])), as_of)[
         ["portfolio_id", "as_of_date", "method", "confidence", "n_days", "exceptions", "expected_exceptions",

@@ -337,3 +337,27 @@ def test_a_var_resting_on_carried_forward_closes_is_a_stale_warning_on_every_pag
     for page in sorted(path.parent.glob("*.html")):
         text = page.read_text()
         assert 'id="stale"' in text and all(n in text for n in notices), page.name
+
+
+def test_a_lookback_cut_short_by_a_newly_listed_product_is_named_on_every_page_and_in_the_cockpit(
+        pg_url, data_dir, monkeypatch, sql_dir):
+    """The risk run's history started at a product's first daily close (a new listing), leaving fewer returns than
+    the configured lookback for every book: the day is complete, but the pages and the cockpit say so, naming the
+    product and the lookback left."""
+    frames = sample_frames(AS_OF)
+    risk = frames["fact_risk_metrics"]
+    late = f"SOL-USD (first daily close {AS_OF - timedelta(days=30)})"
+    risk.loc[risk["as_of_date"] == AS_OF, "lookback_limited_by"] = late
+    lookback = int(risk["lookback_days"].iloc[0])
+    with scratch_database(pg_url, "completeness_short_history") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        path = run_report(AS_OF, sql_dir=sql_dir)                             # complete: exit 0
+        with GoldReader(reporting_url(get_settings())) as reader:
+            summary = cockpit.summary(reader, AS_OF)
+    notice = (f"VaR of every portfolio rests on {lookback} daily returns, fewer than RISK_VAR_LOOKBACK_DAYS: the "
+              f"price history starts at {late}")
+    assert (summary["status"], summary["stale"]) == ("complete", [notice])
+    for page in sorted(path.parent.glob("*.html")):
+        text = page.read_text()
+        assert 'id="stale"' in text and notice in text, page.name

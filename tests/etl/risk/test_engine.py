@@ -470,6 +470,8 @@ def test_duckdb_reads_exactly_the_committed_risk_rows_after_a_rerun(risk_env):
     theirs = duckdb_frame(str(risk_env["data"] / "outputs/risk_metrics")).sort_values("portfolio_id",
                                                                                      ignore_index=True)
     theirs["as_of_date"] = theirs["as_of_date"].dt.date   # DuckDB's frames hold a DATE as a timestamp
+    text = ours["lookback_limited_by"]                     # NULL text: None in DuckDB's frame, NaN in pandas'
+    ours["lookback_limited_by"] = text.astype(object).where(text.notna(), None)
     pd.testing.assert_frame_equal(theirs, ours, check_dtype=False)
 
 
@@ -1099,3 +1101,22 @@ def test_a_holding_halted_inside_the_var_window_is_counted_and_past_the_threshol
     var_breach = breaches[breaches["limit_type"] == "var"].set_index("portfolio_id")
     assert set(var_breach.index) >= {"U1", "B1"}
     assert (var_breach.loc[["U1", "B1"], "breach_kind"] == "uncomputable").all()
+
+
+def test_a_newly_listed_product_that_shortens_the_history_is_named_with_the_lookback_it_leaves(risk_env):
+    """ETH-BTC (held by U2 only) lists 40 days before the as-of day: the history of every book starts at its first
+    close, so the 60-day VaR rests on 40 returns; risk_metrics names the product that cut the lookback. Listed 10
+    days before, too few returns remain: the error names ETH-BTC and its first close, not every held product."""
+    listed = pd.Timestamp(AS_OF) - pd.Timedelta(days=40)
+    _drop_days(risk_env["data"], "ETH-BTC", DAYS[0], listed - pd.Timedelta(days=1))
+    run_risk(as_of=AS_OF, settings=get_settings())
+    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    assert risk["lookback_days"].eq(40).all()
+    assert risk["lookback_limited_by"].eq(f"ETH-BTC (first daily close {listed.date()})").all()
+
+    late = pd.Timestamp(AS_OF) - pd.Timedelta(days=10)
+    _drop_days(risk_env["data"], "ETH-BTC", listed, late - pd.Timedelta(days=1))
+    with pytest.raises(DataNotFoundError) as err:
+        run_risk(as_of=AS_OF, settings=get_settings())
+    assert f"ETH-BTC (first daily close {late.date()})" in str(err.value)
+    assert "ETH-USD" not in str(err.value) and "BTC-USD" not in str(err.value)
