@@ -1120,3 +1120,28 @@ def test_a_newly_listed_product_that_shortens_the_history_is_named_with_the_look
         run_risk(as_of=AS_OF, settings=get_settings())
     assert f"ETH-BTC (first daily close {late.date()})" in str(err.value)
     assert "ETH-USD" not in str(err.value) and "BTC-USD" not in str(err.value)
+
+
+def test_a_first_move_after_a_flat_history_gives_no_confident_garch_var():
+    """NEW-USD's close does not move for 78 days, then rises 10% on the as-of day. GARCH fitted on that history
+    gives it a volatility of ~1e-6 (its floor), so the move's residual is ~1e5 standard deviations: rescaled to
+    tomorrow's volatility, the short book's garch_t VaR was ~540x its position and the long book's 0, while
+    fhs_ewma (volatility exactly 0) said uncomputable. A residual no volatility forecast explains is as unscaled
+    as one over a volatility of 0: both books' filtered VaRs are NULL (uncomputable), the other methods and a
+    book without NEW keep theirs."""
+    rng = np.random.default_rng(5)
+    days = 80
+    idx = pd.date_range("2026-01-01", periods=days, freq="D")
+    btc = 30000 * np.cumprod(1 + rng.standard_t(4, days) * 0.03)
+    closes = pd.DataFrame({"BTC-USD": btc, "NEW-USD": np.r_[np.full(days - 1, 50.0), 55.0]}, index=idx)
+    pf = _portfolios(["L", "S", "B"], ["USD"] * 3)
+    book = _book([("L", "NEW-USD", "2025-12-01", 100.0, 1.0), ("S", "NEW-USD", "2025-12-01", -100.0, 1.0),
+                  ("B", "BTC-USD", "2025-12-01", 0.2, 1.0)])
+    t = compute_tables(closes, {"BTC-USD": "USD", "NEW-USD": "USD"}, pf, book,
+                       RiskParams(var_lookback_days=40, backtest_days=30, mc_scenarios=500))
+    risk = t["risk_metrics"].set_index("portfolio_id")
+    filtered_cols = [f"{m}_{c}_{method}" for m in ("var", "es") for c in (95, 99) for method in ("fhs_ewma", "garch_t")]
+    assert risk.loc[["L", "S"], filtered_cols].isna().all().all(), risk.loc[["L", "S"], filtered_cols]
+    assert 0 < risk.loc["S", "var_99_hist"] <= 0.1 * 5500                 # the short's worst day: the 10% rise
+    assert risk.loc[["L", "S"], ["var_99_param", "var_99_mc"]].notna().all().all()
+    assert risk.loc["B", filtered_cols].notna().all()
