@@ -179,6 +179,7 @@ class Settings:
     anomaly_window: int
     anomaly_threshold: float
     backtest_days: int
+    max_carried_days: int                # a book's VaR past this many carried-forward closes in its window: NULL
     # factor model
     factor_window: int
     factor_min_obs: int
@@ -296,6 +297,7 @@ def get_settings() -> Settings:
         anomaly_window=_int("RISK_ANOMALY_WINDOW", 60),
         anomaly_threshold=_float("RISK_ANOMALY_THRESHOLD", 3.5),
         backtest_days=_int("RISK_BACKTEST_DAYS", 250),
+        max_carried_days=_int("RISK_MAX_CARRIED_DAYS", 5),
         factor_window=_int("FACTOR_WINDOW", 1440),
         factor_min_obs=_int("FACTOR_MIN_OBS", 60),
         factor_frequency_s=_int("FACTOR_FREQUENCY_S", 60),

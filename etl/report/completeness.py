@@ -13,6 +13,10 @@ Checks, for the as-of day D (each failure is one line naming the table or file a
    sold it on D (D's PnL revalues it at D's close, though no position row of D shows it).
 6. no close of a product held on D or at the close of D-1 (in D's PnL), or of a <CCY>-USD pair converting such a
    holding, in the risk history of D rests on a print the market-data quality gate excluded (`suspect_prices`, docs/data_quality.md).
+7. (a notice, not a failure) a portfolio whose VaR window holds days on which a held price is carried forward
+   (risk_metrics.carried_days > 0: a halt, zero returns) is named with the products and days on every page and in
+   the cockpit; past RISK_MAX_CARRIED_DAYS the risk run has made its VaR/ES NULL (an uncomputable var limit).
+   So is a lookback cut short by a product whose first daily close starts the history (risk_metrics.lookback_limited_by).
 An incomplete day makes `report` exit 3 (IncompleteInputError) after writing its HTML with a red INCOMPLETE banner.
 """
 
@@ -100,6 +104,8 @@ def beyond_rows(reader: GoldReader, as_of: date, settings: Settings, manifest: d
     portfolio has its rows. `manifest`: the committed risk run of `as_of` (committed_run). The cockpit's status
     asks these too, so report, alerts and cockpit never disagree on a day."""
     problems, notices = stale_holdings(reader, as_of)
+    carried_problems, carried = carried_closes(reader, as_of)
+    problems, notices = problems + carried_problems, notices + carried
     if manifest is not None:
         runs = _ids(reader, "fact_risk_metrics", "select distinct risk_run_id from gold.fact_risk_metrics "
                     "where as_of_date = %(as_of)s", as_of)
@@ -141,6 +147,42 @@ def stale_holdings(reader: GoldReader, as_of: date) -> tuple[list[str], list[str
                             "its delisted_on day or the day before, and the <CCY>-USD pairs converting it have a bar on "
                             "the day)")
     return problems + stale_previous_holdings(reader, as_of), notices
+
+
+CARRIED_SQL = """
+    select r.portfolio_id, r.carried_days, r.lookback_days,
+           (select string_agg(p.product_id || ' (' || p.carried_days || ' days)', ', ' order by p.product_id)
+            from gold.fact_positions as p
+            where p.portfolio_id = r.portfolio_id and p.as_of_date = r.as_of_date and p.carried_days > 0) as products
+    from gold.fact_risk_metrics as r
+    where r.as_of_date = %(as_of)s and r.carried_days > 0
+    order by r.portfolio_id"""
+
+
+def carried_closes(reader: GoldReader, as_of: date) -> tuple[list[str], list[str]]:
+    """(problems, notices): one notice per portfolio whose VaR window holds days on which a held price is a close
+    carried forward (no daily bar: a halt, zero returns; risk_metrics.carried_days), naming the products and days.
+    Not a failure (a genuine halt has no fix); past RISK_MAX_CARRIED_DAYS the risk run made the VaR NULL."""
+    df = reader.frame("fact_risk_metrics", CARRIED_SQL, {"as_of": as_of})
+    if df is None:
+        return [f"gold.fact_risk_metrics or gold.fact_positions (with carried_days) cannot be read: whether the VaR "
+                f"of {as_of} rests on carried-forward closes is unknown: run `python -m etl load`"], []
+    notices = [f"VaR of {r.portfolio_id} rests on closes carried forward (no daily bar) on {r.carried_days} of the "
+               f"{r.lookback_days} days of its window: {r.products}; above RISK_MAX_CARRIED_DAYS its VaR/ES are NULL"
+               for r in df.itertuples(index=False)]
+    short = reader.frame("fact_risk_metrics", SHORT_SQL, {"as_of": as_of})
+    if short is None:
+        return [f"gold.fact_risk_metrics (with lookback_limited_by) cannot be read: whether the VaR of {as_of} rests "
+                f"on the configured lookback is unknown: run `python -m etl load`"], notices
+    return [], notices + [f"VaR of every portfolio rests on {r.lookback_days} daily returns, fewer than "
+                          f"RISK_VAR_LOOKBACK_DAYS: the price history starts at {r.lookback_limited_by}"
+                          for r in short.itertuples(index=False)]
+
+
+# a product listed recently starts the price history of the run (etl.risk.engine.late_starters)
+SHORT_SQL = """
+    select distinct lookback_days, lookback_limited_by from gold.fact_risk_metrics
+    where as_of_date = %(as_of)s and lookback_limited_by is not null order by lookback_days"""
 
 
 # The products (and <CCY>-USD pairs converting them) held at the previous close by a portfolio that no longer holds

@@ -114,7 +114,9 @@ def close_matrix(bars: pd.DataFrame, products: list[str], as_of: pd.Timestamp) -
     wide = bars.pivot_table(index="price_date", columns="product_id", values="close", aggfunc="last")
     wide = wide.reindex(columns=products)
     days = pd.date_range(wide.index.min(), as_of, freq="D")
-    wide = wide.reindex(days).ffill()
+    wide = wide.reindex(days)
+    first_close = wide.apply(pd.Series.first_valid_index)                # product -> its first close (NaT: none)
+    wide = wide.ffill()
     start = wide.notna().all(axis=1)
     if not start.any():
         raise DataNotFoundError(f"no day up to {as_of.date()} has a close for all of {products}")
@@ -127,7 +129,18 @@ def close_matrix(bars: pd.DataFrame, products: list[str], as_of: pd.Timestamp) -
         log.warning("%s has no daily bar on %s: valued at its last close, of %s (%s days earlier); the day is "
                     "incomplete unless instruments.csv declares it delisted", product, as_of.date(),
                     last_bar[product].date(), lag.days)
-    return wide.loc[start.idxmax():]
+    out = wide.loc[start.idxmax():]
+    out.attrs["first_close"] = pd.to_datetime(first_close)               # what started the history: late_starters
+    return out
+
+
+def late_starters(closes: pd.DataFrame) -> str | None:
+    """The products whose first daily close starts the history of `closes` (close_matrix) while others have
+    closes before it: 'ETH-BTC (first daily close 2026-02-19)', or None when no product started late."""
+    first = closes.attrs.get("first_close")
+    if first is None or first.empty or not (first < first.max()).any():
+        return None
+    return ", ".join(f"{p} (first daily close {d.date()})" for p, d in first[first == first.max()].items())
 
 
 def bar_days(bars: pd.DataFrame, closes: pd.DataFrame) -> pd.DataFrame:
@@ -160,6 +173,26 @@ def price_flags(positions_valued: pd.DataFrame, last_bar: pd.Series, delisted_on
     explained = (delisted <= as_of) & (own_date >= delisted - pd.Timedelta(days=1)) & rates_fresh
     return positions_valued.assign(price_date=price_date, is_stale=(price_date < as_of).to_numpy(),
                                    is_delisted=explained.to_numpy())
+
+
+def carried_days(positions_valued: pd.DataFrame, carried: pd.DataFrame, n_ret: int) -> tuple[np.ndarray, pd.Series]:
+    """How many days of the VaR window (the last n_ret days of `carried`, whose returns the VaR rests on) a
+    position's price rests on a carried-forward close: a day without a daily bar of its product, or of the
+    `<CCY>-USD` pair converting its quote or its portfolio's base currency (a halt gives zero returns, not a calm
+    market). carried: days x products, True where close_matrix forward-filled the close. Returns (per position row,
+    per portfolio: the days on which any of its holdings is carried)."""
+    window = carried.iloc[-n_ret:] if n_ret > 0 else carried.iloc[:0]
+    none = np.zeros(len(window), dtype=bool)
+
+    def days_of(product: str) -> np.ndarray:
+        return window[product].to_numpy(dtype=bool) if product in window.columns else none
+    pv = positions_valued
+    keys = list(zip(pv["product_id"], pv["quote_currency"], pv["base_currency"], strict=True))
+    masks = {k: days_of(k[0]) | (days_of(f"{k[1]}-USD") if k[1] != "USD" else none)
+             | (days_of(f"{k[2]}-USD") if k[2] != "USD" else none) for k in set(keys)}
+    rows = np.array([masks[k] for k in keys], dtype=bool).reshape(len(keys), len(window))
+    per_book = pd.DataFrame(rows, index=pv["portfolio_id"].to_numpy()).groupby(level=0).any().sum(axis=1)
+    return rows.sum(axis=1), per_book
 
 
 def usd_rates(closes: pd.DataFrame, currencies: set[str]) -> dict[str, np.ndarray]:
@@ -263,6 +296,11 @@ class _Book:
         held = sorted(positions["product_id"].unique())
         rates = usd_rates(closes, {quote_ccy[p] for p in held} | set(portfolios["base_currency"]))
         n_ret = min(params.var_lookback_days, t_all - 1)
+        if n_ret < MIN_VAR_OBS and (late := late_starters(closes)):
+            raise DataNotFoundError(f"only {t_all} days of closes up to {days[-1].date()}: the history starts at "
+                                    f"{late}, which leaves {n_ret} daily returns; VaR needs at least {MIN_VAR_OBS}: "
+                                    "value its holdings elsewhere until it has the history, or ingest its earlier "
+                                    "daily candles if it traded before")
         if n_ret < MIN_VAR_OBS:
             raise DataNotFoundError(f"only {t_all} days of closes up to {days[-1].date()} for {held}: VaR needs at "
                                     f"least {MIN_VAR_OBS + 1}; ingest more daily history (PIPELINE_DAILY_HISTORY_DAYS)")

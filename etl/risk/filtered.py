@@ -197,14 +197,20 @@ def standardised(r: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         return np.where(s > 0, r / np.where(s > 0, s, 1.0), 0.0)
 
 
+MAX_RESIDUAL = 1000.0   # a residual beyond this many volatilities is a forecast of ~0, not an observation
+
+
 def unscaled(r: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """(T, A) True where a return moved while its volatility forecast was 0: its residual r / 0 has no value
-    (`standardised` gives 0, which would drop the move from the scenarios). It happens on an asset's first move
-    after a flat history (EWMA) and on its moves until GARCH is refitted on rows where it moved (a fit on rows
-    where it never moved gives volatility 0). A book exposed to such an asset has no filtered VaR while the move is
-    in the window (NaN, uncomputable), not one that leaves the move out (a VaR of 0 for a position that moves)."""
+    """(T, A) True where a return moved while its volatility forecast was 0, or so near 0 that the residual exceeds
+    MAX_RESIDUAL: r / 0 has no value (`standardised` gives 0, which would drop the move from the scenarios), and
+    r / 1e-6 (GARCH's floor after a flat history) is a residual of ~1e5 that, rescaled to tomorrow's volatility,
+    made a 10% move a loss of 500x the position. It happens on an asset's first move after a flat history (EWMA:
+    volatility 0) and on its moves until GARCH is refitted on rows where it moved (a fit on rows where it never
+    moved gives volatility 0, or its floor). A book exposed to such an asset has no filtered VaR while the move is
+    in the window (NaN, uncomputable), not one that leaves the move out (a VaR of 0 for a position that moves) or
+    blows it up."""
     with np.errstate(invalid="ignore"):
-        return (np.abs(r) > 0) & ~(sigma[: r.shape[0]] > 0)
+        return np.abs(r) > MAX_RESIDUAL * np.maximum(sigma[: r.shape[0]], 0.0)
 
 
 def fhs_window(u: np.ndarray, sigma_next: np.ndarray) -> np.ndarray:

@@ -26,7 +26,17 @@ from etl.portfolios import book_products
 from etl.reference import DELISTED_ON
 from etl.reference_set import Reference
 from etl.risk import attribution, liquidity
-from etl.risk.engine import RiskParams, bar_days, close_matrix, compute_tables, price_flags, release_freed_memory
+from etl.risk.engine import (
+    RiskParams,
+    bar_days,
+    carried_days,
+    close_matrix,
+    compute_tables,
+    late_starters,
+    limit_breaches,
+    price_flags,
+    release_freed_memory,
+)
 from etl.risk.scenarios import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
@@ -41,7 +51,7 @@ TABLES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics"
 TABLES += SCENARIO_TABLES  # the intraday revaluation's inputs (etl.risk.intraday)
 # settings beside RiskParams that change a run's figures (the history window read, where the 5-minute bars come
 # from, the percentile of the LVaR costs): recorded in the run record's params, applied again by `risk --reproduce`
-RUN_SETTINGS = ("daily_history_days", "bars_source", "lvar_percentile")
+RUN_SETTINGS = ("daily_history_days", "bars_source", "lvar_percentile", "max_carried_days")
 
 
 @dataclass
@@ -173,11 +183,40 @@ def finish_portfolio_tables(inputs: RiskInputs, portfolios: pd.DataFrame, tables
     tables["positions_valued"] = price_flags(tables["positions_valued"], inputs.last_bar,
                                              inputs.instruments.set_index("product_id")[DELISTED_ON])
     _check_finite_values(tables["positions_valued"], settings)
+    _carried_closes(inputs, portfolios, tables, settings)
+    risk = tables["risk_metrics"]          # the product whose late first close cut every book's VaR lookback
+    late = late_starters(inputs.closes) if (risk["lookback_days"] < inputs.params.var_lookback_days).any() else None
+    risk["lookback_limited_by"] = pd.Series([late] * len(risk), index=risk.index, dtype="object")
+    if late:
+        log.warning("VaR lookback %s days, not %s: the history starts at %s", int(risk["lookback_days"].iloc[0]),
+                    inputs.params.var_lookback_days, late)
     positions = inputs.positions[inputs.positions["portfolio_id"].isin(portfolios["portfolio_id"])]
     tables["pnl_attribution"] = _attribution(inputs.closes, inputs.quote_ccy, portfolios, positions,
                                              tables["pnl_daily"], settings)
     liquidity.liquidity_risk(tables, portfolios, inputs.as_of, settings, get_store(settings))
     return tables
+
+
+def _carried_closes(inputs: RiskInputs, portfolios: pd.DataFrame, tables: dict[str, pd.DataFrame],
+                    settings: Settings) -> None:
+    """`carried_days` on positions_valued and risk_metrics (engine.carried_days: days of the VaR window whose
+    close a holding rests on was carried forward, no daily bar); a book with more than RISK_MAX_CARRIED_DAYS has
+    NULL VaR/ES (its var limit then uncomputable): zero returns of a halted product are not a calm market."""
+    risk = tables["risk_metrics"]
+    n_ret = int(risk["lookback_days"].iloc[0]) if len(risk) else 0
+    carried = ~inputs.has_bar if inputs.has_bar is not None else pd.DataFrame(False, index=inputs.closes.index,
+                                                                             columns=inputs.closes.columns)
+    per_position, per_book = carried_days(tables["positions_valued"], carried, n_ret)
+    tables["positions_valued"]["carried_days"] = per_position.astype("int64")
+    risk["carried_days"] = risk["portfolio_id"].map(per_book).fillna(0).astype("int64")
+    over = (risk["carried_days"] > settings.max_carried_days).to_numpy()
+    if over.any():
+        var_cols = [c for c in risk.columns if c.startswith(("var_", "es_"))]
+        risk.loc[over, var_cols] = np.nan
+        log.warning("VaR/ES of %s NULL: more than %s days of the %s-day VaR window rest on a carried-forward close "
+                    "(RISK_MAX_CARRIED_DAYS)", ", ".join(map(str, risk.loc[over, "portfolio_id"])),
+                    settings.max_carried_days, n_ret)
+        tables["limit_breaches"] = limit_breaches(risk, portfolios)
 
 
 def commit_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings: Settings,

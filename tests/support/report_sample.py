@@ -72,7 +72,7 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
                 "avg_cost": cost, "close": close[product].to_numpy(), "market_value": mv.to_numpy(),
                 "unrealized_pnl": (qty * (close[product] - cost)).to_numpy(), "price_date": close.index,
                 "daily_pnl": (qty * close[product].diff()).to_numpy(),   # as the engine: q(D-1) x the move
-                "is_stale": False, "is_delisted": False}))
+                "is_stale": False, "is_delisted": False, "carried_days": 0}))
     positions = pd.concat(positions, ignore_index=True)
     g = positions.assign(abs_mv=positions["market_value"].abs(),
                          long=positions["market_value"].clip(lower=0),
@@ -124,7 +124,7 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
                     "portfolio_id": pid, "as_of_date": mine["as_of_date"].to_numpy(), "method": method,
                     "confidence": conf, "var_forecast": var, "realized_pnl": mine["daily_pnl"].to_numpy(),
                     "is_exception": (-mine["daily_pnl"] > var).to_numpy()}))
-    risk = pd.DataFrame(risk_rows)
+    risk = pd.DataFrame(risk_rows).assign(carried_days=0, lookback_limited_by=None)
     backtest = pd.concat(backtest, ignore_index=True)
     # gold.fact_var_backtest_summary: each day's run's summary of the rows up to it (the window is the whole sample)
     dated = backtest.assign(as_of_date=pd.to_datetime(backtest["as_of_date"]))

@@ -309,3 +309,55 @@ def test_a_suspect_print_of_a_product_sold_on_the_day_makes_the_day_incomplete(p
     text = _refused(pg_url, monkeypatch, frames, "report_suspect_sold", sql_dir)
     assert "price of SOL-USD on 2026-01-31 rests on a suspect print: rule jump_unconfirmed (300s candle at " \
            "2026-01-31 23:55 UTC" in text
+
+
+def test_a_var_resting_on_carried_forward_closes_is_a_stale_warning_on_every_page_and_in_the_cockpit(
+        pg_url, data_dir, monkeypatch, sql_dir):
+    """SOL-USD had no daily bar on 3 days of the VaR window (a halt: its closes carried forward, zero returns):
+    the day stays complete (a genuine halt has no fix), but P-ALT's VaR is not shown as a confident figure: the
+    report's pages and the cockpit warn, naming the portfolio, the product and the days."""
+    frames = sample_frames(AS_OF)
+    pos, risk = frames["fact_positions"], frames["fact_risk_metrics"]
+    pos.loc[(pos["product_id"] == "SOL-USD") & (pos["as_of_date"] == AS_OF), "carried_days"] = 3
+    for pid in ("P-ALT", "P-CORE"):
+        held = set(pos.loc[(pos["portfolio_id"] == pid) & (pos["as_of_date"] == AS_OF), "product_id"])
+        risk.loc[(risk["portfolio_id"] == pid) & (risk["as_of_date"] == AS_OF), "carried_days"] = \
+            3 if "SOL-USD" in held else 0
+    lookback = int(risk["lookback_days"].iloc[0])
+    with scratch_database(pg_url, "completeness_carried") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        path = run_report(AS_OF, sql_dir=sql_dir)                             # complete: exit 0
+        with GoldReader(reporting_url(get_settings())) as reader:
+            summary = cockpit.summary(reader, AS_OF)
+    holders = sorted(set(pos.loc[(pos["product_id"] == "SOL-USD") & (pos["as_of_date"] == AS_OF), "portfolio_id"]))
+    notices = [f"VaR of {pid} rests on closes carried forward (no daily bar) on 3 of the {lookback} days of its "
+               f"window: SOL-USD (3 days); above RISK_MAX_CARRIED_DAYS its VaR/ES are NULL" for pid in holders]
+    assert (summary["status"], summary["stale"]) == ("complete", notices)
+    for page in sorted(path.parent.glob("*.html")):
+        text = page.read_text()
+        assert 'id="stale"' in text and all(n in text for n in notices), page.name
+
+
+def test_a_lookback_cut_short_by_a_newly_listed_product_is_named_on_every_page_and_in_the_cockpit(
+        pg_url, data_dir, monkeypatch, sql_dir):
+    """The risk run's history started at a product's first daily close (a new listing), leaving fewer returns than
+    the configured lookback for every book: the day is complete, but the pages and the cockpit say so, naming the
+    product and the lookback left."""
+    frames = sample_frames(AS_OF)
+    risk = frames["fact_risk_metrics"]
+    late = f"SOL-USD (first daily close {AS_OF - timedelta(days=30)})"
+    risk.loc[risk["as_of_date"] == AS_OF, "lookback_limited_by"] = late
+    lookback = int(risk["lookback_days"].iloc[0])
+    with scratch_database(pg_url, "completeness_short_history") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        path = run_report(AS_OF, sql_dir=sql_dir)                             # complete: exit 0
+        with GoldReader(reporting_url(get_settings())) as reader:
+            summary = cockpit.summary(reader, AS_OF)
+    notice = (f"VaR of every portfolio rests on {lookback} daily returns, fewer than RISK_VAR_LOOKBACK_DAYS: the "
+              f"price history starts at {late}")
+    assert (summary["status"], summary["stale"]) == ("complete", [notice])
+    for page in sorted(path.parent.glob("*.html")):
+        text = page.read_text()
+        assert 'id="stale"' in text and notice in text, page.name

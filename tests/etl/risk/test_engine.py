@@ -470,6 +470,8 @@ def test_duckdb_reads_exactly_the_committed_risk_rows_after_a_rerun(risk_env):
     theirs = duckdb_frame(str(risk_env["data"] / "outputs/risk_metrics")).sort_values("portfolio_id",
                                                                                      ignore_index=True)
     theirs["as_of_date"] = theirs["as_of_date"].dt.date   # DuckDB's frames hold a DATE as a timestamp
+    text = ours["lookback_limited_by"]                     # NULL text: None in DuckDB's frame, NaN in pandas'
+    ours["lookback_limited_by"] = text.astype(object).where(text.notna(), None)
     pd.testing.assert_frame_equal(theirs, ours, check_dtype=False)
 
 
@@ -1164,3 +1166,92 @@ def test_the_risk_run_reads_exactly_the_documented_history_window(risk_env, monk
     ref = expected["risk_metrics"].set_index("portfolio_id").loc[risk.index]
     for col in ("var_99_fhs_ewma", "var_99_garch_t"):
         assert risk[col].to_numpy() == pytest.approx(ref[col].to_numpy(), rel=1e-6), col
+
+
+def _drop_days(data_dir, product: str, first: pd.Timestamp, last: pd.Timestamp) -> None:
+    """The product has no daily bar from `first` to `last` (a trading halt inside the history)."""
+    store = Store.from_uri(str(data_dir))
+    for rel in Lake.of(store).files(BARS_1D_DIR):
+        if f"/product_id={product}/" in rel:
+            table = pq.read_table(data_dir / rel)
+            day = pd.to_datetime(table["price_date"].to_pandas())
+            keep = pa.array(~((day >= first) & (day <= last)))
+            commit_silver(store, BARS_1D_DIR, [({"product_id": product, "year": rel.split("/year=")[1][:4]},
+                                                table.filter(keep))])
+
+
+def test_a_holding_halted_inside_the_var_window_is_counted_and_past_the_threshold_its_var_is_uncomputable(
+        risk_env, monkeypatch):
+    """ETH-USD has no daily bar for 10 days inside the 60-day VaR window but one on the as-of day: its closes are
+    carried forward (10 zero returns), so the VaR of the books holding it rests on a price that did not move. The
+    positions and the books say how many days of the window rest on a carried close (`carried_days`); past
+    RISK_MAX_CARRIED_DAYS the book's VaR/ES are NULL and its var limit uncomputable, never a confident figure."""
+    run_risk(as_of=AS_OF, settings=get_settings())
+    clean = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    assert (clean["carried_days"] == 0).all() and clean["var_99_hist"].notna().all()
+    halt = pd.Timestamp(AS_OF) - pd.Timedelta(days=20)
+    _drop_days(risk_env["data"], "ETH-USD", halt, halt + pd.Timedelta(days=9))
+
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "10")                    # at the threshold: counted, still computed
+    run_risk(as_of=AS_OF, settings=get_settings())
+    pos = _read(risk_env["data"], "positions_valued").set_index(["portfolio_id", "product_id"])
+    assert pos["carried_days"].to_dict() == {k: 10 if k[1] == "ETH-USD" else 0 for k in pos.index}
+    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    assert risk["carried_days"].to_dict() == {"U1": 10, "U2": 0, "B1": 10}
+    assert risk["var_99_hist"].notna().all()
+
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "9")
+    run_risk(as_of=AS_OF, settings=get_settings())
+    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    var_cols = [c for c in risk.columns if c.startswith(("var_", "es_"))]
+    assert risk.loc[["U1", "B1"], var_cols].isna().all().all()
+    hist = ["var_95_hist", "var_99_hist", "es_95_hist", "es_99_hist"]   # a book not holding it keeps its figures
+    assert risk.loc["U2", hist].tolist() == pytest.approx(clean.loc["U2", hist].tolist(), rel=1e-12)
+    breaches = _read(risk_env["data"], "limit_breaches")
+    var_breach = breaches[breaches["limit_type"] == "var"].set_index("portfolio_id")
+    assert set(var_breach.index) >= {"U1", "B1"}
+    assert (var_breach.loc[["U1", "B1"], "breach_kind"] == "uncomputable").all()
+
+
+def test_a_newly_listed_product_that_shortens_the_history_is_named_with_the_lookback_it_leaves(risk_env):
+    """ETH-BTC (held by U2 only) lists 40 days before the as-of day: the history of every book starts at its first
+    close, so the 60-day VaR rests on 40 returns; risk_metrics names the product that cut the lookback. Listed 10
+    days before, too few returns remain: the error names ETH-BTC and its first close, not every held product."""
+    listed = pd.Timestamp(AS_OF) - pd.Timedelta(days=40)
+    _drop_days(risk_env["data"], "ETH-BTC", DAYS[0], listed - pd.Timedelta(days=1))
+    run_risk(as_of=AS_OF, settings=get_settings())
+    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    assert risk["lookback_days"].eq(40).all()
+    assert risk["lookback_limited_by"].eq(f"ETH-BTC (first daily close {listed.date()})").all()
+
+    late = pd.Timestamp(AS_OF) - pd.Timedelta(days=10)
+    _drop_days(risk_env["data"], "ETH-BTC", listed, late - pd.Timedelta(days=1))
+    with pytest.raises(DataNotFoundError) as err:
+        run_risk(as_of=AS_OF, settings=get_settings())
+    assert f"ETH-BTC (first daily close {late.date()})" in str(err.value)
+    assert "ETH-USD" not in str(err.value) and "BTC-USD" not in str(err.value)
+
+
+def test_a_first_move_after_a_flat_history_gives_no_confident_garch_var():
+    """NEW-USD's close does not move for 78 days, then rises 10% on the as-of day. GARCH fitted on that history
+    gives it a volatility of ~1e-6 (its floor), so the move's residual is ~1e5 standard deviations: rescaled to
+    tomorrow's volatility, the short book's garch_t VaR was ~540x its position and the long book's 0, while
+    fhs_ewma (volatility exactly 0) said uncomputable. A residual no volatility forecast explains is as unscaled
+    as one over a volatility of 0: both books' filtered VaRs are NULL (uncomputable), the other methods and a
+    book without NEW keep theirs."""
+    rng = np.random.default_rng(5)
+    days = 80
+    idx = pd.date_range("2026-01-01", periods=days, freq="D")
+    btc = 30000 * np.cumprod(1 + rng.standard_t(4, days) * 0.03)
+    closes = pd.DataFrame({"BTC-USD": btc, "NEW-USD": np.r_[np.full(days - 1, 50.0), 55.0]}, index=idx)
+    pf = _portfolios(["L", "S", "B"], ["USD"] * 3)
+    book = _book([("L", "NEW-USD", "2025-12-01", 100.0, 1.0), ("S", "NEW-USD", "2025-12-01", -100.0, 1.0),
+                  ("B", "BTC-USD", "2025-12-01", 0.2, 1.0)])
+    t = compute_tables(closes, {"BTC-USD": "USD", "NEW-USD": "USD"}, pf, book,
+                       RiskParams(var_lookback_days=40, backtest_days=30, mc_scenarios=500))
+    risk = t["risk_metrics"].set_index("portfolio_id")
+    filtered_cols = [f"{m}_{c}_{method}" for m in ("var", "es") for c in (95, 99) for method in ("fhs_ewma", "garch_t")]
+    assert risk.loc[["L", "S"], filtered_cols].isna().all().all(), risk.loc[["L", "S"], filtered_cols]
+    assert 0 < risk.loc["S", "var_99_hist"] <= 0.1 * 5500                 # the short's worst day: the 10% rise
+    assert risk.loc[["L", "S"], ["var_99_param", "var_99_mc"]].notna().all().all()
+    assert risk.loc["B", filtered_cols].notna().all()
