@@ -276,3 +276,77 @@ def test_a_liquidity_build_during_a_risk_run_does_not_split_its_order_books_acro
         committed = commits.read_entry(store, record["files"][f"{table}/as_of_date={AS_OF.date()}"]).to_pandas()
         assert again["spread_cost"].equals(committed["spread_cost"]), (
             f"{table}: inputs {record['inputs']}\ncommitted:\n{committed}\nreproduced:\n{again}")
+
+
+def _listing(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
+
+
+def test_reproducing_into_a_folder_used_before_leaves_exactly_the_new_runs_tables(chain, tmp_path):
+    """reproduce wrote table by table straight into DIR: a DIR reused for another run kept the earlier run's tables
+    this run does not have beside the new ones, read as part of the reproduced run."""
+    store = Store.from_uri(str(chain["data"]))
+    record = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))
+    out = tmp_path / "out" / "why"
+    assert _reproduce(record["run_id"], out) == 0
+    # an earlier reproduce (of a run with a table this one lacks) left that table there
+    (out / "retired_table.parquet").write_bytes((out / "risk_metrics.parquet").read_bytes())
+    assert _reproduce(record["run_id"], out) == 0
+    tables = {p.name for p in out.glob("*.parquet")}
+    assert tables == {f"{e['table']}.parquet" for e in record["files"].values()}, sorted(tables)
+    assert [p.name for p in out.parent.iterdir()] == ["why"], sorted(out.parent.iterdir())   # nothing left beside
+
+
+def test_a_non_empty_folder_that_is_no_reproduce_output_is_refused_naming_it(chain, tmp_path, capsys):
+    """A DIR holding the user's own files had the reproduced tables written among them (exit 0); reusing it later
+    would have to delete files reproduce never wrote. It is refused, naming the folder, and left as it was."""
+    store = Store.from_uri(str(chain["data"]))
+    record = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert _reproduce(record["run_id"], out) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err and "not empty" in err, err
+    assert _listing(out) == {"notes.txt": b"keep me"}
+    assert _reproduce(record["run_id"], tmp_path / "empty_is_fine") == 0       # an empty or new folder is taken
+    (tmp_path / "empty").mkdir()
+    assert _reproduce(record["run_id"], tmp_path / "empty") == 0
+    assert {p.name for p in (tmp_path / "empty").glob("*.parquet")} == {
+        f"{e['table']}.parquet" for e in record["files"].values()}
+
+
+def test_a_reproduce_failing_part_way_leaves_the_folder_as_it_was(chain, tmp_path, monkeypatch):
+    """A write failing on the third table (disk full) left the first two in DIR, over an earlier run's tables: a
+    partial mix that looks like a result. Now DIR is as it was before (absent, or the earlier output whole)."""
+    import pytest
+
+    from etl.risk import reproduce as reproduce_module
+    from etl.risk.runner import run_risk
+    from etl.settings import get_settings
+
+    store = Store.from_uri(str(chain["data"]))
+    first = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))["run_id"]
+    run_risk(AS_OF.date(), get_settings())
+    second = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))["run_id"]
+    write, calls = reproduce_module.pq.write_table, []
+
+    def disk_full_on_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return write(*args, **kwargs)
+
+    out = tmp_path / "out" / "why"
+    for before in (None, first):       # a new folder; a folder holding the first run's reproduce
+        if before:
+            assert _reproduce(before, out) == 0
+        earlier = _listing(out)
+        calls.clear()
+        monkeypatch.setattr(reproduce_module.pq, "write_table", disk_full_on_the_third)
+        with pytest.raises(OSError, match="No space left"):
+            reproduce_module.reproduce(AS_OF.date(), second, out)
+        monkeypatch.setattr(reproduce_module.pq, "write_table", write)
+        assert len(calls) == 3
+        assert _listing(out) == earlier, sorted(set(_listing(out)) ^ set(earlier))
+        assert sorted(p.name for p in out.parent.iterdir()) == (["why"] if before else []), sorted(out.parent.iterdir())
