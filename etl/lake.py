@@ -92,6 +92,10 @@ def pinned(versions: dict[str, int]) -> Iterator[None]:
         _PINNED.reset(token)
 
 
+class VersionGone(ValidationError):
+    """A version asked for is not in the table's log any more (past the log retention) while the table is there."""
+
+
 class LakeConflict(PipelineError):
     """A concurrent writer changed what this commit replaces (delta-rs' conflict check): rerun the command."""
 
@@ -134,17 +138,33 @@ class Lake:
             return None
         try:
             return DeltaTable(self.uri(rel), version=version, storage_options=self.storage_options)
-        except (TableNotFoundError, OverflowError):  # OverflowError: its log folder is there, its first commit not yet
+        except (TableNotFoundError, OverflowError) as exc:  # OverflowError: its log folder is there, its first commit not yet
+            # a past version whose log entries the log retention deleted is "no table" to delta-rs: not an absent
+            # table (which a pinned read would replay as absent) when the table is there
+            if version is not None and self._exists(rel):
+                raise self._version_gone(rel, version, exc) from exc
             return None
         except DeltaError as exc:
-            cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             if version is None:  # a damaged log (a torn copy or restore of the data folder): one line, not a trace
-                raise ValidationError(f"{self.uri(rel)}: the table's log cannot be read ({cause}): restore its "
-                                      "_delta_log entries from a backup, or rerun the stage that writes the "
-                                      "table") from exc
-            raise ValidationError(f"{self.uri(rel)}: version {version} is not in the table's log any more (older "
-                                  "than PIPELINE_LAKE_RETENTION_DAYS, never made, or its log entry damaged): rerun "
-                                  f"the stage that wrote it ({cause})") from exc
+                raise ValidationError(f"{self.uri(rel)}: the table's log cannot be read ({_cause(exc)[:200]}): "
+                                      "restore its _delta_log entries from a backup, or rerun the stage that writes "
+                                      "the table") from exc
+            raise self._version_gone(rel, version, exc) from exc
+
+    def _exists(self, rel: str) -> bool:
+        """Whether a table is at `rel` (its latest version loads, or its log is there but damaged)."""
+        try:
+            DeltaTable(self.uri(rel), storage_options=self.storage_options)
+        except (TableNotFoundError, OverflowError):
+            return False
+        except DeltaError:
+            return True
+        return True
+
+    def _version_gone(self, rel: str, version: int, exc: Exception) -> VersionGone:
+        return VersionGone(f"{self.uri(rel)}: version {version} is not in the table's log any more (older than "
+                               "PIPELINE_LAKE_RETENTION_DAYS, never made, or its log entry damaged): rerun the stage "
+                               f"that wrote it ({_cause(exc)[:200]})")
 
     def version(self, rel: str) -> int | None:
         t = self.table(rel)

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from etl import commits
 from etl.errors import ValidationError
-from etl.lake import conform, pinned
+from etl.lake import VersionGone, conform, pinned
 from etl.reference_set import Reference
 from etl.risk.engine import RiskParams, compute_tables
 from etl.risk.runner import RUN_SETTINGS, finish_portfolio_tables, load_inputs
@@ -135,6 +135,9 @@ def reproduce(as_of: date, run_id: str, output: str | Path, settings: Settings |
         # in the types of the files the run committed
         schemas = [pq.read_schema(store.path(next(iter(entry["files"]))), filesystem=store.fs)
                    for entry in record["files"].values()]
+    except VersionGone as exc:   # the log retention deleted the version's log entries
+        raise ValidationError(f"risk run {run_id} of {as_of} cannot be recomputed: {exc}; nothing was written. "
+                              f"`python -m etl risk --as-of {as_of}` computes a new run from the current data") from exc
     except FileNotFoundError as exc:  # the log still names the version, `vacuum` deleted its files
         raise ValidationError(f"risk run {run_id} of {as_of} cannot be recomputed: {exc.filename or exc}, a file "
                               "of a table version it read or committed, was vacuumed (superseded longer than "

@@ -350,3 +350,36 @@ def test_a_reproduce_failing_part_way_leaves_the_folder_as_it_was(chain, tmp_pat
         assert len(calls) == 3
         assert _listing(out) == earlier, sorted(set(_listing(out)) ^ set(earlier))
         assert sorted(p.name for p in out.parent.iterdir()) == (["why"] if before else []), sorted(out.parent.iterdir())
+
+
+def test_a_run_whose_input_versions_left_the_log_is_refused_not_recomputed_without_them(chain, tmp_path, monkeypatch,
+                                                                                        capsys):
+    """Once the log retention has deleted the log entries of the silver version a run read, delta-rs says "no table"
+    for that version and Lake.table took it for an absent table (as for a table the run found absent): reproduce
+    recomputed the run with no bars at all, exit 0. It is refused, naming the table and the version."""
+    import glob
+    import os
+    import time
+
+    store = Store.from_uri(str(chain["data"]))
+    record = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))
+    read = record["inputs"]["silver/bars_1d"]
+    monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "1")
+
+    def silver_corrected(times: int, start: int) -> None:
+        for i in range(start, start + times):
+            b5 = chain["b5"].assign(**{c: chain["b5"][c] * (1 + i / 1000) for c in ("open", "high", "low", "close",
+                                                                                     "vwap")})
+            sample.write_silver(store, b5, sample.daily_from_5m(b5), AS_OF.year)
+
+    silver_corrected(10, 1)                    # a checkpoint past the version the run read
+    ten_days_ago = time.time() - 10 * 86400
+    for entry in glob.glob(str(chain["data"] / "silver" / "*" / "_delta_log" / "*")):     # ten days pass
+        os.utime(entry, (ten_days_ago, ten_days_ago))
+    silver_corrected(10, 11)                   # the next checkpoint deletes the log older than a day
+    assert not (chain["data"] / "silver/bars_1d/_delta_log" / f"{read:020d}.json").exists()
+    assert _reproduce(record["run_id"], tmp_path / "gone") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"risk run {record['run_id']} of {AS_OF.date()} cannot be recomputed" in err, err
+    assert "silver/bars_1d" in err and f"version {read} is not in the table's log any more" in err, err
+    assert not (tmp_path / "gone").exists()
