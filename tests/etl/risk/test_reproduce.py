@@ -383,3 +383,53 @@ def test_a_run_whose_input_versions_left_the_log_is_refused_not_recomputed_witho
     assert err.count("\n") == 1 and f"risk run {record['run_id']} of {AS_OF.date()} cannot be recomputed" in err, err
     assert "silver/bars_1d" in err and f"version {read} is not in the table's log any more" in err, err
     assert not (tmp_path / "gone").exists()
+
+
+def test_a_run_superseded_by_a_rerun_long_after_a_killed_run_is_still_reproduced(chain, tmp_path, monkeypatch):
+    """docs/commit_protocol.md: superseded files "stay readable ... for PIPELINE_LAKE_RETENTION_DAYS", a run record in
+    force keeping those a killed run removed "until the day is rerun". A rerun landing more than the retention after
+    the killed run: `commits.maintain` deleted the earlier run's files the moment the rerun superseded it (their
+    removal from the table, by the killed run, was old), so `risk --reproduce` of that run, superseded a minute
+    ago, was refused as "vacuumed (superseded longer than PIPELINE_LAKE_RETENTION_DAYS ago)"."""
+    import glob
+    import json
+
+    import pytest
+
+    from etl.lake import Lake
+    from etl.risk.runner import run_risk
+    from etl.settings import get_settings
+
+    store = Store.from_uri(str(chain["data"]))
+    first = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))
+    rows = {entry["table"]: commits.read_entry(store, entry) for entry in first["files"].values()}
+    monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "1")
+    write = Lake.write
+
+    def killed(self, rel, *args, **kwargs):       # a rerun dies between its table commits and its record
+        if rel == commits.RUNS:
+            raise KeyboardInterrupt("killed before the run record")
+        return write(self, rel, *args, **kwargs)
+
+    monkeypatch.setattr(Lake, "write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_risk(AS_OF.date(), get_settings())
+    monkeypatch.setattr(Lake, "write", write)
+    ten_days = 10 * 86400 * 1000
+    for entry in glob.glob(str(chain["data"] / "outputs" / "*" / "_delta_log" / "*.json")):   # ten days pass
+        actions = [json.loads(line) for line in open(entry).read().splitlines()]
+        for action in actions:
+            if "remove" in action:
+                action["remove"]["deletionTimestamp"] -= ten_days
+        open(entry, "w").write("\n".join(json.dumps(a) for a in actions) + "\n")
+    commits.maintain(store)                                       # the record in force keeps its files
+    assert commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))["run_id"] == first["run_id"]
+    run_risk(AS_OF.date(), get_settings())                        # the day is rerun, ten days later
+    commits.maintain(store)                                       # compact, that night
+    assert _reproduce(first["run_id"], tmp_path / "again") == 0
+    for table, committed in rows.items():
+        assert pq.read_table(tmp_path / "again" / f"{table}.parquet").equals(committed), table
+    # past the retention after the rerun superseded it, they go
+    monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "0")
+    commits.maintain(store)
+    assert not any(store.exists(p) for entry in first["files"].values() for p in entry["files"])
