@@ -27,7 +27,7 @@ import json
 import logging
 import posixpath
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
 from deltalake import DeltaTable
@@ -130,6 +130,24 @@ def committed_files(store: Store) -> dict[str, str]:
             for path, sha in entry["files"].items()}
 
 
+def kept_files(store: Store, since: datetime) -> set[str]:
+    """The output files a run record names whose entry is in force, or was superseded (by a later record of its name
+    writing the same table partition) at or after `since`: those `maintain` keeps, whenever their table removed them
+    (a run killed before its record removes the files of the record in force long before a rerun supersedes it)."""
+    by_name: dict[str, list[dict]] = {}
+    for record in _records(store):
+        by_name.setdefault(record["name"], []).append(record)
+    keep: set[str] = set()
+    for records in by_name.values():
+        superseded_at: dict[str, datetime] = {}   # entry key -> when the next record of the name wrote it
+        for record in reversed(records):
+            for key, entry in record["files"].items():
+                if key not in superseded_at or superseded_at[key] >= since:
+                    keep.update(entry["files"])
+            superseded_at.update(dict.fromkeys(record["files"], datetime.fromisoformat(record["committed_at"])))
+    return keep
+
+
 def read_entry(store: Store, entry: dict, columns: list[str] | None = None) -> pa.Table:
     """The rows one manifest entry commits, as the stage wrote them (`columns`, default all): its files (those of
     the partition at the table version it names), pages verified and bytes checked against the recorded SHA-256
@@ -165,15 +183,17 @@ def _fit(table: DeltaTable | None, where: str, rows: pa.Table, values: dict[str,
 
 def maintain(store: Store) -> int:
     """Optimize the run records (one small file per run) into large files, then vacuum every output table and the
-    records: the files no version younger than the retention needs go, except those a run record in force names (a
-    run killed between its per-table commits and its record removed them from their tables, yet the previous
-    record still commits them). Returns how many files were deleted."""
+    records: the files no version younger than the retention needs go, except those a run record in force names, or
+    one superseded less than the retention ago (`kept_files`: a run killed between its per-table commits and its
+    record removed them from their tables, yet the previous record still commits them, and once a rerun supersedes
+    it, `risk --reproduce` of it still reads them for the retention). Returns how many files were deleted."""
     lake = Lake.of(store)
     lake.optimize(RUNS)
     deleted = len(lake.vacuum(RUNS))
     tables = [posixpath.join(OUTPUTS, t) for t in store.list_dirs(OUTPUTS)]   # not `_runs` (hidden)
     candidates = [posixpath.join(rel, p) for rel in tables for p in lake.vacuum(rel, dry_run=True)]
-    named = committed_files(store)   # read after the candidates: a record committed meanwhile is honoured too
+    # read after the candidates: a record committed meanwhile is honoured too
+    named = kept_files(store, datetime.now(UTC) - timedelta(days=lake.retention_days))
     for path in candidates:
         if path not in named:
             store.delete(path)

@@ -9,7 +9,8 @@ fails with a conflict when the winner changed what it replaces (optimistic concu
 
 Commits carry our metadata (run id, commit name) in the log's `commitInfo` (`DeltaTable.history()`). Old versions
 stay readable (time travel) until `vacuum` removes the files no version younger than the retention needs
-(PIPELINE_LAKE_RETENTION_DAYS, default 90; a new table also keeps its log that long).
+(PIPELINE_LAKE_RETENTION_DAYS, default 90; a table also keeps its log that long, its retention properties following
+the setting: Lake.follow_retention).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-from deltalake import CommitProperties, DeltaTable, Schema, WriterProperties, write_deltalake
+from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Schema, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction, Transaction, create_table_with_add_actions
 
@@ -45,6 +46,13 @@ WRITER = WriterProperties(compression="ZSTD")
 COMMIT_RETRIES = 15   # a put-if-absent lost to a concurrent writer is retried this often (delta-rs rebases it)
 CHECKPOINT_INTERVAL = 10  # commits between log checkpoints (see Lake._configuration)
 ABSENT = -1   # the version a run records for a table it found absent; pinned, the table reads as absent again
+# the table properties that follow PIPELINE_LAKE_RETENTION_DAYS (Lake._configuration), also for tables made before
+RETENTION_PROPERTIES = ("delta.logRetentionDuration", "delta.deletedFileRetentionDuration",
+                        "delta.setTransactionRetentionDuration")
+# the post-commit hooks of a commit on a table whose retention properties are not the setting's yet: no checkpoint
+# (it drops removed files older than the table's deletedFileRetentionDuration) and no log cleanup (it deletes log
+# entries older than its logRetentionDuration); Lake.follow_retention then sets them, in a commit of its own
+_STALE_HOOKS = PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False)
 
 
 def records_reads(run: Callable[P, T]) -> Callable[P, T]:
@@ -82,6 +90,10 @@ def pinned(versions: dict[str, int]) -> Iterator[None]:
         yield
     finally:
         _PINNED.reset(token)
+
+
+class VersionGone(ValidationError):
+    """A version asked for is not in the table's log any more (past the log retention) while the table is there."""
 
 
 class LakeConflict(PipelineError):
@@ -126,17 +138,33 @@ class Lake:
             return None
         try:
             return DeltaTable(self.uri(rel), version=version, storage_options=self.storage_options)
-        except (TableNotFoundError, OverflowError):  # OverflowError: its log folder is there, its first commit not yet
+        except (TableNotFoundError, OverflowError) as exc:  # OverflowError: its log folder is there, its first commit not yet
+            # a past version whose log entries the log retention deleted is "no table" to delta-rs: not an absent
+            # table (which a pinned read would replay as absent) when the table is there
+            if version is not None and self._exists(rel):
+                raise self._version_gone(rel, version, exc) from exc
             return None
         except DeltaError as exc:
-            cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             if version is None:  # a damaged log (a torn copy or restore of the data folder): one line, not a trace
-                raise ValidationError(f"{self.uri(rel)}: the table's log cannot be read ({cause}): restore its "
-                                      "_delta_log entries from a backup, or rerun the stage that writes the "
-                                      "table") from exc
-            raise ValidationError(f"{self.uri(rel)}: version {version} is not in the table's log any more (older "
-                                  "than PIPELINE_LAKE_RETENTION_DAYS, never made, or its log entry damaged): rerun "
-                                  f"the stage that wrote it ({cause})") from exc
+                raise ValidationError(f"{self.uri(rel)}: the table's log cannot be read ({_cause(exc)[:200]}): "
+                                      "restore its _delta_log entries from a backup, or rerun the stage that writes "
+                                      "the table") from exc
+            raise self._version_gone(rel, version, exc) from exc
+
+    def _exists(self, rel: str) -> bool:
+        """Whether a table is at `rel` (its latest version loads, or its log is there but damaged)."""
+        try:
+            DeltaTable(self.uri(rel), storage_options=self.storage_options)
+        except (TableNotFoundError, OverflowError):
+            return False
+        except DeltaError:
+            return True
+        return True
+
+    def _version_gone(self, rel: str, version: int, exc: Exception) -> VersionGone:
+        return VersionGone(f"{self.uri(rel)}: version {version} is not in the table's log any more (older than "
+                               "PIPELINE_LAKE_RETENTION_DAYS, never made, or its log entry damaged): rerun the stage "
+                               f"that wrote it ({_cause(exc)[:200]})")
 
     def version(self, rel: str) -> int | None:
         t = self.table(rel)
@@ -159,12 +187,14 @@ class Lake:
               metadata: dict[str, Any] | None = None) -> int:
         """Append `data` to table `rel` (made on the first write, partitioned by `partition_by`) in one commit
         carrying `metadata`; returns the version it made."""
-        new = self.table(rel) is None
+        current = self.table(rel)
+        new = current is None
         while True:
             try:
                 write_deltalake(self.uri(rel), data, partition_by=list(partition_by) if partition_by else None,
                                 mode="append", storage_options=self.storage_options, writer_properties=WRITER,
-                                commit_properties=_props(metadata), configuration=self._configuration())
+                                commit_properties=_props(metadata), configuration=self._configuration(),
+                                post_commithook_properties=self._hooks(current))
                 break
             except CommitFailedError as exc:
                 if new and self.table(rel) is not None:  # another first writer made the table: append to it
@@ -172,7 +202,9 @@ class Lake:
                     continue
                 raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the table ({_cause(exc)}); nothing was "
                                    "committed: rerun the command") from exc
-        return self.version(rel)
+        version = self.version(rel)
+        self.follow_retention(rel, current)
+        return version
 
     def files(self, rel: str, version: int | None = None) -> list[str] | None:
         """The data files of table `rel` at `version` (default the latest), as paths relative to the data root,
@@ -253,7 +285,8 @@ class Lake:
                                    "a concurrent writer of the same id); nothing was committed again")
             try:
                 t.create_write_transaction(actions, "overwrite" if replace else "append", Schema.from_arrow(schema),
-                                           list(partition_by), filters, commit_properties=props)
+                                           list(partition_by), filters, commit_properties=props,
+                                           post_commithook_properties=self._hooks(t))
                 break
             except CommitFailedError as exc:
                 latest = self.table(rel) if own_rebase and attempt < retries else None
@@ -261,7 +294,9 @@ class Lake:
                     raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the rows this commit replaces "
                                        f"({_cause(exc)}); nothing was committed: rerun the command") from exc
                 t = latest   # only other partitions (or other ids) changed meanwhile: commit on top of them
-        return self._version_of(rel, txn, after=t.version())
+        version = self._version_of(rel, txn, after=t.version())
+        self.follow_retention(rel, t)
+        return version
 
     def commits(self, rel: str, after: int | None, upto: int) -> list[dict[str, Any]]:
         """The `commitInfo` (with our metadata) of each version of table `rel` in (after, upto] (after None: from
@@ -330,9 +365,10 @@ class Lake:
                            "rerun the command")
 
     def _configuration(self) -> dict[str, str]:
-        """Table properties a new table gets: keep the log and the superseded files for the retention; a checkpoint
-        every CHECKPOINT_INTERVAL commits, so opening a table replays at most that many log entries (with Delta's
-        default of 100, a risk output table committed once a day costs ~0.4 ms more to open each day, for months)."""
+        """Table properties a new table gets (the retention ones also an existing table, follow_retention): keep the
+        log and the superseded files for the retention; a checkpoint every CHECKPOINT_INTERVAL commits, so opening a
+        table replays at most that many log entries (with Delta's default of 100, a risk output table committed once a
+        day costs ~0.4 ms more to open each day, for months)."""
         interval = f"interval {max(1, round(self.retention_days * 24))} hours"   # log, app ids: an hour at least
         # a removed file leaves the table's state when `vacuum` may delete it, not later: every vacuum goes through
         # the state's removed files, including those already deleted
@@ -341,14 +377,49 @@ class Lake:
                 "delta.setTransactionRetentionDuration": interval,
                 "delta.checkpointInterval": str(CHECKPOINT_INTERVAL)}
 
+    def _stale(self, t: DeltaTable | None) -> bool:
+        """Whether table version `t`'s retention properties are not the ones the setting gives (the table was made
+        under another PIPELINE_LAKE_RETENTION_DAYS, or before a property was set)."""
+        if t is None:
+            return False
+        have, want = t.metadata().configuration, self._configuration()
+        return any(have.get(k) != want[k] for k in RETENTION_PROPERTIES)
+
+    def _hooks(self, t: DeltaTable | None) -> PostCommitHookProperties | None:
+        """The post-commit hooks of a commit on top of `t`: delta-rs' own, unless `t`'s retention is stale."""
+        return _STALE_HOOKS if self._stale(t) else None
+
+    def follow_retention(self, rel: str, t: DeltaTable | None = None) -> None:
+        """Make table `rel`'s retention properties those of PIPELINE_LAKE_RETENTION_DAYS when they are not (the
+        setting changed since the table was made): one commit through delta-rs' `set_table_properties`, after which
+        its checkpoints and log cleanup keep the history the setting promises. `t`: the version the caller last
+        loaded (nothing to do when its properties are already the setting's). Every writer and `vacuum` call it; when
+        concurrent writers keep it from committing, the next commit tries again (its hooks wait meanwhile)."""
+        if t is not None and not self._stale(t):
+            return
+        t = self.table(rel)
+        if not self._stale(t):
+            return
+        want = self._configuration()
+        try:
+            t.alter.set_table_properties({k: want[k] for k in RETENTION_PROPERTIES},
+                                         commit_properties=_props({"retention_days": self.retention_days}))
+        except CommitFailedError as exc:
+            log.warning("%s: retention properties not updated yet (%s); the next commit tries again", self.uri(rel),
+                        _cause(exc))
+            return
+        log.info("%s: retention properties set for PIPELINE_LAKE_RETENTION_DAYS=%s", self.uri(rel), self.retention_days)
+
     def delete(self, rel: str, predicate: str, metadata: dict[str, Any] | None = None) -> int | None:
         """Delete the rows matching `predicate` (SQL) in one commit (files whose rows all match are dropped
         whole); returns the new version, or None when there is no table."""
         t = self.table(rel)
         if t is None:
             return None
-        t.delete(predicate, commit_properties=_props(metadata))
-        return t.version()
+        t.delete(predicate, commit_properties=_props(metadata), post_commithook_properties=self._hooks(t))
+        version = t.version()
+        self.follow_retention(rel, t)
+        return version
 
     # ---- maintenance ---------------------------------------------------------------------------------------
     def optimize(self, rel: str, partition: list[tuple[str, str, Any]] | None = None,
@@ -402,6 +473,7 @@ class Lake:
     def vacuum(self, rel: str, retention_hours: float | None = None, dry_run: bool = False) -> list[str]:
         """Delete the files no version younger than `retention_hours` (default the lake's retention) needs, and
         uncommitted files that old; returns their paths relative to the table. `dry_run`: only list them."""
+        self.follow_retention(rel)
         t = self.table(rel)
         if t is None:
             return []

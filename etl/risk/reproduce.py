@@ -6,7 +6,10 @@ bars and liquidity, the run records through which it found factor outputs), the 
 (`etl.lake.pinned`: time travel, kept for PIPELINE_LAKE_RETENTION_DAYS), checks the reference files are the ones
 the run read (else it refuses, naming the file: reference files are not versioned by the lake), runs the same
 engine with the recorded parameters (and the recorded settings that change the figures, runner.RUN_SETTINGS: the
-daily history window, the 5-minute bars' source, the LVaR percentile) and writes each table to `DIR/<table>.parquet`, in the types of the files the run committed.
+daily history window, the 5-minute bars' source, the LVaR percentile) and writes each table to `DIR/<table>.parquet`, in the types of the files the run committed,
+with `DIR/_reproduce.json` naming the run. DIR is replaced whole: the tables are written into a hidden sibling
+folder renamed to DIR at the end, so DIR holds exactly this run's tables, or (on a failure) what it held before. A
+DIR that is not empty and holds no `_reproduce.json` (not an earlier reproduce's output) is refused, untouched.
 Nothing in the lake or the warehouse changes. A run split into shards (each shard's reads are in the run's record)
 is recomputed in one process: equal to its shards' results to 1e-12 relative (BLAS groups a sum by the chunk it
 computes; tests/etl/risk/test_shards.py), exactly equal for an unsharded run.
@@ -15,16 +18,22 @@ computes; tests/etl/risk/test_shards.py), exactly equal for an unsharded run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
+import shutil
+import tempfile
+import uuid
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etl import commits
 from etl.errors import ValidationError
-from etl.lake import conform, pinned
+from etl.lake import VersionGone, conform, pinned
 from etl.reference_set import Reference
 from etl.risk.engine import RiskParams, compute_tables
 from etl.risk.runner import RUN_SETTINGS, finish_portfolio_tables, load_inputs
@@ -33,6 +42,7 @@ from etl.storage import get_store
 from etl.warehouse.schema import to_arrow
 
 log = logging.getLogger(__name__)
+MARKER = "_reproduce.json"   # in an output folder: the run it holds; a later reproduce may replace that folder
 
 
 @dataclass
@@ -55,8 +65,46 @@ def _by_name(digests: dict[str, str]) -> dict[str, str]:
     return {Path(path).name: sha for path, sha in digests.items()}
 
 
+def _check_output(out: Path) -> None:
+    """Refuse an --output that is a file, or a non-empty folder that is not an earlier reproduce's output: replacing
+    it would delete files reproduce never wrote."""
+    if out.exists() and not out.is_dir():
+        raise ValidationError(f"{out}: --output is a file, not a folder; nothing was written")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise ValidationError(f"{out}: --output is not empty and is not the output of an earlier `risk --reproduce` "
+                              f"(no {MARKER} in it); nothing was written: give a new or empty folder")
+
+
+def _write(out: Path, tables: dict[str, pa.Table], marker: dict) -> None:
+    """Make `out` hold exactly `tables` (as `<name>.parquet`) and the marker, or, on any failure, what it held
+    before: written into a hidden sibling folder, renamed into place last (an earlier output is moved aside first,
+    and back if that rename fails)."""
+    out = out.absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    aside = None
+    try:
+        for name, rows in tables.items():
+            pq.write_table(rows, staging / f"{name}.parquet")
+        (staging / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True))
+        _check_output(out)   # again: the folder may have been filled meanwhile
+        if out.is_dir() and any(out.iterdir()):
+            aside = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(aside)
+        os.replace(staging, out)   # over an empty folder or none
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if aside is not None and not out.exists():
+            aside.rename(out)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 def reproduce(as_of: date, run_id: str, output: str | Path, settings: Settings | None = None) -> ReproduceSummary:
     settings = settings or get_settings()
+    out = Path(output)
+    _check_output(out)   # before the work: a refused folder costs nothing
     record = commits.run_record(get_store(settings), commits.risk_manifest(as_of), run_id)
     missing = [k for k in ("inputs", "params", "reference") if k not in record]
     if missing:
@@ -87,19 +135,21 @@ def reproduce(as_of: date, run_id: str, output: str | Path, settings: Settings |
         # in the types of the files the run committed
         schemas = [pq.read_schema(store.path(next(iter(entry["files"]))), filesystem=store.fs)
                    for entry in record["files"].values()]
+    except VersionGone as exc:   # the log retention deleted the version's log entries
+        raise ValidationError(f"risk run {run_id} of {as_of} cannot be recomputed: {exc}; nothing was written. "
+                              f"`python -m etl risk --as-of {as_of}` computes a new run from the current data") from exc
     except FileNotFoundError as exc:  # the log still names the version, `vacuum` deleted its files
         raise ValidationError(f"risk run {run_id} of {as_of} cannot be recomputed: {exc.filename or exc}, a file "
                               "of a table version it read or committed, was vacuumed (superseded longer than "
                               "PIPELINE_LAKE_RETENTION_DAYS ago); nothing was written. `python -m etl risk "
                               f"--as-of {as_of}` computes a new run from the current data") from exc
     tables["risk_metrics"]["risk_run_id"] = run_id
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     summary = ReproduceSummary(run_id, as_of, str(out), dict(record["inputs"]))
+    written = {}
     for entry, committed in zip(record["files"].values(), schemas, strict=True):
-        rows = conform(to_arrow(tables.pop(entry["table"]))).select(committed.names).cast(committed)
         name = entry["table"]
-        pq.write_table(rows, out / f"{name}.parquet")
-        summary.rows[name] = rows.num_rows
+        written[name] = conform(to_arrow(tables.pop(name))).select(committed.names).cast(committed)
+        summary.rows[name] = written[name].num_rows
+    _write(out, written, {"run_id": run_id, "as_of": as_of.isoformat(), "tables": sorted(written)})
     log.info("%s", summary)
     return summary

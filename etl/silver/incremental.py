@@ -110,6 +110,9 @@ SILVER_TABLES = {QUARANTINE_DIR: (QUARANTINE_SCHEMA, BY_DAY), PRICE_QUALITY_DIR:
                  BARS_5M_DIR: (BARS_5M_SCHEMA, BY_DAY), BARS_1D_DIR: (BARS_1D_SCHEMA, ["product_id", "year"])}
 LAST_TABLE = BARS_1D_DIR
 VACUUM_COMMITS = ("VACUUM START", "VACUUM END")   # the commits delta-rs' vacuum adds (no data, no metadata of ours)
+# the commit Lake.follow_retention adds when PIPELINE_LAKE_RETENTION_DAYS changed (no data either); passed over too
+PROPERTY_COMMIT = "SET TBLPROPERTIES"
+NO_ROW_COMMITS = (*VACUUM_COMMITS, PROPERTY_COMMIT)
 VACUUMS_PASSED = 10   # vacuums (compact runs) between two builds the state survives; more: a full rebuild
 
 
@@ -620,12 +623,12 @@ def _snapshot(lake: Lake) -> Snapshot:
 
 def _load_state(silver: Snapshot) -> tuple[int | None, dict[str, dict]]:
     """(the bronze version the last build read, partition "PRODUCT/DATE" -> what else it was built with), from the
-    metadata of the last commit of silver's last-written table (vacuum's own commits, which `compact` adds, passed
-    over); (None, {}) when that commit has none (a first build, a table adopted by migrate-lake, or a build that
+    metadata of the last commit of silver's last-written table (vacuum's own commits, which `compact` adds, and
+    a retention change's, passed over); (None, {}) when that commit has none (a first build, a table adopted by migrate-lake, or a build that
     died between its tables' commits: everything is rebuilt)."""
     table = silver.tables[LAST_TABLE]
-    history = table.history(limit=1 + VACUUMS_PASSED * len(VACUUM_COMMITS)) if table is not None else []
-    last = next((h for h in history if h.get("operation") not in VACUUM_COMMITS), {})
+    history = table.history(limit=1 + VACUUMS_PASSED * len(NO_ROW_COMMITS)) if table is not None else []
+    last = next((h for h in history if h.get("operation") not in NO_ROW_COMMITS), {})
     if SILVER_READ not in last:
         return None, {}
     where = f"{silver.lake.uri(LAST_TABLE)} version {last['version']} commit metadata {SILVER_READ!r}"
@@ -684,15 +687,19 @@ def _commit(store: Store, silver: Snapshot, written: dict[str, DataFile | None],
 def _past_vacuums(store: Store, lake: Lake, root: str, table: DeltaTable | None,
                   adds: list[DataFile]) -> DeltaTable | None:
     """Table `root` at its latest version when only finished vacuums committed since `table`'s (`compact`, every day
-    past the retention: VACUUM START/END change no row, so the build still replaces what it read) and the files to
+    past the retention: VACUUM START/END change no row, so the build still replaces what it read; nor does a
+    retention change's SET TBLPROPERTIES, Lake.follow_retention) and the files to
     add are still there (a vacuum deletes a superseded file of the same name: the same rows, past the retention),
     else None (another build committed, or a vacuum is running: the conflict stands)."""
     latest = lake.table(root)
     if table is None or latest is None or latest.version() == table.version():
         return None
-    since = lake.commits(root, table.version(), latest.version())
-    if not since or any(c.get("operation") not in VACUUM_COMMITS for c in since) \
-            or since[-1].get("operation") != VACUUM_COMMITS[1]:
+    operations = [c.get("operation") for c in lake.commits(root, table.version(), latest.version())]
+    if not operations or any(op not in NO_ROW_COMMITS for op in operations):
+        return None
+    while operations and operations[-1] == PROPERTY_COMMIT:   # a retention change (e.g. before a vacuum)
+        operations.pop()
+    if operations and operations[-1] != VACUUM_COMMITS[1]:
         return None
     return latest if all(store.exists(posixpath.join(root, f.path)) for f in adds) else None
 

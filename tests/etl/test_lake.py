@@ -299,3 +299,30 @@ def test_a_conflict_is_one_line_naming_the_table(data):
         lake.commit_files(rel, [written("c2.parquet", [0, 1])], schema, ["k"], remove=old, table=stale)
     assert "\n" not in str(conflict.value) and str(conflict.value).startswith(lake.uri(rel)), str(conflict.value)
     assert sorted(lake.read(rel)["x"].to_pylist()) == [0, 1]
+
+
+def test_raising_the_retention_keeps_the_history_of_tables_made_under_the_old_one(data, monkeypatch):
+    """docs/lake.md: time travel (and `risk --reproduce`) reaches back PIPELINE_LAKE_RETENTION_DAYS. The log retention
+    was a table property set once, when the table was made: after raising the setting from 1 to 90 days, the next
+    checkpoint of a table made under 1 day deleted its log entries older than a day, and a 10-day-old version was
+    "not in the table's log any more" although the setting promises 90 days of it."""
+    import os
+
+    store = get_store()
+    monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "1")
+    for i in range(12):                    # versions 1-12 of risk_metrics (0 made it), a checkpoint at 9
+        publish_day(store, DAY, [100.0 + i], [1.0])
+    monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "90")
+    ten_days_ago = time.time() - 10 * 86400
+    for entry in glob.glob(str(data / "outputs" / "*" / "_delta_log" / "*")):    # ten days pass
+        os.utime(entry, (ten_days_ago, ten_days_ago))
+    for i in range(12):                    # past the next checkpoint (every 10 commits)
+        publish_day(store, date(2026, 3, 2 + i), [200.0 + i], [2.0])
+    lake = Lake.of(store)
+    first = lake.read("outputs/risk_metrics", version=1)
+    assert first is not None, f"version 1 gone: {sorted(os.listdir(data / 'outputs/risk_metrics/_delta_log'))}"
+    assert first["var_99_hist"].to_pylist() == [100.0]
+    assert committed(store, date(2026, 3, 13), "risk_metrics")["var_99_hist"].to_pylist() == [211.0]
+    config = lake.table("outputs/risk_metrics").metadata().configuration
+    assert config["delta.logRetentionDuration"] == "interval 2160 hours", config
+    assert config["delta.deletedFileRetentionDuration"] == "interval 7776000 seconds", config

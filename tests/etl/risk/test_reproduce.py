@@ -276,3 +276,160 @@ def test_a_liquidity_build_during_a_risk_run_does_not_split_its_order_books_acro
         committed = commits.read_entry(store, record["files"][f"{table}/as_of_date={AS_OF.date()}"]).to_pandas()
         assert again["spread_cost"].equals(committed["spread_cost"]), (
             f"{table}: inputs {record['inputs']}\ncommitted:\n{committed}\nreproduced:\n{again}")
+
+
+def _listing(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
+
+
+def test_reproducing_into_a_folder_used_before_leaves_exactly_the_new_runs_tables(chain, tmp_path):
+    """reproduce wrote table by table straight into DIR: a DIR reused for another run kept the earlier run's tables
+    this run does not have beside the new ones, read as part of the reproduced run."""
+    store = Store.from_uri(str(chain["data"]))
+    record = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))
+    out = tmp_path / "out" / "why"
+    assert _reproduce(record["run_id"], out) == 0
+    # an earlier reproduce (of a run with a table this one lacks) left that table there
+    (out / "retired_table.parquet").write_bytes((out / "risk_metrics.parquet").read_bytes())
+    assert _reproduce(record["run_id"], out) == 0
+    tables = {p.name for p in out.glob("*.parquet")}
+    assert tables == {f"{e['table']}.parquet" for e in record["files"].values()}, sorted(tables)
+    assert [p.name for p in out.parent.iterdir()] == ["why"], sorted(out.parent.iterdir())   # nothing left beside
+
+
+def test_a_non_empty_folder_that_is_no_reproduce_output_is_refused_naming_it(chain, tmp_path, capsys):
+    """A DIR holding the user's own files had the reproduced tables written among them (exit 0); reusing it later
+    would have to delete files reproduce never wrote. It is refused, naming the folder, and left as it was."""
+    store = Store.from_uri(str(chain["data"]))
+    record = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert _reproduce(record["run_id"], out) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err and "not empty" in err, err
+    assert _listing(out) == {"notes.txt": b"keep me"}
+    assert _reproduce(record["run_id"], tmp_path / "empty_is_fine") == 0       # an empty or new folder is taken
+    (tmp_path / "empty").mkdir()
+    assert _reproduce(record["run_id"], tmp_path / "empty") == 0
+    assert {p.name for p in (tmp_path / "empty").glob("*.parquet")} == {
+        f"{e['table']}.parquet" for e in record["files"].values()}
+
+
+def test_a_reproduce_failing_part_way_leaves_the_folder_as_it_was(chain, tmp_path, monkeypatch):
+    """A write failing on the third table (disk full) left the first two in DIR, over an earlier run's tables: a
+    partial mix that looks like a result. Now DIR is as it was before (absent, or the earlier output whole)."""
+    import pytest
+
+    from etl.risk import reproduce as reproduce_module
+    from etl.risk.runner import run_risk
+    from etl.settings import get_settings
+
+    store = Store.from_uri(str(chain["data"]))
+    first = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))["run_id"]
+    run_risk(AS_OF.date(), get_settings())
+    second = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))["run_id"]
+    write, calls = reproduce_module.pq.write_table, []
+
+    def disk_full_on_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return write(*args, **kwargs)
+
+    out = tmp_path / "out" / "why"
+    for before in (None, first):       # a new folder; a folder holding the first run's reproduce
+        if before:
+            assert _reproduce(before, out) == 0
+        earlier = _listing(out)
+        calls.clear()
+        monkeypatch.setattr(reproduce_module.pq, "write_table", disk_full_on_the_third)
+        with pytest.raises(OSError, match="No space left"):
+            reproduce_module.reproduce(AS_OF.date(), second, out)
+        monkeypatch.setattr(reproduce_module.pq, "write_table", write)
+        assert len(calls) == 3
+        assert _listing(out) == earlier, sorted(set(_listing(out)) ^ set(earlier))
+        assert sorted(p.name for p in out.parent.iterdir()) == (["why"] if before else []), sorted(out.parent.iterdir())
+
+
+def test_a_run_whose_input_versions_left_the_log_is_refused_not_recomputed_without_them(chain, tmp_path, monkeypatch,
+                                                                                        capsys):
+    """Once the log retention has deleted the log entries of the silver version a run read, delta-rs says "no table"
+    for that version and Lake.table took it for an absent table (as for a table the run found absent): reproduce
+    recomputed the run with no bars at all, exit 0. It is refused, naming the table and the version."""
+    import glob
+    import os
+    import time
+
+    store = Store.from_uri(str(chain["data"]))
+    record = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))
+    read = record["inputs"]["silver/bars_1d"]
+    monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "1")
+
+    def silver_corrected(times: int, start: int) -> None:
+        for i in range(start, start + times):
+            b5 = chain["b5"].assign(**{c: chain["b5"][c] * (1 + i / 1000) for c in ("open", "high", "low", "close",
+                                                                                     "vwap")})
+            sample.write_silver(store, b5, sample.daily_from_5m(b5), AS_OF.year)
+
+    silver_corrected(10, 1)                    # a checkpoint past the version the run read
+    ten_days_ago = time.time() - 10 * 86400
+    for entry in glob.glob(str(chain["data"] / "silver" / "*" / "_delta_log" / "*")):     # ten days pass
+        os.utime(entry, (ten_days_ago, ten_days_ago))
+    silver_corrected(10, 11)                   # the next checkpoint deletes the log older than a day
+    assert not (chain["data"] / "silver/bars_1d/_delta_log" / f"{read:020d}.json").exists()
+    assert _reproduce(record["run_id"], tmp_path / "gone") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"risk run {record['run_id']} of {AS_OF.date()} cannot be recomputed" in err, err
+    assert "silver/bars_1d" in err and f"version {read} is not in the table's log any more" in err, err
+    assert not (tmp_path / "gone").exists()
+
+
+def test_a_run_superseded_by_a_rerun_long_after_a_killed_run_is_still_reproduced(chain, tmp_path, monkeypatch):
+    """docs/commit_protocol.md: superseded files "stay readable ... for PIPELINE_LAKE_RETENTION_DAYS", a run record in
+    force keeping those a killed run removed "until the day is rerun". A rerun landing more than the retention after
+    the killed run: `commits.maintain` deleted the earlier run's files the moment the rerun superseded it (their
+    removal from the table, by the killed run, was old), so `risk --reproduce` of that run, superseded a minute
+    ago, was refused as "vacuumed (superseded longer than PIPELINE_LAKE_RETENTION_DAYS ago)"."""
+    import glob
+    import json
+
+    import pytest
+
+    from etl.lake import Lake
+    from etl.risk.runner import run_risk
+    from etl.settings import get_settings
+
+    store = Store.from_uri(str(chain["data"]))
+    first = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))
+    rows = {entry["table"]: commits.read_entry(store, entry) for entry in first["files"].values()}
+    monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "1")
+    write = Lake.write
+
+    def killed(self, rel, *args, **kwargs):       # a rerun dies between its table commits and its record
+        if rel == commits.RUNS:
+            raise KeyboardInterrupt("killed before the run record")
+        return write(self, rel, *args, **kwargs)
+
+    monkeypatch.setattr(Lake, "write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_risk(AS_OF.date(), get_settings())
+    monkeypatch.setattr(Lake, "write", write)
+    ten_days = 10 * 86400 * 1000
+    for entry in glob.glob(str(chain["data"] / "outputs" / "*" / "_delta_log" / "*.json")):   # ten days pass
+        actions = [json.loads(line) for line in open(entry).read().splitlines()]
+        for action in actions:
+            if "remove" in action:
+                action["remove"]["deletionTimestamp"] -= ten_days
+        open(entry, "w").write("\n".join(json.dumps(a) for a in actions) + "\n")
+    commits.maintain(store)                                       # the record in force keeps its files
+    assert commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))["run_id"] == first["run_id"]
+    run_risk(AS_OF.date(), get_settings())                        # the day is rerun, ten days later
+    commits.maintain(store)                                       # compact, that night
+    assert _reproduce(first["run_id"], tmp_path / "again") == 0
+    for table, committed in rows.items():
+        assert pq.read_table(tmp_path / "again" / f"{table}.parquet").equals(committed), table
+    # past the retention after the rerun superseded it, they go
+    monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "0")
+    commits.maintain(store)
+    assert not any(store.exists(p) for entry in first["files"].values() for p in entry["files"])
