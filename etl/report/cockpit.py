@@ -98,13 +98,16 @@ PORTFOLIO_DAY_SQL = f"""
     left join gold.fact_portfolio_valuation as v on v.portfolio_id = p.portfolio_id and v.as_of_date = %(as_of)s
     left join gold.fact_pnl_daily as d on d.portfolio_id = p.portfolio_id and d.as_of_date = %(as_of)s
     left join gold.fact_risk_metrics as r on r.portfolio_id = p.portfolio_id and r.as_of_date = %(as_of)s
-    where %(portfolio_id)s::text is null or p.portfolio_id = %(portfolio_id)s
+    where p.portfolio_id = %(portfolio_id)s
+       or %(portfolio_id)s::text is null  -- the current books, and a retired one on a day it has figures of
+          and (p.is_current or v.portfolio_id is not null or d.portfolio_id is not null or r.portfolio_id is not null)
     order by p.portfolio_id"""
 
 
 def portfolio_day(reader: GoldReader, as_of: date, portfolio_id: str | None = None) -> pd.DataFrame:
-    """One row per portfolio of dim_portfolio (or just `portfolio_id`) with its valuation, PnL and risk of the
-    day (NULL when missing), and the engine's `var_99_hist_usd` to rank books of different currencies."""
+    """One row per current portfolio of dim_portfolio (plus a retired one with figures on the day; or just
+    `portfolio_id`) with its valuation, PnL and risk of the day (NULL when missing), and the engine's
+    `var_99_hist_usd` to rank books of different currencies."""
     return reader.query(PORTFOLIO_DAY_SQL, {"as_of": as_of, "portfolio_id": portfolio_id})
 
 

@@ -1,7 +1,8 @@
 """Is the as-of day complete and fresh in gold? `report` and alerts ask before they say anything is fine.
 
 Checks, for the as-of day D (each failure is one line naming the table or file and what to run):
-1. gold.dim_portfolio has portfolios (plus those the committed risk run valued);
+1. gold.dim_portfolio has current portfolios (is_current: a retired book is not required), plus those the
+   committed risk run valued;
 2. gold.fact_portfolio_valuation, fact_pnl_daily and fact_risk_metrics have a row for D for every portfolio;
 3. gold.fact_limit_breaches can be read (no table = breaches unknown, never "0 breaches");
 4. fresh: when the data store holds the risk commit for D (its run record in outputs/_runs), gold's
@@ -63,7 +64,8 @@ def check(reader: GoldReader, as_of: date, settings: Settings) -> Completeness:
     """Every input `report` and alerts need for `as_of`, present and fresh (see the module docstring)."""
     out = Completeness(as_of)
     manifest, out.problems = committed_run(as_of, settings)
-    portfolios = _ids(reader, "dim_portfolio", "select portfolio_id from gold.dim_portfolio", as_of)
+    # the books of today's portfolios.csv (a retired book stays in dim_portfolio for its history, is_current false)
+    portfolios = _ids(reader, "dim_portfolio", "select portfolio_id from gold.dim_portfolio where is_current", as_of)
     if portfolios is None:
         out.problems.append("gold.dim_portfolio cannot be read: run `python -m etl load`")
         portfolios = set()

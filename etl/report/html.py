@@ -139,11 +139,19 @@ def per_task(last: pd.DataFrame) -> pd.DataFrame:
 
 # ---- sections --------------------------------------------------------------------------------------------------
 def _portfolio_list(data: ReportData) -> pd.DataFrame:
-    """dim_portfolio, plus any portfolio that has numbers but no dimension row (shown with defaults)."""
+    """dim_portfolio's current books and any retired one with numbers on the as-of day, plus any portfolio that
+    has numbers but no dimension row (shown with defaults)."""
     dims = data.get("portfolios")
     cols = ["portfolio_id", "name", "base_currency", "var_limit", "concentration_limit", "drawdown_limit"]
     dims = pd.DataFrame(columns=cols) if dims is None else dims.copy()
     seen = set(dims["portfolio_id"].astype(str))
+    if "is_current" in dims:
+        valued: set[str] = set()
+        for name in ("valuation", "risk", "positions"):
+            df = _on_day(data.get(name), data.as_of)
+            if df is not None:
+                valued |= set(df["portfolio_id"].astype(str))
+        dims = dims[dims["is_current"].fillna(True).astype(bool) | dims["portfolio_id"].astype(str).isin(valued)]
     extra = set()
     for name in ("valuation", "risk", "positions"):
         df = data.get(name)

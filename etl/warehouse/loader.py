@@ -347,6 +347,15 @@ def replace_all(conn, table: str, df: pd.DataFrame | pa.Table, key: list[str]) -
     return copy_upsert(conn, table, df, key)
 
 
+def keep_removed(conn, table: str, data: pa.Table, key: list[str], flag: str) -> int:
+    """Reference data whose removed rows the facts still reference (a retired book): upsert the current rows with
+    `flag` true; a row whose key is no longer in the files stays, its attributes as last loaded, `flag` false."""
+    with conn.cursor() as cur:
+        cur.execute(f"update {table} set {flag} = false")
+    column = data.column_names.index(flag)
+    return copy_upsert(conn, table, data.set_column(column, flag, pa.array([True] * data.num_rows, pa.bool_())), key)
+
+
 # ---- reading Store files -----------------------------------------------------------------------------------
 def _partition_values(rel_path: str) -> dict[str, str]:
     """The hive path's values; `run_<key>` (the run's day of an output table, etl/commits.py) also as `<key>`, for
@@ -597,7 +606,12 @@ def _load_table(conn, store: Store, settings: Settings, spec: RawTable, seen: di
         if seen.get(f"reference:{spec.name}") == new[f"reference:{spec.name}"]:
             new = {}
         try:
-            rows = replace_all(conn, spec.qualified, data, list(spec.key)) if new else 0
+            if not new:
+                rows = 0
+            elif spec.keep_removed:
+                rows = keep_removed(conn, spec.qualified, data, list(spec.key), spec.keep_removed)
+            else:
+                rows = replace_all(conn, spec.qualified, data, list(spec.key))
         except psycopg2.Error as exc:
             raise _rejected(conn, spec, [f"reference data {spec.name}"], exc) from exc
         counts = [data.num_rows]

@@ -61,6 +61,7 @@ class RawTable:
     key: tuple[str, ...]
     source_dir: str | None = None   # folder in the Store (hive partitions); None = reference data
     replace_all: bool = False       # reference data: each load replaces the whole table
+    keep_removed: str | None = None  # reference data: rows gone from the files stay, this boolean column false
     source: str = ""                # the dbt source it belongs to (silver, reference, risk, factors, ops)
     description: str = ""           # its grain and origin
     not_loaded: dict[str, str] = field(default_factory=dict)  # written by the stage, not kept: column -> why
@@ -111,7 +112,8 @@ def _raw_table(name: str, spec: dict) -> RawTable:
     columns = tuple(Column(n, t) for n, t in spec["columns"].items()) + tuple(
         Column(n, t, required=False) for n, t in optional.items())
     return RawTable(name, columns, key=tuple(spec["key"]), source_dir=spec.get("source_dir"),
-                    replace_all=spec.get("replace_all", False), source=spec["source"],
+                    replace_all=spec.get("replace_all", False), keep_removed=spec.get("keep_removed"),
+                    source=spec["source"],
                     description=spec["description"], not_loaded=not_loaded,
                     calendar=tuple(spec.get("calendar", ())), source_config=dict(spec.get("source_config", {})))
 

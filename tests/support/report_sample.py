@@ -32,6 +32,7 @@ PORTFOLIOS = pd.DataFrame({
     "concentration_limit": [0.60, 0.50],
     "drawdown_limit": [0.25, 0.20],
     "var_limit_metric": ["var_99_hist", "var_99_hist"],
+    "is_current": [True, True],
 })
 HOLDINGS = {  # portfolio -> product -> (quantity, avg_cost)
     "P-CORE": {"BTC-USD": (1.0, 55_000.0), "ETH-USD": (10.0, 2_800.0), "SOL-USD": (-50.0, 160.0)},

@@ -1,4 +1,5 @@
--- One row per portfolio, with its risk limits and the size of its latest position snapshot.
+-- One row per portfolio ever loaded, with its risk limits and the size of its latest position snapshot; a retired
+-- book (gone from portfolios.csv) stays, is_current false, with its attributes as last loaded.
 with portfolios as (
 
     select * from {{ ref('stg_reference__portfolios') }}
@@ -44,7 +45,8 @@ final as (
         coalesce(portfolios.var_limit_metric, 'var_99_hist') as var_limit_metric,
         portfolios.concentration_limit,
         portfolios.drawdown_limit,
-        coalesce(open_positions.n_positions, 0) as n_positions
+        coalesce(open_positions.n_positions, 0) as n_positions,
+        coalesce(portfolios.is_current, true) as is_current
     from portfolios
     left join open_positions
         on portfolios.portfolio_id = open_positions.portfolio_id

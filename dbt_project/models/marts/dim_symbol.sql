@@ -1,4 +1,4 @@
--- One row per product (the instrument master).
+-- One row per product ever loaded (the instrument master; one gone from instruments.csv stays, is_current false).
 with instruments as (
 
     select * from {{ ref('stg_reference__instruments') }}
@@ -14,7 +14,8 @@ final as (
         exchange_id,
         asset_class,
         coalesce(display_name, product_id) as display_name,
-        delisted_on
+        delisted_on,
+        is_current
     from instruments
 
 )

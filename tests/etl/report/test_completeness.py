@@ -361,3 +361,31 @@ def test_a_lookback_cut_short_by_a_newly_listed_product_is_named_on_every_page_a
     for page in sorted(path.parent.glob("*.html")):
         text = page.read_text()
         assert 'id="stale"' in text and notice in text, page.name
+
+
+def test_a_retired_book_is_not_missing_today_but_a_day_it_was_valued_still_lists_it(pg_url, data_dir, monkeypatch,
+                                                                                   sql_dir):
+    """A desk closed P-OLD: gold.dim_portfolio keeps it (is_current false) for the history its facts hold, up to
+    the day before AS_OF. On AS_OF the report, the cockpit and the HTML pages are complete and list the current
+    books only (they said "no row for P-OLD", exit 3, for good); the day before still lists P-OLD with its numbers."""
+    frames = sample_frames(AS_OF)
+    frames["dim_portfolio"] = pd.concat([frames["dim_portfolio"].assign(is_current=True), frames["dim_portfolio"]
+                                         .query("portfolio_id == 'P-ALT'")
+                                         .assign(portfolio_id="P-OLD", name="Closed desk", is_current=False)],
+                                        ignore_index=True)
+    for table in ("fact_portfolio_valuation", "fact_pnl_daily", "fact_risk_metrics"):
+        df = frames[table]
+        old = df[(df["portfolio_id"] == "P-ALT") & (pd.to_datetime(df["as_of_date"]).dt.date < AS_OF)]
+        frames[table] = pd.concat([df, old.assign(portfolio_id="P-OLD")], ignore_index=True)
+    with scratch_database(pg_url, "completeness_retired") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        path = run_report(AS_OF, sql_dir=sql_dir)                             # complete: no exception, exit 0
+        with GoldReader(reporting_url(get_settings())) as reader:
+            today = cockpit.summary(reader, AS_OF)
+            before = cockpit.summary(reader, AS_OF - timedelta(days=1))
+    assert (today["status"], today["missing"]) == ("complete", [])
+    assert [p["portfolio_id"] for p in today["portfolios"]] == ["P-ALT", "P-CORE"]
+    assert [p["portfolio_id"] for p in before["portfolios"]] == ["P-ALT", "P-CORE", "P-OLD"]
+    assert next(p for p in before["portfolios"] if p["portfolio_id"] == "P-OLD")["market_value"] is not None
+    assert "P-OLD" not in path.read_text() and not (path.parent / "portfolio-p-old.html").exists()

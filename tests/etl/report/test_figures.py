@@ -71,7 +71,7 @@ def gold_frames() -> dict[str, pd.DataFrame]:
     prices = closes.stack().rename("close").reset_index().set_axis(["price_date", "product_id", "close"], axis=1)
     prices["daily_return"] = prices.groupby("product_id")["close"].pct_change()   # as the fact_price_daily mart
     frames["fact_price_daily"] = prices.assign(price_date=prices["price_date"].dt.date)
-    frames["dim_portfolio"] = PORTFOLIOS
+    frames["dim_portfolio"] = PORTFOLIOS.assign(is_current=True)  # as gold has it
     frames["dim_symbol"] = pd.DataFrame({"product_id": list(QUOTE), "base_currency": ["BTC", "ETH", "SOL"],
                                          "quote_currency": "USD", "exchange_id": "coinbase", "asset_class": "crypto",
                                          "delisted_on": pd.Series(pd.NaT, index=range(3), dtype="datetime64[ns]")})

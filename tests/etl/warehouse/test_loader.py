@@ -709,3 +709,47 @@ def test_the_intraday_light_load_waits_for_a_load_or_build_in_progress(warehouse
         holder.close()
     load_intraday(run_dbt=False)
     assert query("select count(*) from raw.pipeline_runs") == [(runs[0][0] + 1,)]
+
+
+def test_a_book_retired_from_portfolios_csv_stays_in_dim_portfolio_not_current_and_gold_builds(warehouse):
+    """A desk closes a book: P002 leaves portfolios.csv (and its positions positions.csv) after runs that valued it.
+    Its risk rows stay (history), so dim_portfolio keeps it with its attributes as last loaded and is_current
+    false, the relationship tests of the facts pass, and the book comes back current when it is added again."""
+    from etl.warehouse import run_dbt
+
+    load_warehouse(run_dbt=False)
+    ref = Path(get_settings().reference_dir)
+    sample.PORTFOLIOS[sample.PORTFOLIOS["portfolio_id"] == "P001"].to_csv(ref / "portfolios.csv", index=False)
+    sample.POSITIONS[sample.POSITIONS["portfolio_id"] == "P001"].to_csv(ref / "positions.csv", index=False)
+    load_warehouse(run_dbt=False)
+    run_dbt("build", select="+dim_portfolio +fact_positions +fact_portfolio_valuation +fact_risk_metrics",
+            extra_args=["--indirect-selection", "cautious"])
+    assert query("select portfolio_id, name, var_limit, n_positions, is_current from gold.dim_portfolio "
+                 "order by 1") == [("P001", "BTC Core", 5_000.0, 1, True),
+                                   ("P002", "Long/short majors", 1_000.0, 0, False)]
+    assert query("select count(*) from gold.fact_positions where portfolio_id = 'P002'")[0][0] == 3 * DAYS
+    sample.PORTFOLIOS.assign(name=["BTC Core", "Majors again"]).to_csv(ref / "portfolios.csv", index=False)
+    load_warehouse(run_dbt=False)
+    assert query("select portfolio_id, name, is_current from raw.portfolios order by 1") == [
+        ("P001", "BTC Core", True), ("P002", "Majors again", True)]
+
+
+def test_a_product_dropped_from_instruments_csv_stays_in_dim_symbol_not_current_and_gold_builds(warehouse):
+    """The desk that held SOL-USD is closed and SOL-USD leaves instruments.csv: its bars and the closed book's
+    valued positions stay in raw (history), so dim_symbol keeps it (attributes as last loaded, is_current false)
+    and the relationship tests of fact_price_bars and fact_positions pass; the build failed for good before."""
+    from etl.warehouse import run_dbt
+
+    load_warehouse(run_dbt=False)
+    ref = Path(get_settings().reference_dir)
+    sample.PORTFOLIOS[sample.PORTFOLIOS["portfolio_id"] == "P001"].to_csv(ref / "portfolios.csv", index=False)
+    sample.POSITIONS[sample.POSITIONS["portfolio_id"] == "P001"].to_csv(ref / "positions.csv", index=False)
+    instruments = pd.read_csv(ref / "instruments.csv", dtype=str)
+    instruments[instruments["product_id"] != "SOL-USD"].to_csv(ref / "instruments.csv", index=False)
+    load_warehouse(run_dbt=False)
+    run_dbt("build", select="+dim_symbol +fact_price_bars +fact_positions",
+            extra_args=["--indirect-selection", "cautious"])
+    assert query("select product_id, base_currency, is_current from gold.dim_symbol "
+                 "where product_id in ('BTC-USD', 'SOL-USD') order by 1") == [("BTC-USD", "BTC", True),
+                                                                              ("SOL-USD", "SOL", False)]
+    assert query("select count(*) from gold.fact_price_bars where product_id = 'SOL-USD'")[0][0] == 288 * DAYS
