@@ -213,6 +213,9 @@ def _carried_closes(inputs: RiskInputs, portfolios: pd.DataFrame, tables: dict[s
     if over.any():
         var_cols = [c for c in risk.columns if c.startswith(("var_", "es_"))]
         risk.loc[over, var_cols] = np.nan
+        contrib = tables["risk_contributions"]          # no VaR/ES: no decomposition of it (its Euler sum must hold)
+        tables["risk_contributions"] = contrib[~((contrib["scope"] == "portfolio")
+                                                 & contrib["portfolio_id"].isin(risk.loc[over, "portfolio_id"]))]
         log.warning("VaR/ES of %s NULL: more than %s days of the %s-day VaR window rest on a carried-forward close "
                     "(RISK_MAX_CARRIED_DAYS)", ", ".join(map(str, risk.loc[over, "portfolio_id"])),
                     settings.max_carried_days, n_ret)

@@ -151,13 +151,16 @@ def test_the_var_report_ranks_by_the_engines_usd_var_carried_to_gold(gold):
     assert len(expected) == 2 and all(usd is not None for _, usd in expected)   # raw -> gold keeps the column
     # the report reads the engine's figure (cents), largest first, as its last column
     assert [(r[1], float(r[-1])) for r in rows] == [(p, round(usd, 2)) for p, usd in expected]
-    # the utilisation is of the column the limit names, whichever registered method (here Monte Carlo for one book)
+    # the utilisation is of the column the limit the run checked names, whichever registered method (here Monte
+    # Carlo for one book)
     pid = rows[0][1]
-    (limit, named), = query("select var_limit, var_limit_metric from gold.dim_portfolio where portfolio_id = %s", (pid,))
+    day = "as_of_date = '2026-01-03' and portfolio_id = %s"
+    (limit, named), = query(f"select checked_var_limit, checked_var_limit_metric from gold.fact_risk_metrics "
+                            f"where {day}", (pid,))
 
     def name_metric(metric: str) -> None:
         with db.connect() as conn, conn.cursor() as cur:
-            cur.execute("update gold.dim_portfolio set var_limit_metric = %s where portfolio_id = %s", (metric, pid))
+            cur.execute(f"update gold.fact_risk_metrics set checked_var_limit_metric = %s where {day}", (metric, pid))
             assert cur.rowcount == 1
 
     name_metric("var_99_mc")

@@ -89,9 +89,12 @@ def risk_outputs(daily: pd.DataFrame, b5: pd.DataFrame) -> dict[str, pd.DataFram
     gross = pos.assign(a=pos["market_value"].abs()).groupby(["portfolio_id", "day"])["a"].transform("sum")
     pos["weight"] = pos["market_value"] / gross
     pos["fx_rate"], pos["base_currency"] = 1.0, "USD"
+    # PnL of day t: holdings revalued from the previous close (quantities are constant here)
+    prev = pos.groupby(["portfolio_id", "product_id"])["close"].shift()
+    pos["daily_pnl"] = pos["quantity"] * (pos["close"] - prev)
     positions = pos.rename(columns={"day": "as_of_date"})[
         ["portfolio_id", "product_id", "as_of_date", "quantity", "avg_cost", "close", "market_value",
-         "unrealized_pnl", "weight", "fx_rate", "base_currency"]]
+         "unrealized_pnl", "weight", "fx_rate", "base_currency", "daily_pnl"]]
 
     mv = pos["market_value"]
     val = pos.assign(gross=mv.abs(), long=mv.clip(lower=0), short=(-mv).clip(lower=0)).groupby(
@@ -103,8 +106,6 @@ def risk_outputs(daily: pd.DataFrame, b5: pd.DataFrame) -> dict[str, pd.DataFram
     val["base_currency"] = "USD"
     valuation = val.rename(columns={"day": "as_of_date"})
 
-    # PnL of day t: holdings revalued from the previous close (quantities are constant here)
-    prev = pos.groupby(["portfolio_id", "product_id"])["close"].shift()
     pnl = pos.assign(p=pos["quantity"] * (pos["close"] - prev)).groupby(["portfolio_id", "day"])["p"].sum(
         min_count=1).reset_index(name="daily_pnl")
     month = pnl["day"].dt.to_period("M")
@@ -122,6 +123,11 @@ def risk_outputs(daily: pd.DataFrame, b5: pd.DataFrame) -> dict[str, pd.DataFram
     risk["max_drawdown"], risk["drawdown_from_peak"], risk["lookback_days"] = -0.12, -0.05, 250
     risk["mc_scenarios"], risk["mc_distribution"] = 10_000, "t"
     risk["var_99_hist_usd"] = risk["var_99_hist"]        # USD books: x 1
+    limits = PORTFOLIOS.set_index("portfolio_id")                     # the limits the run checked
+    risk["checked_var_limit"] = risk["portfolio_id"].map(limits["var_limit"])
+    risk["checked_var_limit_metric"] = "var_99_hist"
+    risk["checked_drawdown_limit"] = risk["portfolio_id"].map(limits["drawdown_limit"])
+    risk["annualization_days"] = 365
 
     asset = daily[["product_id", "price_date", "close"]].rename(columns={"price_date": "as_of_date"})
     asset["daily_return"] = asset.groupby("product_id")["close"].pct_change()
