@@ -235,7 +235,11 @@ def _serve_docs(settings: Settings, port: int) -> None:
         _, stderr = proc.communicate()
     except KeyboardInterrupt:
         proc.terminate()
-        proc.wait()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a server that outlives SIGTERM must not keep Ctrl-C waiting for ever
+            proc.kill()
+            proc.wait()
         log.info("dbt docs: stopped")
         return
     if proc.returncode != 0:
