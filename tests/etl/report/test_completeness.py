@@ -53,6 +53,16 @@ def _refused(pg_url, monkeypatch, frames: dict, db: str, sql_dir, **gold) -> str
     return str(err.value)
 
 
+def _complete(pg_url, monkeypatch, frames: dict, db: str, sql_dir):
+    """(the report's path, the cockpit's summary) of a complete day (exit 0) over gold built from `frames`."""
+    with scratch_database(pg_url, db) as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        path = run_report(AS_OF, sql_dir=sql_dir)
+        with GoldReader(reporting_url(get_settings())) as reader:
+            return path, cockpit.summary(reader, AS_OF)
+
+
 def test_the_clean_sample_is_complete(sample_gold_url, data_dir, monkeypatch, sql_dir):
     monkeypatch.setenv("PIPELINE_DATABASE_URL", sample_gold_url)
     with GoldReader(reporting_url(get_settings())) as reader:
@@ -324,12 +334,7 @@ def test_a_var_resting_on_carried_forward_closes_is_a_stale_warning_on_every_pag
         risk.loc[(risk["portfolio_id"] == pid) & (risk["as_of_date"] == AS_OF), "carried_days"] = \
             3 if "SOL-USD" in held else 0
     lookback = int(risk["lookback_days"].iloc[0])
-    with scratch_database(pg_url, "completeness_carried") as url:
-        create_gold(url, frames)
-        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
-        path = run_report(AS_OF, sql_dir=sql_dir)                             # complete: exit 0
-        with GoldReader(reporting_url(get_settings())) as reader:
-            summary = cockpit.summary(reader, AS_OF)
+    path, summary = _complete(pg_url, monkeypatch, frames, "completeness_carried", sql_dir)
     holders = sorted(set(pos.loc[(pos["product_id"] == "SOL-USD") & (pos["as_of_date"] == AS_OF), "portfolio_id"]))
     notices = [f"VaR of {pid} rests on closes carried forward (no daily bar) on 3 of the {lookback} days of its "
                f"window: SOL-USD (3 days); above RISK_MAX_CARRIED_DAYS its VaR/ES are NULL" for pid in holders]
@@ -349,12 +354,7 @@ def test_a_lookback_cut_short_by_a_newly_listed_product_is_named_on_every_page_a
     late = f"SOL-USD (first daily close {AS_OF - timedelta(days=30)})"
     risk.loc[risk["as_of_date"] == AS_OF, "lookback_limited_by"] = late
     lookback = int(risk["lookback_days"].iloc[0])
-    with scratch_database(pg_url, "completeness_short_history") as url:
-        create_gold(url, frames)
-        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
-        path = run_report(AS_OF, sql_dir=sql_dir)                             # complete: exit 0
-        with GoldReader(reporting_url(get_settings())) as reader:
-            summary = cockpit.summary(reader, AS_OF)
+    path, summary = _complete(pg_url, monkeypatch, frames, "completeness_short_history", sql_dir)
     notice = (f"VaR of every portfolio rests on {lookback} daily returns, fewer than RISK_VAR_LOOKBACK_DAYS: the "
               f"price history starts at {late}")
     assert (summary["status"], summary["stale"]) == ("complete", [notice])
