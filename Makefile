@@ -48,12 +48,12 @@ demo: venv
 	$(BIN)/python -m etl.local.demo
 
 # `make test` stays under 15 minutes; the slow end-to-end suites (Airflow, browser, chaos, real-data replays) run
-# once in CI after it (.ci/run) or by hand with `make test-slow`.
+# once in CI after it (.ci/run) or by hand with `make test-slow`. Each prints its 20 slowest tests, to keep an eye on.
 test: venv browser
-	$(BIN)/python -m pytest -q -ra -m "not slow"
+	$(BIN)/python -m pytest -q -ra --durations=20 -m "not slow"
 
 test-slow: venv browser
-	$(BIN)/python -m pytest -q -ra -m slow
+	$(BIN)/python -m pytest -q -ra --durations=20 -m slow
 
 bench: venv
 	$(BIN)/python bench/run.py
