@@ -1,8 +1,11 @@
 """Daily PnL explained by the factor model (market, liquidity, volatility, momentum) and the residual.
 
 For portfolio p and day D (docs/risk_conventions.md, "PnL attribution"):
-- exposure[p, D, f] = sum over products a of market_value[p, a, D-1] (base currency) x beta[a, f] of the factor
-  model's daily snapshot of D-1 (the betas known at the start of D: no look-ahead);
+- exposure[p, D, f] = sum over products a of market_value[p, a, D-1] (base currency B) x (beta[a, f] -
+  beta[B-USD, f]) of the factor model's daily snapshot of D-1 (the betas known at the start of D: no look-ahead).
+  The model explains USD returns; a product's return in B is its USD return less B's (to first order), so B's own
+  betas come off (0 for USD; a B book holding B-USD has no exposure). Without betas of B-USD that day the exposure
+  is unknown: the book's PnL is all residual;
 - factor_return[D, f] = prod over D's buckets of (1 + r_f) - 1 (the factor's compounded return over the UTC day),
   used only when the factor model's grid has finished D (it has a snapshot dated D);
 - explained_pnl = exposure x factor_return; residual = daily_pnl - sum of the explained, so the rows of one
@@ -12,12 +15,16 @@ For portfolio p and day D (docs/risk_conventions.md, "PnL attribution"):
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
 from etl.factors.factor_model import REGRESSION_FACTORS
 from etl.risk import valuation
 from etl.risk.engine import release_freed_memory, snapshot_arrays, usd_rates
+
+log = logging.getLogger(__name__)
 
 RESIDUAL = "residual"
 PORTFOLIO_CHUNK = 100       # portfolios valued at once (memory bound; the rows do not depend on it)
@@ -81,6 +88,18 @@ def attribution_table(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolio
                  .reindex(columns=factors))
     full = pd.MultiIndex.from_product([days, held])
     beta = beta_wide.reindex(full).to_numpy().reshape(len(days), len(held), len(factors))   # (T, A, F), day = snapshot
+    # the betas of each base currency's USD price (0 for USD), taken off the products' (C, T, F): PnL is in base
+    currencies = sorted(set(base_of.values()))
+    base_products = [f"{c}-USD" for c in currencies]
+    base_beta = np.array(beta_wide.reindex(pd.MultiIndex.from_product([days, base_products])).to_numpy()
+                         .reshape(len(days), len(currencies), len(factors)).transpose(1, 0, 2))
+    base_beta[[c == "USD" for c in currencies]] = 0.0
+    currency_of = pd.Index(currencies).get_indexer([base_of[q] for q in pids])     # portfolio -> its currency
+    if len(exposures) and (unknown := [b for b in base_products if b != "USD-USD"
+                                       and b not in set(exposures["product_id"])]):
+        log.warning("pnl attribution: the factor model has no betas of %s: the PnL of books in %s is all residual "
+                    "(add the pair to PIPELINE_PRODUCTS)", ", ".join(unknown),
+                    ", ".join(b.removesuffix("-USD") for b in unknown))
     daily = daily_factor_returns(factor_returns, pd.DatetimeIndex(snap.unique())).reindex(days).to_numpy()
 
     pnl = pnl_daily["daily_pnl"].to_numpy(dtype="float64")
@@ -93,10 +112,11 @@ def attribution_table(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolio
         qty, cost = snapshot_arrays(positions[positions["portfolio_id"].isin(chunk)], chunk, held, days)
         fx = quote_usd / np.column_stack([rates[base_of[q]] for q in chunk])[:, :, None]   # quote -> base, (T, P, A)
         mv = valuation.value_positions(qty, cost, closes[held].to_numpy(), fx).market_value
-        parts = explain(pnl[rows], mv[t[rows] - 1, p[rows] - lo], beta[t[rows] - 1], daily[t[rows]])
+        net_beta = beta[t[rows] - 1] - base_beta[currency_of[p[rows]], t[rows] - 1][:, None, :]   # (rows, A, F)
+        parts = explain(pnl[rows], mv[t[rows] - 1, p[rows] - lo], net_beta, daily[t[rows]])
         for whole, part in zip((exposure, explained, defined, residual), parts, strict=True):
             whole[rows] = part
-        del qty, cost, fx, mv, parts
+        del qty, cost, fx, mv, net_beta, parts
         release_freed_memory()                                     # the chunk's arrays, not kept for the next
     n, f = exposure.shape
     keys = {"portfolio_id": pnl_daily["portfolio_id"].to_numpy(), "as_of_date": pnl_daily["as_of_date"].to_numpy(),

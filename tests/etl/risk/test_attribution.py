@@ -26,12 +26,13 @@ FACTOR_RETURNS = pd.DataFrame({
     "bucket_start": pd.to_datetime(["2026-01-02 00:00", "2026-01-02 00:05", "2026-01-02 12:00", "2026-01-02 00:00",
                                     "2026-01-03 08:00", "2026-01-03 08:00", "2026-01-04 00:00"], utc=True),
     "factor_return": [0.01, 0.02, -0.01, 0.5, 0.05, 0.02, 0.03]})
-# daily snapshots: D0's betas (both assets, both factors); D1's: ETH market only; D2: finished (ETH market)
+# daily snapshots: D0's betas (both assets and P2's currency EUR-USD, both factors); D1's: ETH market only; D2:
+# finished (ETH market)
 EXPOSURES = pd.DataFrame({
-    "product_id": ["BTC-USD", "BTC-USD", "ETH-USD", "ETH-USD", "ETH-USD", "ETH-USD"],
-    "factor_name": ["market", "momentum_hml", "market", "momentum_hml", "market", "market"],
-    "as_of_date": pd.to_datetime(["2026-01-01"] * 4 + ["2026-01-02", "2026-01-03"]).date,
-    "beta": [1.2, 0.5, 0.8, -1.0, 0.9, 1.0]})
+    "product_id": ["BTC-USD", "BTC-USD", "ETH-USD", "ETH-USD", "EUR-USD", "EUR-USD", "ETH-USD", "ETH-USD"],
+    "factor_name": ["market", "momentum_hml", "market", "momentum_hml", "market", "momentum_hml", "market", "market"],
+    "as_of_date": pd.to_datetime(["2026-01-01"] * 6 + ["2026-01-02", "2026-01-03"]).date,
+    "beta": [1.2, 0.5, 0.8, -1.0, 0.3, 0.1, 0.9, 1.0]})
 
 
 def test_the_hand_case_two_assets_two_factors():
@@ -45,10 +46,10 @@ def test_the_hand_case_two_assets_two_factors():
     p1k = got[("P1", "2026-01-02", "momentum_hml")]
     assert (p1k.exposure, p1k.factor_return, p1k.explained_pnl) == pytest.approx((200.0, -0.01, -2.0))
     assert got[("P1", "2026-01-02", RESIDUAL)].explained_pnl == pytest.approx(30 - 160 * market_d1 + 2)
-    # P2 (EUR): 1 BTC worth 100 / 1.25 = 80 EUR at D0
-    assert got[("P2", "2026-01-02", "market")].exposure == pytest.approx(96.0)
-    assert got[("P2", "2026-01-02", "momentum_hml")].explained_pnl == pytest.approx(-0.4)
-    assert got[("P2", "2026-01-02", RESIDUAL)].explained_pnl == pytest.approx(20 - 96 * market_d1 + 0.4)
+    # P2 (EUR): 1 BTC worth 100 / 1.25 = 80 EUR at D0, exposed to the factors by BTC's betas less EUR-USD's
+    assert got[("P2", "2026-01-02", "market")].exposure == pytest.approx(80 * (1.2 - 0.3))
+    assert got[("P2", "2026-01-02", "momentum_hml")].explained_pnl == pytest.approx(80 * (0.5 - 0.1) * -0.01)
+    assert got[("P2", "2026-01-02", RESIDUAL)].explained_pnl == pytest.approx(20 - 72 * market_d1 + 0.32)
     # D2 uses D1's betas: only ETH has one (market): P1's BTC PnL falls in the residual, P2 has no factor row
     assert got[("P1", "2026-01-03", "market")].exposure == pytest.approx(-10 * 9 * 0.9)
     assert got[("P1", "2026-01-03", RESIDUAL)].explained_pnl == pytest.approx(-31 + 81 * 0.05)
@@ -186,3 +187,49 @@ def test_a_factors_commit_landing_during_a_risk_run_does_not_mix_two_factor_runs
     after = attribution()
     assert not before.equals(after)                            # the two factor runs explain differently
     assert raced.equals(before) or raced.equals(after), "the attribution mixes two factor runs"
+
+
+def test_a_non_usd_book_is_explained_in_its_own_currency_not_in_usd():
+    """The factor model explains USD returns (docs/factor_model.md); a EUR book's PnL is in EUR, where each
+    product moves by its USD return less EUR's. The attribution applied the USD betas to the EUR market values as
+    they were: a model explaining every USD move exactly (no alpha, no error) 'explained' 14.72 EUR of a 7.16 EUR
+    day and left -7.56 EUR unexplained; a BTC book holding only BTC (PnL 0 every day) was shown making its market
+    move and losing it again in the residual. The base currency's own betas are now taken off the products'."""
+    f = 0.10                                                   # the day's market return
+    beta = {"BTC-USD": 1.2, "ETH-USD": 0.8, "EUR-USD": 0.5}    # every USD move is exactly beta x f
+    closes = pd.DataFrame({"BTC-USD": [100.0, 100 * (1 + 1.2 * f)], "ETH-USD": [10.0, 10 * (1 + 0.8 * f)],
+                           "EUR-USD": [1.25, 1.25 * (1 + 0.5 * f)]}, index=pd.DatetimeIndex([D0, D1]))
+    quote = dict.fromkeys(closes.columns, "USD")
+    portfolios = pd.DataFrame({"portfolio_id": ["E", "B"], "base_currency": ["EUR", "BTC"]})
+    positions = pd.DataFrame({"portfolio_id": ["E", "E", "B"], "product_id": ["BTC-USD", "ETH-USD", "BTC-USD"],
+                              "as_of_date": D0, "quantity": [1.0, 8.0, 3.0], "avg_cost": [90.0, 9.0, 95.0]})
+    # E: 1 BTC (80 EUR) and 8 ETH (64 EUR) at D0, each in EUR at D1: 112 / 1.3125 and 86.4 / 1.3125
+    pnl_e = (112 / 1.3125 - 80) + (86.4 / 1.3125 - 64)           # 7.161905 EUR
+    pnl = pd.DataFrame({"portfolio_id": ["E", "B"], "as_of_date": D1, "daily_pnl": [pnl_e, 0.0],
+                        "base_currency": ["EUR", "BTC"]})
+    returns = pd.DataFrame({"factor_name": ["market"], "bucket_start": pd.to_datetime(["2026-01-02 00:00"], utc=True),
+                            "factor_return": [f]})
+    exposures = pd.DataFrame({"product_id": list(beta) * 2, "factor_name": "market",
+                              "as_of_date": pd.to_datetime([D0] * 3 + [D1] * 3).date, "beta": list(beta.values()) * 2})
+    out = attribution_table(closes, quote, portfolios, positions, pnl, returns, exposures)
+    got = out.set_index(["portfolio_id", "factor_name"])
+    # exposure in EUR to the EUR return of the market: 80 (1.2 - 0.5) + 64 (0.8 - 0.5)
+    assert got.loc[("E", "market"), "exposure"] == pytest.approx(75.2)
+    assert got.loc[("E", "market"), "explained_pnl"] == pytest.approx(7.52)
+    # what is left is only the compounding of the conversion: MV ((1 + b f) / (1 + b_EUR f) - 1 - (b - b_EUR) f)
+    gap = 80 * (1.12 / 1.05 - 1 - 0.07) + 64 * (1.08 / 1.05 - 1 - 0.03)   # -0.358095
+    assert got.loc[("E", RESIDUAL), "explained_pnl"] == pytest.approx(gap, abs=1e-12)
+    # a BTC book holding BTC: nothing moved in BTC, nothing explained, nothing left
+    assert got.loc[("B", "market"), "exposure"] == 0.0 and got.loc[("B", "market"), "explained_pnl"] == 0.0
+    assert got.loc[("B", RESIDUAL), "explained_pnl"] == 0.0
+
+
+def test_a_non_usd_book_whose_currency_has_no_beta_is_all_residual():
+    """Without the betas of <BASE>-USD the EUR returns the factors explain are unknown: the day's PnL is all
+    residual, not the USD betas applied to EUR values."""
+    exposures = EXPOSURES[EXPOSURES["product_id"] != "EUR-USD"]           # BTC and ETH betas, none for EUR-USD
+    out = attribution_table(CLOSES, QUOTE, PORTFOLIOS, POSITIONS, PNL, FACTOR_RETURNS, exposures)
+    p2 = out[(out["portfolio_id"] == "P2") & (out["as_of_date"] == D1)]
+    assert p2["factor_name"].tolist() == [RESIDUAL] and p2["explained_pnl"].tolist() == [20.0]
+    assert set(out.loc[(out["portfolio_id"] == "P1") & (out["as_of_date"] == D1), "factor_name"]) == \
+        {"market", "momentum_hml", RESIDUAL}                                 # the USD book is explained as before
