@@ -195,6 +195,25 @@ def carried_days(positions_valued: pd.DataFrame, carried: pd.DataFrame, n_ret: i
     return rows.sum(axis=1), per_book
 
 
+def carried_scenarios(scenario_returns: pd.DataFrame, carried: pd.DataFrame, quote_ccy: dict[str, str]) -> np.ndarray:
+    """Per scenario_returns row (base_currency, scenario_date, product_id): True when that scenario return rests
+    on a carried-forward close of the product or of the `<CCY>-USD` pair converting its quote or the base currency
+    (the masks of `carried_days`), so the intraday revaluation counts a book's carried days as the end-of-day run
+    did (etl.risk.intraday)."""
+    if scenario_returns.empty:
+        return np.zeros(0, dtype=bool)
+    flag = carried.stack()
+    days = pd.to_datetime(scenario_returns["scenario_date"]).to_numpy()
+
+    def at(products) -> np.ndarray:
+        idx = pd.MultiIndex.from_arrays([days, np.asarray(products, dtype=object)])
+        return flag.reindex(idx, fill_value=False).to_numpy(dtype=bool)
+    product = scenario_returns["product_id"].astype(str)
+    quote = product.map(quote_ccy)
+    base = scenario_returns["base_currency"].astype(str)
+    return at(product) | at((quote + "-USD").where(quote != "USD", "")) | at((base + "-USD").where(base != "USD", ""))
+
+
 def usd_rates(closes: pd.DataFrame, currencies: set[str]) -> dict[str, np.ndarray]:
     """Value of one unit of each currency in USD per day: 1 for USD, else the close of <CCY>-USD."""
     out = {"USD": np.ones(len(closes))}

@@ -30,6 +30,7 @@ from etl.risk.engine import (
     RiskParams,
     bar_days,
     carried_days,
+    carried_scenarios,
     close_matrix,
     compute_tables,
     late_starters,
@@ -209,6 +210,11 @@ def _carried_closes(inputs: RiskInputs, portfolios: pd.DataFrame, tables: dict[s
     per_position, per_book = carried_days(tables["positions_valued"], carried, n_ret)
     tables["positions_valued"]["carried_days"] = per_position.astype("int64")
     risk["carried_days"] = risk["portfolio_id"].map(per_book).fillna(0).astype("int64")
+    # the intraday revaluation re-uses this scenario set: it counts the carried days of the books as they are then
+    if "scenario_returns" in tables:
+        tables["scenario_returns"]["is_carried"] = carried_scenarios(tables["scenario_returns"], carried,
+                                                                     inputs.quote_ccy)
+        tables["scenario_portfolios"]["max_carried_days"] = settings.max_carried_days
     over = (risk["carried_days"] > settings.max_carried_days).to_numpy()
     if over.any():
         var_cols = [c for c in risk.columns if c.startswith(("var_", "es_"))]
