@@ -136,9 +136,17 @@ def close_matrix(bars: pd.DataFrame, products: list[str], as_of: pd.Timestamp) -
 
 def late_starters(closes: pd.DataFrame) -> str | None:
     """The products whose first daily close starts the history of `closes` (close_matrix) while others have
-    closes before it: 'ETH-BTC (first daily close 2026-02-19)', or None when no product started late."""
+    closes before it: 'ETH-BTC (first daily close 2026-02-19)', or None when no product started late. Closes
+    before `closes.attrs["history_start"]` (the first day of the history window read; the runner sets it) are
+    no earlier start: the last close of a product delisted before the window is older than every listed
+    product's first close, which does not make them late."""
     first = closes.attrs.get("first_close")
-    if first is None or first.empty or not (first < first.max()).any():
+    if first is None or first.empty:
+        return None
+    earliest = first.min()
+    if closes.attrs.get("history_start") is not None:
+        earliest = max(earliest, closes.attrs["history_start"])
+    if not first.max() > earliest:
         return None
     return ", ".join(f"{p} (first daily close {d.date()})" for p, d in first[first == first.max()].items())
 

@@ -160,6 +160,7 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
     if len(held := sorted(book_products(instruments, portfolios, positions))) < len(products):
         products, bars = held, bars[bars["product_id"].isin(held)]   # the default as-of is before some snapshots
     closes = close_matrix(bars[bars["price_date"] <= as_of_ts], products, as_of_ts)
+    closes.attrs["history_start"] = as_of_ts - pd.Timedelta(days=settings.daily_history_days - 1)  # late_starters
     has_bar = bar_days(bars, closes)
     bars_5m = _read_bars("5m", products, as_of - timedelta(days=1), as_of, settings)
     last_bar = bars[bars["price_date"] <= as_of_ts].groupby("product_id")["price_date"].max()
