@@ -17,7 +17,8 @@ Each intraday run (one 5-minute bucket b of UTC day D) then:
 5. VaR/ES 95/99: today's exposures on the last EOD run's scenario set: historical (VaR = linear quantile of the
    N scenario losses, ES = mean of the losses >= VaR), parametric (z sigma with the stored covariance) and Monte
    Carlo (the EOD run's seeded draws on the stored covariance), the same functions and arrays as EOD, so equal
-   prices give bit-equal figures;
+   prices give bit-equal figures; NaN, as at end of day, for a book whose holdings rest on a carried-forward
+   close in more scenarios than the EOD run's max_carried_days (scenario_returns.is_carried);
 6. drawdown from peak: the EOD wealth relative to its peak (1 + drawdown at the close) carried through today's
    buckets with the return on yesterday's gross exposure, r_b = pnl_b / gross[D-1]; drawdown = w_b / peak - 1
    with the peak the larger of the EOD peak and today's running maximum;
