@@ -136,9 +136,17 @@ def close_matrix(bars: pd.DataFrame, products: list[str], as_of: pd.Timestamp) -
 
 def late_starters(closes: pd.DataFrame) -> str | None:
     """The products whose first daily close starts the history of `closes` (close_matrix) while others have
-    closes before it: 'ETH-BTC (first daily close 2026-02-19)', or None when no product started late."""
+    closes before it: 'ETH-BTC (first daily close 2026-02-19)', or None when no product started late. Closes
+    before `closes.attrs["history_start"]` (the first day of the history window read; the runner sets it) are
+    no earlier start: the last close of a product delisted before the window is older than every listed
+    product's first close, which does not make them late."""
     first = closes.attrs.get("first_close")
-    if first is None or first.empty or not (first < first.max()).any():
+    if first is None or first.empty:
+        return None
+    earliest = first.min()
+    if closes.attrs.get("history_start") is not None:
+        earliest = max(earliest, closes.attrs["history_start"])
+    if not first.max() > earliest:
         return None
     return ", ".join(f"{p} (first daily close {d.date()})" for p, d in first[first == first.max()].items())
 
@@ -193,6 +201,25 @@ def carried_days(positions_valued: pd.DataFrame, carried: pd.DataFrame, n_ret: i
     rows = np.array([masks[k] for k in keys], dtype=bool).reshape(len(keys), len(window))
     per_book = pd.DataFrame(rows, index=pv["portfolio_id"].to_numpy()).groupby(level=0).any().sum(axis=1)
     return rows.sum(axis=1), per_book
+
+
+def carried_scenarios(scenario_returns: pd.DataFrame, carried: pd.DataFrame, quote_ccy: dict[str, str]) -> np.ndarray:
+    """Per scenario_returns row (base_currency, scenario_date, product_id): True when that scenario return rests
+    on a carried-forward close of the product or of the `<CCY>-USD` pair converting its quote or the base currency
+    (the masks of `carried_days`), so the intraday revaluation counts a book's carried days as the end-of-day run
+    did (etl.risk.intraday)."""
+    if scenario_returns.empty:
+        return np.zeros(0, dtype=bool)
+    flag = carried.stack()
+    days = pd.to_datetime(scenario_returns["scenario_date"]).to_numpy()
+
+    def at(products) -> np.ndarray:
+        idx = pd.MultiIndex.from_arrays([days, np.asarray(products, dtype=object)])
+        return flag.reindex(idx, fill_value=False).to_numpy(dtype=bool)
+    product = scenario_returns["product_id"].astype(str)
+    quote = product.map(quote_ccy)
+    base = scenario_returns["base_currency"].astype(str)
+    return at(product) | at((quote + "-USD").where(quote != "USD", "")) | at((base + "-USD").where(base != "USD", ""))
 
 
 def usd_rates(closes: pd.DataFrame, currencies: set[str]) -> dict[str, np.ndarray]:

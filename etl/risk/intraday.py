@@ -17,7 +17,8 @@ Each intraday run (one 5-minute bucket b of UTC day D) then:
 5. VaR/ES 95/99: today's exposures on the last EOD run's scenario set: historical (VaR = linear quantile of the
    N scenario losses, ES = mean of the losses >= VaR), parametric (z sigma with the stored covariance) and Monte
    Carlo (the EOD run's seeded draws on the stored covariance), the same functions and arrays as EOD, so equal
-   prices give bit-equal figures;
+   prices give bit-equal figures; NaN, as at end of day, for a book whose holdings rest on a carried-forward
+   close in more scenarios than the EOD run's max_carried_days (scenario_returns.is_carried);
 6. drawdown from peak: the EOD wealth relative to its peak (1 + drawdown at the close) carried through today's
    buckets with the return on yesterday's gross exposure, r_b = pnl_b / gross[D-1]; drawdown = w_b / peak - 1
    with the peak the larger of the EOD peak and today's running maximum;
@@ -180,12 +181,17 @@ def _revalue_group(close, fx, prev_close, fx_prev, qty_now, qty_prev, scenarios:
         exposure = np.ascontiguousarray(mv[:, :n_scen].T)                      # (A, P) as the engine
         outside = (qty_now[:, n_scen:] != 0).any(axis=1)                       # holds a product with no scenario
         unpriced = ~np.isfinite(exposure).all(axis=0)                          # holds a product with no price
+        # as at end of day: more scenarios resting on carried closes of what it holds than RISK_MAX_CARRIED_DAYS
+        carried, too_carried = scenarios.carried.get(base), np.zeros(len(outside), dtype=bool)
+        if carried is not None and scenarios.max_carried_days is not None:
+            days = ((qty_now[:, :n_scen] != 0).astype(np.int64) @ carried.T.astype(np.int64) > 0).sum(axis=1)
+            too_carried = days > scenarios.max_carried_days
         n_mc, seed, dist, dof = scenarios.mc
         z, scale = var.mc_draws(n_mc, n_scen, seed, dist, dof)
         scen = book_var.Scenarios(scenarios.windows[base], scenarios.covariances[base], z, scale)
         # an unpriced book's figures are unknown (NaN), not computed on a NaN exposure (the VaR kernels crash on it)
         figures = book_var.book_var_es(scen, np.where(np.isfinite(exposure), exposure, 0.0), "intraday")
-        out.update({k: np.where(outside | unpriced, np.nan, v) for k, v in figures.items()})
+        out.update({k: np.where(outside | unpriced | too_carried, np.nan, v) for k, v in figures.items()})
     else:
         out.update(dict.fromkeys(measures.columns("intraday"), np.full(mv.shape[0], np.nan)))
     return out

@@ -30,6 +30,7 @@ from etl.risk.engine import (
     RiskParams,
     bar_days,
     carried_days,
+    carried_scenarios,
     close_matrix,
     compute_tables,
     late_starters,
@@ -118,7 +119,6 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
     reference = Reference.of(reference, settings)
     instruments, portfolios, positions = reference.instruments, reference.portfolios, reference.positions
     quote_ccy = reference.quote_ccy
-    products = sorted(book_products(instruments, portfolios, positions))
 
     today = datetime.now(UTC).date()
     if as_of is not None and as_of >= today:  # its bars are the day so far: priced "on the day", not stale
@@ -129,6 +129,13 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
     # default as-of: read every daily bar up to yesterday (small: one row per product per day) and take the last
     # day all products have; an explicit as-of reads only the history window
     end = as_of or (today - timedelta(days=1))
+    # the products held up to that day (snapshots after the as-of day are ignored: a product bought later is
+    # no product this run needs, nor does its first close start every book's history)
+    positions = positions[positions["as_of_date"] <= pd.Timestamp(end)]
+    if positions.empty:
+        raise DataNotFoundError(f"no position snapshot dated on or before {end} in "
+                                f"{settings.reference_dir / 'positions.csv'}")
+    products = sorted(book_products(instruments, portfolios, positions))
     # the history read: daily_history_days days up to and including the as-of day (the ingest's daily_window)
     start = None if as_of is None else end - timedelta(days=settings.daily_history_days - 1)
     bars = _read_bars("1d", products, start, end, settings)
@@ -150,7 +157,10 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
     if positions.empty:
         raise DataNotFoundError(f"no position snapshot dated on or before {as_of} in "
                                 f"{settings.reference_dir / 'positions.csv'}")
+    if len(held := sorted(book_products(instruments, portfolios, positions))) < len(products):
+        products, bars = held, bars[bars["product_id"].isin(held)]   # the default as-of is before some snapshots
     closes = close_matrix(bars[bars["price_date"] <= as_of_ts], products, as_of_ts)
+    closes.attrs["history_start"] = as_of_ts - pd.Timedelta(days=settings.daily_history_days - 1)  # late_starters
     has_bar = bar_days(bars, closes)
     bars_5m = _read_bars("5m", products, as_of - timedelta(days=1), as_of, settings)
     last_bar = bars[bars["price_date"] <= as_of_ts].groupby("product_id")["price_date"].max()
@@ -209,6 +219,11 @@ def _carried_closes(inputs: RiskInputs, portfolios: pd.DataFrame, tables: dict[s
     per_position, per_book = carried_days(tables["positions_valued"], carried, n_ret)
     tables["positions_valued"]["carried_days"] = per_position.astype("int64")
     risk["carried_days"] = risk["portfolio_id"].map(per_book).fillna(0).astype("int64")
+    # the intraday revaluation re-uses this scenario set: it counts the carried days of the books as they are then
+    if "scenario_returns" in tables:
+        tables["scenario_returns"]["is_carried"] = carried_scenarios(tables["scenario_returns"], carried,
+                                                                     inputs.quote_ccy)
+        tables["scenario_portfolios"]["max_carried_days"] = settings.max_carried_days
     over = (risk["carried_days"] > settings.max_carried_days).to_numpy()
     if over.any():
         var_cols = [c for c in risk.columns if c.startswith(("var_", "es_"))]

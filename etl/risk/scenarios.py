@@ -8,7 +8,7 @@ read back, as the engine held them, by `load_scenarios`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 import numpy as np
@@ -59,23 +59,32 @@ class ScenarioSet:
     covariances: dict[str, np.ndarray]      # base currency -> (A, A)
     drawdown: pd.Series                     # portfolio_id -> drawdown from peak at the EOD close (<= 0)
     mc: tuple[int, int, str, float]         # scenarios, seed, distribution, t dof of the EOD Monte Carlo
+    # base currency -> (N, A) True where the scenario rests on a carried-forward close (engine.carried_scenarios),
+    # and the EOD run's RISK_MAX_CARRIED_DAYS: a book holding more such days has no VaR/ES, as at end of day
+    carried: dict[str, np.ndarray] = field(default_factory=dict)
+    max_carried_days: int | None = None
 
     @classmethod
     def from_tables(cls, returns: pd.DataFrame, covariance: pd.DataFrame, portfolios: pd.DataFrame) -> ScenarioSet:
         as_of = pd.Timestamp(returns["as_of_date"].iloc[0]).date()
         order = returns.drop_duplicates("asset_index").sort_values("asset_index")
         products = list(order["product_id"])
-        windows, covs = {}, {}
+        windows, covs, carried = {}, {}, {}
         for base, df in returns.groupby("base_currency"):
             wide = df.pivot(index="scenario_date", columns="asset_index", values="asset_return")
             windows[base] = np.ascontiguousarray(wide.sort_index().to_numpy()[:, np.argsort(wide.columns)])
+            if "is_carried" in df.columns:   # a scenario set written before the flag: no carried days known
+                flag = df.pivot(index="scenario_date", columns="asset_index", values="is_carried")
+                carried[base] = flag.sort_index().to_numpy(dtype=bool)[:, np.argsort(flag.columns)]
         for base, df in covariance.groupby("base_currency"):
             wide = df.pivot(index="product_id_a", columns="product_id_b", values="covariance")
             covs[base] = np.ascontiguousarray(wide.loc[products, products].to_numpy())
         first = portfolios.iloc[0]
         mc = (int(first["mc_scenarios"]), int(first["mc_seed"]), str(first["mc_distribution"]),
               float(first["mc_t_dof"]))
-        return cls(as_of, products, windows, covs, portfolios.set_index("portfolio_id")["drawdown"], mc)
+        limit = int(first["max_carried_days"]) if "max_carried_days" in portfolios.columns else None
+        return cls(as_of, products, windows, covs, portfolios.set_index("portfolio_id")["drawdown"], mc, carried,
+                   limit)
 
 
 def load_scenarios(store, before: date, max_days_back: int = SCENARIO_MAX_DAYS_BACK) -> ScenarioSet | None:

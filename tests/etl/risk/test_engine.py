@@ -1232,6 +1232,61 @@ def test_a_newly_listed_product_that_shortens_the_history_is_named_with_the_look
     assert "ETH-USD" not in str(err.value) and "BTC-USD" not in str(err.value)
 
 
+def test_a_snapshot_dated_after_the_as_of_day_is_ignored_not_a_product_every_book_needs(risk_env):
+    """docs/risk_conventions.md: "Snapshots after the as-of date are ignored." A snapshot dated the day after the
+    as-of day buys SOL-USD, listed 30 days before the as-of day: the products the run priced came from every
+    snapshot, so SOL-USD, held by no book on the as-of day, started the history of every book (lookback 30, not 60,
+    `lookback_limited_by` naming it) and every VaR changed; listed after the as-of day, it failed the run ("no
+    daily bars for ['SOL-USD']"). Now the run prices what the snapshots dated on or before the as-of day hold: the
+    figures are those of the run without that snapshot."""
+    from etl.settings import get_settings as settings_now
+
+    run_risk(as_of=AS_OF, settings=get_settings())
+    clean = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id").sort_index()
+    ref = settings_now().reference_dir
+    (ref / "positions.csv").write_text((ref / "positions.csv").read_text() + "U1,SOL-USD,2026-04-01,10,150\n")
+    listed = pd.Timestamp(AS_OF) - pd.Timedelta(days=30)
+    sol = pd.DataFrame({"SOL-USD": 150.0}, index=pd.date_range(listed, AS_OF, freq="D"))
+    write_daily_bars(risk_env["data"], sol, {"SOL-USD": "USD"})
+    for stage in ("listed before", "listed after"):
+        run_risk(as_of=AS_OF, settings=get_settings())
+        risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id").sort_index()
+        assert risk["lookback_days"].eq(60).all() and risk["lookback_limited_by"].isna().all(), stage
+        for col in ("var_99_hist", "es_99_hist", "var_99_param"):
+            assert risk[col].tolist() == pytest.approx(clean[col].tolist(), rel=1e-12), (stage, col)
+        assert "SOL-USD" not in set(_read(risk_env["data"], "positions_valued")["product_id"])
+        remove_product(risk_env["data"], BARS_1D_DIR, "SOL-USD")        # then not listed by the as-of day at all
+
+
+def test_a_holding_delisted_before_the_history_window_is_not_a_reason_the_lookback_is_short(risk_env, monkeypatch):
+    """The 40-day history window (PIPELINE_DAILY_HISTORY_DAYS) leaves 39 returns of the 60-day VaR lookback, for
+    every product alike: no product started late, so lookback_limited_by is NULL (as in the run without the
+    delisted holding). ETH-USD, delisted 60 days before the as-of day and still held, is valued at its last close,
+    a bar older than the window; that older first close made every listed product look listed late:
+    lookback_limited_by named BTC-USD and ETH-BTC "(first daily close <the window's first day>)", a STALE notice
+    on every book."""
+    for key, value in {"PIPELINE_DAILY_HISTORY_DAYS": "40", "RISK_VAR_LOOKBACK_DAYS": "60",
+                       "RISK_BACKTEST_DAYS": "30"}.items():
+        monkeypatch.setenv(key, value)
+    run_risk(as_of=AS_OF, settings=get_settings())
+    clean = _read(risk_env["data"], "risk_metrics")
+    assert clean["lookback_days"].eq(39).all() and clean["lookback_limited_by"].isna().all()
+    delisted = pd.Timestamp(AS_OF) - pd.Timedelta(days=60)
+    _drop_days(risk_env["data"], "ETH-USD", delisted + pd.Timedelta(days=1), pd.Timestamp(AS_OF))
+    _delist("ETH-USD", delisted)
+    run_risk(as_of=AS_OF, settings=get_settings())
+    risk = _read(risk_env["data"], "risk_metrics")
+    assert risk["lookback_days"].eq(39).all()
+    assert risk["lookback_limited_by"].isna().all(), risk["lookback_limited_by"].tolist()
+
+    listed = pd.Timestamp(AS_OF) - pd.Timedelta(days=30)          # a product listed inside the window still is named
+    _drop_days(risk_env["data"], "ETH-BTC", DAYS[0], listed - pd.Timedelta(days=1))
+    run_risk(as_of=AS_OF, settings=get_settings())
+    risk = _read(risk_env["data"], "risk_metrics")
+    assert risk["lookback_days"].eq(30).all()
+    assert risk["lookback_limited_by"].eq(f"ETH-BTC (first daily close {listed.date()})").all()
+
+
 def test_a_first_move_after_a_flat_history_gives_no_confident_garch_var():
     """NEW-USD's close does not move for 78 days, then rises 10% on the as-of day. GARCH fitted on that history
     gives it a volatility of ~1e-6 (its floor), so the move's residual is ~1e5 standard deviations: rescaled to

@@ -500,8 +500,12 @@ def test_a_holding_delisted_before_the_history_window_keeps_its_last_close_intra
     assert x["market_value"] == pytest.approx(100 * eth_btc * book["last"]["BTC-USD"], rel=1e-12)
     assert x["intraday_pnl"] == pytest.approx(0.0, abs=1e-9)
     assert x["stale_products"] == 1 and x["stale_product_ids"] == "ETH-BTC"
+    # its price is known: only its VaR is uncomputable, as at end of day (its window rests on 30 carried closes)
     breaches = intraday_rows(data, b, intraday.BREACH_TABLE)
-    assert "uncomputable" not in set(breaches["breach_kind"].dropna())
+    eod_breaches = eod(data, "limit_breaches")
+    assert eod_breaches.query("breach_kind == 'uncomputable'")[["portfolio_id", "limit_type"]].values.tolist() == \
+        [["X", "var"]]
+    assert breaches.query("breach_kind == 'uncomputable'")["limit_type"].to_dict() == {"X": "var"}
 
 
 def test_a_held_product_with_no_price_at_all_is_an_uncomputable_row_not_a_crash(book):
@@ -527,3 +531,43 @@ def test_a_held_product_with_no_price_at_all_is_an_uncomputable_row_not_a_crash(
     for pid in "LSB":
         assert got.loc[pid, "var_99"] == pytest.approx(clean.loc[pid, "var_99"], rel=1e-12)
         assert got.loc[pid, "market_value"] == pytest.approx(clean.loc[pid, "market_value"], rel=1e-12)
+
+
+def test_a_book_whose_eod_var_is_null_for_carried_closes_has_no_intraday_var_either(data_dir, book_reference,
+                                                                                     monkeypatch):
+    """ETH-USD has no daily bar on 10 days of the 60-day VaR window (a halt: its closes carried forward, zero
+    returns), so the end-of-day VaR/ES of S and B (holding it) are NULL (RISK_MAX_CARRIED_DAYS 5). The intraday
+    revaluation re-used the same scenario set, zero returns included, and gave S and B confident VaR/ES at the
+    EOD prices (the figures EOD refused) and checked their var limits as passed. Now their intraday VaR/ES are
+    NULL and the var limit an `uncomputable` breach, as at end of day; L and X keep the EOD figures exactly, and
+    L buying ETH-USD today loses its VaR too (the carried days of what it holds now)."""
+    ref = book_reference(PORTFOLIOS.format(var_limit="1e9"), POSITIONS)
+    for key, value in {"RISK_MC_SCENARIOS": "2000", "RISK_BACKTEST_DAYS": "30",
+                       "RISK_VAR_LOOKBACK_DAYS": "60", "PIPELINE_DAILY_HISTORY_DAYS": "120"}.items():
+        monkeypatch.setenv(key, value)
+    closes = _daily_closes()
+    write_daily(data_dir, closes)
+    halt = pd.date_range(pd.Timestamp(D1) - pd.Timedelta(days=20), periods=10, freq="D")
+    write_daily(data_dir, closes[["ETH-USD"]].drop(index=halt))
+    run_risk(as_of=D1, settings=get_settings())
+    risk = eod(data_dir, "risk_metrics").set_index("portfolio_id")
+    assert risk["carried_days"].to_dict() == {"L": 0, "S": 10, "B": 10, "X": 0}
+    assert risk.loc[["S", "B"], ["var_99_hist", "var_95_param", "var_99_mc"]].isna().all().all()
+
+    flat_day(data_dir, closes.loc[pd.Timestamp(D1)])
+    intraday_io.run_intraday_risk(at(10, 5).to_pydatetime())
+    got = intraday_rows(data_dir, at(10, 5))
+    figures = list(measures.columns("intraday"))
+    assert got.loc[["S", "B"], figures].isna().all().all(), got.loc[["S", "B"], figures]
+    for pid in "LX":
+        assert got.loc[pid, "var_99"] == risk.loc[pid, "var_99_hist"], pid
+        assert got.loc[pid, "var_95_param"] == risk.loc[pid, "var_95_param"], pid
+    breaches = intraday_rows(data_dir, at(10, 5), intraday.BREACH_TABLE)
+    var = breaches[breaches["limit_type"] == "var"]
+    assert sorted(var.index) == ["B", "S"]
+    assert (var["breach_kind"] == "uncomputable").all() and var["value"].isna().all()
+
+    (ref / "positions.csv").write_text(POSITIONS + f"L,BTC-USD,{D},2,50000\nL,ETH-USD,{D},1,2800\n")
+    intraday_io.run_intraday_risk(at(10, 10).to_pydatetime())
+    got = intraday_rows(data_dir, at(10, 10))
+    assert np.isnan(got.loc["L", "var_99"]) and got.loc["X", "var_99"] == risk.loc["X", "var_99_hist"]
