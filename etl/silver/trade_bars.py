@@ -3,7 +3,8 @@ against the candle bars of the same buckets.
 
 `build_trade_bars()` takes the files the bronze trades Delta table (`bronze/trades`) gained since the bronze version
 its last build recorded in its own commit (etl/silver/increments.py: no state file), and recomputes each touched
-(product, date) partition from all its files at the bronze version it reads now:
+(product, date) partition (and the product's partition before a partition new to bronze: its last bar is closed
+now) from all its files at the bronze version it reads now:
 1. deduplicate by (product_id, trade_id), keeping the first received (reconnect snapshots and duplicated
    messages repeat trades); copies of one trade id that disagree on its price, size or time are none of them a
    bar's trade (which is the trade is unknown): left out, counted as invalid, and their bars not complete,
@@ -16,8 +17,10 @@ its last build recorded in its own commit (etl/silver/increments.py: no state fi
    the log,
 3. order by (time, trade_id as a number: "999" before "1000") and fold per 5-minute bucket: open = first price, high/low = max/min, close = last,
    volume = sum(size), vwap = sum(price * size) / sum(size), n_trades, n_candles = minutes with a trade,
-   is_complete = all five minutes traded, a later trade exists (the bar is closed) and no feed hole cuts into the
-   bucket (see `holes`: a lost message's trades are gone for good, so such a bar is built but never complete),
+   is_complete = all five minutes traded, a later trade exists (the bar is closed; in any partition of the
+   product: the day's 23:55 bar is closed by the next partition's first trade) and no feed hole cuts into the
+   bucket (see `holes`: a lost message's trades are gone for good, so such a bar is built but never complete;
+   the runs of the next partition count: a stream going on past midnight leaves the day's end whole),
    and no bar of a day that lost a bronze file is: a file that does not read whole is set aside (etl.candles
    `set_aside`, `remove`: copied to bronze/quarantined_files/ with its reason, taken out of the table) and the
    day built from the rest, but streamed trades cannot be fetched again, so its trades are lost at unknown times
@@ -232,11 +235,13 @@ def _runs_of(df: pd.DataFrame, breaks: Breaks) -> np.ndarray:
 
 
 def read_trades(store: Store, files: list[str], breaks: Breaks | None = None,
-                previous_day: list[str] | None = None) -> tuple[pd.DataFrame, int, int, int, np.ndarray]:
+                previous_day: list[str] | None = None, next_day: list[str] | None = None,
+                ) -> tuple[pd.DataFrame, int, int, int, np.ndarray, int]:
     """Valid, deduplicated trades of `files`: (product_id, trade_id, ts_us, price, whole, units: the size's whole
     base units and the rest in units of 1e-8), rows in, duplicates,
-    invalid, and the feed holes of those rows (`holes`; `previous_day`: the files of the partition before, whose
-    runs carry over)."""
+    invalid, the feed holes of those rows (`holes`; `previous_day`: the files of the partition before, whose
+    runs carry over; `next_day`: the files of the product's next partition, whose runs continue this day's) and
+    the first trade time of `next_day` (0: none), which closes this day's last bar."""
     breaks = breaks or Breaks()
     columns = ["product_id", "trade_id", "price", "size", "time", "received_at", "connection_id", "sequence_num"]
     # no file: the partition's only one was set aside
@@ -245,13 +250,21 @@ def read_trades(store: Store, files: list[str], breaks: Breaks | None = None,
     rows_in = len(df)
     carried = set(_runs_of(store.read_files(TRADES_DIR, previous_day, columns=["connection_id", "sequence_num"])
                            .to_pandas(), breaks)) if previous_day else set()
-    seen = pd.to_datetime(df["time"], utc=True, errors="coerce", format="ISO8601")   # before deduplication
+    after = (store.read_files(TRADES_DIR, next_day, columns=["time", "connection_id", "sequence_num"]).to_pandas()
+             if next_day else pd.DataFrame(columns=["time", "connection_id", "sequence_num"]))
+    feed = pd.concat([df[after.columns], after], ignore_index=True)   # the runs go on into the next partition
+    seen = pd.to_datetime(feed["time"], utc=True, errors="coerce", format="ISO8601")   # before deduplication
     ok = seen.notna().to_numpy()
     if breaks.lost:  # a message with a rejected trade covers nothing: its span is a hole
-        ok = ok & ~np.fromiter(((c, q) in breaks.lost for c, q in zip(df["connection_id"], df["sequence_num"],
-                                                                          strict=True)), bool, len(df))
-    gaps = holes(seen[ok].astype("datetime64[us, UTC]").astype("int64").to_numpy(), _runs_of(df, breaks)[ok],
-                 carried)
+        ok = ok & ~np.fromiter(((c, q) in breaks.lost for c, q in zip(feed["connection_id"], feed["sequence_num"],
+                                                                          strict=True)), bool, len(feed))
+    timed = seen.notna().to_numpy()
+    feed_us = np.zeros(len(feed), dtype=np.int64)
+    feed_us[timed] = seen[timed].astype("datetime64[us, UTC]").astype("int64").to_numpy()
+    gaps = holes(feed_us[ok], _runs_of(feed, breaks)[ok], carried)
+    later = feed_us[len(df):][timed[len(df):]]
+    later_us = int(later.min()) if len(later) else 0
+    seen = seen.iloc[:len(df)].set_axis(df.index)
     df["product_id"] = df["product_id"].astype(str)
     # a trade id is one trade: copies that disagree on its price, size or time leave no telling which is the trade;
     # none of them is a bar's trade, and their bars are cut like a hole's (counted as invalid)
@@ -275,7 +288,7 @@ def read_trades(store: Store, files: list[str], breaks: Breaks | None = None,
                         "ts_us": ts[ok].astype("datetime64[us, UTC]").astype("int64"),
                         "price": price[ok].astype(float), "whole": whole,
                         "units": np.rint((size[ok] - whole) * UNITS).astype(np.int64)})
-    return out, rows_in, duplicates, int((~ok).sum()) + int(conflicting.sum()), gaps
+    return out, rows_in, duplicates, int((~ok).sum()) + int(conflicting.sum()), gaps, later_us
 
 
 def build_trade_bars(settings: Settings | None = None, full_refresh: bool = False,
@@ -291,7 +304,16 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     lost = {k for f in candles.set_aside_files(store, TRADES_DIR) if (k := increments.partition_of(f))}
     # and the days that lost a file since the last build marked them (a build that set the file aside and died
     # before its commit: no new file tells the rerun)
-    touched = sorted(set(increments.touched(new, TRADES_DIR)) | (lost - _marked_lost(lake)))
+    touched = set(increments.touched(new, TRADES_DIR)) | (lost - _marked_lost(lake))
+    days = _days(bronze.files)
+    # a partition new to bronze holds the first trade after its product's partition before: that one's last bar is
+    # closed now (and the runs going on into the new partition tell whether its end is whole): rebuilt too
+    had = set(bronze.files) - set(new)
+    for product, day in sorted(touched):
+        before = [d for d in days.get(product, []) if d < day]
+        if before and not any(f in had for f in increments.files_of(bronze.files, TRADES_DIR, product, day)):
+            touched.add((product, before[-1]))
+    touched = sorted(touched)
     summary.files = len(new)
     quotes = _quotes(Reference.of(reference, settings), {p for p, _ in touched})
     breaks = sequence_breaks(lake) if touched else Breaks()
@@ -299,11 +321,12 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     todo = list(touched)
     for product, day in todo:  # grows by the day before when one of its files is set aside
         before = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
-        own, previous = _files(bronze.files, gone, product, day, before)
+        after = next((d for d in days.get(product, []) if d > day), "")   # the product's next partition
+        own, previous, following = _files(bronze.files, gone, product, day, before, after)
         try:
-            trades, rows_in, dups, invalid, gaps = read_trades(store, own, breaks, previous)
+            trades, rows_in, dups, invalid, gaps, later = read_trades(store, own, breaks, previous, following)
         except (CorruptFileError, pa.ArrowException, OSError, ValueError):
-            bad = candles.set_aside_unreadable(store, own + previous)
+            bad = candles.set_aside_unreadable(store, own + previous + following)
             if not bad:
                 raise  # every file reads whole: not a corrupt file
             summary.bad_files += bad.values()
@@ -311,8 +334,8 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
             keys = {increments.partition_of(f) for f in bad}
             lost |= keys
             todo += sorted(keys - set(todo))  # the day before's bars change too
-            own, previous = _files(bronze.files, gone, product, day, before)
-            trades, rows_in, dups, invalid, gaps = read_trades(store, own, breaks, previous)
+            own, previous, following = _files(bronze.files, gone, product, day, before, after)
+            trades, rows_in, dups, invalid, gaps, later = read_trades(store, own, breaks, previous, following)
         summary.trades_in += rows_in
         summary.duplicates += dups
         summary.invalid += invalid
@@ -324,7 +347,7 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
             summary.suspect += told
         bars = trade_bars(trades[~bad], ordered=True)
         cut = _cut(bars["bucket_start_us"].to_numpy(dtype=np.int64), gaps) | ((product, day) in lost)
-        parts[(product, day)] = _table(bars, quotes.get(product, ""), cut)
+        parts[(product, day)] = _table(bars, quotes.get(product, ""), cut, later)
         summary.partitions += 1
         summary.bars += parts[(product, day)].num_rows
         summary.cut += int(cut.sum())
@@ -347,8 +370,18 @@ def _marked_lost(lake: Lake) -> set[tuple[str, str]]:
 
 
 def _files(files: list[str], gone: set[str], product: str, *days: str) -> list[list[str]]:
-    """The files of the partitions (product, day) of `days`, but those set aside."""
-    return [[f for f in increments.files_of(files, TRADES_DIR, product, d) if f not in gone] for d in days]
+    """The files of the partitions (product, day) of `days` ("": none), but those set aside."""
+    return [[f for f in increments.files_of(files, TRADES_DIR, product, d) if f not in gone] if d else []
+            for d in days]
+
+
+def _days(files: list[str]) -> dict[str, list[str]]:
+    """{product: the sorted dates of its bronze partitions}."""
+    out: dict[str, set[str]] = {}
+    for f in files:
+        if k := increments.partition_of(f):
+            out.setdefault(k[0], set()).add(k[1])
+    return {p: sorted(d) for p, d in out.items()}
 
 
 def _cut(bucket_start_us: np.ndarray, gaps: np.ndarray) -> np.ndarray:
@@ -359,10 +392,11 @@ def _cut(bucket_start_us: np.ndarray, gaps: np.ndarray) -> np.ndarray:
     return ((gaps[None, :, 0] < b + BAR_US) & (gaps[None, :, 1] > b)).any(axis=1)
 
 
-def _table(bars: pd.DataFrame, quote: str, cut: np.ndarray) -> pa.Table:
+def _table(bars: pd.DataFrame, quote: str, cut: np.ndarray, later_us: int = 0) -> pa.Table:
+    """`later_us`: the first trade time of the product's next partition (0: none yet)."""
     n = len(bars)
     bar_end = bars["bucket_start_us"].to_numpy() + BAR_US
-    closed = bar_end <= (bars["last_us"].max() if n else 0)  # a later trade exists
+    closed = bar_end <= max(bars["last_us"].max() if n else 0, later_us)  # a later trade exists, in any partition
     ts = pa.timestamp("us", tz="UTC")
 
     def stamp(col):

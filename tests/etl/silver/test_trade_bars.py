@@ -505,3 +505,52 @@ def test_a_bad_first_trade_of_the_day_never_becomes_a_bar_price(data_dir):
     bars = bronze_table(data_dir, TRADE_BARS_DIR)
     assert pd.Timestamp("2026-01-01T00:00:00Z") not in set(bars["bucket_start"])
     assert bars["high"].max() == 100.0 and len(summary.suspect) == 1 and "00:00:05" in summary.suspect[0]
+
+
+def _across_midnight(batch_id: str, seconds: range, conn: str = "c1", first_seq: int = 0) -> MicroBatch:
+    """BTC-USD trades at 100.0 every 20 s, at `seconds` from 2026-01-01T23:50:00Z (600 is midnight), on `conn`,
+    consecutive sequence numbers from `first_seq`: each in its own UTC date's partition."""
+    batch = MicroBatch(batch_id)
+    base = pd.Timestamp("2026-01-01T23:50:00Z")
+    for i, s in enumerate(seconds):
+        when = (base + pd.Timedelta(seconds=s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        batch.add_trade("BTC-USD", when[:10], (f"{1000 + s}", "100.0", "0.5", "BUY", when, "update", "market_trades",
+                                               when, "", first_seq + i, conn, 1767311400.0 + s, None))
+    return batch
+
+
+def test_the_last_bar_of_a_day_is_complete_once_a_trade_of_the_next_day_closes_it(data_dir):
+    """The 23:55 bar's later trade is in the next day's partition: it was only looked for in its own day, so the
+    day's last bar was never complete, however whole (a rebuild, a full refresh: the same). It is closed by the
+    next day's first trade, as any bar by a later trade; a stream going on on the same connection leaves no hole."""
+    store = Store.from_uri(str(data_dir))
+    BronzeSink(store).write(_across_midnight("20260101T000000000000Z-aaaa-000001", range(5, 600, 20)))
+    build_trade_bars()
+    last = pd.Timestamp("2026-01-01T23:55:00Z")
+    bars = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start")
+    assert bars.loc[last, "n_candles"] == 5 and not bars.loc[last, "is_complete"]   # no later trade yet: open
+
+    # the next day's first trades, same connection, the next sequence numbers: the 23:55 bar is closed and whole
+    BronzeSink(store).write(_across_midnight("20260102T000000000000Z-aaaa-000002", range(605, 1000, 20),
+                                             first_seq=30))
+    summary = build_trade_bars()
+    assert summary.partitions == 2                      # the day before is rebuilt: its last bar changed
+    bars = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start")
+    assert bars.loc[last, "is_complete"] and bars.loc[last, "n_trades"] == 15
+    assert bars.loc[pd.Timestamp("2026-01-02T00:00:00Z"), "is_complete"]
+    incremental = bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True)
+    build_trade_bars(full_refresh=True)
+    pd.testing.assert_frame_equal(bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True), incremental)
+
+
+def test_the_last_bar_of_a_day_a_new_connection_after_midnight_may_have_missed_is_not_complete(data_dir):
+    """The day's stream stops at 23:59:45 and the next day's comes on a new connection from 00:00:25: trades of
+    the 40 s between may be gone (as between two runs of one day), so the 23:55 bar is not complete."""
+    store = Store.from_uri(str(data_dir))
+    BronzeSink(store).write(_across_midnight("20260101T000000000000Z-aaaa-000001", range(5, 600, 20)))
+    BronzeSink(store).write(_across_midnight("20260102T000000000000Z-aaaa-000002", range(625, 1000, 20), conn="c2"))
+    build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start")
+    assert bars.loc[pd.Timestamp("2026-01-01T23:55:00Z"), "n_candles"] == 5
+    assert not bars.loc[pd.Timestamp("2026-01-01T23:55:00Z"), "is_complete"]
+    assert not bars.loc[pd.Timestamp("2026-01-02T00:00:00Z"), "is_complete"]
