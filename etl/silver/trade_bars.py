@@ -4,7 +4,8 @@ against the candle bars of the same buckets.
 `build_trade_bars()` takes the files the bronze trades Delta table (`bronze/trades`) gained since the bronze version
 its last build recorded in its own commit (etl/silver/increments.py: no state file), and recomputes each touched
 (product, date) partition (and the product's partition before a partition new to bronze: its last bar is closed
-now) from all its files at the bronze version it reads now:
+now; and the day after a touched partition: its first trades are judged after the touched day's last ones) from
+all its files at the bronze version it reads now:
 1. deduplicate by (product_id, trade_id), keeping the first received (reconnect snapshots and duplicated
    messages repeat trades); copies of one trade id that disagree on its price, size or time are none of them a
    bar's trade (which is the trade is unknown): left out, counted as invalid, and their bars not complete,
@@ -12,9 +13,10 @@ now) from all its files at the bronze version it reads now:
    integer units of 1e-8 (sizes carry at most 8 decimals), so volumes add up exactly and never overflow (one int64
    of 1e-8 units wrapped at 9.2e10 base units, a meme coin's $1M trade); rows whose price, size or time is not a
    finite number, or not positive, are counted and left out; so are bad prints (`suspect_prints`: a trade whose
-   price jumps from the previous trade and the next comes straight back, the partition's latest trade jumping
-   with no later trade yet, or its first trade with the next one jumping), counted and named in the summary and
-   the log,
+   price jumps from the previous trade and the next comes straight back, the latest trade jumping with no later
+   trade yet, or a first trade with nothing before it and the next one jumping; the day's first and last trades
+   are judged with the day before's last trades and the next partition's first one), counted and named in the
+   summary and the log,
 3. order by (time, trade_id as a number: "999" before "1000") and fold per 5-minute bucket: open = first price, high/low = max/min, close = last,
    volume = sum(size), vwap = sum(price * size) / sum(size), n_trades, n_candles = minutes with a trade,
    is_complete = all five minutes traded, a later trade exists (the bar is closed; in any partition of the
@@ -102,19 +104,25 @@ def _in_order(trades: pd.DataFrame) -> pd.DataFrame:
                                                                             kind="stable")
 
 
-def suspect_prints(trades: pd.DataFrame, product: str = "") -> tuple[np.ndarray, list[str]]:
+def suspect_prints(trades: pd.DataFrame, product: str = "", before: pd.DataFrame | None = None,
+                   after: pd.DataFrame | None = None) -> tuple[np.ndarray, list[str]]:
     """(mask over `trades`' rows of the bad prints, one description each), one product's valid trades (as
     `trade_bars` takes them) in exchange order (`_in_order`). The candle gate's rules (etl/silver/price_quality.py) on
     consecutive trades, with the intraday floor T = ln 1.25: a spike (the price jumps beyond T from the previous
     trade and the next trade comes straight back: opposite legs beyond T, back within REVERT_FRACTION of the smaller),
     an unconfirmed jump (the latest trade jumps beyond T, unless it is a spike's way back: held out until a later
-    trade confirms it) and an unanchored first trade (the partition's first, whose next trade jumps beyond T: with
-    nothing before it, a bad first print cannot be told from a real one). A spike of two trades or more is not
-    caught (as for candles)."""
-    t = trades
+    trade confirms it) and an unanchored first trade (the first, whose next trade jumps beyond T: with nothing before
+    it, a bad first print cannot be told from a real one). `before`/`after`: the trades just before and after
+    `trades` (the last ones of the day before, the first ones of the product's next partition; same columns, in
+    exchange order), which judge the day's first and last trades and are not judged themselves. A spike of two
+    trades or more is not caught (as for candles)."""
+    lo = 0 if before is None else len(before)
+    own = len(trades)
+    t = pd.concat([x[["ts_us", "trade_id", "price"]] for x in (before, trades, after) if x is not None and len(x)],
+                  ignore_index=True) if own else trades
     n = len(t)
     if n < 2:
-        return np.zeros(n, dtype=bool), []
+        return np.zeros(own, dtype=bool), []
     price = t["price"].to_numpy(dtype="float64")
     step = np.diff(np.log(price))
     r_in, r_out = np.r_[np.nan, step], np.r_[step, np.nan]
@@ -129,12 +137,12 @@ def suspect_prints(trades: pd.DataFrame, product: str = "") -> tuple[np.ndarray,
     unconfirmed[-1] = a_in[-1] > JUMP_FLOOR_INTRADAY and not way_back[-1]
     unanchored = np.zeros(n, dtype=bool)
     unanchored[0] = a_out[0] > JUMP_FLOOR_INTRADAY
-    bad = spike | unconfirmed | unanchored
+    bad = (spike | unconfirmed | unanchored)[lo:lo + own]
     told = []
-    for i in np.flatnonzero(bad):  # a handful
+    for i in np.flatnonzero(bad) + lo:  # a handful
         when = pd.Timestamp(int(t["ts_us"].iat[i]), unit="us", tz="UTC").isoformat()
         if unanchored[i] and not spike[i]:
-            legs = (f"no earlier trade of the day, then {r_out[i]:+.3f} log to the next trade's "
+            legs = (f"no earlier trade, then {r_out[i]:+.3f} log to the next trade's "
                     f"{price[i + 1]:.8g}")
         else:
             then = (f"then {r_out[i]:+.3f} back to {price[i + 1]:.8g}" if spike[i] else "no later trade yet")
@@ -236,23 +244,24 @@ def _runs_of(df: pd.DataFrame, breaks: Breaks) -> np.ndarray:
 
 def read_trades(store: Store, files: list[str], breaks: Breaks | None = None,
                 previous_day: list[str] | None = None, next_day: list[str] | None = None,
-                ) -> tuple[pd.DataFrame, int, int, int, np.ndarray, int]:
+                ) -> tuple[pd.DataFrame, int, int, int, np.ndarray, int, pd.DataFrame, pd.DataFrame]:
     """Valid, deduplicated trades of `files`: (product_id, trade_id, ts_us, price, whole, units: the size's whole
     base units and the rest in units of 1e-8), rows in, duplicates,
     invalid, the feed holes of those rows (`holes`; `previous_day`: the files of the partition before, whose
-    runs carry over; `next_day`: the files of the product's next partition, whose runs continue this day's) and
-    the first trade time of `next_day` (0: none), which closes this day's last bar."""
+    runs carry over; `next_day`: the files of the product's next partition, whose runs continue this day's),
+    the first trade time of `next_day` (0: none), which closes this day's last bar, and the last two valid trades
+    of `previous_day` and the first of `next_day` (ts_us, trade_id, price: `suspect_prints`' `before`, `after`)."""
     breaks = breaks or Breaks()
     columns = ["product_id", "trade_id", "price", "size", "time", "received_at", "connection_id", "sequence_num"]
     # no file: the partition's only one was set aside
     df = (store.read_files(TRADES_DIR, files, columns=columns) if files else
           BRONZE_SCHEMA.empty_table().select(columns)).to_pandas()
     rows_in = len(df)
-    carried = set(_runs_of(store.read_files(TRADES_DIR, previous_day, columns=["connection_id", "sequence_num"])
-                           .to_pandas(), breaks)) if previous_day else set()
-    after = (store.read_files(TRADES_DIR, next_day, columns=["time", "connection_id", "sequence_num"]).to_pandas()
-             if next_day else pd.DataFrame(columns=["time", "connection_id", "sequence_num"]))
-    feed = pd.concat([df[after.columns], after], ignore_index=True)   # the runs go on into the next partition
+    near = ["trade_id", "price", "size", "time", "connection_id", "sequence_num"]
+    before, after = (store.read_files(TRADES_DIR, files, columns=near).to_pandas() if files else
+                     BRONZE_SCHEMA.empty_table().select(near).to_pandas() for files in (previous_day, next_day))
+    carried = set(_runs_of(before, breaks))
+    feed = pd.concat([df[near], after], ignore_index=True)   # the runs go on into the next partition
     seen = pd.to_datetime(feed["time"], utc=True, errors="coerce", format="ISO8601")   # before deduplication
     ok = seen.notna().to_numpy()
     if breaks.lost:  # a message with a rejected trade covers nothing: its span is a hole
@@ -288,7 +297,19 @@ def read_trades(store: Store, files: list[str], breaks: Breaks | None = None,
                         "ts_us": ts[ok].astype("datetime64[us, UTC]").astype("int64"),
                         "price": price[ok].astype(float), "whole": whole,
                         "units": np.rint((size[ok] - whole) * UNITS).astype(np.int64)})
-    return out, rows_in, duplicates, int((~ok).sum()) + int(conflicting.sum()), gaps, later_us
+    return (out, rows_in, duplicates, int((~ok).sum()) + int(conflicting.sum()), gaps, later_us,
+            _valid_in_order(before).tail(2), _valid_in_order(after).head(1))
+
+
+def _valid_in_order(df: pd.DataFrame) -> pd.DataFrame:
+    """ts_us, trade_id, price of the valid trades of bronze rows `df`, one per trade id, in exchange order."""
+    price = pd.to_numeric(df["price"], errors="coerce")
+    size = pd.to_numeric(df["size"], errors="coerce")
+    ts = pd.to_datetime(df["time"], utc=True, errors="coerce", format="ISO8601")
+    ok = price.gt(0) & size.gt(0) & np.isfinite(price) & np.isfinite(size) & ts.notna() & df["trade_id"].notna()
+    return _in_order(pd.DataFrame({"ts_us": ts[ok].astype("datetime64[us, UTC]").astype("int64"),
+                                   "trade_id": df["trade_id"][ok].astype(str), "price": price[ok].astype(float)})
+                     .drop_duplicates("trade_id"))
 
 
 def build_trade_bars(settings: Settings | None = None, full_refresh: bool = False,
@@ -308,11 +329,15 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     days = _days(bronze.files)
     # a partition new to bronze holds the first trade after its product's partition before: that one's last bar is
     # closed now (and the runs going on into the new partition tell whether its end is whole): rebuilt too
+    # and the day after a touched partition: its first trades are judged after the touched day's last ones, its
+    # runs carried over from them (a late trade of a day whose next day is built)
     had = set(bronze.files) - set(new)
     for product, day in sorted(touched):
         before = [d for d in days.get(product, []) if d < day]
         if before and not any(f in had for f in increments.files_of(bronze.files, TRADES_DIR, product, day)):
             touched.add((product, before[-1]))
+        if (following := (date.fromisoformat(day) + timedelta(days=1)).isoformat()) in days.get(product, []):
+            touched.add((product, following))
     touched = sorted(touched)
     summary.files = len(new)
     quotes = _quotes(Reference.of(reference, settings), {p for p, _ in touched})
@@ -324,7 +349,8 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
         after = next((d for d in days.get(product, []) if d > day), "")   # the product's next partition
         own, previous, following = _files(bronze.files, gone, product, day, before, after)
         try:
-            trades, rows_in, dups, invalid, gaps, later = read_trades(store, own, breaks, previous, following)
+            trades, rows_in, dups, invalid, gaps, later, near_before, near_after = read_trades(
+                store, own, breaks, previous, following)
         except (CorruptFileError, pa.ArrowException, OSError, ValueError):
             bad = candles.set_aside_unreadable(store, own + previous + following)
             if not bad:
@@ -335,12 +361,13 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
             lost |= keys
             todo += sorted(keys - set(todo))  # the day before's bars change too
             own, previous, following = _files(bronze.files, gone, product, day, before, after)
-            trades, rows_in, dups, invalid, gaps, later = read_trades(store, own, breaks, previous, following)
+            trades, rows_in, dups, invalid, gaps, later, near_before, near_after = read_trades(
+                store, own, breaks, previous, following)
         summary.trades_in += rows_in
         summary.duplicates += dups
         summary.invalid += invalid
         trades = _in_order(trades)
-        bad, told = suspect_prints(trades, product)
+        bad, told = suspect_prints(trades, product, near_before, near_after)
         if told:
             log.warning("silver: %d bad trade print(s) of %s on %s left out of its bars: %s", len(told), product, day,
                         "; ".join(told))

@@ -554,3 +554,50 @@ def test_the_last_bar_of_a_day_a_new_connection_after_midnight_may_have_missed_i
     assert bars.loc[pd.Timestamp("2026-01-01T23:55:00Z"), "n_candles"] == 5
     assert not bars.loc[pd.Timestamp("2026-01-01T23:55:00Z"), "is_complete"]
     assert not bars.loc[pd.Timestamp("2026-01-02T00:00:00Z"), "is_complete"]
+
+
+def test_a_real_jump_in_the_last_trade_of_a_day_is_confirmed_by_the_next_day_s_trades(data_dir):
+    """The day's last trade (23:59:50) jumps 100 -> 130 and the next day trades on at 130 on the same connection: a
+    move, not a bad print. It was judged with its own day's trades only ("no later trade yet") and held out for
+    good while the next day's first trade closed its bar: the 23:55 bar was complete without a real trade (close
+    100, not 130). The next day's trades confirm it (and the next day's first trade is judged after it)."""
+    store = Store.from_uri(str(data_dir))
+    BronzeSink(store).write(_across_midnight("20260102T000000000000Z-aaaa-000001", range(5, 600, 20)))  # at 100
+    jump = MicroBatch("20260102T000000000000Z-aaaa-000002")
+    for i, s in enumerate(range(590, 1000, 15)):   # 23:59:50 at 130, then the next day at 130
+        when = (pd.Timestamp("2026-01-01T23:50:00Z") + pd.Timedelta(seconds=s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        jump.add_trade("BTC-USD", when[:10], (f"{5000 + i}", "130.0", "0.5", "BUY", when, "update", "market_trades",
+                                              when, "", 30 + i, "c1", 1767311400.0 + s, None))
+    BronzeSink(store).write(jump)
+    summary = build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start")
+    end = bars.loc[pd.Timestamp("2026-01-01T23:55:00Z")]
+    assert summary.suspect == []
+    assert end["close"] == 130.0 and end["n_trades"] == 16 and end["is_complete"]
+    assert bars.loc[pd.Timestamp("2026-01-02T00:00:00Z"), "open"] == 130.0
+
+
+def test_a_late_trade_of_a_built_day_rebuilds_the_next_day_whose_first_trade_it_judges(data_dir):
+    """The next day's first trades are judged after the day's last one: a late trade of the day (a second
+    collector's, received after the next day was built) changes that judgement, so the next day is rebuilt too
+    and the incremental bars equal a full refresh's."""
+    store = Store.from_uri(str(data_dir))
+    sink = BronzeSink(store)
+    sink.write(_across_midnight("20260102T000000000000Z-aaaa-000001", range(5, 600, 20)))          # 100 to 23:59:45
+    nxt = MicroBatch("20260102T000000000000Z-aaaa-000002")
+    for i, (s, price) in enumerate([(605, "130.0"), *((s, "100.0") for s in range(625, 1000, 20))]):
+        when = (pd.Timestamp("2026-01-01T23:50:00Z") + pd.Timedelta(seconds=s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        nxt.add_trade("BTC-USD", when[:10], (f"{5000 + i}", price, "0.5", "BUY", when, "update", "market_trades",
+                                             when, "", 30 + i, "c1", 1767311400.0 + s, None))
+    sink.write(nxt)
+    first = build_trade_bars()
+    assert len(first.suspect) == 1 and "00:00:05" in first.suspect[0]   # 100, 130, 100: a spike
+    late = MicroBatch("20260102T000000000000Z-aaaa-000003")   # another collector's trade at 23:59:55, at 130
+    late.add_trade("BTC-USD", "2026-01-01", ("4999", "130.0", "0.5", "BUY", "2026-01-01T23:59:55Z", "update",
+                                             "market_trades", "2026-01-01T23:59:55Z", "", 7, "c9", 1767311995.0, None))
+    sink.write(late)
+    build_trade_bars()
+    incremental = bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True)
+    refreshed = build_trade_bars(full_refresh=True)
+    assert refreshed.suspect == []        # 100, 130, 130, 100: a move of two trades, not a one-trade spike
+    pd.testing.assert_frame_equal(bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True), incremental)
