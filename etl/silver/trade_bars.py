@@ -331,10 +331,10 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     # closed now (and the runs going on into the new partition tell whether its end is whole): rebuilt too
     # and the day after a touched partition: its first trades are judged after the touched day's last ones, its
     # runs carried over from them (a late trade of a day whose next day is built)
-    had = set(bronze.files) - set(new)
+    had = sorted((set(bronze.files) - set(new)) | set(bronze.removed))   # a compacted partition is not new
     for product, day in sorted(touched):
         before = [d for d in days.get(product, []) if d < day]
-        if before and not any(f in had for f in increments.files_of(bronze.files, TRADES_DIR, product, day)):
+        if before and not increments.files_of(had, TRADES_DIR, product, day):
             touched.add((product, before[-1]))
         if (following := (date.fromisoformat(day) + timedelta(days=1)).isoformat()) in days.get(product, []):
             touched.add((product, following))

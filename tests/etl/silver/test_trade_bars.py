@@ -601,3 +601,20 @@ def test_a_late_trade_of_a_built_day_rebuilds_the_next_day_whose_first_trade_it_
     refreshed = build_trade_bars(full_refresh=True)
     assert refreshed.suspect == []        # 100, 130, 130, 100: a move of two trades, not a one-trade spike
     pd.testing.assert_frame_equal(bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True), incremental)
+
+
+def test_a_compacted_bronze_day_is_rebuilt_alone_and_unchanged(data_dir):
+    """The stream's maintenance compacts a closed day's batch files into one: its partition is not new to bronze
+    (the day before's last bar was closed already), so the build rebuilds that day alone, to the same bars."""
+    from etl.lake import Lake
+
+    store = Store.from_uri(str(data_dir))
+    sink = BronzeSink(store)
+    sink.write(_across_midnight("20260102T000000000000Z-aaaa-000001", range(5, 700, 20)))
+    sink.write(_across_midnight("20260102T000000000000Z-aaaa-000002", range(705, 1000, 20), first_seq=35))
+    build_trade_bars()
+    before = bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True)
+    assert Lake.of(store).optimize("bronze/trades", partition=[("date", ">", "2026-01-01")])["numFilesRemoved"] == 2
+    summary = build_trade_bars()
+    assert (summary.files, summary.partitions) == (1, 1)
+    pd.testing.assert_frame_equal(bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True), before)
