@@ -3,7 +3,9 @@ against the candle bars of the same buckets.
 
 `build_trade_bars()` takes the files the bronze trades Delta table (`bronze/trades`) gained since the bronze version
 its last build recorded in its own commit (etl/silver/increments.py: no state file), and recomputes each touched
-(product, date) partition from all its files at the bronze version it reads now:
+(product, date) partition (and the product's partition before a partition new to bronze: its last bar is closed
+now; and the day after a touched partition: its first trades are judged after the touched day's last ones) from
+all its files at the bronze version it reads now:
 1. deduplicate by (product_id, trade_id), keeping the first received (reconnect snapshots and duplicated
    messages repeat trades); copies of one trade id that disagree on its price, size or time are none of them a
    bar's trade (which is the trade is unknown): left out, counted as invalid, and their bars not complete,
@@ -11,13 +13,16 @@ its last build recorded in its own commit (etl/silver/increments.py: no state fi
    integer units of 1e-8 (sizes carry at most 8 decimals), so volumes add up exactly and never overflow (one int64
    of 1e-8 units wrapped at 9.2e10 base units, a meme coin's $1M trade); rows whose price, size or time is not a
    finite number, or not positive, are counted and left out; so are bad prints (`suspect_prints`: a trade whose
-   price jumps from the previous trade and the next comes straight back, the partition's latest trade jumping
-   with no later trade yet, or its first trade with the next one jumping), counted and named in the summary and
-   the log,
+   price jumps from the previous trade and the next comes straight back, the latest trade jumping with no later
+   trade yet, or a first trade with nothing before it and the next one jumping; the day's first and last trades
+   are judged with the day before's last trades and the next partition's first one), counted and named in the
+   summary and the log,
 3. order by (time, trade_id as a number: "999" before "1000") and fold per 5-minute bucket: open = first price, high/low = max/min, close = last,
    volume = sum(size), vwap = sum(price * size) / sum(size), n_trades, n_candles = minutes with a trade,
-   is_complete = all five minutes traded, a later trade exists (the bar is closed) and no feed hole cuts into the
-   bucket (see `holes`: a lost message's trades are gone for good, so such a bar is built but never complete),
+   is_complete = all five minutes traded, a later trade exists (the bar is closed; in any partition of the
+   product: the day's 23:55 bar is closed by the next partition's first trade) and no feed hole cuts into the
+   bucket (see `holes`: a lost message's trades are gone for good, so such a bar is built but never complete;
+   the runs of the next partition count: a stream going on past midnight leaves the day's end whole),
    and no bar of a day that lost a bronze file is: a file that does not read whole is set aside (etl.candles
    `set_aside`, `remove`: copied to bronze/quarantined_files/ with its reason, taken out of the table) and the
    day built from the rest, but streamed trades cannot be fetched again, so its trades are lost at unknown times
@@ -99,19 +104,25 @@ def _in_order(trades: pd.DataFrame) -> pd.DataFrame:
                                                                             kind="stable")
 
 
-def suspect_prints(trades: pd.DataFrame, product: str = "") -> tuple[np.ndarray, list[str]]:
+def suspect_prints(trades: pd.DataFrame, product: str = "", before: pd.DataFrame | None = None,
+                   after: pd.DataFrame | None = None) -> tuple[np.ndarray, list[str]]:
     """(mask over `trades`' rows of the bad prints, one description each), one product's valid trades (as
     `trade_bars` takes them) in exchange order (`_in_order`). The candle gate's rules (etl/silver/price_quality.py) on
     consecutive trades, with the intraday floor T = ln 1.25: a spike (the price jumps beyond T from the previous
     trade and the next trade comes straight back: opposite legs beyond T, back within REVERT_FRACTION of the smaller),
     an unconfirmed jump (the latest trade jumps beyond T, unless it is a spike's way back: held out until a later
-    trade confirms it) and an unanchored first trade (the partition's first, whose next trade jumps beyond T: with
-    nothing before it, a bad first print cannot be told from a real one). A spike of two trades or more is not
-    caught (as for candles)."""
-    t = trades
+    trade confirms it) and an unanchored first trade (the first, whose next trade jumps beyond T: with nothing before
+    it, a bad first print cannot be told from a real one). `before`/`after`: the trades just before and after
+    `trades` (the last ones of the day before, the first ones of the product's next partition; same columns, in
+    exchange order), which judge the day's first and last trades and are not judged themselves. A spike of two
+    trades or more is not caught (as for candles)."""
+    lo = 0 if before is None else len(before)
+    own = len(trades)
+    t = pd.concat([x[["ts_us", "trade_id", "price"]] for x in (before, trades, after) if x is not None and len(x)],
+                  ignore_index=True) if own else trades
     n = len(t)
     if n < 2:
-        return np.zeros(n, dtype=bool), []
+        return np.zeros(own, dtype=bool), []
     price = t["price"].to_numpy(dtype="float64")
     step = np.diff(np.log(price))
     r_in, r_out = np.r_[np.nan, step], np.r_[step, np.nan]
@@ -126,12 +137,12 @@ def suspect_prints(trades: pd.DataFrame, product: str = "") -> tuple[np.ndarray,
     unconfirmed[-1] = a_in[-1] > JUMP_FLOOR_INTRADAY and not way_back[-1]
     unanchored = np.zeros(n, dtype=bool)
     unanchored[0] = a_out[0] > JUMP_FLOOR_INTRADAY
-    bad = spike | unconfirmed | unanchored
+    bad = (spike | unconfirmed | unanchored)[lo:lo + own]
     told = []
-    for i in np.flatnonzero(bad):  # a handful
+    for i in np.flatnonzero(bad) + lo:  # a handful
         when = pd.Timestamp(int(t["ts_us"].iat[i]), unit="us", tz="UTC").isoformat()
         if unanchored[i] and not spike[i]:
-            legs = (f"no earlier trade of the day, then {r_out[i]:+.3f} log to the next trade's "
+            legs = (f"no earlier trade, then {r_out[i]:+.3f} log to the next trade's "
                     f"{price[i + 1]:.8g}")
         else:
             then = (f"then {r_out[i]:+.3f} back to {price[i + 1]:.8g}" if spike[i] else "no later trade yet")
@@ -232,26 +243,37 @@ def _runs_of(df: pd.DataFrame, breaks: Breaks) -> np.ndarray:
 
 
 def read_trades(store: Store, files: list[str], breaks: Breaks | None = None,
-                previous_day: list[str] | None = None) -> tuple[pd.DataFrame, int, int, int, np.ndarray]:
+                previous_day: list[str] | None = None, next_day: list[str] | None = None,
+                ) -> tuple[pd.DataFrame, int, int, int, np.ndarray, int, pd.DataFrame, pd.DataFrame]:
     """Valid, deduplicated trades of `files`: (product_id, trade_id, ts_us, price, whole, units: the size's whole
     base units and the rest in units of 1e-8), rows in, duplicates,
-    invalid, and the feed holes of those rows (`holes`; `previous_day`: the files of the partition before, whose
-    runs carry over)."""
+    invalid, the feed holes of those rows (`holes`; `previous_day`: the files of the partition before, whose
+    runs carry over; `next_day`: the files of the product's next partition, whose runs continue this day's),
+    the first trade time of `next_day` (0: none), which closes this day's last bar, and the last two valid trades
+    of `previous_day` and the first of `next_day` (ts_us, trade_id, price: `suspect_prints`' `before`, `after`)."""
     breaks = breaks or Breaks()
     columns = ["product_id", "trade_id", "price", "size", "time", "received_at", "connection_id", "sequence_num"]
     # no file: the partition's only one was set aside
     df = (store.read_files(TRADES_DIR, files, columns=columns) if files else
           BRONZE_SCHEMA.empty_table().select(columns)).to_pandas()
     rows_in = len(df)
-    carried = set(_runs_of(store.read_files(TRADES_DIR, previous_day, columns=["connection_id", "sequence_num"])
-                           .to_pandas(), breaks)) if previous_day else set()
-    seen = pd.to_datetime(df["time"], utc=True, errors="coerce", format="ISO8601")   # before deduplication
+    near = ["trade_id", "price", "size", "time", "connection_id", "sequence_num"]
+    before, after = (store.read_files(TRADES_DIR, files, columns=near).to_pandas() if files else
+                     BRONZE_SCHEMA.empty_table().select(near).to_pandas() for files in (previous_day, next_day))
+    carried = set(_runs_of(before, breaks))
+    feed = pd.concat([df[near], after], ignore_index=True)   # the runs go on into the next partition
+    seen = pd.to_datetime(feed["time"], utc=True, errors="coerce", format="ISO8601")   # before deduplication
     ok = seen.notna().to_numpy()
     if breaks.lost:  # a message with a rejected trade covers nothing: its span is a hole
-        ok = ok & ~np.fromiter(((c, q) in breaks.lost for c, q in zip(df["connection_id"], df["sequence_num"],
-                                                                          strict=True)), bool, len(df))
-    gaps = holes(seen[ok].astype("datetime64[us, UTC]").astype("int64").to_numpy(), _runs_of(df, breaks)[ok],
-                 carried)
+        ok = ok & ~np.fromiter(((c, q) in breaks.lost for c, q in zip(feed["connection_id"], feed["sequence_num"],
+                                                                          strict=True)), bool, len(feed))
+    timed = seen.notna().to_numpy()
+    feed_us = np.zeros(len(feed), dtype=np.int64)
+    feed_us[timed] = seen[timed].astype("datetime64[us, UTC]").astype("int64").to_numpy()
+    gaps = holes(feed_us[ok], _runs_of(feed, breaks)[ok], carried)
+    later = feed_us[len(df):][timed[len(df):]]
+    later_us = int(later.min()) if len(later) else 0
+    seen = seen.iloc[:len(df)].set_axis(df.index)
     df["product_id"] = df["product_id"].astype(str)
     # a trade id is one trade: copies that disagree on its price, size or time leave no telling which is the trade;
     # none of them is a bar's trade, and their bars are cut like a hole's (counted as invalid)
@@ -275,7 +297,31 @@ def read_trades(store: Store, files: list[str], breaks: Breaks | None = None,
                         "ts_us": ts[ok].astype("datetime64[us, UTC]").astype("int64"),
                         "price": price[ok].astype(float), "whole": whole,
                         "units": np.rint((size[ok] - whole) * UNITS).astype(np.int64)})
-    return out, rows_in, duplicates, int((~ok).sum()) + int(conflicting.sum()), gaps
+    return (out, rows_in, duplicates, int((~ok).sum()) + int(conflicting.sum()), gaps, later_us,
+            _edge(before, 2, last=True), _edge(after, 1, last=False))
+
+
+def _edge(df: pd.DataFrame, k: int, last: bool) -> pd.DataFrame:
+    """The last (first) `k` valid trades of bronze rows `df` in exchange order (`_valid_in_order`), parsing only the
+    rows of their last (first) minute when it holds `k` (a day's trades: parsing them all took seconds a build)."""
+    minute = df["time"].astype(str).str[:16]   # YYYY-MM-DDTHH:MM (the collector's field rule)
+    if len(df) > 1000:
+        edge = _valid_in_order(df[minute == (minute.max() if last else minute.min())])
+        if len(edge) >= k:
+            return edge.tail(k) if last else edge.head(k)
+    every = _valid_in_order(df)
+    return every.tail(k) if last else every.head(k)
+
+
+def _valid_in_order(df: pd.DataFrame) -> pd.DataFrame:
+    """ts_us, trade_id, price of the valid trades of bronze rows `df`, one per trade id, in exchange order."""
+    price = pd.to_numeric(df["price"], errors="coerce")
+    size = pd.to_numeric(df["size"], errors="coerce")
+    ts = pd.to_datetime(df["time"], utc=True, errors="coerce", format="ISO8601")
+    ok = price.gt(0) & size.gt(0) & np.isfinite(price) & np.isfinite(size) & ts.notna() & df["trade_id"].notna()
+    return _in_order(pd.DataFrame({"ts_us": ts[ok].astype("datetime64[us, UTC]").astype("int64"),
+                                   "trade_id": df["trade_id"][ok].astype(str), "price": price[ok].astype(float)})
+                     .drop_duplicates("trade_id"))
 
 
 def build_trade_bars(settings: Settings | None = None, full_refresh: bool = False,
@@ -291,7 +337,20 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     lost = {k for f in candles.set_aside_files(store, TRADES_DIR) if (k := increments.partition_of(f))}
     # and the days that lost a file since the last build marked them (a build that set the file aside and died
     # before its commit: no new file tells the rerun)
-    touched = sorted(set(increments.touched(new, TRADES_DIR)) | (lost - _marked_lost(lake)))
+    touched = set(increments.touched(new, TRADES_DIR)) | (lost - _marked_lost(lake))
+    days = _days(bronze.files)
+    # a partition new to bronze holds the first trade after its product's partition before: that one's last bar is
+    # closed now (and the runs going on into the new partition tell whether its end is whole): rebuilt too
+    # and the day after a touched partition: its first trades are judged after the touched day's last ones, its
+    # runs carried over from them (a late trade of a day whose next day is built)
+    had = sorted((set(bronze.files) - set(new)) | set(bronze.removed))   # a compacted partition is not new
+    for product, day in sorted(touched):
+        before = [d for d in days.get(product, []) if d < day]
+        if before and not increments.files_of(had, TRADES_DIR, product, day):
+            touched.add((product, before[-1]))
+        if (following := (date.fromisoformat(day) + timedelta(days=1)).isoformat()) in days.get(product, []):
+            touched.add((product, following))
+    touched = sorted(touched)
     summary.files = len(new)
     quotes = _quotes(Reference.of(reference, settings), {p for p, _ in touched})
     breaks = sequence_breaks(lake) if touched else Breaks()
@@ -299,11 +358,13 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     todo = list(touched)
     for product, day in todo:  # grows by the day before when one of its files is set aside
         before = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
-        own, previous = _files(bronze.files, gone, product, day, before)
+        after = next((d for d in days.get(product, []) if d > day), "")   # the product's next partition
+        own, previous, following = _files(bronze.files, gone, product, day, before, after)
         try:
-            trades, rows_in, dups, invalid, gaps = read_trades(store, own, breaks, previous)
+            trades, rows_in, dups, invalid, gaps, later, near_before, near_after = read_trades(
+                store, own, breaks, previous, following)
         except (CorruptFileError, pa.ArrowException, OSError, ValueError):
-            bad = candles.set_aside_unreadable(store, own + previous)
+            bad = candles.set_aside_unreadable(store, own + previous + following)
             if not bad:
                 raise  # every file reads whole: not a corrupt file
             summary.bad_files += bad.values()
@@ -311,20 +372,21 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
             keys = {increments.partition_of(f) for f in bad}
             lost |= keys
             todo += sorted(keys - set(todo))  # the day before's bars change too
-            own, previous = _files(bronze.files, gone, product, day, before)
-            trades, rows_in, dups, invalid, gaps = read_trades(store, own, breaks, previous)
+            own, previous, following = _files(bronze.files, gone, product, day, before, after)
+            trades, rows_in, dups, invalid, gaps, later, near_before, near_after = read_trades(
+                store, own, breaks, previous, following)
         summary.trades_in += rows_in
         summary.duplicates += dups
         summary.invalid += invalid
         trades = _in_order(trades)
-        bad, told = suspect_prints(trades, product)
+        bad, told = suspect_prints(trades, product, near_before, near_after)
         if told:
             log.warning("silver: %d bad trade print(s) of %s on %s left out of its bars: %s", len(told), product, day,
                         "; ".join(told))
             summary.suspect += told
         bars = trade_bars(trades[~bad], ordered=True)
         cut = _cut(bars["bucket_start_us"].to_numpy(dtype=np.int64), gaps) | ((product, day) in lost)
-        parts[(product, day)] = _table(bars, quotes.get(product, ""), cut)
+        parts[(product, day)] = _table(bars, quotes.get(product, ""), cut, later)
         summary.partitions += 1
         summary.bars += parts[(product, day)].num_rows
         summary.cut += int(cut.sum())
@@ -347,8 +409,18 @@ def _marked_lost(lake: Lake) -> set[tuple[str, str]]:
 
 
 def _files(files: list[str], gone: set[str], product: str, *days: str) -> list[list[str]]:
-    """The files of the partitions (product, day) of `days`, but those set aside."""
-    return [[f for f in increments.files_of(files, TRADES_DIR, product, d) if f not in gone] for d in days]
+    """The files of the partitions (product, day) of `days` ("": none), but those set aside."""
+    return [[f for f in increments.files_of(files, TRADES_DIR, product, d) if f not in gone] if d else []
+            for d in days]
+
+
+def _days(files: list[str]) -> dict[str, list[str]]:
+    """{product: the sorted dates of its bronze partitions}."""
+    out: dict[str, set[str]] = {}
+    for f in files:
+        if k := increments.partition_of(f):
+            out.setdefault(k[0], set()).add(k[1])
+    return {p: sorted(d) for p, d in out.items()}
 
 
 def _cut(bucket_start_us: np.ndarray, gaps: np.ndarray) -> np.ndarray:
@@ -359,10 +431,11 @@ def _cut(bucket_start_us: np.ndarray, gaps: np.ndarray) -> np.ndarray:
     return ((gaps[None, :, 0] < b + BAR_US) & (gaps[None, :, 1] > b)).any(axis=1)
 
 
-def _table(bars: pd.DataFrame, quote: str, cut: np.ndarray) -> pa.Table:
+def _table(bars: pd.DataFrame, quote: str, cut: np.ndarray, later_us: int = 0) -> pa.Table:
+    """`later_us`: the first trade time of the product's next partition (0: none yet)."""
     n = len(bars)
     bar_end = bars["bucket_start_us"].to_numpy() + BAR_US
-    closed = bar_end <= (bars["last_us"].max() if n else 0)  # a later trade exists
+    closed = bar_end <= max(bars["last_us"].max() if n else 0, later_us)  # a later trade exists, in any partition
     ts = pa.timestamp("us", tz="UTC")
 
     def stamp(col):

@@ -505,3 +505,116 @@ def test_a_bad_first_trade_of_the_day_never_becomes_a_bar_price(data_dir):
     bars = bronze_table(data_dir, TRADE_BARS_DIR)
     assert pd.Timestamp("2026-01-01T00:00:00Z") not in set(bars["bucket_start"])
     assert bars["high"].max() == 100.0 and len(summary.suspect) == 1 and "00:00:05" in summary.suspect[0]
+
+
+def _across_midnight(batch_id: str, seconds: range, conn: str = "c1", first_seq: int = 0) -> MicroBatch:
+    """BTC-USD trades at 100.0 every 20 s, at `seconds` from 2026-01-01T23:50:00Z (600 is midnight), on `conn`,
+    consecutive sequence numbers from `first_seq`: each in its own UTC date's partition."""
+    batch = MicroBatch(batch_id)
+    base = pd.Timestamp("2026-01-01T23:50:00Z")
+    for i, s in enumerate(seconds):
+        when = (base + pd.Timedelta(seconds=s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        batch.add_trade("BTC-USD", when[:10], (f"{1000 + s}", "100.0", "0.5", "BUY", when, "update", "market_trades",
+                                               when, "", first_seq + i, conn, 1767311400.0 + s, None))
+    return batch
+
+
+def test_the_last_bar_of_a_day_is_complete_once_a_trade_of_the_next_day_closes_it(data_dir):
+    """The 23:55 bar's later trade is in the next day's partition: it was only looked for in its own day, so the
+    day's last bar was never complete, however whole (a rebuild, a full refresh: the same). It is closed by the
+    next day's first trade, as any bar by a later trade; a stream going on on the same connection leaves no hole."""
+    store = Store.from_uri(str(data_dir))
+    BronzeSink(store).write(_across_midnight("20260101T000000000000Z-aaaa-000001", range(5, 600, 20)))
+    build_trade_bars()
+    last = pd.Timestamp("2026-01-01T23:55:00Z")
+    bars = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start")
+    assert bars.loc[last, "n_candles"] == 5 and not bars.loc[last, "is_complete"]   # no later trade yet: open
+
+    # the next day's first trades, same connection, the next sequence numbers: the 23:55 bar is closed and whole
+    BronzeSink(store).write(_across_midnight("20260102T000000000000Z-aaaa-000002", range(605, 1000, 20),
+                                             first_seq=30))
+    summary = build_trade_bars()
+    assert summary.partitions == 2                      # the day before is rebuilt: its last bar changed
+    bars = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start")
+    assert bars.loc[last, "is_complete"] and bars.loc[last, "n_trades"] == 15
+    assert bars.loc[pd.Timestamp("2026-01-02T00:00:00Z"), "is_complete"]
+    incremental = bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True)
+    build_trade_bars(full_refresh=True)
+    pd.testing.assert_frame_equal(bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True), incremental)
+
+
+def test_the_last_bar_of_a_day_a_new_connection_after_midnight_may_have_missed_is_not_complete(data_dir):
+    """The day's stream stops at 23:59:45 and the next day's comes on a new connection from 00:00:25: trades of
+    the 40 s between may be gone (as between two runs of one day), so the 23:55 bar is not complete."""
+    store = Store.from_uri(str(data_dir))
+    BronzeSink(store).write(_across_midnight("20260101T000000000000Z-aaaa-000001", range(5, 600, 20)))
+    BronzeSink(store).write(_across_midnight("20260102T000000000000Z-aaaa-000002", range(625, 1000, 20), conn="c2"))
+    build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start")
+    assert bars.loc[pd.Timestamp("2026-01-01T23:55:00Z"), "n_candles"] == 5
+    assert not bars.loc[pd.Timestamp("2026-01-01T23:55:00Z"), "is_complete"]
+    assert not bars.loc[pd.Timestamp("2026-01-02T00:00:00Z"), "is_complete"]
+
+
+def test_a_real_jump_in_the_last_trade_of_a_day_is_confirmed_by_the_next_day_s_trades(data_dir):
+    """The day's last trade (23:59:50) jumps 100 -> 130 and the next day trades on at 130 on the same connection: a
+    move, not a bad print. It was judged with its own day's trades only ("no later trade yet") and held out for
+    good while the next day's first trade closed its bar: the 23:55 bar was complete without a real trade (close
+    100, not 130). The next day's trades confirm it (and the next day's first trade is judged after it)."""
+    store = Store.from_uri(str(data_dir))
+    BronzeSink(store).write(_across_midnight("20260102T000000000000Z-aaaa-000001", range(5, 600, 20)))  # at 100
+    jump = MicroBatch("20260102T000000000000Z-aaaa-000002")
+    for i, s in enumerate(range(590, 1000, 15)):   # 23:59:50 at 130, then the next day at 130
+        when = (pd.Timestamp("2026-01-01T23:50:00Z") + pd.Timedelta(seconds=s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        jump.add_trade("BTC-USD", when[:10], (f"{5000 + i}", "130.0", "0.5", "BUY", when, "update", "market_trades",
+                                              when, "", 30 + i, "c1", 1767311400.0 + s, None))
+    BronzeSink(store).write(jump)
+    summary = build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR).set_index("bucket_start")
+    end = bars.loc[pd.Timestamp("2026-01-01T23:55:00Z")]
+    assert summary.suspect == []
+    assert end["close"] == 130.0 and end["n_trades"] == 16 and end["is_complete"]
+    assert bars.loc[pd.Timestamp("2026-01-02T00:00:00Z"), "open"] == 130.0
+
+
+def test_a_late_trade_of_a_built_day_rebuilds_the_next_day_whose_first_trade_it_judges(data_dir):
+    """The next day's first trades are judged after the day's last one: a late trade of the day (a second
+    collector's, received after the next day was built) changes that judgement, so the next day is rebuilt too
+    and the incremental bars equal a full refresh's."""
+    store = Store.from_uri(str(data_dir))
+    sink = BronzeSink(store)
+    sink.write(_across_midnight("20260102T000000000000Z-aaaa-000001", range(5, 600, 20)))          # 100 to 23:59:45
+    nxt = MicroBatch("20260102T000000000000Z-aaaa-000002")
+    for i, (s, price) in enumerate([(605, "130.0"), *((s, "100.0") for s in range(625, 1000, 20))]):
+        when = (pd.Timestamp("2026-01-01T23:50:00Z") + pd.Timedelta(seconds=s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        nxt.add_trade("BTC-USD", when[:10], (f"{5000 + i}", price, "0.5", "BUY", when, "update", "market_trades",
+                                             when, "", 30 + i, "c1", 1767311400.0 + s, None))
+    sink.write(nxt)
+    first = build_trade_bars()
+    assert len(first.suspect) == 1 and "00:00:05" in first.suspect[0]   # 100, 130, 100: a spike
+    late = MicroBatch("20260102T000000000000Z-aaaa-000003")   # another collector's trade at 23:59:55, at 130
+    late.add_trade("BTC-USD", "2026-01-01", ("4999", "130.0", "0.5", "BUY", "2026-01-01T23:59:55Z", "update",
+                                             "market_trades", "2026-01-01T23:59:55Z", "", 7, "c9", 1767311995.0, None))
+    sink.write(late)
+    build_trade_bars()
+    incremental = bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True)
+    refreshed = build_trade_bars(full_refresh=True)
+    assert refreshed.suspect == []        # 100, 130, 130, 100: a move of two trades, not a one-trade spike
+    pd.testing.assert_frame_equal(bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True), incremental)
+
+
+def test_a_compacted_bronze_day_is_rebuilt_alone_and_unchanged(data_dir):
+    """The stream's maintenance compacts a closed day's batch files into one: its partition is not new to bronze
+    (the day before's last bar was closed already), so the build rebuilds that day alone, to the same bars."""
+    from etl.lake import Lake
+
+    store = Store.from_uri(str(data_dir))
+    sink = BronzeSink(store)
+    sink.write(_across_midnight("20260102T000000000000Z-aaaa-000001", range(5, 700, 20)))
+    sink.write(_across_midnight("20260102T000000000000Z-aaaa-000002", range(705, 1000, 20), first_seq=35))
+    build_trade_bars()
+    before = bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True)
+    assert Lake.of(store).optimize("bronze/trades", partition=[("date", ">", "2026-01-01")])["numFilesRemoved"] == 2
+    summary = build_trade_bars()
+    assert (summary.files, summary.partitions) == (1, 1)
+    pd.testing.assert_frame_equal(bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True), before)

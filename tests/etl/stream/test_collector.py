@@ -34,6 +34,10 @@ def live(make_simulator, data_dir, monkeypatch):
 
     def _make(speed: float = SPEED, **faults):
         start = (time.time() - 1800) // 300 * 300   # a bar boundary half an hour ago: every candle is served
+        # the feed (and its subscription snapshot's trades, from before `start`) would cross a UTC midnight, its
+        # trades and bars two days' partitions: the hour before that midnight, whatever the time the test runs
+        if (start - 300) // 86400 != (start + 1800) // 86400:
+            start = (start + 1800) // 86400 * 86400 - 3600
         sim = make_simulator(rate_limit_rps=1000.0, burst=1000, products=("BTC-USD", "ETH-USD"), ws_speed=speed,
                              ws_start=start, **faults)
         monkeypatch.setenv("COINBASE_API_URL", sim.url)
