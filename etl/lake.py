@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import posixpath
 import time
 import uuid
@@ -478,8 +479,10 @@ class Lake:
         if t is None:
             return []
         hours = self.retention_days * 24 if retention_hours is None else retention_hours
-        # full: list the folder, so files no commit ever named (a writer killed before its commit) go too
-        return t.vacuum(retention_hours=int(hours), dry_run=dry_run, enforce_retention_duration=False, full=True)
+        # full: list the folder, so files no commit ever named (a writer killed before its commit) go too. delta-rs
+        # takes whole hours: rounded up, never down (a retention of 0.02 days is not 0 hours: files kept, not lost)
+        return t.vacuum(retention_hours=math.ceil(hours), dry_run=dry_run, enforce_retention_duration=False,
+                        full=True)
 
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {

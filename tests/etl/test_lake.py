@@ -326,3 +326,18 @@ def test_raising_the_retention_keeps_the_history_of_tables_made_under_the_old_on
     config = lake.table("outputs/risk_metrics").metadata().configuration
     assert config["delta.logRetentionDuration"] == "interval 2160 hours", config
     assert config["delta.deletedFileRetentionDuration"] == "interval 7776000 seconds", config
+
+
+def test_vacuum_keeps_a_version_younger_than_a_retention_of_a_fraction_of_an_hour(data, monkeypatch):
+    """lake.py's module docstring: old versions stay readable until `vacuum` removes the files no version younger
+    than the retention needs. Lake.vacuum passed delta-rs `int(hours)`: PIPELINE_LAKE_RETENTION_DAYS=0.02 (28.8
+    minutes) became 0 hours, so a file superseded a moment ago was deleted and the version read a moment ago (what a
+    run recorded, what `risk --reproduce` reads back) was gone; 1.99 days vacuumed 45 minutes early likewise."""
+    monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "0.02")
+    lake = Lake.of(get_store(), get_settings())
+    lake.write("silver/t", pa.table({"k": ["a", "b"], "v": [1.0, 2.0]}))
+    lake.delete("silver/t", "k = 'a'")                     # version 1 supersedes version 0's file
+    assert lake.vacuum("silver/t") == []
+    assert lake.vacuum("silver/t", retention_hours=0.5) == []
+    assert sorted(lake.read("silver/t", version=0)["k"].to_pylist()) == ["a", "b"]
+    assert len(lake.vacuum("silver/t", retention_hours=0)) == 1   # a retention of 0 still removes it
