@@ -70,8 +70,9 @@ def records_reads(run: Callable[P, T]) -> Callable[P, T]:
 
 
 def recorded_reads() -> dict[str, int] | None:
-    """{table or table/partition: the version read} so far in the running `records_reads` run (None outside one;
-    a table read at several versions: the latest)."""
+    """{table or table/partition: the version read} so far in the running `records_reads` run (None outside one).
+    A table the run reads again by `Lake.read`/`Lake.files` is read at the version it first read (`_run_version`);
+    a table or partition read at several explicit versions: the latest."""
     reads = _READS.get()
     return None if reads is None else dict(reads)
 
@@ -80,6 +81,17 @@ def note_read(key: str, version: int) -> None:
     """Record that `key` (a table, or table/partition) was read at `version`, inside a `records_reads` run."""
     if (reads := _READS.get()) is not None:
         reads[key] = max(version, reads.get(key, version))
+
+
+def _run_version(rel: str, version: int | None) -> int | None:
+    """The version a read of table `rel` asking for `version` reads: inside a `records_reads` run, a table it already
+    read (and that is not `pinned`) is read at that version again, so the run reads one version of each table, the
+    one its record names (a replay pinned to the record reads what the run read; a commit landing mid-run is the
+    next run's), else `version`."""
+    reads = _READS.get()
+    if version is None and reads and rel in reads and rel not in (_PINNED.get() or {}):
+        return reads[rel]
+    return version
 
 
 @contextmanager
@@ -175,7 +187,7 @@ class Lake:
              version: int | None = None) -> pa.Table | None:
         """The rows of table `rel` (at `version`) with `columns`, of the partition `partition` ({column: value},
         chosen from the log before any file is opened); None when there is no table."""
-        t = self.table(rel, version)
+        t = self.table(rel, _run_version(rel, version))
         if t is None:
             note_read(rel, ABSENT)
             return None
@@ -210,7 +222,7 @@ class Lake:
     def files(self, rel: str, version: int | None = None) -> list[str] | None:
         """The data files of table `rel` at `version` (default the latest), as paths relative to the data root,
         sorted; None when there is no table. What a reader reads instead of listing the folder."""
-        t = self.table(rel, version)
+        t = self.table(rel, _run_version(rel, version))
         if t is None:
             note_read(rel, ABSENT)
             return None

@@ -341,3 +341,30 @@ def test_vacuum_keeps_a_version_younger_than_a_retention_of_a_fraction_of_an_hou
     assert lake.vacuum("silver/t", retention_hours=0.5) == []
     assert sorted(lake.read("silver/t", version=0)["k"].to_pylist()) == ["a", "b"]
     assert len(lake.vacuum("silver/t", retention_hours=0)) == 1   # a retention of 0 still removes it
+
+
+def test_a_run_reading_a_table_twice_reads_and_records_one_version_that_a_replay_reads_back(data):
+    """A run reads a table twice (risk: the daily bars of the window, then those of delisted products; the run
+    records before each earlier day's scenario set) and a writer commits to it in between. note_read kept the
+    highest version only: the first read's rows came from version 0, the record said 1, and a replay pinned to the
+    record (`risk --reproduce`) read other rows for that read than the run did. Now a run reads one version of a
+    table throughout (the first it read), and records it."""
+    from etl.lake import pinned, recorded_reads, records_reads
+
+    lake = Lake.of(get_store())
+    lake.write("silver/t", pa.table({"k": ["a"]}))
+
+    @records_reads
+    def run(concurrent: bool) -> tuple[list, list, dict]:
+        first = sorted(lake.read("silver/t")["k"].to_pylist())
+        if concurrent:
+            lake.write("silver/t", pa.table({"k": ["b"]}))     # another writer (a silver build) lands meanwhile
+        second = sorted(p.rsplit("/", 1)[-1] for p in lake.files("silver/t"))
+        return first, second, recorded_reads()
+
+    first, second, inputs = run(concurrent=True)
+    with pinned(inputs):
+        replay = run(concurrent=False)
+    assert (replay[0], replay[1]) == (first, second), f"recorded {inputs}: run read {first}, {second}; replay {replay}"
+    assert inputs == {"silver/t": 0} and first == ["a"] and len(second) == 1
+    assert sorted(lake.read("silver/t")["k"].to_pylist()) == ["a", "b"]   # outside a run: the latest
