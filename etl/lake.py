@@ -382,7 +382,8 @@ class Lake:
         log and the superseded files for the retention; a checkpoint every CHECKPOINT_INTERVAL commits, so opening a
         table replays at most that many log entries (with Delta's default of 100, a risk output table committed once a
         day costs ~0.4 ms more to open each day, for months)."""
-        interval = f"interval {max(1, round(self.retention_days * 24))} hours"   # log, app ids: an hour at least
+        # log, app ids: whole hours, rounded up (never less than the retention), an hour at least
+        interval = f"interval {max(1, math.ceil(round(self.retention_days * 24, 9)))} hours"
         # a removed file leaves the table's state when `vacuum` may delete it, not later: every vacuum goes through
         # the state's removed files, including those already deleted
         removed = f"interval {round(self.retention_days * 86400)} seconds"

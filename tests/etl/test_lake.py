@@ -368,3 +368,23 @@ def test_a_run_reading_a_table_twice_reads_and_records_one_version_that_a_replay
     assert (replay[0], replay[1]) == (first, second), f"recorded {inputs}: run read {first}, {second}; replay {replay}"
     assert inputs == {"silver/t": 0} and first == ["a"] and len(second) == 1
     assert sorted(lake.read("silver/t")["k"].to_pylist()) == ["a", "b"]   # outside a run: the latest
+
+
+def test_the_log_keeps_a_version_younger_than_a_retention_that_is_not_whole_hours(data, monkeypatch):
+    """A version stays readable for PIPELINE_LAKE_RETENTION_DAYS (docs/lake.md). The table's log retention was the
+    setting rounded to the nearest hour: 1.01 days (24.24 h) became 24 hours, so the next checkpoint deleted the log
+    entries of a version 24.1 hours old, still inside the retention: time travel to it (`risk --reproduce` of a
+    run that read it) failed with "not in the table's log any more"."""
+    import os
+
+    monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "1.01")
+    lake = Lake.of(get_store(), get_settings())
+    for i in range(12):                                       # versions 0-11, a checkpoint at 9
+        lake.write("silver/t", pa.table({"k": [i]}))
+    then = time.time() - 24.1 * 3600                          # 24.1 hours pass
+    for entry in glob.glob(str(data / "silver" / "t" / "_delta_log" / "*")):
+        os.utime(entry, (then, then))
+    for i in range(12, 24):                                   # past the next checkpoint (every 10 commits)
+        lake.write("silver/t", pa.table({"k": [i]}))
+    first = lake.read("silver/t", version=1)
+    assert sorted(first["k"].to_pylist()) == [0, 1]
