@@ -30,6 +30,7 @@ from typing import Any, ParamSpec, TypeVar
 from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Schema, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
@@ -464,7 +465,7 @@ class Lake:
             files, removed = [], []
             for key, actions in groups.items():
                 values = dict(key)
-                rows = t.to_pyarrow_dataset(partitions=[(k, "=", v) for k, v in values.items()]).to_table()
+                rows = _verified_rows(t, store, rel, values, actions)
                 rows = rows.drop_columns([k for k in partition_by if k in rows.column_names])
                 # beside the partition's files (the log holds paths URL-encoded: a value like `risk/as_of_date=D`)
                 inside = posixpath.join(posixpath.dirname(unquote(actions[0]["path"])), f"part-{uuid.uuid4().hex}.parquet")
@@ -502,6 +503,19 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "=": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a is not None and a < b,
     "<=": lambda a, b: a is not None and a <= b, ">": lambda a, b: a is not None and a > b,
     ">=": lambda a, b: a is not None and a >= b}
+
+
+def _verified_rows(t: DeltaTable, store: Store, rel: str, values: dict[str, str], actions: list[dict]) -> pa.Table:
+    """The rows of one partition of table version `t` (`actions`: its files), their pages' CRC32 verified as every
+    read of the Store verifies them (delta-rs' dataset does not: a flipped byte would decode into wrong values);
+    CorruptFileError naming the file that does not read whole."""
+    dataset = t.to_pyarrow_dataset(partitions=[(k, "=", v) for k, v in values.items()])
+    try:
+        return dataset.to_table(fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True))
+    except (pa.ArrowException, OSError):
+        for a in actions:   # which one: read them one by one (raises CorruptFileError naming it)
+            store.read_parquet(posixpath.join(rel, unquote(a["path"])), use_threads=False)
+        raise
 
 
 def _cause(exc: Exception) -> str:

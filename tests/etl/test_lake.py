@@ -388,3 +388,49 @@ def test_the_log_keeps_a_version_younger_than_a_retention_that_is_not_whole_hour
         lake.write("silver/t", pa.table({"k": [i]}))
     first = lake.read("silver/t", version=1)
     assert sorted(first["k"].to_pylist()) == [0, 1]
+
+
+def test_optimize_refuses_a_file_whose_pages_are_corrupt_instead_of_compacting_its_wrong_values(data):
+    """docs/commit_protocol.md (Integrity): every read verifies the pages' CRC32, so a flipped byte fails the read
+    "instead of decoding into wrong prices". Lake.optimize (compact: the stream tables' closed days, the run
+    records) read the partition through delta-rs' dataset, which does not verify them: a streamed trades file with
+    a flipped byte decoded into other prices, and optimize wrote them into a new file with valid checksums and
+    removed the bad one, so silver built trade bars from wrong prices with nothing flagged. Now it refuses, naming
+    the file, and commits nothing."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from etl.integrity import CorruptFileError
+    from etl.lake import DataFile
+
+    store, rel, part = get_store(), "bronze/trades", "product_id=BTC-USD/date=2026-03-01"
+    lake = Lake.of(store)
+    schema = pa.schema([("price", pa.float64()), ("size", pa.float64())])
+    clean = {}
+    for batch in ("a", "b"):
+        rows = pa.table({"price": np.random.default_rng(ord(batch)).normal(100, 1, 1000),
+                         "size": np.ones(1000)}, schema=schema)
+        path = store.write_parquet(f"{rel}/{part}/{batch}.parquet", rows)
+        clean[batch] = rows
+        lake.commit_files(rel, [DataFile(f"{part}/{batch}.parquet", store.fs.get_file_info(path).size,
+                                         {"product_id": "BTC-USD", "date": "2026-03-01"}, 1000)],
+                          pa.schema([*schema, ("product_id", pa.string()), ("date", pa.string())]),
+                          ["product_id", "date"])
+    bad = data / rel / part / "b.parquet"
+    raw = bad.read_bytes()
+    chunk = pq.ParquetFile(bad).metadata.row_group(0).column(0)
+    for offset in range(chunk.data_page_offset + chunk.total_compressed_size // 2, len(raw)):
+        flipped = bytearray(raw)
+        flipped[offset] ^= 0x5A
+        try:   # a flip the decompressor does not notice: only the page checksum tells the prices are wrong
+            if not pq.ParquetFile(pa.BufferReader(bytes(flipped))).read().equals(clean["b"]):
+                break
+        except (pa.ArrowException, OSError):
+            continue
+    bad.write_bytes(bytes(flipped))
+    version = lake.version(rel)
+    with pytest.raises(CorruptFileError, match=f"{rel}/{part}/b.parquet is corrupt"):
+        lake.optimize(rel)
+    assert lake.version(rel) == version and sorted(p.rsplit("/", 1)[-1] for p in lake.files(rel)) == [
+        "a.parquet", "b.parquet"]
+    assert len(list((data / rel / part).glob("*.parquet"))) == 2        # no compacted file left behind
