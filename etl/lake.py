@@ -45,6 +45,7 @@ P, T = ParamSpec("P"), TypeVar("T")
 _READS: ContextVar[dict[str, int] | None] = ContextVar("lake_reads", default=None)
 _PINNED: ContextVar[dict[str, int] | None] = ContextVar("lake_pinned", default=None)
 WRITER = WriterProperties(compression="ZSTD")
+_VERIFY = ds.ParquetFragmentScanOptions(page_checksum_verification=True)   # reads check each page's CRC32
 COMMIT_RETRIES = 15   # a put-if-absent lost to a concurrent writer is retried this often (delta-rs rebases it)
 CHECKPOINT_INTERVAL = 10  # commits between log checkpoints (see Lake._configuration)
 ABSENT = -1   # the version a run records for a table it found absent; pinned, the table reads as absent again
@@ -193,8 +194,22 @@ class Lake:
             note_read(rel, ABSENT)
             return None
         note_read(rel, t.version())
+        return self._rows(t, rel, partition, columns)
+
+    def _rows(self, t: DeltaTable, rel: str, partition: dict[str, str] | None = None,
+              columns: Sequence[str] | None = None) -> pa.Table:
+        """The rows of table version `t` (of `partition`), their pages' CRC32 verified as every read of the Store
+        verifies them (delta-rs' dataset does not: a flipped byte would decode into other values); CorruptFileError
+        naming the file that does not read whole (FileNotFoundError naming one that is gone)."""
         dataset = t.to_pyarrow_dataset(partitions=[(k, "=", v) for k, v in partition.items()] if partition else None)
-        return dataset.to_table(columns=list(columns) if columns else None)
+        try:
+            return dataset.to_table(columns=list(columns) if columns else None, fragment_scan_options=_VERIFY)
+        except (pa.ArrowException, OSError):
+            store = Store.from_uri(self.root)
+            for a in _actions(t, flatten=True).to_pylist():   # which one: read them one by one
+                if all(a.get(f"partition.{k}") == v for k, v in (partition or {}).items()):
+                    store.read_parquet(posixpath.join(rel, unquote(a["path"])), use_threads=False)
+            raise
 
     # ---- writing -------------------------------------------------------------------------------------------
     def write(self, rel: str, data: pa.Table, partition_by: Sequence[str] | None = None,
@@ -465,7 +480,7 @@ class Lake:
             files, removed = [], []
             for key, actions in groups.items():
                 values = dict(key)
-                rows = _verified_rows(t, store, rel, values, actions)
+                rows = self._rows(t, rel, values)
                 rows = rows.drop_columns([k for k in partition_by if k in rows.column_names])
                 # beside the partition's files (the log holds paths URL-encoded: a value like `risk/as_of_date=D`)
                 inside = posixpath.join(posixpath.dirname(unquote(actions[0]["path"])), f"part-{uuid.uuid4().hex}.parquet")
@@ -503,19 +518,6 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "=": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a is not None and a < b,
     "<=": lambda a, b: a is not None and a <= b, ">": lambda a, b: a is not None and a > b,
     ">=": lambda a, b: a is not None and a >= b}
-
-
-def _verified_rows(t: DeltaTable, store: Store, rel: str, values: dict[str, str], actions: list[dict]) -> pa.Table:
-    """The rows of one partition of table version `t` (`actions`: its files), their pages' CRC32 verified as every
-    read of the Store verifies them (delta-rs' dataset does not: a flipped byte would decode into wrong values);
-    CorruptFileError naming the file that does not read whole."""
-    dataset = t.to_pyarrow_dataset(partitions=[(k, "=", v) for k, v in values.items()])
-    try:
-        return dataset.to_table(fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True))
-    except (pa.ArrowException, OSError):
-        for a in actions:   # which one: read them one by one (raises CorruptFileError naming it)
-            store.read_parquet(posixpath.join(rel, unquote(a["path"])), use_threads=False)
-        raise
 
 
 def _cause(exc: Exception) -> str:

@@ -398,7 +398,6 @@ def test_optimize_refuses_a_file_whose_pages_are_corrupt_instead_of_compacting_i
     removed the bad one, so silver built trade bars from wrong prices with nothing flagged. Now it refuses, naming
     the file, and commits nothing."""
     import numpy as np
-    import pyarrow.parquet as pq
 
     from etl.integrity import CorruptFileError
     from etl.lake import DataFile
@@ -406,31 +405,58 @@ def test_optimize_refuses_a_file_whose_pages_are_corrupt_instead_of_compacting_i
     store, rel, part = get_store(), "bronze/trades", "product_id=BTC-USD/date=2026-03-01"
     lake = Lake.of(store)
     schema = pa.schema([("price", pa.float64()), ("size", pa.float64())])
-    clean = {}
     for batch in ("a", "b"):
         rows = pa.table({"price": np.random.default_rng(ord(batch)).normal(100, 1, 1000),
                          "size": np.ones(1000)}, schema=schema)
         path = store.write_parquet(f"{rel}/{part}/{batch}.parquet", rows)
-        clean[batch] = rows
         lake.commit_files(rel, [DataFile(f"{part}/{batch}.parquet", store.fs.get_file_info(path).size,
                                          {"product_id": "BTC-USD", "date": "2026-03-01"}, 1000)],
                           pa.schema([*schema, ("product_id", pa.string()), ("date", pa.string())]),
                           ["product_id", "date"])
-    bad = data / rel / part / "b.parquet"
-    raw = bad.read_bytes()
-    chunk = pq.ParquetFile(bad).metadata.row_group(0).column(0)
-    for offset in range(chunk.data_page_offset + chunk.total_compressed_size // 2, len(raw)):
-        flipped = bytearray(raw)
-        flipped[offset] ^= 0x5A
-        try:   # a flip the decompressor does not notice: only the page checksum tells the prices are wrong
-            if not pq.ParquetFile(pa.BufferReader(bytes(flipped))).read().equals(clean["b"]):
-                break
-        except (pa.ArrowException, OSError):
-            continue
-    bad.write_bytes(bytes(flipped))
+    flip_silently(data / rel / part / "b.parquet", "price")
     version = lake.version(rel)
     with pytest.raises(CorruptFileError, match=f"{rel}/{part}/b.parquet is corrupt"):
         lake.optimize(rel)
     assert lake.version(rel) == version and sorted(p.rsplit("/", 1)[-1] for p in lake.files(rel)) == [
         "a.parquet", "b.parquet"]
     assert len(list((data / rel / part).glob("*.parquet"))) == 2        # no compacted file left behind
+
+
+def flip_silently(path, column: str) -> None:
+    """Flip a byte of `column`'s pages that the decompressor does not notice: the file still decodes, into other
+    values; only the pages' CRC32 tells."""
+    import pyarrow.parquet as pq
+
+    raw = path.read_bytes()
+    meta = pq.ParquetFile(path).metadata
+    clean = pq.ParquetFile(path).read()
+    chunk = meta.row_group(0).column(meta.schema.names.index(column))
+    for offset in range(chunk.data_page_offset + chunk.total_compressed_size // 2, len(raw)):
+        flipped = bytearray(raw)
+        flipped[offset] ^= 0x5A
+        try:
+            if not pq.ParquetFile(pa.BufferReader(bytes(flipped))).read().equals(clean):
+                path.write_bytes(bytes(flipped))
+                return
+        except (pa.ArrowException, OSError):
+            continue
+    raise AssertionError(f"no silent flip in {path}")
+
+
+def test_a_run_record_whose_pages_are_corrupt_is_refused_naming_the_file_not_read_as_other_values(data):
+    """Every read verifies the pages' CRC32 (docs/commit_protocol.md, Integrity). Lake.read (the run records every
+    reader folds: which files and versions are in force, what a run read) went through delta-rs' dataset without
+    that check: a flipped byte in `outputs/_runs` decoded into another record, e.g. another committed_at, read as
+    if committed. Now the read fails naming the file."""
+    from urllib.parse import unquote
+
+    from etl.integrity import CorruptFileError
+
+    store = get_store()
+    publish_day(store, DAY, [100.0], [1.0])
+    publish_day(store, DAY, [110.0], [1.0])
+    Lake.of(store).optimize(commits.RUNS)                     # compact: the day's records in one file
+    (path,) = [data / unquote(p) for p in Lake.of(store).files(commits.RUNS)]
+    flip_silently(path, "committed_at")
+    with pytest.raises(CorruptFileError, match=r"outputs/_runs/name=.*\.parquet is corrupt"):
+        commits.read_manifest(store, commits.risk_manifest(DAY))
