@@ -27,12 +27,13 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Schema, WriterProperties, write_deltalake
+from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Schema
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction, Transaction, create_table_with_add_actions
 
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 P, T = ParamSpec("P"), TypeVar("T")
 _READS: ContextVar[dict[str, int] | None] = ContextVar("lake_reads", default=None)
 _PINNED: ContextVar[dict[str, int] | None] = ContextVar("lake_pinned", default=None)
-WRITER = WriterProperties(compression="ZSTD")
 _VERIFY = ds.ParquetFragmentScanOptions(page_checksum_verification=True)   # reads check each page's CRC32
 COMMIT_RETRIES = 15   # a put-if-absent lost to a concurrent writer is retried this often (delta-rs rebases it)
 CHECKPOINT_INTERVAL = 10  # commits between log checkpoints (see Lake._configuration)
@@ -214,26 +214,31 @@ class Lake:
     # ---- writing -------------------------------------------------------------------------------------------
     def write(self, rel: str, data: pa.Table, partition_by: Sequence[str] | None = None,
               metadata: dict[str, Any] | None = None) -> int:
-        """Append `data` to table `rel` (made on the first write, partitioned by `partition_by`) in one commit
-        carrying `metadata`; returns the version it made."""
-        current = self.table(rel)
-        new = current is None
-        while True:
-            try:
-                write_deltalake(self.uri(rel), data, partition_by=list(partition_by) if partition_by else None,
-                                mode="append", storage_options=self.storage_options, writer_properties=WRITER,
-                                commit_properties=_props(metadata), configuration=self._configuration(),
-                                post_commithook_properties=self._hooks(current))
-                break
-            except CommitFailedError as exc:
-                if new and self.table(rel) is not None:  # another first writer made the table: append to it
-                    new = False
-                    continue
-                raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the table ({_cause(exc)}); nothing was "
-                                   "committed: rerun the command") from exc
-        version = self.version(rel)
-        self.follow_retention(rel, current)
-        return version
+        """Append `data` to table `rel` (made on the first write, partitioned by `partition_by`: string columns) in
+        one commit carrying `metadata`; returns the version it made. Its files are written by the Store (page
+        checksums, as every lake file: a flipped byte fails the read instead of decoding into other values), one
+        per partition, then committed (`commit_files`; the table's first write is its version 0)."""
+        store, keys = Store.from_uri(self.root), list(partition_by or [])
+        files = []
+        for values in sorted({tuple(r.values()) for r in data.select(keys).to_pylist()}) if keys else [()]:
+            values = dict(zip(keys, values, strict=True))
+            rows = data.filter(functools.reduce(pc.and_, [pc.equal(data[k], v) for k, v in values.items()])) \
+                if keys else data
+            inside = posixpath.join(*(f"{k}={quote(str(v), safe='')}" for k, v in values.items()),
+                                    f"part-{uuid.uuid4().hex}.parquet")
+            path = store.write_parquet(posixpath.join(rel, inside), rows.drop_columns(keys))
+            files.append(DataFile(inside, store.fs.get_file_info(path).size, values, rows.num_rows))
+        if self.table(rel) is None:
+            try:   # the first write makes the table with its files: version 0 (put-if-absent)
+                create_table_with_add_actions(self.uri(rel), Schema.from_arrow(data.schema), _adds(files), mode="error",
+                                              partition_by=keys or None, configuration=self._configuration(),
+                                              storage_options=self.storage_options,
+                                              commit_properties=_props(metadata, retries=0))
+                return 0
+            except (CommitFailedError, DeltaError) as exc:   # another first writer made it: append to it
+                if not isinstance(exc, CommitFailedError) and "already exists" not in str(exc):
+                    raise
+        return self.commit_files(rel, files, data.schema, keys, metadata=metadata)
 
     def files(self, rel: str, version: int | None = None) -> list[str] | None:
         """The data files of table `rel` at `version` (default the latest), as paths relative to the data root,
@@ -282,8 +287,7 @@ class Lake:
         top of concurrent commits only when those partitions' files are as in `table`, else LakeConflict.
         Returns the version it made."""
         now = int(time.time() * 1000)
-        actions = [AddAction(f.path, f.size, f.partition, now, True, json.dumps({"numRecords": f.rows}))
-                   for f in files]
+        actions = _adds(files, now)
         txn = uuid.uuid4().hex   # finds this commit's version in the log afterwards, whoever committed meanwhile
         # a replace, a commit with an app id or with guarded partitions is rebased here, not by delta-rs: its
         # conflict check passes two writes of a partition that was empty (they only add files), and two commits of
@@ -518,6 +522,12 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "=": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a is not None and a < b,
     "<=": lambda a, b: a is not None and a <= b, ">": lambda a, b: a is not None and a > b,
     ">=": lambda a, b: a is not None and a >= b}
+
+
+def _adds(files: Sequence[DataFile], now: int | None = None) -> list[AddAction]:
+    """The add actions committing `files` (modification time `now`, ms since the epoch; default the clock's)."""
+    now = int(time.time() * 1000) if now is None else now
+    return [AddAction(f.path, f.size, f.partition, now, True, json.dumps({"numRecords": f.rows})) for f in files]
 
 
 def _cause(exc: Exception) -> str:

@@ -460,3 +460,19 @@ def test_a_run_record_whose_pages_are_corrupt_is_refused_naming_the_file_not_rea
     flip_silently(path, "committed_at")
     with pytest.raises(CorruptFileError, match=r"outputs/_runs/name=.*\.parquet is corrupt"):
         commits.read_manifest(store, commits.risk_manifest(DAY))
+
+
+def test_a_fresh_run_record_whose_pages_are_corrupt_is_refused_naming_the_file(data):
+    """The run record is the commit point every reader folds. It was the one lake file not written by the Store
+    (delta-rs' writer, no page checksums), so a flipped byte in a fresh record decoded into another committed_at
+    (another run in force) with nothing to tell. It is now written with page checksums, like every other file."""
+    from urllib.parse import unquote
+
+    from etl.integrity import CorruptFileError
+
+    store = get_store()
+    publish_day(store, DAY, [100.0], [1.0])
+    (path,) = [data / unquote(p) for p in Lake.of(store).files(commits.RUNS)]
+    flip_silently(path, "committed_at")
+    with pytest.raises(CorruptFileError, match=r"outputs/_runs/name=.*\.parquet is corrupt"):
+        commits.read_manifest(store, commits.risk_manifest(DAY))
