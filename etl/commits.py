@@ -30,6 +30,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from etl.errors import ValidationError
@@ -201,6 +202,19 @@ def maintain(store: Store) -> int:
     return deleted
 
 
+def _after_previous(lake: Lake, name: str, now: datetime) -> datetime:
+    """`now`, or a microsecond after the `committed_at` of the latest record of `name` when that is not before `now`
+    (its host's clock ran ahead of this one's): a name's records are ordered by `committed_at`, so the record
+    committed last is the one in force, whatever the hosts' clocks. Read from the latest `_runs` version, not the one
+    the run read."""
+    t = lake.table(RUNS)
+    if t is None:
+        return now
+    latest = pc.max(t.to_pyarrow_dataset(partitions=[("name", "=", name)]).to_table(columns=["committed_at"])
+                    ["committed_at"]).as_py()
+    return now if latest is None or latest < now else latest + timedelta(microseconds=1)
+
+
 def publish(store: Store, name: str, stage: str, parts: dict[tuple[str, str], pa.Table], *,
             run_id: str | None = None, meta: dict | None = None) -> dict:
     """Replace each (table, partition) of `parts` (partition like "as_of_date=2026-01-31", rows without or with
@@ -227,7 +241,7 @@ def publish(store: Store, name: str, stage: str, parts: dict[tuple[str, str], pa
         entries[f"{table}/{partition}"] = {"table": table, "partition": partition, "columns": columns,
                                            "run_id": run_id, "version": version, "rows": rows.num_rows,
                                            "files": {path: store.digest(path)}}
-    committed_at = datetime.now(UTC)
+    committed_at = _after_previous(lake, name, datetime.now(UTC))
     inputs = recorded_reads()  # the versions of the Delta tables the run read (etl.lake.records_reads)
     record = json.dumps({"files": entries, **(meta or {}), **({"inputs": inputs} if inputs is not None else {})},
                         default=str, sort_keys=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import posixpath
 import time
 import uuid
@@ -26,11 +27,13 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Schema, WriterProperties, write_deltalake
+from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Schema
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction, Transaction, create_table_with_add_actions
 
@@ -42,7 +45,7 @@ log = logging.getLogger(__name__)
 P, T = ParamSpec("P"), TypeVar("T")
 _READS: ContextVar[dict[str, int] | None] = ContextVar("lake_reads", default=None)
 _PINNED: ContextVar[dict[str, int] | None] = ContextVar("lake_pinned", default=None)
-WRITER = WriterProperties(compression="ZSTD")
+_VERIFY = ds.ParquetFragmentScanOptions(page_checksum_verification=True)   # reads check each page's CRC32
 COMMIT_RETRIES = 15   # a put-if-absent lost to a concurrent writer is retried this often (delta-rs rebases it)
 CHECKPOINT_INTERVAL = 10  # commits between log checkpoints (see Lake._configuration)
 ABSENT = -1   # the version a run records for a table it found absent; pinned, the table reads as absent again
@@ -69,8 +72,9 @@ def records_reads(run: Callable[P, T]) -> Callable[P, T]:
 
 
 def recorded_reads() -> dict[str, int] | None:
-    """{table or table/partition: the version read} so far in the running `records_reads` run (None outside one;
-    a table read at several versions: the latest)."""
+    """{table or table/partition: the version read} so far in the running `records_reads` run (None outside one).
+    A table the run reads again by `Lake.read`/`Lake.files` is read at the version it first read (`_run_version`);
+    a table or partition read at several explicit versions: the latest."""
     reads = _READS.get()
     return None if reads is None else dict(reads)
 
@@ -79,6 +83,17 @@ def note_read(key: str, version: int) -> None:
     """Record that `key` (a table, or table/partition) was read at `version`, inside a `records_reads` run."""
     if (reads := _READS.get()) is not None:
         reads[key] = max(version, reads.get(key, version))
+
+
+def _run_version(rel: str, version: int | None) -> int | None:
+    """The version a read of table `rel` asking for `version` reads: inside a `records_reads` run, a table it already
+    read (and that is not `pinned`) is read at that version again, so the run reads one version of each table, the
+    one its record names (a replay pinned to the record reads what the run read; a commit landing mid-run is the
+    next run's), else `version`."""
+    reads = _READS.get()
+    if version is None and reads and rel in reads and rel not in (_PINNED.get() or {}):
+        return reads[rel]
+    return version
 
 
 @contextmanager
@@ -174,42 +189,61 @@ class Lake:
              version: int | None = None) -> pa.Table | None:
         """The rows of table `rel` (at `version`) with `columns`, of the partition `partition` ({column: value},
         chosen from the log before any file is opened); None when there is no table."""
-        t = self.table(rel, version)
+        t = self.table(rel, _run_version(rel, version))
         if t is None:
             note_read(rel, ABSENT)
             return None
         note_read(rel, t.version())
+        return self._rows(t, rel, partition, columns)
+
+    def _rows(self, t: DeltaTable, rel: str, partition: dict[str, str] | None = None,
+              columns: Sequence[str] | None = None) -> pa.Table:
+        """The rows of table version `t` (of `partition`), their pages' CRC32 verified as every read of the Store
+        verifies them (delta-rs' dataset does not: a flipped byte would decode into other values); CorruptFileError
+        naming the file that does not read whole (FileNotFoundError naming one that is gone)."""
         dataset = t.to_pyarrow_dataset(partitions=[(k, "=", v) for k, v in partition.items()] if partition else None)
-        return dataset.to_table(columns=list(columns) if columns else None)
+        try:
+            return dataset.to_table(columns=list(columns) if columns else None, fragment_scan_options=_VERIFY)
+        except (pa.ArrowException, OSError):
+            store = Store.from_uri(self.root)
+            for a in _actions(t, flatten=True).to_pylist():   # which one: read them one by one
+                if all(a.get(f"partition.{k}") == v for k, v in (partition or {}).items()):
+                    store.read_parquet(posixpath.join(rel, unquote(a["path"])), use_threads=False)
+            raise
 
     # ---- writing -------------------------------------------------------------------------------------------
     def write(self, rel: str, data: pa.Table, partition_by: Sequence[str] | None = None,
               metadata: dict[str, Any] | None = None) -> int:
-        """Append `data` to table `rel` (made on the first write, partitioned by `partition_by`) in one commit
-        carrying `metadata`; returns the version it made."""
-        current = self.table(rel)
-        new = current is None
-        while True:
-            try:
-                write_deltalake(self.uri(rel), data, partition_by=list(partition_by) if partition_by else None,
-                                mode="append", storage_options=self.storage_options, writer_properties=WRITER,
-                                commit_properties=_props(metadata), configuration=self._configuration(),
-                                post_commithook_properties=self._hooks(current))
-                break
-            except CommitFailedError as exc:
-                if new and self.table(rel) is not None:  # another first writer made the table: append to it
-                    new = False
-                    continue
-                raise LakeConflict(f"{self.uri(rel)}: a concurrent writer changed the table ({_cause(exc)}); nothing was "
-                                   "committed: rerun the command") from exc
-        version = self.version(rel)
-        self.follow_retention(rel, current)
-        return version
+        """Append `data` to table `rel` (made on the first write, partitioned by `partition_by`: string columns) in
+        one commit carrying `metadata`; returns the version it made. Its files are written by the Store (page
+        checksums, as every lake file: a flipped byte fails the read instead of decoding into other values), one
+        per partition, then committed (`commit_files`; the table's first write is its version 0)."""
+        store, keys = Store.from_uri(self.root), list(partition_by or [])
+        files = []
+        for values in sorted({tuple(r.values()) for r in data.select(keys).to_pylist()}) if keys else [()]:
+            values = dict(zip(keys, values, strict=True))
+            rows = data.filter(functools.reduce(pc.and_, [pc.equal(data[k], v) for k, v in values.items()])) \
+                if keys else data
+            inside = posixpath.join(*(f"{k}={quote(str(v), safe='')}" for k, v in values.items()),
+                                    f"part-{uuid.uuid4().hex}.parquet")
+            path = store.write_parquet(posixpath.join(rel, inside), rows.drop_columns(keys))
+            files.append(DataFile(inside, store.fs.get_file_info(path).size, values, rows.num_rows))
+        if self.table(rel) is None:
+            try:   # the first write makes the table with its files: version 0 (put-if-absent)
+                create_table_with_add_actions(self.uri(rel), Schema.from_arrow(data.schema), _adds(files), mode="error",
+                                              partition_by=keys or None, configuration=self._configuration(),
+                                              storage_options=self.storage_options,
+                                              commit_properties=_props(metadata, retries=0))
+                return 0
+            except (CommitFailedError, DeltaError) as exc:   # another first writer made it: append to it
+                if not isinstance(exc, CommitFailedError) and "already exists" not in str(exc):
+                    raise
+        return self.commit_files(rel, files, data.schema, keys, metadata=metadata)
 
     def files(self, rel: str, version: int | None = None) -> list[str] | None:
         """The data files of table `rel` at `version` (default the latest), as paths relative to the data root,
         sorted; None when there is no table. What a reader reads instead of listing the folder."""
-        t = self.table(rel, version)
+        t = self.table(rel, _run_version(rel, version))
         if t is None:
             note_read(rel, ABSENT)
             return None
@@ -253,8 +287,7 @@ class Lake:
         top of concurrent commits only when those partitions' files are as in `table`, else LakeConflict.
         Returns the version it made."""
         now = int(time.time() * 1000)
-        actions = [AddAction(f.path, f.size, f.partition, now, True, json.dumps({"numRecords": f.rows}))
-                   for f in files]
+        actions = _adds(files, now)
         txn = uuid.uuid4().hex   # finds this commit's version in the log afterwards, whoever committed meanwhile
         # a replace, a commit with an app id or with guarded partitions is rebased here, not by delta-rs: its
         # conflict check passes two writes of a partition that was empty (they only add files), and two commits of
@@ -369,7 +402,8 @@ class Lake:
         log and the superseded files for the retention; a checkpoint every CHECKPOINT_INTERVAL commits, so opening a
         table replays at most that many log entries (with Delta's default of 100, a risk output table committed once a
         day costs ~0.4 ms more to open each day, for months)."""
-        interval = f"interval {max(1, round(self.retention_days * 24))} hours"   # log, app ids: an hour at least
+        # log, app ids: whole hours, rounded up (never less than the retention), an hour at least
+        interval = f"interval {max(1, math.ceil(round(self.retention_days * 24, 9)))} hours"
         # a removed file leaves the table's state when `vacuum` may delete it, not later: every vacuum goes through
         # the state's removed files, including those already deleted
         removed = f"interval {round(self.retention_days * 86400)} seconds"
@@ -450,7 +484,7 @@ class Lake:
             files, removed = [], []
             for key, actions in groups.items():
                 values = dict(key)
-                rows = t.to_pyarrow_dataset(partitions=[(k, "=", v) for k, v in values.items()]).to_table()
+                rows = self._rows(t, rel, values)
                 rows = rows.drop_columns([k for k in partition_by if k in rows.column_names])
                 # beside the partition's files (the log holds paths URL-encoded: a value like `risk/as_of_date=D`)
                 inside = posixpath.join(posixpath.dirname(unquote(actions[0]["path"])), f"part-{uuid.uuid4().hex}.parquet")
@@ -478,14 +512,22 @@ class Lake:
         if t is None:
             return []
         hours = self.retention_days * 24 if retention_hours is None else retention_hours
-        # full: list the folder, so files no commit ever named (a writer killed before its commit) go too
-        return t.vacuum(retention_hours=int(hours), dry_run=dry_run, enforce_retention_duration=False, full=True)
+        # full: list the folder, so files no commit ever named (a writer killed before its commit) go too. delta-rs
+        # takes whole hours: rounded up, never down (a retention of 0.02 days is not 0 hours: files kept, not lost)
+        return t.vacuum(retention_hours=math.ceil(hours), dry_run=dry_run, enforce_retention_duration=False,
+                        full=True)
 
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "=": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a is not None and a < b,
     "<=": lambda a, b: a is not None and a <= b, ">": lambda a, b: a is not None and a > b,
     ">=": lambda a, b: a is not None and a >= b}
+
+
+def _adds(files: Sequence[DataFile], now: int | None = None) -> list[AddAction]:
+    """The add actions committing `files` (modification time `now`, ms since the epoch; default the clock's)."""
+    now = int(time.time() * 1000) if now is None else now
+    return [AddAction(f.path, f.size, f.partition, now, True, json.dumps({"numRecords": f.rows})) for f in files]
 
 
 def _cause(exc: Exception) -> str:

@@ -103,3 +103,31 @@ def test_a_damaged_run_log_is_one_error_line_naming_the_table(data, tmp_path, ca
     code = cli.main(["risk", "--as-of", str(DAY), "--reproduce", run_id, "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "outputs/_runs" in err and len(err.strip().splitlines()) == 1, err[-600:]
+
+
+def test_a_rerun_on_a_host_whose_clock_is_behind_is_the_run_in_force(data, monkeypatch):
+    """docs/commit_protocol.md: after a run's record "the new one" is in force. _records ordered a name's records by
+    `committed_at`, the committing host's clock: a run of the day on a host whose clock ran an hour ahead, then a
+    rerun (after a fix) on a host with the right clock, left the first run in force: readers, the loader and the
+    report took the superseded figures, and the rerun's record was never the latest."""
+    from datetime import UTC, datetime, timedelta
+
+    store = get_store()
+
+    class Ahead(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) + timedelta(hours=1)
+
+    monkeypatch.setattr(commits, "datetime", Ahead)
+    first = publish_day(store, DAY, [100.0])                 # on the host whose clock is ahead
+    monkeypatch.setattr(commits, "datetime", datetime)
+    second = publish_day(store, DAY, [120.0])                # later, on a host with the right clock
+    assert committed(store, DAY)["var_99_hist"].to_pylist() == [120.0]
+    manifest = commits.read_manifest(store, commits.risk_manifest(DAY))
+    assert manifest["run_id"] == second["run_id"] != first["run_id"]
+    assert datetime.fromisoformat(manifest["committed_at"]) > datetime.fromisoformat(first["committed_at"])
+    assert manifest["committed_at"] == second["committed_at"]   # what publish returned is what the record says
+    assert [r["run_id"] for r in commits._records(store, commits.risk_manifest(DAY))] == [first["run_id"],
+                                                                                          second["run_id"]]
+    assert datetime.now(UTC) < datetime.fromisoformat(first["committed_at"])

@@ -326,3 +326,153 @@ def test_raising_the_retention_keeps_the_history_of_tables_made_under_the_old_on
     config = lake.table("outputs/risk_metrics").metadata().configuration
     assert config["delta.logRetentionDuration"] == "interval 2160 hours", config
     assert config["delta.deletedFileRetentionDuration"] == "interval 7776000 seconds", config
+
+
+def test_vacuum_keeps_a_version_younger_than_a_retention_of_a_fraction_of_an_hour(data, monkeypatch):
+    """lake.py's module docstring: old versions stay readable until `vacuum` removes the files no version younger
+    than the retention needs. Lake.vacuum passed delta-rs `int(hours)`: PIPELINE_LAKE_RETENTION_DAYS=0.02 (28.8
+    minutes) became 0 hours, so a file superseded a moment ago was deleted and the version read a moment ago (what a
+    run recorded, what `risk --reproduce` reads back) was gone; 1.99 days vacuumed 45 minutes early likewise."""
+    monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "0.02")
+    lake = Lake.of(get_store(), get_settings())
+    lake.write("silver/t", pa.table({"k": ["a", "b"], "v": [1.0, 2.0]}))
+    lake.delete("silver/t", "k = 'a'")                     # version 1 supersedes version 0's file
+    assert lake.vacuum("silver/t") == []
+    assert lake.vacuum("silver/t", retention_hours=0.5) == []
+    assert sorted(lake.read("silver/t", version=0)["k"].to_pylist()) == ["a", "b"]
+    assert len(lake.vacuum("silver/t", retention_hours=0)) == 1   # a retention of 0 still removes it
+
+
+def test_a_run_reading_a_table_twice_reads_and_records_one_version_that_a_replay_reads_back(data):
+    """A run reads a table twice (risk: the daily bars of the window, then those of delisted products; the run
+    records before each earlier day's scenario set) and a writer commits to it in between. note_read kept the
+    highest version only: the first read's rows came from version 0, the record said 1, and a replay pinned to the
+    record (`risk --reproduce`) read other rows for that read than the run did. Now a run reads one version of a
+    table throughout (the first it read), and records it."""
+    from etl.lake import pinned, recorded_reads, records_reads
+
+    lake = Lake.of(get_store())
+    lake.write("silver/t", pa.table({"k": ["a"]}))
+
+    @records_reads
+    def run(concurrent: bool) -> tuple[list, list, dict]:
+        first = sorted(lake.read("silver/t")["k"].to_pylist())
+        if concurrent:
+            lake.write("silver/t", pa.table({"k": ["b"]}))     # another writer (a silver build) lands meanwhile
+        second = sorted(p.rsplit("/", 1)[-1] for p in lake.files("silver/t"))
+        return first, second, recorded_reads()
+
+    first, second, inputs = run(concurrent=True)
+    with pinned(inputs):
+        replay = run(concurrent=False)
+    assert (replay[0], replay[1]) == (first, second), f"recorded {inputs}: run read {first}, {second}; replay {replay}"
+    assert inputs == {"silver/t": 0} and first == ["a"] and len(second) == 1
+    assert sorted(lake.read("silver/t")["k"].to_pylist()) == ["a", "b"]   # outside a run: the latest
+
+
+def test_the_log_keeps_a_version_younger_than_a_retention_that_is_not_whole_hours(data, monkeypatch):
+    """A version stays readable for PIPELINE_LAKE_RETENTION_DAYS (docs/lake.md). The table's log retention was the
+    setting rounded to the nearest hour: 1.01 days (24.24 h) became 24 hours, so the next checkpoint deleted the log
+    entries of a version 24.1 hours old, still inside the retention: time travel to it (`risk --reproduce` of a
+    run that read it) failed with "not in the table's log any more"."""
+    import os
+
+    monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "1.01")
+    lake = Lake.of(get_store(), get_settings())
+    for i in range(12):                                       # versions 0-11, a checkpoint at 9
+        lake.write("silver/t", pa.table({"k": [i]}))
+    then = time.time() - 24.1 * 3600                          # 24.1 hours pass
+    for entry in glob.glob(str(data / "silver" / "t" / "_delta_log" / "*")):
+        os.utime(entry, (then, then))
+    for i in range(12, 24):                                   # past the next checkpoint (every 10 commits)
+        lake.write("silver/t", pa.table({"k": [i]}))
+    first = lake.read("silver/t", version=1)
+    assert sorted(first["k"].to_pylist()) == [0, 1]
+
+
+def test_optimize_refuses_a_file_whose_pages_are_corrupt_instead_of_compacting_its_wrong_values(data):
+    """docs/commit_protocol.md (Integrity): every read verifies the pages' CRC32, so a flipped byte fails the read
+    "instead of decoding into wrong prices". Lake.optimize (compact: the stream tables' closed days, the run
+    records) read the partition through delta-rs' dataset, which does not verify them: a streamed trades file with
+    a flipped byte decoded into other prices, and optimize wrote them into a new file with valid checksums and
+    removed the bad one, so silver built trade bars from wrong prices with nothing flagged. Now it refuses, naming
+    the file, and commits nothing."""
+    import numpy as np
+
+    from etl.integrity import CorruptFileError
+    from etl.lake import DataFile
+
+    store, rel, part = get_store(), "bronze/trades", "product_id=BTC-USD/date=2026-03-01"
+    lake = Lake.of(store)
+    schema = pa.schema([("price", pa.float64()), ("size", pa.float64())])
+    for batch in ("a", "b"):
+        rows = pa.table({"price": np.random.default_rng(ord(batch)).normal(100, 1, 1000),
+                         "size": np.ones(1000)}, schema=schema)
+        path = store.write_parquet(f"{rel}/{part}/{batch}.parquet", rows)
+        lake.commit_files(rel, [DataFile(f"{part}/{batch}.parquet", store.fs.get_file_info(path).size,
+                                         {"product_id": "BTC-USD", "date": "2026-03-01"}, 1000)],
+                          pa.schema([*schema, ("product_id", pa.string()), ("date", pa.string())]),
+                          ["product_id", "date"])
+    flip_silently(data / rel / part / "b.parquet", "price")
+    version = lake.version(rel)
+    with pytest.raises(CorruptFileError, match=f"{rel}/{part}/b.parquet is corrupt"):
+        lake.optimize(rel)
+    assert lake.version(rel) == version and sorted(p.rsplit("/", 1)[-1] for p in lake.files(rel)) == [
+        "a.parquet", "b.parquet"]
+    assert len(list((data / rel / part).glob("*.parquet"))) == 2        # no compacted file left behind
+
+
+def flip_silently(path, column: str) -> None:
+    """Flip a byte of `column`'s pages that the decompressor does not notice: the file still decodes, into other
+    values; only the pages' CRC32 tells."""
+    import pyarrow.parquet as pq
+
+    raw = path.read_bytes()
+    meta = pq.ParquetFile(path).metadata
+    clean = pq.ParquetFile(path).read()
+    chunk = meta.row_group(0).column(meta.schema.names.index(column))
+    for offset in range(chunk.data_page_offset + chunk.total_compressed_size // 2, len(raw)):
+        flipped = bytearray(raw)
+        flipped[offset] ^= 0x5A
+        try:
+            if not pq.ParquetFile(pa.BufferReader(bytes(flipped))).read().equals(clean):
+                path.write_bytes(bytes(flipped))
+                return
+        except (pa.ArrowException, OSError):
+            continue
+    raise AssertionError(f"no silent flip in {path}")
+
+
+def test_a_run_record_whose_pages_are_corrupt_is_refused_naming_the_file_not_read_as_other_values(data):
+    """Every read verifies the pages' CRC32 (docs/commit_protocol.md, Integrity). Lake.read (the run records every
+    reader folds: which files and versions are in force, what a run read) went through delta-rs' dataset without
+    that check: a flipped byte in `outputs/_runs` decoded into another record, e.g. another committed_at, read as
+    if committed. Now the read fails naming the file."""
+    from urllib.parse import unquote
+
+    from etl.integrity import CorruptFileError
+
+    store = get_store()
+    publish_day(store, DAY, [100.0], [1.0])
+    publish_day(store, DAY, [110.0], [1.0])
+    Lake.of(store).optimize(commits.RUNS)                     # compact: the day's records in one file
+    (path,) = [data / unquote(p) for p in Lake.of(store).files(commits.RUNS)]
+    flip_silently(path, "committed_at")
+    with pytest.raises(CorruptFileError, match=r"outputs/_runs/name=.*\.parquet is corrupt"):
+        commits.read_manifest(store, commits.risk_manifest(DAY))
+
+
+def test_a_fresh_run_record_whose_pages_are_corrupt_is_refused_naming_the_file(data):
+    """The run record is the commit point every reader folds. It was the one lake file not written by the Store
+    (delta-rs' writer, no page checksums), so a flipped byte in a fresh record decoded into another committed_at
+    (another run in force) with nothing to tell. It is now written with page checksums, like every other file."""
+    from urllib.parse import unquote
+
+    from etl.integrity import CorruptFileError
+
+    store = get_store()
+    publish_day(store, DAY, [100.0], [1.0])
+    (path,) = [data / unquote(p) for p in Lake.of(store).files(commits.RUNS)]
+    flip_silently(path, "committed_at")
+    with pytest.raises(CorruptFileError, match=r"outputs/_runs/name=.*\.parquet is corrupt"):
+        commits.read_manifest(store, commits.risk_manifest(DAY))
