@@ -304,15 +304,18 @@ def firm_risk(reader: GoldReader, as_of: date) -> dict:
 
 def firm_limits(reader: GoldReader, risk: dict) -> list[dict] | None:
     """Each firm-level limit of gold.dim_firm_limit against the day's firm figure it names: limit_id, metric,
-    value, limit_value, utilisation (None when the figure is missing); None while the table is not built."""
+    value, limit_value, utilisation (None when the figure is missing), uncomputable (the figure is missing); None
+    while the table is not built."""
     if "dim_firm_limit" not in tables(reader):
         return None
     rows = reader.query("select limit_id, metric, limit_value, currency from gold.dim_firm_limit order by limit_id")
     out = []
     for r in rows.to_dict("records"):
         value = risk.get(r["metric"])
+        # no figure (NULL: it rests on too many carried closes) is an uncomputable limit, as a book's var limit
         out.append(jsonable({**r, "value": value,
-                             "utilisation": value / r["limit_value"] if value is not None else None}))
+                             "utilisation": value / r["limit_value"] if value is not None else None,
+                             "uncomputable": value is None}))
     return out
 
 

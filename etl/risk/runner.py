@@ -26,6 +26,7 @@ from etl.portfolios import book_products
 from etl.reference import DELISTED_ON
 from etl.reference_set import Reference
 from etl.risk import attribution, liquidity
+from etl.risk.firm import FIRM_ID
 from etl.risk.engine import (
     RiskParams,
     bar_days,
@@ -91,7 +92,8 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None,
     inputs = load_inputs(as_of, settings, reference)
     tables = compute_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions, inputs.params,
                             inputs.bars_5m, inputs.has_bar)
-    return commit_tables(inputs, finish_portfolio_tables(inputs, inputs.portfolios, tables, settings), settings, t0)
+    tables = finish_book_tables(inputs, finish_portfolio_tables(inputs, inputs.portfolios, tables, settings), settings)
+    return commit_tables(inputs, tables, settings, t0)
 
 
 @dataclass
@@ -235,6 +237,30 @@ def _carried_closes(inputs: RiskInputs, portfolios: pd.DataFrame, tables: dict[s
                     "(RISK_MAX_CARRIED_DAYS)", ", ".join(map(str, risk.loc[over, "portfolio_id"])),
                     settings.max_carried_days, n_ret)
         tables["limit_breaches"] = limit_breaches(risk, portfolios)
+
+
+def finish_book_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings: Settings) -> dict[str, pd.DataFrame]:
+    """The firm's tables once every portfolio's are in (one process, or the shards joined): the carried-close rule
+    of `_carried_closes` for the firm, one USD book holding every position (its base currency converts nothing):
+    `firm_risk.carried_days`, and past RISK_MAX_CARRIED_DAYS NULL VaR/ES, standalone sum and diversification
+    benefit, and no firm-scope contributions."""
+    firm = tables.get("firm_risk")
+    if firm is None or firm.empty:
+        return tables
+    n_ret = int(firm["lookback_days"].iat[0])
+    carried = ~inputs.has_bar if inputs.has_bar is not None else pd.DataFrame(False, index=inputs.closes.index,
+                                                                             columns=inputs.closes.columns)
+    held = tables["positions_valued"].assign(portfolio_id=FIRM_ID, base_currency="USD")
+    _, per_firm = carried_days(held, carried, n_ret)
+    firm["carried_days"] = int(per_firm.get(FIRM_ID, 0))
+    if firm["carried_days"].iat[0] > settings.max_carried_days:
+        figures = [c for c in firm.columns if c.startswith(("var_", "es_", "sum_standalone_", "diversification_"))]
+        firm[figures] = np.nan
+        contrib = tables["risk_contributions"]
+        tables["risk_contributions"] = contrib[contrib["scope"] != "firm"]
+        log.warning("firm VaR/ES NULL: %s days of the %s-day VaR window rest on a carried-forward close "
+                    "(RISK_MAX_CARRIED_DAYS %s)", firm["carried_days"].iat[0], n_ret, settings.max_carried_days)
+    return tables
 
 
 def commit_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings: Settings,

@@ -37,7 +37,14 @@ from etl.lake import Lake, note_read, pinned, recorded_reads, records_reads
 from etl.portfolios import book_products
 from etl.reference_set import Reference
 from etl.risk.engine import append_tables, book_tables, portfolio_tables
-from etl.risk.runner import RiskSummary, commit_tables, finish_portfolio_tables, load_inputs, run_params
+from etl.risk.runner import (
+    RiskSummary,
+    commit_tables,
+    finish_book_tables,
+    finish_portfolio_tables,
+    load_inputs,
+    run_params,
+)
 from etl.settings import Settings
 from etl.storage import Store, get_store
 from etl.warehouse.schema import to_arrow
@@ -190,7 +197,8 @@ def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings,
         append_tables(tables, part)
     append_tables(tables, book_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions,
                                       inputs.params, inputs.bars_5m, inputs.has_bar))
-    summary = commit_tables(inputs, tables, settings, t0, meta={"run_key": run_key})
+    summary = commit_tables(inputs, finish_book_tables(inputs, tables, settings), settings, t0,
+                            meta={"run_key": run_key})
     _clear(store, run_key)
     return summary
 

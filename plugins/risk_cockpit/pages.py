@@ -236,6 +236,12 @@ def _cell(raw, text: str) -> str:
 def firm_risk_html(fr: dict) -> str:
     if not fr.get("available"):
         return f'<p class="note" id="firm-var-note">{e(fr["note"])}</p>'
+    carried = ""
+    if fr.get("carried_days"):               # firm_risk.carried_days: its VaR rests on (or, NULL, refused for) them
+        carried = (f'<div class="status stale" id="firm-var-carried">STALE: {fr["carried_days"]} of the {fr.get("lookback_days")} '
+                   'days of the VaR window rest on a carried-forward close'
+                   + (': firm VaR/ES uncomputable (more than RISK_MAX_CARRIED_DAYS)</div>'
+                      if fr.get("var_99_hist") is None else '</div>'))
     k = [kpi(m.label, _FORMATS.of(m.unit)(fr.get(m.name)), f'firm-{m.name.removesuffix("_hist").replace("_", "-")}',
              fr.get(m.name)) for m in shown.firm_kpis()]
     k += [kpi(f'VaR 99% vs {fr.get("prev_as_of_date") or "previous day"}', money(fr.get("var_99_hist_change"),
@@ -246,7 +252,7 @@ def firm_risk_html(fr: dict) -> str:
     if _ok(fr.get("diversification_benefit")):
         k.append(kpi("Diversification benefit", money(fr["diversification_benefit"]), "diversification",
                      fr["diversification_benefit"]))
-    return (f'<div class="kpis" id="firm-risk">{"".join(k)}</div>'
+    return (f'{carried}<div class="kpis" id="firm-risk">{"".join(k)}</div>'
             f'<h3 id="firm-var-by-method">Firm VaR and ES by method (USD)</h3>{methods_table(fr, "firm", "firm-methods")}')
 
 
@@ -259,6 +265,10 @@ def firm_limits_html(fr: dict) -> str:
     k = []
     for lim in limits:
         u = lim["utilisation"]
+        if lim.get("uncomputable"):          # no figure to check: a breach of its own kind, never a blank card
+            k.append(kpi(f'Firm limit {lim["metric"]} (no figure, limit {money(lim["limit_value"])})',
+                         "uncomputable", f'firm-limit-{lim["limit_id"]}', None, "neg"))
+            continue
         k.append(kpi(f'Firm limit {lim["metric"]} ({money(lim["value"])} of {money(lim["limit_value"])})',
                      pct(u), f'firm-limit-{lim["limit_id"]}', u, "neg" if _ok(u) and u > 1 else ""))
     return f'<div class="kpis" id="firm-limits">{"".join(k)}</div>' if k else \

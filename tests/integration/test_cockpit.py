@@ -151,7 +151,8 @@ def test_firm_limit_utilisation_and_day_over_day_changes(gold, reader):
         f = cockpit.firm(reader)
         fr = f["firm_risk"]
         assert fr["limits"] == [{"limit_id": "firm_var_99", "metric": "var_99_hist", "limit_value": 1500.0,
-                                 "currency": "USD", "value": 1650.0, "utilisation": pytest.approx(1.1)}]
+                                 "currency": "USD", "value": 1650.0, "utilisation": pytest.approx(1.1),
+                                 "uncomputable": False}]
         assert (fr["prev_as_of_date"], fr["var_99_hist_change"]) == ("2026-01-28", pytest.approx(150.0))
         (pnl, prev), = _sql(gold[0], """select sum(daily_pnl) filter (where as_of_date = %s),
                                                sum(daily_pnl) filter (where as_of_date = %s)
@@ -162,6 +163,32 @@ def test_firm_limit_utilisation_and_day_over_day_changes(gold, reader):
         html = pages.firm(f)
         assert html.index('id="kpi-firm-limit-firm_var_99"') < html.index('id="breaches"')  # the first screen
         assert 'data-value="1.1' in html and 'id="kpi-firm-var-99-change"' in html
+    finally:
+        _sql(gold[0], "drop table gold.fact_firm_risk, gold.dim_firm_limit")
+
+
+def test_a_firm_var_null_for_carried_closes_is_an_uncomputable_firm_limit_not_a_blank(gold, reader):
+    """The firm's VaR is NULL when too many days of its window rest on carried closes (firm_risk.carried_days):
+    the firm limit on it is `uncomputable` (red, like a book's var limit then), and the page says why, never
+    an empty card that reads as within the limit."""
+    from plugins.risk_cockpit import pages
+
+    _sql(gold[0], """create table gold.fact_firm_risk as select %s::date as as_of_date, null::float8 as var_95_hist,
+                            null::float8 as var_99_hist, null::float8 as es_95_hist, null::float8 as es_99_hist,
+                            null::float8 as sum_standalone_var_99_hist, null::float8 as diversification_benefit,
+                            12::bigint as carried_days, 30::bigint as lookback_days;
+                     create table gold.dim_firm_limit as select 'firm_var_99'::text as limit_id,
+                            'var_99_hist'::text as metric, 1500.0::float8 as limit_value, 'USD'::text as currency;
+                     grant select on gold.fact_firm_risk, gold.dim_firm_limit to reporting""", (AS_OF,))
+    try:
+        f = cockpit.firm(reader)
+        assert f["firm_risk"]["limits"] == [{"limit_id": "firm_var_99", "metric": "var_99_hist", "limit_value": 1500.0,
+                                             "currency": "USD", "value": None, "utilisation": None,
+                                             "uncomputable": True}]
+        html = pages.firm(f)
+        card = html[html.index('id="kpi-firm-limit-firm_var_99"') - 200:html.index('id="kpi-firm-limit-firm_var_99"') + 300]
+        assert "uncomputable" in card and "neg" in card
+        assert "12 of the 30 days of the VaR window rest on a carried-forward close" in html
     finally:
         _sql(gold[0], "drop table gold.fact_firm_risk, gold.dim_firm_limit")
 

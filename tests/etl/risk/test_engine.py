@@ -1213,6 +1213,33 @@ def test_a_holding_halted_inside_the_var_window_is_counted_and_past_the_threshol
     assert (var_breach.loc[["U1", "B1"], "breach_kind"] == "uncomputable").all()
 
 
+def test_the_firm_holding_a_halted_product_past_the_threshold_has_no_var_either(risk_env, monkeypatch):
+    """The firm is one USD book holding every position: ETH-USD halted 10 days inside the VaR window puts 10
+    zero returns under the firm's figures too. `firm_risk.carried_days` counts them (as `risk_metrics` does for a
+    book); past RISK_MAX_CARRIED_DAYS the firm's VaR/ES, the standalone sum and the diversification benefit are
+    NULL and it has no firm-scope contributions (a confident firm VaR on a price that did not move, beside books
+    whose VaR is refused, was one figure with two conventions)."""
+    halt = pd.Timestamp(AS_OF) - pd.Timedelta(days=20)
+    _drop_days(risk_env["data"], "ETH-USD", halt, halt + pd.Timedelta(days=9))
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "10")                    # at the threshold: counted, still computed
+    run_risk(as_of=AS_OF, settings=get_settings())
+    firm = _read(risk_env["data"], "firm_risk").iloc[0]
+    assert firm["carried_days"] == 10 and firm["var_99_hist"] > 0 and firm["diversification_benefit"] == \
+        pytest.approx(firm["sum_standalone_var_99_hist"] - firm["var_99_hist"])
+    contrib = _read(risk_env["data"], "risk_contributions")
+    assert (contrib["scope"] == "firm").any()
+
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "9")
+    run_risk(as_of=AS_OF, settings=get_settings())
+    firm = _read(risk_env["data"], "firm_risk").iloc[0]
+    figures = [c for c in firm.index if c.startswith(("var_", "es_", "sum_standalone_", "diversification_benefit"))]
+    assert firm["carried_days"] == 10 and firm[figures].isna().all(), firm[figures].dropna()
+    assert firm["market_value"] > 0                                      # what it holds is still known
+    contrib = _read(risk_env["data"], "risk_contributions")
+    assert not (contrib["scope"] == "firm").any()
+    assert (contrib["scope"] == "portfolio").any()                       # U2 holds no ETH-USD: its rows stay
+
+
 def test_a_newly_listed_product_that_shortens_the_history_is_named_with_the_lookback_it_leaves(risk_env):
     """ETH-BTC (held by U2 only) lists 40 days before the as-of day: the history of every book starts at its first
     close, so the 60-day VaR rests on 40 returns; risk_metrics names the product that cut the lookback. Listed 10
