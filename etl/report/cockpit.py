@@ -90,7 +90,10 @@ RISK_COLUMNS = ", ".join(f"r.{c}" for c in measures.columns("portfolio"))   # ev
 
 # ---- the figures every page shares --------------------------------------------------------------------------------
 PORTFOLIO_DAY_SQL = f"""
-    select p.portfolio_id, p.name, p.base_currency, p.var_limit, p.concentration_limit, p.drawdown_limit,
+    select p.portfolio_id, p.name, p.base_currency, p.concentration_limit,
+           -- the limits the day's risk run checked (its breaches' limit_value), not dim_portfolio's: today's
+           r.checked_var_limit as var_limit, r.checked_var_limit_metric as var_limit_metric,
+           r.checked_drawdown_limit as drawdown_limit,
            v.market_value, v.gross_exposure, v.net_exposure, v.concentration_pct,
            d.daily_pnl, d.mtd_pnl,
            {RISK_COLUMNS}, r.lookback_days, r.var_99_hist_usd
@@ -107,7 +110,9 @@ PORTFOLIO_DAY_SQL = f"""
 def portfolio_day(reader: GoldReader, as_of: date, portfolio_id: str | None = None) -> pd.DataFrame:
     """One row per current portfolio of dim_portfolio (plus a retired one with figures on the day; or just
     `portfolio_id`) with its valuation, PnL and risk of the day (NULL when missing), and the engine's
-    `var_99_hist_usd` to rank books of different currencies."""
+    `var_99_hist_usd` to rank books of different currencies. `var_limit`, `var_limit_metric` and `drawdown_limit`
+    are those the day's risk run checked (risk_metrics.checked_*; NULL without a risk row), so a past day's breach
+    is shown against the limit that fired it, not against portfolios.csv as it is now."""
     return reader.query(PORTFOLIO_DAY_SQL, {"as_of": as_of, "portfolio_id": portfolio_id})
 
 

@@ -364,7 +364,7 @@ def portfolio(d: dict, ids: list[str]) -> str:
                                "y1": {"position": "right", "grid": {"drawOnChartArea": False},
                                       "title": {"display": True, "text": "market value"}}}}}, charts))
     body.append(chart("chart-drawdown", f"Drawdown from running peak (underwater); limit "
-                                        f"{pct(p.get('drawdown_limit'))} on the drawdown from peak over "
+                                        f"{pct(day.get('drawdown_limit'))} on the drawdown from peak over "
                                         f"{day.get('lookback_days') or '–'} days", {
         "type": "line", "data": {"labels": dates, "datasets": [
             {"label": "drawdown", "data": [r["drawdown"] for r in h], "borderColor": LOSS, "fill": "origin",
