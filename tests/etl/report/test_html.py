@@ -188,6 +188,21 @@ def test_report_on_a_day_without_risk_rows_is_incomplete_exit_3_with_a_red_banne
            "P-ALT, P-CORE" in page  # the status line says what the banner and exit code 3 say
 
 
+def test_the_sql_reports_markdown_of_an_incomplete_day_says_incomplete_naming_what_is_missing(env, sql_dir):
+    """On 2026-01-30 no portfolio has a risk row: the HTML opens INCOMPLETE and the run exits 3, but
+    sql_reports.md, linked from the report and read on its own, showed that day's PnL tables with nothing saying
+    the day lacks its VaR: a clean-looking report over missing data. It now opens with the same INCOMPLETE line."""
+    with pytest.raises(IncompleteInputError):
+        run_report(date(2026, 1, 30), sql_dir=sql_dir)
+    md = (reports_dir(get_settings()) / "2026-01-30" / "sql_reports.md").read_text()
+    head = md.split("\n## ", 1)[0]
+    assert "**INCOMPLETE**" in head
+    assert "gold.fact_risk_metrics has no row for 2026-01-30 for portfolio(s) P-ALT, P-CORE" in head
+    assert "## daily_pnl" in md and "| P-ALT |" in md   # the rows gold has are still shown, under that line
+    run_report(AS_OF, sql_dir=sql_dir)                    # a complete day: no such line
+    assert "INCOMPLETE" not in (reports_dir(get_settings()) / AS_OF.isoformat() / "sql_reports.md").read_text()
+
+
 def test_missing_breach_table_is_a_note_and_the_day_incomplete(pg_url, data_dir, monkeypatch, sql_dir):
     with scratch_database(pg_url, "report_nobreach") as url:
         create_gold(url, sample_frames(AS_OF), skip=("fact_limit_breaches", "fact_anomalies"))
