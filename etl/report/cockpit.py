@@ -90,10 +90,10 @@ RISK_COLUMNS = ", ".join(f"r.{c}" for c in measures.columns("portfolio"))   # ev
 
 # ---- the figures every page shares --------------------------------------------------------------------------------
 PORTFOLIO_DAY_SQL = f"""
-    select p.portfolio_id, p.name, p.base_currency, p.concentration_limit,
+    select p.portfolio_id, p.name, p.base_currency,
            -- the limits the day's risk run checked (its breaches' limit_value), not dim_portfolio's: today's
            r.checked_var_limit as var_limit, r.checked_var_limit_metric as var_limit_metric,
-           r.checked_drawdown_limit as drawdown_limit,
+           r.checked_concentration_limit as concentration_limit, r.checked_drawdown_limit as drawdown_limit,
            v.market_value, v.gross_exposure, v.net_exposure, v.concentration_pct,
            d.daily_pnl, d.mtd_pnl,
            {RISK_COLUMNS}, r.lookback_days, r.var_99_hist_usd
@@ -110,8 +110,8 @@ PORTFOLIO_DAY_SQL = f"""
 def portfolio_day(reader: GoldReader, as_of: date, portfolio_id: str | None = None) -> pd.DataFrame:
     """One row per current portfolio of dim_portfolio (plus a retired one with figures on the day; or just
     `portfolio_id`) with its valuation, PnL and risk of the day (NULL when missing), and the engine's
-    `var_99_hist_usd` to rank books of different currencies. `var_limit`, `var_limit_metric` and `drawdown_limit`
-    are those the day's risk run checked (risk_metrics.checked_*; NULL without a risk row), so a past day's breach
+    `var_99_hist_usd` to rank books of different currencies. `var_limit`, `var_limit_metric`, `concentration_limit`
+    and `drawdown_limit` are those the day's risk run checked (risk_metrics.checked_*; NULL without a risk row), so a past day's breach
     is shown against the limit that fired it, not against portfolios.csv as it is now."""
     return reader.query(PORTFOLIO_DAY_SQL, {"as_of": as_of, "portfolio_id": portfolio_id})
 
@@ -358,7 +358,7 @@ def firm(reader: GoldReader, as_of: date | None = None) -> dict:
             "worst_drawdowns": records(worst[["portfolio_id", "name", "drawdown_from_peak", "drawdown_limit",
                                               "lookback_days", "max_drawdown"]]),
             "contributions": firm_contributions(reader, as_of), "intraday": intraday(reader, as_of),
-            "portfolios": records(day.drop(columns=["concentration_limit"]))}
+            "portfolios": records(day)}
 
 
 def firm_contributions(reader: GoldReader, as_of: date) -> list[dict] | None:

@@ -168,7 +168,7 @@ def _portfolio_list(data: ReportData) -> pd.DataFrame:
     return _checked_limits(dims, data.get("risk")).sort_values("portfolio_id").reset_index(drop=True)
 
 
-CHECKED_LIMITS = ("var_limit", "var_limit_metric", "drawdown_limit")   # risk_metrics.checked_<name> (the engine's)
+CHECKED_LIMITS = ("var_limit", "var_limit_metric", "concentration_limit", "drawdown_limit")   # risk_metrics.checked_<name> (the engine's)
 
 
 def _checked_limits(dims: pd.DataFrame, risk: pd.DataFrame | None) -> pd.DataFrame:

@@ -403,7 +403,7 @@ def portfolio(d: dict, ids: list[str]) -> str:
     pos = d["positions"]
     if pos:
         body.append(chart("chart-exposure", f"Exposure by asset ({ccy}); concentration limit "
-                                            f"{pct(p.get('concentration_limit'))} of gross", {
+                                            f"{pct(day.get('concentration_limit'))} of gross", {
             "type": "bar", "data": {"labels": [r["product_id"] for r in pos], "datasets": [
                 {"label": "market value", "data": [r["market_value"] for r in pos],
                  "backgroundColor": [SERIES[0] if r["market_value"] >= 0 else LOSS for r in pos]}]},

@@ -455,3 +455,38 @@ def test_report_and_cockpit_show_the_limits_the_run_checked_not_todays(pg_url, d
     detail = (path.parent / "portfolio-p-core.html").read_text()
     assert "Limits: var 3,500.00 USD; concentration 60.0%; drawdown 25.0%" in detail
     assert " 5,000.00 USD" not in detail and "90.0%" not in detail
+
+
+def test_report_and_cockpit_show_the_concentration_limit_the_run_checked_not_todays(pg_url, data_dir, monkeypatch,
+                                                                                   sql_dir):
+    """P-ALT breached its 50% concentration limit (63.9%, fact_limit_breaches); portfolios.csv has raised it to 99%
+    since. The day's detail page said "Limits: ... concentration 99.0%" above the breach "63.9% / 50.0%", and the
+    cockpit's exposure chart drew the 99% line, while its VaR and drawdown limits are the run's: the run now records
+    the concentration limit it checked too (risk_metrics.checked_concentration_limit), and the pages show it."""
+    import sys
+
+    from etl.report import cockpit
+    from etl.report.gold import GoldReader
+    from etl.settings import PROJECT_ROOT
+    from etl.warehouse import reporting_url
+
+    sys.path.insert(0, str(PROJECT_ROOT / "plugins"))
+    from risk_cockpit import pages  # noqa: PLC0415
+
+    frames = sample_frames(AS_OF)
+    dim = frames["dim_portfolio"]
+    dim.loc[dim["portfolio_id"] == "P-ALT", "concentration_limit"] = 0.99
+    with scratch_database(pg_url, "report_checked_concentration") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        path = run_report(AS_OF, sql_dir=sql_dir)
+        with GoldReader(reporting_url(get_settings())) as reader:
+            firm = cockpit.firm(reader, AS_OF)
+            mine = cockpit.portfolio(reader, "P-ALT", AS_OF)
+    assert next(p for p in firm["portfolios"] if p["portfolio_id"] == "P-ALT")["concentration_limit"] == 0.5
+    assert mine["day"]["concentration_limit"] == 0.5
+    page = pages.portfolio(mine, ["P-ALT", "P-CORE"])
+    assert "concentration limit 50.0% of gross" in page and "99.0% of gross" not in page
+    detail = (path.parent / "portfolio-p-alt.html").read_text()
+    assert "Limits: var 2,500.00 USD; concentration 50.0%; drawdown 20.0%" in detail
+    assert "concentration 99.0%" not in detail
