@@ -118,7 +118,7 @@ def run_report(as_of: date | None = None, settings: Settings | None = None, sql_
         out_dir = reports_dir(settings) / as_of.isoformat()
         with private_files(reports_dir(settings), out_dir, out_dir / "sql"):
             (out_dir / STATUS_FILE).unlink(missing_ok=True)  # until the new status is written: not complete
-            sql_results = run_sql_reports(reader, as_of, out_dir, sql_dir, status.problems)
+            sql_results = run_sql_reports(reader, as_of, out_dir, sql_dir, status.problems, status.notices)
         data = load_report_data(reader, as_of, status)
     data.failures += [f"SQL report {r.name} failed: {r.error}" for r in sql_results if r.error]
 

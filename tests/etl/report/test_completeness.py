@@ -132,6 +132,20 @@ def test_a_delisted_holding_is_valued_at_its_last_price_and_flagged_stale_on_eve
     assert (sol["price_date"], sol["is_stale"]) == (LAST_BAR.isoformat(), True)
 
 
+def test_the_sql_reports_markdown_of_a_day_with_a_stale_holding_says_stale_naming_it(pg_url, data_dir, monkeypatch,
+                                                                                     sql_dir):
+    """SOL-USD is delisted and valued at its last close: every HTML page carries the STALE notice, but
+    sql_reports.md (linked from the report, read on its own) showed the day's figures with no word of it. It now
+    opens with the same STALE line (and no INCOMPLETE one: the day is complete)."""
+    notice = f"SOL-USD is delisted: valued at its last close, of {LAST_BAR} (stale), in portfolio(s) P-ALT, P-CORE"
+    with scratch_database(pg_url, "completeness_delisted_md") as url:
+        create_gold(url, _stale_sol(delisted=True))
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        path = run_report(AS_OF, sql_dir=sql_dir)                             # complete: no exception, exit 0
+    head = (path.parent / "sql_reports.md").read_text().split("\n## ", 1)[0]
+    assert "**STALE**" in head and notice in head and "INCOMPLETE" not in head
+
+
 def _flag(product: str, granularity: int, at: datetime, rule: str) -> dict:
     return {"product_id": product, "granularity": granularity, "bucket_start": at, "rule": rule,
             "evidence": f"{rule} evidence", "decision": "excluded", "flag_date": at.date(), "accepted_by": None,
