@@ -439,13 +439,17 @@ def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) 
     if dim.empty:
         return None
     me = portfolio_day(reader, as_of, portfolio_id)
-    hist = reader.query(f"""
-        select v.as_of_date, v.market_value, d.daily_pnl, v.drawdown, d.daily_return
-        from gold.fact_portfolio_valuation as v
-        left join gold.fact_pnl_daily as d using (portfolio_id, as_of_date)
-        where v.portfolio_id = %(portfolio_id)s and v.as_of_date <= %(as_of)s
-          and v.as_of_date > %(as_of)s::date - {HISTORY_DAYS}
-        order by v.as_of_date""", p)
+    hist = reader.query(f"""  -- every day of either table: the day a book is closed out has PnL, no valuation
+        with v as (
+            select * from gold.fact_portfolio_valuation where portfolio_id = %(portfolio_id)s
+        ),
+        d as (
+            select * from gold.fact_pnl_daily where portfolio_id = %(portfolio_id)s
+        )
+        select as_of_date, v.market_value, d.daily_pnl, v.drawdown, d.daily_return
+        from v full join d using (portfolio_id, as_of_date)
+        where as_of_date <= %(as_of)s and as_of_date > %(as_of)s::date - {HISTORY_DAYS}
+        order by as_of_date""", p)
     bt = reader.query(f"""
         select as_of_date, method, confidence, var_forecast, realized_pnl, is_exception
         from gold.fact_var_backtest
