@@ -429,7 +429,7 @@ def _scenario_note(reader: GoldReader, bucket_start) -> str | None:
 
 
 def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) -> dict | None:
-    """One portfolio: value and PnL, VaR trend with realised PnL and exceptions, backtest table, exposures and
+    """One portfolio: the day's status (status, missing, stale: the Firm page's), value and PnL, VaR trend with realised PnL and exceptions, backtest table, exposures and
     concentration, contributions and liquidity-adjusted VaR (when built), drawdown curve, return distribution with
     the anomaly threshold.
     None when the portfolio is not in gold.dim_portfolio."""
@@ -439,6 +439,9 @@ def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) 
     if dim.empty:
         return None
     me = portfolio_day(reader, as_of, portfolio_id)
+    # the day's status, as the Firm page and every page of the HTML report say it: a book's figures of an incomplete
+    # day are never shown as if complete
+    status, missing, stale = day_status(reader, as_of, portfolio_day(reader, as_of))
     hist = reader.query(f"""  -- every day of either table: the day a book is closed out has PnL, no valuation
         with v as (
             select * from gold.fact_portfolio_valuation where portfolio_id = %(portfolio_id)s
@@ -478,7 +481,8 @@ def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) 
         liquidity = records(reader.query("""
             select * from gold.fact_liquidity_risk where portfolio_id = %(portfolio_id)s and as_of_date = %(as_of)s""",
             p))
-    return {"page": "portfolio", "as_of": as_of.isoformat(), "portfolio": records(dim)[0], "liquidity": liquidity,
+    return {"page": "portfolio", "as_of": as_of.isoformat(), "status": status, "missing": missing, "stale": stale,
+            "portfolio": records(dim)[0], "liquidity": liquidity,
             "day": records(me)[0] if not me.empty else None, "history": records(hist),
             "backtest": records(bt), "backtest_summary": records(summary_bt), "positions": records(positions),
             "contributions": contrib, "attribution": pnl_attribution(reader, p),

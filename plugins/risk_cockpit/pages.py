@@ -346,7 +346,7 @@ def portfolio(d: dict, ids: list[str]) -> str:
     options = "".join(f'<option value="{e(i)}"{" selected" if i == pid else ""}>{e(i)}</option>' for i in ids)
     body = [f'<h1>Portfolio {e(pid)} <small>{e(p.get("name"))}, {e(ccy)}, as of {e(as_of)}</small></h1>',
             f'<label>portfolio <select id="portfolio-select" data-nav="{BASE}/portfolio/" '
-            f'data-as-of="{e(as_of)}">{options}</select></label>', '<div class="kpis">']
+            f'data-as-of="{e(as_of)}">{options}</select></label>', status_banner(d), '<div class="kpis">']
     for m in shown.portfolio_kpis():
         body.append(kpi(m.label, _FORMATS.of(m.unit)(day.get(m.name)), m.name.replace("_", "-"), day.get(m.name)))
     body.append(f'</div><h2 id="var-by-method">VaR and ES by method ({e(ccy)})</h2>')
