@@ -8,7 +8,7 @@ is local, `{PIPELINE_STATE_DIR}/reports/` when it is an object store URI):
   data/<name>.csv    the gold rows behind the HTML report's charts and tables
   sql/<name>.csv     one CSV per `sql/**/*.sql` report (none for a gold table or SQL report that fails: a rerun
                      leaves no CSV of an earlier run)
-  sql_reports.md     the SQL reports as Markdown tables
+  sql_reports.md     the SQL reports as Markdown tables (opening INCOMPLETE, naming what, on an incomplete day)
   status.json        written last: {"as_of", "complete", "problems", "run_id"}; `latest_report` (the cockpit's
                      default report) is the newest day whose status says complete, so an incomplete report (a
                      mistaken future --as-of, a half-loaded day) never replaces a complete one
@@ -118,7 +118,7 @@ def run_report(as_of: date | None = None, settings: Settings | None = None, sql_
         out_dir = reports_dir(settings) / as_of.isoformat()
         with private_files(reports_dir(settings), out_dir, out_dir / "sql"):
             (out_dir / STATUS_FILE).unlink(missing_ok=True)  # until the new status is written: not complete
-            sql_results = run_sql_reports(reader, as_of, out_dir, sql_dir)
+            sql_results = run_sql_reports(reader, as_of, out_dir, sql_dir, status.problems, status.notices)
         data = load_report_data(reader, as_of, status)
     data.failures += [f"SQL report {r.name} failed: {r.error}" for r in sql_results if r.error]
 

@@ -90,7 +90,10 @@ RISK_COLUMNS = ", ".join(f"r.{c}" for c in measures.columns("portfolio"))   # ev
 
 # ---- the figures every page shares --------------------------------------------------------------------------------
 PORTFOLIO_DAY_SQL = f"""
-    select p.portfolio_id, p.name, p.base_currency, p.var_limit, p.concentration_limit, p.drawdown_limit,
+    select p.portfolio_id, p.name, p.base_currency,
+           -- the limits the day's risk run checked (its breaches' limit_value), not dim_portfolio's: today's
+           r.checked_var_limit as var_limit, r.checked_var_limit_metric as var_limit_metric,
+           r.checked_concentration_limit as concentration_limit, r.checked_drawdown_limit as drawdown_limit,
            v.market_value, v.gross_exposure, v.net_exposure, v.concentration_pct,
            d.daily_pnl, d.mtd_pnl,
            {RISK_COLUMNS}, r.lookback_days, r.var_99_hist_usd
@@ -107,7 +110,9 @@ PORTFOLIO_DAY_SQL = f"""
 def portfolio_day(reader: GoldReader, as_of: date, portfolio_id: str | None = None) -> pd.DataFrame:
     """One row per current portfolio of dim_portfolio (plus a retired one with figures on the day; or just
     `portfolio_id`) with its valuation, PnL and risk of the day (NULL when missing), and the engine's
-    `var_99_hist_usd` to rank books of different currencies."""
+    `var_99_hist_usd` to rank books of different currencies. `var_limit`, `var_limit_metric`, `concentration_limit`
+    and `drawdown_limit` are those the day's risk run checked (risk_metrics.checked_*; NULL without a risk row), so a past day's breach
+    is shown against the limit that fired it, not against portfolios.csv as it is now."""
     return reader.query(PORTFOLIO_DAY_SQL, {"as_of": as_of, "portfolio_id": portfolio_id})
 
 
@@ -356,7 +361,7 @@ def firm(reader: GoldReader, as_of: date | None = None) -> dict:
             "worst_drawdowns": records(worst[["portfolio_id", "name", "drawdown_from_peak", "drawdown_limit",
                                               "lookback_days", "max_drawdown"]]),
             "contributions": firm_contributions(reader, as_of), "intraday": intraday(reader, as_of),
-            "portfolios": records(day.drop(columns=["concentration_limit"]))}
+            "portfolios": records(day)}
 
 
 def firm_contributions(reader: GoldReader, as_of: date) -> list[dict] | None:
@@ -427,7 +432,7 @@ def _scenario_note(reader: GoldReader, bucket_start) -> str | None:
 
 
 def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) -> dict | None:
-    """One portfolio: value and PnL, VaR trend with realised PnL and exceptions, backtest table, exposures and
+    """One portfolio: the day's status (status, missing, stale: the Firm page's), value and PnL, VaR trend with realised PnL and exceptions, backtest table, exposures and
     concentration, contributions and liquidity-adjusted VaR (when built), drawdown curve, return distribution with
     the anomaly threshold.
     None when the portfolio is not in gold.dim_portfolio."""
@@ -437,13 +442,20 @@ def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) 
     if dim.empty:
         return None
     me = portfolio_day(reader, as_of, portfolio_id)
-    hist = reader.query(f"""
-        select v.as_of_date, v.market_value, d.daily_pnl, v.drawdown, d.daily_return
-        from gold.fact_portfolio_valuation as v
-        left join gold.fact_pnl_daily as d using (portfolio_id, as_of_date)
-        where v.portfolio_id = %(portfolio_id)s and v.as_of_date <= %(as_of)s
-          and v.as_of_date > %(as_of)s::date - {HISTORY_DAYS}
-        order by v.as_of_date""", p)
+    # the day's status, as the Firm page and every page of the HTML report say it: a book's figures of an incomplete
+    # day are never shown as if complete
+    status, missing, stale = day_status(reader, as_of, portfolio_day(reader, as_of))
+    hist = reader.query(f"""  -- every day of either table: the day a book is closed out has PnL, no valuation
+        with v as (
+            select * from gold.fact_portfolio_valuation where portfolio_id = %(portfolio_id)s
+        ),
+        d as (
+            select * from gold.fact_pnl_daily where portfolio_id = %(portfolio_id)s
+        )
+        select as_of_date, v.market_value, d.daily_pnl, v.drawdown, d.daily_return
+        from v full join d using (portfolio_id, as_of_date)
+        where as_of_date <= %(as_of)s and as_of_date > %(as_of)s::date - {HISTORY_DAYS}
+        order by as_of_date""", p)
     bt = reader.query(f"""
         select as_of_date, method, confidence, var_forecast, realized_pnl, is_exception
         from gold.fact_var_backtest
@@ -472,7 +484,8 @@ def portfolio(reader: GoldReader, portfolio_id: str, as_of: date | None = None) 
         liquidity = records(reader.query("""
             select * from gold.fact_liquidity_risk where portfolio_id = %(portfolio_id)s and as_of_date = %(as_of)s""",
             p))
-    return {"page": "portfolio", "as_of": as_of.isoformat(), "portfolio": records(dim)[0], "liquidity": liquidity,
+    return {"page": "portfolio", "as_of": as_of.isoformat(), "status": status, "missing": missing, "stale": stale,
+            "portfolio": records(dim)[0], "liquidity": liquidity,
             "day": records(me)[0] if not me.empty else None, "history": records(hist),
             "backtest": records(bt), "backtest_summary": records(summary_bt), "positions": records(positions),
             "contributions": contrib, "attribution": pnl_attribution(reader, p),

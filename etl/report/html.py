@@ -165,7 +165,22 @@ def _portfolio_list(data: ReportData) -> pd.DataFrame:
     if "base_currency" not in dims:
         dims["base_currency"] = None
     dims["base_currency"] = dims["base_currency"].where(dims["base_currency"].notna(), "USD")
-    return dims.sort_values("portfolio_id").reset_index(drop=True)
+    return _checked_limits(dims, data.get("risk")).sort_values("portfolio_id").reset_index(drop=True)
+
+
+CHECKED_LIMITS = ("var_limit", "var_limit_metric", "concentration_limit", "drawdown_limit")   # risk_metrics.checked_<name> (the engine's)
+
+
+def _checked_limits(dims: pd.DataFrame, risk: pd.DataFrame | None) -> pd.DataFrame:
+    """dims with the limits the day's risk run checked (risk_metrics.checked_*, as the cockpit's portfolio_day and
+    the SQL reports show them) in place of dim_portfolio's, which are portfolios.csv as it is now: a past day's
+    breach is shown against the limit that fired it. None without a risk row of the day."""
+    risk = pd.DataFrame(columns=["portfolio_id"]) if risk is None else risk
+    run = risk.astype({"portfolio_id": str}).set_index("portfolio_id")
+    for col in CHECKED_LIMITS:
+        checked = run[f"checked_{col}"] if f"checked_{col}" in run else pd.Series(dtype=object)
+        dims[col] = dims["portfolio_id"].map(checked)
+    return dims
 
 
 def _on_day(df: pd.DataFrame | None, as_of: date) -> pd.DataFrame | None:

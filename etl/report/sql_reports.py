@@ -77,8 +77,12 @@ def bind(sql: str, as_of: date | None) -> tuple[str, dict]:
             {"as_of": as_of.isoformat() if as_of is not None else None})
 
 
-def run_sql_reports(reader: GoldReader, as_of: date, out_dir: Path, sql_dir: Path = SQL_DIR) -> list[SqlReport]:
-    """Run every report; write the CSVs and `sql_reports.md`; return what happened to each."""
+def run_sql_reports(reader: GoldReader, as_of: date, out_dir: Path, sql_dir: Path = SQL_DIR,
+                    problems: list[str] | None = None, notices: list[str] | None = None) -> list[SqlReport]:
+    """Run every report; write the CSVs and `sql_reports.md`; return what happened to each. `problems` and
+    `notices`: what the day's completeness check found missing, and stale (etl.report.completeness):
+    sql_reports.md then opens INCOMPLETE naming them (and any report that failed), and STALE naming the notices, as
+    the HTML report's banners: never a clean-looking page over missing or stale data."""
     csv_dir = out_dir / "sql"
     csv_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -102,7 +106,8 @@ def run_sql_reports(reader: GoldReader, as_of: date, out_dir: Path, sql_dir: Pat
     for old in csv_dir.glob("*.csv"):
         if old.stem not in frames:
             old.unlink()
-    (out_dir / "sql_reports.md").write_text(markdown(results, frames, as_of, sql_dir))
+    problems = [*(problems or []), *(f"SQL report {r.name} failed: {r.error}" for r in results if r.error)]
+    (out_dir / "sql_reports.md").write_text(markdown(results, frames, as_of, sql_dir, problems, notices))
     return results
 
 
@@ -126,9 +131,16 @@ def markdown_table(df: pd.DataFrame, max_rows: int = MARKDOWN_MAX_ROWS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(results: list[SqlReport], frames: dict[str, pd.DataFrame], as_of: date, sql_dir: Path) -> str:
-    out = [f"# SQL reports as of {as_of.isoformat()}\n",
-           f"Queries from `{sql_dir}` run on the `gold` schema as the `reporting` role.\n"]
+def markdown(results: list[SqlReport], frames: dict[str, pd.DataFrame], as_of: date, sql_dir: Path,
+             problems: list[str] | None = None, notices: list[str] | None = None) -> str:
+    out = [f"# SQL reports as of {as_of.isoformat()}\n"]
+    if problems:
+        out.append(f"**INCOMPLETE**: the inputs of {as_of.isoformat()} are incomplete; these tables do not show the "
+                   "whole day: " + "; ".join(_cell(p) for p in problems) + "\n")
+    if notices:
+        out.append(f"**STALE**: some holdings of {as_of.isoformat()} are valued at an earlier close: "
+                   + "; ".join(_cell(n) for n in notices) + "\n")
+    out.append(f"Queries from `{sql_dir}` run on the `gold` schema as the `reporting` role.\n")
     if not results:
         out.append(f"_No SQL report files found under `{sql_dir}`._\n")
     for rep in results:

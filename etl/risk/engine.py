@@ -924,7 +924,7 @@ def model_comparison(summary: pd.DataFrame, es_tests: pd.DataFrame) -> pd.DataFr
                 "exceedance_residual_p", *tests, "passes", "window_start", "window_end"]]
 
 
-LIMITS_CHECKED = ("var_limit", "var_limit_metric", "drawdown_limit")   # recorded on risk_metrics as checked_<name>
+LIMITS_CHECKED = ("var_limit", "var_limit_metric", "concentration_limit", "drawdown_limit")   # recorded on risk_metrics as checked_<name>
 
 
 def limit_breaches(risk: pd.DataFrame, portfolios: pd.DataFrame) -> pd.DataFrame:

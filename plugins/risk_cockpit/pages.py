@@ -356,7 +356,7 @@ def portfolio(d: dict, ids: list[str]) -> str:
     options = "".join(f'<option value="{e(i)}"{" selected" if i == pid else ""}>{e(i)}</option>' for i in ids)
     body = [f'<h1>Portfolio {e(pid)} <small>{e(p.get("name"))}, {e(ccy)}, as of {e(as_of)}</small></h1>',
             f'<label>portfolio <select id="portfolio-select" data-nav="{BASE}/portfolio/" '
-            f'data-as-of="{e(as_of)}">{options}</select></label>', '<div class="kpis">']
+            f'data-as-of="{e(as_of)}">{options}</select></label>', status_banner(d), '<div class="kpis">']
     for m in shown.portfolio_kpis():
         body.append(kpi(m.label, _FORMATS.of(m.unit)(day.get(m.name)), m.name.replace("_", "-"), day.get(m.name)))
     body.append(f'</div><h2 id="var-by-method">VaR and ES by method ({e(ccy)})</h2>')
@@ -374,7 +374,7 @@ def portfolio(d: dict, ids: list[str]) -> str:
                                "y1": {"position": "right", "grid": {"drawOnChartArea": False},
                                       "title": {"display": True, "text": "market value"}}}}}, charts))
     body.append(chart("chart-drawdown", f"Drawdown from running peak (underwater); limit "
-                                        f"{pct(p.get('drawdown_limit'))} on the drawdown from peak over "
+                                        f"{pct(day.get('drawdown_limit'))} on the drawdown from peak over "
                                         f"{day.get('lookback_days') or '–'} days", {
         "type": "line", "data": {"labels": dates, "datasets": [
             {"label": "drawdown", "data": [r["drawdown"] for r in h], "borderColor": LOSS, "fill": "origin",
@@ -413,7 +413,7 @@ def portfolio(d: dict, ids: list[str]) -> str:
     pos = d["positions"]
     if pos:
         body.append(chart("chart-exposure", f"Exposure by asset ({ccy}); concentration limit "
-                                            f"{pct(p.get('concentration_limit'))} of gross", {
+                                            f"{pct(day.get('concentration_limit'))} of gross", {
             "type": "bar", "data": {"labels": [r["product_id"] for r in pos], "datasets": [
                 {"label": "market value", "data": [r["market_value"] for r in pos],
                  "backgroundColor": [SERIES[0] if r["market_value"] >= 0 else LOSS for r in pos]}]},

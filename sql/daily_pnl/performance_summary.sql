@@ -1,7 +1,13 @@
 -- Performance summary per portfolio up to the as-of day: total and month-to-date PnL, best and worst day, share
 -- of positive days, mean and volatility of daily PnL, annualised Sharpe-like ratio of daily returns, max drawdown.
+-- A day whose PnL is unknown (NULL: e.g. an unpriced holding) makes the total unknown (NULL), as the engine's MTD:
+-- never the sum of the other days; the day statistics are of the known days (n_days counts them). A NULL on the
+-- book's first day in gold (no previous close) is no PnL before the history, not an unknown day.
 with history as (
-    select pnl.*
+    select
+        pnl.*,
+        pnl.daily_pnl is null
+            and pnl.as_of_date > min(pnl.as_of_date) over (partition by pnl.portfolio_id) as is_unknown
     from gold.fact_pnl_daily as pnl
     where pnl.as_of_date <= coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_pnl_daily))
 ),
@@ -12,7 +18,7 @@ stats as (
         min(as_of_date) as first_day,
         max(as_of_date) as last_day,
         count(daily_pnl) as n_days,
-        sum(daily_pnl) as total_pnl,
+        case when not bool_or(is_unknown) then sum(daily_pnl) end as total_pnl,
         max(daily_pnl) as best_day_pnl,
         min(daily_pnl) as worst_day_pnl,
         avg(case when daily_pnl > 0 then 1.0 when daily_pnl <= 0 then 0.0 end)::double precision as positive_day_share,

@@ -511,3 +511,26 @@ def test_the_return_distributions_anomaly_band_is_the_engines_threshold_and_robu
     assert got["low"] == pytest.approx(med - 2.5 * mad / MAD_CONSTANT, rel=1e-12)
     assert got["high"] == pytest.approx(med + 2.5 * mad / MAD_CONSTANT, rel=1e-12)
     assert got["outliers"] == int((z.abs() > 2.5).sum()) >= 1
+
+
+def test_the_pnl_of_a_day_the_book_was_closed_out_is_in_the_portfolio_pages_history(reader, gold):
+    """A book sold everything at the close of D: the engine writes D's PnL (what it held at D-1, revalued) but no
+    valuation row for D (it held nothing at D's close). The portfolio page's history was the valuation rows with
+    their PnL, so D's PnL and return were missing from the PnL chart and the return distribution, while the HTML
+    report's chart (every fact_pnl_daily row) showed it. The history now has every day of either table."""
+    day = AS_OF - timedelta(days=3)
+    key = "portfolio_id = 'P0002' and as_of_date = %s"
+    (pnl, ret), = _sql(gold[0], f"select daily_pnl, daily_return from gold.fact_pnl_daily where {key}", (day,))
+    before = cockpit.portfolio(reader, "P0002")
+    _sql(gold[0], f"create table gold.t3_closed_out as select * from gold.fact_portfolio_valuation where {key}",
+         (day,))
+    _sql(gold[0], f"delete from gold.fact_portfolio_valuation where {key}", (day,))
+    try:
+        p = cockpit.portfolio(reader, "P0002")
+    finally:
+        _sql(gold[0], "insert into gold.fact_portfolio_valuation select * from gold.t3_closed_out")
+        _sql(gold[0], "drop table gold.t3_closed_out")
+    (row,) = [r for r in p["history"] if r["as_of_date"] == day.isoformat()]
+    assert (row["daily_pnl"], row["daily_return"], row["market_value"]) == (pnl, ret, None)
+    assert [r["as_of_date"] for r in p["history"]] == [r["as_of_date"] for r in before["history"]]
+    assert p["returns"] == before["returns"]

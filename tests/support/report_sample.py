@@ -112,6 +112,7 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
         row |= {m.name: PLAIN.get(m.name, 0.5) for m in measures.plain_measures("portfolio")}
         lim = PORTFOLIOS.set_index("portfolio_id").loc[pid]      # as the engine: the limits the run checked
         row |= {"checked_var_limit": lim["var_limit"], "checked_var_limit_metric": lim["var_limit_metric"],
+                "checked_concentration_limit": lim["concentration_limit"],
                 "checked_drawdown_limit": lim["drawdown_limit"]}
         row |= {"max_drawdown": float(dd.min()), "drawdown_from_peak": float(dd.iat[-1]), "lookback_days": days - 1,
                 "annualization_days": 365,

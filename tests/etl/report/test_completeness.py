@@ -132,6 +132,20 @@ def test_a_delisted_holding_is_valued_at_its_last_price_and_flagged_stale_on_eve
     assert (sol["price_date"], sol["is_stale"]) == (LAST_BAR.isoformat(), True)
 
 
+def test_the_sql_reports_markdown_of_a_day_with_a_stale_holding_says_stale_naming_it(pg_url, data_dir, monkeypatch,
+                                                                                     sql_dir):
+    """SOL-USD is delisted and valued at its last close: every HTML page carries the STALE notice, but
+    sql_reports.md (linked from the report, read on its own) showed the day's figures with no word of it. It now
+    opens with the same STALE line (and no INCOMPLETE one: the day is complete)."""
+    notice = f"SOL-USD is delisted: valued at its last close, of {LAST_BAR} (stale), in portfolio(s) P-ALT, P-CORE"
+    with scratch_database(pg_url, "completeness_delisted_md") as url:
+        create_gold(url, _stale_sol(delisted=True))
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        path = run_report(AS_OF, sql_dir=sql_dir)                             # complete: no exception, exit 0
+    head = (path.parent / "sql_reports.md").read_text().split("\n## ", 1)[0]
+    assert "**STALE**" in head and notice in head and "INCOMPLETE" not in head
+
+
 def _flag(product: str, granularity: int, at: datetime, rule: str) -> dict:
     return {"product_id": product, "granularity": granularity, "bucket_start": at, "rule": rule,
             "evidence": f"{rule} evidence", "decision": "excluded", "flag_date": at.date(), "accepted_by": None,
@@ -209,6 +223,41 @@ def test_the_report_first_screen_never_says_complete_on_a_day_the_check_finds_in
     assert status is not None and status.group(1) == "incomplete", status and status.group(0)
     assert "SOL-USD has no daily bar on" in status.group(2)
     assert f"no limit breaches on {AS_OF}" not in page
+
+
+def test_the_cockpit_portfolio_page_of_an_incomplete_day_says_incomplete_and_stale(pg_url, data_dir, monkeypatch,
+                                                                                     sql_dir):
+    """SOL-USD, held by both books, has no bar on AS_OF: the report exits 3, its every page (the book's detail page
+    too) opens INCOMPLETE, and the cockpit's Firm page says incomplete. The cockpit's portfolio page showed the
+    book's VaR and value of that day with no status at all; it now carries the day's status line (INCOMPLETE,
+    naming what), as the Firm page, and a delisted holding's STALE notice."""
+    import sys
+
+    from etl.settings import PROJECT_ROOT
+
+    sys.path.insert(0, str(PROJECT_ROOT / "plugins"))
+    from risk_cockpit import pages  # noqa: PLC0415
+
+    with scratch_database(pg_url, "cockpit_portfolio_status") as url:
+        create_gold(url, _stale_sol(delisted=False))
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        with GoldReader(reporting_url(get_settings())) as reader:
+            firm = cockpit.firm(reader, AS_OF)
+            mine = cockpit.portfolio(reader, "P-ALT", AS_OF)
+        delisted = _stale_sol(delisted=True)
+    assert firm["status"] == "incomplete"
+    assert (mine["status"], mine["missing"]) == ("incomplete", firm["missing"])
+    page = pages.portfolio(mine, ["P-ALT", "P-CORE"])
+    status = re.search(r'<div class="status (\w+)" id="status">([^<]*)</div>', page)
+    assert status is not None and status.group(1) == "incomplete" and "SOL-USD has no daily bar on" in status.group(2)
+    with scratch_database(pg_url, "cockpit_portfolio_stale") as url:
+        create_gold(url, delisted)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        with GoldReader(reporting_url(get_settings())) as reader:
+            mine = cockpit.portfolio(reader, "P-ALT", AS_OF)
+    assert (mine["status"], mine["stale"]) == ("complete", [f"SOL-USD is delisted: valued at its last close, of "
+                                                            f"{LAST_BAR} (stale), in portfolio(s) P-ALT, P-CORE"])
+    assert 'id="stale"' in pages.portfolio(mine, ["P-ALT", "P-CORE"])
 
 
 def _suspect_btc() -> dict:

@@ -188,6 +188,21 @@ def test_report_on_a_day_without_risk_rows_is_incomplete_exit_3_with_a_red_banne
            "P-ALT, P-CORE" in page  # the status line says what the banner and exit code 3 say
 
 
+def test_the_sql_reports_markdown_of_an_incomplete_day_says_incomplete_naming_what_is_missing(env, sql_dir):
+    """On 2026-01-30 no portfolio has a risk row: the HTML opens INCOMPLETE and the run exits 3, but
+    sql_reports.md, linked from the report and read on its own, showed that day's PnL tables with nothing saying
+    the day lacks its VaR: a clean-looking report over missing data. It now opens with the same INCOMPLETE line."""
+    with pytest.raises(IncompleteInputError):
+        run_report(date(2026, 1, 30), sql_dir=sql_dir)
+    md = (reports_dir(get_settings()) / "2026-01-30" / "sql_reports.md").read_text()
+    head = md.split("\n## ", 1)[0]
+    assert "**INCOMPLETE**" in head
+    assert "gold.fact_risk_metrics has no row for 2026-01-30 for portfolio(s) P-ALT, P-CORE" in head
+    assert "## daily_pnl" in md and "| P-ALT |" in md   # the rows gold has are still shown, under that line
+    run_report(AS_OF, sql_dir=sql_dir)                    # a complete day: no such line
+    assert "INCOMPLETE" not in (reports_dir(get_settings()) / AS_OF.isoformat() / "sql_reports.md").read_text()
+
+
 def test_missing_breach_table_is_a_note_and_the_day_incomplete(pg_url, data_dir, monkeypatch, sql_dir):
     with scratch_database(pg_url, "report_nobreach") as url:
         create_gold(url, sample_frames(AS_OF), skip=("fact_limit_breaches", "fact_anomalies"))
@@ -396,3 +411,82 @@ def test_a_rerun_after_a_sql_report_is_removed_leaves_no_csv_of_it(env, tmp_path
     run_report(AS_OF, sql_dir=sql)
     assert sorted(p.name for p in (out / "sql").iterdir()) == ["pnl.csv", "renamed.csv"]
     assert "## old" not in (out / "sql_reports.md").read_text()
+
+
+def test_report_and_cockpit_show_the_limits_the_run_checked_not_todays(pg_url, data_dir, monkeypatch, sql_dir):
+    """P-CORE's VaR limit was 3,500 and its drawdown limit 25% when the run flagged its VaR breach; portfolios.csv
+    has raised them to 5,000 and 90% since (gold.dim_portfolio). The day's pages showed the new limits beside the
+    breach the old one fired (the breach table said 3,500, the portfolio's limits line 5,000), while the SQL VaR and
+    drawdown reports of the same day show the run's. Every page now shows the limits the run checked."""
+    import sys
+
+    from etl.report import cockpit
+    from etl.report.gold import GoldReader
+    from etl.report.sql_reports import SQL_DIR, bind
+    from etl.settings import PROJECT_ROOT
+    from etl.warehouse import reporting_url
+
+    sys.path.insert(0, str(PROJECT_ROOT / "plugins"))
+    from risk_cockpit import pages  # noqa: PLC0415
+
+    frames = sample_frames(AS_OF)
+    dim = frames["dim_portfolio"]
+    dim.loc[dim["portfolio_id"] == "P-CORE", ["var_limit", "drawdown_limit"]] = [5_000.0, 0.9]
+    with scratch_database(pg_url, "report_checked_limits") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        path = run_report(AS_OF, sql_dir=sql_dir)
+        with GoldReader(reporting_url(get_settings())) as reader:
+            firm = cockpit.firm(reader, AS_OF)
+            mine = cockpit.portfolio(reader, "P-CORE", AS_OF)
+            var_sql = reader.query(*bind((SQL_DIR / "risk_exposure/var_es_by_portfolio.sql").read_text(), AS_OF))
+    assert var_sql.set_index("portfolio_id").at["P-CORE", "var_limit"] == 3_500.0   # the run's, as the breach's
+
+    core = next(p for p in firm["portfolios"] if p["portfolio_id"] == "P-CORE")
+    assert (core["var_limit"], core["drawdown_limit"]) == (3_500.0, 0.25)
+    worst = next(p for p in firm["worst_drawdowns"] if p["portfolio_id"] == "P-CORE")
+    assert worst["drawdown_limit"] == 0.25
+    assert (mine["day"]["var_limit"], mine["day"]["drawdown_limit"]) == (3_500.0, 0.25)
+    assert "limit 25.0% on the drawdown from peak" in pages.portfolio(mine, ["P-ALT", "P-CORE"])
+
+    page = path.read_text()
+    assert re.search(r'id="summary-drawdowns-table".*?P-CORE.*?25\.0%', page, re.S)
+    assert "90.0%" not in re.search(r'id="summary-drawdowns-table".*?</table>', page, re.S).group(0)
+    detail = (path.parent / "portfolio-p-core.html").read_text()
+    assert "Limits: var 3,500.00 USD; concentration 60.0%; drawdown 25.0%" in detail
+    assert " 5,000.00 USD" not in detail and "90.0%" not in detail
+
+
+def test_report_and_cockpit_show_the_concentration_limit_the_run_checked_not_todays(pg_url, data_dir, monkeypatch,
+                                                                                   sql_dir):
+    """P-ALT breached its 50% concentration limit (63.9%, fact_limit_breaches); portfolios.csv has raised it to 99%
+    since. The day's detail page said "Limits: ... concentration 99.0%" above the breach "63.9% / 50.0%", and the
+    cockpit's exposure chart drew the 99% line, while its VaR and drawdown limits are the run's: the run now records
+    the concentration limit it checked too (risk_metrics.checked_concentration_limit), and the pages show it."""
+    import sys
+
+    from etl.report import cockpit
+    from etl.report.gold import GoldReader
+    from etl.settings import PROJECT_ROOT
+    from etl.warehouse import reporting_url
+
+    sys.path.insert(0, str(PROJECT_ROOT / "plugins"))
+    from risk_cockpit import pages  # noqa: PLC0415
+
+    frames = sample_frames(AS_OF)
+    dim = frames["dim_portfolio"]
+    dim.loc[dim["portfolio_id"] == "P-ALT", "concentration_limit"] = 0.99
+    with scratch_database(pg_url, "report_checked_concentration") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        path = run_report(AS_OF, sql_dir=sql_dir)
+        with GoldReader(reporting_url(get_settings())) as reader:
+            firm = cockpit.firm(reader, AS_OF)
+            mine = cockpit.portfolio(reader, "P-ALT", AS_OF)
+    assert next(p for p in firm["portfolios"] if p["portfolio_id"] == "P-ALT")["concentration_limit"] == 0.5
+    assert mine["day"]["concentration_limit"] == 0.5
+    page = pages.portfolio(mine, ["P-ALT", "P-CORE"])
+    assert "concentration limit 50.0% of gross" in page and "99.0% of gross" not in page
+    detail = (path.parent / "portfolio-p-alt.html").read_text()
+    assert "Limits: var 2,500.00 USD; concentration 50.0%; drawdown 20.0%" in detail
+    assert "concentration 99.0%" not in detail

@@ -221,3 +221,20 @@ def test_the_var_and_drawdown_reports_measure_utilisation_against_the_limits_the
     assert dd.at["P-CORE", "drawdown_limit"] == 0.25
     assert dd.at["P-CORE", "limit_utilisation"] == pytest.approx(
         round(-risk.at["P-CORE", "drawdown_from_peak"] / 0.25, 4))
+
+
+def test_the_performance_summarys_total_pnl_is_unknown_over_a_day_whose_pnl_is_unknown(gold):
+    """P-CORE's PnL of a day ten days back is unknown (NULL in gold: an unpriced holding, the engine's NaN; its MTD
+    unknown for the rest of the month). SQL's sum skips NULLs, so the report's total PnL was the sum of the other
+    days, a confident figure that counts the unknown day as 0. The total is now unknown (NULL) as the MTD is, and
+    P-ALT's, whose days are all known, is still their sum; best and worst days and the count are of known days."""
+    frames = sample_frames(AS_OF)
+    pnl = frames["fact_pnl_daily"]
+    gap = (pnl["portfolio_id"] == "P-CORE") & (pnl["as_of_date"] == AS_OF - timedelta(days=10))
+    pnl.loc[gap, ["daily_pnl", "daily_return"]] = np.nan
+    rows = _report(gold(frames), "daily_pnl/performance_summary.sql").set_index("portfolio_id")
+    assert pd.isna(rows.at["P-CORE", "total_pnl"])
+    alt = pnl[pnl["portfolio_id"] == "P-ALT"]["daily_pnl"]
+    assert float(rows.at["P-ALT", "total_pnl"]) == pytest.approx(round(alt.sum(), 2), abs=1e-9)
+    core = pnl[pnl["portfolio_id"] == "P-CORE"]["daily_pnl"]
+    assert rows.at["P-CORE", "n_days"] == core.notna().sum() == len(core) - 1

@@ -1104,13 +1104,14 @@ def test_each_risk_row_records_the_limits_the_run_checked_its_breaches_against()
     breach row the same limit_value, on every risk row the limit, its metric and the drawdown limit."""
     closes = _fat_tailed_closes(60)
     pf = _portfolios(["U", "V"], ["USD", "USD"]).assign(var_limit=[1.0, 1e12], drawdown_limit=[0.3, 0.5],
-                                                        var_limit_metric=["var_99_hist", "var_95_param"])
+                                                        var_limit_metric=["var_99_hist", "var_95_param"],
+                                                        concentration_limit=[0.9, 0.8])
     book = _book([("U", "BTC-USD", "2025-01-01", 2.0, 1.0), ("V", "ETH-USD", "2025-01-01", 3.0, 1.0)])
     t = compute_tables(closes, FAT_TAILED_QUOTE, pf, book, RiskParams(var_lookback_days=30, backtest_days=20,
                                                                       mc_scenarios=500))
     risk = t["risk_metrics"].set_index("portfolio_id")
-    cols = ["checked_var_limit", "checked_var_limit_metric", "checked_drawdown_limit"]
-    assert risk[cols].values.tolist() == [[1.0, "var_99_hist", 0.3], [1e12, "var_95_param", 0.5]]
+    cols = ["checked_var_limit", "checked_var_limit_metric", "checked_concentration_limit", "checked_drawdown_limit"]
+    assert risk[cols].values.tolist() == [[1.0, "var_99_hist", 0.9, 0.3], [1e12, "var_95_param", 0.8, 0.5]]
     breach = t["limit_breaches"].query("limit_type == 'var'").set_index("portfolio_id")
     assert breach.at["U", "limit_value"] == risk.at["U", "checked_var_limit"]
     assert breach.at["U", "utilisation"] == pytest.approx(risk.at["U", "var_99_hist"] / risk.at["U", "checked_var_limit"])

@@ -56,3 +56,23 @@ def test_ctrl_c_stops_the_docs_site_without_a_traceback(tmp_path, pg_url):
     assert err.splitlines()[-1].endswith("INFO etl.warehouse.dbt: dbt docs: stopped")
     with pytest.raises(OSError):  # dbt's server went with it
         socket.create_connection(("127.0.0.1", port)).close()
+
+
+def test_cumulative_pnl_is_unknown_from_a_day_whose_pnl_is_unknown(pg_url, tmp_path):
+    """fact_pnl_daily summed coalesce(daily_pnl, 0): a day whose PnL is unknown (NULL, an unpriced holding; the
+    engine's MTD unknown for the rest of the month) counted as 0, and cumulative_pnl (daily_and_mtd.sql shows it) went
+    on as a confident figure. The model's dbt unit tests (models/marts/_marts__unit_tests.yml) run here on the
+    staging view they read: cumulative_pnl is NULL from that day on, a NULL first day still counts as none."""
+    from etl import db
+    from etl.warehouse import setup
+    from etl.warehouse.dbt import _dbt
+    from tests.support.env import pipeline_env
+
+    with db.scratch_database(pg_url, "dbt_unit") as url, \
+            pipeline_env(url, tmp_path / "data", PIPELINE_STATE_DIR=tmp_path / "state"):
+        from etl.settings import get_settings
+
+        settings = get_settings()
+        setup(settings)
+        _dbt("run", settings, select="stg_risk__pnl_daily")      # the unit tests' input: the view must exist
+        _dbt("test", settings, select="fact_pnl_daily,test_type:unit")
