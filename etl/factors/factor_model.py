@@ -122,7 +122,8 @@ def factor_returns(universe: Universe, config: FactorConfig) -> tuple[np.ndarray
         raise ConfigError(f"factor buckets: FACTOR_MOMENTUM_MINUTES={','.join(map(str, config.momentum_minutes))} "
                           f"looks back further than FACTOR_FORMATION_MINUTES={config.formation_minutes}, the window "
                           "members are ranked on: lengthen the formation window or shorten the lookbacks")
-    r = universe.returns
+    # the assets build the factors; a conversion pair (a currency rate) is regressed on them but in no average
+    r = np.where(universe.assets[None, :], universe.returns, np.nan)
     everyone = np.ones_like(r, dtype=bool)
     market = _mean_where(r, everyone)
     membership = form_buckets(r, universe.traded_value, market, config.holding, config.formation,
