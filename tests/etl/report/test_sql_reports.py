@@ -221,3 +221,38 @@ def test_the_var_and_drawdown_reports_measure_utilisation_against_the_limits_the
     assert dd.at["P-CORE", "drawdown_limit"] == 0.25
     assert dd.at["P-CORE", "limit_utilisation"] == pytest.approx(
         round(-risk.at["P-CORE", "drawdown_from_peak"] / 0.25, 4))
+
+
+def test_top_movers_keep_a_position_whose_base_currency_has_no_close_on_the_day(gold, pg_url):
+    """P-ALT is a EUR book. On the as-of day EUR-USD has no daily bar: the engine valued the book at the EUR-USD
+    close it carries (the previous day's, docs/risk_conventions.md), but the report converted to USD with the
+    as-of close only, got NULL and its ranking dropped the book's positions without a word. The USD figure uses
+    the close the engine carries (the latest on or before the day); a book without any EUR-USD close keeps its
+    positions in the report, flagged 'no USD rate' with a NULL USD PnL, never left out."""
+    frames = sample_frames(AS_OF)
+    frames["dim_portfolio"].loc[frames["dim_portfolio"]["portfolio_id"] == "P-ALT", "base_currency"] = "EUR"
+    prices = frames["fact_price_daily"]
+    eur = prices[prices["product_id"] == "BTC-USD"].assign(product_id="EUR-USD", open=1.1, high=1.1, low=1.1,
+                                                           close=1.1, daily_return=0.0)
+    day = pd.to_datetime(eur["price_date"]).dt.date
+    eur.loc[day == AS_OF - timedelta(days=1), "close"] = 1.25
+    frames["fact_price_daily"] = pd.concat([prices, eur[day < AS_OF]], ignore_index=True)   # none on the day
+    pos = frames["fact_positions"]
+    today = pos[pd.to_datetime(pos["as_of_date"]).dt.date == AS_OF].set_index(["portfolio_id", "product_id"])
+    rows = _report(gold(frames), "daily_pnl/top_movers.sql").set_index(["portfolio_id", "product_id"])
+    assert sorted(rows.index) == sorted(today.index)                      # every position of the two books
+    for (pid, product), row in rows.iterrows():
+        rate = 1.25 if pid == "P-ALT" else 1.0
+        assert float(row["position_pnl_usd"]) == pytest.approx(today.at[(pid, product), "daily_pnl"] * rate,
+                                                               abs=0.006), (pid, product)
+
+    frames["fact_price_daily"] = prices                                   # no EUR-USD close at all
+    with scratch_database(pg_url, "sql_no_rate") as url:
+        create_gold(url, frames)
+        rows = _report(url, "daily_pnl/top_movers.sql").set_index(["portfolio_id", "product_id"])
+    assert sorted(rows.index) == sorted(today.index)
+    alt = rows.loc["P-ALT"]
+    assert (alt["mover"] == "no USD rate").all() and alt["position_pnl_usd"].isna().all()
+    assert alt["position_pnl"].astype(float).tolist() == pytest.approx(
+        today.loc["P-ALT"].loc[alt.index, "daily_pnl"].tolist(), abs=1e-8)
+    assert rows.loc["P-CORE", "mover"].isin(["gainer", "loser"]).all()
