@@ -86,8 +86,10 @@ def test_the_backtest_exception_report_counts_only_days_with_a_forecast_as_the_e
     key = (bt["portfolio_id"] == "P-CORE") & (bt["method"] == "hist") & (bt["confidence"] == 0.99)
     unscored = bt.index[key][:10]
     bt.loc[unscored, ["var_forecast", "is_exception"]] = [np.nan, False]
-    engine = backtest_summary(bt.assign(as_of_date=pd.to_datetime(bt["as_of_date"])), AS_OF).set_index(
-        ["portfolio_id", "method", "confidence"])
+    summary = backtest_summary(bt.assign(as_of_date=pd.to_datetime(bt["as_of_date"])), pd.Timestamp(AS_OF))
+    frames["fact_var_backtest_summary"] = summary.assign(     # the run of the day with these forecasts
+        as_of_date=AS_OF, window_start=summary["window_start"].dt.date, window_end=summary["window_end"].dt.date)
+    engine = summary.set_index(["portfolio_id", "method", "confidence"])
     rows = _report(gold(frames), "risk_exposure/var_backtest_exceptions.sql").set_index(
         ["portfolio_id", "method", "confidence"])
     for k, row in rows.iterrows():
@@ -256,3 +258,29 @@ def test_top_movers_keep_a_position_whose_base_currency_has_no_close_on_the_day(
     assert alt["position_pnl"].astype(float).tolist() == pytest.approx(
         today.loc["P-ALT"].loc[alt.index, "daily_pnl"].tolist(), abs=1e-8)
     assert rows.loc["P-CORE", "mover"].isin(["gainer", "loser"]).all()
+
+
+def test_the_backtest_exception_report_says_the_engines_counts_of_the_day_as_the_traffic_light_does(gold):
+    """Gold's backtest rows are upserted by day: the next day's run rewrites the days of the window they share (a
+    restated close, a corrected snapshot). The exception report recounted those rows, so for the same as-of day
+    it said 3 exceptions where the engine's test of that day (fact_var_backtest_summary, the traffic light report,
+    the Kupiec p-value) said 2: two numbers for one figure. It reads the engine's n_days and exceptions."""
+    from etl.risk.engine import backtest_summary
+
+    frames = sample_frames(AS_OF)
+    bt = frames["fact_var_backtest"].assign(as_of_date=lambda d: pd.to_datetime(d["as_of_date"]))
+    summary = backtest_summary(bt, pd.Timestamp(AS_OF))
+    frames["fact_var_backtest_summary"] = summary.assign(
+        as_of_date=AS_OF, window_start=summary["window_start"].dt.date, window_end=summary["window_end"].dt.date)
+    key = ((bt["portfolio_id"] == "P-CORE") & (bt["method"] == "hist") & (bt["confidence"] == 0.99)
+           & ~bt["is_exception"] & bt["var_forecast"].notna())
+    rewritten = bt.index[key][3]                                           # a later run's row of a shared day
+    frames["fact_var_backtest"].loc[rewritten, "is_exception"] = True
+    engine = summary.set_index(["portfolio_id", "method", "confidence"])
+    rows = _report(gold(frames), "risk_exposure/var_backtest_exceptions.sql").set_index(
+        ["portfolio_id", "method", "confidence"])
+    assert len(rows) == len(engine)
+    for k, row in rows.iterrows():
+        n, hits = engine.loc[k, ["n_days", "exceptions"]]
+        assert (row["n_days"], row["exceptions"]) == (n, hits), k
+        assert row["exception_rate"] == pytest.approx(round(hits / n, 4)), k
