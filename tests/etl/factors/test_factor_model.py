@@ -501,3 +501,22 @@ def test_a_books_conversion_pair_is_a_rate_regressed_on_the_factors_not_an_asset
                                    check_names=False, rtol=1e-9)
     eur_betas = snapshot[snapshot["product_id"] == "EUR-USD"]
     assert len(eur_betas) == 4 and eur_betas["beta"].notna().all()            # the rate keeps its betas
+
+
+def test_a_day_whose_prices_stop_at_noon_gets_no_snapshot_the_attribution_would_take_for_the_whole_day():
+    """The factor run ends at midnight (the end-of-day schedule) but silver's candles stop at noon (an outage, a
+    late ingest). The grid reached the day's last bucket, so the day got its snapshot, taken at the last bucket
+    whose window still held enough returns (23:59 with the default day-long window): the attribution took the day as finished and compounded half a day of
+    factor returns against the PnL of the whole day, explaining a number with nothing flagged. A day gets its
+    snapshot only when the prices reach its last bucket; the rerun after the backfill writes it."""
+    day = pd.Timestamp("2026-03-02", tz="UTC")
+    start = day - pd.Timedelta(hours=6)
+    products = ["ADA-USD", "BTC-USD", "DOGE-USD", "ETH-USD", "SOL-USD", "XRP-USD"]
+    full = candle_frame(products, start, day + pd.Timedelta(days=1))
+    half = full[full["bucket_start"] < day + pd.Timedelta(hours=12)]
+    end = day + pd.Timedelta(days=1)
+
+    snapshot = daily_snapshot(compute(universe_returns(full, 60, start, end), SMALL), start=day)
+    assert set(snapshot["as_of_date"].astype(str)) == {"2026-03-02"}       # prices to 23:59: the day is finished
+    cut = compute(universe_returns(half, 60, start, end), SMALL)
+    assert daily_snapshot(cut, start=day).empty                           # but half a day is not the day
