@@ -77,6 +77,13 @@ class Reference:
         delisted = set(self.instruments.loc[self.instruments[DELISTED_ON].notna(), "product_id"])
         return [p for p in book_products(self.instruments, self.portfolios, self.positions) if p not in delisted]
 
+    def conversion_pairs(self) -> list[str]:
+        """The `<CCY>-USD` pairs `book_products` adds to convert amounts (a non-USD quote or base currency) that no
+        book holds: rates, not assets (the factor model regresses them on the factors but builds no factor from
+        them)."""
+        held = set(self.positions["product_id"])
+        return [p for p in book_products(self.instruments, self.portfolios, self.positions) if p not in held]
+
     def products_to_ingest(self) -> list[str]:
         """The products the pipeline ingests: PIPELINE_PRODUCTS when set, else `needed_products` (so a book of any
         instruments works without naming them twice)."""

@@ -70,7 +70,8 @@ def run_factors(settings: Settings | None = None, end: datetime | None = None, *
     settings = settings or get_settings()
     config = config or FactorConfig.from_settings(settings)
     read_start, out_start, end_ts = output_window(settings, config, end)
-    products = Reference.of(reference, settings).products_to_ingest()
+    reference = Reference.of(reference, settings)
+    products = reference.products_to_ingest()
     prices = io.read_prices(settings, products, read_start.to_pydatetime(), end_ts.to_pydatetime())
     present = sorted(set(prices["product_id"]))
     if not len(prices) or not (prices["bucket_start"] >= out_start).any():
@@ -80,7 +81,8 @@ def run_factors(settings: Settings | None = None, end: datetime | None = None, *
     if missing := sorted(set(products) - set(present)):
         log.warning("factors: no prices for %s in the window; they are left out of the universe", missing)
 
-    universe = universe_returns(prices, config.frequency_s, read_start, end_ts, products=present)
+    universe = universe_returns(prices, config.frequency_s, read_start, end_ts, products=present,
+                                rates=reference.conversion_pairs())
     result = compute(universe, config)
     covered = pd.date_range(out_start, end_ts - pd.Timedelta(microseconds=1), freq="D").strftime("%Y-%m-%d")
     rows, dates = io.write_outputs(get_store(settings), output_tables(result, start=out_start), list(covered))

@@ -122,7 +122,8 @@ def factor_returns(universe: Universe, config: FactorConfig) -> tuple[np.ndarray
         raise ConfigError(f"factor buckets: FACTOR_MOMENTUM_MINUTES={','.join(map(str, config.momentum_minutes))} "
                           f"looks back further than FACTOR_FORMATION_MINUTES={config.formation_minutes}, the window "
                           "members are ranked on: lengthen the formation window or shorten the lookbacks")
-    r = universe.returns
+    # the assets build the factors; a conversion pair (a currency rate) is regressed on them but in no average
+    r = np.where(universe.assets[None, :], universe.returns, np.nan)
     everyone = np.ones_like(r, dtype=bool)
     market = _mean_where(r, everyone)
     membership = form_buckets(r, universe.traded_value, market, config.holding, config.formation,
@@ -235,15 +236,18 @@ def daily_snapshot(result: FactorResult, start: pd.Timestamp | None = None) -> p
     """The warehouse snapshot: one row per product x factor x complete UTC day, taken at the day's last timestamp
     with an estimate (the day's last bucket unless that product's window fell below min_obs there).
 
-    Only complete days (the grid reaches their last bucket) get a row, so a rerun later the same day cannot add a
-    second snapshot for it. Columns as exposures_frame plus as_of_date (the UTC day).
+    Only complete days (the prices reach their last bucket: some product has a return there) get a row, so a
+    rerun later the same day cannot add a second snapshot for it, and a day whose prices stop early (an outage, a
+    late ingest: the grid runs on to `end` without them) is not taken for finished. Columns as exposures_frame
+    plus as_of_date (the UTC day).
     """
     e, times = result.exposures, result.universe.times
     keep = _from(times, start)
     step_ns = (times[1] - times[0]).value if len(times) > 1 else 86_400 * 10**9
     ns = times.as_unit("ns").asi8
     day = ns // (86_400 * 10**9)
-    complete = keep & (day < (ns[-1] + step_ns) // (86_400 * 10**9)) if len(times) else keep
+    priced = np.flatnonzero(np.isfinite(result.universe.returns).any(axis=1))   # rows the prices reach
+    complete = keep & (day < (ns[priced[-1]] + step_ns) // (86_400 * 10**9)) if priced.size else keep & False
     rows = np.flatnonzero(complete)
     if rows.size == 0:
         return _exposure_rows(result, rows, rows).assign(as_of_date=pd.Series([], dtype="object"))

@@ -30,11 +30,21 @@ class Universe:
     close: np.ndarray              # (T, N) NaN where the bucket has no candle
     returns: np.ndarray            # (T, N) simple USD returns, NaN unless both t-1 and t have a candle
     traded_value: np.ndarray       # (T, N) volume x close in USD, NaN where no candle or no USD rate
+    rates: tuple[str, ...] = ()    # conversion pairs (e.g. EUR-USD): regressed on the factors, never building them
+
+    @property
+    def assets(self) -> np.ndarray:
+        """(N,) True for the products that build the factors (the market, the terciles): all but `rates`."""
+        return ~np.isin(np.array(self.products, dtype=object), list(self.rates))
 
 
 def universe_returns(bars: pd.DataFrame, frequency_s: int, start: pd.Timestamp, end: pd.Timestamp,
-                     products: list[str] | None = None) -> Universe:
+                     products: list[str] | None = None, rates: list[str] = ()) -> Universe:
     """Pivot candles/bars (product_id, bucket_start, close, volume) onto the grid [start, end) every frequency_s.
+
+    `rates`: the conversion pairs among the products (a book's EUR-USD): their returns are computed (and
+    regressed) like any product's, but they are not assets: the factor model leaves them out of the market and
+    the terciles.
 
     `start` should be a multiple of frequency_s; rows off the grid or outside it are ignored (and logged).
     """
@@ -68,7 +78,8 @@ def universe_returns(bars: pd.DataFrame, frequency_s: int, start: pd.Timestamp, 
     usd_close = close * _usd_rates(close, products)
     returns = np.full_like(close, np.nan)
     returns[1:] = usd_close[1:] / usd_close[:-1] - 1.0
-    return Universe(times=times, products=products, close=close, returns=returns, traded_value=usd_close * volume)
+    return Universe(times=times, products=products, close=close, returns=returns, traded_value=usd_close * volume,
+                    rates=tuple(p for p in products if p in set(rates)))
 
 
 def _usd_rates(close: np.ndarray, products: list[str]) -> np.ndarray:

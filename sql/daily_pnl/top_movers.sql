@@ -1,7 +1,9 @@
 -- Top 5 gaining and top 5 losing positions of the as-of day across all portfolios: each position's PnL of the
 -- day in its portfolio's currency (the engine's: its term of the portfolio's daily PnL, the previous close's
 -- quantity x the move of the price in base currency; a book's positions add up to its daily_pnl) and in USD
--- (x the as-of close of <base>-USD, 1 for USD books), which ranks them: books of different currencies compare.
+-- (x the close of <base>-USD the engine carries on the day: the latest on or before it; 1 for USD books), which
+-- ranks them: books of different currencies compare. A position whose book has no <base>-USD close at all is
+-- listed as 'no USD rate' (USD PnL NULL), never left out.
 with contributions as (
     select
         positions.as_of_date,
@@ -19,9 +21,14 @@ with contributions as (
         and positions.as_of_date = prices.price_date
     inner join gold.dim_portfolio as portfolio
         on positions.portfolio_id = portfolio.portfolio_id
-    left join gold.fact_price_daily as usd
-        on usd.product_id = portfolio.base_currency || '-USD'
-        and usd.price_date = positions.as_of_date
+    left join lateral (
+        select rate.close
+        from gold.fact_price_daily as rate
+        where rate.product_id = portfolio.base_currency || '-USD'
+            and rate.price_date <= positions.as_of_date
+        order by rate.price_date desc
+        limit 1
+    ) as usd on true
     where positions.as_of_date = coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_positions))
         and positions.daily_pnl is not null
 ),
@@ -36,8 +43,10 @@ ranked as (
 )
 
 select
-    case when gain_rank <= 5 and position_pnl_usd > 0 then 'gainer' else 'loser' end as mover,
-    case when gain_rank <= 5 and position_pnl_usd > 0 then gain_rank else loss_rank end as mover_rank,
+    case when position_pnl_usd is null then 'no USD rate'
+        when gain_rank <= 5 and position_pnl_usd > 0 then 'gainer' else 'loser' end as mover,
+    case when position_pnl_usd is null then null
+        when gain_rank <= 5 and position_pnl_usd > 0 then gain_rank else loss_rank end as mover_rank,
     as_of_date,
     ranked.portfolio_id,
     product_id,
@@ -51,4 +60,5 @@ from ranked
 cross join lateral (select case when ranked.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
 where (gain_rank <= 5 and position_pnl_usd > 0)
     or (loss_rank <= 5 and position_pnl_usd < 0)
-order by mover, mover_rank
+    or position_pnl_usd is null
+order by mover, mover_rank, ranked.portfolio_id, product_id

@@ -15,7 +15,14 @@ from etl.commits import read_entry, read_manifest
 from etl.errors import DataNotFoundError
 from etl.factors import FactorConfig, run_factors
 from etl.factors.buckets import terciles
-from etl.factors.factor_model import FACTOR_NAMES, compute, exposures, factor_returns, membership_frame
+from etl.factors.factor_model import (
+    FACTOR_NAMES,
+    compute,
+    daily_snapshot,
+    exposures,
+    factor_returns,
+    membership_frame,
+)
 from etl.factors.rolling_ols import rolling_ols
 from etl.factors.universe_returns import Universe, universe_returns
 from etl.settings import get_settings
@@ -435,3 +442,81 @@ def test_a_rerun_replaces_every_day_it_covers_even_a_table_it_leaves_empty_there
     assert all(e["run_id"] == manifest["run_id"] for e in covered.values())
     assert read_output(data_dir, "factor_membership").empty and read_output(data_dir, "factor_exposures").empty
     assert set(read_output(data_dir, "factor_returns")["factor_name"]) == {"market", "market_vw"}
+
+
+def test_a_books_conversion_pair_is_a_rate_regressed_on_the_factors_not_an_asset_building_them(
+        book_reference, data_dir, monkeypatch):
+    """A EUR book makes the pipeline ingest EUR-USD (a currency rate, to convert amounts), and the factor stage took
+    every ingested product for its universe: the market factor averaged EUR-USD's returns with the coins', and the
+    liquidity, volatility and momentum terciles ranked it as a coin (its large FX volume, its near-zero beta), so
+    every factor return and every coin's beta moved with the book's base currency. The universe is the assets:
+    a conversion pair no book holds builds no factor and is in no bucket; it still gets its betas on the factors
+    (the attribution explains a EUR book's PnL with them). Checked against the model computed without the pair."""
+    coins = ["ADA-USD", "BTC-USD", "DOGE-USD", "ETH-USD", "SOL-USD", "XRP-USD"]
+    ref = book_reference("portfolio_id,name,base_currency,var_limit,concentration_limit,drawdown_limit\n"
+                         "E1,Euro book,EUR,400000,0.9,0.9\n",
+                         "portfolio_id,product_id,as_of_date,quantity,avg_cost\n"
+                         + "".join(f"E1,{p},2026-03-01,1,1\n" for p in coins))
+    with (ref / "instruments.csv").open("a") as f:
+        f.write("EUR-USD,EUR,USD,coinbase,fx,Euro / US Dollar\n")
+    monkeypatch.delenv("PIPELINE_PRODUCTS", raising=False)
+    monkeypatch.setenv("PIPELINE_HISTORY_DAYS", "1")
+    end = pd.Timestamp("2026-03-03", tz="UTC")
+    start = pd.Timestamp("2026-03-01 18:00", tz="UTC")
+    crypto = candle_frame(coins, start, end)
+    times = pd.date_range(start, end, freq="60s", inclusive="left")
+    rng = np.random.default_rng(7)
+    eur = pd.DataFrame({"product_id": "EUR-USD", "bucket_start": times,
+                        "close": 1.08 * np.exp(np.cumsum(rng.normal(0, 2e-4, len(times)))),
+                        "volume": 5e7})
+    asked = []
+
+    def read_prices(settings, products, lo, hi):
+        asked.append(list(products))
+        frame = pd.concat([crypto, eur], ignore_index=True)
+        return frame[frame["product_id"].isin(products) & (frame["bucket_start"] >= lo) & (frame["bucket_start"] < hi)]
+
+    monkeypatch.setattr("etl.factors.io.read_prices", read_prices)
+    summary = run_factors(get_settings(), end=end.to_pydatetime(), config=SMALL)
+    assert asked == [[*coins, "EUR-USD"]] and "EUR-USD" in summary.products   # ingested and regressed
+
+    alone = compute(universe_returns(crypto, 60, start, end), SMALL)        # the model of the assets alone
+    got = read_output(data_dir, "factor_returns").pivot(index="bucket_start", columns="factor_name",
+                                                        values="factor_return")
+    want = pd.DataFrame(alone.factor_returns, index=alone.universe.times, columns=list(FACTOR_NAMES))
+    want = want[want.index >= pd.Timestamp("2026-03-02", tz="UTC")]
+    pd.testing.assert_frame_equal(got[list(FACTOR_NAMES)], want.dropna(how="all"), check_names=False,
+                                  check_freq=False, check_index_type=False, rtol=1e-12)
+
+    membership = read_output(data_dir, "factor_membership")
+    assert "EUR-USD" not in set(membership["product_id"]) and set(membership["n_ranked"]) == {6}
+
+    snapshot = read_output(data_dir, "factor_exposures")
+    def betas(frame):
+        return frame.astype({"product_id": str, "factor_name": str}).set_index(["product_id", "factor_name"])[
+            "beta"].sort_index()
+
+    expected = daily_snapshot(alone, start=pd.Timestamp("2026-03-02", tz="UTC"))
+    pd.testing.assert_series_equal(betas(snapshot[snapshot["product_id"] != "EUR-USD"]), betas(expected),
+                                   check_names=False, rtol=1e-9)
+    eur_betas = snapshot[snapshot["product_id"] == "EUR-USD"]
+    assert len(eur_betas) == 4 and eur_betas["beta"].notna().all()            # the rate keeps its betas
+
+
+def test_a_day_whose_prices_stop_at_noon_gets_no_snapshot_the_attribution_would_take_for_the_whole_day():
+    """The factor run ends at midnight (the end-of-day schedule) but silver's candles stop at noon (an outage, a
+    late ingest). The grid reached the day's last bucket, so the day got its snapshot, taken at the last bucket
+    whose window still held enough returns (23:59 with the default day-long window): the attribution took the day as finished and compounded half a day of
+    factor returns against the PnL of the whole day, explaining a number with nothing flagged. A day gets its
+    snapshot only when the prices reach its last bucket; the rerun after the backfill writes it."""
+    day = pd.Timestamp("2026-03-02", tz="UTC")
+    start = day - pd.Timedelta(hours=6)
+    products = ["ADA-USD", "BTC-USD", "DOGE-USD", "ETH-USD", "SOL-USD", "XRP-USD"]
+    full = candle_frame(products, start, day + pd.Timedelta(days=1))
+    half = full[full["bucket_start"] < day + pd.Timedelta(hours=12)]
+    end = day + pd.Timedelta(days=1)
+
+    snapshot = daily_snapshot(compute(universe_returns(full, 60, start, end), SMALL), start=day)
+    assert set(snapshot["as_of_date"].astype(str)) == {"2026-03-02"}       # prices to 23:59: the day is finished
+    cut = compute(universe_returns(half, 60, start, end), SMALL)
+    assert daily_snapshot(cut, start=day).empty                           # but half a day is not the day

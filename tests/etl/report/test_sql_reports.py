@@ -86,8 +86,10 @@ def test_the_backtest_exception_report_counts_only_days_with_a_forecast_as_the_e
     key = (bt["portfolio_id"] == "P-CORE") & (bt["method"] == "hist") & (bt["confidence"] == 0.99)
     unscored = bt.index[key][:10]
     bt.loc[unscored, ["var_forecast", "is_exception"]] = [np.nan, False]
-    engine = backtest_summary(bt.assign(as_of_date=pd.to_datetime(bt["as_of_date"])), AS_OF).set_index(
-        ["portfolio_id", "method", "confidence"])
+    summary = backtest_summary(bt.assign(as_of_date=pd.to_datetime(bt["as_of_date"])), pd.Timestamp(AS_OF))
+    frames["fact_var_backtest_summary"] = summary.assign(     # the run of the day with these forecasts
+        as_of_date=AS_OF, window_start=summary["window_start"].dt.date, window_end=summary["window_end"].dt.date)
+    engine = summary.set_index(["portfolio_id", "method", "confidence"])
     rows = _report(gold(frames), "risk_exposure/var_backtest_exceptions.sql").set_index(
         ["portfolio_id", "method", "confidence"])
     for k, row in rows.iterrows():
@@ -238,3 +240,64 @@ def test_the_performance_summarys_total_pnl_is_unknown_over_a_day_whose_pnl_is_u
     assert float(rows.at["P-ALT", "total_pnl"]) == pytest.approx(round(alt.sum(), 2), abs=1e-9)
     core = pnl[pnl["portfolio_id"] == "P-CORE"]["daily_pnl"]
     assert rows.at["P-CORE", "n_days"] == core.notna().sum() == len(core) - 1
+
+
+def test_top_movers_keep_a_position_whose_base_currency_has_no_close_on_the_day(gold, pg_url):
+    """P-ALT is a EUR book. On the as-of day EUR-USD has no daily bar: the engine valued the book at the EUR-USD
+    close it carries (the previous day's, docs/risk_conventions.md), but the report converted to USD with the
+    as-of close only, got NULL and its ranking dropped the book's positions without a word. The USD figure uses
+    the close the engine carries (the latest on or before the day); a book without any EUR-USD close keeps its
+    positions in the report, flagged 'no USD rate' with a NULL USD PnL, never left out."""
+    frames = sample_frames(AS_OF)
+    frames["dim_portfolio"].loc[frames["dim_portfolio"]["portfolio_id"] == "P-ALT", "base_currency"] = "EUR"
+    prices = frames["fact_price_daily"]
+    eur = prices[prices["product_id"] == "BTC-USD"].assign(product_id="EUR-USD", open=1.1, high=1.1, low=1.1,
+                                                           close=1.1, daily_return=0.0)
+    day = pd.to_datetime(eur["price_date"]).dt.date
+    eur.loc[day == AS_OF - timedelta(days=1), "close"] = 1.25
+    frames["fact_price_daily"] = pd.concat([prices, eur[day < AS_OF]], ignore_index=True)   # none on the day
+    pos = frames["fact_positions"]
+    today = pos[pd.to_datetime(pos["as_of_date"]).dt.date == AS_OF].set_index(["portfolio_id", "product_id"])
+    rows = _report(gold(frames), "daily_pnl/top_movers.sql").set_index(["portfolio_id", "product_id"])
+    assert sorted(rows.index) == sorted(today.index)                      # every position of the two books
+    for (pid, product), row in rows.iterrows():
+        rate = 1.25 if pid == "P-ALT" else 1.0
+        assert float(row["position_pnl_usd"]) == pytest.approx(today.at[(pid, product), "daily_pnl"] * rate,
+                                                               abs=0.006), (pid, product)
+
+    frames["fact_price_daily"] = prices                                   # no EUR-USD close at all
+    with scratch_database(pg_url, "sql_no_rate") as url:
+        create_gold(url, frames)
+        rows = _report(url, "daily_pnl/top_movers.sql").set_index(["portfolio_id", "product_id"])
+    assert sorted(rows.index) == sorted(today.index)
+    alt = rows.loc["P-ALT"]
+    assert (alt["mover"] == "no USD rate").all() and alt["position_pnl_usd"].isna().all()
+    assert alt["position_pnl"].astype(float).tolist() == pytest.approx(
+        today.loc["P-ALT"].loc[alt.index, "daily_pnl"].tolist(), abs=1e-8)
+    assert rows.loc["P-CORE", "mover"].isin(["gainer", "loser"]).all()
+
+
+def test_the_backtest_exception_report_says_the_engines_counts_of_the_day_as_the_traffic_light_does(gold):
+    """Gold's backtest rows are upserted by day: the next day's run rewrites the days of the window they share (a
+    restated close, a corrected snapshot). The exception report recounted those rows, so for the same as-of day
+    it said 3 exceptions where the engine's test of that day (fact_var_backtest_summary, the traffic light report,
+    the Kupiec p-value) said 2: two numbers for one figure. It reads the engine's n_days and exceptions."""
+    from etl.risk.engine import backtest_summary
+
+    frames = sample_frames(AS_OF)
+    bt = frames["fact_var_backtest"].assign(as_of_date=lambda d: pd.to_datetime(d["as_of_date"]))
+    summary = backtest_summary(bt, pd.Timestamp(AS_OF))
+    frames["fact_var_backtest_summary"] = summary.assign(
+        as_of_date=AS_OF, window_start=summary["window_start"].dt.date, window_end=summary["window_end"].dt.date)
+    key = ((bt["portfolio_id"] == "P-CORE") & (bt["method"] == "hist") & (bt["confidence"] == 0.99)
+           & ~bt["is_exception"] & bt["var_forecast"].notna())
+    rewritten = bt.index[key][3]                                           # a later run's row of a shared day
+    frames["fact_var_backtest"].loc[rewritten, "is_exception"] = True
+    engine = summary.set_index(["portfolio_id", "method", "confidence"])
+    rows = _report(gold(frames), "risk_exposure/var_backtest_exceptions.sql").set_index(
+        ["portfolio_id", "method", "confidence"])
+    assert len(rows) == len(engine)
+    for k, row in rows.iterrows():
+        n, hits = engine.loc[k, ["n_days", "exceptions"]]
+        assert (row["n_days"], row["exceptions"]) == (n, hits), k
+        assert row["exception_rate"] == pytest.approx(round(hits / n, 4)), k
