@@ -159,6 +159,26 @@ def bar_days(bars: pd.DataFrame, closes: pd.DataFrame) -> pd.DataFrame:
         .astype(bool)
 
 
+def stuck_closes(closes: pd.DataFrame, max_unchanged: int) -> pd.DataFrame:
+    """(days x products of `closes`) True on the repeated closes of a run of more than `max_unchanged` consecutive
+    daily closes equal to the day before's (RISK_MAX_UNCHANGED_CLOSES): a feed publishing the same close day after
+    day, with volume or not, is a stuck price, not a market that did not move (a product of this book repeats a
+    close by chance about once in a thousand days, two in a row about once in a million). Those days are zero
+    returns the VaR would rest on, so they count as carried (`carried_days`), as a halt's days do."""
+    px = closes.to_numpy()
+    same = np.zeros(px.shape, dtype=bool)
+    same[1:] = px[1:] == px[:-1]
+    out = np.zeros(px.shape, dtype=bool)
+    for a in range(px.shape[1]):                       # per product: the length of the run each repeat is in
+        col = same[:, a]
+        if not col.any():
+            continue
+        run = np.cumsum(~col)                          # one id per run of repeats (and the close before it)
+        length = np.bincount(run, weights=col)
+        out[:, a] = col & (length[run] > max_unchanged)
+    return pd.DataFrame(out, index=closes.index, columns=closes.columns)
+
+
 def price_flags(positions_valued: pd.DataFrame, last_bar: pd.Series, delisted_on: pd.Series) -> pd.DataFrame:
     """The positions valued on the as-of day with where their value comes from: `price_date` (the oldest of the
     daily bars on or before the as-of day it rests on: the product's own, and the `<CCY>-USD` bars converting its

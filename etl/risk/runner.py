@@ -26,7 +26,6 @@ from etl.portfolios import book_products
 from etl.reference import DELISTED_ON
 from etl.reference_set import Reference
 from etl.risk import attribution, liquidity
-from etl.risk.firm import FIRM_ID
 from etl.risk.engine import (
     RiskParams,
     bar_days,
@@ -38,7 +37,9 @@ from etl.risk.engine import (
     limit_breaches,
     price_flags,
     release_freed_memory,
+    stuck_closes,
 )
+from etl.risk.firm import FIRM_ID
 from etl.risk.scenarios import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
@@ -53,7 +54,7 @@ TABLES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics"
 TABLES += SCENARIO_TABLES  # the intraday revaluation's inputs (etl.risk.intraday)
 # settings beside RiskParams that change a run's figures (the history window read, where the 5-minute bars come
 # from, the percentile of the LVaR costs): recorded in the run record's params, applied again by `risk --reproduce`
-RUN_SETTINGS = ("daily_history_days", "bars_source", "lvar_percentile", "max_carried_days")
+RUN_SETTINGS = ("daily_history_days", "bars_source", "lvar_percentile", "max_carried_days", "max_unchanged_closes")
 
 
 @dataclass
@@ -110,7 +111,8 @@ class RiskInputs:
     last_bar: pd.Series                   # product -> its last daily bar on or before as_of
     bars_5m: pd.DataFrame
     reference_digests: dict[str, str]     # Reference.digests: the reference files as read
-    has_bar: pd.DataFrame | None = None   # engine.bar_days: which closes are a bar's (not carried forward)
+    has_bar: pd.DataFrame | None = None   # engine.bar_days less engine.stuck_closes: which closes are a bar's price
+                                          # (not carried forward, by close_matrix or by a stuck feed)
 
 
 def load_inputs(as_of: date | None, settings: Settings, reference: Reference | None = None,
@@ -163,7 +165,9 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
         products, bars = held, bars[bars["product_id"].isin(held)]   # the default as-of is before some snapshots
     closes = close_matrix(bars[bars["price_date"] <= as_of_ts], products, as_of_ts)
     closes.attrs["history_start"] = as_of_ts - pd.Timedelta(days=settings.daily_history_days - 1)  # late_starters
-    has_bar = bar_days(bars, closes)
+    # a close is a bar's price when the product has a bar that day whose close is not stuck (a run of identical
+    # closes longer than RISK_MAX_UNCHANGED_CLOSES): both kinds of carried close are zero returns of no market
+    has_bar = bar_days(bars, closes) & ~stuck_closes(closes, settings.max_unchanged_closes)
     bars_5m = _read_bars("5m", products, as_of - timedelta(days=1), as_of, settings)
     last_bar = bars[bars["price_date"] <= as_of_ts].groupby("product_id")["price_date"].max()
     return RiskInputs(as_of, params, instruments, portfolios, positions, quote_ccy, products, closes, last_bar,

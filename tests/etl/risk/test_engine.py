@@ -1213,6 +1213,37 @@ def test_a_holding_halted_inside_the_var_window_is_counted_and_past_the_threshol
     assert (var_breach.loc[["U1", "B1"], "breach_kind"] == "uncomputable").all()
 
 
+def test_a_price_stuck_with_prints_inside_the_var_window_counts_as_carried_like_a_halt(risk_env, monkeypatch):
+    """ETH-USD's feed keeps publishing the same close for 10 days inside the 60-day VaR window, with volume (a
+    stuck price with prints, not a missing bar): every one of those days has a bar, so nothing used to say the
+    VaR of the books holding it rests on 10 zero returns. A run of identical daily closes longer than
+    RISK_MAX_UNCHANGED_CLOSES (3; these products repeat a close by chance about once in a thousand days) is a
+    stuck feed: its repeated closes count as carried, as the days of a halt do."""
+    halt = pd.Timestamp(AS_OF) - pd.Timedelta(days=20)
+    stuck = risk_env["closes"][["ETH-USD"]].copy()
+    stuck.loc[halt:halt + pd.Timedelta(days=9), "ETH-USD"] = stuck.loc[halt - pd.Timedelta(days=1), "ETH-USD"]
+    write_daily_bars(risk_env["data"], stuck, QUOTE, spread=0.01, volume=10.0)   # bars with volume on every day
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "10")
+    run_risk(as_of=AS_OF, settings=get_settings())
+    pos = _read(risk_env["data"], "positions_valued").set_index(["portfolio_id", "product_id"])
+    assert pos["carried_days"].to_dict() == {k: 10 if k[1] == "ETH-USD" else 0 for k in pos.index}
+    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    assert risk["carried_days"].to_dict() == {"U1": 10, "U2": 0, "B1": 10}
+    assert risk["var_99_hist"].notna().all()
+    assert _read(risk_env["data"], "firm_risk")["carried_days"].iat[0] == 10
+
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "9")
+    run_risk(as_of=AS_OF, settings=get_settings())
+    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    assert risk.loc[["U1", "B1"], ["var_99_hist", "es_99_hist"]].isna().all().all()
+    assert risk.loc["U2", "var_99_hist"] > 0
+
+    monkeypatch.setenv("RISK_MAX_UNCHANGED_CLOSES", "10")               # a run this long is tolerated: no flag
+    run_risk(as_of=AS_OF, settings=get_settings())
+    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    assert (risk["carried_days"] == 0).all() and risk["var_99_hist"].notna().all()
+
+
 def test_the_firm_holding_a_halted_product_past_the_threshold_has_no_var_either(risk_env, monkeypatch):
     """The firm is one USD book holding every position: ETH-USD halted 10 days inside the VaR window puts 10
     zero returns under the firm's figures too. `firm_risk.carried_days` counts them (as `risk_metrics` does for a
