@@ -223,6 +223,24 @@ def carried_days(positions_valued: pd.DataFrame, carried: pd.DataFrame, n_ret: i
     return rows.sum(axis=1), per_book
 
 
+def asset_carried_days(carried: pd.DataFrame, quote_ccy: dict[str, str], n_ret: int) -> tuple[pd.Series, pd.DataFrame]:
+    """The carried days of the products' own figures over the VaR window (the last n_ret days of `carried`, as
+    `carried_days`): (product -> the days its own close is carried: asset_risk, drawdowns, in its quote currency;
+    products x products -> the days on which the USD close of either is carried, its own or its quote's
+    `<CCY>-USD`: correlations, of USD returns)."""
+    window = carried.iloc[-n_ret:] if n_ret > 0 else carried.iloc[:0]
+    products = list(carried.columns)
+    own = window.to_numpy(dtype=bool)
+    none = np.zeros(len(window), dtype=bool)
+    usd = np.column_stack([own[:, a] | (window[f"{quote_ccy.get(p, 'USD')}-USD"].to_numpy(dtype=bool)
+                                        if f"{quote_ccy.get(p, 'USD')}-USD" in window.columns else none)
+                           for a, p in enumerate(products)]) if products else own
+    fresh = (~usd).astype(np.float64)
+    either = len(window) - fresh.T @ fresh                 # days on which a or b (or both) is carried
+    return (pd.Series(own.sum(axis=0), index=products, dtype="int64"),
+            pd.DataFrame(np.rint(either).astype("int64"), index=products, columns=products))
+
+
 def carried_scenarios(scenario_returns: pd.DataFrame, carried: pd.DataFrame, quote_ccy: dict[str, str]) -> np.ndarray:
     """Per scenario_returns row (base_currency, scenario_date, product_id): True when that scenario return rests
     on a carried-forward close of the product or of the `<CCY>-USD` pair converting its quote or the base currency

@@ -28,6 +28,7 @@ from etl.reference_set import Reference
 from etl.risk import attribution, liquidity
 from etl.risk.engine import (
     RiskParams,
+    asset_carried_days,
     bar_days,
     carried_days,
     carried_scenarios,
@@ -248,12 +249,13 @@ def finish_book_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], sett
     of `_carried_closes` for the firm, one USD book holding every position (its base currency converts nothing):
     `firm_risk.carried_days`, and past RISK_MAX_CARRIED_DAYS NULL VaR/ES, standalone sum and diversification
     benefit, and no firm-scope contributions."""
+    carried = ~inputs.has_bar if inputs.has_bar is not None else pd.DataFrame(False, index=inputs.closes.index,
+                                                                             columns=inputs.closes.columns)
+    _carried_assets(inputs, carried, tables, settings)
     firm = tables.get("firm_risk")
     if firm is None or firm.empty:
         return tables
     n_ret = int(firm["lookback_days"].iat[0])
-    carried = ~inputs.has_bar if inputs.has_bar is not None else pd.DataFrame(False, index=inputs.closes.index,
-                                                                             columns=inputs.closes.columns)
     held = tables["positions_valued"].assign(portfolio_id=FIRM_ID, base_currency="USD")
     _, per_firm = carried_days(held, carried, n_ret)
     firm["carried_days"] = int(per_firm.get(FIRM_ID, 0))
@@ -265,6 +267,38 @@ def finish_book_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], sett
         log.warning("firm VaR/ES NULL: %s days of the %s-day VaR window rest on a carried-forward close "
                     "(RISK_MAX_CARRIED_DAYS %s)", firm["carried_days"].iat[0], n_ret, settings.max_carried_days)
     return tables
+
+
+ASSET_WINDOW_FIGURES = ("vol_20d", "vol_30d", "vol_ewma", "max_drawdown", "worst_daily_return",
+                        "worst_daily_return_date")  # asset_risk's figures over returns of the VaR window
+
+
+def _carried_assets(inputs: RiskInputs, carried: pd.DataFrame, tables: dict[str, pd.DataFrame],
+                    settings: Settings) -> None:
+    """The carried-close rule of `_carried_closes` for the products' own figures (engine.asset_carried_days):
+    `asset_risk.carried_days` (its own close) and `correlations.carried_days` (either product's USD close); past
+    RISK_MAX_CARRIED_DAYS the product's volatilities, drawdown and worst return (asset_risk and its drawdowns
+    row) and the pair's correlation are NULL: zero returns of a halted product are not a calm, uncorrelated one."""
+    asset, corr = tables.get("asset_risk"), tables.get("correlations")
+    if asset is None or asset.empty:
+        return
+    n_ret = int(asset["lookback_days"].iat[0])
+    own, pair = asset_carried_days(carried, inputs.quote_ccy, n_ret)
+    asset["carried_days"] = asset["product_id"].map(own).fillna(0).astype("int64")
+    over = asset.loc[asset["carried_days"] > settings.max_carried_days, "product_id"]
+    if len(over):
+        asset.loc[asset["product_id"].isin(over), list(ASSET_WINDOW_FIGURES)] = None
+        dd = tables["drawdowns"]
+        gone = (dd["entity_type"] == "asset") & dd["entity_id"].isin(over)
+        dd.loc[gone, ["max_drawdown", "peak_date", "trough_date", "recovery_date"]] = None
+        log.warning("volatility, drawdown and worst return of %s NULL: more than %s days of the %s-day window rest "
+                    "on a carried-forward close (RISK_MAX_CARRIED_DAYS)", ", ".join(map(str, over)),
+                    settings.max_carried_days, n_ret)
+    if corr is not None and not corr.empty:
+        a = pair.index.get_indexer(corr["product_id_a"])
+        b = pair.columns.get_indexer(corr["product_id_b"])
+        corr["carried_days"] = pair.to_numpy()[a, b]
+        corr.loc[corr["carried_days"] > settings.max_carried_days, "correlation"] = np.nan
 
 
 def commit_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings: Settings,

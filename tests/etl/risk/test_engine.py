@@ -1244,6 +1244,47 @@ def test_a_price_stuck_with_prints_inside_the_var_window_counts_as_carried_like_
     assert (risk["carried_days"] == 0).all() and risk["var_99_hist"].notna().all()
 
 
+def test_a_halted_products_volatility_drawdown_and_correlations_are_flagged_and_past_the_threshold_null(
+        risk_env, monkeypatch):
+    """ETH-USD halted 10 days inside the 60-day window: its asset_risk volatilities, drawdown and worst return, its
+    drawdowns row and its correlations rest on 10 carried zero returns. asset_risk says how many
+    (`carried_days`), correlations the days on which either product's USD close is carried; past
+    RISK_MAX_CARRIED_DAYS these figures are NULL, as a book's VaR is, never a confident calm figure."""
+    run_risk(as_of=AS_OF, settings=get_settings())
+    clean_asset = _read(risk_env["data"], "asset_risk").set_index("product_id")
+    clean_corr = _read(risk_env["data"], "correlations").set_index(["product_id_a", "product_id_b"])
+    assert (clean_asset["carried_days"] == 0).all() and (clean_corr["carried_days"] == 0).all()
+    halt = pd.Timestamp(AS_OF) - pd.Timedelta(days=20)
+    _drop_days(risk_env["data"], "ETH-USD", halt, halt + pd.Timedelta(days=9))
+
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "10")                    # at the threshold: counted, still computed
+    run_risk(as_of=AS_OF, settings=get_settings())
+    asset = _read(risk_env["data"], "asset_risk").set_index("product_id")
+    assert asset["carried_days"].to_dict() == {"BTC-USD": 0, "ETH-BTC": 0, "ETH-USD": 10}
+    assert asset.loc["ETH-USD", "vol_30d"] > 0
+    corr = _read(risk_env["data"], "correlations").set_index(["product_id_a", "product_id_b"])
+    assert corr["carried_days"].to_dict() == {("BTC-USD", "ETH-BTC"): 0, ("BTC-USD", "ETH-USD"): 10,
+                                              ("ETH-BTC", "ETH-USD"): 10}
+    assert corr["correlation"].notna().all()
+
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "9")
+    run_risk(as_of=AS_OF, settings=get_settings())
+    asset = _read(risk_env["data"], "asset_risk").set_index("product_id")
+    window = ["vol_20d", "vol_30d", "vol_ewma", "max_drawdown", "worst_daily_return", "worst_daily_return_date"]
+    assert asset.loc["ETH-USD", window].isna().all(), asset.loc["ETH-USD", window]
+    assert asset.loc["ETH-USD", "close"] == pytest.approx(risk_env["closes"]["ETH-USD"].iloc[-1], rel=1e-12)
+    for product in ("BTC-USD", "ETH-BTC"):                               # the others keep their figures
+        assert asset.loc[product, window[:5]].tolist() == pytest.approx(clean_asset.loc[product, window[:5]].tolist(),
+                                                                        rel=1e-12)
+    dd = _read(risk_env["data"], "drawdowns")
+    eth = dd[(dd["entity_type"] == "asset") & (dd["entity_id"] == "ETH-USD")].iloc[0]
+    assert pd.isna(eth["max_drawdown"]) and pd.isna(eth["peak_date"]) and pd.isna(eth["trough_date"])
+    corr = _read(risk_env["data"], "correlations").set_index(["product_id_a", "product_id_b"])
+    assert corr.loc[[("BTC-USD", "ETH-USD"), ("ETH-BTC", "ETH-USD")], "correlation"].isna().all()
+    assert corr.loc[("BTC-USD", "ETH-BTC"), "correlation"] == pytest.approx(
+        clean_corr.loc[("BTC-USD", "ETH-BTC"), "correlation"], rel=1e-12)
+
+
 def test_the_firm_holding_a_halted_product_past_the_threshold_has_no_var_either(risk_env, monkeypatch):
     """The firm is one USD book holding every position: ETH-USD halted 10 days inside the VaR window puts 10
     zero returns under the firm's figures too. `firm_risk.carried_days` counts them (as `risk_metrics` does for a
