@@ -180,6 +180,7 @@ class Settings:
     anomaly_threshold: float
     backtest_days: int
     max_carried_days: int                # a book's VaR past this many carried-forward closes in its window: NULL
+    max_unchanged_closes: int            # a longer run of daily closes equal to the day before's is a stuck feed
     # factor model
     factor_window: int
     factor_min_obs: int
@@ -298,6 +299,7 @@ def get_settings() -> Settings:
         anomaly_threshold=_float("RISK_ANOMALY_THRESHOLD", 3.5),
         backtest_days=_int("RISK_BACKTEST_DAYS", 250),
         max_carried_days=_int("RISK_MAX_CARRIED_DAYS", 5),
+        max_unchanged_closes=_int("RISK_MAX_UNCHANGED_CLOSES", 3),
         factor_window=_int("FACTOR_WINDOW", 1440),
         factor_min_obs=_int("FACTOR_MIN_OBS", 60),
         factor_frequency_s=_int("FACTOR_FREQUENCY_S", 60),

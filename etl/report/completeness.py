@@ -163,13 +163,15 @@ CARRIED_SQL = """
 
 def carried_closes(reader: GoldReader, as_of: date) -> tuple[list[str], list[str]]:
     """(problems, notices): one notice per portfolio whose VaR window holds days on which a held price is a close
-    carried forward (no daily bar: a halt, zero returns; risk_metrics.carried_days), naming the products and days.
+    carried forward (no daily bar: a halt, or a stuck close repeated past RISK_MAX_UNCHANGED_CLOSES: zero returns;
+    risk_metrics.carried_days), naming the products and days.
     Not a failure (a genuine halt has no fix); past RISK_MAX_CARRIED_DAYS the risk run made the VaR NULL."""
     df = reader.frame("fact_risk_metrics", CARRIED_SQL, {"as_of": as_of})
     if df is None:
         return [f"gold.fact_risk_metrics or gold.fact_positions (with carried_days) cannot be read: whether the VaR "
                 f"of {as_of} rests on carried-forward closes is unknown: run `python -m etl load`"], []
-    notices = [f"VaR of {r.portfolio_id} rests on closes carried forward (no daily bar) on {r.carried_days} of the "
+    notices = [f"VaR of {r.portfolio_id} rests on closes carried forward (no daily bar, or a stuck close) on "
+               f"{r.carried_days} of the "
                f"{r.lookback_days} days of its window: {r.products}; above RISK_MAX_CARRIED_DAYS its VaR/ES are NULL"
                for r in df.itertuples(index=False)]
     short = reader.frame("fact_risk_metrics", SHORT_SQL, {"as_of": as_of})

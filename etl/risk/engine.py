@@ -159,6 +159,26 @@ def bar_days(bars: pd.DataFrame, closes: pd.DataFrame) -> pd.DataFrame:
         .astype(bool)
 
 
+def stuck_closes(closes: pd.DataFrame, max_unchanged: int) -> pd.DataFrame:
+    """(days x products of `closes`) True on the repeated closes of a run of more than `max_unchanged` consecutive
+    daily closes equal to the day before's (RISK_MAX_UNCHANGED_CLOSES): a feed publishing the same close day after
+    day, with volume or not, is a stuck price, not a market that did not move (a product of this book repeats a
+    close by chance about once in a thousand days, two in a row about once in a million). Those days are zero
+    returns the VaR would rest on, so they count as carried (`carried_days`), as a halt's days do."""
+    px = closes.to_numpy()
+    same = np.zeros(px.shape, dtype=bool)
+    same[1:] = px[1:] == px[:-1]
+    out = np.zeros(px.shape, dtype=bool)
+    for a in range(px.shape[1]):                       # per product: the length of the run each repeat is in
+        col = same[:, a]
+        if not col.any():
+            continue
+        run = np.cumsum(~col)                          # one id per run of repeats (and the close before it)
+        length = np.bincount(run, weights=col)
+        out[:, a] = col & (length[run] > max_unchanged)
+    return pd.DataFrame(out, index=closes.index, columns=closes.columns)
+
+
 def price_flags(positions_valued: pd.DataFrame, last_bar: pd.Series, delisted_on: pd.Series) -> pd.DataFrame:
     """The positions valued on the as-of day with where their value comes from: `price_date` (the oldest of the
     daily bars on or before the as-of day it rests on: the product's own, and the `<CCY>-USD` bars converting its
@@ -201,6 +221,24 @@ def carried_days(positions_valued: pd.DataFrame, carried: pd.DataFrame, n_ret: i
     rows = np.array([masks[k] for k in keys], dtype=bool).reshape(len(keys), len(window))
     per_book = pd.DataFrame(rows, index=pv["portfolio_id"].to_numpy()).groupby(level=0).any().sum(axis=1)
     return rows.sum(axis=1), per_book
+
+
+def asset_carried_days(carried: pd.DataFrame, quote_ccy: dict[str, str], n_ret: int) -> tuple[pd.Series, pd.DataFrame]:
+    """The carried days of the products' own figures over the VaR window (the last n_ret days of `carried`, as
+    `carried_days`): (product -> the days its own close is carried: asset_risk, drawdowns, in its quote currency;
+    products x products -> the days on which the USD close of either is carried, its own or its quote's
+    `<CCY>-USD`: correlations, of USD returns)."""
+    window = carried.iloc[-n_ret:] if n_ret > 0 else carried.iloc[:0]
+    products = list(carried.columns)
+    own = window.to_numpy(dtype=bool)
+    none = np.zeros(len(window), dtype=bool)
+    usd = np.column_stack([own[:, a] | (window[f"{quote_ccy.get(p, 'USD')}-USD"].to_numpy(dtype=bool)
+                                        if f"{quote_ccy.get(p, 'USD')}-USD" in window.columns else none)
+                           for a, p in enumerate(products)]) if products else own
+    fresh = (~usd).astype(np.float64)
+    either = len(window) - fresh.T @ fresh                 # days on which a or b (or both) is carried
+    return (pd.Series(own.sum(axis=0), index=products, dtype="int64"),
+            pd.DataFrame(np.rint(either).astype("int64"), index=products, columns=products))
 
 
 def carried_scenarios(scenario_returns: pd.DataFrame, carried: pd.DataFrame, quote_ccy: dict[str, str]) -> np.ndarray:

@@ -26,9 +26,9 @@ from etl.portfolios import book_products
 from etl.reference import DELISTED_ON
 from etl.reference_set import Reference
 from etl.risk import attribution, liquidity
-from etl.risk.firm import FIRM_ID
 from etl.risk.engine import (
     RiskParams,
+    asset_carried_days,
     bar_days,
     carried_days,
     carried_scenarios,
@@ -38,7 +38,9 @@ from etl.risk.engine import (
     limit_breaches,
     price_flags,
     release_freed_memory,
+    stuck_closes,
 )
+from etl.risk.firm import FIRM_ID
 from etl.risk.scenarios import SCENARIO_TABLES
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
@@ -53,7 +55,7 @@ TABLES = ("positions_valued", "portfolio_valuation", "pnl_daily", "risk_metrics"
 TABLES += SCENARIO_TABLES  # the intraday revaluation's inputs (etl.risk.intraday)
 # settings beside RiskParams that change a run's figures (the history window read, where the 5-minute bars come
 # from, the percentile of the LVaR costs): recorded in the run record's params, applied again by `risk --reproduce`
-RUN_SETTINGS = ("daily_history_days", "bars_source", "lvar_percentile", "max_carried_days")
+RUN_SETTINGS = ("daily_history_days", "bars_source", "lvar_percentile", "max_carried_days", "max_unchanged_closes")
 
 
 @dataclass
@@ -110,7 +112,8 @@ class RiskInputs:
     last_bar: pd.Series                   # product -> its last daily bar on or before as_of
     bars_5m: pd.DataFrame
     reference_digests: dict[str, str]     # Reference.digests: the reference files as read
-    has_bar: pd.DataFrame | None = None   # engine.bar_days: which closes are a bar's (not carried forward)
+    has_bar: pd.DataFrame | None = None   # engine.bar_days less engine.stuck_closes: which closes are a bar's price
+                                          # (not carried forward, by close_matrix or by a stuck feed)
 
 
 def load_inputs(as_of: date | None, settings: Settings, reference: Reference | None = None,
@@ -163,7 +166,9 @@ def load_inputs(as_of: date | None, settings: Settings, reference: Reference | N
         products, bars = held, bars[bars["product_id"].isin(held)]   # the default as-of is before some snapshots
     closes = close_matrix(bars[bars["price_date"] <= as_of_ts], products, as_of_ts)
     closes.attrs["history_start"] = as_of_ts - pd.Timedelta(days=settings.daily_history_days - 1)  # late_starters
-    has_bar = bar_days(bars, closes)
+    # a close is a bar's price when the product has a bar that day whose close is not stuck (a run of identical
+    # closes longer than RISK_MAX_UNCHANGED_CLOSES): both kinds of carried close are zero returns of no market
+    has_bar = bar_days(bars, closes) & ~stuck_closes(closes, settings.max_unchanged_closes)
     bars_5m = _read_bars("5m", products, as_of - timedelta(days=1), as_of, settings)
     last_bar = bars[bars["price_date"] <= as_of_ts].groupby("product_id")["price_date"].max()
     return RiskInputs(as_of, params, instruments, portfolios, positions, quote_ccy, products, closes, last_bar,
@@ -244,12 +249,13 @@ def finish_book_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], sett
     of `_carried_closes` for the firm, one USD book holding every position (its base currency converts nothing):
     `firm_risk.carried_days`, and past RISK_MAX_CARRIED_DAYS NULL VaR/ES, standalone sum and diversification
     benefit, and no firm-scope contributions."""
+    carried = ~inputs.has_bar if inputs.has_bar is not None else pd.DataFrame(False, index=inputs.closes.index,
+                                                                             columns=inputs.closes.columns)
+    _carried_assets(inputs, carried, tables, settings)
     firm = tables.get("firm_risk")
     if firm is None or firm.empty:
         return tables
     n_ret = int(firm["lookback_days"].iat[0])
-    carried = ~inputs.has_bar if inputs.has_bar is not None else pd.DataFrame(False, index=inputs.closes.index,
-                                                                             columns=inputs.closes.columns)
     held = tables["positions_valued"].assign(portfolio_id=FIRM_ID, base_currency="USD")
     _, per_firm = carried_days(held, carried, n_ret)
     firm["carried_days"] = int(per_firm.get(FIRM_ID, 0))
@@ -261,6 +267,38 @@ def finish_book_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], sett
         log.warning("firm VaR/ES NULL: %s days of the %s-day VaR window rest on a carried-forward close "
                     "(RISK_MAX_CARRIED_DAYS %s)", firm["carried_days"].iat[0], n_ret, settings.max_carried_days)
     return tables
+
+
+ASSET_WINDOW_FIGURES = ("vol_20d", "vol_30d", "vol_ewma", "max_drawdown", "worst_daily_return",
+                        "worst_daily_return_date")  # asset_risk's figures over returns of the VaR window
+
+
+def _carried_assets(inputs: RiskInputs, carried: pd.DataFrame, tables: dict[str, pd.DataFrame],
+                    settings: Settings) -> None:
+    """The carried-close rule of `_carried_closes` for the products' own figures (engine.asset_carried_days):
+    `asset_risk.carried_days` (its own close) and `correlations.carried_days` (either product's USD close); past
+    RISK_MAX_CARRIED_DAYS the product's volatilities, drawdown and worst return (asset_risk and its drawdowns
+    row) and the pair's correlation are NULL: zero returns of a halted product are not a calm, uncorrelated one."""
+    asset, corr = tables.get("asset_risk"), tables.get("correlations")
+    if asset is None or asset.empty:
+        return
+    n_ret = int(asset["lookback_days"].iat[0])
+    own, pair = asset_carried_days(carried, inputs.quote_ccy, n_ret)
+    asset["carried_days"] = asset["product_id"].map(own).fillna(0).astype("int64")
+    over = asset.loc[asset["carried_days"] > settings.max_carried_days, "product_id"]
+    if len(over):
+        asset.loc[asset["product_id"].isin(over), list(ASSET_WINDOW_FIGURES)] = None
+        dd = tables["drawdowns"]
+        gone = (dd["entity_type"] == "asset") & dd["entity_id"].isin(over)
+        dd.loc[gone, ["max_drawdown", "peak_date", "trough_date", "recovery_date"]] = None
+        log.warning("volatility, drawdown and worst return of %s NULL: more than %s days of the %s-day window rest "
+                    "on a carried-forward close (RISK_MAX_CARRIED_DAYS)", ", ".join(map(str, over)),
+                    settings.max_carried_days, n_ret)
+    if corr is not None and not corr.empty:
+        a = pair.index.get_indexer(corr["product_id_a"])
+        b = pair.columns.get_indexer(corr["product_id_b"])
+        corr["carried_days"] = pair.to_numpy()[a, b]
+        corr.loc[corr["carried_days"] > settings.max_carried_days, "correlation"] = np.nan
 
 
 def commit_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], settings: Settings,

@@ -385,7 +385,8 @@ def test_a_var_resting_on_carried_forward_closes_is_a_stale_warning_on_every_pag
     lookback = int(risk["lookback_days"].iloc[0])
     path, summary = _complete(pg_url, monkeypatch, frames, "completeness_carried", sql_dir)
     holders = sorted(set(pos.loc[(pos["product_id"] == "SOL-USD") & (pos["as_of_date"] == AS_OF), "portfolio_id"]))
-    notices = [f"VaR of {pid} rests on closes carried forward (no daily bar) on 3 of the {lookback} days of its "
+    notices = [f"VaR of {pid} rests on closes carried forward (no daily bar, or a stuck close) on 3 of the "
+               f"{lookback} days of its "
                f"window: SOL-USD (3 days); above RISK_MAX_CARRIED_DAYS its VaR/ES are NULL" for pid in holders]
     assert (summary["status"], summary["stale"]) == ("complete", notices)
     for page in sorted(path.parent.glob("*.html")):

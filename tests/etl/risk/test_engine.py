@@ -1214,6 +1214,78 @@ def test_a_holding_halted_inside_the_var_window_is_counted_and_past_the_threshol
     assert (var_breach.loc[["U1", "B1"], "breach_kind"] == "uncomputable").all()
 
 
+def test_a_price_stuck_with_prints_inside_the_var_window_counts_as_carried_like_a_halt(risk_env, monkeypatch):
+    """ETH-USD's feed keeps publishing the same close for 10 days inside the 60-day VaR window, with volume (a
+    stuck price with prints, not a missing bar): every one of those days has a bar, so nothing used to say the
+    VaR of the books holding it rests on 10 zero returns. A run of identical daily closes longer than
+    RISK_MAX_UNCHANGED_CLOSES (3; these products repeat a close by chance about once in a thousand days) is a
+    stuck feed: its repeated closes count as carried, as the days of a halt do."""
+    halt = pd.Timestamp(AS_OF) - pd.Timedelta(days=20)
+    stuck = risk_env["closes"][["ETH-USD"]].copy()
+    stuck.loc[halt:halt + pd.Timedelta(days=9), "ETH-USD"] = stuck.loc[halt - pd.Timedelta(days=1), "ETH-USD"]
+    write_daily_bars(risk_env["data"], stuck, QUOTE, spread=0.01, volume=10.0)   # bars with volume on every day
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "10")
+    run_risk(as_of=AS_OF, settings=get_settings())
+    pos = _read(risk_env["data"], "positions_valued").set_index(["portfolio_id", "product_id"])
+    assert pos["carried_days"].to_dict() == {k: 10 if k[1] == "ETH-USD" else 0 for k in pos.index}
+    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    assert risk["carried_days"].to_dict() == {"U1": 10, "U2": 0, "B1": 10}
+    assert risk["var_99_hist"].notna().all()
+    assert _read(risk_env["data"], "firm_risk")["carried_days"].iat[0] == 10
+
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "9")
+    run_risk(as_of=AS_OF, settings=get_settings())
+    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    assert risk.loc[["U1", "B1"], ["var_99_hist", "es_99_hist"]].isna().all().all()
+    assert risk.loc["U2", "var_99_hist"] > 0
+
+    monkeypatch.setenv("RISK_MAX_UNCHANGED_CLOSES", "10")               # a run this long is tolerated: no flag
+    run_risk(as_of=AS_OF, settings=get_settings())
+    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    assert (risk["carried_days"] == 0).all() and risk["var_99_hist"].notna().all()
+
+
+def test_a_halted_products_volatility_drawdown_and_correlations_are_flagged_and_past_the_threshold_null(
+        risk_env, monkeypatch):
+    """ETH-USD halted 10 days inside the 60-day window: its asset_risk volatilities, drawdown and worst return, its
+    drawdowns row and its correlations rest on 10 carried zero returns. asset_risk says how many
+    (`carried_days`), correlations the days on which either product's USD close is carried; past
+    RISK_MAX_CARRIED_DAYS these figures are NULL, as a book's VaR is, never a confident calm figure."""
+    run_risk(as_of=AS_OF, settings=get_settings())
+    clean_asset = _read(risk_env["data"], "asset_risk").set_index("product_id")
+    clean_corr = _read(risk_env["data"], "correlations").set_index(["product_id_a", "product_id_b"])
+    assert (clean_asset["carried_days"] == 0).all() and (clean_corr["carried_days"] == 0).all()
+    halt = pd.Timestamp(AS_OF) - pd.Timedelta(days=20)
+    _drop_days(risk_env["data"], "ETH-USD", halt, halt + pd.Timedelta(days=9))
+
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "10")                    # at the threshold: counted, still computed
+    run_risk(as_of=AS_OF, settings=get_settings())
+    asset = _read(risk_env["data"], "asset_risk").set_index("product_id")
+    assert asset["carried_days"].to_dict() == {"BTC-USD": 0, "ETH-BTC": 0, "ETH-USD": 10}
+    assert asset.loc["ETH-USD", "vol_30d"] > 0
+    corr = _read(risk_env["data"], "correlations").set_index(["product_id_a", "product_id_b"])
+    assert corr["carried_days"].to_dict() == {("BTC-USD", "ETH-BTC"): 0, ("BTC-USD", "ETH-USD"): 10,
+                                              ("ETH-BTC", "ETH-USD"): 10}
+    assert corr["correlation"].notna().all()
+
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "9")
+    run_risk(as_of=AS_OF, settings=get_settings())
+    asset = _read(risk_env["data"], "asset_risk").set_index("product_id")
+    window = ["vol_20d", "vol_30d", "vol_ewma", "max_drawdown", "worst_daily_return", "worst_daily_return_date"]
+    assert asset.loc["ETH-USD", window].isna().all(), asset.loc["ETH-USD", window]
+    assert asset.loc["ETH-USD", "close"] == pytest.approx(risk_env["closes"]["ETH-USD"].iloc[-1], rel=1e-12)
+    for product in ("BTC-USD", "ETH-BTC"):                               # the others keep their figures
+        assert asset.loc[product, window[:5]].tolist() == pytest.approx(clean_asset.loc[product, window[:5]].tolist(),
+                                                                        rel=1e-12)
+    dd = _read(risk_env["data"], "drawdowns")
+    eth = dd[(dd["entity_type"] == "asset") & (dd["entity_id"] == "ETH-USD")].iloc[0]
+    assert pd.isna(eth["max_drawdown"]) and pd.isna(eth["peak_date"]) and pd.isna(eth["trough_date"])
+    corr = _read(risk_env["data"], "correlations").set_index(["product_id_a", "product_id_b"])
+    assert corr.loc[[("BTC-USD", "ETH-USD"), ("ETH-BTC", "ETH-USD")], "correlation"].isna().all()
+    assert corr.loc[("BTC-USD", "ETH-BTC"), "correlation"] == pytest.approx(
+        clean_corr.loc[("BTC-USD", "ETH-BTC"), "correlation"], rel=1e-12)
+
+
 def test_the_firm_holding_a_halted_product_past_the_threshold_has_no_var_either(risk_env, monkeypatch):
     """The firm is one USD book holding every position: ETH-USD halted 10 days inside the VaR window puts 10
     zero returns under the firm's figures too. `firm_risk.carried_days` counts them (as `risk_metrics` does for a
