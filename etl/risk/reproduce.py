@@ -36,7 +36,7 @@ from etl.errors import ValidationError
 from etl.lake import VersionGone, conform, pinned
 from etl.reference_set import Reference
 from etl.risk.engine import RiskParams, compute_tables
-from etl.risk.runner import RUN_SETTINGS, finish_portfolio_tables, load_inputs
+from etl.risk.runner import RUN_SETTINGS, finish_book_tables, finish_portfolio_tables, load_inputs
 from etl.settings import Settings, get_settings
 from etl.storage import get_store
 from etl.warehouse.schema import to_arrow
@@ -131,7 +131,8 @@ def reproduce(as_of: date, run_id: str, output: str | Path, settings: Settings |
             inputs = load_inputs(as_of, settings, reference, RiskParams(**params))
             tables = compute_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions,
                                     inputs.params, inputs.bars_5m, inputs.has_bar)
-            tables = finish_portfolio_tables(inputs, inputs.portfolios, tables, settings)
+            tables = finish_book_tables(inputs, finish_portfolio_tables(inputs, inputs.portfolios, tables, settings),
+                                        settings)   # as run_risk finishes them (the firm's carried-close rule)
         # in the types of the files the run committed
         schemas = [pq.read_schema(store.path(next(iter(entry["files"]))), filesystem=store.fs)
                    for entry in record["files"].values()]
