@@ -242,13 +242,14 @@ class Lake:
 
     def files(self, rel: str, version: int | None = None) -> list[str] | None:
         """The data files of table `rel` at `version` (default the latest), as paths relative to the data root,
-        sorted; None when there is no table. What a reader reads instead of listing the folder."""
+        sorted; None when there is no table. What a reader reads instead of listing the folder. (The log holds the
+        paths URL-encoded: decoded here, so a partition value like `risk/as_of_date=D` names the file that is there.)"""
         t = self.table(rel, _run_version(rel, version))
         if t is None:
             note_read(rel, ABSENT)
             return None
         note_read(rel, t.version())
-        return sorted(posixpath.join(rel, p) for p in _actions(t)["path"].to_pylist())
+        return sorted(posixpath.join(rel, unquote(p)) for p in _actions(t)["path"].to_pylist())
 
     def ever_added(self, rel: str) -> set[str]:
         """Every data file table `rel` holds or held (paths as `files` gives them): its latest version's files and
@@ -260,7 +261,7 @@ class Lake:
             if info.base_name.endswith(".json") and info.base_name[:-len(".json")].isdigit():
                 with fs.open_input_stream(info.path) as f:
                     actions = [json.loads(line) for line in f.read().splitlines()]
-                out.update(posixpath.join(rel, a["add"]["path"]) for a in actions if "add" in a)
+                out.update(posixpath.join(rel, unquote(a["add"]["path"])) for a in actions if "add" in a)
         return out
 
     def metadata(self, rel: str, key: str) -> tuple[int, str] | None:
@@ -300,8 +301,8 @@ class Lake:
         t = table or self.table(rel) or self._create(rel, schema, partition_by)
         if remove:
             gone = {posixpath.relpath(p, rel) for p in remove}
-            removed = [a for a in _actions(t, flatten=True).to_pylist() if a["path"] in gone]
-            if missing := sorted(gone - {a["path"] for a in removed}):
+            removed = [a for a in _actions(t, flatten=True).to_pylist() if unquote(a["path"]) in gone]
+            if missing := sorted(gone - {unquote(a["path"]) for a in removed}):
                 # another writer removed them since the caller read the table (e.g. a compaction of the same files)
                 raise LakeConflict(f"{self.uri(rel)}: {len(missing)} file(s) this commit replaces are not in version "
                                    f"{t.version()} any more (first: {missing[0]}): a concurrent writer replaced them; "
@@ -365,7 +366,7 @@ class Lake:
         if t is None:
             return {}
         actions = _actions(t)
-        return {posixpath.join(rel, p): m for p, m in zip(actions["path"].to_pylist(),
+        return {posixpath.join(rel, unquote(p)): m for p, m in zip(actions["path"].to_pylist(),
                                                           actions["modification_time"].to_pylist(), strict=True)}
 
     def _version_of(self, rel: str, txn: str, after: int) -> int:
@@ -490,7 +491,7 @@ class Lake:
                 inside = posixpath.join(posixpath.dirname(unquote(actions[0]["path"])), f"part-{uuid.uuid4().hex}.parquet")
                 path = store.write_parquet(posixpath.join(rel, inside), rows)
                 files.append(DataFile(inside, store.fs.get_file_info(path).size, values, rows.num_rows))
-                removed += [posixpath.join(rel, a["path"]) for a in actions]
+                removed += [posixpath.join(rel, unquote(a["path"])) for a in actions]
             try:
                 self.commit_files(rel, files, schema, partition_by, remove=removed, table=t,
                                   metadata={**(metadata or {}), "compacted": "optimize"},
