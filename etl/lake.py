@@ -213,11 +213,13 @@ class Lake:
 
     # ---- writing -------------------------------------------------------------------------------------------
     def write(self, rel: str, data: pa.Table, partition_by: Sequence[str] | None = None,
-              metadata: dict[str, Any] | None = None) -> int:
+              metadata: dict[str, Any] | None = None, guard: bool = False, table: DeltaTable | None = None) -> int:
         """Append `data` to table `rel` (made on the first write, partitioned by `partition_by`: string columns) in
         one commit carrying `metadata`; returns the version it made. Its files are written by the Store (page
         checksums, as every lake file: a flipped byte fails the read instead of decoding into other values), one
-        per partition, then committed (`commit_files`; the table's first write is its version 0)."""
+        per partition, then committed (`commit_files`; the table's first write is its version 0). `guard`: commit
+        only on top of `table` (the version the caller read, None: it found no table), or of later versions when
+        the partitions it appends to are as in `table`; else LakeConflict, and its files are deleted."""
         store, keys = Store.from_uri(self.root), list(partition_by or [])
         files = []
         for values in sorted({tuple(r.values()) for r in data.select(keys).to_pylist()}) if keys else [()]:
@@ -228,17 +230,27 @@ class Lake:
                                     f"part-{uuid.uuid4().hex}.parquet")
             path = store.write_parquet(posixpath.join(rel, inside), rows.drop_columns(keys))
             files.append(DataFile(inside, store.fs.get_file_info(path).size, values, rows.num_rows))
-        if self.table(rel) is None:
-            try:   # the first write makes the table with its files: version 0 (put-if-absent)
-                create_table_with_add_actions(self.uri(rel), Schema.from_arrow(data.schema), _adds(files), mode="error",
-                                              partition_by=keys or None, configuration=self._configuration(),
-                                              storage_options=self.storage_options,
-                                              commit_properties=_props(metadata, retries=0))
-                return 0
-            except (CommitFailedError, DeltaError) as exc:   # another first writer made it: append to it
-                if not isinstance(exc, CommitFailedError) and "already exists" not in str(exc):
-                    raise
-        return self.commit_files(rel, files, data.schema, keys, metadata=metadata)
+        try:
+            if (table if guard else self.table(rel)) is None:
+                try:   # the first write makes the table with its files: version 0 (put-if-absent)
+                    create_table_with_add_actions(self.uri(rel), Schema.from_arrow(data.schema), _adds(files),
+                                                  mode="error", partition_by=keys or None,
+                                                  configuration=self._configuration(),
+                                                  storage_options=self.storage_options,
+                                                  commit_properties=_props(metadata, retries=0))
+                    return 0
+                except (CommitFailedError, DeltaError) as exc:   # another first writer made it: append to it
+                    if not isinstance(exc, CommitFailedError) and "already exists" not in str(exc):
+                        raise
+                    if guard:
+                        raise LakeConflict(f"{self.uri(rel)}: another writer made the table meanwhile; nothing was "
+                                           "committed") from exc
+            return self.commit_files(rel, files, data.schema, keys, metadata=metadata, table=table if guard else None,
+                                     partitions=[f.partition for f in files] if guard else ())
+        except LakeConflict:
+            for f in files:   # never committed: not a file of any version
+                store.delete(posixpath.join(rel, f.path))
+            raise
 
     def files(self, rel: str, version: int | None = None) -> list[str] | None:
         """The data files of table `rel` at `version` (default the latest), as paths relative to the data root,
