@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from etl.errors import ValidationError
-from etl.lake import ABSENT, DataFile, Lake, conform, note_read, recorded_reads
+from etl.lake import ABSENT, COMMIT_RETRIES, DataFile, Lake, LakeConflict, conform, note_read, recorded_reads
 from etl.storage import Store
 
 log = logging.getLogger(__name__)
@@ -202,15 +202,14 @@ def maintain(store: Store) -> int:
     return deleted
 
 
-def _after_previous(lake: Lake, name: str, now: datetime) -> datetime:
-    """`now`, or a microsecond after the `committed_at` of the latest record of `name` when that is not before `now`
-    (its host's clock ran ahead of this one's): a name's records are ordered by `committed_at`, so the record
-    committed last is the one in force, whatever the hosts' clocks. Read from the latest `_runs` version, not the one
-    the run read."""
-    t = lake.table(RUNS)
-    if t is None:
+def _after_previous(runs: DeltaTable | None, name: str, now: datetime) -> datetime:
+    """`now`, or a microsecond after the `committed_at` of the latest record of `name` in `runs` (a version of
+    `_runs`: the one the record is committed on top of) when that is not before `now` (its host's clock ran ahead of
+    this one's): a name's records are ordered by `committed_at`, so the record committed last is the one in force,
+    whatever the hosts' clocks."""
+    if runs is None:
         return now
-    latest = pc.max(t.to_pyarrow_dataset(partitions=[("name", "=", name)]).to_table(columns=["committed_at"])
+    latest = pc.max(runs.to_pyarrow_dataset(partitions=[("name", "=", name)]).to_table(columns=["committed_at"])
                     ["committed_at"]).as_py()
     return now if latest is None or latest < now else latest + timedelta(microseconds=1)
 
@@ -241,13 +240,23 @@ def publish(store: Store, name: str, stage: str, parts: dict[tuple[str, str], pa
         entries[f"{table}/{partition}"] = {"table": table, "partition": partition, "columns": columns,
                                            "run_id": run_id, "version": version, "rows": rows.num_rows,
                                            "files": {path: store.digest(path)}}
-    committed_at = _after_previous(lake, name, datetime.now(UTC))
     inputs = recorded_reads()  # the versions of the Delta tables the run read (etl.lake.records_reads)
     record = json.dumps({"files": entries, **(meta or {}), **({"inputs": inputs} if inputs is not None else {})},
                         default=str, sort_keys=True)
-    lake.write(RUNS, pa.Table.from_pylist([{"name": name, "run_id": run_id, "stage": stage,
-                                            "committed_at": committed_at, "record": record}], RUNS_SCHEMA),
-               partition_by=["name"], metadata={"run_id": run_id, "commit": name})  # the commit point
+    for attempt in range(COMMIT_RETRIES + 1):
+        # stamped after the name's records in the `_runs` version it lands on: a record of the name committed
+        # meanwhile (LakeConflict) makes it read them again
+        runs = lake.table(RUNS)
+        committed_at = _after_previous(runs, name, datetime.now(UTC))
+        try:
+            lake.write(RUNS, pa.Table.from_pylist([{"name": name, "run_id": run_id, "stage": stage,
+                                                    "committed_at": committed_at, "record": record}], RUNS_SCHEMA),
+                       partition_by=["name"], metadata={"run_id": run_id, "commit": name}, guard=True,
+                       table=runs)  # the commit point
+            break
+        except LakeConflict:
+            if attempt == COMMIT_RETRIES:
+                raise
     log.info("committed %s: run %s, %d partition(s)", name, run_id, len(parts))
     return {**json.loads(record), "name": name, "run_id": run_id, "stage": stage,
             "committed_at": committed_at.isoformat()}

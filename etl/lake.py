@@ -213,11 +213,13 @@ class Lake:
 
     # ---- writing -------------------------------------------------------------------------------------------
     def write(self, rel: str, data: pa.Table, partition_by: Sequence[str] | None = None,
-              metadata: dict[str, Any] | None = None) -> int:
+              metadata: dict[str, Any] | None = None, guard: bool = False, table: DeltaTable | None = None) -> int:
         """Append `data` to table `rel` (made on the first write, partitioned by `partition_by`: string columns) in
         one commit carrying `metadata`; returns the version it made. Its files are written by the Store (page
         checksums, as every lake file: a flipped byte fails the read instead of decoding into other values), one
-        per partition, then committed (`commit_files`; the table's first write is its version 0)."""
+        per partition, then committed (`commit_files`; the table's first write is its version 0). `guard`: commit
+        only on top of `table` (the version the caller read, None: it found no table), or of later versions when
+        the partitions it appends to are as in `table`; else LakeConflict, and its files are deleted."""
         store, keys = Store.from_uri(self.root), list(partition_by or [])
         files = []
         for values in sorted({tuple(r.values()) for r in data.select(keys).to_pylist()}) if keys else [()]:
@@ -228,27 +230,38 @@ class Lake:
                                     f"part-{uuid.uuid4().hex}.parquet")
             path = store.write_parquet(posixpath.join(rel, inside), rows.drop_columns(keys))
             files.append(DataFile(inside, store.fs.get_file_info(path).size, values, rows.num_rows))
-        if self.table(rel) is None:
-            try:   # the first write makes the table with its files: version 0 (put-if-absent)
-                create_table_with_add_actions(self.uri(rel), Schema.from_arrow(data.schema), _adds(files), mode="error",
-                                              partition_by=keys or None, configuration=self._configuration(),
-                                              storage_options=self.storage_options,
-                                              commit_properties=_props(metadata, retries=0))
-                return 0
-            except (CommitFailedError, DeltaError) as exc:   # another first writer made it: append to it
-                if not isinstance(exc, CommitFailedError) and "already exists" not in str(exc):
-                    raise
-        return self.commit_files(rel, files, data.schema, keys, metadata=metadata)
+        try:
+            if (table if guard else self.table(rel)) is None:
+                try:   # the first write makes the table with its files: version 0 (put-if-absent)
+                    create_table_with_add_actions(self.uri(rel), Schema.from_arrow(data.schema), _adds(files),
+                                                  mode="error", partition_by=keys or None,
+                                                  configuration=self._configuration(),
+                                                  storage_options=self.storage_options,
+                                                  commit_properties=_props(metadata, retries=0))
+                    return 0
+                except (CommitFailedError, DeltaError) as exc:   # another first writer made it: append to it
+                    if not isinstance(exc, CommitFailedError) and "already exists" not in str(exc):
+                        raise
+                    if guard:
+                        raise LakeConflict(f"{self.uri(rel)}: another writer made the table meanwhile; nothing was "
+                                           "committed") from exc
+            return self.commit_files(rel, files, data.schema, keys, metadata=metadata, table=table if guard else None,
+                                     partitions=[f.partition for f in files] if guard else ())
+        except LakeConflict:
+            for f in files:   # never committed: not a file of any version
+                store.delete(posixpath.join(rel, f.path))
+            raise
 
     def files(self, rel: str, version: int | None = None) -> list[str] | None:
         """The data files of table `rel` at `version` (default the latest), as paths relative to the data root,
-        sorted; None when there is no table. What a reader reads instead of listing the folder."""
+        sorted; None when there is no table. What a reader reads instead of listing the folder. (The log holds the
+        paths URL-encoded: decoded here, so a partition value like `risk/as_of_date=D` names the file that is there.)"""
         t = self.table(rel, _run_version(rel, version))
         if t is None:
             note_read(rel, ABSENT)
             return None
         note_read(rel, t.version())
-        return sorted(posixpath.join(rel, p) for p in _actions(t)["path"].to_pylist())
+        return sorted(posixpath.join(rel, unquote(p)) for p in _actions(t)["path"].to_pylist())
 
     def ever_added(self, rel: str) -> set[str]:
         """Every data file table `rel` holds or held (paths as `files` gives them): its latest version's files and
@@ -260,7 +273,7 @@ class Lake:
             if info.base_name.endswith(".json") and info.base_name[:-len(".json")].isdigit():
                 with fs.open_input_stream(info.path) as f:
                     actions = [json.loads(line) for line in f.read().splitlines()]
-                out.update(posixpath.join(rel, a["add"]["path"]) for a in actions if "add" in a)
+                out.update(posixpath.join(rel, unquote(a["add"]["path"])) for a in actions if "add" in a)
         return out
 
     def metadata(self, rel: str, key: str) -> tuple[int, str] | None:
@@ -300,8 +313,8 @@ class Lake:
         t = table or self.table(rel) or self._create(rel, schema, partition_by)
         if remove:
             gone = {posixpath.relpath(p, rel) for p in remove}
-            removed = [a for a in _actions(t, flatten=True).to_pylist() if a["path"] in gone]
-            if missing := sorted(gone - {a["path"] for a in removed}):
+            removed = [a for a in _actions(t, flatten=True).to_pylist() if unquote(a["path"]) in gone]
+            if missing := sorted(gone - {unquote(a["path"]) for a in removed}):
                 # another writer removed them since the caller read the table (e.g. a compaction of the same files)
                 raise LakeConflict(f"{self.uri(rel)}: {len(missing)} file(s) this commit replaces are not in version "
                                    f"{t.version()} any more (first: {missing[0]}): a concurrent writer replaced them; "
@@ -365,7 +378,7 @@ class Lake:
         if t is None:
             return {}
         actions = _actions(t)
-        return {posixpath.join(rel, p): m for p, m in zip(actions["path"].to_pylist(),
+        return {posixpath.join(rel, unquote(p)): m for p, m in zip(actions["path"].to_pylist(),
                                                           actions["modification_time"].to_pylist(), strict=True)}
 
     def _version_of(self, rel: str, txn: str, after: int) -> int:
@@ -490,7 +503,7 @@ class Lake:
                 inside = posixpath.join(posixpath.dirname(unquote(actions[0]["path"])), f"part-{uuid.uuid4().hex}.parquet")
                 path = store.write_parquet(posixpath.join(rel, inside), rows)
                 files.append(DataFile(inside, store.fs.get_file_info(path).size, values, rows.num_rows))
-                removed += [posixpath.join(rel, a["path"]) for a in actions]
+                removed += [posixpath.join(rel, unquote(a["path"])) for a in actions]
             try:
                 self.commit_files(rel, files, schema, partition_by, remove=removed, table=t,
                                   metadata={**(metadata or {}), "compacted": "optimize"},

@@ -115,11 +115,14 @@ def migrate_lake(settings: Settings | None = None) -> MigrationSummary:
 
 def unconverted(store: Store) -> str | None:
     """The first file or folder of the old layout this command converts (batch manifests or plans, output
-    manifests, silver state files), or None. Their data files are files no Delta log names: a vacuum (`compact`)
-    would delete them."""
+    manifests, silver state files, a stream table an upgraded collector made holding older files its log never
+    named), or None. Their data files are files no Delta log names: a vacuum (`compact`) would delete them."""
     folders = [*OLD_BRONZE, OLD_COMMITS]   # the output manifests' folder is left empty after the migration
+    lake = Lake.of(store)
     return next((rel for rel in folders if store.entries(rel)), None) or next(
-        (rel for rel in OLD_STATE_FILES if store.exists(rel)), None)
+        (rel for rel in OLD_STATE_FILES if store.exists(rel)), None) or next(
+        (rel for rel in sinks.STREAM_TABLES if (t := lake.table(rel)) is not None and _unnamed(store, lake, rel, t)),
+        None)
 
 
 def _folder_tables() -> dict[str, tuple[pa.Schema, list[str]]]:
@@ -147,13 +150,7 @@ def _adopt(store: Store, lake: Lake, rel: str, schema: pa.Schema, keys: list[str
     those of an upgraded writer killed before its commit, nor those a commit named and `compact` replaced since);
     a file that differs from its recorded digest stops it (CorruptFileError: nothing committed). Returns whether it
     committed."""
-    paths = store.list_files(rel, ".parquet")
-    if table is not None:
-        made = table.metadata().created_time / 1000
-        infos = store.fs.get_file_info([store.path(p) for p in paths])
-        paths = [p for p, info in zip(paths, infos, strict=True) if info.mtime.timestamp() < made]
-        named = lake.ever_added(rel) if paths else set()   # its whole log: read only when there is a candidate
-        paths = [p for p in paths if p not in named]
+    paths = store.list_files(rel, ".parquet") if table is None else _unnamed(store, lake, rel, table)
     if not paths:
         return False
     files = []
@@ -167,6 +164,17 @@ def _adopt(store: Store, lake: Lake, rel: str, schema: pa.Schema, keys: list[str
     lake.commit_files(rel, files, pa.schema([*schema, *(pa.field(k, pa.string()) for k in keys)]), keys,
                       metadata={"migrated_from": "plain Parquet folder"}, table=table)
     return True
+
+
+def _unnamed(store: Store, lake: Lake, rel: str, table: DeltaTable) -> list[str]:
+    """The visible Parquet files of the folder `rel` older than its Delta table `table` (made by an upgraded writer
+    before the migration) that its log never named: the old layout's data."""
+    paths = store.list_files(rel, ".parquet")
+    made = table.metadata().created_time / 1000
+    infos = store.fs.get_file_info([store.path(p) for p in paths])
+    paths = [p for p, info in zip(paths, infos, strict=True) if info.mtime.timestamp() < made]
+    named = lake.ever_added(rel) if paths else set()   # its whole log: read only when there is a candidate
+    return [p for p in paths if p not in named]
 
 
 def _adopt_candles(store: Store, lake: Lake) -> bool:

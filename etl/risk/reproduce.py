@@ -8,7 +8,8 @@ the run read (else it refuses, naming the file: reference files are not versione
 engine with the recorded parameters (and the recorded settings that change the figures, runner.RUN_SETTINGS: the
 daily history window, the 5-minute bars' source, the LVaR percentile) and writes each table to `DIR/<table>.parquet`, in the types of the files the run committed,
 with `DIR/_reproduce.json` naming the run. DIR is replaced whole: the tables are written into a hidden sibling
-folder renamed to DIR at the end, so DIR holds exactly this run's tables, or (on a failure) what it held before. A
+folder that takes DIR's place at the end in one step (`_write`), so DIR holds exactly this run's tables, or (on a
+failure, a SIGKILL included) what it held before. A
 DIR that is not empty and holds no `_reproduce.json` (not an earlier reproduce's output) is refused, untouched.
 Nothing in the lake or the warehouse changes. A run split into shards (each shard's reads are in the run's record)
 is recomputed in one process: equal to its shards' results to 1e-12 relative (BLAS groups a sum by the chunk it
@@ -17,7 +18,9 @@ computes; tests/etl/risk/test_shards.py), exactly equal for an unsharded run.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -42,6 +45,7 @@ from etl.storage import get_store
 from etl.warehouse.schema import to_arrow
 
 log = logging.getLogger(__name__)
+AT_FDCWD, RENAME_EXCHANGE = -100, 2   # renameat2(2)
 MARKER = "_reproduce.json"   # in an output folder: the run it holds; a later reproduce may replace that folder
 
 
@@ -75,10 +79,25 @@ def _check_output(out: Path) -> None:
                               f"(no {MARKER} in it); nothing was written: give a new or empty folder")
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the folders `a` and `b` in one step (Linux renameat2 RENAME_EXCHANGE): a kill leaves either both as they
+    were or both swapped. False when the system or the file system cannot (nothing was changed)."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    if (errno_ := ctypes.get_errno()) in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(errno_, os.strerror(errno_), str(b))
+
+
 def _write(out: Path, tables: dict[str, pa.Table], marker: dict) -> None:
     """Make `out` hold exactly `tables` (as `<name>.parquet`) and the marker, or, on any failure, what it held
-    before: written into a hidden sibling folder, renamed into place last (an earlier output is moved aside first,
-    and back if that rename fails)."""
+    before: written into a hidden sibling folder, then swapped with an earlier output in one step (RENAME_EXCHANGE:
+    a kill, SIGKILL included, leaves the earlier output or the new one at `out`, never no folder), or renamed into
+    place over an empty folder or none. Where the file system cannot swap, the earlier output is moved aside first
+    (and back if the rename fails)."""
     out = out.absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -89,6 +108,9 @@ def _write(out: Path, tables: dict[str, pa.Table], marker: dict) -> None:
         (staging / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True))
         _check_output(out)   # again: the folder may have been filled meanwhile
         if out.is_dir() and any(out.iterdir()):
+            if _exchange(staging, out):   # `staging` holds the earlier output now
+                shutil.rmtree(staging, ignore_errors=True)
+                return
             aside = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             out.rename(aside)
         os.replace(staging, out)   # over an empty folder or none

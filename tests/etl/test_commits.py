@@ -131,3 +131,40 @@ def test_a_rerun_on_a_host_whose_clock_is_behind_is_the_run_in_force(data, monke
     assert [r["run_id"] for r in commits._records(store, commits.risk_manifest(DAY))] == [first["run_id"],
                                                                                           second["run_id"]]
     assert datetime.now(UTC) < datetime.fromisoformat(first["committed_at"])
+
+
+def test_of_two_records_committed_at_once_on_hosts_whose_clocks_differ_the_one_committed_last_is_in_force(
+        data, monkeypatch):
+    """docs/commit_protocol.md: `committed_at` is "a microsecond after the name's previous record when that host's
+    clock ran ahead: the record committed last is the latest, whatever the clocks". The previous record was read
+    before the append, not on the version the append lands on: a run on a host whose clock is an hour behind read
+    the day's records, another run (right clock) committed its record meanwhile, then the first one's record landed
+    last, stamped an hour before the other's: the other run stayed in force, and the run committed last never was."""
+    from datetime import datetime, timedelta
+
+    store = get_store()
+    publish_day(store, DAY, [90.0])                                  # the day's first run, long done
+
+    class Behind(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) - timedelta(hours=1)
+
+    write, other = Lake.write, {}
+
+    def meanwhile(self, rel, *args, **kwargs):   # just before the slow host's record lands, the other run commits
+        if rel == commits.RUNS and not other:
+            other["run_id"] = None
+            monkeypatch.setattr(commits, "datetime", datetime)
+            other.update(publish_day(store, DAY, [120.0]))
+            monkeypatch.setattr(commits, "datetime", Behind)
+        return write(self, rel, *args, **kwargs)
+
+    monkeypatch.setattr(Lake, "write", meanwhile)
+    monkeypatch.setattr(commits, "datetime", Behind)
+    last = publish_day(store, DAY, [100.0])                          # on the host whose clock is behind
+    monkeypatch.setattr(commits, "datetime", datetime)
+    records = commits._records(store, commits.risk_manifest(DAY))
+    assert [r["run_id"] for r in records][1:] == [other["run_id"], last["run_id"]]   # in the order they landed
+    assert commits.read_manifest(store, commits.risk_manifest(DAY))["run_id"] == last["run_id"]
+    assert committed(store, DAY)["var_99_hist"].to_pylist() == [100.0]

@@ -249,3 +249,43 @@ def test_compact_on_a_folder_not_migrated_yet_refuses_and_deletes_no_old_file(da
     migrate.migrate_lake()
     assert Lake.of(store).files(candles.CANDLES_DIR) == sorted([*old, *new])
     assert main(["compact"]) == 0                                      # migrated: compact runs
+
+
+def test_compact_on_a_stream_folder_an_upgraded_collector_wrote_to_first_refuses_and_deletes_no_old_batch(
+        data_dir, capsys):
+    """The upgraded collector ran before `migrate-lake`: its first commit made the Delta table `bronze/trades`, which
+    names only its own batches; the old batches (streamed once, never to be fetched again) are files no log names.
+    With no other file of the old layout there, `migrate.unconverted` saw nothing and compact's full vacuum deleted
+    every old batch older than the retention: the trades were gone before the migration could adopt them. compact
+    refuses (exit 2, naming the folder and migrate-lake) and deletes nothing; after the migration it runs."""
+    import os
+
+    from etl import migrate
+    from etl.stream.sinks import TRADES_DIR, TRADES_SCHEMA, BronzeSink, MicroBatch
+
+    store = Store.from_uri(str(data_dir))
+
+    def batch(n: int, day: str) -> MicroBatch:
+        b = MicroBatch(f"2026010{n}T000000000000Z-a-00000{n}")
+        when = f"{day}T00:00:00Z"
+        b.add_trade("BTC-USD", day, (f"{n}0", "100.0", "0.5", "BUY", when, "update", "market_trades", when, "", 0,
+                                     "c1", 1767225600.0, None))
+        return b
+
+    old = batch(1, "2026-01-01")
+    old_file = f"{TRADES_DIR}/product_id=BTC-USD/date=2026-01-01/{old.batch_id}.parquet"
+    store.write_parquet(old_file, old.trades[("BTC-USD", "2026-01-01")].table(TRADES_SCHEMA, old.batch_id))
+    months_ago = (datetime.now(UTC) - timedelta(days=200)).timestamp()
+    os.utime(store.path(old_file), (months_ago, months_ago))
+    BronzeSink(store).write(batch(2, "2026-01-02"))                  # the upgraded collector makes the table
+    assert migrate.unconverted(store) == TRADES_DIR
+
+    assert main(["compact"]) == 2
+    err = capsys.readouterr().err
+    assert TRADES_DIR in err and "python -m etl migrate-lake" in err and err.count("\n") == 1, err
+    assert store.exists(old_file)
+    migrate.migrate_lake()
+    assert migrate.unconverted(store) is None
+    assert sorted(Lake.of(store).read(TRADES_DIR)["trade_id"].to_pylist()) == ["10", "20"]
+    assert main(["compact"]) == 0                                    # migrated: compact runs
+    assert sorted(Lake.of(store).read(TRADES_DIR)["trade_id"].to_pylist()) == ["10", "20"]

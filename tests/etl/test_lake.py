@@ -448,15 +448,13 @@ def test_a_run_record_whose_pages_are_corrupt_is_refused_naming_the_file_not_rea
     reader folds: which files and versions are in force, what a run read) went through delta-rs' dataset without
     that check: a flipped byte in `outputs/_runs` decoded into another record, e.g. another committed_at, read as
     if committed. Now the read fails naming the file."""
-    from urllib.parse import unquote
-
     from etl.integrity import CorruptFileError
 
     store = get_store()
     publish_day(store, DAY, [100.0], [1.0])
     publish_day(store, DAY, [110.0], [1.0])
     Lake.of(store).optimize(commits.RUNS)                     # compact: the day's records in one file
-    (path,) = [data / unquote(p) for p in Lake.of(store).files(commits.RUNS)]
+    (path,) = [data / p for p in Lake.of(store).files(commits.RUNS)]
     flip_silently(path, "committed_at")
     with pytest.raises(CorruptFileError, match=r"outputs/_runs/name=.*\.parquet is corrupt"):
         commits.read_manifest(store, commits.risk_manifest(DAY))
@@ -466,13 +464,29 @@ def test_a_fresh_run_record_whose_pages_are_corrupt_is_refused_naming_the_file(d
     """The run record is the commit point every reader folds. It was the one lake file not written by the Store
     (delta-rs' writer, no page checksums), so a flipped byte in a fresh record decoded into another committed_at
     (another run in force) with nothing to tell. It is now written with page checksums, like every other file."""
-    from urllib.parse import unquote
-
     from etl.integrity import CorruptFileError
 
     store = get_store()
     publish_day(store, DAY, [100.0], [1.0])
-    (path,) = [data / unquote(p) for p in Lake.of(store).files(commits.RUNS)]
+    (path,) = [data / p for p in Lake.of(store).files(commits.RUNS)]
     flip_silently(path, "committed_at")
     with pytest.raises(CorruptFileError, match=r"outputs/_runs/name=.*\.parquet is corrupt"):
         commits.read_manifest(store, commits.risk_manifest(DAY))
+
+
+def test_the_files_of_a_partition_whose_value_needs_escaping_are_paths_that_exist(tmp_path):
+    """`Lake.files` ("paths relative to the data root ... what a reader reads instead of listing the folder") and
+    `ever_added`/`added_at` gave the log's URL-encoded paths: for the run records' partition `name=risk/as_of_date=D`
+    (a folder `name=risk%2Fas_of_date%3DD` on disk) they named `name=risk%252F...`, a file that is not there, and
+    `commit_files(remove=...)` refused those paths as "not in version N any more". They give the files' own paths."""
+    store = Store.from_uri(str(tmp_path))
+    lake = Lake.of(store)
+    rows = pa.table({"name": [commits.risk_manifest(DAY), "factors"], "x": [1, 2]})
+    lake.write("t", rows, partition_by=["name"])
+    files = lake.files("t")
+    assert len(files) == 2 and all(store.exists(f) for f in files), files
+    assert sorted(x for f in files for x in store.read_parquet(f)["x"].to_pylist()) == [1, 2]
+    assert lake.ever_added("t") == set(files) and sorted(lake.added_at("t")) == files
+    gone = [f for f in files if "risk" in f]
+    lake.commit_files("t", [], pa.schema([("x", pa.int64()), ("name", pa.string())]), ["name"], remove=gone)
+    assert lake.read("t").to_pydict() == {"x": [2], "name": ["factors"]}

@@ -433,3 +433,59 @@ def test_a_run_superseded_by_a_rerun_long_after_a_killed_run_is_still_reproduced
     monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "0")
     commits.maintain(store)
     assert not any(store.exists(p) for entry in first["files"].values() for p in entry["files"])
+
+
+def test_a_reproduce_killed_while_putting_its_output_in_place_leaves_the_earlier_output_or_the_new_one(chain,
+                                                                                                       tmp_path):
+    """DIR holding an earlier reproduce's output was moved aside (`.DIR.old-*`, hidden), then the new one renamed in:
+    a SIGKILL between the two left no DIR at all, the earlier output only in a hidden folder nothing restores.
+    A real `risk --reproduce` process is SIGKILLed before each of its folder moves and deletions in turn (k = 1, 2,
+    ... until one run finishes): DIR always holds the earlier output whole or the new one whole."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from etl.risk.runner import run_risk
+    from etl.settings import PROJECT_ROOT, get_settings
+
+    store = Store.from_uri(str(chain["data"]))
+    first = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))["run_id"]
+    run_risk(AS_OF.date(), get_settings())
+    second = commits.read_manifest(store, commits.risk_manifest(AS_OF.date()))["run_id"]
+    assert _reproduce(second, tmp_path / "clean") == 0
+    new = _listing(tmp_path / "clean")
+    out = tmp_path / "out" / "why"
+    assert _reproduce(first, out) == 0
+    earlier = _listing(out)
+    assert earlier and new and earlier != new
+    script = """
+import os, shutil, signal, sys
+from etl import cli
+from etl.risk import reproduce
+steps, kill_at, real_write = [0], int(sys.argv[1]), reproduce._write
+def step(real):
+    def wrapped(*args, **kwargs):
+        steps[0] += 1
+        if steps[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return wrapped
+def write(*args, **kwargs):   # from here on, each folder move or deletion is a step
+    os.rename, os.replace, shutil.rmtree = step(os.rename), step(os.replace), step(shutil.rmtree)
+    return real_write(*args, **kwargs)
+reproduce._write = write
+sys.exit(cli.main(sys.argv[2:]))
+"""
+    kills = 0
+    for kill_at in range(1, 10):
+        run = subprocess.run([sys.executable, "-c", script, str(kill_at), "risk", "--as-of", str(AS_OF.date()),
+                              "--reproduce", second, "--output", str(out)], cwd=PROJECT_ROOT, env=os.environ,
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode in (0, -signal.SIGKILL), run.stderr[-2000:]
+        assert _listing(out) in (earlier, new), (kill_at, sorted(out.parent.iterdir()))
+        if run.returncode == 0:
+            break
+        kills += 1
+        assert _reproduce(first, out) == 0 and _listing(out) == earlier     # DIR holds the earlier output again
+    assert kills >= 1 and _listing(out) == new
