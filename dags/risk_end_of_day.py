@@ -27,7 +27,8 @@ Runs daily 10 minutes after the UTC close for the day that just ended (the data 
 
 1. `validate_products` (the universe plus every product the portfolios hold), then `ingest_daily_history`
    per product (the daily candles it lacks plus `PIPELINE_DAILY_OVERLAP_DAYS`; the first run backfills
-   `PIPELINE_DAILY_HISTORY_DAYS`), both in the `coinbase_api` pool, and `build_silver`; then `compact_bronze`
+   `PIPELINE_DAILY_HISTORY_DAYS`; and the as-of day's 1-minute candles the intraday runs had not fetched yet),
+   both in the `coinbase_api` pool, and `build_silver`; then `compact_bronze`
    (closed days' bronze partitions into one file per product-day and granularity), both in the 1-slot
    `silver_writer` pool;
 2. `compute_factors` (factor returns and exposures), then the risk run (valuation, PnL, VaR/ES, drawdown,

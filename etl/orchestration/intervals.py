@@ -81,6 +81,19 @@ def daily_history_start(watermark: datetime | None, oldest: datetime | None, as_
     return max(window_start, newest - timedelta(days=settings.daily_overlap_days))
 
 
+def day_tail_start(watermark: datetime | None, as_of: date, settings: Settings) -> datetime | None:
+    """Where an end-of-day run completes the as-of day's intraday candles (`settings.granularity`) before silver is
+    built, given the newest such candle bronze holds (`watermark`): None when bronze holds none of the day (None or
+    before it: the day's bar comes from its daily candle) or when they reach the day's last bucket; else the
+    watermark minus the overlap, not before the day. Without it the day's bar would come from minutes that stop
+    where the intraday runs had got to at the end-of-day run (late or failed), their last close taken for the day's."""
+    start = datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC)
+    end = start + timedelta(days=1)
+    if watermark is None or not start <= watermark < end - timedelta(seconds=settings.granularity):
+        return None
+    return max(start, fetch_start(watermark, end, settings.granularity, settings))
+
+
 def eod_as_of(interval_start: datetime | str) -> date:
     """The business day an end-of-day run values: the day its data interval starts."""
     return utc(interval_start).date()

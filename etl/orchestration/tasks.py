@@ -28,6 +28,7 @@ from etl.orchestration.intervals import (
     as_date,
     daily_history_start,
     daily_window,
+    day_tail_start,
     intraday_window,
     utc,
 )
@@ -209,7 +210,9 @@ def fetch_intraday(run: TaskRun, product: str, interval_start: datetime | str, i
 @task_function("ingest_daily_history")
 def ingest_daily_history(run: TaskRun, product: str, as_of: date | str, *, pool_slots: int = 1) -> dict:
     """Daily candles (granularity 86400) up to the as-of day, the risk history: only those bronze lacks plus
-    `daily_overlap_days` (the first run backfills `daily_history_days`, see `daily_history_start`)."""
+    `daily_overlap_days` (the first run backfills `daily_history_days`, see `daily_history_start`); then the
+    as-of day's intraday candles from where bronze's stop to the day's end, when they stop inside the day
+    (`day_tail_start`): the day's bar must not close where the intraday runs had got to."""
     from etl.bronze import watermark
 
     settings = run.settings
@@ -217,7 +220,16 @@ def ingest_daily_history(run: TaskRun, product: str, as_of: date | str, *, pool_
     _, end = daily_window(day, settings)
     start = daily_history_start(watermark(product, DAILY, settings), watermark(product, DAILY, settings, oldest=True),
                                 day, settings)
-    return _fetch(run, product, start, end, DAILY, pool_slots)
+    out = _fetch(run, product, start, end, DAILY, pool_slots)
+    # the as-of day's intraday candles the intraday runs had not fetched yet (late, failed): else the day's bar
+    # would close where they stopped
+    tail = day_tail_start(watermark(product, settings.granularity, settings), day, settings)
+    if tail is not None:
+        daily = (run.rec.rows_in, run.rec.rows_out, run.rec.message)
+        minutes = _fetch(run, product, tail, end, settings.granularity, pool_slots)
+        run.record(daily[0] + run.rec.rows_in, daily[1] + run.rec.rows_out, f"{daily[2]}; {run.rec.message}")
+        out["day_tail"] = {k: minutes[k] for k in ("granularity", "candles", "quarantined", "window")}
+    return out
 
 
 @task_function("build_silver")

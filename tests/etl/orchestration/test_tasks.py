@@ -85,6 +85,30 @@ def test_an_end_of_day_run_for_a_day_before_the_history_fetches_that_days_whole_
     assert tasks.ingest_daily_history("BTC-USD", date(2026, 3, 2), settings=s)["candles"] == 4
 
 
+def test_the_end_of_day_run_completes_the_as_of_days_intraday_candles_before_silver(settings, data_dir, monkeypatch):
+    """The end-of-day run (00:10) built silver on whatever 1-minute candles the intraday DAG had fetched by then: with
+    the intraday runs of the day's last half hour late (or failed), the day's daily bar came from minutes that stop
+    at 23:29, so risk valued the as-of day at the 23:29 close (is_complete false, nothing refused it), where a clean
+    run has the 00:00 close. The end-of-day fetch now completes the day's 1-minute candles bronze lacks."""
+    from etl.silver.read import read_bars
+
+    day, end = date(2026, 3, 1), datetime(2026, 3, 2, tzinfo=UTC)
+
+    def eod(cut: timedelta, root: str) -> tuple[dict, int]:
+        monkeypatch.setenv("PIPELINE_DATA_DIR", str(data_dir / root))
+        s = get_settings()
+        tasks.fetch_candles("BTC-USD", end - timedelta(days=1), end - cut, 60, settings=s)   # the intraday DAG's
+        tasks.ingest_daily_history("BTC-USD", day, settings=s)
+        tasks.build_silver(settings=s)
+        (bar,) = read_bars("1d", ["BTC-USD"], day, day, settings=s)[["close", "n_candles", "is_complete"]].to_dict(
+            "records")
+        return bar, len(read_bars("5m", ["BTC-USD"], day, day, settings=s))
+
+    clean = eod(timedelta(0), "clean")
+    assert clean == ({**clean[0], "n_candles": 1440, "is_complete": True}, 288)
+    assert eod(timedelta(minutes=30), "late") == clean
+
+
 def test_validate_products_checks_master_and_source(settings):
     assert tasks.validate_products(settings=settings) == ["BTC-USD", "ETH-USD"]
     with pytest.raises(ValidationError, match=r"\['FOO-USD'\] are not in the instrument master"):
