@@ -50,15 +50,22 @@ def fetch_start(since: datetime | None, end: datetime, granularity: int, setting
 
 
 def intraday_window(interval_start: datetime | str, interval_end: datetime | str, settings: Settings,
-                    has_history: bool = True) -> tuple[datetime, datetime]:
+                    has_history: bool = True, newest: datetime | None = None) -> tuple[datetime, datetime]:
     """The fetch window of an intraday run: its data interval, extended back by the overlap margin.
 
-    With no history yet (first ever run) the window reaches back the history from the interval end.
+    With no history yet (first ever run) the window reaches back the history from the interval end. When the
+    newest candle bronze holds (`newest`) is older than that window's start, intervals were skipped (catchup is
+    off: after a run that outlasted its interval, a pause, a scheduler outage, Airflow runs the latest interval
+    only): the window reaches back to it (less the overlap, at most the history), so they are fetched too.
     """
     start, end = utc(interval_start), utc(interval_end)
     if end <= start:
         raise ValidationError(f"data interval [{start.isoformat()}, {end.isoformat()}) is empty")
-    return fetch_start(start if has_history else None, end, settings.granularity, settings), end
+    since = start if has_history else None
+    if since is not None and newest is not None and utc(newest) < fetch_start(since, end, settings.granularity,
+                                                                              settings):
+        since = max(utc(newest), end - history(settings.granularity, settings))
+    return fetch_start(since, end, settings.granularity, settings), end
 
 
 def daily_window(as_of: date, settings: Settings) -> tuple[datetime, datetime]:

@@ -188,22 +188,19 @@ def _fetch(run: TaskRun, product: str, start: datetime | str | None, end: dateti
             "partitions": len(summary.partitions or [])}
 
 
-def has_history(product: str, granularity: int, settings: Settings) -> bool:
-    """Whether bronze already holds finished batches of this product and granularity (else: first run)."""
-    from etl.bronze import watermark
-
-    return watermark(product, granularity, settings) is not None
-
-
 # The fetch window depends on what bronze holds: reading it is part of the task (its failure too, with its run-log
 # row), so the window is computed inside the task's frame.
 @task_function("fetch_candles")
 def fetch_intraday(run: TaskRun, product: str, interval_start: datetime | str, interval_end: datetime | str, *,
                    pool_slots: int = 1) -> dict:
-    """The intraday DAG's fetch: the data interval plus overlap, or the history on the first run."""
+    """The intraday DAG's fetch: the data interval plus overlap, or the history on the first run, or back to the
+    newest candle bronze holds when intervals were skipped (`intraday_window`)."""
+    from etl.bronze import watermark
+
     settings = run.settings
-    first = not has_history(product, settings.granularity, settings)
-    start, end = intraday_window(interval_start, interval_end, settings, has_history=not first)
+    newest = watermark(product, settings.granularity, settings)
+    start, end = intraday_window(interval_start, interval_end, settings, has_history=newest is not None,
+                                 newest=newest)
     return _fetch(run, product, start, end, settings.granularity, pool_slots)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from etl import runlog
@@ -70,6 +71,24 @@ def test_fetch_intraday_backfills_history_first_then_only_the_interval(settings)
     second = tasks.fetch_intraday("ETH-USD", T0, T0 + timedelta(minutes=5), settings=settings)
     assert second["candles"] == 5 + 15  # the interval plus the 15-minute overlap
     assert second["window"][0].startswith("2026-03-02 11:45")
+
+
+def test_an_intraday_run_after_skipped_intervals_fetches_them_too(settings):
+    """The intraday DAG has catchup off and one active run: after a run that outlasts its interval (retries, a
+    30-minute task timeout), a pause or a scheduler outage, Airflow creates the next run for the latest interval
+    and the intervals in between never run. Each run fetched only its own interval plus the 15-minute overlap, so
+    the minutes between were never in bronze (here 45 of the hour: 9 of silver's 5-minute bars missing for good,
+    the day's bar made of the minutes left). A run now reaches back to the newest candle bronze holds."""
+    from tests.support.bronze import read_bronze
+
+    tasks.fetch_intraday("BTC-USD", T0 - timedelta(minutes=5), T0, settings=settings)      # first run: history
+    late = tasks.fetch_intraday("BTC-USD", T0 + timedelta(minutes=60), T0 + timedelta(minutes=65), settings=settings)
+    minutes = read_bronze(["BTC-USD"], granularity=60, settings=settings, dedup=True)["bucket_start"]
+    assert sorted(set(minutes[minutes >= T0])) == list(pd.date_range(T0, periods=65, freq="min", tz="UTC"))
+    assert late["candles"] == 65 + 1 + 15   # back to the newest candle held (11:59), less the overlap
+    # a run on time still fetches its interval plus the overlap
+    assert tasks.fetch_intraday("BTC-USD", T0 + timedelta(minutes=65), T0 + timedelta(minutes=70),
+                                settings=settings)["candles"] == 5 + 15
 
 
 def test_an_end_of_day_run_for_a_day_before_the_history_fetches_that_days_whole_history(settings, monkeypatch):
