@@ -68,9 +68,15 @@ def intraday_window(interval_start: datetime | str, interval_end: datetime | str
     return fetch_start(since, end, settings.granularity, settings), end
 
 
+def day_end(as_of: date) -> datetime:
+    """The UTC midnight that ends the as-of day: where an end-of-day run's daily candles and factors stop (whole
+    days: factors up to the interval's end, 00:10, replaced the next day's committed partitions with 10 minutes)."""
+    return datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC) + timedelta(days=1)
+
+
 def daily_window(as_of: date, settings: Settings) -> tuple[datetime, datetime]:
     """Daily candles for the risk history: `daily_history_days` days ending with the as-of day (inclusive)."""
-    end = datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC) + timedelta(days=1)
+    end = day_end(as_of)
     return end - timedelta(days=settings.daily_history_days), end
 
 
