@@ -276,3 +276,36 @@ def test_a_rerun_of_an_earlier_day_leaves_the_next_days_factor_outputs_whole(dag
     assert whole["factor_returns"] > 1000 and whole["factor_exposures"] > 0
     run_of(2)                                       # then a rerun (or backfill) of 03-02
     assert day_rows("2026-03-03") == whole
+
+
+def test_an_attempt_whose_worker_was_lost_is_in_the_run_log_with_what_happened(dagbag, data_dir):
+    """A worker lost mid-task (killed, out of memory: a 2,500-portfolio risk shard peaks at 4.2 GB) never returns to
+    the task function, so no run-log row came from it: Airflow runs the task's callbacks in the dag processor, with
+    no exception. A retried attempt left no row at all (no on_retry_callback: the shard's lost attempt was not in
+    fact_pipeline_runs nor failures.sql), the last one `failed (no exception)`. Both now have their row, saying the
+    worker was lost."""
+    import uuid
+
+    import structlog
+    from airflow.api_fastapi.execution_api.datamodels.taskinstance import TaskInstance
+    from airflow.callbacks.callback_requests import TaskCallbackRequest
+    from airflow.dag_processing.processor import _execute_task_callbacks
+    from airflow.utils.state import TaskInstanceState
+
+    from etl import runlog
+    from etl.settings import get_settings
+
+    def lost(try_number: int, state: TaskInstanceState) -> None:   # as the scheduler asks the dag processor
+        ti = TaskInstance(id=uuid.uuid4(), task_id="compute_risk_shard", dag_id="risk_end_of_day",
+                          run_id="scheduled__2026-03-01T00:10:00+00:00", try_number=try_number,
+                          dag_version_id=uuid.uuid4(), map_index=0)
+        _execute_task_callbacks(dagbag, TaskCallbackRequest(
+            filepath="risk_end_of_day.py", bundle_name="dags-folder", bundle_version=None, ti=ti,
+            msg="Task Instance Heartbeat Timeout", task_callback_type=state), structlog.get_logger())
+
+    lost(1, TaskInstanceState.UP_FOR_RETRY)
+    lost(3, TaskInstanceState.FAILED)
+    rows = runlog.read_all(get_settings()).sort_values("try_number")
+    assert [(r.task_id, r.status, r.try_number) for r in rows.itertuples()] == [
+        ("compute_risk_shard[0]", "up_for_retry", 1), ("compute_risk_shard[0]", "failed", 3)]
+    assert all(m.startswith("WorkerLost: ") and "worker process was lost" in m for m in rows["message"])

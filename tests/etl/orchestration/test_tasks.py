@@ -14,7 +14,7 @@ import pytest
 from etl import runlog
 from etl.errors import SourceError, ValidationError
 from etl.orchestration import tasks
-from etl.orchestration.airflow_adapter import TaskRef, record_failed
+from etl.orchestration.airflow_adapter import TaskRef, record_failed, record_retry
 from etl.settings import get_settings
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -143,8 +143,9 @@ def test_a_failing_attempt_is_up_for_retry_in_airflow_and_failed_outside(setting
     s = get_settings()
     ref = TaskRef(run_id="r1", dag_id="market_data_intraday", task_id="fetch_candles[0]",
                   try_number=1, max_tries=2, in_airflow=True)
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceError) as retried:
         tasks.fetch_candles("BTC-USD", T0 - timedelta(hours=1), T0, 60, ref=ref, settings=s)
+    record_retry(ref, retried.value, s)  # Airflow's on_retry_callback: the function recorded it, not again
     last = TaskRef(**{**ref.__dict__, "try_number": 3})
     with pytest.raises(SourceError):  # last attempt: left to the on_failure_callback (record_failed)
         tasks.fetch_candles("BTC-USD", T0 - timedelta(hours=1), T0, 60, ref=last, settings=s)
