@@ -23,7 +23,8 @@ Every 5 minutes: validate the product universe (instrument master + the exchange
 exchange's rate limit), write bronze, rebuild the touched silver partitions and publish the `silver/bars` Asset.
 
 **Window** = the run's data interval, extended back by `PIPELINE_OVERLAP_MINUTES` so late corrections are picked
-up; the first ever run backfills `PIPELINE_HISTORY_DAYS`. No `now()`: a rerun refetches the same window.
+up; the first ever run backfills `PIPELINE_HISTORY_DAYS`; after skipped intervals (catchup is off) it reaches back
+to the newest candle bronze holds, so they are fetched too. No `now()`: a rerun refetches the same window.
 Then `compute_intraday_risk` revalues every portfolio at the interval's 5-minute bucket (value, PnL since the
 previous UTC close, exposures, VaR/ES on the last end-of-day scenario set, stale prices, intraday limits),
 `load_intraday_warehouse` loads only the intraday tables and builds their dbt models (`gold.fact_intraday_risk`,

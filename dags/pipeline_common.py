@@ -100,6 +100,18 @@ def record_failure(context: Any) -> None:
         log.exception("could not record the failure in the run log")
 
 
+def record_retry(context: Any) -> None:
+    """on_retry_callback: an attempt Airflow retries that the task function did not record as `up_for_retry` (its
+    worker lost: killed, out of memory, heartbeat timed out; Airflow then runs this in the dag processor)."""
+    try:
+        from etl.orchestration.airflow_adapter import TaskRef
+        from etl.orchestration.airflow_adapter import record_retry as record
+
+        record(TaskRef.from_context(context), context.get("exception"))
+    except Exception:  # a callback must never mask the task's own failure
+        log.exception("could not record the retried attempt in the run log")
+
+
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "market-risk",
     "retries": TASK_RETRIES,
@@ -108,6 +120,7 @@ DEFAULT_ARGS: dict[str, Any] = {
     "max_retry_delay": MAX_RETRY_DELAY,
     "execution_timeout": TASK_TIMEOUT,
     "on_failure_callback": record_failure,
+    "on_retry_callback": record_retry,
 }
 
 

@@ -19,7 +19,7 @@ from pipeline_common import (
 
 from etl.orchestration import spec, tasks  # light (no pandas)
 from etl.orchestration.airflow_adapter import current_interval, current_ref
-from etl.orchestration.intervals import eod_as_of
+from etl.orchestration.intervals import day_end, eod_as_of
 
 DOC = """
 ### End of day risk
@@ -27,11 +27,12 @@ Runs daily 10 minutes after the UTC close for the day that just ended (the data 
 
 1. `validate_products` (the universe plus every product the portfolios hold), then `ingest_daily_history`
    per product (the daily candles it lacks plus `PIPELINE_DAILY_OVERLAP_DAYS`; the first run backfills
-   `PIPELINE_DAILY_HISTORY_DAYS`), both in the `coinbase_api` pool, and `build_silver`; then `compact_bronze`
+   `PIPELINE_DAILY_HISTORY_DAYS`; and the as-of day's 1-minute candles the intraday runs had not fetched yet),
+   both in the `coinbase_api` pool, and `build_silver`; then `compact_bronze`
    (closed days' bronze partitions into one file per product-day and granularity), both in the 1-slot
    `silver_writer` pool;
-2. `compute_factors` (factor returns and exposures), then the risk run (valuation, PnL, VaR/ES, drawdown,
-   anomalies, VaR backtest, limit breaches, PnL attribution by factor, which reads the day's factors) in shards:
+2. `compute_factors` (factor returns and exposures, whole days up to the as-of day's end), then the risk run
+   (valuation, PnL, VaR/ES, drawdown, anomalies, VaR backtest, limit breaches, PnL attribution by factor, which reads the day's factors) in shards:
    `plan_risk_shards` (`PIPELINE_RISK_SHARDS`, or `PIPELINE_RISK_SHARD_PORTFOLIOS` per shard), one mapped
    `compute_risk_shard` per block of portfolios (any Celery worker; a failed one retries alone), then
    `compute_risk` adds the firm and product tables and commits every table at once;
@@ -84,7 +85,9 @@ def risk_end_of_day():
 
     @task(outlets=[RISK_OUTPUTS])
     def compute_factors() -> dict:
-        return tasks.compute_factors(current_interval(spec.EOD_EVERY, spec.EOD_OFFSET)[1], ref=current_ref())
+        # whole days, up to the as-of day's end: not the interval's end (00:10), whose 10 minutes would replace the
+        # next day's committed factor partitions on a rerun or backfill
+        return tasks.compute_factors(day_end(as_of()), ref=current_ref())
 
     @task
     def load_warehouse() -> dict:

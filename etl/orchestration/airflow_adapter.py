@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -90,7 +90,11 @@ def logged(ref: TaskRef, settings: Settings) -> Iterator[Any]:
     def failure_status(exc: BaseException) -> str | None:
         if not ref.in_airflow:
             return "failed"
-        return "up_for_retry" if ref.will_retry and not isinstance(exc, PERMANENT) else None
+        if ref.will_retry and not isinstance(exc, PERMANENT):
+            with suppress(AttributeError):   # the retry callback (`record_retry`) must not record it again
+                exc.pipeline_run_logged = True
+            return "up_for_retry"
+        return None
 
     try:
         with runlog.task_run(ref.run_id, ref.dag_id, ref.task_id, settings, ref.try_number, failure_status) as rec:
@@ -103,21 +107,36 @@ def logged(ref: TaskRef, settings: Settings) -> Iterator[Any]:
         raise
 
 
+# What a callback knows of an attempt no exception came back from: Airflow runs the callback of a task whose worker
+# it lost (its heartbeat timed out) in the dag processor, with no exception in the context.
+WORKER_LOST = ("WorkerLost: the attempt ended without an exception reaching the task: its worker process was lost "
+               "(killed, out of memory, restarted) or its heartbeat timed out; see the task's log and the scheduler's")
+
+
 def record_failed(ref: TaskRef, exc: BaseException | None, settings: Settings | None = None,
-                  started_at: datetime | None = None) -> None:
-    """Record the final failure of a task (the DAGs' on_failure_callback and the deadline callback call this)."""
+                  started_at: datetime | None = None, status: str = "failed") -> None:
+    """Record the final failure of a task (the DAGs' on_failure_callback and the deadline callback call this), or
+    with `status` "up_for_retry" an attempt Airflow retries that `logged` did not record (`record_retry`)."""
     from etl import runlog
 
     settings = settings or get_settings()
     if type(exc).__name__ == "AirflowFailException" and exc.__cause__ is not None:
         exc = exc.__cause__  # `logged` wrapped a PERMANENT error: record the error itself
-    rec = runlog.RunRecord(run_id=ref.run_id, dag_id=ref.dag_id, task_id=ref.task_id, status="failed",
+    rec = runlog.RunRecord(run_id=ref.run_id, dag_id=ref.dag_id, task_id=ref.task_id, status=status,
                            try_number=ref.try_number,
-                           message=f"{type(exc).__name__}: {exc}" if exc is not None else "failed (no exception)")
+                           message=f"{type(exc).__name__}: {exc}" if exc is not None else WORKER_LOST)
     if started_at is not None:
         rec.started_at = started_at
         rec.duration_s = max(0.0, (datetime.now(UTC) - started_at).total_seconds())
     runlog.record_safely(rec, settings)
+
+
+def record_retry(ref: TaskRef, exc: BaseException | None, settings: Settings | None = None) -> None:
+    """Record an attempt Airflow will retry, unless `logged` recorded it (an exception raised in the task function):
+    a lost worker (no exception: the callback runs in the dag processor) or an error raised outside the function."""
+    if exc is not None and getattr(exc, "pipeline_run_logged", False):
+        return
+    record_failed(ref, exc, settings, status="up_for_retry")
 
 
 async def deadline_missed(context: dict | None = None, hours_after_interval_end: float | None = None,

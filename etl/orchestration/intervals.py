@@ -50,20 +50,33 @@ def fetch_start(since: datetime | None, end: datetime, granularity: int, setting
 
 
 def intraday_window(interval_start: datetime | str, interval_end: datetime | str, settings: Settings,
-                    has_history: bool = True) -> tuple[datetime, datetime]:
+                    has_history: bool = True, newest: datetime | None = None) -> tuple[datetime, datetime]:
     """The fetch window of an intraday run: its data interval, extended back by the overlap margin.
 
-    With no history yet (first ever run) the window reaches back the history from the interval end.
+    With no history yet (first ever run) the window reaches back the history from the interval end. When the
+    newest candle bronze holds (`newest`) is older than that window's start, intervals were skipped (catchup is
+    off: after a run that outlasted its interval, a pause, a scheduler outage, Airflow runs the latest interval
+    only): the window reaches back to it (less the overlap, at most the history), so they are fetched too.
     """
     start, end = utc(interval_start), utc(interval_end)
     if end <= start:
         raise ValidationError(f"data interval [{start.isoformat()}, {end.isoformat()}) is empty")
-    return fetch_start(start if has_history else None, end, settings.granularity, settings), end
+    since = start if has_history else None
+    if since is not None and newest is not None and utc(newest) < fetch_start(since, end, settings.granularity,
+                                                                              settings):
+        since = max(utc(newest), end - history(settings.granularity, settings))
+    return fetch_start(since, end, settings.granularity, settings), end
+
+
+def day_end(as_of: date) -> datetime:
+    """The UTC midnight that ends the as-of day: where an end-of-day run's daily candles and factors stop (whole
+    days: factors up to the interval's end, 00:10, replaced the next day's committed partitions with 10 minutes)."""
+    return datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC) + timedelta(days=1)
 
 
 def daily_window(as_of: date, settings: Settings) -> tuple[datetime, datetime]:
     """Daily candles for the risk history: `daily_history_days` days ending with the as-of day (inclusive)."""
-    end = datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC) + timedelta(days=1)
+    end = day_end(as_of)
     return end - timedelta(days=settings.daily_history_days), end
 
 
@@ -79,6 +92,19 @@ def daily_history_start(watermark: datetime | None, oldest: datetime | None, as_
         return window_start
     newest = min(watermark + timedelta(days=1), end)
     return max(window_start, newest - timedelta(days=settings.daily_overlap_days))
+
+
+def day_tail_start(watermark: datetime | None, as_of: date, settings: Settings) -> datetime | None:
+    """Where an end-of-day run completes the as-of day's intraday candles (`settings.granularity`) before silver is
+    built, given the newest such candle bronze holds (`watermark`): None when bronze holds none of the day (None or
+    before it: the day's bar comes from its daily candle) or when they reach the day's last bucket; else the
+    watermark minus the overlap, not before the day. Without it the day's bar would come from minutes that stop
+    where the intraday runs had got to at the end-of-day run (late or failed), their last close taken for the day's."""
+    start = datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC)
+    end = start + timedelta(days=1)
+    if watermark is None or not start <= watermark < end - timedelta(seconds=settings.granularity):
+        return None
+    return max(start, fetch_start(watermark, end, settings.granularity, settings))
 
 
 def eod_as_of(interval_start: datetime | str) -> date:

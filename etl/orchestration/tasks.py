@@ -28,6 +28,7 @@ from etl.orchestration.intervals import (
     as_date,
     daily_history_start,
     daily_window,
+    day_tail_start,
     intraday_window,
     utc,
 )
@@ -187,29 +188,28 @@ def _fetch(run: TaskRun, product: str, start: datetime | str | None, end: dateti
             "partitions": len(summary.partitions or [])}
 
 
-def has_history(product: str, granularity: int, settings: Settings) -> bool:
-    """Whether bronze already holds finished batches of this product and granularity (else: first run)."""
-    from etl.bronze import watermark
-
-    return watermark(product, granularity, settings) is not None
-
-
 # The fetch window depends on what bronze holds: reading it is part of the task (its failure too, with its run-log
 # row), so the window is computed inside the task's frame.
 @task_function("fetch_candles")
 def fetch_intraday(run: TaskRun, product: str, interval_start: datetime | str, interval_end: datetime | str, *,
                    pool_slots: int = 1) -> dict:
-    """The intraday DAG's fetch: the data interval plus overlap, or the history on the first run."""
+    """The intraday DAG's fetch: the data interval plus overlap, or the history on the first run, or back to the
+    newest candle bronze holds when intervals were skipped (`intraday_window`)."""
+    from etl.bronze import watermark
+
     settings = run.settings
-    first = not has_history(product, settings.granularity, settings)
-    start, end = intraday_window(interval_start, interval_end, settings, has_history=not first)
+    newest = watermark(product, settings.granularity, settings)
+    start, end = intraday_window(interval_start, interval_end, settings, has_history=newest is not None,
+                                 newest=newest)
     return _fetch(run, product, start, end, settings.granularity, pool_slots)
 
 
 @task_function("ingest_daily_history")
 def ingest_daily_history(run: TaskRun, product: str, as_of: date | str, *, pool_slots: int = 1) -> dict:
     """Daily candles (granularity 86400) up to the as-of day, the risk history: only those bronze lacks plus
-    `daily_overlap_days` (the first run backfills `daily_history_days`, see `daily_history_start`)."""
+    `daily_overlap_days` (the first run backfills `daily_history_days`, see `daily_history_start`); then the
+    as-of day's intraday candles from where bronze's stop to the day's end, when they stop inside the day
+    (`day_tail_start`): the day's bar must not close where the intraday runs had got to."""
     from etl.bronze import watermark
 
     settings = run.settings
@@ -217,7 +217,16 @@ def ingest_daily_history(run: TaskRun, product: str, as_of: date | str, *, pool_
     _, end = daily_window(day, settings)
     start = daily_history_start(watermark(product, DAILY, settings), watermark(product, DAILY, settings, oldest=True),
                                 day, settings)
-    return _fetch(run, product, start, end, DAILY, pool_slots)
+    out = _fetch(run, product, start, end, DAILY, pool_slots)
+    # the as-of day's intraday candles the intraday runs had not fetched yet (late, failed): else the day's bar
+    # would close where they stopped
+    tail = day_tail_start(watermark(product, settings.granularity, settings), day, settings)
+    if tail is not None:
+        daily = (run.rec.rows_in, run.rec.rows_out, run.rec.message)
+        minutes = _fetch(run, product, tail, end, settings.granularity, pool_slots)
+        run.record(daily[0] + run.rec.rows_in, daily[1] + run.rec.rows_out, f"{daily[2]}; {run.rec.message}")
+        out["day_tail"] = {k: minutes[k] for k in ("granularity", "candles", "quarantined", "window")}
+    return out
 
 
 @task_function("build_silver")

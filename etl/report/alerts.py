@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 import re
 import smtplib
@@ -120,7 +121,23 @@ def held_breaches(reader: GoldReader, as_of: date, step: float) -> dict[tuple[st
 
 # ---- channels --------------------------------------------------------------------------------------------------
 def _append_lines(store: Store, rel: str, lines: list[str]) -> None:
-    """Append to a text file atomically (read, add, write under a temp name, rename): works on object stores too."""
+    """Append lines to a text file. On a local disk one O_APPEND write: runs appending at once (the end-of-day alerts
+    and an intraday run's, two DAGs) each land whole, none overwrites the other's (reading the file and writing it
+    back lost one run's lines). An object store has no append: read, add, write under a temp name, rename there
+    (two runs appending at the same moment can still lose one's lines: docs/report.md)."""
+    data = "".join(line + "\n" for line in lines).encode()
+    if store.is_local:
+        folder = posixpath.dirname(store.path(rel))
+        store.fs.create_dir(folder, recursive=True)
+        fd = os.open(store.path(rel), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return
     old = b""
     if store.exists(rel):
         with store.fs.open_input_stream(store.path(rel)) as f:
@@ -130,7 +147,7 @@ def _append_lines(store: Store, rel: str, lines: list[str]) -> None:
     store.fs.create_dir(folder, recursive=True)
     tmp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}-{name}")
     with store.fs.open_output_stream(tmp) as out:
-        out.write(old + "".join(line + "\n" for line in lines).encode())
+        out.write(old + data)
     store.fs.move(tmp, final)
 
 

@@ -232,3 +232,80 @@ def test_breach_action_waits_for_an_approval_then_records_the_action(dagbag):
     from etl.measures import LIMIT_TYPES
 
     assert [params.get_param("limit_type").resolve(t) for t in LIMIT_TYPES] == list(LIMIT_TYPES)
+
+
+def test_a_rerun_of_an_earlier_day_leaves_the_next_days_factor_outputs_whole(dagbag, simulator, data_dir,
+                                                                             monkeypatch):
+    """risk_end_of_day's compute_factors ran up to its data interval's end (00:10 after the as-of day), so each run
+    also replaced the next day's factor partitions with its first 10 minutes (and no exposure snapshot): a rerun or
+    backfill of day D, after D+1's run, cut D+1's committed factor returns to 10 of its 1,440 minutes and emptied
+    its exposures (which D+2's PnL attribution reads). The run now covers whole days up to the as-of day's end, as
+    `python -m etl run` does."""
+    from datetime import datetime
+
+    from etl.bronze import ingest
+    from etl.commits import read_entry, read_manifest
+    from etl.orchestration.airflow_adapter import TaskRef
+    from etl.settings import get_settings
+    from etl.storage import get_store
+
+    products = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD"]
+    for name, value in {"PIPELINE_PRODUCTS": ",".join(products), "PIPELINE_HISTORY_DAYS": "1",
+                        "FACTOR_WINDOW": 240, "FACTOR_MIN_OBS": 30, "FACTOR_FORMATION_MINUTES": 120,
+                        "FACTOR_HOLDING_MINUTES": 60, "FACTOR_MOMENTUM_MINUTES": "30,60,120"}.items():
+        monkeypatch.setenv(name, str(value))
+    ingest(products=products, start=datetime(2026, 3, 1, 18, tzinfo=UTC), end=datetime(2026, 3, 4, 0, 10, tzinfo=UTC),
+           granularity=60, settings=get_settings())
+    callable_ = dagbag.dags["risk_end_of_day"].get_task("compute_factors").python_callable
+
+    def run_of(day: int) -> None:  # the scheduled run of as-of day 2026-03-<day>, as Airflow runs the task
+        start = datetime(2026, 3, day, 0, 10, tzinfo=UTC)
+        monkeypatch.setitem(callable_.__globals__, "current_interval", lambda *_: (start, start + timedelta(days=1)))
+        monkeypatch.setitem(callable_.__globals__, "current_ref",
+                            lambda: TaskRef(f"scheduled__{start:%Y-%m-%d}", "risk_end_of_day", "compute_factors"))
+        callable_()
+
+    def day_rows(day: str) -> dict[str, int]:
+        store = get_store(get_settings())
+        files = read_manifest(store, "factors")["files"]
+        return {table: read_entry(store, files[f"{table}/date={day}"]).num_rows
+                for table in ("factor_returns", "factor_exposures")}
+
+    run_of(3)                                       # as of 03-03 (the run at 03-04 00:10)
+    whole = day_rows("2026-03-03")
+    assert whole["factor_returns"] > 1000 and whole["factor_exposures"] > 0
+    run_of(2)                                       # then a rerun (or backfill) of 03-02
+    assert day_rows("2026-03-03") == whole
+
+
+def test_an_attempt_whose_worker_was_lost_is_in_the_run_log_with_what_happened(dagbag, data_dir):
+    """A worker lost mid-task (killed, out of memory: a 2,500-portfolio risk shard peaks at 4.2 GB) never returns to
+    the task function, so no run-log row came from it: Airflow runs the task's callbacks in the dag processor, with
+    no exception. A retried attempt left no row at all (no on_retry_callback: the shard's lost attempt was not in
+    fact_pipeline_runs nor failures.sql), the last one `failed (no exception)`. Both now have their row, saying the
+    worker was lost."""
+    import uuid
+
+    import structlog
+    from airflow.api_fastapi.execution_api.datamodels.taskinstance import TaskInstance
+    from airflow.callbacks.callback_requests import TaskCallbackRequest
+    from airflow.dag_processing.processor import _execute_task_callbacks
+    from airflow.utils.state import TaskInstanceState
+
+    from etl import runlog
+    from etl.settings import get_settings
+
+    def lost(try_number: int, state: TaskInstanceState) -> None:   # as the scheduler asks the dag processor
+        ti = TaskInstance(id=uuid.uuid4(), task_id="compute_risk_shard", dag_id="risk_end_of_day",
+                          run_id="scheduled__2026-03-01T00:10:00+00:00", try_number=try_number,
+                          dag_version_id=uuid.uuid4(), map_index=0)
+        _execute_task_callbacks(dagbag, TaskCallbackRequest(
+            filepath="risk_end_of_day.py", bundle_name="dags-folder", bundle_version=None, ti=ti,
+            msg="Task Instance Heartbeat Timeout", task_callback_type=state), structlog.get_logger())
+
+    lost(1, TaskInstanceState.UP_FOR_RETRY)
+    lost(3, TaskInstanceState.FAILED)
+    rows = runlog.read_all(get_settings()).sort_values("try_number")
+    assert [(r.task_id, r.status, r.try_number) for r in rows.itertuples()] == [
+        ("compute_risk_shard[0]", "up_for_retry", 1), ("compute_risk_shard[0]", "failed", 3)]
+    assert all(m.startswith("WorkerLost: ") and "worker process was lost" in m for m in rows["message"])

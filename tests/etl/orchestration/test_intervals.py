@@ -75,3 +75,23 @@ def test_last_interval_is_epoch_aligned_plus_the_offset():
     every, offset = timedelta(days=1), timedelta(minutes=10)
     assert intervals.last_interval(datetime(2026, 3, 2, 0, 10, tzinfo=UTC), every, offset) == (
         datetime(2026, 3, 1, 0, 10, tzinfo=UTC), datetime(2026, 3, 2, 0, 10, tzinfo=UTC))
+
+
+def test_day_tail_start_completes_the_as_of_days_intraday_candles_only_when_they_stop_inside_it(settings):
+    day, midnight = date(2026, 3, 1), datetime(2026, 3, 2, tzinfo=UTC)
+    assert intervals.day_tail_start(None, day, settings) is None                                # no intraday candles
+    assert intervals.day_tail_start(midnight - timedelta(days=2), day, settings) is None        # none of the day
+    assert intervals.day_tail_start(midnight - timedelta(minutes=1), day, settings) is None     # the last bucket
+    assert intervals.day_tail_start(midnight + timedelta(minutes=3), day, settings) is None     # past the day
+    assert intervals.day_tail_start(midnight - timedelta(minutes=31), day, settings) == midnight - timedelta(minutes=46)
+    assert intervals.day_tail_start(midnight - timedelta(hours=24), day, settings) == midnight - timedelta(hours=24)
+
+
+def test_intraday_window_reaches_back_to_the_newest_candle_after_skipped_intervals(settings):
+    start = T0 - timedelta(minutes=5)
+    on_time = intervals.intraday_window(start, T0, settings, newest=start - timedelta(minutes=1))
+    assert on_time == (T0 - timedelta(minutes=20), T0)                        # the interval plus the overlap
+    skipped = intervals.intraday_window(start, T0, settings, newest=T0 - timedelta(hours=2))
+    assert skipped == (T0 - timedelta(hours=2, minutes=15), T0)               # back to the newest, less the overlap
+    assert intervals.intraday_window(start, T0, settings, newest=T0 - timedelta(days=5))[0] == T0 - timedelta(
+        days=1, minutes=15)                                                   # at most the history

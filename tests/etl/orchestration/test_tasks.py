@@ -8,12 +8,13 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from etl import runlog
 from etl.errors import SourceError, ValidationError
 from etl.orchestration import tasks
-from etl.orchestration.airflow_adapter import TaskRef, record_failed
+from etl.orchestration.airflow_adapter import TaskRef, record_failed, record_retry
 from etl.settings import get_settings
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -72,6 +73,24 @@ def test_fetch_intraday_backfills_history_first_then_only_the_interval(settings)
     assert second["window"][0].startswith("2026-03-02 11:45")
 
 
+def test_an_intraday_run_after_skipped_intervals_fetches_them_too(settings):
+    """The intraday DAG has catchup off and one active run: after a run that outlasts its interval (retries, a
+    30-minute task timeout), a pause or a scheduler outage, Airflow creates the next run for the latest interval
+    and the intervals in between never run. Each run fetched only its own interval plus the 15-minute overlap, so
+    the minutes between were never in bronze (here 45 of the hour: 9 of silver's 5-minute bars missing for good,
+    the day's bar made of the minutes left). A run now reaches back to the newest candle bronze holds."""
+    from tests.support.bronze import read_bronze
+
+    tasks.fetch_intraday("BTC-USD", T0 - timedelta(minutes=5), T0, settings=settings)      # first run: history
+    late = tasks.fetch_intraday("BTC-USD", T0 + timedelta(minutes=60), T0 + timedelta(minutes=65), settings=settings)
+    minutes = read_bronze(["BTC-USD"], granularity=60, settings=settings, dedup=True)["bucket_start"]
+    assert sorted(set(minutes[minutes >= T0])) == list(pd.date_range(T0, periods=65, freq="min", tz="UTC"))
+    assert late["candles"] == 65 + 1 + 15   # back to the newest candle held (11:59), less the overlap
+    # a run on time still fetches its interval plus the overlap
+    assert tasks.fetch_intraday("BTC-USD", T0 + timedelta(minutes=65), T0 + timedelta(minutes=70),
+                                settings=settings)["candles"] == 5 + 15
+
+
 def test_an_end_of_day_run_for_a_day_before_the_history_fetches_that_days_whole_history(settings, monkeypatch):
     """A backfill (or manual run) of an old as-of day whose history window starts before the oldest daily candle
     bronze holds: it fetched only its last overlap days, so risk valued the day on the days bronze happened to hold
@@ -83,6 +102,30 @@ def test_an_end_of_day_run_for_a_day_before_the_history_fetches_that_days_whole_
     assert old["window"][0].startswith("2026-01-12") and old["candles"] == 30     # its window [01-12, 02-11)
     # the day after the first run: only the overlap, as before
     assert tasks.ingest_daily_history("BTC-USD", date(2026, 3, 2), settings=s)["candles"] == 4
+
+
+def test_the_end_of_day_run_completes_the_as_of_days_intraday_candles_before_silver(settings, data_dir, monkeypatch):
+    """The end-of-day run (00:10) built silver on whatever 1-minute candles the intraday DAG had fetched by then: with
+    the intraday runs of the day's last half hour late (or failed), the day's daily bar came from minutes that stop
+    at 23:29, so risk valued the as-of day at the 23:29 close (is_complete false, nothing refused it), where a clean
+    run has the 00:00 close. The end-of-day fetch now completes the day's 1-minute candles bronze lacks."""
+    from etl.silver.read import read_bars
+
+    day, end = date(2026, 3, 1), datetime(2026, 3, 2, tzinfo=UTC)
+
+    def eod(cut: timedelta, root: str) -> tuple[dict, int]:
+        monkeypatch.setenv("PIPELINE_DATA_DIR", str(data_dir / root))
+        s = get_settings()
+        tasks.fetch_candles("BTC-USD", end - timedelta(days=1), end - cut, 60, settings=s)   # the intraday DAG's
+        tasks.ingest_daily_history("BTC-USD", day, settings=s)
+        tasks.build_silver(settings=s)
+        (bar,) = read_bars("1d", ["BTC-USD"], day, day, settings=s)[["close", "n_candles", "is_complete"]].to_dict(
+            "records")
+        return bar, len(read_bars("5m", ["BTC-USD"], day, day, settings=s))
+
+    clean = eod(timedelta(0), "clean")
+    assert clean == ({**clean[0], "n_candles": 1440, "is_complete": True}, 288)
+    assert eod(timedelta(minutes=30), "late") == clean
 
 
 def test_validate_products_checks_master_and_source(settings):
@@ -100,8 +143,9 @@ def test_a_failing_attempt_is_up_for_retry_in_airflow_and_failed_outside(setting
     s = get_settings()
     ref = TaskRef(run_id="r1", dag_id="market_data_intraday", task_id="fetch_candles[0]",
                   try_number=1, max_tries=2, in_airflow=True)
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceError) as retried:
         tasks.fetch_candles("BTC-USD", T0 - timedelta(hours=1), T0, 60, ref=ref, settings=s)
+    record_retry(ref, retried.value, s)  # Airflow's on_retry_callback: the function recorded it, not again
     last = TaskRef(**{**ref.__dict__, "try_number": 3})
     with pytest.raises(SourceError):  # last attempt: left to the on_failure_callback (record_failed)
         tasks.fetch_candles("BTC-USD", T0 - timedelta(hours=1), T0, 60, ref=last, settings=s)

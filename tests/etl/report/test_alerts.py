@@ -250,3 +250,28 @@ def test_secrets_redacted_in_run_log(env, data_dir):
     assert "s3cr3tT0ken" not in message and "B0CD" not in message
     assert redact_text("postgresql://etl:hunter2@db:5432/warehouse password=x2 token: abc Bearer abcdefgh12") \
         == "postgresql://etl:***@db:5432/warehouse password=*** token: *** Bearer ***"
+
+
+def test_alerts_delivered_at_once_by_two_runs_are_all_in_the_alert_file(data_dir):
+    """The end-of-day `send_alerts` and an intraday run's alerts (two DAGs, two processes) deliver at the same
+    time: each appended to alerts.jsonl by reading it whole and writing it back, so one run's lines were lost while
+    its ledger said the file channel had carried them (never sent again): 200 alerts, about half in the file."""
+    from etl.storage import get_store
+
+    store, settings = get_store(get_settings()), get_settings()
+
+    def run(name: str) -> None:
+        for i in range(100):
+            breach = {"portfolio_id": f"{name}{i:03d}", "limit_type": "var", "as_of_date": date(2026, 3, 1),
+                      "value": 2.0, "limit_value": 1.0}
+            alerts.deliver(store, alerts.ledger_path(breach["portfolio_id"], date(2026, 3, 1), "var"), breach,
+                           alerts.message(breach), "subject", ["file"], settings)
+
+    runs = [threading.Thread(target=run, args=(name,)) for name in ("eod", "intraday")]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    lines = (data_dir / alerts.ALERTS_FILE).read_text().splitlines()
+    assert sorted(json.loads(line)["portfolio_id"] for line in lines) == sorted(
+        f"{name}{i:03d}" for name in ("eod", "intraday") for i in range(100))
