@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.silver.bars import TS, US, timestamps_us
+from etl.silver.bars import BAR_1D_GRANULARITIES, TS, US, timestamps_us
 
 RULES = ("spike_revert", "jump_unconfirmed", "jump_unanchored", "granularity_mismatch", "frozen_zero_volume")
 EXCLUDED, ACCEPTED = "excluded", "accepted_by_override"  # the decisions on a flagged print
@@ -132,6 +132,40 @@ def cut_short_in_daily_bars(candles: pa.Table, quarantined: pa.Table | None = No
     out = np.zeros(len(ts), dtype=bool)
     for i in np.flatnonzero(cut_short & (gran == DAILY) & (fetched >= ts + DAY_US)):  # a handful of days
         out |= (codes == codes[i]) & (gran < DAILY) & (ts >= ts[i]) & (ts < ts[i] + DAY_US)
+    return out
+
+
+def uncovered_in_daily_bars(candles: pa.Table, quarantined: pa.Table | None, now_us: int) -> np.ndarray:
+    """Mask of the rows to leave out of the daily bars: the finer candles of a UTC day over by `now_us` (us since
+    the epoch) that has no daily candle fetched after it ended, when the finest of them (those a bar is built from)
+    do not cover the day's end: they stop before its last bucket with none after them by the end of the next day,
+    or a quarantined one follows the last (the rule `cut_short_in_daily_bars` applies against a daily candle).
+    With nothing to say what the day closed at (a 1-minute fetch that failed at 10:00 looks like this), their
+    last close is not the day's close: the day has no daily bar, and the risk run's holding of it is stale,
+    until the rest of the day's candles, or its daily candle, are fetched. A day not over yet keeps its bar from
+    them: the day so far. Same columns (and `quarantined`) as `cut_short_in_daily_bars`."""
+    out = np.zeros(candles.num_rows, dtype=bool)
+    if candles.num_rows == 0:
+        return out
+    codes, gran, ts = _keys(candles)
+    refused = _refused(candles, quarantined)
+    fetched = pc.fill_null(candles["ingested_at"].cast(TS).cast(pa.int64()), 0).to_numpy()
+    day = np.floor_divide(ts, DAY_US)
+    fine = np.isin(gran, BAR_1D_GRANULARITIES) & (gran < DAILY)
+    whole = (gran == DAILY) & (fetched >= ts + DAY_US)  # the exchange's record of its whole day
+    for code, d in sorted(set(zip(codes[fine].tolist(), day[fine].tolist(), strict=True))):  # a month of days
+        end = (d + 1) * DAY_US
+        if end > now_us or (whole & (codes == code) & (day == d)).any():
+            continue
+        in_day = fine & (codes == code) & (day == d)
+        g = gran[in_day].min()
+        series = ts[fine & (codes == code) & (gran == g)]
+        last = series[series < end].max()
+        covered = last + g * US == end or bool(((series >= end) & (series < end + DAY_US)).any())
+        if refused is not None:
+            covered &= not ((refused[0] == code) & (refused[1] == g) & (refused[2] > last) & (refused[2] < end)).any()
+        if not covered:
+            out |= in_day
     return out
 
 
