@@ -9,7 +9,8 @@ consecutive candles of one product and granularity.
   1.4826 x the median absolute return of the candle's day and the day before (when they hold SCALE_MIN_RETURNS).
 - `jump_unconfirmed`: the latest candle (no next candle of its granularity by the end of the next day) jumps
   beyond T: it cannot be told from a spike yet, so it is held out until the next candle arrives and confirms it.
-  A latest candle that undoes the jump of the candle before it (a spike's way back) is not flagged.
+  A latest candle that undoes the jump of the candle before it (a spike's way back) is not flagged. A latest
+  candle after a missing day (no candle the day before) jumps from the close of two days before, if any.
 - `jump_unanchored`: the mirror image: a candle with no previous candle of its series within a day (the series'
   first, or the first after a gap of a day or more) whose next close jumps beyond T. With nothing before it, a
   bad first print cannot be told from a real one by the rules above, and it would start the history at a price
@@ -249,6 +250,11 @@ def _series_rules(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, close: np
         step = np.diff(np.log(close))
     r_in = np.full(n, np.nan)
     r_in[1:] = np.where(prev_ok[1:], step, np.nan)
+    # the latest candle after a missing day: judged against the close before the gap when the context holds it
+    prev_near = same.copy()
+    prev_near[1:] &= day[:-1] >= day[1:] + min(CONTEXT_DAYS)
+    r_late = np.full(n, np.nan)
+    r_late[1:] = np.where(prev_near[1:], step, np.nan)
     r_out = np.full(n, np.nan)
     r_out[:-1] = np.where(next_ok[:-1], step, np.nan)
     prev_close = np.full(n, np.nan)
@@ -264,8 +270,10 @@ def _series_rules(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, close: np
         prev_in[1:] = np.where(prev_ok[1:], r_in[:-1], np.nan)
         way_back = ((np.abs(prev_in) > threshold) & (np.sign(prev_in) != np.sign(r_in))
                     & (np.abs(prev_in + r_in) <= REVERT_FRACTION * np.minimum(np.abs(prev_in), a_in)))
-        unconfirmed = prev_ok & ~next_ok & (a_in > threshold) & ~way_back
+        unconfirmed = (prev_ok & ~next_ok & (a_in > threshold) & ~way_back) | \
+            (~prev_ok & prev_near & ~next_ok & (np.abs(r_late) > threshold))
         unanchored = ~prev_ok & next_ok & (a_out > threshold)
+    r_in = np.where(prev_ok, r_in, r_late)  # the evidence of a latest candle after a gap: its jump over it
     return {"spike_revert": spike, "jump_unconfirmed": unconfirmed, "jump_unanchored": unanchored,
             "prev_close": prev_close,
             "next_close": next_close, "r_in": r_in, "r_out": r_out, "threshold": threshold}

@@ -487,3 +487,30 @@ def test_a_day_built_while_open_loses_its_bar_from_minutes_that_stop_early_once_
     incremental = silver_files(data_dir)
     build(full_refresh=True, now=FUTURE)
     assert silver_files(data_dir) == incremental
+
+
+def test_the_latest_candle_after_a_missing_day_is_judged_against_the_close_before_the_gap(data_dir):
+    """BTC-USD's daily candle of 2026-01-09 is missing and the latest, 2026-01-10's, closes 1000x off. With no
+    previous candle within a day it was not `jump_unconfirmed`, and with no next candle not `jump_unanchored`: no
+    rule judged it and it became the day's bar (a close of 100,000 for the risk run, and nothing for the report to
+    name). It is judged against the close before the gap (2026-01-08, two days before: inside the context silver
+    reads) and held out as `jump_unconfirmed`; once the next candle comes it is `jump_unanchored`, as before."""
+    daily = minute_candles("BTC-USD", datetime(2026, 1, 1, tzinfo=UTC), 11, step=86_400, seed=5)
+    daily.loc[9, ["close", "high"]] *= 1000  # 2026-01-10
+    daily = daily.drop(index=8)               # 2026-01-09 missing
+    write_batch(data_dir, daily.iloc[:-1], "d1", datetime(2026, 1, 11, tzinfo=UTC))
+    build(now=FUTURE)
+    assert (data_dir / "silver/price_quality").exists(), read_bars("1d")["close"].max()  # was: no flag, a bar
+    flags = silver_frame(data_dir, "silver/price_quality")
+    assert list(zip(flags["bucket_start"].dt.day, flags["rule"], strict=True)) == [(10, "jump_unconfirmed")]
+    assert "from the previous close 99.7" in flags["evidence"].iat[0]
+    bars = read_bars("1d")
+    assert list(bars["price_date"].dt.day) == [1, 2, 3, 4, 5, 6, 7, 8] and bars["close"].max() < 200
+    write_batch(data_dir, daily.iloc[[-1]], "d2", datetime(2026, 1, 12, tzinfo=UTC))  # 2026-01-11, back at 100
+    build(now=FUTURE)
+    flags = silver_frame(data_dir, "silver/price_quality")
+    assert list(zip(flags["bucket_start"].dt.day, flags["rule"], strict=True)) == [  # as before this fix
+        (10, "jump_unanchored"), (11, "jump_unconfirmed")]
+    incremental = silver_files(data_dir)
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == incremental
