@@ -209,14 +209,14 @@ def _candle_bars(store: Store, settings: Settings, full_refresh: bool, now: date
     lake = silver.lake
     last, state = (None, {}) if full_refresh else _load_state(silver)
     overrides = _overrides(reference.price_overrides)
-    bronze, parts, todo = _plan(lake, last, state, overrides)
+    bronze, parts, todo = _plan(lake, last, state, overrides, now)
     crowded = [k for k in todo if not candles.compacted(parts[k])]
     if crowded and not full_refresh:  # today's partition gains a batch per intraday run: fold it into one file
         folded = _fold(store, lake, crowded, bronze)
         summary.rows_in += folded.rows_in - folded.rows_out  # versions the fold dropped
         summary.duplicates += folded.rows_in - folded.rows_out
         summary.bad_files += folded.bad_files
-        bronze, parts, todo = _plan(lake, last, state, overrides)
+        bronze, parts, todo = _plan(lake, last, state, overrides, now)
     log.info("silver %s: %d of %d bronze partitions to rebuild (bronze version %s)",
              "full refresh" if full_refresh else "incremental", len(todo), len(parts), bronze.version)
     files = {k: parts[k] for k in todo}
@@ -252,7 +252,7 @@ def _candle_bars(store: Store, settings: Settings, full_refresh: bool, now: date
             bad += sorted((set(wanted) - set(paths)) | aside)  # set aside by the worker
             others |= {f for f in aside if candles.partition_of(f) not in files}
             for day in days:
-                read[(product, day)] = _version((product, day), overrides)
+                read[(product, day)] = _version((product, day), overrides, now)
     bad = sorted(set(bad))
     # partitions whose bronze files are all gone since the last build (e.g. quarantined whole by compact): their
     # silver days go too, as a full refresh leaves them (no bronze behind them)
@@ -277,14 +277,15 @@ def _candle_bars(store: Store, settings: Settings, full_refresh: bool, now: date
     return bool(others)
 
 
-def _plan(lake: Lake, last: int | None, state: dict[str, dict], overrides: dict[str, pa.Table]
+def _plan(lake: Lake, last: int | None, state: dict[str, dict], overrides: dict[str, pa.Table], now: datetime
           ) -> tuple[increments.Increment, dict[tuple[str, str], list[str]], list[tuple[str, str]]]:
     """(bronze at its latest version and its changes since version `last`, its files by partition, the
-    partitions to rebuild: those whose files or overrides changed, and the days whose quality gate reads them)."""
+    partitions to rebuild: those whose files or overrides changed, or whose day was not over when last built and
+    is now, and the days whose quality gate reads them)."""
     bronze = increments.since(lake, BRONZE_DIR, last)
     parts = candles.by_partition(bronze.files)
     changed = set(increments.touched(bronze.new + bronze.removed, BRONZE_DIR)) | \
-        {k for k in parts if state.get(_key(k)) != _version(k, overrides)}
+        {k for k in parts if state.get(_key(k)) != _version(k, overrides, now)}
     return bronze, parts, sorted((changed | {n for k in changed for n in _shifted(k, REACHED)}) & parts.keys())
 
 
@@ -326,16 +327,19 @@ def _shifted(partition: tuple[str, str], offsets: tuple[int, ...]) -> list[tuple
     return [(product, (d + timedelta(days=k)).isoformat()) for k in offsets]
 
 
-def _version(partition: tuple[str, str], overrides: dict[str, pa.Table]) -> dict:
-    """What, besides its bronze files, a partition was built with: the overrides that fall on its day."""
+def _version(partition: tuple[str, str], overrides: dict[str, pa.Table], now: datetime) -> dict:
+    """What, besides its bronze files, a partition was built with: the overrides that fall on its day, and whether
+    the day was not over by the build's `now` (`open`: its daily bar is the day so far, and the day is rebuilt
+    once over, when finer candles that stop early no longer make its bar: price_quality.uncovered_in_daily_bars)."""
+    day = _day_number(partition[1])
+    is_open = {"open": True} if (day + 1) * DAY_US > int(to_utc(now).timestamp() * US) else {}
     accepted = overrides.get(partition[0])
     if accepted is None:
-        return {}
-    day = _day_number(partition[1])
+        return is_open
     mine = [f"{g}@{t}" for g, t in zip(accepted["granularity"].to_pylist(),
                                        accepted["bucket_start"].cast(pa.int64()).to_pylist(), strict=True)
             if t // DAY_US == day]
-    return {"overrides": mine} if mine else {}
+    return ({"overrides": mine} if mine else {}) | is_open
 
 
 def _context_files(parts: dict[tuple[str, str], list[str]], product: str, days: list[str]) -> list[str]:
@@ -428,6 +432,8 @@ def _rebuild(store: Store, product: str, days: list[str], candles: pa.Table, pat
     good = good.filter(pa.array(~excluded))
     # finer candles a fetch cut short leave the day's close to its daily candle (read with the next day: context)
     cut_short = price_quality.cut_short_in_daily_bars(good, bad)
+    # ... and without such a daily candle, a finished day they do not cover has no close at all
+    cut_short |= price_quality.uncovered_in_daily_bars(good, bad, int(to_utc(now).timestamp() * US))
     mine_good = _on_days(good, day_numbers)
     daily_input = good.filter(pa.array(mine_good & ~cut_short & ~disputed))
     good = good.filter(pa.array(mine_good))

@@ -9,7 +9,8 @@ consecutive candles of one product and granularity.
   1.4826 x the median absolute return of the candle's day and the day before (when they hold SCALE_MIN_RETURNS).
 - `jump_unconfirmed`: the latest candle (no next candle of its granularity by the end of the next day) jumps
   beyond T: it cannot be told from a spike yet, so it is held out until the next candle arrives and confirms it.
-  A latest candle that undoes the jump of the candle before it (a spike's way back) is not flagged.
+  A latest candle that undoes the jump of the candle before it (a spike's way back) is not flagged. A latest
+  candle after a missing day (no candle the day before) jumps from the close of two days before, if any.
 - `jump_unanchored`: the mirror image: a candle with no previous candle of its series within a day (the series'
   first, or the first after a gap of a day or more) whose next close jumps beyond T. With nothing before it, a
   bad first print cannot be told from a real one by the rules above, and it would start the history at a price
@@ -32,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.silver.bars import TS, US, timestamps_us
+from etl.silver.bars import BAR_1D_GRANULARITIES, TS, US, timestamps_us
 
 RULES = ("spike_revert", "jump_unconfirmed", "jump_unanchored", "granularity_mismatch", "frozen_zero_volume")
 EXCLUDED, ACCEPTED = "excluded", "accepted_by_override"  # the decisions on a flagged print
@@ -135,6 +136,40 @@ def cut_short_in_daily_bars(candles: pa.Table, quarantined: pa.Table | None = No
     return out
 
 
+def uncovered_in_daily_bars(candles: pa.Table, quarantined: pa.Table | None, now_us: int) -> np.ndarray:
+    """Mask of the rows to leave out of the daily bars: the finer candles of a UTC day over by `now_us` (us since
+    the epoch) that has no daily candle fetched after it ended, when the finest of them (those a bar is built from)
+    do not cover the day's end: they stop before its last bucket with none after them by the end of the next day,
+    or a quarantined one follows the last (the rule `cut_short_in_daily_bars` applies against a daily candle).
+    With nothing to say what the day closed at (a 1-minute fetch that failed at 10:00 looks like this), their
+    last close is not the day's close: the day has no daily bar, and the risk run's holding of it is stale,
+    until the rest of the day's candles, or its daily candle, are fetched. A day not over yet keeps its bar from
+    them: the day so far. Same columns (and `quarantined`) as `cut_short_in_daily_bars`."""
+    out = np.zeros(candles.num_rows, dtype=bool)
+    if candles.num_rows == 0:
+        return out
+    codes, gran, ts = _keys(candles)
+    refused = _refused(candles, quarantined)
+    fetched = pc.fill_null(candles["ingested_at"].cast(TS).cast(pa.int64()), 0).to_numpy()
+    day = np.floor_divide(ts, DAY_US)
+    fine = np.isin(gran, BAR_1D_GRANULARITIES) & (gran < DAILY)
+    whole = (gran == DAILY) & (fetched >= ts + DAY_US)  # the exchange's record of its whole day
+    for code, d in sorted(set(zip(codes[fine].tolist(), day[fine].tolist(), strict=True))):  # a month of days
+        end = (d + 1) * DAY_US
+        if end > now_us or (whole & (codes == code) & (day == d)).any():
+            continue
+        in_day = fine & (codes == code) & (day == d)
+        g = gran[in_day].min()
+        series = ts[fine & (codes == code) & (gran == g)]
+        last = series[series < end].max()
+        covered = last + g * US == end or bool(((series >= end) & (series < end + DAY_US)).any())
+        if refused is not None:
+            covered &= not ((refused[0] == code) & (refused[1] == g) & (refused[2] > last) & (refused[2] < end)).any()
+        if not covered:
+            out |= in_day
+    return out
+
+
 def disputed_in_daily_bars(candles: pa.Table, suspect: np.ndarray, flags: pa.Table, excluded: np.ndarray) -> np.ndarray:
     """Mask of the finer candles to leave out of the daily bars: those of a day whose daily candle `gate` flagged
     `granularity_mismatch` (first) while the finest of them left in (`~excluded`) stop before the day's last bucket.
@@ -215,6 +250,11 @@ def _series_rules(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, close: np
         step = np.diff(np.log(close))
     r_in = np.full(n, np.nan)
     r_in[1:] = np.where(prev_ok[1:], step, np.nan)
+    # the latest candle after a missing day: judged against the close before the gap when the context holds it
+    prev_near = same.copy()
+    prev_near[1:] &= day[:-1] >= day[1:] + min(CONTEXT_DAYS)
+    r_late = np.full(n, np.nan)
+    r_late[1:] = np.where(prev_near[1:], step, np.nan)
     r_out = np.full(n, np.nan)
     r_out[:-1] = np.where(next_ok[:-1], step, np.nan)
     prev_close = np.full(n, np.nan)
@@ -230,8 +270,10 @@ def _series_rules(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, close: np
         prev_in[1:] = np.where(prev_ok[1:], r_in[:-1], np.nan)
         way_back = ((np.abs(prev_in) > threshold) & (np.sign(prev_in) != np.sign(r_in))
                     & (np.abs(prev_in + r_in) <= REVERT_FRACTION * np.minimum(np.abs(prev_in), a_in)))
-        unconfirmed = prev_ok & ~next_ok & (a_in > threshold) & ~way_back
+        unconfirmed = (prev_ok & ~next_ok & (a_in > threshold) & ~way_back) | \
+            (~prev_ok & prev_near & ~next_ok & (np.abs(r_late) > threshold))
         unanchored = ~prev_ok & next_ok & (a_out > threshold)
+    r_in = np.where(prev_ok, r_in, r_late)  # the evidence of a latest candle after a gap: its jump over it
     return {"spike_revert": spike, "jump_unconfirmed": unconfirmed, "jump_unanchored": unanchored,
             "prev_close": prev_close,
             "next_close": next_close, "r_in": r_in, "r_out": r_out, "threshold": threshold}

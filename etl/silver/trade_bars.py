@@ -4,7 +4,8 @@ against the candle bars of the same buckets.
 `build_trade_bars()` takes the files the bronze trades Delta table (`bronze/trades`) gained since the bronze version
 its last build recorded in its own commit (etl/silver/increments.py: no state file), and recomputes each touched
 (product, date) partition (and the product's partition before a partition new to bronze: its last bar is closed
-now; and the day after a touched partition: its first trades are judged after the touched day's last ones) from
+now; and the product's partition after a touched partition: its first trades are judged after the touched day's
+last ones) from
 all its files at the bronze version it reads now:
 1. deduplicate by (product_id, trade_id), keeping the first received (reconnect snapshots and duplicated
    messages repeat trades); copies of one trade id that disagree on its price, size or time are none of them a
@@ -15,7 +16,8 @@ all its files at the bronze version it reads now:
    finite number, or not positive, are counted and left out; so are bad prints (`suspect_prints`: a trade whose
    price jumps from the previous trade and the next comes straight back, the latest trade jumping with no later
    trade yet, or a first trade with nothing before it and the next one jumping; the day's first and last trades
-   are judged with the day before's last trades and the next partition's first one), counted and named in the
+   are judged with the last trades of the product's partition before (the day before, or the last day it traded
+   before a day without trades) and the next partition's first one), counted and named in the
    summary and the log,
 3. order by (time, trade_id as a number: "999" before "1000") and fold per 5-minute bucket: open = first price, high/low = max/min, close = last,
    volume = sum(size), vwap = sum(price * size) / sum(size), n_trades, n_candles = minutes with a trade,
@@ -40,7 +42,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
@@ -341,14 +342,14 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     days = _days(bronze.files)
     # a partition new to bronze holds the first trade after its product's partition before: that one's last bar is
     # closed now (and the runs going on into the new partition tell whether its end is whole): rebuilt too
-    # and the day after a touched partition: its first trades are judged after the touched day's last ones, its
-    # runs carried over from them (a late trade of a day whose next day is built)
+    # and the product's partition after a touched one: its first trades are judged after the touched day's last
+    # ones, its runs carried over from them (a late trade of a day whose next day is built)
     had = sorted((set(bronze.files) - set(new)) | set(bronze.removed))   # a compacted partition is not new
     for product, day in sorted(touched):
         before = [d for d in days.get(product, []) if d < day]
         if before and not increments.files_of(had, TRADES_DIR, product, day):
             touched.add((product, before[-1]))
-        if (following := (date.fromisoformat(day) + timedelta(days=1)).isoformat()) in days.get(product, []):
+        if following := next((d for d in days.get(product, []) if d > day), ""):
             touched.add((product, following))
     touched = sorted(touched)
     summary.files = len(new)
@@ -357,8 +358,9 @@ def build_trade_bars(settings: Settings | None = None, full_refresh: bool = Fals
     parts, gone = {}, set()
     todo = list(touched)
     for product, day in todo:  # grows by the day before when one of its files is set aside
-        before = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
-        after = next((d for d in days.get(product, []) if d > day), "")   # the product's next partition
+        # the product's partitions before and after: a day without trades in between judges nothing
+        before = next((d for d in reversed(days.get(product, [])) if d < day), "")
+        after = next((d for d in days.get(product, []) if d > day), "")
         own, previous, following = _files(bronze.files, gone, product, day, before, after)
         try:
             trades, rows_in, dups, invalid, gaps, later, near_before, near_after = read_trades(

@@ -134,14 +134,15 @@ def test_silver_truncated_bronze_file_is_quarantined_with_its_reason_and_silver_
 
 
 def test_silver_incremental_cannot_repair_a_bad_daily_file_and_says_full_refresh(data_dir):
-    write_batch(data_dir, minute_candles("BTC-USD", T0, 60), "b1", T0 + timedelta(days=1))
-    build(now=FUTURE)
+    write_batch(data_dir, minute_candles("BTC-USD", T0, 60), "b1", T0 + timedelta(hours=1))
+    build(now=T0 + timedelta(hours=1))  # the day so far (a finished day whose minutes stop at 01:00 has no bar)
     daily = silver_file(data_dir, "silver/bars_1d/product_id=BTC-USD/year=2026/part-0.parquet")
     daily.write_bytes(b"PAR1 garbage")
-    write_batch(data_dir, minute_candles("BTC-USD", T0 + timedelta(days=1), 60), "b2", T0 + timedelta(days=2))
+    now = T0 + timedelta(days=1, hours=1)
+    write_batch(data_dir, minute_candles("BTC-USD", T0 + timedelta(days=1), 60), "b2", now)
     with pytest.raises(ValidationError, match=rf"{daily.name}: unreadable silver daily file .*--full-refresh"):
-        build(now=FUTURE)
-    assert build(full_refresh=True, now=FUTURE).bars_1d == 2
+        build(now=now)
+    assert build(full_refresh=True, now=now).bars_1d == 2
     assert len(read_bars("1d")) == 2
 
 

@@ -417,3 +417,100 @@ def test_a_daily_close_the_gate_holds_out_is_not_brought_back_by_minutes_that_ag
     incremental = silver_files(data_dir)
     build(full_refresh=True, now=FUTURE)
     assert silver_files(data_dir) == incremental
+
+
+def test_a_finished_day_without_a_daily_candle_whose_minutes_stop_early_is_not_a_fresh_close_for_risk(
+        data_dir, book_reference, monkeypatch):
+    """BTC-USD's 1-minute fetch of 2026-01-05 stopped at 10:00 (nothing after it, no daily candle fetched); the
+    afternoon traded 20% higher. The day's bar came from the 600 minutes, closing at the 09:59 price, with only
+    is_complete = false to say so: the risk run read it as the day's close (price_date 2026-01-05, not stale), so
+    the report's completeness check was green over a day whose close nobody knows. As with a daily candle against
+    such minutes, they make no daily bar: the risk run values the holding at the last close it has, flagged stale
+    (the report names the product and the day). Incremental equals full refresh; once the daily candle is fetched
+    it gives the bar."""
+    from etl.commits import read_entry, read_manifest, risk_manifest
+    from etl.risk import run_risk
+    from etl.storage import Store
+
+    book_reference("portfolio_id,name,base_currency,var_limit,concentration_limit,drawdown_limit\n"
+                   "P1,BTC and ETH,USD,1000000,1,1\n",
+                   "portfolio_id,product_id,as_of_date,quantity,avg_cost\n"
+                   "P1,BTC-USD,2025-10-01,1,90\nP1,ETH-USD,2025-10-01,1,90\n")
+    for key, value in {"RISK_MC_SCENARIOS": "200", "RISK_BACKTEST_DAYS": "5", "RISK_VAR_LOOKBACK_DAYS": "20",
+                       "PIPELINE_DAILY_HISTORY_DAYS": "40"}.items():
+        monkeypatch.setenv(key, value)
+    day = datetime(2026, 1, 5, tzinfo=UTC)
+    history = [minute_candles(p, day - timedelta(days=40), 40, step=86_400, seed=s)
+               for p, s in (("BTC-USD", 5), ("ETH-USD", 6))]
+    eth_day = minute_candles("ETH-USD", day, 1, step=86_400, seed=7)
+    minutes = minute_candles("BTC-USD", day, 1440, seed=3)
+    minutes.loc[600:, ["open", "high", "low", "close"]] *= 1.2  # the afternoon trades 20% higher
+    write_batch(data_dir, pd.concat([*history, eth_day], ignore_index=True), "daily", day + timedelta(days=1))
+    write_batch(data_dir, minutes[:600], "morning", day + timedelta(hours=10))
+    build(now=FUTURE)
+    run_risk(as_of=day.date(), settings=get_settings())
+    store = Store.from_uri(str(data_dir))
+    manifest = read_manifest(store, risk_manifest(day.date()))
+    pos = read_entry(store, manifest["files"][f"positions_valued/as_of_date={day.date()}"]).to_pandas() \
+        .set_index("product_id")
+    assert (pd.Timestamp(pos.at["BTC-USD", "price_date"]), bool(pos.at["BTC-USD", "is_stale"])) == (
+        pd.Timestamp("2026-01-04"), True)
+    assert (pd.Timestamp(pos.at["ETH-USD", "price_date"]), bool(pos.at["ETH-USD", "is_stale"])) == (
+        pd.Timestamp("2026-01-05"), False)
+    assert pd.Timestamp("2026-01-05") not in set(read_bars("1d", ["BTC-USD"])["price_date"])
+    incremental = silver_files(data_dir)
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == incremental
+
+    # the daily candle, fetched after the day, is the exchange's record of the whole day: it gives the bar
+    whole = minutes.iloc[[0]].assign(granularity=86_400, high=minutes["high"].max(), low=minutes["low"].min(),
+                                     close=minutes["close"].iat[-1], volume=minutes["volume"].sum())
+    write_batch(data_dir, whole, "daily-btc", day + timedelta(days=1, hours=1))
+    build(now=FUTURE)
+    bar = read_bars("1d", ["BTC-USD"]).set_index("price_date").loc[pd.Timestamp("2026-01-05")]
+    assert (bar["close"], bar["source_granularity"]) == (minutes["close"].iat[-1], 86_400)
+
+
+def test_a_day_built_while_open_loses_its_bar_from_minutes_that_stop_early_once_it_is_over(data_dir):
+    """Silver ran at 10:05 on 2026-01-05 (the day's bar is the day so far, from its 600 minutes), then the fetches
+    failed: no new bronze. The next build, after the day ended, rebuilds it (its record says it was open): its
+    minutes no longer make a bar, as a full refresh says."""
+    day = datetime(2026, 1, 5, tzinfo=UTC)
+    daily = minute_candles("BTC-USD", day - timedelta(days=3), 3, step=86_400, seed=5)
+    write_batch(data_dir, daily, "daily", day)
+    write_batch(data_dir, minute_candles("BTC-USD", day, 600, seed=3), "morning", day + timedelta(hours=10))
+    build(now=day + timedelta(hours=10, minutes=5))
+    assert read_bars("1d").set_index("price_date").at[pd.Timestamp("2026-01-05"), "n_candles"] == 600
+    assert build(now=day + timedelta(hours=11)).partitions == 0  # still open, nothing new: nothing to rebuild
+    assert build(now=FUTURE).partitions > 0
+    assert list(read_bars("1d")["price_date"].dt.day) == [2, 3, 4]
+    incremental = silver_files(data_dir)
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == incremental
+
+
+def test_the_latest_candle_after_a_missing_day_is_judged_against_the_close_before_the_gap(data_dir):
+    """BTC-USD's daily candle of 2026-01-09 is missing and the latest, 2026-01-10's, closes 1000x off. With no
+    previous candle within a day it was not `jump_unconfirmed`, and with no next candle not `jump_unanchored`: no
+    rule judged it and it became the day's bar (a close of 100,000 for the risk run, and nothing for the report to
+    name). It is judged against the close before the gap (2026-01-08, two days before: inside the context silver
+    reads) and held out as `jump_unconfirmed`; once the next candle comes it is `jump_unanchored`, as before."""
+    daily = minute_candles("BTC-USD", datetime(2026, 1, 1, tzinfo=UTC), 11, step=86_400, seed=5)
+    daily.loc[9, ["close", "high"]] *= 1000  # 2026-01-10
+    daily = daily.drop(index=8)               # 2026-01-09 missing
+    write_batch(data_dir, daily.iloc[:-1], "d1", datetime(2026, 1, 11, tzinfo=UTC))
+    build(now=FUTURE)
+    assert (data_dir / "silver/price_quality").exists(), read_bars("1d")["close"].max()  # was: no flag, a bar
+    flags = silver_frame(data_dir, "silver/price_quality")
+    assert list(zip(flags["bucket_start"].dt.day, flags["rule"], strict=True)) == [(10, "jump_unconfirmed")]
+    assert "from the previous close 99.7" in flags["evidence"].iat[0]
+    bars = read_bars("1d")
+    assert list(bars["price_date"].dt.day) == [1, 2, 3, 4, 5, 6, 7, 8] and bars["close"].max() < 200
+    write_batch(data_dir, daily.iloc[[-1]], "d2", datetime(2026, 1, 12, tzinfo=UTC))  # 2026-01-11, back at 100
+    build(now=FUTURE)
+    flags = silver_frame(data_dir, "silver/price_quality")
+    assert list(zip(flags["bucket_start"].dt.day, flags["rule"], strict=True)) == [  # as before this fix
+        (10, "jump_unanchored"), (11, "jump_unconfirmed")]
+    incremental = silver_files(data_dir)
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == incremental

@@ -618,3 +618,50 @@ def test_a_compacted_bronze_day_is_rebuilt_alone_and_unchanged(data_dir):
     summary = build_trade_bars()
     assert (summary.files, summary.partitions) == (1, 1)
     pd.testing.assert_frame_equal(bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True), before)
+
+
+def test_the_first_trade_after_a_day_without_trades_is_judged_after_the_last_trade_before_it(data_dir):
+    """BTC-USD traded at 100 on 2026-01-01, not at all on 2026-01-02, and its one trade of 2026-01-03 so far is
+    100x off. The day before used to judge a day's first trades was strictly D-1: with no trade that day, the
+    lone print had nothing before it and nothing after it, so no rule could judge it and it became the 00:00 bar's
+    open, high and close (10,000). It is judged after the product's last trade before it (2026-01-01 23:59:30):
+    an unconfirmed jump, held out and named, as within a day; incremental equals a full refresh."""
+    store = Store.from_uri(str(data_dir))
+    BronzeSink(store).write(_priced("20260101T000000000000Z-aaaa-000001",
+                                    [(f"2026-01-01T23:{s // 60:02d}:{s % 60:02d}Z", "100.0")
+                                     for s in range(0, 3600, 30)]))
+    build_trade_bars()
+    BronzeSink(store).write(_priced("20260103T000000000000Z-aaaa-000002", [("2026-01-03T00:00:05Z", "10000.0")],
+                                    first_id=1000, seq=1000))
+    summary = build_trade_bars()
+    bars = bronze_table(data_dir, TRADE_BARS_DIR)
+    assert pd.Timestamp("2026-01-03T00:00:00Z") not in set(bars["bucket_start"]) and bars["high"].max() == 100.0
+    assert len(summary.suspect) == 1 and "2026-01-03T00:00:05" in summary.suspect[0] \
+        and "previous trade's 100" in summary.suspect[0]
+    incremental = bars.reset_index(drop=True)
+    build_trade_bars(full_refresh=True)
+    pd.testing.assert_frame_equal(bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True), incremental)
+
+
+def test_a_late_trade_before_a_day_without_trades_rebuilds_the_next_day_that_traded(data_dir):
+    """2026-01-02 has no BTC-USD trade; 2026-01-03's first trade (130 between trades at 100) is judged after
+    2026-01-01's last one: a spike. A late trade of 2026-01-01 (23:59:55 at 130, another collector's) makes it a
+    move of two trades; the rebuild of 2026-01-01 rebuilds 2026-01-03 too (the product's next partition, not the
+    empty 2026-01-02), so the incremental bars equal a full refresh's."""
+    store = Store.from_uri(str(data_dir))
+    sink = BronzeSink(store)
+    sink.write(_priced("20260101T000000000000Z-aaaa-000001", [(f"2026-01-01T23:{s // 60:02d}:{s % 60:02d}Z", "100.0")
+                                                               for s in range(0, 3590, 30)]))
+    sink.write(_priced("20260103T000000000000Z-aaaa-000002", [("2026-01-03T00:00:05Z", "130.0")] + [
+        (f"2026-01-03T00:{s // 60:02d}:{s % 60:02d}Z", "100.0") for s in range(30, 600, 30)], first_id=1000, seq=1000))
+    first = build_trade_bars()
+    assert len(first.suspect) == 1 and "2026-01-03T00:00:05" in first.suspect[0]
+    late = MicroBatch("20260103T000000000000Z-aaaa-000003")
+    late.add_trade("BTC-USD", "2026-01-01", ("999", "130.0", "0.5", "BUY", "2026-01-01T23:59:55Z", "update",
+                                             "market_trades", "2026-01-01T23:59:55Z", "", 7, "c9", 1767311995.0, None))
+    sink.write(late)
+    build_trade_bars()
+    incremental = bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True)
+    assert incremental.set_index("bucket_start").at[pd.Timestamp("2026-01-03T00:00:00Z"), "open"] == 130.0
+    assert build_trade_bars(full_refresh=True).suspect == []
+    pd.testing.assert_frame_equal(bronze_table(data_dir, TRADE_BARS_DIR).reset_index(drop=True), incremental)
