@@ -7,6 +7,7 @@ from pipeline_common import (
     API_POOL,
     API_POOL_SLOTS,
     BRONZE_CANDLES,
+    INTRADAY_PRIORITY,
     SILVER_BARS,
     SILVER_POOL,
     WAREHOUSE_GOLD,
@@ -29,13 +30,15 @@ Then `compute_intraday_risk` revalues every portfolio at the interval's 5-minute
 previous UTC close, exposures, VaR/ES on the last end-of-day scenario set, stale prices, intraday limits),
 `load_intraday_warehouse` loads only the intraday tables and builds their dbt models (`gold.fact_intraday_risk`,
 `gold.fact_intraday_limit_breaches`), and `send_intraday_alerts` alerts each new breach once per day.
+Its tasks have the highest priority weight of the pipeline (`INTRADAY_PRIORITY`): they take the next free slot of
+the shared pools before any queued end-of-day or backfill task.
 `python -m etl intraday --bucket ISO` runs the same risk task for one bucket (recompute after an outage).
 
 Each task writes one row to the run log (`gold.fact_pipeline_runs`). Logic lives in `etl/orchestration/tasks.py`.
 """
 
 
-@pipeline_dag(spec.INTRADAY_DAG, spec.INTRADAY_CRON, max_active_runs=1, tags=["market-data", "intraday"], doc_md=DOC)
+@pipeline_dag(spec.INTRADAY_DAG, spec.INTRADAY_CRON, task_args=INTRADAY_PRIORITY, max_active_runs=1, tags=["market-data", "intraday"], doc_md=DOC)
 def market_data_intraday():
     @task(pool=API_POOL)
     def validate_products() -> list[str]:

@@ -112,6 +112,14 @@ def record_retry(context: Any) -> None:
         log.exception("could not record the retried attempt in the run log")
 
 
+# The intraday DAG's tasks, whatever the other DAGs hold: the scheduler queues task instances by priority weight (in
+# each pool, and for the executor's slots), and the default weight rule ("downstream": the task plus all below it)
+# gives the longer end-of-day and backfill DAGs the higher weights (end of day's API tasks 11-12, intraday's 5-6),
+# so each night the 5-minute runs waited behind every `ingest_daily_history` and the intraday risk of the buckets
+# they waited through was never computed (catchup is off). An absolute weight above any other DAG's total puts them
+# first; the others still take every slot the intraday run leaves free (tests/dags/test_dag_integrity.py).
+INTRADAY_PRIORITY: dict[str, Any] = {"priority_weight": 1000, "weight_rule": "absolute"}
+
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "market-risk",
     "retries": TASK_RETRIES,
@@ -124,12 +132,13 @@ DEFAULT_ARGS: dict[str, Any] = {
 }
 
 
-def pipeline_dag(dag_id: str, cron: str | None, **kwargs: Any):
+def pipeline_dag(dag_id: str, cron: str | None, task_args: dict[str, Any] | None = None, **kwargs: Any):
     """`@dag` with what every DAG of the pipeline shares: `cron` as UTC data intervals (None: triggered only), the
-    start date of etl.orchestration.spec, no catch-up, DEFAULT_ARGS; `kwargs`: the DAG's own (tags, doc_md...)."""
+    start date of etl.orchestration.spec, no catch-up, DEFAULT_ARGS (plus `task_args`, e.g. INTRADAY_PRIORITY);
+    `kwargs`: the DAG's own (tags, doc_md...)."""
     schedule = CronDataIntervalTimetable(cron, timezone="UTC") if cron else None
     return dag(dag_id=dag_id, schedule=schedule, start_date=spec.START_DATE, catchup=False,
-               default_args=DEFAULT_ARGS, **kwargs)
+               default_args={**DEFAULT_ARGS, **(task_args or {})}, **kwargs)
 
 
 def eod_deadline():

@@ -309,3 +309,29 @@ def test_an_attempt_whose_worker_was_lost_is_in_the_run_log_with_what_happened(d
     assert [(r.task_id, r.status, r.try_number) for r in rows.itertuples()] == [
         ("compute_risk_shard[0]", "up_for_retry", 1), ("compute_risk_shard[0]", "failed", 3)]
     assert all(m.startswith("WorkerLost: ") and "worker process was lost" in m for m in rows["message"])
+
+
+def _scheduled_weights(dag) -> dict[str, tuple[str, int]]:
+    """task id -> (pool, the priority weight the scheduler gives its task instances), from the serialized DAG as
+    the scheduler reads it (TaskInstance applies the task's weight rule)."""
+    import uuid
+
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    serialized = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    return {t.task_id: (t.pool, TaskInstance(task=t, run_id="r", map_index=0, dag_version_id=uuid.uuid4())
+                        .priority_weight) for t in serialized.tasks}
+
+
+def test_intraday_tasks_go_before_every_other_dags_tasks(dagbag):
+    """The scheduler queues by priority weight, within a pool (coinbase_api, silver_writer) and for the executor's
+    slots: the 5-minute intraday tasks must not wait behind the end-of-day or backfill tasks, whose default
+    (downstream) weight grows with their longer DAGs, or the intraday risk of the buckets they wait through is
+    never computed (catchup is off: only the latest interval runs)."""
+    intraday = _scheduled_weights(dagbag.dags["market_data_intraday"])
+    for dag_id in DAG_IDS - {"market_data_intraday"}:
+        for task_id, (pool, weight) in _scheduled_weights(dagbag.dags[dag_id]).items():
+            for mine, (my_pool, my_weight) in intraday.items():
+                assert my_weight > weight, (f"market_data_intraday.{mine} ({my_pool}, weight {my_weight}) waits "
+                                            f"behind {dag_id}.{task_id} ({pool}, weight {weight})")
