@@ -8,6 +8,7 @@ from pipeline_common import (
     API_POOL_SLOTS,
     BRONZE_CANDLES,
     INTRADAY_PRIORITY,
+    INTRADAY_RUN_TIMEOUT,
     SILVER_BARS,
     SILVER_POOL,
     WAREHOUSE_GOLD,
@@ -31,14 +32,17 @@ previous UTC close, exposures, VaR/ES on the last end-of-day scenario set, stale
 `load_intraday_warehouse` loads only the intraday tables and builds their dbt models (`gold.fact_intraday_risk`,
 `gold.fact_intraday_limit_breaches`), and `send_intraday_alerts` alerts each new breach once per day.
 Its tasks have the highest priority weight of the pipeline (`INTRADAY_PRIORITY`): they take the next free slot of
-the shared pools before any queued end-of-day or backfill task.
+the shared pools before any queued end-of-day or backfill task. A run not finished within one task timeout
+(`dagrun_timeout`, `PIPELINE_TASK_TIMEOUT_MIN`) fails, with a `dagrun_timeout` row in the run log, so one stuck run
+cannot hold the DAG (one run at a time) through its tasks' retries.
 `python -m etl intraday --bucket ISO` runs the same risk task for one bucket (recompute after an outage).
 
 Each task writes one row to the run log (`gold.fact_pipeline_runs`). Logic lives in `etl/orchestration/tasks.py`.
 """
 
 
-@pipeline_dag(spec.INTRADAY_DAG, spec.INTRADAY_CRON, task_args=INTRADAY_PRIORITY, max_active_runs=1, tags=["market-data", "intraday"], doc_md=DOC)
+@pipeline_dag(spec.INTRADAY_DAG, spec.INTRADAY_CRON, task_args=INTRADAY_PRIORITY, max_active_runs=1,
+              dagrun_timeout=INTRADAY_RUN_TIMEOUT, tags=["market-data", "intraday"], doc_md=DOC)
 def market_data_intraday():
     @task(pool=API_POOL)
     def validate_products() -> list[str]:

@@ -120,6 +120,32 @@ def record_retry(context: Any) -> None:
 # first; the others still take every slot the intraday run leaves free (tests/dags/test_dag_integrity.py).
 INTRADAY_PRIORITY: dict[str, Any] = {"priority_weight": 1000, "weight_rule": "absolute"}
 
+# How long one intraday run may hold its DAG (max_active_runs=1): one task attempt's timeout. Without it a stuck run
+# held the 5-minute DAG for three attempts of TASK_TIMEOUT plus the retry delays (about 1.5 hours). A timed-out run
+# fails (its unfinished tasks are stopped); the next interval's run fetches from bronze's newest candle.
+INTRADAY_RUN_TIMEOUT = TASK_TIMEOUT
+
+
+def record_run_failure(context: Any) -> None:
+    """The DAGs' on_failure_callback: a run that timed out (`dagrun_timeout`) records a `failed` run-log row with
+    task id `dagrun_timeout`. Airflow marks such a run's unfinished tasks skipped, so no task failure callback
+    runs: without this row the stopped run left nothing in the run log. Other run failures: the tasks' own rows."""
+    if context.get("reason") != "timed_out":
+        return
+    try:
+        from etl.orchestration.airflow_adapter import TaskRef, record_failed
+
+        dag = context.get("dag")
+        dag_id = getattr(dag, "dag_id", None) or "unknown"
+        timeout = getattr(dag, "dagrun_timeout", None)
+        minutes = f"{timeout.total_seconds() / 60:g} min" if timeout else "its limit"
+        record_failed(TaskRef(run_id=str(context.get("run_id") or "unknown"), dag_id=dag_id, task_id="dagrun_timeout"),
+                      TimeoutError(f"{dag_id} run not finished within its dagrun_timeout ({minutes}): Airflow "
+                                   f"stopped it and skipped its unfinished tasks; see the run's task logs"))
+    except Exception:  # a callback must never raise into the dag processor
+        log.exception("could not record the timed-out run in the run log")
+
+
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "market-risk",
     "retries": TASK_RETRIES,
@@ -134,9 +160,11 @@ DEFAULT_ARGS: dict[str, Any] = {
 
 def pipeline_dag(dag_id: str, cron: str | None, task_args: dict[str, Any] | None = None, **kwargs: Any):
     """`@dag` with what every DAG of the pipeline shares: `cron` as UTC data intervals (None: triggered only), the
-    start date of etl.orchestration.spec, no catch-up, DEFAULT_ARGS (plus `task_args`, e.g. INTRADAY_PRIORITY);
+    start date of etl.orchestration.spec, no catch-up, DEFAULT_ARGS (plus `task_args`, e.g. INTRADAY_PRIORITY),
+    `record_run_failure` as the run's failure callback;
     `kwargs`: the DAG's own (tags, doc_md...)."""
     schedule = CronDataIntervalTimetable(cron, timezone="UTC") if cron else None
+    kwargs.setdefault("on_failure_callback", record_run_failure)
     return dag(dag_id=dag_id, schedule=schedule, start_date=spec.START_DATE, catchup=False,
                default_args={**DEFAULT_ARGS, **(task_args or {})}, **kwargs)
 

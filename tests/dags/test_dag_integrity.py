@@ -335,3 +335,29 @@ def test_intraday_tasks_go_before_every_other_dags_tasks(dagbag):
             for mine, (my_pool, my_weight) in intraday.items():
                 assert my_weight > weight, (f"market_data_intraday.{mine} ({my_pool}, weight {my_weight}) waits "
                                             f"behind {dag_id}.{task_id} ({pool}, weight {weight})")
+
+
+def test_an_intraday_run_cannot_hold_the_dag_past_one_task_timeout_and_its_timeout_is_in_the_run_log(dagbag, common,
+                                                                                                   data_dir):
+    """With max_active_runs=1 and no dagrun_timeout, one stuck intraday run held the 5-minute DAG for up to three
+    attempts of a task's 30-minute timeout plus the retry delays (about 1.5 hours: 18 buckets whose intraday risk
+    and alerts were never computed). The run now fails after one task timeout (the next interval's run fetches from
+    bronze's newest candle, so no candle is lost), and, as Airflow marks a timed-out run's unfinished tasks skipped
+    (no task failure callback), the run log gets a `failed` row naming the timeout, as the deadline does."""
+    import structlog
+    from airflow.callbacks.callback_requests import DagCallbackRequest
+    from airflow.dag_processing.processor import _execute_dag_callbacks
+
+    from etl import runlog
+    from etl.settings import get_settings
+
+    dag = dagbag.dags["market_data_intraday"]
+    assert dag.dagrun_timeout is not None and dag.dagrun_timeout <= common.TASK_TIMEOUT
+    run_id = "scheduled__2026-03-01T10:00:00+00:00"
+    _execute_dag_callbacks(dagbag, DagCallbackRequest(   # as the scheduler asks the dag processor on a timeout
+        filepath="market_data_intraday.py", bundle_name="dags-folder", bundle_version=None,
+        dag_id="market_data_intraday", run_id=run_id, msg="timed_out"), structlog.get_logger())
+    rows = runlog.read_all(get_settings())
+    assert [(r.dag_id, r.run_id, r.task_id, r.status) for r in rows.itertuples()] == [
+        ("market_data_intraday", run_id, "dagrun_timeout", "failed")]
+    assert "dagrun_timeout" in rows["message"][0] and "30" in rows["message"][0]
