@@ -140,7 +140,10 @@ def uncovered_in_daily_bars(candles: pa.Table, quarantined: pa.Table | None, now
     """Mask of the rows to leave out of the daily bars: the finer candles of a UTC day over by `now_us` (us since
     the epoch) that has no daily candle fetched after it ended, when the finest of them (those a bar is built from)
     do not cover the day's end: they stop before its last bucket with none after them by the end of the next day,
-    or a quarantined one follows the last (the rule `cut_short_in_daily_bars` applies against a daily candle).
+    or a coarser candle of the day ends after their last (5-minute candles traded on past the minutes), or a
+    quarantined one follows the last (the rule `cut_short_in_daily_bars` applies against a daily candle). Those
+    are left out and the next granularity of the day is judged the same way: the first that covers the day's end
+    makes its bar.
     With nothing to say what the day closed at (a 1-minute fetch that failed at 10:00 looks like this), their
     last close is not the day's close: the day has no daily bar, and the risk run's holding of it is stale,
     until the rest of the day's candles, or its daily candle, are fetched. A day not over yet keeps its bar from
@@ -159,14 +162,18 @@ def uncovered_in_daily_bars(candles: pa.Table, quarantined: pa.Table | None, now
         if end > now_us or (whole & (codes == code) & (day == d)).any():
             continue
         in_day = fine & (codes == code) & (day == d)
-        g = gran[in_day].min()
-        series = ts[fine & (codes == code) & (gran == g)]
-        last = series[series < end].max()
-        covered = last + g * US == end or bool(((series >= end) & (series < end + DAY_US)).any())
-        if refused is not None:
-            covered &= not ((refused[0] == code) & (refused[1] == g) & (refused[2] > last) & (refused[2] < end)).any()
-        if not covered:
-            out |= in_day
+        for g in np.unique(gran[in_day]):  # finest first: the bar comes from the finest granularity left in
+            series = ts[fine & (codes == code) & (gran == g)]
+            last = series[series < end].max()
+            covered = last + g * US == end or bool(((series >= end) & (series < end + DAY_US)).any())
+            # a coarser candle of the day that ends after them: the day traded on past where they stop
+            covered &= not (in_day & (gran > g) & (np.minimum(ts + gran * US, end) > last + g * US)).any()
+            if refused is not None:
+                covered &= not ((refused[0] == code) & (refused[1] == g) & (refused[2] > last)
+                                & (refused[2] < end)).any()
+            if covered:
+                break
+            out |= in_day & (gran == g)
     return out
 
 
@@ -312,7 +319,8 @@ def _granularity_mismatch(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, c
     elsewhere.
 
     The finer candles must cover the span's end: their last candle in the span is its last bucket, or a finer
-    candle follows by the end of the next day (so the span is not cut by the end of what was fetched), and no
+    candle follows by the end of the next day (so the span is not cut by the end of what was fetched), no candle of
+    a granularity between them and the span's ends later in the span (it traded on past them), and no
     quarantined finer candle (`refused`: codes, granularity, time) comes after it in the span (a refused candle is
     a bucket that traded at an unknown price, not one without trades: the span's close is not known). cut_short:
     the candles whose span's finest candles (those a bar is built from) do not cover its end and close elsewhere."""
@@ -343,6 +351,14 @@ def _granularity_mismatch(codes: np.ndarray, gran: np.ndarray, ts: np.ndarray, c
                                         < (np.floor_divide(ts[rows], DAY_US) + 2) * DAY_US)
                 present = found & (f_ts[idx] >= ts[rows])
                 ok = present & ((f_ts[idx] == end - fine * US) | after_ok)
+                for mid in grans[(grans > fine) & (grans < coarse) & (coarse % grans == 0)]:
+                    # a candle between the two granularities that ends, in the span, after the finer candles stop:
+                    # the span traded on past them (a later finer candle only says nothing was fetched between)
+                    m_ts = np.sort(ts[mine & (gran == mid)])
+                    if len(m_ts):
+                        j = np.searchsorted(m_ts, end) - 1
+                        m_last = m_ts[np.maximum(j, 0)]
+                        ok &= ~((j >= 0) & (m_last >= ts[rows]) & (m_last + mid * US > f_ts[idx] + fine * US))
                 r_ts = np.zeros(0, np.int64) if refused is None else \
                     np.sort(refused[2][(refused[0] == code) & (refused[1] == fine)])
                 if len(r_ts):

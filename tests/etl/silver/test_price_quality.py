@@ -326,6 +326,44 @@ def test_a_day_whose_minutes_stop_early_before_the_next_days_gets_no_close_from_
     assert (bar["close"], bar["source_granularity"], bar["n_candles"]) == (daily["close"].iat[3], 86_400, 1)
 
 
+def test_a_day_whose_minutes_stop_early_while_its_5_minute_candles_go_on_does_not_close_at_the_last_minute(data_dir):
+    """2026-01-05's 1-minute candles stop at 09:59 (the next day's follow) while its 5-minute candles (a backfill at
+    300 s) cover the whole day, the afternoon 20% higher. The next day's minutes made the 600 minutes count as
+    covering the day: its bar came from them (the finest present) and closed at the 09:59 price, though bronze held
+    5-minute candles traded after it up to 23:55, and once the daily candle came it was excluded as
+    `granularity_mismatch` against that 09:59 close (the day had no bar, the report naming a good print). Finer
+    candles that stop before a coarser candle of the same day ends do not cover the day: the bar comes from the
+    5-minute candles, then from the daily candle, both with the exchange's close. Incremental equals full refresh."""
+    day = datetime(2026, 1, 5, tzinfo=UTC)
+    minutes = minute_candles("BTC-USD", day, 1440 + 60, seed=3)
+    minutes.loc[600:, ["open", "high", "low", "close"]] *= 1.2
+    whole = minutes.iloc[:1440]
+    five = whole.groupby(np.arange(1440) // 5).agg(
+        bucket_start=("bucket_start", "first"), open=("open", "first"), high=("high", "max"), low=("low", "min"),
+        close=("close", "last"), volume=("volume", "sum")).assign(product_id="BTC-USD", granularity=300)
+    write_batch(data_dir, pd.concat([minutes[:600], minutes[1440:]]), "minutes", day + timedelta(days=1, hours=1))
+    write_batch(data_dir, five, "five", day + timedelta(days=1, hours=2))
+    build(now=FUTURE)
+    bar = read_bars("1d").set_index("price_date").loc[pd.Timestamp("2026-01-05")]
+    assert (bar["close"], bar["source_granularity"], bar["n_candles"]) == (whole["close"].iat[-1], 300, 288)
+    assert not (data_dir / "silver/price_quality").exists()
+    incremental = silver_files(data_dir)
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == incremental
+
+    daily = minute_candles("BTC-USD", day - timedelta(days=3), 4, step=86_400, seed=5)
+    daily.loc[3, ["open", "high", "low", "close", "volume"]] = [
+        whole["open"].iat[0], whole["high"].max(), whole["low"].min(), whole["close"].iat[-1], whole["volume"].sum()]
+    write_batch(data_dir, daily, "daily", day + timedelta(days=1, hours=3))
+    build(now=FUTURE)
+    bar = read_bars("1d").set_index("price_date").loc[pd.Timestamp("2026-01-05")]
+    assert (bar["close"], bar["source_granularity"], bar["n_candles"]) == (daily["close"].iat[3], 86_400, 1)
+    assert not (data_dir / "silver/price_quality").exists()  # the daily candle agrees with the 5-minute candles
+    incremental = silver_files(data_dir)
+    build(full_refresh=True, now=FUTURE)
+    assert silver_files(data_dir) == incremental
+
+
 def test_a_daily_candle_fetched_during_its_day_does_not_replace_the_later_minutes(data_dir):
     """Today's daily candle fetched at 10:00 is the day so far; the minutes fetched at 15:00 go further (20% higher
     since): today's bar is the minutes', not the older daily candle's, though the minutes end before the day does."""
