@@ -11,7 +11,8 @@ PnL % = PnL / gross exposure.
 - Hypothetical (config, shocks per product to USD prices): a product without its own shock moves beta x the
   shock of the anchor (BTC-USD), beta the OLS slope of its daily USD returns on BTC-USD's over the VaR lookback
   (1 for BTC-USD itself; 0 moves without an anchor shock). A run without BTC-USD prices (no book needs them) has
-  no beta: a book holding a product that would move through it has no row for that scenario (logged), not a 0.
+  no beta: a book holding a product that would move through it has no row for that scenario (logged), not a 0;
+  nor has a book whose VaR/ES are NULL for carried closes (etl.risk.runner: the betas rest on those zero returns).
   The USD moves m become base-currency returns
   R_a = (1 + m_a) / (1 + m_base) - 1, m_base the move of <BASE>-USD (0 for USD).
 

@@ -1410,3 +1410,33 @@ def test_a_first_move_after_a_flat_history_gives_no_confident_garch_var():
     assert 0 < risk.loc["S", "var_99_hist"] <= 0.1 * 5500                 # the short's worst day: the 10% rise
     assert risk.loc[["L", "S"], ["var_99_param", "var_99_mc"]].notna().all().all()
     assert risk.loc["B", filtered_cols].notna().all()
+
+
+def test_a_book_whose_var_is_null_for_a_halt_has_no_hypothetical_stress_resting_on_the_halts_zero_returns(
+        risk_env, monkeypatch):
+    """ETH-USD halted 10 days inside the 60-day VaR window: the beta to BTC-USD that moves it in the hypothetical
+    stress scenarios is an OLS slope over the same window of returns the VaR rests on, 10 of them carried zeros, so
+    it shrinks toward 0 and a BTC -30% shock moved the book by a confident, calmer PnL while its VaR/ES were NULL.
+    Past RISK_MAX_CARRIED_DAYS the book (and the firm) has no hypothetical stress row, as a book whose beta is
+    unknown has none; a book not holding the halted product keeps its rows unchanged."""
+    run_risk(as_of=AS_OF, settings=get_settings())
+    key = ["scope", "portfolio_id", "scenario_id"]
+    clean = _read(risk_env["data"], "stress_results").set_index(key).sort_index()
+    halt = pd.Timestamp(AS_OF) - pd.Timedelta(days=20)
+    _drop_days(risk_env["data"], "ETH-USD", halt, halt + pd.Timedelta(days=9))
+    hypothetical = set(clean.loc[clean["scenario_type"] == "hypothetical"].index.get_level_values("scenario_id"))
+    assert "btc_minus_30" in hypothetical
+
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "10")                    # at the threshold: still computed
+    run_risk(as_of=AS_OF, settings=get_settings())
+    at = _read(risk_env["data"], "stress_results").set_index(key).sort_index()
+    assert ("portfolio", "U1", "btc_minus_30") in at.index and ("firm", "FIRM", "btc_minus_30") in at.index
+
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "9")
+    run_risk(as_of=AS_OF, settings=get_settings())
+    got = _read(risk_env["data"], "stress_results").set_index(key).sort_index()
+    hyp = got[got["scenario_type"] == "hypothetical"]
+    assert set(hyp.index.droplevel("scenario_id")) == {("portfolio", "U2")}, sorted(set(hyp.index))
+    assert hyp["pnl"].to_numpy() == pytest.approx(clean.loc[hyp.index, "pnl"].to_numpy(), rel=1e-12)
+    historical = got[got["scenario_type"] == "historical"]           # the windows of the price history stay
+    assert {("portfolio", "U1"), ("portfolio", "B1"), ("firm", "FIRM")} <= set(historical.index.droplevel(2))
