@@ -209,7 +209,8 @@ def finish_portfolio_tables(inputs: RiskInputs, portfolios: pd.DataFrame, tables
                     inputs.params.var_lookback_days, late)
     positions = inputs.positions[inputs.positions["portfolio_id"].isin(portfolios["portfolio_id"])]
     tables["pnl_attribution"] = _attribution(inputs.closes, inputs.quote_ccy, portfolios, positions,
-                                             tables["pnl_daily"], settings)
+                                             tables["pnl_daily"], settings,
+                                             None if inputs.has_bar is None else ~inputs.has_bar)
     liquidity.liquidity_risk(tables, portfolios, inputs.as_of, settings, get_store(settings))
     return tables
 
@@ -343,7 +344,8 @@ def run_params(params: RiskParams, settings: Settings) -> dict:
     return {**asdict(params), **{k: getattr(settings, k) for k in RUN_SETTINGS}}
 
 
-def _attribution(closes, quote_ccy, portfolios, positions, pnl_daily, settings: Settings) -> pd.DataFrame:
+def _attribution(closes, quote_ccy, portfolios, positions, pnl_daily, settings: Settings,
+                 carried: pd.DataFrame | None = None) -> pd.DataFrame:
     """The PnL attribution of pnl_daily's days from the committed factor outputs of those days and the day before
     (read here: the factor stage may have run before this one; days it has not finished get only a residual)."""
     first = pd.Timestamp(pnl_daily["as_of_date"].min()) - pd.Timedelta(days=1)
@@ -353,7 +355,7 @@ def _attribution(closes, quote_ccy, portfolios, positions, pnl_daily, settings: 
         "factor_returns": ["factor_name", "bucket_start", "factor_return"],
         "factor_exposures": ["product_id", "factor_name", "as_of_date", "beta"]})
     return attribution.attribution_table(closes, quote_ccy, portfolios, positions, pnl_daily,
-                                         factors["factor_returns"], factors["factor_exposures"])
+                                         factors["factor_returns"], factors["factor_exposures"], carried)
 
 
 def _check_finite_values(positions: pd.DataFrame, settings: Settings) -> None:
