@@ -355,7 +355,8 @@ def _attribution(closes, quote_ccy, portfolios, positions, pnl_daily, settings: 
         "factor_returns": ["factor_name", "bucket_start", "factor_return"],
         "factor_exposures": ["product_id", "factor_name", "as_of_date", "beta"]})
     return attribution.attribution_table(closes, quote_ccy, portfolios, positions, pnl_daily,
-                                         factors["factor_returns"], factors["factor_exposures"], carried)
+                                         factors["factor_returns"], factors["factor_exposures"], carried,
+                                         frequency_s=settings.factor_frequency_s)
 
 
 def _check_finite_values(positions: pd.DataFrame, settings: Settings) -> None:

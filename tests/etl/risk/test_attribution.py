@@ -270,3 +270,26 @@ def test_a_product_whose_close_is_carried_explains_no_pnl_the_day_of_the_halt_no
     exposure = out.set_index([out["as_of_date"].astype(str).str[:10], "factor_name"])["exposure"]
     assert exposure[("2026-01-03", "market")] == pytest.approx(242.0)
     assert exposure[("2026-01-04", "market")] == pytest.approx(198.0)
+
+
+def test_a_day_with_a_gap_in_its_factor_buckets_has_no_factor_return_not_the_return_of_the_buckets_left():
+    """The factor grid of D1 has 4 buckets (FACTOR_FREQUENCY_S 21600); an outage leaves 06:00 without candles, so
+    the universe returns of 06:00 and 12:00 (the bucket after the gap) are NaN and the factor has no return there.
+    The day's return was the two buckets left compounded, 1.01 x 1.02 - 1 = 3.02%, though the market moved across
+    the gap too (the day's close-to-close PnL includes that move): a confident partial figure. A day missing a
+    bucket has no return for that factor (its PnL is residual); a full day is compounded as before."""
+    returns = pd.DataFrame({
+        "factor_name": ["market"] * 6,
+        "bucket_start": pd.to_datetime(["2026-01-02 00:00", "2026-01-02 18:00", "2026-01-03 00:00",
+                                        "2026-01-03 06:00", "2026-01-03 12:00", "2026-01-03 18:00"], utc=True),
+        "factor_return": [0.01, 0.02, 0.01, -0.02, 0.03, 0.01]})
+    daily = daily_factor_returns(returns, pd.DatetimeIndex([D1, D2]), frequency_s=21600)
+    assert np.isnan(daily.loc[D1, "market"])
+    assert daily.loc[D2, "market"] == pytest.approx(1.01 * 0.98 * 1.03 * 1.01 - 1)
+    exposures = EXPOSURES[EXPOSURES["factor_name"] == "market"]
+    out = attribution_table(CLOSES, QUOTE, PORTFOLIOS.iloc[:1], POSITIONS[POSITIONS["portfolio_id"] == "P1"],
+                            PNL[PNL["portfolio_id"] == "P1"], returns, exposures, frequency_s=21600)
+    d1 = out[out["as_of_date"] == D1]
+    assert d1["factor_name"].tolist() == [RESIDUAL] and d1["explained_pnl"].tolist() == [30.0]
+    d2 = out[out["as_of_date"] == D2].set_index("factor_name")       # D1's betas: ETH market 0.9, -10 x 9 ETH
+    assert d2.loc["market", "explained_pnl"] == pytest.approx(-81 * (1.01 * 0.98 * 1.03 * 1.01 - 1))
