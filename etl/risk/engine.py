@@ -296,36 +296,39 @@ def snapshot_arrays(positions: pd.DataFrame, portfolio_ids: list[str], products:
 def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: pd.DataFrame,
                    positions: pd.DataFrame, params: RiskParams,
                    bars_5m: pd.DataFrame | None = None,
-                   has_bar: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+                   has_bar: pd.DataFrame | None = None,
+                   max_carried_days: int | None = None) -> dict[str, pd.DataFrame]:
     """Every risk output table for the last day of `closes` (the as-of date): `portfolio_tables` of the whole
     book plus its `book_tables`.
 
     closes: calendar days x products (quote currency), no NaN (see close_matrix); must include <CCY>-USD for every
     non-USD quote or base currency. quote_ccy: product -> quote currency. bars_5m: optional silver 5-minute bars
     (product_id, bucket_start, close) for intraday anomalies. has_bar: `bar_days` (None: every close is a bar's),
-    for the daily anomalies.
+    for the daily anomalies and, with max_carried_days (RISK_MAX_CARRIED_DAYS; None: no limit), the stress betas:
+    a product whose USD returns or the anchor's rest on more carried closes of the VaR window has no beta.
     """
-    book = _Book.of(closes, quote_ccy, portfolios, positions, params)
+    book = _Book.of(closes, quote_ccy, portfolios, positions, params, has_bar, max_carried_days)
     sigmas: dict[str, dict[str, np.ndarray]] = {}                          # filtered volatilities per currency
     return append_tables(_portfolio_tables(book, portfolios, positions, params, sigmas),
                          _book_tables(book, closes, portfolios, positions, params, bars_5m, sigmas, has_bar))
 
 
 def portfolio_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: pd.DataFrame,
-                     positions: pd.DataFrame, params: RiskParams) -> dict[str, pd.DataFrame]:
+                     positions: pd.DataFrame, params: RiskParams, has_bar: pd.DataFrame | None = None,
+                     max_carried_days: int | None = None) -> dict[str, pd.DataFrame]:
     """The per-portfolio tables of `portfolios`, a shard of the book: each row depends only on its own portfolio.
     positions: the whole book's, since the products the book holds fix the scenario sets and the Monte Carlo
-    draws; the rows of other portfolios are ignored."""
-    book = _Book.of(closes, quote_ccy, portfolios, positions, params)
+    draws; the rows of other portfolios are ignored. has_bar, max_carried_days: as compute_tables."""
+    book = _Book.of(closes, quote_ccy, portfolios, positions, params, has_bar, max_carried_days)
     return _portfolio_tables(book, portfolios, positions, params, {})
 
 
 def book_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: pd.DataFrame, positions: pd.DataFrame,
                 params: RiskParams, bars_5m: pd.DataFrame | None = None,
-                has_bar: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+                has_bar: pd.DataFrame | None = None, max_carried_days: int | None = None) -> dict[str, pd.DataFrame]:
     """The tables of the whole book (firm_risk, the firm-scope risk_contributions and stress_results rows) and of
     the products (asset_risk, correlations, drawdowns, anomalies): cheap next to the portfolios'."""
-    book = _Book.of(closes, quote_ccy, portfolios, positions, params)
+    book = _Book.of(closes, quote_ccy, portfolios, positions, params, has_bar, max_carried_days)
     return _book_tables(book, closes, portfolios, positions, params, bars_5m, {}, has_bar)
 
 
@@ -354,7 +357,8 @@ class _Book:
     usd_move_of: object
 
     @classmethod
-    def of(cls, closes, quote_ccy, portfolios, positions, params: RiskParams) -> _Book:
+    def of(cls, closes, quote_ccy, portfolios, positions, params: RiskParams, has_bar=None,
+           max_carried_days: int | None = None) -> _Book:
         scenarios = stress.load_scenarios(params.stress_file, set(quote_ccy))   # a bad file fails before any work
         days = closes.index
         t_all = len(days)
@@ -374,7 +378,9 @@ class _Book:
         return cls(days, quote_ccy, held, rates, closes[held].to_numpy(),
                    np.column_stack([rates[quote_ccy[p]] for p in held]), n_ret,
                    max(0, t_all - params.backtest_days),                  # history tables cover this window
-                   z, scale, stress.within(scenarios, days, warn=True), _usd_moves(closes, rates, quote_ccy, n_ret))
+                   z, scale, stress.within(scenarios, days, warn=True),
+                   _usd_moves(closes, rates, quote_ccy, n_ret,
+                              None if has_bar is None or max_carried_days is None else ~has_bar, max_carried_days))
 
 
 def _portfolio_tables(b: _Book, portfolios: pd.DataFrame, positions: pd.DataFrame, params: RiskParams,
@@ -429,9 +435,13 @@ def _book_tables(b: _Book, closes, portfolios, positions, params: RiskParams, ba
     return tables
 
 
-def _usd_moves(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: dict[str, str], n_ret: int):
+def _usd_moves(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: dict[str, str], n_ret: int,
+               carried: pd.DataFrame | None = None, max_carried_days: int | None = None):
     """shocks {product: USD move} -> {product: USD move} for every product, unshocked ones through their beta to
-    the anchor (BTC-USD) over the VaR lookback of USD returns (etl.risk.stress)."""
+    the anchor (BTC-USD) over the VaR lookback of USD returns (etl.risk.stress). carried: days x products, True
+    where the close is carried forward: a beta resting on more than max_carried_days carried USD closes of the
+    product or the anchor in the lookback (`asset_carried_days`, as a correlation) is unknown (NaN), not a slope
+    shrunk by zero returns."""
     products = list(closes.columns)
     usd = closes.to_numpy() * np.column_stack([rates.get(quote_ccy.get(p, "USD"), np.ones(len(closes)))
                                                for p in products])
@@ -439,6 +449,11 @@ def _usd_moves(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: di
     # no anchor prices in the run (no book needs them): the betas are unknown, not 0
     beta = stress.betas(r, products.index(stress.ANCHOR)) if stress.ANCHOR in products \
         else np.full(len(products), np.nan)
+    if carried is not None and stress.ANCHOR in products:
+        flags = carried.reindex(index=closes.index, columns=products, fill_value=False).astype(bool)
+        _, pair = asset_carried_days(flags, quote_ccy, n_ret)
+        unknown = (pair[stress.ANCHOR] > max_carried_days).to_numpy() & (np.asarray(products) != stress.ANCHOR)
+        beta = np.where(unknown, np.nan, beta)
 
     def moves(shocks: dict[str, float]) -> dict[str, float]:
         return dict(zip(products, stress.hypothetical_moves(shocks, products, beta), strict=True))

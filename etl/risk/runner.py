@@ -93,7 +93,7 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None,
     settings = settings or get_settings()
     inputs = load_inputs(as_of, settings, reference)
     tables = compute_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions, inputs.params,
-                            inputs.bars_5m, inputs.has_bar)
+                            inputs.bars_5m, inputs.has_bar, settings.max_carried_days)
     tables = finish_book_tables(inputs, finish_portfolio_tables(inputs, inputs.portfolios, tables, settings), settings)
     return commit_tables(inputs, tables, settings, t0)
 
@@ -219,8 +219,7 @@ def _carried_closes(inputs: RiskInputs, portfolios: pd.DataFrame, tables: dict[s
                     settings: Settings) -> None:
     """`carried_days` on positions_valued and risk_metrics (engine.carried_days: days of the VaR window whose
     close a holding rests on was carried forward, no daily bar); a book with more than RISK_MAX_CARRIED_DAYS has
-    NULL VaR/ES (its var limit then uncomputable) and no hypothetical stress rows (the betas moving its products
-    are slopes over the same window): zero returns of a halted product are not a calm market."""
+    NULL VaR/ES (its var limit then uncomputable): zero returns of a halted product are not a calm market."""
     risk = tables["risk_metrics"]
     n_ret = int(risk["lookback_days"].iloc[0]) if len(risk) else 0
     carried = ~inputs.has_bar if inputs.has_bar is not None else pd.DataFrame(False, index=inputs.closes.index,
@@ -240,10 +239,7 @@ def _carried_closes(inputs: RiskInputs, portfolios: pd.DataFrame, tables: dict[s
         contrib = tables["risk_contributions"]          # no VaR/ES: no decomposition of it (its Euler sum must hold)
         tables["risk_contributions"] = contrib[~((contrib["scope"] == "portfolio")
                                                  & contrib["portfolio_id"].isin(risk.loc[over, "portfolio_id"]))]
-        stress = tables["stress_results"]     # its hypothetical betas rest on the same carried zero returns
-        tables["stress_results"] = stress[~((stress["scenario_type"] == "hypothetical")
-                                            & stress["portfolio_id"].isin(risk.loc[over, "portfolio_id"]))]
-        log.warning("VaR/ES of %s NULL, no hypothetical stress: more than %s days of the %s-day VaR window rest on a carried-forward close "
+        log.warning("VaR/ES of %s NULL: more than %s days of the %s-day VaR window rest on a carried-forward close "
                     "(RISK_MAX_CARRIED_DAYS)", ", ".join(map(str, risk.loc[over, "portfolio_id"])),
                     settings.max_carried_days, n_ret)
         tables["limit_breaches"] = limit_breaches(risk, portfolios)
@@ -253,7 +249,7 @@ def finish_book_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], sett
     """The firm's tables once every portfolio's are in (one process, or the shards joined): the carried-close rule
     of `_carried_closes` for the firm, one USD book holding every position (its base currency converts nothing):
     `firm_risk.carried_days`, and past RISK_MAX_CARRIED_DAYS NULL VaR/ES, standalone sum and diversification
-    benefit, and no firm-scope contributions nor hypothetical stress rows."""
+    benefit, and no firm-scope contributions."""
     carried = ~inputs.has_bar if inputs.has_bar is not None else pd.DataFrame(False, index=inputs.closes.index,
                                                                              columns=inputs.closes.columns)
     _carried_assets(inputs, carried, tables, settings)
@@ -269,9 +265,7 @@ def finish_book_tables(inputs: RiskInputs, tables: dict[str, pd.DataFrame], sett
         firm[figures] = np.nan
         contrib = tables["risk_contributions"]
         tables["risk_contributions"] = contrib[contrib["scope"] != "firm"]
-        stress = tables["stress_results"]
-        tables["stress_results"] = stress[~((stress["scope"] == "firm") & (stress["scenario_type"] == "hypothetical"))]
-        log.warning("firm VaR/ES NULL, no hypothetical stress: %s days of the %s-day VaR window rest on a carried-forward close "
+        log.warning("firm VaR/ES NULL: %s days of the %s-day VaR window rest on a carried-forward close "
                     "(RISK_MAX_CARRIED_DAYS %s)", firm["carried_days"].iat[0], n_ret, settings.max_carried_days)
     return tables
 

@@ -12,7 +12,8 @@ PnL % = PnL / gross exposure.
   shock of the anchor (BTC-USD), beta the OLS slope of its daily USD returns on BTC-USD's over the VaR lookback
   (1 for BTC-USD itself; 0 moves without an anchor shock). A run without BTC-USD prices (no book needs them) has
   no beta: a book holding a product that would move through it has no row for that scenario (logged), not a 0;
-  nor has a book whose VaR/ES are NULL for carried closes (etl.risk.runner: the betas rest on those zero returns).
+  nor has a beta resting on more than RISK_MAX_CARRIED_DAYS carried-forward USD closes of the product or the
+  anchor in the lookback (a halt's or a stuck feed's zero returns shrink the slope: etl.risk.engine._usd_moves).
   The USD moves m become base-currency returns
   R_a = (1 + m_a) / (1 + m_base) - 1, m_base the move of <BASE>-USD (0 for USD).
 
@@ -148,7 +149,7 @@ def betas(usd_returns: np.ndarray, anchor: int) -> np.ndarray:
 
 def hypothetical_moves(shocks: dict[str, float], products: list[str], beta: np.ndarray) -> np.ndarray:
     """USD price moves (A,): a product's own shock, else beta x the anchor's shock (0 without one); NaN where
-    that needs a beta that is unknown (NaN: no anchor prices in the run)."""
+    that needs a beta that is unknown (NaN: no anchor prices in the run, or too many carried closes under it)."""
     anchor = shocks.get(ANCHOR, 0.0)
     return np.array([shocks.get(p, b * anchor if anchor else 0.0) for p, b in zip(products, beta, strict=True)])
 
@@ -194,8 +195,9 @@ def stress_rows(days: pd.DatetimeIndex, price: np.ndarray, exposure: np.ndarray,
         # a book holding a product whose move is unknown has no figure: left out, as a window outside the history
         unknown = (np.isnan(r)[:, None] & (exposure != 0)).any(axis=0)
         if unknown.any():
-            log.warning("stress scenario %s needs the beta to %s of %s, which has no prices in this run: skipped for "
-                        "%s", sid, ANCHOR, some(np.asarray(held)[np.isnan(r)]), some(np.asarray(ids)[unknown]))
+            log.warning("stress scenario %s needs the beta to %s of %s, which is unknown (no %s prices in this run, "
+                        "or more than RISK_MAX_CARRIED_DAYS carried closes under it): skipped for %s", sid, ANCHOR,
+                        some(np.asarray(held)[np.isnan(r)]), ANCHOR, some(np.asarray(ids)[unknown]))
         add(sid, "hypothetical", pnl, pd.NaT, pd.NaT, "; ".join(sorted(set(g["description"]) - {""})), ~unknown)
     if not rows:
         return pd.DataFrame()
