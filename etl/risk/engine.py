@@ -355,6 +355,20 @@ class _Book:
     scale: np.ndarray
     scenarios: stress.Scenarios
     usd_move_of: object
+    carried: pd.DataFrame | None = None     # days x products: close carried forward (~has_bar), None: none is
+
+    def carried_of(self, base: str) -> np.ndarray | None:
+        """(T, A) where a held product's price in `base` rests on a carried close: its own, its quote's or
+        base's `<CCY>-USD` (the masks of `carried_days`)."""
+        if self.carried is None:
+            return None
+        none = np.zeros(len(self.days), dtype=bool)
+
+        def of(product: str) -> np.ndarray:
+            return self.carried[product].to_numpy(dtype=bool) if product in self.carried.columns else none
+        rate = of(f"{base}-USD") if base != "USD" else none
+        return np.column_stack([of(a) | (of(f"{self.quote_ccy[a]}-USD") if self.quote_ccy[a] != "USD" else none)
+                                | rate for a in self.held])
 
     @classmethod
     def of(cls, closes, quote_ccy, portfolios, positions, params: RiskParams, has_bar=None,
@@ -380,7 +394,9 @@ class _Book:
                    max(0, t_all - params.backtest_days),                  # history tables cover this window
                    z, scale, stress.within(scenarios, days, warn=True),
                    _usd_moves(closes, rates, quote_ccy, n_ret,
-                              None if has_bar is None or max_carried_days is None else ~has_bar, max_carried_days))
+                              None if has_bar is None or max_carried_days is None else ~has_bar, max_carried_days),
+                   None if has_bar is None else ~has_bar.reindex(index=days, columns=closes.columns,
+                                                                 fill_value=True).astype(bool))
 
 
 def _portfolio_tables(b: _Book, portfolios: pd.DataFrame, positions: pd.DataFrame, params: RiskParams,
@@ -398,7 +414,7 @@ def _portfolio_tables(b: _Book, portfolios: pd.DataFrame, positions: pd.DataFram
             chunk = ids[lo:lo + PORTFOLIO_CHUNK]
             qty, cost = snapshot_arrays(positions[positions["portfolio_id"].isin(chunk)], chunk, b.held, b.days)
             group = _group_tables(b.days, b.close, fx, price, qty, cost, chunk, b.held, base, b.z, b.scale, b.n_ret,
-                                  b.hist_start, params, sigmas, b.scenarios, b.usd_move_of)
+                                  b.hist_start, params, sigmas, b.scenarios, b.usd_move_of, b.carried_of(base))
             risk = group["risk_metrics"]        # in USD at the as-of close of <base>-USD: ranks books across currencies
             risk["var_99_hist_usd"] = risk["var_99_hist"] * b.rates[base][-1]
             if lo:                                                         # the currency's scenario set once
@@ -429,7 +445,8 @@ def _book_tables(b: _Book, closes, portfolios, positions, params: RiskParams, ba
     mv_usd = valuation.value_positions(qty, cost, b.close[-1:], b.quote_usd[-1:, None, :]).market_value[0]
     usd_sigmas = _filtered_sigmas(risk_returns.simple_returns(usd_price), "USD", params, sigmas)
     tables = firm.firm_tables(b.days, usd_price, mv_usd, pids, b.held, b.z, b.scale, b.n_ret,
-                              {m: s for m, s in usd_sigmas.items() if m in FILTERED}, b.scenarios, b.usd_move_of)
+                              {m: s for m, s in usd_sigmas.items() if m in FILTERED}, b.scenarios, b.usd_move_of,
+                              b.carried_of("USD"))
     append_tables(tables, asset_tables(closes, b.rates, b.quote_ccy, b.n_ret, b.hist_start, params, has_bar))
     tables["anomalies"] = intraday_anomalies(bars_5m, b.days[-1], params)
     return tables
@@ -484,8 +501,10 @@ def _filtered_sigmas(asset_ret: np.ndarray, currency: str, params: RiskParams,
 
 
 def _group_tables(days, close, fx, price, qty, cost, pids, held, base, z, scale, n_ret, hist_start,
-                  params: RiskParams, sigmas=None, scenarios=None, usd_move_of=None) -> dict[str, pd.DataFrame]:
-    """All portfolio tables for portfolios sharing one base currency; price (T, A): the closes in that currency."""
+                  params: RiskParams, sigmas=None, scenarios=None, usd_move_of=None,
+                  carried=None) -> dict[str, pd.DataFrame]:
+    """All portfolio tables for portfolios sharing one base currency; price (T, A): the closes in that currency;
+    carried (T, A): where it rests on a carried-forward close (stress windows; None: none does)."""
     as_of = days[-1]
     val = valuation.value_positions(qty, cost, close, fx[:, None, :])
     mv = val.market_value                                                  # (T, P, A)
@@ -575,7 +594,8 @@ def _group_tables(days, close, fx, price, qty, cost, pids, held, base, z, scale,
             "risk_contributions": contribution_rows(window, exposure, pids, held, as_of, base),
             "stress_results": stress.stress_rows(days, price, exposure, gross_now, pids, held, base,
                                                  scenarios or stress.Scenarios.empty(),
-                                                 usd_move_of or (lambda shocks: dict.fromkeys(held, 0.0))),
+                                                 usd_move_of or (lambda shocks: dict.fromkeys(held, 0.0)),
+                                                 carried=carried),
             # what the intraday revaluation re-uses: this scenario set, its covariance, each book's drawdown
             **scenario_tables(as_of, days[-n_ret:], window, held, base, pids, risk["drawdown_from_peak"].to_numpy(),
                               params)}

@@ -1447,6 +1447,13 @@ def test_a_book_whose_var_is_null_for_a_halt_has_no_hypothetical_stress_resting_
     assert u2["pnl"].to_numpy() == pytest.approx(clean.loc[u2.index, "pnl"].to_numpy(), rel=1e-12)
     historical = got[got["scenario_type"] == "historical"]           # the windows of the price history stay
     assert {("portfolio", "U1"), ("portfolio", "B1"), ("firm", "FIRM")} <= set(historical.index.droplevel(2))
+    # ... searched among those from and to a bar's close of ETH-USD (stress: a window on a carried close is none)
+    halted = pd.date_range(halt, halt + pd.Timedelta(days=9))
+    for book in (("portfolio", "U1"), ("portfolio", "B1"), ("firm", "FIRM")):
+        for w in ("worst_1d", "worst_5d"):
+            row = historical.loc[(*book, w)]
+            before = pd.Timestamp(row["window_start"]) - pd.Timedelta(days=1)
+            assert before not in halted and pd.Timestamp(row["window_end"]) not in halted, (book, w)
 
 
 def test_a_book_not_holding_the_halted_anchor_gets_no_stress_through_a_beta_estimated_on_its_carried_closes(
