@@ -7,10 +7,13 @@ For portfolio p and day D (docs/risk_conventions.md, "PnL attribution"):
   betas come off (0 for USD; a B book holding B-USD has no exposure). Without betas of B-USD that day the exposure
   is unknown: the book's PnL is all residual;
 - factor_return[D, f] = prod over D's buckets of (1 + r_f) - 1 (the factor's compounded return over the UTC day),
-  used only when the factor model's grid has finished D (it has a snapshot dated D);
+  used only when the factor model's grid has finished D (it has a snapshot dated D) and every bucket of D has a
+  return of f (a gap's move is in the day's PnL but in no bucket: no return, not the buckets left);
 - explained_pnl = exposure x factor_return; residual = daily_pnl - sum of the explained, so the rows of one
   portfolio and day sum exactly to pnl_daily.daily_pnl. A product without betas adds nothing to the exposures (its
-  PnL falls in the residual); a day without factor data has only the residual row.
+  PnL falls in the residual); nor does a position whose close (or a `<CCY>-USD` close converting it) is carried
+  forward on D or D-1 (a halt: its PnL is 0, or the move across the gap); a day without factor data has only the
+  residual row.
 """
 
 from __future__ import annotations
@@ -33,13 +36,19 @@ COLUMNS = ["portfolio_id", "as_of_date", "factor_name", "exposure", "factor_retu
 
 
 def daily_factor_returns(factor_returns: pd.DataFrame, snapshot_days: pd.DatetimeIndex,
-                         factors: tuple[str, ...] = REGRESSION_FACTORS) -> pd.DataFrame:
+                         factors: tuple[str, ...] = REGRESSION_FACTORS, frequency_s: int | None = None) -> pd.DataFrame:
     """UTC days x factors: compounded return of each finished day (a day in `snapshot_days`), NaN otherwise.
-    factor_returns: factor_name, bucket_start (UTC), factor_return (one row per bucket with a defined return)."""
+    factor_returns: factor_name, bucket_start (UTC), factor_return (one row per bucket with a defined return).
+    frequency_s: the grid's bucket length (FACTOR_FREQUENCY_S): a day missing a bucket's return of a factor (an
+    outage: no return there nor at the bucket after it) has none for that factor, since the move across the gap
+    is in the day's PnL but in no bucket; None: the buckets given are the day's."""
     fr = factor_returns[factor_returns["factor_name"].isin(factors)]
     day = pd.to_datetime(fr["bucket_start"], utc=True).dt.tz_localize(None).dt.normalize()
-    growth = np.log1p(fr["factor_return"].astype("float64")).groupby([day, fr["factor_name"]]).sum()
-    daily = np.expm1(growth).unstack("factor_name").reindex(columns=list(factors))
+    by = np.log1p(fr["factor_return"].astype("float64")).groupby([day, fr["factor_name"]])
+    daily = np.expm1(by.sum()).unstack("factor_name").reindex(columns=list(factors))
+    if frequency_s is not None:
+        buckets = by.count().unstack("factor_name").reindex(index=daily.index, columns=list(factors))
+        daily[~(buckets >= 86400 // frequency_s)] = np.nan
     daily.index.name = None
     daily[~daily.index.isin(snapshot_days)] = np.nan
     return daily
@@ -61,12 +70,17 @@ def explain(pnl: np.ndarray, market_value_prev: np.ndarray, beta: np.ndarray,
 
 def attribution_table(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: pd.DataFrame,
                       positions: pd.DataFrame, pnl_daily: pd.DataFrame, factor_returns: pd.DataFrame,
-                      exposures: pd.DataFrame) -> pd.DataFrame:
+                      exposures: pd.DataFrame, carried: pd.DataFrame | None = None,
+                      frequency_s: int | None = None) -> pd.DataFrame:
     """pnl_attribution rows (COLUMNS) for every row of pnl_daily with a finite daily_pnl.
 
     closes, quote_ccy, portfolios, positions: as etl.risk.engine.compute_tables takes them; pnl_daily: its output.
     factor_returns: the factor model's bucket returns; exposures: its daily snapshots (product_id, factor_name,
-    as_of_date, beta), both for the days of pnl_daily and the day before.
+    as_of_date, beta), both for the days of pnl_daily and the day before. carried: days x products, True where
+    the close is carried forward (no daily bar, or stuck: etl.risk.runner's has_bar negated; None: none is): a
+    position whose close or converting `<CCY>-USD` close is carried on D or D-1 has no exposure on D (its PnL, 0
+    or a move across the gap, is residual). frequency_s: the factor grid's (FACTOR_FREQUENCY_S), for
+    `daily_factor_returns`: a day missing a bucket has no factor return.
     """
     pnl_daily = pnl_daily[np.isfinite(pnl_daily["daily_pnl"].to_numpy(dtype="float64"))]
     if pnl_daily.empty:
@@ -100,7 +114,20 @@ def attribution_table(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolio
         log.warning("pnl attribution: the factor model has no betas of %s: the PnL of books in %s is all residual "
                     "(add the pair to PIPELINE_PRODUCTS)", ", ".join(unknown),
                     ", ".join(b.removesuffix("-USD") for b in unknown))
-    daily = daily_factor_returns(factor_returns, pd.DatetimeIndex(snap.unique())).reindex(days).to_numpy()
+    daily = daily_factor_returns(factor_returns, pd.DatetimeIndex(snap.unique()),
+                                 frequency_s=frequency_s).reindex(days).to_numpy()
+    # a carried close is no price move, the move across a gap no day's: (T, A) per product (own or quote's pair),
+    # (C, T) per base currency; a position carried on D or D-1 is left out of D's exposure
+    flag = (carried.reindex(index=days, columns=closes.columns, fill_value=False).astype(bool) if carried is not None
+            else pd.DataFrame(False, index=days, columns=closes.columns))
+
+    def flag_of(product: str) -> np.ndarray:
+        return flag[product].to_numpy() if product in flag.columns else np.zeros(len(days), dtype=bool)
+    product_carried = np.column_stack([flag_of(a) | (flag_of(f"{quote_ccy[a]}-USD") if quote_ccy[a] != "USD"
+                                                     else False) for a in held]) if held else \
+        np.zeros((len(days), 0), dtype=bool)
+    base_carried = np.array([flag_of(f"{c}-USD") if c != "USD" else np.zeros(len(days), dtype=bool)
+                             for c in currencies]).reshape(len(currencies), len(days))
 
     pnl = pnl_daily["daily_pnl"].to_numpy(dtype="float64")
     exposure, explained = np.empty((len(pnl), len(factors))), np.empty((len(pnl), len(factors)))
@@ -113,7 +140,10 @@ def attribution_table(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolio
         fx = quote_usd / np.column_stack([rates[base_of[q]] for q in chunk])[:, :, None]   # quote -> base, (T, P, A)
         mv = valuation.value_positions(qty, cost, closes[held].to_numpy(), fx).market_value
         net_beta = beta[t[rows] - 1] - base_beta[currency_of[p[rows]], t[rows] - 1][:, None, :]   # (rows, A, F)
-        parts = explain(pnl[rows], mv[t[rows] - 1, p[rows] - lo], net_beta, daily[t[rows]])
+        tr, cr = t[rows], currency_of[p[rows]]
+        gap = (product_carried[tr] | product_carried[tr - 1]
+               | (base_carried[cr, tr] | base_carried[cr, tr - 1])[:, None])                     # (rows, A)
+        parts = explain(pnl[rows], np.where(gap, 0.0, mv[tr - 1, p[rows] - lo]), net_beta, daily[tr])
         for whole, part in zip((exposure, explained, defined, residual), parts, strict=True):
             whole[rows] = part
         del qty, cost, fx, mv, net_beta, parts

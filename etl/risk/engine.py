@@ -296,36 +296,39 @@ def snapshot_arrays(positions: pd.DataFrame, portfolio_ids: list[str], products:
 def compute_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: pd.DataFrame,
                    positions: pd.DataFrame, params: RiskParams,
                    bars_5m: pd.DataFrame | None = None,
-                   has_bar: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+                   has_bar: pd.DataFrame | None = None,
+                   max_carried_days: int | None = None) -> dict[str, pd.DataFrame]:
     """Every risk output table for the last day of `closes` (the as-of date): `portfolio_tables` of the whole
     book plus its `book_tables`.
 
     closes: calendar days x products (quote currency), no NaN (see close_matrix); must include <CCY>-USD for every
     non-USD quote or base currency. quote_ccy: product -> quote currency. bars_5m: optional silver 5-minute bars
     (product_id, bucket_start, close) for intraday anomalies. has_bar: `bar_days` (None: every close is a bar's),
-    for the daily anomalies.
+    for the daily anomalies and, with max_carried_days (RISK_MAX_CARRIED_DAYS; None: no limit), the stress betas:
+    a product whose USD returns or the anchor's rest on more carried closes of the VaR window has no beta.
     """
-    book = _Book.of(closes, quote_ccy, portfolios, positions, params)
+    book = _Book.of(closes, quote_ccy, portfolios, positions, params, has_bar, max_carried_days)
     sigmas: dict[str, dict[str, np.ndarray]] = {}                          # filtered volatilities per currency
     return append_tables(_portfolio_tables(book, portfolios, positions, params, sigmas),
                          _book_tables(book, closes, portfolios, positions, params, bars_5m, sigmas, has_bar))
 
 
 def portfolio_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: pd.DataFrame,
-                     positions: pd.DataFrame, params: RiskParams) -> dict[str, pd.DataFrame]:
+                     positions: pd.DataFrame, params: RiskParams, has_bar: pd.DataFrame | None = None,
+                     max_carried_days: int | None = None) -> dict[str, pd.DataFrame]:
     """The per-portfolio tables of `portfolios`, a shard of the book: each row depends only on its own portfolio.
     positions: the whole book's, since the products the book holds fix the scenario sets and the Monte Carlo
-    draws; the rows of other portfolios are ignored."""
-    book = _Book.of(closes, quote_ccy, portfolios, positions, params)
+    draws; the rows of other portfolios are ignored. has_bar, max_carried_days: as compute_tables."""
+    book = _Book.of(closes, quote_ccy, portfolios, positions, params, has_bar, max_carried_days)
     return _portfolio_tables(book, portfolios, positions, params, {})
 
 
 def book_tables(closes: pd.DataFrame, quote_ccy: dict[str, str], portfolios: pd.DataFrame, positions: pd.DataFrame,
                 params: RiskParams, bars_5m: pd.DataFrame | None = None,
-                has_bar: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+                has_bar: pd.DataFrame | None = None, max_carried_days: int | None = None) -> dict[str, pd.DataFrame]:
     """The tables of the whole book (firm_risk, the firm-scope risk_contributions and stress_results rows) and of
     the products (asset_risk, correlations, drawdowns, anomalies): cheap next to the portfolios'."""
-    book = _Book.of(closes, quote_ccy, portfolios, positions, params)
+    book = _Book.of(closes, quote_ccy, portfolios, positions, params, has_bar, max_carried_days)
     return _book_tables(book, closes, portfolios, positions, params, bars_5m, {}, has_bar)
 
 
@@ -352,9 +355,24 @@ class _Book:
     scale: np.ndarray
     scenarios: stress.Scenarios
     usd_move_of: object
+    carried: pd.DataFrame | None = None     # days x products: close carried forward (~has_bar), None: none is
+
+    def carried_of(self, base: str) -> np.ndarray | None:
+        """(T, A) where a held product's price in `base` rests on a carried close: its own, its quote's or
+        base's `<CCY>-USD` (the masks of `carried_days`)."""
+        if self.carried is None:
+            return None
+        none = np.zeros(len(self.days), dtype=bool)
+
+        def of(product: str) -> np.ndarray:
+            return self.carried[product].to_numpy(dtype=bool) if product in self.carried.columns else none
+        rate = of(f"{base}-USD") if base != "USD" else none
+        return np.column_stack([of(a) | (of(f"{self.quote_ccy[a]}-USD") if self.quote_ccy[a] != "USD" else none)
+                                | rate for a in self.held])
 
     @classmethod
-    def of(cls, closes, quote_ccy, portfolios, positions, params: RiskParams) -> _Book:
+    def of(cls, closes, quote_ccy, portfolios, positions, params: RiskParams, has_bar=None,
+           max_carried_days: int | None = None) -> _Book:
         scenarios = stress.load_scenarios(params.stress_file, set(quote_ccy))   # a bad file fails before any work
         days = closes.index
         t_all = len(days)
@@ -374,7 +392,11 @@ class _Book:
         return cls(days, quote_ccy, held, rates, closes[held].to_numpy(),
                    np.column_stack([rates[quote_ccy[p]] for p in held]), n_ret,
                    max(0, t_all - params.backtest_days),                  # history tables cover this window
-                   z, scale, stress.within(scenarios, days, warn=True), _usd_moves(closes, rates, quote_ccy, n_ret))
+                   z, scale, stress.within(scenarios, days, warn=True),
+                   _usd_moves(closes, rates, quote_ccy, n_ret,
+                              None if has_bar is None or max_carried_days is None else ~has_bar, max_carried_days),
+                   None if has_bar is None else ~has_bar.reindex(index=days, columns=closes.columns,
+                                                                 fill_value=True).astype(bool))
 
 
 def _portfolio_tables(b: _Book, portfolios: pd.DataFrame, positions: pd.DataFrame, params: RiskParams,
@@ -392,7 +414,7 @@ def _portfolio_tables(b: _Book, portfolios: pd.DataFrame, positions: pd.DataFram
             chunk = ids[lo:lo + PORTFOLIO_CHUNK]
             qty, cost = snapshot_arrays(positions[positions["portfolio_id"].isin(chunk)], chunk, b.held, b.days)
             group = _group_tables(b.days, b.close, fx, price, qty, cost, chunk, b.held, base, b.z, b.scale, b.n_ret,
-                                  b.hist_start, params, sigmas, b.scenarios, b.usd_move_of)
+                                  b.hist_start, params, sigmas, b.scenarios, b.usd_move_of, b.carried_of(base))
             risk = group["risk_metrics"]        # in USD at the as-of close of <base>-USD: ranks books across currencies
             risk["var_99_hist_usd"] = risk["var_99_hist"] * b.rates[base][-1]
             if lo:                                                         # the currency's scenario set once
@@ -423,15 +445,20 @@ def _book_tables(b: _Book, closes, portfolios, positions, params: RiskParams, ba
     mv_usd = valuation.value_positions(qty, cost, b.close[-1:], b.quote_usd[-1:, None, :]).market_value[0]
     usd_sigmas = _filtered_sigmas(risk_returns.simple_returns(usd_price), "USD", params, sigmas)
     tables = firm.firm_tables(b.days, usd_price, mv_usd, pids, b.held, b.z, b.scale, b.n_ret,
-                              {m: s for m, s in usd_sigmas.items() if m in FILTERED}, b.scenarios, b.usd_move_of)
+                              {m: s for m, s in usd_sigmas.items() if m in FILTERED}, b.scenarios, b.usd_move_of,
+                              b.carried_of("USD"))
     append_tables(tables, asset_tables(closes, b.rates, b.quote_ccy, b.n_ret, b.hist_start, params, has_bar))
     tables["anomalies"] = intraday_anomalies(bars_5m, b.days[-1], params)
     return tables
 
 
-def _usd_moves(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: dict[str, str], n_ret: int):
+def _usd_moves(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: dict[str, str], n_ret: int,
+               carried: pd.DataFrame | None = None, max_carried_days: int | None = None):
     """shocks {product: USD move} -> {product: USD move} for every product, unshocked ones through their beta to
-    the anchor (BTC-USD) over the VaR lookback of USD returns (etl.risk.stress)."""
+    the anchor (BTC-USD) over the VaR lookback of USD returns (etl.risk.stress). carried: days x products, True
+    where the close is carried forward: a beta resting on more than max_carried_days carried USD closes of the
+    product or the anchor in the lookback (`asset_carried_days`, as a correlation) is unknown (NaN), not a slope
+    shrunk by zero returns."""
     products = list(closes.columns)
     usd = closes.to_numpy() * np.column_stack([rates.get(quote_ccy.get(p, "USD"), np.ones(len(closes)))
                                                for p in products])
@@ -439,6 +466,11 @@ def _usd_moves(closes: pd.DataFrame, rates: dict[str, np.ndarray], quote_ccy: di
     # no anchor prices in the run (no book needs them): the betas are unknown, not 0
     beta = stress.betas(r, products.index(stress.ANCHOR)) if stress.ANCHOR in products \
         else np.full(len(products), np.nan)
+    if carried is not None and stress.ANCHOR in products:
+        flags = carried.reindex(index=closes.index, columns=products, fill_value=False).astype(bool)
+        _, pair = asset_carried_days(flags, quote_ccy, n_ret)
+        unknown = (pair[stress.ANCHOR] > max_carried_days).to_numpy() & (np.asarray(products) != stress.ANCHOR)
+        beta = np.where(unknown, np.nan, beta)
 
     def moves(shocks: dict[str, float]) -> dict[str, float]:
         return dict(zip(products, stress.hypothetical_moves(shocks, products, beta), strict=True))
@@ -469,8 +501,10 @@ def _filtered_sigmas(asset_ret: np.ndarray, currency: str, params: RiskParams,
 
 
 def _group_tables(days, close, fx, price, qty, cost, pids, held, base, z, scale, n_ret, hist_start,
-                  params: RiskParams, sigmas=None, scenarios=None, usd_move_of=None) -> dict[str, pd.DataFrame]:
-    """All portfolio tables for portfolios sharing one base currency; price (T, A): the closes in that currency."""
+                  params: RiskParams, sigmas=None, scenarios=None, usd_move_of=None,
+                  carried=None) -> dict[str, pd.DataFrame]:
+    """All portfolio tables for portfolios sharing one base currency; price (T, A): the closes in that currency;
+    carried (T, A): where it rests on a carried-forward close (stress windows; None: none does)."""
     as_of = days[-1]
     val = valuation.value_positions(qty, cost, close, fx[:, None, :])
     mv = val.market_value                                                  # (T, P, A)
@@ -560,7 +594,8 @@ def _group_tables(days, close, fx, price, qty, cost, pids, held, base, z, scale,
             "risk_contributions": contribution_rows(window, exposure, pids, held, as_of, base),
             "stress_results": stress.stress_rows(days, price, exposure, gross_now, pids, held, base,
                                                  scenarios or stress.Scenarios.empty(),
-                                                 usd_move_of or (lambda shocks: dict.fromkeys(held, 0.0))),
+                                                 usd_move_of or (lambda shocks: dict.fromkeys(held, 0.0)),
+                                                 carried=carried),
             # what the intraday revaluation re-uses: this scenario set, its covariance, each book's drawdown
             **scenario_tables(as_of, days[-n_ret:], window, held, base, pids, risk["drawdown_from_peak"].to_numpy(),
                               params)}

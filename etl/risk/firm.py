@@ -25,9 +25,10 @@ FIRM_ID = "FIRM"
 
 def firm_tables(days: pd.DatetimeIndex, usd_price: np.ndarray, mv_usd: np.ndarray, pids: list[str],
                 held: list[str], z: np.ndarray, scale: np.ndarray, n_ret: int, sig: dict[str, np.ndarray],
-                scenarios: stress.Scenarios, usd_move_of) -> dict[str, pd.DataFrame]:
+                scenarios: stress.Scenarios, usd_move_of, carried: np.ndarray | None = None) -> dict[str, pd.DataFrame]:
     """firm_risk (one row), the firm-scope risk_contributions and stress_results rows. usd_price (T, A);
-    mv_usd (P, A) today's USD market values; sig {method: (T, A)} filtered USD volatilities."""
+    mv_usd (P, A) today's USD market values; sig {method: (T, A)} filtered USD volatilities; carried (T, A): where
+    a USD price rests on a carried-forward close (stress windows)."""
     as_of = days[-1]
     asset_ret = risk_returns.simple_returns(usd_price)
     scen = book_var.Scenarios.last(asset_ret, n_ret, sig, z, scale)
@@ -61,5 +62,5 @@ def firm_tables(days: pd.DatetimeIndex, usd_price: np.ndarray, mv_usd: np.ndarra
     contrib = pd.DataFrame({"portfolio_id": np.asarray(pids)[pi], "product_id": np.asarray(held)[ai],
                             "as_of_date": as_of, "scope": "firm", "exposure": pos, **cols, "currency": "USD"})
     stress_df = stress.stress_rows(days, usd_price, e_firm[:, None], np.array([gross]), [FIRM_ID], held, "USD",
-                                   scenarios, usd_move_of, scope="firm")
+                                   scenarios, usd_move_of, scope="firm", carried=carried)
     return {"firm_risk": firm_risk, "risk_contributions": contrib, "stress_results": stress_df}

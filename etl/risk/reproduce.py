@@ -152,7 +152,7 @@ def reproduce(as_of: date, run_id: str, output: str | Path, settings: Settings |
         with pinned(record["inputs"]):
             inputs = load_inputs(as_of, settings, reference, RiskParams(**params))
             tables = compute_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions,
-                                    inputs.params, inputs.bars_5m, inputs.has_bar)
+                                    inputs.params, inputs.bars_5m, inputs.has_bar, settings.max_carried_days)
             # as run_risk: the book's tables (firm, products) get the carried-close rule once the portfolios' are in
             tables = finish_book_tables(inputs, finish_portfolio_tables(inputs, inputs.portfolios, tables, settings),
                                         settings)

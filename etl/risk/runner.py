@@ -93,7 +93,7 @@ def run_risk(as_of: date | None = None, settings: Settings | None = None,
     settings = settings or get_settings()
     inputs = load_inputs(as_of, settings, reference)
     tables = compute_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions, inputs.params,
-                            inputs.bars_5m, inputs.has_bar)
+                            inputs.bars_5m, inputs.has_bar, settings.max_carried_days)
     tables = finish_book_tables(inputs, finish_portfolio_tables(inputs, inputs.portfolios, tables, settings), settings)
     return commit_tables(inputs, tables, settings, t0)
 
@@ -209,7 +209,8 @@ def finish_portfolio_tables(inputs: RiskInputs, portfolios: pd.DataFrame, tables
                     inputs.params.var_lookback_days, late)
     positions = inputs.positions[inputs.positions["portfolio_id"].isin(portfolios["portfolio_id"])]
     tables["pnl_attribution"] = _attribution(inputs.closes, inputs.quote_ccy, portfolios, positions,
-                                             tables["pnl_daily"], settings)
+                                             tables["pnl_daily"], settings,
+                                             None if inputs.has_bar is None else ~inputs.has_bar)
     liquidity.liquidity_risk(tables, portfolios, inputs.as_of, settings, get_store(settings))
     return tables
 
@@ -337,7 +338,8 @@ def run_params(params: RiskParams, settings: Settings) -> dict:
     return {**asdict(params), **{k: getattr(settings, k) for k in RUN_SETTINGS}}
 
 
-def _attribution(closes, quote_ccy, portfolios, positions, pnl_daily, settings: Settings) -> pd.DataFrame:
+def _attribution(closes, quote_ccy, portfolios, positions, pnl_daily, settings: Settings,
+                 carried: pd.DataFrame | None = None) -> pd.DataFrame:
     """The PnL attribution of pnl_daily's days from the committed factor outputs of those days and the day before
     (read here: the factor stage may have run before this one; days it has not finished get only a residual)."""
     first = pd.Timestamp(pnl_daily["as_of_date"].min()) - pd.Timedelta(days=1)
@@ -347,7 +349,8 @@ def _attribution(closes, quote_ccy, portfolios, positions, pnl_daily, settings: 
         "factor_returns": ["factor_name", "bucket_start", "factor_return"],
         "factor_exposures": ["product_id", "factor_name", "as_of_date", "beta"]})
     return attribution.attribution_table(closes, quote_ccy, portfolios, positions, pnl_daily,
-                                         factors["factor_returns"], factors["factor_exposures"])
+                                         factors["factor_returns"], factors["factor_exposures"], carried,
+                                         frequency_s=settings.factor_frequency_s)
 
 
 def _check_finite_values(positions: pd.DataFrame, settings: Settings) -> None:

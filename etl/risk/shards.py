@@ -106,7 +106,8 @@ def run_shard(as_of: date, shard: int, shards: int, run_key: str, settings: Sett
         inputs = load_inputs(as_of, settings, reference)
         ids = shard_portfolios(inputs.portfolios["portfolio_id"], shard, shards)
         portfolios = inputs.portfolios[inputs.portfolios["portfolio_id"].astype(str).isin(ids)]
-        tables = portfolio_tables(inputs.closes, inputs.quote_ccy, portfolios, inputs.positions, inputs.params)
+        tables = portfolio_tables(inputs.closes, inputs.quote_ccy, portfolios, inputs.positions, inputs.params,
+                                  inputs.has_bar, settings.max_carried_days)
         tables = finish_portfolio_tables(inputs, portfolios, tables, settings)
     store.delete(posixpath.join(folder, DONE))                  # a retry: not done until it is again
     rows = {}
@@ -196,7 +197,7 @@ def commit_shards(as_of: date, shards: int, run_key: str, settings: Settings,
             part[name] = part[name][~part[name]["base_currency"].isin(seen)]
         append_tables(tables, part)
     append_tables(tables, book_tables(inputs.closes, inputs.quote_ccy, inputs.portfolios, inputs.positions,
-                                      inputs.params, inputs.bars_5m, inputs.has_bar))
+                                      inputs.params, inputs.bars_5m, inputs.has_bar, settings.max_carried_days))
     summary = commit_tables(inputs, finish_book_tables(inputs, tables, settings), settings, t0,
                             meta={"run_key": run_key})
     _clear(store, run_key)

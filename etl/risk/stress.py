@@ -8,10 +8,14 @@ PnL % = PnL / gross exposure.
   A book holding nothing has no worst window (every one is 0): PnL 0, window dates empty.
 - Historical, named windows (config, `start_date`..`end_date`): the same R for that window; a window not inside
   the price history is skipped with a warning.
+- A window whose first (start - 1) or last close of a holding is carried forward (no bar, or stuck) is no move of
+  its dates: not searched for that book's worst, and a named one has no row for that book (logged).
 - Hypothetical (config, shocks per product to USD prices): a product without its own shock moves beta x the
   shock of the anchor (BTC-USD), beta the OLS slope of its daily USD returns on BTC-USD's over the VaR lookback
   (1 for BTC-USD itself; 0 moves without an anchor shock). A run without BTC-USD prices (no book needs them) has
-  no beta: a book holding a product that would move through it has no row for that scenario (logged), not a 0.
+  no beta: a book holding a product that would move through it has no row for that scenario (logged), not a 0;
+  nor has a beta resting on more than RISK_MAX_CARRIED_DAYS carried-forward USD closes of the product or the
+  anchor in the lookback (a halt's or a stuck feed's zero returns shrink the slope: etl.risk.engine._usd_moves).
   The USD moves m become base-currency returns
   R_a = (1 + m_a) / (1 + m_base) - 1, m_base the move of <BASE>-USD (0 for USD).
 
@@ -129,11 +133,18 @@ def window_returns(price: np.ndarray, k: int) -> np.ndarray:
     return price[k:] / price[:-k] - 1.0
 
 
-def worst_window(price: np.ndarray, exposure: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(PnL (P,), index of the window's last day (P,)) of the worst k-day window for each exposure column."""
+def worst_window(price: np.ndarray, exposure: np.ndarray, k: int,
+                 carried: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(PnL (P,), index of the window's last day (P,)) of the worst k-day window for each exposure column.
+    carried (T, A): closes carried forward; a window whose first (start - 1) or last close of a held asset is
+    carried is not a k-day move and is not searched (PnL NaN, index -1 for a book with no window left)."""
     pnl = window_returns(price, k) @ exposure                        # (W, P)
+    if carried is not None:
+        ends = (carried[k:] | carried[:-k]).astype(np.float64)      # (W, A)
+        pnl = np.where(ends @ (exposure != 0) > 0, np.inf, pnl)
     j = pnl.argmin(axis=0)
-    return pnl[j, np.arange(pnl.shape[1])], j + k
+    worst = pnl[j, np.arange(pnl.shape[1])]
+    return np.where(np.isinf(worst), np.nan, worst), np.where(np.isinf(worst), -1, j + k)
 
 
 def betas(usd_returns: np.ndarray, anchor: int) -> np.ndarray:
@@ -147,7 +158,7 @@ def betas(usd_returns: np.ndarray, anchor: int) -> np.ndarray:
 
 def hypothetical_moves(shocks: dict[str, float], products: list[str], beta: np.ndarray) -> np.ndarray:
     """USD price moves (A,): a product's own shock, else beta x the anchor's shock (0 without one); NaN where
-    that needs a beta that is unknown (NaN: no anchor prices in the run)."""
+    that needs a beta that is unknown (NaN: no anchor prices in the run, or too many carried closes under it)."""
     anchor = shocks.get(ANCHOR, 0.0)
     return np.array([shocks.get(p, b * anchor if anchor else 0.0) for p, b in zip(products, beta, strict=True)])
 
@@ -159,9 +170,12 @@ def to_base(moves_usd: np.ndarray, base_move: float) -> np.ndarray:
 
 def stress_rows(days: pd.DatetimeIndex, price: np.ndarray, exposure: np.ndarray, gross: np.ndarray,
                 ids: list[str], held: list[str], base: str, scenarios: Scenarios, usd_move_of,
-                scope: str = "portfolio") -> pd.DataFrame:
+                scope: str = "portfolio", carried: np.ndarray | None = None) -> pd.DataFrame:
     """Every scenario for one currency group (or the firm): price (T, A) in `base`, exposure (A, P) today's
-    market values, gross (P,); usd_move_of(shocks) -> {product or '<CCY>-USD': USD move} for the hypotheticals."""
+    market values, gross (P,); usd_move_of(shocks) -> {product or '<CCY>-USD': USD move} for the hypotheticals.
+    carried (T, A): where the price rests on a carried-forward close (its own or a converting `<CCY>-USD`'s;
+    None: none does): a historical window from or to one is no move of its dates, left out for the books holding
+    that asset."""
     as_of = days[-1]
     p = len(ids)
     rows = []
@@ -178,14 +192,24 @@ def stress_rows(days: pd.DatetimeIndex, price: np.ndarray, exposure: np.ndarray,
     holds = (exposure != 0).any(axis=0)                              # (P,) a book holding nothing has no worst window
     for k in WORST_WINDOWS:
         if len(days) > k:
-            pnl, j = worst_window(price, exposure, k)
-            add(f"worst_{k}d", "historical", pnl, days[j - k + 1].where(holds), days[j].where(holds),
-                f"worst {k}-day window of the price history for this book")
+            pnl, j = worst_window(price, exposure, k, carried)
+            found = j >= 0                                          # a book whose every window rests on a carry
+            if not found.all():
+                log.warning("no %s-day window of the price history without a carried-forward close for %s: no worst_%sd",
+                            k, some(np.asarray(ids)[~found]), k)
+            add(f"worst_{k}d", "historical", np.nan_to_num(pnl), days[j - k + 1].where(holds), days[j].where(holds),
+                f"worst {k}-day window of the price history for this book", found)
     for sc in within(scenarios, days).named.itertuples(index=False):
         i0, i1 = days.searchsorted(sc.start_date), days.searchsorted(sc.end_date)
         r = price[i1] / price[i0 - 1] - 1.0
+        off = np.zeros(p, dtype=bool) if carried is None else \
+            ((carried[i1] | carried[i0 - 1])[:, None] & (exposure != 0)).any(axis=0)
+        if off.any():
+            log.warning("stress scenario %s: a close at %s or %s of a holding of %s is carried forward (no bar): "
+                        "skipped for them", sc.scenario_id, days[i0 - 1].date(), days[i1].date(),
+                        some(np.asarray(ids)[off]))
         add(sc.scenario_id, "historical", r @ exposure, np.repeat(sc.start_date, p), np.repeat(sc.end_date, p),
-            sc.description)
+            sc.description, ~off)
     for sid, g in scenarios.shocks.groupby("scenario_id", sort=True):
         moves = usd_move_of(dict(zip(g["product_id"], g["shock"], strict=True)))
         r = to_base(np.array([moves[a] for a in held]), moves.get(f"{base}-USD", 0.0) if base != "USD" else 0.0)
@@ -193,8 +217,9 @@ def stress_rows(days: pd.DatetimeIndex, price: np.ndarray, exposure: np.ndarray,
         # a book holding a product whose move is unknown has no figure: left out, as a window outside the history
         unknown = (np.isnan(r)[:, None] & (exposure != 0)).any(axis=0)
         if unknown.any():
-            log.warning("stress scenario %s needs the beta to %s of %s, which has no prices in this run: skipped for "
-                        "%s", sid, ANCHOR, some(np.asarray(held)[np.isnan(r)]), some(np.asarray(ids)[unknown]))
+            log.warning("stress scenario %s needs the beta to %s of %s, which is unknown (no %s prices in this run, "
+                        "or more than RISK_MAX_CARRIED_DAYS carried closes under it): skipped for %s", sid, ANCHOR,
+                        some(np.asarray(held)[np.isnan(r)]), ANCHOR, some(np.asarray(ids)[unknown]))
         add(sid, "hypothetical", pnl, pd.NaT, pd.NaT, "; ".join(sorted(set(g["description"]) - {""})), ~unknown)
     if not rows:
         return pd.DataFrame()

@@ -233,3 +233,63 @@ def test_a_non_usd_book_whose_currency_has_no_beta_is_all_residual():
     assert p2["factor_name"].tolist() == [RESIDUAL] and p2["explained_pnl"].tolist() == [20.0]
     assert set(out.loc[(out["portfolio_id"] == "P1") & (out["as_of_date"] == D1), "factor_name"]) == \
         {"market", "momentum_hml", RESIDUAL}                                 # the USD book is explained as before
+
+
+def test_a_product_whose_close_is_carried_explains_no_pnl_the_day_of_the_halt_nor_the_day_it_resumes():
+    """ETH-USD has no daily bar on D2 (halted: its D1 close 9.0 is carried) and trades again on D3 at 9.9. On D2
+    its PnL is 0 (a carried close moves nothing) but its D1 beta (market 0.9) times D2's market return was booked
+    as explained PnL (-10 x 9 x 0.9 x 0.05 = -4.05) that the residual then cancelled; on D3 its PnL is the move
+    across the halt (two days), not one day's. A product whose close, on D or D-1, is carried (or a `<CCY>-USD`
+    converting it) has no exposure that day: its PnL, 0 or the move across the gap, is residual."""
+    d4 = pd.Timestamp("2026-01-04")
+    closes = pd.DataFrame({"BTC-USD": [100.0, 110.0, 99.0, 104.0], "ETH-USD": [10.0, 9.0, 9.0, 9.9],
+                           "EUR-USD": [1.25, 1.1, 1.0, 1.0]}, index=pd.DatetimeIndex([D0, D1, D2, D3]))
+    carried = pd.DataFrame(False, index=closes.index, columns=closes.columns)
+    carried.loc[D2, "ETH-USD"] = True
+    p1 = PORTFOLIOS.iloc[:1]
+    positions = POSITIONS[POSITIONS["portfolio_id"] == "P1"]
+    # P1 = 2 BTC - 10 ETH: D2 2 x -11 - 10 x 0 = -22; D3 2 x 5 - 10 x 0.9 = 1
+    pnl = pd.DataFrame({"portfolio_id": "P1", "as_of_date": [D1, D2, D3], "daily_pnl": [30.0, -22.0, 1.0],
+                        "base_currency": "USD"})
+    returns = pd.DataFrame({"factor_name": "market", "factor_return": [0.02, 0.05, 0.03],
+                            "bucket_start": pd.to_datetime(["2026-01-02 00:00", "2026-01-03 08:00",
+                                                            "2026-01-04 08:00"], utc=True)})
+    exposures = pd.DataFrame({"product_id": ["BTC-USD", "ETH-USD"] * 3, "factor_name": "market",
+                              "as_of_date": pd.to_datetime([D0] * 2 + [D1] * 2 + [D2] * 2).date,
+                              "beta": [1.2, 0.8, 1.1, 0.9, 1.0, 0.7]})
+    exposures = pd.concat([exposures, exposures.iloc[-2:].assign(as_of_date=d4.date())])   # D3 finished
+    out = attribution_table(closes, QUOTE, p1, positions, pnl, returns, exposures, carried=carried)
+    got = out.set_index([out["as_of_date"].astype(str).str[:10], "factor_name"])["explained_pnl"]
+    # D1: both traded: (2 x 100 x 1.2 - 10 x 10 x 0.8) x 0.02 = 3.2, residual 26.8
+    assert got[("2026-01-02", "market")] == pytest.approx(3.2) and got[("2026-01-02", RESIDUAL)] == pytest.approx(26.8)
+    # D2, D3: only BTC explained: 2 x 110 x 1.1 x 0.05 = 12.1; 2 x 99 x 1.0 x 0.03 = 5.94
+    assert got[("2026-01-03", "market")] == pytest.approx(12.1)
+    assert got[("2026-01-03", RESIDUAL)] == pytest.approx(-22 - 12.1)
+    assert got[("2026-01-04", "market")] == pytest.approx(5.94)
+    assert got[("2026-01-04", RESIDUAL)] == pytest.approx(1 - 5.94)
+    exposure = out.set_index([out["as_of_date"].astype(str).str[:10], "factor_name"])["exposure"]
+    assert exposure[("2026-01-03", "market")] == pytest.approx(242.0)
+    assert exposure[("2026-01-04", "market")] == pytest.approx(198.0)
+
+
+def test_a_day_with_a_gap_in_its_factor_buckets_has_no_factor_return_not_the_return_of_the_buckets_left():
+    """The factor grid of D1 has 4 buckets (FACTOR_FREQUENCY_S 21600); an outage leaves 06:00 without candles, so
+    the universe returns of 06:00 and 12:00 (the bucket after the gap) are NaN and the factor has no return there.
+    The day's return was the two buckets left compounded, 1.01 x 1.02 - 1 = 3.02%, though the market moved across
+    the gap too (the day's close-to-close PnL includes that move): a confident partial figure. A day missing a
+    bucket has no return for that factor (its PnL is residual); a full day is compounded as before."""
+    returns = pd.DataFrame({
+        "factor_name": ["market"] * 6,
+        "bucket_start": pd.to_datetime(["2026-01-02 00:00", "2026-01-02 18:00", "2026-01-03 00:00",
+                                        "2026-01-03 06:00", "2026-01-03 12:00", "2026-01-03 18:00"], utc=True),
+        "factor_return": [0.01, 0.02, 0.01, -0.02, 0.03, 0.01]})
+    daily = daily_factor_returns(returns, pd.DatetimeIndex([D1, D2]), frequency_s=21600)
+    assert np.isnan(daily.loc[D1, "market"])
+    assert daily.loc[D2, "market"] == pytest.approx(1.01 * 0.98 * 1.03 * 1.01 - 1)
+    exposures = EXPOSURES[EXPOSURES["factor_name"] == "market"]
+    out = attribution_table(CLOSES, QUOTE, PORTFOLIOS.iloc[:1], POSITIONS[POSITIONS["portfolio_id"] == "P1"],
+                            PNL[PNL["portfolio_id"] == "P1"], returns, exposures, frequency_s=21600)
+    d1 = out[out["as_of_date"] == D1]
+    assert d1["factor_name"].tolist() == [RESIDUAL] and d1["explained_pnl"].tolist() == [30.0]
+    d2 = out[out["as_of_date"] == D2].set_index("factor_name")       # D1's betas: ETH market 0.9, -10 x 9 ETH
+    assert d2.loc["market", "explained_pnl"] == pytest.approx(-81 * (1.01 * 0.98 * 1.03 * 1.01 - 1))

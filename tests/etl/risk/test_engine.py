@@ -3,8 +3,10 @@ against independent pandas/numpy computations on the same prices."""
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -1410,3 +1412,73 @@ def test_a_first_move_after_a_flat_history_gives_no_confident_garch_var():
     assert 0 < risk.loc["S", "var_99_hist"] <= 0.1 * 5500                 # the short's worst day: the 10% rise
     assert risk.loc[["L", "S"], ["var_99_param", "var_99_mc"]].notna().all().all()
     assert risk.loc["B", filtered_cols].notna().all()
+
+
+def test_a_book_whose_var_is_null_for_a_halt_has_no_hypothetical_stress_resting_on_the_halts_zero_returns(
+        risk_env, monkeypatch):
+    """ETH-USD halted 10 days inside the 60-day VaR window: the beta to BTC-USD that moves it in the hypothetical
+    stress scenarios is an OLS slope over the same window of returns the VaR rests on, 10 of them carried zeros, so
+    it shrinks toward 0 and a BTC -30% shock moved the book by a confident, calmer PnL while its VaR/ES were NULL.
+    Past RISK_MAX_CARRIED_DAYS that beta is unknown (as without BTC prices): the books (and the firm) holding
+    ETH-USD have no row for the scenarios that move it through it; the scenario shocking ETH itself needs no beta
+    and stays; a book not holding it keeps its rows unchanged."""
+    run_risk(as_of=AS_OF, settings=get_settings())
+    key = ["scope", "portfolio_id", "scenario_id"]
+    clean = _read(risk_env["data"], "stress_results").set_index(key).sort_index()
+    halt = pd.Timestamp(AS_OF) - pd.Timedelta(days=20)
+    _drop_days(risk_env["data"], "ETH-USD", halt, halt + pd.Timedelta(days=9))
+    hypothetical = set(clean.loc[clean["scenario_type"] == "hypothetical"].index.get_level_values("scenario_id"))
+    assert {"btc_minus_30", "eth_minus_40_btc_minus_20"} <= hypothetical
+
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "10")                    # at the threshold: still computed
+    run_risk(as_of=AS_OF, settings=get_settings())
+    at = _read(risk_env["data"], "stress_results").set_index(key).sort_index()
+    assert ("portfolio", "U1", "btc_minus_30") in at.index and ("firm", "FIRM", "btc_minus_30") in at.index
+
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "9")
+    run_risk(as_of=AS_OF, settings=get_settings())
+    got = _read(risk_env["data"], "stress_results").set_index(key).sort_index()
+    hyp = got[got["scenario_type"] == "hypothetical"]
+    for book in (("portfolio", "U1"), ("portfolio", "B1"), ("firm", "FIRM")):
+        assert set(hyp.loc[book].index) == {"eth_minus_40_btc_minus_20"}, (book, hyp.loc[book].index.tolist())
+    assert set(hyp.loc[("portfolio", "U2")].index) == hypothetical
+    # no beta in them: the halted run's figures are the clean run's revaluation at the same closes
+    u2 = hyp.loc[[("portfolio", "U2", s) for s in sorted(hypothetical)]]
+    assert u2["pnl"].to_numpy() == pytest.approx(clean.loc[u2.index, "pnl"].to_numpy(), rel=1e-12)
+    historical = got[got["scenario_type"] == "historical"]           # the windows of the price history stay
+    assert {("portfolio", "U1"), ("portfolio", "B1"), ("firm", "FIRM")} <= set(historical.index.droplevel(2))
+    # ... searched among those from and to a bar's close of ETH-USD (stress: a window on a carried close is none)
+    halted = pd.date_range(halt, halt + pd.Timedelta(days=9))
+    for book in (("portfolio", "U1"), ("portfolio", "B1"), ("firm", "FIRM")):
+        for w in ("worst_1d", "worst_5d"):
+            row = historical.loc[(*book, w)]
+            before = pd.Timestamp(row["window_start"]) - pd.Timedelta(days=1)
+            assert before not in halted and pd.Timestamp(row["window_end"]) not in halted, (book, w)
+
+
+def test_a_book_not_holding_the_halted_anchor_gets_no_stress_through_a_beta_estimated_on_its_carried_closes(
+        risk_env, monkeypatch):
+    """BTC-USD, the anchor of the hypothetical betas, is halted 10 days inside the 60-day window. E1 holds only
+    ETH-USD (USD): none of its closes is carried, so its VaR stands, but a BTC -30% shock moved its ETH by a beta
+    to BTC estimated on 10 of BTC's carried zero returns: a confident PnL resting on a price that did not move.
+    Past RISK_MAX_CARRIED_DAYS that beta is unknown, as without BTC prices: no row for the scenarios that move
+    ETH through it; a scenario shocking ETH itself needs no beta and stays (hand value: MV x -40%)."""
+    ref = Path(os.environ["PIPELINE_REFERENCE_DIR"])
+    with open(ref / "portfolios.csv", "a") as f:
+        f.write("E1,ETH only,USD,1000000,0.9,0.9\n")
+    with open(ref / "positions.csv", "a") as f:
+        f.write("E1,ETH-USD,2025-06-01,5,2500\n")
+    monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "9")
+    run_risk(as_of=AS_OF, settings=get_settings())
+    clean = _read(risk_env["data"], "stress_results").set_index(["scope", "portfolio_id", "scenario_id"])
+    assert ("portfolio", "E1", "btc_minus_30") in clean.index
+    halt = pd.Timestamp(AS_OF) - pd.Timedelta(days=20)
+    _drop_days(risk_env["data"], "BTC-USD", halt, halt + pd.Timedelta(days=9))
+    run_risk(as_of=AS_OF, settings=get_settings())
+    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
+    assert risk.loc["E1", "carried_days"] == 0 and risk.loc["E1", "var_99_hist"] > 0
+    got = _read(risk_env["data"], "stress_results").set_index(["scope", "portfolio_id", "scenario_id"]).sort_index()
+    e1 = got.loc[("portfolio", "E1")]
+    assert set(e1[e1["scenario_type"] == "hypothetical"].index) == {"eth_minus_40_btc_minus_20"}, e1.index.tolist()
+    mv = 5 * risk_env["closes"]["ETH-USD"].iloc[-1]
+    assert e1.loc["eth_minus_40_btc_minus_20", "pnl"] == pytest.approx(-0.4 * mv, rel=1e-12)

@@ -191,3 +191,33 @@ def test_a_historical_window_that_is_not_a_yyyy_mm_dd_date_is_refused_naming_the
     path.write_text(HEADER + "ok,historical,2026-02-02,2026-02-08,,,\n" + f"x,historical,{start},{end},,,\n")
     with pytest.raises(ValidationError, match=r"dates\.csv:3: start_date .* expected dates YYYY-MM-DD"):
         stress.load_scenarios(path)
+
+
+def test_a_historical_window_whose_first_or_last_close_is_carried_is_not_a_window_of_its_length():
+    """X-USD has no daily bar on D1 and D2 (halted: 100 carried) and trades again at 80 on D3. The worst 1-day
+    window was D3 (-20%), a move over three days labelled one day, and the worst 5-day window D2..D6 started from
+    a carried close. A window's move is price(end) / price(start - 1): it is the move of those k days only when
+    both closes are a bar's (as a daily return after a gap is no one-day return: asset_risk, backtests); a window
+    resting on a carried one is not searched, and a named window on one has no row for the books holding X (Y's
+    book keeps it)."""
+    days = pd.date_range("2026-01-01", periods=7, freq="D")
+    price = np.array([[100.0, 100, 100, 80, 82, 83, 82], [10.0, 11, 10, 10.5, 10, 10, 10.2]]).T
+    carried = np.zeros_like(price, dtype=bool)
+    carried[[1, 2], 0] = True
+    exposure = np.array([[82.0, 0.0], [0.0, 10.2]])                  # P1: 1 X, P2: 1 Y (today's values)
+    named = pd.DataFrame({"scenario_id": ["halt_days"], "start_date": [days[2]], "end_date": [days[3]],
+                          "description": ["over the halt"]})
+    scenarios = stress.Scenarios(named, stress.Scenarios.empty().shocks)
+    out = stress.stress_rows(days, price, exposure, np.abs(exposure).sum(axis=0), ["P1", "P2"], ["X-USD", "Y-USD"],
+                             "USD", scenarios, lambda shocks: {}, carried=carried)
+    got = out.set_index(["portfolio_id", "scenario_id"])
+    # 1-day windows of X on two bars: D4 +2.5%, D5 83/82 - 1, D6 82/83 - 1 (the worst)
+    assert got.loc[("P1", "worst_1d"), "pnl"] == pytest.approx(82 * (82 / 83 - 1))
+    assert got.loc[("P1", "worst_1d"), "window_start"] == days[6]
+    # 5-day windows: only D1..D5 (from D0's close, a bar, to D5's): 83 / 100 - 1
+    assert got.loc[("P1", "worst_5d"), "pnl"] == pytest.approx(82 * (83 / 100 - 1))
+    assert (got.loc[("P1", "worst_5d"), "window_start"], got.loc[("P1", "worst_5d"), "window_end"]) == (days[1],
+                                                                                                      days[5])
+    assert ("P1", "halt_days") not in got.index
+    assert got.loc[("P2", "halt_days"), "pnl"] == pytest.approx(10.2 * (10.5 / 11 - 1))
+    assert got.loc[("P2", "worst_1d"), "pnl"] == pytest.approx(10.2 * (10 / 11 - 1))
