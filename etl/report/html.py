@@ -164,8 +164,23 @@ def _portfolio_list(data: ReportData) -> pd.DataFrame:
         "portfolio_id"]
     if "base_currency" not in dims:
         dims["base_currency"] = None
+    day_ccy = _day_currency(data)   # the currency the day's figures are in, not dim_portfolio's (today's)
+    dims["base_currency"] = dims["portfolio_id"].map(day_ccy).where(lambda c: c.notna(), dims["base_currency"])
     dims["base_currency"] = dims["base_currency"].where(dims["base_currency"].notna(), "USD")
     return _checked_limits(dims, data.get("risk")).sort_values("portfolio_id").reset_index(drop=True)
+
+
+def _day_currency(data: ReportData) -> pd.Series:
+    """portfolio_id -> the base currency the as-of day's gold rows carry (valuation, else PnL, else risk: as the
+    cockpit's portfolio_day), written by that day's run; a book's currency may have changed in portfolios.csv since."""
+    out = pd.Series(dtype=object)
+    for name in ("risk", "pnl", "valuation"):        # the later ones win
+        df = _on_day(data.get(name), data.as_of)
+        if df is not None and "base_currency" in df:
+            df = df[df["base_currency"].notna()]
+            out = pd.concat([out, df.set_index(df["portfolio_id"].astype(str))["base_currency"]])
+            out = out[~out.index.duplicated(keep="last")]
+    return out
 
 
 CHECKED_LIMITS = ("var_limit", "var_limit_metric", "concentration_limit", "drawdown_limit")   # risk_metrics.checked_<name> (the engine's)

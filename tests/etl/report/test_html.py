@@ -490,3 +490,22 @@ def test_report_and_cockpit_show_the_concentration_limit_the_run_checked_not_tod
     detail = (path.parent / "portfolio-p-alt.html").read_text()
     assert "Limits: var 2,500.00 USD; concentration 50.0%; drawdown 20.0%" in detail
     assert "concentration 99.0%" not in detail
+
+
+def test_a_past_day_of_a_book_whose_currency_changed_since_is_shown_in_the_currency_of_its_rows(
+        pg_url, data_dir, monkeypatch, sql_dir):
+    """P-ALT was a BTC book on AS_OF (its gold rows carry base_currency BTC) and is a USD book now (dim_portfolio).
+    The report took dim_portfolio's currency: P-ALT's BTC book value and PnL were added to P-CORE's USD ones in one
+    "Book value" KPI and its page read its figures as USD. They are shown in the currency of the day's rows."""
+    frames = sample_frames(AS_OF)
+    for name, df in frames.items():
+        if name.startswith("fact_") and "portfolio_id" in df and name != "fact_risk_contributions":
+            df["base_currency"] = df["portfolio_id"].map({"P-CORE": "USD", "P-ALT": "BTC"})
+    frames["dim_portfolio"]["base_currency"] = "USD"
+    with scratch_database(pg_url, "report_ccy_changed") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        path = run_report(AS_OF, sql_dir=sql_dir)
+    page = path.read_text()
+    assert {"kpi-book-btc", "kpi-book-usd"} <= set(re.findall(r'id="(kpi-book-[^"]+)"', page))
+    assert "(P-ALT, BTC)" in (path.parent / "portfolio-p-alt.html").read_text()
