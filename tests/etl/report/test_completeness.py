@@ -485,3 +485,19 @@ def test_a_past_day_of_a_book_whose_currency_changed_since_keeps_the_currency_it
     assert totals["USD"]["market_value"] == pytest.approx(day["P-CORE"])
     intra = [(r["currency"], r["intraday_pnl"]) for r in firm["intraday"]["rows"]]
     assert intra == [("BTC", 0.01), ("USD", 1_500.0)]       # one chart per currency: never 1,500.01 USD
+
+
+def test_a_suspect_print_of_the_pair_converting_a_book_that_was_btc_then_makes_that_day_incomplete(
+        pg_url, monkeypatch, sql_dir):
+    """P-ALT was a BTC book on AS_OF (its positions of the day carry base_currency BTC: every amount of it divided by
+    BTC-USD's close) and is a USD book now (dim_portfolio). BTC-USD's close of AS_OF rests on an unconfirmed last
+    print. The check took the book's currency from dim_portfolio (today's USD) and called the day complete: a green
+    report over BTC figures resting on a suspect print. It takes the currency of the day's position rows."""
+    frames = _book_switched_from_btc_to_usd()
+    frames["dim_portfolio"]["base_currency"] = "USD"
+    pos = frames["fact_positions"]
+    frames["fact_positions"] = pos[pos["product_id"] != "BTC-USD"]  # P-CORE's BTC-USD sold: BTC-USD not held
+    last = datetime.combine(AS_OF, time(23, 55), tzinfo=UTC)
+    frames["fact_price_quality"] = pd.DataFrame([_flag("BTC-USD", 300, last, "jump_unconfirmed")])
+    text = _refused(pg_url, monkeypatch, frames, "report_suspect_pair_was_btc", sql_dir)
+    assert "price of BTC-USD on 2026-01-31 rests on a suspect print: rule jump_unconfirmed" in text
