@@ -52,6 +52,16 @@ _FORMATS = Formats(_isnum)
 money, pct, number = _FORMATS.money, _FORMATS.pct, _FORMATS.number
 
 
+def amount(v) -> str:
+    """A `table` format: money to the decimals of the row's currency (the table's `currency` column)."""
+    return money(v)
+
+
+def signed_amount(v) -> str:
+    """A `table` format: signed money to the decimals of the row's currency (the table's `currency` column)."""
+    return money(v, signed=True)
+
+
 def seconds(v) -> str:
     return f"{float(v):,.1f}" if _isnum(v) else "–"
 
@@ -79,11 +89,20 @@ Column = tuple[str, str, Callable | None]  # (column, header, formatter -> str);
 
 
 def table(df: pd.DataFrame, columns: Iterable[Column], table_id: str | None = None, signed: Iterable[str] = (),
-          raw: Iterable[str] = ()) -> str:
-    """The kit's table of a frame's rows. `raw`: columns whose cells are trusted HTML built by this module (links)."""
-    cols = [kit.Column(c, h, fmt=f, signed=c in set(signed), html=(lambda r, c=c: r[c]) if c in set(raw) else None)
-            for c, h, f in columns if c in df.columns]
-    frame = df[[c.key for c in cols]].astype(object)
+          raw: Iterable[str] = (), currency: str | None = None) -> str:
+    """The kit's table of a frame's rows. `raw`: columns whose cells are trusted HTML built by this module (links).
+    A cell of format `amount` / `signed_amount` reads to the decimals of its row's currency (column `currency`)."""
+    by_row = currency is not None and currency in df.columns
+
+    def column(c: str, h: str, f) -> kit.Column:
+        if f in (amount, signed_amount) and by_row:
+            return kit.Column(c, h, fmt=lambda v, ccy, s=f is signed_amount: _FORMATS.amount(v, ccy, s),
+                              signed=c in set(signed), currency=currency)
+        return kit.Column(c, h, fmt=f, signed=c in set(signed), html=(lambda r, c=c: r[c]) if c in set(raw) else None)
+
+    cols = [column(c, h, f) for c, h, f in columns if c in df.columns]
+    keys = [c.key for c in cols]
+    frame = df[keys + ([currency] if by_row and currency not in keys else [])].astype(object)
     rows = frame.where(frame.notna(), None).to_dict("records")  # missing (NaN, NA, NaT) reads as nothing or "–"
     return kit.table(rows, cols, table_id, is_value=_isnum)
 
@@ -393,13 +412,14 @@ def section_portfolios(summary: pd.DataFrame, detailed: set[str]) -> str:
 
 def _portfolio_table(df: pd.DataFrame, table_id: str, link: bool = True) -> str:
     cols = [("portfolio_id", "Portfolio", None), ("name", "Name", None), ("base_currency", "Ccy", None),
-            ("market_value", "Market value", money), ("daily_pnl", "Daily PnL", lambda v: money(v, signed=True)),
-            ("mtd_pnl", "MTD PnL", lambda v: money(v, signed=True)), ("var_95_hist", "VaR 95%", money),
-            ("var_99_hist", "VaR 99%", money), ("es_95_hist", "ES 95%", money), ("es_99_hist", "ES 99%", money),
+            ("market_value", "Market value", amount), ("daily_pnl", "Daily PnL", signed_amount),
+            ("mtd_pnl", "MTD PnL", signed_amount), ("var_95_hist", "VaR 95%", amount),
+            ("var_99_hist", "VaR 99%", amount), ("es_95_hist", "ES 95%", amount), ("es_99_hist", "ES 99%", amount),
             ("max_drawdown", "Max drawdown", pct), ("breaches", "Breaches", number)]
     if link:
         cols.append(("detail", "Detail", None))
-    return table(df, cols, table_id=table_id, signed=("daily_pnl", "mtd_pnl"), raw=("detail",))
+    return table(df, cols, table_id=table_id, signed=("daily_pnl", "mtd_pnl"), raw=("detail",),
+                 currency="base_currency")
 
 
 def _portfolio_breaches(data: ReportData, pid: str) -> str:

@@ -53,11 +53,19 @@ def _ts(v) -> str:
     return str(v)[:16].replace("T", " ") if v else "–"
 
 
+# amounts in the currency of their row (`base_currency`): to the cent in USD, to the satoshi in BTC (money_decimals)
+ROW_CURRENCY = {"ccy": False, "signed_ccy": True}
+
+
 def _column(key: str, header: str, f) -> kit.Column:
     if callable(f):
         return kit.Column(key, header, html=f)
     if f == "ts":
         return kit.Column(key, header, text=_ts)
+    if f in ROW_CURRENCY:
+        signed = ROW_CURRENCY[f]
+        return kit.Column(key, header, fmt=lambda v, ccy: _FORMATS.amount(v, ccy, signed), signed=signed,
+                          currency="base_currency")
     if f in FORMATS:
         return kit.Column(key, header, fmt=FORMATS[f], signed=f == "signed")
     return kit.Column(key, header)
@@ -322,10 +330,10 @@ def firm(d: dict, page: int = 1) -> str:
     body.append(f'<h2 id="portfolios">Portfolios ({len(rows)}, largest VaR 99% in USD first)</h2>')
     body.append(table(shown, [("portfolio_id", "Portfolio", lambda r: portfolio_link(r, as_of)),
                               ("name", "Name", None), ("base_currency", "Ccy", None),
-                              ("market_value", "Market value", "money"), ("daily_pnl", "PnL today", "signed"),
-                              ("mtd_pnl", "PnL MTD", "signed"), ("var_95_hist", "VaR 95%", "money"),
-                              ("var_99_hist", "VaR 99%", "money"), ("es_99_hist", "ES 99%", "money"),
-                              ("var_limit", "VaR limit", "money"), ("concentration_pct", "Concentration", "pct"),
+                              ("market_value", "Market value", "ccy"), ("daily_pnl", "PnL today", "signed_ccy"),
+                              ("mtd_pnl", "PnL MTD", "signed_ccy"), ("var_95_hist", "VaR 95%", "ccy"),
+                              ("var_99_hist", "VaR 99%", "ccy"), ("es_99_hist", "ES 99%", "ccy"),
+                              ("var_limit", "VaR limit", "ccy"), ("concentration_pct", "Concentration", "pct"),
                               ("max_drawdown", "Max drawdown", "pct")], "portfolios-table"))
     if pages > 1:
         links = " ".join(f'<a href="{BASE}/?as_of={e(as_of)}&amp;page={p}">{p}</a>' if p != page
