@@ -447,7 +447,8 @@ def _methods_table(row, scope: str, ccy: str, table_id: str) -> str:
     if not rows:
         return kit.empty("no VaR/ES figures for this day")
     return table(pd.DataFrame(rows), [("method", "Method", None),
-                                      *[(key, f"{label} ({ccy})", money) for key, label in headers]],
+                                      *[(key, f"{label} ({ccy})", lambda v: _FORMATS.amount(v, ccy))
+                                        for key, label in headers]],
                  table_id=table_id)
 
 
@@ -539,8 +540,9 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
         mine = mine.assign(share=mine["weight"].astype(float).abs(), close_of=_close_of(mine))
         parts.append(table(mine.sort_values("share", ascending=False), [
             ("product_id", "Asset", None), ("quantity", "Quantity", number), ("avg_cost", "Avg cost", money),
-            ("close", "Close", money), ("close_of", "Close of", None), ("market_value", f"Market value ({ccy})", money),
-            ("unrealized_pnl", f"Unrealised PnL ({ccy})", lambda v: money(v, signed=True)),
+            ("close", "Close", money), ("close_of", "Close of", None),
+            ("market_value", f"Market value ({ccy})", lambda v: _FORMATS.amount(v, ccy)),
+            ("unrealized_pnl", f"Unrealised PnL ({ccy})", lambda v: _FORMATS.amount(v, ccy, signed=True)),
             ("share", "Share of gross", pct)], table_id=f"positions-{sid}", signed=("unrealized_pnl",)))
     parts.append("</section>")
     return "\n".join(parts)

@@ -306,3 +306,42 @@ def test_the_portfolio_tables_read_a_btc_books_amounts_to_the_satoshi(gold, read
     rows = {m[0]: m[1] for m in re.findall(r"<tr><td>(\w+)</td>(.*?)</tr>", body.group(1), re.S)}
     assert fmt.money(day.at["PBTC", "var_99_hist"], "BTC").removesuffix(" BTC") in rows["PBTC"]
     assert fmt.money(day.at["PUSD", "var_99_hist"], "USD").removesuffix(" USD") in rows["PUSD"]
+
+
+def test_the_cockpit_portfolio_page_reads_a_btc_books_tables_to_the_satoshi(gold, reader):
+    """PBTC's page said its VaR/ES by method, market values and contributions are in BTC but read them to the cent:
+    a VaR 99% (hist) of 0.156... BTC read 0.16, its KPI above it 8 decimals. Every amount of its tables reads to
+    the decimals of the book's currency."""
+    from etl.report.formatting import Formats
+    fmt = Formats(lambda v: v is not None and not pd.isna(v))
+    url = gold[0]
+    page = pages.portfolio(cockpit.portfolio(reader, "PBTC", AS_OF), ["PBTC", "PUSD"])
+    risk = q(url, "select * from gold.fact_risk_metrics where portfolio_id = 'PBTC' and as_of_date = %s",
+             (AS_OF,)).iloc[0]
+    body = re.search(r'<table id="risk-methods">(.*?)</table>', page, re.S).group(1)
+    assert f">{fmt.money(risk['var_99_hist'], 'BTC').removesuffix(' BTC')}</td>" in body
+    pos = q(url, "select product_id, market_value from gold.fact_positions where portfolio_id = 'PBTC' "
+                 "and as_of_date = %s", (AS_OF,))
+    shown = _cell_texts(page, "positions-table", "market_value")
+    assert sorted(shown) == sorted(fmt.money(v, "BTC").removesuffix(" BTC") for v in pos["market_value"])
+    contrib = q(url, "select component_var_99_param from gold.fact_risk_contributions where portfolio_id = 'PBTC' "
+                     "and scope = 'portfolio' and as_of_date = %s", (AS_OF,))
+    assert sorted(_cell_texts(page, "contributions-table", "component_var_99_param")) == \
+        sorted(fmt.money(v, "BTC").removesuffix(" BTC") for v in contrib["component_var_99_param"])
+
+
+def test_the_report_portfolio_page_reads_a_btc_books_tables_to_the_satoshi(gold, reader):
+    """The report's page of PBTC read its VaR/ES by method and its positions' BTC market values to the cent."""
+    from etl.report.formatting import Formats
+    fmt = Formats(lambda v: v is not None and not pd.isna(v))
+    url = gold[0]
+    detail = html.pages(load_report_data(reader, AS_OF, Completeness(AS_OF)))["portfolio-pbtc.html"]
+    risk = q(url, "select * from gold.fact_risk_metrics where portfolio_id = 'PBTC' and as_of_date = %s",
+             (AS_OF,)).iloc[0]
+    body = re.search(r'<table id="risk-pbtc">(.*?)</table>', detail, re.S).group(1)
+    assert f">{fmt.money(risk['var_99_hist'], 'BTC').removesuffix(' BTC')}</td>" in body
+    pos = q(url, "select market_value from gold.fact_positions where portfolio_id = 'PBTC' and as_of_date = %s",
+            (AS_OF,))
+    body = re.search(r'<table id="positions-pbtc">(.*?)</table>', detail, re.S).group(1)
+    for v in pos["market_value"]:
+        assert f">{fmt.money(v, 'BTC').removesuffix(' BTC')}</td>" in body
