@@ -485,6 +485,9 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
     parts = [f'<section class="portfolio" id="section-portfolio-{sid}">',
              f'<h3 id="portfolio-{sid}">{e(name)} <small>({e(pid)}, {e(ccy)})</small></h3>',
              "<p>Limits: " + e("; ".join(f"{t} {limit_value(t, v) if t in FRACTION_LIMITS else money(v, ccy)}"
+                                         + (f" on {p.get('var_limit_metric')}"   # the measure it is checked on
+                                            if t == "var" and _isnum(v) and isinstance(p.get("var_limit_metric"), str)
+                                            else "")
                                          for t, v in limits.items())) + " (drawdown: on the drawdown from peak)</p>",
              f'<h4 id="portfolio-{sid}-breaches">Limit breaches on {data.as_of}</h4>',
              _portfolio_breaches(data, pid)]

@@ -339,7 +339,7 @@ def firm(d: dict, page: int = 1) -> str:
                               ("market_value", "Market value", "ccy"), ("daily_pnl", "PnL today", "signed_ccy"),
                               ("mtd_pnl", "PnL MTD", "signed_ccy"), ("var_95_hist", "VaR 95%", "ccy"),
                               ("var_99_hist", "VaR 99%", "ccy"), ("es_99_hist", "ES 99%", "ccy"),
-                              ("var_limit", "VaR limit", "ccy"), ("concentration_pct", "Concentration", "pct"),
+                              ("var_limit", "VaR limit (on)", _var_limit), ("concentration_pct", "Concentration", "pct"),
                               ("max_drawdown", "Max drawdown", "pct")], "portfolios-table"))
     if pages > 1:
         links = " ".join(f'<a href="{BASE}/?as_of={e(as_of)}&amp;page={p}">{p}</a>' if p != page
@@ -347,6 +347,14 @@ def firm(d: dict, page: int = 1) -> str:
         body.append(f'<nav class="pager" id="pager">page {links}</nav>')
     return layout(f"Risk cockpit: firm {as_of}", "firm", "\n".join(body), charts, as_of,
                   refresh_url=f"{BASE}/api/firm?as_of={as_of}")
+
+
+def _var_limit(r: dict) -> str:
+    """The VaR limit the day's run checked and the measure it is on (var_limit_metric: not necessarily the VaR 99%
+    (hist) beside it)."""
+    text = _FORMATS.amount(r.get("var_limit"), r.get("base_currency"))
+    metric = r.get("var_limit_metric")
+    return _cell(r.get("var_limit"), f"{text} ({metric})" if metric and _ok(r.get("var_limit")) else text)
 
 
 def intraday_config(intra: dict, ccy: str) -> dict:
