@@ -59,9 +59,7 @@ ROW_CURRENCY = {"ccy": False, "signed_ccy": True}
 
 def _column(key: str, header: str, f, ccy: str | None = None) -> kit.Column:
     if ccy is not None and f in ("money", "signed"):   # the table's amounts are in `ccy`: its decimals
-        f = {"money": "ccy", "signed": "signed_ccy"}[f]
-        return kit.Column(key, header, fmt=lambda v, _: _FORMATS.amount(v, ccy, f == "signed_ccy"),
-                          signed=f == "signed_ccy", currency=key)
+        return kit.Column(key, header, fmt=lambda v: _FORMATS.amount(v, ccy, f == "signed"), signed=f == "signed")
     if callable(f):
         return kit.Column(key, header, html=f)
     if f == "ts":

@@ -289,7 +289,7 @@ def test_the_portfolio_tables_read_a_btc_books_amounts_to_the_satoshi(gold, read
     currency other than USD reads with 8 decimals (etl.report.formatting.money_decimals), as on its own page."""
     from etl.report.formatting import Formats
     fmt = Formats(lambda v: v is not None and not pd.isna(v))
-    url, (d, page) = gold[0], rendered(reader, "firm")
+    url, (_, page) = gold[0], rendered(reader, "firm")
     day = q(url, """select r.portfolio_id, v.market_value, r.var_99_hist from gold.fact_risk_metrics as r
                     join gold.fact_portfolio_valuation as v using (portfolio_id, as_of_date)
                     where r.as_of_date = %s""", (AS_OF,)).set_index("portfolio_id")
