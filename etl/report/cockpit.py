@@ -90,7 +90,9 @@ RISK_COLUMNS = ", ".join(f"r.{c}" for c in measures.columns("portfolio"))   # ev
 
 # ---- the figures every page shares --------------------------------------------------------------------------------
 PORTFOLIO_DAY_SQL = f"""
-    select p.portfolio_id, p.name, p.base_currency,
+    select p.portfolio_id, p.name,
+           -- the currency the day's figures are in (each row's, as the run wrote it), not dim_portfolio's: today's
+           coalesce(v.base_currency, d.base_currency, r.base_currency, p.base_currency) as base_currency,
            -- the limits the day's risk run checked (its breaches' limit_value), not dim_portfolio's: today's
            r.checked_var_limit as var_limit, r.checked_var_limit_metric as var_limit_metric,
            r.checked_concentration_limit as concentration_limit, r.checked_drawdown_limit as drawdown_limit,
@@ -164,7 +166,7 @@ BREACHES_SQL = """
     )
     select b.portfolio_id, b.limit_type, b.metric, b.value, b.limit_value,
            b.value / nullif(b.limit_value, 0) as utilisation, s.since, %(as_of)s::date - s.since + 1 as days,
-           p.base_currency
+           coalesce(b.base_currency, p.base_currency) as base_currency  -- the breach's, not today's dim_portfolio
     from gold.fact_limit_breaches as b
     left join since as s using (portfolio_id, limit_type)
     left join gold.dim_portfolio as p using (portfolio_id)
@@ -194,7 +196,8 @@ def breaches(reader: GoldReader, as_of: date) -> tuple[list[dict], list[str]]:
     if has_scope:
         df = reader.query("""
             select b.portfolio_id, b.limit_type, b.metric, b.value, b.limit_value,
-                   b.value / nullif(b.limit_value, 0) as utilisation, b.as_of_date as since, p.base_currency
+                   b.value / nullif(b.limit_value, 0) as utilisation, b.as_of_date as since,
+                   coalesce(b.base_currency, p.base_currency) as base_currency
             from gold.fact_limit_breaches as b left join gold.dim_portfolio as p using (portfolio_id)
             where b.as_of_date = %(as_of)s and b.scope = 'intraday'""", {"as_of": as_of})
         out += [_breach(r, "intraday") for r in df.to_dict("records")]
@@ -262,6 +265,7 @@ def _intraday_breaches(reader: GoldReader, table: str, as_of: date) -> list[dict
     if when is None or not {"portfolio_id", "limit_type", "value", "limit_value"} <= cols:
         return []
     over = "b.cleared_at is not null" if "cleared_at" in cols else "false"
+    ccy = "coalesce(b.base_currency, p.base_currency)" if "base_currency" in cols else "p.base_currency"
     metric = "b.metric" if "metric" in cols else "null"
     df = reader.query(f"""
         with day as (
@@ -279,7 +283,7 @@ def _intraday_breaches(reader: GoldReader, table: str, as_of: date) -> list[dict
             from day as b order by b.portfolio_id, b.limit_type, b.at desc
         )
         select b.portfolio_id, b.limit_type, b.metric_ as metric, b.value, b.limit_value,
-               b.value / nullif(b.limit_value, 0) as utilisation, f.since, p.base_currency
+               b.value / nullif(b.limit_value, 0) as utilisation, f.since, {ccy} as base_currency
         from latest as b join first as f using (portfolio_id, limit_type)
         left join gold.dim_portfolio as p using (portfolio_id)
         where not b.over""", {"as_of": as_of})
@@ -348,8 +352,8 @@ def firm(reader: GoldReader, as_of: date | None = None) -> dict:
                    gross_exposure=("gross_exposure", total))
               .reset_index().rename(columns={"base_currency": "currency"}))
     prev = reader.query(f"""  -- the book's PnL of the previous day gold has, per currency: PnL day over day
-        select p.base_currency as currency, {sql_total("d.daily_pnl")} as prev_daily_pnl
-        from gold.fact_pnl_daily as d join gold.dim_portfolio as p using (portfolio_id)
+        select coalesce(d.base_currency, p.base_currency) as currency, {sql_total("d.daily_pnl")} as prev_daily_pnl
+        from gold.fact_pnl_daily as d left join gold.dim_portfolio as p using (portfolio_id)
         where d.as_of_date = (select max(as_of_date) from gold.fact_pnl_daily where as_of_date < %(as_of)s)
         group by 1""", {"as_of": as_of})
     totals = totals.merge(prev, on="currency", how="left")
@@ -386,8 +390,10 @@ def intraday(reader: GoldReader, as_of: date, max_price_age_s: float | None = No
     if "fact_intraday_risk" not in tables(reader):
         return {"available": False, "note": "gold.fact_intraday_risk is not built yet: no intraday chart"}
     max_age = get_settings().intraday_max_price_age_s if max_price_age_s is None else max_price_age_s
+    # the currency each row's figures are in (the intraday run's), not dim_portfolio's, which is today's
+    row_ccy = "r.base_currency, " if "base_currency" in columns(reader, "fact_intraday_risk") else ""
     df = reader.query(f"""
-        select r.bucket_start, coalesce(p.base_currency, 'USD') as currency,
+        select r.bucket_start, coalesce({row_ccy}p.base_currency, 'USD') as currency,
                {sql_total("r.intraday_pnl")} as intraday_pnl, {sql_total("r.gross_exposure")} as gross_exposure,
                {sql_total("r.market_value")} as market_value,
                count(*) filter (where r.max_price_age_s is null or r.max_price_age_s > %(max_age)s) as stale_books

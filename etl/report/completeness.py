@@ -193,7 +193,8 @@ SHORT_SQL = """
 # them on D: D's PnL revalues them at D's close (valuation.daily_pnl) although no position row of D shows it.
 PREVIOUS_SQL = """
 with prev as (
-    select p.portfolio_id, p.product_id, s.quote_currency, d.base_currency
+    select p.portfolio_id, p.product_id, s.quote_currency,
+           coalesce(p.base_currency, d.base_currency) as base_currency  -- the row's (its run's), not today's
     from gold.fact_positions as p
     left join gold.dim_symbol as s on s.product_id = p.product_id
     left join gold.dim_portfolio as d on d.portfolio_id = p.portfolio_id
@@ -241,7 +242,8 @@ def stale_previous_holdings(reader: GoldReader, as_of: date) -> list[str]:
 # the day's last candle (the close), or it is the latest print, unconfirmed.
 _SUSPECT_SQL = """
 with held as (
-    select p.product_id, s.quote_currency, d.base_currency
+    select p.product_id, s.quote_currency,
+           coalesce(p.base_currency, d.base_currency) as base_currency  -- the row's (its run's), not today's
     from gold.fact_positions as p
     left join gold.dim_symbol as s on s.product_id = p.product_id
     left join gold.dim_portfolio as d on d.portfolio_id = p.portfolio_id

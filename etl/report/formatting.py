@@ -28,6 +28,11 @@ class Formats:
         text = f"{float(v):+,.{dp}f}" if signed else f"{float(v):,.{dp}f}"
         return f"{text} {currency}" if currency else text
 
+    def amount(self, v, currency: str | None, signed: bool = False) -> str:
+        """`money` to the decimals of `currency` without naming it (a table whose row says its currency)."""
+        return self.money(v, None, signed) if not self.is_value(v) else \
+            self.money(v, currency, signed).removesuffix(f" {currency}" if currency else "")
+
     def pct(self, v, decimals: int = 1) -> str:
         return f"{float(v):.{decimals}%}" if self.is_value(v) else "–"
 

@@ -52,6 +52,16 @@ _FORMATS = Formats(_isnum)
 money, pct, number = _FORMATS.money, _FORMATS.pct, _FORMATS.number
 
 
+def amount(v) -> str:
+    """A `table` format: money to the decimals of the row's currency (the table's `currency` column)."""
+    return money(v)
+
+
+def signed_amount(v) -> str:
+    """A `table` format: signed money to the decimals of the row's currency (the table's `currency` column)."""
+    return money(v, signed=True)
+
+
 def seconds(v) -> str:
     return f"{float(v):,.1f}" if _isnum(v) else "–"
 
@@ -79,11 +89,20 @@ Column = tuple[str, str, Callable | None]  # (column, header, formatter -> str);
 
 
 def table(df: pd.DataFrame, columns: Iterable[Column], table_id: str | None = None, signed: Iterable[str] = (),
-          raw: Iterable[str] = ()) -> str:
-    """The kit's table of a frame's rows. `raw`: columns whose cells are trusted HTML built by this module (links)."""
-    cols = [kit.Column(c, h, fmt=f, signed=c in set(signed), html=(lambda r, c=c: r[c]) if c in set(raw) else None)
-            for c, h, f in columns if c in df.columns]
-    frame = df[[c.key for c in cols]].astype(object)
+          raw: Iterable[str] = (), currency: str | None = None) -> str:
+    """The kit's table of a frame's rows. `raw`: columns whose cells are trusted HTML built by this module (links).
+    A cell of format `amount` / `signed_amount` reads to the decimals of its row's currency (column `currency`)."""
+    by_row = currency is not None and currency in df.columns
+
+    def column(c: str, h: str, f) -> kit.Column:
+        if f in (amount, signed_amount) and by_row:
+            return kit.Column(c, h, fmt=lambda v, ccy, s=f is signed_amount: _FORMATS.amount(v, ccy, s),
+                              signed=c in set(signed), currency=currency)
+        return kit.Column(c, h, fmt=f, signed=c in set(signed), html=(lambda r, c=c: r[c]) if c in set(raw) else None)
+
+    cols = [column(c, h, f) for c, h, f in columns if c in df.columns]
+    keys = [c.key for c in cols]
+    frame = df[keys + ([currency] if by_row and currency not in keys else [])].astype(object)
     rows = frame.where(frame.notna(), None).to_dict("records")  # missing (NaN, NA, NaT) reads as nothing or "–"
     return kit.table(rows, cols, table_id, is_value=_isnum)
 
@@ -164,8 +183,23 @@ def _portfolio_list(data: ReportData) -> pd.DataFrame:
         "portfolio_id"]
     if "base_currency" not in dims:
         dims["base_currency"] = None
+    day_ccy = _day_currency(data)   # the currency the day's figures are in, not dim_portfolio's (today's)
+    dims["base_currency"] = dims["portfolio_id"].map(day_ccy).where(lambda c: c.notna(), dims["base_currency"])
     dims["base_currency"] = dims["base_currency"].where(dims["base_currency"].notna(), "USD")
     return _checked_limits(dims, data.get("risk")).sort_values("portfolio_id").reset_index(drop=True)
+
+
+def _day_currency(data: ReportData) -> pd.Series:
+    """portfolio_id -> the base currency the as-of day's gold rows carry (valuation, else PnL, else risk: as the
+    cockpit's portfolio_day), written by that day's run; a book's currency may have changed in portfolios.csv since."""
+    out = pd.Series(dtype=object)
+    for name in ("risk", "pnl", "valuation"):        # the later ones win
+        df = _on_day(data.get(name), data.as_of)
+        if df is not None and "base_currency" in df:
+            df = df[df["base_currency"].notna()]
+            out = pd.concat([out, df.set_index(df["portfolio_id"].astype(str))["base_currency"]])
+            out = out[~out.index.duplicated(keep="last")]
+    return out
 
 
 CHECKED_LIMITS = ("var_limit", "var_limit_metric", "concentration_limit", "drawdown_limit")   # risk_metrics.checked_<name> (the engine's)
@@ -378,13 +412,14 @@ def section_portfolios(summary: pd.DataFrame, detailed: set[str]) -> str:
 
 def _portfolio_table(df: pd.DataFrame, table_id: str, link: bool = True) -> str:
     cols = [("portfolio_id", "Portfolio", None), ("name", "Name", None), ("base_currency", "Ccy", None),
-            ("market_value", "Market value", money), ("daily_pnl", "Daily PnL", lambda v: money(v, signed=True)),
-            ("mtd_pnl", "MTD PnL", lambda v: money(v, signed=True)), ("var_95_hist", "VaR 95%", money),
-            ("var_99_hist", "VaR 99%", money), ("es_95_hist", "ES 95%", money), ("es_99_hist", "ES 99%", money),
+            ("market_value", "Market value", amount), ("daily_pnl", "Daily PnL", signed_amount),
+            ("mtd_pnl", "MTD PnL", signed_amount), ("var_95_hist", "VaR 95%", amount),
+            ("var_99_hist", "VaR 99%", amount), ("es_95_hist", "ES 95%", amount), ("es_99_hist", "ES 99%", amount),
             ("max_drawdown", "Max drawdown", pct), ("breaches", "Breaches", number)]
     if link:
         cols.append(("detail", "Detail", None))
-    return table(df, cols, table_id=table_id, signed=("daily_pnl", "mtd_pnl"), raw=("detail",))
+    return table(df, cols, table_id=table_id, signed=("daily_pnl", "mtd_pnl"), raw=("detail",),
+                 currency="base_currency")
 
 
 def _portfolio_breaches(data: ReportData, pid: str) -> str:
@@ -412,7 +447,8 @@ def _methods_table(row, scope: str, ccy: str, table_id: str) -> str:
     if not rows:
         return kit.empty("no VaR/ES figures for this day")
     return table(pd.DataFrame(rows), [("method", "Method", None),
-                                      *[(key, f"{label} ({ccy})", money) for key, label in headers]],
+                                      *[(key, f"{label} ({ccy})", lambda v: _FORMATS.amount(v, ccy))
+                                        for key, label in headers]],
                  table_id=table_id)
 
 
@@ -449,6 +485,9 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
     parts = [f'<section class="portfolio" id="section-portfolio-{sid}">',
              f'<h3 id="portfolio-{sid}">{e(name)} <small>({e(pid)}, {e(ccy)})</small></h3>',
              "<p>Limits: " + e("; ".join(f"{t} {limit_value(t, v) if t in FRACTION_LIMITS else money(v, ccy)}"
+                                         + (f" on {p.get('var_limit_metric')}"   # the measure it is checked on
+                                            if t == "var" and _isnum(v) and isinstance(p.get("var_limit_metric"), str)
+                                            else "")
                                          for t, v in limits.items())) + " (drawdown: on the drawdown from peak)</p>",
              f'<h4 id="portfolio-{sid}-breaches">Limit breaches on {data.as_of}</h4>',
              _portfolio_breaches(data, pid)]
@@ -504,8 +543,9 @@ def section_portfolio(data: ReportData, p: pd.Series) -> str:
         mine = mine.assign(share=mine["weight"].astype(float).abs(), close_of=_close_of(mine))
         parts.append(table(mine.sort_values("share", ascending=False), [
             ("product_id", "Asset", None), ("quantity", "Quantity", number), ("avg_cost", "Avg cost", money),
-            ("close", "Close", money), ("close_of", "Close of", None), ("market_value", f"Market value ({ccy})", money),
-            ("unrealized_pnl", f"Unrealised PnL ({ccy})", lambda v: money(v, signed=True)),
+            ("close", "Close", money), ("close_of", "Close of", None),
+            ("market_value", f"Market value ({ccy})", lambda v: _FORMATS.amount(v, ccy)),
+            ("unrealized_pnl", f"Unrealised PnL ({ccy})", lambda v: _FORMATS.amount(v, ccy, signed=True)),
             ("share", "Share of gross", pct)], table_id=f"positions-{sid}", signed=("unrealized_pnl",)))
     parts.append("</section>")
     return "\n".join(parts)

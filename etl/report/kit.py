@@ -45,6 +45,7 @@ class Column:
     signed: bool = False
     text: Callable[[Any], str] | None = None
     html: Callable[[Mapping], str] | None = None
+    currency: str | None = None   # the row's key naming the amount's currency: `fmt(v, row[currency])`
 
 
 def sign_class(v, is_value: Callable[[object], bool]) -> str:
@@ -64,7 +65,8 @@ def table(rows: Iterable[Mapping], columns: Sequence[Column], table_id: str | No
         if c.fmt is None:
             return (c.text(v) if c.text else ("" if v is None else str(v))), "", key, None
         cls = f"num {sign_class(v, is_value)}".strip() if c.signed else "num"
-        return c.fmt(v), cls, key, (repr(float(v)) if exact and is_value(v) else None)
+        text = c.fmt(v, row.get(c.currency)) if c.currency else c.fmt(v)
+        return text, cls, key, (repr(float(v)) if exact and is_value(v) else None)
 
     headers = [(c.header, c.fmt is not None) for c in columns]
     return str(_PARTS.table(table_id, headers, [[cell(r, c) for c in columns] for r in rows]))

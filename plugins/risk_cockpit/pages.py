@@ -43,7 +43,7 @@ def breach_value(v, unit: str, ccy: str) -> str:
     return pct(v) if unit == "fraction" else money(v, ccy)
 
 
-FORMATS = {"money": money, "signed": lambda v: money(v, signed=True), "pct": pct, "pct2": lambda v: pct(v, 2),
+FORMATS = {"money": money, "price": money, "signed": lambda v: money(v, signed=True), "pct": pct, "pct2": lambda v: pct(v, 2),
            "num": num, "z": lambda v: f"{v:+.1f}" if _ok(v) else "–",
            "s": lambda v: f"{v:,.1f}" if _ok(v) else "–"}
 
@@ -53,31 +53,43 @@ def _ts(v) -> str:
     return str(v)[:16].replace("T", " ") if v else "–"
 
 
-def _column(key: str, header: str, f) -> kit.Column:
+# amounts in the currency of their row (`base_currency`): to the cent in USD, to the satoshi in BTC (money_decimals)
+ROW_CURRENCY = {"ccy": False, "signed_ccy": True}
+
+
+def _column(key: str, header: str, f, ccy: str | None = None) -> kit.Column:
+    if ccy is not None and f in ("money", "signed"):   # the table's amounts are in `ccy`: its decimals
+        return kit.Column(key, header, fmt=lambda v: _FORMATS.amount(v, ccy, f == "signed"), signed=f == "signed")
     if callable(f):
         return kit.Column(key, header, html=f)
     if f == "ts":
         return kit.Column(key, header, text=_ts)
+    if f in ROW_CURRENCY:
+        signed = ROW_CURRENCY[f]
+        return kit.Column(key, header, fmt=lambda v, ccy: _FORMATS.amount(v, ccy, signed), signed=signed,
+                          currency="base_currency")
     if f in FORMATS:
         return kit.Column(key, header, fmt=FORMATS[f], signed=f == "signed")
     return kit.Column(key, header)
 
 
-def table(rows: list[dict], cols: Iterable[tuple], table_id: str, empty: str = "nothing to show") -> str:
+def table(rows: list[dict], cols: Iterable[tuple], table_id: str, empty: str = "nothing to show",
+          ccy: str | None = None) -> str:
     """cols: (key, header, format) with format None (text), "ts" (a timestamp), a FORMATS key, or a
-    callable(row) -> html. Every cell names its column and every number carries its exact value (data-*)."""
+    callable(row) -> html. Every cell names its column and every number carries its exact value (data-*).
+    `ccy`: the currency of the table's "money"/"signed" amounts (to its decimals: 8 in BTC)."""
     if not rows:
         return kit.empty(empty, f"{table_id}-empty")
-    return kit.table(rows, [_column(*c) for c in cols], table_id, is_value=_ok, exact=True)
+    return kit.table(rows, [_column(*c, ccy=ccy) for c in cols], table_id, is_value=_ok, exact=True)
 
 
-def methods_table(row: dict, scope: str, table_id: str) -> str:
+def methods_table(row: dict, scope: str, table_id: str, ccy: str | None = None) -> str:
     """VaR/ES of every method the registry (etl/measures.py) computes in `scope`, one row per method with a figure."""
     headers, methods = measures.grid(scope)
     rows = [{"method": m.label, **{key: row.get(col) for key, col in cols.items()}} for m, cols in methods
             if any(_ok(row.get(col)) for col in cols.values())]
     return table(rows, [("method", "Method", None), *[(key, label, "money") for key, label in headers]], table_id,
-                 empty="no VaR/ES figures for this day")
+                 empty="no VaR/ES figures for this day", ccy=ccy)
 
 
 def kpi(label: str, value: str, kpi_id: str, raw=None, cls: str = "") -> str:
@@ -322,10 +334,10 @@ def firm(d: dict, page: int = 1) -> str:
     body.append(f'<h2 id="portfolios">Portfolios ({len(rows)}, largest VaR 99% in USD first)</h2>')
     body.append(table(shown, [("portfolio_id", "Portfolio", lambda r: portfolio_link(r, as_of)),
                               ("name", "Name", None), ("base_currency", "Ccy", None),
-                              ("market_value", "Market value", "money"), ("daily_pnl", "PnL today", "signed"),
-                              ("mtd_pnl", "PnL MTD", "signed"), ("var_95_hist", "VaR 95%", "money"),
-                              ("var_99_hist", "VaR 99%", "money"), ("es_99_hist", "ES 99%", "money"),
-                              ("var_limit", "VaR limit", "money"), ("concentration_pct", "Concentration", "pct"),
+                              ("market_value", "Market value", "ccy"), ("daily_pnl", "PnL today", "signed_ccy"),
+                              ("mtd_pnl", "PnL MTD", "signed_ccy"), ("var_95_hist", "VaR 95%", "ccy"),
+                              ("var_99_hist", "VaR 99%", "ccy"), ("es_99_hist", "ES 99%", "ccy"),
+                              ("var_limit", "VaR limit (on)", _var_limit), ("concentration_pct", "Concentration", "pct"),
                               ("max_drawdown", "Max drawdown", "pct")], "portfolios-table"))
     if pages > 1:
         links = " ".join(f'<a href="{BASE}/?as_of={e(as_of)}&amp;page={p}">{p}</a>' if p != page
@@ -333,6 +345,14 @@ def firm(d: dict, page: int = 1) -> str:
         body.append(f'<nav class="pager" id="pager">page {links}</nav>')
     return layout(f"Risk cockpit: firm {as_of}", "firm", "\n".join(body), charts, as_of,
                   refresh_url=f"{BASE}/api/firm?as_of={as_of}")
+
+
+def _var_limit(r: dict) -> str:
+    """The VaR limit the day's run checked and the measure it is on (var_limit_metric: not necessarily the VaR 99%
+    (hist) beside it)."""
+    text = _FORMATS.amount(r.get("var_limit"), r.get("base_currency"))
+    metric = r.get("var_limit_metric")
+    return _cell(r.get("var_limit"), f"{text} ({metric})" if metric and _ok(r.get("var_limit")) else text)
 
 
 def intraday_config(intra: dict, ccy: str) -> dict:
@@ -360,7 +380,7 @@ def portfolio(d: dict, ids: list[str]) -> str:
     for m in shown.portfolio_kpis():
         body.append(kpi(m.label, _FORMATS.of(m.unit)(day.get(m.name)), m.name.replace("_", "-"), day.get(m.name)))
     body.append(f'</div><h2 id="var-by-method">VaR and ES by method ({e(ccy)})</h2>')
-    body.append(methods_table(day, "portfolio", "risk-methods"))
+    body.append(methods_table(day, "portfolio", "risk-methods", ccy))
     body.append("<div class=\"grid2\">")
     h = d["history"]
     dates = [r["as_of_date"] for r in h]
@@ -441,12 +461,12 @@ def portfolio(d: dict, ids: list[str]) -> str:
                       "backtest-table"))
     body.append('<h2 id="positions">Exposures and concentration</h2>')
     body.append(table(pos, [("product_id", "Asset", None), ("quantity", "Quantity", "num"),
-                            ("close", "Close", "money"), ("price_date", "Close of", price_of),
+                            ("close", "Close", "price"), ("price_date", "Close of", price_of),  # quote currency
                             ("market_value", f"Market value ({ccy})", "money"),
                             ("unrealized_pnl", f"Unrealised PnL ({ccy})", "signed"),
-                            ("share_of_gross", "Share of gross", "pct")], "positions-table"))
+                            ("share_of_gross", "Share of gross", "pct")], "positions-table", ccy=ccy))
     body.append(contributions_html(d["contributions"], "portfolio", ccy))
-    body.append(liquidity_html(d.get("liquidity")))
+    body.append(liquidity_html(d.get("liquidity"), ccy))
     return layout(f"Risk cockpit: {pid} {as_of}", "portfolio", "\n".join(body), charts, as_of)
 
 
@@ -461,10 +481,10 @@ def contributions_html(rows: list[dict] | None, scope: str, ccy: str) -> str:
     return head + table(rows, [*cols, ("product_id", "Asset", None),
                                ("component_var_99_param", f"Component VaR 99% (param, {ccy})", "money"),
                                ("component_es_99_hist", f"Component ES 99% (hist, {ccy})", "money"),
-                               ("marginal_var_99_param", "Marginal VaR 99%", "num")], "contributions-table")
+                               ("marginal_var_99_param", "Marginal VaR 99%", "num")], "contributions-table", ccy=ccy)
 
 
-def liquidity_html(rows: list[dict] | None) -> str:
+def liquidity_html(rows: list[dict] | None, ccy: str | None = None) -> str:
     """Liquidity-adjusted VaR of the day (docs/risk_conventions.md): VaR 99% plus spread and impact costs."""
     head = '<h2 id="liquidity">Liquidity-adjusted VaR</h2>'
     if rows is None:
@@ -477,7 +497,7 @@ def liquidity_html(rows: list[dict] | None) -> str:
         ("book_coverage", "Exposure with a book", "pct"),
         ("products_without_book", "Without a book (excluded)", lambda r: e(r.get("products_without_book") or "–"))],
         "liquidity-table", empty="no recorded order book for this portfolio's products on this day "
-                                 "(python -m etl stream records them)")
+                                 "(python -m etl stream records them)", ccy=ccy)
 
 
 # ---- Market ------------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ select
     pnl.as_of_date,
     pnl.portfolio_id,
     portfolio.name as portfolio_name,
-    portfolio.base_currency,
+    ccy.base_currency,
     round((pnl.daily_pnl)::numeric, money.dp) as daily_pnl,
     round((pnl.mtd_pnl)::numeric, money.dp) as mtd_pnl,
     round((pnl.cumulative_pnl)::numeric, money.dp) as cumulative_pnl,
@@ -15,7 +15,8 @@ select
 from gold.fact_pnl_daily as pnl
 inner join gold.dim_portfolio as portfolio
     on pnl.portfolio_id = portfolio.portfolio_id
-cross join lateral (select case when portfolio.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
+cross join lateral (select coalesce(pnl.base_currency, portfolio.base_currency) as base_currency) as ccy  -- the row's currency (its run's), not today's dim_portfolio
+cross join lateral (select case when ccy.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
 left join gold.fact_portfolio_valuation as valuation
     on pnl.portfolio_id = valuation.portfolio_id
     and pnl.as_of_date = valuation.as_of_date

@@ -12,19 +12,21 @@ with contributions as (
         positions.quantity,
         positions.market_value,
         prices.daily_return,
-        portfolio.base_currency,
+        ccy.base_currency,
         positions.daily_pnl as position_pnl,
-        case when portfolio.base_currency = 'USD' then 1.0 else usd.close end as usd_rate
+        case when ccy.base_currency = 'USD' then 1.0 else usd.close end as usd_rate
     from gold.fact_positions as positions
     left join gold.fact_price_daily as prices
         on positions.product_id = prices.product_id
         and positions.as_of_date = prices.price_date
     inner join gold.dim_portfolio as portfolio
         on positions.portfolio_id = portfolio.portfolio_id
+    -- the currency the position's figures are in (its run's), not dim_portfolio's, which is today's
+    cross join lateral (select coalesce(positions.base_currency, portfolio.base_currency) as base_currency) as ccy
     left join lateral (
         select rate.close
         from gold.fact_price_daily as rate
-        where rate.product_id = portfolio.base_currency || '-USD'
+        where rate.product_id = ccy.base_currency || '-USD'
             and rate.price_date <= positions.as_of_date
         order by rate.price_date desc
         limit 1

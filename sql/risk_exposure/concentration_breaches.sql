@@ -11,7 +11,8 @@ breaches as (
         limits.as_of_date,
         limits.value,
         limits.limit_value,
-        limits.breach_kind
+        limits.breach_kind,
+        limits.base_currency
     from gold.fact_limit_breaches as limits
     inner join params
         on limits.as_of_date = params.as_of
@@ -43,7 +44,8 @@ select
 from breaches
 inner join gold.dim_portfolio as portfolio
     on breaches.portfolio_id = portfolio.portfolio_id
-cross join lateral (select case when portfolio.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
+cross join lateral (select coalesce(breaches.base_currency, portfolio.base_currency) as base_currency) as ccy  -- the row's currency (its run's), not today's dim_portfolio
+cross join lateral (select case when ccy.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
 left join gold.fact_portfolio_valuation as valuation
     on breaches.portfolio_id = valuation.portfolio_id
     and breaches.as_of_date = valuation.as_of_date

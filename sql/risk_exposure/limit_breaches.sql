@@ -13,6 +13,7 @@ select
 from gold.fact_limit_breaches as breaches
 inner join gold.dim_portfolio as portfolio
     on breaches.portfolio_id = portfolio.portfolio_id
-cross join lateral (select case when portfolio.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
+cross join lateral (select coalesce(breaches.base_currency, portfolio.base_currency) as base_currency) as ccy  -- the row's currency (its run's), not today's dim_portfolio
+cross join lateral (select case when ccy.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
 where breaches.as_of_date = coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_limit_breaches))
 order by breaches.utilisation desc nulls last, breaches.portfolio_id

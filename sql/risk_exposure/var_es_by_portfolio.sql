@@ -5,7 +5,7 @@ select
     latest.as_of_date,
     latest.portfolio_id,
     portfolio.name as portfolio_name,
-    portfolio.base_currency,
+    ccy.base_currency,
     round((latest.var_95_hist)::numeric, money.dp) as var_95_hist,
     round((latest.var_99_hist)::numeric, money.dp) as var_99_hist,
     round((latest.es_95_hist)::numeric, money.dp) as es_95_hist,
@@ -28,6 +28,7 @@ select
 from gold.fact_risk_metrics as latest
 inner join gold.dim_portfolio as portfolio
     on latest.portfolio_id = portfolio.portfolio_id
-cross join lateral (select case when portfolio.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
+cross join lateral (select coalesce(latest.base_currency, portfolio.base_currency) as base_currency) as ccy  -- the row's currency (its run's), not today's dim_portfolio
+cross join lateral (select case when ccy.base_currency = 'USD' then 2 else 8 end as dp) as money  -- cents; satoshis in a crypto currency
 where latest.as_of_date = coalesce(nullif(:'as_of', '')::date, (select max(as_of_date) from gold.fact_risk_metrics))
 order by var_99_hist_usd desc nulls last, latest.portfolio_id

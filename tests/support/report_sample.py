@@ -231,6 +231,21 @@ def _pg_type(s: pd.Series) -> str:
     return "text"
 
 
+# gold's portfolio facts that carry the currency of their row (the engine writes it on every row of the run)
+CURRENCY_FACTS = ("fact_positions", "fact_portfolio_valuation", "fact_pnl_daily", "fact_risk_metrics",
+                  "fact_var_backtest", "fact_limit_breaches", "fact_pnl_attribution", "fact_stress_results",
+                  "fact_intraday_risk", "fact_intraday_limit_breaches")
+
+
+def _with_base_currency(name: str, df: pd.DataFrame, dims: pd.DataFrame | None) -> pd.DataFrame:
+    """A portfolio fact without `base_currency` gets its book's currency of dim_portfolio (as the run that wrote it:
+    the book's currency then); a test of a book whose currency changed since sets the fact rows' own."""
+    if name not in CURRENCY_FACTS or "base_currency" in df or dims is None or "portfolio_id" not in df:
+        return df
+    ccy = dict(zip(dims["portfolio_id"], dims["base_currency"], strict=True))
+    return df.assign(base_currency=df["portfolio_id"].map(ccy))
+
+
 def create_gold(url: str, frames: dict[str, pd.DataFrame], skip: tuple[str, ...] = ()) -> None:
     """Create schema gold with these tables (minus `skip`) in the database at `url`; grant SELECT to reporting."""
     import psycopg2
@@ -253,6 +268,7 @@ def create_gold(url: str, frames: dict[str, pd.DataFrame], skip: tuple[str, ...]
             for name, df in frames.items():
                 if name in skip:
                     continue
+                df = _with_base_currency(name, df, frames.get("dim_portfolio"))
                 cols = ", ".join(f'"{c}" {_pg_type(df[c])}' for c in df.columns)
                 cur.execute(f"create table gold.{name} ({cols})")
                 rows = [tuple(None if pd.isna(v) else (v.item() if isinstance(v, np.generic) else v) for v in r)

@@ -439,3 +439,65 @@ def test_a_retired_book_is_not_missing_today_but_a_day_it_was_valued_still_lists
     assert [p["portfolio_id"] for p in before["portfolios"]] == ["P-ALT", "P-CORE", "P-OLD"]
     assert next(p for p in before["portfolios"] if p["portfolio_id"] == "P-OLD")["market_value"] is not None
     assert "P-OLD" not in path.read_text() and not (path.parent / "portfolio-p-old.html").exists()
+
+
+def _book_switched_from_btc_to_usd() -> dict:
+    """The sample gold where P-ALT was a BTC book up to AS_OF (the runs wrote its figures, in BTC, with
+    base_currency BTC on every fact row) and its desk has since made it a USD book: portfolios.csv, hence
+    gold.dim_portfolio, says USD now. Its VaR breached a 0.001 BTC limit on AS_OF at 0.00123456 BTC."""
+    frames = sample_frames(AS_OF)
+    for name, df in frames.items():
+        if name.startswith("fact_") and "portfolio_id" in df and name != "fact_risk_contributions":
+            df["base_currency"] = df["portfolio_id"].map({"P-CORE": "USD", "P-ALT": "BTC"})
+    breaches = frames["fact_limit_breaches"]
+    var = breaches[breaches["limit_type"] == "var"].iloc[0].copy()
+    var[["portfolio_id", "value", "limit_value", "base_currency"]] = ["P-ALT", 0.00123456, 0.001, "BTC"]
+    breaches.loc[len(breaches)] = var
+    return frames
+
+
+def test_a_past_day_of_a_book_whose_currency_changed_since_keeps_the_currency_its_figures_are_in(
+        pg_url, data_dir, monkeypatch, sql_dir):
+    """The cockpit labelled a past day's figures with dim_portfolio's base_currency (portfolios.csv as it is now):
+    P-ALT's BTC figures of AS_OF read as USD, its VaR breach of 0.00123456 BTC as an amount in USD, and its BTC
+    book value and PnL were added to P-CORE's USD ones in one total. Each figure's currency is that of its row."""
+    frames = _book_switched_from_btc_to_usd()
+    frames["dim_portfolio"]["base_currency"] = "USD"
+    nine = datetime.combine(AS_OF, time(9, 0), tzinfo=UTC)
+    frames["fact_intraday_risk"] = pd.DataFrame({
+        "portfolio_id": ["P-CORE", "P-ALT"], "bucket_start": nine, "market_value": [100_000.0, 2.5],
+        "intraday_pnl": [1_500.0, 0.01], "gross_exposure": [120_000.0, 2.5], "max_price_age_s": 0.0,
+        "stale_product_ids": "", "base_currency": ["USD", "BTC"]})
+    with scratch_database(pg_url, "completeness_ccy_changed") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        with GoldReader(reporting_url(get_settings())) as reader:
+            firm = cockpit.firm(reader, AS_OF)
+    rows = {p["portfolio_id"]: p for p in firm["portfolios"]}
+    assert (rows["P-ALT"]["base_currency"], rows["P-CORE"]["base_currency"]) == ("BTC", "USD")
+    got = {(b["portfolio_id"], b["limit_type"]): b["currency"] for b in firm["breaches"]}
+    assert got[("P-ALT", "var")] == "BTC" and got[("P-CORE", "var")] == "USD"
+    totals = {t["currency"]: t for t in firm["totals"]}
+    assert set(totals) == {"BTC", "USD"}
+    val = frames["fact_portfolio_valuation"]
+    day = val[val["as_of_date"] == AS_OF].set_index("portfolio_id")["market_value"]
+    assert totals["BTC"]["market_value"] == pytest.approx(day["P-ALT"])
+    assert totals["USD"]["market_value"] == pytest.approx(day["P-CORE"])
+    intra = [(r["currency"], r["intraday_pnl"]) for r in firm["intraday"]["rows"]]
+    assert intra == [("BTC", 0.01), ("USD", 1_500.0)]       # one chart per currency: never 1,500.01 USD
+
+
+def test_a_suspect_print_of_the_pair_converting_a_book_that_was_btc_then_makes_that_day_incomplete(
+        pg_url, monkeypatch, sql_dir):
+    """P-ALT was a BTC book on AS_OF (its positions of the day carry base_currency BTC: every amount of it divided by
+    BTC-USD's close) and is a USD book now (dim_portfolio). BTC-USD's close of AS_OF rests on an unconfirmed last
+    print. The check took the book's currency from dim_portfolio (today's USD) and called the day complete: a green
+    report over BTC figures resting on a suspect print. It takes the currency of the day's position rows."""
+    frames = _book_switched_from_btc_to_usd()
+    frames["dim_portfolio"]["base_currency"] = "USD"
+    pos = frames["fact_positions"]
+    frames["fact_positions"] = pos[pos["product_id"] != "BTC-USD"]  # P-CORE's BTC-USD sold: BTC-USD not held
+    last = datetime.combine(AS_OF, time(23, 55), tzinfo=UTC)
+    frames["fact_price_quality"] = pd.DataFrame([_flag("BTC-USD", 300, last, "jump_unconfirmed")])
+    text = _refused(pg_url, monkeypatch, frames, "report_suspect_pair_was_btc", sql_dir)
+    assert "price of BTC-USD on 2026-01-31 rests on a suspect print: rule jump_unconfirmed" in text

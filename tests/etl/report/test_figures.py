@@ -276,3 +276,72 @@ def test_the_html_report_shows_golds_figures(gold, reader):
                 "and method = 'hist' and confidence = 0.99")
     assert f'(hist VaR 99%, last {bt["n_days"].iat[0]} days): <span class="badge zone-{bt["traffic_light"].iat[0]}"' \
         in detail
+
+
+def _cell_texts(page: str, table_id: str, key: str) -> list[str]:
+    body = re.search(rf'<table id="{table_id}">(.*?)</table>', page, re.S).group(1)
+    return re.findall(rf'<td[^>]*data-key="{key}"[^>]*>([^<]*)</td>', body)
+
+
+def test_the_portfolio_tables_read_a_btc_books_amounts_to_the_satoshi(gold, reader):
+    """The Firm page's and the report's portfolio tables read every amount to the cent whatever the book's currency:
+    PBTC's VaR 99% of 0.0123... BTC (gold's row) read 0.01, its book value 2 decimals of BTC. An amount of a book in a
+    currency other than USD reads with 8 decimals (etl.report.formatting.money_decimals), as on its own page."""
+    from etl.report.formatting import Formats
+    fmt = Formats(lambda v: v is not None and not pd.isna(v))
+    url, (_, page) = gold[0], rendered(reader, "firm")
+    day = q(url, """select r.portfolio_id, v.market_value, r.var_99_hist from gold.fact_risk_metrics as r
+                    join gold.fact_portfolio_valuation as v using (portfolio_id, as_of_date)
+                    where r.as_of_date = %s""", (AS_OF,)).set_index("portfolio_id")
+    ccy = {"PUSD": "USD", "PBTC": "BTC"}
+    shown = re.findall(r'<a href="[^"]*/portfolio/(\w+)[^"]*">', re.search(
+        r'<table id="portfolios-table">(.*?)</table>', page, re.S).group(1))
+    for key in ("market_value", "var_99_hist"):
+        assert _cell_texts(page, "portfolios-table", key) == \
+            [fmt.money(day.at[p, key], ccy[p]).removesuffix(f" {ccy[p]}") for p in shown], key
+    data = load_report_data(reader, AS_OF, Completeness(AS_OF))
+    report = html.pages(data)["portfolios.html"]
+    body = re.search(r'<table id="all-portfolios-table">(.*?)</table>', report, re.S) or \
+        re.search(r"<table[^>]*>(.*?)</table>", report, re.S)
+    rows = {m[0]: m[1] for m in re.findall(r"<tr><td>(\w+)</td>(.*?)</tr>", body.group(1), re.S)}
+    assert fmt.money(day.at["PBTC", "var_99_hist"], "BTC").removesuffix(" BTC") in rows["PBTC"]
+    assert fmt.money(day.at["PUSD", "var_99_hist"], "USD").removesuffix(" USD") in rows["PUSD"]
+
+
+def test_the_cockpit_portfolio_page_reads_a_btc_books_tables_to_the_satoshi(gold, reader):
+    """PBTC's page said its VaR/ES by method, market values and contributions are in BTC but read them to the cent:
+    a VaR 99% (hist) of 0.156... BTC read 0.16, its KPI above it 8 decimals. Every amount of its tables reads to
+    the decimals of the book's currency."""
+    from etl.report.formatting import Formats
+    fmt = Formats(lambda v: v is not None and not pd.isna(v))
+    url = gold[0]
+    page = pages.portfolio(cockpit.portfolio(reader, "PBTC", AS_OF), ["PBTC", "PUSD"])
+    risk = q(url, "select * from gold.fact_risk_metrics where portfolio_id = 'PBTC' and as_of_date = %s",
+             (AS_OF,)).iloc[0]
+    body = re.search(r'<table id="risk-methods">(.*?)</table>', page, re.S).group(1)
+    assert f">{fmt.money(risk['var_99_hist'], 'BTC').removesuffix(' BTC')}</td>" in body
+    pos = q(url, "select product_id, market_value from gold.fact_positions where portfolio_id = 'PBTC' "
+                 "and as_of_date = %s", (AS_OF,))
+    shown = _cell_texts(page, "positions-table", "market_value")
+    assert sorted(shown) == sorted(fmt.money(v, "BTC").removesuffix(" BTC") for v in pos["market_value"])
+    contrib = q(url, "select component_var_99_param from gold.fact_risk_contributions where portfolio_id = 'PBTC' "
+                     "and scope = 'portfolio' and as_of_date = %s", (AS_OF,))
+    assert sorted(_cell_texts(page, "contributions-table", "component_var_99_param")) == \
+        sorted(fmt.money(v, "BTC").removesuffix(" BTC") for v in contrib["component_var_99_param"])
+
+
+def test_the_report_portfolio_page_reads_a_btc_books_tables_to_the_satoshi(gold, reader):
+    """The report's page of PBTC read its VaR/ES by method and its positions' BTC market values to the cent."""
+    from etl.report.formatting import Formats
+    fmt = Formats(lambda v: v is not None and not pd.isna(v))
+    url = gold[0]
+    detail = html.pages(load_report_data(reader, AS_OF, Completeness(AS_OF)))["portfolio-pbtc.html"]
+    risk = q(url, "select * from gold.fact_risk_metrics where portfolio_id = 'PBTC' and as_of_date = %s",
+             (AS_OF,)).iloc[0]
+    body = re.search(r'<table id="risk-pbtc">(.*?)</table>', detail, re.S).group(1)
+    assert f">{fmt.money(risk['var_99_hist'], 'BTC').removesuffix(' BTC')}</td>" in body
+    pos = q(url, "select market_value from gold.fact_positions where portfolio_id = 'PBTC' and as_of_date = %s",
+            (AS_OF,))
+    body = re.search(r'<table id="positions-pbtc">(.*?)</table>', detail, re.S).group(1)
+    for v in pos["market_value"]:
+        assert f">{fmt.money(v, 'BTC').removesuffix(' BTC')}</td>" in body

@@ -453,7 +453,7 @@ def test_report_and_cockpit_show_the_limits_the_run_checked_not_todays(pg_url, d
     assert re.search(r'id="summary-drawdowns-table".*?P-CORE.*?25\.0%', page, re.S)
     assert "90.0%" not in re.search(r'id="summary-drawdowns-table".*?</table>', page, re.S).group(0)
     detail = (path.parent / "portfolio-p-core.html").read_text()
-    assert "Limits: var 3,500.00 USD; concentration 60.0%; drawdown 25.0%" in detail
+    assert "Limits: var 3,500.00 USD on var_99_hist; concentration 60.0%; drawdown 25.0%" in detail
     assert " 5,000.00 USD" not in detail and "90.0%" not in detail
 
 
@@ -488,5 +488,51 @@ def test_report_and_cockpit_show_the_concentration_limit_the_run_checked_not_tod
     page = pages.portfolio(mine, ["P-ALT", "P-CORE"])
     assert "concentration limit 50.0% of gross" in page and "99.0% of gross" not in page
     detail = (path.parent / "portfolio-p-alt.html").read_text()
-    assert "Limits: var 2,500.00 USD; concentration 50.0%; drawdown 20.0%" in detail
+    assert "Limits: var 2,500.00 USD on var_99_hist; concentration 50.0%; drawdown 20.0%" in detail
     assert "concentration 99.0%" not in detail
+
+
+def test_a_past_day_of_a_book_whose_currency_changed_since_is_shown_in_the_currency_of_its_rows(
+        pg_url, data_dir, monkeypatch, sql_dir):
+    """P-ALT was a BTC book on AS_OF (its gold rows carry base_currency BTC) and is a USD book now (dim_portfolio).
+    The report took dim_portfolio's currency: P-ALT's BTC book value and PnL were added to P-CORE's USD ones in one
+    "Book value" KPI and its page read its figures as USD. They are shown in the currency of the day's rows."""
+    frames = sample_frames(AS_OF)
+    for name, df in frames.items():
+        if name.startswith("fact_") and "portfolio_id" in df and name != "fact_risk_contributions":
+            df["base_currency"] = df["portfolio_id"].map({"P-CORE": "USD", "P-ALT": "BTC"})
+    frames["dim_portfolio"]["base_currency"] = "USD"
+    with scratch_database(pg_url, "report_ccy_changed") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        path = run_report(AS_OF, sql_dir=sql_dir)
+    page = path.read_text()
+    assert {"kpi-book-btc", "kpi-book-usd"} <= set(re.findall(r'id="(kpi-book-[^"]+)"', page))
+    assert "(P-ALT, BTC)" in (path.parent / "portfolio-p-alt.html").read_text()
+
+
+def test_a_var_limit_on_another_measure_than_historical_var_99_is_shown_with_its_measure(pg_url, data_dir,
+                                                                                        monkeypatch, sql_dir):
+    """P-ALT's VaR limit of 2,500 is on var_99_param (portfolios.csv var_limit_metric, recorded on its risk row as
+    checked_var_limit_metric). The Firm page showed "VaR limit 2,500.00" in the column after "VaR 99%" (historical)
+    and the report's page "Limits: var 2,500.00 USD": a reader compares the limit with a figure it is not checked
+    on. Both now name the measure the limit is on."""
+    from etl.report import cockpit
+    from etl.report.gold import GoldReader
+    from etl.warehouse import reporting_url
+    from plugins.risk_cockpit import pages
+
+    frames = sample_frames(AS_OF)
+    risk = frames["fact_risk_metrics"]
+    risk.loc[risk["portfolio_id"] == "P-ALT", "checked_var_limit_metric"] = "var_99_param"
+    with scratch_database(pg_url, "report_var_metric") as url:
+        create_gold(url, frames)
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", url)
+        path = run_report(AS_OF, sql_dir=sql_dir)
+        with GoldReader(reporting_url(get_settings())) as reader:
+            page = pages.firm(cockpit.firm(reader, AS_OF))
+    table = re.search(r'<table id="portfolios-table">(.*?)</table>', page, re.S).group(1)
+    row = re.search(r'<tr>(?:(?!</tr>).)*?/portfolio/P-ALT(?:(?!</tr>).)*</tr>', table, re.S).group(0)
+    assert re.search(r'data-value="2500.0">2,500\.00 \(var_99_param\)<', row), row
+    detail = (path.parent / "portfolio-p-alt.html").read_text()
+    assert "var 2,500.00 USD on var_99_param" in detail

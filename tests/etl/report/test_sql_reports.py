@@ -301,3 +301,43 @@ def test_the_backtest_exception_report_says_the_engines_counts_of_the_day_as_the
         n, hits = engine.loc[k, ["n_days", "exceptions"]]
         assert (row["n_days"], row["exceptions"]) == (n, hits), k
         assert row["exception_rate"] == pytest.approx(round(hits / n, 4)), k
+
+
+def test_a_past_day_of_a_book_whose_currency_changed_since_is_reported_in_the_currency_of_its_rows(pg_url, tmp_path):
+    """P-ALT was a BTC book on AS_OF (the run wrote its figures in BTC, base_currency BTC on every row) and is a USD
+    book now (dim_portfolio, portfolios.csv as it is now). The reports took dim_portfolio's currency: its VaR
+    breach of 0.00123456 BTC read 0.00 (rounded to the cent), its VaR and PnL were labelled USD, and its positions'
+    BTC PnL ranked as USD (rate 1, not the BTC-USD close). Each row is reported in the currency it carries."""
+    frames = sample_frames(AS_OF)
+    for name, df in frames.items():
+        if name.startswith("fact_") and "portfolio_id" in df and name != "fact_risk_contributions":
+            df["base_currency"] = df["portfolio_id"].map({"P-CORE": "USD", "P-ALT": "BTC"})
+    breaches = frames["fact_limit_breaches"]
+    var = breaches[breaches["limit_type"] == "var"].iloc[0].copy()
+    var[["portfolio_id", "value", "limit_value", "base_currency"]] = ["P-ALT", 0.00123456, 0.001, "BTC"]
+    breaches.loc[len(breaches)] = var
+    risk = frames["fact_risk_metrics"]
+    risk.loc[risk["portfolio_id"] == "P-ALT", ["var_99_hist", "checked_var_limit"]] = [0.00123456, 0.001]
+    pnl = frames["fact_pnl_daily"]
+    pnl["cumulative_pnl"] = pnl.groupby("portfolio_id")["daily_pnl"].cumsum()
+    frames["dim_portfolio"]["base_currency"] = "USD"
+    with scratch_database(pg_url, "sql_ccy_changed") as url:
+        create_gold(url, frames)
+        with pipeline_env(url, tmp_path / "data"), GoldReader(reporting_url()) as reader:
+            got = {name: reader.query(*bind((SQL_DIR / name).read_text(), AS_OF)) for name in (
+                "risk_exposure/limit_breaches.sql", "risk_exposure/var_es_by_portfolio.sql",
+                "daily_pnl/daily_and_mtd.sql", "daily_pnl/top_movers.sql")}
+    lb = got["risk_exposure/limit_breaches.sql"].set_index(["portfolio_id", "limit_type"])
+    assert lb.loc[("P-ALT", "var"), ["value", "limit_value"]].astype(float).tolist() == [0.00123456, 0.001]
+    ves = got["risk_exposure/var_es_by_portfolio.sql"].set_index("portfolio_id")
+    assert ves["base_currency"].to_dict() == {"P-CORE": "USD", "P-ALT": "BTC"}
+    assert (float(ves.at["P-ALT", "var_99_hist"]), float(ves.at["P-ALT", "var_limit"])) == (0.00123456, 0.001)
+    pnl = got["daily_pnl/daily_and_mtd.sql"].set_index("portfolio_id")
+    assert pnl["base_currency"].to_dict() == {"P-CORE": "USD", "P-ALT": "BTC"}
+    movers = got["daily_pnl/top_movers.sql"]
+    btc_close = frames["fact_price_daily"].query("product_id == 'BTC-USD'").set_index("price_date")["close"][AS_OF]
+    pos = frames["fact_positions"].query("portfolio_id == 'P-ALT' and as_of_date == @AS_OF").set_index("product_id")
+    for r in movers[movers["portfolio_id"] == "P-ALT"].itertuples():
+        assert r.base_currency == "BTC"
+        assert float(r.position_pnl_usd) == pytest.approx(pos.at[r.product_id, "daily_pnl"] * btc_close, abs=0.006)
+    assert (movers["portfolio_id"] == "P-ALT").any()
