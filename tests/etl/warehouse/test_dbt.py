@@ -17,7 +17,9 @@ from etl.settings import PROJECT_ROOT
 def _docs(port: int, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "etl", "docs", "--serve", "--port", str(port)], cwd=PROJECT_ROOT,
                             env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # its own process group, as a terminal's job
+                            text=True, start_new_session=True,  # its own process group, as a terminal's job
+                            # SIGINT as in a terminal (a background job's shell ignores it, and children inherit that)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_docs_on_a_busy_port_is_one_line_exit_2_before_generating_anything(tmp_path):
