@@ -212,6 +212,21 @@ def sample_frames(as_of: date = AS_OF, days: int = 45) -> dict[str, pd.DataFrame
     }
 
 
+def book_switched_from_btc_to_usd() -> dict[str, pd.DataFrame]:
+    """The sample gold where P-ALT was a BTC book up to AS_OF (the runs wrote its figures, in BTC, with
+    base_currency BTC on every fact row) and its desk has since made it a USD book: portfolios.csv, hence
+    gold.dim_portfolio, says USD now. Its VaR breached a 0.001 BTC limit on AS_OF at 0.00123456 BTC."""
+    frames = sample_frames(AS_OF)
+    for name, df in frames.items():
+        if name.startswith("fact_") and "portfolio_id" in df and name != "fact_risk_contributions":
+            df["base_currency"] = df["portfolio_id"].map({"P-CORE": "USD", "P-ALT": "BTC"})
+    breaches = frames["fact_limit_breaches"]
+    var = breaches[breaches["limit_type"] == "var"].iloc[0].copy()
+    var[["portfolio_id", "value", "limit_value", "base_currency"]] = ["P-ALT", 0.00123456, 0.001, "BTC"]
+    breaches.loc[len(breaches)] = var
+    return frames
+
+
 def _pg_type(s: pd.Series) -> str:
     if pd.api.types.is_bool_dtype(s):
         return "boolean"

@@ -18,7 +18,7 @@ from etl.report import cockpit, completeness, reports_dir, run_report
 from etl.report.gold import GoldReader
 from etl.settings import get_settings
 from etl.warehouse import reporting_url
-from tests.support.report_sample import AS_OF, create_gold, sample_frames
+from tests.support.report_sample import AS_OF, book_switched_from_btc_to_usd, create_gold, sample_frames
 
 LAST_BAR = AS_OF - timedelta(days=7)
 
@@ -441,27 +441,12 @@ def test_a_retired_book_is_not_missing_today_but_a_day_it_was_valued_still_lists
     assert "P-OLD" not in path.read_text() and not (path.parent / "portfolio-p-old.html").exists()
 
 
-def _book_switched_from_btc_to_usd() -> dict:
-    """The sample gold where P-ALT was a BTC book up to AS_OF (the runs wrote its figures, in BTC, with
-    base_currency BTC on every fact row) and its desk has since made it a USD book: portfolios.csv, hence
-    gold.dim_portfolio, says USD now. Its VaR breached a 0.001 BTC limit on AS_OF at 0.00123456 BTC."""
-    frames = sample_frames(AS_OF)
-    for name, df in frames.items():
-        if name.startswith("fact_") and "portfolio_id" in df and name != "fact_risk_contributions":
-            df["base_currency"] = df["portfolio_id"].map({"P-CORE": "USD", "P-ALT": "BTC"})
-    breaches = frames["fact_limit_breaches"]
-    var = breaches[breaches["limit_type"] == "var"].iloc[0].copy()
-    var[["portfolio_id", "value", "limit_value", "base_currency"]] = ["P-ALT", 0.00123456, 0.001, "BTC"]
-    breaches.loc[len(breaches)] = var
-    return frames
-
-
 def test_a_past_day_of_a_book_whose_currency_changed_since_keeps_the_currency_its_figures_are_in(
         pg_url, data_dir, monkeypatch, sql_dir):
     """The cockpit labelled a past day's figures with dim_portfolio's base_currency (portfolios.csv as it is now):
     P-ALT's BTC figures of AS_OF read as USD, its VaR breach of 0.00123456 BTC as an amount in USD, and its BTC
     book value and PnL were added to P-CORE's USD ones in one total. Each figure's currency is that of its row."""
-    frames = _book_switched_from_btc_to_usd()
+    frames = book_switched_from_btc_to_usd()
     frames["dim_portfolio"]["base_currency"] = "USD"
     nine = datetime.combine(AS_OF, time(9, 0), tzinfo=UTC)
     frames["fact_intraday_risk"] = pd.DataFrame({
@@ -493,7 +478,7 @@ def test_a_suspect_print_of_the_pair_converting_a_book_that_was_btc_then_makes_t
     BTC-USD's close) and is a USD book now (dim_portfolio). BTC-USD's close of AS_OF rests on an unconfirmed last
     print. The check took the book's currency from dim_portfolio (today's USD) and called the day complete: a green
     report over BTC figures resting on a suspect print. It takes the currency of the day's position rows."""
-    frames = _book_switched_from_btc_to_usd()
+    frames = book_switched_from_btc_to_usd()
     frames["dim_portfolio"]["base_currency"] = "USD"
     pos = frames["fact_positions"]
     frames["fact_positions"] = pos[pos["product_id"] != "BTC-USD"]  # P-CORE's BTC-USD sold: BTC-USD not held

@@ -15,7 +15,7 @@ from etl.report.gold import GoldReader
 from etl.report.sql_reports import SQL_DIR, bind
 from etl.warehouse import reporting_url
 from tests.support.env import pipeline_env
-from tests.support.report_sample import AS_OF, create_gold, sample_frames
+from tests.support.report_sample import AS_OF, book_switched_from_btc_to_usd, create_gold, sample_frames
 
 
 def _report(url: str, name: str):
@@ -308,14 +308,7 @@ def test_a_past_day_of_a_book_whose_currency_changed_since_is_reported_in_the_cu
     book now (dim_portfolio, portfolios.csv as it is now). The reports took dim_portfolio's currency: its VaR
     breach of 0.00123456 BTC read 0.00 (rounded to the cent), its VaR and PnL were labelled USD, and its positions'
     BTC PnL ranked as USD (rate 1, not the BTC-USD close). Each row is reported in the currency it carries."""
-    frames = sample_frames(AS_OF)
-    for name, df in frames.items():
-        if name.startswith("fact_") and "portfolio_id" in df and name != "fact_risk_contributions":
-            df["base_currency"] = df["portfolio_id"].map({"P-CORE": "USD", "P-ALT": "BTC"})
-    breaches = frames["fact_limit_breaches"]
-    var = breaches[breaches["limit_type"] == "var"].iloc[0].copy()
-    var[["portfolio_id", "value", "limit_value", "base_currency"]] = ["P-ALT", 0.00123456, 0.001, "BTC"]
-    breaches.loc[len(breaches)] = var
+    frames = book_switched_from_btc_to_usd()
     risk = frames["fact_risk_metrics"]
     risk.loc[risk["portfolio_id"] == "P-ALT", ["var_99_hist", "checked_var_limit"]] = [0.00123456, 0.001]
     pnl = frames["fact_pnl_daily"]
