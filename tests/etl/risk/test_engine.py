@@ -1183,6 +1183,17 @@ def _drop_days(data_dir, product: str, first: pd.Timestamp, last: pd.Timestamp) 
                                                 table.filter(keep))])
 
 
+def _run_and_count_ten_carried_eth_days(data_dir) -> None:
+    """Run risk (RISK_MAX_CARRIED_DAYS 10, set by the caller) and check ETH-USD's 10 carried days are counted on
+    its positions and the books holding it (U1, B1), their VaR still computed at the threshold."""
+    run_risk(as_of=AS_OF, settings=get_settings())
+    pos = _read(data_dir, "positions_valued").set_index(["portfolio_id", "product_id"])
+    assert pos["carried_days"].to_dict() == {k: 10 if k[1] == "ETH-USD" else 0 for k in pos.index}
+    risk = _read(data_dir, "risk_metrics").set_index("portfolio_id")
+    assert risk["carried_days"].to_dict() == {"U1": 10, "U2": 0, "B1": 10}
+    assert risk["var_99_hist"].notna().all()
+
+
 def test_a_holding_halted_inside_the_var_window_is_counted_and_past_the_threshold_its_var_is_uncomputable(
         risk_env, monkeypatch):
     """ETH-USD has no daily bar for 10 days inside the 60-day VaR window but one on the as-of day: its closes are
@@ -1196,12 +1207,7 @@ def test_a_holding_halted_inside_the_var_window_is_counted_and_past_the_threshol
     _drop_days(risk_env["data"], "ETH-USD", halt, halt + pd.Timedelta(days=9))
 
     monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "10")                    # at the threshold: counted, still computed
-    run_risk(as_of=AS_OF, settings=get_settings())
-    pos = _read(risk_env["data"], "positions_valued").set_index(["portfolio_id", "product_id"])
-    assert pos["carried_days"].to_dict() == {k: 10 if k[1] == "ETH-USD" else 0 for k in pos.index}
-    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
-    assert risk["carried_days"].to_dict() == {"U1": 10, "U2": 0, "B1": 10}
-    assert risk["var_99_hist"].notna().all()
+    _run_and_count_ten_carried_eth_days(risk_env["data"])
 
     monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "9")
     run_risk(as_of=AS_OF, settings=get_settings())
@@ -1227,12 +1233,7 @@ def test_a_price_stuck_with_prints_inside_the_var_window_counts_as_carried_like_
     stuck.loc[halt:halt + pd.Timedelta(days=9), "ETH-USD"] = stuck.loc[halt - pd.Timedelta(days=1), "ETH-USD"]
     write_daily_bars(risk_env["data"], stuck, QUOTE, spread=0.01, volume=10.0)   # bars with volume on every day
     monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "10")
-    run_risk(as_of=AS_OF, settings=get_settings())
-    pos = _read(risk_env["data"], "positions_valued").set_index(["portfolio_id", "product_id"])
-    assert pos["carried_days"].to_dict() == {k: 10 if k[1] == "ETH-USD" else 0 for k in pos.index}
-    risk = _read(risk_env["data"], "risk_metrics").set_index("portfolio_id")
-    assert risk["carried_days"].to_dict() == {"U1": 10, "U2": 0, "B1": 10}
-    assert risk["var_99_hist"].notna().all()
+    _run_and_count_ten_carried_eth_days(risk_env["data"])
     assert _read(risk_env["data"], "firm_risk")["carried_days"].iat[0] == 10
 
     monkeypatch.setenv("RISK_MAX_CARRIED_DAYS", "9")

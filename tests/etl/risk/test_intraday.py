@@ -62,12 +62,15 @@ def index(hh: int, mm: int) -> int:
     return (hh * 60 + mm) // 5
 
 
+BOOK_SETTINGS = {"RISK_MC_SCENARIOS": "2000", "RISK_BACKTEST_DAYS": "30", "RISK_VAR_LOOKBACK_DAYS": "60",
+                 "PIPELINE_DAILY_HISTORY_DAYS": "120"}   # the book's EOD run: small and quick
+
+
 @pytest.fixture
 def book(data_dir, book_reference, monkeypatch):
     """Daily history to D-1, the EOD run as of D-1 (its scenario set), and a reference book of four portfolios."""
     ref = book_reference(PORTFOLIOS.format(var_limit="1e9"), POSITIONS)
-    for key, value in {"RISK_MC_SCENARIOS": "2000", "RISK_BACKTEST_DAYS": "30",
-                       "RISK_VAR_LOOKBACK_DAYS": "60", "PIPELINE_DAILY_HISTORY_DAYS": "120"}.items():
+    for key, value in BOOK_SETTINGS.items():
         monkeypatch.setenv(key, value)
     closes = _daily_closes()
     write_daily(data_dir, closes)
@@ -542,8 +545,7 @@ def test_a_book_whose_eod_var_is_null_for_carried_closes_has_no_intraday_var_eit
     NULL and the var limit an `uncomputable` breach, as at end of day; L and X keep the EOD figures exactly, and
     L buying ETH-USD today loses its VaR too (the carried days of what it holds now)."""
     ref = book_reference(PORTFOLIOS.format(var_limit="1e9"), POSITIONS)
-    for key, value in {"RISK_MC_SCENARIOS": "2000", "RISK_BACKTEST_DAYS": "30",
-                       "RISK_VAR_LOOKBACK_DAYS": "60", "PIPELINE_DAILY_HISTORY_DAYS": "120"}.items():
+    for key, value in BOOK_SETTINGS.items():
         monkeypatch.setenv(key, value)
     closes = _daily_closes()
     write_daily(data_dir, closes)
